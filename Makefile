@@ -1,0 +1,55 @@
+# checkpointd: the two set-up commands are `make demo` and `make test`; everything else is here too.
+SHELL := /bin/bash
+BUILD_DIR ?= build
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+DEB_PACKAGES := cmake g++ make pkg-config git openssl \
+  libboost-dev libboost-system-dev libssl-dev libsqlite3-dev sqlite3 \
+  libpaho-mqtt-dev libpaho-mqttpp-dev mosquitto mosquitto-clients \
+  libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libsystemd-dev libpugixml-dev \
+  libgtest-dev libgmock-dev libbenchmark-dev
+
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: all deps build test unit integration demo bench sanitize clean format
+
+all: build
+
+# Installs only what is missing; a no-op when everything is there.
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing" $$missing; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	else echo "deps: all Debian packages present"; fi
+
+build: deps
+	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
+	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+test: build
+	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 600
+
+unit: build
+	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) -L unit
+
+integration: build
+	cd $(BUILD_DIR) && ctest --output-on-failure -L integration
+
+sanitize:
+	$(MAKE) test BUILD_DIR=build-asan CMAKE_FLAGS="-DCPD_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug"
+
+demo: build
+	tools/demo.sh $(BUILD_DIR)
+
+bench: build
+	$(BUILD_DIR)/bench/cpd-bench
+
+format:
+	git ls-files '*.cpp' '*.h' | xargs clang-format -i
+
+clean:
+	rm -rf $(BUILD_DIR) build-asan

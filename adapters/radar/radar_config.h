@@ -1,0 +1,55 @@
+// The radar device's config section: link, polling, lanes and calibration.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "daemon/core/time.h"
+
+namespace cpd::config {
+class Section;
+}
+
+namespace cpd::adapters {
+
+struct TcpLink {
+  std::string host;
+  std::uint16_t port = 4001;
+};
+
+struct SerialLink {
+  std::string device;
+  unsigned baud = 9600;  // 9600 or 115200 (8N1, no flow control)
+};
+
+// A lane is the half-open lateral band [x_min, x_max) in metres, boresight-relative.
+struct RadarLane {
+  int lane = 0;
+  double x_min = 0.0;
+  double x_max = 0.0;
+};
+
+struct RadarCalibration {
+  std::string certificate;
+  std::string valid_until;      // as configured, YYYY-MM-DD (inclusive, in the site's UTC offset)
+  UnixMs valid_until_ms = 0;    // exclusive end: midnight after valid_until in the site's UTC offset
+};
+
+struct RadarConfig {
+  std::string id;
+  std::variant<TcpLink, SerialLink> link;
+  int poll_interval_ms = 0;     // 0: the radar streams; >0: send "*P\r" every interval
+  std::vector<RadarLane> lanes;
+  RadarCalibration calibration;
+  int track_timeout_ms = 400;   // a target not seen for this long is gone: its track closes
+  int reconnect_initial_ms = 500;
+  int reconnect_max_ms = 30000;
+  int clock_window_s = 120;     // sliding window for the radar clock-offset estimate
+};
+
+// Reads a `kind: radar` device entry (id and kind already read by the caller); throws config::ConfigError.
+RadarConfig parse_radar_config(config::Section& device);
+
+}  // namespace cpd::adapters

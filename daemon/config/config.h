@@ -1,0 +1,66 @@
+// The daemon's configuration as loaded and checked from YAML (see config/example.yaml for every key).
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "adapters/registry.h"
+
+namespace cpd::config {
+
+struct Site {
+  std::string name;
+  std::string road;
+  std::string direction;       // N, S, E, W, NE, ...
+  double lat = 0.0;            // degrees WGS84
+  double lon = 0.0;
+  std::string utc_offset = "+00:00";  // local time of the site, used for calendar dates (calibration)
+  int utc_offset_min = 0;
+};
+
+struct GatewaySection {
+  std::string id;
+  Site site;
+  std::string key_path;
+};
+
+struct StoreSection {
+  std::string path;
+  int commit_max_batch = 512;  // most records per transaction (one fsync per transaction)
+};
+
+struct MqttSection {
+  std::string uri;             // tcp://host:port
+  std::string client_id;
+  std::string topic_prefix = "checkpoint";
+  int keepalive_s = 30;
+  int session_expiry_s = 7 * 24 * 3600;
+  int max_inflight = 64;       // publishes awaiting PUBACK at once
+  int connect_timeout_s = 10;
+  int reconnect_min_ms = 500;
+  int reconnect_max_ms = 30000;
+};
+
+struct DeviceConfig {
+  std::string id;
+  std::string kind;
+  std::string place;           // file:line:column of the entry, for messages
+  adapters::DeviceSettings settings;
+};
+
+struct Config {
+  GatewaySection gateway;
+  StoreSection store;
+  MqttSection mqtt;
+  std::vector<DeviceConfig> devices;
+  std::string source;          // file path (or name given for text)
+  std::string sha256;          // lower-case hex SHA-256 of the file's bytes
+};
+
+// Loads and checks a config file. Throws ConfigError naming file:line:column, the key and what is allowed.
+Config load_config(const std::string& path);
+// The same for text in memory; `name` stands for the file in messages.
+Config parse_config(std::string_view yaml_text, const std::string& name);
+
+}  // namespace cpd::config

@@ -1,0 +1,46 @@
+// ChainVerifier: what a central consumer checks, record by record: signature, seq continuity, prev chain.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "daemon/core/ed25519.h"
+
+namespace cpd {
+
+struct VerifyResult {
+  bool ok = false;
+  bool duplicate = false;      // identical bytes with an id already seen (QoS 1 redelivery): skip it
+  std::uint64_t seq = 0;
+  std::string id;
+  std::string reason;          // why it failed, for the operator
+  nlohmann::json body;         // the decoded record body when the signature verified
+};
+
+class ChainVerifier {
+ public:
+  explicit ChainVerifier(Ed25519PublicKey key);
+  // Checks one JWS: header (alg EdDSA, typ evidence+jws, kid matches), signature, body fields,
+  // seq = previous seq + 1 (the first record seen may start anywhere unless expect_from_start),
+  // prev = SHA-256 of the previous JWS bytes.
+  VerifyResult feed(std::string_view jws);
+  void expect_from_start(bool on) { from_start_ = on; }
+  std::uint64_t verified() const { return verified_; }
+  std::uint64_t duplicates() const { return duplicates_; }
+
+ private:
+  Ed25519PublicKey key_;
+  std::string kid_;
+  bool from_start_ = false;
+  std::optional<std::uint64_t> last_seq_;
+  std::string last_jws_sha256_;
+  std::string last_id_;
+  std::uint64_t verified_ = 0;
+  std::uint64_t duplicates_ = 0;
+};
+
+}  // namespace cpd

@@ -1,0 +1,66 @@
+// EvidenceStore: the durable SQLite store of sealed records and the outbox of records not yet PUBACKed.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "daemon/core/record.h"
+#include "daemon/core/status.h"
+
+struct sqlite3;
+
+namespace cpd::store {
+
+// Start-up failures (cannot open, quick_check failed, schema too new): the message names file and reason.
+class StoreError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct OutboxEntry {
+  std::uint64_t seq = 0;
+  std::string jws;
+  UnixMs created_ms = 0;
+};
+
+struct OutboxStats {
+  std::uint64_t count = 0;
+  std::optional<UnixMs> oldest_created_ms;
+};
+
+class EvidenceStore {
+ public:
+  static constexpr int kSchemaVersion = 1;
+
+  // Opens or creates the store: WAL, synchronous=FULL, PRAGMA quick_check, migrations to kSchemaVersion.
+  explicit EvidenceStore(const std::string& path);
+  ~EvidenceStore();
+  EvidenceStore(const EvidenceStore&) = delete;
+  EvidenceStore& operator=(const EvidenceStore&) = delete;
+
+  // The last committed record's seq and the SHA-256 of its JWS (seq 0 and 64 zeros when empty).
+  ChainHead chain_head() const;
+
+  // Commits the batch in one transaction (one fsync): each record into `records` and the outbox.
+  // The batch must continue the chain (first seq = head + 1, consecutive). All or nothing.
+  Status append(const std::vector<SealedRecord>& batch);
+
+  // Up to `limit` outbox entries with seq > after_seq, ascending.
+  std::vector<OutboxEntry> outbox_after(std::uint64_t after_seq, std::size_t limit) const;
+  // Removes PUBACKed records from the outbox (they stay in `records`). Unknown seqs are ignored.
+  Status mark_forwarded(const std::vector<std::uint64_t>& seqs);
+  OutboxStats outbox_stats() const;
+
+  std::optional<SealedRecord> record(std::uint64_t seq) const;
+  std::uint64_t record_count() const;
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  sqlite3* db_ = nullptr;
+};
+
+}  // namespace cpd::store
