@@ -71,6 +71,9 @@ class EventSink {
  public:
   virtual ~EventSink() = default;
   virtual void emit(DeviceEvent event) = 0;
+  // True while the core is behind (facts waiting to be sealed and committed above a bound): an adapter
+  // then stops reading from its device for a moment, so a flood is pushed back, not buffered in memory.
+  virtual bool congested() const { return false; }
 };
 
 }  // namespace cpd::adapters

@@ -2,7 +2,7 @@
 add_library(cpd_project_options INTERFACE)
 target_compile_options(cpd_project_options INTERFACE
   -Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor -Wold-style-cast -Wcast-align
-  -Woverloaded-virtual -Wnull-dereference -Wimplicit-fallthrough)
+  -Woverloaded-virtual -Wimplicit-fallthrough)
 target_compile_definitions(cpd_project_options INTERFACE
   BOOST_ASIO_NO_DEPRECATED CPD_VERSION="${PROJECT_VERSION}")
 if(CPD_SANITIZE)

@@ -1,1 +1,479 @@
-// placeholder until implemented
+// The radar adapter: a thin Asio shell (TCP client or serial port, polling, expiry timer) around the
+// pure parser and track builder. All I/O runs on the adapter's own strand; status() is thread-safe.
+#include "adapters/radar/radar_adapter.h"
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/serial_port.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/write.hpp>
+
+#include "adapters/radar/radar_frame_parser.h"
+#include "adapters/radar/radar_tracks.h"
+
+namespace cpd::adapters {
+namespace {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+using boost::system::error_code;
+
+constexpr auto kExpiryTick = std::chrono::milliseconds(100);
+constexpr std::string_view kPollCommand = "*P\r";
+
+std::string radar_state_for(int code) {
+  if (code == 0) {
+    return "ok";
+  }
+  if (code >= 20 && code <= 29) {
+    return "fault";
+  }
+  // 1x are warnings; codes the documentation does not list are not "ok" either.
+  return "warning";
+}
+
+class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
+ public:
+  RadarAdapterImpl(const RadarConfig& config, AdapterContext& ctx)
+      : config_(config),
+        ctx_(ctx),
+        strand_(asio::make_strand(ctx.io)),
+        resolver_(strand_),
+        socket_(strand_),
+        serial_(strand_),
+        reconnect_timer_(strand_),
+        poll_timer_(strand_),
+        expiry_timer_(strand_),
+        builder_(config),
+        rng_(std::random_device{}()) {
+    if (const auto* t = std::get_if<TcpLink>(&config_.link)) {
+      link_text_ = "tcp " + t->host + ":" + std::to_string(t->port);
+    } else {
+      const auto& s = std::get<SerialLink>(config_.link);
+      link_text_ = "serial " + s.device + "@" + std::to_string(s.baud);
+    }
+  }
+
+  const std::string& device_id() const { return config_.id; }
+
+  void start() {
+    asio::dispatch(strand_, [self = shared_from_this()] {
+      if (self->running_) {
+        return;
+      }
+      self->running_ = true;
+      self->set_state("connecting");
+      self->connect();
+      self->arm_expiry();
+    });
+  }
+
+  void stop() {
+    asio::dispatch(strand_, [self = shared_from_this()] {
+      self->running_ = false;
+      error_code ignored;
+      self->resolver_.cancel();
+      self->reconnect_timer_.cancel();
+      self->poll_timer_.cancel();
+      self->expiry_timer_.cancel();
+      self->socket_.close(ignored);
+      self->serial_.close(ignored);
+      self->set_state("stopped");
+    });
+  }
+
+  nlohmann::json status() const {
+    std::lock_guard lock(mutex_);
+    nlohmann::json errors = nlohmann::json::object();
+    for (std::size_t i = 0; i < kFrameErrorCount; ++i) {
+      errors[std::string(frame_error_name(static_cast<FrameError>(i)))] = snap_.parser.errors[i];
+    }
+    const auto& c = snap_.clock;
+    return {
+        {"kind", "radar"},
+        {"id", config_.id},
+        {"state", snap_.state},
+        {"link", link_text_},
+        {"frames", snap_.parser.frames},
+        {"tracks", snap_.tracks.tracks},
+        {"open_tracks", snap_.open_tracks},
+        {"test_targets", snap_.tracks.test_targets},
+        {"dropped_frames", snap_.tracks.dropped_frames},
+        {"errors", errors},
+        {"noise_bytes", snap_.parser.noise_bytes},
+        {"reconnects", snap_.reconnects},
+        {"status_code", snap_.radar_status.code},
+        {"status_text", snap_.radar_status.text},
+        {"clock",
+         {{"offset_ms", c.offset_ms},
+          {"samples", c.samples},
+          {"window_ms", c.window_ms},
+          {"epoch", c.epoch},
+          {"wraps", c.wraps}}},
+        {"last_frame_ms", snap_.last_frame_ms},
+        {"last_error", snap_.last_error},
+    };
+  }
+
+ private:
+  struct Snapshot {
+    std::string state = "stopped";
+    RadarFrameParser::Counters parser;
+    RadarTrackBuilder::Counters tracks;
+    std::size_t open_tracks = 0;
+    std::uint64_t reconnects = 0;
+    RadarStatusSnapshot radar_status;
+    RadarClockEstimate clock;
+    UnixMs last_frame_ms = 0;
+    std::string last_error;
+  };
+
+  // ---- link ----
+
+  void connect() {
+    if (!running_) {
+      return;
+    }
+    set_state("connecting");
+    if (const auto* t = std::get_if<TcpLink>(&config_.link)) {
+      resolver_.async_resolve(
+          t->host, std::to_string(t->port),
+          [self = shared_from_this()](const error_code& ec, const tcp::resolver::results_type& r) {
+            self->on_resolved(ec, r);
+          });
+    } else {
+      open_serial();
+    }
+  }
+
+  void on_resolved(const error_code& ec, const tcp::resolver::results_type& results) {
+    if (!running_ || ec == asio::error::operation_aborted) {
+      return;
+    }
+    if (ec) {
+      link_failed("resolve failed: " + ec.message());
+      return;
+    }
+    asio::async_connect(socket_, results,
+                        [self = shared_from_this()](const error_code& e, const tcp::endpoint&) {
+                          self->on_connected(e);
+                        });
+  }
+
+  void on_connected(const error_code& ec) {
+    if (!running_ || ec == asio::error::operation_aborted) {
+      return;
+    }
+    if (ec) {
+      error_code ignored;
+      socket_.close(ignored);
+      link_failed("connect failed: " + ec.message());
+      return;
+    }
+    error_code ignored;
+    socket_.set_option(tcp::no_delay(true), ignored);
+    link_up();
+  }
+
+  void open_serial() {
+    const auto& s = std::get<SerialLink>(config_.link);
+    error_code ec;
+    serial_.open(s.device, ec);
+    if (!ec) {
+      serial_.set_option(asio::serial_port::baud_rate(s.baud), ec);
+    }
+    if (!ec) {
+      serial_.set_option(asio::serial_port::character_size(8), ec);
+    }
+    if (!ec) {
+      serial_.set_option(asio::serial_port::parity(asio::serial_port::parity::none), ec);
+    }
+    if (!ec) {
+      serial_.set_option(asio::serial_port::stop_bits(asio::serial_port::stop_bits::one), ec);
+    }
+    if (!ec) {
+      serial_.set_option(asio::serial_port::flow_control(asio::serial_port::flow_control::none), ec);
+    }
+    if (ec) {
+      error_code ignored;
+      serial_.close(ignored);
+      link_failed("open failed: " + ec.message());
+      return;
+    }
+    link_up();
+  }
+
+  bool is_tcp() const { return std::holds_alternative<TcpLink>(config_.link); }
+
+  void link_up() {
+    connected_ = true;
+    good_connection_ = false;
+    set_state("connected");
+    emit_link("connected", link_text_);
+    read();
+    if (config_.poll_interval_ms > 0) {
+      send_poll();
+    }
+  }
+
+  // A connect/open attempt failed or an established link broke: report once, retry with backoff.
+  void link_failed(const std::string& reason) {
+    if (connected_) {
+      connected_ = false;
+      error_code ignored;
+      socket_.close(ignored);
+      serial_.close(ignored);
+      poll_timer_.cancel();
+      parser_.reset();
+      queue_tracks(builder_.on_disconnect());
+      flush();
+    }
+    if (good_connection_) {
+      attempt_ = 0;  // a connection that carried frames resets the backoff
+      good_connection_ = false;
+    }
+    {
+      std::lock_guard lock(mutex_);
+      snap_.last_error = reason;
+    }
+    if (reported_ != Reported::kDown) {
+      emit_link("disconnected", reason);
+    }
+    set_state("disconnected");
+    schedule_reconnect();
+  }
+
+  void schedule_reconnect() {
+    if (!running_) {
+      return;
+    }
+    const auto delay = backoff_ms();
+    ++attempt_;
+    {
+      std::lock_guard lock(mutex_);
+      ++snap_.reconnects;
+    }
+    reconnect_timer_.expires_after(std::chrono::milliseconds(delay));
+    reconnect_timer_.async_wait([self = shared_from_this()](const error_code& ec) {
+      if (!ec) {
+        self->connect();
+      }
+    });
+  }
+
+  // Exponential backoff with "equal jitter", kept within [reconnect_initial_ms, reconnect_max_ms]:
+  // many gateways restarting together must not hammer one converter in lockstep.
+  std::int64_t backoff_ms() {
+    const std::int64_t initial = std::max(1, config_.reconnect_initial_ms);
+    const std::int64_t cap = std::max<std::int64_t>(initial, config_.reconnect_max_ms);
+    std::int64_t d = initial;
+    for (int i = 0; i < attempt_ && d < cap; ++i) {
+      d *= 2;
+    }
+    d = std::min(d, cap);
+    std::uniform_int_distribution<std::int64_t> jitter(d / 2, d);
+    return std::clamp(jitter(rng_), initial, cap);
+  }
+
+  // ---- reading ----
+
+  void read() {
+    auto handler = [self = shared_from_this()](const error_code& ec, std::size_t n) {
+      self->on_read(ec, n);
+    };
+    if (is_tcp()) {
+      socket_.async_read_some(asio::buffer(buffer_), handler);
+    } else {
+      serial_.async_read_some(asio::buffer(buffer_), handler);
+    }
+  }
+
+  void on_read(const error_code& ec, std::size_t n) {
+    if (!running_ || ec == asio::error::operation_aborted) {
+      return;
+    }
+    const UnixMs now = ctx_.clock.now_ms();
+    if (n > 0) {
+      frames_.clear();
+      parser_.feed(std::string_view(buffer_.data(), n), frames_);
+      for (const auto& f : frames_) {
+        handle_frame(f, now);
+      }
+      if (!frames_.empty()) {
+        good_connection_ = true;
+        std::lock_guard lock(mutex_);
+        snap_.last_frame_ms = now;
+      }
+      flush();
+    }
+    if (ec) {
+      link_failed(ec == asio::error::eof ? std::string("closed by radar") : "read failed: " + ec.message());
+      return;
+    }
+    read();
+  }
+
+  void handle_frame(const RadarFrame& frame, UnixMs now) {
+    auto outcome = builder_.on_frame(frame, now);
+    queue_tracks(std::move(outcome.closed));
+    if (outcome.status_change) {
+      DeviceStatusEvent ev;
+      ev.device_id = config_.id;
+      ev.kind = "radar";
+      ev.state = radar_state_for(outcome.status_change->code);
+      ev.code = outcome.status_change->code;
+      ev.text = outcome.status_change->text;
+      ev.time_ms = now;
+      ev.raw_frame = frame.raw;
+      pending_.emplace_back(std::move(ev));
+    }
+  }
+
+  // ---- timers ----
+
+  void send_poll() {
+    if (!running_ || !connected_) {
+      return;
+    }
+    if (!writing_) {
+      writing_ = true;
+      auto done = [self = shared_from_this()](const error_code& ec, std::size_t) {
+        self->writing_ = false;
+        if (ec && ec != asio::error::operation_aborted && self->running_ && self->connected_) {
+          self->link_failed("write failed: " + ec.message());
+        }
+      };
+      if (is_tcp()) {
+        asio::async_write(socket_, asio::buffer(kPollCommand), done);
+      } else {
+        asio::async_write(serial_, asio::buffer(kPollCommand), done);
+      }
+    }
+    poll_timer_.expires_after(std::chrono::milliseconds(config_.poll_interval_ms));
+    poll_timer_.async_wait([self = shared_from_this()](const error_code& ec) {
+      if (!ec) {
+        self->send_poll();
+      }
+    });
+  }
+
+  void arm_expiry() {
+    expiry_timer_.expires_after(kExpiryTick);
+    expiry_timer_.async_wait([self = shared_from_this()](const error_code& ec) {
+      if (ec || !self->running_) {
+        return;
+      }
+      self->queue_tracks(self->builder_.expire(self->ctx_.clock.now_ms()));
+      self->flush();
+      self->arm_expiry();
+    });
+  }
+
+  // ---- output ----
+
+  void queue_tracks(std::vector<RadarTrack> tracks) {
+    for (auto& t : tracks) {
+      pending_.emplace_back(std::move(t));
+    }
+  }
+
+  // The snapshot is brought up to date before the events go out, so a consumer reacting to an
+  // event never sees counters older than it.
+  void flush() {
+    sync_snapshot();
+    std::vector<DeviceEvent> out;
+    out.swap(pending_);
+    for (auto& e : out) {
+      ctx_.sink.emit(std::move(e));
+    }
+  }
+
+  void emit_link(const std::string& state, const std::string& text) {
+    reported_ = state == "connected" ? Reported::kUp : Reported::kDown;
+    DeviceStatusEvent ev;
+    ev.device_id = config_.id;
+    ev.kind = "radar";
+    ev.state = state;
+    ev.text = text;
+    ev.time_ms = ctx_.clock.now_ms();
+    ctx_.sink.emit(std::move(ev));
+  }
+
+  void set_state(const std::string& s) {
+    std::lock_guard lock(mutex_);
+    snap_.state = s;
+  }
+
+  void sync_snapshot() {
+    std::lock_guard lock(mutex_);
+    snap_.parser = parser_.counters();
+    snap_.tracks = builder_.counters();
+    snap_.open_tracks = builder_.open_tracks();
+    snap_.radar_status = builder_.status();
+    snap_.clock = builder_.clock_estimate();
+  }
+
+  enum class Reported { kNone, kUp, kDown };
+
+  const RadarConfig config_;
+  AdapterContext& ctx_;
+  asio::strand<asio::io_context::executor_type> strand_;
+  tcp::resolver resolver_;
+  tcp::socket socket_;
+  asio::serial_port serial_;
+  asio::steady_timer reconnect_timer_;
+  asio::steady_timer poll_timer_;
+  asio::steady_timer expiry_timer_;
+  std::array<char, 4096> buffer_{};
+  std::vector<RadarFrame> frames_;
+  std::vector<DeviceEvent> pending_;  // events of the current handler, emitted by flush()
+  RadarFrameParser parser_;
+  RadarTrackBuilder builder_;
+  std::minstd_rand rng_;
+  std::string link_text_;
+  bool running_ = false;
+  bool connected_ = false;
+  bool good_connection_ = false;
+  bool writing_ = false;
+  int attempt_ = 0;
+  Reported reported_ = Reported::kNone;
+
+  mutable std::mutex mutex_;  // guards snap_ only; everything else lives on the strand
+  Snapshot snap_;
+};
+
+// The public face: owns the shared implementation so in-flight handlers keep it alive after stop().
+class RadarAdapter final : public Adapter {
+ public:
+  RadarAdapter(const RadarConfig& config, AdapterContext& ctx)
+      : impl_(std::make_shared<RadarAdapterImpl>(config, ctx)) {}
+  ~RadarAdapter() override { impl_->stop(); }
+  RadarAdapter(const RadarAdapter&) = delete;
+  RadarAdapter& operator=(const RadarAdapter&) = delete;
+
+  const std::string& device_id() const override { return impl_->device_id(); }
+  void start() override { impl_->start(); }
+  void stop() override { impl_->stop(); }
+  nlohmann::json status() const override { return impl_->status(); }
+
+ private:
+  std::shared_ptr<RadarAdapterImpl> impl_;
+};
+
+}  // namespace
+
+std::unique_ptr<Adapter> make_radar_adapter(const RadarConfig& config, AdapterContext& ctx) {
+  return std::make_unique<RadarAdapter>(config, ctx);
+}
+
+}  // namespace cpd::adapters

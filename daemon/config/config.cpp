@@ -1,1 +1,233 @@
-// placeholder until implemented
+// Loads the daemon's YAML config through the schema toolkit: every key typed, ranged and placed, unknown
+// keys rejected, cross-key rules checked in the same pass. Device sections are read by their kind's parser.
+#include "daemon/config/config.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <regex>
+
+#include "daemon/config/schema.h"
+#include "daemon/core/encoding.h"
+
+namespace cpd::config {
+
+namespace {
+
+constexpr std::size_t kMaxFileBytes = 1024 * 1024;  // a config is a few KiB; anything larger is a mistake
+
+constexpr std::string_view kGatewayIdPattern = "[a-z0-9][a-z0-9-]{0,62}";
+constexpr std::string_view kGatewayIdAllowed =
+    "1 to 63 lower-case letters, digits or '-', starting with a letter or digit (it appears in MQTT topics "
+    "and record ids)";
+constexpr std::string_view kDeviceIdPattern = "[a-z0-9][a-z0-9_-]{0,62}";
+constexpr std::string_view kDeviceIdAllowed =
+    "1 to 63 lower-case letters, digits, '_' or '-', starting with a letter or digit";
+constexpr std::string_view kClientIdPattern = "[A-Za-z0-9][A-Za-z0-9_.-]{0,63}";
+constexpr std::string_view kClientIdAllowed =
+    "1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit";
+constexpr std::string_view kTopicPrefixPattern = "[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*";
+constexpr std::string_view kTopicPrefixAllowed =
+    "topic levels of letters, digits, '_', '.' or '-' separated by single '/' (no '+', '#', no leading or "
+    "trailing '/')";
+constexpr std::string_view kPrintablePattern = "[!-~]([ -~]{0,126}[!-~])?";
+constexpr std::string_view kPrintableAllowed =
+    "1 to 128 printable ASCII characters, no leading/trailing space";
+constexpr std::string_view kPathPattern = "[^\\s].{0,4095}";
+constexpr std::string_view kPathAllowed = "a non-empty file path";
+
+int parse_utc_offset(Section& site, const std::string& text) {
+  // "+HH:MM" east of UTC; real offsets run from -12:00 to +14:00.
+  static const std::regex kOffset("([+-])([0-9]{2}):([0-9]{2})");
+  std::smatch m;
+  if (std::regex_match(text, m, kOffset)) {
+    const int hours = std::stoi(m[2].str());
+    const int minutes = std::stoi(m[3].str());
+    const int total = (hours * 60 + minutes) * (m[1].str() == "-" ? -1 : 1);
+    if (minutes < 60 && total >= -12 * 60 && total <= 14 * 60) {
+      return total;
+    }
+  }
+  site.fail("utc_offset", "must be \"+HH:MM\" or \"-HH:MM\" between -12:00 and +14:00, got '" + text + "'");
+}
+
+Site parse_site(Section site) {
+  Site out;
+  out.name = site.required<std::string>("name", {.pattern = kPrintablePattern, .allowed = kPrintableAllowed});
+  out.road = site.required<std::string>("road", {.pattern = kPrintablePattern, .allowed = kPrintableAllowed});
+  out.direction =
+      site.required<std::string>("direction", {.one_of = {"N", "NE", "E", "SE", "S", "SW", "W", "NW"}});
+  out.lat = site.required<double>("lat", {.min = -90.0, .max = 90.0, .allowed = "degrees WGS84, -90 to 90"});
+  out.lon =
+      site.required<double>("lon", {.min = -180.0, .max = 180.0, .allowed = "degrees WGS84, -180 to 180"});
+  out.utc_offset = site.optional<std::string>("utc_offset", "+00:00");
+  out.utc_offset_min = parse_utc_offset(site, out.utc_offset);
+  site.finish();
+  return out;
+}
+
+GatewaySection parse_gateway(Section gateway) {
+  GatewaySection out;
+  out.id = gateway.required<std::string>("id", {.pattern = kGatewayIdPattern, .allowed = kGatewayIdAllowed});
+  out.site = parse_site(gateway.section("site"));
+  out.key_path = gateway.required<std::string>("key", {.pattern = kPathPattern, .allowed = kPathAllowed});
+  gateway.finish();
+  return out;
+}
+
+StoreSection parse_store(Section store) {
+  StoreSection out;
+  out.path = store.required<std::string>("path", {.pattern = kPathPattern, .allowed = kPathAllowed});
+  out.commit_max_batch =
+      store.optional<int>("commit_max_batch", out.commit_max_batch, {.min = 1, .max = 100000});
+  store.finish();
+  return out;
+}
+
+// Paho takes tcp:// and ssl://; mqtt:// and mqtts:// are accepted as the names people also use.
+std::string parse_broker_uri(Section& mqtt) {
+  const std::string uri =
+      mqtt.required<std::string>("uri", {.allowed = "the broker as tcp://host:port or ssl://host:port"});
+  static const std::regex kUri(
+      "(tcp|ssl|mqtt|mqtts)://(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,252})):([0-9]{1,5})");
+  std::smatch m;
+  if (std::regex_match(uri, m, kUri)) {
+    const int port = std::stoi(m[4].str());
+    if (port >= 1 && port <= 65535) {
+      const std::string scheme = m[1].str();
+      const bool tls = scheme == "ssl" || scheme == "mqtts";
+      return (tls ? "ssl://" : "tcp://") + m[2].str() + ":" + std::to_string(port);
+    }
+  }
+  mqtt.fail("uri",
+            "must be tcp://host:port or ssl://host:port (mqtt:// and mqtts:// are aliases; port 1 to 65535), "
+            "got '" +
+                uri + "'");
+}
+
+MqttSection parse_mqtt(Section mqtt, const std::string& gateway_id) {
+  MqttSection out;
+  out.uri = parse_broker_uri(mqtt);
+  out.client_id = mqtt.optional<std::string>("client_id", gateway_id,
+                                             {.pattern = kClientIdPattern, .allowed = kClientIdAllowed});
+  out.topic_prefix = mqtt.optional<std::string>(
+      "topic_prefix", out.topic_prefix, {.pattern = kTopicPrefixPattern, .allowed = kTopicPrefixAllowed});
+  if (out.topic_prefix.size() > 128) {
+    mqtt.fail("topic_prefix",
+              "must be at most 128 characters, got " + std::to_string(out.topic_prefix.size()));
+  }
+  out.keepalive_s = mqtt.optional<int>("keepalive_s", out.keepalive_s, {.min = 5, .max = 65535});
+  out.session_expiry_s = mqtt.optional<int>("session_expiry_s", out.session_expiry_s, {.min = 0});
+  out.max_inflight = mqtt.optional<int>("max_inflight", out.max_inflight, {.min = 1, .max = 65535});
+  out.connect_timeout_s =
+      mqtt.optional<int>("connect_timeout_s", out.connect_timeout_s, {.min = 1, .max = 300});
+  out.reconnect_min_ms =
+      mqtt.optional<int>("reconnect_min_ms", out.reconnect_min_ms, {.min = 10, .max = 3600000});
+  out.reconnect_max_ms =
+      mqtt.optional<int>("reconnect_max_ms", out.reconnect_max_ms, {.min = 10, .max = 3600000});
+  if (out.reconnect_max_ms < out.reconnect_min_ms) {
+    mqtt.fail("reconnect_max_ms", "must be at least reconnect_min_ms (" +
+                                      std::to_string(out.reconnect_min_ms) + "), got " +
+                                      std::to_string(out.reconnect_max_ms));
+  }
+  mqtt.finish();
+  return out;
+}
+
+std::vector<DeviceConfig> parse_devices(Section& root) {
+  std::vector<std::string> kinds;
+  for (const auto& k : adapters::adapter_kinds()) {
+    kinds.emplace_back(k.kind);
+  }
+  std::vector<DeviceConfig> out;
+  std::map<std::string, std::string> id_places;
+  for (auto& device : root.sections("devices", 1)) {
+    DeviceConfig d;
+    d.id = device.required<std::string>("id", {.pattern = kDeviceIdPattern, .allowed = kDeviceIdAllowed});
+    const auto [it, inserted] = id_places.emplace(d.id, device.place("id"));
+    if (!inserted) {
+      device.fail("id", "duplicate device id '" + d.id + "' (first at " + it->second + ")");
+    }
+    d.kind = device.required<std::string>("kind", {.one_of = kinds});
+    d.place = device.place();
+    d.settings = adapters::find_adapter_kind(d.kind)->parse(device);
+    device.finish();
+    out.push_back(std::move(d));
+  }
+  return out;
+}
+
+Config parse_document(const YAML::Node& document, const std::string& name) {
+  auto context = std::make_shared<LoadContext>();
+  context->file = name;
+  Section root = Section::root(document, context);
+  Config config;
+  config.source = name;
+  // The gateway comes first whatever the file's order: device sections need the site's UTC offset.
+  config.gateway = parse_gateway(root.section("gateway"));
+  context->utc_offset_min = config.gateway.site.utc_offset_min;
+  config.store = parse_store(root.section("store"));
+  config.mqtt = parse_mqtt(root.section("mqtt"), config.gateway.id);
+  config.devices = parse_devices(root);
+  root.finish();
+  return config;
+}
+
+}  // namespace
+
+Config parse_config(std::string_view yaml_text, const std::string& name) {
+  std::vector<YAML::Node> documents;
+  try {
+    documents = YAML::LoadAll(std::string(yaml_text));
+  } catch (const YAML::Exception& e) {
+    if (e.mark.is_null()) {
+      throw ConfigError(name, 0, 0, "", "invalid YAML: " + e.msg);
+    }
+    throw ConfigError(name, e.mark.line + 1, e.mark.column + 1, "", "invalid YAML: " + e.msg);
+  }
+  if (documents.size() > 1) {
+    const YAML::Mark mark = documents[1].Mark();
+    throw ConfigError(name, mark.line < 0 ? 0 : mark.line + 1, mark.column < 0 ? 0 : mark.column + 1, "",
+                      "expected one YAML document, found " + std::to_string(documents.size()));
+  }
+  Config config = parse_document(documents.empty() ? YAML::Node() : documents.front(), name);
+  config.sha256 = sha256_hex(yaml_text);
+  return config;
+}
+
+Config load_config(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    throw ConfigError(path, 0, 0, "", std::string("cannot open: ") + std::strerror(errno));
+  }
+  std::string bytes;
+  std::array<char, 8192> buffer{};
+  for (;;) {
+    const ssize_t n = ::read(fd, buffer.data(), buffer.size());
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n < 0) {
+      const int error = errno;
+      ::close(fd);
+      throw ConfigError(path, 0, 0, "", std::string("cannot read: ") + std::strerror(error));
+    }
+    if (n == 0) {
+      break;
+    }
+    bytes.append(buffer.data(), static_cast<std::size_t>(n));
+    if (bytes.size() > kMaxFileBytes) {
+      ::close(fd);
+      throw ConfigError(path, 0, 0, "", "file is larger than " + std::to_string(kMaxFileBytes) + " bytes");
+    }
+  }
+  ::close(fd);
+  return parse_config(bytes, path);
+}
+
+}  // namespace cpd::config

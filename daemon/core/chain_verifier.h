@@ -2,9 +2,11 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 
 #include <nlohmann/json.hpp>
 
@@ -31,6 +33,14 @@ class ChainVerifier {
   void expect_from_start(bool on) { from_start_ = on; }
   std::uint64_t verified() const { return verified_; }
   std::uint64_t duplicates() const { return duplicates_; }
+  // The first and last seq accepted so far (nullopt before the first verified record).
+  std::optional<std::uint64_t> first_seq() const { return first_seq_; }
+  std::optional<std::uint64_t> last_seq() const { return last_seq_; }
+  // The gateway id of the chain, fixed by the first verified record (empty before).
+  const std::string& gateway() const { return gateway_; }
+
+  // How many recent records are remembered to recognise redeliveries.
+  static constexpr std::size_t kRecentLimit = 10000;
 
  private:
   Ed25519PublicKey key_;
@@ -41,6 +51,15 @@ class ChainVerifier {
   std::string last_id_;
   std::uint64_t verified_ = 0;
   std::uint64_t duplicates_ = 0;
+  std::optional<std::uint64_t> first_seq_;
+  std::string gateway_;
+  // Bounded memory of recent records: seq -> SHA-256 of its JWS, and the reverse to spot redeliveries.
+  std::unordered_map<std::uint64_t, std::string> recent_by_seq_;
+  std::unordered_map<std::string, std::uint64_t> recent_by_hash_;
+  std::deque<std::uint64_t> recent_order_;
+
+  VerifyResult check(std::string_view jws, const std::string& jws_sha256);
+  void remember(std::uint64_t seq, const std::string& jws_sha256);
 };
 
 }  // namespace cpd

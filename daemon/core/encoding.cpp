@@ -1,1 +1,115 @@
-// placeholder until implemented
+// Byte encodings of the evidence format: lower-case hex, strict base64url (RFC 4648 §5, no padding),
+// and SHA-256 through the OpenSSL EVP interface.
+#include "daemon/core/encoding.h"
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+
+#include <openssl/evp.h>
+
+namespace cpd {
+
+namespace {
+
+constexpr char kHexDigits[] = "0123456789abcdef";
+constexpr char kB64UrlAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+// 0..63 for an alphabet character, -1 otherwise (including '=', '+', '/', whitespace).
+constexpr std::array<std::int8_t, 256> make_b64url_table() {
+  std::array<std::int8_t, 256> table{};
+  for (auto& v : table) {
+    v = -1;
+  }
+  for (int i = 0; i < 64; ++i) {
+    table[static_cast<unsigned char>(kB64UrlAlphabet[i])] = static_cast<std::int8_t>(i);
+  }
+  return table;
+}
+
+constexpr std::array<std::int8_t, 256> kB64UrlTable = make_b64url_table();
+
+}  // namespace
+
+std::string hex_lower(std::string_view bytes) {
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (const char c : bytes) {
+    const auto b = static_cast<unsigned char>(c);
+    out.push_back(kHexDigits[b >> 4]);
+    out.push_back(kHexDigits[b & 0x0f]);
+  }
+  return out;
+}
+
+std::string base64url_encode(std::string_view bytes) {
+  std::string out;
+  out.reserve((bytes.size() * 4 + 2) / 3);
+  std::size_t i = 0;
+  for (; i + 3 <= bytes.size(); i += 3) {
+    const std::uint32_t n = (static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[i])) << 16) |
+                            (static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[i + 1])) << 8) |
+                            static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[i + 2]));
+    out.push_back(kB64UrlAlphabet[(n >> 18) & 63]);
+    out.push_back(kB64UrlAlphabet[(n >> 12) & 63]);
+    out.push_back(kB64UrlAlphabet[(n >> 6) & 63]);
+    out.push_back(kB64UrlAlphabet[n & 63]);
+  }
+  const std::size_t rest = bytes.size() - i;
+  if (rest == 1) {
+    const std::uint32_t n = static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[i])) << 16;
+    out.push_back(kB64UrlAlphabet[(n >> 18) & 63]);
+    out.push_back(kB64UrlAlphabet[(n >> 12) & 63]);
+  } else if (rest == 2) {
+    const std::uint32_t n = (static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[i])) << 16) |
+                            (static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[i + 1])) << 8);
+    out.push_back(kB64UrlAlphabet[(n >> 18) & 63]);
+    out.push_back(kB64UrlAlphabet[(n >> 12) & 63]);
+    out.push_back(kB64UrlAlphabet[(n >> 6) & 63]);
+  }
+  return out;
+}
+
+std::optional<std::string> base64url_decode(std::string_view text) {
+  // A length of 1 mod 4 cannot come from any byte string.
+  if (text.size() % 4 == 1) {
+    return std::nullopt;
+  }
+  std::string out;
+  out.reserve(text.size() * 3 / 4);
+  std::uint32_t acc = 0;
+  int bits = 0;
+  for (const char c : text) {
+    const std::int8_t v = kB64UrlTable[static_cast<unsigned char>(c)];
+    if (v < 0) {
+      return std::nullopt;
+    }
+    acc = (acc << 6) | static_cast<std::uint32_t>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push_back(static_cast<char>((acc >> bits) & 0xff));
+    }
+  }
+  // Strict: the unused low bits of the last character must be zero, so each byte string has exactly one
+  // accepted encoding (otherwise a signature part could be varied without changing the decoded bytes).
+  if (bits > 0 && (acc & ((1u << bits) - 1)) != 0) {
+    return std::nullopt;
+  }
+  return out;
+}
+
+std::string sha256_raw(std::string_view bytes) {
+  std::array<unsigned char, EVP_MAX_MD_SIZE> md{};
+  unsigned int len = 0;
+  if (EVP_Digest(bytes.data(), bytes.size(), md.data(), &len, EVP_sha256(), nullptr) != 1 || len != 32) {
+    // Only fails if libcrypto itself is broken: a broken invariant, not bad input.
+    throw std::runtime_error("SHA-256 failed in libcrypto");
+  }
+  return std::string(reinterpret_cast<const char*>(md.data()), len);
+}
+
+std::string sha256_hex(std::string_view bytes) { return hex_lower(sha256_raw(bytes)); }
+
+}  // namespace cpd

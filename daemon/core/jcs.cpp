@@ -1,1 +1,275 @@
-// placeholder until implemented
+// RFC 8785 (JCS) serialisation of nlohmann::json values: the exact bytes that are signed, so every
+// consumer in any language re-derives them from the parsed record.
+#include "daemon/core/jcs.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cstdint>
+#include <string_view>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+namespace cpd {
+
+namespace {
+
+constexpr std::int64_t kMaxExactInteger = std::int64_t{1} << 53;  // IEEE-754 doubles are exact up to 2^53
+// Records are shallow; the limit only keeps hostile input from exhausting the stack.
+constexpr int kMaxDepth = 256;
+
+// Decodes one UTF-8 sequence at text[i], advancing i; nullopt-like -1 on any ill-formed sequence
+// (overlong forms, surrogates, beyond U+10FFFF, truncation), as RFC 3629 requires.
+std::int32_t next_code_point(std::string_view text, std::size_t& i) {
+  const auto b0 = static_cast<unsigned char>(text[i]);
+  if (b0 < 0x80) {
+    ++i;
+    return b0;
+  }
+  int len = 0;
+  std::uint32_t cp = 0;
+  std::uint32_t min = 0;
+  if (b0 >= 0xc2 && b0 <= 0xdf) {
+    len = 2;
+    cp = b0 & 0x1fu;
+    min = 0x80;
+  } else if (b0 >= 0xe0 && b0 <= 0xef) {
+    len = 3;
+    cp = b0 & 0x0fu;
+    min = 0x800;
+  } else if (b0 >= 0xf0 && b0 <= 0xf4) {
+    len = 4;
+    cp = b0 & 0x07u;
+    min = 0x10000;
+  } else {
+    return -1;
+  }
+  if (i + static_cast<std::size_t>(len) > text.size()) {
+    return -1;
+  }
+  for (int k = 1; k < len; ++k) {
+    const auto b = static_cast<unsigned char>(text[i + static_cast<std::size_t>(k)]);
+    if ((b & 0xc0u) != 0x80u) {
+      return -1;
+    }
+    cp = (cp << 6) | (b & 0x3fu);
+  }
+  if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+    return -1;
+  }
+  i += static_cast<std::size_t>(len);
+  return static_cast<std::int32_t>(cp);
+}
+
+// Member names compare by UTF-16 code units (RFC 8785 §3.2.3), which differs from UTF-8 byte order
+// for characters above U+FFFF versus U+E000..U+FFFF.
+std::u16string utf16_key(const std::string& key) {
+  std::u16string out;
+  out.reserve(key.size());
+  std::size_t i = 0;
+  while (i < key.size()) {
+    const std::int32_t cp = next_code_point(key, i);
+    if (cp < 0) {
+      throw JcsError("member name is not valid UTF-8");
+    }
+    if (cp >= 0x10000) {
+      const auto v = static_cast<std::uint32_t>(cp) - 0x10000u;
+      out.push_back(static_cast<char16_t>(0xd800u + (v >> 10)));
+      out.push_back(static_cast<char16_t>(0xdc00u + (v & 0x3ffu)));
+    } else {
+      out.push_back(static_cast<char16_t>(cp));
+    }
+  }
+  return out;
+}
+
+void write_string(std::string& out, const std::string& s) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  out.push_back('"');
+  std::size_t i = 0;
+  while (i < s.size()) {
+    const std::size_t start = i;
+    const std::int32_t cp = next_code_point(s, i);
+    if (cp < 0) {
+      throw JcsError("string is not valid UTF-8");
+    }
+    switch (cp) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (cp < 0x20) {
+          out += "\\u00";
+          out.push_back(kHex[cp >> 4]);
+          out.push_back(kHex[cp & 0xf]);
+        } else {
+          out.append(s, start, i - start);
+        }
+    }
+  }
+  out.push_back('"');
+}
+
+// ECMAScript Number::toString (ECMA-262 §7.1.12.1 / Number.prototype.toString) for a finite double.
+void write_double(std::string& out, double d) {
+  if (!std::isfinite(d)) {
+    throw JcsError("NaN and Infinity have no JSON form");
+  }
+  if (d == 0) {  // also -0, which ECMAScript prints as "0"
+    out.push_back('0');
+    return;
+  }
+  if (d < 0) {
+    out.push_back('-');
+    d = -d;
+  }
+  // Shortest round-trip digits (the same digit choice ECMAScript requires), in "d.ddde±x" form.
+  char buf[64];
+  const auto res = std::to_chars(buf, buf + sizeof(buf), d, std::chars_format::scientific);
+  if (res.ec != std::errc{}) {
+    throw JcsError("number formatting failed");
+  }
+  const std::string_view sci(buf, static_cast<std::size_t>(res.ptr - buf));
+  const std::size_t e_pos = sci.find('e');
+  std::string digits;
+  for (const char c : sci.substr(0, e_pos)) {
+    if (c != '.') {
+      digits.push_back(c);
+    }
+  }
+  int exp10 = 0;
+  std::string_view exp_text = sci.substr(e_pos + 1);
+  if (!exp_text.empty() && exp_text.front() == '+') {
+    exp_text.remove_prefix(1);
+  }
+  std::from_chars(exp_text.data(), exp_text.data() + exp_text.size(), exp10);
+  // ECMAScript terms: value = 0.digits * 10^n, k = number of digits.
+  const int k = static_cast<int>(digits.size());
+  const int n = exp10 + 1;
+  if (k <= n && n <= 21) {
+    out += digits;
+    out.append(static_cast<std::size_t>(n - k), '0');
+  } else if (0 < n && n <= 21) {
+    out.append(digits, 0, static_cast<std::size_t>(n));
+    out.push_back('.');
+    out.append(digits, static_cast<std::size_t>(n), std::string::npos);
+  } else if (-6 < n && n <= 0) {
+    out += "0.";
+    out.append(static_cast<std::size_t>(-n), '0');
+    out += digits;
+  } else {
+    out.push_back(digits[0]);
+    if (k > 1) {
+      out.push_back('.');
+      out.append(digits, 1, std::string::npos);
+    }
+    out.push_back('e');
+    out.push_back(n - 1 < 0 ? '-' : '+');
+    out += std::to_string(std::abs(n - 1));
+  }
+}
+
+void write_value(std::string& out, const nlohmann::json& v, int depth) {
+  if (depth > kMaxDepth) {
+    throw JcsError("value nested too deeply");
+  }
+  switch (v.type()) {
+    case nlohmann::json::value_t::null:
+      out += "null";
+      return;
+    case nlohmann::json::value_t::boolean:
+      out += v.get<bool>() ? "true" : "false";
+      return;
+    case nlohmann::json::value_t::number_integer: {
+      const auto n = v.get<std::int64_t>();
+      if (n > kMaxExactInteger || n < -kMaxExactInteger) {
+        throw JcsError("integer " + std::to_string(n) + " is outside ±2^53");
+      }
+      out += std::to_string(n);
+      return;
+    }
+    case nlohmann::json::value_t::number_unsigned: {
+      const auto n = v.get<std::uint64_t>();
+      if (n > static_cast<std::uint64_t>(kMaxExactInteger)) {
+        throw JcsError("integer " + std::to_string(n) + " is outside ±2^53");
+      }
+      out += std::to_string(n);
+      return;
+    }
+    case nlohmann::json::value_t::number_float:
+      write_double(out, v.get<double>());
+      return;
+    case nlohmann::json::value_t::string:
+      write_string(out, v.get_ref<const std::string&>());
+      return;
+    case nlohmann::json::value_t::array: {
+      out.push_back('[');
+      bool first = true;
+      for (const auto& element : v) {
+        if (!first) {
+          out.push_back(',');
+        }
+        first = false;
+        write_value(out, element, depth + 1);
+      }
+      out.push_back(']');
+      return;
+    }
+    case nlohmann::json::value_t::object: {
+      std::vector<std::pair<std::u16string, const nlohmann::json::object_t::value_type*>> members;
+      members.reserve(v.size());
+      for (const auto& member : v.get_ref<const nlohmann::json::object_t&>()) {
+        members.emplace_back(utf16_key(member.first), &member);
+      }
+      std::sort(members.begin(), members.end(),
+                [](const auto& a, const auto& b) { return a.first < b.first; });
+      out.push_back('{');
+      bool first = true;
+      for (const auto& [key16, member] : members) {
+        if (!first) {
+          out.push_back(',');
+        }
+        first = false;
+        write_string(out, member->first);
+        out.push_back(':');
+        write_value(out, member->second, depth + 1);
+      }
+      out.push_back('}');
+      return;
+    }
+    case nlohmann::json::value_t::binary:
+      throw JcsError("binary values have no JSON form");
+    case nlohmann::json::value_t::discarded:
+      throw JcsError("discarded value has no JSON form");
+  }
+  throw JcsError("unknown JSON value type");
+}
+
+}  // namespace
+
+std::string canonical_json(const nlohmann::json& value) {
+  std::string out;
+  write_value(out, value, 0);
+  return out;
+}
+
+}  // namespace cpd

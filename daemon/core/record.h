@@ -1,6 +1,7 @@
 // Facts (what the correlator concluded) and sealed records (signed, chained, ready to store and send).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 
@@ -17,6 +18,9 @@ struct Fact {
   std::string type;
   UnixMs time_ms = 0;
   nlohmann::json fields = nlohmann::json::object();
+  // When the fact became ready to seal (e.g. the radar track closed); not part of the record. Used to
+  // measure ready-to-PUBACK latency.
+  std::chrono::steady_clock::time_point ready_at{};
 };
 
 // The position of the chain: the last sealed seq and the SHA-256 (lower-case hex) of its JWS bytes.

@@ -1,1 +1,440 @@
-// placeholder until implemented
+#include "daemon/forwarder/mqtt_forwarder.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include <boost/asio/post.hpp>
+#include <mqtt/async_client.h>
+
+#include "daemon/log/log.h"
+
+namespace cpd::forwarder {
+
+namespace asio = boost::asio;
+using nlohmann::json;
+
+// What an asynchronous Paho operation was, so its completion can be routed on the strand.
+struct MqttForwarder::Pending {
+  enum class Op { kConnect, kPublish, kStatus, kDisconnect } op;
+  std::uint64_t generation = 0;
+  std::uint64_t seq = 0;
+};
+
+// Paho calls this on its own threads: it only posts onto the forwarder's strand.
+class MqttForwarder::Listener final : public mqtt::iaction_listener {
+ public:
+  explicit Listener(MqttForwarder& fwd) : fwd_(fwd) {}
+  void on_success(const mqtt::token& tok) override { complete(tok, true); }
+  void on_failure(const mqtt::token& tok) override { complete(tok, false); }
+
+ private:
+  void complete(const mqtt::token& tok, bool ok) {
+    std::unique_ptr<Pending> p(static_cast<Pending*>(tok.get_user_context()));
+    if (!p) {
+      return;
+    }
+    const int rc = ok ? 0 : tok.get_return_code();
+    const int reason = static_cast<int>(tok.get_reason_code());
+    MqttForwarder& f = fwd_;
+    asio::post(f.strand_, [&f, p = *p, ok, rc, reason] {
+      switch (p.op) {
+        case Pending::Op::kConnect:
+          f.connecting_ = false;
+          if (ok) {
+            f.on_connected();
+          } else {
+            f.last_error_ = "connect failed (rc " + std::to_string(rc) + ", reason " + std::to_string(reason) + ")";
+            log::warn("mqtt", "", f.last_error_ + " to " + f.cfg_.uri);
+            f.schedule_reconnect();
+          }
+          break;
+        case Pending::Op::kPublish:
+          // A v5 PUBACK with a failure reason code (>= 0x80) is not an acceptance.
+          f.on_publish_result(p.generation, p.seq, ok && reason < 0x80, ok ? reason : rc);
+          break;
+        case Pending::Op::kStatus:
+          break;
+        case Pending::Op::kDisconnect:
+          f.finish_stop();
+          break;
+      }
+    });
+  }
+  MqttForwarder& fwd_;
+};
+
+MqttForwarder::MqttForwarder(asio::io_context& io, const config::MqttSection& mqtt, const std::string& gateway_id,
+                             OutboxSource& outbox, StatusProvider status_provider)
+    : io_(io),
+      strand_(asio::make_strand(io)),
+      cfg_(mqtt),
+      gateway_id_(gateway_id),
+      evidence_topic_(mqtt.topic_prefix + "/" + gateway_id + "/evidence"),
+      status_topic_(mqtt.topic_prefix + "/" + gateway_id + "/status"),
+      outbox_(outbox),
+      status_provider_(std::move(status_provider)),
+      listener_(std::make_unique<Listener>(*this)),
+      reconnect_timer_(strand_),
+      status_timer_(strand_),
+      ack_timer_(strand_),
+      stop_timer_(strand_),
+      backoff_(cfg_.reconnect_min_ms) {
+  // No Paho persistence: the outbox in SQLite is the only durable queue, and it is the one we trust.
+  client_ = std::make_unique<mqtt::async_client>(cfg_.uri, cfg_.client_id, mqtt::create_options(MQTTVERSION_5),
+                                                 static_cast<mqtt::iclient_persistence*>(nullptr));
+  client_->set_connection_lost_handler([this](const std::string& cause) {
+    asio::post(strand_, [this, cause] { on_connection_lost(cause.empty() ? "connection lost" : cause); });
+  });
+  client_->set_disconnected_handler([this](const mqtt::properties&, mqtt::ReasonCode rc) {
+    asio::post(strand_, [this, rc] {
+      on_connection_lost("broker sent DISCONNECT, reason " + std::to_string(static_cast<int>(rc)));
+    });
+  });
+}
+
+MqttForwarder::~MqttForwarder() {
+  // Destroying the Paho client first guarantees no callback runs against a dead forwarder.
+  client_.reset();
+}
+
+void MqttForwarder::start() {
+  asio::post(strand_, [this] {
+    connect();
+    publish_status(true);
+  });
+}
+
+void MqttForwarder::notify_committed(std::uint64_t last_seq, ReadyTimes ready) {
+  asio::post(strand_, [this, last_seq, ready = std::move(ready)] {
+    committed_seq_ = std::max(committed_seq_, last_seq);
+    for (const auto& [seq, at] : ready) {
+      if (at.time_since_epoch().count() != 0) {
+        ready_at_.emplace(seq, at);
+      }
+    }
+    // Bounded: during a long outage the oldest entries go (only the latency figure loses them).
+    while (ready_at_.size() > 100000) {
+      ready_at_.erase(ready_at_.begin());
+    }
+    pump();
+  });
+}
+
+void MqttForwarder::connect() {
+  if (connecting_ || connected_ || stopped_) {
+    return;
+  }
+  connecting_ = true;
+  json offline = {{"state", "offline"}, {"gateway", gateway_id_}, {"version", CPD_VERSION},
+                  {"reason", "connection lost"}};
+  mqtt::properties props{{mqtt::property::SESSION_EXPIRY_INTERVAL, cfg_.session_expiry_s}};
+  auto opts = mqtt::connect_options_builder()
+                  .mqtt_version(MQTTVERSION_5)
+                  .clean_start(false)
+                  .properties(props)
+                  .keep_alive_interval(std::chrono::seconds(cfg_.keepalive_s))
+                  .connect_timeout(std::chrono::seconds(cfg_.connect_timeout_s))
+                  .max_inflight(std::max(cfg_.max_inflight, 1) + 8)
+                  .will(mqtt::message(status_topic_, offline.dump(), 1, true))
+                  .finalize();
+  try {
+    client_->connect(opts, new Pending{Pending::Op::kConnect, generation_, 0}, *listener_);
+  } catch (const mqtt::exception& e) {
+    connecting_ = false;
+    last_error_ = std::string("connect: ") + e.what();
+    log::warn("mqtt", "", last_error_);
+    schedule_reconnect();
+  }
+}
+
+void MqttForwarder::schedule_reconnect() {
+  if (stopped_) {
+    return;
+  }
+  // Exponential backoff with full jitter in [backoff/2, backoff], capped.
+  std::uniform_int_distribution<long> dist(backoff_.count() / 2, backoff_.count());
+  const auto delay = std::chrono::milliseconds(dist(rng_));
+  backoff_ = std::min(backoff_ * 2, std::chrono::milliseconds(cfg_.reconnect_max_ms));
+  reconnect_timer_.expires_after(delay);
+  reconnect_timer_.async_wait([this](boost::system::error_code ec) {
+    if (!ec) {
+      connect();
+    }
+  });
+}
+
+void MqttForwarder::on_connected() {
+  connected_ = true;
+  if (stopped_) {
+    finish_stop();
+    return;
+  }
+  backoff_ = std::chrono::milliseconds(cfg_.reconnect_min_ms);
+  {
+    std::lock_guard lock(snapshot_mutex_);
+    ++counters_.connects;
+    snapshot_connected_ = true;
+  }
+  log::notice("mqtt", "", "connected to " + cfg_.uri);
+  publish_status(true);
+  status_timer_.expires_after(std::chrono::seconds(10));
+  status_timer_.async_wait([this](boost::system::error_code ec) {
+    if (!ec && connected_) {
+      on_status_tick();
+    }
+  });
+  pump();
+}
+
+void MqttForwarder::on_status_tick() {
+  publish_status(true);
+  status_timer_.expires_after(std::chrono::seconds(10));
+  status_timer_.async_wait([this](boost::system::error_code ec) {
+    if (!ec && connected_) {
+      on_status_tick();
+    }
+  });
+}
+
+void MqttForwarder::rewind_to_inflight() {
+  if (!inflight_.empty()) {
+    cursor_ = std::min(cursor_, *inflight_.begin() - 1);
+  }
+  inflight_.clear();
+  ++generation_;
+}
+
+void MqttForwarder::on_connection_lost(const std::string& cause) {
+  if (!connected_) {
+    return;
+  }
+  connected_ = false;
+  {
+    std::lock_guard lock(snapshot_mutex_);
+    ++counters_.disconnects;
+    snapshot_connected_ = false;
+  }
+  last_error_ = cause;
+  log::warn("mqtt", "", "lost the broker: " + cause + "; " + std::to_string(inflight_.size()) +
+                            " records awaiting PUBACK will be sent again");
+  status_timer_.cancel();
+  rewind_to_inflight();
+  flush_acks();
+  if (stopping_) {
+    finish_stop();
+    return;
+  }
+  schedule_reconnect();
+}
+
+void MqttForwarder::pump() {
+  if (!connected_ || fetching_ || stopped_) {
+    return;
+  }
+  const auto window = static_cast<std::size_t>(std::max(cfg_.max_inflight, 1));
+  if (inflight_.size() >= window || cursor_ >= committed_seq_) {
+    check_stop_done();
+    return;
+  }
+  fetching_ = true;
+  const std::uint64_t generation = generation_;
+  const std::uint64_t target = committed_seq_;
+  outbox_.fetch_after(cursor_, window - inflight_.size(),
+                      [this, generation, target](std::vector<store::OutboxEntry> entries) {
+                        asio::post(strand_, [this, generation, target, e = std::move(entries)]() mutable {
+                          if (e.empty() && generation == generation_) {
+                            // Everything up to target was already PUBACKed.
+                            cursor_ = std::max(cursor_, target);
+                          }
+                          on_fetched(generation, std::move(e));
+                        });
+                      });
+}
+
+void MqttForwarder::on_fetched(std::uint64_t generation, std::vector<store::OutboxEntry> entries) {
+  fetching_ = false;
+  if (generation != generation_ || !connected_) {
+    pump();
+    return;
+  }
+  for (auto& entry : entries) {
+    if (entry.seq <= cursor_) {
+      continue;
+    }
+    try {
+      auto msg = mqtt::make_message(evidence_topic_, entry.jws, 1, false);
+      client_->publish(msg, new Pending{Pending::Op::kPublish, generation_, entry.seq}, *listener_);
+      inflight_.insert(entry.seq);
+      cursor_ = entry.seq;
+    } catch (const mqtt::exception& e) {
+      // Not connected any more, or Paho's buffer is full: retried from the outbox after reconnect.
+      last_error_ = std::string("publish: ") + e.what();
+      {
+        std::lock_guard lock(snapshot_mutex_);
+        ++counters_.failed;
+      }
+      break;
+    }
+  }
+  pump();
+}
+
+void MqttForwarder::on_publish_result(std::uint64_t generation, std::uint64_t seq, bool ok, int rc) {
+  if (ok) {
+    acks_.push_back(seq);
+    {
+      std::lock_guard lock(snapshot_mutex_);
+      ++counters_.published;
+      acked_seq_ = std::max(acked_seq_, seq);
+      if (auto it = ready_at_.find(seq); it != ready_at_.end()) {
+        latency_.add(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - it->second).count());
+        ready_at_.erase(it);
+      }
+    }
+    if (generation == generation_) {
+      inflight_.erase(seq);
+    }
+    if (acks_.size() >= 256) {
+      flush_acks();
+    } else if (acks_.size() == 1) {
+      ack_timer_.expires_after(std::chrono::milliseconds(20));
+      ack_timer_.async_wait([this](boost::system::error_code ec) {
+        if (!ec) {
+          flush_acks();
+        }
+      });
+    }
+    pump();
+    check_stop_done();
+    return;
+  }
+  {
+    std::lock_guard lock(snapshot_mutex_);
+    ++counters_.failed;
+  }
+  if (generation != generation_) {
+    return;  // already rewound past it
+  }
+  // -11 (MQTTASYNC_OPERATION_INCOMPLETE): the broker had no session for it. Send again from the outbox,
+  // in order, with everything after it.
+  log::info("mqtt", "", "publish of seq " + std::to_string(seq) + " failed (rc " + std::to_string(rc) +
+                            "); resending from the outbox");
+  inflight_.insert(seq);
+  rewind_to_inflight();
+  pump();
+}
+
+void MqttForwarder::flush_acks() {
+  if (acks_.empty()) {
+    return;
+  }
+  outbox_.forwarded(std::move(acks_));
+  acks_.clear();
+}
+
+void MqttForwarder::publish_status(bool online) {
+  if (!connected_) {
+    return;
+  }
+  json status = status_provider_ ? status_provider_() : json::object();
+  status["state"] = online ? "online" : "offline";
+  status["gateway"] = gateway_id_;
+  status["version"] = CPD_VERSION;
+  if (!online) {
+    status["reason"] = "clean shutdown";
+  }
+  try {
+    client_->publish(mqtt::make_message(status_topic_, status.dump(), 1, true),
+                     new Pending{online ? Pending::Op::kStatus : Pending::Op::kDisconnect, generation_, 0},
+                     *listener_);
+  } catch (const mqtt::exception& e) {
+    log::warn("mqtt", "", std::string("status publish failed: ") + e.what());
+      if (!online) {
+      finish_stop();
+    }
+  }
+}
+
+void MqttForwarder::stop(std::uint64_t until_seq, std::chrono::milliseconds timeout, std::function<void()> done) {
+  asio::post(strand_, [this, until_seq, timeout, done = std::move(done)]() mutable {
+    stopping_ = true;
+    stop_done_ = std::move(done);
+    stop_until_seq_ = until_seq;
+    committed_seq_ = std::max(committed_seq_, until_seq);
+    reconnect_timer_.cancel();
+    stop_timer_.expires_after(timeout);
+    stop_timer_.async_wait([this](boost::system::error_code ec) {
+      if (!ec && !stopped_) {
+        log::warn("mqtt", "", "stopping with " + std::to_string(inflight_.size()) +
+                                  " records unacknowledged; they stay in the outbox for the next start");
+        check_stop_done(true);
+      }
+    });
+    if (!connected_) {
+      connecting_ = false;
+      finish_stop();
+      return;
+    }
+    pump();
+    check_stop_done();
+  });
+}
+
+void MqttForwarder::check_stop_done(bool force) {
+  if (!stopping_ || stopped_) {
+    return;
+  }
+  if (!connected_) {
+    finish_stop();
+    return;
+  }
+  const bool drained = inflight_.empty() && cursor_ >= stop_until_seq_;
+  if (!drained && !force) {
+    return;
+  }
+  stopped_ = true;
+  flush_acks();
+  // The retained offline status goes first; the disconnect follows its completion (Op::kDisconnect).
+  publish_status(false);
+}
+
+void MqttForwarder::finish_stop() {
+  stopped_ = true;
+  stop_timer_.cancel();
+  status_timer_.cancel();
+  ack_timer_.cancel();
+  flush_acks();
+  if (connected_) {
+    connected_ = false;
+    try {
+      client_->disconnect(1000, new Pending{Pending::Op::kStatus, generation_, 0}, *listener_);
+    } catch (const mqtt::exception&) {
+    }
+  }
+  {
+    std::lock_guard lock(snapshot_mutex_);
+    snapshot_connected_ = false;
+  }
+  if (stop_done_) {
+    auto done = std::move(stop_done_);
+    stop_done_ = nullptr;
+    asio::post(io_, std::move(done));
+  }
+}
+
+json MqttForwarder::status() const {
+  std::lock_guard lock(snapshot_mutex_);
+  return json{{"uri", cfg_.uri},
+              {"connected", snapshot_connected_},
+              {"published", counters_.published},
+              {"failed", counters_.failed},
+              {"connects", counters_.connects},
+              {"disconnects", counters_.disconnects},
+              {"acked_seq", acked_seq_},
+              {"latency",
+               {{"count", latency_.count()},
+                {"p50_ms", std::round(latency_.percentile(0.50) * 10) / 10},
+                {"p99_ms", std::round(latency_.percentile(0.99) * 10) / 10}}}};
+}
+
+}  // namespace cpd::forwarder

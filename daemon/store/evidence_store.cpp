@@ -1,1 +1,588 @@
-// placeholder until implemented
+// EvidenceStore: sealed records and the outbox in one SQLite file (WAL, synchronous=FULL), so a record is
+// accepted only once its transaction is durable, and the backlog survives restarts and crashes on disk.
+#include "daemon/store/evidence_store.h"
+
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <limits>
+#include <string_view>
+#include <system_error>
+#include <utility>
+
+#include "daemon/core/encoding.h"
+
+namespace cpd::store {
+
+namespace {
+
+// Bounds the WAL file left after a checkpoint, so a burst does not keep a large file around for good.
+constexpr std::int64_t kJournalSizeLimitBytes = 64LL * 1024 * 1024;
+
+// Schema steps: each brings user_version from version-1 to version in one transaction. Append new steps
+// (dock cursors, media references, links...) at the end; never edit a step that has shipped.
+struct Migration {
+  int version;
+  const char* sql;
+};
+
+constexpr Migration kMigrations[] = {
+    {1, R"sql(
+      CREATE TABLE records (
+        seq        INTEGER PRIMARY KEY,
+        id         TEXT    NOT NULL UNIQUE,
+        type       TEXT    NOT NULL,
+        time_ms    INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL,
+        jws        TEXT    NOT NULL
+      );
+      CREATE INDEX records_type_time ON records(type, time_ms);
+      CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY REFERENCES records(seq)
+      );
+    )sql"},
+};
+
+static_assert(std::size(kMigrations) == static_cast<std::size_t>(EvidenceStore::kSchemaVersion),
+              "one migration step per schema version");
+
+// Resets a prepared statement when a use of it ends, on every path, so its read transaction closes.
+class StatementUse {
+ public:
+  explicit StatementUse(sqlite3_stmt* stmt) : stmt_(stmt) {}
+  ~StatementUse() {
+    sqlite3_reset(stmt_);
+    sqlite3_clear_bindings(stmt_);
+  }
+  StatementUse(const StatementUse&) = delete;
+  StatementUse& operator=(const StatementUse&) = delete;
+  sqlite3_stmt* get() const { return stmt_; }
+
+ private:
+  sqlite3_stmt* stmt_;
+};
+
+std::string column_text(sqlite3_stmt* stmt, int column) {
+  const unsigned char* text = sqlite3_column_text(stmt, column);
+  if (text == nullptr) {
+    return {};
+  }
+  return std::string(reinterpret_cast<const char*>(text),
+                     static_cast<std::size_t>(sqlite3_column_bytes(stmt, column)));
+}
+
+int bind_text(sqlite3_stmt* stmt, int index, const std::string& text) {
+  return sqlite3_bind_text64(stmt, index, text.data(), text.size(), SQLITE_STATIC, SQLITE_UTF8);
+}
+
+// seq is stored as SQLite's signed 64-bit integer; sealed seqs never come near the top bit.
+sqlite3_int64 to_db_seq(std::uint64_t seq) {
+  if (seq > static_cast<std::uint64_t>(std::numeric_limits<sqlite3_int64>::max())) {
+    return std::numeric_limits<sqlite3_int64>::max();
+  }
+  return static_cast<sqlite3_int64>(seq);
+}
+
+std::string error_text(sqlite3* db, int rc) {
+  std::string text = sqlite3_errmsg(db);
+  std::string_view code = sqlite3_errstr(rc);
+  if (text != code) {
+    text += " (";
+    text += code;
+    text += ")";
+  }
+  return text;
+}
+
+// Busy peers, a full disk and I/O errors may pass; anything else (constraint, corruption, read-only) won't.
+Status status_from(int rc, std::string what) {
+  switch (rc & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+    case SQLITE_FULL:
+    case SQLITE_IOERR:
+    case SQLITE_NOMEM:
+      return Status::retry(std::move(what));
+    default:
+      return Status::fail(std::move(what));
+  }
+}
+
+// quick_check reports as lines under a "*** in database main ***" banner; the first real line is the news.
+std::string first_problem(const std::string& report) {
+  std::size_t start = 0;
+  while (start < report.size()) {
+    std::size_t end = report.find('\n', start);
+    if (end == std::string::npos) {
+      end = report.size();
+    }
+    std::string line = report.substr(start, end - start);
+    if (!line.empty() && line.rfind("***", 0) != 0) {
+      return line;
+    }
+    start = end + 1;
+  }
+  return report.empty() ? std::string("no report") : report;
+}
+
+}  // namespace
+
+struct EvidenceStore::Statements {
+  sqlite3_stmt* begin = nullptr;
+  sqlite3_stmt* commit = nullptr;
+  sqlite3_stmt* rollback = nullptr;
+  sqlite3_stmt* max_seq = nullptr;
+  sqlite3_stmt* insert_record = nullptr;
+  sqlite3_stmt* insert_outbox = nullptr;
+  sqlite3_stmt* outbox_after = nullptr;
+  sqlite3_stmt* delete_outbox = nullptr;
+  sqlite3_stmt* outbox_count = nullptr;
+  sqlite3_stmt* outbox_oldest = nullptr;
+  sqlite3_stmt* record = nullptr;
+  sqlite3_stmt* record_count = nullptr;
+  sqlite3_stmt* last_record = nullptr;
+
+  ~Statements() {
+    for (sqlite3_stmt* stmt :
+         {begin, commit, rollback, max_seq, insert_record, insert_outbox, outbox_after, delete_outbox,
+          outbox_count, outbox_oldest, record, record_count, last_record}) {
+      sqlite3_finalize(stmt);  // a no-op on nullptr
+    }
+  }
+};
+
+namespace {
+
+// Runs a write transaction: BEGIN IMMEDIATE, body, COMMIT; rolls back on any failure of body or COMMIT.
+template <typename Body>
+Status run_write_transaction(sqlite3* db, sqlite3_stmt* begin, sqlite3_stmt* commit, sqlite3_stmt* rollback,
+                             std::string_view what, Body&& body) {
+  {
+    StatementUse use(begin);
+    int rc = sqlite3_step(begin);
+    if (rc != SQLITE_DONE) {
+      return status_from(rc, std::string(what) + ": cannot begin a transaction: " + error_text(db, rc));
+    }
+  }
+  Status status = body();
+  if (status.is_ok()) {
+    StatementUse use(commit);
+    int rc = sqlite3_step(commit);
+    if (rc != SQLITE_DONE) {
+      status = status_from(rc, std::string(what) + ": commit failed: " + error_text(db, rc));
+    }
+  }
+  // After some errors (I/O, full disk) SQLite has already rolled back; a second ROLLBACK would only err.
+  if (!status.is_ok() && sqlite3_get_autocommit(db) == 0) {
+    StatementUse use(rollback);
+    sqlite3_step(rollback);
+  }
+  return status;
+}
+
+}  // namespace
+
+EvidenceStore::EvidenceStore(const std::string& path) : EvidenceStore(path, StoreOptions{}) {}
+
+EvidenceStore::EvidenceStore(const std::string& path, const StoreOptions& options) : path_(path) {
+  try {
+    open_checked(options);
+    migrate();
+    prepare_statements();
+    head_ = load_head();
+  } catch (...) {
+    close();
+    throw;
+  }
+}
+
+EvidenceStore::~EvidenceStore() {
+  close();
+}
+
+void EvidenceStore::close() noexcept {
+  stmts_.reset();
+  if (db_ != nullptr) {
+    sqlite3_close_v2(db_);
+    db_ = nullptr;
+  }
+}
+
+void EvidenceStore::open_checked(const StoreOptions& options) {
+  const std::filesystem::path file(path_);
+  std::filesystem::path dir = file.parent_path();
+  if (dir.empty()) {
+    dir = ".";
+  }
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) {
+    throw StoreError("store " + path_ + ": directory " + dir.string() +
+                     " does not exist (it is not created automatically)");
+  }
+  if (std::filesystem::is_directory(file, ec)) {
+    throw StoreError("store " + path_ + " is a directory, not a database file");
+  }
+
+  const int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_EXRESCODE;
+  int rc = sqlite3_open_v2(path_.c_str(), &db_, flags, nullptr);
+  if (rc != SQLITE_OK) {
+    std::string why = db_ != nullptr ? error_text(db_, rc) : sqlite3_errstr(rc);
+    throw StoreError("store " + path_ + ": cannot open: " + why);
+  }
+  // Until the file has passed its checks, closing must not checkpoint a WAL into it: a bad store is kept
+  // exactly as found, for inspection.
+  sqlite3_db_config(db_, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
+  sqlite3_busy_timeout(db_, static_cast<int>(std::clamp<std::chrono::milliseconds::rep>(
+                                options.busy_timeout.count(), 0, std::numeric_limits<int>::max())));
+
+  auto exec = [this](const std::string& sql, const char* step) {
+    char* err = nullptr;
+    int exec_rc = sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err);
+    if (exec_rc != SQLITE_OK) {
+      std::string why = err != nullptr ? err : sqlite3_errstr(exec_rc);
+      sqlite3_free(err);
+      throw StoreError("store " + path_ + ": " + step + " failed: " + why);
+    }
+  };
+  // Runs a one-row pragma and returns its first column as text.
+  auto query_text = [this](const char* sql, const char* step) {
+    sqlite3_stmt* stmt = nullptr;
+    int q_rc = sqlite3_prepare_v2(db_, sql, -1, &stmt, nullptr);
+    std::string value;
+    if (q_rc == SQLITE_OK) {
+      q_rc = sqlite3_step(stmt);
+      if (q_rc == SQLITE_ROW) {
+        value = column_text(stmt, 0);
+        q_rc = SQLITE_OK;
+      }
+    }
+    std::string why = q_rc == SQLITE_OK ? std::string() : error_text(db_, q_rc);
+    sqlite3_finalize(stmt);
+    if (q_rc != SQLITE_OK) {
+      throw StoreError("store " + path_ + ": " + step + " failed: " + why);
+    }
+    return value;
+  };
+
+  // The integrity check comes first, before anything may write to the file.
+  {
+    sqlite3_stmt* stmt = nullptr;
+    rc = sqlite3_prepare_v2(db_, "PRAGMA quick_check", -1, &stmt, nullptr);
+    std::string first_line;
+    if (rc == SQLITE_OK) {
+      rc = sqlite3_step(stmt);
+      if (rc == SQLITE_ROW) {
+        first_line = column_text(stmt, 0);
+        rc = SQLITE_OK;
+      }
+    }
+    std::string why = rc == SQLITE_OK ? std::string() : error_text(db_, rc);
+    sqlite3_finalize(stmt);
+    const int primary = rc & 0xff;
+    if (primary == SQLITE_NOTADB) {
+      throw StoreError("store " + path_ + " is not an SQLite database (" + why +
+                       "); the file is kept as it is for inspection — move it aside to start a new store");
+    }
+    if (primary == SQLITE_CORRUPT) {
+      first_line = why;
+    } else if (rc != SQLITE_OK) {
+      throw StoreError("store " + path_ + ": cannot read: " + why);
+    }
+    if (first_line != "ok") {
+      first_line = first_problem(first_line);
+      throw StoreError("store " + path_ + " failed its integrity check: " + first_line +
+                       "; the file is kept as it is for inspection — move it aside to start a new store");
+    }
+  }
+
+  // Refuse a newer schema before changing anything (journal mode included) in a file we do not understand.
+  const int version = std::stoi(query_text("PRAGMA user_version", "reading the schema version"));
+  if (version > kSchemaVersion) {
+    throw StoreError("store " + path_ + " has schema version " + std::to_string(version) +
+                     ", newer than this build knows (" + std::to_string(kSchemaVersion) +
+                     "); run a newer checkpointd, the file is left untouched");
+  }
+
+  // Version 0 with tables is some other program's database: adding ours to it would mix the two.
+  if (version == 0 && query_text("SELECT count(*) FROM sqlite_schema", "reading the schema") != "0") {
+    throw StoreError("store " + path_ +
+                     " is an SQLite database with tables but no checkpointd schema version; it is not "
+                     "an evidence store, and is left untouched");
+  }
+
+  // SQLite falls back to read-only on a file it may not write; the daemon would then fail every append.
+  if (sqlite3_db_readonly(db_, "main") == 1) {
+    throw StoreError("store " + path_ + " is read-only for this process (check the file's owner and mode)");
+  }
+
+  const std::string mode = query_text("PRAGMA journal_mode=WAL", "setting journal_mode=WAL");
+  if (mode != "wal") {
+    throw StoreError("store " + path_ + ": journal_mode is '" + mode +
+                     "', not 'wal' (WAL needs a local file system with shared memory)");
+  }
+  exec("PRAGMA synchronous=FULL", "setting synchronous=FULL");
+  if (query_text("PRAGMA synchronous", "reading synchronous") != "2") {
+    throw StoreError("store " + path_ + ": synchronous=FULL did not take effect");
+  }
+  exec("PRAGMA foreign_keys=ON", "enabling foreign keys");
+  exec("PRAGMA journal_size_limit=" + std::to_string(kJournalSizeLimitBytes), "setting journal_size_limit");
+  sqlite3_db_config(db_, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, nullptr);
+}
+
+void EvidenceStore::migrate() {
+  auto read_version = [this]() {
+    sqlite3_stmt* stmt = nullptr;
+    int rc = sqlite3_prepare_v2(db_, "PRAGMA user_version", -1, &stmt, nullptr);
+    int version = -1;
+    if (rc == SQLITE_OK && sqlite3_step(stmt) == SQLITE_ROW) {
+      version = sqlite3_column_int(stmt, 0);
+    }
+    sqlite3_finalize(stmt);
+    if (version < 0) {
+      throw StoreError("store " + path_ + ": cannot read the schema version: " + sqlite3_errmsg(db_));
+    }
+    return version;
+  };
+  auto exec = [this](const std::string& sql) -> std::string {
+    char* err = nullptr;
+    int rc = sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err);
+    if (rc == SQLITE_OK) {
+      return {};
+    }
+    std::string why = err != nullptr ? err : sqlite3_errstr(rc);
+    sqlite3_free(err);
+    return why.empty() ? std::string("unknown error") : why;
+  };
+
+  for (const Migration& step : kMigrations) {
+    if (read_version() >= step.version) {
+      continue;
+    }
+    if (std::string why = exec("BEGIN IMMEDIATE"); !why.empty()) {
+      throw StoreError("store " + path_ + ": cannot start migration to schema " +
+                       std::to_string(step.version) + ": " + why);
+    }
+    // Another process may have migrated between the read and BEGIN IMMEDIATE; read again under the lock.
+    if (read_version() >= step.version) {
+      exec("ROLLBACK");
+      continue;
+    }
+    std::string why = exec(step.sql);
+    if (why.empty()) {
+      why = exec("PRAGMA user_version=" + std::to_string(step.version));
+    }
+    if (why.empty()) {
+      why = exec("COMMIT");
+    }
+    if (!why.empty()) {
+      if (sqlite3_get_autocommit(db_) == 0) {
+        exec("ROLLBACK");
+      }
+      throw StoreError("store " + path_ + ": migration to schema " + std::to_string(step.version) +
+                       " failed: " + why);
+    }
+  }
+}
+
+void EvidenceStore::prepare_statements() {
+  stmts_ = std::make_unique<Statements>();
+  auto prepare = [this](sqlite3_stmt*& stmt, const char* sql) {
+    int rc = sqlite3_prepare_v3(db_, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt, nullptr);
+    if (rc != SQLITE_OK) {
+      throw StoreError("store " + path_ + ": cannot prepare '" + sql + "': " + error_text(db_, rc));
+    }
+  };
+  Statements& s = *stmts_;
+  prepare(s.begin, "BEGIN IMMEDIATE");
+  prepare(s.commit, "COMMIT");
+  prepare(s.rollback, "ROLLBACK");
+  prepare(s.max_seq, "SELECT max(seq) FROM records");
+  prepare(s.insert_record,
+          "INSERT INTO records(seq, id, type, time_ms, created_ms, jws) VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
+  prepare(s.insert_outbox, "INSERT INTO outbox(seq) VALUES (?1)");
+  prepare(s.outbox_after,
+          "SELECT o.seq, r.jws, r.created_ms FROM outbox o JOIN records r ON r.seq = o.seq "
+          "WHERE o.seq > ?1 ORDER BY o.seq LIMIT ?2");
+  prepare(s.delete_outbox, "DELETE FROM outbox WHERE seq = ?1");
+  prepare(s.outbox_count, "SELECT count(*) FROM outbox");
+  prepare(s.outbox_oldest, "SELECT r.created_ms FROM records r WHERE r.seq = (SELECT min(seq) FROM outbox)");
+  prepare(s.record, "SELECT seq, id, type, time_ms, created_ms, jws FROM records WHERE seq = ?1");
+  prepare(s.record_count, "SELECT count(*) FROM records");
+  prepare(s.last_record, "SELECT seq, jws FROM records ORDER BY seq DESC LIMIT 1");
+}
+
+ChainHead EvidenceStore::load_head() const {
+  StatementUse use(stmts_->last_record);
+  int rc = sqlite3_step(use.get());
+  if (rc == SQLITE_DONE) {
+    return ChainHead{};
+  }
+  if (rc != SQLITE_ROW) {
+    throw StoreError("store " + path_ + ": cannot read the chain head: " + error_text(db_, rc));
+  }
+  ChainHead head;
+  head.seq = static_cast<std::uint64_t>(sqlite3_column_int64(use.get(), 0));
+  head.jws_sha256 = sha256_hex(column_text(use.get(), 1));
+  return head;
+}
+
+ChainHead EvidenceStore::chain_head() const {
+  return head_;
+}
+
+Status EvidenceStore::append(const std::vector<SealedRecord>& batch) {
+  if (batch.empty()) {
+    return Status::ok();
+  }
+  for (std::size_t i = 1; i < batch.size(); ++i) {
+    if (batch[i].seq != batch[i - 1].seq + 1) {
+      return Status::fail("store " + path_ + ": batch is not consecutive: seq " +
+                          std::to_string(batch[i].seq) + " follows seq " + std::to_string(batch[i - 1].seq) +
+                          "; nothing written");
+    }
+  }
+  Statements& s = *stmts_;
+  bool head_moved = false;  // set if the file's last seq differs from our cache (another writer)
+  Status status =
+      run_write_transaction(db_, s.begin, s.commit, s.rollback, "store " + path_ + ": append", [&] {
+        // The chain is checked against the file under the write lock, not only against the cache.
+        std::uint64_t last = 0;
+        {
+          StatementUse use(s.max_seq);
+          int rc = sqlite3_step(use.get());
+          if (rc != SQLITE_ROW) {
+            return status_from(
+                rc, "store " + path_ + ": append: cannot read the last seq: " + error_text(db_, rc));
+          }
+          last = static_cast<std::uint64_t>(sqlite3_column_int64(use.get(), 0));  // NULL (empty) reads as 0
+        }
+        head_moved = last != head_.seq;
+        if (batch.front().seq != last + 1) {
+          return Status::fail("store " + path_ + ": batch starting at seq " +
+                              std::to_string(batch.front().seq) + " does not continue the chain at seq " +
+                              std::to_string(last) + "; nothing written");
+        }
+        for (const SealedRecord& r : batch) {
+          {
+            StatementUse use(s.insert_record);
+            sqlite3_bind_int64(use.get(), 1, to_db_seq(r.seq));
+            bind_text(use.get(), 2, r.id);
+            bind_text(use.get(), 3, r.type);
+            sqlite3_bind_int64(use.get(), 4, r.time_ms);
+            sqlite3_bind_int64(use.get(), 5, r.created_ms);
+            bind_text(use.get(), 6, r.jws);
+            int rc = sqlite3_step(use.get());
+            if (rc != SQLITE_DONE) {
+              return status_from(rc, "store " + path_ + ": append: record seq " + std::to_string(r.seq) +
+                                         ": " + error_text(db_, rc));
+            }
+          }
+          {
+            StatementUse use(s.insert_outbox);
+            sqlite3_bind_int64(use.get(), 1, to_db_seq(r.seq));
+            int rc = sqlite3_step(use.get());
+            if (rc != SQLITE_DONE) {
+              return status_from(rc, "store " + path_ + ": append: outbox seq " + std::to_string(r.seq) +
+                                         ": " + error_text(db_, rc));
+            }
+          }
+        }
+        return Status::ok();
+      });
+  if (status.is_ok()) {
+    head_ = ChainHead{batch.back().seq, sha256_hex(batch.back().jws)};
+  } else if (head_moved) {
+    // Someone else extended the file: our cache is stale. Refresh it so the caller sees the real head.
+    try {
+      head_ = load_head();
+    } catch (const StoreError&) {
+      // Keep the old cache; the status already says the append failed.
+    }
+  }
+  return status;
+}
+
+std::vector<OutboxEntry> EvidenceStore::outbox_after(std::uint64_t after_seq, std::size_t limit) const {
+  std::vector<OutboxEntry> entries;
+  if (limit == 0) {
+    return entries;
+  }
+  entries.reserve(std::min<std::size_t>(limit, 1024));
+  StatementUse use(stmts_->outbox_after);
+  sqlite3_bind_int64(use.get(), 1, to_db_seq(after_seq));
+  sqlite3_bind_int64(use.get(), 2,
+                     static_cast<sqlite3_int64>(std::min<std::size_t>(
+                         limit, static_cast<std::size_t>(std::numeric_limits<sqlite3_int64>::max()))));
+  while (sqlite3_step(use.get()) == SQLITE_ROW) {
+    OutboxEntry entry;
+    entry.seq = static_cast<std::uint64_t>(sqlite3_column_int64(use.get(), 0));
+    entry.jws = column_text(use.get(), 1);
+    entry.created_ms = sqlite3_column_int64(use.get(), 2);
+    entries.push_back(std::move(entry));
+  }
+  return entries;
+}
+
+Status EvidenceStore::mark_forwarded(const std::vector<std::uint64_t>& seqs) {
+  if (seqs.empty()) {
+    return Status::ok();
+  }
+  Statements& s = *stmts_;
+  return run_write_transaction(
+      db_, s.begin, s.commit, s.rollback, "store " + path_ + ": mark_forwarded", [&] {
+        for (std::uint64_t seq : seqs) {
+          StatementUse use(s.delete_outbox);
+          sqlite3_bind_int64(use.get(), 1, to_db_seq(seq));
+          int rc = sqlite3_step(use.get());
+          if (rc != SQLITE_DONE) {
+            return status_from(rc, "store " + path_ + ": mark_forwarded: seq " + std::to_string(seq) + ": " +
+                                       error_text(db_, rc));
+          }
+        }
+        return Status::ok();
+      });
+}
+
+OutboxStats EvidenceStore::outbox_stats() const {
+  OutboxStats stats;
+  {
+    StatementUse use(stmts_->outbox_count);
+    if (sqlite3_step(use.get()) == SQLITE_ROW) {
+      stats.count = static_cast<std::uint64_t>(sqlite3_column_int64(use.get(), 0));
+    }
+  }
+  if (stats.count > 0) {
+    StatementUse use(stmts_->outbox_oldest);
+    if (sqlite3_step(use.get()) == SQLITE_ROW && sqlite3_column_type(use.get(), 0) != SQLITE_NULL) {
+      stats.oldest_created_ms = sqlite3_column_int64(use.get(), 0);
+    }
+  }
+  return stats;
+}
+
+std::optional<SealedRecord> EvidenceStore::record(std::uint64_t seq) const {
+  StatementUse use(stmts_->record);
+  sqlite3_bind_int64(use.get(), 1, to_db_seq(seq));
+  if (sqlite3_step(use.get()) != SQLITE_ROW) {
+    return std::nullopt;
+  }
+  SealedRecord r;
+  r.seq = static_cast<std::uint64_t>(sqlite3_column_int64(use.get(), 0));
+  r.id = column_text(use.get(), 1);
+  r.type = column_text(use.get(), 2);
+  r.time_ms = sqlite3_column_int64(use.get(), 3);
+  r.created_ms = sqlite3_column_int64(use.get(), 4);
+  r.jws = column_text(use.get(), 5);
+  return r;
+}
+
+std::uint64_t EvidenceStore::record_count() const {
+  StatementUse use(stmts_->record_count);
+  if (sqlite3_step(use.get()) != SQLITE_ROW) {
+    return 0;
+  }
+  return static_cast<std::uint64_t>(sqlite3_column_int64(use.get(), 0));
+}
+
+}  // namespace cpd::store

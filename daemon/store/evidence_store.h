@@ -1,7 +1,9 @@
 // EvidenceStore: the durable SQLite store of sealed records and the outbox of records not yet PUBACKed.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -31,12 +33,19 @@ struct OutboxStats {
   std::optional<UnixMs> oldest_created_ms;
 };
 
+struct StoreOptions {
+  // How long a write waits for another connection's lock before giving Status::retry.
+  std::chrono::milliseconds busy_timeout{5000};
+};
+
+// Not thread-safe: one owner (the store worker thread) calls it; other processes may read the file.
 class EvidenceStore {
  public:
   static constexpr int kSchemaVersion = 1;
 
   // Opens or creates the store: WAL, synchronous=FULL, PRAGMA quick_check, migrations to kSchemaVersion.
   explicit EvidenceStore(const std::string& path);
+  EvidenceStore(const std::string& path, const StoreOptions& options);
   ~EvidenceStore();
   EvidenceStore(const EvidenceStore&) = delete;
   EvidenceStore& operator=(const EvidenceStore&) = delete;
@@ -48,10 +57,12 @@ class EvidenceStore {
   // The batch must continue the chain (first seq = head + 1, consecutive). All or nothing.
   Status append(const std::vector<SealedRecord>& batch);
 
-  // Up to `limit` outbox entries with seq > after_seq, ascending.
+  // Up to `limit` outbox entries with seq > after_seq, ascending. A read error gives what was read so far
+  // (possibly nothing); the caller asks again on its next round.
   std::vector<OutboxEntry> outbox_after(std::uint64_t after_seq, std::size_t limit) const;
   // Removes PUBACKed records from the outbox (they stay in `records`). Unknown seqs are ignored.
   Status mark_forwarded(const std::vector<std::uint64_t>& seqs);
+  // count of the outbox; oldest_created_ms is created_ms of its lowest seq (seq order is creation order).
   OutboxStats outbox_stats() const;
 
   std::optional<SealedRecord> record(std::uint64_t seq) const;
@@ -59,8 +70,18 @@ class EvidenceStore {
   const std::string& path() const { return path_; }
 
  private:
+  struct Statements;  // the prepared statements, made once after migration
+
+  void open_checked(const StoreOptions& options);
+  void migrate();
+  void prepare_statements();
+  ChainHead load_head() const;
+  void close() noexcept;
+
   std::string path_;
   sqlite3* db_ = nullptr;
+  std::unique_ptr<Statements> stmts_;
+  ChainHead head_;  // cached: read at open, advanced by each committed append
 };
 
 }  // namespace cpd::store

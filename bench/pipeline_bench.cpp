@@ -1,0 +1,216 @@
+// `make bench`: the pipeline's sustained throughput and latency, the daemon's peak RSS, and, in the same
+// run, the raw limits of each stage (Ed25519 signing, grouped fsync'd SQLite inserts, Paho QoS 1
+// publishes to the same broker). Real processes, a real broker, a real disk; nothing simulated but the radar.
+#include <signal.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include <mqtt/async_client.h>
+#include <nlohmann/json.hpp>
+
+#include "bench/store_bench.h"
+#include "daemon/core/ed25519.h"
+#include "tests/integration/harness.h"
+
+namespace {
+
+using namespace cpd::testing;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+double measure_signatures(std::chrono::milliseconds budget) {
+  const auto key = cpd::Ed25519PrivateKey::generate();
+  const std::string payload(1500, 'x');
+  std::size_t n = 0;
+  const auto start = Clock::now();
+  while (Clock::now() - start < budget) {
+    for (int i = 0; i < 64; ++i) {
+      volatile auto sig = key.sign(payload);
+      (void)sig;
+    }
+    n += 64;
+  }
+  return static_cast<double>(n) / seconds_since(start);
+}
+
+// QoS 1 publishes with the forwarder's window (64 awaiting PUBACK), 1.5 KB payloads.
+double measure_paho(const std::string& uri, std::chrono::milliseconds budget) {
+  mqtt::async_client client(uri, "cpd-bench-raw", mqtt::create_options(MQTTVERSION_5),
+                            static_cast<mqtt::iclient_persistence*>(nullptr));
+  client.connect(mqtt::connect_options_builder().mqtt_version(MQTTVERSION_5).clean_start(true).max_inflight(80).finalize())
+      ->wait();
+  struct Window : mqtt::iaction_listener {
+    std::mutex m;
+    std::condition_variable cv;
+    int inflight = 0;
+    std::uint64_t acked = 0;
+    void on_success(const mqtt::token&) override { done(); }
+    void on_failure(const mqtt::token&) override { done(); }
+    void done() {
+      std::lock_guard l(m);
+      --inflight;
+      ++acked;
+      cv.notify_one();
+    }
+  } window;
+  const std::string payload(1500, 'x');
+  const auto start = Clock::now();
+  while (Clock::now() - start < budget) {
+    {
+      std::unique_lock l(window.m);
+      window.cv.wait(l, [&] { return window.inflight < 64; });
+      ++window.inflight;
+    }
+    client.publish(mqtt::make_message("bench/raw", payload, 1, false), nullptr, window);
+  }
+  {
+    std::unique_lock l(window.m);
+    window.cv.wait(l, [&] { return window.inflight == 0; });
+  }
+  const double rate = static_cast<double>(window.acked) / seconds_since(start);
+  client.disconnect()->wait();
+  return rate;
+}
+
+long peak_rss_kb(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("VmHWM:", 0) == 0) {
+      return std::stol(line.substr(6));
+    }
+  }
+  return -1;
+}
+
+struct Rig {
+  fs::path dir;
+  Mosquitto& broker;
+  std::unique_ptr<Process> sim;
+  std::unique_ptr<Process> daemon;
+  std::uint16_t sim_port = 0;
+
+  void start(const std::string& name, std::vector<std::string> sim_args, int track_timeout_ms) {
+    std::vector<std::string> argv{binary("tools/sim/checkpoint-sim"), "radar", "--port", "0", "--lanes", "4"};
+    argv.insert(argv.end(), sim_args.begin(), sim_args.end());
+    sim = std::make_unique<Process>(argv, dir / (name + "-sim"));
+    auto line = sim->wait_for_stdout_line("listening ", 10s);
+    if (!line) {
+      throw std::runtime_error("simulator did not start: " + sim->stderr_text());
+    }
+    sim_port = static_cast<std::uint16_t>(std::stoi(line->substr(10)));
+    const auto cfg = dir / (name + ".yaml");
+    std::ofstream(cfg) << "gateway:\n  id: bench-gw\n"
+                       << "  site: {name: bench, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
+                       << "  key: " << (dir / "gateway.key").string() << "\n"
+                       << "store:\n  path: " << (dir / (name + ".db")).string() << "\n"
+                       << "mqtt:\n  uri: " << broker.uri() << "\n  client_id: bench-gw-" << name << "\n"
+                       << "devices:\n  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << sim_port
+                       << "}\n    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5},"
+                       << " {lane: 3, x_min: 7.5, x_max: 11.25}, {lane: 4, x_min: 11.25, x_max: 15.0}]\n"
+                       << "    calibration: {certificate: BENCH, valid_until: 2099-12-31}\n"
+                       << "    track_timeout_ms: " << track_timeout_ms << "\n";
+    daemon = std::make_unique<Process>(
+        std::vector<std::string>{binary("daemon/app/checkpointd"), "--config", cfg.string()}, dir / name);
+  }
+
+  long stop() {
+    const long rss = peak_rss_kb(daemon->pid());
+    daemon->signal(SIGTERM);
+    if (daemon->wait(30s) != 0) {
+      throw std::runtime_error("daemon did not stop cleanly: " + daemon->stderr_text());
+    }
+    sim->signal(SIGTERM);
+    sim->wait(5s);
+    return rss;
+  }
+};
+
+// Evidence messages seen (speed records plus a handful of audit/device_status records per run).
+std::size_t count_records(const MqttCollector& c) { return c.count("checkpoint/bench-gw/evidence"); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int vehicles = argc > 1 ? std::stoi(argv[1]) : 20000;
+  const char* keep = std::getenv("CPD_BENCH_KEEP");
+  std::string tmpl = "/var/tmp/cpd-bench-XXXXXX";
+  const fs::path dir = ::mkdtemp(tmpl.data());
+  make_gateway_key(dir);
+  Mosquitto broker(dir / "broker");
+  broker.start();
+
+  std::printf("checkpointd benchmark (one run on this machine; %s)\n", dir.c_str());
+  const double sigs = measure_signatures(2s);
+  std::printf("stage  ed25519_signatures_per_s      %10.0f\n", sigs);
+  const double inserts = cpd::bench::measure_grouped_inserts(512, 3s);
+  std::printf("stage  sqlite_full_grouped_inserts_per_s %6.0f   (batch 512, synchronous=FULL)\n", inserts);
+  const double pubs = measure_paho(broker.uri(), 3s);
+  std::printf("stage  paho_qos1_publishes_per_s     %10.0f   (window 64, 1.5 KB)\n", pubs);
+  const double slowest = std::min({sigs, inserts, pubs});
+
+  // Throughput: short tracks (3 frames) as fast as the daemon takes them; count PUBACKed records at a
+  // subscriber (the broker forwards after it has PUBACKed).
+  double throughput = 0;
+  long rss_throughput = 0;
+  {
+    MqttCollector collector(broker.uri(), {"checkpoint/bench-gw/evidence"});
+    Rig rig{dir, broker, nullptr, nullptr};
+    rig.start("throughput", {"--seed", "1", "--vehicles", std::to_string(vehicles), "--rate", "0",
+                             "--frames-per-track", "3", "--frame-interval-ms", "10"}, 50);
+    // Warm-up: the first 1000 records; then time the rest.
+    collector.wait_until([&] { return count_records(collector) >= 1000; }, 120s);
+    const auto t0 = Clock::now();
+    const std::size_t n0 = count_records(collector);
+    collector.wait_until([&] { return count_records(collector) >= static_cast<std::size_t>(vehicles); },
+                         300s);
+    const std::size_t n1 = count_records(collector);
+    throughput = static_cast<double>(n1 - n0) / seconds_since(t0);
+    rss_throughput = rig.stop();
+    std::printf("pipeline  records_per_s                %10.0f   (%zu records timed, frames in -> PUBACK)\n", throughput,
+                n1 - n0);
+  }
+
+  // Latency at nominal load: 20 vehicles/s for 20 s; the daemon reports ready-to-PUBACK percentiles.
+  long rss_nominal = 0;
+  std::string latency_line;
+  {
+    MqttCollector collector(broker.uri(), {"checkpoint/bench-gw/evidence"});
+    Rig rig{dir, broker, nullptr, nullptr};
+    rig.start("nominal", {"--seed", "2", "--vehicles", "400", "--rate", "20"}, 400);
+    collector.wait_until([&] { return count_records(collector) >= 400; }, 120s);
+    rss_nominal = rig.stop();
+    std::istringstream err(rig.daemon->stderr_text());
+    for (std::string line; std::getline(err, line);) {
+      if (line.find("ready-to-PUBACK latency") != std::string::npos) {
+        latency_line = line;
+      }
+    }
+  }
+  std::smatch m;
+  double p50 = -1, p99 = -1;
+  if (std::regex_search(latency_line, m, std::regex("p50 ([0-9.]+) ms, p99 ([0-9.]+) ms"))) {
+    p50 = std::stod(m[1]);
+    p99 = std::stod(m[2]);
+  }
+  const double ratio = throughput / slowest;
+  const long peak = std::max(rss_throughput, rss_nominal);
+  std::printf("nominal   latency_ready_to_puback_ms   p50 %.1f  p99 %.1f   (20 vehicles/s)\n", p50, p99);
+  std::printf("memory    daemon_peak_rss_kb           %ld (throughput run %ld, nominal run %ld)\n", peak,
+              rss_throughput, rss_nominal);
+  std::printf("ratio     throughput / slowest stage   %.2f  (target >= 0.70)\n", ratio);
+  std::printf("targets   ratio>=0.7 %s, p99<=50ms %s, rss<=32MB %s\n", ratio >= 0.7 ? "met" : "MISSED",
+              (p99 >= 0 && p99 <= 50) ? "met" : "MISSED", peak <= 32 * 1024 ? "met" : "MISSED");
+  broker.stop();
+  if (keep == nullptr) {
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  }
+  return 0;
+}

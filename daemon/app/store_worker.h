@@ -1,0 +1,87 @@
+// StoreWorker: the one thread that seals and commits. Facts queue up, each loop seals a batch (seq/prev in
+// commit order), commits it in one transaction (one fsync) and only then reports the records accepted.
+// It also serves the outbox pump's reads and PUBACK deletions, so SQLite is never touched on I/O threads.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "daemon/core/record.h"
+#include "daemon/core/sealer.h"
+#include "daemon/core/time.h"
+#include "daemon/forwarder/outbox_source.h"
+#include "daemon/store/evidence_store.h"
+
+namespace cpd::app {
+
+class StoreWorker final : public forwarder::OutboxSource {
+ public:
+  // Called on the worker thread after each commit with the last committed seq; must not block.
+  using ReadyTimes = std::vector<std::pair<std::uint64_t, std::chrono::steady_clock::time_point>>;
+  using CommittedHandler = std::function<void(std::uint64_t last_seq, ReadyTimes ready)>;
+
+  StoreWorker(store::EvidenceStore& store, Sealer& sealer, const WallClock& clock, std::size_t max_batch,
+              CommittedHandler on_committed);
+  ~StoreWorker() override;
+
+  // Thread-safe; never blocks on I/O. The fact is accepted once on_committed reports its batch.
+  void submit(Fact fact);
+  // As submit; `on_committed` runs on the worker thread once the record is committed (e.g. to acknowledge
+  // the device or to know the seq of a shutdown audit record). Must not block.
+  using RecordHandler = std::function<void(const SealedRecord&)>;
+  void submit(Fact fact, RecordHandler on_committed);
+  // Commits everything submitted so far, then stops the thread.
+  void drain_and_stop();
+
+  // OutboxSource: run on the worker thread; `done` is called there too (post it where it belongs).
+  void fetch_after(std::uint64_t after_seq, std::size_t limit,
+                   std::function<void(std::vector<store::OutboxEntry>)> done) override;
+  void forwarded(std::vector<std::uint64_t> seqs) override;
+
+  std::uint64_t queued() const;
+  std::uint64_t committed_records() const;
+  std::uint64_t commit_failures() const;
+  store::OutboxStats outbox_stats() const;  // cached after each loop; thread-safe
+
+ private:
+  struct Fetch {
+    std::uint64_t after_seq;
+    std::size_t limit;
+    std::function<void(std::vector<store::OutboxEntry>)> done;
+  };
+
+
+  store::EvidenceStore& store_;
+  Sealer& sealer_;
+  const WallClock& clock_;
+  const std::size_t max_batch_;
+  CommittedHandler on_committed_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  struct Item {
+    Fact fact;
+    RecordHandler on_committed;
+  };
+  void run();
+  bool commit_batch(std::vector<Item>& batch);
+
+  std::deque<Item> facts_;
+  std::vector<Item> retrying_;     // a batch whose commit failed: sealed again, in order, before anything new
+  std::deque<Fetch> fetches_;
+  std::vector<std::uint64_t> forwarded_;
+  bool stopping_ = false;
+  std::uint64_t committed_ = 0;
+  std::uint64_t failures_ = 0;
+  store::OutboxStats outbox_stats_;
+  std::chrono::steady_clock::time_point last_stats_{};
+  std::thread thread_;
+};
+
+}  // namespace cpd::app

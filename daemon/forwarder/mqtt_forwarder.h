@@ -1,0 +1,120 @@
+// MqttForwarder (the outbox pump): publishes outbox records in seq order over MQTT v5 with QoS 1, at most
+// `max_inflight` awaiting PUBACK, and removes a record from the outbox only when its PUBACK arrives.
+// Everything runs on one strand; Paho's callbacks are posted onto it, so nothing blocks on a token.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <memory>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <nlohmann/json.hpp>
+
+#include "daemon/config/config.h"
+#include "daemon/forwarder/latency.h"
+#include "daemon/forwarder/outbox_source.h"
+
+namespace mqtt {
+class async_client;
+class token;
+}  // namespace mqtt
+
+namespace cpd::forwarder {
+
+struct ForwarderCounters {
+  std::uint64_t published = 0;    // PUBACKed
+  std::uint64_t failed = 0;       // publish attempts that failed and will be retried
+  std::uint64_t connects = 0;
+  std::uint64_t disconnects = 0;
+};
+
+class MqttForwarder {
+ public:
+  using StatusProvider = std::function<nlohmann::json()>;
+
+  MqttForwarder(boost::asio::io_context& io, const config::MqttSection& mqtt, const std::string& gateway_id,
+                OutboxSource& outbox, StatusProvider status_provider);
+  ~MqttForwarder();
+  MqttForwarder(const MqttForwarder&) = delete;
+  MqttForwarder& operator=(const MqttForwarder&) = delete;
+
+  void start();
+  // New records up to last_seq are committed: thread-safe.
+  // `ready` maps each new seq to when its fact was ready to seal (for the latency figures).
+  using ReadyTimes = std::vector<std::pair<std::uint64_t, std::chrono::steady_clock::time_point>>;
+  void notify_committed(std::uint64_t last_seq, ReadyTimes ready = {});
+  // Publishes what is committed up to `until_seq` (bounded by `timeout`), then the retained `offline`
+  // status, then disconnects cleanly; `done` runs on the io_context. Call once.
+  void stop(std::uint64_t until_seq, std::chrono::milliseconds timeout, std::function<void()> done);
+
+  nlohmann::json status() const;   // thread-safe snapshot
+  std::string evidence_topic() const { return evidence_topic_; }
+  std::string status_topic() const { return status_topic_; }
+
+ private:
+  struct Pending;
+  class Listener;
+
+  void connect();
+  void schedule_reconnect();
+  void on_connected();
+  void on_connection_lost(const std::string& cause);
+  void pump();
+  void on_fetched(std::uint64_t generation, std::vector<store::OutboxEntry> entries);
+  void on_publish_result(std::uint64_t generation, std::uint64_t seq, bool ok, int rc);
+  void publish_status(bool online);
+  void flush_acks();
+  void check_stop_done(bool force = false);
+  void on_status_tick();
+  void finish_stop();
+  void rewind_to_inflight();
+
+  boost::asio::io_context& io_;
+  boost::asio::strand<boost::asio::io_context::executor_type> strand_;
+  config::MqttSection cfg_;
+  std::string gateway_id_;
+  std::string evidence_topic_;
+  std::string status_topic_;
+  OutboxSource& outbox_;
+  StatusProvider status_provider_;
+  std::unique_ptr<mqtt::async_client> client_;
+  std::unique_ptr<Listener> listener_;
+  boost::asio::steady_timer reconnect_timer_;
+  boost::asio::steady_timer status_timer_;
+  boost::asio::steady_timer ack_timer_;
+  boost::asio::steady_timer stop_timer_;
+  std::mt19937 rng_{std::random_device{}()};
+
+  // Strand state.
+  bool connected_ = false;
+  bool connecting_ = false;
+  bool fetching_ = false;
+  bool stopping_ = false;
+  bool stopped_ = false;
+  std::uint64_t generation_ = 0;        // bumped on each connection loss: stale results are recognised
+  std::uint64_t cursor_ = 0;            // highest seq handed to Paho in this generation
+  std::uint64_t committed_seq_ = 0;     // highest seq known committed
+  std::uint64_t stop_until_seq_ = 0;
+  std::set<std::uint64_t> inflight_;
+  std::vector<std::uint64_t> acks_;
+  std::chrono::milliseconds backoff_;
+  std::function<void()> stop_done_;
+  std::string last_error_;
+
+  mutable std::mutex snapshot_mutex_;
+  ForwarderCounters counters_;
+  std::uint64_t acked_seq_ = 0;         // highest PUBACKed seq (for status)
+  bool snapshot_connected_ = false;
+  LatencyRecorder latency_;
+  std::map<std::uint64_t, std::chrono::steady_clock::time_point> ready_at_;  // strand only, bounded
+};
+
+}  // namespace cpd::forwarder

@@ -1,0 +1,24 @@
+// The outbox as the forwarder sees it: read records after a seq, report PUBACKed ones. Implemented by
+// the store worker, so the forwarder never blocks on SQLite.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "daemon/store/evidence_store.h"
+
+namespace cpd::forwarder {
+
+class OutboxSource {
+ public:
+  virtual ~OutboxSource() = default;
+  // Asynchronously reads up to `limit` outbox entries with seq > after_seq, ascending, and calls `done`
+  // (on another thread: the callee posts it to its own executor).
+  virtual void fetch_after(std::uint64_t after_seq, std::size_t limit,
+                           std::function<void(std::vector<store::OutboxEntry>)> done) = 0;
+  // These records were PUBACKed: remove them from the outbox (batched; losing this only causes a resend).
+  virtual void forwarded(std::vector<std::uint64_t> seqs) = 0;
+};
+
+}  // namespace cpd::forwarder

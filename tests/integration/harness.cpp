@@ -1,0 +1,284 @@
+#include "tests/integration/harness.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <mqtt/async_client.h>
+
+#include "daemon/core/ed25519.h"
+
+namespace cpd::testing {
+
+std::string build_dir() {
+  const char* d = std::getenv("CPD_BUILD_DIR");
+  if (d == nullptr) {
+    throw std::runtime_error("CPD_BUILD_DIR is not set (run the tests through ctest)");
+  }
+  return d;
+}
+
+std::string binary(const std::string& relative) {
+  const auto p = fs::path(build_dir()) / relative;
+  if (!fs::exists(p)) {
+    throw std::runtime_error("missing binary " + p.string());
+  }
+  return p.string();
+}
+
+void pause(std::chrono::milliseconds d) { std::this_thread::sleep_for(d); }
+
+std::uint16_t free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    throw std::runtime_error("cannot bind a loopback port");
+  }
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+bool wait_for_port(std::uint16_t port, std::chrono::milliseconds timeout) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < end) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(port);
+    const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+    ::close(fd);
+    if (ok) {
+      return true;
+    }
+    pause(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
+TempDir::TempDir() {
+  std::string tmpl = (fs::temp_directory_path() / "cpd-test-XXXXXX").string();
+  if (::mkdtemp(tmpl.data()) == nullptr) {
+    throw std::runtime_error("mkdtemp failed");
+  }
+  path_ = tmpl;
+}
+
+TempDir::~TempDir() {
+  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  if (info != nullptr && info->result()->Failed()) {
+    std::fprintf(stderr, "kept test directory %s for inspection\n", path_.c_str());
+    return;
+  }
+  std::error_code ec;
+  fs::remove_all(path_, ec);
+}
+
+Process::Process(std::vector<std::string> argv, const fs::path& log_prefix)
+    : out_(log_prefix.string() + ".out"), err_(log_prefix.string() + ".err") {
+  const int out_fd = ::open(out_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+  const int err_fd = ::open(err_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+  pid_ = ::fork();
+  if (pid_ == 0) {
+    ::dup2(out_fd, 1);
+    ::dup2(err_fd, 2);
+    ::setpgid(0, 0);
+    std::vector<char*> args;
+    for (auto& a : argv) {
+      args.push_back(a.data());
+    }
+    args.push_back(nullptr);
+    ::execv(args[0], args.data());
+    std::fprintf(stderr, "exec %s failed\n", args[0]);
+    ::_exit(127);
+  }
+  ::close(out_fd);
+  ::close(err_fd);
+  if (pid_ < 0) {
+    throw std::runtime_error("fork failed");
+  }
+}
+
+Process::~Process() {
+  if (running()) {
+    ::kill(pid_, SIGKILL);
+    wait(std::chrono::seconds(5));
+  }
+}
+
+bool Process::running() {
+  if (exit_code_) {
+    return false;
+  }
+  int status = 0;
+  const pid_t r = ::waitpid(pid_, &status, WNOHANG);
+  if (r == pid_) {
+    exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return false;
+  }
+  return r == 0;
+}
+
+void Process::signal(int signo) {
+  if (running()) {
+    ::kill(pid_, signo);
+  }
+}
+
+std::optional<int> Process::wait(std::chrono::milliseconds timeout) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (running()) {
+    if (std::chrono::steady_clock::now() >= end) {
+      return std::nullopt;
+    }
+    pause(std::chrono::milliseconds(20));
+  }
+  return exit_code_;
+}
+
+namespace {
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+}  // namespace
+
+std::string Process::stdout_text() const { return slurp(out_); }
+std::string Process::stderr_text() const { return slurp(err_); }
+
+std::optional<std::string> Process::wait_for_stdout_line(const std::string& prefix,
+                                                         std::chrono::milliseconds timeout) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  do {
+    std::istringstream in(stdout_text());
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind(prefix, 0) == 0) {
+        return line;
+      }
+    }
+    pause(std::chrono::milliseconds(20));
+  } while (std::chrono::steady_clock::now() < end && running());
+  return std::nullopt;
+}
+
+Mosquitto::Mosquitto(const fs::path& dir, std::uint16_t port) : dir_(dir), port_(port == 0 ? free_port() : port) {
+  fs::create_directories(dir_);
+  std::ofstream conf(dir_ / "mosquitto.conf");
+  conf << "listener " << port_ << " 127.0.0.1\n"
+       << "allow_anonymous true\n"
+       << "persistence true\n"
+       << "persistence_location " << dir_.string() << "/\n"
+       << "max_queued_messages 0\n"
+       << "max_inflight_messages 0\n"
+       << "log_dest file " << (dir_ / "mosquitto.log").string() << "\n";
+}
+
+void Mosquitto::start() {
+  proc_ = std::make_unique<Process>(std::vector<std::string>{"/usr/sbin/mosquitto", "-c", (dir_ / "mosquitto.conf").string()},
+                                    dir_ / "mosquitto");
+  if (!wait_for_port(port_, std::chrono::seconds(10))) {
+    throw std::runtime_error("mosquitto did not start on port " + std::to_string(port_) + ": " +
+                             proc_->stderr_text());
+  }
+}
+
+void Mosquitto::stop() {
+  if (proc_) {
+    proc_->signal(SIGTERM);
+    proc_->wait(std::chrono::seconds(10));
+    proc_.reset();
+  }
+}
+
+struct MqttCollector::Impl {
+  std::unique_ptr<mqtt::async_client> client;
+  mutable std::mutex mutex;
+  std::vector<Message> messages;
+};
+
+MqttCollector::MqttCollector(const std::string& uri, const std::vector<std::string>& topics)
+    : impl_(std::make_unique<Impl>()) {
+  static std::atomic<int> counter{0};
+  const std::string id = "cpd-test-collector-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
+  impl_->client = std::make_unique<mqtt::async_client>(uri, id, mqtt::create_options(MQTTVERSION_5),
+                                                       static_cast<mqtt::iclient_persistence*>(nullptr));
+  auto* impl = impl_.get();
+  impl_->client->set_message_callback([impl](mqtt::const_message_ptr msg) {
+    std::lock_guard lock(impl->mutex);
+    impl->messages.push_back(Message{msg->get_topic(), msg->to_string(), msg->is_retained()});
+  });
+  auto* client = impl_->client.get();
+  impl_->client->set_connected_handler([client, topics](const std::string&) {
+    for (const auto& t : topics) {
+      client->subscribe(t, 1);
+    }
+  });
+  mqtt::properties props{{mqtt::property::SESSION_EXPIRY_INTERVAL, 3600}};
+  auto opts = mqtt::connect_options_builder()
+                  .mqtt_version(MQTTVERSION_5)
+                  .clean_start(false)
+                  .properties(props)
+                  .automatic_reconnect(std::chrono::milliseconds(200), std::chrono::seconds(1))
+                  .finalize();
+  impl_->client->connect(opts)->wait();
+  // Later reconnects resume the session (queued messages are delivered).
+  pause(std::chrono::milliseconds(200));
+}
+
+MqttCollector::~MqttCollector() {
+  try {
+    impl_->client->disconnect()->wait_for(std::chrono::seconds(2));
+  } catch (...) {
+  }
+}
+
+std::vector<MqttCollector::Message> MqttCollector::messages() const {
+  std::lock_guard lock(impl_->mutex);
+  return impl_->messages;
+}
+
+std::vector<std::string> MqttCollector::payloads(const std::string& topic) const {
+  std::vector<std::string> out;
+  for (const auto& m : messages()) {
+    if (m.topic == topic) {
+      out.push_back(m.payload);
+    }
+  }
+  return out;
+}
+
+std::size_t MqttCollector::count(const std::string& topic) const {
+  std::lock_guard lock(impl_->mutex);
+  return static_cast<std::size_t>(std::count_if(impl_->messages.begin(), impl_->messages.end(),
+                                                [&](const Message& m) { return m.topic == topic; }));
+}
+
+fs::path make_gateway_key(const fs::path& dir) {
+  auto key = Ed25519PrivateKey::generate();
+  key.save_pem_file((dir / "gateway.key").string());
+  std::ofstream(dir / "gateway.pub.pem") << key.public_key().pem();
+  return dir / "gateway.pub.pem";
+}
+
+}  // namespace cpd::testing

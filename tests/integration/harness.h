@@ -1,0 +1,113 @@
+// Integration-test harness: real processes (daemon, simulators, mosquitto) on free loopback ports, a temp
+// directory per test, and an MQTT collector. Nothing here is mocked.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace cpd::testing {
+
+namespace fs = std::filesystem;
+
+std::string build_dir();              // $CPD_BUILD_DIR
+std::string binary(const std::string& relative);  // build_dir()/relative, checked to exist
+std::uint16_t free_port();
+void pause(std::chrono::milliseconds d);
+bool wait_for_port(std::uint16_t port, std::chrono::milliseconds timeout);
+
+// A temp directory removed at destruction unless the test failed (then kept for inspection).
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const fs::path& path() const { return path_; }
+  fs::path operator/(const std::string& name) const { return path_ / name; }
+
+ private:
+  fs::path path_;
+};
+
+// A child process with stdout and stderr sent to files.
+class Process {
+ public:
+  Process(std::vector<std::string> argv, const fs::path& log_prefix);
+  ~Process();  // SIGKILLs if still running
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+
+  pid_t pid() const { return pid_; }
+  bool running();
+  void signal(int signo);
+  // Waits for exit; returns the exit code (128+signal if killed), nullopt on timeout.
+  std::optional<int> wait(std::chrono::milliseconds timeout);
+  std::string stdout_text() const;
+  std::string stderr_text() const;
+  // Waits until stdout has a line starting with `prefix`; returns the line.
+  std::optional<std::string> wait_for_stdout_line(const std::string& prefix, std::chrono::milliseconds timeout);
+
+ private:
+  pid_t pid_ = -1;
+  std::optional<int> exit_code_;
+  fs::path out_;
+  fs::path err_;
+};
+
+class Mosquitto {
+ public:
+  // Persistence on (so queued messages for persistent subscribers survive a graceful restart).
+  Mosquitto(const fs::path& dir, std::uint16_t port = 0);
+  void start();
+  void stop();   // graceful (SIGTERM), saves persistence
+  std::uint16_t port() const { return port_; }
+  std::string uri() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  fs::path dir_;
+  std::uint16_t port_;
+  std::unique_ptr<Process> proc_;
+};
+
+// Subscribes with a persistent session (clean start off, fixed id) and QoS 1; keeps every message.
+class MqttCollector {
+ public:
+  struct Message {
+    std::string topic;
+    std::string payload;
+    bool retained = false;
+  };
+  MqttCollector(const std::string& uri, const std::vector<std::string>& topics);
+  ~MqttCollector();
+  std::vector<Message> messages() const;
+  std::vector<std::string> payloads(const std::string& topic) const;
+  std::size_t count(const std::string& topic) const;  // without copying the messages
+  // Waits until `pred()` holds, polling every 50 ms.
+  template <class Pred>
+  bool wait_until(Pred pred, std::chrono::milliseconds timeout) const {
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < end) {
+      if (pred()) {
+        return true;
+      }
+      pause(std::chrono::milliseconds(50));
+    }
+    return pred();
+  }
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Writes a new Ed25519 key (0600) and its public PEM; returns the public PEM path.
+fs::path make_gateway_key(const fs::path& dir);
+
+}  // namespace cpd::testing

@@ -1,0 +1,319 @@
+// Unit tests of the whole config: the shipped example loads with the expected values, and each kind of
+// mistake names the right file:line:column and key.
+#include "daemon/config/config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "daemon/config/schema.h"
+#include "tests/unit/config/config_test_support.h"
+
+namespace cpd::config {
+namespace {
+
+using testing::error_of;
+using ::testing::HasSubstr;
+using testing::place_in;
+using ::testing::StartsWith;
+
+constexpr const char* kFile = "gw.yaml";
+
+const std::string kBase = R"(gateway:
+  id: gw-1
+  site: {name: "Test site", road: G60, direction: N, lat: 30.0, lon: 120.0, utc_offset: "+08:00"}
+  key: /tmp/gw.key
+store:
+  path: /tmp/store.db
+mqtt:
+  uri: tcp://127.0.0.1:1883
+devices:
+  - id: radar-1
+    kind: radar
+    tcp: {host: 192.0.2.10, port: 4001}
+    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}]
+    calibration: {certificate: C-1, valid_until: 2027-06-30}
+)";
+
+std::string replaced(std::string text, const std::string& from, const std::string& to) {
+  const auto pos = text.find(from);
+  EXPECT_NE(pos, std::string::npos) << "test bug: " << from;
+  return text.replace(pos, from.size(), to);
+}
+
+ConfigError error_in(const std::string& text) {
+  return error_of([&] { parse_config(text, kFile); });
+}
+
+std::string example_path() {
+  return std::string(CPD_TEST_SOURCE_DIR) + "/config/example.yaml";
+}
+
+TEST(ConfigTest, ExampleLoadsWithTheDocumentedValues) {
+  const Config c = load_config(example_path());
+  EXPECT_EQ(c.source, example_path());
+  EXPECT_EQ(c.sha256.size(), 64U);
+  EXPECT_EQ(c.gateway.id, "zj-hz-g60-k1234-n");
+  EXPECT_EQ(c.gateway.site.name, "G60 K1234 northbound");
+  EXPECT_EQ(c.gateway.site.road, "G60");
+  EXPECT_EQ(c.gateway.site.direction, "N");
+  EXPECT_DOUBLE_EQ(c.gateway.site.lat, 30.274085);
+  EXPECT_DOUBLE_EQ(c.gateway.site.lon, 120.155070);
+  EXPECT_EQ(c.gateway.site.utc_offset, "+08:00");
+  EXPECT_EQ(c.gateway.site.utc_offset_min, 480);
+  EXPECT_EQ(c.gateway.key_path, "/var/lib/checkpointd/gateway.key");
+  EXPECT_EQ(c.store.path, "/var/lib/checkpointd/store.db");
+  EXPECT_EQ(c.store.commit_max_batch, 512);
+  EXPECT_EQ(c.mqtt.uri, "tcp://127.0.0.1:1883");
+  EXPECT_EQ(c.mqtt.client_id, "zj-hz-g60-k1234-n");
+  EXPECT_EQ(c.mqtt.topic_prefix, "checkpoint");
+  EXPECT_EQ(c.mqtt.keepalive_s, 30);
+  EXPECT_EQ(c.mqtt.session_expiry_s, 604800);
+  EXPECT_EQ(c.mqtt.max_inflight, 64);
+  EXPECT_EQ(c.mqtt.connect_timeout_s, 10);
+  EXPECT_EQ(c.mqtt.reconnect_min_ms, 500);
+  EXPECT_EQ(c.mqtt.reconnect_max_ms, 30000);
+  ASSERT_EQ(c.devices.size(), 1U);
+  const DeviceConfig& d = c.devices[0];
+  EXPECT_EQ(d.id, "radar-1");
+  EXPECT_EQ(d.kind, "radar");
+  EXPECT_THAT(d.place, StartsWith(example_path() + ":"));
+  const auto& radar = std::get<adapters::RadarConfig>(d.settings);
+  EXPECT_EQ(radar.id, "radar-1");
+  const auto& tcp = std::get<adapters::TcpLink>(radar.link);
+  EXPECT_EQ(tcp.host, "192.0.2.10");
+  EXPECT_EQ(tcp.port, 4001);
+  ASSERT_EQ(radar.lanes.size(), 2U);
+  EXPECT_DOUBLE_EQ(radar.lanes[0].x_max, 3.75);
+  EXPECT_EQ(radar.calibration.certificate, "JJG527-2026-0412");
+  EXPECT_EQ(radar.calibration.valid_until, "2027-06-30");
+  EXPECT_EQ(radar.calibration.valid_until_ms, 1814400000000 - 8 * 3600 * 1000);  // 2027-07-01T00:00+08:00
+  EXPECT_EQ(radar.track_timeout_ms, 400);
+  EXPECT_EQ(radar.clock_window_s, 120);
+}
+
+TEST(ConfigTest, DefaultsApplyAndClientIdFollowsGatewayId) {
+  const Config c = parse_config(kBase, kFile);
+  EXPECT_EQ(c.source, kFile);
+  EXPECT_EQ(c.mqtt.client_id, "gw-1");
+  EXPECT_EQ(c.mqtt.topic_prefix, "checkpoint");
+  EXPECT_EQ(c.mqtt.session_expiry_s, 7 * 24 * 3600);
+  EXPECT_EQ(c.store.commit_max_batch, 512);
+  const auto& radar = std::get<adapters::RadarConfig>(c.devices[0].settings);
+  EXPECT_EQ(radar.poll_interval_ms, 0);
+  EXPECT_EQ(radar.reconnect_max_ms, 30000);
+  EXPECT_EQ(c.devices[0].place, place_in(kFile, kBase, "id: radar-1"));
+}
+
+TEST(ConfigTest, Sha256IsOfTheBytes) {
+  const Config a = parse_config(kBase, kFile);
+  const Config b = parse_config(kBase + "# a comment changes the bytes\n", kFile);
+  EXPECT_EQ(a.sha256.size(), 64U);
+  EXPECT_NE(a.sha256, b.sha256);
+  EXPECT_EQ(a.sha256, parse_config(kBase, "other-name").sha256);
+}
+
+TEST(ConfigTest, MqttUriAliasesAreNormalised) {
+  EXPECT_EQ(
+      parse_config(replaced(kBase, "tcp://127.0.0.1:1883", "mqtts://broker.example:8883"), kFile).mqtt.uri,
+      "ssl://broker.example:8883");
+  EXPECT_EQ(parse_config(replaced(kBase, "tcp://127.0.0.1:1883", "mqtt://[::1]:1883"), kFile).mqtt.uri,
+            "tcp://[::1]:1883");
+}
+
+TEST(ConfigTest, BadMqttUri) {
+  const std::string text = replaced(kBase, "tcp://127.0.0.1:1883", "http://127.0.0.1");
+  const ConfigError e = error_in(text);
+  EXPECT_EQ(e.key(), "mqtt.uri");
+  EXPECT_THAT(std::string(e.what()),
+              StartsWith(place_in(kFile, text, "http") + ": mqtt.uri: must be tcp://host:port"));
+}
+
+TEST(ConfigTest, UnknownKeyWithSuggestion) {
+  const std::string text = replaced(kBase, "    lanes:", "    pol_interval_ms: 100\n    lanes:");
+  const ConfigError e = error_in(text);
+  EXPECT_EQ(e.key(), "devices[0].pol_interval_ms");
+  EXPECT_THAT(std::string(e.what()),
+              StartsWith(place_in(kFile, text, "pol_interval_ms") +
+                         ": devices[0].pol_interval_ms: unknown key 'pol_interval_ms' (did you mean "
+                         "'poll_interval_ms'?); allowed: id, kind, tcp, serial, poll_interval_ms, lanes"));
+}
+
+TEST(ConfigTest, UnknownTopLevelSection) {
+  const std::string text = kBase + "mqt:\n  uri: x\n";
+  const ConfigError e = error_in(text);
+  EXPECT_EQ(std::string(e.what()),
+            place_in(kFile, text, "mqt:") +
+                ": mqt: unknown key 'mqt' (did you mean 'mqtt'?); allowed: gateway, store, "
+                "mqtt, devices");
+}
+
+TEST(ConfigTest, WrongType) {
+  const std::string text = replaced(kBase, "port: 4001", "port: abc");
+  const ConfigError e = error_in(text);
+  EXPECT_EQ(std::string(e.what()),
+            place_in(kFile, text, "abc") + ": devices[0].tcp.port: expected an integer, got 'abc'");
+}
+
+TEST(ConfigTest, OutOfRange) {
+  const std::string text = replaced(kBase, "lat: 30.0", "lat: 95.0");
+  const ConfigError e = error_in(text);
+  EXPECT_EQ(std::string(e.what()),
+            place_in(kFile, text, "95.0") + ": gateway.site.lat: must be between -90 and 90, got 95.0");
+}
+
+TEST(ConfigTest, BadDirectionListsTheCompassPoints) {
+  const std::string text = replaced(kBase, "direction: N", "direction: north");
+  EXPECT_EQ(error_in(text).detail(), "must be one of N, NE, E, SE, S, SW, W, NW; got 'north'");
+}
+
+TEST(ConfigTest, BadUtcOffset) {
+  const std::string text = replaced(kBase, "\"+08:00\"", "\"+8\"");
+  const ConfigError e = error_in(text);
+  EXPECT_EQ(e.key(), "gateway.site.utc_offset");
+  EXPECT_EQ(e.line(), 3);
+}
+
+TEST(ConfigTest, MissingRequiredKey) {
+  const std::string text = replaced(kBase, "  path: /tmp/store.db\n", "  commit_max_batch: 10\n");
+  const ConfigError e = error_in(text);
+  EXPECT_EQ(std::string(e.what()), place_in(kFile, text, "commit_max_batch") +
+                                       ": store.path: missing required key 'path' (a non-empty file path)");
+}
+
+TEST(ConfigTest, DuplicateKey) {
+  const std::string text =
+      replaced(kBase, "  key: /tmp/gw.key\n", "  key: /tmp/gw.key\n  key: /tmp/other.key\n");
+  const ConfigError e = error_in(text);
+  EXPECT_EQ(std::string(e.what()), place_in(kFile, text, "key: /tmp/other") +
+                                       ": gateway.key: duplicate key 'key' (first at " +
+                                       place_in(kFile, text, "key: /tmp/gw.key") + ")");
+}
+
+TEST(ConfigTest, DuplicateDeviceIdNamesBothPlaces) {
+  const std::string second = R"(  - id: radar-1
+    kind: radar
+    serial: {device: /dev/ttyUSB0}
+    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}]
+    calibration: {certificate: C-2, valid_until: 2027-06-30}
+)";
+  const std::string text = kBase + second;
+  const ConfigError e = error_in(text);
+  EXPECT_EQ(std::string(e.what()), place_in(kFile, text, "radar-1", 1) +
+                                       ": devices[1].id: duplicate device id 'radar-1' (first at " +
+                                       place_in(kFile, text, "radar-1", 0) + ")");
+}
+
+TEST(ConfigTest, OverlappingLanes) {
+  const std::string text =
+      replaced(kBase, "[{lane: 1, x_min: 0.0, x_max: 3.75}]",
+               "[{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.5, x_max: 7.0}]");
+  const ConfigError e = error_in(text);
+  EXPECT_EQ(e.key(), "devices[0].lanes[1].x_min");
+  EXPECT_THAT(std::string(e.what()),
+              StartsWith(place_in(kFile, text, "3.5") + ": devices[0].lanes[1].x_min: lane 2 "
+                                                        "[3.5, 7.0) overlaps lane 1 [0.0, 3.75)"));
+}
+
+TEST(ConfigTest, BadDate) {
+  const std::string text = replaced(kBase, "2027-06-30", "2027-06-31");
+  const ConfigError e = error_in(text);
+  EXPECT_EQ(e.key(), "devices[0].calibration.valid_until");
+  EXPECT_THAT(std::string(e.what()), StartsWith(place_in(kFile, text, "2027-06-31") + ": "));
+}
+
+TEST(ConfigTest, BothTcpAndSerial) {
+  const std::string text =
+      replaced(kBase, "    lanes:", "    serial: {device: /dev/ttyUSB0, baud: 9600}\n    lanes:");
+  const ConfigError e = error_in(text);
+  EXPECT_EQ(e.key(), "devices[0].serial");
+  EXPECT_THAT(std::string(e.what()), StartsWith(place_in(kFile, text, "{device") + ": devices[0].serial: "));
+}
+
+TEST(ConfigTest, UnknownDeviceKind) {
+  const std::string text = replaced(kBase, "kind: radar", "kind: lidar");
+  EXPECT_EQ(error_in(text).detail(), "must be one of radar; got 'lidar'");
+}
+
+TEST(ConfigTest, NoDevices) {
+  const std::string text = kBase.substr(0, kBase.find("devices:")) + "devices: []\n";
+  const ConfigError e = error_in(text);
+  EXPECT_EQ(e.key(), "devices");
+  EXPECT_EQ(e.detail(), "must have at least 1 entry, got 0");
+}
+
+TEST(ConfigTest, BadGatewayAndClientIdsAndTopicPrefix) {
+  EXPECT_EQ(error_in(replaced(kBase, "id: gw-1", "id: GW_1")).key(), "gateway.id");
+  EXPECT_EQ(error_in(replaced(kBase, "  uri: tcp://127.0.0.1:1883\n",
+                              "  uri: tcp://127.0.0.1:1883\n  client_id: a/b\n"))
+                .key(),
+            "mqtt.client_id");
+  for (const std::string bad : {"a/+/b", "a/#", "/a", "a/", "a//b"}) {
+    const std::string text = replaced(kBase, "  uri: tcp://127.0.0.1:1883\n",
+                                      "  uri: tcp://127.0.0.1:1883\n  topic_prefix: \"" + bad + "\"\n");
+    EXPECT_EQ(error_in(text).key(), "mqtt.topic_prefix") << bad;
+  }
+}
+
+TEST(ConfigTest, ReconnectMinAboveMax) {
+  const std::string text =
+      replaced(kBase, "  uri: tcp://127.0.0.1:1883\n",
+               "  uri: tcp://127.0.0.1:1883\n  reconnect_min_ms: 5000\n  reconnect_max_ms: 1000\n");
+  const ConfigError e = error_in(text);
+  EXPECT_EQ(std::string(e.what()),
+            place_in(kFile, text, "1000\n") +
+                ": mqtt.reconnect_max_ms: must be at least reconnect_min_ms (5000), got 1000");
+}
+
+TEST(ConfigTest, YamlSyntaxError) {
+  const std::string text =
+      replaced(kBase, "[{lane: 1, x_min: 0.0, x_max: 3.75}]", "[{lane: 1, x_min: 0.0, x_max: 3.75}");
+  const ConfigError e = error_in(text);
+  EXPECT_EQ(e.file(), kFile);
+  EXPECT_GE(e.line(), 13);
+  EXPECT_GT(e.column(), 0);
+  EXPECT_THAT(std::string(e.what()), StartsWith("gw.yaml:" + std::to_string(e.line()) + ":"));
+  EXPECT_THAT(e.detail(), StartsWith("invalid YAML: "));
+}
+
+TEST(ConfigTest, IndentationErrorIsASyntaxError) {
+  const ConfigError e = error_in("gateway:\n  id: a\n   site: b\n");
+  EXPECT_EQ(e.line(), 3);
+  EXPECT_THAT(e.detail(), StartsWith("invalid YAML: "));
+}
+
+TEST(ConfigTest, TwoDocumentsAreAnError) {
+  EXPECT_THAT(error_in(kBase + "---\na: 1\n").detail(), HasSubstr("expected one YAML document"));
+}
+
+TEST(ConfigTest, MissingFileNamesThePathAndTheReason) {
+  const std::string path = ::testing::TempDir() + "/no-such-dir/checkpointd.yaml";
+  const ConfigError e = error_of([&] { load_config(path); });
+  EXPECT_EQ(std::string(e.what()), path + ": cannot open: No such file or directory");
+  EXPECT_EQ(e.line(), 0);
+}
+
+TEST(ConfigTest, DirectoryIsUnreadable) {
+  const std::string path = ::testing::TempDir();
+  const ConfigError e = error_of([&] { load_config(path); });
+  EXPECT_THAT(std::string(e.what()), StartsWith(path + ": cannot read: Is a directory"));
+}
+
+TEST(ConfigTest, LoadsAFileAndReportsItsPath) {
+  const std::string path = ::testing::TempDir() + "/config_test_bad.yaml";
+  {
+    std::ofstream out(path, std::ios::binary);
+    out << replaced(kBase, "port: 4001", "port: 99999");
+  }
+  const ConfigError e = error_of([&] { load_config(path); });
+  std::filesystem::remove(path);
+  EXPECT_EQ(e.file(), path);
+  EXPECT_EQ(e.key(), "devices[0].tcp.port");
+  EXPECT_EQ(e.line(), 12);
+}
+
+}  // namespace
+}  // namespace cpd::config

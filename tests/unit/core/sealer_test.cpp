@@ -1,0 +1,134 @@
+// Unit tests for the Sealer: exact header and body bytes, seq/prev/id chaining, head handling, and the
+// refusal of reserved names and non-integer numbers.
+#include "daemon/core/sealer.h"
+
+#include <stdexcept>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "daemon/core/encoding.h"
+#include "daemon/core/jcs.h"
+#include "tests/unit/core/core_test_support.h"
+
+namespace cpd {
+namespace {
+
+using nlohmann::json;
+
+Fact speeding(UnixMs time_ms, int speed) {
+  Fact f;
+  f.type = "speeding";
+  f.time_ms = time_ms;
+  f.fields = {{"plate", "\xe6\xb5\x99" "A12345"}, {"speed", speed}, {"lane", 2}};
+  return f;
+}
+
+class SealerTest : public ::testing::Test {
+ protected:
+  test::TempDir dir_;
+  Ed25519PrivateKey key_ = test::rfc8032_key(dir_);
+};
+
+TEST_F(SealerTest, ExactHeaderAndBodyBytes) {
+  Sealer sealer(key_, "gw-1", ChainHead{});
+  const SealedRecord r = sealer.seal(speeding(1700000000000, 1234), 1700000000500);
+  EXPECT_EQ(test::header_of(r.jws), R"({"alg":"EdDSA","kid":"21fe31dfa154a261","typ":"evidence+jws"})");
+  EXPECT_EQ(sealer.kid(), "21fe31dfa154a261");
+  EXPECT_EQ(test::payload_of(r.jws),
+            "{\"created_ms\":1700000000500,\"gateway\":\"gw-1\",\"id\":\"gw-1:1\",\"lane\":2,"
+            "\"plate\":\"\xe6\xb5\x99" "A12345\",\"prev\":\"" + std::string(64, '0') +
+                "\",\"seq\":1,\"speed\":1234,\"time_ms\":1700000000000,\"type\":\"speeding\",\"v\":1}");
+  EXPECT_EQ(r.seq, 1u);
+  EXPECT_EQ(r.id, "gw-1:1");
+  EXPECT_EQ(r.type, "speeding");
+  EXPECT_EQ(r.time_ms, 1700000000000);
+  EXPECT_EQ(r.created_ms, 1700000000500);
+}
+
+TEST_F(SealerTest, SignatureCoversHeaderDotPayload) {
+  Sealer sealer(key_, "gw-1", ChainHead{});
+  const std::string jws = sealer.seal(speeding(1, 2), 3).jws;
+  const auto dot2 = jws.rfind('.');
+  const auto sig = base64url_decode(std::string_view(jws).substr(dot2 + 1));
+  ASSERT_TRUE(sig.has_value());
+  EXPECT_TRUE(key_.public_key().verify(std::string_view(jws).substr(0, dot2), *sig));
+  // Only the base64url alphabet and two dots: safe as one line and one MQTT payload.
+  EXPECT_EQ(jws.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."),
+            std::string::npos);
+}
+
+TEST_F(SealerTest, ChainsSeqPrevAndId) {
+  Sealer sealer(key_, "zj-hz-g60-k1234-n", ChainHead{});
+  std::string prev_hash(64, '0');
+  for (std::uint64_t i = 1; i <= 5; ++i) {
+    const SealedRecord r = sealer.seal(speeding(1000 + static_cast<UnixMs>(i), 500), 2000);
+    const json body = json::parse(test::payload_of(r.jws));
+    EXPECT_EQ(body["seq"], i);
+    EXPECT_EQ(body["id"], "zj-hz-g60-k1234-n:" + std::to_string(i));
+    EXPECT_EQ(body["prev"], prev_hash);
+    EXPECT_EQ(body["v"], 1);
+    EXPECT_EQ(body["gateway"], "zj-hz-g60-k1234-n");
+    EXPECT_EQ(canonical_json(body), test::payload_of(r.jws));
+    prev_hash = sha256_hex(r.jws);
+    EXPECT_EQ(sealer.head(), (ChainHead{i, prev_hash}));
+  }
+}
+
+TEST_F(SealerTest, ContinuesFromAGivenHeadAndIsDeterministic) {
+  const ChainHead head{41, std::string(64, 'a')};
+  Sealer sealer(key_, "gw-1", head);
+  const SealedRecord r = sealer.seal(speeding(5, 6), 7);
+  EXPECT_EQ(r.seq, 42u);
+  EXPECT_EQ(json::parse(test::payload_of(r.jws))["prev"], std::string(64, 'a'));
+  // After a failed commit the owner rewinds; Ed25519 is deterministic, so the same fact reseals to the
+  // same bytes.
+  sealer.reset(head);
+  EXPECT_EQ(sealer.seal(speeding(5, 6), 7).jws, r.jws);
+}
+
+TEST_F(SealerTest, RejectsReservedNames) {
+  Sealer sealer(key_, "gw-1", ChainHead{});
+  for (const char* name : {"v", "gateway", "seq", "prev", "id", "type", "time_ms", "created_ms"}) {
+    Fact f = speeding(1, 2);
+    f.fields[name] = 1;
+    EXPECT_THROW(sealer.seal(f, 3), std::invalid_argument) << name;
+  }
+  EXPECT_EQ(sealer.head(), ChainHead{});  // nothing was sealed
+  Fact nested = speeding(1, 2);
+  nested.fields["vehicle"] = {{"type", "car"}};  // reserved names only matter at the top level
+  EXPECT_NO_THROW(sealer.seal(nested, 3));
+}
+
+TEST_F(SealerTest, RejectsNonIntegerNumbersAnywhere) {
+  Sealer sealer(key_, "gw-1", ChainHead{});
+  Fact top = speeding(1, 2);
+  top.fields["speed"] = 123.4;
+  EXPECT_THROW(sealer.seal(top, 3), std::invalid_argument);
+  Fact nested = speeding(1, 2);
+  nested.fields["media"] = json::array({{{"size", 10}}, {{"ratio", 0.5}}});
+  EXPECT_THROW(sealer.seal(nested, 3), std::invalid_argument);
+  Fact huge = speeding(1, 2);
+  huge.fields["bytes"] = (std::int64_t{1} << 53) + 1;
+  EXPECT_THROW(sealer.seal(huge, 3), std::invalid_argument);
+  Fact bad_text = speeding(1, 2);
+  bad_text.fields["plate"] = "\xff";
+  EXPECT_THROW(sealer.seal(bad_text, 3), std::invalid_argument);
+  EXPECT_EQ(sealer.head(), ChainHead{});
+  // An integral double serialises as an integer, so it is accepted.
+  Fact integral = speeding(1, 2);
+  integral.fields["speed"] = 1234.0;
+  const SealedRecord r = sealer.seal(integral, 3);
+  EXPECT_EQ(json::parse(test::payload_of(r.jws))["speed"], 1234);
+}
+
+TEST_F(SealerTest, RejectsEmptyTypeAndGateway) {
+  EXPECT_THROW(Sealer(key_, "", ChainHead{}), std::invalid_argument);
+  Sealer sealer(key_, "gw-1", ChainHead{});
+  Fact f = speeding(1, 2);
+  f.type.clear();
+  EXPECT_THROW(sealer.seal(f, 3), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace cpd

@@ -1,0 +1,432 @@
+// EvidenceStore against real SQLite files in a temp dir: chain head recovery after crashes, chain checks,
+// outbox order and PUBACK removal, and the refusals at start (corrupt, not a database, newer schema).
+#include "daemon/store/evidence_store.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace cpd::store {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::AnyOf;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+constexpr UnixMs kBaseMs = 1'700'000'000'000;
+
+SealedRecord make_record(std::uint64_t seq, std::string jws = {}) {
+  SealedRecord r;
+  r.seq = seq;
+  r.id = "gw-7:" + std::to_string(seq);
+  r.type = seq % 2 == 0 ? "speed_violation" : "passage";
+  r.time_ms = kBaseMs + static_cast<UnixMs>(seq) * 10;
+  r.created_ms = kBaseMs + static_cast<UnixMs>(seq) * 10 + 3;
+  // ~1.5 KB, like a real JWS, so a few hundred records span many pages.
+  r.jws = jws.empty() ? "eyJhbGciOiJFZERTQSJ9." + std::string(1400, static_cast<char>('A' + seq % 26)) + "." +
+                            std::to_string(seq)
+                      : std::move(jws);
+  return r;
+}
+
+std::vector<SealedRecord> make_batch(std::uint64_t first, std::size_t n) {
+  std::vector<SealedRecord> batch;
+  for (std::size_t i = 0; i < n; ++i) {
+    batch.push_back(make_record(first + i));
+  }
+  return batch;
+}
+
+std::string read_bytes(const fs::path& p) {
+  std::string bytes(fs::file_size(p), '\0');
+  std::ifstream in(p, std::ios::binary);
+  in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  EXPECT_EQ(in.gcount(), static_cast<std::streamsize>(bytes.size())) << p;
+  return bytes;
+}
+
+void write_bytes(const fs::path& p, const std::string& bytes) {
+  std::ofstream out(p, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+std::vector<std::uint64_t> seqs_of(const std::vector<OutboxEntry>& entries) {
+  std::vector<std::uint64_t> seqs;
+  for (const auto& e : entries) {
+    seqs.push_back(e.seq);
+  }
+  return seqs;
+}
+
+// Runs one SQL statement on a second, raw connection (what another process would see) and returns the
+// first column of the first row.
+std::string raw_query(const fs::path& db_path, const std::string& sql) {
+  sqlite3* db = nullptr;
+  EXPECT_EQ(sqlite3_open(db_path.c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* stmt = nullptr;
+  std::string value;
+  EXPECT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+  int rc = sqlite3_step(stmt);
+  if (rc == SQLITE_ROW && sqlite3_column_text(stmt, 0) != nullptr) {
+    value = reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0));
+  }
+  EXPECT_TRUE(rc == SQLITE_ROW || rc == SQLITE_DONE) << sqlite3_errmsg(db);
+  sqlite3_finalize(stmt);
+  sqlite3_close(db);
+  return value;
+}
+
+class EvidenceStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string templ = (fs::temp_directory_path() / "cpd-store-test-XXXXXX").string();
+    ASSERT_NE(mkdtemp(templ.data()), nullptr);
+    dir_ = templ;
+    db_ = dir_ / "store.db";
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  // Expects the constructor to refuse the file and returns the message.
+  std::string open_error(const fs::path& p) {
+    try {
+      EvidenceStore store(p.string());
+    } catch (const StoreError& e) {
+      return e.what();
+    }
+    ADD_FAILURE() << "store " << p << " was opened, expected a StoreError";
+    return {};
+  }
+
+  fs::path dir_;
+  fs::path db_;
+};
+
+TEST_F(EvidenceStoreTest, NewStoreIsEmptyAtSchemaVersionInWalMode) {
+  EvidenceStore store(db_.string());
+  EXPECT_EQ(store.chain_head(), ChainHead{});
+  EXPECT_EQ(store.chain_head().jws_sha256, std::string(64, '0'));
+  EXPECT_EQ(store.record_count(), 0U);
+  EXPECT_EQ(store.outbox_stats().count, 0U);
+  EXPECT_FALSE(store.outbox_stats().oldest_created_ms.has_value());
+  EXPECT_TRUE(store.outbox_after(0, 10).empty());
+  EXPECT_FALSE(store.record(1).has_value());
+  EXPECT_EQ(store.path(), db_.string());
+  EXPECT_EQ(raw_query(db_, "PRAGMA journal_mode"), "wal");
+  EXPECT_EQ(raw_query(db_, "PRAGMA user_version"), std::to_string(EvidenceStore::kSchemaVersion));
+}
+
+TEST_F(EvidenceStoreTest, AppendAdvancesHeadAndKeepsRecords) {
+  EvidenceStore store(db_.string());
+  ASSERT_TRUE(store.append(make_batch(1, 3)).is_ok());
+  auto last = make_record(4, "abc");
+  ASSERT_TRUE(store.append({last}).is_ok());
+  // SHA-256("abc"), the FIPS 180-2 test vector: the head hashes the JWS bytes themselves.
+  EXPECT_EQ(store.chain_head(),
+            (ChainHead{4, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}));
+  EXPECT_EQ(store.record_count(), 4U);
+  auto got = store.record(2);
+  ASSERT_TRUE(got.has_value());
+  auto want = make_record(2);
+  EXPECT_EQ(got->seq, want.seq);
+  EXPECT_EQ(got->id, want.id);
+  EXPECT_EQ(got->type, want.type);
+  EXPECT_EQ(got->time_ms, want.time_ms);
+  EXPECT_EQ(got->created_ms, want.created_ms);
+  EXPECT_EQ(got->jws, want.jws);
+  EXPECT_TRUE(store.append({}).is_ok());
+  EXPECT_EQ(store.record_count(), 4U);
+}
+
+TEST_F(EvidenceStoreTest, ReopenRecoversHeadAfterPlainClose) {
+  ChainHead head;
+  {
+    EvidenceStore store(db_.string());
+    ASSERT_TRUE(store.append(make_batch(1, 5)).is_ok());
+    ASSERT_TRUE(store.append(make_batch(6, 7)).is_ok());
+    head = store.chain_head();
+  }
+  EvidenceStore store(db_.string());
+  EXPECT_EQ(store.chain_head(), head);
+  EXPECT_EQ(store.chain_head().seq, 12U);
+  EXPECT_EQ(store.record_count(), 12U);
+  // The chain continues exactly at head + 1: no seq skipped or reused.
+  EXPECT_EQ(store.append(make_batch(12, 1)).kind(), Status::Kind::kFail);
+  EXPECT_EQ(store.append(make_batch(14, 1)).kind(), Status::Kind::kFail);
+  EXPECT_TRUE(store.append(make_batch(13, 1)).is_ok());
+}
+
+TEST_F(EvidenceStoreTest, CopyOfDbAndWalMidRunRecoversCommittedHead) {
+  const fs::path copy_dir = dir_ / "copy";
+  fs::create_directory(copy_dir);
+  ChainHead head_at_copy;
+  {
+    EvidenceStore store(db_.string());
+    ASSERT_TRUE(store.append(make_batch(1, 20)).is_ok());
+    ASSERT_TRUE(store.append(make_batch(21, 9)).is_ok());
+    head_at_copy = store.chain_head();
+    // What a power cut leaves: the main file and the WAL holding the committed, not yet checkpointed frames.
+    ASSERT_GT(fs::file_size(fs::path(db_.string() + "-wal")), 0U);
+    fs::copy_file(db_, copy_dir / "store.db");
+    fs::copy_file(db_.string() + "-wal", copy_dir / "store.db-wal");
+    ASSERT_TRUE(store.append(make_batch(30, 5)).is_ok());  // after the "crash": must not be seen
+  }
+  EvidenceStore recovered((copy_dir / "store.db").string());
+  EXPECT_EQ(recovered.chain_head(), head_at_copy);
+  EXPECT_EQ(recovered.record_count(), 29U);
+  EXPECT_EQ(recovered.outbox_stats().count, 29U);
+  EXPECT_TRUE(recovered.append(make_batch(30, 2)).is_ok());
+  EXPECT_EQ(recovered.chain_head().seq, 31U);
+}
+
+TEST_F(EvidenceStoreTest, ProcessKilledWithoutClosingKeepsCommittedRecords) {
+  const pid_t child = fork();
+  ASSERT_NE(child, -1);
+  if (child == 0) {
+    // The child never closes the store: _exit skips destructors, as a crash would.
+    int code = 1;
+    {
+      auto* store = new EvidenceStore(db_.string());
+      if (store->append(make_batch(1, 8)).is_ok() && store->append(make_batch(9, 8)).is_ok()) {
+        code = 0;
+      }
+    }
+    _exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), 0);
+  EvidenceStore store(db_.string());
+  EXPECT_EQ(store.chain_head().seq, 16U);
+  EXPECT_EQ(store.chain_head().jws_sha256.size(), 64U);
+  EXPECT_NE(store.chain_head().jws_sha256, std::string(64, '0'));
+  EXPECT_EQ(store.outbox_stats().count, 16U);
+  auto rec = store.record(16);
+  ASSERT_TRUE(rec.has_value());
+  EXPECT_EQ(rec->jws, make_record(16).jws);
+}
+
+TEST_F(EvidenceStoreTest, BatchThatDoesNotContinueTheChainIsRefusedAndWritesNothing) {
+  EvidenceStore store(db_.string());
+  ASSERT_TRUE(store.append(make_batch(1, 3)).is_ok());
+  const ChainHead head = store.chain_head();
+
+  auto check_refused = [&](const std::vector<SealedRecord>& batch, const char* why) {
+    Status s = store.append(batch);
+    EXPECT_EQ(s.kind(), Status::Kind::kFail) << why;
+    EXPECT_THAT(s.message(), HasSubstr("seq")) << why;
+    EXPECT_THAT(s.message(), HasSubstr(db_.string())) << why;
+    EXPECT_EQ(store.chain_head(), head) << why;
+    EXPECT_EQ(store.record_count(), 3U) << why;
+    EXPECT_EQ(store.outbox_stats().count, 3U) << why;
+    EXPECT_FALSE(store.record(4).has_value()) << why;
+  };
+  check_refused(make_batch(5, 2), "gap");
+  check_refused(make_batch(3, 2), "reuse");
+  check_refused({make_record(4), make_record(6)}, "not consecutive");
+  check_refused({make_record(4), make_record(4)}, "repeated seq");
+
+  // A constraint violation half-way (same id twice) rolls back the records already inserted.
+  auto dup = make_batch(4, 2);
+  dup[1].id = dup[0].id;
+  Status s = store.append(dup);
+  EXPECT_EQ(s.kind(), Status::Kind::kFail);
+  EXPECT_THAT(s.message(), HasSubstr("UNIQUE"));
+  EXPECT_EQ(store.record_count(), 3U);
+  EXPECT_FALSE(store.record(4).has_value());
+  EXPECT_EQ(store.chain_head(), head);
+
+  EXPECT_TRUE(store.append(make_batch(4, 2)).is_ok());
+  EXPECT_EQ(store.chain_head().seq, 5U);
+}
+
+TEST_F(EvidenceStoreTest, OutboxIsInSeqOrderAndLosesOnlyForwardedRecords) {
+  EvidenceStore store(db_.string());
+  ASSERT_TRUE(store.append(make_batch(1, 6)).is_ok());
+  ASSERT_TRUE(store.append(make_batch(7, 4)).is_ok());
+
+  auto first = store.outbox_after(0, 4);
+  EXPECT_EQ(seqs_of(first), (std::vector<std::uint64_t>{1, 2, 3, 4}));
+  EXPECT_EQ(first[1].jws, make_record(2).jws);
+  EXPECT_EQ(first[1].created_ms, make_record(2).created_ms);
+  EXPECT_EQ(seqs_of(store.outbox_after(4, 100)), (std::vector<std::uint64_t>{5, 6, 7, 8, 9, 10}));
+  EXPECT_TRUE(store.outbox_after(10, 100).empty());
+  EXPECT_TRUE(store.outbox_after(0, 0).empty());
+
+  OutboxStats stats = store.outbox_stats();
+  EXPECT_EQ(stats.count, 10U);
+  EXPECT_EQ(stats.oldest_created_ms, make_record(1).created_ms);
+
+  // PUBACKs arrive out of order; an unknown seq is ignored.
+  ASSERT_TRUE(store.mark_forwarded({3, 2, 99}).is_ok());
+  EXPECT_EQ(seqs_of(store.outbox_after(0, 100)), (std::vector<std::uint64_t>{1, 4, 5, 6, 7, 8, 9, 10}));
+  EXPECT_EQ(store.outbox_stats().count, 8U);
+  EXPECT_EQ(store.outbox_stats().oldest_created_ms, make_record(1).created_ms);
+
+  ASSERT_TRUE(store.mark_forwarded({1}).is_ok());
+  ASSERT_TRUE(store.mark_forwarded({1}).is_ok());  // a repeated PUBACK is harmless
+  EXPECT_EQ(store.outbox_stats().oldest_created_ms, make_record(4).created_ms);
+  EXPECT_TRUE(store.mark_forwarded({}).is_ok());
+
+  // Records stay; the head does not move.
+  EXPECT_EQ(store.record_count(), 10U);
+  EXPECT_TRUE(store.record(2).has_value());
+  EXPECT_EQ(store.chain_head().seq, 10U);
+
+  ASSERT_TRUE(store.mark_forwarded({4, 5, 6, 7, 8, 9, 10}).is_ok());
+  EXPECT_EQ(store.outbox_stats().count, 0U);
+  EXPECT_FALSE(store.outbox_stats().oldest_created_ms.has_value());
+}
+
+TEST_F(EvidenceStoreTest, ReopenKeepsTheOutbox) {
+  {
+    EvidenceStore store(db_.string());
+    ASSERT_TRUE(store.append(make_batch(1, 5)).is_ok());
+    ASSERT_TRUE(store.mark_forwarded({1, 3}).is_ok());
+  }
+  EvidenceStore store(db_.string());
+  EXPECT_EQ(seqs_of(store.outbox_after(0, 100)), (std::vector<std::uint64_t>{2, 4, 5}));
+  EXPECT_EQ(store.outbox_stats().count, 3U);
+  EXPECT_EQ(store.outbox_stats().oldest_created_ms, make_record(2).created_ms);
+  EXPECT_EQ(store.record_count(), 5U);
+}
+
+TEST_F(EvidenceStoreTest, WriterHoldingTheLockGivesRetryAndNothingWritten) {
+  EvidenceStore store(db_.string(), StoreOptions{std::chrono::milliseconds(50)});
+  ASSERT_TRUE(store.append(make_batch(1, 2)).is_ok());
+
+  sqlite3* other = nullptr;
+  ASSERT_EQ(sqlite3_open(db_.c_str(), &other), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
+
+  Status s = store.append(make_batch(3, 2));
+  EXPECT_EQ(s.kind(), Status::Kind::kRetry);
+  EXPECT_THAT(s.message(), HasSubstr("locked"));
+  EXPECT_EQ(store.mark_forwarded({1}).kind(), Status::Kind::kRetry);
+  EXPECT_EQ(store.chain_head().seq, 2U);
+
+  ASSERT_EQ(sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(other);
+  EXPECT_TRUE(store.append(make_batch(3, 2)).is_ok());
+  EXPECT_EQ(store.record_count(), 4U);
+  EXPECT_EQ(store.outbox_stats().count, 4U);
+}
+
+TEST_F(EvidenceStoreTest, CorruptedStoreIsRefusedAndLeftByteIdentical) {
+  {
+    EvidenceStore store(db_.string());
+    for (std::uint64_t first = 1; first <= 200; first += 50) {
+      ASSERT_TRUE(store.append(make_batch(first, 50)).is_ok());
+    }
+  }
+  std::string bytes = read_bytes(db_);
+  const std::size_t page = 4096;
+  ASSERT_GT(bytes.size(), 20 * page) << "the store must span many pages";
+  const std::size_t middle = (bytes.size() / page / 2) * page;
+  for (std::size_t i = 0; i < page; ++i) {
+    bytes[middle + i] = static_cast<char>(0xA5);
+  }
+  write_bytes(db_, bytes);
+
+  const std::string message = open_error(db_);
+  EXPECT_THAT(message, HasSubstr(db_.string()));
+  EXPECT_THAT(message, HasSubstr("failed its integrity check: "));
+  // The reason is the first finding (a page or a malformed image), not quick_check's banner line.
+  EXPECT_THAT(message, Not(HasSubstr("***")));
+  EXPECT_THAT(message, AnyOf(HasSubstr("Page"), HasSubstr("malformed"))) << message;
+  EXPECT_THAT(message, HasSubstr("move it aside"));
+  EXPECT_EQ(read_bytes(db_), bytes);
+  EXPECT_TRUE(fs::exists(db_));
+}
+
+TEST_F(EvidenceStoreTest, CorruptedStoreWithPendingWalIsRefusedAndBothFilesLeftByteIdentical) {
+  const fs::path copy_dir = dir_ / "copy";
+  fs::create_directory(copy_dir);
+  const fs::path copy_db = copy_dir / "store.db";
+  const fs::path copy_wal = copy_dir / "store.db-wal";
+  {
+    EvidenceStore store(db_.string());
+    ASSERT_TRUE(store.append(make_batch(1, 200)).is_ok());
+  }
+  {
+    EvidenceStore store(db_.string());
+    ASSERT_TRUE(store.append(make_batch(201, 3)).is_ok());
+    fs::copy_file(db_, copy_db);
+    fs::copy_file(db_.string() + "-wal", copy_wal);
+  }
+  std::string bytes = read_bytes(copy_db);
+  const std::size_t page = 4096;
+  const std::size_t middle = (bytes.size() / page / 2) * page;
+  for (std::size_t i = 0; i < page; ++i) {
+    bytes[middle + i] = static_cast<char>(0xA5);
+  }
+  write_bytes(copy_db, bytes);
+  const std::string wal = read_bytes(copy_wal);
+  ASSERT_GT(wal.size(), 0U);
+
+  const std::string message = open_error(copy_db);
+  EXPECT_THAT(message, HasSubstr("failed its integrity check: "));
+  // Closing must not checkpoint the WAL into the bad file, nor delete the WAL.
+  EXPECT_EQ(read_bytes(copy_db), bytes);
+  ASSERT_TRUE(fs::exists(copy_wal));
+  EXPECT_EQ(read_bytes(copy_wal), wal);
+}
+
+TEST_F(EvidenceStoreTest, NonDatabaseFileIsRefusedAndLeftByteIdentical) {
+  std::string text;
+  for (int i = 0; i < 300; ++i) {
+    text += "this is a log file, not a database, line " + std::to_string(i) + "\n";
+  }
+  write_bytes(db_, text);
+  const std::string message = open_error(db_);
+  EXPECT_THAT(message, HasSubstr(db_.string()));
+  EXPECT_THAT(message, HasSubstr("file is not a database"));
+  EXPECT_EQ(read_bytes(db_), text);
+}
+
+TEST_F(EvidenceStoreTest, NewerSchemaVersionIsRefused) {
+  {
+    EvidenceStore store(db_.string());
+    ASSERT_TRUE(store.append(make_batch(1, 2)).is_ok());
+  }
+  const int newer = EvidenceStore::kSchemaVersion + 1;
+  raw_query(db_, "PRAGMA user_version=" + std::to_string(newer));
+  const std::string before = read_bytes(db_);
+  const std::string message = open_error(db_);
+  EXPECT_THAT(message, HasSubstr(db_.string()));
+  EXPECT_THAT(message, HasSubstr("schema version " + std::to_string(newer)));
+  EXPECT_THAT(message, HasSubstr("newer"));
+  EXPECT_EQ(read_bytes(db_), before);
+}
+
+TEST_F(EvidenceStoreTest, ForeignSqliteDatabaseIsRefused) {
+  raw_query(db_, "CREATE TABLE settings(k TEXT, v TEXT)");
+  const std::string before = read_bytes(db_);
+  const std::string message = open_error(db_);
+  EXPECT_THAT(message, HasSubstr(db_.string()));
+  EXPECT_THAT(message, HasSubstr("not an evidence store"));
+  EXPECT_EQ(read_bytes(db_), before);
+}
+
+TEST_F(EvidenceStoreTest, MissingDirectoryIsNamed) {
+  const fs::path p = dir_ / "no-such-dir" / "store.db";
+  const std::string message = open_error(p);
+  EXPECT_THAT(message, HasSubstr(p.string()));
+  EXPECT_THAT(message, HasSubstr("does not exist"));
+  EXPECT_FALSE(fs::exists(dir_ / "no-such-dir"));
+}
+
+}  // namespace
+}  // namespace cpd::store
