@@ -33,6 +33,7 @@ echo "== gateway key: $run/gateway.key (0600), public key $run/gateway.pub.pem"
 
 port=$(free_port)
 cat >"$run/mosquitto.conf" <<CONF
+user $(id -un)
 listener $port 127.0.0.1
 allow_anonymous true
 persistence false
@@ -68,16 +69,18 @@ devices:
     calibration: {certificate: JJG527-2026-0412, valid_until: 2027-06-30}
 CONF
 "$daemon" --check-config "$run/checkpointd.yaml"
+# Subscribers first, so the feed is seen from seq 1: checkpointctl verifies and prints every record;
+# mosquitto_sub keeps three raw records for the openssl example.
+mosquitto_sub -h 127.0.0.1 -p "$port" -t checkpoint/demo-gw-1/evidence -q 1 -C 3 >"$run/sample.jws" & pids+=($!)
+"$ctl" verify --pubkey "$run/gateway.pub.pem" --mqtt "tcp://127.0.0.1:$port" --from-start \
+  --topic checkpoint/demo-gw-1/evidence --seconds "$SECONDS_TO_RUN" --print & verify_pid=$!
+sleep 1
+
 "$daemon" --config "$run/checkpointd.yaml" 2>"$run/checkpointd.log" & daemon_pid=$!
 pids+=("$daemon_pid")
 echo "== checkpointd running (log: $run/checkpointd.log); following the evidence feed for ${SECONDS_TO_RUN}s"
 echo
-
-# One raw record for the openssl example, captured in parallel.
-mosquitto_sub -h 127.0.0.1 -p "$port" -t checkpoint/demo-gw-1/evidence -q 1 -C 3 >"$run/sample.jws" & pids+=($!)
-
-"$ctl" verify --pubkey "$run/gateway.pub.pem" --mqtt "tcp://127.0.0.1:$port" \
-  --topic checkpoint/demo-gw-1/evidence --seconds "$SECONDS_TO_RUN" --print || true
+wait "$verify_pid" || echo "!! verification failed (see above)"
 
 echo
 echo "== the same check with stock tools: the third record, verified by the openssl CLI"

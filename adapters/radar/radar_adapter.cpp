@@ -54,6 +54,7 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
         reconnect_timer_(strand_),
         poll_timer_(strand_),
         expiry_timer_(strand_),
+        backpressure_timer_(strand_),
         builder_(config),
         rng_(std::random_device{}()) {
     if (const auto* t = std::get_if<TcpLink>(&config_.link)) {
@@ -80,8 +81,14 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
 
   void stop() {
     asio::dispatch(strand_, [self = shared_from_this()] {
+      // Vehicles still being tracked were measured: they go out as (shorter) tracks, not into the void.
+      if (self->running_) {
+        self->queue_tracks(self->builder_.on_disconnect());
+        self->flush();
+      }
       self->running_ = false;
       error_code ignored;
+      self->backpressure_timer_.cancel();
       self->resolver_.cancel();
       self->reconnect_timer_.cancel();
       self->poll_timer_.cancel();
@@ -320,7 +327,22 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
       link_failed(ec == asio::error::eof ? std::string("closed by radar") : "read failed: " + ec.message());
       return;
     }
-    read();
+    read_when_ready();
+  }
+
+  // While the core is behind, stop reading for a moment: TCP (or the serial line) pushes back on the
+  // radar instead of frames piling up in memory.
+  void read_when_ready() {
+    if (!ctx_.sink.congested()) {
+      read();
+      return;
+    }
+    backpressure_timer_.expires_after(std::chrono::milliseconds(10));
+    backpressure_timer_.async_wait([self = shared_from_this()](const error_code& ec) {
+      if (!ec && self->running_) {
+        self->read_when_ready();
+      }
+    });
   }
 
   void handle_frame(const RadarFrame& frame, UnixMs now) {
@@ -434,6 +456,7 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
   asio::steady_timer reconnect_timer_;
   asio::steady_timer poll_timer_;
   asio::steady_timer expiry_timer_;
+  asio::steady_timer backpressure_timer_;
   std::array<char, 4096> buffer_{};
   std::vector<RadarFrame> frames_;
   std::vector<DeviceEvent> pending_;  // events of the current handler, emitted by flush()

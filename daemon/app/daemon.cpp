@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <vector>
@@ -48,6 +49,9 @@ class PipelineSink final : public adapters::EventSink {
       }
     });
   }
+
+  // Runs `fn` on the pipeline strand after every event already emitted.
+  void after_pending(std::function<void()> fn) { asio::post(strand_, std::move(fn)); }
 
   bool congested() const override { return worker_.queued() > kMaxQueuedFacts; }
 
@@ -99,14 +103,19 @@ struct Daemon::Impl {
     for (auto& a : adapters) {
       a->stop();
     }
-    // The stop audit record is the last one; the forwarder drains up to it, then says offline.
-    json details = {{"version", CPD_VERSION}, {"config_sha256", cfg.sha256}, {"reason", why}};
-    worker->submit(correlator->audit("stop", clock.now_ms(), details), [this](const SealedRecord& rec) {
-      const std::uint64_t seq = rec.seq;
-      asio::post(io, [this, seq] {
-        forwarder->stop(seq, std::chrono::seconds(5), [this] {
-          worker->drain_and_stop();
-          io.stop();
+    // The adapters' stop handlers run first (they emit the tracks still open); the stop audit record
+    // then comes after everything they emitted. The forwarder drains up to it, then says offline.
+    asio::post(io, [this, why] {
+      sink->after_pending([this, why] {
+        json details = {{"version", CPD_VERSION}, {"config_sha256", cfg.sha256}, {"reason", why}};
+        worker->submit(correlator->audit("stop", clock.now_ms(), details), [this](const SealedRecord& rec) {
+          const std::uint64_t seq = rec.seq;
+          asio::post(io, [this, seq] {
+            forwarder->stop(seq, std::chrono::seconds(5), [this] {
+              worker->drain_and_stop();
+              io.stop();
+            });
+          });
         });
       });
     });

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -185,7 +186,10 @@ std::optional<std::string> Process::wait_for_stdout_line(const std::string& pref
 Mosquitto::Mosquitto(const fs::path& dir, std::uint16_t port) : dir_(dir), port_(port == 0 ? free_port() : port) {
   fs::create_directories(dir_);
   std::ofstream conf(dir_ / "mosquitto.conf");
-  conf << "listener " << port_ << " 127.0.0.1\n"
+  // Run as ourselves: as root, mosquitto would switch to its own user and could not write into our temp dir.
+  const passwd* pw = ::getpwuid(::geteuid());
+  conf << "user " << (pw != nullptr ? pw->pw_name : "root") << "\n"
+       << "listener " << port_ << " 127.0.0.1\n"
        << "allow_anonymous true\n"
        << "persistence true\n"
        << "persistence_location " << dir_.string() << "/\n"
