@@ -35,7 +35,7 @@ namespace {
 class PipelineSink final : public adapters::EventSink {
  public:
   // Above this many facts waiting for the store, adapters pause reading (back-pressure to the device).
-  static constexpr std::uint64_t kMaxQueuedFacts = 4096;
+  static constexpr std::uint64_t kMaxQueuedFacts = 256;
 
   PipelineSink(asio::io_context& io, pipeline::Correlator& correlator, StoreWorker& worker)
       : strand_(asio::make_strand(io)), correlator_(correlator), worker_(worker) {}
@@ -140,9 +140,9 @@ int Daemon::run() {
 
   d.worker = std::make_unique<StoreWorker>(
       *d.store, *d.sealer, d.clock, static_cast<std::size_t>(cfg.store.commit_max_batch),
-      [&d](std::uint64_t last_seq, StoreWorker::ReadyTimes ready) {
+      [&d](std::uint64_t last_seq, std::vector<forwarder::CommittedRecord> records) {
         if (d.forwarder) {
-          d.forwarder->notify_committed(last_seq, std::move(ready));
+          d.forwarder->notify_committed(last_seq, std::move(records));
         }
       });
   d.forwarder = std::make_unique<forwarder::MqttForwarder>(d.io, cfg.mqtt, cfg.gateway.id, *d.worker,
@@ -182,7 +182,8 @@ int Daemon::run() {
   d.worker->drain_and_stop();
   const auto fs = d.forwarder->status();
   log::notice("mqtt", "", "ready-to-PUBACK latency over " + fs["latency"]["count"].dump() + " records: p50 " +
-                              fs["latency"]["p50_ms"].dump() + " ms, p99 " + fs["latency"]["p99_ms"].dump() + " ms");
+                              fs["latency"]["p50_ms"].dump() + " ms, p99 " + fs["latency"]["p99_ms"].dump() +
+                              " ms, max " + fs["latency"]["max_ms"].dump() + " ms");
   d.forwarder.reset();
   log::notice("daemon", "", "stopped cleanly at seq " + std::to_string(d.store->chain_head().seq));
   return 0;

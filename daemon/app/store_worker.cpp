@@ -113,12 +113,13 @@ bool StoreWorker::commit_batch(std::vector<Item>& batch) {
     }
   }
   if (on_committed_) {
-    ReadyTimes ready;
-    ready.reserve(sealed.size());
+    const std::uint64_t last = sealed.back().seq;
+    std::vector<forwarder::CommittedRecord> records;
+    records.reserve(sealed.size());
     for (std::size_t i = 0; i < sealed.size(); ++i) {
-      ready.emplace_back(sealed[i].seq, batch[i].fact.ready_at);
+      records.push_back({sealed[i].seq, batch[i].fact.ready_at, std::move(sealed[i].jws)});
     }
-    on_committed_(sealed.back().seq, std::move(ready));
+    on_committed_(last, std::move(records));
   }
   return true;
 }

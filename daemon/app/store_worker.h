@@ -23,8 +23,8 @@ namespace cpd::app {
 class StoreWorker final : public forwarder::OutboxSource {
  public:
   // Called on the worker thread after each commit with the last committed seq; must not block.
-  using ReadyTimes = std::vector<std::pair<std::uint64_t, std::chrono::steady_clock::time_point>>;
-  using CommittedHandler = std::function<void(std::uint64_t last_seq, ReadyTimes ready)>;
+  using CommittedHandler =
+      std::function<void(std::uint64_t last_seq, std::vector<forwarder::CommittedRecord> records)>;
 
   StoreWorker(store::EvidenceStore& store, Sealer& sealer, const WallClock& clock, std::size_t max_batch,
               CommittedHandler on_committed);

@@ -235,23 +235,43 @@ void write_value(std::string& out, const nlohmann::json& v, int depth) {
       return;
     }
     case nlohmann::json::value_t::object: {
-      std::vector<std::pair<std::u16string, const nlohmann::json::object_t::value_type*>> members;
-      members.reserve(v.size());
-      for (const auto& member : v.get_ref<const nlohmann::json::object_t&>()) {
-        members.emplace_back(utf16_key(member.first), &member);
+      const auto& object = v.get_ref<const nlohmann::json::object_t&>();
+      // The map already holds keys in UTF-8 byte order, which is code-point order. UTF-16 order differs
+      // only where a key has a character beyond the BMP (4-byte UTF-8), so only then sort again.
+      bool beyond_bmp = false;
+      for (const auto& member : object) {
+        for (const char c : member.first) {
+          if (static_cast<unsigned char>(c) >= 0xf0) {
+            beyond_bmp = true;
+            break;
+          }
+        }
       }
-      std::sort(members.begin(), members.end(),
-                [](const auto& a, const auto& b) { return a.first < b.first; });
       out.push_back('{');
       bool first = true;
-      for (const auto& [key16, member] : members) {
+      auto write_member = [&](const nlohmann::json::object_t::value_type& member) {
         if (!first) {
           out.push_back(',');
         }
         first = false;
-        write_string(out, member->first);
+        write_string(out, member.first);
         out.push_back(':');
-        write_value(out, member->second, depth + 1);
+        write_value(out, member.second, depth + 1);
+      };
+      if (!beyond_bmp) {
+        for (const auto& member : object) {
+          write_member(member);
+        }
+      } else {
+        std::vector<std::pair<std::u16string, const nlohmann::json::object_t::value_type*>> members;
+        members.reserve(object.size());
+        for (const auto& member : object) {
+          members.emplace_back(utf16_key(member.first), &member);
+        }
+        std::sort(members.begin(), members.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+        for (const auto& entry : members) {
+          write_member(*entry.second);
+        }
       }
       out.push_back('}');
       return;

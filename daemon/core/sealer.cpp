@@ -20,11 +20,12 @@ constexpr std::array<std::string_view, 8> kReservedMembers = {"v",    "gateway",
 constexpr double kMaxExact = 9007199254740992.0;  // 2^53
 
 // The feed carries integers only (contract): a fraction here is a producer bug, not data to round.
-void check_integers_only(const nlohmann::json& v, const std::string& where) {
+// Returns the path of the first offending value ("" when all is well); paths are built only on failure.
+std::string first_non_integer(const nlohmann::json& v) {
   if (v.is_number_float()) {
     const double d = v.get<double>();
     if (!std::isfinite(d) || std::trunc(d) != d || std::fabs(d) > kMaxExact) {
-      throw std::invalid_argument("field " + where + " is not an integer within ±2^53");
+      return " is not an integer within ±2^53";
     }
   } else if (v.is_number_integer()) {
     const bool in_range = v.is_number_unsigned()
@@ -32,19 +33,31 @@ void check_integers_only(const nlohmann::json& v, const std::string& where) {
                               : (v.get<std::int64_t>() <= static_cast<std::int64_t>(kMaxExact) &&
                                  v.get<std::int64_t>() >= -static_cast<std::int64_t>(kMaxExact));
     if (!in_range) {
-      throw std::invalid_argument("field " + where + " is an integer outside ±2^53");
+      return " is an integer outside ±2^53";
     }
   } else if (v.is_object()) {
-    for (const auto& [key, member] : v.items()) {
-      check_integers_only(member, where + "." + key);
+    for (const auto& [key, member] : v.get_ref<const nlohmann::json::object_t&>()) {
+      if (auto bad = first_non_integer(member); !bad.empty()) {
+        return "." + key + bad;
+      }
     }
   } else if (v.is_array()) {
     std::size_t i = 0;
     for (const auto& element : v) {
-      check_integers_only(element, where + "[" + std::to_string(i++) + "]");
+      if (auto bad = first_non_integer(element); !bad.empty()) {
+        return "[" + std::to_string(i) + "]" + bad;
+      }
+      ++i;
     }
   } else if (v.is_binary()) {
-    throw std::invalid_argument("field " + where + " holds binary data");
+    return " holds binary data";
+  }
+  return {};
+}
+
+void check_integers_only(const nlohmann::json& v, const std::string& where) {
+  if (auto bad = first_non_integer(v); !bad.empty()) {
+    throw std::invalid_argument("field " + where + bad);
   }
 }
 

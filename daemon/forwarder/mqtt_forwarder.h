@@ -48,9 +48,9 @@ class MqttForwarder {
 
   void start();
   // New records up to last_seq are committed: thread-safe.
-  // `ready` maps each new seq to when its fact was ready to seal (for the latency figures).
-  using ReadyTimes = std::vector<std::pair<std::uint64_t, std::chrono::steady_clock::time_point>>;
-  void notify_committed(std::uint64_t last_seq, ReadyTimes ready = {});
+  // `records` (optional) are the newly committed records: published straight away when the forwarder is
+  // caught up, else read back from the outbox in turn.
+  void notify_committed(std::uint64_t last_seq, std::vector<CommittedRecord> records = {});
   // Publishes what is committed up to `until_seq` (bounded by `timeout`), then the retained `offline`
   // status, then disconnects cleanly; `done` runs on the io_context. Call once.
   void stop(std::uint64_t until_seq, std::chrono::milliseconds timeout, std::function<void()> done);
@@ -69,6 +69,8 @@ class MqttForwarder {
   void on_connection_lost(const std::string& cause);
   void pump();
   void on_fetched(std::uint64_t generation, std::vector<store::OutboxEntry> entries);
+  // Hands one record to Paho; false if Paho refused it (then the outbox path retries it).
+  bool publish_record(std::uint64_t seq, const std::string& jws);
   void on_publish_result(std::uint64_t generation, std::uint64_t seq, bool ok, int rc);
   void publish_status(bool online);
   void flush_acks();

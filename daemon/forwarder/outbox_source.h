@@ -2,13 +2,23 @@
 // the store worker, so the forwarder never blocks on SQLite.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <string>
 #include <functional>
 #include <vector>
 
 #include "daemon/store/evidence_store.h"
 
 namespace cpd::forwarder {
+
+// A record just committed, handed to the forwarder so that, when it is caught up, it can publish without
+// reading the record back from the store. `ready_at` is when its fact was ready to seal (latency figures).
+struct CommittedRecord {
+  std::uint64_t seq = 0;
+  std::chrono::steady_clock::time_point ready_at{};
+  std::string jws;
+};
 
 class OutboxSource {
  public:

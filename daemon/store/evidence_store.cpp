@@ -529,6 +529,13 @@ Status EvidenceStore::mark_forwarded(const std::vector<std::uint64_t>& seqs) {
     return Status::ok();
   }
   Statements& s = *stmts_;
+  // Forgetting a PUBACK in a crash only causes a redelivery of identical bytes (consumers drop copies),
+  // so this transaction does not pay for its own fsync: the next record commit (FULL) makes it durable.
+  sqlite3_exec(db_, "PRAGMA synchronous=NORMAL", nullptr, nullptr, nullptr);
+  struct RestoreFull {
+    sqlite3* db;
+    ~RestoreFull() { sqlite3_exec(db, "PRAGMA synchronous=FULL", nullptr, nullptr, nullptr); }
+  } restore{db_};
   return run_write_transaction(
       db_, s.begin, s.commit, s.rollback, "store " + path_ + ": mark_forwarded", [&] {
         for (std::uint64_t seq : seqs) {
