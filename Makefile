@@ -8,7 +8,7 @@ DEB_PACKAGES := cmake g++ make pkg-config git openssl \
   libboost-dev libboost-system-dev libssl-dev libsqlite3-dev sqlite3 \
   libpaho-mqtt-dev libpaho-mqttpp-dev mosquitto mosquitto-clients \
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libsystemd-dev libpugixml-dev \
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libturbojpeg0-dev libgtest-dev libgmock-dev libbenchmark-dev
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

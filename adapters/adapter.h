@@ -4,10 +4,15 @@
 #include <string>
 
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <nlohmann/json.hpp>
 
 #include "adapters/events.h"
 #include "daemon/core/time.h"
+
+namespace cpd::media {
+class MediaStore;
+}
 
 namespace cpd::adapters {
 
@@ -15,6 +20,9 @@ struct AdapterContext {
   boost::asio::io_context& io;
   EventSink& sink;          // called on the io_context threads; must not block
   const WallClock& clock;
+  // Where blocking work goes (file writes, fsync, hashing): never on the io_context threads.
+  boost::asio::thread_pool* blocking = nullptr;
+  media::MediaStore* media = nullptr;  // content-addressed store for pictures and recordings
 };
 
 class Adapter {

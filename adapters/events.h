@@ -65,7 +65,41 @@ struct DeviceStatusEvent {
   std::optional<std::string> raw_frame;  // the status frame as received, if any
 };
 
-using DeviceEvent = std::variant<RadarTrack, DeviceStatusEvent>;
+// A picture (or later a recording) stored durably in the content-addressed media store.
+struct MediaRef {
+  std::string sha256;             // lower-case hex of the bytes; also the file name in the media store
+  std::int64_t bytes = 0;
+  std::string content_type;       // e.g. image/jpeg
+  std::string kind;               // camera picture type: detectionPicture, licensePlatePicture, ...
+  std::string file_name;          // as announced by the device
+  UnixMs capture_ms = 0;          // capture time, gateway clock (device time corrected by its offset)
+};
+
+// One ANPR alert from a camera, with its pictures already durable in the media store.
+struct PlateRead {
+  std::string device_id;          // the camera
+  std::string radar_id;           // the radar whose lanes this camera watches (config `radar`)
+  std::string uuid;               // the camera's event UUID
+  std::string camera_time;        // <dateTime> exactly as sent
+  UnixMs camera_time_ms = 0;      // <dateTime> as an instant, by the camera's clock
+  UnixMs time_ms = 0;             // corrected to the gateway clock: camera_time_ms - clock_offset_ms
+  std::optional<std::int64_t> clock_offset_ms;  // camera clock minus gateway clock; nullopt: never measured
+  UnixMs clock_offset_measured_ms = 0;          // when that offset was measured (gateway clock)
+  int lane = 0;                   // <line>
+  std::string direction;          // forward | reverse
+  std::string plate;              // UTF-8; "unknown" when the camera could not read it
+  std::string plate_color;
+  std::string plate_type;
+  std::string vehicle_type;
+  std::string country;
+  int confidence = 0;             // 0-100
+  int active_post_count = 0;
+  std::vector<MediaRef> pictures;              // pictures that arrived and are stored, in stream order
+  std::vector<std::string> missing_pictures;   // announced file names that never arrived
+  std::string raw_xml;            // the alert part as received (traceability)
+};
+
+using DeviceEvent = std::variant<RadarTrack, DeviceStatusEvent, PlateRead>;
 
 class EventSink {
  public:

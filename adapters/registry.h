@@ -7,6 +7,7 @@
 #include <variant>
 
 #include "adapters/adapter.h"
+#include "adapters/camera/camera_config.h"
 #include "adapters/radar/radar_config.h"
 
 namespace cpd::config {
@@ -15,7 +16,7 @@ class Section;
 
 namespace cpd::adapters {
 
-using DeviceSettings = std::variant<RadarConfig>;
+using DeviceSettings = std::variant<RadarConfig, CameraConfig>;
 
 struct AdapterKind {
   std::string_view kind;

@@ -27,6 +27,8 @@ struct GatewaySection {
 
 struct StoreSection {
   std::string path;
+  std::string media_dir;       // content-addressed pictures/recordings; default: <dir of path>/media
+  int media_retention_days = 30;  // pictures older than this whose records are PUBACKed may be deleted
   int commit_max_batch = 512;  // most records per transaction (one fsync per transaction)
 };
 
@@ -42,6 +44,25 @@ struct MqttSection {
   int reconnect_max_ms = 30000;
 };
 
+// Speed limit per lane, optionally per vehicle class (camera vehicleType).
+struct LaneLimit {
+  int lane = 0;
+  int limit_kmh = 0;
+  std::vector<std::pair<std::string, int>> by_vehicle_type;  // e.g. {"truck", 80}
+};
+
+struct CorrelationSection {
+  int window_ms = 500;          // a plate read and a radar track match if their corrected times differ by at most this
+  int max_wait_ms = 2000;       // unmatched reads/tracks become plate_read / speed_measurement records after this
+  std::vector<LaneLimit> lanes;
+};
+
+struct ValiditySection {
+  int max_camera_clock_offset_ms = 1000;
+  std::string clock_sync = "kernel";  // kernel: adjtimex; assume: for demos and tests, said in every record
+  int min_pictures_speeding = 2;
+};
+
 struct DeviceConfig {
   std::string id;
   std::string kind;
@@ -54,6 +75,8 @@ struct Config {
   StoreSection store;
   MqttSection mqtt;
   std::vector<DeviceConfig> devices;
+  CorrelationSection correlation;
+  ValiditySection validity;
   std::string source;          // file path (or name given for text)
   std::string sha256;          // lower-case hex SHA-256 of the file's bytes
 };
