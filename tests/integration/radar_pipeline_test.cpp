@@ -116,6 +116,12 @@ TEST_F(RadarPipeline, SimulatedVehiclesBecomeVerifiedRecordsMatchingGroundTruth)
   start_sim({"--seed", "7", "--vehicles", std::to_string(kVehicles), "--rate", "4"});
   write_config();
   collector_ = std::make_unique<MqttCollector>(broker_->uri(), std::vector<std::string>{"checkpoint/test-gw-1/#"});
+  // A central consumer with the stock tool, subscribed before the daemon starts.
+  Process verify({binary("tools/checkpointctl/checkpointctl"), "verify", "--pubkey", pub_pem_.string(), "--mqtt",
+                  broker_->uri(), "--topic", "checkpoint/test-gw-1/evidence", "--from-start", "--count",
+                  std::to_string(kVehicles), "--seconds", "90"},
+                 dir_ / "verify");
+  pause(500ms);
   auto daemon = start_daemon();
 
   ASSERT_TRUE(collector_->wait_until([&] { return count_type("speed_measurement") >= kVehicles; }, 60s))
@@ -158,6 +164,11 @@ TEST_F(RadarPipeline, SimulatedVehiclesBecomeVerifiedRecordsMatchingGroundTruth)
   EXPECT_EQ(first["event"], "start");
   const auto last = payload_of(evidence().back());
   EXPECT_EQ(last["event"], "stop");
+
+  ASSERT_EQ(verify.wait(30s), 0) << verify.stdout_text() << verify.stderr_text();
+  EXPECT_NE(verify.stdout_text().find("verified " + std::to_string(kVehicles) + " records (seq 1.."),
+            std::string::npos)
+      << verify.stdout_text();
 
   const auto status = collector_->payloads("checkpoint/test-gw-1/status");
   ASSERT_FALSE(status.empty());
