@@ -2,16 +2,22 @@
 
 #include <array>
 
+#include "adapters/camera/camera_adapter.h"
 #include "adapters/radar/radar_adapter.h"
 
 namespace cpd::adapters {
 namespace {
 
-const std::array<AdapterKind, 1> kKinds{{
+const std::array<AdapterKind, 2> kKinds{{
     {"radar",
      [](config::Section& s) -> DeviceSettings { return parse_radar_config(s); },
      [](const DeviceSettings& d, AdapterContext& ctx) {
        return make_radar_adapter(std::get<RadarConfig>(d), ctx);
+     }},
+    {"camera",
+     [](config::Section& s) -> DeviceSettings { return parse_camera_config(s); },
+     [](const DeviceSettings& d, AdapterContext& ctx) {
+       return make_camera_adapter(std::get<CameraConfig>(d), ctx);
      }},
 }};
 

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -11,7 +12,9 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <systemd/sd-daemon.h>
 
 #include "adapters/registry.h"
@@ -20,6 +23,8 @@
 #include "daemon/core/sealer.h"
 #include "daemon/forwarder/mqtt_forwarder.h"
 #include "daemon/log/log.h"
+#include "daemon/media/media_store.h"
+#include "daemon/pipeline/clock_sync.h"
 #include "daemon/pipeline/correlator.h"
 #include "daemon/store/evidence_store.h"
 
@@ -31,34 +36,91 @@ using nlohmann::json;
 namespace {
 
 // Device events arrive on adapter strands; the correlator is single-threaded, so they are serialised on
-// the pipeline strand and the resulting facts handed to the store worker.
+// the pipeline strand and the resulting facts handed to the store worker. A timer on the same strand
+// releases decided matches and expired waits, and refreshes the gateway's clock-sync state.
 class PipelineSink final : public adapters::EventSink {
  public:
   // Above this many facts waiting for the store, adapters pause reading (back-pressure to the device).
   static constexpr std::uint64_t kMaxQueuedFacts = 256;
 
-  PipelineSink(asio::io_context& io, pipeline::Correlator& correlator, StoreWorker& worker)
-      : strand_(asio::make_strand(io)), correlator_(correlator), worker_(worker) {}
+  PipelineSink(asio::io_context& io, pipeline::Correlator& correlator, StoreWorker& worker, const WallClock& clock,
+               const config::ValiditySection& validity)
+      : strand_(asio::make_strand(io)),
+        tick_timer_(strand_),
+        correlator_(correlator),
+        worker_(worker),
+        clock_(clock),
+        assume_clock_sync_(validity.clock_sync == "assume") {}
+
+  void start() {
+    asio::post(strand_, [this] {
+      refresh_clock_sync();
+      tick();
+    });
+  }
 
   void emit(adapters::DeviceEvent event) override {
     const auto ready_at = std::chrono::steady_clock::now();
     asio::post(strand_, [this, ready_at, ev = std::move(event)] {
-      for (auto& fact : correlator_.on_event(ev)) {
-        fact.ready_at = ready_at;
-        worker_.submit(std::move(fact));
-      }
+      submit(correlator_.on_event(ev, clock_.now_ms()), ready_at);
     });
   }
 
-  // Runs `fn` on the pipeline strand after every event already emitted.
-  void after_pending(std::function<void()> fn) { asio::post(strand_, std::move(fn)); }
+  // Runs `fn` on the pipeline strand after every event already emitted, once everything the correlator
+  // still holds has been released as unmatched records (shutdown).
+  void flush_then(std::function<void()> fn) {
+    asio::post(strand_, [this, fn = std::move(fn)] {
+      stopped_ = true;
+      tick_timer_.cancel();
+      submit(correlator_.flush(), std::chrono::steady_clock::now());
+      fn();
+    });
+  }
 
   bool congested() const override { return worker_.queued() > kMaxQueuedFacts; }
 
  private:
+  void submit(std::vector<Fact> facts, std::chrono::steady_clock::time_point ready_at) {
+    for (auto& fact : facts) {
+      if (fact.ready_at == std::chrono::steady_clock::time_point{}) {
+        fact.ready_at = ready_at;
+      }
+      worker_.submit(std::move(fact));
+    }
+  }
+
+  void tick() {
+    if (stopped_) {
+      return;
+    }
+    submit(correlator_.tick(clock_.now_ms()), std::chrono::steady_clock::now());
+    if (++ticks_ % 100 == 0) {  // every ~10 s
+      refresh_clock_sync();
+    }
+    tick_timer_.expires_after(std::chrono::milliseconds(100));
+    tick_timer_.async_wait([this](boost::system::error_code ec) {
+      if (!ec) {
+        tick();
+      }
+    });
+  }
+
+  void refresh_clock_sync() {
+    if (assume_clock_sync_) {
+      correlator_.set_clock_sync(pipeline::ClockSync{true, "assume", -1, -1});
+    } else {
+      correlator_.set_clock_sync(pipeline::read_kernel_clock_sync());
+    }
+  }
+
   asio::strand<asio::io_context::executor_type> strand_;
+  asio::steady_timer tick_timer_;
   pipeline::Correlator& correlator_;
   StoreWorker& worker_;
+  const WallClock& clock_;
+  bool assume_clock_sync_;
+  bool stopped_ = false;
+  std::uint64_t ticks_ = 0;
 };
 
 }  // namespace
@@ -68,6 +130,8 @@ struct Daemon::Impl {
   SystemWallClock clock;
   std::optional<Ed25519PrivateKey> key;
   std::unique_ptr<store::EvidenceStore> store;
+  std::unique_ptr<media::MediaStore> media;
+  std::unique_ptr<asio::thread_pool> blocking;  // file writes, fsync, hashing: never on the io thread
   std::unique_ptr<Sealer> sealer;
   asio::io_context io{1};
   std::unique_ptr<StoreWorker> worker;
@@ -106,7 +170,7 @@ struct Daemon::Impl {
     // The adapters' stop handlers run first (they emit the tracks still open); the stop audit record
     // then comes after everything they emitted. The forwarder drains up to it, then says offline.
     asio::post(io, [this, why] {
-      sink->after_pending([this, why] {
+      sink->flush_then([this, why] {
         json details = {{"version", CPD_VERSION}, {"config_sha256", cfg.sha256}, {"reason", why}};
         worker->submit(correlator->audit("stop", clock.now_ms(), details), [this](const SealedRecord& rec) {
           const std::uint64_t seq = rec.seq;
@@ -132,6 +196,14 @@ int Daemon::run() {
 
   d.key = Ed25519PrivateKey::load_pem_file(cfg.gateway.key_path);
   d.store = std::make_unique<store::EvidenceStore>(cfg.store.path);
+  {
+    std::string media_dir = cfg.store.media_dir;
+    if (media_dir.empty()) {
+      media_dir = (std::filesystem::path(cfg.store.path).parent_path() / "media").string();
+    }
+    d.media = std::make_unique<media::MediaStore>(media_dir);
+  }
+  d.blocking = std::make_unique<asio::thread_pool>(2);
   const ChainHead head = d.store->chain_head();
   d.sealer = std::make_unique<Sealer>(*d.key, cfg.gateway.id, head);
   d.correlator = std::make_unique<pipeline::Correlator>(cfg);
@@ -144,11 +216,12 @@ int Daemon::run() {
         if (d.forwarder) {
           d.forwarder->notify_committed(last_seq, std::move(records));
         }
-      });
+      },
+      d.media.get(), cfg.store.media_retention_days);
   d.forwarder = std::make_unique<forwarder::MqttForwarder>(d.io, cfg.mqtt, cfg.gateway.id, *d.worker,
                                                             [&d] { return d.status_snapshot(); });
-  d.sink = std::make_unique<PipelineSink>(d.io, *d.correlator, *d.worker);
-  d.adapter_ctx.emplace(adapters::AdapterContext{d.io, *d.sink, d.clock});
+  d.sink = std::make_unique<PipelineSink>(d.io, *d.correlator, *d.worker, d.clock, cfg.validity);
+  d.adapter_ctx.emplace(adapters::AdapterContext{d.io, *d.sink, d.clock, d.blocking.get(), d.media.get()});
 
   json device_ids = json::array();
   for (const auto& dev : cfg.devices) {
@@ -167,6 +240,7 @@ int Daemon::run() {
 
   d.forwarder->notify_committed(head.seq);
   d.forwarder->start();
+  d.sink->start();
   for (auto& a : d.adapters) {
     a->start();
   }
@@ -179,6 +253,7 @@ int Daemon::run() {
   log::notice("daemon", "", "running " + std::to_string(d.adapters.size()) + " devices, forwarding to " +
                                 cfg.mqtt.uri);
   d.io.run();
+  d.blocking->join();
   d.worker->drain_and_stop();
   const auto fs = d.forwarder->status();
   log::notice("mqtt", "", "ready-to-PUBACK latency over " + fs["latency"]["count"].dump() + " records: p50 " +

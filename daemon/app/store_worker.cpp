@@ -1,20 +1,25 @@
 #include "daemon/app/store_worker.h"
 
 #include <chrono>
+#include <filesystem>
 #include <string>
 
+#include "daemon/core/encoding.h"
 #include "daemon/log/log.h"
 
 namespace cpd::app {
 
 StoreWorker::StoreWorker(store::EvidenceStore& store, Sealer& sealer, const WallClock& clock,
-                         std::size_t max_batch, CommittedHandler on_committed)
+                         std::size_t max_batch, CommittedHandler on_committed, media::MediaStore* media,
+                         int media_retention_days)
     : store_(store),
       sealer_(sealer),
       clock_(clock),
       max_batch_(max_batch == 0 ? 1 : max_batch),
       on_committed_(std::move(on_committed)),
       outbox_stats_(store.outbox_stats()),
+      media_(media),
+      media_retention_days_(media_retention_days),
       thread_([this] { run(); }) {}
 
 StoreWorker::~StoreWorker() { drain_and_stop(); }
@@ -117,11 +122,66 @@ bool StoreWorker::commit_batch(std::vector<Item>& batch) {
     std::vector<forwarder::CommittedRecord> records;
     records.reserve(sealed.size());
     for (std::size_t i = 0; i < sealed.size(); ++i) {
-      records.push_back({sealed[i].seq, batch[i].fact.ready_at, std::move(sealed[i].jws)});
+      records.push_back({sealed[i].seq, batch[i].fact.ready_at, std::move(sealed[i].jws), !sealed[i].media.empty()});
     }
     on_committed_(last, std::move(records));
   }
   return true;
+}
+
+// Reads the media of a page of outbox records, checking each file still hashes to its name. A page stops
+// after ~8 MB of media so the forwarder's memory stays bounded (at least one record always goes).
+void StoreWorker::load_media(std::vector<store::OutboxEntry>& entries) {
+  constexpr std::size_t kPageBytes = 8u << 20;
+  std::size_t bytes = 0;
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    auto& e = entries[i];
+    if (bytes > kPageBytes && i > 0) {
+      entries.resize(i);
+      return;
+    }
+    for (const auto& sha : e.media) {
+      std::string data;
+      if (media_ == nullptr) {
+        log::error("store", "", "record seq " + std::to_string(e.seq) + " names media but no media store is set");
+      } else if (auto content = media_->read(sha); !content) {
+        log::error("media", "", "media " + sha + " named by record seq " + std::to_string(e.seq) +
+                                    " is missing from " + media_->dir());
+      } else if (sha256_hex(*content) != sha) {
+        log::error("media", "", "media file " + media_->path_of(sha) + " no longer matches its SHA-256 (record seq " +
+                                    std::to_string(e.seq) + "): not published; kept for inspection");
+      } else {
+        data = std::move(*content);
+      }
+      bytes += data.size();
+      e.media_bytes.push_back(std::move(data));
+    }
+  }
+}
+
+// Retention: a media file older than the retention period goes only when no record still in the outbox
+// names it (an unacknowledged record's pictures are never deleted).
+void StoreWorker::sweep_media() {
+  namespace fs = std::filesystem;
+  const auto cutoff = fs::file_time_type::clock::now() - std::chrono::hours(24) * media_retention_days_;
+  std::error_code ec;
+  std::size_t removed = 0;
+  for (const auto& entry : fs::directory_iterator(media_->dir(), ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.size() != 64 || !entry.is_regular_file(ec) || entry.last_write_time(ec) > cutoff) {
+      continue;
+    }
+    if (store_.media_pending(name)) {
+      continue;
+    }
+    if (fs::remove(entry.path(), ec)) {
+      ++removed;
+    }
+  }
+  if (removed > 0) {
+    log::info("media", "", "retention: removed " + std::to_string(removed) + " files older than " +
+                               std::to_string(media_retention_days_) + " days");
+  }
 }
 
 void StoreWorker::run() {
@@ -168,7 +228,15 @@ void StoreWorker::run() {
       }
     }
     for (auto& f : fetches) {
-      f.done(store_.outbox_after(f.after_seq, f.limit));
+      auto entries = store_.outbox_after(f.after_seq, f.limit);
+      load_media(entries);
+      f.done(std::move(entries));
+    }
+    if (const auto now = std::chrono::steady_clock::now();
+        media_ != nullptr && (last_sweep_ == std::chrono::steady_clock::time_point{} ||
+                              now - last_sweep_ > std::chrono::hours(1))) {
+      last_sweep_ = now;
+      sweep_media();
     }
     // Counting the outbox costs a scan of it: refresh the cached figure at most once a second.
     if (const auto now = std::chrono::steady_clock::now(); now - last_stats_ > std::chrono::seconds(1)) {

@@ -16,6 +16,7 @@
 #include "daemon/core/sealer.h"
 #include "daemon/core/time.h"
 #include "daemon/forwarder/outbox_source.h"
+#include "daemon/media/media_store.h"
 #include "daemon/store/evidence_store.h"
 
 namespace cpd::app {
@@ -27,7 +28,7 @@ class StoreWorker final : public forwarder::OutboxSource {
       std::function<void(std::uint64_t last_seq, std::vector<forwarder::CommittedRecord> records)>;
 
   StoreWorker(store::EvidenceStore& store, Sealer& sealer, const WallClock& clock, std::size_t max_batch,
-              CommittedHandler on_committed);
+              CommittedHandler on_committed, media::MediaStore* media = nullptr, int media_retention_days = 30);
   ~StoreWorker() override;
 
   // Thread-safe; never blocks on I/O. The fact is accepted once on_committed reports its batch.
@@ -71,6 +72,8 @@ class StoreWorker final : public forwarder::OutboxSource {
   };
   void run();
   bool commit_batch(std::vector<Item>& batch);
+  void load_media(std::vector<store::OutboxEntry>& entries);
+  void sweep_media();
 
   std::deque<Item> facts_;
   std::vector<Item> retrying_;     // a batch whose commit failed: sealed again, in order, before anything new
@@ -81,6 +84,9 @@ class StoreWorker final : public forwarder::OutboxSource {
   std::uint64_t failures_ = 0;
   store::OutboxStats outbox_stats_;
   std::chrono::steady_clock::time_point last_stats_{};
+  media::MediaStore* media_;
+  int media_retention_days_;
+  std::chrono::steady_clock::time_point last_sweep_{};
   std::thread thread_;
 };
 

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -21,6 +22,9 @@ struct Fact {
   // When the fact became ready to seal (e.g. the radar track closed); not part of the record. Used to
   // measure ready-to-PUBACK latency.
   std::chrono::steady_clock::time_point ready_at{};
+  // SHA-256 of each media file (picture, recording) the record names: published before the record and kept
+  // in the media store while the record is unacknowledged.
+  std::vector<std::string> media;
 };
 
 // The position of the chain: the last sealed seq and the SHA-256 (lower-case hex) of its JWS bytes.
@@ -38,6 +42,7 @@ struct SealedRecord {
   UnixMs time_ms = 0;
   UnixMs created_ms = 0;
   std::string jws;   // JWS Compact Serialization, ASCII
+  std::vector<std::string> media;  // SHA-256 of the media files the record names
 };
 
 }  // namespace cpd

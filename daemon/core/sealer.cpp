@@ -121,6 +121,7 @@ SealedRecord Sealer::seal(const Fact& fact, UnixMs created_ms) {
   record.type = fact.type;
   record.time_ms = fact.time_ms;
   record.created_ms = created_ms;
+  record.media = fact.media;
   head_ = ChainHead{seq, sha256_hex(jws)};
   record.jws = std::move(jws);
   return record;

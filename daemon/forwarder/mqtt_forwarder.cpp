@@ -15,7 +15,7 @@ using nlohmann::json;
 
 // What an asynchronous Paho operation was, so its completion can be routed on the strand.
 struct MqttForwarder::Pending {
-  enum class Op { kConnect, kPublish, kStatus, kDisconnect } op;
+  enum class Op { kConnect, kPublish, kMedia, kStatus, kDisconnect } op;
   std::uint64_t generation = 0;
   std::uint64_t seq = 0;
 };
@@ -52,6 +52,12 @@ class MqttForwarder::Listener final : public mqtt::iaction_listener {
           // A v5 PUBACK with a failure reason code (>= 0x80) is not an acceptance.
           f.on_publish_result(p.generation, p.seq, ok && reason < 0x80, ok ? reason : rc);
           break;
+        case Pending::Op::kMedia:
+          // Success needs nothing (the record's PUBACK follows); a failure resends the record and its media.
+          if (!ok) {
+            f.on_publish_result(p.generation, p.seq, false, rc);
+          }
+          break;
         case Pending::Op::kStatus:
           break;
         case Pending::Op::kDisconnect:
@@ -71,6 +77,7 @@ MqttForwarder::MqttForwarder(asio::io_context& io, const config::MqttSection& mq
       gateway_id_(gateway_id),
       evidence_topic_(mqtt.topic_prefix + "/" + gateway_id + "/evidence"),
       status_topic_(mqtt.topic_prefix + "/" + gateway_id + "/status"),
+      media_topic_prefix_(mqtt.topic_prefix + "/" + gateway_id + "/media/"),
       outbox_(outbox),
       status_provider_(std::move(status_provider)),
       listener_(std::make_unique<Listener>(*this)),
@@ -108,14 +115,13 @@ void MqttForwarder::notify_committed(std::uint64_t last_seq, std::vector<Committ
   asio::post(strand_, [this, last_seq, records = std::move(records)] {
     const bool caught_up = connected_ && !fetching_ && !stopped_ && cursor_ == committed_seq_;
     committed_seq_ = std::max(committed_seq_, last_seq);
-    const auto window = static_cast<std::size_t>(std::max(cfg_.max_inflight, 1));
     bool in_order = caught_up;
     for (const auto& r : records) {
       if (r.ready_at.time_since_epoch().count() != 0) {
         ready_at_.emplace(r.seq, r.ready_at);
       }
       // Fast path: the next record in order, room in the window: no read-back from the store.
-      in_order = in_order && r.seq == cursor_ + 1 && inflight_.size() < window;
+      in_order = in_order && !r.has_media && r.seq == cursor_ + 1 && !window_full();
       if (in_order && !publish_record(r.seq, r.jws)) {
         in_order = false;
       }
@@ -128,8 +134,34 @@ void MqttForwarder::notify_committed(std::uint64_t last_seq, std::vector<Committ
   });
 }
 
-bool MqttForwarder::publish_record(std::uint64_t seq, const std::string& jws) {
+bool MqttForwarder::window_full() const {
+  return inflight_.size() >= static_cast<std::size_t>(std::max(cfg_.max_inflight, 1)) ||
+         inflight_bytes_ >= kMaxInflightBytes;
+}
+
+void MqttForwarder::forget_inflight(std::uint64_t seq) {
+  if (auto it = inflight_.find(seq); it != inflight_.end()) {
+    inflight_bytes_ -= it->second;
+    inflight_.erase(it);
+  }
+}
+
+bool MqttForwarder::publish_record(std::uint64_t seq, const std::string& jws, const std::vector<std::string>& media,
+                                   const std::vector<std::string>& media_bytes) {
+  std::size_t bytes = jws.size();
   try {
+    // MQTT keeps one connection's QoS 1 messages in order, so a consumer has the pictures before the
+    // record that names them. A media failure fails the record's attempt too (see on_publish_result).
+    for (std::size_t i = 0; i < media.size() && i < media_bytes.size(); ++i) {
+      if (media_bytes[i].empty()) {
+        continue;  // missing or damaged in the media store: reported by the store worker
+      }
+      auto pending = std::make_unique<Pending>(Pending{Pending::Op::kMedia, generation_, seq});
+      client_->publish(mqtt::make_message(media_topic_prefix_ + media[i], media_bytes[i], 1, false), pending.get(),
+                       *listener_);
+      pending.release();
+      bytes += media_bytes[i].size();
+    }
     auto pending = std::make_unique<Pending>(Pending{Pending::Op::kPublish, generation_, seq});
     client_->publish(mqtt::make_message(evidence_topic_, jws, 1, false), pending.get(), *listener_);
     pending.release();  // the listener owns it now
@@ -140,7 +172,8 @@ bool MqttForwarder::publish_record(std::uint64_t seq, const std::string& jws) {
     ++counters_.failed;
     return false;
   }
-  inflight_.insert(seq);
+  inflight_[seq] = bytes;
+  inflight_bytes_ += bytes;
   cursor_ = seq;
   return true;
 }
@@ -223,9 +256,10 @@ void MqttForwarder::on_status_tick() {
 
 void MqttForwarder::rewind_to_inflight() {
   if (!inflight_.empty()) {
-    cursor_ = std::min(cursor_, *inflight_.begin() - 1);
+    cursor_ = std::min(cursor_, inflight_.begin()->first - 1);
   }
   inflight_.clear();
+  inflight_bytes_ = 0;
   ++generation_;
 }
 
@@ -257,7 +291,7 @@ void MqttForwarder::pump() {
     return;
   }
   const auto window = static_cast<std::size_t>(std::max(cfg_.max_inflight, 1));
-  if (inflight_.size() >= window || cursor_ >= committed_seq_) {
+  if (window_full() || cursor_ >= committed_seq_) {
     check_stop_done();
     return;
   }
@@ -286,7 +320,7 @@ void MqttForwarder::on_fetched(std::uint64_t generation, std::vector<store::Outb
     if (entry.seq <= cursor_) {
       continue;
     }
-    if (!publish_record(entry.seq, entry.jws)) {
+    if (window_full() || !publish_record(entry.seq, entry.jws, entry.media, entry.media_bytes)) {
       break;
     }
   }
@@ -306,7 +340,7 @@ void MqttForwarder::on_publish_result(std::uint64_t generation, std::uint64_t se
       }
     }
     if (generation == generation_) {
-      inflight_.erase(seq);
+      forget_inflight(seq);
     }
     if (acks_.size() >= 256) {
       flush_acks();
@@ -333,7 +367,7 @@ void MqttForwarder::on_publish_result(std::uint64_t generation, std::uint64_t se
   // in order, with everything after it.
   log::info("mqtt", "", "publish of seq " + std::to_string(seq) + " failed (rc " + std::to_string(rc) +
                             "); resending from the outbox");
-  inflight_.insert(seq);
+  inflight_.emplace(seq, 0);
   rewind_to_inflight();
   pump();
 }

@@ -70,7 +70,11 @@ class MqttForwarder {
   void pump();
   void on_fetched(std::uint64_t generation, std::vector<store::OutboxEntry> entries);
   // Hands one record to Paho; false if Paho refused it (then the outbox path retries it).
-  bool publish_record(std::uint64_t seq, const std::string& jws);
+  // Media first (each on <prefix>/<gateway>/media/<sha256>), then the record.
+  bool publish_record(std::uint64_t seq, const std::string& jws, const std::vector<std::string>& media = {},
+                      const std::vector<std::string>& media_bytes = {});
+  bool window_full() const;
+  void forget_inflight(std::uint64_t seq);
   void on_publish_result(std::uint64_t generation, std::uint64_t seq, bool ok, int rc);
   void publish_status(bool online);
   void flush_acks();
@@ -85,6 +89,7 @@ class MqttForwarder {
   std::string gateway_id_;
   std::string evidence_topic_;
   std::string status_topic_;
+  std::string media_topic_prefix_;
   OutboxSource& outbox_;
   StatusProvider status_provider_;
   std::unique_ptr<mqtt::async_client> client_;
@@ -105,7 +110,9 @@ class MqttForwarder {
   std::uint64_t cursor_ = 0;            // highest seq handed to Paho in this generation
   std::uint64_t committed_seq_ = 0;     // highest seq known committed
   std::uint64_t stop_until_seq_ = 0;
-  std::set<std::uint64_t> inflight_;
+  std::map<std::uint64_t, std::size_t> inflight_;  // seq -> bytes handed to Paho for it (record + media)
+  std::size_t inflight_bytes_ = 0;
+  static constexpr std::size_t kMaxInflightBytes = 16u << 20;  // Paho holds payloads until PUBACK
   std::vector<std::uint64_t> acks_;
   std::chrono::milliseconds backoff_;
   std::function<void()> stop_done_;

@@ -18,6 +18,7 @@ struct CommittedRecord {
   std::uint64_t seq = 0;
   std::chrono::steady_clock::time_point ready_at{};
   std::string jws;
+  bool has_media = false;  // such records go through the outbox read, which loads their media
 };
 
 class OutboxSource {

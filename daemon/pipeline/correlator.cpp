@@ -1,28 +1,261 @@
+// Correlation of radar tracks with plate reads, and the validity checks written into each fact.
+// Matching is decided per connected group of candidates, only once the group can no longer grow (or a
+// member's wait is over), so the result does not depend on the order in which events arrived.
 #include "daemon/pipeline/correlator.h"
 
+#include <algorithm>
 #include <cmath>
+#include <numeric>
+#include <tuple>
+#include <utility>
 
 namespace cpd::pipeline {
 
 using nlohmann::json;
 
+namespace {
+
+constexpr int kDefaultTrackTimeoutMs = 400;
+
+std::int64_t abs_diff(UnixMs a, UnixMs b) { return a > b ? a - b : b - a; }
+
+// A fact with the key that orders facts released together: by time, then a stable identity, so the
+// sequence of records does not depend on the arrival order of events either.
+struct Released {
+  UnixMs time_ms = 0;
+  std::string tie;
+  Fact fact;
+};
+
+std::string track_tie(const adapters::RadarTrack& t) {
+  return "t/" + t.device_id + "/" + std::to_string(t.target) + "/" + std::to_string(t.first_ms);
+}
+
+std::string read_tie(const adapters::PlateRead& r) { return "r/" + r.device_id + "/" + r.uuid; }
+
+// Total order of identical-|dt| candidates: earlier times first, then the radar's target number and the
+// camera's UUID. Two events equal in all of this are the same event, so which one wins does not matter.
+auto track_key(const adapters::RadarTrack& t) {
+  return std::tie(t.time_ms, t.device_id, t.target, t.first_ms, t.last_ms);
+}
+auto read_key(const adapters::PlateRead& r) {
+  return std::tie(r.time_ms, r.device_id, r.uuid, r.camera_time_ms);
+}
+
+// Union-find over the pending items, to find the groups of items linked by candidate pairs.
+class Groups {
+ public:
+  explicit Groups(std::size_t n) : parent_(n) { std::iota(parent_.begin(), parent_.end(), std::size_t{0}); }
+  std::size_t find(std::size_t x) {
+    while (parent_[x] != x) {
+      parent_[x] = parent_[parent_[x]];
+      x = parent_[x];
+    }
+    return x;
+  }
+  void join(std::size_t a, std::size_t b) { parent_[find(a)] = find(b); }
+
+ private:
+  std::vector<std::size_t> parent_;
+};
+
+struct Candidate {
+  std::size_t track = 0;
+  std::size_t read = 0;
+  std::int64_t abs_dt_ms = 0;
+};
+
+}  // namespace
+
 std::int64_t to_e7(double degrees) { return std::llround(degrees * 1e7); }
 
+bool plate_unreadable(const std::string& plate) { return plate.empty() || plate == "unknown"; }
+
 Correlator::Correlator(const config::Config& config)
-    : gateway_id_(config.gateway.id), site_(config.gateway.site) {
+    : gateway_id_(config.gateway.id),
+      site_(config.gateway.site),
+      correlation_(config.correlation),
+      validity_(config.validity) {
   for (const auto& dev : config.devices) {
     if (const auto* radar = std::get_if<adapters::RadarConfig>(&dev.settings)) {
       radars_.emplace(dev.id, *radar);
+    } else if (const auto* camera = std::get_if<adapters::CameraConfig>(&dev.settings)) {
+      if (!camera->radar.empty()) {
+        watched_radars_.insert(camera->radar);
+      }
     }
   }
 }
 
-std::vector<Fact> Correlator::on_event(const adapters::DeviceEvent& event) {
+void Correlator::set_clock_sync(ClockSync state) { clock_sync_ = std::move(state); }
+
+std::size_t Correlator::pending() const { return tracks_.size() + reads_.size(); }
+
+int Correlator::settle_ms(const std::string& radar_id) const {
+  const auto it = radars_.find(radar_id);
+  return (it == radars_.end() ? kDefaultTrackTimeoutMs : it->second.track_timeout_ms) + kSettleMarginMs;
+}
+
+std::vector<Fact> Correlator::on_event(const adapters::DeviceEvent& event, UnixMs now) {
   std::vector<Fact> facts;
   if (const auto* track = std::get_if<adapters::RadarTrack>(&event)) {
-    facts.push_back(speed_measurement(*track));
+    // No camera watches this radar, or the vehicle was outside every lane: nothing can pair with it.
+    if (watched_radars_.count(track->device_id) == 0 || track->lane < 1) {
+      facts.push_back(speed_measurement(*track));
+    } else {
+      tracks_.push_back({*track, now});
+    }
+  } else if (const auto* read = std::get_if<adapters::PlateRead>(&event)) {
+    if (radars_.count(read->radar_id) == 0) {
+      facts.push_back(plate_read(*read, 0, "no_radar"));
+    } else if (read->lane < 1) {
+      facts.push_back(plate_read(*read, 0, "outside_lanes"));
+    } else {
+      reads_.push_back({*read, now});
+    }
   } else if (const auto* status = std::get_if<adapters::DeviceStatusEvent>(&event)) {
     facts.push_back(device_status(*status));
+  }
+  return facts;
+}
+
+std::vector<Fact> Correlator::tick(UnixMs now) { return decide(now, false); }
+
+std::vector<Fact> Correlator::flush() { return decide(0, true); }
+
+std::vector<Fact> Correlator::decide(UnixMs now, bool force) {
+  const std::size_t n_tracks = tracks_.size();
+  const std::size_t n_reads = reads_.size();
+  if (n_tracks + n_reads == 0) {
+    return {};
+  }
+
+  // Every candidate pair among the pending items (unreadable reads included: they claim their own
+  // vehicle's track, so it is not handed to a neighbour's read; such a pair still comes out unmatched).
+  std::vector<Candidate> candidates;
+  std::vector<int> track_degree(n_tracks, 0);
+  std::vector<int> read_degree(n_reads, 0);
+  Groups groups(n_tracks + n_reads);
+  for (std::size_t r = 0; r < n_reads; ++r) {
+    const auto& read = reads_[r].read;
+    for (std::size_t t = 0; t < n_tracks; ++t) {
+      const auto& track = tracks_[t].track;
+      const std::int64_t dt = abs_diff(read.time_ms, track.time_ms);
+      if (read.radar_id == track.device_id && read.lane == track.lane && dt <= correlation_.window_ms) {
+        candidates.push_back({t, r, dt});
+        ++track_degree[t];
+        ++read_degree[r];
+        groups.join(t, n_tracks + r);
+      }
+    }
+  }
+
+  // A group is decided when none of its members can gain a better candidate any more (each is settled:
+  // a partner would have arrived by its time + window + settle delay), or when one member's wait is over.
+  const auto settled_at = [&](std::size_t node) {
+    if (node < n_tracks) {
+      const auto& t = tracks_[node].track;
+      return t.time_ms + correlation_.window_ms + settle_ms(t.device_id);
+    }
+    const auto& r = reads_[node - n_tracks].read;
+    return r.time_ms + correlation_.window_ms + settle_ms(r.radar_id);
+  };
+  const auto deadline = [&](std::size_t node) {
+    return (node < n_tracks ? tracks_[node].arrived_ms : reads_[node - n_tracks].arrived_ms) +
+           correlation_.max_wait_ms;
+  };
+  std::map<std::size_t, bool> group_settled;  // group root -> every member settled
+  std::map<std::size_t, bool> group_expired;  // group root -> some member's wait is over
+  for (std::size_t node = 0; node < n_tracks + n_reads; ++node) {
+    const std::size_t root = groups.find(node);
+    auto settled = group_settled.try_emplace(root, true).first;
+    settled->second = settled->second && now >= settled_at(node);
+    auto& expired = group_expired[root];
+    expired = expired || now >= deadline(node);
+  }
+  const auto decided = [&](std::size_t node) {
+    const std::size_t root = groups.find(node);
+    return force || group_settled[root] || group_expired[root];
+  };
+
+  // Greedy by smallest |dt|, ties broken by the total order above: deterministic for a given set.
+  std::sort(candidates.begin(), candidates.end(), [&](const Candidate& a, const Candidate& b) {
+    if (a.abs_dt_ms != b.abs_dt_ms) {
+      return a.abs_dt_ms < b.abs_dt_ms;
+    }
+    const auto& ta = tracks_[a.track].track;
+    const auto& tb = tracks_[b.track].track;
+    const auto& ra = reads_[a.read].read;
+    const auto& rb = reads_[b.read].read;
+    const UnixMs first_a = std::min(ta.time_ms, ra.time_ms);
+    const UnixMs first_b = std::min(tb.time_ms, rb.time_ms);
+    if (first_a != first_b) {
+      return first_a < first_b;
+    }
+    if (track_key(ta) != track_key(tb)) {
+      return track_key(ta) < track_key(tb);
+    }
+    return read_key(ra) < read_key(rb);
+  });
+  std::vector<bool> track_done(n_tracks, false);
+  std::vector<bool> read_done(n_reads, false);
+  std::vector<Released> out;
+  for (const auto& c : candidates) {
+    if (track_done[c.track] || read_done[c.read] || !decided(c.track)) {
+      continue;
+    }
+    track_done[c.track] = true;
+    read_done[c.read] = true;
+    const auto& track = tracks_[c.track].track;
+    const auto& read = reads_[c.read].read;
+    if (plate_unreadable(read.plate)) {
+      out.push_back({track.time_ms, track_tie(track), speed_measurement(track)});
+      out.push_back({read.time_ms, read_tie(read),
+                     plate_read(read, read_degree[c.read], "plate_unreadable")});
+    } else {
+      out.push_back({track.time_ms, track_tie(track),
+                     passage(track, read, track_degree[c.track], read_degree[c.read])});
+    }
+  }
+
+  // Unpaired members of decided groups wait on, for a late partner, until their own wait is over.
+  std::vector<PendingTrack> kept_tracks;
+  for (std::size_t t = 0; t < n_tracks; ++t) {
+    if (track_done[t]) {
+      continue;
+    }
+    if (force || now >= deadline(t)) {
+      out.push_back({tracks_[t].track.time_ms, track_tie(tracks_[t].track), speed_measurement(tracks_[t].track)});
+    } else {
+      kept_tracks.push_back(std::move(tracks_[t]));
+    }
+  }
+  std::vector<PendingRead> kept_reads;
+  for (std::size_t r = 0; r < n_reads; ++r) {
+    if (read_done[r]) {
+      continue;
+    }
+    const std::size_t node = n_tracks + r;
+    if (force || now >= deadline(node)) {
+      const auto& read = reads_[r].read;
+      const std::string why = plate_unreadable(read.plate) ? "plate_unreadable"
+                              : read_degree[r] == 0        ? "no_candidate"
+                                                           : "candidates_taken";
+      out.push_back({read.time_ms, read_tie(read), plate_read(read, read_degree[r], why)});
+    } else {
+      kept_reads.push_back(std::move(reads_[r]));
+    }
+  }
+  tracks_ = std::move(kept_tracks);
+  reads_ = std::move(kept_reads);
+
+  std::sort(out.begin(), out.end(), [](const Released& a, const Released& b) {
+    return std::tie(a.time_ms, a.tie) < std::tie(b.time_ms, b.tie);
+  });
+  std::vector<Fact> facts;
+  facts.reserve(out.size());
+  for (auto& r : out) {
+    facts.push_back(std::move(r.fact));
   }
   return facts;
 }
@@ -32,30 +265,36 @@ json Correlator::site_json() const {
               {"direction", site_.direction}, {"lat_e7", to_e7(site_.lat)}, {"lon_e7", to_e7(site_.lon)}};
 }
 
-Fact Correlator::speed_measurement(const adapters::RadarTrack& track) const {
-  Fact fact;
-  fact.type = "speed_measurement";
-  fact.time_ms = track.time_ms;
+namespace {
 
+// The radar half of a record, shared by speed_measurement and passage/speeding (same members, same
+// meaning), with the calibration and status checks it implies.
+struct RadarPart {
+  json fields;
+  bool calibration_ok = false;
+  bool status_ok = false;
+  std::vector<std::string> reasons;
+};
+
+RadarPart radar_part(const adapters::RadarTrack& track, const std::map<std::string, adapters::RadarConfig>& radars) {
+  RadarPart part;
   json calibration = {{"certificate", ""}, {"valid_until", ""}, {"valid", false}};
-  json reasons = json::array();
-  if (auto it = radars_.find(track.device_id); it != radars_.end()) {
+  if (auto it = radars.find(track.device_id); it != radars.end()) {
     const auto& cal = it->second.calibration;
-    const bool valid = track.time_ms < cal.valid_until_ms;
-    calibration = {{"certificate", cal.certificate}, {"valid_until", cal.valid_until}, {"valid", valid}};
-    if (!valid) {
-      reasons.push_back("calibration_expired");
+    part.calibration_ok = track.time_ms < cal.valid_until_ms;
+    calibration = {{"certificate", cal.certificate}, {"valid_until", cal.valid_until}, {"valid", part.calibration_ok}};
+    if (!part.calibration_ok) {
+      part.reasons.emplace_back("calibration_expired");
     }
   } else {
-    reasons.push_back("radar_not_configured");
+    part.reasons.emplace_back("radar_not_configured");
   }
   if (track.status.code < 0) {
-    reasons.push_back("radar_status_unknown");
+    part.reasons.emplace_back("radar_status_unknown");
   } else if (track.status.code >= 20) {
-    reasons.push_back("radar_fault");
-  }
-  if (track.lane == 0) {
-    reasons.push_back("outside_lanes");
+    part.reasons.emplace_back("radar_fault");
+  } else {
+    part.status_ok = true;
   }
 
   json speeds = json::array();
@@ -69,9 +308,7 @@ Fact Correlator::speed_measurement(const adapters::RadarTrack& track) const {
                        {"lateral_cm", s.lateral_cm},
                        {"amplitude_ddb", s.amplitude_ddb}});
   }
-  fact.fields = {
-      {"site", site_json()},
-      {"device", track.device_id},
+  part.fields = {
       {"lane", track.lane},
       {"direction", track.approaching ? "approaching" : "receding"},
       {"speed_dkmh", track.peak_speed_dkmh},
@@ -92,9 +329,208 @@ Fact Correlator::speed_measurement(const adapters::RadarTrack& track) const {
         {"wraps", track.clock.wraps}}},
       {"calibration", calibration},
       {"radar_status", {{"code", track.status.code}, {"text", track.status.text}}},
-      {"valid", reasons.empty()},
-      {"invalid_reasons", reasons},
   };
+  return part;
+}
+
+json pictures_json(const std::vector<adapters::MediaRef>& pictures) {
+  json out = json::array();
+  for (const auto& p : pictures) {
+    out.push_back({{"sha256", p.sha256},
+                   {"bytes", p.bytes},
+                   {"type", p.kind},
+                   {"content_type", p.content_type},
+                   {"file_name", p.file_name},
+                   {"capture_ms", p.capture_ms}});
+  }
+  return out;
+}
+
+// The plate half shared by plate_read and passage/speeding.
+void put_plate(json& fields, const adapters::PlateRead& read) {
+  fields["plate"] = read.plate;
+  fields["plate_color"] = read.plate_color;
+  fields["plate_type"] = read.plate_type;
+  fields["vehicle_type"] = read.vehicle_type;
+  fields["country"] = read.country;
+  fields["confidence"] = read.confidence;
+  fields["camera"] = read.device_id;
+  fields["pictures"] = pictures_json(read.pictures);
+  fields["missing_pictures"] = read.missing_pictures;
+}
+
+}  // namespace
+
+json Correlator::camera_json(const adapters::PlateRead& read) const {
+  json camera = {{"uuid", read.uuid},
+                 {"camera_time", read.camera_time},
+                 {"camera_time_ms", read.camera_time_ms},
+                 {"time_ms", read.time_ms},
+                 {"lane", read.lane},
+                 {"direction", read.direction},
+                 {"active_post_count", read.active_post_count},
+                 {"raw_xml", read.raw_xml}};
+  if (read.clock_offset_ms) {
+    camera["clock_offset_ms"] = *read.clock_offset_ms;
+    camera["clock_offset_measured_ms"] = read.clock_offset_measured_ms;
+  }
+  return camera;
+}
+
+json Correlator::camera_clock_check(const adapters::PlateRead& read) const {
+  json check = {{"max_offset_ms", validity_.max_camera_clock_offset_ms}};
+  if (read.clock_offset_ms) {
+    const std::int64_t offset = *read.clock_offset_ms;
+    check["offset_ms"] = offset;
+    check["measured_ms"] = read.clock_offset_measured_ms;
+    check["ok"] = offset >= -validity_.max_camera_clock_offset_ms && offset <= validity_.max_camera_clock_offset_ms;
+  } else {
+    check["ok"] = false;
+  }
+  return check;
+}
+
+json Correlator::gateway_clock_check() const {
+  if (validity_.clock_sync == "assume") {
+    // Not checked: the config says to assume it, and every record affected says so.
+    return {{"ok", true}, {"source", "assume"}, {"synchronized", true}};
+  }
+  json check = {{"ok", clock_sync_.synchronized}, {"source", "kernel"}, {"synchronized", clock_sync_.synchronized}};
+  if (clock_sync_.max_error_us >= 0) {
+    check["max_error_us"] = clock_sync_.max_error_us;
+  }
+  if (clock_sync_.est_error_us >= 0) {
+    check["est_error_us"] = clock_sync_.est_error_us;
+  }
+  return check;
+}
+
+namespace {
+
+void add_clock_reasons(const json& camera_clock, const json& clock_sync, json& reasons) {
+  if (!camera_clock["ok"].get<bool>()) {
+    reasons.push_back(camera_clock.contains("offset_ms") ? "camera_clock_offset_too_large"
+                                                         : "camera_clock_offset_unknown");
+  }
+  if (!clock_sync["ok"].get<bool>()) {
+    reasons.push_back("clock_unsynchronized");
+  }
+}
+
+}  // namespace
+
+Fact Correlator::speed_measurement(const adapters::RadarTrack& track) const {
+  Fact fact;
+  fact.type = "speed_measurement";
+  fact.time_ms = track.time_ms;
+  RadarPart part = radar_part(track, radars_);
+  json reasons = part.reasons;
+  if (track.lane == 0) {
+    reasons.push_back("outside_lanes");
+  }
+  fact.fields = std::move(part.fields);
+  fact.fields["site"] = site_json();
+  fact.fields["device"] = track.device_id;
+  fact.fields["valid"] = reasons.empty();
+  fact.fields["invalid_reasons"] = reasons;
+  return fact;
+}
+
+Fact Correlator::plate_read(const adapters::PlateRead& read, int candidates, const std::string& why) const {
+  Fact fact;
+  fact.type = "plate_read";
+  fact.time_ms = read.time_ms;
+  fact.fields["site"] = site_json();
+  put_plate(fact.fields, read);
+  fact.fields["radar"] = read.radar_id;
+  fact.fields["lane"] = read.lane;
+  fact.fields["camera_event"] = camera_json(read);
+  fact.fields["match"] = {{"candidates", candidates}, {"unmatched", why}, {"window_ms", correlation_.window_ms}};
+  const json camera_clock = camera_clock_check(read);
+  const json clock_sync = gateway_clock_check();
+  json reasons = json::array();
+  add_clock_reasons(camera_clock, clock_sync, reasons);
+  fact.fields["checks"] = {{"camera_clock", camera_clock}, {"clock_sync", clock_sync}};
+  fact.fields["enforceable"] = reasons.empty();
+  fact.fields["reasons"] = reasons;
+  return fact;
+}
+
+Fact Correlator::passage(const adapters::RadarTrack& track, const adapters::PlateRead& read, int track_candidates,
+                         int read_candidates) const {
+  Fact fact;
+  fact.time_ms = track.time_ms;
+  RadarPart part = radar_part(track, radars_);
+  fact.fields = std::move(part.fields);
+  fact.fields["site"] = site_json();
+  put_plate(fact.fields, read);
+  fact.fields["radar"] = track.device_id;
+  fact.fields["camera_event"] = camera_json(read);
+  fact.fields["match"] = {{"dt_ms", read.time_ms - track.time_ms},
+                          {"window_ms", correlation_.window_ms},
+                          {"track_candidates", read_candidates},
+                          {"read_candidates", track_candidates}};
+  json offsets = {{"radar_ms", track.clock.offset_ms}};
+  if (read.clock_offset_ms) {
+    offsets["camera_ms"] = *read.clock_offset_ms;
+  }
+  fact.fields["clock_offsets"] = offsets;
+
+  // The limit: the lane's, or its vehicle-class override for the camera's vehicle type.
+  const config::LaneLimit* lane_limit = nullptr;
+  for (const auto& l : correlation_.lanes) {
+    if (l.lane == track.lane) {
+      lane_limit = &l;
+    }
+  }
+  bool speeding = false;
+  if (lane_limit != nullptr && lane_limit->limit_kmh > 0) {
+    std::int64_t limit_kmh = lane_limit->limit_kmh;
+    for (const auto& [type, kmh] : lane_limit->by_vehicle_type) {
+      if (type == read.vehicle_type && kmh > 0) {
+        limit_kmh = kmh;
+        fact.fields["limit_vehicle_type"] = type;
+      }
+    }
+    fact.fields["limit_kmh"] = limit_kmh;
+    const std::int64_t limit_dkmh = limit_kmh * 10;
+    const std::int64_t over = std::int64_t{track.peak_speed_dkmh} - limit_dkmh;
+    speeding = over > 0;
+    if (speeding) {
+      // Exact integer arithmetic: permille rounded half up; bands on the exact ratio over/limit.
+      fact.fields["over_dkmh"] = over;
+      fact.fields["over_permille"] = (2000 * over + limit_dkmh) / (2 * limit_dkmh);
+      fact.fields["band"] = over * 2 > limit_dkmh    ? "over_50"
+                            : over * 5 > limit_dkmh  ? "over_20"
+                            : over * 10 > limit_dkmh ? "over_10"
+                                                     : "under_10";
+    }
+  }
+  fact.type = speeding ? "speeding" : "passage";
+
+  json reasons = part.reasons;
+  const json camera_clock = camera_clock_check(read);
+  const json clock_sync = gateway_clock_check();
+  add_clock_reasons(camera_clock, clock_sync, reasons);
+  const int min_pictures = speeding ? validity_.min_pictures_speeding : 0;
+  const auto picture_count = static_cast<std::int64_t>(read.pictures.size());
+  const bool pictures_ok = picture_count >= min_pictures;
+  if (!pictures_ok) {
+    reasons.push_back("too_few_pictures");
+  }
+  const auto& calibration = fact.fields["calibration"];
+  fact.fields["checks"] = {
+      {"calibration",
+       {{"ok", part.calibration_ok},
+        {"certificate", calibration["certificate"]},
+        {"valid_until", calibration["valid_until"]}}},
+      {"radar_status", {{"ok", part.status_ok}, {"code", track.status.code}}},
+      {"camera_clock", camera_clock},
+      {"clock_sync", clock_sync},
+      {"pictures", {{"ok", pictures_ok}, {"count", picture_count}, {"min", min_pictures}}},
+  };
+  fact.fields["enforceable"] = reasons.empty();
+  fact.fields["reasons"] = reasons;
   return fact;
 }
 

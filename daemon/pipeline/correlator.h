@@ -1,38 +1,89 @@
-// Correlator: device events in, facts out. Pure (no I/O, no clock of its own): every time comes in with
-// the event, so unit tests fix it. Validity conditions are checked here and written into each fact.
+// Correlator: device events in, facts out. Joins radar tracks and plate reads into passage/speeding facts
+// and checks the conditions that make them valid evidence. Pure: no I/O, no clock of its own (the gateway
+// time comes in with every call), so unit tests fix it. The matching rules are in docs/records.md.
 #pragma once
 
+#include <cstddef>
 #include <map>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "adapters/events.h"
 #include "daemon/config/config.h"
 #include "daemon/core/record.h"
+#include "daemon/pipeline/clock_sync.h"
 
 namespace cpd::pipeline {
 
 class Correlator {
  public:
+  // Added to a radar's track_timeout_ms to make the settle delay: how long after a vehicle its track and
+  // its plate read are assumed to have reached the gateway (frame transport, camera pictures).
+  static constexpr int kSettleMarginMs = 500;
+
   explicit Correlator(const config::Config& config);
 
-  // Facts that follow from one event (possibly none, e.g. a repeated status).
-  std::vector<Fact> on_event(const adapters::DeviceEvent& event);
+  // Facts that follow at once from one event: device status, tracks of a radar no camera watches, items
+  // that can never match (lane 0). Tracks and reads that may pair wait for tick(). `now`: gateway clock.
+  std::vector<Fact> on_event(const adapters::DeviceEvent& event, UnixMs now);
+
+  // Called every ~100 ms: releases matches that are decided and items whose wait expired.
+  std::vector<Fact> tick(UnixMs now);
+
+  // At shutdown: every pending item goes out now; pairs the pending set already determines are matched
+  // (the same greedy rule as tick), everything else as unmatched plate_read / speed_measurement.
+  std::vector<Fact> flush();
+
+  // The gateway clock's state for the next records (validity.clock_sync: kernel). Until the first call
+  // the clock counts as unsynchronised.
+  void set_clock_sync(ClockSync state);
 
   // The gateway's own audit facts (start, stop, config change).
   Fact audit(std::string event, UnixMs time_ms, nlohmann::json details) const;
 
+  // Tracks and reads waiting for a partner.
+  std::size_t pending() const;
+
  private:
+  struct PendingTrack {
+    adapters::RadarTrack track;
+    UnixMs arrived_ms = 0;
+  };
+  struct PendingRead {
+    adapters::PlateRead read;
+    UnixMs arrived_ms = 0;
+  };
+
+  // force: decide every component now and release every item (flush).
+  std::vector<Fact> decide(UnixMs now, bool force);
+
   Fact speed_measurement(const adapters::RadarTrack& track) const;
+  Fact plate_read(const adapters::PlateRead& read, int candidates, const std::string& why) const;
+  Fact passage(const adapters::RadarTrack& track, const adapters::PlateRead& read, int track_candidates,
+               int read_candidates) const;
   Fact device_status(const adapters::DeviceStatusEvent& status) const;
   nlohmann::json site_json() const;
+  nlohmann::json camera_json(const adapters::PlateRead& read) const;
+  nlohmann::json camera_clock_check(const adapters::PlateRead& read) const;
+  nlohmann::json gateway_clock_check() const;
+  int settle_ms(const std::string& radar_id) const;
 
   std::string gateway_id_;
   config::Site site_;
+  config::CorrelationSection correlation_;
+  config::ValiditySection validity_;
   std::map<std::string, adapters::RadarConfig> radars_;
+  std::set<std::string> watched_radars_;  // radars some camera's `radar` names: their tracks wait
+  ClockSync clock_sync_;
+  std::vector<PendingTrack> tracks_;
+  std::vector<PendingRead> reads_;
 };
 
 // Degrees to the feed's integer 1e-7 degrees.
 std::int64_t to_e7(double degrees);
+
+// A plate the camera could not read ("unknown", or empty): such a read is never matched.
+bool plate_unreadable(const std::string& plate);
 
 }  // namespace cpd::pipeline

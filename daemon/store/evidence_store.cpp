@@ -42,6 +42,14 @@ constexpr Migration kMigrations[] = {
         seq INTEGER PRIMARY KEY REFERENCES records(seq)
       );
     )sql"},
+    {2, R"sql(
+      CREATE TABLE record_media (
+        seq    INTEGER NOT NULL REFERENCES records(seq),
+        sha256 TEXT    NOT NULL,
+        PRIMARY KEY (seq, sha256)
+      ) WITHOUT ROWID;
+      CREATE INDEX record_media_sha256 ON record_media(sha256);
+    )sql"},
 };
 
 static_assert(std::size(kMigrations) == static_cast<std::size_t>(EvidenceStore::kSchemaVersion),
@@ -136,6 +144,9 @@ struct EvidenceStore::Statements {
   sqlite3_stmt* insert_record = nullptr;
   sqlite3_stmt* insert_outbox = nullptr;
   sqlite3_stmt* outbox_after = nullptr;
+  sqlite3_stmt* insert_media = nullptr;
+  sqlite3_stmt* record_media = nullptr;
+  sqlite3_stmt* media_pending = nullptr;
   sqlite3_stmt* delete_outbox = nullptr;
   sqlite3_stmt* outbox_count = nullptr;
   sqlite3_stmt* outbox_oldest = nullptr;
@@ -145,8 +156,8 @@ struct EvidenceStore::Statements {
 
   ~Statements() {
     for (sqlite3_stmt* stmt :
-         {begin, commit, rollback, max_seq, insert_record, insert_outbox, outbox_after, delete_outbox,
-          outbox_count, outbox_oldest, record, record_count, last_record}) {
+         {begin, commit, rollback, max_seq, insert_record, insert_outbox, outbox_after, insert_media, record_media,
+          media_pending, delete_outbox, outbox_count, outbox_oldest, record, record_count, last_record}) {
       sqlite3_finalize(stmt);  // a no-op on nullptr
     }
   }
@@ -404,6 +415,10 @@ void EvidenceStore::prepare_statements() {
   prepare(s.outbox_after,
           "SELECT o.seq, r.jws, r.created_ms FROM outbox o JOIN records r ON r.seq = o.seq "
           "WHERE o.seq > ?1 ORDER BY o.seq LIMIT ?2");
+  prepare(s.insert_media, "INSERT OR IGNORE INTO record_media(seq, sha256) VALUES (?1, ?2)");
+  prepare(s.record_media, "SELECT sha256 FROM record_media WHERE seq = ?1 ORDER BY sha256");
+  prepare(s.media_pending,
+          "SELECT 1 FROM record_media m JOIN outbox o ON o.seq = m.seq WHERE m.sha256 = ?1 LIMIT 1");
   prepare(s.delete_outbox, "DELETE FROM outbox WHERE seq = ?1");
   prepare(s.outbox_count, "SELECT count(*) FROM outbox");
   prepare(s.outbox_oldest, "SELECT r.created_ms FROM records r WHERE r.seq = (SELECT min(seq) FROM outbox)");
@@ -487,6 +502,16 @@ Status EvidenceStore::append(const std::vector<SealedRecord>& batch) {
                                          ": " + error_text(db_, rc));
             }
           }
+          for (const std::string& sha : r.media) {
+            StatementUse use(s.insert_media);
+            sqlite3_bind_int64(use.get(), 1, to_db_seq(r.seq));
+            bind_text(use.get(), 2, sha);
+            int rc = sqlite3_step(use.get());
+            if (rc != SQLITE_DONE) {
+              return status_from(rc, "store " + path_ + ": append: media of seq " + std::to_string(r.seq) +
+                                         ": " + error_text(db_, rc));
+            }
+          }
         }
         return Status::ok();
       });
@@ -521,7 +546,22 @@ std::vector<OutboxEntry> EvidenceStore::outbox_after(std::uint64_t after_seq, st
     entry.created_ms = sqlite3_column_int64(use.get(), 2);
     entries.push_back(std::move(entry));
   }
+  for (auto& entry : entries) {
+    StatementUse media(stmts_->record_media);
+    sqlite3_bind_int64(media.get(), 1, to_db_seq(entry.seq));
+    while (sqlite3_step(media.get()) == SQLITE_ROW) {
+      entry.media.push_back(column_text(media.get(), 0));
+    }
+  }
   return entries;
+}
+
+bool EvidenceStore::media_pending(const std::string& sha256) const {
+  StatementUse use(stmts_->media_pending);
+  bind_text(use.get(), 1, sha256);
+  // On a read error, answer "pending": keeping a file is always the safe side.
+  const int rc = sqlite3_step(use.get());
+  return rc != SQLITE_DONE;
 }
 
 Status EvidenceStore::mark_forwarded(const std::vector<std::uint64_t>& seqs) {

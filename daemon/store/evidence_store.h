@@ -26,6 +26,10 @@ struct OutboxEntry {
   std::uint64_t seq = 0;
   std::string jws;
   UnixMs created_ms = 0;
+  std::vector<std::string> media;  // SHA-256 of the media the record names (published before it)
+  // Filled by the store worker for the forwarder: the bytes of each media file, parallel to `media`
+  // (empty string: missing or damaged in the media store, already reported).
+  std::vector<std::string> media_bytes;
 };
 
 struct OutboxStats {
@@ -41,7 +45,7 @@ struct StoreOptions {
 // Not thread-safe: one owner (the store worker thread) calls it; other processes may read the file.
 class EvidenceStore {
  public:
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;
 
   // Opens or creates the store: WAL, synchronous=FULL, PRAGMA quick_check, migrations to kSchemaVersion.
   explicit EvidenceStore(const std::string& path);
@@ -64,6 +68,8 @@ class EvidenceStore {
   Status mark_forwarded(const std::vector<std::uint64_t>& seqs);
   // count of the outbox; oldest_created_ms is created_ms of its lowest seq (seq order is creation order).
   OutboxStats outbox_stats() const;
+  // Whether a media file is named by a record still in the outbox (then it must not be deleted).
+  bool media_pending(const std::string& sha256) const;
 
   std::optional<SealedRecord> record(std::uint64_t seq) const;
   std::uint64_t record_count() const;

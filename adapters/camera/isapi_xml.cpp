@@ -1,0 +1,285 @@
+// ISAPI XML with pugixml: elements matched by local name (namespace prefixes and URIs ignored), unknown
+// elements skipped; time text parsed by hand so malformed values are refused, not guessed.
+#include "adapters/camera/isapi_xml.h"
+
+#include <pugixml.hpp>
+
+#include <charconv>
+#include <cstring>
+
+namespace cpd::adapters {
+namespace {
+
+std::string_view local_name(const pugi::xml_node& n) {
+  std::string_view name = n.name();
+  const std::size_t colon = name.rfind(':');
+  return colon == std::string_view::npos ? name : name.substr(colon + 1);
+}
+
+pugi::xml_node child(const pugi::xml_node& parent, std::string_view name) {
+  for (pugi::xml_node c = parent.first_child(); c; c = c.next_sibling()) {
+    if (c.type() == pugi::node_element && local_name(c) == name) {
+      return c;
+    }
+  }
+  return {};
+}
+
+std::string trimmed(std::string_view s) {
+  while (!s.empty() && std::strchr(" \t\r\n", s.front()) != nullptr) {
+    s.remove_prefix(1);
+  }
+  while (!s.empty() && std::strchr(" \t\r\n", s.back()) != nullptr) {
+    s.remove_suffix(1);
+  }
+  return std::string(s);
+}
+
+std::string text_of(const pugi::xml_node& parent, std::string_view name) {
+  return trimmed(child(parent, name).child_value());
+}
+
+// nullopt when present but not an integer; fallback when absent.
+std::optional<int> int_of(const pugi::xml_node& parent, std::string_view name, int fallback) {
+  const std::string t = text_of(parent, name);
+  if (t.empty()) {
+    return fallback;
+  }
+  int v = 0;
+  const auto [p, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
+  if (ec != std::errc() || p != t.data() + t.size()) {
+    return std::nullopt;
+  }
+  return v;
+}
+
+bool load(pugi::xml_document& doc, std::string_view xml) {
+  const auto r = doc.load_buffer(xml.data(), xml.size(), pugi::parse_default, pugi::encoding_utf8);
+  return static_cast<bool>(r) && doc.document_element();
+}
+
+// Fixed-width decimal field; nullopt on any non-digit.
+std::optional<int> digits(std::string_view s, std::size_t at, std::size_t n) {
+  if (at + n > s.size()) {
+    return std::nullopt;
+  }
+  int v = 0;
+  for (std::size_t i = at; i < at + n; ++i) {
+    if (s[i] < '0' || s[i] > '9') {
+      return std::nullopt;
+    }
+    v = v * 10 + (s[i] - '0');
+  }
+  return v;
+}
+
+// Days since 1970-01-01 (proleptic Gregorian), Howard Hinnant's algorithm.
+std::int64_t days_from_civil(std::int64_t y, int m, int d) {
+  y -= m <= 2 ? 1 : 0;
+  const std::int64_t era = (y >= 0 ? y : y - 399) / 400;
+  const std::int64_t yoe = y - era * 400;
+  const std::int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+  const std::int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + doe - 719468;
+}
+
+bool valid_date(int y, int mo, int d) {
+  static constexpr int kDays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+  if (y < 1970 || mo < 1 || mo > 12 || d < 1) {
+    return false;
+  }
+  const bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+  return d <= kDays[mo - 1] + (mo == 2 && leap ? 1 : 0);
+}
+
+std::optional<UnixMs> local_to_unix(int y, int mo, int d, int h, int mi, int s, int ms, int offset_min) {
+  if (!valid_date(y, mo, d) || h > 23 || mi > 59 || s > 60 || ms > 999) {
+    return std::nullopt;
+  }
+  const std::int64_t secs = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + s;
+  return secs * 1000 + ms - static_cast<std::int64_t>(offset_min) * 60000;
+}
+
+}  // namespace
+
+std::optional<IsoTime> parse_iso8601(std::string_view t) {
+  // YYYY-MM-DDTHH:MM:SS[.f+](Z|±HH:MM)
+  const auto y = digits(t, 0, 4);
+  const auto mo = digits(t, 5, 2);
+  const auto d = digits(t, 8, 2);
+  const auto h = digits(t, 11, 2);
+  const auto mi = digits(t, 14, 2);
+  const auto s = digits(t, 17, 2);
+  if (!y || !mo || !d || !h || !mi || !s || t[4] != '-' || t[7] != '-' || (t[10] != 'T' && t[10] != 't') ||
+      t[13] != ':' || t[16] != ':') {
+    return std::nullopt;
+  }
+  std::size_t i = 19;
+  IsoTime out;
+  int ms = 0;
+  if (i < t.size() && t[i] == '.') {
+    ++i;
+    int n = 0;
+    while (i < t.size() && t[i] >= '0' && t[i] <= '9') {
+      if (n < 3) {
+        ms = ms * 10 + (t[i] - '0');
+      }
+      ++n;
+      ++i;
+    }
+    if (n == 0 || n > 9) {
+      return std::nullopt;
+    }
+    for (int k = n; k < 3; ++k) {
+      ms *= 10;
+    }
+    out.has_fraction = true;
+  }
+  if (i >= t.size()) {
+    return std::nullopt;  // no offset: not an instant
+  }
+  int offset = 0;
+  if ((t[i] == 'Z' || t[i] == 'z') && i + 1 == t.size()) {
+    offset = 0;
+  } else if ((t[i] == '+' || t[i] == '-') && i + 6 == t.size() && t[i + 3] == ':') {
+    const auto oh = digits(t, i + 1, 2);
+    const auto om = digits(t, i + 4, 2);
+    if (!oh || !om || *oh > 14 || *om > 59) {
+      return std::nullopt;
+    }
+    offset = (*oh * 60 + *om) * (t[i] == '-' ? -1 : 1);
+  } else {
+    return std::nullopt;
+  }
+  const auto ms_total = local_to_unix(*y, *mo, *d, *h, *mi, *s, ms, offset);
+  if (!ms_total) {
+    return std::nullopt;
+  }
+  out.unix_ms = *ms_total;
+  out.utc_offset_min = offset;
+  return out;
+}
+
+std::optional<UnixMs> parse_abs_time(std::string_view t, int utc_offset_min) {
+  if (t.size() != 17) {
+    return std::nullopt;
+  }
+  const auto y = digits(t, 0, 4);
+  const auto mo = digits(t, 4, 2);
+  const auto d = digits(t, 6, 2);
+  const auto h = digits(t, 8, 2);
+  const auto mi = digits(t, 10, 2);
+  const auto s = digits(t, 12, 2);
+  const auto ms = digits(t, 14, 3);
+  if (!y || !mo || !d || !h || !mi || !s || !ms) {
+    return std::nullopt;
+  }
+  return local_to_unix(*y, *mo, *d, *h, *mi, *s, *ms, utc_offset_min);
+}
+
+AlertParseResult parse_alert(std::string_view xml) {
+  AlertParseResult r;
+  pugi::xml_document doc;
+  if (!load(doc, xml)) {
+    r.error = "malformed_xml";
+    return r;
+  }
+  const pugi::xml_node root = doc.document_element();
+  if (local_name(root) != "EventNotificationAlert") {
+    r.error = "not_an_alert";
+    return r;
+  }
+  IsapiAlert a;
+  a.event_type = text_of(root, "eventType");
+  a.event_state = text_of(root, "eventState");
+  a.date_time = text_of(root, "dateTime");
+  a.uuid = text_of(root, "UUID");
+  if (a.event_type == "videoloss" && a.event_state == "inactive") {
+    a.kind = IsapiAlert::Kind::kHeartbeat;
+  } else if (a.event_type == "ANPR") {
+    a.kind = IsapiAlert::Kind::kAnpr;
+  }
+  if (auto t = parse_iso8601(a.date_time)) {
+    a.time = *t;
+  } else if (a.kind == IsapiAlert::Kind::kAnpr) {
+    r.error = "bad_date_time";
+    return r;
+  }
+  if (a.kind != IsapiAlert::Kind::kAnpr) {
+    r.alert = std::move(a);
+    return r;
+  }
+  if (a.uuid.empty()) {
+    r.error = "missing_uuid";
+    return r;
+  }
+  const auto post = int_of(root, "activePostCount", 0);
+  const pugi::xml_node anpr = child(root, "ANPR");
+  const auto lane = int_of(anpr, "line", 0);
+  const auto confidence = int_of(anpr, "confidenceLevel", 0);
+  if (!anpr || !post || !lane || !confidence || *confidence < 0 || *confidence > 100) {
+    r.error = "bad_field";
+    return r;
+  }
+  a.active_post_count = *post;
+  a.lane = *lane;
+  a.confidence = *confidence;
+  a.country = text_of(anpr, "country");
+  a.plate = text_of(anpr, "licensePlate");
+  if (a.plate.empty()) {
+    a.plate = "unknown";
+  }
+  a.direction = text_of(anpr, "direction");
+  a.plate_type = text_of(anpr, "plateType");
+  a.plate_color = text_of(anpr, "plateColor");
+  a.vehicle_type = text_of(anpr, "vehicleType");
+  const pugi::xml_node list = child(anpr, "pictureInfoList");
+  for (pugi::xml_node p = list.first_child(); p; p = p.next_sibling()) {
+    if (p.type() != pugi::node_element || local_name(p) != "pictureInfo") {
+      continue;
+    }
+    IsapiPictureInfo info;
+    info.file_name = text_of(p, "fileName");
+    info.type = text_of(p, "type");
+    info.abs_time = text_of(p, "absTime");
+    if (!info.file_name.empty()) {
+      a.pictures.push_back(std::move(info));
+    }
+  }
+  r.alert = std::move(a);
+  return r;
+}
+
+std::optional<IsapiDeviceInfo> parse_device_info(std::string_view xml) {
+  pugi::xml_document doc;
+  if (!load(doc, xml) || local_name(doc.document_element()) != "DeviceInfo") {
+    return std::nullopt;
+  }
+  const pugi::xml_node root = doc.document_element();
+  IsapiDeviceInfo info;
+  info.device_name = text_of(root, "deviceName");
+  info.device_id = text_of(root, "deviceID");
+  info.model = text_of(root, "model");
+  info.serial_number = text_of(root, "serialNumber");
+  info.firmware_version = text_of(root, "firmwareVersion");
+  return info;
+}
+
+std::optional<IsapiTime> parse_time(std::string_view xml) {
+  pugi::xml_document doc;
+  if (!load(doc, xml) || local_name(doc.document_element()) != "Time") {
+    return std::nullopt;
+  }
+  const pugi::xml_node root = doc.document_element();
+  IsapiTime t;
+  t.time_mode = text_of(root, "timeMode");
+  t.local_time = text_of(root, "localTime");
+  const auto parsed = parse_iso8601(t.local_time);
+  if (!parsed) {
+    return std::nullopt;
+  }
+  t.time = *parsed;
+  return t;
+}
+
+}  // namespace cpd::adapters

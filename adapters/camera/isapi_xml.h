@@ -1,0 +1,76 @@
+// The camera's ISAPI XML documents (EventNotificationAlert, DeviceInfo, Time) and its time formats,
+// read by element local name so either firmware namespace works. Pure: no I/O, no clock.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "daemon/core/time.h"
+
+namespace cpd::adapters {
+
+// An ISO 8601 instant with a UTC offset ("2026-11-27T11:38:54.123+08:00", "...Z"; 1 to 9 fraction digits,
+// milliseconds kept). The offset is required: a time without one has no instant.
+struct IsoTime {
+  UnixMs unix_ms = 0;
+  int utc_offset_min = 0;   // minutes east of UTC as written
+  bool has_fraction = false;
+};
+std::optional<IsoTime> parse_iso8601(std::string_view text);
+
+// The picture timestamp "yyyyMMddHHmmssSSS" in the camera's local time, given that time's UTC offset.
+std::optional<UnixMs> parse_abs_time(std::string_view text, int utc_offset_min);
+
+struct IsapiPictureInfo {
+  std::string file_name;
+  std::string type;       // detectionPicture | licensePlatePicture | ...
+  std::string abs_time;   // yyyyMMddHHmmssSSS, empty when absent
+};
+
+struct IsapiAlert {
+  enum class Kind { kAnpr, kHeartbeat, kOther };
+  Kind kind = Kind::kOther;
+  std::string event_type;
+  std::string event_state;
+  std::string date_time;            // as sent
+  IsoTime time;                     // parsed date_time (ANPR alerts only are required to have one)
+  std::string uuid;
+  int active_post_count = 0;
+  int lane = 0;
+  std::string direction;
+  std::string plate;
+  std::string plate_color;
+  std::string plate_type;
+  std::string vehicle_type;
+  std::string country;
+  int confidence = 0;
+  std::vector<IsapiPictureInfo> pictures;
+};
+
+// Why an alert part was discarded; empty `error` means `alert` is set.
+struct AlertParseResult {
+  std::optional<IsapiAlert> alert;
+  std::string error;   // "malformed_xml", "not_an_alert", "bad_date_time", "missing_uuid", "bad_field"
+};
+AlertParseResult parse_alert(std::string_view xml);
+
+struct IsapiDeviceInfo {
+  std::string device_name;
+  std::string device_id;
+  std::string model;
+  std::string serial_number;
+  std::string firmware_version;
+};
+std::optional<IsapiDeviceInfo> parse_device_info(std::string_view xml);
+
+struct IsapiTime {
+  std::string time_mode;    // NTP | manual
+  std::string local_time;   // as sent
+  IsoTime time;
+};
+std::optional<IsapiTime> parse_time(std::string_view xml);
+
+}  // namespace cpd::adapters
