@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# `make demo`: a private mosquitto on loopback, the radar simulator and checkpointd, then evidence
-# arriving over MQTT, each record verified as central would (checkpointctl and the stock openssl CLI).
+# `make demo`: a private mosquitto on loopback, a simulated checkpoint (radar + ANPR camera driven by one
+# scenario) and checkpointd, then evidence arriving over MQTT, each record and picture verified as
+# central would (checkpointctl and the stock openssl CLI).
 set -euo pipefail
 BUILD=${1:-build}
-SECONDS_TO_RUN=${DEMO_SECONDS:-20}
+SECONDS_TO_RUN=${DEMO_SECONDS:-30}
 top=$(cd "$(dirname "$0")/.." && pwd)
 run="$top/demo-run"
 ctl="$top/$BUILD/tools/checkpointctl/checkpointctl"
@@ -43,11 +44,13 @@ CONF
 for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 echo "== mosquitto on 127.0.0.1:$port"
 
-"$sim" radar --port 0 --seed 42 --vehicles 0 --rate 1.5 --lanes 2 --ground-truth "$run/truth.jsonl" \
+"$sim" scenario "$top/tools/demo-scenario.yaml" --ground-truth "$run/truth.jsonl" \
   >"$run/sim.out" 2>"$run/sim.err" & pids+=($!)
-for _ in $(seq 50); do grep -q '^listening ' "$run/sim.out" 2>/dev/null && break; sleep 0.1; done
-radar_port=$(awk '/^listening /{print $2; exit}' "$run/sim.out")
-echo "== radar simulator on 127.0.0.1:$radar_port (2 lanes, ~1.5 vehicles/s)"
+for _ in $(seq 50); do grep -q '^camera ' "$run/sim.out" 2>/dev/null && break; sleep 0.1; done
+radar_port=$(awk '/^radar /{print $2; exit}' "$run/sim.out")
+camera_port=$(awk '/^camera /{print $2; exit}' "$run/sim.out")
+echo "== simulated checkpoint (tools/demo-scenario.yaml): radar on 127.0.0.1:$radar_port, ANPR camera on 127.0.0.1:$camera_port"
+printf 'demo-secret' >"$run/cam-1.secret"; chmod 600 "$run/cam-1.secret"
 
 cat >"$run/checkpointd.yaml" <<CONF
 gateway:
@@ -56,10 +59,16 @@ gateway:
   key: $run/gateway.key
 store:
   path: $run/store.db
+  media_dir: $run/media
 mqtt:
   uri: tcp://127.0.0.1:$port
   client_id: demo-gw-1
   topic_prefix: checkpoint
+correlation:
+  window_ms: 500
+  lanes: [{lane: 1, limit_kmh: 100}, {lane: 2, limit_kmh: 120}]
+validity:
+  clock_sync: assume     # demo machine: the kernel's NTP state is not checked (said in every record)
 devices:
   - id: radar-1
     kind: radar
@@ -67,9 +76,17 @@ devices:
     poll_interval_ms: 0
     lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]
     calibration: {certificate: JJG527-2026-0412, valid_until: 2027-06-30}
+  - id: cam-1
+    kind: camera
+    url: http://127.0.0.1:$camera_port
+    username: admin
+    password_file: $run/cam-1.secret
+    auth: digest
+    radar: radar-1
 CONF
 "$daemon" --check-config "$run/checkpointd.yaml"
-# Subscribers first, so the feed is seen from seq 1: checkpointctl verifies and prints every record;
+# Subscribers first, so the feed is seen from seq 1: checkpointctl verifies and prints every record
+# (and checks that each picture a record names arrived on the media topic and hashes right);
 # mosquitto_sub keeps three raw records for the openssl example.
 mosquitto_sub -h 127.0.0.1 -p "$port" -t checkpoint/demo-gw-1/evidence -q 1 -C 3 >"$run/sample.jws" & pids+=($!)
 "$ctl" verify --pubkey "$run/gateway.pub.pem" --mqtt "tcp://127.0.0.1:$port" --from-start \
@@ -94,4 +111,5 @@ openssl pkeyutl -verify -pubin -inkey "$run/gateway.pub.pem" -rawin -in "$run/si
 
 echo
 kill -TERM "$daemon_pid"; wait "$daemon_pid" && echo "== checkpointd stopped cleanly (exit 0)"
+echo "== pictures stored at the gateway: $(ls "$run/media" | wc -l) files in $run/media (named by SHA-256)"
 echo "== retained status: $(mosquitto_sub -h 127.0.0.1 -p "$port" -t checkpoint/demo-gw-1/status -C 1 -W 3 || true)"

@@ -230,8 +230,7 @@ bool MultipartParser::read_headers() {
       if (p.size() > limits_.max_header_bytes) {
         break;
       }
-      scan_ = p.size();
-      return false;
+      return false;  // scan_ stays at the start of the unfinished line
     }
     std::string_view line = p.substr(scan_, nl - scan_);
     if (!line.empty() && line.back() == '\r') {

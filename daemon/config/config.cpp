@@ -5,9 +5,11 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <regex>
@@ -85,6 +87,12 @@ StoreSection parse_store(Section store) {
   out.path = store.required<std::string>("path", {.pattern = kPathPattern, .allowed = kPathAllowed});
   out.commit_max_batch =
       store.optional<int>("commit_max_batch", out.commit_max_batch, {.min = 1, .max = 100000});
+  // Pictures live beside the store by default, so one directory (one disk) holds all the evidence.
+  const std::string beside = (std::filesystem::path(out.path).parent_path() / "media").string();
+  out.media_dir =
+      store.optional<std::string>("media_dir", beside, {.pattern = kPathPattern, .allowed = kPathAllowed});
+  out.media_retention_days =
+      store.optional<int>("media_retention_days", out.media_retention_days, {.min = 1, .max = 3650});
   store.finish();
   return out;
 }
@@ -139,6 +147,30 @@ MqttSection parse_mqtt(Section mqtt, const std::string& gateway_id) {
   return out;
 }
 
+// A camera watches the lanes of one radar: its `radar` must name a radar device of this file.
+void check_camera_radars(std::vector<Section>& sections, const std::vector<DeviceConfig>& devices) {
+  std::vector<std::string> radar_ids;
+  for (const auto& d : devices) {
+    if (std::holds_alternative<adapters::RadarConfig>(d.settings)) {
+      radar_ids.push_back(d.id);
+    }
+  }
+  for (std::size_t i = 0; i < devices.size(); ++i) {
+    const auto* camera = std::get_if<adapters::CameraConfig>(&devices[i].settings);
+    if (camera == nullptr ||
+        std::find(radar_ids.begin(), radar_ids.end(), camera->radar) != radar_ids.end()) {
+      continue;
+    }
+    std::string known;
+    for (const auto& id : radar_ids) {
+      known += (known.empty() ? "" : ", ") + id;
+    }
+    sections[i].fail("radar", "must name a radar device configured under devices (" +
+                                  (known.empty() ? std::string("there is none") : "radars: " + known) +
+                                  "), got '" + camera->radar + "'");
+  }
+}
+
 std::vector<DeviceConfig> parse_devices(Section& root) {
   std::vector<std::string> kinds;
   for (const auto& k : adapters::adapter_kinds()) {
@@ -146,7 +178,8 @@ std::vector<DeviceConfig> parse_devices(Section& root) {
   }
   std::vector<DeviceConfig> out;
   std::map<std::string, std::string> id_places;
-  for (auto& device : root.sections("devices", 1)) {
+  std::vector<Section> sections = root.sections("devices", 1);
+  for (auto& device : sections) {
     DeviceConfig d;
     d.id = device.required<std::string>("id", {.pattern = kDeviceIdPattern, .allowed = kDeviceIdAllowed});
     const auto [it, inserted] = id_places.emplace(d.id, device.place("id"));
@@ -159,6 +192,73 @@ std::vector<DeviceConfig> parse_devices(Section& root) {
     device.finish();
     out.push_back(std::move(d));
   }
+  check_camera_radars(sections, out);
+  return out;
+}
+
+constexpr std::string_view kVehicleTypePattern = "[A-Za-z0-9_-]{1,32}";
+
+// correlation.lanes[i].vehicle_types is a mapping whose keys are the camera's vehicle classes, so its
+// keys come from the document (`node`) and each is then read through the schema for type, range, place.
+std::vector<std::pair<std::string, int>> parse_vehicle_types(Section& types, const YAML::Node& node) {
+  std::vector<std::pair<std::string, int>> out;
+  for (const auto& entry : node) {
+    const std::string type = entry.first.Scalar();
+    if (!std::regex_match(type, std::regex(std::string(kVehicleTypePattern)))) {
+      types.fail(type,
+                 "vehicle type '" + type +
+                     "' must be 1 to 32 letters, digits, '_' or '-' (the camera's vehicleType, e.g. truck)");
+    }
+    out.emplace_back(type,
+                     types.required<int>(type, {.min = 5, .max = 300, .allowed = "a speed limit in km/h"}));
+  }
+  return out;
+}
+
+CorrelationSection parse_correlation(Section& root, const YAML::Node& document) {
+  CorrelationSection out;
+  auto section = root.optional_section("correlation");
+  if (!section) {
+    return out;
+  }
+  Section& c = *section;
+  out.window_ms = c.optional<int>("window_ms", out.window_ms, {.min = 10, .max = 5000});
+  out.max_wait_ms = c.optional<int>("max_wait_ms", out.max_wait_ms, {.min = 100, .max = 60000});
+  if (c.has("lanes")) {
+    const YAML::Node lanes_node = document["correlation"]["lanes"];
+    std::vector<Section> lanes = c.sections("lanes");
+    std::map<int, std::string> lane_places;
+    for (std::size_t i = 0; i < lanes.size(); ++i) {
+      Section& lane = lanes[i];
+      LaneLimit limit;
+      limit.lane = lane.required<int>("lane", {.min = 1, .max = 99, .allowed = "the lane number, 1 to 99"});
+      const auto [it, inserted] = lane_places.emplace(limit.lane, lane.place("lane"));
+      if (!inserted) {
+        lane.fail("lane", "duplicate lane " + std::to_string(limit.lane) + " (first at " + it->second + ")");
+      }
+      limit.limit_kmh = lane.required<int>(
+          "limit_kmh", {.min = 5, .max = 300, .allowed = "the lane's speed limit in km/h"});
+      if (auto types = lane.optional_section("vehicle_types")) {
+        limit.by_vehicle_type = parse_vehicle_types(*types, lanes_node[i]["vehicle_types"]);
+      }
+      out.lanes.push_back(std::move(limit));
+    }
+  }
+  return out;
+}
+
+ValiditySection parse_validity(Section& root) {
+  ValiditySection out;
+  auto section = root.optional_section("validity");
+  if (!section) {
+    return out;
+  }
+  Section& v = *section;
+  out.max_camera_clock_offset_ms =
+      v.optional<int>("max_camera_clock_offset_ms", out.max_camera_clock_offset_ms, {.min = 0, .max = 60000});
+  out.clock_sync = v.optional<std::string>("clock_sync", out.clock_sync, {.one_of = {"kernel", "assume"}});
+  out.min_pictures_speeding =
+      v.optional<int>("min_pictures_speeding", out.min_pictures_speeding, {.min = 0, .max = 10});
   return out;
 }
 
@@ -174,6 +274,8 @@ Config parse_document(const YAML::Node& document, const std::string& name) {
   config.store = parse_store(root.section("store"));
   config.mqtt = parse_mqtt(root.section("mqtt"), config.gateway.id);
   config.devices = parse_devices(root);
+  config.correlation = parse_correlation(root, document);
+  config.validity = parse_validity(root);
   root.finish();
   return config;
 }

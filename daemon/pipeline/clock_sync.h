@@ -9,9 +9,9 @@ namespace cpd::pipeline {
 
 struct ClockSync {
   bool synchronized = false;
-  std::string source;             // "kernel" (adjtimex) | "assume" (config validity.clock_sync: assume)
-  std::int64_t max_error_us = -1; // kernel's maximum error estimate; -1 = not known
-  std::int64_t est_error_us = -1; // kernel's estimated error; -1 = not known
+  std::string source;              // "kernel" (adjtimex) | "assume" (config validity.clock_sync: assume)
+  std::int64_t max_error_us = -1;  // kernel's maximum error estimate; -1 = not known
+  std::int64_t est_error_us = -1;  // kernel's estimated error; -1 = not known
 };
 
 // Asks the kernel (adjtimex with modes 0: a read, no change) whether NTP/PTP discipline holds the clock:

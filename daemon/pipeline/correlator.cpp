@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <tuple>
 #include <utility>
@@ -17,7 +18,22 @@ namespace {
 
 constexpr int kDefaultTrackTimeoutMs = 400;
 
-std::int64_t abs_diff(UnixMs a, UnixMs b) { return a > b ? a - b : b - a; }
+// Device times are untrusted: arithmetic on them saturates instead of overflowing.
+std::int64_t abs_diff(UnixMs a, UnixMs b) {
+  std::int64_t d = 0;
+  if (__builtin_sub_overflow(a > b ? a : b, a > b ? b : a, &d)) {
+    return std::numeric_limits<std::int64_t>::max();
+  }
+  return d;
+}
+
+UnixMs plus(UnixMs t, std::int64_t ms) {
+  UnixMs out = 0;
+  if (__builtin_add_overflow(t, ms, &out)) {
+    return ms > 0 ? std::numeric_limits<UnixMs>::max() : std::numeric_limits<UnixMs>::min();
+  }
+  return out;
+}
 
 // A fact with the key that orders facts released together: by time, then a stable identity, so the
 // sequence of records does not depend on the arrival order of events either.
@@ -31,7 +47,9 @@ std::string track_tie(const adapters::RadarTrack& t) {
   return "t/" + t.device_id + "/" + std::to_string(t.target) + "/" + std::to_string(t.first_ms);
 }
 
-std::string read_tie(const adapters::PlateRead& r) { return "r/" + r.device_id + "/" + r.uuid; }
+std::string read_tie(const adapters::PlateRead& r) {
+  return "r/" + r.device_id + "/" + r.uuid;
+}
 
 // Total order of identical-|dt| candidates: earlier times first, then the radar's target number and the
 // camera's UUID. Two events equal in all of this are the same event, so which one wins does not matter.
@@ -67,9 +85,13 @@ struct Candidate {
 
 }  // namespace
 
-std::int64_t to_e7(double degrees) { return std::llround(degrees * 1e7); }
+std::int64_t to_e7(double degrees) {
+  return std::llround(degrees * 1e7);
+}
 
-bool plate_unreadable(const std::string& plate) { return plate.empty() || plate == "unknown"; }
+bool plate_unreadable(const std::string& plate) {
+  return plate.empty() || plate == "unknown";
+}
 
 Correlator::Correlator(const config::Config& config)
     : gateway_id_(config.gateway.id),
@@ -87,9 +109,13 @@ Correlator::Correlator(const config::Config& config)
   }
 }
 
-void Correlator::set_clock_sync(ClockSync state) { clock_sync_ = std::move(state); }
+void Correlator::set_clock_sync(ClockSync state) {
+  clock_sync_ = std::move(state);
+}
 
-std::size_t Correlator::pending() const { return tracks_.size() + reads_.size(); }
+std::size_t Correlator::pending() const {
+  return tracks_.size() + reads_.size();
+}
 
 int Correlator::settle_ms(const std::string& radar_id) const {
   const auto it = radars_.find(radar_id);
@@ -103,7 +129,7 @@ std::vector<Fact> Correlator::on_event(const adapters::DeviceEvent& event, UnixM
     if (watched_radars_.count(track->device_id) == 0 || track->lane < 1) {
       facts.push_back(speed_measurement(*track));
     } else {
-      tracks_.push_back({*track, now});
+      tracks_.push_back({*track, now, 0});
     }
   } else if (const auto* read = std::get_if<adapters::PlateRead>(&event)) {
     if (radars_.count(read->radar_id) == 0) {
@@ -111,7 +137,7 @@ std::vector<Fact> Correlator::on_event(const adapters::DeviceEvent& event, UnixM
     } else if (read->lane < 1) {
       facts.push_back(plate_read(*read, 0, "outside_lanes"));
     } else {
-      reads_.push_back({*read, now});
+      reads_.push_back({*read, now, 0});
     }
   } else if (const auto* status = std::get_if<adapters::DeviceStatusEvent>(&event)) {
     facts.push_back(device_status(*status));
@@ -119,9 +145,15 @@ std::vector<Fact> Correlator::on_event(const adapters::DeviceEvent& event, UnixM
   return facts;
 }
 
-std::vector<Fact> Correlator::tick(UnixMs now) { return decide(now, false); }
+std::vector<Fact> Correlator::tick(UnixMs now) {
+  // Pairing is quadratic in what is pending; a flood (a device gone mad) is recorded at once rather than
+  // allowed to stall the pipeline. Normal traffic holds a few dozen items.
+  return decide(now, pending() > kMaxPending);
+}
 
-std::vector<Fact> Correlator::flush() { return decide(0, true); }
+std::vector<Fact> Correlator::flush() {
+  return decide(0, true);
+}
 
 std::vector<Fact> Correlator::decide(UnixMs now, bool force) {
   const std::size_t n_tracks = tracks_.size();
@@ -150,19 +182,28 @@ std::vector<Fact> Correlator::decide(UnixMs now, bool force) {
     }
   }
 
+  for (std::size_t t = 0; t < n_tracks; ++t) {
+    tracks_[t].candidates = std::max(tracks_[t].candidates, track_degree[t]);
+    track_degree[t] = tracks_[t].candidates;
+  }
+  for (std::size_t r = 0; r < n_reads; ++r) {
+    reads_[r].candidates = std::max(reads_[r].candidates, read_degree[r]);
+    read_degree[r] = reads_[r].candidates;
+  }
+
   // A group is decided when none of its members can gain a better candidate any more (each is settled:
   // a partner would have arrived by its time + window + settle delay), or when one member's wait is over.
   const auto settled_at = [&](std::size_t node) {
     if (node < n_tracks) {
       const auto& t = tracks_[node].track;
-      return t.time_ms + correlation_.window_ms + settle_ms(t.device_id);
+      return plus(t.time_ms, std::int64_t{correlation_.window_ms} + settle_ms(t.device_id));
     }
     const auto& r = reads_[node - n_tracks].read;
-    return r.time_ms + correlation_.window_ms + settle_ms(r.radar_id);
+    return plus(r.time_ms, std::int64_t{correlation_.window_ms} + settle_ms(r.radar_id));
   };
   const auto deadline = [&](std::size_t node) {
-    return (node < n_tracks ? tracks_[node].arrived_ms : reads_[node - n_tracks].arrived_ms) +
-           correlation_.max_wait_ms;
+    return plus(node < n_tracks ? tracks_[node].arrived_ms : reads_[node - n_tracks].arrived_ms,
+                correlation_.max_wait_ms);
   };
   std::map<std::size_t, bool> group_settled;  // group root -> every member settled
   std::map<std::size_t, bool> group_expired;  // group root -> some member's wait is over
@@ -210,8 +251,8 @@ std::vector<Fact> Correlator::decide(UnixMs now, bool force) {
     const auto& read = reads_[c.read].read;
     if (plate_unreadable(read.plate)) {
       out.push_back({track.time_ms, track_tie(track), speed_measurement(track)});
-      out.push_back({read.time_ms, read_tie(read),
-                     plate_read(read, read_degree[c.read], "plate_unreadable")});
+      out.push_back(
+          {read.time_ms, read_tie(read), plate_read(read, read_degree[c.read], "plate_unreadable")});
     } else {
       out.push_back({track.time_ms, track_tie(track),
                      passage(track, read, track_degree[c.track], read_degree[c.read])});
@@ -225,7 +266,8 @@ std::vector<Fact> Correlator::decide(UnixMs now, bool force) {
       continue;
     }
     if (force || now >= deadline(t)) {
-      out.push_back({tracks_[t].track.time_ms, track_tie(tracks_[t].track), speed_measurement(tracks_[t].track)});
+      out.push_back(
+          {tracks_[t].track.time_ms, track_tie(tracks_[t].track), speed_measurement(tracks_[t].track)});
     } else {
       kept_tracks.push_back(std::move(tracks_[t]));
     }
@@ -261,7 +303,7 @@ std::vector<Fact> Correlator::decide(UnixMs now, bool force) {
 }
 
 json Correlator::site_json() const {
-  return json{{"gateway", gateway_id_},   {"name", site_.name},         {"road", site_.road},
+  return json{{"gateway", gateway_id_},       {"name", site_.name},         {"road", site_.road},
               {"direction", site_.direction}, {"lat_e7", to_e7(site_.lat)}, {"lon_e7", to_e7(site_.lon)}};
 }
 
@@ -276,13 +318,15 @@ struct RadarPart {
   std::vector<std::string> reasons;
 };
 
-RadarPart radar_part(const adapters::RadarTrack& track, const std::map<std::string, adapters::RadarConfig>& radars) {
+RadarPart radar_part(const adapters::RadarTrack& track,
+                     const std::map<std::string, adapters::RadarConfig>& radars) {
   RadarPart part;
   json calibration = {{"certificate", ""}, {"valid_until", ""}, {"valid", false}};
   if (auto it = radars.find(track.device_id); it != radars.end()) {
     const auto& cal = it->second.calibration;
     part.calibration_ok = track.time_ms < cal.valid_until_ms;
-    calibration = {{"certificate", cal.certificate}, {"valid_until", cal.valid_until}, {"valid", part.calibration_ok}};
+    calibration = {
+        {"certificate", cal.certificate}, {"valid_until", cal.valid_until}, {"valid", part.calibration_ok}};
     if (!part.calibration_ok) {
       part.reasons.emplace_back("calibration_expired");
     }
@@ -346,8 +390,15 @@ json pictures_json(const std::vector<adapters::MediaRef>& pictures) {
   return out;
 }
 
-// The plate half shared by plate_read and passage/speeding.
-void put_plate(json& fields, const adapters::PlateRead& read) {
+// The plate half shared by plate_read and passage/speeding. The pictures also go into fact.media, so they
+// are published before the record and kept while it is unacknowledged.
+void put_plate(Fact& fact, const adapters::PlateRead& read) {
+  for (const auto& p : read.pictures) {
+    if (std::find(fact.media.begin(), fact.media.end(), p.sha256) == fact.media.end()) {
+      fact.media.push_back(p.sha256);
+    }
+  }
+  json& fields = fact.fields;
   fields["plate"] = read.plate;
   fields["plate_color"] = read.plate_color;
   fields["plate_type"] = read.plate_type;
@@ -383,7 +434,8 @@ json Correlator::camera_clock_check(const adapters::PlateRead& read) const {
     const std::int64_t offset = *read.clock_offset_ms;
     check["offset_ms"] = offset;
     check["measured_ms"] = read.clock_offset_measured_ms;
-    check["ok"] = offset >= -validity_.max_camera_clock_offset_ms && offset <= validity_.max_camera_clock_offset_ms;
+    check["ok"] =
+        offset >= -validity_.max_camera_clock_offset_ms && offset <= validity_.max_camera_clock_offset_ms;
   } else {
     check["ok"] = false;
   }
@@ -395,7 +447,8 @@ json Correlator::gateway_clock_check() const {
     // Not checked: the config says to assume it, and every record affected says so.
     return {{"ok", true}, {"source", "assume"}, {"synchronized", true}};
   }
-  json check = {{"ok", clock_sync_.synchronized}, {"source", "kernel"}, {"synchronized", clock_sync_.synchronized}};
+  json check = {
+      {"ok", clock_sync_.synchronized}, {"source", "kernel"}, {"synchronized", clock_sync_.synchronized}};
   if (clock_sync_.max_error_us >= 0) {
     check["max_error_us"] = clock_sync_.max_error_us;
   }
@@ -441,11 +494,12 @@ Fact Correlator::plate_read(const adapters::PlateRead& read, int candidates, con
   fact.type = "plate_read";
   fact.time_ms = read.time_ms;
   fact.fields["site"] = site_json();
-  put_plate(fact.fields, read);
+  put_plate(fact, read);
   fact.fields["radar"] = read.radar_id;
   fact.fields["lane"] = read.lane;
   fact.fields["camera_event"] = camera_json(read);
-  fact.fields["match"] = {{"candidates", candidates}, {"unmatched", why}, {"window_ms", correlation_.window_ms}};
+  fact.fields["match"] = {
+      {"candidates", candidates}, {"unmatched", why}, {"window_ms", correlation_.window_ms}};
   const json camera_clock = camera_clock_check(read);
   const json clock_sync = gateway_clock_check();
   json reasons = json::array();
@@ -456,14 +510,14 @@ Fact Correlator::plate_read(const adapters::PlateRead& read, int candidates, con
   return fact;
 }
 
-Fact Correlator::passage(const adapters::RadarTrack& track, const adapters::PlateRead& read, int track_candidates,
-                         int read_candidates) const {
+Fact Correlator::passage(const adapters::RadarTrack& track, const adapters::PlateRead& read,
+                         int track_candidates, int read_candidates) const {
   Fact fact;
   fact.time_ms = track.time_ms;
   RadarPart part = radar_part(track, radars_);
   fact.fields = std::move(part.fields);
   fact.fields["site"] = site_json();
-  put_plate(fact.fields, read);
+  put_plate(fact, read);
   fact.fields["radar"] = track.device_id;
   fact.fields["camera_event"] = camera_json(read);
   fact.fields["match"] = {{"dt_ms", read.time_ms - track.time_ms},
@@ -538,12 +592,8 @@ Fact Correlator::device_status(const adapters::DeviceStatusEvent& status) const 
   Fact fact;
   fact.type = "device_status";
   fact.time_ms = status.time_ms;
-  fact.fields = {{"site", site_json()},
-                 {"device", status.device_id},
-                 {"kind", status.kind},
-                 {"state", status.state},
-                 {"code", status.code},
-                 {"text", status.text}};
+  fact.fields = {{"site", site_json()},   {"device", status.device_id}, {"kind", status.kind},
+                 {"state", status.state}, {"code", status.code},        {"text", status.text}};
   if (status.raw_frame) {
     fact.fields["raw_frame"] = *status.raw_frame;
   }

@@ -21,6 +21,8 @@ class Correlator {
   // Added to a radar's track_timeout_ms to make the settle delay: how long after a vehicle its track and
   // its plate read are assumed to have reached the gateway (frame transport, camera pictures).
   static constexpr int kSettleMarginMs = 500;
+  // Above this many pending tracks and reads, tick() decides and releases everything at once.
+  static constexpr std::size_t kMaxPending = 2000;
 
   explicit Correlator(const config::Config& config);
 
@@ -49,10 +51,12 @@ class Correlator {
   struct PendingTrack {
     adapters::RadarTrack track;
     UnixMs arrived_ms = 0;
+    int candidates = 0;  // most candidate reads seen at once (a matched partner leaves the pending set)
   };
   struct PendingRead {
     adapters::PlateRead read;
     UnixMs arrived_ms = 0;
+    int candidates = 0;  // most candidate tracks seen at once
   };
 
   // force: decide every component now and release every item (flush).

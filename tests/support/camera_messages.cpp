@@ -2,12 +2,12 @@
 // specs/anpr-camera.md). Plain string building: no XML library, so the bytes are exactly what we write.
 #include "tests/support/camera_messages.h"
 
+#include <openssl/evp.h>
+
 #include <array>
 #include <cctype>
 #include <cstdio>
 #include <ctime>
-
-#include <openssl/evp.h>
 
 namespace cpd::test {
 namespace {
@@ -51,7 +51,9 @@ std::string element(std::string_view name, std::string_view value) {
   return out;
 }
 
-std::string element(std::string_view name, std::uint64_t value) { return element(name, std::to_string(value)); }
+std::string element(std::string_view name, std::uint64_t value) {
+  return element(name, std::to_string(value));
+}
 
 std::string header_element(std::string_view name, std::string_view ns) {
   std::string out = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<";
@@ -62,8 +64,8 @@ std::string header_element(std::string_view name, std::string_view ns) {
   return out;
 }
 
-std::string common_alert_head(std::string_view ns, std::string_view ip, int port, std::string_view mac, int channel,
-                              std::string_view date_time, std::uint64_t apc) {
+std::string common_alert_head(std::string_view ns, std::string_view ip, int port, std::string_view mac,
+                              int channel, std::string_view date_time, std::uint64_t apc) {
   std::string x = header_element("EventNotificationAlert", ns);
   x += element("ipAddress", ip) + "\n";
   x += element("portNo", static_cast<std::uint64_t>(port)) + "\n";
@@ -102,11 +104,11 @@ std::string camera_time(std::int64_t unix_ms, int utc_offset_min, bool with_ms) 
   const LocalTime t = to_local(unix_ms, utc_offset_min);
   std::array<char, 64> buf{};
   if (with_ms) {
-    std::snprintf(buf.data(), buf.size(), "%04d-%02d-%02dT%02d:%02d:%02d.%03d", t.tm.tm_year + 1900, t.tm.tm_mon + 1,
-                  t.tm.tm_mday, t.tm.tm_hour, t.tm.tm_min, t.tm.tm_sec, t.ms);
+    std::snprintf(buf.data(), buf.size(), "%04d-%02d-%02dT%02d:%02d:%02d.%03d", t.tm.tm_year + 1900,
+                  t.tm.tm_mon + 1, t.tm.tm_mday, t.tm.tm_hour, t.tm.tm_min, t.tm.tm_sec, t.ms);
   } else {
-    std::snprintf(buf.data(), buf.size(), "%04d-%02d-%02dT%02d:%02d:%02d", t.tm.tm_year + 1900, t.tm.tm_mon + 1,
-                  t.tm.tm_mday, t.tm.tm_hour, t.tm.tm_min, t.tm.tm_sec);
+    std::snprintf(buf.data(), buf.size(), "%04d-%02d-%02dT%02d:%02d:%02d", t.tm.tm_year + 1900,
+                  t.tm.tm_mon + 1, t.tm.tm_mday, t.tm.tm_hour, t.tm.tm_min, t.tm.tm_sec);
   }
   return std::string(buf.data()) + offset_text(utc_offset_min);
 }
@@ -124,12 +126,23 @@ std::string xml_escape(std::string_view text) {
   out.reserve(text.size());
   for (const char c : text) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&apos;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&apos;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -268,11 +281,21 @@ std::string base64_encode(std::string_view bytes) {
 
 std::optional<std::string> base64_decode(std::string_view text) {
   auto value = [](char c) -> int {
-    if (c >= 'A' && c <= 'Z') { return c - 'A'; }
-    if (c >= 'a' && c <= 'z') { return c - 'a' + 26; }
-    if (c >= '0' && c <= '9') { return c - '0' + 52; }
-    if (c == '+') { return 62; }
-    if (c == '/') { return 63; }
+    if (c >= 'A' && c <= 'Z') {
+      return c - 'A';
+    }
+    if (c >= 'a' && c <= 'z') {
+      return c - 'a' + 26;
+    }
+    if (c >= '0' && c <= '9') {
+      return c - '0' + 52;
+    }
+    if (c == '+') {
+      return 62;
+    }
+    if (c == '/') {
+      return 63;
+    }
     return -1;
   };
   if (text.size() % 4 != 0) {
@@ -329,7 +352,8 @@ std::optional<std::map<std::string, std::string>> parse_auth_params(std::string_
     return std::nullopt;
   }
   for (std::size_t k = 0; k < scheme.size(); ++k) {
-    if (std::tolower(static_cast<unsigned char>(header[i + k])) != std::tolower(static_cast<unsigned char>(scheme[k]))) {
+    if (std::tolower(static_cast<unsigned char>(header[i + k])) !=
+        std::tolower(static_cast<unsigned char>(scheme[k]))) {
       return std::nullopt;
     }
   }
@@ -394,7 +418,8 @@ std::optional<std::map<std::string, std::string>> parse_auth_params(std::string_
 std::string digest_response(std::string_view username, std::string_view realm, std::string_view password,
                             std::string_view method, std::string_view uri, std::string_view nonce,
                             std::string_view nc, std::string_view cnonce, std::string_view qop) {
-  const std::string ha1 = md5_hex(std::string(username) + ":" + std::string(realm) + ":" + std::string(password));
+  const std::string ha1 =
+      md5_hex(std::string(username) + ":" + std::string(realm) + ":" + std::string(password));
   const std::string ha2 = md5_hex(std::string(method) + ":" + std::string(uri));
   return md5_hex(ha1 + ":" + std::string(nonce) + ":" + std::string(nc) + ":" + std::string(cnonce) + ":" +
                  std::string(qop) + ":" + ha2);
@@ -412,10 +437,11 @@ std::optional<std::string> digest_authorization(std::string_view challenge, std:
   std::snprintf(nc_text.data(), nc_text.size(), "%08x", nc);
   const std::string& realm = params->at("realm");
   const std::string& nonce = params->at("nonce");
-  std::string out = "Digest username=\"" + std::string(username) + "\", realm=\"" + realm + "\", nonce=\"" + nonce +
-                    "\", uri=\"" + std::string(uri) + "\", algorithm=MD5, qop=auth, nc=" + nc_text.data() +
-                    ", cnonce=\"" + std::string(cnonce) + "\", response=\"" +
-                    digest_response(username, realm, password, method, uri, nonce, nc_text.data(), cnonce) + "\"";
+  std::string out =
+      "Digest username=\"" + std::string(username) + "\", realm=\"" + realm + "\", nonce=\"" + nonce +
+      "\", uri=\"" + std::string(uri) + "\", algorithm=MD5, qop=auth, nc=" + nc_text.data() + ", cnonce=\"" +
+      std::string(cnonce) + "\", response=\"" +
+      digest_response(username, realm, password, method, uri, nonce, nc_text.data(), cnonce) + "\"";
   if (params->contains("opaque")) {
     out += ", opaque=\"" + params->at("opaque") + "\"";
   }

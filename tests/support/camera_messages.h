@@ -27,9 +27,9 @@ std::string camera_abs_time(std::int64_t unix_ms, int utc_offset_min);
 // ---- XML documents ----
 
 struct PictureInfo {
-  std::string file_name;           // e.g. detectionPicture.jpg
-  std::string type;                // detectionPicture | licensePlatePicture
-  std::string abs_time;            // camera_abs_time(...)
+  std::string file_name;  // e.g. detectionPicture.jpg
+  std::string type;       // detectionPicture | licensePlatePicture
+  std::string abs_time;   // camera_abs_time(...)
 };
 
 struct AnprAlert {
@@ -38,7 +38,7 @@ struct AnprAlert {
   int port_no = 80;
   std::string mac_address = "44:19:b6:00:00:01";
   int channel_id = 1;
-  std::string date_time;           // camera_time(...)
+  std::string date_time;  // camera_time(...)
   std::uint64_t active_post_count = 1;
   std::string license_plate = "unknown";
   int line = 1;
@@ -74,8 +74,8 @@ struct DeviceInfo {
 
 struct TimeStatus {
   std::string xml_namespace = std::string(kIsapiNamespace);
-  std::string time_mode = "NTP";   // NTP | manual
-  std::string local_time;          // camera_time(..., with_ms = false)
+  std::string time_mode = "NTP";  // NTP | manual
+  std::string local_time;         // camera_time(..., with_ms = false)
   std::string time_zone = "CST-8:00:00";
 };
 

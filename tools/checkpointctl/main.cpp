@@ -14,6 +14,7 @@
 #include <optional>
 #include <random>
 #include <sstream>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -27,6 +28,7 @@
 #include <nlohmann/json.hpp>
 
 #include "daemon/core/chain_verifier.h"
+#include "daemon/core/encoding.h"
 #include "daemon/core/ed25519.h"
 
 namespace cpd::ctl {
@@ -184,7 +186,27 @@ struct VerifyOptions {
   double seconds = 0;          // 0: no time limit
   bool print = false;
   bool json = false;
+  std::string media_dir;       // check named media against the files in this directory
+  bool media_topic = true;     // with --mqtt: also subscribe to <prefix>/<gateway>/media/# and check it
 };
+
+// The SHA-256 names of the media a record names: every `sha256` member of the objects in its `pictures`
+// array and of its `file` object (recordings).
+std::vector<std::string> named_media(const nlohmann::json& body) {
+  std::vector<std::string> out;
+  if (auto it = body.find("pictures"); it != body.end() && it->is_array()) {
+    for (const auto& p : *it) {
+      if (p.is_object() && p.contains("sha256") && p["sha256"].is_string()) {
+        out.push_back(p["sha256"].get<std::string>());
+      }
+    }
+  }
+  if (auto it = body.find("file"); it != body.end() && it->is_object() && it->contains("sha256") &&
+                                   (*it)["sha256"].is_string()) {
+    out.push_back((*it)["sha256"].get<std::string>());
+  }
+  return out;
+}
 
 // Feeds records to the ChainVerifier and keeps what the summary needs.
 class FeedCheck {
@@ -205,6 +227,53 @@ class FeedCheck {
     }
     if (opts_.print && !r.duplicate) {
       std::cout << record_line(r) << '\n';
+    }
+    if (!r.duplicate && !check_media(r, where)) {
+      return false;
+    }
+    return true;
+  }
+
+  // A media message from the feed: its topic names the SHA-256 its bytes must have.
+  bool feed_media(const std::string& topic, const std::string& payload, const std::string& where) {
+    const std::string name = topic.substr(topic.rfind('/') + 1);
+    if (sha256_hex(payload) != name) {
+      failure_where_ = where;
+      failure_reason_ = "media on " + topic + " does not hash to its name";
+      failed_ = true;
+      return false;
+    }
+    media_seen_.insert(name);
+    return true;
+  }
+  void expect_media_topic(bool on) { media_topic_ = on; }
+  std::uint64_t media_checked() const { return media_checked_; }
+
+  bool check_media(const VerifyResult& r, const std::string& where) {
+    for (const auto& sha : named_media(r.body)) {
+      std::string problem;
+      if (!opts_.media_dir.empty()) {
+        const std::string path = opts_.media_dir + "/" + sha;
+        std::ifstream in(path, std::ios::binary);
+        if (!in) {
+          problem = "media " + sha + " is missing from " + opts_.media_dir;
+        } else {
+          std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+          if (sha256_hex(bytes) != sha) {
+            problem = "media file " + path + " does not hash to its name";
+          }
+        }
+      } else if (media_topic_ && media_seen_.count(sha) == 0) {
+        problem = "media " + sha + " named by the record did not arrive on the media topic before it";
+      }
+      if (!problem.empty()) {
+        failure_where_ = where;
+        failure_id_ = r.id;
+        failure_reason_ = problem;
+        failed_ = true;
+        return false;
+      }
+      ++media_checked_;
     }
     return true;
   }
@@ -233,6 +302,7 @@ class FeedCheck {
           {"last_seq", last ? nlohmann::json(*last) : nlohmann::json()},
           {"gateway", verifier_.gateway()},
           {"chain_intact", !failed_},
+          {"media_checked", media_checked_},
       };
       if (failed_) {
         out["failure"] = {{"where", failure_where_}, {"id", failure_id_}, {"reason", failure_reason_}};
@@ -249,6 +319,9 @@ class FeedCheck {
         std::cout << " (seq " << *first << ".." << *last << ")";
       }
       std::cout << ", " << d << (d == 1 ? " duplicate" : " duplicates") << " dropped, ";
+      if (media_checked_ > 0) {
+        std::cout << media_checked_ << " media checked, ";
+      }
       if (failed_) {
         std::cout << "chain BROKEN at " << failure_where_ << ": " << failure_reason_;
       } else {
@@ -266,6 +339,9 @@ class FeedCheck {
  private:
   ChainVerifier verifier_;
   const VerifyOptions& opts_;
+  std::set<std::string> media_seen_;
+  bool media_topic_ = false;
+  std::uint64_t media_checked_ = 0;
   bool failed_ = false;
   std::string failure_where_;
   std::string failure_id_;
@@ -308,6 +384,14 @@ std::string fresh_client_id() {
 }
 
 int verify_mqtt(const VerifyOptions& opts, FeedCheck& check) {
+  // The media topic sits beside the evidence topic: <prefix>/<gateway>/media/<sha256>.
+  std::string media_topic;
+  const std::string suffix = "/evidence";
+  if (opts.media_dir.empty() && opts.media_topic && opts.topic.size() > suffix.size() &&
+      opts.topic.compare(opts.topic.size() - suffix.size(), suffix.size(), suffix) == 0) {
+    media_topic = opts.topic.substr(0, opts.topic.size() - suffix.size()) + "/media/#";
+    check.expect_media_topic(true);
+  }
   // No persistence and a fresh id with a clean session: the verifier must never resume someone
   // else's session or leave files behind.
   mqtt::async_client client(opts.mqtt_uri, fresh_client_id(), nullptr);
@@ -322,6 +406,9 @@ int verify_mqtt(const VerifyOptions& opts, FeedCheck& check) {
     client.start_consuming();
     client.connect(conn_opts)->wait();
     client.subscribe(opts.topic, 1)->wait();
+    if (!media_topic.empty()) {
+      client.subscribe(media_topic, 1)->wait();
+    }
   } catch (const mqtt::exception& e) {
     throw ToolError("cannot subscribe to " + opts.topic + " at " + opts.mqtt_uri + ": " + e.what());
   }
@@ -349,7 +436,14 @@ int verify_mqtt(const VerifyOptions& opts, FeedCheck& check) {
       break;
     }
     ++message_no;
-    if (!check.feed(msg->get_payload_str(), "message " + std::to_string(message_no))) {
+    const std::string where = "message " + std::to_string(message_no);
+    if (msg->get_topic() != opts.topic) {
+      if (!check.feed_media(msg->get_topic(), msg->get_payload_str(), where)) {
+        break;
+      }
+      continue;
+    }
+    if (!check.feed(msg->get_payload_str(), where)) {
       break;
     }
   }
@@ -451,6 +545,10 @@ int run(int argc, char** argv) {
                           ->check(CLI::PositiveNumber);
   verify->add_flag("--print", vopts.print, "Print one line per record (seq, type, time UTC, key fields)");
   verify->add_flag("--json", vopts.json, "Print the summary as JSON");
+  verify->add_option("--media", vopts.media_dir,
+                     "Check every picture/recording a record names against this directory (files named by SHA-256)");
+  verify->add_flag("!--no-media-topic", vopts.media_topic,
+                   "With --mqtt: do not subscribe to <prefix>/<gateway>/media/# to check the media a record names");
   mqtt_opt->needs(topic_opt);
   topic_opt->needs(mqtt_opt);
   mqtt_opt->excludes(input_opt);

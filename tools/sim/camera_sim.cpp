@@ -3,20 +3,11 @@
 // faults on demand (reboots, dropped pictures, malformed XML, repeats, split writes).
 #include "tools/sim/camera_sim.h"
 
-#include <algorithm>
-#include <array>
-#include <chrono>
-#include <cmath>
-#include <cstdio>
-#include <deque>
-#include <fstream>
-#include <iostream>
-#include <map>
-#include <random>
-#include <set>
-#include <sstream>
+#include <openssl/evp.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <array>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -24,8 +15,17 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <deque>
+#include <fstream>
+#include <iostream>
+#include <map>
 #include <nlohmann/json.hpp>
-#include <openssl/evp.h>
+#include <random>
+#include <set>
+#include <sstream>
 
 #include "tests/support/camera_messages.h"
 #include "tools/sim/jpeg.h"
@@ -49,7 +49,9 @@ constexpr std::size_t kMaxNonces = 4096;
 constexpr std::size_t kMaxStreamBacklog = 64U << 20U;  // a stream that stops reading is closed past this
 constexpr std::int64_t kTwoStageGapMs = 300;
 
-double uniform01(std::mt19937_64& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
+double uniform01(std::mt19937_64& rng) {
+  return static_cast<double>(rng() >> 11) * 0x1.0p-53;
+}
 
 std::string hex_random(std::mt19937_64& rng, std::size_t bytes) {
   static constexpr char kHex[] = "0123456789abcdef";
@@ -66,7 +68,8 @@ std::string uuid_v4(std::mt19937_64& rng) {
   std::string h = hex_random(rng, 16);
   h[12] = '4';
   h[16] = "89ab"[rng() % 4];
-  return h.substr(0, 8) + "-" + h.substr(8, 4) + "-" + h.substr(12, 4) + "-" + h.substr(16, 4) + "-" + h.substr(20);
+  return h.substr(0, 8) + "-" + h.substr(8, 4) + "-" + h.substr(12, 4) + "-" + h.substr(16, 4) + "-" +
+         h.substr(20);
 }
 
 std::string sha256_hex(std::string_view bytes) {
@@ -83,7 +86,8 @@ std::string sha256_hex(std::string_view bytes) {
 }
 
 std::int64_t unix_now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
 
@@ -109,12 +113,16 @@ std::string random_color(std::mt19937_64& rng) {
   return u < 0.78 ? "blue" : u < 0.90 ? "yellow" : u < 0.98 ? "green" : "white";
 }
 
-std::string_view path_of(std::string_view target) { return target.substr(0, target.find('?')); }
+std::string_view path_of(std::string_view target) {
+  return target.substr(0, target.find('?'));
+}
 
-std::string response_status_xml(std::string_view ns, int code, std::string_view status, std::string_view sub) {
+std::string response_status_xml(std::string_view ns, int code, std::string_view status,
+                                std::string_view sub) {
   std::string x = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<ResponseStatus version=\"2.0\" xmlns=\"";
   x += ns;
-  x += "\">\n<requestURL></requestURL>\n<statusCode>" + std::to_string(code) + "</statusCode>\n<statusString>";
+  x +=
+      "\">\n<requestURL></requestURL>\n<statusCode>" + std::to_string(code) + "</statusCode>\n<statusString>";
   x += status;
   x += "</statusString>\n<subStatusCode>";
   x += sub;
@@ -193,7 +201,6 @@ class CameraSim::Impl : public std::enable_shared_from_this<CameraSim::Impl> {
   std::function<void()> on_done_;
 };
 
-
 class Session : public std::enable_shared_from_this<Session> {
  public:
   Session(std::shared_ptr<CameraSim::Impl> sim, tcp::socket socket)
@@ -257,13 +264,14 @@ class Session : public std::enable_shared_from_this<Session> {
   void read_request() {
     parser_.emplace();
     parser_->body_limit(64 * 1024);
-    http::async_read(socket_, buffer_, *parser_, [self = shared_from_this()](const error_code& ec, std::size_t) {
-      if (ec || self->closed_ || self->sim_->stopping_) {
-        self->close();
-        return;
-      }
-      self->on_request(self->parser_->release());
-    });
+    http::async_read(socket_, buffer_, *parser_,
+                     [self = shared_from_this()](const error_code& ec, std::size_t) {
+                       if (ec || self->closed_ || self->sim_->stopping_) {
+                         self->close();
+                         return;
+                       }
+                       self->on_request(self->parser_->release());
+                     });
   }
 
   void on_request(http::request<http::string_body> req) {
@@ -275,13 +283,15 @@ class Session : public std::enable_shared_from_this<Session> {
       return;
     }
     if (v != Verdict::kOk) {
-      respond(req, http::status::unauthorized, response_status_xml(ns, 4, "Invalid Operation", "badAuthorization"),
+      respond(req, http::status::unauthorized,
+              response_status_xml(ns, 4, "Invalid Operation", "badAuthorization"),
               sim_->challenge(v == Verdict::kStale));
       return;
     }
     const std::string_view path = path_of(std::string_view(req.target().data(), req.target().size()));
     if (req.method() != http::verb::get) {
-      respond(req, http::status::method_not_allowed, response_status_xml(ns, 4, "Invalid Operation", "methodNotAllowed"));
+      respond(req, http::status::method_not_allowed,
+              response_status_xml(ns, 4, "Invalid Operation", "methodNotAllowed"));
       return;
     }
     const std::int64_t camera_ms = unix_now_ms() + sim_->opt_.clock_offset_ms;
@@ -297,7 +307,8 @@ class Session : public std::enable_shared_from_this<Session> {
       const int off = sim_->opt_.utc_offset_min;
       std::array<char, 32> tz{};
       // POSIX-style zone as the cameras report it: the sign is inverted (CST-8:00:00 is UTC+8).
-      std::snprintf(tz.data(), tz.size(), "CST%c%d:%02d:00", off >= 0 ? '-' : '+', std::abs(off) / 60, std::abs(off) % 60);
+      std::snprintf(tz.data(), tz.size(), "CST%c%d:%02d:00", off >= 0 ? '-' : '+', std::abs(off) / 60,
+                    std::abs(off) % 60);
       t.time_zone = tz.data();
       respond(req, http::status::ok, test::time_xml(t));
     } else if (path == kAlertStreamPath) {
@@ -331,8 +342,10 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void open_stream() {
     streaming_ = true;
-    enqueue("HTTP/1.1 200 OK\r\nServer: App-webs/\r\nConnection: close\r\nContent-Type: multipart/mixed; boundary=" +
-            sim_->opt_.boundary + "\r\nTransfer-Encoding: chunked\r\n\r\n");
+    enqueue(
+        "HTTP/1.1 200 OK\r\nServer: App-webs/\r\nConnection: close\r\nContent-Type: multipart/mixed; "
+        "boundary=" +
+        sim_->opt_.boundary + "\r\nTransfer-Encoding: chunked\r\n\r\n");
     last_enqueued_ = Clock::now();
     sim_->stream_opened();
     watch_for_close();
@@ -340,13 +353,14 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // The client sends nothing on a stream; a read completing with an error means it went away.
   void watch_for_close() {
-    socket_.async_read_some(asio::buffer(discard_), [self = shared_from_this()](const error_code& ec, std::size_t) {
-      if (ec) {
-        self->close();
-        return;
-      }
-      self->watch_for_close();
-    });
+    socket_.async_read_some(asio::buffer(discard_),
+                            [self = shared_from_this()](const error_code& ec, std::size_t) {
+                              if (ec) {
+                                self->close();
+                                return;
+                              }
+                              self->watch_for_close();
+                            });
   }
 
   void enqueue(std::string bytes) {
@@ -369,16 +383,17 @@ class Session : public std::enable_shared_from_this<Session> {
       return;
     }
     writing_ = true;
-    asio::async_write(socket_, asio::buffer(out_.front()), [self = shared_from_this()](const error_code& ec, std::size_t) {
-      self->writing_ = false;
-      if (ec || self->closed_) {
-        self->close();
-        return;
-      }
-      self->queued_bytes_ -= self->out_.front().size();
-      self->out_.pop_front();
-      self->write_next();
-    });
+    asio::async_write(socket_, asio::buffer(out_.front()),
+                      [self = shared_from_this()](const error_code& ec, std::size_t) {
+                        self->writing_ = false;
+                        if (ec || self->closed_) {
+                          self->close();
+                          return;
+                        }
+                        self->queued_bytes_ -= self->out_.front().size();
+                        self->out_.pop_front();
+                        self->write_next();
+                      });
   }
 
   std::shared_ptr<CameraSim::Impl> sim_;
@@ -434,7 +449,8 @@ bool CameraSim::Impl::start() {
     }
   }
   if (opt_.reboot_every_s > 0) {
-    next_reboot_ = Clock::now() + std::chrono::milliseconds(static_cast<std::int64_t>(opt_.reboot_every_s * 1000));
+    next_reboot_ =
+        Clock::now() + std::chrono::milliseconds(static_cast<std::int64_t>(opt_.reboot_every_s * 1000));
   }
   accept();
   tick();
@@ -472,8 +488,7 @@ void CameraSim::Impl::tick() {
       }
     }
     if (traffic_started_ && opt_.rate > 0.0) {
-      const double elapsed_ms =
-          std::chrono::duration<double, std::milli>(now - traffic_start_).count();
+      const double elapsed_ms = std::chrono::duration<double, std::milli>(now - traffic_start_).count();
       while ((opt_.events == 0 || emitted_ < opt_.events) && elapsed_ms >= next_event_ms_) {
         emit(random_capture());
         next_event_ms_ += -std::log(1.0 - uniform01(traffic_rng_)) / opt_.rate * 1000.0;
@@ -512,7 +527,8 @@ void CameraSim::Impl::reboot() {
   }
   active_post_count_ = 0;
   nonces_.clear();
-  reboot_timer_.expires_after(std::chrono::milliseconds(static_cast<std::int64_t>(opt_.reboot_outage_s * 1000)));
+  reboot_timer_.expires_after(
+      std::chrono::milliseconds(static_cast<std::int64_t>(opt_.reboot_outage_s * 1000)));
   reboot_timer_.async_wait([self = shared_from_this()](const error_code& ec) {
     if (ec || self->stopping_) {
       return;
@@ -617,15 +633,16 @@ CameraEventTruth CameraSim::Impl::emit(const CameraCapture& capture) {
     std::size_t kb = static_cast<std::size_t>(opt_.picture_kb);
     if (kb == 0) {
       // Plate crops sit at the small end of the range, scenes anywhere in it.
-      const int hi = p.plate_crop ? std::min(opt_.picture_max_kb, opt_.picture_min_kb + 100) : opt_.picture_max_kb;
+      const int hi =
+          p.plate_crop ? std::min(opt_.picture_max_kb, opt_.picture_min_kb + 100) : opt_.picture_max_kb;
       kb = static_cast<std::size_t>(opt_.picture_min_kb) +
            static_cast<std::size_t>(uniform01(traffic_rng_) * (hi - opt_.picture_min_kb + 1));
     }
     const std::size_t bytes = kb * 1024 + traffic_rng_() % 1024;
     // The comment makes each picture's hash unique and puts the boundary inside the JPEG, which the spec
     // says a reader must tolerate.
-    const std::string jpeg = jpegs_.make(bytes, traffic_rng_(), "uuid=" + t.uuid + " file=" + p.name +
-                                                                     "\r\n--" + opt_.boundary + "\r\n");
+    const std::string jpeg = jpegs_.make(
+        bytes, traffic_rng_(), "uuid=" + t.uuid + " file=" + p.name + "\r\n--" + opt_.boundary + "\r\n");
     CameraPictureTruth pt{p.name, p.type, jpeg.size(), sha256_hex(jpeg), true};
     if (opt_.drop_picture_rate > 0.0 && uniform01(fault_rng_) < opt_.drop_picture_rate) {
       pt.sent = false;
@@ -694,8 +711,8 @@ CameraSim::Impl::AuthVerdict CameraSim::Impl::authorize(const http::request<http
     user = get("username");
     const std::string nc = get("nc");
     const std::string algorithm = get("algorithm");
-    if (user.empty() || get("nonce").empty() || get("response").empty() || get("qop") != "auth" || nc.size() != 8 ||
-        get("cnonce").empty() || (!algorithm.empty() && algorithm != "MD5") ||
+    if (user.empty() || get("nonce").empty() || get("response").empty() || get("qop") != "auth" ||
+        nc.size() != 8 || get("cnonce").empty() || (!algorithm.empty() && algorithm != "MD5") ||
         nc.find_first_not_of("0123456789abcdefABCDEF") != std::string::npos) {
       return AuthVerdict::kChallenge;  // not a usable RFC 7616 answer: ask again, no attempt counted
     }
@@ -752,14 +769,23 @@ std::string CameraSim::Impl::challenge(bool stale) {
 
 // ---- CameraSim ----
 
-CameraSim::CameraSim(asio::io_context& io, CameraOptions opt) : impl_(std::make_shared<Impl>(io, std::move(opt))) {}
-CameraSim::~CameraSim() { impl_->stop(); }
-bool CameraSim::start() { return impl_->start(); }
-std::uint16_t CameraSim::port() const { return impl_->port_; }
-CameraEventTruth CameraSim::emit(const CameraCapture& capture) { return impl_->emit(capture); }
+CameraSim::CameraSim(asio::io_context& io, CameraOptions opt)
+    : impl_(std::make_shared<Impl>(io, std::move(opt))) {}
+CameraSim::~CameraSim() {
+  impl_->stop();
+}
+bool CameraSim::start() {
+  return impl_->start();
+}
+std::uint16_t CameraSim::port() const {
+  return impl_->port_;
+}
+CameraEventTruth CameraSim::emit(const CameraCapture& capture) {
+  return impl_->emit(capture);
+}
 std::size_t CameraSim::stream_clients() const {
-  return static_cast<std::size_t>(
-      std::count_if(impl_->sessions_.begin(), impl_->sessions_.end(), [](const auto& s) { return s->streaming(); }));
+  return static_cast<std::size_t>(std::count_if(impl_->sessions_.begin(), impl_->sessions_.end(),
+                                                [](const auto& s) { return s->streaming(); }));
 }
 std::size_t CameraSim::stream_backlog() const {
   std::size_t n = 0;
@@ -768,14 +794,23 @@ std::size_t CameraSim::stream_backlog() const {
   }
   return n;
 }
-void CameraSim::on_stream_opened(std::function<void()> callback) { impl_->on_stream_opened_ = std::move(callback); }
-void CameraSim::on_done(std::function<void()> callback) { impl_->on_done_ = std::move(callback); }
-void CameraSim::stop() { impl_->stop(); }
+void CameraSim::on_stream_opened(std::function<void()> callback) {
+  impl_->on_stream_opened_ = std::move(callback);
+}
+void CameraSim::on_done(std::function<void()> callback) {
+  impl_->on_done_ = std::move(callback);
+}
+void CameraSim::stop() {
+  impl_->stop();
+}
 
 std::string camera_truth_json(const CameraEventTruth& t) {
   nlohmann::json pics = nlohmann::json::array();
   for (const auto& p : t.pictures) {
-    pics.push_back({{"file_name", p.file_name}, {"type", p.type}, {"bytes", p.bytes}, {"sha256", p.sha256},
+    pics.push_back({{"file_name", p.file_name},
+                    {"type", p.type},
+                    {"bytes", p.bytes},
+                    {"sha256", p.sha256},
                     {"sent", p.sent}});
   }
   const nlohmann::json j = {
@@ -804,28 +839,58 @@ int run_camera_sim(int argc, char** argv) {
   app.add_option("--host", opt.host, "address to listen on")->capture_default_str();
   app.add_option("--username", opt.username, "user name")->capture_default_str();
   app.add_option("--password", opt.password, "password")->capture_default_str();
-  app.add_option("--auth", opt.auth, "digest or basic")->check(CLI::IsMember({"digest", "basic"}))->capture_default_str();
+  app.add_option("--auth", opt.auth, "digest or basic")
+      ->check(CLI::IsMember({"digest", "basic"}))
+      ->capture_default_str();
   app.add_option("--realm", opt.realm, "auth realm")->capture_default_str();
-  app.add_option("--lock-s", opt.lock_s, "lock-out after 5 failures in a row, seconds")->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--clock-offset-ms", opt.clock_offset_ms, "camera clock minus true time, ms")->capture_default_str();
+  app.add_option("--lock-s", opt.lock_s, "lock-out after 5 failures in a row, seconds")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--clock-offset-ms", opt.clock_offset_ms, "camera clock minus true time, ms")
+      ->capture_default_str();
   app.add_option("--utc-offset", utc, "camera local offset, e.g. +08:00")->capture_default_str();
-  app.add_option("--namespace", ns, "XML namespace: isapi or hikvision")->check(CLI::IsMember({"isapi", "hikvision"}))->capture_default_str();
+  app.add_option("--namespace", ns, "XML namespace: isapi or hikvision")
+      ->check(CLI::IsMember({"isapi", "hikvision"}))
+      ->capture_default_str();
   app.add_option("--boundary", opt.boundary, "multipart boundary")->capture_default_str();
-  app.add_option("--heartbeat-s", opt.heartbeat_s, "heartbeat when idle for this long, seconds")->check(CLI::Range(0.05, 3600.0))->capture_default_str();
+  app.add_option("--heartbeat-s", opt.heartbeat_s, "heartbeat when idle for this long, seconds")
+      ->check(CLI::Range(0.05, 3600.0))
+      ->capture_default_str();
   app.add_option("--events", opt.events, "random events in total (0 = endless)")->capture_default_str();
-  app.add_option("--rate", opt.rate, "random events per second (0 = none, heartbeats only)")->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--lanes", opt.lanes, "lanes, 1 = nearest the kerb")->check(CLI::Range(1, 20))->capture_default_str();
+  app.add_option("--rate", opt.rate, "random events per second (0 = none, heartbeats only)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--lanes", opt.lanes, "lanes, 1 = nearest the kerb")
+      ->check(CLI::Range(1, 20))
+      ->capture_default_str();
   app.add_option("--seed", opt.seed, "seed for plates, sizes, UUIDs and faults")->capture_default_str();
-  app.add_option("--unknown-rate", opt.unknown_rate, "share of unreadable plates")->check(CLI::Range(0.0, 1.0))->capture_default_str();
-  app.add_flag("--two-stage", opt.two_stage, "two detectionPicture per event (else detection + licensePlate)");
-  app.add_option("--picture-kb", opt.picture_kb, "fix every picture at this size, KiB (0 = by seed)")->check(CLI::Range(0, 1600));
-  app.add_option("--picture-min-kb", opt.picture_min_kb, "smallest picture, KiB")->check(CLI::Range(4, 1600))->capture_default_str();
-  app.add_option("--picture-max-kb", opt.picture_max_kb, "largest picture, KiB")->check(CLI::Range(4, 1600))->capture_default_str();
-  app.add_option("--reboot-every", opt.reboot_every_s, "reboot every S seconds: cut mid-part, refuse for --reboot-outage-s")->check(CLI::NonNegativeNumber);
-  app.add_option("--reboot-outage-s", opt.reboot_outage_s, "how long a reboot refuses connections")->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--drop-picture-rate", opt.drop_picture_rate, "probability a picture is announced but not sent")->check(CLI::Range(0.0, 1.0));
-  app.add_option("--malformed-xml-rate", opt.malformed_xml_rate, "probability an alert's XML is truncated")->check(CLI::Range(0.0, 1.0));
-  app.add_option("--repeat-rate", opt.repeat_rate, "probability an event is sent twice (same UUID and dateTime)")->check(CLI::Range(0.0, 1.0));
+  app.add_option("--unknown-rate", opt.unknown_rate, "share of unreadable plates")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_flag("--two-stage", opt.two_stage,
+               "two detectionPicture per event (else detection + licensePlate)");
+  app.add_option("--picture-kb", opt.picture_kb, "fix every picture at this size, KiB (0 = by seed)")
+      ->check(CLI::Range(0, 1600));
+  app.add_option("--picture-min-kb", opt.picture_min_kb, "smallest picture, KiB")
+      ->check(CLI::Range(4, 1600))
+      ->capture_default_str();
+  app.add_option("--picture-max-kb", opt.picture_max_kb, "largest picture, KiB")
+      ->check(CLI::Range(4, 1600))
+      ->capture_default_str();
+  app.add_option("--reboot-every", opt.reboot_every_s,
+                 "reboot every S seconds: cut mid-part, refuse for --reboot-outage-s")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--reboot-outage-s", opt.reboot_outage_s, "how long a reboot refuses connections")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--drop-picture-rate", opt.drop_picture_rate,
+                 "probability a picture is announced but not sent")
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--malformed-xml-rate", opt.malformed_xml_rate, "probability an alert's XML is truncated")
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--repeat-rate", opt.repeat_rate,
+                 "probability an event is sent twice (same UUID and dateTime)")
+      ->check(CLI::Range(0.0, 1.0));
   app.add_flag("--split-writes", opt.split_writes, "write the stream in random small chunks");
   app.add_option("--ground-truth", opt.ground_truth, "write one JSON line per event to this file");
   app.add_flag("--exit-when-done", opt.exit_when_done, "exit once --events events are written out");

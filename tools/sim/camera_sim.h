@@ -19,12 +19,12 @@ struct CameraOptions {
   std::string host = "127.0.0.1";
   std::string username = "admin";
   std::string password = "12345";
-  std::string auth = "digest";             // digest | basic
+  std::string auth = "digest";  // digest | basic
   std::string realm = "IP Camera";
-  int max_failures = 5;                    // failed attempts in a row before the lock
-  double lock_s = 1800.0;                  // lock-out duration
-  std::int64_t clock_offset_ms = 0;        // camera clock minus true time
-  int utc_offset_min = 480;                // the camera's local offset (+08:00)
+  int max_failures = 5;              // failed attempts in a row before the lock
+  double lock_s = 1800.0;            // lock-out duration
+  std::int64_t clock_offset_ms = 0;  // camera clock minus true time
+  int utc_offset_min = 480;          // the camera's local offset (+08:00)
   std::string xml_namespace = "http://www.isapi.org/ver20/XMLSchema";
   std::string boundary = "boundary";
   double heartbeat_s = 10.0;
@@ -33,19 +33,19 @@ struct CameraOptions {
   double rate = 0.0;
   int lanes = 2;
   std::uint64_t seed = 1;
-  double unknown_rate = 0.05;              // share of random plates the camera cannot read
+  double unknown_rate = 0.05;  // share of random plates the camera cannot read
   bool two_stage = false;
-  int picture_kb = 0;                      // 0: sizes chosen by seed in [picture_min_kb, picture_max_kb]
+  int picture_kb = 0;  // 0: sizes chosen by seed in [picture_min_kb, picture_max_kb]
   int picture_min_kb = 50;
   int picture_max_kb = 1500;
-  double reboot_every_s = 0.0;             // 0 = never
+  double reboot_every_s = 0.0;  // 0 = never
   double reboot_outage_s = 5.0;
   double drop_picture_rate = 0.0;
   double malformed_xml_rate = 0.0;
   double repeat_rate = 0.0;
   bool split_writes = false;
-  std::string ground_truth;                // JSON lines, one per event
-  bool exit_when_done = false;             // with events > 0: exit once the last one is written out
+  std::string ground_truth;     // JSON lines, one per event
+  bool exit_when_done = false;  // with events > 0: exit once the last one is written out
 };
 
 // One vehicle as the camera saw it; the scenario supplies these, random traffic makes its own.
@@ -54,7 +54,7 @@ struct CameraCapture {
   int lane = 1;
   std::string plate_color = "blue";
   std::string direction = "forward";
-  std::int64_t capture_unix_ms = 0;        // true (UTC) time of the trigger; the camera adds its offset
+  std::int64_t capture_unix_ms = 0;  // true (UTC) time of the trigger; the camera adds its offset
 };
 
 struct CameraPictureTruth {
@@ -62,18 +62,18 @@ struct CameraPictureTruth {
   std::string type;
   std::size_t bytes = 0;
   std::string sha256;
-  bool sent = false;                       // false: announced but dropped
+  bool sent = false;  // false: announced but dropped
 };
 
 struct CameraEventTruth {
   std::string uuid;
-  std::string date_time;                   // as in the alert (camera clock, local offset)
+  std::string date_time;  // as in the alert (camera clock, local offset)
   std::uint64_t active_post_count = 0;
   CameraCapture capture;
   std::vector<CameraPictureTruth> pictures;
   bool repeated = false;
   bool malformed = false;
-  int streams = 0;                         // alert streams the event was written to (0 = nobody listening)
+  int streams = 0;  // alert streams the event was written to (0 = nobody listening)
 };
 
 class CameraSim {

@@ -1,12 +1,12 @@
 // Seeded road scenes encoded with libturbojpeg, padded to exact sizes with COM segments.
 #include "tools/sim/jpeg.h"
 
+#include <turbojpeg.h>
+
 #include <algorithm>
 #include <array>
 #include <random>
 #include <vector>
-
-#include <turbojpeg.h>
 
 namespace cpd::sim {
 namespace {
@@ -27,7 +27,8 @@ void fill_rect(std::vector<std::uint8_t>& px, int width, int height, int x0, int
   y1 = std::clamp(y1, 0, height);
   for (int y = y0; y < y1; ++y) {
     for (int x = x0; x < x1; ++x) {
-      const auto i = (static_cast<std::size_t>(y) * static_cast<std::size_t>(width) + static_cast<std::size_t>(x)) * 3;
+      const auto i =
+          (static_cast<std::size_t>(y) * static_cast<std::size_t>(width) + static_cast<std::size_t>(x)) * 3;
       px[i] = c.r;
       px[i + 1] = c.g;
       px[i + 2] = c.b;
@@ -57,7 +58,8 @@ std::string encode_scene_jpeg(const JpegScene& s) {
     }
   }
   // The vehicle: a coloured body with a darker windscreen, somewhere in the lower half.
-  const std::array<Rgb, 6> bodies = {{{200, 30, 30}, {230, 230, 235}, {20, 20, 25}, {40, 70, 160}, {150, 150, 155}, {210, 180, 40}}};
+  const std::array<Rgb, 6> bodies = {
+      {{200, 30, 30}, {230, 230, 235}, {20, 20, 25}, {40, 70, 160}, {150, 150, 155}, {210, 180, 40}}};
   const Rgb body = bodies[rng() % bodies.size()];
   const int vw = w / 3;
   const int vh = h / 3;
@@ -93,7 +95,8 @@ std::string encode_scene_jpeg(const JpegScene& s) {
 std::string pad_jpeg(std::string_view jpeg, std::size_t target_bytes, std::string_view comment) {
   // Insert after SOI and, when present, the JFIF APP0 segment (which must come first).
   std::size_t at = 2;
-  if (jpeg.size() > 6 && static_cast<unsigned char>(jpeg[2]) == 0xFF && static_cast<unsigned char>(jpeg[3]) == 0xE0) {
+  if (jpeg.size() > 6 && static_cast<unsigned char>(jpeg[2]) == 0xFF &&
+      static_cast<unsigned char>(jpeg[3]) == 0xE0) {
     at = 4 + ((static_cast<std::size_t>(static_cast<unsigned char>(jpeg[4])) << 8) |
               static_cast<unsigned char>(jpeg[5]));
   }
@@ -154,7 +157,8 @@ std::string JpegFactory::make(std::size_t target_bytes, std::uint64_t seed, std:
     int w;
     int h;
   };
-  static constexpr std::array<Step, 5> kSteps = {{{320, 180}, {704, 576}, {1280, 720}, {1920, 1080}, {2560, 1440}}};
+  static constexpr std::array<Step, 5> kSteps = {
+      {{320, 180}, {704, 576}, {1280, 720}, {1920, 1080}, {2560, 1440}}};
   std::size_t idx = 0;
   if (target_bytes >= 1'000'000) {
     idx = 4;

@@ -4,7 +4,9 @@
 #include <iostream>
 #include <string_view>
 
+#include "tools/sim/camera_sim.h"
 #include "tools/sim/radar_sim.h"
+#include "tools/sim/scenario.h"
 
 namespace {
 
@@ -16,6 +18,8 @@ struct Subcommand {
 
 constexpr Subcommand kSubcommands[] = {
     {"radar", "serve the traffic radar protocol on TCP", cpd::sim::run_radar_sim},
+    {"camera", "serve an ANPR camera's ISAPI interface over HTTP", cpd::sim::run_camera_sim},
+    {"scenario", "drive a radar and a camera together from one YAML file", cpd::sim::run_scenario},
 };
 
 int usage(std::ostream& out) {

@@ -1,0 +1,731 @@
+// The scenario runner: parses the YAML, serves the radar protocol (frames built with the shared frame
+// builders) and drives the camera simulator so that each vehicle's radar peak and ANPR alert share one
+// instant; writes what was actually sent as ground truth.
+#include "tools/sim/scenario.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <array>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
+#include <chrono>
+#include <cmath>
+#include <deque>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+
+#include "tests/support/camera_messages.h"
+#include "tests/support/radar_frames.h"
+
+namespace cpd::sim {
+namespace {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+using boost::system::error_code;
+using Clock = std::chrono::steady_clock;
+
+constexpr std::int64_t kWrapCs = 10'000'000;
+constexpr auto kIdleStatus = std::chrono::seconds(10);
+constexpr std::int32_t kProfileStepDkmh =
+    5;  // as `checkpoint-sim radar`: speed falls off per frame from the peak
+constexpr auto kMaxTick = std::chrono::milliseconds(100);
+
+// ---- YAML checking ----
+
+class Checker {
+ public:
+  explicit Checker(std::string name) : name_(std::move(name)) {}
+
+  [[noreturn]] void fail(const YAML::Node& n, const std::string& key, const std::string& why) const {
+    std::ostringstream os;
+    const auto m = n.Mark();
+    os << name_ << ":" << (m.line + 1) << ":" << (m.column + 1) << ": " << key << ": " << why;
+    throw std::runtime_error(os.str());
+  }
+
+  void only_keys(const YAML::Node& map, const std::string& where,
+                 std::initializer_list<std::string_view> keys) const {
+    if (!map.IsMap()) {
+      fail(map, where, "must be a mapping");
+    }
+    for (const auto& kv : map) {
+      const auto k = kv.first.as<std::string>();
+      if (std::find(keys.begin(), keys.end(), k) == keys.end()) {
+        std::string allowed;
+        for (const auto& a : keys) {
+          allowed += (allowed.empty() ? "" : ", ") + std::string(a);
+        }
+        fail(kv.first, where.empty() ? k : where + "." + k, "unknown key (allowed: " + allowed + ")");
+      }
+    }
+  }
+
+  template <typename T>
+  T get(const YAML::Node& map, const std::string& where, const char* key, T fallback) const {
+    const YAML::Node n = map[key];
+    if (!n) {
+      return fallback;
+    }
+    try {
+      return n.as<T>();
+    } catch (const YAML::Exception&) {
+      fail(n, where + key, "wrong type");
+    }
+  }
+
+  template <typename T>
+  T ranged(const YAML::Node& map, const std::string& where, const char* key, T fallback, T lo, T hi) const {
+    const T v = get<T>(map, where, key, fallback);
+    if (v < lo || v > hi) {
+      std::ostringstream os;
+      os << "must be in [" << lo << ", " << hi << "]";
+      fail(map[key], where + key, os.str());
+    }
+    return v;
+  }
+
+ private:
+  std::string name_;
+};
+
+std::string radar_time(std::int64_t cs) {
+  return test::radar_time_field(((cs % kWrapCs) + kWrapCs) % kWrapCs);
+}
+
+}  // namespace
+
+Scenario parse_scenario(const std::string& yaml_text, const std::string& name) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    std::ostringstream os;
+    os << name << ":" << (e.mark.line + 1) << ":" << (e.mark.column + 1) << ": " << e.msg;
+    throw std::runtime_error(os.str());
+  }
+  const Checker c(name);
+  Scenario s;
+  c.only_keys(root, "", {"radar", "camera", "start_delay_ms", "lanes", "vehicles"});
+  s.start_delay_ms = c.ranged<std::int64_t>(root, "", "start_delay_ms", 1000, 0, 3'600'000);
+  if (const auto r = root["radar"]) {
+    c.only_keys(r, "radar", {"port", "host", "status_code", "frames_per_track", "frame_interval_ms"});
+    s.radar.port = static_cast<std::uint16_t>(c.ranged<int>(r, "radar.", "port", 0, 0, 65535));
+    s.radar.host = c.get<std::string>(r, "radar.", "host", s.radar.host);
+    s.radar.status_code = c.ranged<int>(r, "radar.", "status_code", 0, 0, 99);
+    s.radar.frames_per_track = c.ranged<int>(r, "radar.", "frames_per_track", 8, 1, 200);
+    s.radar.frame_interval_ms = c.ranged<int>(r, "radar.", "frame_interval_ms", 50, 1, 10'000);
+  }
+  CameraOptions& cam = s.camera;
+  cam.rate = 0.0;
+  if (const auto k = root["camera"]) {
+    c.only_keys(k, "camera",
+                {"port", "host", "username", "password", "auth", "realm", "clock_offset_ms", "utc_offset",
+                 "namespace", "two_stage", "heartbeat_s", "picture_kb", "seed", "boundary", "lock_s"});
+    cam.port = static_cast<std::uint16_t>(c.ranged<int>(k, "camera.", "port", 0, 0, 65535));
+    cam.host = c.get<std::string>(k, "camera.", "host", cam.host);
+    cam.username = c.get<std::string>(k, "camera.", "username", cam.username);
+    cam.password = c.get<std::string>(k, "camera.", "password", cam.password);
+    cam.auth = c.get<std::string>(k, "camera.", "auth", cam.auth);
+    if (cam.auth != "digest" && cam.auth != "basic") {
+      c.fail(k["auth"], "camera.auth", "must be digest or basic");
+    }
+    cam.realm = c.get<std::string>(k, "camera.", "realm", cam.realm);
+    cam.clock_offset_ms = c.ranged<std::int64_t>(k, "camera.", "clock_offset_ms", 0, -86'400'000, 86'400'000);
+    const auto utc = c.get<std::string>(k, "camera.", "utc_offset", "+08:00");
+    const auto off = test::parse_utc_offset(utc);
+    if (!off) {
+      c.fail(k["utc_offset"], "camera.utc_offset", "must look like +08:00");
+    }
+    cam.utc_offset_min = *off;
+    const auto ns = c.get<std::string>(k, "camera.", "namespace", "isapi");
+    if (ns != "isapi" && ns != "hikvision") {
+      c.fail(k["namespace"], "camera.namespace", "must be isapi or hikvision");
+    }
+    cam.xml_namespace = std::string(ns == "isapi" ? test::kIsapiNamespace : test::kHikvisionNamespace);
+    cam.two_stage = c.get<bool>(k, "camera.", "two_stage", true);
+    cam.heartbeat_s = c.ranged<double>(k, "camera.", "heartbeat_s", 10.0, 0.05, 3600.0);
+    cam.picture_kb = c.ranged<int>(k, "camera.", "picture_kb", 0, 0, 1600);
+    cam.seed = c.get<std::uint64_t>(k, "camera.", "seed", 1);
+    cam.boundary = c.get<std::string>(k, "camera.", "boundary", cam.boundary);
+    cam.lock_s = c.ranged<double>(k, "camera.", "lock_s", cam.lock_s, 0.0, 86'400.0);
+  } else {
+    cam.two_stage = true;
+  }
+  if (const auto lanes = root["lanes"]) {
+    if (!lanes.IsSequence() || lanes.size() == 0) {
+      c.fail(lanes, "lanes", "must be a non-empty list of {lane, x_min, x_max}");
+    }
+    for (const auto& l : lanes) {
+      c.only_keys(l, "lanes[]", {"lane", "x_min", "x_max"});
+      ScenarioLane sl;
+      sl.lane = c.ranged<int>(l, "lanes[].", "lane", 0, 1, 99);
+      sl.x_min = c.ranged<double>(l, "lanes[].", "x_min", 0.0, -99.0, 99.0);
+      sl.x_max = c.ranged<double>(l, "lanes[].", "x_max", 0.0, -99.0, 99.0);
+      if (sl.x_max <= sl.x_min) {
+        c.fail(l, "lanes[]", "x_max must be greater than x_min");
+      }
+      for (const auto& other : s.lanes) {
+        if (other.lane == sl.lane) {
+          c.fail(l, "lanes[].lane", "lane " + std::to_string(sl.lane) + " declared twice");
+        }
+      }
+      s.lanes.push_back(sl);
+    }
+  } else {
+    s.lanes = {{1, 0.0, 3.75}, {2, 3.75, 7.5}};
+  }
+  const auto vehicles = root["vehicles"];
+  if (vehicles && !vehicles.IsSequence()) {
+    c.fail(vehicles, "vehicles", "must be a list");
+  }
+  if (vehicles) {
+    for (const auto& v : vehicles) {
+      c.only_keys(v, "vehicles[]", {"at_ms", "plate", "lane", "speed_kmh", "color", "radar", "camera"});
+      ScenarioVehicle sv;
+      if (!v["at_ms"] || !v["speed_kmh"] || !v["lane"]) {
+        c.fail(v, "vehicles[]", "at_ms, lane and speed_kmh are required");
+      }
+      sv.at_ms = c.ranged<std::int64_t>(v, "vehicles[].", "at_ms", 0, 0, 86'400'000);
+      sv.plate = c.get<std::string>(v, "vehicles[].", "plate", "unknown");
+      sv.lane = c.get<int>(v, "vehicles[].", "lane", 1);
+      if (std::none_of(s.lanes.begin(), s.lanes.end(),
+                       [&](const ScenarioLane& l) { return l.lane == sv.lane; })) {
+        c.fail(v["lane"], "vehicles[].lane", "not a declared lane");
+      }
+      sv.speed_kmh = c.ranged<double>(v, "vehicles[].", "speed_kmh", 0.0, 0.0, 999.9);
+      sv.color = c.get<std::string>(v, "vehicles[].", "color", sv.plate == "unknown" ? "unknown" : "blue");
+      static const std::set<std::string> kColors = {"blue", "yellow", "white", "black", "green", "unknown"};
+      if (!kColors.contains(sv.color)) {
+        c.fail(v["color"], "vehicles[].color", "must be blue, yellow, white, black, green or unknown");
+      }
+      sv.radar = c.get<bool>(v, "vehicles[].", "radar", true);
+      sv.camera = c.get<bool>(v, "vehicles[].", "camera", true);
+      s.vehicles.push_back(sv);
+    }
+  }
+  return s;
+}
+
+Scenario load_scenario_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    throw std::runtime_error(path + ": cannot read");
+  }
+  std::ostringstream os;
+  os << in.rdbuf();
+  return parse_scenario(os.str(), path);
+}
+
+std::string scenario_truth_json(const ScenarioTruth& t) {
+  const nlohmann::json j = {
+      {"vehicle", t.vehicle},
+      {"plate", t.spec.plate},
+      {"lane", t.spec.lane},
+      {"color", t.spec.color},
+      {"speed_kmh", t.spec.speed_kmh},
+      {"dkmh", t.dkmh},
+      {"target", t.target},
+      {"peak_radar_time", t.peak_radar_time},
+      {"time_ms", t.time_ms},
+      {"radar", t.spec.radar},
+      {"camera", t.spec.camera},
+      {"radar_sent", t.radar_sent},
+      {"camera_sent", t.camera_sent},
+      {"uuid", t.uuid},
+      {"date_time", t.date_time},
+  };
+  return j.dump();
+}
+
+class ScenarioRunner::Impl : public std::enable_shared_from_this<ScenarioRunner::Impl> {
+ public:
+  Impl(asio::io_context& io, Scenario s, ScenarioRunOptions run)
+      : io_(io),
+        s_(std::move(s)),
+        run_(std::move(run)),
+        camera_(io, s_.camera),
+        acceptor_(io),
+        timer_(io),
+        start_timer_(io),
+        sim_start_(Clock::now()),
+        sim_start_utc_ms_(std::chrono::duration_cast<std::chrono::milliseconds>(
+                              std::chrono::system_clock::now().time_since_epoch())
+                              .count()) {}
+
+  bool start() {
+    error_code ec;
+    const tcp::endpoint ep(asio::ip::make_address(s_.radar.host, ec), s_.radar.port);
+    if (!ec) {
+      acceptor_.open(ep.protocol(), ec);
+    }
+    if (!ec) {
+      acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
+    }
+    if (!ec) {
+      acceptor_.bind(ep, ec);
+    }
+    if (!ec) {
+      acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+    }
+    if (ec) {
+      std::cerr << "scenario: radar cannot listen on " << s_.radar.host << ":" << s_.radar.port << ": "
+                << ec.message() << "\n";
+      return false;
+    }
+    if (!camera_.start()) {
+      return false;
+    }
+    if (!run_.ground_truth.empty()) {
+      truth_file_.open(run_.ground_truth, std::ios::out | std::ios::trunc);
+      if (!truth_file_) {
+        std::cerr << "scenario: cannot write " << run_.ground_truth << "\n";
+        return false;
+      }
+    }
+    camera_.on_stream_opened([w = weak_from_this()] {
+      if (auto self = w.lock()) {
+        self->camera_ready_ = true;
+        self->maybe_begin();
+      }
+    });
+    accept();
+    return true;
+  }
+
+  std::uint16_t radar_port() const { return acceptor_.local_endpoint().port(); }
+  std::uint16_t camera_port() const { return camera_.port(); }
+
+  void stop() {
+    if (stopping_) {
+      return;
+    }
+    stopping_ = true;
+    // Vehicles cut short by the stop are recorded with what went out, so the ground truth is complete.
+    for (auto& v : pending_) {
+      if (!v.done) {
+        v.truth.radar_sent = false;
+        complete(v);
+      }
+    }
+    error_code ignored;
+    acceptor_.close(ignored);
+    if (client_) {
+      client_->close(ignored);
+      client_.reset();
+    }
+    timer_.cancel();
+    start_timer_.cancel();
+    camera_.stop();
+    if (on_finished_) {
+      on_finished_();
+    }
+  }
+
+  std::vector<ScenarioTruth> truth_;
+  std::function<void()> on_finished_;
+
+ private:
+  struct Frame {
+    Clock::time_point at;
+    std::size_t vehicle;  // index into pending_
+    std::string bytes;
+  };
+  struct Camera {
+    Clock::time_point at;
+    std::size_t vehicle;
+  };
+  struct Pending {
+    ScenarioTruth truth;
+    int frames_total = 0;
+    int frames_written = 0;
+    bool frame_lost = false;
+    bool camera_done = false;
+    Clock::time_point last_frame_at{};
+    bool done = false;
+  };
+
+  std::int64_t utc_ms(Clock::time_point t) const {
+    return sim_start_utc_ms_ + std::chrono::duration_cast<std::chrono::milliseconds>(t - sim_start_).count();
+  }
+  std::int64_t radar_cs(Clock::time_point t) const {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(t - sim_start_).count() / 10;
+  }
+
+  void accept() {
+    acceptor_.async_accept([self = shared_from_this()](const error_code& ec, tcp::socket sock) {
+      if (ec || self->stopping_) {
+        return;
+      }
+      if (self->client_) {
+        error_code ignored;
+        sock.close(ignored);  // the radar accepts one client at a time
+        self->accept();
+        return;
+      }
+      error_code ignored;
+      sock.set_option(tcp::no_delay(true), ignored);
+      self->client_ = std::make_unique<tcp::socket>(std::move(sock));
+      self->enqueue(self->status_frame(Clock::now()), SIZE_MAX);
+      self->read_polls();
+      self->radar_ready_ = true;
+      self->maybe_begin();
+      self->accept();
+    });
+  }
+
+  void read_polls() {
+    client_->async_read_some(asio::buffer(read_buf_), [self = shared_from_this(), c = client_.get()](
+                                                          const error_code& ec, std::size_t n) {
+      if (c != self->client_.get()) {
+        return;
+      }
+      if (ec) {
+        self->drop_client();
+        return;
+      }
+      self->poll_buffer_.append(self->read_buf_.data(), n);
+      std::size_t pos = 0;
+      while ((pos = self->poll_buffer_.find("*P\r")) != std::string::npos) {
+        self->poll_buffer_.erase(0, pos + 3);
+        self->answer_poll();
+      }
+      if (self->poll_buffer_.size() > 64) {
+        self->poll_buffer_.erase(0, self->poll_buffer_.size() - 2);
+      }
+      self->read_polls();
+    });
+  }
+
+  void answer_poll() {
+    if (active_frames_.empty()) {
+      enqueue(status_frame(Clock::now()), SIZE_MAX);
+      return;
+    }
+    for (const auto& [idx, bytes] : active_frames_) {
+      enqueue(bytes, SIZE_MAX);  // a poll answer repeats the latest frame; it is not counted as the track's
+    }
+  }
+
+  std::string status_frame(Clock::time_point t) {
+    last_radar_send_ = t;
+    return test::status_frame(radar_cs(t), s_.radar.status_code,
+                              test::radar_status_text(s_.radar.status_code));
+  }
+
+  void drop_client() {
+    if (!client_) {
+      return;
+    }
+    error_code ignored;
+    client_->close(ignored);
+    client_.reset();
+    for (const auto& q : queue_) {
+      if (q.second < pending_.size()) {
+        pending_[q.second].frame_lost = true;
+      }
+    }
+    queue_.clear();
+    writing_ = false;
+  }
+
+  void enqueue(std::string bytes, std::size_t vehicle) {
+    if (!client_) {
+      if (vehicle < pending_.size()) {
+        pending_[vehicle].frame_lost = true;
+      }
+      return;
+    }
+    queue_.emplace_back(std::move(bytes), vehicle);
+    write_next();
+  }
+
+  void write_next() {
+    if (writing_ || queue_.empty() || !client_) {
+      return;
+    }
+    writing_ = true;
+    asio::async_write(*client_, asio::buffer(queue_.front().first),
+                      [self = shared_from_this(), c = client_.get()](const error_code& ec, std::size_t) {
+                        if (c != self->client_.get()) {
+                          return;
+                        }
+                        self->writing_ = false;
+                        if (ec) {
+                          self->drop_client();
+                          return;
+                        }
+                        const std::size_t v = self->queue_.front().second;
+                        self->queue_.pop_front();
+                        if (v < self->pending_.size()) {
+                          ++self->pending_[v].frames_written;
+                        }
+                        self->write_next();
+                      });
+  }
+
+  void maybe_begin() {
+    if (begun_ || !radar_ready_ || !camera_ready_ || stopping_) {
+      return;
+    }
+    begun_ = true;
+    start_timer_.expires_after(std::chrono::milliseconds(s_.start_delay_ms));
+    start_timer_.async_wait([self = shared_from_this()](const error_code& ec) {
+      if (!ec && !self->stopping_) {
+        self->begin(Clock::now());
+      }
+    });
+  }
+
+  // Lays out every frame and alert on the timeline once the traffic clock starts.
+  void begin(Clock::time_point t0) {
+    const auto step = std::chrono::milliseconds(s_.radar.frame_interval_ms);
+    const int frames = s_.radar.frames_per_track;
+    const int peak_index = frames / 2;
+    struct Span {
+      Clock::time_point from;
+      Clock::time_point to;
+    };
+    std::vector<Span> spans;
+    for (const auto& v : s_.vehicles) {
+      const auto first = t0 + std::chrono::milliseconds(v.at_ms);
+      spans.push_back({first, first + step * (frames - 1)});
+    }
+    int next_target = 0;
+    for (std::size_t i = 0; i < s_.vehicles.size(); ++i) {
+      const ScenarioVehicle& v = s_.vehicles[i];
+      Pending p;
+      p.truth.vehicle = i + 1;
+      p.truth.spec = v;
+      p.truth.dkmh = static_cast<std::int32_t>(std::lround(v.speed_kmh * 10.0));
+      const auto peak_at = spans[i].from + step * peak_index;
+      p.truth.time_ms = utc_ms(peak_at);
+      p.truth.peak_radar_time = radar_time(radar_cs(peak_at));
+      p.last_frame_at = spans[i].to;
+      p.camera_done = !v.camera;
+      if (v.camera) {
+        cameras_.push_back({peak_at, i});
+      }
+      if (v.radar) {
+        next_target = next_target % 99 + 1;
+        p.truth.target = next_target;
+        p.frames_total = frames;
+        const auto& lane = *std::find_if(s_.lanes.begin(), s_.lanes.end(),
+                                         [&](const ScenarioLane& l) { return l.lane == v.lane; });
+        const double x_mid = (lane.x_min + lane.x_max) / 2.0;
+        const double wobble = std::min(0.2, (lane.x_max - lane.x_min) / 4.0);
+        const double mps = v.speed_kmh / 3.6;
+        const double end_range = std::max(15.0, 2.5 * std::abs(x_mid));
+        const double start_range = end_range + mps * frames * s_.radar.frame_interval_ms / 1000.0;
+        for (int f = 0; f < frames; ++f) {
+          const auto at = spans[i].from + step * f;
+          int targets = 0;
+          for (std::size_t j = 0; j < spans.size(); ++j) {
+            targets += (s_.vehicles[j].radar && spans[j].from <= at && at <= spans[j].to) ? 1 : 0;
+          }
+          test::DetectFields d;
+          d.time_cs = radar_cs(at) % kWrapCs;
+          d.target = next_target;
+          d.targets = std::clamp(targets, 1, 99);
+          d.dir = 'A';
+          d.speed_tenths = std::max(0, p.truth.dkmh - kProfileStepDkmh * std::abs(f - peak_index));
+          d.units = 'K';
+          d.range_dm = static_cast<std::int32_t>(std::lround(
+              std::clamp(start_range - mps * f * s_.radar.frame_interval_ms / 1000.0, 0.0, 999.9) * 10.0));
+          // Alternating small lateral wobble, always inside the lane's band.
+          const double x = x_mid + ((f % 2 == 0) ? wobble : -wobble) / 2.0;
+          d.x_tenths = static_cast<std::int32_t>(std::lround(x * 10.0));
+          d.coord = 'C';
+          d.amplitude_ddb = 550 + 10 * f;
+          frames_.push_back({at, i, test::detect_frame(d)});
+        }
+      }
+      pending_.push_back(std::move(p));
+    }
+    std::stable_sort(frames_.begin(), frames_.end(),
+                     [](const Frame& a, const Frame& b) { return a.at < b.at; });
+    std::stable_sort(cameras_.begin(), cameras_.end(),
+                     [](const Camera& a, const Camera& b) { return a.at < b.at; });
+    tick();
+  }
+
+  void tick() {
+    if (stopping_) {
+      return;
+    }
+    const auto now = Clock::now();
+    while (next_frame_ < frames_.size() && frames_[next_frame_].at <= now) {
+      Frame& f = frames_[next_frame_++];
+      last_radar_send_ = now;
+      active_frames_[f.vehicle] = f.bytes;
+      if (pending_[f.vehicle].last_frame_at == f.at) {
+        active_frames_.erase(f.vehicle);
+      }
+      enqueue(std::move(f.bytes), f.vehicle);
+    }
+    while (next_camera_ < cameras_.size() && cameras_[next_camera_].at <= now) {
+      const Camera& c = cameras_[next_camera_++];
+      Pending& p = pending_[c.vehicle];
+      CameraCapture cap;
+      cap.plate = p.truth.spec.plate;
+      cap.lane = p.truth.spec.lane;
+      cap.plate_color = p.truth.spec.color;
+      cap.capture_unix_ms = p.truth.time_ms;
+      const CameraEventTruth t = camera_.emit(cap);
+      p.truth.uuid = t.uuid;
+      p.truth.date_time = t.date_time;
+      p.truth.camera_sent = t.streams > 0;
+      p.camera_done = true;
+    }
+    if (active_frames_.empty() && client_ && now - last_radar_send_ >= kIdleStatus) {
+      enqueue(status_frame(now), SIZE_MAX);
+    }
+    for (auto& p : pending_) {
+      const bool radar_done = p.frames_total == 0 || p.frame_lost || p.frames_written == p.frames_total;
+      if (!p.done && p.camera_done && p.last_frame_at <= now && radar_done) {
+        p.truth.radar_sent = p.frames_total > 0 && !p.frame_lost && p.frames_written == p.frames_total;
+        complete(p);
+      }
+    }
+    const bool all_done =
+        std::all_of(pending_.begin(), pending_.end(), [](const Pending& p) { return p.done; });
+    if (all_done && run_.linger_s >= 0.0) {
+      if (!finished_at_) {
+        finished_at_ = now;
+      }
+      // Let the alert streams drain before the linger ends, so what the truth says was sent arrives.
+      if (now - *finished_at_ >= std::chrono::duration<double>(run_.linger_s) &&
+          camera_.stream_backlog() == 0 && queue_.empty()) {
+        stop();
+        return;
+      }
+    }
+    auto next = now + kMaxTick;
+    if (next_frame_ < frames_.size()) {
+      next = std::min(next, frames_[next_frame_].at);
+    }
+    if (next_camera_ < cameras_.size()) {
+      next = std::min(next, cameras_[next_camera_].at);
+    }
+    if (!queue_.empty() || (all_done && run_.linger_s >= 0.0)) {
+      next = std::min(next, now + std::chrono::milliseconds(10));
+    }
+    timer_.expires_at(next);
+    timer_.async_wait([self = shared_from_this()](const error_code& ec) {
+      if (!ec) {
+        self->tick();
+      }
+    });
+  }
+
+  void complete(Pending& p) {
+    p.done = true;
+    truth_.push_back(p.truth);
+    if (truth_file_.is_open()) {
+      truth_file_ << scenario_truth_json(p.truth) << '\n';
+      truth_file_.flush();
+    }
+  }
+
+  asio::io_context& io_;
+  Scenario s_;
+  ScenarioRunOptions run_;
+  CameraSim camera_;
+  tcp::acceptor acceptor_;
+  asio::steady_timer timer_;
+  asio::steady_timer start_timer_;
+  Clock::time_point sim_start_;
+  std::int64_t sim_start_utc_ms_;
+  std::unique_ptr<tcp::socket> client_;
+  std::array<char, 256> read_buf_{};
+  std::string poll_buffer_;
+  std::deque<std::pair<std::string, std::size_t>> queue_;
+  bool writing_ = false;
+  bool radar_ready_ = false;
+  bool camera_ready_ = false;
+  bool begun_ = false;
+  bool stopping_ = false;
+  Clock::time_point last_radar_send_{};
+  std::vector<Frame> frames_;
+  std::vector<Camera> cameras_;
+  std::size_t next_frame_ = 0;
+  std::size_t next_camera_ = 0;
+  std::vector<Pending> pending_;
+  std::map<std::size_t, std::string> active_frames_;  // latest frame of each track in progress (for *P)
+  std::optional<Clock::time_point> finished_at_;
+  std::ofstream truth_file_;
+};
+
+ScenarioRunner::ScenarioRunner(asio::io_context& io, Scenario scenario, ScenarioRunOptions run)
+    : impl_(std::make_shared<Impl>(io, std::move(scenario), std::move(run))) {}
+ScenarioRunner::~ScenarioRunner() {
+  impl_->on_finished_ = nullptr;  // its captures may already be gone
+  impl_->stop();
+}
+bool ScenarioRunner::start() {
+  return impl_->start();
+}
+std::uint16_t ScenarioRunner::radar_port() const {
+  return impl_->radar_port();
+}
+std::uint16_t ScenarioRunner::camera_port() const {
+  return impl_->camera_port();
+}
+void ScenarioRunner::stop() {
+  impl_->stop();
+}
+const std::vector<ScenarioTruth>& ScenarioRunner::truth() const {
+  return impl_->truth_;
+}
+void ScenarioRunner::on_finished(std::function<void()> callback) {
+  impl_->on_finished_ = std::move(callback);
+}
+
+int run_scenario(int argc, char** argv) {
+  CLI::App app{"Scenario: one YAML file drives a radar and an ANPR camera together", "scenario"};
+  std::string file;
+  ScenarioRunOptions run;
+  app.add_option("file", file, "scenario YAML")->required();
+  app.add_option("--ground-truth", run.ground_truth, "write one JSON line per vehicle to this file");
+  app.add_option("--linger-s", run.linger_s,
+                 "exit this long after the last vehicle (default: serve until SIGTERM)")
+      ->check(CLI::NonNegativeNumber);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  Scenario s;
+  try {
+    s = load_scenario_file(file);
+  } catch (const std::exception& e) {
+    std::cerr << "scenario: " << e.what() << "\n";
+    return 2;
+  }
+  asio::io_context io;
+  ScenarioRunner runner(io, std::move(s), run);
+  if (!runner.start()) {
+    return 1;
+  }
+  std::cout << "radar " << runner.radar_port() << "\ncamera " << runner.camera_port() << std::endl;
+  asio::signal_set signals(io, SIGINT, SIGTERM);
+  signals.async_wait([&](const error_code& ec, int) {
+    if (!ec) {
+      runner.stop();
+    }
+  });
+  runner.on_finished([&] { signals.cancel(); });
+  io.run();
+  return 0;
+}
+
+}  // namespace cpd::sim

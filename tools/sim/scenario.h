@@ -24,13 +24,13 @@ struct ScenarioLane {
 };
 
 struct ScenarioVehicle {
-  std::int64_t at_ms = 0;          // first radar frame, after the start delay; the peak follows
+  std::int64_t at_ms = 0;  // first radar frame, after the start delay; the peak follows
   std::string plate = "unknown";
   int lane = 1;
-  double speed_kmh = 0.0;          // the track's peak speed
-  std::string color = "blue";      // plate colour
-  bool radar = true;               // false: the radar misses it
-  bool camera = true;              // false: the camera misses it
+  double speed_kmh = 0.0;      // the track's peak speed
+  std::string color = "blue";  // plate colour
+  bool radar = true;           // false: the radar misses it
+  bool camera = true;          // false: the camera misses it
 };
 
 struct ScenarioRadar {
@@ -43,9 +43,9 @@ struct ScenarioRadar {
 
 struct Scenario {
   ScenarioRadar radar;
-  CameraOptions camera;            // random traffic off: the vehicles drive it
+  CameraOptions camera;  // random traffic off: the vehicles drive it
   std::int64_t start_delay_ms = 1000;
-  std::vector<ScenarioLane> lanes; // default: 2 lanes of 3.75 m from x = 0
+  std::vector<ScenarioLane> lanes;  // default: 2 lanes of 3.75 m from x = 0
   std::vector<ScenarioVehicle> vehicles;
 };
 
@@ -55,23 +55,23 @@ Scenario load_scenario_file(const std::string& path);
 
 // What happened to one vehicle.
 struct ScenarioTruth {
-  std::size_t vehicle = 0;         // 1-based, in file order
+  std::size_t vehicle = 0;  // 1-based, in file order
   ScenarioVehicle spec;
-  std::int32_t dkmh = 0;           // round(speed_kmh * 10)
-  int target = 0;                  // radar track number (0 when radar: false)
-  std::string peak_radar_time;     // DDDDD.DD of the peak frame
-  std::int64_t time_ms = 0;        // UTC of the peak (the trigger moment)
-  bool radar_sent = false;         // every frame written to a connected radar client
-  bool camera_sent = false;        // the alert went out on at least one alert stream
+  std::int32_t dkmh = 0;        // round(speed_kmh * 10)
+  int target = 0;               // radar track number (0 when radar: false)
+  std::string peak_radar_time;  // DDDDD.DD of the peak frame
+  std::int64_t time_ms = 0;     // UTC of the peak (the trigger moment)
+  bool radar_sent = false;      // every frame written to a connected radar client
+  bool camera_sent = false;     // the alert went out on at least one alert stream
   std::string uuid;
-  std::string date_time;           // the alert's dateTime (camera clock)
+  std::string date_time;  // the alert's dateTime (camera clock)
 };
 
 std::string scenario_truth_json(const ScenarioTruth& t);
 
 struct ScenarioRunOptions {
-  std::string ground_truth;        // JSON lines, one per vehicle, written as each completes
-  double linger_s = -1.0;          // < 0: serve until stop(); else stop this long after the last vehicle
+  std::string ground_truth;  // JSON lines, one per vehicle, written as each completes
+  double linger_s = -1.0;    // < 0: serve until stop(); else stop this long after the last vehicle
 };
 
 class ScenarioRunner {
@@ -81,7 +81,7 @@ class ScenarioRunner {
   ScenarioRunner(const ScenarioRunner&) = delete;
   ScenarioRunner& operator=(const ScenarioRunner&) = delete;
 
-  bool start();                    // both listening afterwards; false with a message on stderr
+  bool start();  // both listening afterwards; false with a message on stderr
   std::uint16_t radar_port() const;
   std::uint16_t camera_port() const;
   void stop();

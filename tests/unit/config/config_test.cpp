@@ -93,6 +93,21 @@ TEST(ConfigTest, ExampleLoadsWithTheDocumentedValues) {
   EXPECT_EQ(radar.calibration.valid_until_ms, 1814400000000 - 8 * 3600 * 1000);  // 2027-07-01T00:00+08:00
   EXPECT_EQ(radar.track_timeout_ms, 400);
   EXPECT_EQ(radar.clock_window_s, 120);
+  EXPECT_EQ(c.store.media_dir, "/var/lib/checkpointd/media");
+  EXPECT_EQ(c.store.media_retention_days, 30);
+  EXPECT_EQ(c.correlation.window_ms, 500);
+  EXPECT_EQ(c.correlation.max_wait_ms, 2000);
+  ASSERT_EQ(c.correlation.lanes.size(), 2U);
+  EXPECT_EQ(c.correlation.lanes[0].lane, 1);
+  EXPECT_EQ(c.correlation.lanes[0].limit_kmh, 120);
+  EXPECT_EQ(c.correlation.lanes[0].by_vehicle_type,
+            (std::vector<std::pair<std::string, int>>{{"truck", 100}, {"bus", 100}}));
+  EXPECT_EQ(c.correlation.lanes[1].lane, 2);
+  EXPECT_EQ(c.correlation.lanes[1].limit_kmh, 120);
+  EXPECT_TRUE(c.correlation.lanes[1].by_vehicle_type.empty());
+  EXPECT_EQ(c.validity.max_camera_clock_offset_ms, 1000);
+  EXPECT_EQ(c.validity.clock_sync, "kernel");
+  EXPECT_EQ(c.validity.min_pictures_speeding, 2);
 }
 
 TEST(ConfigTest, DefaultsApplyAndClientIdFollowsGatewayId) {
@@ -106,6 +121,144 @@ TEST(ConfigTest, DefaultsApplyAndClientIdFollowsGatewayId) {
   EXPECT_EQ(radar.poll_interval_ms, 0);
   EXPECT_EQ(radar.reconnect_max_ms, 30000);
   EXPECT_EQ(c.devices[0].place, place_in(kFile, kBase, "id: radar-1"));
+  EXPECT_EQ(c.store.media_dir, "/tmp/media");  // beside the store
+  EXPECT_EQ(c.store.media_retention_days, 30);
+  EXPECT_EQ(c.correlation.window_ms, 500);
+  EXPECT_EQ(c.correlation.max_wait_ms, 2000);
+  EXPECT_TRUE(c.correlation.lanes.empty());
+  EXPECT_EQ(c.validity.max_camera_clock_offset_ms, 1000);
+  EXPECT_EQ(c.validity.clock_sync, "kernel");
+  EXPECT_EQ(c.validity.min_pictures_speeding, 2);
+  EXPECT_EQ(parse_config(replaced(kBase, "path: /tmp/store.db", "path: store.db"), kFile).store.media_dir, "media");
+}
+
+const std::string kCorrelation = R"(correlation:
+  window_ms: 300
+  max_wait_ms: 4000
+  lanes:
+    - {lane: 1, limit_kmh: 100, vehicle_types: {truck: 80, bus: 90}}
+    - lane: 2
+      limit_kmh: 120
+validity:
+  max_camera_clock_offset_ms: 500
+  clock_sync: assume
+  min_pictures_speeding: 3
+)";
+
+TEST(ConfigTest, CorrelationValidityAndMediaSections) {
+  const std::string text =
+      replaced(kBase, "  path: /tmp/store.db\n",
+               "  path: /tmp/store.db\n  media_dir: /srv/media\n  media_retention_days: 90\n") +
+      kCorrelation;
+  const Config c = parse_config(text, kFile);
+  EXPECT_EQ(c.store.media_dir, "/srv/media");
+  EXPECT_EQ(c.store.media_retention_days, 90);
+  EXPECT_EQ(c.correlation.window_ms, 300);
+  EXPECT_EQ(c.correlation.max_wait_ms, 4000);
+  ASSERT_EQ(c.correlation.lanes.size(), 2U);
+  EXPECT_EQ(c.correlation.lanes[0].lane, 1);
+  EXPECT_EQ(c.correlation.lanes[0].limit_kmh, 100);
+  EXPECT_EQ(c.correlation.lanes[0].by_vehicle_type,
+            (std::vector<std::pair<std::string, int>>{{"truck", 80}, {"bus", 90}}));
+  EXPECT_EQ(c.correlation.lanes[1].lane, 2);
+  EXPECT_EQ(c.correlation.lanes[1].limit_kmh, 120);
+  EXPECT_TRUE(c.correlation.lanes[1].by_vehicle_type.empty());
+  EXPECT_EQ(c.validity.max_camera_clock_offset_ms, 500);
+  EXPECT_EQ(c.validity.clock_sync, "assume");
+  EXPECT_EQ(c.validity.min_pictures_speeding, 3);
+}
+
+TEST(ConfigTest, CorrelationAndValidityMistakesArePlaced) {
+  {
+    const std::string text = kBase + replaced(kCorrelation, "window_ms: 300", "window_ms: 0");
+    const ConfigError e = error_in(text);
+    EXPECT_EQ(std::string(e.what()),
+              place_in(kFile, text, "0\n  max_wait") + ": correlation.window_ms: must be between 10 and 5000, got 0");
+  }
+  {
+    const std::string text = kBase + replaced(kCorrelation, "clock_sync: assume", "clock_sync: ntp");
+    const ConfigError e = error_in(text);
+    EXPECT_EQ(std::string(e.what()),
+              place_in(kFile, text, "ntp") + ": validity.clock_sync: must be one of kernel, assume; got 'ntp'");
+  }
+  {
+    const std::string text = kBase + replaced(kCorrelation, "truck: 80", "truck: fast");
+    const ConfigError e = error_in(text);
+    EXPECT_EQ(std::string(e.what()), place_in(kFile, text, "fast") +
+                                         ": correlation.lanes[0].vehicle_types.truck: expected an integer, got 'fast'");
+  }
+  {
+    const std::string text = kBase + replaced(kCorrelation, "bus: 90", "bus: 400");
+    EXPECT_EQ(error_in(text).key(), "correlation.lanes[0].vehicle_types.bus");
+    EXPECT_EQ(error_in(text).detail(), "must be between 5 and 300, got 400");
+  }
+  {
+    const std::string text = kBase + replaced(kCorrelation, "bus: 90", "\"big bus\": 90");
+    const ConfigError e = error_in(text);
+    EXPECT_EQ(e.key(), "correlation.lanes[0].vehicle_types.big bus");
+    EXPECT_THAT(e.detail(), StartsWith("vehicle type 'big bus' must be 1 to 32 letters"));
+  }
+  {
+    const std::string text = kBase + replaced(kCorrelation, "    - lane: 2", "    - lane: 1");
+    const ConfigError e = error_in(text);
+    EXPECT_EQ(std::string(e.what()), place_in(kFile, text, "1\n      limit_kmh") +
+                                         ": correlation.lanes[1].lane: duplicate lane 1 (first at " +
+                                         place_in(kFile, text, "1, limit_kmh: 100") + ")");
+  }
+  {
+    const std::string text = kBase + replaced(kCorrelation, "  max_wait_ms: 4000\n", "  maxwait_ms: 4000\n");
+    const ConfigError e = error_in(text);
+    EXPECT_EQ(std::string(e.what()), place_in(kFile, text, "maxwait_ms:") +
+                                         ": correlation.maxwait_ms: unknown key 'maxwait_ms' (did you mean "
+                                         "'max_wait_ms'?); allowed: window_ms, max_wait_ms, lanes");
+  }
+  {
+    const std::string text = kBase + replaced(kCorrelation, "      limit_kmh: 120\n", "");
+    const ConfigError e = error_in(text);
+    EXPECT_EQ(e.key(), "correlation.lanes[1].limit_kmh");
+    EXPECT_THAT(e.detail(), StartsWith("missing required key 'limit_kmh'"));
+  }
+  {
+    const std::string text = kBase + replaced(kCorrelation, "min_pictures_speeding: 3", "min_pictures_speeding: 11");
+    EXPECT_EQ(error_in(text).key(), "validity.min_pictures_speeding");
+  }
+  {
+    const std::string text =
+        replaced(kBase, "  path: /tmp/store.db\n", "  path: /tmp/store.db\n  media_retention_days: 0\n");
+    const ConfigError e = error_in(text);
+    EXPECT_EQ(std::string(e.what()),
+              place_in(kFile, text, "0\nmqtt") + ": store.media_retention_days: must be between 1 and 3650, got 0");
+  }
+}
+
+// A camera entry pairing with `radar`; its password file is created 0600 so the camera parser accepts it.
+std::string camera_entry(const std::string& radar) {
+  const std::string secret = ::testing::TempDir() + "/config_test_cam.secret";
+  {
+    std::ofstream out(secret, std::ios::binary);
+    out << "s3cret\n";
+  }
+  std::filesystem::permissions(secret, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+  return "  - id: cam-1\n    kind: camera\n    url: http://192.0.2.20\n    username: admin\n"
+         "    password_file: " + secret + "\n    radar: " + radar + "\n";
+}
+
+TEST(ConfigTest, CameraPairsWithAConfiguredRadar) {
+  const Config c = parse_config(kBase + camera_entry("radar-1"), kFile);
+  ASSERT_EQ(c.devices.size(), 2U);
+  EXPECT_EQ(std::get<adapters::CameraConfig>(c.devices[1].settings).radar, "radar-1");
+}
+
+TEST(ConfigTest, CameraNamingAnUnknownRadar) {
+  const std::string text = kBase + camera_entry("radar-9");
+  const ConfigError e = error_in(text);
+  EXPECT_EQ(std::string(e.what()), place_in(kFile, text, "radar-9") +
+                                       ": devices[1].radar: must name a radar device configured under devices "
+                                       "(radars: radar-1), got 'radar-9'");
+  // Another camera is not a radar.
+  const std::string cams = kBase + camera_entry("radar-1") +
+                           replaced(camera_entry("cam-1"), "id: cam-1", "id: cam-2");
+  EXPECT_EQ(error_in(cams).key(), "devices[2].radar");
 }
 
 TEST(ConfigTest, Sha256IsOfTheBytes) {
@@ -148,7 +301,7 @@ TEST(ConfigTest, UnknownTopLevelSection) {
   EXPECT_EQ(std::string(e.what()),
             place_in(kFile, text, "mqt:") +
                 ": mqt: unknown key 'mqt' (did you mean 'mqtt'?); allowed: gateway, store, "
-                "mqtt, devices");
+                "mqtt, devices, correlation, validity");
 }
 
 TEST(ConfigTest, WrongType) {
@@ -235,7 +388,7 @@ TEST(ConfigTest, BothTcpAndSerial) {
 
 TEST(ConfigTest, UnknownDeviceKind) {
   const std::string text = replaced(kBase, "kind: radar", "kind: lidar");
-  EXPECT_EQ(error_in(text).detail(), "must be one of radar; got 'lidar'");
+  EXPECT_EQ(error_in(text).detail(), "must be one of radar, camera; got 'lidar'");
 }
 
 TEST(ConfigTest, NoDevices) {

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <limits>
 #include <numeric>
 
 namespace cpd::pipeline {
@@ -14,7 +15,7 @@ namespace {
 using nlohmann::json;
 using ::testing::ElementsAre;
 
-constexpr UnixMs kT0 = 1'750'000'000'000;  // 2025-06-15T15:06:40Z
+constexpr UnixMs kT0 = 1'750'000'000'000;              // 2025-06-15T15:06:40Z
 constexpr UnixMs kCalibrationEnd = 1'814'371'200'000;  // 2027-07-01T00:00+08:00
 
 config::Config make_config() {
@@ -56,8 +57,12 @@ adapters::RadarTrack make_track(int target, int lane, std::int32_t speed_dkmh, U
   t.last_ms = time_ms + 200;
   t.units = 'K';
   for (int i = 0; i < 3; ++i) {
-    t.samples.push_back({time_ms - 600 + i * 400, 100000 + i * 40, speed_dkmh - 2 + i, 5000 - i * 1000, 150, 420});
-    t.raw_frames.push_back("\x02" "frame" + std::to_string(target) + "-" + std::to_string(i) + "\x03");
+    t.samples.push_back(
+        {time_ms - 600 + i * 400, 100000 + i * 40, speed_dkmh - 2 + i, 5000 - i * 1000, 150, 420});
+    t.raw_frames.push_back(
+        "\x02"
+        "frame" +
+        std::to_string(target) + "-" + std::to_string(i) + "\x03");
   }
   t.clock = {.offset_ms = kT0 - 1'000'000, .samples = 40, .window_ms = 120000, .epoch = 0, .wraps = 0};
   t.status = {.code = 0, .text = "OK", .since_ms = kT0 - 60'000};
@@ -96,10 +101,13 @@ adapters::PlateRead make_read(std::string uuid, int lane, std::string plate, Uni
   return r;
 }
 
-ClockSync synced() { return {.synchronized = true, .source = "kernel", .max_error_us = 16000, .est_error_us = 500}; }
+ClockSync synced() {
+  return {.synchronized = true, .source = "kernel", .max_error_us = 16000, .est_error_us = 500};
+}
 
 // Feeds the events at `arrive`, then ticks until `until` in 100 ms steps; returns every fact in order.
-std::vector<Fact> run(Correlator& c, const std::vector<adapters::DeviceEvent>& events, UnixMs arrive, UnixMs until) {
+std::vector<Fact> run(Correlator& c, const std::vector<adapters::DeviceEvent>& events, UnixMs arrive,
+                      UnixMs until) {
   std::vector<Fact> facts;
   for (const auto& e : events) {
     for (auto& f : c.on_event(e, arrive)) {
@@ -131,22 +139,6 @@ std::vector<std::string> types_of(const std::vector<Fact>& facts) {
   return out;
 }
 
-const Fact& only(const std::vector<Fact>& facts, const std::string& type) {
-  const Fact* found = nullptr;
-  for (const auto& f : facts) {
-    if (f.type == type) {
-      EXPECT_EQ(found, nullptr) << "more than one " << type;
-      found = &f;
-    }
-  }
-  if (found == nullptr) {
-    ADD_FAILURE() << "no " << type;
-    static const Fact kNone;
-    return kNone;
-  }
-  return *found;
-}
-
 // Evidence numbers are integers only: walks the whole value.
 bool integers_only(const json& j) {
   if (j.is_number_float()) {
@@ -170,8 +162,20 @@ std::string dump_all(const std::vector<Fact>& facts) {
   return out;
 }
 
+// The facts as a set: when an unmatched item's wait ends depends on when it arrived, so the order in
+// which records are released may follow arrival order; what they say must not.
+std::vector<std::string> fact_set(const std::vector<Fact>& facts) {
+  std::vector<std::string> out;
+  for (const auto& f : facts) {
+    out.push_back(f.type + " " + std::to_string(f.time_ms) + " " + f.fields.dump());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 TEST(CorrelatorTest, PassageWithEveryPart) {
-  const auto facts = run(make_config(), {make_track(7, 1, 953, kT0), make_read("uuid-a", 1, "浙A12345", kT0 + 120)});
+  const auto facts =
+      run(make_config(), {make_track(7, 1, 953, kT0), make_read("uuid-a", 1, "浙A12345", kT0 + 120)});
   ASSERT_THAT(types_of(facts), ElementsAre("passage"));
   const Fact& f = facts[0];
   EXPECT_EQ(f.time_ms, kT0);  // the radar track's time
@@ -198,6 +202,7 @@ TEST(CorrelatorTest, PassageWithEveryPart) {
   EXPECT_EQ(b["pictures"][0]["content_type"], "image/jpeg");
   EXPECT_EQ(b["pictures"][0]["capture_ms"], kT0 + 120);
   EXPECT_EQ(b["missing_pictures"], json::array());
+  EXPECT_THAT(f.media, ElementsAre(std::string(63, 'a') + "0", std::string(63, 'a') + "1"));
   EXPECT_EQ(b["track"]["target"], 7);
   EXPECT_EQ(b["track"]["frames"], 3);
   EXPECT_EQ(b["raw_frames"].size(), 3U);
@@ -212,14 +217,18 @@ TEST(CorrelatorTest, PassageWithEveryPart) {
   EXPECT_EQ(b["camera_event"]["active_post_count"], 3);
   EXPECT_EQ(b["camera_event"]["raw_xml"], "<EventNotificationAlert>uuid-a</EventNotificationAlert>");
   EXPECT_EQ(b["clock_offsets"], json({{"radar_ms", kT0 - 1'000'000}, {"camera_ms", 120}}));
-  EXPECT_EQ(b["match"], json({{"dt_ms", 120}, {"window_ms", 500}, {"track_candidates", 1}, {"read_candidates", 1}}));
+  EXPECT_EQ(b["match"],
+            json({{"dt_ms", 120}, {"window_ms", 500}, {"track_candidates", 1}, {"read_candidates", 1}}));
   EXPECT_EQ(b["enforceable"], true);
   EXPECT_EQ(b["reasons"], json::array());
   EXPECT_EQ(b["checks"]["calibration"]["ok"], true);
   EXPECT_EQ(b["checks"]["radar_status"]["ok"], true);
   EXPECT_EQ(b["checks"]["camera_clock"]["ok"], true);
-  EXPECT_EQ(b["checks"]["clock_sync"], json({{"ok", true}, {"source", "kernel"}, {"synchronized", true},
-                                              {"max_error_us", 16000}, {"est_error_us", 500}}));
+  EXPECT_EQ(b["checks"]["clock_sync"], json({{"ok", true},
+                                             {"source", "kernel"},
+                                             {"synchronized", true},
+                                             {"max_error_us", 16000},
+                                             {"est_error_us", 500}}));
   EXPECT_EQ(b["checks"]["pictures"], json({{"ok", true}, {"count", 2}, {"min", 0}}));
   EXPECT_TRUE(integers_only(b));
   for (const char* common : {"v", "gateway", "seq", "prev", "id", "type", "time_ms", "created_ms"}) {
@@ -254,7 +263,7 @@ struct SpeedCase {
 
 TEST(CorrelatorTest, SpeedersAndBandsAreExact) {
   const std::vector<SpeedCase> cases = {
-      {1000, 1, "vehicle", "passage", 100, 0, 0, ""},           // at the limit: not speeding
+      {1000, 1, "vehicle", "passage", 100, 0, 0, ""},  // at the limit: not speeding
       {1001, 1, "vehicle", "speeding", 100, 1, 1, "under_10"},
       {1100, 1, "vehicle", "speeding", 100, 100, 100, "under_10"},  // exactly 10 % over: not "over 10 %"
       {1101, 1, "vehicle", "speeding", 100, 101, 101, "over_10"},
@@ -263,12 +272,12 @@ TEST(CorrelatorTest, SpeedersAndBandsAreExact) {
       {1500, 1, "vehicle", "speeding", 100, 500, 500, "over_20"},
       {1501, 1, "vehicle", "speeding", 100, 501, 501, "over_50"},
       {2500, 1, "vehicle", "speeding", 100, 1500, 1500, "over_50"},
-      {900, 1, "truck", "speeding", 80, 100, 125, "over_10"},   // the lane's truck limit
+      {900, 1, "truck", "speeding", 80, 100, 125, "over_10"},  // the lane's truck limit
       {800, 1, "truck", "passage", 80, 0, 0, ""},
       {1203, 2, "vehicle", "speeding", 120, 3, 3, "under_10"},  // 2.5 permille rounds half up
       {1205, 2, "vehicle", "speeding", 120, 5, 4, "under_10"},  // 4.17
       {1207, 2, "vehicle", "speeding", 120, 7, 6, "under_10"},  // 5.83
-      {1199, 2, "truck", "passage", 120, 0, 0, ""},            // no truck override in lane 2
+      {1199, 2, "truck", "passage", 120, 0, 0, ""},             // no truck override in lane 2
   };
   for (const auto& k : cases) {
     SCOPED_TRACE(std::to_string(k.speed_dkmh) + " lane " + std::to_string(k.lane) + " " + k.vehicle_type);
@@ -311,15 +320,16 @@ TEST(CorrelatorTest, UnmatchedBothSidesAfterMaxWait) {
   // The wait is max_wait_ms (2000) from arrival.
   EXPECT_TRUE(c.tick(kT0 + 2599).empty());
   const auto first = c.tick(kT0 + 2600);
-  ASSERT_THAT(types_of(first), ElementsAre("speed_measurement", "plate_read"));
+  // Equal times: released in a fixed order (reads before tracks), not in arrival order.
+  ASSERT_THAT(types_of(first), ElementsAre("plate_read", "speed_measurement"));
   EXPECT_EQ(c.pending(), 1U);
   const auto second = c.tick(kT0 + 2700);
   ASSERT_THAT(types_of(second), ElementsAre("plate_read"));
   EXPECT_EQ(c.pending(), 0U);
 
   // The unmatched track is today's speed_measurement, unchanged.
-  const json& m = first[0].fields;
-  EXPECT_EQ(first[0].time_ms, kT0);
+  const json& m = first[1].fields;
+  EXPECT_EQ(first[1].time_ms, kT0);
   EXPECT_EQ(m["device"], "radar-1");
   EXPECT_EQ(m["speed_dkmh"], 900);
   EXPECT_EQ(m["valid"], true);
@@ -327,14 +337,16 @@ TEST(CorrelatorTest, UnmatchedBothSidesAfterMaxWait) {
   EXPECT_FALSE(m.contains("plate"));
   EXPECT_FALSE(m.contains("enforceable"));
 
-  const json& p = first[1].fields;
-  EXPECT_EQ(first[1].time_ms, kT0);
+  const json& p = first[0].fields;
+  EXPECT_EQ(first[0].time_ms, kT0);
   EXPECT_EQ(p["plate"], "B2");
   EXPECT_EQ(p["lane"], 2);
   EXPECT_EQ(p["camera"], "cam-1");
   EXPECT_EQ(p["radar"], "radar-1");
   EXPECT_EQ(p["camera_event"]["uuid"], "u2");
   EXPECT_EQ(p["pictures"].size(), 2U);
+  EXPECT_EQ(first[0].media.size(), 2U);
+  EXPECT_TRUE(first[1].media.empty());
   EXPECT_EQ(p["match"], json({{"candidates", 0}, {"unmatched", "no_candidate"}, {"window_ms", 500}}));
   EXPECT_EQ(p["enforceable"], true);
   EXPECT_EQ(p["checks"]["camera_clock"]["ok"], true);
@@ -345,7 +357,8 @@ TEST(CorrelatorTest, UnmatchedBothSidesAfterMaxWait) {
 }
 
 TEST(CorrelatorTest, UnreadablePlateNeverMatches) {
-  const auto facts = run(make_config(), {make_track(1, 1, 1300, kT0), make_read("u", 1, "unknown", kT0 + 20)});
+  const auto facts =
+      run(make_config(), {make_track(1, 1, 1300, kT0), make_read("u", 1, "unknown", kT0 + 20)});
   ASSERT_THAT(types_of(facts), ElementsAre("speed_measurement", "plate_read"));
   EXPECT_EQ(facts[1].fields["plate"], "unknown");
   EXPECT_EQ(facts[1].fields["match"]["unmatched"], "plate_unreadable");
@@ -358,7 +371,9 @@ TEST(CorrelatorTest, UnreadableReadKeepsItsTrackFromTheNeighboursRead) {
   // must not take A's speed.
   const auto facts = run(make_config(), {make_track(1, 1, 1300, kT0), make_read("ua", 1, "unknown", kT0),
                                          make_read("ub", 1, "B1", kT0 + 400)});
-  ASSERT_THAT(types_of(facts), ElementsAre("speed_measurement", "plate_read", "plate_read"));
+  ASSERT_THAT(types_of(facts), ElementsAre("plate_read", "speed_measurement", "plate_read"));
+  EXPECT_EQ(facts[0].fields["plate"], "unknown");
+  EXPECT_EQ(facts[1].fields["speed_dkmh"], 1300);
   EXPECT_EQ(facts[2].fields["plate"], "B1");
   EXPECT_EQ(facts[2].fields["match"]["unmatched"], "candidates_taken");
   EXPECT_EQ(facts[2].fields["match"]["candidates"], 1);
@@ -388,7 +403,8 @@ TEST(CorrelatorTest, SeveralLanesAtOnce) {
 }
 
 // Every arrival order of `events` (each arriving at its own time, before any decision) gives the same facts.
-void expect_order_independent(const std::vector<adapters::DeviceEvent>& events, const std::string& expected) {
+void expect_order_independent(const std::vector<adapters::DeviceEvent>& events,
+                              const std::vector<std::string>& expected) {
   std::vector<std::size_t> order(events.size());
   std::iota(order.begin(), order.end(), std::size_t{0});
   int permutations = 0;
@@ -415,7 +431,7 @@ void expect_order_independent(const std::vector<adapters::DeviceEvent>& events, 
         facts.push_back(std::move(f));
       }
     }
-    ASSERT_EQ(dump_all(facts), expected) << "order #" << permutations;
+    ASSERT_EQ(fact_set(facts), expected) << "order #" << permutations;
     ++permutations;
   } while (std::next_permutation(order.begin(), order.end()));
 }
@@ -424,29 +440,29 @@ TEST(CorrelatorTest, TwoCloseVehiclesInOneLaneBestMatchWhateverTheOrder) {
   // Tracks 300 ms apart; read A lies nearer the second track, but B is nearer still: greedy by |dt| gives
   // B to track 2 (10 ms) and then A to track 1 (160 ms). A first-come matcher would give A track 2.
   const std::vector<adapters::DeviceEvent> events = {
-      make_track(1, 1, 1000, kT0), make_track(2, 1, 1150, kT0 + 300),
-      make_read("ua", 1, "A1", kT0 + 160), make_read("ub", 1, "B1", kT0 + 290)};
+      make_track(1, 1, 1000, kT0), make_track(2, 1, 1150, kT0 + 300), make_read("ua", 1, "A1", kT0 + 160),
+      make_read("ub", 1, "B1", kT0 + 290)};
   const auto facts = run(make_config(), events);
   ASSERT_THAT(types_of(facts), ElementsAre("passage", "speeding"));
   EXPECT_EQ(facts[0].fields["plate"], "A1");
   EXPECT_EQ(facts[0].fields["track"]["target"], 1);
-  EXPECT_EQ(facts[0].fields["match"], json({{"dt_ms", 160}, {"window_ms", 500}, {"track_candidates", 2},
-                                            {"read_candidates", 2}}));
+  EXPECT_EQ(facts[0].fields["match"],
+            json({{"dt_ms", 160}, {"window_ms", 500}, {"track_candidates", 2}, {"read_candidates", 2}}));
   EXPECT_EQ(facts[1].fields["plate"], "B1");
   EXPECT_EQ(facts[1].fields["track"]["target"], 2);
   EXPECT_EQ(facts[1].fields["match"]["dt_ms"], -10);
-  expect_order_independent(events, dump_all(facts));
+  expect_order_independent(events, fact_set(facts));
 }
 
 TEST(CorrelatorTest, EqualDistanceTieGoesToTheEarlierTrack) {
-  const std::vector<adapters::DeviceEvent> events = {make_track(2, 1, 1000, kT0), make_track(1, 1, 900, kT0 + 300),
-                                                     make_read("u", 1, "A1", kT0 + 150)};
+  const std::vector<adapters::DeviceEvent> events = {
+      make_track(2, 1, 1000, kT0), make_track(1, 1, 900, kT0 + 300), make_read("u", 1, "A1", kT0 + 150)};
   const auto facts = run(make_config(), events);
   ASSERT_THAT(types_of(facts), ElementsAre("passage", "speed_measurement"));
   EXPECT_EQ(facts[0].fields["track"]["target"], 2);
   EXPECT_EQ(facts[0].fields["match"]["dt_ms"], 150);
   EXPECT_EQ(facts[1].fields["track"]["target"], 1);
-  expect_order_independent(events, dump_all(facts));
+  expect_order_independent(events, fact_set(facts));
 }
 
 TEST(CorrelatorTest, EqualTimesTieGoesToTheLowerTarget) {
@@ -455,17 +471,32 @@ TEST(CorrelatorTest, EqualTimesTieGoesToTheLowerTarget) {
   const auto facts = run(make_config(), events);
   ASSERT_THAT(types_of(facts), ElementsAre("passage", "speed_measurement"));
   EXPECT_EQ(facts[0].fields["track"]["target"], 4);
-  expect_order_independent(events, dump_all(facts));
+  expect_order_independent(events, fact_set(facts));
 }
 
 TEST(CorrelatorTest, BusyMultiLaneTrafficIsOrderIndependent) {
-  const std::vector<adapters::DeviceEvent> events = {
-      make_track(1, 1, 1000, kT0),       make_track(2, 1, 1250, kT0 + 420), make_track(3, 2, 1300, kT0 + 100),
-      make_read("a", 1, "A1", kT0 + 200), make_read("b", 1, "B1", kT0 + 380), make_read("c", 2, "C1", kT0 + 90),
-      make_read("d", 2, "unknown", kT0 + 150)};
+  const std::vector<adapters::DeviceEvent> events = {make_track(1, 1, 1000, kT0),
+                                                     make_track(2, 1, 1250, kT0 + 420),
+                                                     make_track(3, 2, 1300, kT0 + 100),
+                                                     make_read("a", 1, "A1", kT0 + 200),
+                                                     make_read("b", 1, "B1", kT0 + 380),
+                                                     make_read("c", 2, "C1", kT0 + 90),
+                                                     make_read("d", 2, "unknown", kT0 + 150)};
   const auto facts = run(make_config(), events);
-  ASSERT_EQ(facts.size(), 5U) << dump_all(facts);
-  expect_order_independent(events, dump_all(facts));
+  // Lane 2's group settles first (its items are earlier); the unreadable read waits out max_wait_ms.
+  ASSERT_THAT(types_of(facts), ElementsAre("speeding", "passage", "speeding", "plate_read"))
+      << dump_all(facts);
+  EXPECT_EQ(facts[0].fields["plate"], "C1");
+  EXPECT_EQ(facts[0].fields["track"]["target"], 3);
+  EXPECT_EQ(facts[0].fields["match"]["read_candidates"], 2);
+  EXPECT_EQ(facts[1].fields["plate"], "A1");
+  EXPECT_EQ(facts[1].fields["track"]["target"], 1);
+  EXPECT_EQ(facts[2].fields["plate"], "B1");
+  EXPECT_EQ(facts[2].fields["track"]["target"], 2);
+  EXPECT_EQ(facts[3].fields["plate"], "unknown");
+  EXPECT_EQ(facts[3].fields["match"],
+            json({{"candidates", 1}, {"unmatched", "plate_unreadable"}, {"window_ms", 500}}));
+  expect_order_independent(events, fact_set(facts));
 }
 
 TEST(CorrelatorTest, LatePartnerWithinMaxWaitStillMatches) {
@@ -482,7 +513,8 @@ TEST(CorrelatorTest, LatePartnerWithinMaxWaitStillMatches) {
 TEST(CorrelatorTest, ClockOffsetsWithinToleranceStillMatch) {
   for (const std::int64_t offset : {-1000, -950, 0, 900, 1000}) {
     SCOPED_TRACE(offset);
-    const auto facts = run(make_config(), {make_track(1, 1, 900, kT0), make_read("u", 1, "A1", kT0 + 30, offset)});
+    const auto facts =
+        run(make_config(), {make_track(1, 1, 900, kT0), make_read("u", 1, "A1", kT0 + 30, offset)});
     ASSERT_THAT(types_of(facts), ElementsAre("passage"));
     EXPECT_EQ(facts[0].fields["enforceable"], true);
     EXPECT_EQ(facts[0].fields["clock_offsets"]["camera_ms"], offset);
@@ -512,8 +544,13 @@ TEST(CorrelatorTest, TrackOutsideLanesAndReadWithoutLaneAreReleasedAtOnce) {
 
 TEST(CorrelatorTest, DeviceStatusPassesThrough) {
   Correlator c(make_config());
-  adapters::DeviceStatusEvent s{.device_id = "cam-1", .kind = "camera", .state = "connected", .code = -1,
-                                .text = "stream open", .time_ms = kT0, .raw_frame = std::nullopt};
+  adapters::DeviceStatusEvent s{.device_id = "cam-1",
+                                .kind = "camera",
+                                .state = "connected",
+                                .code = -1,
+                                .text = "stream open",
+                                .time_ms = kT0,
+                                .raw_frame = std::nullopt};
   const auto facts = c.on_event(s, kT0);
   ASSERT_THAT(types_of(facts), ElementsAre("device_status"));
   EXPECT_EQ(facts[0].fields["kind"], "camera");
@@ -536,15 +573,16 @@ void expect_only_reason(const std::vector<Fact>& facts, const std::string& type,
 }
 
 TEST(CorrelatorTest, ExpiredCalibration) {
-  const auto facts =
-      run(make_config(), {make_track(1, 1, 1300, kCalibrationEnd), make_read("u", 1, "A1", kCalibrationEnd + 10)},
-          kCalibrationEnd + 700, kCalibrationEnd + 5000);
+  const auto facts = run(
+      make_config(), {make_track(1, 1, 1300, kCalibrationEnd), make_read("u", 1, "A1", kCalibrationEnd + 10)},
+      kCalibrationEnd + 700, kCalibrationEnd + 5000);
   expect_only_reason(facts, "speeding", "calibration_expired", "calibration");
   EXPECT_EQ(facts[0].fields["calibration"]["valid"], false);
   // One millisecond earlier it was still valid.
-  const auto before = run(make_config(), {make_track(1, 1, 1300, kCalibrationEnd - 1),
-                                          make_read("u", 1, "A1", kCalibrationEnd + 10)},
-                          kCalibrationEnd + 700, kCalibrationEnd + 5000);
+  const auto before =
+      run(make_config(),
+          {make_track(1, 1, 1300, kCalibrationEnd - 1), make_read("u", 1, "A1", kCalibrationEnd + 10)},
+          kCalibrationEnd + 700, kCalibrationEnd + 5000);
   EXPECT_EQ(before[0].fields["enforceable"], true);
 }
 
@@ -573,7 +611,8 @@ TEST(CorrelatorTest, CameraClockThreeSecondsOff) {
 }
 
 TEST(CorrelatorTest, CameraClockOffsetUnknown) {
-  const auto facts = run(make_config(), {make_track(1, 1, 1300, kT0), make_read("u", 1, "A1", kT0, std::nullopt)});
+  const auto facts =
+      run(make_config(), {make_track(1, 1, 1300, kT0), make_read("u", 1, "A1", kT0, std::nullopt)});
   expect_only_reason(facts, "speeding", "camera_clock_offset_unknown", "camera_clock");
   EXPECT_FALSE(facts[0].fields["camera_event"].contains("clock_offset_ms"));
   EXPECT_FALSE(facts[0].fields["clock_offsets"].contains("camera_ms"));
@@ -582,8 +621,10 @@ TEST(CorrelatorTest, CameraClockOffsetUnknown) {
 
 TEST(CorrelatorTest, KernelClockUnsynchronised) {
   Correlator c(make_config());
-  c.set_clock_sync({.synchronized = false, .source = "kernel", .max_error_us = 16000000, .est_error_us = 16000000});
-  const auto facts = run(c, {make_track(1, 1, 1300, kT0), make_read("u", 1, "A1", kT0)}, kT0 + 700, kT0 + 5000);
+  c.set_clock_sync(
+      {.synchronized = false, .source = "kernel", .max_error_us = 16000000, .est_error_us = 16000000});
+  const auto facts =
+      run(c, {make_track(1, 1, 1300, kT0), make_read("u", 1, "A1", kT0)}, kT0 + 700, kT0 + 5000);
   expect_only_reason(facts, "speeding", "clock_unsynchronized", "clock_sync");
   EXPECT_EQ(facts[0].fields["checks"]["clock_sync"]["source"], "kernel");
   EXPECT_EQ(facts[0].fields["checks"]["clock_sync"]["max_error_us"], 16000000);
@@ -600,10 +641,12 @@ TEST(CorrelatorTest, AssumeIsSynchronisedAndSaysSo) {
   cfg.validity.clock_sync = "assume";
   Correlator c(cfg);
   c.set_clock_sync({.synchronized = false, .source = "kernel"});  // what the kernel says does not count
-  const auto facts = run(c, {make_track(1, 1, 1300, kT0), make_read("u", 1, "A1", kT0)}, kT0 + 700, kT0 + 5000);
+  const auto facts =
+      run(c, {make_track(1, 1, 1300, kT0), make_read("u", 1, "A1", kT0)}, kT0 + 700, kT0 + 5000);
   ASSERT_THAT(types_of(facts), ElementsAre("speeding"));
   EXPECT_EQ(facts[0].fields["enforceable"], true);
-  EXPECT_EQ(facts[0].fields["checks"]["clock_sync"], json({{"ok", true}, {"source", "assume"}, {"synchronized", true}}));
+  EXPECT_EQ(facts[0].fields["checks"]["clock_sync"],
+            json({{"ok", true}, {"source", "assume"}, {"synchronized", true}}));
 }
 
 TEST(CorrelatorTest, OnePictureIsTooFewForSpeedingButEnoughForAPassage) {
@@ -636,6 +679,36 @@ TEST(CorrelatorTest, FlushReleasesEverythingPending) {
   EXPECT_THAT(types_of(facts), ElementsAre("passage", "speed_measurement", "plate_read"));
   EXPECT_EQ(c.pending(), 0U);
   EXPECT_TRUE(c.flush().empty());
+}
+
+TEST(CorrelatorTest, HostileDeviceTimesDoNotOverflow) {
+  Correlator c(make_config());
+  constexpr UnixMs kMax = std::numeric_limits<UnixMs>::max();
+  constexpr UnixMs kMin = std::numeric_limits<UnixMs>::min();
+  auto track = make_track(1, 1, 900, kT0);
+  track.time_ms = kMax;
+  auto far_past = make_read("u1", 1, "A1", kT0);
+  far_past.time_ms = kMin;
+  auto far_future = make_read("u2", 1, "A2", kT0);
+  far_future.time_ms = kMax - 10;
+  EXPECT_TRUE(c.on_event(track, kT0).empty());
+  EXPECT_TRUE(c.on_event(far_past, kT0).empty());
+  EXPECT_TRUE(c.on_event(far_future, kT0).empty());
+  EXPECT_TRUE(c.tick(kT0 + 1999).empty());  // never settled (saturated), so they wait out max_wait_ms
+  const auto facts = c.tick(kT0 + 2000);
+  ASSERT_THAT(types_of(facts), ElementsAre("plate_read", "passage"));
+  EXPECT_EQ(facts[1].fields["match"]["dt_ms"], -10);
+  EXPECT_EQ(c.pending(), 0U);
+}
+
+TEST(CorrelatorTest, AFloodIsReleasedAtOnceInsteadOfPiling) {
+  Correlator c(make_config());
+  for (std::size_t i = 0; i <= Correlator::kMaxPending; ++i) {
+    EXPECT_TRUE(c.on_event(make_read("u" + std::to_string(i), 1, "A1", kT0), kT0).empty());
+  }
+  EXPECT_EQ(c.pending(), Correlator::kMaxPending + 1);
+  EXPECT_EQ(c.tick(kT0 + 100).size(), Correlator::kMaxPending + 1);
+  EXPECT_EQ(c.pending(), 0U);
 }
 
 TEST(CorrelatorTest, AuditIsUnchanged) {

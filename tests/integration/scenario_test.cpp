@@ -1,0 +1,277 @@
+// Radar and ANPR camera together, against the real daemon, the scenario simulator and a real mosquitto:
+// every vehicle of a known scenario must come out as exactly the expected record, with the right plate,
+// lane, speed and band, verifiable, with its pictures delivered before it.
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <fstream>
+#include <map>
+#include <set>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "daemon/core/encoding.h"
+#include "tests/integration/harness.h"
+
+namespace cpd::testing {
+namespace {
+
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+json body_of(const std::string& jws) {
+  const auto a = jws.find('.');
+  const auto b = jws.find('.', a + 1);
+  return json::parse(*base64url_decode(jws.substr(a + 1, b - a - 1)));
+}
+
+struct Options {
+  std::string calibration_until = "2099-12-31";
+  std::string extra_camera_config;
+  std::string password = "secret";
+};
+
+class Checkpoint : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    pub_pem_ = make_gateway_key(dir_.path());
+    broker_ = std::make_unique<Mosquitto>(dir_ / "broker");
+    broker_->start();
+    collector_ = std::make_unique<MqttCollector>(broker_->uri(), std::vector<std::string>{"checkpoint/gw/#"});
+  }
+
+  void start_scenario(const std::string& yaml) {
+    std::ofstream(dir_ / "scenario.yaml") << yaml;
+    sim_ = std::make_unique<Process>(std::vector<std::string>{binary("tools/sim/checkpoint-sim"), "scenario",
+                                                              (dir_ / "scenario.yaml").string(), "--ground-truth",
+                                                              (dir_ / "truth.jsonl").string()},
+                                     dir_ / "scenario");
+    auto radar = sim_->wait_for_stdout_line("radar ", 10s);
+    auto camera = sim_->wait_for_stdout_line("camera ", 10s);
+    ASSERT_TRUE(radar && camera) << sim_->stderr_text();
+    radar_port_ = std::stoi(radar->substr(6));
+    camera_port_ = std::stoi(camera->substr(7));
+  }
+
+  void start_daemon(const Options& o = {}) {
+    {
+      std::ofstream(dir_ / "cam.secret") << o.password;
+      ::chmod((dir_ / "cam.secret").c_str(), 0600);
+    }
+    std::ofstream(dir_ / "checkpointd.yaml")
+        << "gateway:\n  id: gw\n"
+        << "  site: {name: \"Test\", road: G60, direction: N, lat: 30.274085, lon: 120.15507, utc_offset: \"+08:00\"}\n"
+        << "  key: " << (dir_ / "gateway.key").string() << "\n"
+        << "store:\n  path: " << (dir_ / "store.db").string() << "\n"
+        << "mqtt:\n  uri: " << broker_->uri() << "\n"
+        << "correlation:\n  window_ms: 500\n  max_wait_ms: 2000\n"
+        << "  lanes: [{lane: 1, limit_kmh: 100}, {lane: 2, limit_kmh: 120}]\n"
+        << "validity:\n  clock_sync: assume\n"
+        << "devices:\n"
+        << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << radar_port_ << "}\n"
+        << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
+        << "    calibration: {certificate: JJG527-2026-0412, valid_until: " << o.calibration_until << "}\n"
+        << "  - id: cam-1\n    kind: camera\n    url: http://127.0.0.1:" << camera_port_ << "\n"
+        << "    username: admin\n    password_file: " << (dir_ / "cam.secret").string() << "\n"
+        << "    auth: digest\n    radar: radar-1\n"
+        << o.extra_camera_config;
+    verify_ = std::make_unique<Process>(
+        std::vector<std::string>{binary("tools/checkpointctl/checkpointctl"), "verify", "--pubkey", pub_pem_.string(),
+                                 "--mqtt", broker_->uri(), "--topic", "checkpoint/gw/evidence", "--from-start",
+                                 "--seconds", "60"},
+        dir_ / "verify");
+    pause(500ms);
+    daemon_ = std::make_unique<Process>(
+        std::vector<std::string>{binary("daemon/app/checkpointd"), "--config", (dir_ / "checkpointd.yaml").string()},
+        dir_ / "checkpointd");
+  }
+
+  std::vector<json> records(const std::set<std::string>& types) const {
+    std::map<std::uint64_t, json> by_seq;
+    for (const auto& jws : collector_->payloads("checkpoint/gw/evidence")) {
+      auto body = body_of(jws);
+      if (types.count(body["type"].get<std::string>()) > 0) {
+        by_seq.emplace(body["seq"].get<std::uint64_t>(), std::move(body));
+      }
+    }
+    std::vector<json> out;
+    for (auto& [seq, body] : by_seq) {
+      out.push_back(std::move(body));
+    }
+    return out;
+  }
+
+  const std::set<std::string> kVehicleTypes{"passage", "speeding", "plate_read", "speed_measurement"};
+
+  bool wait_records(std::size_t n, std::chrono::seconds timeout) {
+    return collector_->wait_until([&] { return records(kVehicleTypes).size() >= n; }, timeout);
+  }
+
+  void stop_and_verify() {
+    daemon_->signal(SIGTERM);
+    ASSERT_EQ(daemon_->wait(20s), 0) << daemon_->stderr_text();
+    verify_->signal(SIGTERM);
+    ASSERT_EQ(verify_->wait(10s), 0) << verify_->stdout_text() << verify_->stderr_text();
+    EXPECT_NE(verify_->stdout_text().find("chain intact"), std::string::npos) << verify_->stdout_text();
+  }
+
+  TempDir dir_;
+  fs::path pub_pem_;
+  std::unique_ptr<Mosquitto> broker_;
+  std::unique_ptr<MqttCollector> collector_;
+  std::unique_ptr<Process> sim_;
+  std::unique_ptr<Process> daemon_;
+  std::unique_ptr<Process> verify_;
+  int radar_port_ = 0;
+  int camera_port_ = 0;
+};
+
+constexpr const char* kScenario = R"(radar: {port: 0}
+camera: {port: 0, username: admin, password: secret, clock_offset_ms: 0}
+start_delay_ms: 1500
+vehicles:
+  - {at_ms: 0,    plate: 浙A12345, lane: 1, speed_kmh: 87.3, color: blue}
+  - {at_ms: 300,  plate: 浙B77777, lane: 2, speed_kmh: 131.0}
+  - {at_ms: 1500, plate: 沪C00001, lane: 1, speed_kmh: 121.0}
+  - {at_ms: 2500, plate: unknown,  lane: 1, speed_kmh: 64.0}
+  - {at_ms: 3500, plate: 苏E55555, lane: 2, speed_kmh: 99.0, camera: false}
+  - {at_ms: 4500, plate: 皖F12121, lane: 1, speed_kmh: 70.0, radar: false}
+  - {at_ms: 5500, plate: 京G66666, lane: 2, speed_kmh: 185.0}
+  - {at_ms: 6500, plate: 津H10101, lane: 1, speed_kmh: 112.0}
+  - {at_ms: 7500, plate: 浙J00001, lane: 2, speed_kmh: 100.0}
+  - {at_ms: 8300, plate: 浙J00002, lane: 2, speed_kmh: 125.0}
+)";
+
+TEST_F(Checkpoint, EveryVehicleOfAKnownScenarioGivesExactlyTheExpectedRecord) {
+  start_scenario(kScenario);
+  start_daemon();
+  // 7 matched + (unknown: plate_read + speed_measurement) + camera miss + radar miss = 11
+  ASSERT_TRUE(wait_records(11, 60s)) << records(kVehicleTypes).size() << " records\n" << daemon_->stderr_text();
+  pause(3s);  // nothing more may come
+  stop_and_verify();
+
+  const auto all = records(kVehicleTypes);
+  ASSERT_EQ(all.size(), 11u);
+  std::map<std::string, json> by_plate;
+  std::vector<json> lone_tracks;
+  std::vector<json> lone_reads;
+  for (const auto& r : all) {
+    if (r["type"] == "speed_measurement") {
+      lone_tracks.push_back(r);
+    } else if (r["type"] == "plate_read") {
+      lone_reads.push_back(r);
+    } else {
+      by_plate[r["plate"].get<std::string>()] = r;
+    }
+  }
+  struct Expect {
+    std::string plate;
+    int lane;
+    int dkmh;
+    std::string type;
+    std::string band;
+  };
+  const std::vector<Expect> matched = {
+      {"浙A12345", 1, 873, "passage", ""},       {"浙B77777", 2, 1310, "speeding", "under_10"},
+      {"沪C00001", 1, 1210, "speeding", "over_20"}, {"京G66666", 2, 1850, "speeding", "over_50"},
+      {"津H10101", 1, 1120, "speeding", "over_10"}, {"浙J00001", 2, 1000, "passage", ""},
+      {"浙J00002", 2, 1250, "speeding", "under_10"},
+  };
+  ASSERT_EQ(by_plate.size(), matched.size());
+  for (const auto& e : matched) {
+    SCOPED_TRACE(e.plate);
+    ASSERT_EQ(by_plate.count(e.plate), 1u);
+    const auto& r = by_plate[e.plate];
+    EXPECT_EQ(r["type"], e.type);
+    EXPECT_EQ(r["lane"], e.lane);
+    EXPECT_EQ(r["speed_dkmh"], e.dkmh);
+    if (!e.band.empty()) {
+      EXPECT_EQ(r["band"], e.band);
+    }
+    EXPECT_EQ(r["enforceable"], true) << r["reasons"].dump();
+    EXPECT_EQ(r["pictures"].size(), 2u);
+    EXPECT_LE(std::abs(r["match"]["dt_ms"].get<int>()), 500);
+    EXPECT_EQ(r["radar"], "radar-1");
+    EXPECT_EQ(r["camera"], "cam-1");
+  }
+  // The unreadable plate and the radar's lone vehicle: speed records; the camera's lone vehicle and the
+  // unreadable read: plate records.
+  std::multiset<int> lone_speeds;
+  for (const auto& t : lone_tracks) {
+    lone_speeds.insert(t["speed_dkmh"].get<int>());
+  }
+  EXPECT_EQ(lone_speeds, (std::multiset<int>{640, 990}));
+  std::multiset<std::string> lone_plates;
+  for (const auto& r : lone_reads) {
+    lone_plates.insert(r["plate"].get<std::string>());
+  }
+  EXPECT_EQ(lone_plates, (std::multiset<std::string>{"unknown", "皖F12121"}));
+
+  // Every picture named arrived on the media topic and hashes to its name.
+  std::set<std::string> media;
+  for (const auto& m : collector_->messages()) {
+    if (m.topic.rfind("checkpoint/gw/media/", 0) == 0) {
+      EXPECT_EQ(sha256_hex(m.payload), m.topic.substr(20));
+      media.insert(m.topic.substr(20));
+    }
+  }
+  for (const auto& r : all) {
+    for (const auto& p : r.value("pictures", json::array())) {
+      EXPECT_EQ(media.count(p["sha256"].get<std::string>()), 1u) << r["id"];
+    }
+  }
+}
+
+TEST_F(Checkpoint, InvalidConditionsAreWrittenIntoTheRecordNotDropped) {
+  start_scenario(R"(radar: {port: 0, status_code: 21}
+camera: {port: 0, username: admin, password: secret, clock_offset_ms: 3000}
+start_delay_ms: 1500
+vehicles:
+  - {at_ms: 0, plate: 浙A99999, lane: 1, speed_kmh: 130.0}
+)");
+  Options o;
+  o.calibration_until = "2020-01-01";
+  start_daemon(o);
+  ASSERT_TRUE(wait_records(1, 60s)) << daemon_->stderr_text();
+  stop_and_verify();
+  const auto all = records(kVehicleTypes);
+  ASSERT_EQ(all.size(), 1u) << "a camera 3 s off is corrected by its measured offset and still matches";
+  const auto& r = all[0];
+  EXPECT_EQ(r["type"], "speeding");
+  EXPECT_EQ(r["plate"], "浙A99999");
+  EXPECT_EQ(r["enforceable"], false);
+  const auto reasons = r["reasons"].get<std::set<std::string>>();
+  EXPECT_EQ(reasons.count("calibration_expired"), 1u) << r["reasons"];
+  EXPECT_EQ(reasons.count("radar_fault"), 1u) << r["reasons"];
+  EXPECT_EQ(reasons.count("camera_clock_offset_too_large"), 1u) << r["reasons"];
+  EXPECT_NEAR(r["camera_event"]["clock_offset_ms"].get<double>(), 3000.0, 300.0);
+}
+
+TEST_F(Checkpoint, WrongCameraCredentialsAreReportedWithoutLockingTheUser) {
+  start_scenario(R"(radar: {port: 0}
+camera: {port: 0, username: admin, password: secret}
+vehicles: []
+)");
+  Options o;
+  o.password = "wrong";
+  start_daemon(o);
+  ASSERT_TRUE(collector_->wait_until(
+      [&] {
+        for (const auto& r : records({"device_status"})) {
+          if (r["device"] == "cam-1" && r["state"] == "fault") {
+            return true;
+          }
+        }
+        return false;
+      },
+      30s))
+      << daemon_->stderr_text();
+  pause(3s);
+  stop_and_verify();
+  // The camera locks a user after 5 failures in a row: the gateway must stop well before that.
+  EXPECT_EQ(sim_->stderr_text().find("locked"), std::string::npos) << sim_->stderr_text();
+}
+
+}  // namespace
+}  // namespace cpd::testing
