@@ -85,6 +85,7 @@ struct PlateRead {
   UnixMs time_ms = 0;             // corrected to the gateway clock: camera_time_ms - clock_offset_ms
   std::optional<std::int64_t> clock_offset_ms;  // camera clock minus gateway clock; nullopt: never measured
   UnixMs clock_offset_measured_ms = 0;          // when that offset was measured (gateway clock)
+  std::optional<std::int64_t> clock_offset_uncertainty_ms;  // true offset within clock_offset_ms ± this
   int lane = 0;                   // <line>
   std::string direction;          // forward | reverse
   std::string plate;              // UTF-8; "unknown" when the camera could not read it

@@ -26,6 +26,7 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 
+#include "adapters/camera/camera_clock.h"
 #include "adapters/camera/http_auth.h"
 #include "adapters/camera/isapi_xml.h"
 #include "adapters/camera/multipart_parser.h"
@@ -50,8 +51,15 @@ constexpr auto kRequestTimeout = std::chrono::seconds(10);
 constexpr std::uint64_t kControlBodyLimit = 1024 * 1024;
 constexpr std::size_t kSeenEvents = 4096;   // (UUID, dateTime) pairs remembered for duplicate detection
 constexpr int kMaxAuthAttempts = 3;         // per request: unauthenticated, fresh answer, one stale renewal
-// localTime has whole seconds: the camera's clock was somewhere in [t, t+1 s), so its middle is t+500 ms.
-constexpr std::int64_t kWholeSecondMidpointMs = 500;
+// Clock offset: a burst of time polls at (re)connect and after the estimate restarts, each timed so the
+// camera's next whole second falls in the middle of what is known (camera_clock.h), until the offset is
+// known to kClockTargetMs or kBurstPolls polls were made; then every time_poll_s, still so timed.
+constexpr int kBurstPolls = 7;
+constexpr std::int64_t kBurstGapMs = 150;       // at least this between burst polls
+constexpr std::int64_t kClockTargetMs = 20;
+// Plate reads wait (at most this long) for a burst still narrowing the offset, so the first reads after
+// a (re)connect already carry a precise one.
+constexpr auto kClockHoldMax = std::chrono::seconds(6);
 
 struct HttpResult {
   error_code ec;
@@ -59,6 +67,7 @@ struct HttpResult {
   unsigned status = 0;
   std::vector<std::string> www_authenticate;
   std::string body;
+  UnixMs started_ms = 0;   // the exchange began (before resolve and connect)
   UnixMs sent_ms = 0;
   UnixMs received_ms = 0;
 };
@@ -70,12 +79,21 @@ struct AuthSent {
 
 enum class AuthDecision { kRetry, kFailed };
 
+HttpResult failure(const error_code& ec, std::string what) {
+  HttpResult r;
+  r.ec = ec;
+  r.what = std::move(what);
+  return r;
+}
+
+std::string_view sv(boost::beast::string_view s) { return std::string_view(s.data(), s.size()); }
+
 std::vector<std::string> www_authenticate_of(const http::fields& fields) {
   std::vector<std::string> out;
   for (auto it = fields.find(http::field::www_authenticate); it != fields.end() &&
                                                                it->name() == http::field::www_authenticate;
        ++it) {
-    out.emplace_back(it->value());
+    out.emplace_back(sv(it->value()));
   }
   return out;
 }
@@ -105,6 +123,7 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
         time_timer_(strand_),
         picture_timer_(strand_),
         backpressure_timer_(strand_),
+        clock_hold_timer_(strand_),
         digest_(config.username, config.password),
         rng_(std::random_device{}()) {
     const bool v6 = config_.host.find(':') != std::string::npos;
@@ -130,12 +149,14 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
         return;
       }
       self->running_ = false;
+      self->burst_left_ = 0;  // nothing waits for the clock any more
       error_code ignored;
       self->close_stream();
       self->reconnect_timer_.cancel();
       self->time_timer_.cancel();
       self->picture_timer_.cancel();
       self->backpressure_timer_.cancel();
+      self->clock_hold_timer_.cancel();
       for (auto& x : self->exchanges_) {
         x->abort();
       }
@@ -170,9 +191,11 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
                 {"firmwareVersion", snap_.device->firmware_version}};
     }
     nlohmann::json offset = nullptr;
+    nlohmann::json uncertainty = nullptr;
     nlohmann::json rtt = nullptr;
     if (snap_.clock_offset_ms) {
       offset = *snap_.clock_offset_ms;
+      uncertainty = snap_.clock_uncertainty_ms;
       rtt = snap_.clock_rtt_ms;
     }
     return {
@@ -191,8 +214,11 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
         {"parts", snap_.parts},
         {"errors", errors},
         {"clock_offset_ms", offset},
+        {"clock_offset_uncertainty_ms", uncertainty},
         {"clock_offset_rtt_ms", rtt},
         {"clock_offset_measured_ms", snap_.clock_offset_measured_ms},
+        {"clock_offset_samples", snap_.clock_samples},
+        {"clock_offset_restarts", snap_.clock_restarts},
         {"time_mode", snap_.time_mode},
         {"last_event_ms", snap_.last_event_ms},
         {"last_heartbeat_ms", snap_.last_heartbeat_ms},
@@ -216,6 +242,8 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     std::size_t next = 0;         // the first announced picture not yet matched
     bool window_closed = false;   // no more pictures will be matched to this alert
     Clock::time_point deadline;
+    std::uint64_t clock_epoch = 0;        // of the clock estimate at the alert; 0: none yet
+    Clock::time_point clock_hold_until;   // emission may wait for a burst until then
   };
   struct Snapshot {
     std::string state = "stopped";
@@ -229,8 +257,11 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     std::uint64_t parts = 0;
     std::map<std::string, std::uint64_t> errors;
     std::optional<std::int64_t> clock_offset_ms;
+    std::int64_t clock_uncertainty_ms = 0;
     std::int64_t clock_rtt_ms = 0;
     UnixMs clock_offset_measured_ms = 0;
+    std::uint64_t clock_samples = 0;
+    std::uint64_t clock_restarts = 0;
     std::string time_mode;
     UnixMs last_event_ms = 0;
     UnixMs last_heartbeat_ms = 0;
@@ -307,6 +338,7 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     x->req.keep_alive(false);
     x->parser.body_limit(kControlBodyLimit);
     x->done = std::move(done);
+    x->result.started_ms = ctx_.clock.now_ms();
     exchanges_.push_back(x);
     auto self = shared_from_this();
     auto finish = [self, x](HttpResult r) {
@@ -333,24 +365,24 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
         config_.host, std::to_string(config_.port),
         [self, x, finish](const error_code& ec, const tcp::resolver::results_type& results) {
           if (ec) {
-            finish(HttpResult{ec, "resolve failed: " + ec.message()});
+            finish(failure(ec, "resolve failed: " + ec.message()));
             return;
           }
           asio::async_connect(x->socket, results, [self, x, finish](const error_code& e, const tcp::endpoint&) {
             if (e) {
-              finish(HttpResult{e, "connect failed: " + e.message()});
+              finish(failure(e, "connect failed: " + e.message()));
               return;
             }
             x->result.sent_ms = self->ctx_.clock.now_ms();
             http::async_write(x->socket, x->req, [self, x, finish](const error_code& we, std::size_t) {
               if (we) {
-                finish(HttpResult{we, "write failed: " + we.message()});
+                finish(failure(we, "write failed: " + we.message()));
                 return;
               }
               http::async_read(x->socket, x->buffer, x->parser,
                                [self, x, finish](const error_code& re, std::size_t) {
                                  if (re) {
-                                   finish(HttpResult{re, "read failed: " + re.message()});
+                                   finish(failure(re, "read failed: " + re.message()));
                                    return;
                                  }
                                  HttpResult r = std::move(x->result);
@@ -398,6 +430,8 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
       return;
     }
     set_state("connecting");
+    // A new connection may be to a rebooted camera: measure its clock closely again.
+    burst_left_ = kBurstPolls;
     authed_get(std::string(kDeviceInfoPath), [self = shared_from_this()](HttpResult r) {
       if (r.ec) {
         self->link_failed(r.what);
@@ -419,14 +453,25 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
 
   void poll_time(std::function<void()> then) {
     authed_get(std::string(kTimePath), [self = shared_from_this(), then = std::move(then)](HttpResult r) {
+      bool measured = false;
       if (r.ec) {
         self->count_error("time_request");
       } else if (r.status != 200) {
         self->count_error("http_" + std::to_string(r.status));
       } else if (auto t = parse_time(r.body)) {
-        self->on_camera_time(*t, r.sent_ms, r.received_ms);
+        measured = self->on_camera_time(*t, r);
       } else {
         self->count_error("bad_time");
+      }
+      if (self->burst_left_ > 0) {
+        --self->burst_left_;
+        // A failing camera is not polled in a burst; a precise enough offset needs no more polls.
+        if (!measured || self->clock_precise()) {
+          self->burst_left_ = 0;
+        }
+        if (self->burst_left_ == 0) {
+          self->try_emit();  // plate reads waiting for the burst
+        }
       }
       self->schedule_time_poll();
       if (then) {
@@ -435,28 +480,56 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     });
   }
 
-  // Camera clock minus gateway clock, the gateway side taken at the middle of the request; the
-  // round trip bounds the error. The latest measurement wins (a camera clock may be stepped by NTP).
-  void on_camera_time(const IsapiTime& t, UnixMs sent_ms, UnixMs received_ms) {
-    const UnixMs camera_ms = t.time.unix_ms + (t.time.has_fraction ? 0 : kWholeSecondMidpointMs);
-    const UnixMs mid = sent_ms + (received_ms - sent_ms) / 2;
-    clock_offset_ms_ = camera_ms - mid;
-    clock_offset_measured_ms_ = received_ms;
+  // One more interval for the offset estimate (camera clock minus gateway clock); false if unusable.
+  bool on_camera_time(const IsapiTime& t, const HttpResult& r) {
+    const std::int64_t resolution = t.time.has_fraction ? 1 : 1000;
+    const auto outcome = clock_.add(t.time.unix_ms, resolution, r.sent_ms, r.received_ms);
+    if (outcome == CameraClockEstimator::Outcome::kRejected) {
+      count_error("bad_time");
+      return false;
+    }
+    // The camera reads its clock about half a round trip after the request is sent, and sending
+    // begins with a connect: the lead the next poll is started ahead of the instant it aims at.
+    const std::int64_t lead = r.sent_ms - r.started_ms + (r.received_ms - r.sent_ms) / 2;
+    probe_lead_ms_ = std::clamp<std::int64_t>(lead, 0, 1000);
+    if (outcome == CameraClockEstimator::Outcome::kRestarted) {
+      log::warn(kComponent, config_.id,
+                "camera clock no longer agrees with earlier measurements (set, or drifting faster than "
+                "allowed): offset estimate restarted");
+      burst_left_ = kBurstPolls;  // this poll counts as the first of the burst
+    }
+    const auto e = clock_.estimate();
     std::lock_guard lock(mutex_);
-    snap_.clock_offset_ms = clock_offset_ms_;
-    snap_.clock_rtt_ms = received_ms - sent_ms;
-    snap_.clock_offset_measured_ms = received_ms;
+    snap_.clock_offset_ms = e->offset_ms;
+    snap_.clock_uncertainty_ms = e->uncertainty_ms;
+    snap_.clock_samples = e->samples;
+    snap_.clock_rtt_ms = r.received_ms - r.sent_ms;
+    snap_.clock_offset_measured_ms = e->measured_ms;
     snap_.time_mode = t.time_mode;
+    if (outcome == CameraClockEstimator::Outcome::kRestarted) {
+      ++snap_.clock_restarts;
+    }
+    return true;
+  }
+
+  bool clock_precise() const {
+    const auto e = clock_.estimate();
+    return e && e->uncertainty_ms <= kClockTargetMs;
   }
 
   void schedule_time_poll() {
+    // Timed so the camera reads its clock when its next whole second splits the offset interval.
+    const UnixMs now = ctx_.clock.now_ms();
+    const std::int64_t gap = burst_left_ > 0 ? kBurstGapMs : std::int64_t{config_.time_poll_s} * 1000;
+    const UnixMs at = clock_.next_probe_ms(now + gap + probe_lead_ms_) - probe_lead_ms_;
     // expires_after cancels a wait already pending, so there is only ever one polling chain.
-    time_timer_.expires_after(std::chrono::seconds(config_.time_poll_s));
+    time_timer_.expires_after(std::chrono::milliseconds(std::max<std::int64_t>(at - now, 0)));
     time_timer_.async_wait([self = shared_from_this()](const error_code& ec) {
       if (ec || !self->running_) {
         return;
       }
       if (self->auth_blocked_) {
+        self->burst_left_ = 0;
         self->schedule_time_poll();
         return;
       }
@@ -550,10 +623,10 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
       link_failed("alert stream answered HTTP " + std::to_string(status));
       return;
     }
-    const auto boundary = multipart_boundary(res[http::field::content_type]);
+    const auto boundary = multipart_boundary(sv(res[http::field::content_type]));
     if (!boundary) {
       count_error("bad_content_type");
-      link_failed("alert stream is not multipart: '" + std::string(res[http::field::content_type]) + "'");
+      link_failed("alert stream is not multipart: '" + std::string(sv(res[http::field::content_type])) + "'");
       return;
     }
     multipart_.emplace(*boundary);
@@ -667,10 +740,10 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
       snap_.last_error = reason;
     }
     log::warn(kComponent, config_.id, reason);
+    set_state("disconnected");
     if (reported_ != Reported::kDown) {
       emit_link("disconnected", reason);
     }
-    set_state("disconnected");
     schedule_reconnect();
   }
 
@@ -694,6 +767,8 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     log::error(kComponent, config_.id,
                text + " (HTTP " + std::to_string(code) + "); next try in " + std::to_string(config_.auth_backoff_s) +
                    " s");
+    // The snapshot is brought up to date before the event goes out, so a consumer never sees it older.
+    set_state(code == 403 ? "locked" : "auth_failed");
     reported_ = Reported::kFault;
     DeviceStatusEvent ev;
     ev.device_id = config_.id;
@@ -703,7 +778,6 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     ev.text = text;
     ev.time_ms = ctx_.clock.now_ms();
     ctx_.sink.emit(std::move(ev));
-    set_state(code == 403 ? "locked" : "auth_failed");
     reconnect_timer_.expires_after(std::chrono::seconds(config_.auth_backoff_s));
     reconnect_timer_.async_wait([self = shared_from_this()](const error_code& ec) {
       if (ec || !self->running_) {
@@ -815,9 +889,14 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     r.uuid = a.uuid;
     r.camera_time = a.date_time;
     r.camera_time_ms = a.time.unix_ms;
-    r.clock_offset_ms = clock_offset_ms_;
-    r.clock_offset_measured_ms = clock_offset_measured_ms_;
-    r.time_ms = a.time.unix_ms - clock_offset_ms_.value_or(0);
+    if (const auto e = clock_.estimate()) {
+      r.clock_offset_ms = e->offset_ms;
+      r.clock_offset_uncertainty_ms = e->uncertainty_ms;
+      r.clock_offset_measured_ms = e->measured_ms;
+      p.clock_epoch = e->epoch;
+    }
+    r.time_ms = a.time.unix_ms - r.clock_offset_ms.value_or(0);
+    p.clock_hold_until = Clock::now() + kClockHoldMax;
     r.lane = a.lane;
     r.direction = a.direction;
     r.plate = a.plate;
@@ -947,7 +1026,8 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     });
   }
 
-  // Emits plate reads in stream order once all their pictures are settled (stored or missing).
+  // Emits plate reads in stream order once all their pictures are settled (stored or missing) and no
+  // burst is still narrowing the clock offset (for at most kClockHoldMax).
   void try_emit() {
     while (!pending_.empty()) {
       PendingAlert& p = pending_.front();
@@ -959,6 +1039,11 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
       if (storing) {
         return;
       }
+      if (waits_for_clock(p)) {
+        arm_clock_hold(p.clock_hold_until);
+        return;
+      }
+      apply_clock(p);
       PlateRead r = std::move(p.read);
       std::uint64_t stored = 0;
       std::uint64_t missing = 0;
@@ -980,6 +1065,44 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
       sync_counters();
       ctx_.sink.emit(std::move(r));
     }
+  }
+
+  // A read stamped before a restart keeps its estimate (below): waiting would not help it.
+  bool waits_for_clock(const PendingAlert& p) const {
+    if (burst_left_ == 0 || clock_precise() || Clock::now() >= p.clock_hold_until) {
+      return false;
+    }
+    const auto e = clock_.estimate();
+    return !e || p.clock_epoch == 0 || p.clock_epoch == e->epoch;
+  }
+
+  // The newest estimate is at least as good as the one in force at the alert, unless the estimate was
+  // restarted since (the camera clock was set: the alert was stamped by the clock before that).
+  void apply_clock(PendingAlert& p) {
+    const auto e = clock_.estimate();
+    PlateRead& r = p.read;
+    if (!e || (p.clock_epoch != 0 && p.clock_epoch != e->epoch)) {
+      return;
+    }
+    const std::int64_t before = r.clock_offset_ms.value_or(0);
+    r.clock_offset_ms = e->offset_ms;
+    r.clock_offset_uncertainty_ms = e->uncertainty_ms;
+    r.clock_offset_measured_ms = e->measured_ms;
+    r.time_ms = r.camera_time_ms - e->offset_ms;
+    for (auto& slot : p.slots) {
+      if (slot.state == SlotState::kStored) {
+        slot.ref.capture_ms += before - e->offset_ms;
+      }
+    }
+  }
+
+  void arm_clock_hold(Clock::time_point until) {
+    clock_hold_timer_.expires_at(until);
+    clock_hold_timer_.async_wait([self = shared_from_this()](const error_code& ec) {
+      if (!ec && self->running_) {
+        self->try_emit();
+      }
+    });
   }
 
   // ---- output and counters ----
@@ -1061,13 +1184,15 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
   asio::steady_timer time_timer_;
   asio::steady_timer picture_timer_;
   asio::steady_timer backpressure_timer_;
+  asio::steady_timer clock_hold_timer_;
   std::vector<std::shared_ptr<Exchange>> exchanges_;
 
   DigestAuthenticator digest_;
   bool auth_blocked_ = false;
 
-  std::optional<std::int64_t> clock_offset_ms_;
-  UnixMs clock_offset_measured_ms_ = 0;
+  CameraClockEstimator clock_;
+  int burst_left_ = 0;                 // time polls still to make in the current burst
+  std::int64_t probe_lead_ms_ = 0;     // from starting a poll to the camera reading its clock (last poll)
 
   std::deque<PendingAlert> pending_;
   std::uint64_t alert_seq_ = 0;

@@ -424,6 +424,9 @@ json Correlator::camera_json(const adapters::PlateRead& read) const {
   if (read.clock_offset_ms) {
     camera["clock_offset_ms"] = *read.clock_offset_ms;
     camera["clock_offset_measured_ms"] = read.clock_offset_measured_ms;
+    if (read.clock_offset_uncertainty_ms) {
+      camera["clock_offset_uncertainty_ms"] = *read.clock_offset_uncertainty_ms;
+    }
   }
   return camera;
 }
@@ -434,6 +437,9 @@ json Correlator::camera_clock_check(const adapters::PlateRead& read) const {
     const std::int64_t offset = *read.clock_offset_ms;
     check["offset_ms"] = offset;
     check["measured_ms"] = read.clock_offset_measured_ms;
+    if (read.clock_offset_uncertainty_ms) {
+      check["uncertainty_ms"] = *read.clock_offset_uncertainty_ms;
+    }
     check["ok"] =
         offset >= -validity_.max_camera_clock_offset_ms && offset <= validity_.max_camera_clock_offset_ms;
   } else {
