@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <iterator>
 #include <sstream>
 #include <stdexcept>
@@ -346,8 +347,18 @@ int main(int argc, char** argv) {
   double rate = fixed_rate > 0 ? fixed_rate : 0.75 * disk.files_per_s;
   const int warmup = std::max(1, events / 10);
   CameraRun run;
+  // The figure reported: the fastest complete run, whether it saturated the daemon or kept up with its
+  // offer (then a lower bound: offering more overflowed the simulator's stream first).
+  std::optional<CameraRun> best;
+  double best_rate = 0;
+  long peak_rss_kb = 0;
   for (int attempt = 1; attempt <= 8; ++attempt) {
     run = run_camera(dir, broker, "camera-" + std::to_string(attempt), events, rate, warmup);
+    peak_rss_kb = std::max(peak_rss_kb, run.peak_rss_kb);
+    if (run.complete && (!best || run.events_per_s > best->events_per_s)) {
+      best = run;
+      best_rate = rate;
+    }
     const bool kept_up = run.complete && run.events_per_s >= 0.95 * rate;
     std::printf("search camera_events_per_s           %10.1f   (offered %.1f/s: %s)\n", run.events_per_s, rate,
                 run.stream_cut ? "stream overflowed" : kept_up ? "daemon kept up" : "saturated");
@@ -362,18 +373,23 @@ int main(int argc, char** argv) {
       break;  // incomplete for another reason: reported below
     }
   }
+  if (best) {
+    run = *best;
+    rate = best_rate;
+  }
+  run.peak_rss_kb = peak_rss_kb;
   const double pictures_per_s = run.events_per_s * kPicturesPerEvent;
   const double mb_per_s = pictures_per_s * static_cast<double>(kPictureBytes) / kMB;
   // Offered well above what came out: the daemon, not the simulator's pace, set the figure.
   const bool saturated = run.events_per_s < 0.95 * rate;
   std::printf("pipeline  camera_events_per_s          %10.1f   (%zu events timed in %.1f s after %d warm-up, "
               "offered %.1f/s%s)\n",
-              run.events_per_s, run.timed, run.seconds, warmup, rate, saturated ? "" : ", NOT saturated");
+              run.events_per_s, run.timed, run.seconds, warmup, rate, saturated ? "" : ", NOT saturated: a lower bound");
   std::printf("pipeline  picture_mb_per_s             %10.1f   (%.0f pictures/s stored, fsynced, published)\n",
               mb_per_s, pictures_per_s);
   std::printf("cpu       daemon_cpu_percent           %10.0f   (of one core, timed part; %u cores online)\n",
               run.daemon_cpu * 100, std::thread::hardware_concurrency());
-  std::printf("memory    daemon_peak_rss_kb           %ld\n", run.peak_rss_kb);
+  std::printf("memory    daemon_peak_rss_kb           %ld   (largest over all runs)\n", run.peak_rss_kb);
   const double disk_ratio = pictures_per_s / disk.files_per_s;
   const double put_ratio = pictures_per_s / put.files_per_s;
   const double sha_ratio = mb_per_s / sha;

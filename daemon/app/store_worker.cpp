@@ -130,9 +130,9 @@ bool StoreWorker::commit_batch(std::vector<Item>& batch) {
 }
 
 // Reads the media of a page of outbox records, checking each file still hashes to its name. A page stops
-// after ~8 MB of media so the forwarder's memory stays bounded (at least one record always goes).
+// after ~4 MB of media so the forwarder's memory stays bounded (at least one record always goes).
 void StoreWorker::load_media(std::vector<store::OutboxEntry>& entries) {
-  constexpr std::size_t kPageBytes = 8u << 20;
+  constexpr std::size_t kPageBytes = 4u << 20;
   std::size_t bytes = 0;
   for (std::size_t i = 0; i < entries.size(); ++i) {
     auto& e = entries[i];

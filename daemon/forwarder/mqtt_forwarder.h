@@ -112,7 +112,7 @@ class MqttForwarder {
   std::uint64_t stop_until_seq_ = 0;
   std::map<std::uint64_t, std::size_t> inflight_;  // seq -> bytes handed to Paho for it (record + media)
   std::size_t inflight_bytes_ = 0;
-  static constexpr std::size_t kMaxInflightBytes = 16u << 20;  // Paho holds payloads until PUBACK
+  static constexpr std::size_t kMaxInflightBytes = 8u << 20;  // Paho holds payloads until PUBACK
   std::vector<std::uint64_t> acks_;
   std::chrono::milliseconds backoff_;
   std::function<void()> stop_done_;
