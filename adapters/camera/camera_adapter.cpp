@@ -1,6 +1,8 @@
 // The ANPR camera adapter: a Boost.Beast HTTP/1.1 client on the adapter's own strand around the pure
 // parts (MultipartParser, ISAPI XML, Digest auth). One long-lived connection carries the alert stream;
 // deviceInfo and time use short-lived ones. Pictures are stored on the blocking pool, never the io thread.
+#include "adapters/adapter_handle.h"
+#include "adapters/reconnect_backoff.h"
 #include "adapters/camera/camera_adapter.h"
 
 #include <algorithm>
@@ -806,17 +808,8 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     });
   }
 
-  // Exponential backoff with "equal jitter" within [reconnect_initial_ms, reconnect_max_ms], as the radar.
   std::int64_t backoff_ms() {
-    const std::int64_t initial = std::max(1, config_.reconnect_initial_ms);
-    const std::int64_t cap = std::max<std::int64_t>(initial, config_.reconnect_max_ms);
-    std::int64_t d = initial;
-    for (int i = 0; i < attempt_ && d < cap; ++i) {
-      d *= 2;
-    }
-    d = std::min(d, cap);
-    std::uniform_int_distribution<std::int64_t> jitter(d / 2, d);
-    return std::clamp(jitter(rng_), initial, cap);
+    return reconnect_backoff_ms(attempt_, config_.reconnect_initial_ms, config_.reconnect_max_ms, rng_);
   }
 
   // ---- parts ----
@@ -1210,28 +1203,10 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
   Snapshot snap_;
 };
 
-// The public face: owns the shared implementation so in-flight handlers keep it alive after stop().
-class CameraAdapter final : public Adapter {
- public:
-  CameraAdapter(const CameraConfig& config, AdapterContext& ctx)
-      : impl_(std::make_shared<CameraAdapterImpl>(config, ctx)) {}
-  ~CameraAdapter() override { impl_->stop(); }
-  CameraAdapter(const CameraAdapter&) = delete;
-  CameraAdapter& operator=(const CameraAdapter&) = delete;
-
-  const std::string& device_id() const override { return impl_->device_id(); }
-  void start() override { impl_->start(); }
-  void stop() override { impl_->stop(); }
-  nlohmann::json status() const override { return impl_->status(); }
-
- private:
-  std::shared_ptr<CameraAdapterImpl> impl_;
-};
-
 }  // namespace
 
 std::unique_ptr<Adapter> make_camera_adapter(const CameraConfig& config, AdapterContext& ctx) {
-  return std::make_unique<CameraAdapter>(config, ctx);
+  return std::make_unique<AdapterHandle<CameraAdapterImpl>>(config, ctx);
 }
 
 }  // namespace cpd::adapters

@@ -1,5 +1,7 @@
 // The radar adapter: a thin Asio shell (TCP client or serial port, polling, expiry timer) around the
 // pure parser and track builder. All I/O runs on the adapter's own strand; status() is thread-safe.
+#include "adapters/adapter_handle.h"
+#include "adapters/reconnect_backoff.h"
 #include "adapters/radar/radar_adapter.h"
 
 #include <algorithm>
@@ -278,18 +280,8 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
     });
   }
 
-  // Exponential backoff with "equal jitter", kept within [reconnect_initial_ms, reconnect_max_ms]:
-  // many gateways restarting together must not hammer one converter in lockstep.
   std::int64_t backoff_ms() {
-    const std::int64_t initial = std::max(1, config_.reconnect_initial_ms);
-    const std::int64_t cap = std::max<std::int64_t>(initial, config_.reconnect_max_ms);
-    std::int64_t d = initial;
-    for (int i = 0; i < attempt_ && d < cap; ++i) {
-      d *= 2;
-    }
-    d = std::min(d, cap);
-    std::uniform_int_distribution<std::int64_t> jitter(d / 2, d);
-    return std::clamp(jitter(rng_), initial, cap);
+    return reconnect_backoff_ms(attempt_, config_.reconnect_initial_ms, config_.reconnect_max_ms, rng_);
   }
 
   // ---- reading ----
@@ -475,28 +467,10 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
   Snapshot snap_;
 };
 
-// The public face: owns the shared implementation so in-flight handlers keep it alive after stop().
-class RadarAdapter final : public Adapter {
- public:
-  RadarAdapter(const RadarConfig& config, AdapterContext& ctx)
-      : impl_(std::make_shared<RadarAdapterImpl>(config, ctx)) {}
-  ~RadarAdapter() override { impl_->stop(); }
-  RadarAdapter(const RadarAdapter&) = delete;
-  RadarAdapter& operator=(const RadarAdapter&) = delete;
-
-  const std::string& device_id() const override { return impl_->device_id(); }
-  void start() override { impl_->start(); }
-  void stop() override { impl_->stop(); }
-  nlohmann::json status() const override { return impl_->status(); }
-
- private:
-  std::shared_ptr<RadarAdapterImpl> impl_;
-};
-
 }  // namespace
 
 std::unique_ptr<Adapter> make_radar_adapter(const RadarConfig& config, AdapterContext& ctx) {
-  return std::make_unique<RadarAdapter>(config, ctx);
+  return std::make_unique<AdapterHandle<RadarAdapterImpl>>(config, ctx);
 }
 
 }  // namespace cpd::adapters
