@@ -159,6 +159,7 @@ class FakeCamera {
   int challenges() const { return challenges_; }
   int bad_answers() const { return bad_answers_; }
   int time_requests() const { return time_requests_; }
+  int stream_requests() const { return stream_requests_; }
   std::vector<std::string> nonce_counts() const {
     std::lock_guard lock(mutex_);
     return nonce_counts_;
@@ -261,6 +262,7 @@ class FakeCamera {
                      local + "</localTime></Time>";
         send(s, res, req.keep_alive());
       } else if (target == "/ISAPI/Event/notification/alertStream") {
+        ++stream_requests_;
         http::response<http::empty_body> res{http::status::ok, 11};
         res.set(http::field::content_type, "multipart/mixed; boundary=boundary");
         res.chunked(true);
@@ -301,6 +303,7 @@ class FakeCamera {
   std::atomic<int> challenges_{0};
   std::atomic<int> bad_answers_{0};
   std::atomic<int> time_requests_{0};
+  std::atomic<int> stream_requests_{0};
 };
 
 // ---- stream builders ----
@@ -371,7 +374,8 @@ class CameraAdapterTest : public ::testing::Test {
     fs::remove_all(dir_);
   }
 
-  void start(std::uint16_t port, const std::string& password = kPassword, const WallClock* clock = nullptr) {
+  void start(std::uint16_t port, const std::string& password = kPassword, const WallClock* clock = nullptr,
+             int stream_idle_timeout_s = 30) {
     CameraConfig c;
     c.id = "cam-1";
     c.url = "http://127.0.0.1:" + std::to_string(port);
@@ -381,6 +385,8 @@ class CameraAdapterTest : public ::testing::Test {
     c.password = password;
     c.radar = "radar-1";
     c.picture_wait_ms = 5000;  // long: the test's dropped picture must be settled by the next alert
+    c.stream_idle_timeout_s = stream_idle_timeout_s;
+    c.reconnect_initial_ms = 100;
     ctx_.emplace(AdapterContext{io_, sink_, clock != nullptr ? *clock : clock_, &blocking_, media_.get()});
     adapter_ = make_camera_adapter(c, *ctx_);
     adapter_->start();
@@ -535,6 +541,19 @@ TEST_F(CameraAdapterTest, FirstPlateReadHasAnOffsetGoodToTensOfMilliseconds) {
   EXPECT_LE(std::abs(st["clock_offset_ms"].get<std::int64_t>() - kTrueOffset),
             st["clock_offset_uncertainty_ms"].get<std::int64_t>());
   EXPECT_EQ(st["clock_offset_restarts"], 0);
+}
+
+TEST_F(CameraAdapterTest, ASilentStreamIsClosedAndReopened) {
+  // One heartbeat, then nothing: the camera's stream is dead once it is silent for the idle timeout
+  // (30 s in the field; the config allows 11 s at least; 1 s here to keep the test short).
+  FakeCamera camera(heartbeat());
+  start(camera.port(), kPassword, nullptr, 1);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  while (camera.stream_requests() < 2 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_GE(camera.stream_requests(), 2) << adapter_->status().dump();
+  EXPECT_GE(adapter_->status()["errors"].value("stream_idle", 0), 1) << adapter_->status().dump();
 }
 
 TEST_F(CameraAdapterTest, WrongPasswordIsOneFailedAttemptThenAFault) {
