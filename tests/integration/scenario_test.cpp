@@ -129,7 +129,7 @@ class Checkpoint : public ::testing::Test {
 
 constexpr const char* kScenario = R"(radar: {port: 0}
 camera: {port: 0, username: admin, password: secret, clock_offset_ms: 0}
-start_delay_ms: 1500
+start_delay_ms: 5000
 vehicles:
   - {at_ms: 0,    plate: 浙A12345, lane: 1, speed_kmh: 87.3, color: blue}
   - {at_ms: 300,  plate: 浙B77777, lane: 2, speed_kmh: 131.0}
@@ -226,7 +226,7 @@ TEST_F(Checkpoint, EveryVehicleOfAKnownScenarioGivesExactlyTheExpectedRecord) {
 TEST_F(Checkpoint, InvalidConditionsAreWrittenIntoTheRecordNotDropped) {
   start_scenario(R"(radar: {port: 0, status_code: 21}
 camera: {port: 0, username: admin, password: secret, clock_offset_ms: 3000}
-start_delay_ms: 1500
+start_delay_ms: 5000
 vehicles:
   - {at_ms: 0, plate: 浙A99999, lane: 1, speed_kmh: 130.0}
 )");
