@@ -1,8 +1,6 @@
 // The ANPR camera adapter: a Boost.Beast HTTP/1.1 client on the adapter's own strand around the pure
 // parts (MultipartParser, ISAPI XML, Digest auth). One long-lived connection carries the alert stream;
 // deviceInfo and time use short-lived ones. Pictures are stored on the blocking pool, never the io thread.
-#include "adapters/adapter_handle.h"
-#include "adapters/reconnect_backoff.h"
 #include "adapters/camera/camera_adapter.h"
 
 #include <algorithm>
@@ -28,6 +26,8 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 
+#include "adapters/adapter_handle.h"
+#include "adapters/reconnect_backoff.h"
 #include "adapters/camera/camera_clock.h"
 #include "adapters/camera/http_auth.h"
 #include "adapters/camera/isapi_xml.h"

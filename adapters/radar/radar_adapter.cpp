@@ -1,7 +1,5 @@
 // The radar adapter: a thin Asio shell (TCP client or serial port, polling, expiry timer) around the
 // pure parser and track builder. All I/O runs on the adapter's own strand; status() is thread-safe.
-#include "adapters/adapter_handle.h"
-#include "adapters/reconnect_backoff.h"
 #include "adapters/radar/radar_adapter.h"
 
 #include <algorithm>
@@ -20,6 +18,8 @@
 #include <boost/asio/strand.hpp>
 #include <boost/asio/write.hpp>
 
+#include "adapters/adapter_handle.h"
+#include "adapters/reconnect_backoff.h"
 #include "adapters/radar/radar_frame_parser.h"
 #include "adapters/radar/radar_tracks.h"
 

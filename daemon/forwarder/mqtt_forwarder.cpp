@@ -390,6 +390,9 @@ void MqttForwarder::publish_status(bool online) {
   status["version"] = CPD_VERSION;
   if (!online) {
     status["reason"] = "clean shutdown";
+    if (status.contains("broker") && status["broker"].is_object()) {
+      status["broker"]["connected"] = false;  // disconnecting right after this message
+    }
   }
   try {
     client_->publish(mqtt::make_message(status_topic_, status.dump(), 1, true),
