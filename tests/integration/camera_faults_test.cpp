@@ -20,12 +20,6 @@ namespace {
 using nlohmann::json;
 using namespace std::chrono_literals;
 
-json body_of(const std::string& jws) {
-  const auto a = jws.find('.');
-  const auto b = jws.find('.', a + 1);
-  return json::parse(*base64url_decode(jws.substr(a + 1, b - a - 1)));
-}
-
 class CameraFaults : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -74,7 +68,7 @@ class CameraFaults : public ::testing::Test {
   std::vector<json> records(const std::string& type) const {
     std::map<std::uint64_t, json> by_seq;
     for (const auto& jws : collector_->payloads("checkpoint/gw/evidence")) {
-      auto b = body_of(jws);
+      auto b = record_body(jws);
       if (b["type"] == type) {
         by_seq.emplace(b["seq"].get<std::uint64_t>(), std::move(b));
       }

@@ -20,6 +20,7 @@
 #include <mqtt/async_client.h>
 
 #include "daemon/core/ed25519.h"
+#include "daemon/core/encoding.h"
 
 namespace cpd::testing {
 
@@ -276,6 +277,12 @@ std::size_t MqttCollector::count(const std::string& topic) const {
   std::lock_guard lock(impl_->mutex);
   return static_cast<std::size_t>(std::count_if(impl_->messages.begin(), impl_->messages.end(),
                                                 [&](const Message& m) { return m.topic == topic; }));
+}
+
+nlohmann::json record_body(const std::string& jws) {
+  const auto first = jws.find('.');
+  const auto second = jws.find('.', first + 1);
+  return nlohmann::json::parse(*base64url_decode(jws.substr(first + 1, second - first - 1)));
 }
 
 fs::path make_gateway_key(const fs::path& dir) {

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 namespace cpd::testing {
 
 namespace fs = std::filesystem;
@@ -106,6 +108,9 @@ class MqttCollector {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// The decoded body (payload) of a JWS record, as a consumer reads it.
+nlohmann::json record_body(const std::string& jws);
 
 // Writes a new Ed25519 key (0600) and its public PEM; returns the public PEM path.
 fs::path make_gateway_key(const fs::path& dir);

@@ -20,12 +20,6 @@ namespace {
 using nlohmann::json;
 using namespace std::chrono_literals;
 
-json payload_of(const std::string& jws) {
-  const auto first = jws.find('.');
-  const auto second = jws.find('.', first + 1);
-  return json::parse(*base64url_decode(jws.substr(first + 1, second - first - 1)));
-}
-
 class RadarPipeline : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -73,7 +67,7 @@ class RadarPipeline : public ::testing::Test {
   std::size_t count_type(const std::string& type) const {
     std::set<std::uint64_t> seqs;
     for (const auto& jws : evidence()) {
-      const auto body = payload_of(jws);
+      const auto body = record_body(jws);
       if (body["type"] == type) {
         seqs.insert(body["seq"].get<std::uint64_t>());
       }
@@ -144,7 +138,7 @@ TEST_F(RadarPipeline, SimulatedVehiclesBecomeVerifiedRecordsMatchingGroundTruth)
 
   std::multiset<std::pair<int, int>> got;
   for (const auto& jws : evidence()) {
-    const auto body = payload_of(jws);
+    const auto body = record_body(jws);
     if (body["type"] == "speed_measurement") {
       got.insert({body["lane"].get<int>(), body["speed_dkmh"].get<int>()});
       EXPECT_EQ(body["gateway"], "test-gw-1");
@@ -159,10 +153,10 @@ TEST_F(RadarPipeline, SimulatedVehiclesBecomeVerifiedRecordsMatchingGroundTruth)
   ASSERT_FALSE(seqs.empty());
   EXPECT_EQ(seqs.front(), 1u);
   EXPECT_EQ(seqs.size(), store_count()) << "every committed record arrives";
-  const auto first = payload_of(evidence().front());
+  const auto first = record_body(evidence().front());
   EXPECT_EQ(first["type"], "audit");
   EXPECT_EQ(first["event"], "start");
-  const auto last = payload_of(evidence().back());
+  const auto last = record_body(evidence().back());
   EXPECT_EQ(last["event"], "stop");
 
   ASSERT_EQ(verify.wait(30s), 0) << verify.stdout_text() << verify.stderr_text();

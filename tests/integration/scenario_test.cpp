@@ -20,12 +20,6 @@ namespace {
 using nlohmann::json;
 using namespace std::chrono_literals;
 
-json body_of(const std::string& jws) {
-  const auto a = jws.find('.');
-  const auto b = jws.find('.', a + 1);
-  return json::parse(*base64url_decode(jws.substr(a + 1, b - a - 1)));
-}
-
 struct Options {
   std::string calibration_until = "2099-12-31";
   std::string extra_camera_config;
@@ -90,7 +84,7 @@ class Checkpoint : public ::testing::Test {
   std::vector<json> records(const std::set<std::string>& types) const {
     std::map<std::uint64_t, json> by_seq;
     for (const auto& jws : collector_->payloads("checkpoint/gw/evidence")) {
-      auto body = body_of(jws);
+      auto body = record_body(jws);
       if (types.count(body["type"].get<std::string>()) > 0) {
         by_seq.emplace(body["seq"].get<std::uint64_t>(), std::move(body));
       }
