@@ -7,6 +7,7 @@
 #include <boost/asio/thread_pool.hpp>
 #include <nlohmann/json.hpp>
 
+#include "adapters/dock_ledger.h"
 #include "adapters/events.h"
 #include "daemon/core/time.h"
 
@@ -23,6 +24,7 @@ struct AdapterContext {
   // Where blocking work goes (file writes, fsync, hashing): never on the io_context threads.
   boost::asio::thread_pool* blocking = nullptr;
   media::MediaStore* media = nullptr;  // content-addressed store for pictures and recordings
+  DockLedger* dock_ledger = nullptr;   // persisted dock cursors and files (recorder docks)
 };
 
 class Adapter {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <variant>
@@ -100,7 +101,81 @@ struct PlateRead {
   std::string raw_xml;            // the alert part as received (traceability)
 };
 
-using DeviceEvent = std::variant<RadarTrack, DeviceStatusEvent, PlateRead>;
+// One GPS point of a recording, as the station listed it (recorder clock).
+struct GpsPoint {
+  std::string t;              // as sent
+  UnixMs t_ms = 0;            // by the recorder's clock
+  std::int64_t lat_e7 = 0;    // degrees x 1e7 (records carry integers only)
+  std::int64_t lon_e7 = 0;
+};
+
+// One file a recorder docking station lists (specs/recorder-dock.md, GET /api/v1/files), validated.
+struct DockFile {
+  std::string unique_id;      // safe as a path component: [A-Za-z0-9._-], 1-128 chars
+  std::string recorder_id;    // deviceId: the body-worn recorder
+  std::string officer_id;
+  std::string officer_name;   // UTF-8
+  std::string case_code;      // may be empty
+  std::string file_name;
+  std::string file_type;      // video | audio | photo
+  std::string format;         // mp4 | wav | jpg
+  std::int64_t length = 0;    // bytes
+  std::string md5;            // lower-case hex, the station's checksum
+  std::string start_time;     // as sent (recorder clock)
+  std::string end_time;
+  std::string collect_time;
+  UnixMs start_ms = 0;        // the instants as sent, by the recorder's clock
+  UnixMs end_ms = 0;
+  UnixMs collect_ms = 0;
+  bool important = false;
+  std::vector<GpsPoint> gps;
+  std::string raw_json;       // this entry of the listing, compact JSON (traceability)
+};
+
+// The station's clock offset (station clock minus gateway clock) measured from /status polls.
+struct StationClock {
+  std::int64_t offset_ms = 0;
+  std::int64_t uncertainty_ms = 0;
+  UnixMs measured_ms = 0;     // gateway time of the newest sample
+};
+
+// A file collected from a dock: downloaded, hashed, durable in the media store. It becomes a `recording`
+// record; `on_committed` (run on the store worker thread, must not block) then lets the adapter ack it.
+struct RecordingCollected {
+  std::string device_id;      // the dock's config id
+  std::string station_id;     // stationId from /status ("" until the first status)
+  std::string firmware;
+  DockFile file;
+  std::string sha256;         // of the bytes stored (lower-case hex); also the media store name
+  std::string media_path;     // where the file is kept on the gateway
+  std::optional<StationClock> station_clock;    // nullopt: never measured
+  // Recorder clock minus station clock as far as the dock's interface shows it (see docs/records.md); the
+  // corrected span is start/end - recorder_offset - station offset.
+  std::int64_t recorder_offset_ms = 0;
+  bool recorder_clock_off = false;  // the recorder's times were provably off and have been corrected
+  UnixMs start_ms = 0;        // corrected to the gateway clock
+  UnixMs end_ms = 0;
+  UnixMs collected_ms = 0;    // gateway time the download completed
+  int download_attempts = 1;  // whole-file attempts (MD5 mismatches start again)
+  int resumes = 0;            // broken transfers resumed with Range
+  std::function<void(const std::string& record_id)> on_committed;
+};
+
+// A dock file that cannot be collected as evidence, or an acknowledgement the station refused. Becomes a
+// `recording_fault` record naming the file; never a silent skip.
+struct DockFileFault {
+  std::string device_id;
+  std::string station_id;
+  DockFile file;
+  std::string reason;         // md5_mismatch | ack_conflict | ack_unknown | bad_entry
+  std::string detail;         // the gateway's explanation (expected/got hashes, HTTP status, ...)
+  int attempts = 0;
+  std::string sha256;         // of the last download, when there was one
+  UnixMs time_ms = 0;         // gateway time of the decision
+  std::function<void(const std::string& record_id)> on_committed;
+};
+
+using DeviceEvent = std::variant<RadarTrack, DeviceStatusEvent, PlateRead, RecordingCollected, DockFileFault>;
 
 class EventSink {
  public:

@@ -4,11 +4,12 @@
 
 #include "adapters/camera/camera_adapter.h"
 #include "adapters/radar/radar_adapter.h"
+#include "adapters/recorder/recorder_adapter.h"
 
 namespace cpd::adapters {
 namespace {
 
-const std::array<AdapterKind, 2> kKinds{{
+const std::array<AdapterKind, 3> kKinds{{
     {"radar",
      [](config::Section& s) -> DeviceSettings { return parse_radar_config(s); },
      [](const DeviceSettings& d, AdapterContext& ctx) {
@@ -18,6 +19,11 @@ const std::array<AdapterKind, 2> kKinds{{
      [](config::Section& s) -> DeviceSettings { return parse_camera_config(s); },
      [](const DeviceSettings& d, AdapterContext& ctx) {
        return make_camera_adapter(std::get<CameraConfig>(d), ctx);
+     }},
+    {"recorder_dock",
+     [](config::Section& s) -> DeviceSettings { return parse_recorder_dock_config(s); },
+     [](const DeviceSettings& d, AdapterContext& ctx) {
+       return make_recorder_adapter(std::get<RecorderDockConfig>(d), ctx);
      }},
 }};
 

@@ -9,6 +9,7 @@
 #include "adapters/adapter.h"
 #include "adapters/camera/camera_config.h"
 #include "adapters/radar/radar_config.h"
+#include "adapters/recorder/recorder_config.h"
 
 namespace cpd::config {
 class Section;
@@ -16,7 +17,7 @@ class Section;
 
 namespace cpd::adapters {
 
-using DeviceSettings = std::variant<RadarConfig, CameraConfig>;
+using DeviceSettings = std::variant<RadarConfig, CameraConfig, RecorderDockConfig>;
 
 struct AdapterKind {
   std::string_view kind;

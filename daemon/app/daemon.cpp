@@ -19,6 +19,7 @@
 
 #include "adapters/registry.h"
 #include "daemon/app/store_worker.h"
+#include "daemon/app/store_dock_ledger.h"
 #include "daemon/core/ed25519.h"
 #include "daemon/core/sealer.h"
 #include "daemon/forwarder/mqtt_forwarder.h"
@@ -135,6 +136,7 @@ struct Daemon::Impl {
   std::unique_ptr<Sealer> sealer;
   asio::io_context io{1};
   std::unique_ptr<StoreWorker> worker;
+  std::unique_ptr<StoreDockLedger> dock_ledger;
   std::unique_ptr<forwarder::MqttForwarder> forwarder;
   std::unique_ptr<pipeline::Correlator> correlator;
   std::unique_ptr<PipelineSink> sink;
@@ -217,11 +219,13 @@ int Daemon::run() {
           d.forwarder->notify_committed(last_seq, std::move(records));
         }
       },
-      d.media.get(), cfg.store.media_retention_days);
+      d.media.get(), cfg.store.media_retention_days, d.correlator->link_rule(), cfg.store.important_retention_days);
+  d.dock_ledger = std::make_unique<StoreDockLedger>(*d.worker);
   d.forwarder = std::make_unique<forwarder::MqttForwarder>(d.io, cfg.mqtt, cfg.gateway.id, *d.worker,
                                                             [&d] { return d.status_snapshot(); });
   d.sink = std::make_unique<PipelineSink>(d.io, *d.correlator, *d.worker, d.clock, cfg.validity);
-  d.adapter_ctx.emplace(adapters::AdapterContext{d.io, *d.sink, d.clock, d.blocking.get(), d.media.get()});
+  d.adapter_ctx.emplace(
+      adapters::AdapterContext{d.io, *d.sink, d.clock, d.blocking.get(), d.media.get(), d.dock_ledger.get()});
 
   json device_ids = json::array();
   for (const auto& dev : cfg.devices) {

@@ -1,5 +1,6 @@
 #include "daemon/app/store_worker.h"
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <string>
@@ -11,7 +12,7 @@ namespace cpd::app {
 
 StoreWorker::StoreWorker(store::EvidenceStore& store, Sealer& sealer, const WallClock& clock,
                          std::size_t max_batch, CommittedHandler on_committed, media::MediaStore* media,
-                         int media_retention_days)
+                         int media_retention_days, pipeline::LinkRule link_rule, int important_retention_days)
     : store_(store),
       sealer_(sealer),
       clock_(clock),
@@ -20,6 +21,9 @@ StoreWorker::StoreWorker(store::EvidenceStore& store, Sealer& sealer, const Wall
       outbox_stats_(store.outbox_stats()),
       media_(media),
       media_retention_days_(media_retention_days),
+      link_rule_(std::move(link_rule)),
+      important_retention_days_(important_retention_days),
+      max_span_end_(store.max_span_end()),
       thread_([this] { run(); }) {}
 
 StoreWorker::~StoreWorker() { drain_and_stop(); }
@@ -57,6 +61,14 @@ void StoreWorker::fetch_after(std::uint64_t after_seq, std::size_t limit,
   wake_.notify_one();
 }
 
+void StoreWorker::run_on_worker(std::function<void(store::EvidenceStore&)> task) {
+  {
+    std::lock_guard lock(mutex_);
+    tasks_.push_back(std::move(task));
+  }
+  wake_.notify_one();
+}
+
 void StoreWorker::forwarded(std::vector<std::uint64_t> seqs) {
   {
     std::lock_guard lock(mutex_);
@@ -85,23 +97,93 @@ store::OutboxStats StoreWorker::outbox_stats() const {
   return outbox_stats_;
 }
 
+void StoreWorker::seal_into(const Fact& fact, UnixMs now, std::vector<SealedRecord>& sealed) {
+  try {
+    sealed.push_back(sealer_.seal(fact, now));
+  } catch (const std::exception& e) {
+    // A fact the sealer refuses is a bug in the core, not device trouble: keep the evidence visible.
+    log::error("store", "", std::string("cannot seal a ") + fact.type + " fact: " + e.what());
+    Fact broken;
+    broken.type = "fault";
+    broken.time_ms = fact.time_ms;
+    broken.fields = {{"fault", "unsealable_fact"}, {"fact_type", fact.type}, {"reason", e.what()}};
+    sealed.push_back(sealer_.seal(broken, now));
+  }
+}
+
+// Seals the batch in order and commits it in one transaction. Links are decided here, where seq order is
+// known: a recording lists the linkable records already sealed in its span (committed ones from the store,
+// earlier ones of this batch) and each such pair gets a `link` record right after it; a linkable record
+// sealed after a recording whose span contains it gets a `link` record too (records are never edited).
 bool StoreWorker::commit_batch(std::vector<Item>& batch) {
   const ChainHead before = sealer_.head();
   std::vector<SealedRecord> sealed;
   sealed.reserve(batch.size());
+  std::vector<std::size_t> origin;  // the batch item each sealed record came from
+  origin.reserve(batch.size());
+  std::vector<store::LinkTarget> batch_targets;  // linkable records sealed in this batch
+  std::vector<store::StoredSpan> batch_spans;    // recordings sealed in this batch
+  std::optional<UnixMs> max_span_end = max_span_end_;
   const UnixMs now = clock_.now_ms();
-  for (const auto& item : batch) {
-    const Fact& fact = item.fact;
-    try {
-      sealed.push_back(sealer_.seal(fact, now));
-    } catch (const std::exception& e) {
-      // A fact the sealer refuses is a bug in the core, not device trouble: keep the evidence visible.
-      log::error("store", "", std::string("cannot seal a ") + fact.type + " fact: " + e.what());
-      Fact broken;
-      broken.type = "fault";
-      broken.time_ms = fact.time_ms;
-      broken.fields = {{"fault", "unsealable_fact"}, {"fact_type", fact.type}, {"reason", e.what()}};
-      sealed.push_back(sealer_.seal(broken, now));
+  auto seal_link = [&](const std::string& recording_id, const store::LinkTarget& target, const LinkSpan& span,
+                       std::size_t from) {
+    seal_into(pipeline::make_link_fact(recording_id, target.id, target.type, target.time_ms, span), now, sealed);
+    origin.push_back(from);
+  };
+
+  for (std::size_t i = 0; i < batch.size(); ++i) {
+    const Fact* fact = &batch[i].fact;
+    Fact adjusted;  // a copy only for facts the worker completes (links, retention holds)
+    std::vector<store::LinkTarget> targets;
+    if (fact->link_span || !fact->kept_media.empty()) {
+      adjusted = *fact;
+      for (auto& kept : adjusted.kept_media) {
+        const int days = kept.important ? std::max(important_retention_days_, media_retention_days_)
+                                        : media_retention_days_;
+        kept.hold_until_ms = now + std::int64_t{days} * 24 * 3600 * 1000;
+      }
+      if (adjusted.link_span) {
+        targets = store_.records_in_span(link_rule_.types, *adjusted.link_span);
+        for (const auto& t : batch_targets) {
+          if (adjusted.link_span->contains(t.time_ms)) {
+            targets.push_back(t);
+          }
+        }
+        nlohmann::json ids = nlohmann::json::array();
+        for (const auto& t : targets) {
+          ids.push_back(t.id);
+        }
+        adjusted.fields["links"] = std::move(ids);
+      }
+      fact = &adjusted;
+    }
+    seal_into(*fact, now, sealed);
+    origin.push_back(i);
+    const std::string id = sealed.back().id;
+    const std::string type = sealed.back().type;
+    const UnixMs time_ms = sealed.back().time_ms;
+    if (fact->link_span && type == fact->type) {
+      batch_spans.push_back({id, *fact->link_span});
+      max_span_end = std::max(max_span_end.value_or(fact->link_span->hi_ms), fact->link_span->hi_ms);
+      for (const auto& t : targets) {
+        seal_link(id, t, *fact->link_span, i);
+      }
+    }
+    if (link_rule_.linkable(type)) {
+      const store::LinkTarget self{id, type, time_ms};
+      batch_targets.push_back(self);
+      std::vector<store::StoredSpan> spans;
+      if (max_span_end_ && time_ms <= *max_span_end_) {
+        spans = store_.spans_containing(time_ms);
+      }
+      for (const auto& span : batch_spans) {
+        if (span.span.contains(time_ms)) {
+          spans.push_back(span);
+        }
+      }
+      for (const auto& span : spans) {
+        seal_link(span.recording_id, self, span.span, i);
+      }
     }
   }
   const Status st = store_.append(sealed);
@@ -112,17 +194,27 @@ bool StoreWorker::commit_batch(std::vector<Item>& batch) {
                                 "): " + st.message());
     return false;
   }
-  for (std::size_t i = 0; i < batch.size(); ++i) {
-    if (batch[i].on_committed) {
-      batch[i].on_committed(sealed[i]);
+  max_span_end_ = max_span_end;
+  for (std::size_t k = 0; k < sealed.size(); ++k) {
+    const bool own = k == 0 || origin[k] != origin[k - 1];  // the item's own record comes first
+    if (!own) {
+      continue;
+    }
+    Item& item = batch[origin[k]];
+    if (item.on_committed) {
+      item.on_committed(sealed[k]);
+    }
+    if (item.fact.on_committed) {
+      item.fact.on_committed(sealed[k].id);
     }
   }
   if (on_committed_) {
     const std::uint64_t last = sealed.back().seq;
     std::vector<forwarder::CommittedRecord> records;
     records.reserve(sealed.size());
-    for (std::size_t i = 0; i < sealed.size(); ++i) {
-      records.push_back({sealed[i].seq, batch[i].fact.ready_at, std::move(sealed[i].jws), !sealed[i].media.empty()});
+    for (std::size_t k = 0; k < sealed.size(); ++k) {
+      records.push_back(
+          {sealed[k].seq, batch[origin[k]].fact.ready_at, std::move(sealed[k].jws), !sealed[k].media.empty()});
     }
     on_committed_(last, std::move(records));
   }
@@ -171,7 +263,7 @@ void StoreWorker::sweep_media() {
     if (name.size() != 64 || !entry.is_regular_file(ec) || entry.last_write_time(ec) > cutoff) {
       continue;
     }
-    if (store_.media_pending(name)) {
+    if (store_.media_pending(name) || store_.media_held(name, clock_.now_ms())) {
       continue;
     }
     if (fs::remove(entry.path(), ec)) {
@@ -190,11 +282,13 @@ void StoreWorker::run() {
     std::vector<Item> batch;
     std::deque<Fetch> fetches;
     std::vector<std::uint64_t> forwarded;
+    std::deque<std::function<void(store::EvidenceStore&)>> tasks;
     bool stopping = false;
     {
       std::unique_lock lock(mutex_);
       wake_.wait(lock, [&] {
-        return stopping_ || !facts_.empty() || !retrying_.empty() || !fetches_.empty() || !forwarded_.empty();
+        return stopping_ || !facts_.empty() || !retrying_.empty() || !fetches_.empty() || !forwarded_.empty() ||
+               !tasks_.empty();
       });
       stopping = stopping_;
       if (!retrying_.empty()) {
@@ -206,6 +300,7 @@ void StoreWorker::run() {
       }
       fetches.swap(fetches_);
       forwarded.swap(forwarded_);
+      tasks.swap(tasks_);
     }
 
     bool failed = false;
@@ -226,6 +321,9 @@ void StoreWorker::run() {
         // Not fatal: the records stay in the outbox and are sent again (consumers drop the copies).
         log::warn("store", "", "could not remove forwarded records from the outbox: " + st.message());
       }
+    }
+    for (auto& task : tasks) {
+      task(store_);
     }
     for (auto& f : fetches) {
       auto entries = store_.outbox_after(f.after_seq, f.limit);
@@ -260,7 +358,8 @@ void StoreWorker::run() {
       continue;
     }
     std::lock_guard lock(mutex_);
-    if (stopping_ && facts_.empty() && retrying_.empty() && fetches_.empty() && forwarded_.empty()) {
+    if (stopping_ && facts_.empty() && retrying_.empty() && fetches_.empty() && forwarded_.empty() &&
+        tasks_.empty()) {
       return;
     }
   }

@@ -9,6 +9,7 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -17,6 +18,7 @@
 #include "daemon/core/time.h"
 #include "daemon/forwarder/outbox_source.h"
 #include "daemon/media/media_store.h"
+#include "daemon/pipeline/recording_fact.h"
 #include "daemon/store/evidence_store.h"
 
 namespace cpd::app {
@@ -27,8 +29,12 @@ class StoreWorker final : public forwarder::OutboxSource {
   using CommittedHandler =
       std::function<void(std::uint64_t last_seq, std::vector<forwarder::CommittedRecord> records)>;
 
+  // Media retention: a file goes once no unacknowledged record names it and it is older than
+  // `media_retention_days`; a kept recording is held at least that long after its record, an important one
+  // `important_retention_days`.
   StoreWorker(store::EvidenceStore& store, Sealer& sealer, const WallClock& clock, std::size_t max_batch,
-              CommittedHandler on_committed, media::MediaStore* media = nullptr, int media_retention_days = 30);
+              CommittedHandler on_committed, media::MediaStore* media = nullptr, int media_retention_days = 30,
+              pipeline::LinkRule link_rule = {}, int important_retention_days = 365);
   ~StoreWorker() override;
 
   // Thread-safe; never blocks on I/O. The fact is accepted once on_committed reports its batch.
@@ -39,6 +45,10 @@ class StoreWorker final : public forwarder::OutboxSource {
   void submit(Fact fact, RecordHandler on_committed);
   // Commits everything submitted so far, then stops the thread.
   void drain_and_stop();
+
+  // Runs `task` on the worker thread between commits, with the store (dock ledger reads and writes). The
+  // task must not block on anything but the store.
+  void run_on_worker(std::function<void(store::EvidenceStore&)> task);
 
   // OutboxSource: run on the worker thread; `done` is called there too (post it where it belongs).
   void fetch_after(std::uint64_t after_seq, std::size_t limit,
@@ -74,11 +84,13 @@ class StoreWorker final : public forwarder::OutboxSource {
   bool commit_batch(std::vector<Item>& batch);
   void load_media(std::vector<store::OutboxEntry>& entries);
   void sweep_media();
+  void seal_into(const Fact& fact, UnixMs now, std::vector<SealedRecord>& sealed);
 
   std::deque<Item> facts_;
   std::vector<Item> retrying_;     // a batch whose commit failed: sealed again, in order, before anything new
   std::deque<Fetch> fetches_;
   std::vector<std::uint64_t> forwarded_;
+  std::deque<std::function<void(store::EvidenceStore&)>> tasks_;
   bool stopping_ = false;
   std::uint64_t committed_ = 0;
   std::uint64_t failures_ = 0;
@@ -86,6 +98,9 @@ class StoreWorker final : public forwarder::OutboxSource {
   std::chrono::steady_clock::time_point last_stats_{};
   media::MediaStore* media_;
   int media_retention_days_;
+  pipeline::LinkRule link_rule_;
+  int important_retention_days_;
+  std::optional<UnixMs> max_span_end_;  // worker thread only: skip span queries for later records
   std::chrono::steady_clock::time_point last_sweep_{};
   std::thread thread_;
 };

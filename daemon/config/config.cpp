@@ -93,6 +93,9 @@ StoreSection parse_store(Section store) {
       store.optional<std::string>("media_dir", beside, {.pattern = kPathPattern, .allowed = kPathAllowed});
   out.media_retention_days =
       store.optional<int>("media_retention_days", out.media_retention_days, {.min = 1, .max = 3650});
+  // Evidence an officer flagged is kept for months whatever the general period (at least 6 months).
+  out.important_retention_days = store.optional<int>("important_retention_days", out.important_retention_days,
+                                                     {.min = 180, .max = 3650});
   store.finish();
   return out;
 }
@@ -262,6 +265,18 @@ ValiditySection parse_validity(Section& root) {
   return out;
 }
 
+LinksSection parse_links(Section& root) {
+  LinksSection out;
+  auto section = root.optional_section("links");
+  if (!section) {
+    return out;
+  }
+  Section& l = *section;
+  out.margin_before_s = l.optional<int>("margin_before_s", out.margin_before_s, {.min = 0, .max = 3600});
+  out.margin_after_s = l.optional<int>("margin_after_s", out.margin_after_s, {.min = 0, .max = 3600});
+  return out;
+}
+
 Config parse_document(const YAML::Node& document, const std::string& name) {
   auto context = std::make_shared<LoadContext>();
   context->file = name;
@@ -276,6 +291,7 @@ Config parse_document(const YAML::Node& document, const std::string& name) {
   config.devices = parse_devices(root);
   config.correlation = parse_correlation(root, document);
   config.validity = parse_validity(root);
+  config.links = parse_links(root);
   root.finish();
   return config;
 }

@@ -29,6 +29,7 @@ struct StoreSection {
   std::string path;
   std::string media_dir;       // content-addressed pictures/recordings; default: <dir of path>/media
   int media_retention_days = 30;  // pictures older than this whose records are PUBACKed may be deleted
+  int important_retention_days = 365;  // recordings an officer flagged important: kept at least this long (>= 180)
   int commit_max_batch = 512;  // most records per transaction (one fsync per transaction)
 };
 
@@ -63,6 +64,12 @@ struct ValiditySection {
   int min_pictures_speeding = 2;
 };
 
+// How recordings are linked to the vehicle records they show (docs/records.md, "Links").
+struct LinksSection {
+  int margin_before_s = 60;     // a record up to this long before a recording starts is linked to it
+  int margin_after_s = 60;      // and up to this long after it ends
+};
+
 struct DeviceConfig {
   std::string id;
   std::string kind;
@@ -77,6 +84,7 @@ struct Config {
   std::vector<DeviceConfig> devices;
   CorrelationSection correlation;
   ValiditySection validity;
+  LinksSection links;
   std::string source;          // file path (or name given for text)
   std::string sha256;          // lower-case hex SHA-256 of the file's bytes
 };

@@ -3,6 +3,8 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -11,6 +13,30 @@
 #include "daemon/core/time.h"
 
 namespace cpd {
+
+// The span (UTC ms, margins included) of a recording: enforcement records whose time_ms falls in
+// [lo_ms, hi_ms] are linked to it (docs/records.md, "Links").
+struct LinkSpan {
+  UnixMs lo_ms = 0;
+  UnixMs hi_ms = 0;
+  bool contains(UnixMs t) const { return lo_ms <= t && t <= hi_ms; }
+};
+
+// A media file kept in the gateway's store but not published (a recording): retained while its record is
+// unacknowledged and for the retention period (the longer one when important).
+struct KeptMedia {
+  std::string sha256;
+  bool important = false;
+  UnixMs hold_until_ms = 0;  // set by the store worker: kept at least until then (retention period)
+};
+
+// The dock-ledger change committed in the same transaction as the record that covers the file.
+struct DockFileUpdate {
+  std::string device_id;
+  std::string unique_id;
+  std::string md5;
+  std::string sha256;  // empty for a fault record
+};
 
 // A fact before sealing. `fields` holds the type-specific members of the record body; the sealer adds the
 // common members (v, gateway, seq, prev, id, type, time_ms, created_ms), which `fields` must not contain.
@@ -25,6 +51,16 @@ struct Fact {
   // SHA-256 of each media file (picture, recording) the record names: published before the record and kept
   // in the media store while the record is unacknowledged.
   std::vector<std::string> media;
+  // Media kept, not published (recordings).
+  std::vector<KeptMedia> kept_media;
+  // Recording facts: the span to link. The store worker adds `links` (ids of linkable records already
+  // sealed in the span) to `fields` when it seals the fact, and seals a `link` record for each linkable
+  // record sealed later whose time falls in a stored span.
+  std::optional<LinkSpan> link_span;
+  std::optional<DockFileUpdate> dock_update;
+  // Runs on the store worker thread once the record is committed (must not block), e.g. to ack a dock
+  // file. Not part of the record.
+  std::function<void(const std::string& record_id)> on_committed;
 };
 
 // The position of the chain: the last sealed seq and the SHA-256 (lower-case hex) of its JWS bytes.
@@ -42,7 +78,10 @@ struct SealedRecord {
   UnixMs time_ms = 0;
   UnixMs created_ms = 0;
   std::string jws;   // JWS Compact Serialization, ASCII
-  std::vector<std::string> media;  // SHA-256 of the media files the record names
+  std::vector<std::string> media;  // SHA-256 of the media files the record names (published)
+  std::vector<KeptMedia> kept_media;        // kept on the gateway, not published
+  std::optional<LinkSpan> link_span;        // stored for later `link` records
+  std::optional<DockFileUpdate> dock_update;  // committed with the record
 };
 
 }  // namespace cpd

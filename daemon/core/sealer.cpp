@@ -122,6 +122,9 @@ SealedRecord Sealer::seal(const Fact& fact, UnixMs created_ms) {
   record.time_ms = fact.time_ms;
   record.created_ms = created_ms;
   record.media = fact.media;
+  record.kept_media = fact.kept_media;
+  record.link_span = fact.link_span;
+  record.dock_update = fact.dock_update;
   head_ = ChainHead{seq, sha256_hex(jws)};
   record.jws = std::move(jws);
   return record;

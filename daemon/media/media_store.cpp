@@ -108,6 +108,43 @@ std::optional<std::string> MediaStore::read(const std::string& sha256) const {
   return std::move(out).str();
 }
 
+std::string MediaStore::partial_dir() const {
+  const std::string path = dir_ + "/partial";
+  std::error_code ec;
+  if (std::filesystem::create_directory(path, ec)) {
+    std::filesystem::permissions(path, std::filesystem::perms(0750), ec);
+  }
+  return path;
+}
+
+Status MediaStore::adopt(const std::string& file_path, const std::string& sha256, std::int64_t bytes,
+                         StoredMedia& out) {
+  out = StoredMedia{};
+  if (!is_sha256_hex(sha256)) {
+    return Status::fail("media store: not a SHA-256 name: " + sha256);
+  }
+  out.sha256 = sha256;
+  out.bytes = bytes;
+  const std::string final_path = path_of(sha256);
+  if (exists(sha256)) {
+    out.already_present = true;
+    ::unlink(file_path.c_str());
+    return Status::ok();
+  }
+  ::chmod(file_path.c_str(), 0640);
+  if (::rename(file_path.c_str(), final_path.c_str()) != 0) {
+    return io_error("cannot rename into", final_path, errno);
+  }
+  FdGuard dir_fd(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dir_fd.get() < 0) {
+    return io_error("cannot open", dir_, errno);
+  }
+  if (::fsync(dir_fd.get()) != 0) {
+    return io_error("cannot fsync", dir_, errno);
+  }
+  return Status::ok();
+}
+
 Status MediaStore::put(std::string_view bytes, StoredMedia& out) {
   out = StoredMedia{};
   out.sha256 = sha256_hex(bytes);

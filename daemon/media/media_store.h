@@ -24,6 +24,13 @@ class MediaStore {
 
   // Durably stores the bytes (blocking: call it off the I/O threads). Status::retry on ENOSPC/EIO.
   Status put(std::string_view bytes, StoredMedia& out);
+  // Moves a complete file (already written and fsynced by the caller, e.g. a streamed download) into the
+  // store under its SHA-256, which the caller computed while writing: rename, then fsync the directory.
+  // When identical bytes are already stored the file is removed instead. The file must be on the store's
+  // filesystem (use partial_dir()). Status::retry on ENOSPC/EIO.
+  Status adopt(const std::string& file_path, const std::string& sha256, std::int64_t bytes, StoredMedia& out);
+  // <dir>/partial: where downloads in progress live (created on first call, mode 0750); never swept.
+  std::string partial_dir() const;
   std::string path_of(const std::string& sha256) const;
   bool exists(const std::string& sha256) const;
   // Reads a stored file; nullopt if missing.

@@ -98,6 +98,8 @@ Correlator::Correlator(const config::Config& config)
       site_(config.gateway.site),
       correlation_(config.correlation),
       validity_(config.validity) {
+  link_rule_.margin_before_ms = std::int64_t{config.links.margin_before_s} * 1000;
+  link_rule_.margin_after_ms = std::int64_t{config.links.margin_after_s} * 1000;
   for (const auto& dev : config.devices) {
     if (const auto* radar = std::get_if<adapters::RadarConfig>(&dev.settings)) {
       radars_.emplace(dev.id, *radar);
@@ -141,6 +143,10 @@ std::vector<Fact> Correlator::on_event(const adapters::DeviceEvent& event, UnixM
     }
   } else if (const auto* status = std::get_if<adapters::DeviceStatusEvent>(&event)) {
     facts.push_back(device_status(*status));
+  } else if (const auto* recording = std::get_if<adapters::RecordingCollected>(&event)) {
+    facts.push_back(make_recording_fact(*recording, link_rule_));
+  } else if (const auto* fault = std::get_if<adapters::DockFileFault>(&event)) {
+    facts.push_back(make_dock_fault_fact(*fault));
   }
   return facts;
 }

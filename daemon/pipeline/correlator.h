@@ -13,6 +13,7 @@
 #include "daemon/config/config.h"
 #include "daemon/core/record.h"
 #include "daemon/pipeline/clock_sync.h"
+#include "daemon/pipeline/recording_fact.h"
 
 namespace cpd::pipeline {
 
@@ -43,6 +44,9 @@ class Correlator {
 
   // The gateway's own audit facts (start, stop, config change).
   Fact audit(std::string event, UnixMs time_ms, nlohmann::json details) const;
+
+  // The rule recordings are linked by (config `links`), for the store worker.
+  const LinkRule& link_rule() const { return link_rule_; }
 
   // Tracks and reads waiting for a partner.
   std::size_t pending() const;
@@ -77,6 +81,7 @@ class Correlator {
   config::Site site_;
   config::CorrelationSection correlation_;
   config::ValiditySection validity_;
+  LinkRule link_rule_;
   std::map<std::string, adapters::RadarConfig> radars_;
   std::set<std::string> watched_radars_;  // radars some camera's `radar` names: their tracks wait
   ClockSync clock_sync_;

@@ -50,6 +50,31 @@ constexpr Migration kMigrations[] = {
       ) WITHOUT ROWID;
       CREATE INDEX record_media_sha256 ON record_media(sha256);
     )sql"},
+    {3, R"sql(
+      ALTER TABLE record_media ADD COLUMN published INTEGER NOT NULL DEFAULT 1;
+      ALTER TABLE record_media ADD COLUMN hold_until_ms INTEGER NOT NULL DEFAULT 0;
+      CREATE TABLE recording_spans (
+        seq   INTEGER PRIMARY KEY REFERENCES records(seq),
+        lo_ms INTEGER NOT NULL,
+        hi_ms INTEGER NOT NULL
+      );
+      CREATE INDEX recording_spans_hi ON recording_spans(hi_ms);
+      CREATE TABLE dock_cursors (
+        device_id TEXT PRIMARY KEY,
+        cursor    TEXT NOT NULL
+      );
+      CREATE TABLE dock_files (
+        device_id  TEXT NOT NULL,
+        unique_id  TEXT NOT NULL,
+        md5        TEXT NOT NULL,
+        entry_json TEXT NOT NULL,
+        state      TEXT NOT NULL CHECK (state IN ('pending', 'recorded', 'acked', 'faulted')),
+        sha256     TEXT NOT NULL DEFAULT '',
+        record_id  TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (device_id, unique_id, md5)
+      );
+      CREATE INDEX dock_files_open ON dock_files(device_id, state);
+    )sql"},
 };
 
 static_assert(std::size(kMigrations) == static_cast<std::size_t>(EvidenceStore::kSchemaVersion),
@@ -153,11 +178,26 @@ struct EvidenceStore::Statements {
   sqlite3_stmt* record = nullptr;
   sqlite3_stmt* record_count = nullptr;
   sqlite3_stmt* last_record = nullptr;
+  sqlite3_stmt* insert_kept_media = nullptr;
+  sqlite3_stmt* media_held = nullptr;
+  sqlite3_stmt* insert_span = nullptr;
+  sqlite3_stmt* records_in_span = nullptr;
+  sqlite3_stmt* spans_containing = nullptr;
+  sqlite3_stmt* max_span_end = nullptr;
+  sqlite3_stmt* dock_record = nullptr;
+  sqlite3_stmt* dock_cursor = nullptr;
+  sqlite3_stmt* dock_open = nullptr;
+  sqlite3_stmt* dock_insert = nullptr;
+  sqlite3_stmt* dock_get = nullptr;
+  sqlite3_stmt* dock_set_cursor = nullptr;
+  sqlite3_stmt* dock_acked = nullptr;
 
   ~Statements() {
     for (sqlite3_stmt* stmt :
          {begin, commit, rollback, max_seq, insert_record, insert_outbox, outbox_after, insert_media, record_media,
-          media_pending, delete_outbox, outbox_count, outbox_oldest, record, record_count, last_record}) {
+          media_pending, delete_outbox, outbox_count, outbox_oldest, record, record_count, last_record,
+          insert_kept_media, media_held, insert_span, records_in_span, spans_containing, max_span_end, dock_record,
+          dock_cursor, dock_open, dock_insert, dock_get, dock_set_cursor, dock_acked}) {
       sqlite3_finalize(stmt);  // a no-op on nullptr
     }
   }
@@ -416,7 +456,7 @@ void EvidenceStore::prepare_statements() {
           "SELECT o.seq, r.jws, r.created_ms FROM outbox o JOIN records r ON r.seq = o.seq "
           "WHERE o.seq > ?1 ORDER BY o.seq LIMIT ?2");
   prepare(s.insert_media, "INSERT OR IGNORE INTO record_media(seq, sha256) VALUES (?1, ?2)");
-  prepare(s.record_media, "SELECT sha256 FROM record_media WHERE seq = ?1 ORDER BY sha256");
+  prepare(s.record_media, "SELECT sha256 FROM record_media WHERE seq = ?1 AND published = 1 ORDER BY sha256");
   prepare(s.media_pending,
           "SELECT 1 FROM record_media m JOIN outbox o ON o.seq = m.seq WHERE m.sha256 = ?1 LIMIT 1");
   prepare(s.delete_outbox, "DELETE FROM outbox WHERE seq = ?1");
@@ -425,6 +465,36 @@ void EvidenceStore::prepare_statements() {
   prepare(s.record, "SELECT seq, id, type, time_ms, created_ms, jws FROM records WHERE seq = ?1");
   prepare(s.record_count, "SELECT count(*) FROM records");
   prepare(s.last_record, "SELECT seq, jws FROM records ORDER BY seq DESC LIMIT 1");
+  prepare(s.insert_kept_media,
+          "INSERT INTO record_media(seq, sha256, published, hold_until_ms) VALUES (?1, ?2, 0, ?3) "
+          "ON CONFLICT(seq, sha256) DO UPDATE SET hold_until_ms = max(hold_until_ms, excluded.hold_until_ms)");
+  prepare(s.media_held, "SELECT 1 FROM record_media WHERE sha256 = ?1 AND hold_until_ms > ?2 LIMIT 1");
+  prepare(s.insert_span, "INSERT INTO recording_spans(seq, lo_ms, hi_ms) VALUES (?1, ?2, ?3)");
+  prepare(s.records_in_span,
+          "SELECT id, type, time_ms FROM records WHERE type = ?1 AND time_ms BETWEEN ?2 AND ?3 ORDER BY seq");
+  prepare(s.spans_containing,
+          "SELECT r.id, s.lo_ms, s.hi_ms FROM recording_spans s JOIN records r ON r.seq = s.seq "
+          "WHERE s.hi_ms >= ?1 AND s.lo_ms <= ?1 ORDER BY s.seq");
+  prepare(s.max_span_end, "SELECT max(hi_ms) FROM recording_spans");
+  prepare(s.dock_record,
+          "INSERT INTO dock_files(device_id, unique_id, md5, entry_json, state, sha256, record_id) "
+          "VALUES (?1, ?2, ?3, '', ?4, ?5, ?6) ON CONFLICT(device_id, unique_id, md5) DO UPDATE SET "
+          "state = excluded.state, sha256 = excluded.sha256, record_id = excluded.record_id");
+  prepare(s.dock_cursor, "SELECT cursor FROM dock_cursors WHERE device_id = ?1");
+  prepare(s.dock_open,
+          "SELECT unique_id, md5, entry_json, state, sha256, record_id FROM dock_files "
+          "WHERE device_id = ?1 AND state IN ('pending', 'recorded') ORDER BY rowid");
+  prepare(s.dock_insert,
+          "INSERT OR IGNORE INTO dock_files(device_id, unique_id, md5, entry_json, state) "
+          "VALUES (?1, ?2, ?3, ?4, 'pending')");
+  prepare(s.dock_get,
+          "SELECT unique_id, md5, entry_json, state, sha256, record_id FROM dock_files "
+          "WHERE device_id = ?1 AND unique_id = ?2 AND md5 = ?3");
+  prepare(s.dock_set_cursor,
+          "INSERT INTO dock_cursors(device_id, cursor) VALUES (?1, ?2) "
+          "ON CONFLICT(device_id) DO UPDATE SET cursor = excluded.cursor");
+  prepare(s.dock_acked,
+          "UPDATE dock_files SET state = 'acked' WHERE device_id = ?1 AND unique_id = ?2 AND md5 = ?3");
 }
 
 ChainHead EvidenceStore::load_head() const {
@@ -512,6 +582,44 @@ Status EvidenceStore::append(const std::vector<SealedRecord>& batch) {
                                          ": " + error_text(db_, rc));
             }
           }
+          for (const KeptMedia& kept : r.kept_media) {
+            StatementUse use(s.insert_kept_media);
+            sqlite3_bind_int64(use.get(), 1, to_db_seq(r.seq));
+            bind_text(use.get(), 2, kept.sha256);
+            sqlite3_bind_int64(use.get(), 3, kept.hold_until_ms);
+            int rc = sqlite3_step(use.get());
+            if (rc != SQLITE_DONE) {
+              return status_from(rc, "store " + path_ + ": append: kept media of seq " + std::to_string(r.seq) +
+                                         ": " + error_text(db_, rc));
+            }
+          }
+          if (r.link_span) {
+            StatementUse use(s.insert_span);
+            sqlite3_bind_int64(use.get(), 1, to_db_seq(r.seq));
+            sqlite3_bind_int64(use.get(), 2, r.link_span->lo_ms);
+            sqlite3_bind_int64(use.get(), 3, r.link_span->hi_ms);
+            int rc = sqlite3_step(use.get());
+            if (rc != SQLITE_DONE) {
+              return status_from(rc, "store " + path_ + ": append: link span of seq " + std::to_string(r.seq) +
+                                         ": " + error_text(db_, rc));
+            }
+          }
+          if (r.dock_update) {
+            // The file's ledger row moves with the record that covers it: a crash leaves both or neither.
+            const DockFileUpdate& u = *r.dock_update;
+            StatementUse use(s.dock_record);
+            bind_text(use.get(), 1, u.device_id);
+            bind_text(use.get(), 2, u.unique_id);
+            bind_text(use.get(), 3, u.md5);
+            bind_text(use.get(), 4, u.sha256.empty() ? "faulted" : "recorded");
+            bind_text(use.get(), 5, u.sha256);
+            bind_text(use.get(), 6, r.id);
+            int rc = sqlite3_step(use.get());
+            if (rc != SQLITE_DONE) {
+              return status_from(rc, "store " + path_ + ": append: dock file " + u.unique_id + " of seq " +
+                                         std::to_string(r.seq) + ": " + error_text(db_, rc));
+            }
+          }
         }
         return Status::ok();
       });
@@ -562,6 +670,169 @@ bool EvidenceStore::media_pending(const std::string& sha256) const {
   // On a read error, answer "pending": keeping a file is always the safe side.
   const int rc = sqlite3_step(use.get());
   return rc != SQLITE_DONE;
+}
+
+bool EvidenceStore::media_held(const std::string& sha256, UnixMs now_ms) const {
+  StatementUse use(stmts_->media_held);
+  bind_text(use.get(), 1, sha256);
+  sqlite3_bind_int64(use.get(), 2, now_ms);
+  return sqlite3_step(use.get()) != SQLITE_DONE;  // a read error keeps the file
+}
+
+std::vector<LinkTarget> EvidenceStore::records_in_span(const std::vector<std::string>& types,
+                                                       const LinkSpan& span) const {
+  std::vector<std::pair<std::uint64_t, LinkTarget>> found;
+  for (const auto& type : types) {
+    StatementUse use(stmts_->records_in_span);
+    bind_text(use.get(), 1, type);
+    sqlite3_bind_int64(use.get(), 2, span.lo_ms);
+    sqlite3_bind_int64(use.get(), 3, span.hi_ms);
+    while (sqlite3_step(use.get()) == SQLITE_ROW) {
+      LinkTarget t{column_text(use.get(), 0), column_text(use.get(), 1), sqlite3_column_int64(use.get(), 2)};
+      const auto colon = t.id.rfind(':');
+      const std::uint64_t seq = colon == std::string::npos ? 0 : std::stoull(t.id.substr(colon + 1));
+      found.emplace_back(seq, std::move(t));
+    }
+  }
+  std::sort(found.begin(), found.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<LinkTarget> out;
+  out.reserve(found.size());
+  for (auto& f : found) {
+    out.push_back(std::move(f.second));
+  }
+  return out;
+}
+
+std::vector<StoredSpan> EvidenceStore::spans_containing(UnixMs t_ms) const {
+  std::vector<StoredSpan> out;
+  StatementUse use(stmts_->spans_containing);
+  sqlite3_bind_int64(use.get(), 1, t_ms);
+  while (sqlite3_step(use.get()) == SQLITE_ROW) {
+    out.push_back({column_text(use.get(), 0), LinkSpan{sqlite3_column_int64(use.get(), 1),
+                                                       sqlite3_column_int64(use.get(), 2)}});
+  }
+  return out;
+}
+
+std::optional<UnixMs> EvidenceStore::max_span_end() const {
+  StatementUse use(stmts_->max_span_end);
+  if (sqlite3_step(use.get()) != SQLITE_ROW || sqlite3_column_type(use.get(), 0) == SQLITE_NULL) {
+    return std::nullopt;
+  }
+  return sqlite3_column_int64(use.get(), 0);
+}
+
+namespace {
+
+DockFileRow read_dock_row(sqlite3_stmt* stmt) {
+  DockFileRow row;
+  row.unique_id = column_text(stmt, 0);
+  row.md5 = column_text(stmt, 1);
+  row.entry_json = column_text(stmt, 2);
+  row.state = column_text(stmt, 3);
+  row.sha256 = column_text(stmt, 4);
+  row.record_id = column_text(stmt, 5);
+  return row;
+}
+
+}  // namespace
+
+Status EvidenceStore::dock_load(const std::string& device_id, std::string& cursor,
+                                std::vector<DockFileRow>& open) const {
+  cursor.clear();
+  open.clear();
+  {
+    StatementUse use(stmts_->dock_cursor);
+    bind_text(use.get(), 1, device_id);
+    const int rc = sqlite3_step(use.get());
+    if (rc == SQLITE_ROW) {
+      cursor = column_text(use.get(), 0);
+    } else if (rc != SQLITE_DONE) {
+      return status_from(rc, "store " + path_ + ": dock " + device_id + ": cannot read the cursor: " +
+                                 error_text(db_, rc));
+    }
+  }
+  StatementUse use(stmts_->dock_open);
+  bind_text(use.get(), 1, device_id);
+  int rc = SQLITE_ROW;
+  while ((rc = sqlite3_step(use.get())) == SQLITE_ROW) {
+    open.push_back(read_dock_row(use.get()));
+  }
+  if (rc != SQLITE_DONE) {
+    return status_from(rc, "store " + path_ + ": dock " + device_id + ": cannot read the open files: " +
+                               error_text(db_, rc));
+  }
+  return Status::ok();
+}
+
+Status EvidenceStore::dock_save_listing(const std::string& device_id, const std::vector<DockFileRow>& files,
+                                        const std::string& next_cursor, std::vector<DockFileRow>& states) {
+  Statements& s = *stmts_;
+  std::vector<DockFileRow> result;
+  Status st = run_write_transaction(
+      db_, s.begin, s.commit, s.rollback, "store " + path_ + ": dock " + device_id + ": save listing", [&] {
+        result.clear();
+        for (const auto& f : files) {
+          {
+            StatementUse use(s.dock_insert);
+            bind_text(use.get(), 1, device_id);
+            bind_text(use.get(), 2, f.unique_id);
+            bind_text(use.get(), 3, f.md5);
+            bind_text(use.get(), 4, f.entry_json);
+            const int rc = sqlite3_step(use.get());
+            if (rc != SQLITE_DONE) {
+              return status_from(rc, "store " + path_ + ": dock " + device_id + ": file " + f.unique_id + ": " +
+                                         error_text(db_, rc));
+            }
+          }
+          StatementUse use(s.dock_get);
+          bind_text(use.get(), 1, device_id);
+          bind_text(use.get(), 2, f.unique_id);
+          bind_text(use.get(), 3, f.md5);
+          const int rc = sqlite3_step(use.get());
+          if (rc != SQLITE_ROW) {
+            return status_from(rc == SQLITE_DONE ? SQLITE_ERROR : rc,
+                               "store " + path_ + ": dock " + device_id + ": file " + f.unique_id +
+                                   ": cannot read back: " + error_text(db_, rc));
+          }
+          DockFileRow row = read_dock_row(use.get());
+          if (row.entry_json.empty()) {
+            row.entry_json = f.entry_json;
+          }
+          result.push_back(std::move(row));
+        }
+        StatementUse use(s.dock_set_cursor);
+        bind_text(use.get(), 1, device_id);
+        bind_text(use.get(), 2, next_cursor);
+        const int rc = sqlite3_step(use.get());
+        if (rc != SQLITE_DONE) {
+          return status_from(rc, "store " + path_ + ": dock " + device_id + ": cannot save the cursor: " +
+                                     error_text(db_, rc));
+        }
+        return Status::ok();
+      });
+  if (st.is_ok()) {
+    states = std::move(result);
+  }
+  return st;
+}
+
+Status EvidenceStore::dock_mark_acked(const std::string& device_id, const std::string& unique_id,
+                                      const std::string& md5) {
+  Statements& s = *stmts_;
+  return run_write_transaction(
+      db_, s.begin, s.commit, s.rollback, "store " + path_ + ": dock " + device_id + ": ack " + unique_id, [&] {
+        StatementUse use(s.dock_acked);
+        bind_text(use.get(), 1, device_id);
+        bind_text(use.get(), 2, unique_id);
+        bind_text(use.get(), 3, md5);
+        const int rc = sqlite3_step(use.get());
+        if (rc != SQLITE_DONE) {
+          return status_from(rc, "store " + path_ + ": dock " + device_id + ": ack " + unique_id + ": " +
+                                     error_text(db_, rc));
+        }
+        return Status::ok();
+      });
 }
 
 Status EvidenceStore::mark_forwarded(const std::vector<std::uint64_t>& seqs) {

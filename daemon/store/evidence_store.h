@@ -32,6 +32,29 @@ struct OutboxEntry {
   std::vector<std::string> media_bytes;
 };
 
+// A sealed record a recording can link to.
+struct LinkTarget {
+  std::string id;
+  std::string type;
+  UnixMs time_ms = 0;
+};
+
+// A recording's stored link span.
+struct StoredSpan {
+  std::string recording_id;
+  LinkSpan span;
+};
+
+// One file in the dock ledger (see adapters/dock_ledger.h); state is pending | recorded | acked | faulted.
+struct DockFileRow {
+  std::string unique_id;
+  std::string md5;
+  std::string entry_json;
+  std::string state = "pending";
+  std::string sha256;
+  std::string record_id;
+};
+
 struct OutboxStats {
   std::uint64_t count = 0;
   std::optional<UnixMs> oldest_created_ms;
@@ -45,7 +68,7 @@ struct StoreOptions {
 // Not thread-safe: one owner (the store worker thread) calls it; other processes may read the file.
 class EvidenceStore {
  public:
-  static constexpr int kSchemaVersion = 2;
+  static constexpr int kSchemaVersion = 3;
 
   // Opens or creates the store: WAL, synchronous=FULL, PRAGMA quick_check, migrations to kSchemaVersion.
   explicit EvidenceStore(const std::string& path);
@@ -70,6 +93,24 @@ class EvidenceStore {
   OutboxStats outbox_stats() const;
   // Whether a media file is named by a record still in the outbox (then it must not be deleted).
   bool media_pending(const std::string& sha256) const;
+  // Whether a kept media file (recording) is held by its retention period at `now_ms`.
+  bool media_held(const std::string& sha256, UnixMs now_ms) const;
+
+  // Links: committed records of `types` with time_ms in span, in seq order.
+  std::vector<LinkTarget> records_in_span(const std::vector<std::string>& types, const LinkSpan& span) const;
+  // Stored recording spans that contain t_ms.
+  std::vector<StoredSpan> spans_containing(UnixMs t_ms) const;
+  // The largest hi_ms of any stored span (nullopt: none), so most records need no span query.
+  std::optional<UnixMs> max_span_end() const;
+
+  // Dock ledger. The cursor ("" = never listed) and the files not yet acknowledged or faulted, in
+  // listing order.
+  Status dock_load(const std::string& device_id, std::string& cursor, std::vector<DockFileRow>& open) const;
+  // One transaction: unknown files inserted as pending, the cursor set. `states` gets each listed file's
+  // row after the commit, parallel to `files`.
+  Status dock_save_listing(const std::string& device_id, const std::vector<DockFileRow>& files,
+                           const std::string& next_cursor, std::vector<DockFileRow>& states);
+  Status dock_mark_acked(const std::string& device_id, const std::string& unique_id, const std::string& md5);
 
   std::optional<SealedRecord> record(std::uint64_t seq) const;
   std::uint64_t record_count() const;

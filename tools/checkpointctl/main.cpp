@@ -155,12 +155,25 @@ std::string record_line(const VerifyResult& result) {
   std::stable_sort(ranked.begin(), ranked.end(),
                    [](const auto& a, const auto& b) { return a.first < b.first; });
   std::vector<std::string> preferred;
+  // Recordings and links: what a supervisor looks for (who, which file, which enforcement records).
+  const std::string type = body.value("type", std::string());
+  if (type == "recording") {
+    preferred = {"officer_name", "recorder_id", "file_name", "important", "links"};
+  } else if (type == "link") {
+    preferred = {"recording", "record", "record_type"};
+  } else if (type == "recording_fault") {
+    preferred = {"device", "reason", "unique_id", "attempts"};
+  }
   for (auto& entry : ranked) {
     preferred.push_back(std::move(entry.second));
   }
   std::size_t shown = 0;
+  std::set<std::string> done;
   for (const auto& key : preferred) {
-    if (shown++ == 4) {
+    if (!body.contains(key) || !done.insert(key).second) {
+      continue;
+    }
+    if (shown++ == 5) {
       break;
     }
     const auto& value = body[key];
@@ -208,6 +221,14 @@ std::vector<std::string> named_media(const nlohmann::json& body) {
   return out;
 }
 
+// Media kept at the gateway and never published (a recording's file): checked only against --media DIR.
+std::vector<std::string> kept_media(const nlohmann::json& body) {
+  if (body.value("type", std::string()) == "recording" && body.contains("sha256") && body["sha256"].is_string()) {
+    return {body["sha256"].get<std::string>()};
+  }
+  return {};
+}
+
 // Feeds records to the ChainVerifier and keeps what the summary needs.
 class FeedCheck {
  public:
@@ -250,7 +271,13 @@ class FeedCheck {
   std::uint64_t media_checked() const { return media_checked_; }
 
   bool check_media(const VerifyResult& r, const std::string& where) {
-    for (const auto& sha : named_media(r.body)) {
+    std::vector<std::string> names = named_media(r.body);
+    if (!opts_.media_dir.empty()) {
+      for (auto& sha : kept_media(r.body)) {
+        names.push_back(std::move(sha));
+      }
+    }
+    for (const auto& sha : names) {
       std::string problem;
       if (!opts_.media_dir.empty()) {
         const std::string path = opts_.media_dir + "/" + sha;

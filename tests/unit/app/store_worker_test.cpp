@@ -10,6 +10,7 @@
 
 #include "daemon/app/store_worker.h"
 #include "daemon/core/encoding.h"
+#include "daemon/pipeline/recording_fact.h"
 
 namespace cpd::app {
 namespace {
@@ -162,6 +163,127 @@ TEST_F(StoreWorkerTest, RetentionKeepsMediaOfUnacknowledgedRecordsAndRecentFiles
   EXPECT_FALSE(fs::exists(media_->path_of(acked)));
   EXPECT_FALSE(fs::exists(media_->path_of(orphan)));
   EXPECT_TRUE(fs::exists(media_->path_of(fresh))) << "younger than the retention period";
+}
+
+nlohmann::json body_of(const std::string& jws) {
+  const auto a = jws.find('.');
+  const auto b = jws.find('.', a + 1);
+  return nlohmann::json::parse(base64url_decode(jws.substr(a + 1, b - a - 1)).value());
+}
+
+class LinkTest : public StoreWorkerTest {
+ protected:
+  static constexpr UnixMs kT = 1795699000000;
+
+  void start() {
+    worker_ = std::make_unique<StoreWorker>(
+        *store_, *sealer_, clock_, 64,
+        [this](std::uint64_t last, std::vector<forwarder::CommittedRecord> records) {
+          std::lock_guard lock(mutex_);
+          last_seq_ = last;
+          for (auto& r : records) {
+            bodies_.push_back(body_of(r.jws));
+          }
+          cv_.notify_all();
+        },
+        media_.get(), 30, pipeline::LinkRule{}, 200);
+  }
+  static Fact vehicle(const std::string& type, UnixMs t) {
+    Fact f;
+    f.type = type;
+    f.time_ms = t;
+    f.fields = {{"plate", "浙A12345"}};
+    return f;
+  }
+  Fact recording(UnixMs start, UnixMs end, bool important = false) {
+    Fact f;
+    f.type = "recording";
+    f.time_ms = start;
+    f.fields = {{"unique_id", "BWC-1-" + std::to_string(start)}};
+    f.link_span = pipeline::LinkRule{}.span(start, end);
+    f.kept_media = {KeptMedia{std::string(64, 'c'), important}};
+    f.dock_update = DockFileUpdate{"dock-1", "BWC-1-" + std::to_string(start), std::string(32, '0'),
+                                   std::string(64, 'c')};
+    f.on_committed = [this](const std::string& id) {
+      std::lock_guard lock(mutex_);
+      committed_ids_.push_back(id);
+    };
+    return f;
+  }
+  std::vector<nlohmann::json> of_type(const std::string& type) {
+    std::lock_guard lock(mutex_);
+    std::vector<nlohmann::json> out;
+    for (const auto& b : bodies_) {
+      if (b["type"] == type) {
+        out.push_back(b);
+      }
+    }
+    return out;
+  }
+  std::vector<nlohmann::json> bodies_;
+  std::vector<std::string> committed_ids_;
+};
+
+TEST_F(LinkTest, ARecordingListsTheVehicleRecordsInItsSpanAndEachPairGetsALinkRecord) {
+  start();
+  worker_->submit(vehicle("speeding", kT));                 // gw:1, inside
+  worker_->submit(vehicle("passage", kT - 59000));          // gw:2, inside the 60 s margin before
+  worker_->submit(vehicle("passage", kT - 61001));          // gw:3, 1 ms before the span
+  worker_->submit(vehicle("device_status", kT));            // gw:4, not a vehicle record
+  ASSERT_TRUE(wait_seq(4));
+  worker_->submit(recording(kT - 1000, kT + 30000));        // gw:5 in a later batch: from the store
+  ASSERT_TRUE(wait_seq(7));
+  const auto recs = of_type("recording");
+  ASSERT_EQ(recs.size(), 1u);
+  EXPECT_EQ(recs[0]["links"], nlohmann::json::array({"gw:1", "gw:2"}));
+  const auto links = of_type("link");
+  ASSERT_EQ(links.size(), 2u);
+  EXPECT_EQ(links[0]["seq"], 6);
+  EXPECT_EQ(links[0]["recording"], "gw:5");
+  EXPECT_EQ(links[0]["record"], "gw:1");
+  EXPECT_EQ(links[0]["record_type"], "speeding");
+  EXPECT_EQ(links[1]["record"], "gw:2");
+  {
+    std::lock_guard lock(mutex_);
+    EXPECT_EQ(committed_ids_, std::vector<std::string>{"gw:5"});
+  }
+  // The kept file is held for the retention period and its dock file is recorded with the record.
+  EXPECT_TRUE(store_->media_held(std::string(64, 'c'), clock_.now_ms() + 29LL * 24 * 3600 * 1000));
+  EXPECT_FALSE(store_->media_held(std::string(64, 'c'), clock_.now_ms() + 31LL * 24 * 3600 * 1000));
+}
+
+TEST_F(LinkTest, AnImportantRecordingIsHeldForTheLongerPeriod) {
+  start();
+  worker_->submit(recording(kT, kT + 1000, true));
+  ASSERT_TRUE(wait_seq(1));
+  EXPECT_TRUE(store_->media_held(std::string(64, 'c'), clock_.now_ms() + 199LL * 24 * 3600 * 1000));
+}
+
+TEST_F(LinkTest, AVehicleRecordSealedAfterTheRecordingGetsALinkRecord) {
+  start();
+  worker_->submit(recording(kT, kT + 10000));  // gw:1, links []
+  ASSERT_TRUE(wait_seq(1));
+  worker_->submit(vehicle("passage", kT + 5000));    // gw:2 (from the store's spans) -> link gw:3
+  ASSERT_TRUE(wait_seq(3));
+  // Submitted together (usually one batch, both orders; the store path gives the same result otherwise).
+  worker_->submit(vehicle("speeding", kT + 100000));        // gw:4
+  worker_->submit(recording(kT + 99000, kT + 101000));      // gw:5 links [gw:4] -> link gw:6
+  worker_->submit(vehicle("plate_read", kT + 100500));      // gw:7 -> link gw:8
+  ASSERT_TRUE(wait_seq(8));
+  const auto recs = of_type("recording");
+  ASSERT_EQ(recs.size(), 2u);
+  EXPECT_EQ(recs[0]["links"], nlohmann::json::array());
+  EXPECT_EQ(recs[1]["links"], nlohmann::json::array({"gw:4"}));
+  const auto links = of_type("link");
+  ASSERT_EQ(links.size(), 3u);
+  EXPECT_EQ(links[0]["seq"], 3);
+  EXPECT_EQ(links[0]["recording"], "gw:1");
+  EXPECT_EQ(links[0]["record"], "gw:2");
+  EXPECT_EQ(links[1]["recording"], "gw:5");
+  EXPECT_EQ(links[1]["record"], "gw:4");
+  EXPECT_EQ(links[2]["recording"], "gw:5");
+  EXPECT_EQ(links[2]["record"], "gw:7");
+  EXPECT_EQ(links[2]["time_ms"], kT + 100500);
 }
 
 }  // namespace

@@ -430,3 +430,163 @@ TEST_F(EvidenceStoreTest, MissingDirectoryIsNamed) {
 
 }  // namespace
 }  // namespace cpd::store
+
+namespace cpd::store {
+namespace {
+
+class DockLedgerStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl = (fs::temp_directory_path() / "cpd-dock-XXXXXX").string();
+    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+  std::string db() const { return (dir_ / "store.db").string(); }
+  static DockFileRow file(const std::string& id, const std::string& md5 = std::string(32, 'a')) {
+    DockFileRow r;
+    r.unique_id = id;
+    r.md5 = md5;
+    r.entry_json = "{\"uniqueId\":\"" + id + "\"}";
+    return r;
+  }
+  fs::path dir_;
+};
+
+TEST_F(DockLedgerStoreTest, ListingAndCursorSurviveReopenAndRepeatedFilesKeepTheirState) {
+  {
+    EvidenceStore store(db());
+    std::string cursor = "x";
+    std::vector<DockFileRow> open;
+    ASSERT_TRUE(store.dock_load("dock-1", cursor, open).is_ok());
+    EXPECT_EQ(cursor, "");
+    EXPECT_TRUE(open.empty());
+    std::vector<DockFileRow> states;
+    ASSERT_TRUE(store.dock_save_listing("dock-1", {file("A"), file("B")}, "c2", states).is_ok());
+    ASSERT_EQ(states.size(), 2u);
+    EXPECT_EQ(states[0].state, "pending");
+    EXPECT_EQ(states[1].entry_json, "{\"uniqueId\":\"B\"}");
+
+    // A's record is committed with its ledger change in the same transaction.
+    SealedRecord r = make_record(1);
+    r.type = "recording";
+    r.dock_update = DockFileUpdate{"dock-1", "A", std::string(32, 'a'), std::string(64, 'f')};
+    r.kept_media = {KeptMedia{std::string(64, 'f'), true, kBaseMs + 1000}};
+    r.link_span = LinkSpan{kBaseMs - 10, kBaseMs + 100};
+    ASSERT_TRUE(store.append({r}).is_ok());
+  }
+  EvidenceStore store(db());
+  std::string cursor;
+  std::vector<DockFileRow> open;
+  ASSERT_TRUE(store.dock_load("dock-1", cursor, open).is_ok());
+  EXPECT_EQ(cursor, "c2");
+  ASSERT_EQ(open.size(), 2u);
+  EXPECT_EQ(open[0].unique_id, "A");
+  EXPECT_EQ(open[0].state, "recorded");
+  EXPECT_EQ(open[0].sha256, std::string(64, 'f'));
+  EXPECT_EQ(open[0].record_id, "gw-7:1");
+  EXPECT_EQ(open[1].state, "pending");
+
+  // The station restarts and lists both again: they are recognised, nothing becomes pending twice.
+  std::vector<DockFileRow> states;
+  ASSERT_TRUE(store.dock_save_listing("dock-1", {file("A"), file("B")}, "c9", states).is_ok());
+  EXPECT_EQ(states[0].state, "recorded");
+  EXPECT_EQ(states[1].state, "pending");
+  // Same uniqueId, other bytes: another file.
+  ASSERT_TRUE(store.dock_save_listing("dock-1", {file("A", std::string(32, 'b'))}, "c10", states).is_ok());
+  EXPECT_EQ(states[0].state, "pending");
+
+  ASSERT_TRUE(store.dock_mark_acked("dock-1", "A", std::string(32, 'a')).is_ok());
+  ASSERT_TRUE(store.dock_load("dock-1", cursor, open).is_ok());
+  ASSERT_EQ(open.size(), 2u);  // B and the second A
+  EXPECT_EQ(open[0].unique_id, "B");
+  // Another dock's ledger is separate.
+  ASSERT_TRUE(store.dock_load("dock-2", cursor, open).is_ok());
+  EXPECT_TRUE(open.empty());
+  EXPECT_EQ(cursor, "");
+}
+
+TEST_F(DockLedgerStoreTest, FaultRecordClosesTheFileWithoutAck) {
+  EvidenceStore store(db());
+  std::vector<DockFileRow> states;
+  ASSERT_TRUE(store.dock_save_listing("dock-1", {file("Z")}, "c1", states).is_ok());
+  SealedRecord r = make_record(1);
+  r.type = "recording_fault";
+  r.dock_update = DockFileUpdate{"dock-1", "Z", std::string(32, 'a'), ""};
+  ASSERT_TRUE(store.append({r}).is_ok());
+  std::string cursor;
+  std::vector<DockFileRow> open;
+  ASSERT_TRUE(store.dock_load("dock-1", cursor, open).is_ok());
+  EXPECT_TRUE(open.empty());
+  ASSERT_TRUE(store.dock_save_listing("dock-1", {file("Z")}, "c1", states).is_ok());
+  EXPECT_EQ(states[0].state, "faulted");
+}
+
+TEST_F(DockLedgerStoreTest, KeptMediaIsHeldAndNotPublishedAndSpansAreFound) {
+  EvidenceStore store(db());
+  const std::string sha(64, 'e');
+  SealedRecord rec = make_record(1);
+  rec.type = "recording";
+  rec.kept_media = {KeptMedia{sha, false, kBaseMs + 5000}};
+  rec.link_span = LinkSpan{kBaseMs, kBaseMs + 1000};
+  SealedRecord passage = make_record(2);
+  passage.type = "passage";
+  passage.time_ms = kBaseMs + 500;
+  ASSERT_TRUE(store.append({rec, passage}).is_ok());
+
+  EXPECT_TRUE(store.media_held(sha, kBaseMs + 4999));
+  EXPECT_FALSE(store.media_held(sha, kBaseMs + 5000));
+  EXPECT_TRUE(store.media_pending(sha));  // its record is not acknowledged yet
+  auto entries = store.outbox_after(0, 10);
+  ASSERT_EQ(entries.size(), 2u);
+  EXPECT_TRUE(entries[0].media.empty()) << "recordings are never published";
+  ASSERT_TRUE(store.mark_forwarded({1, 2}).is_ok());
+  EXPECT_FALSE(store.media_pending(sha));
+
+  auto spans = store.spans_containing(kBaseMs + 1000);
+  ASSERT_EQ(spans.size(), 1u);
+  EXPECT_EQ(spans[0].recording_id, "gw-7:1");
+  EXPECT_TRUE(store.spans_containing(kBaseMs + 1001).empty());
+  EXPECT_EQ(store.max_span_end(), kBaseMs + 1000);
+  auto targets = store.records_in_span({"speeding", "passage"}, LinkSpan{kBaseMs + 500, kBaseMs + 500});
+  ASSERT_EQ(targets.size(), 1u);
+  EXPECT_EQ(targets[0].id, "gw-7:2");
+  EXPECT_EQ(targets[0].type, "passage");
+  EXPECT_TRUE(store.records_in_span({"speeding"}, LinkSpan{kBaseMs, kBaseMs + 1000}).empty());
+}
+
+TEST_F(DockLedgerStoreTest, AVersion2StoreIsMigratedKeepingItsRecordsAndPublishedMedia) {
+  {
+    // A store as the previous release left it: schema 2, one record with a published picture.
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(this->db().c_str(), &db), SQLITE_OK);
+    const char* sql = R"sql(
+      CREATE TABLE records (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, type TEXT NOT NULL,
+        time_ms INTEGER NOT NULL, created_ms INTEGER NOT NULL, jws TEXT NOT NULL);
+      CREATE INDEX records_type_time ON records(type, time_ms);
+      CREATE TABLE outbox (seq INTEGER PRIMARY KEY REFERENCES records(seq));
+      CREATE TABLE record_media (seq INTEGER NOT NULL REFERENCES records(seq), sha256 TEXT NOT NULL,
+        PRIMARY KEY (seq, sha256)) WITHOUT ROWID;
+      CREATE INDEX record_media_sha256 ON record_media(sha256);
+      INSERT INTO records VALUES (1, 'gw-7:1', 'passage', 1, 2, 'a.b.c');
+      INSERT INTO outbox VALUES (1);
+      INSERT INTO record_media VALUES (1, 'dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd');
+      PRAGMA user_version = 2;
+    )sql";
+    ASSERT_EQ(sqlite3_exec(db, sql, nullptr, nullptr, nullptr), SQLITE_OK);
+    sqlite3_close(db);
+  }
+  EvidenceStore store(db());
+  EXPECT_EQ(store.chain_head().seq, 1u);
+  auto entries = store.outbox_after(0, 10);
+  ASSERT_EQ(entries.size(), 1u);
+  ASSERT_EQ(entries[0].media.size(), 1u);
+  std::vector<DockFileRow> states;
+  EXPECT_TRUE(store.dock_save_listing("dock-1", {file("A")}, "c1", states).is_ok());
+}
+
+}  // namespace
+}  // namespace cpd::store

@@ -1,0 +1,73 @@
+// The recorder docking station's HTTP/JSON interface (specs/recorder-dock.md): request targets and the
+// parsing of its answers, with bounds and errors that name the field. Pure: no I/O, no clock (fuzzable).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "adapters/events.h"
+
+namespace cpd::adapters {
+
+// Bounds on what a station may send; beyond them the answer is rejected with a counted reason.
+inline constexpr std::size_t kDockMaxJsonBytes = 8 * 1024 * 1024;   // one listing (500 files with GPS)
+inline constexpr std::size_t kDockMaxFiles = 500;                   // per listing (spec: limit <= 500)
+inline constexpr std::size_t kDockMaxGpsPoints = 100000;            // per file
+inline constexpr std::size_t kDockMaxText = 1024;                   // any string field
+inline constexpr std::int64_t kDockMaxFileBytes = std::int64_t{64} * 1024 * 1024 * 1024;  // 64 GiB
+
+struct DockStatus {
+  std::string station_id;
+  std::string firmware;
+  std::string time;             // as sent
+  UnixMs time_ms = 0;           // the instant
+  bool time_has_fraction = false;  // false: whole seconds (resolution 1000 ms)
+  int slots = 0;
+  std::vector<std::string> docked;
+  std::int64_t free_bytes = 0;
+};
+
+struct DockListing {
+  std::vector<DockFile> files;
+  std::string next;
+};
+
+// A parse failure: `reason` is a short counter key (json, schema, bounds); `detail` names the field, e.g.
+// "files[3].md5: expected 32 hex digits".
+struct DockParseError {
+  std::string reason;
+  std::string detail;
+};
+
+// Exactly one of value/error is set.
+template <typename T>
+struct DockParsed {
+  std::optional<T> value;
+  DockParseError error;
+  explicit operator bool() const { return value.has_value(); }
+};
+
+DockParsed<DockStatus> parse_dock_status(std::string_view body);
+// Every entry is checked (types, required fields, fileType/format values, md5 = 32 hex digits (stored
+// lower case), length >= 0 and <= kDockMaxFileBytes, times ISO 8601 with an offset, uniqueId a safe path
+// component); one bad entry rejects the whole listing, so the cursor never moves past an unreadable file.
+DockParsed<DockListing> parse_dock_listing(std::string_view body);
+// One listing entry on its own (DockFile::raw_json as persisted in the dock ledger), same checks.
+DockParsed<DockFile> parse_dock_file(std::string_view entry_json);
+// The "error" member of a 4xx body ("unauthorized", "bad cursor", ...); empty when there is none.
+std::string dock_error_text(std::string_view body);
+
+// Request targets below the station's base path ("" or "/prefix" from the configured URL).
+std::string dock_status_target(std::string_view base_path);
+std::string dock_files_target(std::string_view base_path, std::string_view cursor, int limit);  // cursor "" = first call
+std::string dock_content_target(std::string_view base_path, std::string_view unique_id);
+std::string dock_ack_target(std::string_view base_path, std::string_view unique_id);
+std::string dock_ack_body(std::string_view sha256_hex);  // {"sha256":"<hex>"}
+
+// Percent-encodes a query value (RFC 3986 unreserved characters stay as they are).
+std::string url_encode_query(std::string_view value);
+
+}  // namespace cpd::adapters

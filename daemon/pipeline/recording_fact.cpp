@@ -1,0 +1,153 @@
+// Builds `recording`, `recording_fault` and `link` facts from dock events. Pure: every time comes in with
+// the event; numbers are integers only (evidence-feed contract), so GPS is degrees x 1e7.
+#include "daemon/pipeline/recording_fact.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <utility>
+
+namespace cpd::pipeline {
+
+namespace {
+
+using nlohmann::json;
+
+// The file as the station listed it: what each recording and fault record names.
+void put_listed_file(json& fields, const adapters::DockFile& file) {
+  fields["recorder_id"] = file.recorder_id;
+  fields["officer_id"] = file.officer_id;
+  fields["officer_name"] = file.officer_name;
+  fields["file_name"] = file.file_name;
+}
+
+}  // namespace
+
+bool LinkRule::linkable(const std::string& type) const {
+  return std::find(types.begin(), types.end(), type) != types.end();
+}
+
+LinkSpan LinkRule::span(UnixMs start_ms, UnixMs end_ms) const {
+  return LinkSpan{start_ms - margin_before_ms, end_ms + margin_after_ms};
+}
+
+json LinkRule::to_json() const {
+  return {{"types", types}, {"margin_before_ms", margin_before_ms}, {"margin_after_ms", margin_after_ms}};
+}
+
+Fact make_recording_fact(const adapters::RecordingCollected& event, const LinkRule& rule) {
+  const adapters::DockFile& file = event.file;
+  Fact fact;
+  fact.type = "recording";
+  fact.time_ms = event.start_ms;
+
+  json& f = fact.fields;
+  f["device"] = event.device_id;
+  f["station_id"] = event.station_id;
+  f["station_firmware"] = event.firmware;
+  // Not in the brief's list: the station's id of the file, so an auditor can match the record to the
+  // station's ack without parsing `listing`.
+  f["unique_id"] = file.unique_id;
+  put_listed_file(f, file);
+  f["case_code"] = file.case_code;
+  f["file_type"] = file.file_type;
+  f["format"] = file.format;
+  f["length"] = file.length;
+  f["sha256"] = event.sha256;
+  f["md5"] = file.md5;
+  f["important"] = file.important;
+  f["recorder_start"] = file.start_time;
+  f["recorder_end"] = file.end_time;
+  f["collect_time"] = file.collect_time;
+  f["start_ms"] = event.start_ms;
+  f["end_ms"] = event.end_ms;
+  f["duration_ms"] = event.end_ms - event.start_ms;
+
+  // clock (docs/records.md): both offsets the times were corrected by. The station's when it was
+  // measured, else "station": "unmeasured" (then S = 0 went into the correction); a reader tells the two
+  // apart by the presence of station_offset_ms.
+  std::int64_t station_offset_ms = 0;
+  json clock = json::object();
+  if (event.station_clock) {
+    station_offset_ms = event.station_clock->offset_ms;
+    clock["station_offset_ms"] = event.station_clock->offset_ms;
+    clock["station_uncertainty_ms"] = event.station_clock->uncertainty_ms;
+    clock["station_measured_ms"] = event.station_clock->measured_ms;
+  } else {
+    clock["station"] = "unmeasured";
+  }
+  clock["recorder_offset_ms"] = event.recorder_offset_ms;
+  f["clock"] = std::move(clock);
+  f["recorder_clock_off"] = event.recorder_clock_off;
+
+  // GPS times are by the recorder's clock like startTime, so they get the same correction.
+  const std::int64_t correction_ms = event.recorder_offset_ms + station_offset_ms;
+  json gps = json::array();
+  for (const auto& p : file.gps) {
+    gps.push_back({{"t", p.t}, {"t_ms", p.t_ms - correction_ms}, {"lat_e7", p.lat_e7}, {"lon_e7", p.lon_e7}});
+  }
+  f["gps"] = std::move(gps);
+
+  f["stored"] = {{"path", event.media_path}, {"bytes", file.length}};
+  f["download"] = {{"attempts", event.download_attempts},
+                   {"resumes", event.resumes},
+                   {"collected_ms", event.collected_ms}};
+  f["listing"] = file.raw_json;
+  f["link_rule"] = rule.to_json();
+
+  json reasons = json::array();
+  if (!event.station_clock) {
+    reasons.push_back("station_clock_unmeasured");
+  }
+  if (event.recorder_clock_off) {
+    reasons.push_back("recorder_clock_corrected");
+  }
+  f["time_reliable"] = reasons.empty();
+  f["reasons"] = std::move(reasons);
+
+  // Recordings are kept on the gateway, never published: media stays empty.
+  fact.kept_media.push_back(KeptMedia{event.sha256, file.important});
+  fact.link_span = rule.span(event.start_ms, event.end_ms);
+  fact.dock_update = DockFileUpdate{event.device_id, file.unique_id, file.md5, event.sha256};
+  fact.on_committed = event.on_committed;
+  return fact;
+}
+
+Fact make_dock_fault_fact(const adapters::DockFileFault& event) {
+  const adapters::DockFile& file = event.file;
+  Fact fact;
+  fact.type = "recording_fault";
+  fact.time_ms = event.time_ms;
+
+  json& f = fact.fields;
+  f["device"] = event.device_id;
+  f["station_id"] = event.station_id;
+  f["reason"] = event.reason;
+  f["detail"] = event.detail;
+  f["attempts"] = event.attempts;
+  f["unique_id"] = file.unique_id;
+  put_listed_file(f, file);
+  f["md5"] = file.md5;
+  f["sha256"] = event.sha256;
+  f["listing"] = file.raw_json;
+
+  // The ledger entry is closed with no sha256: the file is accounted for by this fault, not collected.
+  fact.dock_update = DockFileUpdate{event.device_id, file.unique_id, file.md5, ""};
+  fact.on_committed = event.on_committed;
+  return fact;
+}
+
+Fact make_link_fact(const std::string& recording_id, const std::string& record_id,
+                    const std::string& record_type, UnixMs record_time_ms, const LinkSpan& span) {
+  Fact fact;
+  fact.type = "link";
+  fact.time_ms = record_time_ms;
+  fact.fields = {{"recording", recording_id},
+                 {"record", record_id},
+                 {"record_type", record_type},
+                 {"record_time_ms", record_time_ms},
+                 {"span", {{"lo_ms", span.lo_ms}, {"hi_ms", span.hi_ms}}}};
+  return fact;
+}
+
+}  // namespace cpd::pipeline

@@ -1,0 +1,34 @@
+// Recording facts: a collected dock file becomes a `recording` fact (with the span its links are drawn
+// from), a file that cannot be collected a `recording_fault` fact. Pure: no I/O, no clock.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "adapters/events.h"
+#include "daemon/core/record.h"
+
+namespace cpd::pipeline {
+
+// Which sealed records a recording is linked to: those of `types` whose time_ms falls within the
+// recording's corrected [start - margin_before, end + margin_after].
+struct LinkRule {
+  std::vector<std::string> types{"speeding", "passage", "speed_measurement", "plate_read"};
+  std::int64_t margin_before_ms = 60000;
+  std::int64_t margin_after_ms = 60000;
+  bool linkable(const std::string& type) const;
+  LinkSpan span(UnixMs start_ms, UnixMs end_ms) const;
+  nlohmann::json to_json() const;  // written into each recording record ("link_rule")
+};
+
+// The `recording` fact: fields per docs/records.md, kept_media (the file, important flag), link_span,
+// dock_update and on_committed carried over. time_ms = the corrected start.
+Fact make_recording_fact(const adapters::RecordingCollected& event, const LinkRule& rule);
+// The `recording_fault` fact for a file that could not be collected or acknowledged.
+Fact make_dock_fault_fact(const adapters::DockFileFault& event);
+// The `link` fact sealed when an enforcement record falls within an earlier recording's span.
+Fact make_link_fact(const std::string& recording_id, const std::string& record_id, const std::string& record_type,
+                    UnixMs record_time_ms, const LinkSpan& span);
+
+}  // namespace cpd::pipeline

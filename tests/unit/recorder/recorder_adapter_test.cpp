@@ -1,0 +1,716 @@
+// The recorder-dock adapter against a small fake station on a loopback socket (dock_test_server.h), a
+// DockLedger kept in memory with its own worker thread (like the store worker), and a sink that commits
+// records only when the test says so: hashing, ack after commit, Range resumes, MD5 faults, ack conflicts,
+// repeated listings, the parallel limit, 401, and a partial file left from an earlier run.
+#include "adapters/recorder/recorder_adapter.h"
+
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <atomic>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "daemon/core/digest.h"
+#include "daemon/media/media_store.h"
+#include "tests/unit/recorder/dock_test_server.h"
+
+namespace cpd::adapters {
+namespace {
+
+namespace asio = boost::asio;
+namespace fs = std::filesystem;
+using test::FakeDock;
+using test::FakeDockFile;
+using test::md5_of;
+using test::sha256_of;
+using test::test_bytes;
+
+constexpr UnixMs kGatewayNow = 1795750730000;  // 2026-11-27T03:38:50Z = 11:38:50+08:00, the station's time
+constexpr const char* kDevice = "dock-1";
+
+class FixedClock final : public WallClock {
+ public:
+  UnixMs now_ms() const override { return kGatewayNow; }
+};
+
+// Waits for pred with a deadline, re-checking when `cv` is notified or every few ms (for state that no
+// condition variable covers, such as the adapter's status snapshot).
+bool eventually(const std::function<bool()>& pred,
+                std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+  std::mutex m;
+  std::condition_variable cv;
+  std::unique_lock lock(m);
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!pred()) {
+    if (cv.wait_until(lock,
+                      std::min(deadline, std::chrono::steady_clock::now() + std::chrono::milliseconds(5))) ==
+            std::cv_status::timeout &&
+        std::chrono::steady_clock::now() >= deadline) {
+      return pred();
+    }
+  }
+  return true;
+}
+
+// The dock ledger in memory, answering on its own thread as the store worker does.
+class MemoryLedger final : public DockLedger {
+ public:
+  MemoryLedger() : worker_([this] { run(); }) {}
+  ~MemoryLedger() override {
+    {
+      std::lock_guard lock(mutex_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    worker_.join();
+  }
+
+  void load(const std::string& device_id, std::function<void(Status, DockLedgerState)> done) override {
+    post([this, device_id, done = std::move(done)] {
+      DockLedgerState st;
+      {
+        std::lock_guard lock(mutex_);
+        ++loads_;
+        st.cursor = cursor_[device_id];
+        for (const auto& key : order_) {
+          const auto& f = files_.at(key);
+          if (f.state == DockFileState::kPending || f.state == DockFileState::kRecorded) {
+            st.open.push_back(f);
+          }
+        }
+      }
+      done(Status::ok(), std::move(st));
+    });
+  }
+
+  void save_listing(const std::string& device_id, std::vector<DockLedgerFile> files, std::string next_cursor,
+                    std::function<void(Status, std::vector<DockLedgerFile>)> done) override {
+    post([this, device_id, files = std::move(files), next_cursor, done = std::move(done)]() mutable {
+      std::vector<DockLedgerFile> out;
+      {
+        std::lock_guard lock(mutex_);
+        for (auto& f : files) {
+          const std::string key = f.unique_id + "|" + f.md5;
+          if (!files_.contains(key)) {
+            f.state = DockFileState::kPending;
+            files_[key] = f;
+            order_.push_back(key);
+          }
+          out.push_back(files_[key]);
+        }
+        cursor_[device_id] = next_cursor;
+        ++saves_;
+      }
+      cv_.notify_all();
+      done(Status::ok(), std::move(out));
+    });
+  }
+
+  void mark_acked(const std::string&, const std::string& unique_id, const std::string& md5,
+                  std::function<void(Status)> done) override {
+    post([this, unique_id, md5, done = std::move(done)] {
+      {
+        std::lock_guard lock(mutex_);
+        files_[unique_id + "|" + md5].state = DockFileState::kAcked;
+      }
+      cv_.notify_all();
+      done(Status::ok());
+    });
+  }
+
+  // What a record's commit does (Fact::dock_update): kRecorded with the sha256, or kFaulted for a fault.
+  void commit(const std::string& unique_id, const std::string& md5, const std::string& sha256, bool fault,
+              std::function<void()> then) {
+    post([this, unique_id, md5, sha256, fault, then = std::move(then)] {
+      {
+        std::lock_guard lock(mutex_);
+        auto& f = files_[unique_id + "|" + md5];
+        f.state = fault ? DockFileState::kFaulted : DockFileState::kRecorded;
+        f.sha256 = sha256;
+        f.record_id = "gw:" + std::to_string(++records_);
+      }
+      then();
+    });
+  }
+
+  // A file from an earlier run.
+  void preload(DockLedgerFile f, const std::string& cursor) {
+    std::lock_guard lock(mutex_);
+    const std::string key = f.unique_id + "|" + f.md5;
+    files_[key] = std::move(f);
+    order_.push_back(key);
+    cursor_[kDevice] = cursor;
+  }
+
+  std::optional<DockFileState> state(const std::string& unique_id, const std::string& md5) const {
+    std::lock_guard lock(mutex_);
+    auto it = files_.find(unique_id + "|" + md5);
+    if (it == files_.end()) {
+      return std::nullopt;
+    }
+    return it->second.state;
+  }
+  std::string cursor() const {
+    std::lock_guard lock(mutex_);
+    auto it = cursor_.find(kDevice);
+    return it == cursor_.end() ? std::string() : it->second;
+  }
+
+ private:
+  void post(std::function<void()> job) {
+    {
+      std::lock_guard lock(mutex_);
+      jobs_.push_back(std::move(job));
+    }
+    cv_.notify_all();
+  }
+  void run() {
+    while (true) {
+      std::function<void()> job;
+      {
+        std::unique_lock lock(mutex_);
+        cv_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
+        if (jobs_.empty()) {
+          return;
+        }
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      job();
+    }
+  }
+
+  mutable std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  bool stopping_ = false;
+  std::map<std::string, DockLedgerFile> files_;
+  std::vector<std::string> order_;
+  std::map<std::string, std::string> cursor_;
+  int loads_ = 0;
+  int saves_ = 0;
+  int records_ = 0;
+  std::thread worker_;  // last: started after everything it uses
+};
+
+// Collects events; commits a recording (or fault) through the ledger when the test asks, or at once when
+// auto_commit is on.
+class RecordingSink final : public EventSink {
+ public:
+  explicit RecordingSink(MemoryLedger& ledger) : ledger_(ledger) {}
+
+  void emit(DeviceEvent event) override {
+    std::unique_lock lock(mutex_);
+    events_.push_back(event);
+    const std::size_t index = events_.size() - 1;
+    const bool commit_now = auto_commit_;
+    lock.unlock();
+    cv_.notify_all();
+    if (commit_now) {
+      commit(index);
+    }
+  }
+  bool congested() const override { return congested_; }
+
+  void set_auto_commit(bool on) {
+    std::lock_guard lock(mutex_);
+    auto_commit_ = on;
+  }
+  void set_congested(bool on) { congested_ = on; }
+
+  // Commits the event at `index` (a RecordingCollected or DockFileFault): ledger first, then on_committed
+  // on the ledger's thread, as the store worker does.
+  void commit(std::size_t index) {
+    DeviceEvent ev;
+    {
+      std::lock_guard lock(mutex_);
+      ev = events_.at(index);
+    }
+    if (auto* rc = std::get_if<RecordingCollected>(&ev)) {
+      auto cb = rc->on_committed;
+      ledger_.commit(rc->file.unique_id, rc->file.md5, rc->sha256, false, [cb] { cb("gw:rec"); });
+    } else if (auto* f = std::get_if<DockFileFault>(&ev)) {
+      auto cb = f->on_committed;
+      ledger_.commit(f->file.unique_id, f->file.md5, "", true, [cb] { cb("gw:fault"); });
+    }
+  }
+
+  bool wait_for(const std::function<bool(const std::vector<DeviceEvent>&)>& pred,
+                std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+    std::unique_lock lock(mutex_);
+    return cv_.wait_for(lock, timeout, [&] { return pred(events_); });
+  }
+  std::vector<DeviceEvent> events() const {
+    std::lock_guard lock(mutex_);
+    return events_;
+  }
+
+ private:
+  MemoryLedger& ledger_;
+  mutable std::mutex mutex_;
+  std::condition_variable cv_;
+  std::vector<DeviceEvent> events_;
+  bool auto_commit_ = false;
+  std::atomic<bool> congested_{false};
+};
+
+template <typename T>
+std::vector<T> of_type(const std::vector<DeviceEvent>& events) {
+  std::vector<T> out;
+  for (const auto& e : events) {
+    if (const auto* t = std::get_if<T>(&e)) {
+      out.push_back(*t);
+    }
+  }
+  return out;
+}
+
+template <typename T>
+std::size_t count_of(const std::vector<DeviceEvent>& events) {
+  return of_type<T>(events).size();
+}
+
+// Index of the n-th event of type T (0-based).
+template <typename T>
+std::size_t index_of(const std::vector<DeviceEvent>& events, std::size_t n = 0) {
+  for (std::size_t i = 0; i < events.size(); ++i) {
+    if (std::holds_alternative<T>(events[i]) && n-- == 0) {
+      return i;
+    }
+  }
+  return events.size();
+}
+
+FakeDockFile dock_file(std::string unique_id, std::string content) {
+  FakeDockFile f;
+  f.unique_id = std::move(unique_id);
+  f.content = std::move(content);
+  return f;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+class RecorderAdapterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string templ = (fs::temp_directory_path() / "cpd-recorder-XXXXXX").string();
+    ASSERT_NE(::mkdtemp(templ.data()), nullptr);
+    dir_ = templ;
+    media_ = std::make_unique<media::MediaStore>((dir_ / "media").string());
+  }
+  void TearDown() override {
+    if (adapter_) {
+      adapter_->stop();
+    }
+    work_.reset();
+    for (auto& t : io_threads_) {
+      t.join();
+    }
+    blocking_.join();
+    adapter_.reset();
+    fs::remove_all(dir_);
+  }
+
+  RecorderDockConfig config_for(std::uint16_t port) const {
+    RecorderDockConfig c;
+    c.id = kDevice;
+    c.url = "http://127.0.0.1:" + std::to_string(port);
+    c.host = "127.0.0.1";
+    c.port = port;
+    c.token_file = "/etc/checkpointd/dock-1.token";
+    c.token = "secret";
+    c.poll_interval_ms = 50;
+    c.list_limit = 100;
+    c.max_parallel_downloads = 2;
+    c.request_timeout_s = 5;
+    c.download_idle_timeout_s = 5;
+    c.max_md5_attempts = 3;
+    c.reconnect_initial_ms = 20;
+    c.reconnect_max_ms = 200;
+    c.auth_backoff_s = 60;
+    return c;
+  }
+
+  void start(const RecorderDockConfig& c) {
+    ctx_.emplace(AdapterContext{io_, sink_, clock_, &blocking_, media_.get(), &ledger_});
+    adapter_ = make_recorder_adapter(c, *ctx_);
+    adapter_->start();
+    for (int i = 0; i < 2; ++i) {
+      io_threads_.emplace_back([this] { io_.run(); });
+    }
+  }
+
+  std::string partial_path(const std::string& unique_id, const std::string& md5) const {
+    return media_->partial_dir() + "/" + kDevice + "-" + unique_id + "-" + md5 + ".part";
+  }
+
+  std::uint64_t counter(const std::string& name) const {
+    return adapter_->status().at(name).get<std::uint64_t>();
+  }
+
+  fs::path dir_;
+  std::unique_ptr<media::MediaStore> media_;
+  asio::io_context io_;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_{io_.get_executor()};
+  asio::thread_pool blocking_{2};
+  FixedClock clock_;
+  MemoryLedger ledger_;
+  RecordingSink sink_{ledger_};
+  std::optional<AdapterContext> ctx_;
+  std::unique_ptr<Adapter> adapter_;
+  std::vector<std::thread> io_threads_;
+};
+
+TEST_F(RecorderAdapterTest, DownloadsHashesAndAcksOnlyAfterCommit) {
+  FakeDock dock;
+  const std::string big = test_bytes(3 * 1024 * 1024 + 12345, 1);  // several chunks
+  const std::string small = test_bytes(777, 2);
+  dock.add_file(dock_file("BWC-00917-20261127-000153", big));
+  dock.add_file(dock_file("BWC-00917-20261127-000154", small));
+  start(config_for(dock.port()));
+
+  ASSERT_TRUE(sink_.wait_for([](const auto& ev) { return count_of<RecordingCollected>(ev) == 2; }));
+  const auto recs = of_type<RecordingCollected>(sink_.events());
+  std::map<std::string, std::string> content = {{"BWC-00917-20261127-000153", big},
+                                                {"BWC-00917-20261127-000154", small}};
+  for (const auto& rc : recs) {
+    const std::string& bytes = content.at(rc.file.unique_id);
+    // The adapter's streaming digest against OpenSSL and against FileDigest over the same bytes at once.
+    EXPECT_EQ(rc.sha256, sha256_of(bytes));
+    FileDigest whole;
+    whole.update(bytes);
+    EXPECT_EQ(rc.sha256, whole.finish().sha256);
+    EXPECT_EQ(rc.media_path, media_->path_of(rc.sha256));
+    EXPECT_EQ(read_file(rc.media_path), bytes);
+    EXPECT_EQ(rc.device_id, kDevice);
+    EXPECT_EQ(rc.station_id, "DS-2011-0042");
+    EXPECT_EQ(rc.firmware, "3.4.1");
+    EXPECT_EQ(rc.download_attempts, 1);
+    EXPECT_EQ(rc.resumes, 0);
+    EXPECT_EQ(rc.collected_ms, kGatewayNow);
+    ASSERT_TRUE(rc.station_clock.has_value());
+    // Station time 11:38:50 (whole seconds) against a gateway fixed at 11:38:50.000: offset in [0, 1000].
+    EXPECT_GE(rc.station_clock->offset_ms, 0);
+    EXPECT_LE(rc.station_clock->offset_ms, 1000);
+    EXPECT_FALSE(rc.recorder_clock_off);
+    EXPECT_EQ(rc.recorder_offset_ms, 0);
+    EXPECT_EQ(rc.start_ms, rc.file.start_ms - rc.station_clock->offset_ms);
+    EXPECT_FALSE(fs::exists(partial_path(rc.file.unique_id, rc.file.md5)));
+  }
+  // Nothing is acked before its record is committed.
+  EXPECT_TRUE(dock.acks().empty());
+  EXPECT_EQ(ledger_.state("BWC-00917-20261127-000153", md5_of(big)), DockFileState::kPending);
+
+  const auto events = sink_.events();
+  const std::size_t first = index_of<RecordingCollected>(events, 0);
+  const auto& committed = std::get<RecordingCollected>(events[first]);
+  sink_.commit(first);
+  ASSERT_TRUE(dock.wait_for([&] { return dock.acks_locked() == 1; }));
+  const auto acks = dock.acks();
+  EXPECT_EQ(acks[0].unique_id, committed.file.unique_id);
+  EXPECT_EQ(acks[0].sha256, sha256_of(content.at(committed.file.unique_id)));
+  ASSERT_TRUE(eventually(
+      [&] { return ledger_.state(committed.file.unique_id, committed.file.md5) == DockFileState::kAcked; }));
+
+  sink_.commit(index_of<RecordingCollected>(events, 1));
+  ASSERT_TRUE(dock.wait_for([&] { return dock.acks_locked() == 2; }));
+  ASSERT_TRUE(eventually([&] { return counter("acks") == 2; }));
+  const auto st = adapter_->status();
+  EXPECT_EQ(st["kind"], "recorder_dock");
+  EXPECT_EQ(st["station_id"], "DS-2011-0042");
+  EXPECT_EQ(st["collected"], 2);
+  EXPECT_EQ(st["bytes_collected"], big.size() + small.size());
+  EXPECT_EQ(st["files_listed"], 2);
+  // The token went out as a bearer token and never anywhere else.
+  for (const auto& h : dock.auth_headers()) {
+    EXPECT_EQ(h, "Bearer secret");
+  }
+  EXPECT_EQ(st.dump().find("secret"), std::string::npos);
+}
+
+TEST_F(RecorderAdapterTest, BrokenTransferResumesWithRange) {
+  FakeDock dock;
+  const std::string bytes = test_bytes(2 * 1024 * 1024 + 99, 3);
+  const std::size_t cut = 1024 * 1024 + 4321;
+  FakeDockFile f1 = dock_file("F1", bytes);
+  f1.breaks_left = 1;
+  f1.break_at = cut;
+  dock.add_file(f1);
+  sink_.set_auto_commit(true);
+  start(config_for(dock.port()));
+
+  ASSERT_TRUE(sink_.wait_for([](const auto& ev) { return count_of<RecordingCollected>(ev) == 1; }));
+  const auto rc = of_type<RecordingCollected>(sink_.events()).at(0);
+  EXPECT_EQ(rc.sha256, sha256_of(bytes));
+  EXPECT_EQ(read_file(rc.media_path), bytes);
+  EXPECT_EQ(rc.resumes, 1);
+  EXPECT_EQ(rc.download_attempts, 1);
+  const auto ranges = dock.ranges("F1");
+  ASSERT_EQ(ranges.size(), 2U);
+  EXPECT_EQ(ranges[0], "");
+  EXPECT_EQ(ranges[1], "bytes=" + std::to_string(cut) + "-");
+  ASSERT_TRUE(dock.wait_for([&] { return dock.acks_locked() == 1; }));
+  EXPECT_EQ(dock.acks()[0].sha256, sha256_of(bytes));
+  EXPECT_EQ(counter("resumes"), 1U);
+}
+
+TEST_F(RecorderAdapterTest, PartialFileFromEarlierRunResumesWithRange) {
+  FakeDock dock;
+  const std::string bytes = test_bytes(1500000, 4);
+  const std::string md5 = md5_of(bytes);
+  const std::size_t k = 600001;
+  dock.add_file(dock_file("F2", bytes));
+  {
+    std::ofstream out(partial_path("F2", md5), std::ios::binary);
+    out.write(bytes.data(), static_cast<std::streamsize>(k));
+  }
+  sink_.set_auto_commit(true);
+  start(config_for(dock.port()));
+
+  ASSERT_TRUE(sink_.wait_for([](const auto& ev) { return count_of<RecordingCollected>(ev) == 1; }));
+  const auto rc = of_type<RecordingCollected>(sink_.events()).at(0);
+  EXPECT_EQ(rc.sha256, sha256_of(bytes));
+  EXPECT_EQ(read_file(rc.media_path), bytes);
+  EXPECT_EQ(rc.resumes, 1);
+  ASSERT_EQ(dock.ranges("F2").size(), 1U);
+  EXPECT_EQ(dock.ranges("F2")[0], "bytes=" + std::to_string(k) + "-");
+  EXPECT_FALSE(fs::exists(partial_path("F2", md5)));
+}
+
+TEST_F(RecorderAdapterTest, StationIgnoringRangeStartsTheFileOver) {
+  FakeDock dock;
+  dock.ignore_range(true);
+  const std::string bytes = test_bytes(800000, 5);
+  const std::string md5 = md5_of(bytes);
+  dock.add_file(dock_file("F3", bytes));
+  {
+    std::ofstream out(partial_path("F3", md5), std::ios::binary);
+    out.write(bytes.data(), 1000);
+  }
+  start(config_for(dock.port()));
+  ASSERT_TRUE(sink_.wait_for([](const auto& ev) { return count_of<RecordingCollected>(ev) == 1; }));
+  const auto rc = of_type<RecordingCollected>(sink_.events()).at(0);
+  EXPECT_EQ(rc.sha256, sha256_of(bytes));
+  EXPECT_EQ(read_file(rc.media_path), bytes);
+  EXPECT_EQ(dock.content_requests("F3"), 1);
+}
+
+TEST_F(RecorderAdapterTest, Md5MismatchThreeTimesIsOneFaultAndNoAck) {
+  FakeDock dock;
+  const std::string bytes = test_bytes(300000, 6);
+  const std::string wrong_md5 = "0123456789abcdef0123456789ABCDEF";
+  FakeDockFile bad = dock_file("BAD", bytes);
+  bad.listed_md5 = wrong_md5;
+  dock.add_file(bad);
+  dock.add_file(dock_file("GOOD", test_bytes(1000, 7)));
+  sink_.set_auto_commit(true);
+  start(config_for(dock.port()));
+
+  ASSERT_TRUE(sink_.wait_for([](const auto& ev) { return count_of<DockFileFault>(ev) == 1; }));
+  ASSERT_TRUE(dock.wait_for([&] { return dock.acks_locked() == 1; }));  // GOOD only
+  // The fault's commit marks the file faulted; later polls list nothing new and nothing more happens.
+  ASSERT_TRUE(eventually(
+      [&] { return ledger_.state("BAD", "0123456789abcdef0123456789abcdef") == DockFileState::kFaulted; }));
+  const int listings = dock.listings();
+  ASSERT_TRUE(dock.wait_for([&] { return dock.listings_locked() >= listings + 3; }));
+
+  const auto events = sink_.events();
+  const auto faults = of_type<DockFileFault>(events);
+  ASSERT_EQ(faults.size(), 1U);
+  EXPECT_EQ(faults[0].reason, "md5_mismatch");
+  EXPECT_EQ(faults[0].attempts, 3);
+  EXPECT_EQ(faults[0].sha256, sha256_of(bytes));
+  EXPECT_NE(faults[0].detail.find("0123456789abcdef0123456789abcdef"), std::string::npos);
+  EXPECT_NE(faults[0].detail.find(md5_of(bytes)), std::string::npos);
+  EXPECT_EQ(faults[0].file.unique_id, "BAD");
+  EXPECT_EQ(dock.content_requests("BAD"), 3);
+  for (const auto& rc : of_type<RecordingCollected>(events)) {
+    EXPECT_NE(rc.file.unique_id, "BAD");
+  }
+  for (const auto& a : dock.acks()) {
+    EXPECT_NE(a.unique_id, "BAD");
+  }
+  EXPECT_EQ(counter("md5_mismatches"), 3U);
+  EXPECT_EQ(counter("faults"), 1U);
+  EXPECT_FALSE(fs::exists(partial_path("BAD", "0123456789abcdef0123456789abcdef")));
+}
+
+TEST_F(RecorderAdapterTest, AckConflictBecomesFault) {
+  FakeDock dock;
+  dock.set_ack_status(409);
+  const std::string bytes = test_bytes(5000, 8);
+  dock.add_file(dock_file("C1", bytes));
+  sink_.set_auto_commit(true);
+  start(config_for(dock.port()));
+
+  ASSERT_TRUE(sink_.wait_for([](const auto& ev) { return count_of<DockFileFault>(ev) == 1; }));
+  const auto f = of_type<DockFileFault>(sink_.events()).at(0);
+  EXPECT_EQ(f.reason, "ack_conflict");
+  EXPECT_EQ(f.sha256, sha256_of(bytes));
+  EXPECT_EQ(f.file.unique_id, "C1");
+  ASSERT_TRUE(eventually([&] { return ledger_.state("C1", md5_of(bytes)) == DockFileState::kFaulted; }));
+  EXPECT_EQ(dock.acks().size(), 1U);
+  EXPECT_EQ(counter("ack_conflicts"), 1U);
+  EXPECT_EQ(counter("acks"), 0U);
+}
+
+TEST_F(RecorderAdapterTest, RepeatedListingAfterLostCursorIsNotDownloadedTwice) {
+  FakeDock dock;
+  const std::string a = test_bytes(4000, 9);
+  const std::string b = test_bytes(5000, 10);
+  dock.add_file(dock_file("R1", a));
+  dock.add_file(dock_file("R2", b));
+  sink_.set_auto_commit(true);
+  start(config_for(dock.port()));
+  ASSERT_TRUE(dock.wait_for([&] { return dock.acks_locked() == 2; }));
+  ASSERT_TRUE(eventually([&] { return ledger_.state("R2", md5_of(b)) == DockFileState::kAcked; }));
+
+  // The station restarts and forgets the cursor: the next listing answers 400, the adapter lists from the
+  // start and gets R1 and R2 again, plus a new R3.
+  dock.add_file(dock_file("R3", test_bytes(6000, 11)));
+  dock.lose_cursor_once();
+  ASSERT_TRUE(dock.wait_for([&] { return dock.acks_locked() == 3; }));
+  ASSERT_TRUE(eventually([&] { return counter("repeated") >= 2; }));
+
+  EXPECT_EQ(dock.bad_cursor_answers(), 1);
+  EXPECT_EQ(dock.content_requests("R1"), 1);
+  EXPECT_EQ(dock.content_requests("R2"), 1);
+  EXPECT_EQ(dock.content_requests("R3"), 1);
+  EXPECT_EQ(count_of<RecordingCollected>(sink_.events()), 3U);
+  bool warned = false;
+  for (const auto& s : of_type<DeviceStatusEvent>(sink_.events())) {
+    warned = warned || (s.state == "warning" && s.text.find("cursor") != std::string::npos);
+  }
+  EXPECT_TRUE(warned);
+  EXPECT_EQ(ledger_.cursor(), "c3");
+}
+
+TEST_F(RecorderAdapterTest, ParallelDownloadsStayWithinTheLimit) {
+  FakeDock dock;
+  dock.hold_downloads(2, std::chrono::milliseconds(150));
+  for (int i = 0; i < 6; ++i) {
+    dock.add_file(dock_file("P" + std::to_string(i), test_bytes(20000 + i, 20 + i)));
+  }
+  sink_.set_auto_commit(true);
+  start(config_for(dock.port()));
+  ASSERT_TRUE(sink_.wait_for([](const auto& ev) { return count_of<RecordingCollected>(ev) == 6; },
+                             std::chrono::seconds(20)));
+  EXPECT_EQ(dock.max_concurrent(), 2);
+  for (int i = 0; i < 6; ++i) {
+    EXPECT_EQ(dock.content_requests("P" + std::to_string(i)), 1);
+  }
+}
+
+TEST_F(RecorderAdapterTest, CongestedSinkHoldsNewDownloads) {
+  FakeDock dock;
+  dock.add_file(dock_file("Q1", test_bytes(1000, 30)));
+  sink_.set_congested(true);
+  start(config_for(dock.port()));
+  // Listed and persisted, but not fetched while the core is behind.
+  ASSERT_TRUE(eventually([&] { return counter("files_listed") == 1 && counter("queued") == 1; }));
+  ASSERT_TRUE(dock.wait_for([&] { return dock.listings_locked() >= 3; }));
+  EXPECT_EQ(dock.content_requests("Q1"), 0);
+  sink_.set_congested(false);
+  ASSERT_TRUE(sink_.wait_for([](const auto& ev) { return count_of<RecordingCollected>(ev) == 1; }));
+}
+
+TEST_F(RecorderAdapterTest, UnauthorizedIsAFaultNamingTheTokenFile) {
+  FakeDock dock("another-token");
+  dock.add_file(dock_file("U1", test_bytes(100, 40)));
+  start(config_for(dock.port()));
+  ASSERT_TRUE(sink_.wait_for([](const auto& ev) {
+    for (const auto& s : of_type<DeviceStatusEvent>(ev)) {
+      if (s.state == "fault") {
+        return true;
+      }
+    }
+    return false;
+  }));
+  const auto statuses = of_type<DeviceStatusEvent>(sink_.events());
+  const auto fault =
+      std::find_if(statuses.begin(), statuses.end(), [](const auto& s) { return s.state == "fault"; });
+  ASSERT_NE(fault, statuses.end());
+  EXPECT_EQ(fault->kind, "recorder_dock");
+  EXPECT_EQ(fault->device_id, kDevice);
+  EXPECT_NE(fault->text.find("/etc/checkpointd/dock-1.token"), std::string::npos);
+  EXPECT_EQ(fault->text.find("secret"), std::string::npos);
+  EXPECT_EQ(adapter_->status()["state"], "auth_failed");
+  EXPECT_EQ(dock.unauthorized(), 1);  // waits auth_backoff_s (60 s) before asking again
+  EXPECT_EQ(dock.content_requests("U1"), 0);
+}
+
+TEST_F(RecorderAdapterTest, UnreachableStationIsReportedOnceAndRecovered) {
+  // A port with nothing listening: bind, note the port, close.
+  std::uint16_t port = 0;
+  {
+    asio::io_context tmp;
+    asio::ip::tcp::acceptor a(tmp, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+    port = a.local_endpoint().port();
+  }
+  start(config_for(port));
+  ASSERT_TRUE(eventually([&] { return counter("reconnects") >= 3; }));
+  const auto statuses = of_type<DeviceStatusEvent>(sink_.events());
+  ASSERT_EQ(statuses.size(), 1U);
+  EXPECT_EQ(statuses[0].state, "disconnected");
+  EXPECT_EQ(adapter_->status()["state"], "disconnected");
+}
+
+TEST_F(RecorderAdapterTest, RecordedFilesFromTheLedgerAreAckedAtStart) {
+  FakeDock dock;
+  const std::string bytes = test_bytes(2000, 50);
+  dock.add_file(dock_file("L1", bytes));
+  DockLedgerFile lf;
+  lf.unique_id = "L1";
+  lf.md5 = md5_of(bytes);
+  lf.entry_json = R"({"uniqueId":"L1"})";  // not needed to ack
+  lf.state = DockFileState::kRecorded;
+  lf.sha256 = sha256_of(bytes);
+  lf.record_id = "gw:7";
+  ledger_.preload(lf, "c1");
+  start(config_for(dock.port()));
+  ASSERT_TRUE(dock.wait_for([&] { return dock.acks_locked() == 1; }));
+  EXPECT_EQ(dock.acks()[0].sha256, sha256_of(bytes));
+  ASSERT_TRUE(eventually([&] { return ledger_.state("L1", lf.md5) == DockFileState::kAcked; }));
+  EXPECT_EQ(dock.content_requests("L1"), 0);
+}
+
+TEST_F(RecorderAdapterTest, RecorderAheadOfTheStationIsCorrected) {
+  FakeDock dock;
+  // Collected "at" 11:48:50 by the recorder while the station's clock read 11:38:50: 10 minutes ahead.
+  FakeDockFile f = dock_file("A1", test_bytes(100, 60));
+  f.start_time = "2026-11-27T11:45:00+08:00";
+  f.end_time = "2026-11-27T11:47:00+08:00";
+  f.collect_time = "2026-11-27T11:48:50+08:00";
+  dock.add_file(f);
+  start(config_for(dock.port()));
+  ASSERT_TRUE(sink_.wait_for([](const auto& ev) { return count_of<RecordingCollected>(ev) == 1; }));
+  const auto rc = of_type<RecordingCollected>(sink_.events()).at(0);
+  ASSERT_TRUE(rc.station_clock.has_value());
+  const std::int64_t s = rc.station_clock->offset_ms;
+  EXPECT_TRUE(rc.recorder_clock_off);
+  EXPECT_EQ(rc.recorder_offset_ms, 600000 - s);
+  // Corrected: recorder time - recorder offset - station offset = 10 minutes earlier on the gateway clock.
+  EXPECT_EQ(rc.start_ms, rc.file.start_ms - 600000);
+  EXPECT_EQ(rc.end_ms, rc.file.end_ms - 600000);
+}
+
+}  // namespace
+}  // namespace cpd::adapters
