@@ -46,7 +46,7 @@ demo: build
 	tools/demo.sh $(BUILD_DIR)
 
 bench: build
-	$(BUILD_DIR)/bench/cpd-bench && $(BUILD_DIR)/bench/cpd-camera-bench
+	$(BUILD_DIR)/bench/cpd-bench && $(BUILD_DIR)/bench/cpd-camera-bench && $(BUILD_DIR)/bench/cpd-dock-bench
 
 format:
 	git ls-files '*.cpp' '*.h' | xargs clang-format -i

@@ -41,17 +41,7 @@ constexpr double kMB = 1e6;
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // A picture-sized buffer whose bytes differ per call (no file system or hash can short-cut repeats).
-std::string picture_bytes(std::uint64_t n) {
-  std::string b(kPictureBytes, '\0');
-  std::uint64_t x = 0x9E3779B97F4A7C15ULL * (n + 1);
-  for (std::size_t i = 0; i + 8 <= b.size(); i += 8) {
-    x ^= x << 13U;
-    x ^= x >> 7U;
-    x ^= x << 17U;
-    std::memcpy(b.data() + i, &x, 8);
-  }
-  return b;
-}
+std::string picture_bytes(std::uint64_t n) { return pseudo_random_bytes(kPictureBytes, n); }
 
 struct DiskFigures {
   double files_per_s = 0;
@@ -136,16 +126,6 @@ double measure_sha256_mb_per_s(std::chrono::milliseconds budget) {
     throw std::runtime_error("sha256_hex returned an unexpected length");
   }
   return static_cast<double>(n * kPictureBytes) / kMB / s;
-}
-
-long peak_rss_kb(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind("VmHWM:", 0) == 0) {
-      return std::stol(line.substr(6));
-    }
-  }
-  return -1;
 }
 
 // CPU seconds (user + system) a process has used so far, from /proc/PID/stat; -1 if unreadable.

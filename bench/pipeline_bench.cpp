@@ -82,16 +82,6 @@ double measure_paho(const std::string& uri, std::chrono::milliseconds budget) {
   return rate;
 }
 
-long peak_rss_kb(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind("VmHWM:", 0) == 0) {
-      return std::stol(line.substr(6));
-    }
-  }
-  return -1;
-}
-
 struct Rig {
   fs::path dir;
   Mosquitto& broker;

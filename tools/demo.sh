@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# `make demo`: a private mosquitto on loopback, a simulated checkpoint (radar + ANPR camera driven by one
-# scenario) and checkpointd, then evidence arriving over MQTT, each record and picture verified as
+# `make demo`: a private mosquitto on loopback, a simulated checkpoint (radar + ANPR camera + recorder
+# docking station driven by one scenario) and checkpointd, then evidence arriving over MQTT, each record and picture verified as
 # central would (checkpointctl and the stock openssl CLI).
 set -euo pipefail
 BUILD=${1:-build}
-SECONDS_TO_RUN=${DEMO_SECONDS:-30}
+SECONDS_TO_RUN=${DEMO_SECONDS:-40}
 top=$(cd "$(dirname "$0")/.." && pwd)
 run="$top/demo-run"
 ctl="$top/$BUILD/tools/checkpointctl/checkpointctl"
@@ -46,11 +46,13 @@ echo "== mosquitto on 127.0.0.1:$port"
 
 "$sim" scenario "$top/tools/demo-scenario.yaml" --ground-truth "$run/truth.jsonl" \
   >"$run/sim.out" 2>"$run/sim.err" & pids+=($!)
-for _ in $(seq 50); do grep -q '^camera ' "$run/sim.out" 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 100); do grep -q '^dock ' "$run/sim.out" 2>/dev/null && break; sleep 0.1; done
 radar_port=$(awk '/^radar /{print $2; exit}' "$run/sim.out")
 camera_port=$(awk '/^camera /{print $2; exit}' "$run/sim.out")
-echo "== simulated checkpoint (tools/demo-scenario.yaml): radar on 127.0.0.1:$radar_port, ANPR camera on 127.0.0.1:$camera_port"
+dock_port=$(awk '/^dock /{print $2; exit}' "$run/sim.out")
+echo "== simulated checkpoint (tools/demo-scenario.yaml): radar on 127.0.0.1:$radar_port, ANPR camera on 127.0.0.1:$camera_port, recorder dock on 127.0.0.1:$dock_port"
 printf 'demo-secret' >"$run/cam-1.secret"; chmod 600 "$run/cam-1.secret"
+printf 'demo-dock-token\n' >"$run/dock-1.token"; chmod 600 "$run/dock-1.token"
 
 cat >"$run/checkpointd.yaml" <<CONF
 gateway:
@@ -83,6 +85,12 @@ devices:
     password_file: $run/cam-1.secret
     auth: digest
     radar: radar-1
+  - id: dock-1
+    kind: recorder_dock
+    url: http://127.0.0.1:$dock_port
+    token_file: $run/dock-1.token
+    poll_interval_ms: 1000
+links: {margin_before_s: 0, margin_after_s: 0}   # demo: link only what each recording's own span covers
 CONF
 "$daemon" --check-config "$run/checkpointd.yaml"
 # Subscribers first, so the feed is seen from seq 1: checkpointctl verifies and prints every record
@@ -111,5 +119,10 @@ openssl pkeyutl -verify -pubin -inkey "$run/gateway.pub.pem" -rawin -in "$run/si
 
 echo
 kill -TERM "$daemon_pid"; wait "$daemon_pid" && echo "== checkpointd stopped cleanly (exit 0)"
-echo "== pictures stored at the gateway: $(ls "$run/media" | wc -l) files in $run/media (named by SHA-256)"
+echo "== pictures and recordings kept at the gateway: $(ls "$run/media" | grep -c '^[0-9a-f]\{64\}$') files in $run/media (named by SHA-256)"
+echo "== body-worn recordings collected from the dock, acknowledged only after their records were committed:"
+sqlite3 "$run/store.db" "SELECT '   ' || unique_id || '  ' || state || '  record ' || record_id FROM dock_files" 2>/dev/null || true
+echo "== the whole chain from the gateway's store, every picture and recording checked against the media store:"
+sqlite3 "$run/store.db" "SELECT jws FROM records ORDER BY seq" >"$run/all.jws"
+"$ctl" verify --pubkey "$run/gateway.pub.pem" --from-start --media "$run/media" "$run/all.jws"
 echo "== retained status: $(mosquitto_sub -h 127.0.0.1 -p "$port" -t checkpoint/demo-gw-1/status -C 1 -W 3 || true)"

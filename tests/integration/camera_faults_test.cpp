@@ -66,18 +66,7 @@ class CameraFaults : public ::testing::Test {
   }
 
   std::vector<json> records(const std::string& type) const {
-    std::map<std::uint64_t, json> by_seq;
-    for (const auto& jws : collector_->payloads("checkpoint/gw/evidence")) {
-      auto b = record_body(jws);
-      if (b["type"] == type) {
-        by_seq.emplace(b["seq"].get<std::uint64_t>(), std::move(b));
-      }
-    }
-    std::vector<json> out;
-    for (auto& [s, b] : by_seq) {
-      out.push_back(std::move(b));
-    }
-    return out;
+    return records_of(*collector_, "checkpoint/gw/evidence", {type});
   }
 
   std::vector<json> truth() const {

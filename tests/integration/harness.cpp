@@ -11,7 +11,9 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -290,6 +292,50 @@ fs::path make_gateway_key(const fs::path& dir) {
   key.save_pem_file((dir / "gateway.key").string());
   std::ofstream(dir / "gateway.pub.pem") << key.public_key().pem();
   return dir / "gateway.pub.pem";
+}
+
+}  // namespace cpd::testing
+
+namespace cpd::testing {
+
+std::vector<nlohmann::json> records_of(const MqttCollector& collector, const std::string& topic,
+                                       const std::vector<std::string>& types) {
+  std::map<std::uint64_t, nlohmann::json> by_seq;
+  for (const auto& jws : collector.payloads(topic)) {
+    auto body = record_body(jws);
+    const std::string type = body.value("type", std::string());
+    if (std::find(types.begin(), types.end(), type) != types.end()) {
+      by_seq.emplace(body["seq"].get<std::uint64_t>(), std::move(body));
+    }
+  }
+  std::vector<nlohmann::json> out;
+  out.reserve(by_seq.size());
+  for (auto& [seq, body] : by_seq) {
+    out.push_back(std::move(body));
+  }
+  return out;
+}
+
+long peak_rss_kb(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("VmHWM:", 0) == 0) {
+      return std::stol(line.substr(6));
+    }
+  }
+  return -1;
+}
+
+std::string pseudo_random_bytes(std::size_t n, std::uint64_t seed) {
+  std::string b(n, '\0');
+  std::uint64_t x = 0x9E3779B97F4A7C15ULL * (seed + 1);
+  for (std::size_t i = 0; i + 8 <= b.size(); i += 8) {
+    x ^= x << 13U;
+    x ^= x >> 7U;
+    x ^= x << 17U;
+    std::memcpy(b.data() + i, &x, 8);
+  }
+  return b;
 }
 
 }  // namespace cpd::testing

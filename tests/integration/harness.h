@@ -111,6 +111,14 @@ class MqttCollector {
 
 // The decoded body (payload) of a JWS record, as a consumer reads it.
 nlohmann::json record_body(const std::string& jws);
+// The distinct records of the given types on `topic`, decoded, in seq order (redeliveries dropped).
+std::vector<nlohmann::json> records_of(const MqttCollector& collector, const std::string& topic,
+                                       const std::vector<std::string>& types);
+
+// Peak resident set size of a running process (VmHWM), kB; -1 if unreadable.
+long peak_rss_kb(pid_t pid);
+// n bytes from a xorshift generator: data no file system or hash can short-cut.
+std::string pseudo_random_bytes(std::size_t n, std::uint64_t seed);
 
 // Writes a new Ed25519 key (0600) and its public PEM; returns the public PEM path.
 fs::path make_gateway_key(const fs::path& dir);

@@ -82,18 +82,7 @@ class Checkpoint : public ::testing::Test {
   }
 
   std::vector<json> records(const std::set<std::string>& types) const {
-    std::map<std::uint64_t, json> by_seq;
-    for (const auto& jws : collector_->payloads("checkpoint/gw/evidence")) {
-      auto body = record_body(jws);
-      if (types.count(body["type"].get<std::string>()) > 0) {
-        by_seq.emplace(body["seq"].get<std::uint64_t>(), std::move(body));
-      }
-    }
-    std::vector<json> out;
-    for (auto& [seq, body] : by_seq) {
-      out.push_back(std::move(body));
-    }
-    return out;
+    return records_of(*collector_, "checkpoint/gw/evidence", {types.begin(), types.end()});
   }
 
   const std::set<std::string> kVehicleTypes{"passage", "speeding", "plate_read", "speed_measurement"};

@@ -29,6 +29,7 @@
 
 #include "tests/support/camera_messages.h"
 #include "tools/sim/jpeg.h"
+#include "tools/sim/listen.h"
 
 namespace cpd::sim {
 namespace {
@@ -413,24 +414,7 @@ class Session : public std::enable_shared_from_this<Session> {
 // ---- Impl ----
 
 bool CameraSim::Impl::open(std::uint16_t port) {
-  error_code ec;
-  const tcp::endpoint ep(asio::ip::make_address(opt_.host, ec), port);
-  if (ec) {
-    std::cerr << "camera-sim: bad --host " << opt_.host << ": " << ec.message() << "\n";
-    return false;
-  }
-  acceptor_.open(ep.protocol(), ec);
-  if (!ec) {
-    acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
-  }
-  if (!ec) {
-    acceptor_.bind(ep, ec);
-  }
-  if (!ec) {
-    acceptor_.listen(asio::socket_base::max_listen_connections, ec);
-  }
-  if (ec) {
-    std::cerr << "camera-sim: cannot listen on " << opt_.host << ":" << port << ": " << ec.message() << "\n";
+  if (!open_listener(acceptor_, opt_.host, port, "camera-sim")) {
     return false;
   }
   port_ = acceptor_.local_endpoint().port();

@@ -1,10 +1,11 @@
 // checkpoint-sim: device simulators for tests, demos and benchmarks. A small dispatcher: each
-// subcommand (radar now; camera, dock, scenario later) owns its options and its run loop.
+// subcommand (radar, camera, dock, scenario) owns its options and its run loop.
 #include <cstring>
 #include <iostream>
 #include <string_view>
 
 #include "tools/sim/camera_sim.h"
+#include "tools/sim/dock_sim.h"
 #include "tools/sim/radar_sim.h"
 #include "tools/sim/scenario.h"
 
@@ -19,7 +20,8 @@ struct Subcommand {
 constexpr Subcommand kSubcommands[] = {
     {"radar", "serve the traffic radar protocol on TCP", cpd::sim::run_radar_sim},
     {"camera", "serve an ANPR camera's ISAPI interface over HTTP", cpd::sim::run_camera_sim},
-    {"scenario", "drive a radar and a camera together from one YAML file", cpd::sim::run_scenario},
+    {"dock", "serve a body-worn recorder docking station's file interface over HTTP", cpd::sim::run_dock_sim},
+    {"scenario", "drive a radar, a camera and a recorder dock together from one YAML file", cpd::sim::run_scenario},
 };
 
 int usage(std::ostream& out) {

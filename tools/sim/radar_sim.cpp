@@ -29,6 +29,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/support/radar_frames.h"
+#include "tools/sim/listen.h"
 
 namespace cpd::sim {
 namespace {
@@ -119,24 +120,7 @@ class RadarSim {
         clock_base_cs_(static_cast<std::int64_t>(std::llround(opt_.clock_start_s * 100.0))) {}
 
   bool open(std::uint16_t port) {
-    error_code ec;
-    const tcp::endpoint ep(asio::ip::make_address(opt_.host, ec), port);
-    if (ec) {
-      std::cerr << "radar-sim: bad --host " << opt_.host << ": " << ec.message() << "\n";
-      return false;
-    }
-    acceptor_.open(ep.protocol(), ec);
-    if (!ec) {
-      acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
-    }
-    if (!ec) {
-      acceptor_.bind(ep, ec);
-    }
-    if (!ec) {
-      acceptor_.listen(asio::socket_base::max_listen_connections, ec);
-    }
-    if (ec) {
-      std::cerr << "radar-sim: cannot listen on " << opt_.host << ":" << port << ": " << ec.message() << "\n";
+    if (!open_listener(acceptor_, opt_.host, port, "radar-sim")) {
       return false;
     }
     port_ = acceptor_.local_endpoint().port();

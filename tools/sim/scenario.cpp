@@ -1,6 +1,7 @@
 // The scenario runner: parses the YAML, serves the radar protocol (frames built with the shared frame
 // builders) and drives the camera simulator so that each vehicle's radar peak and ANPR alert share one
-// instant; writes what was actually sent as ground truth.
+// instant, and puts each officer stop's recording on the dock simulator; writes what was actually sent as
+// ground truth.
 #include "tools/sim/scenario.h"
 
 #include <yaml-cpp/yaml.h>
@@ -25,6 +26,7 @@
 
 #include "tests/support/camera_messages.h"
 #include "tests/support/radar_frames.h"
+#include "tools/sim/listen.h"
 
 namespace cpd::sim {
 namespace {
@@ -115,7 +117,7 @@ Scenario parse_scenario(const std::string& yaml_text, const std::string& name) {
   }
   const Checker c(name);
   Scenario s;
-  c.only_keys(root, "", {"radar", "camera", "start_delay_ms", "lanes", "vehicles"});
+  c.only_keys(root, "", {"radar", "camera", "dock", "start_delay_ms", "lanes", "vehicles", "stops"});
   s.start_delay_ms = c.ranged<std::int64_t>(root, "", "start_delay_ms", 1000, 0, 3'600'000);
   if (const auto r = root["radar"]) {
     c.only_keys(r, "radar", {"port", "host", "status_code", "frames_per_track", "frame_interval_ms"});
@@ -184,6 +186,92 @@ Scenario parse_scenario(const std::string& yaml_text, const std::string& name) {
   } else {
     s.lanes = {{1, 0.0, 3.75}, {2, 3.75, 7.5}};
   }
+  if (const auto d = root["dock"]) {
+    c.only_keys(d, "dock",
+                {"port", "host", "token", "station_id", "firmware", "station_clock_offset_ms",
+                 "recorder_clock_offset_ms", "recorder_clock_offsets", "utc_offset", "time_ms", "seed"});
+    DockOptions dock;
+    dock.port = static_cast<std::uint16_t>(c.ranged<int>(d, "dock.", "port", 0, 0, 65535));
+    dock.host = c.get<std::string>(d, "dock.", "host", dock.host);
+    dock.token = c.get<std::string>(d, "dock.", "token", dock.token);
+    if (dock.token.empty()) {
+      c.fail(d["token"], "dock.token", "must not be empty");
+    }
+    dock.station_id = c.get<std::string>(d, "dock.", "station_id", dock.station_id);
+    dock.firmware = c.get<std::string>(d, "dock.", "firmware", dock.firmware);
+    dock.station_clock_offset_ms =
+        c.ranged<std::int64_t>(d, "dock.", "station_clock_offset_ms", 0, -86'400'000, 86'400'000);
+    dock.recorder_clock_offset_ms =
+        c.ranged<std::int64_t>(d, "dock.", "recorder_clock_offset_ms", 0, -86'400'000, 86'400'000);
+    if (const auto m = d["recorder_clock_offsets"]) {
+      if (!m.IsMap()) {
+        c.fail(m, "dock.recorder_clock_offsets", "must be a mapping of recorder id to ms");
+      }
+      for (const auto& kv : m) {
+        const auto id = kv.first.as<std::string>();
+        std::int64_t ms = 0;
+        try {
+          ms = kv.second.as<std::int64_t>();
+        } catch (const YAML::Exception&) {
+          c.fail(kv.second, "dock.recorder_clock_offsets." + id, "wrong type");
+        }
+        if (ms < -86'400'000 || ms > 86'400'000) {
+          c.fail(kv.second, "dock.recorder_clock_offsets." + id, "must be in [-86400000, 86400000]");
+        }
+        dock.recorder_clock_offsets[id] = ms;
+      }
+    }
+    const auto utc = c.get<std::string>(d, "dock.", "utc_offset", "+08:00");
+    const auto off = test::parse_utc_offset(utc);
+    if (!off) {
+      c.fail(d["utc_offset"], "dock.utc_offset", "must look like +08:00");
+    }
+    dock.utc_offset_min = *off;
+    dock.time_ms = c.get<bool>(d, "dock.", "time_ms", false);
+    dock.seed = c.get<std::uint64_t>(d, "dock.", "seed", 1);
+    s.dock = dock;
+  }
+  if (const auto stops = root["stops"]) {
+    if (!stops.IsSequence()) {
+      c.fail(stops, "stops", "must be a list");
+    }
+    for (const auto& st : stops) {
+      c.only_keys(st, "stops[]",
+                  {"at_ms", "duration_ms", "officer_id", "officer_name", "recorder", "important", "dock_after_ms",
+                   "bytes", "file_type", "case_code", "recorder_clock_offset_ms"});
+      if (!st["at_ms"] || !st["duration_ms"]) {
+        c.fail(st, "stops[]", "at_ms and duration_ms are required");
+      }
+      ScenarioStop sp;
+      sp.at_ms = c.ranged<std::int64_t>(st, "stops[].", "at_ms", 0, 0, 86'400'000);
+      sp.duration_ms = c.ranged<std::int64_t>(st, "stops[].", "duration_ms", 0, 0, 86'400'000);
+      sp.officer_id = c.get<std::string>(st, "stops[].", "officer_id", sp.officer_id);
+      sp.officer_name = c.get<std::string>(st, "stops[].", "officer_name", sp.officer_name);
+      sp.recorder = c.get<std::string>(st, "stops[].", "recorder", sp.recorder);
+      // The recorder id is the first part of the uniqueId, which clients use as a file name.
+      if (sp.recorder.empty() || sp.recorder.size() > 64 ||
+          sp.recorder.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") !=
+              std::string::npos) {
+        c.fail(st["recorder"], "stops[].recorder", "1-64 characters of [A-Za-z0-9._-]");
+      }
+      sp.important = c.get<bool>(st, "stops[].", "important", sp.important);
+      sp.dock_after_ms = c.ranged<std::int64_t>(st, "stops[].", "dock_after_ms", sp.dock_after_ms, 0, 86'400'000);
+      sp.bytes = c.ranged<std::int64_t>(st, "stops[].", "bytes", sp.bytes, 0, std::int64_t{64} << 30U);
+      sp.file_type = c.get<std::string>(st, "stops[].", "file_type", sp.file_type);
+      if (sp.file_type != "video" && sp.file_type != "audio" && sp.file_type != "photo") {
+        c.fail(st["file_type"], "stops[].file_type", "must be video, audio or photo");
+      }
+      sp.case_code = c.get<std::string>(st, "stops[].", "case_code", "");
+      if (st["recorder_clock_offset_ms"]) {
+        sp.recorder_clock_offset_ms =
+            c.ranged<std::int64_t>(st, "stops[].", "recorder_clock_offset_ms", 0, -86'400'000, 86'400'000);
+      }
+      s.stops.push_back(sp);
+    }
+    if (!s.stops.empty() && !s.dock) {
+      s.dock = DockOptions{};
+    }
+  }
   const auto vehicles = root["vehicles"];
   if (vehicles && !vehicles.IsSequence()) {
     c.fail(vehicles, "vehicles", "must be a list");
@@ -247,6 +335,28 @@ std::string scenario_truth_json(const ScenarioTruth& t) {
   return j.dump();
 }
 
+std::string scenario_stop_truth_json(const ScenarioStopTruth& t) {
+  const nlohmann::json j = {
+      {"stop", t.stop},
+      {"uniqueId", t.file.unique_id},
+      {"recorder", t.spec.recorder},
+      {"officer_id", t.spec.officer_id},
+      {"officer_name", t.spec.officer_name},
+      {"important", t.spec.important},
+      {"start_ms", t.start_ms},
+      {"end_ms", t.end_ms},
+      {"docked", t.docked},
+      {"docked_ms", t.file.collect_ms},
+      {"length", t.file.length},
+      {"md5", t.file.md5},
+      {"sha256", t.file.sha256},
+      {"startTime", t.file.start_time},
+      {"endTime", t.file.end_time},
+      {"recorder_offset_ms", t.file.recorder_offset_ms},
+  };
+  return j.dump();
+}
+
 class ScenarioRunner::Impl : public std::enable_shared_from_this<ScenarioRunner::Impl> {
  public:
   Impl(asio::io_context& io, Scenario s, ScenarioRunOptions run)
@@ -254,6 +364,7 @@ class ScenarioRunner::Impl : public std::enable_shared_from_this<ScenarioRunner:
         s_(std::move(s)),
         run_(std::move(run)),
         camera_(io, s_.camera),
+        dock_(s_.dock ? std::make_unique<DockSim>(io, *s_.dock) : nullptr),
         acceptor_(io),
         timer_(io),
         start_timer_(io),
@@ -263,26 +374,13 @@ class ScenarioRunner::Impl : public std::enable_shared_from_this<ScenarioRunner:
                               .count()) {}
 
   bool start() {
-    error_code ec;
-    const tcp::endpoint ep(asio::ip::make_address(s_.radar.host, ec), s_.radar.port);
-    if (!ec) {
-      acceptor_.open(ep.protocol(), ec);
-    }
-    if (!ec) {
-      acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
-    }
-    if (!ec) {
-      acceptor_.bind(ep, ec);
-    }
-    if (!ec) {
-      acceptor_.listen(asio::socket_base::max_listen_connections, ec);
-    }
-    if (ec) {
-      std::cerr << "scenario: radar cannot listen on " << s_.radar.host << ":" << s_.radar.port << ": "
-                << ec.message() << "\n";
+    if (!open_listener(acceptor_, s_.radar.host, s_.radar.port, "scenario: radar")) {
       return false;
     }
     if (!camera_.start()) {
+      return false;
+    }
+    if (dock_ && !dock_->start()) {
       return false;
     }
     if (!run_.ground_truth.empty()) {
@@ -304,6 +402,8 @@ class ScenarioRunner::Impl : public std::enable_shared_from_this<ScenarioRunner:
 
   std::uint16_t radar_port() const { return acceptor_.local_endpoint().port(); }
   std::uint16_t camera_port() const { return camera_.port(); }
+  std::uint16_t dock_port() const { return dock_ ? dock_->port() : 0; }
+  DockSim* dock() { return dock_.get(); }
 
   void stop() {
     if (stopping_) {
@@ -317,6 +417,12 @@ class ScenarioRunner::Impl : public std::enable_shared_from_this<ScenarioRunner:
         complete(v);
       }
     }
+    for (std::size_t i = next_dock_; i < docks_.size(); ++i) {
+      ScenarioStopTruth t = docks_[i].truth;
+      t.docked = false;
+      complete_stop(std::move(t));
+    }
+    next_dock_ = docks_.size();
     error_code ignored;
     acceptor_.close(ignored);
     if (client_) {
@@ -326,12 +432,16 @@ class ScenarioRunner::Impl : public std::enable_shared_from_this<ScenarioRunner:
     timer_.cancel();
     start_timer_.cancel();
     camera_.stop();
+    if (dock_) {
+      dock_->stop();
+    }
     if (on_finished_) {
       on_finished_();
     }
   }
 
   std::vector<ScenarioTruth> truth_;
+  std::vector<ScenarioStopTruth> stop_truth_;
   std::function<void()> on_finished_;
 
  private:
@@ -343,6 +453,10 @@ class ScenarioRunner::Impl : public std::enable_shared_from_this<ScenarioRunner:
   struct Camera {
     Clock::time_point at;
     std::size_t vehicle;
+  };
+  struct Dock {
+    Clock::time_point at;  // when the file appears on the dock
+    ScenarioStopTruth truth;
   };
   struct Pending {
     ScenarioTruth truth;
@@ -551,6 +665,19 @@ class ScenarioRunner::Impl : public std::enable_shared_from_this<ScenarioRunner:
       }
       pending_.push_back(std::move(p));
     }
+    for (std::size_t i = 0; i < s_.stops.size(); ++i) {
+      const ScenarioStop& st = s_.stops[i];
+      Dock d;
+      d.truth.stop = i + 1;
+      d.truth.spec = st;
+      const auto from = t0 + std::chrono::milliseconds(st.at_ms);
+      const auto to = from + std::chrono::milliseconds(st.duration_ms);
+      d.truth.start_ms = utc_ms(from);
+      d.truth.end_ms = utc_ms(to);
+      d.at = to + std::chrono::milliseconds(st.dock_after_ms);
+      docks_.push_back(std::move(d));
+    }
+    std::stable_sort(docks_.begin(), docks_.end(), [](const Dock& a, const Dock& b) { return a.at < b.at; });
     std::stable_sort(frames_.begin(), frames_.end(),
                      [](const Frame& a, const Frame& b) { return a.at < b.at; });
     std::stable_sort(cameras_.begin(), cameras_.end(),
@@ -586,6 +713,28 @@ class ScenarioRunner::Impl : public std::enable_shared_from_this<ScenarioRunner:
       p.truth.camera_sent = t.streams > 0;
       p.camera_done = true;
     }
+    while (dock_ && next_dock_ < docks_.size() && docks_[next_dock_].at <= now) {
+      ScenarioStopTruth t = docks_[next_dock_++].truth;
+      DockFileSpec spec;
+      spec.recorder = t.spec.recorder;
+      spec.officer_id = t.spec.officer_id;
+      spec.officer_name = t.spec.officer_name;
+      spec.case_code = t.spec.case_code;
+      spec.file_type = t.spec.file_type;
+      spec.length = t.spec.bytes;
+      spec.start_unix_ms = t.start_ms;
+      spec.end_unix_ms = t.end_ms;
+      spec.collect_unix_ms = utc_ms(now);  // the scenario's clock, as the vehicles' trigger times
+      spec.important = t.spec.important;
+      spec.recorder_clock_offset_ms = t.spec.recorder_clock_offset_ms;
+      try {
+        t.file = dock_->add_file(std::move(spec));
+        t.docked = true;
+      } catch (const std::exception& e) {
+        std::cerr << "scenario: stop " << t.stop << " not docked: " << e.what() << "\n";
+      }
+      complete_stop(std::move(t));
+    }
     if (active_frames_.empty() && client_ && now - last_radar_send_ >= kIdleStatus) {
       enqueue(status_frame(now), SIZE_MAX);
     }
@@ -597,7 +746,8 @@ class ScenarioRunner::Impl : public std::enable_shared_from_this<ScenarioRunner:
       }
     }
     const bool all_done =
-        std::all_of(pending_.begin(), pending_.end(), [](const Pending& p) { return p.done; });
+        std::all_of(pending_.begin(), pending_.end(), [](const Pending& p) { return p.done; }) &&
+        next_dock_ == docks_.size();
     if (all_done && run_.linger_s >= 0.0) {
       if (!finished_at_) {
         finished_at_ = now;
@@ -616,6 +766,9 @@ class ScenarioRunner::Impl : public std::enable_shared_from_this<ScenarioRunner:
     if (next_camera_ < cameras_.size()) {
       next = std::min(next, cameras_[next_camera_].at);
     }
+    if (next_dock_ < docks_.size()) {
+      next = std::min(next, docks_[next_dock_].at);
+    }
     if (!queue_.empty() || (all_done && run_.linger_s >= 0.0)) {
       next = std::min(next, now + std::chrono::milliseconds(10));
     }
@@ -625,6 +778,14 @@ class ScenarioRunner::Impl : public std::enable_shared_from_this<ScenarioRunner:
         self->tick();
       }
     });
+  }
+
+  void complete_stop(ScenarioStopTruth t) {
+    if (truth_file_.is_open()) {
+      truth_file_ << scenario_stop_truth_json(t) << '\n';
+      truth_file_.flush();
+    }
+    stop_truth_.push_back(std::move(t));
   }
 
   void complete(Pending& p) {
@@ -640,6 +801,7 @@ class ScenarioRunner::Impl : public std::enable_shared_from_this<ScenarioRunner:
   Scenario s_;
   ScenarioRunOptions run_;
   CameraSim camera_;
+  std::unique_ptr<DockSim> dock_;
   tcp::acceptor acceptor_;
   asio::steady_timer timer_;
   asio::steady_timer start_timer_;
@@ -659,6 +821,8 @@ class ScenarioRunner::Impl : public std::enable_shared_from_this<ScenarioRunner:
   std::vector<Camera> cameras_;
   std::size_t next_frame_ = 0;
   std::size_t next_camera_ = 0;
+  std::vector<Dock> docks_;
+  std::size_t next_dock_ = 0;
   std::vector<Pending> pending_;
   std::map<std::size_t, std::string> active_frames_;  // latest frame of each track in progress (for *P)
   std::optional<Clock::time_point> finished_at_;
@@ -680,6 +844,15 @@ std::uint16_t ScenarioRunner::radar_port() const {
 std::uint16_t ScenarioRunner::camera_port() const {
   return impl_->camera_port();
 }
+std::uint16_t ScenarioRunner::dock_port() const {
+  return impl_->dock_port();
+}
+DockSim* ScenarioRunner::dock() {
+  return impl_->dock();
+}
+const std::vector<ScenarioStopTruth>& ScenarioRunner::stop_truth() const {
+  return impl_->stop_truth_;
+}
 void ScenarioRunner::stop() {
   impl_->stop();
 }
@@ -691,11 +864,12 @@ void ScenarioRunner::on_finished(std::function<void()> callback) {
 }
 
 int run_scenario(int argc, char** argv) {
-  CLI::App app{"Scenario: one YAML file drives a radar and an ANPR camera together", "scenario"};
+  CLI::App app{"Scenario: one YAML file drives a radar, an ANPR camera and a recorder dock together", "scenario"};
   std::string file;
   ScenarioRunOptions run;
   app.add_option("file", file, "scenario YAML")->required();
-  app.add_option("--ground-truth", run.ground_truth, "write one JSON line per vehicle to this file");
+  app.add_option("--ground-truth", run.ground_truth,
+                 "write one JSON line per vehicle and per stop (true span, uniqueId, sha256) to this file");
   app.add_option("--linger-s", run.linger_s,
                  "exit this long after the last vehicle (default: serve until SIGTERM)")
       ->check(CLI::NonNegativeNumber);
@@ -716,7 +890,12 @@ int run_scenario(int argc, char** argv) {
   if (!runner.start()) {
     return 1;
   }
-  std::cout << "radar " << runner.radar_port() << "\ncamera " << runner.camera_port() << std::endl;
+  // One line per device; "dock <port>" only when the scenario has a dock.
+  std::cout << "radar " << runner.radar_port() << "\ncamera " << runner.camera_port() << "\n";
+  if (runner.dock_port() != 0) {
+    std::cout << "dock " << runner.dock_port() << "\n";
+  }
+  std::cout << std::flush;
   asio::signal_set signals(io, SIGINT, SIGTERM);
   signals.async_wait([&](const error_code& ec, int) {
     if (!ec) {

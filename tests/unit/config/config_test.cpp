@@ -301,7 +301,7 @@ TEST(ConfigTest, UnknownTopLevelSection) {
   EXPECT_EQ(std::string(e.what()),
             place_in(kFile, text, "mqt:") +
                 ": mqt: unknown key 'mqt' (did you mean 'mqtt'?); allowed: gateway, store, "
-                "mqtt, devices, correlation, validity");
+                "mqtt, devices, correlation, validity, links");
 }
 
 TEST(ConfigTest, WrongType) {
@@ -388,7 +388,7 @@ TEST(ConfigTest, BothTcpAndSerial) {
 
 TEST(ConfigTest, UnknownDeviceKind) {
   const std::string text = replaced(kBase, "kind: radar", "kind: lidar");
-  EXPECT_EQ(error_in(text).detail(), "must be one of radar, camera; got 'lidar'");
+  EXPECT_EQ(error_in(text).detail(), "must be one of radar, camera, recorder_dock; got 'lidar'");
 }
 
 TEST(ConfigTest, NoDevices) {

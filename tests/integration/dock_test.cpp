@@ -1,0 +1,496 @@
+// Recorder docks end to end: the real daemon, `checkpoint-sim dock` processes and a real mosquitto. Every
+// file is collected once, hashed, kept and acknowledged only after its record is committed; broken
+// downloads resume, station restarts repeat listings without duplicates, MD5 mismatches are retried and
+// then recorded as faults, a wrong token is a clear error, and a SIGKILL never leaves a file acknowledged
+// whose record is not in the store.
+#include <signal.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+
+#include <deque>
+#include <fstream>
+#include <map>
+#include <random>
+#include <set>
+#include <sstream>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "daemon/core/encoding.h"
+#include "tests/integration/harness.h"
+
+namespace cpd::testing {
+namespace {
+
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+std::string file_bytes(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return std::move(out).str();
+}
+
+struct Dock {
+  std::string id;
+  std::unique_ptr<Process> proc;
+  fs::path truth;
+  std::uint16_t port = 0;
+};
+
+class DockIntegration : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    make_gateway_key(dir_.path());
+    broker_ = std::make_unique<Mosquitto>(dir_ / "broker");
+    broker_->start();
+    collector_ = std::make_unique<MqttCollector>(broker_->uri(), std::vector<std::string>{"checkpoint/gw/#"});
+    std::ofstream(dir_ / "dock.token") << "s3cret-token\n";
+    ::chmod((dir_ / "dock.token").c_str(), 0600);
+  }
+
+  // Starts a dock simulator with token "s3cret-token" and the given extra options.
+  Dock& add_dock(const std::string& id, std::vector<std::string> args) {
+    Dock d;
+    d.id = id;
+    d.truth = dir_ / (id + ".jsonl");
+    std::vector<std::string> argv{binary("tools/sim/checkpoint-sim"), "dock", "--port", "0", "--token",
+                                  "s3cret-token", "--ground-truth", d.truth.string()};
+    argv.insert(argv.end(), args.begin(), args.end());
+    d.proc = std::make_unique<Process>(argv, dir_ / id);
+    auto line = d.proc->wait_for_stdout_line("listening ", 20s);
+    EXPECT_TRUE(line) << d.proc->stderr_text();
+    d.port = line ? static_cast<std::uint16_t>(std::stoi(line->substr(10))) : 0;
+    docks_.push_back(std::move(d));
+    return docks_.back();
+  }
+
+  void write_config(const std::string& dock_extra = "", const std::string& token_file = "dock.token") {
+    std::ofstream c(dir_ / "c.yaml");
+    c << "gateway:\n  id: gw\n"
+      << "  site: {name: t, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
+      << "  key: " << (dir_ / "gateway.key").string() << "\n"
+      << "store:\n  path: " << (dir_ / "store.db").string() << "\n"
+      << "mqtt:\n  uri: " << broker_->uri() << "\n"
+      << "validity:\n  clock_sync: assume\n"
+      << "devices:\n";
+    for (const auto& d : docks_) {
+      c << "  - id: " << d.id << "\n    kind: recorder_dock\n    url: http://127.0.0.1:" << d.port << "\n"
+        << "    token_file: " << (dir_ / token_file).string() << "\n"
+        << "    poll_interval_ms: 300\n    reconnect_initial_ms: 100\n    reconnect_max_ms: 1000\n"
+        << dock_extra;
+    }
+  }
+
+  void start_daemon() {
+    daemon_ = std::make_unique<Process>(
+        std::vector<std::string>{binary("daemon/app/checkpointd"), "--config", (dir_ / "c.yaml").string()},
+        dir_ / ("checkpointd-" + std::to_string(++daemon_runs_)));
+  }
+
+  void stop_daemon() {
+    daemon_->signal(SIGTERM);
+    ASSERT_EQ(daemon_->wait(30s), 0) << daemon_->stderr_text();
+  }
+
+  static std::vector<json> truth(const Dock& d, const std::string& event) {
+    std::vector<json> out;
+    std::ifstream in(d.truth);
+    for (std::string line; std::getline(in, line);) {
+      if (line.empty()) {
+        continue;
+      }
+      auto j = json::parse(line, nullptr, false);
+      if (!j.is_discarded() && j.value("event", "") == event) {
+        out.push_back(std::move(j));
+      }
+    }
+    return out;
+  }
+
+  static std::set<std::string> acked(const Dock& d) {
+    std::set<std::string> ids;
+    for (const auto& a : truth(d, "ack")) {
+      if (a["outcome"] == "acked") {
+        ids.insert(a["uniqueId"].get<std::string>());
+      }
+    }
+    return ids;
+  }
+
+  std::vector<json> records(const std::string& type) const {
+    return records_of(*collector_, "checkpoint/gw/evidence", {type});
+  }
+
+  // The committed records of one type straight from the store file (the daemon need not be running).
+  std::vector<json> store_records(const std::string& type) const {
+    std::vector<json> out;
+    sqlite3* db = nullptr;
+    if (sqlite3_open_v2((dir_ / "store.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK) {
+      sqlite3_close(db);
+      return out;
+    }
+    sqlite3_stmt* stmt = nullptr;
+    if (sqlite3_prepare_v2(db, "SELECT jws FROM records WHERE type = ?1 ORDER BY seq", -1, &stmt, nullptr) ==
+        SQLITE_OK) {
+      sqlite3_bind_text(stmt, 1, type.c_str(), -1, SQLITE_TRANSIENT);
+      while (sqlite3_step(stmt) == SQLITE_ROW) {
+        out.push_back(record_body(reinterpret_cast<const char*>(sqlite3_column_text(stmt, 0))));
+      }
+    }
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    return out;
+  }
+
+  TempDir dir_;
+  std::unique_ptr<Mosquitto> broker_;
+  std::unique_ptr<MqttCollector> collector_;
+  std::deque<Dock> docks_;  // references to earlier docks stay valid as more are added
+  std::unique_ptr<Process> daemon_;
+  int daemon_runs_ = 0;
+};
+
+TEST_F(DockIntegration, EveryFileIsCollectedOnceHashedKeptAndAcknowledgedAfterItsRecord) {
+  constexpr std::size_t kFiles = 12;
+  Dock& dock = add_dock("dock-1", {"--files", std::to_string(kFiles), "--file-kb", "700", "--seed", "3"});
+  write_config("    list_limit: 5\n    max_parallel_downloads: 3\n");
+  start_daemon();
+  ASSERT_TRUE(collector_->wait_until([&] { return acked(dock).size() >= kFiles; }, 60s))
+      << acked(dock).size() << " acked\n" << daemon_->stderr_text();
+  ASSERT_TRUE(collector_->wait_until([&] { return records("recording").size() >= kFiles; }, 20s));
+  pause(1s);  // anything doubled would arrive now
+  stop_daemon();
+
+  std::map<std::string, json> expected;
+  for (const auto& f : truth(dock, "file")) {
+    expected[f["uniqueId"].get<std::string>()] = f;
+  }
+  ASSERT_EQ(expected.size(), kFiles);
+  const auto recs = records("recording");
+  ASSERT_EQ(recs.size(), kFiles) << "one record per file, none twice";
+  std::set<std::string> seen;
+  for (const auto& r : recs) {
+    const std::string id = r["listing"].is_string() ? json::parse(r["listing"].get<std::string>())["uniqueId"]
+                                                          .get<std::string>()
+                                                    : "";
+    ASSERT_EQ(expected.count(id), 1u) << r.dump();
+    EXPECT_TRUE(seen.insert(id).second) << id << " recorded twice";
+    const json& t = expected[id];
+    EXPECT_EQ(r["sha256"], t["sha256"]);
+    EXPECT_EQ(r["md5"], t["md5"]);
+    EXPECT_EQ(r["length"], t["length"]);
+    EXPECT_EQ(r["recorder_id"], t["deviceId"]);
+    EXPECT_EQ(r["officer_id"], t["officerId"]);
+    EXPECT_EQ(r["important"], t["important"]);
+    EXPECT_EQ(r["recorder_start"], t["startTime"]);
+    // The recorder clock is right, so the corrected span is the true one within what the interface allows:
+    // listed in whole seconds (truncated) and corrected by the station's offset, measured in whole seconds.
+    const double bound = 1000.0 + r["clock"].value("station_uncertainty_ms", 1000.0);
+    EXPECT_NEAR(r["start_ms"].get<double>(), t["start_ms"].get<double>(), bound) << r["clock"].dump();
+    EXPECT_NEAR(r["end_ms"].get<double>(), t["end_ms"].get<double>(), bound) << r["clock"].dump();
+    EXPECT_FALSE(r["recorder_clock_off"].get<bool>());
+    EXPECT_EQ(r["links"], json::array());
+    // Kept on the gateway under its hash, never published.
+    const fs::path kept = r["stored"]["path"].get<std::string>();
+    ASSERT_TRUE(fs::exists(kept)) << kept;
+    EXPECT_EQ(sha256_hex(file_bytes(kept)), t["sha256"]);
+    EXPECT_EQ(collector_->count("checkpoint/gw/media/" + t["sha256"].get<std::string>()), 0u);
+  }
+  // Each ack carried the file's SHA-256 and came after the record was sealed.
+  std::map<std::string, std::int64_t> created;
+  for (const auto& r : recs) {
+    created[r["sha256"].get<std::string>()] = r["created_ms"].get<std::int64_t>();
+  }
+  std::size_t ok_acks = 0;
+  for (const auto& a : truth(dock, "ack")) {
+    ASSERT_EQ(a["outcome"], "acked") << a.dump();
+    ASSERT_EQ(created.count(a["sha256"].get<std::string>()), 1u);
+    EXPECT_GE(a["time_ms"].get<std::int64_t>(), created[a["sha256"].get<std::string>()]);
+    ++ok_acks;
+  }
+  EXPECT_EQ(ok_acks, kFiles) << "each file acknowledged once";
+  EXPECT_TRUE(records("recording_fault").empty());
+}
+
+TEST_F(DockIntegration, BrokenDownloadsResumeAndStationRestartsDoNotDuplicate) {
+  constexpr std::size_t kFiles = 6;
+  Dock& dock = add_dock("dock-1", {"--files", std::to_string(kFiles), "--file-kb", "3000", "--break-after-bytes",
+                                   "700000", "--break-times", "2", "--restart-every-s", "1.5", "--seed", "5"});
+  write_config("    max_parallel_downloads: 2\n    download_idle_timeout_s: 5\n");
+  start_daemon();
+  ASSERT_TRUE(collector_->wait_until([&] { return acked(dock).size() >= kFiles; }, 90s))
+      << acked(dock).size() << " acked\n" << daemon_->stderr_text();
+  // Let the restarting station repeat its listings a few more times.
+  pause(4s);
+  stop_daemon();
+  EXPECT_GE(truth(dock, "restart").size(), 2u);
+  const auto recs = records("recording");
+  ASSERT_EQ(recs.size(), kFiles) << "a repeated listing is recognised, not collected again";
+  std::map<std::string, std::string> sha_by_id;
+  for (const auto& f : truth(dock, "file")) {
+    sha_by_id[f["uniqueId"].get<std::string>()] = f["sha256"].get<std::string>();
+  }
+  int resumed = 0;
+  std::set<std::string> ids;
+  for (const auto& r : recs) {
+    const auto id = json::parse(r["listing"].get<std::string>())["uniqueId"].get<std::string>();
+    EXPECT_TRUE(ids.insert(id).second);
+    EXPECT_EQ(r["sha256"], sha_by_id[id]) << "a resumed download must hash like the whole file";
+    resumed += r["download"]["resumes"].get<int>() > 0 ? 1 : 0;
+  }
+  EXPECT_GT(resumed, 0) << "the station broke every file's first two transfers";
+}
+
+TEST_F(DockIntegration, Md5MismatchIsRetriedAndAfterThreeBecomesAFaultRecordNeverAcknowledged) {
+  Dock& flaky = add_dock("dock-a", {"--files", "1", "--file-kb", "300", "--md5-bad-downloads", "2", "--seed", "7"});
+  Dock& broken = add_dock("dock-b", {"--files", "1", "--file-kb", "300", "--md5-wrong-listing", "--seed", "8"});
+  write_config();
+  start_daemon();
+  ASSERT_TRUE(collector_->wait_until(
+      [&] { return acked(flaky).size() == 1 && !records("recording_fault").empty(); }, 60s))
+      << daemon_->stderr_text();
+  pause(3s);  // several more polls: the faulted file must not be fetched or reported again
+  stop_daemon();
+
+  const auto recs = records("recording");
+  ASSERT_EQ(recs.size(), 1u);
+  EXPECT_EQ(recs[0]["device"], "dock-a");
+  EXPECT_EQ(recs[0]["download"]["attempts"], 3) << "two corrupted downloads, the third matched";
+  EXPECT_EQ(recs[0]["sha256"], truth(flaky, "file")[0]["sha256"]);
+
+  const auto faults = records("recording_fault");
+  ASSERT_EQ(faults.size(), 1u) << "reported once";
+  const json& f = faults[0];
+  const json file = truth(broken, "file")[0];
+  EXPECT_EQ(f["device"], "dock-b");
+  EXPECT_EQ(f["reason"], "md5_mismatch");
+  EXPECT_EQ(f["attempts"], 3);
+  EXPECT_EQ(f["unique_id"], file["uniqueId"]);
+  EXPECT_EQ(f["md5"], file["listed_md5"]);
+  EXPECT_EQ(f["sha256"], file["sha256"]) << "the bytes were right; the station's checksum was not";
+  EXPECT_TRUE(acked(broken).empty()) << "a faulted file stays on the station";
+}
+
+TEST_F(DockIntegration, AKilledDaemonNeverLeavesAFileAcknowledgedWithoutItsCommittedRecord) {
+  constexpr std::size_t kFiles = 30;
+  Dock& dock = add_dock("dock-1", {"--files", std::to_string(kFiles), "--file-kb", "6000", "--seed", "11"});
+  write_config("    max_parallel_downloads: 2\n    list_limit: 7\n");
+  std::mt19937 rng(20261127);
+  std::uniform_int_distribution<int> delay_ms(300, 1500);
+  int kills = 0;
+  for (; kills < 8 && acked(dock).size() < kFiles; ++kills) {
+    start_daemon();
+    pause(std::chrono::milliseconds(delay_ms(rng)));
+    daemon_->signal(SIGKILL);
+    ASSERT_TRUE(daemon_->wait(10s));
+    // The moment of truth: everything the station saw acknowledged has its record in the store.
+    std::set<std::string> committed;
+    for (const auto& r : store_records("recording")) {
+      committed.insert(json::parse(r["listing"].get<std::string>())["uniqueId"].get<std::string>());
+    }
+    for (const auto& id : acked(dock)) {
+      ASSERT_EQ(committed.count(id), 1u) << id << " was acknowledged but its record is not committed (kill "
+                                         << kills + 1 << ")";
+    }
+  }
+  EXPECT_GE(kills, 3);
+  start_daemon();
+  ASSERT_TRUE(collector_->wait_until([&] { return acked(dock).size() >= kFiles; }, 120s))
+      << acked(dock).size() << " acked\n" << daemon_->stderr_text();
+  ASSERT_TRUE(collector_->wait_until([&] { return records("recording").size() >= kFiles; }, 30s));
+  pause(1s);
+  stop_daemon();
+
+  std::map<std::string, int> per_file;
+  for (const auto& r : store_records("recording")) {
+    ++per_file[json::parse(r["listing"].get<std::string>())["uniqueId"].get<std::string>()];
+  }
+  EXPECT_EQ(per_file.size(), kFiles);
+  for (const auto& [id, n] : per_file) {
+    EXPECT_EQ(n, 1) << id << " collected " << n << " times across " << kills << " kills";
+  }
+  // Whatever reached the subscriber is the committed set (redeliveries carry the same id).
+  std::set<std::string> delivered;
+  for (const auto& r : records("recording")) {
+    delivered.insert(r["id"].get<std::string>());
+  }
+  EXPECT_EQ(delivered.size(), kFiles);
+}
+
+TEST_F(DockIntegration, AWrongTokenIsAClearFaultAndNothingIsCollected) {
+  Dock& dock = add_dock("dock-1", {"--files", "2", "--file-kb", "100"});
+  std::ofstream(dir_ / "wrong.token") << "not-the-token\n";
+  ::chmod((dir_ / "wrong.token").c_str(), 0600);
+  write_config("", "wrong.token");
+  start_daemon();
+  ASSERT_TRUE(collector_->wait_until(
+      [&] {
+        for (const auto& r : records("device_status")) {
+          if (r["device"] == "dock-1" && r["state"] == "fault") {
+            return true;
+          }
+        }
+        return false;
+      },
+      30s))
+      << daemon_->stderr_text();
+  stop_daemon();
+  for (const auto& r : records("device_status")) {
+    if (r["device"] == "dock-1" && r["state"] == "fault") {
+      const std::string text = r["text"].get<std::string>();
+      EXPECT_NE(text.find("401"), std::string::npos) << text;
+      EXPECT_NE(text.find("wrong.token"), std::string::npos) << "names the token file: " << text;
+      EXPECT_EQ(text.find("not-the-token"), std::string::npos) << "never the secret: " << text;
+    }
+  }
+  EXPECT_NE(daemon_->stderr_text().find("dock-1"), std::string::npos);
+  EXPECT_EQ(daemon_->stderr_text().find("not-the-token"), std::string::npos);
+  EXPECT_TRUE(records("recording").empty());
+  EXPECT_TRUE(acked(dock).empty());
+}
+
+// Links against a scenario whose ground truth is known: vehicles before, inside and between two officer
+// stops (margins 0; every vehicle at least 2.5 s from a stop's edge, more than the whole-second listing
+// and the clock corrections can move it). The second recorder's clock is 90 s fast.
+TEST_F(DockIntegration, LinksAreExactlyTheVehicleRecordsInsideEachRecording) {
+  std::ofstream(dir_ / "scenario.yaml")
+      << "radar: {port: 0}\n"
+      << "camera: {port: 0, username: admin, password: s3cret}\n"
+      << "dock: {port: 0, token: s3cret-token, recorder_clock_offsets: {BWC-00002: 90000}}\n"
+      << "start_delay_ms: 5000\n"
+      << "vehicles:\n"
+      << "  - {at_ms: 0, plate: 浙A00001, lane: 1, speed_kmh: 130.0}\n"
+      << "  - {at_ms: 5500, plate: 浙A00002, lane: 2, speed_kmh: 90.0}\n"
+      << "  - {at_ms: 7000, plate: 浙A00003, lane: 1, speed_kmh: 140.0}\n"
+      << "  - {at_ms: 12500, plate: 浙A00004, lane: 1, speed_kmh: 90.0}\n"
+      << "  - {at_ms: 17500, plate: 浙A00005, lane: 2, speed_kmh: 150.0, camera: false}\n"
+      << "  - {at_ms: 18500, plate: 浙A00006, lane: 1, speed_kmh: 95.0}\n"
+      << "  - {at_ms: 24000, plate: 浙A00007, lane: 2, speed_kmh: 100.0}\n"
+      << "stops:\n"
+      << "  - {at_ms: 3000, duration_ms: 6500, officer_id: '330102198801010011', officer_name: 王伟,"
+      << " recorder: BWC-00001, important: true, dock_after_ms: 1000, bytes: 400000}\n"
+      << "  - {at_ms: 15000, duration_ms: 6000, officer_id: '330102199003150024', officer_name: 李娜,"
+      << " recorder: BWC-00002, important: false, dock_after_ms: 1000, bytes: 300000}\n";
+  Process sim({binary("tools/sim/checkpoint-sim"), "scenario", (dir_ / "scenario.yaml").string(), "--ground-truth",
+               (dir_ / "truth.jsonl").string()},
+              dir_ / "scenario");
+  ASSERT_TRUE(sim.wait_for_stdout_line("dock ", 20s)) << sim.stderr_text();
+  const auto port_of = [&](const std::string& what) {
+    std::istringstream out(sim.stdout_text());
+    for (std::string line; std::getline(out, line);) {
+      if (line.rfind(what + " ", 0) == 0) {
+        return line.substr(what.size() + 1);
+      }
+    }
+    return std::string();
+  };
+  std::ofstream(dir_ / "cam.secret") << "s3cret";
+  ::chmod((dir_ / "cam.secret").c_str(), 0600);
+  std::ofstream(dir_ / "c.yaml")
+      << "gateway:\n  id: gw\n  site: {name: t, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
+      << "  key: " << (dir_ / "gateway.key").string() << "\n"
+      << "store:\n  path: " << (dir_ / "store.db").string() << "\n"
+      << "mqtt:\n  uri: " << broker_->uri() << "\n"
+      << "correlation:\n  lanes: [{lane: 1, limit_kmh: 100}, {lane: 2, limit_kmh: 120}]\n"
+      << "validity:\n  clock_sync: assume\n"
+      << "links: {margin_before_s: 0, margin_after_s: 0}\n"
+      << "devices:\n"
+      << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << port_of("radar") << "}\n"
+      << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
+      << "    calibration: {certificate: C, valid_until: 2099-01-01}\n"
+      << "  - id: cam-1\n    kind: camera\n    url: http://127.0.0.1:" << port_of("camera") << "\n"
+      << "    username: admin\n    password_file: " << (dir_ / "cam.secret").string() << "\n    radar: radar-1\n"
+      << "  - id: dock-1\n    kind: recorder_dock\n    url: http://127.0.0.1:" << port_of("dock") << "\n"
+      << "    token_file: " << (dir_ / "dock.token").string() << "\n    poll_interval_ms: 300\n";
+  start_daemon();
+
+  // Ground truth: vehicles (time of the peak, UTC) and stops (true span, UTC).
+  const auto truth_lines = [&] {
+    std::vector<json> out;
+    std::ifstream in(dir_ / "truth.jsonl");
+    for (std::string line; std::getline(in, line);) {
+      out.push_back(json::parse(line));
+    }
+    return out;
+  };
+  ASSERT_TRUE(collector_->wait_until(
+      [&] {
+        std::size_t stops = 0;
+        std::size_t vehicles = 0;
+        for (const auto& t : truth_lines()) {
+          (t.contains("stop") ? stops : vehicles) += 1;
+        }
+        return stops == 2 && vehicles == 7 && records("recording").size() == 2;
+      },
+      90s))
+      << daemon_->stderr_text();
+  pause(3s);  // the last vehicle's records and any late link records
+  stop_daemon();
+
+  // Which vehicle each record is: by plate when the camera read it, else by speed (radar only).
+  std::map<std::string, std::string> record_of_plate;
+  std::map<std::string, std::string> type_of;
+  for (const std::string type : {"passage", "speeding", "speed_measurement", "plate_read"}) {
+    for (const auto& r : records(type)) {
+      const std::string key = r.contains("plate") ? r["plate"].get<std::string>()
+                                                  : "speed:" + std::to_string(r["speed_dkmh"].get<int>());
+      EXPECT_EQ(record_of_plate.count(key), 0u) << key << " recorded twice";
+      record_of_plate[key] = r["id"].get<std::string>();
+      type_of[r["id"].get<std::string>()] = type;
+    }
+  }
+  std::map<std::string, std::set<std::string>> expected;  // recording uniqueId -> record ids
+  std::vector<json> vehicles;
+  std::vector<json> stops;
+  for (const auto& t : truth_lines()) {
+    (t.contains("stop") ? stops : vehicles).push_back(t);
+  }
+  for (const auto& s : stops) {
+    auto& ids = expected[s["uniqueId"].get<std::string>()];
+    for (const auto& v : vehicles) {
+      const std::int64_t t = v["time_ms"].get<std::int64_t>();
+      if (t >= s["start_ms"].get<std::int64_t>() && t <= s["end_ms"].get<std::int64_t>()) {
+        const std::string plate = v["plate"].get<std::string>();
+        const bool camera = v.value("camera_sent", true);
+        const std::string key = camera ? plate : "speed:" + std::to_string(v["dkmh"].get<int>());
+        ASSERT_EQ(record_of_plate.count(key), 1u) << key;
+        ids.insert(record_of_plate[key]);
+      }
+    }
+    EXPECT_EQ(ids.size(), 2u) << "the scenario puts two vehicles in each stop";
+  }
+
+  const auto recs = records("recording");
+  ASSERT_EQ(recs.size(), 2u);
+  std::set<std::pair<std::string, std::string>> expected_pairs;
+  for (const auto& r : recs) {
+    const std::string uid = r["unique_id"].get<std::string>();
+    ASSERT_EQ(expected.count(uid), 1u) << uid;
+    std::set<std::string> got;
+    for (const auto& id : r["links"]) {
+      got.insert(id.get<std::string>());
+    }
+    EXPECT_EQ(got, expected[uid]) << "links of " << uid;
+    for (const auto& id : expected[uid]) {
+      expected_pairs.emplace(r["id"].get<std::string>(), id);
+    }
+    if (r["recorder_id"] == "BWC-00002") {
+      EXPECT_TRUE(r["recorder_clock_off"].get<bool>()) << r.dump();
+      EXPECT_NEAR(r["clock"]["recorder_offset_ms"].get<double>(), 90000.0, 2500.0);
+    }
+  }
+  // One link record per (recording, vehicle record) pair, naming both.
+  std::set<std::pair<std::string, std::string>> link_pairs;
+  for (const auto& l : records("link")) {
+    EXPECT_TRUE(link_pairs.emplace(l["recording"].get<std::string>(), l["record"].get<std::string>()).second);
+    EXPECT_EQ(l["record_type"], type_of[l["record"].get<std::string>()]);
+  }
+  EXPECT_EQ(link_pairs, expected_pairs);
+  sim.signal(SIGTERM);
+}
+
+}  // namespace
+}  // namespace cpd::testing
