@@ -12,6 +12,7 @@
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/read.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -53,6 +54,7 @@ constexpr std::string_view kKind = "recorder_dock";
 // One download's body buffer: a chunk is written and digested before the next is read, so memory per
 // download stays at this much however large the file.
 constexpr std::size_t kChunkBytes = 512 * 1024;
+constexpr std::size_t kRawPieceBytes = 256 * 1024;  // one socket read completion in raw body mode
 constexpr std::size_t kRehashBytes = 1024 * 1024;  // reads when hashing a partial file left by a crash
 constexpr std::size_t kMaxWaiting = 1000;          // files waiting beyond this: no listing ahead
 constexpr auto kCongestionRecheck = std::chrono::milliseconds(20);
@@ -409,6 +411,10 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     std::optional<http::response_parser<http::buffer_body>> parser;
     std::vector<char> chunk;
     std::size_t filled = 0;     // bytes in chunk not yet written
+    // Content-Length bodies are read straight from the socket, a chunk at a time (Beast's parser would
+    // complete once per socket read: thousands of handler round trips per second for a fast station).
+    bool raw = false;
+    std::int64_t body_left = 0;  // raw: bytes of this response's body still to read
     std::int64_t received = 0;  // bytes of the file on disk plus in chunk
     std::int64_t length = 0;
     std::shared_ptr<PartialFile> partial;
@@ -1083,6 +1089,7 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
               }
               d->parser.emplace();
               d->parser->body_limit(std::numeric_limits<std::uint64_t>::max());  // files of 4 GB and more
+              d->raw = false;
               http::async_read_header(
                   d->socket, d->buffer, *d->parser,
                   [self, d](const error_code& re, std::size_t) { self->on_download_header(d, re); });
@@ -1198,6 +1205,14 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     if (d->chunk.empty()) {
       d->chunk.resize(kChunkBytes);
     }
+    if (!d->raw && d->parser->content_length() && !d->parser->chunked()) {
+      d->raw = true;
+      d->body_left = static_cast<std::int64_t>(*d->parser->content_length());
+    }
+    if (d->raw) {
+      read_raw(d);
+      return;
+    }
     auto& body = d->parser->get().body();
     body.data = d->chunk.data() + d->filled;
     body.size = d->chunk.size() - d->filled;
@@ -1206,6 +1221,76 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     http::async_read_some(
         d->socket, d->buffer, *d->parser,
         [self = shared_from_this(), d](error_code ec, std::size_t) { self->on_body(d, ec); });
+  }
+
+  // Raw body: first what Beast buffered behind the header, then whole pieces of the chunk from the socket.
+  void read_raw(const DownloadPtr& d) {
+    const std::size_t room = d->chunk.size() - d->filled;
+    const std::size_t left = static_cast<std::size_t>(d->body_left);
+    if (d->buffer.size() > 0) {
+      const std::size_t n = std::min({d->buffer.size(), room, left});
+      asio::buffer_copy(asio::buffer(d->chunk.data() + d->filled, n), d->buffer.data());
+      d->buffer.consume(n);
+      on_raw(d, {}, n);
+      return;
+    }
+    // A piece of at most kRawPieceBytes must arrive within the idle timeout (>= 4 KB/s at the defaults).
+    const std::size_t want = std::min({room, left, kRawPieceBytes});
+    arm_download_timer(d, std::chrono::seconds(config_.download_idle_timeout_s));
+    asio::async_read(d->socket, asio::buffer(d->chunk.data() + d->filled, want),
+                     [self = shared_from_this(), d](error_code ec, std::size_t n) { self->on_raw(d, ec, n); });
+  }
+
+  void on_raw(const DownloadPtr& d, error_code ec, std::size_t n) {
+    if (!live(d)) {
+      return;
+    }
+    d->filled += n;
+    d->received += static_cast<std::int64_t>(n);
+    d->body_left -= static_cast<std::int64_t>(n);
+    if (n > 0) {
+      d->got_bytes = true;
+    }
+    if (d->received > d->length) {
+      corrupt(d, "station sent more than the listed " + std::to_string(d->length) + " bytes");
+      return;
+    }
+    if (ec) {
+      body_failed(d, ec);
+      return;
+    }
+    if (d->body_left == 0) {
+      body_done(d);
+      return;
+    }
+    if (d->filled == d->chunk.size()) {
+      flush(d, [self = shared_from_this(), d] { self->read_body(d); });
+      return;
+    }
+    read_body(d);
+  }
+
+  void body_failed(const DownloadPtr& d, error_code ec) {
+    const std::string why = d->timed_out
+                                ? "no bytes for " + std::to_string(config_.download_idle_timeout_s) + " s"
+                                : (ec == http::error::partial_message || ec == asio::error::eof ||
+                                           ec == http::error::end_of_stream
+                                       ? std::string("connection closed early")
+                                       : "read failed: " + ec.message());
+    flush(d, [self = shared_from_this(), d, why] { self->broken(d, why); });
+  }
+
+  void body_done(const DownloadPtr& d) {
+    flush(d, [self = shared_from_this(), d] {
+      if (d->partial->bytes() != d->length) {
+        self->corrupt(d, "transfer ended after " + std::to_string(d->partial->bytes()) + " of " +
+                             std::to_string(d->length) + " bytes");
+        return;
+      }
+      error_code ignored;
+      d->socket.close(ignored);
+      self->finish_file(d);
+    });
   }
 
   void on_body(const DownloadPtr& d, error_code ec) {
@@ -1226,28 +1311,12 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
       corrupt(d, "station sent more than the listed " + std::to_string(d->length) + " bytes");
       return;
     }
-    const bool done = d->parser->is_done();
     if (ec) {
-      const std::string why = d->timed_out
-                                  ? "no bytes for " + std::to_string(config_.download_idle_timeout_s) + " s"
-                                  : (ec == http::error::partial_message || ec == asio::error::eof ||
-                                             ec == http::error::end_of_stream
-                                         ? std::string("connection closed early")
-                                         : "read failed: " + ec.message());
-      flush(d, [self = shared_from_this(), d, why] { self->broken(d, why); });
+      body_failed(d, ec);
       return;
     }
-    if (done) {
-      flush(d, [self = shared_from_this(), d] {
-        if (d->partial->bytes() != d->length) {
-          self->corrupt(d, "transfer ended after " + std::to_string(d->partial->bytes()) + " of " +
-                               std::to_string(d->length) + " bytes");
-          return;
-        }
-        error_code ignored;
-        d->socket.close(ignored);
-        self->finish_file(d);
-      });
+    if (d->parser->is_done()) {
+      body_done(d);
       return;
     }
     if (d->filled == d->chunk.size()) {
