@@ -8,11 +8,12 @@ DEB_PACKAGES := cmake g++ make pkg-config git openssl \
   libboost-dev libboost-system-dev libssl-dev libsqlite3-dev sqlite3 \
   libpaho-mqtt-dev libpaho-mqttpp-dev mosquitto mosquitto-clients \
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libsystemd-dev libpugixml-dev \
-  libturbojpeg0-dev libgtest-dev libgmock-dev libbenchmark-dev
+  libturbojpeg0-dev libgtest-dev libgmock-dev libbenchmark-dev \
+  clang-14 libclang-rt-14-dev
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps build test unit integration demo bench sanitize clean format
+.PHONY: all deps build test unit integration demo bench sanitize fuzz clean format faults
 
 all: build
 
@@ -39,8 +40,24 @@ unit: build
 integration: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -L integration
 
+# Long form of the crash-consistency harness (tests/faults): FAULT_KILLS SIGKILLs under load (docs/faults.md).
+FAULT_KILLS ?= 500
+faults: build
+	CPD_BUILD_DIR=$(abspath $(BUILD_DIR)) CPD_FAULT_KILLS=$(FAULT_KILLS) $(BUILD_DIR)/tests/faults/crash_consistency_test
+
 sanitize:
 	$(MAKE) test BUILD_DIR=build-asan CMAKE_FLAGS="-DCPD_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug"
+
+# libFuzzer targets under ASan+UBSan in their own clang build dir (docs/fuzzing.md): each runs for
+# FUZZ_SECONDS from the generated seeds; a crash is kept in fuzz/crashes/<target>/ and fails the run.
+FUZZ_BUILD_DIR ?= build-fuzz
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
+fuzz: deps
+	CC=clang-14 CXX=clang++-14 cmake -S . -B $(FUZZ_BUILD_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCPD_FUZZ=ON -DCPD_BUILD_TESTS=OFF -DCPD_BUILD_BENCH=OFF
+	cmake --build $(FUZZ_BUILD_DIR) --target cpd-fuzz -j $(JOBS)
+	fuzz/run_fuzz.sh $(FUZZ_BUILD_DIR) $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 demo: build
 	tools/demo.sh $(BUILD_DIR)

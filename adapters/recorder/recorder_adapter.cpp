@@ -1334,7 +1334,11 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
       return;
     }
     asio::post(*ctx_.blocking, [self = shared_from_this(), d, next = std::move(next)]() mutable {
-      Status s = d->partial->append(d->chunk.data(), d->filled);
+      // The media reserve keeps the disk's last space for evidence records: a recording waits for room.
+      Status s = self->ctx_.media->check_space(d->filled);
+      if (s.is_ok()) {
+        s = d->partial->append(d->chunk.data(), d->filled);
+      }
       asio::post(self->strand_, [self, d, s = std::move(s), next = std::move(next)] {
         if (!self->live(d)) {
           return;

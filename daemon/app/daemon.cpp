@@ -19,6 +19,7 @@
 
 #include "adapters/registry.h"
 #include "daemon/app/store_worker.h"
+#include "daemon/app/storage_guard.h"
 #include "daemon/app/store_dock_ledger.h"
 #include "daemon/core/ed25519.h"
 #include "daemon/core/sealer.h"
@@ -143,7 +144,41 @@ struct Daemon::Impl {
   std::vector<std::unique_ptr<adapters::Adapter>> adapters;
   std::optional<adapters::AdapterContext> adapter_ctx;
   asio::signal_set signals{io, SIGINT, SIGTERM};
+  std::unique_ptr<StorageGuard> storage;
+  asio::steady_timer storage_timer{io};
   bool stopping = false;
+
+  // Once a second: free space of the store's and media's file systems and the store worker's commit state;
+  // a change becomes a device_status record for "storage" (the alarm) and shows in the status topic.
+  void storage_tick() {
+    StorageReadings r;
+    const auto store_space = media::read_space(std::filesystem::path(cfg.store.path).parent_path().string());
+    const auto media_space = media::read_space(media->dir());
+    r.store_free_bytes = store_space.ok ? store_space.free_bytes : UINT64_MAX;
+    r.media_free_bytes = media_space.ok ? media_space.free_bytes : UINT64_MAX;
+    r.commit_failures = worker->commit_failures();
+    r.commit_pending_retry = worker->commit_pending_retry();
+    r.refused_writes = media->refused_writes();
+    r.queued_facts = worker->queued();
+    if (auto ev = storage->update(r, clock.now_ms())) {
+      if (ev->state == "ok") {
+        log::notice("storage", "", "ok: " + ev->text);
+      } else {
+        log::error("storage", "", ev->state + ": " + ev->text);
+      }
+      sink->emit(std::move(*ev));
+      forwarder->publish_status_now();
+    }
+    if (stopping) {
+      return;
+    }
+    storage_timer.expires_after(std::chrono::seconds(1));
+    storage_timer.async_wait([this](boost::system::error_code ec) {
+      if (!ec) {
+        storage_tick();
+      }
+    });
+  }
 
   json status_snapshot() const {
     json devices = json::object();
@@ -152,7 +187,7 @@ struct Daemon::Impl {
     }
     const auto stats = worker->outbox_stats();
     json s = {{"backlog", stats.count}, {"devices", devices}, {"broker", forwarder->status()},
-              {"time_ms", clock.now_ms()}};
+              {"storage", storage ? storage->status() : json::object()}, {"time_ms", clock.now_ms()}};
     if (stats.oldest_created_ms) {
       s["backlog_oldest_ms"] = *stats.oldest_created_ms;
     }
@@ -164,6 +199,7 @@ struct Daemon::Impl {
       return;
     }
     stopping = true;
+    storage_timer.cancel();
     sd_notify(0, "STOPPING=1");
     log::notice("daemon", "", "stopping (" + why + ")");
     for (auto& a : adapters) {
@@ -204,7 +240,9 @@ int Daemon::run() {
       media_dir = (std::filesystem::path(cfg.store.path).parent_path() / "media").string();
     }
     d.media = std::make_unique<media::MediaStore>(media_dir);
+    d.media->set_reserve(static_cast<std::uint64_t>(cfg.store.reserve_mb) * 1024 * 1024);
   }
+  d.storage = std::make_unique<StorageGuard>(static_cast<std::uint64_t>(cfg.store.reserve_mb) * 1024 * 1024);
   d.blocking = std::make_unique<asio::thread_pool>(2);
   const ChainHead head = d.store->chain_head();
   d.sealer = std::make_unique<Sealer>(*d.key, cfg.gateway.id, head);
@@ -245,6 +283,7 @@ int Daemon::run() {
   d.forwarder->notify_committed(head.seq);
   d.forwarder->start();
   d.sink->start();
+  d.storage_tick();
   for (auto& a : d.adapters) {
     a->start();
   }

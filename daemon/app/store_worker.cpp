@@ -92,6 +92,11 @@ std::uint64_t StoreWorker::commit_failures() const {
   return failures_;
 }
 
+bool StoreWorker::commit_pending_retry() const {
+  std::lock_guard lock(mutex_);
+  return !retrying_.empty();
+}
+
 store::OutboxStats StoreWorker::outbox_stats() const {
   std::lock_guard lock(mutex_);
   return outbox_stats_;

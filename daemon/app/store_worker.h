@@ -58,6 +58,8 @@ class StoreWorker final : public forwarder::OutboxSource {
   std::uint64_t queued() const;
   std::uint64_t committed_records() const;
   std::uint64_t commit_failures() const;
+  // A batch failed to commit and waits to be tried again (disk full, I/O error).
+  bool commit_pending_retry() const;
   store::OutboxStats outbox_stats() const;  // cached after each loop; thread-safe
 
  private:

@@ -3,16 +3,20 @@
 #include "daemon/config/config.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <regex>
+#include <sstream>
 
 #include "daemon/config/schema.h"
 #include "daemon/core/encoding.h"
@@ -96,6 +100,7 @@ StoreSection parse_store(Section store) {
   // Evidence an officer flagged is kept for months whatever the general period (at least 6 months).
   out.important_retention_days = store.optional<int>("important_retention_days", out.important_retention_days,
                                                      {.min = 180, .max = 3650});
+  out.reserve_mb = store.optional<int>("reserve_mb", out.reserve_mb, {.min = 1, .max = 1024 * 1024});
   store.finish();
   return out;
 }
@@ -121,9 +126,127 @@ std::string parse_broker_uri(Section& mqtt) {
                 uri + "'");
 }
 
+// A path as written, resolved against the config file's directory when relative (as devices do).
+std::string resolve_path(const Section& section, const std::string& path) {
+  if (path.empty() || path.front() == '/') {
+    return path;
+  }
+  const std::string& file = section.context().file;
+  const auto slash = file.rfind('/');
+  return slash == std::string::npos ? path : file.substr(0, slash + 1) + path;
+}
+
+std::string mode_text(mode_t mode) {
+  std::array<char, 8> buf{};
+  std::snprintf(buf.data(), buf.size(), "%04o", static_cast<unsigned>(mode & 07777));
+  return buf.data();
+}
+
+// Reads a file named by `key` at load, so a missing or unreadable file is a config error with its place,
+// not a connection failure hours later. `private_file`: refuse group/other access (keys, passwords).
+// `what` names the file in messages; the contents are never quoted.
+std::string read_named_file(Section& section, std::string_view key, const std::string& path, const char* what,
+                            bool private_file) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    section.fail(key, std::string("cannot read ") + what + " '" + path + "': " + std::strerror(errno));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    section.fail(key, std::string(what) + " '" + path + "' is not a regular file");
+  }
+  if (private_file && (st.st_mode & 077) != 0) {
+    section.fail(key, std::string(what) + " '" + path + "' has mode " + mode_text(st.st_mode) +
+                          ": must be 0600 or stricter (no group or other access)");
+  }
+  if (static_cast<std::size_t>(st.st_size) > kMaxFileBytes) {
+    section.fail(key, std::string(what) + " '" + path + "' is larger than " + std::to_string(kMaxFileBytes) +
+                          " bytes");
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    section.fail(key, std::string("cannot read ") + what + " '" + path + "': " + std::strerror(errno));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  return std::move(text).str();
+}
+
+// PEM files are checked for what they should hold, so a swapped cert/key pair fails at load.
+std::string read_pem_file(Section& section, std::string_view key, const char* what, std::string_view marker,
+                          bool private_file) {
+  const std::string path =
+      resolve_path(section, section.required<std::string>(key, {.pattern = kPathPattern, .allowed = kPathAllowed}));
+  const std::string pem = read_named_file(section, key, path, what, private_file);
+  if (pem.find(marker) == std::string::npos) {
+    section.fail(key, std::string(what) + " '" + path + "' holds no PEM '" + std::string(marker) + "' block");
+  }
+  return path;
+}
+
+MqttTls parse_mqtt_tls(Section& mqtt, bool enabled) {
+  MqttTls out;
+  out.enabled = enabled;
+  auto section = mqtt.optional_section("tls");
+  if (!enabled) {
+    if (section) {
+      // A tls section with a plaintext uri would look secure and not be: refuse rather than ignore it.
+      mqtt.fail("tls", "is only allowed with an ssl:// (or mqtts://) uri; uri is '" + mqtt.raw("uri") +
+                           "' (plaintext): use ssl://host:port or remove the tls section");
+    }
+    return out;
+  }
+  if (!section) {
+    mqtt.fail("tls", "is required with an ssl:// uri: give at least tls.ca_file (the CA that signed the "
+                     "broker's certificate)");
+  }
+  Section& tls = *section;
+  out.ca_file = read_pem_file(tls, "ca_file", "CA file", "-----BEGIN CERTIFICATE-----", false);
+  const bool has_cert = tls.has("cert_file");
+  const bool has_key = tls.has("key_file");
+  if (has_cert != has_key) {
+    tls.fail(has_cert ? "cert_file" : "key_file",
+             "cert_file and key_file go together (mutual TLS): give both or neither");
+  }
+  if (has_cert) {
+    out.cert_file = read_pem_file(tls, "cert_file", "client certificate file", "-----BEGIN CERTIFICATE-----", false);
+    out.key_file = read_pem_file(tls, "key_file", "client key file", "PRIVATE KEY-----", true);
+  }
+  out.verify_hostname = tls.optional<bool>("verify_hostname", out.verify_hostname);
+  tls.finish();
+  return out;
+}
+
+void parse_mqtt_credentials(Section& mqtt, MqttSection& out) {
+  out.username = mqtt.optional<std::string>(
+      "username", "", {.pattern = "[^\\s\\x00-\\x1f]{1,128}", .allowed = "1 to 128 characters without spaces"});
+  if (!mqtt.has("password_file")) {
+    return;
+  }
+  const std::string written = mqtt.required<std::string>(
+      "password_file", {.pattern = kPathPattern, .allowed = "the path of a file (mode 0600 or stricter)"});
+  if (out.username.empty()) {
+    mqtt.fail("password_file", "needs mqtt.username (MQTT sends a password only with a user name)");
+  }
+  out.password_file = resolve_path(mqtt, written);
+  std::string password = read_named_file(mqtt, "password_file", out.password_file, "password file", true);
+  // One trailing line end is how editors and `echo` leave the file; it is not part of the secret.
+  while (!password.empty() && (password.back() == '\n' || password.back() == '\r')) {
+    password.pop_back();
+  }
+  if (password.empty()) {
+    mqtt.fail("password_file", "password file '" + out.password_file + "' is empty");
+  }
+  if (password.find_first_of("\r\n") != std::string::npos) {
+    mqtt.fail("password_file", "password file '" + out.password_file + "' must hold the password on one line");
+  }
+  out.password = std::move(password);
+}
+
 MqttSection parse_mqtt(Section mqtt, const std::string& gateway_id) {
   MqttSection out;
   out.uri = parse_broker_uri(mqtt);
+  out.tls = parse_mqtt_tls(mqtt, out.uri.rfind("ssl://", 0) == 0);
+  parse_mqtt_credentials(mqtt, out);
   out.client_id = mqtt.optional<std::string>("client_id", gateway_id,
                                              {.pattern = kClientIdPattern, .allowed = kClientIdAllowed});
   out.topic_prefix = mqtt.optional<std::string>(

@@ -31,10 +31,27 @@ struct StoreSection {
   int media_retention_days = 30;  // pictures older than this whose records are PUBACKed may be deleted
   int important_retention_days = 365;  // recordings an officer flagged important: kept at least this long (>= 180)
   int commit_max_batch = 512;  // most records per transaction (one fsync per transaction)
+  // Free space kept for evidence records: below it no new picture or recording is stored (they are counted
+  // and reported), so records can still be committed when media fills the disk.
+  int reserve_mb = 256;
+};
+
+// TLS to the broker: on exactly when the uri is ssl:// (mqtts://). Paths are resolved against the config
+// file's directory and were readable at load.
+struct MqttTls {
+  bool enabled = false;
+  std::string ca_file;         // trust store (PEM): the CA(s) the broker's certificate must chain to
+  std::string cert_file;       // client certificate for mutual TLS; empty = none (then key_file is empty too)
+  std::string key_file;        // its private key, mode 0600 or stricter
+  bool verify_hostname = true; // the certificate must name the uri's host (DNS or IP SAN)
 };
 
 struct MqttSection {
-  std::string uri;             // tcp://host:port
+  std::string uri;             // tcp://host:port or ssl://host:port (mqtt:// and mqtts:// normalised)
+  MqttTls tls;
+  std::string username;        // empty = none
+  std::string password_file;   // as resolved; empty = none
+  std::string password;        // read from password_file at load: never log it
   std::string client_id;
   std::string topic_prefix = "checkpoint";
   int keepalive_s = 30;

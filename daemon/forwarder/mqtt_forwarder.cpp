@@ -1,10 +1,24 @@
+// MqttForwarder: the outbox pump over MQTT v5 (see the header); plain TCP or TLS with verification.
 #include "daemon/forwarder/mqtt_forwarder.h"
 
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
+#include <memory>
 
 #include <boost/asio/post.hpp>
 #include <mqtt/async_client.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "daemon/log/log.h"
 
@@ -12,6 +26,183 @@ namespace cpd::forwarder {
 
 namespace asio = boost::asio;
 using nlohmann::json;
+
+namespace {
+
+struct HostPort {
+  std::string host;  // without IPv6 brackets
+  std::string port;
+};
+
+// "ssl://host:port" as normalised by the config loader.
+HostPort split_uri(const std::string& uri) {
+  HostPort out;
+  const auto scheme_end = uri.find("://");
+  const std::string rest = scheme_end == std::string::npos ? uri : uri.substr(scheme_end + 3);
+  const auto colon = rest.rfind(':');
+  out.host = rest.substr(0, colon);
+  out.port = colon == std::string::npos ? "" : rest.substr(colon + 1);
+  if (out.host.size() >= 2 && out.host.front() == '[') {
+    out.host = out.host.substr(1, out.host.size() - 2);
+  }
+  return out;
+}
+
+bool is_ip_literal(const std::string& host) {
+  in6_addr a6{};
+  in_addr a4{};
+  return ::inet_pton(AF_INET, host.c_str(), &a4) == 1 || ::inet_pton(AF_INET6, host.c_str(), &a6) == 1;
+}
+
+std::string openssl_errors() {
+  std::string out;
+  while (const unsigned long e = ERR_get_error()) {
+    const char* reason = ERR_reason_error_string(e);
+    if (reason != nullptr && out.find(reason) == std::string::npos) {
+      out += (out.empty() ? "" : "; ") + std::string(reason);
+    }
+  }
+  return out;
+}
+
+// Connects within `timeout`; -1 and `why` set on failure.
+int connect_tcp(const HostPort& hp, std::chrono::milliseconds timeout, std::string& why) {
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  if (const int rc = ::getaddrinfo(hp.host.c_str(), hp.port.c_str(), &hints, &res); rc != 0) {
+    why = "cannot resolve " + hp.host + ": " + ::gai_strerror(rc);
+    return -1;
+  }
+  std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> guard(res, &::freeaddrinfo);
+  why = "no address for " + hp.host;
+  for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
+    const int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
+    if (fd < 0) {
+      continue;
+    }
+    int err = 0;
+    if (::connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+      err = errno;
+      if (err == EINPROGRESS) {
+        pollfd p{fd, POLLOUT, 0};
+        err = ::poll(&p, 1, static_cast<int>(timeout.count())) == 1 ? 0 : ETIMEDOUT;
+        socklen_t len = sizeof err;
+        if (err == 0) {
+          ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        }
+      }
+    }
+    if (err == 0) {
+      ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+      timeval tv{static_cast<time_t>(timeout.count() / 1000), static_cast<suseconds_t>((timeout.count() % 1000) * 1000)};
+      ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+      ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+      return fd;
+    }
+    why = std::string("TCP connect: ") + std::strerror(err);
+    ::close(fd);
+  }
+  return -1;
+}
+
+// Why a TLS connection to the broker fails, as OpenSSL sees it with the same trust store, client
+// certificate and host check Paho uses ("certificate has expired", "hostname mismatch", ...); empty when
+// the handshake and verification succeed (then the failure is not TLS's). Paho itself only reports
+// "TCP/TLS connect failure", which tells an operator nothing. Blocking: run it off the io threads.
+std::string diagnose_tls(const config::MqttSection& cfg, std::chrono::milliseconds timeout) {
+  const HostPort hp = split_uri(cfg.uri);
+  std::string why;
+  const int fd = connect_tcp(hp, timeout, why);
+  if (fd < 0) {
+    return why;
+  }
+  ERR_clear_error();
+  std::unique_ptr<SSL_CTX, decltype(&::SSL_CTX_free)> ctx(SSL_CTX_new(TLS_client_method()), &::SSL_CTX_free);
+  if (!ctx) {
+    ::close(fd);
+    return "cannot create a TLS context: " + openssl_errors();
+  }
+  SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
+  if (SSL_CTX_load_verify_locations(ctx.get(), cfg.tls.ca_file.c_str(), nullptr) != 1) {
+    ::close(fd);
+    return "cannot load CA file " + cfg.tls.ca_file + ": " + openssl_errors();
+  }
+  if (!cfg.tls.cert_file.empty() &&
+      (SSL_CTX_use_certificate_chain_file(ctx.get(), cfg.tls.cert_file.c_str()) != 1 ||
+       SSL_CTX_use_PrivateKey_file(ctx.get(), cfg.tls.key_file.c_str(), SSL_FILETYPE_PEM) != 1 ||
+       SSL_CTX_check_private_key(ctx.get()) != 1)) {
+    ::close(fd);
+    return "cannot load client certificate " + cfg.tls.cert_file + " / key " + cfg.tls.key_file + ": " +
+           openssl_errors();
+  }
+  SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
+  std::unique_ptr<SSL, decltype(&::SSL_free)> ssl(SSL_new(ctx.get()), &::SSL_free);
+  SSL_set_fd(ssl.get(), fd);
+  const bool ip = is_ip_literal(hp.host);
+  if (!ip) {
+    // SSL_set_tlsext_host_name() without its C cast (SNI, so a broker with several names picks the right one).
+    SSL_ctrl(ssl.get(), SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name, const_cast<char*>(hp.host.c_str()));
+  }
+  if (cfg.tls.verify_hostname) {
+    X509_VERIFY_PARAM* param = SSL_get0_param(ssl.get());
+    if (ip) {
+      X509_VERIFY_PARAM_set1_ip_asc(param, hp.host.c_str());
+    } else {
+      X509_VERIFY_PARAM_set1_host(param, hp.host.c_str(), 0);
+    }
+  }
+  std::string result;
+  if (SSL_connect(ssl.get()) != 1) {
+    const long verify = SSL_get_verify_result(ssl.get());
+    const std::string errors = openssl_errors();
+    if (verify != X509_V_OK) {
+      result = std::string("server certificate rejected: ") + X509_verify_cert_error_string(verify);
+      if (verify == X509_V_ERR_HOSTNAME_MISMATCH || verify == X509_V_ERR_IP_ADDRESS_MISMATCH) {
+        result += " (hostname mismatch: the certificate does not name " + hp.host + ")";
+      }
+    } else if (!errors.empty()) {
+      result = "TLS handshake failed: " + errors;
+    } else {
+      result = "TLS handshake failed: the broker closed the connection (is it a TLS port?)";
+    }
+  } else {
+    // TLS 1.3 reports a rejected client certificate only after the handshake: wait briefly for an alert.
+    char byte = 0;
+    timeval tv{0, 500 * 1000};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    if (SSL_peek(ssl.get(), &byte, 1) <= 0) {
+      const std::string errors = openssl_errors();
+      if (!errors.empty()) {
+        result = "TLS handshake failed: " + errors;
+      }
+    }
+    SSL_shutdown(ssl.get());
+  }
+  ::close(fd);
+  return result;
+}
+
+// Paho's connect failure in words: the MQTT v5 reason (e.g. "Bad user name or password") or return code.
+std::string connect_failure_text(int rc, int reason) {
+  // Paho reports a v5 CONNACK refusal either as the token's reason code or as its return code.
+  const int code = reason >= 0x80 ? reason : rc;
+  if (code >= 0x80) {
+    return "broker refused the connection: " + mqtt::exception::reason_code_str(code) + " (reason " +
+           std::to_string(code) + ")";
+  }
+  switch (rc) {
+    case 4:
+      return "broker refused the connection: bad user name or password (not authorized)";
+    case 5:
+      return "broker refused the connection: not authorized";
+    default:
+      break;
+  }
+  return "connect failed (rc " + std::to_string(rc) + ", reason " + std::to_string(reason) + ")";
+}
+
+}  // namespace
 
 // What an asynchronous Paho operation was, so its completion can be routed on the strand.
 struct MqttForwarder::Pending {
@@ -43,9 +234,7 @@ class MqttForwarder::Listener final : public mqtt::iaction_listener {
           if (ok) {
             f.on_connected();
           } else {
-            f.last_error_ = "connect failed (rc " + std::to_string(rc) + ", reason " + std::to_string(reason) + ")";
-            log::warn("mqtt", "", f.last_error_ + " to " + f.cfg_.uri);
-            f.schedule_reconnect();
+            f.on_connect_failed(rc, reason);
           }
           break;
         case Pending::Op::kPublish:
@@ -100,11 +289,21 @@ MqttForwarder::MqttForwarder(asio::io_context& io, const config::MqttSection& mq
 }
 
 MqttForwarder::~MqttForwarder() {
-  // Destroying the Paho client first guarantees no callback runs against a dead forwarder.
+  // Destroying the Paho client first guarantees no callback runs against a dead forwarder; a running TLS
+  // diagnosis ends within its timeout (its result is posted to the strand and never run).
   client_.reset();
+  if (probe_thread_.joinable()) {
+    probe_thread_.join();
+  }
 }
 
 void MqttForwarder::start() {
+  if (cfg_.tls.enabled && !cfg_.tls.verify_hostname) {
+    log::warn("mqtt", "", "tls.verify_hostname is false: any certificate from the CA " + cfg_.tls.ca_file +
+                              " is accepted for " + cfg_.uri + ", whatever host it names");
+  } else if (!cfg_.tls.enabled) {
+    log::info("mqtt", "", "broker " + cfg_.uri + " is plaintext (tcp://): evidence is signed but not encrypted");
+  }
   asio::post(strand_, [this] {
     connect();
     publish_status(true);
@@ -186,7 +385,31 @@ void MqttForwarder::connect() {
   json offline = {{"state", "offline"}, {"gateway", gateway_id_}, {"version", CPD_VERSION},
                   {"reason", "connection lost"}};
   mqtt::properties props{{mqtt::property::SESSION_EXPIRY_INTERVAL, cfg_.session_expiry_s}};
-  auto opts = mqtt::connect_options_builder()
+  auto builder = mqtt::connect_options_builder();
+  if (cfg_.tls.enabled) {
+    // Server certificate checked against our CA only, host name too unless configured off; TLS 1.2 or
+    // newer. An ssl:// uri makes Paho use TLS or fail: there is no plaintext fallback to guard against.
+    auto ssl = mqtt::ssl_options_builder()
+                   .trust_store(cfg_.tls.ca_file)
+                   .enable_server_cert_auth(true)
+                   .verify(cfg_.tls.verify_hostname)
+                   .ssl_version(MQTT_SSL_VERSION_TLS_1_2)
+                   .finalize();
+    // No Paho ssl error handler: Paho C++ 1.2 keeps a pointer to the ssl_options it was set on, which the
+    // copies into connect_options leave dangling (a crash on the first TLS error). diagnose_tls() says more.
+    if (!cfg_.tls.cert_file.empty()) {
+      ssl.set_key_store(cfg_.tls.cert_file);
+      ssl.set_private_key(cfg_.tls.key_file);
+    }
+    builder.ssl(std::move(ssl));
+  }
+  if (!cfg_.username.empty()) {
+    builder.user_name(cfg_.username);
+    if (!cfg_.password.empty()) {
+      builder.password(cfg_.password);
+    }
+  }
+  auto opts = builder
                   .mqtt_version(MQTTVERSION_5)
                   .clean_start(false)
                   .properties(props)
@@ -202,6 +425,53 @@ void MqttForwarder::connect() {
     last_error_ = std::string("connect: ") + e.what();
     log::warn("mqtt", "", last_error_);
     schedule_reconnect();
+  }
+}
+
+void MqttForwarder::on_connect_failed(int rc, int reason) {
+  const std::string what = connect_failure_text(rc, reason);
+  // An MQTT-level refusal needs no diagnosis; a transport failure over TLS gets one (off the strand), and
+  // the reconnect waits for it so at most one probe runs.
+  if (!cfg_.tls.enabled || reason >= 0x80 || rc >= 0x80 || rc == 4 || rc == 5 || stopped_) {
+    report_connect_failure(what);
+    schedule_reconnect();
+    return;
+  }
+  if (probing_) {
+    schedule_reconnect();
+    return;
+  }
+  probing_ = true;
+  if (probe_thread_.joinable()) {
+    probe_thread_.join();  // the previous probe has finished: it cleared probing_ on the strand
+  }
+  const auto timeout = std::chrono::milliseconds(std::min(cfg_.connect_timeout_s, 5) * 1000);
+  probe_thread_ = std::jthread([this, what, timeout, cfg = cfg_] {
+    std::string tls_reason = diagnose_tls(cfg, timeout);
+    asio::post(strand_, [this, what, tls_reason = std::move(tls_reason)] {
+      probing_ = false;
+      if (!tls_reason.empty()) {
+        report_connect_failure("TLS: " + tls_reason);
+      } else {
+        report_connect_failure(what);
+      }
+      schedule_reconnect();
+    });
+  });
+}
+
+void MqttForwarder::report_connect_failure(const std::string& why) {
+  last_error_ = why;
+  {
+    std::lock_guard lock(snapshot_mutex_);
+    snapshot_last_error_ = why;
+  }
+  const std::string line = "cannot connect to broker " + cfg_.uri + ": " + why;
+  if (why != last_logged_error_) {
+    log::warn("mqtt", "", line + "; retrying with backoff, records stay in the outbox");
+    last_logged_error_ = why;
+  } else {
+    log::debug("mqtt", "", line);
   }
 }
 
@@ -228,6 +498,7 @@ void MqttForwarder::on_connected() {
     return;
   }
   backoff_ = std::chrono::milliseconds(cfg_.reconnect_min_ms);
+  last_logged_error_.clear();
   {
     std::lock_guard lock(snapshot_mutex_);
     ++counters_.connects;
@@ -242,6 +513,14 @@ void MqttForwarder::on_connected() {
     }
   });
   pump();
+}
+
+void MqttForwarder::publish_status_now() {
+  asio::post(strand_, [this] {
+    if (connected_ && !stopped_) {
+      publish_status(true);
+    }
+  });
 }
 
 void MqttForwarder::on_status_tick() {
@@ -272,6 +551,7 @@ void MqttForwarder::on_connection_lost(const std::string& cause) {
     std::lock_guard lock(snapshot_mutex_);
     ++counters_.disconnects;
     snapshot_connected_ = false;
+    snapshot_last_error_ = cause;
   }
   last_error_ = cause;
   log::warn("mqtt", "", "lost the broker: " + cause + "; " + std::to_string(inflight_.size()) +
@@ -475,8 +755,13 @@ void MqttForwarder::finish_stop() {
 
 json MqttForwarder::status() const {
   std::lock_guard lock(snapshot_mutex_);
+  json tls = cfg_.tls.enabled ? json{{"verify_hostname", cfg_.tls.verify_hostname},
+                                     {"client_certificate", !cfg_.tls.cert_file.empty()}}
+                               : json(nullptr);
   return json{{"uri", cfg_.uri},
               {"connected", snapshot_connected_},
+              {"tls", std::move(tls)},
+              {"last_error", snapshot_last_error_.empty() ? json(nullptr) : json(snapshot_last_error_)},
               {"published", counters_.published},
               {"failed", counters_.failed},
               {"connects", counters_.connects},

@@ -1,6 +1,8 @@
 // MqttForwarder (the outbox pump): publishes outbox records in seq order over MQTT v5 with QoS 1, at most
 // `max_inflight` awaiting PUBACK, and removes a record from the outbox only when its PUBACK arrives.
 // Everything runs on one strand; Paho's callbacks are posted onto it, so nothing blocks on a token.
+// TLS (ssl:// uri) verifies the broker's certificate and host name and never falls back to plaintext; a
+// failed TLS connect is diagnosed by a separate handshake so the log and status say why.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +13,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <boost/asio/io_context.hpp>
@@ -51,6 +54,9 @@ class MqttForwarder {
   // `records` (optional) are the newly committed records: published straight away when the forwarder is
   // caught up, else read back from the outbox in turn.
   void notify_committed(std::uint64_t last_seq, std::vector<CommittedRecord> records = {});
+  // Publishes the retained status now (when connected) rather than at the next 10 s tick: an alarm
+  // (storage full, ...) should not wait. Thread-safe.
+  void publish_status_now();
   // Publishes what is committed up to `until_seq` (bounded by `timeout`), then the retained `offline`
   // status, then disconnects cleanly; `done` runs on the io_context. Call once.
   void stop(std::uint64_t until_seq, std::chrono::milliseconds timeout, std::function<void()> done);
@@ -64,6 +70,8 @@ class MqttForwarder {
   class Listener;
 
   void connect();
+  void on_connect_failed(int rc, int reason);
+  void report_connect_failure(const std::string& why);
   void schedule_reconnect();
   void on_connected();
   void on_connection_lost(const std::string& cause);
@@ -117,11 +125,15 @@ class MqttForwarder {
   std::chrono::milliseconds backoff_;
   std::function<void()> stop_done_;
   std::string last_error_;
+  std::string last_logged_error_;       // a failure repeated on every retry is logged once at warn level
+  bool probing_ = false;                // a TLS diagnosis is running on probe_thread_
+  std::jthread probe_thread_;           // blocking handshake off the io threads; joined before destruction
 
   mutable std::mutex snapshot_mutex_;
   ForwarderCounters counters_;
   std::uint64_t acked_seq_ = 0;         // highest PUBACKed seq (for status)
   bool snapshot_connected_ = false;
+  std::string snapshot_last_error_;     // why the last connect failed or the connection was lost
   LatencyRecorder latency_;
   std::map<std::uint64_t, std::chrono::steady_clock::time_point> ready_at_;  // strand only, bounded
 };

@@ -4,9 +4,11 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -108,6 +110,32 @@ std::optional<std::string> MediaStore::read(const std::string& sha256) const {
   return std::move(out).str();
 }
 
+SpaceReading read_space(const std::string& path) {
+  struct statvfs st {};
+  if (::statvfs(path.c_str(), &st) != 0) {
+    return {};
+  }
+  return {static_cast<std::uint64_t>(st.f_bavail) * st.f_frsize, static_cast<std::uint64_t>(st.f_blocks) * st.f_frsize,
+          true};
+}
+
+Status MediaStore::check_space(std::uint64_t incoming) {
+  const std::uint64_t reserve = reserve_.load();
+  if (reserve == 0) {
+    return Status::ok();
+  }
+  const SpaceReading space = read_space(dir_);
+  if (!space.ok || space.free_bytes >= reserve + incoming) {
+    return Status::ok();
+  }
+  refused_.fetch_add(1);
+  constexpr double kMiB = 1024.0 * 1024.0;
+  char text[160];
+  std::snprintf(text, sizeof text, "%.1f MiB free, below the %.1f MiB kept for evidence records",
+                static_cast<double>(space.free_bytes) / kMiB, static_cast<double>(reserve) / kMiB);
+  return Status::retry("media store " + dir_ + ": " + text);
+}
+
 std::string MediaStore::partial_dir() const {
   const std::string path = dir_ + "/partial";
   std::error_code ec;
@@ -154,6 +182,9 @@ Status MediaStore::put(std::string_view bytes, StoredMedia& out) {
     // Same name means same bytes; the earlier put() already made it durable.
     out.already_present = true;
     return Status::ok();
+  }
+  if (Status space = check_space(bytes.size()); !space.is_ok()) {
+    return space;
   }
 
   std::string tmp_path = dir_ + "/.tmp-XXXXXX";

@@ -2,6 +2,7 @@
 // and the directory fsynced, so a picture that is referenced by a record is on disk before it counts.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -16,6 +17,14 @@ struct StoredMedia {
   std::int64_t bytes = 0;
   bool already_present = false;   // identical bytes were stored before
 };
+
+// Free space on a file system, from statvfs (what an unprivileged writer may use).
+struct SpaceReading {
+  std::uint64_t free_bytes = 0;
+  std::uint64_t total_bytes = 0;
+  bool ok = false;  // false: statvfs failed (then nothing is refused for lack of space)
+};
+SpaceReading read_space(const std::string& path);
 
 class MediaStore {
  public:
@@ -37,8 +46,20 @@ class MediaStore {
   std::optional<std::string> read(const std::string& sha256) const;
   const std::string& dir() const { return dir_; }
 
+  // Space kept free for the evidence store on the same disk: a write that would leave less is refused
+  // with Status::retry (nothing already stored is ever deleted to make room). 0 = no reserve.
+  void set_reserve(std::uint64_t bytes) { reserve_.store(bytes); }
+  std::uint64_t reserve() const { return reserve_.load(); }
+  // Status::retry naming the space when writing `incoming` more bytes would cut into the reserve; counts
+  // the refusal. Thread-safe.
+  Status check_space(std::uint64_t incoming);
+  // Writes refused for lack of space since start.
+  std::uint64_t refused_writes() const { return refused_.load(); }
+
  private:
   std::string dir_;
+  std::atomic<std::uint64_t> reserve_{0};
+  std::atomic<std::uint64_t> refused_{0};
 };
 
 }  // namespace cpd::media

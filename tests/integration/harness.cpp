@@ -184,14 +184,30 @@ std::optional<std::string> Process::wait_for_stdout_line(const std::string& pref
   return std::nullopt;
 }
 
-Mosquitto::Mosquitto(const fs::path& dir, std::uint16_t port) : dir_(dir), port_(port == 0 ? free_port() : port) {
+Mosquitto::Mosquitto(const fs::path& dir, std::uint16_t port) : Mosquitto(dir, port, MosquittoOptions{}) {}
+
+Mosquitto::Mosquitto(const fs::path& dir, std::uint16_t port, const MosquittoOptions& options)
+    : dir_(dir), port_(port == 0 ? free_port() : port), tls_(options.tls.has_value()) {
   fs::create_directories(dir_);
   std::ofstream conf(dir_ / "mosquitto.conf");
   // Run as ourselves: as root, mosquitto would switch to its own user and could not write into our temp dir.
   const passwd* pw = ::getpwuid(::geteuid());
   conf << "user " << (pw != nullptr ? pw->pw_name : "root") << "\n"
-       << "listener " << port_ << " 127.0.0.1\n"
-       << "allow_anonymous true\n"
+       << "listener " << port_ << " 127.0.0.1\n";
+  if (options.tls) {
+    conf << "cafile " << options.tls->ca_file.string() << "\n"
+         << "certfile " << options.tls->cert_file.string() << "\n"
+         << "keyfile " << options.tls->key_file.string() << "\n"
+         << "tls_version tlsv1.2\n"
+         << "require_certificate " << (options.tls->require_client_cert ? "true" : "false") << "\n";
+  }
+  if (!options.password_file.empty()) {
+    conf << "password_file " << options.password_file.string() << "\n"
+         << "allow_anonymous false\n";
+  } else {
+    conf << "allow_anonymous true\n";
+  }
+  conf
        << "persistence true\n"
        << "persistence_location " << dir_.string() << "/\n"
        << "max_queued_messages 0\n"
@@ -210,6 +226,8 @@ void Mosquitto::start() {
   }
 }
 
+std::string Mosquitto::log_text() const { return slurp(dir_ / "mosquitto.log"); }
+
 void Mosquitto::stop() {
   if (proc_) {
     proc_->signal(SIGTERM);
@@ -225,6 +243,9 @@ struct MqttCollector::Impl {
 };
 
 MqttCollector::MqttCollector(const std::string& uri, const std::vector<std::string>& topics)
+    : MqttCollector(uri, topics, Options{}) {}
+
+MqttCollector::MqttCollector(const std::string& uri, const std::vector<std::string>& topics, const Options& options)
     : impl_(std::make_unique<Impl>()) {
   static std::atomic<int> counter{0};
   const std::string id = "cpd-test-collector-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
@@ -248,6 +269,21 @@ MqttCollector::MqttCollector(const std::string& uri, const std::vector<std::stri
                   .properties(props)
                   .automatic_reconnect(std::chrono::milliseconds(200), std::chrono::seconds(1))
                   .finalize();
+  if (!options.ca_file.empty()) {
+    mqtt::ssl_options ssl;
+    ssl.set_trust_store(options.ca_file.string());
+    ssl.set_enable_server_cert_auth(true);
+    ssl.set_verify(true);
+    if (!options.cert_file.empty()) {
+      ssl.set_key_store(options.cert_file.string());
+      ssl.set_private_key(options.key_file.string());
+    }
+    opts.set_ssl(std::move(ssl));
+  }
+  if (!options.username.empty()) {
+    opts.set_user_name(options.username);
+    opts.set_password(options.password);
+  }
   impl_->client->connect(opts)->wait();
   // Later reconnects resume the session (queued messages are delivered).
   pause(std::chrono::milliseconds(200));

@@ -63,18 +63,33 @@ class Process {
   fs::path err_;
 };
 
+// A broker that speaks only TLS on its port (no plaintext listener at all), optionally with passwords.
+struct MosquittoOptions {
+  struct Tls {
+    fs::path ca_file;                  // CA that client certificates must chain to (and that signed cert_file)
+    fs::path cert_file;
+    fs::path key_file;
+    bool require_client_cert = false;  // mutual TLS
+  };
+  std::optional<Tls> tls;
+  fs::path password_file;              // mosquitto_passwd file; set: anonymous clients are refused
+};
+
 class Mosquitto {
  public:
   // Persistence on (so queued messages for persistent subscribers survive a graceful restart).
   Mosquitto(const fs::path& dir, std::uint16_t port = 0);
+  Mosquitto(const fs::path& dir, std::uint16_t port, const MosquittoOptions& options);
   void start();
   void stop();   // graceful (SIGTERM), saves persistence
   std::uint16_t port() const { return port_; }
-  std::string uri() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
+  std::string uri() const { return (tls_ ? "ssl://127.0.0.1:" : "tcp://127.0.0.1:") + std::to_string(port_); }
+  std::string log_text() const;  // the broker's log file
 
  private:
   fs::path dir_;
   std::uint16_t port_;
+  bool tls_ = false;
   std::unique_ptr<Process> proc_;
 };
 
@@ -86,7 +101,16 @@ class MqttCollector {
     std::string payload;
     bool retained = false;
   };
+  // For an ssl:// broker: the CA to trust, a client certificate for mutual TLS, credentials.
+  struct Options {
+    fs::path ca_file;
+    fs::path cert_file;
+    fs::path key_file;
+    std::string username;
+    std::string password;
+  };
   MqttCollector(const std::string& uri, const std::vector<std::string>& topics);
+  MqttCollector(const std::string& uri, const std::vector<std::string>& topics, const Options& options);
   ~MqttCollector();
   std::vector<Message> messages() const;
   std::vector<std::string> payloads(const std::string& topic) const;

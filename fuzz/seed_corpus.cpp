@@ -1,0 +1,216 @@
+// Writes the fuzz targets' seed corpora from the same builders the simulators and unit tests use:
+// radar frames, ISAPI documents and multipart streams, the dock spec's JSON, config/example.yaml and a
+// real sealed, hash-chained JWS chain. Usage: cpd-fuzz-seeds <out-dir> <config/example.yaml>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <random>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "daemon/core/ed25519.h"
+#include "daemon/core/encoding.h"
+#include "daemon/core/sealer.h"
+#include "tests/support/camera_messages.h"
+#include "tests/support/radar_frames.h"
+
+namespace fs = std::filesystem;
+
+namespace cpd {
+namespace {
+
+class CorpusWriter {
+ public:
+  explicit CorpusWriter(fs::path root) : root_(std::move(root)) {}
+
+  void write(std::string_view target, std::string_view name, std::string_view bytes) {
+    const fs::path dir = root_ / target;
+    if (cleared_.insert(std::string(target)).second) {
+      fs::remove_all(dir);  // a re-run leaves no stale seeds behind
+    }
+    fs::create_directories(dir);
+    std::ofstream out(dir / name, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    if (!out) {
+      throw std::runtime_error("cannot write " + (dir / name).string());
+    }
+    ++written_;
+  }
+  int written() const { return written_; }
+
+ private:
+  fs::path root_;
+  std::set<std::string> cleared_;
+  int written_ = 0;
+};
+
+constexpr std::int64_t kT0Ms = 1795779534123;  // 2026-11-27T03:38:54.123Z
+
+void radar_seeds(CorpusWriter& w) {
+  test::DetectFields d;
+  d.time_cs = 1234567;
+  d.target = 3;
+  d.targets = 4;
+  d.speed_tenths = 1234;
+  d.range_dm = 456;
+  d.x_tenths = -35;
+  d.amplitude_ddb = 612;
+  const std::string detect = test::detect_frame(d);
+  test::DetectFields p = d;
+  p.dir = 'R';
+  p.units = 'M';
+  p.coord = 'P';
+  p.x_tenths = 123;
+  const std::string detect_polar = test::detect_frame(p);
+  const std::string status = test::status_frame(9999999, 0, test::radar_status_text(0));
+  const std::string status_hot = test::status_frame(42, 3, test::radar_status_text(3));
+  std::mt19937_64 rng(7);
+  // Byte 0 is the target's chunk size.
+  w.write("radar_frame", "detect", std::string(1, '\x3f') + detect);
+  w.write("radar_frame", "detect_polar", std::string(1, '\x05') + detect_polar);
+  w.write("radar_frame", "status", std::string(1, '\x3f') + status);
+  w.write("radar_frame", "stream", std::string(1, '\x07') + detect + test::noise_bytes(9, rng) + status_hot +
+                                       test::with_wrong_checksum(detect) + test::overlong_frame() + detect_polar);
+  w.write("radar_frame", "cut", std::string(1, '\x01') + detect.substr(0, 20) + status);
+}
+
+void camera_seeds(CorpusWriter& w) {
+  test::AnprAlert a;
+  a.date_time = test::camera_time(kT0Ms, 480);
+  a.license_plate = "\xe6\xb5\x99" "A12345";
+  a.uuid = "6b3f2a10-0000-4000-8000-000000000001";
+  a.pictures = {{"detectionPicture.jpg", "detectionPicture", test::camera_abs_time(kT0Ms, 480)},
+                {"licensePlatePicture.jpg", "licensePlatePicture", test::camera_abs_time(kT0Ms, 480)}};
+  test::AnprAlert hik = a;
+  hik.xml_namespace = std::string(test::kHikvisionNamespace);
+  hik.date_time = test::camera_time(kT0Ms, -330, false);
+  test::Heartbeat hb;
+  hb.date_time = test::camera_time(kT0Ms, 0);
+  test::TimeStatus ts;
+  ts.local_time = test::camera_time(kT0Ms, 480, false);
+  const std::string alert = test::anpr_alert_xml(a);
+  w.write("isapi_xml", "anpr", alert);
+  w.write("isapi_xml", "anpr_hikvision", test::anpr_alert_xml(hik));
+  w.write("isapi_xml", "heartbeat", test::heartbeat_xml(hb));
+  w.write("isapi_xml", "device_info", test::device_info_xml(test::DeviceInfo{}));
+  w.write("isapi_xml", "time", test::time_xml(ts));
+  w.write("isapi_xml", "iso_time", test::camera_time(kT0Ms, 480));
+  w.write("isapi_xml", "abs_time", test::camera_abs_time(kT0Ms, 480));
+
+  // Byte 0: chunk size; line 1: the Content-Type header value; then the stream.
+  const std::string b = "MIME_boundary";
+  constexpr char kJpeg[] = "\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00\xff\xd9";
+  const std::string jpeg(kJpeg, sizeof(kJpeg) - 1);  // SOI, a JFIF APP0 header, EOI
+  const std::string stream = test::xml_part(b, alert) + test::jpeg_part(b, "detectionPicture.jpg", jpeg) +
+                             test::jpeg_part(b, "licensePlatePicture.jpg", jpeg) +
+                             test::xml_part(b, test::heartbeat_xml(hb));
+  w.write("multipart", "alert_stream", "\x7f" "multipart/mixed; boundary=" + b + "\n" + stream);
+  w.write("multipart", "quoted_boundary", "\x0b" "multipart/mixed; boundary=\"" + b + "\"\n" + stream);
+  // Without Content-Length: the body runs to the next delimiter.
+  w.write("multipart", "no_length",
+          "\x20" "multipart/mixed; boundary=" + b + "\n--" + b + "\r\nContent-Type: application/xml\r\n\r\n" +
+              test::heartbeat_xml(hb) + "\r\n--" + b + "--\r\n");
+}
+
+void dock_seeds(CorpusWriter& w) {
+  // The examples of specs/recorder-dock.md, verbatim.
+  const std::string entry = R"({
+   "uniqueId":"BWC-00917-20261127-000153",
+   "deviceId":"BWC-00917",
+   "officerId":"330102198801010011",
+   "officerName":"王伟",
+   "caseCode":"",
+   "fileName":"20261127_113712_000153.mp4",
+   "fileType":"video",
+   "format":"mp4",
+   "length":48213377,
+   "md5":"9b2d0a0c3f1e4e1a8f6b1c2d3e4f5a6b",
+   "startTime":"2026-11-27T11:37:12+08:00",
+   "endTime":"2026-11-27T11:39:40+08:00",
+   "collectTime":"2026-11-27T12:05:03+08:00",
+   "important":true,
+   "gps":[{"t":"2026-11-27T11:37:12+08:00","lat":30.274085,"lon":120.155070}]
+ })";
+  w.write("dock_json", "status", R"({"stationId":"DS-2011-0042","firmware":"3.4.1","time":"2026-11-27T11:38:54+08:00",
+ "slots":8,"docked":["BWC-00917","BWC-00921"],"freeBytes":512000000000})");
+  w.write("dock_json", "listing", R"({"files":[)" + entry + R"(],
+ "next":"c-000153"})");
+  w.write("dock_json", "listing_empty", R"({"files":[],"next":"c-000153"})");
+  w.write("dock_json", "entry", entry);
+  w.write("dock_json", "error", R"({"error":"bad cursor"})");
+}
+
+void config_seeds(CorpusWriter& w, const fs::path& example_yaml) {
+  std::ifstream in(example_yaml, std::ios::binary);
+  const std::string yaml((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (yaml.empty()) {
+    throw std::runtime_error("cannot read " + example_yaml.string());
+  }
+  w.write("config", "example.yaml", yaml);
+}
+
+void jws_seeds(CorpusWriter& w) {
+  const Ed25519PrivateKey key = Ed25519PrivateKey::generate();
+  Sealer sealer(key, "gw-fuzz", ChainHead{});
+  std::vector<std::string> records;
+  std::vector<std::string> bodies;
+  for (int i = 0; i < 3; ++i) {
+    Fact f;
+    f.type = i == 2 ? "speed_measurement" : "passage";
+    f.time_ms = kT0Ms + i;
+    f.fields = {{"plate", "\xe6\xb5\x99" "A0000" + std::to_string(i)}, {"lane", i % 3}, {"speed_kmh_x10", 1234}};
+    records.push_back(sealer.seal(f, kT0Ms + 1000 + i).jws);
+    const std::string& jws = records.back();
+    const auto first = jws.find('.');
+    const auto second = jws.find('.', first + 1);
+    bodies.push_back(base64url_decode(jws.substr(first + 1, second - first - 1)).value_or(""));
+  }
+  const std::string pub = key.public_key().raw();
+  // Mode byte 0x02: verify against the key in bytes 1..32, chain expected from seq 1.
+  w.write("jws", "chain", "\x02" + pub + records[0] + "\n" + records[1] + "\n" + records[2]);
+  w.write("jws", "redelivery", std::string(1, '\x00') + pub + records[1] + "\n" + records[1] + "\n" + records[2]);
+  w.write("jws", "single", std::string(1, '\x00') + pub + records[2]);
+  // Mode byte 0x03: bodies signed by the target itself, so the checks behind the signature are reached.
+  w.write("jws", "bodies", "\x03" + bodies[0] + "\n" + bodies[1] + "\n" + bodies[2]);
+  w.write("jws", "gap", "\x01" + bodies[0] + "\n" + bodies[2]);
+
+  for (std::size_t i = 0; i < bodies.size(); ++i) {
+    w.write("jcs", "record_body_" + std::to_string(i), bodies[i]);
+  }
+  // RFC 8785's own example and number forms (ECMAScript shortest round trip, exponents, -0).
+  w.write("jcs", "rfc8785_numbers",
+          R"({"numbers":[333333333.33333329,1E30,4.50,2e-3,0.000000000000000000000000001,-0,1e21,1e-7,5e-324,9007199254740991]})");
+  w.write("jcs", "rfc8785_strings", R"({"string":"\u20ac$\u000F\u000aA'\u0042\u0022\u005c\\\"\/","literals":[null,true,false]})");
+  w.write("jcs", "sort_utf16", R"({"\u20ac":"Euro Sign","\r":"Carriage Return","\ufb33":"Hebrew Letter Dalet With Dagesh","1":"One","\ud83d\ude00":"Emoji: Grinning Face","\u0080":"Control","\u00f6":"Latin Small Letter O With Diaeresis"})");
+  w.write("jcs", "nested", R"([{"b":[1,{"a":{}}],"a":[]},"",-1.5e-10,123456789012345678])");
+}
+
+}  // namespace
+}  // namespace cpd
+
+int main(int argc, char** argv) {
+  if (argc != 3) {
+    std::cerr << "usage: cpd-fuzz-seeds <out-dir> <config/example.yaml>\n";
+    return 2;
+  }
+  try {
+    cpd::CorpusWriter w(argv[1]);
+    cpd::radar_seeds(w);
+    cpd::camera_seeds(w);
+    cpd::dock_seeds(w);
+    cpd::config_seeds(w, argv[2]);
+    cpd::jws_seeds(w);
+    std::cout << "cpd-fuzz-seeds: " << w.written() << " seeds in " << argv[1] << "\n";
+  } catch (const std::exception& e) {
+    std::cerr << "cpd-fuzz-seeds: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
