@@ -9,6 +9,7 @@
 #include <optional>
 #include <vector>
 
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -145,6 +146,7 @@ struct Daemon::Impl {
   std::optional<adapters::AdapterContext> adapter_ctx;
   asio::signal_set signals{io, SIGINT, SIGTERM};
   std::unique_ptr<StorageGuard> storage;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> shutdown_guard;
   asio::steady_timer storage_timer{io};
   bool stopping = false;
 
@@ -199,6 +201,9 @@ struct Daemon::Impl {
       return;
     }
     stopping = true;
+    // Keeps io.run() going while the last records are committed on the store thread: without it the loop
+    // can run out of work (adapters stopped, timers cancelled) before the commit callback posts back.
+    shutdown_guard.emplace(io.get_executor());
     storage_timer.cancel();
     sd_notify(0, "STOPPING=1");
     log::notice("daemon", "", "stopping (" + why + ")");
@@ -215,6 +220,7 @@ struct Daemon::Impl {
           asio::post(io, [this, seq] {
             forwarder->stop(seq, std::chrono::seconds(5), [this] {
               worker->drain_and_stop();
+              shutdown_guard.reset();
               io.stop();
             });
           });

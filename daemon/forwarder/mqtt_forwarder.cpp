@@ -430,6 +430,11 @@ void MqttForwarder::connect() {
 
 void MqttForwarder::on_connect_failed(int rc, int reason) {
   const std::string what = connect_failure_text(rc, reason);
+  if (stopping_) {
+    report_connect_failure(what);
+    finish_stop();
+    return;
+  }
   // An MQTT-level refusal needs no diagnosis; a transport failure over TLS gets one (off the strand), and
   // the reconnect waits for it so at most one probe runs.
   if (!cfg_.tls.enabled || reason >= 0x80 || rc >= 0x80 || rc == 4 || rc == 5 || stopped_) {
@@ -513,6 +518,7 @@ void MqttForwarder::on_connected() {
     }
   });
   pump();
+  check_stop_done();
 }
 
 void MqttForwarder::publish_status_now() {
@@ -689,6 +695,8 @@ void MqttForwarder::publish_status(bool online) {
 void MqttForwarder::stop(std::uint64_t until_seq, std::chrono::milliseconds timeout, std::function<void()> done) {
   asio::post(strand_, [this, until_seq, timeout, done = std::move(done)]() mutable {
     stopping_ = true;
+    log::debug("mqtt", "", std::string("stop requested: connected ") + (connected_ ? "yes" : "no") + ", connecting " +
+                               (connecting_ ? "yes" : "no"));
     stop_done_ = std::move(done);
     stop_until_seq_ = until_seq;
     committed_seq_ = std::max(committed_seq_, until_seq);
@@ -701,8 +709,12 @@ void MqttForwarder::stop(std::uint64_t until_seq, std::chrono::milliseconds time
         check_stop_done(true);
       }
     });
+    if (!connected_ && connecting_) {
+      // A connect is in flight (e.g. SIGTERM right after start): its outcome decides, within the timeout,
+      // so what was committed is still forwarded when the broker is there.
+      return;
+    }
     if (!connected_) {
-      connecting_ = false;
       finish_stop();
       return;
     }

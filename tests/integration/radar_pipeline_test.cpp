@@ -222,5 +222,23 @@ TEST_F(RadarPipeline, BrokerDownForTenSecondsUnderTrafficLosesNothing) {
   EXPECT_EQ(seqs.size(), store_count()) << "every committed record arrives";
 }
 
+// SIGTERM while the first broker connect may still be in flight: the daemon waits for it and forwards what
+// it committed (the start and stop audits) instead of leaving them in the outbox until the next start.
+TEST_F(RadarPipeline, StopRightAfterStartStillForwardsTheAudits) {
+  start_sim({"--seed", "3", "--vehicles", "0", "--rate", "0"});
+  write_config();
+  collector_ = std::make_unique<MqttCollector>(broker_->uri(), std::vector<std::string>{"checkpoint/test-gw-1/evidence"});
+  auto daemon = start_daemon();
+  const auto end = std::chrono::steady_clock::now() + 10s;
+  while (daemon->stderr_text().find("running ") == std::string::npos && std::chrono::steady_clock::now() < end) {
+    pause(1ms);
+  }
+  daemon->signal(SIGTERM);
+  ASSERT_EQ(daemon->wait(20s), 0) << daemon->stderr_text();
+  ASSERT_TRUE(collector_->wait_until([&] { return count_type("audit") == 2; }, 10s)) << daemon->stderr_text();
+  EXPECT_EQ(store::EvidenceStore((dir_ / "store.db").string()).outbox_stats().count, 0u)
+      << "nothing left behind in the outbox";
+}
+
 }  // namespace
 }  // namespace cpd::testing
