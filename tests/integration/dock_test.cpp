@@ -325,6 +325,40 @@ TEST_F(DockIntegration, AKilledDaemonNeverLeavesAFileAcknowledgedWithoutItsCommi
   EXPECT_EQ(delivered.size(), kFiles);
 }
 
+// The station unreachable for a while (restarts with a 3 s outage, connections refused): the adapter says so
+// once per outage as a device_status record, recovers by itself with backoff, and collects everything once.
+TEST_F(DockIntegration, AnUnreachableStationIsReportedAndRecoveredWithoutLoss) {
+  constexpr std::size_t kFiles = 8;
+  Dock& dock = add_dock("dock-1", {"--files", std::to_string(kFiles), "--file-kb", "4000", "--file-interval-s",
+                                   "0.5", "--restart-every-s", "2", "--restart-outage-s", "3", "--seed", "13"});
+  write_config();
+  start_daemon();
+  ASSERT_TRUE(collector_->wait_until([&] { return acked(dock).size() >= kFiles; }, 90s))
+      << acked(dock).size() << " acked\n" << daemon_->stderr_text();
+  pause(1s);
+  stop_daemon();
+  int down = 0;
+  int up_after_down = 0;
+  for (const auto& r : records("device_status")) {
+    if (r["device"] != "dock-1") {
+      continue;
+    }
+    if (r["state"] == "disconnected") {
+      ++down;
+    } else if (r["state"] == "connected" && down > 0) {
+      ++up_after_down;
+    }
+  }
+  EXPECT_GE(truth(dock, "restart").size(), 1u);
+  EXPECT_GE(down, 1) << "the outage is a device_status record";
+  EXPECT_GE(up_after_down, 1) << "and so is the recovery";
+  std::set<std::string> ids;
+  for (const auto& r : records("recording")) {
+    EXPECT_TRUE(ids.insert(r["unique_id"].get<std::string>()).second) << "collected twice";
+  }
+  EXPECT_EQ(ids.size(), kFiles);
+}
+
 TEST_F(DockIntegration, AWrongTokenIsAClearFaultAndNothingIsCollected) {
   Dock& dock = add_dock("dock-1", {"--files", "2", "--file-kb", "100"});
   std::ofstream(dir_ / "wrong.token") << "not-the-token\n";
