@@ -2,15 +2,7 @@
 // the radar it pairs with, and timings. The password never appears in any message.
 #include "adapters/camera/camera_config.h"
 
-#include <sys/stat.h>
-
-#include <array>
-#include <cerrno>
-#include <cstdio>
-#include <cstring>
-#include <fstream>
 #include <regex>
-#include <sstream>
 #include <string>
 
 #include "daemon/config/schema.h"
@@ -21,12 +13,6 @@ namespace {
 
 using config::Rule;
 using config::Section;
-
-std::string mode_text(mode_t mode) {
-  std::array<char, 8> buf{};
-  std::snprintf(buf.data(), buf.size(), "%04o", static_cast<unsigned>(mode & 07777));
-  return buf.data();
-}
 
 void parse_url(Section& device, CameraConfig& out) {
   out.url = device.required<std::string>(
@@ -54,38 +40,11 @@ void parse_url(Section& device, CameraConfig& out) {
   }
 }
 
-// The path as written, resolved against the config file's directory when relative.
-std::string resolve(const Section& device, const std::string& path) {
-  if (path.empty() || path.front() == '/') {
-    return path;
-  }
-  const std::string& file = device.context().file;
-  const auto slash = file.rfind('/');
-  return slash == std::string::npos ? path : file.substr(0, slash + 1) + path;
-}
-
 void read_password(Section& device, CameraConfig& out) {
   out.password_file = device.required<std::string>(
       "password_file", {.allowed = "the path of a file (mode 0600 or stricter) holding the camera password"});
-  const std::string path = resolve(device, out.password_file);
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) {
-    device.fail("password_file", "cannot read password file '" + path + "': " + std::strerror(errno));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    device.fail("password_file", "password file '" + path + "' is not a regular file");
-  }
-  if ((st.st_mode & 077) != 0) {
-    device.fail("password_file", "password file '" + path + "' has mode " + mode_text(st.st_mode) +
-                                     ": must be 0600 or stricter (no group or other access)");
-  }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    device.fail("password_file", "cannot read password file '" + path + "': " + std::strerror(errno));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  std::string password = std::move(text).str();
+  const std::string path = config::resolve_path(device, out.password_file);
+  std::string password = config::read_named_file(device, "password_file", path, "password file", true);
   // One trailing line end is how editors and `echo` leave the file; it is not part of the secret.
   while (!password.empty() && (password.back() == '\n' || password.back() == '\r')) {
     password.pop_back();

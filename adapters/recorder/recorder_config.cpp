@@ -2,15 +2,7 @@
 // file, read at load), polling and download settings. The token never appears in any message.
 #include "adapters/recorder/recorder_config.h"
 
-#include <sys/stat.h>
-
-#include <array>
-#include <cerrno>
-#include <cstdio>
-#include <cstring>
-#include <fstream>
 #include <regex>
-#include <sstream>
 #include <string>
 
 #include "daemon/config/schema.h"
@@ -20,12 +12,6 @@ namespace cpd::adapters {
 namespace {
 
 using config::Section;
-
-std::string mode_text(mode_t mode) {
-  std::array<char, 8> buf{};
-  std::snprintf(buf.data(), buf.size(), "%04o", static_cast<unsigned>(mode & 07777));
-  return buf.data();
-}
 
 void parse_url(Section& device, RecorderDockConfig& out) {
   out.url = device.required<std::string>(
@@ -63,39 +49,12 @@ void parse_url(Section& device, RecorderDockConfig& out) {
   }
 }
 
-// The path as written, resolved against the config file's directory when relative.
-std::string resolve(const Section& device, const std::string& path) {
-  if (path.empty() || path.front() == '/') {
-    return path;
-  }
-  const std::string& file = device.context().file;
-  const auto slash = file.rfind('/');
-  return slash == std::string::npos ? path : file.substr(0, slash + 1) + path;
-}
-
 void read_token(Section& device, RecorderDockConfig& out) {
   out.token_file = device.required<std::string>(
       "token_file",
       {.allowed = "the path of a file (mode 0600 or stricter) holding the station's bearer token"});
-  const std::string path = resolve(device, out.token_file);
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) {
-    device.fail("token_file", "cannot read token file '" + path + "': " + std::strerror(errno));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    device.fail("token_file", "token file '" + path + "' is not a regular file");
-  }
-  if ((st.st_mode & 077) != 0) {
-    device.fail("token_file", "token file '" + path + "' has mode " + mode_text(st.st_mode) +
-                                  ": must be 0600 or stricter (no group or other access)");
-  }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    device.fail("token_file", "cannot read token file '" + path + "': " + std::strerror(errno));
-  }
-  std::ostringstream text;
-  text << in.rdbuf();
-  std::string token = std::move(text).str();
+  const std::string path = config::resolve_path(device, out.token_file);
+  std::string token = config::read_named_file(device, "token_file", path, "token file", true);
   // A trailing line end is how editors and `echo` leave the file; it is not part of the secret.
   while (!token.empty() && (token.back() == '\n' || token.back() == '\r')) {
     token.pop_back();

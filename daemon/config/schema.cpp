@@ -2,14 +2,21 @@
 // detection, and messages that carry file:line:column. yaml-cpp gives us marks; the checking is ours.
 #include "daemon/config/schema.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <cerrno>
 #include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
 #include <limits>
 #include <map>
 #include <regex>
 #include <set>
+#include <sstream>
 #include <system_error>
 #include <type_traits>
 #include <utility>
@@ -583,6 +590,59 @@ std::optional<std::int64_t> parse_calendar_date(std::string_view text) {
   const std::int64_t doy = (153 * mp + 2) / 5 + *d - 1;
   const std::int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
   return era * 146097 + doe - 719468;
+}
+
+namespace {
+constexpr std::size_t kMaxNamedFileBytes = 1024 * 1024;  // secrets and PEM files are a few KiB
+}  // namespace
+
+// A path as written, resolved against the config file's directory when relative (as devices do).
+std::string resolve_path(const Section& section, const std::string& path) {
+  if (path.empty() || path.front() == '/') {
+    return path;
+  }
+  const std::string& file = section.context().file;
+  const auto slash = file.rfind('/');
+  return slash == std::string::npos ? path : file.substr(0, slash + 1) + path;
+}
+
+namespace {
+
+std::string mode_text(mode_t mode) {
+  std::array<char, 8> buf{};
+  std::snprintf(buf.data(), buf.size(), "%04o", static_cast<unsigned>(mode & 07777));
+  return buf.data();
+}
+
+}  // namespace
+
+// Reads a file named by `key` at load, so a missing or unreadable file is a config error with its place,
+// not a connection failure hours later. `private_file`: refuse group/other access (keys, passwords).
+// `what` names the file in messages; the contents are never quoted.
+std::string read_named_file(Section& section, std::string_view key, const std::string& path, const char* what,
+                            bool private_file) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    section.fail(key, std::string("cannot read ") + what + " '" + path + "': " + std::strerror(errno));
+  }
+  if (!S_ISREG(st.st_mode)) {
+    section.fail(key, std::string(what) + " '" + path + "' is not a regular file");
+  }
+  if (private_file && (st.st_mode & 077) != 0) {
+    section.fail(key, std::string(what) + " '" + path + "' has mode " + mode_text(st.st_mode) +
+                          ": must be 0600 or stricter (no group or other access)");
+  }
+  if (static_cast<std::size_t>(st.st_size) > kMaxNamedFileBytes) {
+    section.fail(key, std::string(what) + " '" + path + "' is larger than " + std::to_string(kMaxNamedFileBytes) +
+                          " bytes");
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    section.fail(key, std::string("cannot read ") + what + " '" + path + "': " + std::strerror(errno));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  return std::move(text).str();
 }
 
 }  // namespace cpd::config

@@ -121,4 +121,13 @@ extern template std::string Section::optional<std::string>(std::string_view, std
 // (years 1970..9999). Shared by sections that take calendar dates.
 std::optional<std::int64_t> parse_calendar_date(std::string_view text);
 
+// A path as written in the config, resolved against the config file's directory when relative.
+std::string resolve_path(const Section& section, const std::string& path);
+
+// Reads the file at `path` (named by `key`) at load, so a missing or unreadable file is a config error with
+// its place, not a failure hours later: a regular file of at most 1 MiB; with `private_file`, no group or
+// other access (0600 or stricter). `what` names the file in messages; the contents are never quoted.
+std::string read_named_file(Section& section, std::string_view key, const std::string& path, const char* what,
+                            bool private_file);
+
 }  // namespace cpd::config
