@@ -13,7 +13,7 @@ DEB_PACKAGES := cmake g++ make pkg-config git openssl \
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps build test unit integration demo bench sanitize fuzz clean format faults
+.PHONY: all deps build test unit integration demo bench sanitize fuzz clean format faults package
 
 all: build
 
@@ -64,6 +64,10 @@ demo: build
 
 bench: build
 	$(BUILD_DIR)/bench/cpd-bench && $(BUILD_DIR)/bench/cpd-camera-bench && $(BUILD_DIR)/bench/cpd-dock-bench
+
+# A Debian package (CPack) in $(BUILD_DIR): binaries in /usr/bin, the unit, /etc/checkpointd, a system user.
+package: build
+	cd $(BUILD_DIR) && cpack -G DEB
 
 format:
 	git ls-files '*.cpp' '*.h' | xargs clang-format -i

@@ -355,6 +355,35 @@ LinksSection parse_links(Section& root) {
   return out;
 }
 
+MetricsSection parse_metrics(Section& root) {
+  MetricsSection out;
+  auto section = root.optional_section("metrics");
+  if (!section) {
+    return out;
+  }
+  Section& m = *section;
+  out.enabled = m.optional<bool>("enabled", out.enabled);
+  out.host = m.optional<std::string>(
+      "host", out.host,
+      {.pattern = "[0-9.]{7,15}|[0-9A-Fa-f:]{2,39}", .allowed = "a numeric IPv4 or IPv6 address, e.g. 127.0.0.1"});
+  out.port = m.optional<int>("port", out.port, {.min = 0, .max = 65535});
+  return out;
+}
+
+ControlSection parse_control(Section& root, const StoreSection& store) {
+  ControlSection out;
+  out.socket = (std::filesystem::path(store.path).parent_path() / "control.sock").string();
+  auto section = root.optional_section("control");
+  if (!section) {
+    return out;
+  }
+  Section& c = *section;
+  // sun_path holds 107 characters and a NUL.
+  out.socket = c.optional<std::string>(
+      "socket", out.socket, {.pattern = "[^\\s].{0,106}", .allowed = "a unix socket path of at most 107 characters"});
+  return out;
+}
+
 Config parse_document(const YAML::Node& document, const std::string& name) {
   auto context = std::make_shared<LoadContext>();
   context->file = name;
@@ -370,6 +399,8 @@ Config parse_document(const YAML::Node& document, const std::string& name) {
   config.correlation = parse_correlation(root, document);
   config.validity = parse_validity(root);
   config.links = parse_links(root);
+  config.metrics = parse_metrics(root);
+  config.control = parse_control(root, config.store);
   root.finish();
   return config;
 }

@@ -87,6 +87,18 @@ struct LinksSection {
   int margin_after_s = 60;      // and up to this long after it ends
 };
 
+// Prometheus text exposition (/metrics) and a liveness check (/healthz) over plain HTTP on a local address.
+struct MetricsSection {
+  bool enabled = true;
+  std::string host = "127.0.0.1";  // numeric IPv4/IPv6 address: the endpoint is for the local scraper only
+  int port = 9464;                 // 0: an ephemeral port (tests), logged at start
+};
+
+// The local control socket checkpointctl status/tail talk to (unix socket, mode 0660).
+struct ControlSection {
+  std::string socket;              // default: control.sock beside the store file
+};
+
 struct DeviceConfig {
   std::string id;
   std::string kind;
@@ -102,6 +114,8 @@ struct Config {
   CorrelationSection correlation;
   ValiditySection validity;
   LinksSection links;
+  MetricsSection metrics;
+  ControlSection control;
   std::string source;          // file path (or name given for text)
   std::string sha256;          // lower-case hex SHA-256 of the file's bytes
 };

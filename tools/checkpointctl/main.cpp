@@ -30,6 +30,7 @@
 #include "daemon/core/chain_verifier.h"
 #include "daemon/core/encoding.h"
 #include "daemon/core/ed25519.h"
+#include "tools/checkpointctl/commands.h"
 
 namespace cpd::ctl {
 
@@ -590,6 +591,11 @@ int run(int argc, char** argv) {
       "Summary: 'verified 120 records (seq 1..120), 3 duplicates dropped, chain intact'.\n" +
       std::string(kExitCodeHelp));
 
+  std::vector<Command> commands = add_control_commands(app);
+  for (auto& c : add_device_commands(app)) {
+    commands.push_back(std::move(c));
+  }
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -597,6 +603,11 @@ int run(int argc, char** argv) {
     return rc == 0 ? kExitOk : kExitUsage;
   }
 
+  for (const auto& c : commands) {
+    if (c.sub->parsed()) {
+      return c.run();
+    }
+  }
   try {
     if (keygen->parsed()) {
       return run_keygen(keygen_out, keygen_pub);
