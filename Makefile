@@ -9,7 +9,7 @@ DEB_PACKAGES := cmake g++ make pkg-config git openssl \
   libpaho-mqtt-dev libpaho-mqttpp-dev mosquitto mosquitto-clients \
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libsystemd-dev libpugixml-dev \
   libturbojpeg0-dev libgtest-dev libgmock-dev libbenchmark-dev \
-  clang-14 libclang-rt-14-dev
+  clang-14 libclang-rt-14-dev systemd dpkg-dev
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -65,9 +65,13 @@ demo: build
 bench: build
 	$(BUILD_DIR)/bench/cpd-bench && $(BUILD_DIR)/bench/cpd-camera-bench && $(BUILD_DIR)/bench/cpd-dock-bench
 
-# A Debian package (CPack) in $(BUILD_DIR): binaries in /usr/bin, the unit, /etc/checkpointd, a system user.
+# A Debian package (CPack) in $(BUILD_DIR): binaries in /usr/bin, the unit, /etc/checkpointd, a system user
+# (cmake/Packaging.cmake, docs/install.md). dpkg-shlibdeps (dpkg-dev) fills in Depends.
 package: build
+	@command -v dpkg-shlibdeps >/dev/null || $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -q --no-install-recommends dpkg-dev
 	cd $(BUILD_DIR) && cpack -G DEB
+	@ls -1 $(BUILD_DIR)/checkpointd_*.deb
 
 format:
 	git ls-files '*.cpp' '*.h' | xargs clang-format -i

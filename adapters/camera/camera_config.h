@@ -26,6 +26,8 @@ struct CameraConfig {
   int reconnect_initial_ms = 500;
   int reconnect_max_ms = 30000;
   int auth_backoff_s = 300;        // after a 401/403: wait this long before trying again (lock-out is 5 tries)
+
+  bool operator==(const CameraConfig&) const = default;
 };
 
 CameraConfig parse_camera_config(config::Section& device);

@@ -17,11 +17,15 @@ namespace cpd::adapters {
 struct TcpLink {
   std::string host;
   std::uint16_t port = 4001;
+
+  bool operator==(const TcpLink&) const = default;
 };
 
 struct SerialLink {
   std::string device;
   unsigned baud = 9600;  // 9600 or 115200 (8N1, no flow control)
+
+  bool operator==(const SerialLink&) const = default;
 };
 
 // A lane is the half-open lateral band [x_min, x_max) in metres, boresight-relative.
@@ -29,12 +33,16 @@ struct RadarLane {
   int lane = 0;
   double x_min = 0.0;
   double x_max = 0.0;
+
+  bool operator==(const RadarLane&) const = default;
 };
 
 struct RadarCalibration {
   std::string certificate;
   std::string valid_until;      // as configured, YYYY-MM-DD (inclusive, in the site's UTC offset)
   UnixMs valid_until_ms = 0;    // exclusive end: midnight after valid_until in the site's UTC offset
+
+  bool operator==(const RadarCalibration&) const = default;
 };
 
 struct RadarConfig {
@@ -47,6 +55,8 @@ struct RadarConfig {
   int reconnect_initial_ms = 500;
   int reconnect_max_ms = 30000;
   int clock_window_s = 120;     // sliding window for the radar clock-offset estimate
+
+  bool operator==(const RadarConfig&) const = default;
 };
 
 // Reads a `kind: radar` device entry (id and kind already read by the caller); throws config::ConfigError.

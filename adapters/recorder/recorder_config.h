@@ -29,6 +29,8 @@ struct RecorderDockConfig {
   int reconnect_max_ms = 30000;
   int auth_backoff_s = 60;            // after a 401: wait this long before asking again
   int recorder_clock_tolerance_s = 5; // recorder times this far beyond the station's clock count as off
+
+  bool operator==(const RecorderDockConfig&) const = default;
 };
 
 // Reads and checks the section; errors name file:line:column and key (config::ConfigError).

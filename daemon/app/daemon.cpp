@@ -1,9 +1,13 @@
 #include "daemon/app/daemon.h"
 
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <map>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -19,10 +23,17 @@
 #include <systemd/sd-daemon.h>
 
 #include "adapters/registry.h"
+#include "daemon/app/reload_plan.h"
 #include "daemon/app/store_worker.h"
 #include "daemon/app/storage_guard.h"
 #include "daemon/app/store_dock_ledger.h"
+#include "daemon/config/config_warnings.h"
+#include "daemon/control/control_server.h"
+#include "daemon/metrics/daemon_metrics.h"
+#include "daemon/metrics/histogram.h"
+#include "daemon/metrics/metrics_server.h"
 #include "daemon/core/ed25519.h"
+#include "daemon/core/encoding.h"
 #include "daemon/core/sealer.h"
 #include "daemon/forwarder/mqtt_forwarder.h"
 #include "daemon/log/log.h"
@@ -62,8 +73,20 @@ class PipelineSink final : public adapters::EventSink {
     });
   }
 
+  // Per device: events received and when the last one came (gateway clock), for status and metrics.
+  struct Activity {
+    std::uint64_t events = 0;
+    UnixMs last_event_ms = 0;
+  };
+
   void emit(adapters::DeviceEvent event) override {
     const auto ready_at = std::chrono::steady_clock::now();
+    {
+      std::lock_guard lock(mutex_);
+      auto& a = activity_[std::visit([](const auto& e) { return e.device_id; }, event)];
+      ++a.events;
+      a.last_event_ms = clock_.now_ms();
+    }
     asio::post(strand_, [this, ready_at, ev = std::move(event)] {
       submit(correlator_.on_event(ev, clock_.now_ms()), ready_at);
     });
@@ -81,6 +104,27 @@ class PipelineSink final : public adapters::EventSink {
   }
 
   bool congested() const override { return worker_.queued() > kMaxQueuedFacts; }
+
+  std::map<std::string, Activity> activity() const {
+    std::lock_guard lock(mutex_);
+    return activity_;
+  }
+
+  pipeline::ClockSync clock_sync() const {
+    std::lock_guard lock(mutex_);
+    return clock_sync_;
+  }
+
+  // A reload: the correlator takes the new rules on its strand (between events, never during one); then
+  // `then` runs there too.
+  void reconfigure(config::Config next, std::function<void()> then) {
+    asio::post(strand_, [this, next = std::move(next), then = std::move(then)] {
+      correlator_.reconfigure(next);
+      assume_clock_sync_ = next.validity.clock_sync == "assume";
+      refresh_clock_sync();
+      then();
+    });
+  }
 
  private:
   void submit(std::vector<Fact> facts, std::chrono::steady_clock::time_point ready_at) {
@@ -109,11 +153,12 @@ class PipelineSink final : public adapters::EventSink {
   }
 
   void refresh_clock_sync() {
-    if (assume_clock_sync_) {
-      correlator_.set_clock_sync(pipeline::ClockSync{true, "assume", -1, -1});
-    } else {
-      correlator_.set_clock_sync(pipeline::read_kernel_clock_sync());
+    auto state = assume_clock_sync_ ? pipeline::ClockSync{true, "assume", -1, -1} : pipeline::read_kernel_clock_sync();
+    {
+      std::lock_guard lock(mutex_);
+      clock_sync_ = state;
     }
+    correlator_.set_clock_sync(std::move(state));
   }
 
   asio::strand<asio::io_context::executor_type> strand_;
@@ -124,7 +169,27 @@ class PipelineSink final : public adapters::EventSink {
   bool assume_clock_sync_;
   bool stopped_ = false;
   std::uint64_t ticks_ = 0;
+  mutable std::mutex mutex_;
+  std::map<std::string, Activity> activity_;
+  pipeline::ClockSync clock_sync_;
 };
+
+std::uint64_t monotonic_usec() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000u + static_cast<std::uint64_t>(ts.tv_nsec) / 1000u;
+}
+
+// The file's SHA-256 as it is on disk now (also when it does not parse), for the reload audit records.
+std::string file_sha256(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return "";
+  }
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  return sha256_hex(bytes.str());
+}
 
 }  // namespace
 
@@ -145,7 +210,55 @@ struct Daemon::Impl {
   std::vector<std::unique_ptr<adapters::Adapter>> adapters;
   std::optional<adapters::AdapterContext> adapter_ctx;
   asio::signal_set signals{io, SIGINT, SIGTERM};
+  asio::signal_set reload_signal{io, SIGHUP};
+  asio::steady_timer notify_timer{io};
+  std::uint64_t watchdog_usec = 0;       // systemd's WatchdogSec (WATCHDOG_USEC); 0 = no watchdog
+  std::string last_status_line;
+  std::chrono::steady_clock::time_point last_status_sent{};
+  std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  mutable std::mutex counts_mutex;
+  std::map<std::string, std::uint64_t> records_by_type;  // committed since start
   std::unique_ptr<StorageGuard> storage;
+  std::unique_ptr<control::ControlServer> control;  // checkpointctl status/tail; absent if it could not start
+  metrics::Histograms histograms;                   // publish and commit (fsync) latency
+  std::unique_ptr<metrics::MetricsServer> metrics_server;  // /metrics, /healthz; absent if off or it could not bind
+
+  // /healthz: 503 with the reason when the gateway cannot do its job (records cannot be committed, or it
+  // is stopping). A broker that is away is not unhealthy: records wait in the outbox.
+  std::optional<std::string> unhealthy_reason() const {
+    if (stopping) {
+      return std::string("stopping");
+    }
+    if (storage) {
+      const json st = storage->status();
+      if (st.value("state", "") == "fault") {
+        return "storage fault: " + st.value("text", std::string("records cannot be committed"));
+      }
+    }
+    return std::nullopt;
+  }
+
+  void start_metrics() {
+    if (!cfg.metrics.enabled) {
+      log::notice("metrics", "", "metrics endpoint off (metrics.enabled: false)");
+      return;
+    }
+    metrics::MetricsServerOptions options;
+    options.host = cfg.metrics.host;
+    options.port = static_cast<std::uint16_t>(cfg.metrics.port);
+    auto server = std::make_unique<metrics::MetricsServer>(
+        io, options,
+        [this] { return metrics::render_daemon_metrics(status_snapshot(), histograms, metrics::read_process_stats()); },
+        [this] { return unhealthy_reason(); });
+    if (const Status st = server->start(); st.is_ok()) {
+      log::notice("metrics", "", "serving /metrics and /healthz on http://" + cfg.metrics.host + ":" +
+                                     std::to_string(server->port()));
+      metrics_server = std::move(server);
+    } else {
+      log::error("metrics", "", "no metrics endpoint on " + cfg.metrics.host + ":" + std::to_string(cfg.metrics.port) +
+                                    " (evidence collection goes on): " + st.message());
+    }
+  }
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> shutdown_guard;
   asio::steady_timer storage_timer{io};
   bool stopping = false;
@@ -182,18 +295,197 @@ struct Daemon::Impl {
     });
   }
 
+  // What check-config would warn about (calibration ending soon, two devices on one address, ...): in the
+  // journal at start and after each reload.
+  void log_config_warnings() const {
+    for (const auto& w : config::config_warnings(cfg, clock.now_ms())) {
+      log::warn("config", w.device, config::format_warning(w));
+    }
+  }
+
   json status_snapshot() const {
     json devices = json::object();
+    const auto activity = sink->activity();
     for (const auto& a : adapters) {
-      devices[a->device_id()] = a->status();
+      json st = a->status();
+      const auto it = activity.find(a->device_id());
+      st["events"] = it == activity.end() ? 0 : it->second.events;
+      if (it != activity.end()) {
+        st["last_event_ms"] = it->second.last_event_ms;
+      }
+      devices[a->device_id()] = std::move(st);
     }
     const auto stats = worker->outbox_stats();
-    json s = {{"backlog", stats.count}, {"devices", devices}, {"broker", forwarder->status()},
-              {"storage", storage ? storage->status() : json::object()}, {"time_ms", clock.now_ms()}};
+    const auto sync = sink->clock_sync();
+    json by_type = json::object();
+    {
+      std::lock_guard lock(counts_mutex);
+      for (const auto& [type, n] : records_by_type) {
+        by_type[type] = n;
+      }
+    }
+    json s = {{"backlog", stats.count},
+              {"devices", devices},
+              {"broker", forwarder->status()},
+              {"storage", storage ? storage->status() : json::object()},
+              {"time_ms", clock.now_ms()},
+              {"version", CPD_VERSION},
+              {"config_sha256", cfg.sha256},
+              {"uptime_s", std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started)
+                               .count()},
+              {"records_by_type", by_type},
+              {"clock_sync",
+               {{"synced", sync.synchronized},
+                {"source", sync.source},
+                {"max_error_us", sync.max_error_us},
+                {"est_error_us", sync.est_error_us}}}};
     if (stats.oldest_created_ms) {
       s["backlog_oldest_ms"] = *stats.oldest_created_ms;
     }
     return s;
+  }
+
+  // One line for systemd's STATUS=: "3/3 devices connected, backlog 0, broker connected, 120 records".
+  std::string status_line() const {
+    std::size_t up = 0;
+    std::string down;
+    for (const auto& a : adapters) {
+      const json st = a->status();
+      if (st.value("state", "") == "connected") {
+        ++up;
+      } else if (down.size() < 80) {
+        down += (down.empty() ? "" : ", ") + a->device_id() + " " + st.value("state", "?");
+      }
+    }
+    const auto stats = worker->outbox_stats();
+    const json broker = forwarder->status();
+    std::string line = std::to_string(up) + "/" + std::to_string(adapters.size()) + " devices connected";
+    if (!down.empty()) {
+      line += " (" + down + ")";
+    }
+    line += ", backlog " + std::to_string(stats.count);
+    if (stats.oldest_created_ms && stats.count > 0) {
+      line += " (oldest " + std::to_string(std::max<std::int64_t>(0, (clock.now_ms() - *stats.oldest_created_ms) / 1000)) +
+              " s)";
+    }
+    line += broker.value("connected", false) ? ", broker connected" : ", broker disconnected";
+    line += ", " + std::to_string(worker->committed_records()) + " records sealed";
+    return line;
+  }
+
+  // The loop's heartbeat to systemd: WATCHDOG=1 comes from this timer on the event loop itself, so a hung
+  // loop stops it and systemd restarts the service. STATUS= goes with it when it changed (or every 10 s).
+  void notify_tick() {
+    std::string message;
+    if (watchdog_usec > 0) {
+      message = "WATCHDOG=1\n";
+    }
+    const auto now = std::chrono::steady_clock::now();
+    std::string line = status_line();
+    if (line != last_status_line || now - last_status_sent >= std::chrono::seconds(10)) {
+      message += "STATUS=" + line;
+      last_status_line = std::move(line);
+      last_status_sent = now;
+    }
+    if (!message.empty()) {
+      sd_notify(0, message.c_str());
+    }
+    if (stopping) {
+      return;
+    }
+    auto period = std::chrono::microseconds(watchdog_usec / 2);
+    if (watchdog_usec == 0 || period > std::chrono::seconds(2)) {
+      period = std::chrono::seconds(2);
+    }
+    notify_timer.expires_after(period);
+    notify_timer.async_wait([this](boost::system::error_code ec) {
+      if (!ec) {
+        notify_tick();
+      }
+    });
+  }
+
+  void wait_for_reload_signal() {
+    reload_signal.async_wait([this](boost::system::error_code ec, int /*signo*/) {
+      if (ec || stopping) {
+        return;
+      }
+      reload();
+      wait_for_reload_signal();
+    });
+  }
+
+  // SIGHUP: re-reads the config file. A file that does not load, or that changes a section fixed at start,
+  // is refused as a whole (the daemon keeps the running config); otherwise devices are added, removed and
+  // restarted as the plan says, unaffected adapters keep running, and the correlator takes the new rules.
+  // Either way an audit record says what happened, with the hashes of the old and the new file.
+  void reload() {
+    sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=reloading %s",
+               static_cast<unsigned long long>(monotonic_usec()), cfg.source.c_str());
+    log::notice("daemon", "", "reloading " + cfg.source);
+    std::optional<config::Config> next;
+    std::string error;
+    ReloadPlan plan;
+    try {
+      next = config::load_config(cfg.source);
+      plan = plan_reload(cfg, *next);
+      if (!plan.applicable()) {
+        std::string sections;
+        for (const auto& s : plan.restart_sections) {
+          sections += (sections.empty() ? "" : ", ") + s;
+        }
+        error = cfg.source + ": section(s) " + sections +
+                " changed; they take effect only at start: restart checkpointd to apply them";
+      }
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    const UnixMs now = clock.now_ms();
+    if (!error.empty()) {
+      log::error("daemon", "", "reload refused, still running on the previous config (sha256 " + cfg.sha256 +
+                                   "): " + error);
+      json details = {{"version", CPD_VERSION}, {"file", cfg.source}, {"config_sha256", cfg.sha256},
+                      {"file_sha256", next ? next->sha256 : file_sha256(cfg.source)}, {"reason", error}};
+      if (next) {
+        details["changes"] = plan.to_json();
+      }
+      worker->submit(correlator->audit("reload_refused", now, details));
+      sd_notify(0, "READY=1");
+      return;
+    }
+    for (const auto* ids : {&plan.removed, &plan.changed}) {
+      for (const auto& id : *ids) {
+        const auto it = std::find_if(adapters.begin(), adapters.end(),
+                                     [&id](const auto& a) { return a->device_id() == id; });
+        if (it != adapters.end()) {
+          (*it)->stop();  // its open tracks and pending pictures still come out; handlers keep it alive
+          adapters.erase(it);
+        }
+      }
+    }
+    json details = {{"version", CPD_VERSION}, {"file", cfg.source}, {"config_sha256_old", cfg.sha256},
+                    {"config_sha256_new", next->sha256}, {"changes", plan.to_json()}};
+    const std::string summary = plan.summary();
+    cfg = std::move(*next);
+    for (const auto& dev : cfg.devices) {
+      const bool start = std::find(plan.added.begin(), plan.added.end(), dev.id) != plan.added.end() ||
+                         std::find(plan.changed.begin(), plan.changed.end(), dev.id) != plan.changed.end();
+      if (!start) {
+        continue;
+      }
+      adapters.push_back(adapters::find_adapter_kind(dev.kind)->create(dev.settings, *adapter_ctx));
+      adapters.back()->start();
+    }
+    // The audit goes out from the pipeline strand once the correlator has the new rules, so every record
+    // sealed after it was decided under them.
+    sink->reconfigure(cfg, [this, details = std::move(details)] {
+      worker->submit(correlator->audit("reload", clock.now_ms(), details));
+    });
+    log::notice("daemon", "", "reloaded " + cfg.source + " (sha256 " + cfg.sha256 + "): " + summary);
+    log_config_warnings();
+    forwarder->publish_status_now();
+    last_status_line.clear();
+    sd_notify(0, "READY=1");
   }
 
   void shutdown(const std::string& why) {
@@ -201,6 +493,14 @@ struct Daemon::Impl {
       return;
     }
     stopping = true;
+    if (control) {
+      control->stop();
+    }
+    if (metrics_server) {
+      metrics_server->stop();
+    }
+    notify_timer.cancel();
+    reload_signal.cancel();
     // Keeps io.run() going while the last records are committed on the store thread: without it the loop
     // can run out of work (adapters stopped, timers cancelled) before the commit callback posts back.
     shutdown_guard.emplace(io.get_executor());
@@ -238,6 +538,7 @@ int Daemon::run() {
   Impl& d = *impl_;
   const auto& cfg = d.cfg;
 
+  d.log_config_warnings();
   d.key = Ed25519PrivateKey::load_pem_file(cfg.gateway.key_path);
   d.store = std::make_unique<store::EvidenceStore>(cfg.store.path);
   {
@@ -249,6 +550,17 @@ int Daemon::run() {
     d.media->set_reserve(static_cast<std::uint64_t>(cfg.store.reserve_mb) * 1024 * 1024);
   }
   d.storage = std::make_unique<StorageGuard>(static_cast<std::uint64_t>(cfg.store.reserve_mb) * 1024 * 1024);
+  {
+    // Before any other thread starts: start() narrows the umask around bind() (socket mode 0660).
+    auto server = std::make_unique<control::ControlServer>(d.io, cfg.control.socket, [&d] { return d.status_snapshot(); });
+    if (const Status st = server->start(); st.is_ok()) {
+      log::notice("control", "", "control socket " + cfg.control.socket + " (checkpointctl status / tail)");
+      d.control = std::move(server);
+    } else {
+      log::error("control", "", "no control socket (checkpointctl status/tail will not reach this daemon): " +
+                                    st.message());
+    }
+  }
   d.blocking = std::make_unique<asio::thread_pool>(2);
   const ChainHead head = d.store->chain_head();
   d.sealer = std::make_unique<Sealer>(*d.key, cfg.gateway.id, head);
@@ -259,14 +571,32 @@ int Daemon::run() {
   d.worker = std::make_unique<StoreWorker>(
       *d.store, *d.sealer, d.clock, static_cast<std::size_t>(cfg.store.commit_max_batch),
       [&d](std::uint64_t last_seq, std::vector<forwarder::CommittedRecord> records) {
+        {
+          std::lock_guard lock(d.counts_mutex);
+          for (const auto& r : records) {
+            ++d.records_by_type[r.type];
+          }
+        }
+        if (d.control && d.control->tail_clients() > 0) {
+          std::vector<control::TailRecord> tail;
+          tail.reserve(records.size());
+          for (const auto& r : records) {
+            tail.push_back({r.seq, r.type, 0, r.jws});
+          }
+          d.control->on_committed(std::move(tail));
+        }
         if (d.forwarder) {
           d.forwarder->notify_committed(last_seq, std::move(records));
         }
       },
       d.media.get(), cfg.store.media_retention_days, d.correlator->link_rule(), cfg.store.important_retention_days);
+  d.worker->set_commit_observer([&d](std::chrono::steady_clock::duration took, std::size_t /*records*/) {
+    d.histograms.fsync_latency.observe(std::chrono::duration<double>(took).count());
+  });
   d.dock_ledger = std::make_unique<StoreDockLedger>(*d.worker);
   d.forwarder = std::make_unique<forwarder::MqttForwarder>(d.io, cfg.mqtt, cfg.gateway.id, *d.worker,
                                                             [&d] { return d.status_snapshot(); });
+  d.forwarder->set_latency_observer([&d](double seconds) { d.histograms.publish_latency.observe(seconds); });
   d.sink = std::make_unique<PipelineSink>(d.io, *d.correlator, *d.worker, d.clock, cfg.validity);
   d.adapter_ctx.emplace(
       adapters::AdapterContext{d.io, *d.sink, d.clock, d.blocking.get(), d.media.get(), d.dock_ledger.get()});
@@ -290,6 +620,7 @@ int Daemon::run() {
   d.forwarder->start();
   d.sink->start();
   d.storage_tick();
+  d.start_metrics();
   for (auto& a : d.adapters) {
     a->start();
   }
@@ -298,7 +629,12 @@ int Daemon::run() {
       d.shutdown(signo == SIGTERM ? "SIGTERM" : "SIGINT");
     }
   });
+  d.wait_for_reload_signal();
+  if (sd_watchdog_enabled(0, &d.watchdog_usec) <= 0) {
+    d.watchdog_usec = 0;
+  }
   sd_notify(0, "READY=1");
+  d.notify_tick();
   log::notice("daemon", "", "running " + std::to_string(d.adapters.size()) + " devices, forwarding to " +
                                 cfg.mqtt.uri);
   d.io.run();

@@ -6,6 +6,8 @@
 
 #include "daemon/app/daemon.h"
 #include "daemon/config/config.h"
+#include "daemon/config/config_warnings.h"
+#include "daemon/core/time.h"
 #include "daemon/log/log.h"
 
 int main(int argc, char** argv) {
@@ -31,6 +33,10 @@ int main(int argc, char** argv) {
   try {
     if (!check_path.empty()) {
       const auto cfg = cpd::config::load_config(check_path);
+      cpd::SystemWallClock clock;
+      for (const auto& w : cpd::config::config_warnings(cfg, clock.now_ms())) {
+        std::fprintf(stderr, "%s\n", cpd::config::format_warning(w).c_str());
+      }
       std::printf("%s: valid (gateway %s, %zu devices, sha256 %s)\n", check_path.c_str(), cfg.gateway.id.c_str(),
                   cfg.devices.size(), cfg.sha256.c_str());
       return 0;

@@ -28,6 +28,11 @@ StoreWorker::StoreWorker(store::EvidenceStore& store, Sealer& sealer, const Wall
 
 StoreWorker::~StoreWorker() { drain_and_stop(); }
 
+void StoreWorker::set_commit_observer(CommitObserver observer) {
+  std::lock_guard lock(mutex_);
+  commit_observer_ = std::move(observer);
+}
+
 void StoreWorker::submit(Fact fact) { submit(std::move(fact), nullptr); }
 
 void StoreWorker::submit(Fact fact, RecordHandler on_committed) {
@@ -191,7 +196,18 @@ bool StoreWorker::commit_batch(std::vector<Item>& batch) {
       }
     }
   }
+  const auto append_started = std::chrono::steady_clock::now();
   const Status st = store_.append(sealed);
+  if (st.is_ok()) {
+    CommitObserver observer;
+    {
+      std::lock_guard lock(mutex_);
+      observer = commit_observer_;
+    }
+    if (observer) {
+      observer(std::chrono::steady_clock::now() - append_started, sealed.size());
+    }
+  }
   if (!st.is_ok()) {
     sealer_.reset(before);
     log::error("store", "", "commit of " + std::to_string(sealed.size()) + " records failed (" +
@@ -218,8 +234,8 @@ bool StoreWorker::commit_batch(std::vector<Item>& batch) {
     std::vector<forwarder::CommittedRecord> records;
     records.reserve(sealed.size());
     for (std::size_t k = 0; k < sealed.size(); ++k) {
-      records.push_back(
-          {sealed[k].seq, batch[origin[k]].fact.ready_at, std::move(sealed[k].jws), !sealed[k].media.empty()});
+      records.push_back({sealed[k].seq, batch[origin[k]].fact.ready_at, std::move(sealed[k].jws),
+                         !sealed[k].media.empty(), sealed[k].type});
     }
     on_committed_(last, std::move(records));
   }

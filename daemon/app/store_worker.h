@@ -55,6 +55,11 @@ class StoreWorker final : public forwarder::OutboxSource {
                    std::function<void(std::vector<store::OutboxEntry>)> done) override;
   void forwarded(std::vector<std::uint64_t> seqs) override;
 
+  // Called on the worker thread after each successful commit with how long the transaction took (its
+  // fsync included) and how many records it held: the fsync latency metric.
+  using CommitObserver = std::function<void(std::chrono::steady_clock::duration, std::size_t records)>;
+  void set_commit_observer(CommitObserver observer);
+
   std::uint64_t queued() const;
   std::uint64_t committed_records() const;
   std::uint64_t commit_failures() const;
@@ -88,6 +93,7 @@ class StoreWorker final : public forwarder::OutboxSource {
   void sweep_media();
   void seal_into(const Fact& fact, UnixMs now, std::vector<SealedRecord>& sealed);
 
+  CommitObserver commit_observer_;
   std::deque<Item> facts_;
   std::vector<Item> retrying_;     // a batch whose commit failed: sealed again, in order, before anything new
   std::deque<Fetch> fetches_;

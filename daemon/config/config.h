@@ -17,12 +17,16 @@ struct Site {
   double lon = 0.0;
   std::string utc_offset = "+00:00";  // local time of the site, used for calendar dates (calibration)
   int utc_offset_min = 0;
+
+  bool operator==(const Site&) const = default;
 };
 
 struct GatewaySection {
   std::string id;
   Site site;
   std::string key_path;
+
+  bool operator==(const GatewaySection&) const = default;
 };
 
 struct StoreSection {
@@ -34,6 +38,8 @@ struct StoreSection {
   // Free space kept for evidence records: below it no new picture or recording is stored (they are counted
   // and reported), so records can still be committed when media fills the disk.
   int reserve_mb = 256;
+
+  bool operator==(const StoreSection&) const = default;
 };
 
 // TLS to the broker: on exactly when the uri is ssl:// (mqtts://). Paths are resolved against the config
@@ -44,6 +50,8 @@ struct MqttTls {
   std::string cert_file;       // client certificate for mutual TLS; empty = none (then key_file is empty too)
   std::string key_file;        // its private key, mode 0600 or stricter
   bool verify_hostname = true; // the certificate must name the uri's host (DNS or IP SAN)
+
+  bool operator==(const MqttTls&) const = default;
 };
 
 struct MqttSection {
@@ -60,6 +68,8 @@ struct MqttSection {
   int connect_timeout_s = 10;
   int reconnect_min_ms = 500;
   int reconnect_max_ms = 30000;
+
+  bool operator==(const MqttSection&) const = default;
 };
 
 // Speed limit per lane, optionally per vehicle class (camera vehicleType).
@@ -67,24 +77,32 @@ struct LaneLimit {
   int lane = 0;
   int limit_kmh = 0;
   std::vector<std::pair<std::string, int>> by_vehicle_type;  // e.g. {"truck", 80}
+
+  bool operator==(const LaneLimit&) const = default;
 };
 
 struct CorrelationSection {
   int window_ms = 500;          // a plate read and a radar track match if their corrected times differ by at most this
   int max_wait_ms = 2000;       // unmatched reads/tracks become plate_read / speed_measurement records after this
   std::vector<LaneLimit> lanes;
+
+  bool operator==(const CorrelationSection&) const = default;
 };
 
 struct ValiditySection {
   int max_camera_clock_offset_ms = 1000;
   std::string clock_sync = "kernel";  // kernel: adjtimex; assume: for demos and tests, said in every record
   int min_pictures_speeding = 2;
+
+  bool operator==(const ValiditySection&) const = default;
 };
 
 // How recordings are linked to the vehicle records they show (docs/records.md, "Links").
 struct LinksSection {
   int margin_before_s = 60;     // a record up to this long before a recording starts is linked to it
   int margin_after_s = 60;      // and up to this long after it ends
+
+  bool operator==(const LinksSection&) const = default;
 };
 
 // Prometheus text exposition (/metrics) and a liveness check (/healthz) over plain HTTP on a local address.
@@ -92,11 +110,15 @@ struct MetricsSection {
   bool enabled = true;
   std::string host = "127.0.0.1";  // numeric IPv4/IPv6 address: the endpoint is for the local scraper only
   int port = 9464;                 // 0: an ephemeral port (tests), logged at start
+
+  bool operator==(const MetricsSection&) const = default;
 };
 
 // The local control socket checkpointctl status/tail talk to (unix socket, mode 0660).
 struct ControlSection {
   std::string socket;              // default: control.sock beside the store file
+
+  bool operator==(const ControlSection&) const = default;
 };
 
 struct DeviceConfig {

@@ -621,7 +621,11 @@ void MqttForwarder::on_publish_result(std::uint64_t generation, std::uint64_t se
       ++counters_.published;
       acked_seq_ = std::max(acked_seq_, seq);
       if (auto it = ready_at_.find(seq); it != ready_at_.end()) {
-        latency_.add(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - it->second).count());
+        const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - it->second).count();
+        latency_.add(ms);
+        if (latency_observer_) {
+          latency_observer_(ms / 1000.0);
+        }
         ready_at_.erase(it);
       }
     }

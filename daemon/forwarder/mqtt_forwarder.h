@@ -62,6 +62,9 @@ class MqttForwarder {
   void stop(std::uint64_t until_seq, std::chrono::milliseconds timeout, std::function<void()> done);
 
   nlohmann::json status() const;   // thread-safe snapshot
+  // Called on the forwarder's strand with each record's ready-to-PUBACK latency in seconds (metrics).
+  // Set before start().
+  void set_latency_observer(std::function<void(double seconds)> observer) { latency_observer_ = std::move(observer); }
   std::string evidence_topic() const { return evidence_topic_; }
   std::string status_topic() const { return status_topic_; }
 
@@ -135,6 +138,7 @@ class MqttForwarder {
   bool snapshot_connected_ = false;
   std::string snapshot_last_error_;     // why the last connect failed or the connection was lost
   LatencyRecorder latency_;
+  std::function<void(double)> latency_observer_;
   std::map<std::uint64_t, std::chrono::steady_clock::time_point> ready_at_;  // strand only, bounded
 };
 

@@ -19,6 +19,7 @@ struct CommittedRecord {
   std::chrono::steady_clock::time_point ready_at{};
   std::string jws;
   bool has_media = false;  // such records go through the outbox read, which loads their media
+  std::string type;        // the record's type (passage, audit, ...): for the control socket and metrics
 };
 
 class OutboxSource {

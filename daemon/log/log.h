@@ -2,6 +2,7 @@
 // device. A per-key rate limit keeps a flapping device from flooding the journal.
 #pragma once
 
+#include <cstdio>
 #include <string_view>
 
 namespace cpd::log {
@@ -9,6 +10,8 @@ namespace cpd::log {
 enum class Level { kError = 3, kWarning = 4, kNotice = 5, kInfo = 6, kDebug = 7 };
 
 void set_min_level(Level level);
+// Where lines go (tests); nullptr = stderr. Resets the rate limits.
+void set_output(std::FILE* out);
 // component: "store", "mqtt", "radar", ...; device: device id or empty.
 void write(Level level, std::string_view component, std::string_view device, std::string_view message);
 

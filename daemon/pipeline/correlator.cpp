@@ -100,6 +100,14 @@ Correlator::Correlator(const config::Config& config)
       validity_(config.validity) {
   link_rule_.margin_before_ms = std::int64_t{config.links.margin_before_s} * 1000;
   link_rule_.margin_after_ms = std::int64_t{config.links.margin_after_s} * 1000;
+  reconfigure(config);
+}
+
+void Correlator::reconfigure(const config::Config& config) {
+  correlation_ = config.correlation;
+  validity_ = config.validity;
+  radars_.clear();
+  watched_radars_.clear();
   for (const auto& dev : config.devices) {
     if (const auto* radar = std::get_if<adapters::RadarConfig>(&dev.settings)) {
       radars_.emplace(dev.id, *radar);

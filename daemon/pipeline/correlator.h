@@ -27,6 +27,11 @@ class Correlator {
 
   explicit Correlator(const config::Config& config);
 
+  // A reload: the devices, correlation and validity sections of `config` apply to every fact from now on.
+  // Tracks and reads already waiting stay and are decided under the new rules (a removed radar's tracks
+  // still go out, with the default settle delay). Gateway, site and links are fixed for the process.
+  void reconfigure(const config::Config& config);
+
   // Facts that follow at once from one event: device status, tracks of a radar no camera watches, items
   // that can never match (lane 0). Tracks and reads that may pair wait for tick(). `now`: gateway clock.
   std::vector<Fact> on_event(const adapters::DeviceEvent& event, UnixMs now);

@@ -1,5 +1,6 @@
 // The radar simulator: generates vehicles in lanes and serves them as protocol frames to one TCP
-// client at a time, with optional drift, wraps, reboots, self-tests, noise and corrupt checksums.
+// client at a time, with optional drift, wraps, reboots, self-tests, noise and corrupt checksums, and a
+// flood mode (garbage bytes between frames, K times the vehicle rate) for hostile-device tests.
 // Vehicle parameters come from a seeded generator so a run is reproducible; --ground-truth records them.
 #include "tools/sim/radar_sim.h"
 
@@ -44,6 +45,10 @@ constexpr std::int64_t kIdleStatusMs = 10'000;
 constexpr std::int64_t kRebootOutageMs = 5'000;
 constexpr std::size_t kMaxQueuedFrames = 20'000;  // a client that stops reading loses frames
 constexpr std::int32_t kProfileStepDkmh = 5;      // speed falls off this much per frame from the peak
+constexpr std::size_t kMaxQueuedGarbageBytes = 4 << 20;  // garbage waits for a slow client up to this
+// A track number is not reused this soon after its target left (traffic time): a receiver tells vehicles
+// apart only by number and gap, so an instant reuse would merge two vehicles. Only a flood ever gets here.
+constexpr std::int64_t kTargetReuseMs = 500;
 
 struct Options {
   std::uint16_t port = 0;
@@ -66,6 +71,8 @@ struct Options {
   double selftest_every_s = 0.0;
   double noise_rate = 0.0;
   double corrupt_rate = 0.0;
+  double garbage_bps = 0.0;  // random bytes per second of traffic, between frames (STX/ETX included)
+  int flood_factor = 1;      // vehicle rate and vehicles per lane multiplied by this
   int status_code = 0;
   std::string ground_truth;
   bool poll_only = false;
@@ -95,6 +102,7 @@ struct Vehicle {
   std::string first_radar_time;
   int queued = 0;                 // frames handed to a client
   int written = 0;                // frames the client's socket accepted
+  std::int64_t last_written_unix_ms = 0;  // wall clock when the socket accepted the last frame
   int corrupted = 0;
   bool peak_corrupted = false;    // the peak frame's checksum was broken: a receiver cannot see the peak
   bool lost = false;              // a frame was not delivered (no client, dropped, link failed)
@@ -117,6 +125,7 @@ class RadarSim {
         signals_(io, SIGINT, SIGTERM),
         traffic_rng_(opt_.seed),
         noise_rng_(opt_.seed ^ 0x9E3779B97F4A7C15ULL),
+        garbage_rng_(opt_.seed ^ 0xC2B2AE3D27D4EB4FULL),
         clock_base_cs_(static_cast<std::int64_t>(std::llround(opt_.clock_start_s * 100.0))) {}
 
   bool open(std::uint16_t port) {
@@ -217,6 +226,7 @@ class RadarSim {
       mark_lost(f.vehicle);
     }
     queue_.clear();
+    queued_bytes_ = 0;
     in_flight_ = 0;
     finalize_vehicles();
     accept();
@@ -230,6 +240,7 @@ class RadarSim {
     if (auto* v = find(f.vehicle)) {
       ++v->queued;
     }
+    queued_bytes_ += f.bytes.size();
     queue_.push_back(std::move(f));
   }
 
@@ -252,10 +263,13 @@ class RadarSim {
         drop_client();
         return;
       }
+      const std::int64_t now_unix_ms = unix_ms();
       for (std::size_t i = 0; i < in_flight_; ++i) {
         if (auto* v = find(queue_.front().vehicle)) {
           ++v->written;
+          v->last_written_unix_ms = now_unix_ms;
         }
+        queued_bytes_ -= queue_.front().bytes.size();
         queue_.pop_front();
       }
       in_flight_ = 0;
@@ -332,7 +346,38 @@ class RadarSim {
     return ((cs % kWrapCs) + kWrapCs) % kWrapCs;
   }
 
-  double interarrival_ms() { return -std::log(1.0 - uniform01(traffic_rng_)) / opt_.rate * 1000.0; }
+  double interarrival_ms() {
+    return -std::log(1.0 - uniform01(traffic_rng_)) / (opt_.rate * opt_.flood_factor) * 1000.0;
+  }
+
+  static std::int64_t unix_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  }
+
+  // Flood mode: the bytes a hostile or broken device puts on the line between frames. Uniform random
+  // bytes, STX and ETX included, so the receiver sees noise as well as false frame starts that end as
+  // checksum, syntax, overlong and truncated discards. A real frame always follows on its own STX.
+  void enqueue_garbage() {
+    if (opt_.garbage_bps <= 0.0) {
+      return;
+    }
+    garbage_due_ += opt_.garbage_bps * opt_.frame_interval_ms / 1000.0;
+    const auto n = static_cast<std::size_t>(garbage_due_);
+    if (n == 0) {
+      return;
+    }
+    garbage_due_ -= static_cast<double>(n);
+    if (queued_bytes_ + n > kMaxQueuedGarbageBytes) {
+      return;  // the client is not reading: garbage is not worth holding (frames still queue as before)
+    }
+    std::string bytes(n, '\0');
+    for (auto& b : bytes) {
+      b = static_cast<char>(garbage_rng_() & 0xFF);
+    }
+    enqueue({std::move(bytes), 0});
+  }
 
   bool more_vehicles() const { return opt_.vehicles == 0 || spawned_ < opt_.vehicles; }
 
@@ -349,6 +394,7 @@ class RadarSim {
       spawn_test_targets();
       next_selftest_ms_ += static_cast<std::int64_t>(opt_.selftest_every_s * 1000);
     }
+    enqueue_garbage();
     if (opt_.rate > 0.0) {
       while (more_vehicles() && now >= next_arrival_ms_ && spawn_vehicle()) {
         next_arrival_ms_ += interarrival_ms();
@@ -370,6 +416,7 @@ class RadarSim {
       }
       if (++v.next_frame >= v.frames) {
         v.finished = true;
+        released_ms_[v.target] = now;
       }
     }
     std::erase_if(test_targets_, [](const auto& kv) { return kv.second.finished; });
@@ -383,25 +430,31 @@ class RadarSim {
   }
 
   bool spawn_vehicle() {
-    std::set<int> busy;
+    // A lane holds one vehicle at a time (flood_factor at a time in flood mode, side by side as distinct
+    // targets); the number of targets is bounded by the protocol's two-digit track numbers.
+    std::map<int, int> busy;
     for (const auto& [id, v] : active_) {
       if (!v.finished && !v.test) {
-        busy.insert(v.lane);
+        ++busy[v.lane];
       }
     }
     std::vector<int> free;
     for (int l = 1; l <= opt_.lanes; ++l) {
-      if (!busy.contains(l)) {
+      if (busy[l] < opt_.flood_factor) {
         free.push_back(l);
       }
     }
     if (free.empty()) {
       return false;  // every lane occupied: the arrival waits for the next tick
     }
+    const int target = allocate_target();
+    if (target == 0) {
+      return false;  // all 99 track numbers in use (flood): the arrival waits as well
+    }
     Vehicle v;
     v.id = ++spawned_;
     v.lane = free[static_cast<std::size_t>(uniform01(traffic_rng_) * static_cast<double>(free.size()))];
-    v.target = allocate_target();
+    v.target = target;
     v.frames = std::max(1, opt_.frames_per_track);
     v.peak_index = v.frames / 2;
     const auto peak_dkmh = static_cast<std::int32_t>(
@@ -434,6 +487,9 @@ class RadarSim {
       v.test = true;
       v.dir = dir;
       v.target = allocate_target();
+      if (v.target == 0) {
+        continue;  // no number free for a self-test target in a flood: skip this one
+      }
       v.frames = 3;
       v.speed_tenths.assign(3, dir == 'X' ? 1000 : 500);
       v.x_m = 0.0;
@@ -457,13 +513,20 @@ class RadarSim {
     for (const auto& [t, v] : test_targets_) {
       busy.insert(t);
     }
+    // Only in flood mode: default runs cycle through all 99 numbers long before a reuse could matter, and
+    // keep their exact historical sequences.
+    const std::int64_t now = traffic_ms();
+    const auto recently_released = [&](int t) {
+      const auto it = released_ms_.find(t);
+      return opt_.flood_factor > 1 && it != released_ms_.end() && now - it->second < kTargetReuseMs;
+    };
     for (int i = 0; i < 99; ++i) {
       next_target_ = next_target_ % 99 + 1;
-      if (!busy.contains(next_target_)) {
+      if (!busy.contains(next_target_) && !recently_released(next_target_)) {
         return next_target_;
       }
     }
-    return next_target_;
+    return opt_.flood_factor > 1 ? 0 : next_target_;
   }
 
   test::DetectFields detect_fields(Vehicle& v, int frame, int targets) {
@@ -612,6 +675,7 @@ class RadarSim {
         {"corrupted_frames", v.corrupted},
         {"peak_corrupted", v.peak_corrupted},
         {"sent", sent},
+        {"last_frame_unix_ms", v.last_written_unix_ms},
     };
     truth_ << j.dump() << '\n';
     truth_.flush();
@@ -660,6 +724,7 @@ class RadarSim {
   std::array<char, 256> read_buf_{};
   std::string poll_buffer_;
   std::deque<OutFrame> queue_;
+  std::size_t queued_bytes_ = 0;
   std::vector<asio::const_buffer> buffers_;
   std::size_t in_flight_ = 0;
   bool writing_ = false;
@@ -676,6 +741,8 @@ class RadarSim {
   std::int64_t last_status_ms_ = 0;
   std::mt19937_64 traffic_rng_;
   std::mt19937_64 noise_rng_;
+  std::mt19937_64 garbage_rng_;  // its own stream, so flood options leave the traffic sequence unchanged
+  double garbage_due_ = 0.0;     // garbage bytes owed to the line (fractions carried between ticks)
   std::int64_t clock_base_cs_;
   std::map<std::uint64_t, Vehicle> active_;  // vehicles generating or awaiting delivery
   std::map<int, Vehicle> test_targets_;
@@ -683,6 +750,7 @@ class RadarSim {
   std::uint64_t sent_ = 0;
   std::uint64_t unsent_ = 0;
   int next_target_ = 0;
+  std::map<int, std::int64_t> released_ms_;  // track number -> traffic ms its last vehicle finished
   std::ofstream truth_;
 };
 
@@ -716,6 +784,12 @@ int run_radar_sim(int argc, char** argv) {
   app.add_option("--selftest-every", opt.selftest_every_s, "X/Y self-test targets every S seconds (0 = never)")->check(CLI::NonNegativeNumber);
   app.add_option("--noise-rate", opt.noise_rate, "probability of noise bytes before a frame")->check(CLI::Range(0.0, 1.0));
   app.add_option("--corrupt-rate", opt.corrupt_rate, "probability of a frame's checksum being wrong")->check(CLI::Range(0.0, 1.0));
+  app.add_option("--garbage-bps", opt.garbage_bps,
+                 "flood: random bytes per second (STX/ETX included) between frames (0 = none)")
+      ->check(CLI::Range(0.0, 1.0e9))->capture_default_str();
+  app.add_option("--flood-factor", opt.flood_factor,
+                 "flood: K times --rate, and up to K vehicles side by side per lane")
+      ->check(CLI::Range(1, 1000))->capture_default_str();
   app.add_option("--status-code", opt.status_code, "status code the radar reports (00, 1x, 2x)")->check(CLI::Range(0, 99))->capture_default_str();
   app.add_option("--ground-truth", opt.ground_truth, "write one JSON line per vehicle to this file");
   app.add_flag("--poll-only", opt.poll_only, "do not stream: detect frames only in answers to *P polls");

@@ -299,7 +299,7 @@ TEST(ConfigTest, UnknownTopLevelSection) {
   EXPECT_EQ(std::string(e.what()),
             place_in(kFile, text, "mqt:") +
                 ": mqt: unknown key 'mqt' (did you mean 'mqtt'?); allowed: gateway, store, "
-                "mqtt, devices, correlation, validity, links");
+                "mqtt, devices, correlation, validity, links, metrics, control");
 }
 
 TEST(ConfigTest, WrongType) {
@@ -464,6 +464,24 @@ TEST(ConfigTest, LoadsAFileAndReportsItsPath) {
   EXPECT_EQ(e.file(), path);
   EXPECT_EQ(e.key(), "devices[0].tcp.port");
   EXPECT_EQ(e.line(), 12);
+}
+
+TEST(ConfigTest, MetricsAndControlDefaultsAndChecks) {
+  const Config c = parse_config(kBase, kFile);
+  EXPECT_TRUE(c.metrics.enabled);
+  EXPECT_EQ(c.metrics.host, "127.0.0.1");
+  EXPECT_EQ(c.metrics.port, 9464);
+  EXPECT_EQ(c.control.socket, "/tmp/control.sock") << "beside the store by default";
+  const Config d = parse_config(kBase + "metrics: {host: \"::1\", port: 0}\ncontrol: {socket: /run/cpd/ctl.sock}\n", kFile);
+  EXPECT_EQ(d.metrics.host, "::1");
+  EXPECT_EQ(d.metrics.port, 0);
+  EXPECT_EQ(d.control.socket, "/run/cpd/ctl.sock");
+  EXPECT_NE(std::string(error_in(kBase + "metrics: {host: localhost}\n").what()).find("numeric IPv4 or IPv6"),
+            std::string::npos);
+  EXPECT_NE(std::string(error_in(kBase + "metrics: {port: 70000}\n").what()).find("metrics.port"), std::string::npos);
+  EXPECT_NE(std::string(error_in(kBase + "control: {socket: /" + std::string(120, 'x') + "}\n").what())
+                .find("at most 107 characters"),
+            std::string::npos);
 }
 
 }  // namespace
