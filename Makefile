@@ -46,7 +46,7 @@ faults: build
 	CPD_BUILD_DIR=$(abspath $(BUILD_DIR)) CPD_FAULT_KILLS=$(FAULT_KILLS) $(BUILD_DIR)/tests/faults/crash_consistency_test
 
 sanitize:
-	$(MAKE) test BUILD_DIR=build-asan CMAKE_FLAGS="-DCPD_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug"
+	$(MAKE) test BUILD_DIR=build-asan CMAKE_FLAGS="-DCPD_SANITIZE=ON -DCPD_BUILD_BENCH=OFF $(CMAKE_FLAGS)"
 
 # libFuzzer targets under ASan+UBSan in their own clang build dir (docs/fuzzing.md): each runs for
 # FUZZ_SECONDS from the generated seeds; a crash is kept in fuzz/crashes/<target>/ and fails the run.
@@ -63,7 +63,8 @@ demo: build
 	tools/demo.sh $(BUILD_DIR)
 
 bench: build
-	$(BUILD_DIR)/bench/cpd-bench && $(BUILD_DIR)/bench/cpd-camera-bench && $(BUILD_DIR)/bench/cpd-dock-bench
+	$(BUILD_DIR)/bench/cpd-bench && $(BUILD_DIR)/bench/cpd-camera-bench && $(BUILD_DIR)/bench/cpd-dock-bench && \
+	  $(BUILD_DIR)/bench/cpd-outage-bench && $(BUILD_DIR)/bench/cpd-flood-bench
 
 # A Debian package (CPack) in $(BUILD_DIR): binaries in /usr/bin, the unit, /etc/checkpointd, a system user
 # (cmake/Packaging.cmake, docs/install.md). dpkg-shlibdeps (dpkg-dev) fills in Depends.

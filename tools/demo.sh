@@ -54,6 +54,7 @@ echo "== simulated checkpoint (tools/demo-scenario.yaml): radar on 127.0.0.1:$ra
 printf 'demo-secret' >"$run/cam-1.secret"; chmod 600 "$run/cam-1.secret"
 printf 'demo-dock-token\n' >"$run/dock-1.token"; chmod 600 "$run/dock-1.token"
 
+metrics_port=$(free_port)
 cat >"$run/checkpointd.yaml" <<CONF
 gateway:
   id: demo-gw-1
@@ -91,6 +92,8 @@ devices:
     token_file: $run/dock-1.token
     poll_interval_ms: 1000
 links: {margin_before_s: 0, margin_after_s: 0}   # demo: link only what each recording's own span covers
+metrics: {host: 127.0.0.1, port: $metrics_port}
+control: {socket: $run/control.sock}
 CONF
 "$daemon" --check-config "$run/checkpointd.yaml"
 # Subscribers first, so the feed is seen from seq 1: checkpointctl verifies and prints every record
@@ -106,6 +109,18 @@ pids+=("$daemon_pid")
 echo "== checkpointd running (log: $run/checkpointd.log); following the evidence feed for ${SECONDS_TO_RUN}s"
 echo
 wait "$verify_pid" || echo "!! verification failed (see above)"
+
+echo
+echo "== what a technician sees: checkpointctl status (from the running daemon over $run/control.sock)"
+"$ctl" status --socket "$run/control.sock" || echo "!! checkpointctl status failed"
+echo
+echo "== Prometheus metrics on http://127.0.0.1:$metrics_port/metrics (a few of them; docs/metrics.md)"
+{
+  exec 5<>"/dev/tcp/127.0.0.1/$metrics_port"
+  printf 'GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&5
+  grep -E '^(checkpointd_records_total|checkpointd_device_up|checkpointd_outbox_records|checkpointd_broker_up|process_resident_memory_bytes)' <&5
+  exec 5<&-
+} || echo "!! metrics endpoint not reachable"
 
 echo
 echo "== the same check with stock tools: the third record, verified by the openssl CLI"

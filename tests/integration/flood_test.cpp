@@ -215,7 +215,7 @@ TEST_F(Flood, AGarbageAndEventFloodFromOneRadarNeitherStarvesTheOtherNorGrowsMem
               "daemon peak RSS %ld kB\n",
               truth_a.size(), records_a.size(), truth_b.size(), static_cast<long long>(median),
               static_cast<long long>(worst), peak_kb);
-  EXPECT_LE(worst, kMaxSealLatencyMs) << "radar B starved under A's flood";
+  EXPECT_LE(worst, kMaxSealLatencyMs * (kSanitized ? 4 : 1)) << "radar B starved under A's flood";
   EXPECT_GE(median, kTrackTimeoutMs) << "a record cannot be sealed before its track times out";
   for (const auto& t : truth_a) {
     const auto it = records_a.find({t.target, t.first_radar_cs});
@@ -243,7 +243,9 @@ TEST_F(Flood, AGarbageAndEventFloodFromOneRadarNeitherStarvesTheOtherNorGrowsMem
 
   // Memory stayed bounded, and the chain is whole: every committed record arrived, in order, verified.
   ASSERT_GT(peak_kb, 0);
-  EXPECT_LE(peak_kb, kPeakRssBoundKb) << "daemon peak RSS under flood";
+  if (!kSanitized) {
+    EXPECT_LE(peak_kb, kPeakRssBoundKb) << "daemon peak RSS under flood";
+  }
   const auto seqs = verified_seqs();
   for (std::size_t i = 0; i < seqs.size(); ++i) {
     ASSERT_EQ(seqs[i], i + 1) << "seq gap or reorder at position " << i;

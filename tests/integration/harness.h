@@ -21,6 +21,14 @@ namespace cpd::testing {
 namespace fs = std::filesystem;
 
 std::string build_dir();              // $CPD_BUILD_DIR
+// Built with ASan+UBSan (make sanitize): RSS figures include shadow memory and everything runs slower, so
+// tests skip memory bounds and widen latency bounds there.
+#ifdef CPD_SANITIZED
+inline constexpr bool kSanitized = true;
+#else
+inline constexpr bool kSanitized = false;
+#endif
+
 std::string binary(const std::string& relative);  // build_dir()/relative, checked to exist
 std::uint16_t free_port();
 void pause(std::chrono::milliseconds d);

@@ -319,16 +319,20 @@ DeviceRow device_row(const std::string& id, const json& d, std::int64_t now_ms) 
   }
   r.errors = std::to_string(errors);
   r.reconnects = d.contains("reconnects") ? std::to_string(int_of(d, "reconnects")) : "-";
-  // Each adapter names its clock offset its own way.
+  // Each adapter names its clock offset its own way. A radar has no wall clock: its `clock.offset_ms` maps
+  // a since-power-up counter onto UTC, not a clock error, so the column says how many frames it rests on.
   json offset;
-  if (d.contains("clock") && d["clock"].is_object() && d["clock"].contains("offset_ms")) {
-    offset = d["clock"]["offset_ms"];
+  if (d.contains("clock") && d["clock"].is_object() && d.value("kind", "") == "radar") {
+    r.clock = "no clock (" + std::to_string(int_of(d["clock"], "samples")) + " frames mapped)";
+    offset = nullptr;
   } else if (d.contains("clock_offset_ms")) {
     offset = d["clock_offset_ms"];
   } else if (d.contains("station_clock_offset_ms")) {
     offset = d["station_clock_offset_ms"];
   }
-  r.clock = signed_ms(offset);
+  if (r.clock.empty()) {
+    r.clock = signed_ms(offset);
+  }
   if (offset.is_number() && d.contains("clock_offset_uncertainty_ms") && d["clock_offset_uncertainty_ms"].is_number()) {
     r.clock += " ±" + std::to_string(int_of(d, "clock_offset_uncertainty_ms"));
   }
@@ -403,8 +407,8 @@ void print_status(std::ostream& out, const json& s, const std::string& socket) {
   if (const json b = s.value("broker", json()); b.is_object()) {
     const bool connected = b.value("connected", false);
     out << "Broker:   " << (connected ? "connected" : "NOT connected") << " to " << text_of(b.value("uri", json()))
-        << ", acked seq " << int_of(b, "acked_seq") << ", published " << int_of(b, "published") << ", reconnects "
-        << int_of(b, "connects") << '\n';
+        << ", acked seq " << int_of(b, "acked_seq") << ", published " << int_of(b, "published") << ", connects "
+        << int_of(b, "connects") << ", disconnects " << int_of(b, "disconnects") << '\n';
     if (b.contains("last_error") && b["last_error"].is_string()) {
       out << "          last error: " << printable(b["last_error"].get<std::string>()) << '\n';
     }
