@@ -127,10 +127,11 @@ class Service : public ::testing::Test {
     return line ? static_cast<std::uint16_t>(std::stoi(line->substr(10))) : 0;
   }
 
-  static std::string radar_entry(const std::string& id, std::uint16_t port) {
+  static std::string radar_entry(const std::string& id, std::uint16_t port,
+                                 const std::string& certificate = "JJG527-2026-0412") {
     return "  - id: " + id + "\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " + std::to_string(port) +
            "}\n    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
-           "    calibration: {certificate: JJG527-2026-0412, valid_until: 2099-12-31}\n"
+           "    calibration: {certificate: " + certificate + ", valid_until: 2099-12-31}\n"
            "    reconnect_initial_ms: 200\n    reconnect_max_ms: 1000\n";
   }
 
@@ -306,6 +307,24 @@ TEST_F(Service, ReloadAddsRemovesAndRefusesDevicesWithoutLossOrRestartingOthers)
   const json st = last_status()["devices"]["radar-1"];
   EXPECT_EQ(st["state"], "connected");
   EXPECT_EQ(st["reconnects"], 0) << "radar-1 was restarted by a reload that did not concern it";
+  EXPECT_EQ(status_records_of("radar-1"), radar1_states) << "radar-1 changed state during the reloads";
+
+  // 5. Change radar-1 (a renewed calibration certificate): that adapter alone is restarted, and the
+  // records after the reload carry the new certificate.
+  const std::string sha_renewed = write_config(radar_entry("radar-1", port1, "JJG527-2027-0001"));
+  daemon->signal(SIGHUP);
+  ASSERT_TRUE(collector_->wait_until([&] { return audits("reload").size() == 3; }, 15s));
+  EXPECT_EQ(audits("reload").back()["changes"]["devices_changed"], json::array({"radar-1"}));
+  EXPECT_EQ(audits("reload").back()["config_sha256_new"], sha_renewed);
+  const auto renewed = [&] {
+    for (const auto& b : bodies()) {
+      if (b["type"] == "speed_measurement" && b["calibration"].value("certificate", "") == "JJG527-2027-0001") {
+        return true;
+      }
+    }
+    return false;
+  };
+  ASSERT_TRUE(collector_->wait_until(renewed, 30s)) << "no record under the renewed calibration";
 
   daemon->signal(SIGTERM);
   ASSERT_EQ(daemon->wait(30s), 0) << daemon->stderr_text();
@@ -326,7 +345,6 @@ TEST_F(Service, ReloadAddsRemovesAndRefusesDevicesWithoutLossOrRestartingOthers)
   const auto committed = store::EvidenceStore((dir_ / "store.db").string()).chain_head().seq;
   EXPECT_EQ(seqs.size(), committed);
   EXPECT_EQ(*seqs.rbegin(), committed);
-  EXPECT_EQ(status_records_of("radar-1"), radar1_states) << "radar-1 changed state during the reloads";
   EXPECT_GT(all.size(), 10u);
 }
 
