@@ -58,35 +58,10 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
-// One integer from the daemon's store, read beside it (WAL lets a reader in); -1 when unreadable.
-long long store_query(const fs::path& db, const std::string& sql) {
-  sqlite3* h = nullptr;
-  long long n = -1;
-  if (sqlite3_open_v2(db.c_str(), &h, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
-    sqlite3_busy_timeout(h, 2000);
-    sqlite3_stmt* st = nullptr;
-    if (sqlite3_prepare_v2(h, sql.c_str(), -1, &st, nullptr) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW) {
-      n = sqlite3_column_int64(st, 0);
-    }
-    sqlite3_finalize(st);
-  }
-  sqlite3_close(h);
-  return n;
-}
 
 long long backlog(const fs::path& db) { return store_query(db, "SELECT count(*) FROM outbox"); }
 long long last_seq(const fs::path& db) { return store_query(db, "SELECT coalesce(max(seq), 0) FROM records"); }
 
-// Resident set now (VmRSS), kB; -1 if unreadable.
-long rss_kb(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind("VmRSS:", 0) == 0) {
-      return std::stol(line.substr(6));
-    }
-  }
-  return -1;
-}
 
 long long last_seq_at(const MqttCollector& c) {
   const auto p = c.payloads(kEvidence);

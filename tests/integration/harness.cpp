@@ -20,6 +20,7 @@
 
 #include <gtest/gtest.h>
 #include <mqtt/async_client.h>
+#include <sqlite3.h>
 
 #include "daemon/core/ed25519.h"
 #include "daemon/core/encoding.h"
@@ -372,6 +373,31 @@ std::string pseudo_random_bytes(std::size_t n, std::uint64_t seed) {
     std::memcpy(b.data() + i, &x, 8);
   }
   return b;
+}
+
+long rss_kb(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("VmRSS:", 0) == 0) {
+      return std::stol(line.substr(6));
+    }
+  }
+  return -1;
+}
+
+long long store_query(const fs::path& db, const std::string& sql) {
+  sqlite3* h = nullptr;
+  long long n = -1;
+  if (sqlite3_open_v2(db.c_str(), &h, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
+    sqlite3_busy_timeout(h, 2000);
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_prepare_v2(h, sql.c_str(), -1, &st, nullptr) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW) {
+      n = sqlite3_column_int64(st, 0);
+    }
+    sqlite3_finalize(st);
+  }
+  sqlite3_close(h);
+  return n;
 }
 
 }  // namespace cpd::testing

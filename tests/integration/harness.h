@@ -149,6 +149,11 @@ std::vector<nlohmann::json> records_of(const MqttCollector& collector, const std
 
 // Peak resident set size of a running process (VmHWM), kB; -1 if unreadable.
 long peak_rss_kb(pid_t pid);
+// Resident set now (VmRSS) in kB; -1 if unreadable.
+long rss_kb(pid_t pid);
+// One integer read from the daemon's SQLite store beside it (WAL lets a reader in), e.g.
+// "SELECT count(*) FROM outbox"; -1 when unreadable.
+long long store_query(const fs::path& db, const std::string& sql);
 // n bytes from a xorshift generator: data no file system or hash can short-cut.
 std::string pseudo_random_bytes(std::size_t n, std::uint64_t seed);
 
