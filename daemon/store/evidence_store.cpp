@@ -105,9 +105,12 @@ std::string column_text(sqlite3_stmt* stmt, int column) {
                      static_cast<std::size_t>(sqlite3_column_bytes(stmt, column)));
 }
 
+// SQLITE_STATIC: the text must outlive the statement's step. A temporary (a literal, a ternary of literals,
+// a concatenation) would be gone by then, so binding one does not compile (found by ASan).
 int bind_text(sqlite3_stmt* stmt, int index, const std::string& text) {
   return sqlite3_bind_text64(stmt, index, text.data(), text.size(), SQLITE_STATIC, SQLITE_UTF8);
 }
+int bind_text(sqlite3_stmt* stmt, int index, std::string&& text) = delete;
 
 // seq is stored as SQLite's signed 64-bit integer; sealed seqs never come near the top bit.
 sqlite3_int64 to_db_seq(std::uint64_t seq) {
@@ -611,7 +614,9 @@ Status EvidenceStore::append(const std::vector<SealedRecord>& batch) {
             bind_text(use.get(), 1, u.device_id);
             bind_text(use.get(), 2, u.unique_id);
             bind_text(use.get(), 3, u.md5);
-            bind_text(use.get(), 4, u.sha256.empty() ? "faulted" : "recorded");
+            static const std::string kFaulted = "faulted";
+            static const std::string kRecorded = "recorded";
+            bind_text(use.get(), 4, u.sha256.empty() ? kFaulted : kRecorded);
             bind_text(use.get(), 5, u.sha256);
             bind_text(use.get(), 6, r.id);
             int rc = sqlite3_step(use.get());

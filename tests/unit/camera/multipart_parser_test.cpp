@@ -25,7 +25,8 @@ std::string jpeg_part(const std::string& name, const std::string& bytes) {
 // JPEG-ish bytes that contain the boundary line itself, CRLFs and NULs.
 std::string nasty_jpeg() {
   std::string j = "\xff\xd8\xff\xe0";
-  j += std::string("\0\r\n--boundary\r\nContent-Type: text/plain\r\n\r\n", 46);
+  const char nul_then_part[] = "\0\r\n--boundary\r\nContent-Type: text/plain\r\n\r\n";
+  j += std::string(nul_then_part, sizeof(nul_then_part) - 1);
   j += "\r\n--boundary--\r\n";
   for (int i = 0; i < 300; ++i) {
     j += static_cast<char>(i * 31);
