@@ -1,6 +1,5 @@
 // Broker faults under radar traffic (issue 5, section 2): a broker replaced by a fresh one without the
 // daemon's session (Paho's -11 path), and a broker down for a while; checked at a subscriber against the store.
-#include <pwd.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -25,44 +24,8 @@ using namespace std::chrono_literals;
 const std::string kEvidence = "checkpoint/test-gw-1/evidence";
 const std::string kStatus = "checkpoint/test-gw-1/status";
 
-// A mosquitto whose process the test can freeze and kill (the harness's Mosquitto only stops gracefully).
-// Each instance has its own persistence directory: a new instance on the same port is a fresh broker.
-class KillableBroker {
- public:
-  KillableBroker(const fs::path& dir, std::uint16_t port) : dir_(dir), port_(port) {
-    fs::create_directories(dir_);
-    const passwd* pw = ::getpwuid(::geteuid());
-    std::ofstream(dir_ / "mosquitto.conf") << "user " << (pw != nullptr ? pw->pw_name : "root") << "\n"
-                                           << "listener " << port_ << " 127.0.0.1\n"
-                                           << "allow_anonymous true\n"
-                                           << "persistence true\n"
-                                           << "persistence_location " << dir_.string() << "/\n"
-                                           << "max_queued_messages 0\n"
-                                           << "max_inflight_messages 0\n"
-                                           << "set_tcp_nodelay true\n"
-                                           << "log_dest file " << (dir_ / "mosquitto.log").string() << "\n";
-  }
-  void start() {
-    proc_ = std::make_unique<Process>(
-        std::vector<std::string>{"/usr/sbin/mosquitto", "-c", (dir_ / "mosquitto.conf").string()}, dir_ / "mosquitto");
-    if (!wait_for_port(port_, 10s)) {
-      throw std::runtime_error("mosquitto did not start on port " + std::to_string(port_) + ": " +
-                               proc_->stderr_text());
-    }
-  }
-  Process& process() { return *proc_; }
-  std::string uri() const { return "tcp://127.0.0.1:" + std::to_string(port_); }
-
- private:
-  fs::path dir_;
-  std::uint16_t port_;
-  std::unique_ptr<Process> proc_;
-};
-
-
 long long outbox_count(const fs::path& db) { return store_query(db, "SELECT count(*) FROM outbox"); }
 long long committed_max_seq(const fs::path& db) { return store_query(db, "SELECT coalesce(max(seq), 0) FROM records"); }
-
 
 // What a consumer checks over everything it received, in arrival order.
 struct ChainCheck {
@@ -158,7 +121,7 @@ class BrokerFaults : public ::testing::Test {
 // old broker did not acknowledge must come again from the outbox, in order, to a subscriber of the new broker.
 TEST_F(BrokerFaults, FreshBrokerWithoutSessionReceivesEveryRecordTheOldOneDidNotAcknowledge) {
   const std::uint16_t port = free_port();
-  KillableBroker old_broker(dir_ / "broker1", port);
+  Mosquitto old_broker(dir_ / "broker1", port);
   old_broker.start();
   start_sim(20);
   write_config(old_broker.uri());
@@ -180,7 +143,7 @@ TEST_F(BrokerFaults, FreshBrokerWithoutSessionReceivesEveryRecordTheOldOneDidNot
   ASSERT_TRUE(old_broker.process().wait(10s));
   const long long committed_at_swap = committed_max_seq(db());
   const long long unacked_at_swap = outbox_count(db());
-  KillableBroker fresh_broker(dir_ / "broker2", port);
+  Mosquitto fresh_broker(dir_ / "broker2", port);
   fresh_broker.start();
   MqttCollector second(fresh_broker.uri(), {kEvidence, kStatus});
   daemon->signal(SIGCONT);

@@ -91,6 +91,7 @@ class Mosquitto {
   void start();
   void stop();   // graceful (SIGTERM), saves persistence
   std::uint16_t port() const { return port_; }
+  Process& process() { return *proc_; }  // the running broker, for SIGSTOP/SIGKILL in fault tests
   std::string uri() const { return (tls_ ? "ssl://127.0.0.1:" : "tcp://127.0.0.1:") + std::to_string(port_); }
   std::string log_text() const;  // the broker's log file
 
