@@ -188,6 +188,24 @@ void write_double(std::string& out, double d) {
   }
 }
 
+// RFC 8785 reads every number as an IEEE-754 double. Within ±2^53 an integer is one exactly. Beyond it, an
+// integer is accepted only if it is already the canonical text of the double nearest to it (as
+// 90071992547333330 is, the canonical form of 9.007199254733333e16): canonicalising it again then gives the
+// same bytes. Any other large integer (9007199254740993) would silently change value and is refused.
+void write_integer(std::string& out, const std::string& decimal, double nearest, bool exact) {
+  if (exact) {
+    out += decimal;
+    return;
+  }
+  std::string as_double;
+  write_double(as_double, nearest);
+  if (as_double != decimal) {
+    throw JcsError("integer " + decimal + " is beyond ±2^53 and not exactly a double (it would read as " +
+                   as_double + ")");
+  }
+  out += as_double;
+}
+
 void write_value(std::string& out, const nlohmann::json& v, int depth) {
   if (depth > kMaxDepth) {
     throw JcsError("value nested too deeply");
@@ -201,18 +219,14 @@ void write_value(std::string& out, const nlohmann::json& v, int depth) {
       return;
     case nlohmann::json::value_t::number_integer: {
       const auto n = v.get<std::int64_t>();
-      if (n > kMaxExactInteger || n < -kMaxExactInteger) {
-        throw JcsError("integer " + std::to_string(n) + " is outside ±2^53");
-      }
-      out += std::to_string(n);
+      write_integer(out, std::to_string(n), static_cast<double>(n),
+                    n <= kMaxExactInteger && n >= -kMaxExactInteger);
       return;
     }
     case nlohmann::json::value_t::number_unsigned: {
       const auto n = v.get<std::uint64_t>();
-      if (n > static_cast<std::uint64_t>(kMaxExactInteger)) {
-        throw JcsError("integer " + std::to_string(n) + " is outside ±2^53");
-      }
-      out += std::to_string(n);
+      write_integer(out, std::to_string(n), static_cast<double>(n),
+                    n <= static_cast<std::uint64_t>(kMaxExactInteger));
       return;
     }
     case nlohmann::json::value_t::number_float:

@@ -127,6 +127,17 @@ TEST(Jcs, IntegersMustBeExactDoubles) {
   EXPECT_THROW(canonical_json(json::array({1, json(std::numeric_limits<std::int64_t>::min())})), JcsError);
 }
 
+// Found by fuzz_jcs: a float beyond 2^53 canonicalises to integer text ("90071992547333330"), which a
+// parser reads back as an integer. Canonicalising that again must give the same bytes, not an error.
+TEST(Jcs, LargeFloatsCanonicaliseToAFixedPoint) {
+  const std::string first = canonical_json(json::parse("[90071992547333333.33333329, 1e20, -4.5e17]"));
+  EXPECT_EQ(first, "[90071992547333330,100000000000000000000,-450000000000000000]");
+  EXPECT_EQ(canonical_json(json::parse(first)), first);
+  // A large integer that is not the canonical text of its double would change value: refused.
+  EXPECT_THROW(canonical_json(json::parse("90071992547333333")), JcsError);
+  EXPECT_THROW(canonical_json(json::parse("18446744073709551615")), JcsError);
+}
+
 TEST(Jcs, StringEscapes) {
   EXPECT_EQ(canonical_json(json("\b\t\n\f\r\"\\")), R"("\b\t\n\f\r\"\\")");
   EXPECT_EQ(canonical_json(json(std::string("\x00\x01\x1f", 3))), R"("\u0000\u0001\u001f")");
