@@ -158,6 +158,8 @@ class CrashConsistency : public ::testing::Test {
                                  "--mqtt", broker_->uri(), "--topic", kEvidenceTopic, "--from-start", "--seconds",
                                  "86400"},
         dir_ / "verify");
+    // --from-start needs seq 1: the daemon may not start before the verifier's subscription stands.
+    ASSERT_TRUE(verify_->wait_for_stderr_line("checkpointctl: subscribed to ", 20s)) << verify_->stderr_text();
     std::ofstream(dir_ / "dock.token") << kDockToken << "\n";
     ::chmod((dir_ / "dock.token").c_str(), 0600);
     std::ofstream(dir_ / "cam.secret") << "fault-secret";

@@ -171,9 +171,19 @@ std::string Process::stderr_text() const { return slurp(err_); }
 
 std::optional<std::string> Process::wait_for_stdout_line(const std::string& prefix,
                                                          std::chrono::milliseconds timeout) {
+  return wait_for_line(&Process::stdout_text, prefix, timeout);
+}
+
+std::optional<std::string> Process::wait_for_stderr_line(const std::string& prefix,
+                                                         std::chrono::milliseconds timeout) {
+  return wait_for_line(&Process::stderr_text, prefix, timeout);
+}
+
+std::optional<std::string> Process::wait_for_line(std::string (Process::*text)() const, const std::string& prefix,
+                                                  std::chrono::milliseconds timeout) {
   const auto end = std::chrono::steady_clock::now() + timeout;
   do {
-    std::istringstream in(stdout_text());
+    std::istringstream in((this->*text)());
     std::string line;
     while (std::getline(in, line)) {
       if (line.rfind(prefix, 0) == 0) {

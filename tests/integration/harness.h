@@ -63,8 +63,12 @@ class Process {
   std::string stderr_text() const;
   // Waits until stdout has a line starting with `prefix`; returns the line.
   std::optional<std::string> wait_for_stdout_line(const std::string& prefix, std::chrono::milliseconds timeout);
+  std::optional<std::string> wait_for_stderr_line(const std::string& prefix, std::chrono::milliseconds timeout);
 
  private:
+  std::optional<std::string> wait_for_line(std::string (Process::*text)() const, const std::string& prefix,
+                                           std::chrono::milliseconds timeout);
+
   pid_t pid_ = -1;
   std::optional<int> exit_code_;
   fs::path out_;

@@ -116,7 +116,7 @@ TEST_F(RadarPipeline, SimulatedVehiclesBecomeVerifiedRecordsMatchingGroundTruth)
                   broker_->uri(), "--topic", "checkpoint/test-gw-1/evidence", "--from-start", "--count",
                   std::to_string(kVehicles), "--seconds", "90"},
                  dir_ / "verify");
-  pause(500ms);
+  ASSERT_TRUE(verify.wait_for_stderr_line("checkpointctl: subscribed to ", 20s)) << verify.stderr_text();
   auto daemon = start_daemon();
 
   ASSERT_TRUE(collector_->wait_until([&] { return count_type("speed_measurement") >= kVehicles; }, 60s))

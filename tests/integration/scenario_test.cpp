@@ -75,7 +75,7 @@ class Checkpoint : public ::testing::Test {
                                  "--mqtt", broker_->uri(), "--topic", "checkpoint/gw/evidence", "--from-start",
                                  "--seconds", "60"},
         dir_ / "verify");
-    pause(500ms);
+    ASSERT_TRUE(verify_->wait_for_stderr_line("checkpointctl: subscribed to ", 20s)) << verify_->stderr_text();
     daemon_ = std::make_unique<Process>(
         std::vector<std::string>{binary("daemon/app/checkpointd"), "--config", (dir_ / "checkpointd.yaml").string()},
         dir_ / "checkpointd");

@@ -348,6 +348,9 @@ int verify_mqtt(const VerifyOptions& opts, FeedCheck& check) {
   } catch (const mqtt::exception& e) {
     throw ToolError("cannot subscribe to " + opts.topic + " at " + opts.mqtt_uri + ": " + e.what());
   }
+  // Records published from here on are seen; a script can wait for this line before starting a publisher.
+  std::cerr << "checkpointctl: subscribed to " << opts.topic << (media_topic.empty() ? "" : " and " + media_topic)
+            << " at " << opts.mqtt_uri << std::endl;
   using Clock = std::chrono::steady_clock;
   const auto deadline = opts.seconds > 0
                             ? std::optional<Clock::time_point>(
