@@ -7,7 +7,7 @@ CMAKE_FLAGS ?=
 DEB_PACKAGES := cmake g++ make pkg-config git openssl \
   libboost-dev libboost-system-dev libssl-dev libsqlite3-dev sqlite3 \
   libpaho-mqtt-dev libpaho-mqttpp-dev mosquitto mosquitto-clients \
-  libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libsystemd-dev libpugixml-dev \
+  libyaml-cpp-dev libyaml-dev nlohmann-json3-dev libcli11-dev libsystemd-dev libpugixml-dev \
   libturbojpeg0-dev libgtest-dev libgmock-dev libbenchmark-dev \
   clang-14 libclang-rt-14-dev systemd dpkg-dev
 

@@ -19,6 +19,7 @@
 #include <sstream>
 
 #include "daemon/config/schema.h"
+#include "daemon/config/yaml_guard.h"
 #include "daemon/core/encoding.h"
 
 namespace cpd::config {
@@ -408,6 +409,7 @@ Config parse_document(const YAML::Node& document, const std::string& name) {
 }  // namespace
 
 Config parse_config(std::string_view yaml_text, const std::string& name) {
+  check_yaml(yaml_text, name);  // malformed or oversized text never reaches yaml-cpp (see yaml_guard.h)
   std::vector<YAML::Node> documents;
   try {
     documents = YAML::LoadAll(std::string(yaml_text));

@@ -213,7 +213,7 @@ TEST_F(BrokerFaults, BrokerDownUnderTrafficBacklogGrowsOnDiskAndDrainsInSeqOrder
   ASSERT_TRUE(collector.wait_until([&] { return collector.count(kEvidence) >= 40; }, 60s)) << daemon->stderr_text();
 
   const long rss_before = rss_kb(daemon->pid());
-  broker.stop();
+  ASSERT_TRUE(with_daemon_frozen(*daemon, collector, kEvidence, [&] { broker.stop(); }));
   const auto down_at = std::chrono::steady_clock::now();
   long long backlog_first = -1;
   long long backlog_peak = 0;

@@ -313,13 +313,42 @@ std::vector<MqttCollector::Message> MqttCollector::messages() const {
 }
 
 std::vector<std::string> MqttCollector::payloads(const std::string& topic) const {
+  // Filtered under the lock: copying every message (pictures included) on each poll stalled the
+  // client's delivery thread, and a slow subscriber leaves messages queued at the broker.
   std::vector<std::string> out;
-  for (const auto& m : messages()) {
+  std::lock_guard lock(impl_->mutex);
+  for (const auto& m : impl_->messages) {
     if (m.topic == topic) {
       out.push_back(m.payload);
     }
   }
   return out;
+}
+
+bool with_daemon_frozen(Process& daemon, const MqttCollector& collector, const std::string& topic,
+                        const std::function<void()>& action) {
+  daemon.signal(SIGSTOP);
+  // Whatever the broker accepted before the freeze reaches the subscriber: the count stops moving.
+  std::size_t last = collector.count(topic);
+  auto still_since = std::chrono::steady_clock::now();
+  const auto end = still_since + std::chrono::seconds(60);
+  bool settled = false;
+  while (std::chrono::steady_clock::now() < end) {
+    pause(std::chrono::milliseconds(50));
+    const std::size_t now = collector.count(topic);
+    if (now != last) {
+      last = now;
+      still_since = std::chrono::steady_clock::now();
+    } else if (std::chrono::steady_clock::now() - still_since >= std::chrono::milliseconds(750)) {
+      settled = true;
+      break;
+    }
+  }
+  if (settled) {
+    action();
+  }
+  daemon.signal(SIGCONT);
+  return settled;
 }
 
 std::size_t MqttCollector::count(const std::string& topic) const {

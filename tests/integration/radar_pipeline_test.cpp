@@ -205,7 +205,7 @@ TEST_F(RadarPipeline, BrokerDownForTenSecondsUnderTrafficLosesNothing) {
   collector_ = std::make_unique<MqttCollector>(broker_->uri(), std::vector<std::string>{"checkpoint/test-gw-1/evidence"});
   auto daemon = start_daemon();
   ASSERT_TRUE(collector_->wait_until([&] { return count_type("speed_measurement") >= 5; }, 60s));
-  broker_->stop();
+  ASSERT_TRUE(with_daemon_frozen(*daemon, *collector_, "checkpoint/test-gw-1/evidence", [&] { broker_->stop(); }));
   pause(10s);
   broker_->start();
   const auto committed_during_outage = store_count();
