@@ -233,8 +233,10 @@ TEST_F(BrokerFaults, BrokerDownUnderTrafficBacklogGrowsOnDiskAndDrainsInSeqOrder
   EXPECT_GE(backlog_peak, 8 * kDownSeconds) << "traffic went on into the store during the outage";
   EXPECT_GT(backlog_peak, backlog_first + 100) << "the backlog grows while the broker is away";
 
-  broker.start();
-  const auto up_at = std::chrono::steady_clock::now();
+  const int subscribed = collector.subscriptions();
+  ASSERT_TRUE(with_daemon_frozen(*daemon, collector, kEvidence, [&] { broker.start(); },
+                                 [&] { return collector.subscriptions() > subscribed; }));
+  const auto up_at = std::chrono::steady_clock::now();  // the daemon sees the broker from here
   ASSERT_TRUE(collector.wait_until(
       [&] {
         const auto p = collector.payloads(kEvidence);

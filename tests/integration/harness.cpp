@@ -225,6 +225,8 @@ Mosquitto::Mosquitto(const fs::path& dir, std::uint16_t port, const MosquittoOpt
        << "max_inflight_messages 0\n"
        // Without it a broker's small PUBACKs can wait for the client's delayed ACK (Nagle): ~40 ms tails.
        << "set_tcp_nodelay true\n"
+       // CPD_BROKER_LOG_ALL=1: every packet in the kept test directory's broker/mosquitto.log, for debugging.
+       << (std::getenv("CPD_BROKER_LOG_ALL") != nullptr ? "log_type all\n" : "")
        << "log_dest file " << (dir_ / "mosquitto.log").string() << "\n";
 }
 
@@ -248,9 +250,16 @@ void Mosquitto::stop() {
 }
 
 struct MqttCollector::Impl {
+  // Counts subscriptions the broker confirmed (one per connection, all topics at once).
+  struct SubscribeListener : mqtt::iaction_listener {
+    std::atomic<int> done{0};
+    void on_success(const mqtt::token&) override { ++done; }
+    void on_failure(const mqtt::token&) override {}
+  };
   std::unique_ptr<mqtt::async_client> client;
   mutable std::mutex mutex;
   std::vector<Message> messages;
+  SubscribeListener subscribed;
 };
 
 MqttCollector::MqttCollector(const std::string& uri, const std::vector<std::string>& topics)
@@ -268,10 +277,9 @@ MqttCollector::MqttCollector(const std::string& uri, const std::vector<std::stri
     impl->messages.push_back(Message{msg->get_topic(), msg->to_string(), msg->is_retained()});
   });
   auto* client = impl_->client.get();
-  impl_->client->set_connected_handler([client, topics](const std::string&) {
-    for (const auto& t : topics) {
-      client->subscribe(t, 1);
-    }
+  impl_->client->set_connected_handler([client, impl, topics](const std::string&) {
+    auto filters = mqtt::string_collection::create(topics);
+    client->subscribe(filters, mqtt::iasync_client::qos_collection(topics.size(), 1), nullptr, impl->subscribed);
   });
   mqtt::properties props{{mqtt::property::SESSION_EXPIRY_INTERVAL, 3600}};
   auto opts = mqtt::connect_options_builder()
@@ -326,7 +334,7 @@ std::vector<std::string> MqttCollector::payloads(const std::string& topic) const
 }
 
 bool with_daemon_frozen(Process& daemon, const MqttCollector& collector, const std::string& topic,
-                        const std::function<void()>& action) {
+                        const std::function<void()>& action, const std::function<bool()>& before_resume) {
   daemon.signal(SIGSTOP);
   // Whatever the broker accepted before the freeze reaches the subscriber: the count stops moving.
   std::size_t last = collector.count(topic);
@@ -344,12 +352,16 @@ bool with_daemon_frozen(Process& daemon, const MqttCollector& collector, const s
       break;
     }
   }
+  bool ready = false;
   if (settled) {
     action();
+    ready = !before_resume || collector.wait_until(before_resume, std::chrono::seconds(60));
   }
   daemon.signal(SIGCONT);
-  return settled;
+  return settled && ready;
 }
+
+int MqttCollector::subscriptions() const { return impl_->subscribed.done.load(); }
 
 std::size_t MqttCollector::count(const std::string& topic) const {
   std::lock_guard lock(impl_->mutex);

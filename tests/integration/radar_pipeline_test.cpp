@@ -207,7 +207,9 @@ TEST_F(RadarPipeline, BrokerDownForTenSecondsUnderTrafficLosesNothing) {
   ASSERT_TRUE(collector_->wait_until([&] { return count_type("speed_measurement") >= 5; }, 60s));
   ASSERT_TRUE(with_daemon_frozen(*daemon, *collector_, "checkpoint/test-gw-1/evidence", [&] { broker_->stop(); }));
   pause(10s);
-  broker_->start();
+  const int subscribed = collector_->subscriptions();
+  ASSERT_TRUE(with_daemon_frozen(*daemon, *collector_, "checkpoint/test-gw-1/evidence", [&] { broker_->start(); },
+                                 [&] { return collector_->subscriptions() > subscribed; }));
   const auto committed_during_outage = store_count();
   ASSERT_TRUE(collector_->wait_until(
       [&] { return evidence().size() >= committed_during_outage + 5; }, 60s))
