@@ -4,9 +4,11 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <fstream>
 #include <mutex>
@@ -127,6 +129,32 @@ class Service : public ::testing::Test {
     return line ? static_cast<std::uint16_t>(std::stoi(line->substr(10))) : 0;
   }
 
+  std::uint16_t start_sim(const std::string& name, std::vector<std::string> args) {
+    args.insert(args.begin(), binary("tools/sim/checkpoint-sim"));
+    auto sim = std::make_unique<Process>(args, dir_ / name);
+    auto line = sim->wait_for_stdout_line("listening ", 10s);
+    EXPECT_TRUE(line) << sim->stderr_text();
+    sims_.push_back(std::move(sim));
+    return line ? static_cast<std::uint16_t>(std::stoi(line->substr(10))) : 0;
+  }
+
+  fs::path secret(const std::string& name, const std::string& text) {
+    std::ofstream(dir_ / name, std::ios::trunc) << text << "\n";
+    ::chmod((dir_ / name).c_str(), 0600);
+    return dir_ / name;
+  }
+
+  static std::string camera_entry(const std::string& id, std::uint16_t port, const fs::path& password_file) {
+    return "  - id: " + id + "\n    kind: camera\n    url: http://127.0.0.1:" + std::to_string(port) +
+           "\n    username: admin\n    password_file: " + password_file.string() + "\n    radar: radar-1\n" +
+           "    reconnect_initial_ms: 200\n    reconnect_max_ms: 1000\n";
+  }
+
+  static std::string dock_entry(const std::string& id, std::uint16_t port, const fs::path& token_file) {
+    return "  - id: " + id + "\n    kind: recorder_dock\n    url: http://127.0.0.1:" + std::to_string(port) +
+           "\n    token_file: " + token_file.string() + "\n";
+  }
+
   static std::string radar_entry(const std::string& id, std::uint16_t port,
                                  const std::string& certificate = "JJG527-2026-0412") {
     return "  - id: " + id + "\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " + std::to_string(port) +
@@ -186,6 +214,25 @@ class Service : public ::testing::Test {
       }
     }
     return n;
+  }
+  // Records a camera or a dock produced: plate reads/passages naming the camera, recordings of the dock.
+  std::size_t records_of_device(const std::string& id) const {
+    std::size_t n = 0;
+    for (const auto& b : bodies()) {
+      if (b.value("camera", "") == id || (b["type"] == "recording" && b.value("device", "") == id)) {
+        ++n;
+      }
+    }
+    return n;
+  }
+  std::vector<json> states_of(const std::string& device) const {
+    std::vector<json> out;
+    for (const auto& b : bodies()) {
+      if (b["type"] == "device_status" && b.value("device", "") == device) {
+        out.push_back(b);
+      }
+    }
+    return out;
   }
   std::size_t records_from(const std::string& radar) const {
     std::size_t n = 0;
@@ -346,6 +393,74 @@ TEST_F(Service, ReloadAddsRemovesAndRefusesDevicesWithoutLossOrRestartingOthers)
   EXPECT_EQ(seqs.size(), committed);
   EXPECT_EQ(*seqs.rbegin(), committed);
   EXPECT_GT(all.size(), 10u);
+}
+
+// Cameras and docks go through the same plan as radars: added ones start, a changed one (new credentials)
+// is restarted alone and runs under its new settings, a removed one stops; the radar is never touched.
+TEST_F(Service, ReloadAppliesCameraAndDockChangesWithoutTouchingTheRadar) {
+  const std::uint16_t radar = start_radar("sim-radar", "9");
+  const std::uint16_t camera = start_sim("sim-camera", {"camera", "--port", "0", "--password", "cam-secret",
+                                                        "--rate", "4", "--lock-s", "0"});
+  const std::uint16_t dock = start_sim("sim-dock", {"dock", "--port", "0", "--token", "dock-token", "--files", "200",
+                                                    "--file-interval-s", "0.3", "--file-kb", "8"});
+  const fs::path cam_ok = secret("cam.password", "cam-secret");
+  const fs::path cam_wrong = secret("cam-wrong.password", "not-the-password");
+  const fs::path dock_ok = secret("dock.token", "dock-token");
+  const fs::path dock_wrong = secret("dock-wrong.token", "other-token");
+  write_config(radar_entry("radar-1", radar));
+  auto daemon = start_daemon();
+  ASSERT_TRUE(collector_->wait_until([&] { return records_from("radar-1") >= 3; }, 30s)) << daemon->stderr_text();
+  const std::size_t radar_states = status_records_of("radar-1");
+
+  // 1. Add a camera and a dock: both start and produce records.
+  write_config(radar_entry("radar-1", radar) + camera_entry("cam-1", camera, cam_ok) +
+               dock_entry("dock-1", dock, dock_ok));
+  daemon->signal(SIGHUP);
+  ASSERT_TRUE(collector_->wait_until([&] { return audits("reload").size() == 1; }, 15s)) << daemon->stderr_text();
+  EXPECT_EQ(audits("reload").back()["changes"]["devices_added"], json::array({"cam-1", "dock-1"}));
+  ASSERT_TRUE(collector_->wait_until(
+      [&] { return records_of_device("cam-1") >= 3 && records_of_device("dock-1") >= 3; }, 30s))
+      << "camera " << records_of_device("cam-1") << ", dock " << records_of_device("dock-1") << "\n"
+      << daemon->stderr_text();
+
+  // 2. Wrong credentials for both: each is restarted under its new settings, which the device refuses.
+  const std::size_t cam_states = states_of("cam-1").size();
+  const std::size_t dock_states = states_of("dock-1").size();
+  write_config(radar_entry("radar-1", radar) + camera_entry("cam-1", camera, cam_wrong) +
+               dock_entry("dock-1", dock, dock_wrong));
+  daemon->signal(SIGHUP);
+  ASSERT_TRUE(collector_->wait_until([&] { return audits("reload").size() == 2; }, 15s));
+  EXPECT_EQ(audits("reload").back()["changes"]["devices_changed"], json::array({"cam-1", "dock-1"}));
+  const auto faulted = [&](const std::string& id, std::size_t before) {
+    const auto states = states_of(id);
+    return std::any_of(states.begin() + static_cast<std::ptrdiff_t>(std::min(before, states.size())), states.end(),
+                       [](const json& st) { return st["state"] == "fault"; });
+  };
+  ASSERT_TRUE(collector_->wait_until([&] { return faulted("cam-1", cam_states) && faulted("dock-1", dock_states); },
+                                     30s))
+      << "the new (wrong) credentials were not used\n" << daemon->stderr_text();
+
+  // 3. Remove both: the status no longer lists them; the radar runs on.
+  write_config(radar_entry("radar-1", radar));
+  daemon->signal(SIGHUP);
+  ASSERT_TRUE(collector_->wait_until([&] { return audits("reload").size() == 3; }, 15s));
+  EXPECT_EQ(audits("reload").back()["changes"]["devices_removed"], json::array({"cam-1", "dock-1"}));
+  ASSERT_TRUE(collector_->wait_until([&] { return last_status()["devices"].size() == 1; }, 15s))
+      << last_status().dump();
+  const auto r1 = records_from("radar-1");
+  ASSERT_TRUE(collector_->wait_until([&] { return records_from("radar-1") > r1 + 3; }, 30s));
+  EXPECT_EQ(last_status()["devices"]["radar-1"]["reconnects"], 0);
+  EXPECT_EQ(status_records_of("radar-1"), radar_states) << "the radar changed state during the reloads";
+
+  daemon->signal(SIGTERM);
+  ASSERT_EQ(daemon->wait(30s), 0) << daemon->stderr_text();
+  ASSERT_TRUE(collector_->wait_until([&] { return !audits("stop").empty(); }, 15s));
+  std::set<std::uint64_t> seqs;
+  for (const auto& b : bodies()) {
+    seqs.insert(b["seq"].get<std::uint64_t>());
+  }
+  const auto committed = store::EvidenceStore((dir_ / "store.db").string()).chain_head().seq;
+  EXPECT_EQ(seqs.size(), committed) << "every committed record arrived";
 }
 
 }  // namespace
