@@ -119,14 +119,7 @@ class Service : public ::testing::Test {
   }
 
   std::uint16_t start_radar(const std::string& name, const std::string& seed) {
-    auto sim = std::make_unique<Process>(
-        std::vector<std::string>{binary("tools/sim/checkpoint-sim"), "radar", "--port", "0", "--lanes", "2",
-                                 "--seed", seed, "--vehicles", "0", "--rate", "20"},
-        dir_ / name);
-    auto line = sim->wait_for_stdout_line("listening ", 10s);
-    EXPECT_TRUE(line) << sim->stderr_text();
-    sims_.push_back(std::move(sim));
-    return line ? static_cast<std::uint16_t>(std::stoi(line->substr(10))) : 0;
+    return start_sim(name, {"radar", "--port", "0", "--lanes", "2", "--seed", seed, "--vehicles", "0", "--rate", "20"});
   }
 
   std::uint16_t start_sim(const std::string& name, std::vector<std::string> args) {
