@@ -38,18 +38,21 @@ std::size_t check_yaml(std::string_view text, const std::string& name, const Yam
   }
   yaml_parser_set_input_string(parser.get(), reinterpret_cast<const unsigned char*>(text.data()), text.size());
 
-  // Expanded size of each open collection, and of each anchored node once it is complete.
-  std::vector<std::size_t> open;
-  std::vector<std::string> open_anchor;
+  // Each open collection with its expanded size so far; each anchored node's size once it is complete.
+  struct Open {
+    std::size_t size = 1;  // the collection itself
+    std::string anchor;
+  };
+  std::vector<Open> open;
   std::map<std::string, std::size_t> anchored;
   std::size_t total = 0;
   std::size_t documents = 0;
   const auto add = [&](std::size_t size, const yaml_mark_t& mark) {
     total += size;
     if (!open.empty()) {
-      open.back() += size;
+      open.back().size += size;
     }
-    if (total > limits.max_nodes || size > limits.max_nodes) {
+    if (total > limits.max_nodes) {
       throw ConfigError(name, line_of(mark), column_of(mark), "",
                         "the YAML document is too large: more than " + std::to_string(limits.max_nodes) +
                             " nodes with aliases expanded");
@@ -93,19 +96,17 @@ std::size_t check_yaml(std::string_view text, const std::string& name, const Yam
           throw ConfigError(name, line_of(ev.start_mark), column_of(ev.start_mark), "",
                             "YAML nested more than " + std::to_string(limits.max_depth) + " levels deep");
         }
-        open.push_back(1);
-        open_anchor.push_back(text_or_empty(ev.type == YAML_SEQUENCE_START_EVENT ? ev.data.sequence_start.anchor
-                                                                                 : ev.data.mapping_start.anchor));
+        open.push_back({1, text_or_empty(ev.type == YAML_SEQUENCE_START_EVENT ? ev.data.sequence_start.anchor
+                                                                             : ev.data.mapping_start.anchor)});
         break;
       }
       case YAML_SEQUENCE_END_EVENT:
       case YAML_MAPPING_END_EVENT: {
-        const std::size_t size = open.back();
-        const std::string anchor = open_anchor.back();
+        const Open done = std::move(open.back());
         open.pop_back();
-        open_anchor.pop_back();
-        if (!anchor.empty()) {
-          anchored[anchor] = size;
+        const std::size_t size = done.size;
+        if (!done.anchor.empty()) {
+          anchored[done.anchor] = size;
         }
         // The collection's own node was counted in `size`; the elements were already added to `total`.
         total -= size - 1;

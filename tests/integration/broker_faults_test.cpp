@@ -213,7 +213,7 @@ TEST_F(BrokerFaults, BrokerDownUnderTrafficBacklogGrowsOnDiskAndDrainsInSeqOrder
   ASSERT_TRUE(collector.wait_until([&] { return collector.count(kEvidence) >= 40; }, 60s)) << daemon->stderr_text();
 
   const long rss_before = rss_kb(daemon->pid());
-  ASSERT_TRUE(with_daemon_frozen(*daemon, collector, kEvidence, [&] { broker.stop(); }));
+  ASSERT_TRUE(stop_broker_with_daemon_frozen(*daemon, collector, kEvidence, broker));
   const auto down_at = std::chrono::steady_clock::now();
   long long backlog_first = -1;
   long long backlog_peak = 0;
@@ -233,9 +233,7 @@ TEST_F(BrokerFaults, BrokerDownUnderTrafficBacklogGrowsOnDiskAndDrainsInSeqOrder
   EXPECT_GE(backlog_peak, 8 * kDownSeconds) << "traffic went on into the store during the outage";
   EXPECT_GT(backlog_peak, backlog_first + 100) << "the backlog grows while the broker is away";
 
-  const int subscribed = collector.subscriptions();
-  ASSERT_TRUE(with_daemon_frozen(*daemon, collector, kEvidence, [&] { broker.start(); },
-                                 [&] { return collector.subscriptions() > subscribed; }));
+  ASSERT_TRUE(start_broker_with_daemon_frozen(*daemon, collector, kEvidence, broker));
   const auto up_at = std::chrono::steady_clock::now();  // the daemon sees the broker from here
   ASSERT_TRUE(collector.wait_until(
       [&] {

@@ -333,25 +333,25 @@ std::vector<std::string> MqttCollector::payloads(const std::string& topic) const
   return out;
 }
 
+namespace {
+
+// SIGSTOPs the daemon, waits until `collector`'s count on `topic` has not moved for 750 ms (everything the
+// broker accepted has arrived), runs `action`, waits for `before_resume` if given, and SIGCONTs the daemon.
 bool with_daemon_frozen(Process& daemon, const MqttCollector& collector, const std::string& topic,
                         const std::function<void()>& action, const std::function<bool()>& before_resume) {
   daemon.signal(SIGSTOP);
-  // Whatever the broker accepted before the freeze reaches the subscriber: the count stops moving.
   std::size_t last = collector.count(topic);
   auto still_since = std::chrono::steady_clock::now();
-  const auto end = still_since + std::chrono::seconds(60);
-  bool settled = false;
-  while (std::chrono::steady_clock::now() < end) {
-    pause(std::chrono::milliseconds(50));
-    const std::size_t now = collector.count(topic);
-    if (now != last) {
-      last = now;
-      still_since = std::chrono::steady_clock::now();
-    } else if (std::chrono::steady_clock::now() - still_since >= std::chrono::milliseconds(750)) {
-      settled = true;
-      break;
-    }
-  }
+  const bool settled = collector.wait_until(
+      [&] {
+        const std::size_t now = collector.count(topic);
+        if (now != last) {
+          last = now;
+          still_since = std::chrono::steady_clock::now();
+        }
+        return std::chrono::steady_clock::now() - still_since >= std::chrono::milliseconds(750);
+      },
+      std::chrono::seconds(60));
   bool ready = false;
   if (settled) {
     action();
@@ -359,6 +359,20 @@ bool with_daemon_frozen(Process& daemon, const MqttCollector& collector, const s
   }
   daemon.signal(SIGCONT);
   return settled && ready;
+}
+
+}  // namespace
+
+bool stop_broker_with_daemon_frozen(Process& daemon, const MqttCollector& collector, const std::string& topic,
+                                    Mosquitto& broker) {
+  return with_daemon_frozen(daemon, collector, topic, [&] { broker.stop(); }, {});
+}
+
+bool start_broker_with_daemon_frozen(Process& daemon, const MqttCollector& collector, const std::string& topic,
+                                     Mosquitto& broker) {
+  const int subscribed = collector.subscriptions();
+  return with_daemon_frozen(daemon, collector, topic, [&] { broker.start(); },
+                            [&] { return collector.subscriptions() > subscribed; });
 }
 
 int MqttCollector::subscriptions() const { return impl_->subscribed.done.load(); }

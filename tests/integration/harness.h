@@ -148,20 +148,21 @@ class MqttCollector {
   std::unique_ptr<Impl> impl_;
 };
 
-// Stops the daemon (SIGSTOP), waits until everything the broker already accepted has reached `collector`
-// on `topic`, runs `action`, waits for `before_resume` (if given), then resumes the daemon. Returns false
-// if the subscriber never settled, or `before_resume` never held, within 60 s.
+// A broker outage under a running daemon, without depending on the broker to keep the test subscriber's
+// session. Both freeze the daemon (SIGSTOP) and return false if that did not settle within 60 s.
+// - stop: waits until everything the broker already accepted has reached `collector` on `topic`, then
+//   stops the broker (graceful) and resumes the daemon.
+// - start: starts the broker again and resumes the daemon only once `collector` has subscribed again.
 //
-// Why: a test subscriber must not depend on mosquitto keeping its session across a broker restart. Seen
-// here with mosquitto 2.0.11: after a graceful restart with persistence on, the gateway's session was back
-// (CONNACK session present) but the test subscriber's was not, so whatever the gateway published before the
-// subscriber had subscribed again reached nobody - and whatever was still queued for it at the stop was
-// gone. Messages the broker acknowledged are the broker's to deliver. So the outage tests stop the broker
-// only once the subscriber holds everything, and let the daemon back only once the subscriber has
-// subscribed again. Records the daemon had in flight stay in flight across the freeze: those are the
-// gateway's to resend, and the tests check it does.
-bool with_daemon_frozen(Process& daemon, const MqttCollector& collector, const std::string& topic,
-                        const std::function<void()>& action, const std::function<bool()>& before_resume = {});
+// Why: seen here with mosquitto 2.0.11, after a graceful restart with persistence on, the gateway's session
+// was back (CONNACK session present) but the test subscriber's was not, so whatever the gateway published
+// before the subscriber had subscribed again reached nobody - and whatever was still queued for it at the
+// stop was gone. Messages the broker acknowledged are the broker's to deliver. Records the daemon had in
+// flight stay in flight across the freeze: those are the gateway's to resend, and the tests check it does.
+bool stop_broker_with_daemon_frozen(Process& daemon, const MqttCollector& collector, const std::string& topic,
+                                    Mosquitto& broker);
+bool start_broker_with_daemon_frozen(Process& daemon, const MqttCollector& collector, const std::string& topic,
+                                     Mosquitto& broker);
 
 // The decoded body (payload) of a JWS record, as a consumer reads it.
 nlohmann::json record_body(const std::string& jws);

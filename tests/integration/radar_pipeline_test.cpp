@@ -205,11 +205,9 @@ TEST_F(RadarPipeline, BrokerDownForTenSecondsUnderTrafficLosesNothing) {
   collector_ = std::make_unique<MqttCollector>(broker_->uri(), std::vector<std::string>{"checkpoint/test-gw-1/evidence"});
   auto daemon = start_daemon();
   ASSERT_TRUE(collector_->wait_until([&] { return count_type("speed_measurement") >= 5; }, 60s));
-  ASSERT_TRUE(with_daemon_frozen(*daemon, *collector_, "checkpoint/test-gw-1/evidence", [&] { broker_->stop(); }));
+  ASSERT_TRUE(stop_broker_with_daemon_frozen(*daemon, *collector_, "checkpoint/test-gw-1/evidence", *broker_));
   pause(10s);
-  const int subscribed = collector_->subscriptions();
-  ASSERT_TRUE(with_daemon_frozen(*daemon, *collector_, "checkpoint/test-gw-1/evidence", [&] { broker_->start(); },
-                                 [&] { return collector_->subscriptions() > subscribed; }));
+  ASSERT_TRUE(start_broker_with_daemon_frozen(*daemon, *collector_, "checkpoint/test-gw-1/evidence", *broker_));
   const auto committed_during_outage = store_count();
   ASSERT_TRUE(collector_->wait_until(
       [&] { return evidence().size() >= committed_during_outage + 5; }, 60s))
