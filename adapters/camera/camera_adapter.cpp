@@ -119,7 +119,6 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
         ctx_(ctx),
         strand_(asio::make_strand(ctx.io)),
         stream_resolver_(strand_),
-        stream_socket_(strand_),
         idle_timer_(strand_),
         reconnect_timer_(strand_),
         time_timer_(strand_),
@@ -547,11 +546,12 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     }
     close_stream();
     const std::uint64_t gen = stream_gen_;
+    stream_ = std::make_shared<StreamConnection>(strand_);
     arm_idle(gen);
     auto self = shared_from_this();
     stream_resolver_.async_resolve(
         config_.host, std::to_string(config_.port),
-        [self, gen, attempt](const error_code& ec, const tcp::resolver::results_type& results) {
+        [self, gen, attempt, conn = stream_](const error_code& ec, const tcp::resolver::results_type& results) {
           if (gen != self->stream_gen_ || !self->running_) {
             return;
           }
@@ -559,8 +559,8 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
             self->link_failed("resolve failed: " + ec.message());
             return;
           }
-          asio::async_connect(self->stream_socket_, results,
-                              [self, gen, attempt](const error_code& e, const tcp::endpoint&) {
+          asio::async_connect(conn->socket, results,
+                              [self, gen, attempt, conn](const error_code& e, const tcp::endpoint&) {
                                 if (gen != self->stream_gen_ || !self->running_) {
                                   return;
                                 }
@@ -575,9 +575,10 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
 
   void send_stream_request(std::uint64_t gen, int attempt) {
     const AuthSent sent = prepare_auth(kStreamPath);
-    stream_req_ = make_request(kStreamPath, sent);
-    http::async_write(stream_socket_, stream_req_,
-                      [self = shared_from_this(), gen, attempt, sent](const error_code& ec, std::size_t) {
+    auto conn = stream_;
+    conn->req = make_request(kStreamPath, sent);
+    http::async_write(conn->socket, conn->req,
+                      [self = shared_from_this(), conn, gen, attempt, sent](const error_code& ec, std::size_t) {
                         if (gen != self->stream_gen_ || !self->running_) {
                           return;
                         }
@@ -585,11 +586,11 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
                           self->link_failed("write failed: " + ec.message());
                           return;
                         }
-                        self->stream_parser_.emplace();
-                        self->stream_parser_->body_limit(std::numeric_limits<std::uint64_t>::max());
+                        conn->parser.emplace();
+                        conn->parser->body_limit(std::numeric_limits<std::uint64_t>::max());
                         http::async_read_header(
-                            self->stream_socket_, self->stream_buffer_, *self->stream_parser_,
-                            [self, gen, attempt, sent](const error_code& e, std::size_t) {
+                            conn->socket, conn->buffer, *conn->parser,
+                            [self, conn, gen, attempt, sent](const error_code& e, std::size_t) {
                               self->on_stream_header(e, gen, attempt, sent);
                             });
                       });
@@ -604,7 +605,7 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
       return;
     }
     arm_idle(gen);
-    const auto& res = stream_parser_->get();
+    const auto& res = stream_->parser->get();
     const unsigned status = res.result_int();
     if (status == 403) {
       auth_failed("user locked", 403);
@@ -641,11 +642,12 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
   }
 
   void read_stream_body(std::uint64_t gen) {
-    auto& body = stream_parser_->get().body();
-    body.data = chunk_.data();
-    body.size = chunk_.size();
-    http::async_read_some(stream_socket_, stream_buffer_, *stream_parser_,
-                          [self = shared_from_this(), gen](error_code ec, std::size_t) {
+    auto conn = stream_;
+    auto& body = conn->parser->get().body();
+    body.data = conn->chunk.data();
+    body.size = conn->chunk.size();
+    http::async_read_some(conn->socket, conn->buffer, *conn->parser,
+                          [self = shared_from_this(), conn, gen](error_code ec, std::size_t) {
                             self->on_stream_body(ec, gen);
                           });
   }
@@ -654,7 +656,7 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     if (gen != stream_gen_ || !running_) {
       return;
     }
-    const std::size_t n = chunk_.size() - stream_parser_->get().body().size;
+    const std::size_t n = stream_->chunk.size() - stream_->parser->get().body().size;
     if (ec == http::error::need_buffer) {
       ec = {};
     }
@@ -662,12 +664,15 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
       arm_idle(gen);
       good_connection_ = true;
       parts_.clear();
-      multipart_->feed(std::string_view(chunk_.data(), n), parts_);
+      multipart_->feed(std::string_view(stream_->chunk.data(), n), parts_);
       for (auto& part : parts_) {
         handle_part(part);
       }
       parts_.clear();
       sync_counters();
+      if (gen != stream_gen_ || !running_) {
+        return;  // a part ended this connection (or the adapter)
+      }
     }
     if (ec) {
       link_failed(ec == http::error::end_of_stream || ec == asio::error::eof
@@ -675,7 +680,7 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
                       : "read failed: " + ec.message());
       return;
     }
-    if (stream_parser_->is_done()) {
+    if (stream_->parser->is_done()) {
       link_failed("alert stream ended");
       return;
     }
@@ -712,10 +717,11 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     ++stream_gen_;
     error_code ignored;
     stream_resolver_.cancel();
-    stream_socket_.close(ignored);
+    if (stream_) {
+      stream_->socket.close(ignored);
+      stream_.reset();  // operations still in flight hold their own reference until their handlers run
+    }
     idle_timer_.cancel();
-    stream_buffer_.consume(stream_buffer_.size());
-    stream_parser_.reset();
     if (multipart_) {
       multipart_->reset();  // a part cut by the close counts as truncated
       add_multipart_totals(multipart_->counters());
@@ -1160,12 +1166,21 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
   asio::strand<asio::io_context::executor_type> strand_;
   std::string host_header_;
 
+  // One alert-stream connection: everything an asynchronous operation on it references. Each operation's
+  // handler holds the connection, so closing it (stop, idle timeout, reconnect) while a read is in flight
+  // cannot free the parser or buffer Beast is still parsing into: the stale completion finds a closed,
+  // superseded connection and returns.
+  struct StreamConnection {
+    explicit StreamConnection(const asio::strand<asio::io_context::executor_type>& strand) : socket(strand) {}
+    tcp::socket socket;
+    beast::flat_buffer buffer;
+    http::request<http::empty_body> req;
+    std::optional<http::response_parser<http::buffer_body>> parser;
+    std::array<char, 64 * 1024> chunk{};
+  };
+
   tcp::resolver stream_resolver_;
-  tcp::socket stream_socket_;
-  beast::flat_buffer stream_buffer_;
-  http::request<http::empty_body> stream_req_;
-  std::optional<http::response_parser<http::buffer_body>> stream_parser_;
-  std::array<char, 64 * 1024> chunk_{};
+  std::shared_ptr<StreamConnection> stream_;
   std::uint64_t stream_gen_ = 0;
   bool stream_up_ = false;
   std::optional<MultipartParser> multipart_;

@@ -237,6 +237,7 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
 
   // A connect/open attempt failed or an established link broke: report once, retry with backoff.
   void link_failed(const std::string& reason) {
+    ++link_gen_;  // a read of the old link completing late (its bytes already taken) is dropped, not parsed
     if (connected_) {
       connected_ = false;
       error_code ignored;
@@ -287,8 +288,10 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
   // ---- reading ----
 
   void read() {
-    auto handler = [self = shared_from_this()](const error_code& ec, std::size_t n) {
-      self->on_read(ec, n);
+    auto handler = [self = shared_from_this(), gen = link_gen_](const error_code& ec, std::size_t n) {
+      if (gen == self->link_gen_) {
+        self->on_read(ec, n);
+      }
     };
     if (is_tcp()) {
       socket_.async_read_some(asio::buffer(buffer_), handler);
@@ -361,9 +364,10 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
     }
     if (!writing_) {
       writing_ = true;
-      auto done = [self = shared_from_this()](const error_code& ec, std::size_t) {
+      auto done = [self = shared_from_this(), gen = link_gen_](const error_code& ec, std::size_t) {
         self->writing_ = false;
-        if (ec && ec != asio::error::operation_aborted && self->running_ && self->connected_) {
+        if (ec && ec != asio::error::operation_aborted && self->running_ && self->connected_ &&
+            gen == self->link_gen_) {
           self->link_failed("write failed: " + ec.message());
         }
       };
@@ -450,6 +454,7 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
   asio::steady_timer expiry_timer_;
   asio::steady_timer backpressure_timer_;
   std::array<char, 4096> buffer_{};
+  std::uint64_t link_gen_ = 0;
   std::vector<RadarFrame> frames_;
   std::vector<DeviceEvent> pending_;  // events of the current handler, emitted by flush()
   RadarFrameParser parser_;

@@ -17,6 +17,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <random>
 #include <regex>
 #include <string>
 #include <thread>
@@ -121,12 +122,14 @@ std::map<std::string, std::string> auth_params(const std::string& header) {
 // A camera speaking just enough ISAPI: thread per connection, synchronous Beast.
 class FakeCamera {
  public:
-  enum class Mode { kNormal, kLocked };
+  // kFlood: after the stream body, heartbeats without pause until the adapter hangs up.
+  enum class Mode { kNormal, kLocked, kFlood };
 
   // camera_now: the camera's clock (ms) when it answers a time request; unset: always 11:38:54+08:00.
   explicit FakeCamera(std::string stream_body, Mode mode = Mode::kNormal,
                       std::function<UnixMs()> camera_now = {})
       : stream_body_(std::move(stream_body)),
+        heartbeat_part_(std::string("--boundary\r\nContent-Type: application/xml\r\nContent-Length: 2\r\n\r\nhb\r\n")),
         mode_(mode),
         camera_now_(std::move(camera_now)),
         acceptor_(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)) {
@@ -273,6 +276,13 @@ class FakeCamera {
           const auto piece = std::string_view(stream_body_).substr(at, 1013);
           asio::write(s, http::make_chunk(asio::buffer(piece.data(), piece.size())), ec);
         }
+        const std::string beat = heartbeat_part_;
+        while (mode_ == Mode::kFlood && !ec) {
+          asio::write(s, http::make_chunk(asio::buffer(beat.data(), beat.size())), ec);
+        }
+        if (mode_ == Mode::kFlood) {
+          return;
+        }
         std::unique_lock lock(mutex_);
         cv_.wait(lock, [this] { return stopping_; });
         return;
@@ -287,6 +297,7 @@ class FakeCamera {
   }
 
   std::string stream_body_;
+  std::string heartbeat_part_;
   Mode mode_;
   std::function<UnixMs()> camera_now_;
   asio::io_context io_;
@@ -376,6 +387,15 @@ class CameraAdapterTest : public ::testing::Test {
 
   void start(std::uint16_t port, const std::string& password = kPassword, const WallClock* clock = nullptr,
              int stream_idle_timeout_s = 30) {
+    const CameraConfig c = config(port, password, stream_idle_timeout_s);
+    ctx_.emplace(AdapterContext{io_, sink_, clock != nullptr ? *clock : clock_, &blocking_, media_.get()});
+    adapter_ = make_camera_adapter(c, *ctx_);
+    adapter_->start();
+    io_thread_ = std::thread([this] { io_.run(); });
+  }
+
+  static CameraConfig config(std::uint16_t port, const std::string& password = kPassword,
+                             int stream_idle_timeout_s = 30) {
     CameraConfig c;
     c.id = "cam-1";
     c.url = "http://127.0.0.1:" + std::to_string(port);
@@ -387,10 +407,19 @@ class CameraAdapterTest : public ::testing::Test {
     c.picture_wait_ms = 5000;  // long: the test's dropped picture must be settled by the next alert
     c.stream_idle_timeout_s = stream_idle_timeout_s;
     c.reconnect_initial_ms = 100;
-    ctx_.emplace(AdapterContext{io_, sink_, clock != nullptr ? *clock : clock_, &blocking_, media_.get()});
-    adapter_ = make_camera_adapter(c, *ctx_);
-    adapter_->start();
-    io_thread_ = std::thread([this] { io_.run(); });
+    return c;
+  }
+
+  // Polls `pred` every millisecond for up to 10 s.
+  static bool eventually(const std::function<bool()>& pred) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!pred()) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        return false;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return true;
   }
 
   fs::path dir_;
@@ -554,6 +583,30 @@ TEST_F(CameraAdapterTest, ASilentStreamIsClosedAndReopened) {
   }
   EXPECT_GE(camera.stream_requests(), 2) << adapter_->status().dump();
   EXPECT_GE(adapter_->status()["errors"].value("stream_idle", 0), 1) << adapter_->status().dump();
+}
+
+// Regression: closing the stream (stop, idle timeout, reconnect) used to destroy the HTTP parser and buffer
+// while a read on them was in flight. With data arriving all the time a read's bytes are often already
+// taken when the stop runs; Beast then parsed them into the destroyed parser ("pure virtual method called",
+// found by the fault harness's 500-kill run at one SIGTERM in ~270). Each connection now owns its parser.
+TEST_F(CameraAdapterTest, StoppingWhileTheStreamFloodsInDoesNotTouchAClosedConnection) {
+  FakeCamera camera(heartbeat(), FakeCamera::Mode::kFlood);
+  ctx_.emplace(AdapterContext{io_, sink_, clock_, &blocking_, media_.get()});
+  io_thread_ = std::thread([this] { io_.run(); });
+  std::mt19937 rng(20261127);
+  std::uniform_int_distribution<int> pause_us(0, 3000);
+  constexpr int kCycles = 150;
+  for (int i = 0; i < kCycles; ++i) {
+    auto adapter = make_camera_adapter(config(camera.port()), *ctx_);
+    adapter->start();
+    ASSERT_TRUE(eventually([&] { return adapter->status()["state"] == "connected"; }))
+        << "cycle " << i << ": " << adapter->status().dump();
+    std::this_thread::sleep_for(std::chrono::microseconds(pause_us(rng)));
+    adapter->stop();
+    ASSERT_TRUE(eventually([&] { return adapter->status()["state"] == "stopped"; })) << "cycle " << i;
+  }
+  // Every connection's stale completions have run by now (or run harmlessly later); the camera saw each.
+  EXPECT_GE(camera.stream_requests(), kCycles);
 }
 
 TEST_F(CameraAdapterTest, WrongPasswordIsOneFailedAttemptThenAFault) {
