@@ -1,7 +1,9 @@
-// A full disk, for real: the store and the media on a 48 MiB tmpfs, a camera sending ~2 MB/s of pictures,
-// the disk filled to below the reserve. The daemon keeps running, raises the alarm (a device_status record
-// for "storage" and the status topic), keeps committing evidence records (pictures counted as not stored),
-// never deletes anything, and resumes by itself when space returns. Needs root for the mount.
+// A full disk, for real: the store and the media on a 48 MiB tmpfs, a camera sending ~2 MB/s of pictures and
+// a recorder dock offering a 500 KB file every 0.75 s, the disk filled to below the reserve. The daemon keeps
+// running, raises the alarm (a device_status record for "storage" and the status topic), keeps committing
+// evidence records (pictures counted as not stored), stops acknowledging dock files it cannot store (they
+// wait on the station), never deletes anything, and resumes by itself when space returns: every dock file is
+// then collected once and acknowledged only with its record committed. Needs root for the mount.
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -12,6 +14,8 @@
 #include <cstring>
 
 #include <fstream>
+#include <iostream>
+#include <map>
 #include <set>
 
 #include <gtest/gtest.h>
@@ -65,6 +69,27 @@ TEST_F(DiskFull, MediaStopsAtTheReserveRecordsGoOnTheAlarmIsRaisedAndClearedAndN
   ASSERT_TRUE(camera_line) << camera.stderr_text();
   std::ofstream(dir_ / "cam.secret") << "secret";
   ::chmod((dir_ / "cam.secret").c_str(), 0600);
+  constexpr int kDockFiles = 24;
+  Process dock({binary("tools/sim/checkpoint-sim"), "dock", "--port", "0", "--token", "disk-dock-token",
+                "--ground-truth", (dir_ / "dock-truth.jsonl").string(), "--files", std::to_string(kDockFiles),
+                "--file-kb", "500", "--file-interval-s", "0.75", "--seed", "5"},
+               dir_ / "dock");
+  auto dock_line = dock.wait_for_stdout_line("listening ", 10s);
+  ASSERT_TRUE(dock_line) << dock.stderr_text();
+  std::ofstream(dir_ / "dock.token") << "disk-dock-token\n";
+  ::chmod((dir_ / "dock.token").c_str(), 0600);
+  // uniqueId -> sha256 of every file the station saw acknowledged.
+  const auto acked = [&] {
+    std::map<std::string, std::string> ids;
+    std::ifstream in(dir_ / "dock-truth.jsonl");
+    for (std::string line; std::getline(in, line);) {
+      const auto j = json::parse(line, nullptr, false);
+      if (!j.is_discarded() && j.value("event", "") == "ack" && j.value("outcome", "") == "acked") {
+        ids[j["uniqueId"].get<std::string>()] = j.value("sha256", "");
+      }
+    }
+    return ids;
+  };
   std::ofstream(dir_ / "c.yaml") << "gateway:\n  id: gw\n  site: {name: t, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
                                  << "  key: " << (dir_ / "gateway.key").string() << "\n"
                                  << "store:\n  path: " << (disk_ / "store.db").string() << "\n  reserve_mb: 10\n"
@@ -78,7 +103,11 @@ TEST_F(DiskFull, MediaStopsAtTheReserveRecordsGoOnTheAlarmIsRaisedAndClearedAndN
                                  << "    calibration: {certificate: C, valid_until: 2099-01-01}\n"
                                  << "  - id: cam-1\n    kind: camera\n    url: http://127.0.0.1:" << camera_line->substr(10)
                                  << "\n    username: admin\n    password_file: " << (dir_ / "cam.secret").string()
-                                 << "\n    radar: radar-1\n";
+                                 << "\n    radar: radar-1\n"
+                                 << "  - id: dock-1\n    kind: recorder_dock\n    url: http://127.0.0.1:"
+                                 << dock_line->substr(10) << "\n    token_file: " << (dir_ / "dock.token").string()
+                                 << "\n    poll_interval_ms: 300\n    reconnect_initial_ms: 100\n"
+                                 << "    reconnect_max_ms: 1000\n";
   daemon_ = std::make_unique<Process>(
       std::vector<std::string>{binary("daemon/app/checkpointd"), "--config", (dir_ / "c.yaml").string()},
       dir_ / "checkpointd");
@@ -110,6 +139,17 @@ TEST_F(DiskFull, MediaStopsAtTheReserveRecordsGoOnTheAlarmIsRaisedAndClearedAndN
       filler.flush();
     }
   }
+  // The store's own files (the records may use the reserve: that is what it is for).
+  const auto store_bytes = [&] {
+    std::int64_t n = 0;
+    for (const char* name : {"store.db", "store.db-wal", "store.db-shm"}) {
+      std::error_code ec;
+      const auto size = fs::file_size(disk_ / name, ec);
+      n += ec ? 0 : static_cast<std::int64_t>(size);
+    }
+    return n;
+  };
+  const std::int64_t store_at_fill = store_bytes();
   ASSERT_TRUE(collector.wait_until([&] { return !storage_status("warning").is_null(); }, 30s))
       << daemon_->stderr_text();
   const json alarm = storage_status("warning");
@@ -141,12 +181,51 @@ TEST_F(DiskFull, MediaStopsAtTheReserveRecordsGoOnTheAlarmIsRaisedAndClearedAndN
       5s));
   EXPECT_TRUE(daemon_->running());
 
+  // The dock's downloads stop at the reserve: a warning names the disk, and no file is acknowledged while
+  // the disk stays full (a download past its last chunk when the disk filled may still finish: hence the
+  // settle time before the count is taken).
+  const auto dock_warning = [&] {
+    for (const auto& r : evidence({"device_status"})) {
+      if (r["device"] == "dock-1" && r["state"] == "warning" &&
+          r["text"].get<std::string>().find("cannot store downloads") != std::string::npos) {
+        return r;
+      }
+    }
+    return json();
+  };
+  ASSERT_TRUE(collector.wait_until([&] { return !dock_warning().is_null(); }, 30s)) << daemon_->stderr_text();
+  pause(2s);
+  const auto acked_while_full = acked();
+  pause(4s);
+  EXPECT_EQ(acked(), acked_while_full) << "a dock file was acknowledged while the disk was full";
+  EXPECT_LT(acked_while_full.size(), static_cast<std::size_t>(kDockFiles)) << "the test needs files left to wait";
+  // Media stopped at the reserve: what is free, plus what the store grew by since, is the 10 MiB reserve
+  // less at most one chunk or picture per blocking thread (each checks the space, then writes).
+  EXPECT_GE(static_cast<std::int64_t>(free_bytes()) + (store_bytes() - store_at_fill), (10 << 20) - (1 << 20))
+      << "media went into the reserve: " << free_bytes() << " bytes free, store grew by "
+      << store_bytes() - store_at_fill;
+  std::cout << "[ disk ] while full: " << free_bytes() << " bytes free, store grew by " << store_bytes() - store_at_fill
+            << " bytes, " << acked_while_full.size() << " of " << kDockFiles << " dock files acknowledged\n";
+
   // Space returns: the alarm clears by itself and pictures are stored again.
   fs::remove(disk_ / "filler");
   ASSERT_TRUE(collector.wait_until([&] { return !storage_status("ok").is_null(); }, 30s)) << daemon_->stderr_text();
   const std::uint64_t ok_seq = storage_status("ok")["seq"].get<std::uint64_t>();
   ASSERT_TRUE(collector.wait_until([&] { return reads_after(ok_seq, false) >= 3; }, 30s)) << daemon_->stderr_text();
+  // The camera stops here: its ~2 MB/s of pictures would fill the disk again before the dock caught up.
   camera.signal(SIGTERM);
+  // Every dock file is collected once, and acknowledged with the SHA-256 its committed record carries.
+  ASSERT_TRUE(collector.wait_until([&] { return acked().size() == static_cast<std::size_t>(kDockFiles); }, 60s))
+      << daemon_->stderr_text();
+  ASSERT_TRUE(collector.wait_until([&] { return evidence({"recording"}).size() >= kDockFiles; }, 30s))
+      << daemon_->stderr_text();
+  std::map<std::string, std::string> recorded;
+  for (const auto& r : evidence({"recording"})) {
+    EXPECT_TRUE(recorded.emplace(r["unique_id"].get<std::string>(), r["sha256"].get<std::string>()).second)
+        << "recorded twice: " << r["unique_id"];
+  }
+  EXPECT_EQ(recorded, acked());
+  dock.signal(SIGTERM);
   pause(1s);
   daemon_->signal(SIGTERM);
   ASSERT_EQ(daemon_->wait(30s), 0) << daemon_->stderr_text();
