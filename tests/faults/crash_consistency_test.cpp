@@ -231,12 +231,8 @@ class CrashConsistency : public ::testing::Test {
   // uniqueIds the second station saw acknowledged.
   std::set<std::string> acked() const {
     std::set<std::string> ids;
-    std::ifstream in(dir_ / "dock-truth.jsonl");
-    for (std::string line; std::getline(in, line);) {
-      const auto j = json::parse(line, nullptr, false);
-      if (!j.is_discarded() && j.value("event", "") == "ack" && j.value("outcome", "") == "acked") {
-        ids.insert(j["uniqueId"].get<std::string>());
-      }
+    for (const auto& [id, sha256] : dock_acks(dir_ / "dock-truth.jsonl")) {
+      ids.insert(id);
     }
     return ids;
   }

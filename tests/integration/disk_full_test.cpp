@@ -78,18 +78,7 @@ TEST_F(DiskFull, MediaStopsAtTheReserveRecordsGoOnTheAlarmIsRaisedAndClearedAndN
   ASSERT_TRUE(dock_line) << dock.stderr_text();
   std::ofstream(dir_ / "dock.token") << "disk-dock-token\n";
   ::chmod((dir_ / "dock.token").c_str(), 0600);
-  // uniqueId -> sha256 of every file the station saw acknowledged.
-  const auto acked = [&] {
-    std::map<std::string, std::string> ids;
-    std::ifstream in(dir_ / "dock-truth.jsonl");
-    for (std::string line; std::getline(in, line);) {
-      const auto j = json::parse(line, nullptr, false);
-      if (!j.is_discarded() && j.value("event", "") == "ack" && j.value("outcome", "") == "acked") {
-        ids[j["uniqueId"].get<std::string>()] = j.value("sha256", "");
-      }
-    }
-    return ids;
-  };
+  const auto acked = [&] { return dock_acks(dir_ / "dock-truth.jsonl"); };
   std::ofstream(dir_ / "c.yaml") << "gateway:\n  id: gw\n  site: {name: t, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
                                  << "  key: " << (dir_ / "gateway.key").string() << "\n"
                                  << "store:\n  path: " << (disk_ / "store.db").string() << "\n  reserve_mb: 10\n"

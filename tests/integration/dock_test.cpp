@@ -113,10 +113,8 @@ class DockIntegration : public ::testing::Test {
 
   static std::set<std::string> acked(const Dock& d) {
     std::set<std::string> ids;
-    for (const auto& a : truth(d, "ack")) {
-      if (a["outcome"] == "acked") {
-        ids.insert(a["uniqueId"].get<std::string>());
-      }
+    for (const auto& [id, sha256] : dock_acks(d.truth)) {
+      ids.insert(id);
     }
     return ids;
   }

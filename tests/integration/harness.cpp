@@ -418,6 +418,18 @@ std::vector<nlohmann::json> records_of(const MqttCollector& collector, const std
   return out;
 }
 
+std::map<std::string, std::string> dock_acks(const fs::path& truth_file) {
+  std::map<std::string, std::string> acks;
+  std::ifstream in(truth_file);
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.value("event", "") == "ack" && j.value("outcome", "") == "acked") {
+      acks[j["uniqueId"].get<std::string>()] = j.value("sha256", "");
+    }
+  }
+  return acks;
+}
+
 long peak_rss_kb(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
   for (std::string line; std::getline(in, line);) {

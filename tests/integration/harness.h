@@ -170,6 +170,10 @@ nlohmann::json record_body(const std::string& jws);
 std::vector<nlohmann::json> records_of(const MqttCollector& collector, const std::string& topic,
                                        const std::vector<std::string>& types);
 
+// From a `checkpoint-sim dock --ground-truth` file: uniqueId -> SHA-256 of every file the station saw
+// acknowledged (outcome "acked").
+std::map<std::string, std::string> dock_acks(const fs::path& truth_file);
+
 // Peak resident set size of a running process (VmHWM), kB; -1 if unreadable.
 long peak_rss_kb(pid_t pid);
 // Resident set now (VmRSS) in kB; -1 if unreadable.

@@ -122,14 +122,13 @@ std::map<std::string, std::string> auth_params(const std::string& header) {
 // A camera speaking just enough ISAPI: thread per connection, synchronous Beast.
 class FakeCamera {
  public:
-  // kFlood: after the stream body, heartbeats without pause until the adapter hangs up.
+  // kFlood: the stream body over and over, without pause, until the adapter hangs up.
   enum class Mode { kNormal, kLocked, kFlood };
 
   // camera_now: the camera's clock (ms) when it answers a time request; unset: always 11:38:54+08:00.
   explicit FakeCamera(std::string stream_body, Mode mode = Mode::kNormal,
                       std::function<UnixMs()> camera_now = {})
       : stream_body_(std::move(stream_body)),
-        heartbeat_part_(std::string("--boundary\r\nContent-Type: application/xml\r\nContent-Length: 2\r\n\r\nhb\r\n")),
         mode_(mode),
         camera_now_(std::move(camera_now)),
         acceptor_(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)) {
@@ -272,14 +271,12 @@ class FakeCamera {
         http::response_serializer<http::empty_body> sr{res};
         http::write_header(s, sr, ec);
         // Odd chunk sizes so parts are cut at awkward places.
-        for (std::size_t at = 0; at < stream_body_.size() && !ec; at += 1013) {
-          const auto piece = std::string_view(stream_body_).substr(at, 1013);
-          asio::write(s, http::make_chunk(asio::buffer(piece.data(), piece.size())), ec);
-        }
-        const std::string beat = heartbeat_part_;
-        while (mode_ == Mode::kFlood && !ec) {
-          asio::write(s, http::make_chunk(asio::buffer(beat.data(), beat.size())), ec);
-        }
+        do {
+          for (std::size_t at = 0; at < stream_body_.size() && !ec; at += 1013) {
+            const auto piece = std::string_view(stream_body_).substr(at, 1013);
+            asio::write(s, http::make_chunk(asio::buffer(piece.data(), piece.size())), ec);
+          }
+        } while (mode_ == Mode::kFlood && !ec);
         if (mode_ == Mode::kFlood) {
           return;
         }
@@ -297,7 +294,6 @@ class FakeCamera {
   }
 
   std::string stream_body_;
-  std::string heartbeat_part_;
   Mode mode_;
   std::function<UnixMs()> camera_now_;
   asio::io_context io_;
