@@ -17,16 +17,18 @@
 #include <memory>
 #include <regex>
 #include <sstream>
+#include <tuple>
 
+#include "daemon/config/mqtt_config.h"
 #include "daemon/config/schema.h"
 #include "daemon/config/yaml_guard.h"
+#include "daemon/core/ed25519.h"
 #include "daemon/core/encoding.h"
 
 namespace cpd::config {
 
 namespace {
 
-constexpr std::size_t kMaxFileBytes = 1024 * 1024;  // a config is a few KiB; anything larger is a mistake
 
 constexpr std::string_view kGatewayIdPattern = "[a-z0-9][a-z0-9-]{0,62}";
 constexpr std::string_view kGatewayIdAllowed =
@@ -35,13 +37,6 @@ constexpr std::string_view kGatewayIdAllowed =
 constexpr std::string_view kDeviceIdPattern = "[a-z0-9][a-z0-9_-]{0,62}";
 constexpr std::string_view kDeviceIdAllowed =
     "1 to 63 lower-case letters, digits, '_' or '-', starting with a letter or digit";
-constexpr std::string_view kClientIdPattern = "[A-Za-z0-9][A-Za-z0-9_.-]{0,63}";
-constexpr std::string_view kClientIdAllowed =
-    "1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit";
-constexpr std::string_view kTopicPrefixPattern = "[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*";
-constexpr std::string_view kTopicPrefixAllowed =
-    "topic levels of letters, digits, '_', '.' or '-' separated by single '/' (no '+', '#', no leading or "
-    "trailing '/')";
 constexpr std::string_view kPrintablePattern = "[!-~]([ -~]{0,126}[!-~])?";
 constexpr std::string_view kPrintableAllowed =
     "1 to 128 printable ASCII characters, no leading/trailing space";
@@ -78,11 +73,12 @@ Site parse_site(Section site) {
   return out;
 }
 
-GatewaySection parse_gateway(Section gateway) {
+GatewaySection parse_gateway(Section gateway, Config& config) {
   GatewaySection out;
   out.id = gateway.required<std::string>("id", {.pattern = kGatewayIdPattern, .allowed = kGatewayIdAllowed});
   out.site = parse_site(gateway.section("site"));
   out.key_path = gateway.required<std::string>("key", {.pattern = kPathPattern, .allowed = kPathAllowed});
+  std::tie(config.key_line, config.key_column) = gateway.position("key");
   gateway.finish();
   return out;
 }
@@ -102,130 +98,8 @@ StoreSection parse_store(Section store) {
   out.important_retention_days = store.optional<int>("important_retention_days", out.important_retention_days,
                                                      {.min = 180, .max = 3650});
   out.reserve_mb = store.optional<int>("reserve_mb", out.reserve_mb, {.min = 1, .max = 1024 * 1024});
+  out.retention_days = store.optional<int>("retention_days", out.retention_days, {.min = 0, .max = 36500});
   store.finish();
-  return out;
-}
-
-// Paho takes tcp:// and ssl://; mqtt:// and mqtts:// are accepted as the names people also use.
-std::string parse_broker_uri(Section& mqtt) {
-  const std::string uri =
-      mqtt.required<std::string>("uri", {.allowed = "the broker as tcp://host:port or ssl://host:port"});
-  static const std::regex kUri(
-      "(tcp|ssl|mqtt|mqtts)://(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,252})):([0-9]{1,5})");
-  std::smatch m;
-  if (std::regex_match(uri, m, kUri)) {
-    const int port = std::stoi(m[4].str());
-    if (port >= 1 && port <= 65535) {
-      const std::string scheme = m[1].str();
-      const bool tls = scheme == "ssl" || scheme == "mqtts";
-      return (tls ? "ssl://" : "tcp://") + m[2].str() + ":" + std::to_string(port);
-    }
-  }
-  mqtt.fail("uri",
-            "must be tcp://host:port or ssl://host:port (mqtt:// and mqtts:// are aliases; port 1 to 65535), "
-            "got '" +
-                uri + "'");
-}
-
-// PEM files are checked for what they should hold, so a swapped cert/key pair fails at load.
-std::string read_pem_file(Section& section, std::string_view key, const char* what, std::string_view marker,
-                          bool private_file) {
-  const std::string path =
-      resolve_path(section, section.required<std::string>(key, {.pattern = kPathPattern, .allowed = kPathAllowed}));
-  const std::string pem = read_named_file(section, key, path, what, private_file);
-  if (pem.find(marker) == std::string::npos) {
-    section.fail(key, std::string(what) + " '" + path + "' holds no PEM '" + std::string(marker) + "' block");
-  }
-  return path;
-}
-
-MqttTls parse_mqtt_tls(Section& mqtt, bool enabled) {
-  MqttTls out;
-  out.enabled = enabled;
-  auto section = mqtt.optional_section("tls");
-  if (!enabled) {
-    if (section) {
-      // A tls section with a plaintext uri would look secure and not be: refuse rather than ignore it.
-      mqtt.fail("tls", "is only allowed with an ssl:// (or mqtts://) uri; uri is '" + mqtt.raw("uri") +
-                           "' (plaintext): use ssl://host:port or remove the tls section");
-    }
-    return out;
-  }
-  if (!section) {
-    mqtt.fail("tls", "is required with an ssl:// uri: give at least tls.ca_file (the CA that signed the "
-                     "broker's certificate)");
-  }
-  Section& tls = *section;
-  out.ca_file = read_pem_file(tls, "ca_file", "CA file", "-----BEGIN CERTIFICATE-----", false);
-  const bool has_cert = tls.has("cert_file");
-  const bool has_key = tls.has("key_file");
-  if (has_cert != has_key) {
-    tls.fail(has_cert ? "cert_file" : "key_file",
-             "cert_file and key_file go together (mutual TLS): give both or neither");
-  }
-  if (has_cert) {
-    out.cert_file = read_pem_file(tls, "cert_file", "client certificate file", "-----BEGIN CERTIFICATE-----", false);
-    out.key_file = read_pem_file(tls, "key_file", "client key file", "PRIVATE KEY-----", true);
-  }
-  out.verify_hostname = tls.optional<bool>("verify_hostname", out.verify_hostname);
-  tls.finish();
-  return out;
-}
-
-void parse_mqtt_credentials(Section& mqtt, MqttSection& out) {
-  out.username = mqtt.optional<std::string>(
-      "username", "", {.pattern = "[^\\s\\x00-\\x1f]{1,128}", .allowed = "1 to 128 characters without spaces"});
-  if (!mqtt.has("password_file")) {
-    return;
-  }
-  const std::string written = mqtt.required<std::string>(
-      "password_file", {.pattern = kPathPattern, .allowed = "the path of a file (mode 0600 or stricter)"});
-  if (out.username.empty()) {
-    mqtt.fail("password_file", "needs mqtt.username (MQTT sends a password only with a user name)");
-  }
-  out.password_file = resolve_path(mqtt, written);
-  std::string password = read_named_file(mqtt, "password_file", out.password_file, "password file", true);
-  // One trailing line end is how editors and `echo` leave the file; it is not part of the secret.
-  while (!password.empty() && (password.back() == '\n' || password.back() == '\r')) {
-    password.pop_back();
-  }
-  if (password.empty()) {
-    mqtt.fail("password_file", "password file '" + out.password_file + "' is empty");
-  }
-  if (password.find_first_of("\r\n") != std::string::npos) {
-    mqtt.fail("password_file", "password file '" + out.password_file + "' must hold the password on one line");
-  }
-  out.password = std::move(password);
-}
-
-MqttSection parse_mqtt(Section mqtt, const std::string& gateway_id) {
-  MqttSection out;
-  out.uri = parse_broker_uri(mqtt);
-  out.tls = parse_mqtt_tls(mqtt, out.uri.rfind("ssl://", 0) == 0);
-  parse_mqtt_credentials(mqtt, out);
-  out.client_id = mqtt.optional<std::string>("client_id", gateway_id,
-                                             {.pattern = kClientIdPattern, .allowed = kClientIdAllowed});
-  out.topic_prefix = mqtt.optional<std::string>(
-      "topic_prefix", out.topic_prefix, {.pattern = kTopicPrefixPattern, .allowed = kTopicPrefixAllowed});
-  if (out.topic_prefix.size() > 128) {
-    mqtt.fail("topic_prefix",
-              "must be at most 128 characters, got " + std::to_string(out.topic_prefix.size()));
-  }
-  out.keepalive_s = mqtt.optional<int>("keepalive_s", out.keepalive_s, {.min = 5, .max = 65535});
-  out.session_expiry_s = mqtt.optional<int>("session_expiry_s", out.session_expiry_s, {.min = 0});
-  out.max_inflight = mqtt.optional<int>("max_inflight", out.max_inflight, {.min = 1, .max = 65535});
-  out.connect_timeout_s =
-      mqtt.optional<int>("connect_timeout_s", out.connect_timeout_s, {.min = 1, .max = 300});
-  out.reconnect_min_ms =
-      mqtt.optional<int>("reconnect_min_ms", out.reconnect_min_ms, {.min = 10, .max = 3600000});
-  out.reconnect_max_ms =
-      mqtt.optional<int>("reconnect_max_ms", out.reconnect_max_ms, {.min = 10, .max = 3600000});
-  if (out.reconnect_max_ms < out.reconnect_min_ms) {
-    mqtt.fail("reconnect_max_ms", "must be at least reconnect_min_ms (" +
-                                      std::to_string(out.reconnect_min_ms) + "), got " +
-                                      std::to_string(out.reconnect_max_ms));
-  }
-  mqtt.finish();
   return out;
 }
 
@@ -341,6 +215,8 @@ ValiditySection parse_validity(Section& root) {
   out.clock_sync = v.optional<std::string>("clock_sync", out.clock_sync, {.one_of = {"kernel", "assume"}});
   out.min_pictures_speeding =
       v.optional<int>("min_pictures_speeding", out.min_pictures_speeding, {.min = 0, .max = 10});
+  out.max_device_time_skew_s =
+      v.optional<int>("max_device_time_skew_s", out.max_device_time_skew_s, {.min = 1, .max = 86400});
   return out;
 }
 
@@ -385,6 +261,39 @@ ControlSection parse_control(Section& root, const StoreSection& store) {
   return out;
 }
 
+CustodySection parse_custody(Section& root) {
+  CustodySection out;
+  auto section = root.optional_section("custody");
+  if (!section) {
+    return out;
+  }
+  Section& c = *section;
+  for (Section key : c.sections("central_keys", 1)) {
+    const std::string path =
+        resolve_path(key, key.required<std::string>("pem", {.pattern = kPathPattern, .allowed = kPathAllowed}));
+    std::string pem = read_named_file(key, "pem", path, "central public key", false);
+    if (pem.find("-----BEGIN PUBLIC KEY-----") == std::string::npos) {
+      key.fail("pem", "central public key '" + path + "' holds no PEM 'PUBLIC KEY' block");
+    }
+    try {
+      (void)Ed25519PublicKey::from_pem(pem);
+    } catch (const KeyError& e) {
+      key.fail("pem", "central public key '" + path + "' is not an Ed25519 public key: " + e.what());
+    }
+    key.finish();
+    out.central_key_paths.push_back(path);
+    out.central_keys_pem.push_back(std::move(pem));
+  }
+  out.enabled = true;
+  out.head_interval_ms = c.optional<int>("head_interval_ms", out.head_interval_ms, {.min = 100, .max = 3600000});
+  out.resend_records_per_s =
+      c.optional<int>("resend_records_per_s", out.resend_records_per_s, {.min = 1, .max = 1000000});
+  out.resend_max_queued = c.optional<int>("resend_max_queued", out.resend_max_queued, {.min = 1, .max = 1000});
+  out.retention_check_ms =
+      c.optional<int>("retention_check_ms", out.retention_check_ms, {.min = 100, .max = 86400000});
+  return out;
+}
+
 Config parse_document(const YAML::Node& document, const std::string& name) {
   auto context = std::make_shared<LoadContext>();
   context->file = name;
@@ -392,16 +301,17 @@ Config parse_document(const YAML::Node& document, const std::string& name) {
   Config config;
   config.source = name;
   // The gateway comes first whatever the file's order: device sections need the site's UTC offset.
-  config.gateway = parse_gateway(root.section("gateway"));
+  config.gateway = parse_gateway(root.section("gateway"), config);
   context->utc_offset_min = config.gateway.site.utc_offset_min;
   config.store = parse_store(root.section("store"));
-  config.mqtt = parse_mqtt(root.section("mqtt"), config.gateway.id);
+  config.mqtt = parse_mqtt_section(root.section("mqtt"), config.gateway.id);
   config.devices = parse_devices(root);
   config.correlation = parse_correlation(root, document);
   config.validity = parse_validity(root);
   config.links = parse_links(root);
   config.metrics = parse_metrics(root);
   config.control = parse_control(root, config.store);
+  config.custody = parse_custody(root);
   root.finish();
   return config;
 }
@@ -409,54 +319,20 @@ Config parse_document(const YAML::Node& document, const std::string& name) {
 }  // namespace
 
 Config parse_config(std::string_view yaml_text, const std::string& name) {
-  check_yaml(yaml_text, name);  // malformed or oversized text never reaches yaml-cpp (see yaml_guard.h)
-  std::vector<YAML::Node> documents;
-  try {
-    documents = YAML::LoadAll(std::string(yaml_text));
-  } catch (const YAML::Exception& e) {
-    if (e.mark.is_null()) {
-      throw ConfigError(name, 0, 0, "", "invalid YAML: " + e.msg);
-    }
-    throw ConfigError(name, e.mark.line + 1, e.mark.column + 1, "", "invalid YAML: " + e.msg);
-  }
-  if (documents.size() > 1) {
-    const YAML::Mark mark = documents[1].Mark();
-    throw ConfigError(name, mark.line < 0 ? 0 : mark.line + 1, mark.column < 0 ? 0 : mark.column + 1, "",
-                      "expected one YAML document, found " + std::to_string(documents.size()));
-  }
-  Config config = parse_document(documents.empty() ? YAML::Node() : documents.front(), name);
+  Config config = parse_document(load_yaml_document(yaml_text, name), name);
   config.sha256 = sha256_hex(yaml_text);
   return config;
 }
 
-Config load_config(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    throw ConfigError(path, 0, 0, "", std::string("cannot open: ") + std::strerror(errno));
+Ed25519PrivateKey load_signing_key(const Config& config) {
+  try {
+    return Ed25519PrivateKey::load_pem_file(config.gateway.key_path);
+  } catch (const KeyError& e) {
+    throw ConfigError(config.source, config.key_line, config.key_column, "gateway.key",
+                      std::string(e.what()) + " (checkpointd refuses to start without its signing key)");
   }
-  std::string bytes;
-  std::array<char, 8192> buffer{};
-  for (;;) {
-    const ssize_t n = ::read(fd, buffer.data(), buffer.size());
-    if (n < 0 && errno == EINTR) {
-      continue;
-    }
-    if (n < 0) {
-      const int error = errno;
-      ::close(fd);
-      throw ConfigError(path, 0, 0, "", std::string("cannot read: ") + std::strerror(error));
-    }
-    if (n == 0) {
-      break;
-    }
-    bytes.append(buffer.data(), static_cast<std::size_t>(n));
-    if (bytes.size() > kMaxFileBytes) {
-      ::close(fd);
-      throw ConfigError(path, 0, 0, "", "file is larger than " + std::to_string(kMaxFileBytes) + " bytes");
-    }
-  }
-  ::close(fd);
-  return parse_config(bytes, path);
 }
+
+Config load_config(const std::string& path) { return parse_config(read_config_file(path), path); }
 
 }  // namespace cpd::config

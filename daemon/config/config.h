@@ -6,6 +6,8 @@
 #include <vector>
 
 #include "adapters/registry.h"
+#include "daemon/core/ed25519.h"
+#include "daemon/config/mqtt_config.h"
 
 namespace cpd::config {
 
@@ -38,38 +40,11 @@ struct StoreSection {
   // Free space kept for evidence records: below it no new picture or recording is stored (they are counted
   // and reported), so records can still be committed when media fills the disk.
   int reserve_mb = 256;
+  // Records (and the pictures only they name) that central holds (custody receipt) and that are older than
+  // this are deleted; nothing outside custody is ever deleted (docs/custody.md, "Retention").
+  int retention_days = 30;
 
   bool operator==(const StoreSection&) const = default;
-};
-
-// TLS to the broker: on exactly when the uri is ssl:// (mqtts://). Paths are resolved against the config
-// file's directory and were readable at load.
-struct MqttTls {
-  bool enabled = false;
-  std::string ca_file;         // trust store (PEM): the CA(s) the broker's certificate must chain to
-  std::string cert_file;       // client certificate for mutual TLS; empty = none (then key_file is empty too)
-  std::string key_file;        // its private key, mode 0600 or stricter
-  bool verify_hostname = true; // the certificate must name the uri's host (DNS or IP SAN)
-
-  bool operator==(const MqttTls&) const = default;
-};
-
-struct MqttSection {
-  std::string uri;             // tcp://host:port or ssl://host:port (mqtt:// and mqtts:// normalised)
-  MqttTls tls;
-  std::string username;        // empty = none
-  std::string password_file;   // as resolved; empty = none
-  std::string password;        // read from password_file at load: never log it
-  std::string client_id;
-  std::string topic_prefix = "checkpoint";
-  int keepalive_s = 30;
-  int session_expiry_s = 7 * 24 * 3600;
-  int max_inflight = 64;       // publishes awaiting PUBACK at once
-  int connect_timeout_s = 10;
-  int reconnect_min_ms = 500;
-  int reconnect_max_ms = 30000;
-
-  bool operator==(const MqttSection&) const = default;
 };
 
 // Speed limit per lane, optionally per vehicle class (camera vehicleType).
@@ -93,6 +68,9 @@ struct ValiditySection {
   int max_camera_clock_offset_ms = 1000;
   std::string clock_sync = "kernel";  // kernel: adjtimex; assume: for demos and tests, said in every record
   int min_pictures_speeding = 2;
+  // A device time (corrected) further than this from the gateway's time of receipt fails the device_time
+  // check (e.g. an alert dated 1970 or 9999).
+  int max_device_time_skew_s = 300;
 
   bool operator==(const ValiditySection&) const = default;
 };
@@ -115,6 +93,20 @@ struct MetricsSection {
 };
 
 // The local control socket checkpointctl status/tail talk to (unix socket, mode 0660).
+// Custody (docs/custody.md): receipts from checkpoint-central, resend requests, head announcements.
+// Off (no receipts accepted, nothing pruned) unless central_keys are given.
+struct CustodySection {
+  bool enabled = false;
+  std::vector<std::string> central_key_paths;  // as resolved
+  std::vector<std::string> central_keys_pem;   // read at load: Ed25519 public keys that sign receipts
+  int head_interval_ms = 5000;                 // the retained head announcement is refreshed this often
+  int resend_records_per_s = 1000;             // records published again per second at most (media included)
+  int resend_max_queued = 16;                  // requests waiting; beyond: answered "busy" at once
+  int retention_check_ms = 60000;              // how often records in custody are pruned
+
+  bool operator==(const CustodySection&) const = default;
+};
+
 struct ControlSection {
   std::string socket;              // default: control.sock beside the store file
 
@@ -138,13 +130,23 @@ struct Config {
   LinksSection links;
   MetricsSection metrics;
   ControlSection control;
+  CustodySection custody;
   std::string source;          // file path (or name given for text)
   std::string sha256;          // lower-case hex SHA-256 of the file's bytes
+  int key_line = 0;            // where gateway.key's value is written (1-based), for load_signing_key
+  int key_column = 0;
 };
 
 // Loads and checks a config file. Throws ConfigError naming file:line:column, the key and what is allowed.
 Config load_config(const std::string& path);
 // The same for text in memory; `name` stands for the file in messages.
 Config parse_config(std::string_view yaml_text, const std::string& name);
+
+// The gateway's signing key, loaded the one way the daemon loads it (Ed25519PrivateKey::load_pem_file):
+// a readable regular file (not a directory or a device such as /dev/zero), mode 0600 or stricter, at most
+// 64 KiB, holding an unencrypted PEM Ed25519 private key. The daemon's start and check-config both call it,
+// so check-config passes exactly the keys the daemon accepts. Throws ConfigError at gateway.key's place.
+// Not part of load_config: a config is also parsed where its key is not at hand (tests, reload plans).
+Ed25519PrivateKey load_signing_key(const Config& config);
 
 }  // namespace cpd::config

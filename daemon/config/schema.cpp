@@ -2,7 +2,11 @@
 // detection, and messages that carry file:line:column. yaml-cpp gives us marks; the checking is ours.
 #include "daemon/config/schema.h"
 
+#include "daemon/config/yaml_guard.h"
+
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -353,14 +357,23 @@ std::string Section::place() const {
 }
 
 std::string Section::place(std::string_view key) const {
+  return place_of(state_->context->file, mark_of(key));
+}
+
+std::pair<int, int> Section::position(std::string_view key) const {
+  const YAML::Mark mark = mark_of(key);
+  return mark.line < 0 ? std::pair{0, 0} : std::pair{mark.line + 1, mark.column + 1};
+}
+
+YAML::Mark Section::mark_of(std::string_view key) const {
   for (const auto& entry : state_->node) {
     if (entry.first.Scalar() == key) {
       // A null value's mark points past the key (often the next line): use the key's own place.
       const YAML::Node& at = entry.second.IsNull() ? entry.first : entry.second;
-      return place_of(state_->context->file, at.Mark());
+      return at.Mark();
     }
   }
-  return place();
+  return state_->node.Mark();
 }
 
 const LoadContext& Section::context() const {
@@ -643,6 +656,57 @@ std::string read_named_file(Section& section, std::string_view key, const std::s
   std::ostringstream text;
   text << in.rdbuf();
   return std::move(text).str();
+}
+
+
+YAML::Node load_yaml_document(std::string_view yaml_text, const std::string& name) {
+  check_yaml(yaml_text, name);  // malformed or oversized text never reaches yaml-cpp (see yaml_guard.h)
+  std::vector<YAML::Node> documents;
+  try {
+    documents = YAML::LoadAll(std::string(yaml_text));
+  } catch (const YAML::Exception& e) {
+    if (e.mark.is_null()) {
+      throw ConfigError(name, 0, 0, "", "invalid YAML: " + e.msg);
+    }
+    throw ConfigError(name, e.mark.line + 1, e.mark.column + 1, "", "invalid YAML: " + e.msg);
+  }
+  if (documents.size() > 1) {
+    const YAML::Mark mark = documents[1].Mark();
+    throw ConfigError(name, mark.line < 0 ? 0 : mark.line + 1, mark.column < 0 ? 0 : mark.column + 1, "",
+                      "expected one YAML document, found " + std::to_string(documents.size()));
+  }
+  return documents.empty() ? YAML::Node() : documents.front();
+}
+
+std::string read_config_file(const std::string& path) {
+  constexpr std::size_t kMaxConfigBytes = 1024 * 1024;  // a config is a few KiB; anything larger is a mistake
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    throw ConfigError(path, 0, 0, "", std::string("cannot open: ") + std::strerror(errno));
+  }
+  std::string bytes;
+  std::array<char, 8192> buffer{};
+  for (;;) {
+    const ssize_t n = ::read(fd, buffer.data(), buffer.size());
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n < 0) {
+      const int error = errno;
+      ::close(fd);
+      throw ConfigError(path, 0, 0, "", std::string("cannot read: ") + std::strerror(error));
+    }
+    if (n == 0) {
+      break;
+    }
+    bytes.append(buffer.data(), static_cast<std::size_t>(n));
+    if (bytes.size() > kMaxConfigBytes) {
+      ::close(fd);
+      throw ConfigError(path, 0, 0, "", "file is larger than " + std::to_string(kMaxConfigBytes) + " bytes");
+    }
+  }
+  ::close(fd);
+  return bytes;
 }
 
 }  // namespace cpd::config

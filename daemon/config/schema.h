@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace cpd::config {
@@ -68,6 +69,8 @@ class Section {
   std::string key_path(std::string_view key) const;  // path() + "." + key, or key at the root
   std::string place() const;                         // "file:line:column" of this mapping
   std::string place(std::string_view key) const;     // of the key's value; of this mapping when absent
+  // 1-based line and column of what place(key) names, for errors found after the load (the signing key).
+  std::pair<int, int> position(std::string_view key) const;
   const LoadContext& context() const;
 
   bool has(std::string_view key);
@@ -96,6 +99,7 @@ class Section {
   explicit Section(std::shared_ptr<State> state);
   Section child(const YAML::Node& node, std::string path);
   YAML::Node value_of(std::string_view key);  // registers the key as known; null Node if absent
+  YAML::Mark mark_of(std::string_view key) const;  // of the key's value; of this mapping when absent
   [[noreturn]] void fail_missing(std::string_view key, std::string_view allowed) const;
   [[noreturn]] void fail_at(const YAML::Mark& mark, const std::string& key, const std::string& detail) const;
 
@@ -129,5 +133,11 @@ std::string resolve_path(const Section& section, const std::string& path);
 // other access (0600 or stricter). `what` names the file in messages; the contents are never quoted.
 std::string read_named_file(Section& section, std::string_view key, const std::string& path, const char* what,
                             bool private_file);
+
+// The one YAML document of a config text, checked first by the libyaml guard (yaml_guard.h): malformed
+// YAML, more than one document, or nesting/aliases beyond the bounds are ConfigErrors with their place.
+YAML::Node load_yaml_document(std::string_view yaml_text, const std::string& name);
+// A config file's bytes (at most 1 MiB); ConfigError naming the file when it cannot be read.
+std::string read_config_file(const std::string& path);
 
 }  // namespace cpd::config

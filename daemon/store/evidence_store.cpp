@@ -75,6 +75,17 @@ constexpr Migration kMigrations[] = {
       );
       CREATE INDEX dock_files_open ON dock_files(device_id, state);
     )sql"},
+    {4, R"sql(
+      CREATE TABLE custody (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        through_seq INTEGER NOT NULL,
+        head        TEXT    NOT NULL,
+        central     TEXT    NOT NULL,
+        kid         TEXT    NOT NULL,
+        receipt     TEXT    NOT NULL,
+        received_ms INTEGER NOT NULL
+      );
+    )sql"},
 };
 
 static_assert(std::size(kMigrations) == static_cast<std::size_t>(EvidenceStore::kSchemaVersion),
@@ -460,8 +471,12 @@ void EvidenceStore::prepare_statements() {
           "WHERE o.seq > ?1 ORDER BY o.seq LIMIT ?2");
   prepare(s.insert_media, "INSERT OR IGNORE INTO record_media(seq, sha256) VALUES (?1, ?2)");
   prepare(s.record_media, "SELECT sha256 FROM record_media WHERE seq = ?1 AND published = 1 ORDER BY sha256");
+  // Pending: named by a record still in the outbox, or not yet in central's custody, or kept (a recording:
+  // recordings do not travel to central yet, so custody never covers them).
   prepare(s.media_pending,
-          "SELECT 1 FROM record_media m JOIN outbox o ON o.seq = m.seq WHERE m.sha256 = ?1 LIMIT 1");
+          "SELECT 1 FROM record_media m WHERE m.sha256 = ?1 AND (m.published = 0 OR m.seq > "
+          "COALESCE((SELECT through_seq FROM custody WHERE id = 1), 0) OR m.seq IN (SELECT seq FROM outbox)) "
+          "LIMIT 1");
   prepare(s.delete_outbox, "DELETE FROM outbox WHERE seq = ?1");
   prepare(s.outbox_count, "SELECT count(*) FROM outbox");
   prepare(s.outbox_oldest, "SELECT r.created_ms FROM records r WHERE r.seq = (SELECT min(seq) FROM outbox)");
@@ -771,39 +786,56 @@ Status EvidenceStore::dock_load(const std::string& device_id, std::string& curso
 }
 
 Status EvidenceStore::dock_save_listing(const std::string& device_id, const std::vector<DockFileRow>& files,
-                                        const std::string& next_cursor, std::vector<DockFileRow>& states) {
+                                        const std::string& next_cursor, std::vector<DockFileRow>& states,
+                                        std::size_t max_new_files, std::size_t max_new_bytes) {
   Statements& s = *stmts_;
   std::vector<DockFileRow> result;
   Status st = run_write_transaction(
       db_, s.begin, s.commit, s.rollback, "store " + path_ + ": dock " + device_id + ": save listing", [&] {
         result.clear();
+        std::size_t new_files = 0;
+        std::size_t new_bytes = 0;
         for (const auto& f : files) {
           {
-            StatementUse use(s.dock_insert);
+            StatementUse use(s.dock_get);
             bind_text(use.get(), 1, device_id);
             bind_text(use.get(), 2, f.unique_id);
             bind_text(use.get(), 3, f.md5);
-            bind_text(use.get(), 4, f.entry_json);
             const int rc = sqlite3_step(use.get());
+            if (rc == SQLITE_ROW) {
+              DockFileRow row = read_dock_row(use.get());
+              if (row.entry_json.empty()) {
+                row.entry_json = f.entry_json;
+              }
+              result.push_back(std::move(row));
+              continue;
+            }
             if (rc != SQLITE_DONE) {
-              return status_from(rc, "store " + path_ + ": dock " + device_id + ": file " + f.unique_id + ": " +
-                                         error_text(db_, rc));
+              return status_from(rc, "store " + path_ + ": dock " + device_id + ": file " + f.unique_id +
+                                         ": cannot read: " + error_text(db_, rc));
             }
           }
-          StatementUse use(s.dock_get);
+          // Unknown: taken only within the bound; the rest stays on the station, behind the cursor.
+          if (new_files >= max_new_files || f.entry_json.size() > max_new_bytes - new_bytes) {
+            return Status::ok();
+          }
+          ++new_files;
+          new_bytes += f.entry_json.size();
+          StatementUse use(s.dock_insert);
           bind_text(use.get(), 1, device_id);
           bind_text(use.get(), 2, f.unique_id);
           bind_text(use.get(), 3, f.md5);
+          bind_text(use.get(), 4, f.entry_json);
           const int rc = sqlite3_step(use.get());
-          if (rc != SQLITE_ROW) {
-            return status_from(rc == SQLITE_DONE ? SQLITE_ERROR : rc,
-                               "store " + path_ + ": dock " + device_id + ": file " + f.unique_id +
-                                   ": cannot read back: " + error_text(db_, rc));
+          if (rc != SQLITE_DONE) {
+            return status_from(rc, "store " + path_ + ": dock " + device_id + ": file " + f.unique_id + ": " +
+                                       error_text(db_, rc));
           }
-          DockFileRow row = read_dock_row(use.get());
-          if (row.entry_json.empty()) {
-            row.entry_json = f.entry_json;
-          }
+          DockFileRow row;
+          row.unique_id = f.unique_id;
+          row.md5 = f.md5;
+          row.entry_json = f.entry_json;
+          row.state = "pending";
           result.push_back(std::move(row));
         }
         StatementUse use(s.dock_set_cursor);
@@ -906,6 +938,161 @@ std::uint64_t EvidenceStore::record_count() const {
     return 0;
   }
   return static_cast<std::uint64_t>(sqlite3_column_int64(use.get(), 0));
+}
+
+namespace {
+
+// A statement used rarely (custody, retention, resends): prepared per call, finalized by scope.
+class AdHoc {
+ public:
+  AdHoc(sqlite3* db, const char* sql) { sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr); }
+  ~AdHoc() { sqlite3_finalize(stmt_); }
+  AdHoc(const AdHoc&) = delete;
+  AdHoc& operator=(const AdHoc&) = delete;
+  sqlite3_stmt* get() const { return stmt_; }
+  bool ok() const { return stmt_ != nullptr; }
+
+ private:
+  sqlite3_stmt* stmt_ = nullptr;
+};
+
+}  // namespace
+
+std::optional<CustodyState> EvidenceStore::custody() const {
+  AdHoc q(db_, "SELECT through_seq, head, central, kid, receipt, received_ms FROM custody WHERE id = 1");
+  if (!q.ok() || sqlite3_step(q.get()) != SQLITE_ROW) {
+    return std::nullopt;
+  }
+  CustodyState c;
+  c.through_seq = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 0));
+  c.head = column_text(q.get(), 1);
+  c.central = column_text(q.get(), 2);
+  c.kid = column_text(q.get(), 3);
+  c.receipt = column_text(q.get(), 4);
+  c.received_ms = sqlite3_column_int64(q.get(), 5);
+  return c;
+}
+
+Status EvidenceStore::set_custody(const CustodyState& state) {
+  AdHoc q(db_,
+          "INSERT INTO custody (id, through_seq, head, central, kid, receipt, received_ms) VALUES (1, ?1, ?2, ?3, ?4, "
+          "?5, ?6) ON CONFLICT (id) DO UPDATE SET through_seq = excluded.through_seq, head = excluded.head, central = "
+          "excluded.central, kid = excluded.kid, receipt = excluded.receipt, received_ms = excluded.received_ms");
+  if (!q.ok()) {
+    return Status::retry("store " + path_ + ": set_custody: " + sqlite3_errmsg(db_));
+  }
+  sqlite3_bind_int64(q.get(), 1, to_db_seq(state.through_seq));
+  bind_text(q.get(), 2, state.head);
+  bind_text(q.get(), 3, state.central);
+  bind_text(q.get(), 4, state.kid);
+  bind_text(q.get(), 5, state.receipt);
+  sqlite3_bind_int64(q.get(), 6, state.received_ms);
+  const int rc = sqlite3_step(q.get());
+  if (rc != SQLITE_DONE) {
+    return status_from(rc, "store " + path_ + ": set_custody: " + error_text(db_, rc));
+  }
+  return Status::ok();
+}
+
+std::vector<OutboxEntry> EvidenceStore::records_range(std::uint64_t from, std::uint64_t to,
+                                                      std::size_t limit) const {
+  std::vector<OutboxEntry> entries;
+  {
+    AdHoc q(db_, "SELECT seq, jws, created_ms FROM records WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3");
+    if (!q.ok()) {
+      return entries;
+    }
+    sqlite3_bind_int64(q.get(), 1, to_db_seq(from));
+    sqlite3_bind_int64(q.get(), 2, to_db_seq(to));
+    sqlite3_bind_int64(q.get(), 3, static_cast<sqlite3_int64>(limit));
+    while (sqlite3_step(q.get()) == SQLITE_ROW) {
+      OutboxEntry e;
+      e.seq = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 0));
+      e.jws = column_text(q.get(), 1);
+      e.created_ms = sqlite3_column_int64(q.get(), 2);
+      entries.push_back(std::move(e));
+    }
+  }
+  for (auto& entry : entries) {
+    StatementUse media(stmts_->record_media);
+    sqlite3_bind_int64(media.get(), 1, to_db_seq(entry.seq));
+    while (sqlite3_step(media.get()) == SQLITE_ROW) {
+      entry.media.push_back(column_text(media.get(), 0));
+    }
+  }
+  return entries;
+}
+
+std::uint64_t EvidenceStore::first_seq() const {
+  AdHoc q(db_, "SELECT min(seq) FROM records");
+  if (!q.ok() || sqlite3_step(q.get()) != SQLITE_ROW) {
+    return 0;
+  }
+  return static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 0));
+}
+
+EvidenceStore::Pruned EvidenceStore::prune_in_custody(std::uint64_t through_seq, UnixMs before_ms,
+                                                      std::size_t limit) {
+  Pruned out;
+  if (head_.seq == 0) {
+    return out;
+  }
+  const std::uint64_t last_prunable = std::min(through_seq, head_.seq - 1);  // the head stays: it is the chain
+  Statements& s = *stmts_;
+  std::vector<std::string> media;
+  const Status st = run_write_transaction(db_, s.begin, s.commit, s.rollback, "store " + path_ + ": retention", [&] {
+    AdHoc pick(db_,
+               "SELECT r.seq FROM records r WHERE r.seq <= ?1 AND r.created_ms < ?2 AND NOT EXISTS (SELECT 1 FROM "
+               "record_media k WHERE k.seq = r.seq AND k.published = 0) AND NOT EXISTS (SELECT 1 FROM outbox o "
+               "WHERE o.seq = r.seq) ORDER BY r.seq LIMIT ?3");
+    AdHoc seq_media(db_, "SELECT sha256 FROM record_media WHERE seq = ?1 AND published = 1");
+    AdHoc del_media(db_, "DELETE FROM record_media WHERE seq = ?1");
+    AdHoc del_span(db_, "DELETE FROM recording_spans WHERE seq = ?1");
+    AdHoc del_record(db_, "DELETE FROM records WHERE seq = ?1");
+    if (!pick.ok() || !seq_media.ok() || !del_media.ok() || !del_span.ok() || !del_record.ok()) {
+      return Status::retry(std::string("retention: ") + sqlite3_errmsg(db_));
+    }
+    sqlite3_bind_int64(pick.get(), 1, to_db_seq(last_prunable));
+    sqlite3_bind_int64(pick.get(), 2, before_ms);
+    sqlite3_bind_int64(pick.get(), 3, static_cast<sqlite3_int64>(limit));
+    std::vector<sqlite3_int64> seqs;
+    while (sqlite3_step(pick.get()) == SQLITE_ROW) {
+      seqs.push_back(sqlite3_column_int64(pick.get(), 0));
+    }
+    media.clear();
+    for (const sqlite3_int64 seq : seqs) {
+      sqlite3_reset(seq_media.get());
+      sqlite3_bind_int64(seq_media.get(), 1, seq);
+      while (sqlite3_step(seq_media.get()) == SQLITE_ROW) {
+        media.push_back(column_text(seq_media.get(), 0));
+      }
+      for (sqlite3_stmt* stmt : {del_media.get(), del_span.get(), del_record.get()}) {
+        sqlite3_reset(stmt);
+        sqlite3_bind_int64(stmt, 1, seq);
+        const int rc = sqlite3_step(stmt);
+        if (rc != SQLITE_DONE) {
+          return status_from(rc, "store " + path_ + ": retention: seq " + std::to_string(seq) + ": " +
+                                     error_text(db_, rc));
+        }
+      }
+    }
+    out.records = seqs.size();
+    return Status::ok();
+  });
+  if (!st.is_ok()) {
+    return Pruned{};
+  }
+  // Pictures another record still names stay.
+  std::sort(media.begin(), media.end());
+  media.erase(std::unique(media.begin(), media.end()), media.end());
+  for (const std::string& sha : media) {
+    AdHoc named(db_, "SELECT 1 FROM record_media WHERE sha256 = ?1 LIMIT 1");
+    bind_text(named.get(), 1, sha);
+    if (named.ok() && sqlite3_step(named.get()) == SQLITE_DONE) {
+      out.media.push_back(sha);
+    }
+  }
+  return out;
 }
 
 }  // namespace cpd::store

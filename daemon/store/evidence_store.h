@@ -60,6 +60,17 @@ struct OutboxStats {
   std::optional<UnixMs> oldest_created_ms;
 };
 
+// The last custody receipt the gateway accepted (docs/custody.md): central holds every record through
+// `through_seq` (whose JWS hashes to `head`) and the pictures they name.
+struct CustodyState {
+  std::uint64_t through_seq = 0;
+  std::string head;
+  std::string central;
+  std::string kid;
+  std::string receipt;  // the receipt JWS as received
+  UnixMs received_ms = 0;
+};
+
 struct StoreOptions {
   // How long a write waits for another connection's lock before giving Status::retry.
   std::chrono::milliseconds busy_timeout{5000};
@@ -68,7 +79,7 @@ struct StoreOptions {
 // Not thread-safe: one owner (the store worker thread) calls it; other processes may read the file.
 class EvidenceStore {
  public:
-  static constexpr int kSchemaVersion = 3;
+  static constexpr int kSchemaVersion = 4;
 
   // Opens or creates the store: WAL, synchronous=FULL, PRAGMA quick_check, migrations to kSchemaVersion.
   explicit EvidenceStore(const std::string& path);
@@ -106,11 +117,31 @@ class EvidenceStore {
   // Dock ledger. The cursor ("" = never listed) and the files not yet acknowledged or faulted, in
   // listing order.
   Status dock_load(const std::string& device_id, std::string& cursor, std::vector<DockFileRow>& open) const;
-  // One transaction: unknown files inserted as pending, the cursor set. `states` gets each listed file's
-  // row after the commit, parallel to `files`.
+  // One transaction, in order: known files keep their row; unknown files are inserted as pending while
+  // at most max_new_files of them, with at most max_new_bytes of entry_json, are new; the first that
+  // does not fit ends the pass, and only a complete pass sets the cursor. `states` gets the row of each
+  // file passed, parallel to the first states.size() of `files`.
   Status dock_save_listing(const std::string& device_id, const std::vector<DockFileRow>& files,
-                           const std::string& next_cursor, std::vector<DockFileRow>& states);
+                           const std::string& next_cursor, std::vector<DockFileRow>& states,
+                           std::size_t max_new_files = SIZE_MAX, std::size_t max_new_bytes = SIZE_MAX);
   Status dock_mark_acked(const std::string& device_id, const std::string& unique_id, const std::string& md5);
+
+  // Custody: the last accepted receipt (nullopt: none yet), and recording a newer one.
+  std::optional<CustodyState> custody() const;
+  Status set_custody(const CustodyState& state);
+  // Records with from <= seq <= to still held (retention may have pruned older ones), ascending, at most
+  // `limit`, each with its published media (for a resend).
+  std::vector<OutboxEntry> records_range(std::uint64_t from, std::uint64_t to, std::size_t limit) const;
+  // The lowest seq still held (0 when there is none).
+  std::uint64_t first_seq() const;
+  // Retention: deletes up to `limit` records with seq <= through_seq (in custody) and created_ms < before_ms,
+  // never the chain head and never a record naming a kept file (a recording), with their media rows.
+  // Returns how many went and the pictures no remaining record names (the caller deletes those files).
+  struct Pruned {
+    std::uint64_t records = 0;
+    std::vector<std::string> media;
+  };
+  Pruned prune_in_custody(std::uint64_t through_seq, UnixMs before_ms, std::size_t limit);
 
   std::optional<SealedRecord> record(std::uint64_t seq) const;
   std::uint64_t record_count() const;

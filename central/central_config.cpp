@@ -1,0 +1,111 @@
+// Reads checkpoint-central's YAML through the same schema toolkit as the gateway's config.
+#include "central/central_config.h"
+
+#include <filesystem>
+#include <memory>
+
+#include "daemon/config/schema.h"
+
+namespace cpd::central {
+
+namespace {
+
+using config::Section;
+
+constexpr std::string_view kIdPattern = "[a-z0-9][a-z0-9-]{0,62}";
+constexpr std::string_view kIdAllowed =
+    "1 to 63 lower-case letters, digits or '-', starting with a letter or digit";
+constexpr std::string_view kPathPattern = "[^\\s].{0,4095}";
+constexpr std::string_view kPathAllowed = "a non-empty file path";
+
+CentralConfig parse_document(const YAML::Node& document, const std::string& name) {
+  auto context = std::make_shared<config::LoadContext>();
+  context->file = name;
+  Section root = Section::root(document, context);
+  CentralConfig out;
+  out.source = name;
+
+  Section central = root.section("central");
+  out.central.id = central.required<std::string>("id", {.pattern = kIdPattern, .allowed = kIdAllowed});
+  out.central.key_path = config::resolve_path(
+      central, central.required<std::string>("key", {.pattern = kPathPattern, .allowed = kPathAllowed}));
+  central.finish();
+
+  Section pg = root.section("postgres");
+  out.postgres.conninfo = pg.required<std::string>(
+      "conninfo", {.pattern = "[^\\x00-\\x08\\x0a-\\x1f]{1,4096}",
+                   .allowed = "a libpq connection string, e.g. 'host=/run/postgresql dbname=checkpoint'"});
+  pg.finish();
+
+  out.mqtt = config::parse_mqtt_section(root.section("mqtt"), "central-" + out.central.id);
+
+  Section feed = root.section("feed");
+  out.feed.share_group =
+      feed.optional<std::string>("share_group", out.feed.share_group,
+                                 {.pattern = "[A-Za-z0-9_.-]{1,64}",
+                                  .allowed = "1 to 64 letters, digits, '_', '.' or '-' (no '/', '+', '#')"});
+  out.feed.queue_messages =
+      feed.optional<int>("queue_messages", out.feed.queue_messages, {.min = 10, .max = 1000000});
+  out.feed.batch_max = feed.optional<int>("batch_max", out.feed.batch_max, {.min = 1, .max = 10000});
+  out.feed.media_dir = config::resolve_path(
+      feed, feed.required<std::string>("media_dir", {.pattern = kPathPattern, .allowed = kPathAllowed}));
+  out.feed.quarantine_max_per_gateway = feed.optional<int>(
+      "quarantine_max_per_gateway", out.feed.quarantine_max_per_gateway, {.min = 1, .max = 100000000});
+  feed.finish();
+
+  if (auto receipts = root.optional_section("receipts")) {
+    out.receipts.every_records =
+        receipts->optional<int>("every_records", out.receipts.every_records, {.min = 1, .max = 10000000});
+    out.receipts.every_ms =
+        receipts->optional<int>("every_ms", out.receipts.every_ms, {.min = 100, .max = 3600000});
+    receipts->finish();
+  }
+  if (auto gaps = root.optional_section("gaps")) {
+    out.gaps.resend_after_ms =
+        gaps->optional<int>("resend_after_ms", out.gaps.resend_after_ms, {.min = 100, .max = 86400000});
+    out.gaps.retry_min_ms =
+        gaps->optional<int>("retry_min_ms", out.gaps.retry_min_ms, {.min = 100, .max = 86400000});
+    out.gaps.retry_max_ms =
+        gaps->optional<int>("retry_max_ms", out.gaps.retry_max_ms, {.min = 100, .max = 86400000});
+    if (out.gaps.retry_max_ms < out.gaps.retry_min_ms) {
+      gaps->fail("retry_max_ms",
+                 "must be at least retry_min_ms (" + std::to_string(out.gaps.retry_min_ms) + ")");
+    }
+    out.gaps.check_interval_ms =
+        gaps->optional<int>("check_interval_ms", out.gaps.check_interval_ms, {.min = 50, .max = 600000});
+    gaps->finish();
+  }
+  if (auto trust = root.optional_section("trust")) {
+    if (trust->has("keys_dir")) {
+      out.trust.keys_dir = config::resolve_path(
+          *trust,
+          trust->required<std::string>("keys_dir", {.pattern = kPathPattern, .allowed = kPathAllowed}));
+      if (!std::filesystem::is_directory(out.trust.keys_dir)) {
+        trust->fail("keys_dir", "'" + out.trust.keys_dir + "' is not a directory");
+      }
+    }
+    trust->finish();
+  }
+  if (auto metrics = root.optional_section("metrics")) {
+    out.metrics.enabled = metrics->optional<bool>("enabled", out.metrics.enabled);
+    out.metrics.host = metrics->optional<std::string>(
+        "host", out.metrics.host,
+        {.pattern = "[0-9.]{7,15}|[0-9A-Fa-f:]{2,39}", .allowed = "a numeric IP address"});
+    out.metrics.port = metrics->optional<int>("port", out.metrics.port, {.min = 0, .max = 65535});
+    metrics->finish();
+  }
+  root.finish();
+  return out;
+}
+
+}  // namespace
+
+CentralConfig parse_central_config(std::string_view yaml_text, const std::string& name) {
+  return parse_document(config::load_yaml_document(yaml_text, name), name);
+}
+
+CentralConfig load_central_config(const std::string& path) {
+  return parse_central_config(config::read_config_file(path), path);
+}
+
+}  // namespace cpd::central

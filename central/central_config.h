@@ -1,0 +1,67 @@
+// checkpoint-central's configuration (YAML through the gateway's schema toolkit: typed keys, ranges,
+// unknown keys refused, every mistake with file:line:column). See config/central.example.yaml.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "daemon/config/mqtt_config.h"
+
+namespace cpd::central {
+
+struct CentralIdentity {
+  std::string id;        // names this central in receipts (e.g. "zj-central")
+  std::string key_path;  // Ed25519 private key (PKCS#8 PEM, 0600) that signs custody receipts
+};
+
+struct PostgresSection {
+  std::string conninfo;  // libpq connection string: "host=/run/postgresql dbname=checkpoint"
+};
+
+struct FeedSection {
+  std::string share_group = "central";      // MQTT v5 shared subscription group: N instances split the feed
+  int queue_messages = 20000;               // messages taken from the broker and not yet stored (then the
+                                            // broker waits: Paho stops reading)
+  int batch_max = 500;                      // records per PostgreSQL transaction
+  std::string media_dir;                    // content-addressed pictures (<sha256[0:2]>/<sha256>)
+  int quarantine_max_per_gateway = 100000;  // records kept under an unknown key per gateway; beyond: counted
+};
+
+struct ReceiptsSection {
+  int every_records = 1000;  // a receipt when the watermark has moved this far since the last one
+  int every_ms = 5000;       // or this long after the last one, when it moved at all
+};
+
+struct GapsSection {
+  int resend_after_ms = 10000;  // a hole or lagging tail at least this old triggers a resend request
+  int retry_min_ms = 5000;      // backoff between requests for the same gateway: doubles up to max
+  int retry_max_ms = 300000;
+  int check_interval_ms = 1000;  // how often an instance looks for gaps
+};
+
+struct TrustSection {
+  std::string keys_dir;  // optional: <gateway>.pem files enrolled at start (as `enroll` does)
+};
+
+struct CentralMetrics {
+  bool enabled = true;
+  std::string host = "127.0.0.1";
+  int port = 9465;
+};
+
+struct CentralConfig {
+  CentralIdentity central;
+  PostgresSection postgres;
+  config::MqttSection mqtt;
+  FeedSection feed;
+  ReceiptsSection receipts;
+  GapsSection gaps;
+  TrustSection trust;
+  CentralMetrics metrics;
+  std::string source;
+};
+
+CentralConfig load_central_config(const std::string& path);
+CentralConfig parse_central_config(std::string_view yaml_text, const std::string& name);
+
+}  // namespace cpd::central

@@ -1,0 +1,114 @@
+// CentralService: one checkpoint-central instance. Paho (MQTT v5) takes the gateways' feed through shared
+// subscriptions into a bounded queue; one worker verifies each message, stores batches in PostgreSQL
+// (CentralStore), publishes custody receipts once a gateway's watermark advances, and asks gateways to
+// resend what is missing. Nothing is acknowledged to a gateway until it is in PostgreSQL and verified:
+// a message lost inside an instance (crash, kill) is found as a gap and asked for again.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "central/central_config.h"
+#include "central/central_store.h"
+#include "daemon/core/ed25519.h"
+
+namespace mqtt {
+class async_client;
+}  // namespace mqtt
+
+namespace cpd::central {
+
+struct CentralCounters {
+  std::atomic<std::uint64_t> messages{0};
+  std::atomic<std::uint64_t> records_stored{0};
+  std::atomic<std::uint64_t> duplicates{0};
+  std::atomic<std::uint64_t> forks{0};
+  std::atomic<std::uint64_t> quarantined{0};
+  std::atomic<std::uint64_t> quarantine_dropped{0};
+  std::atomic<std::uint64_t> media_stored{0};
+  std::atomic<std::uint64_t> media_refused{0};    // hash mismatch, too large, unknown gateway
+  std::atomic<std::uint64_t> unknown_gateway{0};  // messages on a gateway's topics that is not enrolled
+  std::atomic<std::uint64_t> refused{0};          // malformed messages (head, reply) refused
+  std::atomic<std::uint64_t> receipts{0};
+  std::atomic<std::uint64_t> resend_requests{0};
+  std::atomic<std::uint64_t> pg_errors{0};
+  std::atomic<std::uint64_t> batches{0};
+};
+
+class CentralService {
+ public:
+  explicit CentralService(CentralConfig config);
+  ~CentralService();
+  CentralService(const CentralService&) = delete;
+  CentralService& operator=(const CentralService&) = delete;
+
+  // Connects to PostgreSQL (migrating), enrolls trust.keys_dir, connects to the broker and subscribes.
+  // Throws on a start-up failure (bad key, PostgreSQL unreachable) with a message naming it.
+  void start();
+  // Stops taking messages, stores what was taken, disconnects.
+  void stop();
+  bool subscribed() const { return subscribed_.load(); }
+
+  const CentralCounters& counters() const { return counters_; }
+  std::size_t queue_depth() const;
+  // Prometheus text (counters, queue depth, per-gateway watermark/lag from PostgreSQL).
+  std::string metrics_text();
+
+ private:
+  struct Message {
+    std::string topic;
+    std::string payload;
+  };
+
+  void connect_broker();
+  void on_message(std::string topic, std::string payload);
+  void run_worker();
+  void process(std::vector<Message>& messages);
+  void classify(const Message& m, Batch& batch);
+  void publish_receipts(const std::vector<custody::Receipt>& receipts);
+  void request_resends();
+  std::optional<Ed25519PublicKey> key_for(const std::string& gateway, const std::string& kid);
+  void reload_keys(bool force);
+  std::string write_media(const std::string& sha256, const std::string& bytes);
+  void ensure_store();
+
+  CentralConfig cfg_;
+  Ed25519PrivateKey key_;
+  std::string prefix_;
+  std::unique_ptr<CentralStore> store_;  // worker thread only (after start)
+  std::unique_ptr<mqtt::async_client> client_;
+
+  mutable std::mutex queue_mutex_;
+  std::condition_variable queue_cv_;  // worker waits for messages
+  std::condition_variable space_cv_;  // Paho's thread waits for room
+  std::deque<Message> queue_;
+  bool stopping_ = false;
+  std::thread worker_;
+  std::atomic<bool> subscribed_{false};
+
+  std::map<std::string, std::map<std::string, Ed25519PublicKey>> keys_;  // worker thread only
+  std::int64_t keys_loaded_ms_ = 0;
+  std::int64_t last_gap_check_ms_ = 0;
+
+  CentralCounters counters_;
+  std::mutex metrics_mutex_;  // the metrics text reads PostgreSQL on its own connection
+  std::unique_ptr<CentralStore> metrics_store_;
+};
+
+// Topic parts of a gateway's feed under `prefix`: gateway and what follows ("evidence", "media/<sha>",
+// "head", "resend/response"). nullopt for a topic outside the prefix.
+struct FeedTopic {
+  std::string gateway;
+  std::string rest;
+};
+std::optional<FeedTopic> parse_feed_topic(const std::string& prefix, const std::string& topic);
+
+}  // namespace cpd::central

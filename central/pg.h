@@ -1,0 +1,80 @@
+// A thin RAII layer over libpq: one connection, text-format parameters, results that clear themselves,
+// errors as PgError naming the statement's purpose and PostgreSQL's message.
+#pragma once
+
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+struct pg_conn;
+struct pg_result;
+
+namespace cpd::central {
+
+class PgError : public std::runtime_error {
+ public:
+  PgError(const std::string& what, std::string sqlstate, bool connection_lost)
+      : std::runtime_error(what), sqlstate_(std::move(sqlstate)), connection_lost_(connection_lost) {}
+  const std::string& sqlstate() const { return sqlstate_; }
+  // The server is gone (restart, network): reconnect and retry the whole transaction.
+  bool connection_lost() const { return connection_lost_; }
+
+ private:
+  std::string sqlstate_;
+  bool connection_lost_;
+};
+
+class PgResult {
+ public:
+  PgResult() = default;
+  explicit PgResult(pg_result* result) : result_(result) {}
+  ~PgResult();
+  PgResult(PgResult&& other) noexcept : result_(other.result_) { other.result_ = nullptr; }
+  PgResult& operator=(PgResult&& other) noexcept;
+  PgResult(const PgResult&) = delete;
+  PgResult& operator=(const PgResult&) = delete;
+
+  int rows() const;
+  bool is_null(int row, int col) const;
+  std::string text(int row, int col) const;
+  long long integer(int row, int col) const;  // 0 for NULL
+  bool boolean(int row, int col) const;       // 't'
+  long long affected() const;                 // rows an INSERT/UPDATE/DELETE touched
+
+ private:
+  pg_result* result_ = nullptr;
+};
+
+using PgParams = std::vector<std::optional<std::string>>;
+
+class PgConnection {
+ public:
+  explicit PgConnection(const std::string& conninfo);  // throws PgError
+  ~PgConnection();
+  PgConnection(const PgConnection&) = delete;
+  PgConnection& operator=(const PgConnection&) = delete;
+
+  // `what` names the statement in errors ("inserting a record").
+  PgResult exec(const std::string& sql, const char* what);
+  PgResult exec(const std::string& sql, const PgParams& params, const char* what);
+
+ private:
+  pg_conn* conn_ = nullptr;
+};
+
+// BEGIN at construction, ROLLBACK at destruction unless commit() ran.
+class PgTransaction {
+ public:
+  explicit PgTransaction(PgConnection& conn) : conn_(conn) { conn_.exec("BEGIN", "starting a transaction"); }
+  ~PgTransaction();
+  PgTransaction(const PgTransaction&) = delete;
+  PgTransaction& operator=(const PgTransaction&) = delete;
+  void commit();
+
+ private:
+  PgConnection& conn_;
+  bool done_ = false;
+};
+
+}  // namespace cpd::central

@@ -1,0 +1,61 @@
+// Decoded columns of a verified record: tolerant of absent or oddly typed members (those stay NULL).
+#include "central/record_columns.h"
+
+#include "daemon/core/custody.h"
+
+namespace cpd::central {
+
+namespace {
+
+std::optional<std::string> text_of(const nlohmann::json& body, const char* key) {
+  const auto it = body.find(key);
+  if (it == body.end() || !it->is_string()) {
+    return std::nullopt;
+  }
+  return it->get<std::string>();
+}
+
+std::optional<long long> int_of(const nlohmann::json& body, const char* key) {
+  const auto it = body.find(key);
+  if (it == body.end() || !it->is_number_integer()) {
+    return std::nullopt;
+  }
+  return it->get<long long>();
+}
+
+}  // namespace
+
+RecordColumns record_columns(const nlohmann::json& body) {
+  RecordColumns c;
+  c.type = text_of(body, "type").value_or("");
+  c.time_ms = int_of(body, "time_ms").value_or(0);
+  c.created_ms = int_of(body, "created_ms").value_or(0);
+  if (const auto it = body.find("site"); it != body.end() && it->is_object()) {
+    c.site = it->dump();
+  }
+  c.plate = text_of(body, "plate");
+  c.plate_color = text_of(body, "plate_color");
+  c.lane = int_of(body, "lane");
+  c.speed_dkmh = int_of(body, "speed_dkmh");
+  c.limit_kmh = int_of(body, "limit_kmh");
+  if (const auto it = body.find("enforceable"); it != body.end() && it->is_boolean()) {
+    c.enforceable = it->get<bool>();
+  }
+  if (const auto it = body.find("reasons"); it != body.end() && it->is_array()) {
+    c.reasons = it->dump();
+  }
+  if (const auto it = body.find("pictures"); it != body.end() && it->is_array()) {
+    for (const auto& picture : *it) {
+      if (picture.is_object()) {
+        const auto sha = picture.find("sha256");
+        if (sha != picture.end() && sha->is_string() &&
+            custody::is_sha256_hex(sha->get_ref<const std::string&>())) {
+          c.pictures.push_back(sha->get<std::string>());
+        }
+      }
+    }
+  }
+  return c;
+}
+
+}  // namespace cpd::central

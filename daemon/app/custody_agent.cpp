@@ -1,0 +1,502 @@
+// CustodyAgent (see the header): receipts checked against this store before anything changes, resends
+// paced so live records keep flowing, retention only inside custody.
+#include "daemon/app/custody_agent.h"
+
+#include <algorithm>
+#include <boost/asio/post.hpp>
+#include <utility>
+
+#include "daemon/core/encoding.h"
+#include "daemon/log/log.h"
+
+namespace cpd::app {
+
+namespace {
+
+constexpr std::size_t kResendChunk = 100;  // records read from the store per step of a resend
+constexpr int kPruneRoundsPerTick = 25;    // x 2000 records: a long backlog is pruned over several ticks
+constexpr std::size_t kPruneBatch = 2000;
+constexpr UnixMs kDayMs = 24LL * 3600 * 1000;
+
+void add_not_held(std::vector<std::pair<std::uint64_t, std::uint64_t>>& ranges, std::uint64_t lo,
+                  std::uint64_t hi) {
+  if (!ranges.empty() && ranges.back().second + 1 == lo) {
+    ranges.back().second = hi;
+  } else {
+    ranges.emplace_back(lo, hi);
+  }
+}
+
+}  // namespace
+
+CustodyAgent::CustodyAgent(boost::asio::io_context& io, const config::Config& cfg,
+                           const Ed25519PrivateKey& gateway_key, forwarder::SideChannel& channel,
+                           CustodyHost host, const WallClock& clock)
+    : io_(io),
+      strand_(boost::asio::make_strand(io)),
+      cfg_(cfg.custody),
+      retention_days_(cfg.store.retention_days),
+      gateway_(cfg.gateway.id),
+      prefix_(cfg.mqtt.topic_prefix),
+      gateway_key_(gateway_key),
+      channel_(channel),
+      host_(std::move(host)),
+      clock_(clock),
+      head_timer_(strand_),
+      retention_timer_(strand_),
+      pace_timer_(strand_) {
+  for (const std::string& pem : cfg_.central_keys_pem) {
+    const auto key = Ed25519PublicKey::from_pem(pem);
+    central_keys_.emplace(key.kid(), key);
+  }
+}
+
+CustodyAgent::~CustodyAgent() = default;
+
+void CustodyAgent::start() {
+  const std::string base = prefix_ + "/" + gateway_ + "/";
+  channel_.set_subscriptions({base + "custody", base + "resend"}, [this](forwarder::InboundMessage m) {
+    // Already on the forwarder's strand; hop to ours so all agent state has one owner.
+    boost::asio::post(strand_, [this, m = std::move(m)]() mutable { on_message(std::move(m)); });
+  });
+  host_.run_on_store([this](store::EvidenceStore& store) {
+    auto state = store.custody();
+    std::optional<UnixMs> oldest;
+    if (const auto next = store.record(state ? state->through_seq + 1 : store.first_seq())) {
+      oldest = next->created_ms;
+    }
+    {
+      std::lock_guard lock(snapshot_mutex_);
+      custody_ = state;
+      oldest_outside_ms_ = oldest;
+    }
+    boost::asio::post(strand_, [this, through = state ? state->through_seq : 0] {
+      accepting_through_ = std::max(accepting_through_, through);
+    });
+  });
+  boost::asio::post(strand_, [this] {
+    schedule_head();
+    schedule_retention();
+  });
+}
+
+void CustodyAgent::stop() {
+  boost::asio::post(strand_, [this] {
+    stopped_ = true;
+    head_timer_.cancel();
+    retention_timer_.cancel();
+    pace_timer_.cancel();
+  });
+}
+
+void CustodyAgent::on_message(forwarder::InboundMessage message) {
+  if (stopped_) {
+    return;
+  }
+  const std::string base = prefix_ + "/" + gateway_ + "/";
+  if (message.topic == base + "custody") {
+    on_receipt(message.payload);
+  } else if (message.topic == base + "resend") {
+    on_resend_request(std::move(message));
+  }
+}
+
+// --- receipts ---
+
+void CustodyAgent::refuse_receipt(const std::string& reason) {
+  {
+    std::lock_guard lock(snapshot_mutex_);
+    ++receipts_refused_;
+    last_refusal_ = reason;
+  }
+  log::warn("custody", "", "custody receipt refused: " + reason + " (nothing changed)");
+}
+
+void CustodyAgent::on_receipt(const std::string& jws) {
+  if (central_keys_.empty()) {
+    return;
+  }
+  const custody::ReceiptCheck check = custody::check_receipt(
+      jws,
+      [this](const std::string& kid) -> std::optional<Ed25519PublicKey> {
+        const auto it = central_keys_.find(kid);
+        return it == central_keys_.end() ? std::nullopt : std::optional<Ed25519PublicKey>(it->second);
+      },
+      gateway_);
+  if (!check.ok) {
+    refuse_receipt(check.reason);
+    return;
+  }
+  const custody::Receipt receipt = check.receipt;
+  if (receipt.through_seq <= accepting_through_) {
+    return;  // the same receipt again (retained, redelivered) or an older one: nothing new
+  }
+  const std::uint64_t previous = accepting_through_;
+  accepting_through_ = receipt.through_seq;  // one custody record per receipt, even if it arrives twice now
+  host_.run_on_store([this, receipt, jws, kid = check.kid, previous](store::EvidenceStore& store) {
+    std::string reason;
+    const auto record = store.record(receipt.through_seq);
+    if (!record) {
+      const ChainHead head = store.chain_head();
+      reason = receipt.through_seq > head.seq
+                   ? "names seq " + std::to_string(receipt.through_seq) +
+                         ", beyond this gateway's head seq " + std::to_string(head.seq)
+                   : "names seq " + std::to_string(receipt.through_seq) + ", which this store does not hold";
+    } else if (sha256_hex(record->jws) != receipt.head) {
+      reason = "head " + receipt.head + " is not the SHA-256 of this gateway's record seq " +
+               std::to_string(receipt.through_seq);
+    }
+    if (!reason.empty()) {
+      boost::asio::post(strand_, [this, reason, previous, through = receipt.through_seq] {
+        if (accepting_through_ == through) {
+          accepting_through_ = previous;
+        }
+        refuse_receipt(reason);
+      });
+      return;
+    }
+    Fact fact;
+    fact.type = "custody";
+    fact.time_ms = clock_.now_ms();
+    fact.fields = {{"central", receipt.central},
+                   {"central_kid", kid},
+                   {"through_seq", receipt.through_seq},
+                   {"head", receipt.head},
+                   {"issued_ms", receipt.issued_ms},
+                   {"receipt_sha256", sha256_hex(jws)},
+                   {"receipt", jws}};
+    store::CustodyState state{receipt.through_seq, receipt.head, receipt.central, kid, jws, clock_.now_ms()};
+    host_.submit(std::move(fact), [this, state](const SealedRecord& sealed) {
+      // The custody record is committed: now the store may count these records as held by central.
+      host_.run_on_store([this, state, custody_seq = sealed.seq](store::EvidenceStore& s) {
+        if (const Status st = s.set_custody(state); !st.is_ok()) {
+          log::error("custody", "",
+                     "custody state not saved (the retained receipt is applied again at the "
+                     "next start): " +
+                         st.message());
+          return;
+        }
+        std::optional<UnixMs> oldest;
+        if (const auto next = s.record(state.through_seq + 1)) {
+          oldest = next->created_ms;
+        }
+        std::lock_guard lock(snapshot_mutex_);
+        custody_ = state;
+        oldest_outside_ms_ = oldest;
+        ++receipts_accepted_;
+        log::info("custody", "",
+                  "central " + state.central + " holds seq 1.." + std::to_string(state.through_seq) +
+                      " (custody record seq " + std::to_string(custody_seq) + ")");
+      });
+    });
+  });
+}
+
+// --- resends ---
+
+void CustodyAgent::on_resend_request(forwarder::InboundMessage message) {
+  const std::string base = prefix_ + "/" + gateway_ + "/";
+  // Replies go only under this gateway's own topics (one broker ACL rule covers the gateway).
+  const bool can_reply = message.response_topic.rfind(base, 0) == 0 &&
+                         message.response_topic.find_first_of("+#") == std::string::npos;
+  const auto refuse = [&](const std::string& why) {
+    {
+      std::lock_guard lock(snapshot_mutex_);
+      ++resend_refused_;
+    }
+    log::warn("custody", "", "resend request refused: " + why);
+    if (can_reply) {
+      custody::ResendReply r;
+      r.error = why;
+      reply(message.response_topic, message.correlation_data, r);
+    }
+  };
+  if (!message.response_topic.empty() && !can_reply) {
+    refuse("response topic '" + message.response_topic.substr(0, 200) + "' is not under " + base);
+    return;
+  }
+  const custody::ResendParse parsed = custody::parse_resend_request(message.payload);
+  if (!parsed.request) {
+    refuse(parsed.reason);
+    return;
+  }
+  if (resends_.size() >= static_cast<std::size_t>(cfg_.resend_max_queued)) {
+    refuse("busy: " + std::to_string(resends_.size()) +
+           " requests already queued (custody.resend_max_queued)");
+    return;
+  }
+  {
+    std::lock_guard lock(snapshot_mutex_);
+    ++resend_requests_;
+  }
+  resends_.push_back(
+      Resend{*parsed.request, can_reply ? message.response_topic : "", message.correlation_data});
+  next_resend();
+}
+
+void CustodyAgent::reply(const std::string& topic, const std::string& correlation,
+                         const custody::ResendReply& r) {
+  if (topic.empty()) {
+    return;
+  }
+  channel_.publish_side(forwarder::OutboundMessage{topic, custody::resend_reply_json(r), false, correlation},
+                        [](bool) {});
+}
+
+void CustodyAgent::next_resend() {
+  if (resending_ || resends_.empty() || stopped_) {
+    return;
+  }
+  resending_ = true;
+  auto job = std::make_shared<Resend>(std::move(resends_.front()));
+  resends_.pop_front();
+  auto r = std::make_shared<custody::ResendReply>();
+  r->from_seq = job->request.from_seq;
+  r->to_seq = job->request.to_seq;
+  log::info("custody", "",
+            "resending seq " + std::to_string(r->from_seq) + ".." + std::to_string(r->to_seq) + " and " +
+                std::to_string(job->request.media.size()) + " media files");
+  if (job->request.from_seq != 0) {
+    send_chunk(job, job->request.from_seq, r);
+  } else {
+    send_media(job, 0, r);
+  }
+}
+
+void CustodyAgent::paced(std::size_t messages, std::function<void()> then) {
+  // Token-bucket pacing over the whole resend: never more than resend_records_per_s on average, so live
+  // records (the outbox pump) keep their share of the link and of Paho's in-flight window.
+  const auto now = std::chrono::steady_clock::now();
+  if (paced_messages_ == 0 || now - pace_start_ > std::chrono::seconds(10)) {
+    pace_start_ = now;
+    paced_messages_ = 0;
+  }
+  paced_messages_ += messages;
+  const auto due =
+      pace_start_ + std::chrono::microseconds(paced_messages_ * 1000000 /
+                                              static_cast<std::uint64_t>(cfg_.resend_records_per_s));
+  pace_timer_.expires_at(due);
+  pace_timer_.async_wait([this, then = std::move(then)](const boost::system::error_code& ec) {
+    if (!ec && !stopped_) {
+      then();
+    }
+  });
+}
+
+void CustodyAgent::send_chunk(std::shared_ptr<Resend> job, std::uint64_t from,
+                              std::shared_ptr<custody::ResendReply> r) {
+  if (from > job->request.to_seq) {
+    send_media(job, 0, r);
+    return;
+  }
+  const std::uint64_t to = std::min(job->request.to_seq, from + kResendChunk - 1);
+  host_.run_on_store([this, job, from, to, r](store::EvidenceStore& store) {
+    auto entries = store.records_range(from, to, kResendChunk);
+    for (auto& e : entries) {
+      for (const std::string& sha : e.media) {
+        auto bytes = host_.read_media(sha);
+        e.media_bytes.push_back(bytes && sha256_hex(*bytes) == sha ? std::move(*bytes) : std::string());
+      }
+    }
+    boost::asio::post(strand_, [this, job, from, to, r, entries = std::move(entries)]() mutable {
+      std::uint64_t expect = from;
+      auto wait = std::make_shared<ChunkWait>();
+      const std::string base = prefix_ + "/" + gateway_ + "/";
+      std::vector<forwarder::OutboundMessage> out;
+      for (auto& e : entries) {
+        if (e.seq > expect) {
+          add_not_held(r->not_held, expect, e.seq - 1);
+        }
+        expect = e.seq + 1;
+        for (std::size_t i = 0; i < e.media.size(); ++i) {
+          if (!e.media_bytes[i].empty()) {
+            out.push_back({base + "media/" + e.media[i], std::move(e.media_bytes[i]), false, ""});
+          }
+        }
+        out.push_back({base + "evidence", std::move(e.jws), false, ""});
+        ++r->sent;
+      }
+      if (expect <= to) {
+        add_not_held(r->not_held, expect, to);
+      }
+      {
+        std::lock_guard lock(snapshot_mutex_);
+        resent_records_ += entries.size();
+      }
+      const std::size_t messages = out.size();
+      wait->after = [this, job, to, r, wait, messages] {
+        if (wait->failed) {
+          log::warn("custody", "", "resend stopped: the broker link failed (central asks again)");
+          resending_ = false;
+          next_resend();
+          return;
+        }
+        paced(messages, [this, job, to, r] { send_chunk(job, to + 1, r); });
+      };
+      publish_all(std::move(out), wait);
+    });
+  });
+}
+
+void CustodyAgent::publish_all(std::vector<forwarder::OutboundMessage> messages,
+                               std::shared_ptr<ChunkWait> wait) {
+  // One extra count held while publishing, so `after` runs once, after the last PUBACK (on our strand).
+  wait->pending = messages.size() + 1;
+  const auto done = [this, wait](bool ok) {
+    if (!ok) {
+      wait->failed = true;
+    }
+    if (--wait->pending == 0) {
+      // Moved out: `after` holds `wait`, and the cycle ends here.
+      boost::asio::post(strand_, std::move(wait->after));
+    }
+  };
+  for (auto& m : messages) {
+    channel_.publish_side(std::move(m), done);
+  }
+  done(true);
+}
+
+void CustodyAgent::send_media(std::shared_ptr<Resend> job, std::size_t index,
+                              std::shared_ptr<custody::ResendReply> r) {
+  if (index >= job->request.media.size()) {
+    reply(job->response_topic, job->correlation, *r);
+    resending_ = false;
+    next_resend();
+    return;
+  }
+  const std::size_t end = std::min(job->request.media.size(), index + 10);
+  std::vector<std::string> wanted(job->request.media.begin() + static_cast<std::ptrdiff_t>(index),
+                                  job->request.media.begin() + static_cast<std::ptrdiff_t>(end));
+  host_.run_on_store([this, job, end, r, wanted = std::move(wanted)](store::EvidenceStore&) {
+    std::vector<std::pair<std::string, std::string>> found;
+    std::vector<std::string> missing;
+    for (const std::string& sha : wanted) {
+      auto bytes = host_.read_media(sha);
+      if (bytes && sha256_hex(*bytes) == sha) {
+        found.emplace_back(sha, std::move(*bytes));
+      } else {
+        missing.push_back(sha);
+      }
+    }
+    boost::asio::post(strand_,
+                      [this, job, end, r, found = std::move(found), missing = std::move(missing)]() mutable {
+                        const std::string base = prefix_ + "/" + gateway_ + "/media/";
+                        std::vector<forwarder::OutboundMessage> out;
+                        for (auto& [sha, bytes] : found) {
+                          r->media_sent.push_back(sha);
+                          out.push_back({base + sha, std::move(bytes), false, ""});
+                        }
+                        r->media_not_held.insert(r->media_not_held.end(), missing.begin(), missing.end());
+                        {
+                          std::lock_guard lock(snapshot_mutex_);
+                          resent_media_ += out.size();
+                        }
+                        auto wait = std::make_shared<ChunkWait>();
+                        const std::size_t messages = out.size();
+                        wait->after = [this, job, end, r, wait, messages] {
+                          if (wait->failed) {
+                            resending_ = false;
+                            next_resend();
+                            return;
+                          }
+                          paced(messages, [this, job, end, r] { send_media(job, end, r); });
+                        };
+                        publish_all(std::move(out), wait);
+                      });
+  });
+}
+
+// --- head announcements ---
+
+void CustodyAgent::schedule_head() {
+  if (stopped_) {
+    return;
+  }
+  announce_head();
+  head_timer_.expires_after(std::chrono::milliseconds(cfg_.head_interval_ms));
+  head_timer_.async_wait([this](const boost::system::error_code& ec) {
+    if (!ec) {
+      schedule_head();
+    }
+  });
+}
+
+void CustodyAgent::announce_head() {
+  host_.run_on_store([this](store::EvidenceStore&) {
+    const ChainHead head = host_.chain_head();
+    const std::string jws =
+        custody::seal_head(gateway_key_, custody::Head{gateway_, head.seq, head.jws_sha256, clock_.now_ms()});
+    // Retained: central (or a person with mosquitto_sub) sees the head at any time; a lost tail shows.
+    channel_.publish_side({prefix_ + "/" + gateway_ + "/head", jws, true, ""}, [](bool) {});
+  });
+}
+
+// --- retention ---
+
+void CustodyAgent::schedule_retention() {
+  if (stopped_) {
+    return;
+  }
+  retention_timer_.expires_after(std::chrono::milliseconds(cfg_.retention_check_ms));
+  retention_timer_.async_wait([this](const boost::system::error_code& ec) {
+    if (!ec) {
+      prune();
+      schedule_retention();
+    }
+  });
+}
+
+void CustodyAgent::prune() {
+  host_.run_on_store([this](store::EvidenceStore& store) {
+    const auto state = store.custody();
+    if (!state) {
+      return;  // nothing is in custody: nothing is deleted, whatever its age
+    }
+    const UnixMs before = clock_.now_ms() - static_cast<UnixMs>(retention_days_) * kDayMs;
+    std::uint64_t records = 0;
+    std::uint64_t media = 0;
+    for (int round = 0; round < kPruneRoundsPerTick; ++round) {
+      const auto pruned = store.prune_in_custody(state->through_seq, before, kPruneBatch);
+      records += pruned.records;
+      for (const std::string& sha : pruned.media) {
+        host_.remove_media(sha);
+        ++media;
+      }
+      if (pruned.records < kPruneBatch) {
+        break;
+      }
+    }
+    if (records > 0) {
+      log::info("custody", "",
+                "retention: deleted " + std::to_string(records) + " records and " + std::to_string(media) +
+                    " pictures in custody and older than " + std::to_string(retention_days_) + " days");
+    }
+    std::lock_guard lock(snapshot_mutex_);
+    pruned_records_ += records;
+    pruned_media_ += media;
+  });
+}
+
+nlohmann::json CustodyAgent::status() const {
+  std::lock_guard lock(snapshot_mutex_);
+  nlohmann::json s = {
+      {"enabled", true},
+      {"through_seq", custody_ ? custody_->through_seq : 0},
+      {"central", custody_ ? nlohmann::json(custody_->central) : nlohmann::json(nullptr)},
+      {"receipt_ms", custody_ ? nlohmann::json(custody_->received_ms) : nlohmann::json(nullptr)},
+      {"oldest_not_in_custody_ms",
+       oldest_outside_ms_ ? nlohmann::json(*oldest_outside_ms_) : nlohmann::json(nullptr)},
+      {"receipts_accepted", receipts_accepted_},
+      {"receipts_refused", receipts_refused_},
+      {"last_refusal", last_refusal_.empty() ? nlohmann::json(nullptr) : nlohmann::json(last_refusal_)},
+      {"resend_requests", resend_requests_},
+      {"resend_refused", resend_refused_},
+      {"resent_records", resent_records_},
+      {"resent_media", resent_media_},
+      {"pruned_records", pruned_records_},
+      {"pruned_media", pruned_media_}};
+  return s;
+}
+
+}  // namespace cpd::app

@@ -1,0 +1,128 @@
+// CustodyAgent: the gateway's half of the custody protocol (docs/custody.md). It accepts custody receipts
+// (signed by a configured central key, naming this gateway, whose head hash equals this store's record),
+// seals a `custody` record for each newer one, prunes what is in custody and past retention, serves
+// resend requests at a capped rate, and announces the chain head. Store work runs on the store worker's
+// thread; MQTT goes through the forwarder's side channel; timers on the io_context.
+#pragma once
+
+#include <atomic>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "daemon/config/config.h"
+#include "daemon/core/custody.h"
+#include "daemon/core/ed25519.h"
+#include "daemon/core/record.h"
+#include "daemon/core/time.h"
+#include "daemon/forwarder/side_channel.h"
+#include "daemon/store/evidence_store.h"
+
+namespace cpd::app {
+
+// What the agent needs from the store worker and the media store (wired by the daemon; tests fake it).
+struct CustodyHost {
+  // Runs the task on the store's thread.
+  std::function<void(std::function<void(store::EvidenceStore&)>)> run_on_store;
+  // Seals a fact; the handler runs on the store's thread once its record is committed.
+  std::function<void(Fact, std::function<void(const SealedRecord&)>)> submit;
+  // A media file's bytes (nullopt: not held), and deleting one (retention). Called on the store's thread.
+  std::function<std::optional<std::string>(const std::string& sha256)> read_media;
+  std::function<void(const std::string& sha256)> remove_media;
+  // The chain head as committed (store thread).
+  std::function<ChainHead()> chain_head;
+};
+
+class CustodyAgent {
+ public:
+  CustodyAgent(boost::asio::io_context& io, const config::Config& cfg, const Ed25519PrivateKey& gateway_key,
+               forwarder::SideChannel& channel, CustodyHost host, const WallClock& clock);
+  ~CustodyAgent();
+  CustodyAgent(const CustodyAgent&) = delete;
+  CustodyAgent& operator=(const CustodyAgent&) = delete;
+
+  // Subscribes (through the side channel: call before the forwarder starts) and starts the timers.
+  void start();
+  void stop();
+
+  // Thread-safe snapshot for status/metrics: through_seq, receipt time, central, oldest not in custody,
+  // resends, refusals.
+  nlohmann::json status() const;
+
+ private:
+  struct Resend {
+    custody::ResendRequest request;
+    std::string response_topic;
+    std::string correlation;
+  };
+
+  void on_message(forwarder::InboundMessage message);
+  void on_receipt(const std::string& jws);
+  void refuse_receipt(const std::string& reason);
+  void on_resend_request(forwarder::InboundMessage message);
+  void reply(const std::string& topic, const std::string& correlation, const custody::ResendReply& reply);
+  void next_resend();
+  void send_chunk(std::shared_ptr<Resend> job, std::uint64_t from,
+                  std::shared_ptr<custody::ResendReply> reply);
+  void send_media(std::shared_ptr<Resend> job, std::size_t index,
+                  std::shared_ptr<custody::ResendReply> reply);
+  void announce_head();
+  void schedule_head();
+  void schedule_retention();
+  void prune();
+  void paced(std::size_t messages, std::function<void()> then);
+  struct ChunkWait {
+    std::atomic<std::size_t> pending{0};
+    std::atomic<bool> failed{false};
+    std::function<void()> after;  // posted to our strand once every publish of the chunk has completed
+  };
+  void publish_all(std::vector<forwarder::OutboundMessage> messages, std::shared_ptr<ChunkWait> wait);
+
+  boost::asio::io_context& io_;
+  boost::asio::strand<boost::asio::io_context::executor_type> strand_;
+  config::CustodySection cfg_;
+  int retention_days_;
+  std::string gateway_;
+  std::string prefix_;
+  const Ed25519PrivateKey& gateway_key_;
+  forwarder::SideChannel& channel_;
+  CustodyHost host_;
+  const WallClock& clock_;
+  std::map<std::string, Ed25519PublicKey> central_keys_;  // kid -> key
+  boost::asio::steady_timer head_timer_;
+  boost::asio::steady_timer retention_timer_;
+  boost::asio::steady_timer pace_timer_;
+  bool stopped_ = false;
+
+  // Strand state.
+  std::deque<Resend> resends_;
+  bool resending_ = false;
+  std::uint64_t accepting_through_ = 0;  // highest through_seq being or already accepted (no double records)
+  std::chrono::steady_clock::time_point pace_start_{};
+  std::uint64_t paced_messages_ = 0;
+
+  mutable std::mutex snapshot_mutex_;
+  std::optional<store::CustodyState> custody_;
+  std::optional<UnixMs> oldest_outside_ms_;  // created_ms of the first record not in custody
+  std::uint64_t receipts_accepted_ = 0;
+  std::uint64_t receipts_refused_ = 0;
+  std::string last_refusal_;
+  std::uint64_t resend_requests_ = 0;
+  std::uint64_t resend_refused_ = 0;
+  std::uint64_t resent_records_ = 0;
+  std::uint64_t resent_media_ = 0;
+  std::uint64_t pruned_records_ = 0;
+  std::uint64_t pruned_media_ = 0;
+};
+
+}  // namespace cpd::app

@@ -1,0 +1,290 @@
+// Custody messages: JCS bodies, JWS signatures (EdDSA) with their own typ, bounded request parsing.
+#include "daemon/core/custody.h"
+
+#include <utility>
+
+namespace cpd::custody {
+
+namespace {
+
+bool get_u64(const nlohmann::json& body, const char* name, std::uint64_t& out) {
+  const auto it = body.find(name);
+  if (it == body.end() || !it->is_number_unsigned()) {
+    return false;
+  }
+  out = it->get<std::uint64_t>();
+  return true;
+}
+
+bool get_string(const nlohmann::json& body, const char* name, std::string& out) {
+  const auto it = body.find(name);
+  if (it == body.end() || !it->is_string()) {
+    return false;
+  }
+  out = it->get<std::string>();
+  return true;
+}
+
+bool get_time(const nlohmann::json& body, const char* name, UnixMs& out) {
+  const auto it = body.find(name);
+  if (it == body.end() || !it->is_number_integer()) {
+    return false;
+  }
+  out = it->get<std::int64_t>();
+  return true;
+}
+
+// Parses a signed payload as a JSON object with v = 1 and the given type.
+std::optional<nlohmann::json> typed_body(const std::string& payload, const char* type, std::string& reason) {
+  nlohmann::json body = nlohmann::json::parse(payload, nullptr, false);
+  if (body.is_discarded() || !body.is_object()) {
+    reason = "body is not a JSON object";
+    return std::nullopt;
+  }
+  std::uint64_t v = 0;
+  if (!get_u64(body, "v", v) || v != 1) {
+    reason = "field \"v\" is not 1";
+    return std::nullopt;
+  }
+  std::string t;
+  if (!get_string(body, "type", t) || t != type) {
+    reason = std::string("field \"type\" is not \"") + type + "\"";
+    return std::nullopt;
+  }
+  return body;
+}
+
+}  // namespace
+
+bool is_sha256_hex(std::string_view s) {
+  if (s.size() != 64) {
+    return false;
+  }
+  for (const char c : s) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string seal_receipt(const Ed25519PrivateKey& central_key, const Receipt& receipt) {
+  const nlohmann::json body = {{"v", 1},
+                               {"type", "custody_receipt"},
+                               {"central", receipt.central},
+                               {"gateway", receipt.gateway},
+                               {"through_seq", receipt.through_seq},
+                               {"head", receipt.head},
+                               {"issued_ms", receipt.issued_ms}};
+  return sign_compact(central_key, kReceiptTyp, body);
+}
+
+ReceiptCheck check_receipt(std::string_view jws, const KeyForKid& central_keys, const std::string& gateway) {
+  ReceiptCheck r;
+  SignedPayload s = check_signed(jws, central_keys, kReceiptTyp);
+  r.kid = s.kid;
+  if (!s.ok) {
+    r.reason =
+        s.unknown_key ? "signed by kid " + s.kid + ", which is not a configured central key" : s.reason;
+    return r;
+  }
+  const auto body = typed_body(s.payload, "custody_receipt", r.reason);
+  if (!body) {
+    return r;
+  }
+  Receipt& out = r.receipt;
+  if (!get_string(*body, "central", out.central) || out.central.empty()) {
+    r.reason = "field \"central\" is not a non-empty string";
+    return r;
+  }
+  if (!get_string(*body, "gateway", out.gateway)) {
+    r.reason = "field \"gateway\" is not a string";
+    return r;
+  }
+  if (out.gateway != gateway) {
+    r.reason = "receipt names gateway \"" + out.gateway + "\", not this gateway \"" + gateway + "\"";
+    return r;
+  }
+  if (!get_u64(*body, "through_seq", out.through_seq) || out.through_seq == 0) {
+    r.reason = "field \"through_seq\" is not a positive integer";
+    return r;
+  }
+  if (!get_string(*body, "head", out.head) || !is_sha256_hex(out.head)) {
+    r.reason = "field \"head\" is not 64 lower-case hex digits";
+    return r;
+  }
+  if (!get_time(*body, "issued_ms", out.issued_ms)) {
+    r.reason = "field \"issued_ms\" is not an integer";
+    return r;
+  }
+  r.ok = true;
+  return r;
+}
+
+std::string seal_head(const Ed25519PrivateKey& gateway_key, const Head& head) {
+  const nlohmann::json body = {{"v", 1},          {"type", "head"},    {"gateway", head.gateway},
+                               {"seq", head.seq}, {"head", head.head}, {"time_ms", head.time_ms}};
+  return sign_compact(gateway_key, kHeadTyp, body);
+}
+
+HeadCheck check_head(std::string_view jws, const KeyForKid& gateway_keys, const std::string& gateway) {
+  HeadCheck r;
+  SignedPayload s = check_signed(jws, gateway_keys, kHeadTyp);
+  r.kid = s.kid;
+  if (!s.ok) {
+    r.unknown_key = s.unknown_key;
+    r.reason = s.reason;
+    return r;
+  }
+  const auto body = typed_body(s.payload, "head", r.reason);
+  if (!body) {
+    return r;
+  }
+  if (!get_string(*body, "gateway", r.head.gateway) || r.head.gateway != gateway) {
+    r.reason = "head announcement names another gateway than its topic's \"" + gateway + "\"";
+    return r;
+  }
+  if (!get_u64(*body, "seq", r.head.seq)) {
+    r.reason = "field \"seq\" is not an integer";
+    return r;
+  }
+  if (!get_string(*body, "head", r.head.head) || !is_sha256_hex(r.head.head)) {
+    r.reason = "field \"head\" is not 64 lower-case hex digits";
+    return r;
+  }
+  if (!get_time(*body, "time_ms", r.head.time_ms)) {
+    r.reason = "field \"time_ms\" is not an integer";
+    return r;
+  }
+  r.ok = true;
+  return r;
+}
+
+ResendParse parse_resend_request(std::string_view payload) {
+  ResendParse out;
+  if (payload.size() > kMaxRequestBytes) {
+    out.reason = "request is " + std::to_string(payload.size()) + " bytes, more than " +
+                 std::to_string(kMaxRequestBytes);
+    return out;
+  }
+  const nlohmann::json body = nlohmann::json::parse(payload, nullptr, false);
+  if (body.is_discarded() || !body.is_object()) {
+    out.reason = "request is not a JSON object";
+    return out;
+  }
+  std::uint64_t v = 0;
+  if (!get_u64(body, "v", v) || v != 1) {
+    out.reason = "field \"v\" is not 1";
+    return out;
+  }
+  ResendRequest req;
+  const bool has_from = body.contains("from_seq");
+  const bool has_to = body.contains("to_seq");
+  if (has_from != has_to) {
+    out.reason = "from_seq and to_seq go together";
+    return out;
+  }
+  if (has_from) {
+    if (!get_u64(body, "from_seq", req.from_seq) || !get_u64(body, "to_seq", req.to_seq) ||
+        req.from_seq == 0 || req.to_seq < req.from_seq) {
+      out.reason = "from_seq and to_seq must be integers with 1 <= from_seq <= to_seq";
+      return out;
+    }
+    if (req.to_seq - req.from_seq + 1 > kMaxResendRange) {
+      out.reason = "range of " + std::to_string(req.to_seq - req.from_seq + 1) + " records is more than " +
+                   std::to_string(kMaxResendRange);
+      return out;
+    }
+  }
+  if (const auto it = body.find("media"); it != body.end()) {
+    if (!it->is_array() || it->size() > kMaxResendMedia) {
+      out.reason = "media must be an array of at most " + std::to_string(kMaxResendMedia) + " SHA-256 values";
+      return out;
+    }
+    for (const auto& m : *it) {
+      if (!m.is_string() || !is_sha256_hex(m.get_ref<const std::string&>())) {
+        out.reason = "media holds a value that is not 64 lower-case hex digits";
+        return out;
+      }
+      req.media.push_back(m.get<std::string>());
+    }
+  }
+  if (!has_from && req.media.empty()) {
+    out.reason = "request asks for nothing (no from_seq/to_seq, no media)";
+    return out;
+  }
+  out.request = std::move(req);
+  return out;
+}
+
+std::string resend_request_json(const ResendRequest& request) {
+  nlohmann::json body = {{"v", 1}};
+  if (request.from_seq != 0) {
+    body["from_seq"] = request.from_seq;
+    body["to_seq"] = request.to_seq;
+  }
+  if (!request.media.empty()) {
+    body["media"] = request.media;
+  }
+  return body.dump();
+}
+
+std::string resend_reply_json(const ResendReply& reply) {
+  nlohmann::json body = {{"v", 1}};
+  if (!reply.error.empty()) {
+    body["error"] = reply.error;
+    return body.dump();
+  }
+  if (reply.from_seq != 0) {
+    body["from_seq"] = reply.from_seq;
+    body["to_seq"] = reply.to_seq;
+  }
+  body["sent"] = reply.sent;
+  nlohmann::json ranges = nlohmann::json::array();
+  for (const auto& [lo, hi] : reply.not_held) {
+    ranges.push_back({lo, hi});
+  }
+  body["not_held"] = ranges;
+  body["media_sent"] = reply.media_sent;
+  body["media_not_held"] = reply.media_not_held;
+  return body.dump();
+}
+
+std::optional<ResendReply> parse_resend_reply(std::string_view payload) {
+  if (payload.size() > kMaxRequestBytes * 4) {
+    return std::nullopt;
+  }
+  const nlohmann::json body = nlohmann::json::parse(payload, nullptr, false);
+  if (body.is_discarded() || !body.is_object()) {
+    return std::nullopt;
+  }
+  ResendReply r;
+  if (const auto it = body.find("error"); it != body.end()) {
+    r.error = it->is_string() ? it->get<std::string>() : "error";
+    return r;
+  }
+  get_u64(body, "from_seq", r.from_seq);
+  get_u64(body, "to_seq", r.to_seq);
+  get_u64(body, "sent", r.sent);
+  if (const auto it = body.find("not_held"); it != body.end() && it->is_array()) {
+    for (const auto& range : *it) {
+      if (range.is_array() && range.size() == 2 && range[0].is_number_unsigned() &&
+          range[1].is_number_unsigned()) {
+        r.not_held.emplace_back(range[0].get<std::uint64_t>(), range[1].get<std::uint64_t>());
+      }
+    }
+  }
+  for (const char* key : {"media_sent", "media_not_held"}) {
+    if (const auto it = body.find(key); it != body.end() && it->is_array()) {
+      auto& out = std::string_view(key) == "media_sent" ? r.media_sent : r.media_not_held;
+      for (const auto& m : *it) {
+        if (m.is_string() && is_sha256_hex(m.get_ref<const std::string&>())) {
+          out.push_back(m.get<std::string>());
+        }
+      }
+    }
+  }
+  return r;
+}
+
+}  // namespace cpd::custody

@@ -1,0 +1,97 @@
+// The custody protocol's messages (docs/custody.md), built and checked without I/O: the custody receipt
+// central signs, the head announcement a gateway signs, and the resend request and reply.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "daemon/core/ed25519.h"
+#include "daemon/core/record_check.h"
+#include "daemon/core/time.h"
+
+namespace cpd::custody {
+
+inline constexpr std::string_view kReceiptTyp = "custody+jws";
+inline constexpr std::string_view kHeadTyp = "head+jws";
+
+// Central durably holds and has verified every record of `gateway` through `through_seq`, whose JWS hashes
+// to `head`, and every picture those records name.
+struct Receipt {
+  std::string central;
+  std::string gateway;
+  std::uint64_t through_seq = 0;
+  std::string head;  // lower-case hex SHA-256 of record through_seq's JWS bytes
+  UnixMs issued_ms = 0;
+  bool operator==(const Receipt&) const = default;
+};
+
+std::string seal_receipt(const Ed25519PrivateKey& central_key, const Receipt& receipt);
+
+struct ReceiptCheck {
+  bool ok = false;
+  std::string reason;  // why it was refused
+  std::string kid;     // the signing key's kid, when the header named one
+  Receipt receipt;
+};
+// Signature by one of the trusted central keys, well-formed members, names `gateway`. The head hash is
+// compared with the gateway's own record by the caller (the store holds it).
+ReceiptCheck check_receipt(std::string_view jws, const KeyForKid& central_keys, const std::string& gateway);
+
+// The gateway's chain head: announced (retained) so central sees a lost tail, not only holes.
+struct Head {
+  std::string gateway;
+  std::uint64_t seq = 0;
+  std::string head;  // SHA-256 of record seq's JWS (64 zeros for seq 0)
+  UnixMs time_ms = 0;
+  bool operator==(const Head&) const = default;
+};
+
+std::string seal_head(const Ed25519PrivateKey& gateway_key, const Head& head);
+
+struct HeadCheck {
+  bool ok = false;
+  bool unknown_key = false;
+  std::string reason;
+  std::string kid;
+  Head head;
+};
+HeadCheck check_head(std::string_view jws, const KeyForKid& gateway_keys, const std::string& gateway);
+
+// Central asks a gateway to publish again records [from_seq, to_seq] and/or media files by SHA-256.
+struct ResendRequest {
+  std::uint64_t from_seq = 0;  // 0 with to_seq 0: no records asked
+  std::uint64_t to_seq = 0;
+  std::vector<std::string> media;
+};
+inline constexpr std::uint64_t kMaxResendRange = 100000;  // records one request may ask for
+inline constexpr std::size_t kMaxResendMedia = 1000;      // media files one request may ask for
+inline constexpr std::size_t kMaxRequestBytes = 128 * 1024;
+
+// Parses a request payload; refuses (with a reason) anything malformed or beyond the bounds above.
+struct ResendParse {
+  std::optional<ResendRequest> request;
+  std::string reason;
+};
+ResendParse parse_resend_request(std::string_view payload);
+std::string resend_request_json(const ResendRequest& request);
+
+// What the gateway did with a request.
+struct ResendReply {
+  std::uint64_t from_seq = 0;
+  std::uint64_t to_seq = 0;
+  std::uint64_t sent = 0;                                         // records published again
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> not_held;  // seq ranges it no longer (or never) held
+  std::vector<std::string> media_sent;
+  std::vector<std::string> media_not_held;
+  std::string error;  // non-empty: the request was refused, and why
+};
+std::string resend_reply_json(const ResendReply& reply);
+std::optional<ResendReply> parse_resend_reply(std::string_view payload);
+
+bool is_sha256_hex(std::string_view s);
+
+}  // namespace cpd::custody

@@ -1,0 +1,223 @@
+// One evidence record (or custody message) checked without chain state: JWS form, protected header,
+// EdDSA signature over the received bytes, canonical body, integers only, the common members.
+#include "daemon/core/record_check.h"
+
+#include <utility>
+
+#include "daemon/core/encoding.h"
+#include "daemon/core/jcs.h"
+
+namespace cpd {
+
+namespace {
+
+template <class R>
+R failure(R r, std::string reason) {
+  r.ok = false;
+  r.reason = std::move(reason);
+  return r;
+}
+
+bool is_lower_hex64(const std::string& s) {
+  if (s.size() != 64) {
+    return false;
+  }
+  for (const char c : s) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+// Path of the first non-integer number in v, or empty. The contract allows integers only; after the
+// canonical-bytes check a float here can only be a fraction or a huge exponent form.
+std::string find_non_integer(const nlohmann::json& v, const std::string& where) {
+  if (v.is_number_float()) {
+    return where;
+  }
+  if (v.is_object()) {
+    for (const auto& [key, member] : v.items()) {
+      std::string found = find_non_integer(member, where.empty() ? key : where + "." + key);
+      if (!found.empty()) {
+        return found;
+      }
+    }
+  } else if (v.is_array()) {
+    std::size_t i = 0;
+    for (const auto& element : v) {
+      std::string found = find_non_integer(element, where + "[" + std::to_string(i++) + "]");
+      if (!found.empty()) {
+        return found;
+      }
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
+SignedPayload check_signed(std::string_view jws, const KeyForKid& key_for_kid, std::string_view typ) {
+  SignedPayload r;
+  if (jws.empty()) {
+    return failure(std::move(r), "empty record");
+  }
+  const std::size_t dot1 = jws.find('.');
+  const std::size_t dot2 = dot1 == std::string_view::npos ? dot1 : jws.find('.', dot1 + 1);
+  if (dot2 == std::string_view::npos || jws.find('.', dot2 + 1) != std::string_view::npos) {
+    return failure(std::move(r), "not a JWS Compact Serialization (expected 3 dot-separated parts)");
+  }
+  const std::string_view header_b64 = jws.substr(0, dot1);
+  const std::string_view payload_b64 = jws.substr(dot1 + 1, dot2 - dot1 - 1);
+  const std::string_view signature_b64 = jws.substr(dot2 + 1);
+
+  // --- protected header ---
+  const auto header_text = base64url_decode(header_b64);
+  if (!header_text || header_text->empty()) {
+    return failure(std::move(r), "protected header is not base64url");
+  }
+  const nlohmann::json header = nlohmann::json::parse(*header_text, nullptr, false);
+  if (header.is_discarded() || !header.is_object()) {
+    return failure(std::move(r), "protected header is not a JSON object");
+  }
+  for (const auto& [name, value] : header.items()) {
+    if (name != "alg" && name != "kid" && name != "typ") {
+      return failure(std::move(r), "protected header has unexpected member \"" + name + "\"");
+    }
+  }
+  if (!header.contains("alg") || !header["alg"].is_string() || header["alg"] != "EdDSA") {
+    return failure(std::move(r), "protected header alg is not \"EdDSA\"");
+  }
+  if (!header.contains("typ") || !header["typ"].is_string() || header["typ"] != typ) {
+    return failure(std::move(r), "protected header typ is not \"" + std::string(typ) + "\"");
+  }
+  if (!header.contains("kid") || !header["kid"].is_string()) {
+    return failure(std::move(r), "protected header has no kid");
+  }
+  try {
+    if (canonical_json(header) != *header_text) {
+      return failure(std::move(r), "protected header is not canonical JSON");
+    }
+  } catch (const JcsError& e) {
+    return failure(std::move(r), std::string("protected header is not canonical JSON: ") + e.what());
+  }
+  r.kid = header["kid"].get<std::string>();
+  const std::optional<Ed25519PublicKey> key = key_for_kid(r.kid);
+  if (!key) {
+    r.unknown_key = true;
+    return failure(std::move(r), "no trusted key has kid " + r.kid);
+  }
+
+  // --- signature, over the ASCII bytes "<header>.<payload>" exactly as received ---
+  const auto signature = base64url_decode(signature_b64);
+  if (!signature) {
+    return failure(std::move(r), "signature is not base64url");
+  }
+  if (signature->size() != 64) {
+    return failure(std::move(r), "signature is " + std::to_string(signature->size()) +
+                                     " bytes, an Ed25519 signature is 64");
+  }
+  if (!key->verify(jws.substr(0, dot2), *signature)) {
+    return failure(std::move(r), "signature does not verify");
+  }
+  auto payload = base64url_decode(payload_b64);
+  if (!payload) {
+    return failure(std::move(r), "payload is not base64url");
+  }
+  r.payload = std::move(*payload);
+  r.ok = true;
+  return r;
+}
+
+RecordCheck check_record(std::string_view jws, const KeyForKid& key_for_kid, std::string_view typ) {
+  RecordCheck r;
+  SignedPayload signed_part = check_signed(jws, key_for_kid, typ);
+  r.kid = signed_part.kid;
+  if (!signed_part.ok) {
+    r.unknown_key = signed_part.unknown_key;
+    return failure(std::move(r), std::move(signed_part.reason));
+  }
+  const std::string& payload = signed_part.payload;
+
+  // --- body ---
+  nlohmann::json body = nlohmann::json::parse(payload, nullptr, false);
+  if (body.is_discarded()) {
+    return failure(std::move(r), "body is not JSON");
+  }
+  if (!body.is_object()) {
+    return failure(std::move(r), "body is not a JSON object");
+  }
+  r.body = body;
+  try {
+    if (canonical_json(body) != payload) {
+      return failure(std::move(r), "body is not canonical JSON");
+    }
+  } catch (const JcsError& e) {
+    return failure(std::move(r), std::string("body is not canonical JSON: ") + e.what());
+  }
+  if (const std::string where = find_non_integer(body, ""); !where.empty()) {
+    return failure(std::move(r), "body field " + where + " is not an integer");
+  }
+
+  // --- common fields ---
+  for (const char* name : {"v", "gateway", "seq", "prev", "id", "type", "time_ms", "created_ms"}) {
+    if (!body.contains(name)) {
+      return failure(std::move(r), std::string("body has no \"") + name + "\" field");
+    }
+  }
+  if (!body["seq"].is_number_unsigned() || body["seq"].get<std::uint64_t>() == 0) {
+    return failure(std::move(r), "field \"seq\" is not a positive integer");
+  }
+  const auto seq = body["seq"].get<std::uint64_t>();
+  r.seq = seq;
+  if (body["id"].is_string()) {
+    r.id = body["id"].get<std::string>();
+  }
+  if (!body["v"].is_number_unsigned() || body["v"].get<std::uint64_t>() != 1) {
+    return failure(std::move(r), "field \"v\" is not 1");
+  }
+  if (!body["gateway"].is_string() || body["gateway"].get_ref<const std::string&>().empty()) {
+    return failure(std::move(r), "field \"gateway\" is not a non-empty string");
+  }
+  r.gateway = body["gateway"].get<std::string>();
+  if (!body["id"].is_string()) {
+    return failure(std::move(r), "field \"id\" is not a string");
+  }
+  if (const std::string expected_id = r.gateway + ":" + std::to_string(seq); r.id != expected_id) {
+    return failure(std::move(r), "id " + r.id + " is not <gateway>:<seq> (" + expected_id + ")");
+  }
+  if (!body["prev"].is_string() || !is_lower_hex64(body["prev"].get_ref<const std::string&>())) {
+    return failure(std::move(r), "field \"prev\" is not 64 lower-case hex digits");
+  }
+  r.prev = body["prev"].get<std::string>();
+  if (!body["type"].is_string() || body["type"].get_ref<const std::string&>().empty()) {
+    return failure(std::move(r), "field \"type\" is not a non-empty string");
+  }
+  r.type = body["type"].get<std::string>();
+  if (!body["time_ms"].is_number_integer()) {
+    return failure(std::move(r), "field \"time_ms\" is not an integer");
+  }
+  if (!body["created_ms"].is_number_integer()) {
+    return failure(std::move(r), "field \"created_ms\" is not an integer");
+  }
+  if (seq == 1 && r.prev != std::string(64, '0')) {
+    return failure(std::move(r), "prev of seq 1 is not 64 zeros");
+  }
+  r.ok = true;
+  return r;
+}
+
+std::string sign_compact(const Ed25519PrivateKey& key, std::string_view typ,
+                         const nlohmann::json& payload_json) {
+  const nlohmann::json header = {
+      {"alg", "EdDSA"}, {"kid", key.public_key().kid()}, {"typ", std::string(typ)}};
+  std::string jws = base64url_encode(canonical_json(header));
+  jws.push_back('.');
+  jws += base64url_encode(canonical_json(payload_json));
+  const std::string signature = key.sign(jws);
+  jws.push_back('.');
+  jws += base64url_encode(signature);
+  return jws;
+}
+
+}  // namespace cpd
