@@ -1,5 +1,6 @@
 // Byte encodings of the evidence format: lower-case hex, strict base64url (RFC 4648 §5, no padding),
-// and SHA-256 through the OpenSSL EVP interface.
+// base64 (§4) for device bytes, SHA-256 through the OpenSSL EVP interface, and the one UTF-8 decoder (JCS
+// and the device-text escape agree on what is well-formed).
 #include "daemon/core/encoding.h"
 
 #include <array>
@@ -71,6 +72,19 @@ std::string base64url_encode(std::string_view bytes) {
   return out;
 }
 
+std::string base64_encode(std::string_view bytes) {
+  std::string out = base64url_encode(bytes);
+  for (char& c : out) {
+    if (c == '-') {
+      c = '+';
+    } else if (c == '_') {
+      c = '/';
+    }
+  }
+  out.append((4 - out.size() % 4) % 4, '=');
+  return out;
+}
+
 std::optional<std::string> base64url_decode(std::string_view text) {
   // A length of 1 mod 4 cannot come from any byte string.
   if (text.size() % 4 == 1) {
@@ -111,5 +125,79 @@ std::string sha256_raw(std::string_view bytes) {
 }
 
 std::string sha256_hex(std::string_view bytes) { return hex_lower(sha256_raw(bytes)); }
+
+std::int32_t decode_utf8(std::string_view text, std::size_t& i) {
+  const auto b0 = static_cast<unsigned char>(text[i]);
+  if (b0 < 0x80) {
+    ++i;
+    return b0;
+  }
+  int len = 0;
+  std::uint32_t cp = 0;
+  std::uint32_t min = 0;
+  if (b0 >= 0xc2 && b0 <= 0xdf) {
+    len = 2;
+    cp = b0 & 0x1fu;
+    min = 0x80;
+  } else if (b0 >= 0xe0 && b0 <= 0xef) {
+    len = 3;
+    cp = b0 & 0x0fu;
+    min = 0x800;
+  } else if (b0 >= 0xf0 && b0 <= 0xf4) {
+    len = 4;
+    cp = b0 & 0x07u;
+    min = 0x10000;
+  } else {
+    return -1;
+  }
+  if (i + static_cast<std::size_t>(len) > text.size()) {
+    return -1;
+  }
+  for (int k = 1; k < len; ++k) {
+    const auto b = static_cast<unsigned char>(text[i + static_cast<std::size_t>(k)]);
+    if ((b & 0xc0u) != 0x80u) {
+      return -1;
+    }
+    cp = (cp << 6) | (b & 0x3fu);
+  }
+  if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+    return -1;
+  }
+  i += static_cast<std::size_t>(len);
+  return static_cast<std::int32_t>(cp);
+}
+
+bool is_valid_utf8(std::string_view text) {
+  std::size_t i = 0;
+  while (i < text.size()) {
+    if (decode_utf8(text, i) < 0) {
+      return false;
+    }
+  }
+  return true;
+}
+
+std::string escape_invalid_utf8(std::string_view bytes) {
+  std::string out;
+  out.reserve(bytes.size() + bytes.size() / 2);
+  std::size_t i = 0;
+  while (i < bytes.size()) {
+    const std::size_t start = i;
+    const std::int32_t cp = decode_utf8(bytes, i);
+    if (cp == '\\') {
+      out += "\\\\";
+    } else if (cp >= 0) {
+      out.append(bytes, start, i - start);
+    } else {
+      // One byte at a time: the next byte may start a well-formed sequence again.
+      const auto b = static_cast<unsigned char>(bytes[i]);
+      out += "\\x";
+      out.push_back(kHexDigits[b >> 4]);
+      out.push_back(kHexDigits[b & 0x0f]);
+      ++i;
+    }
+  }
+  return out;
+}
 
 }  // namespace cpd

@@ -11,6 +11,8 @@
 #include <utility>
 #include <vector>
 
+#include "daemon/core/encoding.h"
+
 namespace cpd {
 
 namespace {
@@ -19,49 +21,6 @@ constexpr std::int64_t kMaxExactInteger = std::int64_t{1} << 53;  // IEEE-754 do
 // Records are shallow; the limit only keeps hostile input from exhausting the stack.
 constexpr int kMaxDepth = 256;
 
-// Decodes one UTF-8 sequence at text[i], advancing i; nullopt-like -1 on any ill-formed sequence
-// (overlong forms, surrogates, beyond U+10FFFF, truncation), as RFC 3629 requires.
-std::int32_t next_code_point(std::string_view text, std::size_t& i) {
-  const auto b0 = static_cast<unsigned char>(text[i]);
-  if (b0 < 0x80) {
-    ++i;
-    return b0;
-  }
-  int len = 0;
-  std::uint32_t cp = 0;
-  std::uint32_t min = 0;
-  if (b0 >= 0xc2 && b0 <= 0xdf) {
-    len = 2;
-    cp = b0 & 0x1fu;
-    min = 0x80;
-  } else if (b0 >= 0xe0 && b0 <= 0xef) {
-    len = 3;
-    cp = b0 & 0x0fu;
-    min = 0x800;
-  } else if (b0 >= 0xf0 && b0 <= 0xf4) {
-    len = 4;
-    cp = b0 & 0x07u;
-    min = 0x10000;
-  } else {
-    return -1;
-  }
-  if (i + static_cast<std::size_t>(len) > text.size()) {
-    return -1;
-  }
-  for (int k = 1; k < len; ++k) {
-    const auto b = static_cast<unsigned char>(text[i + static_cast<std::size_t>(k)]);
-    if ((b & 0xc0u) != 0x80u) {
-      return -1;
-    }
-    cp = (cp << 6) | (b & 0x3fu);
-  }
-  if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
-    return -1;
-  }
-  i += static_cast<std::size_t>(len);
-  return static_cast<std::int32_t>(cp);
-}
-
 // Member names compare by UTF-16 code units (RFC 8785 §3.2.3), which differs from UTF-8 byte order
 // for characters above U+FFFF versus U+E000..U+FFFF.
 std::u16string utf16_key(const std::string& key) {
@@ -69,7 +28,7 @@ std::u16string utf16_key(const std::string& key) {
   out.reserve(key.size());
   std::size_t i = 0;
   while (i < key.size()) {
-    const std::int32_t cp = next_code_point(key, i);
+    const std::int32_t cp = decode_utf8(key, i);
     if (cp < 0) {
       throw JcsError("member name is not valid UTF-8");
     }
@@ -90,7 +49,7 @@ void write_string(std::string& out, const std::string& s) {
   std::size_t i = 0;
   while (i < s.size()) {
     const std::size_t start = i;
-    const std::int32_t cp = next_code_point(s, i);
+    const std::int32_t cp = decode_utf8(s, i);
     if (cp < 0) {
       throw JcsError("string is not valid UTF-8");
     }

@@ -82,6 +82,10 @@ struct SealedRecord {
   std::vector<KeptMedia> kept_media;        // kept on the gateway, not published
   std::optional<LinkSpan> link_span;        // stored for later `link` records
   std::optional<DockFileUpdate> dock_update;  // committed with the record
+  // Set by Sealer::seal_or_salvage when seal() refused the fact: why, and the paths of the members the
+  // record had to leave out (also named in the record's `unsealable_fields`).
+  std::string salvage_reason;
+  std::vector<std::string> unsealable;
 };
 
 }  // namespace cpd

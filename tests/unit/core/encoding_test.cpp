@@ -58,5 +58,61 @@ TEST(Encoding, Sha256Vectors) {
   EXPECT_EQ(hex_lower(sha256_raw("abc")), sha256_hex("abc"));
 }
 
+TEST(Encoding, Base64Rfc4648Vectors) {
+  EXPECT_EQ(base64_encode(""), "");
+  EXPECT_EQ(base64_encode("f"), "Zg==");
+  EXPECT_EQ(base64_encode("fo"), "Zm8=");
+  EXPECT_EQ(base64_encode("foo"), "Zm9v");
+  EXPECT_EQ(base64_encode("foobar"), "Zm9vYmFy");
+  EXPECT_EQ(base64_encode("\xfb\xff"), "+/8=");
+  // The GBK bytes of the plate 浙A12345 as a camera sent them.
+  EXPECT_EQ(base64_encode("\xd5\xe3" "A12345"), "1eNBMTIzNDU=");
+}
+
+TEST(Encoding, Utf8ValidityFollowsRfc3629) {
+  EXPECT_TRUE(is_valid_utf8(""));
+  EXPECT_TRUE(is_valid_utf8("\xe6\xb5\x99" "A12345"));    // 浙A12345
+  EXPECT_TRUE(is_valid_utf8("\xf0\x9f\x9a\x97"));         // U+1F697
+  EXPECT_TRUE(is_valid_utf8(std::string("a\0b", 3)));     // NUL is text (JCS escapes it)
+  EXPECT_FALSE(is_valid_utf8("\xd5\xe3" "A12345"));       // GBK
+  EXPECT_FALSE(is_valid_utf8("\xc0\xaf"));                // overlong '/'
+  EXPECT_FALSE(is_valid_utf8("\xed\xa0\x80"));            // surrogate U+D800
+  EXPECT_FALSE(is_valid_utf8("\xf4\x90\x80\x80"));        // beyond U+10FFFF
+  EXPECT_FALSE(is_valid_utf8("\xe6\xb5"));                // truncated
+  EXPECT_FALSE(is_valid_utf8("\x80"));                    // lone continuation byte
+}
+
+// Each ill-formed byte becomes \xNN and each backslash doubles, so the text reads back to the exact bytes.
+std::string unescape(std::string_view text) {
+  std::string out;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    if (text[i] != '\\') {
+      out.push_back(text[i]);
+    } else if (text[i + 1] == '\\') {
+      out.push_back('\\');
+      ++i;
+    } else {
+      out.push_back(static_cast<char>(std::stoi(std::string(text.substr(i + 2, 2)), nullptr, 16)));
+      i += 3;
+    }
+  }
+  return out;
+}
+
+TEST(Encoding, EscapedDeviceTextIsUtf8AndLossless) {
+  EXPECT_EQ(escape_invalid_utf8("\xd5\xe3" "A12345"), "\\xd5\\xe3A12345");
+  // Well-formed sequences around ill-formed bytes are kept as they are.
+  EXPECT_EQ(escape_invalid_utf8("\xe6\xb5\x99\xff" "A"), "\xe6\xb5\x99\\xffA");
+  EXPECT_EQ(escape_invalid_utf8("a\\b\x80"), "a\\\\b\\x80");
+  EXPECT_EQ(escape_invalid_utf8("\xe6\xb5"), "\\xe6\\xb5");  // a cut sequence: byte by byte
+  std::string bytes;
+  for (int i = 0; i < 2000; ++i) {
+    bytes.push_back(static_cast<char>((i * 131 + 7) & 0xff));
+    const std::string escaped = escape_invalid_utf8(bytes);
+    ASSERT_TRUE(is_valid_utf8(escaped)) << i;
+    ASSERT_EQ(unescape(escaped), bytes) << i;
+  }
+}
+
 }  // namespace
 }  // namespace cpd

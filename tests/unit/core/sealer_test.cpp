@@ -2,7 +2,10 @@
 // refusal of reserved names and non-integer numbers.
 #include "daemon/core/sealer.h"
 
+#include <cmath>
+#include <limits>
 #include <stdexcept>
+#include <vector>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -128,6 +131,98 @@ TEST_F(SealerTest, RejectsEmptyTypeAndGateway) {
   Fact f = speeding(1, 2);
   f.type.clear();
   EXPECT_THROW(sealer.seal(f, 3), std::invalid_argument);
+}
+
+// Device text that is not UTF-8 keeps its exact bytes beside an escaped, lossless text.
+TEST(EscapeTextNotUtf8, EscapesInPlaceWithRawBytesBesideAndListsThePaths) {
+  json fields = {{"plate", "\xd5\xe3" "A12345"},
+                 {"plate_color", "blue"},
+                 {"camera_event", {{"raw_xml", "<a>\xd5\xe3</a>"}, {"uuid", "u"}}},
+                 {"pictures", json::array({{{"file_name", "p\xff.jpg"}}, {{"file_name", "ok.jpg"}}})},
+                 {"missing_pictures", json::array({"ok.jpg", "m\xfe.jpg"})},
+                 {"nested", json::array({json::array({"\xfd"})})}};
+  const auto paths = escape_text_not_utf8(fields);
+  EXPECT_EQ(paths, (std::vector<std::string>{"camera_event.raw_xml", "missing_pictures[1]", "nested[0][0]",
+                                             "pictures[0].file_name", "plate"}));
+  EXPECT_EQ(fields["plate"], "\\xd5\\xe3A12345");
+  EXPECT_EQ(fields["plate_raw_b64"], "1eNBMTIzNDU=");
+  EXPECT_EQ(fields["plate_color"], "blue");
+  EXPECT_FALSE(fields.contains("plate_color_raw_b64"));
+  EXPECT_EQ(fields["camera_event"]["raw_xml"], "<a>\\xd5\\xe3</a>");
+  EXPECT_EQ(fields["camera_event"]["raw_xml_raw_b64"], base64_encode("<a>\xd5\xe3</a>"));
+  EXPECT_EQ(fields["pictures"][0]["file_name_raw_b64"], base64_encode("p\xff.jpg"));
+  EXPECT_EQ(fields["missing_pictures"], json::array({"ok.jpg", "m\\xfe.jpg"}));
+  EXPECT_EQ(fields["missing_pictures_raw_b64"], json({{"1", base64_encode("m\xfe.jpg")}}));
+  EXPECT_EQ(fields["nested"][0][0], "\\xfd");
+  EXPECT_EQ(fields["text_not_utf8"], json(paths));
+  EXPECT_NO_THROW(canonical_json(fields));
+
+  json clean = {{"plate", "\xe6\xb5\x99" "A12345"}, {"list", json::array({"a"})}};
+  const json before = clean;
+  EXPECT_TRUE(escape_text_not_utf8(clean).empty());
+  EXPECT_EQ(clean, before) << "valid text is recorded unchanged";
+}
+
+TEST_F(SealerTest, SealOrSalvageSealsAValidFactExactlyAsSeal) {
+  Sealer a(key_, "gw-1", ChainHead{});
+  Sealer b(key_, "gw-1", ChainHead{});
+  const SealedRecord r = a.seal_or_salvage(speeding(1, 2), 3);
+  EXPECT_EQ(r.jws, b.seal(speeding(1, 2), 3).jws);
+  EXPECT_TRUE(r.salvage_reason.empty());
+  EXPECT_TRUE(r.unsealable.empty());
+}
+
+// No fact is reduced to a bare fault: what can be sealed is, and what cannot is named.
+TEST_F(SealerTest, SealOrSalvageKeepsEverySealableMemberAndNamesTheOthers) {
+  Sealer sealer(key_, "gw-1", ChainHead{});
+  Fact f = speeding(1700000000000, 1500);
+  f.fields["plate"] = "\xd5\xe3" "A12345";
+  f.fields["ratio"] = 0.5;
+  f.fields["id"] = "mine";
+  f.fields["pictures"] = json::array({{{"sha256", "aa"}, {"bytes", 1.25}}});
+  f.fields["checks"] = {{"deep", {{"nan", std::nan("")}}}};
+  f.fields["valid"] = true;
+  f.fields["n\xff"] = 1;
+  f.media = {std::string(64, 'b')};
+  const SealedRecord r = sealer.seal_or_salvage(f, 1700000000500);
+  EXPECT_NE(r.salvage_reason, "");
+  EXPECT_EQ(r.unsealable,
+            (std::vector<std::string>{"checks.deep.nan", "id", "n\\xff", "pictures[0].bytes", "ratio"}));
+  EXPECT_EQ(r.media, f.media);
+  EXPECT_EQ(r.type, "speeding");
+  const json body = json::parse(test::payload_of(r.jws));
+  EXPECT_EQ(body["type"], "speeding");
+  EXPECT_EQ(body["id"], "gw-1:1");
+  EXPECT_EQ(body["speed"], 1500);
+  EXPECT_EQ(body["lane"], 2);
+  EXPECT_EQ(body["plate"], "\\xd5\\xe3A12345");
+  EXPECT_EQ(body["plate_raw_b64"], "1eNBMTIzNDU=");
+  EXPECT_EQ(body["text_not_utf8"], json::array({"plate"}));
+  EXPECT_EQ(body["pictures"][0]["sha256"], "aa");
+  EXPECT_FALSE(body["pictures"][0].contains("bytes"));
+  EXPECT_EQ(body["valid"], false);
+  EXPECT_EQ(body["invalid_reasons"], json::array({"unsealable_fields"}));
+  ASSERT_EQ(body["unsealable_fields"].size(), 5u);
+  EXPECT_EQ(body["unsealable_fields"][4], json({{"path", "ratio"},
+                                                {"reason", "value is not an integer within ±2^53"},
+                                                {"text", "0.5"}}));
+  EXPECT_EQ(body["unsealable_fields"][1]["text"], "\"mine\"");
+  EXPECT_EQ(canonical_json(body), test::payload_of(r.jws));
+  EXPECT_EQ(sealer.head().seq, 1u);
+}
+
+TEST_F(SealerTest, SealOrSalvageHandlesABrokenEnvelope) {
+  Sealer sealer(key_, "gw-1", ChainHead{});
+  Fact f;
+  f.time_ms = std::numeric_limits<std::int64_t>::max();
+  f.fields = json::array({1, 2});
+  const SealedRecord r = sealer.seal_or_salvage(f, 1700000000500);
+  const json body = json::parse(test::payload_of(r.jws));
+  EXPECT_EQ(body["type"], "fault");
+  EXPECT_EQ(body["time_ms"], 1700000000500);
+  EXPECT_EQ(r.unsealable, (std::vector<std::string>{"type", "time_ms", "fields"}));
+  EXPECT_EQ(body["unsealable_fields"][1]["text"], "9223372036854775807");
+  EXPECT_EQ(body["unsealable_fields"][2]["text"], "[1,2]");
 }
 
 }  // namespace
