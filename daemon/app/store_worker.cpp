@@ -10,6 +10,14 @@
 
 namespace cpd::app {
 
+namespace {
+
+// At shutdown a failing commit is retried this many times in a row (with the default backoff, 50 ms
+// doubling to 5 s, about 75 s) before the worker gives up on what is not committed.
+constexpr std::uint64_t kMaxFailuresAtShutdown = 20;
+
+}  // namespace
+
 StoreWorker::StoreWorker(store::EvidenceStore& store, Sealer& sealer, const WallClock& clock,
                          std::size_t max_batch, CommittedHandler on_committed, media::MediaStore* media,
                          int media_retention_days, pipeline::LinkRule link_rule, int important_retention_days)
@@ -31,6 +39,12 @@ StoreWorker::~StoreWorker() { drain_and_stop(); }
 void StoreWorker::set_commit_observer(CommitObserver observer) {
   std::lock_guard lock(mutex_);
   commit_observer_ = std::move(observer);
+}
+
+void StoreWorker::set_commit_retry_backoff(std::chrono::milliseconds initial, std::chrono::milliseconds max) {
+  std::lock_guard lock(mutex_);
+  backoff_initial_ = initial;
+  backoff_max_ = std::max(initial, max);
 }
 
 void StoreWorker::submit(Fact fact) { submit(std::move(fact), nullptr); }
@@ -97,6 +111,11 @@ std::uint64_t StoreWorker::commit_failures() const {
   return failures_;
 }
 
+std::uint64_t StoreWorker::salvaged_facts() const {
+  std::lock_guard lock(mutex_);
+  return salvaged_;
+}
+
 bool StoreWorker::commit_pending_retry() const {
   std::lock_guard lock(mutex_);
   return !retrying_.empty();
@@ -109,15 +128,30 @@ store::OutboxStats StoreWorker::outbox_stats() const {
 
 void StoreWorker::seal_into(const Fact& fact, UnixMs now, std::vector<SealedRecord>& sealed) {
   try {
-    sealed.push_back(sealer_.seal(fact, now));
+    sealed.push_back(sealer_.seal_or_salvage(fact, now));
   } catch (const std::exception& e) {
-    // A fact the sealer refuses is a bug in the core, not device trouble: keep the evidence visible.
+    // Not the fact's content (seal_or_salvage seals any content): signing itself failed. Keep the evidence
+    // visible rather than stop the chain.
     log::error("store", "", std::string("cannot seal a ") + fact.type + " fact: " + e.what());
     Fact broken;
     broken.type = "fault";
     broken.time_ms = fact.time_ms;
     broken.fields = {{"fault", "unsealable_fact"}, {"fact_type", fact.type}, {"reason", e.what()}};
-    sealed.push_back(sealer_.seal(broken, now));
+    sealed.push_back(sealer_.seal_or_salvage(broken, now));
+    return;
+  }
+  const SealedRecord& r = sealed.back();
+  if (!r.salvage_reason.empty()) {
+    // A fact built wrongly somewhere in the gateway: sealed with what could be kept, and said loudly.
+    std::string left_out;
+    for (const auto& path : r.unsealable) {
+      left_out += (left_out.empty() ? "" : ", ") + path;
+    }
+    log::error("store", "",
+               "sealed " + r.id + " (" + fact.type + ") salvaged: " + r.salvage_reason +
+                   (left_out.empty() ? std::string("; nothing left out") : "; left out: " + left_out));
+    std::lock_guard lock(mutex_);
+    ++salvaged_;
   }
 }
 
@@ -298,7 +332,10 @@ void StoreWorker::sweep_media() {
 }
 
 void StoreWorker::run() {
-  auto backoff = std::chrono::milliseconds(50);
+  std::chrono::milliseconds backoff{0};  // 0: the next failure waits the initial backoff
+  // Failed commits since the last one that succeeded: an earlier outage the store recovered from does not
+  // shorten the retries at shutdown.
+  std::uint64_t consecutive_failures = 0;
   for (;;) {
     std::vector<Item> batch;
     std::deque<Fetch> fetches;
@@ -327,11 +364,13 @@ void StoreWorker::run() {
     bool failed = false;
     if (!batch.empty()) {
       if (commit_batch(batch)) {
-        backoff = std::chrono::milliseconds(50);
+        backoff = std::chrono::milliseconds(0);
+        consecutive_failures = 0;
         std::lock_guard lock(mutex_);
         committed_ += batch.size();
       } else {
         failed = true;
+        ++consecutive_failures;
         std::lock_guard lock(mutex_);
         ++failures_;
         retrying_ = std::move(batch);
@@ -365,12 +404,15 @@ void StoreWorker::run() {
       outbox_stats_ = stats;
     }
     if (failed) {
+      {
+        std::lock_guard lock(mutex_);
+        backoff = backoff.count() == 0 ? backoff_initial_ : std::min(backoff * 2, backoff_max_);
+      }
       std::this_thread::sleep_for(backoff);
-      backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
       if (stopping) {
         // Keep trying while stopping, but not forever: what is not committed was never accepted.
         std::lock_guard lock(mutex_);
-        if (failures_ > 20) {
+        if (consecutive_failures > kMaxFailuresAtShutdown) {
           log::error("store", "", "giving up at shutdown: " + std::to_string(retrying_.size() + facts_.size()) +
                                       " facts were not committed");
           return;

@@ -60,9 +60,15 @@ class StoreWorker final : public forwarder::OutboxSource {
   using CommitObserver = std::function<void(std::chrono::steady_clock::duration, std::size_t records)>;
   void set_commit_observer(CommitObserver observer);
 
+  // The wait after a failed commit starts at `initial` and doubles up to `max` (default 50 ms to 5 s); tests
+  // shorten it.
+  void set_commit_retry_backoff(std::chrono::milliseconds initial, std::chrono::milliseconds max);
+
   std::uint64_t queued() const;
   std::uint64_t committed_records() const;
   std::uint64_t commit_failures() const;
+  // Facts the sealer refused and that were sealed salvaged (Sealer::seal_or_salvage): a gateway bug, logged.
+  std::uint64_t salvaged_facts() const;
   // A batch failed to commit and waits to be tried again (disk full, I/O error).
   bool commit_pending_retry() const;
   store::OutboxStats outbox_stats() const;  // cached after each loop; thread-safe
@@ -94,6 +100,8 @@ class StoreWorker final : public forwarder::OutboxSource {
   void seal_into(const Fact& fact, UnixMs now, std::vector<SealedRecord>& sealed);
 
   CommitObserver commit_observer_;
+  std::chrono::milliseconds backoff_initial_{50};
+  std::chrono::milliseconds backoff_max_{5000};
   std::deque<Item> facts_;
   std::vector<Item> retrying_;     // a batch whose commit failed: sealed again, in order, before anything new
   std::deque<Fetch> fetches_;
@@ -101,7 +109,8 @@ class StoreWorker final : public forwarder::OutboxSource {
   std::deque<std::function<void(store::EvidenceStore&)>> tasks_;
   bool stopping_ = false;
   std::uint64_t committed_ = 0;
-  std::uint64_t failures_ = 0;
+  std::uint64_t failures_ = 0;  // failed commits over the worker's life (the metric)
+  std::uint64_t salvaged_ = 0;
   store::OutboxStats outbox_stats_;
   std::chrono::steady_clock::time_point last_stats_{};
   media::MediaStore* media_;

@@ -1,12 +1,15 @@
 // StoreWorker with a real SQLite store and media directory: facts are sealed and committed in order,
-// the outbox pages carry their media bytes, and retention never deletes an unacknowledged record's media.
+// the outbox pages carry their media bytes, retention never deletes an unacknowledged record's media, a
+// fact the sealer refuses is still sealed (salvaged), and shutdown retries count consecutive failures.
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <thread>
 
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 
 #include "daemon/app/store_worker.h"
 #include "daemon/core/encoding.h"
@@ -284,6 +287,122 @@ TEST_F(LinkTest, AVehicleRecordSealedAfterTheRecordingGetsALinkRecord) {
   EXPECT_EQ(links[2]["recording"], "gw:5");
   EXPECT_EQ(links[2]["record"], "gw:7");
   EXPECT_EQ(links[2]["time_ms"], kT + 100500);
+}
+
+// Another connection holding the write lock: the worker's commits fail (Status::retry) until released.
+class WriteLock {
+ public:
+  explicit WriteLock(const fs::path& db) {
+    EXPECT_EQ(sqlite3_open(db.c_str(), &db_), SQLITE_OK);
+  }
+  ~WriteLock() {
+    release();
+    sqlite3_close(db_);
+  }
+  void take() { ASSERT_EQ(sqlite3_exec(db_, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK); }
+  void release() {
+    if (sqlite3_get_autocommit(db_) == 0) {
+      sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+    }
+  }
+
+ private:
+  sqlite3* db_ = nullptr;
+};
+
+template <typename Pred>
+bool eventually(Pred pred, std::chrono::milliseconds limit = 5s) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > until) {
+      return false;
+    }
+    std::this_thread::sleep_for(2ms);
+  }
+  return true;
+}
+
+// Defect: the shutdown limit counted failures over the worker's whole life, so after an earlier outage of
+// 21+ failed commits, shutdown gave up at its first failed retry and a fact submitted later was lost.
+TEST_F(StoreWorkerTest, AnEarlierOutageDoesNotShortenTheRetriesAtShutdown) {
+  store_ = std::make_unique<store::EvidenceStore>((dir_ / "store.db").string(),
+                                                  store::StoreOptions{std::chrono::milliseconds(1)});
+  start_worker();
+  worker_->set_commit_retry_backoff(10ms, 10ms);
+  WriteLock lock(dir_ / "store.db");
+
+  // An outage of 25 failed commits, then the store recovers.
+  lock.take();
+  worker_->submit(fact_with_media({}));
+  ASSERT_TRUE(eventually([&] { return worker_->commit_failures() >= 25; }));
+  lock.release();
+  ASSERT_TRUE(wait_seq(1));
+
+  // A second, short outage while the daemon stops: the worker must keep retrying (up to 21 in a row).
+  lock.take();
+  worker_->submit(fact_with_media({}));
+  const std::uint64_t before = worker_->commit_failures();
+  ASSERT_TRUE(eventually([&] { return worker_->commit_failures() > before; }));
+  std::thread stopper([&] { worker_->drain_and_stop(); });
+  const std::uint64_t at_stop = worker_->commit_failures();
+  const bool kept_trying = eventually([&] { return worker_->commit_failures() >= at_stop + 3; }, 2s);
+  lock.release();
+  stopper.join();
+  EXPECT_TRUE(kept_trying) << "gave up at shutdown after " << worker_->commit_failures() - at_stop
+                           << " failed retries";
+  EXPECT_EQ(store_->chain_head().seq, 2u) << "the fact submitted before shutdown was not committed";
+  EXPECT_EQ(worker_->committed_records(), 2u);
+}
+
+// A fact the sealer refuses (here: a fraction, a reserved name, text that is not UTF-8, a member name
+// that is not UTF-8) is sealed anyway with everything that can be kept; it is never a bare fault.
+TEST_F(StoreWorkerTest, AFactTheSealerRefusesIsSealedWithEveryMemberThatCanBe) {
+  std::vector<nlohmann::json> bodies;
+  worker_ = std::make_unique<StoreWorker>(
+      *store_, *sealer_, clock_, 64,
+      [&](std::uint64_t last, std::vector<forwarder::CommittedRecord> records) {
+        std::lock_guard lock(mutex_);
+        last_seq_ = last;
+        for (auto& r : records) {
+          bodies.push_back(body_of(r.jws));
+        }
+        cv_.notify_all();
+      },
+      media_.get());
+  Fact f;
+  f.type = "speeding";
+  f.time_ms = 1795700000000;
+  f.fields = {{"speed_dkmh", 1500},
+              {"plate", "\xd5\xe3" "A12345"},
+              {"ratio", 1.5},
+              {"seq", 7},
+              {"camera_event", {{"uuid", "u-1"}, {"raw_xml", "<p>\xd5\xe3</p>"}}},
+              {"enforceable", true},
+              {"reasons", nlohmann::json::array()}};
+  f.fields["bad\xff"] = 1;
+  f.media = {std::string(64, 'a')};
+  worker_->submit(f);
+  ASSERT_TRUE(wait_seq(1));
+  EXPECT_EQ(worker_->salvaged_facts(), 1u);
+  std::lock_guard lock(mutex_);
+  ASSERT_EQ(bodies.size(), 1u);
+  const auto& b = bodies[0];
+  EXPECT_EQ(b["type"], "speeding");
+  EXPECT_EQ(b["seq"], 1);
+  EXPECT_EQ(b["speed_dkmh"], 1500);
+  EXPECT_EQ(b["plate"], "\\xd5\\xe3A12345");
+  EXPECT_EQ(b["plate_raw_b64"], "1eNBMTIzNDU=");
+  EXPECT_EQ(b["camera_event"]["uuid"], "u-1");
+  EXPECT_EQ(b["camera_event"]["raw_xml_raw_b64"], base64_encode("<p>\xd5\xe3</p>"));
+  EXPECT_EQ(b["text_not_utf8"], nlohmann::json::array({"camera_event.raw_xml", "plate"}));
+  EXPECT_EQ(b["enforceable"], false);
+  EXPECT_EQ(b["reasons"], nlohmann::json::array({"unsealable_fields"}));
+  std::vector<std::string> named;
+  for (const auto& u : b["unsealable_fields"]) {
+    named.push_back(u["path"].get<std::string>());
+  }
+  EXPECT_EQ(named, (std::vector<std::string>{"bad\\xff", "ratio", "seq"}));
+  EXPECT_FALSE(b.contains("fault"));
 }
 
 }  // namespace
