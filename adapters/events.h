@@ -76,7 +76,10 @@ struct MediaRef {
   UnixMs capture_ms = 0;          // capture time, gateway clock (device time corrected by its offset)
 };
 
-// One ANPR alert from a camera, with its pictures already durable in the media store.
+// One ANPR alert from a camera, with its pictures already durable in the media store. Its text is the
+// camera's bytes exactly as sent: the spec says UTF-8, but a camera may send GBK. Such text is counted by
+// the adapter and escaped, with its exact bytes in base64 beside it, when it becomes a record member
+// (escape_text_not_utf8, docs/records.md): never refused, never altered here.
 struct PlateRead {
   std::string device_id;          // the camera
   std::string radar_id;           // the radar whose lanes this camera watches (config `radar`)
@@ -89,7 +92,7 @@ struct PlateRead {
   std::optional<std::int64_t> clock_offset_uncertainty_ms;  // true offset within clock_offset_ms ± this
   int lane = 0;                   // <line>
   std::string direction;          // forward | reverse
-  std::string plate;              // UTF-8; "unknown" when the camera could not read it
+  std::string plate;              // "unknown" when the camera could not read it
   std::string plate_color;
   std::string plate_type;
   std::string vehicle_type;

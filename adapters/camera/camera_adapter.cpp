@@ -32,6 +32,7 @@
 #include "adapters/camera/http_auth.h"
 #include "adapters/camera/isapi_xml.h"
 #include "adapters/camera/multipart_parser.h"
+#include "daemon/core/encoding.h"
 #include "daemon/log/log.h"
 #include "daemon/media/media_store.h"
 
@@ -440,6 +441,9 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
       }
       if (r.status == 200) {
         if (auto info = parse_device_info(r.body)) {
+          if (info->text_not_utf8) {
+            self->text_not_utf8("deviceInfo");
+          }
           std::lock_guard lock(self->mutex_);
           self->snap_.device = std::move(*info);
         } else {
@@ -483,6 +487,9 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
 
   // One more interval for the offset estimate (camera clock minus gateway clock); false if unusable.
   bool on_camera_time(const IsapiTime& t, const HttpResult& r) {
+    if (t.text_not_utf8) {
+      text_not_utf8("System/time");
+    }
     const std::int64_t resolution = t.time.has_fraction ? 1 : 1000;
     const auto outcome = clock_.add(t.time.unix_ms, resolution, r.sent_ms, r.received_ms);
     if (outcome == CameraClockEstimator::Outcome::kRejected) {
@@ -629,7 +636,13 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     const auto boundary = multipart_boundary(sv(res[http::field::content_type]));
     if (!boundary) {
       count_error("bad_content_type");
-      link_failed("alert stream is not multipart: '" + std::string(sv(res[http::field::content_type])) + "'");
+      // The camera's header goes into the status and a device_status record: UTF-8 only.
+      std::string type(sv(res[http::field::content_type]));
+      if (!is_valid_utf8(type)) {
+        text_not_utf8("alert stream Content-Type");
+        type = escape_invalid_utf8(type);
+      }
+      link_failed("alert stream is not multipart: '" + type + "'");
       return;
     }
     multipart_.emplace(*boundary);
@@ -839,6 +852,10 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
       return;
     }
     auto& a = *parsed.alert;
+    if (a.text_not_utf8) {
+      // Kept exact in the plate read: the record escapes it and carries the bytes (docs/records.md).
+      text_not_utf8("alert XML");
+    }
     const UnixMs now = ctx_.clock.now_ms();
     if (a.kind == IsapiAlert::Kind::kHeartbeat) {
       std::lock_guard lock(mutex_);
@@ -948,6 +965,9 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
       p.window_closed = true;
     }
     Slot& slot = p.slots[idx];
+    if (!is_valid_utf8(part.content_type)) {
+      text_not_utf8("picture Content-Type");
+    }
     slot.state = SlotState::kStoring;
     slot.ref.content_type = part.content_type;
     slot.ref.kind = slot.info.type;
@@ -1127,6 +1147,19 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     ++snap_.errors[reason];
   }
 
+  // Text the camera sent that is not UTF-8 (the spec says UTF-8; some firmware sends GBK): recorded, never
+  // refused, counted as errors{text_not_utf8}, and said once in the log so the installer can fix the camera.
+  void text_not_utf8(std::string_view where) {
+    count_error("text_not_utf8");
+    if (!warned_not_utf8_) {
+      warned_not_utf8_ = true;
+      log::warn(kComponent, config_.id,
+                std::string(where) +
+                    " holds text that is not UTF-8 (is the camera set to GBK?): recorded escaped with its exact "
+                    "bytes in base64, counted in errors{text_not_utf8}");
+    }
+  }
+
   void add_multipart_totals(const MultipartParser::Counters& c) {
     multipart_totals_.parts += c.parts;
     multipart_totals_.noise_bytes += c.noise_bytes;
@@ -1211,6 +1244,7 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
   std::minstd_rand rng_;
   bool running_ = false;
   bool good_connection_ = false;
+  bool warned_not_utf8_ = false;
   int attempt_ = 0;
   Reported reported_ = Reported::kNone;
 

@@ -7,6 +7,8 @@
 #include <charconv>
 #include <cstring>
 
+#include "daemon/core/encoding.h"
+
 namespace cpd::adapters {
 namespace {
 
@@ -51,6 +53,15 @@ std::optional<int> int_of(const pugi::xml_node& parent, std::string_view name, i
     return std::nullopt;
   }
   return v;
+}
+
+// Status text (JSON, UTF-8 only): bytes that are not UTF-8 escaped losslessly; true if any were.
+bool escape_for_status(std::string& text) {
+  if (is_valid_utf8(text)) {
+    return false;
+  }
+  text = escape_invalid_utf8(text);
+  return true;
 }
 
 bool load(pugi::xml_document& doc, std::string_view xml) {
@@ -190,6 +201,8 @@ AlertParseResult parse_alert(std::string_view xml) {
     return r;
   }
   IsapiAlert a;
+  // Checked on the document, not element by element: the raw XML goes into the record too.
+  a.text_not_utf8 = !is_valid_utf8(xml);
   a.event_type = text_of(root, "eventType");
   a.event_state = text_of(root, "eventState");
   a.date_time = text_of(root, "dateTime");
@@ -262,6 +275,10 @@ std::optional<IsapiDeviceInfo> parse_device_info(std::string_view xml) {
   info.model = text_of(root, "model");
   info.serial_number = text_of(root, "serialNumber");
   info.firmware_version = text_of(root, "firmwareVersion");
+  for (std::string* text :
+       {&info.device_name, &info.device_id, &info.model, &info.serial_number, &info.firmware_version}) {
+    info.text_not_utf8 = escape_for_status(*text) || info.text_not_utf8;
+  }
   return info;
 }
 
@@ -279,6 +296,7 @@ std::optional<IsapiTime> parse_time(std::string_view xml) {
     return std::nullopt;
   }
   t.time = *parsed;
+  t.text_not_utf8 = escape_for_status(t.time_mode);
   return t;
 }
 

@@ -48,6 +48,9 @@ struct IsapiAlert {
   std::string country;
   int confidence = 0;
   std::vector<IsapiPictureInfo> pictures;
+  // The document holds bytes that are not UTF-8 (a camera sending GBK, say). The text members keep the
+  // exact bytes; records escape them and carry the bytes in base64 (docs/records.md), the adapter counts it.
+  bool text_not_utf8 = false;
 };
 
 // Why an alert part was discarded; empty `error` means `alert` is set.
@@ -63,13 +66,17 @@ struct IsapiDeviceInfo {
   std::string model;
   std::string serial_number;
   std::string firmware_version;
+  // Shown in the status (JSON, UTF-8 only): text that is not UTF-8 is escaped (escape_invalid_utf8) and
+  // this is set.
+  bool text_not_utf8 = false;
 };
 std::optional<IsapiDeviceInfo> parse_device_info(std::string_view xml);
 
 struct IsapiTime {
-  std::string time_mode;    // NTP | manual
+  std::string time_mode;    // NTP | manual; escaped if not UTF-8 (shown in the status)
   std::string local_time;   // as sent
   IsoTime time;
+  bool text_not_utf8 = false;
 };
 std::optional<IsapiTime> parse_time(std::string_view xml);
 

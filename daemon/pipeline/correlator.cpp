@@ -10,6 +10,8 @@
 #include <tuple>
 #include <utility>
 
+#include "daemon/core/sealer.h"
+
 namespace cpd::pipeline {
 
 using nlohmann::json;
@@ -25,6 +27,23 @@ std::int64_t abs_diff(UnixMs a, UnixMs b) {
     return std::numeric_limits<std::int64_t>::max();
   }
   return d;
+}
+
+std::int64_t minus(UnixMs a, UnixMs b) {
+  std::int64_t d = 0;
+  if (__builtin_sub_overflow(a, b, &d)) {
+    return a > b ? std::numeric_limits<std::int64_t>::max() : std::numeric_limits<std::int64_t>::min();
+  }
+  return d;
+}
+
+// Text a device sent that is not UTF-8 is escaped with its exact bytes beside it (docs/records.md), so
+// every fact leaving the correlator can be sealed whatever the devices sent.
+std::vector<Fact> sealable(std::vector<Fact> facts) {
+  for (auto& f : facts) {
+    escape_text_not_utf8(f.fields);
+  }
+  return facts;
 }
 
 UnixMs plus(UnixMs t, std::int64_t ms) {
@@ -137,15 +156,15 @@ std::vector<Fact> Correlator::on_event(const adapters::DeviceEvent& event, UnixM
   if (const auto* track = std::get_if<adapters::RadarTrack>(&event)) {
     // No camera watches this radar, or the vehicle was outside every lane: nothing can pair with it.
     if (watched_radars_.count(track->device_id) == 0 || track->lane < 1) {
-      facts.push_back(speed_measurement(*track));
+      facts.push_back(speed_measurement(*track, now));
     } else {
       tracks_.push_back({*track, now, 0});
     }
   } else if (const auto* read = std::get_if<adapters::PlateRead>(&event)) {
     if (radars_.count(read->radar_id) == 0) {
-      facts.push_back(plate_read(*read, 0, "no_radar"));
+      facts.push_back(plate_read(*read, now, 0, "no_radar"));
     } else if (read->lane < 1) {
-      facts.push_back(plate_read(*read, 0, "outside_lanes"));
+      facts.push_back(plate_read(*read, now, 0, "outside_lanes"));
     } else {
       reads_.push_back({*read, now, 0});
     }
@@ -156,7 +175,7 @@ std::vector<Fact> Correlator::on_event(const adapters::DeviceEvent& event, UnixM
   } else if (const auto* fault = std::get_if<adapters::DockFileFault>(&event)) {
     facts.push_back(make_dock_fault_fact(*fault));
   }
-  return facts;
+  return sealable(std::move(facts));
 }
 
 std::vector<Fact> Correlator::tick(UnixMs now) {
@@ -263,13 +282,16 @@ std::vector<Fact> Correlator::decide(UnixMs now, bool force) {
     read_done[c.read] = true;
     const auto& track = tracks_[c.track].track;
     const auto& read = reads_[c.read].read;
+    const UnixMs track_arrived = tracks_[c.track].arrived_ms;
+    const UnixMs read_arrived = reads_[c.read].arrived_ms;
     if (plate_unreadable(read.plate)) {
-      out.push_back({track.time_ms, track_tie(track), speed_measurement(track)});
-      out.push_back(
-          {read.time_ms, read_tie(read), plate_read(read, read_degree[c.read], "plate_unreadable")});
+      out.push_back({track.time_ms, track_tie(track), speed_measurement(track, track_arrived)});
+      out.push_back({read.time_ms, read_tie(read),
+                     plate_read(read, read_arrived, read_degree[c.read], "plate_unreadable")});
     } else {
-      out.push_back({track.time_ms, track_tie(track),
-                     passage(track, read, track_degree[c.track], read_degree[c.read])});
+      out.push_back(
+          {track.time_ms, track_tie(track),
+           passage(track, track_arrived, read, read_arrived, track_degree[c.track], read_degree[c.read])});
     }
   }
 
@@ -280,8 +302,8 @@ std::vector<Fact> Correlator::decide(UnixMs now, bool force) {
       continue;
     }
     if (force || now >= deadline(t)) {
-      out.push_back(
-          {tracks_[t].track.time_ms, track_tie(tracks_[t].track), speed_measurement(tracks_[t].track)});
+      out.push_back({tracks_[t].track.time_ms, track_tie(tracks_[t].track),
+                     speed_measurement(tracks_[t].track, tracks_[t].arrived_ms)});
     } else {
       kept_tracks.push_back(std::move(tracks_[t]));
     }
@@ -297,7 +319,8 @@ std::vector<Fact> Correlator::decide(UnixMs now, bool force) {
       const std::string why = plate_unreadable(read.plate) ? "plate_unreadable"
                               : read_degree[r] == 0        ? "no_candidate"
                                                            : "candidates_taken";
-      out.push_back({read.time_ms, read_tie(read), plate_read(read, read_degree[r], why)});
+      out.push_back(
+          {read.time_ms, read_tie(read), plate_read(read, reads_[r].arrived_ms, read_degree[r], why)});
     } else {
       kept_reads.push_back(std::move(reads_[r]));
     }
@@ -313,7 +336,7 @@ std::vector<Fact> Correlator::decide(UnixMs now, bool force) {
   for (auto& r : out) {
     facts.push_back(std::move(r.fact));
   }
-  return facts;
+  return sealable(std::move(facts));
 }
 
 json Correlator::site_json() const {
@@ -478,7 +501,28 @@ json Correlator::gateway_clock_check() const {
   return check;
 }
 
+json Correlator::device_time_check(const json& skews_ms) const {
+  const std::int64_t max_skew_ms = std::int64_t{validity_.max_device_time_skew_s} * 1000;
+  bool ok = true;
+  for (const auto& [device, skew] : skews_ms.items()) {
+    const auto v = skew.get<std::int64_t>();
+    ok = ok && v >= -max_skew_ms && v <= max_skew_ms;
+  }
+  // The skews are written only when the check fails: a record must not depend on when, within the
+  // tolerance, its events happened to reach the gateway (pairing is independent of arrival order).
+  json check = ok ? json::object() : skews_ms;
+  check["ok"] = ok;
+  check["max_skew_ms"] = max_skew_ms;
+  return check;
+}
+
 namespace {
+
+void add_device_time_reason(const json& device_time, json& reasons) {
+  if (!device_time["ok"].get<bool>()) {
+    reasons.push_back("device_time_implausible");
+  }
+}
 
 void add_clock_reasons(const json& camera_clock, const json& clock_sync, json& reasons) {
   if (!camera_clock["ok"].get<bool>()) {
@@ -492,7 +536,7 @@ void add_clock_reasons(const json& camera_clock, const json& clock_sync, json& r
 
 }  // namespace
 
-Fact Correlator::speed_measurement(const adapters::RadarTrack& track) const {
+Fact Correlator::speed_measurement(const adapters::RadarTrack& track, UnixMs received_ms) const {
   Fact fact;
   fact.type = "speed_measurement";
   fact.time_ms = track.time_ms;
@@ -501,7 +545,12 @@ Fact Correlator::speed_measurement(const adapters::RadarTrack& track) const {
   if (track.lane == 0) {
     reasons.push_back("outside_lanes");
   }
+  json device_time = device_time_check({{"radar_skew_ms", minus(track.time_ms, received_ms)}});
+  if (!device_time["ok"].get<bool>()) {
+    reasons.push_back("device_time_implausible");
+  }
   fact.fields = std::move(part.fields);
+  fact.fields["device_time"] = std::move(device_time);
   fact.fields["site"] = site_json();
   fact.fields["device"] = track.device_id;
   fact.fields["valid"] = reasons.empty();
@@ -509,7 +558,8 @@ Fact Correlator::speed_measurement(const adapters::RadarTrack& track) const {
   return fact;
 }
 
-Fact Correlator::plate_read(const adapters::PlateRead& read, int candidates, const std::string& why) const {
+Fact Correlator::plate_read(const adapters::PlateRead& read, UnixMs received_ms, int candidates,
+                            const std::string& why) const {
   Fact fact;
   fact.type = "plate_read";
   fact.time_ms = read.time_ms;
@@ -522,16 +572,20 @@ Fact Correlator::plate_read(const adapters::PlateRead& read, int candidates, con
       {"candidates", candidates}, {"unmatched", why}, {"window_ms", correlation_.window_ms}};
   const json camera_clock = camera_clock_check(read);
   const json clock_sync = gateway_clock_check();
+  const json device_time = device_time_check({{"camera_skew_ms", minus(read.time_ms, received_ms)}});
   json reasons = json::array();
   add_clock_reasons(camera_clock, clock_sync, reasons);
-  fact.fields["checks"] = {{"camera_clock", camera_clock}, {"clock_sync", clock_sync}};
+  add_device_time_reason(device_time, reasons);
+  fact.fields["checks"] = {
+      {"camera_clock", camera_clock}, {"clock_sync", clock_sync}, {"device_time", device_time}};
   fact.fields["enforceable"] = reasons.empty();
   fact.fields["reasons"] = reasons;
   return fact;
 }
 
-Fact Correlator::passage(const adapters::RadarTrack& track, const adapters::PlateRead& read,
-                         int track_candidates, int read_candidates) const {
+Fact Correlator::passage(const adapters::RadarTrack& track, UnixMs track_received_ms,
+                         const adapters::PlateRead& read, UnixMs read_received_ms, int track_candidates,
+                         int read_candidates) const {
   Fact fact;
   fact.time_ms = track.time_ms;
   RadarPart part = radar_part(track, radars_);
@@ -586,6 +640,9 @@ Fact Correlator::passage(const adapters::RadarTrack& track, const adapters::Plat
   const json camera_clock = camera_clock_check(read);
   const json clock_sync = gateway_clock_check();
   add_clock_reasons(camera_clock, clock_sync, reasons);
+  const json device_time = device_time_check({{"radar_skew_ms", minus(track.time_ms, track_received_ms)},
+                                              {"camera_skew_ms", minus(read.time_ms, read_received_ms)}});
+  add_device_time_reason(device_time, reasons);
   const int min_pictures = speeding ? validity_.min_pictures_speeding : 0;
   const auto picture_count = static_cast<std::int64_t>(read.pictures.size());
   const bool pictures_ok = picture_count >= min_pictures;
@@ -602,6 +659,7 @@ Fact Correlator::passage(const adapters::RadarTrack& track, const adapters::Plat
       {"camera_clock", camera_clock},
       {"clock_sync", clock_sync},
       {"pictures", {{"ok", pictures_ok}, {"count", picture_count}, {"min", min_pictures}}},
+      {"device_time", device_time},
   };
   fact.fields["enforceable"] = reasons.empty();
   fact.fields["reasons"] = reasons;
@@ -627,6 +685,7 @@ Fact Correlator::audit(std::string event, UnixMs time_ms, json details) const {
   fact.fields = std::move(details);
   fact.fields["event"] = std::move(event);
   fact.fields["site"] = site_json();
+  escape_text_not_utf8(fact.fields);
   return fact;
 }
 

@@ -71,15 +71,21 @@ class Correlator {
   // force: decide every component now and release every item (flush).
   std::vector<Fact> decide(UnixMs now, bool force);
 
-  Fact speed_measurement(const adapters::RadarTrack& track) const;
-  Fact plate_read(const adapters::PlateRead& read, int candidates, const std::string& why) const;
-  Fact passage(const adapters::RadarTrack& track, const adapters::PlateRead& read, int track_candidates,
-               int read_candidates) const;
+  // `received_ms`: when the event reached the correlator (gateway clock), for the device-time check.
+  Fact speed_measurement(const adapters::RadarTrack& track, UnixMs received_ms) const;
+  Fact plate_read(const adapters::PlateRead& read, UnixMs received_ms, int candidates,
+                  const std::string& why) const;
+  Fact passage(const adapters::RadarTrack& track, UnixMs track_received_ms, const adapters::PlateRead& read,
+               UnixMs read_received_ms, int track_candidates, int read_candidates) const;
   Fact device_status(const adapters::DeviceStatusEvent& status) const;
   nlohmann::json site_json() const;
   nlohmann::json camera_json(const adapters::PlateRead& read) const;
   nlohmann::json camera_clock_check(const adapters::PlateRead& read) const;
   nlohmann::json gateway_clock_check() const;
+  // Each device's time minus when its event reached the gateway ({"camera_skew_ms": ...}), checked against
+  // validity.max_device_time_skew_s: a device time far from the gateway clock (a year-9999 or 1970 alert)
+  // is not evidence to enforce on. The skews are recorded when the check fails.
+  nlohmann::json device_time_check(const nlohmann::json& skews_ms) const;
   int settle_ms(const std::string& radar_id) const;
 
   std::string gateway_id_;

@@ -568,6 +568,26 @@ TEST_F(CameraAdapterTest, FirstPlateReadHasAnOffsetGoodToTensOfMilliseconds) {
   EXPECT_EQ(st["clock_offset_restarts"], 0);
 }
 
+// A camera set to GBK: its plate read goes out with the exact bytes (never refused, never altered: the
+// record escapes them and keeps them in base64), counted as errors{text_not_utf8}.
+TEST_F(CameraAdapterTest, APlateThatIsNotUtf8IsKeptExactAndCounted) {
+  const std::string det = jpeg(1, 6000);
+  FakeCamera camera(heartbeat() + anpr("uuid-G", "\xd5\xe3" "A12345", {"detection.jpg"}) +
+                    jpeg_part("detection.jpg", det) + anpr("uuid-H", "浙B00001", {}));
+  start(camera.port());
+  ASSERT_TRUE(sink_.wait_for([](const auto& ev) { return of_type<PlateRead>(ev).size() >= 2; }))
+      << adapter_->status().dump();
+  const auto reads = of_type<PlateRead>(sink_.events());
+  EXPECT_EQ(reads[0].plate, "\xd5\xe3" "A12345");
+  EXPECT_NE(reads[0].raw_xml.find("\xd5\xe3" "A12345"), std::string::npos);
+  ASSERT_EQ(reads[0].pictures.size(), 1U);
+  EXPECT_EQ(reads[0].pictures[0].sha256, sha256_hex(det));
+  EXPECT_EQ(reads[1].plate, "浙B00001");
+  const auto st = adapter_->status();
+  EXPECT_EQ(st["errors"].value("text_not_utf8", 0), 1) << st.dump();
+  EXPECT_NO_THROW(st.dump()) << "the status stays JSON";
+}
+
 TEST_F(CameraAdapterTest, ASilentStreamIsClosedAndReopened) {
   // One heartbeat, then nothing: the camera's stream is dead once it is silent for the idle timeout
   // (30 s in the field; the config allows 11 s at least; 1 s here to keep the test short).

@@ -199,5 +199,37 @@ TEST(TimeDocumentTest, ReadsLocalTime) {
   EXPECT_EQ(parse_time("<Time><localTime>yesterday</localTime></Time>"), std::nullopt);
 }
 
+// A camera set to GBK: the alert is read as usual, its text keeps the exact bytes (the record escapes them
+// and carries them in base64) and the alert says so, for the adapter's count.
+TEST(IsapiAlertTest, TextThatIsNotUtf8IsKeptExactAndFlagged) {
+  std::string xml = anpr_alert("http://www.isapi.org/ver20/XMLSchema");
+  xml.replace(xml.find("浙A12345"), std::string("浙A12345").size(), "\xd5\xe3" "A12345");
+  xml.replace(xml.find("encoding=\"UTF-8\""), 16, "encoding=\"GBK\"");
+  const auto r = parse_alert(xml);
+  ASSERT_TRUE(r.alert) << r.error;
+  EXPECT_EQ(r.alert->plate, "\xd5\xe3" "A12345");
+  EXPECT_TRUE(r.alert->text_not_utf8);
+  EXPECT_EQ(r.alert->lane, 2);
+  EXPECT_EQ(r.alert->pictures.size(), 2U);
+  EXPECT_FALSE(parse_alert(anpr_alert("http://www.isapi.org/ver20/XMLSchema")).alert->text_not_utf8);
+}
+
+// The device name and time mode go into the status (JSON): escaped there, never refused.
+TEST(DeviceInfoTest, TextThatIsNotUtf8IsEscapedForTheStatus) {
+  const auto info = parse_device_info(
+      "<?xml version=\"1.0\" encoding=\"GBK\"?><DeviceInfo><deviceName>\xbf\xa8\xbf\xda</deviceName>"
+      "<deviceID>c0ffee</deviceID><model>a\\b</model></DeviceInfo>");
+  ASSERT_TRUE(info);
+  EXPECT_EQ(info->device_name, "\\xbf\\xa8\\xbf\\xda");
+  EXPECT_EQ(info->device_id, "c0ffee");
+  EXPECT_EQ(info->model, "a\\b") << "UTF-8 text is unchanged";
+  EXPECT_TRUE(info->text_not_utf8);
+  const auto t = parse_time(
+      "<Time><timeMode>\xca\xd6</timeMode><localTime>2026-11-27T11:38:54+08:00</localTime></Time>");
+  ASSERT_TRUE(t);
+  EXPECT_EQ(t->time_mode, "\\xca\\xd6");
+  EXPECT_TRUE(t->text_not_utf8);
+}
+
 }  // namespace
 }  // namespace cpd::adapters

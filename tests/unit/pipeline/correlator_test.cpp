@@ -9,10 +9,13 @@
 #include <limits>
 #include <numeric>
 
+#include "daemon/core/jcs.h"
+
 namespace cpd::pipeline {
 namespace {
 
 using nlohmann::json;
+using ::testing::Contains;
 using ::testing::ElementsAre;
 
 constexpr UnixMs kT0 = 1'750'000'000'000;              // 2025-06-15T15:06:40Z
@@ -719,6 +722,84 @@ TEST(CorrelatorTest, AuditIsUnchanged) {
   EXPECT_EQ(f.fields["event"], "start");
   EXPECT_EQ(f.fields["pid"], 42);
   EXPECT_EQ(f.fields["site"]["road"], "G60");
+}
+
+// An alert dated year 9999 or 1970 (the camera clock itself is fine: its offset is small) is recorded, but
+// a device time that far from the gateway's time of receipt is not evidence to enforce on.
+TEST(CorrelatorTest, ADeviceTimeImplausiblyFarFromTheGatewayClockFailsTheDeviceTimeCheck) {
+  constexpr UnixMs kYear9999 = 253'402'300'799'000;  // 9999-12-31T23:59:59Z
+  for (const UnixMs t : {kYear9999, UnixMs{0}}) {
+    // A track and a read of that date pair with each other: speeding, not enforceable.
+    const auto facts = run(make_config(), {make_track(1, 1, 1500, t), make_read("u", 1, "A1", t + 10)},
+                           kT0 + 700, kT0 + 5000);
+    ASSERT_THAT(types_of(facts), ElementsAre("speeding"));
+    EXPECT_EQ(facts[0].fields["enforceable"], false);
+    EXPECT_THAT(facts[0].fields["reasons"], Contains("device_time_implausible"));
+    if (t == 0) {
+      // (In 9999 the calibration has expired too.)
+      expect_only_reason(facts, "speeding", "device_time_implausible", "device_time");
+    }
+    const json& check = facts[0].fields["checks"]["device_time"];
+    EXPECT_EQ(check["max_skew_ms"], 300'000);
+    EXPECT_EQ(check["radar_skew_ms"], t - (kT0 + 700));
+    EXPECT_EQ(check["camera_skew_ms"], t + 10 - (kT0 + 700));
+    EXPECT_EQ(facts[0].time_ms, t) << "the time is recorded as the device gave it";
+
+    // Alone: a plate_read and a speed_measurement, neither enforceable nor valid.
+    const auto read = run(make_config(), {make_read("u", 1, "A1", t)}, kT0 + 700, kT0 + 5000);
+    expect_only_reason(read, "plate_read", "device_time_implausible", "device_time");
+    auto lone = make_track(1, 1, 1500, t, "radar-2");
+    const auto measured = run(make_config(), {lone}, kT0 + 700, kT0 + 700);
+    ASSERT_THAT(types_of(measured), ElementsAre("speed_measurement"));
+    EXPECT_EQ(measured[0].fields["valid"], false);
+    EXPECT_THAT(measured[0].fields["invalid_reasons"], Contains("device_time_implausible"));
+    EXPECT_EQ(measured[0].fields["device_time"]["ok"], false);
+  }
+}
+
+TEST(CorrelatorTest, TheDeviceTimeToleranceIsConfigured) {
+  auto cfg = make_config();
+  cfg.validity.max_device_time_skew_s = 10;
+  // Received 10 s after its time: within; 10.001 s: beyond.
+  const auto within = run(cfg, {make_read("u", 1, "A1", kT0)}, kT0 + 10'000, kT0 + 15'000);
+  ASSERT_THAT(types_of(within), ElementsAre("plate_read"));
+  EXPECT_EQ(within[0].fields["enforceable"], true);
+  EXPECT_EQ(within[0].fields["checks"]["device_time"], json({{"ok", true}, {"max_skew_ms", 10'000}}));
+  const auto beyond = run(cfg, {make_read("u", 1, "A1", kT0)}, kT0 + 10'001, kT0 + 15'000);
+  expect_only_reason(beyond, "plate_read", "device_time_implausible", "device_time");
+  EXPECT_EQ(beyond[0].fields["checks"]["device_time"],
+            json({{"ok", false}, {"camera_skew_ms", -10'001}, {"max_skew_ms", 10'000}}));
+}
+
+// Defect: a plate in GBK made the paired speeding record unsealable (a bare fault: no speed, no plate, no
+// pictures). Every camera string reaches the record escaped, with its exact bytes beside it.
+TEST(CorrelatorTest, CameraTextThatIsNotUtf8IsEscapedWithItsExactBytesBeside) {
+  const std::string gbk_plate = "\xd5\xe3" "A12345";  // 浙A12345 in GBK
+  auto read = make_read("u\xff", 1, gbk_plate, kT0 + 10);
+  read.plate_color = "\xc0\xb6";  // 蓝
+  read.vehicle_type = "\xbd\xce\xb3\xb5";  // 轿车
+  read.raw_xml = "<licensePlate>" + gbk_plate + "</licensePlate>";
+  read.pictures[0].file_name = "\xd5\xe3.jpg";
+  read.missing_pictures = {"ok.jpg", "\xb3\xb5.jpg"};
+  const auto facts = run(make_config(), {make_track(1, 1, 1500, kT0), read});
+  ASSERT_THAT(types_of(facts), ElementsAre("speeding"));
+  const json& b = facts[0].fields;
+  EXPECT_EQ(b["speed_dkmh"], 1500);
+  EXPECT_EQ(b["plate"], "\\xd5\\xe3A12345");
+  EXPECT_EQ(b["plate_raw_b64"], "1eNBMTIzNDU=");
+  EXPECT_EQ(b["plate_color"], "\\xc0\\xb6");
+  EXPECT_EQ(b["vehicle_type_raw_b64"], "vc6ztQ==");
+  EXPECT_EQ(b["camera_event"]["uuid"], "u\\xff");
+  EXPECT_EQ(b["camera_event"]["raw_xml"], "<licensePlate>\\xd5\\xe3A12345</licensePlate>");
+  EXPECT_EQ(b["pictures"][0]["file_name"], "\\xd5\\xe3.jpg");
+  EXPECT_EQ(b["pictures"].size(), 2u);
+  EXPECT_EQ(b["missing_pictures"], json({"ok.jpg", "\\xb3\\xb5.jpg"}));
+  EXPECT_EQ(b["text_not_utf8"],
+            json({"camera_event.raw_xml", "camera_event.uuid", "missing_pictures[1]", "pictures[0].file_name",
+                  "plate", "plate_color", "vehicle_type"}));
+  EXPECT_EQ(b["enforceable"], true) << "escaped text is not a validity failure";
+  EXPECT_EQ(facts[0].media.size(), 2u);
+  EXPECT_NO_THROW(canonical_json(b));
 }
 
 }  // namespace
