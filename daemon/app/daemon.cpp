@@ -539,7 +539,7 @@ int Daemon::run() {
   const auto& cfg = d.cfg;
 
   d.log_config_warnings();
-  d.key = Ed25519PrivateKey::load_pem_file(cfg.gateway.key_path);
+  d.key = config::load_signing_key(cfg);
   d.store = std::make_unique<store::EvidenceStore>(cfg.store.path);
   {
     std::string media_dir = cfg.store.media_dir;

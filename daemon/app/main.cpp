@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
   try {
     if (!check_path.empty()) {
       const auto cfg = cpd::config::load_config(check_path);
+      cpd::config::load_signing_key(cfg);  // as the daemon will load it
       cpd::SystemWallClock clock;
       for (const auto& w : cpd::config::config_warnings(cfg, clock.now_ms())) {
         std::fprintf(stderr, "%s\n", cpd::config::format_warning(w).c_str());

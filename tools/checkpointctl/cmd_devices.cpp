@@ -33,8 +33,9 @@ constexpr const char* kCheckConfigFooter =
     "Reads the file exactly as checkpointd does: every error is printed as FILE:LINE:COLUMN: key: what is\n"
     "wrong and what is allowed; then warnings (FILE:LINE:COLUMN of the device entry: warning: ...) such as a\n"
     "radar calibration that has expired or ends within 30 days, two devices on one address, a radar no\n"
-    "camera names, lanes without a speed limit; then a one-line summary. Secrets (password and token files)\n"
-    "are read to check them but never printed.\n"
+    "camera names, lanes without a speed limit; then a one-line summary. Secrets (password and token files,\n"
+    "the signing key gateway.key: loaded exactly as checkpointd loads it) are read to check them but never\n"
+    "printed.\n"
     "Examples:\n"
     "  checkpointctl check-config /etc/checkpointd/checkpointd.yaml\n"
     "  checkpointctl check-config /etc/checkpointd/checkpointd.yaml --json | jq .warnings\n"
@@ -96,10 +97,14 @@ int run_check_config(const CheckConfigOptions& opts) {
   std::optional<config::ConfigError> error;
   try {
     cfg = config::load_config(opts.file);
+    // The signing key as the daemon will load it: a key it would refuse makes the file unusable.
+    config::load_signing_key(*cfg);
   } catch (const config::ConfigError& e) {
+    cfg.reset();
     error = e;
   } catch (const std::exception& e) {
     // The loader reports through ConfigError; anything else still makes the file unusable.
+    cfg.reset();
     error = config::ConfigError(opts.file, 0, 0, "", e.what());
   }
   std::vector<config::ConfigWarning> warnings;

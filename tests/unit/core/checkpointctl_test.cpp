@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <sys/stat.h>
@@ -167,6 +168,49 @@ TEST_F(CheckpointctlTest, UsageAndIoErrorsExitTwo) {
   EXPECT_EQ(help.rc, 0);
   EXPECT_THAT(help.out, HasSubstr("Exit codes"));
   EXPECT_THAT(help.out, HasSubstr("Example"));
+}
+
+// Defect: check-config passed a signing key checkpointd then refused at start. It now loads the key the
+// daemon's way (config::load_signing_key) and names gateway.key's place.
+TEST_F(CheckpointctlTest, CheckConfigRefusesEveryKeyTheDaemonWouldRefuse) {
+  ASSERT_EQ(run("keygen --out '" + dir_.file("gw.key") + "' --pub '" + dir_.file("gw.pub") + "'").rc, 0);
+  auto config_naming = [&](const std::string& key) {
+    test::write_file(dir_.file("gw.yaml"),
+                     "gateway:\n"
+                     "  id: gw-1\n"
+                     "  site: {name: \"Test site\", road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
+                     "  key: " + key + "\n"
+                     "store:\n  path: " + dir_.file("store.db") + "\n"
+                     "mqtt:\n  uri: tcp://127.0.0.1:1883\n"
+                     "devices:\n"
+                     "  - id: radar-1\n    kind: radar\n    tcp: {host: 192.0.2.10, port: 4001}\n"
+                     "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}]\n"
+                     "    calibration: {certificate: C-1, valid_until: 2099-06-30}\n",
+                     0644);
+    return run("check-config '" + dir_.file("gw.yaml") + "'");
+  };
+  const RunResult good = config_naming(dir_.file("gw.key"));
+  EXPECT_EQ(good.rc, 0) << good.out << good.err;
+  EXPECT_THAT(good.out, HasSubstr(": valid"));
+
+  ::chmod(dir_.file("gw.key").c_str(), 0640);
+  test::write_file(dir_.file("empty.key"), "", 0600);
+  ::mkdir(dir_.file("keydir").c_str(), 0700);
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {dir_.file("gw.key"), "has mode 0640; it must be 0600 or stricter"},
+      {dir_.file("empty.key"), "does not hold an unencrypted PEM private key"},
+      {dir_.file("keydir"), "is not a regular file"},
+      {"/dev/zero", "is not a regular file"},
+      {dir_.file("absent.key"), "does not exist"},
+  };
+  for (const auto& [key, why] : refused) {
+    const RunResult r = config_naming(key);
+    EXPECT_EQ(r.rc, 1) << key << ": " << r.out << r.err;
+    // gateway.key's value is on line 4, column 8.
+    EXPECT_THAT(r.out, HasSubstr(dir_.file("gw.yaml") + ":4:8: gateway.key: ")) << key;
+    EXPECT_THAT(r.out, HasSubstr(why)) << key;
+    EXPECT_THAT(r.out, HasSubstr(": invalid")) << key;
+  }
 }
 
 }  // namespace
