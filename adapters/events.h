@@ -30,6 +30,9 @@ struct RadarClockEstimate {
   std::int32_t window_ms = 0;
   std::int32_t epoch = 0;         // increments on each detected radar reboot (clock restart)
   std::int32_t wraps = 0;         // 100000 s wraps seen in this epoch
+  // The radar clock keeps stepping (a device fault): radar time cannot be mapped, so sample times are the
+  // gateway's receive times and offset_ms/samples say nothing about them.
+  bool unstable = false;
 };
 
 struct RadarStatusSnapshot {

@@ -43,15 +43,18 @@ RadarTrackBuilder::Outcome RadarTrackBuilder::on_frame(const RadarFrame& frame, 
   Outcome out;
   const std::int64_t raw_cs = std::visit([](const auto& m) { return m.time_cs; }, frame.message);
   const auto mapping = clock_.observe(raw_cs, received_ms);
+  counters_.clock_steps += mapping.step ? 1 : 0;
+  out.clock_change = mapping.change;
   if (mapping.new_epoch) {
-    // The radar restarted: its track numbers and clock start over, so every open track is finished.
+    // The radar restarted (or its clock holds again after a fault): its track numbers and clock start
+    // over, so every open track is finished. Steps of a clock already unstable start no epoch: tracks go on.
     ++counters_.epochs;
     out.new_epoch = true;
     out.closed = close_all();
   }
   if (const auto* d = std::get_if<RadarDetect>(&frame.message)) {
     ++counters_.detect_frames;
-    add_detect(*d, frame.raw, mapping.radar_time_cs, received_ms, out.closed);
+    add_detect(*d, frame.raw, mapping, received_ms, out.closed);
   } else {
     const auto& s = std::get<RadarStatus>(frame.message);
     ++counters_.status_frames;
@@ -65,16 +68,23 @@ RadarTrackBuilder::Outcome RadarTrackBuilder::on_frame(const RadarFrame& frame, 
   return out;
 }
 
-void RadarTrackBuilder::add_detect(const RadarDetect& d, const std::string& raw, std::int64_t radar_cs,
-                                   UnixMs received_ms, std::vector<RadarTrack>& closed) {
+void RadarTrackBuilder::add_detect(const RadarDetect& d, const std::string& raw,
+                                   const RadarClockMapper::Mapping& mapping, UnixMs received_ms,
+                                   std::vector<RadarTrack>& closed) {
+  const std::int64_t radar_cs = mapping.radar_time_cs;
   if (d.dir == 'X' || d.dir == 'Y') {
     ++counters_.test_targets;  // self-test targets are not vehicles
     return;
   }
   auto it = open_.find(d.target);
   // A reused track number after a gap in the radar's own time is a new vehicle, even when frames
-  // arrive faster than real time (a backlog being drained).
-  if (it != open_.end() && radar_cs - it->second.last_radar_cs > timeout_ms_ / 10) {
+  // arrive faster than real time (a backlog being drained). An unstable radar clock says nothing about
+  // gaps: then the receive time does.
+  const auto gap = [&](const OpenTrack& t) {
+    return mapping.unstable ? received_ms - t.last_received_ms > timeout_ms_
+                            : radar_cs - t.last_radar_cs > timeout_ms_ / 10;
+  };
+  if (it != open_.end() && gap(it->second)) {
     closed.push_back(close(it->second));
     open_.erase(it);
     it = open_.end();
@@ -86,6 +96,7 @@ void RadarTrackBuilder::add_detect(const RadarDetect& d, const std::string& raw,
   OpenTrack& t = it->second;
   RadarSample s;
   s.radar_time_cs = radar_cs;
+  s.time_ms = mapping.utc_ms;  // final while unstable; otherwise mapped again with the freshest estimate
   s.speed_dkmh = radar_speed_dkmh(d.speed_tenths, d.units);
   s.range_cm = d.range_dm * 10;
   s.lateral_cm = radar_lateral_cm(d);
@@ -115,12 +126,14 @@ void RadarTrackBuilder::add_detect(const RadarDetect& d, const std::string& raw,
   t.last_received_ms = received_ms;
   t.last_radar_cs = radar_cs;
   t.clock = clock_.estimate();
+  t.clock_unstable = t.clock_unstable || mapping.unstable;
 }
 
 RadarTrack RadarTrackBuilder::close(OpenTrack& t) {
   // Use the freshest estimate of the track's epoch: more samples than when its last frame came.
   const RadarClockEstimate now = clock_.estimate();
-  const RadarClockEstimate clock = now.epoch == t.clock.epoch ? now : t.clock;
+  RadarClockEstimate clock = now.epoch == t.clock.epoch && now.unstable == t.clock_unstable ? now : t.clock;
+  clock.unstable = t.clock_unstable;
   RadarTrack r;
   r.device_id = device_id_;
   r.target = t.target;
@@ -128,8 +141,10 @@ RadarTrack RadarTrackBuilder::close(OpenTrack& t) {
   r.units = t.peak_units;
   r.status = t.peak_status;
   r.clock = clock;
-  for (auto& s : t.samples) {
-    s.time_ms = s.radar_time_cs * 10 + clock.offset_ms;
+  if (!t.clock_unstable) {
+    for (auto& s : t.samples) {
+      s.time_ms = s.radar_time_cs * 10 + clock.offset_ms;
+    }
   }
   std::vector<std::int32_t> lateral;
   lateral.reserve(t.samples.size());

@@ -30,16 +30,18 @@ class RadarTrackBuilder {
   struct Counters {
     std::uint64_t detect_frames = 0;
     std::uint64_t status_frames = 0;
-    std::uint64_t tracks = 0;            // tracks closed and emitted
-    std::uint64_t test_targets = 0;      // X/Y frames ignored
-    std::uint64_t dropped_frames = 0;    // frames not kept because a track hit the frame bound
-    std::uint64_t epochs = 0;            // radar clock restarts seen
+    std::uint64_t tracks = 0;          // tracks closed and emitted
+    std::uint64_t test_targets = 0;    // X/Y frames ignored
+    std::uint64_t dropped_frames = 0;  // frames not kept because a track hit the frame bound
+    std::uint64_t epochs = 0;          // radar clock epochs started (reboots, and the end of a clock fault)
+    std::uint64_t clock_steps = 0;     // radar clock steps seen (reboots and faults)
   };
 
   struct Outcome {
-    std::vector<RadarTrack> closed;                   // tracks this frame closed (reboot, reused number)
-    std::optional<RadarStatusSnapshot> status_change; // the radar's status code changed
-    bool new_epoch = false;                           // the radar clock restarted
+    std::vector<RadarTrack> closed;                    // tracks this frame closed (reboot, reused number)
+    std::optional<RadarStatusSnapshot> status_change;  // the radar's status code changed
+    bool new_epoch = false;                            // the radar clock restarted
+    RadarClockMapper::Change clock_change = RadarClockMapper::Change::kNone;  // clock became (un)stable
   };
 
   explicit RadarTrackBuilder(const RadarConfig& config,
@@ -53,6 +55,7 @@ class RadarTrackBuilder {
 
   const RadarStatusSnapshot& status() const { return status_; }
   RadarClockEstimate clock_estimate() const { return clock_.estimate(); }
+  const RadarClockMapper& clock() const { return clock_; }
   const Counters& counters() const { return counters_; }
   std::size_t open_tracks() const { return open_.size(); }
 
@@ -67,10 +70,11 @@ class RadarTrackBuilder {
     RadarStatusSnapshot peak_status;
     UnixMs last_received_ms = 0;
     std::int64_t last_radar_cs = 0;
-    RadarClockEstimate clock;  // the estimate when the last frame came, in this track's epoch
+    RadarClockEstimate clock;     // the estimate when the last frame came, in this track's epoch
+    bool clock_unstable = false;  // built while the radar clock was unstable: timed by receive time
   };
 
-  void add_detect(const RadarDetect& d, const std::string& raw, std::int64_t radar_cs,
+  void add_detect(const RadarDetect& d, const std::string& raw, const RadarClockMapper::Mapping& mapping,
                   UnixMs received_ms, std::vector<RadarTrack>& closed);
   RadarTrack close(OpenTrack& t);
   std::vector<RadarTrack> close_all();

@@ -1,8 +1,9 @@
 // RadarTrackBuilder: grouping by target, timeout by receive time, lanes, units, polar, test targets,
 // peak and its status, reboot closing tracks, and the per-track frame bound.
+#include "adapters/radar/radar_tracks.h"
+
 #include <gtest/gtest.h>
 
-#include "adapters/radar/radar_tracks.h"
 #include "tests/support/radar_frames.h"
 
 namespace cpd::adapters {
@@ -93,9 +94,9 @@ TEST(RadarTrackBuilder, OneVehicleOneTrackWithPeak) {
 TEST(RadarTrackBuilder, SeveralTargetsInDifferentLanes) {
   Harness h;
   for (int i = 0; i < 4; ++i) {
-    h.feed_detect(detect(1000 + i * 5, 3, 700 + i, 10));    // 1.0 m: lane 1
-    h.feed_detect(detect(1001 + i * 5, 4, 900 - i, 50));    // 5.0 m: lane 2
-    h.feed_detect(detect(1002 + i * 5, 5, 500, 80));        // 8.0 m: no lane
+    h.feed_detect(detect(1000 + i * 5, 3, 700 + i, 10));  // 1.0 m: lane 1
+    h.feed_detect(detect(1001 + i * 5, 4, 900 - i, 50));  // 5.0 m: lane 2
+    h.feed_detect(detect(1002 + i * 5, 5, 500, 80));      // 8.0 m: no lane
   }
   auto closed = h.expire_after(1000);
   ASSERT_EQ(closed.size(), 3u);
@@ -132,7 +133,7 @@ TEST(RadarTrackBuilder, LaneBoundaryIsHalfOpenAndUsesMedian) {
 }
 
 TEST(RadarTrackBuilder, MphIsNormalisedToTenthsKmh) {
-  EXPECT_EQ(radar_speed_dkmh(543, 'M'), 874);   // 54.3 mph = 87.387 km/h -> 87.4
+  EXPECT_EQ(radar_speed_dkmh(543, 'M'), 874);    // 54.3 mph = 87.387 km/h -> 87.4
   EXPECT_EQ(radar_speed_dkmh(1000, 'M'), 1609);  // 100.0 mph = 160.93 km/h
   EXPECT_EQ(radar_speed_dkmh(873, 'K'), 873);
   Harness h;
@@ -153,14 +154,14 @@ TEST(RadarTrackBuilder, MphIsNormalisedToTenthsKmh) {
 TEST(RadarTrackBuilder, PolarFramesUseRangeTimesSinAzimuth) {
   test::DetectFields f = detect(1000, 2, 600);
   f.coord = 'P';
-  f.range_dm = 200;    // 20.0 m
-  f.x_tenths = 150;    // 15 degrees -> 5.176 m: lane 2
+  f.range_dm = 200;  // 20.0 m
+  f.x_tenths = 150;  // 15 degrees -> 5.176 m: lane 2
   RadarDetect d;
   d.coord = 'P';
   d.range_dm = 200;
   d.x_tenths = 150;
   EXPECT_EQ(radar_lateral_cm(d), 518);
-  d.x_tenths = -300;   // -30 degrees -> -10 m
+  d.x_tenths = -300;  // -30 degrees -> -10 m
   EXPECT_EQ(radar_lateral_cm(d), -1000);
   Harness h;
   h.feed_detect(f);
@@ -272,6 +273,52 @@ TEST(RadarTrackBuilder, FrameBoundKeepsPeak) {
   EXPECT_EQ(t.samples.back().speed_dkmh, 999);
   EXPECT_EQ(t.time_ms, kT0 + 10250 + kDelay);
   EXPECT_EQ(h.builder().counters().dropped_frames, 20u);
+}
+
+// Issue 12, defect 6: a radar clock that steps back on every frame made every frame a new epoch, and so a
+// one-frame track (a record) each. Now the first steps are reboots, then the clock is unstable: vehicles
+// are still tracked by number and receive-time gaps, timed by receive time and marked unstable.
+TEST(RadarTrackBuilder, AClockSteppingBackOnEveryFrameStillBuildsTracksMarkedUnstable) {
+  RadarTrackBuilder b(config());
+  std::int64_t raw = 5'000'000;
+  UnixMs now = kT0;
+  std::vector<RadarTrack> closed;
+  int became_unstable = 0;
+  // Two vehicles one after the other (targets 1 and 2), 200 frames each at 10 ms, then a gap.
+  for (int vehicle = 1; vehicle <= 2; ++vehicle) {
+    for (int i = 0; i < 200; ++i, now += 10) {
+      auto out = b.on_frame(parse(test::detect_frame(detect(raw, vehicle, i == 100 ? 900 : 500))), now);
+      became_unstable += out.clock_change == RadarClockMapper::Change::kBecameUnstable ? 1 : 0;
+      for (auto& t : out.closed) {
+        closed.push_back(std::move(t));
+      }
+      raw -= 200;  // 2 s back, every frame
+    }
+    now += 500;
+    for (auto& t : b.expire(now)) {
+      closed.push_back(std::move(t));
+    }
+  }
+  EXPECT_EQ(became_unstable, 1);
+  // The frames before the clock was found unstable closed at its steps (one frame each): a bounded few.
+  std::vector<RadarTrack> unstable;
+  for (auto& t : closed) {
+    if (t.clock.unstable) {
+      unstable.push_back(t);
+    }
+  }
+  EXPECT_EQ(closed.size() - unstable.size(), static_cast<std::size_t>(RadarClockMapper::kUnstableSteps));
+  ASSERT_EQ(unstable.size(), 2u);
+  EXPECT_EQ(unstable[0].target, 1);
+  EXPECT_EQ(unstable[0].samples.size(), 200u - RadarClockMapper::kUnstableSteps);
+  EXPECT_EQ(unstable[0].peak_speed_dkmh, 900);
+  EXPECT_EQ(unstable[1].target, 2);
+  EXPECT_EQ(unstable[1].samples.size(), 200u);
+  // Timed by the gateway's receive time: the frame of the peak came 100 frames (1 s) into vehicle 2.
+  EXPECT_EQ(unstable[1].time_ms, kT0 + 200 * 10 + 500 + 100 * 10);
+  EXPECT_EQ(unstable[1].first_ms, kT0 + 200 * 10 + 500);
+  EXPECT_GE(b.counters().clock_steps, 399u);
+  EXPECT_EQ(b.counters().epochs, static_cast<std::uint64_t>(RadarClockMapper::kUnstableSteps));
 }
 
 }  // namespace
