@@ -4,12 +4,6 @@
 
 #include <algorithm>
 #include <array>
-#include <chrono>
-#include <memory>
-#include <mutex>
-#include <random>
-#include <string>
-
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
@@ -17,11 +11,18 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/write.hpp>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
 
 #include "adapters/adapter_handle.h"
-#include "adapters/reconnect_backoff.h"
 #include "adapters/radar/radar_frame_parser.h"
 #include "adapters/radar/radar_tracks.h"
+#include "adapters/reconnect_backoff.h"
+#include "adapters/record_bound.h"
+#include "daemon/log/log.h"
 
 namespace cpd::adapters {
 namespace {
@@ -32,6 +33,7 @@ using boost::system::error_code;
 
 constexpr auto kExpiryTick = std::chrono::milliseconds(100);
 constexpr std::string_view kPollCommand = "*P\r";
+constexpr std::string_view kComponent = "radar";
 
 std::string radar_state_for(int code) {
   if (code == 0) {
@@ -58,6 +60,7 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
         expiry_timer_(strand_),
         backpressure_timer_(strand_),
         builder_(config),
+        record_bound_(config.max_records_per_s, RecordBound::default_burst(config.max_records_per_s)),
         rng_(std::random_device{}()) {
     if (const auto* t = std::get_if<TcpLink>(&config_.link)) {
       link_text_ = "tcp " + t->host + ":" + std::to_string(t->port);
@@ -107,6 +110,8 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
     for (std::size_t i = 0; i < kFrameErrorCount; ++i) {
       errors[std::string(frame_error_name(static_cast<FrameError>(i)))] = snap_.parser.errors[i];
     }
+    // Among the errors so that every consumer of them (metrics, checkpointctl status) shows it.
+    errors["records_suppressed"] = snap_.records_suppressed;
     const auto& c = snap_.clock;
     return {
         {"kind", "radar"},
@@ -128,7 +133,15 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
           {"samples", c.samples},
           {"window_ms", c.window_ms},
           {"epoch", c.epoch},
-          {"wraps", c.wraps}}},
+          {"wraps", c.wraps},
+          {"unstable", c.unstable},
+          {"steps", snap_.tracks.clock_steps},
+          {"buckets", snap_.clock_buckets}}},
+        {"records",
+         {{"max_per_s", record_bound_.per_s()},
+          {"burst", record_bound_.burst()},
+          {"suppressed", snap_.records_suppressed},
+          {"suppressing", snap_.suppressing}}},
         {"last_frame_ms", snap_.last_frame_ms},
         {"last_error", snap_.last_error},
     };
@@ -143,6 +156,9 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
     std::uint64_t reconnects = 0;
     RadarStatusSnapshot radar_status;
     RadarClockEstimate clock;
+    std::size_t clock_buckets = 0;
+    std::uint64_t records_suppressed = 0;
+    bool suppressing = false;
     UnixMs last_frame_ms = 0;
     std::string last_error;
   };
@@ -173,10 +189,9 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
       link_failed("resolve failed: " + ec.message());
       return;
     }
-    asio::async_connect(socket_, results,
-                        [self = shared_from_this()](const error_code& e, const tcp::endpoint&) {
-                          self->on_connected(e);
-                        });
+    asio::async_connect(
+        socket_, results,
+        [self = shared_from_this()](const error_code& e, const tcp::endpoint&) { self->on_connected(e); });
   }
 
   void on_connected(const error_code& ec) {
@@ -343,6 +358,9 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
   void handle_frame(const RadarFrame& frame, UnixMs now) {
     auto outcome = builder_.on_frame(frame, now);
     queue_tracks(std::move(outcome.closed));
+    if (outcome.clock_change != RadarClockMapper::Change::kNone) {
+      report_clock_change(outcome.clock_change, frame, now);
+    }
     if (outcome.status_change) {
       DeviceStatusEvent ev;
       ev.device_id = config_.id;
@@ -352,8 +370,36 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
       ev.text = outcome.status_change->text;
       ev.time_ms = now;
       ev.raw_frame = frame.raw;
-      pending_.emplace_back(std::move(ev));
+      pending_.push_back({std::move(ev), true});
     }
+  }
+
+  // The gateway's own finding about the radar clock: once per change (the mapper's hysteresis bounds how
+  // often), so it is not subject to the record bound.
+  void report_clock_change(RadarClockMapper::Change change, const RadarFrame& frame, UnixMs now) {
+    DeviceStatusEvent ev;
+    ev.device_id = config_.id;
+    ev.kind = "radar";
+    ev.code = -1;
+    ev.time_ms = now;
+    ev.raw_frame = frame.raw;
+    const std::string stable_s = std::to_string(RadarClockMapper::kStableMs / 1000);
+    if (change == RadarClockMapper::Change::kBecameUnstable) {
+      ev.state = "clock_fault";
+      ev.text = "radar clock stepped " + std::to_string(RadarClockMapper::kUnstableSteps) + " times within " +
+                std::to_string(RadarClockMapper::kUnstableWindowMs / 1000) +
+                " s while the link stayed up: tracks are timed by the gateway's receive time and marked "
+                "radar_clock.unstable until the clock holds for " +
+                stable_s + " s";
+      log::warn(kComponent, config_.id, ev.text);
+    } else {
+      ev.state = "clock_ok";
+      ev.text = "radar clock held for " + stable_s + " s after " +
+                std::to_string(builder_.counters().clock_steps) +
+                " steps in all: tracks are timed by the radar clock again";
+      log::notice(kComponent, config_.id, ev.text);
+    }
+    pending_.push_back({std::move(ev), false});
   }
 
   // ---- timers ----
@@ -401,19 +447,61 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
 
   void queue_tracks(std::vector<RadarTrack> tracks) {
     for (auto& t : tracks) {
-      pending_.emplace_back(std::move(t));
+      pending_.push_back({std::move(t), true});
     }
   }
 
+  // Every record the radar causes passes the record bound; what it suppresses is counted, and each
+  // episode is reported when it starts and when it ends (a device_status record and a log line each).
   // The snapshot is brought up to date before the events go out, so a consumer reacting to an
   // event never sees counters older than it.
   void flush() {
-    sync_snapshot();
+    const UnixMs now = ctx_.clock.now_ms();
     std::vector<DeviceEvent> out;
-    out.swap(pending_);
+    for (auto& p : pending_) {
+      bool started = false;
+      if (!p.bounded || record_bound_.admit(now, &started)) {
+        out.push_back(std::move(p.event));
+      } else if (started) {
+        out.push_back(suppression_notice(
+            "records_suppressed",
+            "more than " + std::to_string(record_bound_.per_s()) + " records/s (bursts of " +
+                std::to_string(record_bound_.burst()) +
+                "): further records of this radar (tracks, status and link changes) are counted, "
+                "not recorded, until none is suppressed for " +
+                std::to_string(RecordBound::kQuietMs / 1000) + " s",
+            now));
+      }
+    }
+    pending_.clear();
+    if (const auto ended = record_bound_.take_ended(now)) {
+      out.push_back(suppression_notice("records_resumed",
+                                       std::to_string(ended->count) + " records suppressed from " +
+                                           std::to_string(ended->first_ms) + " to " +
+                                           std::to_string(ended->last_ms) + " (unix ms) by the bound of " +
+                                           std::to_string(record_bound_.per_s()) + " records/s",
+                                       now));
+    }
+    sync_snapshot();
     for (auto& e : out) {
       ctx_.sink.emit(std::move(e));
     }
+  }
+
+  DeviceStatusEvent suppression_notice(const std::string& state, const std::string& text, UnixMs now) {
+    if (state == "records_suppressed") {
+      log::warn(kComponent, config_.id, text);
+    } else {
+      log::notice(kComponent, config_.id, text);
+    }
+    DeviceStatusEvent ev;
+    ev.device_id = config_.id;
+    ev.kind = "radar";
+    ev.state = state;
+    ev.code = -1;
+    ev.text = text;
+    ev.time_ms = now;
+    return ev;
   }
 
   void emit_link(const std::string& state, const std::string& text) {
@@ -424,7 +512,8 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
     ev.state = state;
     ev.text = text;
     ev.time_ms = ctx_.clock.now_ms();
-    ctx_.sink.emit(std::move(ev));
+    pending_.push_back({std::move(ev), true});
+    flush();
   }
 
   void set_state(const std::string& s) {
@@ -439,6 +528,9 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
     snap_.open_tracks = builder_.open_tracks();
     snap_.radar_status = builder_.status();
     snap_.clock = builder_.clock_estimate();
+    snap_.clock_buckets = builder_.clock().buckets();
+    snap_.records_suppressed = record_bound_.suppressed();
+    snap_.suppressing = record_bound_.suppressing();
   }
 
   enum class Reported { kNone, kUp, kDown };
@@ -456,9 +548,14 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
   std::array<char, 4096> buffer_{};
   std::uint64_t link_gen_ = 0;
   std::vector<RadarFrame> frames_;
-  std::vector<DeviceEvent> pending_;  // events of the current handler, emitted by flush()
+  struct Pending {
+    DeviceEvent event;
+    bool bounded = true;  // counts against the record bound (everything but the gateway's own findings)
+  };
+  std::vector<Pending> pending_;  // events of the current handler, emitted by flush()
   RadarFrameParser parser_;
   RadarTrackBuilder builder_;
+  RecordBound record_bound_;  // strand only; its counters reach status() through the snapshot
   std::minstd_rand rng_;
   std::string link_text_;
   bool running_ = false;

@@ -146,6 +146,8 @@ RadarConfig parse_radar_config(config::Section& device) {
                                         std::to_string(out.reconnect_max_ms));
   }
   out.clock_window_s = device.optional<int>("clock_window_s", out.clock_window_s, {.min = 10, .max = 3600});
+  out.max_records_per_s =
+      device.optional<int>("max_records_per_s", out.max_records_per_s, {.min = 1, .max = 100000});
   device.finish();
   return out;
 }

@@ -39,8 +39,8 @@ struct RadarLane {
 
 struct RadarCalibration {
   std::string certificate;
-  std::string valid_until;      // as configured, YYYY-MM-DD (inclusive, in the site's UTC offset)
-  UnixMs valid_until_ms = 0;    // exclusive end: midnight after valid_until in the site's UTC offset
+  std::string valid_until;    // as configured, YYYY-MM-DD (inclusive, in the site's UTC offset)
+  UnixMs valid_until_ms = 0;  // exclusive end: midnight after valid_until in the site's UTC offset
 
   bool operator==(const RadarCalibration&) const = default;
 };
@@ -48,13 +48,16 @@ struct RadarCalibration {
 struct RadarConfig {
   std::string id;
   std::variant<TcpLink, SerialLink> link;
-  int poll_interval_ms = 0;     // 0: the radar streams; >0: send "*P\r" every interval
+  int poll_interval_ms = 0;  // 0: the radar streams; >0: send "*P\r" every interval
   std::vector<RadarLane> lanes;
   RadarCalibration calibration;
-  int track_timeout_ms = 400;   // a target not seen for this long is gone: its track closes
+  int track_timeout_ms = 400;  // a target not seen for this long is gone: its track closes
   int reconnect_initial_ms = 500;
   int reconnect_max_ms = 30000;
-  int clock_window_s = 120;     // sliding window for the radar clock-offset estimate
+  int clock_window_s = 120;  // sliding window for the radar clock-offset estimate
+  // Records (tracks, status and link changes) one radar may cause per second, bursts of
+  // max(2 x this, 128); beyond it they are counted and reported, not recorded.
+  int max_records_per_s = 50;
 
   bool operator==(const RadarConfig&) const = default;
 };

@@ -1,19 +1,21 @@
 // The radar adapter on a real loopback socket: an Asio acceptor in the test plays the radar with
 // builder frames; we check emitted tracks and status events, polling, and a reconnect.
+#include "adapters/radar/radar_adapter.h"
+
 #include <gtest/gtest.h>
 
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/write.hpp>
 #include <chrono>
 #include <condition_variable>
 #include <functional>
 #include <mutex>
 #include <thread>
 
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/read.hpp>
-#include <boost/asio/write.hpp>
-
-#include "adapters/radar/radar_adapter.h"
+#include "adapters/radar/radar_clock.h"
+#include "adapters/record_bound.h"
 #include "tests/support/radar_frames.h"
 
 namespace cpd::adapters {
@@ -116,7 +118,8 @@ class FakeRadar {
   std::string read_some() {
     std::string buf(64, '\0');
     std::size_t n = 0;
-    socket_->async_read_some(asio::buffer(buf), [&](const boost::system::error_code&, std::size_t k) { n = k; });
+    socket_->async_read_some(asio::buffer(buf),
+                             [&](const boost::system::error_code&, std::size_t k) { n = k; });
     io_.restart();
     io_.run_for(5s);
     return buf.substr(0, n);
@@ -158,7 +161,7 @@ TEST(RadarAdapter, TracksStatusPollingAndReconnectOverLoopback) {
   EXPECT_EQ(radar.read_some().substr(0, 3), "*P\r");
 
   radar.send("noise" + test::status_frame(100000, 0, "OK"));
-  radar.send(vehicle(100100, 3, 873, 18));                         // lane 1
+  radar.send(vehicle(100100, 3, 873, 18));  // lane 1
   radar.send(test::with_wrong_checksum(test::status_frame(100120, 0, "OK")));
   radar.send(test::status_frame(100130, 20, "ANTENNA FAULT"));
   ASSERT_TRUE(sink.wait([](const auto& ev) { return tracks_of(ev).size() == 1; }));
@@ -242,6 +245,82 @@ TEST(RadarAdapter, RefusedConnectionReportsDisconnectedOnceAndKeepsTrying) {
   adapter->stop();
   runner.join();  // stop() cancels every timer: run() returns on its own
   EXPECT_EQ(adapter->status()["state"], "stopped");
+}
+
+// Issue 12, defect 6 and its class: what one radar can make the gateway record. A status code flapping on
+// every frame is held to the record bound (suppression counted and reported once); a clock stepping back
+// on every frame is one clock_fault, not a record per frame.
+TEST(RadarAdapter, AFlappingStatusAndASteppingClockAreBoundedAndReportedOnce) {
+  FakeRadar radar;
+  asio::io_context io;
+  RecordingSink sink;
+  TestClock clock;
+  AdapterContext ctx{io, sink, clock};
+  RadarConfig cfg;
+  cfg.id = "radar-hostile";
+  cfg.link = TcpLink{"127.0.0.1", radar.port()};
+  cfg.lanes = {{1, 0.0, 3.75}};
+  cfg.max_records_per_s = 10;
+  auto adapter = make_radar_adapter(cfg, ctx);
+  adapter->start();
+  std::thread runner([&] {
+    auto guard = asio::make_work_guard(io);
+    io.run();
+  });
+  ASSERT_TRUE(radar.accept());
+  ASSERT_TRUE(sink.wait([](const auto& ev) { return !statuses_of(ev, "connected").empty(); }));
+
+  constexpr int kFlaps = 2000;
+  std::string flapping;
+  for (int i = 0; i < kFlaps; ++i) {
+    flapping += test::status_frame(100000, i % 2 == 0 ? 0 : 20, i % 2 == 0 ? "OK" : "ANTENNA FAULT");
+  }
+  radar.send(flapping);
+  ASSERT_TRUE(sink.wait([&](const auto&) { return adapter->status()["frames"] == kFlaps; }));
+  auto ev = sink.events();
+  const std::size_t changes = statuses_of(ev, "ok").size() + statuses_of(ev, "fault").size();
+  const int burst = RecordBound::default_burst(cfg.max_records_per_s);
+  EXPECT_LE(changes + 1, static_cast<std::size_t>(burst + cfg.max_records_per_s * 5))
+      << "connected + changes";
+  EXPECT_EQ(statuses_of(ev, "records_suppressed").size(), 1u);
+  auto st = adapter->status();
+  EXPECT_EQ(st["records"]["max_per_s"], 10);
+  EXPECT_EQ(st["records"]["burst"], burst);
+  EXPECT_TRUE(st["records"]["suppressing"].get<bool>());
+  EXPECT_EQ(st["records"]["suppressed"].get<std::size_t>() + changes, static_cast<std::size_t>(kFlaps));
+  EXPECT_EQ(st["errors"]["records_suppressed"], st["records"]["suppressed"]);
+  EXPECT_EQ(st["status_code"], 20) << "the radar's status is still followed, only its records are bounded";
+
+  // A clock stepping 2 s back on every frame, at a few thousand frames per second.
+  constexpr int kSteps = 5000;
+  std::string stepping;
+  for (int i = 0; i < kSteps; ++i) {
+    test::DetectFields f;
+    f.time_cs = 9'000'000 - i * 200;
+    f.target = 1 + i / 1000;
+    f.speed_tenths = 600;
+    f.range_dm = 300;
+    f.x_tenths = 18;
+    f.amplitude_ddb = 600;
+    stepping += test::detect_frame(f);
+  }
+  radar.send(stepping);
+  ASSERT_TRUE(sink.wait([&](const auto&) { return adapter->status()["frames"] == kFlaps + kSteps; }));
+  ASSERT_TRUE(sink.wait([](const auto& e) { return !statuses_of(e, "clock_fault").empty(); }));
+  ev = sink.events();
+  EXPECT_EQ(statuses_of(ev, "clock_fault").size(), 1u);
+  EXPECT_NE(statuses_of(ev, "clock_fault")[0].text.find("unstable"), std::string::npos);
+  st = adapter->status();
+  EXPECT_TRUE(st["clock"]["unstable"].get<bool>());
+  EXPECT_GE(st["clock"]["steps"].get<int>(), kSteps - 1);
+  // Tracks are still built by target number: at most the few of the steps before the fault, plus the
+  // five vehicles, whatever passed the bound.
+  EXPECT_LE(st["tracks"].get<int>(), RadarClockMapper::kUnstableSteps + 5);
+
+  adapter->stop();
+  ASSERT_TRUE(sink.wait([&](const auto&) { return adapter->status()["state"] == "stopped"; }));
+  io.stop();
+  runner.join();
 }
 
 }  // namespace
