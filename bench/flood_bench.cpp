@@ -1,5 +1,7 @@
 // Flood benchmark: radar B runs nominal traffic while radar A runs nominal, then floods garbage and 10x /
-// 100x the vehicle rate; prints B's record latency, losses, A's counted errors and the daemon's peak RSS.
+// 100x the vehicle rate, valid frames as fast as the daemon reads them, and a clock stepping back on every
+// frame; prints B's record latency, losses, A's counted errors and suppressed records and the daemon's
+// peak RSS.
 // Real processes, a real broker, a real disk.
 //
 //   build/bench/cpd-flood-bench [--seconds 20]
@@ -138,6 +140,8 @@ struct Result {
   std::size_t a_records = 0;
   std::uint64_t a_errors = 0;
   std::uint64_t a_noise = 0;
+  std::uint64_t a_frames = 0;
+  std::uint64_t a_suppressed = 0;  // records beyond A's record bound, counted
   std::size_t b_sent = 0;
   std::size_t b_lost = 0;
   std::int64_t seal_p50 = -1, seal_p99 = -1, seal_max = -1;
@@ -279,6 +283,8 @@ Result run_phase(const fs::path& root, Mosquitto& broker, const Phase& phase, st
           res.a_errors += n.get<std::uint64_t>();
         }
         res.a_noise = a["noise_bytes"].get<std::uint64_t>();
+        res.a_frames = a["frames"].get<std::uint64_t>();
+        res.a_suppressed = a["records"]["suppressed"].get<std::uint64_t>();
       }
     }
   }
@@ -307,17 +313,24 @@ int main(int argc, char** argv) {
       {"flood10x", {"--seed", "41", "--rate", rate, "--flood-factor", "10", "--garbage-bps", "100000"}},
       {"flood100x", {"--seed", "41", "--rate", rate, "--flood-factor", "100", "--garbage-bps", "1000000"}},
       {"garbage10MBps", {"--seed", "41", "--rate", rate, "--garbage-bps", "10000000"}},
+      // Valid frames as fast as the daemon reads them, radar clock 100 ppm slow (issue 12, defect 4).
+      {"frameflood", {"--stream-flood", "--drift-ppm", "-100"}},
+      // 100 vehicles/s of 40 frames at 1 ms, every frame stamped 2 s before the last (issue 12, defect 6).
+      {"clockstep", {"--seed", "41", "--rate", "100", "--flood-factor", "4", "--frame-interval-ms", "1",
+                     "--frames-per-track", "40", "--clock-step-back", "2"}},
   };
   std::printf("checkpointd flood benchmark: radar B nominal (%d vehicles/s), radar A as below, %d s per run (%s)\n",
               kNominalRate, seconds, dir.c_str());
-  std::printf("%-14s %8s %8s %9s %10s %10s | %6s %5s %17s %17s | %8s %5s\n", "radar A", "A_sent", "A_cut", "A_records",
-              "A_errors", "A_noise_B", "B_sent", "B_lost", "B_seal_ms p50/p99/max", "B_arrive_ms p50/p99/max",
-              "rss_kB", "cpu%");
+  std::printf("%-14s %8s %8s %9s %9s %10s %10s %10s | %6s %5s %17s %17s | %8s %5s\n", "radar A", "A_sent", "A_cut",
+              "A_records", "A_suppr", "A_frames", "A_errors", "A_noise_B", "B_sent", "B_lost", "B_seal_ms p50/p99/max",
+              "B_arrive_ms p50/p99/max", "rss_kB", "cpu%");
   int status = 0;
   for (const auto& phase : phases) {
     const auto r = run_phase(dir, broker, phase, std::chrono::seconds(seconds));
-    std::printf("%-14s %8zu %8zu %9zu %10llu %10llu | %6zu %5zu %5lld/%5lld/%5lld %5lld/%5lld/%5lld | %8ld %5.0f\n",
-                phase.name.c_str(), r.a_sent, r.a_unsent, r.a_records, static_cast<unsigned long long>(r.a_errors),
+    std::printf("%-14s %8zu %8zu %9zu %9llu %10llu %10llu %10llu | %6zu %5zu %5lld/%5lld/%5lld %5lld/%5lld/%5lld | "
+                "%8ld %5.0f\n",
+                phase.name.c_str(), r.a_sent, r.a_unsent, r.a_records, static_cast<unsigned long long>(r.a_suppressed),
+                static_cast<unsigned long long>(r.a_frames), static_cast<unsigned long long>(r.a_errors),
                 static_cast<unsigned long long>(r.a_noise), r.b_sent, r.b_lost, static_cast<long long>(r.seal_p50),
                 static_cast<long long>(r.seal_p99), static_cast<long long>(r.seal_max),
                 static_cast<long long>(r.arrive_p50), static_cast<long long>(r.arrive_p99),
@@ -326,6 +339,7 @@ int main(int argc, char** argv) {
     status |= r.b_lost > 0 ? 1 : 0;
   }
   std::printf("A_cut: vehicles the simulator could not put on the wire whole (daemon back-pressure or stop);\n"
+              "A_suppr: A's records beyond its record bound (max_records_per_s, default 50), counted and reported;\n"
               "B_seal: record created_ms - B's last frame on the wire; B_arrive: at a subscriber. Track timeout "
               "%d ms.\n",
               kTrackTimeoutMs);

@@ -1,6 +1,8 @@
 // The radar simulator: generates vehicles in lanes and serves them as protocol frames to one TCP
-// client at a time, with optional drift, wraps, reboots, self-tests, noise and corrupt checksums, and a
-// flood mode (garbage bytes between frames, K times the vehicle rate) for hostile-device tests.
+// client at a time, with optional drift, wraps, reboots, self-tests, noise and corrupt checksums, and
+// hostile modes: a flood (garbage bytes between frames, K times the vehicle rate), a stream flood (valid
+// frames as fast as the client reads, on a radar clock that follows real time) and a clock that steps
+// back on every frame.
 // Vehicle parameters come from a seeded generator so a run is reproducible; --ground-truth records them.
 #include "tools/sim/radar_sim.h"
 
@@ -74,6 +76,8 @@ struct Options {
   double garbage_bps = 0.0;  // random bytes per second of traffic, between frames (STX/ETX included)
   int flood_factor = 1;      // vehicle rate and vehicles per lane multiplied by this
   int status_code = 0;
+  bool stream_flood = false;    // no vehicles: valid detect frames as fast as the client reads
+  double clock_step_back_s = 0.0;  // every frame is stamped this long before the previous one (0 = off)
   std::string ground_truth;
   bool poll_only = false;
   bool exit_when_done = false;
@@ -182,6 +186,11 @@ class RadarSim {
       // Power-up status (after a reboot) or the current status for a newcomer.
       enqueue({status_frame(), 0});
       read_client();
+      if (opt_.stream_flood) {
+        flood_batch();
+        write_more();
+        return;
+      }
       if (!traffic_started_) {
         start_traffic();
       } else if (opt_.rate <= 0.0) {
@@ -274,7 +283,9 @@ class RadarSim {
       }
       in_flight_ = 0;
       finalize_vehicles();
-      if (queue_.empty() && opt_.rate <= 0.0) {
+      if (queue_.empty() && opt_.stream_flood) {
+        flood_batch();
+      } else if (queue_.empty() && opt_.rate <= 0.0) {
         schedule_fast_tick();
       }
       write_more();
@@ -338,6 +349,53 @@ class RadarSim {
   }
 
   std::int64_t traffic_ms() const { return tick_ * opt_.frame_interval_ms; }
+
+  // The time field of the next frame: the radar clock, or with --clock-step-back the previous frame's
+  // time minus the step (a clock that jumps back on every frame).
+  std::int64_t frame_time_cs() {
+    if (opt_.clock_step_back_s <= 0.0) {
+      return radar_cs();
+    }
+    const auto step = static_cast<std::int64_t>(std::llround(opt_.clock_step_back_s * 100.0));
+    stepped_cs_ = stepped_cs_ ? ((*stepped_cs_ - step) % kWrapCs + kWrapCs) % kWrapCs : radar_cs();
+    return *stepped_cs_;
+  }
+
+  // Stream flood: one batch of valid detect frames, one target per lane driving on for ever, stamped with
+  // a radar clock that follows real time (steady clock since the first connect, with --drift-ppm), so
+  // every frame is good evidence and only the rate is hostile.
+  void flood_batch() {
+    if (!client_ || stopping_) {
+      return;
+    }
+    if (!stream_started_) {
+      stream_start_ = Clock::now();
+      stream_started_ = true;
+    }
+    constexpr int kBatch = 256;
+    for (int i = 0; i < kBatch; ++i) {
+      test::DetectFields f;
+      if (opt_.clock_step_back_s > 0.0) {
+        f.time_cs = frame_time_cs();
+      } else {
+        const double ms = std::chrono::duration<double, std::milli>(Clock::now() - stream_start_).count();
+        const auto cs = clock_base_cs_ + static_cast<std::int64_t>(std::floor(ms * (1.0 + opt_.drift_ppm * 1e-6) / 10.0));
+        f.time_cs = ((cs % kWrapCs) + kWrapCs) % kWrapCs;
+      }
+      const int lane = static_cast<int>(stream_frames_ % static_cast<std::uint64_t>(opt_.lanes)) + 1;
+      f.target = lane;
+      f.targets = opt_.lanes;
+      f.dir = 'A';
+      f.speed_tenths = 800 + lane;
+      f.units = opt_.units;
+      f.range_dm = 300;
+      f.coord = 'C';
+      f.x_tenths = static_cast<std::int32_t>(std::lround((lane - 0.5) * opt_.lane_width * 10.0));
+      f.amplitude_ddb = 600;
+      enqueue({test::detect_frame(f), 0});
+      ++stream_frames_;
+    }
+  }
 
   std::int64_t radar_cs() const {
     const double since_power_ms = static_cast<double>(traffic_ms() - power_on_ms_);
@@ -531,7 +589,7 @@ class RadarSim {
 
   test::DetectFields detect_fields(Vehicle& v, int frame, int targets) {
     test::DetectFields f;
-    f.time_cs = radar_cs();
+    f.time_cs = frame_time_cs();
     f.target = v.target;
     f.targets = std::min(targets, 99);
     f.dir = v.dir;
@@ -594,7 +652,7 @@ class RadarSim {
 
   std::string status_frame() {
     last_status_ms_ = traffic_started_ ? traffic_ms() : 0;
-    return test::status_frame(radar_cs(), opt_.status_code, test::radar_status_text(opt_.status_code));
+    return test::status_frame(frame_time_cs(), opt_.status_code, test::radar_status_text(opt_.status_code));
   }
 
   // ---- reboot ----
@@ -744,6 +802,10 @@ class RadarSim {
   std::mt19937_64 garbage_rng_;  // its own stream, so flood options leave the traffic sequence unchanged
   double garbage_due_ = 0.0;     // garbage bytes owed to the line (fractions carried between ticks)
   std::int64_t clock_base_cs_;
+  std::optional<std::int64_t> stepped_cs_;  // --clock-step-back: the last frame's time
+  bool stream_started_ = false;
+  Clock::time_point stream_start_;
+  std::uint64_t stream_frames_ = 0;
   std::map<std::uint64_t, Vehicle> active_;  // vehicles generating or awaiting delivery
   std::map<int, Vehicle> test_targets_;
   std::uint64_t spawned_ = 0;
@@ -790,6 +852,12 @@ int run_radar_sim(int argc, char** argv) {
   app.add_option("--flood-factor", opt.flood_factor,
                  "flood: K times --rate, and up to K vehicles side by side per lane")
       ->check(CLI::Range(1, 1000))->capture_default_str();
+  app.add_flag("--stream-flood", opt.stream_flood,
+               "hostile: no vehicles, valid detect frames (one target per lane) as fast as the client reads, "
+               "on a radar clock that follows real time");
+  app.add_option("--clock-step-back", opt.clock_step_back_s,
+                 "hostile: stamp every frame this many seconds before the previous one (0 = off)")
+      ->check(CLI::Range(0.0, 50000.0))->capture_default_str();
   app.add_option("--status-code", opt.status_code, "status code the radar reports (00, 1x, 2x)")->check(CLI::Range(0, 99))->capture_default_str();
   app.add_option("--ground-truth", opt.ground_truth, "write one JSON line per vehicle to this file");
   app.add_flag("--poll-only", opt.poll_only, "do not stream: detect frames only in answers to *P polls");
