@@ -191,5 +191,101 @@ TEST_F(CameraFaults, CameraRebootMidStreamIsRecoveredAndReported) {
   }
 }
 
+// Defect (issue 12): a camera set to GBK sent its plate in GBK, and the radar's 150 km/h track paired with
+// it became a bare `fault` record: no speed, no plate, no pictures. The speeding record must be sealed with
+// everything: the speed, the plate escaped (\xNN) with its exact bytes in base64, the pictures, and the
+// gateway must say the camera's text was not UTF-8 (in the record and in the camera's error count).
+TEST(CameraText, AGbkPlatePairedWithASpeedingTrackIsSealedWithSpeedPlateAndPictures) {
+  TempDir dir;
+  const fs::path pub = make_gateway_key(dir.path());
+  Mosquitto broker(dir / "broker");
+  broker.start();
+  MqttCollector collector(broker.uri(), {"checkpoint/gw/#"});
+  std::ofstream(dir / "scenario.yaml")
+      << "radar: {port: 0}\n"
+      << "camera: {port: 0, username: admin, password: secret, text_encoding: GBK}\n"
+      << "start_delay_ms: 4000\n"
+      << "vehicles:\n"
+      << "  - {at_ms: 0, plate: 浙A12345, lane: 1, speed_kmh: 150.0}\n"
+      << "  - {at_ms: 1500, plate: 沪C00001, lane: 1, speed_kmh: 80.0}\n";
+  Process sim({binary("tools/sim/checkpoint-sim"), "scenario", (dir / "scenario.yaml").string()},
+              dir / "scenario");
+  const auto radar = sim.wait_for_stdout_line("radar ", 10s);
+  const auto camera = sim.wait_for_stdout_line("camera ", 10s);
+  ASSERT_TRUE(radar && camera) << sim.stderr_text();
+  std::ofstream(dir / "cam.secret") << "secret";
+  ::chmod((dir / "cam.secret").c_str(), 0600);
+  std::ofstream(dir / "c.yaml")
+      << "gateway:\n  id: gw\n"
+      << "  site: {name: t, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
+      << "  key: " << (dir / "gateway.key").string() << "\n"
+      << "store:\n  path: " << (dir / "store.db").string() << "\n"
+      << "mqtt:\n  uri: " << broker.uri() << "\n"
+      << "correlation:\n  lanes: [{lane: 1, limit_kmh: 100}]\n"
+      << "validity:\n  clock_sync: assume\n"
+      << "devices:\n"
+      << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << radar->substr(6) << "}\n"
+      << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
+      << "    calibration: {certificate: C, valid_until: 2099-01-01}\n"
+      << "  - id: cam-1\n    kind: camera\n    url: http://127.0.0.1:" << camera->substr(7)
+      << "\n    username: admin\n    password_file: " << (dir / "cam.secret").string()
+      << "\n    radar: radar-1\n";
+  Process verify({binary("tools/checkpointctl/checkpointctl"), "verify", "--pubkey", pub.string(), "--mqtt",
+                  broker.uri(), "--topic", "checkpoint/gw/evidence", "--from-start", "--seconds", "60"},
+                 dir / "verify");
+  ASSERT_TRUE(verify.wait_for_stderr_line("checkpointctl: subscribed to ", 20s)) << verify.stderr_text();
+  Process daemon({binary("daemon/app/checkpointd"), "--config", (dir / "c.yaml").string()},
+                 dir / "checkpointd");
+  const std::vector<std::string> vehicle_types{"speeding", "passage", "plate_read", "speed_measurement",
+                                               "fault"};
+  ASSERT_TRUE(collector.wait_until(
+      [&] { return records_of(collector, "checkpoint/gw/evidence", vehicle_types).size() >= 2; }, 40s))
+      << daemon.stderr_text();
+  daemon.signal(SIGTERM);
+  ASSERT_EQ(daemon.wait(20s), 0) << daemon.stderr_text();
+  verify.signal(SIGTERM);
+  ASSERT_EQ(verify.wait(10s), 0) << verify.stdout_text() << verify.stderr_text();
+  EXPECT_NE(verify.stdout_text().find("chain intact"), std::string::npos) << verify.stdout_text();
+
+  const auto all = records_of(collector, "checkpoint/gw/evidence", vehicle_types);
+  ASSERT_EQ(all.size(), 2u);
+  const json& r = all[0];
+  EXPECT_EQ(r["type"], "speeding") << r.dump();
+  EXPECT_EQ(r["speed_dkmh"], 1500);
+  EXPECT_EQ(r["band"], "over_20");            // 50 % over: "more than 20 %, at most 50 %"
+  EXPECT_EQ(r["plate"], "\\xd5\\xe3A12345");  // 浙A12345 in GBK, escaped
+  EXPECT_EQ(r["plate_raw_b64"], base64_encode(std::string("\xd5\xe3") + "A12345"));  // the exact bytes
+  EXPECT_EQ(r["text_not_utf8"], json({"camera_event.raw_xml", "plate"}));
+  EXPECT_NE(r["camera_event"]["raw_xml"].get<std::string>().find("\\xd5\\xe3A12345"), std::string::npos);
+  EXPECT_EQ(r["enforceable"], true) << r["reasons"].dump();
+  ASSERT_EQ(r["pictures"].size(), 2u);
+  EXPECT_EQ(all[1]["type"], "passage");
+  EXPECT_EQ(all[1]["plate"], "\\xbb\\xa6C00001");  // 沪 in GBK
+  // Every picture named was published and hashes to its name.
+  std::set<std::string> media;
+  for (const auto& m : collector.messages()) {
+    if (m.topic.rfind("checkpoint/gw/media/", 0) == 0) {
+      EXPECT_EQ(sha256_hex(m.payload), m.topic.substr(20));
+      media.insert(m.topic.substr(20));
+    }
+  }
+  for (const auto& p : r["pictures"]) {
+    EXPECT_EQ(media.count(p["sha256"].get<std::string>()), 1u);
+  }
+  // The last status (published at the clean stop) counts the camera's text that was not UTF-8 (both alerts
+  // and the device name), and shows that name escaped: the status stays JSON.
+  json status;
+  ASSERT_TRUE(collector.wait_until(
+      [&] {
+        const auto all_status = collector.payloads("checkpoint/gw/status");
+        status = all_status.empty() ? json() : json::parse(all_status.back());
+        return status.is_object() && status.value("state", "") == "offline";
+      },
+      10s));
+  const json& cam = status["devices"]["cam-1"];
+  EXPECT_GE(cam["errors"].value("text_not_utf8", 0), 3) << cam.dump();
+  EXPECT_NE(cam["device"]["deviceName"].get<std::string>().find("\\x"), std::string::npos) << cam.dump();
+}
+
 }  // namespace
 }  // namespace cpd::testing

@@ -55,8 +55,10 @@ std::string element(std::string_view name, std::uint64_t value) {
   return element(name, std::to_string(value));
 }
 
-std::string header_element(std::string_view name, std::string_view ns) {
-  std::string out = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<";
+std::string header_element(std::string_view name, std::string_view ns, std::string_view encoding = "UTF-8") {
+  std::string out = "<?xml version=\"1.0\" encoding=\"";
+  out += encoding;
+  out += "\"?>\n<";
   out += name;
   out += " version=\"2.0\" xmlns=\"";
   out += xml_escape(ns);
@@ -65,8 +67,9 @@ std::string header_element(std::string_view name, std::string_view ns) {
 }
 
 std::string common_alert_head(std::string_view ns, std::string_view ip, int port, std::string_view mac,
-                              int channel, std::string_view date_time, std::uint64_t apc) {
-  std::string x = header_element("EventNotificationAlert", ns);
+                              int channel, std::string_view date_time, std::uint64_t apc,
+                              std::string_view encoding = "UTF-8") {
+  std::string x = header_element("EventNotificationAlert", ns, encoding);
   x += element("ipAddress", ip) + "\n";
   x += element("portNo", static_cast<std::uint64_t>(port)) + "\n";
   x += element("protocol", "HTTP") + "\n";
@@ -150,7 +153,7 @@ std::string xml_escape(std::string_view text) {
 
 std::string anpr_alert_xml(const AnprAlert& a) {
   std::string x = common_alert_head(a.xml_namespace, a.ip_address, a.port_no, a.mac_address, a.channel_id,
-                                    a.date_time, a.active_post_count);
+                                    a.date_time, a.active_post_count, a.xml_encoding);
   x += element("eventType", "ANPR") + "\n";
   x += element("eventState", "active") + "\n";
   x += element("eventDescription", "ANPR") + "\n";
@@ -190,7 +193,7 @@ std::string heartbeat_xml(const Heartbeat& h) {
 }
 
 std::string device_info_xml(const DeviceInfo& d) {
-  std::string x = header_element("DeviceInfo", d.xml_namespace);
+  std::string x = header_element("DeviceInfo", d.xml_namespace, d.xml_encoding);
   x += element("deviceName", d.device_name) + "\n";
   x += element("deviceID", d.device_id) + "\n";
   x += element("model", d.model) + "\n";

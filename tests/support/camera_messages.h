@@ -49,6 +49,9 @@ struct AnprAlert {
   std::string vehicle_type = "vehicle";
   std::vector<PictureInfo> pictures;
   std::string uuid;
+  // The XML declaration's encoding. The text members are written as given (bytes): a camera set to GBK
+  // sends its plates in GBK, whatever the spec says.
+  std::string xml_encoding = "UTF-8";
 };
 
 struct Heartbeat {
@@ -70,6 +73,7 @@ struct DeviceInfo {
   std::string mac_address = "44:19:b6:00:00:01";
   std::string firmware_version = "V5.5.0";
   std::string firmware_released_date = "build 260101";
+  std::string xml_encoding = "UTF-8";
 };
 
 struct TimeStatus {

@@ -3,6 +3,7 @@
 // faults on demand (reboots, dropped pictures, malformed XML, repeats, split writes).
 #include "tools/sim/camera_sim.h"
 
+#include <iconv.h>
 #include <openssl/evp.h>
 
 #include <CLI/CLI.hpp>
@@ -49,6 +50,38 @@ constexpr auto kNonceLifetime = std::chrono::minutes(5);
 constexpr std::size_t kMaxNonces = 4096;
 constexpr std::size_t kMaxStreamBacklog = 64U << 20U;  // a stream that stops reading is closed past this
 constexpr std::int64_t kTwoStageGapMs = 300;
+
+// The camera's text in its configured encoding: UTF-8 as given, or converted to GBK (what a camera set to a
+// Chinese locale sends). A character GBK lacks is sent as '?', as such firmware does.
+std::string camera_text(const CameraOptions& opt, const std::string& utf8) {
+  if (opt.text_encoding != "GBK") {
+    return utf8;
+  }
+  iconv_t cd = iconv_open("GBK//TRANSLIT", "UTF-8");
+  if (cd == reinterpret_cast<iconv_t>(-1)) {
+    return utf8;
+  }
+  std::string in = utf8;
+  std::string out(in.size() * 2 + 4, '\0');
+  char* src = in.data();
+  std::size_t src_left = in.size();
+  char* dst = out.data();
+  std::size_t dst_left = out.size();
+  while (src_left > 0) {
+    if (iconv(cd, &src, &src_left, &dst, &dst_left) == static_cast<std::size_t>(-1)) {
+      if (dst_left == 0) {
+        break;
+      }
+      *dst++ = '?';
+      --dst_left;
+      ++src;
+      --src_left;
+    }
+  }
+  iconv_close(cd);
+  out.resize(out.size() - dst_left);
+  return out;
+}
 
 double uniform01(std::mt19937_64& rng) {
   return static_cast<double>(rng() >> 11) * 0x1.0p-53;
@@ -299,6 +332,10 @@ class Session : public std::enable_shared_from_this<Session> {
     if (path == kDeviceInfoPath) {
       test::DeviceInfo d;
       d.xml_namespace = ns;
+      if (sim_->opt_.text_encoding == "GBK") {
+        d.device_name = camera_text(sim_->opt_, "卡口抓拍机");
+        d.xml_encoding = "GBK";
+      }
       respond(req, http::status::ok, test::device_info_xml(d));
     } else if (path == kTimePath) {
       test::TimeStatus t;
@@ -591,10 +628,11 @@ CameraEventTruth CameraSim::Impl::emit(const CameraCapture& capture) {
   a.xml_namespace = opt_.xml_namespace;
   a.date_time = t.date_time;
   a.active_post_count = t.active_post_count;
-  a.license_plate = capture.plate;
+  a.license_plate = camera_text(opt_, capture.plate);
   a.line = capture.lane;
   a.direction = capture.direction;
-  a.plate_color = capture.plate_color;
+  a.plate_color = camera_text(opt_, capture.plate_color);
+  a.xml_encoding = opt_.text_encoding;
   a.confidence_level = capture.plate == "unknown" ? 0 : 80 + static_cast<int>(traffic_rng_() % 20);
   a.uuid = t.uuid;
   struct Pic {
@@ -876,6 +914,10 @@ int run_camera_sim(int argc, char** argv) {
                  "probability an event is sent twice (same UUID and dateTime)")
       ->check(CLI::Range(0.0, 1.0));
   app.add_flag("--split-writes", opt.split_writes, "write the stream in random small chunks");
+  app.add_option("--text-encoding", opt.text_encoding,
+                 "how plates, plate colours and the device name are written: UTF-8 (spec) or GBK")
+      ->check(CLI::IsMember({"UTF-8", "GBK"}))
+      ->capture_default_str();
   app.add_option("--ground-truth", opt.ground_truth, "write one JSON line per event to this file");
   app.add_flag("--exit-when-done", opt.exit_when_done, "exit once --events events are written out");
   try {

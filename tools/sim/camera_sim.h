@@ -44,6 +44,9 @@ struct CameraOptions {
   double malformed_xml_rate = 0.0;
   double repeat_rate = 0.0;
   bool split_writes = false;
+  // How the camera writes its text: UTF-8 (the spec) or GBK (some firmware): plates, plate colours and the
+  // device name are then sent in GBK, the XML declaring encoding="GBK".
+  std::string text_encoding = "UTF-8";
   std::string ground_truth;     // JSON lines, one per event
   bool exit_when_done = false;  // with events > 0: exit once the last one is written out
 };

@@ -132,7 +132,8 @@ Scenario parse_scenario(const std::string& yaml_text, const std::string& name) {
   if (const auto k = root["camera"]) {
     c.only_keys(k, "camera",
                 {"port", "host", "username", "password", "auth", "realm", "clock_offset_ms", "utc_offset",
-                 "namespace", "two_stage", "heartbeat_s", "picture_kb", "seed", "boundary", "lock_s"});
+                 "namespace", "two_stage", "heartbeat_s", "picture_kb", "seed", "boundary", "lock_s",
+                 "text_encoding"});
     cam.port = static_cast<std::uint16_t>(c.ranged<int>(k, "camera.", "port", 0, 0, 65535));
     cam.host = c.get<std::string>(k, "camera.", "host", cam.host);
     cam.username = c.get<std::string>(k, "camera.", "username", cam.username);
@@ -160,6 +161,10 @@ Scenario parse_scenario(const std::string& yaml_text, const std::string& name) {
     cam.seed = c.get<std::uint64_t>(k, "camera.", "seed", 1);
     cam.boundary = c.get<std::string>(k, "camera.", "boundary", cam.boundary);
     cam.lock_s = c.ranged<double>(k, "camera.", "lock_s", cam.lock_s, 0.0, 86'400.0);
+    cam.text_encoding = c.get<std::string>(k, "camera.", "text_encoding", cam.text_encoding);
+    if (cam.text_encoding != "UTF-8" && cam.text_encoding != "GBK") {
+      c.fail(k["text_encoding"], "camera.text_encoding", "must be UTF-8 or GBK");
+    }
   } else {
     cam.two_stage = true;
   }
