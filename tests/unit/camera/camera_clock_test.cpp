@@ -278,5 +278,32 @@ TEST(CameraClockEstimator, ResetStartsANewEpoch) {
   EXPECT_EQ(est.estimate()->epoch, 2U);
 }
 
+// Issue 12, the class of defect 4: the estimator's memory must not depend on how often it is fed. Its
+// samples are gateway time polls, but nothing stops a caller (or a camera answering at once, or a clock
+// stepping on every poll) from feeding it at any rate: 100 000 samples per second, accepted or restarting,
+// keep at most max_samples.
+TEST(CameraClockEstimator, StaysBoundedAtAnySampleRate) {
+  CameraClockEstimator est;
+  const SimCamera cam{.offset_ms = 2500, .drift_ppm = 50};
+  std::size_t most = 0;
+  for (std::int64_t i = 0; i < 200'000; ++i) {
+    const UnixMs t = kT0 + i / 100;  // 100 per ms
+    cam.poll(est, t, 3, 1);
+    most = std::max(most, est.estimate()->samples);
+  }
+  EXPECT_LE(most, CameraClockOptions{}.max_samples);
+  expect_brackets(est, cam.true_offset(kT0 + 1999));
+  // A clock stepping by 10 s on every sample: each one restarts the window, which stays one sample.
+  CameraClockEstimator stepping;
+  for (std::int64_t i = 0; i < 100'000; ++i) {
+    const UnixMs t = kT0 + i / 100;
+    const auto out = stepping.add(t + (i % 2 == 0 ? 0 : 10'000), 1000, t, t + 3);
+    if (i > 0) {
+      ASSERT_EQ(out, CameraClockEstimator::Outcome::kRestarted) << i;
+    }
+    ASSERT_LE(stepping.estimate()->samples, 1u);
+  }
+}
+
 }  // namespace
 }  // namespace cpd::adapters
