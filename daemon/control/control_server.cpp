@@ -1,5 +1,6 @@
 // ControlServer: accepts checkpointctl connections on a unix socket and answers status/tail requests on
-// one strand; tail clients get bounded queues so a stuck reader costs the daemon at most tail_queue_bytes.
+// one strand; tail clients get bounded queues so a stuck reader costs the daemon at most tail_queue_bytes,
+// and a request client that does not read its answers is not read from either (reply_queue_bytes).
 #include "daemon/control/control_server.h"
 
 #include <sys/socket.h>
@@ -8,18 +9,17 @@
 #include <unistd.h>
 
 #include <array>
-#include <cerrno>
-#include <cstring>
-#include <deque>
-#include <unordered_map>
-#include <utility>
-
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/read_until.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/write.hpp>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <unordered_map>
+#include <utility>
 
 #include "daemon/core/encoding.h"
 #include "daemon/log/log.h"
@@ -39,7 +39,9 @@ std::string to_line(const json& value) {
   return value.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
-Line error_line(const std::string& message) { return std::make_shared<const std::string>(to_line({{"error", message}})); }
+Line error_line(const std::string& message) {
+  return std::make_shared<const std::string>(to_line({{"error", message}}));
+}
 
 // type and time_ms from the JWS payload, for records handed over without them.
 void fill_from_jws(TailRecord& rec) {
@@ -68,7 +70,9 @@ void fill_from_jws(TailRecord& rec) {
   }
 }
 
-std::string errno_text(int err) { return std::strerror(err); }
+std::string errno_text(int err) {
+  return std::strerror(err);
+}
 
 }  // namespace
 
@@ -88,6 +92,7 @@ class ControlServer::Impl : public std::enable_shared_from_this<Impl> {
 
   std::atomic<std::size_t> clients_{0};
   std::atomic<std::size_t> tailers_{0};
+  std::atomic<std::size_t> queued_bytes_{0};  // all sessions' out_bytes_
 
  private:
   class Session;
@@ -95,6 +100,7 @@ class ControlServer::Impl : public std::enable_shared_from_this<Impl> {
 
   Status prepare_path();
   void accept();
+  void on_accepted(Stream::socket socket);
   void remove(Session* s) {
     if (sessions_.erase(s) > 0) {
       clients_.fetch_sub(1);
@@ -121,8 +127,23 @@ class ControlServer::Impl::Session : public std::enable_shared_from_this<Session
       : owner_(std::move(owner)), socket_(std::move(socket)), timer_(owner_->strand_) {}
 
   void start() {
+    last_request_ = std::chrono::steady_clock::now();
     arm_idle();
     read_request();
+  }
+
+  // When a request was last read (or the connection accepted): the longest idle one makes room.
+  std::chrono::steady_clock::time_point last_request() const { return last_request_; }
+
+  // Closed to make room for a new connection: told why when its socket can take the line now.
+  void evict(const std::string& why) {
+    owner_->remove(this);
+    if (out_.empty()) {
+      send(error_line(why));
+      close_after_write();
+    } else {
+      close();  // it is not reading what it has already: one more line would not reach it either
+    }
   }
 
   // Answers a connection over the client limit and closes it.
@@ -147,11 +168,12 @@ class ControlServer::Impl::Session : public std::enable_shared_from_this<Session
     const std::size_t keep = writing_ ? 1 : 0;
     std::uint64_t skipped = 1;  // the record that did not fit
     while (out_.size() > keep) {
-      out_bytes_ -= out_.back()->size();
+      dequeued(out_.back()->size());
       out_.pop_back();
       ++skipped;
     }
-    log::warn("control", "", "tail client too slow: " + std::to_string(skipped) + " records skipped, closing it");
+    log::warn("control", "",
+              "tail client too slow: " + std::to_string(skipped) + " records skipped, closing it");
     send(error_line("too slow, " + std::to_string(skipped) + " records skipped"));
     close_after_write();
   }
@@ -170,6 +192,10 @@ class ControlServer::Impl::Session : public std::enable_shared_from_this<Session
     socket_.shutdown(Stream::socket::shutdown_both, ignored);
     socket_.close(ignored);
     timer_.cancel();
+    // Written or not, the queue is no longer held for anyone (the line being written is freed with the
+    // write's completion).
+    owner_->queued_bytes_.fetch_sub(out_bytes_);
+    out_bytes_ = 0;
   }
 
  private:
@@ -194,7 +220,8 @@ class ControlServer::Impl::Session : public std::enable_shared_from_this<Session
       return;
     }
     if (ec == asio::error::not_found) {
-      send(error_line("request too long (limit " + std::to_string(owner_->limits_.max_request_bytes) + " bytes)"));
+      send(error_line("request too long (limit " + std::to_string(owner_->limits_.max_request_bytes) +
+                      " bytes)"));
       close_after_write();
       return;
     }
@@ -202,6 +229,7 @@ class ControlServer::Impl::Session : public std::enable_shared_from_this<Session
       close();
       return;
     }
+    last_request_ = std::chrono::steady_clock::now();
     std::string line = in_.substr(0, n - 1);
     in_.erase(0, n);
     if (!line.empty() && line.back() == '\r') {
@@ -235,18 +263,31 @@ class ControlServer::Impl::Session : public std::enable_shared_from_this<Session
       send(error_line("unknown cmd '" + cmd + "' (known: status, tail)"));
     }
     arm_idle();
+    read_next_request();
+  }
+
+  // Back-pressure: a client that pipelines requests without reading the answers is not read from while
+  // reply_queue_bytes of answers wait for it; its requests wait in the socket and then its writes block.
+  // Reading resumes when the queue has drained below the bound (see write_next).
+  void read_next_request() {
+    if (out_bytes_ >= owner_->limits_.reply_queue_bytes) {
+      read_paused_ = true;
+      return;
+    }
+    read_paused_ = false;
     read_request();
   }
 
   // A tail client has nothing more to say; reading still notices when it goes away.
   void discard_input() {
-    socket_.async_read_some(asio::buffer(sink_), [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
-      if (ec) {
-        self->close();
-      } else if (!self->closed_) {
-        self->discard_input();
-      }
-    });
+    socket_.async_read_some(asio::buffer(sink_),
+                            [self = shared_from_this()](boost::system::error_code ec, std::size_t) {
+                              if (ec) {
+                                self->close();
+                              } else if (!self->closed_) {
+                                self->discard_input();
+                              }
+                            });
   }
 
   void send(Line line) {
@@ -254,6 +295,7 @@ class ControlServer::Impl::Session : public std::enable_shared_from_this<Session
       return;
     }
     out_bytes_ += line->size();
+    owner_->queued_bytes_.fetch_add(line->size());
     out_.push_back(std::move(line));
     if (!writing_) {
       write_next();
@@ -281,10 +323,19 @@ class ControlServer::Impl::Session : public std::enable_shared_from_this<Session
                           self->close();
                           return;
                         }
-                        self->out_bytes_ -= self->out_.front()->size();
+                        self->dequeued(self->out_.front()->size());
                         self->out_.pop_front();
+                        if (self->read_paused_ && !self->close_when_written_ &&
+                            self->out_bytes_ < self->owner_->limits_.reply_queue_bytes) {
+                          self->read_next_request();
+                        }
                         self->write_next();
                       });
+  }
+
+  void dequeued(std::size_t bytes) {
+    out_bytes_ -= bytes;
+    owner_->queued_bytes_.fetch_sub(bytes);
   }
 
   // Closes once the queue is written, or after the grace period if the client does not read it.
@@ -309,6 +360,8 @@ class ControlServer::Impl::Session : public std::enable_shared_from_this<Session
   std::array<char, 512> sink_{};
   std::deque<Line> out_;
   std::size_t out_bytes_ = 0;
+  std::chrono::steady_clock::time_point last_request_{};
+  bool read_paused_ = false;  // not reading requests until the answers queued have been taken
   bool writing_ = false;
   bool tailing_ = false;
   bool too_slow_ = false;
@@ -410,31 +463,50 @@ void ControlServer::Impl::accept() {
   if (stopped_.load()) {
     return;
   }
-  acceptor_.async_accept(strand_, [self = shared_from_this()](boost::system::error_code ec, Stream::socket socket) {
-    if (self->stopped_.load() || ec == asio::error::operation_aborted) {
+  acceptor_.async_accept(strand_,
+                         [self = shared_from_this()](boost::system::error_code ec, Stream::socket socket) {
+                           if (self->stopped_.load() || ec == asio::error::operation_aborted) {
+                             return;
+                           }
+                           if (ec) {
+                             // Out of descriptors and the like: try again shortly rather than spin.
+                             log::warn("control", "", "accept failed: " + ec.message());
+                             self->retry_timer_.expires_after(std::chrono::milliseconds(200));
+                             self->retry_timer_.async_wait([self](boost::system::error_code tec) {
+                               if (!tec) {
+                                 self->accept();
+                               }
+                             });
+                             return;
+                           }
+                           self->on_accepted(std::move(socket));
+                           self->accept();
+                         });
+}
+
+void ControlServer::Impl::on_accepted(Stream::socket socket) {
+  auto session = std::make_shared<Session>(shared_from_this(), std::move(socket));
+  const std::string limit = std::to_string(limits_.max_clients);
+  if (sessions_.size() >= limits_.max_clients) {
+    // Full: the request connection idle longest makes room, so idle or slow connections can never keep a
+    // technician's `checkpointctl status` out. Tail clients stream on purpose and are not evicted.
+    std::shared_ptr<Session> oldest;
+    for (auto& [ptr, weak] : sessions_) {
+      auto s = weak.lock();
+      if (s && !s->tailing() && (!oldest || s->last_request() < oldest->last_request())) {
+        oldest = std::move(s);
+      }
+    }
+    if (!oldest) {
+      session->reject("too many clients (" + limit + ")");
       return;
     }
-    if (ec) {
-      // Out of descriptors and the like: try again shortly rather than spin.
-      log::warn("control", "", "accept failed: " + ec.message());
-      self->retry_timer_.expires_after(std::chrono::milliseconds(200));
-      self->retry_timer_.async_wait([self](boost::system::error_code tec) {
-        if (!tec) {
-          self->accept();
-        }
-      });
-      return;
-    }
-    auto session = std::make_shared<Session>(self, std::move(socket));
-    if (self->sessions_.size() >= self->limits_.max_clients) {
-      session->reject("too many clients (" + std::to_string(self->limits_.max_clients) + ")");
-    } else {
-      self->sessions_.emplace(session.get(), session);
-      self->clients_.fetch_add(1);
-      session->start();
-    }
-    self->accept();
-  });
+    log::notice("control", "", "too many clients (" + limit + "): closing the connection idle longest");
+    oldest->evict("closed: too many clients (" + limit + "); this connection was the longest idle");
+  }
+  sessions_.emplace(session.get(), session);
+  clients_.fetch_add(1);
+  session->start();
 }
 
 void ControlServer::Impl::stop() {
@@ -502,11 +574,17 @@ ControlServer::ControlServer(asio::io_context& io, std::string socket_path, Stat
     : socket_path_(socket_path),
       impl_(std::make_shared<Impl>(io, std::move(socket_path), std::move(status_provider), limits)) {}
 
-ControlServer::~ControlServer() { impl_->stop(); }
+ControlServer::~ControlServer() {
+  impl_->stop();
+}
 
-Status ControlServer::start() { return impl_->start(); }
+Status ControlServer::start() {
+  return impl_->start();
+}
 
-void ControlServer::stop() { impl_->stop(); }
+void ControlServer::stop() {
+  impl_->stop();
+}
 
 void ControlServer::on_committed(std::uint64_t seq, const std::string& type, const std::string& jws) {
   if (impl_->tailers_.load() == 0) {
@@ -517,10 +595,20 @@ void ControlServer::on_committed(std::uint64_t seq, const std::string& type, con
   impl_->publish(std::move(one));
 }
 
-void ControlServer::on_committed(std::vector<TailRecord> records) { impl_->publish(std::move(records)); }
+void ControlServer::on_committed(std::vector<TailRecord> records) {
+  impl_->publish(std::move(records));
+}
 
-std::size_t ControlServer::clients() const { return impl_->clients_.load(); }
+std::size_t ControlServer::clients() const {
+  return impl_->clients_.load();
+}
 
-std::size_t ControlServer::tail_clients() const { return impl_->tailers_.load(); }
+std::size_t ControlServer::tail_clients() const {
+  return impl_->tailers_.load();
+}
+
+std::size_t ControlServer::queued_bytes() const {
+  return impl_->queued_bytes_.load();
+}
 
 }  // namespace cpd::control

@@ -3,16 +3,15 @@
 #pragma once
 
 #include <atomic>
+#include <boost/asio/io_context.hpp>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <boost/asio/io_context.hpp>
-#include <nlohmann/json.hpp>
 
 #include "daemon/core/status.h"
 
@@ -21,19 +20,27 @@ namespace cpd::control {
 // Protocol (docs/control.md): newline-delimited JSON over a unix stream socket.
 //   Client -> server, one request per line (at most ControlLimits::max_request_bytes, newline included):
 //     {"cmd":"status"}  -> one line: the status snapshot (StatusProvider's JSON). The connection stays open
-//                          for more requests; it is closed after idle_timeout without a request.
+//                          for more requests; it is closed after idle_timeout without a request. While
+//                          reply_queue_bytes of answers wait for the client to read them, no further request
+//                          is read (pipelined requests wait in the socket, and the client's writes block).
 //     {"cmd":"tail"}    -> from then on one line per committed record, in seq order, forever:
 //                          {"seq":N,"type":"...","time_ms":T,"jws":"<compact JWS>"}. Further input is
 //                          ignored. A client that falls more than tail_queue_bytes behind gets a last line
 //                          {"error":"too slow, N records skipped"} and is closed.
 //     anything else     -> {"error":"..."} (the connection stays open, except for an oversize line, which
 //                          is answered and closed).
-//   Connections beyond max_clients get {"error":"too many clients (8)"} and are closed.
+//   A connection beyond max_clients closes the connection that has waited longest for a request (not a tail
+//   client) with {"error":"closed: too many clients (8); this connection was the longest idle"}, so a
+//   status request is answered however many idle connections are held; when every slot is a tail client,
+//   the new connection gets {"error":"too many clients (8)"} and is closed.
 struct ControlLimits {
   std::size_t max_request_bytes = 4096;
   std::size_t max_clients = 8;
   std::chrono::milliseconds idle_timeout{60'000};
   std::size_t tail_queue_bytes = 4u << 20;  // per tail client, lines not yet written to its socket
+  // Per request client: answers not yet written to its socket above which no further request is read (so
+  // at most this plus one answer is held for a client that pipelines requests and never reads).
+  std::size_t reply_queue_bytes = 64u << 10;
   // After a too-slow client was given its error line: how long it has to read it before it is cut off.
   std::chrono::milliseconds slow_close_grace{2'000};
 };
@@ -77,6 +84,8 @@ class ControlServer {
   // Connected clients / tail clients right now (thread-safe; for status and tests).
   std::size_t clients() const;
   std::size_t tail_clients() const;
+  // Bytes of answers and tail lines queued for all clients, not yet taken by their sockets (thread-safe).
+  std::size_t queued_bytes() const;
 
  private:
   class Impl;

@@ -3,26 +3,27 @@
 #include "daemon/control/control_server.h"
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <thread>
-
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/io_context.hpp>
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include "daemon/core/encoding.h"
 
@@ -32,6 +33,18 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 using namespace std::chrono_literals;
+
+// Resident set of this process (VmRSS), kB.
+long rss_kb() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) {
+      return std::stol(line.substr(6));
+    }
+  }
+  return -1;
+}
 
 fs::path make_temp_dir() {
   std::string tmpl = (fs::temp_directory_path() / "cpd-control-XXXXXX").string();
@@ -43,7 +56,9 @@ fs::path make_temp_dir() {
 
 // A JWS-shaped string whose payload names type and time_ms (the server reads them when not given).
 std::string fake_jws(std::uint64_t seq, const std::string& type, std::size_t pad = 0) {
-  const json body = {{"seq", seq}, {"type", type}, {"time_ms", 1700000000000 + static_cast<std::int64_t>(seq)},
+  const json body = {{"seq", seq},
+                     {"type", type},
+                     {"time_ms", 1700000000000 + static_cast<std::int64_t>(seq)},
                      {"pad", std::string(pad, 'x')}};
   return base64url_encode(R"({"alg":"EdDSA"})") + "." + base64url_encode(body.dump()) + "." +
          base64url_encode("signature");
@@ -61,13 +76,20 @@ class ControlServerTest : public ::testing::Test {
   std::string sock_path() const { return (dir_ / "ctl.sock").string(); }
 
   std::unique_ptr<ControlServer> make_server(ControlLimits limits = {}) {
-    return std::make_unique<ControlServer>(io_, sock_path(), [this] {
-      ++status_calls_;
-      EXPECT_EQ(std::this_thread::get_id(), test_thread_) << "provider runs on the io thread";
-      return json{{"devices", {{"radar-1", {{"kind", "radar"}, {"state", "connected"}}}}},
-                  {"backlog", 3},
-                  {"calls", status_calls_}};
-    }, limits);
+    return std::make_unique<ControlServer>(
+        io_, sock_path(),
+        [this] {
+          ++status_calls_;
+          EXPECT_EQ(std::this_thread::get_id(), test_thread_) << "provider runs on the io thread";
+          json snapshot = {{"devices", {{"radar-1", {{"kind", "radar"}, {"state", "connected"}}}}},
+                           {"backlog", 3},
+                           {"calls", status_calls_}};
+          if (!status_pad_.empty()) {
+            snapshot["pad"] = status_pad_;  // a daemon with many devices answers with kilobytes
+          }
+          return snapshot;
+        },
+        limits);
   }
 
   // A non-blocking client connection; -1 with errno set on failure.
@@ -151,6 +173,7 @@ class ControlServerTest : public ::testing::Test {
   boost::asio::executor_work_guard<boost::asio::io_context::executor_type> guard_{io_.get_executor()};
   std::thread::id test_thread_ = std::this_thread::get_id();
   int status_calls_ = 0;
+  std::string status_pad_;
   std::vector<int> fds_;
   std::map<int, std::string> pending_;
 };
@@ -280,30 +303,123 @@ TEST_F(ControlServerTest, OversizeRequestIsRejectedAndClosed) {
   send_all(fd, R"({"cmd":"status","pad":")" + std::string(5000, 'a') + "\"}\n");
   const auto line = read_line(fd);
   ASSERT_TRUE(line);
-  EXPECT_NE(json::parse(*line).value("error", "").find("request too long (limit 4096 bytes)"), std::string::npos)
+  EXPECT_NE(json::parse(*line).value("error", "").find("request too long (limit 4096 bytes)"),
+            std::string::npos)
       << *line;
   EXPECT_FALSE(read_line(fd)) << "closed after the error";
   EXPECT_EQ(status_calls_, 0);
 }
 
-TEST_F(ControlServerTest, ClientsBeyondTheLimitAreTurnedAway) {
+// Issue 12: a client that pipelines status requests and never reads an answer made the daemon queue every
+// answer (14 MB -> 421 MB). For 10 s the client writes requests as fast as the socket takes them; the
+// answers held for it must stay within reply_queue_bytes plus one answer, and once it reads, it is served.
+TEST_F(ControlServerTest, PipeliningClientThatNeverReadsIsNotReadPastTheReplyBound) {
+  status_pad_ = std::string(2000, 'x');
+  const ControlLimits limits;  // the defaults: 64 KiB of answers per client
+  auto server = make_server(limits);
+  ASSERT_TRUE(server->start().is_ok());
+  const int fd = connect_client();
+  ASSERT_GE(fd, 0);
+  const std::size_t answer_bytes = request(fd, R"({"cmd":"status"})").dump().size() + 1;
+  const std::size_t bound = limits.reply_queue_bytes + answer_bytes;
+
+  std::string burst;
+  for (int i = 0; i < 256; ++i) {
+    burst += "{\"cmd\":\"status\"}\n";
+  }
+  const long rss_before = rss_kb();
+  std::size_t offset = 0;
+  std::uint64_t sent_requests = 0;
+  std::size_t peak_queued = 0;
+  long rss_peak = rss_before;
+  const auto start = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - start < 10s) {
+    const ssize_t n = ::send(fd, burst.data() + offset, burst.size() - offset, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      offset = (offset + static_cast<std::size_t>(n)) % burst.size();
+      sent_requests += static_cast<std::size_t>(n);
+    }
+    while (io_.poll_one() > 0) {
+      peak_queued = std::max(peak_queued, server->queued_bytes());
+    }
+    peak_queued = std::max(peak_queued, server->queued_bytes());
+    rss_peak = std::max(rss_peak, rss_kb());
+    if (peak_queued > 64 * bound) {
+      break;  // unbounded: no need to let it eat the machine for the rest of the 10 s
+    }
+    if (n <= 0) {
+      io_.run_one_for(1ms);  // the socket is full: the server is not reading (the point), let time pass
+    }
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const int answered_while_flooding = status_calls_;
+  std::cout << "[ figures  ] " << seconds << " s of pipelined requests (" << sent_requests / 17
+            << " written by the client): " << answered_while_flooding << " answered, peak queued "
+            << peak_queued << " bytes (bound " << bound << "), test process RSS " << rss_before << " -> peak "
+            << rss_peak << " kB\n";
+  EXPECT_GE(seconds, 9.5);
+  EXPECT_LE(peak_queued, bound) << "answers queued for a client that does not read";
+  EXPECT_LT(rss_peak - rss_before, 16 * 1024) << "kB";
+  EXPECT_GT(answered_while_flooding, 1) << "the answers up to the bound were produced";
+
+  // The client starts reading: it is served again (reading resumed as the queue drained).
+  for (int i = 0; i < answered_while_flooding + 50; ++i) {
+    const auto line = read_line(fd);
+    ASSERT_TRUE(line) << "answer " << i;
+    ASSERT_EQ(json::parse(*line)["backlog"], 3);
+  }
+  EXPECT_GT(status_calls_, answered_while_flooding);
+  EXPECT_EQ(server->clients(), 1u);
+}
+
+// Idle connections holding every slot must not keep a technician's `checkpointctl status` out (the 40 slow
+// connections of issue 12, for the control socket): the longest idle one makes room; tail clients stay.
+TEST_F(ControlServerTest, AtTheLimitTheLongestIdleConnectionMakesRoom) {
+  ControlLimits limits;
+  limits.max_clients = 3;
+  auto server = make_server(limits);
+  ASSERT_TRUE(server->start().is_ok());
+  const int tail = connect_client();
+  ASSERT_GE(tail, 0);
+  EXPECT_EQ(request(tail, R"({"cmd":"tail"})")["tail"], "started");
+  const int a = connect_client();
+  ASSERT_TRUE(pump_until([&] { return server->clients() == 2; }));
+  const int b = connect_client();
+  ASSERT_TRUE(pump_until([&] { return server->clients() == 3; }));
+  ASSERT_GE(a, 0);
+  ASSERT_GE(b, 0);
+  EXPECT_EQ(request(a, R"({"cmd":"status"})")["backlog"], 3);  // a is now more recent than b
+
+  const int c = connect_client();
+  ASSERT_GE(c, 0);
+  EXPECT_EQ(request(c, R"({"cmd":"status"})")["backlog"], 3) << "served at once, though every slot was taken";
+  const auto line = read_line(b);
+  ASSERT_TRUE(line);
+  EXPECT_EQ(json::parse(*line)["error"],
+            "closed: too many clients (3); this connection was the longest idle");
+  EXPECT_FALSE(read_line(b));
+  EXPECT_EQ(request(a, R"({"cmd":"status"})")["backlog"], 3);
+  EXPECT_EQ(server->clients(), 3u);
+  EXPECT_EQ(server->tail_clients(), 1u);
+}
+
+TEST_F(ControlServerTest, WhenEverySlotIsATailClientANewConnectionIsTurnedAway) {
   ControlLimits limits;
   limits.max_clients = 2;
   auto server = make_server(limits);
   ASSERT_TRUE(server->start().is_ok());
   const int a = connect_client();
-  ASSERT_TRUE(pump_until([&] { return server->clients() == 1; }));
   const int b = connect_client();
-  ASSERT_TRUE(pump_until([&] { return server->clients() == 2; }));
-  const int c = connect_client();
   ASSERT_GE(a, 0);
   ASSERT_GE(b, 0);
+  EXPECT_EQ(request(a, R"({"cmd":"tail"})")["tail"], "started");
+  EXPECT_EQ(request(b, R"({"cmd":"tail"})")["tail"], "started");
+  const int c = connect_client();
   ASSERT_GE(c, 0);
   const auto line = read_line(c);
   ASSERT_TRUE(line);
   EXPECT_EQ(json::parse(*line)["error"], "too many clients (2)");
   EXPECT_FALSE(read_line(c));
-  EXPECT_EQ(request(a, R"({"cmd":"status"})")["backlog"], 3);
   // A slot freed is a slot to take.
   ::shutdown(b, SHUT_RDWR);
   ASSERT_TRUE(pump_until([&] { return server->clients() == 1; }));
