@@ -1,5 +1,6 @@
 // MetricsServer: Beast's async server shape (one strand per connection, the acceptor on its own strand).
-// Accepting pauses at max_connections instead of accepting and dropping, so a scrape waits in the backlog.
+// At max_connections a new connection closes the one that has waited longest for its request, so slow or
+// idle clients holding every slot cannot keep a liveness probe from being answered.
 #include "daemon/metrics/metrics_server.h"
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <limits>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -66,8 +68,8 @@ struct MetricsServerState : std::enable_shared_from_this<MetricsServerState> {
 
   std::mutex mutex;  // guards what follows: sessions end on their own strands
   std::unordered_map<MetricsSession*, std::weak_ptr<MetricsSession>> sessions;
-  bool accept_paused = false;
   bool started = false;
+  std::atomic<std::uint64_t> evicted{0};
 };
 
 class MetricsSession : public std::enable_shared_from_this<MetricsSession> {
@@ -83,8 +85,15 @@ class MetricsSession : public std::enable_shared_from_this<MetricsSession> {
 
   // From any thread: the close runs on the connection's strand, pending operations end aborted.
   void close_later() {
+    evicting_ = true;
     asio::post(stream_.get_executor(), [self = shared_from_this()] { self->close(); });
   }
+
+  // Since when this connection has been waiting for (the rest of) a request; max() while it is answered
+  // or already being closed. Read from the acceptor's strand to pick the connection to close at the limit.
+  std::int64_t waiting_since() const { return evicting_ ? kNotWaiting : waiting_since_.load(); }
+  static constexpr std::int64_t kNotWaiting = std::numeric_limits<std::int64_t>::max();
+  bool evicting() const { return evicting_; }
 
  private:
   void read() {
@@ -92,6 +101,7 @@ class MetricsSession : public std::enable_shared_from_this<MetricsSession> {
       close();
       return;
     }
+    waiting_since_ = std::chrono::steady_clock::now().time_since_epoch().count();
     parser_.emplace();
     parser_->header_limit(static_cast<std::uint32_t>(state_->options.header_limit));
     parser_->body_limit(state_->options.body_limit);
@@ -101,6 +111,7 @@ class MetricsSession : public std::enable_shared_from_this<MetricsSession> {
   }
 
   void on_read(const beast::error_code& ec) {
+    waiting_since_ = kNotWaiting;
     if (ec == http::error::header_limit) {
       respond_error(http::status::request_header_fields_too_large, "request header too large\n");
       return;
@@ -222,6 +233,8 @@ class MetricsSession : public std::enable_shared_from_this<MetricsSession> {
   bool linger_ = false;
   std::array<char, 4096> drain_{};
   std::size_t drained_ = 0;
+  std::atomic<std::int64_t> waiting_since_{kNotWaiting};  // steady clock ticks
+  std::atomic<bool> evicting_{false};
   std::shared_ptr<MetricsServerState> state_;
 };
 
@@ -230,13 +243,6 @@ class MetricsSession : public std::enable_shared_from_this<MetricsSession> {
 void detail::MetricsServerState::do_accept() {
   if (stopped) {
     return;
-  }
-  {
-    std::lock_guard lock(mutex);
-    if (sessions.size() >= std::max<std::size_t>(options.max_connections, 1)) {
-      accept_paused = true;  // session_ended() resumes
-      return;
-    }
   }
   acceptor.async_accept(asio::make_strand(io),
                         [self = shared_from_this()](beast::error_code ec, tcp::socket socket) {
@@ -259,25 +265,48 @@ void detail::MetricsServerState::on_accept(const beast::error_code& ec, tcp::soc
     return;
   }
   auto session = std::make_shared<MetricsSession>(std::move(socket), shared_from_this());
+  std::shared_ptr<MetricsSession> victim;
   {
     std::lock_guard lock(mutex);
+    // At the limit the connection waiting longest for its request makes room (40 slow connections once kept
+    // /healthz unanswered for more than 15 s). Connections being answered are left to finish; if every one
+    // is, the oldest still goes, so a new connection is always served at once.
+    std::size_t live = 0;
+    std::int64_t oldest = MetricsSession::kNotWaiting;
+    std::shared_ptr<MetricsSession> any;
+    for (auto& [ptr, weak] : sessions) {
+      auto s = weak.lock();
+      const std::int64_t since = s ? s->waiting_since() : MetricsSession::kNotWaiting;
+      if (!s || (since == MetricsSession::kNotWaiting && s->evicting())) {
+        continue;  // already closing
+      }
+      ++live;
+      if (since < oldest) {
+        oldest = since;
+        victim = s;
+      }
+      if (!any) {
+        any = std::move(s);
+      }
+    }
+    if (live < std::max<std::size_t>(options.max_connections, 1)) {
+      victim.reset();
+    } else if (!victim) {
+      victim = std::move(any);
+    }
     sessions.emplace(session.get(), session);
+  }
+  if (victim) {
+    evicted.fetch_add(1);
+    victim->close_later();
   }
   session->start();
   do_accept();
 }
 
 void detail::MetricsServerState::session_ended(MetricsSession* s) {
-  bool resume = false;
-  {
-    std::lock_guard lock(mutex);
-    sessions.erase(s);
-    resume = accept_paused && !stopped;
-    accept_paused = false;
-  }
-  if (resume) {
-    asio::post(strand, [self = shared_from_this()] { self->do_accept(); });
-  }
+  std::lock_guard lock(mutex);
+  sessions.erase(s);
 }
 
 void detail::MetricsServerState::stop() {
@@ -353,6 +382,10 @@ Status MetricsServer::start() {
 
 std::uint16_t MetricsServer::port() const {
   return state_->port;
+}
+
+std::uint64_t MetricsServer::evicted_connections() const {
+  return state_->evicted.load();
 }
 
 void MetricsServer::stop() {

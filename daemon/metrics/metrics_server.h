@@ -19,11 +19,13 @@ struct MetricsServerState;  // shared with the connections, so it outlives the s
 }  // namespace detail
 
 struct MetricsServerOptions {
-  std::string host = "127.0.0.1";    // numeric IPv4 or IPv6 address
-  std::uint16_t port = 9464;         // 0: an ephemeral port, see MetricsServer::port()
-  std::size_t max_connections = 16;  // more wait in the listen backlog until one closes
-  std::size_t header_limit = 8192;   // request line + headers; larger: 431 and close
-  std::size_t body_limit = 4096;     // scrapers send no body; a larger one: 413 and close
+  std::string host = "127.0.0.1";  // numeric IPv4 or IPv6 address
+  std::uint16_t port = 9464;       // 0: an ephemeral port, see MetricsServer::port()
+  // At the limit a new connection closes the one waiting longest for its request (or, if every one is being
+  // answered, one of those): a liveness probe is answered however many slow connections are held.
+  std::size_t max_connections = 16;
+  std::size_t header_limit = 8192;  // request line + headers; larger: 431 and close
+  std::size_t body_limit = 4096;    // scrapers send no body; a larger one: 413 and close
   // A request must arrive whole within this (so a slow sender cannot hold a slot); also the idle time
   // allowed between keep-alive requests, and the time a response may take to be written.
   std::chrono::milliseconds read_timeout{10000};
@@ -49,6 +51,8 @@ class MetricsServer {
   Status start();
   // The bound port after a successful start() (the chosen one for port 0); 0 before.
   std::uint16_t port() const;
+  // Connections closed to make room for a new one at max_connections (thread-safe).
+  std::uint64_t evicted_connections() const;
   // Closes the listener and every connection; pending operations finish with operation_aborted on the
   // io_context. Safe to call more than once and from any thread.
   void stop();
