@@ -1,25 +1,14 @@
 // MqttForwarder: the outbox pump over MQTT v5 (see the header); plain TCP or TLS with verification.
 #include "daemon/forwarder/mqtt_forwarder.h"
 
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netdb.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
+#include <mqtt/async_client.h>
 
 #include <algorithm>
-#include <cerrno>
+#include <boost/asio/post.hpp>
 #include <cmath>
-#include <cstring>
 #include <memory>
 
-#include <boost/asio/post.hpp>
-#include <mqtt/async_client.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
-#include <openssl/x509v3.h>
-
+#include "daemon/forwarder/broker_probe.h"
 #include "daemon/log/log.h"
 
 namespace cpd::forwarder {
@@ -29,177 +18,29 @@ using nlohmann::json;
 
 namespace {
 
-struct HostPort {
-  std::string host;  // without IPv6 brackets
-  std::string port;
-};
-
-// "ssl://host:port" as normalised by the config loader.
-HostPort split_uri(const std::string& uri) {
-  HostPort out;
-  const auto scheme_end = uri.find("://");
-  const std::string rest = scheme_end == std::string::npos ? uri : uri.substr(scheme_end + 3);
-  const auto colon = rest.rfind(':');
-  out.host = rest.substr(0, colon);
-  out.port = colon == std::string::npos ? "" : rest.substr(colon + 1);
-  if (out.host.size() >= 2 && out.host.front() == '[') {
-    out.host = out.host.substr(1, out.host.size() - 2);
-  }
-  return out;
+// An MQTT v5 reason code in words, e.g. 135 -> "Not authorized".
+std::string reason_name(int code) {
+  const std::string name = mqtt::exception::reason_code_str(code);
+  return name.empty() ? "unknown reason code" : name;
 }
 
-bool is_ip_literal(const std::string& host) {
-  in6_addr a6{};
-  in_addr a4{};
-  return ::inet_pton(AF_INET, host.c_str(), &a4) == 1 || ::inet_pton(AF_INET6, host.c_str(), &a6) == 1;
-}
-
-std::string openssl_errors() {
-  std::string out;
-  while (const unsigned long e = ERR_get_error()) {
-    const char* reason = ERR_reason_error_string(e);
-    if (reason != nullptr && out.find(reason) == std::string::npos) {
-      out += (out.empty() ? "" : "; ") + std::string(reason);
-    }
-  }
-  return out;
-}
-
-// Connects within `timeout`; -1 and `why` set on failure.
-int connect_tcp(const HostPort& hp, std::chrono::milliseconds timeout, std::string& why) {
-  addrinfo hints{};
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  if (const int rc = ::getaddrinfo(hp.host.c_str(), hp.port.c_str(), &hints, &res); rc != 0) {
-    why = "cannot resolve " + hp.host + ": " + ::gai_strerror(rc);
-    return -1;
-  }
-  std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> guard(res, &::freeaddrinfo);
-  why = "no address for " + hp.host;
-  for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
-    const int fd = ::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
-    if (fd < 0) {
-      continue;
-    }
-    int err = 0;
-    if (::connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
-      err = errno;
-      if (err == EINPROGRESS) {
-        pollfd p{fd, POLLOUT, 0};
-        err = ::poll(&p, 1, static_cast<int>(timeout.count())) == 1 ? 0 : ETIMEDOUT;
-        socklen_t len = sizeof err;
-        if (err == 0) {
-          ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
-        }
-      }
-    }
-    if (err == 0) {
-      ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-      timeval tv{static_cast<time_t>(timeout.count() / 1000), static_cast<suseconds_t>((timeout.count() % 1000) * 1000)};
-      ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-      ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-      return fd;
-    }
-    why = std::string("TCP connect: ") + std::strerror(err);
-    ::close(fd);
-  }
-  return -1;
-}
-
-// Why a TLS connection to the broker fails, as OpenSSL sees it with the same trust store, client
-// certificate and host check Paho uses ("certificate has expired", "hostname mismatch", ...); empty when
-// the handshake and verification succeed (then the failure is not TLS's). Paho itself only reports
-// "TCP/TLS connect failure", which tells an operator nothing. Blocking: run it off the io threads.
-std::string diagnose_tls(const config::MqttSection& cfg, std::chrono::milliseconds timeout) {
-  const HostPort hp = split_uri(cfg.uri);
-  std::string why;
-  const int fd = connect_tcp(hp, timeout, why);
-  if (fd < 0) {
-    return why;
-  }
-  ERR_clear_error();
-  std::unique_ptr<SSL_CTX, decltype(&::SSL_CTX_free)> ctx(SSL_CTX_new(TLS_client_method()), &::SSL_CTX_free);
-  if (!ctx) {
-    ::close(fd);
-    return "cannot create a TLS context: " + openssl_errors();
-  }
-  SSL_CTX_set_min_proto_version(ctx.get(), TLS1_2_VERSION);
-  if (SSL_CTX_load_verify_locations(ctx.get(), cfg.tls.ca_file.c_str(), nullptr) != 1) {
-    ::close(fd);
-    return "cannot load CA file " + cfg.tls.ca_file + ": " + openssl_errors();
-  }
-  if (!cfg.tls.cert_file.empty() &&
-      (SSL_CTX_use_certificate_chain_file(ctx.get(), cfg.tls.cert_file.c_str()) != 1 ||
-       SSL_CTX_use_PrivateKey_file(ctx.get(), cfg.tls.key_file.c_str(), SSL_FILETYPE_PEM) != 1 ||
-       SSL_CTX_check_private_key(ctx.get()) != 1)) {
-    ::close(fd);
-    return "cannot load client certificate " + cfg.tls.cert_file + " / key " + cfg.tls.key_file + ": " +
-           openssl_errors();
-  }
-  SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
-  std::unique_ptr<SSL, decltype(&::SSL_free)> ssl(SSL_new(ctx.get()), &::SSL_free);
-  SSL_set_fd(ssl.get(), fd);
-  const bool ip = is_ip_literal(hp.host);
-  if (!ip) {
-    // SSL_set_tlsext_host_name() without its C cast (SNI, so a broker with several names picks the right one).
-    SSL_ctrl(ssl.get(), SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name, const_cast<char*>(hp.host.c_str()));
-  }
-  if (cfg.tls.verify_hostname) {
-    X509_VERIFY_PARAM* param = SSL_get0_param(ssl.get());
-    if (ip) {
-      X509_VERIFY_PARAM_set1_ip_asc(param, hp.host.c_str());
-    } else {
-      X509_VERIFY_PARAM_set1_host(param, hp.host.c_str(), 0);
-    }
-  }
-  std::string result;
-  if (SSL_connect(ssl.get()) != 1) {
-    const long verify = SSL_get_verify_result(ssl.get());
-    const std::string errors = openssl_errors();
-    if (verify != X509_V_OK) {
-      result = std::string("server certificate rejected: ") + X509_verify_cert_error_string(verify);
-      if (verify == X509_V_ERR_HOSTNAME_MISMATCH || verify == X509_V_ERR_IP_ADDRESS_MISMATCH) {
-        result += " (hostname mismatch: the certificate does not name " + hp.host + ")";
-      }
-    } else if (!errors.empty()) {
-      result = "TLS handshake failed: " + errors;
-    } else {
-      result = "TLS handshake failed: the broker closed the connection (is it a TLS port?)";
-    }
-  } else {
-    // TLS 1.3 reports a rejected client certificate only after the handshake: wait briefly for an alert.
-    char byte = 0;
-    timeval tv{0, 500 * 1000};
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    if (SSL_peek(ssl.get(), &byte, 1) <= 0) {
-      const std::string errors = openssl_errors();
-      if (!errors.empty()) {
-        result = "TLS handshake failed: " + errors;
-      }
-    }
-    SSL_shutdown(ssl.get());
-  }
-  ::close(fd);
-  return result;
-}
-
-// Paho's connect failure in words: the MQTT v5 reason (e.g. "Bad user name or password") or return code.
+// Paho's connect failure in words, when the broker's answer is a well-formed CONNACK (see on_connect_failed):
+// the MQTT v5 reason (e.g. "Bad user name or password") or Paho's error. Paho C passes a CONNACK's reason
+// code as the failure's return code; its reason code field is then 0.
 std::string connect_failure_text(int rc, int reason) {
-  // Paho reports a v5 CONNACK refusal either as the token's reason code or as its return code.
-  const int code = reason >= 0x80 ? reason : rc;
+  const int code = rc >= 0x80 ? rc : reason;
   if (code >= 0x80) {
-    return "broker refused the connection: " + mqtt::exception::reason_code_str(code) + " (reason " +
-           std::to_string(code) + ")";
+    return "broker refused the connection: " + reason_name(code) + " (reason " + std::to_string(code) + ")";
   }
-  switch (rc) {
-    case 4:
-      return "broker refused the connection: bad user name or password (not authorized)";
-    case 5:
-      return "broker refused the connection: not authorized";
-    default:
-      break;
-  }
-  return "connect failed (rc " + std::to_string(rc) + ", reason " + std::to_string(reason) + ")";
+  const std::string paho = mqtt::exception::error_str(rc);
+  return "connect failed: " + (paho.empty() ? std::string("error") : paho) + " (Paho rc " +
+         std::to_string(rc) + ")";
+}
+
+std::int64_t wall_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
 }
 
 }  // namespace
@@ -238,13 +79,14 @@ class MqttForwarder::Listener final : public mqtt::iaction_listener {
           }
           break;
         case Pending::Op::kPublish:
-          // A v5 PUBACK with a failure reason code (>= 0x80) is not an acceptance.
-          f.on_publish_result(p.generation, p.seq, ok && reason < 0x80, ok ? reason : rc);
+          // A v5 PUBACK with a failure reason code (>= 0x80) is not an acceptance: Paho C reports it as a
+          // failure whose return code is 0 and whose reason code is the broker's.
+          f.on_publish_result(p.generation, p.seq, ok && reason < 0x80, rc, reason, false);
           break;
         case Pending::Op::kMedia:
           // Success needs nothing (the record's PUBACK follows); a failure resends the record and its media.
-          if (!ok) {
-            f.on_publish_result(p.generation, p.seq, false, rc);
+          if (!ok || reason >= 0x80) {
+            f.on_publish_result(p.generation, p.seq, false, rc, reason, true);
           }
           break;
         case Pending::Op::kStatus:
@@ -258,8 +100,9 @@ class MqttForwarder::Listener final : public mqtt::iaction_listener {
   MqttForwarder& fwd_;
 };
 
-MqttForwarder::MqttForwarder(asio::io_context& io, const config::MqttSection& mqtt, const std::string& gateway_id,
-                             OutboxSource& outbox, StatusProvider status_provider)
+MqttForwarder::MqttForwarder(asio::io_context& io, const config::MqttSection& mqtt,
+                             const std::string& gateway_id, OutboxSource& outbox,
+                             StatusProvider status_provider)
     : io_(io),
       strand_(asio::make_strand(io)),
       cfg_(mqtt),
@@ -274,10 +117,12 @@ MqttForwarder::MqttForwarder(asio::io_context& io, const config::MqttSection& mq
       status_timer_(strand_),
       ack_timer_(strand_),
       stop_timer_(strand_),
+      refusal_timer_(strand_),
       backoff_(cfg_.reconnect_min_ms) {
   // No Paho persistence: the outbox in SQLite is the only durable queue, and it is the one we trust.
-  client_ = std::make_unique<mqtt::async_client>(cfg_.uri, cfg_.client_id, mqtt::create_options(MQTTVERSION_5),
-                                                 static_cast<mqtt::iclient_persistence*>(nullptr));
+  client_ =
+      std::make_unique<mqtt::async_client>(cfg_.uri, cfg_.client_id, mqtt::create_options(MQTTVERSION_5),
+                                           static_cast<mqtt::iclient_persistence*>(nullptr));
   client_->set_connection_lost_handler([this](const std::string& cause) {
     asio::post(strand_, [this, cause] { on_connection_lost(cause.empty() ? "connection lost" : cause); });
   });
@@ -299,10 +144,12 @@ MqttForwarder::~MqttForwarder() {
 
 void MqttForwarder::start() {
   if (cfg_.tls.enabled && !cfg_.tls.verify_hostname) {
-    log::warn("mqtt", "", "tls.verify_hostname is false: any certificate from the CA " + cfg_.tls.ca_file +
-                              " is accepted for " + cfg_.uri + ", whatever host it names");
+    log::warn("mqtt", "",
+              "tls.verify_hostname is false: any certificate from the CA " + cfg_.tls.ca_file +
+                  " is accepted for " + cfg_.uri + ", whatever host it names");
   } else if (!cfg_.tls.enabled) {
-    log::info("mqtt", "", "broker " + cfg_.uri + " is plaintext (tcp://): evidence is signed but not encrypted");
+    log::info("mqtt", "",
+              "broker " + cfg_.uri + " is plaintext (tcp://): evidence is signed but not encrypted");
   }
   asio::post(strand_, [this] {
     connect();
@@ -312,7 +159,8 @@ void MqttForwarder::start() {
 
 void MqttForwarder::notify_committed(std::uint64_t last_seq, std::vector<CommittedRecord> records) {
   asio::post(strand_, [this, last_seq, records = std::move(records)] {
-    const bool caught_up = connected_ && !fetching_ && !stopped_ && cursor_ == committed_seq_;
+    const bool caught_up =
+        connected_ && !fetching_ && !stopped_ && !refusal_wait_ && cursor_ == committed_seq_;
     committed_seq_ = std::max(committed_seq_, last_seq);
     bool in_order = caught_up;
     for (const auto& r : records) {
@@ -333,9 +181,14 @@ void MqttForwarder::notify_committed(std::uint64_t last_seq, std::vector<Committ
   });
 }
 
+std::size_t MqttForwarder::window() const {
+  // While the broker refuses publishes, one record at a time: each retry is one publish, not a window's
+  // worth.
+  return refusal_backoff_.count() > 0 ? 1 : static_cast<std::size_t>(std::max(cfg_.max_inflight, 1));
+}
+
 bool MqttForwarder::window_full() const {
-  return inflight_.size() >= static_cast<std::size_t>(std::max(cfg_.max_inflight, 1)) ||
-         inflight_bytes_ >= kMaxInflightBytes;
+  return inflight_.size() >= window() || inflight_bytes_ >= kMaxInflightBytes;
 }
 
 void MqttForwarder::forget_inflight(std::uint64_t seq) {
@@ -345,7 +198,8 @@ void MqttForwarder::forget_inflight(std::uint64_t seq) {
   }
 }
 
-bool MqttForwarder::publish_record(std::uint64_t seq, const std::string& jws, const std::vector<std::string>& media,
+bool MqttForwarder::publish_record(std::uint64_t seq, const std::string& jws,
+                                   const std::vector<std::string>& media,
                                    const std::vector<std::string>& media_bytes) {
   std::size_t bytes = jws.size();
   try {
@@ -356,8 +210,8 @@ bool MqttForwarder::publish_record(std::uint64_t seq, const std::string& jws, co
         continue;  // missing or damaged in the media store: reported by the store worker
       }
       auto pending = std::make_unique<Pending>(Pending{Pending::Op::kMedia, generation_, seq});
-      client_->publish(mqtt::make_message(media_topic_prefix_ + media[i], media_bytes[i], 1, false), pending.get(),
-                       *listener_);
+      client_->publish(mqtt::make_message(media_topic_prefix_ + media[i], media_bytes[i], 1, false),
+                       pending.get(), *listener_);
       pending.release();
       bytes += media_bytes[i].size();
     }
@@ -382,9 +236,14 @@ void MqttForwarder::connect() {
     return;
   }
   connecting_ = true;
-  json offline = {{"state", "offline"}, {"gateway", gateway_id_}, {"version", CPD_VERSION},
+  json offline = {{"state", "offline"},
+                  {"gateway", gateway_id_},
+                  {"version", CPD_VERSION},
                   {"reason", "connection lost"}};
-  mqtt::properties props{{mqtt::property::SESSION_EXPIRY_INTERVAL, cfg_.session_expiry_s}};
+  // Maximum Packet Size: a broker must not send us anything larger (it only sends acknowledgements). Paho
+  // 1.3 buffers an incoming packet whole, so this is what keeps a broker from sizing our memory.
+  mqtt::properties props{{mqtt::property::SESSION_EXPIRY_INTERVAL, cfg_.session_expiry_s},
+                         {mqtt::property::MAXIMUM_PACKET_SIZE, static_cast<int>(kMaxIncomingPacketBytes)}};
   auto builder = mqtt::connect_options_builder();
   if (cfg_.tls.enabled) {
     // Server certificate checked against our CA only, host name too unless configured off; TLS 1.2 or
@@ -409,8 +268,7 @@ void MqttForwarder::connect() {
       builder.password(cfg_.password);
     }
   }
-  auto opts = builder
-                  .mqtt_version(MQTTVERSION_5)
+  auto opts = builder.mqtt_version(MQTTVERSION_5)
                   .clean_start(false)
                   .properties(props)
                   .keep_alive_interval(std::chrono::seconds(cfg_.keepalive_s))
@@ -430,18 +288,17 @@ void MqttForwarder::connect() {
 
 void MqttForwarder::on_connect_failed(int rc, int reason) {
   const std::string what = connect_failure_text(rc, reason);
-  if (stopping_) {
+  if (stopping_ || stopped_) {
     report_connect_failure(what);
-    finish_stop();
+    if (stopping_) {
+      finish_stop();
+    }
     return;
   }
-  // An MQTT-level refusal needs no diagnosis; a transport failure over TLS gets one (off the strand), and
-  // the reconnect waits for it so at most one probe runs.
-  if (!cfg_.tls.enabled || reason >= 0x80 || rc >= 0x80 || rc == 4 || rc == 5 || stopped_) {
-    report_connect_failure(what);
-    schedule_reconnect();
-    return;
-  }
+  // Paho's words do not say what the broker did ("TCP connect timeout" for a broker that never sends
+  // CONNACK, "socket error" for garbage, a 2-byte garbage "CONNACK" read as a refusal; TLS failures as
+  // "TCP/TLS connect failure"). A probe repeats the CONNECT off the strand and judges the broker's bytes;
+  // the reconnect waits for it, so at most one probe runs and probes follow the reconnect backoff.
   if (probing_) {
     schedule_reconnect();
     return;
@@ -450,16 +307,12 @@ void MqttForwarder::on_connect_failed(int rc, int reason) {
   if (probe_thread_.joinable()) {
     probe_thread_.join();  // the previous probe has finished: it cleared probing_ on the strand
   }
-  const auto timeout = std::chrono::milliseconds(std::min(cfg_.connect_timeout_s, 5) * 1000);
+  const auto timeout = std::chrono::milliseconds(std::min(cfg_.connect_timeout_s, 10) * 1000);
   probe_thread_ = std::jthread([this, what, timeout, cfg = cfg_] {
-    std::string tls_reason = diagnose_tls(cfg, timeout);
-    asio::post(strand_, [this, what, tls_reason = std::move(tls_reason)] {
+    std::string seen = probe_broker(cfg, timeout);
+    asio::post(strand_, [this, what, seen = std::move(seen)] {
       probing_ = false;
-      if (!tls_reason.empty()) {
-        report_connect_failure("TLS: " + tls_reason);
-      } else {
-        report_connect_failure(what);
-      }
+      report_connect_failure(seen.empty() ? what : seen);
       schedule_reconnect();
     });
   });
@@ -502,7 +355,9 @@ void MqttForwarder::on_connected() {
     finish_stop();
     return;
   }
-  backoff_ = std::chrono::milliseconds(cfg_.reconnect_min_ms);
+  // The reconnect backoff is not reset here but when a connection has lasted (on_connection_lost): a broker
+  // that accepts and then drops every connection must not be reconnected to at the minimum delay forever.
+  connected_at_ = std::chrono::steady_clock::now();
   last_logged_error_.clear();
   {
     std::lock_guard lock(snapshot_mutex_);
@@ -553,6 +408,9 @@ void MqttForwarder::on_connection_lost(const std::string& cause) {
     return;
   }
   connected_ = false;
+  if (std::chrono::steady_clock::now() - connected_at_ >= kStableConnection) {
+    backoff_ = std::chrono::milliseconds(cfg_.reconnect_min_ms);
+  }
   {
     std::lock_guard lock(snapshot_mutex_);
     ++counters_.disconnects;
@@ -560,8 +418,9 @@ void MqttForwarder::on_connection_lost(const std::string& cause) {
     snapshot_last_error_ = cause;
   }
   last_error_ = cause;
-  log::warn("mqtt", "", "lost the broker: " + cause + "; " + std::to_string(inflight_.size()) +
-                            " records awaiting PUBACK will be sent again");
+  log::warn("mqtt", "",
+            "lost the broker: " + cause + "; " + std::to_string(inflight_.size()) +
+                " records awaiting PUBACK will be sent again");
   status_timer_.cancel();
   rewind_to_inflight();
   flush_acks();
@@ -573,10 +432,10 @@ void MqttForwarder::on_connection_lost(const std::string& cause) {
 }
 
 void MqttForwarder::pump() {
-  if (!connected_ || fetching_ || stopped_) {
+  if (!connected_ || fetching_ || stopped_ || refusal_wait_) {
     return;
   }
-  const auto window = static_cast<std::size_t>(std::max(cfg_.max_inflight, 1));
+  const std::size_t window = this->window();
   if (window_full() || cursor_ >= committed_seq_) {
     check_stop_done();
     return;
@@ -613,7 +472,14 @@ void MqttForwarder::on_fetched(std::uint64_t generation, std::vector<store::Outb
   pump();
 }
 
-void MqttForwarder::on_publish_result(std::uint64_t generation, std::uint64_t seq, bool ok, int rc) {
+void MqttForwarder::on_publish_result(std::uint64_t generation, std::uint64_t seq, bool ok, int rc,
+                                      int reason, bool media) {
+  if (ok && media_refused_.erase(seq) > 0) {
+    ok = false;  // the record went through but one of its pictures did not: it is sent again, with them
+    if (generation != generation_) {
+      return;  // counted when its media was refused; the rewind already covers it
+    }
+  }
   if (ok) {
     acks_.push_back(seq);
     {
@@ -621,7 +487,8 @@ void MqttForwarder::on_publish_result(std::uint64_t generation, std::uint64_t se
       ++counters_.published;
       acked_seq_ = std::max(acked_seq_, seq);
       if (auto it = ready_at_.find(seq); it != ready_at_.end()) {
-        const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - it->second).count();
+        const double ms =
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - it->second).count();
         latency_.add(ms);
         if (latency_observer_) {
           latency_observer_(ms / 1000.0);
@@ -631,6 +498,9 @@ void MqttForwarder::on_publish_result(std::uint64_t generation, std::uint64_t se
     }
     if (generation == generation_) {
       forget_inflight(seq);
+      if (refusal_backoff_.count() > 0) {
+        on_refusal_over();
+      }
     }
     if (acks_.size() >= 256) {
       flush_acks();
@@ -646,6 +516,13 @@ void MqttForwarder::on_publish_result(std::uint64_t generation, std::uint64_t se
     check_stop_done();
     return;
   }
+  if (!media) {
+    media_refused_.erase(seq);  // this attempt of the record is over either way
+  }
+  if (reason >= 0x80) {
+    on_publish_refused(generation, seq, reason, media);
+    return;
+  }
   {
     std::lock_guard lock(snapshot_mutex_);
     ++counters_.failed;
@@ -655,11 +532,95 @@ void MqttForwarder::on_publish_result(std::uint64_t generation, std::uint64_t se
   }
   // -11 (MQTTASYNC_OPERATION_INCOMPLETE): the broker had no session for it. Send again from the outbox,
   // in order, with everything after it.
-  log::info("mqtt", "", "publish of seq " + std::to_string(seq) + " failed (rc " + std::to_string(rc) +
-                            "); resending from the outbox");
+  const std::string paho = mqtt::exception::error_str(rc);
+  log::info("mqtt", "",
+            "publish of seq " + std::to_string(seq) + " failed: " + (paho.empty() ? "error" : paho) +
+                " (Paho rc " + std::to_string(rc) + "); resending from the outbox");
   inflight_.emplace(seq, 0);
   rewind_to_inflight();
   pump();
+}
+
+// The broker answered a publish with a failure reason code (PUBACK >= 0x80: an ACL's 135 Not authorized,
+// 151 Quota exceeded, ...). Resending at once would be refused at once (22 000 retries in 12 s): the record
+// stays in the outbox and is retried alone after a capped exponential backoff (reconnect_min_ms doubling up
+// to reconnect_max_ms, with jitter); the window reopens with the first record the broker accepts.
+void MqttForwarder::on_publish_refused(std::uint64_t generation, std::uint64_t seq, int reason, bool media) {
+  const std::string name = reason_name(reason);
+  const std::string why = "broker refused the publish of seq " + std::to_string(seq) +
+                          (media ? " (its media)" : "") + ": " + name + " (reason " + std::to_string(reason) +
+                          ")";
+  {
+    std::lock_guard lock(snapshot_mutex_);
+    ++counters_.failed;
+    ++counters_.refused;
+    if (refusals_by_reason_.size() < 256 || refusals_by_reason_.count(reason) > 0) {
+      ++refusals_by_reason_[reason];  // reason codes are one byte: at most 128 entries
+    }
+    snapshot_last_error_ = why;
+  }
+  last_error_ = why;
+  if (media && generation == generation_) {
+    // Its record may still be accepted: that acceptance must not drop it from the outbox (see above).
+    media_refused_.insert(seq);
+  }
+  if (generation != generation_) {
+    return;  // one of a window already rewound: counted, no second backoff
+  }
+  const bool first = refusal_backoff_.count() == 0;
+  refusal_backoff_ = first ? std::chrono::milliseconds(cfg_.reconnect_min_ms)
+                           : std::min(refusal_backoff_ * 2, std::chrono::milliseconds(cfg_.reconnect_max_ms));
+  std::uniform_int_distribution<long> dist(refusal_backoff_.count() / 2, refusal_backoff_.count());
+  const auto delay = std::chrono::milliseconds(dist(rng_));
+  {
+    std::lock_guard lock(snapshot_mutex_);
+    if (first || !refusal_) {
+      refusal_ = Refusal{};
+      refusal_->since_ms = wall_ms();
+    }
+    refusal_->seq = seq;
+    refusal_->reason = reason;
+    ++refusal_->attempts;
+    refusal_->retry_at_ms = wall_ms() + delay.count();
+  }
+  const std::string retry = "; the record stays in the outbox and is retried alone in " +
+                            std::to_string(delay.count()) + " ms (backoff up to " +
+                            std::to_string(cfg_.reconnect_max_ms) + " ms)";
+  // Logged at warn level once per reason code while the broker keeps refusing (the status shows the count).
+  if (reason != last_logged_refusal_) {
+    log::warn("mqtt", "", why + retry);
+    last_logged_refusal_ = reason;
+  } else {
+    log::debug("mqtt", "", why + retry);
+  }
+  inflight_.emplace(seq, 0);
+  rewind_to_inflight();
+  refusal_wait_ = true;
+  refusal_timer_.expires_after(delay);
+  refusal_timer_.async_wait([this](boost::system::error_code ec) {
+    if (!ec) {
+      refusal_wait_ = false;
+      pump();
+    }
+  });
+}
+
+void MqttForwarder::on_refusal_over() {
+  std::uint64_t attempts = 0;
+  std::int64_t since = 0;
+  {
+    std::lock_guard lock(snapshot_mutex_);
+    if (refusal_) {
+      attempts = refusal_->attempts;
+      since = refusal_->since_ms;
+    }
+    refusal_.reset();
+  }
+  log::notice("mqtt", "",
+              "the broker accepts publishes again after " + std::to_string(attempts) +
+                  " refused attempts over " + std::to_string((wall_ms() - since) / 1000) + " s");
+  refusal_backoff_ = std::chrono::milliseconds(0);
+  last_logged_refusal_ = 0;
 }
 
 void MqttForwarder::flush_acks() {
@@ -690,17 +651,19 @@ void MqttForwarder::publish_status(bool online) {
                      *listener_);
   } catch (const mqtt::exception& e) {
     log::warn("mqtt", "", std::string("status publish failed: ") + e.what());
-      if (!online) {
+    if (!online) {
       finish_stop();
     }
   }
 }
 
-void MqttForwarder::stop(std::uint64_t until_seq, std::chrono::milliseconds timeout, std::function<void()> done) {
+void MqttForwarder::stop(std::uint64_t until_seq, std::chrono::milliseconds timeout,
+                         std::function<void()> done) {
   asio::post(strand_, [this, until_seq, timeout, done = std::move(done)]() mutable {
     stopping_ = true;
-    log::debug("mqtt", "", std::string("stop requested: connected ") + (connected_ ? "yes" : "no") + ", connecting " +
-                               (connecting_ ? "yes" : "no"));
+    log::debug("mqtt", "",
+               std::string("stop requested: connected ") + (connected_ ? "yes" : "no") + ", connecting " +
+                   (connecting_ ? "yes" : "no"));
     stop_done_ = std::move(done);
     stop_until_seq_ = until_seq;
     committed_seq_ = std::max(committed_seq_, until_seq);
@@ -708,8 +671,9 @@ void MqttForwarder::stop(std::uint64_t until_seq, std::chrono::milliseconds time
     stop_timer_.expires_after(timeout);
     stop_timer_.async_wait([this](boost::system::error_code ec) {
       if (!ec && !stopped_) {
-        log::warn("mqtt", "", "stopping with " + std::to_string(inflight_.size()) +
-                                  " records unacknowledged; they stay in the outbox for the next start");
+        log::warn("mqtt", "",
+                  "stopping with " + std::to_string(inflight_.size()) +
+                      " records unacknowledged; they stay in the outbox for the next start");
         check_stop_done(true);
       }
     });
@@ -748,6 +712,7 @@ void MqttForwarder::check_stop_done(bool force) {
 void MqttForwarder::finish_stop() {
   stopped_ = true;
   stop_timer_.cancel();
+  refusal_timer_.cancel();
   status_timer_.cancel();
   ack_timer_.cancel();
   flush_acks();
@@ -773,13 +738,29 @@ json MqttForwarder::status() const {
   std::lock_guard lock(snapshot_mutex_);
   json tls = cfg_.tls.enabled ? json{{"verify_hostname", cfg_.tls.verify_hostname},
                                      {"client_certificate", !cfg_.tls.cert_file.empty()}}
-                               : json(nullptr);
+                              : json(nullptr);
+  json refusals = json::array();
+  for (const auto& [code, count] : refusals_by_reason_) {
+    refusals.push_back({{"reason_code", code}, {"reason", reason_name(code)}, {"count", count}});
+  }
+  json refusing = nullptr;
+  if (refusal_) {
+    refusing = {{"seq", refusal_->seq},
+                {"reason_code", refusal_->reason},
+                {"reason", reason_name(refusal_->reason)},
+                {"since_ms", refusal_->since_ms},
+                {"attempts", refusal_->attempts},
+                {"retry_at_ms", refusal_->retry_at_ms}};
+  }
   return json{{"uri", cfg_.uri},
               {"connected", snapshot_connected_},
               {"tls", std::move(tls)},
               {"last_error", snapshot_last_error_.empty() ? json(nullptr) : json(snapshot_last_error_)},
               {"published", counters_.published},
               {"failed", counters_.failed},
+              {"refused", counters_.refused},
+              {"refusals", std::move(refusals)},
+              {"refusing", std::move(refusing)},
               {"connects", counters_.connects},
               {"disconnects", counters_.disconnects},
               {"acked_seq", acked_seq_},

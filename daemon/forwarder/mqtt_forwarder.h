@@ -1,29 +1,33 @@
 // MqttForwarder (the outbox pump): publishes outbox records in seq order over MQTT v5 with QoS 1, at most
-// `max_inflight` awaiting PUBACK, and removes a record from the outbox only when its PUBACK arrives.
+// `max_inflight` awaiting PUBACK, and removes a record from the outbox only when its PUBACK arrives with a
+// success reason code. A PUBACK that refuses (reason >= 0x80, e.g. 135 Not authorized from an ACL) leaves
+// the record in the outbox; it is retried alone after a capped exponential backoff (docs/service.md).
 // Everything runs on one strand; Paho's callbacks are posted onto it, so nothing blocks on a token.
 // TLS (ssl:// uri) verifies the broker's certificate and host name and never falls back to plaintext; a
-// failed TLS connect is diagnosed by a separate handshake so the log and status say why.
+// failed connect is diagnosed by a separate CONNECT (broker_probe.h) so the log and status say why.
 #pragma once
 
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
-#include <mutex>
 #include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
-#include <nlohmann/json.hpp>
-
 #include "daemon/config/config.h"
 #include "daemon/forwarder/latency.h"
 #include "daemon/forwarder/outbox_source.h"
+#include "daemon/forwarder/side_channel.h"
 
 namespace mqtt {
 class async_client;
@@ -33,13 +37,14 @@ class token;
 namespace cpd::forwarder {
 
 struct ForwarderCounters {
-  std::uint64_t published = 0;    // PUBACKed
-  std::uint64_t failed = 0;       // publish attempts that failed and will be retried
+  std::uint64_t published = 0;  // PUBACKed
+  std::uint64_t failed = 0;     // publish attempts that failed and will be retried (refused ones included)
+  std::uint64_t refused = 0;    // publish attempts the broker refused with a PUBACK reason code >= 0x80
   std::uint64_t connects = 0;
   std::uint64_t disconnects = 0;
 };
 
-class MqttForwarder {
+class MqttForwarder final : public SideChannel {
  public:
   using StatusProvider = std::function<nlohmann::json()>;
 
@@ -61,10 +66,20 @@ class MqttForwarder {
   // status, then disconnects cleanly; `done` runs on the io_context. Call once.
   void stop(std::uint64_t until_seq, std::chrono::milliseconds timeout, std::function<void()> done);
 
-  nlohmann::json status() const;   // thread-safe snapshot
+  // SideChannel (custody receipts and resend requests in; head announcements, replies, resends out).
+  // Side publishes go out at most kMaxSideInflight at a time beside the outbox window, so they never take
+  // the live records' share of Paho's in-flight limit; at most kMaxSideQueued wait (more fail at once).
+  void set_subscriptions(std::vector<std::string> topics, Handler handler) override;
+  void publish_side(OutboundMessage message, std::function<void(bool ok)> done) override;
+  static constexpr std::size_t kMaxSideInflight = 4;
+  static constexpr std::size_t kMaxSideQueued = 2048;
+
+  nlohmann::json status() const;  // thread-safe snapshot
   // Called on the forwarder's strand with each record's ready-to-PUBACK latency in seconds (metrics).
   // Set before start().
-  void set_latency_observer(std::function<void(double seconds)> observer) { latency_observer_ = std::move(observer); }
+  void set_latency_observer(std::function<void(double seconds)> observer) {
+    latency_observer_ = std::move(observer);
+  }
   std::string evidence_topic() const { return evidence_topic_; }
   std::string status_topic() const { return status_topic_; }
 
@@ -84,15 +99,24 @@ class MqttForwarder {
   // Media first (each on <prefix>/<gateway>/media/<sha256>), then the record.
   bool publish_record(std::uint64_t seq, const std::string& jws, const std::vector<std::string>& media = {},
                       const std::vector<std::string>& media_bytes = {});
+  std::size_t window() const;
   bool window_full() const;
   void forget_inflight(std::uint64_t seq);
-  void on_publish_result(std::uint64_t generation, std::uint64_t seq, bool ok, int rc);
+  // rc: Paho's return code; reason: the broker's MQTT v5 reason code; media: the result of a media publish.
+  void on_publish_result(std::uint64_t generation, std::uint64_t seq, bool ok, int rc, int reason,
+                         bool media);
+  void on_publish_refused(std::uint64_t generation, std::uint64_t seq, int reason, bool media);
+  void on_refusal_over();
   void publish_status(bool online);
   void flush_acks();
   void check_stop_done(bool force = false);
   void on_status_tick();
   void finish_stop();
   void rewind_to_inflight();
+  class SideListener;
+  void install_side_callbacks();
+  void subscribe_side();
+  void pump_side();
 
   boost::asio::io_context& io_;
   boost::asio::strand<boost::asio::io_context::executor_type> strand_;
@@ -109,6 +133,7 @@ class MqttForwarder {
   boost::asio::steady_timer status_timer_;
   boost::asio::steady_timer ack_timer_;
   boost::asio::steady_timer stop_timer_;
+  boost::asio::steady_timer refusal_timer_;  // the wait before a refused record is offered again
   std::mt19937 rng_{std::random_device{}()};
 
   // Strand state.
@@ -117,26 +142,50 @@ class MqttForwarder {
   bool fetching_ = false;
   bool stopping_ = false;
   bool stopped_ = false;
-  std::uint64_t generation_ = 0;        // bumped on each connection loss: stale results are recognised
-  std::uint64_t cursor_ = 0;            // highest seq handed to Paho in this generation
-  std::uint64_t committed_seq_ = 0;     // highest seq known committed
+  std::uint64_t generation_ = 0;     // bumped on each connection loss: stale results are recognised
+  std::uint64_t cursor_ = 0;         // highest seq handed to Paho in this generation
+  std::uint64_t committed_seq_ = 0;  // highest seq known committed
   std::uint64_t stop_until_seq_ = 0;
   std::map<std::uint64_t, std::size_t> inflight_;  // seq -> bytes handed to Paho for it (record + media)
   std::size_t inflight_bytes_ = 0;
   static constexpr std::size_t kMaxInflightBytes = 8u << 20;  // Paho holds payloads until PUBACK
   std::vector<std::uint64_t> acks_;
   std::chrono::milliseconds backoff_;
+  // A connection that lasted this long resets the reconnect backoff when it ends; a shorter one doubles it.
+  static constexpr std::chrono::seconds kStableConnection{10};
+  std::chrono::steady_clock::time_point connected_at_{};
   std::function<void()> stop_done_;
+  std::vector<std::string> side_topics_;
+  Handler side_handler_;
+  std::deque<std::pair<OutboundMessage, std::function<void(bool)>>> side_queue_;
+  std::size_t side_inflight_ = 0;
+  std::uint64_t side_generation_ = 0;  // bumped at each connect: older completions no longer count
   std::string last_error_;
-  std::string last_logged_error_;       // a failure repeated on every retry is logged once at warn level
-  bool probing_ = false;                // a TLS diagnosis is running on probe_thread_
-  std::jthread probe_thread_;           // blocking handshake off the io threads; joined before destruction
+  std::string last_logged_error_;  // a failure repeated on every retry is logged once at warn level
+  bool probing_ = false;           // a connect diagnosis (broker_probe.h) is running on probe_thread_
+  std::jthread probe_thread_;      // blocking probe off the io threads; joined before destruction
+  // While the broker refuses publishes: the current backoff (0: it is not refusing), whether the pump waits
+  // for refusal_timer_, and the last reason code logged at warn level.
+  std::chrono::milliseconds refusal_backoff_{0};
+  bool refusal_wait_ = false;
+  int last_logged_refusal_ = 0;
+  std::set<std::uint64_t> media_refused_;  // records whose media the broker refused (within the window)
 
   mutable std::mutex snapshot_mutex_;
   ForwarderCounters counters_;
-  std::uint64_t acked_seq_ = 0;         // highest PUBACKed seq (for status)
+  std::uint64_t acked_seq_ = 0;  // highest PUBACKed seq (for status)
   bool snapshot_connected_ = false;
-  std::string snapshot_last_error_;     // why the last connect failed or the connection was lost
+  std::string
+      snapshot_last_error_;  // why the last connect failed, the connection was lost or a publish was refused
+  struct Refusal {           // the broker is refusing publishes right now
+    std::uint64_t seq = 0;   // the record being retried
+    int reason = 0;          // its last PUBACK reason code
+    std::int64_t since_ms = 0;     // first refusal (UTC ms)
+    std::uint64_t attempts = 0;    // refused attempts since then (the window's first burst counts once)
+    std::int64_t retry_at_ms = 0;  // next attempt (UTC ms)
+  };
+  std::optional<Refusal> refusal_;
+  std::map<int, std::uint64_t> refusals_by_reason_;  // reason code -> refused publishes
   LatencyRecorder latency_;
   std::function<void(double)> latency_observer_;
   std::map<std::uint64_t, std::chrono::steady_clock::time_point> ready_at_;  // strand only, bounded

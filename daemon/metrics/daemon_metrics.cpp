@@ -78,6 +78,11 @@ constexpr std::string_view kBacklogAge = "Age of the oldest record in the outbox
 constexpr std::string_view kBrokerUp = "1 when the MQTT session to the broker is up, else 0";
 constexpr std::string_view kPublished = "Records the broker acknowledged (PUBACK)";
 constexpr std::string_view kPublishFailed = "Record publishes that failed and will be retried";
+constexpr std::string_view kPublishRefused =
+    "Publishes the broker refused with a PUBACK reason code >= 0x80 (e.g. 135 Not authorized), by reason; "
+    "the records stay in the outbox";
+constexpr std::string_view kBrokerRefusing =
+    "1 while the broker refuses publishes (the refused record is retried with backoff), else 0";
 constexpr std::string_view kConnects = "MQTT connections established";
 constexpr std::string_view kDisconnects = "MQTT connections lost or closed";
 constexpr std::string_view kAckedSeq = "Highest record sequence number acknowledged by the broker";
@@ -218,6 +223,21 @@ void broker_metrics(Exposition& out, const json& broker) {
   counter("checkpointd_records_publish_failed_total", help::kPublishFailed, "failed");
   counter("checkpointd_broker_connects_total", help::kConnects, "connects");
   counter("checkpointd_broker_disconnects_total", help::kDisconnects, "disconnects");
+  if (const json* refusals = member(broker, "refusals"); refusals != nullptr && refusals->is_array()) {
+    for (const auto& r : *refusals) {
+      const auto code = number(r, "reason_code");
+      const auto count = number(r, "count");
+      if (code && count) {
+        out.add_counter("checkpointd_broker_publish_refusals_total", help::kPublishRefused,
+                        {{"code", std::to_string(static_cast<int>(*code))}, {"reason", text(r, "reason")}},
+                        *count);
+      }
+    }
+  }
+  if (const json* refusing = member(broker, "refusing")) {
+    out.add_gauge("checkpointd_broker_refusing_publishes", help::kBrokerRefusing, {},
+                  refusing->is_object() ? 1 : 0);
+  }
   if (const auto v = number(broker, "acked_seq")) {
     out.add_gauge("checkpointd_records_acked_seq", help::kAckedSeq, {}, *v);
   }

@@ -14,15 +14,14 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <iostream>
-#include <optional>
 #include <functional>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "daemon/config/config.h"
 #include "daemon/core/encoding.h"
@@ -50,7 +49,9 @@ constexpr const char* kExitCodes =
 
 std::atomic<bool> g_interrupted{false};
 
-extern "C" void on_control_signal(int /*sig*/) { g_interrupted.store(true); }
+extern "C" void on_control_signal(int /*sig*/) {
+  g_interrupted.store(true);
+}
 
 // Failures carry their exit code and a message for stderr.
 struct CtlError : std::runtime_error {
@@ -115,7 +116,8 @@ class ControlClient {
         if (errno == EINTR) {
           continue;
         }
-        throw CtlError(kExitUnreachable, "lost the connection to checkpointd at " + path_ + ": " + std::strerror(errno));
+        throw CtlError(kExitUnreachable,
+                       "lost the connection to checkpointd at " + path_ + ": " + std::strerror(errno));
       }
       done += static_cast<std::size_t>(n);
     }
@@ -137,7 +139,8 @@ class ControlClient {
       }
       int slice = 200;  // wake up now and then to notice Ctrl-C
       if (timeout_ms >= 0) {
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
+        const auto left =
+            std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
         if (left.count() <= 0) {
           timed_out_ = true;
           return std::nullopt;
@@ -258,7 +261,8 @@ std::string text_of(const json& v, const std::string& fallback = "-") {
 std::int64_t int_of(const json& obj, const char* key, std::int64_t fallback = 0) {
   if (obj.is_object()) {
     if (auto it = obj.find(key); it != obj.end() && it->is_number()) {
-      return it->is_number_float() ? static_cast<std::int64_t>(std::llround(it->get<double>())) : it->get<std::int64_t>();
+      return it->is_number_float() ? static_cast<std::int64_t>(std::llround(it->get<double>()))
+                                   : it->get<std::int64_t>();
     }
   }
   return fallback;
@@ -333,7 +337,8 @@ DeviceRow device_row(const std::string& id, const json& d, std::int64_t now_ms) 
   if (r.clock.empty()) {
     r.clock = signed_ms(offset);
   }
-  if (offset.is_number() && d.contains("clock_offset_uncertainty_ms") && d["clock_offset_uncertainty_ms"].is_number()) {
+  if (offset.is_number() && d.contains("clock_offset_uncertainty_ms") &&
+      d["clock_offset_uncertainty_ms"].is_number()) {
     r.clock += " ±" + std::to_string(int_of(d, "clock_offset_uncertainty_ms"));
   }
   if (!breakdown.empty()) {
@@ -342,8 +347,8 @@ DeviceRow device_row(const std::string& id, const json& d, std::int64_t now_ms) 
   if (auto it = d.find("last_error"); it != d.end() && it->is_string() && !it->get<std::string>().empty()) {
     r.notes.push_back("last error: " + printable(it->get<std::string>()));
   }
-  if (auto it = d.find("status_text"); it != d.end() && it->is_string() && !it->get<std::string>().empty() &&
-                                       int_of(d, "status_code") != 0) {
+  if (auto it = d.find("status_text");
+      it != d.end() && it->is_string() && !it->get<std::string>().empty() && int_of(d, "status_code") != 0) {
     r.notes.push_back("device says: " + printable(it->get<std::string>()));
   }
   return r;
@@ -371,7 +376,8 @@ void print_table(std::ostream& out, const std::vector<std::vector<std::string>>&
 
 void print_status(std::ostream& out, const json& s, const std::string& socket) {
   const std::int64_t now = int_of(s, "time_ms");
-  out << "checkpointd status" << (now > 0 ? " at " + iso8601_utc(now) : std::string()) << " (" << socket << ")\n";
+  out << "checkpointd status" << (now > 0 ? " at " + iso8601_utc(now) : std::string()) << " (" << socket
+      << ")\n";
 
   out << "\nDevices:\n";
   const json devices = s.value("devices", json::object());
@@ -398,7 +404,8 @@ void print_status(std::ostream& out, const json& s, const std::string& socket) {
 
   out << '\n';
   const std::int64_t backlog = int_of(s, "backlog");
-  out << "Backlog:  " << backlog << (backlog == 1 ? " record" : " records") << " not yet acknowledged by the broker";
+  out << "Backlog:  " << backlog << (backlog == 1 ? " record" : " records")
+      << " not yet acknowledged by the broker";
   if (backlog > 0 && int_of(s, "backlog_oldest_ms") > 0) {
     out << ", oldest " << age_text(now, int_of(s, "backlog_oldest_ms")) << " old";
   }
@@ -406,9 +413,21 @@ void print_status(std::ostream& out, const json& s, const std::string& socket) {
 
   if (const json b = s.value("broker", json()); b.is_object()) {
     const bool connected = b.value("connected", false);
-    out << "Broker:   " << (connected ? "connected" : "NOT connected") << " to " << text_of(b.value("uri", json()))
-        << ", acked seq " << int_of(b, "acked_seq") << ", published " << int_of(b, "published") << ", connects "
-        << int_of(b, "connects") << ", disconnects " << int_of(b, "disconnects") << '\n';
+    out << "Broker:   " << (connected ? "connected" : "NOT connected") << " to "
+        << text_of(b.value("uri", json())) << ", acked seq " << int_of(b, "acked_seq") << ", published "
+        << int_of(b, "published") << ", connects " << int_of(b, "connects") << ", disconnects "
+        << int_of(b, "disconnects") << '\n';
+    if (const json r = b.value("refusing", json()); r.is_object()) {
+      // The broker takes the connection but refuses the records (an ACL, a quota): nothing is forwarded.
+      out << "          REFUSING publishes for " << age_text(now, int_of(r, "since_ms")) << ": "
+          << printable(text_of(r.value("reason", json()), "?")) << " (reason " << int_of(r, "reason_code")
+          << "), seq " << int_of(r, "seq") << ", " << int_of(r, "attempts")
+          << " attempts; records stay in the outbox";
+      if (const std::int64_t retry = int_of(r, "retry_at_ms"); retry > now && now > 0) {
+        out << ", next try in " << age_text(retry, now);
+      }
+      out << '\n';
+    }
     if (b.contains("last_error") && b["last_error"].is_string()) {
       out << "          last error: " << printable(b["last_error"].get<std::string>()) << '\n';
     }
@@ -451,8 +470,9 @@ int run_status(const Target& target, bool as_json) {
   const auto line = client.read_line(kAnswerTimeoutMs);
   if (!line) {
     if (client.timed_out()) {
-      throw CtlError(kExitUnreachable, "checkpointd at " + path + " did not answer within 10 s: is its event "
-                                       "loop stuck? Check 'journalctl -u checkpointd'.");
+      throw CtlError(kExitUnreachable, "checkpointd at " + path +
+                                           " did not answer within 10 s: is its event "
+                                           "loop stuck? Check 'journalctl -u checkpointd'.");
     }
     throw CtlError(kExitUnreachable, "checkpointd at " + path + " closed the connection without an answer");
   }
@@ -498,8 +518,9 @@ int run_tail(const Target& target, bool as_json, std::uint64_t count) {
   client.send_line(R"({"cmd":"tail"})");
   const auto ack = client.read_line(kAnswerTimeoutMs);
   if (!ack) {
-    throw CtlError(kExitUnreachable, client.timed_out() ? "checkpointd at " + path + " did not answer within 10 s"
-                                                         : "checkpointd at " + path + " closed the connection");
+    throw CtlError(kExitUnreachable, client.timed_out()
+                                         ? "checkpointd at " + path + " did not answer within 10 s"
+                                         : "checkpointd at " + path + " closed the connection");
   }
   if (const json a = json::parse(*ack, nullptr, false); !a.is_object() || !a.contains("tail")) {
     throw CtlError(kExitDaemonError, "checkpointd refused the tail: " + printable(*ack));
@@ -521,7 +542,8 @@ int run_tail(const Target& target, bool as_json, std::uint64_t count) {
     if (rec.contains("error")) {
       throw CtlError(kExitDaemonError, "checkpointd ended the tail: " + text_of(rec["error"]));
     }
-    if (!rec.contains("seq") || !rec["seq"].is_number_unsigned() || !rec.contains("jws") || !rec["jws"].is_string()) {
+    if (!rec.contains("seq") || !rec["seq"].is_number_unsigned() || !rec.contains("jws") ||
+        !rec["jws"].is_string()) {
       continue;  // lines this version does not know are skipped
     }
     const auto seq = rec["seq"].get<std::uint64_t>();
@@ -533,7 +555,8 @@ int run_tail(const Target& target, bool as_json, std::uint64_t count) {
     } else if (body) {
       std::cout << record_line(seq, *body) << '\n';
     } else {
-      std::cout << "seq " << seq << "  " << text_of(rec.value("type", json()), "?") << "  (undecodable record)\n";
+      std::cout << "seq " << seq << "  " << text_of(rec.value("type", json()), "?")
+                << "  (undecodable record)\n";
     }
     std::cout.flush();
     ++shown;
@@ -551,8 +574,8 @@ int report(const std::function<int()>& fn) {
 }
 
 void add_target_options(CLI::App* sub, Target& t) {
-  auto* socket = sub->add_option("--socket", t.socket,
-                                 std::string("Control socket of the daemon (default ") + kDefaultSocket + ")");
+  auto* socket = sub->add_option(
+      "--socket", t.socket, std::string("Control socket of the daemon (default ") + kDefaultSocket + ")");
   auto* cfg = sub->add_option("--config", t.config, "Take the socket from this config file (control.socket)");
   socket->excludes(cfg);
 }
@@ -567,37 +590,38 @@ std::vector<Command> add_control_commands(CLI::App& app) {
   static bool tail_json = false;
   static std::uint64_t tail_count = 0;
 
-  auto* status = app.add_subcommand("status", "Show what the running checkpointd is doing (devices, backlog, "
-                                              "broker, storage, clock)");
+  auto* status = app.add_subcommand("status",
+                                    "Show what the running checkpointd is doing (devices, backlog, "
+                                    "broker, storage, clock)");
   add_target_options(status, status_target);
   status->add_flag("--json", status_json, "Print the daemon's status snapshot as JSON");
-  status->footer(std::string(
-                     "Asks the running daemon over its control socket. Per device: kind, state (connected or "
-                     "not), age of the\nlast event, frames/events, error counts (reasons below the table), "
-                     "reconnects, clock offset;\nthen the backlog (records not yet acknowledged by the broker "
-                     "and the oldest one's age), the broker\nconnection, storage and the gateway's clock "
-                     "sync.\n"
-                     "Examples:\n"
-                     "  checkpointctl status\n"
-                     "  checkpointctl status --config /etc/checkpointd/checkpointd.yaml\n"
-                     "  checkpointctl status --json | jq '.devices[\"radar-1\"].state'\n") +
-                 kExitCodes);
+  status->footer(
+      std::string("Asks the running daemon over its control socket. Per device: kind, state (connected or "
+                  "not), age of the\nlast event, frames/events, error counts (reasons below the table), "
+                  "reconnects, clock offset;\nthen the backlog (records not yet acknowledged by the broker "
+                  "and the oldest one's age), the broker\nconnection, storage and the gateway's clock "
+                  "sync.\n"
+                  "Examples:\n"
+                  "  checkpointctl status\n"
+                  "  checkpointctl status --config /etc/checkpointd/checkpointd.yaml\n"
+                  "  checkpointctl status --json | jq '.devices[\"radar-1\"].state'\n") +
+      kExitCodes);
 
   auto* tail = app.add_subcommand("tail", "Follow records as checkpointd seals them, one line each");
   add_target_options(tail, tail_target);
   tail->add_flag("--json", tail_json, "Print each whole decoded record (JSON, one per line)");
   tail->add_option("--count", tail_count, "Stop after N records (default: follow until Ctrl-C)")
       ->check(CLI::PositiveNumber);
-  tail->footer(std::string(
-                   "Each line: seq, type, time (UTC) and the fields looked for first (plate, speed, device, "
-                   "lane, ...).\nRecords are shown as committed to the store, before they reach the broker; "
-                   "they are not verified\nhere (use 'checkpointctl verify' on the feed). A reader that falls "
-                   "more than 4 MiB behind is cut off\nby the daemon (exit 1).\n"
-                   "Examples:\n"
-                   "  checkpointctl tail\n"
-                   "  checkpointctl tail --count 10\n"
-                   "  checkpointctl tail --json | jq 'select(.type == \"speed_measurement\") | .plate'\n") +
-               kExitCodes);
+  tail->footer(
+      std::string("Each line: seq, type, time (UTC) and the fields looked for first (plate, speed, device, "
+                  "lane, ...).\nRecords are shown as committed to the store, before they reach the broker; "
+                  "they are not verified\nhere (use 'checkpointctl verify' on the feed). A reader that falls "
+                  "more than 4 MiB behind is cut off\nby the daemon (exit 1).\n"
+                  "Examples:\n"
+                  "  checkpointctl tail\n"
+                  "  checkpointctl tail --count 10\n"
+                  "  checkpointctl tail --json | jq 'select(.type == \"speed_measurement\") | .plate'\n") +
+      kExitCodes);
 
   return {
       Command{status, [] { return report([] { return run_status(status_target, status_json); }); }},

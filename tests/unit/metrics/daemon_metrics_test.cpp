@@ -149,6 +149,27 @@ TEST_F(DaemonMetrics, RecordsBacklogBrokerStorage) {
   EXPECT_TRUE(has_line(text_, "checkpointd_storage_refused_media_writes_total 3"));
 }
 
+// Issue 12: a broker refusing publishes (PUBACK 135 from an ACL) shows in the metrics by reason.
+TEST(DaemonMetricsBroker, RefusedPublishesByReasonAndTheRefusingGauge) {
+  nlohmann::json status = sample_status();
+  status["broker"]["refused"] = 7;
+  status["broker"]["refusals"] = {{{"reason_code", 135}, {"reason", "Not authorized"}, {"count", 5}},
+                                  {{"reason_code", 151}, {"reason", "Quota exceeded"}, {"count", 2}}};
+  status["broker"]["refusing"] = {{"seq", 41},     {"reason_code", 135}, {"reason", "Not authorized"},
+                                  {"since_ms", 1}, {"attempts", 5},      {"retry_at_ms", 2}};
+  Histograms h;
+  const std::string text = render_daemon_metrics(status, h, sample_process());
+  EXPECT_TRUE(
+      has_line(text, R"(checkpointd_broker_publish_refusals_total{code="135",reason="Not authorized"} 5)"))
+      << text;
+  EXPECT_TRUE(
+      has_line(text, R"(checkpointd_broker_publish_refusals_total{code="151",reason="Quota exceeded"} 2)"));
+  EXPECT_TRUE(has_line(text, "checkpointd_broker_refusing_publishes 1"));
+  status["broker"]["refusing"] = nullptr;
+  EXPECT_TRUE(has_line(render_daemon_metrics(status, h, sample_process()),
+                       "checkpointd_broker_refusing_publishes 0"));
+}
+
 TEST_F(DaemonMetrics, HistogramsAndProcess) {
   EXPECT_TRUE(has_line(text_, R"(checkpointd_publish_latency_seconds_bucket{le="0.001"} 1)"));
   EXPECT_TRUE(has_line(text_, R"(checkpointd_publish_latency_seconds_bucket{le="0.005"} 2)"));
