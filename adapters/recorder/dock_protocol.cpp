@@ -2,18 +2,22 @@
 // request targets. Untrusted input: nothing here throws or aborts; every rejection names the field.
 #include "adapters/recorder/dock_protocol.h"
 
+#include <cctype>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
 #include <limits>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "adapters/camera/isapi_xml.h"
+#include "daemon/core/encoding.h"
 
 namespace cpd::adapters {
 
@@ -55,70 +59,362 @@ std::string quote(const json& v) {
                                       : "an object");
 }
 
-// Validates syntax with the position of the first error, and bounds the nesting depth; the DOM is built
-// only after this passes.
+// ---- UTF-8 ----
+
+// Length of the well-formed UTF-8 sequence at text[i] (RFC 3629, as cpd::decode_utf8), 0 when there is
+// none.
+std::size_t utf8_sequence(std::string_view text, std::size_t i) {
+  std::size_t next = i;
+  return decode_utf8(text, next) < 0 ? 0 : next - i;
+}
+
+// Offset of the first byte that is not part of well-formed UTF-8, or npos.
+std::size_t invalid_utf8_at(std::string_view text) {
+  for (std::size_t i = 0; i < text.size();) {
+    const std::size_t n = utf8_sequence(text, i);
+    if (n == 0) {
+      return i;
+    }
+    i += n;
+  }
+  return std::string_view::npos;
+}
+
+// The text with every byte outside well-formed UTF-8 replaced by '?': same length and offsets, and JSON
+// structure untouched (such bytes are only legal inside strings), so the JSON parser, which refuses
+// invalid UTF-8 anywhere, can still find each entry and the refusal stays with the entry that holds them.
+std::string with_utf8_replaced(std::string_view text) {
+  std::string out(text);
+  for (std::size_t i = 0; i < out.size();) {
+    const std::size_t n = utf8_sequence(out, i);
+    if (n == 0) {
+      out[i] = '?';
+      ++i;
+    } else {
+      i += n;
+    }
+  }
+  return out;
+}
+
+std::string hex_byte(unsigned char c) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  return std::string("0x") + kHex[c >> 4] + kHex[c & 0x0F];
+}
+
+// ---- syntax, depth and duplicate members ----
+
+// Validates syntax with the position of the first error, bounds the nesting depth and finds members named
+// twice (nlohmann keeps the last one silently). In a listing, depth and duplicates inside files[i] are
+// that entry's problem; anywhere else (and in any other document) they fail the whole document.
 class SyntaxCheck final : public json::json_sax_t {
  public:
-  bool null() override { return true; }
-  bool boolean(bool) override { return true; }
-  bool number_integer(number_integer_t) override { return true; }
-  bool number_unsigned(number_unsigned_t) override { return true; }
-  bool number_float(number_float_t, const string_t&) override { return true; }
-  bool string(string_t&) override { return true; }
-  bool binary(binary_t&) override { return true; }
-  bool start_object(std::size_t) override { return enter(); }
-  bool key(string_t&) override { return true; }
+  explicit SyntaxCheck(bool listing) : listing_(listing) {}
+
+  bool null() override { return scalar(); }
+  bool boolean(bool) override { return scalar(); }
+  bool number_integer(number_integer_t) override { return scalar(); }
+  bool number_unsigned(number_unsigned_t) override { return scalar(); }
+  bool number_float(number_float_t, const string_t&) override { return scalar(); }
+  bool string(string_t&) override { return scalar(); }
+  bool binary(binary_t&) override { return scalar(); }
+  bool start_object(std::size_t) override { return enter(true); }
+  bool key(string_t& k) override {
+    if (depth_ > levels_.size()) {
+      return true;  // beyond the depth bound: already refused, names no longer tracked
+    }
+    Level& top = levels_.back();
+    top.key = k;
+    if (!top.keys.insert(k).second) {
+      problem(Failure{"duplicate_key", path() + ": member named twice (JSON readers would keep only one)"});
+    }
+    return true;
+  }
   bool end_object() override { return leave(); }
-  bool start_array(std::size_t) override { return enter(); }
+  bool start_array(std::size_t) override { return enter(false); }
   bool end_array() override { return leave(); }
   bool parse_error(std::size_t position, const std::string&, const nlohmann::detail::exception&) override {
     position_ = position;
     return false;
   }
 
+  // A failure of the whole document: syntax, or depth/duplicates outside the entries of a listing.
   std::optional<Failure> failure() const {
-    if (too_deep_) {
-      return Failure{"bounds", "nested deeper than " + std::to_string(kMaxDepth) + " levels"};
-    }
     if (position_) {
       return Failure{"json", "not valid JSON (at byte " + std::to_string(*position_) + ")"};
     }
-    return std::nullopt;
+    return whole_;
+  }
+  // The first depth or duplicate problem inside files[index] of a listing.
+  const Failure* entry_failure(std::size_t index) const {
+    const auto it = entries_.find(index);
+    return it == entries_.end() ? nullptr : &it->second;
   }
 
  private:
-  bool enter() {
-    if (++depth_ > kMaxDepth) {
-      too_deep_ = true;
-      return false;
-    }
+  struct Level {
+    bool object = false;
+    std::string key;        // object: the member being read
+    std::size_t count = 0;  // array: elements started
+    std::set<std::string> keys;
+  };
+
+  bool scalar() {
+    value_start();
     return true;
   }
+
+  void value_start() {
+    if (!levels_.empty() && depth_ == levels_.size() && !levels_.back().object) {
+      ++levels_.back().count;
+    }
+  }
+
+  bool enter(bool object) {
+    value_start();
+    ++depth_;
+    if (depth_ > static_cast<std::size_t>(kMaxDepth)) {
+      if (depth_ == static_cast<std::size_t>(kMaxDepth) + 1) {
+        problem(Failure{"bounds", (path().empty() ? std::string("document") : path()) +
+                                      ": nested deeper than " + std::to_string(kMaxDepth) + " levels"});
+      }
+      return true;
+    }
+    levels_.push_back(Level{object, {}, 0, {}});
+    return true;
+  }
+
   bool leave() {
+    if (depth_ == levels_.size()) {
+      levels_.pop_back();
+    }
     --depth_;
     return true;
   }
 
-  int depth_ = 0;
-  bool too_deep_ = false;
+  // "files[3].gps[0].t": the member or element being read.
+  std::string path() const {
+    std::string p;
+    for (const auto& l : levels_) {
+      if (l.object) {
+        p += (p.empty() ? "" : ".") + l.key;
+      } else if (l.count > 0) {
+        p += "[" + std::to_string(l.count - 1) + "]";
+      }
+    }
+    return p;
+  }
+
+  void problem(Failure f) {
+    // Inside files[i]: the root object's member "files", an array, and a value within it.
+    if (listing_ && levels_.size() >= 2 && depth_ >= 3 && levels_[0].object && levels_[0].key == "files" &&
+        !levels_[1].object && levels_[1].count > 0) {
+      const std::size_t index = levels_[1].count - 1;
+      if (index < kDockMaxFiles) {  // beyond it the listing fails its entry bound anyway
+        entries_.try_emplace(index, std::move(f));
+      }
+      return;
+    }
+    if (!whole_) {
+      whole_ = std::move(f);
+    }
+  }
+
+  bool listing_;
+  std::vector<Level> levels_;  // at most kMaxDepth
+  std::size_t depth_ = 0;      // containers open
   std::optional<std::size_t> position_;
+  std::optional<Failure> whole_;
+  std::map<std::size_t, Failure> entries_;
 };
 
-// Parses a whole answer into `out` or says why not.
-std::optional<Failure> parse_json(std::string_view body, json& out) {
+// ---- positions in a text already checked to be JSON ----
+
+struct Span {
+  std::size_t begin = 0;
+  std::size_t end = 0;  // one past the last byte
+  std::size_t size() const { return end - begin; }
+};
+
+bool is_json_space(char c) {
+  return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+std::size_t skip_space(std::string_view s, std::size_t i) {
+  while (i < s.size() && is_json_space(s[i])) {
+    ++i;
+  }
+  return i;
+}
+
+// i at the opening quote; returns the offset past the closing one.
+std::size_t string_end(std::string_view s, std::size_t i) {
+  for (++i; i < s.size(); ++i) {
+    if (s[i] == '\\') {
+      ++i;
+    } else if (s[i] == '"') {
+      return i + 1;
+    }
+  }
+  return s.size();
+}
+
+// The offset past the value starting at i. Iterative: depth is not bounded here.
+std::size_t value_end(std::string_view s, std::size_t i) {
+  if (i >= s.size()) {
+    return s.size();
+  }
+  if (s[i] == '"') {
+    return string_end(s, i);
+  }
+  if (s[i] == '{' || s[i] == '[') {
+    std::size_t depth = 0;
+    while (i < s.size()) {
+      const char c = s[i];
+      if (c == '"') {
+        i = string_end(s, i);
+        continue;
+      }
+      if (c == '{' || c == '[') {
+        ++depth;
+      } else if ((c == '}' || c == ']') && --depth == 0) {
+        return i + 1;
+      }
+      ++i;
+    }
+    return s.size();
+  }
+  while (i < s.size() && s[i] != ',' && s[i] != ']' && s[i] != '}' && !is_json_space(s[i])) {
+    ++i;
+  }
+  return i;
+}
+
+struct MemberSpan {
+  Span key;  // with the quotes
+  Span value;
+};
+
+// The members of the object whose '{' is at `at`.
+std::vector<MemberSpan> members_of(std::string_view s, std::size_t at) {
+  std::vector<MemberSpan> out;
+  std::size_t i = skip_space(s, at + 1);
+  while (i < s.size() && s[i] == '"') {
+    MemberSpan m;
+    m.key = {i, string_end(s, i)};
+    i = skip_space(s, m.key.end) + 1;  // past ':'
+    i = skip_space(s, i);
+    m.value = {i, value_end(s, i)};
+    out.push_back(m);
+    i = skip_space(s, m.value.end);
+    if (i < s.size() && s[i] == ',') {
+      i = skip_space(s, i + 1);
+    }
+  }
+  return out;
+}
+
+// The elements of the array whose '[' is at `at`; `count` gets all of them, at most `keep` are returned.
+std::vector<Span> elements_of(std::string_view s, std::size_t at, std::size_t keep, std::size_t& count) {
+  std::vector<Span> out;
+  count = 0;
+  std::size_t i = skip_space(s, at + 1);
+  while (i < s.size() && s[i] != ']') {
+    const Span e{i, value_end(s, i)};
+    if (count++ < keep) {
+      out.push_back(e);
+    }
+    i = skip_space(s, e.end);
+    if (i < s.size() && s[i] == ',') {
+      i = skip_space(s, i + 1);
+    }
+  }
+  return out;
+}
+
+// A string token's value. `token` must be well-formed JSON apart from bytes outside UTF-8, which are kept
+// as they are (they can only stand between escapes, never inside one).
+std::string decode_string(std::string_view token) {
+  if (invalid_utf8_at(token) == std::string_view::npos) {
+    const json v = json::parse(token, nullptr, false);
+    return v.is_string() ? v.get<std::string>() : std::string();
+  }
+  std::string out;
+  const std::string_view inner = token.substr(1, token.size() - 2);
+  std::size_t run = 0;
+  for (std::size_t i = 0; i <= inner.size();) {
+    const std::size_t n = i < inner.size() ? utf8_sequence(inner, i) : 0;
+    if (n > 0) {
+      i += n;
+      continue;
+    }
+    const json v = json::parse("\"" + std::string(inner.substr(run, i - run)) + "\"", nullptr, false);
+    if (v.is_string()) {
+      out += v.get_ref<const std::string&>();
+    }
+    if (i < inner.size()) {
+      out += inner[i];
+    }
+    run = ++i;
+  }
+  return out;
+}
+
+// A token quoted for an error detail: strings and numbers by value, containers by kind.
+std::string quote_token(std::string_view clean, Span v) {
+  const char c = v.size() > 0 ? clean[v.begin] : ' ';
+  if (c == '{') {
+    return "an object";
+  }
+  if (c == '[') {
+    return "an array";
+  }
+  return quote(json::parse(clean.substr(v.begin, v.size()), nullptr, false));
+}
+
+// Which member of the object at `span` holds bytes outside UTF-8: "officerName: not valid UTF-8 (byte
+// 0xB9 at offset 42)", prefixed with `path`. Offsets are within the span.
+Failure not_utf8(std::string_view original, std::string_view clean, Span span, const std::string& path,
+                 const std::string& whole) {
+  const std::string_view raw = original.substr(span.begin, span.size());
+  const std::size_t at = invalid_utf8_at(raw);
+  std::string where = path.empty() ? whole : path;
+  if (span.size() > 0 && clean[span.begin] == '{') {
+    for (const auto& m : members_of(clean, span.begin)) {
+      if (span.begin + at >= m.key.begin && span.begin + at < m.value.end) {
+        const std::string key = decode_string(clean.substr(m.key.begin, m.key.size()));
+        where = (path.empty() ? "" : path + ".") + key;
+        if (span.begin + at < m.key.end) {
+          where += " (the member name)";
+        }
+        break;
+      }
+    }
+  }
+  return Failure{"not_utf8", where + ": not valid UTF-8 (byte " +
+                                 hex_byte(static_cast<unsigned char>(raw[at])) + " at offset " +
+                                 std::to_string(at) + ")"};
+}
+
+// Parses a whole answer (status, error body) into `out` or says why not; `what` names it in details.
+std::optional<Failure> parse_json(std::string_view body, json& out, const std::string& what) {
   if (body.size() > kDockMaxJsonBytes) {
     return Failure{"bounds", "answer of " + std::to_string(body.size()) + " bytes exceeds " +
                                  std::to_string(kDockMaxJsonBytes)};
   }
-  SyntaxCheck check;
-  const bool ok = json::sax_parse(body, &check, json::input_format_t::json, true);
+  const std::string clean = with_utf8_replaced(body);
+  SyntaxCheck check(false);
+  const bool ok = json::sax_parse(clean, &check, json::input_format_t::json, true);
   if (auto f = check.failure()) {
     return f;
   }
   if (!ok) {
     return Failure{"json", "not valid JSON"};
   }
-  out = json::parse(body, nullptr, false);
+  if (invalid_utf8_at(body) != std::string_view::npos) {
+    return not_utf8(body, clean, Span{skip_space(clean, 0), clean.size()}, "", what);
+  }
+  out = json::parse(clean, nullptr, false);
   if (out.is_discarded()) {
     return Failure{"json", "not valid JSON"};  // cannot happen after the SAX pass; checked all the same
   }
@@ -403,6 +699,63 @@ DockParsed<T> failed(Failure f) {
   return out;
 }
 
+// One entry of a listing (or of the ledger) at `span` of the checked text: a DockFile, or why it is refused.
+// `flagged` is a depth or duplicate-member problem the syntax pass found inside it.
+DockParsed<DockFile> read_entry(std::string_view original, std::string_view clean, Span span,
+                                const std::string& path, const Failure* flagged) {
+  if (flagged != nullptr) {
+    return failed<DockFile>(*flagged);
+  }
+  if (invalid_utf8_at(original.substr(span.begin, span.size())) != std::string_view::npos) {
+    return failed<DockFile>(not_utf8(original, clean, span, path, "entry"));
+  }
+  const json entry = json::parse(clean.substr(span.begin, span.size()), nullptr, false);
+  DockFile f;
+  if (entry.is_discarded()) {
+    return failed<DockFile>({"json", (path.empty() ? std::string("entry") : path) + ": not valid JSON"});
+  }
+  if (auto failure = read_file(entry, path, f)) {
+    return failed<DockFile>(std::move(*failure));
+  }
+  DockParsed<DockFile> out;
+  out.value = std::move(f);
+  return out;
+}
+
+// The bytes and ledger key of a refused entry (see DockRefusedEntry).
+DockRefusedEntry refused_entry(std::string_view original, std::string_view clean, Span span) {
+  DockRefusedEntry r;
+  r.raw = std::string(original.substr(span.begin, span.size()));
+  std::string unique_id;
+  std::string md5;
+  if (span.size() > 0 && clean[span.begin] == '{') {
+    for (const auto& m : members_of(clean, span.begin)) {
+      const std::string_view value = original.substr(m.value.begin, m.value.size());
+      if (value.empty() || value[0] != '"' || invalid_utf8_at(value) != std::string_view::npos) {
+        continue;
+      }
+      const std::string key = decode_string(clean.substr(m.key.begin, m.key.size()));
+      if (key == "uniqueId") {
+        unique_id = decode_string(value);
+      } else if (key == "md5") {
+        md5 = decode_string(value);
+      }
+    }
+  }
+  bool md5_ok = md5.size() == 32;
+  for (char& c : md5) {
+    md5_ok = md5_ok && is_hex(c);
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  }
+  if (is_safe_unique_id(unique_id) && md5_ok) {
+    r.unique_id = std::move(unique_id);
+    r.md5 = std::move(md5);
+  } else {
+    r.unique_id = "refused-" + sha256_hex(r.raw).substr(0, 32);
+  }
+  return r;
+}
+
 bool is_unreserved(unsigned char c) {
   return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
          c == '_' || c == '~';
@@ -420,7 +773,7 @@ std::string encode_segment(std::string_view id) {
 
 DockParsed<DockStatus> parse_dock_status(std::string_view body) {
   json doc;
-  if (auto f = parse_json(body, doc)) {
+  if (auto f = parse_json(body, doc, "status")) {
     return failed<DockStatus>(std::move(*f));
   }
   if (!doc.is_object()) {
@@ -458,24 +811,71 @@ DockParsed<DockStatus> parse_dock_status(std::string_view body) {
 }
 
 DockParsed<DockListing> parse_dock_listing(std::string_view body) {
-  json doc;
-  if (auto f = parse_json(body, doc)) {
+  if (body.size() > kDockMaxJsonBytes) {
+    return failed<DockListing>({"bounds", "answer of " + std::to_string(body.size()) + " bytes exceeds " +
+                                              std::to_string(kDockMaxJsonBytes)});
+  }
+  const std::string clean = with_utf8_replaced(body);
+  SyntaxCheck check(true);
+  const bool ok = json::sax_parse(clean, &check, json::input_format_t::json, true);
+  if (auto f = check.failure()) {
     return failed<DockListing>(std::move(*f));
   }
-  if (!doc.is_object()) {
-    return failed<DockListing>({"schema", "listing: expected an object, got " + quote(doc)});
+  if (!ok) {
+    return failed<DockListing>({"json", "not valid JSON"});
   }
-  ObjectReader r(doc, "");
+  // The envelope, read from the positions of its members: the entries are parsed one by one below.
+  const std::size_t root = skip_space(clean, 0);
+  if (clean[root] != '{') {
+    return failed<DockListing>({"schema", "listing: expected an object, got " +
+                                              quote_token(clean, Span{root, value_end(clean, root)})});
+  }
+  std::optional<Span> files;
+  std::optional<Span> next;
+  for (const auto& m : members_of(clean, root)) {
+    const std::string key = decode_string(clean.substr(m.key.begin, m.key.size()));
+    if (key == "files") {
+      files = m.value;
+    } else if (key == "next") {
+      next = m.value;
+    }
+  }
+  if (!files) {
+    return failed<DockListing>({"schema", "files: missing"});
+  }
+  if (clean[files->begin] != '[') {
+    return failed<DockListing>({"schema", "files: expected an array, got " + quote_token(clean, *files)});
+  }
+  std::size_t count = 0;
+  const std::vector<Span> entries = elements_of(clean, files->begin, kDockMaxFiles, count);
+  if (count > kDockMaxFiles) {
+    return failed<DockListing>({"bounds", "files: " + std::to_string(count) +
+                                              " entries exceed the limit of " +
+                                              std::to_string(kDockMaxFiles)});
+  }
+  if (!next) {
+    return failed<DockListing>({"schema", "next: missing"});
+  }
+  if (clean[next->begin] != '"') {
+    return failed<DockListing>({"schema", "next: expected a string, got " + quote_token(clean, *next)});
+  }
   DockListing listing;
-  const json* files = r.array("files", kDockMaxFiles);
-  listing.next = r.text("next");
-  if (!r.ok()) {
-    return failed<DockListing>(r.failure());
+  // The cursor is opaque: sent back percent-encoded and stored as bytes, so any bytes will do.
+  listing.next = decode_string(body.substr(next->begin, next->size()));
+  if (listing.next.size() > kDockMaxText) {
+    return failed<DockListing>({"bounds", "next: string of " + std::to_string(listing.next.size()) +
+                                              " bytes exceeds " + std::to_string(kDockMaxText)});
   }
-  listing.files.resize(files->size());
-  for (std::size_t i = 0; i < files->size(); ++i) {
-    if (auto f = read_file((*files)[i], "files[" + std::to_string(i) + "]", listing.files[i])) {
-      return failed<DockListing>(std::move(*f));
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    const std::string path = "files[" + std::to_string(i) + "]";
+    auto entry = read_entry(body, clean, entries[i], path, check.entry_failure(i));
+    if (entry.value) {
+      listing.files.push_back(std::move(*entry.value));
+    } else {
+      DockRefusedEntry r = refused_entry(body, clean, entries[i]);
+      r.index = i;
+      r.error = std::move(entry.error);
+      listing.refused.push_back(std::move(r));
     }
   }
   DockParsed<DockListing> out;
@@ -484,22 +884,26 @@ DockParsed<DockListing> parse_dock_listing(std::string_view body) {
 }
 
 DockParsed<DockFile> parse_dock_file(std::string_view entry_json) {
-  json doc;
-  if (auto f = parse_json(entry_json, doc)) {
+  if (entry_json.size() > kDockMaxJsonBytes) {
+    return failed<DockFile>({"bounds", "entry of " + std::to_string(entry_json.size()) + " bytes exceeds " +
+                                           std::to_string(kDockMaxJsonBytes)});
+  }
+  const std::string clean = with_utf8_replaced(entry_json);
+  SyntaxCheck check(false);
+  const bool ok = json::sax_parse(clean, &check, json::input_format_t::json, true);
+  if (auto f = check.failure()) {
     return failed<DockFile>(std::move(*f));
   }
-  DockFile file;
-  if (auto f = read_file(doc, "", file)) {
-    return failed<DockFile>(std::move(*f));
+  if (!ok) {
+    return failed<DockFile>({"json", "not valid JSON"});
   }
-  DockParsed<DockFile> out;
-  out.value = std::move(file);
-  return out;
+  const std::size_t root = skip_space(clean, 0);
+  return read_entry(entry_json, clean, Span{root, value_end(clean, root)}, "", nullptr);
 }
 
 std::string dock_error_text(std::string_view body) {
   json doc;
-  if (parse_json(body, doc) || !doc.is_object()) {
+  if (parse_json(body, doc, "answer") || !doc.is_object()) {
     return {};
   }
   const auto it = doc.find("error");

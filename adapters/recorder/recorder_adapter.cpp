@@ -55,8 +55,10 @@ constexpr std::string_view kKind = "recorder_dock";
 // download stays at this much however large the file.
 constexpr std::size_t kChunkBytes = 512 * 1024;
 constexpr std::size_t kRawPieceBytes = 256 * 1024;  // one socket read completion in raw body mode
-constexpr std::size_t kRehashBytes = 1024 * 1024;  // reads when hashing a partial file left by a crash
-constexpr std::size_t kMaxWaiting = 1000;          // files waiting beyond this: no listing ahead
+constexpr std::size_t kRehashBytes = 1024 * 1024;   // reads when hashing a partial file left by a crash
+// A file the station lists but answers 404 for: asked again with backoff this many times, then a fault
+// record (reason not_found) closes it, so such files cannot hold the pending bound for ever.
+constexpr int kMaxNotFound = 3;
 constexpr auto kCongestionRecheck = std::chrono::milliseconds(20);
 
 std::string str(beast::string_view s) {
@@ -318,6 +320,13 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
         {"faults", snap_.faults},
         {"queued", snap_.queued},
         {"downloading", snap_.downloading},
+        {"pending", snap_.pending},
+        {"pending_bytes", snap_.pending_bytes},
+        {"max_pending_files", config_.max_pending_files},
+        {"max_pending_entry_bytes", config_.max_pending_entry_bytes},
+        {"pending_limit_reached", snap_.pending_limit_reached},
+        {"listings_held", snap_.listings_held},
+        {"entries_refused", snap_.entries_refused},
         {"repeated", snap_.repeated},
         {"errors", errors},
         {"reconnects", snap_.reconnects},
@@ -340,7 +349,8 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     DockFile file;
     Phase phase = Phase::kQueued;
     UnixMs listed_ms = 0;  // gateway time of the listing that first showed it (or of the ledger load)
-    int md5_failures = 0;  // whole downloads whose bytes did not match
+    int md5_failures = 0;  // whole downloads whose bytes did not match (md5 or size)
+    int not_found = 0;     // consecutive 404 answers to its download
     int resumes = 0;       // requests sent with Range
     int breaks = 0;        // consecutive failed attempts (backoff)
     std::string sha256;    // once downloaded (or from the ledger)
@@ -362,6 +372,11 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     std::uint64_t faults = 0;
     std::uint64_t queued = 0;
     std::uint64_t downloading = 0;
+    std::uint64_t pending = 0;        // files_ (taken, not yet acknowledged or closed by a fault)
+    std::uint64_t pending_bytes = 0;  // their listing entries
+    bool pending_limit_reached = false;
+    std::uint64_t listings_held = 0;  // listings not made, or cut, because the pending bound was reached
+    std::uint64_t entries_refused = 0;
     std::uint64_t repeated = 0;
     std::map<std::string, std::uint64_t> errors;
     std::uint64_t reconnects = 0;
@@ -410,12 +425,12 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     http::request<http::empty_body> req;
     std::optional<http::response_parser<http::buffer_body>> parser;
     std::vector<char> chunk;
-    std::size_t filled = 0;     // bytes in chunk not yet written
+    std::size_t filled = 0;  // bytes in chunk not yet written
     // Content-Length bodies are read straight from the socket, a chunk at a time (Beast's parser would
     // complete once per socket read: thousands of handler round trips per second for a fast station).
     bool raw = false;
     std::int64_t body_left = 0;  // raw: bytes of this response's body still to read
-    std::int64_t received = 0;  // bytes of the file on disk plus in chunk
+    std::int64_t received = 0;   // bytes of the file on disk plus in chunk
     std::int64_t length = 0;
     std::shared_ptr<PartialFile> partial;
     bool got_bytes = false;
@@ -685,19 +700,67 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     }
   }
 
+  // Room for new files under the pending bounds (max_pending_files, max_pending_entry_bytes). With nothing
+  // pending one entry of any size fits, so no single entry can stall the station.
+  DockListingBudget room() const {
+    const auto max_files = static_cast<std::size_t>(config_.max_pending_files);
+    const auto max_bytes = static_cast<std::size_t>(config_.max_pending_entry_bytes);
+    const std::size_t bytes = pending_bytes();
+    DockListingBudget b;
+    b.files = files_.size() >= max_files ? 0 : max_files - files_.size();
+    b.bytes = files_.empty() ? SIZE_MAX : (bytes >= max_bytes ? 0 : max_bytes - bytes);
+    return b;
+  }
+
+  std::size_t pending_bytes() const {
+    std::size_t bytes = 0;
+    for (const auto& [key, f] : files_) {
+      bytes += f.file.raw_json.size();
+    }
+    return bytes;
+  }
+
+  // A listing not made (or cut short) at the pending bound: the files wait on the station, the cursor
+  // stays before them. Logged once until the pending files fall to half the bound (sync_queue_counters).
+  void hold_listings() {
+    {
+      std::lock_guard lock(mutex_);
+      ++snap_.listings_held;
+    }
+    if (!pending_limit_reached_) {
+      pending_limit_reached_ = true;
+      log::warn(kComponent, config_.id,
+                std::to_string(files_.size()) + " files (" + std::to_string(pending_bytes()) +
+                    " bytes of listing) pending, at the bound (max_pending_files " +
+                    std::to_string(config_.max_pending_files) + ", max_pending_entry_bytes " +
+                    std::to_string(config_.max_pending_entry_bytes) +
+                    "): further files stay on the station until there is room");
+      sync_queue_counters();
+    }
+  }
+
   // after_bad_cursor: this listing restarts from the beginning after a 400 (no second restart in a row).
   void list(bool after_bad_cursor) {
     if (!running_ || auth_blocked_) {
       polling_ = false;
       return;
     }
-    exchange(http::verb::get, dock_files_target(config_.base_path, cursor_, config_.list_limit), {},
-             [self = shared_from_this(), after_bad_cursor](HttpResult r) {
-               self->on_listing(std::move(r), after_bad_cursor);
+    const DockListingBudget budget = room();
+    if (budget.files == 0 || budget.bytes == 0) {
+      hold_listings();
+      schedule_poll(config_.poll_interval_ms);
+      return;
+    }
+    // Never ask for more than there is room for; a station that sends more anyway is cut in the ledger.
+    const int limit =
+        static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(config_.list_limit), budget.files));
+    exchange(http::verb::get, dock_files_target(config_.base_path, cursor_, limit), {},
+             [self = shared_from_this(), after_bad_cursor, limit](HttpResult r) {
+               self->on_listing(std::move(r), after_bad_cursor, limit);
              });
   }
 
-  void on_listing(HttpResult r, bool after_bad_cursor) {
+  void on_listing(HttpResult r, bool after_bad_cursor, int limit) {
     if (auth_blocked_) {
       return;
     }
@@ -744,9 +807,12 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
       return;
     }
     DockListing listing = std::move(*parsed.value);
-    const bool full = listing.files.size() >= static_cast<std::size_t>(config_.list_limit);
+    const std::size_t entries = listing.files.size() + listing.refused.size();
+    const bool full = entries >= static_cast<std::size_t>(limit);
+    // Files first, then the refused entries: each is taken (persisted as pending) within the room left, a
+    // refused one to be closed at once by its fault record.
     std::vector<DockLedgerFile> ledger_files;
-    ledger_files.reserve(listing.files.size());
+    ledger_files.reserve(entries);
     for (const auto& f : listing.files) {
       DockLedgerFile lf;
       lf.unique_id = f.unique_id;
@@ -754,12 +820,19 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
       lf.entry_json = f.raw_json;
       ledger_files.push_back(std::move(lf));
     }
+    for (const auto& refused : listing.refused) {
+      DockLedgerFile lf;
+      lf.unique_id = refused.unique_id;
+      lf.md5 = refused.md5;
+      lf.entry_json = refused.raw;
+      ledger_files.push_back(std::move(lf));
+    }
     auto shared = std::make_shared<DockListing>(std::move(listing));
     const std::uint64_t gen = gen_;
     const UnixMs listed_ms = r.received_ms;
     std::weak_ptr<RecorderAdapterImpl> weak = weak_from_this();
     ctx_.dock_ledger->save_listing(
-        config_.id, std::move(ledger_files), shared->next,
+        config_.id, std::move(ledger_files), shared->next, room(),
         [weak, gen, shared, listed_ms, full](Status s, std::vector<DockLedgerFile> states) {
           if (auto self = weak.lock()) {
             asio::post(self->strand_, [self, gen, shared, listed_ms, full, s = std::move(s),
@@ -781,18 +854,32 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
       schedule_poll(config_.poll_interval_ms);
       return;
     }
-    cursor_ = listing.next;
-    if (states.size() != listing.files.size()) {
+    const std::size_t entries = listing.files.size() + listing.refused.size();
+    if (states.size() > entries) {
       count_error("ledger");
       log::error(kComponent, config_.id,
                  "dock ledger answered " + std::to_string(states.size()) + " states for " +
-                     std::to_string(listing.files.size()) + " files");
+                     std::to_string(entries) + " files");
+    }
+    // A cut pass leaves the cursor where it was: the files not taken are listed again once there is room.
+    const bool complete = states.size() >= entries;
+    if (complete) {
+      cursor_ = listing.next;
     }
     std::uint64_t repeated = 0;
-    const std::size_t n = std::min(states.size(), listing.files.size());
+    const std::size_t n = std::min(states.size(), entries);
     for (std::size_t i = 0; i < n; ++i) {
-      DockFile& f = listing.files[i];
       const DockLedgerFile& st = states[i];
+      if (i >= listing.files.size()) {
+        DockRefusedEntry& refused = listing.refused[i - listing.files.size()];
+        if (st.state == DockFileState::kPending) {
+          refuse_entry(std::move(refused), listed_ms);
+        } else {
+          ++repeated;  // its fault record (or an earlier reading of it) already covers it
+        }
+        continue;
+      }
+      DockFile& f = listing.files[i];
       const std::string key = file_key(f.unique_id, f.md5);
       switch (st.state) {
         case DockFileState::kPending:
@@ -826,26 +913,44 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
       snap_.files_listed += listing.files.size();
       snap_.repeated += repeated;
     }
+    if (!complete) {
+      hold_listings();
+    }
     sync_queue_counters();
     clear_warning();
     pump_downloads();
     pump_acks();
-    // A full page means more are waiting (shift change): list on at once, unless enough already waits.
-    if (full && waiting_files() <= kMaxWaiting) {
+    // A full page means more are waiting (shift change): list on at once while there is room.
+    if (complete && full && room().files > 0) {
       list(false);
       return;
     }
     schedule_poll(config_.poll_interval_ms);
   }
 
-  std::size_t waiting_files() const {
-    std::size_t n = 0;
-    for (const auto& [key, f] : files_) {
-      if (f.phase == Phase::kQueued || f.phase == Phase::kWaiting) {
-        ++n;
-      }
+  // A listing entry that cannot be read: persisted (pending) with the listing, then closed by its own
+  // recording_fault record; the station keeps the file. Counted by reason; the record names the field.
+  void refuse_entry(DockRefusedEntry refused, UnixMs listed_ms) {
+    const std::string key = file_key(refused.unique_id, refused.md5);
+    if (files_.contains(key)) {
+      return;
     }
-    return n;
+    count_error(refused.error.reason);
+    {
+      std::lock_guard lock(mutex_);
+      ++snap_.entries_refused;
+    }
+    log::warn(kComponent, config_.id,
+              "listing entry refused (" + refused.error.reason + "): " + refused.error.detail +
+                  "; recorded as a fault, the other entries are collected");
+    FileEntry e;
+    e.file.unique_id = refused.unique_id;
+    e.file.md5 = refused.md5;
+    e.file.raw_json = std::move(refused.raw);
+    e.phase = Phase::kCommitting;
+    e.listed_ms = listed_ms;
+    files_.emplace(key, std::move(e));
+    emit_fault(key, "bad_entry", "refused (" + refused.error.reason + "): " + refused.error.detail, {}, 0);
   }
 
   void schedule_poll(std::int64_t delay_ms) {
@@ -1120,15 +1225,29 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
       return;
     }
     if (status == 404) {
-      // The station no longer offers it. It stays pending in the ledger; a later listing brings it back.
+      // Listed but not offered: asked again with backoff, then closed by a fault record. It keeps its
+      // place under the pending bound meanwhile, so such files cannot fill the ledger behind our back.
       count_error("download_404");
-      warn("station no longer has " + e->file.unique_id + " (HTTP 404 on download)");
+      ++e->not_found;
+      log::warn(kComponent, config_.id,
+                e->file.unique_id + ": station answers HTTP 404 for a file it listed (" +
+                    std::to_string(e->not_found) + " of " + std::to_string(kMaxNotFound) + ")");
       d->abort();
-      end_download(d);
-      drop_file(d->key);
-      pump_downloads();
+      if (e->not_found >= kMaxNotFound) {
+        end_download(d);
+        e->partial.reset();
+        asio::post(*ctx_.blocking, [p = d->partial] { p->remove(); });  // an empty file from open()
+        emit_fault(
+            d->key, "not_found",
+            "station answered HTTP 404 to " + std::to_string(e->not_found) + " downloads of a file it listed",
+            {}, e->not_found);
+        pump_downloads();
+        return;
+      }
+      retry_later(d, false);
       return;
     }
+    e->not_found = 0;
     if (status == 206 && from > 0) {
       const auto range = parse_content_range(str(res[http::field::content_range]));
       const bool range_ok =
@@ -1237,8 +1356,9 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     // A piece of at most kRawPieceBytes must arrive within the idle timeout (>= 4 KB/s at the defaults).
     const std::size_t want = std::min({room, left, kRawPieceBytes});
     arm_download_timer(d, std::chrono::seconds(config_.download_idle_timeout_s));
-    asio::async_read(d->socket, asio::buffer(d->chunk.data() + d->filled, want),
-                     [self = shared_from_this(), d](error_code ec, std::size_t n) { self->on_raw(d, ec, n); });
+    asio::async_read(
+        d->socket, asio::buffer(d->chunk.data() + d->filled, want),
+        [self = shared_from_this(), d](error_code ec, std::size_t n) { self->on_raw(d, ec, n); });
   }
 
   void on_raw(const DownloadPtr& d, error_code ec, std::size_t n) {
@@ -1380,7 +1500,8 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
       return;
     }
     if (lower(digest.md5) != lower(e->file.md5)) {
-      on_mismatch(d, "expected md5 " + lower(e->file.md5) + ", got " + digest.md5, digest.sha256);
+      on_mismatch(d, "md5_mismatch", "expected md5 " + lower(e->file.md5) + ", got " + digest.md5,
+                  digest.sha256);
       return;
     }
     asio::post(*ctx_.blocking, [self = shared_from_this(), d, sha = digest.sha256] {
@@ -1399,7 +1520,8 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     });
   }
 
-  // Bytes that cannot be the listed file (too many, wrong length): like an MD5 mismatch.
+  // Bytes that cannot be the listed file (too many, wrong length): retried like an MD5 mismatch, reported
+  // as size_mismatch.
   void corrupt(const DownloadPtr& d, const std::string& why) {
     d->abort();
     FileEntry* e = entry_of(d);
@@ -1407,25 +1529,28 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
       e->partial.reset();
     }
     log::warn(kComponent, config_.id, (e != nullptr ? e->file.unique_id : d->key) + ": " + why);
-    on_mismatch(d, why, {});
+    on_mismatch(d, "size_mismatch", why, {});
   }
 
-  void on_mismatch(const DownloadPtr& d, const std::string& why, const std::string& sha256) {
+  // reason: md5_mismatch or size_mismatch (counted, and the fault's reason after the last attempt).
+  void on_mismatch(const DownloadPtr& d, const std::string& reason, const std::string& why,
+                   const std::string& sha256) {
     d->finished = true;
     disarm_download_timer(d);
     // The station's copy is the one to fetch again: nothing of this download is kept. The next attempt
     // starts only once the file is gone (it would otherwise open the old one).
-    asio::post(*ctx_.blocking, [self = shared_from_this(), d, why, sha256] {
+    asio::post(*ctx_.blocking, [self = shared_from_this(), d, reason, why, sha256] {
       d->partial->remove();
-      asio::post(self->strand_, [self, d, why, sha256] {
+      asio::post(self->strand_, [self, d, reason, why, sha256] {
         if (self->running_ && d->gen == self->gen_) {
-          self->after_mismatch(d, why, sha256);
+          self->after_mismatch(d, reason, why, sha256);
         }
       });
     });
   }
 
-  void after_mismatch(const DownloadPtr& d, const std::string& why, const std::string& sha256) {
+  void after_mismatch(const DownloadPtr& d, const std::string& reason, const std::string& why,
+                      const std::string& sha256) {
     end_download(d);
     FileEntry* e = entry_of(d);
     if (e == nullptr) {
@@ -1434,16 +1559,16 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     }
     e->partial.reset();
     ++e->md5_failures;
-    {
+    if (reason == "md5_mismatch") {
       std::lock_guard lock(mutex_);
       ++snap_.md5_mismatches;
     }
-    count_error("md5_mismatch");
+    count_error(reason);
     const std::string detail = why + " (attempt " + std::to_string(e->md5_failures) + " of " +
                                std::to_string(config_.max_md5_attempts) + ")";
     log::warn(kComponent, config_.id, e->file.unique_id + ": " + detail);
     if (e->md5_failures >= config_.max_md5_attempts) {
-      emit_fault(d->key, "md5_mismatch", detail, sha256, e->md5_failures);
+      emit_fault(d->key, reason, detail, sha256, e->md5_failures);
     } else {
       e->phase = Phase::kQueued;
       download_queue_.push_front(d->key);
@@ -1699,7 +1824,9 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     }
     if (r.status == 404) {
       count_error("ack_unknown");
-      warn("station no longer has " + e.file.unique_id + " (HTTP 404 on ack): taken as acknowledged");
+      // Per file: logged and counted, not a device status (one record per file would follow).
+      log::warn(kComponent, config_.id,
+                e.file.unique_id + ": station no longer has it (HTTP 404 on ack): taken as acknowledged");
     } else {
       std::lock_guard lock(mutex_);
       ++snap_.acks;
@@ -1816,14 +1943,27 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
 
   void sync_queue_counters() {
     std::uint64_t queued = 0;
+    std::size_t bytes = 0;
     for (const auto& [key, f] : files_) {
       if (f.phase == Phase::kQueued || f.phase == Phase::kWaiting) {
         ++queued;
       }
+      bytes += f.file.raw_json.size();
+    }
+    // Hysteresis: "room again" once half the bound is free, so a station at the bound logs once per
+    // episode, not once per file.
+    if (pending_limit_reached_ && files_.size() <= static_cast<std::size_t>(config_.max_pending_files) / 2 &&
+        bytes <= static_cast<std::size_t>(config_.max_pending_entry_bytes) / 2) {
+      pending_limit_reached_ = false;
+      log::info(kComponent, config_.id,
+                "pending files down to " + std::to_string(files_.size()) + ": listing new files again");
     }
     std::lock_guard lock(mutex_);
     snap_.queued = queued;
     snap_.downloading = downloads_.size();
+    snap_.pending = files_.size();
+    snap_.pending_bytes = bytes;
+    snap_.pending_limit_reached = pending_limit_reached_;
   }
 
   enum class Reported { kNone, kUp, kDown, kFault };
@@ -1859,7 +1999,8 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
   int attempt_ = 0;
   int ack_attempt_ = 0;
   Reported reported_ = Reported::kNone;
-  bool warning_active_ = false;  // a "warning" status went out and no clean listing followed yet
+  bool warning_active_ = false;         // a "warning" status went out and no clean listing followed yet
+  bool pending_limit_reached_ = false;  // see hold_listings()
   std::string last_warning_;
 
   mutable std::mutex mutex_;  // guards snap_ only; everything else lives on the strand

@@ -105,6 +105,13 @@ RecorderDockConfig parse_recorder_dock_config(config::Section& device) {
   out.auth_backoff_s = device.optional<int>("auth_backoff_s", out.auth_backoff_s, {.min = 1, .max = 86400});
   out.recorder_clock_tolerance_s = device.optional<int>(
       "recorder_clock_tolerance_s", out.recorder_clock_tolerance_s, {.min = 0, .max = 3600});
+  // Files beyond these bounds wait on the station; an entry larger than the byte bound is still taken
+  // when nothing else is pending, so no entry can stall the station for good.
+  out.max_pending_files =
+      device.optional<int>("max_pending_files", out.max_pending_files, {.min = 1, .max = 100000});
+  out.max_pending_entry_bytes =
+      device.optional<std::int64_t>("max_pending_entry_bytes", out.max_pending_entry_bytes,
+                                    {.min = std::int64_t{1} << 20, .max = std::int64_t{1} << 30});
   device.finish();
   return out;
 }

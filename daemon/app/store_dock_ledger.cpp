@@ -46,9 +46,9 @@ void StoreDockLedger::load(const std::string& device_id,
 }
 
 void StoreDockLedger::save_listing(const std::string& device_id, std::vector<adapters::DockLedgerFile> files,
-                                   std::string next_cursor,
+                                   std::string next_cursor, adapters::DockListingBudget budget,
                                    std::function<void(Status, std::vector<adapters::DockLedgerFile>)> done) {
-  worker_.run_on_worker([device_id, files = std::move(files), next_cursor = std::move(next_cursor),
+  worker_.run_on_worker([device_id, files = std::move(files), next_cursor = std::move(next_cursor), budget,
                          done = std::move(done)](store::EvidenceStore& store) {
     std::vector<store::DockFileRow> rows;
     rows.reserve(files.size());
@@ -60,7 +60,8 @@ void StoreDockLedger::save_listing(const std::string& device_id, std::vector<ada
       rows.push_back(std::move(row));
     }
     std::vector<store::DockFileRow> states;
-    const Status st = store.dock_save_listing(device_id, rows, next_cursor, states);
+    const Status st =
+        store.dock_save_listing(device_id, rows, next_cursor, states, budget.files, budget.bytes);
     std::vector<adapters::DockLedgerFile> out;
     out.reserve(states.size());
     for (auto& row : states) {

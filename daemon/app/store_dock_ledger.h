@@ -14,7 +14,7 @@ class StoreDockLedger final : public adapters::DockLedger {
   void load(const std::string& device_id,
             std::function<void(Status, adapters::DockLedgerState)> done) override;
   void save_listing(const std::string& device_id, std::vector<adapters::DockLedgerFile> files,
-                    std::string next_cursor,
+                    std::string next_cursor, adapters::DockListingBudget budget,
                     std::function<void(Status, std::vector<adapters::DockLedgerFile>)> done) override;
   void mark_acked(const std::string& device_id, const std::string& unique_id, const std::string& md5,
                   std::function<void(Status)> done) override;

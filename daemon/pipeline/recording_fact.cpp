@@ -7,6 +7,8 @@
 #include <string>
 #include <utility>
 
+#include "daemon/core/sealer.h"
+
 namespace cpd::pipeline {
 
 namespace {
@@ -106,6 +108,10 @@ Fact make_recording_fact(const adapters::RecordingCollected& event, const LinkRu
   f["reasons"] = std::move(reasons);
 
   // Recordings are kept on the gateway, never published: media stays empty.
+  // The station's text is checked by the adapter; whatever still is not UTF-8 is escaped with its bytes
+  // beside it (docs/records.md), so the fact can always be sealed.
+  escape_text_not_utf8(f);
+
   fact.kept_media.push_back(KeptMedia{event.sha256, file.important});
   fact.link_span = rule.span(event.start_ms, event.end_ms);
   fact.dock_update = DockFileUpdate{event.device_id, file.unique_id, file.md5, event.sha256};
@@ -129,7 +135,10 @@ Fact make_dock_fault_fact(const adapters::DockFileFault& event) {
   put_listed_file(f, file);
   f["md5"] = file.md5;
   f["sha256"] = event.sha256;
+  // A refused entry's bytes as the station sent them: not UTF-8 is one of the reasons to refuse it, so
+  // they are escaped with their bytes beside them (listing_raw_b64, text_not_utf8), never dropped.
   f["listing"] = file.raw_json;
+  escape_text_not_utf8(f);
 
   // The ledger entry is closed with no sha256: the file is accounted for by this fault, not collected.
   fact.dock_update = DockFileUpdate{event.device_id, file.unique_id, file.md5, ""};

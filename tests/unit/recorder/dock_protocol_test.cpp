@@ -12,6 +12,8 @@
 #include <utility>
 #include <vector>
 
+#include "daemon/core/encoding.h"
+
 namespace cpd::adapters {
 namespace {
 
@@ -54,8 +56,18 @@ std::string listing_of(const std::vector<json>& entries, const std::string& next
   return json{{"files", entries}, {"next", next}}.dump();
 }
 
-DockParsed<DockListing> parse_with(const json& entry) {
-  return parse_dock_listing(listing_of({entry}));
+// One entry in a listing: the file, or the entry's refusal as the error (the listing itself must parse).
+DockParsed<DockFile> parse_with(const json& entry) {
+  const auto listing = parse_dock_listing(listing_of({entry}));
+  DockParsed<DockFile> out;
+  if (!listing) {
+    out.error = {"listing: " + listing.error.reason, listing.error.detail};
+  } else if (!listing.value->files.empty()) {
+    out.value = listing.value->files[0];
+  } else {
+    out.error = listing.value->refused.at(0).error;
+  }
+  return out;
 }
 
 TEST(DockStatusTest, SpecExample) {
@@ -154,7 +166,7 @@ TEST(DockListingTest, EmptyListingAndOptionalGps) {
   e.erase("gps");
   const auto r = parse_with(e);
   ASSERT_TRUE(r) << r.error.detail;
-  EXPECT_TRUE(r.value->files[0].gps.empty());
+  EXPECT_TRUE(r.value->gps.empty());
 }
 
 TEST(DockListingTest, Md5IsStoredLowerCase) {
@@ -162,7 +174,7 @@ TEST(DockListingTest, Md5IsStoredLowerCase) {
   e["md5"] = "9B2D0A0C3F1E4E1A8F6B1C2D3E4F5A6B";
   const auto r = parse_with(e);
   ASSERT_TRUE(r) << r.error.detail;
-  EXPECT_EQ(r.value->files[0].md5, "9b2d0a0c3f1e4e1a8f6b1c2d3e4f5a6b");
+  EXPECT_EQ(r.value->md5, "9b2d0a0c3f1e4e1a8f6b1c2d3e4f5a6b");
 }
 
 TEST(DockListingTest, UnknownMembersAreIgnored) {
@@ -183,7 +195,7 @@ TEST(DockListingTest, GpsBoundsAndRounding) {
                           {{"t", "2026-11-27T03:37:14Z"}, {"lat", -0.00000005}, {"lon", 0.00000015}}});
   const auto r = parse_with(e);
   ASSERT_TRUE(r) << r.error.detail;
-  const auto& g = r.value->files[0].gps;
+  const auto& g = r.value->gps;
   ASSERT_EQ(g.size(), 3U);
   EXPECT_EQ(g[0].lat_e7, -900000000);
   EXPECT_EQ(g[0].lon_e7, 1800000000);
@@ -194,16 +206,163 @@ TEST(DockListingTest, GpsBoundsAndRounding) {
   EXPECT_EQ(g[2].t_ms, 1795750634000);
 }
 
-TEST(DockListingTest, ErrorNamesTheEntryAndField) {
+TEST(DockListingTest, ABadEntryIsRefusedAloneNamingTheEntryAndField) {
   std::vector<json> entries(5, sample_entry());
   for (std::size_t i = 0; i < entries.size(); ++i) {
     entries[i]["uniqueId"] = "F-" + std::to_string(i);
   }
   entries[3]["md5"] = "xyz";
-  const auto r = parse_dock_listing(listing_of(entries));
-  ASSERT_FALSE(r);
-  EXPECT_EQ(r.error.reason, "schema");
-  EXPECT_EQ(r.error.detail, "files[3].md5: expected 32 hex digits, got \"xyz\"");
+  const std::string body = listing_of(entries);
+  const auto r = parse_dock_listing(body);
+  ASSERT_TRUE(r) << r.error.detail;
+  ASSERT_EQ(r.value->files.size(), 4U);
+  EXPECT_EQ(r.value->files[3].unique_id, "F-4");  // listed after the bad one, still read
+  EXPECT_EQ(r.value->next, "c-1");
+  ASSERT_EQ(r.value->refused.size(), 1U);
+  const DockRefusedEntry& bad = r.value->refused[0];
+  EXPECT_EQ(bad.index, 3U);
+  EXPECT_EQ(bad.error.reason, "schema");
+  EXPECT_EQ(bad.error.detail, "files[3].md5: expected 32 hex digits, got \"xyz\"");
+  EXPECT_EQ(json::parse(bad.raw), entries[3]);  // the entry's bytes as sent
+  // The md5 is not one: the ledger key is made from the bytes, and can never be a station's key.
+  EXPECT_EQ(bad.unique_id, "refused-" + sha256_hex(bad.raw).substr(0, 32));
+  EXPECT_EQ(bad.md5, "");
+}
+
+TEST(DockListingTest, TheIssuesEntriesAreRefusedAlone) {
+  // Issue 12, defect 2: a start time 0000-00-00, a uniqueId with ../ or with a NUL each blocked every file
+  // listed with or after it. Now each is refused alone, naming the field; the file after it is read.
+  struct Case {
+    std::string key;
+    json value;
+    std::string detail_prefix;
+    bool keyed_by_id;  // the ledger key is the listed (uniqueId, md5)
+  };
+  const std::vector<Case> cases = {
+      {"startTime", json("0000-00-00"), "files[0].startTime: expected an ISO 8601 time with offset", true},
+      {"uniqueId", json("../../etc/passwd"), "files[0].uniqueId: expected 1 to 128", false},
+      {"uniqueId", json(std::string("BWC\0x", 5)), "files[0].uniqueId: expected 1 to 128", false},
+  };
+  for (const auto& c : cases) {
+    json bad = sample_entry();
+    bad[c.key] = c.value;
+    json good = sample_entry();
+    good["uniqueId"] = "AFTER";
+    const auto r = parse_dock_listing(listing_of({bad, good}));
+    ASSERT_TRUE(r) << c.key << ": " << r.error.detail;
+    ASSERT_EQ(r.value->files.size(), 1U) << c.key;
+    EXPECT_EQ(r.value->files[0].unique_id, "AFTER");
+    ASSERT_EQ(r.value->refused.size(), 1U);
+    EXPECT_EQ(r.value->refused[0].error.reason, "schema");
+    EXPECT_THAT(r.value->refused[0].error.detail, StartsWith(c.detail_prefix)) << c.key;
+    if (c.keyed_by_id) {
+      EXPECT_EQ(r.value->refused[0].unique_id, "BWC-00917-20261127-000153");
+      EXPECT_EQ(r.value->refused[0].md5, "9b2d0a0c3f1e4e1a8f6b1c2d3e4f5a6b");
+    } else {
+      EXPECT_THAT(r.value->refused[0].unique_id, StartsWith("refused-"));
+    }
+  }
+}
+
+TEST(DockListingTest, TextThatIsNotUtf8IsRefusedPerEntryNamingTheField) {
+  // GBK in one officer's name: that entry is refused (not_utf8, the field and byte named), its exact bytes
+  // kept; the listing and the other entries are read as usual.
+  json bad = sample_entry();
+  bad["officerName"] = "@@NAME@@";
+  json good = sample_entry();
+  good["uniqueId"] = "AFTER";
+  std::string body = listing_of({bad, good});
+  const std::string gbk = "\xCD\xF5\xCE\xB0";  // 王伟 in GBK
+  body.replace(body.find("@@NAME@@"), 8, gbk);
+  const auto r = parse_dock_listing(body);
+  ASSERT_TRUE(r) << r.error.detail;
+  ASSERT_EQ(r.value->files.size(), 1U);
+  EXPECT_EQ(r.value->files[0].unique_id, "AFTER");
+  ASSERT_EQ(r.value->refused.size(), 1U);
+  const DockRefusedEntry& e = r.value->refused[0];
+  EXPECT_EQ(e.error.reason, "not_utf8");
+  EXPECT_THAT(e.error.detail, StartsWith("files[0].officerName: not valid UTF-8 (byte 0xCD at offset "));
+  EXPECT_NE(e.raw.find(gbk), std::string::npos);
+  EXPECT_EQ(e.unique_id, "BWC-00917-20261127-000153");  // read from members that are UTF-8
+
+  // A member name that is not UTF-8, and an entry that is a bare string.
+  std::string body2 = listing_of({json{{"@@K@@", 1}}, json("@@S@@")});
+  body2.replace(body2.find("@@K@@"), 5, "\xFF");
+  body2.replace(body2.find("@@S@@"), 5, "\xC3");
+  const auto r2 = parse_dock_listing(body2);
+  ASSERT_TRUE(r2) << r2.error.detail;
+  ASSERT_EQ(r2.value->refused.size(), 2U);
+  EXPECT_THAT(r2.value->refused[0].error.detail, StartsWith("files[0].? (the member name): not valid UTF-8"));
+  EXPECT_THAT(r2.value->refused[1].error.detail, StartsWith("files[1]: not valid UTF-8 (byte 0xC3"));
+}
+
+TEST(DockListingTest, ACursorThatIsNotUtf8IsKeptAsBytes) {
+  std::string body = listing_of({sample_entry()}, "@@C@@");
+  body.replace(body.find("@@C@@"), 5, "c\xFF\\u00e9-\xFE");
+  const auto r = parse_dock_listing(body);
+  ASSERT_TRUE(r) << r.error.detail;
+  EXPECT_EQ(r.value->next, "c\xFF\xC3\xA9-\xFE");  // escapes decoded, other bytes as sent
+  EXPECT_EQ(url_encode_query(r.value->next), "c%FF%C3%A9-%FE");
+}
+
+TEST(DockListingTest, MembersNamedTwiceAreRefused) {
+  // nlohmann keeps the last of two members silently: a station could list one md5 and mean another.
+  const std::string entry = sample_entry().dump();
+  const std::string twice =
+      entry.substr(0, entry.size() - 1) + R"(,"md5":"00000000000000000000000000000000"})";
+  const auto r = parse_dock_listing(R"({"files":[)" + twice + "," + entry + R"(],"next":"n"})");
+  ASSERT_TRUE(r) << r.error.detail;
+  ASSERT_EQ(r.value->files.size(), 1U);
+  ASSERT_EQ(r.value->refused.size(), 1U);
+  EXPECT_EQ(r.value->refused[0].error.reason, "duplicate_key");
+  EXPECT_THAT(r.value->refused[0].error.detail, StartsWith("files[0].md5: member named twice"));
+
+  // Deeper inside an entry, and in the envelope (the whole listing), and in a ledger entry.
+  json gps_twice = sample_entry();
+  std::string g = gps_twice.dump();
+  g.replace(g.find(R"("lat":)"), 6, R"("lat":1,"lat":)");
+  const auto r2 = parse_dock_listing(R"({"files":[)" + g + R"(],"next":"n"})");
+  ASSERT_TRUE(r2) << r2.error.detail;
+  ASSERT_EQ(r2.value->refused.size(), 1U);
+  EXPECT_THAT(r2.value->refused[0].error.detail, StartsWith("files[0].gps[0].lat: member named twice"));
+  const auto top = parse_dock_listing(R"({"files":[],"next":"a","next":"b"})");
+  ASSERT_FALSE(top);
+  EXPECT_EQ(top.error.reason, "duplicate_key");
+  EXPECT_THAT(top.error.detail, StartsWith("next: member named twice"));
+  const auto ledger = parse_dock_file(twice);
+  ASSERT_FALSE(ledger);
+  EXPECT_EQ(ledger.error.reason, "duplicate_key");
+  EXPECT_THAT(ledger.error.detail, StartsWith("md5: member named twice"));
+  const auto status =
+      parse_dock_status(R"({"stationId":"S","stationId":"T","firmware":"1","time":"2026-11-27T11:38:54Z"})");
+  ASSERT_FALSE(status);
+  EXPECT_EQ(status.error.reason, "duplicate_key");
+  EXPECT_THAT(status.error.detail, StartsWith("stationId: member named twice"));
+}
+
+TEST(DockListingTest, ADeepEntryIsRefusedAlone) {
+  json deep = sample_entry();
+  std::string d = deep.dump();
+  d.insert(d.size() - 1, R"(,"x":)" + std::string(100, '[') + std::string(100, ']'));
+  const auto r = parse_dock_listing(R"({"files":[)" + d + "," + sample_entry().dump() + R"(],"next":"n"})");
+  ASSERT_TRUE(r) << r.error.detail;
+  ASSERT_EQ(r.value->files.size(), 1U);
+  ASSERT_EQ(r.value->refused.size(), 1U);
+  EXPECT_EQ(r.value->refused[0].error.reason, "bounds");
+  EXPECT_THAT(r.value->refused[0].error.detail, HasSubstr("nested deeper than"));
+}
+
+TEST(DockListingTest, RefusedEntriesReadBackFromTheLedgerTheSameWay) {
+  // A refused entry is persisted with its bytes; reading them back (a restart) refuses it again.
+  std::string body = listing_of({sample_entry()});
+  body.replace(body.find(kWangWei), kWangWei.size(), "\xCD\xF5");
+  const auto r = parse_dock_listing(body);
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r.value->refused.size(), 1U);
+  const auto again = parse_dock_file(r.value->refused[0].raw);
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error.reason, "not_utf8");
+  EXPECT_THAT(again.error.detail, StartsWith("officerName: not valid UTF-8"));
 }
 
 // One bad entry member: the mutation, the expected reason and the start of the detail.
@@ -287,8 +446,9 @@ TEST(DockListingTest, EveryEntryRejection) {
 
 TEST(DockListingTest, EntryThatIsNotAnObject) {
   const auto r = parse_dock_listing(R"({"files":["x"],"next":"n"})");
-  ASSERT_FALSE(r);
-  EXPECT_EQ(r.error.detail, "files[0]: expected an object, got \"x\"");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r.value->refused.size(), 1U);
+  EXPECT_EQ(r.value->refused[0].error.detail, "files[0]: expected an object, got \"x\"");
 }
 
 TEST(DockListingTest, TopLevelRejections) {
@@ -348,12 +508,16 @@ TEST(DockListingTest, DeepNestingIsRefusedWithoutRecursion) {
   EXPECT_THAT(r.error.detail, HasSubstr("nested deeper"));
 }
 
-TEST(DockListingTest, InvalidUtf8IsRefused) {
+TEST(DockListingTest, InvalidUtf8IsRefusedWithTheEntry) {
   std::string body = kListing;
   body.replace(body.find(kWangWei), 3, "\xE7\x8E");  // a cut sequence
   const auto r = parse_dock_listing(body);
-  ASSERT_FALSE(r);
-  EXPECT_EQ(r.error.reason, "json");
+  ASSERT_TRUE(r) << r.error.detail;
+  EXPECT_TRUE(r.value->files.empty());
+  ASSERT_EQ(r.value->refused.size(), 1U);
+  EXPECT_EQ(r.value->refused[0].error.reason, "not_utf8");
+  EXPECT_THAT(r.value->refused[0].error.detail,
+              StartsWith("files[0].officerName: not valid UTF-8 (byte 0xE7"));
 }
 
 TEST(DockListingTest, EveryTruncationFailsCleanly) {
@@ -380,7 +544,11 @@ TEST(DockListingTest, ByteMutationsNeverCrash) {
       const auto r = parse_dock_listing(mutated);
       if (r) {
         ++accepted;
-        EXPECT_EQ(r.value->files.size(), 1U);
+        EXPECT_EQ(r.value->files.size() + r.value->refused.size(), 1U);
+        for (const auto& refused : r.value->refused) {
+          EXPECT_FALSE(refused.error.reason.empty());
+          EXPECT_THAT(refused.error.detail, StartsWith("files[0]"));
+        }
       } else {
         EXPECT_FALSE(r.error.reason.empty());
         EXPECT_FALSE(r.error.detail.empty());

@@ -65,8 +65,11 @@ struct FakeDockFile {
   std::string start_time = "2026-11-27T11:37:12+08:00";
   std::string end_time = "2026-11-27T11:37:40+08:00";
   std::string collect_time = "2026-11-27T11:38:00+08:00";
-  int breaks_left = 0;       // content requests still to cut off after break_at bytes
-  std::size_t break_at = 0;  // absolute offset where such a transfer stops
+  int breaks_left = 0;              // content requests still to cut off after break_at bytes
+  std::size_t break_at = 0;         // absolute offset where such a transfer stops
+  std::string raw_entry;            // non-empty: listed as these bytes exactly (a malformed entry)
+  std::int64_t listed_length = -1;  // >= 0: the listing's length (the content is served as it is)
+  bool not_found = false;           // listed, but its content answers 404
 };
 
 struct FakeDockAck {
@@ -136,6 +139,11 @@ class FakeDock {
     std::lock_guard lock(mutex_);
     ignore_range_ = on;
   }
+  // Listings serve every file after the cursor, whatever the limit (a hostile station).
+  void ignore_limit(bool on) {
+    std::lock_guard lock(mutex_);
+    ignore_limit_ = on;
+  }
 
   // ---- observations ----
   int content_requests(const std::string& id) const {
@@ -185,6 +193,11 @@ class FakeDock {
   }
   std::size_t acks_locked() const { return acks_.size(); }
   int listings_locked() const { return listings_; }
+  // The `limit` of every listing request, in order.
+  std::vector<std::size_t> limits() const {
+    std::lock_guard lock(mutex_);
+    return limits_;
+  }
   int unauthorized_locked() const { return unauthorized_; }
 
  private:
@@ -262,7 +275,7 @@ class FakeDock {
             {"fileName", f.unique_id + ".mp4"},
             {"fileType", "video"},
             {"format", "mp4"},
-            {"length", f.content.size()},
+            {"length", f.listed_length >= 0 ? static_cast<std::size_t>(f.listed_length) : f.content.size()},
             {"md5", f.listed_md5},
             {"startTime", f.start_time},
             {"endTime", f.end_time},
@@ -335,21 +348,28 @@ class FakeDock {
       }
       from = std::stoul(after.substr(1));
     }
-    nlohmann::json files = nlohmann::json::array();
+    limits_.push_back(limit);
+    // Written out by hand: a raw entry may hold bytes no JSON library would write.
+    std::string body = R"({"files":[)";
     std::size_t i = from;
-    for (; i < files_.size() && files.size() < limit; ++i) {
-      files.push_back(entry(files_[i]));
+    for (std::size_t n = 0; i < files_.size() && (n < limit || ignore_limit_); ++i, ++n) {
+      body +=
+          (n == 0 ? "" : ",") + (files_[i].raw_entry.empty() ? entry(files_[i]).dump() : files_[i].raw_entry);
     }
-    const nlohmann::json body = {{"files", files}, {"next", "c" + std::to_string(i)}};
+    body += R"(],"next":")" + ("c" + std::to_string(i)) + "\"}";
     lock.unlock();
-    send(socket, 200, body.dump());
+    send(socket, 200, body);
   }
 
   void content(tcp::socket& socket, const std::string& id, const std::string& range) {
     std::unique_lock lock(mutex_);
     auto it =
         std::find_if(files_.begin(), files_.end(), [&](const FakeDockFile& f) { return f.unique_id == id; });
-    if (it == files_.end()) {
+    if (it != files_.end() && it->not_found) {
+      ++content_requests_[id];
+      cv_.notify_all();
+    }
+    if (it == files_.end() || it->not_found) {
       lock.unlock();
       send(socket, 404, R"({"error":"not found"})");
       return;
@@ -437,6 +457,8 @@ class FakeDock {
   unsigned ack_status_ = 200;
   bool lose_cursor_ = false;
   bool ignore_range_ = false;
+  bool ignore_limit_ = false;
+  std::vector<std::size_t> limits_;
   int hold_n_ = 0;
   std::chrono::milliseconds hold_grace_{0};
   std::map<std::string, int> content_requests_;

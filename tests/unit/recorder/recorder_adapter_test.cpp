@@ -99,21 +99,34 @@ class MemoryLedger final : public DockLedger {
   }
 
   void save_listing(const std::string& device_id, std::vector<DockLedgerFile> files, std::string next_cursor,
+                    DockListingBudget budget,
                     std::function<void(Status, std::vector<DockLedgerFile>)> done) override {
-    post([this, device_id, files = std::move(files), next_cursor, done = std::move(done)]() mutable {
+    post([this, device_id, files = std::move(files), next_cursor, budget, done = std::move(done)]() mutable {
       std::vector<DockLedgerFile> out;
       {
         std::lock_guard lock(mutex_);
+        std::size_t new_files = 0;
+        std::size_t new_bytes = 0;
+        bool complete = true;
         for (auto& f : files) {
           const std::string key = f.unique_id + "|" + f.md5;
           if (!files_.contains(key)) {
+            // As the store does: new files only within the budget, and the first that does not fit ends it.
+            if (new_files >= budget.files || f.entry_json.size() > budget.bytes - new_bytes) {
+              complete = false;
+              break;
+            }
+            ++new_files;
+            new_bytes += f.entry_json.size();
             f.state = DockFileState::kPending;
             files_[key] = f;
             order_.push_back(key);
           }
           out.push_back(files_[key]);
         }
-        cursor_[device_id] = next_cursor;
+        if (complete) {
+          cursor_[device_id] = next_cursor;
+        }
         ++saves_;
       }
       cv_.notify_all();
@@ -710,6 +723,182 @@ TEST_F(RecorderAdapterTest, RecorderAheadOfTheStationIsCorrected) {
   // Corrected: recorder time - recorder offset - station offset = 10 minutes earlier on the gateway clock.
   EXPECT_EQ(rc.start_ms, rc.file.start_ms - 600000);
   EXPECT_EQ(rc.end_ms, rc.file.end_ms - 600000);
+}
+
+// Issue 12, defect 2: a malformed entry (start time 0000-00-00, a uniqueId with ../ or a NUL, text that is
+// not UTF-8, a member named twice) blocked every file listed with or after it, for good. Each is refused
+// alone as a fault naming the entry and the reason; the files around them are collected and the cursor
+// moves past all of them.
+TEST_F(RecorderAdapterTest, MalformedEntriesAreFaultedAloneAndTheOthersCollected) {
+  FakeDock dock;
+  const std::string good1 = test_bytes(3000, 70);
+  const std::string good2 = test_bytes(4000, 71);
+  dock.add_file(dock_file("GOOD-1", good1));
+  auto malformed = [&](const std::string& id, const std::string& raw) {
+    FakeDockFile f = dock_file(id, "x");
+    f.raw_entry = raw;
+    dock.add_file(f);
+  };
+  const std::string md5 = md5_of("x");
+  const std::string tail = R"(,"deviceId":"BWC-00917","officerId":"1","caseCode":"","fileName":"a.mp4",)"
+                           R"("fileType":"video","format":"mp4","length":1,"md5":")" +
+                           md5 +
+                           R"(","endTime":"2026-11-27T11:37:40+08:00",)"
+                           R"("collectTime":"2026-11-27T11:38:00+08:00","important":false)";
+  malformed("ZERO", R"({"uniqueId":"ZERO","officerName":"a","startTime":"0000-00-00")" + tail + "}");
+  malformed("DOTS", R"({"uniqueId":"../../etc/x","officerName":"a","startTime":"2026-11-27T11:37:12+08:00")" +
+                        tail + "}");
+  malformed("NUL", R"({"uniqueId":"BWC\u0000x","officerName":"a","startTime":"2026-11-27T11:37:12+08:00")" +
+                       tail + "}");
+  malformed("GBK",
+            "{\"uniqueId\":\"GBK\",\"officerName\":\"\xCD\xF5\xCE\xB0\","
+            "\"startTime\":\"2026-11-27T11:37:12+08:00\"" +
+                tail + "}");
+  malformed("TWICE", R"({"uniqueId":"TWICE","officerName":"a","startTime":"2026-11-27T11:37:12+08:00")" +
+                         tail + R"(,"length":999})");
+  dock.add_file(dock_file("GOOD-2", good2));
+  sink_.set_auto_commit(true);
+  start(config_for(dock.port()));
+
+  ASSERT_TRUE(dock.wait_for([&] { return dock.acks_locked() == 2; })) << adapter_->status().dump();
+  ASSERT_TRUE(sink_.wait_for([](const auto& ev) { return count_of<DockFileFault>(ev) == 5; }))
+      << adapter_->status().dump();
+  ASSERT_TRUE(eventually([&] { return ledger_.cursor() == "c7"; }));
+  std::map<std::string, DockFileFault> by_field;
+  for (const auto& f : of_type<DockFileFault>(sink_.events())) {
+    EXPECT_EQ(f.reason, "bad_entry");
+    EXPECT_EQ(f.attempts, 0);
+    EXPECT_TRUE(f.sha256.empty());
+    EXPECT_FALSE(f.file.raw_json.empty());  // the entry's bytes, for the record
+    by_field[f.detail.substr(0, f.detail.find(':', f.detail.find(": ") + 2))] = f;
+  }
+  ASSERT_EQ(by_field.size(), 5U) << ::testing::PrintToString(sink_.events().size());
+  EXPECT_TRUE(by_field.contains("refused (schema): files[1].startTime"));
+  EXPECT_TRUE(by_field.contains("refused (schema): files[2].uniqueId"));
+  EXPECT_TRUE(by_field.contains("refused (schema): files[3].uniqueId"));
+  EXPECT_TRUE(by_field.contains("refused (not_utf8): files[4].officerName"));
+  EXPECT_TRUE(by_field.contains("refused (duplicate_key): files[5].length"));
+  // Keyed by the listed id where it is one, else by the entry's bytes; every one closed in the ledger.
+  EXPECT_EQ(by_field["refused (schema): files[1].startTime"].file.unique_id, "ZERO");
+  EXPECT_EQ(by_field["refused (schema): files[2].uniqueId"].file.unique_id.rfind("refused-", 0), 0U);
+  for (const auto& [field, f] : by_field) {
+    ASSERT_TRUE(eventually([&] {
+      return ledger_.state(f.file.unique_id, f.file.md5) == DockFileState::kFaulted;
+    })) << field;
+  }
+  for (const char* id : {"ZERO", "DOTS", "NUL", "GBK", "TWICE"}) {
+    EXPECT_EQ(dock.content_requests(id), 0) << id;
+  }
+  EXPECT_EQ(counter("entries_refused"), 5U);
+  const auto errors = adapter_->status()["errors"];
+  EXPECT_EQ(errors["schema"], 3);
+  EXPECT_EQ(errors["not_utf8"], 1);
+  EXPECT_EQ(errors["duplicate_key"], 1);
+  // Listed again (the station restarts and forgets the cursor): recognised, not faulted twice.
+  dock.lose_cursor_once();
+  ASSERT_TRUE(eventually([&] { return counter("repeated") >= 7; }));
+  EXPECT_EQ(count_of<DockFileFault>(sink_.events()), 5U);
+}
+
+// Issue 12, defect 5: files taken from the station are bounded (max_pending_files); the others stay on it,
+// behind the cursor, and are all collected once there is room.
+TEST_F(RecorderAdapterTest, PendingFilesAreBoundedAndTheRestWaitOnTheStation) {
+  FakeDock dock;
+  constexpr int kFiles = 10;
+  for (int i = 0; i < kFiles; ++i) {
+    dock.add_file(dock_file("B" + std::to_string(i), test_bytes(1000 + i, 80 + i)));
+  }
+  RecorderDockConfig c = config_for(dock.port());
+  c.max_pending_files = 3;
+  start(c);  // no commits: nothing leaves the pending set
+  ASSERT_TRUE(sink_.wait_for([](const auto& ev) { return count_of<RecordingCollected>(ev) == 3; }));
+  // Polls go on; listings are held at the bound.
+  ASSERT_TRUE(eventually([&] { return counter("listings_held") >= 3; }));
+  EXPECT_EQ(count_of<RecordingCollected>(sink_.events()), 3U);
+  EXPECT_EQ(counter("pending"), 3U);
+  EXPECT_TRUE(adapter_->status()["pending_limit_reached"].get<bool>());
+  EXPECT_EQ(ledger_.cursor(), "c3");
+  EXPECT_FALSE(ledger_.state("B3", md5_of(test_bytes(1003, 83))).has_value()) << "persisted beyond the bound";
+  for (const auto limit : dock.limits()) {
+    EXPECT_LE(limit, 3U);
+  }
+  // Room again: everything is collected and acknowledged, none twice.
+  sink_.set_auto_commit(true);
+  for (std::size_t i = 0; i < 3; ++i) {
+    sink_.commit(index_of<RecordingCollected>(sink_.events(), i));
+  }
+  ASSERT_TRUE(dock.wait_for([&] { return dock.acks_locked() == kFiles; }, std::chrono::seconds(20)))
+      << adapter_->status().dump();
+  for (int i = 0; i < kFiles; ++i) {
+    EXPECT_EQ(dock.content_requests("B" + std::to_string(i)), 1);
+  }
+  EXPECT_GT(counter("listings_held"), 0U);
+}
+
+// A station that ignores `limit` and lists everything: the ledger takes what fits and keeps the cursor, so
+// the files not taken are listed again (and taken) later; none is lost, none persisted beyond the bound.
+TEST_F(RecorderAdapterTest, AStationIgnoringTheLimitIsCutAtTheBound) {
+  FakeDock dock;
+  dock.ignore_limit(true);
+  constexpr int kFiles = 12;
+  for (int i = 0; i < kFiles; ++i) {
+    dock.add_file(dock_file("I" + std::to_string(i), test_bytes(500 + i, 100 + i)));
+  }
+  RecorderDockConfig c = config_for(dock.port());
+  c.max_pending_files = 4;
+  start(c);
+  ASSERT_TRUE(sink_.wait_for([](const auto& ev) { return count_of<RecordingCollected>(ev) == 4; }));
+  ASSERT_TRUE(eventually([&] { return counter("listings_held") >= 3; }));
+  EXPECT_EQ(count_of<RecordingCollected>(sink_.events()), 4U);
+  EXPECT_EQ(ledger_.cursor(), "") << "the cursor moved past files not taken";
+  EXPECT_FALSE(ledger_.state("I4", md5_of(test_bytes(504, 104))).has_value());
+  sink_.set_auto_commit(true);
+  for (std::size_t i = 0; i < 4; ++i) {
+    sink_.commit(index_of<RecordingCollected>(sink_.events(), i));
+  }
+  ASSERT_TRUE(dock.wait_for([&] { return dock.acks_locked() == kFiles; }, std::chrono::seconds(20)))
+      << adapter_->status().dump();
+  ASSERT_TRUE(eventually([&] { return ledger_.cursor() == "c12"; }));
+  for (int i = 0; i < kFiles; ++i) {
+    EXPECT_EQ(dock.content_requests("I" + std::to_string(i)), 1);
+  }
+}
+
+// Issue 12: a file bigger than its listed size was reported as md5_mismatch.
+TEST_F(RecorderAdapterTest, AFileBiggerThanListedIsASizeMismatch) {
+  FakeDock dock;
+  FakeDockFile f = dock_file("BIG", test_bytes(5000, 120));
+  f.listed_length = 4000;
+  dock.add_file(f);
+  sink_.set_auto_commit(true);
+  start(config_for(dock.port()));
+  ASSERT_TRUE(sink_.wait_for([](const auto& ev) { return count_of<DockFileFault>(ev) == 1; }));
+  const auto fault = of_type<DockFileFault>(sink_.events()).at(0);
+  EXPECT_EQ(fault.reason, "size_mismatch");
+  EXPECT_EQ(fault.attempts, 3);
+  EXPECT_EQ(adapter_->status()["errors"]["size_mismatch"], 3);
+  EXPECT_EQ(counter("md5_mismatches"), 0U);
+}
+
+// A listed file whose content answers 404 used to be dropped and listed again for ever (and could fill the
+// ledger behind the pending bound): now it is asked a few times with backoff, then closed by a fault.
+TEST_F(RecorderAdapterTest, AListedFileThatIsNotFoundBecomesAFault) {
+  FakeDock dock;
+  FakeDockFile gone = dock_file("GONE", test_bytes(100, 130));
+  gone.not_found = true;
+  dock.add_file(gone);
+  dock.add_file(dock_file("HERE", test_bytes(100, 131)));
+  sink_.set_auto_commit(true);
+  start(config_for(dock.port()));
+  ASSERT_TRUE(sink_.wait_for([](const auto& ev) { return count_of<DockFileFault>(ev) == 1; }));
+  ASSERT_TRUE(dock.wait_for([&] { return dock.acks_locked() == 1; }));
+  const auto fault = of_type<DockFileFault>(sink_.events()).at(0);
+  EXPECT_EQ(fault.reason, "not_found");
+  EXPECT_EQ(fault.file.unique_id, "GONE");
+  EXPECT_EQ(dock.content_requests("GONE"), 3);
+  ASSERT_TRUE(
+      eventually([&] { return ledger_.state("GONE", md5_of(gone.content)) == DockFileState::kFaulted; }));
+  EXPECT_EQ(counter("pending"), 0U);
 }
 
 }  // namespace
