@@ -90,6 +90,14 @@ class MqttForwarder::Listener final : public mqtt::iaction_listener {
           }
           break;
         case Pending::Op::kStatus:
+          // The retained status is best effort (sent again every 10 s), but a broker refusing it (an ACL on
+          // the status topic) must not go unnoticed: logged once per reason code.
+          if (reason >= 0x80 && reason != f.last_logged_status_refusal_) {
+            f.last_logged_status_refusal_ = reason;
+            log::warn("mqtt", "",
+                      "broker refused the status message on " + f.status_topic_ + ": " + reason_name(reason) +
+                          " (reason " + std::to_string(reason) + ")");
+          }
           break;
         case Pending::Op::kDisconnect:
           f.finish_stop();
@@ -128,7 +136,9 @@ MqttForwarder::MqttForwarder(asio::io_context& io, const config::MqttSection& mq
   });
   client_->set_disconnected_handler([this](const mqtt::properties&, mqtt::ReasonCode rc) {
     asio::post(strand_, [this, rc] {
-      on_connection_lost("broker sent DISCONNECT, reason " + std::to_string(static_cast<int>(rc)));
+      const int code = static_cast<int>(rc);
+      on_connection_lost("broker sent DISCONNECT: " + reason_name(code) + " (reason " + std::to_string(code) +
+                         ")");
     });
   });
 }
@@ -366,6 +376,7 @@ void MqttForwarder::on_connected() {
   }
   log::notice("mqtt", "", "connected to " + cfg_.uri);
   publish_status(true);
+  on_side_connected();  // custody topics subscribed again, side publishes resumed (mqtt_side_channel.cpp)
   status_timer_.expires_after(std::chrono::seconds(10));
   status_timer_.async_wait([this](boost::system::error_code ec) {
     if (!ec && connected_) {

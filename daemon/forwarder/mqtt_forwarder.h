@@ -115,6 +115,7 @@ class MqttForwarder final : public SideChannel {
   void rewind_to_inflight();
   class SideListener;
   void install_side_callbacks();
+  void on_side_connected();
   void subscribe_side();
   void pump_side();
 
@@ -169,6 +170,7 @@ class MqttForwarder final : public SideChannel {
   std::chrono::milliseconds refusal_backoff_{0};
   bool refusal_wait_ = false;
   int last_logged_refusal_ = 0;
+  int last_logged_status_refusal_ = 0;     // the status topic's, logged once per reason code
   std::set<std::uint64_t> media_refused_;  // records whose media the broker refused (within the window)
 
   mutable std::mutex snapshot_mutex_;
