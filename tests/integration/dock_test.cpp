@@ -3,20 +3,21 @@
 // downloads resume, station restarts repeat listings without duplicates, MD5 mismatches are retried and
 // then recorded as faults, a wrong token is a clear error, and a SIGKILL never leaves a file acknowledged
 // whose record is not in the store.
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <deque>
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <set>
 #include <sstream>
-
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include "daemon/core/encoding.h"
 #include "tests/integration/harness.h"
@@ -57,8 +58,14 @@ class DockIntegration : public ::testing::Test {
     Dock d;
     d.id = id;
     d.truth = dir_ / (id + ".jsonl");
-    std::vector<std::string> argv{binary("tools/sim/checkpoint-sim"), "dock", "--port", "0", "--token",
-                                  "s3cret-token", "--ground-truth", d.truth.string()};
+    std::vector<std::string> argv{binary("tools/sim/checkpoint-sim"),
+                                  "dock",
+                                  "--port",
+                                  "0",
+                                  "--token",
+                                  "s3cret-token",
+                                  "--ground-truth",
+                                  d.truth.string()};
     argv.insert(argv.end(), args.begin(), args.end());
     d.proc = std::make_unique<Process>(argv, dir_ / id);
     auto line = d.proc->wait_for_stdout_line("listening ", 20s);
@@ -158,7 +165,8 @@ TEST_F(DockIntegration, EveryFileIsCollectedOnceHashedKeptAndAcknowledgedAfterIt
   write_config("    list_limit: 5\n    max_parallel_downloads: 3\n");
   start_daemon();
   ASSERT_TRUE(collector_->wait_until([&] { return acked(dock).size() >= kFiles; }, 60s))
-      << acked(dock).size() << " acked\n" << daemon_->stderr_text();
+      << acked(dock).size() << " acked\n"
+      << daemon_->stderr_text();
   ASSERT_TRUE(collector_->wait_until([&] { return records("recording").size() >= kFiles; }, 20s));
   pause(1s);  // anything doubled would arrive now
   stop_daemon();
@@ -172,9 +180,9 @@ TEST_F(DockIntegration, EveryFileIsCollectedOnceHashedKeptAndAcknowledgedAfterIt
   ASSERT_EQ(recs.size(), kFiles) << "one record per file, none twice";
   std::set<std::string> seen;
   for (const auto& r : recs) {
-    const std::string id = r["listing"].is_string() ? json::parse(r["listing"].get<std::string>())["uniqueId"]
-                                                          .get<std::string>()
-                                                    : "";
+    const std::string id = r["listing"].is_string()
+                               ? json::parse(r["listing"].get<std::string>())["uniqueId"].get<std::string>()
+                               : "";
     ASSERT_EQ(expected.count(id), 1u) << r.dump();
     EXPECT_TRUE(seen.insert(id).second) << id << " recorded twice";
     const json& t = expected[id];
@@ -216,12 +224,14 @@ TEST_F(DockIntegration, EveryFileIsCollectedOnceHashedKeptAndAcknowledgedAfterIt
 
 TEST_F(DockIntegration, BrokenDownloadsResumeAndStationRestartsDoNotDuplicate) {
   constexpr std::size_t kFiles = 6;
-  Dock& dock = add_dock("dock-1", {"--files", std::to_string(kFiles), "--file-kb", "3000", "--break-after-bytes",
-                                   "700000", "--break-times", "2", "--restart-every-s", "1.5", "--seed", "5"});
+  Dock& dock =
+      add_dock("dock-1", {"--files", std::to_string(kFiles), "--file-kb", "3000", "--break-after-bytes",
+                          "700000", "--break-times", "2", "--restart-every-s", "1.5", "--seed", "5"});
   write_config("    max_parallel_downloads: 2\n    download_idle_timeout_s: 5\n");
   start_daemon();
   ASSERT_TRUE(collector_->wait_until([&] { return acked(dock).size() >= kFiles; }, 90s))
-      << acked(dock).size() << " acked\n" << daemon_->stderr_text();
+      << acked(dock).size() << " acked\n"
+      << daemon_->stderr_text();
   // Let the restarting station repeat its listings a few more times.
   pause(4s);
   stop_daemon();
@@ -244,8 +254,10 @@ TEST_F(DockIntegration, BrokenDownloadsResumeAndStationRestartsDoNotDuplicate) {
 }
 
 TEST_F(DockIntegration, Md5MismatchIsRetriedAndAfterThreeBecomesAFaultRecordNeverAcknowledged) {
-  Dock& flaky = add_dock("dock-a", {"--files", "1", "--file-kb", "300", "--md5-bad-downloads", "2", "--seed", "7"});
-  Dock& broken = add_dock("dock-b", {"--files", "1", "--file-kb", "300", "--md5-wrong-listing", "--seed", "8"});
+  Dock& flaky =
+      add_dock("dock-a", {"--files", "1", "--file-kb", "300", "--md5-bad-downloads", "2", "--seed", "7"});
+  Dock& broken =
+      add_dock("dock-b", {"--files", "1", "--file-kb", "300", "--md5-wrong-listing", "--seed", "8"});
   write_config();
   start_daemon();
   ASSERT_TRUE(collector_->wait_until(
@@ -293,8 +305,8 @@ TEST_F(DockIntegration, AKilledDaemonNeverLeavesAFileAcknowledgedWithoutItsCommi
       committed.insert(json::parse(r["listing"].get<std::string>())["uniqueId"].get<std::string>());
     }
     for (const auto& id : acked(dock)) {
-      ASSERT_EQ(committed.count(id), 1u) << id << " was acknowledged but its record is not committed (kill "
-                                         << kills + 1 << ")";
+      ASSERT_EQ(committed.count(id), 1u)
+          << id << " was acknowledged but its record is not committed (kill " << kills + 1 << ")";
     }
   }
   EXPECT_GE(kills, 4);
@@ -302,7 +314,8 @@ TEST_F(DockIntegration, AKilledDaemonNeverLeavesAFileAcknowledgedWithoutItsCommi
             << " files acknowledged before the last restart\n";
   start_daemon();
   ASSERT_TRUE(collector_->wait_until([&] { return acked(dock).size() >= kFiles; }, 120s))
-      << acked(dock).size() << " acked\n" << daemon_->stderr_text();
+      << acked(dock).size() << " acked\n"
+      << daemon_->stderr_text();
   ASSERT_TRUE(collector_->wait_until([&] { return records("recording").size() >= kFiles; }, 30s));
   pause(1s);
   stop_daemon();
@@ -327,12 +340,14 @@ TEST_F(DockIntegration, AKilledDaemonNeverLeavesAFileAcknowledgedWithoutItsCommi
 // once per outage as a device_status record, recovers by itself with backoff, and collects everything once.
 TEST_F(DockIntegration, AnUnreachableStationIsReportedAndRecoveredWithoutLoss) {
   constexpr std::size_t kFiles = 8;
-  Dock& dock = add_dock("dock-1", {"--files", std::to_string(kFiles), "--file-kb", "4000", "--file-interval-s",
-                                   "0.5", "--restart-every-s", "2", "--restart-outage-s", "3", "--seed", "13"});
+  Dock& dock =
+      add_dock("dock-1", {"--files", std::to_string(kFiles), "--file-kb", "4000", "--file-interval-s", "0.5",
+                          "--restart-every-s", "2", "--restart-outage-s", "3", "--seed", "13"});
   write_config();
   start_daemon();
   ASSERT_TRUE(collector_->wait_until([&] { return acked(dock).size() >= kFiles; }, 90s))
-      << acked(dock).size() << " acked\n" << daemon_->stderr_text();
+      << acked(dock).size() << " acked\n"
+      << daemon_->stderr_text();
   pause(1s);
   stop_daemon();
   int down = 0;
@@ -411,8 +426,8 @@ TEST_F(DockIntegration, LinksAreExactlyTheVehicleRecordsInsideEachRecording) {
       << " recorder: BWC-00001, important: true, dock_after_ms: 1000, bytes: 400000}\n"
       << "  - {at_ms: 15000, duration_ms: 6000, officer_id: '330102199003150024', officer_name: 李娜,"
       << " recorder: BWC-00002, important: false, dock_after_ms: 1000, bytes: 300000}\n";
-  Process sim({binary("tools/sim/checkpoint-sim"), "scenario", (dir_ / "scenario.yaml").string(), "--ground-truth",
-               (dir_ / "truth.jsonl").string()},
+  Process sim({binary("tools/sim/checkpoint-sim"), "scenario", (dir_ / "scenario.yaml").string(),
+               "--ground-truth", (dir_ / "truth.jsonl").string()},
               dir_ / "scenario");
   ASSERT_TRUE(sim.wait_for_stdout_line("dock ", 20s)) << sim.stderr_text();
   const auto port_of = [&](const std::string& what) {
@@ -439,7 +454,8 @@ TEST_F(DockIntegration, LinksAreExactlyTheVehicleRecordsInsideEachRecording) {
       << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
       << "    calibration: {certificate: C, valid_until: 2099-01-01}\n"
       << "  - id: cam-1\n    kind: camera\n    url: http://127.0.0.1:" << port_of("camera") << "\n"
-      << "    username: admin\n    password_file: " << (dir_ / "cam.secret").string() << "\n    radar: radar-1\n"
+      << "    username: admin\n    password_file: " << (dir_ / "cam.secret").string()
+      << "\n    radar: radar-1\n"
       << "  - id: dock-1\n    kind: recorder_dock\n    url: http://127.0.0.1:" << port_of("dock") << "\n"
       << "    token_file: " << (dir_ / "dock.token").string() << "\n    poll_interval_ms: 300\n";
   start_daemon();
@@ -527,6 +543,86 @@ TEST_F(DockIntegration, LinksAreExactlyTheVehicleRecordsInsideEachRecording) {
   }
   EXPECT_EQ(link_pairs, expected_pairs);
   sim.signal(SIGTERM);
+}
+
+// Issue 12, defect 5: a station that lists new files endlessly (every page full of files never seen, and
+// more than `limit` asked for) grew the daemon by 400 MB in 30 s with 43 000 files queued. Files taken from
+// a station are now bounded (max_pending_files): the rest wait on it, the cursor before them. Under a
+// 12 s flood the daemon's RSS, its open dock-ledger rows and its store stay bounded, and afterwards every
+// file the station ever listed is collected, recorded and acknowledged exactly once.
+TEST_F(DockIntegration, AStationListingNewFilesEndlesslyIsBoundedAndEveryFileIsCollected) {
+  constexpr int kMaxPending = 200;
+  constexpr auto kFlood = 12s;
+  Dock& dock = add_dock("dock-1", {"--flood-s", "12", "--flood-page", "500", "--ignore-limit", "--file-bytes",
+                                   "2048", "--seed", "12"});
+  write_config("    list_limit: 100\n    max_parallel_downloads: 4\n    max_pending_files: " +
+               std::to_string(kMaxPending) + "\n");
+  start_daemon();
+  const fs::path db = dir_ / "store.db";
+  const auto store_bytes = [&] {
+    std::int64_t n = 0;
+    for (const char* name : {"store.db", "store.db-wal"}) {
+      std::error_code ec;
+      const auto size = fs::file_size(dir_ / name, ec);
+      n += ec ? 0 : static_cast<std::int64_t>(size);
+    }
+    return n;
+  };
+  const auto open_rows = [&] {
+    return store_query(db, "SELECT count(*) FROM dock_files WHERE state IN ('pending', 'recorded')");
+  };
+  // The flood starts with the first listing; the baseline is taken once the first file is acknowledged.
+  ASSERT_TRUE(collector_->wait_until([&] { return !acked(dock).empty(); }, 30s)) << daemon_->stderr_text();
+  const long rss_base = rss_kb(daemon_->pid());
+  const std::int64_t store_base = store_bytes();
+  const long long records_base = store_query(db, "SELECT count(*) FROM records");
+  long rss_peak = rss_base;
+  long long open_peak = 0;
+  const auto flood_end = std::chrono::steady_clock::now() + kFlood;
+  while (std::chrono::steady_clock::now() < flood_end) {
+    rss_peak = std::max(rss_peak, rss_kb(daemon_->pid()));
+    open_peak = std::max(open_peak, open_rows());
+    pause(200ms);
+  }
+  const std::int64_t store_growth = store_bytes() - store_base;
+  const long long records_during = store_query(db, "SELECT count(*) FROM records") - records_base;
+  const std::size_t listed = truth(dock, "file").size();
+  std::printf(
+      "[ dock flood ] %zu files listed in %lld s, %lld records during the flood; RSS %ld -> peak %ld kB "
+      "(+%ld kB); open ledger rows peak %lld (bound %d); store +%lld bytes (%lld per record)\n",
+      listed, static_cast<long long>(kFlood.count()), records_during, rss_base, rss_peak, rss_peak - rss_base,
+      open_peak, kMaxPending, static_cast<long long>(store_growth),
+      records_during > 0 ? static_cast<long long>(store_growth) / records_during : 0LL);
+  EXPECT_GT(open_peak, kMaxPending / 2) << "the flood never reached the bound: not a flood";
+  ASSERT_LE(open_peak, kMaxPending) << "files taken beyond max_pending_files";
+  if (!kSanitized) {
+    // Nominal RSS is near 20-30 MB; the open files (at most 200 entries of ~5 KB) and the downloads add
+    // a few MB. Without the bound this grew by hundreds of MB.
+    ASSERT_LE(rss_peak - rss_base, 32 * 1024) << "daemon RSS grew under the flood";
+  }
+  // The store grows by the records of the files collected (each carries its listing entry, ~18 KB per
+  // record with the WAL measured), not by what the station merely listed.
+  ASSERT_LE(store_growth, records_during * 24 * 1024 + (8 << 20)) << "store grew beyond its records";
+
+  // After the flood: every file listed is collected once, recorded and acknowledged with its SHA-256.
+  std::map<std::string, std::string> expected;
+  for (const auto& f : truth(dock, "file")) {
+    expected[f["uniqueId"].get<std::string>()] = f["sha256"].get<std::string>();
+  }
+  ASSERT_TRUE(collector_->wait_until([&] { return dock_acks(dock.truth).size() >= expected.size(); }, 90s))
+      << dock_acks(dock.truth).size() << " of " << expected.size() << " acknowledged\n"
+      << daemon_->stderr_text();
+  EXPECT_EQ(dock_acks(dock.truth), expected);
+  // The station's ack answer comes before the ledger row is marked: wait for the last few.
+  EXPECT_TRUE(collector_->wait_until([&] { return open_rows() == 0; }, 10s)) << open_rows() << " still open";
+  stop_daemon();
+  const auto recs = store_records("recording");
+  std::set<std::string> recorded;
+  for (const auto& r : recs) {
+    EXPECT_TRUE(recorded.insert(r["unique_id"].get<std::string>()).second) << r["unique_id"] << " twice";
+  }
+  EXPECT_EQ(recorded.size(), expected.size());
+  EXPECT_TRUE(store_records("recording_fault").empty());
 }
 
 }  // namespace

@@ -174,7 +174,8 @@ std::map<std::string, std::string> parse_query(std::string_view q) {
     }
     const auto eq = pair.find('=');
     const auto k = percent_decode(pair.substr(0, eq), true);
-    const auto v = percent_decode(eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1), true);
+    const auto v =
+        percent_decode(eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1), true);
     if (k && v) {
       out[*k] = *v;
     } else if (k) {
@@ -204,10 +205,18 @@ struct Officer {
   const char* name;
 };
 constexpr std::array<Officer, 12> kOfficers = {{
-    {"330102198801010011", "王伟"}, {"330102199003150024", "李娜"}, {"330103198706220035", "张强"},
-    {"330104199112080046", "刘洋"}, {"330105198905300057", "陈静"}, {"330106199207190068", "杨磊"},
-    {"330106198610250079", "赵敏"}, {"330108199301110081", "黄勇"}, {"330109198802280092", "周杰"},
-    {"330110199409090103", "吴芳"}, {"330122198512310114", "徐斌"}, {"330127199006060125", "孙丽"},
+    {"330102198801010011", "王伟"},
+    {"330102199003150024", "李娜"},
+    {"330103198706220035", "张强"},
+    {"330104199112080046", "刘洋"},
+    {"330105198905300057", "陈静"},
+    {"330106199207190068", "杨磊"},
+    {"330106198610250079", "赵敏"},
+    {"330108199301110081", "黄勇"},
+    {"330109198802280092", "周杰"},
+    {"330110199409090103", "吴芳"},
+    {"330122198512310114", "徐斌"},
+    {"330127199006060125", "孙丽"},
 }};
 
 std::string recorder_name(std::size_t i) {
@@ -305,7 +314,9 @@ class DockSim::Impl : public std::enable_shared_from_this<DockSim::Impl> {
   void close_sessions();
   void forget(const std::shared_ptr<DockSession>& s) { sessions_.erase(s); }
 
-  DockFileTruth add_file(DockFileSpec spec);
+  // lock_held: called with mu_ held (the flood, from a listing); the on_file_added callback is not run.
+  DockFileTruth add_file(DockFileSpec spec, bool lock_held = false);
+  void flood(std::uint64_t after);
   DockFileSpec random_spec(std::int64_t bytes);
   DockFileSpec random_spec_locked(std::int64_t bytes);
   DockFileSpec generated_spec();
@@ -338,8 +349,8 @@ class DockSim::Impl : public std::enable_shared_from_this<DockSim::Impl> {
     int md5_bad_downloads = 0;
     int break_times = 0;
     std::int64_t break_after_bytes = 0;
-    std::size_t gets = 0;       // content requests
-    std::size_t attempts = 0;   // content requests from byte 0 (a new download)
+    std::size_t gets = 0;      // content requests
+    std::size_t attempts = 0;  // content requests from byte 0 (a new download)
     std::size_t completed = 0;
     bool current_corrupt = false;  // the download in progress serves the corrupted byte
   };
@@ -370,6 +381,7 @@ class DockSim::Impl : public std::enable_shared_from_this<DockSim::Impl> {
   std::size_t restarts_ = 0;
   std::ofstream truth_;
   std::function<void(const DockFileTruth&)> on_added_;
+  std::optional<std::int64_t> flood_started_ms_;  // the first listing, when flooding
 };
 
 class DockSession : public std::enable_shared_from_this<DockSession> {
@@ -394,13 +406,14 @@ class DockSession : public std::enable_shared_from_this<DockSession> {
   void read_request() {
     parser_.emplace();
     parser_->body_limit(64 * 1024);
-    http::async_read(socket_, buffer_, *parser_, [self = shared_from_this()](const error_code& ec, std::size_t) {
-      if (ec || self->closed_ || self->sim_->stopping_) {
-        self->close();
-        return;
-      }
-      self->on_request(self->parser_->release());
-    });
+    http::async_read(socket_, buffer_, *parser_,
+                     [self = shared_from_this()](const error_code& ec, std::size_t) {
+                       if (ec || self->closed_ || self->sim_->stopping_) {
+                         self->close();
+                         return;
+                       }
+                       self->on_request(self->parser_->release());
+                     });
   }
 
   void on_request(const http::request<http::string_body>& req) {
@@ -426,9 +439,9 @@ class DockSession : public std::enable_shared_from_this<DockSession> {
     std::ostringstream os;
     os << res;
     out_ = os.str();
-    asio::async_write(socket_, asio::buffer(out_), [self = shared_from_this()](const error_code& ec, std::size_t) {
-      self->after_response(ec);
-    });
+    asio::async_write(
+        socket_, asio::buffer(out_),
+        [self = shared_from_this()](const error_code& ec, std::size_t) { self->after_response(ec); });
   }
 
   void after_response(const error_code& ec) {
@@ -439,8 +452,8 @@ class DockSession : public std::enable_shared_from_this<DockSession> {
     read_request();
   }
 
-  void start_transfer(DockTransfer t, http::status status, const std::vector<std::pair<std::string, std::string>>& headers,
-                      unsigned version) {
+  void start_transfer(DockTransfer t, http::status status,
+                      const std::vector<std::pair<std::string, std::string>>& headers, unsigned version) {
     std::string head = "HTTP/" + std::to_string(version / 10) + "." + std::to_string(version % 10) + " " +
                        std::to_string(static_cast<unsigned>(status)) + " " +
                        std::string(http::obsolete_reason(status)) + "\r\nServer: dock-sim\r\n";
@@ -453,13 +466,14 @@ class DockSession : public std::enable_shared_from_this<DockSession> {
     transfer_ = std::move(t);
     sent_ = 0;
     chunk_.resize(kChunk);
-    asio::async_write(socket_, asio::buffer(out_), [self = shared_from_this()](const error_code& ec, std::size_t) {
-      if (ec || self->closed_) {
-        self->close();
-        return;
-      }
-      self->send_chunk();
-    });
+    asio::async_write(socket_, asio::buffer(out_),
+                      [self = shared_from_this()](const error_code& ec, std::size_t) {
+                        if (ec || self->closed_) {
+                          self->close();
+                          return;
+                        }
+                        self->send_chunk();
+                      });
   }
 
   void send_chunk() {
@@ -593,7 +607,8 @@ void DockSim::Impl::restart(double outage_s) {
     boot_tag_ = tag;
     boot_.store(boot);
     ++restarts_;
-    write_truth(nlohmann::json{{"event", "restart"}, {"time_ms", unix_now_ms()}, {"outage_s", outage_s}}.dump());
+    write_truth(
+        nlohmann::json{{"event", "restart"}, {"time_ms", unix_now_ms()}, {"outage_s", outage_s}}.dump());
   }
   // Sockets belong to the io thread; requests on old connections are refused (closed) meanwhile because
   // their session's boot no longer matches.
@@ -627,7 +642,8 @@ void DockSim::Impl::schedule_restarts() {
   if (opt_.restart_every_s <= 0.0) {
     return;
   }
-  restart_timer_.expires_after(std::chrono::milliseconds(static_cast<std::int64_t>(opt_.restart_every_s * 1000)));
+  restart_timer_.expires_after(
+      std::chrono::milliseconds(static_cast<std::int64_t>(opt_.restart_every_s * 1000)));
   restart_timer_.async_wait([self = shared_from_this()](const error_code& ec) {
     if (ec || self->stopping_) {
       return;
@@ -720,7 +736,8 @@ DockFileSpec DockSim::Impl::random_spec_locked(std::int64_t bytes) {
   return s;
 }
 
-DockFileTruth DockSim::Impl::add_file(DockFileSpec spec) {
+DockFileTruth DockSim::Impl::add_file(DockFileSpec spec, bool lock_held) {
+  std::unique_lock<std::mutex> lock(mu_, std::defer_lock);
   const auto format = format_of(spec.file_type);
   if (!format) {
     throw std::invalid_argument("dock-sim: file_type must be video, audio or photo: " + spec.file_type);
@@ -730,7 +747,9 @@ DockFileTruth DockSim::Impl::add_file(DockFileSpec spec) {
   }
   DockFileTruth t;
   {
-    const std::lock_guard lock(mu_);
+    if (!lock_held) {
+      lock.lock();
+    }
     const std::int64_t now = unix_now_ms();
     t.collect_ms = spec.collect_unix_ms != 0 ? spec.collect_unix_ms : now;
     if (spec.start_unix_ms == 0 && spec.end_unix_ms == 0) {
@@ -766,6 +785,9 @@ DockFileTruth DockSim::Impl::add_file(DockFileSpec spec) {
     if (files_.contains(t.unique_id)) {
       throw std::invalid_argument("dock-sim: duplicate uniqueId " + t.unique_id);
     }
+    if (!lock_held) {
+      lock.unlock();
+    }
   }
   t.device_id = spec.recorder;
   t.officer_id = spec.officer_id;
@@ -790,23 +812,26 @@ DockFileTruth DockSim::Impl::add_file(DockFileSpec spec) {
     const std::int64_t span = std::max<std::int64_t>(0, t.end_ms - t.start_ms);
     const std::int64_t step = std::max<std::int64_t>(5'000, span / 59 + 1);
     for (std::int64_t at = 0; at <= span; at += step) {
-      gps.push_back({{"t", test::camera_time(t.start_ms + at + t.recorder_offset_ms, opt_.utc_offset_min, false)},
-                     {"lat", std::round(lat * 1e6) / 1e6},
-                     {"lon", std::round(lon * 1e6) / 1e6}});
+      gps.push_back(
+          {{"t", test::camera_time(t.start_ms + at + t.recorder_offset_ms, opt_.utc_offset_min, false)},
+           {"lat", std::round(lat * 1e6) / 1e6},
+           {"lon", std::round(lon * 1e6) / 1e6}});
       lat += (uniform01(walk) - 0.5) * 0.0002;
       lon += (uniform01(walk) - 0.5) * 0.0002;
     }
   }
   const ojson entry = {
-      {"uniqueId", t.unique_id},   {"deviceId", t.device_id},         {"officerId", t.officer_id},
-      {"officerName", t.officer_name}, {"caseCode", spec.case_code},  {"fileName", t.file_name},
-      {"fileType", t.file_type},   {"format", t.format},              {"length", t.length},
-      {"md5", t.listed_md5},       {"startTime", t.start_time},       {"endTime", t.end_time},
-      {"collectTime", t.collect_time}, {"important", t.important},    {"gps", gps},
+      {"uniqueId", t.unique_id},       {"deviceId", t.device_id},    {"officerId", t.officer_id},
+      {"officerName", t.officer_name}, {"caseCode", spec.case_code}, {"fileName", t.file_name},
+      {"fileType", t.file_type},       {"format", t.format},         {"length", t.length},
+      {"md5", t.listed_md5},           {"startTime", t.start_time},  {"endTime", t.end_time},
+      {"collectTime", t.collect_time}, {"important", t.important},   {"gps", gps},
   };
   std::function<void(const DockFileTruth&)> callback;
   {
-    const std::lock_guard lock(mu_);
+    if (!lock_held) {
+      lock.lock();
+    }
     if (files_.contains(t.unique_id)) {
       throw std::invalid_argument("dock-sim: duplicate uniqueId " + t.unique_id);
     }
@@ -820,12 +845,34 @@ DockFileTruth DockSim::Impl::add_file(DockFileSpec spec) {
     files_.emplace(t.unique_id, std::move(e));
     by_seq_.emplace(t.seq, t.unique_id);
     write_truth(dock_file_truth_json(t));
-    callback = on_added_;
+    callback = lock_held ? nullptr : on_added_;
+    if (!lock_held) {
+      lock.unlock();
+    }
   }
   if (callback) {
     callback(t);
   }
   return t;
+}
+
+// With mu_ held: while the flood lasts, tops up the unacknowledged files after `after` to a full page.
+void DockSim::Impl::flood(std::uint64_t after) {
+  const std::int64_t now = unix_now_ms();
+  if (!flood_started_ms_) {
+    flood_started_ms_ = now;
+  }
+  if (static_cast<double>(now - *flood_started_ms_) > opt_.flood_s * 1000.0) {
+    return;
+  }
+  std::size_t waiting = 0;
+  for (auto it = by_seq_.upper_bound(after); it != by_seq_.end(); ++it) {
+    waiting += files_.at(it->second).acked ? 0 : 1;
+  }
+  const auto page = static_cast<std::size_t>(std::clamp(opt_.flood_page, 1, kMaxLimit));
+  for (; waiting < page; ++waiting) {
+    add_file(random_spec_locked(opt_.file_bytes), true);
+  }
 }
 
 void DockSim::Impl::note_completed(const std::string& id) {
@@ -849,7 +896,8 @@ DockAnswer DockSim::Impl::handle(const http::request<http::string_body>& req, st
     return a;
   }
   const auto auth = req.find(http::field::authorization);
-  if (auth == req.end() || std::string_view(auth->value().data(), auth->value().size()) != "Bearer " + token_) {
+  if (auth == req.end() ||
+      std::string_view(auth->value().data(), auth->value().size()) != "Bearer " + token_) {
     error(http::status::unauthorized, "unauthorized");
     a.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"dock\"");
     return a;
@@ -857,7 +905,8 @@ DockAnswer DockSim::Impl::handle(const http::request<http::string_body>& req, st
   const std::string_view target(req.target().data(), req.target().size());
   const auto qmark = target.find('?');
   const std::string_view path = target.substr(0, qmark);
-  const auto query = parse_query(qmark == std::string_view::npos ? std::string_view() : target.substr(qmark + 1));
+  const auto query =
+      parse_query(qmark == std::string_view::npos ? std::string_view() : target.substr(qmark + 1));
   const std::string_view files_prefix = "/api/v1/files/";
 
   if (path == "/api/v1/status") {
@@ -924,6 +973,12 @@ DockAnswer DockSim::Impl::handle(const http::request<http::string_body>& req, st
         return a;
       }
     }
+    if (opt_.flood_s > 0.0) {
+      flood(after);
+    }
+    if (opt_.ignore_limit) {
+      limit = std::clamp(opt_.flood_page, 1, kMaxLimit);
+    }
     std::string body = "{\"files\":[";
     std::uint64_t last = after;
     int n = 0;
@@ -945,7 +1000,8 @@ DockAnswer DockSim::Impl::handle(const http::request<http::string_body>& req, st
   if (path.starts_with(files_prefix)) {
     const std::string_view rest = path.substr(files_prefix.size());
     const auto slash = rest.find('/');
-    const std::string_view action = slash == std::string_view::npos ? std::string_view() : rest.substr(slash + 1);
+    const std::string_view action =
+        slash == std::string_view::npos ? std::string_view() : rest.substr(slash + 1);
     const auto id = percent_decode(rest.substr(0, slash), false);
     if (!id || (action != "content" && action != "ack")) {
       error(http::status::not_found, "not found");
@@ -974,7 +1030,8 @@ DockAnswer DockSim::Impl::handle(const http::request<http::string_body>& req, st
           const auto dash = spec.find('-');
           std::uint64_t f = 0;
           std::uint64_t l = 0;
-          const auto rf = std::from_chars(spec.data(), spec.data() + (dash == std::string_view::npos ? 0 : dash), f);
+          const auto rf =
+              std::from_chars(spec.data(), spec.data() + (dash == std::string_view::npos ? 0 : dash), f);
           const bool from_ok = dash != std::string_view::npos && dash > 0 && rf.ec == std::errc() &&
                                rf.ptr == spec.data() + dash;
           const std::string_view last_text = from_ok ? spec.substr(dash + 1) : std::string_view();
@@ -1016,8 +1073,8 @@ DockAnswer DockSim::Impl::handle(const http::request<http::string_body>& req, st
       a.headers.emplace_back("Content-Type", content_type_of(e.truth.format));
       a.headers.emplace_back("Accept-Ranges", "bytes");
       if (ranged) {
-        a.headers.emplace_back("Content-Range", "bytes " + std::to_string(from) + "-" + std::to_string(to - 1) +
-                                                    "/" + std::to_string(length));
+        a.headers.emplace_back("Content-Range", "bytes " + std::to_string(from) + "-" +
+                                                    std::to_string(to - 1) + "/" + std::to_string(length));
       }
       a.transfer = std::move(t);
       return a;
@@ -1182,7 +1239,8 @@ std::string dock_file_truth_json(const DockFileTruth& t) {
 
 std::string dock_ack_truth_json(const DockAckRecord& a) {
   const ojson j = {
-      {"event", "ack"}, {"uniqueId", a.unique_id}, {"time_ms", a.time_ms}, {"outcome", a.outcome}, {"sha256", a.sha256},
+      {"event", "ack"},       {"uniqueId", a.unique_id}, {"time_ms", a.time_ms},
+      {"outcome", a.outcome}, {"sha256", a.sha256},
   };
   return j.dump();
 }
@@ -1197,36 +1255,43 @@ int run_dock_sim(int argc, char** argv) {
   std::vector<std::string> recorder_offsets;
   app.add_option("--port", opt.port, "TCP port (0 = any; printed as 'listening <port>')");
   app.add_option("--host", opt.host, "address to listen on")->capture_default_str();
-  auto* tok = app.add_option("--token", opt.token, "Bearer token every request must carry")->capture_default_str();
+  auto* tok =
+      app.add_option("--token", opt.token, "Bearer token every request must carry")->capture_default_str();
   app.add_option("--token-file", token_file, "read the token from this file (trailing newline ignored)")
       ->excludes(tok);
   app.add_option("--station-id", opt.station_id, "stationId in /status")->capture_default_str();
   app.add_option("--firmware", opt.firmware, "firmware in /status")->capture_default_str();
   app.add_option("--slots", opt.slots, "slots in /status")->check(CLI::Range(1, 64))->capture_default_str();
-  app.add_option("--capacity-bytes", opt.capacity_bytes, "storage; freeBytes = capacity - unacknowledged bytes")
+  app.add_option("--capacity-bytes", opt.capacity_bytes,
+                 "storage; freeBytes = capacity - unacknowledged bytes")
       ->capture_default_str();
   app.add_option("--station-clock-offset-ms", opt.station_clock_offset_ms,
                  "station clock minus true time, ms (the /status time)")
       ->capture_default_str();
-  app.add_option("--recorder-clock-offset-ms", opt.recorder_clock_offset_ms,
-                 "recorder clock minus true time, ms, for every recorder (listed start/end/collect/gps times)")
+  app.add_option(
+         "--recorder-clock-offset-ms", opt.recorder_clock_offset_ms,
+         "recorder clock minus true time, ms, for every recorder (listed start/end/collect/gps times)")
       ->capture_default_str();
   app.add_option("--recorder-offset", recorder_offsets,
                  "one recorder's clock offset, ID=MS (repeatable; overrides --recorder-clock-offset-ms)");
   app.add_option("--utc-offset", utc, "offset written in every time, e.g. +08:00")->capture_default_str();
-  app.add_flag("--time-ms", opt.time_ms, "list times with milliseconds (default: whole seconds, as the spec)");
+  app.add_flag("--time-ms", opt.time_ms,
+               "list times with milliseconds (default: whole seconds, as the spec)");
   app.add_option("--seed", opt.seed, "seed for recorders, officers, types and spans of generated files")
       ->capture_default_str();
-  app.add_option("--files", opt.files, "files to generate (random recorders and officers)")->capture_default_str();
+  app.add_option("--files", opt.files, "files to generate (random recorders and officers)")
+      ->capture_default_str();
   auto* kb = app.add_option("--file-kb", file_kb, "size of each generated file, KiB (default 1024)")
                  ->check(CLI::NonNegativeNumber);
   app.add_option("--file-bytes", file_bytes, "size of each generated file, bytes (several GB is fine)")
       ->check(CLI::NonNegativeNumber)
       ->excludes(kb);
-  app.add_option("--file-interval-s", opt.file_interval_s, "0: all --files at start; else one every S seconds")
+  app.add_option("--file-interval-s", opt.file_interval_s,
+                 "0: all --files at start; else one every S seconds")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  app.add_option("--burst-at-s", opt.burst_at_s, "shift change: dock --burst-files files at once, S seconds in");
+  app.add_option("--burst-at-s", opt.burst_at_s,
+                 "shift change: dock --burst-files files at once, S seconds in");
   app.add_option("--burst-files", opt.burst_files, "files in the shift-change burst")->capture_default_str();
   app.add_option("--fault-every", opt.fault_every,
                  "the faults below hit every K-th generated file (1 = every file)")
@@ -1253,6 +1318,16 @@ int run_dock_sim(int argc, char** argv) {
   app.add_option("--restart-outage-s", opt.restart_outage_s, "how long a restart refuses connections")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  app.add_option("--flood-s", opt.flood_s,
+                 "hostile: for S seconds from the first listing, every listing finds --flood-page new files "
+                 "(random, --file-bytes each) after its cursor")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--flood-page", opt.flood_page, "files per flooded listing")
+      ->check(CLI::Range(1, kMaxLimit))
+      ->capture_default_str();
+  app.add_flag("--ignore-limit", opt.ignore_limit,
+               "hostile: every listing holds --flood-page files whatever `limit` asked for");
   app.add_option("--ground-truth", opt.ground_truth,
                  "JSON lines: one per file added (true span, md5, sha256), per ack answer, per restart");
   app.footer(

@@ -28,25 +28,32 @@ struct DockOptions {
   std::int64_t station_clock_offset_ms = 0;       // station clock minus true time (/status `time`)
   std::int64_t recorder_clock_offset_ms = 0;      // recorder clock minus true time, every recorder
   std::map<std::string, std::int64_t> recorder_clock_offsets;  // per recorder id, overrides the default
-  int utc_offset_min = 480;                       // all times are written with this offset (+08:00)
-  bool time_ms = false;  // listing times with milliseconds (the spec's example: whole seconds)
-  std::uint64_t seed = 1;  // recorders, officers, durations of generated files (content: by uniqueId)
+  int utc_offset_min = 480;  // all times are written with this offset (+08:00)
+  bool time_ms = false;      // listing times with milliseconds (the spec's example: whole seconds)
+  std::uint64_t seed = 1;    // recorders, officers, durations of generated files (content: by uniqueId)
 
   // Generated files (the CLI; programmatic users call add_file / add_burst instead).
-  std::uint64_t files = 0;                // generated in total
-  std::int64_t file_bytes = 1 << 20;      // size of each generated file
-  double file_interval_s = 0.0;           // 0: all at start, else one every S seconds
-  double burst_at_s = -1.0;               // < 0: no shift-change burst
-  std::uint64_t burst_files = 0;          // files docked at once at burst_at_s
+  std::uint64_t files = 0;            // generated in total
+  std::int64_t file_bytes = 1 << 20;  // size of each generated file
+  double file_interval_s = 0.0;       // 0: all at start, else one every S seconds
+  double burst_at_s = -1.0;           // < 0: no shift-change burst
+  std::uint64_t burst_files = 0;      // files docked at once at burst_at_s
   // Faults applied to every `fault_every`-th generated file (1 = all of them).
   std::uint64_t fault_every = 1;
-  int md5_bad_downloads = 0;        // the first N downloads of a file carry one corrupted byte
-  bool md5_wrong_listing = false;   // the listed md5 is permanently wrong (the content is right)
+  int md5_bad_downloads = 0;           // the first N downloads of a file carry one corrupted byte
+  bool md5_wrong_listing = false;      // the listed md5 is permanently wrong (the content is right)
   std::int64_t break_after_bytes = 0;  // with break_times > 0: close the connection after this many
   int break_times = 0;                 // body bytes, for the first break_times GETs of a file
-  double restart_every_s = 0.0;     // 0 = never
-  double restart_outage_s = 0.0;    // how long a restart refuses connections
-  std::string ground_truth;         // JSON lines: one per file added, one per ack answer, one per restart
+  double restart_every_s = 0.0;        // 0 = never
+  double restart_outage_s = 0.0;       // how long a restart refuses connections
+  std::string ground_truth;            // JSON lines: one per file added, one per ack answer, one per restart
+  // Hostile: a station that lists new files endlessly. For flood_s seconds from the first listing, each
+  // listing first tops up the files after its cursor to flood_page (new random files of file_bytes), so
+  // every page is full of files never seen; with ignore_limit every page holds flood_page files (at most
+  // 500) whatever `limit` asked for.
+  double flood_s = 0.0;
+  int flood_page = 500;
+  bool ignore_limit = false;
 };
 
 // One file as a recorder produced it. Empty / zero fields are filled in by the station.
@@ -83,9 +90,9 @@ struct DockFileTruth {
   std::string file_type;
   std::string format;
   std::int64_t length = 0;
-  std::string md5;         // of the true content
-  std::string listed_md5;  // what the listing says (differs with md5_wrong_listing)
-  std::string sha256;      // of the true content; the only one an ack accepts
+  std::string md5;            // of the true content
+  std::string listed_md5;     // what the listing says (differs with md5_wrong_listing)
+  std::string sha256;         // of the true content; the only one an ack accepts
   std::int64_t start_ms = 0;  // true UTC
   std::int64_t end_ms = 0;
   std::int64_t collect_ms = 0;
@@ -93,7 +100,8 @@ struct DockFileTruth {
   std::string start_time;  // as listed (recorder clock)
   std::string end_time;
   std::string collect_time;
-  std::int64_t listed_start_ms = 0;  // the listed instants (recorder clock, truncated to the listing's precision)
+  std::int64_t listed_start_ms =
+      0;  // the listed instants (recorder clock, truncated to the listing's precision)
   std::int64_t listed_end_ms = 0;
   std::int64_t listed_collect_ms = 0;
   bool important = false;
@@ -149,12 +157,12 @@ class DockSim {
   std::vector<DockAckRecord> acks() const;
   std::vector<DockAckRecord> ack_log() const;
   bool acked(const std::string& unique_id) const;
-  std::size_t downloads_started(const std::string& unique_id) const;    // content GETs
+  std::size_t downloads_started(const std::string& unique_id) const;  // content GETs
   // Bodies written out in full; counted when the last write completes, before the server reads the next
   // request on that connection (a client may have the last byte a moment earlier).
   std::size_t downloads_completed(const std::string& unique_id) const;
-  std::size_t files_pending() const;                                    // not yet acknowledged
-  std::vector<DockFileTruth> files() const;                             // in arrival order
+  std::size_t files_pending() const;         // not yet acknowledged
+  std::vector<DockFileTruth> files() const;  // in arrival order
   std::size_t restarts() const;
   // Called (on the calling thread of add_file) after each file is listed; default: nothing.
   void on_file_added(std::function<void(const DockFileTruth&)> callback);

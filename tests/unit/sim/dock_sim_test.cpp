@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
@@ -37,7 +38,8 @@ std::int64_t now_ms() {
 // SHA-256 and MD5 over a stream of bytes, so a multi-GB body is never held.
 class Hasher {
  public:
-  explicit Hasher(bool with_md5 = true) : sha_(EVP_MD_CTX_new()), md5_(EVP_MD_CTX_new()), with_md5_(with_md5) {
+  explicit Hasher(bool with_md5 = true)
+      : sha_(EVP_MD_CTX_new()), md5_(EVP_MD_CTX_new()), with_md5_(with_md5) {
     EVP_DigestInit_ex(sha_, EVP_sha256(), nullptr);
     EVP_DigestInit_ex(md5_, EVP_md5(), nullptr);
   }
@@ -624,8 +626,9 @@ TEST(DockSimTest, Md5FaultCorruptsTheFirstDownloadsOnly) {
   EXPECT_NE(wrong.listed_md5, wrong.md5);
   const Download d = c.download(wrong.unique_id);
   EXPECT_EQ(d.md5, wrong.md5);
-  EXPECT_EQ(c.post("/api/v1/files/" + wrong.unique_id + "/ack", json({{"sha256", d.sha256}}).dump()).result_int(),
-            200U);
+  EXPECT_EQ(
+      c.post("/api/v1/files/" + wrong.unique_id + "/ack", json({{"sha256", d.sha256}}).dump()).result_int(),
+      200U);
 }
 
 TEST(DockSimTest, BrokenDownloadsResumeWithRange) {
@@ -655,7 +658,7 @@ TEST(DockSimTest, BrokenDownloadsResumeWithRange) {
   EXPECT_EQ(bytes.size(), 300'000U);
   EXPECT_EQ(sha256_of(bytes), t.sha256);
   EXPECT_EQ(c.get("/api/v1/status").result_int(), 200U);  // orders the completion count (see above)
-  EXPECT_EQ(c.connects(), 3);  // each break closed the connection
+  EXPECT_EQ(c.connects(), 3);                             // each break closed the connection
   EXPECT_EQ(dock.sim().downloads_started(t.unique_id), 3U);
   EXPECT_EQ(dock.sim().downloads_completed(t.unique_id), 1U);
 }
@@ -712,6 +715,34 @@ TEST(DockSimTest, ThreeGigabyteFileStreamsThrough) {
   EXPECT_EQ(tail.bytes, DockContent(t.unique_id).bytes(from, 4099));
   EXPECT_EQ(c.post("/api/v1/files/" + t.unique_id + "/ack", json({{"sha256", d.sha256}}).dump()).result_int(),
             200U);
+}
+
+// The hostile mode of issue 12, defect 5: while the flood lasts every listing finds a page of files never
+// seen after its cursor (ignoring `limit` with ignore_limit); afterwards the station stops adding.
+TEST(DockSimTest, FloodTopsUpEveryPageWithNewFiles) {
+  DockOptions o = options();
+  o.flood_s = 1.0;
+  o.flood_page = 20;
+  o.ignore_limit = true;
+  o.file_bytes = 64;
+  RunningDock dock(o);
+  ASSERT_TRUE(dock.started());
+  DockClient c(dock.port(), "s3cret-token");
+  const json first = c.get_json("/api/v1/files?limit=5");
+  EXPECT_EQ(first["files"].size(), 20U) << "the limit is ignored";
+  // The same cursor: the page is still full of the same unacknowledged files, none added.
+  EXPECT_EQ(ids_of(c.get_json("/api/v1/files?limit=5")), ids_of(first));
+  const json second = c.get_json("/api/v1/files?limit=5&after=" + first["next"].get<std::string>());
+  EXPECT_EQ(second["files"].size(), 20U);
+  EXPECT_EQ(dock.sim().files().size(), 40U);
+  const auto first_ids = ids_of(first);
+  for (const auto& id : ids_of(second)) {
+    EXPECT_EQ(std::count(first_ids.begin(), first_ids.end(), id), 0) << id;
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // the flood's own end, not a wait for work
+  const json after = c.get_json("/api/v1/files?after=" + second["next"].get<std::string>());
+  EXPECT_TRUE(after["files"].empty());
+  EXPECT_EQ(dock.sim().files().size(), 40U);
 }
 
 }  // namespace
