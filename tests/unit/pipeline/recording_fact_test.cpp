@@ -9,6 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "daemon/core/encoding.h"
+#include "daemon/core/jcs.h"
+
 namespace cpd::pipeline {
 namespace {
 
@@ -295,6 +298,25 @@ TEST(DockFaultFactTest, NoDownloadMeansEmptySha) {
   EXPECT_EQ(fact.fields["sha256"], "");
   EXPECT_EQ(fact.fields["station_id"], "");
   EXPECT_FALSE(fact.on_committed);
+}
+
+TEST(DockFaultFactTest, ARefusedEntryThatIsNotUtf8IsSealableWithItsBytes) {
+  // Issue 12: a listing entry refused for text that is not UTF-8 keeps its exact bytes in the record,
+  // escaped with the bytes in base64 beside them, so the fault can be sealed (JCS refuses such text).
+  adapters::DockFileFault e;
+  e.device_id = "dock-1";
+  e.file.unique_id = "GBK";
+  e.file.md5 = kMd5;
+  e.file.raw_json = "{\"uniqueId\":\"GBK\",\"officerName\":\"\xCD\xF5\xFF\"}";
+  e.reason = "bad_entry";
+  e.detail = "refused (not_utf8): files[4].officerName: not valid UTF-8 (byte 0xCD at offset 34)";
+  const Fact fact = make_dock_fault_fact(e);
+  const json& f = fact.fields;
+  EXPECT_EQ(f["listing"], "{\"uniqueId\":\"GBK\",\"officerName\":\"\\xcd\\xf5\\xff\"}");
+  EXPECT_EQ(f["listing_raw_b64"], base64_encode(e.file.raw_json));
+  EXPECT_EQ(f["text_not_utf8"], json::array({"listing"}));
+  EXPECT_NO_THROW(canonical_json(f));
+  EXPECT_EQ(fact.dock_update->unique_id, "GBK");
 }
 
 TEST(LinkFactTest, EveryField) {
