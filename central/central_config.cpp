@@ -1,6 +1,9 @@
 // Reads checkpoint-central's YAML through the same schema toolkit as the gateway's config.
 #include "central/central_config.h"
 
+#include <unistd.h>
+
+#include <cctype>
 #include <filesystem>
 #include <memory>
 
@@ -37,7 +40,16 @@ CentralConfig parse_document(const YAML::Node& document, const std::string& name
                    .allowed = "a libpq connection string, e.g. 'host=/run/postgresql dbname=checkpoint'"});
   pg.finish();
 
-  out.mqtt = config::parse_mqtt_section(root.section("mqtt"), "central-" + out.central.id);
+  // Each instance needs its own session: the default client id names the host and the process.
+  char host[64] = {};
+  ::gethostname(host, sizeof host - 1);
+  std::string default_client = "central-" + out.central.id + "-" + host + "-" + std::to_string(::getpid());
+  for (char& ch : default_client) {
+    if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' || ch == '.')) {
+      ch = '-';
+    }
+  }
+  out.mqtt = config::parse_mqtt_section(root.section("mqtt"), default_client.substr(0, 64));
 
   Section feed = root.section("feed");
   out.feed.share_group =

@@ -226,6 +226,17 @@ void CentralService::run_worker() {
       pg_backoff = std::chrono::milliseconds(200);
     } catch (const PgError& e) {
       ++counters_.pg_errors;
+      if (!e.connection_lost() && !batch.empty()) {
+        // PostgreSQL refused the data itself (not the link): retrying the same batch would stall this
+        // instance for ever. Each message goes alone; one refused alone is quarantined (records) or
+        // dropped and counted (media), and found again as a gap if it matters.
+        log::error("central", "",
+                   std::string(e.what()) + " (storing the batch of " + std::to_string(batch.size()) +
+                       " one message at a time)");
+        process_singly(batch);
+        batch.clear();
+        continue;
+      }
       log::error("central", "",
                  std::string(e.what()) + " (batch of " + std::to_string(batch.size()) +
                      " kept; retrying in " + std::to_string(pg_backoff.count()) + " ms)");
@@ -416,6 +427,36 @@ void CentralService::process(std::vector<Message>& messages) {
   publish_receipts(out.receipts);
 }
 
+void CentralService::process_singly(std::vector<Message>& messages) {
+  for (Message& m : messages) {
+    std::vector<Message> one;
+    one.push_back(m);
+    try {
+      process(one);
+    } catch (const PgError& e) {
+      if (e.connection_lost()) {
+        throw;
+      }
+      const auto topic = parse_feed_topic(prefix_, m.topic);
+      if (topic && topic->rest == "evidence") {
+        Batch q;
+        q.quarantine.push_back({topic->gateway, std::nullopt, "", m.payload.substr(0, kMaxRecordBytes),
+                                std::string("refused by PostgreSQL: ") + e.what()});
+        try {
+          store_->store_batch(q, now_ms(), ReceiptPolicy{cfg_.central.id, 1, cfg_.receipts.every_ms});
+          ++counters_.quarantined;
+        } catch (const PgError&) {
+          ++counters_.refused;
+        }
+      } else {
+        ++counters_.refused;
+      }
+      log::error("central", topic ? topic->gateway : "",
+                 "message on " + m.topic + " not stored: " + e.what());
+    }
+  }
+}
+
 void CentralService::publish_receipts(const std::vector<custody::Receipt>& receipts) {
   for (const custody::Receipt& r : receipts) {
     const std::string topic = prefix_ + "/" + r.gateway + "/custody";
@@ -451,12 +492,22 @@ void CentralService::request_resends() {
   }
 }
 
+void CentralService::request_stop() {
+  {
+    std::lock_guard lock(queue_mutex_);
+    stopping_ = true;
+  }
+  queue_cv_.notify_all();
+  space_cv_.notify_all();
+}
+
 void CentralService::stop() {
   {
     std::lock_guard lock(queue_mutex_);
-    if (stopping_) {
+    if (stopped_) {
       return;
     }
+    stopped_ = true;
     stopping_ = true;
   }
   queue_cv_.notify_all();

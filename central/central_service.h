@@ -56,6 +56,8 @@ class CentralService {
   // Stops taking messages, stores what was taken, disconnects.
   void stop();
   bool subscribed() const { return subscribed_.load(); }
+  // From another thread (a signal): makes a start() still connecting return; stop() then finishes.
+  void request_stop();
 
   const CentralCounters& counters() const { return counters_; }
   std::size_t queue_depth() const;
@@ -73,6 +75,7 @@ class CentralService {
   void run_worker();
   void process(std::vector<Message>& messages);
   void classify(const Message& m, Batch& batch);
+  void process_singly(std::vector<Message>& messages);
   void publish_receipts(const std::vector<custody::Receipt>& receipts);
   void request_resends();
   std::optional<Ed25519PublicKey> key_for(const std::string& gateway, const std::string& kid);
@@ -91,6 +94,7 @@ class CentralService {
   std::condition_variable space_cv_;  // Paho's thread waits for room
   std::deque<Message> queue_;
   bool stopping_ = false;
+  bool stopped_ = false;
   std::thread worker_;
   std::atomic<bool> subscribed_{false};
 

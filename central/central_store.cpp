@@ -54,15 +54,15 @@ CREATE TABLE records (
   type text NOT NULL,
   time_ms bigint NOT NULL,
   created_ms bigint NOT NULL,
-  site jsonb,
+  site json,
   plate text,
   plate_color text,
-  lane integer,
-  speed_dkmh integer,
-  limit_kmh integer,
+  lane bigint,
+  speed_dkmh bigint,
+  limit_kmh bigint,
   enforceable boolean,
-  reasons jsonb,
-  body jsonb NOT NULL,
+  reasons json,
+  body json NOT NULL,
   received_ms bigint NOT NULL,
   PRIMARY KEY (gateway, seq)
 );
@@ -208,7 +208,7 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
         "plate, "
         "plate_color, lane, speed_dkmh, limit_kmh, enforceable, reasons, body, received_ms) VALUES ($1, $2, "
         "$3, $4, "
-        "$5, $6, $7, $8, $9, $10::jsonb, $11, $12, $13, $14, $15, $16, $17::jsonb, $18::jsonb, $19) "
+        "$5, $6, $7, $8, $9, $10::json, $11, $12, $13, $14, $15, $16, $17::json, $18::json, $19) "
         "ON CONFLICT (gateway, seq) DO NOTHING",
         {rec.gateway, num(rec.seq), rec.jws, rec.jws_sha256, rec.prev, rec.kid, c.type,
          std::to_string(c.time_ms), std::to_string(c.created_ms), c.site, c.plate, c.plate_color,
@@ -424,14 +424,30 @@ std::vector<ResendPlan> CentralStore::plan_resends(std::int64_t now_ms, const Ga
       }
       plan.why = "media of seq " + num(from);
     } else {
-      const std::uint64_t to = next_seq != 0 ? next_seq - 1 : announced;
+      // One request covers every hole up to the last one (and the lost tail past the highest seq seen):
+      // records central already holds come back as duplicates and are dropped, and K holes do not take K
+      // rounds of resend_after_ms.
+      const auto max_seq = static_cast<std::uint64_t>(r.integer(i, 2));
+      const std::uint64_t cap = from + custody::kMaxResendRange - 1;
+      std::uint64_t to = 0;
+      if (announced > max_seq) {
+        to = announced;
+      } else {
+        PgResult last = conn_->exec(
+            "SELECT max(s) FROM generate_series($2::bigint, $3::bigint) s WHERE NOT EXISTS (SELECT 1 FROM "
+            "records "
+            "WHERE gateway = $1 AND seq = s)",
+            {gateway, num(from), num(std::min(max_seq, cap))}, "finding the last hole");
+        to = last.is_null(0, 0) ? 0 : static_cast<std::uint64_t>(last.integer(0, 0));
+      }
       if (to < from) {
         continue;
       }
       plan.request.from_seq = from;
-      plan.request.to_seq = std::min(to, from + custody::kMaxResendRange - 1);
-      plan.why = (next_seq != 0 ? "hole " : "tail ") + num(from) + ".." + num(to) +
-                 (next_seq == 0 ? " (announced " + num(announced) + ")" : "");
+      plan.request.to_seq = std::min(to, cap);
+      plan.why = "seq " + num(from) + ".." + num(plan.request.to_seq) + " (" +
+                 (next_seq == 0 ? "lost tail, announced " + num(announced) : "holes below " + num(max_seq)) +
+                 ")";
     }
     const std::int64_t backoff =
         std::clamp<std::int64_t>(r.integer(i, 4) == 0 ? policy.retry_min_ms : r.integer(i, 4) * 2,

@@ -50,6 +50,7 @@ int run(const central::CentralConfig& cfg) {
     }
   }
   signals.async_wait([&](const boost::system::error_code&, int) {
+    service.request_stop();
     if (metrics_server) {
       metrics_server->stop();
     }
@@ -57,7 +58,7 @@ int run(const central::CentralConfig& cfg) {
   });
   std::thread io_thread([&io] { io.run(); });
   try {
-    service.start();
+    service.start();  // returns early when a signal asked to stop while connecting
   } catch (...) {
     io.stop();
     io_thread.join();

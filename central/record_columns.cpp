@@ -7,12 +7,20 @@ namespace cpd::central {
 
 namespace {
 
+// PostgreSQL text holds no NUL: one is kept visible as the JSON escape (the JWS column has the exact bytes).
+std::string without_nul(std::string text) {
+  for (std::size_t at = text.find('\0'); at != std::string::npos; at = text.find('\0', at + 6)) {
+    text.replace(at, 1, "\\u0000");
+  }
+  return text;
+}
+
 std::optional<std::string> text_of(const nlohmann::json& body, const char* key) {
   const auto it = body.find(key);
   if (it == body.end() || !it->is_string()) {
     return std::nullopt;
   }
-  return it->get<std::string>();
+  return without_nul(it->get<std::string>());
 }
 
 std::optional<long long> int_of(const nlohmann::json& body, const char* key) {

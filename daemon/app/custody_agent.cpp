@@ -155,6 +155,18 @@ void CustodyAgent::on_receipt(const std::string& jws) {
       });
       return;
     }
+    store::CustodyState state{receipt.through_seq, receipt.head, receipt.central, kid, jws, clock_.now_ms()};
+    const auto current = store.custody();
+    if (current && !store.has_other_than("custody", current->through_seq, receipt.through_seq)) {
+      // The receipt only adds our own custody records: noted, but not sealed again (a record per such receipt
+      // would move central's watermark and bring the next receipt, for ever).
+      if (const Status st = store.set_custody(state); st.is_ok()) {
+        std::lock_guard lock(snapshot_mutex_);
+        custody_ = state;
+        ++receipts_accepted_;
+      }
+      return;
+    }
     Fact fact;
     fact.type = "custody";
     fact.time_ms = clock_.now_ms();
@@ -165,7 +177,6 @@ void CustodyAgent::on_receipt(const std::string& jws) {
                    {"issued_ms", receipt.issued_ms},
                    {"receipt_sha256", sha256_hex(jws)},
                    {"receipt", jws}};
-    store::CustodyState state{receipt.through_seq, receipt.head, receipt.central, kid, jws, clock_.now_ms()};
     host_.submit(std::move(fact), [this, state](const SealedRecord& sealed) {
       // The custody record is committed: now the store may count these records as held by central.
       host_.run_on_store([this, state, custody_seq = sealed.seq](store::EvidenceStore& s) {
@@ -197,7 +208,7 @@ void CustodyAgent::on_receipt(const std::string& jws) {
 void CustodyAgent::on_resend_request(forwarder::InboundMessage message) {
   const std::string base = prefix_ + "/" + gateway_ + "/";
   // Replies go only under this gateway's own topics (one broker ACL rule covers the gateway).
-  const bool can_reply = message.response_topic.rfind(base, 0) == 0 &&
+  const bool can_reply = message.response_topic.rfind(base + "resend/response", 0) == 0 &&
                          message.response_topic.find_first_of("+#") == std::string::npos;
   const auto refuse = [&](const std::string& why) {
     {
@@ -212,7 +223,8 @@ void CustodyAgent::on_resend_request(forwarder::InboundMessage message) {
     }
   };
   if (!message.response_topic.empty() && !can_reply) {
-    refuse("response topic '" + message.response_topic.substr(0, 200) + "' is not under " + base);
+    refuse("response topic '" + message.response_topic.substr(0, 200) + "' is not under " + base +
+           "resend/response");
     return;
   }
   const custody::ResendParse parsed = custody::parse_resend_request(message.payload);

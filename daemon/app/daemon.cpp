@@ -35,6 +35,7 @@
 #include "daemon/core/ed25519.h"
 #include "daemon/core/encoding.h"
 #include "daemon/core/sealer.h"
+#include "daemon/app/custody_agent.h"
 #include "daemon/forwarder/mqtt_forwarder.h"
 #include "daemon/log/log.h"
 #include "daemon/media/media_store.h"
@@ -205,6 +206,7 @@ struct Daemon::Impl {
   std::unique_ptr<StoreWorker> worker;
   std::unique_ptr<StoreDockLedger> dock_ledger;
   std::unique_ptr<forwarder::MqttForwarder> forwarder;
+  std::unique_ptr<CustodyAgent> custody;  // only with a custody section (docs/custody.md)
   std::unique_ptr<pipeline::Correlator> correlator;
   std::unique_ptr<PipelineSink> sink;
   std::vector<std::unique_ptr<adapters::Adapter>> adapters;
@@ -342,6 +344,7 @@ struct Daemon::Impl {
     if (stats.oldest_created_ms) {
       s["backlog_oldest_ms"] = *stats.oldest_created_ms;
     }
+    s["custody"] = custody ? custody->status() : json{{"enabled", false}};
     return s;
   }
 
@@ -510,6 +513,9 @@ struct Daemon::Impl {
     for (auto& a : adapters) {
       a->stop();
     }
+    if (custody) {
+      custody->stop();
+    }
     // The adapters' stop handlers run first (they emit the tracks still open); the stop audit record
     // then comes after everything they emitted. The forwarder drains up to it, then says offline.
     asio::post(io, [this, why] {
@@ -616,6 +622,21 @@ int Daemon::run() {
                   {"resumed_at_seq", head.seq}};
   d.worker->submit(d.correlator->audit("start", d.clock.now_ms(), details));
 
+  if (cfg.custody.enabled) {
+    CustodyHost host;
+    host.run_on_store = [&d](std::function<void(store::EvidenceStore&)> task) { d.worker->run_on_worker(std::move(task)); };
+    host.submit = [&d](Fact fact, std::function<void(const SealedRecord&)> handler) {
+      d.worker->submit(std::move(fact), std::move(handler));
+    };
+    host.read_media = [&d](const std::string& sha256) { return d.media->read(sha256); };
+    host.remove_media = [&d](const std::string& sha256) {
+      std::error_code ec;
+      std::filesystem::remove(d.media->path_of(sha256), ec);
+    };
+    host.chain_head = [&d] { return d.store->chain_head(); };
+    d.custody = std::make_unique<CustodyAgent>(d.io, cfg, *d.key, *d.forwarder, std::move(host), d.clock);
+    d.custody->start();  // subscribes through the forwarder: before it connects
+  }
   d.forwarder->notify_committed(head.seq);
   d.forwarder->start();
   d.sink->start();

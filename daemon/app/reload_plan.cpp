@@ -60,6 +60,7 @@ ReloadPlan plan_reload(const config::Config& running, const config::Config& next
       {"gateway", running.gateway == next.gateway}, {"store", running.store == next.store},
       {"mqtt", running.mqtt == next.mqtt},          {"links", running.links == next.links},
       {"metrics", running.metrics == next.metrics}, {"control", running.control == next.control},
+      {"custody", running.custody == next.custody},
   };
   for (const auto& [name, same] : fixed) {
     if (!same) {

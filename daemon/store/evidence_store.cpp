@@ -1023,6 +1023,17 @@ std::vector<OutboxEntry> EvidenceStore::records_range(std::uint64_t from, std::u
   return entries;
 }
 
+bool EvidenceStore::has_other_than(const std::string& type, std::uint64_t after, std::uint64_t through) const {
+  AdHoc q(db_, "SELECT 1 FROM records WHERE seq > ?1 AND seq <= ?2 AND type != ?3 LIMIT 1");
+  if (!q.ok()) {
+    return true;  // unknown: the safe answer seals a record
+  }
+  sqlite3_bind_int64(q.get(), 1, to_db_seq(after));
+  sqlite3_bind_int64(q.get(), 2, to_db_seq(through));
+  bind_text(q.get(), 3, type);
+  return sqlite3_step(q.get()) != SQLITE_DONE;
+}
+
 std::uint64_t EvidenceStore::first_seq() const {
   AdHoc q(db_, "SELECT min(seq) FROM records");
   if (!q.ok() || sqlite3_step(q.get()) != SQLITE_ROW) {

@@ -137,6 +137,17 @@ class Custody : public ::testing::Test {
   }
   long long watermark() { return pg_int("SELECT watermark_seq FROM gateways WHERE gateway = 'gw'"); }
   long long head_seq() { return store_query(dir_ / "store.db", "SELECT max(seq) FROM records"); }
+  std::string slurp_jws(long long seq) {
+    Process q({"/usr/bin/sqlite3", (dir_ / "store.db").string(),
+               "SELECT jws FROM records WHERE seq = " + std::to_string(seq)},
+              dir_ / ("jws-" + std::to_string(seq)));
+    q.wait(10s);
+    std::string out = q.stdout_text();
+    while (!out.empty() && out.back() == '\n') {
+      out.pop_back();
+    }
+    return out;
+  }
 
   // The receipt retained on the gateway's custody topic, checked as the gateway checks it.
   std::optional<custody::Receipt> retained_receipt() {
@@ -225,6 +236,156 @@ TEST_F(Custody, CentralVerifiesStoresAndConfirmsEveryRecord) {
   EXPECT_EQ(s["gateways"][0]["watermark"].get<long long>(), head);
   central->signal(SIGTERM);
   EXPECT_EQ(central->wait(20s), 0) << central->stderr_text();
+}
+
+// The gateway side: receipts accepted into the chain, retention inside custody only, no receipt loop.
+TEST_F(Custody, TheGatewaySealsCustodyAndDeletesOnlyWhatCentralHolds) {
+  enroll();
+  start_radar(40, 20);
+  write_gateway_config(true, /*retention_days=*/0);
+  // Central is not there yet: records pile up on the gateway and nothing may be deleted, however old.
+  auto daemon = start_daemon();
+  ASSERT_TRUE(wait_for_condition([&] { return head_seq() >= 20; }, 60s)) << daemon->stderr_text();
+  pause(1500ms);  // several retention rounds (every 300 ms) with no receipt
+  EXPECT_EQ(store_query(dir_ / "store.db", "SELECT min(seq) FROM records"), 1);
+  EXPECT_EQ(store_query(dir_ / "store.db", "SELECT count(*) FROM custody"), 0);
+
+  auto central = start_central();
+  ASSERT_TRUE(wait_for_condition(
+      [&] {
+        return store_query(dir_ / "store.db",
+                           "SELECT count(*) FROM records WHERE type = 'speed_measurement'") >= 40 ||
+               store_query(dir_ / "store.db",
+                           "SELECT max(seq) FROM records WHERE type = 'speed_measurement'") > 0;
+      },
+      60s));
+  // Central catches up from the head announcements and resends, then confirms; the gateway seals the custody.
+  ASSERT_TRUE(wait_for_condition(
+      [&] {
+        return store_query(dir_ / "store.db", "SELECT count(*) FROM records WHERE type = 'custody'") > 0;
+      },
+      60s))
+      << daemon->stderr_text() << central->stderr_text();
+  // Everything up to custody is pruned (retention 0 days) except the chain head; the pruned records are the
+  // ones central holds.
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return store_query(dir_ / "store.db", "SELECT min(seq) FROM records") > 1; }, 20s));
+  const long long through = store_query(dir_ / "store.db", "SELECT through_seq FROM custody");
+  const long long first = store_query(dir_ / "store.db", "SELECT min(seq) FROM records");
+  EXPECT_LE(first, through + 1);
+  EXPECT_LE(watermark(), pg_int("SELECT max(seq) FROM records WHERE gateway = 'gw'"));
+  EXPECT_GE(watermark(), through);
+
+  // Once the radar is done, an idle gateway does not seal a custody record per receipt for ever (each would
+  // move central's watermark and bring the next receipt). Central has every custody record (the gateway
+  // prunes its own copies once they are in custody too).
+  ASSERT_TRUE(wait_for_condition([&] { return watermark() == head_seq(); }, 60s));
+  pause(2s);
+  const long long custody_records =
+      pg_int("SELECT count(*) FROM records WHERE gateway = 'gw' AND type = 'custody'");
+  const long long head = head_seq();
+  EXPECT_GE(custody_records, 1);
+  pause(3s);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM records WHERE gateway = 'gw' AND type = 'custody'"), custody_records)
+      << "receipts keep sealing custody records";
+  EXPECT_EQ(head_seq(), head);
+  // The chain head stays on the gateway whatever the retention: it is what the next record links to.
+  EXPECT_EQ(store_query(dir_ / "store.db", "SELECT count(*) FROM records"), 1);
+  const auto receipt = retained_receipt();
+  ASSERT_TRUE(receipt);
+  EXPECT_EQ(static_cast<long long>(receipt->through_seq), head);
+  daemon->signal(SIGTERM);
+  EXPECT_EQ(daemon->wait(30s), 0) << daemon->stderr_text();
+}
+
+// Receipts that fail a check change nothing: a wrong key, another gateway, a head hash that is not ours.
+TEST_F(Custody, ABadReceiptIsRefusedAndNothingIsDeleted) {
+  start_radar(15, 20);
+  write_gateway_config(true, 0);
+  auto daemon = start_daemon();
+  ASSERT_TRUE(wait_for_condition([&] { return head_seq() >= 10; }, 60s)) << daemon->stderr_text();
+  const auto forged_key = Ed25519PrivateKey::generate();
+  const auto central_key = Ed25519PrivateKey::load_pem_file((dir_ / "central.key").string());
+  const long long seq = 5;
+  std::ifstream db_check(dir_ / "store.db");
+  ASSERT_TRUE(db_check.good());
+  // The real hash of record 5, read the way a consumer would: from the store file.
+  const std::string head5 = sha256_hex(slurp_jws(seq));
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {custody::seal_receipt(forged_key, {"central-test", "gw", 5, head5, 1}),
+       "not a configured central key"},
+      {custody::seal_receipt(central_key, {"central-test", "gw-other", 5, head5, 1}), "not this gateway"},
+      {custody::seal_receipt(central_key, {"central-test", "gw", 5, std::string(64, 'f'), 1}),
+       "is not the SHA-256"},
+      {custody::seal_receipt(central_key, {"central-test", "gw", 999999, head5, 1}),
+       "beyond this gateway's head"},
+  };
+  for (const auto& [jws, why] : bad) {
+    Process pub({"/usr/bin/mosquitto_pub", "-h", "127.0.0.1", "-p", std::to_string(broker_->port()), "-q",
+                 "1", "-r", "-t", "checkpoint/gw/custody", "-m", jws},
+                dir_ / "pub");
+    ASSERT_EQ(pub.wait(10s), 0);
+    EXPECT_TRUE(wait_for_condition([&] { return daemon->stderr_text().find(why) != std::string::npos; }, 10s))
+        << why << "\n"
+        << daemon->stderr_text();
+  }
+  pause(1s);  // retention rounds run every 300 ms
+  EXPECT_EQ(store_query(dir_ / "store.db", "SELECT count(*) FROM custody"), 0);
+  EXPECT_EQ(store_query(dir_ / "store.db", "SELECT count(*) FROM records WHERE type = 'custody'"), 0);
+  EXPECT_EQ(store_query(dir_ / "store.db", "SELECT min(seq) FROM records"), 1);
+
+  // The right receipt is accepted: one custody record, and the records through 5 may go.
+  Process pub({"/usr/bin/mosquitto_pub", "-h", "127.0.0.1", "-p", std::to_string(broker_->port()), "-q", "1",
+               "-r", "-t", "checkpoint/gw/custody", "-m",
+               custody::seal_receipt(central_key, {"central-test", "gw", 5, head5, 1})},
+              dir_ / "pub-ok");
+  ASSERT_EQ(pub.wait(10s), 0);
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return store_query(dir_ / "store.db", "SELECT through_seq FROM custody") == 5; }, 10s))
+      << daemon->stderr_text();
+  EXPECT_EQ(store_query(dir_ / "store.db", "SELECT count(*) FROM records WHERE type = 'custody'"), 1);
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return store_query(dir_ / "store.db", "SELECT min(seq) FROM records") == 6; }, 10s));
+  daemon->signal(SIGTERM);
+  EXPECT_EQ(daemon->wait(30s), 0) << daemon->stderr_text();
+}
+
+// A broker that loses what it held (killed, no persistence of the queue) while central is frozen: central
+// finds the holes and the lost tail, asks the gateway to resend, and ends with every record, once.
+TEST_F(Custody, ABrokerThatLosesMessagesIsRepairedByResends) {
+  enroll();
+  auto central = start_central();
+  start_radar(120, 10);
+  write_gateway_config(true);
+  auto daemon = start_daemon();
+  ASSERT_TRUE(wait_for_condition([&] { return watermark() >= 10; }, 60s)) << central->stderr_text();
+  central->signal(SIGSTOP);
+  const long long before = head_seq();
+  ASSERT_TRUE(wait_for_condition([&] { return head_seq() >= before + 15; }, 30s));
+  // The broker acknowledged these to the gateway and held them for central: killed, they are gone.
+  broker_->process().signal(SIGKILL);
+  broker_->process().wait(10s);
+  std::error_code ec;
+  fs::remove(dir_ / "broker" / "mosquitto.db", ec);
+  broker_->start();
+  central->signal(SIGCONT);
+  ASSERT_TRUE(wait_for_condition(
+      [&] {
+        return store_query(dir_ / "store.db",
+                           "SELECT count(*) FROM records WHERE type = 'speed_measurement'") >= 120;
+      },
+      90s))
+      << daemon->stderr_text();
+  // Every record the gateway sealed reaches central's contiguous watermark, through resends.
+  ASSERT_TRUE(wait_for_condition([&] { return watermark() == head_seq(); }, 90s))
+      << "watermark " << watermark() << " head " << head_seq() << "\n"
+      << central->stderr_text();
+  EXPECT_GT(pg_int("SELECT resend_requests FROM gateways WHERE gateway = 'gw'"), 0);
+  EXPECT_EQ(pg_int("SELECT count(*) - count(DISTINCT seq) FROM records WHERE gateway = 'gw'"), 0);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM forks"), 0);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM quarantine"), 0);
+  daemon->signal(SIGTERM);
+  EXPECT_EQ(daemon->wait(30s), 0) << daemon->stderr_text();
 }
 
 }  // namespace

@@ -140,19 +140,23 @@ TEST_F(StoreWorkerTest, AMediaFileThatNoLongerHashesRightIsNotPublished) {
   EXPECT_TRUE(fs::exists(media_->path_of(a))) << "kept for inspection";
 }
 
-TEST_F(StoreWorkerTest, RetentionKeepsMediaOfUnacknowledgedRecordsAndRecentFiles) {
+TEST_F(StoreWorkerTest, RetentionDeletesOnlyOldMediaInCentralsCustody) {
   const std::string pending = put("old, named by a record not yet PUBACKed");
-  const std::string acked = put("old, named by a PUBACKed record");
+  const std::string acked = put("old, named by a PUBACKed record central has not confirmed");
+  const std::string held = put("old, named by a record in custody");
   const std::string orphan = put("old, named by nothing");
   const std::string fresh = put("recent, named by nothing");
   // Records first (the sweep runs when the worker first has work), then age the files.
   start_worker(30);
   worker_->submit(fact_with_media({pending}));
+  worker_->submit(fact_with_media({held}));
   worker_->submit(fact_with_media({acked}));
-  ASSERT_TRUE(wait_seq(2));
-  worker_->forwarded({2});
+  ASSERT_TRUE(wait_seq(3));
+  worker_->forwarded({2, 3});
   worker_.reset();  // drains: the PUBACK deletion is committed
-  for (const auto& sha : {pending, acked, orphan}) {
+  // Central's receipt covers seq 1..2; seq 1 is still in the outbox.
+  ASSERT_TRUE(store_->set_custody({2, std::string(64, '0'), "central", "kid", "receipt", 1}).is_ok());
+  for (const auto& sha : {pending, acked, held, orphan}) {
     age(sha, 40);
   }
   age(fresh, 2);
@@ -160,10 +164,11 @@ TEST_F(StoreWorkerTest, RetentionKeepsMediaOfUnacknowledgedRecordsAndRecentFiles
   Fact wake;
   wake.type = "audit";
   worker_->submit(wake);
-  ASSERT_TRUE(wait_seq(3));
+  ASSERT_TRUE(wait_seq(4));
   worker_.reset();
   EXPECT_TRUE(fs::exists(media_->path_of(pending))) << "its record is still in the outbox";
-  EXPECT_FALSE(fs::exists(media_->path_of(acked)));
+  EXPECT_TRUE(fs::exists(media_->path_of(acked))) << "a PUBACK is not custody";
+  EXPECT_FALSE(fs::exists(media_->path_of(held)));
   EXPECT_FALSE(fs::exists(media_->path_of(orphan)));
   EXPECT_TRUE(fs::exists(media_->path_of(fresh))) << "younger than the retention period";
 }

@@ -299,7 +299,7 @@ TEST(ConfigTest, UnknownTopLevelSection) {
   EXPECT_EQ(std::string(e.what()),
             place_in(kFile, text, "mqt:") +
                 ": mqt: unknown key 'mqt' (did you mean 'mqtt'?); allowed: gateway, store, "
-                "mqtt, devices, correlation, validity, links, metrics, control");
+                "mqtt, devices, correlation, validity, links, metrics, control, custody");
 }
 
 TEST(ConfigTest, WrongType) {
