@@ -31,8 +31,9 @@ build: deps
 	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
 	cmake --build $(BUILD_DIR) -j $(JOBS)
 
+CTEST_ARGS ?=
 test: build
-	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 600
+	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) --timeout 600 $(CTEST_ARGS)
 
 unit: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) -L unit
@@ -45,10 +46,11 @@ FAULT_KILLS ?= 500
 faults: build
 	CPD_BUILD_DIR=$(abspath $(BUILD_DIR)) CPD_FAULT_KILLS=$(FAULT_KILLS) $(BUILD_DIR)/tests/faults/crash_consistency_test
 
-# The whole suite under ASan+UBSan in build-asan (CI runs it after `make test`). -O1 -g1 keeps the build
-# quick and the reports readable; tests skip memory bounds there (CPD_SANITIZED).
+# The suite under ASan+UBSan in build-asan (CI runs it after `make test`). -O1 -g1 keeps the build
+# quick and the reports readable; tests skip memory bounds there (CPD_SANITIZED), so the soak tests (floods
+# and kill cycles, whose point is those bounds) are left out to keep CI within its time budget.
 sanitize:
-	$(MAKE) test BUILD_DIR=build-asan \
+	$(MAKE) test BUILD_DIR=build-asan CTEST_ARGS="-LE soak" \
 	  CMAKE_FLAGS="-DCPD_SANITIZE=ON -DCPD_BUILD_BENCH=OFF -DCMAKE_CXX_FLAGS_RELWITHDEBINFO='-O1 -g1' $(CMAKE_FLAGS)"
 
 # libFuzzer targets under ASan+UBSan in their own clang build dir (docs/fuzzing.md): each runs for
@@ -67,7 +69,7 @@ demo: build
 
 bench: build
 	$(BUILD_DIR)/bench/cpd-bench && $(BUILD_DIR)/bench/cpd-camera-bench && $(BUILD_DIR)/bench/cpd-dock-bench && \
-	  $(BUILD_DIR)/bench/cpd-outage-bench && $(BUILD_DIR)/bench/cpd-flood-bench
+	  $(BUILD_DIR)/bench/cpd-outage-bench && $(BUILD_DIR)/bench/cpd-flood-bench && $(BUILD_DIR)/bench/cpd-central-bench
 
 # A Debian package (CPack) in $(BUILD_DIR): binaries in /usr/bin, the unit, /etc/checkpointd, a system user
 # (cmake/Packaging.cmake, docs/install.md). dpkg-shlibdeps (dpkg-dev) fills in Depends.

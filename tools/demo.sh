@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# `make demo`: a private mosquitto on loopback, a simulated checkpoint (radar + ANPR camera + recorder
-# docking station driven by one scenario) and checkpointd, then evidence arriving over MQTT, each record and picture verified as
-# central would (checkpointctl and the stock openssl CLI).
+# `make demo`: a private mosquitto on loopback, a private PostgreSQL, a simulated checkpoint (radar + ANPR
+# camera + recorder docking station driven by one scenario), checkpointd and checkpoint-central: evidence
+# arriving over MQTT, each record and picture verified (checkpointctl, the stock openssl CLI), stored and
+# verified by central in PostgreSQL, confirmed back by signed custody receipts; the broker is restarted
+# without persistence halfway and central repairs what it lost (docs/custody.md).
 set -euo pipefail
 BUILD=${1:-build}
 SECONDS_TO_RUN=${DEMO_SECONDS:-40}
@@ -10,6 +12,7 @@ run="$top/demo-run"
 ctl="$top/$BUILD/tools/checkpointctl/checkpointctl"
 sim="$top/$BUILD/tools/sim/checkpoint-sim"
 daemon="$top/$BUILD/daemon/app/checkpointd"
+central="$top/$BUILD/central/checkpoint-central"
 
 pids=()
 cleanup() {
@@ -42,7 +45,38 @@ log_dest file $run/mosquitto.log
 CONF
 /usr/sbin/mosquitto -c "$run/mosquitto.conf" & pids+=($!)
 for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-echo "== mosquitto on 127.0.0.1:$port"
+echo "== mosquitto on 127.0.0.1:$port (no persistence: its restart below loses what it holds)"
+
+# A private PostgreSQL for checkpoint-central: initdb in a temp directory, a unix socket there, no TCP.
+# PostgreSQL refuses to run as root, so as root it runs as nobody.
+pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+pgdir=$(mktemp -d /tmp/cpd-demo-pg-XXXXXX)
+as_pg=()
+if [ "$(id -u)" = 0 ]; then chown nobody:nogroup "$pgdir"; as_pg=(setpriv --reuid=nobody --regid=nogroup --clear-groups --); fi
+pgport=$(free_port)
+"${as_pg[@]}" "$pgbin/initdb" -D "$pgdir/data" -U cpd --auth=trust -E UTF8 --no-locale --no-sync >"$run/initdb.log" 2>&1
+"${as_pg[@]}" "$pgbin/postgres" -D "$pgdir/data" -k "$pgdir" -p "$pgport" -c listen_addresses= >"$run/postgres.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do "$pgbin/pg_isready" -q -h "$pgdir" -p "$pgport" && break; sleep 0.1; done
+"$pgbin/psql" -q -h "$pgdir" -p "$pgport" -U cpd -d postgres -c "CREATE DATABASE evidence"
+echo "== PostgreSQL on $pgdir (socket, port $pgport), database evidence"
+
+# checkpoint-central: its own receipt-signing key, the gateway's key enrolled, one instance on a shared
+# subscription (start more with other client ids to split the feed).
+"$ctl" keygen --out "$run/central.key" --pub "$run/central.pub.pem" >/dev/null
+cat >"$run/central.yaml" <<CONF
+central: {id: demo-central, key: $run/central.key}
+postgres: {conninfo: "host=$pgdir port=$pgport user=cpd dbname=evidence"}
+mqtt: {uri: "tcp://127.0.0.1:$port", client_id: demo-central-1, reconnect_min_ms: 200, reconnect_max_ms: 2000}
+feed: {media_dir: $run/central-media}
+receipts: {every_records: 100, every_ms: 1000}
+gaps: {resend_after_ms: 2000, retry_min_ms: 1000, retry_max_ms: 5000}
+metrics: {enabled: false}
+CONF
+"$central" enroll --config "$run/central.yaml" --gateway demo-gw-1 --pubkey "$run/gateway.pub.pem"
+"$central" run --config "$run/central.yaml" >"$run/central.out" 2>"$run/central.log" & pids+=($!)
+for _ in $(seq 100); do grep -q '^running' "$run/central.out" 2>/dev/null && break; sleep 0.1; done
+echo "== checkpoint-central running (log: $run/central.log)"
 
 "$sim" scenario "$top/tools/demo-scenario.yaml" --ground-truth "$run/truth.jsonl" \
   >"$run/sim.out" 2>"$run/sim.err" & pids+=($!)
@@ -92,6 +126,9 @@ devices:
     token_file: $run/dock-1.token
     poll_interval_ms: 1000
 links: {margin_before_s: 0, margin_after_s: 0}   # demo: link only what each recording's own span covers
+custody:
+  central_keys: [{pem: $run/central.pub.pem}]   # receipts signed by this key let the gateway prune
+  head_interval_ms: 1000
 metrics: {host: 127.0.0.1, port: $metrics_port}
 control: {socket: $run/control.sock}
 CONF
@@ -100,15 +137,24 @@ CONF
 # (and checks that each picture a record names arrived on the media topic and hashes right);
 # mosquitto_sub keeps three raw records for the openssl example.
 mosquitto_sub -h 127.0.0.1 -p "$port" -t checkpoint/demo-gw-1/evidence -q 1 -C 3 >"$run/sample.jws" & pids+=($!)
+half=$((SECONDS_TO_RUN / 2))
 "$ctl" verify --pubkey "$run/gateway.pub.pem" --mqtt "tcp://127.0.0.1:$port" --from-start \
-  --topic checkpoint/demo-gw-1/evidence --seconds "$SECONDS_TO_RUN" --print & verify_pid=$!
+  --topic checkpoint/demo-gw-1/evidence --seconds "$half" --print & verify_pid=$!
 sleep 1
 
 "$daemon" --config "$run/checkpointd.yaml" 2>"$run/checkpointd.log" & daemon_pid=$!
 pids+=("$daemon_pid")
-echo "== checkpointd running (log: $run/checkpointd.log); following the evidence feed for ${SECONDS_TO_RUN}s"
+echo "== checkpointd running (log: $run/checkpointd.log); following the evidence feed for ${half}s"
 echo
 wait "$verify_pid" || echo "!! verification failed (see above)"
+
+echo
+echo "== the broker restarts without persistence: what it held for central is gone"
+kill -TERM "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
+sleep 1
+/usr/sbin/mosquitto -c "$run/mosquitto.conf" & pids[0]=$!
+for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+sleep $((SECONDS_TO_RUN - half))
 
 echo
 echo "== what a technician sees: checkpointctl status (from the running daemon over $run/control.sock)"
@@ -134,6 +180,7 @@ openssl pkeyutl -verify -pubin -inkey "$run/gateway.pub.pem" -rawin -in "$run/si
 
 echo
 kill -TERM "$daemon_pid"; wait "$daemon_pid" && echo "== checkpointd stopped cleanly (exit 0)"
+sleep 2  # the stop audit reaches central
 echo "== pictures and recordings kept at the gateway: $(ls "$run/media" | grep -c '^[0-9a-f]\{64\}$') files in $run/media (named by SHA-256)"
 echo "== body-worn recordings collected from the dock, acknowledged only after their records were committed:"
 sqlite3 "$run/store.db" "SELECT '   ' || unique_id || '  ' || state || '  record ' || record_id FROM dock_files" 2>/dev/null || true
@@ -141,3 +188,22 @@ echo "== the whole chain from the gateway's store, every picture and recording c
 sqlite3 "$run/store.db" "SELECT jws FROM records ORDER BY seq" >"$run/all.jws"
 "$ctl" verify --pubkey "$run/gateway.pub.pem" --from-start --media "$run/media" "$run/all.jws"
 echo "== retained status: $(mosquitto_sub -h 127.0.0.1 -p "$port" -t checkpoint/demo-gw-1/status -C 1 -W 3 || true)"
+
+echo
+head=$(sqlite3 "$run/store.db" "SELECT max(seq) FROM records")
+echo "== central: waiting until it holds the gateway's whole chain (head seq $head), repairing what the restart lost"
+for _ in $(seq 120); do
+  wm=$("$pgbin/psql" -tAq -h "$pgdir" -p "$pgport" -U cpd -d evidence -c "SELECT watermark_seq FROM gateways WHERE gateway = 'demo-gw-1'")
+  [ "$wm" = "$head" ] && break; sleep 0.5
+done
+"$central" status --config "$run/central.yaml"
+grep -E 'asked for a resend' "$run/central.log" | sed 's/^/   central: /' | head -5 || true
+echo "== the custody receipt the gateway accepted (retained on checkpoint/demo-gw-1/custody), and its custody records:"
+sqlite3 "$run/store.db" "SELECT '   through seq ' || through_seq || ' from ' || central FROM custody"
+sqlite3 "$run/store.db" "SELECT '   custody record seq ' || seq FROM records WHERE type = 'custody' ORDER BY seq DESC LIMIT 3"
+echo "== central's copy of the chain, exported and verified with the stock tool from seq 1:"
+"$central" export --config "$run/central.yaml" --gateway demo-gw-1 >"$run/central.jws"
+"$ctl" verify --pubkey "$run/gateway.pub.pem" --from-start "$run/central.jws"
+echo "== speeding cases a back office queries in PostgreSQL (view speeding_cases):"
+"$pgbin/psql" -h "$pgdir" -p "$pgport" -U cpd -d evidence -c \
+  "SELECT id, plate, lane, speed_dkmh, limit_kmh, enforceable, in_custody FROM speeding_cases ORDER BY seq LIMIT 5"

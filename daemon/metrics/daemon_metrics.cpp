@@ -378,6 +378,40 @@ ProcessStats read_process_stats() {
   return p;
 }
 
+namespace {
+
+// Custody (docs/custody.md): how far central holds the chain, how old the oldest record outside it is.
+void custody_metrics(Exposition& out, const json& custody, std::optional<double> now_ms) {
+  if (const auto through = number(custody, "through_seq")) {
+    out.add_gauge("checkpointd_custody_through_seq",
+                  "Records 1..N that central holds (last accepted receipt).", {}, *through);
+  }
+  double age = 0;
+  if (const auto oldest = number(custody, "oldest_not_in_custody_ms"); oldest && now_ms) {
+    age = std::max(0.0, (*now_ms - *oldest) / kMs);
+  }
+  out.add_gauge("checkpointd_custody_oldest_outside_age_seconds",
+                "Age of the oldest record central does not hold yet (0: none).", {}, age);
+  if (const auto receipt = number(custody, "receipt_ms")) {
+    out.add_gauge("checkpointd_custody_last_receipt_timestamp_seconds", "When the last receipt was accepted.",
+                  {}, *receipt / kMs);
+  }
+  const std::pair<const char*, const char*> counters[] = {
+      {"receipts_accepted", "checkpointd_custody_receipts_accepted_total"},
+      {"receipts_refused", "checkpointd_custody_receipts_refused_total"},
+      {"resend_requests", "checkpointd_custody_resend_requests_total"},
+      {"resent_records", "checkpointd_custody_resent_records_total"},
+      {"pruned_records", "checkpointd_custody_pruned_records_total"},
+  };
+  for (const auto& [key, name] : counters) {
+    if (const auto v = number(custody, key)) {
+      out.add_counter(name, "Custody agent counter (docs/custody.md).", {}, *v);
+    }
+  }
+}
+
+}  // namespace
+
 std::string render_daemon_metrics(const json& status, const Histograms& histograms,
                                   const ProcessStats& process) {
   Exposition out;
@@ -420,6 +454,10 @@ std::string render_daemon_metrics(const json& status, const Histograms& histogra
 
   if (const json* storage = member(status, "storage")) {
     storage_metrics(out, *storage);
+  }
+  if (const json* custody = member(status, "custody");
+      custody != nullptr && custody->value("enabled", false)) {
+    custody_metrics(out, *custody, number(status, "time_ms"));
   }
   process_metrics(out, process);
   return out.text();

@@ -377,6 +377,10 @@ RadarPart radar_part(const adapters::RadarTrack& track,
   } else {
     part.status_ok = true;
   }
+  if (track.clock.unstable) {
+    // Timed by the gateway's receive time while the radar's clock keeps stepping (a device fault).
+    part.reasons.emplace_back("radar_clock_unstable");
+  }
 
   json speeds = json::array();
   json samples = json::array();
@@ -407,7 +411,8 @@ RadarPart radar_part(const adapters::RadarTrack& track,
         {"samples", track.clock.samples},
         {"window_ms", track.clock.window_ms},
         {"epoch", track.clock.epoch},
-        {"wraps", track.clock.wraps}}},
+        {"wraps", track.clock.wraps},
+        {"unstable", track.clock.unstable}}},
       {"calibration", calibration},
       {"radar_status", {{"code", track.status.code}, {"text", track.status.text}}},
   };

@@ -13,6 +13,7 @@
 
 #include "daemon/core/ed25519.h"
 #include "daemon/core/encoding.h"
+#include "daemon/core/record_check.h"
 #include "tests/integration/harness.h"
 #include "tests/integration/postgres.h"
 
@@ -384,6 +385,77 @@ TEST_F(Custody, ABrokerThatLosesMessagesIsRepairedByResends) {
   EXPECT_EQ(pg_int("SELECT count(*) - count(DISTINCT seq) FROM records WHERE gateway = 'gw'"), 0);
   EXPECT_EQ(pg_int("SELECT count(*) FROM forks"), 0);
   EXPECT_EQ(pg_int("SELECT count(*) FROM quarantine"), 0);
+  daemon->signal(SIGTERM);
+  EXPECT_EQ(daemon->wait(30s), 0) << daemon->stderr_text();
+}
+
+// Two instances split the feed on one shared subscription; one is SIGKILLed mid-run with messages in hand.
+// The other (and the gap repair) ends with every record, verified, once.
+TEST_F(Custody, TwoInstancesShareTheFeedAndAKilledOneLosesNothing) {
+  enroll();
+  auto a = start_central("central-a", "central-a");
+  auto b = start_central("central-b", "central-b");
+  start_radar(150, 15);
+  write_gateway_config(true);
+  auto daemon = start_daemon();
+  ASSERT_TRUE(wait_for_condition([&] { return watermark() >= 40; }, 60s))
+      << a->stderr_text() << b->stderr_text();
+  b->signal(SIGKILL);
+  b->wait(10s);
+  ASSERT_TRUE(wait_for_condition(
+      [&] {
+        return store_query(dir_ / "store.db",
+                           "SELECT count(*) FROM records WHERE type = 'speed_measurement'") >= 150;
+      },
+      90s));
+  ASSERT_TRUE(wait_for_condition([&] { return watermark() == head_seq(); }, 90s))
+      << "watermark " << watermark() << " head " << head_seq() << "\n"
+      << a->stderr_text();
+  // Both instances stored records: the feed was split.
+  EXPECT_GT(pg_int("SELECT count(*) FROM records WHERE gateway = 'gw'"), 150);
+  EXPECT_EQ(pg_int("SELECT count(*) - count(DISTINCT seq) FROM records WHERE gateway = 'gw'"), 0);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM forks"), 0);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM quarantine"), 0);
+  EXPECT_NE(b->stderr_text().find("subscribed to $share/central/"), std::string::npos);
+  daemon->signal(SIGTERM);
+  EXPECT_EQ(daemon->wait(30s), 0) << daemon->stderr_text();
+}
+
+// A record forged with another key on a gateway's topic is quarantined (kept, alarmed), never trusted, and
+// does not stop the real chain.
+TEST_F(Custody, ARecordUnderAnUnknownKeyIsQuarantinedNotTrusted) {
+  enroll();
+  auto central = start_central();
+  start_radar(10, 20);
+  write_gateway_config(true);
+  auto daemon = start_daemon();
+  ASSERT_TRUE(wait_for_condition([&] { return watermark() >= 5; }, 60s)) << central->stderr_text();
+  const auto forger = Ed25519PrivateKey::generate();
+  nlohmann::json body = {{"v", 1},
+                         {"gateway", "gw"},
+                         {"seq", 1000000},
+                         {"prev", std::string(64, '0')},
+                         {"id", "gw:1000000"},
+                         {"type", "speeding"},
+                         {"time_ms", 1},
+                         {"created_ms", 1}};
+  const std::string forged = sign_compact(forger, "evidence+jws", body);
+  Process pub({"/usr/bin/mosquitto_pub", "-h", "127.0.0.1", "-p", std::to_string(broker_->port()), "-q", "1",
+               "-t", "checkpoint/gw/evidence", "-m", forged},
+              dir_ / "forge");
+  ASSERT_EQ(pub.wait(10s), 0);
+  ASSERT_TRUE(wait_for_condition([&] { return pg_int("SELECT count(*) FROM quarantine") == 1; }, 20s))
+      << central->stderr_text();
+  EXPECT_EQ(pg_.query("SELECT kid FROM quarantine"), forger.public_key().kid());
+  EXPECT_EQ(pg_int("SELECT count(*) FROM records WHERE seq = 1000000"), 0);
+  EXPECT_NE(central->stderr_text().find("record under an unknown key quarantined"), std::string::npos);
+  ASSERT_TRUE(wait_for_condition(
+      [&] {
+        return store_query(dir_ / "store.db",
+                           "SELECT count(*) FROM records WHERE type = 'speed_measurement'") >= 10;
+      },
+      60s));
+  ASSERT_TRUE(wait_for_condition([&] { return watermark() == head_seq(); }, 60s));
   daemon->signal(SIGTERM);
   EXPECT_EQ(daemon->wait(30s), 0) << daemon->stderr_text();
 }

@@ -242,7 +242,8 @@ TEST_F(DevicesCli, CheckConfigWarnsAtTheDeviceEntries) {
   const std::string text = std::string("gateway:\n  id: gw\n") +
                            "  site: {name: t, road: G60, direction: N, lat: 30.0, lon: 120.0, utc_offset: "
                            "\"+08:00\"}\n" +
-                           "  key: /tmp/gw.key\nstore:\n  path: /tmp/store.db\nmqtt:\n  uri: tcp://127.0.0.1:1883\n"
+                           "  key: " + (make_gateway_key(dir_.path()).parent_path() / "gateway.key").string() +
+                           "\nstore:\n  path: /tmp/store.db\nmqtt:\n  uri: tcp://127.0.0.1:1883\n"
                            "metrics: {enabled: false}\n"
                            "devices:\n"
                            "  - id: radar-a\n    kind: radar\n    tcp: {host: 192.0.2.10, port: 4001}\n"

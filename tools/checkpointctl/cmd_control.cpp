@@ -448,6 +448,26 @@ void print_status(std::ostream& out, const json& s, const std::string& socket) {
     out << '\n';
   }
 
+  if (const json c = s.value("custody", json()); c.is_object() && c.value("enabled", false)) {
+    out << "Custody:  ";
+    if (int_of(c, "through_seq") > 0) {
+      out << "central " << text_of(c.value("central", json()), "?") << " holds seq 1.." << int_of(c, "through_seq")
+          << " (receipt " << age_text(now, int_of(c, "receipt_ms")) << " ago)";
+    } else {
+      out << "no receipt yet: nothing is deleted";
+    }
+    if (c.contains("oldest_not_in_custody_ms") && c["oldest_not_in_custody_ms"].is_number()) {
+      out << ", oldest record not in custody " << age_text(now, int_of(c, "oldest_not_in_custody_ms")) << " old";
+    }
+    out << ", resends served " << int_of(c, "resend_requests") << " (" << int_of(c, "resent_records")
+        << " records), pruned " << int_of(c, "pruned_records");
+    if (int_of(c, "receipts_refused") > 0) {
+      out << ", receipts REFUSED " << int_of(c, "receipts_refused") << " (last: "
+          << printable(text_of(c.value("last_refusal", json()), "")) << ")";
+    }
+    out << '\n';
+  }
+
   if (const json c = s.value("clock_sync", json()); c.is_object()) {
     const bool synced = c.value("synced", false);
     out << "Clock:    " << (synced ? "synchronised" : "NOT synchronised") << " (source "

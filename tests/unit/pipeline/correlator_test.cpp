@@ -359,6 +359,19 @@ TEST(CorrelatorTest, UnmatchedBothSidesAfterMaxWait) {
   EXPECT_EQ(second[0].fields["camera_event"]["uuid"], "u1");
 }
 
+TEST(CorrelatorTest, ATrackTimedByAnUnstableRadarClockIsMarkedAndNotValid) {
+  Correlator c(make_config());
+  c.set_clock_sync(synced());
+  auto track = make_track(1, 1, 900, kT0);
+  track.clock.unstable = true;
+  EXPECT_TRUE(c.on_event(track, kT0 + 600).empty());
+  const auto facts = c.tick(kT0 + 2600);
+  ASSERT_THAT(types_of(facts), ElementsAre("speed_measurement"));
+  EXPECT_EQ(facts[0].fields["radar_clock"]["unstable"], true);
+  EXPECT_EQ(facts[0].fields["valid"], false);
+  EXPECT_EQ(facts[0].fields["invalid_reasons"], json::array({"radar_clock_unstable"}));
+}
+
 TEST(CorrelatorTest, UnreadablePlateNeverMatches) {
   const auto facts =
       run(make_config(), {make_track(1, 1, 1300, kT0), make_read("u", 1, "unknown", kT0 + 20)});
@@ -774,9 +787,11 @@ TEST(CorrelatorTest, TheDeviceTimeToleranceIsConfigured) {
 // Defect: a plate in GBK made the paired speeding record unsealable (a bare fault: no speed, no plate, no
 // pictures). Every camera string reaches the record escaped, with its exact bytes beside it.
 TEST(CorrelatorTest, CameraTextThatIsNotUtf8IsEscapedWithItsExactBytesBeside) {
-  const std::string gbk_plate = "\xd5\xe3" "A12345";  // 浙A12345 in GBK
+  const std::string gbk_plate =
+      "\xd5\xe3"
+      "A12345";  // 浙A12345 in GBK
   auto read = make_read("u\xff", 1, gbk_plate, kT0 + 10);
-  read.plate_color = "\xc0\xb6";  // 蓝
+  read.plate_color = "\xc0\xb6";           // 蓝
   read.vehicle_type = "\xbd\xce\xb3\xb5";  // 轿车
   read.raw_xml = "<licensePlate>" + gbk_plate + "</licensePlate>";
   read.pictures[0].file_name = "\xd5\xe3.jpg";
@@ -794,9 +809,8 @@ TEST(CorrelatorTest, CameraTextThatIsNotUtf8IsEscapedWithItsExactBytesBeside) {
   EXPECT_EQ(b["pictures"][0]["file_name"], "\\xd5\\xe3.jpg");
   EXPECT_EQ(b["pictures"].size(), 2u);
   EXPECT_EQ(b["missing_pictures"], json({"ok.jpg", "\\xb3\\xb5.jpg"}));
-  EXPECT_EQ(b["text_not_utf8"],
-            json({"camera_event.raw_xml", "camera_event.uuid", "missing_pictures[1]", "pictures[0].file_name",
-                  "plate", "plate_color", "vehicle_type"}));
+  EXPECT_EQ(b["text_not_utf8"], json({"camera_event.raw_xml", "camera_event.uuid", "missing_pictures[1]",
+                                      "pictures[0].file_name", "plate", "plate_color", "vehicle_type"}));
   EXPECT_EQ(b["enforceable"], true) << "escaped text is not a validity failure";
   EXPECT_EQ(facts[0].media.size(), 2u);
   EXPECT_NO_THROW(canonical_json(b));

@@ -1,0 +1,106 @@
+// checkpoint-central's verify-and-store rate (one instance's worker path: check_record + CentralStore
+// batches into a private PostgreSQL) against the raw Ed25519 verify rate of this machine, measured in the
+// same run; and how the rate moves with the PostgreSQL batch size. The MQTT hop is not in it (the broker
+// and Paho cost are in `cpd-bench`); issue 13's target is verify+store >= 0.7 x raw verify.
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "central/central_store.h"
+#include "daemon/core/encoding.h"
+#include "daemon/core/record_check.h"
+#include "daemon/core/sealer.h"
+#include "tests/integration/postgres.h"
+
+namespace {
+
+using namespace cpd;
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+std::vector<std::string> seal_records(const Ed25519PrivateKey& key, std::size_t n) {
+  Sealer sealer(key, "bench-gw", ChainHead{});
+  std::vector<std::string> out;
+  out.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    Fact f;
+    f.type = "speed_measurement";
+    f.time_ms = 1767225600000 + static_cast<UnixMs>(i) * 50;
+    // A realistic body: the radar part of a speed_measurement with 20 raw frames.
+    nlohmann::json frames = nlohmann::json::array();
+    for (int j = 0; j < 20; ++j) {
+      frames.push_back("AA55" + std::string(60, static_cast<char>('0' + j % 10)));
+    }
+    f.fields = {{"lane", 1 + static_cast<int>(i % 2)},
+                {"speed_dkmh", 900 + static_cast<int>(i % 400)},
+                {"raw_frames", frames},
+                {"site", {{"name", "K1234+500"}, {"road", "G60"}}},
+                {"valid", true},
+                {"invalid_reasons", nlohmann::json::array()}};
+    out.push_back(sealer.seal(f, f.time_ms + 10).jws);
+  }
+  return out;
+}
+
+}  // namespace
+
+int main() {
+  constexpr std::size_t kRecords = 20000;
+  const auto key = Ed25519PrivateKey::generate();
+  const auto pub = key.public_key();
+  std::printf("sealing %zu records...\n", kRecords);
+  const auto records = seal_records(key, kRecords);
+
+  // Raw Ed25519 verify over the same signing inputs: the machine's ceiling for any verifier.
+  std::vector<std::pair<std::string, std::string>> inputs;
+  for (const auto& jws : records) {
+    const auto dot2 = jws.rfind('.');
+    inputs.emplace_back(jws.substr(0, dot2), *base64url_decode(jws.substr(dot2 + 1)));
+  }
+  auto t0 = Clock::now();
+  std::size_t ok = 0;
+  for (const auto& [data, sig] : inputs) {
+    ok += pub.verify(data, sig) ? 1 : 0;
+  }
+  const double raw_rate = static_cast<double>(kRecords) / seconds_since(t0);
+  std::printf("raw Ed25519 verify: %.0f/s (%zu ok)\n", raw_rate, ok);
+
+  // check_record alone (header, signature, canonical body, members).
+  const KeyForKid lookup = [&](const std::string& kid) -> std::optional<Ed25519PublicKey> {
+    return kid == pub.kid() ? std::optional<Ed25519PublicKey>(pub) : std::nullopt;
+  };
+  t0 = Clock::now();
+  for (const auto& jws : records) {
+    ok += check_record(jws, lookup).ok ? 1 : 0;
+  }
+  const double check_rate = static_cast<double>(kRecords) / seconds_since(t0);
+  std::printf("check_record: %.0f/s (%.2f x raw verify)\n", check_rate, check_rate / raw_rate);
+
+  cpd::testing::Postgres pg;
+  pg.start();
+  for (const std::size_t batch : {100, 500, 2000}) {
+    pg.query("DROP SCHEMA public CASCADE; CREATE SCHEMA public;");
+    central::CentralStore store(pg.conninfo());
+    store.enroll("bench-gw", pub, "bench", 0);
+    const central::ReceiptPolicy policy{"bench-central", 1000, 5000};
+    t0 = Clock::now();
+    for (std::size_t i = 0; i < records.size(); i += batch) {
+      central::Batch b;
+      for (std::size_t j = i; j < std::min(records.size(), i + batch); ++j) {
+        RecordCheck c = check_record(records[j], lookup);
+        b.records.push_back(
+            {"bench-gw", c.seq, records[j], sha256_hex(records[j]), c.prev, c.kid, std::move(c.body)});
+      }
+      store.store_batch(b, 1767225600000, policy);
+    }
+    const double rate = static_cast<double>(kRecords) / seconds_since(t0);
+    const auto wm = pg.query("SELECT watermark_seq FROM gateways");
+    std::printf("verify + store, batch %4zu: %.0f records/s (%.2f x raw verify), watermark %s\n", batch, rate,
+                rate / raw_rate, wm.c_str());
+  }
+  return 0;
+}
