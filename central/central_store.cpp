@@ -201,50 +201,86 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
     touched.insert(m.gateway);
   }
 
-  for (const IncomingRecord& rec : batch.records) {
-    const RecordColumns c = record_columns(rec.body);
-    PgResult ins = conn_->exec(
+  // Records go in multi-row INSERTs (one round trip per kRowsPerInsert records); those that came back are
+  // new, the others were held already: the same bytes (a duplicate) or other bytes (a fork).
+  constexpr std::size_t kRowsPerInsert = 200;
+  std::map<std::string, std::uint64_t> highest;  // gateway -> highest new seq in this batch
+  for (std::size_t from = 0; from < batch.records.size(); from += kRowsPerInsert) {
+    const std::size_t to = std::min(batch.records.size(), from + kRowsPerInsert);
+    std::string sql =
         "INSERT INTO records (gateway, seq, jws, jws_sha256, prev, kid, type, time_ms, created_ms, site, "
         "plate, "
-        "plate_color, lane, speed_dkmh, limit_kmh, enforceable, reasons, body, received_ms) VALUES ($1, $2, "
-        "$3, $4, "
-        "$5, $6, $7, $8, $9, $10::json, $11, $12, $13, $14, $15, $16, $17::json, $18::json, $19) "
-        "ON CONFLICT (gateway, seq) DO NOTHING",
-        {rec.gateway, num(rec.seq), rec.jws, rec.jws_sha256, rec.prev, rec.kid, c.type,
-         std::to_string(c.time_ms), std::to_string(c.created_ms), c.site, c.plate, c.plate_color,
-         opt_num(c.lane), opt_num(c.speed_dkmh), opt_num(c.limit_kmh),
-         c.enforceable ? std::optional<std::string>(*c.enforceable ? "true" : "false") : std::nullopt,
-         c.reasons, rec.body.dump(), now},
-        "storing a record");
-    touched.insert(rec.gateway);
-    if (ins.affected() == 1) {
-      ++out.stored;
+        "plate_color, lane, speed_dkmh, limit_kmh, enforceable, reasons, body, received_ms) VALUES ";
+    std::string media_sql = "INSERT INTO record_media (gateway, seq, sha256) VALUES ";
+    PgParams params;
+    PgParams media_params;
+    for (std::size_t i = from; i < to; ++i) {
+      const IncomingRecord& rec = batch.records[i];
+      const RecordColumns c = record_columns(rec.body);
+      const std::size_t p = params.size();
+      const auto n = [&](std::size_t k) { return "$" + std::to_string(p + k); };
+      sql += (i == from ? "(" : ", (") + n(1) + ", " + n(2) + "::bigint, " + n(3) + ", " + n(4) + ", " +
+             n(5) + ", " + n(6) + ", " + n(7) + ", " + n(8) + "::bigint, " + n(9) + "::bigint, " + n(10) +
+             "::json, " + n(11) + ", " + n(12) + ", " + n(13) + "::bigint, " + n(14) + "::bigint, " + n(15) +
+             "::bigint, " + n(16) + "::boolean, " + n(17) + "::json, " + n(18) + "::json, " + n(19) +
+             "::bigint)";
+      params.insert(
+          params.end(),
+          {rec.gateway, num(rec.seq), rec.jws, rec.jws_sha256, rec.prev, rec.kid, c.type,
+           std::to_string(c.time_ms), std::to_string(c.created_ms), c.site, c.plate, c.plate_color,
+           opt_num(c.lane), opt_num(c.speed_dkmh), opt_num(c.limit_kmh),
+           c.enforceable ? std::optional<std::string>(*c.enforceable ? "true" : "false") : std::nullopt,
+           c.reasons, rec.body.dump(), now});
       for (const std::string& sha : c.pictures) {
-        conn_->exec(
-            "INSERT INTO record_media (gateway, seq, sha256) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            {rec.gateway, num(rec.seq), sha}, "naming a record's media");
+        const std::size_t m = media_params.size();
+        media_sql += (media_params.empty() ? "($" : ", ($") + std::to_string(m + 1) + ", $" +
+                     std::to_string(m + 2) + "::bigint, $" + std::to_string(m + 3) + ")";
+        media_params.insert(media_params.end(), {rec.gateway, num(rec.seq), sha});
       }
-      conn_->exec("UPDATE gateways SET max_seq = GREATEST(max_seq, $2), last_seen_ms = $3 WHERE gateway = $1",
-                  {rec.gateway, num(rec.seq), now}, "noting a gateway's highest seq");
-      continue;
+      touched.insert(rec.gateway);
     }
-    PgResult held = conn_->exec("SELECT jws_sha256 FROM records WHERE gateway = $1 AND seq = $2",
-                                {rec.gateway, num(rec.seq)}, "comparing a second copy");
-    if (held.rows() == 1 && held.text(0, 0) == rec.jws_sha256) {
-      ++out.duplicates;  // a QoS 1 redelivery or a resend of what we hold: the same bytes
-      continue;
+    sql += " ON CONFLICT (gateway, seq) DO NOTHING RETURNING gateway, seq";
+    PgResult ins = conn_->exec(sql, params, "storing records");
+    std::set<std::pair<std::string, std::uint64_t>> fresh;
+    for (int r = 0; r < ins.rows(); ++r) {
+      const auto seq = static_cast<std::uint64_t>(ins.integer(r, 1));
+      fresh.emplace(ins.text(r, 0), seq);
+      auto& h = highest[ins.text(r, 0)];
+      h = std::max(h, seq);
     }
-    // Same (gateway, seq), other bytes, both signed by a trusted key: a fork. Both are kept.
-    PgResult f = conn_->exec(
-        "INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms) VALUES ($1, $2, $3, $4, $5) "
-        "ON CONFLICT DO NOTHING",
-        {rec.gateway, num(rec.seq), rec.jws, rec.jws_sha256, now}, "keeping a fork");
-    if (f.affected() == 1) {
-      ++out.forks;
-      out.fork_ids.push_back(rec.gateway + ":" + num(rec.seq));
-      conn_->exec("UPDATE gateways SET forks = forks + 1 WHERE gateway = $1", {rec.gateway},
-                  "counting a fork");
+    out.stored += fresh.size();
+    if (!media_params.empty()) {
+      // Media rows of records that were held already are the same rows: DO NOTHING keeps them once.
+      conn_->exec(media_sql + " ON CONFLICT DO NOTHING", media_params, "naming records' media");
     }
+    for (std::size_t i = from; i < to; ++i) {
+      const IncomingRecord& rec = batch.records[i];
+      if (fresh.count({rec.gateway, rec.seq}) != 0) {
+        continue;
+      }
+      PgResult held = conn_->exec("SELECT jws_sha256 FROM records WHERE gateway = $1 AND seq = $2",
+                                  {rec.gateway, num(rec.seq)}, "comparing a second copy");
+      if (held.rows() == 1 && held.text(0, 0) == rec.jws_sha256) {
+        ++out.duplicates;  // a QoS 1 redelivery or a resend of what we hold: the same bytes
+        continue;
+      }
+      // Same (gateway, seq), other bytes, both signed by a trusted key: a fork. Both are kept.
+      PgResult f = conn_->exec(
+          "INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms) VALUES ($1, $2, $3, $4, $5) "
+          "ON CONFLICT DO NOTHING",
+          {rec.gateway, num(rec.seq), rec.jws, rec.jws_sha256, now}, "keeping a fork");
+      if (f.affected() == 1) {
+        ++out.forks;
+        out.fork_ids.push_back(rec.gateway + ":" + num(rec.seq));
+        conn_->exec("UPDATE gateways SET forks = forks + 1 WHERE gateway = $1", {rec.gateway},
+                    "counting a fork");
+      }
+    }
+  }
+  for (const auto& [gateway, seq] : highest) {
+    conn_->exec(
+        "UPDATE gateways SET max_seq = GREATEST(max_seq, $2::bigint), last_seen_ms = $3 WHERE gateway = $1",
+        {gateway, num(seq), now}, "noting a gateway's highest seq");
   }
 
   for (const QuarantineEntry& q : batch.quarantine) {

@@ -157,9 +157,15 @@ void CustodyAgent::on_receipt(const std::string& jws) {
     }
     store::CustodyState state{receipt.through_seq, receipt.head, receipt.central, kid, jws, clock_.now_ms()};
     const auto current = store.custody();
-    if (current && !store.has_other_than("custody", current->through_seq, receipt.through_seq)) {
-      // The receipt only adds our own custody records: noted, but not sealed again (a record per such receipt
-      // would move central's watermark and bring the next receipt, for ever).
+    const UnixMs now = clock_.now_ms();
+    const bool only_custody =
+        current && !store.has_other_than("custody", current->through_seq, receipt.through_seq);
+    const bool too_soon =
+        current && now - last_custody_record_ms_ < static_cast<UnixMs>(cfg_.record_min_interval_s) * 1000;
+    if (only_custody || too_soon) {
+      // Noted, not sealed: a receipt that only adds our own custody records would otherwise bring the next
+      // receipt for ever, and one custody record per record_min_interval_s is enough to show in the chain
+      // when custody passed (the state, and so retention, advances with every receipt).
       if (const Status st = store.set_custody(state); st.is_ok()) {
         std::lock_guard lock(snapshot_mutex_);
         custody_ = state;
@@ -177,6 +183,7 @@ void CustodyAgent::on_receipt(const std::string& jws) {
                    {"issued_ms", receipt.issued_ms},
                    {"receipt_sha256", sha256_hex(jws)},
                    {"receipt", jws}};
+    last_custody_record_ms_ = now;
     host_.submit(std::move(fact), [this, state](const SealedRecord& sealed) {
       // The custody record is committed: now the store may count these records as held by central.
       host_.run_on_store([this, state, custody_seq = sealed.seq](store::EvidenceStore& s) {

@@ -107,7 +107,8 @@ class CustodyAgent {
   // Strand state.
   std::deque<Resend> resends_;
   bool resending_ = false;
-  std::uint64_t accepting_through_ = 0;  // highest through_seq being or already accepted (no double records)
+  std::uint64_t accepting_through_ = 0;
+  UnixMs last_custody_record_ms_ = 0;    // store thread: when the last custody record was sealed  // highest through_seq being or already accepted (no double records)
   std::chrono::steady_clock::time_point pace_start_{};
   std::uint64_t paced_messages_ = 0;
 

@@ -291,6 +291,8 @@ CustodySection parse_custody(Section& root) {
   out.resend_max_queued = c.optional<int>("resend_max_queued", out.resend_max_queued, {.min = 1, .max = 1000});
   out.retention_check_ms =
       c.optional<int>("retention_check_ms", out.retention_check_ms, {.min = 100, .max = 86400000});
+  out.record_min_interval_s =
+      c.optional<int>("record_min_interval_s", out.record_min_interval_s, {.min = 0, .max = 86400});
   return out;
 }
 

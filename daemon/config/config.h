@@ -103,6 +103,8 @@ struct CustodySection {
   int resend_records_per_s = 1000;             // records published again per second at most (media included)
   int resend_max_queued = 16;                  // requests waiting; beyond: answered "busy" at once
   int retention_check_ms = 60000;              // how often records in custody are pruned
+  int record_min_interval_s = 60;              // at most one custody record per this (receipts in between
+                                               // advance custody without a record)
 
   bool operator==(const CustodySection&) const = default;
 };
