@@ -491,9 +491,15 @@ void CustodyAgent::prune() {
                 "retention: deleted " + std::to_string(records) + " records and " + std::to_string(media) +
                     " pictures in custody and older than " + std::to_string(retention_days_) + " days");
     }
+    // The oldest record outside custody moves as records are sealed and receipts come: refreshed here too.
+    std::optional<UnixMs> oldest;
+    if (const auto next = store.record(state->through_seq + 1)) {
+      oldest = next->created_ms;
+    }
     std::lock_guard lock(snapshot_mutex_);
     pruned_records_ += records;
     pruned_media_ += media;
+    oldest_outside_ms_ = oldest;
   });
 }
 
