@@ -18,8 +18,6 @@ using config::Section;
 constexpr std::string_view kIdPattern = "[a-z0-9][a-z0-9-]{0,62}";
 constexpr std::string_view kIdAllowed =
     "1 to 63 lower-case letters, digits or '-', starting with a letter or digit";
-constexpr std::string_view kPathPattern = "[^\\s].{0,4095}";
-constexpr std::string_view kPathAllowed = "a non-empty file path";
 
 CentralConfig parse_document(const YAML::Node& document, const std::string& name) {
   auto context = std::make_shared<config::LoadContext>();
@@ -31,7 +29,8 @@ CentralConfig parse_document(const YAML::Node& document, const std::string& name
   Section central = root.section("central");
   out.central.id = central.required<std::string>("id", {.pattern = kIdPattern, .allowed = kIdAllowed});
   out.central.key_path = config::resolve_path(
-      central, central.required<std::string>("key", {.pattern = kPathPattern, .allowed = kPathAllowed}));
+      central, central.required<std::string>(
+                   "key", {.pattern = config::kPathPattern, .allowed = config::kPathAllowed}));
   central.finish();
 
   Section pg = root.section("postgres");
@@ -60,7 +59,8 @@ CentralConfig parse_document(const YAML::Node& document, const std::string& name
       feed.optional<int>("queue_messages", out.feed.queue_messages, {.min = 10, .max = 1000000});
   out.feed.batch_max = feed.optional<int>("batch_max", out.feed.batch_max, {.min = 1, .max = 10000});
   out.feed.media_dir = config::resolve_path(
-      feed, feed.required<std::string>("media_dir", {.pattern = kPathPattern, .allowed = kPathAllowed}));
+      feed, feed.required<std::string>("media_dir",
+                                       {.pattern = config::kPathPattern, .allowed = config::kPathAllowed}));
   out.feed.quarantine_max_per_gateway = feed.optional<int>(
       "quarantine_max_per_gateway", out.feed.quarantine_max_per_gateway, {.min = 1, .max = 100000000});
   feed.finish();
@@ -90,8 +90,8 @@ CentralConfig parse_document(const YAML::Node& document, const std::string& name
   if (auto trust = root.optional_section("trust")) {
     if (trust->has("keys_dir")) {
       out.trust.keys_dir = config::resolve_path(
-          *trust,
-          trust->required<std::string>("keys_dir", {.pattern = kPathPattern, .allowed = kPathAllowed}));
+          *trust, trust->required<std::string>(
+                      "keys_dir", {.pattern = config::kPathPattern, .allowed = config::kPathAllowed}));
       if (!std::filesystem::is_directory(out.trust.keys_dir)) {
         trust->fail("keys_dir", "'" + out.trust.keys_dir + "' is not a directory");
       }

@@ -355,7 +355,7 @@ void CentralService::classify(const Message& m, Batch& batch) {
         IncomingRecord{gateway, c.seq, m.payload, sha256_hex(m.payload), c.prev, c.kid, std::move(c.body)});
   } else if (topic->rest.rfind("media/", 0) == 0) {
     const std::string sha = topic->rest.substr(6);
-    if (!custody::is_sha256_hex(sha) || m.payload.size() > kMaxMediaBytes || sha256_hex(m.payload) != sha) {
+    if (!is_sha256_hex(sha) || m.payload.size() > kMaxMediaBytes || sha256_hex(m.payload) != sha) {
       ++counters_.media_refused;
       log::warn(
           "central", gateway,

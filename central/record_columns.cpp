@@ -1,7 +1,7 @@
 // Decoded columns of a verified record: tolerant of absent or oddly typed members (those stay NULL).
 #include "central/record_columns.h"
 
-#include "daemon/core/custody.h"
+#include "daemon/core/encoding.h"
 
 namespace cpd::central {
 
@@ -56,8 +56,7 @@ RecordColumns record_columns(const nlohmann::json& body) {
     for (const auto& picture : *it) {
       if (picture.is_object()) {
         const auto sha = picture.find("sha256");
-        if (sha != picture.end() && sha->is_string() &&
-            custody::is_sha256_hex(sha->get_ref<const std::string&>())) {
+        if (sha != picture.end() && sha->is_string() && is_sha256_hex(sha->get_ref<const std::string&>())) {
           c.pictures.push_back(sha->get<std::string>());
         }
       }

@@ -27,6 +27,12 @@ void add_not_held(std::vector<std::pair<std::uint64_t, std::uint64_t>>& ranges, 
   }
 }
 
+// created_ms of the first record still held after `through` (nothing in custody: through 0, the first held).
+std::optional<UnixMs> oldest_outside_custody(const store::EvidenceStore& store, std::uint64_t through) {
+  const auto next = store.record(through == 0 ? store.first_seq() : through + 1);
+  return next ? std::optional<UnixMs>(next->created_ms) : std::nullopt;
+}
+
 }  // namespace
 
 CustodyAgent::CustodyAgent(boost::asio::io_context& io, const config::Config& cfg,
@@ -61,10 +67,7 @@ void CustodyAgent::start() {
   });
   host_.run_on_store([this](store::EvidenceStore& store) {
     auto state = store.custody();
-    std::optional<UnixMs> oldest;
-    if (const auto next = store.record(state ? state->through_seq + 1 : store.first_seq())) {
-      oldest = next->created_ms;
-    }
+    const std::optional<UnixMs> oldest = oldest_outside_custody(store, state ? state->through_seq : 0);
     {
       std::lock_guard lock(snapshot_mutex_);
       custody_ = state;
@@ -194,10 +197,7 @@ void CustodyAgent::on_receipt(const std::string& jws) {
                          st.message());
           return;
         }
-        std::optional<UnixMs> oldest;
-        if (const auto next = s.record(state.through_seq + 1)) {
-          oldest = next->created_ms;
-        }
+        const std::optional<UnixMs> oldest = oldest_outside_custody(s, state.through_seq);
         std::lock_guard lock(snapshot_mutex_);
         custody_ = state;
         oldest_outside_ms_ = oldest;
@@ -492,10 +492,7 @@ void CustodyAgent::prune() {
                     " pictures in custody and older than " + std::to_string(retention_days_) + " days");
     }
     // The oldest record outside custody moves as records are sealed and receipts come: refreshed here too.
-    std::optional<UnixMs> oldest;
-    if (const auto next = store.record(state->through_seq + 1)) {
-      oldest = next->created_ms;
-    }
+    const std::optional<UnixMs> oldest = oldest_outside_custody(store, state->through_seq);
     std::lock_guard lock(snapshot_mutex_);
     pruned_records_ += records;
     pruned_media_ += media;

@@ -40,8 +40,6 @@ constexpr std::string_view kDeviceIdAllowed =
 constexpr std::string_view kPrintablePattern = "[!-~]([ -~]{0,126}[!-~])?";
 constexpr std::string_view kPrintableAllowed =
     "1 to 128 printable ASCII characters, no leading/trailing space";
-constexpr std::string_view kPathPattern = "[^\\s].{0,4095}";
-constexpr std::string_view kPathAllowed = "a non-empty file path";
 
 int parse_utc_offset(Section& site, const std::string& text) {
   // "+HH:MM" east of UTC; real offsets run from -12:00 to +14:00.

@@ -16,8 +16,6 @@ constexpr std::string_view kTopicPrefixPattern = "[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-
 constexpr std::string_view kTopicPrefixAllowed =
     "topic levels of letters, digits, '_', '.' or '-' separated by single '/' (no '+', '#', no leading or "
     "trailing '/')";
-constexpr std::string_view kPathPattern = "[^\\s].{0,4095}";
-constexpr std::string_view kPathAllowed = "a non-empty file path";
 
 // Paho takes tcp:// and ssl://; mqtt:// and mqtts:// are accepted as the names people also use.
 std::string parse_broker_uri(Section& mqtt) {

@@ -98,7 +98,7 @@ class Section {
   struct State;
   explicit Section(std::shared_ptr<State> state);
   Section child(const YAML::Node& node, std::string path);
-  YAML::Node value_of(std::string_view key);  // registers the key as known; null Node if absent
+  YAML::Node value_of(std::string_view key);       // registers the key as known; null Node if absent
   YAML::Mark mark_of(std::string_view key) const;  // of the key's value; of this mapping when absent
   [[noreturn]] void fail_missing(std::string_view key, std::string_view allowed) const;
   [[noreturn]] void fail_at(const YAML::Mark& mark, const std::string& key, const std::string& detail) const;
@@ -120,6 +120,10 @@ extern template std::int64_t Section::optional<std::int64_t>(std::string_view, s
 extern template double Section::optional<double>(std::string_view, double, const Rule<double>&);
 extern template std::string Section::optional<std::string>(std::string_view, std::string,
                                                            const Rule<std::string>&);
+
+// A key naming a file: any non-empty path (resolved with resolve_path below).
+inline constexpr std::string_view kPathPattern = "[^\\s].{0,4095}";
+inline constexpr std::string_view kPathAllowed = "a non-empty file path";
 
 // Days since 1970-01-01 of a proleptic Gregorian date; nullopt unless "YYYY-MM-DD" names a real day
 // (years 1970..9999). Shared by sections that take calendar dates.

@@ -3,6 +3,8 @@
 
 #include <utility>
 
+#include "daemon/core/encoding.h"
+
 namespace cpd::custody {
 
 namespace {
@@ -55,18 +57,6 @@ std::optional<nlohmann::json> typed_body(const std::string& payload, const char*
 }
 
 }  // namespace
-
-bool is_sha256_hex(std::string_view s) {
-  if (s.size() != 64) {
-    return false;
-  }
-  for (const char c : s) {
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
-      return false;
-    }
-  }
-  return true;
-}
 
 std::string seal_receipt(const Ed25519PrivateKey& central_key, const Receipt& receipt) {
   const nlohmann::json body = {{"v", 1},

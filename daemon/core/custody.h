@@ -92,6 +92,4 @@ struct ResendReply {
 std::string resend_reply_json(const ResendReply& reply);
 std::optional<ResendReply> parse_resend_reply(std::string_view payload);
 
-bool is_sha256_hex(std::string_view s);
-
 }  // namespace cpd::custody

@@ -3,12 +3,12 @@
 // and the device-text escape agree on what is well-formed).
 #include "daemon/core/encoding.h"
 
+#include <openssl/evp.h>
+
 #include <array>
 #include <cstdint>
 #include <memory>
 #include <stdexcept>
-
-#include <openssl/evp.h>
 
 namespace cpd {
 
@@ -32,6 +32,18 @@ constexpr std::array<std::int8_t, 256> make_b64url_table() {
 constexpr std::array<std::int8_t, 256> kB64UrlTable = make_b64url_table();
 
 }  // namespace
+
+bool is_sha256_hex(std::string_view text) {
+  if (text.size() != 64) {
+    return false;
+  }
+  for (const char c : text) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
+      return false;
+    }
+  }
+  return true;
+}
 
 std::string hex_lower(std::string_view bytes) {
   std::string out;
@@ -124,7 +136,9 @@ std::string sha256_raw(std::string_view bytes) {
   return std::string(reinterpret_cast<const char*>(md.data()), len);
 }
 
-std::string sha256_hex(std::string_view bytes) { return hex_lower(sha256_raw(bytes)); }
+std::string sha256_hex(std::string_view bytes) {
+  return hex_lower(sha256_raw(bytes));
+}
 
 std::int32_t decode_utf8(std::string_view text, std::size_t& i) {
   const auto b0 = static_cast<unsigned char>(text[i]);

@@ -11,13 +11,15 @@
 namespace cpd {
 
 std::string hex_lower(std::string_view bytes);
+// Whether `text` is a SHA-256 as the feed writes it: 64 lower-case hex digits.
+bool is_sha256_hex(std::string_view text);
 std::string base64url_encode(std::string_view bytes);
 // nullopt on any character outside the base64url alphabet, on padding, or an impossible length.
 std::optional<std::string> base64url_decode(std::string_view text);
 // Standard base64 (RFC 4648 section 4: '+', '/', '=' padding): device bytes carried in a record.
 std::string base64_encode(std::string_view bytes);
-std::string sha256_raw(std::string_view bytes);   // 32 bytes
-std::string sha256_hex(std::string_view bytes);   // 64 lower-case hex digits
+std::string sha256_raw(std::string_view bytes);  // 32 bytes
+std::string sha256_hex(std::string_view bytes);  // 64 lower-case hex digits
 
 // Decodes the UTF-8 sequence at text[i] and moves i past it; -1 (i unchanged) for an ill-formed sequence:
 // overlong forms, surrogates, beyond U+10FFFF, a truncated sequence (RFC 3629). i < text.size().

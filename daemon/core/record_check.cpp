@@ -18,18 +18,6 @@ R failure(R r, std::string reason) {
   return r;
 }
 
-bool is_lower_hex64(const std::string& s) {
-  if (s.size() != 64) {
-    return false;
-  }
-  for (const char c : s) {
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
-      return false;
-    }
-  }
-  return true;
-}
-
 // Path of the first non-integer number in v, or empty. The contract allows integers only; after the
 // canonical-bytes check a float here can only be a fraction or a huge exponent form.
 std::string find_non_integer(const nlohmann::json& v, const std::string& where) {
@@ -186,7 +174,7 @@ RecordCheck check_record(std::string_view jws, const KeyForKid& key_for_kid, std
   if (const std::string expected_id = r.gateway + ":" + std::to_string(seq); r.id != expected_id) {
     return failure(std::move(r), "id " + r.id + " is not <gateway>:<seq> (" + expected_id + ")");
   }
-  if (!body["prev"].is_string() || !is_lower_hex64(body["prev"].get_ref<const std::string&>())) {
+  if (!body["prev"].is_string() || !is_sha256_hex(body["prev"].get_ref<const std::string&>())) {
     return failure(std::move(r), "field \"prev\" is not 64 lower-case hex digits");
   }
   r.prev = body["prev"].get<std::string>();

@@ -31,18 +31,6 @@ Status io_error(const std::string& what, const std::string& path, int err) {
   return Status::fail(std::move(message));
 }
 
-bool is_sha256_hex(const std::string& s) {
-  if (s.size() != 64) {
-    return false;
-  }
-  for (const char c : s) {
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
-      return false;
-    }
-  }
-  return true;
-}
-
 // Closes the descriptor on every path out of put().
 class FdGuard {
  public:
@@ -87,7 +75,9 @@ MediaStore::MediaStore(std::string dir) : dir_(std::move(dir)) {
   }
 }
 
-std::string MediaStore::path_of(const std::string& sha256) const { return dir_ + "/" + sha256; }
+std::string MediaStore::path_of(const std::string& sha256) const {
+  return dir_ + "/" + sha256;
+}
 
 bool MediaStore::exists(const std::string& sha256) const {
   if (!is_sha256_hex(sha256)) {
@@ -115,8 +105,8 @@ SpaceReading read_space(const std::string& path) {
   if (::statvfs(path.c_str(), &st) != 0) {
     return {};
   }
-  return {static_cast<std::uint64_t>(st.f_bavail) * st.f_frsize, static_cast<std::uint64_t>(st.f_blocks) * st.f_frsize,
-          true};
+  return {static_cast<std::uint64_t>(st.f_bavail) * st.f_frsize,
+          static_cast<std::uint64_t>(st.f_blocks) * st.f_frsize, true};
 }
 
 Status MediaStore::check_space(std::uint64_t incoming) {

@@ -118,6 +118,17 @@ std::string column_text(sqlite3_stmt* stmt, int column) {
 
 // SQLITE_STATIC: the text must outlive the statement's step. A temporary (a literal, a ternary of literals,
 // a concatenation) would be gone by then, so binding one does not compile (found by ASan).
+// Rows of (seq, jws, created_ms), as the outbox and a resend read them.
+void read_entries(sqlite3_stmt* stmt, std::vector<OutboxEntry>& entries) {
+  while (sqlite3_step(stmt) == SQLITE_ROW) {
+    OutboxEntry entry;
+    entry.seq = static_cast<std::uint64_t>(sqlite3_column_int64(stmt, 0));
+    entry.jws = column_text(stmt, 1);
+    entry.created_ms = sqlite3_column_int64(stmt, 2);
+    entries.push_back(std::move(entry));
+  }
+}
+
 int bind_text(sqlite3_stmt* stmt, int index, const std::string& text) {
   return sqlite3_bind_text64(stmt, index, text.data(), text.size(), SQLITE_STATIC, SQLITE_UTF8);
 }
@@ -129,6 +140,17 @@ sqlite3_int64 to_db_seq(std::uint64_t seq) {
     return std::numeric_limits<sqlite3_int64>::max();
   }
   return static_cast<sqlite3_int64>(seq);
+}
+
+// Each entry's published media (`record_media` statement: seq -> sha256), so the caller can load the bytes.
+void attach_media(sqlite3_stmt* record_media, std::vector<OutboxEntry>& entries) {
+  for (auto& entry : entries) {
+    StatementUse media(record_media);
+    sqlite3_bind_int64(media.get(), 1, to_db_seq(entry.seq));
+    while (sqlite3_step(media.get()) == SQLITE_ROW) {
+      entry.media.push_back(column_text(media.get(), 0));
+    }
+  }
 }
 
 std::string error_text(sqlite3* db, int rc) {
@@ -208,10 +230,11 @@ struct EvidenceStore::Statements {
 
   ~Statements() {
     for (sqlite3_stmt* stmt :
-         {begin, commit, rollback, max_seq, insert_record, insert_outbox, outbox_after, insert_media, record_media,
-          media_pending, delete_outbox, outbox_count, outbox_oldest, record, record_count, last_record,
-          insert_kept_media, media_held, insert_span, records_in_span, spans_containing, max_span_end, dock_record,
-          dock_cursor, dock_open, dock_insert, dock_get, dock_set_cursor, dock_acked}) {
+         {begin,         commit,          rollback,         max_seq,         insert_record,     insert_outbox,
+          outbox_after,  insert_media,    record_media,     media_pending,   delete_outbox,     outbox_count,
+          outbox_oldest, record,          record_count,     last_record,     insert_kept_media, media_held,
+          insert_span,   records_in_span, spans_containing, max_span_end,    dock_record,       dock_cursor,
+          dock_open,     dock_insert,     dock_get,         dock_set_cursor, dock_acked}) {
       sqlite3_finalize(stmt);  // a no-op on nullptr
     }
   }
@@ -483,9 +506,10 @@ void EvidenceStore::prepare_statements() {
   prepare(s.record, "SELECT seq, id, type, time_ms, created_ms, jws FROM records WHERE seq = ?1");
   prepare(s.record_count, "SELECT count(*) FROM records");
   prepare(s.last_record, "SELECT seq, jws FROM records ORDER BY seq DESC LIMIT 1");
-  prepare(s.insert_kept_media,
-          "INSERT INTO record_media(seq, sha256, published, hold_until_ms) VALUES (?1, ?2, 0, ?3) "
-          "ON CONFLICT(seq, sha256) DO UPDATE SET hold_until_ms = max(hold_until_ms, excluded.hold_until_ms)");
+  prepare(
+      s.insert_kept_media,
+      "INSERT INTO record_media(seq, sha256, published, hold_until_ms) VALUES (?1, ?2, 0, ?3) "
+      "ON CONFLICT(seq, sha256) DO UPDATE SET hold_until_ms = max(hold_until_ms, excluded.hold_until_ms)");
   prepare(s.media_held, "SELECT 1 FROM record_media WHERE sha256 = ?1 AND hold_until_ms > ?2 LIMIT 1");
   prepare(s.insert_span, "INSERT INTO recording_spans(seq, lo_ms, hi_ms) VALUES (?1, ?2, ?3)");
   prepare(s.records_in_span,
@@ -607,8 +631,8 @@ Status EvidenceStore::append(const std::vector<SealedRecord>& batch) {
             sqlite3_bind_int64(use.get(), 3, kept.hold_until_ms);
             int rc = sqlite3_step(use.get());
             if (rc != SQLITE_DONE) {
-              return status_from(rc, "store " + path_ + ": append: kept media of seq " + std::to_string(r.seq) +
-                                         ": " + error_text(db_, rc));
+              return status_from(rc, "store " + path_ + ": append: kept media of seq " +
+                                         std::to_string(r.seq) + ": " + error_text(db_, rc));
             }
           }
           if (r.link_span) {
@@ -618,8 +642,8 @@ Status EvidenceStore::append(const std::vector<SealedRecord>& batch) {
             sqlite3_bind_int64(use.get(), 3, r.link_span->hi_ms);
             int rc = sqlite3_step(use.get());
             if (rc != SQLITE_DONE) {
-              return status_from(rc, "store " + path_ + ": append: link span of seq " + std::to_string(r.seq) +
-                                         ": " + error_text(db_, rc));
+              return status_from(rc, "store " + path_ + ": append: link span of seq " +
+                                         std::to_string(r.seq) + ": " + error_text(db_, rc));
             }
           }
           if (r.dock_update) {
@@ -667,20 +691,8 @@ std::vector<OutboxEntry> EvidenceStore::outbox_after(std::uint64_t after_seq, st
   sqlite3_bind_int64(use.get(), 2,
                      static_cast<sqlite3_int64>(std::min<std::size_t>(
                          limit, static_cast<std::size_t>(std::numeric_limits<sqlite3_int64>::max()))));
-  while (sqlite3_step(use.get()) == SQLITE_ROW) {
-    OutboxEntry entry;
-    entry.seq = static_cast<std::uint64_t>(sqlite3_column_int64(use.get(), 0));
-    entry.jws = column_text(use.get(), 1);
-    entry.created_ms = sqlite3_column_int64(use.get(), 2);
-    entries.push_back(std::move(entry));
-  }
-  for (auto& entry : entries) {
-    StatementUse media(stmts_->record_media);
-    sqlite3_bind_int64(media.get(), 1, to_db_seq(entry.seq));
-    while (sqlite3_step(media.get()) == SQLITE_ROW) {
-      entry.media.push_back(column_text(media.get(), 0));
-    }
-  }
+  read_entries(use.get(), entries);
+  attach_media(stmts_->record_media, entries);
   return entries;
 }
 
@@ -728,8 +740,8 @@ std::vector<StoredSpan> EvidenceStore::spans_containing(UnixMs t_ms) const {
   StatementUse use(stmts_->spans_containing);
   sqlite3_bind_int64(use.get(), 1, t_ms);
   while (sqlite3_step(use.get()) == SQLITE_ROW) {
-    out.push_back({column_text(use.get(), 0), LinkSpan{sqlite3_column_int64(use.get(), 1),
-                                                       sqlite3_column_int64(use.get(), 2)}});
+    out.push_back({column_text(use.get(), 0),
+                   LinkSpan{sqlite3_column_int64(use.get(), 1), sqlite3_column_int64(use.get(), 2)}});
   }
   return out;
 }
@@ -768,8 +780,8 @@ Status EvidenceStore::dock_load(const std::string& device_id, std::string& curso
     if (rc == SQLITE_ROW) {
       cursor = column_text(use.get(), 0);
     } else if (rc != SQLITE_DONE) {
-      return status_from(rc, "store " + path_ + ": dock " + device_id + ": cannot read the cursor: " +
-                                 error_text(db_, rc));
+      return status_from(
+          rc, "store " + path_ + ": dock " + device_id + ": cannot read the cursor: " + error_text(db_, rc));
     }
   }
   StatementUse use(stmts_->dock_open);
@@ -779,8 +791,8 @@ Status EvidenceStore::dock_load(const std::string& device_id, std::string& curso
     open.push_back(read_dock_row(use.get()));
   }
   if (rc != SQLITE_DONE) {
-    return status_from(rc, "store " + path_ + ": dock " + device_id + ": cannot read the open files: " +
-                               error_text(db_, rc));
+    return status_from(rc, "store " + path_ + ": dock " + device_id +
+                               ": cannot read the open files: " + error_text(db_, rc));
   }
   return Status::ok();
 }
@@ -843,8 +855,8 @@ Status EvidenceStore::dock_save_listing(const std::string& device_id, const std:
         bind_text(use.get(), 2, next_cursor);
         const int rc = sqlite3_step(use.get());
         if (rc != SQLITE_DONE) {
-          return status_from(rc, "store " + path_ + ": dock " + device_id + ": cannot save the cursor: " +
-                                     error_text(db_, rc));
+          return status_from(rc, "store " + path_ + ": dock " + device_id +
+                                     ": cannot save the cursor: " + error_text(db_, rc));
         }
         return Status::ok();
       });
@@ -857,19 +869,20 @@ Status EvidenceStore::dock_save_listing(const std::string& device_id, const std:
 Status EvidenceStore::dock_mark_acked(const std::string& device_id, const std::string& unique_id,
                                       const std::string& md5) {
   Statements& s = *stmts_;
-  return run_write_transaction(
-      db_, s.begin, s.commit, s.rollback, "store " + path_ + ": dock " + device_id + ": ack " + unique_id, [&] {
-        StatementUse use(s.dock_acked);
-        bind_text(use.get(), 1, device_id);
-        bind_text(use.get(), 2, unique_id);
-        bind_text(use.get(), 3, md5);
-        const int rc = sqlite3_step(use.get());
-        if (rc != SQLITE_DONE) {
-          return status_from(rc, "store " + path_ + ": dock " + device_id + ": ack " + unique_id + ": " +
-                                     error_text(db_, rc));
-        }
-        return Status::ok();
-      });
+  return run_write_transaction(db_, s.begin, s.commit, s.rollback,
+                               "store " + path_ + ": dock " + device_id + ": ack " + unique_id, [&] {
+                                 StatementUse use(s.dock_acked);
+                                 bind_text(use.get(), 1, device_id);
+                                 bind_text(use.get(), 2, unique_id);
+                                 bind_text(use.get(), 3, md5);
+                                 const int rc = sqlite3_step(use.get());
+                                 if (rc != SQLITE_DONE) {
+                                   return status_from(rc, "store " + path_ + ": dock " + device_id +
+                                                              ": ack " + unique_id + ": " +
+                                                              error_text(db_, rc));
+                                 }
+                                 return Status::ok();
+                               });
 }
 
 Status EvidenceStore::mark_forwarded(const std::vector<std::uint64_t>& seqs) {
@@ -974,10 +987,13 @@ std::optional<CustodyState> EvidenceStore::custody() const {
 }
 
 Status EvidenceStore::set_custody(const CustodyState& state) {
-  AdHoc q(db_,
-          "INSERT INTO custody (id, through_seq, head, central, kid, receipt, received_ms) VALUES (1, ?1, ?2, ?3, ?4, "
-          "?5, ?6) ON CONFLICT (id) DO UPDATE SET through_seq = excluded.through_seq, head = excluded.head, central = "
-          "excluded.central, kid = excluded.kid, receipt = excluded.receipt, received_ms = excluded.received_ms");
+  AdHoc q(
+      db_,
+      "INSERT INTO custody (id, through_seq, head, central, kid, receipt, received_ms) VALUES (1, ?1, ?2, "
+      "?3, ?4, "
+      "?5, ?6) ON CONFLICT (id) DO UPDATE SET through_seq = excluded.through_seq, head = excluded.head, "
+      "central = "
+      "excluded.central, kid = excluded.kid, receipt = excluded.receipt, received_ms = excluded.received_ms");
   if (!q.ok()) {
     return Status::retry("store " + path_ + ": set_custody: " + sqlite3_errmsg(db_));
   }
@@ -998,32 +1014,22 @@ std::vector<OutboxEntry> EvidenceStore::records_range(std::uint64_t from, std::u
                                                       std::size_t limit) const {
   std::vector<OutboxEntry> entries;
   {
-    AdHoc q(db_, "SELECT seq, jws, created_ms FROM records WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3");
+    AdHoc q(db_,
+            "SELECT seq, jws, created_ms FROM records WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3");
     if (!q.ok()) {
       return entries;
     }
     sqlite3_bind_int64(q.get(), 1, to_db_seq(from));
     sqlite3_bind_int64(q.get(), 2, to_db_seq(to));
     sqlite3_bind_int64(q.get(), 3, static_cast<sqlite3_int64>(limit));
-    while (sqlite3_step(q.get()) == SQLITE_ROW) {
-      OutboxEntry e;
-      e.seq = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 0));
-      e.jws = column_text(q.get(), 1);
-      e.created_ms = sqlite3_column_int64(q.get(), 2);
-      entries.push_back(std::move(e));
-    }
+    read_entries(q.get(), entries);
   }
-  for (auto& entry : entries) {
-    StatementUse media(stmts_->record_media);
-    sqlite3_bind_int64(media.get(), 1, to_db_seq(entry.seq));
-    while (sqlite3_step(media.get()) == SQLITE_ROW) {
-      entry.media.push_back(column_text(media.get(), 0));
-    }
-  }
+  attach_media(stmts_->record_media, entries);
   return entries;
 }
 
-bool EvidenceStore::has_other_than(const std::string& type, std::uint64_t after, std::uint64_t through) const {
+bool EvidenceStore::has_other_than(const std::string& type, std::uint64_t after,
+                                   std::uint64_t through) const {
   AdHoc q(db_, "SELECT 1 FROM records WHERE seq > ?1 AND seq <= ?2 AND type != ?3 LIMIT 1");
   if (!q.ok()) {
     return true;  // unknown: the safe answer seals a record
@@ -1048,48 +1054,52 @@ EvidenceStore::Pruned EvidenceStore::prune_in_custody(std::uint64_t through_seq,
   if (head_.seq == 0) {
     return out;
   }
-  const std::uint64_t last_prunable = std::min(through_seq, head_.seq - 1);  // the head stays: it is the chain
+  const std::uint64_t last_prunable =
+      std::min(through_seq, head_.seq - 1);  // the head stays: it is the chain
   Statements& s = *stmts_;
   std::vector<std::string> media;
-  const Status st = run_write_transaction(db_, s.begin, s.commit, s.rollback, "store " + path_ + ": retention", [&] {
-    AdHoc pick(db_,
-               "SELECT r.seq FROM records r WHERE r.seq <= ?1 AND r.created_ms < ?2 AND NOT EXISTS (SELECT 1 FROM "
-               "record_media k WHERE k.seq = r.seq AND k.published = 0) AND NOT EXISTS (SELECT 1 FROM outbox o "
-               "WHERE o.seq = r.seq) ORDER BY r.seq LIMIT ?3");
-    AdHoc seq_media(db_, "SELECT sha256 FROM record_media WHERE seq = ?1 AND published = 1");
-    AdHoc del_media(db_, "DELETE FROM record_media WHERE seq = ?1");
-    AdHoc del_span(db_, "DELETE FROM recording_spans WHERE seq = ?1");
-    AdHoc del_record(db_, "DELETE FROM records WHERE seq = ?1");
-    if (!pick.ok() || !seq_media.ok() || !del_media.ok() || !del_span.ok() || !del_record.ok()) {
-      return Status::retry(std::string("retention: ") + sqlite3_errmsg(db_));
-    }
-    sqlite3_bind_int64(pick.get(), 1, to_db_seq(last_prunable));
-    sqlite3_bind_int64(pick.get(), 2, before_ms);
-    sqlite3_bind_int64(pick.get(), 3, static_cast<sqlite3_int64>(limit));
-    std::vector<sqlite3_int64> seqs;
-    while (sqlite3_step(pick.get()) == SQLITE_ROW) {
-      seqs.push_back(sqlite3_column_int64(pick.get(), 0));
-    }
-    media.clear();
-    for (const sqlite3_int64 seq : seqs) {
-      sqlite3_reset(seq_media.get());
-      sqlite3_bind_int64(seq_media.get(), 1, seq);
-      while (sqlite3_step(seq_media.get()) == SQLITE_ROW) {
-        media.push_back(column_text(seq_media.get(), 0));
-      }
-      for (sqlite3_stmt* stmt : {del_media.get(), del_span.get(), del_record.get()}) {
-        sqlite3_reset(stmt);
-        sqlite3_bind_int64(stmt, 1, seq);
-        const int rc = sqlite3_step(stmt);
-        if (rc != SQLITE_DONE) {
-          return status_from(rc, "store " + path_ + ": retention: seq " + std::to_string(seq) + ": " +
-                                     error_text(db_, rc));
+  const Status st =
+      run_write_transaction(db_, s.begin, s.commit, s.rollback, "store " + path_ + ": retention", [&] {
+        AdHoc pick(
+            db_,
+            "SELECT r.seq FROM records r WHERE r.seq <= ?1 AND r.created_ms < ?2 AND NOT EXISTS (SELECT 1 "
+            "FROM "
+            "record_media k WHERE k.seq = r.seq AND k.published = 0) AND NOT EXISTS (SELECT 1 FROM outbox o "
+            "WHERE o.seq = r.seq) ORDER BY r.seq LIMIT ?3");
+        AdHoc seq_media(db_, "SELECT sha256 FROM record_media WHERE seq = ?1 AND published = 1");
+        AdHoc del_media(db_, "DELETE FROM record_media WHERE seq = ?1");
+        AdHoc del_span(db_, "DELETE FROM recording_spans WHERE seq = ?1");
+        AdHoc del_record(db_, "DELETE FROM records WHERE seq = ?1");
+        if (!pick.ok() || !seq_media.ok() || !del_media.ok() || !del_span.ok() || !del_record.ok()) {
+          return Status::retry(std::string("retention: ") + sqlite3_errmsg(db_));
         }
-      }
-    }
-    out.records = seqs.size();
-    return Status::ok();
-  });
+        sqlite3_bind_int64(pick.get(), 1, to_db_seq(last_prunable));
+        sqlite3_bind_int64(pick.get(), 2, before_ms);
+        sqlite3_bind_int64(pick.get(), 3, static_cast<sqlite3_int64>(limit));
+        std::vector<sqlite3_int64> seqs;
+        while (sqlite3_step(pick.get()) == SQLITE_ROW) {
+          seqs.push_back(sqlite3_column_int64(pick.get(), 0));
+        }
+        media.clear();
+        for (const sqlite3_int64 seq : seqs) {
+          sqlite3_reset(seq_media.get());
+          sqlite3_bind_int64(seq_media.get(), 1, seq);
+          while (sqlite3_step(seq_media.get()) == SQLITE_ROW) {
+            media.push_back(column_text(seq_media.get(), 0));
+          }
+          for (sqlite3_stmt* stmt : {del_media.get(), del_span.get(), del_record.get()}) {
+            sqlite3_reset(stmt);
+            sqlite3_bind_int64(stmt, 1, seq);
+            const int rc = sqlite3_step(stmt);
+            if (rc != SQLITE_DONE) {
+              return status_from(rc, "store " + path_ + ": retention: seq " + std::to_string(seq) + ": " +
+                                         error_text(db_, rc));
+            }
+          }
+        }
+        out.records = seqs.size();
+        return Status::ok();
+      });
   if (!st.is_ok()) {
     return Pruned{};
   }
