@@ -70,7 +70,8 @@ demo: build
 
 bench: build
 	$(BUILD_DIR)/bench/cpd-bench && $(BUILD_DIR)/bench/cpd-camera-bench && $(BUILD_DIR)/bench/cpd-dock-bench && \
-	  $(BUILD_DIR)/bench/cpd-outage-bench && $(BUILD_DIR)/bench/cpd-flood-bench && $(BUILD_DIR)/bench/cpd-central-bench
+	  $(BUILD_DIR)/bench/cpd-outage-bench && $(BUILD_DIR)/bench/cpd-flood-bench && $(BUILD_DIR)/bench/cpd-central-bench && \
+	  $(BUILD_DIR)/bench/cpd-custody-bench
 
 # A Debian package (CPack) in $(BUILD_DIR): binaries in /usr/bin, the unit, /etc/checkpointd, a system user
 # (cmake/Packaging.cmake, docs/install.md). dpkg-shlibdeps (dpkg-dev) fills in Depends.
