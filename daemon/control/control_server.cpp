@@ -18,6 +18,7 @@
 #include <cerrno>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <unordered_map>
 #include <utility>
 
@@ -78,6 +79,7 @@ std::string errno_text(int err) {
 
 class ControlServer::Impl : public std::enable_shared_from_this<Impl> {
  public:
+  std::map<std::string, CommandHandler> commands_;  // set before start(); read on the strand
   Impl(asio::io_context& io, std::string path, StatusProvider provider, ControlLimits limits)
       : strand_(asio::make_strand(io)),
         acceptor_(strand_),
@@ -255,12 +257,36 @@ class ControlServer::Impl::Session : public std::enable_shared_from_this<Session
       send(std::make_shared<const std::string>(to_line({{"tail", "started"}})));
       discard_input();
       return;
+    } else if (const auto handler = owner_->commands_.find(cmd); handler != owner_->commands_.end()) {
+      // A command answered later (it may change the daemon): no further request is read from this client
+      // until the answer is queued; the reply may come from any thread.
+      timer_.cancel();
+      auto reply = [self = shared_from_this()](json answer) {
+        asio::post(self->owner_->strand_, [self, answer = std::move(answer)] {
+          if (self->closed_) {
+            return;
+          }
+          self->send(std::make_shared<const std::string>(to_line(answer)));
+          self->arm_idle();
+          self->read_next_request();
+        });
+      };
+      try {
+        handler->second(req, reply);
+      } catch (const std::exception& e) {
+        reply(json{{"error", cmd + " failed: " + e.what()}});
+      }
+      return;
     } else if (req.is_discarded()) {
       send(error_line("bad request: not JSON; send {\"cmd\":\"status\"} or {\"cmd\":\"tail\"}"));
     } else if (cmd.empty()) {
       send(error_line("bad request: no \"cmd\"; send {\"cmd\":\"status\"} or {\"cmd\":\"tail\"}"));
     } else {
-      send(error_line("unknown cmd '" + cmd + "' (known: status, tail)"));
+      std::string known = "status, tail";
+      for (const auto& [name, h] : owner_->commands_) {
+        known += ", " + name;
+      }
+      send(error_line("unknown cmd '" + cmd + "' (known: " + known + ")"));
     }
     arm_idle();
     read_next_request();
@@ -576,6 +602,10 @@ ControlServer::ControlServer(asio::io_context& io, std::string socket_path, Stat
 
 ControlServer::~ControlServer() {
   impl_->stop();
+}
+
+void ControlServer::add_command(const std::string& name, CommandHandler handler) {
+  impl_->commands_[name] = std::move(handler);
 }
 
 Status ControlServer::start() {

@@ -1,4 +1,5 @@
-// ControlServer: the daemon's local control socket (unix stream), which checkpointctl status/tail talk to.
+// ControlServer: the daemon's local control socket (unix stream), which checkpointctl status/tail/rotate-key
+// talk to.
 // Serves status snapshots and a live feed of committed records; never blocks or grows the daemon's memory.
 #pragma once
 
@@ -27,6 +28,8 @@ namespace cpd::control {
 //                          {"seq":N,"type":"...","time_ms":T,"jws":"<compact JWS>"}. Further input is
 //                          ignored. A client that falls more than tail_queue_bytes behind gets a last line
 //                          {"error":"too slow, N records skipped"} and is closed.
+//     a command added with add_command (e.g. {"cmd":"rotate_key"}) -> one line when its handler replies;
+//                          no further request is read from that client meanwhile.
 //     anything else     -> {"error":"..."} (the connection stays open, except for an oversize line, which
 //                          is answered and closed).
 //   A connection beyond max_clients closes the connection that has waited longest for a request (not a tail
@@ -64,6 +67,13 @@ class ControlServer {
   ~ControlServer();  // stop()s
   ControlServer(const ControlServer&) = delete;
   ControlServer& operator=(const ControlServer&) = delete;
+
+  // A command beyond status and tail (e.g. "rotate_key", docs/control.md): `handler` runs on the server's
+  // strand with the request object and must call `reply` exactly once, from any thread, with the answer
+  // line's object. The client's further requests wait for that answer. Call before start().
+  using CommandHandler =
+      std::function<void(const nlohmann::json& request, std::function<void(nlohmann::json answer)> reply)>;
+  void add_command(const std::string& name, CommandHandler handler);
 
   // Creates the socket (mode 0660) and starts accepting on the io_context. Replaces a stale socket file
   // (nothing listening: ECONNREFUSED); refuses when another process listens there, when the path exists

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "daemon/core/encoding.h"
+#include "daemon/core/key_rotation.h"
 #include "daemon/core/record_check.h"
 
 namespace cpd {
@@ -112,6 +113,18 @@ VerifyResult ChainVerifier::check(std::string_view jws, const std::string& /*jws
       return failure(std::move(r), "seq " + std::to_string(seq) + " arrives after seq " + std::to_string(last) +
                                        " (out of order)");
     }
+  }
+  // A key_rotation in its place in the chain, signed by the key in force, hands the chain to the key it
+  // names: every later record must be signed by that key, and the old one is no longer accepted.
+  if (r.body.value("type", std::string()) == "key_rotation") {
+    std::string why;
+    auto rotation = parse_key_rotation(r.body, c.kid, &why);
+    if (!rotation) {
+      return failure(std::move(r), std::move(why));
+    }
+    key_ = std::move(rotation->new_key);
+    kid_ = rotation->new_kid;
+    ++rotations_;
   }
   if (gateway_.empty()) {
     gateway_ = gateway;

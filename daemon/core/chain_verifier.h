@@ -26,9 +26,10 @@ struct VerifyResult {
 class ChainVerifier {
  public:
   explicit ChainVerifier(Ed25519PublicKey key);
-  // Checks one JWS: header (alg EdDSA, typ evidence+jws, kid matches), signature, body fields,
+  // Checks one JWS: header (alg EdDSA, typ evidence+jws, kid of the key in force), signature, body fields,
   // seq = previous seq + 1 (the first record seen may start anywhere unless expect_from_start),
-  // prev = SHA-256 of the previous JWS bytes.
+  // prev = SHA-256 of the previous JWS bytes. A verified key_rotation record switches the key in force to
+  // the one it names (docs/records.md); a malformed one fails.
   VerifyResult feed(std::string_view jws);
   void expect_from_start(bool on) { from_start_ = on; }
   std::uint64_t verified() const { return verified_; }
@@ -36,6 +37,10 @@ class ChainVerifier {
   // The first and last seq accepted so far (nullopt before the first verified record).
   std::optional<std::uint64_t> first_seq() const { return first_seq_; }
   std::optional<std::uint64_t> last_seq() const { return last_seq_; }
+  // The kid of the key in force: the one given, or the last one a verified key_rotation record named.
+  const std::string& kid() const { return kid_; }
+  // key_rotation records followed so far.
+  std::uint64_t rotations() const { return rotations_; }
   // The gateway id of the chain, fixed by the first verified record (empty before).
   const std::string& gateway() const { return gateway_; }
 
@@ -51,6 +56,7 @@ class ChainVerifier {
   std::string last_id_;
   std::uint64_t verified_ = 0;
   std::uint64_t duplicates_ = 0;
+  std::uint64_t rotations_ = 0;
   std::optional<std::uint64_t> first_seq_;
   std::string gateway_;
   // Bounded memory of recent records: seq -> SHA-256 of its JWS, and the reverse to spot redeliveries.

@@ -241,10 +241,16 @@ std::vector<std::string> escape_text_not_utf8(nlohmann::json& fields) {
 }
 
 Sealer::Sealer(const Ed25519PrivateKey& key, std::string gateway_id, ChainHead head)
-    : key_(key), gateway_id_(std::move(gateway_id)), head_(std::move(head)), kid_(key.public_key().kid()) {
+    : key_(key), gateway_id_(std::move(gateway_id)), head_(std::move(head)) {
   if (gateway_id_.empty()) {
     throw std::invalid_argument("gateway id must not be empty");
   }
+  use_key(key);
+}
+
+void Sealer::use_key(const Ed25519PrivateKey& key) {
+  key_ = key;
+  kid_ = key.public_key().kid();
   const nlohmann::json header = {{"alg", "EdDSA"}, {"kid", kid_}, {"typ", "evidence+jws"}};
   header_b64_ = base64url_encode(canonical_json(header));
 }

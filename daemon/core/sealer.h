@@ -31,9 +31,13 @@ class Sealer {
   // Rewinds to a committed head (after a failed commit of sealed-but-unstored records).
   void reset(ChainHead head) { head_ = std::move(head); }
   const std::string& kid() const { return kid_; }
+  // Signs every later record with `key` (a key rotation, after its key_rotation record was sealed and
+  // committed under the current key; docs/custody.md, "Key rotation"). The key is shared, not copied.
+  void use_key(const Ed25519PrivateKey& key);
+  const Ed25519PrivateKey& key() const { return key_; }
 
  private:
-  const Ed25519PrivateKey& key_;
+  Ed25519PrivateKey key_;  // a handle: shares the caller's OpenSSL key
   std::string gateway_id_;
   ChainHead head_;
   std::string kid_;

@@ -239,6 +239,8 @@ class FeedCheck {
           {"gateway", verifier_.gateway()},
           {"chain_intact", !failed_},
           {"media_checked", media_checked_},
+          {"key_rotations", verifier_.rotations()},
+          {"kid", verifier_.kid()},
       };
       if (failed_) {
         out["failure"] = {{"where", failure_where_}, {"id", failure_id_}, {"reason", failure_reason_}};
@@ -257,6 +259,10 @@ class FeedCheck {
       std::cout << ", " << d << (d == 1 ? " duplicate" : " duplicates") << " dropped, ";
       if (media_checked_ > 0) {
         std::cout << media_checked_ << " media checked, ";
+      }
+      if (verifier_.rotations() > 0) {
+        std::cout << verifier_.rotations() << " key " << (verifier_.rotations() == 1 ? "rotation" : "rotations")
+                  << " followed (now kid " << verifier_.kid() << "), ";
       }
       if (failed_) {
         std::cout << "chain BROKEN at " << failure_where_ << ": " << failure_reason_;

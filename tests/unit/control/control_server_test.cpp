@@ -514,5 +514,32 @@ TEST_F(ControlServerTest, MissingDirectoryIsAStartFailureValue) {
   EXPECT_NE(s.message().find("cannot create control socket"), std::string::npos) << s.message();
 }
 
+// A command added by the daemon (rotate_key): answered when its handler replies, from another thread;
+// nothing more is read from that client until then; unknown commands list it.
+TEST_F(ControlServerTest, AddedCommandRepliesLaterFromAnotherThread) {
+  auto server = make_server();
+  std::function<void(json)> pending;
+  server->add_command("rotate_key", [&](const json& req, std::function<void(json)> reply) {
+    EXPECT_EQ(req["cmd"], "rotate_key");
+    pending = std::move(reply);
+  });
+  ASSERT_TRUE(server->start().is_ok());
+  const int fd = connect_client();
+  ASSERT_GE(fd, 0);
+  send_all(fd, "{\"cmd\":\"rotate_key\"}\n{\"cmd\":\"status\"}\n");
+  ASSERT_TRUE(pump_until([&] { return static_cast<bool>(pending); }));
+  pump_until([] { return false; }, 200ms);
+  EXPECT_EQ(status_calls_, 0) << "the status request waits for the command's answer";
+  std::thread([reply = pending] { reply(json{{"rotated", {{"seq", 7}}}}); }).join();
+  const auto first = read_line(fd);
+  ASSERT_TRUE(first);
+  EXPECT_EQ(json::parse(*first)["rotated"]["seq"], 7);
+  const auto second = read_line(fd);
+  ASSERT_TRUE(second);
+  EXPECT_EQ(json::parse(*second)["calls"], 1);
+  const json unknown = request(fd, R"({"cmd":"reboot"})");
+  EXPECT_NE(unknown["error"].get<std::string>().find("status, tail, rotate_key"), std::string::npos) << unknown;
+}
+
 }  // namespace
 }  // namespace cpd::control

@@ -1,0 +1,47 @@
+// Central follows a gateway's key rotation (docs/custody.md, "Key rotation"): a verified key_rotation record
+// of a gateway, signed by a key enrolled for it, enrols the key it names for that gateway. Stored in the
+// same transaction as the record; the instance that reads it trusts the key at once for the rest of its batch.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "central/central_store.h"
+#include "central/pg.h"
+#include "daemon/core/ed25519.h"
+
+namespace cpd::central {
+
+struct RotationEnrolment {
+  std::string gateway;
+  std::uint64_t seq = 0;
+  std::string new_kid;
+  std::string new_pem;
+  std::string source;  // "rotation:<seq>"
+};
+
+// Pure: the enrolment a verified record asks for. nullopt for any other record type, and for a malformed
+// key_rotation (then `error` says why; the record itself is still evidence and stored).
+std::optional<RotationEnrolment> rotation_enrolment(const IncomingRecord& record, std::string* error = nullptr);
+
+using TrustedKeys = std::map<std::string, std::map<std::string, Ed25519PublicKey>>;
+
+// The instance's key cache: after a verified key_rotation record is taken into a batch, the key it names is
+// trusted for that gateway for the rest of the batch (the enrolment commits with the batch, or the batch
+// is retried). Returns the new kid when one was added.
+std::optional<std::string> trust_rotated_key(TrustedKeys& keys, const IncomingRecord& record);
+
+// Inside store_batch's transaction: enrols the key named by each key_rotation record among
+// records[from, to) that was stored now (`fresh`: first copies, not duplicates or forks). Idempotent.
+void enrol_rotated_keys(PgConnection& conn, const std::vector<IncomingRecord>& records, std::size_t from,
+                        std::size_t to, const std::set<std::pair<std::string, std::uint64_t>>& fresh,
+                        std::int64_t now_ms);
+
+}  // namespace cpd::central

@@ -1,0 +1,156 @@
+// Key rotation on disk: write the next key durably, install it after its record commits, recover at start.
+#include "daemon/app/signing_key_files.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "daemon/core/encoding.h"
+#include "daemon/core/key_rotation.h"
+
+namespace cpd::app {
+
+namespace {
+
+std::string dir_of(const std::string& path) {
+  const auto parent = std::filesystem::path(path).parent_path();
+  return parent.empty() ? "." : parent.string();
+}
+
+void fsync_dir(const std::string& path) {
+  const std::string dir = dir_of(path);
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) {
+    throw KeyError("cannot open directory " + dir + ": " + std::strerror(errno));
+  }
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) {
+    throw KeyError("cannot fsync directory " + dir + ": " + std::strerror(err));
+  }
+}
+
+bool exists(const std::string& path) {
+  struct stat st {};
+  return ::lstat(path.c_str(), &st) == 0;
+}
+
+std::optional<nlohmann::json> decode_part(const std::string& jws, std::size_t part) {
+  std::size_t from = 0;
+  for (std::size_t i = 0; i < part; ++i) {
+    from = jws.find('.', from);
+    if (from == std::string::npos) {
+      return std::nullopt;
+    }
+    ++from;
+  }
+  const std::size_t to = jws.find('.', from);
+  const auto bytes = base64url_decode(std::string_view(jws).substr(from, to == std::string::npos ? to : to - from));
+  if (!bytes) {
+    return std::nullopt;
+  }
+  auto value = nlohmann::json::parse(*bytes, nullptr, false);
+  if (!value.is_object()) {
+    return std::nullopt;
+  }
+  return value;
+}
+
+}  // namespace
+
+std::string next_key_path(const std::string& key_path) { return key_path + ".next"; }
+
+std::string retired_key_path(const std::string& key_path, const std::string& kid) {
+  return key_path + ".retired-" + kid;
+}
+
+Ed25519PrivateKey write_next_key(const std::string& key_path) {
+  const std::string next = next_key_path(key_path);
+  if (exists(next)) {
+    throw KeyError(next + " exists: a key rotation is unfinished (restart checkpointd to resolve it)");
+  }
+  const std::string tmp = next + ".tmp";
+  ::unlink(tmp.c_str());  // left by a crash while writing: never used
+  Ed25519PrivateKey key = Ed25519PrivateKey::generate();
+  key.save_pem_file(tmp);  // 0600, O_EXCL, fsync'd, directory fsync'd
+  if (::rename(tmp.c_str(), next.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(tmp.c_str());
+    throw KeyError("cannot rename " + tmp + " to " + next + ": " + std::strerror(err));
+  }
+  fsync_dir(next);
+  return key;
+}
+
+void install_next_key(const std::string& key_path, const std::string& old_kid) {
+  const std::string next = next_key_path(key_path);
+  const std::string retired = retired_key_path(key_path, old_kid);
+  if (!exists(next)) {
+    return;  // installed already
+  }
+  if (!exists(retired) && ::link(key_path.c_str(), retired.c_str()) != 0) {
+    throw KeyError("cannot keep the old key " + key_path + " as " + retired + ": " + std::strerror(errno));
+  }
+  fsync_dir(key_path);  // the old key's second name is durable before its first name is replaced
+  if (::rename(next.c_str(), key_path.c_str()) != 0) {
+    throw KeyError("cannot rename " + next + " to " + key_path + ": " + std::strerror(errno));
+  }
+  fsync_dir(key_path);
+}
+
+void discard_next_key(const std::string& key_path) {
+  const std::string next = next_key_path(key_path);
+  if (::unlink(next.c_str()) == 0 || errno == ENOENT) {
+    ::unlink((next + ".tmp").c_str());
+    fsync_dir(key_path);
+    return;
+  }
+  throw KeyError("cannot remove " + next + ": " + std::strerror(errno));
+}
+
+bool chain_took_rotation(const std::string& head_jws, const std::string& next_kid) {
+  const auto header = decode_part(head_jws, 0);
+  if (!header) {
+    return false;
+  }
+  if (header->value("kid", std::string()) == next_kid) {
+    return true;
+  }
+  const auto body = decode_part(head_jws, 1);
+  if (!body) {
+    return false;
+  }
+  const auto rotation = parse_key_rotation(*body, header->value("kid", std::string()));
+  return rotation && rotation->new_kid == next_kid;
+}
+
+std::optional<Ed25519PrivateKey> resolve_unfinished_rotation(const std::string& key_path,
+                                                             const std::string& current_kid,
+                                                             const std::string& head_jws, std::string& note) {
+  const std::string next = next_key_path(key_path);
+  ::unlink((next + ".tmp").c_str());  // a crash while writing it: that key never existed for the chain
+  if (!exists(next)) {
+    return std::nullopt;
+  }
+  Ed25519PrivateKey next_key = Ed25519PrivateKey::load_pem_file(next);
+  const std::string next_kid = next_key.public_key().kid();
+  if (chain_took_rotation(head_jws, next_kid)) {
+    install_next_key(key_path, current_kid);
+    note = "finished an interrupted key rotation: the chain names kid " + next_kid + "; " + next + " installed as " +
+           key_path + ", the old key kept as " + retired_key_path(key_path, current_kid);
+    return next_key;
+  }
+  discard_next_key(key_path);
+  note = "abandoned an interrupted key rotation: no key_rotation record naming kid " + next_kid +
+         " was committed; " + next + " removed (it signed nothing), still signing with kid " + current_kid;
+  return std::nullopt;
+}
+
+}  // namespace cpd::app
