@@ -57,12 +57,27 @@ CentralConfig parse_document(const YAML::Node& document, const std::string& name
                                   .allowed = "1 to 64 letters, digits, '_', '.' or '-' (no '/', '+', '#')"});
   out.feed.queue_messages =
       feed.optional<int>("queue_messages", out.feed.queue_messages, {.min = 10, .max = 1000000});
+  out.feed.queue_mb = feed.optional<int>("queue_mb", out.feed.queue_mb, {.min = 1, .max = 65536});
   out.feed.batch_max = feed.optional<int>("batch_max", out.feed.batch_max, {.min = 1, .max = 10000});
   out.feed.media_dir = config::resolve_path(
       feed, feed.required<std::string>("media_dir",
                                        {.pattern = config::kPathPattern, .allowed = config::kPathAllowed}));
   out.feed.quarantine_max_per_gateway = feed.optional<int>(
       "quarantine_max_per_gateway", out.feed.quarantine_max_per_gateway, {.min = 1, .max = 100000000});
+  out.feed.quarantine_max_mb_per_gateway = feed.optional<int>(
+      "quarantine_max_mb_per_gateway", out.feed.quarantine_max_mb_per_gateway, {.min = 1, .max = 1048576});
+  out.feed.quarantine_max_rows =
+      feed.optional<int>("quarantine_max_rows", out.feed.quarantine_max_rows, {.min = 1, .max = 1000000000});
+  out.feed.quarantine_max_mb =
+      feed.optional<int>("quarantine_max_mb", out.feed.quarantine_max_mb, {.min = 1, .max = 1048576});
+  if (out.feed.quarantine_max_rows < out.feed.quarantine_max_per_gateway) {
+    feed.fail("quarantine_max_rows", "must be at least quarantine_max_per_gateway (" +
+                                         std::to_string(out.feed.quarantine_max_per_gateway) + ")");
+  }
+  if (out.feed.quarantine_max_mb < out.feed.quarantine_max_mb_per_gateway) {
+    feed.fail("quarantine_max_mb", "must be at least quarantine_max_mb_per_gateway (" +
+                                       std::to_string(out.feed.quarantine_max_mb_per_gateway) + ")");
+  }
   feed.finish();
 
   if (auto receipts = root.optional_section("receipts")) {

@@ -24,7 +24,12 @@ struct FeedSection {
                                             // broker waits: Paho stops reading)
   int batch_max = 500;                      // records per PostgreSQL transaction
   std::string media_dir;                    // content-addressed pictures (<sha256[0:2]>/<sha256>)
-  int quarantine_max_per_gateway = 100000;  // records kept under an unknown key per gateway; beyond: counted
+  int queue_mb = 256;                       // bytes of those messages (MiB); one message is always taken
+  // Quarantine bounds (rows and payload bytes, per gateway and for the whole table); beyond: counted only.
+  int quarantine_max_per_gateway = 100000;  // rows per gateway (enrolled or not)
+  int quarantine_max_mb_per_gateway = 64;   // payload MiB per gateway
+  int quarantine_max_rows = 1000000;        // rows in all
+  int quarantine_max_mb = 1024;             // payload MiB in all
 };
 
 struct ReceiptsSection {

@@ -34,6 +34,9 @@ namespace fs = std::filesystem;
 constexpr std::size_t kMaxMediaBytes = 64u << 20;  // a picture is well under this; larger is refused
 constexpr std::size_t kMaxRecordBytes = 4u << 20;  // a record JWS (raw frames included) is well under this
 constexpr std::int64_t kKeyReloadMs = 5000;  // an unknown kid re-reads the trusted keys at most this often
+constexpr std::size_t kQuarantineWhole = 4u << 20;  // payloads up to this are quarantined whole
+constexpr std::size_t kQuarantineHead = 1024;       // of larger ones, the first bytes
+constexpr std::size_t kMaxCorrelation = 32;         // central's Correlation Data is a decimal 64-bit number
 
 std::int64_t now_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -63,7 +66,42 @@ void fsync_dir(const fs::path& dir) {
   }
 }
 
+// Peer-chosen text (a topic level) for a log line: printable ASCII kept, other bytes as \xNN, at most
+// `max` bytes of input.
+std::string printable(std::string_view text, std::size_t max = 80) {
+  std::string out;
+  for (std::size_t i = 0; i < text.size() && i < max; ++i) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c >= 0x20 && c < 0x7f && c != '\\') {
+      out += static_cast<char>(c);
+    } else {
+      static const char* hex = "0123456789abcdef";
+      out += "\\x";
+      out += hex[c >> 4];
+      out += hex[c & 15];
+    }
+  }
+  if (text.size() > max) {
+    out += "...";
+  }
+  return out;
+}
+
+bool is_gateway_id(std::string_view id) {
+  if (id.empty() || id.size() > 63 || id.front() == '-') {
+    return false;
+  }
+  return std::all_of(id.begin(), id.end(),
+                     [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'; });
+}
+
 }  // namespace
+
+QuarantineBounds quarantine_bounds(const FeedSection& feed) {
+  return QuarantineBounds{feed.quarantine_max_per_gateway,
+                          static_cast<std::int64_t>(feed.quarantine_max_mb_per_gateway) << 20,
+                          feed.quarantine_max_rows, static_cast<std::int64_t>(feed.quarantine_max_mb) << 20};
+}
 
 std::optional<FeedTopic> parse_feed_topic(const std::string& prefix, const std::string& topic) {
   if (topic.size() <= prefix.size() + 1 || topic.compare(0, prefix.size(), prefix) != 0 ||
@@ -89,12 +127,13 @@ CentralService::~CentralService() {
 
 void CentralService::ensure_store() {
   if (!store_) {
-    store_ = std::make_unique<CentralStore>(cfg_.postgres.conninfo, cfg_.feed.quarantine_max_per_gateway);
+    store_ = std::make_unique<CentralStore>(cfg_.postgres.conninfo, quarantine_bounds(cfg_.feed));
   }
 }
 
 void CentralService::start() {
   ensure_store();
+  store_->recount_quarantine();
   if (!cfg_.trust.keys_dir.empty()) {
     // <gateway>.pem (or <gateway>.<anything>.pem): enrolled as `checkpoint-central enroll` would.
     for (const auto& entry : fs::directory_iterator(cfg_.trust.keys_dir)) {
@@ -123,7 +162,13 @@ void CentralService::connect_broker() {
   client_ = std::make_unique<mqtt::async_client>(cfg_.mqtt.uri, cfg_.mqtt.client_id,
                                                  mqtt::create_options(MQTTVERSION_5));
   client_->set_message_callback(
-      [this](mqtt::const_message_ptr msg) { on_message(msg->get_topic(), msg->get_payload_str()); });
+      [this](mqtt::const_message_ptr msg) {
+        std::string correlation;
+        if (msg->get_properties().contains(mqtt::property::CORRELATION_DATA)) {
+          correlation = mqtt::get<mqtt::binary>(msg->get_properties(), mqtt::property::CORRELATION_DATA);
+        }
+        on_message(msg->get_topic(), msg->get_payload_str(), std::move(correlation));
+      });
   const std::string group = "$share/" + cfg_.feed.share_group + "/" + prefix_ + "/+/";
   const auto subscribe = [this, group] {
     try {
@@ -174,22 +219,32 @@ void CentralService::connect_broker() {
   }
 }
 
-void CentralService::on_message(std::string topic, std::string payload) {
+void CentralService::on_message(std::string topic, std::string payload, std::string correlation) {
   std::unique_lock lock(queue_mutex_);
-  // Bounded: Paho's thread waits here, so the broker (not this process) holds what we cannot take yet.
-  space_cv_.wait(lock, [this] {
-    return stopping_ || queue_.size() < static_cast<std::size_t>(cfg_.feed.queue_messages);
+  // Bounded in messages and bytes (one message is always taken, whatever its size): Paho's thread waits
+  // here, so the broker (not this process) holds what we cannot take yet.
+  const std::size_t max_bytes = static_cast<std::size_t>(cfg_.feed.queue_mb) << 20;
+  space_cv_.wait(lock, [&] {
+    return stopping_ || queue_.empty() ||
+           (queue_.size() < static_cast<std::size_t>(cfg_.feed.queue_messages) &&
+            queue_bytes_ + payload.size() <= max_bytes);
   });
   if (stopping_) {
     return;  // not stored: found later as a gap and asked for again
   }
-  queue_.push_back(Message{std::move(topic), std::move(payload)});
+  queue_bytes_ += payload.size();
+  queue_.push_back(Message{std::move(topic), std::move(payload), std::move(correlation)});
   queue_cv_.notify_one();
 }
 
 std::size_t CentralService::queue_depth() const {
   std::lock_guard lock(queue_mutex_);
   return queue_.size();
+}
+
+std::size_t CentralService::queue_bytes() const {
+  std::lock_guard lock(queue_mutex_);
+  return queue_bytes_;
 }
 
 void CentralService::run_worker() {
@@ -204,6 +259,7 @@ void CentralService::run_worker() {
         return;
       }
       while (!queue_.empty() && batch.size() < static_cast<std::size_t>(cfg_.feed.batch_max)) {
+        queue_bytes_ -= queue_.front().payload.size();
         batch.push_back(std::move(queue_.front()));
         queue_.pop_front();
       }
@@ -251,6 +307,13 @@ void CentralService::run_worker() {
       if (stopping_) {
         return;  // what is in hand is not acknowledged to anyone: the gateways still hold it
       }
+    } catch (const std::exception& e) {
+      // Not PostgreSQL's: a message central cannot handle must not end the instance. Each goes alone; what
+      // still fails is counted and found again as a gap if it matters.
+      ++counters_.refused;
+      log::error("central", "", std::string("storing a batch failed: ") + e.what() + " (one message at a time)");
+      process_singly(batch);
+      batch.clear();
     }
   }
 }
@@ -307,88 +370,143 @@ std::string CentralService::write_media(const std::string& sha256, const std::st
   return path.string();
 }
 
+void CentralService::quarantine(Batch& batch, const std::string& gateway, const std::string& kind,
+                                const std::string& payload, std::optional<std::uint64_t> seq, std::string kid,
+                                std::string reason, bool enrolled) {
+  std::string kept = payload.size() <= kQuarantineWhole ? payload : payload.substr(0, kQuarantineHead);
+  if (kept.size() < payload.size()) {
+    reason += " (" + std::to_string(payload.size()) + " bytes, first " + std::to_string(kQuarantineHead) +
+              " kept)";
+  }
+  if (kid.size() > 64 || !is_valid_utf8(kid) || kid.find('\0') != std::string::npos) {
+    kid = printable(kid, 64);
+  }
+  if (reason.size() > 500 || !is_valid_utf8(reason) || reason.find('\0') != std::string::npos) {
+    reason = printable(reason, 500);  // PostgreSQL text: UTF-8 without NUL
+  }
+  const std::string sha = sha256_hex(payload);
+  // The same bytes again in this batch are one entry with a count (a flood of one message costs one row).
+  for (QuarantineEntry& q : batch.quarantine) {
+    if (q.payload_sha256 == sha && q.gateway == gateway && q.topic == kind) {
+      ++q.count;
+      return;
+    }
+  }
+  batch.quarantine.push_back(QuarantineEntry{gateway, kind, seq, std::move(kid), std::move(kept), sha,
+                                             payload.size(), std::move(reason), enrolled, 1});
+}
+
 void CentralService::classify(const Message& m, Batch& batch) {
   const auto topic = parse_feed_topic(prefix_, m.topic);
   if (!topic) {
     ++counters_.refused;
+    log::warn("central", "refused", "message on a topic outside the feed refused: " + printable(m.topic));
     return;
   }
   const std::string& gateway = topic->gateway;
+  // What the topic says it is (the quarantine's topic column); anything else on our filters is refused.
+  std::string kind;
+  if (topic->rest == "evidence" || topic->rest == "head" || topic->rest == "resend/response") {
+    kind = topic->rest;
+  } else if (topic->rest.rfind("media/", 0) == 0) {
+    kind = "media";
+  } else {
+    ++counters_.refused;
+    log::warn("central", "refused", "message on " + printable(m.topic) + " refused: not a feed topic");
+    return;
+  }
   if (keys_.find(gateway) == keys_.end()) {
     reload_keys(false);
     if (keys_.find(gateway) == keys_.end()) {
       ++counters_.unknown_gateway;
-      log::warn("central", gateway,
-                "message on " + m.topic +
-                    " from a gateway that is not enrolled: dropped "
-                    "(enroll it: checkpoint-central enroll)");
+      if (!is_gateway_id(gateway)) {
+        ++counters_.refused;  // no gateway can have this name: not even quarantined under it
+        log::warn("central", "refused",
+                  "message on " + printable(m.topic) + " refused: \"" + printable(gateway) +
+                      "\" is not a gateway id");
+        return;
+      }
+      // Kept aside within the quarantine's bounds (a gateway enrolled later sends these again on a resend).
+      // The log names no device: names nobody enrolled are the sender's to choose, without end.
+      log::warn("central", "unknown-gateway",
+                "message on " + printable(m.topic) +
+                    " from a gateway that is not enrolled: quarantined (enroll it: checkpoint-central enroll)");
+      quarantine(batch, gateway, kind, m.payload, std::nullopt, "", "gateway not enrolled", false);
       return;
     }
   }
   const KeyForKid lookup = [this, &gateway](const std::string& kid) { return key_for(gateway, kid); };
-  if (topic->rest == "evidence") {
+  if (kind == "evidence") {
     if (m.payload.size() > kMaxRecordBytes) {
-      batch.quarantine.push_back(
-          {gateway, std::nullopt, "", m.payload.substr(0, 1024),
-           "record of " + std::to_string(m.payload.size()) + " bytes (first 1024 kept)"});
+      log::warn("central", gateway, "record of " + std::to_string(m.payload.size()) + " bytes quarantined");
+      quarantine(batch, gateway, kind, m.payload, std::nullopt, "",
+                 "record of " + std::to_string(m.payload.size()) + " bytes", true);
       return;
     }
     RecordCheck c = check_record(m.payload, lookup);
     std::string reason = c.reason;
     if (c.ok && c.gateway != gateway) {
       c.ok = false;
-      reason = "record names gateway \"" + c.gateway + "\" on the topic of \"" + gateway + "\"";
+      reason = "record names gateway \"" + printable(c.gateway) + "\" on the topic of \"" + gateway + "\"";
+    }
+    if (c.ok && c.seq > static_cast<std::uint64_t>(INT64_MAX)) {
+      c.ok = false;  // PostgreSQL's bigint; no chain gets there
+      reason = "seq " + std::to_string(c.seq) + " is beyond 2^63-1";
     }
     if (!c.ok) {
       std::optional<std::uint64_t> seq;
-      if (c.seq != 0) {
+      if (c.seq != 0 && c.seq <= static_cast<std::uint64_t>(INT64_MAX)) {
         seq = c.seq;
       }
       log::warn(
           "central", gateway,
           std::string(c.unknown_key ? "record under an unknown key quarantined: " : "record quarantined: ") +
               reason);
-      batch.quarantine.push_back({gateway, seq, c.kid, m.payload, reason});
+      quarantine(batch, gateway, kind, m.payload, seq, c.kid, reason, true);
       return;
     }
     batch.records.push_back(
         IncomingRecord{gateway, c.seq, m.payload, sha256_hex(m.payload), c.prev, c.kid, std::move(c.body)});
-  } else if (topic->rest.rfind("media/", 0) == 0) {
+  } else if (kind == "media") {
     const std::string sha = topic->rest.substr(6);
     if (!is_sha256_hex(sha) || m.payload.size() > kMaxMediaBytes || sha256_hex(m.payload) != sha) {
       ++counters_.media_refused;
-      log::warn(
-          "central", gateway,
-          "media on " + m.topic + " refused: " +
-              (m.payload.size() > kMaxMediaBytes ? "larger than 64 MiB" : "its SHA-256 is not its name"));
+      log::warn("central", gateway,
+                "media on " + printable(m.topic) + " refused: " +
+                    (!is_sha256_hex(sha)                  ? "its name is not a SHA-256"
+                     : m.payload.size() > kMaxMediaBytes ? "larger than 64 MiB"
+                                                          : "its SHA-256 is not its name"));
       return;
     }
     batch.media.push_back(IncomingMedia{gateway, sha, m.payload.size(), write_media(sha, m.payload)});
-  } else if (topic->rest == "head") {
+  } else if (kind == "head") {
     const custody::HeadCheck h = custody::check_head(m.payload, lookup, gateway);
-    if (!h.ok) {
-      ++counters_.refused;
-      log::warn("central", gateway, "head announcement refused: " + h.reason);
+    std::string reason = h.reason;
+    if (h.ok && h.head.seq > static_cast<std::uint64_t>(INT64_MAX)) {
+      reason = "seq " + std::to_string(h.head.seq) + " is beyond 2^63-1";
+    }
+    if (!h.ok || !reason.empty()) {
+      ++counters_.heads_refused;
+      log::warn("central", gateway, "head announcement refused: " + reason);
       return;
     }
-    batch.heads.push_back(h.head);
-  } else if (topic->rest == "resend/response") {
+    batch.heads.push_back(AnnouncedHead{h.head, m.payload});
+  } else {  // resend/response
     const auto reply = custody::parse_resend_reply(m.payload);
     if (!reply) {
-      ++counters_.refused;
+      ++counters_.replies_refused;
+      log::warn("central", gateway,
+                "resend reply refused: not a JSON object (or over " +
+                    std::to_string(custody::kMaxRequestBytes * 4) + " bytes)");
       return;
     }
-    if (!reply->error.empty()) {
-      log::warn("central", gateway, "the gateway refused a resend request: " + reply->error);
+    // Central's Correlation Data is decimal text; anything else matches no request of ours.
+    std::string correlation = m.correlation;
+    if (correlation.size() > kMaxCorrelation ||
+        !std::all_of(correlation.begin(), correlation.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      correlation.clear();
     }
-    for (const auto& [lo, hi] : reply->not_held) {
-      log::error("central", gateway,
-                 "the gateway no longer holds seq " + std::to_string(lo) + ".." + std::to_string(hi) +
-                     ": an unrecoverable gap");
-      batch.not_held.push_back(NotHeld{gateway, lo, hi});
-    }
-  } else {
-    ++counters_.refused;
+    batch.replies.push_back(IncomingReply{gateway, std::move(correlation), *reply, m.payload});
   }
 }
 
@@ -398,9 +516,11 @@ void CentralService::process(std::vector<Message>& messages) {
     ++counters_.messages;
     try {
       classify(m, batch);
-    } catch (const std::runtime_error& e) {
+    } catch (const std::exception& e) {
       // A media file we could not write: not stored, so not counted as held; the gap check asks again.
-      log::error("central", "", std::string(e.what()));
+      // (Nothing a peer sends ends the instance: any other failure here is counted the same way.)
+      ++counters_.refused;
+      log::error("central", "", "message on " + printable(m.topic) + " not taken: " + e.what());
     }
   }
   if (batch.empty()) {
@@ -414,9 +534,35 @@ void CentralService::process(std::vector<Message>& messages) {
   counters_.records_stored += out.stored;
   counters_.duplicates += out.duplicates;
   counters_.forks += out.forks;
-  counters_.quarantined += out.quarantined;
+  counters_.quarantined += out.quarantined + out.quarantine_duplicates;
   counters_.quarantine_dropped += out.quarantine_dropped;
   counters_.media_stored += out.media_stored;
+  counters_.head_forks += out.head_forks;
+  counters_.unsolicited_replies += out.unsolicited_replies;
+  counters_.unrecoverable += out.unrecoverable.size();
+  if (out.quarantine_dropped > 0) {
+    log::warn("central", "quarantine",
+              std::to_string(out.quarantine_dropped) +
+                  " messages beyond the quarantine's bounds: counted, not kept (feed.quarantine_max_*)");
+  }
+  if (out.unsolicited_replies > 0) {
+    log::warn("central", "quarantine",
+              std::to_string(out.unsolicited_replies) +
+                  " resend replies matching no open request of this central: quarantined, not believed");
+  }
+  for (const std::string& line : out.head_fork_lines) {
+    log::error("central", line.substr(0, line.find(':')),
+               "FORK: head announcement " + line + " (kept in head_forks; the announced head does not move)");
+  }
+  for (const std::string& line : out.unrecoverable) {
+    log::error("central", line.substr(0, line.find(':')),
+               "the gateway no longer holds " + line.substr(line.find(':') + 2) +
+                   ": unrecoverable, not asked for again; custody stops before it");
+  }
+  for (const std::string& line : out.reply_errors) {
+    log::warn("central", line.substr(0, line.find(':')), "the gateway refused a resend request: " +
+                                                             printable(line.substr(line.find(':') + 2), 200));
+  }
   for (const std::string& id : out.fork_ids) {
     log::error("central", id.substr(0, id.find(':')),
                "FORK: " + id + " arrived again with other bytes, both signed by a trusted key; both kept");
@@ -438,21 +584,22 @@ void CentralService::process_singly(std::vector<Message>& messages) {
         throw;
       }
       const auto topic = parse_feed_topic(prefix_, m.topic);
-      if (topic && topic->rest == "evidence") {
+      ++counters_.refused;
+      if (topic && is_gateway_id(topic->gateway)) {
         Batch q;
-        q.quarantine.push_back({topic->gateway, std::nullopt, "", m.payload.substr(0, kMaxRecordBytes),
-                                std::string("refused by PostgreSQL: ") + e.what()});
+        quarantine(q, topic->gateway, topic->rest.rfind("media/", 0) == 0 ? "media" : topic->rest.substr(0, 20),
+                   m.payload, std::nullopt, "", std::string("refused by PostgreSQL: ") + e.what(),
+                   keys_.count(topic->gateway) != 0);
         try {
-          store_->store_batch(q, now_ms(), ReceiptPolicy{cfg_.central.id, 1, cfg_.receipts.every_ms});
-          ++counters_.quarantined;
+          counters_.quarantined += store_->store_batch(q, now_ms(), ReceiptPolicy{cfg_.central.id, 1, cfg_.receipts.every_ms}).quarantined;
         } catch (const PgError&) {
-          ++counters_.refused;
+          // counted above
         }
-      } else {
-        ++counters_.refused;
       }
-      log::error("central", topic ? topic->gateway : "",
-                 "message on " + m.topic + " not stored: " + e.what());
+      log::error("central", "", "message on " + printable(m.topic) + " not stored: " + e.what());
+    } catch (const std::exception& e) {
+      ++counters_.refused;
+      log::error("central", "", "message on " + printable(m.topic) + " not stored: " + e.what());
     }
   }
 }
@@ -474,12 +621,11 @@ void CentralService::publish_receipts(const std::vector<custody::Receipt>& recei
 void CentralService::request_resends() {
   const auto plans = store_->plan_resends(
       now_ms(), GapPolicy{cfg_.gaps.resend_after_ms, cfg_.gaps.retry_min_ms, cfg_.gaps.retry_max_ms});
-  static thread_local std::mt19937_64 rng{std::random_device{}()};
   for (const ResendPlan& plan : plans) {
     const std::string topic = prefix_ + "/" + plan.gateway + "/resend";
     mqtt::properties props{
         {mqtt::property::RESPONSE_TOPIC, prefix_ + "/" + plan.gateway + "/resend/response"},
-        {mqtt::property::CORRELATION_DATA, std::to_string(rng())}};
+        {mqtt::property::CORRELATION_DATA, plan.correlation}};
     auto msg = mqtt::make_message(topic, custody::resend_request_json(plan.request), 1, false);
     msg->set_properties(props);
     try {
@@ -540,18 +686,31 @@ std::string CentralService::metrics_text() {
   c("central_quarantine_dropped_total", "Quarantine beyond its bound (counted only).",
     counters_.quarantine_dropped);
   c("central_media_stored_total", "Media files stored.", counters_.media_stored);
-  c("central_media_refused_total", "Media refused (hash mismatch, too large).", counters_.media_refused);
-  c("central_unknown_gateway_total", "Messages from gateways that are not enrolled.",
+  c("central_media_refused_total", "Media refused (hash mismatch, too large, bad name).",
+    counters_.media_refused);
+  c("central_unknown_gateway_total", "Messages from gateways that are not enrolled (quarantined within bounds).",
     counters_.unknown_gateway);
+  c("central_refused_total", "Messages refused: not a feed topic, not a gateway id, not storable.",
+    counters_.refused);
+  c("central_heads_refused_total", "Head announcements failing a check.", counters_.heads_refused);
+  c("central_replies_refused_total", "Resend replies that are not a JSON object.", counters_.replies_refused);
+  c("central_unsolicited_replies_total", "Resend replies matching no open request (quarantined).",
+    counters_.unsolicited_replies);
+  c("central_head_forks_total", "Head announcements contradicting a stored record (kept, alarmed).",
+    counters_.head_forks);
+  c("central_unrecoverable_total", "Ranges and pictures a gateway said it no longer holds (recorded).",
+    counters_.unrecoverable);
   c("central_receipts_total", "Custody receipts published.", counters_.receipts);
   c("central_resend_requests_total", "Resend requests published.", counters_.resend_requests);
   c("central_postgres_errors_total", "PostgreSQL errors (batch retried).", counters_.pg_errors);
   e.add_gauge("central_queue_messages", "Messages taken and not yet stored.", {},
               static_cast<double>(queue_depth()));
+  e.add_gauge("central_queue_bytes", "Payload bytes taken and not yet stored.", {},
+              static_cast<double>(queue_bytes()));
   std::lock_guard lock(metrics_mutex_);
   try {
     if (!metrics_store_) {
-      metrics_store_ = std::make_unique<CentralStore>(cfg_.postgres.conninfo);
+      metrics_store_ = std::make_unique<CentralStore>(cfg_.postgres.conninfo, quarantine_bounds(cfg_.feed));
     }
     const nlohmann::json status = metrics_store_->status();
     const std::int64_t now = now_ms();
@@ -567,9 +726,23 @@ std::string CentralService::metrics_text() {
                       ? 0.0
                       : static_cast<double>(now - g["gap_open_since_ms"].get<std::int64_t>()) / 1000.0);
       e.add_gauge("central_gateway_forks", "Forks seen for the gateway.", labels, g["forks"].get<double>());
-      e.add_gauge("central_gateway_quarantined", "Records quarantined for the gateway.", labels,
+      e.add_gauge("central_gateway_quarantined", "Messages quarantined for the gateway.", labels,
                   g["quarantined"].get<double>());
+      e.add_gauge("central_gateway_head_forks", "Head announcements contradicting the stored chain.", labels,
+                  g["head_forks"].get<double>());
+      e.add_gauge("central_gateway_unrecoverable_media", "Pictures the gateway said it no longer holds.",
+                  labels, g["unrecoverable_media_count"].get<double>());
+      e.add_gauge("central_gateway_unrecoverable_ranges", "Seq ranges the gateway said it no longer holds.",
+                  labels, static_cast<double>(g["unrecoverable"].size()));
     }
+    const auto& q = status["quarantine"];
+    e.add_gauge("central_quarantine_rows", "Rows in the quarantine table.", {}, q["rows"].get<double>());
+    e.add_gauge("central_quarantine_bytes", "Payload bytes in the quarantine table.", {},
+                q["bytes"].get<double>());
+    e.add_gauge("central_quarantine_dropped", "Messages beyond the quarantine's bounds (all instances).", {},
+                q["dropped"].get<double>());
+    e.add_gauge("central_unknown_gateways", "Names not enrolled with quarantine rows.", {},
+                status["unknown_gateways"]["count"].get<double>());
   } catch (const PgError& err) {
     metrics_store_.reset();
     log::warn("central", "", std::string("metrics: ") + err.what());

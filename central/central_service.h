@@ -34,9 +34,15 @@ struct CentralCounters {
   std::atomic<std::uint64_t> quarantined{0};
   std::atomic<std::uint64_t> quarantine_dropped{0};
   std::atomic<std::uint64_t> media_stored{0};
-  std::atomic<std::uint64_t> media_refused{0};    // hash mismatch, too large, unknown gateway
+  std::atomic<std::uint64_t> media_refused{0};    // hash mismatch, too large, bad name
   std::atomic<std::uint64_t> unknown_gateway{0};  // messages on a gateway's topics that is not enrolled
-  std::atomic<std::uint64_t> refused{0};          // malformed messages (head, reply) refused
+  std::atomic<std::uint64_t> refused{0};          // messages refused: a topic that is not the feed's, a
+                                                  // malformed head or reply, a message central cannot store
+  std::atomic<std::uint64_t> heads_refused{0};    // head announcements failing a check
+  std::atomic<std::uint64_t> replies_refused{0};  // resend replies that are not a JSON object (or too large)
+  std::atomic<std::uint64_t> unsolicited_replies{0};  // replies to no open request (quarantined)
+  std::atomic<std::uint64_t> head_forks{0};
+  std::atomic<std::uint64_t> unrecoverable{0};  // ranges and pictures a gateway said it no longer holds
   std::atomic<std::uint64_t> receipts{0};
   std::atomic<std::uint64_t> resend_requests{0};
   std::atomic<std::uint64_t> pg_errors{0};
@@ -61,6 +67,7 @@ class CentralService {
 
   const CentralCounters& counters() const { return counters_; }
   std::size_t queue_depth() const;
+  std::size_t queue_bytes() const;
   // Prometheus text (counters, queue depth, per-gateway watermark/lag from PostgreSQL).
   std::string metrics_text();
 
@@ -68,10 +75,13 @@ class CentralService {
   struct Message {
     std::string topic;
     std::string payload;
+    std::string correlation;  // MQTT v5 Correlation Data (resend replies)
   };
 
   void connect_broker();
-  void on_message(std::string topic, std::string payload);
+  void on_message(std::string topic, std::string payload, std::string correlation);
+  void quarantine(Batch& batch, const std::string& gateway, const std::string& kind, const std::string& payload,
+                  std::optional<std::uint64_t> seq, std::string kid, std::string reason, bool enrolled);
   void run_worker();
   void process(std::vector<Message>& messages);
   void classify(const Message& m, Batch& batch);
@@ -93,6 +103,7 @@ class CentralService {
   std::condition_variable queue_cv_;  // worker waits for messages
   std::condition_variable space_cv_;  // Paho's thread waits for room
   std::deque<Message> queue_;
+  std::size_t queue_bytes_ = 0;  // payload bytes in queue_ (bounded by feed.queue_mb)
   bool stopping_ = false;
   bool stopped_ = false;
   std::thread worker_;
@@ -114,5 +125,7 @@ struct FeedTopic {
   std::string rest;
 };
 std::optional<FeedTopic> parse_feed_topic(const std::string& prefix, const std::string& topic);
+
+QuarantineBounds quarantine_bounds(const FeedSection& feed);
 
 }  // namespace cpd::central

@@ -3,6 +3,7 @@
 #include "central/central_store.h"
 
 #include <algorithm>
+#include <random>
 #include <set>
 #include <utility>
 
@@ -115,6 +116,64 @@ CREATE VIEW speeding_cases AS
   FROM records r JOIN gateways g USING (gateway)
   WHERE r.type = 'speeding';
 )sql",
+    // Quarantine deduplicated (one row per gateway, topic and payload SHA-256, with a count) and bounded by
+    // quarantine_usage (rows and bytes per gateway; gateway '' holds the totals); the bytes as bytea (a
+    // hostile payload need not be UTF-8); pictures a gateway no longer holds; head announcements that
+    // contradict the stored chain; open resend requests (a reply is believed only for one of these).
+    R"sql(
+ALTER TABLE quarantine ALTER COLUMN jws DROP NOT NULL;
+ALTER TABLE quarantine ADD COLUMN topic text NOT NULL DEFAULT 'evidence', ADD COLUMN payload bytea,
+  ADD COLUMN payload_sha256 text, ADD COLUMN bytes bigint NOT NULL DEFAULT 0, ADD COLUMN count bigint NOT NULL
+  DEFAULT 1, ADD COLUMN last_seen_ms bigint;
+UPDATE quarantine SET payload = convert_to(jws, 'UTF8'), payload_sha256 = encode(sha256(convert_to(jws, 'UTF8')),
+  'hex'), bytes = octet_length(convert_to(jws, 'UTF8')), last_seen_ms = received_ms;
+UPDATE quarantine q SET count = d.n FROM (SELECT min(id) AS id, count(*) AS n FROM quarantine
+  GROUP BY gateway, topic, payload_sha256) d WHERE q.id = d.id;
+DELETE FROM quarantine q USING quarantine o WHERE o.gateway = q.gateway AND o.topic = q.topic
+  AND o.payload_sha256 = q.payload_sha256 AND o.id < q.id;
+ALTER TABLE quarantine ALTER COLUMN payload SET NOT NULL, ALTER COLUMN payload_sha256 SET NOT NULL,
+  ALTER COLUMN last_seen_ms SET NOT NULL;
+CREATE UNIQUE INDEX quarantine_payload ON quarantine (gateway, topic, payload_sha256);
+CREATE TABLE quarantine_usage (
+  gateway text PRIMARY KEY,
+  rows bigint NOT NULL DEFAULT 0,
+  bytes bigint NOT NULL DEFAULT 0,
+  messages bigint NOT NULL DEFAULT 0,
+  dropped bigint NOT NULL DEFAULT 0,
+  last_ms bigint
+);
+INSERT INTO quarantine_usage (gateway) VALUES ('');
+CREATE TABLE unrecoverable_media (
+  gateway text NOT NULL,
+  sha256 text NOT NULL,
+  seq bigint NOT NULL,
+  noted_ms bigint NOT NULL,
+  PRIMARY KEY (gateway, sha256, seq)
+);
+CREATE TABLE head_forks (
+  id bigserial PRIMARY KEY,
+  gateway text NOT NULL,
+  seq bigint NOT NULL,
+  announced_hash text NOT NULL,
+  stored_hash text NOT NULL,
+  jws text NOT NULL,
+  first_ms bigint NOT NULL,
+  last_ms bigint NOT NULL,
+  count bigint NOT NULL DEFAULT 1,
+  UNIQUE (gateway, seq, announced_hash)
+);
+ALTER TABLE gateways ADD COLUMN head_forks bigint NOT NULL DEFAULT 0;
+CREATE TABLE resend_open (
+  gateway text NOT NULL,
+  correlation text NOT NULL,
+  from_seq bigint,
+  to_seq bigint,
+  media_seq bigint,
+  media json,
+  sent_ms bigint NOT NULL,
+  PRIMARY KEY (gateway, correlation)
+);
+)sql",
 };
 
 std::string num(std::uint64_t v) {
@@ -123,14 +182,22 @@ std::string num(std::uint64_t v) {
 std::string num(std::int64_t v) {
   return std::to_string(v);
 }
+std::mt19937_64& correlation_rng() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  return rng;
+}
 std::optional<std::string> opt_num(const std::optional<long long>& v) {
   return v ? std::optional<std::string>(std::to_string(*v)) : std::nullopt;
 }
 
 }  // namespace
 
-CentralStore::CentralStore(const std::string& conninfo, std::int64_t quarantine_max_per_gateway)
-    : conn_(std::make_unique<PgConnection>(conninfo)), quarantine_max_(quarantine_max_per_gateway) {
+int CentralStore::schema_version() {
+  return static_cast<int>(kSteps.size());
+}
+
+CentralStore::CentralStore(const std::string& conninfo, QuarantineBounds quarantine)
+    : conn_(std::make_unique<PgConnection>(conninfo)), bounds_(quarantine) {
   migrate();
 }
 
@@ -145,12 +212,13 @@ void CentralStore::migrate() {
     if (v.rows() == 0) {
       conn_->exec("INSERT INTO central_schema VALUES (0)", "initialising the schema version");
     }
-    if (version > kSchemaVersion) {
+    const int latest = schema_version();
+    if (version > latest) {
       throw PgError("postgres: the database schema is version " + std::to_string(version) +
-                        ", newer than this checkpoint-central (" + std::to_string(kSchemaVersion) + ")",
+                        ", newer than this checkpoint-central (" + std::to_string(latest) + ")",
                     "", false);
     }
-    for (; version < kSchemaVersion; ++version) {
+    for (; version < latest; ++version) {
       PgTransaction tx(*conn_);
       conn_->exec(kSteps[static_cast<std::size_t>(version)], "migrating the schema");
       conn_->exec("UPDATE central_schema SET version = $1", {std::to_string(version + 1)},
@@ -191,6 +259,12 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
   std::set<std::string> touched;
   PgTransaction tx(*conn_);
   const std::string now = num(now_ms);
+
+  // Replies first (a reply nobody asked for joins the quarantine), then the quarantine: its totals row is
+  // the first lock this transaction takes, before any gateway row, so instances never wait in a cycle.
+  std::vector<QuarantineEntry> quarantine = batch.quarantine;
+  store_replies(batch.replies, now_ms, quarantine, out);
+  store_quarantine(quarantine, now, out);
 
   for (const IncomingMedia& m : batch.media) {
     PgResult r = conn_->exec(
@@ -283,40 +357,9 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
         {gateway, num(seq), now}, "noting a gateway's highest seq");
   }
 
-  for (const QuarantineEntry& q : batch.quarantine) {
-    // Only enrolled gateways get a quarantine row (and a bound); anything else is counted by the caller.
-    PgResult g = conn_->exec(
-        "UPDATE gateways SET quarantined = quarantined + 1 WHERE gateway = $1 AND quarantined < $2 "
-        "RETURNING quarantined",
-        {q.gateway, num(quarantine_max_)}, "counting a quarantined record");
-    if (g.rows() == 0) {
-      conn_->exec("UPDATE gateways SET quarantine_dropped = quarantine_dropped + 1 WHERE gateway = $1",
-                  {q.gateway}, "counting a dropped quarantine");
-      ++out.quarantine_dropped;
-      continue;
-    }
-    conn_->exec(
-        "INSERT INTO quarantine (gateway, seq, kid, jws, reason, received_ms) VALUES ($1, $2, $3, $4, $5, "
-        "$6)",
-        {q.gateway, q.seq ? std::optional<std::string>(num(*q.seq)) : std::nullopt, q.kid, q.jws, q.reason,
-         now},
-        "quarantining a record");
-    ++out.quarantined;
-  }
-
-  for (const custody::Head& h : batch.heads) {
-    conn_->exec(
-        "UPDATE gateways SET announced_seq = $2, announced_hash = $3, announced_ms = $4, last_seen_ms = $5 "
-        "WHERE gateway = $1 AND announced_seq <= $2",
-        {h.gateway, num(h.seq), h.head, num(h.time_ms), now}, "noting an announced head");
-    touched.insert(h.gateway);
-  }
-  for (const NotHeld& n : batch.not_held) {
-    conn_->exec(
-        "INSERT INTO unrecoverable (gateway, from_seq, to_seq, noted_ms) VALUES ($1, $2, $3, $4) "
-        "ON CONFLICT (gateway, from_seq) DO UPDATE SET to_seq = GREATEST(unrecoverable.to_seq, "
-        "EXCLUDED.to_seq)",
-        {n.gateway, num(n.from_seq), num(n.to_seq), now}, "noting records a gateway no longer holds");
+  store_heads(batch.heads, now, out);
+  for (const AnnouncedHead& a : batch.heads) {
+    touched.insert(a.head.gateway);
   }
 
   // Row locks in a fixed order (sorted set): two instances never wait on each other in a cycle.
@@ -325,6 +368,236 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
   }
   tx.commit();
   return out;
+}
+
+void CentralStore::store_replies(const std::vector<IncomingReply>& replies, std::int64_t now_ms,
+                                 std::vector<QuarantineEntry>& unsolicited, BatchOutcome& out) {
+  const std::string now = num(now_ms);
+  for (const IncomingReply& r : replies) {
+    std::optional<PgResult> open;
+    if (!r.correlation.empty()) {
+      open = conn_->exec(
+          "SELECT from_seq, to_seq, media_seq, media FROM resend_open WHERE gateway = $1 AND correlation = $2",
+          {r.gateway, r.correlation}, "matching a resend reply");
+    }
+    if (!open || open->rows() == 0) {
+      // Unsigned, and no request of ours: believing it could mark any range as lost. Kept aside, counted.
+      ++out.unsolicited_replies;
+      unsolicited.push_back(QuarantineEntry{r.gateway, "resend/response", std::nullopt, "", r.payload,
+                                            sha256_hex(r.payload), r.payload.size(),
+                                            "resend reply matching no open request of this central", true, 1});
+      continue;
+    }
+    if (!r.reply.error.empty()) {
+      out.reply_errors.push_back(r.gateway + ": " + r.reply.error.substr(0, 200));
+      continue;
+    }
+    if (!open->is_null(0, 0)) {
+      // Only what was asked: each range is clipped to the request's range, then merged.
+      const auto lo_req = static_cast<std::uint64_t>(open->integer(0, 0));
+      const auto hi_req = static_cast<std::uint64_t>(open->integer(0, 1));
+      std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
+      for (auto [lo, hi] : r.reply.not_held) {
+        lo = std::max(lo, lo_req);
+        hi = std::min(hi, hi_req);
+        if (lo <= hi) {
+          ranges.emplace_back(lo, hi);
+        }
+      }
+      std::sort(ranges.begin(), ranges.end());
+      std::vector<std::pair<std::uint64_t, std::uint64_t>> merged;
+      for (const auto& range : ranges) {
+        if (!merged.empty() && range.first <= merged.back().second + 1) {
+          merged.back().second = std::max(merged.back().second, range.second);
+        } else {
+          merged.push_back(range);
+        }
+      }
+      for (const auto& [lo, hi] : merged) {
+        conn_->exec(
+            "INSERT INTO unrecoverable (gateway, from_seq, to_seq, noted_ms) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT (gateway, from_seq) DO UPDATE SET to_seq = GREATEST(unrecoverable.to_seq, "
+            "EXCLUDED.to_seq)",
+            {r.gateway, num(lo), num(hi), now}, "noting records a gateway no longer holds");
+        out.unrecoverable.push_back(r.gateway + ": seq " + num(lo) + ".." + num(hi));
+      }
+    }
+    if (!open->is_null(0, 3) && !r.reply.media_not_held.empty()) {
+      std::set<std::string> asked;
+      const nlohmann::json media = nlohmann::json::parse(open->text(0, 3), nullptr, false);
+      if (media.is_array()) {
+        for (const auto& m : media) {
+          if (m.is_string()) {
+            asked.insert(m.get<std::string>());
+          }
+        }
+      }
+      const std::string seq = num(static_cast<std::uint64_t>(open->integer(0, 2)));
+      for (const std::string& sha : r.reply.media_not_held) {
+        if (asked.count(sha) == 0) {
+          continue;
+        }
+        PgResult ins = conn_->exec(
+            "INSERT INTO unrecoverable_media (gateway, sha256, seq, noted_ms) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT DO NOTHING",
+            {r.gateway, sha, seq, now}, "noting a picture a gateway no longer holds");
+        if (ins.affected() == 1) {
+          ++out.unrecoverable_media;
+          out.unrecoverable.push_back(r.gateway + ": picture " + sha + " of seq " + seq);
+        }
+      }
+    }
+  }
+}
+
+void CentralStore::store_quarantine(const std::vector<QuarantineEntry>& entries, const std::string& now,
+                                    BatchOutcome& out) {
+  if (entries.empty()) {
+    return;
+  }
+  PgResult t = conn_->exec("SELECT rows, bytes FROM quarantine_usage WHERE gateway = '' FOR UPDATE",
+                           "locking the quarantine totals");
+  std::int64_t total_rows = t.rows() == 1 ? t.integer(0, 0) : 0;
+  std::int64_t total_bytes = t.rows() == 1 ? t.integer(0, 1) : 0;
+  struct Usage {
+    std::int64_t rows = 0;
+    std::int64_t bytes = 0;
+    bool exists = false;
+    bool enrolled = false;
+    std::int64_t added_rows = 0;
+    std::int64_t added_bytes = 0;
+    std::int64_t messages = 0;
+    std::int64_t dropped = 0;
+  };
+  std::map<std::string, Usage> usage;
+  Usage all;
+  for (const QuarantineEntry& q : entries) {
+    auto [it, first] = usage.try_emplace(q.gateway);
+    Usage& u = it->second;
+    if (first) {
+      PgResult r = conn_->exec("SELECT rows, bytes FROM quarantine_usage WHERE gateway = $1", {q.gateway},
+                               "reading a gateway's quarantine usage");
+      if (r.rows() == 1) {
+        u.rows = r.integer(0, 0);
+        u.bytes = r.integer(0, 1);
+        u.exists = true;
+      }
+    }
+    u.enrolled = u.enrolled || q.enrolled;
+    const auto copies = static_cast<std::int64_t>(q.count);
+    const auto kept = static_cast<std::int64_t>(q.payload.size());
+    u.messages += copies;
+    all.messages += copies;
+    const bool room = u.rows + 1 <= bounds_.rows_per_gateway && u.bytes + kept <= bounds_.bytes_per_gateway &&
+                      total_rows + 1 <= bounds_.rows && total_bytes + kept <= bounds_.bytes;
+    if (room) {
+      // The text column only for a whole payload that PostgreSQL text can hold (UTF-8, no NUL).
+      const bool text = kept == static_cast<std::int64_t>(q.bytes) && is_valid_utf8(q.payload) &&
+                        q.payload.find('\0') == std::string::npos;
+      PgResult ins = conn_->exec(
+          "INSERT INTO quarantine (gateway, topic, seq, kid, jws, payload, payload_sha256, bytes, reason, "
+          "received_ms, last_seen_ms, count) VALUES ($1, $2, $3, $4, $5, $6::bytea, $7, $8, $9, $10, $10, $11) "
+          "ON CONFLICT (gateway, topic, payload_sha256) DO UPDATE SET count = quarantine.count + "
+          "EXCLUDED.count, last_seen_ms = EXCLUDED.last_seen_ms RETURNING (xmax = 0)",
+          {q.gateway, q.topic, q.seq ? std::optional<std::string>(num(*q.seq)) : std::nullopt, q.kid,
+           text ? std::optional<std::string>(q.payload) : std::nullopt, "\\x" + hex_lower(q.payload),
+           q.payload_sha256, num(q.bytes), q.reason, now, num(q.count)},
+          "quarantining a message");
+      if (ins.rows() == 1 && ins.boolean(0, 0)) {
+        ++u.rows;
+        u.bytes += kept;
+        ++u.added_rows;
+        u.added_bytes += kept;
+        ++total_rows;
+        total_bytes += kept;
+        ++all.added_rows;
+        all.added_bytes += kept;
+        ++out.quarantined;
+        out.quarantine_duplicates += q.count - 1;
+      } else {
+        out.quarantine_duplicates += q.count;
+      }
+      continue;
+    }
+    // Full: a copy of what is kept still counts on its row; anything new is only counted.
+    PgResult upd = conn_->exec(
+        "UPDATE quarantine SET count = count + $4, last_seen_ms = $5 WHERE gateway = $1 AND topic = $2 AND "
+        "payload_sha256 = $3",
+        {q.gateway, q.topic, q.payload_sha256, num(q.count), now}, "counting a quarantined copy");
+    if (upd.affected() == 1) {
+      out.quarantine_duplicates += q.count;
+    } else {
+      out.quarantine_dropped += q.count;
+      u.dropped += copies;
+      all.dropped += copies;
+    }
+  }
+  conn_->exec(
+      "UPDATE quarantine_usage SET rows = rows + $1, bytes = bytes + $2, messages = messages + $3, dropped = "
+      "dropped + $4, last_ms = $5 WHERE gateway = ''",
+      {num(all.added_rows), num(all.added_bytes), num(all.messages), num(all.dropped), now},
+      "counting the quarantine");
+  for (const auto& [gateway, u] : usage) {
+    if (!u.exists && !u.enrolled && u.added_rows == 0) {
+      continue;  // a name nobody enrolled that got no row: counted in the totals only (names are unbounded)
+    }
+    conn_->exec(
+        "INSERT INTO quarantine_usage (gateway, rows, bytes, messages, dropped, last_ms) VALUES ($1, $2, $3, "
+        "$4, $5, $6) ON CONFLICT (gateway) DO UPDATE SET rows = quarantine_usage.rows + EXCLUDED.rows, bytes = "
+        "quarantine_usage.bytes + EXCLUDED.bytes, messages = quarantine_usage.messages + EXCLUDED.messages, "
+        "dropped = quarantine_usage.dropped + EXCLUDED.dropped, last_ms = EXCLUDED.last_ms",
+        {gateway, num(u.added_rows), num(u.added_bytes), num(u.messages), num(u.dropped), now},
+        "counting a gateway's quarantine");
+  }
+}
+
+void CentralStore::recount_quarantine() {
+  PgTransaction tx(*conn_);
+  conn_->exec("SELECT 1 FROM quarantine_usage WHERE gateway = '' FOR UPDATE", "locking the quarantine totals");
+  conn_->exec(
+      "UPDATE quarantine_usage u SET rows = COALESCE(q.rows, 0), bytes = COALESCE(q.bytes, 0) FROM "
+      "(SELECT g.gateway, x.rows, x.bytes FROM quarantine_usage g LEFT JOIN (SELECT gateway, count(*) AS rows, "
+      "sum(octet_length(payload)) AS bytes FROM quarantine GROUP BY gateway) x ON x.gateway = g.gateway) q "
+      "WHERE q.gateway = u.gateway AND u.gateway <> ''",
+      "recounting the quarantine");
+  conn_->exec(
+      "UPDATE quarantine_usage SET rows = (SELECT count(*) FROM quarantine), bytes = (SELECT "
+      "COALESCE(sum(octet_length(payload)), 0) FROM quarantine) WHERE gateway = ''",
+      "recounting the quarantine totals");
+  tx.commit();
+}
+
+void CentralStore::store_heads(const std::vector<AnnouncedHead>& heads, const std::string& now,
+                               BatchOutcome& out) {
+  for (const AnnouncedHead& a : heads) {
+    const custody::Head& h = a.head;
+    if (h.seq > 0) {
+      // A signed head naming another hash for a seq we hold (at or below the watermark too): two chains
+      // under one gateway key. Kept and alarmed; the announced head does not move to it.
+      PgResult held = conn_->exec("SELECT jws_sha256 FROM records WHERE gateway = $1 AND seq = $2",
+                                  {h.gateway, num(h.seq)}, "comparing an announced head");
+      if (held.rows() == 1 && held.text(0, 0) != h.head) {
+        PgResult f = conn_->exec(
+            "INSERT INTO head_forks (gateway, seq, announced_hash, stored_hash, jws, first_ms, last_ms) "
+            "SELECT $1, $2, $3, $4, $5, $6, $6 WHERE (SELECT count(*) FROM head_forks WHERE gateway = $1) < "
+            "1000 ON CONFLICT (gateway, seq, announced_hash) DO UPDATE SET count = head_forks.count + 1, "
+            "last_ms = EXCLUDED.last_ms RETURNING (xmax = 0)",
+            {h.gateway, num(h.seq), h.head, held.text(0, 0), a.jws, now}, "keeping a head fork");
+        if (f.rows() == 1 && f.boolean(0, 0)) {
+          ++out.head_forks;
+          out.head_fork_lines.push_back(h.gateway + ":" + num(h.seq) + " announced with head " + h.head +
+                                        ", the stored record's SHA-256 is " + held.text(0, 0));
+          conn_->exec("UPDATE gateways SET head_forks = head_forks + 1 WHERE gateway = $1", {h.gateway},
+                      "counting a head fork");
+        }
+        continue;
+      }
+    }
+    conn_->exec(
+        "UPDATE gateways SET announced_seq = $2, announced_hash = $3, announced_ms = $4, last_seen_ms = $5 "
+        "WHERE gateway = $1 AND announced_seq <= $2",
+        {h.gateway, num(h.seq), h.head, num(h.time_ms), now}, "noting an announced head");
+  }
 }
 
 void CentralStore::advance(const std::string& gateway, std::int64_t now_ms, const ReceiptPolicy& policy,
@@ -450,13 +723,14 @@ std::vector<ResendPlan> CentralStore::plan_resends(std::int64_t now_ms, const Ga
       // Record wm+1 is here: it waits for media (or the chain check). Ask for its missing media.
       PgResult missing = conn_->exec(
           "SELECT rm.sha256 FROM record_media rm LEFT JOIN media m ON m.sha256 = rm.sha256 "
-          "WHERE rm.gateway = $1 AND rm.seq = $2 AND m.sha256 IS NULL",
+          "WHERE rm.gateway = $1 AND rm.seq = $2 AND m.sha256 IS NULL AND NOT EXISTS (SELECT 1 FROM "
+          "unrecoverable_media u WHERE u.gateway = rm.gateway AND u.sha256 = rm.sha256)",
           {gateway, num(from)}, "finding missing media");
       for (int j = 0; j < missing.rows() && plan.request.media.size() < custody::kMaxResendMedia; ++j) {
         plan.request.media.push_back(missing.text(j, 0));
       }
       if (plan.request.media.empty()) {
-        continue;
+        continue;  // nothing missing, or only pictures the gateway said it no longer holds: not asked again
       }
       plan.why = "media of seq " + num(from);
     } else {
@@ -493,6 +767,23 @@ std::vector<ResendPlan> CentralStore::plan_resends(std::int64_t now_ms, const Ga
         "resend_requests + 1 "
         "WHERE gateway = $1",
         {gateway, num(now_ms + backoff), num(backoff)}, "scheduling the next request");
+    // The request is remembered (the last 16 per gateway): only a reply carrying its Correlation Data is
+    // believed, and only for what it asked.
+    plan.correlation = std::to_string(correlation_rng()());
+    nlohmann::json media = plan.request.media;
+    conn_->exec(
+        "INSERT INTO resend_open (gateway, correlation, from_seq, to_seq, media_seq, media, sent_ms) VALUES ($1, "
+        "$2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+        {gateway, plan.correlation,
+         plan.request.from_seq != 0 ? std::optional<std::string>(num(plan.request.from_seq)) : std::nullopt,
+         plan.request.from_seq != 0 ? std::optional<std::string>(num(plan.request.to_seq)) : std::nullopt,
+         plan.request.media.empty() ? std::nullopt : std::optional<std::string>(num(from)),
+         plan.request.media.empty() ? std::nullopt : std::optional<std::string>(media.dump()), num(now_ms)},
+        "remembering a resend request");
+    conn_->exec(
+        "DELETE FROM resend_open WHERE gateway = $1 AND correlation NOT IN (SELECT correlation FROM "
+        "resend_open WHERE gateway = $1 ORDER BY sent_ms DESC, correlation LIMIT 16)",
+        {gateway}, "forgetting old resend requests");
     out.push_back(std::move(plan));
   }
   tx.commit();
@@ -500,16 +791,24 @@ std::vector<ResendPlan> CentralStore::plan_resends(std::int64_t now_ms, const Ga
 }
 
 nlohmann::json CentralStore::status() {
+  const auto opt = [](const PgResult& r, int i, int c) {
+    return r.is_null(i, c) ? nlohmann::json(nullptr) : nlohmann::json(r.integer(i, c));
+  };
   nlohmann::json gateways = nlohmann::json::array();
   PgResult r = conn_->exec(
       "SELECT g.gateway, g.watermark_seq, g.max_seq, g.announced_seq, g.last_seen_ms, g.receipt_seq, "
-      "g.receipt_ms, "
-      "g.resend_requests, g.forks, g.quarantined, g.quarantine_dropped, g.chain_break_seq, "
-      "g.chain_break_reason, "
-      "g.gap_since_ms, (SELECT count(*) FROM records x WHERE x.gateway = g.gateway), "
+      "g.receipt_ms, g.resend_requests, g.forks, COALESCE(q.messages, 0), COALESCE(q.dropped, 0), "
+      "g.chain_break_seq, g.chain_break_reason, g.gap_since_ms, "
+      "(SELECT count(*) FROM records x WHERE x.gateway = g.gateway), "
       "(SELECT string_agg(kid, ',' ORDER BY enrolled_ms) FROM gateway_keys k WHERE k.gateway = g.gateway), "
-      "(SELECT COALESCE(json_agg(json_build_array(u.from_seq, u.to_seq)), '[]') FROM unrecoverable u "
-      "WHERE u.gateway = g.gateway) FROM gateways g ORDER BY g.gateway",
+      "(SELECT COALESCE(json_agg(json_build_array(u.from_seq, u.to_seq) ORDER BY u.from_seq), '[]') FROM "
+      "unrecoverable u WHERE u.gateway = g.gateway), "
+      "g.head_forks, COALESCE(q.rows, 0), COALESCE(q.bytes, 0), "
+      "(SELECT count(*) FROM unrecoverable_media um WHERE um.gateway = g.gateway), "
+      "(SELECT COALESCE(json_agg(json_build_object('seq', x.seq, 'sha256', x.sha256, 'noted_ms', x.noted_ms) "
+      "ORDER BY x.seq), '[]') FROM (SELECT * FROM unrecoverable_media um WHERE um.gateway = g.gateway ORDER BY "
+      "um.seq LIMIT 100) x) "
+      "FROM gateways g LEFT JOIN quarantine_usage q ON q.gateway = g.gateway ORDER BY g.gateway",
       "reading status");
   for (int i = 0; i < r.rows(); ++i) {
     nlohmann::json g = {
@@ -517,9 +816,9 @@ nlohmann::json CentralStore::status() {
         {"watermark", r.integer(i, 1)},
         {"max_seq", r.integer(i, 2)},
         {"announced_seq", r.integer(i, 3)},
-        {"last_seen_ms", r.is_null(i, 4) ? nlohmann::json(nullptr) : nlohmann::json(r.integer(i, 4))},
+        {"last_seen_ms", opt(r, i, 4)},
         {"receipt_seq", r.integer(i, 5)},
-        {"receipt_ms", r.is_null(i, 6) ? nlohmann::json(nullptr) : nlohmann::json(r.integer(i, 6))},
+        {"receipt_ms", opt(r, i, 6)},
         {"resend_requests", r.integer(i, 7)},
         {"forks", r.integer(i, 8)},
         {"quarantined", r.integer(i, 9)},
@@ -527,14 +826,44 @@ nlohmann::json CentralStore::status() {
         {"chain_break", r.is_null(i, 11)
                             ? nlohmann::json(nullptr)
                             : nlohmann::json{{"seq", r.integer(i, 11)}, {"reason", r.text(i, 12)}}},
-        {"gap_open_since_ms", r.is_null(i, 13) ? nlohmann::json(nullptr) : nlohmann::json(r.integer(i, 13))},
+        {"gap_open_since_ms", opt(r, i, 13)},
         {"records", r.integer(i, 14)},
         {"kids", r.is_null(i, 15) ? "" : r.text(i, 15)},
         {"unrecoverable", nlohmann::json::parse(r.text(i, 16))},
+        {"head_forks", r.integer(i, 17)},
+        {"quarantine_rows", r.integer(i, 18)},
+        {"quarantine_bytes", r.integer(i, 19)},
+        {"unrecoverable_media_count", r.integer(i, 20)},
+        {"unrecoverable_media", nlohmann::json::parse(r.text(i, 21))},
     };
     gateways.push_back(std::move(g));
   }
-  return {{"gateways", gateways}};
+  PgResult t = conn_->exec("SELECT rows, bytes, messages, dropped FROM quarantine_usage WHERE gateway = ''",
+                           "reading the quarantine totals");
+  nlohmann::json quarantine = {
+      {"rows", t.rows() == 1 ? t.integer(0, 0) : 0},         {"bytes", t.rows() == 1 ? t.integer(0, 1) : 0},
+      {"messages", t.rows() == 1 ? t.integer(0, 2) : 0},     {"dropped", t.rows() == 1 ? t.integer(0, 3) : 0},
+      {"max_rows", bounds_.rows},                           {"max_bytes", bounds_.bytes},
+      {"max_rows_per_gateway", bounds_.rows_per_gateway}, {"max_bytes_per_gateway", bounds_.bytes_per_gateway},
+  };
+  // Names on the feed that are not enrolled and have quarantine rows (the 20 seen last).
+  PgResult u = conn_->exec(
+      "SELECT u.gateway, u.messages, u.rows, u.bytes, u.dropped, u.last_ms, count(*) OVER () FROM "
+      "quarantine_usage u WHERE u.gateway <> '' AND NOT EXISTS (SELECT 1 FROM gateways g WHERE g.gateway = "
+      "u.gateway) ORDER BY u.last_ms DESC NULLS LAST, u.gateway LIMIT 20",
+      "reading gateways that are not enrolled");
+  nlohmann::json unknown = nlohmann::json::array();
+  for (int i = 0; i < u.rows(); ++i) {
+    unknown.push_back({{"gateway", u.text(i, 0)},
+                       {"messages", u.integer(i, 1)},
+                       {"quarantine_rows", u.integer(i, 2)},
+                       {"quarantine_bytes", u.integer(i, 3)},
+                       {"quarantine_dropped", u.integer(i, 4)},
+                       {"last_ms", opt(u, i, 5)}});
+  }
+  return {{"gateways", gateways},
+          {"quarantine", quarantine},
+          {"unknown_gateways", {{"count", u.rows() > 0 ? u.integer(0, 6) : 0}, {"latest", unknown}}}};
 }
 
 void CentralStore::export_chain(const std::string& gateway, std::uint64_t from,

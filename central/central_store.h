@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -36,28 +37,51 @@ struct IncomingMedia {
   std::string path;  // where the file now is (written and fsync'd before the batch commits)
 };
 
+// A message kept aside, never trusted: a record that failed a check, anything from a gateway that is not
+// enrolled, a resend reply nobody asked for. The same bytes on the same gateway and topic are one row with a
+// count; rows are bounded (QuarantineBounds), beyond which messages are only counted.
 struct QuarantineEntry {
   std::string gateway;
+  std::string topic;  // what follows <prefix>/<gateway>/: "evidence", "media/<sha>", "head", "resend/response"
   std::optional<std::uint64_t> seq;
   std::string kid;
-  std::string jws;
+  std::string payload;         // the bytes kept (the whole payload, or its first 1024 bytes when larger)
+  std::string payload_sha256;  // SHA-256 of the whole payload (the deduplication key)
+  std::uint64_t bytes = 0;     // size of the whole payload
   std::string reason;
+  bool enrolled = true;         // the gateway is enrolled (its usage row exists beyond the bounds)
+  std::uint64_t count = 1;      // copies of these bytes in this batch
 };
 
-struct NotHeld {  // a gateway answered that it no longer holds these records
+struct QuarantineBounds {
+  std::int64_t rows_per_gateway = 100000;
+  std::int64_t bytes_per_gateway = 64LL << 20;
+  std::int64_t rows = 1000000;
+  std::int64_t bytes = 1024LL << 20;
+};
+
+// A head announcement that verified, with its JWS (kept when it contradicts the stored chain).
+struct AnnouncedHead {
+  custody::Head head;
+  std::string jws;
+};
+
+// A resend reply, with the Correlation Data it came with: only a reply to an open request is believed.
+struct IncomingReply {
   std::string gateway;
-  std::uint64_t from_seq = 0;
-  std::uint64_t to_seq = 0;
+  std::string correlation;
+  custody::ResendReply reply;
+  std::string payload;  // quarantined when no open request has this correlation
 };
 
 struct Batch {
   std::vector<IncomingRecord> records;
   std::vector<IncomingMedia> media;
   std::vector<QuarantineEntry> quarantine;
-  std::vector<custody::Head> heads;
-  std::vector<NotHeld> not_held;
+  std::vector<AnnouncedHead> heads;
+  std::vector<IncomingReply> replies;
   bool empty() const {
-    return records.empty() && media.empty() && quarantine.empty() && heads.empty() && not_held.empty();
+    return records.empty() && media.empty() && quarantine.empty() && heads.empty() && replies.empty();
   }
 };
 
@@ -66,10 +90,17 @@ struct BatchOutcome {
   std::uint64_t duplicates = 0;
   std::uint64_t forks = 0;
   std::uint64_t quarantined = 0;
-  std::uint64_t quarantine_dropped = 0;  // beyond feed.quarantine_max_per_gateway: counted only
+  std::uint64_t quarantine_duplicates = 0;  // copies of a quarantined payload (its row's count grew)
+  std::uint64_t quarantine_dropped = 0;     // beyond the quarantine bounds: counted only
   std::uint64_t media_stored = 0;
+  std::uint64_t head_forks = 0;
+  std::uint64_t unsolicited_replies = 0;   // resend replies to no open request (quarantined)
+  std::uint64_t unrecoverable_media = 0;   // pictures newly noted as no longer held
   std::vector<std::string> fork_ids;       // gateway:seq of each fork, for the alarm line
+  std::vector<std::string> head_fork_lines;    // "gateway:seq announced H, stored S"
   std::vector<std::string> chain_breaks;   // "gateway:seq: reason"
+  std::vector<std::string> unrecoverable;  // "gateway: seq a..b" / "gateway: picture <sha> of seq N"
+  std::vector<std::string> reply_errors;   // "gateway: error" (a refused request)
   std::vector<custody::Receipt> receipts;  // to publish (retained) once committed
 };
 
@@ -84,6 +115,7 @@ struct ResendPlan {
   std::string gateway;
   custody::ResendRequest request;
   std::string why;  // "hole 41..57", "tail 101..130 (announced 130)", "media of seq 12"
+  std::string correlation;  // the request's Correlation Data (decimal text), kept in resend_open
 };
 
 struct GapPolicy {
@@ -94,10 +126,15 @@ struct GapPolicy {
 
 class CentralStore {
  public:
-  static constexpr int kSchemaVersion = 1;
+  // The schema version is the number of schema steps (central_store.cpp, kSteps).
+  static int schema_version();
 
-  // Connects and brings the schema to kSchemaVersion (under an advisory lock: instances may start together).
-  explicit CentralStore(const std::string& conninfo, std::int64_t quarantine_max_per_gateway = 100000);
+  // Connects and brings the schema to schema_version() (under an advisory lock: instances may start together).
+  explicit CentralStore(const std::string& conninfo, QuarantineBounds quarantine = {});
+
+  // Recomputes the quarantine usage rows from the table (at an instance's start: an operator may have
+  // deleted quarantine rows).
+  void recount_quarantine();
 
   // Trusts `public_key` for `gateway` (idempotent). `source` says how: "enroll", "keys_dir:<file>".
   void enroll(const std::string& gateway, const Ed25519PublicKey& public_key, const std::string& source,
@@ -117,7 +154,8 @@ class CentralStore {
   // request time is pushed back with doubling backoff.
   std::vector<ResendPlan> plan_resends(std::int64_t now_ms, const GapPolicy& policy);
 
-  // Per gateway: watermark, gaps, receipts, keys, forks, quarantine (the `status` command and metrics).
+  // Per gateway: watermark, gaps, receipts, keys, forks, quarantine, unrecoverable ranges and pictures; the
+  // quarantine's totals and the gateways that are not enrolled (the `status` command and metrics).
   nlohmann::json status();
   // The stored JWS of `gateway` from seq `from` on, in seq order, as lines (`export`).
   void export_chain(const std::string& gateway, std::uint64_t from,
@@ -129,9 +167,13 @@ class CentralStore {
   void migrate();
   void advance(const std::string& gateway, std::int64_t now_ms, const ReceiptPolicy& policy,
                BatchOutcome& out);
+  void store_quarantine(const std::vector<QuarantineEntry>& entries, const std::string& now, BatchOutcome& out);
+  void store_replies(const std::vector<IncomingReply>& replies, std::int64_t now_ms,
+                     std::vector<QuarantineEntry>& unsolicited, BatchOutcome& out);
+  void store_heads(const std::vector<AnnouncedHead>& heads, const std::string& now, BatchOutcome& out);
 
   std::unique_ptr<PgConnection> conn_;
-  std::int64_t quarantine_max_;
+  QuarantineBounds bounds_;
 };
 
 }  // namespace cpd::central

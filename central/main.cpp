@@ -126,7 +126,7 @@ int main(int argc, char** argv) {
     if (*run_cmd) {
       return run(cfg);
     }
-    central::CentralStore store(cfg.postgres.conninfo);
+    central::CentralStore store(cfg.postgres.conninfo, central::quarantine_bounds(cfg.feed));
     if (*enroll_cmd) {
       const auto key = Ed25519PublicKey::from_pem(read_file(pubkey));
       store.enroll(gateway, key, "enroll", now_ms());
@@ -151,6 +151,26 @@ int main(int argc, char** argv) {
         }
         if (!g["unrecoverable"].empty()) {
           std::cout << ", unrecoverable " << g["unrecoverable"].dump();
+        }
+        if (g["unrecoverable_media_count"].get<long long>() > 0) {
+          std::cout << ", UNRECOVERABLE PICTURES " << g["unrecoverable_media_count"] << " (first at seq "
+                    << g["unrecoverable_media"][0]["seq"] << ")";
+        }
+        if (g["head_forks"].get<long long>() > 0) {
+          std::cout << ", HEAD FORKS " << g["head_forks"];
+        }
+        std::cout << std::endl;
+      }
+      const auto& q = s["quarantine"];
+      std::cout << "quarantine: " << q["rows"] << " rows, " << q["bytes"] << " bytes (bounds " << q["max_rows"]
+                << " rows, " << q["max_bytes"] << " bytes; per gateway " << q["max_rows_per_gateway"] << " rows, "
+                << q["max_bytes_per_gateway"] << " bytes), " << q["messages"] << " messages, " << q["dropped"]
+                << " dropped beyond the bounds" << std::endl;
+      const auto& u = s["unknown_gateways"];
+      if (u["count"].get<long long>() > 0) {
+        std::cout << "NOT ENROLLED: " << u["count"] << " gateway names with quarantined messages; latest:";
+        for (const auto& g : u["latest"]) {
+          std::cout << " " << g["gateway"].get<std::string>() << " (" << g["messages"] << ")";
         }
         std::cout << std::endl;
       }
