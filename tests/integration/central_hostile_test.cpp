@@ -1,0 +1,546 @@
+// checkpoint-central under hostile input, with real parts: mosquitto, a private PostgreSQL, the real
+// checkpoint-central (and, in the flood, a real gateway: radar simulator -> checkpointd). The test also plays a
+// gateway of its own ("gh", its key enrolled) to answer resend requests and to announce heads.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <mqtt/async_client.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <climits>
+#include <deque>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+
+#include "daemon/core/custody.h"
+#include "daemon/core/ed25519.h"
+#include "daemon/core/encoding.h"
+#include "daemon/core/record_check.h"
+#include "tests/integration/harness.h"
+#include "tests/integration/postgres.h"
+
+namespace cpd::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+template <class Pred>
+bool wait_for_condition(Pred pred, std::chrono::milliseconds timeout) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < end) {
+    if (pred()) {
+      return true;
+    }
+    pause(std::chrono::milliseconds(100));
+  }
+  return pred();
+}
+
+// One GET with Connection: close; the body, or "" when the endpoint did not answer 200.
+std::string http_get_body(std::uint16_t port, const std::string& target) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string raw;
+  const std::string req = "GET " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+      ::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size())) {
+    char buf[8192];
+    for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) {
+      raw.append(buf, static_cast<std::size_t>(n));
+    }
+  }
+  ::close(fd);
+  const auto end = raw.find("\r\n\r\n");
+  return raw.rfind("HTTP/1.1 200", 0) == 0 && end != std::string::npos ? raw.substr(end + 4) : std::string();
+}
+
+// The value of the first sample of `name` (unlabelled, or with any labels) in Prometheus text; -1 if absent.
+double metric(const std::string& text, const std::string& name) {
+  std::size_t pos = 0;
+  while (pos < text.size()) {
+    const std::size_t end = std::min(text.find('\n', pos), text.size());
+    const std::string line = text.substr(pos, end - pos);
+    if (line.rfind(name, 0) == 0 && line.size() > name.size() && (line[name.size()] == ' ' || line[name.size()] == '{')) {
+      return std::stod(line.substr(line.rfind(' ') + 1));
+    }
+    pos = end + 1;
+  }
+  return -1;
+}
+
+// A plain MQTT v5 client for the test's own publishing: QoS 1 with a window of tokens in flight, as fast as
+// the broker acknowledges.
+class Publisher {
+ public:
+  explicit Publisher(const std::string& uri, const std::string& id)
+      : client_(uri, id, mqtt::create_options(MQTTVERSION_5), static_cast<mqtt::iclient_persistence*>(nullptr)) {
+    auto opts = mqtt::connect_options_builder().mqtt_version(MQTTVERSION_5).clean_start(true).max_inflight(128).finalize();
+    client_.connect(opts)->wait();
+  }
+  ~Publisher() {
+    try {
+      drain();
+      client_.disconnect()->wait_for(std::chrono::seconds(5));
+    } catch (...) {
+    }
+  }
+  void publish(const std::string& topic, const std::string& payload, const std::string& correlation = "",
+               const std::string& response_topic = "") {
+    auto msg = mqtt::make_message(topic, payload, 1, false);
+    mqtt::properties props;
+    if (!correlation.empty()) {
+      props.add({mqtt::property::CORRELATION_DATA, correlation});
+    }
+    if (!response_topic.empty()) {
+      props.add({mqtt::property::RESPONSE_TOPIC, response_topic});
+    }
+    msg->set_properties(props);
+    while (tokens_.size() >= 64) {
+      tokens_.front()->wait_for(std::chrono::seconds(30));
+      tokens_.pop_front();
+    }
+    tokens_.push_back(client_.publish(msg));
+    ++sent_;
+  }
+  void drain() {
+    while (!tokens_.empty()) {
+      tokens_.front()->wait_for(std::chrono::seconds(30));
+      tokens_.pop_front();
+    }
+  }
+  std::uint64_t sent() const { return sent_; }
+  mqtt::async_client& client() { return client_; }
+
+ private:
+  mqtt::async_client client_;
+  std::deque<mqtt::delivery_token_ptr> tokens_;
+  std::uint64_t sent_ = 0;
+};
+
+class CentralHostile : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    gw_pub_pem_ = make_gateway_key(dir_.path());
+    auto central_key = Ed25519PrivateKey::generate();
+    central_key.save_pem_file((dir_ / "central.key").string());
+    std::ofstream(dir_ / "central.pub.pem") << central_key.public_key().pem();
+    std::ofstream(dir_ / "gh.pub.pem") << gh_key_.public_key().pem();
+    pg_.start();
+    broker_ = std::make_unique<Mosquitto>(dir_ / "broker");
+    broker_->start();
+    std::ofstream(dir_ / "central.yaml")
+        << "central:\n  id: central-test\n  key: " << (dir_ / "central.key").string() << "\n"
+        << "postgres:\n  conninfo: \"" << pg_.conninfo() << "\"\n"
+        << "mqtt:\n  uri: " << broker_->uri() << "\n  client_id: central-1\n"
+        << "  reconnect_min_ms: 200\n  reconnect_max_ms: 1000\n"
+        << "feed:\n  media_dir: " << (dir_ / "central-media").string() << "\n"
+        << "  queue_messages: 2000\n  queue_mb: " << kQueueMb << "\n"
+        << "  quarantine_max_per_gateway: " << kRowsPerGateway << "\n  quarantine_max_mb_per_gateway: 2\n"
+        << "  quarantine_max_rows: " << kRows << "\n  quarantine_max_mb: " << kMb << "\n"
+        << "receipts:\n  every_records: 50\n  every_ms: 300\n"
+        << "gaps:\n  resend_after_ms: 1000\n  retry_min_ms: 500\n  retry_max_ms: 2000\n  check_interval_ms: "
+           "200\n"
+        << "metrics: {enabled: true, host: 127.0.0.1, port: 0}\n";
+    for (const auto& [gateway, pem] : {std::pair<std::string, fs::path>{"gw", gw_pub_pem_},
+                                       std::pair<std::string, fs::path>{"gh", dir_ / "gh.pub.pem"}}) {
+      Process p({binary("central/checkpoint-central"), "enroll", "--config", (dir_ / "central.yaml").string(),
+                 "--gateway", gateway, "--pubkey", pem.string()},
+                dir_ / ("enroll-" + gateway));
+      ASSERT_EQ(p.wait(60s), 0) << p.stderr_text();
+    }
+  }
+
+  void start_central() {
+    central_ = std::make_unique<Process>(
+        std::vector<std::string>{binary("central/checkpoint-central"), "run", "--config",
+                                 (dir_ / "central.yaml").string()},
+        dir_ / "central");
+    const auto line = central_->wait_for_stdout_line("metrics: http://127.0.0.1:", 30s);
+    ASSERT_TRUE(line) << central_->stderr_text();
+    metrics_port_ = static_cast<std::uint16_t>(std::stoi(line->substr(line->rfind(':') + 1)));
+    ASSERT_TRUE(central_->wait_for_stdout_line("running: ", 30s)) << central_->stderr_text();
+  }
+
+  std::string metrics() { return http_get_body(metrics_port_, "/metrics"); }
+
+  nlohmann::json status() {
+    Process p({binary("central/checkpoint-central"), "status", "--config", (dir_ / "central.yaml").string(),
+               "--json"},
+              dir_ / ("status-" + std::to_string(status_runs_++)));
+    EXPECT_EQ(p.wait(60s), 0) << p.stderr_text();
+    return nlohmann::json::parse(p.stdout_text(), nullptr, false);
+  }
+
+  long long pg_int(const std::string& sql) {
+    const std::string v = pg_.query(sql);
+    return v.empty() ? -1 : std::stoll(v);
+  }
+
+  // A record of gateway gh, as the gateway seals it (canonical body, signed by gh's key).
+  std::string gh_record(std::uint64_t seq, const std::string& prev, const std::vector<std::string>& pictures) {
+    nlohmann::json body = {{"v", 1},          {"gateway", "gh"}, {"seq", seq},
+                           {"id", "gh:" + std::to_string(seq)}, {"prev", prev}, {"type", "note"},
+                           {"time_ms", 1767225600000 + static_cast<long long>(seq)},
+                           {"created_ms", 1767225600000 + static_cast<long long>(seq)}};
+    if (!pictures.empty()) {
+      body["pictures"] = nlohmann::json::array();
+      for (const auto& sha : pictures) {
+        body["pictures"].push_back({{"sha256", sha}});
+      }
+    }
+    return sign_compact(gh_key_, "evidence+jws", body);
+  }
+
+  static constexpr int kQueueMb = 16;
+  static constexpr int kRowsPerGateway = 300;
+  static constexpr int kRows = 600;
+  static constexpr int kMb = 8;
+
+  TempDir dir_;
+  Postgres pg_;
+  fs::path gw_pub_pem_;
+  Ed25519PrivateKey gh_key_ = Ed25519PrivateKey::generate();
+  std::unique_ptr<Mosquitto> broker_;
+  std::unique_ptr<Process> central_;
+  std::uint16_t metrics_port_ = 0;
+  int status_runs_ = 0;
+};
+
+// A resend reply saying a picture is no longer held: recorded (gateway, seq, sha256, when), not asked for
+// again, shown by status and metrics; custody (watermark, receipts) stops before the record naming it. A
+// signed head naming another hash for a seq central holds is a fork alarm. A reply nobody asked for
+// changes nothing.
+TEST_F(CentralHostile, MediaNotHeldIsRecordedAndAHeadForkIsAlarmed) {
+  start_central();
+  const std::string lost = sha256_hex("a picture the gateway lost");
+  const std::string r1 = gh_record(1, std::string(64, '0'), {});
+  const std::string r2 = gh_record(2, sha256_hex(r1), {lost});
+  const std::string r3 = gh_record(3, sha256_hex(r2), {});
+
+  // The test answers resend requests as a gateway that no longer holds the picture.
+  std::atomic<int> media_requests{0};
+  std::atomic<int> other_requests{0};
+  Publisher gh(broker_->uri(), "gh");
+  gh.client().set_message_callback([&](mqtt::const_message_ptr msg) {
+    const auto parsed = custody::parse_resend_request(msg->get_payload_str());
+    if (!parsed.request) {
+      return;
+    }
+    if (parsed.request->media.empty()) {
+      ++other_requests;
+      return;
+    }
+    ++media_requests;
+    custody::ResendReply reply;
+    reply.media_not_held = parsed.request->media;
+    auto out = mqtt::make_message(
+        mqtt::get<std::string>(msg->get_properties(), mqtt::property::RESPONSE_TOPIC),
+        custody::resend_reply_json(reply), 1, false);
+    out->set_properties(mqtt::properties{
+        {mqtt::property::CORRELATION_DATA,
+         mqtt::get<mqtt::binary>(msg->get_properties(), mqtt::property::CORRELATION_DATA)}});
+    gh.client().publish(out);
+  });
+  gh.client().subscribe("checkpoint/gh/resend", 1)->wait();
+
+  // A reply nobody asked for, naming everything as lost: not believed.
+  gh.publish("checkpoint/gh/resend/response",
+             R"({"from_seq":1,"media_not_held":[],"media_sent":[],"not_held":[[1,9223372036854775807]],"sent":0,"to_seq":9223372036854775807,"v":1})",
+             "12345");
+  gh.publish("checkpoint/gh/evidence", r1);
+  gh.publish("checkpoint/gh/evidence", r2);
+  gh.publish("checkpoint/gh/evidence", r3);
+  gh.drain();
+
+  ASSERT_TRUE(wait_for_condition([&] { return pg_int("SELECT count(*) FROM unrecoverable_media") == 1; }, 30s))
+      << central_->stderr_text();
+  EXPECT_EQ(pg_.query("SELECT gateway || ' ' || seq || ' ' || sha256 FROM unrecoverable_media"),
+            "gh 2 " + lost);
+  EXPECT_GT(pg_int("SELECT noted_ms FROM unrecoverable_media"), 0);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM unrecoverable WHERE gateway = 'gh'"), 0) << "an unsolicited reply was believed";
+  EXPECT_EQ(pg_int("SELECT count(*) FROM quarantine WHERE gateway = 'gh' AND topic = 'resend/response'"), 1);
+
+  // Not asked for again (three times the longest backoff), and custody stops before seq 2.
+  const int asked = media_requests.load();
+  pause(6s);
+  EXPECT_EQ(media_requests.load(), asked) << "a picture the gateway said it no longer holds was asked for again";
+  EXPECT_EQ(pg_int("SELECT watermark_seq FROM gateways WHERE gateway = 'gh'"), 1);
+  EXPECT_LE(pg_int("SELECT receipt_seq FROM gateways WHERE gateway = 'gh'"), 1);
+  const auto s = status();
+  bool seen = false;
+  for (const auto& g : s["gateways"]) {
+    if (g["gateway"] == "gh") {
+      seen = true;
+      EXPECT_EQ(g["unrecoverable_media_count"], 1);
+      EXPECT_EQ(g["unrecoverable_media"][0]["seq"], 2);
+      EXPECT_EQ(g["unrecoverable_media"][0]["sha256"], lost);
+      EXPECT_EQ(g["watermark"], 1);
+      EXPECT_EQ(g["max_seq"], 3);
+    }
+  }
+  EXPECT_TRUE(seen) << s.dump();
+  std::string m = metrics();
+  EXPECT_EQ(metric(m, "central_unsolicited_replies_total"), 1) << m;
+  EXPECT_EQ(metric(m, "central_unrecoverable_total"), 1) << m;
+  EXPECT_NE(m.find("central_gateway_unrecoverable_media{gateway=\"gh\"} 1"), std::string::npos) << m;
+
+  // A head, signed by gh's key, naming another hash for seq 1: kept and alarmed; the announced head stays.
+  gh.publish("checkpoint/gh/head",
+             custody::seal_head(gh_key_, custody::Head{"gh", 1, std::string(64, 'e'), 1767225609000}));
+  // The true head is no fork.
+  gh.publish("checkpoint/gh/head", custody::seal_head(gh_key_, custody::Head{"gh", 3, sha256_hex(r3), 1767225609001}));
+  gh.drain();
+  ASSERT_TRUE(wait_for_condition([&] { return pg_int("SELECT count(*) FROM head_forks") == 1; }, 20s))
+      << central_->stderr_text();
+  EXPECT_EQ(pg_.query("SELECT seq || ' ' || stored_hash FROM head_forks"), "1 " + sha256_hex(r1));
+  ASSERT_TRUE(wait_for_condition([&] { return pg_int("SELECT announced_seq FROM gateways WHERE gateway = 'gh'") == 3; }, 20s));
+  EXPECT_EQ(pg_int("SELECT head_forks FROM gateways WHERE gateway = 'gh'"), 1);
+  m = metrics();
+  EXPECT_EQ(metric(m, "central_head_forks_total"), 1) << m;
+  EXPECT_NE(central_->stderr_text().find("FORK: head announcement gh:1"), std::string::npos);
+  central_->signal(SIGTERM);
+  EXPECT_EQ(central_->wait(20s), 0) << central_->stderr_text();
+}
+
+// >= 10 s of hostile messages on every topic central subscribes to, as fast as one MQTT client gets them
+// acknowledged, beside a real gateway whose chain must still reach custody.
+TEST_F(CentralHostile, AFloodOfHostileMessagesIsBoundedCountedAndSurvived) {
+  start_central();
+  // The real gateway: radar simulator -> checkpointd with custody on.
+  auto sim = std::make_unique<Process>(
+      std::vector<std::string>{binary("tools/sim/checkpoint-sim"), "radar", "--port", "0", "--lanes", "2", "--seed",
+                               "5", "--vehicles", "60", "--rate", "5"},
+      dir_ / "sim");
+  const auto line = sim->wait_for_stdout_line("listening ", 10s);
+  ASSERT_TRUE(line) << sim->stderr_text();
+  {
+    std::ofstream out(dir_ / "checkpointd.yaml");
+    out << "gateway:\n  id: gw\n"
+        << "  site: {name: \"K1234+500\", road: G60, direction: N, lat: 30.27, lon: 120.15, utc_offset: "
+           "\"+08:00\"}\n"
+        << "  key: " << (dir_ / "gateway.key").string() << "\n"
+        << "store:\n  path: " << (dir_ / "store.db").string() << "\n"
+        << "mqtt:\n  uri: " << broker_->uri() << "\n  client_id: gw\n"
+        << "  reconnect_min_ms: 200\n  reconnect_max_ms: 1000\n"
+        << "metrics: {enabled: false}\n"
+        << "devices:\n"
+        << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << line->substr(10) << "}\n"
+        << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
+        << "    calibration: {certificate: JJG527-2026-0412, valid_until: 2099-12-31}\n"
+        << "    reconnect_initial_ms: 200\n    reconnect_max_ms: 1000\n"
+        << "custody:\n  central_keys: [{pem: " << (dir_ / "central.pub.pem").string() << "}]\n"
+        << "  head_interval_ms: 500\n";
+  }
+  Process daemon({binary("daemon/app/checkpointd"), "--config", (dir_ / "checkpointd.yaml").string()},
+                 dir_ / "checkpointd");
+  ASSERT_TRUE(wait_for_condition([&] { return pg_int("SELECT watermark_seq FROM gateways WHERE gateway = 'gw'") >= 3; },
+                                 60s))
+      << central_->stderr_text() << daemon.stderr_text();
+  const long rss_before = rss_kb(central_->pid());
+
+  // Every resend request central publishes, to any gateway, is checked for its bounds.
+  MqttCollector resends(broker_->uri(), {"checkpoint/+/resend"});
+
+  // The hostile messages, in rounds.
+  const auto forger = Ed25519PrivateKey::generate();
+  const auto gw_key = Ed25519PrivateKey::load_pem_file((dir_ / "gateway.key").string());
+  std::mt19937_64 rng(7);
+  const auto random_bytes = [&](std::size_t n) {
+    std::string s(n, '\0');
+    for (char& c : s) {
+      c = static_cast<char>(rng());
+    }
+    return s;
+  };
+  std::vector<std::string> garbage;  // a fixed set, sent again and again: deduplicated in the quarantine
+  for (int i = 0; i < 200; ++i) {
+    garbage.push_back(random_bytes(16 + rng() % 2000));
+  }
+  const std::string bad_utf8 = "\xff\xfe\xc3\x28 not UTF-8 \xe2\x82\x00\x80";
+  const std::string oversized = pseudo_random_bytes(5u << 20, 99);  // over the 4 MiB record bound
+  const auto record_body = [](const std::string& gateway, std::uint64_t seq) {
+    return nlohmann::json{{"v", 1},           {"gateway", gateway}, {"seq", seq},
+                          {"id", gateway + ":" + std::to_string(seq)}, {"prev", std::string(64, '0')},
+                          {"type", "speeding"}, {"time_ms", 1},        {"created_ms", 1}};
+  };
+  // A head announcing 2^63-1, signed with gh's key (gh is enrolled; the real gateway is left alone), and
+  // heads whose seq is out of any range or whose signature is not gh's.
+  // (JCS has no integers beyond 2^53, so these bodies are written by hand: the body need not be canonical.)
+  const auto raw_head = [](const Ed25519PrivateKey& key, const std::string& seq, char hash) {
+    const std::string header = base64url_encode(R"({"alg":"EdDSA","kid":")" + key.public_key().kid() +
+                                                R"(","typ":"head+jws"})");
+    const std::string body = base64url_encode(R"({"gateway":"gh","head":")" + std::string(64, hash) +
+                                              R"(","seq":)" + seq + R"(,"time_ms":1,"type":"head","v":1})");
+    return header + "." + body + "." + base64url_encode(key.sign(header + "." + body));
+  };
+  const std::string head_max = raw_head(gh_key_, "9223372036854775807", 'a');
+  const std::string head_beyond = raw_head(gh_key_, "18446744073709551615", 'b');
+  const std::string head_negative = raw_head(gh_key_, "-1", 'c');
+  const std::string head_forged = raw_head(forger, "9223372036854775807", 'd');
+
+  // Several clients at once (one MQTT client is paced by its own acknowledgements), for 12 s.
+  constexpr int kThreads = 3;
+  std::atomic<std::uint64_t> sent_total{0};
+  std::atomic<std::uint64_t> oversized_total{0};
+  const auto start = std::chrono::steady_clock::now();
+  const auto flood_client = [&](int index) {
+    Publisher flood(broker_->uri(), "flood-" + std::to_string(index));
+    std::mt19937_64 local_rng(static_cast<std::uint64_t>(index) + 100);
+    std::uint64_t round = static_cast<std::uint64_t>(index);
+    std::uint64_t oversized_sent = 0;
+    while (std::chrono::steady_clock::now() - start < 12s) {
+      round += kThreads;
+      const std::string g = garbage[round % garbage.size()];
+      flood.publish("checkpoint/gw/evidence", g);
+      flood.publish("checkpoint/gw/media/" + std::string(64, 'f'), g);
+      flood.publish("checkpoint/gw/media/not-a-hash", g);
+      flood.publish("checkpoint/gw/head", g);
+      flood.publish("checkpoint/gw/resend/response", g);
+      flood.publish("checkpoint/gw/evidence", bad_utf8);
+      flood.publish("checkpoint/gw/head", bad_utf8);
+      flood.publish("checkpoint/gw/resend/response", bad_utf8);
+      // Records with bad signatures: an unknown key, and the real kid with a tampered signature.
+      flood.publish("checkpoint/gw/evidence", sign_compact(forger, "evidence+jws", record_body("gw", round)));
+      std::string tampered = sign_compact(gw_key, "evidence+jws", record_body("gw", 1000000 + round));
+      tampered[tampered.size() - 5] = tampered[tampered.size() - 5] == 'A' ? 'B' : 'A';
+      flood.publish("checkpoint/gw/evidence", tampered);
+      flood.publish("checkpoint/gh/head", head_max);
+      flood.publish("checkpoint/gh/head", head_beyond);
+      flood.publish("checkpoint/gh/head", head_negative);
+      flood.publish("checkpoint/gh/head", head_forged);
+      // Resend replies nobody asked for: everything declared lost, with and without Correlation Data.
+      const std::string lie = R"({"from_seq":1,"media_not_held":[],"media_sent":[],"not_held":[[1,)" +
+                              std::to_string(round) + R"(]],"sent":0,"to_seq":9223372036854775807,"v":1})";
+      flood.publish("checkpoint/gw/resend/response", lie, std::to_string(local_rng()));
+      flood.publish("checkpoint/gw/resend/response", lie);
+      // Gateways nobody enrolled (a new name every round), and names no gateway can have.
+      flood.publish("checkpoint/rogue-" + std::to_string(round) + "/evidence", g);
+      flood.publish("checkpoint/Not_A_Gateway!/head", g);
+      if (round % 100 == 0) {
+        flood.publish("checkpoint/gw/evidence", oversized);
+        flood.publish("checkpoint/gw/media/" + sha256_hex(g), oversized);
+        flood.publish("checkpoint/rogue-big/evidence", oversized);
+        oversized_sent += 3;
+      }
+    }
+    flood.drain();
+    sent_total += flood.sent();
+    oversized_total += oversized_sent;
+  };
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kThreads; ++i) {
+    clients.emplace_back(flood_client, i);
+  }
+  for (auto& t : clients) {
+    t.join();
+  }
+  const double flood_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const std::uint64_t sent = sent_total.load();
+  std::cout << "flood: " << sent << " messages (" << oversized_total.load() << " of 5 MiB) from " << kThreads
+            << " clients in " << flood_s << " s = "
+            << static_cast<long>(static_cast<double>(sent) / flood_s) << " msg/s" << std::endl;
+
+  // Central is up and answering while the broker still feeds it the backlog.
+  ASSERT_TRUE(central_->running()) << central_->stderr_text();
+  EXPECT_EQ(http_get_body(metrics_port_, "/healthz").substr(0, 2), "ok");
+  // Central takes the whole backlog; meanwhile the bounds hold at every look.
+  long long max_rows = 0;
+  long long max_bytes = 0;
+  double processed = 0;
+  const auto drain_start = std::chrono::steady_clock::now();
+  const bool drained = wait_for_condition(
+      [&] {
+        max_rows = std::max(max_rows, pg_int("SELECT count(*) FROM quarantine"));
+        max_bytes = std::max(max_bytes, pg_int("SELECT COALESCE(sum(octet_length(payload)), 0) FROM quarantine"));
+        const std::string m = metrics();
+        processed = metric(m, "central_messages_total");
+        return processed >= static_cast<double>(sent) && metric(m, "central_queue_messages") == 0;
+      },
+      180s);
+  const double drain_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - drain_start).count();
+  const long peak = peak_rss_kb(central_->pid());
+  std::cout << "central: took " << processed << " messages; backlog drained " << drain_s
+            << " s after the flood; RSS " << rss_before << " kB before, peak " << peak << " kB; quarantine "
+            << max_rows << " rows, " << max_bytes << " bytes at most" << std::endl;
+  EXPECT_TRUE(drained) << "central took " << processed << " of " << sent;
+  ASSERT_TRUE(central_->running()) << central_->stderr_text();
+  if (!kSanitized) {
+    // The queue holds at most feed.queue_mb (16 MiB) of payloads; a 5 MiB message passes through Paho and
+    // the queue as a few copies.
+    EXPECT_LT(peak - rss_before, 160 * 1024) << "RSS " << rss_before << " -> peak " << peak << " kB";
+  }
+
+  // The quarantine stayed within its bounds: rows and bytes in all and per gateway.
+  EXPECT_LE(max_rows, kRows);
+  EXPECT_LE(max_bytes, static_cast<long long>(kMb) << 20);
+  EXPECT_LE(pg_int("SELECT max(n) FROM (SELECT count(*) AS n FROM quarantine GROUP BY gateway) x"), kRowsPerGateway);
+  EXPECT_LE(pg_int("SELECT max(b) FROM (SELECT sum(octet_length(payload)) AS b FROM quarantine GROUP BY gateway) x"),
+            2LL << 20);
+  // Repeated payloads are one row with a count; what did not fit is counted.
+  EXPECT_GT(pg_int("SELECT max(count) FROM quarantine"), 10);
+  const auto s = status();
+  std::cout << "status: quarantine " << s["quarantine"].dump() << ", names not enrolled with rows "
+            << s["unknown_gateways"]["count"] << std::endl;
+  EXPECT_EQ(s["quarantine"]["rows"].get<long long>(), pg_int("SELECT count(*) FROM quarantine"));
+  EXPECT_GT(s["quarantine"]["dropped"].get<long long>(), 0);
+  EXPECT_GT(s["unknown_gateways"]["count"].get<long long>(), 0);
+  // Names nobody enrolled have usage rows only while they have quarantine rows.
+  EXPECT_LE(pg_int("SELECT count(*) FROM quarantine_usage"), kRows + 3);
+
+  // Nothing a peer said was believed: no unrecoverable range, no announced head beyond 2^63-1, the forged head
+  // did not move gw's announced head.
+  EXPECT_EQ(pg_int("SELECT count(*) FROM unrecoverable"), 0);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM records WHERE gateway = 'gw' AND seq > 100000"), 0);
+  EXPECT_LT(pg_int("SELECT announced_seq FROM gateways WHERE gateway = 'gw'"), 100000);
+
+  // Every resend request central published is one a gateway accepts: a range of at most 100 000 records.
+  std::size_t requests = 0;
+  for (const auto& msg : resends.messages()) {
+    const auto parsed = custody::parse_resend_request(msg.payload);
+    ASSERT_TRUE(parsed.request) << msg.topic << ": " << parsed.reason << ": " << msg.payload;
+    EXPECT_LE(parsed.request->to_seq, static_cast<std::uint64_t>(INT64_MAX)) << msg.payload;
+    ++requests;
+  }
+  std::cout << "resend requests published: " << requests << std::endl;
+  // gh announced 2^63-1: asked with backoff (500 ms doubling to 2 s), not in a loop.
+  EXPECT_LE(resends.count("checkpoint/gh/resend"), 40U);
+
+  // The errors are counted.
+  const std::string m = metrics();
+  EXPECT_GT(metric(m, "central_quarantined_total"), 0) << m;
+  EXPECT_GT(metric(m, "central_quarantine_dropped_total"), 0) << m;
+  EXPECT_GT(metric(m, "central_media_refused_total"), 0) << m;
+  EXPECT_GT(metric(m, "central_unknown_gateway_total"), 0) << m;
+  EXPECT_GT(metric(m, "central_heads_refused_total"), 0) << m;
+  EXPECT_GT(metric(m, "central_replies_refused_total"), 0) << m;
+  EXPECT_GT(metric(m, "central_unsolicited_replies_total"), 0) << m;
+  EXPECT_GT(metric(m, "central_refused_total"), 0) << m;
+  EXPECT_GT(metric(m, "central_quarantine_rows"), 0) << m;
+  EXPECT_EQ(metric(m, "central_postgres_errors_total"), 0) << m << central_->stderr_text().substr(0, 4000);
+
+  // The real gateway's chain still reaches custody, whole.
+  daemon.signal(SIGTERM);
+  ASSERT_EQ(daemon.wait(30s), 0) << daemon.stderr_text();
+  const long long head = store_query(dir_ / "store.db", "SELECT max(seq) FROM records");
+  ASSERT_GT(head, 3);
+  EXPECT_TRUE(wait_for_condition(
+      [&] { return pg_int("SELECT watermark_seq FROM gateways WHERE gateway = 'gw'") == head; }, 60s))
+      << "watermark " << pg_int("SELECT watermark_seq FROM gateways WHERE gateway = 'gw'") << " head " << head;
+  EXPECT_EQ(pg_int("SELECT count(*) FROM forks"), 0);
+  central_->signal(SIGTERM);
+  EXPECT_EQ(central_->wait(30s), 0) << central_->stderr_text().substr(0, 4000);
+}
+
+}  // namespace
+}  // namespace cpd::testing
