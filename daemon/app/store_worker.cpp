@@ -52,7 +52,16 @@ void StoreWorker::submit(Fact fact) { submit(std::move(fact), nullptr); }
 void StoreWorker::submit(Fact fact, RecordHandler on_committed) {
   {
     std::lock_guard lock(mutex_);
-    facts_.push_back(Item{std::move(fact), std::move(on_committed)});
+    facts_.push_back(Item{std::move(fact), std::move(on_committed), nullptr});
+  }
+  wake_.notify_one();
+}
+
+void StoreWorker::submit_key_rotation(Fact fact, std::shared_ptr<const Ed25519PrivateKey> next_key,
+                                      RecordHandler on_committed) {
+  {
+    std::lock_guard lock(mutex_);
+    facts_.push_back(Item{std::move(fact), std::move(on_committed), std::move(next_key)});
   }
   wake_.notify_one();
 }
@@ -161,6 +170,7 @@ void StoreWorker::seal_into(const Fact& fact, UnixMs now, std::vector<SealedReco
 // sealed after a recording whose span contains it gets a `link` record too (records are never edited).
 bool StoreWorker::commit_batch(std::vector<Item>& batch) {
   const ChainHead before = sealer_.head();
+  const Ed25519PrivateKey key_before = sealer_.key();  // a key_rotation in the batch switches it
   std::vector<SealedRecord> sealed;
   sealed.reserve(batch.size());
   std::vector<std::size_t> origin;  // the batch item each sealed record came from
@@ -203,6 +213,11 @@ bool StoreWorker::commit_batch(std::vector<Item>& batch) {
     }
     seal_into(*fact, now, sealed);
     origin.push_back(i);
+    if (batch[i].next_key && sealed.back().type == fact->type && sealed.back().salvage_reason.empty()) {
+      // The key_rotation record is sealed under the old key: everything after it, in this batch too, is
+      // signed with the key it names (committed in the same transaction, or not at all).
+      sealer_.use_key(*batch[i].next_key);
+    }
     const std::string id = sealed.back().id;
     const std::string type = sealed.back().type;
     const UnixMs time_ms = sealed.back().time_ms;
@@ -244,6 +259,7 @@ bool StoreWorker::commit_batch(std::vector<Item>& batch) {
   }
   if (!st.is_ok()) {
     sealer_.reset(before);
+    sealer_.use_key(key_before);
     log::error("store", "", "commit of " + std::to_string(sealed.size()) + " records failed (" +
                                 (st.kind() == Status::Kind::kRetry ? "will retry" : "will retry; permanent") +
                                 "): " + st.message());

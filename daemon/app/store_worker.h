@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -43,6 +44,10 @@ class StoreWorker final : public forwarder::OutboxSource {
   // the device or to know the seq of a shutdown audit record). Must not block.
   using RecordHandler = std::function<void(const SealedRecord&)>;
   void submit(Fact fact, RecordHandler on_committed);
+  // A key rotation (docs/custody.md): `fact` (a key_rotation record) is sealed under the current key, and
+  // every record sealed after it (in its batch too) under `next_key`; if that batch fails to commit, the
+  // sealer goes back to the old key and the batch is sealed again the same way. `on_committed` as above.
+  void submit_key_rotation(Fact fact, std::shared_ptr<const Ed25519PrivateKey> next_key, RecordHandler on_committed);
   // Commits everything submitted so far, then stops the thread.
   void drain_and_stop();
 
@@ -92,6 +97,7 @@ class StoreWorker final : public forwarder::OutboxSource {
   struct Item {
     Fact fact;
     RecordHandler on_committed;
+    std::shared_ptr<const Ed25519PrivateKey> next_key;  // a key rotation: the key for the records after it
   };
   void run();
   bool commit_batch(std::vector<Item>& batch);
