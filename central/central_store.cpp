@@ -413,6 +413,11 @@ void CentralStore::store_replies(const std::vector<IncomingReply>& replies, std:
           merged.push_back(range);
         }
       }
+      // A gateway's store has few holes; a reply naming more ranges is cut (the rest is asked for again).
+      constexpr std::size_t kMaxRangesPerReply = 1000;
+      if (merged.size() > kMaxRangesPerReply) {
+        merged.resize(kMaxRangesPerReply);
+      }
       for (const auto& [lo, hi] : merged) {
         conn_->exec(
             "INSERT INTO unrecoverable (gateway, from_seq, to_seq, noted_ms) VALUES ($1, $2, $3, $4) "
