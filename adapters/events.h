@@ -41,11 +41,21 @@ struct RadarStatusSnapshot {
   UnixMs since_ms = 0;            // when this code was first seen (UTC)
 };
 
+// A configured lane as the track's lane was decided with it: the half-open band [x_min_mm, x_max_mm) of
+// lateral offset (the config's metres, rounded to the millimetre).
+struct LaneBand {
+  int lane = 0;
+  std::int64_t x_min_mm = 0;
+  std::int64_t x_max_mm = 0;
+};
+
 // A closed radar track: one vehicle.
 struct RadarTrack {
   std::string device_id;
   int target = 0;                 // the radar's track number (01-99)
   int lane = 0;                   // from lateral offset and lane boundaries; 0 = outside every lane
+  std::int64_t median_lateral_mm = 0;  // the median of the samples' lateral_cm, in mm: what lane was decided on
+  std::vector<LaneBand> lane_bands;    // the bands lane was decided with (the record keeps them)
   bool approaching = true;        // dir A (true) or R (false)
   std::int32_t peak_speed_dkmh = 0;
   UnixMs time_ms = 0;             // UTC time of the peak-speed frame

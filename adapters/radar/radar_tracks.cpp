@@ -32,9 +32,27 @@ int radar_lane_for(const std::vector<RadarLane>& lanes, double lateral_m) {
   return 0;
 }
 
+std::vector<LaneBand> radar_lane_bands(const std::vector<RadarLane>& lanes) {
+  std::vector<LaneBand> bands;
+  bands.reserve(lanes.size());
+  for (const auto& l : lanes) {
+    bands.push_back({l.lane, std::llround(l.x_min * 1000.0), std::llround(l.x_max * 1000.0)});
+  }
+  return bands;
+}
+
+int radar_lane_for_mm(const std::vector<LaneBand>& bands, std::int64_t lateral_mm) {
+  for (const auto& b : bands) {
+    if (lateral_mm >= b.x_min_mm && lateral_mm < b.x_max_mm) {
+      return b.lane;
+    }
+  }
+  return 0;
+}
+
 RadarTrackBuilder::RadarTrackBuilder(const RadarConfig& config, std::size_t max_frames_per_track)
     : device_id_(config.id),
-      lanes_(config.lanes),
+      lanes_(radar_lane_bands(config.lanes)),
       timeout_ms_(config.track_timeout_ms),
       max_frames_(std::max<std::size_t>(max_frames_per_track, 1)),
       clock_(config.clock_window_s) {}
@@ -153,9 +171,11 @@ RadarTrack RadarTrackBuilder::close(OpenTrack& t) {
   }
   std::sort(lateral.begin(), lateral.end());
   const std::size_t n = lateral.size();
-  const double median_cm =
-      n % 2 == 1 ? lateral[n / 2] : (static_cast<double>(lateral[n / 2 - 1]) + lateral[n / 2]) / 2.0;
-  r.lane = radar_lane_for(lanes_, median_cm / 100.0);
+  // In whole millimetres, so the record's reader decides the lane with the same integers.
+  r.median_lateral_mm = n % 2 == 1 ? std::int64_t{lateral[n / 2]} * 10
+                                   : (std::int64_t{lateral[n / 2 - 1]} + lateral[n / 2]) * 5;
+  r.lane = radar_lane_for_mm(lanes_, r.median_lateral_mm);
+  r.lane_bands = lanes_;
   r.peak_speed_dkmh = t.samples[t.peak].speed_dkmh;
   r.time_ms = t.samples[t.peak].time_ms;
   r.first_ms = t.samples.front().time_ms;

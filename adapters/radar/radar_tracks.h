@@ -22,6 +22,10 @@ std::int32_t radar_speed_dkmh(std::int32_t speed_tenths, char units);
 std::int32_t radar_lateral_cm(const RadarDetect& d);
 // The configured lane whose [x_min, x_max) holds `lateral_m`; 0 when none does.
 int radar_lane_for(const std::vector<RadarLane>& lanes, double lateral_m);
+// The configured lanes as integer bands (metres rounded to the millimetre), and the lane whose band holds
+// `lateral_mm` (0 when none does): what a track's lane is decided with, so a record's reader can redo it.
+std::vector<LaneBand> radar_lane_bands(const std::vector<RadarLane>& lanes);
+int radar_lane_for_mm(const std::vector<LaneBand>& bands, std::int64_t lateral_mm);
 
 class RadarTrackBuilder {
  public:
@@ -80,7 +84,7 @@ class RadarTrackBuilder {
   std::vector<RadarTrack> close_all();
 
   std::string device_id_;
-  std::vector<RadarLane> lanes_;
+  std::vector<LaneBand> lanes_;
   std::int64_t timeout_ms_;
   std::size_t max_frames_;
   RadarClockMapper clock_;

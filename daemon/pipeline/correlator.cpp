@@ -341,7 +341,8 @@ std::vector<Fact> Correlator::decide(UnixMs now, bool force) {
 
 json Correlator::site_json() const {
   return json{{"gateway", gateway_id_},       {"name", site_.name},         {"road", site_.road},
-              {"direction", site_.direction}, {"lat_e7", to_e7(site_.lat)}, {"lon_e7", to_e7(site_.lon)}};
+              {"direction", site_.direction}, {"lat_e7", to_e7(site_.lat)}, {"lon_e7", to_e7(site_.lon)},
+              {"utc_offset", site_.utc_offset}};
 }
 
 namespace {
@@ -393,8 +394,13 @@ RadarPart radar_part(const adapters::RadarTrack& track,
                        {"lateral_cm", s.lateral_cm},
                        {"amplitude_ddb", s.amplitude_ddb}});
   }
+  json bands = json::array();
+  for (const auto& b : track.lane_bands) {
+    bands.push_back({{"lane", b.lane}, {"x_min_mm", b.x_min_mm}, {"x_max_mm", b.x_max_mm}});
+  }
   part.fields = {
       {"lane", track.lane},
+      {"lane_rule", {{"median_lateral_mm", track.median_lateral_mm}, {"bands", bands}}},
       {"direction", track.approaching ? "approaching" : "receding"},
       {"speed_dkmh", track.peak_speed_dkmh},
       {"speeds_dkmh", speeds},

@@ -24,7 +24,13 @@ constexpr UnixMs kCalibrationEnd = 1'814'371'200'000;  // 2027-07-01T00:00+08:00
 config::Config make_config() {
   config::Config c;
   c.gateway.id = "gw-1";
-  c.gateway.site = {.name = "Test site", .road = "G60", .direction = "N", .lat = 30.0, .lon = 120.0};
+  c.gateway.site = {.name = "Test site",
+                    .road = "G60",
+                    .direction = "N",
+                    .lat = 30.0,
+                    .lon = 120.0,
+                    .utc_offset = "+08:00",
+                    .utc_offset_min = 480};
   adapters::RadarConfig radar;
   radar.id = "radar-1";
   radar.lanes = {{1, 0.0, 3.75}, {2, 3.75, 7.5}, {3, 7.5, 11.25}};
@@ -59,6 +65,8 @@ adapters::RadarTrack make_track(int target, int lane, std::int32_t speed_dkmh, U
   t.first_ms = time_ms - 600;
   t.last_ms = time_ms + 200;
   t.units = 'K';
+  t.median_lateral_mm = 1500;
+  t.lane_bands = {{1, 0, 3750}, {2, 3750, 7500}};
   for (int i = 0; i < 3; ++i) {
     t.samples.push_back(
         {time_ms - 600 + i * 400, 100000 + i * 40, speed_dkmh - 2 + i, 5000 - i * 1000, 150, 420});
@@ -197,6 +205,10 @@ TEST(CorrelatorTest, PassageWithEveryPart) {
   EXPECT_EQ(b["radar"], "radar-1");
   EXPECT_EQ(b["camera"], "cam-1");
   EXPECT_EQ(b["site"]["gateway"], "gw-1");
+  EXPECT_EQ(b["site"]["utc_offset"], "+08:00");
+  EXPECT_EQ(b["lane_rule"],
+            json::parse(R"({"median_lateral_mm":1500,"bands":[{"lane":1,"x_min_mm":0,"x_max_mm":3750},)"
+                        R"({"lane":2,"x_min_mm":3750,"x_max_mm":7500}]})"));
   EXPECT_EQ(b["site"]["lat_e7"], 300000000);
   ASSERT_EQ(b["pictures"].size(), 2U);
   EXPECT_EQ(b["pictures"][0]["sha256"], std::string(63, 'a') + "0");

@@ -2,6 +2,8 @@
 // peak and its status, reboot closing tracks, and the per-track frame bound.
 #include "adapters/radar/radar_tracks.h"
 
+#include <algorithm>
+
 #include <gtest/gtest.h>
 
 #include "tests/support/radar_frames.h"
@@ -125,7 +127,17 @@ TEST(RadarTrackBuilder, LaneBoundaryIsHalfOpenAndUsesMedian) {
   ASSERT_EQ(closed.size(), 2u);
   for (const auto& t : closed) {
     EXPECT_EQ(t.lane, 2) << t.target;
+    // The record keeps what the lane was decided with: the median in mm and the bands in mm.
+    ASSERT_EQ(t.lane_bands.size(), 2u);
+    EXPECT_EQ(t.lane_bands[1].x_min_mm, 3750);
+    EXPECT_EQ(t.lane_bands[1].x_max_mm, 7500);
+    EXPECT_EQ(radar_lane_for_mm(t.lane_bands, t.median_lateral_mm), t.lane);
   }
+  const auto on_boundary = std::find_if(closed.begin(), closed.end(), [](const auto& t) { return t.target == 2; });
+  ASSERT_NE(on_boundary, closed.end());
+  EXPECT_EQ(on_boundary->median_lateral_mm, 3750) << "mean of 3.7 m and 3.8 m";
+  EXPECT_EQ(radar_lane_for_mm(radar_lane_bands(config().lanes), 3749), 1);
+  EXPECT_EQ(radar_lane_for_mm(radar_lane_bands(config().lanes), 7500), 0);
   EXPECT_EQ(radar_lane_for(config().lanes, 3.75), 2);
   EXPECT_EQ(radar_lane_for(config().lanes, 7.5), 0);
   EXPECT_EQ(radar_lane_for(config().lanes, -0.01), 0);
