@@ -284,6 +284,9 @@ SealedRecord Sealer::seal(const Fact& fact, UnixMs created_ms) {
       body[key] = value;
     }
   }
+  if (!site_.is_null() && !body.contains("site")) {
+    body["site"] = site_;
+  }
 
   std::string payload;
   try {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -31,6 +32,9 @@ class Sealer {
   // Rewinds to a committed head (after a failed commit of sealed-but-unstored records).
   void reset(ChainHead head) { head_ = std::move(head); }
   const std::string& kid() const { return kid_; }
+  // The `site` member every record carries (docs/records.md, "Common members"): added to a fact's body
+  // when the fact has none of its own. Null (the default): nothing is added.
+  void set_site(nlohmann::json site) { site_ = std::move(site); }
   // Signs every later record with `key` (a key rotation, after its key_rotation record was sealed and
   // committed under the current key; docs/custody.md, "Key rotation"). The key is shared, not copied.
   void use_key(const Ed25519PrivateKey& key);
@@ -41,7 +45,8 @@ class Sealer {
   std::string gateway_id_;
   ChainHead head_;
   std::string kid_;
-  std::string header_b64_;   // base64url of the canonical protected header, computed once
+  std::string header_b64_;
+  nlohmann::json site_;   // base64url of the canonical protected header, computed once
 };
 
 // Makes every string in `fields` that is not valid UTF-8 sealable without losing a byte (docs/records.md,

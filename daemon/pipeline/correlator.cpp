@@ -339,11 +339,13 @@ std::vector<Fact> Correlator::decide(UnixMs now, bool force) {
   return sealable(std::move(facts));
 }
 
-json Correlator::site_json() const {
-  return json{{"gateway", gateway_id_},       {"name", site_.name},         {"road", site_.road},
-              {"direction", site_.direction}, {"lat_e7", to_e7(site_.lat)}, {"lon_e7", to_e7(site_.lon)},
-              {"utc_offset", site_.utc_offset}};
+json site_json(const std::string& gateway_id, const config::Site& site) {
+  return json{{"gateway", gateway_id},       {"name", site.name},         {"road", site.road},
+              {"direction", site.direction}, {"lat_e7", to_e7(site.lat)}, {"lon_e7", to_e7(site.lon)},
+              {"utc_offset", site.utc_offset}};
 }
+
+json Correlator::site_json() const { return pipeline::site_json(gateway_id_, site_); }
 
 namespace {
 

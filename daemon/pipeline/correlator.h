@@ -17,6 +17,9 @@
 
 namespace cpd::pipeline {
 
+// The `site` member of every record (docs/records.md, "Common members"), from the gateway section.
+nlohmann::json site_json(const std::string& gateway_id, const config::Site& site);
+
 class Correlator {
  public:
   // Added to a radar's track_timeout_ms to make the settle delay: how long after a vehicle its track and

@@ -49,6 +49,21 @@ TEST_F(SealerTest, ExactHeaderAndBodyBytes) {
   EXPECT_EQ(r.created_ms, 1700000000500);
 }
 
+// Every record carries `site` (docs/records.md): the sealer adds the gateway's when a fact has none.
+TEST_F(SealerTest, AddsTheSiteToAFactWithoutOne) {
+  Sealer sealer(key_, "gw-1", ChainHead{});
+  sealer.set_site({{"gateway", "gw-1"}, {"name", "K12"}, {"utc_offset", "+08:00"}});
+  Fact custody;
+  custody.type = "custody";
+  custody.time_ms = 5;
+  const json added = json::parse(test::payload_of(sealer.seal(custody, 6).jws));
+  EXPECT_EQ(added["site"], json::parse(R"({"gateway":"gw-1","name":"K12","utc_offset":"+08:00"})"));
+  Fact own = speeding(7, 8);
+  own.fields["site"] = {{"name", "its own"}};
+  const json kept = json::parse(test::payload_of(sealer.seal(own, 9).jws));
+  EXPECT_EQ(kept["site"], json::parse(R"({"name":"its own"})"));
+}
+
 TEST_F(SealerTest, SignatureCoversHeaderDotPayload) {
   Sealer sealer(key_, "gw-1", ChainHead{});
   const std::string jws = sealer.seal(speeding(1, 2), 3).jws;
