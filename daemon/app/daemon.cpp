@@ -277,6 +277,7 @@ struct Daemon::Impl {
     r.commit_pending_retry = worker->commit_pending_retry();
     r.refused_writes = media->refused_writes();
     r.queued_facts = worker->queued();
+    r.salvaged_facts = worker->salvaged_facts();
     if (auto ev = storage->update(r, clock.now_ms())) {
       if (ev->state == "ok") {
         log::notice("storage", "", "ok: " + ev->text);

@@ -62,7 +62,8 @@ nlohmann::json StorageGuard::status() const {
           {"media_free_bytes", last_.media_free_bytes},
           {"reserve_bytes", reserve_},
           {"refused_media_writes", last_.refused_writes},
-          {"commit_failures", last_.commit_failures}};
+          {"commit_failures", last_.commit_failures},
+          {"salvaged_facts", last_.salvaged_facts}};
 }
 
 }  // namespace cpd::app

@@ -21,6 +21,7 @@ struct StorageReadings {
   bool commit_pending_retry = false;   // a batch failed and waits to be committed again
   std::uint64_t refused_writes = 0;    // media writes refused for lack of space since start
   std::uint64_t queued_facts = 0;      // facts waiting to be committed
+  std::uint64_t salvaged_facts = 0;    // facts the sealer refused, sealed salvaged since start (a gateway bug)
 };
 
 class StorageGuard {

@@ -95,6 +95,8 @@ constexpr std::string_view kStorageState =
 constexpr std::string_view kStorageRefused =
     "Pictures and recordings not stored because free space was below the reserve";
 constexpr std::string_view kStorageCommitFailures = "Store transactions that failed and were retried";
+constexpr std::string_view kStorageSalvaged =
+    "Facts the sealer refused that were sealed salvaged (a field dropped and named): a gateway bug";
 constexpr std::string_view kStart = "Start time of the process since the Unix epoch";
 constexpr std::string_view kRss = "Resident memory size";
 constexpr std::string_view kVsz = "Virtual memory size";
@@ -266,6 +268,9 @@ void storage_metrics(Exposition& out, const json& storage) {
   }
   if (const auto v = number(storage, "commit_failures")) {
     out.add_counter("checkpointd_storage_commit_failures_total", help::kStorageCommitFailures, {}, *v);
+  }
+  if (const auto v = number(storage, "salvaged_facts")) {
+    out.add_counter("checkpointd_storage_salvaged_facts_total", help::kStorageSalvaged, {}, *v);
   }
 }
 

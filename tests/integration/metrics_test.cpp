@@ -200,6 +200,8 @@ TEST_F(Metrics, ScrapeAgreesWithTheBrokerAndHealthzIsOk) {
   ASSERT_TRUE(rss);
   EXPECT_GT(*rss, 1e6);
   EXPECT_TRUE(sample(text, "checkpointd_outbox_records"));
+  // Nothing the simulator sends makes the sealer refuse a fact: exported, and 0.
+  EXPECT_EQ(sample(text, "checkpointd_storage_salvaged_facts_total"), std::optional<double>(0.0));
 
   daemon->signal(SIGTERM);
   ASSERT_EQ(daemon->wait(20s), 0) << daemon->stderr_text();

@@ -45,7 +45,8 @@ json sample_status() {
                "published": 40, "failed": 2, "connects": 1, "disconnects": 0, "acked_seq": 40,
                "latency": {"count": 40, "p50_ms": 3.0, "p99_ms": 9.0, "max_ms": 10.0}},
     "storage": {"state": "warning", "text": "...", "store_free_bytes": 1000, "media_free_bytes": 2000,
-                "reserve_bytes": 268435456, "refused_media_writes": 3, "commit_failures": 0}
+                "reserve_bytes": 268435456, "refused_media_writes": 3, "commit_failures": 0,
+                "salvaged_facts": 2}
   })");
 }
 
@@ -147,6 +148,7 @@ TEST_F(DaemonMetrics, RecordsBacklogBrokerStorage) {
   EXPECT_TRUE(has_line(text_, R"(checkpointd_storage_free_bytes{volume="media"} 2000)"));
   EXPECT_TRUE(has_line(text_, "checkpointd_storage_state 1"));
   EXPECT_TRUE(has_line(text_, "checkpointd_storage_refused_media_writes_total 3"));
+  EXPECT_TRUE(has_line(text_, "checkpointd_storage_salvaged_facts_total 2"));
 }
 
 // Issue 12: a broker refusing publishes (PUBACK 135 from an ACL) shows in the metrics by reason.
