@@ -600,7 +600,7 @@ int Daemon::run() {
   d.worker->set_commit_observer([&d](std::chrono::steady_clock::duration took, std::size_t /*records*/) {
     d.histograms.fsync_latency.observe(std::chrono::duration<double>(took).count());
   });
-  d.dock_ledger = std::make_unique<StoreDockLedger>(*d.worker);
+  d.dock_ledger = std::make_unique<StoreDockLedger>(*d.worker, d.clock, cfg.store.media_retention_days);
   d.forwarder = std::make_unique<forwarder::MqttForwarder>(d.io, cfg.mqtt, cfg.gateway.id, *d.worker,
                                                             [&d] { return d.status_snapshot(); });
   d.forwarder->set_latency_observer([&d](double seconds) { d.histograms.publish_latency.observe(seconds); });

@@ -3,6 +3,8 @@
 
 #include <utility>
 
+#include "daemon/log/log.h"
+
 namespace cpd::app {
 namespace {
 
@@ -48,7 +50,7 @@ void StoreDockLedger::load(const std::string& device_id,
 void StoreDockLedger::save_listing(const std::string& device_id, std::vector<adapters::DockLedgerFile> files,
                                    std::string next_cursor, adapters::DockListingBudget budget,
                                    std::function<void(Status, std::vector<adapters::DockLedgerFile>)> done) {
-  worker_.run_on_worker([device_id, files = std::move(files), next_cursor = std::move(next_cursor), budget,
+  worker_.run_on_worker([this, device_id, files = std::move(files), next_cursor = std::move(next_cursor), budget,
                          done = std::move(done)](store::EvidenceStore& store) {
     std::vector<store::DockFileRow> rows;
     rows.reserve(files.size());
@@ -68,13 +70,31 @@ void StoreDockLedger::save_listing(const std::string& device_id, std::vector<ada
       out.push_back(from_row(std::move(row)));
     }
     done(st, std::move(out));
+    prune_if_due(store);
   });
+}
+
+void StoreDockLedger::prune_if_due(store::EvidenceStore& store) {
+  const UnixMs now = clock_.now_ms();
+  if (last_prune_ms_ != 0 && now - last_prune_ms_ < kPruneIntervalMs) {
+    return;
+  }
+  last_prune_ms_ = now;
+  std::uint64_t pruned = 0;
+  const Status st = store.dock_prune(now - retention_ms_, kPruneBatch, pruned);
+  if (!st.is_ok()) {
+    log::warn("store", "", "dock ledger retention (tried again in a minute): " + st.message());
+  } else if (pruned > 0) {
+    log::info("store", "",
+              "dock ledger retention: " + std::to_string(pruned) + " closed file rows older than " +
+                  std::to_string(retention_ms_ / 86'400'000) + " days pruned");
+  }
 }
 
 void StoreDockLedger::mark_acked(const std::string& device_id, const std::string& unique_id,
                                  const std::string& md5, std::function<void(Status)> done) {
-  worker_.run_on_worker([device_id, unique_id, md5, done = std::move(done)](store::EvidenceStore& store) {
-    done(store.dock_mark_acked(device_id, unique_id, md5));
+  worker_.run_on_worker([this, device_id, unique_id, md5, done = std::move(done)](store::EvidenceStore& store) {
+    done(store.dock_mark_acked(device_id, unique_id, md5, clock_.now_ms()));
   });
 }
 

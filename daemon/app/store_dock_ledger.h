@@ -7,9 +7,15 @@
 
 namespace cpd::app {
 
+// Closed rows (acknowledged, or faulted by a committed fault record) are kept `retention_days` after they
+// closed, then pruned: at most once a minute, on the next listing, kPruneBatch rows at a time.
 class StoreDockLedger final : public adapters::DockLedger {
  public:
-  explicit StoreDockLedger(StoreWorker& worker) : worker_(worker) {}
+  static constexpr std::size_t kPruneBatch = 1000;
+  static constexpr UnixMs kPruneIntervalMs = 60'000;
+
+  StoreDockLedger(StoreWorker& worker, const WallClock& clock, int retention_days)
+      : worker_(worker), clock_(clock), retention_ms_(static_cast<UnixMs>(retention_days) * 86'400'000) {}
 
   void load(const std::string& device_id,
             std::function<void(Status, adapters::DockLedgerState)> done) override;
@@ -20,7 +26,13 @@ class StoreDockLedger final : public adapters::DockLedger {
                   std::function<void(Status)> done) override;
 
  private:
+  // On the worker thread: prunes closed rows older than the retention, once per kPruneIntervalMs.
+  void prune_if_due(store::EvidenceStore& store);
+
   StoreWorker& worker_;
+  const WallClock& clock_;
+  UnixMs retention_ms_;
+  UnixMs last_prune_ms_ = 0;  // touched on the worker thread only
 };
 
 }  // namespace cpd::app

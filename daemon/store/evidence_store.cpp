@@ -86,6 +86,14 @@ constexpr Migration kMigrations[] = {
         received_ms INTEGER NOT NULL
       );
     )sql"},
+    // When a dock file's ledger row was closed (acked or faulted), so closed rows can be pruned after a
+    // retention (dock_prune). Rows closed before this step count from the upgrade.
+    {5, R"sql(
+      ALTER TABLE dock_files ADD COLUMN done_ms INTEGER NOT NULL DEFAULT 0;
+      UPDATE dock_files SET done_ms = CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)
+        WHERE state IN ('acked', 'faulted');
+      CREATE INDEX dock_files_done ON dock_files(state, done_ms);
+    )sql"},
 };
 
 static_assert(std::size(kMigrations) == static_cast<std::size_t>(EvidenceStore::kSchemaVersion),
@@ -519,9 +527,10 @@ void EvidenceStore::prepare_statements() {
           "WHERE s.hi_ms >= ?1 AND s.lo_ms <= ?1 ORDER BY s.seq");
   prepare(s.max_span_end, "SELECT max(hi_ms) FROM recording_spans");
   prepare(s.dock_record,
-          "INSERT INTO dock_files(device_id, unique_id, md5, entry_json, state, sha256, record_id) "
-          "VALUES (?1, ?2, ?3, '', ?4, ?5, ?6) ON CONFLICT(device_id, unique_id, md5) DO UPDATE SET "
-          "state = excluded.state, sha256 = excluded.sha256, record_id = excluded.record_id");
+          "INSERT INTO dock_files(device_id, unique_id, md5, entry_json, state, sha256, record_id, done_ms) "
+          "VALUES (?1, ?2, ?3, '', ?4, ?5, ?6, ?7) ON CONFLICT(device_id, unique_id, md5) DO UPDATE SET "
+          "state = excluded.state, sha256 = excluded.sha256, record_id = excluded.record_id, "
+          "done_ms = excluded.done_ms");
   prepare(s.dock_cursor, "SELECT cursor FROM dock_cursors WHERE device_id = ?1");
   prepare(s.dock_open,
           "SELECT unique_id, md5, entry_json, state, sha256, record_id FROM dock_files "
@@ -536,7 +545,7 @@ void EvidenceStore::prepare_statements() {
           "INSERT INTO dock_cursors(device_id, cursor) VALUES (?1, ?2) "
           "ON CONFLICT(device_id) DO UPDATE SET cursor = excluded.cursor");
   prepare(s.dock_acked,
-          "UPDATE dock_files SET state = 'acked' WHERE device_id = ?1 AND unique_id = ?2 AND md5 = ?3");
+          "UPDATE dock_files SET state = 'acked', done_ms = ?4 WHERE device_id = ?1 AND unique_id = ?2 AND md5 = ?3");
 }
 
 ChainHead EvidenceStore::load_head() const {
@@ -658,6 +667,8 @@ Status EvidenceStore::append(const std::vector<SealedRecord>& batch) {
             bind_text(use.get(), 4, u.sha256.empty() ? kFaulted : kRecorded);
             bind_text(use.get(), 5, u.sha256);
             bind_text(use.get(), 6, r.id);
+            // A fault closes the row now; a recorded file stays open until the station acknowledges it.
+            sqlite3_bind_int64(use.get(), 7, u.sha256.empty() ? r.created_ms : 0);
             int rc = sqlite3_step(use.get());
             if (rc != SQLITE_DONE) {
               return status_from(rc, "store " + path_ + ": append: dock file " + u.unique_id + " of seq " +
@@ -867,7 +878,7 @@ Status EvidenceStore::dock_save_listing(const std::string& device_id, const std:
 }
 
 Status EvidenceStore::dock_mark_acked(const std::string& device_id, const std::string& unique_id,
-                                      const std::string& md5) {
+                                      const std::string& md5, UnixMs now_ms) {
   Statements& s = *stmts_;
   return run_write_transaction(db_, s.begin, s.commit, s.rollback,
                                "store " + path_ + ": dock " + device_id + ": ack " + unique_id, [&] {
@@ -875,6 +886,7 @@ Status EvidenceStore::dock_mark_acked(const std::string& device_id, const std::s
                                  bind_text(use.get(), 1, device_id);
                                  bind_text(use.get(), 2, unique_id);
                                  bind_text(use.get(), 3, md5);
+                                 sqlite3_bind_int64(use.get(), 4, now_ms);
                                  const int rc = sqlite3_step(use.get());
                                  if (rc != SQLITE_DONE) {
                                    return status_from(rc, "store " + path_ + ": dock " + device_id +
@@ -884,6 +896,7 @@ Status EvidenceStore::dock_mark_acked(const std::string& device_id, const std::s
                                  return Status::ok();
                                });
 }
+
 
 Status EvidenceStore::mark_forwarded(const std::vector<std::uint64_t>& seqs) {
   if (seqs.empty()) {
@@ -970,6 +983,34 @@ class AdHoc {
 };
 
 }  // namespace
+
+Status EvidenceStore::dock_prune(UnixMs before_ms, std::size_t limit, std::uint64_t& pruned) {
+  pruned = 0;
+  Statements& s = *stmts_;
+  std::uint64_t n = 0;
+  const Status st = run_write_transaction(
+      db_, s.begin, s.commit, s.rollback, "store " + path_ + ": dock ledger retention", [&] {
+        n = 0;
+        AdHoc del(db_,
+                  "DELETE FROM dock_files WHERE rowid IN (SELECT rowid FROM dock_files "
+                  "WHERE state IN ('acked', 'faulted') AND done_ms < ?1 LIMIT ?2)");
+        if (!del.ok()) {
+          return Status::retry("store " + path_ + ": dock ledger retention: " + sqlite3_errmsg(db_));
+        }
+        sqlite3_bind_int64(del.get(), 1, before_ms);
+        sqlite3_bind_int64(del.get(), 2, static_cast<sqlite3_int64>(std::min<std::size_t>(limit, INT64_MAX)));
+        const int rc = sqlite3_step(del.get());
+        if (rc != SQLITE_DONE) {
+          return status_from(rc, "store " + path_ + ": dock ledger retention: " + error_text(db_, rc));
+        }
+        n = static_cast<std::uint64_t>(sqlite3_changes(db_));
+        return Status::ok();
+      });
+  if (st.is_ok()) {
+    pruned = n;
+  }
+  return st;
+}
 
 std::optional<CustodyState> EvidenceStore::custody() const {
   AdHoc q(db_, "SELECT through_seq, head, central, kid, receipt, received_ms FROM custody WHERE id = 1");

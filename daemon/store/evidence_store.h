@@ -79,7 +79,7 @@ struct StoreOptions {
 // Not thread-safe: one owner (the store worker thread) calls it; other processes may read the file.
 class EvidenceStore {
  public:
-  static constexpr int kSchemaVersion = 4;
+  static constexpr int kSchemaVersion = 5;
 
   // Opens or creates the store: WAL, synchronous=FULL, PRAGMA quick_check, migrations to kSchemaVersion.
   explicit EvidenceStore(const std::string& path);
@@ -124,7 +124,14 @@ class EvidenceStore {
   Status dock_save_listing(const std::string& device_id, const std::vector<DockFileRow>& files,
                            const std::string& next_cursor, std::vector<DockFileRow>& states,
                            std::size_t max_new_files = SIZE_MAX, std::size_t max_new_bytes = SIZE_MAX);
-  Status dock_mark_acked(const std::string& device_id, const std::string& unique_id, const std::string& md5);
+  // The station acknowledged the file: its row is closed at now_ms.
+  Status dock_mark_acked(const std::string& device_id, const std::string& unique_id, const std::string& md5,
+                         UnixMs now_ms);
+  // Ledger retention: deletes up to `limit` closed rows (acked, or faulted by a committed fault record) of
+  // any device that were closed before before_ms; open rows (pending, recorded) are never touched. Within
+  // the retention a closed row is what stops a file listed again (station restart, lost cursor, a faulted
+  // file the station keeps) from being collected twice.
+  Status dock_prune(UnixMs before_ms, std::size_t limit, std::uint64_t& pruned);
 
   // Custody: the last accepted receipt (nullopt: none yet), and recording a newer one.
   std::optional<CustodyState> custody() const;

@@ -499,7 +499,7 @@ TEST_F(DockLedgerStoreTest, ListingAndCursorSurviveReopenAndRepeatedFilesKeepThe
   ASSERT_TRUE(store.dock_save_listing("dock-1", {file("A", std::string(32, 'b'))}, "c10", states).is_ok());
   EXPECT_EQ(states[0].state, "pending");
 
-  ASSERT_TRUE(store.dock_mark_acked("dock-1", "A", std::string(32, 'a')).is_ok());
+  ASSERT_TRUE(store.dock_mark_acked("dock-1", "A", std::string(32, 'a'), kBaseMs + 2000).is_ok());
   ASSERT_TRUE(store.dock_load("dock-1", cursor, open).is_ok());
   ASSERT_EQ(open.size(), 2u);  // B and the second A
   EXPECT_EQ(open[0].unique_id, "B");
@@ -523,6 +523,65 @@ TEST_F(DockLedgerStoreTest, FaultRecordClosesTheFileWithoutAck) {
   EXPECT_TRUE(open.empty());
   ASSERT_TRUE(store.dock_save_listing("dock-1", {file("Z")}, "c1", states).is_ok());
   EXPECT_EQ(states[0].state, "faulted");
+}
+
+// The ledger once kept every acknowledged row for ever: a station listing new files for years grew the
+// table without a bound. Closed rows (acked, faulted) are kept for the retention, so a file listed again
+// (station restart, lost cursor, a faulted file the station keeps) is still recognised; then they are pruned.
+// Open rows are never pruned, whatever their age.
+TEST_F(DockLedgerStoreTest, ClosedRowsArePrunedAfterTheRetentionAndOpenRowsAreKept) {
+  constexpr UnixMs kDayMs = 86'400'000;
+  EvidenceStore store(db());
+  std::vector<DockFileRow> states;
+  ASSERT_TRUE(store.dock_save_listing("dock-1", {file("A"), file("F"), file("R"), file("P")}, "c1", states).is_ok());
+  ASSERT_TRUE(store.dock_save_listing("dock-2", {file("A2")}, "d1", states).is_ok());
+  // A and A2 recorded then acknowledged; F faulted (its fault record closes it); R recorded, not yet acked.
+  std::vector<SealedRecord> batch;
+  const auto with_update = [&](std::uint64_t seq, const std::string& dev, const std::string& id,
+                               const std::string& sha) {
+    SealedRecord r = make_record(seq);
+    r.type = sha.empty() ? "recording_fault" : "recording";
+    r.dock_update = DockFileUpdate{dev, id, std::string(32, 'a'), sha};
+    batch.push_back(r);
+  };
+  with_update(1, "dock-1", "A", std::string(64, '1'));
+  with_update(2, "dock-1", "F", "");
+  with_update(3, "dock-1", "R", std::string(64, '3'));
+  with_update(4, "dock-2", "A2", std::string(64, '4'));
+  ASSERT_TRUE(store.append(batch).is_ok());
+  ASSERT_TRUE(store.dock_mark_acked("dock-1", "A", std::string(32, 'a'), kBaseMs + 1000).is_ok());
+  ASSERT_TRUE(store.dock_mark_acked("dock-2", "A2", std::string(32, 'a'), kBaseMs + 5 * kDayMs).is_ok());
+  const auto rows = [&] { return raw_query(dir_ / "store.db", "SELECT count(*) FROM dock_files"); };
+  ASSERT_EQ(rows(), "5");
+
+  // Within the retention nothing closed goes: a repeated listing still finds A acked and F faulted.
+  std::uint64_t pruned = 99;
+  ASSERT_TRUE(store.dock_prune(kBaseMs, 100, pruned).is_ok());
+  EXPECT_EQ(pruned, 0u);
+  ASSERT_TRUE(store.dock_save_listing("dock-1", {file("A"), file("F")}, "c1", states).is_ok());
+  ASSERT_EQ(states.size(), 2u);
+  EXPECT_EQ(states[0].state, "acked");
+  EXPECT_EQ(states[1].state, "faulted");
+
+  // Past it: A and F (closed at about kBaseMs) go, in batches of `limit`; A2 (closed 5 days later) stays,
+  // and so do the open R and P, however old.
+  ASSERT_TRUE(store.dock_prune(kBaseMs + 2 * kDayMs, 1, pruned).is_ok());
+  EXPECT_EQ(pruned, 1u);
+  ASSERT_TRUE(store.dock_prune(kBaseMs + 2 * kDayMs, 100, pruned).is_ok());
+  EXPECT_EQ(pruned, 1u);
+  EXPECT_EQ(rows(), "3");
+  std::string cursor;
+  std::vector<DockFileRow> open;
+  ASSERT_TRUE(store.dock_load("dock-1", cursor, open).is_ok());
+  ASSERT_EQ(open.size(), 2u);
+  EXPECT_EQ(open[0].unique_id, "R");
+  EXPECT_EQ(open[0].state, "recorded");
+  EXPECT_EQ(open[1].unique_id, "P");
+  EXPECT_EQ(raw_query(dir_ / "store.db", "SELECT state FROM dock_files WHERE unique_id = 'A2'"), "acked");
+  ASSERT_TRUE(store.dock_prune(kBaseMs + 100 * kDayMs, 100, pruned).is_ok());
+  EXPECT_EQ(pruned, 1u);
+  EXPECT_EQ(rows(), "2");
+  EXPECT_EQ(cursor, "c1");  // the cursor is not a ledger row: kept
 }
 
 TEST_F(DockLedgerStoreTest, KeptMediaIsHeldAndNotPublishedAndSpansAreFound) {
