@@ -17,6 +17,7 @@
 #include <random>
 #include <stdexcept>
 
+#include "central/key_rotation.h"
 #include "daemon/core/custody.h"
 #include "daemon/core/encoding.h"
 #include "daemon/core/record_check.h"
@@ -467,6 +468,7 @@ void CentralService::classify(const Message& m, Batch& batch) {
     }
     batch.records.push_back(
         IncomingRecord{gateway, c.seq, m.payload, sha256_hex(m.payload), c.prev, c.kid, std::move(c.body)});
+    trust_rotated_key(keys_, batch.records.back());  // key_rotation.h: the rest of this batch verifies
   } else if (kind == "media") {
     const std::string sha = topic->rest.substr(6);
     if (!is_sha256_hex(sha) || m.payload.size() > kMaxMediaBytes || sha256_hex(m.payload) != sha) {

@@ -7,6 +7,7 @@
 #include <set>
 #include <utility>
 
+#include "central/key_rotation.h"
 #include "daemon/core/encoding.h"
 
 namespace cpd::central {
@@ -323,6 +324,7 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
       h = std::max(h, seq);
     }
     out.stored += fresh.size();
+    enrol_rotated_keys(*conn_, batch.records, from, to, fresh, now_ms);  // key_rotation.h
     if (!media_params.empty()) {
       // Media rows of records that were held already are the same rows: DO NOTHING keeps them once.
       conn_->exec(media_sql + " ON CONFLICT DO NOTHING", media_params, "naming records' media");

@@ -24,6 +24,7 @@
 
 #include "adapters/registry.h"
 #include "daemon/app/reload_plan.h"
+#include "daemon/app/signing_key_files.h"
 #include "daemon/app/store_worker.h"
 #include "daemon/app/storage_guard.h"
 #include "daemon/app/store_dock_ledger.h"
@@ -34,6 +35,7 @@
 #include "daemon/metrics/metrics_server.h"
 #include "daemon/core/ed25519.h"
 #include "daemon/core/encoding.h"
+#include "daemon/core/key_rotation.h"
 #include "daemon/core/sealer.h"
 #include "daemon/app/custody_agent.h"
 #include "daemon/forwarder/mqtt_forwarder.h"
@@ -220,6 +222,8 @@ struct Daemon::Impl {
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   mutable std::mutex counts_mutex;
   std::map<std::string, std::uint64_t> records_by_type;  // committed since start
+  std::string kid;         // under counts_mutex: the kid signing new records (changes at a key rotation)
+  bool rotating = false;   // io thread: a rotate_key request is being served
   std::unique_ptr<StorageGuard> storage;
   std::unique_ptr<control::ControlServer> control;  // checkpointctl status/tail; absent if it could not start
   metrics::Histograms histograms;                   // publish and commit (fsync) latency
@@ -346,6 +350,10 @@ struct Daemon::Impl {
       s["backlog_oldest_ms"] = *stats.oldest_created_ms;
     }
     s["custody"] = custody ? custody->status() : json{{"enabled", false}};
+    {
+      std::lock_guard lock(counts_mutex);
+      s["kid"] = kid;
+    }
     return s;
   }
 
@@ -492,6 +500,76 @@ struct Daemon::Impl {
     sd_notify(0, "READY=1");
   }
 
+  // checkpointctl rotate-key (docs/custody.md, "Key rotation"), on the io thread. The new key is on disk
+  // (<key>.next, fsync'd) before its key_rotation record is submitted; the store worker seals that record
+  // under the old key and everything after it under the new one; only once it is committed is the new key
+  // installed as gateway.key (the old one kept as <key>.retired-<kid>). A crash at any step is resolved at
+  // the next start (resolve_unfinished_rotation).
+  void rotate_key(std::function<void(json)> reply) {
+    if (stopping || rotating) {
+      reply(json{{"error", stopping ? "checkpointd is stopping" : "a key rotation is already in progress"}});
+      return;
+    }
+    const std::string key_path = cfg.gateway.key_path;
+    std::shared_ptr<const Ed25519PrivateKey> next;
+    try {
+      next = std::make_shared<const Ed25519PrivateKey>(write_next_key(key_path));
+    } catch (const std::exception& e) {
+      log::error("daemon", "", std::string("key rotation refused: ") + e.what());
+      reply(json{{"error", std::string("key rotation refused: ") + e.what()}});
+      return;
+    }
+    rotating = true;
+    const Ed25519PublicKey old_public = key->public_key();  // the sealer's key: no rotation is under way
+    const std::string old_kid = old_public.kid();
+    const std::string new_kid = next->public_key().kid();
+    log::notice("daemon", "", "rotating the signing key: kid " + old_kid + " -> " + new_kid + " (new key in " +
+                                  next_key_path(key_path) + ")");
+    Fact fact = make_key_rotation_fact(old_public, next->public_key(), clock.now_ms());
+    worker->submit_key_rotation(std::move(fact), next, [this, next, key_path, old_kid, new_kid, reply](const SealedRecord& rec) {
+      // On the store worker thread, once the record is committed (or what was sealed in its place).
+      json answer;
+      if (rec.type != "key_rotation" || !rec.salvage_reason.empty()) {
+        // Signing failed and a fault record took its place (or it was salvaged): the store worker did not
+        // switch keys, so the chain did not rotate.
+        std::string why = "the key_rotation record could not be sealed (" + rec.id + " is a " + rec.type + ")";
+        try {
+          discard_next_key(key_path);
+        } catch (const std::exception& e) {
+          why += "; " + std::string(e.what());
+        }
+        log::error("daemon", "", "key rotation failed: " + why);
+        answer = {{"error", "key rotation failed: " + why}};
+      } else {
+        *key = *next;  // head announcements are signed on this thread too
+        {
+          std::lock_guard lock(counts_mutex);
+          kid = new_kid;
+        }
+        answer = {{"rotated",
+                   {{"seq", rec.seq},
+                    {"old_kid", old_kid},
+                    {"new_kid", new_kid},
+                    {"key_file", key_path},
+                    {"old_key_file", retired_key_path(key_path, old_kid)}}}};
+        try {
+          install_next_key(key_path, old_kid);
+          log::notice("daemon", "", "signing key rotated at seq " + std::to_string(rec.seq) + ": kid " + old_kid +
+                                        " -> " + new_kid + "; old key kept as " +
+                                        retired_key_path(key_path, old_kid));
+        } catch (const std::exception& e) {
+          // The record is committed and the new key is durable as <key>.next: records go on under it, and
+          // the next start finishes the installation.
+          log::error("daemon", "", std::string("key rotated at seq ") + std::to_string(rec.seq) +
+                                       " but the key files were not renamed (done at the next start): " + e.what());
+          answer["rotated"]["warning"] = e.what();
+        }
+      }
+      asio::post(io, [this] { rotating = false; });
+      reply(std::move(answer));
+    });
+  }
+
   void shutdown(const std::string& why) {
     if (stopping) {
       return;
@@ -549,6 +627,23 @@ int Daemon::run() {
   d.key = config::load_signing_key(cfg);
   d.store = std::make_unique<store::EvidenceStore>(cfg.store.path);
   {
+    // A key rotation a crash interrupted: finished if the chain took it, abandoned otherwise.
+    const ChainHead h = d.store->chain_head();
+    std::string head_jws;
+    if (h.seq > 0) {
+      if (auto rec = d.store->record(h.seq)) {
+        head_jws = rec->jws;
+      }
+    }
+    std::string note;
+    if (auto rotated = resolve_unfinished_rotation(cfg.gateway.key_path, d.key->public_key().kid(), head_jws, note)) {
+      d.key = std::move(*rotated);
+    }
+    if (!note.empty()) {
+      log::warn("daemon", "", note);
+    }
+  }
+  {
     std::string media_dir = cfg.store.media_dir;
     if (media_dir.empty()) {
       media_dir = (std::filesystem::path(cfg.store.path).parent_path() / "media").string();
@@ -560,6 +655,9 @@ int Daemon::run() {
   {
     // Before any other thread starts: start() narrows the umask around bind() (socket mode 0660).
     auto server = std::make_unique<control::ControlServer>(d.io, cfg.control.socket, [&d] { return d.status_snapshot(); });
+    server->add_command("rotate_key", [&d](const json& /*request*/, std::function<void(json)> reply) {
+      d.rotate_key(std::move(reply));
+    });
     if (const Status st = server->start(); st.is_ok()) {
       log::notice("control", "", "control socket " + cfg.control.socket + " (checkpointctl status / tail)");
       d.control = std::move(server);
@@ -571,6 +669,8 @@ int Daemon::run() {
   d.blocking = std::make_unique<asio::thread_pool>(2);
   const ChainHead head = d.store->chain_head();
   d.sealer = std::make_unique<Sealer>(*d.key, cfg.gateway.id, head);
+  d.sealer->set_site(pipeline::site_json(cfg.gateway.id, cfg.gateway.site));  // fixed at reload
+  d.kid = d.sealer->kid();
   d.correlator = std::make_unique<pipeline::Correlator>(cfg);
   log::notice("daemon", "", "store " + cfg.store.path + " opened at seq " + std::to_string(head.seq) +
                                 "; signing key kid " + d.sealer->kid());

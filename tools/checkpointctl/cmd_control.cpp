@@ -41,6 +41,7 @@ constexpr int kExitUnreachable = 3;
 
 constexpr const char* kDefaultSocket = "/var/lib/checkpointd/control.sock";
 constexpr int kAnswerTimeoutMs = 10'000;
+constexpr int kRotateTimeoutMs = 30'000;  // a rotation waits for its record's commit
 
 constexpr const char* kExitCodes =
     "Exit codes: 0 ok; 1 the daemon answered with an error or ended the stream early (tail cut off as too\n"
@@ -468,6 +469,10 @@ void print_status(std::ostream& out, const json& s, const std::string& socket) {
     out << '\n';
   }
 
+  if (const json k = s.value("kid", json()); k.is_string()) {
+    out << "Key:      signing with kid " << k.get<std::string>() << '\n';
+  }
+
   if (const json c = s.value("clock_sync", json()); c.is_object()) {
     const bool synced = c.value("synced", false);
     out << "Clock:    " << (synced ? "synchronised" : "NOT synchronised") << " (source "
@@ -584,6 +589,42 @@ int run_tail(const Target& target, bool as_json, std::uint64_t count) {
   return kExitOk;
 }
 
+// Asks the daemon to rotate its signing key and waits for the key_rotation record to be committed.
+int run_rotate_key(const Target& target, bool as_json) {
+  const std::string path = resolve_socket(target);
+  ControlClient client(path);
+  client.send_line(R"({"cmd":"rotate_key"})");
+  const auto line = client.read_line(kRotateTimeoutMs);
+  if (!line) {
+    throw CtlError(kExitUnreachable,
+                   client.timed_out()
+                       ? "checkpointd at " + path +
+                             " did not confirm the rotation within 30 s (its store may be failing to commit); "
+                             "'checkpointctl status' shows the kid in use"
+                       : "checkpointd at " + path + " closed the connection without an answer");
+  }
+  const json answer = json::parse(*line, nullptr, false);
+  if (!answer.is_object()) {
+    throw CtlError(kExitDaemonError, "checkpointd sent something that is not a JSON object");
+  }
+  if (answer.contains("error")) {
+    throw CtlError(kExitDaemonError, "checkpointd: " + text_of(answer["error"]));
+  }
+  const json r = answer.value("rotated", json::object());
+  if (as_json) {
+    std::cout << r.dump() << '\n';
+  } else {
+    std::cout << "rotated at seq " << int_of(r, "seq") << ": kid " << text_of(r.value("old_kid", json()), "?")
+              << " -> " << text_of(r.value("new_kid", json()), "?") << "\n  new key: "
+              << text_of(r.value("key_file", json()), "?")
+              << "\n  old key kept as: " << text_of(r.value("old_key_file", json()), "?") << '\n';
+    if (r.contains("warning")) {
+      std::cout << "  warning: " << text_of(r["warning"]) << '\n';
+    }
+  }
+  return kExitOk;
+}
+
 int report(const std::function<int()>& fn) {
   try {
     return fn();
@@ -609,6 +650,8 @@ std::vector<Command> add_control_commands(CLI::App& app) {
   static Target tail_target;
   static bool tail_json = false;
   static std::uint64_t tail_count = 0;
+  static Target rotate_target;
+  static bool rotate_json = false;
 
   auto* status = app.add_subcommand("status",
                                     "Show what the running checkpointd is doing (devices, backlog, "
@@ -643,7 +686,22 @@ std::vector<Command> add_control_commands(CLI::App& app) {
                   "  checkpointctl tail --json | jq 'select(.type == \"speed_measurement\") | .plate'\n") +
       kExitCodes);
 
+  auto* rotate = app.add_subcommand("rotate-key",
+                                    "Make the running checkpointd switch to a new signing key, announced in its chain");
+  add_target_options(rotate, rotate_target);
+  rotate->add_flag("--json", rotate_json, "Print the daemon's answer as JSON (seq, old_kid, new_kid, key files)");
+  rotate->footer(
+      std::string("The daemon writes a new Ed25519 key beside gateway.key, seals a key_rotation record signed by "
+                  "the old key\nthat names the new one, and signs every later record with the new key; the old "
+                  "key file is kept as\n<gateway.key>.retired-<kid>. Central enrols the new key when it stores "
+                  "the record (docs/custody.md).\n"
+                  "Examples:\n"
+                  "  checkpointctl rotate-key\n"
+                  "  checkpointctl rotate-key --config /etc/checkpointd/checkpointd.yaml --json\n") +
+      kExitCodes);
+
   return {
+      Command{rotate, [] { return report([] { return run_rotate_key(rotate_target, rotate_json); }); }},
       Command{status, [] { return report([] { return run_status(status_target, status_json); }); }},
       Command{tail, [] { return report([] { return run_tail(tail_target, tail_json, tail_count); }); }},
   };
