@@ -1,16 +1,25 @@
 // Flood benchmark: radar B runs nominal traffic while radar A runs nominal, then floods garbage and 10x /
 // 100x the vehicle rate, valid frames as fast as the daemon reads them, and a clock stepping back on every
 // frame; prints B's record latency, losses, A's counted errors and suppressed records and the daemon's
-// peak RSS.
+// peak RSS. Then three other hostile peers, each alone against its own daemon (issue 12): a dock listing new
+// files endlessly, a control client pipelining `status` without reading, and a broker refusing every
+// evidence publish (PUBACK 135); each prints the daemon's RSS and the bound it keeps.
 // Real processes, a real broker, a real disk.
 //
-//   build/bench/cpd-flood-bench [--seconds 20]
+//   build/bench/cpd-flood-bench [--seconds 20] [--other-seconds 10] [--only name,name...]
+#include <fcntl.h>
+#include <linux/sockios.h>
 #include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -291,13 +300,362 @@ Result run_phase(const fs::path& root, Mosquitto& broker, const Phase& phase, st
   return res;
 }
 
+// --- Other hostile peers, each against its own daemon -------------------------------------------------
+
+// The config head every daemon of these phases shares; devices follow.
+void write_config_head(std::ostream& cfg, const fs::path& root, const fs::path& dir, const std::string& broker_uri,
+                       const std::string& client_id) {
+  cfg << "gateway:\n  id: " << kGateway << "\n"
+      << "  site: {name: bench, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
+      << "  key: " << (root / "gateway.key").string() << "\n"
+      << "store:\n  path: " << (dir / "store.db").string() << "\n"
+      << "mqtt:\n  uri: " << broker_uri << "\n  client_id: " << client_id << "\n"
+      << "metrics: {enabled: false}\n"
+      << "control: {socket: " << (dir / "ctl.sock").string() << "}\n"
+      << "validity:\n  clock_sync: assume\n";
+}
+
+void write_radar_device(std::ostream& cfg, const std::string& id, std::uint16_t port) {
+  cfg << "  - id: " << id << "\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << port << "}\n"
+      << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
+      << "    calibration: {certificate: BENCH, valid_until: 2099-12-31}\n"
+      << "    track_timeout_ms: " << kTrackTimeoutMs << "\n";
+}
+
+void stop_daemon(Process& daemon) {
+  daemon.signal(SIGTERM);
+  if (daemon.wait(60s) != 0) {
+    throw std::runtime_error("daemon did not stop cleanly: " + daemon.stderr_text());
+  }
+}
+
+int connect_control(const fs::path& socket_path, bool nonblocking) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | (nonblocking ? SOCK_NONBLOCK : 0), 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, socket_path.c_str(), sizeof(addr.sun_path) - 1);
+  if (fd < 0 || ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
+    if (fd >= 0) {
+      ::close(fd);
+    }
+    return -1;
+  }
+  return fd;
+}
+
+// One `status` answer over the control socket (the raw line, newline included); "" while it does not answer.
+std::string control_status_line(const fs::path& socket_path) {
+  const int fd = connect_control(socket_path, false);
+  if (fd < 0) {
+    return {};
+  }
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  std::string reply;
+  if (::send(fd, "{\"cmd\":\"status\"}\n", 17, MSG_NOSIGNAL) == 17) {
+    char buf[65536];
+    while (reply.find('\n') == std::string::npos) {
+      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n <= 0) {
+        break;
+      }
+      reply.append(buf, static_cast<std::size_t>(n));
+    }
+  }
+  ::close(fd);
+  const auto nl = reply.find('\n');
+  return nl == std::string::npos ? std::string() : reply.substr(0, nl + 1);
+}
+
+json control_status(const fs::path& socket_path, std::chrono::seconds timeout) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  do {
+    const auto line = control_status_line(socket_path);
+    if (!line.empty()) {
+      auto j = json::parse(line, nullptr, false);
+      if (j.is_object()) {
+        return j;
+      }
+    }
+    std::this_thread::sleep_for(100ms);
+  } while (std::chrono::steady_clock::now() < end);
+  throw std::runtime_error("no status on " + socket_path.string());
+}
+
+// a. A dock station that lists 500 new files on every page, ignoring `limit`, for the whole run; the daemon
+// keeps the documented defaults (list_limit 100, max_pending_files 1000).
+struct DockFloodResult {
+  std::size_t listed = 0;
+  long long records = 0;  // recording records committed during the flood
+  long long acked = 0;    // files the station saw acknowledged by the end of the flood
+  long rss_base_kb = 0, rss_peak_kb = 0, hwm_kb = 0;
+  long long open_peak = 0, rows_end = 0;
+  int bound = 1000;
+};
+
+DockFloodResult run_dock_flood(const fs::path& root, Mosquitto& broker, std::chrono::seconds duration) {
+  const fs::path dir = root / "dockflood";
+  fs::create_directories(dir);
+  std::ofstream(dir / "dock.token") << "bench-token\n";
+  ::chmod((dir / "dock.token").c_str(), 0600);
+  const fs::path truth = dir / "dock.jsonl";
+  Process sim({binary("tools/sim/checkpoint-sim"), "dock", "--port", "0", "--token", "bench-token", "--ground-truth",
+               truth.string(), "--flood-s", std::to_string(duration.count() + 30), "--flood-page", "500",
+               "--ignore-limit", "--file-bytes", "2048", "--seed", "12"},
+              dir / "dock");
+  const auto line = sim.wait_for_stdout_line("listening ", 20s);
+  if (!line) {
+    throw std::runtime_error("dock simulator did not start: " + sim.stderr_text());
+  }
+  DockFloodResult res;
+  {
+    std::ofstream cfg(dir / "checkpointd.yaml");
+    write_config_head(cfg, root, dir, broker.uri(), std::string(kGateway) + "-dockflood");
+    cfg << "devices:\n  - id: dock-1\n    kind: recorder_dock\n    url: http://127.0.0.1:" << line->substr(10)
+        << "\n    token_file: " << (dir / "dock.token").string() << "\n    poll_interval_ms: 300\n"
+        << "    max_pending_files: " << res.bound << "\n";
+  }
+  Process daemon({binary("daemon/app/checkpointd"), "--config", (dir / "checkpointd.yaml").string()}, dir / "daemon");
+  const fs::path db = dir / "store.db";
+  const auto open_rows = [&] {
+    return store_query(db, "SELECT count(*) FROM dock_files WHERE state IN ('pending', 'recorded')");
+  };
+  const auto recordings = [&] { return store_query(db, "SELECT count(*) FROM records WHERE type = 'recording'"); };
+  // The flood starts with the first listing; the baseline is taken once the first file is acknowledged.
+  const auto first_end = std::chrono::steady_clock::now() + 30s;
+  while (dock_acks(truth).empty() && std::chrono::steady_clock::now() < first_end) {
+    std::this_thread::sleep_for(100ms);
+  }
+  res.rss_base_kb = rss_kb(daemon.pid());
+  res.rss_peak_kb = res.rss_base_kb;
+  const long long records_base = recordings();
+  const auto end = std::chrono::steady_clock::now() + duration;
+  while (std::chrono::steady_clock::now() < end) {
+    res.rss_peak_kb = std::max(res.rss_peak_kb, rss_kb(daemon.pid()));
+    res.open_peak = std::max(res.open_peak, open_rows());
+    std::this_thread::sleep_for(200ms);
+  }
+  res.hwm_kb = peak_rss_kb(daemon.pid());
+  res.records = recordings() - records_base;
+  res.rows_end = store_query(db, "SELECT count(*) FROM dock_files");
+  res.acked = static_cast<long long>(dock_acks(truth).size());
+  std::ifstream in(truth);
+  for (std::string l; std::getline(in, l);) {
+    const auto j = json::parse(l, nullptr, false);
+    res.listed += !j.is_discarded() && j.value("event", "") == "file" ? 1 : 0;
+  }
+  stop_daemon(daemon);
+  sim.signal(SIGTERM);
+  sim.wait(10s);
+  return res;
+}
+
+// b. A control client that pipelines `status` and never reads. It writes the next request as soon as the
+// daemon has taken the last from the socket (SIOCOUTQ 0), so every request taken is answered and what the
+// daemon still holds for the client is known from outside: answers owed minus the bytes already in the
+// client's receive queue (peeked, never read).
+struct ControlFloodResult {
+  std::uint64_t requests = 0;      // taken by the daemon
+  std::uint64_t answers_in_socket = 0;
+  std::size_t answer_bytes = 0;    // one status answer
+  long long queued_peak = 0;       // bytes held by the daemon for the client, peak over the run
+  long long queued_end = 0;
+  std::size_t socket_bytes = 0;    // in the client's receive queue at the end
+  double stalled_s = 0.0;          // time the daemon did not take the next request
+  long rss_base_kb = 0, rss_peak_kb = 0, hwm_kb = 0;
+};
+
+ControlFloodResult run_control_flood(const fs::path& root, Mosquitto& broker, std::chrono::seconds duration) {
+  const fs::path dir = root / "controlpipe";
+  fs::create_directories(dir);
+  std::uint16_t port = 0;
+  auto radar = start_radar(dir, "radar-b", {"--seed", "42", "--rate", std::to_string(kNominalRate)}, port);
+  {
+    std::ofstream cfg(dir / "checkpointd.yaml");
+    write_config_head(cfg, root, dir, broker.uri(), std::string(kGateway) + "-controlpipe");
+    cfg << "devices:\n";
+    write_radar_device(cfg, "radar-b", port);
+  }
+  Process daemon({binary("daemon/app/checkpointd"), "--config", (dir / "checkpointd.yaml").string()}, dir / "daemon");
+  const fs::path sock = dir / "ctl.sock";
+  control_status(sock, 30s);
+  std::this_thread::sleep_for(2s);  // settled: records flowing
+  ControlFloodResult res;
+  res.answer_bytes = control_status_line(sock).size();
+  res.rss_base_kb = rss_kb(daemon.pid());
+  res.rss_peak_kb = res.rss_base_kb;
+  const int fd = connect_control(sock, true);
+  if (fd < 0) {
+    throw std::runtime_error("cannot connect to " + sock.string());
+  }
+  std::vector<char> peek;
+  const auto queued_now = [&] {
+    int outq = 0;
+    int inq = 0;
+    ::ioctl(fd, SIOCOUTQ, &outq);
+    ::ioctl(fd, FIONREAD, &inq);
+    peek.resize(static_cast<std::size_t>(std::max(inq, 1)));
+    const ssize_t n = ::recv(fd, peek.data(), peek.size(), MSG_PEEK | MSG_DONTWAIT);
+    std::size_t lines = 0;
+    std::size_t line_bytes = 0;
+    for (ssize_t i = 0; i < n; ++i) {
+      if (peek[static_cast<std::size_t>(i)] == '\n') {
+        ++lines;
+        line_bytes = static_cast<std::size_t>(i) + 1;
+      }
+    }
+    const std::size_t in_socket = n > 0 ? static_cast<std::size_t>(n) : 0;
+    const double per_answer =
+        lines > 0 ? static_cast<double>(line_bytes) / static_cast<double>(lines) : static_cast<double>(res.answer_bytes);
+    const std::uint64_t taken = res.requests - (outq > 0 ? 1 : 0);
+    res.answers_in_socket = lines;
+    res.socket_bytes = in_socket;
+    return static_cast<long long>(static_cast<double>(taken - std::min<std::uint64_t>(taken, lines)) * per_answer) -
+           static_cast<long long>(in_socket - line_bytes);
+  };
+  static constexpr char kRequest[] = "{\"cmd\":\"status\"}\n";
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto end = t0 + duration;
+  auto next_sample = t0;
+  auto stalled_since = t0;
+  bool stalled = false;
+  while (std::chrono::steady_clock::now() < end) {
+    int outq = 0;
+    ::ioctl(fd, SIOCOUTQ, &outq);
+    const auto now = std::chrono::steady_clock::now();
+    if (outq == 0) {
+      if (stalled) {
+        res.stalled_s += std::chrono::duration<double>(now - stalled_since).count();
+        stalled = false;
+      }
+      if (::send(fd, kRequest, sizeof kRequest - 1, MSG_NOSIGNAL | MSG_DONTWAIT) ==
+          static_cast<ssize_t>(sizeof kRequest - 1)) {
+        ++res.requests;
+      }
+    } else {
+      if (!stalled) {
+        stalled = true;
+        stalled_since = now;
+      }
+      std::this_thread::sleep_for(200us);
+    }
+    if (now >= next_sample) {
+      res.rss_peak_kb = std::max(res.rss_peak_kb, rss_kb(daemon.pid()));
+      res.queued_peak = std::max(res.queued_peak, queued_now());
+      next_sample = now + 100ms;
+    }
+  }
+  if (stalled) {
+    res.stalled_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - stalled_since).count();
+  }
+  res.rss_peak_kb = std::max(res.rss_peak_kb, rss_kb(daemon.pid()));
+  res.queued_end = queued_now();
+  res.queued_peak = std::max(res.queued_peak, res.queued_end);
+  res.hwm_kb = peak_rss_kb(daemon.pid());
+  ::close(fd);
+  stop_daemon(daemon);
+  radar->signal(SIGTERM);
+  radar->wait(10s);
+  return res;
+}
+
+// c. A broker whose ACL lets the gateway publish its status and media but not evidence: every evidence
+// publish is answered PUBACK 135 (Not authorized). The daemon keeps its default backoff (mqtt.reconnect_min_ms
+// 500 doubling to reconnect_max_ms 30 000, jitter [b/2, b]).
+struct RefusalResult {
+  double seconds = 0.0;
+  long long refused = 0;   // refused publishes during the run
+  long long failed = 0;    // failed attempts during the run
+  long long refused_all = 0;
+  int attempts = 0;        // broker.refusing.attempts at the end
+  long long outbox_before = 0, outbox_after = 0, records_after = 0;
+  long long published = 0;
+  long rss_base_kb = 0, rss_peak_kb = 0, hwm_kb = 0;
+};
+
+RefusalResult run_broker_refusal(const fs::path& root, std::chrono::seconds duration) {
+  const fs::path dir = root / "brokerrefusal";
+  fs::create_directories(dir);
+  Mosquitto broker(dir / "broker");
+  const fs::path acl = dir / "broker" / "acl";
+  std::ofstream(acl) << "topic read checkpoint/#\n"
+                     << "topic write checkpoint/" << kGateway << "/status\n"
+                     << "topic write checkpoint/" << kGateway << "/media/#\n";
+  // As in broker_faults_test: mosquitto 2.0.11 with max_queued_messages 0 drops a connection whose denied
+  // publish is followed by another in the same read; its default keeps it. The last value in the file wins.
+  std::ofstream(dir / "broker" / "mosquitto.conf", std::ios::app) << "acl_file " << acl.string() << "\n"
+                                                                   << "max_queued_messages 100000\n";
+  broker.start();
+  std::uint16_t port = 0;
+  auto radar = start_radar(dir, "radar-b", {"--seed", "42", "--rate", std::to_string(kNominalRate)}, port);
+  {
+    std::ofstream cfg(dir / "checkpointd.yaml");
+    write_config_head(cfg, root, dir, broker.uri(), std::string(kGateway) + "-refusal");
+    cfg << "devices:\n";
+    write_radar_device(cfg, "radar-b", port);
+  }
+  Process daemon({binary("daemon/app/checkpointd"), "--config", (dir / "checkpointd.yaml").string()}, dir / "daemon");
+  const fs::path sock = dir / "ctl.sock";
+  const fs::path db = dir / "store.db";
+  const auto broker_status = [&] { return control_status(sock, 30s)["broker"]; };
+  const auto refusing_end = std::chrono::steady_clock::now() + 60s;
+  while (!broker_status().value("refusing", json()).is_object()) {
+    if (std::chrono::steady_clock::now() > refusing_end) {
+      throw std::runtime_error("the broker never refused: " + daemon.stderr_text());
+    }
+    std::this_thread::sleep_for(200ms);
+  }
+  std::this_thread::sleep_for(1s);  // the first window's worth of refusals is in; measure retries from here
+  RefusalResult res;
+  const auto t0 = std::chrono::steady_clock::now();
+  const json before = broker_status();
+  res.outbox_before = store_query(db, "SELECT count(*) FROM outbox");
+  res.rss_base_kb = rss_kb(daemon.pid());
+  res.rss_peak_kb = res.rss_base_kb;
+  const auto end = t0 + duration;
+  while (std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(200ms);
+    res.rss_peak_kb = std::max(res.rss_peak_kb, rss_kb(daemon.pid()));
+  }
+  const json after = broker_status();
+  res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  res.outbox_after = store_query(db, "SELECT count(*) FROM outbox");
+  res.records_after = store_query(db, "SELECT count(*) FROM records");
+  res.hwm_kb = peak_rss_kb(daemon.pid());
+  res.refused = after.value("refused", 0LL) - before.value("refused", 0LL);
+  res.failed = after.value("failed", 0LL) - before.value("failed", 0LL);
+  res.refused_all = after.value("refused", 0LL);
+  res.published = after.value("published", 0LL);
+  if (after.value("refusing", json()).is_object()) {
+    res.attempts = after["refusing"].value("attempts", 0);
+  }
+  stop_daemon(daemon);
+  radar->signal(SIGTERM);
+  radar->wait(10s);
+  broker.stop();
+  return res;
+}
+
+bool selected(const std::vector<std::string>& only, const std::string& name) {
+  return only.empty() || std::find(only.begin(), only.end(), name) != only.end();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int seconds = 20;
+  int other_seconds = 10;
+  std::vector<std::string> only;  // phase names; empty: all
   for (int i = 1; i + 1 < argc; ++i) {
     if (std::string(argv[i]) == "--seconds") {
       seconds = std::max(1, std::atoi(argv[i + 1]));
+    } else if (std::string(argv[i]) == "--other-seconds") {
+      other_seconds = std::max(1, std::atoi(argv[i + 1]));
+    } else if (std::string(argv[i]) == "--only") {
+      std::stringstream list(argv[i + 1]);
+      for (std::string name; std::getline(list, name, ',');) {
+        only.push_back(name);
+      }
     }
   }
   const char* keep = std::getenv("CPD_BENCH_KEEP");
@@ -326,6 +684,9 @@ int main(int argc, char** argv) {
               "B_arrive_ms p50/p99/max", "rss_kB", "cpu%");
   int status = 0;
   for (const auto& phase : phases) {
+    if (!selected(only, phase.name)) {
+      continue;
+    }
     const auto r = run_phase(dir, broker, phase, std::chrono::seconds(seconds));
     std::printf("%-14s %8zu %8zu %9zu %9llu %10llu %10llu %10llu | %6zu %5zu %5lld/%5lld/%5lld %5lld/%5lld/%5lld | "
                 "%8ld %5.0f\n",
@@ -343,6 +704,47 @@ int main(int argc, char** argv) {
               "B_seal: record created_ms - B's last frame on the wire; B_arrive: at a subscriber. Track timeout "
               "%d ms.\n",
               kTrackTimeoutMs);
+
+  const auto other = std::chrono::seconds(other_seconds);
+  std::printf("\nOther hostile peers, each alone against its own daemon, %d s each:\n", other_seconds);
+  if (selected(only, "dockflood")) {
+    const auto r = run_dock_flood(dir, broker, other);
+    std::printf("%-14s %zu files listed (500 new per page, limit ignored), %lld recorded, %lld acked; open ledger "
+                "rows peak %lld (max_pending_files %d), %lld rows at the end; RSS %ld -> peak %ld kB (+%ld kB), "
+                "VmHWM %ld kB\n",
+                "dockflood", r.listed, r.records, r.acked, r.open_peak, r.bound, r.rows_end, r.rss_base_kb,
+                r.rss_peak_kb, r.rss_peak_kb - r.rss_base_kb, r.hwm_kb);
+    std::fflush(stdout);
+    status |= r.open_peak > r.bound ? 2 : 0;
+  }
+  if (selected(only, "controlpipe")) {
+    const auto r = run_control_flood(dir, broker, other);
+    const long long bound = (64LL << 10) + static_cast<long long>(r.answer_bytes);
+    std::printf("%-14s %llu status requests taken, %llu answers (%zu B) in the client's unread socket; daemon-held "
+                "answer "
+                "bytes peak %lld, end %lld (bound 64 KiB + one answer = %lld); reading paused %.1f of %d s; RSS %ld "
+                "-> peak %ld kB (+%ld kB), VmHWM %ld kB\n",
+                "controlpipe", static_cast<unsigned long long>(r.requests),
+                static_cast<unsigned long long>(r.answers_in_socket), r.socket_bytes, r.queued_peak, r.queued_end,
+                bound, r.stalled_s, other_seconds, r.rss_base_kb, r.rss_peak_kb, r.rss_peak_kb - r.rss_base_kb,
+                r.hwm_kb);
+    std::fflush(stdout);
+    status |= r.queued_peak > bound ? 2 : 0;
+  }
+  if (selected(only, "brokerrefusal")) {
+    const auto r = run_broker_refusal(dir, other);
+    std::printf("%-14s %lld refused publishes in %.1f s (%.2f/s), %lld failed attempts (%.2f/s), %lld refused in all, "
+                "attempts %d, published %lld; outbox %lld -> %lld of %lld records (nothing deleted: %s); RSS %ld -> "
+                "peak %ld kB (+%ld kB), VmHWM %ld kB\n",
+                "brokerrefusal", r.refused, r.seconds, static_cast<double>(r.refused) / r.seconds, r.failed,
+                static_cast<double>(r.failed) / r.seconds, r.refused_all, r.attempts, r.published, r.outbox_before,
+                r.outbox_after, r.records_after, r.outbox_after == r.records_after ? "yes" : "NO", r.rss_base_kb,
+                r.rss_peak_kb, r.rss_peak_kb - r.rss_base_kb, r.hwm_kb);
+    std::fflush(stdout);
+    status |= r.outbox_after != r.records_after || r.outbox_after < r.outbox_before ? 2 : 0;
+  }
+  std::printf("Backoff for refused publishes: mqtt.reconnect_min_ms 500 doubling to reconnect_max_ms 30000, jitter "
+              "[b/2, b]: at most 1 attempt per 250 ms at first, 1 per 15 s at the cap.\n");
   broker.stop();
   if (keep == nullptr) {
     std::error_code ec;
