@@ -458,6 +458,8 @@ bool Bench::measure_restart(const std::string& label, bool crash_with_central_st
     }
     if (receipt_s < 0 && watch_->through() >= head) {
       receipt_s = seconds_since(up_at);
+      // A receipt through the head means the watermark was there first (the psql poll is the slower one).
+      wm_s = wm_s < 0 ? receipt_s : std::min(wm_s, receipt_s);
     }
     if (wm_s >= 0 && receipt_s >= 0) {
       break;
@@ -588,7 +590,7 @@ int Bench::run() {
     if (i > 0 && s.rows < sizes[i - 1].rows) {
       prunes.push_back(i);
     }
-    if (i % 20 == 0 || i + 1 == sizes.size()) {
+    if ((i % 20 == 0 || i + 1 == sizes.size()) && s.rows >= 0) {
       std::printf("  store at %4.0f s: files db %8lld + wal %8lld B, used %8lld B, records held %5lld\n", s.t_s,
                   s.db_bytes, s.wal_bytes, s.used_bytes(), s.rows);
     }
