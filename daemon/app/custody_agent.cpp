@@ -50,7 +50,8 @@ CustodyAgent::CustodyAgent(boost::asio::io_context& io, const config::Config& cf
       clock_(clock),
       head_timer_(strand_),
       retention_timer_(strand_),
-      pace_timer_(strand_) {
+      pace_timer_(strand_),
+      origin_timer_(strand_) {
   for (const std::string& pem : cfg_.central_keys_pem) {
     const auto key = Ed25519PublicKey::from_pem(pem);
     central_keys_.emplace(key.kid(), key);
@@ -83,9 +84,43 @@ void CustodyAgent::start() {
   });
 }
 
+void CustodyAgent::await_origin(std::chrono::milliseconds wait, OriginDecided decided) {
+  boost::asio::post(strand_, [this, wait, decided = std::move(decided)]() mutable {
+    origin_decided_ = std::move(decided);
+    origin_timer_.expires_after(wait);
+    origin_timer_.async_wait([this, wait](boost::system::error_code ec) {
+      if (!ec) {
+        decide_origin(std::nullopt, "no custody receipt within " + std::to_string(wait.count()) +
+                                        " ms (custody.empty_store_wait_ms)");
+      }
+    });
+  });
+}
+
+void CustodyAgent::decide_origin(std::optional<store::CustodyState> receipt, std::string why) {
+  if (!origin_decided_) {
+    return;
+  }
+  origin_timer_.cancel();
+  OriginDecided decided = std::move(origin_decided_);
+  origin_decided_ = nullptr;
+  if (receipt) {
+    accepting_through_ = std::max(accepting_through_, receipt->through_seq);
+  }
+  decided(std::move(receipt), std::move(why));
+}
+
+void CustodyAgent::origin_committed(const store::CustodyState& receipt) {
+  std::lock_guard lock(snapshot_mutex_);
+  custody_ = receipt;
+  oldest_outside_ms_.reset();
+  ++receipts_accepted_;
+}
+
 void CustodyAgent::stop() {
   boost::asio::post(strand_, [this] {
     stopped_ = true;
+    origin_timer_.cancel();
     head_timer_.cancel();
     retention_timer_.cancel();
     pace_timer_.cancel();
@@ -128,9 +163,18 @@ void CustodyAgent::on_receipt(const std::string& jws) {
       gateway_);
   if (!check.ok) {
     refuse_receipt(check.reason);
+    decide_origin(std::nullopt, "the retained custody receipt was refused: " + check.reason);
     return;
   }
   const custody::Receipt receipt = check.receipt;
+  if (origin_decided_) {
+    // An empty store: nothing here to compare the head with; the daemon continues the chain after it.
+    decide_origin(store::CustodyState{receipt.through_seq, receipt.head, receipt.central, check.kid, jws,
+                                      clock_.now_ms()},
+                  "custody receipt of central " + receipt.central + " through seq " +
+                      std::to_string(receipt.through_seq));
+    return;
+  }
   if (receipt.through_seq <= accepting_through_) {
     return;  // the same receipt again (retained, redelivered) or an older one: nothing new
   }

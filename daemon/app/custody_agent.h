@@ -53,6 +53,16 @@ class CustodyAgent {
 
   // Subscribes (through the side channel: call before the forwarder starts) and starts the timers.
   void start();
+
+  // An empty store (docs/custody.md, "A replaced store"). Call before start(). The first receipt that
+  // passes checks 1-3 (signature by a configured central key, body, this gateway) is handed to `decided`
+  // instead of being matched against the store (which holds no record to match); a refused receipt, or
+  // none within `wait`, gives nullopt and the reason. `decided` runs once, on the agent's strand. A
+  // receipt handed over counts as being accepted (the same receipt again is ignored afterwards).
+  using OriginDecided = std::function<void(std::optional<store::CustodyState>, std::string why)>;
+  void await_origin(std::chrono::milliseconds wait, OriginDecided decided);
+  // The store continued the chain after `receipt` (EvidenceStore::continue_chain): status shows it.
+  void origin_committed(const store::CustodyState& receipt);
   void stop();
 
   // Thread-safe snapshot for status/metrics: through_seq, receipt time, central, oldest not in custody,
@@ -69,6 +79,7 @@ class CustodyAgent {
   void on_message(forwarder::InboundMessage message);
   void on_receipt(const std::string& jws);
   void refuse_receipt(const std::string& reason);
+  void decide_origin(std::optional<store::CustodyState> receipt, std::string why);
   void on_resend_request(forwarder::InboundMessage message);
   void reply(const std::string& topic, const std::string& correlation, const custody::ResendReply& reply);
   void next_resend();
@@ -102,6 +113,8 @@ class CustodyAgent {
   boost::asio::steady_timer head_timer_;
   boost::asio::steady_timer retention_timer_;
   boost::asio::steady_timer pace_timer_;
+  boost::asio::steady_timer origin_timer_;
+  OriginDecided origin_decided_;  // strand: set while an empty store waits for its receipt
   bool stopped_ = false;
 
   // Strand state.

@@ -269,6 +269,73 @@ struct Daemon::Impl {
   asio::steady_timer storage_timer{io};
   bool stopping = false;
 
+  // An empty store's start (docs/custody.md, "A replaced store"): nothing is sealed and no device is read
+  // until it is decided how the chain starts (bounded by custody.empty_store_wait_ms). io thread.
+  enum class Sealing { waiting, starting, started };
+  Sealing sealing = Sealing::started;
+  std::optional<std::string> deferred_shutdown;  // a signal that came before sealing started
+  json start_details;                            // the `start` audit record's details
+
+  // The wait is over: continue the chain after `receipt` (the store takes it as its origin first), or
+  // start a new chain at seq 1 because of `why`.
+  void begin_sealing(std::optional<store::CustodyState> receipt, std::string why) {
+    if (sealing != Sealing::waiting) {
+      return;
+    }
+    sealing = Sealing::starting;
+    if (!receipt) {
+      seal_first_records(std::nullopt, std::move(why));
+      return;
+    }
+    worker->run_on_worker([this, receipt = std::move(*receipt), why](store::EvidenceStore& s) mutable {
+      const Status st = s.continue_chain(receipt);
+      if (st.is_ok()) {
+        sealer->reset(s.chain_head());  // nothing was sealed yet: the worker's next seq is through_seq + 1
+      }
+      asio::post(io, [this, st, receipt = std::move(receipt), why = std::move(why)]() mutable {
+        if (!st.is_ok()) {
+          log::error("daemon", "", "the chain cannot continue after the custody receipt: " + st.message());
+          seal_first_records(std::nullopt, "the chain could not continue after the custody receipt: " + st.message());
+          return;
+        }
+        if (custody) {
+          custody->origin_committed(receipt);
+        }
+        seal_first_records(std::move(receipt), std::move(why));
+      });
+    });
+  }
+
+  // The first records of this run (`store_replaced` when the chain continues after a receipt, then
+  // `start`, which says `new_chain` and why when an empty store starts at seq 1); then devices are read.
+  void seal_first_records(std::optional<store::CustodyState> continued, std::string why) {
+    json details = start_details;
+    if (continued) {
+      const custody::Receipt receipt{continued->central, cfg.gateway.id, continued->through_seq, continued->head, 0};
+      worker->submit(correlator->audit("store_replaced", clock.now_ms(),
+                                       custody::store_replaced_details(receipt, continued->kid, continued->receipt,
+                                                                       "the store held no record at start (" + why + ")")));
+      details["resumed_at_seq"] = continued->through_seq;
+      log::warn("daemon", "", "empty store: the chain continues after central " + continued->central +
+                                  "'s custody receipt through seq " + std::to_string(continued->through_seq) +
+                                  " (audit store_replaced at seq " + std::to_string(continued->through_seq + 1) +
+                                  "); whatever the previous store sealed after that seq is not held here");
+    } else if (!why.empty()) {
+      details["new_chain"] = why;
+      log::warn("daemon", "", "empty store: a new chain starts at seq 1 (" + why + ")");
+    }
+    worker->submit(correlator->audit("start", clock.now_ms(), details));
+    storage_tick();
+    sink->start();
+    for (auto& a : adapters) {
+      a->start();
+    }
+    sealing = Sealing::started;
+    if (deferred_shutdown) {
+      shutdown(*deferred_shutdown);
+    }
+  }
+
   // Once a second: free space of the store's and media's file systems and the store worker's commit state;
   // a change becomes a device_status record for "storage" (the alarm) and shows in the status topic.
   void storage_tick() {
@@ -422,7 +489,12 @@ struct Daemon::Impl {
       if (ec || stopping) {
         return;
       }
-      reload();
+      if (sealing != Sealing::started) {
+        // Its audit record would come before the chain's first records (docs/custody.md, "A replaced store").
+        log::warn("daemon", "", "SIGHUP ignored: the chain's start is still being decided (empty store)");
+      } else {
+        reload();
+      }
       wait_for_reload_signal();
     });
   }
@@ -506,8 +578,10 @@ struct Daemon::Impl {
   // installed as gateway.key (the old one kept as <key>.retired-<kid>). A crash at any step is resolved at
   // the next start (resolve_unfinished_rotation).
   void rotate_key(std::function<void(json)> reply) {
-    if (stopping || rotating) {
-      reply(json{{"error", stopping ? "checkpointd is stopping" : "a key rotation is already in progress"}});
+    if (stopping || rotating || sealing != Sealing::started) {
+      reply(json{{"error", stopping   ? "checkpointd is stopping"
+                           : rotating ? "a key rotation is already in progress"
+                                      : "the chain's start is still being decided (empty store); try again"}});
       return;
     }
     const std::string key_path = cfg.gateway.key_path;
@@ -571,6 +645,14 @@ struct Daemon::Impl {
   }
 
   void shutdown(const std::string& why) {
+    if (sealing != Sealing::started) {
+      // Nothing sealed yet: the chain's first records go first, then the stop.
+      if (!deferred_shutdown) {
+        deferred_shutdown = why;
+      }
+      begin_sealing(std::nullopt, "stopped (" + why + ") before a custody receipt came");
+      return;
+    }
     if (stopping) {
       return;
     }
@@ -718,10 +800,16 @@ int Daemon::run() {
     device_ids.push_back(dev.id);
   }
 
-  json details = {{"version", CPD_VERSION}, {"config_sha256", cfg.sha256}, {"kid", d.sealer->kid()},
-                  {"pid", static_cast<std::int64_t>(::getpid())}, {"devices", device_ids},
-                  {"resumed_at_seq", head.seq}};
-  d.worker->submit(d.correlator->audit("start", d.clock.now_ms(), details));
+  d.start_details = {{"version", CPD_VERSION}, {"config_sha256", cfg.sha256}, {"kid", d.sealer->kid()},
+                     {"pid", static_cast<std::int64_t>(::getpid())}, {"devices", device_ids},
+                     {"resumed_at_seq", head.seq}};
+  // An empty store (a new gateway, or a replaced store: docs/custody.md) looks for its retained custody
+  // receipt before it seals anything, so its chain can continue after what central holds.
+  const bool empty_store = d.store->record_count() == 0;
+  const std::optional<store::CustodyState> origin = empty_store ? d.store->chain_origin() : std::nullopt;
+  if (empty_store) {
+    d.sealing = Impl::Sealing::waiting;
+  }
 
   if (cfg.custody.enabled) {
     CustodyHost host;
@@ -736,15 +824,40 @@ int Daemon::run() {
     };
     host.chain_head = [&d] { return d.store->chain_head(); };
     d.custody = std::make_unique<CustodyAgent>(d.io, cfg, *d.key, *d.forwarder, std::move(host), d.clock);
+    if (empty_store && !origin && cfg.custody.empty_store_wait_ms > 0) {
+      log::notice("daemon", "", "empty store: waiting up to " + std::to_string(cfg.custody.empty_store_wait_ms) +
+                                    " ms for the retained custody receipt before sealing");
+      d.custody->await_origin(std::chrono::milliseconds(cfg.custody.empty_store_wait_ms),
+                              [&d](std::optional<store::CustodyState> receipt, std::string why) {
+                                asio::post(d.io, [&d, receipt = std::move(receipt), why = std::move(why)]() mutable {
+                                  d.begin_sealing(std::move(receipt), std::move(why));
+                                });
+                              });
+    }
     d.custody->start();  // subscribes through the forwarder: before it connects
   }
   d.forwarder->notify_committed(head.seq);
   d.forwarder->start();
-  d.sink->start();
-  d.storage_tick();
   d.start_metrics();
-  for (auto& a : d.adapters) {
-    a->start();
+  if (!empty_store) {
+    d.worker->submit(d.correlator->audit("start", d.clock.now_ms(), d.start_details));
+    d.storage_tick();
+    d.sink->start();
+    for (auto& a : d.adapters) {
+      a->start();
+    }
+  } else if (origin) {
+    // A crash after the store took the receipt as its origin and before store_replaced committed.
+    d.sealing = Impl::Sealing::starting;
+    if (d.custody) {
+      d.custody->origin_committed(*origin);
+    }
+    d.seal_first_records(origin, "the store was empty at start; its chain had already been continued after "
+                                 "this receipt before a restart");
+  } else if (!cfg.custody.enabled) {
+    d.begin_sealing(std::nullopt, "no custody section: no central receipt to continue after");
+  } else if (cfg.custody.empty_store_wait_ms == 0) {
+    d.begin_sealing(std::nullopt, "custody.empty_store_wait_ms is 0");
   }
   d.signals.async_wait([&d](boost::system::error_code ec, int signo) {
     if (!ec) {

@@ -291,6 +291,8 @@ CustodySection parse_custody(Section& root) {
       c.optional<int>("retention_check_ms", out.retention_check_ms, {.min = 100, .max = 86400000});
   out.record_min_interval_s =
       c.optional<int>("record_min_interval_s", out.record_min_interval_s, {.min = 0, .max = 86400});
+  out.empty_store_wait_ms =
+      c.optional<int>("empty_store_wait_ms", out.empty_store_wait_ms, {.min = 0, .max = 600000});
   return out;
 }
 

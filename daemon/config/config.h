@@ -105,6 +105,8 @@ struct CustodySection {
   int retention_check_ms = 60000;              // how often records in custody are pruned
   int record_min_interval_s = 60;              // at most one custody record per this (receipts in between
                                                // advance custody without a record)
+  int empty_store_wait_ms = 5000;              // an empty store waits this long for the retained receipt
+                                               // before sealing seq 1 (docs/custody.md, "A replaced store")
 
   bool operator==(const CustodySection&) const = default;
 };

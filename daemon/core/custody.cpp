@@ -277,4 +277,18 @@ std::optional<ResendReply> parse_resend_reply(std::string_view payload) {
   return r;
 }
 
+nlohmann::json store_replaced_details(const Receipt& receipt, const std::string& kid,
+                                      const std::string& receipt_jws, const std::string& why) {
+  // What the gateway knows: central holds 1..through_seq (the receipt). Whatever the previous store sealed
+  // after it is not here, and how far it went is not known here: lost_after_seq says exactly that.
+  return nlohmann::json{{"reason", why},
+                        {"continued_from_seq", receipt.through_seq},
+                        {"continued_from_head", receipt.head},
+                        {"lost_after_seq", receipt.through_seq},
+                        {"central", receipt.central},
+                        {"central_kid", kid},
+                        {"receipt_sha256", sha256_hex(receipt_jws)},
+                        {"receipt", receipt_jws}};
+}
+
 }  // namespace cpd::custody

@@ -61,6 +61,12 @@ struct HeadCheck {
 };
 HeadCheck check_head(std::string_view jws, const KeyForKid& gateway_keys, const std::string& gateway);
 
+// The details of the `audit` record `store_replaced` (docs/custody.md, "A replaced store"): a gateway that
+// started on an empty store continues its chain after `receipt` (checked, signed by the key `kid`,
+// `receipt_jws` as received); `why` says why the store was empty as far as the gateway can tell.
+nlohmann::json store_replaced_details(const Receipt& receipt, const std::string& kid,
+                                      const std::string& receipt_jws, const std::string& why);
+
 // Central asks a gateway to publish again records [from_seq, to_seq] and/or media files by SHA-256.
 struct ResendRequest {
   std::uint64_t from_seq = 0;  // 0 with to_seq 0: no records asked

@@ -94,6 +94,20 @@ constexpr Migration kMigrations[] = {
         WHERE state IN ('acked', 'faulted');
       CREATE INDEX dock_files_done ON dock_files(state, done_ms);
     )sql"},
+    // A replaced store (docs/custody.md): the chain of an empty store continues after the custody receipt
+    // it found, so its head is (seq, head) with no record seq held here. At most one row, written once,
+    // before the first record.
+    {6, R"sql(
+      CREATE TABLE chain_origin (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        seq         INTEGER NOT NULL,
+        head        TEXT    NOT NULL,
+        central     TEXT    NOT NULL,
+        kid         TEXT    NOT NULL,
+        receipt     TEXT    NOT NULL,
+        received_ms INTEGER NOT NULL
+      );
+    )sql"},
 };
 
 static_assert(std::size(kMigrations) == static_cast<std::size_t>(EvidenceStore::kSchemaVersion),
@@ -493,7 +507,9 @@ void EvidenceStore::prepare_statements() {
   prepare(s.begin, "BEGIN IMMEDIATE");
   prepare(s.commit, "COMMIT");
   prepare(s.rollback, "ROLLBACK");
-  prepare(s.max_seq, "SELECT max(seq) FROM records");
+  // The last seq of the chain: the last record's, or the origin's of a store that continued a chain.
+  prepare(s.max_seq,
+          "SELECT coalesce((SELECT max(seq) FROM records), (SELECT seq FROM chain_origin WHERE id = 1), 0)");
   prepare(s.insert_record,
           "INSERT INTO records(seq, id, type, time_ms, created_ms, jws) VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
   prepare(s.insert_outbox, "INSERT INTO outbox(seq) VALUES (?1)");
@@ -552,6 +568,9 @@ ChainHead EvidenceStore::load_head() const {
   StatementUse use(stmts_->last_record);
   int rc = sqlite3_step(use.get());
   if (rc == SQLITE_DONE) {
+    if (const auto origin = chain_origin()) {
+      return ChainHead{origin->through_seq, origin->head};
+    }
     return ChainHead{};
   }
   if (rc != SQLITE_ROW) {
@@ -1049,6 +1068,68 @@ Status EvidenceStore::set_custody(const CustodyState& state) {
     return status_from(rc, "store " + path_ + ": set_custody: " + error_text(db_, rc));
   }
   return Status::ok();
+}
+
+std::optional<CustodyState> EvidenceStore::chain_origin() const {
+  AdHoc q(db_, "SELECT seq, head, central, kid, receipt, received_ms FROM chain_origin WHERE id = 1");
+  if (!q.ok() || sqlite3_step(q.get()) != SQLITE_ROW) {
+    return std::nullopt;
+  }
+  CustodyState c;
+  c.through_seq = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 0));
+  c.head = column_text(q.get(), 1);
+  c.central = column_text(q.get(), 2);
+  c.kid = column_text(q.get(), 3);
+  c.receipt = column_text(q.get(), 4);
+  c.received_ms = sqlite3_column_int64(q.get(), 5);
+  return c;
+}
+
+Status EvidenceStore::continue_chain(const CustodyState& receipt) {
+  if (receipt.through_seq == 0 || receipt.through_seq > static_cast<std::uint64_t>(INT64_MAX) ||
+      receipt.head.size() != 64) {
+    return Status::fail("store " + path_ + ": continue_chain: not a receipt head (seq " +
+                        std::to_string(receipt.through_seq) + ")");
+  }
+  Statements& s = *stmts_;
+  Status status =
+      run_write_transaction(db_, s.begin, s.commit, s.rollback, "store " + path_ + ": continue_chain", [&] {
+        AdHoc count(db_, "SELECT (SELECT count(*) FROM records) + (SELECT count(*) FROM chain_origin)");
+        if (!count.ok() || sqlite3_step(count.get()) != SQLITE_ROW) {
+          return Status::retry("store " + path_ + ": continue_chain: cannot count records");
+        }
+        if (sqlite3_column_int64(count.get(), 0) != 0) {
+          return Status::fail("store " + path_ +
+                              ": continue_chain: the store is not empty (it holds records or an origin)");
+        }
+        for (const char* sql :
+             {"INSERT INTO chain_origin (id, seq, head, central, kid, receipt, received_ms) "
+              "VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
+              "INSERT INTO custody (id, through_seq, head, central, kid, receipt, received_ms) "
+              "VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO UPDATE SET through_seq = "
+              "excluded.through_seq, head = excluded.head, central = excluded.central, kid = excluded.kid, "
+              "receipt = excluded.receipt, received_ms = excluded.received_ms"}) {
+          AdHoc q(db_, sql);
+          if (!q.ok()) {
+            return Status::retry("store " + path_ + ": continue_chain: " + sqlite3_errmsg(db_));
+          }
+          sqlite3_bind_int64(q.get(), 1, to_db_seq(receipt.through_seq));
+          bind_text(q.get(), 2, receipt.head);
+          bind_text(q.get(), 3, receipt.central);
+          bind_text(q.get(), 4, receipt.kid);
+          bind_text(q.get(), 5, receipt.receipt);
+          sqlite3_bind_int64(q.get(), 6, receipt.received_ms);
+          const int rc = sqlite3_step(q.get());
+          if (rc != SQLITE_DONE) {
+            return status_from(rc, "store " + path_ + ": continue_chain: " + error_text(db_, rc));
+          }
+        }
+        return Status::ok();
+      });
+  if (status.is_ok()) {
+    head_ = ChainHead{receipt.through_seq, receipt.head};
+  }
+  return status;
 }
 
 std::vector<OutboxEntry> EvidenceStore::records_range(std::uint64_t from, std::uint64_t to,

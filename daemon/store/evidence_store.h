@@ -79,7 +79,7 @@ struct StoreOptions {
 // Not thread-safe: one owner (the store worker thread) calls it; other processes may read the file.
 class EvidenceStore {
  public:
-  static constexpr int kSchemaVersion = 5;
+  static constexpr int kSchemaVersion = 6;
 
   // Opens or creates the store: WAL, synchronous=FULL, PRAGMA quick_check, migrations to kSchemaVersion.
   explicit EvidenceStore(const std::string& path);
@@ -88,7 +88,8 @@ class EvidenceStore {
   EvidenceStore(const EvidenceStore&) = delete;
   EvidenceStore& operator=(const EvidenceStore&) = delete;
 
-  // The last committed record's seq and the SHA-256 of its JWS (seq 0 and 64 zeros when empty).
+  // The last committed record's seq and the SHA-256 of its JWS (seq 0 and 64 zeros when empty; an empty
+  // store that continued a chain: the origin's seq and head, see continue_chain).
   ChainHead chain_head() const;
 
   // Commits the batch in one transaction (one fsync): each record into `records` and the outbox.
@@ -151,6 +152,14 @@ class EvidenceStore {
     std::vector<std::string> media;
   };
   Pruned prune_in_custody(std::uint64_t through_seq, UnixMs before_ms, std::size_t limit);
+
+  // A replaced store (docs/custody.md): an EMPTY store (no record, no origin) continues the chain after an
+  // accepted custody receipt: in one transaction the receipt becomes the chain's origin (chain_head() is
+  // then {through_seq, head} with no record through_seq here, the next append starts at through_seq + 1)
+  // and the custody state. Fails (nothing written) if the store holds a record or an origin already.
+  Status continue_chain(const CustodyState& receipt);
+  // The receipt this store's chain continued from (nullopt: the chain started here at seq 1).
+  std::optional<CustodyState> chain_origin() const;
 
   std::optional<SealedRecord> record(std::uint64_t seq) const;
   std::uint64_t record_count() const;
