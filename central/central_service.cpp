@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <set>
 #include <stdexcept>
 
 #include "central/key_rotation.h"
@@ -275,6 +276,8 @@ void CentralService::run_worker() {
       const std::int64_t now = now_ms();
       if (now - last_gap_check_ms_ >= cfg_.gaps.check_interval_ms) {
         last_gap_check_ms_ = now;
+        reload_keys(false);  // key ranges changed by another instance's rotation (at most every 5 s)
+        reexamine_quarantine();
         publish_receipts(store_->due_receipts(
             now, ReceiptPolicy{cfg_.central.id, static_cast<std::uint64_t>(cfg_.receipts.every_records),
                                cfg_.receipts.every_ms}));
@@ -323,7 +326,7 @@ std::optional<Ed25519PublicKey> CentralService::key_for(const std::string& gatew
   for (int attempt = 0; attempt < 2; ++attempt) {
     if (const auto g = keys_.find(gateway); g != keys_.end()) {
       if (const auto k = g->second.find(kid); k != g->second.end()) {
-        return k->second;
+        return k->second.key;  // its seq range is checked once the seq is known (classify)
       }
     }
     if (attempt == 0) {
@@ -454,6 +457,21 @@ void CentralService::classify(const Message& m, Batch& batch) {
       c.ok = false;  // PostgreSQL's bigint; no chain gets there
       reason = "seq " + std::to_string(c.seq) + " is beyond 2^63-1";
     }
+    if (c.ok) {
+      // The signature verified; the key must also be valid for this seq (a retired key signs nothing after
+      // its key_rotation record). refuse_retired() checks the batch against PostgreSQL again.
+      const TrustedKey& k = keys_.at(gateway).at(c.kid);
+      if (std::string why = key_range_refusal(c.kid, k.from_seq, k.to_seq, c.seq); !why.empty()) {
+        if (!reexamining_) {
+          ++counters_.retired_key;
+        }
+        log::error("central", gateway,
+                   "RETIRED KEY: " + gateway + ":" + std::to_string(c.seq) + ": " + why +
+                       "; quarantined, not stored");
+        quarantine(batch, gateway, kind, m.payload, c.seq, c.kid, why, true);
+        return;
+      }
+    }
     if (!c.ok) {
       std::optional<std::uint64_t> seq;
       if (c.seq != 0 && c.seq <= static_cast<std::uint64_t>(INT64_MAX)) {
@@ -528,6 +546,101 @@ void CentralService::process(std::vector<Message>& messages) {
   if (batch.empty()) {
     return;
   }
+  commit(batch);
+}
+
+void CentralService::refuse_retired(Batch& batch) {
+  // The instance's key cache may be up to kKeyReloadMs old: a rotation stored by another instance meanwhile
+  // ended the old key's range. Checked against the committed ranges (one query per batch); a key this
+  // batch's own rotation record enrols is not there yet and was checked by classify() from the cache.
+  std::set<std::pair<std::string, std::string>> pairs;
+  for (const IncomingRecord& r : batch.records) {
+    pairs.emplace(r.gateway, r.kid);
+  }
+  if (pairs.empty()) {
+    return;
+  }
+  const auto ranges = store_->key_ranges(pairs);
+  std::vector<IncomingRecord> kept;
+  kept.reserve(batch.records.size());
+  for (IncomingRecord& r : batch.records) {
+    std::string why;
+    if (const auto it = ranges.find({r.gateway, r.kid}); it != ranges.end()) {
+      why = key_range_refusal(r.kid, it->second.first, it->second.second, r.seq);
+    }
+    if (why.empty()) {
+      kept.push_back(std::move(r));
+      continue;
+    }
+    if (!reexamining_) {
+      ++counters_.retired_key;
+    }
+    log::error("central", r.gateway,
+               "RETIRED KEY: " + r.gateway + ":" + std::to_string(r.seq) + ": " + why + "; quarantined, not stored");
+    quarantine(batch, r.gateway, "evidence", r.jws, r.seq, r.kid, why, true);
+  }
+  batch.records = std::move(kept);
+}
+
+void CentralService::reexamine_quarantine() {
+  // Rows of gateways with a key enrolled since they were last examined, a bounded number per round: each
+  // goes through the checks of a new message; what now verifies is taken into the intake and its row
+  // deleted in the same transaction, the rest is not looked at again until the next enrolment.
+  constexpr std::size_t kReexaminePerRound = 200;
+  const auto rows = store_->quarantine_to_reexamine(kReexaminePerRound);
+  if (rows.empty()) {
+    return;
+  }
+  reload_keys(true);
+  const std::int64_t examined = keys_loaded_ms_ - 1000;  // keys enrolled from here on bring them back
+  Batch batch;
+  std::vector<std::int64_t> unresolved;
+  reexamining_ = true;
+  for (const QuarantinedMessage& q : rows) {
+    Batch one;
+    const std::string rest = q.topic == "media" ? "media/" + q.payload_sha256 : q.topic;
+    try {
+      classify(Message{prefix_ + "/" + q.gateway + "/" + rest, q.payload, ""}, one);
+      refuse_retired(one);  // a row is deleted only for what is really taken in
+    } catch (const std::exception& e) {
+      log::warn("central", q.gateway, std::string("re-examining quarantine row: ") + e.what());
+      one = Batch{};  // not taken in: the row stays
+    }
+    if (one.records.empty() && one.media.empty() && one.heads.empty()) {
+      unresolved.push_back(q.id);  // still not trusted (or refused): stays, with its reason
+      continue;
+    }
+    for (auto& r : one.records) {
+      batch.records.push_back(std::move(r));
+    }
+    for (auto& m : one.media) {
+      batch.media.push_back(std::move(m));
+    }
+    for (auto& h : one.heads) {
+      batch.heads.push_back(std::move(h));
+    }
+    batch.resolved_quarantine.push_back(q.id);
+  }
+  reexamining_ = false;
+  store_->mark_reexamined(unresolved, examined);
+  if (batch.empty()) {
+    return;
+  }
+  try {
+    commit(batch);
+  } catch (const PgError& e) {
+    if (e.connection_lost()) {
+      throw;
+    }
+    // PostgreSQL refused the content: these rows stay as they are and are not taken again until the next
+    // enrolment (the resend repairs the gap as before).
+    store_->mark_reexamined(batch.resolved_quarantine, examined);
+    log::error("central", "quarantine", std::string("re-examined quarantine rows not stored: ") + e.what());
+  }
+}
+
+void CentralService::commit(Batch& batch) {
+  refuse_retired(batch);
   const BatchOutcome out = store_->store_batch(
       batch, now_ms(),
       ReceiptPolicy{cfg_.central.id, static_cast<std::uint64_t>(cfg_.receipts.every_records),
@@ -542,6 +655,12 @@ void CentralService::process(std::vector<Message>& messages) {
   counters_.head_forks += out.head_forks;
   counters_.unsolicited_replies += out.unsolicited_replies;
   counters_.unrecoverable += out.unrecoverable.size();
+  counters_.quarantine_resolved += out.quarantine_resolved;
+  if (out.quarantine_resolved > 0) {
+    log::notice("central", "quarantine",
+                std::to_string(out.quarantine_resolved) +
+                    " quarantined messages verify under the keys now enrolled: taken in, rows removed");
+  }
   if (out.quarantine_dropped > 0) {
     log::warn("central", "quarantine",
               std::to_string(out.quarantine_dropped) +
@@ -705,6 +824,10 @@ std::string CentralService::metrics_text() {
   c("central_receipts_total", "Custody receipts published.", counters_.receipts);
   c("central_resend_requests_total", "Resend requests published.", counters_.resend_requests);
   c("central_postgres_errors_total", "PostgreSQL errors (batch retried).", counters_.pg_errors);
+  c("central_retired_key_total", "Records signed by a key outside its seq range (a retired key; quarantined).",
+    counters_.retired_key);
+  c("central_quarantine_resolved_total", "Quarantined messages re-examined after an enrolment and taken in.",
+    counters_.quarantine_resolved);
   e.add_gauge("central_queue_messages", "Messages taken and not yet stored.", {},
               static_cast<double>(queue_depth()));
   e.add_gauge("central_queue_bytes", "Payload bytes taken and not yet stored.", {},

@@ -46,6 +46,8 @@ struct CentralCounters {
   std::atomic<std::uint64_t> receipts{0};
   std::atomic<std::uint64_t> resend_requests{0};
   std::atomic<std::uint64_t> pg_errors{0};
+  std::atomic<std::uint64_t> retired_key{0};          // records signed by a key outside its seq range
+  std::atomic<std::uint64_t> quarantine_resolved{0};  // quarantine rows re-examined and taken in
   std::atomic<std::uint64_t> batches{0};
 };
 
@@ -84,6 +86,9 @@ class CentralService {
                   std::optional<std::uint64_t> seq, std::string kid, std::string reason, bool enrolled);
   void run_worker();
   void process(std::vector<Message>& messages);
+  void commit(Batch& batch);
+  void refuse_retired(Batch& batch);
+  void reexamine_quarantine();
   void classify(const Message& m, Batch& batch);
   void process_singly(std::vector<Message>& messages);
   void publish_receipts(const std::vector<custody::Receipt>& receipts);
@@ -109,9 +114,10 @@ class CentralService {
   std::thread worker_;
   std::atomic<bool> subscribed_{false};
 
-  std::map<std::string, std::map<std::string, Ed25519PublicKey>> keys_;  // worker thread only
+  TrustedKeys keys_;  // worker thread only
   std::int64_t keys_loaded_ms_ = 0;
   std::int64_t last_gap_check_ms_ = 0;
+  bool reexamining_ = false;  // classify() re-examining quarantined messages: not counted again
 
   CentralCounters counters_;
   std::mutex metrics_mutex_;  // the metrics text reads PostgreSQL on its own connection

@@ -175,6 +175,16 @@ CREATE TABLE resend_open (
   PRIMARY KEY (gateway, correlation)
 );
 )sql",
+    // Key validity in seqs (a key rotated away from signs nothing after its key_rotation record; the key it
+    // names nothing up to it), and when a quarantine row was last re-examined against the enrolled keys.
+    R"sql(
+ALTER TABLE gateway_keys ADD COLUMN valid_from_seq bigint NOT NULL DEFAULT 1, ADD COLUMN valid_to_seq bigint;
+UPDATE gateway_keys SET valid_from_seq = substr(source, 10)::bigint + 1 WHERE source ~ '^rotation:[0-9]+$';
+UPDATE gateway_keys k SET valid_to_seq = r.seq FROM (SELECT gateway, substr(source, 10)::bigint AS seq FROM
+  gateway_keys WHERE source ~ '^rotation:[0-9]+$' OFFSET 0) r JOIN records x ON x.gateway = r.gateway AND
+  x.seq = r.seq WHERE r.gateway = k.gateway AND k.kid = x.kid;
+ALTER TABLE quarantine ADD COLUMN reexamined_ms bigint;
+)sql",
 };
 
 std::string num(std::uint64_t v) {
@@ -233,26 +243,147 @@ void CentralStore::migrate() {
   conn_->exec("SELECT pg_advisory_unlock(7262011)", "releasing the migration lock");
 }
 
-void CentralStore::enroll(const std::string& gateway, const Ed25519PublicKey& public_key,
-                          const std::string& source, std::int64_t now_ms) {
+bool CentralStore::enroll(const std::string& gateway, const Ed25519PublicKey& public_key,
+                          const std::string& source, std::int64_t now_ms, std::uint64_t from_seq) {
   PgTransaction tx(*conn_);
   conn_->exec("INSERT INTO gateways (gateway) VALUES ($1) ON CONFLICT DO NOTHING", {gateway},
               "adding a gateway");
-  conn_->exec(
-      "INSERT INTO gateway_keys (gateway, kid, public_key_pem, source, enrolled_ms) VALUES ($1, $2, $3, $4, "
-      "$5) "
-      "ON CONFLICT (gateway, kid) DO NOTHING",
-      {gateway, public_key.kid(), public_key.pem(), source, num(now_ms)}, "enrolling a key");
+  PgResult r = conn_->exec(
+      "INSERT INTO gateway_keys (gateway, kid, public_key_pem, source, enrolled_ms, valid_from_seq) VALUES ($1, "
+      "$2, $3, $4, $5, $6) ON CONFLICT (gateway, kid) DO NOTHING",
+      {gateway, public_key.kid(), public_key.pem(), source, num(now_ms), num(std::max<std::uint64_t>(from_seq, 1))},
+      "enrolling a key");
   tx.commit();
+  return r.affected() == 1;
 }
 
-std::map<std::string, std::map<std::string, Ed25519PublicKey>> CentralStore::trusted_keys() {
-  std::map<std::string, std::map<std::string, Ed25519PublicKey>> out;
-  PgResult r = conn_->exec("SELECT gateway, kid, public_key_pem FROM gateway_keys", "reading trusted keys");
+TrustedKeys CentralStore::trusted_keys() {
+  TrustedKeys out;
+  PgResult r = conn_->exec("SELECT gateway, kid, public_key_pem, valid_from_seq, valid_to_seq FROM gateway_keys",
+                           "reading trusted keys");
   for (int i = 0; i < r.rows(); ++i) {
-    out[r.text(i, 0)].emplace(r.text(i, 1), Ed25519PublicKey::from_pem(r.text(i, 2)));
+    out[r.text(i, 0)].emplace(
+        r.text(i, 1),
+        TrustedKey{Ed25519PublicKey::from_pem(r.text(i, 2)), static_cast<std::uint64_t>(r.integer(i, 3)),
+                   r.is_null(i, 4) ? std::nullopt
+                                   : std::optional<std::uint64_t>(static_cast<std::uint64_t>(r.integer(i, 4)))});
   }
   return out;
+}
+
+std::map<std::pair<std::string, std::string>, std::pair<std::uint64_t, std::optional<std::uint64_t>>>
+CentralStore::key_ranges(const std::set<std::pair<std::string, std::string>>& gateway_kids) {
+  std::map<std::pair<std::string, std::string>, std::pair<std::uint64_t, std::optional<std::uint64_t>>> out;
+  if (gateway_kids.empty()) {
+    return out;
+  }
+  std::string sql = "SELECT gateway, kid, valid_from_seq, valid_to_seq FROM gateway_keys WHERE (gateway, kid) IN (";
+  PgParams params;
+  for (const auto& [gateway, kid] : gateway_kids) {
+    sql += (params.empty() ? "($" : ", ($") + std::to_string(params.size() + 1) + ", $" +
+           std::to_string(params.size() + 2) + ")";
+    params.insert(params.end(), {gateway, kid});
+  }
+  PgResult r = conn_->exec(sql + ")", params, "reading key ranges");
+  for (int i = 0; i < r.rows(); ++i) {
+    out[{r.text(i, 0), r.text(i, 1)}] = {
+        static_cast<std::uint64_t>(r.integer(i, 2)),
+        r.is_null(i, 3) ? std::nullopt : std::optional<std::uint64_t>(static_cast<std::uint64_t>(r.integer(i, 3)))};
+  }
+  return out;
+}
+
+std::vector<QuarantinedMessage> CentralStore::quarantine_to_reexamine(std::size_t limit) {
+  // A row is looked at again only when a key of its gateway was enrolled after it was last examined (the
+  // quarantining instance's key cache may have been up to 5 s old: hence the 10 s margin); whole payloads only.
+  PgResult r = conn_->exec(
+      "SELECT q.id, q.gateway, q.topic, encode(q.payload, 'hex'), q.payload_sha256 FROM quarantine q JOIN "
+      "(SELECT gateway, max(enrolled_ms) AS enrolled_ms FROM gateway_keys GROUP BY gateway) k ON k.gateway = "
+      "q.gateway WHERE q.topic IN ('evidence', 'media', 'head') AND octet_length(q.payload) = q.bytes AND "
+      "COALESCE(q.reexamined_ms, q.last_seen_ms - 10000) < k.enrolled_ms ORDER BY q.id LIMIT $1",
+      {num(static_cast<std::uint64_t>(limit))}, "finding quarantine rows to re-examine");
+  std::vector<QuarantinedMessage> out;
+  for (int i = 0; i < r.rows(); ++i) {
+    const std::string hex = r.text(i, 3);
+    std::string bytes;
+    bytes.reserve(hex.size() / 2);
+    const auto nibble = [](char c) { return c <= '9' ? c - '0' : c - 'a' + 10; };
+    for (std::size_t k = 0; k + 1 < hex.size(); k += 2) {
+      bytes += static_cast<char>((nibble(hex[k]) << 4) | nibble(hex[k + 1]));
+    }
+    out.push_back(QuarantinedMessage{r.integer(i, 0), r.text(i, 1), r.text(i, 2), std::move(bytes), r.text(i, 4)});
+  }
+  return out;
+}
+
+void CentralStore::mark_reexamined(const std::vector<std::int64_t>& ids, std::int64_t examined_ms) {
+  if (ids.empty()) {
+    return;
+  }
+  std::string list = "{";
+  for (const std::int64_t id : ids) {
+    list += (list.size() > 1 ? "," : "") + num(id);
+  }
+  conn_->exec("UPDATE quarantine SET reexamined_ms = $2 WHERE id = ANY($1::bigint[])", {list + "}", num(examined_ms)},
+              "marking quarantine rows re-examined");
+}
+
+void CentralStore::resolve_quarantine(const std::vector<std::int64_t>& ids, const std::string& now,
+                                      BatchOutcome& out) {
+  if (ids.empty()) {
+    return;
+  }
+  // The totals row first, as every transaction touching the quarantine takes it (no cycle between instances).
+  conn_->exec("SELECT 1 FROM quarantine_usage WHERE gateway = '' FOR UPDATE", "locking the quarantine totals");
+  std::string list = "{";
+  for (const std::int64_t id : ids) {
+    list += (list.size() > 1 ? "," : "") + num(id);
+  }
+  // Another instance may have taken the same rows: only what this transaction deletes is uncounted.
+  PgResult d = conn_->exec(
+      "WITH gone AS (DELETE FROM quarantine WHERE id = ANY($1::bigint[]) RETURNING gateway, "
+      "octet_length(payload) AS bytes) SELECT gateway, count(*), COALESCE(sum(bytes), 0) FROM gone GROUP BY "
+      "gateway ORDER BY gateway",
+      {list + "}"}, "resolving quarantine rows");
+  std::int64_t rows = 0;
+  std::int64_t bytes = 0;
+  for (int i = 0; i < d.rows(); ++i) {
+    rows += d.integer(i, 1);
+    bytes += d.integer(i, 2);
+    conn_->exec("UPDATE quarantine_usage SET rows = GREATEST(rows - $2, 0), bytes = GREATEST(bytes - $3, 0), "
+                "last_ms = $4 WHERE gateway = $1",
+                {d.text(i, 0), num(static_cast<std::int64_t>(d.integer(i, 1))),
+                 num(static_cast<std::int64_t>(d.integer(i, 2))), now},
+                "uncounting resolved quarantine rows");
+  }
+  conn_->exec("UPDATE quarantine_usage SET rows = GREATEST(rows - $1, 0), bytes = GREATEST(bytes - $2, 0) WHERE "
+              "gateway = ''",
+              {num(rows), num(bytes)}, "uncounting resolved quarantine rows");
+  out.quarantine_resolved += static_cast<std::uint64_t>(rows);
+}
+
+nlohmann::json CentralStore::quarantine_rows(const std::string& gateway, std::int64_t limit) {
+  PgResult r = conn_->exec(
+      "SELECT id, gateway, topic, seq, kid, reason, count, bytes, received_ms, last_seen_ms, reexamined_ms FROM "
+      "quarantine WHERE ($1 = '' OR gateway = $1) ORDER BY last_seen_ms DESC, id DESC LIMIT $2",
+      {gateway, num(limit)}, "listing the quarantine");
+  nlohmann::json rows = nlohmann::json::array();
+  for (int i = 0; i < r.rows(); ++i) {
+    rows.push_back({{"id", r.integer(i, 0)},
+                    {"gateway", r.text(i, 1)},
+                    {"topic", r.text(i, 2)},
+                    {"seq", r.is_null(i, 3) ? nlohmann::json() : nlohmann::json(r.integer(i, 3))},
+                    {"kid", r.text(i, 4)},
+                    {"reason", r.text(i, 5)},
+                    {"count", r.integer(i, 6)},
+                    {"bytes", r.integer(i, 7)},
+                    {"first_seen_ms", r.integer(i, 8)},
+                    {"last_seen_ms", r.integer(i, 9)},
+                    {"reexamined_ms", r.is_null(i, 10) ? nlohmann::json() : nlohmann::json(r.integer(i, 10))}});
+  }
+  PgResult n = conn_->exec("SELECT count(*) FROM quarantine WHERE ($1 = '' OR gateway = $1)", {gateway},
+                           "counting the quarantine");
+  return {{"rows", rows}, {"total", n.integer(0, 0)}};
 }
 
 BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, const ReceiptPolicy& policy) {
@@ -266,6 +397,7 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
   std::vector<QuarantineEntry> quarantine = batch.quarantine;
   store_replies(batch.replies, now_ms, quarantine, out);
   store_quarantine(quarantine, now, out);
+  resolve_quarantine(batch.resolved_quarantine, now, out);  // re-examined rows taken in (deleted)
 
   for (const IncomingMedia& m : batch.media) {
     PgResult r = conn_->exec(

@@ -10,6 +10,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -74,14 +75,35 @@ struct IncomingReply {
   std::string payload;  // quarantined when no open request has this correlation
 };
 
+// A key trusted for one gateway over a range of its seqs (gateway_keys.valid_from_seq..valid_to_seq): an
+// enrolled key from 1 (or `enroll --from-seq`), open-ended; a key rotated away from through its key_rotation
+// record's seq; the key it names from the next seq on (docs/custody.md, "Key trust").
+struct TrustedKey {
+  Ed25519PublicKey key;
+  std::uint64_t from_seq = 1;
+  std::optional<std::uint64_t> to_seq;  // nullopt: no end
+};
+using TrustedKeys = std::map<std::string, std::map<std::string, TrustedKey>>;
+
+// A quarantined message taken out again to be re-examined once a key of its gateway has been enrolled.
+struct QuarantinedMessage {
+  std::int64_t id = 0;
+  std::string gateway;
+  std::string topic;  // "evidence", "media", "head"
+  std::string payload;
+  std::string payload_sha256;
+};
+
 struct Batch {
   std::vector<IncomingRecord> records;
   std::vector<IncomingMedia> media;
   std::vector<QuarantineEntry> quarantine;
   std::vector<AnnouncedHead> heads;
   std::vector<IncomingReply> replies;
+  std::vector<std::int64_t> resolved_quarantine;  // quarantine ids taken into this batch (deleted with it)
   bool empty() const {
-    return records.empty() && media.empty() && quarantine.empty() && heads.empty() && replies.empty();
+    return records.empty() && media.empty() && quarantine.empty() && heads.empty() && replies.empty() &&
+           resolved_quarantine.empty();
   }
 };
 
@@ -96,6 +118,7 @@ struct BatchOutcome {
   std::uint64_t head_forks = 0;
   std::uint64_t unsolicited_replies = 0;   // resend replies to no open request (quarantined)
   std::uint64_t unrecoverable_media = 0;   // pictures newly noted as no longer held
+  std::uint64_t quarantine_resolved = 0;   // quarantine rows taken into the intake (deleted)
   std::vector<std::string> fork_ids;       // gateway:seq of each fork, for the alarm line
   std::vector<std::string> head_fork_lines;    // "gateway:seq announced H, stored S"
   std::vector<std::string> chain_breaks;   // "gateway:seq: reason"
@@ -136,11 +159,24 @@ class CentralStore {
   // deleted quarantine rows).
   void recount_quarantine();
 
-  // Trusts `public_key` for `gateway` (idempotent). `source` says how: "enroll", "keys_dir:<file>".
-  void enroll(const std::string& gateway, const Ed25519PublicKey& public_key, const std::string& source,
-              std::int64_t now_ms);
-  // gateway -> kid -> key, for every enrolled gateway.
-  std::map<std::string, std::map<std::string, Ed25519PublicKey>> trusted_keys();
+  // Trusts `public_key` for `gateway` from seq `from_seq` on (idempotent: a kid already enrolled keeps its
+  // row). `source` says how: "enroll", "keys_dir:<file>". Returns false when the kid was enrolled already.
+  bool enroll(const std::string& gateway, const Ed25519PublicKey& public_key, const std::string& source,
+              std::int64_t now_ms, std::uint64_t from_seq = 1);
+  // gateway -> kid -> key and its seq range, for every enrolled gateway.
+  TrustedKeys trusted_keys();
+  // The committed seq ranges of these (gateway, kid) pairs (rows that exist): the authority an instance's
+  // cache (up to 5 s old) is checked against before a batch is stored.
+  std::map<std::pair<std::string, std::string>, std::pair<std::uint64_t, std::optional<std::uint64_t>>>
+  key_ranges(const std::set<std::pair<std::string, std::string>>& gateway_kids);
+
+  // Quarantined messages (evidence, media, head; kept whole) of enrolled gateways that were last examined
+  // (quarantined or re-examined) before the gateway's latest key enrolment, oldest first, at most `limit`.
+  std::vector<QuarantinedMessage> quarantine_to_reexamine(std::size_t limit);
+  // Re-examined and still not trusted: not taken out again until the gateway's next enrolment.
+  void mark_reexamined(const std::vector<std::int64_t>& ids, std::int64_t examined_ms);
+  // Quarantine rows (newest last seen first, at most `limit`), of one gateway or all (`quarantine` command).
+  nlohmann::json quarantine_rows(const std::string& gateway, std::int64_t limit);
 
   // One transaction: records (duplicates dropped, forks kept aside), media, quarantine, announced heads,
   // not-held ranges; then each touched gateway's watermark advanced under its row lock, and a receipt
@@ -171,6 +207,7 @@ class CentralStore {
   void store_replies(const std::vector<IncomingReply>& replies, std::int64_t now_ms,
                      std::vector<QuarantineEntry>& unsolicited, BatchOutcome& out);
   void store_heads(const std::vector<AnnouncedHead>& heads, const std::string& now, BatchOutcome& out);
+  void resolve_quarantine(const std::vector<std::int64_t>& ids, const std::string& now, BatchOutcome& out);
 
   std::unique_ptr<PgConnection> conn_;
   QuarantineBounds bounds_;

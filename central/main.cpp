@@ -1,10 +1,11 @@
 // checkpoint-central: verifies every gateway's chain into PostgreSQL, repairs gaps, issues custody
-// receipts (docs/custody.md). Subcommands: run, check-config, enroll, status, export.
+// receipts (docs/custody.md). Subcommands: run, check-config, enroll, status, quarantine, export.
 #include <systemd/sd-daemon.h>
 
 #include <CLI/CLI.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <climits>
 #include <csignal>
 #include <fstream>
 #include <iostream>
@@ -104,10 +105,21 @@ int main(int argc, char** argv) {
   enroll_cmd->add_option("--gateway", gateway, "gateway id")->required();
   enroll_cmd->add_option("--pubkey", pubkey, "public key PEM file (checkpointctl pubkey --key KEY)")
       ->required();
+  std::uint64_t from_seq = 1;
+  enroll_cmd->add_option("--from-seq", from_seq, "trust the key for seqs from this one on (default 1)")
+      ->check(CLI::Range(std::uint64_t{1}, static_cast<std::uint64_t>(INT64_MAX)));
   bool json_out = false;
   auto* status_cmd = app.add_subcommand("status", "Per gateway: watermark, gaps, receipts, keys, forks");
   status_cmd->add_option("-c,--config", config_path, "YAML config")->required();
   status_cmd->add_flag("--json", json_out, "JSON instead of a table");
+  std::int64_t limit = 100;
+  auto* quarantine_cmd =
+      app.add_subcommand("quarantine", "Quarantine rows: reason, count, first and last seen (newest first)");
+  quarantine_cmd->add_option("-c,--config", config_path, "YAML config")->required();
+  quarantine_cmd->add_option("--gateway", gateway, "only this gateway (a name that is not enrolled too)");
+  quarantine_cmd->add_option("--limit", limit, "at most this many rows (default 100)")
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{100000}));
+  quarantine_cmd->add_flag("--json", json_out, "JSON instead of lines");
   std::uint64_t from = 1;
   auto* export_cmd =
       app.add_subcommand("export", "A gateway's stored chain as JWS lines (checkpointctl verify reads them)");
@@ -129,8 +141,29 @@ int main(int argc, char** argv) {
     central::CentralStore store(cfg.postgres.conninfo, central::quarantine_bounds(cfg.feed));
     if (*enroll_cmd) {
       const auto key = Ed25519PublicKey::from_pem(read_file(pubkey));
-      store.enroll(gateway, key, "enroll", now_ms());
-      std::cout << "enrolled " << gateway << " kid " << key.kid() << std::endl;
+      const bool added = store.enroll(gateway, key, "enroll", now_ms(), from_seq);
+      std::cout << (added ? "enrolled " : "already enrolled (unchanged): ") << gateway << " kid " << key.kid();
+      if (added && from_seq > 1) {
+        std::cout << " from seq " << from_seq;
+      }
+      std::cout << std::endl;
+      return 0;
+    }
+    if (*quarantine_cmd) {
+      const nlohmann::json q = store.quarantine_rows(gateway, limit);
+      if (json_out) {
+        std::cout << q.dump(2) << std::endl;
+        return 0;
+      }
+      // Reasons and names are the peer's to shape: dump() escapes them as JSON strings.
+      for (const auto& r : q["rows"]) {
+        std::cout << r["gateway"].dump() << " " << r["topic"].get<std::string>() << " seq " << r["seq"].dump()
+                  << " kid " << r["kid"].dump() << " count " << r["count"] << " bytes " << r["bytes"]
+                  << " first_seen_ms " << r["first_seen_ms"] << " last_seen_ms " << r["last_seen_ms"]
+                  << " reason " << r["reason"].dump() << std::endl;
+      }
+      std::cout << "quarantine: " << q["total"] << " rows" << (gateway.empty() ? "" : " of " + gateway) << ", "
+                << q["rows"].size() << " shown" << std::endl;
       return 0;
     }
     if (*status_cmd) {

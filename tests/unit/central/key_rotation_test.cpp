@@ -61,14 +61,48 @@ TEST(CentralKeyRotation, KeyCacheTrustsTheNewKeyOnce) {
   const auto old_key = Ed25519PrivateKey::generate().public_key();
   const auto new_key = Ed25519PrivateKey::generate().public_key();
   TrustedKeys keys;
-  keys["gw-1"].emplace(old_key.kid(), old_key);
+  keys["gw-1"].emplace(old_key.kid(), TrustedKey{old_key, 1, std::nullopt});
   const auto rec = record_of(make_key_rotation_fact(old_key, new_key, 1), old_key.kid(), 9);
   EXPECT_EQ(trust_rotated_key(keys, rec), new_key.kid());
   ASSERT_EQ(keys["gw-1"].count(new_key.kid()), 1u);
-  EXPECT_EQ(keys["gw-1"].at(new_key.kid()).raw(), new_key.raw());
+  EXPECT_EQ(keys["gw-1"].at(new_key.kid()).key.raw(), new_key.raw());
   EXPECT_EQ(keys["gw-1"].count(old_key.kid()), 1u);
+  // The new key from the next seq on, open-ended; the old one through the rotation's seq only.
+  EXPECT_EQ(keys["gw-1"].at(new_key.kid()).from_seq, 10u);
+  EXPECT_FALSE(keys["gw-1"].at(new_key.kid()).to_seq);
+  EXPECT_EQ(keys["gw-1"].at(old_key.kid()).from_seq, 1u);
+  EXPECT_EQ(keys["gw-1"].at(old_key.kid()).to_seq, std::optional<std::uint64_t>(9));
   EXPECT_FALSE(trust_rotated_key(keys, rec));  // already there
   EXPECT_EQ(keys.count("gw-2"), 0u);           // only for its own gateway
+}
+
+TEST(CentralKeyRotation, KeyRangeAdmitsItsSeqsAndRefusesARetiredKeysLaterSeqs) {
+  EXPECT_EQ(key_range_refusal("aaaa", 1, std::nullopt, 1), "");
+  EXPECT_EQ(key_range_refusal("aaaa", 1, std::nullopt, 1000000), "");
+  EXPECT_EQ(key_range_refusal("aaaa", 1, 9, 9), "");
+  EXPECT_THAT(key_range_refusal("aaaa", 1, 9, 10),
+              HasSubstr("seq 10 is signed by kid aaaa, retired at seq 9 by its key_rotation record"));
+  EXPECT_THAT(key_range_refusal("aaaa", 1, 9, 10), HasSubstr("forgery"));
+  EXPECT_EQ(key_range_refusal("bbbb", 10, std::nullopt, 10), "");
+  EXPECT_THAT(key_range_refusal("bbbb", 10, std::nullopt, 9), HasSubstr("before kid bbbb's range (trusted from seq 10)"));
+}
+
+TEST(CentralKeyRotation, SecondRotationNarrowsTheMiddleKeyAndAReplayedRotationWidensNothing) {
+  const auto k1 = Ed25519PrivateKey::generate().public_key();
+  const auto k2 = Ed25519PrivateKey::generate().public_key();
+  const auto k3 = Ed25519PrivateKey::generate().public_key();
+  TrustedKeys keys;
+  keys["gw-1"].emplace(k1.kid(), TrustedKey{k1, 1, std::nullopt});
+  EXPECT_TRUE(trust_rotated_key(keys, record_of(make_key_rotation_fact(k1, k2, 1), k1.kid(), 20)));
+  EXPECT_TRUE(trust_rotated_key(keys, record_of(make_key_rotation_fact(k2, k3, 1), k2.kid(), 50)));
+  const auto& mine = keys["gw-1"];
+  EXPECT_EQ(mine.at(k2.kid()).from_seq, 21u);
+  EXPECT_EQ(mine.at(k2.kid()).to_seq, std::optional<std::uint64_t>(50));
+  EXPECT_EQ(mine.at(k3.kid()).from_seq, 51u);
+  // The first rotation seen again (a resend): k1 stays retired at 20, k2 keeps its range.
+  EXPECT_FALSE(trust_rotated_key(keys, record_of(make_key_rotation_fact(k1, k2, 1), k1.kid(), 20)));
+  EXPECT_EQ(mine.at(k1.kid()).to_seq, std::optional<std::uint64_t>(20));
+  EXPECT_EQ(mine.at(k2.kid()).from_seq, 21u);
 }
 
 }  // namespace
