@@ -45,8 +45,8 @@ class Sealer {
   std::string gateway_id_;
   ChainHead head_;
   std::string kid_;
-  std::string header_b64_;
-  nlohmann::json site_;   // base64url of the canonical protected header, computed once
+  std::string header_b64_;  // base64url of the canonical protected header, computed once
+  nlohmann::json site_;     // added to every body without a site (null: nothing added)
 };
 
 // Makes every string in `fields` that is not valid UTF-8 sealable without losing a byte (docs/records.md,
