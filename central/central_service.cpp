@@ -586,8 +586,17 @@ void CentralService::reexamine_quarantine() {
   // Rows of gateways with a key enrolled since they were last examined, a bounded number per round: each
   // goes through the checks of a new message; what now verifies is taken into the intake and its row
   // deleted in the same transaction, the rest is not looked at again until the next enrolment.
+  // The scan reads the quarantine table (up to feed.quarantine_max_rows): only while it can find something,
+  // i.e. a new enrolment, the 20 s after one (rows quarantined meanwhile by instances with older caches),
+  // or a full page last time. Otherwise one small query on gateway_keys per round.
   constexpr std::size_t kReexaminePerRound = 200;
+  const std::int64_t latest = store_->latest_enrolment_ms();
+  if (latest == 0 || (latest == reexamine_enrolment_ms_ && now_ms() - latest > 20000 && !reexamine_more_)) {
+    return;
+  }
+  reexamine_enrolment_ms_ = latest;
   const auto rows = store_->quarantine_to_reexamine(kReexaminePerRound);
+  reexamine_more_ = rows.size() == kReexaminePerRound;
   if (rows.empty()) {
     return;
   }

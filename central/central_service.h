@@ -118,6 +118,8 @@ class CentralService {
   std::int64_t keys_loaded_ms_ = 0;
   std::int64_t last_gap_check_ms_ = 0;
   bool reexamining_ = false;  // classify() re-examining quarantined messages: not counted again
+  std::int64_t reexamine_enrolment_ms_ = -1;  // the latest enrolment the quarantine was scanned for
+  bool reexamine_more_ = false;               // the last scan filled its page: look again
 
   CentralCounters counters_;
   std::mutex metrics_mutex_;  // the metrics text reads PostgreSQL on its own connection

@@ -316,6 +316,11 @@ std::vector<QuarantinedMessage> CentralStore::quarantine_to_reexamine(std::size_
   return out;
 }
 
+std::int64_t CentralStore::latest_enrolment_ms() {
+  PgResult r = conn_->exec("SELECT COALESCE(max(enrolled_ms), 0) FROM gateway_keys", "reading the latest enrolment");
+  return r.integer(0, 0);
+}
+
 void CentralStore::mark_reexamined(const std::vector<std::int64_t>& ids, std::int64_t examined_ms) {
   if (ids.empty()) {
     return;

@@ -173,6 +173,8 @@ class CentralStore {
   // Quarantined messages (evidence, media, head; kept whole) of enrolled gateways that were last examined
   // (quarantined or re-examined) before the gateway's latest key enrolment, oldest first, at most `limit`.
   std::vector<QuarantinedMessage> quarantine_to_reexamine(std::size_t limit);
+  // The latest enrolled_ms in gateway_keys (0: none): whether a re-examination can find anything new.
+  std::int64_t latest_enrolment_ms();
   // Re-examined and still not trusted: not taken out again until the gateway's next enrolment.
   void mark_reexamined(const std::vector<std::int64_t>& ids, std::int64_t examined_ms);
   // Quarantine rows (newest last seen first, at most `limit`), of one gateway or all (`quarantine` command).
