@@ -1,13 +1,9 @@
 // checkpoint-central under hostile input, with real parts: mosquitto, a private PostgreSQL, the real
 // checkpoint-central (and, in the flood, a real gateway: radar simulator -> checkpointd). The test also plays a
 // gateway of its own ("gh", its key enrolled) to answer resend requests and to announce heads.
-#include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <mqtt/async_client.h>
-#include <netinet/in.h>
 #include <signal.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <climits>
@@ -22,48 +18,12 @@
 #include "daemon/core/ed25519.h"
 #include "daemon/core/encoding.h"
 #include "daemon/core/record_check.h"
-#include "tests/integration/harness.h"
-#include "tests/integration/postgres.h"
+#include "tests/integration/custody_fixture.h"
 
 namespace cpd::testing {
 namespace {
 
 using namespace std::chrono_literals;
-
-template <class Pred>
-bool wait_for_condition(Pred pred, std::chrono::milliseconds timeout) {
-  const auto end = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < end) {
-    if (pred()) {
-      return true;
-    }
-    pause(std::chrono::milliseconds(100));
-  }
-  return pred();
-}
-
-// One GET with Connection: close; the body, or "" when the endpoint did not answer 200.
-std::string http_get_body(std::uint16_t port, const std::string& target) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  timeval tv{5, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string raw;
-  const std::string req = "GET " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
-      ::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size())) {
-    char buf[8192];
-    for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) {
-      raw.append(buf, static_cast<std::size_t>(n));
-    }
-  }
-  ::close(fd);
-  const auto end = raw.find("\r\n\r\n");
-  return raw.rfind("HTTP/1.1 200", 0) == 0 && end != std::string::npos ? raw.substr(end + 4) : std::string();
-}
 
 // The value of the first sample of `name` (unlabelled, or with any labels) in Prometheus text; -1 if absent.
 double metric(const std::string& text, const std::string& name) {
@@ -128,63 +88,32 @@ class Publisher {
   std::uint64_t sent_ = 0;
 };
 
-class CentralHostile : public ::testing::Test {
+class CentralHostile : public CustodyFixture {
  protected:
   void SetUp() override {
-    gw_pub_pem_ = make_gateway_key(dir_.path());
-    auto central_key = Ed25519PrivateKey::generate();
-    central_key.save_pem_file((dir_ / "central.key").string());
-    std::ofstream(dir_ / "central.pub.pem") << central_key.public_key().pem();
+    CustodyFixture::SetUp();
     std::ofstream(dir_ / "gh.pub.pem") << gh_key_.public_key().pem();
-    pg_.start();
-    broker_ = std::make_unique<Mosquitto>(dir_ / "broker");
-    broker_->start();
-    std::ofstream(dir_ / "central.yaml")
-        << "central:\n  id: central-test\n  key: " << (dir_ / "central.key").string() << "\n"
-        << "postgres:\n  conninfo: \"" << pg_.conninfo() << "\"\n"
-        << "mqtt:\n  uri: " << broker_->uri() << "\n  client_id: central-1\n"
-        << "  reconnect_min_ms: 200\n  reconnect_max_ms: 1000\n"
-        << "feed:\n  media_dir: " << (dir_ / "central-media").string() << "\n"
-        << "  queue_messages: 2000\n  queue_mb: " << kQueueMb << "\n"
-        << "  quarantine_max_per_gateway: " << kRowsPerGateway << "\n  quarantine_max_mb_per_gateway: 2\n"
-        << "  quarantine_max_rows: " << kRows << "\n  quarantine_max_mb: " << kMb << "\n"
-        << "receipts:\n  every_records: 50\n  every_ms: 300\n"
-        << "gaps:\n  resend_after_ms: 1000\n  retry_min_ms: 500\n  retry_max_ms: 2000\n  check_interval_ms: "
-           "200\n"
-        << "metrics: {enabled: true, host: 127.0.0.1, port: 0}\n";
-    for (const auto& [gateway, pem] : {std::pair<std::string, fs::path>{"gw", gw_pub_pem_},
+    CentralConfig config;
+    config.feed_extra = "  queue_messages: 2000\n  queue_mb: " + std::to_string(kQueueMb) +
+                        "\n  quarantine_max_per_gateway: " + std::to_string(kRowsPerGateway) +
+                        "\n  quarantine_max_mb_per_gateway: 2\n  quarantine_max_rows: " + std::to_string(kRows) +
+                        "\n  quarantine_max_mb: " + std::to_string(kMb) + "\n";
+    config.metrics = true;
+    write_central_config("central", config);
+    for (const auto& [gateway, pem] : {std::pair<std::string, fs::path>{"gw", pub_pem_},
                                        std::pair<std::string, fs::path>{"gh", dir_ / "gh.pub.pem"}}) {
-      Process p({binary("central/checkpoint-central"), "enroll", "--config", (dir_ / "central.yaml").string(),
-                 "--gateway", gateway, "--pubkey", pem.string()},
-                dir_ / ("enroll-" + gateway));
-      ASSERT_EQ(p.wait(60s), 0) << p.stderr_text();
+      std::string err;
+      ASSERT_EQ(central_enroll(gateway, pem, &err), 0) << err;
     }
   }
 
-  void start_central() {
-    central_ = std::make_unique<Process>(
-        std::vector<std::string>{binary("central/checkpoint-central"), "run", "--config",
-                                 (dir_ / "central.yaml").string()},
-        dir_ / "central");
-    const auto line = central_->wait_for_stdout_line("metrics: http://127.0.0.1:", 30s);
-    ASSERT_TRUE(line) << central_->stderr_text();
-    metrics_port_ = static_cast<std::uint16_t>(std::stoi(line->substr(line->rfind(':') + 1)));
-    ASSERT_TRUE(central_->wait_for_stdout_line("running: ", 30s)) << central_->stderr_text();
-  }
-
-  std::string metrics() { return http_get_body(metrics_port_, "/metrics"); }
+  void start_central() { CustodyFixture::start_central(central_, "central", &metrics_port_); }
 
   nlohmann::json status() {
-    Process p({binary("central/checkpoint-central"), "status", "--config", (dir_ / "central.yaml").string(),
-               "--json"},
-              dir_ / ("status-" + std::to_string(status_runs_++)));
-    EXPECT_EQ(p.wait(60s), 0) << p.stderr_text();
-    return nlohmann::json::parse(p.stdout_text(), nullptr, false);
-  }
-
-  long long pg_int(const std::string& sql) {
-    const std::string v = pg_.query(sql);
-    return v.empty() ? -1 : std::stoll(v);
+    std::string out;
+    std::string err;
+    EXPECT_EQ(central_cli({"status", "--config", (dir_ / "central.yaml").string(), "--json"}, &out, &err), 0) << err;
+    return nlohmann::json::parse(out, nullptr, false);
   }
 
   // A record of gateway gh, as the gateway seals it (canonical body, signed by gh's key).
@@ -207,14 +136,8 @@ class CentralHostile : public ::testing::Test {
   static constexpr int kRows = 600;
   static constexpr int kMb = 8;
 
-  TempDir dir_;
-  Postgres pg_;
-  fs::path gw_pub_pem_;
   Ed25519PrivateKey gh_key_ = Ed25519PrivateKey::generate();
-  std::unique_ptr<Mosquitto> broker_;
   std::unique_ptr<Process> central_;
-  std::uint16_t metrics_port_ = 0;
-  int status_runs_ = 0;
 };
 
 // A resend reply saying a picture is no longer held: recorded (gateway, seq, sha256, when), not asked for
@@ -318,35 +241,11 @@ TEST_F(CentralHostile, MediaNotHeldIsRecordedAndAHeadForkIsAlarmed) {
 TEST_F(CentralHostile, AFloodOfHostileMessagesIsBoundedCountedAndSurvived) {
   start_central();
   // The real gateway: radar simulator -> checkpointd with custody on.
-  auto sim = std::make_unique<Process>(
-      std::vector<std::string>{binary("tools/sim/checkpoint-sim"), "radar", "--port", "0", "--lanes", "2", "--seed",
-                               "5", "--vehicles", "60", "--rate", "5"},
-      dir_ / "sim");
-  const auto line = sim->wait_for_stdout_line("listening ", 10s);
-  ASSERT_TRUE(line) << sim->stderr_text();
-  {
-    std::ofstream out(dir_ / "checkpointd.yaml");
-    out << "gateway:\n  id: gw\n"
-        << "  site: {name: \"K1234+500\", road: G60, direction: N, lat: 30.27, lon: 120.15, utc_offset: "
-           "\"+08:00\"}\n"
-        << "  key: " << (dir_ / "gateway.key").string() << "\n"
-        << "store:\n  path: " << (dir_ / "store.db").string() << "\n"
-        << "mqtt:\n  uri: " << broker_->uri() << "\n  client_id: gw\n"
-        << "  reconnect_min_ms: 200\n  reconnect_max_ms: 1000\n"
-        << "metrics: {enabled: false}\n"
-        << "devices:\n"
-        << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << line->substr(10) << "}\n"
-        << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
-        << "    calibration: {certificate: JJG527-2026-0412, valid_until: 2099-12-31}\n"
-        << "    reconnect_initial_ms: 200\n    reconnect_max_ms: 1000\n"
-        << "custody:\n  central_keys: [{pem: " << (dir_ / "central.pub.pem").string() << "}]\n"
-        << "  head_interval_ms: 500\n";
-  }
-  Process daemon({binary("daemon/app/checkpointd"), "--config", (dir_ / "checkpointd.yaml").string()},
-                 dir_ / "checkpointd");
-  ASSERT_TRUE(wait_for_condition([&] { return pg_int("SELECT watermark_seq FROM gateways WHERE gateway = 'gw'") >= 3; },
-                                 60s))
-      << central_->stderr_text() << daemon.stderr_text();
+  start_radar(60, 5, /*seed=*/5);
+  write_gateway_config();
+  auto daemon = start_daemon();
+  ASSERT_TRUE(wait_for_condition([&] { return watermark() >= 3; }, 60s))
+      << central_->stderr_text() << daemon->stderr_text();
   const long rss_before = rss_kb(central_->pid());
 
   // Every resend request central publishes, to any gateway, is checked for its bounds.
@@ -530,13 +429,12 @@ TEST_F(CentralHostile, AFloodOfHostileMessagesIsBoundedCountedAndSurvived) {
   EXPECT_EQ(metric(m, "central_postgres_errors_total"), 0) << m << central_->stderr_text().substr(0, 4000);
 
   // The real gateway's chain still reaches custody, whole.
-  daemon.signal(SIGTERM);
-  ASSERT_EQ(daemon.wait(30s), 0) << daemon.stderr_text();
-  const long long head = store_query(dir_ / "store.db", "SELECT max(seq) FROM records");
+  daemon->signal(SIGTERM);
+  ASSERT_EQ(daemon->wait(30s), 0) << daemon->stderr_text();
+  const long long head = head_seq();
   ASSERT_GT(head, 3);
-  EXPECT_TRUE(wait_for_condition(
-      [&] { return pg_int("SELECT watermark_seq FROM gateways WHERE gateway = 'gw'") == head; }, 60s))
-      << "watermark " << pg_int("SELECT watermark_seq FROM gateways WHERE gateway = 'gw'") << " head " << head;
+  EXPECT_TRUE(wait_for_condition([&] { return watermark() == head; }, 60s))
+      << "watermark " << watermark() << " head " << head;
   EXPECT_EQ(pg_int("SELECT count(*) FROM forks"), 0);
   central_->signal(SIGTERM);
   EXPECT_EQ(central_->wait(30s), 0) << central_->stderr_text().substr(0, 4000);

@@ -6,14 +6,11 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
-#include <fstream>
-#include <iterator>
 #include <nlohmann/json.hpp>
 
 #include "daemon/core/ed25519.h"
 #include "daemon/core/record_check.h"
-#include "tests/integration/harness.h"
-#include "tests/integration/postgres.h"
+#include "tests/integration/custody_fixture.h"
 
 namespace cpd::testing {
 namespace {
@@ -21,155 +18,44 @@ namespace {
 using namespace std::chrono_literals;
 using ::testing::HasSubstr;
 
-template <class Pred>
-bool wait_for_condition(Pred pred, std::chrono::milliseconds timeout) {
-  const auto end = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < end) {
-    if (pred()) {
-      return true;
-    }
-    pause(std::chrono::milliseconds(100));
-  }
-  return pred();
-}
-
 // The value of an unlabelled sample in Prometheus text; -1 if absent.
 double metric(const std::string& text, const std::string& name) {
   const auto pos = text.find("\n" + name + " ");
   return pos == std::string::npos ? -1 : std::stod(text.substr(pos + name.size() + 2));
 }
 
-class CentralKeys : public ::testing::Test {
+class CentralKeys : public CustodyFixture {
  protected:
   void SetUp() override {
-    pub_pem_ = make_gateway_key(dir_.path());
-    auto central_key = Ed25519PrivateKey::generate();
-    central_key.save_pem_file((dir_ / "central.key").string());
-    std::ofstream(dir_ / "central.pub.pem") << central_key.public_key().pem();
-    std::ifstream pem_in(pub_pem_);
-    old_kid_ = Ed25519PublicKey::from_pem(
-                   std::string((std::istreambuf_iterator<char>(pem_in)), std::istreambuf_iterator<char>()))
-                   .kid();
-    pg_.start();
-    broker_ = std::make_unique<Mosquitto>(dir_ / "broker");
-    broker_->start();
+    CustodyFixture::SetUp();
+    old_kid_ = gateway_kid();
   }
 
-  void start_radar(int vehicles, double rate) {
-    sim_ = std::make_unique<Process>(
-        std::vector<std::string>{binary("tools/sim/checkpoint-sim"), "radar", "--port", "0", "--lanes", "2",
-                                 "--seed", "17", "--vehicles", std::to_string(vehicles), "--rate",
-                                 std::to_string(rate)},
-        dir_ / "sim");
-    auto line = sim_->wait_for_stdout_line("listening ", 10s);
-    ASSERT_TRUE(line) << sim_->stderr_text();
-    sim_port_ = static_cast<std::uint16_t>(std::stoi(line->substr(10)));
-  }
-
+  void start_radar(int vehicles, double rate) { CustodyFixture::start_radar(vehicles, rate, /*seed=*/17); }
   void write_gateway_config() {
-    std::ofstream out(dir_ / "checkpointd.yaml");
-    out << "gateway:\n  id: gw\n"
-        << "  site: {name: \"K1234+500\", road: G60, direction: N, lat: 30.27, lon: 120.15, utc_offset: "
-           "\"+08:00\"}\n"
-        << "  key: " << (dir_ / "gateway.key").string() << "\n"
-        << "store:\n  path: " << (dir_ / "store.db").string() << "\n"
-        << "control:\n  socket: " << (dir_ / "control.sock").string() << "\n"
-        << "mqtt:\n  uri: " << broker_->uri() << "\n  client_id: gw\n"
-        << "  reconnect_min_ms: 200\n  reconnect_max_ms: 1000\n"
-        << "metrics: {enabled: false}\n"
-        << "devices:\n"
-        << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << sim_port_ << "}\n"
-        << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
-        << "    calibration: {certificate: JJG527-2026-0412, valid_until: 2099-12-31}\n"
-        << "    reconnect_initial_ms: 200\n    reconnect_max_ms: 1000\n"
-        << "custody:\n  central_keys: [{pem: " << (dir_ / "central.pub.pem").string() << "}]\n"
-        << "  head_interval_ms: 500\n";
+    GatewayConfig config;
+    config.control = true;
+    CustodyFixture::write_gateway_config(config);
   }
 
   // resend_after_ms: how long a gap waits before central asks for a resend (long: only re-examining the
   // quarantine can close it within the test).
   void write_central_config(int resend_after_ms) {
-    std::ofstream(dir_ / "central.yaml")
-        << "central:\n  id: central-test\n  key: " << (dir_ / "central.key").string() << "\n"
-        << "postgres:\n  conninfo: \"" << pg_.conninfo() << "\"\n"
-        << "mqtt:\n  uri: " << broker_->uri() << "\n  client_id: central-1\n"
-        << "  reconnect_min_ms: 200\n  reconnect_max_ms: 1000\n"
-        << "feed:\n  media_dir: " << (dir_ / "central-media").string() << "\n"
-        << "receipts:\n  every_records: 50\n  every_ms: 300\n"
-        << "gaps:\n  resend_after_ms: " << resend_after_ms
-        << "\n  retry_min_ms: 500\n  retry_max_ms: 2000\n  check_interval_ms: 200\n"
-        << "metrics: {enabled: true, host: 127.0.0.1, port: 0}\n";
+    CentralConfig config;
+    config.resend_after_ms = resend_after_ms;
+    config.metrics = true;
+    CustodyFixture::write_central_config("central", config);
   }
 
-  void start_central() {
-    central_ = std::make_unique<Process>(
-        std::vector<std::string>{binary("central/checkpoint-central"), "run", "--config",
-                                 (dir_ / "central.yaml").string()},
-        dir_ / "central");
-    const auto line = central_->wait_for_stdout_line("metrics: http://127.0.0.1:", 30s);
-    ASSERT_TRUE(line) << central_->stderr_text();
-    metrics_port_ = line->substr(line->rfind(':') + 1);
-    while (!metrics_port_.empty() && (metrics_port_.back() < '0' || metrics_port_.back() > '9')) {
-      metrics_port_.pop_back();
-    }
-    ASSERT_TRUE(central_->wait_for_stdout_line("running: ", 30s)) << central_->stderr_text();
-  }
+  void start_central() { CustodyFixture::start_central(central_, "central", &metrics_port_); }
 
-  std::string metrics() {
-    std::string out;
-    run({"/usr/bin/curl", "-s", "http://127.0.0.1:" + metrics_port_ + "/metrics"}, &out);
-    return out;
-  }
-
-  int run(const std::vector<std::string>& argv, std::string* out = nullptr, std::string* err = nullptr) {
-    Process p(argv, dir_ / ("run-" + std::to_string(runs_++)));
-    const auto code = p.wait(60s);
-    if (out != nullptr) {
-      *out = p.stdout_text();
-    }
-    if (err != nullptr) {
-      *err = p.stderr_text();
-    }
-    EXPECT_TRUE(code) << argv.front() << " did not finish";
-    return code.value_or(-1);
-  }
-  int central_cli(std::vector<std::string> args, std::string* out = nullptr) {
-    args.insert(args.begin(), binary("central/checkpoint-central"));
-    return run(args, out);
-  }
-  int enroll() {
-    return central_cli({"enroll", "--config", (dir_ / "central.yaml").string(), "--gateway", "gw", "--pubkey",
-                        pub_pem_.string()});
-  }
-
-  std::unique_ptr<Process> start_daemon() {
-    return std::make_unique<Process>(std::vector<std::string>{binary("daemon/app/checkpointd"), "--config",
-                                                              (dir_ / "checkpointd.yaml").string()},
-                                     dir_ / "checkpointd");
-  }
-
-  long long pg_int(const std::string& sql) {
-    const std::string v = pg_.query(sql);
-    return v.empty() ? -1 : std::stoll(v);
-  }
-  long long watermark() { return pg_int("SELECT watermark_seq FROM gateways WHERE gateway = 'gw'"); }
-  long long head_seq() { return store_query(dir_ / "store.db", "SELECT max(seq) FROM records"); }
-
-  TempDir dir_;
-  Postgres pg_;
-  fs::path pub_pem_;
   std::string old_kid_;
-  std::unique_ptr<Mosquitto> broker_;
-  std::unique_ptr<Process> sim_;
   std::unique_ptr<Process> central_;
-  std::string metrics_port_;
-  std::uint16_t sim_port_ = 0;
-  int runs_ = 0;
 };
 
 TEST_F(CentralKeys, RecordForgedUnderTheRetiredKeyIsQuarantinedAndAlarmedNotStored) {
   write_central_config(1000);
-  ASSERT_EQ(enroll(), 0);
+  ASSERT_EQ(central_enroll(), 0);
   start_central();
   start_radar(30, 10);
   write_gateway_config();
@@ -178,10 +64,7 @@ TEST_F(CentralKeys, RecordForgedUnderTheRetiredKeyIsQuarantinedAndAlarmedNotStor
       << daemon->stderr_text() << central_->stderr_text();
 
   std::string out;
-  ASSERT_EQ(run({binary("tools/checkpointctl/checkpointctl"), "rotate-key", "--config",
-                 (dir_ / "checkpointd.yaml").string(), "--json"},
-                &out),
-            0)
+  ASSERT_EQ(ctl({"rotate-key", "--config", (dir_ / "checkpointd.yaml").string(), "--json"}, &out), 0)
       << out << daemon->stderr_text();
   const auto answer = nlohmann::json::parse(out);
   const long long rot_seq = answer["seq"].get<long long>();
@@ -213,9 +96,7 @@ TEST_F(CentralKeys, RecordForgedUnderTheRetiredKeyIsQuarantinedAndAlarmedNotStor
                                {"time_ms", 1767225600000},
                                {"created_ms", 1767225600000}};
   const std::string forged = sign_compact(retired, "evidence+jws", body);
-  ASSERT_EQ(run({"/usr/bin/mosquitto_pub", "-h", "127.0.0.1", "-p", std::to_string(broker_->port()), "-q", "1",
-                 "-t", "checkpoint/gw/evidence", "-m", forged}),
-            0);
+  ASSERT_EQ(mosquitto_pub("checkpoint/gw/evidence", forged, /*retain=*/false, 60s), 0);
 
   const std::string seq_text = std::to_string(forged_seq);
   ASSERT_TRUE(wait_for_condition(
@@ -269,7 +150,7 @@ TEST_F(CentralKeys, GatewayEnrolledAfterItsTrafficEndsWithEverythingInCustodyAnd
       << daemon->stderr_text() << central_->stderr_text();
   EXPECT_EQ(pg_int("SELECT count(*) FROM records"), 0);
 
-  ASSERT_EQ(enroll(), 0);
+  ASSERT_EQ(central_enroll(), 0);
   ASSERT_TRUE(wait_for_condition(
       [&] { return pg_int("SELECT count(*) FROM records WHERE type = 'speed_measurement'") >= 30; }, 30s))
       << central_->stderr_text();

@@ -7,15 +7,13 @@
 #include <signal.h>
 
 #include <fstream>
-#include <iterator>
 #include <nlohmann/json.hpp>
 #include <set>
 
 #include "daemon/core/ed25519.h"
 #include "daemon/core/encoding.h"
 #include "daemon/core/record_check.h"
-#include "tests/integration/harness.h"
-#include "tests/integration/postgres.h"
+#include "tests/integration/custody_fixture.h"
 
 namespace cpd::testing {
 namespace {
@@ -23,121 +21,39 @@ namespace {
 using namespace std::chrono_literals;
 using ::testing::HasSubstr;
 
-// Polls `pred` every 100 ms until it holds or `timeout` passes.
-template <class Pred>
-bool wait_for_condition(Pred pred, std::chrono::milliseconds timeout) {
-  const auto end = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < end) {
-    if (pred()) {
-      return true;
-    }
-    pause(std::chrono::milliseconds(100));
-  }
-  return pred();
-}
-
-class Custody : public ::testing::Test {
+class Custody : public CustodyFixture {
  protected:
-  void SetUp() override {
-    pub_pem_ = make_gateway_key(dir_.path());
-    auto central_key = Ed25519PrivateKey::generate();
-    central_key.save_pem_file((dir_ / "central.key").string());
-    std::ofstream(dir_ / "central.pub.pem") << central_key.public_key().pem();
-    central_pub_ = std::make_unique<Ed25519PublicKey>(central_key.public_key());
-    pg_.start();
-    broker_ = std::make_unique<Mosquitto>(dir_ / "broker");
-    broker_->start();
-  }
-
-  void start_radar(int vehicles, double rate) {
-    sim_ = std::make_unique<Process>(
-        std::vector<std::string>{binary("tools/sim/checkpoint-sim"), "radar", "--port", "0", "--lanes", "2",
-                                 "--seed", "11", "--vehicles", std::to_string(vehicles), "--rate",
-                                 std::to_string(rate)},
-        dir_ / "sim");
-    auto line = sim_->wait_for_stdout_line("listening ", 10s);
-    ASSERT_TRUE(line) << sim_->stderr_text();
-    sim_port_ = static_cast<std::uint16_t>(std::stoi(line->substr(10)));
-  }
+  void start_radar(int vehicles, double rate) { CustodyFixture::start_radar(vehicles, rate, /*seed=*/11); }
 
   // The gateway's config; with custody on, it trusts central.pub.pem for receipts.
   void write_gateway_config(bool custody, int retention_days = 30) {
-    std::ofstream out(dir_ / "checkpointd.yaml");
-    out << "gateway:\n  id: gw\n"
-        << "  site: {name: \"K1234+500\", road: G60, direction: N, lat: 30.27, lon: 120.15, utc_offset: "
-           "\"+08:00\"}\n"
-        << "  key: " << (dir_ / "gateway.key").string() << "\n"
-        << "store:\n  path: " << (dir_ / "store.db").string() << "\n  retention_days: " << retention_days
-        << "\n"
-        << "mqtt:\n  uri: " << broker_->uri() << "\n  client_id: gw\n"
-        << "  reconnect_min_ms: 200\n  reconnect_max_ms: 1000\n"
-        << "metrics: {enabled: false}\n"
-        << "devices:\n"
-        << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << sim_port_ << "}\n"
-        << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
-        << "    calibration: {certificate: JJG527-2026-0412, valid_until: 2099-12-31}\n"
-        << "    reconnect_initial_ms: 200\n    reconnect_max_ms: 1000\n";
-    if (custody) {
-      out << "custody:\n  central_keys: [{pem: " << (dir_ / "central.pub.pem").string() << "}]\n"
-          << "  head_interval_ms: 500\n  retention_check_ms: 300\n";
-    }
-  }
-
-  void write_central_config(const std::string& name, const std::string& client_id) {
-    std::ofstream(dir_ / (name + ".yaml"))
-        << "central:\n  id: central-test\n  key: " << (dir_ / "central.key").string() << "\n"
-        << "postgres:\n  conninfo: \"" << pg_.conninfo() << "\"\n"
-        << "mqtt:\n  uri: " << broker_->uri() << "\n  client_id: " << client_id << "\n"
-        << "  reconnect_min_ms: 200\n  reconnect_max_ms: 1000\n"
-        << "feed:\n  media_dir: " << (dir_ / "central-media").string() << "\n"
-        << "receipts:\n  every_records: 50\n  every_ms: 300\n"
-        << "gaps:\n  resend_after_ms: 1000\n  retry_min_ms: 500\n  retry_max_ms: 2000\n  check_interval_ms: "
-           "200\n"
-        << "metrics: {enabled: false}\n";
-  }
-
-  int central_cli(const std::vector<std::string>& args, std::string* out = nullptr) {
-    std::vector<std::string> argv{binary("central/checkpoint-central")};
-    argv.insert(argv.end(), args.begin(), args.end());
-    Process p(argv, dir_ / ("cli-" + std::to_string(cli_runs_++)));
-    const auto code = p.wait(60s);
-    if (out != nullptr) {
-      *out = p.stdout_text();
-    }
-    EXPECT_TRUE(code) << "checkpoint-central " << args.front() << " did not finish";
-    return code.value_or(-1);
+    GatewayConfig config;
+    config.retention_days = retention_days;
+    config.custody = custody;
+    config.custody_extra = "  retention_check_ms: 300\n";
+    CustodyFixture::write_gateway_config(config);
   }
 
   std::unique_ptr<Process> start_central(const std::string& name = "central",
                                          const std::string& id = "central-1") {
-    write_central_config(name, id);
-    auto p =
-        std::make_unique<Process>(std::vector<std::string>{binary("central/checkpoint-central"), "run",
-                                                           "--config", (dir_ / (name + ".yaml")).string()},
-                                  dir_ / name);
-    EXPECT_TRUE(p->wait_for_stdout_line("running: ", 30s)) << p->stderr_text();
+    CentralConfig config;
+    config.client_id = id;
+    write_central_config(name, config);
+    std::unique_ptr<Process> p;
+    CustodyFixture::start_central(p, name);
     return p;
   }
 
   void enroll() {
-    write_central_config("central", "central-1");
-    ASSERT_EQ(central_cli({"enroll", "--config", (dir_ / "central.yaml").string(), "--gateway", "gw",
-                           "--pubkey", pub_pem_.string()}),
-              0);
+    write_central_config();
+    ASSERT_EQ(central_enroll(), 0);
   }
 
-  std::unique_ptr<Process> start_daemon() {
-    return std::make_unique<Process>(std::vector<std::string>{binary("daemon/app/checkpointd"), "--config",
-                                                              (dir_ / "checkpointd.yaml").string()},
-                                     dir_ / ("checkpointd-" + std::to_string(daemon_runs_++)));
+  // The retained receipt; one that fails the gateway's checks is a test failure.
+  std::optional<custody::Receipt> retained_receipt() {
+    return CustodyFixture::retained_receipt(5s, /*expect_valid=*/true);
   }
 
-  long long pg_int(const std::string& sql) {
-    const std::string v = pg_.query(sql);
-    return v.empty() ? -1 : std::stoll(v);
-  }
-  long long watermark() { return pg_int("SELECT watermark_seq FROM gateways WHERE gateway = 'gw'"); }
-  long long head_seq() { return store_query(dir_ / "store.db", "SELECT max(seq) FROM records"); }
   std::string slurp_jws(long long seq) {
     Process q({"/usr/bin/sqlite3", (dir_ / "store.db").string(),
                "SELECT jws FROM records WHERE seq = " + std::to_string(seq)},
@@ -149,34 +65,6 @@ class Custody : public ::testing::Test {
     }
     return out;
   }
-
-  // The receipt retained on the gateway's custody topic, checked as the gateway checks it.
-  std::optional<custody::Receipt> retained_receipt() {
-    MqttCollector c(broker_->uri(), {"checkpoint/gw/custody"});
-    c.wait_until([&] { return c.count("checkpoint/gw/custody") > 0; }, 5s);
-    const auto payloads = c.payloads("checkpoint/gw/custody");
-    if (payloads.empty()) {
-      return std::nullopt;
-    }
-    const auto check = custody::check_receipt(
-        payloads.back(),
-        [&](const std::string& kid) -> std::optional<Ed25519PublicKey> {
-          return kid == central_pub_->kid() ? std::optional<Ed25519PublicKey>(*central_pub_) : std::nullopt;
-        },
-        "gw");
-    EXPECT_TRUE(check.ok) << check.reason;
-    return check.ok ? std::optional<custody::Receipt>(check.receipt) : std::nullopt;
-  }
-
-  TempDir dir_;
-  Postgres pg_;
-  fs::path pub_pem_;
-  std::unique_ptr<Ed25519PublicKey> central_pub_;
-  std::unique_ptr<Mosquitto> broker_;
-  std::unique_ptr<Process> sim_;
-  std::uint16_t sim_port_ = 0;
-  int daemon_runs_ = 0;
-  int cli_runs_ = 0;
 };
 
 TEST_F(Custody, CentralVerifiesStoresAndConfirmsEveryRecord) {
@@ -222,14 +110,10 @@ TEST_F(Custody, CentralVerifiesStoresAndConfirmsEveryRecord) {
                                                 std::to_string(head))));
 
   // `export` gives the chain as JWS lines that the stock verifier accepts from seq 1.
-  std::string exported;
-  ASSERT_EQ(
-      central_cli({"export", "--config", (dir_ / "central.yaml").string(), "--gateway", "gw"}, &exported), 0);
-  std::ofstream(dir_ / "export.jws") << exported;
-  Process verify({binary("tools/checkpointctl/checkpointctl"), "verify", "--pubkey", pub_pem_.string(),
-                  "--from-start", (dir_ / "export.jws").string()},
-                 dir_ / "verify");
-  EXPECT_EQ(verify.wait(30s), 0) << verify.stdout_text() << verify.stderr_text();
+  ASSERT_EQ(export_chain(), 0);
+  std::string verify_out;
+  std::string verify_err;
+  EXPECT_EQ(verify_export(&verify_out, &verify_err, 30s), 0) << verify_out << verify_err;
 
   std::string status;
   ASSERT_EQ(central_cli({"status", "--config", (dir_ / "central.yaml").string(), "--json"}, &status), 0);
@@ -322,10 +206,7 @@ TEST_F(Custody, ABadReceiptIsRefusedAndNothingIsDeleted) {
        "beyond this gateway's head"},
   };
   for (const auto& [jws, why] : bad) {
-    Process pub({"/usr/bin/mosquitto_pub", "-h", "127.0.0.1", "-p", std::to_string(broker_->port()), "-q",
-                 "1", "-r", "-t", "checkpoint/gw/custody", "-m", jws},
-                dir_ / "pub");
-    ASSERT_EQ(pub.wait(10s), 0);
+    ASSERT_EQ(mosquitto_pub("checkpoint/gw/custody", jws, /*retain=*/true, 10s), 0);
     EXPECT_TRUE(wait_for_condition([&] { return daemon->stderr_text().find(why) != std::string::npos; }, 10s))
         << why << "\n"
         << daemon->stderr_text();
@@ -336,11 +217,10 @@ TEST_F(Custody, ABadReceiptIsRefusedAndNothingIsDeleted) {
   EXPECT_EQ(store_query(dir_ / "store.db", "SELECT min(seq) FROM records"), 1);
 
   // The right receipt is accepted: one custody record, and the records through 5 may go.
-  Process pub({"/usr/bin/mosquitto_pub", "-h", "127.0.0.1", "-p", std::to_string(broker_->port()), "-q", "1",
-               "-r", "-t", "checkpoint/gw/custody", "-m",
-               custody::seal_receipt(central_key, {"central-test", "gw", 5, head5, 1})},
-              dir_ / "pub-ok");
-  ASSERT_EQ(pub.wait(10s), 0);
+  ASSERT_EQ(mosquitto_pub("checkpoint/gw/custody",
+                          custody::seal_receipt(central_key, {"central-test", "gw", 5, head5, 1}),
+                          /*retain=*/true, 10s),
+            0);
   ASSERT_TRUE(wait_for_condition(
       [&] { return store_query(dir_ / "store.db", "SELECT through_seq FROM custody") == 5; }, 10s))
       << daemon->stderr_text();
@@ -440,10 +320,7 @@ TEST_F(Custody, ARecordUnderAnUnknownKeyIsQuarantinedNotTrusted) {
                          {"time_ms", 1},
                          {"created_ms", 1}};
   const std::string forged = sign_compact(forger, "evidence+jws", body);
-  Process pub({"/usr/bin/mosquitto_pub", "-h", "127.0.0.1", "-p", std::to_string(broker_->port()), "-q", "1",
-               "-t", "checkpoint/gw/evidence", "-m", forged},
-              dir_ / "forge");
-  ASSERT_EQ(pub.wait(10s), 0);
+  ASSERT_EQ(mosquitto_pub("checkpoint/gw/evidence", forged, /*retain=*/false, 10s), 0);
   ASSERT_TRUE(wait_for_condition([&] { return pg_int("SELECT count(*) FROM quarantine") == 1; }, 20s))
       << central->stderr_text();
   EXPECT_EQ(pg_.query("SELECT kid FROM quarantine"), forger.public_key().kid());
