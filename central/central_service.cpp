@@ -157,6 +157,7 @@ void CentralService::start() {
   reload_keys(true);
   fs::create_directories(cfg_.feed.media_dir);
   worker_ = std::thread([this] { run_worker(); });
+  link_thread_ = std::thread([this] { run_link(); });
   connect_broker();
 }
 
@@ -172,7 +173,7 @@ void CentralService::connect_broker() {
         on_message(msg->get_topic(), msg->get_payload_str(), std::move(correlation));
       });
   const std::string group = "$share/" + cfg_.feed.share_group + "/" + prefix_ + "/+/";
-  const auto subscribe = [this, group] {
+  subscribe_ = [this, group] {
     try {
       auto topics = mqtt::string_collection::create(
           {group + "evidence", group + "media/+", group + "head", group + "resend/response"});
@@ -183,11 +184,14 @@ void CentralService::connect_broker() {
     } catch (const mqtt::exception& e) {
       log::warn("central", "", std::string("mqtt: subscribe failed: ") + e.what());
     }
+    subscribing_ = false;
   };
-  client_->set_connected_handler([this, subscribe](const std::string&) {
+  client_->set_connected_handler([this](const std::string&) {
     log::notice("central", "", "mqtt: connected to " + cfg_.mqtt.uri);
     // Off Paho's callback thread: a subscribe token cannot complete while its own thread waits on it.
-    std::thread(subscribe).detach();
+    if (!subscribing_.exchange(true)) {
+      std::thread(subscribe_).detach();
+    }
   });
   client_->set_connection_lost_handler([this](const std::string& cause) {
     subscribed_ = false;
@@ -221,18 +225,58 @@ void CentralService::connect_broker() {
   }
 }
 
+void CentralService::check_broker_link(std::int64_t now) {
+  if (!client_ || !subscribe_) {
+    return;
+  }
+  if (client_->is_connected()) {
+    link_down_since_ms_ = 0;
+    if (!subscribed_ && !subscribing_.exchange(true)) {
+      std::thread(subscribe_).detach();
+    }
+    return;
+  }
+  if (link_down_since_ms_ == 0) {
+    link_down_since_ms_ = now;
+    return;
+  }
+  // Paho's automatic reconnect tries every reconnect_min_ms..reconnect_max_ms; give it a few tries first.
+  if (now - link_down_since_ms_ < 3LL * cfg_.mqtt.reconnect_max_ms + 5000) {
+    return;
+  }
+  link_down_since_ms_ = now;
+  try {
+    client_->reconnect();
+    ++counters_.reconnects;
+    log::warn("central", "", "mqtt: still not connected to " + cfg_.mqtt.uri + ": reconnecting");
+  } catch (const mqtt::exception& e) {
+    log::warn("central", "", std::string("mqtt: reconnect failed: ") + e.what());
+  }
+}
+
 void CentralService::on_message(std::string topic, std::string payload, std::string correlation) {
   std::unique_lock lock(queue_mutex_);
   // Bounded in messages and bytes (one message is always taken, whatever its size): Paho's thread waits
   // here, so the broker (not this process) holds what we cannot take yet.
+  // It never waits longer than a third of the keepalive: Paho reads nothing (not even the broker's
+  // PINGRESP) while it waits, and a stalled worker must not cost the broker link. A message that found no
+  // room by then is dropped and counted; a record or picture among them is a gap, asked for again.
   const std::size_t max_bytes = static_cast<std::size_t>(cfg_.feed.queue_mb) << 20;
-  space_cv_.wait(lock, [&] {
+  const bool room = space_cv_.wait_for(lock, std::chrono::seconds(std::max(1, cfg_.mqtt.keepalive_s / 3)), [&] {
     return stopping_ || queue_.empty() ||
            (queue_.size() < static_cast<std::size_t>(cfg_.feed.queue_messages) &&
             queue_bytes_ + payload.size() <= max_bytes);
   });
   if (stopping_) {
     return;  // not stored: found later as a gap and asked for again
+  }
+  if (!room) {
+    ++counters_.dropped_busy;
+    log::warn("central", "busy",
+              "queue full for " + std::to_string(std::max(1, cfg_.mqtt.keepalive_s / 3)) +
+                  " s (the worker is behind): a message on " + printable(topic) +
+                  " dropped; what matters is found as a gap and asked for again");
+    return;
   }
   queue_bytes_ += payload.size();
   queue_.push_back(Message{std::move(topic), std::move(payload), std::move(correlation)});
@@ -276,6 +320,7 @@ void CentralService::run_worker() {
       const std::int64_t now = now_ms();
       if (now - last_gap_check_ms_ >= cfg_.gaps.check_interval_ms) {
         last_gap_check_ms_ = now;
+        post_link_job([this, now] { check_broker_link(now); });
         reload_keys(false);  // key ranges changed by another instance's rotation (at most every 5 s)
         reexamine_quarantine();
         publish_receipts(store_->due_receipts(
@@ -736,15 +781,17 @@ void CentralService::process_singly(std::vector<Message>& messages) {
 
 void CentralService::publish_receipts(const std::vector<custody::Receipt>& receipts) {
   for (const custody::Receipt& r : receipts) {
-    const std::string topic = prefix_ + "/" + r.gateway + "/custody";
-    try {
-      client_->publish(mqtt::make_message(topic, custody::seal_receipt(key_, r), 1, true));
-      ++counters_.receipts;
-      log::info("central", r.gateway, "custody receipt through seq " + std::to_string(r.through_seq));
-    } catch (const mqtt::exception& e) {
-      // Published again at the next refresh (10 x receipts.every_ms) or advance.
-      log::warn("central", r.gateway, std::string("mqtt: receipt not published: ") + e.what());
-    }
+    auto msg = mqtt::make_message(prefix_ + "/" + r.gateway + "/custody", custody::seal_receipt(key_, r), 1, true);
+    post_link_job([this, msg, gateway = r.gateway, through = r.through_seq] {
+      try {
+        client_->publish(msg);
+        ++counters_.receipts;
+        log::info("central", gateway, "custody receipt through seq " + std::to_string(through));
+      } catch (const mqtt::exception& e) {
+        // Published again at the next refresh (10 x receipts.every_ms) or advance.
+        log::warn("central", gateway, std::string("mqtt: receipt not published: ") + e.what());
+      }
+    });
   }
 }
 
@@ -758,13 +805,43 @@ void CentralService::request_resends() {
         {mqtt::property::CORRELATION_DATA, plan.correlation}};
     auto msg = mqtt::make_message(topic, custody::resend_request_json(plan.request), 1, false);
     msg->set_properties(props);
-    try {
-      client_->publish(msg);
-      ++counters_.resend_requests;
-      log::notice("central", plan.gateway, "asked for a resend: " + plan.why);
-    } catch (const mqtt::exception& e) {
-      log::warn("central", plan.gateway, std::string("mqtt: resend request not published: ") + e.what());
+    post_link_job([this, msg, gateway = plan.gateway, why = plan.why] {
+      try {
+        client_->publish(msg);
+        ++counters_.resend_requests;
+        log::notice("central", gateway, "asked for a resend: " + why);
+      } catch (const mqtt::exception& e) {
+        log::warn("central", gateway, std::string("mqtt: resend request not published: ") + e.what());
+      }
+    });
+  }
+}
+
+void CentralService::post_link_job(std::function<void()> job) {
+  {
+    std::lock_guard lock(link_mutex_);
+    if (link_jobs_.size() >= kMaxLinkJobs) {
+      ++counters_.link_jobs_dropped;
+      return;
     }
+    link_jobs_.push_back(std::move(job));
+  }
+  link_cv_.notify_one();
+}
+
+void CentralService::run_link() {
+  for (;;) {
+    std::function<void()> job;
+    {
+      std::unique_lock lock(link_mutex_);
+      link_cv_.wait(lock, [this] { return link_stopping_ || !link_jobs_.empty(); });
+      if (link_stopping_) {
+        return;  // what is left is issued again by the next instance (receipts, gap plans)
+      }
+      job = std::move(link_jobs_.front());
+      link_jobs_.pop_front();
+    }
+    job();
   }
 }
 
@@ -790,6 +867,14 @@ void CentralService::stop() {
   space_cv_.notify_all();
   if (worker_.joinable()) {
     worker_.join();
+  }
+  {
+    std::lock_guard lock(link_mutex_);
+    link_stopping_ = true;
+  }
+  link_cv_.notify_all();
+  if (link_thread_.joinable()) {
+    link_thread_.join();
   }
   if (client_) {
     try {
@@ -823,6 +908,14 @@ std::string CentralService::metrics_text() {
   c("central_refused_total", "Messages refused: not a feed topic, not a gateway id, not storable.",
     counters_.refused);
   c("central_heads_refused_total", "Head announcements failing a check.", counters_.heads_refused);
+  c("central_messages_dropped_busy_total",
+    "Messages dropped because the queue stayed full for a third of the keepalive (found again as gaps).",
+    counters_.dropped_busy);
+  c("central_link_jobs_dropped_total",
+    "Receipts and resend requests not published because the link queue was full (issued again later).",
+    counters_.link_jobs_dropped);
+  c("central_reconnects_total", "Reconnects central made itself after Paho's automatic reconnect had not.",
+    counters_.reconnects);
   c("central_replies_refused_total", "Resend replies that are not a JSON object.", counters_.replies_refused);
   c("central_unsolicited_replies_total", "Resend replies matching no open request (quarantined).",
     counters_.unsolicited_replies);

@@ -9,6 +9,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -49,6 +50,9 @@ struct CentralCounters {
   std::atomic<std::uint64_t> retired_key{0};          // records signed by a key outside its seq range
   std::atomic<std::uint64_t> quarantine_resolved{0};  // quarantine rows re-examined and taken in
   std::atomic<std::uint64_t> batches{0};
+  std::atomic<std::uint64_t> dropped_busy{0};  // messages not queued within a third of the keepalive (a gap)
+  std::atomic<std::uint64_t> reconnects{0};    // reconnects central made itself (Paho's had not)
+  std::atomic<std::uint64_t> link_jobs_dropped{0};  // receipts/requests beyond kMaxLinkJobs (issued again)
 };
 
 class CentralService {
@@ -81,6 +85,16 @@ class CentralService {
   };
 
   void connect_broker();
+  // Worker thread, at each gap check: Paho's automatic reconnect is the first answer to a lost broker link;
+  // if the link is still down after it had its chance, this reconnects itself, and it subscribes again when
+  // connected without a subscription (a reconnect whose connected handler did not run).
+  void check_broker_link(std::int64_t now);
+  // Every call into Paho the worker needs (publishing receipts and resend requests, the link check) runs
+  // on the link thread: Paho C holds its lock while its thread waits in on_message for queue room, so a
+  // worker calling Paho then would wait for itself. Bounded (kMaxLinkJobs); beyond it a job is dropped and
+  // counted: receipts are issued again at the next refresh and resend requests at the next plan.
+  void post_link_job(std::function<void()> job);
+  void run_link();
   void on_message(std::string topic, std::string payload, std::string correlation);
   void quarantine(Batch& batch, const std::string& gateway, const std::string& kind, const std::string& payload,
                   std::optional<std::uint64_t> seq, std::string kid, std::string reason, bool enrolled);
@@ -113,6 +127,15 @@ class CentralService {
   bool stopped_ = false;
   std::thread worker_;
   std::atomic<bool> subscribed_{false};
+  static constexpr std::size_t kMaxLinkJobs = 4096;
+  std::mutex link_mutex_;
+  std::condition_variable link_cv_;
+  std::deque<std::function<void()>> link_jobs_;
+  bool link_stopping_ = false;
+  std::thread link_thread_;
+  std::atomic<bool> subscribing_{false};
+  std::function<void()> subscribe_;   // set once in connect_broker, before the first connect
+  std::int64_t link_down_since_ms_ = 0;  // worker thread only
 
   TrustedKeys keys_;  // worker thread only
   std::int64_t keys_loaded_ms_ = 0;
