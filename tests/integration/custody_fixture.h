@@ -34,9 +34,6 @@ bool wait_for_condition(Pred pred, std::chrono::milliseconds timeout) {
   return pred();
 }
 
-// One GET on 127.0.0.1:port with Connection: close; the body, or "" when the endpoint did not answer 200.
-std::string http_get_body(std::uint16_t port, const std::string& target);
-
 // The gateway's checkpointd.yaml (gateway "gw", one radar on the simulator's port).
 struct GatewayConfig {
   std::optional<int> retention_days;  // store.retention_days; unset: the default

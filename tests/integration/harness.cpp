@@ -477,4 +477,26 @@ long long store_query(const fs::path& db, const std::string& sql) {
   return n;
 }
 
+std::string http_get_body(std::uint16_t port, const std::string& target) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string raw;
+  const std::string req = "GET " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+      ::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size())) {
+    char buf[8192];
+    for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) {
+      raw.append(buf, static_cast<std::size_t>(n));
+    }
+  }
+  ::close(fd);
+  const auto end = raw.find("\r\n\r\n");
+  return raw.rfind("HTTP/1.1 200", 0) == 0 && end != std::string::npos ? raw.substr(end + 4) : std::string();
+}
+
 }  // namespace cpd::testing

@@ -187,4 +187,7 @@ std::string pseudo_random_bytes(std::size_t n, std::uint64_t seed);
 // Writes a new Ed25519 key (0600) and its public PEM; returns the public PEM path.
 fs::path make_gateway_key(const fs::path& dir);
 
+// One GET on 127.0.0.1:port with Connection: close; the body, or "" when the endpoint did not answer 200.
+std::string http_get_body(std::uint16_t port, const std::string& target);
+
 }  // namespace cpd::testing
