@@ -14,6 +14,7 @@
 //                                 [--restarts 2] [--min-run-s 180]
 //   (exits non-zero when a phase does not complete: no receipt, hole not repaired, daemon died)
 #include <signal.h>
+#include <sqlite3.h>
 
 #include <algorithm>
 #include <atomic>
@@ -21,14 +22,12 @@
 #include <cstdlib>
 #include <fstream>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <nlohmann/json.hpp>
-#include <sqlite3.h>
 
 #include "daemon/core/ed25519.h"
 #include "tests/integration/harness.h"
@@ -42,10 +41,13 @@ using Clock = std::chrono::steady_clock;
 
 const std::string kGateway = "bench-gw";
 
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
 std::int64_t wall_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
 
@@ -85,7 +87,8 @@ Options parse(int argc, char** argv) {
   if (o.rate <= 0 || o.lanes < 1 || o.lanes > 8 || o.window_s < 5 ||
       (o.short_every_ms != 0 && o.short_every_ms < 100) || o.restarts < 0 || o.min_run_s < 0) {
     throw std::invalid_argument(
-        "--rate > 0, --lanes 1..8, --window-s >= 5, --short-every-ms 0 or >= 100, --restarts >= 0, --min-run-s >= 0");
+        "--rate > 0, --lanes 1..8, --window-s >= 5, --short-every-ms 0 or >= 100, --restarts >= 0, "
+        "--min-run-s >= 0");
   }
   return o;
 }
@@ -196,17 +199,19 @@ class GatewayWatch {
   void poll(sqlite3* h) {
     std::vector<Record> fresh;
     sqlite3_stmt* st = nullptr;
-    if (sqlite3_prepare_v2(h, "SELECT seq, created_ms, type = 'speed_measurement' FROM records WHERE seq > ?1 ORDER BY seq",
-                           -1, &st, nullptr) == SQLITE_OK) {
+    if (sqlite3_prepare_v2(
+            h, "SELECT seq, created_ms, type = 'speed_measurement' FROM records WHERE seq > ?1 ORDER BY seq",
+            -1, &st, nullptr) == SQLITE_OK) {
       sqlite3_bind_int64(st, 1, last_seq_);
       while (sqlite3_step(st) == SQLITE_ROW) {
-        fresh.push_back({sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1), sqlite3_column_int(st, 2) != 0});
+        fresh.push_back(
+            {sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1), sqlite3_column_int(st, 2) != 0});
       }
     }
     sqlite3_finalize(st);
     std::optional<Receipt> receipt;
-    if (sqlite3_prepare_v2(h, "SELECT through_seq, received_ms FROM custody WHERE id = 1", -1, &st, nullptr) ==
-            SQLITE_OK &&
+    if (sqlite3_prepare_v2(h, "SELECT through_seq, received_ms FROM custody WHERE id = 1", -1, &st,
+                           nullptr) == SQLITE_OK &&
         sqlite3_step(st) == SQLITE_ROW) {
       receipt = Receipt{sqlite3_column_int64(st, 0), sqlite3_column_int64(st, 1)};
     }
@@ -222,12 +227,9 @@ class GatewayWatch {
   }
 
   void sample_size(sqlite3* h) {
-    SizeSample s{seconds_since(start_),
-                 bytes_of(db_),
-                 bytes_of(db_.string() + "-wal"),
-                 one(h, "SELECT count(*) FROM records"),
-                 one(h, "PRAGMA page_count"),
-                 one(h, "PRAGMA freelist_count"),
+    SizeSample s{seconds_since(start_),           bytes_of(db_),
+                 bytes_of(db_.string() + "-wal"), one(h, "SELECT count(*) FROM records"),
+                 one(h, "PRAGMA page_count"),     one(h, "PRAGMA freelist_count"),
                  one(h, "PRAGMA page_size")};
     std::lock_guard lock(mutex_);
     sizes_.push_back(s);
@@ -308,7 +310,9 @@ class Bench {
       return -1;
     }
   }
-  long long watermark() { return pg_int("SELECT watermark_seq FROM gateways WHERE gateway = '" + kGateway + "'"); }
+  long long watermark() {
+    return pg_int("SELECT watermark_seq FROM gateways WHERE gateway = '" + kGateway + "'");
+  }
   long long resend_requests() {
     return pg_int("SELECT resend_requests FROM gateways WHERE gateway = '" + kGateway + "'");
   }
@@ -333,7 +337,8 @@ class Bench {
   std::unique_ptr<Process> start_central(const std::string& name, int short_every_ms) {
     const fs::path cfg = write_central_config(name, short_every_ms);
     auto p = std::make_unique<Process>(
-        std::vector<std::string>{binary("central/checkpoint-central"), "run", "--config", cfg.string()}, dir_ / name);
+        std::vector<std::string>{binary("central/checkpoint-central"), "run", "--config", cfg.string()},
+        dir_ / name);
     if (!p->wait_for_stdout_line("running: ", 60s)) {
       throw std::runtime_error("checkpoint-central did not start: " + p->stderr_text());
     }
@@ -348,10 +353,12 @@ class Bench {
         << "store:\n  path: " << (dir_ / "store.db").string() << "\n  retention_days: 0\n"
         << "mqtt:\n  uri: " << broker_->uri() << "\n  client_id: " << kGateway << "\n"
         << "metrics: {enabled: false}\n"
-        << "devices:\n  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << sim_port << "}\n"
+        << "devices:\n  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << sim_port
+        << "}\n"
         << "    lanes: [";
     for (int l = 1; l <= opt_.lanes; ++l) {
-      cfg << (l > 1 ? ", " : "") << "{lane: " << l << ", x_min: " << 3.75 * (l - 1) << ", x_max: " << 3.75 * l << "}";
+      cfg << (l > 1 ? ", " : "") << "{lane: " << l << ", x_min: " << 3.75 * (l - 1) << ", x_max: " << 3.75 * l
+          << "}";
     }
     cfg << "]\n    calibration: {certificate: BENCH, valid_until: 2099-12-31}\n"
         // Every custody knob at its default: head_interval_ms 5000, resend_records_per_s 1000,
@@ -408,16 +415,22 @@ bool Bench::measure_latency(const std::string& label, const std::string& conditi
   }
   const bool covered = wait_through(last, 90s);
   const auto r = latency(*watch_, from, to);
-  std::printf("rate      %-9s vehicles_per_s                %8.1f   (%zu vehicles, %zu records sealed in %d s; sim --rate %.0f, %d lanes)\n",
-              label.c_str(), r.vehicles_per_s, r.vehicles, r.records, opt_.window_s, opt_.rate, opt_.lanes);
+  std::printf(
+      "rate      %-9s vehicles_per_s                %8.1f   (%zu vehicles, %zu records sealed in %d s; sim "
+      "--rate %.0f, %d lanes)\n",
+      label.c_str(), r.vehicles_per_s, r.vehicles, r.records, opt_.window_s, opt_.rate, opt_.lanes);
   if (!covered || r.p50 < 0) {
-    std::printf("latency   %-9s seal_to_receipt_ms            NOT COVERED within 90 s after the window (through %lld, last %lld)\n",
-                label.c_str(), watch_->through(), last);
+    std::printf(
+        "latency   %-9s seal_to_receipt_ms            NOT COVERED within 90 s after the window (through "
+        "%lld, last %lld)\n",
+        label.c_str(), watch_->through(), last);
     return false;
   }
-  std::printf("latency   %-9s seal_to_receipt_ms p50 / p99 / max  %lld / %lld / %lld ms   (%s; %zu receipts accepted in the window)\n",
-              label.c_str(), static_cast<long long>(r.p50), static_cast<long long>(r.p99),
-              static_cast<long long>(r.max), conditions.c_str(), r.receipts);
+  std::printf(
+      "latency   %-9s seal_to_receipt_ms p50 / p99 / max  %lld / %lld / %lld ms   (%s; %zu receipts accepted "
+      "in the window)\n",
+      label.c_str(), static_cast<long long>(r.p50), static_cast<long long>(r.p99),
+      static_cast<long long>(r.max), conditions.c_str(), r.receipts);
   std::fflush(stdout);
   return true;
 }
@@ -468,19 +481,23 @@ bool Bench::measure_restart(const std::string& label, bool crash_with_central_st
   }
   const long long requests = resend_requests() - requests_before;
   const double down_s = std::chrono::duration<double>(up_at - down_at).count();
-  const std::string what =
-      crash_with_central_stalled
-          ? "broker SIGKILLed after central stalled 3 s (" + std::to_string(held) + " records sealed meanwhile)"
-          : "broker stopped (SIGTERM) and started again, central keeping up";
+  const std::string what = crash_with_central_stalled
+                               ? "broker SIGKILLed after central stalled 3 s (" + std::to_string(held) +
+                                     " records sealed meanwhile)"
+                               : "broker stopped (SIGTERM) and started again, central keeping up";
   if (wm_s < 0 || receipt_s < 0) {
-    std::printf("restart   %-9s NOT REPAIRED within 150 s (head at restart %lld, watermark %lld, gateway through %lld)\n",
-                label.c_str(), head, watermark(), watch_->through());
+    std::printf(
+        "restart   %-9s NOT REPAIRED within 150 s (head at restart %lld, watermark %lld, gateway through "
+        "%lld)\n",
+        label.c_str(), head, watermark(), watch_->through());
     return false;
   }
-  std::printf("restart   %-9s to_watermark_s / to_receipt_at_gateway_s  %.1f / %.1f s   (%s; head at restart seq %lld, "
-              "broker down %.2f s, at most %lld records stored above the watermark, %lld resend requests%s)\n",
-              label.c_str(), wm_s, receipt_s, what.c_str(), head, down_s, max_lag, requests,
-              requests == 0 ? ": nothing was lost" : "");
+  std::printf(
+      "restart   %-9s to_watermark_s / to_receipt_at_gateway_s  %.1f / %.1f s   (%s; head at restart seq "
+      "%lld, "
+      "broker down %.2f s, at most %lld records stored above the watermark, %lld resend requests%s)\n",
+      label.c_str(), wm_s, receipt_s, what.c_str(), head, down_s, max_lag, requests,
+      requests == 0 ? ": nothing was lost" : "");
   std::fflush(stdout);
   return true;
 }
@@ -504,8 +521,8 @@ int Bench::run() {
   broker_->start();
 
   write_central_config("central", 0);
-  Process enroll({binary("central/checkpoint-central"), "enroll", "--config", (dir_ / "central.yaml").string(),
-                  "--gateway", kGateway, "--pubkey", pub_pem_.string()},
+  Process enroll({binary("central/checkpoint-central"), "enroll", "--config",
+                  (dir_ / "central.yaml").string(), "--gateway", kGateway, "--pubkey", pub_pem_.string()},
                  dir_ / "enroll");
   if (enroll.wait(60s) != 0) {
     throw std::runtime_error("enroll failed: " + enroll.stderr_text());
@@ -517,7 +534,8 @@ int Bench::run() {
   sim_ = std::make_unique<Process>(
       std::vector<std::string>{binary("tools/sim/checkpoint-sim"), "radar", "--port", "0", "--lanes",
                                std::to_string(opt_.lanes), "--seed", "13", "--vehicles", "0", "--rate",
-                               std::to_string(opt_.rate), "--frames-per-track", "4", "--frame-interval-ms", "25"},
+                               std::to_string(opt_.rate), "--frames-per-track", "4", "--frame-interval-ms",
+                               "25"},
       dir_ / "sim");
   const auto line = sim_->wait_for_stdout_line("listening ", 10s);
   if (!line) {
@@ -525,17 +543,19 @@ int Bench::run() {
   }
   write_gateway_config(static_cast<std::uint16_t>(std::stoi(line->substr(10))));
   watch_ = std::make_unique<GatewayWatch>(dir_ / "store.db");
-  daemon_ = std::make_unique<Process>(
-      std::vector<std::string>{binary("daemon/app/checkpointd"), "--config", (dir_ / "checkpointd.yaml").string()},
-      dir_ / "checkpointd");
+  daemon_ = std::make_unique<Process>(std::vector<std::string>{binary("daemon/app/checkpointd"), "--config",
+                                                               (dir_ / "checkpointd.yaml").string()},
+                                      dir_ / "checkpointd");
   const auto traffic_at = Clock::now();
-  std::printf("checkpointd custody bench (%s): %.0f vehicles/s on %d lanes, radar only; PostgreSQL fsync=off\n",
-              dir_.c_str(), opt_.rate, opt_.lanes);
+  std::printf(
+      "checkpointd custody bench (%s): %.0f vehicles/s on %d lanes, radar only; PostgreSQL fsync=off\n",
+      dir_.c_str(), opt_.rate, opt_.lanes);
   std::fflush(stdout);
 
   bool ok = true;
-  ok &= measure_latency("defaults", "central receipts.every_ms 5000, every_records 1000, gaps.check_interval_ms 1000; "
-                                    "gateway custody knobs at their defaults");
+  ok &= measure_latency("defaults",
+                        "central receipts.every_ms 5000, every_records 1000, gaps.check_interval_ms 1000; "
+                        "gateway custody knobs at their defaults");
   for (int i = 1; i <= opt_.restarts; ++i) {
     ok &= measure_restart("restart#" + std::to_string(i), false);
     ok &= measure_restart("crash#" + std::to_string(i), true);
@@ -545,9 +565,9 @@ int Bench::run() {
     central_->signal(SIGTERM);
     central_->wait(30s);
     central_ = start_central("central-short", opt_.short_every_ms);
-    const std::string cond = "central receipts.every_ms " + std::to_string(opt_.short_every_ms) +
-                             ", gaps.check_interval_ms " + std::to_string(std::max(50, opt_.short_every_ms / 5)) +
-                             "; gateway custody knobs at their defaults";
+    const std::string cond =
+        "central receipts.every_ms " + std::to_string(opt_.short_every_ms) + ", gaps.check_interval_ms " +
+        std::to_string(std::max(50, opt_.short_every_ms / 5)) + "; gateway custody knobs at their defaults";
     ok &= measure_latency("short", cond);
   }
   while (seconds_since(traffic_at) < opt_.min_run_s) {
@@ -578,8 +598,8 @@ int Bench::run() {
   const auto records = watch_->records();
   watch_.reset();
 
-  // Store size over the whole run. "used" is what SQLite holds ((page_count - freelist_count) x page_size, the
-  // WAL's newer pages included); the files never shrink (no VACUUM): freed pages are reused.
+  // Store size over the whole run. "used" is what SQLite holds ((page_count - freelist_count) x page_size,
+  // the WAL's newer pages included); the files never shrink (no VACUUM): freed pages are reused.
   long long max_files = 0, max_used = 0, max_rows = 0;
   std::vector<std::size_t> prunes;  // samples right after a retention round deleted records
   for (std::size_t i = 0; i < sizes.size(); ++i) {
@@ -591,32 +611,37 @@ int Bench::run() {
       prunes.push_back(i);
     }
     if ((i % 20 == 0 || i + 1 == sizes.size()) && s.rows >= 0) {
-      std::printf("  store at %4.0f s: files db %8lld + wal %8lld B, used %8lld B, records held %5lld\n", s.t_s,
-                  s.db_bytes, s.wal_bytes, s.used_bytes(), s.rows);
+      std::printf("  store at %4.0f s: files db %8lld + wal %8lld B, used %8lld B, records held %5lld\n",
+                  s.t_s, s.db_bytes, s.wal_bytes, s.used_bytes(), s.rows);
     }
   }
   const auto& last = sizes.back();
   const long long sealed = records.empty() ? 0 : records.back().seq;
   const std::string cond = "store.retention_days 0, custody.retention_check_ms 60000 (default); " +
-                           std::to_string(static_cast<int>(run_s)) + " s of traffic, " + std::to_string(sealed) +
-                           " records sealed";
+                           std::to_string(static_cast<int>(run_s)) + " s of traffic, " +
+                           std::to_string(sealed) + " records sealed";
   std::printf("store     files_bytes (db+wal) max / end     %lld / %lld B   (%s)\n", max_files,
               last.db_bytes + last.wal_bytes, cond.c_str());
-  std::printf("store     used_bytes max / end               %lld / %lld B   (records held max %lld, end %lld)\n",
-              max_used, last.used_bytes(), max_rows, last.rows);
+  std::printf(
+      "store     used_bytes max / end               %lld / %lld B   (records held max %lld, end %lld)\n",
+      max_used, last.used_bytes(), max_rows, last.rows);
   if (!prunes.empty()) {
     const auto& before = sizes[prunes.front() - 1];
     const auto& at = sizes[prunes.front()];
     // From the second round on, the files hold what one round's worth of records needs: the steady state.
     const auto& steady = sizes[prunes.size() > 1 ? prunes[1] : prunes.front()];
     const double per_record = static_cast<double>(before.used_bytes()) / static_cast<double>(before.rows);
-    std::printf("store     used_bytes_per_record              %.0f B   (%lld records held before the first prune at %.0f s)\n",
-                per_record, before.rows, at.t_s);
-    std::printf("store     files growth from prune round %zu to the end  %lld B over %.0f s   (files %lld B then, %lld B at the "
-                "end; %zu retention rounds deleted records)\n",
-                prunes.size() > 1 ? std::size_t{2} : std::size_t{1},
-                last.db_bytes + last.wal_bytes - steady.db_bytes - steady.wal_bytes, last.t_s - steady.t_s,
-                steady.db_bytes + steady.wal_bytes, last.db_bytes + last.wal_bytes, prunes.size());
+    std::printf(
+        "store     used_bytes_per_record              %.0f B   (%lld records held before the first prune at "
+        "%.0f s)\n",
+        per_record, before.rows, at.t_s);
+    std::printf(
+        "store     files growth from prune round %zu to the end  %lld B over %.0f s   (files %lld B then, "
+        "%lld B at the "
+        "end; %zu retention rounds deleted records)\n",
+        prunes.size() > 1 ? std::size_t{2} : std::size_t{1},
+        last.db_bytes + last.wal_bytes - steady.db_bytes - steady.wal_bytes, last.t_s - steady.t_s,
+        steady.db_bytes + steady.wal_bytes, last.db_bytes + last.wal_bytes, prunes.size());
     std::printf("store     without retention                  %.0f MB/day   (%.0f B x %.1f records/s)\n",
                 per_record * static_cast<double>(sealed) / run_s * 86400.0 / 1e6, per_record,
                 static_cast<double>(sealed) / run_s);
@@ -624,10 +649,12 @@ int Bench::run() {
     std::printf("store     NO PRUNE seen during the run\n");
     ok = false;
   }
-  std::printf("custody   gateway: receipts_accepted %lld, pruned_records %lld, resent_records %lld, resend_requests %lld, through_seq %lld\n",
-              custody.value("receipts_accepted", -1LL), custody.value("pruned_records", -1LL),
-              custody.value("resent_records", -1LL), custody.value("resend_requests", -1LL),
-              custody.value("through_seq", -1LL));
+  std::printf(
+      "custody   gateway: receipts_accepted %lld, pruned_records %lld, resent_records %lld, resend_requests "
+      "%lld, through_seq %lld\n",
+      custody.value("receipts_accepted", -1LL), custody.value("pruned_records", -1LL),
+      custody.value("resent_records", -1LL), custody.value("resend_requests", -1LL),
+      custody.value("through_seq", -1LL));
   std::printf("check     daemon exit %d, whole bench %.0f s\n", rc ? *rc : -1, seconds_since(start));
   ok &= rc == 0;
   std::printf("result    %s\n", ok ? "every phase completed" : "FAILED");

@@ -9,6 +9,7 @@
 //   build/bench/cpd-flood-bench [--seconds 20] [--other-seconds 10] [--only name,name...]
 #include <fcntl.h>
 #include <linux/sockios.h>
+#include <mqtt/async_client.h>
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -23,15 +24,13 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <mqtt/async_client.h>
-#include <nlohmann/json.hpp>
 
 #include "tests/integration/harness.h"
 
@@ -41,12 +40,13 @@ using namespace cpd::testing;
 using namespace std::chrono_literals;
 using nlohmann::json;
 
-constexpr int kNominalRate = 2;       // vehicles per second per radar
+constexpr int kNominalRate = 2;  // vehicles per second per radar
 constexpr int kTrackTimeoutMs = 300;
 constexpr const char* kGateway = "bench-gw";
 
 std::int64_t unix_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
 
@@ -167,10 +167,18 @@ std::int64_t percentile(const std::vector<std::int64_t>& sorted, double p) {
   return sorted[std::min(i, sorted.size() - 1)];
 }
 
-std::unique_ptr<Process> start_radar(const fs::path& dir, const std::string& name, std::vector<std::string> args,
-                                     std::uint16_t& port) {
-  std::vector<std::string> argv{binary("tools/sim/checkpoint-sim"), "radar", "--port", "0", "--lanes", "2",
-                                "--vehicles", "0", "--ground-truth", (dir / (name + ".jsonl")).string()};
+std::unique_ptr<Process> start_radar(const fs::path& dir, const std::string& name,
+                                     std::vector<std::string> args, std::uint16_t& port) {
+  std::vector<std::string> argv{binary("tools/sim/checkpoint-sim"),
+                                "radar",
+                                "--port",
+                                "0",
+                                "--lanes",
+                                "2",
+                                "--vehicles",
+                                "0",
+                                "--ground-truth",
+                                (dir / (name + ".jsonl")).string()};
   argv.insert(argv.end(), args.begin(), args.end());
   auto sim = std::make_unique<Process>(argv, dir / name);
   const auto line = sim->wait_for_stdout_line("listening ", 10s);
@@ -205,7 +213,8 @@ Result run_phase(const fs::path& root, Mosquitto& broker, const Phase& phase, st
     }
   }
   ArrivalLog log(broker.uri(), std::string("flood-bench-") + phase.name);
-  Process daemon({binary("daemon/app/checkpointd"), "--config", (dir / "checkpointd.yaml").string()}, dir / "daemon");
+  Process daemon({binary("daemon/app/checkpointd"), "--config", (dir / "checkpointd.yaml").string()},
+                 dir / "daemon");
   const double cpu0 = cpu_seconds(daemon.pid());
   const auto t0 = std::chrono::steady_clock::now();
   std::this_thread::sleep_for(duration);
@@ -234,8 +243,9 @@ Result run_phase(const fs::path& root, Mosquitto& broker, const Phase& phase, st
         continue;
       }
       if (body["device"] == "radar-b") {
-        const std::pair<int, std::int64_t> key{body["track"]["target"].get<int>(),
-                                               body["track"]["samples"][0]["radar_time_cs"].get<std::int64_t>()};
+        const std::pair<int, std::int64_t> key{
+            body["track"]["target"].get<int>(),
+            body["track"]["samples"][0]["radar_time_cs"].get<std::int64_t>()};
         b_records.try_emplace(key, body, m.arrival_ms);  // the first arrival, not a redelivery
       } else {
         a_seqs.insert(body["seq"].get<std::uint64_t>());
@@ -245,8 +255,9 @@ Result run_phase(const fs::path& root, Mosquitto& broker, const Phase& phase, st
   const auto end = std::chrono::steady_clock::now() + 60s;
   do {
     collect();
-    const bool all = std::all_of(truth_b.sent.begin(), truth_b.sent.end(),
-                                 [&](const Truth& t) { return b_records.contains({t.target, t.first_radar_cs}); });
+    const bool all = std::all_of(truth_b.sent.begin(), truth_b.sent.end(), [&](const Truth& t) {
+      return b_records.contains({t.target, t.first_radar_cs});
+    });
     if (all) {
       break;
     }
@@ -303,8 +314,8 @@ Result run_phase(const fs::path& root, Mosquitto& broker, const Phase& phase, st
 // --- Other hostile peers, each against its own daemon -------------------------------------------------
 
 // The config head every daemon of these phases shares; devices follow.
-void write_config_head(std::ostream& cfg, const fs::path& root, const fs::path& dir, const std::string& broker_uri,
-                       const std::string& client_id) {
+void write_config_head(std::ostream& cfg, const fs::path& root, const fs::path& dir,
+                       const std::string& broker_uri, const std::string& client_id) {
   cfg << "gateway:\n  id: " << kGateway << "\n"
       << "  site: {name: bench, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
       << "  key: " << (root / "gateway.key").string() << "\n"
@@ -399,9 +410,9 @@ DockFloodResult run_dock_flood(const fs::path& root, Mosquitto& broker, std::chr
   std::ofstream(dir / "dock.token") << "bench-token\n";
   ::chmod((dir / "dock.token").c_str(), 0600);
   const fs::path truth = dir / "dock.jsonl";
-  Process sim({binary("tools/sim/checkpoint-sim"), "dock", "--port", "0", "--token", "bench-token", "--ground-truth",
-               truth.string(), "--flood-s", std::to_string(duration.count() + 30), "--flood-page", "500",
-               "--ignore-limit", "--file-bytes", "2048", "--seed", "12"},
+  Process sim({binary("tools/sim/checkpoint-sim"), "dock", "--port", "0", "--token", "bench-token",
+               "--ground-truth", truth.string(), "--flood-s", std::to_string(duration.count() + 30),
+               "--flood-page", "500", "--ignore-limit", "--file-bytes", "2048", "--seed", "12"},
               dir / "dock");
   const auto line = sim.wait_for_stdout_line("listening ", 20s);
   if (!line) {
@@ -415,12 +426,15 @@ DockFloodResult run_dock_flood(const fs::path& root, Mosquitto& broker, std::chr
         << "\n    token_file: " << (dir / "dock.token").string() << "\n    poll_interval_ms: 300\n"
         << "    max_pending_files: " << res.bound << "\n";
   }
-  Process daemon({binary("daemon/app/checkpointd"), "--config", (dir / "checkpointd.yaml").string()}, dir / "daemon");
+  Process daemon({binary("daemon/app/checkpointd"), "--config", (dir / "checkpointd.yaml").string()},
+                 dir / "daemon");
   const fs::path db = dir / "store.db";
   const auto open_rows = [&] {
     return store_query(db, "SELECT count(*) FROM dock_files WHERE state IN ('pending', 'recorded')");
   };
-  const auto recordings = [&] { return store_query(db, "SELECT count(*) FROM records WHERE type = 'recording'"); };
+  const auto recordings = [&] {
+    return store_query(db, "SELECT count(*) FROM records WHERE type = 'recording'");
+  };
   // The flood starts with the first listing; the baseline is taken once the first file is acknowledged.
   const auto first_end = std::chrono::steady_clock::now() + 30s;
   while (dock_acks(truth).empty() && std::chrono::steady_clock::now() < first_end) {
@@ -455,13 +469,13 @@ DockFloodResult run_dock_flood(const fs::path& root, Mosquitto& broker, std::chr
 // daemon still holds for the client is known from outside: answers owed minus the bytes already in the
 // client's receive queue (peeked, never read).
 struct ControlFloodResult {
-  std::uint64_t requests = 0;      // taken by the daemon
+  std::uint64_t requests = 0;  // taken by the daemon
   std::uint64_t answers_in_socket = 0;
-  std::size_t answer_bytes = 0;    // one status answer
-  long long queued_peak = 0;       // bytes held by the daemon for the client, peak over the run
+  std::size_t answer_bytes = 0;  // one status answer
+  long long queued_peak = 0;     // bytes held by the daemon for the client, peak over the run
   long long queued_end = 0;
-  std::size_t socket_bytes = 0;    // in the client's receive queue at the end
-  double stalled_s = 0.0;          // time the daemon did not take the next request
+  std::size_t socket_bytes = 0;  // in the client's receive queue at the end
+  double stalled_s = 0.0;        // time the daemon did not take the next request
   long rss_base_kb = 0, rss_peak_kb = 0, hwm_kb = 0;
 };
 
@@ -476,7 +490,8 @@ ControlFloodResult run_control_flood(const fs::path& root, Mosquitto& broker, st
     cfg << "devices:\n";
     write_radar_device(cfg, "radar-b", port);
   }
-  Process daemon({binary("daemon/app/checkpointd"), "--config", (dir / "checkpointd.yaml").string()}, dir / "daemon");
+  Process daemon({binary("daemon/app/checkpointd"), "--config", (dir / "checkpointd.yaml").string()},
+                 dir / "daemon");
   const fs::path sock = dir / "ctl.sock";
   control_status(sock, 30s);
   std::this_thread::sleep_for(2s);  // settled: records flowing
@@ -505,12 +520,13 @@ ControlFloodResult run_control_flood(const fs::path& root, Mosquitto& broker, st
       }
     }
     const std::size_t in_socket = n > 0 ? static_cast<std::size_t>(n) : 0;
-    const double per_answer =
-        lines > 0 ? static_cast<double>(line_bytes) / static_cast<double>(lines) : static_cast<double>(res.answer_bytes);
+    const double per_answer = lines > 0 ? static_cast<double>(line_bytes) / static_cast<double>(lines)
+                                        : static_cast<double>(res.answer_bytes);
     const std::uint64_t taken = res.requests - (outq > 0 ? 1 : 0);
     res.answers_in_socket = lines;
     res.socket_bytes = in_socket;
-    return static_cast<long long>(static_cast<double>(taken - std::min<std::uint64_t>(taken, lines)) * per_answer) -
+    return static_cast<long long>(static_cast<double>(taken - std::min<std::uint64_t>(taken, lines)) *
+                                  per_answer) -
            static_cast<long long>(in_socket - line_bytes);
   };
   static constexpr char kRequest[] = "{\"cmd\":\"status\"}\n";
@@ -560,14 +576,14 @@ ControlFloodResult run_control_flood(const fs::path& root, Mosquitto& broker, st
 }
 
 // c. A broker whose ACL lets the gateway publish its status and media but not evidence: every evidence
-// publish is answered PUBACK 135 (Not authorized). The daemon keeps its default backoff (mqtt.reconnect_min_ms
-// 500 doubling to reconnect_max_ms 30 000, jitter [b/2, b]).
+// publish is answered PUBACK 135 (Not authorized). The daemon keeps its default backoff
+// (mqtt.reconnect_min_ms 500 doubling to reconnect_max_ms 30 000, jitter [b/2, b]).
 struct RefusalResult {
   double seconds = 0.0;
-  long long refused = 0;   // refused publishes during the run
-  long long failed = 0;    // failed attempts during the run
+  long long refused = 0;  // refused publishes during the run
+  long long failed = 0;   // failed attempts during the run
   long long refused_all = 0;
-  int attempts = 0;        // broker.refusing.attempts at the end
+  int attempts = 0;  // broker.refusing.attempts at the end
   long long outbox_before = 0, outbox_after = 0, records_after = 0;
   long long published = 0;
   long rss_base_kb = 0, rss_peak_kb = 0, hwm_kb = 0;
@@ -584,7 +600,7 @@ RefusalResult run_broker_refusal(const fs::path& root, std::chrono::seconds dura
   // As in broker_faults_test: mosquitto 2.0.11 with max_queued_messages 0 drops a connection whose denied
   // publish is followed by another in the same read; its default keeps it. The last value in the file wins.
   std::ofstream(dir / "broker" / "mosquitto.conf", std::ios::app) << "acl_file " << acl.string() << "\n"
-                                                                   << "max_queued_messages 100000\n";
+                                                                  << "max_queued_messages 100000\n";
   broker.start();
   std::uint16_t port = 0;
   auto radar = start_radar(dir, "radar-b", {"--seed", "42", "--rate", std::to_string(kNominalRate)}, port);
@@ -594,7 +610,8 @@ RefusalResult run_broker_refusal(const fs::path& root, std::chrono::seconds dura
     cfg << "devices:\n";
     write_radar_device(cfg, "radar-b", port);
   }
-  Process daemon({binary("daemon/app/checkpointd"), "--config", (dir / "checkpointd.yaml").string()}, dir / "daemon");
+  Process daemon({binary("daemon/app/checkpointd"), "--config", (dir / "checkpointd.yaml").string()},
+                 dir / "daemon");
   const fs::path sock = dir / "ctl.sock";
   const fs::path db = dir / "store.db";
   const auto broker_status = [&] { return control_status(sock, 30s)["broker"]; };
@@ -674,77 +691,87 @@ int main(int argc, char** argv) {
       // Valid frames as fast as the daemon reads them, radar clock 100 ppm slow (issue 12, defect 4).
       {"frameflood", {"--stream-flood", "--drift-ppm", "-100"}},
       // 100 vehicles/s of 40 frames at 1 ms, every frame stamped 2 s before the last (issue 12, defect 6).
-      {"clockstep", {"--seed", "41", "--rate", "100", "--flood-factor", "4", "--frame-interval-ms", "1",
-                     "--frames-per-track", "40", "--clock-step-back", "2"}},
+      {"clockstep",
+       {"--seed", "41", "--rate", "100", "--flood-factor", "4", "--frame-interval-ms", "1",
+        "--frames-per-track", "40", "--clock-step-back", "2"}},
   };
-  std::printf("checkpointd flood benchmark: radar B nominal (%d vehicles/s), radar A as below, %d s per run (%s)\n",
-              kNominalRate, seconds, dir.c_str());
-  std::printf("%-14s %8s %8s %9s %9s %10s %10s %10s | %6s %5s %17s %17s | %8s %5s\n", "radar A", "A_sent", "A_cut",
-              "A_records", "A_suppr", "A_frames", "A_errors", "A_noise_B", "B_sent", "B_lost", "B_seal_ms p50/p99/max",
-              "B_arrive_ms p50/p99/max", "rss_kB", "cpu%");
+  std::printf(
+      "checkpointd flood benchmark: radar B nominal (%d vehicles/s), radar A as below, %d s per run (%s)\n",
+      kNominalRate, seconds, dir.c_str());
+  std::printf("%-14s %8s %8s %9s %9s %10s %10s %10s | %6s %5s %17s %17s | %8s %5s\n", "radar A", "A_sent",
+              "A_cut", "A_records", "A_suppr", "A_frames", "A_errors", "A_noise_B", "B_sent", "B_lost",
+              "B_seal_ms p50/p99/max", "B_arrive_ms p50/p99/max", "rss_kB", "cpu%");
   int status = 0;
   for (const auto& phase : phases) {
     if (!selected(only, phase.name)) {
       continue;
     }
     const auto r = run_phase(dir, broker, phase, std::chrono::seconds(seconds));
-    std::printf("%-14s %8zu %8zu %9zu %9llu %10llu %10llu %10llu | %6zu %5zu %5lld/%5lld/%5lld %5lld/%5lld/%5lld | "
-                "%8ld %5.0f\n",
-                phase.name.c_str(), r.a_sent, r.a_unsent, r.a_records, static_cast<unsigned long long>(r.a_suppressed),
-                static_cast<unsigned long long>(r.a_frames), static_cast<unsigned long long>(r.a_errors),
-                static_cast<unsigned long long>(r.a_noise), r.b_sent, r.b_lost, static_cast<long long>(r.seal_p50),
-                static_cast<long long>(r.seal_p99), static_cast<long long>(r.seal_max),
-                static_cast<long long>(r.arrive_p50), static_cast<long long>(r.arrive_p99),
-                static_cast<long long>(r.arrive_max), r.peak_rss_kb, r.cpu_percent);
+    std::printf(
+        "%-14s %8zu %8zu %9zu %9llu %10llu %10llu %10llu | %6zu %5zu %5lld/%5lld/%5lld %5lld/%5lld/%5lld | "
+        "%8ld %5.0f\n",
+        phase.name.c_str(), r.a_sent, r.a_unsent, r.a_records,
+        static_cast<unsigned long long>(r.a_suppressed), static_cast<unsigned long long>(r.a_frames),
+        static_cast<unsigned long long>(r.a_errors), static_cast<unsigned long long>(r.a_noise), r.b_sent,
+        r.b_lost, static_cast<long long>(r.seal_p50), static_cast<long long>(r.seal_p99),
+        static_cast<long long>(r.seal_max), static_cast<long long>(r.arrive_p50),
+        static_cast<long long>(r.arrive_p99), static_cast<long long>(r.arrive_max), r.peak_rss_kb,
+        r.cpu_percent);
     std::fflush(stdout);
     status |= r.b_lost > 0 ? 1 : 0;
   }
-  std::printf("A_cut: vehicles the simulator could not put on the wire whole (daemon back-pressure or stop);\n"
-              "A_suppr: A's records beyond its record bound (max_records_per_s, default 50), counted and reported;\n"
-              "B_seal: record created_ms - B's last frame on the wire; B_arrive: at a subscriber. Track timeout "
-              "%d ms.\n",
-              kTrackTimeoutMs);
+  std::printf(
+      "A_cut: vehicles the simulator could not put on the wire whole (daemon back-pressure or stop);\n"
+      "A_suppr: A's records beyond its record bound (max_records_per_s, default 50), counted and reported;\n"
+      "B_seal: record created_ms - B's last frame on the wire; B_arrive: at a subscriber. Track timeout "
+      "%d ms.\n",
+      kTrackTimeoutMs);
 
   const auto other = std::chrono::seconds(other_seconds);
   std::printf("\nOther hostile peers, each alone against its own daemon, %d s each:\n", other_seconds);
   if (selected(only, "dockflood")) {
     const auto r = run_dock_flood(dir, broker, other);
-    std::printf("%-14s %zu files listed (500 new per page, limit ignored), %lld recorded, %lld acked; open ledger "
-                "rows peak %lld (max_pending_files %d), %lld rows at the end; RSS %ld -> peak %ld kB (+%ld kB), "
-                "VmHWM %ld kB\n",
-                "dockflood", r.listed, r.records, r.acked, r.open_peak, r.bound, r.rows_end, r.rss_base_kb,
-                r.rss_peak_kb, r.rss_peak_kb - r.rss_base_kb, r.hwm_kb);
+    std::printf(
+        "%-14s %zu files listed (500 new per page, limit ignored), %lld recorded, %lld acked; open ledger "
+        "rows peak %lld (max_pending_files %d), %lld rows at the end; RSS %ld -> peak %ld kB (+%ld kB), "
+        "VmHWM %ld kB\n",
+        "dockflood", r.listed, r.records, r.acked, r.open_peak, r.bound, r.rows_end, r.rss_base_kb,
+        r.rss_peak_kb, r.rss_peak_kb - r.rss_base_kb, r.hwm_kb);
     std::fflush(stdout);
     status |= r.open_peak > r.bound ? 2 : 0;
   }
   if (selected(only, "controlpipe")) {
     const auto r = run_control_flood(dir, broker, other);
     const long long bound = (64LL << 10) + static_cast<long long>(r.answer_bytes);
-    std::printf("%-14s %llu status requests taken, %llu answers (%zu B) in the client's unread socket; daemon-held "
-                "answer "
-                "bytes peak %lld, end %lld (bound 64 KiB + one answer = %lld); reading paused %.1f of %d s; RSS %ld "
-                "-> peak %ld kB (+%ld kB), VmHWM %ld kB\n",
-                "controlpipe", static_cast<unsigned long long>(r.requests),
-                static_cast<unsigned long long>(r.answers_in_socket), r.socket_bytes, r.queued_peak, r.queued_end,
-                bound, r.stalled_s, other_seconds, r.rss_base_kb, r.rss_peak_kb, r.rss_peak_kb - r.rss_base_kb,
-                r.hwm_kb);
+    std::printf(
+        "%-14s %llu status requests taken, %llu answers (%zu B) in the client's unread socket; daemon-held "
+        "answer "
+        "bytes peak %lld, end %lld (bound 64 KiB + one answer = %lld); reading paused %.1f of %d s; RSS %ld "
+        "-> peak %ld kB (+%ld kB), VmHWM %ld kB\n",
+        "controlpipe", static_cast<unsigned long long>(r.requests),
+        static_cast<unsigned long long>(r.answers_in_socket), r.socket_bytes, r.queued_peak, r.queued_end,
+        bound, r.stalled_s, other_seconds, r.rss_base_kb, r.rss_peak_kb, r.rss_peak_kb - r.rss_base_kb,
+        r.hwm_kb);
     std::fflush(stdout);
     status |= r.queued_peak > bound ? 2 : 0;
   }
   if (selected(only, "brokerrefusal")) {
     const auto r = run_broker_refusal(dir, other);
-    std::printf("%-14s %lld refused publishes in %.1f s (%.2f/s), %lld failed attempts (%.2f/s), %lld refused in all, "
-                "attempts %d, published %lld; outbox %lld -> %lld of %lld records (nothing deleted: %s); RSS %ld -> "
-                "peak %ld kB (+%ld kB), VmHWM %ld kB\n",
-                "brokerrefusal", r.refused, r.seconds, static_cast<double>(r.refused) / r.seconds, r.failed,
-                static_cast<double>(r.failed) / r.seconds, r.refused_all, r.attempts, r.published, r.outbox_before,
-                r.outbox_after, r.records_after, r.outbox_after == r.records_after ? "yes" : "NO", r.rss_base_kb,
-                r.rss_peak_kb, r.rss_peak_kb - r.rss_base_kb, r.hwm_kb);
+    std::printf(
+        "%-14s %lld refused publishes in %.1f s (%.2f/s), %lld failed attempts (%.2f/s), %lld refused in "
+        "all, "
+        "attempts %d, published %lld; outbox %lld -> %lld of %lld records (nothing deleted: %s); RSS %ld -> "
+        "peak %ld kB (+%ld kB), VmHWM %ld kB\n",
+        "brokerrefusal", r.refused, r.seconds, static_cast<double>(r.refused) / r.seconds, r.failed,
+        static_cast<double>(r.failed) / r.seconds, r.refused_all, r.attempts, r.published, r.outbox_before,
+        r.outbox_after, r.records_after, r.outbox_after == r.records_after ? "yes" : "NO", r.rss_base_kb,
+        r.rss_peak_kb, r.rss_peak_kb - r.rss_base_kb, r.hwm_kb);
     std::fflush(stdout);
     status |= r.outbox_after != r.records_after || r.outbox_after < r.outbox_before ? 2 : 0;
   }
-  std::printf("Backoff for refused publishes: mqtt.reconnect_min_ms 500 doubling to reconnect_max_ms 30000, jitter "
-              "[b/2, b]: at most 1 attempt per 250 ms at first, 1 per 15 s at the cap.\n");
+  std::printf(
+      "Backoff for refused publishes: mqtt.reconnect_min_ms 500 doubling to reconnect_max_ms 30000, jitter "
+      "[b/2, b]: at most 1 attempt per 250 ms at first, 1 per 15 s at the cap.\n");
   broker.stop();
   if (keep == nullptr) {
     std::error_code ec;

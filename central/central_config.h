@@ -19,12 +19,12 @@ struct PostgresSection {
 };
 
 struct FeedSection {
-  std::string share_group = "central";      // MQTT v5 shared subscription group: N instances split the feed
-  int queue_messages = 20000;               // messages taken from the broker and not yet stored (then the
-                                            // broker waits: Paho stops reading)
-  int batch_max = 500;                      // records per PostgreSQL transaction
-  std::string media_dir;                    // content-addressed pictures (<sha256[0:2]>/<sha256>)
-  int queue_mb = 256;                       // bytes of those messages (MiB); one message is always taken
+  std::string share_group = "central";  // MQTT v5 shared subscription group: N instances split the feed
+  int queue_messages = 20000;           // messages taken from the broker and not yet stored (then the
+                                        // broker waits: Paho stops reading)
+  int batch_max = 500;                  // records per PostgreSQL transaction
+  std::string media_dir;                // content-addressed pictures (<sha256[0:2]>/<sha256>)
+  int queue_mb = 256;                   // bytes of those messages (MiB); one message is always taken
   // Quarantine bounds (rows and payload bytes, per gateway and for the whole table); beyond: counted only.
   int quarantine_max_per_gateway = 100000;  // rows per gateway (enrolled or not)
   int quarantine_max_mb_per_gateway = 64;   // payload MiB per gateway

@@ -164,14 +164,13 @@ void CentralService::start() {
 void CentralService::connect_broker() {
   client_ = std::make_unique<mqtt::async_client>(cfg_.mqtt.uri, cfg_.mqtt.client_id,
                                                  mqtt::create_options(MQTTVERSION_5));
-  client_->set_message_callback(
-      [this](mqtt::const_message_ptr msg) {
-        std::string correlation;
-        if (msg->get_properties().contains(mqtt::property::CORRELATION_DATA)) {
-          correlation = mqtt::get<mqtt::binary>(msg->get_properties(), mqtt::property::CORRELATION_DATA);
-        }
-        on_message(msg->get_topic(), msg->get_payload_str(), std::move(correlation));
-      });
+  client_->set_message_callback([this](mqtt::const_message_ptr msg) {
+    std::string correlation;
+    if (msg->get_properties().contains(mqtt::property::CORRELATION_DATA)) {
+      correlation = mqtt::get<mqtt::binary>(msg->get_properties(), mqtt::property::CORRELATION_DATA);
+    }
+    on_message(msg->get_topic(), msg->get_payload_str(), std::move(correlation));
+  });
   const std::string group = "$share/" + cfg_.feed.share_group + "/" + prefix_ + "/+/";
   subscribe_ = [this, group] {
     try {
@@ -262,11 +261,12 @@ void CentralService::on_message(std::string topic, std::string payload, std::str
   // PINGRESP) while it waits, and a stalled worker must not cost the broker link. A message that found no
   // room by then is dropped and counted; a record or picture among them is a gap, asked for again.
   const std::size_t max_bytes = static_cast<std::size_t>(cfg_.feed.queue_mb) << 20;
-  const bool room = space_cv_.wait_for(lock, std::chrono::seconds(std::max(1, cfg_.mqtt.keepalive_s / 3)), [&] {
-    return stopping_ || queue_.empty() ||
-           (queue_.size() < static_cast<std::size_t>(cfg_.feed.queue_messages) &&
-            queue_bytes_ + payload.size() <= max_bytes);
-  });
+  const bool room =
+      space_cv_.wait_for(lock, std::chrono::seconds(std::max(1, cfg_.mqtt.keepalive_s / 3)), [&] {
+        return stopping_ || queue_.empty() ||
+               (queue_.size() < static_cast<std::size_t>(cfg_.feed.queue_messages) &&
+                queue_bytes_ + payload.size() <= max_bytes);
+      });
   if (stopping_) {
     return;  // not stored: found later as a gap and asked for again
   }
@@ -360,7 +360,8 @@ void CentralService::run_worker() {
       // Not PostgreSQL's: a message central cannot handle must not end the instance. Each goes alone; what
       // still fails is counted and found again as a gap if it matters.
       ++counters_.refused;
-      log::error("central", "", std::string("storing a batch failed: ") + e.what() + " (one message at a time)");
+      log::error("central", "",
+                 std::string("storing a batch failed: ") + e.what() + " (one message at a time)");
       process_singly(batch);
       batch.clear();
     }
@@ -424,8 +425,8 @@ void CentralService::quarantine(Batch& batch, const std::string& gateway, const 
                                 std::string reason, bool enrolled) {
   std::string kept = payload.size() <= kQuarantineWhole ? payload : payload.substr(0, kQuarantineHead);
   if (kept.size() < payload.size()) {
-    reason += " (" + std::to_string(payload.size()) + " bytes, first " + std::to_string(kQuarantineHead) +
-              " kept)";
+    reason +=
+        " (" + std::to_string(payload.size()) + " bytes, first " + std::to_string(kQuarantineHead) + " kept)";
   }
   if (kid.size() > 64 || !is_valid_utf8(kid) || kid.find('\0') != std::string::npos) {
     kid = printable(kid, 64);
@@ -477,9 +478,10 @@ void CentralService::classify(const Message& m, Batch& batch) {
       }
       // Kept aside within the quarantine's bounds (a gateway enrolled later sends these again on a resend).
       // The log names no device: names nobody enrolled are the sender's to choose, without end.
-      log::warn("central", "unknown-gateway",
-                "message on " + printable(m.topic) +
-                    " from a gateway that is not enrolled: quarantined (enroll it: checkpoint-central enroll)");
+      log::warn(
+          "central", "unknown-gateway",
+          "message on " + printable(m.topic) +
+              " from a gateway that is not enrolled: quarantined (enroll it: checkpoint-central enroll)");
       quarantine(batch, gateway, kind, m.payload, std::nullopt, "", "gateway not enrolled", false);
       return;
     }
@@ -538,9 +540,9 @@ void CentralService::classify(const Message& m, Batch& batch) {
       ++counters_.media_refused;
       log::warn("central", gateway,
                 "media on " + printable(m.topic) + " refused: " +
-                    (!is_sha256_hex(sha)                  ? "its name is not a SHA-256"
+                    (!is_sha256_hex(sha)                 ? "its name is not a SHA-256"
                      : m.payload.size() > kMaxMediaBytes ? "larger than 64 MiB"
-                                                          : "its SHA-256 is not its name"));
+                                                         : "its SHA-256 is not its name"));
       return;
     }
     batch.media.push_back(IncomingMedia{gateway, sha, m.payload.size(), write_media(sha, m.payload)});
@@ -620,8 +622,9 @@ void CentralService::refuse_retired(Batch& batch) {
     if (!reexamining_) {
       ++counters_.retired_key;
     }
-    log::error("central", r.gateway,
-               "RETIRED KEY: " + r.gateway + ":" + std::to_string(r.seq) + ": " + why + "; quarantined, not stored");
+    log::error(
+        "central", r.gateway,
+        "RETIRED KEY: " + r.gateway + ":" + std::to_string(r.seq) + ": " + why + "; quarantined, not stored");
     quarantine(batch, r.gateway, "evidence", r.jws, r.seq, r.kid, why, true);
   }
   batch.records = std::move(kept);
@@ -735,8 +738,8 @@ void CentralService::commit(Batch& batch) {
                    ": unrecoverable, not asked for again; custody stops before it");
   }
   for (const std::string& line : out.reply_errors) {
-    log::warn("central", line.substr(0, line.find(':')), "the gateway refused a resend request: " +
-                                                             printable(line.substr(line.find(':') + 2), 200));
+    log::warn("central", line.substr(0, line.find(':')),
+              "the gateway refused a resend request: " + printable(line.substr(line.find(':') + 2), 200));
   }
   for (const std::string& id : out.fork_ids) {
     log::error("central", id.substr(0, id.find(':')),
@@ -762,11 +765,14 @@ void CentralService::process_singly(std::vector<Message>& messages) {
       ++counters_.refused;
       if (topic && is_gateway_id(topic->gateway)) {
         Batch q;
-        quarantine(q, topic->gateway, topic->rest.rfind("media/", 0) == 0 ? "media" : topic->rest.substr(0, 20),
-                   m.payload, std::nullopt, "", std::string("refused by PostgreSQL: ") + e.what(),
+        quarantine(q, topic->gateway,
+                   topic->rest.rfind("media/", 0) == 0 ? "media" : topic->rest.substr(0, 20), m.payload,
+                   std::nullopt, "", std::string("refused by PostgreSQL: ") + e.what(),
                    keys_.count(topic->gateway) != 0);
         try {
-          counters_.quarantined += store_->store_batch(q, now_ms(), ReceiptPolicy{cfg_.central.id, 1, cfg_.receipts.every_ms}).quarantined;
+          counters_.quarantined +=
+              store_->store_batch(q, now_ms(), ReceiptPolicy{cfg_.central.id, 1, cfg_.receipts.every_ms})
+                  .quarantined;
         } catch (const PgError&) {
           // counted above
         }
@@ -781,7 +787,8 @@ void CentralService::process_singly(std::vector<Message>& messages) {
 
 void CentralService::publish_receipts(const std::vector<custody::Receipt>& receipts) {
   for (const custody::Receipt& r : receipts) {
-    auto msg = mqtt::make_message(prefix_ + "/" + r.gateway + "/custody", custody::seal_receipt(key_, r), 1, true);
+    auto msg =
+        mqtt::make_message(prefix_ + "/" + r.gateway + "/custody", custody::seal_receipt(key_, r), 1, true);
     post_link_job([this, msg, gateway = r.gateway, through = r.through_seq] {
       try {
         client_->publish(msg);
@@ -903,8 +910,8 @@ std::string CentralService::metrics_text() {
   c("central_media_stored_total", "Media files stored.", counters_.media_stored);
   c("central_media_refused_total", "Media refused (hash mismatch, too large, bad name).",
     counters_.media_refused);
-  c("central_unknown_gateway_total", "Messages from gateways that are not enrolled (quarantined within bounds).",
-    counters_.unknown_gateway);
+  c("central_unknown_gateway_total",
+    "Messages from gateways that are not enrolled (quarantined within bounds).", counters_.unknown_gateway);
   c("central_refused_total", "Messages refused: not a feed topic, not a gateway id, not storable.",
     counters_.refused);
   c("central_heads_refused_total", "Head announcements failing a check.", counters_.heads_refused);
@@ -926,8 +933,8 @@ std::string CentralService::metrics_text() {
   c("central_receipts_total", "Custody receipts published.", counters_.receipts);
   c("central_resend_requests_total", "Resend requests published.", counters_.resend_requests);
   c("central_postgres_errors_total", "PostgreSQL errors (batch retried).", counters_.pg_errors);
-  c("central_retired_key_total", "Records signed by a key outside its seq range (a retired key; quarantined).",
-    counters_.retired_key);
+  c("central_retired_key_total",
+    "Records signed by a key outside its seq range (a retired key; quarantined).", counters_.retired_key);
   c("central_quarantine_resolved_total", "Quarantined messages re-examined after an enrolment and taken in.",
     counters_.quarantine_resolved);
   e.add_gauge("central_queue_messages", "Messages taken and not yet stored.", {},

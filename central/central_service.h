@@ -96,8 +96,9 @@ class CentralService {
   void post_link_job(std::function<void()> job);
   void run_link();
   void on_message(std::string topic, std::string payload, std::string correlation);
-  void quarantine(Batch& batch, const std::string& gateway, const std::string& kind, const std::string& payload,
-                  std::optional<std::uint64_t> seq, std::string kid, std::string reason, bool enrolled);
+  void quarantine(Batch& batch, const std::string& gateway, const std::string& kind,
+                  const std::string& payload, std::optional<std::uint64_t> seq, std::string kid,
+                  std::string reason, bool enrolled);
   void run_worker();
   void process(std::vector<Message>& messages);
   void commit(Batch& batch);
@@ -134,7 +135,7 @@ class CentralService {
   bool link_stopping_ = false;
   std::thread link_thread_;
   std::atomic<bool> subscribing_{false};
-  std::function<void()> subscribe_;   // set once in connect_broker, before the first connect
+  std::function<void()> subscribe_;      // set once in connect_broker, before the first connect
   std::int64_t link_down_since_ms_ = 0;  // worker thread only
 
   TrustedKeys keys_;  // worker thread only

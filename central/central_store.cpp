@@ -249,9 +249,11 @@ bool CentralStore::enroll(const std::string& gateway, const Ed25519PublicKey& pu
   conn_->exec("INSERT INTO gateways (gateway) VALUES ($1) ON CONFLICT DO NOTHING", {gateway},
               "adding a gateway");
   PgResult r = conn_->exec(
-      "INSERT INTO gateway_keys (gateway, kid, public_key_pem, source, enrolled_ms, valid_from_seq) VALUES ($1, "
+      "INSERT INTO gateway_keys (gateway, kid, public_key_pem, source, enrolled_ms, valid_from_seq) VALUES "
+      "($1, "
       "$2, $3, $4, $5, $6) ON CONFLICT (gateway, kid) DO NOTHING",
-      {gateway, public_key.kid(), public_key.pem(), source, num(now_ms), num(std::max<std::uint64_t>(from_seq, 1))},
+      {gateway, public_key.kid(), public_key.pem(), source, num(now_ms),
+       num(std::max<std::uint64_t>(from_seq, 1))},
       "enrolling a key");
   tx.commit();
   return r.affected() == 1;
@@ -259,14 +261,16 @@ bool CentralStore::enroll(const std::string& gateway, const Ed25519PublicKey& pu
 
 TrustedKeys CentralStore::trusted_keys() {
   TrustedKeys out;
-  PgResult r = conn_->exec("SELECT gateway, kid, public_key_pem, valid_from_seq, valid_to_seq FROM gateway_keys",
-                           "reading trusted keys");
+  PgResult r =
+      conn_->exec("SELECT gateway, kid, public_key_pem, valid_from_seq, valid_to_seq FROM gateway_keys",
+                  "reading trusted keys");
   for (int i = 0; i < r.rows(); ++i) {
     out[r.text(i, 0)].emplace(
         r.text(i, 1),
         TrustedKey{Ed25519PublicKey::from_pem(r.text(i, 2)), static_cast<std::uint64_t>(r.integer(i, 3)),
-                   r.is_null(i, 4) ? std::nullopt
-                                   : std::optional<std::uint64_t>(static_cast<std::uint64_t>(r.integer(i, 4)))});
+                   r.is_null(i, 4)
+                       ? std::nullopt
+                       : std::optional<std::uint64_t>(static_cast<std::uint64_t>(r.integer(i, 4)))});
   }
   return out;
 }
@@ -277,7 +281,8 @@ CentralStore::key_ranges(const std::set<std::pair<std::string, std::string>>& ga
   if (gateway_kids.empty()) {
     return out;
   }
-  std::string sql = "SELECT gateway, kid, valid_from_seq, valid_to_seq FROM gateway_keys WHERE (gateway, kid) IN (";
+  std::string sql =
+      "SELECT gateway, kid, valid_from_seq, valid_to_seq FROM gateway_keys WHERE (gateway, kid) IN (";
   PgParams params;
   for (const auto& [gateway, kid] : gateway_kids) {
     sql += (params.empty() ? "($" : ", ($") + std::to_string(params.size() + 1) + ", $" +
@@ -288,14 +293,16 @@ CentralStore::key_ranges(const std::set<std::pair<std::string, std::string>>& ga
   for (int i = 0; i < r.rows(); ++i) {
     out[{r.text(i, 0), r.text(i, 1)}] = {
         static_cast<std::uint64_t>(r.integer(i, 2)),
-        r.is_null(i, 3) ? std::nullopt : std::optional<std::uint64_t>(static_cast<std::uint64_t>(r.integer(i, 3)))};
+        r.is_null(i, 3) ? std::nullopt
+                        : std::optional<std::uint64_t>(static_cast<std::uint64_t>(r.integer(i, 3)))};
   }
   return out;
 }
 
 std::vector<QuarantinedMessage> CentralStore::quarantine_to_reexamine(std::size_t limit) {
   // A row is looked at again only when a key of its gateway was enrolled after it was last examined (the
-  // quarantining instance's key cache may have been up to 5 s old: hence the 10 s margin); whole payloads only.
+  // quarantining instance's key cache may have been up to 5 s old: hence the 10 s margin); whole payloads
+  // only.
   PgResult r = conn_->exec(
       "SELECT q.id, q.gateway, q.topic, encode(q.payload, 'hex'), q.payload_sha256 FROM quarantine q JOIN "
       "(SELECT gateway, max(enrolled_ms) AS enrolled_ms FROM gateway_keys GROUP BY gateway) k ON k.gateway = "
@@ -311,13 +318,15 @@ std::vector<QuarantinedMessage> CentralStore::quarantine_to_reexamine(std::size_
     for (std::size_t k = 0; k + 1 < hex.size(); k += 2) {
       bytes += static_cast<char>((nibble(hex[k]) << 4) | nibble(hex[k + 1]));
     }
-    out.push_back(QuarantinedMessage{r.integer(i, 0), r.text(i, 1), r.text(i, 2), std::move(bytes), r.text(i, 4)});
+    out.push_back(
+        QuarantinedMessage{r.integer(i, 0), r.text(i, 1), r.text(i, 2), std::move(bytes), r.text(i, 4)});
   }
   return out;
 }
 
 std::int64_t CentralStore::latest_enrolment_ms() {
-  PgResult r = conn_->exec("SELECT COALESCE(max(enrolled_ms), 0) FROM gateway_keys", "reading the latest enrolment");
+  PgResult r =
+      conn_->exec("SELECT COALESCE(max(enrolled_ms), 0) FROM gateway_keys", "reading the latest enrolment");
   return r.integer(0, 0);
 }
 
@@ -329,8 +338,8 @@ void CentralStore::mark_reexamined(const std::vector<std::int64_t>& ids, std::in
   for (const std::int64_t id : ids) {
     list += (list.size() > 1 ? "," : "") + num(id);
   }
-  conn_->exec("UPDATE quarantine SET reexamined_ms = $2 WHERE id = ANY($1::bigint[])", {list + "}", num(examined_ms)},
-              "marking quarantine rows re-examined");
+  conn_->exec("UPDATE quarantine SET reexamined_ms = $2 WHERE id = ANY($1::bigint[])",
+              {list + "}", num(examined_ms)}, "marking quarantine rows re-examined");
 }
 
 void CentralStore::resolve_quarantine(const std::vector<std::int64_t>& ids, const std::string& now,
@@ -339,7 +348,8 @@ void CentralStore::resolve_quarantine(const std::vector<std::int64_t>& ids, cons
     return;
   }
   // The totals row first, as every transaction touching the quarantine takes it (no cycle between instances).
-  conn_->exec("SELECT 1 FROM quarantine_usage WHERE gateway = '' FOR UPDATE", "locking the quarantine totals");
+  conn_->exec("SELECT 1 FROM quarantine_usage WHERE gateway = '' FOR UPDATE",
+              "locking the quarantine totals");
   std::string list = "{";
   for (const std::int64_t id : ids) {
     list += (list.size() > 1 ? "," : "") + num(id);
@@ -355,36 +365,40 @@ void CentralStore::resolve_quarantine(const std::vector<std::int64_t>& ids, cons
   for (int i = 0; i < d.rows(); ++i) {
     rows += d.integer(i, 1);
     bytes += d.integer(i, 2);
-    conn_->exec("UPDATE quarantine_usage SET rows = GREATEST(rows - $2, 0), bytes = GREATEST(bytes - $3, 0), "
-                "last_ms = $4 WHERE gateway = $1",
-                {d.text(i, 0), num(static_cast<std::int64_t>(d.integer(i, 1))),
-                 num(static_cast<std::int64_t>(d.integer(i, 2))), now},
-                "uncounting resolved quarantine rows");
+    conn_->exec(
+        "UPDATE quarantine_usage SET rows = GREATEST(rows - $2, 0), bytes = GREATEST(bytes - $3, 0), "
+        "last_ms = $4 WHERE gateway = $1",
+        {d.text(i, 0), num(static_cast<std::int64_t>(d.integer(i, 1))),
+         num(static_cast<std::int64_t>(d.integer(i, 2))), now},
+        "uncounting resolved quarantine rows");
   }
-  conn_->exec("UPDATE quarantine_usage SET rows = GREATEST(rows - $1, 0), bytes = GREATEST(bytes - $2, 0) WHERE "
-              "gateway = ''",
-              {num(rows), num(bytes)}, "uncounting resolved quarantine rows");
+  conn_->exec(
+      "UPDATE quarantine_usage SET rows = GREATEST(rows - $1, 0), bytes = GREATEST(bytes - $2, 0) WHERE "
+      "gateway = ''",
+      {num(rows), num(bytes)}, "uncounting resolved quarantine rows");
   out.quarantine_resolved += static_cast<std::uint64_t>(rows);
 }
 
 nlohmann::json CentralStore::quarantine_rows(const std::string& gateway, std::int64_t limit) {
   PgResult r = conn_->exec(
-      "SELECT id, gateway, topic, seq, kid, reason, count, bytes, received_ms, last_seen_ms, reexamined_ms FROM "
+      "SELECT id, gateway, topic, seq, kid, reason, count, bytes, received_ms, last_seen_ms, reexamined_ms "
+      "FROM "
       "quarantine WHERE ($1 = '' OR gateway = $1) ORDER BY last_seen_ms DESC, id DESC LIMIT $2",
       {gateway, num(limit)}, "listing the quarantine");
   nlohmann::json rows = nlohmann::json::array();
   for (int i = 0; i < r.rows(); ++i) {
-    rows.push_back({{"id", r.integer(i, 0)},
-                    {"gateway", r.text(i, 1)},
-                    {"topic", r.text(i, 2)},
-                    {"seq", r.is_null(i, 3) ? nlohmann::json() : nlohmann::json(r.integer(i, 3))},
-                    {"kid", r.text(i, 4)},
-                    {"reason", r.text(i, 5)},
-                    {"count", r.integer(i, 6)},
-                    {"bytes", r.integer(i, 7)},
-                    {"first_seen_ms", r.integer(i, 8)},
-                    {"last_seen_ms", r.integer(i, 9)},
-                    {"reexamined_ms", r.is_null(i, 10) ? nlohmann::json() : nlohmann::json(r.integer(i, 10))}});
+    rows.push_back(
+        {{"id", r.integer(i, 0)},
+         {"gateway", r.text(i, 1)},
+         {"topic", r.text(i, 2)},
+         {"seq", r.is_null(i, 3) ? nlohmann::json() : nlohmann::json(r.integer(i, 3))},
+         {"kid", r.text(i, 4)},
+         {"reason", r.text(i, 5)},
+         {"count", r.integer(i, 6)},
+         {"bytes", r.integer(i, 7)},
+         {"first_seen_ms", r.integer(i, 8)},
+         {"last_seen_ms", r.integer(i, 9)},
+         {"reexamined_ms", r.is_null(i, 10) ? nlohmann::json() : nlohmann::json(r.integer(i, 10))}});
   }
   PgResult n = conn_->exec("SELECT count(*) FROM quarantine WHERE ($1 = '' OR gateway = $1)", {gateway},
                            "counting the quarantine");
@@ -516,15 +530,16 @@ void CentralStore::store_replies(const std::vector<IncomingReply>& replies, std:
     std::optional<PgResult> open;
     if (!r.correlation.empty()) {
       open = conn_->exec(
-          "SELECT from_seq, to_seq, media_seq, media FROM resend_open WHERE gateway = $1 AND correlation = $2",
+          "SELECT from_seq, to_seq, media_seq, media FROM resend_open WHERE gateway = $1 AND correlation = "
+          "$2",
           {r.gateway, r.correlation}, "matching a resend reply");
     }
     if (!open || open->rows() == 0) {
       // Unsigned, and no request of ours: believing it could mark any range as lost. Kept aside, counted.
       ++out.unsolicited_replies;
-      unsolicited.push_back(QuarantineEntry{r.gateway, "resend/response", std::nullopt, "", r.payload,
-                                            sha256_hex(r.payload), r.payload.size(),
-                                            "resend reply matching no open request of this central", true, 1});
+      unsolicited.push_back(QuarantineEntry{
+          r.gateway, "resend/response", std::nullopt, "", r.payload, sha256_hex(r.payload), r.payload.size(),
+          "resend reply matching no open request of this central", true, 1});
       continue;
     }
     if (!r.reply.error.empty()) {
@@ -640,7 +655,8 @@ void CentralStore::store_quarantine(const std::vector<QuarantineEntry>& entries,
                         q.payload.find('\0') == std::string::npos;
       PgResult ins = conn_->exec(
           "INSERT INTO quarantine (gateway, topic, seq, kid, jws, payload, payload_sha256, bytes, reason, "
-          "received_ms, last_seen_ms, count) VALUES ($1, $2, $3, $4, $5, $6::bytea, $7, $8, $9, $10, $10, $11) "
+          "received_ms, last_seen_ms, count) VALUES ($1, $2, $3, $4, $5, $6::bytea, $7, $8, $9, $10, $10, "
+          "$11) "
           "ON CONFLICT (gateway, topic, payload_sha256) DO UPDATE SET count = quarantine.count + "
           "EXCLUDED.count, last_seen_ms = EXCLUDED.last_seen_ms RETURNING (xmax = 0)",
           {q.gateway, q.topic, q.seq ? std::optional<std::string>(num(*q.seq)) : std::nullopt, q.kid,
@@ -687,7 +703,8 @@ void CentralStore::store_quarantine(const std::vector<QuarantineEntry>& entries,
     }
     conn_->exec(
         "INSERT INTO quarantine_usage (gateway, rows, bytes, messages, dropped, last_ms) VALUES ($1, $2, $3, "
-        "$4, $5, $6) ON CONFLICT (gateway) DO UPDATE SET rows = quarantine_usage.rows + EXCLUDED.rows, bytes = "
+        "$4, $5, $6) ON CONFLICT (gateway) DO UPDATE SET rows = quarantine_usage.rows + EXCLUDED.rows, bytes "
+        "= "
         "quarantine_usage.bytes + EXCLUDED.bytes, messages = quarantine_usage.messages + EXCLUDED.messages, "
         "dropped = quarantine_usage.dropped + EXCLUDED.dropped, last_ms = EXCLUDED.last_ms",
         {gateway, num(u.added_rows), num(u.added_bytes), num(u.messages), num(u.dropped), now},
@@ -697,10 +714,12 @@ void CentralStore::store_quarantine(const std::vector<QuarantineEntry>& entries,
 
 void CentralStore::recount_quarantine() {
   PgTransaction tx(*conn_);
-  conn_->exec("SELECT 1 FROM quarantine_usage WHERE gateway = '' FOR UPDATE", "locking the quarantine totals");
+  conn_->exec("SELECT 1 FROM quarantine_usage WHERE gateway = '' FOR UPDATE",
+              "locking the quarantine totals");
   conn_->exec(
       "UPDATE quarantine_usage u SET rows = COALESCE(q.rows, 0), bytes = COALESCE(q.bytes, 0) FROM "
-      "(SELECT g.gateway, x.rows, x.bytes FROM quarantine_usage g LEFT JOIN (SELECT gateway, count(*) AS rows, "
+      "(SELECT g.gateway, x.rows, x.bytes FROM quarantine_usage g LEFT JOIN (SELECT gateway, count(*) AS "
+      "rows, "
       "sum(octet_length(payload)) AS bytes FROM quarantine GROUP BY gateway) x ON x.gateway = g.gateway) q "
       "WHERE q.gateway = u.gateway AND u.gateway <> ''",
       "recounting the quarantine");
@@ -916,7 +935,8 @@ std::vector<ResendPlan> CentralStore::plan_resends(std::int64_t now_ms, const Ga
     plan.correlation = std::to_string(correlation_rng()());
     nlohmann::json media = plan.request.media;
     conn_->exec(
-        "INSERT INTO resend_open (gateway, correlation, from_seq, to_seq, media_seq, media, sent_ms) VALUES ($1, "
+        "INSERT INTO resend_open (gateway, correlation, from_seq, to_seq, media_seq, media, sent_ms) VALUES "
+        "($1, "
         "$2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
         {gateway, plan.correlation,
          plan.request.from_seq != 0 ? std::optional<std::string>(num(plan.request.from_seq)) : std::nullopt,
@@ -950,7 +970,8 @@ nlohmann::json CentralStore::status() {
       "g.head_forks, COALESCE(q.rows, 0), COALESCE(q.bytes, 0), "
       "(SELECT count(*) FROM unrecoverable_media um WHERE um.gateway = g.gateway), "
       "(SELECT COALESCE(json_agg(json_build_object('seq', x.seq, 'sha256', x.sha256, 'noted_ms', x.noted_ms) "
-      "ORDER BY x.seq), '[]') FROM (SELECT * FROM unrecoverable_media um WHERE um.gateway = g.gateway ORDER BY "
+      "ORDER BY x.seq), '[]') FROM (SELECT * FROM unrecoverable_media um WHERE um.gateway = g.gateway ORDER "
+      "BY "
       "um.seq LIMIT 100) x) "
       "FROM gateways g LEFT JOIN quarantine_usage q ON q.gateway = g.gateway ORDER BY g.gateway",
       "reading status");
@@ -985,10 +1006,14 @@ nlohmann::json CentralStore::status() {
   PgResult t = conn_->exec("SELECT rows, bytes, messages, dropped FROM quarantine_usage WHERE gateway = ''",
                            "reading the quarantine totals");
   nlohmann::json quarantine = {
-      {"rows", t.rows() == 1 ? t.integer(0, 0) : 0},         {"bytes", t.rows() == 1 ? t.integer(0, 1) : 0},
-      {"messages", t.rows() == 1 ? t.integer(0, 2) : 0},     {"dropped", t.rows() == 1 ? t.integer(0, 3) : 0},
-      {"max_rows", bounds_.rows},                           {"max_bytes", bounds_.bytes},
-      {"max_rows_per_gateway", bounds_.rows_per_gateway}, {"max_bytes_per_gateway", bounds_.bytes_per_gateway},
+      {"rows", t.rows() == 1 ? t.integer(0, 0) : 0},
+      {"bytes", t.rows() == 1 ? t.integer(0, 1) : 0},
+      {"messages", t.rows() == 1 ? t.integer(0, 2) : 0},
+      {"dropped", t.rows() == 1 ? t.integer(0, 3) : 0},
+      {"max_rows", bounds_.rows},
+      {"max_bytes", bounds_.bytes},
+      {"max_rows_per_gateway", bounds_.rows_per_gateway},
+      {"max_bytes_per_gateway", bounds_.bytes_per_gateway},
   };
   // Names on the feed that are not enrolled and have quarantine rows (the 20 seen last).
   PgResult u = conn_->exec(

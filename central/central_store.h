@@ -43,15 +43,16 @@ struct IncomingMedia {
 // count; rows are bounded (QuarantineBounds), beyond which messages are only counted.
 struct QuarantineEntry {
   std::string gateway;
-  std::string topic;  // what follows <prefix>/<gateway>/: "evidence", "media/<sha>", "head", "resend/response"
+  std::string
+      topic;  // what follows <prefix>/<gateway>/: "evidence", "media/<sha>", "head", "resend/response"
   std::optional<std::uint64_t> seq;
   std::string kid;
   std::string payload;         // the bytes kept (the whole payload, or its first 1024 bytes when larger)
   std::string payload_sha256;  // SHA-256 of the whole payload (the deduplication key)
   std::uint64_t bytes = 0;     // size of the whole payload
   std::string reason;
-  bool enrolled = true;         // the gateway is enrolled (its usage row exists beyond the bounds)
-  std::uint64_t count = 1;      // copies of these bytes in this batch
+  bool enrolled = true;     // the gateway is enrolled (its usage row exists beyond the bounds)
+  std::uint64_t count = 1;  // copies of these bytes in this batch
 };
 
 struct QuarantineBounds {
@@ -116,15 +117,15 @@ struct BatchOutcome {
   std::uint64_t quarantine_dropped = 0;     // beyond the quarantine bounds: counted only
   std::uint64_t media_stored = 0;
   std::uint64_t head_forks = 0;
-  std::uint64_t unsolicited_replies = 0;   // resend replies to no open request (quarantined)
-  std::uint64_t unrecoverable_media = 0;   // pictures newly noted as no longer held
-  std::uint64_t quarantine_resolved = 0;   // quarantine rows taken into the intake (deleted)
-  std::vector<std::string> fork_ids;       // gateway:seq of each fork, for the alarm line
-  std::vector<std::string> head_fork_lines;    // "gateway:seq announced H, stored S"
-  std::vector<std::string> chain_breaks;   // "gateway:seq: reason"
-  std::vector<std::string> unrecoverable;  // "gateway: seq a..b" / "gateway: picture <sha> of seq N"
-  std::vector<std::string> reply_errors;   // "gateway: error" (a refused request)
-  std::vector<custody::Receipt> receipts;  // to publish (retained) once committed
+  std::uint64_t unsolicited_replies = 0;     // resend replies to no open request (quarantined)
+  std::uint64_t unrecoverable_media = 0;     // pictures newly noted as no longer held
+  std::uint64_t quarantine_resolved = 0;     // quarantine rows taken into the intake (deleted)
+  std::vector<std::string> fork_ids;         // gateway:seq of each fork, for the alarm line
+  std::vector<std::string> head_fork_lines;  // "gateway:seq announced H, stored S"
+  std::vector<std::string> chain_breaks;     // "gateway:seq: reason"
+  std::vector<std::string> unrecoverable;    // "gateway: seq a..b" / "gateway: picture <sha> of seq N"
+  std::vector<std::string> reply_errors;     // "gateway: error" (a refused request)
+  std::vector<custody::Receipt> receipts;    // to publish (retained) once committed
 };
 
 struct ReceiptPolicy {
@@ -137,7 +138,7 @@ struct ReceiptPolicy {
 struct ResendPlan {
   std::string gateway;
   custody::ResendRequest request;
-  std::string why;  // "hole 41..57", "tail 101..130 (announced 130)", "media of seq 12"
+  std::string why;          // "hole 41..57", "tail 101..130 (announced 130)", "media of seq 12"
   std::string correlation;  // the request's Correlation Data (decimal text), kept in resend_open
 };
 
@@ -152,7 +153,8 @@ class CentralStore {
   // The schema version is the number of schema steps (central_store.cpp, kSteps).
   static int schema_version();
 
-  // Connects and brings the schema to schema_version() (under an advisory lock: instances may start together).
+  // Connects and brings the schema to schema_version() (under an advisory lock: instances may start
+  // together).
   explicit CentralStore(const std::string& conninfo, QuarantineBounds quarantine = {});
 
   // Recomputes the quarantine usage rows from the table (at an instance's start: an operator may have
@@ -205,7 +207,8 @@ class CentralStore {
   void migrate();
   void advance(const std::string& gateway, std::int64_t now_ms, const ReceiptPolicy& policy,
                BatchOutcome& out);
-  void store_quarantine(const std::vector<QuarantineEntry>& entries, const std::string& now, BatchOutcome& out);
+  void store_quarantine(const std::vector<QuarantineEntry>& entries, const std::string& now,
+                        BatchOutcome& out);
   void store_replies(const std::vector<IncomingReply>& replies, std::int64_t now_ms,
                      std::vector<QuarantineEntry>& unsolicited, BatchOutcome& out);
   void store_heads(const std::vector<AnnouncedHead>& heads, const std::string& now, BatchOutcome& out);

@@ -1,17 +1,17 @@
 // Central follows a gateway's key rotation (docs/custody.md, "Key rotation"): a verified key_rotation record
 // of a gateway, signed by a key enrolled for it, enrols the key it names for that gateway. Stored in the
-// same transaction as the record; the instance that reads it trusts the key at once for the rest of its batch.
+// same transaction as the record; the instance that reads it trusts the key at once for the rest of its
+// batch.
 #pragma once
 
 #include <cstdint>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "central/central_store.h"
 #include "central/pg.h"
@@ -29,7 +29,8 @@ struct RotationEnrolment {
 
 // Pure: the enrolment a verified record asks for. nullopt for any other record type, and for a malformed
 // key_rotation (then `error` says why; the record itself is still evidence and stored).
-std::optional<RotationEnrolment> rotation_enrolment(const IncomingRecord& record, std::string* error = nullptr);
+std::optional<RotationEnrolment> rotation_enrolment(const IncomingRecord& record,
+                                                    std::string* error = nullptr);
 
 // Pure: empty when `seq` lies in the key's range, else the reason a record of that seq signed by `kid` is
 // refused (a key rotated away from signs nothing after its key_rotation record: a forgery, or a leaked key).

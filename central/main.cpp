@@ -142,7 +142,8 @@ int main(int argc, char** argv) {
     if (*enroll_cmd) {
       const auto key = Ed25519PublicKey::from_pem(read_file(pubkey));
       const bool added = store.enroll(gateway, key, "enroll", now_ms(), from_seq);
-      std::cout << (added ? "enrolled " : "already enrolled (unchanged): ") << gateway << " kid " << key.kid();
+      std::cout << (added ? "enrolled " : "already enrolled (unchanged): ") << gateway << " kid "
+                << key.kid();
       if (added && from_seq > 1) {
         std::cout << " from seq " << from_seq;
       }
@@ -162,8 +163,8 @@ int main(int argc, char** argv) {
                   << " first_seen_ms " << r["first_seen_ms"] << " last_seen_ms " << r["last_seen_ms"]
                   << " reason " << r["reason"].dump() << std::endl;
       }
-      std::cout << "quarantine: " << q["total"] << " rows" << (gateway.empty() ? "" : " of " + gateway) << ", "
-                << q["rows"].size() << " shown" << std::endl;
+      std::cout << "quarantine: " << q["total"] << " rows" << (gateway.empty() ? "" : " of " + gateway)
+                << ", " << q["rows"].size() << " shown" << std::endl;
       return 0;
     }
     if (*status_cmd) {
@@ -195,10 +196,11 @@ int main(int argc, char** argv) {
         std::cout << std::endl;
       }
       const auto& q = s["quarantine"];
-      std::cout << "quarantine: " << q["rows"] << " rows, " << q["bytes"] << " bytes (bounds " << q["max_rows"]
-                << " rows, " << q["max_bytes"] << " bytes; per gateway " << q["max_rows_per_gateway"] << " rows, "
-                << q["max_bytes_per_gateway"] << " bytes), " << q["messages"] << " messages, " << q["dropped"]
-                << " dropped beyond the bounds" << std::endl;
+      std::cout << "quarantine: " << q["rows"] << " rows, " << q["bytes"] << " bytes (bounds "
+                << q["max_rows"] << " rows, " << q["max_bytes"] << " bytes; per gateway "
+                << q["max_rows_per_gateway"] << " rows, " << q["max_bytes_per_gateway"] << " bytes), "
+                << q["messages"] << " messages, " << q["dropped"] << " dropped beyond the bounds"
+                << std::endl;
       const auto& u = s["unknown_gateways"];
       if (u["count"].get<long long>() > 0) {
         std::cout << "NOT ENROLLED: " << u["count"] << " gateway names with quarantined messages; latest:";
