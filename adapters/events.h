@@ -52,11 +52,11 @@ struct LaneBand {
 // A closed radar track: one vehicle.
 struct RadarTrack {
   std::string device_id;
-  int target = 0;  // the radar's track number (01-99)
-  int lane = 0;    // from lateral offset and lane boundaries; 0 = outside every lane
+  int target = 0;                      // the radar's track number (01-99)
+  int lane = 0;                        // from lateral offset and lane boundaries; 0 = outside every lane
   std::int64_t median_lateral_mm = 0;  // median of the samples' lateral_cm, in mm: decides lane
-  std::vector<LaneBand> lane_bands;  // the bands lane was decided with (the record keeps them)
-  bool approaching = true;           // dir A (true) or R (false)
+  std::vector<LaneBand> lane_bands;    // the bands lane was decided with (the record keeps them)
+  bool approaching = true;             // dir A (true) or R (false)
   std::int32_t peak_speed_dkmh = 0;
   UnixMs time_ms = 0;  // UTC time of the peak-speed frame
   UnixMs first_ms = 0;
