@@ -1,0 +1,356 @@
+// File transfer messages (see the header): JSON built with sorted keys, every peer value bounded and
+// checked before use.
+#include "daemon/core/file_transfer.h"
+
+#include <algorithm>
+#include <charconv>
+#include <nlohmann/json.hpp>
+
+#include "daemon/core/encoding.h"
+
+namespace cpd::filex {
+
+namespace {
+
+bool get_u64(const nlohmann::json& body, const char* name, std::uint64_t& out) {
+  const auto it = body.find(name);
+  if (it == body.end() || !it->is_number_unsigned()) {
+    return false;
+  }
+  out = it->get<std::uint64_t>();
+  return true;
+}
+
+bool get_string(const nlohmann::json& body, const char* name, std::string& out) {
+  const auto it = body.find(name);
+  if (it == body.end() || !it->is_string()) {
+    return false;
+  }
+  out = it->get<std::string>();
+  return true;
+}
+
+// A decimal without sign or leading zeros (except "0"), within 64 bits.
+bool parse_decimal(std::string_view text, std::uint64_t& out) {
+  if (text.empty() || text.size() > 20 || (text.size() > 1 && text[0] == '0')) {
+    return false;
+  }
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
+  return ec == std::errc() && end == text.data() + text.size();
+}
+
+std::vector<std::string_view> split(std::string_view text) {
+  std::vector<std::string_view> parts;
+  std::size_t start = 0;
+  while (parts.size() < 8) {
+    const auto slash = text.find('/', start);
+    parts.push_back(text.substr(start, slash == std::string_view::npos ? std::string_view::npos : slash - start));
+    if (slash == std::string_view::npos) {
+      break;
+    }
+    start = slash + 1;
+  }
+  return parts;
+}
+
+std::optional<nlohmann::json> object_v1(std::string_view payload, const char* what, std::string& reason) {
+  if (payload.size() > kMaxControlBytes) {
+    reason = std::string(what) + " is " + std::to_string(payload.size()) + " bytes, more than " +
+             std::to_string(kMaxControlBytes);
+    return std::nullopt;
+  }
+  nlohmann::json body = nlohmann::json::parse(payload, nullptr, false);
+  if (body.is_discarded() || !body.is_object()) {
+    reason = std::string(what) + " is not a JSON object";
+    return std::nullopt;
+  }
+  std::uint64_t v = 0;
+  if (!get_u64(body, "v", v) || v != 1) {
+    reason = std::string(what) + ": field \"v\" is not 1";
+    return std::nullopt;
+  }
+  return body;
+}
+
+}  // namespace
+
+std::string init_json(const FileInit& init) {
+  const nlohmann::json body = {{"v", 1},
+                               {"checksum", init.sha256},
+                               {"name", init.name},
+                               {"segment_size", init.segment_size},
+                               {"seq", init.seq},
+                               {"size", init.size}};
+  return body.dump();
+}
+
+InitParse parse_init(std::string_view payload, std::string_view id) {
+  InitParse out;
+  const auto body = object_v1(payload, "init", out.reason);
+  if (!body) {
+    return out;
+  }
+  FileInit init;
+  if (!get_string(*body, "checksum", init.sha256) || init.sha256 != id) {
+    out.reason = "init: field \"checksum\" is not the file id of its topic";
+    return out;
+  }
+  if (!get_u64(*body, "size", init.size) || init.size > (1ULL << 62)) {
+    out.reason = "init: field \"size\" is not a byte count";
+    return out;
+  }
+  if (!get_u64(*body, "segment_size", init.segment_size) || init.segment_size < kMinSegmentBytes ||
+      init.segment_size > kMaxSegmentBytes) {
+    out.reason = "init: field \"segment_size\" is not between " + std::to_string(kMinSegmentBytes) + " and " +
+                 std::to_string(kMaxSegmentBytes);
+    return out;
+  }
+  if (body->contains("name") &&
+      (!get_string(*body, "name", init.name) || init.name.size() > kMaxNameBytes || !is_valid_utf8(init.name) ||
+       init.name.find('\0') != std::string::npos)) {
+    out.reason = "init: field \"name\" is not UTF-8 text of at most " + std::to_string(kMaxNameBytes) + " bytes";
+    return out;
+  }
+  if (body->contains("seq") && !get_u64(*body, "seq", init.seq)) {
+    out.reason = "init: field \"seq\" is not a record seq";
+    return out;
+  }
+  out.init = std::move(init);
+  return out;
+}
+
+std::string init_topic(const std::string& base, const std::string& sha256) {
+  return base + "file/" + sha256 + "/init";
+}
+
+std::string segment_topic(const std::string& base, const std::string& sha256, std::uint64_t offset,
+                          const std::string& segment_sha256) {
+  return base + "file/" + sha256 + "/" + std::to_string(offset) + "/" + segment_sha256;
+}
+
+std::string fin_topic(const std::string& base, const std::string& sha256, std::uint64_t size) {
+  return base + "file/" + sha256 + "/fin/" + std::to_string(size) + "/" + sha256;
+}
+
+std::string abort_topic(const std::string& base, const std::string& sha256) {
+  return base + "file/" + sha256 + "/abort";
+}
+
+FileTopicParse parse_file_topic(std::string_view rest) {
+  FileTopicParse out;
+  const auto parts = split(rest);
+  if (parts.size() < 3 || parts[0] != "file") {
+    out.reason = "not a file transfer topic";
+    return out;
+  }
+  FileTopic t;
+  if (!is_sha256_hex(parts[1])) {
+    out.reason = "file id is not a SHA-256 (64 lower-case hex digits)";
+    return out;
+  }
+  t.sha256 = std::string(parts[1]);
+  if (parts.size() == 3 && parts[2] == "init") {
+    t.kind = FileTopic::Kind::init;
+  } else if (parts.size() == 3 && parts[2] == "abort") {
+    t.kind = FileTopic::Kind::abort;
+  } else if (parts.size() == 5 && parts[2] == "fin") {
+    t.kind = FileTopic::Kind::fin;
+    if (!parse_decimal(parts[3], t.size) || parts[4] != parts[1]) {
+      out.reason = "fin: size is not a decimal or the checksum is not the file id";
+      return out;
+    }
+    t.checksum = std::string(parts[4]);
+  } else if (parts.size() == 4) {
+    t.kind = FileTopic::Kind::segment;
+    if (!parse_decimal(parts[2], t.offset) || !is_sha256_hex(parts[3])) {
+      out.reason = "segment: offset is not a decimal or its checksum is not a SHA-256";
+      return out;
+    }
+    t.checksum = std::string(parts[3]);
+  } else {
+    out.reason = "not an init, segment, fin or abort topic";
+    return out;
+  }
+  out.topic = std::move(t);
+  return out;
+}
+
+std::uint64_t segment_count(std::uint64_t size, std::uint64_t segment_size) {
+  return segment_size == 0 ? 0 : (size + segment_size - 1) / segment_size;
+}
+
+std::string segment_refusal(std::uint64_t size, std::uint64_t segment_size, std::uint64_t offset,
+                            std::uint64_t length) {
+  if (segment_size == 0 || offset % segment_size != 0) {
+    return "offset " + std::to_string(offset) + " is not a multiple of the segment size " +
+           std::to_string(segment_size);
+  }
+  if (offset >= size) {
+    return "offset " + std::to_string(offset) + " is not below the file size " + std::to_string(size);
+  }
+  const std::uint64_t expected = std::min(segment_size, size - offset);
+  if (length != expected) {
+    return "segment at " + std::to_string(offset) + " has " + std::to_string(length) + " bytes, not " +
+           std::to_string(expected);
+  }
+  return {};
+}
+
+Ranges missing_ranges(std::uint64_t size, std::uint64_t segment_size, std::vector<std::uint64_t> held,
+                      std::size_t max) {
+  Ranges out;
+  if (segment_size == 0) {
+    return out;
+  }
+  std::sort(held.begin(), held.end());
+  held.erase(std::unique(held.begin(), held.end()), held.end());
+  std::uint64_t at = 0;  // the first byte not yet known to be held or listed
+  for (const std::uint64_t off : held) {
+    if (off % segment_size != 0 || off >= size) {
+      continue;
+    }
+    if (off > at) {
+      out.emplace_back(at, off);
+      if (out.size() >= max) {
+        return out;
+      }
+    }
+    at = std::max(at, std::min(size, off + segment_size));
+  }
+  if (at < size && out.size() < max) {
+    out.emplace_back(at, size);
+  }
+  return out;
+}
+
+std::string seal_file_receipt(const Ed25519PrivateKey& central_key, const FileReceipt& receipt) {
+  const nlohmann::json body = {{"v", 1},
+                               {"type", "file_receipt"},
+                               {"central", receipt.central},
+                               {"gateway", receipt.gateway},
+                               {"sha256", receipt.sha256},
+                               {"size", receipt.size},
+                               {"issued_ms", receipt.issued_ms}};
+  return sign_compact(central_key, kFileReceiptTyp, body);
+}
+
+FileReceiptCheck check_file_receipt(std::string_view jws, const KeyForKid& central_keys,
+                                     const std::string& gateway) {
+  FileReceiptCheck r;
+  if (jws.size() > kMaxControlBytes) {
+    r.reason = "file receipt of " + std::to_string(jws.size()) + " bytes";
+    return r;
+  }
+  SignedPayload s = check_signed(jws, central_keys, kFileReceiptTyp);
+  r.kid = s.kid;
+  if (!s.ok) {
+    r.reason =
+        s.unknown_key ? "signed by kid " + s.kid + ", which is not a configured central key" : s.reason;
+    return r;
+  }
+  const auto body = object_v1(s.payload, "file receipt", r.reason);
+  if (!body) {
+    return r;
+  }
+  std::string type;
+  if (!get_string(*body, "type", type) || type != "file_receipt") {
+    r.reason = "field \"type\" is not \"file_receipt\"";
+    return r;
+  }
+  FileReceipt& out = r.receipt;
+  if (!get_string(*body, "central", out.central) || out.central.empty()) {
+    r.reason = "field \"central\" is not a non-empty string";
+    return r;
+  }
+  if (!get_string(*body, "gateway", out.gateway) || out.gateway != gateway) {
+    r.reason = "file receipt does not name this gateway \"" + gateway + "\"";
+    return r;
+  }
+  if (!get_string(*body, "sha256", out.sha256) || !is_sha256_hex(out.sha256)) {
+    r.reason = "field \"sha256\" is not 64 lower-case hex digits";
+    return r;
+  }
+  if (!get_u64(*body, "size", out.size)) {
+    r.reason = "field \"size\" is not an integer";
+    return r;
+  }
+  const auto it = body->find("issued_ms");
+  if (it == body->end() || !it->is_number_integer()) {
+    r.reason = "field \"issued_ms\" is not an integer";
+    return r;
+  }
+  out.issued_ms = it->get<std::int64_t>();
+  r.ok = true;
+  return r;
+}
+
+std::string want_json(const Want& want) {
+  nlohmann::json body = {{"v", 1}, {"file", want.sha256}};
+  if (!want.ranges.empty()) {
+    nlohmann::json ranges = nlohmann::json::array();
+    for (const auto& [lo, hi] : want.ranges) {
+      ranges.push_back({lo, hi});
+    }
+    body["ranges"] = std::move(ranges);
+  }
+  return body.dump();
+}
+
+WantParse parse_want(std::string_view payload) {
+  WantParse out;
+  const auto body = object_v1(payload, "want", out.reason);
+  if (!body) {
+    return out;
+  }
+  Want want;
+  if (!get_string(*body, "file", want.sha256) || !is_sha256_hex(want.sha256)) {
+    out.reason = "want: field \"file\" is not 64 lower-case hex digits";
+    return out;
+  }
+  if (const auto it = body->find("ranges"); it != body->end()) {
+    if (!it->is_array() || it->empty() || it->size() > kMaxWantRanges) {
+      out.reason = "want: ranges must be 1.." + std::to_string(kMaxWantRanges) + " [lo, hi) pairs";
+      return out;
+    }
+    std::uint64_t last = 0;
+    for (const auto& r : *it) {
+      if (!r.is_array() || r.size() != 2 || !r[0].is_number_unsigned() || !r[1].is_number_unsigned()) {
+        out.reason = "want: a range is not a pair of byte offsets";
+        return out;
+      }
+      const auto lo = r[0].get<std::uint64_t>();
+      const auto hi = r[1].get<std::uint64_t>();
+      if (lo >= hi || lo < last) {
+        out.reason = "want: ranges must be non-empty [lo, hi) pairs in ascending order, not overlapping";
+        return out;
+      }
+      last = hi;
+      want.ranges.emplace_back(lo, hi);
+    }
+  }
+  out.want = std::move(want);
+  return out;
+}
+
+std::string abort_json(const std::string& reason) {
+  return nlohmann::json{{"v", 1}, {"reason", reason}}.dump();
+}
+
+std::string parse_abort(std::string_view payload) {
+  std::string reason;
+  const auto body = object_v1(payload, "abort", reason);
+  if (!body || !get_string(*body, "reason", reason) || reason.empty()) {
+    return {};
+  }
+  if (reason.size() > 200 || !is_valid_utf8(reason) || reason.find('\0') != std::string::npos) {
+    std::string clean;
+    for (std::size_t i = 0; i < reason.size() && clean.size() < 200; ++i) {
+      const auto c = static_cast<unsigned char>(reason[i]);
+      clean += (c >= 0x20 && c < 0x7f) ? static_cast<char>(c) : '?';
+    }
+    reason = clean;
+  }
+  return reason;
+}
+
+}  // namespace cpd::filex

@@ -1,0 +1,153 @@
+// Unit tests of the file transfer messages (recordings to central): topics parse back to what built them,
+// segment bounds, missing ranges, init/want/abort bounds, and file receipts that verify only under the right
+// key for the right gateway.
+#include "daemon/core/file_transfer.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "daemon/core/encoding.h"
+
+namespace cpd::filex {
+namespace {
+
+using ::testing::HasSubstr;
+
+const std::string kSha(64, 'a');
+const std::string kSeg(64, 'b');
+
+KeyForKid keys_of(const Ed25519PrivateKey& key) {
+  const auto pub = key.public_key();
+  return [pub](const std::string& kid) -> std::optional<Ed25519PublicKey> {
+    if (kid == pub.kid()) {
+      return pub;
+    }
+    return std::nullopt;
+  };
+}
+
+std::string rest(const std::string& topic) {
+  return topic.substr(std::string("cp/gw/").size());
+}
+
+TEST(FileTransferTest, TopicsParseBackToWhatBuiltThem) {
+  auto t = parse_file_topic(rest(init_topic("cp/gw/", kSha)));
+  ASSERT_TRUE(t.topic) << t.reason;
+  EXPECT_EQ(t.topic->kind, FileTopic::Kind::init);
+  EXPECT_EQ(t.topic->sha256, kSha);
+
+  t = parse_file_topic(rest(segment_topic("cp/gw/", kSha, 1048576, kSeg)));
+  ASSERT_TRUE(t.topic) << t.reason;
+  EXPECT_EQ(t.topic->kind, FileTopic::Kind::segment);
+  EXPECT_EQ(t.topic->offset, 1048576u);
+  EXPECT_EQ(t.topic->checksum, kSeg);
+
+  t = parse_file_topic(rest(fin_topic("cp/gw/", kSha, 1073741824)));
+  ASSERT_TRUE(t.topic) << t.reason;
+  EXPECT_EQ(t.topic->kind, FileTopic::Kind::fin);
+  EXPECT_EQ(t.topic->size, 1073741824u);
+
+  t = parse_file_topic(rest(abort_topic("cp/gw/", kSha)));
+  ASSERT_TRUE(t.topic) << t.reason;
+  EXPECT_EQ(t.topic->kind, FileTopic::Kind::abort);
+}
+
+TEST(FileTransferTest, HostileTopicsAreRefusedWithAReason) {
+  for (const std::string& bad :
+       std::vector<std::string>{"file/xyz/init", "file/" + kSha, "file/" + kSha + "/01/" + kSeg, "file/" + kSha + "/-1/" + kSeg,
+        "file/" + kSha + "/99999999999999999999999/" + kSeg, "file/" + kSha + "/0/nothex",
+        "file/" + kSha + "/fin/10/" + kSeg, "file/" + kSha + "/fin/x/" + kSha, "file/" + kSha + "/init/more",
+        "file/" + std::string(64, 'A') + "/init", "evidence", "file/" + kSha + "/a/b/c/d/e/f/g/h/i"}) {
+    const auto t = parse_file_topic(bad);
+    EXPECT_FALSE(t.topic) << bad;
+    EXPECT_FALSE(t.reason.empty()) << bad;
+  }
+}
+
+TEST(FileTransferTest, SegmentsMustFitTheFile) {
+  EXPECT_EQ(segment_refusal(10000, 4096, 0, 4096), "");
+  EXPECT_EQ(segment_refusal(10000, 4096, 8192, 1808), "");
+  EXPECT_THAT(segment_refusal(10000, 4096, 100, 4096), HasSubstr("multiple"));
+  EXPECT_THAT(segment_refusal(10000, 4096, 12288, 4096), HasSubstr("not below"));
+  EXPECT_THAT(segment_refusal(10000, 4096, 4096, 100), HasSubstr("not 4096"));
+  EXPECT_THAT(segment_refusal(10000, 4096, 8192, 4096), HasSubstr("not 1808"));
+  EXPECT_EQ(segment_count(10000, 4096), 3u);
+  EXPECT_EQ(segment_count(8192, 4096), 2u);
+  EXPECT_EQ(segment_count(0, 4096), 0u);
+}
+
+TEST(FileTransferTest, MissingRangesAreMergedAndBounded) {
+  EXPECT_EQ(missing_ranges(10000, 4096, {}), (Ranges{{0, 10000}}));
+  EXPECT_EQ(missing_ranges(10000, 4096, {0, 4096, 8192}), Ranges{});
+  EXPECT_EQ(missing_ranges(10000, 4096, {4096, 4096, 12345}), (Ranges{{0, 4096}, {8192, 10000}}));
+  EXPECT_EQ(missing_ranges(5 * 4096, 4096, {0, 2 * 4096, 4 * 4096}), (Ranges{{4096, 8192}, {12288, 16384}}));
+  // Bounded: one range per missing stretch, at most `max`.
+  std::vector<std::uint64_t> every_other;
+  for (std::uint64_t i = 0; i < 100; i += 2) {
+    every_other.push_back(i * 4096);
+  }
+  EXPECT_EQ(missing_ranges(100 * 4096, 4096, every_other, 10).size(), 10u);
+}
+
+TEST(FileTransferTest, InitRoundTripsAndIsBounded) {
+  const FileInit init{kSha, 123456789, 1 << 20, "20261205_0001.mp4", 42};
+  const InitParse p = parse_init(init_json(init), kSha);
+  ASSERT_TRUE(p.init) << p.reason;
+  EXPECT_EQ(*p.init, init);
+  EXPECT_THAT(parse_init(init_json(init), kSeg).reason, HasSubstr("checksum"));
+  FileInit small = init;
+  small.segment_size = 100;
+  EXPECT_THAT(parse_init(init_json(small), kSha).reason, HasSubstr("segment_size"));
+  FileInit named = init;
+  named.name = std::string(kMaxNameBytes + 1, 'n');
+  EXPECT_THAT(parse_init(init_json(named), kSha).reason, HasSubstr("name"));
+  // Not UTF-8: not JSON at all.
+  EXPECT_FALSE(parse_init("{\"v\":1,\"name\":\"\xff\"}", kSha).init);
+  EXPECT_THAT(parse_init(std::string(kMaxControlBytes + 1, ' '), kSha).reason, HasSubstr("bytes"));
+  EXPECT_THAT(parse_init("[1]", kSha).reason, HasSubstr("JSON object"));
+}
+
+TEST(FileTransferTest, WantsRoundTripAndRefuseOverlapsAndFloods) {
+  const Want w{kSha, {{0, 4096}, {8192, 10000}}};
+  const WantParse p = parse_want(want_json(w));
+  ASSERT_TRUE(p.want) << p.reason;
+  EXPECT_EQ(*p.want, w);
+  const WantParse whole = parse_want(want_json(Want{kSha, {}}));
+  ASSERT_TRUE(whole.want) << whole.reason;
+  EXPECT_TRUE(whole.want->ranges.empty());
+  EXPECT_FALSE(parse_want(R"({"v":1,"file":")" + kSha + R"(","ranges":[[5,5]]})").want);
+  EXPECT_FALSE(parse_want(R"({"v":1,"file":")" + kSha + R"(","ranges":[[0,10],[5,20]]})").want);
+  EXPECT_FALSE(parse_want(R"({"v":1,"file":")" + kSha + R"(","ranges":[[0,-1]]})").want);
+  EXPECT_FALSE(parse_want(R"({"v":2,"file":")" + kSha + R"("})").want);
+  std::string many = R"({"v":1,"file":")" + kSha + R"(","ranges":[)";
+  for (std::size_t i = 0; i <= kMaxWantRanges; ++i) {
+    many += (i ? "," : "") + std::string("[") + std::to_string(2 * i) + "," + std::to_string(2 * i + 1) + "]";
+  }
+  many += "]}";
+  EXPECT_THAT(parse_want(many).reason, HasSubstr("ranges"));
+}
+
+TEST(FileTransferTest, AbortReasonsAreCleaned) {
+  EXPECT_EQ(parse_abort(abort_json("not held")), "not held");
+  EXPECT_EQ(parse_abort("garbage"), "");
+  EXPECT_EQ(parse_abort(abort_json(std::string(300, 'x'))).size(), 200u);
+}
+
+TEST(FileTransferTest, AFileReceiptVerifiesOnlyUnderTheCentralKeyForThisGateway) {
+  const auto central = Ed25519PrivateKey::generate();
+  const auto other = Ed25519PrivateKey::generate();
+  const FileReceipt r{"central-1", "gw-1", kSha, 1073741824, 1767225600000};
+  const std::string jws = seal_file_receipt(central, r);
+  const FileReceiptCheck ok = check_file_receipt(jws, keys_of(central), "gw-1");
+  ASSERT_TRUE(ok.ok) << ok.reason;
+  EXPECT_EQ(ok.receipt, r);
+  EXPECT_THAT(check_file_receipt(jws, keys_of(other), "gw-1").reason, HasSubstr("not a configured central key"));
+  EXPECT_THAT(check_file_receipt(jws, keys_of(central), "gw-2").reason, HasSubstr("this gateway"));
+  EXPECT_FALSE(check_file_receipt(seal_file_receipt(other, r), keys_of(central), "gw-1").ok);
+  std::string tampered = jws;
+  tampered[tampered.size() - 5] = tampered[tampered.size() - 5] == 'A' ? 'B' : 'A';
+  EXPECT_FALSE(check_file_receipt(tampered, keys_of(central), "gw-1").ok);
+}
+
+}  // namespace
+}  // namespace cpd::filex
