@@ -58,6 +58,8 @@ CentralConfig parse_document(const YAML::Node& document, const std::string& name
   out.feed.queue_messages =
       feed.optional<int>("queue_messages", out.feed.queue_messages, {.min = 10, .max = 1000000});
   out.feed.queue_mb = feed.optional<int>("queue_mb", out.feed.queue_mb, {.min = 1, .max = 65536});
+  out.feed.max_file_mb = feed.optional<int>("max_file_mb", out.feed.max_file_mb, {.min = 1, .max = 1 << 20});
+  out.feed.max_open_files = feed.optional<int>("max_open_files", out.feed.max_open_files, {.min = 1, .max = 64});
   out.feed.batch_max = feed.optional<int>("batch_max", out.feed.batch_max, {.min = 1, .max = 10000});
   out.feed.media_dir = config::resolve_path(
       feed, feed.required<std::string>("media_dir",
@@ -90,6 +92,8 @@ CentralConfig parse_document(const YAML::Node& document, const std::string& name
   if (auto gaps = root.optional_section("gaps")) {
     out.gaps.resend_after_ms =
         gaps->optional<int>("resend_after_ms", out.gaps.resend_after_ms, {.min = 100, .max = 86400000});
+    out.gaps.file_stall_ms =
+        gaps->optional<int>("file_stall_ms", out.gaps.file_stall_ms, {.min = 100, .max = 86400000});
     out.gaps.retry_min_ms =
         gaps->optional<int>("retry_min_ms", out.gaps.retry_min_ms, {.min = 100, .max = 86400000});
     out.gaps.retry_max_ms =

@@ -30,6 +30,10 @@ struct FeedSection {
   int quarantine_max_mb_per_gateway = 64;   // payload MiB per gateway
   int quarantine_max_rows = 1000000;        // rows in all
   int quarantine_max_mb = 1024;             // payload MiB in all
+  // Recordings (docs/custody.md, "Recordings to central"): a file larger than this is refused at its init;
+  // at most max_open_files transfers per gateway are open at once (each holds a partial file on disk).
+  int max_file_mb = 8192;
+  int max_open_files = 4;
 };
 
 struct ReceiptsSection {
@@ -42,6 +46,7 @@ struct GapsSection {
   int retry_min_ms = 5000;      // backoff between requests for the same gateway: doubles up to max
   int retry_max_ms = 300000;
   int check_interval_ms = 1000;  // how often an instance looks for gaps
+  int file_stall_ms = 30000;     // an open file transfer without a new segment this long: ask for the rest
 };
 
 struct TrustSection {

@@ -121,7 +121,12 @@ std::optional<FeedTopic> parse_feed_topic(const std::string& prefix, const std::
 CentralService::CentralService(CentralConfig config)
     : cfg_(std::move(config)),
       key_(Ed25519PrivateKey::load_pem_file(cfg_.central.key_path)),
-      prefix_(cfg_.mqtt.topic_prefix) {}
+      prefix_(cfg_.mqtt.topic_prefix),
+      files_(std::make_unique<FileIntake>(
+          FileIntakeConfig{cfg_.central.id, cfg_.feed.media_dir,
+                           static_cast<std::uint64_t>(cfg_.feed.max_file_mb) << 20, cfg_.feed.max_open_files,
+                           cfg_.gaps.file_stall_ms, cfg_.gaps.retry_max_ms},
+          key_, prefix_)) {}
 
 CentralService::~CentralService() {
   stop();
@@ -175,10 +180,10 @@ void CentralService::connect_broker() {
   subscribe_ = [this, group] {
     try {
       auto topics = mqtt::string_collection::create(
-          {group + "evidence", group + "media/+", group + "head", group + "resend/response"});
-      client_->subscribe(topics, std::vector<int>{1, 1, 1, 1})->wait_for(std::chrono::seconds(10));
+          {group + "evidence", group + "media/+", group + "head", group + "resend/response", group + "file/#"});
+      client_->subscribe(topics, std::vector<int>{1, 1, 1, 1, 1})->wait_for(std::chrono::seconds(10));
       if (!subscribed_.exchange(true)) {
-        log::notice("central", "", "subscribed to " + group + "{evidence,media/+,head,resend/response}");
+        log::notice("central", "", "subscribed to " + group + "{evidence,media/+,head,resend/response,file/#}");
       }
     } catch (const mqtt::exception& e) {
       log::warn("central", "", std::string("mqtt: subscribe failed: ") + e.what());
@@ -327,6 +332,9 @@ void CentralService::run_worker() {
             now, ReceiptPolicy{cfg_.central.id, static_cast<std::uint64_t>(cfg_.receipts.every_records),
                                cfg_.receipts.every_ms}));
         request_resends();
+        std::vector<FilePublish> wants;
+        files_->tick(store_->connection(), now, wants);
+        publish_files(std::move(wants));
       }
       pg_backoff = std::chrono::milliseconds(200);
     } catch (const PgError& e) {
@@ -460,6 +468,8 @@ void CentralService::classify(const Message& m, Batch& batch) {
     kind = topic->rest;
   } else if (topic->rest.rfind("media/", 0) == 0) {
     kind = "media";
+  } else if (topic->rest.rfind("file/", 0) == 0) {
+    kind = "file";
   } else {
     ++counters_.refused;
     log::warn("central", "refused", "message on " + printable(m.topic) + " refused: not a feed topic");
@@ -546,6 +556,11 @@ void CentralService::classify(const Message& m, Batch& batch) {
       return;
     }
     batch.media.push_back(IncomingMedia{gateway, sha, m.payload.size(), write_media(sha, m.payload)});
+  } else if (kind == "file") {
+    // Recordings: taken at once (not batched), each segment fsync'd before PostgreSQL counts it.
+    std::vector<FilePublish> answers;
+    files_->handle(store_->connection(), gateway, topic->rest, m.payload, now_ms(), answers);
+    publish_files(std::move(answers));
   } else if (kind == "head") {
     const custody::HeadCheck h = custody::check_head(m.payload, lookup, gateway);
     std::string reason = h.reason;
@@ -802,6 +817,20 @@ void CentralService::publish_receipts(const std::vector<custody::Receipt>& recei
   }
 }
 
+void CentralService::publish_files(std::vector<FilePublish> messages) {
+  for (FilePublish& p : messages) {
+    auto msg = mqtt::make_message(p.topic, std::move(p.payload), 1, false);
+    post_link_job([this, msg] {
+      try {
+        client_->publish(msg);
+      } catch (const mqtt::exception& e) {
+        // A lost receipt or want is sent again: the gateway repeats its fin, the stall check its want.
+        log::warn("central", "", "mqtt: " + msg->get_topic() + " not published: " + e.what());
+      }
+    });
+  }
+}
+
 void CentralService::request_resends() {
   const auto plans = store_->plan_resends(
       now_ms(), GapPolicy{cfg_.gaps.resend_after_ms, cfg_.gaps.retry_min_ms, cfg_.gaps.retry_max_ms});
@@ -931,6 +960,22 @@ std::string CentralService::metrics_text() {
   c("central_unrecoverable_total", "Ranges and pictures a gateway said it no longer holds (recorded).",
     counters_.unrecoverable);
   c("central_receipts_total", "Custody receipts published.", counters_.receipts);
+  const FileCounters& f = files_->counters();
+  c("central_file_inits_total", "Recording transfers opened (init taken).", f.inits);
+  c("central_file_segments_total", "Recording segments written, fsync'd and counted.", f.segments);
+  c("central_file_segment_bytes_total", "Bytes of those segments.", f.segment_bytes);
+  c("central_file_segments_duplicate_total", "Segments received again (dropped).", f.segments_duplicate);
+  c("central_file_refused_total", "File transfer messages refused (malformed, out of bounds, bad checksum).",
+    f.refused);
+  c("central_file_unexpected_total", "Segments and fins of no open transfer (asked for later if needed).",
+    f.unexpected);
+  c("central_files_held_total", "Recordings held: every segment there and the whole SHA-256 checked.",
+    f.files_held);
+  c("central_file_mismatches_total", "Whole recordings whose SHA-256 was not their id (asked for again).",
+    f.mismatches);
+  c("central_file_wants_total", "Requests to a gateway for missing byte ranges or whole files.", f.wants);
+  c("central_file_aborts_total", "Recordings a gateway said it cannot send.", f.aborts);
+  c("central_file_receipts_total", "Signed file receipts published.", f.receipts);
   c("central_resend_requests_total", "Resend requests published.", counters_.resend_requests);
   c("central_postgres_errors_total", "PostgreSQL errors (batch retried).", counters_.pg_errors);
   c("central_retired_key_total",

@@ -19,6 +19,7 @@
 
 #include "central/central_config.h"
 #include "central/central_store.h"
+#include "central/file_intake.h"
 #include "daemon/core/ed25519.h"
 
 namespace mqtt {
@@ -72,6 +73,7 @@ class CentralService {
   void request_stop();
 
   const CentralCounters& counters() const { return counters_; }
+  const FileCounters& file_counters() const { return files_->counters(); }
   std::size_t queue_depth() const;
   std::size_t queue_bytes() const;
   // Prometheus text (counters, queue depth, per-gateway watermark/lag from PostgreSQL).
@@ -107,6 +109,7 @@ class CentralService {
   void classify(const Message& m, Batch& batch);
   void process_singly(std::vector<Message>& messages);
   void publish_receipts(const std::vector<custody::Receipt>& receipts);
+  void publish_files(std::vector<FilePublish> messages);
   void request_resends();
   std::optional<Ed25519PublicKey> key_for(const std::string& gateway, const std::string& kid);
   void reload_keys(bool force);
@@ -117,6 +120,7 @@ class CentralService {
   Ed25519PrivateKey key_;
   std::string prefix_;
   std::unique_ptr<CentralStore> store_;  // worker thread only (after start)
+  std::unique_ptr<FileIntake> files_;    // recordings (worker thread)
   std::unique_ptr<mqtt::async_client> client_;
 
   mutable std::mutex queue_mutex_;

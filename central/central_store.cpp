@@ -185,6 +185,37 @@ UPDATE gateway_keys k SET valid_to_seq = r.seq FROM (SELECT gateway, substr(sour
   x.seq = r.seq WHERE r.gateway = k.gateway AND k.kid = x.kid;
 ALTER TABLE quarantine ADD COLUMN reexamined_ms bigint;
 )sql",
+    // Recordings to central (file_intake.cpp): one row per (gateway, file) transfer, and the segments of an
+    // open transfer whose bytes are fsync'd in its partial file. A held file is also a `media` row.
+    R"sql(
+CREATE TABLE file_uploads (
+  gateway text NOT NULL,
+  sha256 text NOT NULL,
+  size bigint NOT NULL,
+  segment_size bigint NOT NULL,
+  name text NOT NULL DEFAULT '',
+  seq bigint,
+  state text NOT NULL,
+  reason text,
+  started_ms bigint NOT NULL,
+  last_ms bigint NOT NULL,
+  fin_ms bigint,
+  held_ms bigint,
+  received_bytes bigint NOT NULL DEFAULT 0,
+  next_want_ms bigint NOT NULL DEFAULT 0,
+  want_backoff_ms bigint NOT NULL DEFAULT 0,
+  wants bigint NOT NULL DEFAULT 0,
+  PRIMARY KEY (gateway, sha256)
+);
+CREATE INDEX file_uploads_state ON file_uploads (state, next_want_ms);
+CREATE TABLE file_segments (
+  gateway text NOT NULL,
+  sha256 text NOT NULL,
+  off bigint NOT NULL,
+  len bigint NOT NULL,
+  PRIMARY KEY (gateway, sha256, off)
+);
+)sql",
 };
 
 std::string num(std::uint64_t v) {

@@ -60,11 +60,37 @@ CustodyAgent::CustodyAgent(boost::asio::io_context& io, const config::Config& cf
 
 CustodyAgent::~CustodyAgent() = default;
 
+void CustodyAgent::add_topics(std::vector<std::string> topics, forwarder::SideChannel::Handler handler) {
+  extra_topics_ = std::move(topics);
+  extra_handler_ = std::move(handler);
+}
+
 void CustodyAgent::start() {
   const std::string base = prefix_ + "/" + gateway_ + "/";
-  channel_.set_subscriptions({base + "custody", base + "resend"}, [this](forwarder::InboundMessage m) {
-    // Already on the forwarder's strand; hop to ours so all agent state has one owner.
-    boost::asio::post(strand_, [this, m = std::move(m)]() mutable { on_message(std::move(m)); });
+  std::vector<std::string> topics = {base + "custody", base + "resend"};
+  topics.insert(topics.end(), extra_topics_.begin(), extra_topics_.end());
+  channel_.set_subscriptions(std::move(topics), [this](forwarder::InboundMessage m) {
+    if (extra_handler_ && std::find(extra_topics_.begin(), extra_topics_.end(), m.topic) != extra_topics_.end()) {
+      extra_handler_(std::move(m));
+      return;
+    }
+    // Already on the forwarder's strand; hop to ours so all agent state has one owner. The hop is bounded: a
+    // peer flooding these topics holds at most kMaxInputsWaiting messages (kMaxInputBytesWaiting) in memory
+    // and ahead of live work on the io thread; beyond, a message is dropped and counted (central sends its
+    // receipt again and asks again for what a dropped request wanted).
+    const std::size_t bytes =
+        m.topic.size() + m.payload.size() + m.response_topic.size() + m.correlation_data.size();
+    if (inputs_waiting_ >= kMaxInputsWaiting || inputs_waiting_bytes_ + bytes > kMaxInputBytesWaiting) {
+      drop_input(m.topic);
+      return;
+    }
+    ++inputs_waiting_;
+    inputs_waiting_bytes_ += bytes;
+    boost::asio::post(strand_, [this, bytes, m = std::move(m)]() mutable {
+      --inputs_waiting_;
+      inputs_waiting_bytes_ -= bytes;
+      on_message(std::move(m));
+    });
   });
   host_.run_on_store([this](store::EvidenceStore& store) {
     auto state = store.custody();
@@ -75,6 +101,7 @@ void CustodyAgent::start() {
       oldest_outside_ms_ = oldest;
     }
     boost::asio::post(strand_, [this, through = state ? state->through_seq : 0] {
+      accepted_through_ = std::max(accepted_through_, through);
       accepting_through_ = std::max(accepting_through_, through);
     });
   });
@@ -105,6 +132,7 @@ void CustodyAgent::decide_origin(std::optional<store::CustodyState> receipt, std
   OriginDecided decided = std::move(origin_decided_);
   origin_decided_ = nullptr;
   if (receipt) {
+    accepted_through_ = std::max(accepted_through_, receipt->through_seq);
     accepting_through_ = std::max(accepting_through_, receipt->through_seq);
   }
   decided(std::move(receipt), std::move(why));
@@ -137,6 +165,19 @@ void CustodyAgent::on_message(forwarder::InboundMessage message) {
   } else if (message.topic == base + "resend") {
     on_resend_request(std::move(message));
   }
+}
+
+void CustodyAgent::drop_input(const std::string& topic) {
+  std::uint64_t dropped = 0;
+  {
+    std::lock_guard lock(snapshot_mutex_);
+    dropped = ++inputs_dropped_;
+  }
+  log::warn("custody", "",
+            "message on " + topic + " dropped: " + std::to_string(kMaxInputsWaiting) +
+                " messages or " + std::to_string(kMaxInputBytesWaiting >> 20) +
+                " MiB already wait for the custody agent (a flood?); " + std::to_string(dropped) +
+                " dropped so far");
 }
 
 // --- receipts ---
@@ -178,9 +219,9 @@ void CustodyAgent::on_receipt(const std::string& jws) {
   if (receipt.through_seq <= accepting_through_) {
     return;  // the same receipt again (retained, redelivered) or an older one: nothing new
   }
-  const std::uint64_t previous = accepting_through_;
   accepting_through_ = receipt.through_seq;  // one custody record per receipt, even if it arrives twice now
-  host_.run_on_store([this, receipt, jws, kid = check.kid, previous](store::EvidenceStore& store) {
+  checking_.insert(receipt.through_seq);
+  host_.run_on_store([this, receipt, jws, kid = check.kid](store::EvidenceStore& store) {
     std::string reason;
     const auto record = store.record(receipt.through_seq);
     if (!record) {
@@ -194,14 +235,19 @@ void CustodyAgent::on_receipt(const std::string& jws) {
                std::to_string(receipt.through_seq);
     }
     if (!reason.empty()) {
-      boost::asio::post(strand_, [this, reason, previous, through = receipt.through_seq] {
-        if (accepting_through_ == through) {
-          accepting_through_ = previous;
-        }
+      boost::asio::post(strand_, [this, reason, through = receipt.through_seq] {
+        // Back to the highest receipt accepted or still being checked: several receipts may be checked at
+        // once, and a refused one must leave no trace (the next genuine receipt below it is not ignored).
+        checking_.erase(checking_.find(through));
+        accepting_through_ = std::max(accepted_through_, checking_.empty() ? 0 : *checking_.rbegin());
         refuse_receipt(reason);
       });
       return;
     }
+    boost::asio::post(strand_, [this, through = receipt.through_seq] {
+      checking_.erase(checking_.find(through));
+      accepted_through_ = std::max(accepted_through_, through);
+    });
     store::CustodyState state{receipt.through_seq, receipt.head, receipt.central, kid, jws, clock_.now_ms()};
     const auto current = store.custody();
     const UnixMs now = clock_.now_ms();
@@ -520,7 +566,7 @@ void CustodyAgent::prune() {
     std::uint64_t records = 0;
     std::uint64_t media = 0;
     for (int round = 0; round < kPruneRoundsPerTick; ++round) {
-      const auto pruned = store.prune_in_custody(state->through_seq, before, kPruneBatch);
+      const auto pruned = store.prune_in_custody(state->through_seq, before, kPruneBatch, clock_.now_ms());
       records += pruned.records;
       for (const std::string& sha : pruned.media) {
         host_.remove_media(sha);
@@ -556,6 +602,7 @@ nlohmann::json CustodyAgent::status() const {
       {"receipts_accepted", receipts_accepted_},
       {"receipts_refused", receipts_refused_},
       {"last_refusal", last_refusal_.empty() ? nlohmann::json(nullptr) : nlohmann::json(last_refusal_)},
+      {"inputs_dropped", inputs_dropped_},
       {"resend_requests", resend_requests_},
       {"resend_refused", resend_refused_},
       {"resent_records", resent_records_},

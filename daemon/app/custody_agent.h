@@ -17,6 +17,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -51,6 +52,9 @@ class CustodyAgent {
   CustodyAgent(const CustodyAgent&) = delete;
   CustodyAgent& operator=(const CustodyAgent&) = delete;
 
+  // Further topics to subscribe to with the custody topics (the recording uploader's), and who takes their
+  // messages (on the forwarder's strand). Call before start().
+  void add_topics(std::vector<std::string> topics, forwarder::SideChannel::Handler handler);
   // Subscribes (through the side channel: call before the forwarder starts) and starts the timers.
   void start();
 
@@ -77,6 +81,7 @@ class CustodyAgent {
   };
 
   void on_message(forwarder::InboundMessage message);
+  void drop_input(const std::string& topic);
   void on_receipt(const std::string& jws);
   void refuse_receipt(const std::string& reason);
   void decide_origin(std::optional<store::CustodyState> receipt, std::string why);
@@ -115,12 +120,22 @@ class CustodyAgent {
   boost::asio::steady_timer pace_timer_;
   boost::asio::steady_timer origin_timer_;
   OriginDecided origin_decided_;  // strand: set while an empty store waits for its receipt
+  std::vector<std::string> extra_topics_;
+  forwarder::SideChannel::Handler extra_handler_;
   bool stopped_ = false;
+
+  // Messages handed to the strand and not yet taken (the forwarder's strand adds, ours takes).
+  static constexpr std::size_t kMaxInputsWaiting = 64;
+  static constexpr std::size_t kMaxInputBytesWaiting = 2u << 20;
+  std::atomic<std::size_t> inputs_waiting_{0};
+  std::atomic<std::size_t> inputs_waiting_bytes_{0};
 
   // Strand state.
   std::deque<Resend> resends_;
   bool resending_ = false;
   std::uint64_t accepting_through_ = 0;
+  std::uint64_t accepted_through_ = 0;        // highest receipt that passed every check (or the store's)
+  std::multiset<std::uint64_t> checking_;     // through_seq of receipts being checked against the store
   UnixMs last_custody_record_ms_ = 0;    // store thread: when the last custody record was sealed  // highest through_seq being or already accepted (no double records)
   std::chrono::steady_clock::time_point pace_start_{};
   std::uint64_t paced_messages_ = 0;
@@ -130,6 +145,7 @@ class CustodyAgent {
   std::optional<UnixMs> oldest_outside_ms_;  // created_ms of the first record not in custody
   std::uint64_t receipts_accepted_ = 0;
   std::uint64_t receipts_refused_ = 0;
+  std::uint64_t inputs_dropped_ = 0;  // messages dropped at the bounded hand-off to the strand
   std::string last_refusal_;
   std::uint64_t resend_requests_ = 0;
   std::uint64_t resend_refused_ = 0;

@@ -38,6 +38,7 @@
 #include "daemon/core/key_rotation.h"
 #include "daemon/core/sealer.h"
 #include "daemon/app/custody_agent.h"
+#include "daemon/app/recording_uploader.h"
 #include "daemon/forwarder/mqtt_forwarder.h"
 #include "daemon/log/log.h"
 #include "daemon/media/media_store.h"
@@ -209,6 +210,7 @@ struct Daemon::Impl {
   std::unique_ptr<StoreDockLedger> dock_ledger;
   std::unique_ptr<forwarder::MqttForwarder> forwarder;
   std::unique_ptr<CustodyAgent> custody;  // only with a custody section (docs/custody.md)
+  std::unique_ptr<RecordingUploader> uploader;  // recordings to central, with custody
   std::unique_ptr<pipeline::Correlator> correlator;
   std::unique_ptr<PipelineSink> sink;
   std::vector<std::unique_ptr<adapters::Adapter>> adapters;
@@ -417,6 +419,9 @@ struct Daemon::Impl {
       s["backlog_oldest_ms"] = *stats.oldest_created_ms;
     }
     s["custody"] = custody ? custody->status() : json{{"enabled", false}};
+    if (uploader) {
+      s["custody"]["recordings"] = uploader->status();
+    }
     {
       std::lock_guard lock(counts_mutex);
       s["kid"] = kid;
@@ -677,6 +682,9 @@ struct Daemon::Impl {
     if (custody) {
       custody->stop();
     }
+    if (uploader) {
+      uploader->stop();
+    }
     // The adapters' stop handlers run first (they emit the tracks still open); the stop audit record
     // then comes after everything they emitted. The forwarder drains up to it, then says offline.
     asio::post(io, [this, why] {
@@ -834,7 +842,17 @@ int Daemon::run() {
                                 });
                               });
     }
+    UploaderHost files;
+    files.run_on_store = [&d](std::function<void(store::EvidenceStore&)> task) {
+      d.worker->run_on_worker(std::move(task));
+    };
+    files.run_blocking = [&d](std::function<void()> task) { asio::post(*d.blocking, std::move(task)); };
+    files.media_path = [&d](const std::string& sha256) { return d.media->path_of(sha256); };
+    d.uploader = std::make_unique<RecordingUploader>(d.io, cfg, *d.forwarder, std::move(files), d.clock);
+    d.custody->add_topics(d.uploader->topics(),
+                          [&d](forwarder::InboundMessage m) { d.uploader->on_message(std::move(m)); });
     d.custody->start();  // subscribes through the forwarder: before it connects
+    d.uploader->start();
   }
   d.forwarder->notify_committed(head.seq);
   d.forwarder->start();

@@ -293,6 +293,17 @@ CustodySection parse_custody(Section& root) {
       c.optional<int>("record_min_interval_s", out.record_min_interval_s, {.min = 0, .max = 86400});
   out.empty_store_wait_ms =
       c.optional<int>("empty_store_wait_ms", out.empty_store_wait_ms, {.min = 0, .max = 600000});
+  if (auto rec = c.optional_section("recordings")) {
+    Section& r = *rec;
+    out.recordings_policy = r.optional<std::string>("policy", out.recordings_policy,
+                                                    {.one_of = {"all", "important", "on_request"}});
+    out.recordings_rate_kib_s =
+        r.optional<int>("rate_kib_s", out.recordings_rate_kib_s, {.min = 1, .max = 10 * 1024 * 1024});
+    out.recordings_segment_kib = r.optional<int>("segment_kib", out.recordings_segment_kib, {.min = 4, .max = 16384});
+    out.recordings_receipt_wait_ms =
+        r.optional<int>("receipt_wait_ms", out.recordings_receipt_wait_ms, {.min = 100, .max = 3600000});
+    r.finish();
+  }
   return out;
 }
 

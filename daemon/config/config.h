@@ -107,6 +107,13 @@ struct CustodySection {
                                                // advance custody without a record)
   int empty_store_wait_ms = 5000;              // an empty store waits this long for the retained receipt
                                                // before sealing seq 1 (docs/custody.md, "A replaced store")
+  // Recordings to central (custody.recordings): which files go (all | important | on_request: only those
+  // central asks for), the bandwidth they may use, their segment size, and how long a sent file waits for
+  // central's file receipt before its fin is sent again (doubling up to 10 min).
+  std::string recordings_policy = "all";
+  int recordings_rate_kib_s = 1024;
+  int recordings_segment_kib = 1024;
+  int recordings_receipt_wait_ms = 30000;
 
   bool operator==(const CustodySection&) const = default;
 };

@@ -413,6 +413,30 @@ void custody_metrics(Exposition& out, const json& custody, std::optional<double>
       out.add_counter(name, "Custody agent counter (docs/custody.md).", {}, *v);
     }
   }
+  // Recordings to central (docs/custody.md, "Recordings to central").
+  if (const json* files = member(custody, "recordings"); files != nullptr && files->is_object()) {
+    const std::pair<const char*, const char*> file_counters[] = {
+        {"files_sent", "checkpointd_recordings_sent_total"},
+        {"bytes_sent", "checkpointd_recordings_bytes_sent_total"},
+        {"receipts_accepted", "checkpointd_recordings_receipts_accepted_total"},
+        {"receipts_refused", "checkpointd_recordings_receipts_refused_total"},
+        {"wants", "checkpointd_recordings_wants_total"},
+        {"wants_refused", "checkpointd_recordings_wants_refused_total"},
+        {"aborts_sent", "checkpointd_recordings_aborts_total"},
+        {"link_failures", "checkpointd_recordings_link_failures_total"},
+    };
+    for (const auto& [key, name] : file_counters) {
+      if (const auto v = number(*files, key)) {
+        out.add_counter(name, "Recording uploader counter (docs/custody.md).", {}, *v);
+      }
+    }
+    if (const auto v = number(*files, "pending")) {
+      out.add_gauge("checkpointd_recordings_pending", "Recordings central has not confirmed yet.", {}, *v);
+    }
+    if (const auto v = number(*files, "pending_bytes")) {
+      out.add_gauge("checkpointd_recordings_pending_bytes", "Bytes of those recordings.", {}, *v);
+    }
+  }
 }
 
 }  // namespace

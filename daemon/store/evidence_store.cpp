@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <limits>
 #include <string_view>
 #include <system_error>
@@ -107,6 +108,22 @@ constexpr Migration kMigrations[] = {
         receipt     TEXT    NOT NULL,
         received_ms INTEGER NOT NULL
       );
+    )sql"},
+    // Recordings to central (docs/custody.md): one row per kept file, its progress and central's receipt.
+    {7, R"sql(
+      CREATE TABLE uploads (
+        sha256    TEXT PRIMARY KEY,
+        seq       INTEGER NOT NULL,
+        length    INTEGER NOT NULL,
+        important INTEGER NOT NULL,
+        name      TEXT    NOT NULL,
+        requested INTEGER NOT NULL DEFAULT 0,
+        sent_to   INTEGER NOT NULL DEFAULT 0,
+        held_ms   INTEGER,
+        central   TEXT,
+        receipt   TEXT
+      );
+      CREATE INDEX uploads_pending ON uploads(held_ms, seq);
     )sql"},
 };
 
@@ -1171,7 +1188,10 @@ std::uint64_t EvidenceStore::first_seq() const {
 }
 
 EvidenceStore::Pruned EvidenceStore::prune_in_custody(std::uint64_t through_seq, UnixMs before_ms,
-                                                      std::size_t limit) {
+                                                      std::size_t limit, UnixMs now_ms) {
+  if (now_ms == 0) {
+    now_ms = before_ms;
+  }
   Pruned out;
   if (head_.seq == 0) {
     return out;
@@ -1185,10 +1205,10 @@ EvidenceStore::Pruned EvidenceStore::prune_in_custody(std::uint64_t through_seq,
         AdHoc pick(
             db_,
             "SELECT r.seq FROM records r WHERE r.seq <= ?1 AND r.created_ms < ?2 AND NOT EXISTS (SELECT 1 "
-            "FROM "
-            "record_media k WHERE k.seq = r.seq AND k.published = 0) AND NOT EXISTS (SELECT 1 FROM outbox o "
-            "WHERE o.seq = r.seq) ORDER BY r.seq LIMIT ?3");
-        AdHoc seq_media(db_, "SELECT sha256 FROM record_media WHERE seq = ?1 AND published = 1");
+            "FROM record_media k WHERE k.seq = r.seq AND k.published = 0 AND NOT (k.hold_until_ms <= ?4 AND "
+            "EXISTS (SELECT 1 FROM uploads u WHERE u.sha256 = k.sha256 AND u.held_ms IS NOT NULL))) AND NOT "
+            "EXISTS (SELECT 1 FROM outbox o WHERE o.seq = r.seq) ORDER BY r.seq LIMIT ?3");
+        AdHoc seq_media(db_, "SELECT sha256 FROM record_media WHERE seq = ?1");
         AdHoc del_media(db_, "DELETE FROM record_media WHERE seq = ?1");
         AdHoc del_span(db_, "DELETE FROM recording_spans WHERE seq = ?1");
         AdHoc del_record(db_, "DELETE FROM records WHERE seq = ?1");
@@ -1198,6 +1218,7 @@ EvidenceStore::Pruned EvidenceStore::prune_in_custody(std::uint64_t through_seq,
         sqlite3_bind_int64(pick.get(), 1, to_db_seq(last_prunable));
         sqlite3_bind_int64(pick.get(), 2, before_ms);
         sqlite3_bind_int64(pick.get(), 3, static_cast<sqlite3_int64>(limit));
+        sqlite3_bind_int64(pick.get(), 4, now_ms);
         std::vector<sqlite3_int64> seqs;
         while (sqlite3_step(pick.get()) == SQLITE_ROW) {
           seqs.push_back(sqlite3_column_int64(pick.get(), 0));
@@ -1234,6 +1255,168 @@ EvidenceStore::Pruned EvidenceStore::prune_in_custody(std::uint64_t through_seq,
     if (named.ok() && sqlite3_step(named.get()) == SQLITE_DONE) {
       out.media.push_back(sha);
     }
+  }
+  return out;
+}
+
+
+// --- recordings to central ---
+
+namespace {
+
+UploadRow upload_row(sqlite3_stmt* q) {
+  UploadRow u;
+  u.sha256 = column_text(q, 0);
+  u.seq = static_cast<std::uint64_t>(sqlite3_column_int64(q, 1));
+  u.length = static_cast<std::uint64_t>(sqlite3_column_int64(q, 2));
+  u.important = sqlite3_column_int64(q, 3) != 0;
+  u.requested = sqlite3_column_int64(q, 4) != 0;
+  u.name = column_text(q, 5);
+  u.sent_to = static_cast<std::uint64_t>(sqlite3_column_int64(q, 6));
+  if (sqlite3_column_type(q, 7) != SQLITE_NULL) {
+    u.held_ms = sqlite3_column_int64(q, 7);
+  }
+  return u;
+}
+
+constexpr const char* kUploadColumns =
+    "SELECT sha256, seq, length, important, requested, name, sent_to, held_ms FROM uploads ";
+
+}  // namespace
+
+std::size_t EvidenceStore::uploads_discover(std::size_t limit) {
+  AdHoc pick(db_,
+             "SELECT m.seq, m.sha256, r.jws FROM record_media m JOIN records r ON r.seq = m.seq WHERE m.published "
+             "= 0 AND r.type = 'recording' AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.sha256 = m.sha256) "
+             "ORDER BY m.seq LIMIT ?1");
+  if (!pick.ok()) {
+    return 0;
+  }
+  sqlite3_bind_int64(pick.get(), 1, static_cast<sqlite3_int64>(limit));
+  struct Found {
+    sqlite3_int64 seq;
+    std::string sha256;
+    std::int64_t length;
+    bool important;
+    std::string name;
+  };
+  std::vector<Found> found;
+  while (sqlite3_step(pick.get()) == SQLITE_ROW) {
+    Found f{sqlite3_column_int64(pick.get(), 0), column_text(pick.get(), 1), -1, false, ""};
+    // The record's own words (its body is the JWS's middle part), so the row says what was sealed.
+    const std::string jws = column_text(pick.get(), 2);
+    const auto dot1 = jws.find('.');
+    const auto dot2 = jws.find('.', dot1 + 1);
+    const auto body = dot1 == std::string::npos || dot2 == std::string::npos
+                          ? std::nullopt
+                          : base64url_decode(std::string_view(jws).substr(dot1 + 1, dot2 - dot1 - 1));
+    const nlohmann::json j = body ? nlohmann::json::parse(*body, nullptr, false) : nlohmann::json();
+    if (j.is_object()) {
+      f.length = j.value("length", std::int64_t{-1});
+      f.important = j.value("important", false);
+      f.name = j.value("file_name", std::string());
+    }
+    found.push_back(std::move(f));
+  }
+  sqlite3_reset(pick.get());
+  std::size_t n = 0;
+  for (const Found& f : found) {
+    if (f.length < 0) {
+      continue;  // not a recording record this version can read: never sent, never deleted
+    }
+    AdHoc ins(db_,
+              "INSERT OR IGNORE INTO uploads (sha256, seq, length, important, name) VALUES (?1, ?2, ?3, ?4, ?5)");
+    if (!ins.ok()) {
+      break;
+    }
+    bind_text(ins.get(), 1, f.sha256);
+    sqlite3_bind_int64(ins.get(), 2, f.seq);
+    sqlite3_bind_int64(ins.get(), 3, f.length);
+    sqlite3_bind_int(ins.get(), 4, f.important ? 1 : 0);
+    bind_text(ins.get(), 5, f.name);
+    if (sqlite3_step(ins.get()) == SQLITE_DONE) {
+      ++n;
+    }
+  }
+  return n;
+}
+
+std::vector<UploadRow> EvidenceStore::uploads_pending(bool all, bool important, std::size_t limit) const {
+  const std::string sql = std::string(kUploadColumns) + "WHERE held_ms IS NULL AND (?1 OR requested = 1 OR (?2 "
+                          "AND important = 1)) ORDER BY seq LIMIT ?3";
+  AdHoc q(db_, sql.c_str());
+  std::vector<UploadRow> out;
+  if (!q.ok()) {
+    return out;
+  }
+  sqlite3_bind_int(q.get(), 1, all ? 1 : 0);
+  sqlite3_bind_int(q.get(), 2, important ? 1 : 0);
+  sqlite3_bind_int64(q.get(), 3, static_cast<sqlite3_int64>(limit));
+  while (sqlite3_step(q.get()) == SQLITE_ROW) {
+    out.push_back(upload_row(q.get()));
+  }
+  return out;
+}
+
+std::optional<UploadRow> EvidenceStore::upload(const std::string& sha256) const {
+  const std::string sql = std::string(kUploadColumns) + "WHERE sha256 = ?1";
+  AdHoc q(db_, sql.c_str());
+  if (!q.ok()) {
+    return std::nullopt;
+  }
+  bind_text(q.get(), 1, sha256);
+  if (sqlite3_step(q.get()) != SQLITE_ROW) {
+    return std::nullopt;
+  }
+  return upload_row(q.get());
+}
+
+Status EvidenceStore::upload_progress(const std::string& sha256, std::uint64_t sent_to) {
+  AdHoc q(db_, "UPDATE uploads SET sent_to = ?2 WHERE sha256 = ?1 AND held_ms IS NULL");
+  if (!q.ok()) {
+    return Status::retry("store " + path_ + ": upload progress: " + sqlite3_errmsg(db_));
+  }
+  bind_text(q.get(), 1, sha256);
+  sqlite3_bind_int64(q.get(), 2, static_cast<sqlite3_int64>(sent_to));
+  const int rc = sqlite3_step(q.get());
+  return rc == SQLITE_DONE ? Status::ok() : status_from(rc, "store " + path_ + ": upload progress: " + error_text(db_, rc));
+}
+
+Status EvidenceStore::upload_request(const std::string& sha256) {
+  AdHoc q(db_, "UPDATE uploads SET requested = 1, sent_to = 0 WHERE sha256 = ?1 AND held_ms IS NULL");
+  if (!q.ok()) {
+    return Status::retry("store " + path_ + ": upload request: " + sqlite3_errmsg(db_));
+  }
+  bind_text(q.get(), 1, sha256);
+  const int rc = sqlite3_step(q.get());
+  return rc == SQLITE_DONE ? Status::ok() : status_from(rc, "store " + path_ + ": upload request: " + error_text(db_, rc));
+}
+
+bool EvidenceStore::upload_held(const std::string& sha256, std::uint64_t length, const std::string& central,
+                                const std::string& receipt, UnixMs now_ms) {
+  AdHoc q(db_,
+          "UPDATE uploads SET held_ms = ?3, central = ?4, receipt = ?5, sent_to = length WHERE sha256 = ?1 AND "
+          "length = ?2 AND held_ms IS NULL");
+  if (!q.ok()) {
+    return false;
+  }
+  bind_text(q.get(), 1, sha256);
+  sqlite3_bind_int64(q.get(), 2, static_cast<sqlite3_int64>(length));
+  sqlite3_bind_int64(q.get(), 3, now_ms);
+  bind_text(q.get(), 4, central);
+  bind_text(q.get(), 5, receipt);
+  return sqlite3_step(q.get()) == SQLITE_DONE && sqlite3_changes(db_) > 0;
+}
+
+UploadStats EvidenceStore::upload_stats() const {
+  AdHoc q(db_,
+          "SELECT count(*) FILTER (WHERE held_ms IS NULL), coalesce(sum(length) FILTER (WHERE held_ms IS NULL), 0), "
+          "count(*) FILTER (WHERE held_ms IS NOT NULL) FROM uploads");
+  UploadStats out;
+  if (q.ok() && sqlite3_step(q.get()) == SQLITE_ROW) {
+    out.pending = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 0));
+    out.pending_bytes = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 1));
+    out.held = static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 2));
   }
   return out;
 }

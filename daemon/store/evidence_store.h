@@ -71,6 +71,26 @@ struct CustodyState {
   UnixMs received_ms = 0;
 };
 
+// A recording on its way to central (docs/custody.md, "Recordings to central"): one row per kept file,
+// made from its `recording` record; `sent_to` bytes were PUBACKed in order; `held_ms` once central's signed
+// file receipt was accepted (kept in `receipt`).
+struct UploadRow {
+  std::string sha256;
+  std::uint64_t seq = 0;
+  std::uint64_t length = 0;
+  bool important = false;
+  bool requested = false;  // central asked for it (the on_request policy sends only these)
+  std::string name;
+  std::uint64_t sent_to = 0;
+  std::optional<UnixMs> held_ms;
+};
+
+struct UploadStats {
+  std::uint64_t pending = 0;  // rows not yet held
+  std::uint64_t pending_bytes = 0;
+  std::uint64_t held = 0;
+};
+
 struct StoreOptions {
   // How long a write waits for another connection's lock before giving Status::retry.
   std::chrono::milliseconds busy_timeout{5000};
@@ -79,7 +99,7 @@ struct StoreOptions {
 // Not thread-safe: one owner (the store worker thread) calls it; other processes may read the file.
 class EvidenceStore {
  public:
-  static constexpr int kSchemaVersion = 6;
+  static constexpr int kSchemaVersion = 7;
 
   // Opens or creates the store: WAL, synchronous=FULL, PRAGMA quick_check, migrations to kSchemaVersion.
   explicit EvidenceStore(const std::string& path);
@@ -151,7 +171,25 @@ class EvidenceStore {
     std::uint64_t records = 0;
     std::vector<std::string> media;
   };
-  Pruned prune_in_custody(std::uint64_t through_seq, UnixMs before_ms, std::size_t limit);
+  // A recording goes too once central's file receipt for it was accepted and its hold (important files)
+  // ended before now_ms; then its file is listed with the pictures.
+  Pruned prune_in_custody(std::uint64_t through_seq, UnixMs before_ms, std::size_t limit, UnixMs now_ms = 0);
+
+  // Recordings to central. Kept files of `recording` records with no upload row get one (at most `limit`
+  // per call, in seq order); returns how many.
+  std::size_t uploads_discover(std::size_t limit);
+  // Rows not yet held, in seq order: all of them (`all`), or the important and requested ones
+  // (`important`), or only the requested ones.
+  std::vector<UploadRow> uploads_pending(bool all, bool important, std::size_t limit) const;
+  std::optional<UploadRow> upload(const std::string& sha256) const;
+  Status upload_progress(const std::string& sha256, std::uint64_t sent_to);
+  // Central asked for the whole file: requested, sent again from byte 0.
+  Status upload_request(const std::string& sha256);
+  // A checked file receipt for `sha256` of `length` bytes: the row is held. false when no row of that
+  // length is waiting (nothing changes).
+  bool upload_held(const std::string& sha256, std::uint64_t length, const std::string& central,
+                   const std::string& receipt, UnixMs now_ms);
+  UploadStats upload_stats() const;
 
   // A replaced store (docs/custody.md): an EMPTY store (no record, no origin) continues the chain after an
   // accepted custody receipt: in one transaction the receipt becomes the chain's origin (chain_head() is

@@ -56,7 +56,8 @@ void CustodyFixture::write_gateway_config(const GatewayConfig& config) {
       << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << sim_port_ << "}\n"
       << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
       << "    calibration: {certificate: JJG527-2026-0412, valid_until: 2099-12-31}\n"
-      << "    reconnect_initial_ms: 200\n    reconnect_max_ms: 1000\n";
+      << "    reconnect_initial_ms: 200\n    reconnect_max_ms: 1000\n"
+      << config.extra_devices;
   if (config.custody) {
     out << "custody:\n  central_keys: [{pem: " << (dir_ / "central.pub.pem").string() << "}]\n"
         << "  head_interval_ms: 500\n"
@@ -73,7 +74,7 @@ void CustodyFixture::write_central_config(const std::string& name, const Central
       << "feed:\n  media_dir: " << (dir_ / "central-media").string() << "\n"
       << config.feed_extra << "receipts:\n  every_records: 50\n  every_ms: 300\n"
       << "gaps:\n  resend_after_ms: " << config.resend_after_ms
-      << "\n  retry_min_ms: 500\n  retry_max_ms: 2000\n  check_interval_ms: 200\n"
+      << "\n  retry_min_ms: 500\n  retry_max_ms: 2000\n  check_interval_ms: 200\n" << config.gaps_extra
       << (config.metrics ? "metrics: {enabled: true, host: 127.0.0.1, port: 0}\n" : "metrics: {enabled: false}\n");
 }
 

@@ -40,6 +40,7 @@ struct GatewayConfig {
   bool control = false;               // control.socket in the temp directory (for checkpointctl)
   bool custody = true;                // a custody section trusting central.pub.pem, head_interval_ms 500
   std::string custody_extra;          // further lines of the custody section ("  key: value\n" each)
+  std::string extra_devices;          // further device entries ("  - id: ...\n" lines)
 };
 
 // checkpoint-central's config (central "central-test", the test's PostgreSQL and broker).
@@ -47,6 +48,7 @@ struct CentralConfig {
   std::string client_id = "central-1";
   int resend_after_ms = 1000;  // gaps.resend_after_ms
   std::string feed_extra;      // further lines of the feed section ("  key: value\n" each)
+  std::string gaps_extra;      // further lines of the gaps section
   bool metrics = false;        // on: metrics on 127.0.0.1, a free port
 };
 

@@ -2,6 +2,8 @@
 // outbox order and PUBACK removal, and the refusals at start (corrupt, not a database, newer schema).
 #include "daemon/store/evidence_store.h"
 
+#include "daemon/core/encoding.h"
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sqlite3.h>
@@ -619,6 +621,61 @@ TEST_F(DockLedgerStoreTest, KeptMediaIsHeldAndNotPublishedAndSpansAreFound) {
   EXPECT_EQ(targets[0].id, "gw-7:2");
   EXPECT_EQ(targets[0].type, "passage");
   EXPECT_TRUE(store.records_in_span({"speeding"}, LinkSpan{kBaseMs, kBaseMs + 1000}).empty());
+}
+
+constexpr UnixMs kStoreDayMs = 86'400'000;
+
+// Recordings to central (docs/custody.md): a kept file gets an upload row from its record, its progress is
+// kept, and retention deletes it (with its record) only once central's file receipt was taken, its record is
+// in custody and its hold ended.
+TEST_F(DockLedgerStoreTest, ARecordingIsUploadedAndDeletedOnlyWithItsFileReceipt) {
+  EvidenceStore store(db());
+  const std::string sha(64, 'e');
+  const std::string body = R"({"file_name":"a.mp4","important":true,"length":5000000,"type":"recording"})";
+  SealedRecord rec = make_record(1, "eyJhbGciOiJFZERTQSJ9." + base64url_encode(body) + ".sig");
+  rec.type = "recording";
+  rec.kept_media = {KeptMedia{sha, true, kBaseMs + 5000}};
+  ASSERT_TRUE(store.append({rec, make_record(2), make_record(3)}).is_ok());
+  ASSERT_TRUE(store.mark_forwarded({1, 2, 3}).is_ok());
+
+  EXPECT_EQ(store.uploads_discover(10), 1u);
+  EXPECT_EQ(store.uploads_discover(10), 0u);  // once
+  auto row = store.upload(sha);
+  ASSERT_TRUE(row);
+  EXPECT_EQ(row->seq, 1u);
+  EXPECT_EQ(row->length, 5000000u);
+  EXPECT_TRUE(row->important);
+  EXPECT_EQ(row->name, "a.mp4");
+  EXPECT_EQ(store.uploads_pending(false, false, 10).size(), 0u);  // on_request: not asked for
+  EXPECT_EQ(store.uploads_pending(false, true, 10).size(), 1u);   // important
+  ASSERT_TRUE(store.upload_progress(sha, 2097152).is_ok());
+  EXPECT_EQ(store.upload(sha)->sent_to, 2097152u);
+  ASSERT_TRUE(store.upload_request(sha).is_ok());
+  EXPECT_TRUE(store.upload(sha)->requested);
+  EXPECT_EQ(store.upload(sha)->sent_to, 0u);
+  EXPECT_EQ(store.uploads_pending(false, false, 10).size(), 1u);  // asked for: sent under every policy
+
+  // In custody and past every retention, yet no file receipt: nothing goes.
+  ASSERT_TRUE(store.set_custody({3, std::string(64, '0'), "central", "kid", "receipt", 1}).is_ok());
+  auto pruned = store.prune_in_custody(3, kBaseMs + 100 * kStoreDayMs, 100, kBaseMs + 100 * kStoreDayMs);
+  EXPECT_EQ(pruned.records, 1u);  // seq 2 only (seq 3 is the head)
+  EXPECT_TRUE(pruned.media.empty());
+  ASSERT_TRUE(store.record(1));
+
+  // A receipt for another length changes nothing; the right one holds it.
+  EXPECT_FALSE(store.upload_held(sha, 4999999, "central", "jws", kBaseMs));
+  EXPECT_TRUE(store.upload_held(sha, 5000000, "central", "jws", kBaseMs));
+  EXPECT_FALSE(store.upload_held(sha, 5000000, "central", "jws", kBaseMs));  // already held
+  EXPECT_EQ(store.upload_stats().held, 1u);
+  EXPECT_EQ(store.upload_stats().pending, 0u);
+  // Still within its hold (important): kept.
+  pruned = store.prune_in_custody(3, kBaseMs + 100 * kStoreDayMs, 100, kBaseMs + 4000);
+  EXPECT_EQ(pruned.records, 0u);
+  pruned = store.prune_in_custody(3, kBaseMs + 100 * kStoreDayMs, 100, kBaseMs + 6000);
+  EXPECT_EQ(pruned.records, 1u);
+  ASSERT_EQ(pruned.media.size(), 1u);
+  EXPECT_EQ(pruned.media[0], sha);  // the caller deletes the file
+  EXPECT_FALSE(store.record(1));
 }
 
 TEST_F(DockLedgerStoreTest, AVersion2StoreIsMigratedKeepingItsRecordsAndPublishedMedia) {

@@ -1,0 +1,485 @@
+// FileIntake (see the header). Order of durability for a segment: bytes pwrite'n and fdatasync'd into the
+// partial file, then its row in file_segments; for a whole file: hashed, fsync'd, renamed into place (and the
+// directory fsync'd), then `media` and `file_uploads` say held, then the receipt is published.
+#include "central/file_intake.h"
+
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <stdexcept>
+
+#include "central/pg.h"
+#include "daemon/core/encoding.h"
+#include "daemon/log/log.h"
+
+namespace cpd::central {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string num(std::uint64_t v) {
+  return std::to_string(v);
+}
+std::string num(std::int64_t v) {
+  return std::to_string(v);
+}
+
+void fsync_dir(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+class Fd {
+ public:
+  explicit Fd(int fd) : fd_(fd) {}
+  ~Fd() {
+    if (fd_ >= 0) {
+      ::close(fd_);
+    }
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+// SHA-256 and length of a file, streamed (a recording may be gigabytes). nullopt: it cannot be read.
+std::optional<std::pair<std::string, std::uint64_t>> hash_file(const fs::path& path) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) {
+    return std::nullopt;
+  }
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
+  if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) {
+    throw std::runtime_error("files: OpenSSL SHA-256 unavailable");
+  }
+  std::vector<char> buf(1 << 20);
+  std::uint64_t total = 0;
+  for (;;) {
+    const ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n < 0) {
+      return std::nullopt;
+    }
+    if (n == 0) {
+      break;
+    }
+    EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<std::size_t>(n));
+    total += static_cast<std::uint64_t>(n);
+  }
+  unsigned char md[32];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx.get(), md, &len);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < len; ++i) {
+    out += hex[md[i] >> 4];
+    out += hex[md[i] & 15];
+  }
+  return std::make_pair(out, total);
+}
+
+struct Row {
+  std::uint64_t size = 0;
+  std::uint64_t segment_size = 0;
+  std::string state;
+};
+
+std::optional<Row> find_row(PgConnection& pg, const std::string& gateway, const std::string& sha,
+                            bool for_update = false) {
+  const PgResult r = pg.exec(std::string("SELECT size, segment_size, state FROM file_uploads WHERE gateway = $1 "
+                                         "AND sha256 = $2") +
+                                 (for_update ? " FOR UPDATE" : ""),
+                             {gateway, sha}, "reading a file transfer");
+  if (r.rows() == 0) {
+    return std::nullopt;
+  }
+  return Row{static_cast<std::uint64_t>(r.integer(0, 0)), static_cast<std::uint64_t>(r.integer(0, 1)),
+             r.text(0, 2)};
+}
+
+std::vector<std::uint64_t> held_offsets(PgConnection& pg, const std::string& gateway, const std::string& sha) {
+  const PgResult r = pg.exec("SELECT off FROM file_segments WHERE gateway = $1 AND sha256 = $2 ORDER BY off",
+                             {gateway, sha}, "reading a file transfer's segments");
+  std::vector<std::uint64_t> out;
+  out.reserve(static_cast<std::size_t>(r.rows()));
+  for (int i = 0; i < r.rows(); ++i) {
+    out.push_back(static_cast<std::uint64_t>(r.integer(i, 0)));
+  }
+  return out;
+}
+
+std::uint64_t segments_held(PgConnection& pg, const std::string& gateway, const std::string& sha) {
+  return static_cast<std::uint64_t>(
+      pg.exec("SELECT count(*) FROM file_segments WHERE gateway = $1 AND sha256 = $2", {gateway, sha},
+              "counting a file transfer's segments")
+          .integer(0, 0));
+}
+
+}  // namespace
+
+FileIntake::FileIntake(FileIntakeConfig config, const Ed25519PrivateKey& central_key, std::string prefix)
+    : cfg_(std::move(config)), key_(central_key), prefix_(std::move(prefix)) {}
+
+std::string FileIntake::receipt_topic(const std::string& gateway) const {
+  return prefix_ + "/" + gateway + "/files/receipt";
+}
+
+std::string FileIntake::want_topic(const std::string& gateway) const {
+  return prefix_ + "/" + gateway + "/files/want";
+}
+
+std::string FileIntake::partial_path(const std::string& gateway, const std::string& sha256) const {
+  return (fs::path(cfg_.media_dir) / "partial" / gateway / (sha256 + ".part")).string();
+}
+
+std::string FileIntake::held_path(const std::string& sha256) const {
+  return (fs::path(cfg_.media_dir) / sha256.substr(0, 2) / sha256).string();
+}
+
+void FileIntake::handle(PgConnection& pg, const std::string& gateway, const std::string& rest,
+                        const std::string& payload, std::int64_t now, std::vector<FilePublish>& out) {
+  const filex::FileTopicParse parsed = filex::parse_file_topic(rest);
+  if (!parsed.topic) {
+    ++counters_.refused;
+    log::warn("central", gateway, "file message refused: " + parsed.reason);
+    return;
+  }
+  const filex::FileTopic& t = *parsed.topic;
+  switch (t.kind) {
+    case filex::FileTopic::Kind::init:
+      on_init(pg, gateway, t, payload, now, out);
+      break;
+    case filex::FileTopic::Kind::segment:
+      on_segment(pg, gateway, t, payload, now, out);
+      break;
+    case filex::FileTopic::Kind::fin:
+      on_fin(pg, gateway, t, now, out);
+      break;
+    case filex::FileTopic::Kind::abort:
+      on_abort(pg, gateway, t, payload, now);
+      break;
+  }
+}
+
+void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const filex::FileTopic& t,
+                         const std::string& payload, std::int64_t now, std::vector<FilePublish>& out) {
+  const filex::InitParse p = filex::parse_init(payload, t.sha256);
+  if (!p.init) {
+    ++counters_.refused;
+    log::warn("central", gateway, "file " + t.sha256 + ": init refused: " + p.reason);
+    return;
+  }
+  const filex::FileInit& init = *p.init;
+  if (init.size > cfg_.max_file_bytes) {
+    ++counters_.refused;
+    log::warn("central", gateway,
+              "file " + t.sha256 + ": init refused: " + num(init.size) + " bytes is more than feed.max_file_mb");
+    return;
+  }
+  // Content-addressed: a file central already holds (from this gateway or another) is held for this one too.
+  const PgResult media = pg.exec("SELECT bytes FROM media WHERE sha256 = $1", {t.sha256}, "looking up a file");
+  if (media.rows() > 0 && static_cast<std::uint64_t>(media.integer(0, 0)) == init.size) {
+    pg.exec(
+        "INSERT INTO file_uploads (gateway, sha256, size, segment_size, name, seq, state, started_ms, last_ms, "
+        "held_ms) VALUES ($1, $2, $3, $4, $5, $6, 'held', $7, $7, $7) ON CONFLICT (gateway, sha256) DO UPDATE "
+        "SET state = 'held', held_ms = coalesce(file_uploads.held_ms, $7), last_ms = $7",
+        {gateway, t.sha256, num(init.size), num(init.segment_size), init.name, num(init.seq), num(now)},
+        "recording a held file");
+    receipt(gateway, t.sha256, init.size, now, out);
+    return;
+  }
+  const std::optional<Row> row = find_row(pg, gateway, t.sha256);
+  if (!row) {
+    const long long open = pg.exec("SELECT count(*) FROM file_uploads WHERE gateway = $1 AND state = 'open'",
+                                   {gateway}, "counting open file transfers")
+                               .integer(0, 0);
+    if (open >= cfg_.max_open_files) {
+      ++counters_.refused;
+      log::warn("central", gateway,
+                "file " + t.sha256 + ": init refused: " + std::to_string(open) +
+                    " transfers already open (feed.max_open_files); sent again later");
+      return;
+    }
+    pg.exec(
+        "INSERT INTO file_uploads (gateway, sha256, size, segment_size, name, seq, state, started_ms, last_ms) "
+        "VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $7) ON CONFLICT (gateway, sha256) DO NOTHING",
+        {gateway, t.sha256, num(init.size), num(init.segment_size), init.name, num(init.seq), num(now)},
+        "opening a file transfer");
+  } else if (row->state == "held") {
+    receipt(gateway, t.sha256, row->size, now, out);  // a lost receipt: the gateway asks again
+    return;
+  } else {
+    if (row->size != init.size || row->segment_size != init.segment_size) {
+      // Another segment size (the gateway's config changed) or size: start the transfer again.
+      pg.exec("DELETE FROM file_segments WHERE gateway = $1 AND sha256 = $2", {gateway, t.sha256},
+              "resetting a file transfer");
+      pg.exec("UPDATE file_uploads SET received_bytes = 0 WHERE gateway = $1 AND sha256 = $2", {gateway, t.sha256},
+              "resetting a file transfer");
+    }
+    pg.exec(
+        "UPDATE file_uploads SET size = $3, segment_size = $4, name = $5, seq = $6, state = 'open', reason = "
+        "NULL, last_ms = $7 WHERE gateway = $1 AND sha256 = $2",
+        {gateway, t.sha256, num(init.size), num(init.segment_size), init.name, num(init.seq), num(now)},
+        "opening a file transfer again");
+  }
+  const fs::path part = partial_path(gateway, t.sha256);
+  fs::create_directories(part.parent_path());
+  Fd fd(::open(part.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0640));
+  if (fd.get() < 0) {
+    throw std::runtime_error("files: cannot create " + part.string() + ": " + std::strerror(errno));
+  }
+  ++counters_.inits;
+}
+
+void FileIntake::on_segment(PgConnection& pg, const std::string& gateway, const filex::FileTopic& t,
+                            const std::string& payload, std::int64_t now, std::vector<FilePublish>& out) {
+  const std::optional<Row> row = find_row(pg, gateway, t.sha256);
+  if (!row || row->state != "open") {
+    ++counters_.unexpected;  // no init seen (lost in a broker restart), or already held: asked for if needed
+    return;
+  }
+  if (std::string why = filex::segment_refusal(row->size, row->segment_size, t.offset, payload.size());
+      !why.empty()) {
+    ++counters_.refused;
+    log::warn("central", gateway, "file " + t.sha256 + ": segment refused: " + why);
+    return;
+  }
+  if (sha256_hex(payload) != t.checksum) {
+    ++counters_.refused;
+    log::warn("central", gateway,
+              "file " + t.sha256 + ": segment at " + num(t.offset) + " refused: its SHA-256 is not its checksum");
+    return;
+  }
+  const fs::path part = partial_path(gateway, t.sha256);
+  fs::create_directories(part.parent_path());
+  {
+    Fd fd(::open(part.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0640));
+    if (fd.get() < 0) {
+      throw std::runtime_error("files: cannot open " + part.string() + ": " + std::strerror(errno));
+    }
+    std::size_t done = 0;
+    while (done < payload.size()) {
+      const ssize_t n = ::pwrite(fd.get(), payload.data() + done, payload.size() - done,
+                                 static_cast<off_t>(t.offset + done));
+      if (n < 0 && errno == EINTR) {
+        continue;
+      }
+      if (n < 0) {
+        throw std::runtime_error("files: cannot write " + part.string() + ": " + std::strerror(errno));
+      }
+      done += static_cast<std::size_t>(n);
+    }
+    if (::fdatasync(fd.get()) != 0) {
+      throw std::runtime_error("files: fdatasync " + part.string() + ": " + std::strerror(errno));
+    }
+  }
+  // One transaction (one WAL flush) per segment: its row and the transfer's progress.
+  PgTransaction tx(pg);
+  const PgResult ins =
+      pg.exec("INSERT INTO file_segments (gateway, sha256, off, len) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+              {gateway, t.sha256, num(t.offset), num(static_cast<std::uint64_t>(payload.size()))},
+              "recording a file segment");
+  if (ins.affected() == 0) {
+    tx.commit();
+    ++counters_.segments_duplicate;
+    return;
+  }
+  // Progress: the next want (if any) goes out as soon as something is found missing again.
+  const PgResult progress = pg.exec(
+      "UPDATE file_uploads SET last_ms = $3, received_bytes = received_bytes + $4, next_want_ms = 0, "
+      "want_backoff_ms = 0 WHERE gateway = $1 AND sha256 = $2 RETURNING received_bytes",
+      {gateway, t.sha256, num(now), num(static_cast<std::uint64_t>(payload.size()))}, "counting a file segment");
+  tx.commit();
+  ++counters_.segments;
+  counters_.segment_bytes += payload.size();
+  // received_bytes counts each segment once (duplicates stop above), so it reaches the size exactly when
+  // every segment is there.
+  if (progress.rows() > 0 && static_cast<std::uint64_t>(progress.integer(0, 0)) >= row->size) {
+    assemble(pg, gateway, t.sha256, now, out);
+  }
+}
+
+void FileIntake::on_fin(PgConnection& pg, const std::string& gateway, const filex::FileTopic& t, std::int64_t now,
+                        std::vector<FilePublish>& out) {
+  const std::optional<Row> row = find_row(pg, gateway, t.sha256);
+  if (!row) {
+    ++counters_.unexpected;  // its init was lost or refused: the gateway sends init with every fin
+    return;
+  }
+  if (row->size != t.size) {
+    ++counters_.refused;
+    log::warn("central", gateway,
+              "file " + t.sha256 + ": fin says " + num(t.size) + " bytes, its init " + num(row->size));
+    return;
+  }
+  if (row->state == "held") {
+    receipt(gateway, t.sha256, row->size, now, out);
+    return;
+  }
+  if (row->state != "open") {
+    return;
+  }
+  pg.exec("UPDATE file_uploads SET fin_ms = $3 WHERE gateway = $1 AND sha256 = $2", {gateway, t.sha256, num(now)},
+          "recording a file's fin");
+  std::vector<std::uint64_t> held = held_offsets(pg, gateway, t.sha256);
+  if (held.size() == filex::segment_count(row->size, row->segment_size)) {
+    assemble(pg, gateway, t.sha256, now, out);
+    return;
+  }
+  want(pg, gateway, t.sha256, filex::missing_ranges(row->size, row->segment_size, std::move(held)), now, out);
+}
+
+void FileIntake::on_abort(PgConnection& pg, const std::string& gateway, const filex::FileTopic& t,
+                          const std::string& payload, std::int64_t now) {
+  std::string reason = filex::parse_abort(payload);
+  if (reason.empty()) {
+    reason = "(no reason given)";
+  }
+  const PgResult r = pg.exec(
+      "UPDATE file_uploads SET state = 'not_held', reason = $3, last_ms = $4 WHERE gateway = $1 AND sha256 = $2 "
+      "AND state IN ('open', 'requested')",
+      {gateway, t.sha256, reason, num(now)}, "recording a file the gateway cannot send");
+  if (r.affected() > 0) {
+    ++counters_.aborts;
+    log::error("central", gateway, "file " + t.sha256 + ": the gateway cannot send it: " + reason);
+    pg.exec("DELETE FROM file_segments WHERE gateway = $1 AND sha256 = $2", {gateway, t.sha256},
+            "dropping an aborted transfer");
+    std::error_code ec;
+    fs::remove(partial_path(gateway, t.sha256), ec);
+  }
+}
+
+void FileIntake::assemble(PgConnection& pg, const std::string& gateway, const std::string& sha256,
+                          std::int64_t now, std::vector<FilePublish>& out) {
+  PgTransaction tx(pg);
+  const std::optional<Row> row = find_row(pg, gateway, sha256, true);  // one instance assembles a file
+  if (!row || row->state != "open" ||
+      segments_held(pg, gateway, sha256) != filex::segment_count(row->size, row->segment_size)) {
+    return;
+  }
+  const fs::path part = partial_path(gateway, sha256);
+  const fs::path held = held_path(sha256);
+  std::error_code ec;
+  // After a crash between the rename and the commit the bytes are already in place.
+  const fs::path source = fs::exists(part, ec) ? part : held;
+  const auto hashed = hash_file(source);
+  if (hashed && hashed->first == sha256 && hashed->second == row->size) {
+    if (source == part) {
+      {
+        Fd fd(::open(part.c_str(), O_RDONLY | O_CLOEXEC));
+        if (fd.get() < 0 || ::fsync(fd.get()) != 0) {
+          throw std::runtime_error("files: fsync " + part.string() + ": " + std::strerror(errno));
+        }
+      }
+      fs::create_directories(held.parent_path());
+      fs::rename(part, held);
+      fsync_dir(held.parent_path());
+    }
+    pg.exec(
+        "INSERT INTO media (sha256, bytes, path, first_gateway, received_ms) VALUES ($1, $2, $3, $4, $5) "
+        "ON CONFLICT (sha256) DO NOTHING",
+        {sha256, num(row->size), held.string(), gateway, num(now)}, "recording a held file");
+    pg.exec("UPDATE file_uploads SET state = 'held', held_ms = $3, last_ms = $3 WHERE gateway = $1 AND sha256 = $2",
+            {gateway, sha256, num(now)}, "recording a held file");
+    pg.exec("DELETE FROM file_segments WHERE gateway = $1 AND sha256 = $2", {gateway, sha256},
+            "dropping a held file's segments");
+    tx.commit();
+    ++counters_.files_held;
+    log::notice("central", gateway, "file " + sha256 + " held: " + num(row->size) + " bytes, SHA-256 checked");
+    receipt(gateway, sha256, row->size, now, out);
+    return;
+  }
+  // Every segment matched its checksum, yet the whole does not: start again from nothing.
+  pg.exec("DELETE FROM file_segments WHERE gateway = $1 AND sha256 = $2", {gateway, sha256},
+          "forgetting a file that does not match");
+  pg.exec(
+      "UPDATE file_uploads SET received_bytes = 0, fin_ms = NULL, next_want_ms = 0 WHERE gateway = $1 AND "
+      "sha256 = $2",
+      {gateway, sha256}, "forgetting a file that does not match");
+  tx.commit();
+  if (source == part) {
+    ::truncate(part.c_str(), 0);
+  }
+  ++counters_.mismatches;
+  log::error("central", gateway,
+             "file " + sha256 + ": the whole file " +
+                 (hashed ? "hashes to " + hashed->first + " (" + num(hashed->second) + " bytes)" : "cannot be read") +
+                 ", not its id: asked for again");
+  want(pg, gateway, sha256, {}, now, out);
+}
+
+void FileIntake::want(PgConnection& pg, const std::string& gateway, const std::string& sha256,
+                      filex::Ranges ranges, std::int64_t now, std::vector<FilePublish>& out) {
+  // Claimed in PostgreSQL (another instance may be looking at the same transfer), with backoff.
+  const PgResult r = pg.exec(
+      "UPDATE file_uploads SET wants = wants + 1, want_backoff_ms = least(greatest(want_backoff_ms * 2, $4), $5), "
+      "next_want_ms = $3 + least(greatest(want_backoff_ms * 2, $4), $5) WHERE gateway = $1 AND sha256 = $2 AND "
+      "next_want_ms <= $3 RETURNING wants",
+      {gateway, sha256, num(now), num(cfg_.stall_ms), num(cfg_.retry_max_ms)}, "asking for a file");
+  if (r.rows() == 0) {
+    return;
+  }
+  ++counters_.wants;
+  log::info("central", gateway,
+            "file " + sha256 + ": asking for " +
+                (ranges.empty() ? std::string("the whole file") : std::to_string(ranges.size()) + " byte ranges"));
+  out.push_back(FilePublish{want_topic(gateway), filex::want_json(filex::Want{sha256, std::move(ranges)})});
+}
+
+void FileIntake::receipt(const std::string& gateway, const std::string& sha256, std::uint64_t size,
+                         std::int64_t now, std::vector<FilePublish>& out) {
+  ++counters_.receipts;
+  out.push_back(FilePublish{receipt_topic(gateway),
+                            filex::seal_file_receipt(key_, filex::FileReceipt{cfg_.central_id, gateway, sha256,
+                                                                               size, now})});
+}
+
+void FileIntake::tick(PgConnection& pg, std::int64_t now, std::vector<FilePublish>& out) {
+  const PgResult due = pg.exec(
+      "SELECT gateway, sha256, size, segment_size, state FROM file_uploads WHERE ((state = 'open' AND last_ms < $1 "
+      "- $2) OR state = 'requested') AND next_want_ms <= $1 ORDER BY next_want_ms LIMIT 50",
+      {num(now), num(cfg_.stall_ms)}, "looking for stalled file transfers");
+  for (int i = 0; i < due.rows(); ++i) {
+    const std::string gateway = due.text(i, 0);
+    const std::string sha = due.text(i, 1);
+    if (due.text(i, 4) == "requested") {
+      want(pg, gateway, sha, {}, now, out);
+      continue;
+    }
+    const auto size = static_cast<std::uint64_t>(due.integer(i, 2));
+    const auto segment = static_cast<std::uint64_t>(due.integer(i, 3));
+    std::vector<std::uint64_t> held = held_offsets(pg, gateway, sha);
+    if (held.size() == filex::segment_count(size, segment)) {
+      assemble(pg, gateway, sha, now, out);
+      continue;
+    }
+    want(pg, gateway, sha, filex::missing_ranges(size, segment, std::move(held)), now, out);
+  }
+}
+
+void FileIntake::request(PgConnection& pg, const std::string& gateway, const std::string& sha256,
+                         std::int64_t now) {
+  pg.exec(
+      "INSERT INTO file_uploads (gateway, sha256, size, segment_size, state, started_ms, last_ms) VALUES ($1, $2, "
+      "0, 0, 'requested', $3, $3) ON CONFLICT (gateway, sha256) DO UPDATE SET state = 'requested', next_want_ms = "
+      "0, want_backoff_ms = 0 WHERE file_uploads.state NOT IN ('held', 'open')",
+      {gateway, sha256, num(now)}, "requesting a file");
+}
+
+}  // namespace cpd::central

@@ -1,0 +1,96 @@
+// FileIntake: central's half of "Recordings to central" (docs/custody.md). Takes a gateway's init, segment,
+// fin and abort messages (daemon/core/file_transfer.h), writes each checked segment at its offset into the
+// transfer's partial file (fsync'd before PostgreSQL counts it), and once every segment is there hashes the
+// whole file: equal to its id, it is renamed into the content-addressed media directory, recorded held, and
+// a signed file receipt is published to the gateway; otherwise the segments are forgotten and the whole file
+// is asked for again. A transfer that stalls, or ends (fin) with pieces missing, gets a `want` listing the
+// missing byte ranges, repeated with backoff. All state lives in PostgreSQL (file_uploads, file_segments) and
+// the shared media directory, so any instance of a shared subscription can take any segment.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "daemon/core/ed25519.h"
+#include "daemon/core/file_transfer.h"
+
+namespace cpd::central {
+
+class PgConnection;
+
+struct FileIntakeConfig {
+  std::string central_id;
+  std::string media_dir;             // held files: <sha256[0:2]>/<sha256>; partial ones: partial/<gw>/<sha>.part
+  std::uint64_t max_file_bytes = 0;  // a larger file is refused at its init
+  int max_open_files = 4;            // open transfers per gateway
+  std::int64_t stall_ms = 30000;     // no segment this long: ask for what is missing
+  std::int64_t retry_max_ms = 300000;
+};
+
+struct FileCounters {
+  std::atomic<std::uint64_t> inits{0};
+  std::atomic<std::uint64_t> segments{0};          // segments written and counted
+  std::atomic<std::uint64_t> segment_bytes{0};
+  std::atomic<std::uint64_t> segments_duplicate{0};
+  std::atomic<std::uint64_t> refused{0};           // malformed or out-of-bounds file messages
+  std::atomic<std::uint64_t> unexpected{0};        // segments of no open transfer (dropped; asked for later)
+  std::atomic<std::uint64_t> files_held{0};
+  std::atomic<std::uint64_t> mismatches{0};        // whole files whose SHA-256 was not their id
+  std::atomic<std::uint64_t> wants{0};
+  std::atomic<std::uint64_t> aborts{0};            // files a gateway said it cannot send
+  std::atomic<std::uint64_t> receipts{0};
+};
+
+struct FilePublish {
+  std::string topic;
+  std::string payload;
+};
+
+class FileIntake {
+ public:
+  FileIntake(FileIntakeConfig config, const Ed25519PrivateKey& central_key, std::string prefix);
+
+  // One message on <prefix>/<gateway>/file/...; `rest` is the topic after "<prefix>/<gateway>/". What to
+  // publish in answer (receipts, wants) is appended to `out`. Throws PgError (PostgreSQL) or
+  // std::runtime_error (the media directory) when it cannot take the message; nothing is counted then.
+  void handle(PgConnection& pg, const std::string& gateway, const std::string& rest, const std::string& payload,
+              std::int64_t now_ms, std::vector<FilePublish>& out);
+  // Periodic: wants for stalled transfers and for files an operator requested (`request-file`).
+  void tick(PgConnection& pg, std::int64_t now_ms, std::vector<FilePublish>& out);
+
+  // Operator: ask `gateway` for a file by its SHA-256 (the "on request" policy, or a file given up on).
+  static void request(PgConnection& pg, const std::string& gateway, const std::string& sha256,
+                      std::int64_t now_ms);
+
+  const FileCounters& counters() const { return counters_; }
+  std::string receipt_topic(const std::string& gateway) const;
+  std::string want_topic(const std::string& gateway) const;
+
+ private:
+  void on_init(PgConnection& pg, const std::string& gateway, const filex::FileTopic& t, const std::string& payload,
+               std::int64_t now, std::vector<FilePublish>& out);
+  void on_segment(PgConnection& pg, const std::string& gateway, const filex::FileTopic& t,
+                  const std::string& payload, std::int64_t now, std::vector<FilePublish>& out);
+  void on_fin(PgConnection& pg, const std::string& gateway, const filex::FileTopic& t, std::int64_t now,
+              std::vector<FilePublish>& out);
+  void on_abort(PgConnection& pg, const std::string& gateway, const filex::FileTopic& t, const std::string& payload,
+                std::int64_t now);
+  // Every segment is there: hash, move into place, record held, receipt. Under the row's lock.
+  void assemble(PgConnection& pg, const std::string& gateway, const std::string& sha256, std::int64_t now,
+                std::vector<FilePublish>& out);
+  void want(PgConnection& pg, const std::string& gateway, const std::string& sha256, filex::Ranges ranges,
+            std::int64_t now, std::vector<FilePublish>& out);
+  void receipt(const std::string& gateway, const std::string& sha256, std::uint64_t size, std::int64_t now,
+               std::vector<FilePublish>& out);
+  std::string partial_path(const std::string& gateway, const std::string& sha256) const;
+  std::string held_path(const std::string& sha256) const;
+
+  FileIntakeConfig cfg_;
+  const Ed25519PrivateKey& key_;
+  std::string prefix_;
+  FileCounters counters_;
+};
+
+}  // namespace cpd::central

@@ -1,0 +1,583 @@
+// RecordingUploader (see the header). All state is on the strand; the store is used on its own thread and
+// segments are read (and hashed) on the blocking pool. A generation count tells the completions of the
+// current attempt from those of an attempt already given up (a failed publish restarts from what was
+// PUBACKed in order).
+#include "daemon/app/recording_uploader.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <boost/asio/post.hpp>
+#include <cerrno>
+#include <cstring>
+
+#include "daemon/core/encoding.h"
+#include "daemon/log/log.h"
+
+namespace cpd::app {
+
+namespace asio = boost::asio;
+
+namespace {
+
+constexpr std::size_t kPendingPage = 20;
+constexpr std::size_t kDiscoverPage = 100;
+constexpr std::chrono::milliseconds kIdlePoll{2000};
+constexpr std::int64_t kMaxBackoffMs = 30000;
+constexpr std::int64_t kMaxFinBackoffMs = 600000;
+constexpr std::uint64_t kPersistEvery = 8;  // segments between progress writes to the store
+
+// Reads `length` bytes at `offset`; nullopt with `error` set when the file cannot give them.
+std::optional<std::string> read_at(const std::string& path, std::uint64_t offset, std::uint64_t length,
+                                   std::string& error) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    error = "cannot open " + path + ": " + std::strerror(errno);
+    return std::nullopt;
+  }
+  std::string out(length, '\0');
+  std::size_t done = 0;
+  while (done < length) {
+    const ssize_t n = ::pread(fd, out.data() + done, length - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      error = n == 0 ? path + " is shorter than its record says" : "cannot read " + path + ": " + std::strerror(errno);
+      ::close(fd);
+      return std::nullopt;
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  ::close(fd);
+  return out;
+}
+
+}  // namespace
+
+RecordingUploader::RecordingUploader(asio::io_context& io, const config::Config& cfg, forwarder::SideChannel& channel,
+                                     UploaderHost host, const WallClock& clock)
+    : io_(io),
+      strand_(asio::make_strand(io)),
+      gateway_(cfg.gateway.id),
+      base_(cfg.mqtt.topic_prefix + "/" + cfg.gateway.id + "/"),
+      cfg_(cfg.custody),
+      channel_(channel),
+      host_(std::move(host)),
+      clock_(clock),
+      poll_timer_(strand_),
+      wait_timer_(strand_) {
+  for (const std::string& pem : cfg_.central_keys_pem) {
+    const auto key = Ed25519PublicKey::from_pem(pem);
+    central_keys_.emplace(key.kid(), key);
+  }
+  for (const char* name : {"files_sent", "segments_sent", "bytes_sent", "receipts_accepted", "receipts_refused",
+                           "receipts_unmatched", "wants", "wants_refused", "wants_dropped", "aborts_sent",
+                           "link_failures"}) {
+    counters_[name] = 0;
+  }
+  tokens_ = static_cast<double>(cfg_.recordings_rate_kib_s) * 1024.0;
+  refilled_ = std::chrono::steady_clock::now();
+}
+
+RecordingUploader::~RecordingUploader() = default;
+
+std::vector<std::string> RecordingUploader::topics() const {
+  return {base_ + "files/receipt", base_ + "files/want"};
+}
+
+void RecordingUploader::on_message(forwarder::InboundMessage message) {
+  asio::post(strand_, [this, m = std::move(message)] {
+    if (stopped_) {
+      return;
+    }
+    if (m.topic == base_ + "files/receipt") {
+      on_receipt(m.payload);
+    } else if (m.topic == base_ + "files/want") {
+      on_want(m.payload);
+    }
+  });
+}
+
+void RecordingUploader::start() {
+  log::notice("files", "",
+              "recordings to central: policy " + cfg_.recordings_policy + ", at most " +
+                  std::to_string(cfg_.recordings_rate_kib_s) + " KiB/s in segments of " +
+                  std::to_string(cfg_.recordings_segment_kib) + " KiB");
+  asio::post(strand_, [this] { schedule_poll(std::chrono::milliseconds(500)); });
+}
+
+void RecordingUploader::stop() {
+  asio::post(strand_, [this] {
+    stopped_ = true;
+    ++generation_;
+    poll_timer_.cancel();
+    wait_timer_.cancel();
+  });
+}
+
+nlohmann::json RecordingUploader::status() const {
+  std::lock_guard lock(snapshot_mutex_);
+  nlohmann::json s = counters_;
+  s["policy"] = cfg_.recordings_policy;
+  s["rate_kib_s"] = cfg_.recordings_rate_kib_s;
+  s["pending"] = stats_.pending;
+  s["pending_bytes"] = stats_.pending_bytes;
+  s["held"] = stats_.held;
+  s["sending"] = current_.empty() ? nlohmann::json(nullptr) : nlohmann::json(current_);
+  s["last_refusal"] = last_refusal_.empty() ? nlohmann::json(nullptr) : nlohmann::json(last_refusal_);
+  return s;
+}
+
+namespace {
+void bump(std::mutex& m, nlohmann::json& counters, const char* name, std::uint64_t n = 1) {
+  std::lock_guard lock(m);
+  counters[name] = counters[name].get<std::uint64_t>() + n;
+}
+}  // namespace
+
+// --- from central ---
+
+void RecordingUploader::on_receipt(const std::string& jws) {
+  const KeyForKid lookup = [this](const std::string& kid) -> std::optional<Ed25519PublicKey> {
+    const auto it = central_keys_.find(kid);
+    return it == central_keys_.end() ? std::nullopt : std::optional<Ed25519PublicKey>(it->second);
+  };
+  const filex::FileReceiptCheck c = filex::check_file_receipt(jws, lookup, gateway_);
+  if (!c.ok) {
+    bump(snapshot_mutex_, counters_, "receipts_refused");
+    {
+      std::lock_guard lock(snapshot_mutex_);
+      last_refusal_ = c.reason;
+    }
+    log::warn("files", "", "file receipt refused: " + c.reason);
+    return;
+  }
+  host_.run_on_store([this, r = c.receipt, jws](store::EvidenceStore& store) {
+    const bool held = store.upload_held(r.sha256, r.size, r.central, jws, clock_.now_ms());
+    const store::UploadStats stats = store.upload_stats();
+    {
+      std::lock_guard lock(snapshot_mutex_);
+      stats_ = stats;
+    }
+    asio::post(strand_, [this, held, r] {
+      if (!held) {
+        // A repeat of a receipt already taken, or a file this store does not wait for: nothing changes.
+        bump(snapshot_mutex_, counters_, "receipts_unmatched");
+        return;
+      }
+      bump(snapshot_mutex_, counters_, "receipts_accepted");
+      fin_next_.erase(r.sha256);
+      wants_.erase(r.sha256);
+      log::notice("files", "",
+                  "recording " + r.sha256 + " (" + std::to_string(r.size) + " bytes) in custody of " + r.central);
+    });
+  });
+}
+
+void RecordingUploader::on_want(const std::string& payload) {
+  filex::WantParse w = filex::parse_want(payload);
+  if (!w.want) {
+    bump(snapshot_mutex_, counters_, "wants_refused");
+    log::warn("files", "", "file want refused: " + w.reason);
+    return;
+  }
+  bump(snapshot_mutex_, counters_, "wants");
+  const std::string sha = w.want->sha256;
+  if (w.want->ranges.empty()) {
+    // The whole file: sent again from byte 0 as an ordinary upload (and so also under the on_request policy).
+    host_.run_on_store([this, sha](store::EvidenceStore& store) {
+      const auto row = store.upload(sha);
+      if (row && !row->held_ms) {
+        (void)store.upload_request(sha);
+      }
+      asio::post(strand_, [this, sha, row] {
+        if (!row) {
+          if (aborts_.size() < kMaxAborts) {
+            aborts_.insert(sha);
+          }
+        } else if (row->held_ms) {
+          wants_[sha] = filex::Ranges{{0, row->length}};
+        } else {
+          fin_next_.erase(sha);
+          if (job_ && job_->row.sha256 == sha) {
+            ++generation_;  // dropped: the poll below starts it again from byte 0
+            job_.reset();
+            wait_timer_.cancel();
+            std::lock_guard lock(snapshot_mutex_);
+            current_.clear();
+          }
+        }
+        poll();
+      });
+    });
+    return;
+  }
+  if (wants_.size() >= kMaxWants && wants_.find(sha) == wants_.end()) {
+    bump(snapshot_mutex_, counters_, "wants_dropped");  // central asks again after its stall time
+    return;
+  }
+  filex::Ranges& ranges = wants_[sha];
+  ranges.insert(ranges.end(), w.want->ranges.begin(), w.want->ranges.end());
+  std::sort(ranges.begin(), ranges.end());
+  filex::Ranges merged;
+  for (const auto& r : ranges) {
+    if (!merged.empty() && r.first <= merged.back().second) {
+      merged.back().second = std::max(merged.back().second, r.second);
+    } else if (merged.size() < filex::kMaxWantRanges) {
+      merged.push_back(r);
+    }
+  }
+  ranges = std::move(merged);
+  poll();
+}
+
+// --- choosing work ---
+
+void RecordingUploader::schedule_poll(std::chrono::milliseconds after) {
+  if (stopped_) {
+    return;
+  }
+  poll_timer_.expires_after(after);
+  poll_timer_.async_wait([this](const boost::system::error_code& ec) {
+    if (!ec) {
+      poll();
+    }
+  });
+}
+
+void RecordingUploader::poll() {
+  if (stopped_ || polling_ || job_) {
+    return;
+  }
+  if (!aborts_.empty()) {
+    const std::string sha = *aborts_.begin();
+    aborts_.erase(aborts_.begin());
+    publish_abort(sha, "not held: this gateway keeps no recording with this SHA-256");
+    asio::post(strand_, [this] { poll(); });
+    return;
+  }
+  polling_ = true;
+  if (!wants_.empty()) {
+    auto it = wants_.begin();
+    const std::string sha = it->first;
+    filex::Ranges ranges = std::move(it->second);
+    wants_.erase(it);
+    host_.run_on_store([this, sha, ranges = std::move(ranges)](store::EvidenceStore& store) mutable {
+      const auto row = store.upload(sha);
+      asio::post(strand_, [this, sha, row, ranges = std::move(ranges)]() mutable {
+        polling_ = false;
+        if (stopped_) {
+          return;
+        }
+        if (!row || unreadable_.count(sha)) {
+          publish_abort(sha, "not held: this gateway keeps no recording with this SHA-256");
+          poll();
+          return;
+        }
+        Job job;
+        job.row = *row;
+        job.ranges = std::move(ranges);
+        begin(std::move(job));
+      });
+    });
+    return;
+  }
+  const bool all = cfg_.recordings_policy == "all";
+  const bool important = cfg_.recordings_policy == "important";
+  host_.run_on_store([this, all, important](store::EvidenceStore& store) {
+    store.uploads_discover(kDiscoverPage);
+    auto pending = store.uploads_pending(all, important, kPendingPage);
+    const store::UploadStats stats = store.upload_stats();
+    asio::post(strand_, [this, pending = std::move(pending), stats] {
+      polling_ = false;
+      {
+        std::lock_guard lock(snapshot_mutex_);
+        stats_ = stats;
+      }
+      if (stopped_ || job_) {
+        return;
+      }
+      const UnixMs now = clock_.now_ms();
+      UnixMs next_fin = now + kIdlePoll.count();
+      for (const store::UploadRow& row : pending) {
+        if (unreadable_.count(row.sha256)) {
+          continue;
+        }
+        if (row.sent_to < row.length) {
+          Job job;
+          job.row = row;
+          job.progress = true;
+          begin(std::move(job));
+          return;
+        }
+        // Sent whole: its fin again when no receipt came in time (or at once after a restart).
+        auto [it, fresh] = fin_next_.try_emplace(row.sha256, now, cfg_.recordings_receipt_wait_ms);
+        if (it->second.first <= now) {
+          it->second.first = now + it->second.second;
+          it->second.second = std::min<std::int64_t>(it->second.second * 2, kMaxFinBackoffMs);
+          Job job;
+          job.row = row;  // no ranges: init and fin only
+          begin(std::move(job));
+          return;
+        }
+        next_fin = std::min(next_fin, it->second.first);
+      }
+      schedule_poll(std::chrono::milliseconds(std::max<UnixMs>(100, next_fin - now)));
+    });
+  });
+}
+
+// --- sending ---
+
+void RecordingUploader::begin(Job job) {
+  job.path = host_.media_path(job.row.sha256);
+  job.segment = static_cast<std::uint64_t>(cfg_.recordings_segment_kib) * 1024;
+  if (job.progress) {
+    const std::uint64_t from = job.row.sent_to - job.row.sent_to % job.segment;
+    job.ranges = {{from, job.row.length}};
+    job.persisted = from;
+    if (from == 0 && job.row.length > 0) {
+      log::info("files", "",
+                "sending recording " + job.row.sha256 + " (" + std::to_string(job.row.length) + " bytes)");
+    } else if (from > 0) {
+      log::info("files", "", "resuming recording " + job.row.sha256 + " at byte " + std::to_string(from));
+    }
+  }
+  // Wanted ranges widened to whole segments within the file.
+  for (auto& [lo, hi] : job.ranges) {
+    lo -= lo % job.segment;
+    hi = std::min(hi, job.row.length);
+  }
+  job.ranges.erase(std::remove_if(job.ranges.begin(), job.ranges.end(), [](const auto& r) { return r.first >= r.second; }),
+                   job.ranges.end());
+  job.cursor = job.ranges.empty() ? 0 : job.ranges.front().first;
+  job_ = std::move(job);
+  {
+    std::lock_guard lock(snapshot_mutex_);
+    current_ = job_->row.sha256;
+  }
+  ++generation_;
+  pump();
+}
+
+bool RecordingUploader::take_tokens(std::uint64_t bytes) {
+  const double rate = static_cast<double>(cfg_.recordings_rate_kib_s) * 1024.0;
+  const double cap = std::max(rate, static_cast<double>(bytes));
+  const auto now = std::chrono::steady_clock::now();
+  tokens_ = std::min(cap, tokens_ + std::chrono::duration<double>(now - refilled_).count() * rate);
+  refilled_ = now;
+  if (tokens_ >= static_cast<double>(bytes)) {
+    tokens_ -= static_cast<double>(bytes);
+    return true;
+  }
+  const auto wait = std::chrono::duration<double>((static_cast<double>(bytes) - tokens_) / rate);
+  wait_timer_.expires_after(std::chrono::duration_cast<std::chrono::milliseconds>(wait) + std::chrono::milliseconds(1));
+  wait_timer_.async_wait([this](const boost::system::error_code& ec) {
+    if (!ec) {
+      pump();
+    }
+  });
+  return false;
+}
+
+void RecordingUploader::pump() {
+  if (!job_ || stopped_) {
+    return;
+  }
+  Job& job = *job_;
+  const std::uint64_t gen = generation_;
+  if (!job.init_done) {
+    if (!job.init_inflight) {
+      job.init_inflight = true;
+      const filex::FileInit init{job.row.sha256, job.row.length, job.segment, job.row.name, job.row.seq};
+      channel_.publish_side(
+          forwarder::OutboundMessage{filex::init_topic(base_, job.row.sha256), filex::init_json(init), false, ""},
+          [this, gen](bool ok) {
+            asio::post(strand_, [this, gen, ok] {
+              if (gen != generation_ || !job_) {
+                return;
+              }
+              job_->init_inflight = false;
+              if (!ok) {
+                fail("its init was not PUBACKed");
+                return;
+              }
+              job_->init_done = true;
+              pump();
+            });
+          });
+    }
+    return;
+  }
+  while (static_cast<int>(job.inflight.size()) < kWindow && job.range < job.ranges.size()) {
+    const auto [lo, hi] = job.ranges[job.range];
+    job.cursor = std::max(job.cursor, lo);
+    if (job.cursor >= hi) {
+      ++job.range;
+      continue;
+    }
+    const std::uint64_t length = std::min(job.segment, job.row.length - job.cursor);
+    if (!take_tokens(length)) {
+      return;  // the wait timer pumps again
+    }
+    send_segment(job.cursor, length);
+    job.cursor += job.segment;
+  }
+  if (job.range >= job.ranges.size() && job.inflight.empty() && !job.fin_inflight) {
+    job.fin_inflight = true;
+    channel_.publish_side(
+        forwarder::OutboundMessage{filex::fin_topic(base_, job.row.sha256, job.row.length), "", false, ""},
+        [this, gen](bool ok) {
+          asio::post(strand_, [this, gen, ok] {
+            if (gen != generation_ || !job_) {
+              return;
+            }
+            job_->fin_inflight = false;
+            if (!ok) {
+              fail("its fin was not PUBACKed");
+              return;
+            }
+            finish_job();
+          });
+        });
+  }
+}
+
+void RecordingUploader::send_segment(std::uint64_t offset, std::uint64_t length) {
+  Job& job = *job_;
+  job.inflight.insert(offset);
+  const std::uint64_t gen = generation_;
+  host_.run_blocking([this, gen, offset, length, path = job.path, sha = job.row.sha256] {
+    std::string error;
+    auto bytes = read_at(path, offset, length, error);
+    const std::string checksum = bytes ? sha256_hex(*bytes) : std::string();
+    asio::post(strand_, [this, gen, offset, length, sha, error, checksum, bytes = std::move(bytes)]() mutable {
+      if (gen != generation_ || !job_) {
+        return;
+      }
+      if (!bytes) {
+        log::error("files", "", "recording " + sha + " cannot be sent: " + error + " (central is told: abort)");
+        unreadable_.insert(sha);
+        publish_abort(sha, "not held: " + error);
+        ++generation_;
+        job_.reset();
+        {
+          std::lock_guard lock(snapshot_mutex_);
+          current_.clear();
+        }
+        asio::post(strand_, [this] { poll(); });
+        return;
+      }
+      channel_.publish_side(
+          forwarder::OutboundMessage{filex::segment_topic(base_, sha, offset, checksum), std::move(*bytes), false, ""},
+          [this, gen, offset, length](bool ok) {
+            asio::post(strand_, [this, gen, offset, length, ok] { segment_done(gen, offset, length, ok); });
+          });
+    });
+  });
+}
+
+std::uint64_t RecordingUploader::acked_to() const {
+  const Job& job = *job_;
+  if (!job.inflight.empty()) {
+    return *job.inflight.begin();
+  }
+  if (job.range >= job.ranges.size()) {
+    return job.row.length;
+  }
+  return std::min(job.cursor, job.row.length);
+}
+
+void RecordingUploader::segment_done(std::uint64_t generation, std::uint64_t offset, std::uint64_t length, bool ok) {
+  if (generation != generation_ || !job_) {
+    return;
+  }
+  if (!ok) {
+    fail("a segment was not PUBACKed");
+    return;
+  }
+  job_->inflight.erase(offset);
+  backoff_ms_ = 0;
+  bump(snapshot_mutex_, counters_, "segments_sent");
+  bump(snapshot_mutex_, counters_, "bytes_sent", length);
+  if (job_->progress) {
+    const std::uint64_t acked = acked_to();
+    if (acked >= job_->persisted + kPersistEvery * job_->segment) {
+      job_->persisted = acked;
+      host_.run_on_store([sha = job_->row.sha256, acked](store::EvidenceStore& store) {
+        (void)store.upload_progress(sha, acked);  // a lost write resends a little more after a restart
+      });
+    }
+  }
+  pump();
+}
+
+void RecordingUploader::fail(const std::string& why) {
+  if (!job_) {
+    return;
+  }
+  bump(snapshot_mutex_, counters_, "link_failures");
+  Job& job = *job_;
+  // Start again from the first byte not PUBACKed, with the init first (the broker may have lost it).
+  std::uint64_t from = job.cursor;
+  if (!job.inflight.empty()) {
+    from = std::min(from, *job.inflight.begin());
+  }
+  filex::Ranges rest;
+  for (std::size_t i = job.range; i < job.ranges.size(); ++i) {
+    const auto [lo, hi] = job.ranges[i];
+    const std::uint64_t start = i == job.range ? std::max(lo, std::min(from, hi)) : lo;
+    if (start < hi) {
+      rest.emplace_back(start, hi);
+    }
+  }
+  job.ranges = std::move(rest);
+  job.range = 0;
+  job.cursor = job.ranges.empty() ? 0 : job.ranges.front().first;
+  job.inflight.clear();
+  job.init_done = false;
+  job.init_inflight = false;
+  job.fin_inflight = false;
+  ++generation_;
+  backoff_ms_ = std::clamp<std::int64_t>(backoff_ms_ * 2, 1000, kMaxBackoffMs);
+  log::warn("files", "",
+            "recording " + job.row.sha256 + ": " + why + "; resuming at byte " +
+                std::to_string(job.ranges.empty() ? job.row.length : job.ranges.front().first) + " in " +
+                std::to_string(backoff_ms_) + " ms");
+  wait_timer_.expires_after(std::chrono::milliseconds(backoff_ms_));
+  wait_timer_.async_wait([this](const boost::system::error_code& ec) {
+    if (!ec) {
+      pump();
+    }
+  });
+}
+
+void RecordingUploader::finish_job() {
+  Job job = std::move(*job_);
+  job_.reset();
+  ++generation_;
+  {
+    std::lock_guard lock(snapshot_mutex_);
+    current_.clear();
+  }
+  if (job.progress) {
+    bump(snapshot_mutex_, counters_, "files_sent");
+    fin_next_[job.row.sha256] = {clock_.now_ms() + cfg_.recordings_receipt_wait_ms, cfg_.recordings_receipt_wait_ms};
+    host_.run_on_store([sha = job.row.sha256, length = job.row.length](store::EvidenceStore& store) {
+      (void)store.upload_progress(sha, length);
+    });
+  }
+  asio::post(strand_, [this] { poll(); });
+}
+
+void RecordingUploader::publish_abort(const std::string& sha256, const std::string& reason) {
+  bump(snapshot_mutex_, counters_, "aborts_sent");
+  log::warn("files", "", "recording " + sha256 + ": told central it cannot be sent (" + reason + ")");
+  channel_.publish_side(
+      forwarder::OutboundMessage{filex::abort_topic(base_, sha256), filex::abort_json(reason), false, ""},
+      [](bool) {});
+}
+
+}  // namespace cpd::app

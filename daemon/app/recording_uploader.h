@@ -1,0 +1,125 @@
+// RecordingUploader: the gateway's half of "Recordings to central" (docs/custody.md). Body-worn recordings the
+// store keeps (uploads table) go to central one file at a time, as an `init`, segments at their byte offsets
+// (each with its SHA-256 in the topic) and a `fin` (daemon/core/file_transfer.h): at most kWindow segments
+// unacknowledged, under a token-bucket bandwidth cap, resumed after any break from the last byte PUBACKed in
+// order (kept in the store across restarts). Central answers with a signed file receipt (checked against the
+// configured central keys, then recorded: it is what lets retention delete the file), or a `want` for byte
+// ranges it lacks, which is served before new files. A file it cannot send any more is answered with `abort`.
+// Files go by policy: all, important only, or only those central asks for.
+#pragma once
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "daemon/config/config.h"
+#include "daemon/core/ed25519.h"
+#include "daemon/core/file_transfer.h"
+#include "daemon/core/time.h"
+#include "daemon/forwarder/side_channel.h"
+#include "daemon/store/evidence_store.h"
+
+namespace cpd::app {
+
+struct UploaderHost {
+  // Runs the task on the store's thread.
+  std::function<void(std::function<void(store::EvidenceStore&)>)> run_on_store;
+  // Runs blocking file work (reading a segment) off the io thread.
+  std::function<void(std::function<void()>)> run_blocking;
+  // Where the media store keeps a file.
+  std::function<std::string(const std::string& sha256)> media_path;
+};
+
+class RecordingUploader {
+ public:
+  static constexpr int kWindow = 4;            // segments published and not yet PUBACKed
+  static constexpr std::size_t kMaxWants = 16;  // files with wanted ranges waiting; beyond: dropped, counted
+  static constexpr std::size_t kMaxAborts = 64;
+
+  RecordingUploader(boost::asio::io_context& io, const config::Config& cfg, forwarder::SideChannel& channel,
+                    UploaderHost host, const WallClock& clock);
+  ~RecordingUploader();
+  RecordingUploader(const RecordingUploader&) = delete;
+  RecordingUploader& operator=(const RecordingUploader&) = delete;
+
+  // The topics it listens on (file receipts and wants); messages on them go to on_message (any thread).
+  std::vector<std::string> topics() const;
+  void on_message(forwarder::InboundMessage message);
+  void start();
+  void stop();
+  nlohmann::json status() const;
+
+ private:
+  // One piece of work: a file's init, the segments covering `ranges` (segment-aligned), then its fin.
+  struct Job {
+    store::UploadRow row;
+    std::string path;
+    std::uint64_t segment = 0;
+    filex::Ranges ranges;      // what to send
+    std::size_t range = 0;     // the range being sent
+    std::uint64_t cursor = 0;  // next offset to send in ranges[range]
+    std::set<std::uint64_t> inflight;
+    bool init_done = false;
+    bool init_inflight = false;
+    bool fin_inflight = false;
+    bool progress = false;  // sending the file from sent_to: its progress is kept in the store
+    std::uint64_t persisted = 0;
+    bool reading = false;
+  };
+
+  void on_receipt(const std::string& jws);
+  void on_want(const std::string& payload);
+  void poll();
+  void schedule_poll(std::chrono::milliseconds after);
+  void begin(Job job);
+  void pump();
+  void send_segment(std::uint64_t offset, std::uint64_t length);
+  void segment_done(std::uint64_t generation, std::uint64_t offset, std::uint64_t length, bool ok);
+  void fail(const std::string& why);
+  void finish_job();
+  void publish_abort(const std::string& sha256, const std::string& reason);
+  std::uint64_t acked_to() const;  // progress jobs: every byte below this was PUBACKed
+  bool take_tokens(std::uint64_t bytes);
+
+  boost::asio::io_context& io_;
+  boost::asio::strand<boost::asio::io_context::executor_type> strand_;
+  std::string gateway_;
+  std::string base_;  // <prefix>/<gateway>/
+  config::CustodySection cfg_;
+  forwarder::SideChannel& channel_;
+  UploaderHost host_;
+  const WallClock& clock_;
+  std::map<std::string, Ed25519PublicKey> central_keys_;
+  boost::asio::steady_timer poll_timer_;
+  boost::asio::steady_timer wait_timer_;  // bandwidth and backoff waits
+
+  // Strand state.
+  bool stopped_ = false;
+  bool polling_ = false;
+  std::optional<Job> job_;
+  std::uint64_t generation_ = 0;  // completions of an abandoned attempt are ignored
+  std::map<std::string, filex::Ranges> wants_;
+  std::set<std::string> aborts_;
+  std::map<std::string, std::pair<UnixMs, std::int64_t>> fin_next_;  // sha -> (when to send fin again, backoff)
+  std::set<std::string> unreadable_;  // files this process could not open (aborted once, not retried)
+  std::int64_t backoff_ms_ = 0;
+  double tokens_ = 0;
+  std::chrono::steady_clock::time_point refilled_{};
+
+  mutable std::mutex snapshot_mutex_;
+  nlohmann::json counters_ = nlohmann::json::object();
+  store::UploadStats stats_;
+  std::string current_;  // sha256 of the file being sent ("" idle)
+  std::string last_refusal_;
+};
+
+}  // namespace cpd::app

@@ -1,0 +1,183 @@
+// Recordings to central (docs/custody.md, "Recordings to central"), end to end with real parts: a dock
+// simulator offering a 1 GiB body-worn recording, checkpointd collecting it and sending it to a real
+// checkpoint-central over a real mosquitto, with the broker killed (no persistence) mid-transfer. The file
+// must arrive whole and hash-checked, resumed rather than sent again from the start, and the gateway must
+// take central's signed file receipt (and refuse a forged one).
+#include <gtest/gtest.h>
+#include <openssl/evp.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "daemon/core/file_transfer.h"
+#include "tests/integration/custody_fixture.h"
+
+namespace cpd::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+std::string sha256_of_file(const fs::path& path, std::uint64_t& bytes) {
+  std::ifstream in(path, std::ios::binary);
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
+  EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
+  std::vector<char> buf(1 << 20);
+  bytes = 0;
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<std::size_t>(in.gcount()));
+    bytes += static_cast<std::uint64_t>(in.gcount());
+  }
+  unsigned char md[32];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx.get(), md, &len);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned int i = 0; i < len; ++i) {
+    out += hex[md[i] >> 4];
+    out += hex[md[i] & 15];
+  }
+  return out;
+}
+
+class RecordingsCustodyTest : public CustodyFixture {
+ protected:
+  // checkpoint-sim dock with one generated file of `kib` KiB; returns its port; the sim's own SHA-256 of the
+  // file (ground truth) once it is listed.
+  std::uint16_t start_dock(std::uint64_t kib) {
+    std::ofstream(dir_ / "dock.token") << "s3cret-token\n";
+    ::chmod((dir_ / "dock.token").c_str(), 0600);
+    dock_ = std::make_unique<Process>(
+        std::vector<std::string>{binary("tools/sim/checkpoint-sim"), "dock", "--port", "0", "--token", "s3cret-token",
+                                 "--files", "1", "--file-kb", std::to_string(kib), "--seed", "5", "--ground-truth",
+                                 (dir_ / "dock.jsonl").string()},
+        dir_ / "dock");
+    auto line = dock_->wait_for_stdout_line("listening ", 20s);
+    EXPECT_TRUE(line) << dock_->stderr_text();
+    return line ? static_cast<std::uint16_t>(std::stoi(line->substr(10))) : 0;
+  }
+
+  std::string dock_device(std::uint16_t port) {
+    return "  - id: dock-1\n    kind: recorder_dock\n    url: http://127.0.0.1:" + std::to_string(port) +
+           "\n    token_file: " + (dir_ / "dock.token").string() +
+           "\n    poll_interval_ms: 300\n    reconnect_initial_ms: 100\n    reconnect_max_ms: 1000\n";
+  }
+
+  std::string truth_sha256() {
+    std::ifstream in(dir_ / "dock.jsonl");
+    std::string line;
+    while (std::getline(in, line)) {
+      const auto j = nlohmann::json::parse(line, nullptr, false);
+      if (j.is_object() && j.value("event", "") == "file") {
+        return j.value("sha256", "");
+      }
+    }
+    return {};
+  }
+
+  nlohmann::json gateway_files() {
+    std::string out;
+    if (ctl({"status", "--socket", (dir_ / "control.sock").string(), "--json"}, &out) != 0) {
+      return {};
+    }
+    const auto j = nlohmann::json::parse(out, nullptr, false);
+    if (!j.is_object() || !j.contains("custody") || !j["custody"].contains("recordings")) {
+      return {};
+    }
+    return j["custody"]["recordings"];
+  }
+
+  std::unique_ptr<Process> dock_;
+};
+
+TEST_F(RecordingsCustodyTest, AOneGigabyteRecordingReachesCentralThroughABrokenLinkHashChecked) {
+  constexpr std::uint64_t kKib = 1 << 20;  // 1 GiB
+  constexpr std::uint64_t kBytes = kKib * 1024;
+  start_radar(4, 1.0, 3);
+  const std::uint16_t dock_port = start_dock(kKib);
+  GatewayConfig gateway;
+  gateway.control = true;
+  gateway.custody_extra =
+      "  recordings: {policy: all, rate_kib_s: 1048576, segment_kib: 1024, receipt_wait_ms: 2000}\n";
+  gateway.extra_devices = dock_device(dock_port);
+  write_gateway_config(gateway);
+  CentralConfig central_config;
+  central_config.feed_extra = "  max_file_mb: 2048\n";
+  central_config.gaps_extra = "  file_stall_ms: 1500\n";
+  write_central_config("central", central_config);
+  ASSERT_EQ(central_enroll(), 0);
+  std::unique_ptr<Process> central;
+  start_central(central);
+  auto daemon = start_daemon();
+
+  const std::string sha = [&] {
+    std::string s;
+    wait_for_condition([&] { return !(s = truth_sha256()).empty(); }, 30s);
+    return s;
+  }();
+  ASSERT_EQ(sha.size(), 64u);
+
+  // Mid-transfer, central is frozen while the broker queues segments for it, then the broker is killed:
+  // what it held (acknowledged to the gateway, not yet delivered) is gone.
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return pg_int("SELECT coalesce(max(received_bytes), 0) FROM file_uploads") > 300LL * 1024 * 1024; },
+      120s))
+      << "central received " << pg_int("SELECT coalesce(max(received_bytes), 0) FROM file_uploads") << " bytes";
+  // A file receipt signed by a key the gateway does not trust is refused before anything changes.
+  const auto forger = Ed25519PrivateKey::generate();
+  ASSERT_EQ(mosquitto_pub("checkpoint/gw/files/receipt",
+                          filex::seal_file_receipt(forger, {"central-test", "gw", sha, kBytes, 1}), false, 10s),
+            0);
+  central->signal(SIGSTOP);
+  const std::uint64_t sent_before = gateway_files().value("bytes_sent", std::uint64_t{0});
+  wait_for_condition([&] { return gateway_files().value("bytes_sent", std::uint64_t{0}) > sent_before + (40u << 20); },
+                     20s);
+  broker_->process().signal(SIGKILL);
+  broker_->process().wait(10s);
+  central->signal(SIGCONT);
+  pause(1000ms);
+  broker_->start();
+
+  ASSERT_TRUE(wait_for_condition([&] { return pg_int("SELECT count(*) FROM file_uploads WHERE state = 'held'") == 1; },
+                                 180s))
+      << "state " << pg_int("SELECT count(*) FROM file_uploads") << " rows; received "
+      << pg_int("SELECT coalesce(max(received_bytes), 0) FROM file_uploads");
+
+  // Central holds exactly the dock's bytes (hashed here again, independently of central's check).
+  EXPECT_EQ(pg_int("SELECT bytes FROM media WHERE sha256 = '" + sha + "'"), static_cast<long long>(kBytes));
+  std::uint64_t bytes = 0;
+  EXPECT_EQ(sha256_of_file(dir_ / "central-media" / sha.substr(0, 2) / sha, bytes), sha);
+  EXPECT_EQ(bytes, kBytes);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM file_segments"), 0);  // a held file keeps no segment rows
+  EXPECT_FALSE(fs::exists(dir_ / "central-media" / "partial" / "gw" / (sha + ".part")));
+
+  // The gateway took the real receipt, refused the forged one, and resumed rather than starting again.
+  nlohmann::json files;
+  ASSERT_TRUE(wait_for_condition(
+      [&] {
+        files = gateway_files();
+        return files.is_object() && files.value("receipts_accepted", 0) >= 1;
+      },
+      30s))
+      << files.dump();
+  EXPECT_GE(files.value("receipts_refused", 0), 1) << files.dump();
+  EXPECT_GE(files.value("wants", 0), 1) << files.dump();  // central asked for what the broker lost
+  EXPECT_LT(files.value("bytes_sent", std::uint64_t{0}), kBytes + kBytes / 2) << files.dump();
+  EXPECT_EQ(files.value("pending", -1), 0) << files.dump();
+  EXPECT_EQ(files.value("held", 0), 1) << files.dump();
+  EXPECT_GE(pg_int("SELECT wants FROM file_uploads WHERE sha256 = '" + sha + "'"), 1);
+
+  // Its hold (store.media_retention_days, at least a day) has not ended: the gateway keeps its copy (the
+  // deletion once it has is EvidenceStore's unit test ARecordingIsUploadedAndDeletedOnlyWithItsFileReceipt).
+  EXPECT_TRUE(fs::exists(dir_ / "media" / sha));
+
+  daemon->signal(SIGTERM);
+  EXPECT_EQ(daemon->wait(30s), 0);
+  central->signal(SIGTERM);
+  EXPECT_EQ(central->wait(30s), 0);
+}
+
+}  // namespace
+}  // namespace cpd::testing
