@@ -333,7 +333,16 @@ void CentralService::run_worker() {
                                cfg_.receipts.every_ms}));
         request_resends();
         std::vector<FilePublish> wants;
-        files_->tick(store_->connection(), now, wants);
+        try {
+          files_->tick(store_->connection(), now, wants);
+        } catch (const PgError& e) {
+          if (e.connection_lost()) {
+            throw;
+          }
+          // The recordings' check must not hold up receipts and resends (they ran above; this runs again).
+          ++counters_.pg_errors;
+          log::error("central", "", std::string("file transfers: ") + e.what());
+        }
         publish_files(std::move(wants));
       }
       pg_backoff = std::chrono::milliseconds(200);

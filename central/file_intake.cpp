@@ -428,9 +428,9 @@ void FileIntake::want(PgConnection& pg, const std::string& gateway, const std::s
                       filex::Ranges ranges, std::int64_t now, std::vector<FilePublish>& out) {
   // Claimed in PostgreSQL (another instance may be looking at the same transfer), with backoff.
   const PgResult r = pg.exec(
-      "UPDATE file_uploads SET wants = wants + 1, want_backoff_ms = least(greatest(want_backoff_ms * 2, $4), $5), "
-      "next_want_ms = $3 + least(greatest(want_backoff_ms * 2, $4), $5) WHERE gateway = $1 AND sha256 = $2 AND "
-      "next_want_ms <= $3 RETURNING wants",
+      "UPDATE file_uploads SET wants = wants + 1, want_backoff_ms = least(greatest(want_backoff_ms * 2, "
+      "$4::bigint), $5::bigint), next_want_ms = $3::bigint + least(greatest(want_backoff_ms * 2, $4::bigint), "
+      "$5::bigint) WHERE gateway = $1 AND sha256 = $2 AND next_want_ms <= $3::bigint RETURNING wants",
       {gateway, sha256, num(now), num(cfg_.stall_ms), num(cfg_.retry_max_ms)}, "asking for a file");
   if (r.rows() == 0) {
     return;
@@ -452,8 +452,8 @@ void FileIntake::receipt(const std::string& gateway, const std::string& sha256, 
 
 void FileIntake::tick(PgConnection& pg, std::int64_t now, std::vector<FilePublish>& out) {
   const PgResult due = pg.exec(
-      "SELECT gateway, sha256, size, segment_size, state FROM file_uploads WHERE ((state = 'open' AND last_ms < $1 "
-      "- $2) OR state = 'requested') AND next_want_ms <= $1 ORDER BY next_want_ms LIMIT 50",
+      "SELECT gateway, sha256, size, segment_size, state FROM file_uploads WHERE ((state = 'open' AND last_ms < $1::bigint "
+      "- $2::bigint) OR state = 'requested') AND next_want_ms <= $1::bigint ORDER BY next_want_ms LIMIT 50",
       {num(now), num(cfg_.stall_ms)}, "looking for stalled file transfers");
   for (int i = 0; i < due.rows(); ++i) {
     const std::string gateway = due.text(i, 0);

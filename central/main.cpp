@@ -15,6 +15,9 @@
 #include "central/central_config.h"
 #include "central/central_service.h"
 #include "central/central_store.h"
+#include "central/file_intake.h"
+#include "central/pg.h"
+#include "daemon/core/encoding.h"
 #include "daemon/config/schema.h"
 #include "daemon/core/ed25519.h"
 #include "daemon/log/log.h"
@@ -87,6 +90,55 @@ std::string read_file(const std::string& path) {
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
+// `checkpoint-central files`: the file_uploads rows, or a request for one file (docs/custody.md).
+int files(central::PgConnection& pg, const std::string& gateway, const std::string& request, std::int64_t limit,
+          bool json_out) {
+  if (!request.empty()) {
+    if (!is_sha256_hex(request) || gateway.empty()) {
+      std::cerr << "checkpoint-central files --request needs --gateway and a SHA-256 (64 lower-case hex digits)"
+                << std::endl;
+      return 1;
+    }
+    central::FileIntake::request(pg, gateway, request, now_ms());
+    std::cout << "requested " << request << " from " << gateway
+              << " (asked at the next gap check; a file already held or being sent is left as it is)" << std::endl;
+    return 0;
+  }
+  const central::PgResult r = pg.exec(
+      "SELECT gateway, sha256, state, size, received_bytes, name, coalesce(seq, 0), wants, coalesce(reason, ''), "
+      "last_ms, coalesce(held_ms, 0) FROM file_uploads WHERE $1 = '' OR gateway = $1 ORDER BY last_ms DESC LIMIT $2",
+      {gateway, std::to_string(limit)}, "listing file transfers");
+  nlohmann::json rows = nlohmann::json::array();
+  for (int i = 0; i < r.rows(); ++i) {
+    rows.push_back({{"gateway", r.text(i, 0)},
+                    {"sha256", r.text(i, 1)},
+                    {"state", r.text(i, 2)},
+                    {"size", r.integer(i, 3)},
+                    {"received_bytes", r.integer(i, 4)},
+                    {"name", r.text(i, 5)},
+                    {"seq", r.integer(i, 6)},
+                    {"wants", r.integer(i, 7)},
+                    {"reason", r.text(i, 8)},
+                    {"last_ms", r.integer(i, 9)},
+                    {"held_ms", r.integer(i, 10)}});
+  }
+  if (json_out) {
+    std::cout << rows.dump(2) << std::endl;
+    return 0;
+  }
+  for (const auto& f : rows) {
+    std::cout << f["gateway"].get<std::string>() << " " << f["sha256"].get<std::string>() << " "
+              << f["state"].get<std::string>() << " " << f["received_bytes"] << "/" << f["size"] << " bytes, record seq "
+              << f["seq"] << ", name " << f["name"].dump() << ", wants " << f["wants"];
+    if (!f["reason"].get<std::string>().empty()) {
+      std::cout << ", reason " << f["reason"].dump();
+    }
+    std::cout << std::endl;
+  }
+  std::cout << "files: " << rows.size() << " shown" << std::endl;
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -120,6 +172,15 @@ int main(int argc, char** argv) {
   quarantine_cmd->add_option("--limit", limit, "at most this many rows (default 100)")
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{100000}));
   quarantine_cmd->add_flag("--json", json_out, "JSON instead of lines");
+  std::string request_sha;
+  auto* files_cmd = app.add_subcommand(
+      "files", "Recording transfers (newest first): held, open with bytes received, not held; --request asks for one");
+  files_cmd->add_option("-c,--config", config_path, "YAML config")->required();
+  files_cmd->add_option("--gateway", gateway, "only this gateway (with --request: the gateway to ask)");
+  files_cmd->add_option("--request", request_sha, "ask the gateway for this recording (SHA-256 of its record)");
+  files_cmd->add_option("--limit", limit, "at most this many rows (default 100)")
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{100000}));
+  files_cmd->add_flag("--json", json_out, "JSON instead of lines");
   std::uint64_t from = 1;
   auto* export_cmd =
       app.add_subcommand("export", "A gateway's stored chain as JWS lines (checkpointctl verify reads them)");
@@ -210,6 +271,9 @@ int main(int argc, char** argv) {
         std::cout << std::endl;
       }
       return 0;
+    }
+    if (*files_cmd) {
+      return files(store.connection(), gateway, request_sha, limit, json_out);
     }
     if (*export_cmd) {
       store.export_chain(gateway, from, [](const std::string& line) { std::cout << line << '\n'; });

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include <fstream>
+#include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "daemon/core/file_transfer.h"
@@ -96,6 +97,7 @@ TEST_F(RecordingsCustodyTest, AOneGigabyteRecordingReachesCentralThroughABrokenL
   constexpr std::uint64_t kKib = 1 << 20;  // 1 GiB
   constexpr std::uint64_t kBytes = kKib * 1024;
   start_radar(4, 1.0, 3);
+  const auto t0 = std::chrono::steady_clock::now();
   const std::uint16_t dock_port = start_dock(kKib);
   GatewayConfig gateway;
   gateway.control = true;
@@ -145,6 +147,9 @@ TEST_F(RecordingsCustodyTest, AOneGigabyteRecordingReachesCentralThroughABrokenL
       << "state " << pg_int("SELECT count(*) FROM file_uploads") << " rows; received "
       << pg_int("SELECT coalesce(max(received_bytes), 0) FROM file_uploads");
 
+  std::cout << "1 GiB recording held by central " << std::chrono::duration_cast<std::chrono::seconds>(
+                   std::chrono::steady_clock::now() - t0).count()
+            << " s after the dock started (download, upload, broker kill, repair)" << std::endl;
   // Central holds exactly the dock's bytes (hashed here again, independently of central's check).
   EXPECT_EQ(pg_int("SELECT bytes FROM media WHERE sha256 = '" + sha + "'"), static_cast<long long>(kBytes));
   std::uint64_t bytes = 0;
@@ -172,6 +177,19 @@ TEST_F(RecordingsCustodyTest, AOneGigabyteRecordingReachesCentralThroughABrokenL
   // Its hold (store.media_retention_days, at least a day) has not ended: the gateway keeps its copy (the
   // deletion once it has is EvidenceStore's unit test ARecordingIsUploadedAndDeletedOnlyWithItsFileReceipt).
   EXPECT_TRUE(fs::exists(dir_ / "media" / sha));
+
+  // An operator asks the gateway for a recording it never had: the gateway answers abort, central records
+  // it as not held (and stops asking).
+  const std::string missing(64, 'd');
+  ASSERT_EQ(central_cli({"files", "--config", (dir_ / "central.yaml").string(), "--gateway", "gw", "--request", missing}),
+            0);
+  EXPECT_TRUE(wait_for_condition(
+      [&] { return pg_.query("SELECT state FROM file_uploads WHERE sha256 = '" + missing + "'") == "not_held"; }, 20s))
+      << pg_.query("SELECT state FROM file_uploads WHERE sha256 = '" + missing + "'");
+  std::string listing;
+  ASSERT_EQ(central_cli({"files", "--config", (dir_ / "central.yaml").string()}, &listing), 0);
+  EXPECT_NE(listing.find(sha + " held 1073741824/1073741824"), std::string::npos) << listing;
+  EXPECT_NE(listing.find(missing + " not_held"), std::string::npos) << listing;
 
   daemon->signal(SIGTERM);
   EXPECT_EQ(daemon->wait(30s), 0);
