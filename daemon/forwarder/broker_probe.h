@@ -15,8 +15,10 @@
 namespace cpd::forwarder {
 
 // The largest packet the gateway accepts from a broker, announced in CONNECT as the MQTT v5 Maximum Packet
-// Size. A broker only ever sends it CONNACK, PUBACK, PINGRESP, DISCONNECT and AUTH: small packets.
-inline constexpr std::uint32_t kMaxIncomingPacketBytes = 64 * 1024;
+// Size. Besides acknowledgements, a broker sends it the custody topics' messages: a resend request may be
+// 128 KiB (docs/custody.md; 1000 media hashes are 67 KB), plus its topic and properties. A broker drops
+// (unsent) whatever is larger.
+inline constexpr std::uint32_t kMaxIncomingPacketBytes = 256 * 1024;
 
 // An MQTT v5 CONNECT as the forwarder sends it (same client id, clean start off, session expiry, keep-alive,
 // credentials, Maximum Packet Size); no will.

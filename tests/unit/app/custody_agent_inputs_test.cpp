@@ -1,0 +1,155 @@
+// CustodyAgent's inputs under hostile traffic (docs/custody.md, "Checks, in order"; docs/faults.md, "Custody
+// inputs under a flood"), made deterministic: the store's thread is a queue the test runs when it chooses, so
+// two receipts are checked at once; the side channel is fake, so messages arrive faster than the agent takes
+// them. A real SQLite store (empty: every receipt names a seq beyond its head).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <boost/asio/io_context.hpp>
+#include <filesystem>
+
+#include "daemon/app/custody_agent.h"
+#include "daemon/core/custody.h"
+#include "daemon/core/encoding.h"
+
+namespace cpd::app {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+class FakeChannel final : public forwarder::SideChannel {
+ public:
+  void set_subscriptions(std::vector<std::string> /*topics*/, Handler handler) override {
+    handler_ = std::move(handler);
+  }
+  void publish_side(forwarder::OutboundMessage /*message*/, std::function<void(bool ok)> done) override {
+    done(false);
+  }
+  void deliver(const std::string& topic, const std::string& payload) {
+    handler_(forwarder::InboundMessage{topic, payload, "", "", false});
+  }
+  Handler handler_;
+};
+
+class FixedClock final : public WallClock {
+ public:
+  UnixMs now_ms() const override { return 1'767'225'600'000; }
+};
+
+class CustodyAgentInputs : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("cpd-agent-inputs-" + std::to_string(::getpid()) + "-" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    store_ = std::make_unique<store::EvidenceStore>((dir_ / "store.db").string());
+    cfg_.gateway.id = "gw-1";
+    cfg_.mqtt.topic_prefix = "checkpoint";
+    cfg_.custody.enabled = true;
+    cfg_.custody.central_keys_pem = {central_.public_key().pem()};
+    CustodyHost host;
+    host.run_on_store = [this](std::function<void(store::EvidenceStore&)> task) {
+      store_tasks_.push_back(std::move(task));
+    };
+    host.submit = [](Fact, std::function<void(const SealedRecord&)>) {};
+    host.read_media = [](const std::string&) { return std::optional<std::string>(); };
+    host.remove_media = [](const std::string&) {};
+    host.chain_head = [this] { return store_->chain_head(); };
+    agent_ = std::make_unique<CustodyAgent>(io_, cfg_, gateway_key_, channel_, std::move(host), clock_);
+    agent_->start();
+    run_store();
+  }
+  void TearDown() override {
+    agent_->stop();
+    io_.run_for(50ms);
+    agent_.reset();
+    store_.reset();
+    fs::remove_all(dir_);
+  }
+  // The store's thread, one round: every task queued so far; then the agent's strand.
+  void run_store() {
+    io_.run_for(20ms);
+    auto tasks = std::move(store_tasks_);
+    store_tasks_.clear();
+    for (auto& task : tasks) {
+      task(*store_);
+    }
+    io_.restart();
+    io_.run_for(20ms);
+  }
+  std::string receipt(std::uint64_t through) {
+    return custody::seal_receipt(central_,
+                                 custody::Receipt{"central-1", "gw-1", through, std::string(64, 'b'), 1});
+  }
+  std::uint64_t counter(const char* name) { return agent_->status()[name].get<std::uint64_t>(); }
+
+  fs::path dir_;
+  boost::asio::io_context io_;
+  config::Config cfg_;
+  Ed25519PrivateKey gateway_key_ = Ed25519PrivateKey::generate();
+  Ed25519PrivateKey central_ = Ed25519PrivateKey::generate();
+  FakeChannel channel_;
+  FixedClock clock_;
+  std::unique_ptr<store::EvidenceStore> store_;
+  std::vector<std::function<void(store::EvidenceStore&)>> store_tasks_;
+  std::unique_ptr<CustodyAgent> agent_;
+};
+
+// Two receipts checked against the store at once, both refused: the agent falls back to what it accepted, so
+// a later receipt between the two is checked (and here refused: counted), not ignored as an older one.
+TEST_F(CustodyAgentInputs, ARefusedReceiptCheckedBesideAnotherLeavesNoTrace) {
+  channel_.deliver("checkpoint/gw-1/custody", receipt(1'000'000'000'001));
+  io_.run_for(20ms);
+  channel_.deliver("checkpoint/gw-1/custody", receipt(1'000'000'000'002));
+  io_.run_for(20ms);
+  ASSERT_EQ(store_tasks_.size(), 2U) << "both receipts are being checked at once";
+  run_store();
+  EXPECT_EQ(counter("receipts_refused"), 2U);
+  channel_.deliver("checkpoint/gw-1/custody", receipt(1'000'000'000'001));
+  io_.run_for(20ms);
+  ASSERT_EQ(store_tasks_.size(), 1U) << "a receipt below a refused one was ignored";
+  run_store();
+  EXPECT_EQ(counter("receipts_refused"), 3U);
+  EXPECT_EQ(counter("receipts_accepted"), 0U);
+}
+
+// Messages arriving faster than the agent takes them wait in a bounded hand-off: 64 messages, or 2 MiB.
+TEST_F(CustodyAgentInputs, AFloodWaitsInABoundedHandOffAndTheRestIsDroppedAndCounted) {
+  for (int i = 0; i < 100; ++i) {
+    channel_.deliver("checkpoint/gw-1/custody", "not a receipt " + std::to_string(i));
+  }
+  EXPECT_EQ(counter("inputs_dropped"), 36U);
+  io_.run_for(50ms);
+  EXPECT_EQ(counter("receipts_refused"), 64U);
+  // Taken: room again.
+  channel_.deliver("checkpoint/gw-1/resend", "{}");
+  io_.run_for(20ms);
+  EXPECT_EQ(counter("resend_refused"), 1U);
+  EXPECT_EQ(counter("inputs_dropped"), 36U);
+  // Bytes: one message of 1 MiB waits, the next does not fit beside it.
+  for (int i = 0; i < 3; ++i) {
+    channel_.deliver("checkpoint/gw-1/resend", std::string(1 << 20, ' '));
+  }
+  EXPECT_EQ(counter("inputs_dropped"), 38U);
+  io_.run_for(20ms);
+  EXPECT_EQ(counter("resend_refused"), 2U);
+}
+
+// Text the sender chose, quoted in a refusal, is escaped and cut: no line break of its making in the log.
+TEST_F(CustodyAgentInputs, TheSendersTextInARefusalIsEscapedAndCut) {
+  const auto forger = Ed25519PrivateKey::generate();
+  const std::string header = R"({"alg":"EdDSA","kid":"k\n<3>custody: FORGED)" + std::string(30000, 'k') +
+                             R"(","typ":"custody+jws"})";
+  const std::string input = base64url_encode(header) + "." + base64url_encode("{}");
+  channel_.deliver("checkpoint/gw-1/custody", input + "." + base64url_encode(forger.sign(input)));
+  io_.run_for(20ms);
+  const std::string refusal = agent_->status()["last_refusal"].get<std::string>();
+  EXPECT_EQ(refusal.find('\n'), std::string::npos) << refusal;
+  EXPECT_NE(refusal.find("signed by kid k\\x0a<3>custody: FORGED"), std::string::npos) << refusal;
+  EXPECT_LT(refusal.size(), 200U);
+}
+
+}  // namespace
+}  // namespace cpd::app
