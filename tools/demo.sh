@@ -197,6 +197,12 @@ for _ in $(seq 120); do
   [ "$wm" = "$head" ] && break; sleep 0.5
 done
 "$central" status --config "$run/central.yaml"
+echo "== body-worn recordings central holds (sent in segments, hash-checked, confirmed by signed file receipts):"
+for _ in $(seq 60); do
+  open=$("$pgbin/psql" -tAq -h "$pgdir" -p "$pgport" -U cpd -d evidence -c "SELECT count(*) FROM file_uploads WHERE state <> 'held'")
+  [ "$open" = "0" ] && break; sleep 0.5
+done
+"$central" files --config "$run/central.yaml" | sed 's/^/   /'
 grep -E 'asked for a resend' "$run/central.log" | sed 's/^/   central: /' | head -5 || true
 echo "== the custody receipt the gateway accepted (retained on checkpoint/demo-gw-1/custody), and its custody records:"
 sqlite3 "$run/store.db" "SELECT '   through seq ' || through_seq || ' from ' || central FROM custody"
