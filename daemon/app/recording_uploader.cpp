@@ -54,6 +54,11 @@ std::optional<std::string> read_at(const std::string& path, std::uint64_t offset
   return out;
 }
 
+void bump(std::mutex& m, nlohmann::json& counters, const char* name, std::uint64_t n = 1) {
+  std::lock_guard lock(m);
+  counters[name] = counters[name].get<std::uint64_t>() + n;
+}
+
 }  // namespace
 
 RecordingUploader::RecordingUploader(asio::io_context& io, const config::Config& cfg, forwarder::SideChannel& channel,
@@ -74,7 +79,7 @@ RecordingUploader::RecordingUploader(asio::io_context& io, const config::Config&
   }
   for (const char* name : {"files_sent", "segments_sent", "bytes_sent", "receipts_accepted", "receipts_refused",
                            "receipts_unmatched", "wants", "wants_refused", "wants_dropped", "aborts_sent",
-                           "link_failures"}) {
+                           "link_failures", "inputs_dropped"}) {
     counters_[name] = 0;
   }
   tokens_ = static_cast<double>(cfg_.recordings_rate_kib_s) * 1024.0;
@@ -88,7 +93,15 @@ std::vector<std::string> RecordingUploader::topics() const {
 }
 
 void RecordingUploader::on_message(forwarder::InboundMessage message) {
+  // Bounded hop: a peer flooding these topics holds at most kMaxInputsWaiting messages here (each at most the
+  // broker's packet size); beyond, a message is dropped and counted (central asks again, sends receipts again).
+  if (inputs_waiting_.fetch_add(1) >= kMaxInputsWaiting) {
+    inputs_waiting_.fetch_sub(1);
+    bump(snapshot_mutex_, counters_, "inputs_dropped");
+    return;
+  }
   asio::post(strand_, [this, m = std::move(message)] {
+    inputs_waiting_.fetch_sub(1);
     if (stopped_) {
       return;
     }
@@ -130,12 +143,6 @@ nlohmann::json RecordingUploader::status() const {
   return s;
 }
 
-namespace {
-void bump(std::mutex& m, nlohmann::json& counters, const char* name, std::uint64_t n = 1) {
-  std::lock_guard lock(m);
-  counters[name] = counters[name].get<std::uint64_t>() + n;
-}
-}  // namespace
 
 // --- from central ---
 
@@ -186,6 +193,11 @@ void RecordingUploader::on_want(const std::string& payload) {
   bump(snapshot_mutex_, counters_, "wants");
   const std::string sha = w.want->sha256;
   if (w.want->ranges.empty()) {
+    if (lookups_ >= kMaxLookups) {
+      bump(snapshot_mutex_, counters_, "wants_dropped");  // central asks again
+      return;
+    }
+    ++lookups_;
     // The whole file: sent again from byte 0 as an ordinary upload (and so also under the on_request policy).
     host_.run_on_store([this, sha](store::EvidenceStore& store) {
       const auto row = store.upload(sha);
@@ -193,6 +205,7 @@ void RecordingUploader::on_want(const std::string& payload) {
         (void)store.upload_request(sha);
       }
       asio::post(strand_, [this, sha, row] {
+        --lookups_;
         if (!row) {
           if (aborts_.size() < kMaxAborts) {
             aborts_.insert(sha);

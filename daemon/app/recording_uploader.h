@@ -8,6 +8,7 @@
 // Files go by policy: all, important only, or only those central asks for.
 #pragma once
 
+#include <atomic>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
@@ -44,6 +45,8 @@ class RecordingUploader {
   static constexpr int kWindow = 4;            // segments published and not yet PUBACKed
   static constexpr std::size_t kMaxWants = 16;  // files with wanted ranges waiting; beyond: dropped, counted
   static constexpr std::size_t kMaxAborts = 64;
+  static constexpr int kMaxInputsWaiting = 64;  // messages from central not yet handled; beyond: dropped
+  static constexpr int kMaxLookups = 8;         // whole-file wants being looked up in the store
 
   RecordingUploader(boost::asio::io_context& io, const config::Config& cfg, forwarder::SideChannel& channel,
                     UploaderHost host, const WallClock& clock);
@@ -103,8 +106,10 @@ class RecordingUploader {
   boost::asio::steady_timer wait_timer_;  // bandwidth and backoff waits
 
   // Strand state.
+  std::atomic<int> inputs_waiting_{0};  // any thread
   bool stopped_ = false;
   bool polling_ = false;
+  int lookups_ = 0;
   std::optional<Job> job_;
   std::uint64_t generation_ = 0;  // completions of an abandoned attempt are ignored
   std::map<std::string, filex::Ranges> wants_;

@@ -191,6 +191,52 @@ TEST_F(RecordingsCustodyTest, AOneGigabyteRecordingReachesCentralThroughABrokenL
   EXPECT_NE(listing.find(sha + " held 1073741824/1073741824"), std::string::npos) << listing;
   EXPECT_NE(listing.find(missing + " not_held"), std::string::npos) << listing;
 
+  // Hostile file messages on the gateway's topics are refused, bounded and counted; none opens more than
+  // feed.max_open_files transfers, and transfers the gateway never had end as not_held.
+  const auto fake = [](char c) { return std::string(64, c); };
+  const auto hex_sha = [](const std::string& data) {
+    unsigned char md[32];
+    unsigned int len = 0;
+    EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
+    static const char* hex = "0123456789abcdef";
+    std::string out;
+    for (unsigned int i = 0; i < len; ++i) {
+      out += hex[md[i] >> 4];
+      out += hex[md[i] & 15];
+    }
+    return out;
+  };
+  const std::string base = "checkpoint/gw/file/";
+  // Larger than feed.max_file_mb: no transfer.
+  EXPECT_EQ(mosquitto_pub(base + fake('1') + "/init",
+                          filex::init_json({fake('1'), 4ULL << 30, 1 << 20, "huge.mp4", 1}), false, 10s),
+            0);
+  // Five transfers opened at once: feed.max_open_files (4) of them are taken.
+  for (char c : {'2', '3', '4', '5', '6'}) {
+    EXPECT_EQ(mosquitto_pub(base + fake(c) + "/init", filex::init_json({fake(c), 8192, 4096, "x.mp4", 1}), false, 10s),
+              0);
+  }
+  // A segment whose bytes do not match its checksum, and one of a file nobody opened.
+  const std::string segment(4096, 'z');
+  EXPECT_EQ(mosquitto_pub(base + fake('2') + "/0/" + fake('f'), segment, false, 10s), 0);
+  EXPECT_EQ(mosquitto_pub(base + fake('9') + "/0/" + hex_sha(segment), segment, false, 10s), 0);
+  // Garbage on the gateway's inputs.
+  EXPECT_EQ(mosquitto_pub("checkpoint/gw/files/want", "{not json", false, 10s), 0);
+  EXPECT_EQ(mosquitto_pub("checkpoint/gw/files/receipt", std::string(100000, 'A'), false, 10s), 0);
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return pg_int("SELECT count(*) FROM file_uploads WHERE sha256 ~ '^[2-6]{64}$'") == 4; }, 20s));
+  EXPECT_EQ(pg_int("SELECT count(*) FROM file_uploads WHERE sha256 = '" + fake('1') + "'"), 0);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM file_segments"), 0);
+  // Stalled, they are asked for; the gateway does not hold them and says so.
+  EXPECT_TRUE(wait_for_condition(
+      [&] { return pg_int("SELECT count(*) FROM file_uploads WHERE state = 'not_held' AND sha256 ~ '^[2-6]{64}$'") == 4; },
+      30s))
+      << pg_.query("SELECT string_agg(state, ',') FROM file_uploads");
+  files = gateway_files();
+  EXPECT_GE(files.value("wants_refused", 0), 1) << files.dump();
+  EXPECT_GE(files.value("receipts_refused", 0), 2) << files.dump();
+  EXPECT_GE(files.value("aborts_sent", 0), 5) << files.dump();
+
   daemon->signal(SIGTERM);
   EXPECT_EQ(daemon->wait(30s), 0);
   central->signal(SIGTERM);
