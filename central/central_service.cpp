@@ -68,27 +68,6 @@ void fsync_dir(const fs::path& dir) {
   }
 }
 
-// Peer-chosen text (a topic level) for a log line: printable ASCII kept, other bytes as \xNN, at most
-// `max` bytes of input.
-std::string printable(std::string_view text, std::size_t max = 80) {
-  std::string out;
-  for (std::size_t i = 0; i < text.size() && i < max; ++i) {
-    const auto c = static_cast<unsigned char>(text[i]);
-    if (c >= 0x20 && c < 0x7f && c != '\\') {
-      out += static_cast<char>(c);
-    } else {
-      static const char* hex = "0123456789abcdef";
-      out += "\\x";
-      out += hex[c >> 4];
-      out += hex[c & 15];
-    }
-  }
-  if (text.size() > max) {
-    out += "...";
-  }
-  return out;
-}
-
 bool is_gateway_id(std::string_view id) {
   if (id.empty() || id.size() > 63 || id.front() == '-') {
     return false;

@@ -36,27 +36,6 @@ bool get_time(const nlohmann::json& body, const char* name, UnixMs& out) {
   return true;
 }
 
-// Peer-chosen text (a kid, a header member's name, a gateway id) quoted in a refusal, which goes into a log
-// line and the status: printable ASCII kept, every other byte as \xNN, at most `max` bytes of it.
-std::string printable(std::string_view text, std::size_t max) {
-  std::string out;
-  for (std::size_t i = 0; i < text.size() && i < max; ++i) {
-    const auto c = static_cast<unsigned char>(text[i]);
-    if (c >= 0x20 && c < 0x7f && c != '\\') {
-      out += static_cast<char>(c);
-    } else {
-      static const char* hex = "0123456789abcdef";
-      out += "\\x";
-      out += hex[c >> 4];
-      out += hex[c & 15];
-    }
-  }
-  if (text.size() > max) {
-    out += "...";
-  }
-  return out;
-}
-
 // Parses a signed payload as a JSON object with v = 1 and the given type.
 std::optional<nlohmann::json> typed_body(const std::string& payload, const char* type, std::string& reason) {
   nlohmann::json body = nlohmann::json::parse(payload, nullptr, false);

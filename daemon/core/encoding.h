@@ -32,4 +32,8 @@ bool is_valid_utf8(std::string_view text);
 // records unchanged).
 std::string escape_invalid_utf8(std::string_view bytes);
 
+// Peer-chosen text (a topic level, a kid, a gateway id) quoted in a log line, a refusal or a status:
+// printable ASCII kept, every other byte (and the backslash) as \xNN, at most `max` bytes of it, then "...".
+std::string printable(std::string_view text, std::size_t max = 80);
+
 }  // namespace cpd

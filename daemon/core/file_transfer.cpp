@@ -244,8 +244,8 @@ FileReceiptCheck check_file_receipt(std::string_view jws, const KeyForKid& centr
   SignedPayload s = check_signed(jws, central_keys, kFileReceiptTyp);
   r.kid = s.kid;
   if (!s.ok) {
-    r.reason =
-        s.unknown_key ? "signed by kid " + s.kid + ", which is not a configured central key" : s.reason;
+    r.reason = s.unknown_key ? "signed by kid " + printable(s.kid, 64) + ", which is not a configured central key"
+                             : printable(s.reason, 300);
     return r;
   }
   const auto body = object_v1(s.payload, "file receipt", r.reason);
@@ -342,15 +342,7 @@ std::string parse_abort(std::string_view payload) {
   if (!body || !get_string(*body, "reason", reason) || reason.empty()) {
     return {};
   }
-  if (reason.size() > 200 || !is_valid_utf8(reason) || reason.find('\0') != std::string::npos) {
-    std::string clean;
-    for (std::size_t i = 0; i < reason.size() && clean.size() < 200; ++i) {
-      const auto c = static_cast<unsigned char>(reason[i]);
-      clean += (c >= 0x20 && c < 0x7f) ? static_cast<char>(c) : '?';
-    }
-    reason = clean;
-  }
-  return reason;
+  return printable(reason, 200);
 }
 
 }  // namespace cpd::filex
