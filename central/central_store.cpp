@@ -290,6 +290,26 @@ bool CentralStore::enroll(const std::string& gateway, const Ed25519PublicKey& pu
   return r.affected() == 1;
 }
 
+std::optional<CentralStore::Revocation> CentralStore::revoke_key(const std::string& gateway, const std::string& kid,
+                                                                 std::uint64_t after_seq) {
+  PgTransaction tx(*conn_);
+  const PgResult r = conn_->exec(
+      "UPDATE gateway_keys SET valid_to_seq = least(coalesce(valid_to_seq, $3::bigint), $3::bigint) WHERE gateway "
+      "= $1 AND kid = $2 RETURNING valid_from_seq, valid_to_seq",
+      {gateway, kid, num(after_seq)}, "revoking a key");
+  if (r.rows() == 0) {
+    return std::nullopt;
+  }
+  Revocation out;
+  out.valid_from_seq = static_cast<std::uint64_t>(r.integer(0, 0));
+  out.valid_to_seq = static_cast<std::uint64_t>(r.integer(0, 1));
+  out.stored_after = conn_->exec("SELECT count(*) FROM records WHERE gateway = $1 AND kid = $2 AND seq > $3::bigint",
+                                 {gateway, kid, num(out.valid_to_seq)}, "counting records under a revoked key")
+                         .integer(0, 0);
+  tx.commit();
+  return out;
+}
+
 TrustedKeys CentralStore::trusted_keys() {
   TrustedKeys out;
   PgResult r =

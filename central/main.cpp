@@ -172,6 +172,16 @@ int main(int argc, char** argv) {
   quarantine_cmd->add_option("--limit", limit, "at most this many rows (default 100)")
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{100000}));
   quarantine_cmd->add_flag("--json", json_out, "JSON instead of lines");
+  std::string kid;
+  std::uint64_t after_seq = 0;
+  auto* revoke_cmd = app.add_subcommand(
+      "revoke-key", "A leaked gateway key signs nothing valid after --after-seq (later records: quarantined)");
+  revoke_cmd->add_option("-c,--config", config_path, "YAML config")->required();
+  revoke_cmd->add_option("--gateway", gateway, "gateway id")->required();
+  revoke_cmd->add_option("--kid", kid, "the key's kid (checkpoint-central status lists them)")->required();
+  revoke_cmd->add_option("--after-seq", after_seq, "the last seq the key is trusted for (0: none)")
+      ->required()
+      ->check(CLI::Range(std::uint64_t{0}, static_cast<std::uint64_t>(INT64_MAX)));
   std::string request_sha;
   auto* files_cmd = app.add_subcommand(
       "files", "Recording transfers (newest first): held, open with bytes received, not held; --request asks for one");
@@ -269,6 +279,21 @@ int main(int argc, char** argv) {
           std::cout << " " << g["gateway"].get<std::string>() << " (" << g["messages"] << ")";
         }
         std::cout << std::endl;
+      }
+      return 0;
+    }
+    if (*revoke_cmd) {
+      const auto r = store.revoke_key(gateway, kid, after_seq);
+      if (!r) {
+        std::cerr << "checkpoint-central: " << gateway << " has no key " << kid << std::endl;
+        return 1;
+      }
+      std::cout << "revoked: " << gateway << " key " << kid << " is trusted for seq " << r->valid_from_seq << ".."
+                << r->valid_to_seq << " only; running instances follow within 5 s" << std::endl;
+      if (r->stored_after > 0) {
+        std::cout << "REVIEW: " << r->stored_after << " records under this key after seq " << r->valid_to_seq
+                  << " were stored before the revocation and stay stored (checkpoint-central export lists them)"
+                  << std::endl;
       }
       return 0;
     }

@@ -320,7 +320,7 @@ void CustodyAgent::on_resend_request(forwarder::InboundMessage message) {
     }
   };
   if (!message.response_topic.empty() && !can_reply) {
-    refuse("response topic '" + message.response_topic.substr(0, 200) + "' is not under " + base +
+    refuse("response topic '" + printable(message.response_topic, 200) + "' is not under " + base +
            "resend/response");
     return;
   }

@@ -405,6 +405,8 @@ void custody_metrics(Exposition& out, const json& custody, std::optional<double>
       {"receipts_accepted", "checkpointd_custody_receipts_accepted_total"},
       {"receipts_refused", "checkpointd_custody_receipts_refused_total"},
       {"resend_requests", "checkpointd_custody_resend_requests_total"},
+      {"resend_refused", "checkpointd_custody_resend_refused_total"},
+      {"inputs_dropped", "checkpointd_custody_inputs_dropped_total"},
       {"resent_records", "checkpointd_custody_resent_records_total"},
       {"pruned_records", "checkpointd_custody_pruned_records_total"},
   };
@@ -424,6 +426,7 @@ void custody_metrics(Exposition& out, const json& custody, std::optional<double>
         {"wants_refused", "checkpointd_recordings_wants_refused_total"},
         {"aborts_sent", "checkpointd_recordings_aborts_total"},
         {"link_failures", "checkpointd_recordings_link_failures_total"},
+        {"inputs_dropped", "checkpointd_recordings_inputs_dropped_total"},
     };
     for (const auto& [key, name] : file_counters) {
       if (const auto v = number(*files, key)) {

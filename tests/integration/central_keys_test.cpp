@@ -130,6 +130,37 @@ TEST_F(CentralKeys, RecordForgedUnderTheRetiredKeyIsQuarantinedAndAlarmedNotStor
   EXPECT_EQ(pg_int("SELECT count(*) FROM quarantine WHERE gateway = 'gw'"), 1);
   daemon->signal(SIGTERM);
   EXPECT_EQ(daemon->wait(30s), 0) << daemon->stderr_text();
+
+  // The new key leaks: an operator revokes it after the last seq but one; what it signed before stays stored
+  // (and is reported for review), what it signs later is quarantined as a retired key's.
+  ASSERT_TRUE(wait_for_condition([&] { return watermark() == head_seq(); }, 20s));
+  const long long last = head_seq();
+  ASSERT_EQ(central_cli({"revoke-key", "--config", (dir_ / "central.yaml").string(), "--gateway", "gw", "--kid",
+                         new_kid, "--after-seq", std::to_string(last - 1)},
+                        &out),
+            0)
+      << out;
+  EXPECT_THAT(out, HasSubstr("trusted for seq " + std::to_string(rot_seq + 1) + ".." + std::to_string(last - 1)));
+  EXPECT_THAT(out, HasSubstr("REVIEW: 1 records"));
+  EXPECT_EQ(pg_int("SELECT valid_to_seq FROM gateway_keys WHERE gateway = 'gw' AND kid = '" + new_kid + "'"),
+            last - 1);
+  EXPECT_NE(central_cli({"revoke-key", "--config", (dir_ / "central.yaml").string(), "--gateway", "gw", "--kid",
+                         "0000000000000000", "--after-seq", "1"}),
+            0);
+  const auto leaked = Ed25519PrivateKey::load_pem_file((dir_ / "gateway.key").string());
+  ASSERT_EQ(leaked.public_key().kid(), new_kid);
+  nlohmann::json later = body;
+  later["seq"] = last + 500;
+  later["id"] = "gw:" + std::to_string(last + 500);
+  ASSERT_EQ(mosquitto_pub("checkpoint/gw/evidence", sign_compact(leaked, "evidence+jws", later), false, 60s), 0);
+  EXPECT_TRUE(wait_for_condition(
+      [&] {
+        return pg_int("SELECT count(*) FROM quarantine WHERE gateway = 'gw' AND seq = " + std::to_string(last + 500)) ==
+               1;
+      },
+      20s))
+      << central_->stderr_text();
+  EXPECT_EQ(pg_int("SELECT count(*) FROM records WHERE gateway = 'gw' AND seq = " + std::to_string(last + 500)), 0);
   central_->signal(SIGTERM);
   EXPECT_EQ(central_->wait(20s), 0) << central_->stderr_text();
 }
