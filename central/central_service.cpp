@@ -748,6 +748,10 @@ void CentralService::commit(Batch& batch) {
     log::error("central", id.substr(0, id.find(':')),
                "FORK: " + id + " arrived again with other bytes, both signed by a trusted key; both kept");
   }
+  for (const std::string& c : out.chain_restarts) {
+    log::error("central", c.substr(0, c.find(':')),
+               "CHAIN RESTART: " + c + " (docs/custody.md, \"A replaced store\"; checkpoint-central status)");
+  }
   for (const std::string& b : out.chain_breaks) {
     log::error("central", b.substr(0, b.find(':')), "CHAIN BREAK at " + b);
   }

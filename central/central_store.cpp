@@ -208,6 +208,16 @@ CREATE TABLE file_uploads (
   PRIMARY KEY (gateway, sha256)
 );
 CREATE INDEX file_uploads_state ON file_uploads (state, next_want_ms);
+CREATE TABLE chain_restarts (
+  gateway text NOT NULL,
+  seq bigint NOT NULL,
+  kind text NOT NULL,
+  reason text NOT NULL,
+  jws_sha256 text NOT NULL,
+  as_fork boolean NOT NULL,
+  received_ms bigint NOT NULL,
+  PRIMARY KEY (gateway, seq, jws_sha256)
+);
 CREATE TABLE file_segments (
   gateway text NOT NULL,
   sha256 text NOT NULL,
@@ -230,6 +240,27 @@ std::mt19937_64& correlation_rng() {
 }
 std::optional<std::string> opt_num(const std::optional<long long>& v) {
   return v ? std::optional<std::string>(std::to_string(*v)) : std::nullopt;
+}
+
+// A gateway's own word that its chain did not go on as before (docs/custody.md, "A replaced store"): the
+// `audit` record `store_replaced` (the chain continues after a receipt on a replaced store), or `start` with
+// `new_chain` (an empty store began again at seq 1). Empty kind: an ordinary record.
+std::pair<std::string, std::string> chain_restart(const nlohmann::json& body) {
+  if (!body.is_object() || body.value("type", "") != "audit") {
+    return {};
+  }
+  const std::string event = body.value("event", "");
+  if (event == "store_replaced") {
+    const auto lost = body.find("lost_after_seq");
+    return {"store_replaced", body.value("reason", "") + (lost != body.end() && lost->is_number_unsigned()
+                                                               ? " (records after seq " + lost->dump() + " lost)"
+                                                               : std::string())};
+  }
+  if (event == "start" && body.contains("new_chain")) {
+    const auto& why = body["new_chain"];
+    return {"new_chain", why.is_string() ? why.get<std::string>() : why.dump()};
+  }
+  return {};
 }
 
 }  // namespace
@@ -308,6 +339,29 @@ std::optional<CentralStore::Revocation> CentralStore::revoke_key(const std::stri
                          .integer(0, 0);
   tx.commit();
   return out;
+}
+
+void CentralStore::note_chain_restart(const IncomingRecord& rec, bool as_fork, const std::string& now,
+                                      BatchOutcome& out) {
+  auto [kind, reason] = chain_restart(rec.body);
+  // Every gateway's first start says new_chain (no receipt to continue after): news only as a fork, when
+  // central holds another chain's seq 1.
+  if (kind.empty() || (kind == "new_chain" && !as_fork)) {
+    return;
+  }
+  if (reason.size() > 500 || !is_valid_utf8(reason) || reason.find('\0') != std::string::npos) {
+    reason = printable(reason, 500);
+  }
+  const PgResult r = conn_->exec(
+      "INSERT INTO chain_restarts (gateway, seq, kind, reason, jws_sha256, as_fork, received_ms) VALUES ($1, $2, "
+      "$3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+      {rec.gateway, num(rec.seq), kind, reason, rec.jws_sha256, as_fork ? "true" : "false", now},
+      "noting a chain restart");
+  if (r.affected() == 1) {
+    out.chain_restarts.push_back(rec.gateway + ":" + num(rec.seq) + " " + kind + ": " + reason +
+                                 (as_fork ? " (arrived as a FORK of a seq central holds from the old chain)"
+                                          : ""));
+  }
 }
 
 TrustedKeys CentralStore::trusted_keys() {
@@ -527,6 +581,12 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
     }
     out.stored += fresh.size();
     enrol_rotated_keys(*conn_, batch.records, from, to, fresh, now_ms);  // key_rotation.h
+    for (std::size_t i = from; i < to; ++i) {
+      const IncomingRecord& rec = batch.records[i];
+      if (fresh.count({rec.gateway, rec.seq}) != 0) {
+        note_chain_restart(rec, false, now, out);
+      }
+    }
     if (!media_params.empty()) {
       // Media rows of records that were held already are the same rows: DO NOTHING keeps them once.
       conn_->exec(media_sql + " ON CONFLICT DO NOTHING", media_params, "naming records' media");
@@ -549,6 +609,7 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
           {rec.gateway, num(rec.seq), rec.jws, rec.jws_sha256, now}, "keeping a fork");
       if (f.affected() == 1) {
         ++out.forks;
+        note_chain_restart(rec, true, now, out);
         out.fork_ids.push_back(rec.gateway + ":" + num(rec.seq));
         conn_->exec("UPDATE gateways SET forks = forks + 1 WHERE gateway = $1", {rec.gateway},
                     "counting a fork");
@@ -1023,7 +1084,10 @@ nlohmann::json CentralStore::status() {
       "(SELECT COALESCE(json_agg(json_build_object('seq', x.seq, 'sha256', x.sha256, 'noted_ms', x.noted_ms) "
       "ORDER BY x.seq), '[]') FROM (SELECT * FROM unrecoverable_media um WHERE um.gateway = g.gateway ORDER "
       "BY "
-      "um.seq LIMIT 100) x) "
+      "um.seq LIMIT 100) x), "
+      "(SELECT COALESCE(json_agg(json_build_object('seq', c.seq, 'kind', c.kind, 'reason', c.reason, 'as_fork', "
+      "c.as_fork, 'received_ms', c.received_ms) ORDER BY c.received_ms), '[]') FROM chain_restarts c WHERE "
+      "c.gateway = g.gateway) "
       "FROM gateways g LEFT JOIN quarantine_usage q ON q.gateway = g.gateway ORDER BY g.gateway",
       "reading status");
   for (int i = 0; i < r.rows(); ++i) {
@@ -1051,6 +1115,7 @@ nlohmann::json CentralStore::status() {
         {"quarantine_bytes", r.integer(i, 19)},
         {"unrecoverable_media_count", r.integer(i, 20)},
         {"unrecoverable_media", nlohmann::json::parse(r.text(i, 21))},
+        {"chain_restarts", nlohmann::json::parse(r.text(i, 22))},
     };
     gateways.push_back(std::move(g));
   }

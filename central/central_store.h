@@ -125,6 +125,7 @@ struct BatchOutcome {
   std::vector<std::string> chain_breaks;     // "gateway:seq: reason"
   std::vector<std::string> unrecoverable;    // "gateway: seq a..b" / "gateway: picture <sha> of seq N"
   std::vector<std::string> reply_errors;     // "gateway: error" (a refused request)
+  std::vector<std::string> chain_restarts;   // "gateway:seq kind: reason" (store_replaced, new_chain)
   std::vector<custody::Receipt> receipts;    // to publish (retained) once committed
 };
 
@@ -220,6 +221,7 @@ class CentralStore {
                         BatchOutcome& out);
   void store_replies(const std::vector<IncomingReply>& replies, std::int64_t now_ms,
                      std::vector<QuarantineEntry>& unsolicited, BatchOutcome& out);
+  void note_chain_restart(const IncomingRecord& rec, bool as_fork, const std::string& now, BatchOutcome& out);
   void store_heads(const std::vector<AnnouncedHead>& heads, const std::string& now, BatchOutcome& out);
   void resolve_quarantine(const std::vector<std::int64_t>& ids, const std::string& now, BatchOutcome& out);
 

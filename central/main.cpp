@@ -261,6 +261,10 @@ int main(int argc, char** argv) {
           std::cout << ", UNRECOVERABLE PICTURES " << g["unrecoverable_media_count"] << " (first at seq "
                     << g["unrecoverable_media"][0]["seq"] << ")";
         }
+        for (const auto& c : g["chain_restarts"]) {
+          std::cout << ", " << (c["kind"] == "new_chain" ? "NEW CHAIN" : "STORE REPLACED") << " at seq " << c["seq"]
+                    << (c["as_fork"].get<bool>() ? " (a fork of the old chain)" : "") << ": " << c["reason"].dump();
+        }
         if (g["head_forks"].get<long long>() > 0) {
           std::cout << ", HEAD FORKS " << g["head_forks"];
         }

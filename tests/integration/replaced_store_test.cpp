@@ -129,6 +129,12 @@ TEST_F(ReplacedStore, TheChainContinuesAfterTheReceiptAndCentralTakesItAsItsOrdi
   EXPECT_EQ(pg_.query("SELECT coalesce(chain_break_seq::text, 'none') FROM gateways WHERE gateway = 'gw'"),
             "none");
   EXPECT_EQ(pg_int("SELECT count(*) FROM records WHERE gateway = 'gw'"), new_head);
+  // Central says so explicitly: a chain restart of kind store_replaced at old_head + 1, not a fork.
+  EXPECT_EQ(pg_.query("SELECT kind || ' ' || seq || ' ' || as_fork FROM chain_restarts WHERE gateway = 'gw'"),
+            "store_replaced " + std::to_string(old_head + 1) + " false");
+  std::string status;
+  ASSERT_EQ(central_cli({"status", "--config", (dir_ / "central.yaml").string()}, &status), 0);
+  EXPECT_NE(status.find("STORE REPLACED at seq " + std::to_string(old_head + 1)), std::string::npos) << status;
 
   // The export verifies from seq 1 across the replaced store.
   ASSERT_EQ(export_chain(), 0);
@@ -136,6 +142,46 @@ TEST_F(ReplacedStore, TheChainContinuesAfterTheReceiptAndCentralTakesItAsItsOrdi
   std::string verify_err;
   EXPECT_EQ(verify_export(&verify_out, &verify_err, 30s), 0) << verify_out << verify_err;
   EXPECT_NE(verify_out.find("seq 1.." + std::to_string(new_head)), std::string::npos) << verify_out;
+  central->signal(SIGTERM);
+  EXPECT_EQ(central->wait(20s), 0) << central->stderr_text();
+}
+
+// A replaced store with no receipt to continue after (here: the gateway does not wait for one) starts a new
+// chain at seq 1. Central holds the old chain's seq 1: the new one arrives as forks, and central says what it
+// is (a NEW CHAIN with the gateway's reason), not only that seqs fork.
+TEST_F(ReplacedStore, ANewChainOnAReplacedStoreIsShownAsSuchByCentral) {
+  write_central_config();
+  ASSERT_EQ(central_enroll(), 0);
+  std::unique_ptr<Process> central;
+  ASSERT_NO_FATAL_FAILURE(start_central(central));
+  start_radar(10, 20);
+  write_gateway_config();
+  auto daemon = start_daemon();
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return pg_int("SELECT count(*) FROM records WHERE type = 'speed_measurement'") >= 10; }, 40s))
+      << daemon->stderr_text() << central->stderr_text();
+  daemon->signal(SIGTERM);
+  ASSERT_EQ(daemon->wait(30s), 0) << daemon->stderr_text();
+  EXPECT_EQ(pg_int("SELECT count(*) FROM chain_restarts"), 0);  // a gateway's first chain is no restart
+
+  fs::remove_all(dir_ / "gw");
+  start_radar(5, 20);
+  GatewayConfig config;
+  config.custody_extra = "  empty_store_wait_ms: 0\n";
+  CustodyFixture::write_gateway_config(config);
+  daemon = start_daemon();
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return pg_.query("SELECT kind || ' ' || seq || ' ' || as_fork FROM chain_restarts") == "new_chain 1 true"; },
+      30s))
+      << pg_.query("SELECT string_agg(kind || ' ' || seq, ',') FROM chain_restarts") << central->stderr_text();
+  EXPECT_NE(pg_.query("SELECT reason FROM chain_restarts").find("empty_store_wait_ms is 0"), std::string::npos);
+  EXPECT_GE(pg_int("SELECT forks FROM gateways WHERE gateway = 'gw'"), 1);
+  std::string status;
+  ASSERT_EQ(central_cli({"status", "--config", (dir_ / "central.yaml").string()}, &status), 0);
+  EXPECT_NE(status.find("NEW CHAIN at seq 1 (a fork of the old chain)"), std::string::npos) << status;
+  EXPECT_NE(central->stderr_text().find("CHAIN RESTART: gw:1 new_chain"), std::string::npos);
+  daemon->signal(SIGTERM);
+  EXPECT_EQ(daemon->wait(30s), 0) << daemon->stderr_text();
   central->signal(SIGTERM);
   EXPECT_EQ(central->wait(20s), 0) << central->stderr_text();
 }
