@@ -15,8 +15,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "daemon/core/custody.h"
 #include "daemon/core/ed25519.h"
 #include "daemon/core/encoding.h"
+#include "daemon/core/file_transfer.h"
 #include "daemon/core/sealer.h"
 #include "tests/support/camera_messages.h"
 #include "tests/support/radar_frames.h"
@@ -156,6 +158,29 @@ void config_seeds(CorpusWriter& w, const fs::path& example_yaml) {
   w.write("config", "example.yaml", yaml);
 }
 
+// Custody inputs (fuzz_custody): byte 0 picks the parser, as in the target.
+void custody_seeds(CorpusWriter& w) {
+  const auto key = Ed25519PrivateKey::generate();
+  const std::string sha(64, 'a');
+  const auto put = [&](char mode, const std::string& name, const std::string& payload) {
+    w.write("custody", name, std::string(1, mode) + payload);
+  };
+  put('\0', "resend_range", R"({"from_seq":41,"to_seq":57,"v":1})");
+  put('\0', "resend_media", R"({"media":[")" + sha + R"("],"v":1})");
+  put('\1', "reply", R"({"from_seq":1,"media_not_held":[],"media_sent":[],"not_held":[[1,9]],"sent":10,"to_seq":10,"v":1})");
+  put('\2', "receipt", custody::seal_receipt(key, {"central", "gw", 120, sha, 1767225605000}));
+  put('\3', "head", custody::seal_head(key, {"gw", 130, sha, 1767225607250}));
+  put('\4', "topic_init", "file/" + sha + "/init");
+  put('\4', "topic_segment", "file/" + sha + "/1048576/" + sha);
+  put('\4', "topic_fin", "file/" + sha + "/fin/1073741824/" + sha);
+  put('\5', "init", sha + filex::init_json({sha, 1073741824, 1048576, "20261205_0001.mp4", 42}));
+  put('\6', "want", filex::want_json({sha, {{0, 4096}, {8192, 10000}}}));
+  put('\6', "want_whole", filex::want_json({sha, {}}));
+  put('\7', "file_receipt", filex::seal_file_receipt(key, {"central", "gw", sha, 1073741824, 1767225605000}));
+  put('\x08', "abort", filex::abort_json("not held"));
+  put('\x09', "ranges", std::string(16, '\x01') + std::string(64, '\x02'));
+}
+
 void jws_seeds(CorpusWriter& w) {
   const Ed25519PrivateKey key = Ed25519PrivateKey::generate();
   Sealer sealer(key, "gw-fuzz", ChainHead{});
@@ -207,6 +232,7 @@ int main(int argc, char** argv) {
     cpd::dock_seeds(w);
     cpd::config_seeds(w, argv[2]);
     cpd::jws_seeds(w);
+    cpd::custody_seeds(w);
     std::cout << "cpd-fuzz-seeds: " << w.written() << " seeds in " << argv[1] << "\n";
   } catch (const std::exception& e) {
     std::cerr << "cpd-fuzz-seeds: " << e.what() << "\n";

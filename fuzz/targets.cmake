@@ -1,6 +1,6 @@
 # The fuzz targets and the libraries each one tests: shared by the clang build (fuzz/CMakeLists.txt)
 # and the g++ replay in tests/unit/fuzz_regressions, so both always cover the same list.
-set(CPD_FUZZ_TARGETS radar_frame multipart isapi_xml dock_json config jws jcs)
+set(CPD_FUZZ_TARGETS radar_frame multipart isapi_xml dock_json config jws jcs custody)
 set(CPD_FUZZ_DEPS_radar_frame cpd_radar_core)
 set(CPD_FUZZ_DEPS_multipart cpd_camera_core)
 set(CPD_FUZZ_DEPS_isapi_xml cpd_camera_core)
@@ -8,4 +8,5 @@ set(CPD_FUZZ_DEPS_dock_json cpd_recorder_core)
 set(CPD_FUZZ_DEPS_config cpd_config)
 set(CPD_FUZZ_DEPS_jws cpd_core)
 set(CPD_FUZZ_DEPS_jcs cpd_core nlohmann_json::nlohmann_json)
+set(CPD_FUZZ_DEPS_custody cpd_core)
 set(CPD_FUZZ_SEED_DEPS cpd_core cpd_test_support cpd_camera_test_support nlohmann_json::nlohmann_json)

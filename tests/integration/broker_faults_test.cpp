@@ -619,7 +619,7 @@ TEST_F(BrokerFaults, BrokerThatNeverSendsConnackIsReportedAsATimeoutWaitingForCo
   std::cout << "[ figures  ] silent broker: " << why << "\n";
   EXPECT_NE(why.find("timeout waiting for CONNACK"), std::string::npos) << why;
   EXPECT_EQ(why.find("rc -1"), std::string::npos) << why;
-  EXPECT_EQ(connect_max_packet_size(silent.first_connect()), 65536u)
+  EXPECT_EQ(connect_max_packet_size(silent.first_connect()), 262144u)  // forwarder::kMaxIncomingPacketBytes
       << "CONNECT bytes: " << silent.first_connect().size();
 }
 
@@ -660,8 +660,8 @@ TEST_F(BrokerFaults, BrokerAnnouncingAPacketBeyondTheMaximumPacketSizeIsReported
                                                               << daemon->stderr_text();
   const std::string why = broker["last_error"];
   std::cout << "[ figures  ] huge-packet broker: " << why << "\n";
-  EXPECT_NE(why.find("268435460 bytes, over the 65536-byte Maximum Packet Size"), std::string::npos) << why;
-  EXPECT_EQ(connect_max_packet_size(huge.first_connect()), 65536u);
+  EXPECT_NE(why.find("268435460 bytes, over the 262144-byte Maximum Packet Size"), std::string::npos) << why;
+  EXPECT_EQ(connect_max_packet_size(huge.first_connect()), 262144u);
 }
 
 }  // namespace
