@@ -158,11 +158,12 @@ void CentralService::connect_broker() {
   const std::string group = "$share/" + cfg_.feed.share_group + "/" + prefix_ + "/+/";
   subscribe_ = [this, group] {
     try {
-      auto topics = mqtt::string_collection::create(
-          {group + "evidence", group + "media/+", group + "head", group + "resend/response", group + "file/#"});
+      auto topics = mqtt::string_collection::create({group + "evidence", group + "media/+", group + "head",
+                                                     group + "resend/response", group + "file/#"});
       client_->subscribe(topics, std::vector<int>{1, 1, 1, 1, 1})->wait_for(std::chrono::seconds(10));
       if (!subscribed_.exchange(true)) {
-        log::notice("central", "", "subscribed to " + group + "{evidence,media/+,head,resend/response,file/#}");
+        log::notice("central", "",
+                    "subscribed to " + group + "{evidence,media/+,head,resend/response,file/#}");
       }
     } catch (const mqtt::exception& e) {
       log::warn("central", "", std::string("mqtt: subscribe failed: ") + e.what());

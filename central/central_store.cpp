@@ -252,9 +252,10 @@ std::pair<std::string, std::string> chain_restart(const nlohmann::json& body) {
   const std::string event = body.value("event", "");
   if (event == "store_replaced") {
     const auto lost = body.find("lost_after_seq");
-    return {"store_replaced", body.value("reason", "") + (lost != body.end() && lost->is_number_unsigned()
-                                                               ? " (records after seq " + lost->dump() + " lost)"
-                                                               : std::string())};
+    return {"store_replaced",
+            body.value("reason", "") + (lost != body.end() && lost->is_number_unsigned()
+                                            ? " (records after seq " + lost->dump() + " lost)"
+                                            : std::string())};
   }
   if (event == "start" && body.contains("new_chain")) {
     const auto& why = body["new_chain"];
@@ -321,11 +322,13 @@ bool CentralStore::enroll(const std::string& gateway, const Ed25519PublicKey& pu
   return r.affected() == 1;
 }
 
-std::optional<CentralStore::Revocation> CentralStore::revoke_key(const std::string& gateway, const std::string& kid,
+std::optional<CentralStore::Revocation> CentralStore::revoke_key(const std::string& gateway,
+                                                                 const std::string& kid,
                                                                  std::uint64_t after_seq) {
   PgTransaction tx(*conn_);
   const PgResult r = conn_->exec(
-      "UPDATE gateway_keys SET valid_to_seq = least(coalesce(valid_to_seq, $3::bigint), $3::bigint) WHERE gateway "
+      "UPDATE gateway_keys SET valid_to_seq = least(coalesce(valid_to_seq, $3::bigint), $3::bigint) WHERE "
+      "gateway "
       "= $1 AND kid = $2 RETURNING valid_from_seq, valid_to_seq",
       {gateway, kid, num(after_seq)}, "revoking a key");
   if (r.rows() == 0) {
@@ -334,9 +337,11 @@ std::optional<CentralStore::Revocation> CentralStore::revoke_key(const std::stri
   Revocation out;
   out.valid_from_seq = static_cast<std::uint64_t>(r.integer(0, 0));
   out.valid_to_seq = static_cast<std::uint64_t>(r.integer(0, 1));
-  out.stored_after = conn_->exec("SELECT count(*) FROM records WHERE gateway = $1 AND kid = $2 AND seq > $3::bigint",
-                                 {gateway, kid, num(out.valid_to_seq)}, "counting records under a revoked key")
-                         .integer(0, 0);
+  out.stored_after =
+      conn_
+          ->exec("SELECT count(*) FROM records WHERE gateway = $1 AND kid = $2 AND seq > $3::bigint",
+                 {gateway, kid, num(out.valid_to_seq)}, "counting records under a revoked key")
+          .integer(0, 0);
   tx.commit();
   return out;
 }
@@ -353,14 +358,15 @@ void CentralStore::note_chain_restart(const IncomingRecord& rec, bool as_fork, c
     reason = printable(reason, 500);
   }
   const PgResult r = conn_->exec(
-      "INSERT INTO chain_restarts (gateway, seq, kind, reason, jws_sha256, as_fork, received_ms) VALUES ($1, $2, "
+      "INSERT INTO chain_restarts (gateway, seq, kind, reason, jws_sha256, as_fork, received_ms) VALUES ($1, "
+      "$2, "
       "$3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
       {rec.gateway, num(rec.seq), kind, reason, rec.jws_sha256, as_fork ? "true" : "false", now},
       "noting a chain restart");
   if (r.affected() == 1) {
-    out.chain_restarts.push_back(rec.gateway + ":" + num(rec.seq) + " " + kind + ": " + reason +
-                                 (as_fork ? " (arrived as a FORK of a seq central holds from the old chain)"
-                                          : ""));
+    out.chain_restarts.push_back(
+        rec.gateway + ":" + num(rec.seq) + " " + kind + ": " + reason +
+        (as_fork ? " (arrived as a FORK of a seq central holds from the old chain)" : ""));
   }
 }
 
@@ -1085,7 +1091,8 @@ nlohmann::json CentralStore::status() {
       "ORDER BY x.seq), '[]') FROM (SELECT * FROM unrecoverable_media um WHERE um.gateway = g.gateway ORDER "
       "BY "
       "um.seq LIMIT 100) x), "
-      "(SELECT COALESCE(json_agg(json_build_object('seq', c.seq, 'kind', c.kind, 'reason', c.reason, 'as_fork', "
+      "(SELECT COALESCE(json_agg(json_build_object('seq', c.seq, 'kind', c.kind, 'reason', c.reason, "
+      "'as_fork', "
       "c.as_fork, 'received_ms', c.received_ms) ORDER BY c.received_ms), '[]') FROM chain_restarts c WHERE "
       "c.gateway = g.gateway) "
       "FROM gateways g LEFT JOIN quarantine_usage q ON q.gateway = g.gateway ORDER BY g.gateway",

@@ -102,10 +102,11 @@ struct Row {
 
 std::optional<Row> find_row(PgConnection& pg, const std::string& gateway, const std::string& sha,
                             bool for_update = false) {
-  const PgResult r = pg.exec(std::string("SELECT size, segment_size, state FROM file_uploads WHERE gateway = $1 "
-                                         "AND sha256 = $2") +
-                                 (for_update ? " FOR UPDATE" : ""),
-                             {gateway, sha}, "reading a file transfer");
+  const PgResult r =
+      pg.exec(std::string("SELECT size, segment_size, state FROM file_uploads WHERE gateway = $1 "
+                          "AND sha256 = $2") +
+                  (for_update ? " FOR UPDATE" : ""),
+              {gateway, sha}, "reading a file transfer");
   if (r.rows() == 0) {
     return std::nullopt;
   }
@@ -113,7 +114,8 @@ std::optional<Row> find_row(PgConnection& pg, const std::string& gateway, const 
              r.text(0, 2)};
 }
 
-std::vector<std::uint64_t> held_offsets(PgConnection& pg, const std::string& gateway, const std::string& sha) {
+std::vector<std::uint64_t> held_offsets(PgConnection& pg, const std::string& gateway,
+                                        const std::string& sha) {
   const PgResult r = pg.exec("SELECT off FROM file_segments WHERE gateway = $1 AND sha256 = $2 ORDER BY off",
                              {gateway, sha}, "reading a file transfer's segments");
   std::vector<std::uint64_t> out;
@@ -188,16 +190,20 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
   const filex::FileInit& init = *p.init;
   if (init.size > cfg_.max_file_bytes) {
     ++counters_.refused;
-    log::warn("central", gateway,
-              "file " + t.sha256 + ": init refused: " + num(init.size) + " bytes is more than feed.max_file_mb");
+    log::warn(
+        "central", gateway,
+        "file " + t.sha256 + ": init refused: " + num(init.size) + " bytes is more than feed.max_file_mb");
     return;
   }
   // Content-addressed: a file central already holds (from this gateway or another) is held for this one too.
-  const PgResult media = pg.exec("SELECT bytes FROM media WHERE sha256 = $1", {t.sha256}, "looking up a file");
+  const PgResult media =
+      pg.exec("SELECT bytes FROM media WHERE sha256 = $1", {t.sha256}, "looking up a file");
   if (media.rows() > 0 && static_cast<std::uint64_t>(media.integer(0, 0)) == init.size) {
     pg.exec(
-        "INSERT INTO file_uploads (gateway, sha256, size, segment_size, name, seq, state, started_ms, last_ms, "
-        "held_ms) VALUES ($1, $2, $3, $4, $5, $6, 'held', $7, $7, $7) ON CONFLICT (gateway, sha256) DO UPDATE "
+        "INSERT INTO file_uploads (gateway, sha256, size, segment_size, name, seq, state, started_ms, "
+        "last_ms, "
+        "held_ms) VALUES ($1, $2, $3, $4, $5, $6, 'held', $7, $7, $7) ON CONFLICT (gateway, sha256) DO "
+        "UPDATE "
         "SET state = 'held', held_ms = coalesce(file_uploads.held_ms, $7), last_ms = $7",
         {gateway, t.sha256, num(init.size), num(init.segment_size), init.name, num(init.seq), num(now)},
         "recording a held file");
@@ -217,7 +223,8 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
       return;
     }
     pg.exec(
-        "INSERT INTO file_uploads (gateway, sha256, size, segment_size, name, seq, state, started_ms, last_ms) "
+        "INSERT INTO file_uploads (gateway, sha256, size, segment_size, name, seq, state, started_ms, "
+        "last_ms) "
         "VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $7) ON CONFLICT (gateway, sha256) DO NOTHING",
         {gateway, t.sha256, num(init.size), num(init.segment_size), init.name, num(init.seq), num(now)},
         "opening a file transfer");
@@ -229,8 +236,8 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
       // Another segment size (the gateway's config changed) or size: start the transfer again.
       pg.exec("DELETE FROM file_segments WHERE gateway = $1 AND sha256 = $2", {gateway, t.sha256},
               "resetting a file transfer");
-      pg.exec("UPDATE file_uploads SET received_bytes = 0 WHERE gateway = $1 AND sha256 = $2", {gateway, t.sha256},
-              "resetting a file transfer");
+      pg.exec("UPDATE file_uploads SET received_bytes = 0 WHERE gateway = $1 AND sha256 = $2",
+              {gateway, t.sha256}, "resetting a file transfer");
     }
     pg.exec(
         "UPDATE file_uploads SET size = $3, segment_size = $4, name = $5, seq = $6, state = 'open', reason = "
@@ -262,8 +269,9 @@ void FileIntake::on_segment(PgConnection& pg, const std::string& gateway, const 
   }
   if (sha256_hex(payload) != t.checksum) {
     ++counters_.refused;
-    log::warn("central", gateway,
-              "file " + t.sha256 + ": segment at " + num(t.offset) + " refused: its SHA-256 is not its checksum");
+    log::warn(
+        "central", gateway,
+        "file " + t.sha256 + ": segment at " + num(t.offset) + " refused: its SHA-256 is not its checksum");
     return;
   }
   const fs::path part = partial_path(gateway, t.sha256);
@@ -291,10 +299,10 @@ void FileIntake::on_segment(PgConnection& pg, const std::string& gateway, const 
   }
   // One transaction (one WAL flush) per segment: its row and the transfer's progress.
   PgTransaction tx(pg);
-  const PgResult ins =
-      pg.exec("INSERT INTO file_segments (gateway, sha256, off, len) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-              {gateway, t.sha256, num(t.offset), num(static_cast<std::uint64_t>(payload.size()))},
-              "recording a file segment");
+  const PgResult ins = pg.exec(
+      "INSERT INTO file_segments (gateway, sha256, off, len) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+      {gateway, t.sha256, num(t.offset), num(static_cast<std::uint64_t>(payload.size()))},
+      "recording a file segment");
   if (ins.affected() == 0) {
     tx.commit();
     ++counters_.segments_duplicate;
@@ -304,7 +312,8 @@ void FileIntake::on_segment(PgConnection& pg, const std::string& gateway, const 
   const PgResult progress = pg.exec(
       "UPDATE file_uploads SET last_ms = $3, received_bytes = received_bytes + $4, next_want_ms = 0, "
       "want_backoff_ms = 0 WHERE gateway = $1 AND sha256 = $2 RETURNING received_bytes",
-      {gateway, t.sha256, num(now), num(static_cast<std::uint64_t>(payload.size()))}, "counting a file segment");
+      {gateway, t.sha256, num(now), num(static_cast<std::uint64_t>(payload.size()))},
+      "counting a file segment");
   tx.commit();
   ++counters_.segments;
   counters_.segment_bytes += payload.size();
@@ -315,8 +324,8 @@ void FileIntake::on_segment(PgConnection& pg, const std::string& gateway, const 
   }
 }
 
-void FileIntake::on_fin(PgConnection& pg, const std::string& gateway, const filex::FileTopic& t, std::int64_t now,
-                        std::vector<FilePublish>& out) {
+void FileIntake::on_fin(PgConnection& pg, const std::string& gateway, const filex::FileTopic& t,
+                        std::int64_t now, std::vector<FilePublish>& out) {
   const std::optional<Row> row = find_row(pg, gateway, t.sha256);
   if (!row) {
     ++counters_.unexpected;  // its init was lost or refused: the gateway sends init with every fin
@@ -335,8 +344,8 @@ void FileIntake::on_fin(PgConnection& pg, const std::string& gateway, const file
   if (row->state != "open") {
     return;
   }
-  pg.exec("UPDATE file_uploads SET fin_ms = $3 WHERE gateway = $1 AND sha256 = $2", {gateway, t.sha256, num(now)},
-          "recording a file's fin");
+  pg.exec("UPDATE file_uploads SET fin_ms = $3 WHERE gateway = $1 AND sha256 = $2",
+          {gateway, t.sha256, num(now)}, "recording a file's fin");
   std::vector<std::uint64_t> held = held_offsets(pg, gateway, t.sha256);
   if (held.size() == filex::segment_count(row->size, row->segment_size)) {
     assemble(pg, gateway, t.sha256, now, out);
@@ -352,7 +361,8 @@ void FileIntake::on_abort(PgConnection& pg, const std::string& gateway, const fi
     reason = "(no reason given)";
   }
   const PgResult r = pg.exec(
-      "UPDATE file_uploads SET state = 'not_held', reason = $3, last_ms = $4 WHERE gateway = $1 AND sha256 = $2 "
+      "UPDATE file_uploads SET state = 'not_held', reason = $3, last_ms = $4 WHERE gateway = $1 AND sha256 = "
+      "$2 "
       "AND state IN ('open', 'requested')",
       {gateway, t.sha256, reason, num(now)}, "recording a file the gateway cannot send");
   if (r.affected() > 0) {
@@ -395,13 +405,16 @@ void FileIntake::assemble(PgConnection& pg, const std::string& gateway, const st
         "INSERT INTO media (sha256, bytes, path, first_gateway, received_ms) VALUES ($1, $2, $3, $4, $5) "
         "ON CONFLICT (sha256) DO NOTHING",
         {sha256, num(row->size), held.string(), gateway, num(now)}, "recording a held file");
-    pg.exec("UPDATE file_uploads SET state = 'held', held_ms = $3, last_ms = $3 WHERE gateway = $1 AND sha256 = $2",
-            {gateway, sha256, num(now)}, "recording a held file");
+    pg.exec(
+        "UPDATE file_uploads SET state = 'held', held_ms = $3, last_ms = $3 WHERE gateway = $1 AND sha256 = "
+        "$2",
+        {gateway, sha256, num(now)}, "recording a held file");
     pg.exec("DELETE FROM file_segments WHERE gateway = $1 AND sha256 = $2", {gateway, sha256},
             "dropping a held file's segments");
     tx.commit();
     ++counters_.files_held;
-    log::notice("central", gateway, "file " + sha256 + " held: " + num(row->size) + " bytes, SHA-256 checked");
+    log::notice("central", gateway,
+                "file " + sha256 + " held: " + num(row->size) + " bytes, SHA-256 checked");
     receipt(gateway, sha256, row->size, now, out);
     return;
   }
@@ -419,7 +432,8 @@ void FileIntake::assemble(PgConnection& pg, const std::string& gateway, const st
   ++counters_.mismatches;
   log::error("central", gateway,
              "file " + sha256 + ": the whole file " +
-                 (hashed ? "hashes to " + hashed->first + " (" + num(hashed->second) + " bytes)" : "cannot be read") +
+                 (hashed ? "hashes to " + hashed->first + " (" + num(hashed->second) + " bytes)"
+                         : "cannot be read") +
                  ", not its id: asked for again");
   want(pg, gateway, sha256, {}, now, out);
 }
@@ -429,30 +443,33 @@ void FileIntake::want(PgConnection& pg, const std::string& gateway, const std::s
   // Claimed in PostgreSQL (another instance may be looking at the same transfer), with backoff.
   const PgResult r = pg.exec(
       "UPDATE file_uploads SET wants = wants + 1, want_backoff_ms = least(greatest(want_backoff_ms * 2, "
-      "$4::bigint), $5::bigint), next_want_ms = $3::bigint + least(greatest(want_backoff_ms * 2, $4::bigint), "
+      "$4::bigint), $5::bigint), next_want_ms = $3::bigint + least(greatest(want_backoff_ms * 2, "
+      "$4::bigint), "
       "$5::bigint) WHERE gateway = $1 AND sha256 = $2 AND next_want_ms <= $3::bigint RETURNING wants",
       {gateway, sha256, num(now), num(cfg_.stall_ms), num(cfg_.retry_max_ms)}, "asking for a file");
   if (r.rows() == 0) {
     return;
   }
   ++counters_.wants;
-  log::info("central", gateway,
-            "file " + sha256 + ": asking for " +
-                (ranges.empty() ? std::string("the whole file") : std::to_string(ranges.size()) + " byte ranges"));
+  log::info(
+      "central", gateway,
+      "file " + sha256 + ": asking for " +
+          (ranges.empty() ? std::string("the whole file") : std::to_string(ranges.size()) + " byte ranges"));
   out.push_back(FilePublish{want_topic(gateway), filex::want_json(filex::Want{sha256, std::move(ranges)})});
 }
 
 void FileIntake::receipt(const std::string& gateway, const std::string& sha256, std::uint64_t size,
                          std::int64_t now, std::vector<FilePublish>& out) {
   ++counters_.receipts;
-  out.push_back(FilePublish{receipt_topic(gateway),
-                            filex::seal_file_receipt(key_, filex::FileReceipt{cfg_.central_id, gateway, sha256,
-                                                                               size, now})});
+  out.push_back(FilePublish{
+      receipt_topic(gateway),
+      filex::seal_file_receipt(key_, filex::FileReceipt{cfg_.central_id, gateway, sha256, size, now})});
 }
 
 void FileIntake::tick(PgConnection& pg, std::int64_t now, std::vector<FilePublish>& out) {
   const PgResult due = pg.exec(
-      "SELECT gateway, sha256, size, segment_size, state FROM file_uploads WHERE ((state = 'open' AND last_ms < $1::bigint "
+      "SELECT gateway, sha256, size, segment_size, state FROM file_uploads WHERE ((state = 'open' AND "
+      "last_ms < $1::bigint "
       "- $2::bigint) OR state = 'requested') AND next_want_ms <= $1::bigint ORDER BY next_want_ms LIMIT 50",
       {num(now), num(cfg_.stall_ms)}, "looking for stalled file transfers");
   for (int i = 0; i < due.rows(); ++i) {
@@ -476,8 +493,10 @@ void FileIntake::tick(PgConnection& pg, std::int64_t now, std::vector<FilePublis
 void FileIntake::request(PgConnection& pg, const std::string& gateway, const std::string& sha256,
                          std::int64_t now) {
   pg.exec(
-      "INSERT INTO file_uploads (gateway, sha256, size, segment_size, state, started_ms, last_ms) VALUES ($1, $2, "
-      "0, 0, 'requested', $3, $3) ON CONFLICT (gateway, sha256) DO UPDATE SET state = 'requested', next_want_ms = "
+      "INSERT INTO file_uploads (gateway, sha256, size, segment_size, state, started_ms, last_ms) VALUES "
+      "($1, $2, "
+      "0, 0, 'requested', $3, $3) ON CONFLICT (gateway, sha256) DO UPDATE SET state = 'requested', "
+      "next_want_ms = "
       "0, want_backoff_ms = 0 WHERE file_uploads.state NOT IN ('held', 'open')",
       {gateway, sha256, num(now)}, "requesting a file");
 }

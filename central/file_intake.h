@@ -22,7 +22,7 @@ class PgConnection;
 
 struct FileIntakeConfig {
   std::string central_id;
-  std::string media_dir;             // held files: <sha256[0:2]>/<sha256>; partial ones: partial/<gw>/<sha>.part
+  std::string media_dir;  // held files: <sha256[0:2]>/<sha256>; partial ones: partial/<gw>/<sha>.part
   std::uint64_t max_file_bytes = 0;  // a larger file is refused at its init
   int max_open_files = 4;            // open transfers per gateway
   std::int64_t stall_ms = 30000;     // no segment this long: ask for what is missing
@@ -31,15 +31,15 @@ struct FileIntakeConfig {
 
 struct FileCounters {
   std::atomic<std::uint64_t> inits{0};
-  std::atomic<std::uint64_t> segments{0};          // segments written and counted
+  std::atomic<std::uint64_t> segments{0};  // segments written and counted
   std::atomic<std::uint64_t> segment_bytes{0};
   std::atomic<std::uint64_t> segments_duplicate{0};
-  std::atomic<std::uint64_t> refused{0};           // malformed or out-of-bounds file messages
-  std::atomic<std::uint64_t> unexpected{0};        // segments of no open transfer (dropped; asked for later)
+  std::atomic<std::uint64_t> refused{0};     // malformed or out-of-bounds file messages
+  std::atomic<std::uint64_t> unexpected{0};  // segments of no open transfer (dropped; asked for later)
   std::atomic<std::uint64_t> files_held{0};
-  std::atomic<std::uint64_t> mismatches{0};        // whole files whose SHA-256 was not their id
+  std::atomic<std::uint64_t> mismatches{0};  // whole files whose SHA-256 was not their id
   std::atomic<std::uint64_t> wants{0};
-  std::atomic<std::uint64_t> aborts{0};            // files a gateway said it cannot send
+  std::atomic<std::uint64_t> aborts{0};  // files a gateway said it cannot send
   std::atomic<std::uint64_t> receipts{0};
 };
 
@@ -55,8 +55,8 @@ class FileIntake {
   // One message on <prefix>/<gateway>/file/...; `rest` is the topic after "<prefix>/<gateway>/". What to
   // publish in answer (receipts, wants) is appended to `out`. Throws PgError (PostgreSQL) or
   // std::runtime_error (the media directory) when it cannot take the message; nothing is counted then.
-  void handle(PgConnection& pg, const std::string& gateway, const std::string& rest, const std::string& payload,
-              std::int64_t now_ms, std::vector<FilePublish>& out);
+  void handle(PgConnection& pg, const std::string& gateway, const std::string& rest,
+              const std::string& payload, std::int64_t now_ms, std::vector<FilePublish>& out);
   // Periodic: wants for stalled transfers and for files an operator requested (`request-file`).
   void tick(PgConnection& pg, std::int64_t now_ms, std::vector<FilePublish>& out);
 
@@ -69,14 +69,14 @@ class FileIntake {
   std::string want_topic(const std::string& gateway) const;
 
  private:
-  void on_init(PgConnection& pg, const std::string& gateway, const filex::FileTopic& t, const std::string& payload,
-               std::int64_t now, std::vector<FilePublish>& out);
+  void on_init(PgConnection& pg, const std::string& gateway, const filex::FileTopic& t,
+               const std::string& payload, std::int64_t now, std::vector<FilePublish>& out);
   void on_segment(PgConnection& pg, const std::string& gateway, const filex::FileTopic& t,
                   const std::string& payload, std::int64_t now, std::vector<FilePublish>& out);
   void on_fin(PgConnection& pg, const std::string& gateway, const filex::FileTopic& t, std::int64_t now,
               std::vector<FilePublish>& out);
-  void on_abort(PgConnection& pg, const std::string& gateway, const filex::FileTopic& t, const std::string& payload,
-                std::int64_t now);
+  void on_abort(PgConnection& pg, const std::string& gateway, const filex::FileTopic& t,
+                const std::string& payload, std::int64_t now);
   // Every segment is there: hash, move into place, record held, receipt. Under the row's lock.
   void assemble(PgConnection& pg, const std::string& gateway, const std::string& sha256, std::int64_t now,
                 std::vector<FilePublish>& out);

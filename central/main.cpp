@@ -17,9 +17,9 @@
 #include "central/central_store.h"
 #include "central/file_intake.h"
 #include "central/pg.h"
-#include "daemon/core/encoding.h"
 #include "daemon/config/schema.h"
 #include "daemon/core/ed25519.h"
+#include "daemon/core/encoding.h"
 #include "daemon/log/log.h"
 #include "daemon/metrics/metrics_server.h"
 
@@ -91,22 +91,26 @@ std::string read_file(const std::string& path) {
 }
 
 // `checkpoint-central files`: the file_uploads rows, or a request for one file (docs/custody.md).
-int files(central::PgConnection& pg, const std::string& gateway, const std::string& request, std::int64_t limit,
-          bool json_out) {
+int files(central::PgConnection& pg, const std::string& gateway, const std::string& request,
+          std::int64_t limit, bool json_out) {
   if (!request.empty()) {
     if (!is_sha256_hex(request) || gateway.empty()) {
-      std::cerr << "checkpoint-central files --request needs --gateway and a SHA-256 (64 lower-case hex digits)"
-                << std::endl;
+      std::cerr
+          << "checkpoint-central files --request needs --gateway and a SHA-256 (64 lower-case hex digits)"
+          << std::endl;
       return 1;
     }
     central::FileIntake::request(pg, gateway, request, now_ms());
     std::cout << "requested " << request << " from " << gateway
-              << " (asked at the next gap check; a file already held or being sent is left as it is)" << std::endl;
+              << " (asked at the next gap check; a file already held or being sent is left as it is)"
+              << std::endl;
     return 0;
   }
   const central::PgResult r = pg.exec(
-      "SELECT gateway, sha256, state, size, received_bytes, name, coalesce(seq, 0), wants, coalesce(reason, ''), "
-      "last_ms, coalesce(held_ms, 0) FROM file_uploads WHERE $1 = '' OR gateway = $1 ORDER BY last_ms DESC LIMIT $2",
+      "SELECT gateway, sha256, state, size, received_bytes, name, coalesce(seq, 0), wants, coalesce(reason, "
+      "''), "
+      "last_ms, coalesce(held_ms, 0) FROM file_uploads WHERE $1 = '' OR gateway = $1 ORDER BY last_ms DESC "
+      "LIMIT $2",
       {gateway, std::to_string(limit)}, "listing file transfers");
   nlohmann::json rows = nlohmann::json::array();
   for (int i = 0; i < r.rows(); ++i) {
@@ -128,8 +132,9 @@ int files(central::PgConnection& pg, const std::string& gateway, const std::stri
   }
   for (const auto& f : rows) {
     std::cout << f["gateway"].get<std::string>() << " " << f["sha256"].get<std::string>() << " "
-              << f["state"].get<std::string>() << " " << f["received_bytes"] << "/" << f["size"] << " bytes, record seq "
-              << f["seq"] << ", name " << f["name"].dump() << ", wants " << f["wants"];
+              << f["state"].get<std::string>() << " " << f["received_bytes"] << "/" << f["size"]
+              << " bytes, record seq " << f["seq"] << ", name " << f["name"].dump() << ", wants "
+              << f["wants"];
     if (!f["reason"].get<std::string>().empty()) {
       std::cout << ", reason " << f["reason"].dump();
     }
@@ -175,7 +180,8 @@ int main(int argc, char** argv) {
   std::string kid;
   std::uint64_t after_seq = 0;
   auto* revoke_cmd = app.add_subcommand(
-      "revoke-key", "A leaked gateway key signs nothing valid after --after-seq (later records: quarantined)");
+      "revoke-key",
+      "A leaked gateway key signs nothing valid after --after-seq (later records: quarantined)");
   revoke_cmd->add_option("-c,--config", config_path, "YAML config")->required();
   revoke_cmd->add_option("--gateway", gateway, "gateway id")->required();
   revoke_cmd->add_option("--kid", kid, "the key's kid (checkpoint-central status lists them)")->required();
@@ -184,10 +190,12 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(std::uint64_t{0}, static_cast<std::uint64_t>(INT64_MAX)));
   std::string request_sha;
   auto* files_cmd = app.add_subcommand(
-      "files", "Recording transfers (newest first): held, open with bytes received, not held; --request asks for one");
+      "files",
+      "Recording transfers (newest first): held, open with bytes received, not held; --request asks for one");
   files_cmd->add_option("-c,--config", config_path, "YAML config")->required();
   files_cmd->add_option("--gateway", gateway, "only this gateway (with --request: the gateway to ask)");
-  files_cmd->add_option("--request", request_sha, "ask the gateway for this recording (SHA-256 of its record)");
+  files_cmd->add_option("--request", request_sha,
+                        "ask the gateway for this recording (SHA-256 of its record)");
   files_cmd->add_option("--limit", limit, "at most this many rows (default 100)")
       ->check(CLI::Range(std::int64_t{1}, std::int64_t{100000}));
   files_cmd->add_flag("--json", json_out, "JSON instead of lines");
@@ -262,8 +270,9 @@ int main(int argc, char** argv) {
                     << g["unrecoverable_media"][0]["seq"] << ")";
         }
         for (const auto& c : g["chain_restarts"]) {
-          std::cout << ", " << (c["kind"] == "new_chain" ? "NEW CHAIN" : "STORE REPLACED") << " at seq " << c["seq"]
-                    << (c["as_fork"].get<bool>() ? " (a fork of the old chain)" : "") << ": " << c["reason"].dump();
+          std::cout << ", " << (c["kind"] == "new_chain" ? "NEW CHAIN" : "STORE REPLACED") << " at seq "
+                    << c["seq"] << (c["as_fork"].get<bool>() ? " (a fork of the old chain)" : "") << ": "
+                    << c["reason"].dump();
         }
         if (g["head_forks"].get<long long>() > 0) {
           std::cout << ", HEAD FORKS " << g["head_forks"];
@@ -292,12 +301,13 @@ int main(int argc, char** argv) {
         std::cerr << "checkpoint-central: " << gateway << " has no key " << kid << std::endl;
         return 1;
       }
-      std::cout << "revoked: " << gateway << " key " << kid << " is trusted for seq " << r->valid_from_seq << ".."
-                << r->valid_to_seq << " only; running instances follow within 5 s" << std::endl;
+      std::cout << "revoked: " << gateway << " key " << kid << " is trusted for seq " << r->valid_from_seq
+                << ".." << r->valid_to_seq << " only; running instances follow within 5 s" << std::endl;
       if (r->stored_after > 0) {
-        std::cout << "REVIEW: " << r->stored_after << " records under this key after seq " << r->valid_to_seq
-                  << " were stored before the revocation and stay stored (checkpoint-central export lists them)"
-                  << std::endl;
+        std::cout
+            << "REVIEW: " << r->stored_after << " records under this key after seq " << r->valid_to_seq
+            << " were stored before the revocation and stay stored (checkpoint-central export lists them)"
+            << std::endl;
       }
       return 0;
     }

@@ -148,7 +148,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     case 9: {
       // Segment arithmetic on peer-chosen numbers: size, segment size, then held offsets.
       const std::uint64_t file_size = u64(payload, 0) >> 20;  // up to 16 TiB
-      const std::uint64_t segment = cpd::filex::kMinSegmentBytes + u64(payload, 8) % cpd::filex::kMaxSegmentBytes;
+      const std::uint64_t segment =
+          cpd::filex::kMinSegmentBytes + u64(payload, 8) % cpd::filex::kMaxSegmentBytes;
       std::vector<std::uint64_t> held;
       for (std::size_t at = 16; at + 8 <= payload.size() && held.size() < 256; at += 8) {
         held.push_back(u64(payload, at) % (file_size + 1));

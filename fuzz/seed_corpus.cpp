@@ -6,14 +6,13 @@
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <set>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "daemon/core/custody.h"
 #include "daemon/core/ed25519.h"
@@ -78,15 +77,18 @@ void radar_seeds(CorpusWriter& w) {
   w.write("radar_frame", "detect", std::string(1, '\x3f') + detect);
   w.write("radar_frame", "detect_polar", std::string(1, '\x05') + detect_polar);
   w.write("radar_frame", "status", std::string(1, '\x3f') + status);
-  w.write("radar_frame", "stream", std::string(1, '\x07') + detect + test::noise_bytes(9, rng) + status_hot +
-                                       test::with_wrong_checksum(detect) + test::overlong_frame() + detect_polar);
+  w.write("radar_frame", "stream",
+          std::string(1, '\x07') + detect + test::noise_bytes(9, rng) + status_hot +
+              test::with_wrong_checksum(detect) + test::overlong_frame() + detect_polar);
   w.write("radar_frame", "cut", std::string(1, '\x01') + detect.substr(0, 20) + status);
 }
 
 void camera_seeds(CorpusWriter& w) {
   test::AnprAlert a;
   a.date_time = test::camera_time(kT0Ms, 480);
-  a.license_plate = "\xe6\xb5\x99" "A12345";
+  a.license_plate =
+      "\xe6\xb5\x99"
+      "A12345";
   a.uuid = "6b3f2a10-0000-4000-8000-000000000001";
   a.pictures = {{"detectionPicture.jpg", "detectionPicture", test::camera_abs_time(kT0Ms, 480)},
                 {"licensePlatePicture.jpg", "licensePlatePicture", test::camera_abs_time(kT0Ms, 480)}};
@@ -113,12 +115,20 @@ void camera_seeds(CorpusWriter& w) {
   const std::string stream = test::xml_part(b, alert) + test::jpeg_part(b, "detectionPicture.jpg", jpeg) +
                              test::jpeg_part(b, "licensePlatePicture.jpg", jpeg) +
                              test::xml_part(b, test::heartbeat_xml(hb));
-  w.write("multipart", "alert_stream", "\x7f" "multipart/mixed; boundary=" + b + "\n" + stream);
-  w.write("multipart", "quoted_boundary", "\x0b" "multipart/mixed; boundary=\"" + b + "\"\n" + stream);
+  w.write("multipart", "alert_stream",
+          "\x7f"
+          "multipart/mixed; boundary=" +
+              b + "\n" + stream);
+  w.write("multipart", "quoted_boundary",
+          "\x0b"
+          "multipart/mixed; boundary=\"" +
+              b + "\"\n" + stream);
   // Without Content-Length: the body runs to the next delimiter.
   w.write("multipart", "no_length",
-          "\x20" "multipart/mixed; boundary=" + b + "\n--" + b + "\r\nContent-Type: application/xml\r\n\r\n" +
-              test::heartbeat_xml(hb) + "\r\n--" + b + "--\r\n");
+          "\x20"
+          "multipart/mixed; boundary=" +
+              b + "\n--" + b + "\r\nContent-Type: application/xml\r\n\r\n" + test::heartbeat_xml(hb) +
+              "\r\n--" + b + "--\r\n");
 }
 
 void dock_seeds(CorpusWriter& w) {
@@ -140,7 +150,8 @@ void dock_seeds(CorpusWriter& w) {
    "important":true,
    "gps":[{"t":"2026-11-27T11:37:12+08:00","lat":30.274085,"lon":120.155070}]
  })";
-  w.write("dock_json", "status", R"({"stationId":"DS-2011-0042","firmware":"3.4.1","time":"2026-11-27T11:38:54+08:00",
+  w.write("dock_json", "status",
+          R"({"stationId":"DS-2011-0042","firmware":"3.4.1","time":"2026-11-27T11:38:54+08:00",
  "slots":8,"docked":["BWC-00917","BWC-00921"],"freeBytes":512000000000})");
   w.write("dock_json", "listing", R"({"files":[)" + entry + R"(],
  "next":"c-000153"})");
@@ -167,7 +178,8 @@ void custody_seeds(CorpusWriter& w) {
   };
   put('\0', "resend_range", R"({"from_seq":41,"to_seq":57,"v":1})");
   put('\0', "resend_media", R"({"media":[")" + sha + R"("],"v":1})");
-  put('\1', "reply", R"({"from_seq":1,"media_not_held":[],"media_sent":[],"not_held":[[1,9]],"sent":10,"to_seq":10,"v":1})");
+  put('\1', "reply",
+      R"({"from_seq":1,"media_not_held":[],"media_sent":[],"not_held":[[1,9]],"sent":10,"to_seq":10,"v":1})");
   put('\2', "receipt", custody::seal_receipt(key, {"central", "gw", 120, sha, 1767225605000}));
   put('\3', "head", custody::seal_head(key, {"gw", 130, sha, 1767225607250}));
   put('\4', "topic_init", "file/" + sha + "/init");
@@ -190,7 +202,12 @@ void jws_seeds(CorpusWriter& w) {
     Fact f;
     f.type = i == 2 ? "speed_measurement" : "passage";
     f.time_ms = kT0Ms + i;
-    f.fields = {{"plate", "\xe6\xb5\x99" "A0000" + std::to_string(i)}, {"lane", i % 3}, {"speed_kmh_x10", 1234}};
+    f.fields = {{"plate",
+                 "\xe6\xb5\x99"
+                 "A0000" +
+                     std::to_string(i)},
+                {"lane", i % 3},
+                {"speed_kmh_x10", 1234}};
     records.push_back(sealer.seal(f, kT0Ms + 1000 + i).jws);
     const std::string& jws = records.back();
     const auto first = jws.find('.');
@@ -200,7 +217,8 @@ void jws_seeds(CorpusWriter& w) {
   const std::string pub = key.public_key().raw();
   // Mode byte 0x02: verify against the key in bytes 1..32, chain expected from seq 1.
   w.write("jws", "chain", "\x02" + pub + records[0] + "\n" + records[1] + "\n" + records[2]);
-  w.write("jws", "redelivery", std::string(1, '\x00') + pub + records[1] + "\n" + records[1] + "\n" + records[2]);
+  w.write("jws", "redelivery",
+          std::string(1, '\x00') + pub + records[1] + "\n" + records[1] + "\n" + records[2]);
   w.write("jws", "single", std::string(1, '\x00') + pub + records[2]);
   // Mode byte 0x03: bodies signed by the target itself, so the checks behind the signature are reached.
   w.write("jws", "bodies", "\x03" + bodies[0] + "\n" + bodies[1] + "\n" + bodies[2]);
@@ -210,10 +228,14 @@ void jws_seeds(CorpusWriter& w) {
     w.write("jcs", "record_body_" + std::to_string(i), bodies[i]);
   }
   // RFC 8785's own example and number forms (ECMAScript shortest round trip, exponents, -0).
-  w.write("jcs", "rfc8785_numbers",
-          R"({"numbers":[333333333.33333329,1E30,4.50,2e-3,0.000000000000000000000000001,-0,1e21,1e-7,5e-324,9007199254740991]})");
-  w.write("jcs", "rfc8785_strings", R"({"string":"\u20ac$\u000F\u000aA'\u0042\u0022\u005c\\\"\/","literals":[null,true,false]})");
-  w.write("jcs", "sort_utf16", R"({"\u20ac":"Euro Sign","\r":"Carriage Return","\ufb33":"Hebrew Letter Dalet With Dagesh","1":"One","\ud83d\ude00":"Emoji: Grinning Face","\u0080":"Control","\u00f6":"Latin Small Letter O With Diaeresis"})");
+  w.write(
+      "jcs", "rfc8785_numbers",
+      R"({"numbers":[333333333.33333329,1E30,4.50,2e-3,0.000000000000000000000000001,-0,1e21,1e-7,5e-324,9007199254740991]})");
+  w.write("jcs", "rfc8785_strings",
+          R"({"string":"\u20ac$\u000F\u000aA'\u0042\u0022\u005c\\\"\/","literals":[null,true,false]})");
+  w.write(
+      "jcs", "sort_utf16",
+      R"({"\u20ac":"Euro Sign","\r":"Carriage Return","\ufb33":"Hebrew Letter Dalet With Dagesh","1":"One","\ud83d\ude00":"Emoji: Grinning Face","\u0080":"Control","\u00f6":"Latin Small Letter O With Diaeresis"})");
   w.write("jcs", "nested", R"([{"b":[1,{"a":{}}],"a":[]},"",-1.5e-10,123456789012345678])");
 }
 

@@ -70,7 +70,8 @@ void CustodyAgent::start() {
   std::vector<std::string> topics = {base + "custody", base + "resend"};
   topics.insert(topics.end(), extra_topics_.begin(), extra_topics_.end());
   channel_.set_subscriptions(std::move(topics), [this](forwarder::InboundMessage m) {
-    if (extra_handler_ && std::find(extra_topics_.begin(), extra_topics_.end(), m.topic) != extra_topics_.end()) {
+    if (extra_handler_ &&
+        std::find(extra_topics_.begin(), extra_topics_.end(), m.topic) != extra_topics_.end()) {
       extra_handler_(std::move(m));
       return;
     }
@@ -174,8 +175,8 @@ void CustodyAgent::drop_input(const std::string& topic) {
     dropped = ++inputs_dropped_;
   }
   log::warn("custody", "",
-            "message on " + topic + " dropped: " + std::to_string(kMaxInputsWaiting) +
-                " messages or " + std::to_string(kMaxInputBytesWaiting >> 20) +
+            "message on " + topic + " dropped: " + std::to_string(kMaxInputsWaiting) + " messages or " +
+                std::to_string(kMaxInputBytesWaiting >> 20) +
                 " MiB already wait for the custody agent (a flood?); " + std::to_string(dropped) +
                 " dropped so far");
 }

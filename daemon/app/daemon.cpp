@@ -1,18 +1,10 @@
 #include "daemon/app/daemon.h"
 
+#include <systemd/sd-daemon.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <atomic>
-#include <map>
-#include <filesystem>
-#include <fstream>
-#include <sstream>
-#include <functional>
-#include <mutex>
-#include <optional>
-#include <vector>
-
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
@@ -20,28 +12,35 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/thread_pool.hpp>
-#include <systemd/sd-daemon.h>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <vector>
 
 #include "adapters/registry.h"
+#include "daemon/app/custody_agent.h"
+#include "daemon/app/recording_uploader.h"
 #include "daemon/app/reload_plan.h"
 #include "daemon/app/signing_key_files.h"
-#include "daemon/app/store_worker.h"
 #include "daemon/app/storage_guard.h"
 #include "daemon/app/store_dock_ledger.h"
+#include "daemon/app/store_worker.h"
 #include "daemon/config/config_warnings.h"
 #include "daemon/control/control_server.h"
-#include "daemon/metrics/daemon_metrics.h"
-#include "daemon/metrics/histogram.h"
-#include "daemon/metrics/metrics_server.h"
 #include "daemon/core/ed25519.h"
 #include "daemon/core/encoding.h"
 #include "daemon/core/key_rotation.h"
 #include "daemon/core/sealer.h"
-#include "daemon/app/custody_agent.h"
-#include "daemon/app/recording_uploader.h"
 #include "daemon/forwarder/mqtt_forwarder.h"
 #include "daemon/log/log.h"
 #include "daemon/media/media_store.h"
+#include "daemon/metrics/daemon_metrics.h"
+#include "daemon/metrics/histogram.h"
+#include "daemon/metrics/metrics_server.h"
 #include "daemon/pipeline/clock_sync.h"
 #include "daemon/pipeline/correlator.h"
 #include "daemon/store/evidence_store.h"
@@ -61,8 +60,8 @@ class PipelineSink final : public adapters::EventSink {
   // Above this many facts waiting for the store, adapters pause reading (back-pressure to the device).
   static constexpr std::uint64_t kMaxQueuedFacts = 256;
 
-  PipelineSink(asio::io_context& io, pipeline::Correlator& correlator, StoreWorker& worker, const WallClock& clock,
-               const config::ValiditySection& validity)
+  PipelineSink(asio::io_context& io, pipeline::Correlator& correlator, StoreWorker& worker,
+               const WallClock& clock, const config::ValiditySection& validity)
       : strand_(asio::make_strand(io)),
         tick_timer_(strand_),
         correlator_(correlator),
@@ -157,7 +156,8 @@ class PipelineSink final : public adapters::EventSink {
   }
 
   void refresh_clock_sync() {
-    auto state = assume_clock_sync_ ? pipeline::ClockSync{true, "assume", -1, -1} : pipeline::read_kernel_clock_sync();
+    auto state =
+        assume_clock_sync_ ? pipeline::ClockSync{true, "assume", -1, -1} : pipeline::read_kernel_clock_sync();
     {
       std::lock_guard lock(mutex_);
       clock_sync_ = state;
@@ -209,7 +209,7 @@ struct Daemon::Impl {
   std::unique_ptr<StoreWorker> worker;
   std::unique_ptr<StoreDockLedger> dock_ledger;
   std::unique_ptr<forwarder::MqttForwarder> forwarder;
-  std::unique_ptr<CustodyAgent> custody;  // only with a custody section (docs/custody.md)
+  std::unique_ptr<CustodyAgent> custody;        // only with a custody section (docs/custody.md)
   std::unique_ptr<RecordingUploader> uploader;  // recordings to central, with custody
   std::unique_ptr<pipeline::Correlator> correlator;
   std::unique_ptr<PipelineSink> sink;
@@ -218,18 +218,19 @@ struct Daemon::Impl {
   asio::signal_set signals{io, SIGINT, SIGTERM};
   asio::signal_set reload_signal{io, SIGHUP};
   asio::steady_timer notify_timer{io};
-  std::uint64_t watchdog_usec = 0;       // systemd's WatchdogSec (WATCHDOG_USEC); 0 = no watchdog
+  std::uint64_t watchdog_usec = 0;  // systemd's WatchdogSec (WATCHDOG_USEC); 0 = no watchdog
   std::string last_status_line;
   std::chrono::steady_clock::time_point last_status_sent{};
   std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
   mutable std::mutex counts_mutex;
   std::map<std::string, std::uint64_t> records_by_type;  // committed since start
-  std::string kid;         // under counts_mutex: the kid signing new records (changes at a key rotation)
-  bool rotating = false;   // io thread: a rotate_key request is being served
+  std::string kid;        // under counts_mutex: the kid signing new records (changes at a key rotation)
+  bool rotating = false;  // io thread: a rotate_key request is being served
   std::unique_ptr<StorageGuard> storage;
   std::unique_ptr<control::ControlServer> control;  // checkpointctl status/tail; absent if it could not start
   metrics::Histograms histograms;                   // publish and commit (fsync) latency
-  std::unique_ptr<metrics::MetricsServer> metrics_server;  // /metrics, /healthz; absent if off or it could not bind
+  std::unique_ptr<metrics::MetricsServer>
+      metrics_server;  // /metrics, /healthz; absent if off or it could not bind
 
   // /healthz: 503 with the reason when the gateway cannot do its job (records cannot be committed, or it
   // is stopping). A broker that is away is not unhealthy: records wait in the outbox.
@@ -256,15 +257,19 @@ struct Daemon::Impl {
     options.port = static_cast<std::uint16_t>(cfg.metrics.port);
     auto server = std::make_unique<metrics::MetricsServer>(
         io, options,
-        [this] { return metrics::render_daemon_metrics(status_snapshot(), histograms, metrics::read_process_stats()); },
+        [this] {
+          return metrics::render_daemon_metrics(status_snapshot(), histograms, metrics::read_process_stats());
+        },
         [this] { return unhealthy_reason(); });
     if (const Status st = server->start(); st.is_ok()) {
-      log::notice("metrics", "", "serving /metrics and /healthz on http://" + cfg.metrics.host + ":" +
-                                     std::to_string(server->port()));
+      log::notice("metrics", "",
+                  "serving /metrics and /healthz on http://" + cfg.metrics.host + ":" +
+                      std::to_string(server->port()));
       metrics_server = std::move(server);
     } else {
-      log::error("metrics", "", "no metrics endpoint on " + cfg.metrics.host + ":" + std::to_string(cfg.metrics.port) +
-                                    " (evidence collection goes on): " + st.message());
+      log::error("metrics", "",
+                 "no metrics endpoint on " + cfg.metrics.host + ":" + std::to_string(cfg.metrics.port) +
+                     " (evidence collection goes on): " + st.message());
     }
   }
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> shutdown_guard;
@@ -297,7 +302,8 @@ struct Daemon::Impl {
       asio::post(io, [this, st, receipt = std::move(receipt), why = std::move(why)]() mutable {
         if (!st.is_ok()) {
           log::error("daemon", "", "the chain cannot continue after the custody receipt: " + st.message());
-          seal_first_records(std::nullopt, "the chain could not continue after the custody receipt: " + st.message());
+          seal_first_records(std::nullopt,
+                             "the chain could not continue after the custody receipt: " + st.message());
           return;
         }
         if (custody) {
@@ -313,15 +319,18 @@ struct Daemon::Impl {
   void seal_first_records(std::optional<store::CustodyState> continued, std::string why) {
     json details = start_details;
     if (continued) {
-      const custody::Receipt receipt{continued->central, cfg.gateway.id, continued->through_seq, continued->head, 0};
-      worker->submit(correlator->audit("store_replaced", clock.now_ms(),
-                                       custody::store_replaced_details(receipt, continued->kid, continued->receipt,
-                                                                       "the store held no record at start (" + why + ")")));
+      const custody::Receipt receipt{continued->central, cfg.gateway.id, continued->through_seq,
+                                     continued->head, 0};
+      worker->submit(correlator->audit(
+          "store_replaced", clock.now_ms(),
+          custody::store_replaced_details(receipt, continued->kid, continued->receipt,
+                                          "the store held no record at start (" + why + ")")));
       details["resumed_at_seq"] = continued->through_seq;
-      log::warn("daemon", "", "empty store: the chain continues after central " + continued->central +
-                                  "'s custody receipt through seq " + std::to_string(continued->through_seq) +
-                                  " (audit store_replaced at seq " + std::to_string(continued->through_seq + 1) +
-                                  "); whatever the previous store sealed after that seq is not held here");
+      log::warn("daemon", "",
+                "empty store: the chain continues after central " + continued->central +
+                    "'s custody receipt through seq " + std::to_string(continued->through_seq) +
+                    " (audit store_replaced at seq " + std::to_string(continued->through_seq + 1) +
+                    "); whatever the previous store sealed after that seq is not held here");
     } else if (!why.empty()) {
       details["new_chain"] = why;
       log::warn("daemon", "", "empty store: a new chain starts at seq 1 (" + why + ")");
@@ -407,8 +416,9 @@ struct Daemon::Impl {
               {"time_ms", clock.now_ms()},
               {"version", CPD_VERSION},
               {"config_sha256", cfg.sha256},
-              {"uptime_s", std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started)
-                               .count()},
+              {"uptime_s",
+               std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started)
+                   .count()},
               {"records_by_type", by_type},
               {"clock_sync",
                {{"synced", sync.synchronized},
@@ -449,7 +459,8 @@ struct Daemon::Impl {
     }
     line += ", backlog " + std::to_string(stats.count);
     if (stats.oldest_created_ms && stats.count > 0) {
-      line += " (oldest " + std::to_string(std::max<std::int64_t>(0, (clock.now_ms() - *stats.oldest_created_ms) / 1000)) +
+      line += " (oldest " +
+              std::to_string(std::max<std::int64_t>(0, (clock.now_ms() - *stats.oldest_created_ms) / 1000)) +
               " s)";
     }
     line += broker.value("connected", false) ? ", broker connected" : ", broker disconnected";
@@ -531,10 +542,14 @@ struct Daemon::Impl {
     }
     const UnixMs now = clock.now_ms();
     if (!error.empty()) {
-      log::error("daemon", "", "reload refused, still running on the previous config (sha256 " + cfg.sha256 +
-                                   "): " + error);
-      json details = {{"version", CPD_VERSION}, {"file", cfg.source}, {"config_sha256", cfg.sha256},
-                      {"file_sha256", next ? next->sha256 : file_sha256(cfg.source)}, {"reason", error}};
+      log::error(
+          "daemon", "",
+          "reload refused, still running on the previous config (sha256 " + cfg.sha256 + "): " + error);
+      json details = {{"version", CPD_VERSION},
+                      {"file", cfg.source},
+                      {"config_sha256", cfg.sha256},
+                      {"file_sha256", next ? next->sha256 : file_sha256(cfg.source)},
+                      {"reason", error}};
       if (next) {
         details["changes"] = plan.to_json();
       }
@@ -552,8 +567,11 @@ struct Daemon::Impl {
         }
       }
     }
-    json details = {{"version", CPD_VERSION}, {"file", cfg.source}, {"config_sha256_old", cfg.sha256},
-                    {"config_sha256_new", next->sha256}, {"changes", plan.to_json()}};
+    json details = {{"version", CPD_VERSION},
+                    {"file", cfg.source},
+                    {"config_sha256_old", cfg.sha256},
+                    {"config_sha256_new", next->sha256},
+                    {"changes", plan.to_json()}};
     const std::string summary = plan.summary();
     cfg = std::move(*next);
     for (const auto& dev : cfg.devices) {
@@ -584,9 +602,10 @@ struct Daemon::Impl {
   // the next start (resolve_unfinished_rotation).
   void rotate_key(std::function<void(json)> reply) {
     if (stopping || rotating || sealing != Sealing::started) {
-      reply(json{{"error", stopping   ? "checkpointd is stopping"
-                           : rotating ? "a key rotation is already in progress"
-                                      : "the chain's start is still being decided (empty store); try again"}});
+      reply(
+          json{{"error", stopping   ? "checkpointd is stopping"
+                         : rotating ? "a key rotation is already in progress"
+                                    : "the chain's start is still being decided (empty store); try again"}});
       return;
     }
     const std::string key_path = cfg.gateway.key_path;
@@ -602,51 +621,55 @@ struct Daemon::Impl {
     const Ed25519PublicKey old_public = key->public_key();  // the sealer's key: no rotation is under way
     const std::string old_kid = old_public.kid();
     const std::string new_kid = next->public_key().kid();
-    log::notice("daemon", "", "rotating the signing key: kid " + old_kid + " -> " + new_kid + " (new key in " +
-                                  next_key_path(key_path) + ")");
+    log::notice("daemon", "",
+                "rotating the signing key: kid " + old_kid + " -> " + new_kid + " (new key in " +
+                    next_key_path(key_path) + ")");
     Fact fact = make_key_rotation_fact(old_public, next->public_key(), clock.now_ms());
-    worker->submit_key_rotation(std::move(fact), next, [this, next, key_path, old_kid, new_kid, reply](const SealedRecord& rec) {
-      // On the store worker thread, once the record is committed (or what was sealed in its place).
-      json answer;
-      if (rec.type != "key_rotation" || !rec.salvage_reason.empty()) {
-        // Signing failed and a fault record took its place (or it was salvaged): the store worker did not
-        // switch keys, so the chain did not rotate.
-        std::string why = "the key_rotation record could not be sealed (" + rec.id + " is a " + rec.type + ")";
-        try {
-          discard_next_key(key_path);
-        } catch (const std::exception& e) {
-          why += "; " + std::string(e.what());
-        }
-        log::error("daemon", "", "key rotation failed: " + why);
-        answer = {{"error", "key rotation failed: " + why}};
-      } else {
-        *key = *next;  // head announcements are signed on this thread too
-        {
-          std::lock_guard lock(counts_mutex);
-          kid = new_kid;
-        }
-        answer = {{"rotated",
-                   {{"seq", rec.seq},
-                    {"old_kid", old_kid},
-                    {"new_kid", new_kid},
-                    {"key_file", key_path},
-                    {"old_key_file", retired_key_path(key_path, old_kid)}}}};
-        try {
-          install_next_key(key_path, old_kid);
-          log::notice("daemon", "", "signing key rotated at seq " + std::to_string(rec.seq) + ": kid " + old_kid +
-                                        " -> " + new_kid + "; old key kept as " +
-                                        retired_key_path(key_path, old_kid));
-        } catch (const std::exception& e) {
-          // The record is committed and the new key is durable as <key>.next: records go on under it, and
-          // the next start finishes the installation.
-          log::error("daemon", "", std::string("key rotated at seq ") + std::to_string(rec.seq) +
-                                       " but the key files were not renamed (done at the next start): " + e.what());
-          answer["rotated"]["warning"] = e.what();
-        }
-      }
-      asio::post(io, [this] { rotating = false; });
-      reply(std::move(answer));
-    });
+    worker->submit_key_rotation(
+        std::move(fact), next, [this, next, key_path, old_kid, new_kid, reply](const SealedRecord& rec) {
+          // On the store worker thread, once the record is committed (or what was sealed in its place).
+          json answer;
+          if (rec.type != "key_rotation" || !rec.salvage_reason.empty()) {
+            // Signing failed and a fault record took its place (or it was salvaged): the store worker did not
+            // switch keys, so the chain did not rotate.
+            std::string why =
+                "the key_rotation record could not be sealed (" + rec.id + " is a " + rec.type + ")";
+            try {
+              discard_next_key(key_path);
+            } catch (const std::exception& e) {
+              why += "; " + std::string(e.what());
+            }
+            log::error("daemon", "", "key rotation failed: " + why);
+            answer = {{"error", "key rotation failed: " + why}};
+          } else {
+            *key = *next;  // head announcements are signed on this thread too
+            {
+              std::lock_guard lock(counts_mutex);
+              kid = new_kid;
+            }
+            answer = {{"rotated",
+                       {{"seq", rec.seq},
+                        {"old_kid", old_kid},
+                        {"new_kid", new_kid},
+                        {"key_file", key_path},
+                        {"old_key_file", retired_key_path(key_path, old_kid)}}}};
+            try {
+              install_next_key(key_path, old_kid);
+              log::notice("daemon", "",
+                          "signing key rotated at seq " + std::to_string(rec.seq) + ": kid " + old_kid +
+                              " -> " + new_kid + "; old key kept as " + retired_key_path(key_path, old_kid));
+            } catch (const std::exception& e) {
+              // The record is committed and the new key is durable as <key>.next: records go on under it, and
+              // the next start finishes the installation.
+              log::error("daemon", "",
+                         std::string("key rotated at seq ") + std::to_string(rec.seq) +
+                             " but the key files were not renamed (done at the next start): " + e.what());
+              answer["rotated"]["warning"] = e.what();
+            }
+          }
+          asio::post(io, [this] { rotating = false; });
+          reply(std::move(answer));
+        });
   }
 
   void shutdown(const std::string& why) {
@@ -705,7 +728,9 @@ struct Daemon::Impl {
   }
 };
 
-Daemon::Daemon(config::Config config) : impl_(std::make_unique<Impl>()) { impl_->cfg = std::move(config); }
+Daemon::Daemon(config::Config config) : impl_(std::make_unique<Impl>()) {
+  impl_->cfg = std::move(config);
+}
 
 Daemon::~Daemon() = default;
 
@@ -726,7 +751,8 @@ int Daemon::run() {
       }
     }
     std::string note;
-    if (auto rotated = resolve_unfinished_rotation(cfg.gateway.key_path, d.key->public_key().kid(), head_jws, note)) {
+    if (auto rotated =
+            resolve_unfinished_rotation(cfg.gateway.key_path, d.key->public_key().kid(), head_jws, note)) {
       d.key = std::move(*rotated);
     }
     if (!note.empty()) {
@@ -744,7 +770,8 @@ int Daemon::run() {
   d.storage = std::make_unique<StorageGuard>(static_cast<std::uint64_t>(cfg.store.reserve_mb) * 1024 * 1024);
   {
     // Before any other thread starts: start() narrows the umask around bind() (socket mode 0660).
-    auto server = std::make_unique<control::ControlServer>(d.io, cfg.control.socket, [&d] { return d.status_snapshot(); });
+    auto server = std::make_unique<control::ControlServer>(d.io, cfg.control.socket,
+                                                           [&d] { return d.status_snapshot(); });
     server->add_command("rotate_key", [&d](const json& /*request*/, std::function<void(json)> reply) {
       d.rotate_key(std::move(reply));
     });
@@ -752,8 +779,8 @@ int Daemon::run() {
       log::notice("control", "", "control socket " + cfg.control.socket + " (checkpointctl status / tail)");
       d.control = std::move(server);
     } else {
-      log::error("control", "", "no control socket (checkpointctl status/tail will not reach this daemon): " +
-                                    st.message());
+      log::error("control", "",
+                 "no control socket (checkpointctl status/tail will not reach this daemon): " + st.message());
     }
   }
   d.blocking = std::make_unique<asio::thread_pool>(2);
@@ -762,8 +789,9 @@ int Daemon::run() {
   d.sealer->set_site(pipeline::site_json(cfg.gateway.id, cfg.gateway.site));  // fixed at reload
   d.kid = d.sealer->kid();
   d.correlator = std::make_unique<pipeline::Correlator>(cfg);
-  log::notice("daemon", "", "store " + cfg.store.path + " opened at seq " + std::to_string(head.seq) +
-                                "; signing key kid " + d.sealer->kid());
+  log::notice("daemon", "",
+              "store " + cfg.store.path + " opened at seq " + std::to_string(head.seq) +
+                  "; signing key kid " + d.sealer->kid());
 
   d.worker = std::make_unique<StoreWorker>(
       *d.store, *d.sealer, d.clock, static_cast<std::size_t>(cfg.store.commit_max_batch),
@@ -786,13 +814,14 @@ int Daemon::run() {
           d.forwarder->notify_committed(last_seq, std::move(records));
         }
       },
-      d.media.get(), cfg.store.media_retention_days, d.correlator->link_rule(), cfg.store.important_retention_days);
+      d.media.get(), cfg.store.media_retention_days, d.correlator->link_rule(),
+      cfg.store.important_retention_days);
   d.worker->set_commit_observer([&d](std::chrono::steady_clock::duration took, std::size_t /*records*/) {
     d.histograms.fsync_latency.observe(std::chrono::duration<double>(took).count());
   });
   d.dock_ledger = std::make_unique<StoreDockLedger>(*d.worker, d.clock, cfg.store.media_retention_days);
   d.forwarder = std::make_unique<forwarder::MqttForwarder>(d.io, cfg.mqtt, cfg.gateway.id, *d.worker,
-                                                            [&d] { return d.status_snapshot(); });
+                                                           [&d] { return d.status_snapshot(); });
   d.forwarder->set_latency_observer([&d](double seconds) { d.histograms.publish_latency.observe(seconds); });
   d.sink = std::make_unique<PipelineSink>(d.io, *d.correlator, *d.worker, d.clock, cfg.validity);
   d.adapter_ctx.emplace(
@@ -808,9 +837,9 @@ int Daemon::run() {
     device_ids.push_back(dev.id);
   }
 
-  d.start_details = {{"version", CPD_VERSION}, {"config_sha256", cfg.sha256}, {"kid", d.sealer->kid()},
-                     {"pid", static_cast<std::int64_t>(::getpid())}, {"devices", device_ids},
-                     {"resumed_at_seq", head.seq}};
+  d.start_details = {{"version", CPD_VERSION}, {"config_sha256", cfg.sha256},
+                     {"kid", d.sealer->kid()}, {"pid", static_cast<std::int64_t>(::getpid())},
+                     {"devices", device_ids},  {"resumed_at_seq", head.seq}};
   // An empty store (a new gateway, or a replaced store: docs/custody.md) looks for its retained custody
   // receipt before it seals anything, so its chain can continue after what central holds.
   const bool empty_store = d.store->record_count() == 0;
@@ -821,7 +850,9 @@ int Daemon::run() {
 
   if (cfg.custody.enabled) {
     CustodyHost host;
-    host.run_on_store = [&d](std::function<void(store::EvidenceStore&)> task) { d.worker->run_on_worker(std::move(task)); };
+    host.run_on_store = [&d](std::function<void(store::EvidenceStore&)> task) {
+      d.worker->run_on_worker(std::move(task));
+    };
     host.submit = [&d](Fact fact, std::function<void(const SealedRecord&)> handler) {
       d.worker->submit(std::move(fact), std::move(handler));
     };
@@ -833,13 +864,15 @@ int Daemon::run() {
     host.chain_head = [&d] { return d.store->chain_head(); };
     d.custody = std::make_unique<CustodyAgent>(d.io, cfg, *d.key, *d.forwarder, std::move(host), d.clock);
     if (empty_store && !origin && cfg.custody.empty_store_wait_ms > 0) {
-      log::notice("daemon", "", "empty store: waiting up to " + std::to_string(cfg.custody.empty_store_wait_ms) +
-                                    " ms for the retained custody receipt before sealing");
+      log::notice("daemon", "",
+                  "empty store: waiting up to " + std::to_string(cfg.custody.empty_store_wait_ms) +
+                      " ms for the retained custody receipt before sealing");
       d.custody->await_origin(std::chrono::milliseconds(cfg.custody.empty_store_wait_ms),
                               [&d](std::optional<store::CustodyState> receipt, std::string why) {
-                                asio::post(d.io, [&d, receipt = std::move(receipt), why = std::move(why)]() mutable {
-                                  d.begin_sealing(std::move(receipt), std::move(why));
-                                });
+                                asio::post(
+                                    d.io, [&d, receipt = std::move(receipt), why = std::move(why)]() mutable {
+                                      d.begin_sealing(std::move(receipt), std::move(why));
+                                    });
                               });
     }
     UploaderHost files;
@@ -870,8 +903,9 @@ int Daemon::run() {
     if (d.custody) {
       d.custody->origin_committed(*origin);
     }
-    d.seal_first_records(origin, "the store was empty at start; its chain had already been continued after "
-                                 "this receipt before a restart");
+    d.seal_first_records(origin,
+                         "the store was empty at start; its chain had already been continued after "
+                         "this receipt before a restart");
   } else if (!cfg.custody.enabled) {
     d.begin_sealing(std::nullopt, "no custody section: no central receipt to continue after");
   } else if (cfg.custody.empty_store_wait_ms == 0) {
@@ -888,15 +922,16 @@ int Daemon::run() {
   }
   sd_notify(0, "READY=1");
   d.notify_tick();
-  log::notice("daemon", "", "running " + std::to_string(d.adapters.size()) + " devices, forwarding to " +
-                                cfg.mqtt.uri);
+  log::notice("daemon", "",
+              "running " + std::to_string(d.adapters.size()) + " devices, forwarding to " + cfg.mqtt.uri);
   d.io.run();
   d.blocking->join();
   d.worker->drain_and_stop();
   const auto fs = d.forwarder->status();
-  log::notice("mqtt", "", "ready-to-PUBACK latency over " + fs["latency"]["count"].dump() + " records: p50 " +
-                              fs["latency"]["p50_ms"].dump() + " ms, p99 " + fs["latency"]["p99_ms"].dump() +
-                              " ms, max " + fs["latency"]["max_ms"].dump() + " ms");
+  log::notice("mqtt", "",
+              "ready-to-PUBACK latency over " + fs["latency"]["count"].dump() + " records: p50 " +
+                  fs["latency"]["p50_ms"].dump() + " ms, p99 " + fs["latency"]["p99_ms"].dump() +
+                  " ms, max " + fs["latency"]["max_ms"].dump() + " ms");
   d.forwarder.reset();
   log::notice("daemon", "", "stopped cleanly at seq " + std::to_string(d.store->chain_head().seq));
   return 0;

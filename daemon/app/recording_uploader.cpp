@@ -44,7 +44,8 @@ std::optional<std::string> read_at(const std::string& path, std::uint64_t offset
       continue;
     }
     if (n <= 0) {
-      error = n == 0 ? path + " is shorter than its record says" : "cannot read " + path + ": " + std::strerror(errno);
+      error = n == 0 ? path + " is shorter than its record says"
+                     : "cannot read " + path + ": " + std::strerror(errno);
       ::close(fd);
       return std::nullopt;
     }
@@ -61,8 +62,9 @@ void bump(std::mutex& m, nlohmann::json& counters, const char* name, std::uint64
 
 }  // namespace
 
-RecordingUploader::RecordingUploader(asio::io_context& io, const config::Config& cfg, forwarder::SideChannel& channel,
-                                     UploaderHost host, const WallClock& clock)
+RecordingUploader::RecordingUploader(asio::io_context& io, const config::Config& cfg,
+                                     forwarder::SideChannel& channel, UploaderHost host,
+                                     const WallClock& clock)
     : io_(io),
       strand_(asio::make_strand(io)),
       gateway_(cfg.gateway.id),
@@ -77,9 +79,9 @@ RecordingUploader::RecordingUploader(asio::io_context& io, const config::Config&
     const auto key = Ed25519PublicKey::from_pem(pem);
     central_keys_.emplace(key.kid(), key);
   }
-  for (const char* name : {"files_sent", "segments_sent", "bytes_sent", "receipts_accepted", "receipts_refused",
-                           "receipts_unmatched", "wants", "wants_refused", "wants_dropped", "aborts_sent",
-                           "link_failures", "inputs_dropped"}) {
+  for (const char* name : {"files_sent", "segments_sent", "bytes_sent", "receipts_accepted",
+                           "receipts_refused", "receipts_unmatched", "wants", "wants_refused",
+                           "wants_dropped", "aborts_sent", "link_failures", "inputs_dropped"}) {
     counters_[name] = 0;
   }
   tokens_ = static_cast<double>(cfg_.recordings_rate_kib_s) * 1024.0;
@@ -94,7 +96,8 @@ std::vector<std::string> RecordingUploader::topics() const {
 
 void RecordingUploader::on_message(forwarder::InboundMessage message) {
   // Bounded hop: a peer flooding these topics holds at most kMaxInputsWaiting messages here (each at most the
-  // broker's packet size); beyond, a message is dropped and counted (central asks again, sends receipts again).
+  // broker's packet size); beyond, a message is dropped and counted (central asks again, sends receipts
+  // again).
   if (inputs_waiting_.fetch_add(1) >= kMaxInputsWaiting) {
     inputs_waiting_.fetch_sub(1);
     bump(snapshot_mutex_, counters_, "inputs_dropped");
@@ -143,7 +146,6 @@ nlohmann::json RecordingUploader::status() const {
   return s;
 }
 
-
 // --- from central ---
 
 void RecordingUploader::on_receipt(const std::string& jws) {
@@ -177,8 +179,9 @@ void RecordingUploader::on_receipt(const std::string& jws) {
       bump(snapshot_mutex_, counters_, "receipts_accepted");
       fin_next_.erase(r.sha256);
       wants_.erase(r.sha256);
-      log::notice("files", "",
-                  "recording " + r.sha256 + " (" + std::to_string(r.size) + " bytes) in custody of " + r.central);
+      log::notice(
+          "files", "",
+          "recording " + r.sha256 + " (" + std::to_string(r.size) + " bytes) in custody of " + r.central);
     });
   });
 }
@@ -363,8 +366,9 @@ void RecordingUploader::begin(Job job) {
     lo -= lo % job.segment;
     hi = std::min(hi, job.row.length);
   }
-  job.ranges.erase(std::remove_if(job.ranges.begin(), job.ranges.end(), [](const auto& r) { return r.first >= r.second; }),
-                   job.ranges.end());
+  job.ranges.erase(
+      std::remove_if(job.ranges.begin(), job.ranges.end(), [](const auto& r) { return r.first >= r.second; }),
+      job.ranges.end());
   job.cursor = job.ranges.empty() ? 0 : job.ranges.front().first;
   job_ = std::move(job);
   {
@@ -386,7 +390,8 @@ bool RecordingUploader::take_tokens(std::uint64_t bytes) {
     return true;
   }
   const auto wait = std::chrono::duration<double>((static_cast<double>(bytes) - tokens_) / rate);
-  wait_timer_.expires_after(std::chrono::duration_cast<std::chrono::milliseconds>(wait) + std::chrono::milliseconds(1));
+  wait_timer_.expires_after(std::chrono::duration_cast<std::chrono::milliseconds>(wait) +
+                            std::chrono::milliseconds(1));
   wait_timer_.async_wait([this](const boost::system::error_code& ec) {
     if (!ec) {
       pump();
@@ -405,22 +410,22 @@ void RecordingUploader::pump() {
     if (!job.init_inflight) {
       job.init_inflight = true;
       const filex::FileInit init{job.row.sha256, job.row.length, job.segment, job.row.name, job.row.seq};
-      channel_.publish_side(
-          forwarder::OutboundMessage{filex::init_topic(base_, job.row.sha256), filex::init_json(init), false, ""},
-          [this, gen](bool ok) {
-            asio::post(strand_, [this, gen, ok] {
-              if (gen != generation_ || !job_) {
-                return;
-              }
-              job_->init_inflight = false;
-              if (!ok) {
-                fail("its init was not PUBACKed");
-                return;
-              }
-              job_->init_done = true;
-              pump();
-            });
-          });
+      channel_.publish_side(forwarder::OutboundMessage{filex::init_topic(base_, job.row.sha256),
+                                                       filex::init_json(init), false, ""},
+                            [this, gen](bool ok) {
+                              asio::post(strand_, [this, gen, ok] {
+                                if (gen != generation_ || !job_) {
+                                  return;
+                                }
+                                job_->init_inflight = false;
+                                if (!ok) {
+                                  fail("its init was not PUBACKed");
+                                  return;
+                                }
+                                job_->init_done = true;
+                                pump();
+                              });
+                            });
     }
     return;
   }
@@ -466,29 +471,33 @@ void RecordingUploader::send_segment(std::uint64_t offset, std::uint64_t length)
     std::string error;
     auto bytes = read_at(path, offset, length, error);
     const std::string checksum = bytes ? sha256_hex(*bytes) : std::string();
-    asio::post(strand_, [this, gen, offset, length, sha, error, checksum, bytes = std::move(bytes)]() mutable {
-      if (gen != generation_ || !job_) {
-        return;
-      }
-      if (!bytes) {
-        log::error("files", "", "recording " + sha + " cannot be sent: " + error + " (central is told: abort)");
-        unreadable_.insert(sha);
-        publish_abort(sha, "not held: " + error);
-        ++generation_;
-        job_.reset();
-        {
-          std::lock_guard lock(snapshot_mutex_);
-          current_.clear();
-        }
-        asio::post(strand_, [this] { poll(); });
-        return;
-      }
-      channel_.publish_side(
-          forwarder::OutboundMessage{filex::segment_topic(base_, sha, offset, checksum), std::move(*bytes), false, ""},
-          [this, gen, offset, length](bool ok) {
-            asio::post(strand_, [this, gen, offset, length, ok] { segment_done(gen, offset, length, ok); });
-          });
-    });
+    asio::post(
+        strand_, [this, gen, offset, length, sha, error, checksum, bytes = std::move(bytes)]() mutable {
+          if (gen != generation_ || !job_) {
+            return;
+          }
+          if (!bytes) {
+            log::error("files", "",
+                       "recording " + sha + " cannot be sent: " + error + " (central is told: abort)");
+            unreadable_.insert(sha);
+            publish_abort(sha, "not held: " + error);
+            ++generation_;
+            job_.reset();
+            {
+              std::lock_guard lock(snapshot_mutex_);
+              current_.clear();
+            }
+            asio::post(strand_, [this] { poll(); });
+            return;
+          }
+          channel_.publish_side(forwarder::OutboundMessage{filex::segment_topic(base_, sha, offset, checksum),
+                                                           std::move(*bytes), false, ""},
+                                [this, gen, offset, length](bool ok) {
+                                  asio::post(strand_, [this, gen, offset, length, ok] {
+                                    segment_done(gen, offset, length, ok);
+                                  });
+                                });
+        });
   });
 }
 
@@ -503,7 +512,8 @@ std::uint64_t RecordingUploader::acked_to() const {
   return std::min(job.cursor, job.row.length);
 }
 
-void RecordingUploader::segment_done(std::uint64_t generation, std::uint64_t offset, std::uint64_t length, bool ok) {
+void RecordingUploader::segment_done(std::uint64_t generation, std::uint64_t offset, std::uint64_t length,
+                                     bool ok) {
   if (generation != generation_ || !job_) {
     return;
   }
@@ -577,7 +587,8 @@ void RecordingUploader::finish_job() {
   }
   if (job.progress) {
     bump(snapshot_mutex_, counters_, "files_sent");
-    fin_next_[job.row.sha256] = {clock_.now_ms() + cfg_.recordings_receipt_wait_ms, cfg_.recordings_receipt_wait_ms};
+    fin_next_[job.row.sha256] = {clock_.now_ms() + cfg_.recordings_receipt_wait_ms,
+                                 cfg_.recordings_receipt_wait_ms};
     host_.run_on_store([sha = job.row.sha256, length = job.row.length](store::EvidenceStore& store) {
       (void)store.upload_progress(sha, length);
     });

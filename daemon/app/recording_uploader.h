@@ -1,11 +1,11 @@
-// RecordingUploader: the gateway's half of "Recordings to central" (docs/custody.md). Body-worn recordings the
-// store keeps (uploads table) go to central one file at a time, as an `init`, segments at their byte offsets
-// (each with its SHA-256 in the topic) and a `fin` (daemon/core/file_transfer.h): at most kWindow segments
-// unacknowledged, under a token-bucket bandwidth cap, resumed after any break from the last byte PUBACKed in
-// order (kept in the store across restarts). Central answers with a signed file receipt (checked against the
-// configured central keys, then recorded: it is what lets retention delete the file), or a `want` for byte
-// ranges it lacks, which is served before new files. A file it cannot send any more is answered with `abort`.
-// Files go by policy: all, important only, or only those central asks for.
+// RecordingUploader: the gateway's half of "Recordings to central" (docs/custody.md). Body-worn recordings
+// the store keeps (uploads table) go to central one file at a time, as an `init`, segments at their byte
+// offsets (each with its SHA-256 in the topic) and a `fin` (daemon/core/file_transfer.h): at most kWindow
+// segments unacknowledged, under a token-bucket bandwidth cap, resumed after any break from the last byte
+// PUBACKed in order (kept in the store across restarts). Central answers with a signed file receipt (checked
+// against the configured central keys, then recorded: it is what lets retention delete the file), or a `want`
+// for byte ranges it lacks, which is served before new files. A file it cannot send any more is answered with
+// `abort`. Files go by policy: all, important only, or only those central asks for.
 #pragma once
 
 #include <atomic>
@@ -42,7 +42,7 @@ struct UploaderHost {
 
 class RecordingUploader {
  public:
-  static constexpr int kWindow = 4;            // segments published and not yet PUBACKed
+  static constexpr int kWindow = 4;             // segments published and not yet PUBACKed
   static constexpr std::size_t kMaxWants = 16;  // files with wanted ranges waiting; beyond: dropped, counted
   static constexpr std::size_t kMaxAborts = 64;
   static constexpr int kMaxInputsWaiting = 64;  // messages from central not yet handled; beyond: dropped
@@ -114,7 +114,8 @@ class RecordingUploader {
   std::uint64_t generation_ = 0;  // completions of an abandoned attempt are ignored
   std::map<std::string, filex::Ranges> wants_;
   std::set<std::string> aborts_;
-  std::map<std::string, std::pair<UnixMs, std::int64_t>> fin_next_;  // sha -> (when to send fin again, backoff)
+  std::map<std::string, std::pair<UnixMs, std::int64_t>>
+      fin_next_;                      // sha -> (when to send fin again, backoff)
   std::set<std::string> unreadable_;  // files this process could not open (aborted once, not retried)
   std::int64_t backoff_ms_ = 0;
   double tokens_ = 0;

@@ -44,7 +44,8 @@ std::vector<std::string_view> split(std::string_view text) {
   std::size_t start = 0;
   while (parts.size() < 8) {
     const auto slash = text.find('/', start);
-    parts.push_back(text.substr(start, slash == std::string_view::npos ? std::string_view::npos : slash - start));
+    parts.push_back(
+        text.substr(start, slash == std::string_view::npos ? std::string_view::npos : slash - start));
     if (slash == std::string_view::npos) {
       break;
     }
@@ -75,12 +76,9 @@ std::optional<nlohmann::json> object_v1(std::string_view payload, const char* wh
 }  // namespace
 
 std::string init_json(const FileInit& init) {
-  const nlohmann::json body = {{"v", 1},
-                               {"checksum", init.sha256},
-                               {"name", init.name},
-                               {"segment_size", init.segment_size},
-                               {"seq", init.seq},
-                               {"size", init.size}};
+  const nlohmann::json body = {
+      {"v", 1},          {"checksum", init.sha256}, {"name", init.name}, {"segment_size", init.segment_size},
+      {"seq", init.seq}, {"size", init.size}};
   return body.dump();
 }
 
@@ -105,10 +103,10 @@ InitParse parse_init(std::string_view payload, std::string_view id) {
                  std::to_string(kMaxSegmentBytes);
     return out;
   }
-  if (body->contains("name") &&
-      (!get_string(*body, "name", init.name) || init.name.size() > kMaxNameBytes || !is_valid_utf8(init.name) ||
-       init.name.find('\0') != std::string::npos)) {
-    out.reason = "init: field \"name\" is not UTF-8 text of at most " + std::to_string(kMaxNameBytes) + " bytes";
+  if (body->contains("name") && (!get_string(*body, "name", init.name) || init.name.size() > kMaxNameBytes ||
+                                 !is_valid_utf8(init.name) || init.name.find('\0') != std::string::npos)) {
+    out.reason =
+        "init: field \"name\" is not UTF-8 text of at most " + std::to_string(kMaxNameBytes) + " bytes";
     return out;
   }
   if (body->contains("seq") && !get_u64(*body, "seq", init.seq)) {
@@ -235,7 +233,7 @@ std::string seal_file_receipt(const Ed25519PrivateKey& central_key, const FileRe
 }
 
 FileReceiptCheck check_file_receipt(std::string_view jws, const KeyForKid& central_keys,
-                                     const std::string& gateway) {
+                                    const std::string& gateway) {
   FileReceiptCheck r;
   if (jws.size() > kMaxControlBytes) {
     r.reason = "file receipt of " + std::to_string(jws.size()) + " bytes";
@@ -244,8 +242,9 @@ FileReceiptCheck check_file_receipt(std::string_view jws, const KeyForKid& centr
   SignedPayload s = check_signed(jws, central_keys, kFileReceiptTyp);
   r.kid = s.kid;
   if (!s.ok) {
-    r.reason = s.unknown_key ? "signed by kid " + printable(s.kid, 64) + ", which is not a configured central key"
-                             : printable(s.reason, 300);
+    r.reason = s.unknown_key
+                   ? "signed by kid " + printable(s.kid, 64) + ", which is not a configured central key"
+                   : printable(s.reason, 300);
     return r;
   }
   const auto body = object_v1(s.payload, "file receipt", r.reason);

@@ -6,8 +6,8 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <nlohmann/json.hpp>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <string_view>
 #include <system_error>
 #include <utility>
@@ -578,7 +578,8 @@ void EvidenceStore::prepare_statements() {
           "INSERT INTO dock_cursors(device_id, cursor) VALUES (?1, ?2) "
           "ON CONFLICT(device_id) DO UPDATE SET cursor = excluded.cursor");
   prepare(s.dock_acked,
-          "UPDATE dock_files SET state = 'acked', done_ms = ?4 WHERE device_id = ?1 AND unique_id = ?2 AND md5 = ?3");
+          "UPDATE dock_files SET state = 'acked', done_ms = ?4 WHERE device_id = ?1 AND unique_id = ?2 AND "
+          "md5 = ?3");
 }
 
 ChainHead EvidenceStore::load_head() const {
@@ -933,7 +934,6 @@ Status EvidenceStore::dock_mark_acked(const std::string& device_id, const std::s
                                });
 }
 
-
 Status EvidenceStore::mark_forwarded(const std::vector<std::uint64_t>& seqs) {
   if (seqs.empty()) {
     return Status::ok();
@@ -1259,7 +1259,6 @@ EvidenceStore::Pruned EvidenceStore::prune_in_custody(std::uint64_t through_seq,
   return out;
 }
 
-
 // --- recordings to central ---
 
 namespace {
@@ -1285,10 +1284,11 @@ constexpr const char* kUploadColumns =
 }  // namespace
 
 std::size_t EvidenceStore::uploads_discover(std::size_t limit) {
-  AdHoc pick(db_,
-             "SELECT m.seq, m.sha256, r.jws FROM record_media m JOIN records r ON r.seq = m.seq WHERE m.published "
-             "= 0 AND r.type = 'recording' AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.sha256 = m.sha256) "
-             "ORDER BY m.seq LIMIT ?1");
+  AdHoc pick(
+      db_,
+      "SELECT m.seq, m.sha256, r.jws FROM record_media m JOIN records r ON r.seq = m.seq WHERE m.published "
+      "= 0 AND r.type = 'recording' AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.sha256 = m.sha256) "
+      "ORDER BY m.seq LIMIT ?1");
   if (!pick.ok()) {
     return 0;
   }
@@ -1324,8 +1324,9 @@ std::size_t EvidenceStore::uploads_discover(std::size_t limit) {
     if (f.length < 0) {
       continue;  // not a recording record this version can read: never sent, never deleted
     }
-    AdHoc ins(db_,
-              "INSERT OR IGNORE INTO uploads (sha256, seq, length, important, name) VALUES (?1, ?2, ?3, ?4, ?5)");
+    AdHoc ins(
+        db_,
+        "INSERT OR IGNORE INTO uploads (sha256, seq, length, important, name) VALUES (?1, ?2, ?3, ?4, ?5)");
     if (!ins.ok()) {
       break;
     }
@@ -1342,7 +1343,8 @@ std::size_t EvidenceStore::uploads_discover(std::size_t limit) {
 }
 
 std::vector<UploadRow> EvidenceStore::uploads_pending(bool all, bool important, std::size_t limit) const {
-  const std::string sql = std::string(kUploadColumns) + "WHERE held_ms IS NULL AND (?1 OR requested = 1 OR (?2 "
+  const std::string sql = std::string(kUploadColumns) +
+                          "WHERE held_ms IS NULL AND (?1 OR requested = 1 OR (?2 "
                           "AND important = 1)) ORDER BY seq LIMIT ?3";
   AdHoc q(db_, sql.c_str());
   std::vector<UploadRow> out;
@@ -1379,7 +1381,8 @@ Status EvidenceStore::upload_progress(const std::string& sha256, std::uint64_t s
   bind_text(q.get(), 1, sha256);
   sqlite3_bind_int64(q.get(), 2, static_cast<sqlite3_int64>(sent_to));
   const int rc = sqlite3_step(q.get());
-  return rc == SQLITE_DONE ? Status::ok() : status_from(rc, "store " + path_ + ": upload progress: " + error_text(db_, rc));
+  return rc == SQLITE_DONE ? Status::ok()
+                           : status_from(rc, "store " + path_ + ": upload progress: " + error_text(db_, rc));
 }
 
 Status EvidenceStore::upload_request(const std::string& sha256) {
@@ -1389,14 +1392,16 @@ Status EvidenceStore::upload_request(const std::string& sha256) {
   }
   bind_text(q.get(), 1, sha256);
   const int rc = sqlite3_step(q.get());
-  return rc == SQLITE_DONE ? Status::ok() : status_from(rc, "store " + path_ + ": upload request: " + error_text(db_, rc));
+  return rc == SQLITE_DONE ? Status::ok()
+                           : status_from(rc, "store " + path_ + ": upload request: " + error_text(db_, rc));
 }
 
 bool EvidenceStore::upload_held(const std::string& sha256, std::uint64_t length, const std::string& central,
                                 const std::string& receipt, UnixMs now_ms) {
-  AdHoc q(db_,
-          "UPDATE uploads SET held_ms = ?3, central = ?4, receipt = ?5, sent_to = length WHERE sha256 = ?1 AND "
-          "length = ?2 AND held_ms IS NULL");
+  AdHoc q(
+      db_,
+      "UPDATE uploads SET held_ms = ?3, central = ?4, receipt = ?5, sent_to = length WHERE sha256 = ?1 AND "
+      "length = ?2 AND held_ms IS NULL");
   if (!q.ok()) {
     return false;
   }
@@ -1410,7 +1415,8 @@ bool EvidenceStore::upload_held(const std::string& sha256, std::uint64_t length,
 
 UploadStats EvidenceStore::upload_stats() const {
   AdHoc q(db_,
-          "SELECT count(*) FILTER (WHERE held_ms IS NULL), coalesce(sum(length) FILTER (WHERE held_ms IS NULL), 0), "
+          "SELECT count(*) FILTER (WHERE held_ms IS NULL), coalesce(sum(length) FILTER (WHERE held_ms IS "
+          "NULL), 0), "
           "count(*) FILTER (WHERE held_ms IS NOT NULL) FROM uploads");
   UploadStats out;
   if (q.ok() && sqlite3_step(q.get()) == SQLITE_ROW) {

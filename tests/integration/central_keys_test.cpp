@@ -1,7 +1,8 @@
 // Central's key trust with real parts (docs/custody.md, "Key trust", "Quarantine"): radar simulator ->
-// checkpointd -> mosquitto -> checkpoint-central -> PostgreSQL. A key rotated away from is trusted only through
-// its key_rotation record's seq (a record forged with it for a later seq is quarantined and alarmed, never
-// stored); a gateway enrolled after it has sent traffic gets its quarantined records taken in once enrolled.
+// checkpointd -> mosquitto -> checkpoint-central -> PostgreSQL. A key rotated away from is trusted only
+// through its key_rotation record's seq (a record forged with it for a later seq is quarantined and alarmed,
+// never stored); a gateway enrolled after it has sent traffic gets its quarantined records taken in once
+// enrolled.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -74,8 +75,9 @@ TEST_F(CentralKeys, RecordForgedUnderTheRetiredKeyIsQuarantinedAndAlarmedNotStor
   ASSERT_TRUE(wait_for_condition([&] { return watermark() > rot_seq; }, 30s)) << central_->stderr_text();
   EXPECT_EQ(pg_int("SELECT valid_to_seq FROM gateway_keys WHERE gateway = 'gw' AND kid = '" + old_kid_ + "'"),
             rot_seq);
-  EXPECT_EQ(pg_int("SELECT valid_from_seq FROM gateway_keys WHERE gateway = 'gw' AND kid = '" + new_kid + "'"),
-            rot_seq + 1);
+  EXPECT_EQ(
+      pg_int("SELECT valid_from_seq FROM gateway_keys WHERE gateway = 'gw' AND kid = '" + new_kid + "'"),
+      rot_seq + 1);
   EXPECT_EQ(pg_.query("SELECT valid_to_seq IS NULL FROM gateway_keys WHERE gateway = 'gw' AND kid = '" +
                       new_kid + "'"),
             "t");
@@ -100,7 +102,9 @@ TEST_F(CentralKeys, RecordForgedUnderTheRetiredKeyIsQuarantinedAndAlarmedNotStor
 
   const std::string seq_text = std::to_string(forged_seq);
   ASSERT_TRUE(wait_for_condition(
-      [&] { return pg_int("SELECT count(*) FROM quarantine WHERE gateway = 'gw' AND seq = " + seq_text) == 1; },
+      [&] {
+        return pg_int("SELECT count(*) FROM quarantine WHERE gateway = 'gw' AND seq = " + seq_text) == 1;
+      },
       15s))
       << central_->stderr_text();
   EXPECT_EQ(pg_.query("SELECT kid FROM quarantine WHERE gateway = 'gw' AND seq = " + seq_text), old_kid_);
@@ -113,9 +117,10 @@ TEST_F(CentralKeys, RecordForgedUnderTheRetiredKeyIsQuarantinedAndAlarmedNotStor
   EXPECT_THAT(central_->stderr_text(), HasSubstr("RETIRED KEY: gw:" + seq_text));
 
   // The operator's view of it.
-  ASSERT_EQ(central_cli({"quarantine", "--config", (dir_ / "central.yaml").string(), "--gateway", "gw", "--json"},
-                        &out),
-            0);
+  ASSERT_EQ(
+      central_cli({"quarantine", "--config", (dir_ / "central.yaml").string(), "--gateway", "gw", "--json"},
+                  &out),
+      0);
   const auto q = nlohmann::json::parse(out);
   ASSERT_EQ(q["total"], 1) << out;
   EXPECT_EQ(q["rows"][0]["seq"], forged_seq);
@@ -135,32 +140,35 @@ TEST_F(CentralKeys, RecordForgedUnderTheRetiredKeyIsQuarantinedAndAlarmedNotStor
   // (and is reported for review), what it signs later is quarantined as a retired key's.
   ASSERT_TRUE(wait_for_condition([&] { return watermark() == head_seq(); }, 20s));
   const long long last = head_seq();
-  ASSERT_EQ(central_cli({"revoke-key", "--config", (dir_ / "central.yaml").string(), "--gateway", "gw", "--kid",
-                         new_kid, "--after-seq", std::to_string(last - 1)},
+  ASSERT_EQ(central_cli({"revoke-key", "--config", (dir_ / "central.yaml").string(), "--gateway", "gw",
+                         "--kid", new_kid, "--after-seq", std::to_string(last - 1)},
                         &out),
             0)
       << out;
-  EXPECT_THAT(out, HasSubstr("trusted for seq " + std::to_string(rot_seq + 1) + ".." + std::to_string(last - 1)));
+  EXPECT_THAT(out,
+              HasSubstr("trusted for seq " + std::to_string(rot_seq + 1) + ".." + std::to_string(last - 1)));
   EXPECT_THAT(out, HasSubstr("REVIEW: 1 records"));
   EXPECT_EQ(pg_int("SELECT valid_to_seq FROM gateway_keys WHERE gateway = 'gw' AND kid = '" + new_kid + "'"),
             last - 1);
-  EXPECT_NE(central_cli({"revoke-key", "--config", (dir_ / "central.yaml").string(), "--gateway", "gw", "--kid",
-                         "0000000000000000", "--after-seq", "1"}),
+  EXPECT_NE(central_cli({"revoke-key", "--config", (dir_ / "central.yaml").string(), "--gateway", "gw",
+                         "--kid", "0000000000000000", "--after-seq", "1"}),
             0);
   const auto leaked = Ed25519PrivateKey::load_pem_file((dir_ / "gateway.key").string());
   ASSERT_EQ(leaked.public_key().kid(), new_kid);
   nlohmann::json later = body;
   later["seq"] = last + 500;
   later["id"] = "gw:" + std::to_string(last + 500);
-  ASSERT_EQ(mosquitto_pub("checkpoint/gw/evidence", sign_compact(leaked, "evidence+jws", later), false, 60s), 0);
+  ASSERT_EQ(mosquitto_pub("checkpoint/gw/evidence", sign_compact(leaked, "evidence+jws", later), false, 60s),
+            0);
   EXPECT_TRUE(wait_for_condition(
       [&] {
-        return pg_int("SELECT count(*) FROM quarantine WHERE gateway = 'gw' AND seq = " + std::to_string(last + 500)) ==
-               1;
+        return pg_int("SELECT count(*) FROM quarantine WHERE gateway = 'gw' AND seq = " +
+                      std::to_string(last + 500)) == 1;
       },
       20s))
       << central_->stderr_text();
-  EXPECT_EQ(pg_int("SELECT count(*) FROM records WHERE gateway = 'gw' AND seq = " + std::to_string(last + 500)), 0);
+  EXPECT_EQ(
+      pg_int("SELECT count(*) FROM records WHERE gateway = 'gw' AND seq = " + std::to_string(last + 500)), 0);
   central_->signal(SIGTERM);
   EXPECT_EQ(central_->wait(20s), 0) << central_->stderr_text();
 }

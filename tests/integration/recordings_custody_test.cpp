@@ -51,9 +51,9 @@ class RecordingsCustodyTest : public CustodyFixture {
     std::ofstream(dir_ / "dock.token") << "s3cret-token\n";
     ::chmod((dir_ / "dock.token").c_str(), 0600);
     dock_ = std::make_unique<Process>(
-        std::vector<std::string>{binary("tools/sim/checkpoint-sim"), "dock", "--port", "0", "--token", "s3cret-token",
-                                 "--files", "1", "--file-kb", std::to_string(kib), "--seed", "5", "--ground-truth",
-                                 (dir_ / "dock.jsonl").string()},
+        std::vector<std::string>{binary("tools/sim/checkpoint-sim"), "dock", "--port", "0", "--token",
+                                 "s3cret-token", "--files", "1", "--file-kb", std::to_string(kib), "--seed",
+                                 "5", "--ground-truth", (dir_ / "dock.jsonl").string()},
         dir_ / "dock");
     auto line = dock_->wait_for_stdout_line("listening ", 20s);
     EXPECT_TRUE(line) << dock_->stderr_text();
@@ -124,31 +124,35 @@ TEST_F(RecordingsCustodyTest, AOneGigabyteRecordingReachesCentralThroughABrokenL
   // Mid-transfer, central is frozen while the broker queues segments for it, then the broker is killed:
   // what it held (acknowledged to the gateway, not yet delivered) is gone.
   ASSERT_TRUE(wait_for_condition(
-      [&] { return pg_int("SELECT coalesce(max(received_bytes), 0) FROM file_uploads") > 300LL * 1024 * 1024; },
+      [&] {
+        return pg_int("SELECT coalesce(max(received_bytes), 0) FROM file_uploads") > 300LL * 1024 * 1024;
+      },
       120s))
-      << "central received " << pg_int("SELECT coalesce(max(received_bytes), 0) FROM file_uploads") << " bytes";
+      << "central received " << pg_int("SELECT coalesce(max(received_bytes), 0) FROM file_uploads")
+      << " bytes";
   // A file receipt signed by a key the gateway does not trust is refused before anything changes.
   const auto forger = Ed25519PrivateKey::generate();
-  ASSERT_EQ(mosquitto_pub("checkpoint/gw/files/receipt",
-                          filex::seal_file_receipt(forger, {"central-test", "gw", sha, kBytes, 1}), false, 10s),
-            0);
+  ASSERT_EQ(
+      mosquitto_pub("checkpoint/gw/files/receipt",
+                    filex::seal_file_receipt(forger, {"central-test", "gw", sha, kBytes, 1}), false, 10s),
+      0);
   central->signal(SIGSTOP);
   const std::uint64_t sent_before = gateway_files().value("bytes_sent", std::uint64_t{0});
-  wait_for_condition([&] { return gateway_files().value("bytes_sent", std::uint64_t{0}) > sent_before + (40u << 20); },
-                     20s);
+  wait_for_condition(
+      [&] { return gateway_files().value("bytes_sent", std::uint64_t{0}) > sent_before + (40u << 20); }, 20s);
   broker_->process().signal(SIGKILL);
   broker_->process().wait(10s);
   central->signal(SIGCONT);
   pause(1000ms);
   broker_->start();
 
-  ASSERT_TRUE(wait_for_condition([&] { return pg_int("SELECT count(*) FROM file_uploads WHERE state = 'held'") == 1; },
-                                 180s))
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return pg_int("SELECT count(*) FROM file_uploads WHERE state = 'held'") == 1; }, 180s))
       << "state " << pg_int("SELECT count(*) FROM file_uploads") << " rows; received "
       << pg_int("SELECT coalesce(max(received_bytes), 0) FROM file_uploads");
 
-  std::cout << "1 GiB recording held by central " << std::chrono::duration_cast<std::chrono::seconds>(
-                   std::chrono::steady_clock::now() - t0).count()
+  std::cout << "1 GiB recording held by central "
+            << std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - t0).count()
             << " s after the dock started (download, upload, broker kill, repair)" << std::endl;
   // Central holds exactly the dock's bytes (hashed here again, independently of central's check).
   EXPECT_EQ(pg_int("SELECT bytes FROM media WHERE sha256 = '" + sha + "'"), static_cast<long long>(kBytes));
@@ -181,10 +185,14 @@ TEST_F(RecordingsCustodyTest, AOneGigabyteRecordingReachesCentralThroughABrokenL
   // An operator asks the gateway for a recording it never had: the gateway answers abort, central records
   // it as not held (and stops asking).
   const std::string missing(64, 'd');
-  ASSERT_EQ(central_cli({"files", "--config", (dir_ / "central.yaml").string(), "--gateway", "gw", "--request", missing}),
+  ASSERT_EQ(central_cli({"files", "--config", (dir_ / "central.yaml").string(), "--gateway", "gw",
+                         "--request", missing}),
             0);
   EXPECT_TRUE(wait_for_condition(
-      [&] { return pg_.query("SELECT state FROM file_uploads WHERE sha256 = '" + missing + "'") == "not_held"; }, 20s))
+      [&] {
+        return pg_.query("SELECT state FROM file_uploads WHERE sha256 = '" + missing + "'") == "not_held";
+      },
+      20s))
       << pg_.query("SELECT state FROM file_uploads WHERE sha256 = '" + missing + "'");
   std::string listing;
   ASSERT_EQ(central_cli({"files", "--config", (dir_ / "central.yaml").string()}, &listing), 0);
@@ -213,7 +221,8 @@ TEST_F(RecordingsCustodyTest, AOneGigabyteRecordingReachesCentralThroughABrokenL
             0);
   // Five transfers opened at once: feed.max_open_files (4) of them are taken.
   for (char c : {'2', '3', '4', '5', '6'}) {
-    EXPECT_EQ(mosquitto_pub(base + fake(c) + "/init", filex::init_json({fake(c), 8192, 4096, "x.mp4", 1}), false, 10s),
+    EXPECT_EQ(mosquitto_pub(base + fake(c) + "/init", filex::init_json({fake(c), 8192, 4096, "x.mp4", 1}),
+                            false, 10s),
               0);
   }
   // A segment whose bytes do not match its checksum, and one of a file nobody opened.
@@ -229,7 +238,11 @@ TEST_F(RecordingsCustodyTest, AOneGigabyteRecordingReachesCentralThroughABrokenL
   EXPECT_EQ(pg_int("SELECT count(*) FROM file_segments"), 0);
   // Stalled, they are asked for; the gateway does not hold them and says so.
   EXPECT_TRUE(wait_for_condition(
-      [&] { return pg_int("SELECT count(*) FROM file_uploads WHERE state = 'not_held' AND sha256 ~ '^[2-6]{64}$'") == 4; },
+      [&] {
+        return pg_int(
+                   "SELECT count(*) FROM file_uploads WHERE state = 'not_held' AND sha256 ~ '^[2-6]{64}$'") ==
+               4;
+      },
       30s))
       << pg_.query("SELECT string_agg(state, ',') FROM file_uploads");
   files = gateway_files();

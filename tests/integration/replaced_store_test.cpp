@@ -70,7 +70,8 @@ TEST_F(ReplacedStore, TheChainContinuesAfterTheReceiptAndCentralTakesItAsItsOrdi
   ASSERT_GT(old_head, 20);
   const auto first = central_body(1);
   EXPECT_EQ(first["event"], "start");
-  EXPECT_NE(first.value("new_chain", std::string()).find("no custody receipt within 2000 ms"), std::string::npos)
+  EXPECT_NE(first.value("new_chain", std::string()).find("no custody receipt within 2000 ms"),
+            std::string::npos)
       << first.dump();
   // Central confirms everything, the stop record included: the retained receipt names the old head.
   ASSERT_TRUE(wait_for_condition(
@@ -79,7 +80,8 @@ TEST_F(ReplacedStore, TheChainContinuesAfterTheReceiptAndCentralTakesItAsItsOrdi
         return r && static_cast<long long>(r->through_seq) == old_head;
       },
       20s))
-      << "watermark " << watermark() << " head " << old_head << "\n" << central->stderr_text();
+      << "watermark " << watermark() << " head " << old_head << "\n"
+      << central->stderr_text();
   const auto receipt = retained_receipt();
   ASSERT_TRUE(receipt);
 
@@ -92,9 +94,10 @@ TEST_F(ReplacedStore, TheChainContinuesAfterTheReceiptAndCentralTakesItAsItsOrdi
   daemon = start_daemon();
   ASSERT_TRUE(wait_for_condition(
       [&] {
-        return pg_int("SELECT count(*) FROM records WHERE gateway = 'gw' AND type = 'speed_measurement' AND "
-                      "seq > " +
-                      std::to_string(old_head)) >= 10;
+        return pg_int(
+                   "SELECT count(*) FROM records WHERE gateway = 'gw' AND type = 'speed_measurement' AND "
+                   "seq > " +
+                   std::to_string(old_head)) >= 10;
       },
       40s))
       << daemon->stderr_text() << central->stderr_text();
@@ -120,7 +123,8 @@ TEST_F(ReplacedStore, TheChainContinuesAfterTheReceiptAndCentralTakesItAsItsOrdi
   ASSERT_EQ(daemon->wait(30s), 0) << daemon->stderr_text();
   const long long new_head = head_seq();
   ASSERT_TRUE(wait_for_condition([&] { return watermark() == new_head; }, 20s))
-      << "watermark " << watermark() << " head " << new_head << "\n" << central->stderr_text();
+      << "watermark " << watermark() << " head " << new_head << "\n"
+      << central->stderr_text();
   // All of the old chain was in custody: nothing is unrecoverable, no fork, no chain break.
   EXPECT_EQ(pg_int("SELECT count(*) FROM unrecoverable WHERE gateway = 'gw'"), 0);
   EXPECT_EQ(pg_int("SELECT count(*) FROM forks"), 0);
@@ -134,7 +138,8 @@ TEST_F(ReplacedStore, TheChainContinuesAfterTheReceiptAndCentralTakesItAsItsOrdi
             "store_replaced " + std::to_string(old_head + 1) + " false");
   std::string status;
   ASSERT_EQ(central_cli({"status", "--config", (dir_ / "central.yaml").string()}, &status), 0);
-  EXPECT_NE(status.find("STORE REPLACED at seq " + std::to_string(old_head + 1)), std::string::npos) << status;
+  EXPECT_NE(status.find("STORE REPLACED at seq " + std::to_string(old_head + 1)), std::string::npos)
+      << status;
 
   // The export verifies from seq 1 across the replaced store.
   ASSERT_EQ(export_chain(), 0);
@@ -171,10 +176,15 @@ TEST_F(ReplacedStore, ANewChainOnAReplacedStoreIsShownAsSuchByCentral) {
   CustodyFixture::write_gateway_config(config);
   daemon = start_daemon();
   ASSERT_TRUE(wait_for_condition(
-      [&] { return pg_.query("SELECT kind || ' ' || seq || ' ' || as_fork FROM chain_restarts") == "new_chain 1 true"; },
+      [&] {
+        return pg_.query("SELECT kind || ' ' || seq || ' ' || as_fork FROM chain_restarts") ==
+               "new_chain 1 true";
+      },
       30s))
-      << pg_.query("SELECT string_agg(kind || ' ' || seq, ',') FROM chain_restarts") << central->stderr_text();
-  EXPECT_NE(pg_.query("SELECT reason FROM chain_restarts").find("empty_store_wait_ms is 0"), std::string::npos);
+      << pg_.query("SELECT string_agg(kind || ' ' || seq, ',') FROM chain_restarts")
+      << central->stderr_text();
+  EXPECT_NE(pg_.query("SELECT reason FROM chain_restarts").find("empty_store_wait_ms is 0"),
+            std::string::npos);
   EXPECT_GE(pg_int("SELECT forks FROM gateways WHERE gateway = 'gw'"), 1);
   std::string status;
   ASSERT_EQ(central_cli({"status", "--config", (dir_ / "central.yaml").string()}, &status), 0);

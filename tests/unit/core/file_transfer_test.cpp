@@ -53,11 +53,12 @@ TEST(FileTransferTest, TopicsParseBackToWhatBuiltThem) {
 }
 
 TEST(FileTransferTest, HostileTopicsAreRefusedWithAReason) {
-  for (const std::string& bad :
-       std::vector<std::string>{"file/xyz/init", "file/" + kSha, "file/" + kSha + "/01/" + kSeg, "file/" + kSha + "/-1/" + kSeg,
-        "file/" + kSha + "/99999999999999999999999/" + kSeg, "file/" + kSha + "/0/nothex",
-        "file/" + kSha + "/fin/10/" + kSeg, "file/" + kSha + "/fin/x/" + kSha, "file/" + kSha + "/init/more",
-        "file/" + std::string(64, 'A') + "/init", "evidence", "file/" + kSha + "/a/b/c/d/e/f/g/h/i"}) {
+  for (const std::string& bad : std::vector<std::string>{
+           "file/xyz/init", "file/" + kSha, "file/" + kSha + "/01/" + kSeg, "file/" + kSha + "/-1/" + kSeg,
+           "file/" + kSha + "/99999999999999999999999/" + kSeg, "file/" + kSha + "/0/nothex",
+           "file/" + kSha + "/fin/10/" + kSeg, "file/" + kSha + "/fin/x/" + kSha,
+           "file/" + kSha + "/init/more", "file/" + std::string(64, 'A') + "/init", "evidence",
+           "file/" + kSha + "/a/b/c/d/e/f/g/h/i"}) {
     const auto t = parse_file_topic(bad);
     EXPECT_FALSE(t.topic) << bad;
     EXPECT_FALSE(t.reason.empty()) << bad;
@@ -131,7 +132,9 @@ TEST(FileTransferTest, AbortReasonsAreCleaned) {
   EXPECT_EQ(parse_abort(abort_json("not held")), "not held");
   EXPECT_EQ(parse_abort("garbage"), "");
   EXPECT_EQ(parse_abort(abort_json(std::string(300, 'x'))), std::string(200, 'x') + "...");
-  EXPECT_EQ(parse_abort(abort_json("bad\x01" "byte")), "bad\\x01byte");
+  EXPECT_EQ(parse_abort(abort_json("bad\x01"
+                                   "byte")),
+            "bad\\x01byte");
 }
 
 TEST(FileTransferTest, AFileReceiptVerifiesOnlyUnderTheCentralKeyForThisGateway) {
@@ -142,7 +145,8 @@ TEST(FileTransferTest, AFileReceiptVerifiesOnlyUnderTheCentralKeyForThisGateway)
   const FileReceiptCheck ok = check_file_receipt(jws, keys_of(central), "gw-1");
   ASSERT_TRUE(ok.ok) << ok.reason;
   EXPECT_EQ(ok.receipt, r);
-  EXPECT_THAT(check_file_receipt(jws, keys_of(other), "gw-1").reason, HasSubstr("not a configured central key"));
+  EXPECT_THAT(check_file_receipt(jws, keys_of(other), "gw-1").reason,
+              HasSubstr("not a configured central key"));
   EXPECT_THAT(check_file_receipt(jws, keys_of(central), "gw-2").reason, HasSubstr("this gateway"));
   EXPECT_FALSE(check_file_receipt(seal_file_receipt(other, r), keys_of(central), "gw-1").ok);
   std::string tampered = jws;

@@ -2,8 +2,6 @@
 // outbox order and PUBACK removal, and the refusals at start (corrupt, not a database, newer schema).
 #include "daemon/store/evidence_store.h"
 
-#include "daemon/core/encoding.h"
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sqlite3.h>
@@ -15,6 +13,8 @@
 #include <fstream>
 #include <string>
 #include <vector>
+
+#include "daemon/core/encoding.h"
 
 namespace cpd::store {
 namespace {
@@ -535,7 +535,8 @@ TEST_F(DockLedgerStoreTest, ClosedRowsArePrunedAfterTheRetentionAndOpenRowsAreKe
   constexpr UnixMs kDayMs = 86'400'000;
   EvidenceStore store(db());
   std::vector<DockFileRow> states;
-  ASSERT_TRUE(store.dock_save_listing("dock-1", {file("A"), file("F"), file("R"), file("P")}, "c1", states).is_ok());
+  ASSERT_TRUE(
+      store.dock_save_listing("dock-1", {file("A"), file("F"), file("R"), file("P")}, "c1", states).is_ok());
   ASSERT_TRUE(store.dock_save_listing("dock-2", {file("A2")}, "d1", states).is_ok());
   // A and A2 recorded then acknowledged; F faulted (its fault record closes it); R recorded, not yet acked.
   std::vector<SealedRecord> batch;
