@@ -25,6 +25,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
+constexpr long long kMaxRowsNotHeld = 10000;  // transfer rows per gateway not held (open, not_held, requested)
+
 std::string num(std::uint64_t v) {
   return std::to_string(v);
 }
@@ -85,13 +87,7 @@ std::optional<std::pair<std::string, std::uint64_t>> hash_file(const fs::path& p
   unsigned char md[32];
   unsigned int len = 0;
   EVP_DigestFinal_ex(ctx.get(), md, &len);
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (unsigned int i = 0; i < len; ++i) {
-    out += hex[md[i] >> 4];
-    out += hex[md[i] & 15];
-  }
-  return std::make_pair(out, total);
+  return std::make_pair(hex_lower(std::string_view(reinterpret_cast<const char*>(md), len)), total);
 }
 
 struct Row {
@@ -211,26 +207,35 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
     return;
   }
   const std::optional<Row> row = find_row(pg, gateway, t.sha256);
-  if (!row) {
-    const long long open = pg.exec("SELECT count(*) FROM file_uploads WHERE gateway = $1 AND state = 'open'",
-                                   {gateway}, "counting open file transfers")
-                               .integer(0, 0);
-    if (open >= cfg_.max_open_files) {
+  if (row && row->state == "held") {
+    receipt(gateway, t.sha256, row->size, now, out);  // a lost receipt: the gateway asks again
+    return;
+  }
+  if (!row || row->state != "open") {
+    // Bounded per gateway: open transfers (each a partial file on disk) and rows not held (the ledger).
+    const PgResult counts = pg.exec(
+        "SELECT count(*) FILTER (WHERE state = 'open'), count(*) FILTER (WHERE state <> 'held') FROM file_uploads "
+        "WHERE gateway = $1",
+        {gateway}, "counting open file transfers");
+    const long long open = counts.integer(0, 0);
+    const long long waiting = counts.integer(0, 1);
+    if (open >= cfg_.max_open_files || (!row && waiting >= kMaxRowsNotHeld)) {
       ++counters_.refused;
       log::warn("central", gateway,
-                "file " + t.sha256 + ": init refused: " + std::to_string(open) +
-                    " transfers already open (feed.max_open_files); sent again later");
+                "file " + t.sha256 + ": init refused: " +
+                    (open >= cfg_.max_open_files
+                         ? std::to_string(open) + " transfers already open (feed.max_open_files)"
+                         : std::to_string(waiting) + " transfers not held") +
+                    "; sent again later");
       return;
     }
+  }
+  if (!row) {
     pg.exec(
-        "INSERT INTO file_uploads (gateway, sha256, size, segment_size, name, seq, state, started_ms, "
-        "last_ms) "
+        "INSERT INTO file_uploads (gateway, sha256, size, segment_size, name, seq, state, started_ms, last_ms) "
         "VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $7) ON CONFLICT (gateway, sha256) DO NOTHING",
         {gateway, t.sha256, num(init.size), num(init.segment_size), init.name, num(init.seq), num(now)},
         "opening a file transfer");
-  } else if (row->state == "held") {
-    receipt(gateway, t.sha256, row->size, now, out);  // a lost receipt: the gateway asks again
-    return;
   } else {
     if (row->size != init.size || row->segment_size != init.segment_size) {
       // Another segment size (the gateway's config changed) or size: start the transfer again.

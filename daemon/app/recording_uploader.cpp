@@ -179,6 +179,18 @@ void RecordingUploader::on_receipt(const std::string& jws) {
       bump(snapshot_mutex_, counters_, "receipts_accepted");
       fin_next_.erase(r.sha256);
       wants_.erase(r.sha256);
+      if (job_ && job_->row.sha256 == r.sha256) {
+        // Central holds it already (e.g. the same bytes from another gateway, answered at the init): the
+        // rest need not be sent.
+        ++generation_;
+        job_.reset();
+        wait_timer_.cancel();
+        {
+          std::lock_guard lock(snapshot_mutex_);
+          current_.clear();
+        }
+        asio::post(strand_, [this] { poll(); });
+      }
       log::notice(
           "files", "",
           "recording " + r.sha256 + " (" + std::to_string(r.size) + " bytes) in custody of " + r.central);

@@ -4,28 +4,14 @@
 #include <utility>
 
 #include "daemon/core/encoding.h"
+#include "daemon/core/json_members.h"
 
 namespace cpd::custody {
 
 namespace {
 
-bool get_u64(const nlohmann::json& body, const char* name, std::uint64_t& out) {
-  const auto it = body.find(name);
-  if (it == body.end() || !it->is_number_unsigned()) {
-    return false;
-  }
-  out = it->get<std::uint64_t>();
-  return true;
-}
-
-bool get_string(const nlohmann::json& body, const char* name, std::string& out) {
-  const auto it = body.find(name);
-  if (it == body.end() || !it->is_string()) {
-    return false;
-  }
-  out = it->get<std::string>();
-  return true;
-}
+using json_members::get_string;
+using json_members::get_u64;
 
 bool get_time(const nlohmann::json& body, const char* name, UnixMs& out) {
   const auto it = body.find(name);

@@ -7,28 +7,14 @@
 #include <nlohmann/json.hpp>
 
 #include "daemon/core/encoding.h"
+#include "daemon/core/json_members.h"
 
 namespace cpd::filex {
 
 namespace {
 
-bool get_u64(const nlohmann::json& body, const char* name, std::uint64_t& out) {
-  const auto it = body.find(name);
-  if (it == body.end() || !it->is_number_unsigned()) {
-    return false;
-  }
-  out = it->get<std::uint64_t>();
-  return true;
-}
-
-bool get_string(const nlohmann::json& body, const char* name, std::string& out) {
-  const auto it = body.find(name);
-  if (it == body.end() || !it->is_string()) {
-    return false;
-  }
-  out = it->get<std::string>();
-  return true;
-}
+using json_members::get_string;
+using json_members::get_u64;
 
 // A decimal without sign or leading zeros (except "0"), within 64 bits.
 bool parse_decimal(std::string_view text, std::uint64_t& out) {

@@ -4,14 +4,16 @@
 // must arrive whole and hash-checked, resumed rather than sent again from the start, and the gateway must
 // take central's signed file receipt (and refuse a forged one).
 #include <gtest/gtest.h>
-#include <openssl/evp.h>
 #include <signal.h>
 #include <sys/stat.h>
 
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <vector>
 
+#include "daemon/core/digest.h"
+#include "daemon/core/encoding.h"
 #include "daemon/core/file_transfer.h"
 #include "tests/integration/custody_fixture.h"
 
@@ -20,27 +22,18 @@ namespace {
 
 using namespace std::chrono_literals;
 
+// SHA-256 of a file read here, independently of central's own check.
 std::string sha256_of_file(const fs::path& path, std::uint64_t& bytes) {
   std::ifstream in(path, std::ios::binary);
-  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
-  EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
+  FileDigest digest;
   std::vector<char> buf(1 << 20);
   bytes = 0;
   while (in) {
     in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<std::size_t>(in.gcount()));
+    digest.update(std::string_view(buf.data(), static_cast<std::size_t>(in.gcount())));
     bytes += static_cast<std::uint64_t>(in.gcount());
   }
-  unsigned char md[32];
-  unsigned int len = 0;
-  EVP_DigestFinal_ex(ctx.get(), md, &len);
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (unsigned int i = 0; i < len; ++i) {
-    out += hex[md[i] >> 4];
-    out += hex[md[i] & 15];
-  }
-  return out;
+  return digest.finish().sha256;
 }
 
 class RecordingsCustodyTest : public CustodyFixture {
@@ -202,18 +195,6 @@ TEST_F(RecordingsCustodyTest, AOneGigabyteRecordingReachesCentralThroughABrokenL
   // Hostile file messages on the gateway's topics are refused, bounded and counted; none opens more than
   // feed.max_open_files transfers, and transfers the gateway never had end as not_held.
   const auto fake = [](char c) { return std::string(64, c); };
-  const auto hex_sha = [](const std::string& data) {
-    unsigned char md[32];
-    unsigned int len = 0;
-    EVP_Digest(data.data(), data.size(), md, &len, EVP_sha256(), nullptr);
-    static const char* hex = "0123456789abcdef";
-    std::string out;
-    for (unsigned int i = 0; i < len; ++i) {
-      out += hex[md[i] >> 4];
-      out += hex[md[i] & 15];
-    }
-    return out;
-  };
   const std::string base = "checkpoint/gw/file/";
   // Larger than feed.max_file_mb: no transfer.
   EXPECT_EQ(mosquitto_pub(base + fake('1') + "/init",
@@ -228,7 +209,7 @@ TEST_F(RecordingsCustodyTest, AOneGigabyteRecordingReachesCentralThroughABrokenL
   // A segment whose bytes do not match its checksum, and one of a file nobody opened.
   const std::string segment(4096, 'z');
   EXPECT_EQ(mosquitto_pub(base + fake('2') + "/0/" + fake('f'), segment, false, 10s), 0);
-  EXPECT_EQ(mosquitto_pub(base + fake('9') + "/0/" + hex_sha(segment), segment, false, 10s), 0);
+  EXPECT_EQ(mosquitto_pub(base + fake('9') + "/0/" + sha256_hex(segment), segment, false, 10s), 0);
   // Garbage on the gateway's inputs.
   EXPECT_EQ(mosquitto_pub("checkpoint/gw/files/want", "{not json", false, 10s), 0);
   EXPECT_EQ(mosquitto_pub("checkpoint/gw/files/receipt", std::string(100000, 'A'), false, 10s), 0);
@@ -254,6 +235,64 @@ TEST_F(RecordingsCustodyTest, AOneGigabyteRecordingReachesCentralThroughABrokenL
   EXPECT_EQ(daemon->wait(30s), 0);
   central->signal(SIGTERM);
   EXPECT_EQ(central->wait(30s), 0);
+}
+
+// Scale-out: two instances on one shared subscription take the segments of one recording between them (all
+// state in PostgreSQL and the shared media directory); one is SIGKILLed mid-transfer with segments in hand.
+// The survivor and the gap repair end with the whole file, hash-checked.
+TEST_F(RecordingsCustodyTest, TwoInstancesShareARecordingAndAKilledOneLosesNothing) {
+  constexpr std::uint64_t kKib = 64 * 1024;  // 64 MiB in 256 segments of 256 KiB
+  constexpr std::uint64_t kBytes = kKib * 1024;
+  start_radar(4, 1.0, 5);
+  const std::uint16_t dock_port = start_dock(kKib);
+  GatewayConfig gateway;
+  gateway.control = true;
+  gateway.custody_extra =
+      "  recordings: {policy: all, rate_kib_s: 8192, segment_kib: 256, receipt_wait_ms: 2000}\n";
+  gateway.extra_devices = dock_device(dock_port);
+  write_gateway_config(gateway);
+  write_central_config();
+  ASSERT_EQ(central_enroll(), 0);
+  std::uint16_t port_a = 0;
+  std::uint16_t port_b = 0;
+  std::unique_ptr<Process> a;
+  std::unique_ptr<Process> b;
+  for (const auto& [name, port, proc] :
+       {std::tuple{"central-a", &port_a, &a}, std::tuple{"central-b", &port_b, &b}}) {
+    CentralConfig config;
+    config.client_id = name;
+    config.metrics = true;
+    config.gaps_extra = "  file_stall_ms: 1500\n";
+    write_central_config(name, config);
+    start_central(*proc, name, port);
+  }
+  auto daemon = start_daemon();
+
+  const auto segments = [](std::uint16_t port) {
+    const std::string text = http_get_body(port, "/metrics");
+    const std::string name = "\ncentral_file_segments_total ";
+    const auto pos = text.find(name);
+    return pos == std::string::npos ? -1.0 : std::stod(text.substr(pos + name.size()));
+  };
+  // Both take segments (the broker splits the feed), then b dies with what it holds.
+  ASSERT_TRUE(wait_for_condition([&] { return segments(port_a) > 5 && segments(port_b) > 5; }, 90s))
+      << "a " << segments(port_a) << " b " << segments(port_b) << "\n" << daemon->stderr_text();
+  b->signal(SIGKILL);
+  b->wait(10s);
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return pg_int("SELECT count(*) FROM file_uploads WHERE state = 'held'") == 1; }, 90s))
+      << "received " << pg_int("SELECT coalesce(max(received_bytes), 0) FROM file_uploads") << "\n"
+      << a->stderr_text();
+  const std::string sha = truth_sha256();
+  std::uint64_t bytes = 0;
+  EXPECT_EQ(sha256_of_file(dir_ / "central-media" / sha.substr(0, 2) / sha, bytes), sha);
+  EXPECT_EQ(bytes, kBytes);
+  EXPECT_EQ(pg_int("SELECT received_bytes FROM file_uploads WHERE sha256 = '" + sha + "'"),
+            static_cast<long long>(kBytes));  // each segment counted once, whoever took it
+  daemon->signal(SIGTERM);
+  EXPECT_EQ(daemon->wait(30s), 0);
+  a->signal(SIGTERM);
+  EXPECT_EQ(a->wait(30s), 0);
 }
 
 }  // namespace
