@@ -25,7 +25,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-constexpr long long kMaxRowsNotHeld = 10000;  // transfer rows per gateway not held (open, not_held, requested)
+constexpr long long kMaxRowsNotHeld =
+    10000;  // transfer rows per gateway not held (open, not_held, requested)
 
 std::string num(std::uint64_t v) {
   return std::to_string(v);
@@ -214,7 +215,8 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
   if (!row || row->state != "open") {
     // Bounded per gateway: open transfers (each a partial file on disk) and rows not held (the ledger).
     const PgResult counts = pg.exec(
-        "SELECT count(*) FILTER (WHERE state = 'open'), count(*) FILTER (WHERE state <> 'held') FROM file_uploads "
+        "SELECT count(*) FILTER (WHERE state = 'open'), count(*) FILTER (WHERE state <> 'held') FROM "
+        "file_uploads "
         "WHERE gateway = $1",
         {gateway}, "counting open file transfers");
     const long long open = counts.integer(0, 0);
@@ -232,7 +234,8 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
   }
   if (!row) {
     pg.exec(
-        "INSERT INTO file_uploads (gateway, sha256, size, segment_size, name, seq, state, started_ms, last_ms) "
+        "INSERT INTO file_uploads (gateway, sha256, size, segment_size, name, seq, state, started_ms, "
+        "last_ms) "
         "VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $7) ON CONFLICT (gateway, sha256) DO NOTHING",
         {gateway, t.sha256, num(init.size), num(init.segment_size), init.name, num(init.seq), num(now)},
         "opening a file transfer");

@@ -276,7 +276,8 @@ TEST_F(RecordingsCustodyTest, TwoInstancesShareARecordingAndAKilledOneLosesNothi
   };
   // Both take segments (the broker splits the feed), then b dies with what it holds.
   ASSERT_TRUE(wait_for_condition([&] { return segments(port_a) > 5 && segments(port_b) > 5; }, 90s))
-      << "a " << segments(port_a) << " b " << segments(port_b) << "\n" << daemon->stderr_text();
+      << "a " << segments(port_a) << " b " << segments(port_b) << "\n"
+      << daemon->stderr_text();
   b->signal(SIGKILL);
   b->wait(10s);
   ASSERT_TRUE(wait_for_condition(
