@@ -1,6 +1,6 @@
 // checkpoint-central under hostile input, with real parts: mosquitto, a private PostgreSQL, the real
-// checkpoint-central (and, in the flood, a real gateway: radar simulator -> checkpointd). The test also plays a
-// gateway of its own ("gh", its key enrolled) to answer resend requests and to announce heads.
+// checkpoint-central (and, in the flood, a real gateway: radar simulator -> checkpointd). The test also plays
+// a gateway of its own ("gh", its key enrolled) to answer resend requests and to announce heads.
 #include <gtest/gtest.h>
 #include <mqtt/async_client.h>
 #include <signal.h>
@@ -31,7 +31,8 @@ double metric(const std::string& text, const std::string& name) {
   while (pos < text.size()) {
     const std::size_t end = std::min(text.find('\n', pos), text.size());
     const std::string line = text.substr(pos, end - pos);
-    if (line.rfind(name, 0) == 0 && line.size() > name.size() && (line[name.size()] == ' ' || line[name.size()] == '{')) {
+    if (line.rfind(name, 0) == 0 && line.size() > name.size() &&
+        (line[name.size()] == ' ' || line[name.size()] == '{')) {
       return std::stod(line.substr(line.rfind(' ') + 1));
     }
     pos = end + 1;
@@ -39,65 +40,17 @@ double metric(const std::string& text, const std::string& name) {
   return -1;
 }
 
-// A plain MQTT v5 client for the test's own publishing: QoS 1 with a window of tokens in flight, as fast as
-// the broker acknowledges.
-class Publisher {
- public:
-  explicit Publisher(const std::string& uri, const std::string& id)
-      : client_(uri, id, mqtt::create_options(MQTTVERSION_5), static_cast<mqtt::iclient_persistence*>(nullptr)) {
-    auto opts = mqtt::connect_options_builder().mqtt_version(MQTTVERSION_5).clean_start(true).max_inflight(128).finalize();
-    client_.connect(opts)->wait();
-  }
-  ~Publisher() {
-    try {
-      drain();
-      client_.disconnect()->wait_for(std::chrono::seconds(5));
-    } catch (...) {
-    }
-  }
-  void publish(const std::string& topic, const std::string& payload, const std::string& correlation = "",
-               const std::string& response_topic = "") {
-    auto msg = mqtt::make_message(topic, payload, 1, false);
-    mqtt::properties props;
-    if (!correlation.empty()) {
-      props.add({mqtt::property::CORRELATION_DATA, correlation});
-    }
-    if (!response_topic.empty()) {
-      props.add({mqtt::property::RESPONSE_TOPIC, response_topic});
-    }
-    msg->set_properties(props);
-    while (tokens_.size() >= 64) {
-      tokens_.front()->wait_for(std::chrono::seconds(30));
-      tokens_.pop_front();
-    }
-    tokens_.push_back(client_.publish(msg));
-    ++sent_;
-  }
-  void drain() {
-    while (!tokens_.empty()) {
-      tokens_.front()->wait_for(std::chrono::seconds(30));
-      tokens_.pop_front();
-    }
-  }
-  std::uint64_t sent() const { return sent_; }
-  mqtt::async_client& client() { return client_; }
-
- private:
-  mqtt::async_client client_;
-  std::deque<mqtt::delivery_token_ptr> tokens_;
-  std::uint64_t sent_ = 0;
-};
-
 class CentralHostile : public CustodyFixture {
  protected:
   void SetUp() override {
     CustodyFixture::SetUp();
     std::ofstream(dir_ / "gh.pub.pem") << gh_key_.public_key().pem();
     CentralConfig config;
-    config.feed_extra = "  queue_messages: 2000\n  queue_mb: " + std::to_string(kQueueMb) +
-                        "\n  quarantine_max_per_gateway: " + std::to_string(kRowsPerGateway) +
-                        "\n  quarantine_max_mb_per_gateway: 2\n  quarantine_max_rows: " + std::to_string(kRows) +
-                        "\n  quarantine_max_mb: " + std::to_string(kMb) + "\n";
+    config.feed_extra =
+        "  queue_messages: 2000\n  queue_mb: " + std::to_string(kQueueMb) +
+        "\n  quarantine_max_per_gateway: " + std::to_string(kRowsPerGateway) +
+        "\n  quarantine_max_mb_per_gateway: 2\n  quarantine_max_rows: " + std::to_string(kRows) +
+        "\n  quarantine_max_mb: " + std::to_string(kMb) + "\n";
     config.metrics = true;
     write_central_config("central", config);
     for (const auto& [gateway, pem] : {std::pair<std::string, fs::path>{"gw", pub_pem_},
@@ -112,14 +65,20 @@ class CentralHostile : public CustodyFixture {
   nlohmann::json status() {
     std::string out;
     std::string err;
-    EXPECT_EQ(central_cli({"status", "--config", (dir_ / "central.yaml").string(), "--json"}, &out, &err), 0) << err;
+    EXPECT_EQ(central_cli({"status", "--config", (dir_ / "central.yaml").string(), "--json"}, &out, &err), 0)
+        << err;
     return nlohmann::json::parse(out, nullptr, false);
   }
 
   // A record of gateway gh, as the gateway seals it (canonical body, signed by gh's key).
-  std::string gh_record(std::uint64_t seq, const std::string& prev, const std::vector<std::string>& pictures) {
-    nlohmann::json body = {{"v", 1},          {"gateway", "gh"}, {"seq", seq},
-                           {"id", "gh:" + std::to_string(seq)}, {"prev", prev}, {"type", "note"},
+  std::string gh_record(std::uint64_t seq, const std::string& prev,
+                        const std::vector<std::string>& pictures) {
+    nlohmann::json body = {{"v", 1},
+                           {"gateway", "gh"},
+                           {"seq", seq},
+                           {"id", "gh:" + std::to_string(seq)},
+                           {"prev", prev},
+                           {"type", "note"},
                            {"time_ms", 1767225600000 + static_cast<long long>(seq)},
                            {"created_ms", 1767225600000 + static_cast<long long>(seq)}};
     if (!pictures.empty()) {
@@ -154,7 +113,7 @@ TEST_F(CentralHostile, MediaNotHeldIsRecordedAndAHeadForkIsAlarmed) {
   // The test answers resend requests as a gateway that no longer holds the picture.
   std::atomic<int> media_requests{0};
   std::atomic<int> other_requests{0};
-  Publisher gh(broker_->uri(), "gh");
+  MqttPublisher gh(broker_->uri(), "gh");
   gh.client().set_message_callback([&](mqtt::const_message_ptr msg) {
     const auto parsed = custody::parse_resend_request(msg->get_payload_str());
     if (!parsed.request) {
@@ -167,37 +126,41 @@ TEST_F(CentralHostile, MediaNotHeldIsRecordedAndAHeadForkIsAlarmed) {
     ++media_requests;
     custody::ResendReply reply;
     reply.media_not_held = parsed.request->media;
-    auto out = mqtt::make_message(
-        mqtt::get<std::string>(msg->get_properties(), mqtt::property::RESPONSE_TOPIC),
-        custody::resend_reply_json(reply), 1, false);
-    out->set_properties(mqtt::properties{
-        {mqtt::property::CORRELATION_DATA,
-         mqtt::get<mqtt::binary>(msg->get_properties(), mqtt::property::CORRELATION_DATA)}});
+    auto out =
+        mqtt::make_message(mqtt::get<std::string>(msg->get_properties(), mqtt::property::RESPONSE_TOPIC),
+                           custody::resend_reply_json(reply), 1, false);
+    out->set_properties(
+        mqtt::properties{{mqtt::property::CORRELATION_DATA,
+                          mqtt::get<mqtt::binary>(msg->get_properties(), mqtt::property::CORRELATION_DATA)}});
     gh.client().publish(out);
   });
   gh.client().subscribe("checkpoint/gh/resend", 1)->wait();
 
   // A reply nobody asked for, naming everything as lost: not believed.
-  gh.publish("checkpoint/gh/resend/response",
-             R"({"from_seq":1,"media_not_held":[],"media_sent":[],"not_held":[[1,9223372036854775807]],"sent":0,"to_seq":9223372036854775807,"v":1})",
-             "12345");
+  gh.publish(
+      "checkpoint/gh/resend/response",
+      R"({"from_seq":1,"media_not_held":[],"media_sent":[],"not_held":[[1,9223372036854775807]],"sent":0,"to_seq":9223372036854775807,"v":1})",
+      "", "12345");
   gh.publish("checkpoint/gh/evidence", r1);
   gh.publish("checkpoint/gh/evidence", r2);
   gh.publish("checkpoint/gh/evidence", r3);
   gh.drain();
 
-  ASSERT_TRUE(wait_for_condition([&] { return pg_int("SELECT count(*) FROM unrecoverable_media") == 1; }, 30s))
+  ASSERT_TRUE(
+      wait_for_condition([&] { return pg_int("SELECT count(*) FROM unrecoverable_media") == 1; }, 30s))
       << central_->stderr_text();
   EXPECT_EQ(pg_.query("SELECT gateway || ' ' || seq || ' ' || sha256 FROM unrecoverable_media"),
             "gh 2 " + lost);
   EXPECT_GT(pg_int("SELECT noted_ms FROM unrecoverable_media"), 0);
-  EXPECT_EQ(pg_int("SELECT count(*) FROM unrecoverable WHERE gateway = 'gh'"), 0) << "an unsolicited reply was believed";
+  EXPECT_EQ(pg_int("SELECT count(*) FROM unrecoverable WHERE gateway = 'gh'"), 0)
+      << "an unsolicited reply was believed";
   EXPECT_EQ(pg_int("SELECT count(*) FROM quarantine WHERE gateway = 'gh' AND topic = 'resend/response'"), 1);
 
   // Not asked for again (three times the longest backoff), and custody stops before seq 2.
   const int asked = media_requests.load();
   pause(6s);
-  EXPECT_EQ(media_requests.load(), asked) << "a picture the gateway said it no longer holds was asked for again";
+  EXPECT_EQ(media_requests.load(), asked)
+      << "a picture the gateway said it no longer holds was asked for again";
   EXPECT_EQ(pg_int("SELECT watermark_seq FROM gateways WHERE gateway = 'gh'"), 1);
   EXPECT_LE(pg_int("SELECT receipt_seq FROM gateways WHERE gateway = 'gh'"), 1);
   const auto s = status();
@@ -222,12 +185,14 @@ TEST_F(CentralHostile, MediaNotHeldIsRecordedAndAHeadForkIsAlarmed) {
   gh.publish("checkpoint/gh/head",
              custody::seal_head(gh_key_, custody::Head{"gh", 1, std::string(64, 'e'), 1767225609000}));
   // The true head is no fork.
-  gh.publish("checkpoint/gh/head", custody::seal_head(gh_key_, custody::Head{"gh", 3, sha256_hex(r3), 1767225609001}));
+  gh.publish("checkpoint/gh/head",
+             custody::seal_head(gh_key_, custody::Head{"gh", 3, sha256_hex(r3), 1767225609001}));
   gh.drain();
   ASSERT_TRUE(wait_for_condition([&] { return pg_int("SELECT count(*) FROM head_forks") == 1; }, 20s))
       << central_->stderr_text();
   EXPECT_EQ(pg_.query("SELECT seq || ' ' || stored_hash FROM head_forks"), "1 " + sha256_hex(r1));
-  ASSERT_TRUE(wait_for_condition([&] { return pg_int("SELECT announced_seq FROM gateways WHERE gateway = 'gh'") == 3; }, 20s));
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return pg_int("SELECT announced_seq FROM gateways WHERE gateway = 'gh'") == 3; }, 20s));
   EXPECT_EQ(pg_int("SELECT head_forks FROM gateways WHERE gateway = 'gh'"), 1);
   m = metrics();
   EXPECT_EQ(metric(m, "central_head_forks_total"), 1) << m;
@@ -269,16 +234,21 @@ TEST_F(CentralHostile, AFloodOfHostileMessagesIsBoundedCountedAndSurvived) {
   const std::string bad_utf8 = "\xff\xfe\xc3\x28 not UTF-8 \xe2\x82\x00\x80";
   const std::string oversized = pseudo_random_bytes(5u << 20, 99);  // over the 4 MiB record bound
   const auto record_body = [](const std::string& gateway, std::uint64_t seq) {
-    return nlohmann::json{{"v", 1},           {"gateway", gateway}, {"seq", seq},
-                          {"id", gateway + ":" + std::to_string(seq)}, {"prev", std::string(64, '0')},
-                          {"type", "speeding"}, {"time_ms", 1},        {"created_ms", 1}};
+    return nlohmann::json{{"v", 1},
+                          {"gateway", gateway},
+                          {"seq", seq},
+                          {"id", gateway + ":" + std::to_string(seq)},
+                          {"prev", std::string(64, '0')},
+                          {"type", "speeding"},
+                          {"time_ms", 1},
+                          {"created_ms", 1}};
   };
   // A head announcing 2^63-1, signed with gh's key (gh is enrolled; the real gateway is left alone), and
   // heads whose seq is out of any range or whose signature is not gh's.
   // (JCS has no integers beyond 2^53, so these bodies are written by hand: the body need not be canonical.)
   const auto raw_head = [](const Ed25519PrivateKey& key, const std::string& seq, char hash) {
-    const std::string header = base64url_encode(R"({"alg":"EdDSA","kid":")" + key.public_key().kid() +
-                                                R"(","typ":"head+jws"})");
+    const std::string header =
+        base64url_encode(R"({"alg":"EdDSA","kid":")" + key.public_key().kid() + R"(","typ":"head+jws"})");
     const std::string body = base64url_encode(R"({"gateway":"gh","head":")" + std::string(64, hash) +
                                               R"(","seq":)" + seq + R"(,"time_ms":1,"type":"head","v":1})");
     return header + "." + body + "." + base64url_encode(key.sign(header + "." + body));
@@ -294,7 +264,7 @@ TEST_F(CentralHostile, AFloodOfHostileMessagesIsBoundedCountedAndSurvived) {
   std::atomic<std::uint64_t> oversized_total{0};
   const auto start = std::chrono::steady_clock::now();
   const auto flood_client = [&](int index) {
-    Publisher flood(broker_->uri(), "flood-" + std::to_string(index));
+    MqttPublisher flood(broker_->uri(), "flood-" + std::to_string(index));
     std::mt19937_64 local_rng(static_cast<std::uint64_t>(index) + 100);
     std::uint64_t round = static_cast<std::uint64_t>(index);
     std::uint64_t oversized_sent = 0;
@@ -347,8 +317,8 @@ TEST_F(CentralHostile, AFloodOfHostileMessagesIsBoundedCountedAndSurvived) {
   const double flood_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const std::uint64_t sent = sent_total.load();
   std::cout << "flood: " << sent << " messages (" << oversized_total.load() << " of 5 MiB) from " << kThreads
-            << " clients in " << flood_s << " s = "
-            << static_cast<long>(static_cast<double>(sent) / flood_s) << " msg/s" << std::endl;
+            << " clients in " << flood_s << " s = " << static_cast<long>(static_cast<double>(sent) / flood_s)
+            << " msg/s" << std::endl;
 
   // Central is up and answering while the broker still feeds it the backlog.
   ASSERT_TRUE(central_->running()) << central_->stderr_text();
@@ -361,13 +331,15 @@ TEST_F(CentralHostile, AFloodOfHostileMessagesIsBoundedCountedAndSurvived) {
   const bool drained = wait_for_condition(
       [&] {
         max_rows = std::max(max_rows, pg_int("SELECT count(*) FROM quarantine"));
-        max_bytes = std::max(max_bytes, pg_int("SELECT COALESCE(sum(octet_length(payload)), 0) FROM quarantine"));
+        max_bytes =
+            std::max(max_bytes, pg_int("SELECT COALESCE(sum(octet_length(payload)), 0) FROM quarantine"));
         const std::string m = metrics();
         processed = metric(m, "central_messages_total");
         return processed >= static_cast<double>(sent) && metric(m, "central_queue_messages") == 0;
       },
       180s);
-  const double drain_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - drain_start).count();
+  const double drain_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - drain_start).count();
   const long peak = peak_rss_kb(central_->pid());
   std::cout << "central: took " << processed << " messages; backlog drained " << drain_s
             << " s after the flood; RSS " << rss_before << " kB before, peak " << peak << " kB; quarantine "
@@ -383,9 +355,12 @@ TEST_F(CentralHostile, AFloodOfHostileMessagesIsBoundedCountedAndSurvived) {
   // The quarantine stayed within its bounds: rows and bytes in all and per gateway.
   EXPECT_LE(max_rows, kRows);
   EXPECT_LE(max_bytes, static_cast<long long>(kMb) << 20);
-  EXPECT_LE(pg_int("SELECT max(n) FROM (SELECT count(*) AS n FROM quarantine GROUP BY gateway) x"), kRowsPerGateway);
-  EXPECT_LE(pg_int("SELECT max(b) FROM (SELECT sum(octet_length(payload)) AS b FROM quarantine GROUP BY gateway) x"),
-            2LL << 20);
+  EXPECT_LE(pg_int("SELECT max(n) FROM (SELECT count(*) AS n FROM quarantine GROUP BY gateway) x"),
+            kRowsPerGateway);
+  EXPECT_LE(
+      pg_int(
+          "SELECT max(b) FROM (SELECT sum(octet_length(payload)) AS b FROM quarantine GROUP BY gateway) x"),
+      2LL << 20);
   // Repeated payloads are one row with a count; what did not fit is counted.
   EXPECT_GT(pg_int("SELECT max(count) FROM quarantine"), 10);
   const auto s = status();
@@ -397,8 +372,8 @@ TEST_F(CentralHostile, AFloodOfHostileMessagesIsBoundedCountedAndSurvived) {
   // Names nobody enrolled have usage rows only while they have quarantine rows.
   EXPECT_LE(pg_int("SELECT count(*) FROM quarantine_usage"), kRows + 3);
 
-  // Nothing a peer said was believed: no unrecoverable range, no announced head beyond 2^63-1, the forged head
-  // did not move gw's announced head.
+  // Nothing a peer said was believed: no unrecoverable range, no announced head beyond 2^63-1, the forged
+  // head did not move gw's announced head.
   EXPECT_EQ(pg_int("SELECT count(*) FROM unrecoverable"), 0);
   EXPECT_EQ(pg_int("SELECT count(*) FROM records WHERE gateway = 'gw' AND seq > 100000"), 0);
   EXPECT_LT(pg_int("SELECT announced_seq FROM gateways WHERE gateway = 'gw'"), 100000);

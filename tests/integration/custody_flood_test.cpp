@@ -40,59 +40,6 @@ const std::string kReceipts = "checkpoint/gw/custody";
 const std::string kRequests = "checkpoint/gw/resend";
 const std::string kReplies = "checkpoint/gw/resend/response";
 
-// A raw MQTT v5 publisher: QoS 1, a window of 64 publishes in flight, as fast as the broker acknowledges.
-class FloodClient {
- public:
-  FloodClient(const std::string& uri, const std::string& id)
-      : client_(uri, id, mqtt::create_options(MQTTVERSION_5),
-                static_cast<mqtt::iclient_persistence*>(nullptr)) {
-    client_
-        .connect(mqtt::connect_options_builder()
-                     .mqtt_version(MQTTVERSION_5)
-                     .clean_start(true)
-                     .max_inflight(128)
-                     .finalize())
-        ->wait();
-  }
-  ~FloodClient() {
-    try {
-      drain();
-      client_.disconnect()->wait_for(std::chrono::seconds(5));
-    } catch (...) {
-    }
-  }
-  void publish(const std::string& topic, const std::string& payload, const std::string& response_topic = "",
-               const std::string& correlation = "") {
-    auto msg = mqtt::make_message(topic, payload, 1, false);
-    mqtt::properties props;
-    if (!response_topic.empty()) {
-      props.add({mqtt::property::RESPONSE_TOPIC, response_topic});
-    }
-    if (!correlation.empty()) {
-      props.add({mqtt::property::CORRELATION_DATA, correlation});
-    }
-    msg->set_properties(props);
-    while (tokens_.size() >= 64) {
-      tokens_.front()->wait_for(std::chrono::seconds(30));
-      tokens_.pop_front();
-    }
-    tokens_.push_back(client_.publish(msg));
-    ++sent_;
-  }
-  void drain() {
-    while (!tokens_.empty()) {
-      tokens_.front()->wait_for(std::chrono::seconds(30));
-      tokens_.pop_front();
-    }
-  }
-  std::uint64_t sent() const { return sent_; }
-
- private:
-  mqtt::async_client client_;
-  std::deque<mqtt::delivery_token_ptr> tokens_;
-  std::uint64_t sent_ = 0;
-};
-
 // What the gateway publishes that the test looks at: each record's first arrival (live rate, chain), resend
 // replies with their Correlation Data, and anything on topics where no reply may go.
 class Watcher {
@@ -253,7 +200,7 @@ TEST_F(CustodyFlood, HostileReceiptsAndResendRequestsAreRefusedCountedAndSurvive
   const std::string accepted = custody::seal_receipt(
       central_key, {"central-test", "gw", kAccepted, sha256_hex(watch.jws(kAccepted)), 1});
   {
-    FloodClient central(broker_->uri(), "fake-central");
+    MqttPublisher central(broker_->uri(), "fake-central");
     central.publish(kReceipts, accepted);
   }
   nlohmann::json st;
@@ -275,7 +222,7 @@ TEST_F(CustodyFlood, HostileReceiptsAndResendRequestsAreRefusedCountedAndSurvive
       raw_jws(forger, R"({"alg":"EdDSA","kid":"k","typ":"custody+jws","\n<3>custody: FORGED LINE":1})",
               "{}")};
   {
-    FloodClient peer(broker_->uri(), "peer");
+    MqttPublisher peer(broker_->uri(), "peer");
     for (const auto& jws : injections) {
       peer.publish(kReceipts, jws);
     }
@@ -437,7 +384,7 @@ TEST_F(CustodyFlood, HostileReceiptsAndResendRequestsAreRefusedCountedAndSurvive
   std::cout << "flood starts: checkpointd pid " << daemon->pid() << ", " << dir_.path().string() << std::endl;
   const auto start = Clock::now();
   std::thread receipts([&] {
-    FloodClient client(broker_->uri(), "flood-receipts");
+    MqttPublisher client(broker_->uri(), "flood-receipts");
     std::uint64_t i = 0;
     while (Clock::now() - start < kFlood) {
       for (int k = 0; k < 8; ++k, ++i) {
@@ -458,7 +405,7 @@ TEST_F(CustodyFlood, HostileReceiptsAndResendRequestsAreRefusedCountedAndSurvive
     client.drain();
   });
   std::thread requests([&] {
-    FloodClient client(broker_->uri(), "flood-requests");
+    MqttPublisher client(broker_->uri(), "flood-requests");
     std::uint64_t i = 0;
     int bursts = 0;
     while (Clock::now() - start < kFlood) {
@@ -645,7 +592,7 @@ TEST_F(CustodyFlood, HostileReceiptsAndResendRequestsAreRefusedCountedAndSurvive
   for (int k = 0;; ++k) {
     const std::string id = "probe-" + std::to_string(k);
     {
-      FloodClient central(broker_->uri(), "fake-central");
+      MqttPublisher central(broker_->uri(), "fake-central");
       central.publish(kRequests, burst_request(0), kReplies, id);
     }
     ASSERT_TRUE(wait_for_condition([&] { return !reply_to(id).is_null(); }, 20s)) << id << " unanswered";
@@ -657,7 +604,7 @@ TEST_F(CustodyFlood, HostileReceiptsAndResendRequestsAreRefusedCountedAndSurvive
   }
   {
     // A request for the most media a request may name (1000, none held: 67 KB, over 64 KiB).
-    FloodClient central(broker_->uri(), "fake-central");
+    MqttPublisher central(broker_->uri(), "fake-central");
     nlohmann::json most = {{"v", 1}, {"media", nlohmann::json::array()}};
     for (int k = 0; k < 1000; ++k) {
       most["media"].push_back(random_sha());
@@ -673,7 +620,7 @@ TEST_F(CustodyFlood, HostileReceiptsAndResendRequestsAreRefusedCountedAndSurvive
   const std::uint64_t dropped_before_calm = counter(custody_status(), "inputs_dropped");
   const auto send_requests = [&](const std::vector<std::pair<std::string, std::string>>& batch) {
     {
-      FloodClient central(broker_->uri(), "fake-central");
+      MqttPublisher central(broker_->uri(), "fake-central");
       for (const auto& [id, payload] : batch) {
         central.publish(kRequests, payload, kReplies, id);
       }
@@ -735,7 +682,7 @@ TEST_F(CustodyFlood, HostileReceiptsAndResendRequestsAreRefusedCountedAndSurvive
   // Receipts for seqs beyond the head, each checked while the next arrives: all refused, and they leave
   // nothing behind that would make the gateway ignore the genuine receipt after them.
   {
-    FloodClient central(broker_->uri(), "fake-central");
+    MqttPublisher central(broker_->uri(), "fake-central");
     for (std::uint64_t k = 1; k <= 20; ++k) {
       central.publish(kReceipts,
                       custody::seal_receipt(
@@ -751,7 +698,7 @@ TEST_F(CustodyFlood, HostileReceiptsAndResendRequestsAreRefusedCountedAndSurvive
   const std::uint64_t through = watch.contiguous();
   ASSERT_GT(through, head0);
   {
-    FloodClient central(broker_->uri(), "fake-central");
+    MqttPublisher central(broker_->uri(), "fake-central");
     central.publish(kReceipts, custody::seal_receipt(central_key, {"central-test", "gw", through,
                                                                    sha256_hex(watch.jws(through)), 9}));
   }

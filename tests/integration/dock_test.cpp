@@ -408,6 +408,12 @@ TEST_F(DockIntegration, AWrongTokenIsAClearFaultAndNothingIsCollected) {
 // stops (margins 0; every vehicle at least 2.5 s from a stop's edge, more than the whole-second listing
 // and the clock corrections can move it). The second recorder's clock is 90 s fast.
 TEST_F(DockIntegration, LinksAreExactlyTheVehicleRecordsInsideEachRecording) {
+  if (kSanitized) {
+    // Exact links need the scenario simulator's radar frames on time; the ASan-built simulator once sent
+    // them late enough to split a vehicle's track into two records (CI, 2026-12-05), so an extra vehicle
+    // record fell inside a span. The link rule itself is checked here in the plain build and in unit tests.
+    GTEST_SKIP() << "exact links depend on the simulator's frame timing, which an ASan build cannot keep";
+  }
   std::ofstream(dir_ / "scenario.yaml")
       << "radar: {port: 0}\n"
       << "camera: {port: 0, username: admin, password: s3cret}\n"

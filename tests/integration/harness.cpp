@@ -2,9 +2,12 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
+#include <mqtt/async_client.h>
 #include <netinet/in.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -12,15 +15,12 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <map>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
-
-#include <gtest/gtest.h>
-#include <mqtt/async_client.h>
-#include <sqlite3.h>
 
 #include "daemon/core/ed25519.h"
 #include "daemon/core/encoding.h"
@@ -41,7 +41,9 @@ std::string binary(const std::string& relative) {
   return p.string();
 }
 
-void pause(std::chrono::milliseconds d) { std::this_thread::sleep_for(d); }
+void pause(std::chrono::milliseconds d) {
+  std::this_thread::sleep_for(d);
+}
 
 std::uint16_t free_port() {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -166,8 +168,12 @@ std::string slurp(const fs::path& p) {
 }
 }  // namespace
 
-std::string Process::stdout_text() const { return slurp(out_); }
-std::string Process::stderr_text() const { return slurp(err_); }
+std::string Process::stdout_text() const {
+  return slurp(out_);
+}
+std::string Process::stderr_text() const {
+  return slurp(err_);
+}
 
 std::optional<std::string> Process::wait_for_stdout_line(const std::string& prefix,
                                                          std::chrono::milliseconds timeout) {
@@ -179,7 +185,8 @@ std::optional<std::string> Process::wait_for_stderr_line(const std::string& pref
   return wait_for_line(&Process::stderr_text, prefix, timeout);
 }
 
-std::optional<std::string> Process::wait_for_line(std::string (Process::*text)() const, const std::string& prefix,
+std::optional<std::string> Process::wait_for_line(std::string (Process::*text)() const,
+                                                  const std::string& prefix,
                                                   std::chrono::milliseconds timeout) {
   const auto end = std::chrono::steady_clock::now() + timeout;
   do {
@@ -218,28 +225,30 @@ Mosquitto::Mosquitto(const fs::path& dir, std::uint16_t port, const MosquittoOpt
   } else {
     conf << "allow_anonymous true\n";
   }
-  conf
-       << "persistence true\n"
+  conf << "persistence true\n"
        << "persistence_location " << dir_.string() << "/\n"
        << "max_queued_messages 0\n"
        << "max_inflight_messages 0\n"
        // Without it a broker's small PUBACKs can wait for the client's delayed ACK (Nagle): ~40 ms tails.
        << "set_tcp_nodelay true\n"
        // CPD_BROKER_LOG_ALL=1: every packet in the kept test directory's broker/mosquitto.log, for debugging.
-       << (std::getenv("CPD_BROKER_LOG_ALL") != nullptr ? "log_type all\n" : "")
-       << "log_dest file " << (dir_ / "mosquitto.log").string() << "\n";
+       << (std::getenv("CPD_BROKER_LOG_ALL") != nullptr ? "log_type all\n" : "") << "log_dest file "
+       << (dir_ / "mosquitto.log").string() << "\n";
 }
 
 void Mosquitto::start() {
-  proc_ = std::make_unique<Process>(std::vector<std::string>{"/usr/sbin/mosquitto", "-c", (dir_ / "mosquitto.conf").string()},
-                                    dir_ / "mosquitto");
+  proc_ = std::make_unique<Process>(
+      std::vector<std::string>{"/usr/sbin/mosquitto", "-c", (dir_ / "mosquitto.conf").string()},
+      dir_ / "mosquitto");
   if (!wait_for_port(port_, std::chrono::seconds(10))) {
     throw std::runtime_error("mosquitto did not start on port " + std::to_string(port_) + ": " +
                              proc_->stderr_text());
   }
 }
 
-std::string Mosquitto::log_text() const { return slurp(dir_ / "mosquitto.log"); }
+std::string Mosquitto::log_text() const {
+  return slurp(dir_ / "mosquitto.log");
+}
 
 void Mosquitto::stop() {
   if (proc_) {
@@ -265,7 +274,8 @@ struct MqttCollector::Impl {
 MqttCollector::MqttCollector(const std::string& uri, const std::vector<std::string>& topics)
     : MqttCollector(uri, topics, Options{}) {}
 
-MqttCollector::MqttCollector(const std::string& uri, const std::vector<std::string>& topics, const Options& options)
+MqttCollector::MqttCollector(const std::string& uri, const std::vector<std::string>& topics,
+                             const Options& options)
     : impl_(std::make_unique<Impl>()) {
   static std::atomic<int> counter{0};
   const std::string id = "cpd-test-collector-" + std::to_string(::getpid()) + "-" + std::to_string(counter++);
@@ -279,7 +289,8 @@ MqttCollector::MqttCollector(const std::string& uri, const std::vector<std::stri
   auto* client = impl_->client.get();
   impl_->client->set_connected_handler([client, impl, topics](const std::string&) {
     auto filters = mqtt::string_collection::create(topics);
-    client->subscribe(filters, mqtt::iasync_client::qos_collection(topics.size(), 1), nullptr, impl->subscribed);
+    client->subscribe(filters, mqtt::iasync_client::qos_collection(topics.size(), 1), nullptr,
+                      impl->subscribed);
   });
   mqtt::properties props{{mqtt::property::SESSION_EXPIRY_INTERVAL, 3600}};
   auto opts = mqtt::connect_options_builder()
@@ -368,14 +379,17 @@ bool stop_broker_with_daemon_frozen(Process& daemon, const MqttCollector& collec
   return with_daemon_frozen(daemon, collector, topic, [&] { broker.stop(); }, {});
 }
 
-bool start_broker_with_daemon_frozen(Process& daemon, const MqttCollector& collector, const std::string& topic,
-                                     Mosquitto& broker) {
+bool start_broker_with_daemon_frozen(Process& daemon, const MqttCollector& collector,
+                                     const std::string& topic, Mosquitto& broker) {
   const int subscribed = collector.subscriptions();
-  return with_daemon_frozen(daemon, collector, topic, [&] { broker.start(); },
-                            [&] { return collector.subscriptions() > subscribed; });
+  return with_daemon_frozen(
+      daemon, collector, topic, [&] { broker.start(); },
+      [&] { return collector.subscriptions() > subscribed; });
 }
 
-int MqttCollector::subscriptions() const { return impl_->subscribed.done.load(); }
+int MqttCollector::subscriptions() const {
+  return impl_->subscribed.done.load();
+}
 
 std::size_t MqttCollector::count(const std::string& topic) const {
   std::lock_guard lock(impl_->mutex);
@@ -497,6 +511,68 @@ std::string http_get_body(std::uint16_t port, const std::string& target) {
   ::close(fd);
   const auto end = raw.find("\r\n\r\n");
   return raw.rfind("HTTP/1.1 200", 0) == 0 && end != std::string::npos ? raw.substr(end + 4) : std::string();
+}
+
+struct MqttPublisher::Impl {
+  Impl(const std::string& uri, const std::string& id)
+      : client(uri, id, mqtt::create_options(MQTTVERSION_5),
+               static_cast<mqtt::iclient_persistence*>(nullptr)) {}
+  mqtt::async_client client;
+  std::deque<mqtt::delivery_token_ptr> tokens;
+  std::uint64_t sent = 0;
+};
+
+MqttPublisher::MqttPublisher(const std::string& uri, const std::string& id)
+    : impl_(std::make_unique<Impl>(uri, id)) {
+  impl_->client
+      .connect(mqtt::connect_options_builder()
+                   .mqtt_version(MQTTVERSION_5)
+                   .clean_start(true)
+                   .max_inflight(128)
+                   .finalize())
+      ->wait();
+}
+
+MqttPublisher::~MqttPublisher() {
+  try {
+    drain();
+    impl_->client.disconnect()->wait_for(std::chrono::seconds(5));
+  } catch (...) {
+  }
+}
+
+void MqttPublisher::publish(const std::string& topic, const std::string& payload,
+                            const std::string& response_topic, const std::string& correlation) {
+  auto msg = mqtt::make_message(topic, payload, 1, false);
+  mqtt::properties props;
+  if (!response_topic.empty()) {
+    props.add({mqtt::property::RESPONSE_TOPIC, response_topic});
+  }
+  if (!correlation.empty()) {
+    props.add({mqtt::property::CORRELATION_DATA, correlation});
+  }
+  msg->set_properties(props);
+  while (impl_->tokens.size() >= 64) {
+    impl_->tokens.front()->wait_for(std::chrono::seconds(30));
+    impl_->tokens.pop_front();
+  }
+  impl_->tokens.push_back(impl_->client.publish(msg));
+  ++impl_->sent;
+}
+
+void MqttPublisher::drain() {
+  while (!impl_->tokens.empty()) {
+    impl_->tokens.front()->wait_for(std::chrono::seconds(30));
+    impl_->tokens.pop_front();
+  }
+}
+
+std::uint64_t MqttPublisher::sent() const {
+  return impl_->sent;
+}
+
+mqtt::async_client& MqttPublisher::client() {
+  return impl_->client;
 }
 
 }  // namespace cpd::testing

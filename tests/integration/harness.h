@@ -5,23 +5,26 @@
 #include <sys/types.h>
 
 #include <chrono>
-#include <functional>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
+namespace mqtt {
+class async_client;
+}  // namespace mqtt
 
 namespace cpd::testing {
 
 namespace fs = std::filesystem;
 
-std::string build_dir();              // $CPD_BUILD_DIR
+std::string build_dir();  // $CPD_BUILD_DIR
 // Built with ASan+UBSan (make sanitize): RSS figures include shadow memory and everything runs slower, so
 // tests skip memory bounds and widen latency bounds there.
 #ifdef CPD_SANITIZED
@@ -63,8 +66,10 @@ class Process {
   std::string stdout_text() const;
   std::string stderr_text() const;
   // Waits until stdout has a line starting with `prefix`; returns the line.
-  std::optional<std::string> wait_for_stdout_line(const std::string& prefix, std::chrono::milliseconds timeout);
-  std::optional<std::string> wait_for_stderr_line(const std::string& prefix, std::chrono::milliseconds timeout);
+  std::optional<std::string> wait_for_stdout_line(const std::string& prefix,
+                                                  std::chrono::milliseconds timeout);
+  std::optional<std::string> wait_for_stderr_line(const std::string& prefix,
+                                                  std::chrono::milliseconds timeout);
 
  private:
   std::optional<std::string> wait_for_line(std::string (Process::*text)() const, const std::string& prefix,
@@ -79,13 +84,13 @@ class Process {
 // A broker that speaks only TLS on its port (no plaintext listener at all), optionally with passwords.
 struct MosquittoOptions {
   struct Tls {
-    fs::path ca_file;                  // CA that client certificates must chain to (and that signed cert_file)
+    fs::path ca_file;  // CA that client certificates must chain to (and that signed cert_file)
     fs::path cert_file;
     fs::path key_file;
     bool require_client_cert = false;  // mutual TLS
   };
   std::optional<Tls> tls;
-  fs::path password_file;              // mosquitto_passwd file; set: anonymous clients are refused
+  fs::path password_file;  // mosquitto_passwd file; set: anonymous clients are refused
 };
 
 class Mosquitto {
@@ -94,7 +99,7 @@ class Mosquitto {
   Mosquitto(const fs::path& dir, std::uint16_t port = 0);
   Mosquitto(const fs::path& dir, std::uint16_t port, const MosquittoOptions& options);
   void start();
-  void stop();   // graceful (SIGTERM), saves persistence
+  void stop();  // graceful (SIGTERM), saves persistence
   std::uint16_t port() const { return port_; }
   Process& process() { return *proc_; }  // the running broker, for SIGSTOP/SIGKILL in fault tests
   std::string uri() const { return (tls_ ? "ssl://127.0.0.1:" : "tcp://127.0.0.1:") + std::to_string(port_); }
@@ -105,6 +110,23 @@ class Mosquitto {
   std::uint16_t port_;
   bool tls_ = false;
   std::unique_ptr<Process> proc_;
+};
+
+// A plain MQTT v5 client for a test's own publishing (a fake central, a hostile peer): QoS 1 with at most 64
+// tokens in flight, as fast as the broker acknowledges; clean start, no persistence.
+class MqttPublisher {
+ public:
+  MqttPublisher(const std::string& uri, const std::string& id);
+  ~MqttPublisher();  // waits for what is in flight, then disconnects
+  void publish(const std::string& topic, const std::string& payload, const std::string& response_topic = "",
+               const std::string& correlation = "");
+  void drain();
+  std::uint64_t sent() const;
+  mqtt::async_client& client();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
 };
 
 // Subscribes with a persistent session (clean start off, fixed id) and QoS 1; keeps every message.
@@ -161,8 +183,8 @@ class MqttCollector {
 // flight stay in flight across the freeze: those are the gateway's to resend, and the tests check it does.
 bool stop_broker_with_daemon_frozen(Process& daemon, const MqttCollector& collector, const std::string& topic,
                                     Mosquitto& broker);
-bool start_broker_with_daemon_frozen(Process& daemon, const MqttCollector& collector, const std::string& topic,
-                                     Mosquitto& broker);
+bool start_broker_with_daemon_frozen(Process& daemon, const MqttCollector& collector,
+                                     const std::string& topic, Mosquitto& broker);
 
 // The decoded body (payload) of a JWS record, as a consumer reads it.
 nlohmann::json record_body(const std::string& jws);
