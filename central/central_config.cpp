@@ -59,7 +59,8 @@ CentralConfig parse_document(const YAML::Node& document, const std::string& name
       feed.optional<int>("queue_messages", out.feed.queue_messages, {.min = 10, .max = 1000000});
   out.feed.queue_mb = feed.optional<int>("queue_mb", out.feed.queue_mb, {.min = 1, .max = 65536});
   out.feed.max_file_mb = feed.optional<int>("max_file_mb", out.feed.max_file_mb, {.min = 1, .max = 1 << 20});
-  out.feed.max_open_files = feed.optional<int>("max_open_files", out.feed.max_open_files, {.min = 1, .max = 64});
+  out.feed.max_open_files =
+      feed.optional<int>("max_open_files", out.feed.max_open_files, {.min = 1, .max = 64});
   out.feed.batch_max = feed.optional<int>("batch_max", out.feed.batch_max, {.min = 1, .max = 10000});
   out.feed.media_dir = config::resolve_path(
       feed, feed.required<std::string>("media_dir",

@@ -166,15 +166,16 @@ class CentralStore {
   // row). `source` says how: "enroll", "keys_dir:<file>". Returns false when the kid was enrolled already.
   bool enroll(const std::string& gateway, const Ed25519PublicKey& public_key, const std::string& source,
               std::int64_t now_ms, std::uint64_t from_seq = 1);
-  // Revokes a leaked key: it signs nothing valid after `after_seq` (its valid_to_seq becomes the smaller of the
-  // two). Records it signed after that and were stored before stay stored (counted in `stored_after`, for an
-  // operator to review); later ones are quarantined and alarmed as a retired key's. nullopt: no such key.
+  // Revokes a leaked key: it signs nothing valid after `after_seq` (its valid_to_seq becomes the smaller of
+  // the two). Records it signed after that and were stored before stay stored (counted in `stored_after`, for
+  // an operator to review); later ones are quarantined and alarmed as a retired key's. nullopt: no such key.
   struct Revocation {
     std::uint64_t valid_from_seq = 0;
     std::uint64_t valid_to_seq = 0;
     long long stored_after = 0;
   };
-  std::optional<Revocation> revoke_key(const std::string& gateway, const std::string& kid, std::uint64_t after_seq);
+  std::optional<Revocation> revoke_key(const std::string& gateway, const std::string& kid,
+                                       std::uint64_t after_seq);
   // gateway -> kid -> key and its seq range, for every enrolled gateway.
   TrustedKeys trusted_keys();
   // The committed seq ranges of these (gateway, kid) pairs (rows that exist): the authority an instance's

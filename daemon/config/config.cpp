@@ -9,8 +9,8 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
-#include <cstring>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -28,7 +28,6 @@
 namespace cpd::config {
 
 namespace {
-
 
 constexpr std::string_view kGatewayIdPattern = "[a-z0-9][a-z0-9-]{0,62}";
 constexpr std::string_view kGatewayIdAllowed =
@@ -238,9 +237,9 @@ MetricsSection parse_metrics(Section& root) {
   }
   Section& m = *section;
   out.enabled = m.optional<bool>("enabled", out.enabled);
-  out.host = m.optional<std::string>(
-      "host", out.host,
-      {.pattern = "[0-9.]{7,15}|[0-9A-Fa-f:]{2,39}", .allowed = "a numeric IPv4 or IPv6 address, e.g. 127.0.0.1"});
+  out.host = m.optional<std::string>("host", out.host,
+                                     {.pattern = "[0-9.]{7,15}|[0-9A-Fa-f:]{2,39}",
+                                      .allowed = "a numeric IPv4 or IPv6 address, e.g. 127.0.0.1"});
   out.port = m.optional<int>("port", out.port, {.min = 0, .max = 65535});
   return out;
 }
@@ -255,7 +254,8 @@ ControlSection parse_control(Section& root, const StoreSection& store) {
   Section& c = *section;
   // sun_path holds 107 characters and a NUL.
   out.socket = c.optional<std::string>(
-      "socket", out.socket, {.pattern = "[^\\s].{0,106}", .allowed = "a unix socket path of at most 107 characters"});
+      "socket", out.socket,
+      {.pattern = "[^\\s].{0,106}", .allowed = "a unix socket path of at most 107 characters"});
   return out;
 }
 
@@ -267,8 +267,8 @@ CustodySection parse_custody(Section& root) {
   }
   Section& c = *section;
   for (Section key : c.sections("central_keys", 1)) {
-    const std::string path =
-        resolve_path(key, key.required<std::string>("pem", {.pattern = kPathPattern, .allowed = kPathAllowed}));
+    const std::string path = resolve_path(
+        key, key.required<std::string>("pem", {.pattern = kPathPattern, .allowed = kPathAllowed}));
     std::string pem = read_named_file(key, "pem", path, "central public key", false);
     if (pem.find("-----BEGIN PUBLIC KEY-----") == std::string::npos) {
       key.fail("pem", "central public key '" + path + "' holds no PEM 'PUBLIC KEY' block");
@@ -283,10 +283,12 @@ CustodySection parse_custody(Section& root) {
     out.central_keys_pem.push_back(std::move(pem));
   }
   out.enabled = true;
-  out.head_interval_ms = c.optional<int>("head_interval_ms", out.head_interval_ms, {.min = 100, .max = 3600000});
+  out.head_interval_ms =
+      c.optional<int>("head_interval_ms", out.head_interval_ms, {.min = 100, .max = 3600000});
   out.resend_records_per_s =
       c.optional<int>("resend_records_per_s", out.resend_records_per_s, {.min = 1, .max = 1000000});
-  out.resend_max_queued = c.optional<int>("resend_max_queued", out.resend_max_queued, {.min = 1, .max = 1000});
+  out.resend_max_queued =
+      c.optional<int>("resend_max_queued", out.resend_max_queued, {.min = 1, .max = 1000});
   out.retention_check_ms =
       c.optional<int>("retention_check_ms", out.retention_check_ms, {.min = 100, .max = 86400000});
   out.record_min_interval_s =
@@ -299,7 +301,8 @@ CustodySection parse_custody(Section& root) {
                                                     {.one_of = {"all", "important", "on_request"}});
     out.recordings_rate_kib_s =
         r.optional<int>("rate_kib_s", out.recordings_rate_kib_s, {.min = 1, .max = 10 * 1024 * 1024});
-    out.recordings_segment_kib = r.optional<int>("segment_kib", out.recordings_segment_kib, {.min = 4, .max = 16384});
+    out.recordings_segment_kib =
+        r.optional<int>("segment_kib", out.recordings_segment_kib, {.min = 4, .max = 16384});
     out.recordings_receipt_wait_ms =
         r.optional<int>("receipt_wait_ms", out.recordings_receipt_wait_ms, {.min = 100, .max = 3600000});
     r.finish();
@@ -346,6 +349,8 @@ Ed25519PrivateKey load_signing_key(const Config& config) {
   }
 }
 
-Config load_config(const std::string& path) { return parse_config(read_config_file(path), path); }
+Config load_config(const std::string& path) {
+  return parse_config(read_config_file(path), path);
+}
 
 }  // namespace cpd::config

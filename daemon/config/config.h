@@ -6,16 +6,16 @@
 #include <vector>
 
 #include "adapters/registry.h"
-#include "daemon/core/ed25519.h"
 #include "daemon/config/mqtt_config.h"
+#include "daemon/core/ed25519.h"
 
 namespace cpd::config {
 
 struct Site {
   std::string name;
   std::string road;
-  std::string direction;       // N, S, E, W, NE, ...
-  double lat = 0.0;            // degrees WGS84
+  std::string direction;  // N, S, E, W, NE, ...
+  double lat = 0.0;       // degrees WGS84
   double lon = 0.0;
   std::string utc_offset = "+00:00";  // local time of the site, used for calendar dates (calibration)
   int utc_offset_min = 0;
@@ -33,9 +33,10 @@ struct GatewaySection {
 
 struct StoreSection {
   std::string path;
-  std::string media_dir;       // content-addressed pictures/recordings; default: <dir of path>/media
+  std::string media_dir;          // content-addressed pictures/recordings; default: <dir of path>/media
   int media_retention_days = 30;  // pictures older than this whose records are PUBACKed may be deleted
-  int important_retention_days = 365;  // recordings an officer flagged important: kept at least this long (>= 180)
+  int important_retention_days =
+      365;                     // recordings an officer flagged important: kept at least this long (>= 180)
   int commit_max_batch = 512;  // most records per transaction (one fsync per transaction)
   // Free space kept for evidence records: below it no new picture or recording is stored (they are counted
   // and reported), so records can still be committed when media fills the disk.
@@ -57,8 +58,9 @@ struct LaneLimit {
 };
 
 struct CorrelationSection {
-  int window_ms = 500;          // a plate read and a radar track match if their corrected times differ by at most this
-  int max_wait_ms = 2000;       // unmatched reads/tracks become plate_read / speed_measurement records after this
+  int window_ms =
+      500;  // a plate read and a radar track match if their corrected times differ by at most this
+  int max_wait_ms = 2000;  // unmatched reads/tracks become plate_read / speed_measurement records after this
   std::vector<LaneLimit> lanes;
 
   bool operator==(const CorrelationSection&) const = default;
@@ -77,8 +79,8 @@ struct ValiditySection {
 
 // How recordings are linked to the vehicle records they show (docs/records.md, "Links").
 struct LinksSection {
-  int margin_before_s = 60;     // a record up to this long before a recording starts is linked to it
-  int margin_after_s = 60;      // and up to this long after it ends
+  int margin_before_s = 60;  // a record up to this long before a recording starts is linked to it
+  int margin_after_s = 60;   // and up to this long after it ends
 
   bool operator==(const LinksSection&) const = default;
 };
@@ -119,7 +121,7 @@ struct CustodySection {
 };
 
 struct ControlSection {
-  std::string socket;              // default: control.sock beside the store file
+  std::string socket;  // default: control.sock beside the store file
 
   bool operator==(const ControlSection&) const = default;
 };
@@ -127,7 +129,7 @@ struct ControlSection {
 struct DeviceConfig {
   std::string id;
   std::string kind;
-  std::string place;           // file:line:column of the entry, for messages
+  std::string place;  // file:line:column of the entry, for messages
   adapters::DeviceSettings settings;
 };
 
@@ -142,9 +144,9 @@ struct Config {
   MetricsSection metrics;
   ControlSection control;
   CustodySection custody;
-  std::string source;          // file path (or name given for text)
-  std::string sha256;          // lower-case hex SHA-256 of the file's bytes
-  int key_line = 0;            // where gateway.key's value is written (1-based), for load_signing_key
+  std::string source;  // file path (or name given for text)
+  std::string sha256;  // lower-case hex SHA-256 of the file's bytes
+  int key_line = 0;    // where gateway.key's value is written (1-based), for load_signing_key
   int key_column = 0;
 };
 

@@ -27,9 +27,9 @@ void CustodyFixture::SetUp() {
 
 void CustodyFixture::start_radar(int vehicles, double rate, int seed, const std::string& log) {
   sim_ = std::make_unique<Process>(
-      std::vector<std::string>{binary("tools/sim/checkpoint-sim"), "radar", "--port", "0", "--lanes", "2", "--seed",
-                               std::to_string(seed), "--vehicles", std::to_string(vehicles), "--rate",
-                               std::to_string(rate)},
+      std::vector<std::string>{binary("tools/sim/checkpoint-sim"), "radar", "--port", "0", "--lanes", "2",
+                               "--seed", std::to_string(seed), "--vehicles", std::to_string(vehicles),
+                               "--rate", std::to_string(rate)},
       dir_ / log);
   auto line = sim_->wait_for_stdout_line("listening ", 10s);
   ASSERT_TRUE(line) << sim_->stderr_text();
@@ -74,16 +74,18 @@ void CustodyFixture::write_central_config(const std::string& name, const Central
       << "feed:\n  media_dir: " << (dir_ / "central-media").string() << "\n"
       << config.feed_extra << "receipts:\n  every_records: 50\n  every_ms: 300\n"
       << "gaps:\n  resend_after_ms: " << config.resend_after_ms
-      << "\n  retry_min_ms: 500\n  retry_max_ms: 2000\n  check_interval_ms: 200\n" << config.gaps_extra
-      << (config.metrics ? "metrics: {enabled: true, host: 127.0.0.1, port: 0}\n" : "metrics: {enabled: false}\n");
+      << "\n  retry_min_ms: 500\n  retry_max_ms: 2000\n  check_interval_ms: 200\n"
+      << config.gaps_extra
+      << (config.metrics ? "metrics: {enabled: true, host: 127.0.0.1, port: 0}\n"
+                         : "metrics: {enabled: false}\n");
 }
 
 void CustodyFixture::start_central(std::unique_ptr<Process>& central, const std::string& name,
                                    std::uint16_t* metrics_port) {
-  central = std::make_unique<Process>(
-      std::vector<std::string>{binary("central/checkpoint-central"), "run", "--config",
-                               (dir_ / (name + ".yaml")).string()},
-      dir_ / name);
+  central =
+      std::make_unique<Process>(std::vector<std::string>{binary("central/checkpoint-central"), "run",
+                                                         "--config", (dir_ / (name + ".yaml")).string()},
+                                dir_ / name);
   if (metrics_port != nullptr) {
     const auto line = central->wait_for_stdout_line("metrics: http://127.0.0.1:", 30s);
     ASSERT_TRUE(line) << central->stderr_text();
@@ -93,9 +95,9 @@ void CustodyFixture::start_central(std::unique_ptr<Process>& central, const std:
 }
 
 std::unique_ptr<Process> CustodyFixture::start_daemon() {
-  return std::make_unique<Process>(
-      std::vector<std::string>{binary("daemon/app/checkpointd"), "--config", (dir_ / "checkpointd.yaml").string()},
-      dir_ / ("checkpointd-" + std::to_string(daemon_runs_++)));
+  return std::make_unique<Process>(std::vector<std::string>{binary("daemon/app/checkpointd"), "--config",
+                                                            (dir_ / "checkpointd.yaml").string()},
+                                   dir_ / ("checkpointd-" + std::to_string(daemon_runs_++)));
 }
 
 int CustodyFixture::run(const std::vector<std::string>& argv, std::string* out, std::string* err,
@@ -127,8 +129,8 @@ int CustodyFixture::ctl(std::vector<std::string> args, std::string* out, std::st
 }
 
 int CustodyFixture::central_enroll(const std::string& gateway, const fs::path& pubkey, std::string* err) {
-  return central_cli({"enroll", "--config", (dir_ / "central.yaml").string(), "--gateway", gateway, "--pubkey",
-                      (pubkey.empty() ? pub_pem_ : pubkey).string()},
+  return central_cli({"enroll", "--config", (dir_ / "central.yaml").string(), "--gateway", gateway,
+                      "--pubkey", (pubkey.empty() ? pub_pem_ : pubkey).string()},
                      nullptr, err);
 }
 
@@ -141,15 +143,15 @@ int CustodyFixture::export_chain() {
 }
 
 int CustodyFixture::verify_export(std::string* out, std::string* err, std::chrono::milliseconds timeout) {
-  return run({binary("tools/checkpointctl/checkpointctl"), "verify", "--pubkey", pub_pem_.string(), "--from-start",
-              (dir_ / "export.jws").string()},
+  return run({binary("tools/checkpointctl/checkpointctl"), "verify", "--pubkey", pub_pem_.string(),
+              "--from-start", (dir_ / "export.jws").string()},
              out, err, timeout);
 }
 
 int CustodyFixture::mosquitto_pub(const std::string& topic, const std::string& payload, bool retain,
                                   std::chrono::milliseconds timeout) {
-  std::vector<std::string> argv{"/usr/bin/mosquitto_pub", "-h", "127.0.0.1", "-p", std::to_string(broker_->port()),
-                                "-q", "1"};
+  std::vector<std::string> argv{"/usr/bin/mosquitto_pub",        "-h", "127.0.0.1", "-p",
+                                std::to_string(broker_->port()), "-q", "1"};
   if (retain) {
     argv.emplace_back("-r");
   }
@@ -169,13 +171,20 @@ long long CustodyFixture::pg_int(const std::string& sql) {
   return v.empty() ? -1 : std::stoll(v);
 }
 
-long long CustodyFixture::watermark() { return pg_int("SELECT watermark_seq FROM gateways WHERE gateway = 'gw'"); }
+long long CustodyFixture::watermark() {
+  return pg_int("SELECT watermark_seq FROM gateways WHERE gateway = 'gw'");
+}
 
-long long CustodyFixture::head_seq() { return store_query(store_db_, "SELECT max(seq) FROM records"); }
+long long CustodyFixture::head_seq() {
+  return store_query(store_db_, "SELECT max(seq) FROM records");
+}
 
-std::string CustodyFixture::metrics() { return http_get_body(metrics_port_, "/metrics"); }
+std::string CustodyFixture::metrics() {
+  return http_get_body(metrics_port_, "/metrics");
+}
 
-std::optional<custody::Receipt> CustodyFixture::retained_receipt(std::chrono::milliseconds wait, bool expect_valid) {
+std::optional<custody::Receipt> CustodyFixture::retained_receipt(std::chrono::milliseconds wait,
+                                                                 bool expect_valid) {
   MqttCollector c(broker_->uri(), {"checkpoint/gw/custody"});
   c.wait_until([&] { return c.count("checkpoint/gw/custody") > 0; }, wait);
   const auto payloads = c.payloads("checkpoint/gw/custody");

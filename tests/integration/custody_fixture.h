@@ -80,7 +80,8 @@ class CustodyFixture : public ::testing::Test {
   int central_cli(std::vector<std::string> args, std::string* out = nullptr, std::string* err = nullptr);
   int ctl(std::vector<std::string> args, std::string* out = nullptr, std::string* err = nullptr);
   // `checkpoint-central enroll` on dir_/central.yaml; pubkey: pub_pem_ when empty.
-  int central_enroll(const std::string& gateway = "gw", const fs::path& pubkey = {}, std::string* err = nullptr);
+  int central_enroll(const std::string& gateway = "gw", const fs::path& pubkey = {},
+                     std::string* err = nullptr);
   // `checkpoint-central export --gateway gw` into dir_/export.jws; the export's exit code.
   int export_chain();
   // `checkpointctl verify --pubkey pub_pem_ --from-start dir_/export.jws`; its exit code.
