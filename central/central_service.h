@@ -13,6 +13,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -21,6 +22,7 @@
 #include "central/central_store.h"
 #include "central/file_intake.h"
 #include "daemon/core/ed25519.h"
+#include "daemon/core/record_check.h"
 
 namespace mqtt {
 class async_client;
@@ -80,10 +82,18 @@ class CentralService {
   std::string metrics_text();
 
  private:
+  // An evidence record already checked on Paho's thread (precheck()): the worker takes the result only
+  // if the key it was verified with is still the one trusted for its kid.
+  struct Prechecked {
+    RecordCheck check;    // ok
+    std::string key_raw;  // the public key that verified it
+  };
   struct Message {
     std::string topic;
     std::string payload;
-    std::string correlation;  // MQTT v5 Correlation Data (resend replies)
+    std::string correlation;        // MQTT v5 Correlation Data (resend replies)
+    std::optional<Prechecked> pre;  // evidence only
+    std::size_t charge = 0;         // what it counts against feed.queue_mb (payload, and a decoded body)
   };
 
   void connect_broker();
@@ -98,6 +108,7 @@ class CentralService {
   void post_link_job(std::function<void()> job);
   void run_link();
   void on_message(std::string topic, std::string payload, std::string correlation);
+  std::optional<Prechecked> precheck(const std::string& topic, const std::string& payload) const;
   void quarantine(Batch& batch, const std::string& gateway, const std::string& kind,
                   const std::string& payload, std::optional<std::uint64_t> seq, std::string kid,
                   std::string reason, bool enrolled);
@@ -106,7 +117,7 @@ class CentralService {
   void commit(Batch& batch);
   void refuse_retired(Batch& batch);
   void reexamine_quarantine();
-  void classify(const Message& m, Batch& batch);
+  void classify(Message& m, Batch& batch);
   void process_singly(std::vector<Message>& messages);
   void publish_receipts(const std::vector<custody::Receipt>& receipts);
   void publish_files(std::vector<FilePublish> messages);
@@ -143,6 +154,9 @@ class CentralService {
   std::int64_t link_down_since_ms_ = 0;  // worker thread only
 
   TrustedKeys keys_;  // worker thread only
+  // A copy of keys_ for precheck() on Paho's thread, replaced at each reload (never changed in place).
+  mutable std::mutex key_snapshot_mutex_;
+  std::shared_ptr<const TrustedKeys> key_snapshot_;
   std::int64_t keys_loaded_ms_ = 0;
   std::int64_t last_gap_check_ms_ = 0;
   bool reexamining_ = false;  // classify() re-examining quarantined messages: not counted again

@@ -29,6 +29,8 @@ struct IncomingRecord {
   std::string prev;
   std::string kid;
   nlohmann::json body;
+  std::string
+      body_text;  // the body's signed bytes (canonical JSON) for the `body` column; empty: body.dump()
 };
 
 struct IncomingMedia {

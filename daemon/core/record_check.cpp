@@ -128,14 +128,14 @@ RecordCheck check_record(std::string_view jws, const KeyForKid& key_for_kid, std
   const std::string& payload = signed_part.payload;
 
   // --- body ---
-  nlohmann::json body = nlohmann::json::parse(payload, nullptr, false);
-  if (body.is_discarded()) {
-    return failure(std::move(r), "body is not JSON");
+  // Parsed in place (the body of a large record is not copied); left null when it is not an object.
+  r.body = nlohmann::json::parse(payload, nullptr, false);
+  if (r.body.is_discarded() || !r.body.is_object()) {
+    const bool json = !r.body.is_discarded();
+    r.body = nullptr;
+    return failure(std::move(r), json ? "body is not a JSON object" : "body is not JSON");
   }
-  if (!body.is_object()) {
-    return failure(std::move(r), "body is not a JSON object");
-  }
-  r.body = body;
+  const nlohmann::json& body = r.body;
   try {
     if (canonical_json(body) != payload) {
       return failure(std::move(r), "body is not canonical JSON");
@@ -172,7 +172,8 @@ RecordCheck check_record(std::string_view jws, const KeyForKid& key_for_kid, std
     return failure(std::move(r), "field \"id\" is not a string");
   }
   if (const std::string expected_id = r.gateway + ":" + std::to_string(seq); r.id != expected_id) {
-    return failure(std::move(r), "id " + r.id + " is not <gateway>:<seq> (" + expected_id + ")");
+    std::string why = "id " + r.id + " is not <gateway>:<seq> (" + expected_id + ")";  // before r moves
+    return failure(std::move(r), std::move(why));
   }
   if (!body["prev"].is_string() || !is_sha256_hex(body["prev"].get_ref<const std::string&>())) {
     return failure(std::move(r), "field \"prev\" is not 64 lower-case hex digits");
@@ -192,6 +193,7 @@ RecordCheck check_record(std::string_view jws, const KeyForKid& key_for_kid, std
     return failure(std::move(r), "prev of seq 1 is not 64 zeros");
   }
   r.ok = true;
+  r.canonical_body = std::move(signed_part.payload);
   return r;
 }
 

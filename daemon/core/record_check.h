@@ -25,8 +25,9 @@ struct RecordCheck {
   std::string gateway;
   std::string prev;
   std::string type;
-  std::string reason;   // why it failed, for the operator
-  nlohmann::json body;  // the decoded body once the signature verified
+  std::string reason;          // why it failed, for the operator
+  nlohmann::json body;         // the decoded body once the signature verified
+  std::string canonical_body;  // ok only: the body's exact signed bytes (canonical JSON, RFC 8785)
 };
 
 // The key for a kid, or nullopt when none is trusted for it.

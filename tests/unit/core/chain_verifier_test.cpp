@@ -2,14 +2,15 @@
 // forks and non-canonical bodies fail with a clear reason; QoS 1 redeliveries are dropped, not failed.
 #include "daemon/core/chain_verifier.h"
 
-#include <string>
-#include <vector>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <string>
+#include <vector>
+
 #include "daemon/core/encoding.h"
 #include "daemon/core/jcs.h"
+#include "daemon/core/record_check.h"
 #include "daemon/core/sealer.h"
 #include "tests/unit/core/core_test_support.h"
 
@@ -23,7 +24,11 @@ Fact passage(int i) {
   Fact f;
   f.type = "passage";
   f.time_ms = 1700000000000 + i;
-  f.fields = {{"plate", "\xe6\xb5\x99" "A0000" + std::to_string(i)}, {"lane", i % 3}};
+  f.fields = {{"plate",
+               "\xe6\xb5\x99"
+               "A0000" +
+                   std::to_string(i)},
+              {"lane", i % 3}};
   return f;
 }
 
@@ -41,9 +46,14 @@ class ChainVerifierTest : public ::testing::Test {
     return R"({"alg":"EdDSA","kid":")" + key_.public_key().kid() + R"(","typ":"evidence+jws"})";
   }
   json body(std::uint64_t seq, const std::string& prev) const {
-    return {{"v", 1},          {"gateway", "gw-1"},  {"seq", seq},
-            {"prev", prev},    {"id", "gw-1:" + std::to_string(seq)},
-            {"type", "audit"}, {"time_ms", 5},       {"created_ms", 6}};
+    return {{"v", 1},
+            {"gateway", "gw-1"},
+            {"seq", seq},
+            {"prev", prev},
+            {"id", "gw-1:" + std::to_string(seq)},
+            {"type", "audit"},
+            {"time_ms", 5},
+            {"created_ms", 6}};
   }
 
   test::TempDir dir_;
@@ -92,8 +102,7 @@ TEST_F(ChainVerifierTest, TamperedPayloadFailsSignature) {
   const std::string& jws = records[1];
   const auto dot1 = jws.find('.');
   const auto dot2 = jws.rfind('.');
-  const std::string forged =
-      jws.substr(0, dot1 + 1) + base64url_encode(canonical_json(b)) + jws.substr(dot2);
+  const std::string forged = jws.substr(0, dot1 + 1) + base64url_encode(canonical_json(b)) + jws.substr(dot2);
   const VerifyResult r = verifier_.feed(forged);
   EXPECT_FALSE(r.ok);
   EXPECT_EQ(r.reason, "signature does not verify");
@@ -181,9 +190,10 @@ TEST_F(ChainVerifierTest, NonCanonicalBodyFails) {
   const json b = body(1, std::string(64, '0'));
   // Validly signed, but pretty-printed / with a non-canonical number spelling.
   for (const std::string& text :
-       {b.dump(2), canonical_json(b) + " ", std::string(R"({"created_ms":6,"gateway":"gw-1","id":"gw-1:1",)"
-                                                        R"("prev":")") + std::string(64, '0') +
-                                                R"(","seq":1,"time_ms":5e0,"type":"audit","v":1})"}) {
+       {b.dump(2), canonical_json(b) + " ",
+        std::string(R"({"created_ms":6,"gateway":"gw-1","id":"gw-1:1",)"
+                    R"("prev":")") +
+            std::string(64, '0') + R"(","seq":1,"time_ms":5e0,"type":"audit","v":1})"}) {
     ChainVerifier v(key_.public_key());
     const VerifyResult r = v.feed(test::sign_raw(key_, header(), text));
     EXPECT_FALSE(r.ok) << text;
@@ -191,6 +201,34 @@ TEST_F(ChainVerifierTest, NonCanonicalBodyFails) {
   }
   // The canonical form of the same body passes.
   EXPECT_TRUE(verifier_.feed(test::sign_raw(key_, header(), canonical_json(b))).ok);
+}
+
+TEST_F(ChainVerifierTest, CheckRecordGivesTheSignedBodyBytesAndNoBodyWhenNotAnObject) {
+  // Central stores `canonical_body` as the record's body column: exactly the bytes that were signed.
+  const auto lookup = [&](const std::string& kid) -> std::optional<Ed25519PublicKey> {
+    return kid == key_.public_key().kid() ? std::optional(key_.public_key()) : std::nullopt;
+  };
+  const std::string canonical = canonical_json(body(1, std::string(64, '0')));
+  const RecordCheck good = check_record(test::sign_raw(key_, header(), canonical), lookup);
+  ASSERT_TRUE(good.ok) << good.reason;
+  EXPECT_EQ(good.canonical_body, canonical);
+  EXPECT_EQ(good.body["id"], "gw-1:1");
+
+  for (const auto& [text, reason] : std::vector<std::pair<std::string, std::string>>{
+           {"[1,2]", "body is not a JSON object"}, {"{\"v\":", "body is not JSON"}}) {
+    const RecordCheck bad = check_record(test::sign_raw(key_, header(), text), lookup);
+    EXPECT_FALSE(bad.ok);
+    EXPECT_EQ(bad.reason, reason);
+    EXPECT_TRUE(bad.body.is_null()) << text;
+    EXPECT_TRUE(bad.canonical_body.empty());
+  }
+  // A failure later than the body's form keeps the decoded body (ChainVerifier reports it).
+  json b = body(1, std::string(64, '0'));
+  b["v"] = 2;
+  const RecordCheck late = check_record(test::sign_raw(key_, header(), canonical_json(b)), lookup);
+  EXPECT_FALSE(late.ok);
+  EXPECT_EQ(late.body["v"], 2);
+  EXPECT_TRUE(late.canonical_body.empty());
 }
 
 TEST_F(ChainVerifierTest, CommonFieldsAreChecked) {
@@ -252,8 +290,17 @@ TEST_F(ChainVerifierTest, HeaderIsChecked) {
 TEST_F(ChainVerifierTest, GarbageNeverCrashes) {
   const auto records = chain(sealer_, 1);
   const std::string good = records[0];
-  std::vector<std::string> inputs = {"", ".", "..", "...", "a.b", "a.b.c", "a.b.c.d", "\xff\xfe.\x00.x",
-                                     good.substr(0, good.size() / 2), good + ".", good + "A"};
+  std::vector<std::string> inputs = {"",
+                                     ".",
+                                     "..",
+                                     "...",
+                                     "a.b",
+                                     "a.b.c",
+                                     "a.b.c.d",
+                                     "\xff\xfe.\x00.x",
+                                     good.substr(0, good.size() / 2),
+                                     good + ".",
+                                     good + "A"};
   inputs.push_back(base64url_encode("[1,2]") + "." + base64url_encode("{}") + ".");
   inputs.push_back(base64url_encode("{\"alg\":") + "." + base64url_encode("{}") + ".AA");
   for (std::size_t i = 0; i < good.size(); i += 7) {  // every single-character corruption fails
