@@ -226,6 +226,27 @@ CREATE TABLE file_segments (
   PRIMARY KEY (gateway, sha256, off)
 );
 )sql",
+    // Step 5: losses an operator accepted (checkpoint-central accept-loss): seq ranges and pictures the
+    // gateway reported it no longer holds; the watermark passes them and receipts name them.
+    R"sql(
+CREATE TABLE accepted_losses (
+  gateway text NOT NULL REFERENCES gateways(gateway),
+  from_seq bigint NOT NULL,
+  to_seq bigint NOT NULL,
+  reason text NOT NULL,
+  operator text NOT NULL,
+  accepted_ms bigint NOT NULL,
+  PRIMARY KEY (gateway, from_seq)
+);
+CREATE TABLE accepted_media_losses (
+  gateway text NOT NULL REFERENCES gateways(gateway),
+  sha256 text NOT NULL,
+  reason text NOT NULL,
+  operator text NOT NULL,
+  accepted_ms bigint NOT NULL,
+  PRIMARY KEY (gateway, sha256)
+);
+)sql",
 };
 
 std::string num(std::uint64_t v) {
@@ -902,20 +923,40 @@ void CentralStore::advance(const std::string& gateway, std::int64_t now_ms, cons
   const std::uint64_t start = wm;
   std::optional<std::string> chain_break;
 
+  // Seq ranges an operator accepted as lost (accept-loss), above the watermark, merged from `wm` on: a hole
+  // they cover is passed; the record after it has no predecessor here to check its `prev` against.
+  const PgResult accepted = conn_->exec(
+      "SELECT from_seq, to_seq FROM accepted_losses WHERE gateway = $1 AND to_seq > $2 ORDER BY from_seq",
+      {gateway, num(wm)}, "reading accepted losses");
+  const auto accepted_through = [&](std::uint64_t from) {
+    std::uint64_t through = from;
+    for (int row = 0; row < accepted.rows(); ++row) {
+      const auto lo = static_cast<std::uint64_t>(accepted.integer(row, 0));
+      if (lo > through + 1) {
+        break;
+      }
+      through = std::max(through, static_cast<std::uint64_t>(accepted.integer(row, 1)));
+    }
+    return through;
+  };
+
   for (;;) {
     PgResult next = conn_->exec(
         "SELECT r.seq, r.prev, r.jws_sha256, NOT EXISTS (SELECT 1 FROM record_media rm LEFT JOIN media m ON "
-        "m.sha256 = rm.sha256 WHERE rm.gateway = r.gateway AND rm.seq = r.seq AND m.sha256 IS NULL) "
+        "m.sha256 = rm.sha256 WHERE rm.gateway = r.gateway AND rm.seq = r.seq AND m.sha256 IS NULL AND NOT "
+        "EXISTS (SELECT 1 FROM accepted_media_losses a WHERE a.gateway = rm.gateway AND a.sha256 = "
+        "rm.sha256)) "
         "FROM records r WHERE r.gateway = $1 AND r.seq > $2 ORDER BY r.seq LIMIT 2000",
         {gateway, num(wm)}, "walking the chain");
     std::size_t i = 0;
     for (; i < static_cast<std::size_t>(next.rows()); ++i) {
       const int row = static_cast<int>(i);
       const auto seq = static_cast<std::uint64_t>(next.integer(row, 0));
-      if (seq != wm + 1 || !next.boolean(row, 3)) {
+      const bool across_loss = seq > wm + 1 && accepted.rows() > 0 && accepted_through(wm) >= seq - 1;
+      if ((seq != wm + 1 && !across_loss) || !next.boolean(row, 3)) {
         break;  // a hole, or its media have not all arrived
       }
-      if (next.text(row, 1) != wm_hash) {
+      if (!across_loss && next.text(row, 1) != wm_hash) {
         chain_break = "prev of seq " + num(seq) + " does not match SHA-256 of seq " + num(wm);
         break;
       }
@@ -953,8 +994,118 @@ void CentralStore::advance(const std::string& gateway, std::int64_t now_ms, cons
   if (wm > 0 && (due_by_count || due_by_time)) {
     conn_->exec("UPDATE gateways SET receipt_seq = $2, receipt_ms = $3 WHERE gateway = $1",
                 {gateway, num(wm), num(now_ms)}, "noting a receipt");
-    out.receipts.push_back(custody::Receipt{policy.central_id, gateway, wm, wm_hash, now_ms});
+    out.receipts.push_back(receipt(policy.central_id, gateway, wm, wm_hash, now_ms));
   }
+}
+
+custody::Receipt CentralStore::receipt(const std::string& central_id, const std::string& gateway,
+                                       std::uint64_t through_seq, const std::string& head,
+                                       std::int64_t now_ms) {
+  custody::Receipt r{central_id, gateway, through_seq, head, now_ms, {}, {}};
+  // What the receipt does not cover, said in it: the newest kMaxLosses of each (an operator's decisions).
+  const PgResult seqs = conn_->exec(
+      "SELECT from_seq, to_seq FROM (SELECT from_seq, to_seq FROM accepted_losses WHERE gateway = $1 AND "
+      "from_seq < $2::bigint ORDER BY from_seq DESC LIMIT $3) x ORDER BY from_seq",
+      {gateway, num(through_seq), num(static_cast<std::uint64_t>(custody::kMaxLosses))},
+      "reading accepted losses");
+  for (int i = 0; i < seqs.rows(); ++i) {
+    r.lost_seqs.emplace_back(static_cast<std::uint64_t>(seqs.integer(i, 0)),
+                             std::min(static_cast<std::uint64_t>(seqs.integer(i, 1)), through_seq - 1));
+  }
+  const PgResult pictures = conn_->exec(
+      "SELECT sha256 FROM (SELECT DISTINCT a.sha256, a.accepted_ms FROM accepted_media_losses a JOIN "
+      "record_media rm ON rm.gateway = a.gateway AND rm.sha256 = a.sha256 WHERE a.gateway = $1 AND rm.seq <= "
+      "$2::bigint AND NOT EXISTS (SELECT 1 FROM media m WHERE m.sha256 = a.sha256) ORDER BY a.accepted_ms "
+      "DESC, a.sha256 LIMIT $3) x ORDER BY sha256",
+      {gateway, num(through_seq), num(static_cast<std::uint64_t>(custody::kMaxLosses))},
+      "reading accepted losses");
+  for (int i = 0; i < pictures.rows(); ++i) {
+    r.lost_pictures.push_back(pictures.text(i, 0));
+  }
+  return r;
+}
+
+CentralStore::LossAcceptance CentralStore::accept_loss(
+    const std::string& gateway, std::optional<std::pair<std::uint64_t, std::uint64_t>> seqs,
+    const std::string& picture, const std::string& reason, const std::string& by, std::int64_t now_ms) {
+  LossAcceptance out;
+  PgTransaction tx(*conn_);
+  // The gateway's row first (the lock advance() takes): a running instance's batch waits, never crosses.
+  if (conn_->exec("SELECT 1 FROM gateways WHERE gateway = $1 FOR UPDATE", {gateway}, "locking a gateway")
+          .rows() == 0) {
+    out.refusal = "gateway \"" + gateway + "\" is not known to this central";
+    return out;
+  }
+  if (seqs) {
+    const auto [from, to] = *seqs;
+    const PgResult held = conn_->exec(
+        "SELECT min(seq) FROM records WHERE gateway = $1 AND seq BETWEEN $2::bigint AND $3::bigint",
+        {gateway, num(from), num(to)}, "looking for held records");
+    if (!held.is_null(0, 0)) {
+      out.refusal =
+          "seq " + held.text(0, 0) + " is held: only what central does not hold can be accepted as lost";
+      return out;
+    }
+    // Every seq of the range must be in what the gateway itself reported it no longer holds.
+    const PgResult ranges = conn_->exec(
+        "SELECT from_seq, to_seq FROM unrecoverable WHERE gateway = $1 AND to_seq >= $2::bigint AND from_seq "
+        "<= "
+        "$3::bigint ORDER BY from_seq",
+        {gateway, num(from), num(to)}, "reading unrecoverable ranges");
+    std::uint64_t covered = from - 1;
+    for (int i = 0; i < ranges.rows() && covered < to; ++i) {
+      const auto lo = static_cast<std::uint64_t>(ranges.integer(i, 0));
+      if (lo > covered + 1) {
+        break;
+      }
+      covered = std::max(covered, static_cast<std::uint64_t>(ranges.integer(i, 1)));
+    }
+    if (covered < to) {
+      out.refusal =
+          "seq " + num(covered + 1) +
+          " was not reported lost by the gateway (no resend reply named it not_held): central still "
+          "asks for it";
+      return out;
+    }
+    conn_->exec(
+        "INSERT INTO accepted_losses (gateway, from_seq, to_seq, reason, operator, accepted_ms) VALUES ($1, "
+        "$2, "
+        "$3, $4, $5, $6) ON CONFLICT (gateway, from_seq) DO UPDATE SET to_seq = "
+        "GREATEST(accepted_losses.to_seq, "
+        "EXCLUDED.to_seq), reason = EXCLUDED.reason, operator = EXCLUDED.operator, accepted_ms = "
+        "EXCLUDED.accepted_ms",
+        {gateway, num(from), num(to), reason, by, num(now_ms)}, "accepting a loss");
+  } else {
+    if (conn_
+            ->exec("SELECT 1 FROM unrecoverable_media WHERE gateway = $1 AND sha256 = $2", {gateway, picture},
+                   "reading unrecoverable pictures")
+            .rows() == 0) {
+      out.refusal = "picture " + picture +
+                    " was not reported lost by the gateway (no resend reply named it in media_not_held)";
+      return out;
+    }
+    if (conn_->exec("SELECT 1 FROM media WHERE sha256 = $1", {picture}, "looking for a held picture").rows() >
+        0) {
+      out.refusal =
+          "picture " + picture + " is held: only what central does not hold can be accepted as lost";
+      return out;
+    }
+    conn_->exec(
+        "INSERT INTO accepted_media_losses (gateway, sha256, reason, operator, accepted_ms) VALUES ($1, $2, "
+        "$3, "
+        "$4, $5) ON CONFLICT (gateway, sha256) DO UPDATE SET reason = EXCLUDED.reason, operator = "
+        "EXCLUDED.operator, accepted_ms = EXCLUDED.accepted_ms",
+        {gateway, picture, reason, by, num(now_ms)}, "accepting a loss");
+  }
+  // The watermark moves now; the receipt is left to the running instances (they publish it when due).
+  BatchOutcome moved;
+  advance(gateway, now_ms, ReceiptPolicy{"", UINT64_MAX / 2, INT64_MAX / 2}, moved);
+  out.watermark = static_cast<std::uint64_t>(
+      conn_->exec("SELECT watermark_seq FROM gateways WHERE gateway = $1", {gateway}, "reading the watermark")
+          .integer(0, 0));
+  tx.commit();
+  out.accepted = true;
+  return out;
 }
 
 std::vector<custody::Receipt> CentralStore::due_receipts(std::int64_t now_ms, const ReceiptPolicy& policy) {
@@ -971,7 +1122,7 @@ std::vector<custody::Receipt> CentralStore::due_receipts(std::int64_t now_ms, co
     const auto wm = static_cast<std::uint64_t>(r.integer(i, 1));
     conn_->exec("UPDATE gateways SET receipt_seq = $2, receipt_ms = $3 WHERE gateway = $1",
                 {gateway, num(wm), num(now_ms)}, "noting a receipt");
-    out.push_back(custody::Receipt{policy.central_id, gateway, wm, r.text(i, 2), now_ms});
+    out.push_back(receipt(policy.central_id, gateway, wm, r.text(i, 2), now_ms));
   }
   tx.commit();
   return out;
@@ -1096,7 +1247,14 @@ nlohmann::json CentralStore::status() {
       "(SELECT COALESCE(json_agg(json_build_object('seq', c.seq, 'kind', c.kind, 'reason', c.reason, "
       "'as_fork', "
       "c.as_fork, 'received_ms', c.received_ms) ORDER BY c.received_ms), '[]') FROM chain_restarts c WHERE "
-      "c.gateway = g.gateway) "
+      "c.gateway = g.gateway), "
+      "(SELECT COALESCE(json_agg(x.loss ORDER BY x.accepted_ms), '[]') FROM (SELECT "
+      "json_build_object('seqs', "
+      "json_build_array(a.from_seq, a.to_seq), 'reason', a.reason, 'operator', a.operator, 'accepted_ms', "
+      "a.accepted_ms) AS loss, a.accepted_ms FROM accepted_losses a WHERE a.gateway = g.gateway UNION ALL "
+      "SELECT json_build_object('picture', m.sha256, 'reason', m.reason, 'operator', m.operator, "
+      "'accepted_ms', m.accepted_ms), m.accepted_ms FROM accepted_media_losses m WHERE m.gateway = g.gateway "
+      "ORDER BY 2 DESC LIMIT 100) x) "
       "FROM gateways g LEFT JOIN quarantine_usage q ON q.gateway = g.gateway ORDER BY g.gateway",
       "reading status");
   for (int i = 0; i < r.rows(); ++i) {
@@ -1125,6 +1283,7 @@ nlohmann::json CentralStore::status() {
         {"unrecoverable_media_count", r.integer(i, 20)},
         {"unrecoverable_media", nlohmann::json::parse(r.text(i, 21))},
         {"chain_restarts", nlohmann::json::parse(r.text(i, 22))},
+        {"accepted_losses", nlohmann::json::parse(r.text(i, 23))},  // the newest 100
     };
     gateways.push_back(std::move(g));
   }

@@ -178,6 +178,19 @@ class CentralStore {
   };
   std::optional<Revocation> revoke_key(const std::string& gateway, const std::string& kid,
                                        std::uint64_t after_seq);
+  // An operator accepts a loss (docs/custody.md, "Accepting a loss"): a seq range (`seqs`) or a picture
+  // (`picture`) the gateway reported it no longer holds (`unrecoverable`, `unrecoverable_media`) and central
+  // does not hold. The watermark passes it at once; later receipts name it (lost_seqs, lost_pictures).
+  // Refused (nothing changes) for anything else, with the reason.
+  struct LossAcceptance {
+    bool accepted = false;
+    std::string refusal;
+    std::uint64_t watermark = 0;  // after the acceptance
+  };
+  LossAcceptance accept_loss(const std::string& gateway,
+                             std::optional<std::pair<std::uint64_t, std::uint64_t>> seqs,
+                             const std::string& picture, const std::string& reason, const std::string& by,
+                             std::int64_t now_ms);
   // gateway -> kid -> key and its seq range, for every enrolled gateway.
   TrustedKeys trusted_keys();
   // The committed seq ranges of these (gateway, kid) pairs (rows that exist): the authority an instance's
@@ -218,6 +231,8 @@ class CentralStore {
 
  private:
   void migrate();
+  custody::Receipt receipt(const std::string& central_id, const std::string& gateway,
+                           std::uint64_t through_seq, const std::string& head, std::int64_t now_ms);
   void advance(const std::string& gateway, std::int64_t now_ms, const ReceiptPolicy& policy,
                BatchOutcome& out);
   void store_quarantine(const std::vector<QuarantineEntry>& entries, const std::string& now,

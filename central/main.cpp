@@ -10,6 +10,7 @@
 #include <fstream>
 #include <iostream>
 #include <iterator>
+#include <optional>
 #include <thread>
 
 #include "central/central_config.h"
@@ -144,6 +145,53 @@ int files(central::PgConnection& pg, const std::string& gateway, const std::stri
   return 0;
 }
 
+// checkpoint-central accept-loss: what an operator accepts is printable text of bounded length (it goes into
+// PostgreSQL and status output as is); the range or picture is checked by the store.
+int accept_loss(central::CentralStore& store, const std::string& gateway, const std::string& seqs,
+                const std::string& picture, const std::string& reason, const std::string& by) {
+  const auto printable_text = [](const std::string& text) {
+    return !text.empty() && text.size() <= 500 && printable(text) == text;
+  };
+  if (!printable_text(reason) || !printable_text(by)) {
+    std::cerr << "checkpoint-central: --reason and --operator must be printable ASCII, 1-500 bytes"
+              << std::endl;
+    return 2;
+  }
+  std::optional<std::pair<std::uint64_t, std::uint64_t>> range;
+  if (!seqs.empty()) {
+    const auto dash = seqs.find('-');
+    const auto parse = [](const std::string& text) -> std::uint64_t {
+      if (text.empty() || text.size() > 18 || text.find_first_not_of("0123456789") != std::string::npos) {
+        return 0;
+      }
+      return std::stoull(text);
+    };
+    const std::uint64_t from = parse(seqs.substr(0, dash));
+    const std::uint64_t to = dash == std::string::npos ? from : parse(seqs.substr(dash + 1));
+    if (from == 0 || to < from) {
+      std::cerr << "checkpoint-central: --seq " << printable(seqs)
+                << " is not a seq or a range A-B (1 <= A <= B)" << std::endl;
+      return 2;
+    }
+    range.emplace(from, to);
+  } else if (!is_sha256_hex(picture)) {
+    std::cerr << "checkpoint-central: give --seq A[-B] or --picture SHA-256 (64 lower-case hex digits)"
+              << std::endl;
+    return 2;
+  }
+  const auto r = store.accept_loss(gateway, range, picture, reason, by, now_ms());
+  if (!r.accepted) {
+    std::cerr << "checkpoint-central: not accepted: " << r.refusal << " (nothing changed)" << std::endl;
+    return 1;
+  }
+  std::cout << "accepted as lost: " << gateway << " "
+            << (range ? "seq " + std::to_string(range->first) + ".." + std::to_string(range->second)
+                      : "picture " + picture)
+            << " by " << by << "; custody through seq " << r.watermark
+            << " (the next receipt, within receipts.every_ms, names the loss)" << std::endl;
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -188,6 +236,22 @@ int main(int argc, char** argv) {
   revoke_cmd->add_option("--after-seq", after_seq, "the last seq the key is trusted for (0: none)")
       ->required()
       ->check(CLI::Range(std::uint64_t{0}, static_cast<std::uint64_t>(INT64_MAX)));
+  std::string loss_seqs;
+  std::string loss_picture;
+  std::string loss_reason;
+  std::string loss_operator;
+  auto* accept_cmd = app.add_subcommand("accept-loss",
+                                        "Accept as lost records (--seq A or A-B) or a picture (--picture "
+                                        "SHA) the gateway reported it no longer "
+                                        "holds: custody moves past them and receipts name them");
+  accept_cmd->add_option("-c,--config", config_path, "YAML config")->required();
+  accept_cmd->add_option("--gateway", gateway, "gateway id")->required();
+  auto* seq_opt = accept_cmd->add_option("--seq", loss_seqs, "a seq, or a range A-B (status: unrecoverable)");
+  auto* picture_opt =
+      accept_cmd->add_option("--picture", loss_picture, "a picture's SHA-256 (status: unrecoverable_media)");
+  seq_opt->excludes(picture_opt);
+  accept_cmd->add_option("--reason", loss_reason, "why the loss is accepted (kept with it)")->required();
+  accept_cmd->add_option("--operator", loss_operator, "who accepts it (kept with it)")->required();
   std::string request_sha;
   auto* files_cmd = app.add_subcommand(
       "files",
@@ -274,6 +338,9 @@ int main(int argc, char** argv) {
                     << c["seq"] << (c["as_fork"].get<bool>() ? " (a fork of the old chain)" : "") << ": "
                     << c["reason"].dump();
         }
+        if (!g["accepted_losses"].empty()) {
+          std::cout << ", ACCEPTED LOSSES " << g["accepted_losses"].size();  // --json: what, why, by whom
+        }
         if (g["head_forks"].get<long long>() > 0) {
           std::cout << ", HEAD FORKS " << g["head_forks"];
         }
@@ -310,6 +377,9 @@ int main(int argc, char** argv) {
             << std::endl;
       }
       return 0;
+    }
+    if (*accept_cmd) {
+      return accept_loss(store, gateway, loss_seqs, loss_picture, loss_reason, loss_operator);
     }
     if (*files_cmd) {
       return files(store.connection(), gateway, request_sha, limit, json_out);

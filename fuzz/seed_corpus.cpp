@@ -180,7 +180,7 @@ void custody_seeds(CorpusWriter& w) {
   put('\0', "resend_media", R"({"media":[")" + sha + R"("],"v":1})");
   put('\1', "reply",
       R"({"from_seq":1,"media_not_held":[],"media_sent":[],"not_held":[[1,9]],"sent":10,"to_seq":10,"v":1})");
-  put('\2', "receipt", custody::seal_receipt(key, {"central", "gw", 120, sha, 1767225605000}));
+  put('\2', "receipt", custody::seal_receipt(key, {"central", "gw", 120, sha, 1767225605000, {}, {}}));
   put('\3', "head", custody::seal_head(key, {"gw", 130, sha, 1767225607250}));
   put('\4', "topic_init", "file/" + sha + "/init");
   put('\4', "topic_segment", "file/" + sha + "/1048576/" + sha);

@@ -277,6 +277,16 @@ void CustodyAgent::on_receipt(const std::string& jws) {
                    {"issued_ms", receipt.issued_ms},
                    {"receipt_sha256", sha256_hex(jws)},
                    {"receipt", jws}};
+    // What central says it does not hold (losses an operator accepted there), in the chain as it came.
+    if (!receipt.lost_seqs.empty()) {
+      fact.fields["lost_seqs"] = nlohmann::json::array();
+      for (const auto& [from, to] : receipt.lost_seqs) {
+        fact.fields["lost_seqs"].push_back({from, to});
+      }
+    }
+    if (!receipt.lost_pictures.empty()) {
+      fact.fields["lost_pictures"] = receipt.lost_pictures;
+    }
     last_custody_record_ms_ = now;
     host_.submit(std::move(fact), [this, state](const SealedRecord& sealed) {
       // The custody record is committed: now the store may count these records as held by central.

@@ -319,8 +319,8 @@ struct Daemon::Impl {
   void seal_first_records(std::optional<store::CustodyState> continued, std::string why) {
     json details = start_details;
     if (continued) {
-      const custody::Receipt receipt{continued->central, cfg.gateway.id, continued->through_seq,
-                                     continued->head, 0};
+      const custody::Receipt receipt{
+          continued->central, cfg.gateway.id, continued->through_seq, continued->head, 0, {}, {}};
       worker->submit(correlator->audit(
           "store_replaced", clock.now_ms(),
           custody::store_replaced_details(receipt, continued->kid, continued->receipt,

@@ -1,6 +1,7 @@
 // Custody messages: JCS bodies, JWS signatures (EdDSA) with their own typ, bounded request parsing.
 #include "daemon/core/custody.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "daemon/core/encoding.h"
@@ -45,13 +46,22 @@ std::optional<nlohmann::json> typed_body(const std::string& payload, const char*
 }  // namespace
 
 std::string seal_receipt(const Ed25519PrivateKey& central_key, const Receipt& receipt) {
-  const nlohmann::json body = {{"v", 1},
-                               {"type", "custody_receipt"},
-                               {"central", receipt.central},
-                               {"gateway", receipt.gateway},
-                               {"through_seq", receipt.through_seq},
-                               {"head", receipt.head},
-                               {"issued_ms", receipt.issued_ms}};
+  nlohmann::json body = {{"v", 1},
+                         {"type", "custody_receipt"},
+                         {"central", receipt.central},
+                         {"gateway", receipt.gateway},
+                         {"through_seq", receipt.through_seq},
+                         {"head", receipt.head},
+                         {"issued_ms", receipt.issued_ms}};
+  if (!receipt.lost_seqs.empty()) {
+    body["lost_seqs"] = nlohmann::json::array();
+    for (const auto& [from, to] : receipt.lost_seqs) {
+      body["lost_seqs"].push_back({from, to});
+    }
+  }
+  if (!receipt.lost_pictures.empty()) {
+    body["lost_pictures"] = receipt.lost_pictures;
+  }
   return sign_compact(central_key, kReceiptTyp, body);
 }
 
@@ -94,6 +104,35 @@ ReceiptCheck check_receipt(std::string_view jws, const KeyForKid& central_keys, 
   if (!get_time(*body, "issued_ms", out.issued_ms)) {
     r.reason = "field \"issued_ms\" is not an integer";
     return r;
+  }
+  if (const auto it = body->find("lost_seqs"); it != body->end()) {
+    const bool shaped = it->is_array() && !it->empty() && it->size() <= kMaxLosses &&
+                        std::all_of(it->begin(), it->end(), [&](const nlohmann::json& range) {
+                          return range.is_array() && range.size() == 2 && range[0].is_number_unsigned() &&
+                                 range[1].is_number_unsigned() && range[0].get<std::uint64_t>() >= 1 &&
+                                 range[0].get<std::uint64_t>() <= range[1].get<std::uint64_t>() &&
+                                 range[1].get<std::uint64_t>() < out.through_seq;
+                        });
+    if (!shaped) {
+      r.reason = "field \"lost_seqs\" is not a list of [from, to] seq ranges below through_seq";
+      return r;
+    }
+    for (const auto& range : *it) {
+      out.lost_seqs.emplace_back(range[0].get<std::uint64_t>(), range[1].get<std::uint64_t>());
+    }
+  }
+  if (const auto it = body->find("lost_pictures"); it != body->end()) {
+    const bool shaped = it->is_array() && !it->empty() && it->size() <= kMaxLosses &&
+                        std::all_of(it->begin(), it->end(), [](const nlohmann::json& sha) {
+                          return sha.is_string() && is_sha256_hex(sha.get_ref<const std::string&>());
+                        });
+    if (!shaped) {
+      r.reason = "field \"lost_pictures\" is not a list of SHA-256 (64 lower-case hex digits)";
+      return r;
+    }
+    for (const auto& sha : *it) {
+      out.lost_pictures.push_back(sha.get<std::string>());
+    }
   }
   r.ok = true;
   return r;

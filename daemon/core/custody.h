@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "daemon/core/ed25519.h"
@@ -26,8 +27,14 @@ struct Receipt {
   std::uint64_t through_seq = 0;
   std::string head;  // lower-case hex SHA-256 of record through_seq's JWS bytes
   UnixMs issued_ms = 0;
+  // Within 1..through_seq, what central does not hold because the gateway reported it no longer holds it
+  // and an operator accepted the loss (checkpoint-central accept-loss): seq ranges, and pictures (SHA-256)
+  // named by records through through_seq. Members left out of the body when empty. At most kMaxLosses each.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> lost_seqs;
+  std::vector<std::string> lost_pictures;
   bool operator==(const Receipt&) const = default;
 };
+inline constexpr std::size_t kMaxLosses = 1000;
 
 std::string seal_receipt(const Ed25519PrivateKey& central_key, const Receipt& receipt);
 

@@ -90,6 +90,18 @@ class CentralHostile : public CustodyFixture {
     return sign_compact(gh_key_, "evidence+jws", body);
   }
 
+  // Answers a resend request the way a gateway does: on its Response Topic, with its Correlation Data.
+  static void reply_to(MqttPublisher& gateway, const mqtt::const_message_ptr& request,
+                       const custody::ResendReply& reply) {
+    auto out =
+        mqtt::make_message(mqtt::get<std::string>(request->get_properties(), mqtt::property::RESPONSE_TOPIC),
+                           custody::resend_reply_json(reply), 1, false);
+    out->set_properties(mqtt::properties{
+        {mqtt::property::CORRELATION_DATA,
+         mqtt::get<mqtt::binary>(request->get_properties(), mqtt::property::CORRELATION_DATA)}});
+    gateway.client().publish(out);
+  }
+
   static constexpr int kQueueMb = 16;
   static constexpr int kRowsPerGateway = 300;
   static constexpr int kRows = 600;
@@ -126,13 +138,7 @@ TEST_F(CentralHostile, MediaNotHeldIsRecordedAndAHeadForkIsAlarmed) {
     ++media_requests;
     custody::ResendReply reply;
     reply.media_not_held = parsed.request->media;
-    auto out =
-        mqtt::make_message(mqtt::get<std::string>(msg->get_properties(), mqtt::property::RESPONSE_TOPIC),
-                           custody::resend_reply_json(reply), 1, false);
-    out->set_properties(
-        mqtt::properties{{mqtt::property::CORRELATION_DATA,
-                          mqtt::get<mqtt::binary>(msg->get_properties(), mqtt::property::CORRELATION_DATA)}});
-    gh.client().publish(out);
+    reply_to(gh, msg, reply);
   });
   gh.client().subscribe("checkpoint/gh/resend", 1)->wait();
 
@@ -197,6 +203,123 @@ TEST_F(CentralHostile, MediaNotHeldIsRecordedAndAHeadForkIsAlarmed) {
   m = metrics();
   EXPECT_EQ(metric(m, "central_head_forks_total"), 1) << m;
   EXPECT_NE(central_->stderr_text().find("FORK: head announcement gh:1"), std::string::npos);
+  central_->signal(SIGTERM);
+  EXPECT_EQ(central_->wait(20s), 0) << central_->stderr_text();
+}
+
+// An operator accepts what a gateway reported lost (checkpoint-central accept-loss): refused for what the
+// gateway did not report lost or central holds; once accepted, the watermark passes it (the record after a
+// lost range has no predecessor at central to check its prev against), and the receipts say what they do
+// not cover (lost_seqs, lost_pictures), signed by central's key like the rest.
+TEST_F(CentralHostile, AnOperatorAcceptsAReportedLossAndCustodyMovesPastIt) {
+  start_central();
+  const std::string lost = sha256_hex("a picture the gateway lost");
+  const std::string r1 = gh_record(1, std::string(64, '0'), {});
+  const std::string r2 = gh_record(2, sha256_hex(r1), {lost});
+  const std::string r3 = gh_record(3, sha256_hex(r2), {});  // lost: never published
+  const std::string r4 = gh_record(4, sha256_hex(r3), {});
+
+  // The test answers resend requests as a gateway that lost seq 3 and r2's picture.
+  MqttPublisher gh(broker_->uri(), "gh");
+  gh.client().set_message_callback([&](mqtt::const_message_ptr msg) {
+    const auto parsed = custody::parse_resend_request(msg->get_payload_str());
+    if (!parsed.request) {
+      return;
+    }
+    custody::ResendReply reply;
+    reply.from_seq = parsed.request->from_seq;
+    reply.to_seq = parsed.request->to_seq;
+    if (parsed.request->to_seq > 0) {
+      reply.not_held = {{parsed.request->from_seq, parsed.request->to_seq}};
+    }
+    reply.media_not_held = parsed.request->media;
+    reply_to(gh, msg, reply);
+  });
+  gh.client().subscribe("checkpoint/gh/resend", 1)->wait();
+  gh.publish("checkpoint/gh/evidence", r1);
+  gh.publish("checkpoint/gh/evidence", r2);
+  gh.publish("checkpoint/gh/evidence", r4);
+  gh.drain();
+  ASSERT_TRUE(
+      wait_for_condition([&] { return pg_int("SELECT count(*) FROM unrecoverable_media") == 1; }, 30s))
+      << central_->stderr_text();
+  EXPECT_EQ(pg_int("SELECT watermark_seq FROM gateways WHERE gateway = 'gh'"), 1);
+
+  const std::string config = (dir_ / "central.yaml").string();
+  const auto accept = [&](std::vector<std::string> what, std::string* out, std::string* err) {
+    std::vector<std::string> args = {"accept-loss", "--config", config, "--gateway", "gh"};
+    args.insert(args.end(), what.begin(), what.end());
+    return central_cli(args, out, err);
+  };
+  std::string out;
+  std::string err;
+  // Refused, nothing changes: what the gateway never reported lost, what central holds, no reason given.
+  EXPECT_EQ(accept({"--seq", "3", "--reason", "r", "--operator", "op"}, &out, &err), 1);
+  EXPECT_NE(err.find("seq 3 was not reported lost by the gateway"), std::string::npos) << err;
+  EXPECT_EQ(accept({"--seq", "1-3", "--reason", "r", "--operator", "op"}, &out, &err), 1);
+  EXPECT_NE(err.find("seq 1 is held"), std::string::npos) << err;
+  EXPECT_EQ(accept({"--picture", sha256_hex("another"), "--reason", "r", "--operator", "op"}, &out, &err), 1);
+  EXPECT_NE(err.find("was not reported lost"), std::string::npos) << err;
+  EXPECT_NE(accept({"--picture", lost, "--operator", "op"}, &out, &err), 0);
+  EXPECT_NE(accept({"--seq", "2-1", "--reason", "r", "--operator", "op"}, &out, &err), 0);
+  EXPECT_EQ(
+      pg_int("SELECT count(*) FROM accepted_losses") + pg_int("SELECT count(*) FROM accepted_media_losses"),
+      0);
+  EXPECT_EQ(pg_int("SELECT watermark_seq FROM gateways WHERE gateway = 'gh'"), 1);
+
+  // The picture: custody passes seq 2; then central asks for the hole at 3, which the gateway lost too.
+  ASSERT_EQ(accept({"--picture", lost, "--reason", "camera SD card failed", "--operator", "duty officer 7"},
+                   &out, &err),
+            0)
+      << err;
+  EXPECT_NE(out.find("custody through seq 2"), std::string::npos) << out;
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return pg_int("SELECT count(*) FROM unrecoverable WHERE gateway = 'gh' AND from_seq = 3") == 1; },
+      30s))
+      << central_->stderr_text();
+  ASSERT_EQ(
+      accept({"--seq", "3", "--reason", "store sector lost", "--operator", "duty officer 7"}, &out, &err), 0)
+      << err;
+  EXPECT_NE(out.find("custody through seq 4"), std::string::npos) << out;
+
+  // The receipt through 4 names both losses and verifies with central's key.
+  MqttCollector receipts(broker_->uri(), {"checkpoint/gh/custody"});
+  std::optional<custody::Receipt> last;
+  ASSERT_TRUE(receipts.wait_until(
+      [&] {
+        for (const auto& p : receipts.payloads("checkpoint/gh/custody")) {
+          const auto c = custody::check_receipt(
+              p,
+              [&](const std::string& kid) -> std::optional<Ed25519PublicKey> {
+                return kid == central_pub_->kid() ? std::optional(*central_pub_) : std::nullopt;
+              },
+              "gh");
+          if (c.ok && c.receipt.through_seq == 4) {
+            last = c.receipt;
+            return true;
+          }
+        }
+        return false;
+      },
+      20s))
+      << central_->stderr_text();
+  EXPECT_EQ(last->head, sha256_hex(r4));
+  EXPECT_EQ(last->lost_seqs, (std::vector<std::pair<std::uint64_t, std::uint64_t>>{{3, 3}}));
+  EXPECT_EQ(last->lost_pictures, std::vector<std::string>{lost});
+
+  const auto s = status();
+  bool seen = false;
+  for (const auto& g : s["gateways"]) {
+    if (g["gateway"] == "gh") {
+      seen = true;
+      EXPECT_EQ(g["watermark"], 4);
+      ASSERT_EQ(g["accepted_losses"].size(), 2u) << g.dump();
+      EXPECT_EQ(g["accepted_losses"][0]["picture"], lost);
+      EXPECT_EQ(g["accepted_losses"][1]["seqs"], nlohmann::json::array({3, 3}));
+      EXPECT_EQ(g["accepted_losses"][1]["operator"], "duty officer 7");
+    }
+  }
+  EXPECT_TRUE(seen) << s.dump();
   central_->signal(SIGTERM);
   EXPECT_EQ(central_->wait(20s), 0) << central_->stderr_text();
 }

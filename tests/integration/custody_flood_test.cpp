@@ -198,7 +198,7 @@ TEST_F(CustodyFlood, HostileReceiptsAndResendRequestsAreRefusedCountedAndSurvive
   const auto central_key = Ed25519PrivateKey::load_pem_file((dir_ / "central.key").string());
   const std::string kid = central_key.public_key().kid();
   const std::string accepted = custody::seal_receipt(
-      central_key, {"central-test", "gw", kAccepted, sha256_hex(watch.jws(kAccepted)), 1});
+      central_key, {"central-test", "gw", kAccepted, sha256_hex(watch.jws(kAccepted)), 1, {}, {}});
   {
     MqttPublisher central(broker_->uri(), "fake-central");
     central.publish(kReceipts, accepted);
@@ -274,15 +274,16 @@ TEST_F(CustodyFlood, HostileReceiptsAndResendRequestsAreRefusedCountedAndSurvive
     const std::string head = sha256_hex(watch.jws(through));
     // Signed by a key nobody configured; signed by it under central's kid; signed by central for another
     // gateway.
-    early_refused.push_back(custody::seal_receipt(forger, {"central-test", "gw", through, head, 2}));
+    early_refused.push_back(custody::seal_receipt(forger, {"central-test", "gw", through, head, 2, {}, {}}));
     early_refused.push_back(
         raw_jws(forger, receipt_header(kid),
-                custody::seal_receipt(central_key, {"central-test", "gw", through, head, 2})));
-    early_refused.push_back(custody::seal_receipt(central_key, {"central-test", "gx", through, head, 3}));
+                custody::seal_receipt(central_key, {"central-test", "gw", through, head, 2, {}, {}})));
+    early_refused.push_back(
+        custody::seal_receipt(central_key, {"central-test", "gx", through, head, 3, {}, {}}));
     store_refused.push_back(
-        custody::seal_receipt(central_key, {"central-test", "gw", through, random_sha(), 4}));
+        custody::seal_receipt(central_key, {"central-test", "gw", through, random_sha(), 4, {}, {}}));
     store_refused.push_back(custody::seal_receipt(
-        central_key, {"central-test", "gw", 1000000000000ULL + rng() % 1000, random_sha(), 5}));
+        central_key, {"central-test", "gw", 1000000000000ULL + rng() % 1000, random_sha(), 5, {}, {}}));
   }
   store_refused.push_back(raw_jws(central_key, receipt_header(kid),
                                   nlohmann::json{{"v", 1},
@@ -684,9 +685,10 @@ TEST_F(CustodyFlood, HostileReceiptsAndResendRequestsAreRefusedCountedAndSurvive
   {
     MqttPublisher central(broker_->uri(), "fake-central");
     for (std::uint64_t k = 1; k <= 20; ++k) {
-      central.publish(kReceipts,
-                      custody::seal_receipt(
-                          central_key, {"central-test", "gw", 1000000000000ULL + 1000 + k, random_sha(), 6}));
+      central.publish(
+          kReceipts,
+          custody::seal_receipt(
+              central_key, {"central-test", "gw", 1000000000000ULL + 1000 + k, random_sha(), 6, {}, {}}));
     }
   }
   EXPECT_TRUE(wait_for_condition(
@@ -699,8 +701,10 @@ TEST_F(CustodyFlood, HostileReceiptsAndResendRequestsAreRefusedCountedAndSurvive
   ASSERT_GT(through, head0);
   {
     MqttPublisher central(broker_->uri(), "fake-central");
-    central.publish(kReceipts, custody::seal_receipt(central_key, {"central-test", "gw", through,
-                                                                   sha256_hex(watch.jws(through)), 9}));
+    central.publish(
+        kReceipts,
+        custody::seal_receipt(central_key,
+                              {"central-test", "gw", through, sha256_hex(watch.jws(through)), 9, {}, {}}));
   }
   EXPECT_TRUE(wait_for_condition(
       [&] {

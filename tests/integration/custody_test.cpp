@@ -199,12 +199,13 @@ TEST_F(Custody, ABadReceiptIsRefusedAndNothingIsDeleted) {
   // The real hash of record 5, read the way a consumer would: from the store file.
   const std::string head5 = sha256_hex(slurp_jws(seq));
   const std::vector<std::pair<std::string, std::string>> bad = {
-      {custody::seal_receipt(forged_key, {"central-test", "gw", 5, head5, 1}),
+      {custody::seal_receipt(forged_key, {"central-test", "gw", 5, head5, 1, {}, {}}),
        "not a configured central key"},
-      {custody::seal_receipt(central_key, {"central-test", "gw-other", 5, head5, 1}), "not this gateway"},
-      {custody::seal_receipt(central_key, {"central-test", "gw", 5, std::string(64, 'f'), 1}),
+      {custody::seal_receipt(central_key, {"central-test", "gw-other", 5, head5, 1, {}, {}}),
+       "not this gateway"},
+      {custody::seal_receipt(central_key, {"central-test", "gw", 5, std::string(64, 'f'), 1, {}, {}}),
        "is not the SHA-256"},
-      {custody::seal_receipt(central_key, {"central-test", "gw", 999999, head5, 1}),
+      {custody::seal_receipt(central_key, {"central-test", "gw", 999999, head5, 1, {}, {}}),
        "beyond this gateway's head"},
   };
   for (const auto& [jws, why] : bad) {
@@ -220,7 +221,7 @@ TEST_F(Custody, ABadReceiptIsRefusedAndNothingIsDeleted) {
 
   // The right receipt is accepted: one custody record, and the records through 5 may go.
   ASSERT_EQ(mosquitto_pub("checkpoint/gw/custody",
-                          custody::seal_receipt(central_key, {"central-test", "gw", 5, head5, 1}),
+                          custody::seal_receipt(central_key, {"central-test", "gw", 5, head5, 1, {}, {}}),
                           /*retain=*/true, 10s),
             0);
   ASSERT_TRUE(wait_for_condition(

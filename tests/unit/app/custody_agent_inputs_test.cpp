@@ -80,8 +80,8 @@ class CustodyAgentInputs : public ::testing::Test {
     io_.run_for(20ms);
   }
   std::string receipt(std::uint64_t through) {
-    return custody::seal_receipt(central_,
-                                 custody::Receipt{"central-1", "gw-1", through, std::string(64, 'b'), 1});
+    return custody::seal_receipt(
+        central_, custody::Receipt{"central-1", "gw-1", through, std::string(64, 'b'), 1, {}, {}});
   }
   std::uint64_t counter(const char* name) { return agent_->status()[name].get<std::uint64_t>(); }
 

@@ -84,8 +84,9 @@ class CustodyAgentOrigin : public ::testing::Test {
     io_.run_for(20ms);
   }
   std::string receipt(const std::string& gateway, std::uint64_t through) {
-    return custody::seal_receipt(central_, custody::Receipt{"central-1", gateway, through, std::string(64, 'b'),
-                                                            1'767'225'599'000});
+    return custody::seal_receipt(
+        central_,
+        custody::Receipt{"central-1", gateway, through, std::string(64, 'b'), 1'767'225'599'000, {}, {}});
   }
 
   fs::path dir_;
@@ -132,7 +133,8 @@ TEST_F(CustodyAgentOrigin, AReceiptForAnotherGatewayIsRefusedAndEndsTheWait) {
   io_.run_for(50ms);
   ASSERT_EQ(decision_.calls, 1);
   EXPECT_FALSE(decision_.receipt);
-  EXPECT_NE(decision_.why.find("the retained custody receipt was refused"), std::string::npos) << decision_.why;
+  EXPECT_NE(decision_.why.find("the retained custody receipt was refused"), std::string::npos)
+      << decision_.why;
   EXPECT_EQ(agent_->status()["receipts_refused"].get<std::uint64_t>(), 1U);
 }
 
@@ -151,7 +153,8 @@ TEST_F(CustodyAgentOrigin, NoReceiptWithinTheWaitGivesANewChainOnce) {
 
 TEST(StoreReplacedDetails, NameTheReceiptAndWhatIsNotKnown) {
   const auto d = custody::store_replaced_details(
-      custody::Receipt{"central-1", "gw-1", 120, std::string(64, 'c'), 1}, "0123456789abcdef", "h.b.s", "why");
+      custody::Receipt{"central-1", "gw-1", 120, std::string(64, 'c'), 1, {}, {}}, "0123456789abcdef",
+      "h.b.s", "why");
   EXPECT_EQ(d["continued_from_seq"], 120);
   EXPECT_EQ(d["lost_after_seq"], 120);
   EXPECT_EQ(d["continued_from_head"], std::string(64, 'c'));

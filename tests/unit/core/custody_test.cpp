@@ -26,7 +26,7 @@ class CustodyTest : public ::testing::Test {
   }
   Ed25519PrivateKey central_ = Ed25519PrivateKey::generate();
   Ed25519PrivateKey other_ = Ed25519PrivateKey::generate();
-  Receipt receipt_{"central-1", "gw-1", 42, std::string(64, 'a'), 1767225600000};
+  Receipt receipt_{"central-1", "gw-1", 42, std::string(64, 'a'), 1767225600000, {}, {}};
 };
 
 TEST_F(CustodyTest, AReceiptVerifiesUnderTheCentralKeyAndRoundTrips) {
@@ -86,6 +86,40 @@ TEST_F(CustodyTest, AReceiptWithBadMembersIsRefusedWithTheMember) {
   body["v"] = 1;
   EXPECT_THAT(check_receipt(sign_compact(central_, "evidence+jws", body), keys_of(central_), "gw-1").reason,
               HasSubstr("typ"));
+}
+
+TEST_F(CustodyTest, AReceiptNamesAcceptedLossesAndRefusesMisshapenOnes) {
+  // Without losses the body has no lost_* members (receipts read as before).
+  Receipt plain{"central-1", "gw-1", 9, std::string(64, 'a'), 1767225605000, {}, {}};
+  const std::string jws = seal_receipt(central_, plain);
+  EXPECT_EQ(
+      base64url_decode(jws.substr(jws.find('.') + 1, jws.rfind('.') - jws.find('.') - 1))->find("lost_"),
+      std::string::npos);
+
+  Receipt with = plain;
+  with.lost_seqs = {{2, 3}, {5, 8}};
+  with.lost_pictures = {std::string(64, 'c')};
+  const ReceiptCheck ok = check_receipt(seal_receipt(central_, with), keys_of(central_), "gw-1");
+  ASSERT_TRUE(ok.ok) << ok.reason;
+  EXPECT_EQ(ok.receipt, with);
+
+  const auto reason_for = [&](const char* member, const nlohmann::json& value) {
+    nlohmann::json body = {
+        {"v", 1},           {"type", "custody_receipt"},    {"central", "c"}, {"gateway", "gw-1"},
+        {"through_seq", 9}, {"head", std::string(64, 'a')}, {"issued_ms", 1}, {member, value}};
+    return check_receipt(sign_compact(central_, kReceiptTyp, body), keys_of(central_), "gw-1").reason;
+  };
+  for (const nlohmann::json& bad :
+       {nlohmann::json::array(), nlohmann::json::array({nlohmann::json::array({3, 2})}),
+        nlohmann::json::array({nlohmann::json::array({0, 2})}),
+        nlohmann::json::array({nlohmann::json::array({4, 9})}),  // through_seq is held
+        nlohmann::json::array({nlohmann::json::array({4})}), nlohmann::json("1-3")}) {
+    EXPECT_THAT(reason_for("lost_seqs", bad), HasSubstr("lost_seqs")) << bad.dump();
+  }
+  for (const nlohmann::json& bad :
+       {nlohmann::json::array({"ABC"}), nlohmann::json::array({1}), nlohmann::json(7)}) {
+    EXPECT_THAT(reason_for("lost_pictures", bad), HasSubstr("lost_pictures")) << bad.dump();
+  }
 }
 
 TEST_F(CustodyTest, AHeadAnnouncementVerifiesForItsGatewayOnly) {
