@@ -265,7 +265,7 @@ std::optional<CentralService::Prechecked> CentralService::precheck(const std::st
   if (!c.ok) {
     return std::nullopt;  // the worker checks it again with its own keys and reports why
   }
-  return Prechecked{std::move(c), std::move(key_raw)};
+  return Prechecked{std::move(c), std::move(key_raw), sha256_hex(payload)};
 }
 
 void CentralService::on_message(std::string topic, std::string payload, std::string correlation) {
@@ -534,14 +534,17 @@ void CentralService::classify(Message& m, Batch& batch) {
       return;
     }
     RecordCheck c;
+    std::string jws_sha256;
     const bool prechecked = m.pre && [&] {
       const auto key = key_for(gateway, m.pre->check.kid);
       return key && key->raw() == m.pre->key_raw;  // still the key trusted for that kid
     }();
     if (prechecked) {
       c = std::move(m.pre->check);
+      jws_sha256 = std::move(m.pre->jws_sha256);
     } else {
       c = check_record(m.payload, lookup);
+      jws_sha256 = sha256_hex(m.payload);
     }
     m.pre.reset();
     std::string reason = c.reason;
@@ -580,7 +583,7 @@ void CentralService::classify(Message& m, Batch& batch) {
       quarantine(batch, gateway, kind, m.payload, seq, c.kid, reason, true);
       return;
     }
-    batch.records.push_back(IncomingRecord{gateway, c.seq, m.payload, sha256_hex(m.payload), c.prev, c.kid,
+    batch.records.push_back(IncomingRecord{gateway, c.seq, m.payload, std::move(jws_sha256), c.prev, c.kid,
                                            std::move(c.body), std::move(c.canonical_body)});
     trust_rotated_key(keys_, batch.records.back());  // key_rotation.h: the rest of this batch verifies
   } else if (kind == "media") {

@@ -85,8 +85,9 @@ class CentralService {
   // An evidence record already checked on Paho's thread (precheck()): the worker takes the result only
   // if the key it was verified with is still the one trusted for its kid.
   struct Prechecked {
-    RecordCheck check;    // ok
-    std::string key_raw;  // the public key that verified it
+    RecordCheck check;       // ok
+    std::string key_raw;     // the public key that verified it
+    std::string jws_sha256;  // of the payload
   };
   struct Message {
     std::string topic;
