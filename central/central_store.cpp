@@ -259,6 +259,17 @@ std::mt19937_64& correlation_rng() {
   thread_local std::mt19937_64 rng{std::random_device{}()};
   return rng;
 }
+// How far seqs 1..`through` extend with ranges (from_seq and to_seq in columns 0 and 1, ordered by from_seq)
+// that follow on without a gap: `through` itself when the first range starts beyond through + 1.
+std::uint64_t contiguous_through(const PgResult& ranges, std::uint64_t through) {
+  for (int row = 0; row < ranges.rows(); ++row) {
+    if (static_cast<std::uint64_t>(ranges.integer(row, 0)) > through + 1) {
+      break;
+    }
+    through = std::max(through, static_cast<std::uint64_t>(ranges.integer(row, 1)));
+  }
+  return through;
+}
 std::optional<std::string> opt_num(const std::optional<long long>& v) {
   return v ? std::optional<std::string>(std::to_string(*v)) : std::nullopt;
 }
@@ -923,21 +934,17 @@ void CentralStore::advance(const std::string& gateway, std::int64_t now_ms, cons
   const std::uint64_t start = wm;
   std::optional<std::string> chain_break;
 
-  // Seq ranges an operator accepted as lost (accept-loss), above the watermark, merged from `wm` on: a hole
-  // they cover is passed; the record after it has no predecessor here to check its `prev` against.
-  const PgResult accepted = conn_->exec(
-      "SELECT from_seq, to_seq FROM accepted_losses WHERE gateway = $1 AND to_seq > $2 ORDER BY from_seq",
-      {gateway, num(wm)}, "reading accepted losses");
-  const auto accepted_through = [&](std::uint64_t from) {
-    std::uint64_t through = from;
-    for (int row = 0; row < accepted.rows(); ++row) {
-      const auto lo = static_cast<std::uint64_t>(accepted.integer(row, 0));
-      if (lo > through + 1) {
-        break;
-      }
-      through = std::max(through, static_cast<std::uint64_t>(accepted.integer(row, 1)));
+  // Seq ranges an operator accepted as lost (accept-loss) above the watermark, read at the first hole only
+  // (most walks meet none): a hole they cover is passed; the record after it has no predecessor here to
+  // check its `prev` against.
+  std::optional<PgResult> accepted;
+  const auto across_accepted_loss = [&](std::uint64_t seq) {
+    if (!accepted) {
+      accepted = conn_->exec(
+          "SELECT from_seq, to_seq FROM accepted_losses WHERE gateway = $1 AND to_seq > $2 ORDER BY from_seq",
+          {gateway, num(wm)}, "reading accepted losses");
     }
-    return through;
+    return contiguous_through(*accepted, wm) >= seq - 1;
   };
 
   for (;;) {
@@ -952,7 +959,7 @@ void CentralStore::advance(const std::string& gateway, std::int64_t now_ms, cons
     for (; i < static_cast<std::size_t>(next.rows()); ++i) {
       const int row = static_cast<int>(i);
       const auto seq = static_cast<std::uint64_t>(next.integer(row, 0));
-      const bool across_loss = seq > wm + 1 && accepted.rows() > 0 && accepted_through(wm) >= seq - 1;
+      const bool across_loss = seq > wm + 1 && across_accepted_loss(seq);
       if ((seq != wm + 1 && !across_loss) || !next.boolean(row, 3)) {
         break;  // a hole, or its media have not all arrived
       }
@@ -1052,14 +1059,7 @@ CentralStore::LossAcceptance CentralStore::accept_loss(
         "<= "
         "$3::bigint ORDER BY from_seq",
         {gateway, num(from), num(to)}, "reading unrecoverable ranges");
-    std::uint64_t covered = from - 1;
-    for (int i = 0; i < ranges.rows() && covered < to; ++i) {
-      const auto lo = static_cast<std::uint64_t>(ranges.integer(i, 0));
-      if (lo > covered + 1) {
-        break;
-      }
-      covered = std::max(covered, static_cast<std::uint64_t>(ranges.integer(i, 1)));
-    }
+    const std::uint64_t covered = contiguous_through(ranges, from - 1);
     if (covered < to) {
       out.refusal =
           "seq " + num(covered + 1) +

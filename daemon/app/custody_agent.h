@@ -133,10 +133,10 @@ class CustodyAgent {
   // Strand state.
   std::deque<Resend> resends_;
   bool resending_ = false;
-  std::uint64_t accepting_through_ = 0;
-  std::uint64_t accepted_through_ = 0;     // highest receipt that passed every check (or the store's)
+  std::uint64_t accepting_through_ = 0;  // highest through_seq being or already accepted (no double records)
+  std::uint64_t accepted_through_ = 0;   // highest receipt that passed every check (or the store's)
   std::multiset<std::uint64_t> checking_;  // through_seq of receipts being checked against the store
-  UnixMs last_custody_record_ms_ = 0;  // store thread: when the last custody record was sealed
+  UnixMs last_custody_record_ms_ = 0;      // store thread: when the last custody record was sealed
   std::chrono::steady_clock::time_point pace_start_{};
   std::uint64_t paced_messages_ = 0;
 
