@@ -316,11 +316,14 @@ void FileIntake::on_segment(PgConnection& pg, const std::string& gateway, const 
     ++counters_.segments_duplicate;
     return;
   }
-  // Progress: the next want (if any) goes out as soon as something is found missing again.
+  // Progress: the backoff starts again, and no want goes out while segments still arrive (the gateway may
+  // not have come to the last want yet: it serves wants after the upload it is sending); the next want
+  // goes out file_stall_ms after the last segment, by a fin or by the stall check.
   const PgResult progress = pg.exec(
-      "UPDATE file_uploads SET last_ms = $3, received_bytes = received_bytes + $4, next_want_ms = 0, "
-      "want_backoff_ms = 0 WHERE gateway = $1 AND sha256 = $2 RETURNING received_bytes",
-      {gateway, t.sha256, num(now), num(static_cast<std::uint64_t>(payload.size()))},
+      "UPDATE file_uploads SET last_ms = $3, received_bytes = received_bytes + $4, next_want_ms = "
+      "greatest(next_want_ms, $3::bigint + $5::bigint), want_backoff_ms = 0 WHERE gateway = $1 AND sha256 = "
+      "$2 RETURNING received_bytes",
+      {gateway, t.sha256, num(now), num(static_cast<std::uint64_t>(payload.size())), num(cfg_.stall_ms)},
       "counting a file segment");
   tx.commit();
   ++counters_.segments;
@@ -459,10 +462,12 @@ void FileIntake::want(PgConnection& pg, const std::string& gateway, const std::s
     return;
   }
   ++counters_.wants;
-  log::info(
-      "central", gateway,
-      "file " + sha256 + ": asking for " +
-          (ranges.empty() ? std::string("the whole file") : std::to_string(ranges.size()) + " byte ranges"));
+  log::info("central", gateway,
+            "file " + sha256 + ": asking for " +
+                (ranges.empty()
+                     ? std::string("the whole file")
+                     : std::to_string(ranges.size()) + " byte ranges (" + num(filex::ranges_bytes(ranges)) +
+                           " bytes from byte " + num(ranges.front().first) + ")"));
   out.push_back(FilePublish{want_topic(gateway), filex::want_json(filex::Want{sha256, std::move(ranges)})});
 }
 

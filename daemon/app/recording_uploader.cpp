@@ -246,8 +246,16 @@ void RecordingUploader::on_want(const std::string& payload) {
     bump(snapshot_mutex_, counters_, "wants_dropped");  // central asks again after its stall time
     return;
   }
+  filex::Ranges wanted = std::move(w.want->ranges);
+  if (job_ && job_->row.sha256 == sha) {
+    // Being sent now: what the job has still to send is not sent again after it.
+    wanted = filex::ranges_minus(wanted, still_to_send(*job_));
+    if (wanted.empty()) {
+      return;
+    }
+  }
   filex::Ranges& ranges = wants_[sha];
-  ranges.insert(ranges.end(), w.want->ranges.begin(), w.want->ranges.end());
+  ranges.insert(ranges.end(), wanted.begin(), wanted.end());
   std::sort(ranges.begin(), ranges.end());
   filex::Ranges merged;
   for (const auto& r : ranges) {
@@ -273,6 +281,25 @@ void RecordingUploader::schedule_poll(std::chrono::milliseconds after) {
       poll();
     }
   });
+}
+
+filex::Ranges RecordingUploader::still_to_send(const Job& job) {
+  filex::Ranges out;
+  for (std::size_t i = job.range; i < job.ranges.size(); ++i) {
+    const auto [lo, hi] = job.ranges[i];
+    const std::uint64_t from = i == job.range ? std::max(lo, job.cursor) : lo;
+    if (from < hi) {
+      out.emplace_back(from, hi);
+    }
+  }
+  return out;
+}
+
+bool RecordingUploader::sends_later(const store::UploadRow& row) const {
+  // The rule of EvidenceStore::uploads_pending: not held and within the policy.
+  return !row.held_ms && row.sent_to < row.length &&
+         (cfg_.recordings_policy == "all" || row.requested ||
+          (cfg_.recordings_policy == "important" && row.important));
 }
 
 void RecordingUploader::poll() {
@@ -303,6 +330,21 @@ void RecordingUploader::poll() {
           publish_abort(sha, "not held: this gateway keeps no recording with this SHA-256");
           poll();
           return;
+        }
+        if (sends_later(*row)) {
+          // Its own upload resumes at the segment holding sent_to and sends the rest: a want covering the
+          // tail (central asks for everything missing after a stall) would send the tail twice.
+          const std::uint64_t segment = static_cast<std::uint64_t>(cfg_.recordings_segment_kib) * 1024;
+          ranges = filex::ranges_minus(ranges, {{row->sent_to - row->sent_to % segment, row->length}});
+          if (ranges.empty()) {
+            poll();
+            return;
+          }
+        }
+        if (!ranges.empty()) {
+          log::info("files", "",
+                    "recording " + sha + ": sending " + std::to_string(filex::ranges_bytes(ranges)) +
+                        " bytes central asked for, from byte " + std::to_string(ranges.front().first));
         }
         Job job;
         job.row = *row;

@@ -82,6 +82,10 @@ class RecordingUploader {
   void on_receipt(const std::string& jws);
   void on_want(const std::string& payload);
   void poll();
+  // Whether the row's own upload (from sent_to) is still to come under the policy.
+  bool sends_later(const store::UploadRow& row) const;
+  // The byte ranges a job has not yet published (from its cursor on).
+  static filex::Ranges still_to_send(const Job& job);
   void schedule_poll(std::chrono::milliseconds after);
   void begin(Job job);
   void pump();

@@ -207,6 +207,35 @@ Ranges missing_ranges(std::uint64_t size, std::uint64_t segment_size, std::vecto
   return out;
 }
 
+Ranges ranges_minus(const Ranges& ranges, const Ranges& minus) {
+  Ranges out;
+  std::size_t m = 0;
+  for (auto [lo, hi] : ranges) {
+    while (lo < hi) {
+      while (m < minus.size() && minus[m].second <= lo) {
+        ++m;
+      }
+      if (m == minus.size() || minus[m].first >= hi) {
+        out.emplace_back(lo, hi);
+        break;
+      }
+      if (minus[m].first > lo) {
+        out.emplace_back(lo, minus[m].first);
+      }
+      lo = std::max(lo, minus[m].second);
+    }
+  }
+  return out;
+}
+
+std::uint64_t ranges_bytes(const Ranges& ranges) {
+  std::uint64_t n = 0;
+  for (const auto& [lo, hi] : ranges) {
+    n += hi > lo ? hi - lo : 0;
+  }
+  return n;
+}
+
 std::string seal_file_receipt(const Ed25519PrivateKey& central_key, const FileReceipt& receipt) {
   const nlohmann::json body = {{"v", 1},
                                {"type", "file_receipt"},

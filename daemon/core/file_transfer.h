@@ -75,6 +75,11 @@ std::uint64_t segment_count(std::uint64_t size, std::uint64_t segment_size);
 // most `max` of them.
 Ranges missing_ranges(std::uint64_t size, std::uint64_t segment_size, std::vector<std::uint64_t> held,
                       std::size_t max = kMaxWantRanges);
+// The bytes of `ranges` that are not in `minus` (both ascending and not overlapping): what a sender will
+// send anyway is not sent twice.
+Ranges ranges_minus(const Ranges& ranges, const Ranges& minus);
+// The bytes the ranges cover (overlaps counted twice).
+std::uint64_t ranges_bytes(const Ranges& ranges);
 
 // Central holds the whole file: `size` bytes hashing to `sha256`, fsync'd, committed in PostgreSQL.
 struct FileReceipt {

@@ -90,6 +90,19 @@ TEST(FileTransferTest, MissingRangesAreMergedAndBounded) {
   EXPECT_EQ(missing_ranges(100 * 4096, 4096, every_other, 10).size(), 10u);
 }
 
+TEST(FileTransferTest, RangesMinusCutWhatASenderSendsAnyway) {
+  const Ranges wanted{{0, 4096}, {8192, 20000}, {24576, 30000}};
+  EXPECT_EQ(ranges_minus(wanted, {{12288, 1 << 20}}), (Ranges{{0, 4096}, {8192, 12288}}));
+  EXPECT_EQ(ranges_minus(wanted, {{8192, 1 << 20}}), (Ranges{{0, 4096}}));
+  EXPECT_EQ(ranges_minus(wanted, {{0, 1 << 20}}), Ranges{});
+  EXPECT_EQ(ranges_minus(wanted, {}), wanted);
+  EXPECT_EQ(ranges_minus(wanted, {{1000, 2000}, {10000, 12000}, {19000, 26000}}),
+            (Ranges{{0, 1000}, {2000, 4096}, {8192, 10000}, {12000, 19000}, {26000, 30000}}));
+  EXPECT_EQ(ranges_minus(wanted, {{4096, 8192}, {20000, 24576}}), wanted);  // touching, not overlapping
+  EXPECT_EQ(ranges_minus(Ranges{{5, 5}}, {}), Ranges{});                    // empty ranges dropped
+  EXPECT_EQ(ranges_bytes(wanted), 4096u + 11808u + 5424u);
+}
+
 TEST(FileTransferTest, InitRoundTripsAndIsBounded) {
   const FileInit init{kSha, 123456789, 1 << 20, "20261205_0001.mp4", 42};
   const InitParse p = parse_init(init_json(init), kSha);
