@@ -222,7 +222,8 @@ void CustodyAgent::on_receipt(const std::string& jws) {
   }
   accepting_through_ = receipt.through_seq;  // one custody record per receipt, even if it arrives twice now
   checking_.insert(receipt.through_seq);
-  host_.run_on_store([this, receipt, jws, kid = check.kid](store::EvidenceStore& store) {
+  host_.run_on_store([this, receipt, jws, kid = check.kid,
+                      known_lost = known_lost_pictures_](store::EvidenceStore& store) {
     std::string reason;
     const auto record = store.record(receipt.through_seq);
     if (!record) {
@@ -234,6 +235,8 @@ void CustodyAgent::on_receipt(const std::string& jws) {
     } else if (sha256_hex(record->jws) != receipt.head) {
       reason = "head " + receipt.head + " is not the SHA-256 of this gateway's record seq " +
                std::to_string(receipt.through_seq);
+    } else {
+      reason = held_but_named_lost(store, receipt, known_lost);
     }
     if (!reason.empty()) {
       boost::asio::post(strand_, [this, reason, through = receipt.through_seq] {
@@ -245,9 +248,12 @@ void CustodyAgent::on_receipt(const std::string& jws) {
       });
       return;
     }
-    boost::asio::post(strand_, [this, through = receipt.through_seq] {
+    boost::asio::post(strand_, [this, through = receipt.through_seq, lost = receipt.lost_pictures] {
       checking_.erase(checking_.find(through));
-      accepted_through_ = std::max(accepted_through_, through);
+      if (through > accepted_through_) {
+        accepted_through_ = through;
+        known_lost_pictures_ = std::set<std::string>(lost.begin(), lost.end());
+      }
     });
     store::CustodyState state{receipt.through_seq, receipt.head, receipt.central, kid, jws, clock_.now_ms()};
     const auto current = store.custody();
@@ -352,6 +358,27 @@ void CustodyAgent::on_resend_request(forwarder::InboundMessage message) {
   resends_.push_back(
       Resend{*parsed.request, can_reply ? message.response_topic : "", message.correlation_data});
   next_resend();
+}
+
+std::string CustodyAgent::held_but_named_lost(const store::EvidenceStore& store,
+                                              const custody::Receipt& receipt,
+                                              const std::set<std::string>& known_lost) const {
+  // Central may name as lost only what this gateway said it no longer holds: a receipt that names a record
+  // or picture still here is wrong (central would never ask for it again, and retention would delete it).
+  for (const auto& [from, to] : receipt.lost_seqs) {
+    if (const auto seq = store.first_held(from, to)) {
+      return "names seq " + std::to_string(*seq) + " as lost, but this gateway holds it";
+    }
+  }
+  for (const std::string& sha : receipt.lost_pictures) {
+    if (known_lost.count(sha) > 0) {
+      continue;  // checked with an earlier receipt: pictures never come back
+    }
+    if (const auto bytes = host_.read_media(sha); bytes && sha256_hex(*bytes) == sha) {
+      return "names picture " + sha + " as lost, but this gateway holds it";
+    }
+  }
+  return "";
 }
 
 void CustodyAgent::reply(const std::string& topic, const std::string& correlation,

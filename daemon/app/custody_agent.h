@@ -86,6 +86,9 @@ class CustodyAgent {
   void refuse_receipt(const std::string& reason);
   void decide_origin(std::optional<store::CustodyState> receipt, std::string why);
   void on_resend_request(forwarder::InboundMessage message);
+  // Why a receipt is refused for naming as lost a record or picture this store holds; "" when it does not.
+  std::string held_but_named_lost(const store::EvidenceStore& store, const custody::Receipt& receipt,
+                                  const std::set<std::string>& known_lost) const;
   void reply(const std::string& topic, const std::string& correlation, const custody::ResendReply& reply);
   void next_resend();
   void send_chunk(std::shared_ptr<Resend> job, std::uint64_t from,
@@ -133,6 +136,8 @@ class CustodyAgent {
   // Strand state.
   std::deque<Resend> resends_;
   bool resending_ = false;
+  // The lost_pictures of the highest receipt accepted (checked once: a picture never comes back).
+  std::set<std::string> known_lost_pictures_;
   std::uint64_t accepting_through_ = 0;  // highest through_seq being or already accepted (no double records)
   std::uint64_t accepted_through_ = 0;   // highest receipt that passed every check (or the store's)
   std::multiset<std::uint64_t> checking_;  // through_seq of receipts being checked against the store

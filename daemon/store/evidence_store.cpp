@@ -1167,6 +1167,19 @@ std::vector<OutboxEntry> EvidenceStore::records_range(std::uint64_t from, std::u
   return entries;
 }
 
+std::optional<std::uint64_t> EvidenceStore::first_held(std::uint64_t from, std::uint64_t to) const {
+  AdHoc q(db_, "SELECT min(seq) FROM records WHERE seq >= ?1 AND seq <= ?2");
+  if (!q.ok()) {
+    return std::nullopt;
+  }
+  sqlite3_bind_int64(q.get(), 1, to_db_seq(from));
+  sqlite3_bind_int64(q.get(), 2, to_db_seq(to));
+  if (sqlite3_step(q.get()) != SQLITE_ROW || sqlite3_column_type(q.get(), 0) == SQLITE_NULL) {
+    return std::nullopt;
+  }
+  return static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 0));
+}
+
 bool EvidenceStore::has_other_than(const std::string& type, std::uint64_t after,
                                    std::uint64_t through) const {
   AdHoc q(db_, "SELECT 1 FROM records WHERE seq > ?1 AND seq <= ?2 AND type != ?3 LIMIT 1");

@@ -160,6 +160,8 @@ class EvidenceStore {
   // Records with from <= seq <= to still held (retention may have pruned older ones), ascending, at most
   // `limit`, each with its published media (for a resend).
   std::vector<OutboxEntry> records_range(std::uint64_t from, std::uint64_t to, std::size_t limit) const;
+  // The lowest seq from..to (inclusive) this store holds, if any.
+  std::optional<std::uint64_t> first_held(std::uint64_t from, std::uint64_t to) const;
   // Whether a record with after < seq <= through has a type other than `type`.
   bool has_other_than(const std::string& type, std::uint64_t after, std::uint64_t through) const;
   // The lowest seq still held (0 when there is none).

@@ -149,6 +149,10 @@ TEST_F(EvidenceStoreTest, AppendAdvancesHeadAndKeepsRecords) {
   EXPECT_EQ(got->jws, want.jws);
   EXPECT_TRUE(store.append({}).is_ok());
   EXPECT_EQ(store.record_count(), 4U);
+  // The lowest seq held in a range (a receipt's lost_seqs are checked with it).
+  EXPECT_EQ(store.first_held(2, 9), std::optional<std::uint64_t>(2));
+  EXPECT_EQ(store.first_held(4, 4), std::optional<std::uint64_t>(4));
+  EXPECT_EQ(store.first_held(5, 100), std::nullopt);
 }
 
 TEST_F(EvidenceStoreTest, ReopenRecoversHeadAfterPlainClose) {
