@@ -881,6 +881,9 @@ int Daemon::run() {
     };
     files.run_blocking = [&d](std::function<void()> task) { asio::post(*d.blocking, std::move(task)); };
     files.media_path = [&d](const std::string& sha256) { return d.media->path_of(sha256); };
+    files.submit = [&d](Fact fact, std::function<void(const SealedRecord&)> handler) {
+      d.worker->submit(std::move(fact), std::move(handler));
+    };
     d.uploader = std::make_unique<RecordingUploader>(d.io, cfg, *d.forwarder, std::move(files), d.clock);
     d.custody->add_topics(d.uploader->topics(),
                           [&d](forwarder::InboundMessage m) { d.uploader->on_message(std::move(m)); });

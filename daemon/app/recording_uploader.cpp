@@ -163,39 +163,67 @@ void RecordingUploader::on_receipt(const std::string& jws) {
     log::warn("files", "", "file receipt refused: " + c.reason);
     return;
   }
-  host_.run_on_store([this, r = c.receipt, jws](store::EvidenceStore& store) {
-    const bool held = store.upload_held(r.sha256, r.size, r.central, jws, clock_.now_ms());
-    const store::UploadStats stats = store.upload_stats();
-    {
-      std::lock_guard lock(snapshot_mutex_);
-      stats_ = stats;
-    }
-    asio::post(strand_, [this, held, r] {
-      if (!held) {
-        // A repeat of a receipt already taken, or a file this store does not wait for: nothing changes.
+  // Sealed first, then the upload marked held once the record is committed (as with custody receipts): the
+  // chain shows when central took the file, and a crash in between only seals it again at the next receipt.
+  host_.run_on_store([this, r = c.receipt, jws, kid = c.kid](store::EvidenceStore& store) {
+    const auto row = store.upload(r.sha256);
+    const bool waiting = row && !row->held_ms && row->length == r.size;
+    const std::uint64_t recording_seq = row ? row->seq : 0;
+    asio::post(strand_, [this, r, jws, kid, waiting, recording_seq] {
+      if (!waiting || !sealing_.insert(r.sha256).second) {
+        // A repeat of a receipt already taken (or being taken), or a file this store does not wait for.
         bump(snapshot_mutex_, counters_, "receipts_unmatched");
         return;
       }
-      bump(snapshot_mutex_, counters_, "receipts_accepted");
-      fin_next_.erase(r.sha256);
-      wants_.erase(r.sha256);
-      if (job_ && job_->row.sha256 == r.sha256) {
-        // Central holds it already (e.g. the same bytes from another gateway, answered at the init): the
-        // rest need not be sent.
-        ++generation_;
-        job_.reset();
-        wait_timer_.cancel();
-        {
-          std::lock_guard lock(snapshot_mutex_);
-          current_.clear();
-        }
-        asio::post(strand_, [this] { poll(); });
-      }
-      log::notice(
-          "files", "",
-          "recording " + r.sha256 + " (" + std::to_string(r.size) + " bytes) in custody of " + r.central);
+      Fact fact;
+      fact.type = "recording_custody";
+      fact.time_ms = clock_.now_ms();
+      fact.fields = {{"central", r.central},
+                     {"central_kid", kid},
+                     {"sha256", r.sha256},
+                     {"size", r.size},
+                     {"recording_seq", recording_seq},
+                     {"issued_ms", r.issued_ms},
+                     {"receipt_sha256", sha256_hex(jws)},
+                     {"receipt", jws}};
+      host_.submit(std::move(fact), [this, r, jws](const SealedRecord&) {
+        host_.run_on_store([this, r, jws](store::EvidenceStore& s) {
+          const bool held = s.upload_held(r.sha256, r.size, r.central, jws, clock_.now_ms());
+          const store::UploadStats stats = s.upload_stats();
+          {
+            std::lock_guard lock(snapshot_mutex_);
+            stats_ = stats;
+          }
+          asio::post(strand_, [this, held, r] {
+            sealing_.erase(r.sha256);
+            if (held) {
+              took_receipt(r);
+            }
+          });
+        });
+      });
     });
   });
+}
+
+void RecordingUploader::took_receipt(const filex::FileReceipt& r) {
+  bump(snapshot_mutex_, counters_, "receipts_accepted");
+  fin_next_.erase(r.sha256);
+  wants_.erase(r.sha256);
+  if (job_ && job_->row.sha256 == r.sha256) {
+    // Central holds it already (e.g. the same bytes from another gateway, answered at the init): the rest
+    // need not be sent.
+    ++generation_;
+    job_.reset();
+    wait_timer_.cancel();
+    {
+      std::lock_guard lock(snapshot_mutex_);
+      current_.clear();
+    }
+    asio::post(strand_, [this] { poll(); });
+  }
+  log::notice("files", "",
+              "recording " + r.sha256 + " (" + std::to_string(r.size) + " bytes) in custody of " + r.central);
 }
 
 void RecordingUploader::on_want(const std::string& payload) {

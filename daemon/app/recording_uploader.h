@@ -25,6 +25,7 @@
 #include "daemon/config/config.h"
 #include "daemon/core/ed25519.h"
 #include "daemon/core/file_transfer.h"
+#include "daemon/core/record.h"
 #include "daemon/core/time.h"
 #include "daemon/forwarder/side_channel.h"
 #include "daemon/store/evidence_store.h"
@@ -38,6 +39,8 @@ struct UploaderHost {
   std::function<void(std::function<void()>)> run_blocking;
   // Where the media store keeps a file.
   std::function<std::string(const std::string& sha256)> media_path;
+  // Seals a fact into the chain; the handler runs once its record is committed (on the store's thread).
+  std::function<void(Fact, std::function<void(const SealedRecord&)>)> submit;
 };
 
 class RecordingUploader {
@@ -80,6 +83,7 @@ class RecordingUploader {
   };
 
   void on_receipt(const std::string& jws);
+  void took_receipt(const filex::FileReceipt& r);
   void on_want(const std::string& payload);
   void poll();
   // Whether the row's own upload (from sent_to) is still to come under the policy.
@@ -120,6 +124,7 @@ class RecordingUploader {
   std::set<std::string> aborts_;
   std::map<std::string, std::pair<UnixMs, std::int64_t>>
       fin_next_;                      // sha -> (when to send fin again, backoff)
+  std::set<std::string> sealing_;     // files whose recording_custody record is being sealed (one at a time)
   std::set<std::string> unreadable_;  // files this process could not open (aborted once, not retried)
   std::int64_t backoff_ms_ = 0;
   double tokens_ = 0;

@@ -167,6 +167,22 @@ TEST_F(RecordingsCustodyTest, AOneGigabyteRecordingReachesCentralThroughABrokenL
       30s))
       << files.dump();
   EXPECT_GE(files.value("receipts_refused", 0), 1) << files.dump();
+  // The chain shows when central took the file: one recording_custody record with the receipt in it (the
+  // file receipt arrives again with every fin; it is sealed once).
+  const fs::path store_db = dir_ / "store.db";
+  EXPECT_EQ(store_query(store_db, "SELECT count(*) FROM records WHERE type = 'recording_custody'"), 1);
+  {
+    Process q(
+        {"/usr/bin/sqlite3", store_db.string(), "SELECT jws FROM records WHERE type = 'recording_custody'"},
+        dir_ / "recording-custody");
+    q.wait(10s);
+    const nlohmann::json body = record_body(q.stdout_text().substr(0, q.stdout_text().find('\n')));
+    EXPECT_EQ(body["sha256"], sha) << body.dump();
+    EXPECT_EQ(body["size"], kBytes) << body.dump();
+    EXPECT_EQ(body["central"], "central-test") << body.dump();
+    EXPECT_GE(body["recording_seq"].get<std::uint64_t>(), 1u) << body.dump();
+    EXPECT_EQ(body["receipt_sha256"], sha256_hex(body["receipt"].get<std::string>())) << body.dump();
+  }
   EXPECT_GE(files.value("wants", 0), 1) << files.dump();  // central asked for what the broker lost
   // Sent again: what the broker lost (what it took while central was frozen, and what the gateway sent
   // before central subscribed again), never what central holds: the tail is not sent twice. A few segments
