@@ -810,6 +810,13 @@ void CentralService::commit(Batch& batch) {
   for (const std::string& b : out.chain_breaks) {
     log::error("central", b.substr(0, b.find(':')), "CHAIN BREAK at " + b);
   }
+  for (const std::string& r : out.retired_set_aside) {
+    ++counters_.retired_key;
+    log::error("central", r.substr(0, r.find(':')),
+               "RETIRED KEY: " + r +
+                   "; stored by an instance before it knew of the rotation, found when the watermark reached "
+                   "it: set aside (kept in forks) and asked for again");
+  }
   publish_receipts(out.receipts);
 }
 

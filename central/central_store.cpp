@@ -947,9 +947,25 @@ void CentralStore::advance(const std::string& gateway, std::int64_t now_ms, cons
     return contiguous_through(*accepted, wm) >= seq - 1;
   };
 
+  // The gateway's keys and their seq ranges, read under its lock: a record stored under a key while another
+  // instance's transaction storing that key's rotation was still open passed refuse_retired() with the old
+  // ranges; it is found here before the watermark passes it (the rotation record precedes it in the chain).
+  std::map<std::string, std::pair<std::uint64_t, std::optional<std::uint64_t>>> key_ranges;
+  {
+    const PgResult k =
+        conn_->exec("SELECT kid, valid_from_seq, valid_to_seq FROM gateway_keys WHERE gateway = $1",
+                    {gateway}, "reading a gateway's key ranges");
+    for (int i = 0; i < k.rows(); ++i) {
+      key_ranges[k.text(i, 0)] = {
+          static_cast<std::uint64_t>(k.integer(i, 1)),
+          k.is_null(i, 2) ? std::nullopt : std::optional<std::uint64_t>(k.integer(i, 2))};
+    }
+  }
+
   for (;;) {
     PgResult next = conn_->exec(
-        "SELECT r.seq, r.prev, r.jws_sha256, NOT EXISTS (SELECT 1 FROM record_media rm LEFT JOIN media m ON "
+        "SELECT r.seq, r.prev, r.jws_sha256, r.kid, NOT EXISTS (SELECT 1 FROM record_media rm LEFT JOIN "
+        "media m ON "
         "m.sha256 = rm.sha256 WHERE rm.gateway = r.gateway AND rm.seq = r.seq AND m.sha256 IS NULL AND NOT "
         "EXISTS (SELECT 1 FROM accepted_media_losses a WHERE a.gateway = rm.gateway AND a.sha256 = "
         "rm.sha256)) "
@@ -960,8 +976,15 @@ void CentralStore::advance(const std::string& gateway, std::int64_t now_ms, cons
       const int row = static_cast<int>(i);
       const auto seq = static_cast<std::uint64_t>(next.integer(row, 0));
       const bool across_loss = seq > wm + 1 && across_accepted_loss(seq);
-      if ((seq != wm + 1 && !across_loss) || !next.boolean(row, 3)) {
+      if ((seq != wm + 1 && !across_loss) || !next.boolean(row, 4)) {
         break;  // a hole, or its media have not all arrived
+      }
+      if (const auto k = key_ranges.find(next.text(row, 3)); k != key_ranges.end()) {
+        if (std::string why = key_range_refusal(k->first, k->second.first, k->second.second, seq);
+            !why.empty()) {
+          set_aside_retired(gateway, seq, why, now_ms, out);
+          break;  // a hole now: asked for again, and the gateway's own record takes the seq
+        }
       }
       if (!across_loss && next.text(row, 1) != wm_hash) {
         chain_break = "prev of seq " + num(seq) + " does not match SHA-256 of seq " + num(wm);
@@ -1003,6 +1026,19 @@ void CentralStore::advance(const std::string& gateway, std::int64_t now_ms, cons
                 {gateway, num(wm), num(now_ms)}, "noting a receipt");
     out.receipts.push_back(receipt(policy.central_id, gateway, wm, wm_hash, now_ms));
   }
+}
+
+void CentralStore::set_aside_retired(const std::string& gateway, std::uint64_t seq, const std::string& why,
+                                     std::int64_t now_ms, BatchOutcome& out) {
+  // Out of the chain, kept for forensics beside the forks (its bytes as received), its media links gone.
+  conn_->exec(
+      "WITH moved AS (DELETE FROM records WHERE gateway = $1 AND seq = $2 RETURNING gateway, seq, jws, "
+      "jws_sha256) INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms) SELECT gateway, seq, jws, "
+      "jws_sha256, $3::bigint FROM moved ON CONFLICT DO NOTHING",
+      {gateway, num(seq), num(now_ms)}, "setting aside a record under a retired key");
+  conn_->exec("DELETE FROM record_media WHERE gateway = $1 AND seq = $2", {gateway, num(seq)},
+              "setting aside a record under a retired key");
+  out.retired_set_aside.push_back(gateway + ":" + num(seq) + ": " + why);
 }
 
 custody::Receipt CentralStore::receipt(const std::string& central_id, const std::string& gateway,

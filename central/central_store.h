@@ -125,10 +125,12 @@ struct BatchOutcome {
   std::vector<std::string> fork_ids;         // gateway:seq of each fork, for the alarm line
   std::vector<std::string> head_fork_lines;  // "gateway:seq announced H, stored S"
   std::vector<std::string> chain_breaks;     // "gateway:seq: reason"
-  std::vector<std::string> unrecoverable;    // "gateway: seq a..b" / "gateway: picture <sha> of seq N"
-  std::vector<std::string> reply_errors;     // "gateway: error" (a refused request)
-  std::vector<std::string> chain_restarts;   // "gateway:seq kind: reason" (store_replaced, new_chain)
-  std::vector<custody::Receipt> receipts;    // to publish (retained) once committed
+  std::vector<std::string>
+      retired_set_aside;                    // "gateway:seq: reason" (found under a retired key when walked)
+  std::vector<std::string> unrecoverable;   // "gateway: seq a..b" / "gateway: picture <sha> of seq N"
+  std::vector<std::string> reply_errors;    // "gateway: error" (a refused request)
+  std::vector<std::string> chain_restarts;  // "gateway:seq kind: reason" (store_replaced, new_chain)
+  std::vector<custody::Receipt> receipts;   // to publish (retained) once committed
 };
 
 struct ReceiptPolicy {
@@ -233,6 +235,9 @@ class CentralStore {
   void migrate();
   custody::Receipt receipt(const std::string& central_id, const std::string& gateway,
                            std::uint64_t through_seq, const std::string& head, std::int64_t now_ms);
+  // Moves record gateway:seq out of `records` into `forks` (a record under a key outside its seq range).
+  void set_aside_retired(const std::string& gateway, std::uint64_t seq, const std::string& why,
+                         std::int64_t now_ms, BatchOutcome& out);
   void advance(const std::string& gateway, std::int64_t now_ms, const ReceiptPolicy& policy,
                BatchOutcome& out);
   void store_quarantine(const std::vector<QuarantineEntry>& entries, const std::string& now,

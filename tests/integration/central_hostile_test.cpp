@@ -17,6 +17,7 @@
 #include "daemon/core/custody.h"
 #include "daemon/core/ed25519.h"
 #include "daemon/core/encoding.h"
+#include "daemon/core/key_rotation.h"
 #include "daemon/core/record_check.h"
 #include "tests/integration/custody_fixture.h"
 
@@ -326,6 +327,68 @@ TEST_F(CentralHostile, AnOperatorAcceptsAReportedLossAndCustodyMovesPastIt) {
 
 // >= 10 s of hostile messages on every topic central subscribes to, as fast as one MQTT client gets them
 // acknowledged, beside a real gateway whose chain must still reach custody.
+// A record signed by a key that a rotation stored after it retires (two instances' transactions overlapping,
+// played here by publishing the forgery before the rotation record reaches central): stored at first, it is
+// set aside when the watermark walk reaches it, and the gateway's own record under the new key takes its seq.
+TEST_F(CentralHostile, ARecordUnderAKeyRetiredByALaterStoredRotationIsSetAsideWhenWalked) {
+  start_central();
+  const auto new_key = Ed25519PrivateKey::generate();
+  const auto record = [](const Ed25519PrivateKey& key, std::uint64_t seq, const std::string& prev,
+                         const std::string& type, const nlohmann::json& fields) {
+    nlohmann::json body = {{"v", 1},
+                           {"gateway", "gh"},
+                           {"seq", seq},
+                           {"id", "gh:" + std::to_string(seq)},
+                           {"prev", prev},
+                           {"type", type},
+                           {"time_ms", 1767225600000 + static_cast<long long>(seq)},
+                           {"created_ms", 1767225600000 + static_cast<long long>(seq)}};
+    body.update(fields);
+    return sign_compact(key, "evidence+jws", body);
+  };
+  const std::string r1 = gh_record(1, std::string(64, '0'), {});
+  const std::string r2 = gh_record(2, sha256_hex(r1), {});
+  const std::string r3 =
+      record(gh_key_, 3, sha256_hex(r2), "key_rotation",
+             make_key_rotation_fact(gh_key_.public_key(), new_key.public_key(), 1767225600003).fields);
+  const std::string forged = record(gh_key_, 4, sha256_hex(r3), "note", {{"message", "forged"}});
+  const std::string genuine = record(new_key, 4, sha256_hex(r3), "note", {{"message", "genuine"}});
+
+  MqttPublisher gh(broker_->uri(), "gh");
+  gh.publish("checkpoint/gh/evidence", r1);
+  gh.publish("checkpoint/gh/evidence", r2);
+  gh.publish("checkpoint/gh/evidence", forged);  // the old key is still valid for seq 4 here
+  gh.drain();
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return pg_int("SELECT count(*) FROM records WHERE gateway = 'gh' AND seq = 4") == 1; }, 30s))
+      << central_->stderr_text();
+  EXPECT_EQ(pg_int("SELECT watermark_seq FROM gateways WHERE gateway = 'gh'"), 2);
+
+  gh.publish("checkpoint/gh/evidence", r3);  // the rotation: the old key ends at seq 3
+  gh.drain();
+  ASSERT_TRUE(
+      wait_for_condition([&] { return pg_int("SELECT count(*) FROM forks WHERE gateway = 'gh'") == 1; }, 30s))
+      << central_->stderr_text();
+  EXPECT_EQ(pg_.query("SELECT jws_sha256 FROM forks WHERE gateway = 'gh' AND seq = 4"), sha256_hex(forged));
+  EXPECT_EQ(pg_int("SELECT count(*) FROM records WHERE gateway = 'gh' AND seq = 4"), 0);
+  EXPECT_EQ(pg_int("SELECT watermark_seq FROM gateways WHERE gateway = 'gh'"), 3);
+  EXPECT_EQ(metric(metrics(), "central_retired_key_total"), 1);
+  EXPECT_NE(central_->stderr_text().find("RETIRED KEY: gh:4: seq 4 is signed by kid " +
+                                         gh_key_.public_key().kid() + ", retired at seq 3"),
+            std::string::npos)
+      << central_->stderr_text();
+
+  gh.publish("checkpoint/gh/evidence", genuine);
+  gh.drain();
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return pg_int("SELECT watermark_seq FROM gateways WHERE gateway = 'gh'") == 4; }, 30s))
+      << central_->stderr_text();
+  EXPECT_EQ(pg_.query("SELECT jws_sha256 FROM records WHERE gateway = 'gh' AND seq = 4"),
+            sha256_hex(genuine));
+  central_->signal(SIGTERM);
+  EXPECT_EQ(central_->wait(20s), 0) << central_->stderr_text();
+}
+
 TEST_F(CentralHostile, AFloodOfHostileMessagesIsBoundedCountedAndSurvived) {
   start_central();
   // The real gateway: radar simulator -> checkpointd with custody on.
