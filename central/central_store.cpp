@@ -1136,6 +1136,12 @@ CentralStore::LossAcceptance CentralStore::accept_loss(
   // The watermark moves now; the receipt is left to the running instances (they publish it when due).
   BatchOutcome moved;
   advance(gateway, now_ms, ReceiptPolicy{"", UINT64_MAX / 2, INT64_MAX / 2}, moved);
+  for (const std::string& b : moved.chain_breaks) {
+    out.found.push_back("CHAIN BREAK at " + b);
+  }
+  for (const std::string& r : moved.retired_set_aside) {
+    out.found.push_back("RETIRED KEY: " + r + "; set aside (kept in forks) and asked for again");
+  }
   out.watermark = static_cast<std::uint64_t>(
       conn_->exec("SELECT watermark_seq FROM gateways WHERE gateway = $1", {gateway}, "reading the watermark")
           .integer(0, 0));

@@ -187,7 +187,8 @@ class CentralStore {
   struct LossAcceptance {
     bool accepted = false;
     std::string refusal;
-    std::uint64_t watermark = 0;  // after the acceptance
+    std::uint64_t watermark = 0;     // after the acceptance
+    std::vector<std::string> found;  // what the walk found on its way: "CHAIN BREAK at …", "RETIRED KEY: …"
   };
   LossAcceptance accept_loss(const std::string& gateway,
                              std::optional<std::pair<std::uint64_t, std::uint64_t>> seqs,

@@ -189,6 +189,9 @@ int accept_loss(central::CentralStore& store, const std::string& gateway, const 
                       : "picture " + picture)
             << " by " << by << "; custody through seq " << r.watermark
             << " (the next receipt, within receipts.every_ms, names the loss)" << std::endl;
+  for (const std::string& line : r.found) {
+    std::cerr << "checkpoint-central: " << line << std::endl;
+  }
   return 0;
 }
 
