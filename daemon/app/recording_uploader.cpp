@@ -630,15 +630,8 @@ void RecordingUploader::fail(const std::string& why) {
   if (!job.inflight.empty()) {
     from = std::min(from, *job.inflight.begin());
   }
-  filex::Ranges rest;
-  for (std::size_t i = job.range; i < job.ranges.size(); ++i) {
-    const auto [lo, hi] = job.ranges[i];
-    const std::uint64_t start = i == job.range ? std::max(lo, std::min(from, hi)) : lo;
-    if (start < hi) {
-      rest.emplace_back(start, hi);
-    }
-  }
-  job.ranges = std::move(rest);
+  job.cursor = from;
+  job.ranges = still_to_send(job);
   job.range = 0;
   job.cursor = job.ranges.empty() ? 0 : job.ranges.front().first;
   job.inflight.clear();
