@@ -1,11 +1,10 @@
 // The narrow interface between an adapter and the core: started with an executor and a sink.
 #pragma once
 
-#include <string>
-
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "adapters/dock_ledger.h"
 #include "adapters/events.h"
@@ -19,7 +18,7 @@ namespace cpd::adapters {
 
 struct AdapterContext {
   boost::asio::io_context& io;
-  EventSink& sink;          // called on the io_context threads; must not block
+  EventSink& sink;  // called on the io_context threads; must not block
   const WallClock& clock;
   // Where blocking work goes (file writes, fsync, hashing): never on the io_context threads.
   boost::asio::thread_pool* blocking = nullptr;

@@ -10,18 +10,15 @@ namespace cpd::adapters {
 namespace {
 
 const std::array<AdapterKind, 3> kKinds{{
-    {"radar",
-     [](config::Section& s) -> DeviceSettings { return parse_radar_config(s); },
+    {"radar", [](config::Section& s) -> DeviceSettings { return parse_radar_config(s); },
      [](const DeviceSettings& d, AdapterContext& ctx) {
        return make_radar_adapter(std::get<RadarConfig>(d), ctx);
      }},
-    {"camera",
-     [](config::Section& s) -> DeviceSettings { return parse_camera_config(s); },
+    {"camera", [](config::Section& s) -> DeviceSettings { return parse_camera_config(s); },
      [](const DeviceSettings& d, AdapterContext& ctx) {
        return make_camera_adapter(std::get<CameraConfig>(d), ctx);
      }},
-    {"recorder_dock",
-     [](config::Section& s) -> DeviceSettings { return parse_recorder_dock_config(s); },
+    {"recorder_dock", [](config::Section& s) -> DeviceSettings { return parse_recorder_dock_config(s); },
      [](const DeviceSettings& d, AdapterContext& ctx) {
        return make_recorder_adapter(std::get<RecorderDockConfig>(d), ctx);
      }},
@@ -29,7 +26,9 @@ const std::array<AdapterKind, 3> kKinds{{
 
 }  // namespace
 
-std::span<const AdapterKind> adapter_kinds() { return kKinds; }
+std::span<const AdapterKind> adapter_kinds() {
+  return kKinds;
+}
 
 const AdapterKind* find_adapter_kind(std::string_view kind) {
   for (const auto& k : kKinds) {

@@ -3,6 +3,7 @@
 // writes and SHA-256 throughput measured in the same run. Real processes, a real broker, a real disk.
 #include <fcntl.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -11,15 +12,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
-#include <optional>
 #include <iterator>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <sqlite3.h>
 
 #include "daemon/core/encoding.h"
 #include "daemon/media/media_store.h"
@@ -38,10 +37,14 @@ constexpr std::size_t kPictureBytes = static_cast<std::size_t>(kPictureKb) * 102
 constexpr int kPicturesPerEvent = 2;  // single-stage: detection + licensePlate
 constexpr double kMB = 1e6;
 
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
 // A picture-sized buffer whose bytes differ per call (no file system or hash can short-cut repeats).
-std::string picture_bytes(std::uint64_t n) { return pseudo_random_bytes(kPictureBytes, n); }
+std::string picture_bytes(std::uint64_t n) {
+  return pseudo_random_bytes(kPictureBytes, n);
+}
 
 struct DiskFigures {
   double files_per_s = 0;
@@ -201,9 +204,9 @@ struct CameraRun {
   std::size_t timed = 0;
   double seconds = 0;
   long peak_rss_kb = 0;
-  double daemon_cpu = 0;       // share of one core used in the timed part
-  bool complete = false;       // every event's record was PUBACKed
-  bool stream_cut = false;     // the simulator dropped the stream (its backlog overflowed): offered too fast
+  double daemon_cpu = 0;    // share of one core used in the timed part
+  bool complete = false;    // every event's record was PUBACKed
+  bool stream_cut = false;  // the simulator dropped the stream (its backlog overflowed): offered too fast
 };
 
 // One daemon with a radar that sees no traffic (the camera must name a radar) and a camera sending
@@ -228,21 +231,21 @@ CameraRun run_camera(const fs::path& dir, const Mosquitto& broker, const std::st
   fs::permissions(secret, fs::perms::owner_read | fs::perms::owner_write, fs::perm_options::replace);
   const auto db = dir / (name + ".db");
   const auto cfg = dir / (name + ".yaml");
-  std::ofstream(cfg) << "gateway:\n  id: bench-gw\n"
-                     << "  site: {name: bench, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
-                     << "  key: " << (dir / "gateway.key").string() << "\n"
-                     << "store:\n  path: " << db.string() << "\n  media_dir: " << (dir / (name + "-media")).string()
-                     << "\n"
-                     << "mqtt:\n  uri: " << broker.uri() << "\n  client_id: bench-gw-" << name << "\n"
-                     << "correlation:\n  max_wait_ms: 100\n"
-                     << "validity:\n  clock_sync: assume\n"
-                     << "devices:\n  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: "
-                     << radar_line->substr(10) << "}\n"
-                     << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
-                     << "    calibration: {certificate: BENCH, valid_until: 2099-12-31}\n"
-                     << "  - id: cam-1\n    kind: camera\n    url: http://127.0.0.1:" << camera_line->substr(10)
-                     << "\n    username: admin\n    password_file: " << secret.string()
-                     << "\n    auth: digest\n    radar: radar-1\n";
+  std::ofstream(cfg)
+      << "gateway:\n  id: bench-gw\n"
+      << "  site: {name: bench, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
+      << "  key: " << (dir / "gateway.key").string() << "\n"
+      << "store:\n  path: " << db.string() << "\n  media_dir: " << (dir / (name + "-media")).string() << "\n"
+      << "mqtt:\n  uri: " << broker.uri() << "\n  client_id: bench-gw-" << name << "\n"
+      << "correlation:\n  max_wait_ms: 100\n"
+      << "validity:\n  clock_sync: assume\n"
+      << "devices:\n  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: "
+      << radar_line->substr(10) << "}\n"
+      << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
+      << "    calibration: {certificate: BENCH, valid_until: 2099-12-31}\n"
+      << "  - id: cam-1\n    kind: camera\n    url: http://127.0.0.1:" << camera_line->substr(10)
+      << "\n    username: admin\n    password_file: " << secret.string()
+      << "\n    auth: digest\n    radar: radar-1\n";
   Process daemon({binary("daemon/app/checkpointd"), "--config", cfg.string()}, dir / name);
 
   CameraRun run;
@@ -308,11 +311,13 @@ int main(int argc, char** argv) {
   std::printf("checkpointd camera benchmark (one run on this machine; %s; %d KB pictures)\n", dir.c_str(),
               kPictureKb);
   const DiskFigures disk = measure_fsync_writes(dir / "raw-disk", 3s);
-  std::printf("stage  disk_fsync_writes_per_s       %10.0f   (%.1f MB/s; temp+write+fsync+rename+fsync dir)\n",
-              disk.files_per_s, disk.mb_per_s);
+  std::printf(
+      "stage  disk_fsync_writes_per_s       %10.0f   (%.1f MB/s; temp+write+fsync+rename+fsync dir)\n",
+      disk.files_per_s, disk.mb_per_s);
   const DiskFigures put = measure_media_put(dir / "raw-media", 3s);
-  std::printf("stage  media_store_puts_per_s        %10.0f   (%.1f MB/s; MediaStore::put: SHA-256 + the above)\n",
-              put.files_per_s, put.mb_per_s);
+  std::printf(
+      "stage  media_store_puts_per_s        %10.0f   (%.1f MB/s; MediaStore::put: SHA-256 + the above)\n",
+      put.files_per_s, put.mb_per_s);
   const double sha = measure_sha256_mb_per_s(2s);
   std::printf("stage  sha256_mb_per_s               %10.1f   (%.0f pictures/s)\n", sha,
               sha * kMB / static_cast<double>(kPictureBytes));
@@ -340,8 +345,11 @@ int main(int argc, char** argv) {
       best_rate = rate;
     }
     const bool kept_up = run.complete && run.events_per_s >= 0.95 * rate;
-    std::printf("search camera_events_per_s           %10.1f   (offered %.1f/s: %s)\n", run.events_per_s, rate,
-                run.stream_cut ? "stream overflowed" : kept_up ? "daemon kept up" : "saturated");
+    std::printf("search camera_events_per_s           %10.1f   (offered %.1f/s: %s)\n", run.events_per_s,
+                rate,
+                run.stream_cut ? "stream overflowed"
+                : kept_up      ? "daemon kept up"
+                               : "saturated");
     if (fixed_rate > 0 || (run.complete && !kept_up)) {
       break;
     }
@@ -362,11 +370,14 @@ int main(int argc, char** argv) {
   const double mb_per_s = pictures_per_s * static_cast<double>(kPictureBytes) / kMB;
   // Offered well above what came out: the daemon, not the simulator's pace, set the figure.
   const bool saturated = run.events_per_s < 0.95 * rate;
-  std::printf("pipeline  camera_events_per_s          %10.1f   (%zu events timed in %.1f s after %d warm-up, "
-              "offered %.1f/s%s)\n",
-              run.events_per_s, run.timed, run.seconds, warmup, rate, saturated ? "" : ", NOT saturated: a lower bound");
-  std::printf("pipeline  picture_mb_per_s             %10.1f   (%.0f pictures/s stored, fsynced, published)\n",
-              mb_per_s, pictures_per_s);
+  std::printf(
+      "pipeline  camera_events_per_s          %10.1f   (%zu events timed in %.1f s after %d warm-up, "
+      "offered %.1f/s%s)\n",
+      run.events_per_s, run.timed, run.seconds, warmup, rate,
+      saturated ? "" : ", NOT saturated: a lower bound");
+  std::printf(
+      "pipeline  picture_mb_per_s             %10.1f   (%.0f pictures/s stored, fsynced, published)\n",
+      mb_per_s, pictures_per_s);
   std::printf("cpu       daemon_cpu_percent           %10.0f   (of one core, timed part; %u cores online)\n",
               run.daemon_cpu * 100, std::thread::hardware_concurrency());
   std::printf("memory    daemon_peak_rss_kb           %ld   (largest over all runs)\n", run.peak_rss_kb);
@@ -376,10 +387,11 @@ int main(int argc, char** argv) {
   std::printf("ratio     pictures / raw fsync'd writes %.2f\n", disk_ratio);
   std::printf("ratio     pictures / MediaStore::put    %.2f\n", put_ratio);
   std::printf("ratio     picture MB/s / SHA-256 MB/s   %.3f\n", sha_ratio);
-  std::printf("summary   %.1f camera events/s (%.1f MB/s of pictures) = %.0f%% of raw fsync'd writes, %.1f%% of "
-              "SHA-256; peak RSS %.1f MB%s\n",
-              run.events_per_s, mb_per_s, disk_ratio * 100, sha_ratio * 100,
-              static_cast<double>(run.peak_rss_kb) / 1024, run.complete ? "" : " (INCOMPLETE run)");
+  std::printf(
+      "summary   %.1f camera events/s (%.1f MB/s of pictures) = %.0f%% of raw fsync'd writes, %.1f%% of "
+      "SHA-256; peak RSS %.1f MB%s\n",
+      run.events_per_s, mb_per_s, disk_ratio * 100, sha_ratio * 100,
+      static_cast<double>(run.peak_rss_kb) / 1024, run.complete ? "" : " (INCOMPLETE run)");
   broker.stop();
   if (keep == nullptr) {
     std::error_code ec;

@@ -12,12 +12,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "daemon/core/digest.h"
 #include "tests/integration/harness.h"
@@ -29,7 +28,9 @@ using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 constexpr double kMB = 1e6;
 
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
 // Sequential 1 MiB writes into one file, then fsync: what the dock adapter's download writer does.
 double measure_fsync_stream_mb_per_s(const fs::path& path, std::size_t total_bytes) {
@@ -101,9 +102,10 @@ IngestRun run_ingest(const fs::path& dir, const Mosquitto& broker, const std::st
   std::ofstream(run / "dock.token") << "bench-token\n";
   ::chmod((run / "dock.token").c_str(), 0600);
   const fs::path truth = run / "dock.jsonl";
-  Process sim({binary("tools/sim/checkpoint-sim"), "dock", "--port", "0", "--token", "bench-token", "--files",
-               std::to_string(files), "--file-bytes", std::to_string(bytes), "--ground-truth", truth.string()},
-              run / "sim");
+  Process sim(
+      {binary("tools/sim/checkpoint-sim"), "dock", "--port", "0", "--token", "bench-token", "--files",
+       std::to_string(files), "--file-bytes", std::to_string(bytes), "--ground-truth", truth.string()},
+      run / "sim");
   // The sim hashes each file when it is added (seconds for 2 GB): it listens once they are ready.
   const auto line = sim.wait_for_stdout_line("listening ", 600s);
   if (!line) {
@@ -120,7 +122,8 @@ IngestRun run_ingest(const fs::path& dir, const Mosquitto& broker, const std::st
                                 << "    token_file: " << (run / "dock.token").string() << "\n"
                                 << "    poll_interval_ms: 200\n    list_limit: 500\n"
                                 << "    max_parallel_downloads: " << parallel << "\n";
-  Process daemon({binary("daemon/app/checkpointd"), "--config", (run / "c.yaml").string()}, run / "checkpointd");
+  Process daemon({binary("daemon/app/checkpointd"), "--config", (run / "c.yaml").string()},
+                 run / "checkpointd");
   // Start the clock at the daemon's first poll (its start-up is a few ms; the first poll follows at once).
   const auto start = Clock::now();
   long rss = 0;
@@ -178,15 +181,17 @@ int main(int argc, char** argv) {
     std::printf("  SHA-256 + MD5 over the same bytes:                   %8.1f MB/s\n", digest);
 
     const auto big = run_ingest(dir.path(), broker, "big", 1, big_mb * 1024 * 1024, 2);
-    std::printf("  one %lld MiB file, end to end (download+hash+fsync+record+ack): %.1f s, %.1f MB/s "
-                "(%.2f of raw writes, %.2f of hashing), daemon peak RSS %.1f MB\n",
-                static_cast<long long>(big_mb), big.seconds, big.mb_per_s, big.mb_per_s / disk,
-                big.mb_per_s / digest, static_cast<double>(big.peak_rss_kb) / 1024.0);
+    std::printf(
+        "  one %lld MiB file, end to end (download+hash+fsync+record+ack): %.1f s, %.1f MB/s "
+        "(%.2f of raw writes, %.2f of hashing), daemon peak RSS %.1f MB\n",
+        static_cast<long long>(big_mb), big.seconds, big.mb_per_s, big.mb_per_s / disk, big.mb_per_s / digest,
+        static_cast<double>(big.peak_rss_kb) / 1024.0);
     const auto burst = run_ingest(dir.path(), broker, "burst", burst_files, burst_kb * 1024, 2);
-    std::printf("  shift-change burst: %zu files of %lld KiB in %.1f s: %.1f files/s, %.1f MB/s, daemon peak RSS "
-                "%.1f MB\n",
-                burst_files, static_cast<long long>(burst_kb), burst.seconds, burst.files_per_s, burst.mb_per_s,
-                static_cast<double>(burst.peak_rss_kb) / 1024.0);
+    std::printf(
+        "  shift-change burst: %zu files of %lld KiB in %.1f s: %.1f files/s, %.1f MB/s, daemon peak RSS "
+        "%.1f MB\n",
+        burst_files, static_cast<long long>(burst_kb), burst.seconds, burst.files_per_s, burst.mb_per_s,
+        static_cast<double>(burst.peak_rss_kb) / 1024.0);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "cpd-dock-bench: %s\n", e.what());
     return 1;

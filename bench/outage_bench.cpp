@@ -5,18 +5,17 @@
 //   build/bench/cpd-outage-bench [--down-s 180] [--rate 5] [--lanes 4]
 //   (--rate: vehicles per second per lane; exits non-zero on a lost, reordered or broken record)
 #include <signal.h>
+#include <sqlite3.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <nlohmann/json.hpp>
-#include <sqlite3.h>
 
 #include "daemon/core/chain_verifier.h"
 #include "tests/integration/harness.h"
@@ -29,7 +28,9 @@ using Clock = std::chrono::steady_clock;
 
 const std::string kEvidence = "checkpoint/bench-gw/evidence";
 
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
 struct Options {
   int down_s = 180;
@@ -49,7 +50,8 @@ Options parse(int argc, char** argv) {
     } else if (a == "--lanes" && has_value) {
       o.lanes = std::stoi(argv[++i]);
     } else {
-      throw std::invalid_argument("usage: cpd-outage-bench [--down-s N] [--rate vehicles/s/lane] [--lanes N]");
+      throw std::invalid_argument(
+          "usage: cpd-outage-bench [--down-s N] [--rate vehicles/s/lane] [--lanes N]");
     }
   }
   if (o.down_s < 1 || o.rate_per_lane <= 0 || o.lanes < 1 || o.lanes > 8) {
@@ -58,10 +60,12 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
-
-long long backlog(const fs::path& db) { return store_query(db, "SELECT count(*) FROM outbox"); }
-long long last_seq(const fs::path& db) { return store_query(db, "SELECT coalesce(max(seq), 0) FROM records"); }
-
+long long backlog(const fs::path& db) {
+  return store_query(db, "SELECT count(*) FROM outbox");
+}
+long long last_seq(const fs::path& db) {
+  return store_query(db, "SELECT coalesce(max(seq), 0) FROM records");
+}
 
 long long last_seq_at(const MqttCollector& c) {
   const auto p = c.payloads(kEvidence);
@@ -77,12 +81,13 @@ int run(const Options& opt) {
   broker.start();
 
   const double sim_rate = opt.rate_per_lane * opt.lanes;  // the simulator's --rate is for all lanes together
-  Process sim({binary("tools/sim/checkpoint-sim"), "radar", "--port", "0", "--lanes", std::to_string(opt.lanes),
-               "--seed", "5", "--vehicles", "0", "--rate", std::to_string(sim_rate),
-               // A lane holds one vehicle at a time: 4 frames 25 ms apart allow up to 10 vehicles/s per lane
-               // (the default 8 x 50 ms caps a lane at 2.5).
-               "--frames-per-track", "4", "--frame-interval-ms", "25"},
-              dir / "sim");
+  Process sim(
+      {binary("tools/sim/checkpoint-sim"), "radar", "--port", "0", "--lanes", std::to_string(opt.lanes),
+       "--seed", "5", "--vehicles", "0", "--rate", std::to_string(sim_rate),
+       // A lane holds one vehicle at a time: 4 frames 25 ms apart allow up to 10 vehicles/s per lane
+       // (the default 8 x 50 ms caps a lane at 2.5).
+       "--frames-per-track", "4", "--frame-interval-ms", "25"},
+      dir / "sim");
   const auto line = sim.wait_for_stdout_line("listening ", 10s);
   if (!line) {
     throw std::runtime_error("simulator did not start: " + sim.stderr_text());
@@ -99,15 +104,17 @@ int run(const Options& opt) {
       << "devices:\n  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << sim_port << "}\n"
       << "    lanes: [";
   for (int l = 1; l <= opt.lanes; ++l) {
-    cfg << (l > 1 ? ", " : "") << "{lane: " << l << ", x_min: " << 3.75 * (l - 1) << ", x_max: " << 3.75 * l << "}";
+    cfg << (l > 1 ? ", " : "") << "{lane: " << l << ", x_min: " << 3.75 * (l - 1) << ", x_max: " << 3.75 * l
+        << "}";
   }
   cfg << "]\n    calibration: {certificate: BENCH, valid_until: 2099-12-31}\n";
   cfg.close();
 
   MqttCollector collector(broker.uri(), {kEvidence});
-  Process daemon({binary("daemon/app/checkpointd"), "--config", (dir / "checkpointd.yaml").string()}, dir / "checkpointd");
-  std::printf("checkpointd broker-outage bench (%s): %d s down, %.1f vehicles/s/lane x %d lanes\n", dir.c_str(),
-              opt.down_s, opt.rate_per_lane, opt.lanes);
+  Process daemon({binary("daemon/app/checkpointd"), "--config", (dir / "checkpointd.yaml").string()},
+                 dir / "checkpointd");
+  std::printf("checkpointd broker-outage bench (%s): %d s down, %.1f vehicles/s/lane x %d lanes\n",
+              dir.c_str(), opt.down_s, opt.rate_per_lane, opt.lanes);
   if (!collector.wait_until([&] { return collector.count(kEvidence) >= 50; }, 120s)) {
     throw std::runtime_error("no traffic reached the subscriber: " + daemon.stderr_text());
   }
@@ -182,24 +189,32 @@ int run(const Options& opt) {
   }
   const auto got = static_cast<long long>(verifier.verified());
 
-  std::printf("outage    down_s                        %10.1f\n", std::chrono::duration<double>(up_at - down_at).count());
-  std::printf("outage    records_produced_during       %10lld   (seq %lld..%lld)\n", seq_at_return - seq_at_down,
-              seq_at_down + 1, seq_at_return);
-  std::printf("outage    backlog_peak                  %10lld   (at return %lld)\n", backlog_peak, backlog_at_return);
-  std::printf("memory    rss_kb before / peak during / after  %ld / %ld / %ld   (VmHWM %ld)\n", rss_before, rss_peak,
-              rss_after, hwm);
+  std::printf("outage    down_s                        %10.1f\n",
+              std::chrono::duration<double>(up_at - down_at).count());
+  std::printf("outage    records_produced_during       %10lld   (seq %lld..%lld)\n",
+              seq_at_return - seq_at_down, seq_at_down + 1, seq_at_return);
+  std::printf("outage    backlog_peak                  %10lld   (at return %lld)\n", backlog_peak,
+              backlog_at_return);
+  std::printf("memory    rss_kb before / peak during / after  %ld / %ld / %ld   (VmHWM %ld)\n", rss_before,
+              rss_peak, rss_after, hwm);
   if (drain_s > 0) {
     const double pump_s = std::max(drain_s - std::max(reconnect_s, 0.0), 0.001);
-    std::printf("drain     time_s (outbox, PUBACKed)     %10.2f   (first PUBACK after %.2f s)\n", drain_s, reconnect_s);
-    std::printf("drain     rate_records_per_s            %10.0f   (%lld records from the first PUBACK; %.0f over the whole time)\n",
-                static_cast<double>(left_at_return) / pump_s, left_at_return,
-                static_cast<double>(left_at_return) / drain_s);
+    std::printf("drain     time_s (outbox, PUBACKed)     %10.2f   (first PUBACK after %.2f s)\n", drain_s,
+                reconnect_s);
+    std::printf(
+        "drain     rate_records_per_s            %10.0f   (%lld records from the first PUBACK; %.0f over the "
+        "whole time)\n",
+        static_cast<double>(left_at_return) / pump_s, left_at_return,
+        static_cast<double>(left_at_return) / drain_s);
   } else {
     std::printf("drain     time_s                        NOT DRAINED within 600 s\n");
   }
-  std::printf("drain     time_s (at the subscriber)    %10.2f   %s\n", deliver_s, delivered ? "" : "(NOT DELIVERED)");
-  std::printf("check     records committed %lld, verified at the subscriber %lld, redeliveries %llu, daemon exit %d\n",
-              committed, got, static_cast<unsigned long long>(verifier.duplicates()), rc ? *rc : -1);
+  std::printf("drain     time_s (at the subscriber)    %10.2f   %s\n", deliver_s,
+              delivered ? "" : "(NOT DELIVERED)");
+  std::printf(
+      "check     records committed %lld, verified at the subscriber %lld, redeliveries %llu, daemon exit "
+      "%d\n",
+      committed, got, static_cast<unsigned long long>(verifier.duplicates()), rc ? *rc : -1);
   const bool ok = broken.empty() && got == committed && drain_s > 0 && delivered && rc == 0;
   if (!broken.empty()) {
     std::printf("check     BROKEN after seq %llu: %s\n",

@@ -1,20 +1,18 @@
 // `make bench`: the pipeline's sustained throughput and latency, the daemon's peak RSS, and, in the same
 // run, the raw limits of each stage (Ed25519 signing, grouped fsync'd SQLite inserts, Paho QoS 1
 // publishes to the same broker). Real processes, a real broker, a real disk; nothing simulated but the radar.
+#include <mqtt/async_client.h>
 #include <signal.h>
+#include <sqlite3.h>
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <regex>
 #include <sstream>
-
-#include <mqtt/async_client.h>
-#include <sqlite3.h>
-
 #include <thread>
-#include <nlohmann/json.hpp>
 
 #include "bench/store_bench.h"
 #include "daemon/core/ed25519.h"
@@ -26,7 +24,9 @@ using namespace cpd::testing;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
 double measure_signatures(std::chrono::milliseconds budget) {
   const auto key = cpd::Ed25519PrivateKey::generate();
@@ -47,7 +47,12 @@ double measure_signatures(std::chrono::milliseconds budget) {
 double measure_paho(const std::string& uri, std::chrono::milliseconds budget) {
   mqtt::async_client client(uri, "cpd-bench-raw", mqtt::create_options(MQTTVERSION_5),
                             static_cast<mqtt::iclient_persistence*>(nullptr));
-  client.connect(mqtt::connect_options_builder().mqtt_version(MQTTVERSION_5).clean_start(true).max_inflight(80).finalize())
+  client
+      .connect(mqtt::connect_options_builder()
+                   .mqtt_version(MQTTVERSION_5)
+                   .clean_start(true)
+                   .max_inflight(80)
+                   .finalize())
       ->wait();
   struct Window : mqtt::iaction_listener {
     std::mutex m;
@@ -99,18 +104,20 @@ struct Rig {
     }
     sim_port = static_cast<std::uint16_t>(std::stoi(line->substr(10)));
     const auto cfg = dir / (name + ".yaml");
-    std::ofstream(cfg) << "gateway:\n  id: bench-gw\n"
-                       << "  site: {name: bench, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
-                       << "  key: " << (dir / "gateway.key").string() << "\n"
-                       << "store:\n  path: " << (dir / (name + ".db")).string() << "\n"
-                       << "mqtt:\n  uri: " << broker.uri() << "\n  client_id: bench-gw-" << name << "\n"
-                       << "devices:\n  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << sim_port
-                       << "}\n    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5},"
-                       << " {lane: 3, x_min: 7.5, x_max: 11.25}, {lane: 4, x_min: 11.25, x_max: 15.0}]\n"
-                       << "    calibration: {certificate: BENCH, valid_until: 2099-12-31}\n"
-                       << "    track_timeout_ms: " << track_timeout_ms << "\n"
-                       // The throughput run is a radar far beyond any road: lift its record bound.
-                       << "    max_records_per_s: 100000\n";
+    std::ofstream(cfg)
+        << "gateway:\n  id: bench-gw\n"
+        << "  site: {name: bench, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
+        << "  key: " << (dir / "gateway.key").string() << "\n"
+        << "store:\n  path: " << (dir / (name + ".db")).string() << "\n"
+        << "mqtt:\n  uri: " << broker.uri() << "\n  client_id: bench-gw-" << name << "\n"
+        << "devices:\n  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << sim_port
+        << "}\n    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5},"
+        << " {lane: 3, x_min: 7.5, x_max: 11.25}, {lane: 4, x_min: 11.25, x_max: 15.0}]\n"
+        << "    calibration: {certificate: BENCH, valid_until: 2099-12-31}\n"
+        << "    track_timeout_ms: " << track_timeout_ms
+        << "\n"
+        // The throughput run is a radar far beyond any road: lift its record bound.
+        << "    max_records_per_s: 100000\n";
     daemon = std::make_unique<Process>(
         std::vector<std::string>{binary("daemon/app/checkpointd"), "--config", cfg.string()}, dir / name);
   }
@@ -135,8 +142,8 @@ std::size_t count_acked(const fs::path& db) {
   if (sqlite3_open_v2(db.c_str(), &h, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
     sqlite3_busy_timeout(h, 1000);
     sqlite3_stmt* st = nullptr;
-    if (sqlite3_prepare_v2(h, "SELECT (SELECT count(*) FROM records) - (SELECT count(*) FROM outbox)", -1, &st,
-                           nullptr) == SQLITE_OK &&
+    if (sqlite3_prepare_v2(h, "SELECT (SELECT count(*) FROM records) - (SELECT count(*) FROM outbox)", -1,
+                           &st, nullptr) == SQLITE_OK &&
         sqlite3_step(st) == SQLITE_ROW) {
       n = static_cast<std::size_t>(sqlite3_column_int64(st, 0));
     }
@@ -183,8 +190,10 @@ int main(int argc, char** argv) {
   long rss_throughput = 0;
   {
     Rig rig{dir, broker, nullptr, nullptr};
-    rig.start("throughput", {"--seed", "1", "--vehicles", std::to_string(vehicles), "--rate", "0",
-                             "--frames-per-track", "3", "--frame-interval-ms", "10"}, 50);
+    rig.start("throughput",
+              {"--seed", "1", "--vehicles", std::to_string(vehicles), "--rate", "0", "--frames-per-track",
+               "3", "--frame-interval-ms", "10"},
+              50);
     const auto db = dir / "throughput.db";
     // Warm-up: the first 1000 records; then time the rest.
     wait_acked(db, 1000, 120s);
@@ -194,8 +203,8 @@ int main(int argc, char** argv) {
     const std::size_t n1 = count_acked(db);
     throughput = static_cast<double>(n1 - n0) / seconds_since(t0);
     rss_throughput = rig.stop();
-    std::printf("pipeline  records_per_s                %10.0f   (%zu records timed, frames in -> PUBACK)\n", throughput,
-                n1 - n0);
+    std::printf("pipeline  records_per_s                %10.0f   (%zu records timed, frames in -> PUBACK)\n",
+                throughput, n1 - n0);
   }
 
   // Latency at nominal load: 20 vehicles/s for 20 s; the daemon reports ready-to-PUBACK percentiles.

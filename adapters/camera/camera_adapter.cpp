@@ -5,6 +5,13 @@
 
 #include <algorithm>
 #include <array>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http.hpp>
 #include <chrono>
 #include <deque>
 #include <functional>
@@ -18,20 +25,12 @@
 #include <unordered_set>
 #include <vector>
 
-#include <boost/asio/connect.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
-#include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/http.hpp>
-
 #include "adapters/adapter_handle.h"
-#include "adapters/reconnect_backoff.h"
 #include "adapters/camera/camera_clock.h"
 #include "adapters/camera/http_auth.h"
 #include "adapters/camera/isapi_xml.h"
 #include "adapters/camera/multipart_parser.h"
+#include "adapters/reconnect_backoff.h"
 #include "daemon/core/encoding.h"
 #include "daemon/log/log.h"
 #include "daemon/media/media_store.h"
@@ -52,13 +51,13 @@ constexpr std::string_view kTimePath = "/ISAPI/System/time";
 constexpr std::string_view kStreamPath = "/ISAPI/Event/notification/alertStream";
 constexpr auto kRequestTimeout = std::chrono::seconds(10);
 constexpr std::uint64_t kControlBodyLimit = 1024 * 1024;
-constexpr std::size_t kSeenEvents = 4096;   // (UUID, dateTime) pairs remembered for duplicate detection
-constexpr int kMaxAuthAttempts = 3;         // per request: unauthenticated, fresh answer, one stale renewal
+constexpr std::size_t kSeenEvents = 4096;  // (UUID, dateTime) pairs remembered for duplicate detection
+constexpr int kMaxAuthAttempts = 3;        // per request: unauthenticated, fresh answer, one stale renewal
 // Clock offset: a burst of time polls at (re)connect and after the estimate restarts, each timed so the
 // camera's next whole second falls in the middle of what is known (camera_clock.h), until the offset is
 // known to kClockTargetMs or kBurstPolls polls were made; then every time_poll_s, still so timed.
 constexpr int kBurstPolls = 7;
-constexpr std::int64_t kBurstGapMs = 150;       // at least this between burst polls
+constexpr std::int64_t kBurstGapMs = 150;  // at least this between burst polls
 constexpr std::int64_t kClockTargetMs = 20;
 // Plate reads wait (at most this long) for a burst still narrowing the offset, so the first reads after
 // a (re)connect already carry a precise one.
@@ -70,14 +69,14 @@ struct HttpResult {
   unsigned status = 0;
   std::vector<std::string> www_authenticate;
   std::string body;
-  UnixMs started_ms = 0;   // the exchange began (before resolve and connect)
+  UnixMs started_ms = 0;  // the exchange began (before resolve and connect)
   UnixMs sent_ms = 0;
   UnixMs received_ms = 0;
 };
 
 struct AuthSent {
-  std::string header;     // empty: no Authorization sent
-  bool fresh = false;     // the answer was the first one computed from a just-received challenge
+  std::string header;  // empty: no Authorization sent
+  bool fresh = false;  // the answer was the first one computed from a just-received challenge
 };
 
 enum class AuthDecision { kRetry, kFailed };
@@ -89,13 +88,14 @@ HttpResult failure(const error_code& ec, std::string what) {
   return r;
 }
 
-std::string_view sv(boost::beast::string_view s) { return std::string_view(s.data(), s.size()); }
+std::string_view sv(boost::beast::string_view s) {
+  return std::string_view(s.data(), s.size());
+}
 
 std::vector<std::string> www_authenticate_of(const http::fields& fields) {
   std::vector<std::string> out;
-  for (auto it = fields.find(http::field::www_authenticate); it != fields.end() &&
-                                                               it->name() == http::field::www_authenticate;
-       ++it) {
+  for (auto it = fields.find(http::field::www_authenticate);
+       it != fields.end() && it->name() == http::field::www_authenticate; ++it) {
     out.emplace_back(sv(it->value()));
   }
   return out;
@@ -241,11 +241,11 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     PlateRead read;
     int utc_offset_min = 0;
     std::vector<Slot> slots;
-    std::size_t next = 0;         // the first announced picture not yet matched
-    bool window_closed = false;   // no more pictures will be matched to this alert
+    std::size_t next = 0;        // the first announced picture not yet matched
+    bool window_closed = false;  // no more pictures will be matched to this alert
     Clock::time_point deadline;
-    std::uint64_t clock_epoch = 0;        // of the clock estimate at the alert; 0: none yet
-    Clock::time_point clock_hold_until;   // emission may wait for a burst until then
+    std::uint64_t clock_epoch = 0;       // of the clock estimate at the alert; 0: none yet
+    Clock::time_point clock_hold_until;  // emission may wait for a burst until then
   };
   struct Snapshot {
     std::string state = "stopped";
@@ -317,7 +317,8 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
 
   // A 401: take the challenge and try again, unless this was already a fresh answer (wrong credentials:
   // retrying would walk into the camera's 5-strikes lock).
-  AuthDecision on_unauthorized(const AuthSent& sent, const std::vector<std::string>& challenges, int attempt) {
+  AuthDecision on_unauthorized(const AuthSent& sent, const std::vector<std::string>& challenges,
+                               int attempt) {
     if (attempt + 1 >= kMaxAuthAttempts) {
       return AuthDecision::kFailed;
     }
@@ -370,33 +371,34 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
             finish(failure(ec, "resolve failed: " + ec.message()));
             return;
           }
-          asio::async_connect(x->socket, results, [self, x, finish](const error_code& e, const tcp::endpoint&) {
-            if (e) {
-              finish(failure(e, "connect failed: " + e.message()));
-              return;
-            }
-            x->result.sent_ms = self->ctx_.clock.now_ms();
-            http::async_write(x->socket, x->req, [self, x, finish](const error_code& we, std::size_t) {
-              if (we) {
-                finish(failure(we, "write failed: " + we.message()));
-                return;
-              }
-              http::async_read(x->socket, x->buffer, x->parser,
-                               [self, x, finish](const error_code& re, std::size_t) {
-                                 if (re) {
-                                   finish(failure(re, "read failed: " + re.message()));
-                                   return;
-                                 }
-                                 HttpResult r = std::move(x->result);
-                                 r.received_ms = self->ctx_.clock.now_ms();
-                                 auto res = x->parser.release();
-                                 r.status = res.result_int();
-                                 r.www_authenticate = www_authenticate_of(res.base());
-                                 r.body = std::move(res.body());
-                                 finish(std::move(r));
-                               });
-            });
-          });
+          asio::async_connect(
+              x->socket, results, [self, x, finish](const error_code& e, const tcp::endpoint&) {
+                if (e) {
+                  finish(failure(e, "connect failed: " + e.message()));
+                  return;
+                }
+                x->result.sent_ms = self->ctx_.clock.now_ms();
+                http::async_write(x->socket, x->req, [self, x, finish](const error_code& we, std::size_t) {
+                  if (we) {
+                    finish(failure(we, "write failed: " + we.message()));
+                    return;
+                  }
+                  http::async_read(x->socket, x->buffer, x->parser,
+                                   [self, x, finish](const error_code& re, std::size_t) {
+                                     if (re) {
+                                       finish(failure(re, "read failed: " + re.message()));
+                                       return;
+                                     }
+                                     HttpResult r = std::move(x->result);
+                                     r.received_ms = self->ctx_.clock.now_ms();
+                                     auto res = x->parser.release();
+                                     r.status = res.result_int();
+                                     r.www_authenticate = www_authenticate_of(res.base());
+                                     r.body = std::move(res.body());
+                                     finish(std::move(r));
+                                   });
+                });
+              });
         });
   }
 
@@ -404,25 +406,26 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
   // handled here (fault, backoff) and done() is not called: the cycle that asked stops there.
   void authed_get(std::string target, std::function<void(HttpResult)> done, int attempt = 0) {
     const AuthSent sent = prepare_auth(target);
-    exchange(target, sent,
-             [self = shared_from_this(), target, sent, attempt, done = std::move(done)](HttpResult r) mutable {
-               if (!r.ec && r.status == 403) {
-                 self->auth_failed("user locked", 403);
-                 return;
-               }
-               if (!r.ec && r.status == 401) {
-                 if (self->auth_blocked_) {
-                   return;
-                 }
-                 if (self->on_unauthorized(sent, r.www_authenticate, attempt) == AuthDecision::kRetry) {
-                   self->authed_get(std::move(target), std::move(done), attempt + 1);
-                 } else {
-                   self->auth_failed("authentication failed", 401);
-                 }
-                 return;
-               }
-               done(std::move(r));
-             });
+    exchange(
+        target, sent,
+        [self = shared_from_this(), target, sent, attempt, done = std::move(done)](HttpResult r) mutable {
+          if (!r.ec && r.status == 403) {
+            self->auth_failed("user locked", 403);
+            return;
+          }
+          if (!r.ec && r.status == 401) {
+            if (self->auth_blocked_) {
+              return;
+            }
+            if (self->on_unauthorized(sent, r.www_authenticate, attempt) == AuthDecision::kRetry) {
+              self->authed_get(std::move(target), std::move(done), attempt + 1);
+            } else {
+              self->auth_failed("authentication failed", 401);
+            }
+            return;
+          }
+          done(std::move(r));
+        });
   }
 
   // ---- the connection cycle: deviceInfo, time, then the stream ----
@@ -558,7 +561,8 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     auto self = shared_from_this();
     stream_resolver_.async_resolve(
         config_.host, std::to_string(config_.port),
-        [self, gen, attempt, conn = stream_](const error_code& ec, const tcp::resolver::results_type& results) {
+        [self, gen, attempt, conn = stream_](const error_code& ec,
+                                             const tcp::resolver::results_type& results) {
           if (gen != self->stream_gen_ || !self->running_) {
             return;
           }
@@ -584,23 +588,23 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     const AuthSent sent = prepare_auth(kStreamPath);
     auto conn = stream_;
     conn->req = make_request(kStreamPath, sent);
-    http::async_write(conn->socket, conn->req,
-                      [self = shared_from_this(), conn, gen, attempt, sent](const error_code& ec, std::size_t) {
-                        if (gen != self->stream_gen_ || !self->running_) {
-                          return;
-                        }
-                        if (ec) {
-                          self->link_failed("write failed: " + ec.message());
-                          return;
-                        }
-                        conn->parser.emplace();
-                        conn->parser->body_limit(std::numeric_limits<std::uint64_t>::max());
-                        http::async_read_header(
-                            conn->socket, conn->buffer, *conn->parser,
-                            [self, conn, gen, attempt, sent](const error_code& e, std::size_t) {
-                              self->on_stream_header(e, gen, attempt, sent);
-                            });
-                      });
+    http::async_write(
+        conn->socket, conn->req,
+        [self = shared_from_this(), conn, gen, attempt, sent](const error_code& ec, std::size_t) {
+          if (gen != self->stream_gen_ || !self->running_) {
+            return;
+          }
+          if (ec) {
+            self->link_failed("write failed: " + ec.message());
+            return;
+          }
+          conn->parser.emplace();
+          conn->parser->body_limit(std::numeric_limits<std::uint64_t>::max());
+          http::async_read_header(conn->socket, conn->buffer, *conn->parser,
+                                  [self, conn, gen, attempt, sent](const error_code& e, std::size_t) {
+                                    self->on_stream_header(e, gen, attempt, sent);
+                                  });
+        });
   }
 
   void on_stream_header(const error_code& ec, std::uint64_t gen, int attempt, const AuthSent& sent) {
@@ -721,7 +725,8 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
         return;
       }
       self->count_error("stream_idle");
-      self->link_failed("alert stream silent for " + std::to_string(self->config_.stream_idle_timeout_s) + " s");
+      self->link_failed("alert stream silent for " + std::to_string(self->config_.stream_idle_timeout_s) +
+                        " s");
     });
   }
 
@@ -786,8 +791,8 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
       snap_.last_error = text;
     }
     log::error(kComponent, config_.id,
-               text + " (HTTP " + std::to_string(code) + "); next try in " + std::to_string(config_.auth_backoff_s) +
-                   " s");
+               text + " (HTTP " + std::to_string(code) + "); next try in " +
+                   std::to_string(config_.auth_backoff_s) + " s");
     // The snapshot is brought up to date before the event goes out, so a consumer never sees it older.
     set_state(code == 403 ? "locked" : "auth_failed");
     reported_ = Reported::kFault;
@@ -1002,7 +1007,8 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     if (!running_) {
       return;
     }
-    auto it = std::find_if(pending_.begin(), pending_.end(), [seq](const PendingAlert& p) { return p.seq == seq; });
+    auto it =
+        std::find_if(pending_.begin(), pending_.end(), [seq](const PendingAlert& p) { return p.seq == seq; });
     if (it == pending_.end() || idx >= it->slots.size() || it->slots[idx].state != SlotState::kStoring) {
       return;
     }
@@ -1153,10 +1159,11 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     count_error("text_not_utf8");
     if (!warned_not_utf8_) {
       warned_not_utf8_ = true;
-      log::warn(kComponent, config_.id,
-                std::string(where) +
-                    " holds text that is not UTF-8 (is the camera set to GBK?): recorded escaped with its exact "
-                    "bytes in base64, counted in errors{text_not_utf8}");
+      log::warn(
+          kComponent, config_.id,
+          std::string(where) +
+              " holds text that is not UTF-8 (is the camera set to GBK?): recorded escaped with its exact "
+              "bytes in base64, counted in errors{text_not_utf8}");
     }
   }
 
@@ -1232,8 +1239,8 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
   bool auth_blocked_ = false;
 
   CameraClockEstimator clock_;
-  int burst_left_ = 0;                 // time polls still to make in the current burst
-  std::int64_t probe_lead_ms_ = 0;     // from starting a poll to the camera reading its clock (last poll)
+  int burst_left_ = 0;              // time polls still to make in the current burst
+  std::int64_t probe_lead_ms_ = 0;  // from starting a poll to the camera reading its clock (last poll)
 
   std::deque<PendingAlert> pending_;
   std::uint64_t alert_seq_ = 0;

@@ -15,11 +15,12 @@ using config::Rule;
 using config::Section;
 
 void parse_url(Section& device, CameraConfig& out) {
-  out.url = device.required<std::string>(
-      "url", {.allowed = "the camera's base URL, http://host[:port]"});
+  out.url = device.required<std::string>("url", {.allowed = "the camera's base URL, http://host[:port]"});
   if (out.url.rfind("https://", 0) == 0) {
-    device.fail("url", "https is not supported yet (the cameras speak plain HTTP with Digest auth); "
-                       "use http://host[:port], got '" + out.url + "'");
+    device.fail("url",
+                "https is not supported yet (the cameras speak plain HTTP with Digest auth); "
+                "use http://host[:port], got '" +
+                    out.url + "'");
   }
   static const std::regex kUrl(
       R"(http://([A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]{2,45}\])(:([0-9]{1,5}))?/?)");
@@ -65,8 +66,9 @@ CameraConfig parse_camera_config(config::Section& device) {
   out.id = device.required<std::string>("id");
   parse_url(device, out);
   out.username = device.required<std::string>(
-      "username", {.pattern = "[^:\\s\"\\\\]{1,64}",
-                   .allowed = "the camera user name, 1 to 64 characters without ':', quotes, backslash or spaces"});
+      "username",
+      {.pattern = "[^:\\s\"\\\\]{1,64}",
+       .allowed = "the camera user name, 1 to 64 characters without ':', quotes, backslash or spaces"});
   read_password(device, out);
   out.auth = device.optional<std::string>("auth", out.auth, {.one_of = {"digest", "basic"}});
   out.radar = device.required<std::string>(
@@ -75,7 +77,8 @@ CameraConfig parse_camera_config(config::Section& device) {
   out.time_poll_s = device.optional<int>("time_poll_s", out.time_poll_s, {.min = 5, .max = 86400});
   out.stream_idle_timeout_s =
       device.optional<int>("stream_idle_timeout_s", out.stream_idle_timeout_s, {.min = 11, .max = 600});
-  out.picture_wait_ms = device.optional<int>("picture_wait_ms", out.picture_wait_ms, {.min = 50, .max = 60000});
+  out.picture_wait_ms =
+      device.optional<int>("picture_wait_ms", out.picture_wait_ms, {.min = 50, .max = 60000});
   out.reconnect_initial_ms =
       device.optional<int>("reconnect_initial_ms", out.reconnect_initial_ms, {.min = 10, .max = 600000});
   out.reconnect_max_ms =

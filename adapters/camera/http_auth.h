@@ -15,9 +15,9 @@ struct DigestChallenge {
   std::string realm;
   std::string nonce;
   std::string opaque;
-  std::string algorithm;   // empty = MD5
-  bool qop_auth = false;   // "auth" among the offered qop values
-  bool has_qop = false;    // no qop at all: RFC 2069 compatibility (response without nc/cnonce)
+  std::string algorithm;  // empty = MD5
+  bool qop_auth = false;  // "auth" among the offered qop values
+  bool has_qop = false;   // no qop at all: RFC 2069 compatibility (response without nc/cnonce)
   bool stale = false;
 };
 

@@ -2,10 +2,9 @@
 // elements skipped; time text parsed by hand so malformed values are refused, not guessed.
 #include "adapters/camera/isapi_xml.h"
 
-#include <pugixml.hpp>
-
 #include <charconv>
 #include <cstring>
+#include <pugixml.hpp>
 
 #include "daemon/core/encoding.h"
 

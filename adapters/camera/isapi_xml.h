@@ -16,7 +16,7 @@ namespace cpd::adapters {
 // milliseconds kept). The offset is required: a time without one has no instant.
 struct IsoTime {
   UnixMs unix_ms = 0;
-  int utc_offset_min = 0;   // minutes east of UTC as written
+  int utc_offset_min = 0;  // minutes east of UTC as written
   bool has_fraction = false;
 };
 std::optional<IsoTime> parse_iso8601(std::string_view text);
@@ -26,8 +26,8 @@ std::optional<UnixMs> parse_abs_time(std::string_view text, int utc_offset_min);
 
 struct IsapiPictureInfo {
   std::string file_name;
-  std::string type;       // detectionPicture | licensePlatePicture | ...
-  std::string abs_time;   // yyyyMMddHHmmssSSS, empty when absent
+  std::string type;      // detectionPicture | licensePlatePicture | ...
+  std::string abs_time;  // yyyyMMddHHmmssSSS, empty when absent
 };
 
 struct IsapiAlert {
@@ -35,8 +35,8 @@ struct IsapiAlert {
   Kind kind = Kind::kOther;
   std::string event_type;
   std::string event_state;
-  std::string date_time;            // as sent
-  IsoTime time;                     // parsed date_time (ANPR alerts only are required to have one)
+  std::string date_time;  // as sent
+  IsoTime time;           // parsed date_time (ANPR alerts only are required to have one)
   std::string uuid;
   int active_post_count = 0;
   int lane = 0;
@@ -56,7 +56,7 @@ struct IsapiAlert {
 // Why an alert part was discarded; empty `error` means `alert` is set.
 struct AlertParseResult {
   std::optional<IsapiAlert> alert;
-  std::string error;   // "malformed_xml", "not_an_alert", "bad_date_time", "missing_uuid", "bad_field"
+  std::string error;  // "malformed_xml", "not_an_alert", "bad_date_time", "missing_uuid", "bad_field"
 };
 AlertParseResult parse_alert(std::string_view xml);
 
@@ -73,8 +73,8 @@ struct IsapiDeviceInfo {
 std::optional<IsapiDeviceInfo> parse_device_info(std::string_view xml);
 
 struct IsapiTime {
-  std::string time_mode;    // NTP | manual; escaped if not UTF-8 (shown in the status)
-  std::string local_time;   // as sent
+  std::string time_mode;   // NTP | manual; escaped if not UTF-8 (shown in the status)
+  std::string local_time;  // as sent
   IsoTime time;
   bool text_not_utf8 = false;
 };

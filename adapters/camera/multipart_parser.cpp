@@ -204,9 +204,8 @@ bool MultipartParser::seek_boundary() {
     state_ = State::kHeaders;
     return true;
   }
-  if (starts_clean && line.size() == dash_boundary_.size() + 2 && line.substr(0, dash_boundary_.size()) ==
-                                                                      dash_boundary_ &&
-      line.substr(dash_boundary_.size()) == "--") {
+  if (starts_clean && line.size() == dash_boundary_.size() + 2 &&
+      line.substr(0, dash_boundary_.size()) == dash_boundary_ && line.substr(dash_boundary_.size()) == "--") {
     after_length_body_ = false;  // close delimiter: the camera may still go on with a new body
     return true;
   }
@@ -268,8 +267,9 @@ bool MultipartParser::read_headers() {
       if (iequals(name, "Content-Type")) {
         part_.content_type = std::string(value);
       } else if (iequals(name, "Content-Length")) {
-        const bool digits = !value.empty() && value.size() <= 18 &&
-                            std::all_of(value.begin(), value.end(), [](char c) { return c >= '0' && c <= '9'; });
+        const bool digits =
+            !value.empty() && value.size() <= 18 &&
+            std::all_of(value.begin(), value.end(), [](char c) { return c >= '0' && c <= '9'; });
         if (!digits) {
           bad_length = true;
         } else {

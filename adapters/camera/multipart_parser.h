@@ -13,8 +13,8 @@
 namespace cpd::adapters {
 
 struct MultipartPart {
-  std::string content_type;   // as sent, e.g. application/xml; charset="UTF-8"
-  std::string file_name;      // from Content-Disposition filename=, empty when absent
+  std::string content_type;  // as sent, e.g. application/xml; charset="UTF-8"
+  std::string file_name;     // from Content-Disposition filename=, empty when absent
   std::string body;
 };
 
@@ -69,14 +69,14 @@ class MultipartParser {
   std::string_view pending() const { return std::string_view(buf_).substr(pos_); }
 
   std::string boundary_;
-  std::string dash_boundary_;   // "--" + boundary
-  std::string delimiter_;       // "\r\n--" + boundary (ends a part without a length)
+  std::string dash_boundary_;  // "--" + boundary
+  std::string delimiter_;      // "\r\n--" + boundary (ends a part without a length)
   Limits limits_;
   State state_ = State::kSeekBoundary;
-  std::string buf_;             // unconsumed bytes start at pos_
+  std::string buf_;  // unconsumed bytes start at pos_
   std::size_t pos_ = 0;
-  std::size_t scan_ = 0;        // where the search for a line end or the header end resumes (from pos_)
-  bool in_long_line_ = false;   // discarding an over-long line that cannot be a boundary line
+  std::size_t scan_ = 0;       // where the search for a line end or the header end resumes (from pos_)
+  bool in_long_line_ = false;  // discarding an over-long line that cannot be a boundary line
   bool after_length_body_ = false;
   MultipartPart part_;
   std::size_t body_remaining_ = 0;

@@ -7,7 +7,9 @@
 namespace cpd::adapters {
 namespace {
 
-bool is_digit(char c) { return c >= '0' && c <= '9'; }
+bool is_digit(char c) {
+  return c >= '0' && c <= '9';
+}
 
 // Reads the digits at `pos`..`pos+n` of `s` as a decimal number; nullopt if any is not a digit.
 std::optional<std::int64_t> digits(std::string_view s, std::size_t pos, std::size_t n) {
@@ -108,8 +110,8 @@ RadarFrameResult parse_detect(const std::vector<std::string_view>& f, std::strin
   auto x = signed_tenths(f[8]);
   auto coord = one_of(f[9], "CP");
   auto amplitude = fixed(f[10], 3, 1);
-  if (!time || !target || *target < 1 || !targets || !dir || !speed || !units || !range || !x ||
-      !coord || !amplitude) {
+  if (!time || !target || *target < 1 || !targets || !dir || !speed || !units || !range || !x || !coord ||
+      !amplitude) {
     return FrameError::kFieldSyntax;
   }
   RadarDetect d;

@@ -14,7 +14,7 @@ namespace cpd::adapters {
 
 inline constexpr char kRadarStx = '\x02';
 inline constexpr char kRadarEtx = '\x03';
-inline constexpr std::size_t kRadarMaxFrameBytes = 128;  // STX..ETX inclusive
+inline constexpr std::size_t kRadarMaxFrameBytes = 128;        // STX..ETX inclusive
 inline constexpr std::int64_t kRadarClockWrapCs = 10'000'000;  // the clock wraps at 100000 s
 
 // Why a frame was discarded. The names (frame_error_name) are metric labels.
@@ -47,13 +47,13 @@ struct RadarDetect {
 // Message 09.
 struct RadarStatus {
   std::int64_t time_cs = 0;
-  int code = 0;                    // 00..99
-  std::string text;                // <= 40 printable chars, no ',' or '*'
+  int code = 0;      // 00..99
+  std::string text;  // <= 40 printable chars, no ',' or '*'
 };
 
 struct RadarFrame {
   std::variant<RadarDetect, RadarStatus> message;
-  std::string raw;                 // STX..ETX inclusive, as received
+  std::string raw;  // STX..ETX inclusive, as received
 };
 
 // Either a frame or the reason it was rejected.
@@ -68,8 +68,8 @@ std::uint8_t radar_checksum(std::string_view body);
 class RadarFrameParser {
  public:
   struct Counters {
-    std::uint64_t frames = 0;        // frames accepted
-    std::uint64_t noise_bytes = 0;   // bytes outside any frame
+    std::uint64_t frames = 0;                              // frames accepted
+    std::uint64_t noise_bytes = 0;                         // bytes outside any frame
     std::array<std::uint64_t, kFrameErrorCount> errors{};  // indexed by FrameError
 
     std::uint64_t error(FrameError e) const { return errors[static_cast<std::size_t>(e)]; }

@@ -2,20 +2,20 @@
 // be applied while running. Pure: the daemon applies the plan and writes it into an audit record.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "daemon/config/config.h"
 
 namespace cpd::app {
 
 struct ReloadPlan {
-  std::vector<std::string> added;     // device ids in the new file only: adapters started
-  std::vector<std::string> removed;   // in the running config only: adapters stopped (open tracks still sealed)
-  std::vector<std::string> changed;   // same id, other kind or settings: adapter stopped, then started anew
-  std::vector<std::string> unchanged; // left running, untouched
+  std::vector<std::string> added;  // device ids in the new file only: adapters started
+  std::vector<std::string>
+      removed;  // in the running config only: adapters stopped (open tracks still sealed)
+  std::vector<std::string> changed;    // same id, other kind or settings: adapter stopped, then started anew
+  std::vector<std::string> unchanged;  // left running, untouched
   // Sections applied live (correlation, validity: the correlator's rules for facts from now on).
   std::vector<std::string> live_sections;
   // Sections that only take effect at start (gateway, store, mqtt, links, metrics, control): a file that

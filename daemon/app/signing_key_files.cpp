@@ -8,7 +8,6 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-
 #include <nlohmann/json.hpp>
 
 #include "daemon/core/encoding.h"
@@ -52,7 +51,8 @@ std::optional<nlohmann::json> decode_part(const std::string& jws, std::size_t pa
     ++from;
   }
   const std::size_t to = jws.find('.', from);
-  const auto bytes = base64url_decode(std::string_view(jws).substr(from, to == std::string::npos ? to : to - from));
+  const auto bytes =
+      base64url_decode(std::string_view(jws).substr(from, to == std::string::npos ? to : to - from));
   if (!bytes) {
     return std::nullopt;
   }
@@ -65,7 +65,9 @@ std::optional<nlohmann::json> decode_part(const std::string& jws, std::size_t pa
 
 }  // namespace
 
-std::string next_key_path(const std::string& key_path) { return key_path + ".next"; }
+std::string next_key_path(const std::string& key_path) {
+  return key_path + ".next";
+}
 
 std::string retired_key_path(const std::string& key_path, const std::string& kid) {
   return key_path + ".retired-" + kid;
@@ -143,8 +145,8 @@ std::optional<Ed25519PrivateKey> resolve_unfinished_rotation(const std::string& 
   const std::string next_kid = next_key.public_key().kid();
   if (chain_took_rotation(head_jws, next_kid)) {
     install_next_key(key_path, current_kid);
-    note = "finished an interrupted key rotation: the chain names kid " + next_kid + "; " + next + " installed as " +
-           key_path + ", the old key kept as " + retired_key_path(key_path, current_kid);
+    note = "finished an interrupted key rotation: the chain names kid " + next_kid + "; " + next +
+           " installed as " + key_path + ", the old key kept as " + retired_key_path(key_path, current_kid);
     return next_key;
   }
   discard_next_key(key_path);

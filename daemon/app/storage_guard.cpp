@@ -41,7 +41,8 @@ std::optional<adapters::DeviceStatusEvent> StorageGuard::update(const StorageRea
             " kept for evidence records: new pictures and recordings are not stored (" +
             std::to_string(r.refused_writes) + " writes refused so far); records are still committed";
   } else {
-    text_ = mib(free) + " free; " + std::to_string(r.refused_writes) + " media writes were refused since start";
+    text_ =
+        mib(free) + " free; " + std::to_string(r.refused_writes) + " media writes were refused since start";
   }
   if (!changed) {
     return std::nullopt;

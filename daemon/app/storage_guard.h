@@ -4,10 +4,9 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
-
-#include <nlohmann/json.hpp>
 
 #include "adapters/events.h"
 #include "daemon/core/time.h"
@@ -17,11 +16,11 @@ namespace cpd::app {
 struct StorageReadings {
   std::uint64_t store_free_bytes = 0;
   std::uint64_t media_free_bytes = 0;
-  std::uint64_t commit_failures = 0;   // the store worker's failed commits since start
-  bool commit_pending_retry = false;   // a batch failed and waits to be committed again
-  std::uint64_t refused_writes = 0;    // media writes refused for lack of space since start
-  std::uint64_t queued_facts = 0;      // facts waiting to be committed
-  std::uint64_t salvaged_facts = 0;    // facts the sealer refused, sealed salvaged since start (a gateway bug)
+  std::uint64_t commit_failures = 0;  // the store worker's failed commits since start
+  bool commit_pending_retry = false;  // a batch failed and waits to be committed again
+  std::uint64_t refused_writes = 0;   // media writes refused for lack of space since start
+  std::uint64_t queued_facts = 0;     // facts waiting to be committed
+  std::uint64_t salvaged_facts = 0;   // facts the sealer refused, sealed salvaged since start (a gateway bug)
 };
 
 class StorageGuard {
@@ -37,7 +36,8 @@ class StorageGuard {
 
  private:
   std::uint64_t reserve_;
-  std::string state_ = "ok";  // ok | warning (media refused, records still committed) | fault (commits failing)
+  std::string state_ =
+      "ok";  // ok | warning (media refused, records still committed) | fault (commits failing)
   std::string text_;
   StorageReadings last_;
   bool first_ = true;

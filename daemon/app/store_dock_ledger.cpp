@@ -50,8 +50,8 @@ void StoreDockLedger::load(const std::string& device_id,
 void StoreDockLedger::save_listing(const std::string& device_id, std::vector<adapters::DockLedgerFile> files,
                                    std::string next_cursor, adapters::DockListingBudget budget,
                                    std::function<void(Status, std::vector<adapters::DockLedgerFile>)> done) {
-  worker_.run_on_worker([this, device_id, files = std::move(files), next_cursor = std::move(next_cursor), budget,
-                         done = std::move(done)](store::EvidenceStore& store) {
+  worker_.run_on_worker([this, device_id, files = std::move(files), next_cursor = std::move(next_cursor),
+                         budget, done = std::move(done)](store::EvidenceStore& store) {
     std::vector<store::DockFileRow> rows;
     rows.reserve(files.size());
     for (const auto& f : files) {
@@ -93,9 +93,10 @@ void StoreDockLedger::prune_if_due(store::EvidenceStore& store) {
 
 void StoreDockLedger::mark_acked(const std::string& device_id, const std::string& unique_id,
                                  const std::string& md5, std::function<void(Status)> done) {
-  worker_.run_on_worker([this, device_id, unique_id, md5, done = std::move(done)](store::EvidenceStore& store) {
-    done(store.dock_mark_acked(device_id, unique_id, md5, clock_.now_ms()));
-  });
+  worker_.run_on_worker(
+      [this, device_id, unique_id, md5, done = std::move(done)](store::EvidenceStore& store) {
+        done(store.dock_mark_acked(device_id, unique_id, md5, clock_.now_ms()));
+      });
 }
 
 }  // namespace cpd::app

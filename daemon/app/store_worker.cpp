@@ -34,7 +34,9 @@ StoreWorker::StoreWorker(store::EvidenceStore& store, Sealer& sealer, const Wall
       max_span_end_(store.max_span_end()),
       thread_([this] { run(); }) {}
 
-StoreWorker::~StoreWorker() { drain_and_stop(); }
+StoreWorker::~StoreWorker() {
+  drain_and_stop();
+}
 
 void StoreWorker::set_commit_observer(CommitObserver observer) {
   std::lock_guard lock(mutex_);
@@ -47,7 +49,9 @@ void StoreWorker::set_commit_retry_backoff(std::chrono::milliseconds initial, st
   backoff_max_ = std::max(initial, max);
 }
 
-void StoreWorker::submit(Fact fact) { submit(std::move(fact), nullptr); }
+void StoreWorker::submit(Fact fact) {
+  submit(std::move(fact), nullptr);
+}
 
 void StoreWorker::submit(Fact fact, RecordHandler on_committed) {
   {
@@ -181,7 +185,8 @@ bool StoreWorker::commit_batch(std::vector<Item>& batch) {
   const UnixMs now = clock_.now_ms();
   auto seal_link = [&](const std::string& recording_id, const store::LinkTarget& target, const LinkSpan& span,
                        std::size_t from) {
-    seal_into(pipeline::make_link_fact(recording_id, target.id, target.type, target.time_ms, span), now, sealed);
+    seal_into(pipeline::make_link_fact(recording_id, target.id, target.type, target.time_ms, span), now,
+              sealed);
     origin.push_back(from);
   };
 
@@ -260,9 +265,10 @@ bool StoreWorker::commit_batch(std::vector<Item>& batch) {
   if (!st.is_ok()) {
     sealer_.reset(before);
     sealer_.use_key(key_before);
-    log::error("store", "", "commit of " + std::to_string(sealed.size()) + " records failed (" +
-                                (st.kind() == Status::Kind::kRetry ? "will retry" : "will retry; permanent") +
-                                "): " + st.message());
+    log::error("store", "",
+               "commit of " + std::to_string(sealed.size()) + " records failed (" +
+                   (st.kind() == Status::Kind::kRetry ? "will retry" : "will retry; permanent") +
+                   "): " + st.message());
     return false;
   }
   max_span_end_ = max_span_end;
@@ -306,13 +312,16 @@ void StoreWorker::load_media(std::vector<store::OutboxEntry>& entries) {
     for (const auto& sha : e.media) {
       std::string data;
       if (media_ == nullptr) {
-        log::error("store", "", "record seq " + std::to_string(e.seq) + " names media but no media store is set");
+        log::error("store", "",
+                   "record seq " + std::to_string(e.seq) + " names media but no media store is set");
       } else if (auto content = media_->read(sha); !content) {
-        log::error("media", "", "media " + sha + " named by record seq " + std::to_string(e.seq) +
-                                    " is missing from " + media_->dir());
+        log::error("media", "",
+                   "media " + sha + " named by record seq " + std::to_string(e.seq) + " is missing from " +
+                       media_->dir());
       } else if (sha256_hex(*content) != sha) {
-        log::error("media", "", "media file " + media_->path_of(sha) + " no longer matches its SHA-256 (record seq " +
-                                    std::to_string(e.seq) + "): not published; kept for inspection");
+        log::error("media", "",
+                   "media file " + media_->path_of(sha) + " no longer matches its SHA-256 (record seq " +
+                       std::to_string(e.seq) + "): not published; kept for inspection");
       } else {
         data = std::move(*content);
       }
@@ -342,8 +351,9 @@ void StoreWorker::sweep_media() {
     }
   }
   if (removed > 0) {
-    log::info("media", "", "retention: removed " + std::to_string(removed) + " files older than " +
-                               std::to_string(media_retention_days_) + " days");
+    log::info("media", "",
+              "retention: removed " + std::to_string(removed) + " files older than " +
+                  std::to_string(media_retention_days_) + " days");
   }
 }
 
@@ -361,8 +371,8 @@ void StoreWorker::run() {
     {
       std::unique_lock lock(mutex_);
       wake_.wait(lock, [&] {
-        return stopping_ || !facts_.empty() || !retrying_.empty() || !fetches_.empty() || !forwarded_.empty() ||
-               !tasks_.empty();
+        return stopping_ || !facts_.empty() || !retrying_.empty() || !fetches_.empty() ||
+               !forwarded_.empty() || !tasks_.empty();
       });
       stopping = stopping_;
       if (!retrying_.empty()) {
@@ -429,8 +439,9 @@ void StoreWorker::run() {
         // Keep trying while stopping, but not forever: what is not committed was never accepted.
         std::lock_guard lock(mutex_);
         if (consecutive_failures > kMaxFailuresAtShutdown) {
-          log::error("store", "", "giving up at shutdown: " + std::to_string(retrying_.size() + facts_.size()) +
-                                      " facts were not committed");
+          log::error("store", "",
+                     "giving up at shutdown: " + std::to_string(retrying_.size() + facts_.size()) +
+                         " facts were not committed");
           return;
         }
       }

@@ -34,8 +34,9 @@ class StoreWorker final : public forwarder::OutboxSource {
   // `media_retention_days`; a kept recording is held at least that long after its record, an important one
   // `important_retention_days`.
   StoreWorker(store::EvidenceStore& store, Sealer& sealer, const WallClock& clock, std::size_t max_batch,
-              CommittedHandler on_committed, media::MediaStore* media = nullptr, int media_retention_days = 30,
-              pipeline::LinkRule link_rule = {}, int important_retention_days = 365);
+              CommittedHandler on_committed, media::MediaStore* media = nullptr,
+              int media_retention_days = 30, pipeline::LinkRule link_rule = {},
+              int important_retention_days = 365);
   ~StoreWorker() override;
 
   // Thread-safe; never blocks on I/O. The fact is accepted once on_committed reports its batch.
@@ -47,7 +48,8 @@ class StoreWorker final : public forwarder::OutboxSource {
   // A key rotation (docs/custody.md): `fact` (a key_rotation record) is sealed under the current key, and
   // every record sealed after it (in its batch too) under `next_key`; if that batch fails to commit, the
   // sealer goes back to the old key and the batch is sealed again the same way. `on_committed` as above.
-  void submit_key_rotation(Fact fact, std::shared_ptr<const Ed25519PrivateKey> next_key, RecordHandler on_committed);
+  void submit_key_rotation(Fact fact, std::shared_ptr<const Ed25519PrivateKey> next_key,
+                           RecordHandler on_committed);
   // Commits everything submitted so far, then stops the thread.
   void drain_and_stop();
 
@@ -85,7 +87,6 @@ class StoreWorker final : public forwarder::OutboxSource {
     std::function<void(std::vector<store::OutboxEntry>)> done;
   };
 
-
   store::EvidenceStore& store_;
   Sealer& sealer_;
   const WallClock& clock_;
@@ -109,7 +110,7 @@ class StoreWorker final : public forwarder::OutboxSource {
   std::chrono::milliseconds backoff_initial_{50};
   std::chrono::milliseconds backoff_max_{5000};
   std::deque<Item> facts_;
-  std::vector<Item> retrying_;     // a batch whose commit failed: sealed again, in order, before anything new
+  std::vector<Item> retrying_;  // a batch whose commit failed: sealed again, in order, before anything new
   std::deque<Fetch> fetches_;
   std::vector<std::uint64_t> forwarded_;
   std::deque<std::function<void(store::EvidenceStore&)>> tasks_;

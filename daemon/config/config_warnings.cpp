@@ -26,7 +26,8 @@ std::int64_t floor_div(std::int64_t a, std::int64_t b) {
 }
 
 std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  std::transform(s.begin(), s.end(), s.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
   return s;
 }
 
@@ -38,9 +39,9 @@ std::string host_port(const std::string& host, std::uint16_t port) {
 
 // Where a device is reached, for telling two devices on one address apart; "" when it has none.
 struct Address {
-  std::string key;          // what must differ: "host:port" or the serial device path
-  std::string text;         // for the message
-  std::string base_path;    // docks behind one host:port may differ by path (a proxy): not a clash then
+  std::string key;        // what must differ: "host:port" or the serial device path
+  std::string text;       // for the message
+  std::string base_path;  // docks behind one host:port may differ by path (a proxy): not a clash then
   bool dock = false;
 };
 
@@ -79,12 +80,13 @@ std::string date_of_day(std::int64_t days) {
   const std::int64_t m = mp < 10 ? mp + 3 : mp - 9;
   const std::int64_t y = yoe + era * 400 + (m <= 2 ? 1 : 0);
   char buf[48];
-  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02d", static_cast<int>(y), static_cast<int>(m), static_cast<int>(d));
+  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02d", static_cast<int>(y), static_cast<int>(m),
+                static_cast<int>(d));
   return buf;
 }
 
-void check_calibration(const Config& cfg, const DeviceConfig& d, const adapters::RadarConfig& radar, UnixMs now,
-                       std::vector<ConfigWarning>& out) {
+void check_calibration(const Config& cfg, const DeviceConfig& d, const adapters::RadarConfig& radar,
+                       UnixMs now, std::vector<ConfigWarning>& out) {
   const auto& cal = radar.calibration;
   const std::int64_t offset_ms = std::int64_t{cfg.gateway.site.utc_offset_min} * 60 * 1000;
   // Whole local days: the calibration covers the named day to its end, so on that day 0 days are left.
@@ -156,9 +158,10 @@ std::vector<ConfigWarning> config_warnings(const Config& cfg, UnixMs now) {
         radar_lanes.insert(lane.lane);
       }
       if (watched_radars.count(d.id) == 0) {
-        out.push_back({d.place, d.id,
-                       "no camera names this radar (camera 'radar:'): its speeds are recorded without plates, "
-                       "as speed_measurement records"});
+        out.push_back(
+            {d.place, d.id,
+             "no camera names this radar (camera 'radar:'): its speeds are recorded without plates, "
+             "as speed_measurement records"});
       } else {
         std::string missing;
         for (const auto& lane : radar->lanes) {

@@ -2,16 +2,14 @@
 // detection, and messages that carry file:line:column. yaml-cpp gives us marks; the checking is ours.
 #include "daemon/config/schema.h"
 
-#include "daemon/config/yaml_guard.h"
-
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
-#include <charconv>
 #include <cerrno>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -24,6 +22,8 @@
 #include <system_error>
 #include <type_traits>
 #include <utility>
+
+#include "daemon/config/yaml_guard.h"
 
 namespace cpd::config {
 
@@ -646,8 +646,8 @@ std::string read_named_file(Section& section, std::string_view key, const std::s
                           ": must be 0600 or stricter (no group or other access)");
   }
   if (static_cast<std::size_t>(st.st_size) > kMaxNamedFileBytes) {
-    section.fail(key, std::string(what) + " '" + path + "' is larger than " + std::to_string(kMaxNamedFileBytes) +
-                          " bytes");
+    section.fail(key, std::string(what) + " '" + path + "' is larger than " +
+                          std::to_string(kMaxNamedFileBytes) + " bytes");
   }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
@@ -657,7 +657,6 @@ std::string read_named_file(Section& section, std::string_view key, const std::s
   text << in.rdbuf();
   return std::move(text).str();
 }
-
 
 YAML::Node load_yaml_document(std::string_view yaml_text, const std::string& name) {
   check_yaml(yaml_text, name);  // malformed or oversized text never reaches yaml-cpp (see yaml_guard.h)

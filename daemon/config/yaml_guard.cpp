@@ -24,10 +24,16 @@ struct EventGuard {
   ~EventGuard() { yaml_event_delete(&event); }
 };
 
-int line_of(const yaml_mark_t& mark) { return static_cast<int>(mark.line) + 1; }
-int column_of(const yaml_mark_t& mark) { return static_cast<int>(mark.column) + 1; }
+int line_of(const yaml_mark_t& mark) {
+  return static_cast<int>(mark.line) + 1;
+}
+int column_of(const yaml_mark_t& mark) {
+  return static_cast<int>(mark.column) + 1;
+}
 
-std::string text_or_empty(const yaml_char_t* s) { return s == nullptr ? std::string() : reinterpret_cast<const char*>(s); }
+std::string text_or_empty(const yaml_char_t* s) {
+  return s == nullptr ? std::string() : reinterpret_cast<const char*>(s);
+}
 
 }  // namespace
 
@@ -36,7 +42,8 @@ std::size_t check_yaml(std::string_view text, const std::string& name, const Yam
   if (yaml_parser_initialize(parser.get()) == 0) {
     throw ConfigError(name, 0, 0, "", "cannot start the YAML parser (out of memory)");
   }
-  yaml_parser_set_input_string(parser.get(), reinterpret_cast<const unsigned char*>(text.data()), text.size());
+  yaml_parser_set_input_string(parser.get(), reinterpret_cast<const unsigned char*>(text.data()),
+                               text.size());
 
   // Each open collection with its expanded size so far; each anchored node's size once it is complete.
   struct Open {
@@ -87,7 +94,8 @@ std::size_t check_yaml(std::string_view text, const std::string& name, const Yam
       }
       case YAML_ALIAS_EVENT: {
         const auto it = anchored.find(text_or_empty(ev.data.alias.anchor));
-        add(it == anchored.end() ? 1 : it->second, ev.start_mark);  // libyaml leaves unknown aliases to the loader
+        add(it == anchored.end() ? 1 : it->second,
+            ev.start_mark);  // libyaml leaves unknown aliases to the loader
         break;
       }
       case YAML_SEQUENCE_START_EVENT:
@@ -96,8 +104,9 @@ std::size_t check_yaml(std::string_view text, const std::string& name, const Yam
           throw ConfigError(name, line_of(ev.start_mark), column_of(ev.start_mark), "",
                             "YAML nested more than " + std::to_string(limits.max_depth) + " levels deep");
         }
-        open.push_back({1, text_or_empty(ev.type == YAML_SEQUENCE_START_EVENT ? ev.data.sequence_start.anchor
-                                                                             : ev.data.mapping_start.anchor)});
+        open.push_back(
+            {1, text_or_empty(ev.type == YAML_SEQUENCE_START_EVENT ? ev.data.sequence_start.anchor
+                                                                   : ev.data.mapping_start.anchor)});
         break;
       }
       case YAML_SEQUENCE_END_EVENT:

@@ -14,8 +14,8 @@
 namespace cpd::config {
 
 struct YamlLimits {
-  int max_depth = 64;                 // nested mappings/sequences
-  std::size_t max_nodes = 100'000;    // scalars + collections, each alias counted as what it stands for
+  int max_depth = 64;               // nested mappings/sequences
+  std::size_t max_nodes = 100'000;  // scalars + collections, each alias counted as what it stands for
 };
 
 // Throws ConfigError (file `name`, 1-based line and column) if `text` is not well-formed YAML or exceeds

@@ -99,19 +99,19 @@ VerifyResult ChainVerifier::check(std::string_view jws, const std::string& /*jws
     const std::uint64_t last = *last_seq_;
     if (seq == last + 1) {
       if (prev != last_jws_sha256_) {
-        return failure(std::move(r), "prev of seq " + std::to_string(seq) + " does not match SHA-256 of seq " +
-                                         std::to_string(last));
+        return failure(std::move(r), "prev of seq " + std::to_string(seq) +
+                                         " does not match SHA-256 of seq " + std::to_string(last));
       }
     } else if (seq > last + 1) {
       return failure(std::move(r), "seq " + std::to_string(seq) + " follows " + std::to_string(last) + ": " +
                                        plural(seq - last - 1, "record", "records") + " missing");
     } else if (recent_by_seq_.count(seq) != 0) {
-      return failure(std::move(r), "seq " + std::to_string(seq) +
-                                       " was already received with different bytes (a second record with id " +
-                                       r.id + ")");
+      return failure(std::move(r),
+                     "seq " + std::to_string(seq) +
+                         " was already received with different bytes (a second record with id " + r.id + ")");
     } else {
-      return failure(std::move(r), "seq " + std::to_string(seq) + " arrives after seq " + std::to_string(last) +
-                                       " (out of order)");
+      return failure(std::move(r), "seq " + std::to_string(seq) + " arrives after seq " +
+                                       std::to_string(last) + " (out of order)");
     }
   }
   // A key_rotation in its place in the chain, signed by the key in force, hands the chain to the key it

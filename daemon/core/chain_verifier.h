@@ -3,12 +3,11 @@
 
 #include <cstdint>
 #include <deque>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
-
-#include <nlohmann/json.hpp>
 
 #include "daemon/core/ed25519.h"
 
@@ -16,11 +15,11 @@ namespace cpd {
 
 struct VerifyResult {
   bool ok = false;
-  bool duplicate = false;      // identical bytes with an id already seen (QoS 1 redelivery): skip it
+  bool duplicate = false;  // identical bytes with an id already seen (QoS 1 redelivery): skip it
   std::uint64_t seq = 0;
   std::string id;
-  std::string reason;          // why it failed, for the operator
-  nlohmann::json body;         // the decoded record body when the signature verified
+  std::string reason;   // why it failed, for the operator
+  nlohmann::json body;  // the decoded record body when the signature verified
 };
 
 class ChainVerifier {

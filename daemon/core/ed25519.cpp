@@ -2,21 +2,20 @@
 // the key-file rules: private keys are PKCS#8 PEM readable by the owner only.
 #include "daemon/core/ed25519.h"
 
-#include <array>
-#include <cerrno>
-#include <cstdio>
-#include <cstring>
-#include <memory>
-
 #include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <openssl/bio.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <memory>
 
 #include "daemon/core/encoding.h"
 
@@ -33,7 +32,9 @@ struct MdCtxFree {
 using BioPtr = std::unique_ptr<BIO, BioFree>;
 using MdCtxPtr = std::unique_ptr<EVP_MD_CTX, MdCtxFree>;
 
-std::shared_ptr<EVP_PKEY> own(EVP_PKEY* key) { return std::shared_ptr<EVP_PKEY>(key, EVP_PKEY_free); }
+std::shared_ptr<EVP_PKEY> own(EVP_PKEY* key) {
+  return std::shared_ptr<EVP_PKEY>(key, EVP_PKEY_free);
+}
 
 // The most recent libcrypto error as text, and the error queue cleared so it does not leak into
 // unrelated later calls.
@@ -50,7 +51,9 @@ std::string openssl_error() {
 }
 
 // Never prompt on the terminal for a passphrase: an encrypted key is simply unusable for a daemon.
-int no_passphrase(char* /*buf*/, int /*size*/, int /*rwflag*/, void* /*u*/) { return -1; }
+int no_passphrase(char* /*buf*/, int /*size*/, int /*rwflag*/, void* /*u*/) {
+  return -1;
+}
 
 std::string mode_octal(mode_t mode) {
   char buf[8];
@@ -101,7 +104,9 @@ void write_all(int fd, const std::string& data, const std::string& path) {
   }
 }
 
-bool is_ed25519(const EVP_PKEY* key) { return EVP_PKEY_get_id(key) == EVP_PKEY_ED25519; }
+bool is_ed25519(const EVP_PKEY* key) {
+  return EVP_PKEY_get_id(key) == EVP_PKEY_ED25519;
+}
 
 }  // namespace
 
@@ -155,7 +160,9 @@ std::string Ed25519PublicKey::pem() const {
   return bio_contents(bio.get());
 }
 
-std::string Ed25519PublicKey::kid() const { return sha256_hex(raw()).substr(0, 16); }
+std::string Ed25519PublicKey::kid() const {
+  return sha256_hex(raw()).substr(0, 16);
+}
 
 bool Ed25519PublicKey::verify(std::string_view data, std::string_view signature) const {
   if (signature.size() != 64) {
@@ -166,9 +173,9 @@ bool Ed25519PublicKey::verify(std::string_view data, std::string_view signature)
     ERR_clear_error();
     return false;
   }
-  const int rc = EVP_DigestVerify(ctx.get(), reinterpret_cast<const unsigned char*>(signature.data()),
-                                  signature.size(), reinterpret_cast<const unsigned char*>(data.data()),
-                                  data.size());
+  const int rc =
+      EVP_DigestVerify(ctx.get(), reinterpret_cast<const unsigned char*>(signature.data()), signature.size(),
+                       reinterpret_cast<const unsigned char*>(data.data()), data.size());
   ERR_clear_error();  // a bad signature leaves an entry in the queue; it is an answer, not an error
   return rc == 1;
 }
@@ -214,12 +221,10 @@ Ed25519PrivateKey Ed25519PrivateKey::load_pem_file(const std::string& path, bool
   ::close(fd);
 
   BioPtr bio(BIO_new_mem_buf(text.data(), static_cast<int>(text.size())));
-  EVP_PKEY* raw_key =
-      bio ? PEM_read_bio_PrivateKey(bio.get(), nullptr, no_passphrase, nullptr) : nullptr;
+  EVP_PKEY* raw_key = bio ? PEM_read_bio_PrivateKey(bio.get(), nullptr, no_passphrase, nullptr) : nullptr;
   OPENSSL_cleanse(text.data(), text.size());
   if (raw_key == nullptr) {
-    throw KeyError("key file " + path + " does not hold an unencrypted PEM private key: " +
-                   openssl_error());
+    throw KeyError("key file " + path + " does not hold an unencrypted PEM private key: " + openssl_error());
   }
   auto key = own(raw_key);
   if (!is_ed25519(key.get())) {
@@ -230,8 +235,8 @@ Ed25519PrivateKey Ed25519PrivateKey::load_pem_file(const std::string& path, bool
 
 void Ed25519PrivateKey::save_pem_file(const std::string& path) const {
   BioPtr bio(BIO_new(BIO_s_mem()));
-  if (!bio || PEM_write_bio_PKCS8PrivateKey(bio.get(), key_.get(), nullptr, nullptr, 0, nullptr,
-                                            nullptr) != 1) {
+  if (!bio ||
+      PEM_write_bio_PKCS8PrivateKey(bio.get(), key_.get(), nullptr, nullptr, 0, nullptr, nullptr) != 1) {
     throw KeyError("cannot encode private key: " + openssl_error());
   }
   std::string text = bio_contents(bio.get());

@@ -17,11 +17,11 @@ class KeyError : public std::runtime_error {
 
 class Ed25519PublicKey {
  public:
-  static Ed25519PublicKey from_pem(std::string_view pem);   // throws KeyError
+  static Ed25519PublicKey from_pem(std::string_view pem);    // throws KeyError
   static Ed25519PublicKey from_raw(std::string_view raw32);  // throws KeyError
-  std::string raw() const;   // 32 bytes
-  std::string pem() const;   // SubjectPublicKeyInfo PEM
-  std::string kid() const;   // first 16 lower-case hex digits of SHA-256(raw)
+  std::string raw() const;                                   // 32 bytes
+  std::string pem() const;                                   // SubjectPublicKeyInfo PEM
+  std::string kid() const;                                   // first 16 lower-case hex digits of SHA-256(raw)
   bool verify(std::string_view data, std::string_view signature) const;
 
  private:

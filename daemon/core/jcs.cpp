@@ -241,7 +241,8 @@ void write_value(std::string& out, const nlohmann::json& v, int depth) {
         for (const auto& member : object) {
           members.emplace_back(utf16_key(member.first), &member);
         }
-        std::sort(members.begin(), members.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+        std::sort(members.begin(), members.end(),
+                  [](const auto& a, const auto& b) { return a.first < b.first; });
         for (const auto& entry : members) {
           write_member(*entry.second);
         }

@@ -1,10 +1,9 @@
 // RFC 8785 JSON Canonicalization Scheme over nlohmann::json values.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
-
-#include <nlohmann/json.hpp>
 
 namespace cpd {
 

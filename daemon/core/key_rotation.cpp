@@ -24,14 +24,16 @@ const std::string* string_member(const nlohmann::json& obj, const char* name) {
 
 }  // namespace
 
-Fact make_key_rotation_fact(const Ed25519PublicKey& old_key, const Ed25519PublicKey& new_key, UnixMs time_ms) {
+Fact make_key_rotation_fact(const Ed25519PublicKey& old_key, const Ed25519PublicKey& new_key,
+                            UnixMs time_ms) {
   Fact f;
   f.type = "key_rotation";
   f.time_ms = time_ms;
-  f.fields = {{"old_kid", old_key.kid()},
-              {"new_kid", new_key.kid()},
-              {"new_public_key", {{"kty", "OKP"}, {"crv", "Ed25519"}, {"x", base64url_encode(new_key.raw())}}},
-              {"new_public_key_pem", new_key.pem()}};
+  f.fields = {
+      {"old_kid", old_key.kid()},
+      {"new_kid", new_key.kid()},
+      {"new_public_key", {{"kty", "OKP"}, {"crv", "Ed25519"}, {"x", base64url_encode(new_key.raw())}}},
+      {"new_public_key_pem", new_key.pem()}};
   return f;
 }
 

@@ -3,10 +3,9 @@
 // start-up all read it the same way).
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
-
-#include <nlohmann/json.hpp>
 
 #include "daemon/core/ed25519.h"
 #include "daemon/core/record.h"
@@ -14,7 +13,8 @@
 namespace cpd {
 
 // The fact of a rotation from `old_key` (which seals it) to `new_key`. Fields: old_kid, new_kid,
-// new_public_key (RFC 8037 JWK {"crv":"Ed25519","kty":"OKP","x":base64url(raw 32 bytes)}), new_public_key_pem.
+// new_public_key (RFC 8037 JWK {"crv":"Ed25519","kty":"OKP","x":base64url(raw 32 bytes)}),
+// new_public_key_pem.
 Fact make_key_rotation_fact(const Ed25519PublicKey& old_key, const Ed25519PublicKey& new_key, UnixMs time_ms);
 
 struct KeyRotation {

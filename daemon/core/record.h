@@ -4,11 +4,10 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "daemon/core/time.h"
 
@@ -73,14 +72,14 @@ struct ChainHead {
 
 struct SealedRecord {
   std::uint64_t seq = 0;
-  std::string id;    // <gateway>:<seq>
+  std::string id;  // <gateway>:<seq>
   std::string type;
   UnixMs time_ms = 0;
   UnixMs created_ms = 0;
-  std::string jws;   // JWS Compact Serialization, ASCII
-  std::vector<std::string> media;  // SHA-256 of the media files the record names (published)
-  std::vector<KeptMedia> kept_media;        // kept on the gateway, not published
-  std::optional<LinkSpan> link_span;        // stored for later `link` records
+  std::string jws;                            // JWS Compact Serialization, ASCII
+  std::vector<std::string> media;             // SHA-256 of the media files the record names (published)
+  std::vector<KeptMedia> kept_media;          // kept on the gateway, not published
+  std::optional<LinkSpan> link_span;          // stored for later `link` records
   std::optional<DockFileUpdate> dock_update;  // committed with the record
   // Set by Sealer::seal_or_salvage when seal() refused the fact: why, and the paths of the members the
   // record had to leave out (also named in the record's `unsealable_fields`).

@@ -17,8 +17,8 @@ namespace cpd {
 
 namespace {
 
-constexpr std::array<std::string_view, 8> kReservedMembers = {"v",    "gateway", "seq",     "prev",
-                                                              "id",   "type",    "time_ms", "created_ms"};
+constexpr std::array<std::string_view, 8> kReservedMembers = {"v",  "gateway", "seq",     "prev",
+                                                              "id", "type",    "time_ms", "created_ms"};
 constexpr double kMaxExact = 9007199254740992.0;  // 2^53
 
 // The feed carries integers only (contract): a fraction here is a producer bug, not data to round.

@@ -1,11 +1,10 @@
 // Sealer: turns facts into signed, hash-chained records (JCS body, JWS Compact, EdDSA). Pure: no I/O.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "daemon/core/ed25519.h"
 #include "daemon/core/record.h"

@@ -4,8 +4,8 @@
 
 #include <chrono>
 #include <cstdint>
-#include <string>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "daemon/store/evidence_store.h"

@@ -30,7 +30,9 @@ std::unordered_map<std::string, RateState> g_rates;
 
 }  // namespace
 
-void set_min_level(Level level) { g_min_level = static_cast<int>(level); }
+void set_min_level(Level level) {
+  g_min_level = static_cast<int>(level);
+}
 
 void set_output(std::FILE* out) {
   std::lock_guard lock(g_mutex);
@@ -55,8 +57,8 @@ void write(Level level, std::string_view component, std::string_view device, std
   if (now - st.window_start > kWindow) {
     if (st.suppressed > 0) {
       std::fprintf(out, "<4>%.*s%s%.*s: %d similar lines suppressed\n", static_cast<int>(component.size()),
-                   component.data(), device.empty() ? "" : " ", static_cast<int>(device.size()), device.data(),
-                   st.suppressed);
+                   component.data(), device.empty() ? "" : " ", static_cast<int>(device.size()),
+                   device.data(), st.suppressed);
     }
     st = RateState{now, 0, 0};
   }

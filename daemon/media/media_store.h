@@ -15,7 +15,7 @@ namespace cpd::media {
 struct StoredMedia {
   std::string sha256;
   std::int64_t bytes = 0;
-  bool already_present = false;   // identical bytes were stored before
+  bool already_present = false;  // identical bytes were stored before
 };
 
 // Free space on a file system, from statvfs (what an unprivileged writer may use).

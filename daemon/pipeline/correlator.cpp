@@ -340,12 +340,14 @@ std::vector<Fact> Correlator::decide(UnixMs now, bool force) {
 }
 
 json site_json(const std::string& gateway_id, const config::Site& site) {
-  return json{{"gateway", gateway_id},       {"name", site.name},         {"road", site.road},
-              {"direction", site.direction}, {"lat_e7", to_e7(site.lat)}, {"lon_e7", to_e7(site.lon)},
+  return json{{"gateway", gateway_id},        {"name", site.name},         {"road", site.road},
+              {"direction", site.direction},  {"lat_e7", to_e7(site.lat)}, {"lon_e7", to_e7(site.lon)},
               {"utc_offset", site.utc_offset}};
 }
 
-json Correlator::site_json() const { return pipeline::site_json(gateway_id_, site_); }
+json Correlator::site_json() const {
+  return pipeline::site_json(gateway_id_, site_);
+}
 
 namespace {
 

@@ -28,7 +28,7 @@ Fact make_recording_fact(const adapters::RecordingCollected& event, const LinkRu
 // The `recording_fault` fact for a file that could not be collected or acknowledged.
 Fact make_dock_fault_fact(const adapters::DockFileFault& event);
 // The `link` fact sealed when an enforcement record falls within an earlier recording's span.
-Fact make_link_fact(const std::string& recording_id, const std::string& record_id, const std::string& record_type,
-                    UnixMs record_time_ms, const LinkSpan& span);
+Fact make_link_fact(const std::string& recording_id, const std::string& record_id,
+                    const std::string& record_type, UnixMs record_time_ms, const LinkSpan& span);
 
 }  // namespace cpd::pipeline

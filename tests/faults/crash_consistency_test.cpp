@@ -4,6 +4,7 @@
 //
 // CPD_FAULT_KILLS (default 30) sets the number of kills, CPD_FAULT_SEED (default: fixed) the randomness;
 // `make faults` runs the long form (500 kills). The counts are printed as one "[ faults ]" line.
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
@@ -12,12 +13,10 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <set>
 #include <sstream>
-
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include "daemon/core/chain_verifier.h"
 #include "daemon/core/ed25519.h"
@@ -95,7 +94,8 @@ StoreSnapshot read_store(const fs::path& path, bool with_quick_check) {
   ok = ok && query("SELECT seq, id, jws FROM records ORDER BY seq", [&](sqlite3_stmt* st) {
          s.records[static_cast<std::uint64_t>(sqlite3_column_int64(st, 0))] = {text(st, 1), text(st, 2)};
        });
-  ok = ok && query("SELECT COUNT(*) FROM outbox", [&](sqlite3_stmt* st) { s.outbox = sqlite3_column_int64(st, 0); });
+  ok = ok && query("SELECT COUNT(*) FROM outbox",
+                   [&](sqlite3_stmt* st) { s.outbox = sqlite3_column_int64(st, 0); });
   s.opened = ok;
   sqlite3_close(db);
   return s;
@@ -122,7 +122,8 @@ std::string generate_scenario(std::mt19937_64& rng, std::int64_t duration_ms) {
   for (int n = 0; at < duration_ms; ++n) {
     char plate[64];
     std::snprintf(plate, sizeof plate, "%s%c%05d", kProvinces[province(rng)], 'A' + letter(rng), n % 100000);
-    y << "  - {at_ms: " << at << ", plate: " << plate << ", lane: " << lane(rng) << ", speed_kmh: " << speed(rng);
+    y << "  - {at_ms: " << at << ", plate: " << plate << ", lane: " << lane(rng)
+      << ", speed_kmh: " << speed(rng);
     const int p = pct(rng);
     if (p < 5) {
       y << ", camera: false";
@@ -139,7 +140,8 @@ std::string generate_scenario(std::mt19937_64& rng, std::int64_t duration_ms) {
     char id[32];
     std::snprintf(id, sizeof id, "3301021988%08d", officer);
     y << "  - {at_ms: " << s << ", duration_ms: 3000, officer_id: '" << id << "', officer_name: 王伟"
-      << ", recorder: BWC-" << (900 + officer % 50) << ", important: " << (officer % 2 == 0 ? "true" : "false")
+      << ", recorder: BWC-" << (900 + officer % 50)
+      << ", important: " << (officer % 2 == 0 ? "true" : "false")
       << ", dock_after_ms: 1000, bytes: " << stop_bytes(rng) << "}\n";
   }
   return y.str();
@@ -154,12 +156,13 @@ class CrashConsistency : public ::testing::Test {
     // Both subscribers are there before the daemon's first start and stay to the end.
     collector_ = std::make_unique<MqttCollector>(broker_->uri(), std::vector<std::string>{"checkpoint/gw/#"});
     verify_ = std::make_unique<Process>(
-        std::vector<std::string>{binary("tools/checkpointctl/checkpointctl"), "verify", "--pubkey", pub_pem_.string(),
-                                 "--mqtt", broker_->uri(), "--topic", kEvidenceTopic, "--from-start", "--seconds",
-                                 "86400"},
+        std::vector<std::string>{binary("tools/checkpointctl/checkpointctl"), "verify", "--pubkey",
+                                 pub_pem_.string(), "--mqtt", broker_->uri(), "--topic", kEvidenceTopic,
+                                 "--from-start", "--seconds", "86400"},
         dir_ / "verify");
     // --from-start needs seq 1: the daemon may not start before the verifier's subscription stands.
-    ASSERT_TRUE(verify_->wait_for_stderr_line("checkpointctl: subscribed to ", 20s)) << verify_->stderr_text();
+    ASSERT_TRUE(verify_->wait_for_stderr_line("checkpointctl: subscribed to ", 20s))
+        << verify_->stderr_text();
     std::ofstream(dir_ / "dock.token") << kDockToken << "\n";
     ::chmod((dir_ / "dock.token").c_str(), 0600);
     std::ofstream(dir_ / "cam.secret") << "fault-secret";
@@ -169,17 +172,18 @@ class CrashConsistency : public ::testing::Test {
   void start_traffic(std::mt19937_64& rng, std::int64_t duration_ms) {
     std::ofstream(dir_ / "scenario.yaml") << generate_scenario(rng, duration_ms);
     scenario_ = std::make_unique<Process>(
-        std::vector<std::string>{binary("tools/sim/checkpoint-sim"), "scenario", (dir_ / "scenario.yaml").string(),
-                                 "--ground-truth", (dir_ / "scenario-truth.jsonl").string()},
+        std::vector<std::string>{binary("tools/sim/checkpoint-sim"), "scenario",
+                                 (dir_ / "scenario.yaml").string(), "--ground-truth",
+                                 (dir_ / "scenario-truth.jsonl").string()},
         dir_ / "scenario");
     ASSERT_TRUE(scenario_->wait_for_stdout_line("dock ", 20s)) << scenario_->stderr_text();
     // A second station with ground truth of every ack: a 3 MB file every 1.5 s.
     const std::uint64_t files = static_cast<std::uint64_t>(duration_ms / 1500) + 2;
     dock_ = std::make_unique<Process>(
-        std::vector<std::string>{binary("tools/sim/checkpoint-sim"), "dock", "--port", "0", "--token", kDockToken,
-                                 "--ground-truth", (dir_ / "dock-truth.jsonl").string(), "--files",
-                                 std::to_string(files), "--file-kb", "3000", "--file-interval-s", "1.5", "--seed",
-                                 std::to_string(rng() % 100000)},
+        std::vector<std::string>{binary("tools/sim/checkpoint-sim"), "dock", "--port", "0", "--token",
+                                 kDockToken, "--ground-truth", (dir_ / "dock-truth.jsonl").string(),
+                                 "--files", std::to_string(files), "--file-kb", "3000", "--file-interval-s",
+                                 "1.5", "--seed", std::to_string(rng() % 100000)},
         dir_ / "dock");
     auto line = dock_->wait_for_stdout_line("listening ", 20s);
     ASSERT_TRUE(line) << dock_->stderr_text();
@@ -199,14 +203,17 @@ class CrashConsistency : public ::testing::Test {
         << "  key: " << (dir_ / "gateway.key").string() << "\n"
         << "store:\n  path: " << (dir_ / "store.db").string() << "\n  reserve_mb: 16\n"
         << "mqtt:\n  uri: " << broker_->uri() << "\n  reconnect_min_ms: 100\n  reconnect_max_ms: 1000\n"
-        << "correlation:\n  max_wait_ms: 800\n  lanes: [{lane: 1, limit_kmh: 100}, {lane: 2, limit_kmh: 120}]\n"
+        << "correlation:\n  max_wait_ms: 800\n  lanes: [{lane: 1, limit_kmh: 100}, {lane: 2, limit_kmh: "
+           "120}]\n"
         << "validity:\n  clock_sync: assume\n"
         << "devices:\n"
         << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << port_of("radar") << "}\n"
         << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
-        << "    calibration: {certificate: C, valid_until: 2099-01-01}\n    reconnect_initial_ms: 100\n    reconnect_max_ms: 1000\n"
+        << "    calibration: {certificate: C, valid_until: 2099-01-01}\n    reconnect_initial_ms: 100\n    "
+           "reconnect_max_ms: 1000\n"
         << "  - id: cam-1\n    kind: camera\n    url: http://127.0.0.1:" << port_of("camera") << "\n"
-        << "    username: admin\n    password_file: " << (dir_ / "cam.secret").string() << "\n    radar: radar-1\n"
+        << "    username: admin\n    password_file: " << (dir_ / "cam.secret").string()
+        << "\n    radar: radar-1\n"
         << "    reconnect_initial_ms: 100\n    reconnect_max_ms: 1000\n"
         << "  - id: dock-scn\n    kind: recorder_dock\n    url: http://127.0.0.1:" << port_of("dock") << "\n"
         << "    token_file: " << (dir_ / "dock.token").string() << "\n    poll_interval_ms: 300\n"
@@ -224,8 +231,8 @@ class CrashConsistency : public ::testing::Test {
 
   // The daemon logs "running" once its SIGTERM handler is in place and its devices are started.
   bool wait_running(std::chrono::milliseconds timeout) {
-    return collector_->wait_until([&] { return daemon_->stderr_text().find(" running ") != std::string::npos; },
-                                  timeout);
+    return collector_->wait_until(
+        [&] { return daemon_->stderr_text().find(" running ") != std::string::npos; }, timeout);
   }
 
   // uniqueIds the second station saw acknowledged.
@@ -256,8 +263,8 @@ class CrashConsistency : public ::testing::Test {
     const auto a = acked();
     for (const auto& id : a) {
       ++ack_checks_;
-      ASSERT_EQ(committed.count(id), 1u) << "kill " << kill << ": " << id
-                                         << " was acknowledged but its record is not committed";
+      ASSERT_EQ(committed.count(id), 1u)
+          << "kill " << kill << ": " << id << " was acknowledged but its record is not committed";
     }
     acked_max_ = std::max(acked_max_, a.size());
   }
@@ -285,9 +292,10 @@ TEST_F(CrashConsistency, RandomKillsUnderLoadLoseNothingAndBreakNothing) {
     return;
   }
 
-  // Kill moments: every sixth cycle within 200 ms of the start (start-up: store open, recovery, first connects), a
-  // sixth during a graceful shutdown (SIGTERM, then SIGKILL 0-80 ms later), the rest uniform over 0-7 s (the camera
-  // holds its events until its clock offset is measured, so matched vehicles need the longer runs).
+  // Kill moments: every sixth cycle within 200 ms of the start (start-up: store open, recovery, first
+  // connects), a sixth during a graceful shutdown (SIGTERM, then SIGKILL 0-80 ms later), the rest uniform
+  // over 0-7 s (the camera holds its events until its clock offset is measured, so matched vehicles need the
+  // longer runs).
   std::uniform_int_distribution<int> early_ms(0, 200);
   std::uniform_int_distribution<int> steady_ms(0, 7000);
   std::uniform_int_distribution<int> shutdown_ms(0, 80);
@@ -320,7 +328,7 @@ TEST_F(CrashConsistency, RandomKillsUnderLoadLoseNothingAndBreakNothing) {
     const auto rc = daemon_->wait(10s);
     ASSERT_TRUE(rc) << "cycle " << cycle << ": the daemon did not die";
     ASSERT_TRUE(*rc == 128 + SIGKILL || *rc == 0) << "cycle " << cycle << ": exit " << *rc << "\n"
-                                                   << daemon_->stderr_text();
+                                                  << daemon_->stderr_text();
     check_after_kill(kills);
     if (HasFatalFailure()) {
       return;
@@ -356,8 +364,8 @@ TEST_F(CrashConsistency, RandomKillsUnderLoadLoseNothingAndBreakNothing) {
   ASSERT_FALSE(store.records.empty());
   const std::uint64_t n = store.records.rbegin()->first;
   EXPECT_EQ(n, store.records.size()) << "seq gap in the store";
-  ASSERT_TRUE(collector_->wait_until(
-      [&] { return collector_->count(kEvidenceTopic) >= store.records.size(); }, 30s));
+  ASSERT_TRUE(
+      collector_->wait_until([&] { return collector_->count(kEvidenceTopic) >= store.records.size(); }, 30s));
   pause(1s);  // late redeliveries
 
   // What the subscriber holds, in arrival order.
@@ -488,17 +496,18 @@ TEST_F(CrashConsistency, RandomKillsUnderLoadLoseNothingAndBreakNothing) {
   for (const auto& [t, c] : by_type) {
     types << " " << t << "=" << c;
   }
-  std::cout << "[ faults ] seed " << seed << ": kills " << kills << " (" << early << " within 200 ms of start, "
-            << in_shutdown << " during shutdown; " << exited_before_kill << " graceful stops beat the kill), runs "
-            << daemon_runs_ << "\n"
-            << "[ faults ] records committed " << store.records.size() << ", received distinct " << received.size()
-            << ", lost " << lost << ", altered " << altered << ", phantom " << phantom << ", gaps " << gaps
-            << ", duplicates " << duplicates << " (conflicting " << bad_duplicates << "), chain failures "
-            << chain_failures << " (stored " << stored_chain_failures << "), undecodable " << undecodable << "\n"
+  std::cout << "[ faults ] seed " << seed << ": kills " << kills << " (" << early
+            << " within 200 ms of start, " << in_shutdown << " during shutdown; " << exited_before_kill
+            << " graceful stops beat the kill), runs " << daemon_runs_ << "\n"
+            << "[ faults ] records committed " << store.records.size() << ", received distinct "
+            << received.size() << ", lost " << lost << ", altered " << altered << ", phantom " << phantom
+            << ", gaps " << gaps << ", duplicates " << duplicates << " (conflicting " << bad_duplicates
+            << "), chain failures " << chain_failures << " (stored " << stored_chain_failures
+            << "), undecodable " << undecodable << "\n"
             << "[ faults ] media checked " << media_checked << " (missing/bad " << media_missing
             << "), recordings kept and hashed " << recordings_checked << " (recorded twice " << recorded_twice
-            << "), links " << links_of_pair.size() << " (linked twice " << linked_twice << ")" << ", dock files acked " << acked_max_
-            << " (ack-vs-store checks " << ack_checks_ << ")\n"
+            << "), links " << links_of_pair.size() << " (linked twice " << linked_twice << ")"
+            << ", dock files acked " << acked_max_ << " (ack-vs-store checks " << ack_checks_ << ")\n"
             << "[ faults ] types:" << types.str() << "\n"
             << "[ faults ] checkpointctl: " << verify_out;
 

@@ -1,15 +1,14 @@
 // The camera adapter against a misbehaving camera (the camera simulator's fault switches), with the real
 // daemon and broker: dropped pictures, malformed XML, repeated events and reboots mid-stream behave as the
 // spec says, and nothing is invented or recorded twice.
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
 
 #include <fstream>
 #include <map>
-#include <set>
-
-#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "daemon/core/encoding.h"
 #include "tests/integration/harness.h"
@@ -29,37 +28,46 @@ class CameraFaults : public ::testing::Test {
     collector_ = std::make_unique<MqttCollector>(broker_->uri(), std::vector<std::string>{"checkpoint/gw/#"});
     // A radar with no traffic: the camera's reads all come out as plate_read records.
     std::ofstream(dir_ / "radar.yaml") << "radar: {port: 0}\ncamera: {port: 0}\nvehicles: []\n";
-    radar_ = std::make_unique<Process>(
-        std::vector<std::string>{binary("tools/sim/checkpoint-sim"), "scenario", (dir_ / "radar.yaml").string()},
-        dir_ / "radar");
+    radar_ = std::make_unique<Process>(std::vector<std::string>{binary("tools/sim/checkpoint-sim"),
+                                                                "scenario", (dir_ / "radar.yaml").string()},
+                                       dir_ / "radar");
     auto line = radar_->wait_for_stdout_line("radar ", 10s);
     ASSERT_TRUE(line) << radar_->stderr_text();
     radar_port_ = std::stoi(line->substr(6));
   }
 
   void start(std::vector<std::string> camera_args) {
-    std::vector<std::string> argv{binary("tools/sim/checkpoint-sim"), "camera", "--port", "0", "--password",
-                                  "secret", "--ground-truth", (dir_ / "camera.jsonl").string(), "--picture-kb", "60"};
+    std::vector<std::string> argv{binary("tools/sim/checkpoint-sim"),
+                                  "camera",
+                                  "--port",
+                                  "0",
+                                  "--password",
+                                  "secret",
+                                  "--ground-truth",
+                                  (dir_ / "camera.jsonl").string(),
+                                  "--picture-kb",
+                                  "60"};
     argv.insert(argv.end(), camera_args.begin(), camera_args.end());
     camera_ = std::make_unique<Process>(argv, dir_ / "camera");
     auto line = camera_->wait_for_stdout_line("listening ", 10s);
     ASSERT_TRUE(line) << camera_->stderr_text();
     std::ofstream(dir_ / "cam.secret") << "secret";
     ::chmod((dir_ / "cam.secret").c_str(), 0600);
-    std::ofstream(dir_ / "c.yaml") << "gateway:\n  id: gw\n"
-                                   << "  site: {name: t, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
-                                   << "  key: " << (dir_ / "gateway.key").string() << "\n"
-                                   << "store:\n  path: " << (dir_ / "store.db").string() << "\n"
-                                   << "mqtt:\n  uri: " << broker_->uri() << "\n"
-                                   << "correlation:\n  max_wait_ms: 200\n"
-                                   << "validity:\n  clock_sync: assume\n"
-                                   << "devices:\n"
-                                   << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << radar_port_
-                                   << "}\n    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
-                                   << "    calibration: {certificate: C, valid_until: 2099-01-01}\n"
-                                   << "  - id: cam-1\n    kind: camera\n    url: http://127.0.0.1:" << line->substr(10)
-                                   << "\n    username: admin\n    password_file: " << (dir_ / "cam.secret").string()
-                                   << "\n    radar: radar-1\n    reconnect_initial_ms: 200\n    reconnect_max_ms: 1000\n";
+    std::ofstream(dir_ / "c.yaml")
+        << "gateway:\n  id: gw\n"
+        << "  site: {name: t, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
+        << "  key: " << (dir_ / "gateway.key").string() << "\n"
+        << "store:\n  path: " << (dir_ / "store.db").string() << "\n"
+        << "mqtt:\n  uri: " << broker_->uri() << "\n"
+        << "correlation:\n  max_wait_ms: 200\n"
+        << "validity:\n  clock_sync: assume\n"
+        << "devices:\n"
+        << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << radar_port_
+        << "}\n    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
+        << "    calibration: {certificate: C, valid_until: 2099-01-01}\n"
+        << "  - id: cam-1\n    kind: camera\n    url: http://127.0.0.1:" << line->substr(10)
+        << "\n    username: admin\n    password_file: " << (dir_ / "cam.secret").string()
+        << "\n    radar: radar-1\n    reconnect_initial_ms: 200\n    reconnect_max_ms: 1000\n";
     daemon_ = std::make_unique<Process>(
         std::vector<std::string>{binary("daemon/app/checkpointd"), "--config", (dir_ / "c.yaml").string()},
         dir_ / "checkpointd");
@@ -93,8 +101,8 @@ class CameraFaults : public ::testing::Test {
 };
 
 TEST_F(CameraFaults, DroppedPicturesMalformedXmlAndRepeatsAreHandledExactly) {
-  start({"--events", "40", "--rate", "8", "--seed", "9", "--drop-picture-rate", "0.15", "--malformed-xml-rate",
-         "0.1", "--repeat-rate", "0.2", "--split-writes"});
+  start({"--events", "40", "--rate", "8", "--seed", "9", "--drop-picture-rate", "0.15",
+         "--malformed-xml-rate", "0.1", "--repeat-rate", "0.2", "--split-writes"});
   // Expected from the camera's ground truth: one record per distinct (UUID, dateTime) that was sent with
   // well-formed XML; its pictures are the ones actually sent, the rest are named missing.
   std::map<std::string, json> expected;
@@ -121,7 +129,8 @@ TEST_F(CameraFaults, DroppedPicturesMalformedXmlAndRepeatsAreHandledExactly) {
     expected[key] = e;
   }
   ASSERT_TRUE(collector_->wait_until([&] { return records("plate_read").size() >= expected.size(); }, 30s))
-      << records("plate_read").size() << " of " << expected.size() << "\n" << daemon_->stderr_text();
+      << records("plate_read").size() << " of " << expected.size() << "\n"
+      << daemon_->stderr_text();
   pause(1s);
   stop();
   EXPECT_GT(repeats, 0u) << "the seed should produce repeated events";
@@ -131,8 +140,8 @@ TEST_F(CameraFaults, DroppedPicturesMalformedXmlAndRepeatsAreHandledExactly) {
   EXPECT_EQ(got.size(), expected.size()) << "no event lost, none recorded twice";
   std::size_t with_missing = 0;
   for (const auto& r : got) {
-    const std::string key =
-        r["camera_event"]["uuid"].get<std::string>() + "|" + r["camera_event"]["camera_time"].get<std::string>();
+    const std::string key = r["camera_event"]["uuid"].get<std::string>() + "|" +
+                            r["camera_event"]["camera_time"].get<std::string>();
     ASSERT_EQ(expected.count(key), 1u) << "a record for an event the camera never sent: " << key;
     const auto& e = expected[key];
     std::set<std::string> sent_sha;

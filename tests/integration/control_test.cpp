@@ -1,14 +1,13 @@
 // checkpointctl status/tail against the real daemon's control socket: radar simulator -> checkpointd ->
 // mosquitto, with the daemon's view (status, tailed records) checked against what reached the broker.
 // Needs the daemon to run a control::ControlServer on control.socket (docs/control.md).
+#include <gtest/gtest.h>
 #include <signal.h>
 
 #include <fstream>
 #include <map>
-#include <sstream>
-
-#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "tests/integration/harness.h"
 
@@ -31,8 +30,8 @@ class ControlSocket : public ::testing::Test {
     broker_ = std::make_unique<Mosquitto>(dir_ / "broker");
     broker_->start();
     sim_ = std::make_unique<Process>(
-        std::vector<std::string>{binary("tools/sim/checkpoint-sim"), "radar", "--port", "0", "--lanes", "2", "--seed",
-                                 "5", "--vehicles", "0", "--rate", "5"},
+        std::vector<std::string>{binary("tools/sim/checkpoint-sim"), "radar", "--port", "0", "--lanes", "2",
+                                 "--seed", "5", "--vehicles", "0", "--rate", "5"},
         dir_ / "sim");
     auto line = sim_->wait_for_stdout_line("listening ", 10s);
     ASSERT_TRUE(line) << "simulator did not start: " << sim_->stderr_text();
@@ -54,13 +53,14 @@ class ControlSocket : public ::testing::Test {
         << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
         << "    calibration: {certificate: JJG527-2026-0412, valid_until: 2099-12-31}\n"
         << "    reconnect_initial_ms: 200\n    reconnect_max_ms: 1000\n";
-    collector_ = std::make_unique<MqttCollector>(broker_->uri(), std::vector<std::string>{"checkpoint/ctl-gw/evidence"});
+    collector_ = std::make_unique<MqttCollector>(broker_->uri(),
+                                                 std::vector<std::string>{"checkpoint/ctl-gw/evidence"});
   }
 
   std::unique_ptr<Process> start_daemon() {
-    auto p = std::make_unique<Process>(
-        std::vector<std::string>{binary("daemon/app/checkpointd"), "--config", (dir_ / "checkpointd.yaml").string()},
-        dir_ / ("checkpointd-" + std::to_string(++runs_)));
+    auto p = std::make_unique<Process>(std::vector<std::string>{binary("daemon/app/checkpointd"), "--config",
+                                                                (dir_ / "checkpointd.yaml").string()},
+                                       dir_ / ("checkpointd-" + std::to_string(++runs_)));
     return p;
   }
 
@@ -203,7 +203,8 @@ TEST_F(ControlSocket, StatusAndTailShowTheRunningDaemonAndStatusSaysWhenItIsGone
 }
 
 TEST_F(ControlSocket, UsageErrorsExitTwo) {
-  const auto both = ctl({"status", "--socket", socket_.string(), "--config", (dir_ / "checkpointd.yaml").string()});
+  const auto both =
+      ctl({"status", "--socket", socket_.string(), "--config", (dir_ / "checkpointd.yaml").string()});
   EXPECT_EQ(both.code, 2) << both.err;
   const auto bad_config = ctl({"status", "--config", (dir_ / "missing.yaml").string()});
   EXPECT_EQ(bad_config.code, 2) << bad_config.err;

@@ -1,6 +1,8 @@
 // checkpointctl check-config and devices test against the real simulators (radar, camera, dock): each
 // probe's exit code and facts, each failure's plain explanation (wrong credentials, lock-out, refused,
 // DNS), and check-config's warnings and errors at file:line:column.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -9,12 +11,9 @@
 #include <ctime>
 #include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include "tests/integration/harness.h"
 
@@ -75,7 +74,8 @@ class DevicesCli : public ::testing::Test {
     ::chmod((dir_ / name).c_str(), 0600);
   }
 
-  std::unique_ptr<Process> start(std::vector<std::string> args, const std::string& name, std::uint16_t* port) {
+  std::unique_ptr<Process> start(std::vector<std::string> args, const std::string& name,
+                                 std::uint16_t* port) {
     args.insert(args.begin(), binary("tools/sim/checkpoint-sim"));
     auto p = std::make_unique<Process>(args, dir_ / name);
     auto line = p->wait_for_stdout_line("listening ", 20s);
@@ -239,21 +239,22 @@ TEST_F(DevicesCli, UsageErrorsExitWith2) {
 }
 
 TEST_F(DevicesCli, CheckConfigWarnsAtTheDeviceEntries) {
-  const std::string text = std::string("gateway:\n  id: gw\n") +
-                           "  site: {name: t, road: G60, direction: N, lat: 30.0, lon: 120.0, utc_offset: "
-                           "\"+08:00\"}\n" +
-                           "  key: " + (make_gateway_key(dir_.path()).parent_path() / "gateway.key").string() +
-                           "\nstore:\n  path: /tmp/store.db\nmqtt:\n  uri: tcp://127.0.0.1:1883\n"
-                           "metrics: {enabled: false}\n"
-                           "devices:\n"
-                           "  - id: radar-a\n    kind: radar\n    tcp: {host: 192.0.2.10, port: 4001}\n"
-                           "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}]\n"
-                           "    calibration: {certificate: C-A, valid_until: " +
-                           date_in_days(10) +
-                           "}\n"
-                           "  - id: radar-b\n    kind: radar\n    tcp: {host: 192.0.2.10, port: 4001}\n"
-                           "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}]\n"
-                           "    calibration: {certificate: C-B, valid_until: 2099-12-31}\n";
+  const std::string text =
+      std::string("gateway:\n  id: gw\n") +
+      "  site: {name: t, road: G60, direction: N, lat: 30.0, lon: 120.0, utc_offset: "
+      "\"+08:00\"}\n" +
+      "  key: " + (make_gateway_key(dir_.path()).parent_path() / "gateway.key").string() +
+      "\nstore:\n  path: /tmp/store.db\nmqtt:\n  uri: tcp://127.0.0.1:1883\n"
+      "metrics: {enabled: false}\n"
+      "devices:\n"
+      "  - id: radar-a\n    kind: radar\n    tcp: {host: 192.0.2.10, port: 4001}\n"
+      "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}]\n"
+      "    calibration: {certificate: C-A, valid_until: " +
+      date_in_days(10) +
+      "}\n"
+      "  - id: radar-b\n    kind: radar\n    tcp: {host: 192.0.2.10, port: 4001}\n"
+      "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}]\n"
+      "    calibration: {certificate: C-B, valid_until: 2099-12-31}\n";
   const std::string file = (dir_ / "warn.yaml").string();
   std::ofstream(file) << text;
   const CtlRun r = ctl({"check-config", file});
@@ -296,7 +297,8 @@ TEST_F(DevicesCli, CheckConfigOnABrokenFileNamesThePlace) {
   EXPECT_FALSE(doc["valid"].get<bool>());
   ASSERT_EQ(doc["errors"].size(), 1U);
   const auto prot = text.find("prot: 4001");
-  EXPECT_EQ(doc["errors"][0]["line"].get<int>(), 1 + std::count(text.begin(), text.begin() + static_cast<long>(prot), '\n'));
+  EXPECT_EQ(doc["errors"][0]["line"].get<int>(),
+            1 + std::count(text.begin(), text.begin() + static_cast<long>(prot), '\n'));
   EXPECT_THAT(doc["errors"][0]["key"].get<std::string>(), HasSubstr("prot"));
   EXPECT_EQ(doc["sha256"].get<std::string>().size(), 64U);
 }

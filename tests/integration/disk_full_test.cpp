@@ -4,6 +4,7 @@
 // evidence records (pictures counted as not stored), stops acknowledging dock files it cannot store (they
 // wait on the station), never deletes anything, and resumes by itself when space returns: every dock file is
 // then collected once and acknowledged only with its record committed. Needs root for the mount.
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -12,14 +13,11 @@
 
 #include <cerrno>
 #include <cstring>
-
 #include <fstream>
 #include <iostream>
 #include <map>
-#include <set>
-
-#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "tests/integration/harness.h"
 
@@ -59,11 +57,12 @@ TEST_F(DiskFull, MediaStopsAtTheReserveRecordsGoOnTheAlarmIsRaisedAndClearedAndN
   broker.start();
   MqttCollector collector(broker.uri(), {"checkpoint/gw/#"});
   std::ofstream(dir_ / "radar.yaml") << "radar: {port: 0}\ncamera: {port: 0}\nvehicles: []\n";
-  Process radar({binary("tools/sim/checkpoint-sim"), "scenario", (dir_ / "radar.yaml").string()}, dir_ / "radar");
+  Process radar({binary("tools/sim/checkpoint-sim"), "scenario", (dir_ / "radar.yaml").string()},
+                dir_ / "radar");
   auto radar_line = radar.wait_for_stdout_line("radar ", 10s);
   ASSERT_TRUE(radar_line) << radar.stderr_text();
-  Process camera({binary("tools/sim/checkpoint-sim"), "camera", "--port", "0", "--password", "secret", "--rate", "5",
-                  "--picture-kb", "200", "--seed", "4"},
+  Process camera({binary("tools/sim/checkpoint-sim"), "camera", "--port", "0", "--password", "secret",
+                  "--rate", "5", "--picture-kb", "200", "--seed", "4"},
                  dir_ / "camera");
   auto camera_line = camera.wait_for_stdout_line("listening ", 10s);
   ASSERT_TRUE(camera_line) << camera.stderr_text();
@@ -79,24 +78,25 @@ TEST_F(DiskFull, MediaStopsAtTheReserveRecordsGoOnTheAlarmIsRaisedAndClearedAndN
   std::ofstream(dir_ / "dock.token") << "disk-dock-token\n";
   ::chmod((dir_ / "dock.token").c_str(), 0600);
   const auto acked = [&] { return dock_acks(dir_ / "dock-truth.jsonl"); };
-  std::ofstream(dir_ / "c.yaml") << "gateway:\n  id: gw\n  site: {name: t, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
-                                 << "  key: " << (dir_ / "gateway.key").string() << "\n"
-                                 << "store:\n  path: " << (disk_ / "store.db").string() << "\n  reserve_mb: 10\n"
-                                 << "mqtt:\n  uri: " << broker.uri() << "\n"
-                                 << "correlation:\n  max_wait_ms: 200\n"
-                                 << "validity:\n  clock_sync: assume\n"
-                                 << "devices:\n"
-                                 << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: "
-                                 << radar_line->substr(6) << "}\n"
-                                 << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
-                                 << "    calibration: {certificate: C, valid_until: 2099-01-01}\n"
-                                 << "  - id: cam-1\n    kind: camera\n    url: http://127.0.0.1:" << camera_line->substr(10)
-                                 << "\n    username: admin\n    password_file: " << (dir_ / "cam.secret").string()
-                                 << "\n    radar: radar-1\n"
-                                 << "  - id: dock-1\n    kind: recorder_dock\n    url: http://127.0.0.1:"
-                                 << dock_line->substr(10) << "\n    token_file: " << (dir_ / "dock.token").string()
-                                 << "\n    poll_interval_ms: 300\n    reconnect_initial_ms: 100\n"
-                                 << "    reconnect_max_ms: 1000\n";
+  std::ofstream(dir_ / "c.yaml")
+      << "gateway:\n  id: gw\n  site: {name: t, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
+      << "  key: " << (dir_ / "gateway.key").string() << "\n"
+      << "store:\n  path: " << (disk_ / "store.db").string() << "\n  reserve_mb: 10\n"
+      << "mqtt:\n  uri: " << broker.uri() << "\n"
+      << "correlation:\n  max_wait_ms: 200\n"
+      << "validity:\n  clock_sync: assume\n"
+      << "devices:\n"
+      << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << radar_line->substr(6)
+      << "}\n"
+      << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
+      << "    calibration: {certificate: C, valid_until: 2099-01-01}\n"
+      << "  - id: cam-1\n    kind: camera\n    url: http://127.0.0.1:" << camera_line->substr(10)
+      << "\n    username: admin\n    password_file: " << (dir_ / "cam.secret").string()
+      << "\n    radar: radar-1\n"
+      << "  - id: dock-1\n    kind: recorder_dock\n    url: http://127.0.0.1:" << dock_line->substr(10)
+      << "\n    token_file: " << (dir_ / "dock.token").string()
+      << "\n    poll_interval_ms: 300\n    reconnect_initial_ms: 100\n"
+      << "    reconnect_max_ms: 1000\n";
   daemon_ = std::make_unique<Process>(
       std::vector<std::string>{binary("daemon/app/checkpointd"), "--config", (dir_ / "c.yaml").string()},
       dir_ / "checkpointd");
@@ -142,7 +142,8 @@ TEST_F(DiskFull, MediaStopsAtTheReserveRecordsGoOnTheAlarmIsRaisedAndClearedAndN
   ASSERT_TRUE(collector.wait_until([&] { return !storage_status("warning").is_null(); }, 30s))
       << daemon_->stderr_text();
   const json alarm = storage_status("warning");
-  EXPECT_NE(alarm["text"].get<std::string>().find("kept for evidence records"), std::string::npos) << alarm.dump();
+  EXPECT_NE(alarm["text"].get<std::string>().find("kept for evidence records"), std::string::npos)
+      << alarm.dump();
   // Evidence records go on being committed, naming the pictures that could not be stored.
   const std::uint64_t alarm_seq = alarm["seq"].get<std::uint64_t>();
   const auto reads_after = [&](std::uint64_t seq, bool with_missing) {
@@ -187,24 +188,29 @@ TEST_F(DiskFull, MediaStopsAtTheReserveRecordsGoOnTheAlarmIsRaisedAndClearedAndN
   const auto acked_while_full = acked();
   pause(4s);
   EXPECT_EQ(acked(), acked_while_full) << "a dock file was acknowledged while the disk was full";
-  EXPECT_LT(acked_while_full.size(), static_cast<std::size_t>(kDockFiles)) << "the test needs files left to wait";
+  EXPECT_LT(acked_while_full.size(), static_cast<std::size_t>(kDockFiles))
+      << "the test needs files left to wait";
   // Media stopped at the reserve: what is free, plus what the store grew by since, is the 10 MiB reserve
   // less at most one chunk or picture per blocking thread (each checks the space, then writes).
   EXPECT_GE(static_cast<std::int64_t>(free_bytes()) + (store_bytes() - store_at_fill), (10 << 20) - (1 << 20))
       << "media went into the reserve: " << free_bytes() << " bytes free, store grew by "
       << store_bytes() - store_at_fill;
-  std::cout << "[ disk ] while full: " << free_bytes() << " bytes free, store grew by " << store_bytes() - store_at_fill
-            << " bytes, " << acked_while_full.size() << " of " << kDockFiles << " dock files acknowledged\n";
+  std::cout << "[ disk ] while full: " << free_bytes() << " bytes free, store grew by "
+            << store_bytes() - store_at_fill << " bytes, " << acked_while_full.size() << " of " << kDockFiles
+            << " dock files acknowledged\n";
 
   // Space returns: the alarm clears by itself and pictures are stored again.
   fs::remove(disk_ / "filler");
-  ASSERT_TRUE(collector.wait_until([&] { return !storage_status("ok").is_null(); }, 30s)) << daemon_->stderr_text();
+  ASSERT_TRUE(collector.wait_until([&] { return !storage_status("ok").is_null(); }, 30s))
+      << daemon_->stderr_text();
   const std::uint64_t ok_seq = storage_status("ok")["seq"].get<std::uint64_t>();
-  ASSERT_TRUE(collector.wait_until([&] { return reads_after(ok_seq, false) >= 3; }, 30s)) << daemon_->stderr_text();
+  ASSERT_TRUE(collector.wait_until([&] { return reads_after(ok_seq, false) >= 3; }, 30s))
+      << daemon_->stderr_text();
   // The camera stops here: its ~2 MB/s of pictures would fill the disk again before the dock caught up.
   camera.signal(SIGTERM);
   // Every dock file is collected once, and acknowledged with the SHA-256 its committed record carries.
-  ASSERT_TRUE(collector.wait_until([&] { return acked().size() == static_cast<std::size_t>(kDockFiles); }, 60s))
+  ASSERT_TRUE(
+      collector.wait_until([&] { return acked().size() == static_cast<std::size_t>(kDockFiles); }, 60s))
       << daemon_->stderr_text();
   ASSERT_TRUE(collector.wait_until([&] { return evidence({"recording"}).size() >= kDockFiles; }, 30s))
       << daemon_->stderr_text();

@@ -1,15 +1,14 @@
 // A hostile radar cannot starve a well-behaved one or grow the daemon's memory: radar A floods random
 // garbage and ten times the nominal vehicle rate while radar B runs nominal traffic, through the real daemon.
+#include <gtest/gtest.h>
 #include <signal.h>
 
 #include <algorithm>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <tuple>
-
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include "daemon/core/chain_verifier.h"
 #include "daemon/core/ed25519.h"
@@ -67,7 +66,8 @@ std::vector<Truth> sent_vehicles(const fs::path& file) {
 using TrackKey = std::pair<int, std::int64_t>;
 
 TrackKey key_of(const json& record) {
-  return {record["track"]["target"].get<int>(), record["track"]["samples"][0]["radar_time_cs"].get<std::int64_t>()};
+  return {record["track"]["target"].get<int>(),
+          record["track"]["samples"][0]["radar_time_cs"].get<std::int64_t>()};
 }
 
 std::uint64_t sum_errors(const json& device) {
@@ -86,9 +86,18 @@ class Flood : public ::testing::Test {
     broker_->start();
   }
 
-  std::unique_ptr<Process> start_sim(const std::string& name, std::vector<std::string> extra, std::uint16_t& port) {
-    std::vector<std::string> argv{binary("tools/sim/checkpoint-sim"), "radar", "--port", "0", "--lanes", "2",
-                                  "--vehicles", "0", "--ground-truth", (dir_ / (name + ".jsonl")).string()};
+  std::unique_ptr<Process> start_sim(const std::string& name, std::vector<std::string> extra,
+                                     std::uint16_t& port) {
+    std::vector<std::string> argv{binary("tools/sim/checkpoint-sim"),
+                                  "radar",
+                                  "--port",
+                                  "0",
+                                  "--lanes",
+                                  "2",
+                                  "--vehicles",
+                                  "0",
+                                  "--ground-truth",
+                                  (dir_ / (name + ".jsonl")).string()};
     argv.insert(argv.end(), extra.begin(), extra.end());
     auto sim = std::make_unique<Process>(argv, dir_ / name);
     auto line = sim->wait_for_stdout_line("listening ", 10s);
@@ -146,15 +155,17 @@ class Flood : public ::testing::Test {
 TEST_F(Flood, AGarbageAndEventFloodFromOneRadarNeitherStarvesTheOtherNorGrowsMemory) {
   std::uint16_t port_a = 0;
   std::uint16_t port_b = 0;
-  auto sim_a = start_sim("radar-a",
-                         {"--seed", "41", "--rate", std::to_string(kNominalRate), "--flood-factor",
-                          std::to_string(kFloodFactor), "--garbage-bps", std::to_string(kGarbageBytesPerSecond)},
-                         port_a);
+  auto sim_a =
+      start_sim("radar-a",
+                {"--seed", "41", "--rate", std::to_string(kNominalRate), "--flood-factor",
+                 std::to_string(kFloodFactor), "--garbage-bps", std::to_string(kGarbageBytesPerSecond)},
+                port_a);
   auto sim_b = start_sim("radar-b", {"--seed", "42", "--rate", std::to_string(kNominalRate)}, port_b);
   ASSERT_NE(port_a, 0);
   ASSERT_NE(port_b, 0);
   write_config(port_a, port_b);
-  collector_ = std::make_unique<MqttCollector>(broker_->uri(), std::vector<std::string>{"checkpoint/test-gw-1/#"});
+  collector_ =
+      std::make_unique<MqttCollector>(broker_->uri(), std::vector<std::string>{"checkpoint/test-gw-1/#"});
   Process daemon({binary("daemon/app/checkpointd"), "--config", (dir_ / "checkpointd.yaml").string()},
                  dir_ / "checkpointd");
 
@@ -211,10 +222,11 @@ TEST_F(Flood, AGarbageAndEventFloodFromOneRadarNeitherStarvesTheOtherNorGrowsMem
   std::sort(latencies.begin(), latencies.end());
   const auto median = latencies[latencies.size() / 2];
   const auto worst = latencies.back();
-  std::printf("flood: A %zu vehicles sent, %zu records; B %zu vehicles, seal latency median %lld ms, max %lld ms; "
-              "daemon peak RSS %ld kB\n",
-              truth_a.size(), records_a.size(), truth_b.size(), static_cast<long long>(median),
-              static_cast<long long>(worst), peak_kb);
+  std::printf(
+      "flood: A %zu vehicles sent, %zu records; B %zu vehicles, seal latency median %lld ms, max %lld ms; "
+      "daemon peak RSS %ld kB\n",
+      truth_a.size(), records_a.size(), truth_b.size(), static_cast<long long>(median),
+      static_cast<long long>(worst), peak_kb);
   EXPECT_LE(worst, kMaxSealLatencyMs * (kSanitized ? 4 : 1)) << "radar B starved under A's flood";
   EXPECT_GE(median, kTrackTimeoutMs) << "a record cannot be sealed before its track times out";
   for (const auto& t : truth_a) {
@@ -231,7 +243,8 @@ TEST_F(Flood, AGarbageAndEventFloodFromOneRadarNeitherStarvesTheOtherNorGrowsMem
   const auto& dev_a = last["devices"]["radar-a"];
   const auto& dev_b = last["devices"]["radar-b"];
   EXPECT_GT(sum_errors(dev_a), 100u) << dev_a.dump();
-  EXPECT_GT(dev_a["errors"]["checksum"].get<std::uint64_t>() + dev_a["errors"]["field_count"].get<std::uint64_t>() +
+  EXPECT_GT(dev_a["errors"]["checksum"].get<std::uint64_t>() +
+                dev_a["errors"]["field_count"].get<std::uint64_t>() +
                 dev_a["errors"]["unknown_type"].get<std::uint64_t>(),
             0u)
       << dev_a.dump();

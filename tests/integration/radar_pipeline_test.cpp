@@ -1,14 +1,13 @@
 // End to end with real parts: radar simulator -> checkpointd -> SQLite -> mosquitto -> subscriber.
 // Every record is verified as a central consumer would (signature, seq, prev chain).
+#include <gtest/gtest.h>
 #include <signal.h>
 
 #include <algorithm>
 #include <fstream>
 #include <map>
-#include <set>
-
-#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "daemon/core/chain_verifier.h"
 #include "daemon/core/encoding.h"
@@ -30,8 +29,9 @@ class RadarPipeline : public ::testing::Test {
   }
 
   void start_sim(std::vector<std::string> extra) {
-    std::vector<std::string> argv{binary("tools/sim/checkpoint-sim"), "radar", "--port", "0", "--lanes", "2",
-                                  "--ground-truth", (dir_ / "truth.jsonl").string()};
+    std::vector<std::string> argv{
+        binary("tools/sim/checkpoint-sim"), "radar", "--port", "0", "--lanes", "2", "--ground-truth",
+        (dir_ / "truth.jsonl").string()};
     argv.insert(argv.end(), extra.begin(), extra.end());
     sim_ = std::make_unique<Process>(argv, dir_ / "sim");
     auto line = sim_->wait_for_stdout_line("listening ", 10s);
@@ -57,9 +57,9 @@ class RadarPipeline : public ::testing::Test {
   }
 
   std::unique_ptr<Process> start_daemon() {
-    auto p = std::make_unique<Process>(
-        std::vector<std::string>{binary("daemon/app/checkpointd"), "--config", (dir_ / "checkpointd.yaml").string()},
-        dir_ / "checkpointd");
+    auto p = std::make_unique<Process>(std::vector<std::string>{binary("daemon/app/checkpointd"), "--config",
+                                                                (dir_ / "checkpointd.yaml").string()},
+                                       dir_ / "checkpointd");
     return p;
   }
 
@@ -96,7 +96,9 @@ class RadarPipeline : public ::testing::Test {
     return seqs;
   }
 
-  std::uint64_t store_count() const { return store::EvidenceStore((dir_ / "store.db").string()).record_count(); }
+  std::uint64_t store_count() const {
+    return store::EvidenceStore((dir_ / "store.db").string()).record_count();
+  }
 
   TempDir dir_;
   fs::path pub_pem_;
@@ -110,17 +112,19 @@ TEST_F(RadarPipeline, SimulatedVehiclesBecomeVerifiedRecordsMatchingGroundTruth)
   constexpr int kVehicles = 12;
   start_sim({"--seed", "7", "--vehicles", std::to_string(kVehicles), "--rate", "4"});
   write_config();
-  collector_ = std::make_unique<MqttCollector>(broker_->uri(), std::vector<std::string>{"checkpoint/test-gw-1/#"});
+  collector_ =
+      std::make_unique<MqttCollector>(broker_->uri(), std::vector<std::string>{"checkpoint/test-gw-1/#"});
   // A central consumer with the stock tool, subscribed before the daemon starts.
-  Process verify({binary("tools/checkpointctl/checkpointctl"), "verify", "--pubkey", pub_pem_.string(), "--mqtt",
-                  broker_->uri(), "--topic", "checkpoint/test-gw-1/evidence", "--from-start", "--count",
-                  std::to_string(kVehicles), "--seconds", "90"},
+  Process verify({binary("tools/checkpointctl/checkpointctl"), "verify", "--pubkey", pub_pem_.string(),
+                  "--mqtt", broker_->uri(), "--topic", "checkpoint/test-gw-1/evidence", "--from-start",
+                  "--count", std::to_string(kVehicles), "--seconds", "90"},
                  dir_ / "verify");
   ASSERT_TRUE(verify.wait_for_stderr_line("checkpointctl: subscribed to ", 20s)) << verify.stderr_text();
   auto daemon = start_daemon();
 
   ASSERT_TRUE(collector_->wait_until([&] { return count_type("speed_measurement") >= kVehicles; }, 60s))
-      << "got " << count_type("speed_measurement") << " speed records\n" << daemon->stderr_text();
+      << "got " << count_type("speed_measurement") << " speed records\n"
+      << daemon->stderr_text();
   pause(1500ms);  // nothing more may come
   daemon->signal(SIGTERM);
   ASSERT_EQ(daemon->wait(20s), 0) << daemon->stderr_text();
@@ -173,12 +177,12 @@ TEST_F(RadarPipeline, SimulatedVehiclesBecomeVerifiedRecordsMatchingGroundTruth)
 TEST_F(RadarPipeline, KilledDaemonRestartsAndTheChainContinuesWithoutGap) {
   start_sim({"--seed", "11", "--vehicles", "0", "--rate", "10"});
   write_config();
-  collector_ = std::make_unique<MqttCollector>(broker_->uri(), std::vector<std::string>{"checkpoint/test-gw-1/evidence"});
+  collector_ = std::make_unique<MqttCollector>(broker_->uri(),
+                                               std::vector<std::string>{"checkpoint/test-gw-1/evidence"});
   for (int round = 0; round < 3; ++round) {
     auto daemon = start_daemon();
     const auto before = count_type("speed_measurement");
-    ASSERT_TRUE(collector_->wait_until(
-        [&] { return count_type("speed_measurement") >= before + 8; }, 60s))
+    ASSERT_TRUE(collector_->wait_until([&] { return count_type("speed_measurement") >= before + 8; }, 60s))
         << daemon->stderr_text();
     daemon->signal(SIGKILL);
     ASSERT_TRUE(daemon->wait(10s));
@@ -202,15 +206,17 @@ TEST_F(RadarPipeline, KilledDaemonRestartsAndTheChainContinuesWithoutGap) {
 TEST_F(RadarPipeline, BrokerDownForTenSecondsUnderTrafficLosesNothing) {
   start_sim({"--seed", "5", "--vehicles", "0", "--rate", "10"});
   write_config();
-  collector_ = std::make_unique<MqttCollector>(broker_->uri(), std::vector<std::string>{"checkpoint/test-gw-1/evidence"});
+  collector_ = std::make_unique<MqttCollector>(broker_->uri(),
+                                               std::vector<std::string>{"checkpoint/test-gw-1/evidence"});
   auto daemon = start_daemon();
   ASSERT_TRUE(collector_->wait_until([&] { return count_type("speed_measurement") >= 5; }, 60s));
-  ASSERT_TRUE(stop_broker_with_daemon_frozen(*daemon, *collector_, "checkpoint/test-gw-1/evidence", *broker_));
+  ASSERT_TRUE(
+      stop_broker_with_daemon_frozen(*daemon, *collector_, "checkpoint/test-gw-1/evidence", *broker_));
   pause(10s);
-  ASSERT_TRUE(start_broker_with_daemon_frozen(*daemon, *collector_, "checkpoint/test-gw-1/evidence", *broker_));
+  ASSERT_TRUE(
+      start_broker_with_daemon_frozen(*daemon, *collector_, "checkpoint/test-gw-1/evidence", *broker_));
   const auto committed_during_outage = store_count();
-  ASSERT_TRUE(collector_->wait_until(
-      [&] { return evidence().size() >= committed_during_outage + 5; }, 60s))
+  ASSERT_TRUE(collector_->wait_until([&] { return evidence().size() >= committed_during_outage + 5; }, 60s))
       << daemon->stderr_text();
   daemon->signal(SIGTERM);
   ASSERT_EQ(daemon->wait(20s), 0) << daemon->stderr_text();
@@ -228,7 +234,8 @@ TEST_F(RadarPipeline, BrokerDownForTenSecondsUnderTrafficLosesNothing) {
 TEST_F(RadarPipeline, ARadarLinkCutIsReportedAndRecovered) {
   start_sim({"--seed", "8", "--vehicles", "0", "--rate", "5", "--reboot-every", "3"});
   write_config();
-  collector_ = std::make_unique<MqttCollector>(broker_->uri(), std::vector<std::string>{"checkpoint/test-gw-1/evidence"});
+  collector_ = std::make_unique<MqttCollector>(broker_->uri(),
+                                               std::vector<std::string>{"checkpoint/test-gw-1/evidence"});
   auto daemon = start_daemon();
   const auto states = [&] {
     std::vector<std::string> out;
@@ -248,7 +255,8 @@ TEST_F(RadarPipeline, ARadarLinkCutIsReportedAndRecovered) {
   // Measuring goes on after the reboot: a track in a later radar clock epoch.
   ASSERT_TRUE(collector_->wait_until(
       [&] {
-        for (const auto& r : records_of(*collector_, "checkpoint/test-gw-1/evidence", {"speed_measurement"})) {
+        for (const auto& r :
+             records_of(*collector_, "checkpoint/test-gw-1/evidence", {"speed_measurement"})) {
           if (r["radar_clock"]["epoch"].get<int>() >= 1) {
             return true;
           }
@@ -266,10 +274,12 @@ TEST_F(RadarPipeline, ARadarLinkCutIsReportedAndRecovered) {
 TEST_F(RadarPipeline, StopRightAfterStartStillForwardsTheAudits) {
   start_sim({"--seed", "3", "--vehicles", "0", "--rate", "0"});
   write_config();
-  collector_ = std::make_unique<MqttCollector>(broker_->uri(), std::vector<std::string>{"checkpoint/test-gw-1/evidence"});
+  collector_ = std::make_unique<MqttCollector>(broker_->uri(),
+                                               std::vector<std::string>{"checkpoint/test-gw-1/evidence"});
   auto daemon = start_daemon();
   const auto end = std::chrono::steady_clock::now() + 10s;
-  while (daemon->stderr_text().find("running ") == std::string::npos && std::chrono::steady_clock::now() < end) {
+  while (daemon->stderr_text().find("running ") == std::string::npos &&
+         std::chrono::steady_clock::now() < end) {
     pause(1ms);
   }
   daemon->signal(SIGTERM);

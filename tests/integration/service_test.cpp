@@ -1,6 +1,7 @@
 // checkpointd as a systemd service: the sd_notify protocol (READY, STATUS, WATCHDOG cadence, RELOADING,
 // STOPPING) read from our own NOTIFY_SOCKET, and SIGHUP reloads that add, remove and refuse devices without
 // restarting the others or losing a record, each one an audit record.
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/socket.h>
@@ -12,11 +13,9 @@
 #include <atomic>
 #include <fstream>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
-
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include "daemon/core/chain_verifier.h"
 #include "daemon/core/encoding.h"
@@ -111,7 +110,8 @@ class Service : public ::testing::Test {
     pub_pem_ = make_gateway_key(dir_.path());
     broker_ = std::make_unique<Mosquitto>(dir_ / "broker");
     broker_->start();
-    collector_ = std::make_unique<MqttCollector>(broker_->uri(), std::vector<std::string>{kEvidence, kStatus});
+    collector_ =
+        std::make_unique<MqttCollector>(broker_->uri(), std::vector<std::string>{kEvidence, kStatus});
   }
   void TearDown() override {
     ::unsetenv("NOTIFY_SOCKET");
@@ -119,7 +119,8 @@ class Service : public ::testing::Test {
   }
 
   std::uint16_t start_radar(const std::string& name, const std::string& seed) {
-    return start_sim(name, {"radar", "--port", "0", "--lanes", "2", "--seed", seed, "--vehicles", "0", "--rate", "20"});
+    return start_sim(
+        name, {"radar", "--port", "0", "--lanes", "2", "--seed", seed, "--vehicles", "0", "--rate", "20"});
   }
 
   std::uint16_t start_sim(const std::string& name, std::vector<std::string> args) {
@@ -152,31 +153,35 @@ class Service : public ::testing::Test {
                                  const std::string& certificate = "JJG527-2026-0412") {
     return "  - id: " + id + "\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " + std::to_string(port) +
            "}\n    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
-           "    calibration: {certificate: " + certificate + ", valid_until: 2099-12-31}\n"
+           "    calibration: {certificate: " +
+           certificate +
+           ", valid_until: 2099-12-31}\n"
            "    reconnect_initial_ms: 200\n    reconnect_max_ms: 1000\n";
   }
 
   // Writes the config with these device entries; returns the file's SHA-256.
   std::string write_config(const std::string& devices, const std::string& broker_uri = "") {
-    std::string text = "gateway:\n  id: test-gw-1\n"
-                       "  site: {name: \"Test site\", road: G60, direction: N, lat: 30.274085, lon: 120.15507, "
-                       "utc_offset: \"+08:00\"}\n"
-                       "  key: " + (dir_ / "gateway.key").string() + "\n" +
-                       "store:\n  path: " + (dir_ / "store.db").string() + "\n" +
-                       "mqtt:\n  uri: " + (broker_uri.empty() ? broker_->uri() : broker_uri) +
-                       "\n  client_id: test-gw-1\n  topic_prefix: checkpoint\n"
-                       "  reconnect_min_ms: 200\n  reconnect_max_ms: 1000\n"
-                       "metrics: {enabled: false}\n"
-                       "validity: {clock_sync: assume}\n"
-                       "devices:\n" + devices;
+    std::string text =
+        "gateway:\n  id: test-gw-1\n"
+        "  site: {name: \"Test site\", road: G60, direction: N, lat: 30.274085, lon: 120.15507, "
+        "utc_offset: \"+08:00\"}\n"
+        "  key: " +
+        (dir_ / "gateway.key").string() + "\n" + "store:\n  path: " + (dir_ / "store.db").string() + "\n" +
+        "mqtt:\n  uri: " + (broker_uri.empty() ? broker_->uri() : broker_uri) +
+        "\n  client_id: test-gw-1\n  topic_prefix: checkpoint\n"
+        "  reconnect_min_ms: 200\n  reconnect_max_ms: 1000\n"
+        "metrics: {enabled: false}\n"
+        "validity: {clock_sync: assume}\n"
+        "devices:\n" +
+        devices;
     std::ofstream(dir_ / "checkpointd.yaml", std::ios::trunc) << text;
     return sha256_hex(text);
   }
 
   std::unique_ptr<Process> start_daemon() {
-    return std::make_unique<Process>(
-        std::vector<std::string>{binary("daemon/app/checkpointd"), "--config", (dir_ / "checkpointd.yaml").string()},
-        dir_ / "checkpointd");
+    return std::make_unique<Process>(std::vector<std::string>{binary("daemon/app/checkpointd"), "--config",
+                                                              (dir_ / "checkpointd.yaml").string()},
+                                     dir_ / "checkpointd");
   }
 
   std::vector<json> bodies() const {
@@ -300,28 +305,33 @@ TEST_F(Service, ReloadAddsRemovesAndRefusesDevicesWithoutLossOrRestartingOthers)
   const std::uint16_t port2 = start_radar("sim-2", "6");
   const std::string sha_one = write_config(radar_entry("radar-1", port1));
   auto daemon = start_daemon();
-  ASSERT_TRUE(collector_->wait_until([&] { return records_from("radar-1") >= 3; }, 30s)) << daemon->stderr_text();
+  ASSERT_TRUE(collector_->wait_until([&] { return records_from("radar-1") >= 3; }, 30s))
+      << daemon->stderr_text();
 
   // 1. Add radar-2: started, radar-1 untouched (never disconnected, no reconnect).
   const std::size_t radar1_states = status_records_of("radar-1");
   const std::string sha_two = write_config(radar_entry("radar-1", port1) + radar_entry("radar-2", port2));
   daemon->signal(SIGHUP);
-  ASSERT_TRUE(collector_->wait_until([&] { return audits("reload").size() == 1; }, 15s)) << daemon->stderr_text();
+  ASSERT_TRUE(collector_->wait_until([&] { return audits("reload").size() == 1; }, 15s))
+      << daemon->stderr_text();
   const json added = audits("reload").front();
   EXPECT_EQ(added["config_sha256_old"], sha_one);
   EXPECT_EQ(added["config_sha256_new"], sha_two);
   EXPECT_EQ(added["changes"]["devices_added"], json::array({"radar-2"}));
   EXPECT_EQ(added["changes"]["devices_removed"], json::array());
   EXPECT_EQ(added["changes"]["devices_changed"], json::array());
-  ASSERT_TRUE(collector_->wait_until([&] { return records_from("radar-2") >= 3; }, 30s)) << daemon->stderr_text();
+  ASSERT_TRUE(collector_->wait_until([&] { return records_from("radar-2") >= 3; }, 30s))
+      << daemon->stderr_text();
 
   // 2. A broken file is refused; the daemon runs on with both radars.
-  std::ofstream(dir_ / "checkpointd.yaml", std::ios::trunc) << "gateway:\n  id: test-gw-1\n  site: [unclosed\n";
+  std::ofstream(dir_ / "checkpointd.yaml", std::ios::trunc)
+      << "gateway:\n  id: test-gw-1\n  site: [unclosed\n";
   daemon->signal(SIGHUP);
   ASSERT_TRUE(collector_->wait_until([&] { return audits("reload_refused").size() == 1; }, 15s));
   const json refused = audits("reload_refused").front();
   EXPECT_EQ(refused["config_sha256"], sha_two);
-  EXPECT_NE(refused["reason"].get<std::string>().find("checkpointd.yaml:"), std::string::npos) << refused.dump();
+  EXPECT_NE(refused["reason"].get<std::string>().find("checkpointd.yaml:"), std::string::npos)
+      << refused.dump();
   EXPECT_NE(daemon->stderr_text().find("reload refused"), std::string::npos);
 
   // 3. A change to a section fixed at start (the broker) is refused as a whole, naming the section.
@@ -333,7 +343,8 @@ TEST_F(Service, ReloadAddsRemovesAndRefusesDevicesWithoutLossOrRestartingOthers)
   EXPECT_EQ(refused_mqtt["changes"]["sections_needing_restart"], json::array({"mqtt"}));
   const auto r1 = records_from("radar-1");
   const auto r2 = records_from("radar-2");
-  ASSERT_TRUE(collector_->wait_until([&] { return records_from("radar-1") > r1 && records_from("radar-2") > r2; }, 30s))
+  ASSERT_TRUE(collector_->wait_until(
+      [&] { return records_from("radar-1") > r1 && records_from("radar-2") > r2; }, 30s))
       << "both radars keep running after refused reloads";
 
   // 4. Remove radar-2.
@@ -358,7 +369,8 @@ TEST_F(Service, ReloadAddsRemovesAndRefusesDevicesWithoutLossOrRestartingOthers)
   EXPECT_EQ(audits("reload").back()["config_sha256_new"], sha_renewed);
   const auto renewed = [&] {
     for (const auto& b : bodies()) {
-      if (b["type"] == "speed_measurement" && b["calibration"].value("certificate", "") == "JJG527-2027-0001") {
+      if (b["type"] == "speed_measurement" &&
+          b["calibration"].value("certificate", "") == "JJG527-2027-0001") {
         return true;
       }
     }
@@ -392,24 +404,26 @@ TEST_F(Service, ReloadAddsRemovesAndRefusesDevicesWithoutLossOrRestartingOthers)
 // is restarted alone and runs under its new settings, a removed one stops; the radar is never touched.
 TEST_F(Service, ReloadAppliesCameraAndDockChangesWithoutTouchingTheRadar) {
   const std::uint16_t radar = start_radar("sim-radar", "9");
-  const std::uint16_t camera = start_sim("sim-camera", {"camera", "--port", "0", "--password", "cam-secret",
-                                                        "--rate", "4", "--lock-s", "0"});
-  const std::uint16_t dock = start_sim("sim-dock", {"dock", "--port", "0", "--token", "dock-token", "--files", "200",
-                                                    "--file-interval-s", "0.3", "--file-kb", "8"});
+  const std::uint16_t camera = start_sim(
+      "sim-camera", {"camera", "--port", "0", "--password", "cam-secret", "--rate", "4", "--lock-s", "0"});
+  const std::uint16_t dock = start_sim("sim-dock", {"dock", "--port", "0", "--token", "dock-token", "--files",
+                                                    "200", "--file-interval-s", "0.3", "--file-kb", "8"});
   const fs::path cam_ok = secret("cam.password", "cam-secret");
   const fs::path cam_wrong = secret("cam-wrong.password", "not-the-password");
   const fs::path dock_ok = secret("dock.token", "dock-token");
   const fs::path dock_wrong = secret("dock-wrong.token", "other-token");
   write_config(radar_entry("radar-1", radar));
   auto daemon = start_daemon();
-  ASSERT_TRUE(collector_->wait_until([&] { return records_from("radar-1") >= 3; }, 30s)) << daemon->stderr_text();
+  ASSERT_TRUE(collector_->wait_until([&] { return records_from("radar-1") >= 3; }, 30s))
+      << daemon->stderr_text();
   const std::size_t radar_states = status_records_of("radar-1");
 
   // 1. Add a camera and a dock: both start and produce records.
   write_config(radar_entry("radar-1", radar) + camera_entry("cam-1", camera, cam_ok) +
                dock_entry("dock-1", dock, dock_ok));
   daemon->signal(SIGHUP);
-  ASSERT_TRUE(collector_->wait_until([&] { return audits("reload").size() == 1; }, 15s)) << daemon->stderr_text();
+  ASSERT_TRUE(collector_->wait_until([&] { return audits("reload").size() == 1; }, 15s))
+      << daemon->stderr_text();
   EXPECT_EQ(audits("reload").back()["changes"]["devices_added"], json::array({"cam-1", "dock-1"}));
   ASSERT_TRUE(collector_->wait_until(
       [&] { return records_of_device("cam-1") >= 3 && records_of_device("dock-1") >= 3; }, 30s))
@@ -426,12 +440,13 @@ TEST_F(Service, ReloadAppliesCameraAndDockChangesWithoutTouchingTheRadar) {
   EXPECT_EQ(audits("reload").back()["changes"]["devices_changed"], json::array({"cam-1", "dock-1"}));
   const auto faulted = [&](const std::string& id, std::size_t before) {
     const auto states = states_of(id);
-    return std::any_of(states.begin() + static_cast<std::ptrdiff_t>(std::min(before, states.size())), states.end(),
-                       [](const json& st) { return st["state"] == "fault"; });
+    return std::any_of(states.begin() + static_cast<std::ptrdiff_t>(std::min(before, states.size())),
+                       states.end(), [](const json& st) { return st["state"] == "fault"; });
   };
-  ASSERT_TRUE(collector_->wait_until([&] { return faulted("cam-1", cam_states) && faulted("dock-1", dock_states); },
-                                     30s))
-      << "the new (wrong) credentials were not used\n" << daemon->stderr_text();
+  ASSERT_TRUE(collector_->wait_until(
+      [&] { return faulted("cam-1", cam_states) && faulted("dock-1", dock_states); }, 30s))
+      << "the new (wrong) credentials were not used\n"
+      << daemon->stderr_text();
 
   // 3. Remove both: the status no longer lists them; the radar runs on.
   write_config(radar_entry("radar-1", radar));

@@ -2,13 +2,12 @@
 // openssl CLI: mutual TLS and passwords deliver records; a wrong CA, a wrong host name, an expired
 // certificate and a wrong password each fail with a clear reason and never fall back to plaintext; and no
 // secret (camera password, dock token, MQTT password) appears in logs, --check-config output or records.
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
 
 #include <cstdlib>
 #include <fstream>
-
-#include <gtest/gtest.h>
 
 #include "tests/integration/harness.h"
 
@@ -54,9 +53,9 @@ class TlsIntegration : public ::testing::Test {
     s += "openssl req -x509 " + ec + " -keyout other-ca.key -out other-ca.pem -days 30 -subj /CN=other-ca; ";
     const auto issue = [&](const std::string& name, const std::string& cn, const std::string& san) {
       return "openssl req " + ec + " -keyout " + name + ".key -out " + name + ".csr -subj /CN=" + cn + "; " +
-             "printf 'subjectAltName=" + san + "\\n' > " + name + ".ext; " +
-             "openssl x509 -req -in " + name + ".csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 -out " + name +
-             ".pem -extfile " + name + ".ext; ";
+             "printf 'subjectAltName=" + san + "\\n' > " + name + ".ext; " + "openssl x509 -req -in " + name +
+             ".csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 30 -out " + name + ".pem -extfile " + name +
+             ".ext; ";
     };
     s += issue("server", "127.0.0.1", "IP:127.0.0.1,DNS:localhost");
     s += issue("wrongname", "broker.other.example", "DNS:broker.other.example");
@@ -75,8 +74,8 @@ class TlsIntegration : public ::testing::Test {
 
   void start_broker(const std::string& server_cert, bool mutual, bool passwords) {
     MosquittoOptions options;
-    options.tls = MosquittoOptions::Tls{dir_ / "ca.pem", dir_ / (server_cert + ".pem"), dir_ / (server_cert + ".key"),
-                                        mutual};
+    options.tls = MosquittoOptions::Tls{dir_ / "ca.pem", dir_ / (server_cert + ".pem"),
+                                        dir_ / (server_cert + ".key"), mutual};
     if (passwords) {
       options.password_file = dir_ / "broker.passwd";
     }
@@ -86,26 +85,28 @@ class TlsIntegration : public ::testing::Test {
 
   // `mqtt` is the daemon's mqtt section (indented by two spaces); `extra_devices` more device entries.
   void write_config(const std::string& mqtt, const std::string& extra_devices = "") {
-    std::ofstream(dir_ / "c.yaml") << "gateway:\n  id: gw\n"
-                                   << "  site: {name: t, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
-                                   << "  key: " << (dir_ / "gateway.key").string() << "\n"
-                                   << "store:\n  path: " << (dir_ / "store.db").string() << "\n"
-                                   << "mqtt:\n" << mqtt << "  reconnect_min_ms: 200\n  reconnect_max_ms: 1000\n"
-                                   << "  connect_timeout_s: 3\n"
-                                   << "validity:\n  clock_sync: assume\n"
-                                   << "devices:\n"
-                                   << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: 9}\n"
-                                   << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}]\n"
-                                   << "    calibration: {certificate: C, valid_until: 2099-01-01}\n"
-                                   << extra_devices;
+    std::ofstream(dir_ / "c.yaml")
+        << "gateway:\n  id: gw\n"
+        << "  site: {name: t, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
+        << "  key: " << (dir_ / "gateway.key").string() << "\n"
+        << "store:\n  path: " << (dir_ / "store.db").string() << "\n"
+        << "mqtt:\n"
+        << mqtt << "  reconnect_min_ms: 200\n  reconnect_max_ms: 1000\n"
+        << "  connect_timeout_s: 3\n"
+        << "validity:\n  clock_sync: assume\n"
+        << "devices:\n"
+        << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: 9}\n"
+        << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}]\n"
+        << "    calibration: {certificate: C, valid_until: 2099-01-01}\n"
+        << extra_devices;
   }
 
   std::string tls_mqtt(const std::string& ca = "ca.pem", bool client_cert = true,
                        const std::string& password_file = "mqtt.pw") const {
     std::string m = "  uri: " + broker_->uri() + "\n  tls:\n    ca_file: " + (dir_ / ca).string() + "\n";
     if (client_cert) {
-      m += "    cert_file: " + (dir_ / "client.pem").string() + "\n    key_file: " + (dir_ / "client.key").string() +
-           "\n";
+      m += "    cert_file: " + (dir_ / "client.pem").string() +
+           "\n    key_file: " + (dir_ / "client.key").string() + "\n";
     }
     if (!password_file.empty()) {
       m += "  username: gw\n  password_file: " + (dir_ / password_file).string() + "\n";
@@ -114,9 +115,10 @@ class TlsIntegration : public ::testing::Test {
   }
 
   void start_daemon() {
-    daemon_ = std::make_unique<Process>(
-        std::vector<std::string>{binary("daemon/app/checkpointd"), "--verbose", "--config", (dir_ / "c.yaml").string()},
-        dir_ / "checkpointd");
+    daemon_ =
+        std::make_unique<Process>(std::vector<std::string>{binary("daemon/app/checkpointd"), "--verbose",
+                                                           "--config", (dir_ / "c.yaml").string()},
+                                  dir_ / "checkpointd");
   }
 
   std::string daemon_output() const { return daemon_->stdout_text() + daemon_->stderr_text(); }
@@ -160,11 +162,15 @@ TEST_F(TlsIntegration, MutualTlsWithPasswordDeliversRecordsAndLeaksNoSecret) {
   // Devices holding the other secrets; they need not be reachable for their secrets to be loaded.
   write_config(tls_mqtt(),
                "  - id: cam-1\n    kind: camera\n    url: http://127.0.0.1:9\n    username: admin\n"
-               "    password_file: " + (dir_ / "cam.secret").string() + "\n    radar: radar-1\n"
-               "  - id: dock-1\n    kind: recorder_dock\n    url: http://127.0.0.1:9\n"
-               "    token_file: " + (dir_ / "dock.token").string() + "\n");
+               "    password_file: " +
+                   (dir_ / "cam.secret").string() +
+                   "\n    radar: radar-1\n"
+                   "  - id: dock-1\n    kind: recorder_dock\n    url: http://127.0.0.1:9\n"
+                   "    token_file: " +
+                   (dir_ / "dock.token").string() + "\n");
 
-  Process check({binary("daemon/app/checkpointd"), "--check-config", (dir_ / "c.yaml").string()}, dir_ / "check");
+  Process check({binary("daemon/app/checkpointd"), "--check-config", (dir_ / "c.yaml").string()},
+                dir_ / "check");
   ASSERT_EQ(check.wait(20s), 0) << check.stderr_text();
   const std::string check_out = check.stdout_text() + check.stderr_text();
 

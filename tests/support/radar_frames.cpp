@@ -46,8 +46,8 @@ std::string radar_time_field(std::int64_t time_cs) {
 std::string detect_body(const DetectFields& f) {
   std::string x = (f.x_tenths < 0 ? "-" : "+") + fixed(std::llabs(f.x_tenths), 2, 1);
   return "02," + radar_time_field(f.time_cs) + "," + two(f.target) + "," + two(f.targets) + "," +
-         std::string(1, f.dir) + "," + fixed(f.speed_tenths, 3, 1) + "," + std::string(1, f.units) +
-         "," + fixed(f.range_dm, 3, 1) + "," + x + "," + std::string(1, f.coord) + "," +
+         std::string(1, f.dir) + "," + fixed(f.speed_tenths, 3, 1) + "," + std::string(1, f.units) + "," +
+         fixed(f.range_dm, 3, 1) + "," + x + "," + std::string(1, f.coord) + "," +
          fixed(f.amplitude_ddb, 3, 1);
 }
 
@@ -69,9 +69,13 @@ std::string radar_frame(std::string_view body, std::optional<std::uint8_t> check
   return out;
 }
 
-std::string detect_frame(const DetectFields& f) { return radar_frame(detect_body(f)); }
+std::string detect_frame(const DetectFields& f) {
+  return radar_frame(detect_body(f));
+}
 
-std::string status_frame(const StatusFields& f) { return radar_frame(status_body(f)); }
+std::string status_frame(const StatusFields& f) {
+  return radar_frame(status_body(f));
+}
 
 std::string status_frame(std::int64_t time_cs, int code, std::string_view text) {
   return status_frame(StatusFields{time_cs, code, std::string(text)});

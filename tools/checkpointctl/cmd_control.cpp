@@ -452,19 +452,20 @@ void print_status(std::ostream& out, const json& s, const std::string& socket) {
   if (const json c = s.value("custody", json()); c.is_object() && c.value("enabled", false)) {
     out << "Custody:  ";
     if (int_of(c, "through_seq") > 0) {
-      out << "central " << text_of(c.value("central", json()), "?") << " holds seq 1.." << int_of(c, "through_seq")
-          << " (receipt " << age_text(now, int_of(c, "receipt_ms")) << " ago)";
+      out << "central " << text_of(c.value("central", json()), "?") << " holds seq 1.."
+          << int_of(c, "through_seq") << " (receipt " << age_text(now, int_of(c, "receipt_ms")) << " ago)";
     } else {
       out << "no receipt yet: nothing is deleted";
     }
     if (c.contains("oldest_not_in_custody_ms") && c["oldest_not_in_custody_ms"].is_number()) {
-      out << ", oldest record not in custody " << age_text(now, int_of(c, "oldest_not_in_custody_ms")) << " old";
+      out << ", oldest record not in custody " << age_text(now, int_of(c, "oldest_not_in_custody_ms"))
+          << " old";
     }
     out << ", resends served " << int_of(c, "resend_requests") << " (" << int_of(c, "resent_records")
         << " records), pruned " << int_of(c, "pruned_records");
     if (int_of(c, "receipts_refused") > 0) {
-      out << ", receipts REFUSED " << int_of(c, "receipts_refused") << " (last: "
-          << printable(text_of(c.value("last_refusal", json()), "")) << ")";
+      out << ", receipts REFUSED " << int_of(c, "receipts_refused")
+          << " (last: " << printable(text_of(c.value("last_refusal", json()), "")) << ")";
     }
     out << '\n';
   }
@@ -596,12 +597,13 @@ int run_rotate_key(const Target& target, bool as_json) {
   client.send_line(R"({"cmd":"rotate_key"})");
   const auto line = client.read_line(kRotateTimeoutMs);
   if (!line) {
-    throw CtlError(kExitUnreachable,
-                   client.timed_out()
-                       ? "checkpointd at " + path +
-                             " did not confirm the rotation within 30 s (its store may be failing to commit); "
-                             "'checkpointctl status' shows the kid in use"
-                       : "checkpointd at " + path + " closed the connection without an answer");
+    throw CtlError(
+        kExitUnreachable,
+        client.timed_out()
+            ? "checkpointd at " + path +
+                  " did not confirm the rotation within 30 s (its store may be failing to commit); "
+                  "'checkpointctl status' shows the kid in use"
+            : "checkpointd at " + path + " closed the connection without an answer");
   }
   const json answer = json::parse(*line, nullptr, false);
   if (!answer.is_object()) {
@@ -615,8 +617,8 @@ int run_rotate_key(const Target& target, bool as_json) {
     std::cout << r.dump() << '\n';
   } else {
     std::cout << "rotated at seq " << int_of(r, "seq") << ": kid " << text_of(r.value("old_kid", json()), "?")
-              << " -> " << text_of(r.value("new_kid", json()), "?") << "\n  new key: "
-              << text_of(r.value("key_file", json()), "?")
+              << " -> " << text_of(r.value("new_kid", json()), "?")
+              << "\n  new key: " << text_of(r.value("key_file", json()), "?")
               << "\n  old key kept as: " << text_of(r.value("old_key_file", json()), "?") << '\n';
     if (r.contains("warning")) {
       std::cout << "  warning: " << text_of(r["warning"]) << '\n';
@@ -686,18 +688,20 @@ std::vector<Command> add_control_commands(CLI::App& app) {
                   "  checkpointctl tail --json | jq 'select(.type == \"speed_measurement\") | .plate'\n") +
       kExitCodes);
 
-  auto* rotate = app.add_subcommand("rotate-key",
-                                    "Make the running checkpointd switch to a new signing key, announced in its chain");
+  auto* rotate = app.add_subcommand(
+      "rotate-key", "Make the running checkpointd switch to a new signing key, announced in its chain");
   add_target_options(rotate, rotate_target);
-  rotate->add_flag("--json", rotate_json, "Print the daemon's answer as JSON (seq, old_kid, new_kid, key files)");
+  rotate->add_flag("--json", rotate_json,
+                   "Print the daemon's answer as JSON (seq, old_kid, new_kid, key files)");
   rotate->footer(
-      std::string("The daemon writes a new Ed25519 key beside gateway.key, seals a key_rotation record signed by "
-                  "the old key\nthat names the new one, and signs every later record with the new key; the old "
-                  "key file is kept as\n<gateway.key>.retired-<kid>. Central enrols the new key when it stores "
-                  "the record (docs/custody.md).\n"
-                  "Examples:\n"
-                  "  checkpointctl rotate-key\n"
-                  "  checkpointctl rotate-key --config /etc/checkpointd/checkpointd.yaml --json\n") +
+      std::string(
+          "The daemon writes a new Ed25519 key beside gateway.key, seals a key_rotation record signed by "
+          "the old key\nthat names the new one, and signs every later record with the new key; the old "
+          "key file is kept as\n<gateway.key>.retired-<kid>. Central enrols the new key when it stores "
+          "the record (docs/custody.md).\n"
+          "Examples:\n"
+          "  checkpointctl rotate-key\n"
+          "  checkpointctl rotate-key --config /etc/checkpointd/checkpointd.yaml --json\n") +
       kExitCodes);
 
   return {

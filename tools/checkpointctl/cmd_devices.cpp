@@ -5,11 +5,10 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
 #include <string>
-
-#include <nlohmann/json.hpp>
 
 #include "daemon/config/config.h"
 #include "daemon/config/config_warnings.h"
@@ -31,7 +30,8 @@ constexpr int kExitUsage = 2;
 
 constexpr const char* kCheckConfigFooter =
     "Reads the file exactly as checkpointd does: every error is printed as FILE:LINE:COLUMN: key: what is\n"
-    "wrong and what is allowed; then warnings (FILE:LINE:COLUMN of the device entry: warning: ...) such as a\n"
+    "wrong and what is allowed; then warnings (FILE:LINE:COLUMN of the device entry: warning: ...) such as "
+    "a\n"
     "radar calibration that has expired or ends within 30 days, two devices on one address, a radar no\n"
     "camera names, lanes without a speed limit; then a one-line summary. Secrets (password and token files,\n"
     "the signing key gateway.key: loaded exactly as checkpointd loads it) are read to check them but never\n"
@@ -51,7 +51,8 @@ constexpr const char* kDevicesTestFooter =
     "  recorder_dock: GET /api/v1/status with the token from token_file: station id, recorders docked, free\n"
     "    space, clock offset.\n"
     "Failures are explained: DNS name not found, connection refused (nothing listening), timeout (host down\n"
-    "or firewall), no route, TLS expected, wrong credentials (401), user locked (403), unexpected reply (what\n"
+    "or firewall), no route, TLS expected, wrong credentials (401), user locked (403), unexpected reply "
+    "(what\n"
     "arrived is shown). A radar accepts one client at a time: stop checkpointd before testing a radar it\n"
     "reads, or the radar will say nothing.\n"
     "Examples:\n"
@@ -88,8 +89,8 @@ std::optional<std::string> file_sha256(const std::string& path) {
 }
 
 json error_json(const config::ConfigError& e) {
-  return {{"file", e.file()},   {"line", e.line()},       {"column", e.column()},
-          {"key", e.key()},     {"detail", e.detail()},   {"message", e.what()}};
+  return {{"file", e.file()}, {"line", e.line()},     {"column", e.column()},
+          {"key", e.key()},   {"detail", e.detail()}, {"message", e.what()}};
 }
 
 int run_check_config(const CheckConfigOptions& opts) {
@@ -223,8 +224,9 @@ std::vector<Command> add_device_commands(CLI::App& app) {
   test->add_option("--config,-c", test_opts->config, "The config file")->required();
   test->add_option("--seconds", test_opts->seconds, "Radar: how long to listen, seconds (default 3)")
       ->check(CLI::Range(0.1, 600.0));
-  test->add_option("--timeout", test_opts->timeout,
-                   "Give up a network step (DNS, connect, one HTTP answer) after this long, seconds (default 5)")
+  test->add_option(
+          "--timeout", test_opts->timeout,
+          "Give up a network step (DNS, connect, one HTTP answer) after this long, seconds (default 5)")
       ->check(CLI::Range(0.1, 300.0));
   test->add_flag("--json", test_opts->json, "Print the result as one JSON object");
   test->footer(kDevicesTestFooter);

@@ -2,16 +2,15 @@
 // returns how to run them; main.cpp runs the one that was parsed.
 #pragma once
 
+#include <CLI/CLI.hpp>
 #include <functional>
 #include <vector>
-
-#include <CLI/CLI.hpp>
 
 namespace cpd::ctl {
 
 struct Command {
-  CLI::App* sub = nullptr;       // the parsed() subcommand (or a parent whose child was parsed)
-  std::function<int()> run;      // returns the exit code; reports its own errors on stderr
+  CLI::App* sub = nullptr;   // the parsed() subcommand (or a parent whose child was parsed)
+  std::function<int()> run;  // returns the exit code; reports its own errors on stderr
 };
 
 // status, tail: talk to the running daemon over its control socket (cmd_control.cpp).

@@ -5,6 +5,14 @@
 
 #include <algorithm>
 #include <array>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/serial_port.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http.hpp>
 #include <cctype>
 #include <cerrno>
 #include <cstdio>
@@ -15,15 +23,6 @@
 #include <thread>
 #include <utility>
 #include <variant>
-
-#include <boost/asio/connect.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/serial_port.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/write.hpp>
-#include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/http.hpp>
 
 #include "adapters/camera/camera_clock.h"
 #include "adapters/camera/http_auth.h"
@@ -47,7 +46,9 @@ using Clock = std::chrono::steady_clock;
 constexpr std::size_t kMaxBodyBytes = 1024 * 1024;  // deviceInfo, time and status are a few KiB
 constexpr const char* kUserAgent = "checkpointctl/" CPD_VERSION;
 
-UnixMs now_ms() { return SystemWallClock().now_ms(); }
+UnixMs now_ms() {
+  return SystemWallClock().now_ms();
+}
 
 struct Failure {
   ProbeProblem problem = ProbeProblem::kNone;
@@ -147,8 +148,9 @@ Failure connect_failure(const error_code& ec, const std::string& address) {
 
 Failure timeout_failure(const std::string& address, const std::string& step, std::chrono::milliseconds t) {
   return {ProbeProblem::kTimeout, "timeout: no answer from " + address + " within " + seconds_text(t) + " (" +
-                                      step + "): the device is off or unreachable, or a firewall drops the "
-                                             "packets"};
+                                      step +
+                                      "): the device is off or unreachable, or a firewall drops the "
+                                      "packets"};
 }
 
 // Resolves and connects `socket`; nullopt on success.
@@ -205,8 +207,8 @@ HttpOutcome http_get(const std::string& host, std::uint16_t port, const std::str
     return *f;
   }
   http::request<http::empty_body> req{http::verb::get, target, 11};
-  req.set(http::field::host, host.find(':') != std::string::npos ? "[" + host + "]:" + std::to_string(port)
-                                                                   : address);
+  req.set(http::field::host,
+          host.find(':') != std::string::npos ? "[" + host + "]:" + std::to_string(port) : address);
   req.set(http::field::user_agent, kUserAgent);
   if (!authorization.empty()) {
     req.set(http::field::authorization, authorization);
@@ -245,14 +247,15 @@ HttpOutcome http_get(const std::string& host, std::uint16_t port, const std::str
                                              " answered with a TLS record, so the port wants https, but the "
                                              "config says http (use the device's plain-HTTP port)"};
     }
-    if (received.empty() && (ec == http::error::end_of_stream || ec == asio::error::eof ||
-                             ec == asio::error::connection_reset)) {
+    if (received.empty() &&
+        (ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset)) {
       return Failure{ProbeProblem::kUnexpectedReply,
-                     "unexpected reply: " + address + " closed the connection without an HTTP answer to GET " +
-                         target + " (is it the right port? a port that expects TLS (https) may do this too)"};
+                     "unexpected reply: " + address +
+                         " closed the connection without an HTTP answer to GET " + target +
+                         " (is it the right port? a port that expects TLS (https) may do this too)"};
     }
-    return Failure{ProbeProblem::kUnexpectedReply, "unexpected reply: not HTTP (" + ec.message() +
-                                                       "); received " + shown_bytes(received)};
+    return Failure{ProbeProblem::kUnexpectedReply,
+                   "unexpected reply: not HTTP (" + ec.message() + "); received " + shown_bytes(received)};
   }
   auto res = parser.release();
   answer.status = res.result_int();
@@ -263,8 +266,8 @@ HttpOutcome http_get(const std::string& host, std::uint16_t port, const std::str
   }
   answer.body = std::move(res.body());
   // nginx and others answer a plain request on a TLS port with a 400 that says so.
-  if (answer.status == 400 && (answer.body.find("HTTPS port") != std::string::npos ||
-                               answer.body.find("TLS") != std::string::npos)) {
+  if (answer.status == 400 &&
+      (answer.body.find("HTTPS port") != std::string::npos || answer.body.find("TLS") != std::string::npos)) {
     return Failure{ProbeProblem::kTls, "TLS expected: " + address +
                                            " says plain HTTP was sent to its HTTPS port, but the config says "
                                            "http (use the device's plain-HTTP port)"};
@@ -290,19 +293,19 @@ void fail(ProbeReport& report, const Failure& f) {
 // ---- radar ----
 
 struct RadarListen {
-  std::string bytes_sample;     // the first bytes, for "unexpected reply"
+  std::string bytes_sample;  // the first bytes, for "unexpected reply"
   std::uint64_t bytes = 0;
   std::vector<adapters::RadarFrame> frames;
   adapters::RadarFrameParser parser;
-  std::string closed;           // why the link ended early, empty if it stayed up
+  std::string closed;  // why the link ended early, empty if it stayed up
   std::int64_t closed_after_ms = -1;
 };
 
 // Reads from `stream` until the deadline, polling with "*P\r" at the start (so even an idle streaming
 // radar answers at once) and every poll_interval_ms when it is configured to be polled.
 template <typename Stream>
-void listen_radar(asio::io_context& io, Stream& stream, int poll_interval_ms, std::chrono::milliseconds listen,
-                  RadarListen& out) {
+void listen_radar(asio::io_context& io, Stream& stream, int poll_interval_ms,
+                  std::chrono::milliseconds listen, RadarListen& out) {
   static const std::string kPoll = "*P\r";
   std::array<char, 4096> buf{};
   const auto start = Clock::now();
@@ -386,8 +389,9 @@ void report_radar(const adapters::RadarConfig& radar, const RadarListen& l, std:
       const auto& s = std::get<RadarStatus>(f.message);
       ++statuses;
       last_status = &s;
-      auto it = std::find_if(status_seen.begin(), status_seen.end(),
-                             [&](const auto& e) { return e.first.first == s.code && e.first.second == s.text; });
+      auto it = std::find_if(status_seen.begin(), status_seen.end(), [&](const auto& e) {
+        return e.first.first == s.code && e.first.second == s.text;
+      });
       if (it == status_seen.end()) {
         status_seen.push_back({{s.code, s.text}, 1});
       } else {
@@ -396,10 +400,11 @@ void report_radar(const adapters::RadarConfig& radar, const RadarListen& l, std:
     }
   }
   const auto& c = l.parser.counters();
-  report.lines.push_back("listened " + seconds_text(listen) + ": " + std::to_string(l.bytes) + " bytes, " +
-                         std::to_string(c.frames) + " frames (detect 02: " + std::to_string(detects) +
-                         (tests > 0 ? ", of them " + std::to_string(tests) + " self-test X/Y" : std::string()) +
-                         "; status 09: " + std::to_string(statuses) + ")");
+  report.lines.push_back(
+      "listened " + seconds_text(listen) + ": " + std::to_string(l.bytes) + " bytes, " +
+      std::to_string(c.frames) + " frames (detect 02: " + std::to_string(detects) +
+      (tests > 0 ? ", of them " + std::to_string(tests) + " self-test X/Y" : std::string()) +
+      "; status 09: " + std::to_string(statuses) + ")");
   json by_type = {{"detect", detects}, {"status", statuses}, {"self_test", tests}};
   json statuses_json = json::array();
   for (const auto& [key, count] : status_seen) {
@@ -444,10 +449,14 @@ void report_radar(const adapters::RadarConfig& radar, const RadarListen& l, std:
                            tenths(shown->speed_tenths) + " " + units + " at " + tenths(shown->range_dm) +
                            " m, x " + tenths(shown->x_tenths) + (shown->coord == 'C' ? " m" : " deg") + " (" +
                            lane + "), amplitude " + tenths(shown->amplitude_ddb) + " dB");
-    sample_json = {{"target", shown->target},       {"dir", std::string(1, shown->dir)},
-                   {"speed", shown->speed_tenths / 10.0}, {"units", std::string(1, shown->units)},
-                   {"range_m", shown->range_dm / 10.0},   {"x", shown->x_tenths / 10.0},
-                   {"coord", std::string(1, shown->coord)}, {"lane", lane}};
+    sample_json = {{"target", shown->target},
+                   {"dir", std::string(1, shown->dir)},
+                   {"speed", shown->speed_tenths / 10.0},
+                   {"units", std::string(1, shown->units)},
+                   {"range_m", shown->range_dm / 10.0},
+                   {"x", shown->x_tenths / 10.0},
+                   {"coord", std::string(1, shown->coord)},
+                   {"lane", lane}};
   } else {
     report.lines.push_back("sample target: none tracked while listening");
   }
@@ -463,19 +472,20 @@ void report_radar(const adapters::RadarConfig& radar, const RadarListen& l, std:
   report.data["sample_target"] = sample_json;
 
   if (l.bytes == 0) {
-    fail(report, {ProbeProblem::kNoData,
-                  "no data: connected, but the radar sent nothing in " + seconds_text(listen) +
-                      ", not even an answer to the poll *P. It accepts one client at a time: is checkpointd (or "
-                      "another tool) connected to it? Stop that first" +
-                      (std::holds_alternative<adapters::SerialLink>(radar.link)
-                           ? std::string("; on serial also check wiring and baud rate")
-                           : std::string())});
+    fail(report,
+         {ProbeProblem::kNoData,
+          "no data: connected, but the radar sent nothing in " + seconds_text(listen) +
+              ", not even an answer to the poll *P. It accepts one client at a time: is checkpointd (or "
+              "another tool) connected to it? Stop that first" +
+              (std::holds_alternative<adapters::SerialLink>(radar.link)
+                   ? std::string("; on serial also check wiring and baud rate")
+                   : std::string())});
     return;
   }
   if (c.frames == 0) {
     fail(report, {ProbeProblem::kUnexpectedReply,
-                  "unexpected reply: " + std::to_string(l.bytes) + " bytes but no valid radar frame, received " +
-                      shown_bytes(l.bytes_sample) +
+                  "unexpected reply: " + std::to_string(l.bytes) +
+                      " bytes but no valid radar frame, received " + shown_bytes(l.bytes_sample) +
                       (std::holds_alternative<adapters::SerialLink>(radar.link)
                            ? std::string(" (wrong baud rate?)")
                            : std::string(" (is this the radar's port?)"))});
@@ -581,13 +591,15 @@ HttpOutcome camera_get(const adapters::CameraConfig& cam, adapters::DigestAuthen
         offered += (offered.empty() ? "" : "; ") + w;
       }
       const bool basic_only = offered.rfind("Basic", 0) == 0;
-      return Failure{ProbeProblem::kUnexpectedReply,
-                     "unexpected reply: 401 without a usable Digest (MD5, qop=auth) challenge; the camera offers " +
-                         shown_bytes(offered) + (basic_only ? " (set auth: basic for this camera)" : "")};
+      return Failure{
+          ProbeProblem::kUnexpectedReply,
+          "unexpected reply: 401 without a usable Digest (MD5, qop=auth) challenge; the camera offers " +
+              shown_bytes(offered) + (basic_only ? " (set auth: basic for this camera)" : "")};
     }
     fresh_answer = true;
   }
-  return Failure{ProbeProblem::kUnexpectedReply, "unexpected reply: the camera kept asking for authentication"};
+  return Failure{ProbeProblem::kUnexpectedReply,
+                 "unexpected reply: the camera kept asking for authentication"};
 }
 
 // A 401/403 after our one answer, in the words the spec gives them.
@@ -600,8 +612,9 @@ Failure auth_failure(const adapters::CameraConfig& cam, const HttpAnswer& a) {
   }
   return {ProbeProblem::kWrongCredentials,
           "wrong credentials: the camera refused user '" + cam.username + "' with the password in " +
-              cam.password_file + " (401). Do not retry in a loop: 5 failures in a row lock the user for 30 "
-                                  "minutes"};
+              cam.password_file +
+              " (401). Do not retry in a loop: 5 failures in a row lock the user for 30 "
+              "minutes"};
 }
 
 void probe_camera(const adapters::CameraConfig& cam, const ProbeOptions& options, ProbeReport& report) {
@@ -631,8 +644,8 @@ void probe_camera(const adapters::CameraConfig& cam, const ProbeOptions& options
   const auto info = adapters::parse_device_info(info_answer.body);
   if (!info) {
     fail(report, {ProbeProblem::kUnexpectedReply,
-                  "unexpected reply: " + info_target + " is not an ISAPI DeviceInfo document: " +
-                      shown_bytes(info_answer.body)});
+                  "unexpected reply: " + info_target +
+                      " is not an ISAPI DeviceInfo document: " + shown_bytes(info_answer.body)});
     return;
   }
   report.lines.push_back(std::string("authenticated as '") + cam.username + "' (" + cam.auth + ")");
@@ -673,9 +686,10 @@ void probe_camera(const adapters::CameraConfig& cam, const ProbeOptions& options
     }
     auto parsed = adapters::parse_time(ta.body);
     if (!parsed) {
-      fail(report, {ProbeProblem::kUnexpectedReply,
-                    "unexpected reply: " + time_target + " is not an ISAPI Time document with an ISO 8601 "
-                                                         "localTime: " + shown_bytes(ta.body)});
+      fail(report, {ProbeProblem::kUnexpectedReply, "unexpected reply: " + time_target +
+                                                        " is not an ISAPI Time document with an ISO 8601 "
+                                                        "localTime: " +
+                                                        shown_bytes(ta.body)});
       return;
     }
     clock.add(parsed->time.unix_ms, parsed->time.has_fraction ? 1 : 1000, ta.sent_ms, ta.received_ms);
@@ -683,14 +697,15 @@ void probe_camera(const adapters::CameraConfig& cam, const ProbeOptions& options
   }
   const auto estimate = clock.estimate();
   if (!estimate) {
-    fail(report, {ProbeProblem::kUnexpectedReply, "unexpected reply: the camera's clock readings are impossible "
-                                                  "(answer before the question)"});
+    fail(report, {ProbeProblem::kUnexpectedReply,
+                  "unexpected reply: the camera's clock readings are impossible "
+                  "(answer before the question)"});
     return;
   }
   report.lines.push_back("camera clock: " + last_time->local_time + " (timeMode " + last_time->time_mode +
                          "); this host: " + iso_utc(estimate->measured_ms));
-  report.lines.push_back("clock offset (camera minus this host): " + signed_ms(estimate->offset_ms) + " +/- " +
-                         std::to_string(estimate->uncertainty_ms) + " ms");
+  report.lines.push_back("clock offset (camera minus this host): " + signed_ms(estimate->offset_ms) +
+                         " +/- " + std::to_string(estimate->uncertainty_ms) + " ms");
   report.data["clock"] = {{"camera_time", last_time->local_time},
                           {"time_mode", last_time->time_mode},
                           {"offset_ms", estimate->offset_ms},
@@ -726,9 +741,9 @@ void probe_dock(const adapters::RecorderDockConfig& dock, const ProbeOptions& op
     return;
   }
   if (a.status == 404) {
-    fail(report, {ProbeProblem::kUnexpectedReply, "unexpected reply: 404 for " + target + " at " +
-                                                      report.address +
-                                                      ": not a docking station, or a wrong path in url"});
+    fail(report,
+         {ProbeProblem::kUnexpectedReply, "unexpected reply: 404 for " + target + " at " + report.address +
+                                              ": not a docking station, or a wrong path in url"});
     return;
   }
   if (a.status != 200) {
@@ -737,8 +752,9 @@ void probe_dock(const adapters::RecorderDockConfig& dock, const ProbeOptions& op
   }
   const auto status = adapters::parse_dock_status(a.body);
   if (!status) {
-    fail(report, {ProbeProblem::kUnexpectedReply, "unexpected reply: " + target + " is not the station status (" +
-                                                      status.error.detail + "): " + shown_bytes(a.body)});
+    fail(report,
+         {ProbeProblem::kUnexpectedReply, "unexpected reply: " + target + " is not the station status (" +
+                                              status.error.detail + "): " + shown_bytes(a.body)});
     return;
   }
   const auto& s = *status.value;

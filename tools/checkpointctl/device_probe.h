@@ -4,11 +4,10 @@
 
 #include <chrono>
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "daemon/config/config.h"
 
@@ -33,19 +32,19 @@ enum class ProbeProblem {
 std::string_view probe_problem_name(ProbeProblem problem);
 
 struct ProbeOptions {
-  std::chrono::milliseconds listen{3000};    // radar: how long to read frames
-  std::chrono::milliseconds timeout{5000};   // each network step (resolve, connect, one HTTP exchange)
+  std::chrono::milliseconds listen{3000};          // radar: how long to read frames
+  std::chrono::milliseconds timeout{5000};         // each network step (resolve, connect, one HTTP exchange)
   std::int64_t max_camera_clock_offset_ms = 1000;  // validity.max_camera_clock_offset_ms
 };
 
 struct ProbeReport {
   std::string device;
   std::string kind;
-  std::string address;                 // "host:port", "serial /dev/ttyUSB0 at 9600 baud"
-  bool ok = false;                     // the device answered well
+  std::string address;  // "host:port", "serial /dev/ttyUSB0 at 9600 baud"
+  bool ok = false;      // the device answered well
   ProbeProblem problem = ProbeProblem::kNone;
-  std::string explanation;             // when !ok: what went wrong and what to check, in plain words
-  std::vector<std::string> lines;      // what the device said, one fact a line, for people
+  std::string explanation;         // when !ok: what went wrong and what to check, in plain words
+  std::vector<std::string> lines;  // what the device said, one fact a line, for people
   nlohmann::json data = nlohmann::json::object();  // the same facts for --json
 };
 

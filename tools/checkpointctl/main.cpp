@@ -1,5 +1,11 @@
 // checkpointctl: operator tool for the evidence keys and feed: make a signing key, show its public key,
 // and verify a feed (file, stdin or a live MQTT topic) the way a central consumer does.
+#include <fcntl.h>
+#include <mqtt/async_client.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
@@ -11,25 +17,18 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
-#include <sstream>
 #include <set>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
-#include <CLI/CLI.hpp>
-#include <mqtt/async_client.h>
-#include <nlohmann/json.hpp>
-
 #include "daemon/core/chain_verifier.h"
-#include "daemon/core/encoding.h"
 #include "daemon/core/ed25519.h"
+#include "daemon/core/encoding.h"
 #include "tools/checkpointctl/commands.h"
 #include "tools/checkpointctl/record_line.h"
 
@@ -49,7 +48,9 @@ constexpr const char* kExitCodeHelp =
 
 std::atomic<bool> g_interrupted{false};
 
-extern "C" void on_signal(int /*sig*/) { g_interrupted.store(true); }
+extern "C" void on_signal(int /*sig*/) {
+  g_interrupted.store(true);
+}
 
 // A usage/IO problem: reported on stderr, exit code 2.
 class ToolError : public std::runtime_error {
@@ -104,12 +105,12 @@ struct VerifyOptions {
   bool from_start = false;
   std::string mqtt_uri;
   std::string topic;
-  std::uint64_t count = 0;     // 0: no count target
-  double seconds = 0;          // 0: no time limit
+  std::uint64_t count = 0;  // 0: no count target
+  double seconds = 0;       // 0: no time limit
   bool print = false;
   bool json = false;
-  std::string media_dir;       // check named media against the files in this directory
-  bool media_topic = true;     // with --mqtt: also subscribe to <prefix>/<gateway>/media/# and check it
+  std::string media_dir;    // check named media against the files in this directory
+  bool media_topic = true;  // with --mqtt: also subscribe to <prefix>/<gateway>/media/# and check it
 };
 
 // The SHA-256 names of the media a record names: every `sha256` member of the objects in its `pictures`
@@ -123,8 +124,8 @@ std::vector<std::string> named_media(const nlohmann::json& body) {
       }
     }
   }
-  if (auto it = body.find("file"); it != body.end() && it->is_object() && it->contains("sha256") &&
-                                   (*it)["sha256"].is_string()) {
+  if (auto it = body.find("file");
+      it != body.end() && it->is_object() && it->contains("sha256") && (*it)["sha256"].is_string()) {
     out.push_back((*it)["sha256"].get<std::string>());
   }
   return out;
@@ -132,7 +133,8 @@ std::vector<std::string> named_media(const nlohmann::json& body) {
 
 // Media kept at the gateway and never published (a recording's file): checked only against --media DIR.
 std::vector<std::string> kept_media(const nlohmann::json& body) {
-  if (body.value("type", std::string()) == "recording" && body.contains("sha256") && body["sha256"].is_string()) {
+  if (body.value("type", std::string()) == "recording" && body.contains("sha256") &&
+      body["sha256"].is_string()) {
     return {body["sha256"].get<std::string>()};
   }
   return {};
@@ -223,8 +225,8 @@ class FeedCheck {
     const auto last = verifier_.last_seq();
     if (failed_) {
       std::cerr << "checkpointctl: record at " << failure_where_
-                << (failure_id_.empty() ? std::string() : " (id " + failure_id_ + ")") << " failed: "
-                << failure_reason_ << '\n';
+                << (failure_id_.empty() ? std::string() : " (id " + failure_id_ + ")")
+                << " failed: " << failure_reason_ << '\n';
     } else if (count_short) {
       std::cerr << "checkpointctl: only " << verifier_.verified() << " of " << opts_.count
                 << " records arrived in time\n";
@@ -261,8 +263,9 @@ class FeedCheck {
         std::cout << media_checked_ << " media checked, ";
       }
       if (verifier_.rotations() > 0) {
-        std::cout << verifier_.rotations() << " key " << (verifier_.rotations() == 1 ? "rotation" : "rotations")
-                  << " followed (now kid " << verifier_.kid() << "), ";
+        std::cout << verifier_.rotations() << " key "
+                  << (verifier_.rotations() == 1 ? "rotation" : "rotations") << " followed (now kid "
+                  << verifier_.kid() << "), ";
       }
       if (failed_) {
         std::cout << "chain BROKEN at " << failure_where_ << ": " << failure_reason_;
@@ -355,14 +358,14 @@ int verify_mqtt(const VerifyOptions& opts, FeedCheck& check) {
     throw ToolError("cannot subscribe to " + opts.topic + " at " + opts.mqtt_uri + ": " + e.what());
   }
   // Records published from here on are seen; a script can wait for this line before starting a publisher.
-  std::cerr << "checkpointctl: subscribed to " << opts.topic << (media_topic.empty() ? "" : " and " + media_topic)
-            << " at " << opts.mqtt_uri << std::endl;
+  std::cerr << "checkpointctl: subscribed to " << opts.topic
+            << (media_topic.empty() ? "" : " and " + media_topic) << " at " << opts.mqtt_uri << std::endl;
   using Clock = std::chrono::steady_clock;
-  const auto deadline = opts.seconds > 0
-                            ? std::optional<Clock::time_point>(
-                                  Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                                     std::chrono::duration<double>(opts.seconds)))
-                            : std::nullopt;
+  const auto deadline =
+      opts.seconds > 0
+          ? std::optional<Clock::time_point>(Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                                                std::chrono::duration<double>(opts.seconds)))
+          : std::nullopt;
   std::uint64_t message_no = 0;
   bool lost = false;
   while (!g_interrupted.load()) {
@@ -469,31 +472,36 @@ int run(int argc, char** argv) {
   bool pubkey_kid = false;
   auto* pubkey = app.add_subcommand("pubkey", "Print the public key (PEM) of a private key file");
   pubkey->add_option("--key", pubkey_key, "Private key file (mode 0600 or stricter)")->required();
-  pubkey->add_flag("--kid", pubkey_kid, "Print only the kid (instead of the PEM; the kid otherwise goes to stderr)");
+  pubkey->add_flag("--kid", pubkey_kid,
+                   "Print only the kid (instead of the PEM; the kid otherwise goes to stderr)");
   pubkey->footer(
       "Example:\n  checkpointctl pubkey --key /etc/checkpointd/gw.key > gw.pub.pem\n"
       "  checkpointctl pubkey --key /etc/checkpointd/gw.key --kid\n" +
       std::string(kExitCodeHelp));
 
   VerifyOptions vopts;
-  auto* verify = app.add_subcommand("verify", "Verify an evidence feed: signatures, seq continuity, prev chain");
+  auto* verify =
+      app.add_subcommand("verify", "Verify an evidence feed: signatures, seq continuity, prev chain");
   verify->add_option("--pubkey", vopts.pubkey_file, "Gateway public key (PEM)")->required();
   auto* input_opt =
       verify->add_option("input", vopts.input, "File with one JWS per line, or - for stdin (default)");
   verify->add_flag("--from-start", vopts.from_start, "Require the first record to be seq 1");
-  auto* mqtt_opt =
-      verify->add_option("--mqtt", vopts.mqtt_uri, "Subscribe to this broker instead, e.g. tcp://localhost:1883");
-  auto* topic_opt = verify->add_option("--topic", vopts.topic, "Evidence topic, e.g. checkpoint/<gateway>/evidence");
+  auto* mqtt_opt = verify->add_option("--mqtt", vopts.mqtt_uri,
+                                      "Subscribe to this broker instead, e.g. tcp://localhost:1883");
+  auto* topic_opt =
+      verify->add_option("--topic", vopts.topic, "Evidence topic, e.g. checkpoint/<gateway>/evidence");
   auto* count_opt = verify->add_option("--count", vopts.count, "With --mqtt: stop after N distinct records")
                         ->check(CLI::PositiveNumber);
   auto* seconds_opt = verify->add_option("--seconds", vopts.seconds, "With --mqtt: stop after S seconds")
                           ->check(CLI::PositiveNumber);
   verify->add_flag("--print", vopts.print, "Print one line per record (seq, type, time UTC, key fields)");
   verify->add_flag("--json", vopts.json, "Print the summary as JSON");
-  verify->add_option("--media", vopts.media_dir,
-                     "Check every picture/recording a record names against this directory (files named by SHA-256)");
-  verify->add_flag("!--no-media-topic", vopts.media_topic,
-                   "With --mqtt: do not subscribe to <prefix>/<gateway>/media/# to check the media a record names");
+  verify->add_option(
+      "--media", vopts.media_dir,
+      "Check every picture/recording a record names against this directory (files named by SHA-256)");
+  verify->add_flag(
+      "!--no-media-topic", vopts.media_topic,
+      "With --mqtt: do not subscribe to <prefix>/<gateway>/media/# to check the media a record names");
   mqtt_opt->needs(topic_opt);
   topic_opt->needs(mqtt_opt);
   mqtt_opt->excludes(input_opt);
@@ -547,4 +555,6 @@ int run(int argc, char** argv) {
 
 }  // namespace cpd::ctl
 
-int main(int argc, char** argv) { return cpd::ctl::run(argc, argv); }
+int main(int argc, char** argv) {
+  return cpd::ctl::run(argc, argv);
+}

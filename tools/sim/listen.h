@@ -2,16 +2,15 @@
 // a failure is printed as "<who>: ..." naming the address and the reason.
 #pragma once
 
+#include <boost/asio/ip/tcp.hpp>
 #include <cstdint>
 #include <iostream>
 #include <string>
 
-#include <boost/asio/ip/tcp.hpp>
-
 namespace cpd::sim {
 
-inline bool open_listener(boost::asio::ip::tcp::acceptor& acceptor, const std::string& host, std::uint16_t port,
-                          const std::string& who) {
+inline bool open_listener(boost::asio::ip::tcp::acceptor& acceptor, const std::string& host,
+                          std::uint16_t port, const std::string& who) {
   namespace asio = boost::asio;
   using tcp = asio::ip::tcp;
   boost::system::error_code ec;

@@ -21,7 +21,8 @@ constexpr Subcommand kSubcommands[] = {
     {"radar", "serve the traffic radar protocol on TCP", cpd::sim::run_radar_sim},
     {"camera", "serve an ANPR camera's ISAPI interface over HTTP", cpd::sim::run_camera_sim},
     {"dock", "serve a body-worn recorder docking station's file interface over HTTP", cpd::sim::run_dock_sim},
-    {"scenario", "drive a radar, a camera and a recorder dock together from one YAML file", cpd::sim::run_scenario},
+    {"scenario", "drive a radar, a camera and a recorder dock together from one YAML file",
+     cpd::sim::run_scenario},
 };
 
 int usage(std::ostream& out) {

@@ -6,7 +6,14 @@
 // Vehicle parameters come from a seeded generator so a run is reproducible; --ground-truth records them.
 #include "tools/sim/radar_sim.h"
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -15,21 +22,13 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <numbers>
 #include <optional>
 #include <random>
 #include <set>
 #include <string>
 #include <vector>
-
-#include <CLI/CLI.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/post.hpp>
-#include <boost/asio/signal_set.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/write.hpp>
-#include <nlohmann/json.hpp>
 
 #include "tests/support/radar_frames.h"
 #include "tools/sim/listen.h"
@@ -45,8 +44,8 @@ using Clock = std::chrono::steady_clock;
 constexpr std::int64_t kWrapCs = 10'000'000;
 constexpr std::int64_t kIdleStatusMs = 10'000;
 constexpr std::int64_t kRebootOutageMs = 5'000;
-constexpr std::size_t kMaxQueuedFrames = 20'000;  // a client that stops reading loses frames
-constexpr std::int32_t kProfileStepDkmh = 5;      // speed falls off this much per frame from the peak
+constexpr std::size_t kMaxQueuedFrames = 20'000;         // a client that stops reading loses frames
+constexpr std::int32_t kProfileStepDkmh = 5;             // speed falls off this much per frame from the peak
 constexpr std::size_t kMaxQueuedGarbageBytes = 4 << 20;  // garbage waits for a slow client up to this
 // A track number is not reused this soon after its target left (traffic time): a receiver tells vehicles
 // apart only by number and gap, so an instant reuse would merge two vehicles. Only a flood ever gets here.
@@ -76,7 +75,7 @@ struct Options {
   double garbage_bps = 0.0;  // random bytes per second of traffic, between frames (STX/ETX included)
   int flood_factor = 1;      // vehicle rate and vehicles per lane multiplied by this
   int status_code = 0;
-  bool stream_flood = false;    // no vehicles: valid detect frames as fast as the client reads
+  bool stream_flood = false;       // no vehicles: valid detect frames as fast as the client reads
   double clock_step_back_s = 0.0;  // every frame is stamped this long before the previous one (0 = off)
   std::string ground_truth;
   bool poll_only = false;
@@ -89,33 +88,33 @@ double uniform01(std::mt19937_64& rng) {
 }
 
 struct Vehicle {
-  std::uint64_t id = 0;           // 1.. for vehicles; test targets use 0
+  std::uint64_t id = 0;  // 1.. for vehicles; test targets use 0
   int target = 0;
   int lane = 0;
   char dir = 'A';
   bool test = false;
   int frames = 0;
-  int next_frame = 0;             // frames generated so far
+  int next_frame = 0;  // frames generated so far
   int peak_index = 0;
-  std::int32_t peak_dkmh = 0;     // what the receiver should compute for the peak, 0.1 km/h
+  std::int32_t peak_dkmh = 0;              // what the receiver should compute for the peak, 0.1 km/h
   std::vector<std::int32_t> speed_tenths;  // per frame, in the sim's units
   double x_m = 0.0;
   double range_start_m = 0.0;
   double speed_mps = 0.0;
-  std::mt19937_64 rng;            // per-vehicle noise (lateral wobble, amplitude)
+  std::mt19937_64 rng;  // per-vehicle noise (lateral wobble, amplitude)
   std::string first_radar_time;
-  int queued = 0;                 // frames handed to a client
-  int written = 0;                // frames the client's socket accepted
+  int queued = 0;                         // frames handed to a client
+  int written = 0;                        // frames the client's socket accepted
   std::int64_t last_written_unix_ms = 0;  // wall clock when the socket accepted the last frame
   int corrupted = 0;
-  bool peak_corrupted = false;    // the peak frame's checksum was broken: a receiver cannot see the peak
-  bool lost = false;              // a frame was not delivered (no client, dropped, link failed)
-  bool finished = false;          // all frames generated (or aborted)
+  bool peak_corrupted = false;  // the peak frame's checksum was broken: a receiver cannot see the peak
+  bool lost = false;            // a frame was not delivered (no client, dropped, link failed)
+  bool finished = false;        // all frames generated (or aborted)
 };
 
 struct OutFrame {
   std::string bytes;
-  std::uint64_t vehicle = 0;      // 0: not part of a vehicle (status, test target)
+  std::uint64_t vehicle = 0;  // 0: not part of a vehicle (status, test target)
 };
 
 class RadarSim {
@@ -201,25 +200,26 @@ class RadarSim {
   }
 
   void read_client() {
-    client_->async_read_some(asio::buffer(read_buf_), [this, c = client_.get()](const error_code& ec, std::size_t n) {
-      if (c != client_.get()) {
-        return;
-      }
-      if (ec) {
-        drop_client();
-        return;
-      }
-      poll_buffer_.append(read_buf_.data(), n);
-      std::size_t pos = 0;
-      while ((pos = poll_buffer_.find("*P\r")) != std::string::npos) {
-        poll_buffer_.erase(0, pos + 3);
-        answer_poll();
-      }
-      if (poll_buffer_.size() > 64) {
-        poll_buffer_.erase(0, poll_buffer_.size() - 2);  // keep a possible partial "*P"
-      }
-      read_client();
-    });
+    client_->async_read_some(
+        asio::buffer(read_buf_), [this, c = client_.get()](const error_code& ec, std::size_t n) {
+          if (c != client_.get()) {
+            return;
+          }
+          if (ec) {
+            drop_client();
+            return;
+          }
+          poll_buffer_.append(read_buf_.data(), n);
+          std::size_t pos = 0;
+          while ((pos = poll_buffer_.find("*P\r")) != std::string::npos) {
+            poll_buffer_.erase(0, pos + 3);
+            answer_poll();
+          }
+          if (poll_buffer_.size() > 64) {
+            poll_buffer_.erase(0, poll_buffer_.size() - 2);  // keep a possible partial "*P"
+          }
+          read_client();
+        });
   }
 
   void drop_client() {
@@ -379,7 +379,8 @@ class RadarSim {
         f.time_cs = frame_time_cs();
       } else {
         const double ms = std::chrono::duration<double, std::milli>(Clock::now() - stream_start_).count();
-        const auto cs = clock_base_cs_ + static_cast<std::int64_t>(std::floor(ms * (1.0 + opt_.drift_ppm * 1e-6) / 10.0));
+        const auto cs =
+            clock_base_cs_ + static_cast<std::int64_t>(std::floor(ms * (1.0 + opt_.drift_ppm * 1e-6) / 10.0));
         f.time_cs = ((cs % kWrapCs) + kWrapCs) % kWrapCs;
       }
       const int lane = static_cast<int>(stream_frames_ % static_cast<std::uint64_t>(opt_.lanes)) + 1;
@@ -399,8 +400,8 @@ class RadarSim {
 
   std::int64_t radar_cs() const {
     const double since_power_ms = static_cast<double>(traffic_ms() - power_on_ms_);
-    const auto cs = clock_base_cs_ +
-                    static_cast<std::int64_t>(std::floor(since_power_ms * (1.0 + opt_.drift_ppm * 1e-6) / 10.0));
+    const auto cs = clock_base_cs_ + static_cast<std::int64_t>(
+                                         std::floor(since_power_ms * (1.0 + opt_.drift_ppm * 1e-6) / 10.0));
     return ((cs % kWrapCs) + kWrapCs) % kWrapCs;
   }
 
@@ -524,14 +525,13 @@ class RadarSim {
     v.range_start_m = end_range + v.speed_mps * v.frames * opt_.frame_interval_ms / 1000.0;
     for (int i = 0; i < v.frames; ++i) {
       const std::int32_t dkmh = std::max(0, peak_dkmh - kProfileStepDkmh * std::abs(i - v.peak_index));
-      v.speed_tenths.push_back(opt_.units == 'M'
-                                   ? static_cast<std::int32_t>(std::lround(dkmh / 1.609344))
-                                   : dkmh);
+      v.speed_tenths.push_back(opt_.units == 'M' ? static_cast<std::int32_t>(std::lround(dkmh / 1.609344))
+                                                 : dkmh);
     }
     const std::int32_t peak_tenths = v.speed_tenths[static_cast<std::size_t>(v.peak_index)];
     // What the receiver computes from the reported peak (spec rule for mph).
-    v.peak_dkmh = opt_.units == 'M' ? static_cast<std::int32_t>(std::lround(peak_tenths * 1.609344))
-                                    : peak_tenths;
+    v.peak_dkmh =
+        opt_.units == 'M' ? static_cast<std::int32_t>(std::lround(peak_tenths * 1.609344)) : peak_tenths;
     if (!client_) {
       v.lost = true;
     }
@@ -595,7 +595,8 @@ class RadarSim {
     f.dir = v.dir;
     f.speed_tenths = std::min(v.speed_tenths[static_cast<std::size_t>(frame)], 9999);
     f.units = opt_.units;
-    const double range = std::clamp(v.range_start_m - v.speed_mps * frame * opt_.frame_interval_ms / 1000.0, 0.0, 999.9);
+    const double range =
+        std::clamp(v.range_start_m - v.speed_mps * frame * opt_.frame_interval_ms / 1000.0, 0.0, 999.9);
     const double x = v.x_m + (uniform01(v.rng) - 0.5) * 0.2;  // a little lateral wobble per frame
     f.range_dm = static_cast<std::int32_t>(std::lround(range * 10.0));
     f.coord = opt_.coord;
@@ -828,37 +829,67 @@ int run_radar_sim(int argc, char** argv) {
   app.add_option("--seed", opt.seed, "seed for vehicles, noise and corruption")->capture_default_str();
   app.add_option("--vehicles", opt.vehicles, "vehicles in total (0 = endless)")->capture_default_str();
   app.add_option("--rate", opt.rate, "vehicles per second (0 = as fast as the client reads)")
-      ->check(CLI::NonNegativeNumber)->capture_default_str();
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   app.add_option("--lanes", opt.lanes, "lanes, numbered 1.. from x = 0 to the right")
-      ->check(CLI::Range(1, 20))->capture_default_str();
-  app.add_option("--lane-width", opt.lane_width, "lane width, metres")->check(CLI::Range(0.5, 10.0))->capture_default_str();
-  app.add_option("--speed-min", opt.speed_min, "lowest peak speed, km/h")->check(CLI::Range(0.0, 999.0))->capture_default_str();
-  app.add_option("--speed-max", opt.speed_max, "highest peak speed, km/h")->check(CLI::Range(0.0, 999.0))->capture_default_str();
-  app.add_option("--units", units, "K (km/h) or M (mph)")->check(CLI::IsMember({"K", "M"}))->capture_default_str();
-  app.add_option("--coord", coord, "C (lateral metres) or P (azimuth degrees)")->check(CLI::IsMember({"C", "P"}))->capture_default_str();
-  app.add_option("--frames-per-track", opt.frames_per_track, "detect frames per vehicle")->check(CLI::Range(1, 1000))->capture_default_str();
-  app.add_option("--frame-interval-ms", opt.frame_interval_ms, "ms between a target's frames")->check(CLI::Range(1, 10000))->capture_default_str();
+      ->check(CLI::Range(1, 20))
+      ->capture_default_str();
+  app.add_option("--lane-width", opt.lane_width, "lane width, metres")
+      ->check(CLI::Range(0.5, 10.0))
+      ->capture_default_str();
+  app.add_option("--speed-min", opt.speed_min, "lowest peak speed, km/h")
+      ->check(CLI::Range(0.0, 999.0))
+      ->capture_default_str();
+  app.add_option("--speed-max", opt.speed_max, "highest peak speed, km/h")
+      ->check(CLI::Range(0.0, 999.0))
+      ->capture_default_str();
+  app.add_option("--units", units, "K (km/h) or M (mph)")
+      ->check(CLI::IsMember({"K", "M"}))
+      ->capture_default_str();
+  app.add_option("--coord", coord, "C (lateral metres) or P (azimuth degrees)")
+      ->check(CLI::IsMember({"C", "P"}))
+      ->capture_default_str();
+  app.add_option("--frames-per-track", opt.frames_per_track, "detect frames per vehicle")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  app.add_option("--frame-interval-ms", opt.frame_interval_ms, "ms between a target's frames")
+      ->check(CLI::Range(1, 10000))
+      ->capture_default_str();
   app.add_flag("--start-on-connect,!--no-start-on-connect", opt.start_on_connect,
-               "traffic clock starts when the first client connects")->capture_default_str();
-  app.add_option("--clock-start", opt.clock_start_s, "radar clock at start, seconds")->check(CLI::Range(0.0, 99999.99))->capture_default_str();
-  app.add_option("--drift-ppm", opt.drift_ppm, "radar clock drift against real time, ppm")->capture_default_str();
-  app.add_option("--reboot-every", opt.reboot_every_s, "reboot every S seconds of traffic (0 = never)")->check(CLI::NonNegativeNumber);
-  app.add_option("--selftest-every", opt.selftest_every_s, "X/Y self-test targets every S seconds (0 = never)")->check(CLI::NonNegativeNumber);
-  app.add_option("--noise-rate", opt.noise_rate, "probability of noise bytes before a frame")->check(CLI::Range(0.0, 1.0));
-  app.add_option("--corrupt-rate", opt.corrupt_rate, "probability of a frame's checksum being wrong")->check(CLI::Range(0.0, 1.0));
+               "traffic clock starts when the first client connects")
+      ->capture_default_str();
+  app.add_option("--clock-start", opt.clock_start_s, "radar clock at start, seconds")
+      ->check(CLI::Range(0.0, 99999.99))
+      ->capture_default_str();
+  app.add_option("--drift-ppm", opt.drift_ppm, "radar clock drift against real time, ppm")
+      ->capture_default_str();
+  app.add_option("--reboot-every", opt.reboot_every_s, "reboot every S seconds of traffic (0 = never)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--selftest-every", opt.selftest_every_s,
+                 "X/Y self-test targets every S seconds (0 = never)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--noise-rate", opt.noise_rate, "probability of noise bytes before a frame")
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--corrupt-rate", opt.corrupt_rate, "probability of a frame's checksum being wrong")
+      ->check(CLI::Range(0.0, 1.0));
   app.add_option("--garbage-bps", opt.garbage_bps,
                  "flood: random bytes per second (STX/ETX included) between frames (0 = none)")
-      ->check(CLI::Range(0.0, 1.0e9))->capture_default_str();
+      ->check(CLI::Range(0.0, 1.0e9))
+      ->capture_default_str();
   app.add_option("--flood-factor", opt.flood_factor,
                  "flood: K times --rate, and up to K vehicles side by side per lane")
-      ->check(CLI::Range(1, 1000))->capture_default_str();
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
   app.add_flag("--stream-flood", opt.stream_flood,
                "hostile: no vehicles, valid detect frames (one target per lane) as fast as the client reads, "
                "on a radar clock that follows real time");
   app.add_option("--clock-step-back", opt.clock_step_back_s,
                  "hostile: stamp every frame this many seconds before the previous one (0 = off)")
-      ->check(CLI::Range(0.0, 50000.0))->capture_default_str();
-  app.add_option("--status-code", opt.status_code, "status code the radar reports (00, 1x, 2x)")->check(CLI::Range(0, 99))->capture_default_str();
+      ->check(CLI::Range(0.0, 50000.0))
+      ->capture_default_str();
+  app.add_option("--status-code", opt.status_code, "status code the radar reports (00, 1x, 2x)")
+      ->check(CLI::Range(0, 99))
+      ->capture_default_str();
   app.add_option("--ground-truth", opt.ground_truth, "write one JSON line per vehicle to this file");
   app.add_flag("--poll-only", opt.poll_only, "do not stream: detect frames only in answers to *P polls");
   app.add_flag("--exit-when-done", opt.exit_when_done, "exit once --vehicles vehicles are done");

@@ -242,8 +242,8 @@ Scenario parse_scenario(const std::string& yaml_text, const std::string& name) {
     }
     for (const auto& st : stops) {
       c.only_keys(st, "stops[]",
-                  {"at_ms", "duration_ms", "officer_id", "officer_name", "recorder", "important", "dock_after_ms",
-                   "bytes", "file_type", "case_code", "recorder_clock_offset_ms"});
+                  {"at_ms", "duration_ms", "officer_id", "officer_name", "recorder", "important",
+                   "dock_after_ms", "bytes", "file_type", "case_code", "recorder_clock_offset_ms"});
       if (!st["at_ms"] || !st["duration_ms"]) {
         c.fail(st, "stops[]", "at_ms and duration_ms are required");
       }
@@ -255,12 +255,13 @@ Scenario parse_scenario(const std::string& yaml_text, const std::string& name) {
       sp.recorder = c.get<std::string>(st, "stops[].", "recorder", sp.recorder);
       // The recorder id is the first part of the uniqueId, which clients use as a file name.
       if (sp.recorder.empty() || sp.recorder.size() > 64 ||
-          sp.recorder.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") !=
-              std::string::npos) {
+          sp.recorder.find_first_not_of(
+              "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") != std::string::npos) {
         c.fail(st["recorder"], "stops[].recorder", "1-64 characters of [A-Za-z0-9._-]");
       }
       sp.important = c.get<bool>(st, "stops[].", "important", sp.important);
-      sp.dock_after_ms = c.ranged<std::int64_t>(st, "stops[].", "dock_after_ms", sp.dock_after_ms, 0, 86'400'000);
+      sp.dock_after_ms =
+          c.ranged<std::int64_t>(st, "stops[].", "dock_after_ms", sp.dock_after_ms, 0, 86'400'000);
       sp.bytes = c.ranged<std::int64_t>(st, "stops[].", "bytes", sp.bytes, 0, std::int64_t{64} << 30U);
       sp.file_type = c.get<std::string>(st, "stops[].", "file_type", sp.file_type);
       if (sp.file_type != "video" && sp.file_type != "audio" && sp.file_type != "photo") {
@@ -869,7 +870,8 @@ void ScenarioRunner::on_finished(std::function<void()> callback) {
 }
 
 int run_scenario(int argc, char** argv) {
-  CLI::App app{"Scenario: one YAML file drives a radar, an ANPR camera and a recorder dock together", "scenario"};
+  CLI::App app{"Scenario: one YAML file drives a radar, an ANPR camera and a recorder dock together",
+               "scenario"};
   std::string file;
   ScenarioRunOptions run;
   app.add_option("file", file, "scenario YAML")->required();

@@ -54,8 +54,9 @@ TEST(ReloadPlan, CommentsAndOrderDoNotCount) {
 }
 
 TEST(ReloadPlan, AddedRemovedAndChangedDevicesAreNamed) {
-  std::string next = replaced(kBase, "id: radar-2", "id: radar-3");          // radar-2 goes, radar-3 comes
-  next = replaced(next, "certificate: C-1, valid_until: 2027-06-30", "certificate: C-1b, valid_until: 2028-06-30");
+  std::string next = replaced(kBase, "id: radar-2", "id: radar-3");  // radar-2 goes, radar-3 comes
+  next = replaced(next, "certificate: C-1, valid_until: 2027-06-30",
+                  "certificate: C-1b, valid_until: 2028-06-30");
   const auto p = plan(kBase, next);
   EXPECT_EQ(p.added, (Ids{"radar-3"}));
   EXPECT_EQ(p.removed, (Ids{"radar-2"}));
@@ -71,13 +72,15 @@ TEST(ReloadPlan, AddedRemovedAndChangedDevicesAreNamed) {
 }
 
 TEST(ReloadPlan, OneChangedLaneChangesOnlyThatRadar) {
-  const auto p = plan(kBase, replaced(kBase, "{lane: 2, x_min: 0.0, x_max: 3.75}", "{lane: 2, x_min: 0.5, x_max: 3.75}"));
+  const auto p = plan(
+      kBase, replaced(kBase, "{lane: 2, x_min: 0.0, x_max: 3.75}", "{lane: 2, x_min: 0.5, x_max: 3.75}"));
   EXPECT_EQ(p.changed, (Ids{"radar-2"}));
   EXPECT_EQ(p.unchanged, (Ids{"radar-1"}));
 }
 
 TEST(ReloadPlan, CorrelationAndValidityApplyLive) {
-  const auto p = plan(kBase, kBase + "correlation:\n  window_ms: 300\nvalidity:\n  min_pictures_speeding: 1\n");
+  const auto p =
+      plan(kBase, kBase + "correlation:\n  window_ms: 300\nvalidity:\n  min_pictures_speeding: 1\n");
   EXPECT_EQ(p.live_sections, (Ids{"correlation", "validity"}));
   EXPECT_TRUE(p.applicable());
   EXPECT_TRUE(p.changes_anything());

@@ -3,13 +3,12 @@
 // finished or abandoned at start according to the chain's head record.
 #include "daemon/app/signing_key_files.h"
 
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
-
-#include <gtest/gtest.h>
 
 #include "daemon/core/key_rotation.h"
 #include "daemon/core/sealer.h"

@@ -1,6 +1,7 @@
 // The store worker across a key rotation (StoreWorker::submit_key_rotation) on a real SQLite store: the
 // key_rotation record is sealed under the old key and everything after it under the new one, also when the
 // batch holding it first fails to commit (the sealer goes back to the old key and seals it all again).
+#include <gtest/gtest.h>
 #include <sqlite3.h>
 
 #include <chrono>
@@ -8,8 +9,6 @@
 #include <filesystem>
 #include <mutex>
 #include <thread>
-
-#include <gtest/gtest.h>
 
 #include "daemon/app/store_worker.h"
 #include "daemon/core/chain_verifier.h"
@@ -57,17 +56,19 @@ TEST(StoreWorkerRotation, RecordsAfterTheRotationAreSignedByTheNewKeyEvenAfterAF
   ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
   const fs::path dir = tmpl;
   {
-    store::EvidenceStore store((dir / "store.db").string(), store::StoreOptions{std::chrono::milliseconds(1)});
+    store::EvidenceStore store((dir / "store.db").string(),
+                               store::StoreOptions{std::chrono::milliseconds(1)});
     const auto old_key = Ed25519PrivateKey::generate();
     const auto next = std::make_shared<const Ed25519PrivateKey>(Ed25519PrivateKey::generate());
     Sealer sealer(old_key, "gw", store.chain_head());
     FixedClock clock;
     std::mutex m;
     std::uint64_t last = 0;
-    StoreWorker worker(store, sealer, clock, 64, [&](std::uint64_t seq, std::vector<forwarder::CommittedRecord>) {
-      std::lock_guard lock(m);
-      last = seq;
-    });
+    StoreWorker worker(store, sealer, clock, 64,
+                       [&](std::uint64_t seq, std::vector<forwarder::CommittedRecord>) {
+                         std::lock_guard lock(m);
+                         last = seq;
+                       });
     worker.set_commit_retry_backoff(10ms, 10ms);
 
     // The store is locked by someone else: every commit fails until it is released.
@@ -76,11 +77,12 @@ TEST(StoreWorkerRotation, RecordsAfterTheRotationAreSignedByTheNewKeyEvenAfterAF
     ASSERT_EQ(sqlite3_exec(other, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr), SQLITE_OK);
     std::optional<SealedRecord> rotation;
     worker.submit(audit(1));
-    worker.submit_key_rotation(make_key_rotation_fact(old_key.public_key(), next->public_key(), 1795700000000),
-                               next, [&](const SealedRecord& r) {
-                                 std::lock_guard lock(m);
-                                 rotation = r;
-                               });
+    worker.submit_key_rotation(
+        make_key_rotation_fact(old_key.public_key(), next->public_key(), 1795700000000), next,
+        [&](const SealedRecord& r) {
+          std::lock_guard lock(m);
+          rotation = r;
+        });
     worker.submit(audit(2));
     ASSERT_TRUE(eventually([&] { return worker.commit_failures() >= 3; }));
     sqlite3_exec(other, "ROLLBACK", nullptr, nullptr, nullptr);

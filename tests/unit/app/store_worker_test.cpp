@@ -1,6 +1,11 @@
 // StoreWorker with a real SQLite store and media directory: facts are sealed and committed in order,
 // the outbox pages carry their media bytes, retention never deletes an unacknowledged record's media, a
 // fact the sealer refuses is still sealed (salvaged), and shutdown retries count consecutive failures.
+#include "daemon/app/store_worker.h"
+
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+
 #include <chrono>
 #include <condition_variable>
 #include <filesystem>
@@ -8,10 +13,6 @@
 #include <mutex>
 #include <thread>
 
-#include <gtest/gtest.h>
-#include <sqlite3.h>
-
-#include "daemon/app/store_worker.h"
 #include "daemon/core/encoding.h"
 #include "daemon/pipeline/recording_fact.h"
 
@@ -79,7 +80,8 @@ class StoreWorkerTest : public ::testing::Test {
   }
 
   void age(const std::string& sha, int days) {
-    fs::last_write_time(media_->path_of(sha), fs::file_time_type::clock::now() - std::chrono::hours(24 * days));
+    fs::last_write_time(media_->path_of(sha),
+                        fs::file_time_type::clock::now() - std::chrono::hours(24 * days));
   }
 
   Fact fact_with_media(std::vector<std::string> media) {
@@ -234,12 +236,12 @@ class LinkTest : public StoreWorkerTest {
 
 TEST_F(LinkTest, ARecordingListsTheVehicleRecordsInItsSpanAndEachPairGetsALinkRecord) {
   start();
-  worker_->submit(vehicle("speeding", kT));                 // gw:1, inside
-  worker_->submit(vehicle("passage", kT - 59000));          // gw:2, inside the 60 s margin before
-  worker_->submit(vehicle("passage", kT - 61001));          // gw:3, 1 ms before the span
-  worker_->submit(vehicle("device_status", kT));            // gw:4, not a vehicle record
+  worker_->submit(vehicle("speeding", kT));         // gw:1, inside
+  worker_->submit(vehicle("passage", kT - 59000));  // gw:2, inside the 60 s margin before
+  worker_->submit(vehicle("passage", kT - 61001));  // gw:3, 1 ms before the span
+  worker_->submit(vehicle("device_status", kT));    // gw:4, not a vehicle record
   ASSERT_TRUE(wait_seq(4));
-  worker_->submit(recording(kT - 1000, kT + 30000));        // gw:5 in a later batch: from the store
+  worker_->submit(recording(kT - 1000, kT + 30000));  // gw:5 in a later batch: from the store
   ASSERT_TRUE(wait_seq(7));
   const auto recs = of_type("recording");
   ASSERT_EQ(recs.size(), 1u);
@@ -271,12 +273,12 @@ TEST_F(LinkTest, AVehicleRecordSealedAfterTheRecordingGetsALinkRecord) {
   start();
   worker_->submit(recording(kT, kT + 10000));  // gw:1, links []
   ASSERT_TRUE(wait_seq(1));
-  worker_->submit(vehicle("passage", kT + 5000));    // gw:2 (from the store's spans) -> link gw:3
+  worker_->submit(vehicle("passage", kT + 5000));  // gw:2 (from the store's spans) -> link gw:3
   ASSERT_TRUE(wait_seq(3));
   // Submitted together (usually one batch, both orders; the store path gives the same result otherwise).
-  worker_->submit(vehicle("speeding", kT + 100000));        // gw:4
-  worker_->submit(recording(kT + 99000, kT + 101000));      // gw:5 links [gw:4] -> link gw:6
-  worker_->submit(vehicle("plate_read", kT + 100500));      // gw:7 -> link gw:8
+  worker_->submit(vehicle("speeding", kT + 100000));    // gw:4
+  worker_->submit(recording(kT + 99000, kT + 101000));  // gw:5 links [gw:4] -> link gw:6
+  worker_->submit(vehicle("plate_read", kT + 100500));  // gw:7 -> link gw:8
   ASSERT_TRUE(wait_seq(8));
   const auto recs = of_type("recording");
   ASSERT_EQ(recs.size(), 2u);
@@ -297,9 +299,7 @@ TEST_F(LinkTest, AVehicleRecordSealedAfterTheRecordingGetsALinkRecord) {
 // Another connection holding the write lock: the worker's commits fail (Status::retry) until released.
 class WriteLock {
  public:
-  explicit WriteLock(const fs::path& db) {
-    EXPECT_EQ(sqlite3_open(db.c_str(), &db_), SQLITE_OK);
-  }
+  explicit WriteLock(const fs::path& db) { EXPECT_EQ(sqlite3_open(db.c_str(), &db_), SQLITE_OK); }
   ~WriteLock() {
     release();
     sqlite3_close(db_);
@@ -378,7 +378,9 @@ TEST_F(StoreWorkerTest, AFactTheSealerRefusesIsSealedWithEveryMemberThatCanBe) {
   f.type = "speeding";
   f.time_ms = 1795700000000;
   f.fields = {{"speed_dkmh", 1500},
-              {"plate", "\xd5\xe3" "A12345"},
+              {"plate",
+               "\xd5\xe3"
+               "A12345"},
               {"ratio", 1.5},
               {"seq", 7},
               {"camera_event", {{"uuid", "u-1"}, {"raw_xml", "<p>\xd5\xe3</p>"}}},

@@ -8,10 +8,17 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <cstdio>
-#include <cstdlib>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http.hpp>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <functional>
@@ -22,14 +29,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/thread_pool.hpp>
-#include <boost/asio/write.hpp>
-#include <boost/beast/core/flat_buffer.hpp>
-#include <boost/beast/http.hpp>
 
 #include "adapters/camera/http_auth.h"
 #include "daemon/core/encoding.h"
@@ -113,7 +112,8 @@ std::vector<T> of_type(const std::vector<DeviceEvent>& events) {
 std::map<std::string, std::string> auth_params(const std::string& header) {
   std::map<std::string, std::string> out;
   static const std::regex kParam(R"re((\w+)=(?:"([^"]*)"|([^,\s]+)))re");
-  for (auto it = std::sregex_iterator(header.begin(), header.end(), kParam); it != std::sregex_iterator(); ++it) {
+  for (auto it = std::sregex_iterator(header.begin(), header.end(), kParam); it != std::sregex_iterator();
+       ++it) {
     out[(*it)[1]] = (*it)[2].matched ? (*it)[2].str() : (*it)[3].str();
   }
   return out;
@@ -251,9 +251,10 @@ class FakeCamera {
       if (target == "/ISAPI/System/deviceInfo") {
         http::response<http::string_body> res{http::status::ok, 11};
         res.set(http::field::content_type, "application/xml");
-        res.body() = std::string("<?xml version=\"1.0\"?><DeviceInfo version=\"2.0\" xmlns=\"") + kNs +
-                     "\"><deviceName>gate</deviceName><deviceID>dev-1</deviceID><model>iDS-TEST</model>"
-                     "<serialNumber>SN42</serialNumber><firmwareVersion>V5.5.0</firmwareVersion></DeviceInfo>";
+        res.body() =
+            std::string("<?xml version=\"1.0\"?><DeviceInfo version=\"2.0\" xmlns=\"") + kNs +
+            "\"><deviceName>gate</deviceName><deviceID>dev-1</deviceID><model>iDS-TEST</model>"
+            "<serialNumber>SN42</serialNumber><firmwareVersion>V5.5.0</firmwareVersion></DeviceInfo>";
         send(s, res, req.keep_alive());
       } else if (target == "/ISAPI/System/time") {
         ++time_requests_;
@@ -326,9 +327,10 @@ std::string jpeg_part(const std::string& name, const std::string& bytes) {
 }
 
 std::string heartbeat() {
-  return xml_part(std::string("<EventNotificationAlert version=\"2.0\" xmlns=\"") + kNs +
-                  "\"><dateTime>2026-11-27T11:38:50+08:00</dateTime><activePostCount>0</activePostCount>"
-                  "<eventType>videoloss</eventType><eventState>inactive</eventState></EventNotificationAlert>");
+  return xml_part(
+      std::string("<EventNotificationAlert version=\"2.0\" xmlns=\"") + kNs +
+      "\"><dateTime>2026-11-27T11:38:50+08:00</dateTime><activePostCount>0</activePostCount>"
+      "<eventType>videoloss</eventType><eventState>inactive</eventState></EventNotificationAlert>");
 }
 
 std::string anpr(const std::string& uuid, const std::string& plate, const std::vector<std::string>& files) {
@@ -341,7 +343,9 @@ std::string anpr(const std::string& uuid, const std::string& plate, const std::v
   return xml_part(std::string("<EventNotificationAlert version=\"2.0\" xmlns=\"") + kNs +
                   "\"><dateTime>2026-11-27T11:38:54.123+08:00</dateTime><activePostCount>7</activePostCount>"
                   "<eventType>ANPR</eventType><eventState>active</eventState><ANPR><country>CHN</country>"
-                  "<licensePlate>" + plate + "</licensePlate><line>2</line><direction>forward</direction>"
+                  "<licensePlate>" +
+                  plate +
+                  "</licensePlate><line>2</line><direction>forward</direction>"
                   "<confidenceLevel>97</confidenceLevel><plateType>92TypeCivil</plateType>"
                   "<plateColor>blue</plateColor><vehicleType>vehicle</vehicleType><pictureInfoList>" +
                   pics + "</pictureInfoList></ANPR><UUID>" + uuid + "</UUID><picNum>" +
@@ -572,14 +576,22 @@ TEST_F(CameraAdapterTest, FirstPlateReadHasAnOffsetGoodToTensOfMilliseconds) {
 // record escapes them and keeps them in base64), counted as errors{text_not_utf8}.
 TEST_F(CameraAdapterTest, APlateThatIsNotUtf8IsKeptExactAndCounted) {
   const std::string det = jpeg(1, 6000);
-  FakeCamera camera(heartbeat() + anpr("uuid-G", "\xd5\xe3" "A12345", {"detection.jpg"}) +
+  FakeCamera camera(heartbeat() +
+                    anpr("uuid-G",
+                         "\xd5\xe3"
+                         "A12345",
+                         {"detection.jpg"}) +
                     jpeg_part("detection.jpg", det) + anpr("uuid-H", "浙B00001", {}));
   start(camera.port());
   ASSERT_TRUE(sink_.wait_for([](const auto& ev) { return of_type<PlateRead>(ev).size() >= 2; }))
       << adapter_->status().dump();
   const auto reads = of_type<PlateRead>(sink_.events());
-  EXPECT_EQ(reads[0].plate, "\xd5\xe3" "A12345");
-  EXPECT_NE(reads[0].raw_xml.find("\xd5\xe3" "A12345"), std::string::npos);
+  EXPECT_EQ(reads[0].plate,
+            "\xd5\xe3"
+            "A12345");
+  EXPECT_NE(reads[0].raw_xml.find("\xd5\xe3"
+                                  "A12345"),
+            std::string::npos);
   ASSERT_EQ(reads[0].pictures.size(), 1U);
   EXPECT_EQ(reads[0].pictures[0].sha256, sha256_hex(det));
   EXPECT_EQ(reads[1].plate, "浙B00001");

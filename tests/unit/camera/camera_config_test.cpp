@@ -95,8 +95,8 @@ TEST_F(CameraConfigTest, HttpsIsRefusedForNow) {
 }
 
 TEST_F(CameraConfigTest, BadUrls) {
-  for (const char* url : {"192.0.2.64", "http://192.0.2.64:99999", "http://u:p@host", "http://host/ISAPI",
-                          "ftp://host"}) {
+  for (const char* url :
+       {"192.0.2.64", "http://192.0.2.64:99999", "http://u:p@host", "http://host/ISAPI", "ftp://host"}) {
     std::string text = device();
     text.replace(text.find("http://192.0.2.64:8080"), 22, url);
     const ConfigError e = error_of([&] { parse(text); });

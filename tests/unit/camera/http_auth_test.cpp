@@ -17,7 +17,9 @@ const std::string kMufasaChallenge =
     "Digest realm=\"testrealm@host.com\", qop=\"auth,auth-int\", "
     "nonce=\"dcd98b7102dd2f0e8b11d0f600bfb0c093\", opaque=\"5ccc069c403ebaf9f0171e9517f40e41\"";
 
-TEST(Md5Test, KnownValue) { EXPECT_EQ(md5_hex("abc"), "900150983cd24fb0d6963f7d28e17f72"); }
+TEST(Md5Test, KnownValue) {
+  EXPECT_EQ(md5_hex("abc"), "900150983cd24fb0d6963f7d28e17f72");
+}
 
 TEST(DigestChallengeTest, ParsesTheRfcExample) {
   const auto c = parse_digest_challenge(kMufasaChallenge);
@@ -30,22 +32,24 @@ TEST(DigestChallengeTest, ParsesTheRfcExample) {
 }
 
 TEST(DigestChallengeTest, StaleUnquotedAndRejections) {
-  const auto c = parse_digest_challenge("digest realm=r,nonce=\"n\\\"1\", qop=auth, stale=TRUE, algorithm=MD5");
+  const auto c =
+      parse_digest_challenge("digest realm=r,nonce=\"n\\\"1\", qop=auth, stale=TRUE, algorithm=MD5");
   ASSERT_TRUE(c);
   EXPECT_EQ(c->realm, "r");
   EXPECT_EQ(c->nonce, "n\"1");
   EXPECT_TRUE(c->stale);
   EXPECT_EQ(parse_digest_challenge("Basic realm=\"x\""), std::nullopt);
-  EXPECT_EQ(parse_digest_challenge("Digest realm=\"x\""), std::nullopt);                       // no nonce
+  EXPECT_EQ(parse_digest_challenge("Digest realm=\"x\""), std::nullopt);  // no nonce
   EXPECT_EQ(parse_digest_challenge("Digest realm=\"x\", nonce=\"n\", qop=\"auth-int\""), std::nullopt);
   EXPECT_EQ(parse_digest_challenge("Digest realm=\"x\", nonce=\"n\", algorithm=SHA-256"), std::nullopt);
-  EXPECT_EQ(parse_digest_challenge("Digest realm=\"x, nonce=\"n\""), std::nullopt);            // open quote
+  EXPECT_EQ(parse_digest_challenge("Digest realm=\"x, nonce=\"n\""), std::nullopt);  // open quote
 }
 
 TEST(DigestAuthenticatorTest, MufasaExampleExactly) {
   DigestAuthenticator auth("Mufasa", "Circle Of Life", [] { return std::string("0a4f113b"); });
   ASSERT_TRUE(auth.take_challenge({kMufasaChallenge}));
-  EXPECT_EQ(auth.response("GET", "/dir/index.html", "00000001", "0a4f113b"), "6629fae49393a05397450978507c4ef1");
+  EXPECT_EQ(auth.response("GET", "/dir/index.html", "00000001", "0a4f113b"),
+            "6629fae49393a05397450978507c4ef1");
   const std::string header = auth.authorization("GET", "/dir/index.html");
   EXPECT_EQ(header,
             "Digest username=\"Mufasa\", realm=\"testrealm@host.com\", "
@@ -89,7 +93,8 @@ TEST(DigestAuthenticatorTest, RandomCnoncesDiffer) {
 
 TEST(DigestAuthenticatorTest, Rfc2069WithoutQop) {
   DigestAuthenticator auth("Mufasa", "CircleOfLife");
-  ASSERT_TRUE(auth.take_challenge({"Digest realm=\"testrealm@host.com\", nonce=\"dcd98b7102dd2f0e8b11d0f600bfb0c093\""}));
+  ASSERT_TRUE(auth.take_challenge(
+      {"Digest realm=\"testrealm@host.com\", nonce=\"dcd98b7102dd2f0e8b11d0f600bfb0c093\""}));
   // RFC 2069 section 2.4's example response for these inputs.
   EXPECT_EQ(auth.response("GET", "/dir/index.html", "", ""), "1949323746fe6a43ef61f9606e7febea");
   EXPECT_THAT(auth.authorization("GET", "/dir/index.html"), ::testing::Not(HasSubstr("nc=")));

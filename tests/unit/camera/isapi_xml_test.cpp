@@ -14,7 +14,8 @@ constexpr UnixMs kCaptureMs = 1795750734123;
 
 std::string anpr_alert(const std::string& ns) {
   return R"(<?xml version="1.0" encoding="UTF-8"?>
-<EventNotificationAlert version="2.0" xmlns=")" + ns + R"(">
+<EventNotificationAlert version="2.0" xmlns=")" +
+         ns + R"(">
   <ipAddress>192.0.2.64</ipAddress>
   <portNo>80</portNo>
   <protocol>HTTP</protocol>
@@ -78,7 +79,9 @@ void expect_spec_example(const AlertParseResult& r) {
   EXPECT_EQ(a.pictures[1].abs_time, "20261127113854123");
 }
 
-TEST(IsapiAlertTest, IsapiNamespace) { expect_spec_example(parse_alert(anpr_alert("http://www.isapi.org/ver20/XMLSchema"))); }
+TEST(IsapiAlertTest, IsapiNamespace) {
+  expect_spec_example(parse_alert(anpr_alert("http://www.isapi.org/ver20/XMLSchema")));
+}
 
 TEST(IsapiAlertTest, HikvisionNamespace) {
   expect_spec_example(parse_alert(anpr_alert("http://www.hikvision.com/ver20/XMLSchema")));
@@ -156,10 +159,10 @@ TEST(IsoTimeTest, Forms) {
 }
 
 TEST(IsoTimeTest, Rejects) {
-  for (const char* t : {"", "2026-11-27", "2026-11-27T11:38:54", "2026-11-27 11:38:54+08:00",
-                        "2026-13-27T11:38:54+08:00", "2026-02-29T11:38:54Z", "2026-11-27T24:00:00Z",
-                        "2026-11-27T11:38:54.+08:00", "2026-11-27T11:38:54+0800", "2026-11-27T11:38:54+08:00x",
-                        "20x6-11-27T11:38:54Z"}) {
+  for (const char* t :
+       {"", "2026-11-27", "2026-11-27T11:38:54", "2026-11-27 11:38:54+08:00", "2026-13-27T11:38:54+08:00",
+        "2026-02-29T11:38:54Z", "2026-11-27T24:00:00Z", "2026-11-27T11:38:54.+08:00",
+        "2026-11-27T11:38:54+0800", "2026-11-27T11:38:54+08:00x", "20x6-11-27T11:38:54Z"}) {
     EXPECT_EQ(parse_iso8601(t), std::nullopt) << t;
   }
 }
@@ -203,11 +206,15 @@ TEST(TimeDocumentTest, ReadsLocalTime) {
 // and carries them in base64) and the alert says so, for the adapter's count.
 TEST(IsapiAlertTest, TextThatIsNotUtf8IsKeptExactAndFlagged) {
   std::string xml = anpr_alert("http://www.isapi.org/ver20/XMLSchema");
-  xml.replace(xml.find("浙A12345"), std::string("浙A12345").size(), "\xd5\xe3" "A12345");
+  xml.replace(xml.find("浙A12345"), std::string("浙A12345").size(),
+              "\xd5\xe3"
+              "A12345");
   xml.replace(xml.find("encoding=\"UTF-8\""), 16, "encoding=\"GBK\"");
   const auto r = parse_alert(xml);
   ASSERT_TRUE(r.alert) << r.error;
-  EXPECT_EQ(r.alert->plate, "\xd5\xe3" "A12345");
+  EXPECT_EQ(r.alert->plate,
+            "\xd5\xe3"
+            "A12345");
   EXPECT_TRUE(r.alert->text_not_utf8);
   EXPECT_EQ(r.alert->lane, 2);
   EXPECT_EQ(r.alert->pictures.size(), 2U);

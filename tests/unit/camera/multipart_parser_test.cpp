@@ -107,9 +107,10 @@ TEST(MultipartParserTest, ByteByByte) {
 
 TEST(MultipartParserTest, APartWithoutLengthEndsAtTheNextBoundary) {
   MultipartParser p(kBoundary);
-  const auto parts = feed_all(
-      p, "--boundary\r\nContent-Type: application/xml\r\n\r\n<a>\r\nline2</a>\r\n--boundary\r\n"
-         "Content-Type: application/xml\r\n\r\n<b/>\r\n--boundary\r\n");
+  const auto parts =
+      feed_all(p,
+               "--boundary\r\nContent-Type: application/xml\r\n\r\n<a>\r\nline2</a>\r\n--boundary\r\n"
+               "Content-Type: application/xml\r\n\r\n<b/>\r\n--boundary\r\n");
   ASSERT_EQ(parts.size(), 2U);
   EXPECT_EQ(parts[0].body, "<a>\r\nline2</a>");
   EXPECT_EQ(parts[1].body, "<b/>");
@@ -144,8 +145,8 @@ TEST(MultipartParserTest, DefaultBoundsAre8KbHeadersAnd8MbParts) {
 
 TEST(MultipartParserTest, OversizePartWithoutLengthIsCounted) {
   MultipartParser p(kBoundary, {.max_header_bytes = 8 * 1024, .max_part_bytes = 100});
-  const auto parts =
-      feed_all(p, "--boundary\r\nContent-Type: image/jpeg\r\n\r\n" + std::string(500, 'y') + "\r\n" + xml_part("<z/>"));
+  const auto parts = feed_all(p, "--boundary\r\nContent-Type: image/jpeg\r\n\r\n" + std::string(500, 'y') +
+                                     "\r\n" + xml_part("<z/>"));
   ASSERT_EQ(parts.size(), 1U);
   EXPECT_EQ(parts[0].body, "<z/>");
   EXPECT_EQ(errors(p, MultipartError::kPartTooLarge), 1U);
@@ -162,8 +163,7 @@ TEST(MultipartParserTest, BadContentLengthIsCounted) {
 TEST(MultipartParserTest, AWrongLengthShowsAsABadDelimiter) {
   MultipartParser p(kBoundary);
   // Says 3 bytes, sends 6: the rest is not CRLF + boundary.
-  const auto parts =
-      feed_all(p, "--boundary\r\nContent-Length: 3\r\n\r\n<a/>xx\r\n" + xml_part("<b/>"));
+  const auto parts = feed_all(p, "--boundary\r\nContent-Length: 3\r\n\r\n<a/>xx\r\n" + xml_part("<b/>"));
   ASSERT_EQ(parts.size(), 2U);
   EXPECT_EQ(parts[0].body, "<a/");
   EXPECT_EQ(parts[1].body, "<b/>");
@@ -196,7 +196,8 @@ TEST(MultipartParserTest, TruncatedStreamIsCountedAndResetStartsAfresh) {
 
 TEST(MultipartParserTest, CloseDelimiterAndPaddingAreAccepted) {
   MultipartParser p(kBoundary);
-  const auto parts = feed_all(p, "--boundary  \r\nContent-Length: 1\r\n\r\nA\r\n--boundary--\r\n" + xml_part("B"));
+  const auto parts =
+      feed_all(p, "--boundary  \r\nContent-Length: 1\r\n\r\nA\r\n--boundary--\r\n" + xml_part("B"));
   ASSERT_EQ(parts.size(), 2U);
   EXPECT_EQ(parts[0].body, "A");
   EXPECT_EQ(parts[1].body, "B");

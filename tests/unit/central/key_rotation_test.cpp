@@ -84,7 +84,8 @@ TEST(CentralKeyRotation, KeyRangeAdmitsItsSeqsAndRefusesARetiredKeysLaterSeqs) {
               HasSubstr("seq 10 is signed by kid aaaa, retired at seq 9 by its key_rotation record"));
   EXPECT_THAT(key_range_refusal("aaaa", 1, 9, 10), HasSubstr("forgery"));
   EXPECT_EQ(key_range_refusal("bbbb", 10, std::nullopt, 10), "");
-  EXPECT_THAT(key_range_refusal("bbbb", 10, std::nullopt, 9), HasSubstr("before kid bbbb's range (trusted from seq 10)"));
+  EXPECT_THAT(key_range_refusal("bbbb", 10, std::nullopt, 9),
+              HasSubstr("before kid bbbb's range (trusted from seq 10)"));
 }
 
 TEST(CentralKeyRotation, SecondRotationNarrowsTheMiddleKeyAndAReplayedRotationWidensNothing) {

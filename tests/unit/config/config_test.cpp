@@ -129,7 +129,8 @@ TEST(ConfigTest, DefaultsApplyAndClientIdFollowsGatewayId) {
   EXPECT_EQ(c.validity.max_camera_clock_offset_ms, 1000);
   EXPECT_EQ(c.validity.clock_sync, "kernel");
   EXPECT_EQ(c.validity.min_pictures_speeding, 2);
-  EXPECT_EQ(parse_config(replaced(kBase, "path: /tmp/store.db", "path: store.db"), kFile).store.media_dir, "media");
+  EXPECT_EQ(parse_config(replaced(kBase, "path: /tmp/store.db", "path: store.db"), kFile).store.media_dir,
+            "media");
 }
 
 const std::string kCorrelation = R"(correlation:
@@ -172,20 +173,21 @@ TEST(ConfigTest, CorrelationAndValidityMistakesArePlaced) {
   {
     const std::string text = kBase + replaced(kCorrelation, "window_ms: 300", "window_ms: 0");
     const ConfigError e = error_in(text);
-    EXPECT_EQ(std::string(e.what()),
-              place_in(kFile, text, "0\n  max_wait") + ": correlation.window_ms: must be between 10 and 5000, got 0");
+    EXPECT_EQ(std::string(e.what()), place_in(kFile, text, "0\n  max_wait") +
+                                         ": correlation.window_ms: must be between 10 and 5000, got 0");
   }
   {
     const std::string text = kBase + replaced(kCorrelation, "clock_sync: assume", "clock_sync: ntp");
     const ConfigError e = error_in(text);
-    EXPECT_EQ(std::string(e.what()),
-              place_in(kFile, text, "ntp") + ": validity.clock_sync: must be one of kernel, assume; got 'ntp'");
+    EXPECT_EQ(std::string(e.what()), place_in(kFile, text, "ntp") +
+                                         ": validity.clock_sync: must be one of kernel, assume; got 'ntp'");
   }
   {
     const std::string text = kBase + replaced(kCorrelation, "truck: 80", "truck: fast");
     const ConfigError e = error_in(text);
-    EXPECT_EQ(std::string(e.what()), place_in(kFile, text, "fast") +
-                                         ": correlation.lanes[0].vehicle_types.truck: expected an integer, got 'fast'");
+    EXPECT_EQ(std::string(e.what()),
+              place_in(kFile, text, "fast") +
+                  ": correlation.lanes[0].vehicle_types.truck: expected an integer, got 'fast'");
   }
   {
     const std::string text = kBase + replaced(kCorrelation, "bus: 90", "bus: 400");
@@ -219,15 +221,16 @@ TEST(ConfigTest, CorrelationAndValidityMistakesArePlaced) {
     EXPECT_THAT(e.detail(), StartsWith("missing required key 'limit_kmh'"));
   }
   {
-    const std::string text = kBase + replaced(kCorrelation, "min_pictures_speeding: 3", "min_pictures_speeding: 11");
+    const std::string text =
+        kBase + replaced(kCorrelation, "min_pictures_speeding: 3", "min_pictures_speeding: 11");
     EXPECT_EQ(error_in(text).key(), "validity.min_pictures_speeding");
   }
   {
     const std::string text =
         replaced(kBase, "  path: /tmp/store.db\n", "  path: /tmp/store.db\n  media_retention_days: 0\n");
     const ConfigError e = error_in(text);
-    EXPECT_EQ(std::string(e.what()),
-              place_in(kFile, text, "0\nmqtt") + ": store.media_retention_days: must be between 1 and 3650, got 0");
+    EXPECT_EQ(std::string(e.what()), place_in(kFile, text, "0\nmqtt") +
+                                         ": store.media_retention_days: must be between 1 and 3650, got 0");
   }
 }
 
@@ -238,9 +241,11 @@ std::string camera_entry(const std::string& radar) {
     std::ofstream out(secret, std::ios::binary);
     out << "s3cret\n";
   }
-  std::filesystem::permissions(secret, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+  std::filesystem::permissions(secret,
+                               std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
   return "  - id: cam-1\n    kind: camera\n    url: http://192.0.2.20\n    username: admin\n"
-         "    password_file: " + secret + "\n    radar: " + radar + "\n";
+         "    password_file: " +
+         secret + "\n    radar: " + radar + "\n";
 }
 
 TEST(ConfigTest, CameraPairsWithAConfiguredRadar) {
@@ -252,12 +257,13 @@ TEST(ConfigTest, CameraPairsWithAConfiguredRadar) {
 TEST(ConfigTest, CameraNamingAnUnknownRadar) {
   const std::string text = kBase + camera_entry("radar-9");
   const ConfigError e = error_in(text);
-  EXPECT_EQ(std::string(e.what()), place_in(kFile, text, "radar-9") +
-                                       ": devices[1].radar: must name a radar device configured under devices "
-                                       "(radars: radar-1), got 'radar-9'");
+  EXPECT_EQ(std::string(e.what()),
+            place_in(kFile, text, "radar-9") +
+                ": devices[1].radar: must name a radar device configured under devices "
+                "(radars: radar-1), got 'radar-9'");
   // Another camera is not a radar.
-  const std::string cams = kBase + camera_entry("radar-1") +
-                           replaced(camera_entry("cam-1"), "id: cam-1", "id: cam-2");
+  const std::string cams =
+      kBase + camera_entry("radar-1") + replaced(camera_entry("cam-1"), "id: cam-1", "id: cam-2");
   EXPECT_EQ(error_in(cams).key(), "devices[2].radar");
 }
 
@@ -472,13 +478,15 @@ TEST(ConfigTest, MetricsAndControlDefaultsAndChecks) {
   EXPECT_EQ(c.metrics.host, "127.0.0.1");
   EXPECT_EQ(c.metrics.port, 9464);
   EXPECT_EQ(c.control.socket, "/tmp/control.sock") << "beside the store by default";
-  const Config d = parse_config(kBase + "metrics: {host: \"::1\", port: 0}\ncontrol: {socket: /run/cpd/ctl.sock}\n", kFile);
+  const Config d = parse_config(
+      kBase + "metrics: {host: \"::1\", port: 0}\ncontrol: {socket: /run/cpd/ctl.sock}\n", kFile);
   EXPECT_EQ(d.metrics.host, "::1");
   EXPECT_EQ(d.metrics.port, 0);
   EXPECT_EQ(d.control.socket, "/run/cpd/ctl.sock");
   EXPECT_NE(std::string(error_in(kBase + "metrics: {host: localhost}\n").what()).find("numeric IPv4 or IPv6"),
             std::string::npos);
-  EXPECT_NE(std::string(error_in(kBase + "metrics: {port: 70000}\n").what()).find("metrics.port"), std::string::npos);
+  EXPECT_NE(std::string(error_in(kBase + "metrics: {port: 70000}\n").what()).find("metrics.port"),
+            std::string::npos);
   EXPECT_NE(std::string(error_in(kBase + "control: {socket: /" + std::string(120, 'x') + "}\n").what())
                 .find("at most 107 characters"),
             std::string::npos);

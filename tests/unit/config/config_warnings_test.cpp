@@ -4,7 +4,6 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -40,7 +39,8 @@ mqtt:
 metrics: {enabled: false}
 correlation:
   lanes: [{lane: 1, limit_kmh: 100}, {lane: 2, limit_kmh: 100}]
-)" + extra + "devices:\n" + devices;
+)" + extra +
+         "devices:\n" + devices;
 }
 
 const std::string kRadar1 = R"(  - id: radar-1
@@ -151,8 +151,9 @@ TEST(ConfigWarningsTest, FileWideWarningsNameTheFile) {
   EXPECT_EQ(w[1].device, "");
   EXPECT_THAT(w[1].message, HasSubstr("clock_sync"));
   EXPECT_EQ(format_warning(w[1]).rfind(std::string(kFile) + ": warning: validity.clock_sync", 0), 0U);
-  EXPECT_EQ(format_warning(w[0]).rfind(place_in(kFile, text, "id: radar-1") + ": warning: device radar-1: ", 0),
-            0U);
+  EXPECT_EQ(
+      format_warning(w[0]).rfind(place_in(kFile, text, "id: radar-1") + ": warning: device radar-1: ", 0),
+      0U);
 }
 
 TEST(ConfigWarningsTest, SpeedLimitsMustMatchRadarLanes) {
@@ -176,9 +177,10 @@ TEST(ConfigWarningsTest, WatchedRadarLaneWithoutLimitAndBasicAuthAreWarned) {
   const auto secret = dir / "cam.password";
   std::ofstream(secret) << "secret\n";
   ::chmod(secret.c_str(), 0600);
-  std::string text = base(kRadar1 + "  - id: cam-1\n    kind: camera\n    url: http://192.0.2.20\n"
-                                    "    username: admin\n    password_file: " + secret.string() +
-                          "\n    auth: basic\n    radar: radar-1\n");
+  std::string text = base(kRadar1 +
+                          "  - id: cam-1\n    kind: camera\n    url: http://192.0.2.20\n"
+                          "    username: admin\n    password_file: " +
+                          secret.string() + "\n    auth: basic\n    radar: radar-1\n");
   text.replace(text.find(", {lane: 2, limit_kmh: 100}"), 27, "");
   const auto w = warnings_of(text, kCalibrationEnd - 100 * kDay);
   std::filesystem::remove_all(dir);

@@ -1,10 +1,9 @@
 // Unit tests of the mqtt section's transport security keys: TLS only with ssl://, required and checked
 // files (modes, PEM contents) named with their place, credentials read at load and never quoted.
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -123,15 +122,17 @@ TEST_F(MqttTlsConfigTest, CaFileMustHoldACertificate) {
 }
 
 TEST_F(MqttTlsConfigTest, CertWithoutKeyIsAnError) {
-  const auto e = error("  uri: ssl://127.0.0.1:8883\n  tls:\n    ca_file: ca.pem\n    cert_file: client.pem\n");
+  const auto e =
+      error("  uri: ssl://127.0.0.1:8883\n  tls:\n    ca_file: ca.pem\n    cert_file: client.pem\n");
   EXPECT_EQ(e.key(), "mqtt.tls.cert_file");
   EXPECT_THAT(e.detail(), HasSubstr("both or neither"));
 }
 
 TEST_F(MqttTlsConfigTest, KeyReadableByOthersIsRefused) {
   ::chmod((dir_ / "client.key").c_str(), 0640);
-  const auto e = error("  uri: ssl://127.0.0.1:8883\n  tls:\n    ca_file: ca.pem\n    cert_file: client.pem\n"
-                       "    key_file: client.key\n");
+  const auto e = error(
+      "  uri: ssl://127.0.0.1:8883\n  tls:\n    ca_file: ca.pem\n    cert_file: client.pem\n"
+      "    key_file: client.key\n");
   EXPECT_EQ(e.key(), "mqtt.tls.key_file");
   EXPECT_THAT(e.detail(), HasSubstr("0640"));
 }

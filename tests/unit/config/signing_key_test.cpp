@@ -1,5 +1,7 @@
 // The signing key check check-config and the daemon share (config::load_signing_key): every key the daemon
 // would refuse at start is an error at gateway.key's place, and a good key loads.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -8,9 +10,6 @@
 #include <fstream>
 #include <string>
 
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-
 #include "daemon/config/config.h"
 #include "tests/unit/config/config_test_support.h"
 
@@ -18,8 +17,8 @@ namespace cpd::config {
 namespace {
 
 namespace fs = std::filesystem;
-using ::testing::HasSubstr;
 using testing::error_of;
+using ::testing::HasSubstr;
 using testing::place_in;
 
 constexpr const char* kFile = "gw.yaml";
@@ -28,7 +27,9 @@ std::string config_text(const std::string& key_path) {
   return "gateway:\n"
          "  id: gw-1\n"
          "  site: {name: \"Test site\", road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
-         "  key: " + key_path + "\n"
+         "  key: " +
+         key_path +
+         "\n"
          "store:\n"
          "  path: /tmp/store.db\n"
          "mqtt:\n"

@@ -32,7 +32,8 @@ TEST(YamlGuard, TextThatHangsYamlCppIsRefusedWithAPlace) {
     EXPECT_GE(e.line(), 1) << text;
     EXPECT_GE(e.column(), 1) << text;
     // And through the loader itself, which must return rather than hang.
-    EXPECT_THAT(error_of([&] { (void)parse_config(text, "f.yaml"); }).detail(), HasSubstr("invalid YAML")) << text;
+    EXPECT_THAT(error_of([&] { (void)parse_config(text, "f.yaml"); }).detail(), HasSubstr("invalid YAML"))
+        << text;
   }
 }
 

@@ -538,7 +538,8 @@ TEST_F(ControlServerTest, AddedCommandRepliesLaterFromAnotherThread) {
   ASSERT_TRUE(second);
   EXPECT_EQ(json::parse(*second)["calls"], 1);
   const json unknown = request(fd, R"({"cmd":"reboot"})");
-  EXPECT_NE(unknown["error"].get<std::string>().find("status, tail, rotate_key"), std::string::npos) << unknown;
+  EXPECT_NE(unknown["error"].get<std::string>().find("status, tail, rotate_key"), std::string::npos)
+      << unknown;
 }
 
 }  // namespace

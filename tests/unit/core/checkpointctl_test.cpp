@@ -1,16 +1,15 @@
 // Runs the built checkpointctl binary end to end: keygen, pubkey, and verify over files of records
 // sealed by the Sealer (good chain with a redelivery, a removed record, usage errors and exit codes).
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <sys/stat.h>
-#include <sys/wait.h>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
 
 #include "daemon/core/sealer.h"
 #include "tests/unit/core/core_test_support.h"
@@ -51,7 +50,8 @@ class CheckpointctlTest : public ::testing::Test {
 
   // Generates a key with the tool and seals n records with the library.
   std::vector<std::string> make_records(int n) {
-    const RunResult kg = run("keygen --out '" + dir_.file("gw.key") + "' --pub '" + dir_.file("gw.pub") + "'");
+    const RunResult kg =
+        run("keygen --out '" + dir_.file("gw.key") + "' --pub '" + dir_.file("gw.pub") + "'");
     EXPECT_EQ(kg.rc, 0) << kg.err;
     const auto key = Ed25519PrivateKey::load_pem_file(dir_.file("gw.key"));
     Sealer sealer(key, "zj-hz-g60-k1234-n", ChainHead{});
@@ -60,7 +60,11 @@ class CheckpointctlTest : public ::testing::Test {
       Fact f;
       f.type = "speeding";
       f.time_ms = 1700000000000 + i;
-      f.fields = {{"plate", "\xe6\xb5\x99" "A1234" + std::to_string(i)}, {"speed", 1200 + i}};
+      f.fields = {{"plate",
+                   "\xe6\xb5\x99"
+                   "A1234" +
+                       std::to_string(i)},
+                  {"speed", 1200 + i}};
       out.push_back(sealer.seal(f, 1700000000500 + i).jws);
     }
     return out;
@@ -129,7 +133,8 @@ TEST_F(CheckpointctlTest, VerifiesAGoodChainWithARedelivery) {
   r = run("verify --pubkey '" + pub + "' --print '" + file + "'");
   EXPECT_EQ(r.rc, 0);
   EXPECT_THAT(r.out, HasSubstr("seq 3  speeding  2023-11-14T22:13:20.002Z"));
-  EXPECT_THAT(r.out, HasSubstr("plate=\xe6\xb5\x99" "A12342"));
+  EXPECT_THAT(r.out, HasSubstr("plate=\xe6\xb5\x99"
+                               "A12342"));
 }
 
 TEST_F(CheckpointctlTest, NamesTheFirstBadRecord) {
@@ -150,7 +155,8 @@ TEST_F(CheckpointctlTest, NamesTheFirstBadRecord) {
   EXPECT_THAT(r.err, HasSubstr("expected seq 1"));
 
   // A different key.
-  ASSERT_EQ(run("keygen --out '" + dir_.file("other.key") + "' --pub '" + dir_.file("other.pub") + "'").rc, 0);
+  ASSERT_EQ(run("keygen --out '" + dir_.file("other.key") + "' --pub '" + dir_.file("other.pub") + "'").rc,
+            0);
   r = run("verify --pubkey '" + dir_.file("other.pub") + "' '" + gap + "'");
   EXPECT_EQ(r.rc, 1);
   EXPECT_THAT(r.err, HasSubstr("is not the key's kid"));
@@ -179,13 +185,17 @@ TEST_F(CheckpointctlTest, CheckConfigRefusesEveryKeyTheDaemonWouldRefuse) {
                      "gateway:\n"
                      "  id: gw-1\n"
                      "  site: {name: \"Test site\", road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
-                     "  key: " + key + "\n"
-                     "store:\n  path: " + dir_.file("store.db") + "\n"
-                     "mqtt:\n  uri: tcp://127.0.0.1:1883\n"
-                     "devices:\n"
-                     "  - id: radar-1\n    kind: radar\n    tcp: {host: 192.0.2.10, port: 4001}\n"
-                     "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}]\n"
-                     "    calibration: {certificate: C-1, valid_until: 2099-06-30}\n",
+                     "  key: " +
+                         key +
+                         "\n"
+                         "store:\n  path: " +
+                         dir_.file("store.db") +
+                         "\n"
+                         "mqtt:\n  uri: tcp://127.0.0.1:1883\n"
+                         "devices:\n"
+                         "  - id: radar-1\n    kind: radar\n    tcp: {host: 192.0.2.10, port: 4001}\n"
+                         "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}]\n"
+                         "    calibration: {certificate: C-1, valid_until: 2099-06-30}\n",
                      0644);
     return run("check-config '" + dir_.file("gw.yaml") + "'");
   };

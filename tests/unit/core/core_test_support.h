@@ -2,6 +2,9 @@
 // and a way to sign arbitrary header/payload text (to build records the Sealer would never make).
 #pragma once
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -9,9 +12,6 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
-
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "daemon/core/ed25519.h"
 #include "daemon/core/encoding.h"
@@ -27,7 +27,8 @@ inline constexpr const char* kRfc8032PublicPem =
     "-----BEGIN PUBLIC KEY-----\n"
     "MCowBQYDK2VwAyEA11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=\n"
     "-----END PUBLIC KEY-----\n";
-inline constexpr const char* kRfc8032PublicHex = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+inline constexpr const char* kRfc8032PublicHex =
+    "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
 inline constexpr const char* kRfc8032Kid = "21fe31dfa154a261";  // sha256(public)[:16], computed independently
 
 // A fresh directory under TMPDIR (or /tmp), removed when the object goes away.
@@ -77,7 +78,8 @@ inline Ed25519PrivateKey rfc8032_key(const TempDir& dir) {
 }
 
 // A JWS over exactly these header and payload bytes (no canonicalisation, no checks).
-inline std::string sign_raw(const Ed25519PrivateKey& key, std::string_view header_text, std::string_view payload_text) {
+inline std::string sign_raw(const Ed25519PrivateKey& key, std::string_view header_text,
+                            std::string_view payload_text) {
   std::string input = base64url_encode(header_text) + "." + base64url_encode(payload_text);
   const std::string sig = key.sign(input);
   return input + "." + base64url_encode(sig);

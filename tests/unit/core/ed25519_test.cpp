@@ -2,12 +2,11 @@
 // (mode check, no overwrite, clear errors for missing/unparsable/non-Ed25519 keys).
 #include "daemon/core/ed25519.h"
 
-#include <string>
-
-#include <sys/stat.h>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <string>
 
 #include "daemon/core/encoding.h"
 #include "tests/unit/core/core_test_support.h"
@@ -106,8 +105,8 @@ TEST(Ed25519, LoadRefusesGroupOrOtherPermissions) {
   test::TempDir dir;
   const std::string path = dir.file("gw.key");
   test::write_file(path, test::kRfc8032PrivatePem, 0644);
-  EXPECT_EQ(key_error_of(path), "key file " + path + " has mode 0644; it must be 0600 or stricter (chmod 600 " +
-                                    path + ")");
+  EXPECT_EQ(key_error_of(path),
+            "key file " + path + " has mode 0644; it must be 0600 or stricter (chmod 600 " + path + ")");
   for (const mode_t mode : {0640, 0604, 0610, 0601, 0660}) {
     ::chmod(path.c_str(), mode);
     EXPECT_THAT(key_error_of(path), HasSubstr("it must be 0600 or stricter")) << std::oct << mode;

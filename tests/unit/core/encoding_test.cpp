@@ -1,9 +1,9 @@
 // Unit tests for hex, strict base64url and SHA-256 (RFC 4648 and FIPS 180-2 vectors).
 #include "daemon/core/encoding.h"
 
-#include <string>
-
 #include <gtest/gtest.h>
+
+#include <string>
 
 namespace cpd {
 namespace {
@@ -42,10 +42,10 @@ TEST(Encoding, Base64UrlDecoderIsStrict) {
   EXPECT_FALSE(base64url_decode("Zg==").has_value());    // padding
   EXPECT_FALSE(base64url_decode("Zm9v+A").has_value());  // standard alphabet
   EXPECT_FALSE(base64url_decode("Zm9v/A").has_value());
-  EXPECT_FALSE(base64url_decode("Z").has_value());       // impossible length
+  EXPECT_FALSE(base64url_decode("Z").has_value());  // impossible length
   EXPECT_FALSE(base64url_decode("Zm9vY").has_value());
-  EXPECT_FALSE(base64url_decode("Zh").has_value());      // non-zero unused bits ("Zg" is the only form)
-  EXPECT_FALSE(base64url_decode("Zm9").has_value());     // "Zm8" is the only form of "fo"
+  EXPECT_FALSE(base64url_decode("Zh").has_value());   // non-zero unused bits ("Zg" is the only form)
+  EXPECT_FALSE(base64url_decode("Zm9").has_value());  // "Zm8" is the only form of "fo"
   EXPECT_FALSE(base64url_decode(" Zg").has_value());
   EXPECT_FALSE(base64url_decode("Zg\n").has_value());
   EXPECT_FALSE(base64url_decode(std::string("Z\0", 2)).has_value());
@@ -66,20 +66,26 @@ TEST(Encoding, Base64Rfc4648Vectors) {
   EXPECT_EQ(base64_encode("foobar"), "Zm9vYmFy");
   EXPECT_EQ(base64_encode("\xfb\xff"), "+/8=");
   // The GBK bytes of the plate 浙A12345 as a camera sent them.
-  EXPECT_EQ(base64_encode("\xd5\xe3" "A12345"), "1eNBMTIzNDU=");
+  EXPECT_EQ(base64_encode("\xd5\xe3"
+                          "A12345"),
+            "1eNBMTIzNDU=");
 }
 
 TEST(Encoding, Utf8ValidityFollowsRfc3629) {
   EXPECT_TRUE(is_valid_utf8(""));
-  EXPECT_TRUE(is_valid_utf8("\xe6\xb5\x99" "A12345"));    // 浙A12345
-  EXPECT_TRUE(is_valid_utf8("\xf0\x9f\x9a\x97"));         // U+1F697
-  EXPECT_TRUE(is_valid_utf8(std::string("a\0b", 3)));     // NUL is text (JCS escapes it)
-  EXPECT_FALSE(is_valid_utf8("\xd5\xe3" "A12345"));       // GBK
-  EXPECT_FALSE(is_valid_utf8("\xc0\xaf"));                // overlong '/'
-  EXPECT_FALSE(is_valid_utf8("\xed\xa0\x80"));            // surrogate U+D800
-  EXPECT_FALSE(is_valid_utf8("\xf4\x90\x80\x80"));        // beyond U+10FFFF
-  EXPECT_FALSE(is_valid_utf8("\xe6\xb5"));                // truncated
-  EXPECT_FALSE(is_valid_utf8("\x80"));                    // lone continuation byte
+  EXPECT_TRUE(
+      is_valid_utf8("\xe6\xb5\x99"
+                    "A12345"));                        // 浙A12345
+  EXPECT_TRUE(is_valid_utf8("\xf0\x9f\x9a\x97"));      // U+1F697
+  EXPECT_TRUE(is_valid_utf8(std::string("a\0b", 3)));  // NUL is text (JCS escapes it)
+  EXPECT_FALSE(
+      is_valid_utf8("\xd5\xe3"
+                    "A12345"));                     // GBK
+  EXPECT_FALSE(is_valid_utf8("\xc0\xaf"));          // overlong '/'
+  EXPECT_FALSE(is_valid_utf8("\xed\xa0\x80"));      // surrogate U+D800
+  EXPECT_FALSE(is_valid_utf8("\xf4\x90\x80\x80"));  // beyond U+10FFFF
+  EXPECT_FALSE(is_valid_utf8("\xe6\xb5"));          // truncated
+  EXPECT_FALSE(is_valid_utf8("\x80"));              // lone continuation byte
 }
 
 // Each ill-formed byte becomes \xNN and each backslash doubles, so the text reads back to the exact bytes.
@@ -100,9 +106,13 @@ std::string unescape(std::string_view text) {
 }
 
 TEST(Encoding, EscapedDeviceTextIsUtf8AndLossless) {
-  EXPECT_EQ(escape_invalid_utf8("\xd5\xe3" "A12345"), "\\xd5\\xe3A12345");
+  EXPECT_EQ(escape_invalid_utf8("\xd5\xe3"
+                                "A12345"),
+            "\\xd5\\xe3A12345");
   // Well-formed sequences around ill-formed bytes are kept as they are.
-  EXPECT_EQ(escape_invalid_utf8("\xe6\xb5\x99\xff" "A"), "\xe6\xb5\x99\\xffA");
+  EXPECT_EQ(escape_invalid_utf8("\xe6\xb5\x99\xff"
+                                "A"),
+            "\xe6\xb5\x99\\xffA");
   EXPECT_EQ(escape_invalid_utf8("a\\b\x80"), "a\\\\b\\x80");
   EXPECT_EQ(escape_invalid_utf8("\xe6\xb5"), "\\xe6\\xb5");  // a cut sequence: byte by byte
   std::string bytes;

@@ -2,6 +2,8 @@
 // the cases the evidence feed depends on (CJK and non-BMP keys, integer range, invalid UTF-8).
 #include "daemon/core/jcs.h"
 
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -9,8 +11,6 @@
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 namespace cpd {
 namespace {
@@ -142,13 +142,16 @@ TEST(Jcs, StringEscapes) {
   EXPECT_EQ(canonical_json(json("\b\t\n\f\r\"\\")), R"("\b\t\n\f\r\"\\")");
   EXPECT_EQ(canonical_json(json(std::string("\x00\x01\x1f", 3))), R"("\u0000\u0001\u001f")");
   // DEL, '/', U+2028 and CJK stay literal.
-  EXPECT_EQ(canonical_json(json("\x7f/\xe2\x80\xa8\xe6\xb5\x99""A12345")), "\"\x7f/\xe2\x80\xa8\xe6\xb5\x99""A12345\"");
+  EXPECT_EQ(canonical_json(json("\x7f/\xe2\x80\xa8\xe6\xb5\x99"
+                                "A12345")),
+            "\"\x7f/\xe2\x80\xa8\xe6\xb5\x99"
+            "A12345\"");
 }
 
 TEST(Jcs, InvalidUtf8IsRejected) {
-  for (const std::string& bad : {std::string("\xff"), std::string("\xc0\xaf"), std::string("\xed\xa0\x80"),
-                                std::string("\xe6\xb5"), std::string("\xf4\x90\x80\x80"), std::string("\x80"),
-                                std::string("\xe0\x80\x80")}) {
+  for (const std::string& bad :
+       {std::string("\xff"), std::string("\xc0\xaf"), std::string("\xed\xa0\x80"), std::string("\xe6\xb5"),
+        std::string("\xf4\x90\x80\x80"), std::string("\x80"), std::string("\xe0\x80\x80")}) {
     EXPECT_THROW(canonical_json(json(bad)), JcsError);
     json obj = json::object();
     obj[bad] = 1;

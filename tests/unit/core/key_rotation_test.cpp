@@ -3,11 +3,11 @@
 // after it.
 #include "daemon/core/key_rotation.h"
 
-#include <string>
-#include <vector>
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
 
 #include "daemon/core/chain_verifier.h"
 #include "daemon/core/encoding.h"
@@ -29,7 +29,9 @@ Fact audit(int i) {
   return f;
 }
 
-json body_of(const std::string& jws) { return json::parse(test::payload_of(jws)); }
+json body_of(const std::string& jws) {
+  return json::parse(test::payload_of(jws));
+}
 
 class KeyRotationTest : public ::testing::Test {
  protected:
@@ -45,7 +47,8 @@ class KeyRotationTest : public ::testing::Test {
       out.push_back(sealer_.seal(audit(i), 1700000001000 + i).jws);
     }
     out.push_back(
-        sealer_.seal(make_key_rotation_fact(old_.public_key(), new_.public_key(), 1700000002000), 1700000002000)
+        sealer_
+            .seal(make_key_rotation_fact(old_.public_key(), new_.public_key(), 1700000002000), 1700000002000)
             .jws);
     sealer_.use_key(new_);
     for (int i = 3; i < 6; ++i) {
@@ -159,7 +162,8 @@ TEST_F(KeyRotationTest, OldKeyIsRefusedAfterTheRotation) {
   auto records = rotated_chain();
   // Seq 5 again, but signed by the old key (what a stolen old key could make).
   json forged = body_of(records[4]);
-  const std::string header = R"({"alg":"EdDSA","kid":")" + old_.public_key().kid() + R"(","typ":"evidence+jws"})";
+  const std::string header =
+      R"({"alg":"EdDSA","kid":")" + old_.public_key().kid() + R"(","typ":"evidence+jws"})";
   const std::string forged_jws = test::sign_raw(old_, header, canonical_json(forged));
   ChainVerifier v(old_.public_key());
   for (int i = 0; i < 4; ++i) {

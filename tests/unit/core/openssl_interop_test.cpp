@@ -1,12 +1,11 @@
 // Interop with the stock `openssl` CLI, as central teams will check the feed: our JWS signatures verify
 // with `openssl pkeyutl -verify -rawin`, our kid matches one computed from openssl's DER output, and a
 // key file we write is usable by openssl (and vice versa).
-#include <cstdlib>
-#include <string>
-
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 
-#include <gtest/gtest.h>
+#include <cstdlib>
+#include <string>
 
 #include "daemon/core/chain_verifier.h"
 #include "daemon/core/encoding.h"
@@ -54,7 +53,11 @@ TEST_F(OpenSslInteropTest, OpensslVerifiesOurJwsAndRejectsTampering) {
   Fact f;
   f.type = "speeding";
   f.time_ms = 1700000000000;
-  f.fields = {{"plate", "\xe6\xb5\x99" "A12345"}, {"speed", 1234}, {"limit", 1000}};
+  f.fields = {{"plate",
+               "\xe6\xb5\x99"
+               "A12345"},
+              {"speed", 1234},
+              {"limit", 1000}};
   const std::string jws = sealer.seal(f, 1700000000100).jws;
   EXPECT_EQ(openssl_verify(jws), 0);
 
@@ -63,15 +66,18 @@ TEST_F(OpenSslInteropTest, OpensslVerifiesOurJwsAndRejectsTampering) {
   body["speed"] = 999;
   const auto dot1 = jws.find('.');
   const auto dot2 = jws.rfind('.');
-  const std::string tampered = jws.substr(0, dot1 + 1) + base64url_encode(canonical_json(body)) + jws.substr(dot2);
+  const std::string tampered =
+      jws.substr(0, dot1 + 1) + base64url_encode(canonical_json(body)) + jws.substr(dot2);
   EXPECT_NE(openssl_verify(tampered), 0);
 }
 
 TEST_F(OpenSslInteropTest, KidMatchesOpensslDerivedValue) {
   // The raw key is the last 32 bytes of the SubjectPublicKeyInfo DER.
   const std::string out = dir_.file("kid");
-  ASSERT_EQ(run_shell("openssl pkey -pubin -in '" + pub_path_ + "' -outform DER | tail -c 32 | "
-                      "openssl dgst -sha256 -r | cut -c1-16 > '" + out + "'"),
+  ASSERT_EQ(run_shell("openssl pkey -pubin -in '" + pub_path_ +
+                      "' -outform DER | tail -c 32 | "
+                      "openssl dgst -sha256 -r | cut -c1-16 > '" +
+                      out + "'"),
             0);
   EXPECT_EQ(test::read_file(out), key_.public_key().kid() + "\n");
 }

@@ -2,13 +2,13 @@
 // refusal of reserved names and non-integer numbers.
 #include "daemon/core/sealer.h"
 
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <limits>
 #include <stdexcept>
-#include <vector>
 #include <string>
-
-#include <gtest/gtest.h>
+#include <vector>
 
 #include "daemon/core/encoding.h"
 #include "daemon/core/jcs.h"
@@ -23,7 +23,11 @@ Fact speeding(UnixMs time_ms, int speed) {
   Fact f;
   f.type = "speeding";
   f.time_ms = time_ms;
-  f.fields = {{"plate", "\xe6\xb5\x99" "A12345"}, {"speed", speed}, {"lane", 2}};
+  f.fields = {{"plate",
+               "\xe6\xb5\x99"
+               "A12345"},
+              {"speed", speed},
+              {"lane", 2}};
   return f;
 }
 
@@ -40,7 +44,9 @@ TEST_F(SealerTest, ExactHeaderAndBodyBytes) {
   EXPECT_EQ(sealer.kid(), "21fe31dfa154a261");
   EXPECT_EQ(test::payload_of(r.jws),
             "{\"created_ms\":1700000000500,\"gateway\":\"gw-1\",\"id\":\"gw-1:1\",\"lane\":2,"
-            "\"plate\":\"\xe6\xb5\x99" "A12345\",\"prev\":\"" + std::string(64, '0') +
+            "\"plate\":\"\xe6\xb5\x99"
+            "A12345\",\"prev\":\"" +
+                std::string(64, '0') +
                 "\",\"seq\":1,\"speed\":1234,\"time_ms\":1700000000000,\"type\":\"speeding\",\"v\":1}");
   EXPECT_EQ(r.seq, 1u);
   EXPECT_EQ(r.id, "gw-1:1");
@@ -150,7 +156,9 @@ TEST_F(SealerTest, RejectsEmptyTypeAndGateway) {
 
 // Device text that is not UTF-8 keeps its exact bytes beside an escaped, lossless text.
 TEST(EscapeTextNotUtf8, EscapesInPlaceWithRawBytesBesideAndListsThePaths) {
-  json fields = {{"plate", "\xd5\xe3" "A12345"},
+  json fields = {{"plate",
+                  "\xd5\xe3"
+                  "A12345"},
                  {"plate_color", "blue"},
                  {"camera_event", {{"raw_xml", "<a>\xd5\xe3</a>"}, {"uuid", "u"}}},
                  {"pictures", json::array({{{"file_name", "p\xff.jpg"}}, {{"file_name", "ok.jpg"}}})},
@@ -172,7 +180,10 @@ TEST(EscapeTextNotUtf8, EscapesInPlaceWithRawBytesBesideAndListsThePaths) {
   EXPECT_EQ(fields["text_not_utf8"], json(paths));
   EXPECT_NO_THROW(canonical_json(fields));
 
-  json clean = {{"plate", "\xe6\xb5\x99" "A12345"}, {"list", json::array({"a"})}};
+  json clean = {{"plate",
+                 "\xe6\xb5\x99"
+                 "A12345"},
+                {"list", json::array({"a"})}};
   const json before = clean;
   EXPECT_TRUE(escape_text_not_utf8(clean).empty());
   EXPECT_EQ(clean, before) << "valid text is recorded unchanged";
@@ -191,7 +202,9 @@ TEST_F(SealerTest, SealOrSalvageSealsAValidFactExactlyAsSeal) {
 TEST_F(SealerTest, SealOrSalvageKeepsEverySealableMemberAndNamesTheOthers) {
   Sealer sealer(key_, "gw-1", ChainHead{});
   Fact f = speeding(1700000000000, 1500);
-  f.fields["plate"] = "\xd5\xe3" "A12345";
+  f.fields["plate"] =
+      "\xd5\xe3"
+      "A12345";
   f.fields["ratio"] = 0.5;
   f.fields["id"] = "mine";
   f.fields["pictures"] = json::array({{{"sha256", "aa"}, {"bytes", 1.25}}});
@@ -218,9 +231,8 @@ TEST_F(SealerTest, SealOrSalvageKeepsEverySealableMemberAndNamesTheOthers) {
   EXPECT_EQ(body["valid"], false);
   EXPECT_EQ(body["invalid_reasons"], json::array({"unsealable_fields"}));
   ASSERT_EQ(body["unsealable_fields"].size(), 5u);
-  EXPECT_EQ(body["unsealable_fields"][4], json({{"path", "ratio"},
-                                                {"reason", "value is not an integer within ±2^53"},
-                                                {"text", "0.5"}}));
+  EXPECT_EQ(body["unsealable_fields"][4],
+            json({{"path", "ratio"}, {"reason", "value is not an integer within ±2^53"}, {"text", "0.5"}}));
   EXPECT_EQ(body["unsealable_fields"][1]["text"], "\"mine\"");
   EXPECT_EQ(canonical_json(body), test::payload_of(r.jws));
   EXPECT_EQ(sealer.head().seq, 1u);

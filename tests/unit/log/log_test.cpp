@@ -1,11 +1,11 @@
 // The journald line form and the per component/device rate limit.
 #include "daemon/log/log.h"
 
+#include <gtest/gtest.h>
+
 #include <cstdio>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
 
 namespace cpd::log {
 namespace {

@@ -1,4 +1,6 @@
 // RadarFrameParser: the spec's examples, every discard reason, and arbitrary chunking of the stream.
+#include "adapters/radar/radar_frame_parser.h"
+
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -6,7 +8,6 @@
 #include <string>
 #include <vector>
 
-#include "adapters/radar/radar_frame_parser.h"
 #include "tests/support/radar_frames.h"
 
 namespace cpd::adapters {
@@ -14,8 +15,12 @@ namespace {
 
 using test::DetectFields;
 
-const std::string kSpecDetect = "\x02" "02,01234.56,07,02,A,087.3,K,025.4,+05.2,C,062.0*40\x03";
-const std::string kSpecStatus = "\x02" "09,01234.56,00,OK*38\x03";
+const std::string kSpecDetect =
+    "\x02"
+    "02,01234.56,07,02,A,087.3,K,025.4,+05.2,C,062.0*40\x03";
+const std::string kSpecStatus =
+    "\x02"
+    "09,01234.56,00,OK*38\x03";
 
 DetectFields sample_detect(int target = 7) {
   DetectFields f;
@@ -32,7 +37,9 @@ DetectFields sample_detect(int target = 7) {
   return f;
 }
 
-std::uint64_t err(const RadarFrameParser& p, FrameError e) { return p.counters().error(e); }
+std::uint64_t err(const RadarFrameParser& p, FrameError e) {
+  return p.counters().error(e);
+}
 
 TEST(RadarFrameParser, SpecExamplesParseWithTheirPrintedChecksums) {
   RadarFrameParser p;
@@ -136,8 +143,12 @@ TEST(RadarFrameParser, BadChecksumIsCountedAndNextFrameParses) {
 
 TEST(RadarFrameParser, LowerCaseOrMissingChecksumIsAChecksumError) {
   RadarFrameParser p;
-  EXPECT_TRUE(p.feed("\x02" "09,01234.56,00,OK*3a\x03").empty());  // 0x3A is wrong anyway; form first
-  EXPECT_TRUE(p.feed("\x02" "09,01234.56,00,OK\x03").empty());
+  EXPECT_TRUE(p.feed("\x02"
+                     "09,01234.56,00,OK*3a\x03")
+                  .empty());  // 0x3A is wrong anyway; form first
+  EXPECT_TRUE(p.feed("\x02"
+                     "09,01234.56,00,OK\x03")
+                  .empty());
   EXPECT_TRUE(p.feed("\x02\x03").empty());
   EXPECT_EQ(err(p, FrameError::kChecksum), 3u);
   // A lower-case rendering of the right value is still not the documented form.
@@ -193,32 +204,33 @@ TEST(RadarFrameParser, WrongFieldCount) {
 
 TEST(RadarFrameParser, WrongFieldSyntaxEachField) {
   const std::vector<std::string> bad_detects = {
-      "02,1234.56,07,02,A,087.3,K,025.4,+05.2,C,062.0",     // time too short
-      "02,01234.5,07,02,A,087.3,K,025.4,+05.2,C,062.0",     // time decimals
-      "02,01234:56,07,02,A,087.3,K,025.4,+05.2,C,062.0",    // time separator
-      "02,01234.56,00,02,A,087.3,K,025.4,+05.2,C,062.0",    // target 00
-      "02,01234.56,7,02,A,087.3,K,025.4,+05.2,C,062.0",     // target one digit
-      "02,01234.56,07,2,A,087.3,K,025.4,+05.2,C,062.0",     // targets one digit
-      "02,01234.56,07,02,B,087.3,K,025.4,+05.2,C,062.0",    // dir
-      "02,01234.56,07,02,a,087.3,K,025.4,+05.2,C,062.0",    // dir lower case
-      "02,01234.56,07,02,A,87.3,K,025.4,+05.2,C,062.0",     // speed short
-      "02,01234.56,07,02,A,087.30,K,025.4,+05.2,C,062.0",   // speed decimals
-      "02,01234.56,07,02,A,-87.3,K,025.4,+05.2,C,062.0",    // speed signed
-      "02,01234.56,07,02,A,087.3,k,025.4,+05.2,C,062.0",    // units
-      "02,01234.56,07,02,A,087.3,K,025.4X,+05.2,C,062.0",   // range
-      "02,01234.56,07,02,A,087.3,K,025.4,05.2,C,062.0",     // x without sign
-      "02,01234.56,07,02,A,087.3,K,025.4,+5.2,C,062.0",     // x short
-      "02,01234.56,07,02,A,087.3,K,025.4,+05.2,Q,062.0",    // coord
-      "02,01234.56,07,02,A,087.3,K,025.4,+05.2,C,62.0",     // amplitude
-      "02,01234.56,07,02,A,087.3,K,025.4,+05.2,C, 62.0",    // embedded space
+      "02,1234.56,07,02,A,087.3,K,025.4,+05.2,C,062.0",    // time too short
+      "02,01234.5,07,02,A,087.3,K,025.4,+05.2,C,062.0",    // time decimals
+      "02,01234:56,07,02,A,087.3,K,025.4,+05.2,C,062.0",   // time separator
+      "02,01234.56,00,02,A,087.3,K,025.4,+05.2,C,062.0",   // target 00
+      "02,01234.56,7,02,A,087.3,K,025.4,+05.2,C,062.0",    // target one digit
+      "02,01234.56,07,2,A,087.3,K,025.4,+05.2,C,062.0",    // targets one digit
+      "02,01234.56,07,02,B,087.3,K,025.4,+05.2,C,062.0",   // dir
+      "02,01234.56,07,02,a,087.3,K,025.4,+05.2,C,062.0",   // dir lower case
+      "02,01234.56,07,02,A,87.3,K,025.4,+05.2,C,062.0",    // speed short
+      "02,01234.56,07,02,A,087.30,K,025.4,+05.2,C,062.0",  // speed decimals
+      "02,01234.56,07,02,A,-87.3,K,025.4,+05.2,C,062.0",   // speed signed
+      "02,01234.56,07,02,A,087.3,k,025.4,+05.2,C,062.0",   // units
+      "02,01234.56,07,02,A,087.3,K,025.4X,+05.2,C,062.0",  // range
+      "02,01234.56,07,02,A,087.3,K,025.4,05.2,C,062.0",    // x without sign
+      "02,01234.56,07,02,A,087.3,K,025.4,+5.2,C,062.0",    // x short
+      "02,01234.56,07,02,A,087.3,K,025.4,+05.2,Q,062.0",   // coord
+      "02,01234.56,07,02,A,087.3,K,025.4,+05.2,C,62.0",    // amplitude
+      "02,01234.56,07,02,A,087.3,K,025.4,+05.2,C, 62.0",   // embedded space
   };
   RadarFrameParser p;
   for (const auto& body : bad_detects) {
     EXPECT_TRUE(p.feed(test::radar_frame(body)).empty()) << body;
   }
   const std::vector<std::string> bad_status = {
-      "09,01234.56,0,OK", "09,01234.56,000,OK", "09,0123456,00,OK",
-      "09,01234.56,00," + std::string(41, 'T'), "09,01234.56,00,BAD\x01TEXT",
+      "09,01234.56,0,OK",           "09,01234.56,000,OK",
+      "09,0123456,00,OK",           "09,01234.56,00," + std::string(41, 'T'),
+      "09,01234.56,00,BAD\x01TEXT",
   };
   for (const auto& body : bad_status) {
     EXPECT_TRUE(p.feed(test::radar_frame(body)).empty()) << body;

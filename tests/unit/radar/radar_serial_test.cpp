@@ -1,18 +1,16 @@
 // The radar adapter over a serial line: a pseudo-terminal stands in for /dev/ttyUSB0, the test writes
 // builder frames into its master side, and the adapter reads them through boost::asio::serial_port.
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <pty.h>
 #include <termios.h>
 #include <unistd.h>
 
+#include <boost/asio/io_context.hpp>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
-
-#include <gtest/gtest.h>
-
-#include <boost/asio/io_context.hpp>
 
 #include "adapters/radar/radar_adapter.h"
 #include "tests/support/radar_frames.h"
@@ -86,7 +84,7 @@ TEST(RadarSerial, ReadsFramesFromASerialLineAndClosesTracks) {
     f.target = 7;
     f.speed_tenths = 870 + i * 3;  // peak 88.2 km/h
     f.range_dm = 500 - i * 20;
-    f.x_tenths = 52;               // lane 2
+    f.x_tenths = 52;  // lane 2
     f.amplitude_ddb = 600;
     bytes += test::detect_frame(f);
   }

@@ -2,9 +2,9 @@
 // peak and its status, reboot closing tracks, and the per-track frame bound.
 #include "adapters/radar/radar_tracks.h"
 
-#include <algorithm>
-
 #include <gtest/gtest.h>
+
+#include <algorithm>
 
 #include "tests/support/radar_frames.h"
 
@@ -133,7 +133,8 @@ TEST(RadarTrackBuilder, LaneBoundaryIsHalfOpenAndUsesMedian) {
     EXPECT_EQ(t.lane_bands[1].x_max_mm, 7500);
     EXPECT_EQ(radar_lane_for_mm(t.lane_bands, t.median_lateral_mm), t.lane);
   }
-  const auto on_boundary = std::find_if(closed.begin(), closed.end(), [](const auto& t) { return t.target == 2; });
+  const auto on_boundary =
+      std::find_if(closed.begin(), closed.end(), [](const auto& t) { return t.target == 2; });
   ASSERT_NE(on_boundary, closed.end());
   EXPECT_EQ(on_boundary->median_lateral_mm, 3750) << "mean of 3.7 m and 3.8 m";
   EXPECT_EQ(radar_lane_for_mm(radar_lane_bands(config().lanes), 3749), 1);

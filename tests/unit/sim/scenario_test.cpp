@@ -240,10 +240,10 @@ stops:
   EXPECT_EQ(s.stops[1].dock_after_ms, 2000);
   // Stops without a dock section get a default dock.
   EXPECT_TRUE(parse_scenario("stops: [{at_ms: 0, duration_ms: 10}]\n").dock);
-  for (const char* bad : {"stops: [{at_ms: 0}]\n", "stops: [{at_ms: 0, duration_ms: 1, recorder: 'a/b'}]\n",
-                          "stops: [{at_ms: 0, duration_ms: 1, file_type: movie}]\n",
-                          "stops: [{at_ms: 0, duration_ms: 1, bogus: 1}]\n", "dock: {token: ''}\n",
-                          "dock: {prot: 1}\n"}) {
+  for (const char* bad :
+       {"stops: [{at_ms: 0}]\n", "stops: [{at_ms: 0, duration_ms: 1, recorder: 'a/b'}]\n",
+        "stops: [{at_ms: 0, duration_ms: 1, file_type: movie}]\n",
+        "stops: [{at_ms: 0, duration_ms: 1, bogus: 1}]\n", "dock: {token: ''}\n", "dock: {prot: 1}\n"}) {
     EXPECT_THROW(parse_scenario(bad), std::runtime_error) << bad;
   }
   try {
@@ -318,7 +318,8 @@ stops:
   const nlohmann::json listing = nlohmann::json::parse(res.body());
   ASSERT_EQ(listing["files"].size(), 1U);
   const nlohmann::json f = listing["files"][0];
-  const auto content = http_get(dock_port, "/api/v1/files/" + f["uniqueId"].get<std::string>() + "/content", bearer);
+  const auto content =
+      http_get(dock_port, "/api/v1/files/" + f["uniqueId"].get<std::string>() + "/content", bearer);
   EXPECT_EQ(content.result_int(), 200U);
   EXPECT_EQ(http_get(dock_port, "/api/v1/status", {}).result_int(), 401U);
 

@@ -2,10 +2,10 @@
 // custody receipt (docs/custody.md, "A replaced store") has its head at the receipt with no record there,
 // appends from the next seq, keeps the origin across a reopen, and refuses a second origin.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <string>
-#include <unistd.h>
 
 #include "daemon/store/evidence_store.h"
 
@@ -26,7 +26,8 @@ SealedRecord record_at(std::uint64_t seq) {
 }
 
 CustodyState receipt_at(std::uint64_t seq) {
-  return CustodyState{seq, std::string(64, 'a'), "zj-central", "0123456789abcdef", "h.b.s", 1'700'000'000'500};
+  return CustodyState{seq,     std::string(64, 'a'), "zj-central", "0123456789abcdef",
+                      "h.b.s", 1'700'000'000'500};
 }
 
 class ChainOriginTest : public ::testing::Test {
