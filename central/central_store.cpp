@@ -247,6 +247,11 @@ CREATE TABLE accepted_media_losses (
   PRIMARY KEY (gateway, sha256)
 );
 )sql",
+    // Step 6: the last head announcement's JWS, so a record that arrives after an announcement naming
+    // another hash for its seq is kept as a head fork with the signed announcement.
+    R"sql(
+ALTER TABLE gateways ADD COLUMN announced_jws text;
+)sql",
 };
 
 std::string num(std::uint64_t v) {
@@ -660,6 +665,7 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
     conn_->exec(
         "UPDATE gateways SET max_seq = GREATEST(max_seq, $2::bigint), last_seen_ms = $3 WHERE gateway = $1",
         {gateway, num(seq), now}, "noting a gateway's highest seq");
+    compare_with_announced(gateway, now, out);
   }
 
   store_heads(batch.heads, now, out);
@@ -892,26 +898,48 @@ void CentralStore::store_heads(const std::vector<AnnouncedHead>& heads, const st
       PgResult held = conn_->exec("SELECT jws_sha256 FROM records WHERE gateway = $1 AND seq = $2",
                                   {h.gateway, num(h.seq)}, "comparing an announced head");
       if (held.rows() == 1 && held.text(0, 0) != h.head) {
-        PgResult f = conn_->exec(
-            "INSERT INTO head_forks (gateway, seq, announced_hash, stored_hash, jws, first_ms, last_ms) "
-            "SELECT $1, $2, $3, $4, $5, $6, $6 WHERE (SELECT count(*) FROM head_forks WHERE gateway = $1) < "
-            "1000 ON CONFLICT (gateway, seq, announced_hash) DO UPDATE SET count = head_forks.count + 1, "
-            "last_ms = EXCLUDED.last_ms RETURNING (xmax = 0)",
-            {h.gateway, num(h.seq), h.head, held.text(0, 0), a.jws, now}, "keeping a head fork");
-        if (f.rows() == 1 && f.boolean(0, 0)) {
-          ++out.head_forks;
-          out.head_fork_lines.push_back(h.gateway + ":" + num(h.seq) + " announced with head " + h.head +
-                                        ", the stored record's SHA-256 is " + held.text(0, 0));
-          conn_->exec("UPDATE gateways SET head_forks = head_forks + 1 WHERE gateway = $1", {h.gateway},
-                      "counting a head fork");
-        }
+        note_head_fork(h.gateway, h.seq, h.head, held.text(0, 0), a.jws, now, out);
         continue;
       }
     }
     conn_->exec(
-        "UPDATE gateways SET announced_seq = $2, announced_hash = $3, announced_ms = $4, last_seen_ms = $5 "
-        "WHERE gateway = $1 AND announced_seq <= $2",
-        {h.gateway, num(h.seq), h.head, num(h.time_ms), now}, "noting an announced head");
+        "UPDATE gateways SET announced_seq = $2, announced_hash = $3, announced_ms = $4, last_seen_ms = $5, "
+        "announced_jws = $6 WHERE gateway = $1 AND announced_seq <= $2",
+        {h.gateway, num(h.seq), h.head, num(h.time_ms), now, a.jws}, "noting an announced head");
+  }
+}
+
+void CentralStore::compare_with_announced(const std::string& gateway, const std::string& now,
+                                          BatchOutcome& out) {
+  // The announcement came first (store_heads compares those that come after the record). Only the last
+  // announcement is kept per gateway, so an earlier one that a later one replaced is not compared.
+  PgResult r = conn_->exec(
+      "SELECT r.seq, r.jws_sha256, g.announced_hash, g.announced_jws FROM gateways g JOIN records r ON "
+      "r.gateway = g.gateway AND r.seq = g.announced_seq WHERE g.gateway = $1 AND r.received_ms = $2::bigint "
+      "AND g.announced_jws IS NOT NULL AND r.jws_sha256 <> g.announced_hash",
+      {gateway, now}, "comparing a new record with the announced head");
+  if (r.rows() == 1) {
+    note_head_fork(gateway, static_cast<std::uint64_t>(r.integer(0, 0)), r.text(0, 2), r.text(0, 1),
+                   r.text(0, 3), now, out);
+  }
+}
+
+void CentralStore::note_head_fork(const std::string& gateway, std::uint64_t seq,
+                                  const std::string& announced_hash, const std::string& stored_hash,
+                                  const std::string& announcement_jws, const std::string& now,
+                                  BatchOutcome& out) {
+  PgResult f = conn_->exec(
+      "INSERT INTO head_forks (gateway, seq, announced_hash, stored_hash, jws, first_ms, last_ms) "
+      "SELECT $1, $2, $3, $4, $5, $6, $6 WHERE (SELECT count(*) FROM head_forks WHERE gateway = $1) < "
+      "1000 ON CONFLICT (gateway, seq, announced_hash) DO UPDATE SET count = head_forks.count + 1, "
+      "last_ms = EXCLUDED.last_ms RETURNING (xmax = 0)",
+      {gateway, num(seq), announced_hash, stored_hash, announcement_jws, now}, "keeping a head fork");
+  if (f.rows() == 1 && f.boolean(0, 0)) {
+    ++out.head_forks;
+    out.head_fork_lines.push_back(gateway + ":" + num(seq) + " announced with head " + announced_hash +
+                                  ", the stored record's SHA-256 is " + stored_hash);
+    conn_->exec("UPDATE gateways SET head_forks = head_forks + 1 WHERE gateway = $1", {gateway},
+                "counting a head fork");
   }
 }
 

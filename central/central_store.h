@@ -247,6 +247,13 @@ class CentralStore {
                      std::vector<QuarantineEntry>& unsolicited, BatchOutcome& out);
   void note_chain_restart(const IncomingRecord& rec, bool as_fork, const std::string& now, BatchOutcome& out);
   void store_heads(const std::vector<AnnouncedHead>& heads, const std::string& now, BatchOutcome& out);
+  // Records of `gateway` stored by this batch (received_ms = now) at the seq its last announcement named,
+  // with another hash: head forks found when the record arrives after the announcement.
+  void compare_with_announced(const std::string& gateway, const std::string& now, BatchOutcome& out);
+  // Keeps (deduplicated, at most 1000 per gateway), counts and reports a head fork.
+  void note_head_fork(const std::string& gateway, std::uint64_t seq, const std::string& announced_hash,
+                      const std::string& stored_hash, const std::string& announcement_jws,
+                      const std::string& now, BatchOutcome& out);
   void resolve_quarantine(const std::vector<std::int64_t>& ids, const std::string& now, BatchOutcome& out);
 
   std::unique_ptr<PgConnection> conn_;

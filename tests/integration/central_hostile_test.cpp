@@ -114,8 +114,8 @@ class CentralHostile : public CustodyFixture {
 
 // A resend reply saying a picture is no longer held: recorded (gateway, seq, sha256, when), not asked for
 // again, shown by status and metrics; custody (watermark, receipts) stops before the record naming it. A
-// signed head naming another hash for a seq central holds is a fork alarm. A reply nobody asked for
-// changes nothing.
+// signed head naming another hash for a seq central holds is a fork alarm, and so is a record that arrives
+// after such a head. A reply nobody asked for changes nothing.
 TEST_F(CentralHostile, MediaNotHeldIsRecordedAndAHeadForkIsAlarmed) {
   start_central();
   const std::string lost = sha256_hex("a picture the gateway lost");
@@ -204,6 +204,30 @@ TEST_F(CentralHostile, MediaNotHeldIsRecordedAndAHeadForkIsAlarmed) {
   m = metrics();
   EXPECT_EQ(metric(m, "central_head_forks_total"), 1) << m;
   EXPECT_NE(central_->stderr_text().find("FORK: head announcement gh:1"), std::string::npos);
+
+  // A head announced before its record arrives, naming another hash for its seq: the fork is found when the
+  // record is stored, and kept with the signed announcement.
+  const std::string r4 = gh_record(4, sha256_hex(r3), {});
+  const std::string r5 = gh_record(5, sha256_hex(r4), {});
+  const std::string early =
+      custody::seal_head(gh_key_, custody::Head{"gh", 5, std::string(64, 'f'), 1767225609002});
+  gh.publish("checkpoint/gh/head", early);
+  gh.drain();
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return pg_int("SELECT announced_seq FROM gateways WHERE gateway = 'gh'") == 5; }, 20s));
+  EXPECT_EQ(pg_int("SELECT count(*) FROM head_forks"), 1);
+  gh.publish("checkpoint/gh/evidence", r4);
+  gh.publish("checkpoint/gh/evidence", r5);
+  gh.drain();
+  ASSERT_TRUE(wait_for_condition([&] { return pg_int("SELECT count(*) FROM head_forks") == 2; }, 20s))
+      << central_->stderr_text();
+  EXPECT_EQ(pg_.query("SELECT announced_hash || ' ' || stored_hash FROM head_forks WHERE seq = 5"),
+            std::string(64, 'f') + " " + sha256_hex(r5));
+  EXPECT_EQ(pg_.query("SELECT jws FROM head_forks WHERE seq = 5"), early);
+  EXPECT_EQ(pg_int("SELECT head_forks FROM gateways WHERE gateway = 'gh'"), 2);
+  m = metrics();
+  EXPECT_EQ(metric(m, "central_head_forks_total"), 2) << m;
+  EXPECT_NE(central_->stderr_text().find("FORK: head announcement gh:5"), std::string::npos);
   central_->signal(SIGTERM);
   EXPECT_EQ(central_->wait(20s), 0) << central_->stderr_text();
 }
