@@ -252,6 +252,21 @@ CREATE TABLE accepted_media_losses (
     R"sql(
 ALTER TABLE gateways ADD COLUMN announced_jws text;
 )sql",
+    // Step 7: quarantine rows an operator discarded (checkpoint-central discard-quarantine): who, why, when,
+    // how many; the rows themselves are gone.
+    R"sql(
+CREATE TABLE quarantine_discards (
+  id bigserial PRIMARY KEY,
+  gateway text NOT NULL,
+  rows bigint NOT NULL,
+  bytes bigint NOT NULL,
+  ids text NOT NULL,
+  seen_before_ms bigint,
+  reason text NOT NULL,
+  operator text NOT NULL,
+  discarded_ms bigint NOT NULL
+);
+)sql",
 };
 
 std::string num(std::uint64_t v) {
@@ -525,6 +540,52 @@ void CentralStore::resolve_quarantine(const std::vector<std::int64_t>& ids, cons
       "gateway = ''",
       {num(rows), num(bytes)}, "uncounting resolved quarantine rows");
   out.quarantine_resolved += static_cast<std::uint64_t>(rows);
+}
+
+CentralStore::QuarantineDiscard CentralStore::discard_quarantine(const std::string& gateway,
+                                                                 const std::vector<std::int64_t>& ids,
+                                                                 std::optional<std::int64_t> seen_before_ms,
+                                                                 const std::string& reason,
+                                                                 const std::string& by, std::int64_t now_ms) {
+  PgTransaction tx(*conn_);
+  const std::string now = num(now_ms);
+  conn_->exec("SELECT 1 FROM quarantine_usage WHERE gateway = '' FOR UPDATE",
+              "locking the quarantine totals");
+  std::string wanted = "{";
+  for (const std::int64_t id : ids) {
+    wanted += (wanted.size() > 1 ? "," : "") + num(id);
+  }
+  wanted += "}";
+  PgResult sel = conn_->exec(
+      "SELECT id, octet_length(payload) FROM quarantine WHERE gateway = $1 AND (NOT $2::boolean OR id = "
+      "ANY($3::bigint[])) AND ($4::bigint IS NULL OR last_seen_ms < $4::bigint) ORDER BY id FOR UPDATE",
+      {gateway, ids.empty() ? "false" : "true", wanted,
+       seen_before_ms ? std::optional<std::string>(num(*seen_before_ms)) : std::nullopt},
+      "choosing quarantine rows to discard");
+  QuarantineDiscard d;
+  std::vector<std::int64_t> chosen;
+  for (int i = 0; i < sel.rows(); ++i) {
+    chosen.push_back(sel.integer(i, 0));
+    d.bytes += sel.integer(i, 1);
+  }
+  d.rows = static_cast<std::int64_t>(chosen.size());
+  if (chosen.empty()) {
+    return d;  // nothing matched: nothing changes, nothing is kept
+  }
+  BatchOutcome out;
+  resolve_quarantine(chosen, now, out);  // deletes and uncounts them (per gateway and in total)
+  std::string list;
+  for (const std::int64_t id : chosen) {
+    list += (list.empty() ? "" : ",") + num(id);
+  }
+  conn_->exec(
+      "INSERT INTO quarantine_discards (gateway, rows, bytes, ids, seen_before_ms, reason, operator, "
+      "discarded_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+      {gateway, num(d.rows), num(d.bytes), list,
+       seen_before_ms ? std::optional<std::string>(num(*seen_before_ms)) : std::nullopt, reason, by, now},
+      "keeping a quarantine discard");
+  tx.commit();
+  return d;
 }
 
 nlohmann::json CentralStore::quarantine_rows(const std::string& gateway, std::int64_t limit) {

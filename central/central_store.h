@@ -194,6 +194,16 @@ class CentralStore {
                              std::optional<std::pair<std::uint64_t, std::uint64_t>> seqs,
                              const std::string& picture, const std::string& reason, const std::string& by,
                              std::int64_t now_ms);
+  // An operator discards quarantine rows of `gateway` (checkpoint-central discard-quarantine): those with an
+  // id in `ids` (all when empty) last seen before `seen_before_ms` (any time when unset). They are deleted
+  // and uncounted in one transaction, which also keeps who, why, when and how many in quarantine_discards.
+  struct QuarantineDiscard {
+    std::int64_t rows = 0;
+    std::int64_t bytes = 0;
+  };
+  QuarantineDiscard discard_quarantine(const std::string& gateway, const std::vector<std::int64_t>& ids,
+                                       std::optional<std::int64_t> seen_before_ms, const std::string& reason,
+                                       const std::string& by, std::int64_t now_ms);
   // gateway -> kid -> key and its seq range, for every enrolled gateway.
   TrustedKeys trusted_keys();
   // The committed seq ranges of these (gateway, kid) pairs (rows that exist): the authority an instance's

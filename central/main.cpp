@@ -1,5 +1,6 @@
 // checkpoint-central: verifies every gateway's chain into PostgreSQL, repairs gaps, issues custody
-// receipts (docs/custody.md). Subcommands: run, check-config, enroll, status, quarantine, export.
+// receipts (docs/custody.md). Subcommands: run, check-config, enroll, status, quarantine, discard-quarantine,
+// revoke-key, accept-loss, files, export.
 #include <systemd/sd-daemon.h>
 
 #include <CLI/CLI.hpp>
@@ -147,12 +148,14 @@ int files(central::PgConnection& pg, const std::string& gateway, const std::stri
 
 // checkpoint-central accept-loss: what an operator accepts is printable text of bounded length (it goes into
 // PostgreSQL and status output as is); the range or picture is checked by the store.
+// An operator's --reason or --operator: kept in PostgreSQL and shown in logs, so printable and bounded.
+bool printable_operator_text(const std::string& text) {
+  return !text.empty() && text.size() <= 500 && printable(text, 500) == text;
+}
+
 int accept_loss(central::CentralStore& store, const std::string& gateway, const std::string& seqs,
                 const std::string& picture, const std::string& reason, const std::string& by) {
-  const auto printable_text = [](const std::string& text) {
-    return !text.empty() && text.size() <= 500 && printable(text) == text;
-  };
-  if (!printable_text(reason) || !printable_text(by)) {
+  if (!printable_operator_text(reason) || !printable_operator_text(by)) {
     std::cerr << "checkpoint-central: --reason and --operator must be printable ASCII, 1-500 bytes"
               << std::endl;
     return 2;
@@ -255,6 +258,20 @@ int main(int argc, char** argv) {
   seq_opt->excludes(picture_opt);
   accept_cmd->add_option("--reason", loss_reason, "why the loss is accepted (kept with it)")->required();
   accept_cmd->add_option("--operator", loss_operator, "who accepts it (kept with it)")->required();
+  std::vector<std::int64_t> discard_ids;
+  std::optional<std::int64_t> seen_before_ms;
+  auto* discard_cmd = app.add_subcommand(
+      "discard-quarantine",
+      "Delete a gateway's quarantine rows (all, --id N..., or --seen-before-ms T); who and why are kept");
+  discard_cmd->add_option("-c,--config", config_path, "YAML config")->required();
+  discard_cmd->add_option("--gateway", gateway, "the rows' gateway name (quarantine lists them)")->required();
+  discard_cmd->add_option("--id", discard_ids, "only these rows (quarantine --json lists their ids)")
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{INT64_MAX}));
+  discard_cmd
+      ->add_option("--seen-before-ms", seen_before_ms, "only rows last seen before this time (Unix ms)")
+      ->check(CLI::Range(std::int64_t{0}, std::int64_t{INT64_MAX}));
+  discard_cmd->add_option("--reason", loss_reason, "why they are discarded (kept)")->required();
+  discard_cmd->add_option("--operator", loss_operator, "who discards them (kept)")->required();
   std::string request_sha;
   auto* files_cmd = app.add_subcommand(
       "files",
@@ -383,6 +400,19 @@ int main(int argc, char** argv) {
     }
     if (*accept_cmd) {
       return accept_loss(store, gateway, loss_seqs, loss_picture, loss_reason, loss_operator);
+    }
+    if (*discard_cmd) {
+      if (!printable_operator_text(loss_reason) || !printable_operator_text(loss_operator)) {
+        std::cerr << "checkpoint-central: --reason and --operator must be printable ASCII, 1-500 bytes"
+                  << std::endl;
+        return 2;
+      }
+      const auto d = store.discard_quarantine(gateway, discard_ids, seen_before_ms, loss_reason,
+                                              loss_operator, now_ms());
+      std::cout << "discarded " << d.rows << " quarantine rows (" << d.bytes << " bytes) of "
+                << nlohmann::json(printable(gateway)).dump() << " by " << loss_operator
+                << (d.rows == 0 ? " (none matched: nothing changed)" : "") << std::endl;
+      return 0;
     }
     if (*files_cmd) {
       return files(store.connection(), gateway, request_sha, limit, json_out);

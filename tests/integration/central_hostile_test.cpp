@@ -115,7 +115,8 @@ class CentralHostile : public CustodyFixture {
 // A resend reply saying a picture is no longer held: recorded (gateway, seq, sha256, when), not asked for
 // again, shown by status and metrics; custody (watermark, receipts) stops before the record naming it. A
 // signed head naming another hash for a seq central holds is a fork alarm, and so is a record that arrives
-// after such a head. A reply nobody asked for changes nothing.
+// after such a head. A reply nobody asked for changes nothing, and an operator can discard its quarantine
+// row.
 TEST_F(CentralHostile, MediaNotHeldIsRecordedAndAHeadForkIsAlarmed) {
   start_central();
   const std::string lost = sha256_hex("a picture the gateway lost");
@@ -230,6 +231,28 @@ TEST_F(CentralHostile, MediaNotHeldIsRecordedAndAHeadForkIsAlarmed) {
   EXPECT_NE(central_->stderr_text().find("FORK: head announcement gh:5"), std::string::npos);
   central_->signal(SIGTERM);
   EXPECT_EQ(central_->wait(20s), 0) << central_->stderr_text();
+
+  // An operator discards gh's quarantine row (the unsolicited reply): deleted, uncounted, who and why kept.
+  const std::string config = (dir_ / "central.yaml").string();
+  const auto discard = [&](std::vector<std::string> more, std::string* out) {
+    std::vector<std::string> args = {"discard-quarantine", "--config", config, "--gateway", "gh"};
+    args.insert(args.end(), more.begin(), more.end());
+    return central_cli(args, out);
+  };
+  std::string out;
+  EXPECT_EQ(discard({"--reason", "bell\x07", "--operator", "op"}, &out), 2) << "a reason not printable";
+  EXPECT_EQ(discard({"--id", "999999999", "--reason", "noise", "--operator", "op"}, &out), 0);
+  EXPECT_NE(out.find("discarded 0 quarantine rows"), std::string::npos) << out;
+  EXPECT_EQ(pg_int("SELECT count(*) FROM quarantine WHERE gateway = 'gh'"), 1);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM quarantine_discards"), 0) << "a discard of nothing was kept";
+  ASSERT_EQ(discard({"--reason", "an unsolicited reply, looked at", "--operator", "duty officer"}, &out), 0);
+  EXPECT_NE(out.find("discarded 1 quarantine rows"), std::string::npos) << out;
+  EXPECT_EQ(pg_int("SELECT count(*) FROM quarantine WHERE gateway = 'gh'"), 0);
+  EXPECT_EQ(pg_int("SELECT rows FROM quarantine_usage WHERE gateway = 'gh'"), 0);
+  EXPECT_EQ(pg_int("SELECT rows FROM quarantine_usage WHERE gateway = ''"),
+            pg_int("SELECT count(*) FROM quarantine"));
+  EXPECT_EQ(pg_.query("SELECT rows || ' ' || operator || ' / ' || reason FROM quarantine_discards"),
+            "1 duty officer / an unsolicited reply, looked at");
 }
 
 // An operator accepts what a gateway reported lost (checkpoint-central accept-loss): refused for what the
