@@ -275,6 +275,16 @@ std::string num(std::uint64_t v) {
 std::string num(std::int64_t v) {
   return std::to_string(v);
 }
+
+// "1,2,3": ids for a PostgreSQL array literal ("{" + … + "}") or a column.
+std::string joined_ids(const std::vector<std::int64_t>& ids) {
+  std::string out;
+  for (const std::int64_t id : ids) {
+    out += (out.empty() ? "" : ",") + num(id);
+  }
+  return out;
+}
+
 std::mt19937_64& correlation_rng() {
   thread_local std::mt19937_64 rng{std::random_device{}()};
   return rng;
@@ -497,12 +507,9 @@ void CentralStore::mark_reexamined(const std::vector<std::int64_t>& ids, std::in
   if (ids.empty()) {
     return;
   }
-  std::string list = "{";
-  for (const std::int64_t id : ids) {
-    list += (list.size() > 1 ? "," : "") + num(id);
-  }
+  const std::string list = "{" + joined_ids(ids) + "}";
   conn_->exec("UPDATE quarantine SET reexamined_ms = $2 WHERE id = ANY($1::bigint[])",
-              {list + "}", num(examined_ms)}, "marking quarantine rows re-examined");
+              {list, num(examined_ms)}, "marking quarantine rows re-examined");
 }
 
 void CentralStore::resolve_quarantine(const std::vector<std::int64_t>& ids, const std::string& now,
@@ -513,16 +520,13 @@ void CentralStore::resolve_quarantine(const std::vector<std::int64_t>& ids, cons
   // The totals row first, as every transaction touching the quarantine takes it (no cycle between instances).
   conn_->exec("SELECT 1 FROM quarantine_usage WHERE gateway = '' FOR UPDATE",
               "locking the quarantine totals");
-  std::string list = "{";
-  for (const std::int64_t id : ids) {
-    list += (list.size() > 1 ? "," : "") + num(id);
-  }
+  const std::string list = "{" + joined_ids(ids) + "}";
   // Another instance may have taken the same rows: only what this transaction deletes is uncounted.
   PgResult d = conn_->exec(
       "WITH gone AS (DELETE FROM quarantine WHERE id = ANY($1::bigint[]) RETURNING gateway, "
       "octet_length(payload) AS bytes) SELECT gateway, count(*), COALESCE(sum(bytes), 0) FROM gone GROUP BY "
       "gateway ORDER BY gateway",
-      {list + "}"}, "resolving quarantine rows");
+      {list}, "resolving quarantine rows");
   std::int64_t rows = 0;
   std::int64_t bytes = 0;
   for (int i = 0; i < d.rows(); ++i) {
@@ -551,16 +555,12 @@ CentralStore::QuarantineDiscard CentralStore::discard_quarantine(const std::stri
   const std::string now = num(now_ms);
   conn_->exec("SELECT 1 FROM quarantine_usage WHERE gateway = '' FOR UPDATE",
               "locking the quarantine totals");
-  std::string wanted = "{";
-  for (const std::int64_t id : ids) {
-    wanted += (wanted.size() > 1 ? "," : "") + num(id);
-  }
-  wanted += "}";
+  const std::optional<std::string> before =
+      seen_before_ms ? std::optional<std::string>(num(*seen_before_ms)) : std::nullopt;
   PgResult sel = conn_->exec(
       "SELECT id, octet_length(payload) FROM quarantine WHERE gateway = $1 AND (NOT $2::boolean OR id = "
       "ANY($3::bigint[])) AND ($4::bigint IS NULL OR last_seen_ms < $4::bigint) ORDER BY id FOR UPDATE",
-      {gateway, ids.empty() ? "false" : "true", wanted,
-       seen_before_ms ? std::optional<std::string>(num(*seen_before_ms)) : std::nullopt},
+      {gateway, ids.empty() ? "false" : "true", "{" + joined_ids(ids) + "}", before},
       "choosing quarantine rows to discard");
   QuarantineDiscard d;
   std::vector<std::int64_t> chosen;
@@ -574,15 +574,10 @@ CentralStore::QuarantineDiscard CentralStore::discard_quarantine(const std::stri
   }
   BatchOutcome out;
   resolve_quarantine(chosen, now, out);  // deletes and uncounts them (per gateway and in total)
-  std::string list;
-  for (const std::int64_t id : chosen) {
-    list += (list.empty() ? "" : ",") + num(id);
-  }
   conn_->exec(
       "INSERT INTO quarantine_discards (gateway, rows, bytes, ids, seen_before_ms, reason, operator, "
       "discarded_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-      {gateway, num(d.rows), num(d.bytes), list,
-       seen_before_ms ? std::optional<std::string>(num(*seen_before_ms)) : std::nullopt, reason, by, now},
+      {gateway, num(d.rows), num(d.bytes), joined_ids(chosen), before, reason, by, now},
       "keeping a quarantine discard");
   tx.commit();
   return d;
