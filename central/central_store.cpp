@@ -267,6 +267,19 @@ CREATE TABLE quarantine_discards (
   discarded_ms bigint NOT NULL
 );
 )sql",
+    // Step 8: a record's JWS and body (2-4 kB together) are compressed with lz4 rather than pglz, which was
+    // a fifth of PostgreSQL's time storing records (cpd-central-bench under perf). Only new values; on a
+    // server built without lz4 (or older than PostgreSQL 14) the columns keep pglz.
+    R"sql(
+DO $$
+BEGIN
+  EXECUTE 'ALTER TABLE records ALTER COLUMN jws SET COMPRESSION lz4, ALTER COLUMN body SET COMPRESSION lz4';
+  EXECUTE 'ALTER TABLE forks ALTER COLUMN jws SET COMPRESSION lz4';
+EXCEPTION WHEN feature_not_supported OR syntax_error THEN
+  RAISE NOTICE 'lz4 compression not available: records keep pglz';
+END
+$$;
+)sql",
 };
 
 std::string num(std::uint64_t v) {
@@ -409,7 +422,7 @@ std::optional<CentralStore::Revocation> CentralStore::revoke_key(const std::stri
 }
 
 void CentralStore::note_chain_restart(const IncomingRecord& rec, bool as_fork, const std::string& now,
-                                      BatchOutcome& out) {
+                                      BatchOutcome& out, const std::string& followed) {
   auto [kind, reason] = chain_restart(rec.body);
   // Every gateway's first start says new_chain (no receipt to continue after): news only as a fork, when
   // central holds another chain's seq 1.
@@ -423,9 +436,13 @@ void CentralStore::note_chain_restart(const IncomingRecord& rec, bool as_fork, c
       "INSERT INTO chain_restarts (gateway, seq, kind, reason, jws_sha256, as_fork, received_ms) VALUES ($1, "
       "$2, "
       "$3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-      {rec.gateway, num(rec.seq), kind, reason, rec.jws_sha256, as_fork ? "true" : "false", now},
+      {rec.gateway, num(rec.seq), kind, reason + followed, rec.jws_sha256, as_fork ? "true" : "false", now},
       "noting a chain restart");
-  if (r.affected() == 1) {
+  if (!followed.empty()) {
+    conn_->exec("UPDATE chain_restarts SET reason = $4 WHERE gateway = $1 AND seq = $2 AND jws_sha256 = $3",
+                {rec.gateway, num(rec.seq), rec.jws_sha256, reason + followed}, "noting a chain restart");
+    out.chain_restarts.push_back(rec.gateway + ":" + num(rec.seq) + " " + kind + ": " + reason + followed);
+  } else if (r.affected() == 1) {
     out.chain_restarts.push_back(
         rec.gateway + ":" + num(rec.seq) + " " + kind + ": " + reason +
         (as_fork ? " (arrived as a FORK of a seq central holds from the old chain)" : ""));
@@ -623,7 +640,7 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
   resolve_quarantine(batch.resolved_quarantine, now, out);  // re-examined rows taken in (deleted)
 
   for (const IncomingMedia& m : batch.media) {
-    PgResult r = conn_->exec(
+    PgResult r = conn_->exec_prepared(
         "INSERT INTO media (sha256, bytes, path, first_gateway, received_ms) VALUES ($1, $2, $3, $4, $5) "
         "ON CONFLICT (sha256) DO NOTHING",
         {m.sha256, num(m.bytes), m.path, m.gateway, now}, "storing a media file");
@@ -637,70 +654,33 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
   // memory for one huge statement cost more than the extra round trips.
   constexpr std::size_t kRowsPerInsert = 50;
   std::map<std::string, std::uint64_t> highest;  // gateway -> highest new seq in this batch
-  for (std::size_t from = 0; from < batch.records.size(); from += kRowsPerInsert) {
-    const std::size_t to = std::min(batch.records.size(), from + kRowsPerInsert);
-    std::string sql =
-        "INSERT INTO records (gateway, seq, jws, jws_sha256, prev, kid, type, time_ms, created_ms, site, "
-        "plate, "
-        "plate_color, lane, speed_dkmh, limit_kmh, enforceable, reasons, body, received_ms) VALUES ";
-    std::string media_sql = "INSERT INTO record_media (gateway, seq, sha256) VALUES ";
-    PgParams params;
-    PgParams media_params;
-    for (std::size_t i = from; i < to; ++i) {
-      const IncomingRecord& rec = batch.records[i];
-      const RecordColumns c = record_columns(rec.body);
-      const std::size_t p = params.size();
-      const auto n = [&](std::size_t k) { return "$" + std::to_string(p + k); };
-      sql += (i == from ? "(" : ", (") + n(1) + ", " + n(2) + "::bigint, " + n(3) + ", " + n(4) + ", " +
-             n(5) + ", " + n(6) + ", " + n(7) + ", " + n(8) + "::bigint, " + n(9) + "::bigint, " + n(10) +
-             "::json, " + n(11) + ", " + n(12) + ", " + n(13) + "::bigint, " + n(14) + "::bigint, " + n(15) +
-             "::bigint, " + n(16) + "::boolean, " + n(17) + "::json, " + n(18) + "::json, " + n(19) +
-             "::bigint)";
-      params.insert(
-          params.end(),
-          {rec.gateway, num(rec.seq), rec.jws, rec.jws_sha256, rec.prev, rec.kid, c.type,
-           std::to_string(c.time_ms), std::to_string(c.created_ms), c.site, c.plate, c.plate_color,
-           opt_num(c.lane), opt_num(c.speed_dkmh), opt_num(c.limit_kmh),
-           c.enforceable ? std::optional<std::string>(*c.enforceable ? "true" : "false") : std::nullopt,
-           c.reasons, rec.body_text.empty() ? rec.body.dump() : rec.body_text, now});
-      for (const std::string& sha : c.pictures) {
-        const std::size_t m = media_params.size();
-        media_sql += (media_params.empty() ? "($" : ", ($") + std::to_string(m + 1) + ", $" +
-                     std::to_string(m + 2) + "::bigint, $" + std::to_string(m + 3) + ")";
-        media_params.insert(media_params.end(), {rec.gateway, num(rec.seq), sha});
-      }
-      touched.insert(rec.gateway);
-    }
-    sql += " ON CONFLICT (gateway, seq) DO NOTHING RETURNING gateway, seq";
-    PgResult ins = conn_->exec(sql, params, "storing records");
-    std::set<std::pair<std::string, std::uint64_t>> fresh;
-    for (int r = 0; r < ins.rows(); ++r) {
-      const auto seq = static_cast<std::uint64_t>(ins.integer(r, 1));
-      fresh.emplace(ins.text(r, 0), seq);
-      auto& h = highest[ins.text(r, 0)];
+  const auto note_fresh = [&](const std::set<std::pair<std::string, std::uint64_t>>& fresh) {
+    for (const auto& [gateway, seq] : fresh) {
+      auto& h = highest[gateway];
       h = std::max(h, seq);
     }
-    out.stored += fresh.size();
-    enrol_rotated_keys(*conn_, batch.records, from, to, fresh, now_ms);  // key_rotation.h
+  };
+  for (std::size_t from = 0; from < batch.records.size(); from += kRowsPerInsert) {
+    const std::size_t to = std::min(batch.records.size(), from + kRowsPerInsert);
+    const auto fresh = insert_records(batch.records, from, to, now_ms, out);
+    note_fresh(fresh);
     for (std::size_t i = from; i < to; ++i) {
       const IncomingRecord& rec = batch.records[i];
+      touched.insert(rec.gateway);
       if (fresh.count({rec.gateway, rec.seq}) != 0) {
-        note_chain_restart(rec, false, now, out);
-      }
-    }
-    if (!media_params.empty()) {
-      // Media rows of records that were held already are the same rows: DO NOTHING keeps them once.
-      conn_->exec(media_sql + " ON CONFLICT DO NOTHING", media_params, "naming records' media");
-    }
-    for (std::size_t i = from; i < to; ++i) {
-      const IncomingRecord& rec = batch.records[i];
-      if (fresh.count({rec.gateway, rec.seq}) != 0) {
+        follow_replaced_store(rec, now_ms, out);
         continue;
       }
-      PgResult held = conn_->exec("SELECT jws_sha256 FROM records WHERE gateway = $1 AND seq = $2",
-                                  {rec.gateway, num(rec.seq)}, "comparing a second copy");
+      PgResult held = conn_->exec_prepared("SELECT jws_sha256 FROM records WHERE gateway = $1 AND seq = $2",
+                                           {rec.gateway, num(rec.seq)}, "comparing a second copy");
       if (held.rows() == 1 && held.text(0, 0) == rec.jws_sha256) {
         ++out.duplicates;  // a QoS 1 redelivery or a resend of what we hold: the same bytes
+        continue;
+      }
+      if (held.rows() == 0 || follow_replaced_store(rec, now_ms, out)) {
+        // Its seq is free now: the old chain's records after the receipt were set aside, by this record
+        // (the gateway's store_replaced) or by one before it in this batch.
+        note_fresh(insert_records(batch.records, i, i + 1, now_ms, out));
         continue;
       }
       // Same (gateway, seq), other bytes, both signed by a trusted key: a fork. Both are kept.
@@ -718,7 +698,7 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
     }
   }
   for (const auto& [gateway, seq] : highest) {
-    conn_->exec(
+    conn_->exec_prepared(
         "UPDATE gateways SET max_seq = GREATEST(max_seq, $2::bigint), last_seen_ms = $3 WHERE gateway = $1",
         {gateway, num(seq), now}, "noting a gateway's highest seq");
     compare_with_announced(gateway, now, out);
@@ -735,6 +715,125 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
   }
   tx.commit();
   return out;
+}
+
+std::set<std::pair<std::string, std::uint64_t>> CentralStore::insert_records(
+    const std::vector<IncomingRecord>& records, std::size_t from, std::size_t to, std::int64_t now_ms,
+    BatchOutcome& out) {
+  const std::string now = num(now_ms);
+  std::string sql =
+      "INSERT INTO records (gateway, seq, jws, jws_sha256, prev, kid, type, time_ms, created_ms, site, "
+      "plate, "
+      "plate_color, lane, speed_dkmh, limit_kmh, enforceable, reasons, body, received_ms) VALUES ";
+  std::string media_sql = "INSERT INTO record_media (gateway, seq, sha256) VALUES ";
+  PgParams params;
+  PgParams media_params;
+  for (std::size_t i = from; i < to; ++i) {
+    const IncomingRecord& rec = records[i];
+    const RecordColumns c = record_columns(rec.body);
+    const std::size_t p = params.size();
+    const auto n = [&](std::size_t k) { return "$" + std::to_string(p + k); };
+    sql += (i == from ? "(" : ", (") + n(1) + ", " + n(2) + "::bigint, " + n(3) + ", " + n(4) + ", " + n(5) +
+           ", " + n(6) + ", " + n(7) + ", " + n(8) + "::bigint, " + n(9) + "::bigint, " + n(10) + "::json, " +
+           n(11) + ", " + n(12) + ", " + n(13) + "::bigint, " + n(14) + "::bigint, " + n(15) + "::bigint, " +
+           n(16) + "::boolean, " + n(17) + "::json, " + n(18) + "::json, " + n(19) + "::bigint)";
+    params.insert(
+        params.end(),
+        {rec.gateway, num(rec.seq), rec.jws, rec.jws_sha256, rec.prev, rec.kid, c.type,
+         std::to_string(c.time_ms), std::to_string(c.created_ms), c.site, c.plate, c.plate_color,
+         opt_num(c.lane), opt_num(c.speed_dkmh), opt_num(c.limit_kmh),
+         c.enforceable ? std::optional<std::string>(*c.enforceable ? "true" : "false") : std::nullopt,
+         c.reasons, rec.body_text.empty() ? rec.body.dump() : rec.body_text, now});
+    for (const std::string& sha : c.pictures) {
+      const std::size_t m = media_params.size();
+      media_sql += (media_params.empty() ? "($" : ", ($") + std::to_string(m + 1) + ", $" +
+                   std::to_string(m + 2) + "::bigint, $" + std::to_string(m + 3) + ")";
+      media_params.insert(media_params.end(), {rec.gateway, num(rec.seq), sha});
+    }
+  }
+  sql += " ON CONFLICT (gateway, seq) DO NOTHING RETURNING gateway, seq";
+  // One text per row count (1..kRowsPerInsert): prepared once per connection.
+  PgResult ins = conn_->exec_prepared(sql, params, "storing records");
+  std::set<std::pair<std::string, std::uint64_t>> fresh;
+  for (int r = 0; r < ins.rows(); ++r) {
+    fresh.emplace(ins.text(r, 0), static_cast<std::uint64_t>(ins.integer(r, 1)));
+  }
+  out.stored += fresh.size();
+  enrol_rotated_keys(*conn_, records, from, to, fresh, now_ms);  // key_rotation.h
+  for (std::size_t i = from; i < to; ++i) {
+    if (fresh.count({records[i].gateway, records[i].seq}) != 0) {
+      note_chain_restart(records[i], false, now, out);
+    }
+  }
+  if (!media_params.empty()) {
+    // Media rows of records that were held already are the same rows: DO NOTHING keeps them once.
+    conn_->exec(media_sql + " ON CONFLICT DO NOTHING", media_params, "naming records' media");
+  }
+  return fresh;
+}
+
+bool CentralStore::follow_replaced_store(const IncomingRecord& rec, std::int64_t now_ms, BatchOutcome& out) {
+  // The gateway's store_replaced record at N+1 continues its chain after central's receipt through N. Records
+  // of the old store after N that central held (received, never confirmed) are another branch of the same
+  // seqs: they are set aside (kept in forks), so the continued chain takes those seqs. Only when central
+  // never confirmed anything after N (receipt_seq <= N) and record N is the one the new chain links to.
+  // Records this batch stored (received_ms = now) stay: they came after the replacement, from the new store.
+  if (chain_restart(rec.body).first != "store_replaced" || rec.seq < 2) {
+    return false;
+  }
+  const std::uint64_t n = rec.seq - 1;
+  const auto from = rec.body.find("continued_from_seq");
+  const auto head = rec.body.find("continued_from_head");
+  if (from == rec.body.end() || !from->is_number_unsigned() || from->get<std::uint64_t>() != n ||
+      head == rec.body.end() || !head->is_string() || head->get_ref<const std::string&>() != rec.prev) {
+    return false;
+  }
+  const PgResult g = conn_->exec("SELECT receipt_seq FROM gateways WHERE gateway = $1 FOR UPDATE",
+                                 {rec.gateway}, "locking a gateway");
+  if (g.rows() == 0 || static_cast<std::uint64_t>(g.integer(0, 0)) > n) {
+    return false;  // central confirmed records of the old chain after N: an operator's matter (a fork)
+  }
+  const PgResult base = conn_->exec("SELECT jws_sha256 FROM records WHERE gateway = $1 AND seq = $2",
+                                    {rec.gateway, num(n)}, "reading the record a replaced store continues");
+  if (base.rows() != 1 || base.text(0, 0) != rec.prev) {
+    return false;
+  }
+  const PgResult moved = conn_->exec(
+      "WITH moved AS (DELETE FROM records WHERE gateway = $1 AND seq > $2::bigint AND jws_sha256 <> $3 AND "
+      "received_ms <> $4::bigint RETURNING gateway, seq, jws, jws_sha256), kept AS (INSERT INTO forks "
+      "(gateway, seq, jws, jws_sha256, "
+      "received_ms) SELECT gateway, seq, jws, jws_sha256, $4::bigint FROM moved ON CONFLICT DO NOTHING) "
+      "SELECT count(*), min(seq), max(seq) FROM moved",
+      {rec.gateway, num(n), rec.jws_sha256, num(now_ms)}, "setting aside the old chain after a receipt");
+  if (moved.integer(0, 0) == 0) {
+    return false;  // central held nothing of the old store after N: the ordinary case
+  }
+  const PgParams gn{rec.gateway, num(n)};
+  const char* what = "following a replaced store";
+  conn_->exec("DELETE FROM record_media WHERE gateway = $1 AND seq > $2::bigint", gn, what);
+  // What the old store reported lost, or an operator accepted as lost, after N was about the old chain.
+  for (const char* table : {"unrecoverable", "accepted_losses"}) {
+    conn_->exec(std::string("DELETE FROM ") + table + " WHERE gateway = $1 AND from_seq > $2::bigint", gn,
+                what);
+    conn_->exec(
+        std::string("UPDATE ") + table + " SET to_seq = $2 WHERE gateway = $1 AND to_seq > $2::bigint", gn,
+        what);
+  }
+  // Custody, the highest seq, the announced head and a chain break fall back to N (the walk goes on from
+  // there); the old chain's announcement is no evidence about the new one.
+  conn_->exec(
+      "UPDATE gateways SET watermark_hash = CASE WHEN watermark_seq > $2::bigint THEN $3 ELSE watermark_hash "
+      "END, watermark_seq = LEAST(watermark_seq, $2::bigint), max_seq = LEAST(max_seq, $2::bigint), "
+      "announced_hash = CASE WHEN announced_seq > $2::bigint THEN $3 ELSE announced_hash END, announced_seq "
+      "= "
+      "LEAST(announced_seq, $2::bigint), announced_jws = NULL, chain_break_seq = NULL, chain_break_reason = "
+      "NULL, gap_since_ms = NULL, request_backoff_ms = 0, next_request_ms = 0 WHERE gateway = $1",
+      {rec.gateway, num(n), rec.prev}, what);
+  note_chain_restart(rec, true, num(now_ms), out,
+                     " -- followed: the old chain's " + moved.text(0, 0) +
+                         " record(s) central held after seq " + num(n) + " (seq " + moved.text(0, 1) + ".." +
+                         moved.text(0, 2) + ", never confirmed) set aside into forks");
+  return true;
 }
 
 void CentralStore::store_replies(const std::vector<IncomingReply>& replies, std::int64_t now_ms,
@@ -951,14 +1050,14 @@ void CentralStore::store_heads(const std::vector<AnnouncedHead>& heads, const st
     if (h.seq > 0) {
       // A signed head naming another hash for a seq we hold (at or below the watermark too): two chains
       // under one gateway key. Kept and alarmed; the announced head does not move to it.
-      PgResult held = conn_->exec("SELECT jws_sha256 FROM records WHERE gateway = $1 AND seq = $2",
-                                  {h.gateway, num(h.seq)}, "comparing an announced head");
+      PgResult held = conn_->exec_prepared("SELECT jws_sha256 FROM records WHERE gateway = $1 AND seq = $2",
+                                           {h.gateway, num(h.seq)}, "comparing an announced head");
       if (held.rows() == 1 && held.text(0, 0) != h.head) {
         note_head_fork(h.gateway, h.seq, h.head, held.text(0, 0), a.jws, now, out);
         continue;
       }
     }
-    conn_->exec(
+    conn_->exec_prepared(
         "UPDATE gateways SET announced_seq = $2, announced_hash = $3, announced_ms = $4, last_seen_ms = $5, "
         "announced_jws = $6 WHERE gateway = $1 AND announced_seq <= $2",
         {h.gateway, num(h.seq), h.head, num(h.time_ms), now, a.jws}, "noting an announced head");
@@ -969,7 +1068,7 @@ void CentralStore::compare_with_announced(const std::string& gateway, const std:
                                           BatchOutcome& out) {
   // The announcement came first (store_heads compares those that come after the record). Only the last
   // announcement is kept per gateway, so an earlier one that a later one replaced is not compared.
-  PgResult r = conn_->exec(
+  PgResult r = conn_->exec_prepared(
       "SELECT r.seq, r.jws_sha256, g.announced_hash, g.announced_jws FROM gateways g JOIN records r ON "
       "r.gateway = g.gateway AND r.seq = g.announced_seq WHERE g.gateway = $1 AND r.received_ms = $2::bigint "
       "AND g.announced_jws IS NOT NULL AND r.jws_sha256 <> g.announced_hash",
@@ -1001,7 +1100,7 @@ void CentralStore::note_head_fork(const std::string& gateway, std::uint64_t seq,
 
 void CentralStore::advance(const std::string& gateway, std::int64_t now_ms, const ReceiptPolicy& policy,
                            BatchOutcome& out) {
-  PgResult g = conn_->exec(
+  PgResult g = conn_->exec_prepared(
       "SELECT watermark_seq, watermark_hash, receipt_seq, receipt_ms, max_seq, announced_seq, gap_since_ms "
       "FROM gateways WHERE gateway = $1 FOR UPDATE",
       {gateway}, "locking a gateway");
@@ -1037,8 +1136,8 @@ void CentralStore::advance(const std::string& gateway, std::int64_t now_ms, cons
   std::map<std::string, std::pair<std::uint64_t, std::optional<std::uint64_t>>> key_ranges;
   {
     const PgResult k =
-        conn_->exec("SELECT kid, valid_from_seq, valid_to_seq FROM gateway_keys WHERE gateway = $1",
-                    {gateway}, "reading a gateway's key ranges");
+        conn_->exec_prepared("SELECT kid, valid_from_seq, valid_to_seq FROM gateway_keys WHERE gateway = $1",
+                             {gateway}, "reading a gateway's key ranges");
     for (int i = 0; i < k.rows(); ++i) {
       key_ranges[k.text(i, 0)] = {
           static_cast<std::uint64_t>(k.integer(i, 1)),
@@ -1047,7 +1146,7 @@ void CentralStore::advance(const std::string& gateway, std::int64_t now_ms, cons
   }
 
   for (;;) {
-    PgResult next = conn_->exec(
+    PgResult next = conn_->exec_prepared(
         "SELECT r.seq, r.prev, r.jws_sha256, r.kid, NOT EXISTS (SELECT 1 FROM record_media rm LEFT JOIN "
         "media m ON "
         "m.sha256 = rm.sha256 WHERE rm.gateway = r.gateway AND rm.seq = r.seq AND m.sha256 IS NULL AND NOT "
@@ -1097,7 +1196,7 @@ void CentralStore::advance(const std::string& gateway, std::int64_t now_ms, cons
     gap_since = (wm != start || !had_gap) ? num(now_ms) : g.text(0, 6);
   }
   if (wm != start || gap_now != had_gap) {
-    conn_->exec(
+    conn_->exec_prepared(
         "UPDATE gateways SET watermark_seq = $2, watermark_hash = $3, gap_since_ms = $4, "
         "request_backoff_ms = CASE WHEN $5::boolean THEN 0 ELSE request_backoff_ms END, "
         "next_request_ms = CASE WHEN $5::boolean THEN 0 ELSE next_request_ms END WHERE gateway = $1",
@@ -1106,8 +1205,8 @@ void CentralStore::advance(const std::string& gateway, std::int64_t now_ms, cons
   const bool due_by_count = wm >= receipt_seq + policy.every_records;
   const bool due_by_time = wm > receipt_seq && now_ms - receipt_ms >= policy.every_ms;
   if (wm > 0 && (due_by_count || due_by_time)) {
-    conn_->exec("UPDATE gateways SET receipt_seq = $2, receipt_ms = $3 WHERE gateway = $1",
-                {gateway, num(wm), num(now_ms)}, "noting a receipt");
+    conn_->exec_prepared("UPDATE gateways SET receipt_seq = $2, receipt_ms = $3 WHERE gateway = $1",
+                         {gateway, num(wm), num(now_ms)}, "noting a receipt");
     out.receipts.push_back(receipt(policy.central_id, gateway, wm, wm_hash, now_ms));
   }
 }

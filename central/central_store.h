@@ -255,7 +255,18 @@ class CentralStore {
                         BatchOutcome& out);
   void store_replies(const std::vector<IncomingReply>& replies, std::int64_t now_ms,
                      std::vector<QuarantineEntry>& unsolicited, BatchOutcome& out);
-  void note_chain_restart(const IncomingRecord& rec, bool as_fork, const std::string& now, BatchOutcome& out);
+  // `followed`: what follow_replaced_store did, appended to the reason (the row is updated if it exists).
+  void note_chain_restart(const IncomingRecord& rec, bool as_fork, const std::string& now, BatchOutcome& out,
+                          const std::string& followed = "");
+  // Inserts records[from, to) in one multi-row INSERT, names their pictures (record_media), enrols the keys
+  // their rotations name and notes chain restarts; returns those that were new (the others' seqs were held).
+  std::set<std::pair<std::string, std::uint64_t>> insert_records(const std::vector<IncomingRecord>& records,
+                                                                 std::size_t from, std::size_t to,
+                                                                 std::int64_t now_ms, BatchOutcome& out);
+  // A store_replaced record (stored, or in hand as a fork) whose gateway central never confirmed beyond the
+  // receipt it continues after: the old chain's records after that receipt are set aside into forks, and
+  // custody follows the continued chain. False (nothing changed) in every other case.
+  bool follow_replaced_store(const IncomingRecord& rec, std::int64_t now_ms, BatchOutcome& out);
   void store_heads(const std::vector<AnnouncedHead>& heads, const std::string& now, BatchOutcome& out);
   // Records of `gateway` stored by this batch (received_ms = now) at the seq its last announcement named,
   // with another hash: head forks found when the record arrives after the announcement.

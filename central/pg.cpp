@@ -74,24 +74,44 @@ PgResult PgConnection::exec(const std::string& sql, const char* what) {
 
 namespace {
 
-// Several statements (a schema step) need the simple query protocol; parameters need the extended one.
-PGresult* run(pg_conn* conn, const std::string& sql, const PgParams& params) {
-  if (params.empty()) {
-    return PQexec(conn, sql.c_str());
-  }
+std::vector<const char*> param_values(const PgParams& params) {
   std::vector<const char*> values;
   values.reserve(params.size());
   for (const auto& p : params) {
     values.push_back(p ? p->c_str() : nullptr);
   }
-  return PQexecParams(conn, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(), nullptr,
-                      nullptr, 0);
+  return values;
 }
 
 }  // namespace
 
 PgResult PgConnection::exec(const std::string& sql, const PgParams& params, const char* what) {
-  PGresult* raw = run(conn_, sql, params);
+  // Several statements (a schema step) need the simple query protocol; parameters need the extended one.
+  if (params.empty()) {
+    return check(PQexec(conn_, sql.c_str()), what);
+  }
+  const std::vector<const char*> values = param_values(params);
+  const int n = static_cast<int>(values.size());
+  return check(PQexecParams(conn_, sql.c_str(), n, nullptr, values.data(), nullptr, nullptr, 0), what);
+}
+
+PgResult PgConnection::exec_prepared(const std::string& sql, const PgParams& params, const char* what) {
+  const std::vector<const char*> values = param_values(params);
+  const int n = static_cast<int>(values.size());
+  auto found = prepared_.find(sql);
+  if (found == prepared_.end() && prepared_.size() < kMaxPrepared) {
+    // A prepared statement belongs to the session, not the transaction: a rollback keeps it.
+    std::string name = "cpd_" + std::to_string(prepared_.size() + 1);
+    check(PQprepare(conn_, name.c_str(), sql.c_str(), n, nullptr), what);
+    found = prepared_.emplace(sql, std::move(name)).first;
+  }
+  if (found == prepared_.end()) {
+    return check(PQexecParams(conn_, sql.c_str(), n, nullptr, values.data(), nullptr, nullptr, 0), what);
+  }
+  return check(PQexecPrepared(conn_, found->second.c_str(), n, values.data(), nullptr, nullptr, 0), what);
+}
+
+PgResult PgConnection::check(PGresult* raw, const char* what) {
   const ExecStatusType status = raw == nullptr ? PGRES_FATAL_ERROR : PQresultStatus(raw);
   if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK) {
     return PgResult(raw);

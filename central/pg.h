@@ -5,6 +5,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 struct pg_conn;
@@ -58,9 +59,19 @@ class PgConnection {
   // `what` names the statement in errors ("inserting a record").
   PgResult exec(const std::string& sql, const char* what);
   PgResult exec(const std::string& sql, const PgParams& params, const char* what);
+  // For the statements of the hot path (one text, run for every batch): prepared on its first use on this
+  // connection and run prepared after that, so PostgreSQL parses and plans it once per connection, not once
+  // per call. At most kMaxPrepared texts are kept; others run unprepared. Only for texts from a small fixed
+  // set (never one with values spliced in).
+  PgResult exec_prepared(const std::string& sql, const PgParams& params, const char* what);
+
+  static constexpr std::size_t kMaxPrepared = 256;
 
  private:
+  PgResult check(pg_result* raw, const char* what);
+
   pg_conn* conn_ = nullptr;
+  std::unordered_map<std::string, std::string> prepared_;  // SQL text -> statement name
 };
 
 // BEGIN at construction, ROLLBACK at destruction unless commit() ran.

@@ -102,8 +102,8 @@ std::optional<std::string> base64url_decode(std::string_view text) {
   if (text.size() % 4 == 1) {
     return std::nullopt;
   }
-  std::string out;
-  out.reserve(text.size() * 3 / 4);
+  std::string out(text.size() * 3 / 4, '\0');  // exactly the decoded length when the length is not 1 mod 4
+  std::size_t n = 0;
   std::uint32_t acc = 0;
   int bits = 0;
   for (const char c : text) {
@@ -115,9 +115,10 @@ std::optional<std::string> base64url_decode(std::string_view text) {
     bits += 6;
     if (bits >= 8) {
       bits -= 8;
-      out.push_back(static_cast<char>((acc >> bits) & 0xff));
+      out[n++] = static_cast<char>((acc >> bits) & 0xff);
     }
   }
+  out.resize(n);
   // Strict: the unused low bits of the last character must be zero, so each byte string has exactly one
   // accepted encoding (otherwise a signature part could be varied without changing the decoded bytes).
   if (bits > 0 && (acc & ((1u << bits) - 1)) != 0) {

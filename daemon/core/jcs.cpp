@@ -48,6 +48,20 @@ void write_string(std::string& out, const std::string& s) {
   out.push_back('"');
   std::size_t i = 0;
   while (i < s.size()) {
+    // Printable ASCII other than '"' and '\\' is copied as it is, a run at a time (most of a record).
+    std::size_t run = i;
+    while (run < s.size()) {
+      const auto c = static_cast<unsigned char>(s[run]);
+      if (c < 0x20 || c >= 0x80 || c == '"' || c == '\\') {
+        break;
+      }
+      ++run;
+    }
+    out.append(s, i, run - i);
+    i = run;
+    if (i == s.size()) {
+      break;
+    }
     const std::size_t start = i;
     const std::int32_t cp = decode_utf8(s, i);
     if (cp < 0) {

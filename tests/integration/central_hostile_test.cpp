@@ -71,9 +71,10 @@ class CentralHostile : public CustodyFixture {
     return nlohmann::json::parse(out, nullptr, false);
   }
 
-  // A record of gateway gh, as the gateway seals it (canonical body, signed by gh's key).
-  std::string gh_record(std::uint64_t seq, const std::string& prev,
-                        const std::vector<std::string>& pictures) {
+  // A record of gateway gh, as the gateway seals it (canonical body, signed by `key`): a `note` unless
+  // `fields` says otherwise.
+  static std::string gh_signed(const Ed25519PrivateKey& key, std::uint64_t seq, const std::string& prev,
+                               const nlohmann::json& fields) {
     nlohmann::json body = {{"v", 1},
                            {"gateway", "gh"},
                            {"seq", seq},
@@ -82,13 +83,21 @@ class CentralHostile : public CustodyFixture {
                            {"type", "note"},
                            {"time_ms", 1767225600000 + static_cast<long long>(seq)},
                            {"created_ms", 1767225600000 + static_cast<long long>(seq)}};
+    body.update(fields);
+    return sign_compact(key, "evidence+jws", body);
+  }
+
+  // A `note` of gh naming these pictures, signed by gh's key.
+  std::string gh_record(std::uint64_t seq, const std::string& prev,
+                        const std::vector<std::string>& pictures) {
+    nlohmann::json fields = nlohmann::json::object();
     if (!pictures.empty()) {
-      body["pictures"] = nlohmann::json::array();
+      fields["pictures"] = nlohmann::json::array();
       for (const auto& sha : pictures) {
-        body["pictures"].push_back({{"sha256", sha}});
+        fields["pictures"].push_back({{"sha256", sha}});
       }
     }
-    return sign_compact(gh_key_, "evidence+jws", body);
+    return gh_signed(gh_key_, seq, prev, fields);
   }
 
   // Answers a resend request the way a gateway does: on its Response Topic, with its Correlation Data.
@@ -381,17 +390,9 @@ TEST_F(CentralHostile, ARecordUnderAKeyRetiredByALaterStoredRotationIsSetAsideWh
   start_central();
   const auto new_key = Ed25519PrivateKey::generate();
   const auto record = [](const Ed25519PrivateKey& key, std::uint64_t seq, const std::string& prev,
-                         const std::string& type, const nlohmann::json& fields) {
-    nlohmann::json body = {{"v", 1},
-                           {"gateway", "gh"},
-                           {"seq", seq},
-                           {"id", "gh:" + std::to_string(seq)},
-                           {"prev", prev},
-                           {"type", type},
-                           {"time_ms", 1767225600000 + static_cast<long long>(seq)},
-                           {"created_ms", 1767225600000 + static_cast<long long>(seq)}};
-    body.update(fields);
-    return sign_compact(key, "evidence+jws", body);
+                         const std::string& type, nlohmann::json fields) {
+    fields["type"] = type;
+    return gh_signed(key, seq, prev, fields);
   };
   const std::string r1 = gh_record(1, std::string(64, '0'), {});
   const std::string r2 = gh_record(2, sha256_hex(r1), {});
@@ -432,6 +433,90 @@ TEST_F(CentralHostile, ARecordUnderAKeyRetiredByALaterStoredRotationIsSetAsideWh
       << central_->stderr_text();
   EXPECT_EQ(pg_.query("SELECT jws_sha256 FROM records WHERE gateway = 'gh' AND seq = 4"),
             sha256_hex(genuine));
+  central_->signal(SIGTERM);
+  EXPECT_EQ(central_->wait(20s), 0) << central_->stderr_text();
+}
+
+// A gateway whose store was replaced continues its chain after central's last receipt (through 4), but
+// central held two records of the old store after it (received, never confirmed). The continued chain's
+// store_replaced record sets them aside (kept in forks, never deleted) and custody follows the new chain:
+// no fork alarm, no chain break, receipts go on. A second replacement continuing after 4 once central has
+// confirmed 7 is not followed: a fork, as before.
+TEST_F(CentralHostile, AReplacedStoreIsFollowedPastTheOldChainsUnconfirmedRecords) {
+  CentralConfig config;
+  config.receipts = "  every_records: 3\n  every_ms: 3600000\n";  // receipts by count only: deterministic
+  config.metrics = true;
+  write_central_config("central", config);
+  start_central();
+  const auto record = [&](std::uint64_t seq, const std::string& prev, const nlohmann::json& fields) {
+    return gh_signed(gh_key_, seq, prev, fields);
+  };
+  const auto store_replaced = [&](std::uint64_t after, const std::string& head, const std::string& why) {
+    return record(after + 1, head,
+                  {{"type", "audit"},
+                   {"event", "store_replaced"},
+                   {"reason", why},
+                   {"continued_from_seq", after},
+                   {"continued_from_head", head},
+                   {"lost_after_seq", after}});
+  };
+  std::vector<std::string> old_chain{gh_record(1, std::string(64, '0'), {})};
+  for (std::uint64_t seq = 2; seq <= 6; ++seq) {
+    old_chain.push_back(gh_record(seq, sha256_hex(old_chain.back()), {}));
+  }
+  const auto watermark = [&] { return pg_int("SELECT watermark_seq FROM gateways WHERE gateway = 'gh'"); };
+  const auto receipt_seq = [&] { return pg_int("SELECT receipt_seq FROM gateways WHERE gateway = 'gh'"); };
+  MqttPublisher gh(broker_->uri(), "gh");
+  // The first receipt goes out at once (through 1), the next when custody is 3 records further (through 4).
+  gh.publish("checkpoint/gh/evidence", old_chain[0]);
+  gh.drain();
+  ASSERT_TRUE(wait_for_condition([&] { return receipt_seq() == 1; }, 30s)) << central_->stderr_text();
+  for (std::size_t i = 1; i < 4; ++i) {
+    gh.publish("checkpoint/gh/evidence", old_chain[i]);
+  }
+  gh.drain();
+  ASSERT_TRUE(wait_for_condition([&] { return receipt_seq() == 4; }, 30s)) << central_->stderr_text();
+  gh.publish("checkpoint/gh/evidence", old_chain[4]);
+  gh.publish("checkpoint/gh/evidence", old_chain[5]);
+  gh.drain();
+  ASSERT_TRUE(wait_for_condition([&] { return watermark() == 6; }, 30s)) << central_->stderr_text();
+  EXPECT_EQ(receipt_seq(), 4);
+
+  // The store is lost; the gateway continues after the receipt through 4.
+  const std::string n5 = store_replaced(4, sha256_hex(old_chain[3]), "store.db missing at start");
+  const std::string n6 = record(6, sha256_hex(n5), {{"message", "new 6"}});
+  const std::string n7 = record(7, sha256_hex(n6), {{"message", "new 7"}});
+  for (const auto& jws : {n5, n6, n7}) {
+    gh.publish("checkpoint/gh/evidence", jws);
+  }
+  gh.drain();
+  ASSERT_TRUE(wait_for_condition([&] { return watermark() == 7; }, 30s)) << central_->stderr_text();
+  ASSERT_TRUE(wait_for_condition([&] { return receipt_seq() == 7; }, 30s)) << central_->stderr_text();
+  for (const auto& [seq, jws] : std::vector<std::pair<int, std::string>>{{5, n5}, {6, n6}, {7, n7}}) {
+    EXPECT_EQ(
+        pg_.query("SELECT jws_sha256 FROM records WHERE gateway = 'gh' AND seq = " + std::to_string(seq)),
+        sha256_hex(jws));
+  }
+  // The old chain's unconfirmed records are kept, beside the forks; nothing counts as a fork or a break.
+  EXPECT_EQ(pg_.query("SELECT string_agg(jws_sha256, ',' ORDER BY seq) FROM forks WHERE gateway = 'gh'"),
+            sha256_hex(old_chain[4]) + "," + sha256_hex(old_chain[5]));
+  EXPECT_EQ(pg_int("SELECT forks FROM gateways WHERE gateway = 'gh'"), 0);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM gateways WHERE gateway = 'gh' AND chain_break_seq IS NULL"), 1);
+  EXPECT_EQ(pg_.query("SELECT reason FROM chain_restarts WHERE gateway = 'gh' AND seq = 5"),
+            "store.db missing at start (records after seq 4 lost) -- followed: the old chain's 2 record(s) "
+            "central held after seq 4 (seq 5..6, never confirmed) set aside into forks");
+  EXPECT_NE(central_->stderr_text().find("set aside into forks"), std::string::npos)
+      << central_->stderr_text();
+
+  // Central has confirmed 1..7 of the continued chain: another chain continuing after 4 is not followed.
+  const std::string again = store_replaced(4, sha256_hex(old_chain[3]), "replaced again");
+  gh.publish("checkpoint/gh/evidence", again);
+  gh.drain();
+  ASSERT_TRUE(
+      wait_for_condition([&] { return pg_int("SELECT forks FROM gateways WHERE gateway = 'gh'") == 1; }, 30s))
+      << central_->stderr_text();
+  EXPECT_EQ(pg_.query("SELECT jws_sha256 FROM records WHERE gateway = 'gh' AND seq = 5"), sha256_hex(n5));
+  EXPECT_EQ(watermark(), 7);
   central_->signal(SIGTERM);
   EXPECT_EQ(central_->wait(20s), 0) << central_->stderr_text();
 }

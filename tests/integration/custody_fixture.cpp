@@ -72,8 +72,8 @@ void CustodyFixture::write_central_config(const std::string& name, const Central
       << "mqtt:\n  uri: " << broker_->uri() << "\n  client_id: " << config.client_id << "\n"
       << "  reconnect_min_ms: 200\n  reconnect_max_ms: 1000\n"
       << "feed:\n  media_dir: " << (dir_ / "central-media").string() << "\n"
-      << config.feed_extra << "receipts:\n  every_records: 50\n  every_ms: 300\n"
-      << "gaps:\n  resend_after_ms: " << config.resend_after_ms
+      << config.feed_extra << "receipts:\n"
+      << config.receipts << "gaps:\n  resend_after_ms: " << config.resend_after_ms
       << "\n  retry_min_ms: 500\n  retry_max_ms: 2000\n  check_interval_ms: 200\n"
       << config.gaps_extra
       << (config.metrics ? "metrics: {enabled: true, host: 127.0.0.1, port: 0}\n"

@@ -50,6 +50,7 @@ struct CentralConfig {
   std::string feed_extra;      // further lines of the feed section ("  key: value\n" each)
   std::string gaps_extra;      // further lines of the gaps section
   bool metrics = false;        // on: metrics on 127.0.0.1, a free port
+  std::string receipts = "  every_records: 50\n  every_ms: 300\n";  // the receipts section's lines
 };
 
 class CustodyFixture : public ::testing::Test {

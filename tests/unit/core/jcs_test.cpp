@@ -148,6 +148,17 @@ TEST(Jcs, StringEscapes) {
             "A12345\"");
 }
 
+TEST(Jcs, AsciiRunsAroundEscapesAndMultiByteCharacters) {
+  // Plain ASCII is copied a run at a time: runs that end at an escape, at a multi-byte character, at the
+  // end of the string, and a string that is one run.
+  EXPECT_EQ(canonical_json(json("abc\"def\\ghi\nj")), R"("abc\"def\\ghi\nj")");
+  EXPECT_EQ(canonical_json(json("K1234+500 \xe4\xb8\x8a\xe8\xa1\x8c end")),
+            "\"K1234+500 \xe4\xb8\x8a\xe8\xa1\x8c end\"");
+  EXPECT_EQ(canonical_json(json("only ascii")), "\"only ascii\"");
+  EXPECT_EQ(canonical_json(json("")), "\"\"");
+  EXPECT_THROW(canonical_json(json("valid prefix \xff")), JcsError);
+}
+
 TEST(Jcs, InvalidUtf8IsRejected) {
   for (const std::string& bad :
        {std::string("\xff"), std::string("\xc0\xaf"), std::string("\xed\xa0\x80"), std::string("\xe6\xb5"),
