@@ -9,17 +9,13 @@
 //     then the time from SIGCONT to the watermark at the last record. Broker and central share the 2 cores.
 // Issue 13's target is verify+store >= 0.7 x raw verify.
 #include <signal.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
-#include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <mutex>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -63,45 +59,6 @@ std::vector<std::string> seal_records(const Ed25519PrivateKey& key, std::size_t 
     out.push_back(sealer.seal(f, f.time_ms + 10).jws);
   }
   return out;
-}
-
-// User + system CPU seconds a process has used (all its threads), from /proc/<pid>/stat; 0 if unreadable.
-double cpu_seconds(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const auto paren = text.rfind(')');  // the command name may hold spaces
-  if (paren == std::string::npos) {
-    return 0;
-  }
-  std::istringstream fields(text.substr(paren + 2));
-  std::string f;
-  unsigned long long utime = 0;
-  unsigned long long stime = 0;
-  for (int i = 3; i <= 15 && fields >> f; ++i) {  // field 3 is the state; 14 utime, 15 stime
-    if (i == 14) {
-      utime = std::stoull(f);
-    } else if (i == 15) {
-      stime = std::stoull(f);
-    }
-  }
-  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
-// The same summed over every process with this command name (PostgreSQL's backends and helpers).
-double cpu_seconds_of(const std::string& comm) {
-  double total = 0;
-  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
-    const std::string name = entry.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) {
-      continue;
-    }
-    std::ifstream c(entry.path() / "comm");
-    std::string line;
-    if (std::getline(c, line) && line == comm) {
-      total += cpu_seconds(static_cast<pid_t>(std::stol(name)));
-    }
-  }
-  return total;
 }
 
 }  // namespace
@@ -275,9 +232,9 @@ int main() {
       return static_cast<std::size_t>(
           watch.exec("SELECT watermark_seq FROM gateways", "bench").integer(0, 0));
     };
-    const double central_cpu0 = cpu_seconds(central.pid());
-    const double postgres_cpu0 = cpu_seconds_of("postgres");
-    const double broker_cpu0 = cpu_seconds(broker.process().pid());
+    const double central_cpu0 = cpd::testing::cpu_seconds(central.pid());
+    const double postgres_cpu0 = cpd::testing::cpu_seconds_of("postgres");
+    const double broker_cpu0 = cpd::testing::cpu_seconds(broker.process().pid());
     t0 = Clock::now();
     central.signal(SIGCONT);
     std::size_t wm = 0;
@@ -290,9 +247,10 @@ int main() {
         "PostgreSQL): %.0f records/s (%.2f x raw verify), watermark %zu\n",
         kRecords, rate, rate / raw_rate, wm);
     const double per_record_us = 1e6 / static_cast<double>(kRecords);
-    const double central_us = (cpu_seconds(central.pid()) - central_cpu0) * per_record_us;
-    const double postgres_us = (cpu_seconds_of("postgres") - postgres_cpu0) * per_record_us;
-    const double broker_us = (cpu_seconds(broker.process().pid()) - broker_cpu0) * per_record_us;
+    const double central_us = (cpd::testing::cpu_seconds(central.pid()) - central_cpu0) * per_record_us;
+    const double postgres_us = (cpd::testing::cpu_seconds_of("postgres") - postgres_cpu0) * per_record_us;
+    const double broker_us =
+        (cpd::testing::cpu_seconds(broker.process().pid()) - broker_cpu0) * per_record_us;
     std::printf(
         "  CPU per record: checkpoint-central %.0f us, PostgreSQL %.0f us, mosquitto %.0f us; raw verify "
         "%.0f "

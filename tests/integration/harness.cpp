@@ -16,7 +16,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <sstream>
 #include <stdexcept>
@@ -452,6 +454,43 @@ long peak_rss_kb(pid_t pid) {
     }
   }
   return -1;
+}
+
+double cpu_seconds(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto paren = text.rfind(')');  // the command name may hold spaces
+  if (paren == std::string::npos) {
+    return 0;
+  }
+  std::istringstream fields(text.substr(paren + 2));
+  std::string f;
+  unsigned long long utime = 0;
+  unsigned long long stime = 0;
+  for (int i = 3; i <= 15 && fields >> f; ++i) {  // field 3 is the state; 14 utime, 15 stime
+    if (i == 14) {
+      utime = std::stoull(f);
+    } else if (i == 15) {
+      stime = std::stoull(f);
+    }
+  }
+  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+double cpu_seconds_of(const std::string& comm) {
+  double total = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) {
+      continue;
+    }
+    std::ifstream c(entry.path() / "comm");
+    std::string line;
+    if (std::getline(c, line) && line == comm) {
+      total += cpu_seconds(static_cast<pid_t>(std::stol(name)));
+    }
+  }
+  return total;
 }
 
 std::string pseudo_random_bytes(std::size_t n, std::uint64_t seed) {

@@ -200,6 +200,12 @@ std::map<std::string, std::string> dock_acks(const fs::path& truth_file);
 long peak_rss_kb(pid_t pid);
 // Resident set now (VmRSS) in kB; -1 if unreadable.
 long rss_kb(pid_t pid);
+// User + system CPU seconds a process has used so far (all its threads), from /proc/<pid>/stat; 0 if
+// unreadable.
+double cpu_seconds(pid_t pid);
+// The same summed over every running process whose command name (/proc/<pid>/comm) is `comm`, e.g. all of
+// PostgreSQL's backends and helpers.
+double cpu_seconds_of(const std::string& comm);
 // One integer read from the daemon's SQLite store beside it (WAL lets a reader in), e.g.
 // "SELECT count(*) FROM outbox"; -1 when unreadable.
 long long store_query(const fs::path& db, const std::string& sql);
