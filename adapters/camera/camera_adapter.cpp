@@ -30,6 +30,7 @@
 #include "adapters/camera/http_auth.h"
 #include "adapters/camera/isapi_xml.h"
 #include "adapters/camera/multipart_parser.h"
+#include "adapters/common/http_exchange.h"
 #include "adapters/reconnect_backoff.h"
 #include "daemon/core/encoding.h"
 #include "daemon/log/log.h"
@@ -63,17 +64,6 @@ constexpr std::int64_t kClockTargetMs = 20;
 // a (re)connect already carry a precise one.
 constexpr auto kClockHoldMax = std::chrono::seconds(6);
 
-struct HttpResult {
-  error_code ec;
-  std::string what;  // transport failure, empty on an HTTP answer
-  unsigned status = 0;
-  std::vector<std::string> www_authenticate;
-  std::string body;
-  UnixMs started_ms = 0;  // the exchange began (before resolve and connect)
-  UnixMs sent_ms = 0;
-  UnixMs received_ms = 0;
-};
-
 struct AuthSent {
   std::string header;  // empty: no Authorization sent
   bool fresh = false;  // the answer was the first one computed from a just-received challenge
@@ -81,24 +71,8 @@ struct AuthSent {
 
 enum class AuthDecision { kRetry, kFailed };
 
-HttpResult failure(const error_code& ec, std::string what) {
-  HttpResult r;
-  r.ec = ec;
-  r.what = std::move(what);
-  return r;
-}
-
 std::string_view sv(boost::beast::string_view s) {
   return std::string_view(s.data(), s.size());
-}
-
-std::vector<std::string> www_authenticate_of(const http::fields& fields) {
-  std::vector<std::string> out;
-  for (auto it = fields.find(http::field::www_authenticate);
-       it != fields.end() && it->name() == http::field::www_authenticate; ++it) {
-    out.emplace_back(sv(it->value()));
-  }
-  return out;
 }
 
 bool starts_with_ci(std::string_view s, std::string_view prefix) {
@@ -126,6 +100,7 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
         picture_timer_(strand_),
         backpressure_timer_(strand_),
         clock_hold_timer_(strand_),
+        exchanges_(strand_, [&clock = ctx.clock] { return clock.now_ms(); }),
         digest_(config.username, config.password),
         rng_(std::random_device{}()) {
     const bool v6 = config_.host.find(':') != std::string::npos;
@@ -159,10 +134,7 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
       self->picture_timer_.cancel();
       self->backpressure_timer_.cancel();
       self->clock_hold_timer_.cancel();
-      for (auto& x : self->exchanges_) {
-        x->abort();
-      }
-      self->exchanges_.clear();
+      self->exchanges_.abort_all();
       // Plate reads already received go out with what is stored; pictures still being written count as
       // missing (their files may land, but no record will wait for them).
       for (auto& p : self->pending_) {
@@ -271,30 +243,11 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     std::string last_error;
   };
 
-  // One short-lived request/response on its own connection.
-  struct Exchange {
-    explicit Exchange(asio::strand<asio::io_context::executor_type>& s) : resolver(s), socket(s), timer(s) {}
-    void abort() {
-      error_code ignored;
-      resolver.cancel();
-      socket.close(ignored);
-      timer.cancel();
-    }
-    tcp::resolver resolver;
-    tcp::socket socket;
-    asio::steady_timer timer;
-    beast::flat_buffer buffer;
-    http::request<http::empty_body> req;
-    http::response_parser<http::string_body> parser;
-    HttpResult result;
-    std::function<void(HttpResult)> done;
-    bool finished = false;
-  };
-
   // ---- HTTP plumbing ----
 
-  http::request<http::empty_body> make_request(std::string_view target, const AuthSent& auth) const {
-    http::request<http::empty_body> req{http::verb::get, std::string(target), 11};
+  template <class Body = http::empty_body>
+  http::request<Body> make_request(std::string_view target, const AuthSent& auth) const {
+    http::request<Body> req{http::verb::get, std::string(target), 11};
     req.set(http::field::host, host_header_);
     req.set(http::field::user_agent, "checkpointd/" CPD_VERSION);
     if (!auth.header.empty()) {
@@ -336,70 +289,14 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
   }
 
   void exchange(std::string_view target, const AuthSent& auth, std::function<void(HttpResult)> done) {
-    auto x = std::make_shared<Exchange>(strand_);
-    x->req = make_request(target, auth);
-    x->req.keep_alive(false);
-    x->parser.body_limit(kControlBodyLimit);
-    x->done = std::move(done);
-    x->result.started_ms = ctx_.clock.now_ms();
-    exchanges_.push_back(x);
-    auto self = shared_from_this();
-    auto finish = [self, x](HttpResult r) {
-      if (x->finished) {
-        return;
-      }
-      x->finished = true;
-      x->abort();
-      std::erase(self->exchanges_, x);
-      if (self->running_) {
-        x->done(std::move(r));
-      }
-    };
-    x->timer.expires_after(kRequestTimeout);
-    x->timer.async_wait([x, finish](const error_code& ec) {
-      if (!ec) {
-        HttpResult r;
-        r.ec = asio::error::timed_out;
-        r.what = "request timed out";
-        finish(std::move(r));
-      }
-    });
-    x->resolver.async_resolve(
-        config_.host, std::to_string(config_.port),
-        [self, x, finish](const error_code& ec, const tcp::resolver::results_type& results) {
-          if (ec) {
-            finish(failure(ec, "resolve failed: " + ec.message()));
-            return;
-          }
-          asio::async_connect(
-              x->socket, results, [self, x, finish](const error_code& e, const tcp::endpoint&) {
-                if (e) {
-                  finish(failure(e, "connect failed: " + e.message()));
-                  return;
-                }
-                x->result.sent_ms = self->ctx_.clock.now_ms();
-                http::async_write(x->socket, x->req, [self, x, finish](const error_code& we, std::size_t) {
-                  if (we) {
-                    finish(failure(we, "write failed: " + we.message()));
-                    return;
-                  }
-                  http::async_read(x->socket, x->buffer, x->parser,
-                                   [self, x, finish](const error_code& re, std::size_t) {
-                                     if (re) {
-                                       finish(failure(re, "read failed: " + re.message()));
-                                       return;
-                                     }
-                                     HttpResult r = std::move(x->result);
-                                     r.received_ms = self->ctx_.clock.now_ms();
-                                     auto res = x->parser.release();
-                                     r.status = res.result_int();
-                                     r.www_authenticate = www_authenticate_of(res.base());
-                                     r.body = std::move(res.body());
-                                     finish(std::move(r));
-                                   });
-                });
-              });
-        });
+    exchanges_.start(config_.host, config_.port, make_request<http::string_body>(target, auth),
+                     kControlBodyLimit,
+                     std::chrono::duration_cast<std::chrono::milliseconds>(kRequestTimeout),
+                     [self = shared_from_this(), done = std::move(done)](HttpResult r) {
+                       if (self->running_) {
+                         done(std::move(r));
+                       }
+                     });
   }
 
   // GET with authentication; done() sees transport failures and non-auth answers. A final 401/403 is
@@ -779,10 +676,7 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     }
     auth_blocked_ = true;
     close_stream();
-    for (auto& x : exchanges_) {
-      x->abort();
-    }
-    exchanges_.clear();
+    exchanges_.abort_all();
     // Start unauthenticated next time: the first 401 then is a challenge, not a failed attempt.
     digest_.forget();
     count_error(code == 403 ? "user_locked" : "auth_failed");
@@ -1233,7 +1127,7 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
   asio::steady_timer picture_timer_;
   asio::steady_timer backpressure_timer_;
   asio::steady_timer clock_hold_timer_;
-  std::vector<std::shared_ptr<Exchange>> exchanges_;
+  HttpExchanges exchanges_;  // control requests (deviceInfo, time)
 
   DigestAuthenticator digest_;
   bool auth_blocked_ = false;

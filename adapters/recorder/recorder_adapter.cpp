@@ -33,6 +33,7 @@
 
 #include "adapters/adapter_handle.h"
 #include "adapters/camera/camera_clock.h"
+#include "adapters/common/http_exchange.h"
 #include "adapters/reconnect_backoff.h"
 #include "adapters/recorder/dock_protocol.h"
 #include "daemon/core/digest.h"
@@ -218,15 +219,6 @@ class PartialFile {
   FileDigest digest_;
 };
 
-struct HttpResult {
-  error_code ec;
-  std::string what;  // transport failure, empty on an HTTP answer
-  unsigned status = 0;
-  std::string body;
-  UnixMs sent_ms = 0;
-  UnixMs received_ms = 0;
-};
-
 class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterImpl> {
  public:
   RecorderAdapterImpl(const RecorderDockConfig& config, AdapterContext& ctx)
@@ -236,6 +228,7 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
         poll_timer_(strand_),
         ack_timer_(strand_),
         pump_timer_(strand_),
+        exchanges_(strand_, [&clock = ctx.clock] { return clock.now_ms(); }),
         rng_(std::random_device{}()) {
     const bool v6 = config_.host.find(':') != std::string::npos;
     host_header_ = (v6 ? "[" + config_.host + "]" : config_.host) +
@@ -274,10 +267,7 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
       self->poll_timer_.cancel();
       self->ack_timer_.cancel();
       self->pump_timer_.cancel();
-      for (auto& x : self->exchanges_) {
-        x->abort();
-      }
-      self->exchanges_.clear();
+      self->exchanges_.abort_all();
       for (auto& d : self->downloads_) {
         d->abort();
       }
@@ -382,26 +372,6 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     std::uint64_t reconnects = 0;
     std::optional<std::int64_t> station_clock_offset_ms;
     std::string last_error;
-  };
-
-  // One short request/response (status, listing, ack) on its own connection.
-  struct Exchange {
-    explicit Exchange(Strand& s) : resolver(s), socket(s), timer(s) {}
-    void abort() {
-      error_code ignored;
-      resolver.cancel();
-      socket.close(ignored);
-      timer.cancel();
-    }
-    tcp::resolver resolver;
-    tcp::socket socket;
-    asio::steady_timer timer;
-    beast::flat_buffer buffer;
-    http::request<http::string_body> req;
-    http::response_parser<http::string_body> parser;
-    HttpResult result;
-    std::function<void(HttpResult)> done;
-    bool finished = false;
   };
 
   // One attempt at one file, on its own connection.
@@ -551,83 +521,22 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
   // ---- HTTP plumbing for short requests ----
 
   void exchange(http::verb verb, std::string target, std::string body, std::function<void(HttpResult)> done) {
-    auto x = std::make_shared<Exchange>(strand_);
-    x->req = http::request<http::string_body>{verb, target, 11};
-    x->req.set(http::field::host, host_header_);
-    x->req.set(http::field::user_agent, "checkpointd/" CPD_VERSION);
-    x->req.set(http::field::authorization, "Bearer " + config_.token);
-    x->req.keep_alive(false);
+    HttpExchanges::Request req{verb, target, 11};
+    req.set(http::field::host, host_header_);
+    req.set(http::field::user_agent, "checkpointd/" CPD_VERSION);
+    req.set(http::field::authorization, "Bearer " + config_.token);
     if (verb == http::verb::post) {
-      x->req.set(http::field::content_type, "application/json");
-      x->req.body() = std::move(body);
-      x->req.prepare_payload();
+      req.set(http::field::content_type, "application/json");
+      req.body() = std::move(body);
+      req.prepare_payload();
     }
-    x->parser.body_limit(kDockMaxJsonBytes);
-    x->done = std::move(done);
-    exchanges_.push_back(x);
-    auto self = shared_from_this();
-    auto finish = [self, x](HttpResult r) {
-      if (x->finished) {
-        return;
-      }
-      x->finished = true;
-      x->abort();
-      std::erase(self->exchanges_, x);
-      if (self->running_) {
-        x->done(std::move(r));
-      }
-    };
-    x->timer.expires_after(std::chrono::seconds(config_.request_timeout_s));
-    x->timer.async_wait([finish](const error_code& ec) {
-      if (!ec) {
-        HttpResult r;
-        r.ec = asio::error::timed_out;
-        r.what = "request timed out";
-        finish(std::move(r));
-      }
-    });
-    x->resolver.async_resolve(
-        config_.host, std::to_string(config_.port),
-        [self, x, finish](const error_code& ec, const tcp::resolver::results_type& results) {
-          if (ec) {
-            finish(failure(ec, "resolve failed: " + ec.message()));
-            return;
-          }
-          asio::async_connect(
-              x->socket, results, [self, x, finish](const error_code& e, const tcp::endpoint&) {
-                if (e) {
-                  finish(failure(e, "connect failed: " + e.message()));
-                  return;
-                }
-                x->result.sent_ms = self->ctx_.clock.now_ms();
-                http::async_write(x->socket, x->req, [self, x, finish](const error_code& we, std::size_t) {
-                  if (we) {
-                    finish(failure(we, "write failed: " + we.message()));
-                    return;
-                  }
-                  http::async_read(x->socket, x->buffer, x->parser,
-                                   [self, x, finish](const error_code& re, std::size_t) {
-                                     if (re) {
-                                       finish(failure(re, "read failed: " + re.message()));
-                                       return;
-                                     }
-                                     HttpResult r = std::move(x->result);
-                                     r.received_ms = self->ctx_.clock.now_ms();
-                                     auto res = x->parser.release();
-                                     r.status = res.result_int();
-                                     r.body = std::move(res.body());
-                                     finish(std::move(r));
-                                   });
-                });
-              });
-        });
-  }
-
-  static HttpResult failure(const error_code& ec, std::string what) {
-    HttpResult r;
-    r.ec = ec;
-    r.what = std::move(what);
-    return r;
+    exchanges_.start(config_.host, config_.port, std::move(req), kDockMaxJsonBytes,
+                     std::chrono::seconds(config_.request_timeout_s),
+                     [self = shared_from_this(), done = std::move(done)](HttpResult r) {
+                       if (self->running_) {
+                         done(std::move(r));
+                       }
+                     });
   }
 
   // ---- the poll loop: status, then listings ----
@@ -1976,7 +1885,7 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
   asio::steady_timer poll_timer_;  // polls, backoff after failures, auth backoff, ledger load retries
   asio::steady_timer ack_timer_;
   asio::steady_timer pump_timer_;  // re-checks congestion
-  std::vector<std::shared_ptr<Exchange>> exchanges_;
+  HttpExchanges exchanges_;        // short requests: status, listing, ack
   std::vector<DownloadPtr> downloads_;
 
   std::map<std::string, FileEntry> files_;  // every file this run works on, by (uniqueId, md5)

@@ -716,16 +716,16 @@ TEST_F(CustodyFlood, HostileReceiptsAndResendRequestsAreRefusedCountedAndSurvive
   // Every record resent is counted: the served requests' replies say how many they sent. A request queued
   // early in the flood may have asked for seqs beyond the head of then, and sent fewer than 10.
   {
-    std::uint64_t served = 0;
+    std::uint64_t replied_sent = 0;
     std::uint64_t sent = 0;
     for (const auto& r : watch.replies()) {
       if (r.body.is_object() && !r.body.contains("error") && r.body.contains("sent")) {
-        ++served;
+        ++replied_sent;
         sent += r.body["sent"].get<std::uint64_t>();
       }
     }
     EXPECT_LE(counter(st, "resent_records"), 10 * (counter(st, "resend_requests") - 1)) << st.dump();
-    if (served == counter(st, "resend_requests")) {
+    if (replied_sent == counter(st, "resend_requests")) {
       EXPECT_EQ(counter(st, "resent_records"), sent) << st.dump();
     } else {
       // A served request's reply can be lost in the flood (the side channel's queue is bounded).

@@ -223,7 +223,16 @@ HttpOutcome http_get(const std::string& host, std::uint16_t port, const std::str
   http::async_write(socket, req, [&](const error_code& e, std::size_t) {
     ec = e;
     if (!e) {
-      http::async_read(socket, buffer, parser, [&](const error_code& re, std::size_t) { ec = re; });
+      // Head first: Beast 1.74 loses the body_limit error when head and body come in one read, and reserves
+      // the whole Content-Length (a device announcing 50 GB ended checkpointctl with std::bad_alloc).
+      http::async_read_header(socket, buffer, parser, [&](const error_code& he, std::size_t) {
+        ec = he;
+        if (const auto length = parser.content_length(); !he && length && *length > kMaxBodyBytes) {
+          ec = http::error::body_limit;
+        } else if (!he) {
+          http::async_read(socket, buffer, parser, [&](const error_code& re, std::size_t) { ec = re; });
+        }
+      });
     }
   });
   const bool in_time = run_until(io, Clock::now() + timeout, [&] {
@@ -253,6 +262,11 @@ HttpOutcome http_get(const std::string& host, std::uint16_t port, const std::str
                      "unexpected reply: " + address +
                          " closed the connection without an HTTP answer to GET " + target +
                          " (is it the right port? a port that expects TLS (https) may do this too)"};
+    }
+    if (ec == http::error::body_limit) {
+      return Failure{ProbeProblem::kUnexpectedReply,
+                     "unexpected reply: " + address + " answered GET " + target + " with a body over " +
+                         std::to_string(kMaxBodyBytes) + " bytes (a device's answer here is a few KiB)"};
     }
     return Failure{ProbeProblem::kUnexpectedReply,
                    "unexpected reply: not HTTP (" + ec.message() + "); received " + shown_bytes(received)};
