@@ -352,7 +352,7 @@ void EvidenceStore::open_checked(const StoreOptions& options) {
   }
 
   const int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_EXRESCODE;
-  int rc = sqlite3_open_v2(path_.c_str(), &db_, flags, nullptr);
+  int rc = sqlite3_open_v2(path_.c_str(), &db_, flags, options.vfs.empty() ? nullptr : options.vfs.c_str());
   if (rc != SQLITE_OK) {
     std::string why = db_ != nullptr ? error_text(db_, rc) : sqlite3_errstr(rc);
     throw StoreError("store " + path_ + ": cannot open: " + why);

@@ -94,6 +94,9 @@ struct UploadStats {
 struct StoreOptions {
   // How long a write waits for another connection's lock before giving Status::retry.
   std::chrono::milliseconds busy_timeout{5000};
+  // The SQLite VFS to open the file with; empty: the default. Tests name one that fails on demand
+  // (tests/support/faulty_vfs.h).
+  std::string vfs;
 };
 
 // Not thread-safe: one owner (the store worker thread) calls it; other processes may read the file.

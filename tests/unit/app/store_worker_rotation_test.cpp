@@ -57,7 +57,7 @@ TEST(StoreWorkerRotation, RecordsAfterTheRotationAreSignedByTheNewKeyEvenAfterAF
   const fs::path dir = tmpl;
   {
     store::EvidenceStore store((dir / "store.db").string(),
-                               store::StoreOptions{std::chrono::milliseconds(1)});
+                               store::StoreOptions{.busy_timeout = std::chrono::milliseconds(1), .vfs = {}});
     const auto old_key = Ed25519PrivateKey::generate();
     const auto next = std::make_shared<const Ed25519PrivateKey>(Ed25519PrivateKey::generate());
     Sealer sealer(old_key, "gw", store.chain_head());

@@ -1,6 +1,7 @@
 // StoreWorker with a real SQLite store and media directory: facts are sealed and committed in order,
 // the outbox pages carry their media bytes, retention never deletes an unacknowledged record's media, a
-// fact the sealer refuses is still sealed (salvaged), and shutdown retries count consecutive failures.
+// fact the sealer refuses is still sealed (salvaged), shutdown retries count consecutive failures, and
+// failed fsyncs (a SQLite VFS that fails on demand) are retried without losing or repeating a record.
 #include "daemon/app/store_worker.h"
 
 #include <gtest/gtest.h>
@@ -15,6 +16,7 @@
 
 #include "daemon/core/encoding.h"
 #include "daemon/pipeline/recording_fact.h"
+#include "tests/support/faulty_vfs.h"
 
 namespace cpd::app {
 namespace {
@@ -330,8 +332,9 @@ bool eventually(Pred pred, std::chrono::milliseconds limit = 5s) {
 // Defect: the shutdown limit counted failures over the worker's whole life, so after an earlier outage of
 // 21+ failed commits, shutdown gave up at its first failed retry and a fact submitted later was lost.
 TEST_F(StoreWorkerTest, AnEarlierOutageDoesNotShortenTheRetriesAtShutdown) {
-  store_ = std::make_unique<store::EvidenceStore>((dir_ / "store.db").string(),
-                                                  store::StoreOptions{std::chrono::milliseconds(1)});
+  store_ = std::make_unique<store::EvidenceStore>(
+      (dir_ / "store.db").string(),
+      store::StoreOptions{.busy_timeout = std::chrono::milliseconds(1), .vfs = {}});
   start_worker();
   worker_->set_commit_retry_backoff(10ms, 10ms);
   WriteLock lock(dir_ / "store.db");
@@ -410,6 +413,47 @@ TEST_F(StoreWorkerTest, AFactTheSealerRefusesIsSealedWithEveryMemberThatCanBe) {
   }
   EXPECT_EQ(named, (std::vector<std::string>{"bad\\xff", "ratio", "seq"}));
   EXPECT_FALSE(b.contains("fault"));
+}
+
+// The disk fails: the commit's fsync returns an I/O error twice (SQLITE_IOERR_FSYNC, through a VFS that
+// fails on demand) while facts keep arriving. The worker counts the failed commits and commits the same
+// facts again: every fact ends in the store once, in order, each record chained to the one before, no seq
+// skipped or reused.
+TEST_F(StoreWorkerTest, FailedFsyncsAreRetriedAndNoRecordIsLostOrRepeated) {
+  testing::FaultyVfs& vfs = testing::FaultyVfs::instance();
+  store::StoreOptions options;
+  options.vfs = testing::FaultyVfs::kName;
+  store_ = std::make_unique<store::EvidenceStore>((dir_ / "store.db").string(), options);
+  start_worker();
+  worker_->set_commit_retry_backoff(5ms, 20ms);
+  worker_->submit(fact_with_media({}));
+  ASSERT_TRUE(wait_seq(1));
+
+  const int failed_before = vfs.failed_syncs();
+  vfs.fail_syncs(1, 2);  // the next two syncs fail
+  for (int i = 0; i < 10; ++i) {
+    worker_->submit(fact_with_media({}));
+  }
+  ASSERT_TRUE(wait_seq(11));
+  EXPECT_EQ(vfs.failed_syncs() - failed_before, 2);
+  EXPECT_GE(worker_->commit_failures(), 1u);
+  // The count is updated just after the commit handler that wait_seq() watches.
+  EXPECT_TRUE(eventually([&] { return worker_->committed_records() == 11u; }))
+      << worker_->committed_records();
+  EXPECT_EQ(store_->chain_head().seq, 11u);
+  std::string prev(64, '0');
+  for (std::uint64_t seq = 1; seq <= 11; ++seq) {
+    const auto rec = store_->record(seq);
+    ASSERT_TRUE(rec.has_value()) << "seq " << seq << " missing";
+    const std::string& jws = rec->jws;
+    const auto dot1 = jws.find('.');
+    const auto body =
+        nlohmann::json::parse(*base64url_decode(jws.substr(dot1 + 1, jws.rfind('.') - dot1 - 1)));
+    EXPECT_EQ(body["seq"], seq);
+    EXPECT_EQ(body["prev"], prev) << "seq " << seq;
+    prev = sha256_hex(jws);
+  }
+  EXPECT_FALSE(store_->record(12).has_value());
 }
 
 }  // namespace

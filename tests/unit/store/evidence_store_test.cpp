@@ -310,7 +310,7 @@ TEST_F(EvidenceStoreTest, ReopenKeepsTheOutbox) {
 }
 
 TEST_F(EvidenceStoreTest, WriterHoldingTheLockGivesRetryAndNothingWritten) {
-  EvidenceStore store(db_.string(), StoreOptions{std::chrono::milliseconds(50)});
+  EvidenceStore store(db_.string(), StoreOptions{.busy_timeout = std::chrono::milliseconds(50), .vfs = {}});
   ASSERT_TRUE(store.append(make_batch(1, 2)).is_ok());
 
   sqlite3* other = nullptr;
