@@ -73,6 +73,8 @@ CentralConfig parse_document(const YAML::Node& document, const std::string& name
       feed.optional<int>("quarantine_max_rows", out.feed.quarantine_max_rows, {.min = 1, .max = 1000000000});
   out.feed.quarantine_max_mb =
       feed.optional<int>("quarantine_max_mb", out.feed.quarantine_max_mb, {.min = 1, .max = 1048576});
+  out.feed.quarantine_max_age_days = feed.optional<int>(
+      "quarantine_max_age_days", out.feed.quarantine_max_age_days, {.min = 0, .max = 36500});
   if (out.feed.quarantine_max_rows < out.feed.quarantine_max_per_gateway) {
     feed.fail("quarantine_max_rows", "must be at least quarantine_max_per_gateway (" +
                                          std::to_string(out.feed.quarantine_max_per_gateway) + ")");

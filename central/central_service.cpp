@@ -345,6 +345,7 @@ void CentralService::run_worker() {
         post_link_job([this, now] { check_broker_link(now); });
         reload_keys(false);  // key ranges changed by another instance's rotation (at most every 5 s)
         reexamine_quarantine();
+        expire_quarantine(now);
         publish_receipts(store_->due_receipts(
             now, ReceiptPolicy{cfg_.central.id, static_cast<std::uint64_t>(cfg_.receipts.every_records),
                                cfg_.receipts.every_ms}));
@@ -687,6 +688,25 @@ void CentralService::refuse_retired(Batch& batch) {
   batch.records = std::move(kept);
 }
 
+void CentralService::expire_quarantine(std::int64_t now) {
+  if (cfg_.feed.quarantine_max_age_days == 0 || now - last_expiry_ms_ < 60000) {
+    return;  // off, or looked less than a minute ago (one small query when nothing is old)
+  }
+  last_expiry_ms_ = now;
+  const std::string days = std::to_string(cfg_.feed.quarantine_max_age_days);
+  const auto discards =
+      store_->expire_quarantine(now, static_cast<std::int64_t>(cfg_.feed.quarantine_max_age_days) * 86400000,
+                                "unseen for " + days + " days (feed.quarantine_max_age_days)");
+  for (const auto& [gateway, d] : discards) {
+    counters_.quarantine_expired += static_cast<std::uint64_t>(d.rows);
+    log::warn("central", gateway,
+              "quarantine: " + std::to_string(d.rows) + " row(s), " + std::to_string(d.bytes) + " bytes of " +
+                  printable(gateway) + " unseen for " + days +
+                  " days discarded (feed.quarantine_max_age_days; who, why and which ids are kept in "
+                  "quarantine_discards)");
+  }
+}
+
 void CentralService::reexamine_quarantine() {
   // Rows of gateways with a key enrolled since they were last examined, a bounded number per round: each
   // goes through the checks of a new message; what now verifies is taken into the intake and its row
@@ -990,6 +1010,8 @@ std::string CentralService::metrics_text() {
     counters_.quarantined);
   c("central_quarantine_dropped_total", "Quarantine beyond its bound (counted only).",
     counters_.quarantine_dropped);
+  c("central_quarantine_expired_total", "Quarantine rows discarded after feed.quarantine_max_age_days.",
+    counters_.quarantine_expired);
   c("central_media_stored_total", "Media files stored.", counters_.media_stored);
   c("central_media_refused_total", "Media refused (hash mismatch, too large, bad name).",
     counters_.media_refused);

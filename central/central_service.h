@@ -37,6 +37,7 @@ struct CentralCounters {
   std::atomic<std::uint64_t> forks{0};
   std::atomic<std::uint64_t> quarantined{0};
   std::atomic<std::uint64_t> quarantine_dropped{0};
+  std::atomic<std::uint64_t> quarantine_expired{0};  // rows discarded by feed.quarantine_max_age_days
   std::atomic<std::uint64_t> media_stored{0};
   std::atomic<std::uint64_t> media_refused{0};    // hash mismatch, too large, bad name
   std::atomic<std::uint64_t> unknown_gateway{0};  // messages on a gateway's topics that is not enrolled
@@ -118,6 +119,8 @@ class CentralService {
   void commit(Batch& batch);
   void refuse_retired(Batch& batch);
   void reexamine_quarantine();
+  // Discards quarantine rows older than feed.quarantine_max_age_days (at most once a minute; 0: never).
+  void expire_quarantine(std::int64_t now);
   void classify(Message& m, Batch& batch);
   void process_singly(std::vector<Message>& messages);
   void publish_receipts(const std::vector<custody::Receipt>& receipts);
@@ -160,6 +163,7 @@ class CentralService {
   std::shared_ptr<const TrustedKeys> key_snapshot_;
   std::int64_t keys_loaded_ms_ = 0;
   std::int64_t last_gap_check_ms_ = 0;
+  std::int64_t last_expiry_ms_ = 0;
   bool reexamining_ = false;  // classify() re-examining quarantined messages: not counted again
   std::int64_t reexamine_enrolment_ms_ = -1;  // the latest enrolment the quarantine was scanned for
   bool reexamine_more_ = false;               // the last scan filled its page: look again

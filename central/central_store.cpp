@@ -600,6 +600,23 @@ CentralStore::QuarantineDiscard CentralStore::discard_quarantine(const std::stri
   return d;
 }
 
+std::vector<std::pair<std::string, CentralStore::QuarantineDiscard>> CentralStore::expire_quarantine(
+    std::int64_t now_ms, std::int64_t max_age_ms, const std::string& reason) {
+  const std::int64_t cutoff = now_ms - max_age_ms;
+  const PgResult gateways = conn_->exec(
+      "SELECT DISTINCT gateway FROM quarantine WHERE last_seen_ms < $1::bigint ORDER BY gateway LIMIT 1000",
+      {num(cutoff)}, "finding quarantine rows past their age");
+  std::vector<std::pair<std::string, QuarantineDiscard>> out;
+  for (int i = 0; i < gateways.rows(); ++i) {
+    const std::string gateway = gateways.text(i, 0);
+    QuarantineDiscard d = discard_quarantine(gateway, {}, cutoff, reason, "checkpoint-central", now_ms);
+    if (d.rows > 0) {
+      out.emplace_back(gateway, d);
+    }
+  }
+  return out;
+}
+
 nlohmann::json CentralStore::quarantine_rows(const std::string& gateway, std::int64_t limit) {
   PgResult r = conn_->exec(
       "SELECT id, gateway, topic, seq, kid, reason, count, bytes, received_ms, last_seen_ms, reexamined_ms "

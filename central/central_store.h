@@ -201,6 +201,13 @@ class CentralStore {
     std::int64_t rows = 0;
     std::int64_t bytes = 0;
   };
+  // Discards every quarantine row last seen before now_ms - max_age_ms (feed.quarantine_max_age_days), one
+  // discard per gateway as an operator's would be (kept in quarantine_discards, operator
+  // "checkpoint-central", reason naming the setting). Returns (gateway, discard) for each gateway that had
+  // such rows.
+  std::vector<std::pair<std::string, QuarantineDiscard>> expire_quarantine(std::int64_t now_ms,
+                                                                           std::int64_t max_age_ms,
+                                                                           const std::string& reason);
   QuarantineDiscard discard_quarantine(const std::string& gateway, const std::vector<std::int64_t>& ids,
                                        std::optional<std::int64_t> seen_before_ms, const std::string& reason,
                                        const std::string& by, std::int64_t now_ms);

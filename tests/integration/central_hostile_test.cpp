@@ -14,6 +14,7 @@
 #include <random>
 #include <thread>
 
+#include "central/central_store.h"
 #include "daemon/core/custody.h"
 #include "daemon/core/ed25519.h"
 #include "daemon/core/encoding.h"
@@ -519,6 +520,50 @@ TEST_F(CentralHostile, AReplacedStoreIsFollowedPastTheOldChainsUnconfirmedRecord
   EXPECT_EQ(watermark(), 7);
   central_->signal(SIGTERM);
   EXPECT_EQ(central_->wait(20s), 0) << central_->stderr_text();
+}
+
+// feed.quarantine_max_age_days: quarantine rows unseen for longer are discarded as an operator's discard
+// would be (uncounted, kept in quarantine_discards with operator "checkpoint-central"); a younger row stays.
+TEST_F(CentralHostile, QuarantineRowsPastTheirAgeAreDiscardedAndTheDiscardIsKept) {
+  central::CentralStore store(pg_.conninfo());
+  const central::ReceiptPolicy policy{"central-test", 1000, 5000};
+  constexpr std::int64_t kT0 = 1767225600000;
+  constexpr std::int64_t kDay = 86400000;
+  const auto entry = [](const std::string& gateway, const std::string& bytes) {
+    central::QuarantineEntry q;
+    q.gateway = gateway;
+    q.topic = "evidence";
+    q.kid = "0123456789abcdef";
+    q.payload = bytes;
+    q.payload_sha256 = sha256_hex(bytes);
+    q.bytes = bytes.size();
+    q.reason = "no trusted key has kid 0123456789abcdef";
+    return q;
+  };
+  central::Batch old_rows;
+  old_rows.quarantine = {entry("gh", "an old record"), entry("gh", "another old one")};
+  store.store_batch(old_rows, kT0, policy);
+  central::Batch young_rows;
+  young_rows.quarantine = {entry("gw", "a young record")};
+  store.store_batch(young_rows, kT0 + 10 * kDay, policy);
+  ASSERT_EQ(pg_int("SELECT count(*) FROM quarantine"), 3);
+
+  const std::string why = "unseen for 5 days (feed.quarantine_max_age_days)";
+  const auto expired = store.expire_quarantine(kT0 + 10 * kDay + 1, 5 * kDay, why);
+  ASSERT_EQ(expired.size(), 1u);
+  EXPECT_EQ(expired[0].first, "gh");
+  EXPECT_EQ(expired[0].second.rows, 2);
+  EXPECT_EQ(expired[0].second.bytes, 28);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM quarantine WHERE gateway = 'gh'"), 0);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM quarantine WHERE gateway = 'gw'"), 1);
+  EXPECT_EQ(pg_int("SELECT rows FROM quarantine_usage WHERE gateway = 'gh'"), 0);
+  EXPECT_EQ(pg_int("SELECT rows FROM quarantine_usage WHERE gateway = ''"), 1);
+  EXPECT_EQ(
+      pg_.query("SELECT gateway || ' ' || rows || ' ' || operator || ' ' || reason FROM quarantine_discards"),
+      "gh 2 checkpoint-central " + why);
+  // Nothing else is old enough: nothing changes, nothing more is kept.
+  EXPECT_TRUE(store.expire_quarantine(kT0 + 10 * kDay + 2, 5 * kDay, why).empty());
+  EXPECT_EQ(pg_int("SELECT count(*) FROM quarantine_discards"), 1);
 }
 
 TEST_F(CentralHostile, AFloodOfHostileMessagesIsBoundedCountedAndSurvived) {
