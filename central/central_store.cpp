@@ -697,8 +697,12 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
       if (held.rows() == 0 || follow_replaced_store(rec, now_ms, out)) {
         // Its seq is free now: the old chain's records after the receipt were set aside, by this record
         // (the gateway's store_replaced) or by one before it in this batch.
-        note_fresh(insert_records(batch.records, i, i + 1, now_ms, out));
-        continue;
+        const auto stored = insert_records(batch.records, i, i + 1, now_ms, out);
+        note_fresh(stored);
+        if (!stored.empty()) {
+          continue;
+        }
+        // Still taken: by a copy of the old chain this same batch stored (never set aside). A fork, below.
       }
       // Same (gateway, seq), other bytes, both signed by a trusted key: a fork. Both are kept.
       PgResult f = conn_->exec(
