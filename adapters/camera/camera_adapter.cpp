@@ -26,11 +26,11 @@
 #include <vector>
 
 #include "adapters/adapter_handle.h"
-#include "adapters/camera/camera_clock.h"
 #include "adapters/camera/http_auth.h"
 #include "adapters/camera/isapi_xml.h"
 #include "adapters/camera/multipart_parser.h"
 #include "adapters/common/http_exchange.h"
+#include "adapters/common/offset_clock.h"
 #include "adapters/reconnect_backoff.h"
 #include "daemon/core/encoding.h"
 #include "daemon/log/log.h"
@@ -392,7 +392,7 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     }
     const std::int64_t resolution = t.time.has_fraction ? 1 : 1000;
     const auto outcome = clock_.add(t.time.unix_ms, resolution, r.sent_ms, r.received_ms);
-    if (outcome == CameraClockEstimator::Outcome::kRejected) {
+    if (outcome == OffsetClockEstimator::Outcome::kRejected) {
       count_error("bad_time");
       return false;
     }
@@ -400,7 +400,7 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     // begins with a connect: the lead the next poll is started ahead of the instant it aims at.
     const std::int64_t lead = r.sent_ms - r.started_ms + (r.received_ms - r.sent_ms) / 2;
     probe_lead_ms_ = std::clamp<std::int64_t>(lead, 0, 1000);
-    if (outcome == CameraClockEstimator::Outcome::kRestarted) {
+    if (outcome == OffsetClockEstimator::Outcome::kRestarted) {
       log::warn(kComponent, config_.id,
                 "camera clock no longer agrees with earlier measurements (set, or drifting faster than "
                 "allowed): offset estimate restarted");
@@ -414,7 +414,7 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     snap_.clock_rtt_ms = r.received_ms - r.sent_ms;
     snap_.clock_offset_measured_ms = e->measured_ms;
     snap_.time_mode = t.time_mode;
-    if (outcome == CameraClockEstimator::Outcome::kRestarted) {
+    if (outcome == OffsetClockEstimator::Outcome::kRestarted) {
       ++snap_.clock_restarts;
     }
     return true;
@@ -1132,7 +1132,7 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
   DigestAuthenticator digest_;
   bool auth_blocked_ = false;
 
-  CameraClockEstimator clock_;
+  OffsetClockEstimator clock_;
   int burst_left_ = 0;              // time polls still to make in the current burst
   std::int64_t probe_lead_ms_ = 0;  // from starting a poll to the camera reading its clock (last poll)
 

@@ -16,7 +16,7 @@
 #include <utility>
 #include <vector>
 
-#include "adapters/camera/isapi_xml.h"
+#include "adapters/common/device_time.h"
 #include "daemon/core/encoding.h"
 
 namespace cpd::adapters {

@@ -32,8 +32,8 @@
 #include <vector>
 
 #include "adapters/adapter_handle.h"
-#include "adapters/camera/camera_clock.h"
 #include "adapters/common/http_exchange.h"
+#include "adapters/common/offset_clock.h"
 #include "adapters/reconnect_backoff.h"
 #include "adapters/recorder/dock_protocol.h"
 #include "daemon/core/digest.h"
@@ -589,9 +589,9 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
   void on_station_status(const DockStatus& st, const HttpResult& r) {
     const std::int64_t resolution = st.time_has_fraction ? 1 : 1000;
     const auto outcome = clock_.add(st.time_ms, resolution, r.sent_ms, r.received_ms);
-    if (outcome == CameraClockEstimator::Outcome::kRejected) {
+    if (outcome == OffsetClockEstimator::Outcome::kRejected) {
       count_error("bad_time");
-    } else if (outcome == CameraClockEstimator::Outcome::kRestarted) {
+    } else if (outcome == OffsetClockEstimator::Outcome::kRestarted) {
       log::warn(kComponent, config_.id,
                 "station clock no longer agrees with earlier measurements: estimate restarted");
     }
@@ -1893,7 +1893,7 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
   std::deque<std::string> ack_queue_;
   std::string cursor_;
 
-  CameraClockEstimator clock_;
+  OffsetClockEstimator clock_;
   std::string station_id_;
   std::string firmware_;
 

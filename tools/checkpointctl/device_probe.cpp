@@ -24,9 +24,9 @@
 #include <utility>
 #include <variant>
 
-#include "adapters/camera/camera_clock.h"
 #include "adapters/camera/http_auth.h"
 #include "adapters/camera/isapi_xml.h"
+#include "adapters/common/offset_clock.h"
 #include "adapters/radar/radar_frame_parser.h"
 #include "adapters/recorder/dock_protocol.h"
 #include "daemon/core/time.h"
@@ -675,7 +675,7 @@ void probe_camera(const adapters::CameraConfig& cam, const ProbeOptions& options
 
   // The clock: three reads bound the offset to an interval each; their intersection is the estimate.
   const std::string time_target = "/ISAPI/System/time";
-  adapters::CameraClockEstimator clock;
+  adapters::OffsetClockEstimator clock;
   std::optional<adapters::IsapiTime> last_time;
   for (int i = 0; i < 3; ++i) {
     const UnixMs wait_until = clock.next_probe_ms(now_ms());

@@ -11,7 +11,7 @@
 
 namespace cpd::adapters {
 
-struct CameraClockOptions {
+struct OffsetClockOptions {
   std::size_t max_samples = 10;              // the newest polls kept
   std::int64_t max_age_ms = 30 * 60 * 1000;  // and none older than this (clocks drift)
   // How fast the two clocks may drift apart: an older sample's interval is widened by this rate times
@@ -21,7 +21,7 @@ struct CameraClockOptions {
 
 // Offset = camera clock minus gateway clock (ms). The true offset lies in offset_ms ± uncertainty_ms at
 // measured_ms, as long as the clocks drift apart no faster than max_drift_ppm.
-struct CameraClockEstimate {
+struct OffsetClockEstimate {
   std::int64_t offset_ms = 0;
   std::int64_t uncertainty_ms = 0;
   UnixMs measured_ms = 0;   // gateway time of the newest sample (its response)
@@ -29,7 +29,7 @@ struct CameraClockEstimate {
   std::uint64_t epoch = 0;  // 1 at the first sample; +1 on every restart
 };
 
-class CameraClockEstimator {
+class OffsetClockEstimator {
  public:
   enum class Outcome {
     kStarted,    // the first sample (or the first after reset())
@@ -38,13 +38,13 @@ class CameraClockEstimator {
     kRejected,   // impossible sample (response before request, bad resolution): ignored
   };
 
-  explicit CameraClockEstimator(CameraClockOptions options = {});
+  explicit OffsetClockEstimator(OffsetClockOptions options = {});
 
   // The camera read camera_ms (truncated to resolution_ms: 1000 for whole seconds, 1 with milliseconds)
   // somewhere between the gateway times sent_ms (request sent) and received_ms (response received).
   Outcome add(UnixMs camera_ms, std::int64_t resolution_ms, UnixMs sent_ms, UnixMs received_ms);
 
-  std::optional<CameraClockEstimate> estimate() const;
+  std::optional<OffsetClockEstimate> estimate() const;
 
   // The gateway time, not before earliest_ms, at which the camera should read its clock so that its
   // next whole second falls at the middle of the current interval: the answer then halves the interval,
@@ -64,7 +64,7 @@ class CameraClockEstimator {
   // Intersects the window at the newest sample's time; false when it is empty.
   bool intersect();
 
-  CameraClockOptions options_;
+  OffsetClockOptions options_;
   std::deque<Sample> samples_;
   std::int64_t lo_ = 0;  // the current intersection, valid while samples_ is not empty
   std::int64_t hi_ = 0;

@@ -1,6 +1,6 @@
-// CameraClockEstimator against a simulated camera clock (offset, drift, steps) read in whole seconds at
+// OffsetClockEstimator against a simulated camera clock (offset, drift, steps) read in whole seconds at
 // chosen gateway times: no I/O, no real clock.
-#include "adapters/camera/camera_clock.h"
+#include "adapters/common/offset_clock.h"
 
 #include <gtest/gtest.h>
 
@@ -28,7 +28,7 @@ struct SimCamera {
   std::int64_t true_offset(UnixMs gateway_ms) const { return camera_ms(gateway_ms) - gateway_ms; }
 
   // One poll sent at t0 with round trip rtt; the camera reads its clock at t0 + read_after.
-  CameraClockEstimator::Outcome poll(CameraClockEstimator& est, UnixMs t0, std::int64_t rtt,
+  OffsetClockEstimator::Outcome poll(OffsetClockEstimator& est, UnixMs t0, std::int64_t rtt,
                                      std::int64_t read_after) const {
     const UnixMs whole = floor_div(camera_ms(t0 + read_after), 1000) * 1000;
     return est.add(whole, 1000, t0, t0 + rtt);
@@ -36,7 +36,7 @@ struct SimCamera {
 };
 
 // The estimate must bracket the truth: that is what the uncertainty promises.
-void expect_brackets(const CameraClockEstimator& est, std::int64_t truth) {
+void expect_brackets(const OffsetClockEstimator& est, std::int64_t truth) {
   const auto e = est.estimate();
   ASSERT_TRUE(e);
   EXPECT_LE(e->offset_ms - e->uncertainty_ms, truth)
@@ -45,18 +45,18 @@ void expect_brackets(const CameraClockEstimator& est, std::int64_t truth) {
       << "offset " << e->offset_ms << " ± " << e->uncertainty_ms;
 }
 
-TEST(CameraClockEstimator, NothingMeasuredNoEstimate) {
-  CameraClockEstimator est;
+TEST(OffsetClockEstimator, NothingMeasuredNoEstimate) {
+  OffsetClockEstimator est;
   EXPECT_FALSE(est.estimate());
   EXPECT_EQ(est.next_probe_ms(kT0 + 123), kT0 + 123);
 }
 
-TEST(CameraClockEstimator, SingleSampleUncertaintyIsHalfASecondPlusHalfTheRoundTrip) {
+TEST(OffsetClockEstimator, SingleSampleUncertaintyIsHalfASecondPlusHalfTheRoundTrip) {
   for (const std::int64_t rtt : {0, 1, 40, 333}) {
     for (const std::int64_t phase : {0, 1, 250, 499, 500, 999}) {
       const SimCamera cam{4000 + phase, 0};
-      CameraClockEstimator est;
-      EXPECT_EQ(cam.poll(est, kT0, rtt, rtt / 2), CameraClockEstimator::Outcome::kStarted);
+      OffsetClockEstimator est;
+      EXPECT_EQ(cam.poll(est, kT0, rtt, rtt / 2), OffsetClockEstimator::Outcome::kStarted);
       const auto e = est.estimate();
       ASSERT_TRUE(e);
       EXPECT_LE(e->uncertainty_ms, 500 + (rtt + 1) / 2) << "rtt " << rtt;
@@ -69,8 +69,8 @@ TEST(CameraClockEstimator, SingleSampleUncertaintyIsHalfASecondPlusHalfTheRoundT
   }
 }
 
-TEST(CameraClockEstimator, WholeSecondReadInstantlyIsCentredOnItsMiddle) {
-  CameraClockEstimator est;
+TEST(OffsetClockEstimator, WholeSecondReadInstantlyIsCentredOnItsMiddle) {
+  OffsetClockEstimator est;
   // 11:38:54 read at gateway 11:38:50.000 exactly: the camera was 4000..4999 ms ahead.
   est.add(kT0 + 4000, 1000, kT0, kT0);
   const auto e = est.estimate();
@@ -79,8 +79,8 @@ TEST(CameraClockEstimator, WholeSecondReadInstantlyIsCentredOnItsMiddle) {
   EXPECT_EQ(e->uncertainty_ms, 500);
 }
 
-TEST(CameraClockEstimator, MillisecondReadingsNeedOnlyTheRoundTrip) {
-  CameraClockEstimator est;
+TEST(OffsetClockEstimator, MillisecondReadingsNeedOnlyTheRoundTrip) {
+  OffsetClockEstimator est;
   est.add(kT0 + 1234 + 5, 1, kT0, kT0 + 10);  // the camera read at t0 + 5 with a clock 1234 ms ahead
   const auto e = est.estimate();
   ASSERT_TRUE(e);
@@ -89,16 +89,16 @@ TEST(CameraClockEstimator, MillisecondReadingsNeedOnlyTheRoundTrip) {
   EXPECT_EQ(est.next_probe_ms(kT0 + 50), kT0 + 50);  // nothing to gain from a phase
 }
 
-TEST(CameraClockEstimator, ProbesAtTheMiddleConvergeExactly) {
+TEST(OffsetClockEstimator, ProbesAtTheMiddleConvergeExactly) {
   for (const std::int64_t offset : {4237, -1, 0, 999, -73501}) {
     const SimCamera cam{offset, 0};
-    CameraClockEstimator est({.max_drift_ppm = 0});
+    OffsetClockEstimator est({.max_drift_ppm = 0});
     UnixMs t = kT0 + 17;
     cam.poll(est, t, 0, 0);
     for (int i = 1; i < 14; ++i) {
       t = est.next_probe_ms(t + 170);
       EXPECT_GE(t, kT0 + 17 + 170 * i);
-      EXPECT_EQ(cam.poll(est, t, 0, 0), CameraClockEstimator::Outcome::kAccepted);
+      EXPECT_EQ(cam.poll(est, t, 0, 0), OffsetClockEstimator::Outcome::kAccepted);
       expect_brackets(est, offset);
       if (i == 5) {  // six polls: 1000 ms halved five times
         EXPECT_LE(est.estimate()->uncertainty_ms, 16);
@@ -109,13 +109,13 @@ TEST(CameraClockEstimator, ProbesAtTheMiddleConvergeExactly) {
   }
 }
 
-TEST(CameraClockEstimator, ProbesWithLoopbackRoundTripsGetTensOfMilliseconds) {
+TEST(OffsetClockEstimator, ProbesWithLoopbackRoundTripsGetTensOfMilliseconds) {
   std::mt19937 rng(7);
   std::uniform_int_distribution<std::int64_t> rtt_of(1, 4);
   std::uniform_int_distribution<std::int64_t> offset_of(-5000, 5000);
   for (int run = 0; run < 200; ++run) {
     const SimCamera cam{offset_of(rng), 0};
-    CameraClockEstimator est;  // default drift allowance
+    OffsetClockEstimator est;  // default drift allowance
     UnixMs t = kT0 + run * 37;
     std::int64_t rtt = rtt_of(rng);
     cam.poll(est, t, rtt, std::uniform_int_distribution<std::int64_t>(0, rtt)(rng));
@@ -124,18 +124,18 @@ TEST(CameraClockEstimator, ProbesWithLoopbackRoundTripsGetTensOfMilliseconds) {
       // Aimed so the camera reads at the probe time, about half a round trip after sending.
       t = est.next_probe_ms(t + 170 + rtt / 2) - rtt / 2;
       EXPECT_EQ(cam.poll(est, t, rtt, std::uniform_int_distribution<std::int64_t>(0, rtt)(rng)),
-                CameraClockEstimator::Outcome::kAccepted);
+                OffsetClockEstimator::Outcome::kAccepted);
       expect_brackets(est, cam.offset_ms);
     }
     EXPECT_LE(est.estimate()->uncertainty_ms, 30) << "offset " << cam.offset_ms;
   }
 }
 
-TEST(CameraClockEstimator, RandomPhasesOnlyNarrowSlowlyButStillBracket) {
+TEST(OffsetClockEstimator, RandomPhasesOnlyNarrowSlowlyButStillBracket) {
   std::mt19937 rng(11);
   std::uniform_int_distribution<std::int64_t> spacing(170, 230);
   const SimCamera cam{-2611, 0};
-  CameraClockEstimator est({.max_drift_ppm = 0});
+  OffsetClockEstimator est({.max_drift_ppm = 0});
   UnixMs t = kT0;
   std::int64_t previous = 1'000'000;
   for (int i = 0; i < 10; ++i) {
@@ -150,20 +150,20 @@ TEST(CameraClockEstimator, RandomPhasesOnlyNarrowSlowlyButStillBracket) {
 
 // Polls every 60 s for an hour, each aimed at the middle, against a camera clock drifting at ±100 ppm
 // (360 ms over the hour): the drift allowance keeps the truth inside and the estimate tight.
-TEST(CameraClockEstimator, FollowsADriftOf100PpmForAnHourWithoutRestarting) {
+TEST(OffsetClockEstimator, FollowsADriftOf100PpmForAnHourWithoutRestarting) {
   for (const std::int64_t ppm : {100, -100}) {
     const SimCamera cam{1500, ppm};
-    CameraClockEstimator est;
+    OffsetClockEstimator est;
     UnixMs t = kT0;
     cam.poll(est, t, 3, 1);
     for (int i = 1; i < 6; ++i) {  // the start-up burst
       t = est.next_probe_ms(t + 170 + 1) - 1;
-      ASSERT_EQ(cam.poll(est, t, 3, 1), CameraClockEstimator::Outcome::kAccepted);
+      ASSERT_EQ(cam.poll(est, t, 3, 1), OffsetClockEstimator::Outcome::kAccepted);
     }
     std::int64_t worst = 0;
     while (t < kT0 + 3'600'000) {
       t = est.next_probe_ms(t + 60'000 + 1) - 1;
-      ASSERT_EQ(cam.poll(est, t, 3, 1), CameraClockEstimator::Outcome::kAccepted)
+      ASSERT_EQ(cam.poll(est, t, 3, 1), OffsetClockEstimator::Outcome::kAccepted)
           << "at " << (t - kT0) << " ms";
       expect_brackets(est, cam.true_offset(t + 1));
       worst = std::max(worst, est.estimate()->uncertainty_ms);
@@ -177,9 +177,9 @@ TEST(CameraClockEstimator, FollowsADriftOf100PpmForAnHourWithoutRestarting) {
 
 // The same drift with no allowance: the stale samples pin the intersection to the past, and the
 // estimate claims a precision that excludes the truth. (Checks that the drift test above can fail.)
-TEST(CameraClockEstimator, WithoutADriftAllowanceTheSameDriftIsMissed) {
+TEST(OffsetClockEstimator, WithoutADriftAllowanceTheSameDriftIsMissed) {
   const SimCamera cam{1500, 100};
-  CameraClockEstimator est({.max_drift_ppm = 0});
+  OffsetClockEstimator est({.max_drift_ppm = 0});
   UnixMs t = kT0;
   cam.poll(est, t, 3, 1);
   for (int i = 1; i < 6; ++i) {
@@ -196,9 +196,9 @@ TEST(CameraClockEstimator, WithoutADriftAllowanceTheSameDriftIsMissed) {
   EXPECT_GT(missed, 0);
 }
 
-TEST(CameraClockEstimator, AClockStepRestartsFromTheNewestSample) {
+TEST(OffsetClockEstimator, AClockStepRestartsFromTheNewestSample) {
   SimCamera cam{800, 0};
-  CameraClockEstimator est;
+  OffsetClockEstimator est;
   UnixMs t = kT0;
   cam.poll(est, t, 2, 1);
   for (int i = 1; i < 8; ++i) {
@@ -211,7 +211,7 @@ TEST(CameraClockEstimator, AClockStepRestartsFromTheNewestSample) {
   for (const std::int64_t step : {2500, -1700}) {
     cam.offset_ms += step;  // someone set the camera's clock
     t += 60'000;
-    EXPECT_EQ(cam.poll(est, t, 2, 1), CameraClockEstimator::Outcome::kRestarted);
+    EXPECT_EQ(cam.poll(est, t, 2, 1), OffsetClockEstimator::Outcome::kRestarted);
     auto e = est.estimate();
     ASSERT_TRUE(e);
     EXPECT_EQ(e->samples, 1U);
@@ -221,7 +221,7 @@ TEST(CameraClockEstimator, AClockStepRestartsFromTheNewestSample) {
     // And it converges again on the new offset.
     for (int i = 1; i < 8; ++i) {
       t = est.next_probe_ms(t + 171) - 1;
-      EXPECT_EQ(cam.poll(est, t, 2, 1), CameraClockEstimator::Outcome::kAccepted);
+      EXPECT_EQ(cam.poll(est, t, 2, 1), OffsetClockEstimator::Outcome::kAccepted);
     }
     e = est.estimate();
     EXPECT_LE(e->uncertainty_ms, 20);
@@ -231,9 +231,9 @@ TEST(CameraClockEstimator, AClockStepRestartsFromTheNewestSample) {
   EXPECT_EQ(est.estimate()->epoch, 3U);
 }
 
-TEST(CameraClockEstimator, WindowKeepsTheNewestSamplesAndNoneTooOld) {
+TEST(OffsetClockEstimator, WindowKeepsTheNewestSamplesAndNoneTooOld) {
   const SimCamera cam{300, 0};
-  CameraClockEstimator est({.max_samples = 4, .max_age_ms = 25 * 60 * 1000});
+  OffsetClockEstimator est({.max_samples = 4, .max_age_ms = 25 * 60 * 1000});
   for (int i = 0; i < 9; ++i) {
     cam.poll(est, kT0 + i * 1000, 1, 0);
   }
@@ -246,35 +246,35 @@ TEST(CameraClockEstimator, WindowKeepsTheNewestSamplesAndNoneTooOld) {
   expect_brackets(est, 300);
 }
 
-TEST(CameraClockEstimator, ImpossibleSamplesAreRejected) {
-  CameraClockEstimator est;
-  EXPECT_EQ(est.add(kT0, 1000, kT0 + 10, kT0), CameraClockEstimator::Outcome::kRejected);
-  EXPECT_EQ(est.add(kT0, 0, kT0, kT0 + 10), CameraClockEstimator::Outcome::kRejected);
+TEST(OffsetClockEstimator, ImpossibleSamplesAreRejected) {
+  OffsetClockEstimator est;
+  EXPECT_EQ(est.add(kT0, 1000, kT0 + 10, kT0), OffsetClockEstimator::Outcome::kRejected);
+  EXPECT_EQ(est.add(kT0, 0, kT0, kT0 + 10), OffsetClockEstimator::Outcome::kRejected);
   EXPECT_FALSE(est.estimate());
-  EXPECT_EQ(est.add(kT0 + 2000, 1000, kT0, kT0 + 10), CameraClockEstimator::Outcome::kStarted);
+  EXPECT_EQ(est.add(kT0 + 2000, 1000, kT0, kT0 + 10), OffsetClockEstimator::Outcome::kStarted);
   const auto before = est.estimate();
-  EXPECT_EQ(est.add(kT0, 1000, kT0 + 10, kT0), CameraClockEstimator::Outcome::kRejected);
+  EXPECT_EQ(est.add(kT0, 1000, kT0 + 10, kT0), OffsetClockEstimator::Outcome::kRejected);
   EXPECT_EQ(est.estimate()->offset_ms, before->offset_ms);
   EXPECT_EQ(est.estimate()->samples, 1U);
 }
 
-TEST(CameraClockEstimator, AGatewayClockGoingBackRestarts) {
+TEST(OffsetClockEstimator, AGatewayClockGoingBackRestarts) {
   const SimCamera cam{300, 0};
-  CameraClockEstimator est;
+  OffsetClockEstimator est;
   cam.poll(est, kT0 + 60'000, 1, 0);
   cam.poll(est, kT0 + 120'000, 1, 0);
   // The gateway's own clock was stepped back a minute; the camera's was not.
   EXPECT_EQ(est.add(cam.camera_ms(kT0 + 120'500) / 1000 * 1000, 1000, kT0 + 60'500, kT0 + 60'501),
-            CameraClockEstimator::Outcome::kRestarted);
+            OffsetClockEstimator::Outcome::kRestarted);
   EXPECT_EQ(est.estimate()->samples, 1U);
 }
 
-TEST(CameraClockEstimator, ResetStartsANewEpoch) {
-  CameraClockEstimator est;
+TEST(OffsetClockEstimator, ResetStartsANewEpoch) {
+  OffsetClockEstimator est;
   est.add(kT0 + 1000, 1000, kT0, kT0 + 1);
   est.reset();
   EXPECT_FALSE(est.estimate());
-  EXPECT_EQ(est.add(kT0 + 1000, 1000, kT0, kT0 + 1), CameraClockEstimator::Outcome::kStarted);
+  EXPECT_EQ(est.add(kT0 + 1000, 1000, kT0, kT0 + 1), OffsetClockEstimator::Outcome::kStarted);
   EXPECT_EQ(est.estimate()->epoch, 2U);
 }
 
@@ -282,8 +282,8 @@ TEST(CameraClockEstimator, ResetStartsANewEpoch) {
 // samples are gateway time polls, but nothing stops a caller (or a camera answering at once, or a clock
 // stepping on every poll) from feeding it at any rate: 100 000 samples per second, accepted or restarting,
 // keep at most max_samples.
-TEST(CameraClockEstimator, StaysBoundedAtAnySampleRate) {
-  CameraClockEstimator est;
+TEST(OffsetClockEstimator, StaysBoundedAtAnySampleRate) {
+  OffsetClockEstimator est;
   const SimCamera cam{.offset_ms = 2500, .drift_ppm = 50};
   std::size_t most = 0;
   for (std::int64_t i = 0; i < 200'000; ++i) {
@@ -291,15 +291,15 @@ TEST(CameraClockEstimator, StaysBoundedAtAnySampleRate) {
     cam.poll(est, t, 3, 1);
     most = std::max(most, est.estimate()->samples);
   }
-  EXPECT_LE(most, CameraClockOptions{}.max_samples);
+  EXPECT_LE(most, OffsetClockOptions{}.max_samples);
   expect_brackets(est, cam.true_offset(kT0 + 1999));
   // A clock stepping by 10 s on every sample: each one restarts the window, which stays one sample.
-  CameraClockEstimator stepping;
+  OffsetClockEstimator stepping;
   for (std::int64_t i = 0; i < 100'000; ++i) {
     const UnixMs t = kT0 + i / 100;
     const auto out = stepping.add(t + (i % 2 == 0 ? 0 : 10'000), 1000, t, t + 3);
     if (i > 0) {
-      ASSERT_EQ(out, CameraClockEstimator::Outcome::kRestarted) << i;
+      ASSERT_EQ(out, OffsetClockEstimator::Outcome::kRestarted) << i;
     }
     ASSERT_LE(stepping.estimate()->samples, 1u);
   }

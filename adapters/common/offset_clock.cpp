@@ -1,5 +1,5 @@
-// Interval intersection for the camera clock offset (see camera_clock.h); integer milliseconds throughout.
-#include "adapters/camera/camera_clock.h"
+// Interval intersection for the camera clock offset (see offset_clock.h); integer milliseconds throughout.
+#include "adapters/common/offset_clock.h"
 
 #include <algorithm>
 
@@ -22,11 +22,11 @@ std::int64_t floor_mod(std::int64_t a, std::int64_t m) {
 
 }  // namespace
 
-CameraClockEstimator::CameraClockEstimator(CameraClockOptions options) : options_(options) {
+OffsetClockEstimator::OffsetClockEstimator(OffsetClockOptions options) : options_(options) {
   options_.max_samples = std::max<std::size_t>(1, options_.max_samples);
 }
 
-CameraClockEstimator::Outcome CameraClockEstimator::add(UnixMs camera_ms, std::int64_t resolution_ms,
+OffsetClockEstimator::Outcome OffsetClockEstimator::add(UnixMs camera_ms, std::int64_t resolution_ms,
                                                         UnixMs sent_ms, UnixMs received_ms) {
   if (received_ms < sent_ms || resolution_ms < 1 || resolution_ms > kSecondMs) {
     return Outcome::kRejected;
@@ -61,7 +61,7 @@ CameraClockEstimator::Outcome CameraClockEstimator::add(UnixMs camera_ms, std::i
   return Outcome::kAccepted;
 }
 
-bool CameraClockEstimator::intersect() {
+bool OffsetClockEstimator::intersect() {
   const UnixMs now = samples_.back().at_ms;
   std::int64_t lo = samples_.back().lo;
   std::int64_t hi = samples_.back().hi;
@@ -78,13 +78,13 @@ bool CameraClockEstimator::intersect() {
   return true;
 }
 
-std::optional<CameraClockEstimate> CameraClockEstimator::estimate() const {
+std::optional<OffsetClockEstimate> OffsetClockEstimator::estimate() const {
   if (samples_.empty()) {
     return std::nullopt;
   }
   // Rounded so that both ends are within the uncertainty: the interval is closed at both ends.
   const std::int64_t half = (hi_ - lo_ + 1) / 2;
-  CameraClockEstimate e;
+  OffsetClockEstimate e;
   e.offset_ms = lo_ + half;
   e.uncertainty_ms = half;
   e.measured_ms = samples_.back().at_ms;
@@ -93,7 +93,7 @@ std::optional<CameraClockEstimate> CameraClockEstimator::estimate() const {
   return e;
 }
 
-UnixMs CameraClockEstimator::next_probe_ms(UnixMs earliest_ms) const {
+UnixMs OffsetClockEstimator::next_probe_ms(UnixMs earliest_ms) const {
   if (samples_.empty() || samples_.back().resolution_ms < 2 || hi_ <= lo_) {
     return earliest_ms;
   }
@@ -103,7 +103,7 @@ UnixMs CameraClockEstimator::next_probe_ms(UnixMs earliest_ms) const {
   return earliest_ms + floor_mod(-(earliest_ms + split), samples_.back().resolution_ms);
 }
 
-void CameraClockEstimator::reset() {
+void OffsetClockEstimator::reset() {
   samples_.clear();
   lo_ = 0;
   hi_ = 0;
