@@ -145,15 +145,18 @@ struct Rig {
 };
 
 // Records the daemon has had PUBACKed: committed records minus those still in the outbox, read from its
-// store (WAL lets a reader in beside the daemon). No subscriber competes for the CPU.
+// store (WAL lets a reader in beside the daemon). No subscriber competes for the CPU. The store's seqs run
+// 1..n without a gap, so max(seq) counts the records with one index lookup: count(*) scanned the whole table
+// at every 20 ms poll, and cost more CPU than the daemon itself at nominal load.
 std::size_t count_acked(const fs::path& db) {
   sqlite3* h = nullptr;
   std::size_t n = 0;
   if (sqlite3_open_v2(db.c_str(), &h, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
     sqlite3_busy_timeout(h, 1000);
     sqlite3_stmt* st = nullptr;
-    if (sqlite3_prepare_v2(h, "SELECT (SELECT count(*) FROM records) - (SELECT count(*) FROM outbox)", -1,
-                           &st, nullptr) == SQLITE_OK &&
+    if (sqlite3_prepare_v2(
+            h, "SELECT (SELECT coalesce(max(seq), 0) FROM records) - (SELECT count(*) FROM outbox)", -1, &st,
+            nullptr) == SQLITE_OK &&
         sqlite3_step(st) == SQLITE_ROW) {
       n = static_cast<std::size_t>(sqlite3_column_int64(st, 0));
     }
