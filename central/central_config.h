@@ -30,8 +30,8 @@ struct FeedSection {
   int quarantine_max_mb_per_gateway = 64;   // payload MiB per gateway
   int quarantine_max_rows = 1000000;        // rows in all
   int quarantine_max_mb = 1024;             // payload MiB in all
-  int quarantine_max_age_days =
-      0;  // rows unseen this long are discarded (kept in quarantine_discards); 0: never
+  // Rows not seen for this many days are discarded (kept in quarantine_discards); 0: never.
+  int quarantine_max_age_days = 0;
   // Recordings (docs/custody.md, "Recordings to central"): a file larger than this is refused at its init;
   // at most max_open_files transfers per gateway are open at once (each holds a partial file on disk).
   int max_file_mb = 8192;

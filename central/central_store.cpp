@@ -439,8 +439,10 @@ void CentralStore::note_chain_restart(const IncomingRecord& rec, bool as_fork, c
       {rec.gateway, num(rec.seq), kind, reason + followed, rec.jws_sha256, as_fork ? "true" : "false", now},
       "noting a chain restart");
   if (!followed.empty()) {
-    conn_->exec("UPDATE chain_restarts SET reason = $4 WHERE gateway = $1 AND seq = $2 AND jws_sha256 = $3",
-                {rec.gateway, num(rec.seq), rec.jws_sha256, reason + followed}, "noting a chain restart");
+    if (r.affected() == 0) {  // noted already when it was stored: the reason gains what was followed
+      conn_->exec("UPDATE chain_restarts SET reason = $4 WHERE gateway = $1 AND seq = $2 AND jws_sha256 = $3",
+                  {rec.gateway, num(rec.seq), rec.jws_sha256, reason + followed}, "noting a chain restart");
+    }
     out.chain_restarts.push_back(rec.gateway + ":" + num(rec.seq) + " " + kind + ": " + reason + followed);
   } else if (r.affected() == 1) {
     out.chain_restarts.push_back(
@@ -821,9 +823,9 @@ bool CentralStore::follow_replaced_store(const IncomingRecord& rec, std::int64_t
   }
   const PgResult moved = conn_->exec(
       "WITH moved AS (DELETE FROM records WHERE gateway = $1 AND seq > $2::bigint AND jws_sha256 <> $3 AND "
-      "received_ms <> $4::bigint RETURNING gateway, seq, jws, jws_sha256), kept AS (INSERT INTO forks "
-      "(gateway, seq, jws, jws_sha256, "
-      "received_ms) SELECT gateway, seq, jws, jws_sha256, $4::bigint FROM moved ON CONFLICT DO NOTHING) "
+      "received_ms <> $4::bigint RETURNING gateway, seq, jws, jws_sha256), "
+      "kept AS (INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms) "
+      "SELECT gateway, seq, jws, jws_sha256, $4::bigint FROM moved ON CONFLICT DO NOTHING) "
       "SELECT count(*), min(seq), max(seq) FROM moved",
       {rec.gateway, num(n), rec.jws_sha256, num(now_ms)}, "setting aside the old chain after a receipt");
   if (moved.integer(0, 0) == 0) {
@@ -845,10 +847,10 @@ bool CentralStore::follow_replaced_store(const IncomingRecord& rec, std::int64_t
   conn_->exec(
       "UPDATE gateways SET watermark_hash = CASE WHEN watermark_seq > $2::bigint THEN $3 ELSE watermark_hash "
       "END, watermark_seq = LEAST(watermark_seq, $2::bigint), max_seq = LEAST(max_seq, $2::bigint), "
-      "announced_hash = CASE WHEN announced_seq > $2::bigint THEN $3 ELSE announced_hash END, announced_seq "
-      "= "
-      "LEAST(announced_seq, $2::bigint), announced_jws = NULL, chain_break_seq = NULL, chain_break_reason = "
-      "NULL, gap_since_ms = NULL, request_backoff_ms = 0, next_request_ms = 0 WHERE gateway = $1",
+      "announced_hash = CASE WHEN announced_seq > $2::bigint THEN $3 ELSE announced_hash END, "
+      "announced_seq = LEAST(announced_seq, $2::bigint), announced_jws = NULL, "
+      "chain_break_seq = NULL, chain_break_reason = NULL, "
+      "gap_since_ms = NULL, request_backoff_ms = 0, next_request_ms = 0 WHERE gateway = $1",
       {rec.gateway, num(n), rec.prev}, what);
   note_chain_restart(rec, true, num(now_ms), out,
                      " -- followed: the old chain's " + moved.text(0, 0) +

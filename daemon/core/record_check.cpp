@@ -18,7 +18,7 @@ R failure(R r, std::string reason) {
   return r;
 }
 
-// Path of the first non-integer number in v, or empty. The contract allows integers only; after the
+// Whether v holds a non-integer number anywhere. The contract allows integers only; after the
 // canonical-bytes check a float here can only be a fraction or a huge exponent form.
 bool has_float(const nlohmann::json& v) {
   if (v.is_number_float()) {
@@ -34,8 +34,8 @@ bool has_float(const nlohmann::json& v) {
   return false;
 }
 
-// The path of the first float, built only for a body that has one (has_float): most have none, and
-// building every member's path cost an allocation per member of every record.
+// Path of the first non-integer number in v, or empty. Called only for a body that has one (has_float):
+// most have none, and building every member's path cost an allocation per member of every record.
 std::string find_non_integer(const nlohmann::json& v, const std::string& where) {
   if (v.is_number_float()) {
     return where;
