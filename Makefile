@@ -8,7 +8,7 @@ DEB_PACKAGES := cmake g++ make pkg-config git openssl \
   libboost-dev libboost-system-dev libssl-dev libsqlite3-dev sqlite3 \
   libpaho-mqtt-dev libpaho-mqttpp-dev mosquitto mosquitto-clients \
   libyaml-cpp-dev libyaml-dev nlohmann-json3-dev libcli11-dev libsystemd-dev libpugixml-dev \
-  libturbojpeg0-dev libgtest-dev libgmock-dev libbenchmark-dev libpq-dev postgresql \
+  libturbojpeg0-dev libjpeg62-turbo-dev libgtest-dev libgmock-dev libbenchmark-dev libpq-dev postgresql \
   clang-14 clang-format-14 libclang-rt-14-dev systemd dpkg-dev
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -1,6 +1,7 @@
 // Typed device events: what an adapter emits into the core. Adapters never touch the store or forwarder.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -8,6 +9,7 @@
 #include <variant>
 #include <vector>
 
+#include "adapters/common/jpeg_header.h"
 #include "daemon/core/time.h"
 
 namespace cpd::adapters {
@@ -80,6 +82,19 @@ struct DeviceStatusEvent {
 };
 
 // A picture (or later a recording) stored durably in the content-addressed media store.
+// What a device says it is (or what its config says, for a radar): model, serial number, firmware. Each value
+// is at most kMaxIdentityBytes; a longer one is cut there and `truncated` set (a device's word, bounded).
+struct DeviceIdentity {
+  static constexpr std::size_t kMaxIdentityBytes = 128;
+  std::string model;
+  std::string serial;
+  std::string firmware;
+  bool truncated = false;
+
+  bool known() const { return !model.empty() || !serial.empty() || !firmware.empty(); }
+  bool operator==(const DeviceIdentity&) const = default;
+};
+
 struct MediaRef {
   std::string sha256;  // lower-case hex of the bytes; also the file name in the media store
   std::int64_t bytes = 0;
@@ -87,6 +102,10 @@ struct MediaRef {
   std::string kind;          // camera picture type: detectionPicture, licensePlatePicture, ...
   std::string file_name;     // as announced by the device
   UnixMs capture_ms = 0;     // capture time, gateway clock (device time corrected by its offset)
+  // What the picture's own bytes say: its JPEG header as the gateway read it (never the camera's word);
+  // nullopt when it could not be read as a JPEG, and header_error says why.
+  std::optional<JpegHeader> header;
+  std::string header_error;
 };
 
 // One ANPR alert from a camera, with its pictures already durable in the media store. Its text is the
@@ -115,6 +134,7 @@ struct PlateRead {
   std::vector<MediaRef> pictures;             // pictures that arrived and are stored, in stream order
   std::vector<std::string> missing_pictures;  // announced file names that never arrived
   std::string raw_xml;                        // the alert part as received (traceability)
+  DeviceIdentity camera_device;               // from ISAPI deviceInfo at the time of the read; empty: unknown
 };
 
 // One GPS point of a recording, as the station listed it (recorder clock).

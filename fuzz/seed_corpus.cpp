@@ -1,7 +1,11 @@
 // Writes the fuzz targets' seed corpora from the same builders the simulators and unit tests use:
 // radar frames, ISAPI documents and multipart streams, the dock spec's JSON, config/example.yaml and a
 // real sealed, hash-chained JWS chain. Usage: cpd-fuzz-seeds <out-dir> <config/example.yaml>
+#include <jpeglib.h>
+
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -239,6 +243,44 @@ void jws_seeds(CorpusWriter& w) {
   w.write("jcs", "nested", R"([{"b":[1,{"a":{}}],"a":[]},"",-1.5e-10,123456789012345678])");
 }
 
+// A real JPEG of a flat grey picture, written with libjpeg into memory.
+std::string jpeg_of(int width, int height, int components, bool progressive) {
+  jpeg_compress_struct c{};
+  jpeg_error_mgr err{};
+  c.err = jpeg_std_error(&err);
+  jpeg_create_compress(&c);
+  unsigned char* out = nullptr;
+  unsigned long size = 0;  // NOLINT(google-runtime-int): libjpeg's type
+  jpeg_mem_dest(&c, &out, &size);
+  c.image_width = static_cast<JDIMENSION>(width);
+  c.image_height = static_cast<JDIMENSION>(height);
+  c.input_components = components;
+  c.in_color_space = components == 1 ? JCS_GRAYSCALE : JCS_RGB;
+  jpeg_set_defaults(&c);
+  if (progressive) {
+    jpeg_simple_progression(&c);
+  }
+  jpeg_start_compress(&c, TRUE);
+  std::vector<unsigned char> row(static_cast<std::size_t>(width * components), 128);
+  while (c.next_scanline < c.image_height) {
+    JSAMPROW rows[1] = {row.data()};
+    jpeg_write_scanlines(&c, rows, 1);
+  }
+  jpeg_finish_compress(&c);
+  std::string bytes(reinterpret_cast<const char*>(out), size);
+  jpeg_destroy_compress(&c);
+  free(out);  // NOLINT(cppcoreguidelines-no-malloc): jpeg_mem_dest's buffer
+  return bytes;
+}
+
+void jpeg_seeds(CorpusWriter& w) {
+  w.write("jpeg_header", "colour_64x48", jpeg_of(64, 48, 3, false));
+  w.write("jpeg_header", "grey_32x32", jpeg_of(32, 32, 1, false));
+  w.write("jpeg_header", "progressive_48x32", jpeg_of(48, 32, 3, true));
+  const std::string head = jpeg_of(16, 16, 3, false);
+  w.write("jpeg_header", "cut_in_header", head.substr(0, head.size() / 3));
+}
+
 }  // namespace
 }  // namespace cpd
 
@@ -255,6 +297,7 @@ int main(int argc, char** argv) {
     cpd::config_seeds(w, argv[2]);
     cpd::jws_seeds(w);
     cpd::custody_seeds(w);
+    cpd::jpeg_seeds(w);
     std::cout << "cpd-fuzz-seeds: " << w.written() << " seeds in " << argv[1] << "\n";
   } catch (const std::exception& e) {
     std::cerr << "cpd-fuzz-seeds: " << e.what() << "\n";

@@ -92,7 +92,8 @@ metrics_port=$(free_port)
 cat >"$run/checkpointd.yaml" <<CONF
 gateway:
   id: demo-gw-1
-  site: {name: "G60 K1234 northbound (demo)", road: G60, direction: N, lat: 30.274085, lon: 120.155070, utc_offset: "+08:00"}
+  site: {name: "G60 K1234 northbound (demo)", road: G60, direction: N, lat: 30.274085, lon: 120.155070, utc_offset: "+08:00",
+         area_code: "330106", road_code: G60, km_marker: K1234+500, carriageway: up}
   key: $run/gateway.key
 store:
   path: $run/store.db
@@ -112,7 +113,10 @@ devices:
     tcp: {host: 127.0.0.1, port: $radar_port}
     poll_interval_ms: 0
     lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]
-    calibration: {certificate: JJG527-2026-0412, valid_until: 2027-06-30}
+    model: SR-200
+    serial_number: SR200-2026-00417
+    firmware: "2.4.1"
+    calibration: {certificate: JJG527-2026-0412, valid_until: 2027-06-30, radar_serial: SR200-2026-00417}
   - id: cam-1
     kind: camera
     url: http://127.0.0.1:$camera_port

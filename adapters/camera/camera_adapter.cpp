@@ -891,13 +891,17 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     asio::post(*ctx_.blocking, [self = shared_from_this(), seq, idx, bytes = std::move(bytes)] {
       media::StoredMedia stored;
       Status s = self->ctx_.media->put(bytes, stored);
-      asio::post(self->strand_, [self, seq, idx, s = std::move(s), stored = std::move(stored)] {
-        self->on_stored(seq, idx, s, stored);
+      // What the picture is, from its own header: the record's picture checks rest on it.
+      JpegHeaderResult header = read_jpeg_header(bytes);
+      asio::post(self->strand_, [self, seq, idx, s = std::move(s), stored = std::move(stored),
+                                 header = std::move(header)]() mutable {
+        self->on_stored(seq, idx, s, stored, std::move(header));
       });
     });
   }
 
-  void on_stored(std::uint64_t seq, std::size_t idx, const Status& s, const media::StoredMedia& stored) {
+  void on_stored(std::uint64_t seq, std::size_t idx, const Status& s, const media::StoredMedia& stored,
+                 JpegHeaderResult header = {}) {
     if (!running_) {
       return;
     }
@@ -911,6 +915,11 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
       slot.state = SlotState::kStored;
       slot.ref.sha256 = stored.sha256;
       slot.ref.bytes = stored.bytes;
+      slot.ref.header = std::move(header.header);
+      slot.ref.header_error = std::move(header.error);
+      if (!slot.ref.header) {
+        count_error("picture_not_jpeg");  // kept and recorded; the record's picture check says why
+      }
     } else {
       // The plate read still counts; the picture that could not be made durable is reported missing.
       slot.state = SlotState::kMissing;
@@ -978,6 +987,9 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
       pending_.pop_front();
       {
         std::lock_guard lock(mutex_);
+        if (snap_.device) {
+          r.camera_device = identity_of(*snap_.device);
+        }
         snap_.pictures += stored;
         snap_.missing_pictures += missing;
       }

@@ -145,6 +145,31 @@ AlertParseResult parse_alert(std::string_view xml) {
   return r;
 }
 
+namespace {
+
+// `text` cut to at most `limit` bytes without splitting a UTF-8 sequence; sets `cut` when it was longer.
+std::string bounded_text(const std::string& text, std::size_t limit, bool& cut) {
+  if (text.size() <= limit) {
+    return text;
+  }
+  cut = true;
+  std::size_t end = limit;
+  while (end > 0 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) {
+    --end;  // text[end] continues a sequence: cut before the sequence starts
+  }
+  return text.substr(0, end);
+}
+
+}  // namespace
+
+DeviceIdentity identity_of(const IsapiDeviceInfo& info) {
+  DeviceIdentity id;
+  id.model = bounded_text(info.model, DeviceIdentity::kMaxIdentityBytes, id.truncated);
+  id.serial = bounded_text(info.serial_number, DeviceIdentity::kMaxIdentityBytes, id.truncated);
+  id.firmware = bounded_text(info.firmware_version, DeviceIdentity::kMaxIdentityBytes, id.truncated);
+  return id;
+}
+
 std::optional<IsapiDeviceInfo> parse_device_info(std::string_view xml) {
   pugi::xml_document doc;
   if (!load(doc, xml) || local_name(doc.document_element()) != "DeviceInfo") {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "adapters/common/device_time.h"
+#include "adapters/events.h"
 #include "daemon/core/time.h"
 
 namespace cpd::adapters {
@@ -60,6 +61,9 @@ struct IsapiDeviceInfo {
   bool text_not_utf8 = false;
 };
 std::optional<IsapiDeviceInfo> parse_device_info(std::string_view xml);
+// The identity a record carries (model, serialNumber, firmwareVersion), each cut to
+// DeviceIdentity::kMaxIdentityBytes at a character boundary.
+DeviceIdentity identity_of(const IsapiDeviceInfo& info);
 
 struct IsapiTime {
   std::string time_mode;   // NTP | manual; escaped if not UTF-8 (shown in the status)

@@ -99,6 +99,22 @@ std::vector<RadarLane> parse_lanes(Section& device) {
   return lanes;
 }
 
+constexpr std::string_view kIdentityPattern = "[!-~]([ -~]{0,126}[!-~])?";
+constexpr std::string_view kIdentityAllowed =
+    "1 to 128 printable ASCII characters, no leading/trailing space";
+
+// model, serial_number, firmware: what the radar is (its protocol does not say), written into every record.
+DeviceIdentity parse_identity(Section& device) {
+  DeviceIdentity id;
+  id.model =
+      device.optional<std::string>("model", "", {.pattern = kIdentityPattern, .allowed = kIdentityAllowed});
+  id.serial = device.optional<std::string>("serial_number", "",
+                                           {.pattern = kIdentityPattern, .allowed = kIdentityAllowed});
+  id.firmware = device.optional<std::string>("firmware", "",
+                                             {.pattern = kIdentityPattern, .allowed = kIdentityAllowed});
+  return id;
+}
+
 RadarCalibration parse_calibration(Section calibration) {
   RadarCalibration out;
   out.certificate = calibration.required<std::string>(
@@ -106,6 +122,8 @@ RadarCalibration parse_calibration(Section calibration) {
                       .allowed = "the verification certificate number, 1 to 64 printable ASCII characters"});
   out.valid_until = calibration.required<std::string>(
       "valid_until", {.allowed = "the last day the calibration is valid, YYYY-MM-DD"});
+  out.radar_serial = calibration.optional<std::string>(
+      "radar_serial", "", {.pattern = kIdentityPattern, .allowed = kIdentityAllowed});
   const auto days = config::parse_calendar_date(out.valid_until);
   if (!days) {
     calibration.fail("valid_until",
@@ -148,6 +166,7 @@ RadarConfig parse_radar_config(config::Section& device) {
   out.clock_window_s = device.optional<int>("clock_window_s", out.clock_window_s, {.min = 10, .max = 3600});
   out.max_records_per_s =
       device.optional<int>("max_records_per_s", out.max_records_per_s, {.min = 1, .max = 100000});
+  out.identity = parse_identity(device);
   device.finish();
   return out;
 }

@@ -6,6 +6,7 @@
 #include <variant>
 #include <vector>
 
+#include "adapters/events.h"
 #include "daemon/core/time.h"
 
 namespace cpd::config {
@@ -41,6 +42,7 @@ struct RadarCalibration {
   std::string certificate;
   std::string valid_until;    // as configured, YYYY-MM-DD (inclusive, in the site's UTC offset)
   UnixMs valid_until_ms = 0;  // exclusive end: midnight after valid_until in the site's UTC offset
+  std::string radar_serial;   // the serial number the certificate names; empty: not configured
 
   bool operator==(const RadarCalibration&) const = default;
 };
@@ -51,6 +53,8 @@ struct RadarConfig {
   int poll_interval_ms = 0;  // 0: the radar streams; >0: send "*P\r" every interval
   std::vector<RadarLane> lanes;
   RadarCalibration calibration;
+  DeviceIdentity
+      identity;  // model, serial_number, firmware (config: the radar protocol does not report them)
   int track_timeout_ms = 400;  // a target not seen for this long is gone: its track closes
   int reconnect_initial_ms = 500;
   int reconnect_max_ms = 30000;

@@ -66,6 +66,21 @@ Site parse_site(Section site) {
       site.required<double>("lon", {.min = -180.0, .max = 180.0, .allowed = "degrees WGS84, -180 to 180"});
   out.utc_offset = site.optional<std::string>("utc_offset", "+00:00");
   out.utc_offset_min = parse_utc_offset(site, out.utc_offset);
+  out.area_code = site.optional<std::string>(
+      "area_code", "",
+      {.pattern = "[1-9][0-9]{5}", .allowed = "a 6-digit administrative division code (GB/T 2260)"});
+  out.road_code = site.optional<std::string>(
+      "road_code", "",
+      {.pattern = "[A-Z][A-Z0-9]{0,15}", .allowed = "a road number such as G60 or S2 (A-Z, 0-9)"});
+  out.km_marker = site.optional<std::string>(
+      "km_marker", "",
+      {.pattern = "K[0-9]{1,4}\\+[0-9]{3}", .allowed = "a kilometre marker K<km>+<metres>, e.g. K1234+500"});
+  if (!out.km_marker.empty()) {
+    const auto plus = out.km_marker.find('+');
+    out.km_m =
+        std::stoll(out.km_marker.substr(1, plus - 1)) * 1000 + std::stoll(out.km_marker.substr(plus + 1));
+  }
+  out.carriageway = site.optional<std::string>("carriageway", "", {.one_of = {"up", "down"}});
   site.finish();
   return out;
 }
@@ -200,6 +215,79 @@ CorrelationSection parse_correlation(Section& root, const YAML::Node& document) 
   return out;
 }
 
+constexpr std::string_view kVendorPattern = "[A-Za-z0-9_-]{1,32}";
+constexpr std::string_view kVendorAllowed = "1 to 32 letters, digits, '_' or '-' (the camera's own string)";
+constexpr std::string_view kNamePattern = "[^\\x00-\\x1f\\x7f]{1,64}";
+constexpr std::string_view kNameAllowed = "the code's name in the table, 1 to 64 bytes of UTF-8 text";
+
+// The name as UTF-8 text (the schema's pattern sees bytes).
+std::string read_name(Section& entry) {
+  std::string name = entry.required<std::string>("name", {.pattern = kNamePattern, .allowed = kNameAllowed});
+  if (!is_valid_utf8(name)) {
+    entry.fail("name", "must be UTF-8 text");
+  }
+  return name;
+}
+
+std::vector<PlateTypeCode> parse_plate_types(Section& codes) {
+  std::vector<PlateTypeCode> out;
+  std::map<std::pair<std::string, std::string>, std::string> seen;
+  for (Section& entry : codes.sections("plate_types")) {
+    PlateTypeCode c;
+    c.plate_type =
+        entry.required<std::string>("plate_type", {.pattern = kVendorPattern, .allowed = kVendorAllowed});
+    c.plate_color = entry.optional<std::string>("plate_color", "",
+                                                {.pattern = kVendorPattern, .allowed = kVendorAllowed});
+    c.code =
+        entry.required<std::string>("code", {.pattern = "[0-9]{2}", .allowed = "a GA 24.7 code, two digits"});
+    c.name = read_name(entry);
+    const auto [it, inserted] = seen.emplace(std::pair{c.plate_type, c.plate_color}, entry.place());
+    if (!inserted) {
+      entry.fail_here("a second entry for plate_type " + c.plate_type +
+                      (c.plate_color.empty() ? "" : " and plate_color " + c.plate_color) + " (first at " +
+                      it->second + ")");
+    }
+    entry.finish();
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+std::vector<VehicleTypeCode> parse_vehicle_types(Section& codes) {
+  std::vector<VehicleTypeCode> out;
+  std::map<std::string, std::string> seen;
+  for (Section& entry : codes.sections("vehicle_types")) {
+    VehicleTypeCode c;
+    c.vehicle_type =
+        entry.required<std::string>("vehicle_type", {.pattern = kVendorPattern, .allowed = kVendorAllowed});
+    c.code = entry.required<std::string>(
+        "code", {.pattern = "[A-Z][0-9]{2}", .allowed = "a GA 24.4 code, a capital letter and two digits"});
+    c.name = read_name(entry);
+    const auto [it, inserted] = seen.emplace(c.vehicle_type, entry.place());
+    if (!inserted) {
+      entry.fail_here("a second entry for vehicle_type " + c.vehicle_type + " (first at " + it->second + ")");
+    }
+    entry.finish();
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+CodesSection parse_codes(Section& root) {
+  CodesSection out = default_codes();
+  auto section = root.optional_section("codes");
+  if (!section) {
+    return out;
+  }
+  if (section->has("plate_types")) {
+    out.plate_types = parse_plate_types(*section);
+  }
+  if (section->has("vehicle_types")) {
+    out.vehicle_types = parse_vehicle_types(*section);
+  }
+  return out;
+}
+
 ValiditySection parse_validity(Section& root) {
   ValiditySection out;
   auto section = root.optional_section("validity");
@@ -214,6 +302,12 @@ ValiditySection parse_validity(Section& root) {
       v.optional<int>("min_pictures_speeding", out.min_pictures_speeding, {.min = 0, .max = 10});
   out.max_device_time_skew_s =
       v.optional<int>("max_device_time_skew_s", out.max_device_time_skew_s, {.min = 1, .max = 86400});
+  out.min_panoramas_speeding =
+      v.optional<int>("min_panoramas_speeding", out.min_panoramas_speeding, {.min = 0, .max = 10});
+  out.min_picture_width =
+      v.optional<int>("min_picture_width", out.min_picture_width, {.min = 1, .max = 65500});
+  out.min_picture_height =
+      v.optional<int>("min_picture_height", out.min_picture_height, {.min = 1, .max = 65500});
   return out;
 }
 
@@ -324,6 +418,7 @@ Config parse_document(const YAML::Node& document, const std::string& name) {
   config.devices = parse_devices(root);
   config.correlation = parse_correlation(root, document);
   config.validity = parse_validity(root);
+  config.codes = parse_codes(root);
   config.links = parse_links(root);
   config.metrics = parse_metrics(root);
   config.control = parse_control(root, config.store);

@@ -1,12 +1,14 @@
 // The daemon's configuration as loaded and checked from YAML (see config/example.yaml for every key).
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "adapters/registry.h"
 #include "daemon/config/mqtt_config.h"
+#include "daemon/config/national_codes.h"
 #include "daemon/core/ed25519.h"
 
 namespace cpd::config {
@@ -14,8 +16,14 @@ namespace cpd::config {
 struct Site {
   std::string name;
   std::string road;
-  std::string direction;  // N, S, E, W, NE, ...
-  double lat = 0.0;       // degrees WGS84
+  std::string direction;  // direction of travel: N, S, E, W, NE, ...
+  // Case-file elements (docs/records.md, "Site"): optional, each written into every record when set.
+  std::string area_code;    // administrative division code (GB/T 2260), 6 digits, e.g. 330106
+  std::string road_code;    // road number, e.g. G60
+  std::string km_marker;    // kilometre marker as signposted, K<km>+<m>, e.g. K1234+500
+  std::int64_t km_m = -1;   // the same in metres (1234500); -1: not set
+  std::string carriageway;  // up | down (上行 / 下行)
+  double lat = 0.0;         // degrees WGS84
   double lon = 0.0;
   std::string utc_offset = "+00:00";  // local time of the site, used for calendar dates (calibration)
   int utc_offset_min = 0;
@@ -70,6 +78,11 @@ struct ValiditySection {
   int max_camera_clock_offset_ms = 1000;
   std::string clock_sync = "kernel";  // kernel: adjtimex; assume: for demos and tests, said in every record
   int min_pictures_speeding = 2;
+  // GA/T 832 picture evidence for speeding: at least this many panoramas taken at different times, each a
+  // JPEG of at least min_picture_width x min_picture_height in 24-bit colour (read from the picture itself).
+  int min_panoramas_speeding = 2;
+  int min_picture_width = 1280;
+  int min_picture_height = 720;
   // A device time (corrected) further than this from the gateway's time of receipt fails the device_time
   // check (e.g. an alert dated 1970 or 9999).
   int max_device_time_skew_s = 300;
@@ -140,6 +153,7 @@ struct Config {
   std::vector<DeviceConfig> devices;
   CorrelationSection correlation;
   ValiditySection validity;
+  CodesSection codes;  // national code tables (GA 24.7 plate types, GA 24.4 vehicle types)
   LinksSection links;
   MetricsSection metrics;
   ControlSection control;

@@ -94,6 +94,15 @@ void check_calibration(const Config& cfg, const DeviceConfig& d, const adapters:
   const std::int64_t last_day = floor_div(cal.valid_until_ms + offset_ms, kMsPerDay) - 1;
   const std::string what = "calibration certificate " + cal.certificate;
   const std::string zone = " (site time UTC" + cfg.gateway.site.utc_offset + ")";
+  if (!cal.radar_serial.empty() && cal.radar_serial != radar.identity.serial) {
+    const std::string serial =
+        radar.identity.serial.empty() ? "not configured (serial_number)" : radar.identity.serial;
+    out.push_back({d.place, d.id,
+                   what + " names radar serial " + cal.radar_serial + " but this radar's serial is " +
+                       serial +
+                       "; its speeds are not valid evidence (calibration_serial_mismatch): check which radar "
+                       "is installed and correct serial_number or calibration.radar_serial"});
+  }
   if (now >= cal.valid_until_ms) {
     out.push_back({d.place, d.id,
                    what + " expired: it was valid until " + date_of_day(last_day) + zone +

@@ -125,6 +125,8 @@ Correlator::Correlator(const config::Config& config)
 void Correlator::reconfigure(const config::Config& config) {
   correlation_ = config.correlation;
   validity_ = config.validity;
+  config_sha256_ = config.sha256;
+  codes_ = config.codes;
   radars_.clear();
   watched_radars_.clear();
   for (const auto& dev : config.devices) {
@@ -340,9 +342,22 @@ std::vector<Fact> Correlator::decide(UnixMs now, bool force) {
 }
 
 json site_json(const std::string& gateway_id, const config::Site& site) {
-  return json{{"gateway", gateway_id},        {"name", site.name},         {"road", site.road},
-              {"direction", site.direction},  {"lat_e7", to_e7(site.lat)}, {"lon_e7", to_e7(site.lon)},
-              {"utc_offset", site.utc_offset}};
+  json out{{"gateway", gateway_id},        {"name", site.name},         {"road", site.road},
+           {"direction", site.direction},  {"lat_e7", to_e7(site.lat)}, {"lon_e7", to_e7(site.lon)},
+           {"utc_offset", site.utc_offset}};
+  // The case-file elements, each only when configured (docs/records.md, "Site").
+  for (const auto& [name, value] : {std::pair{"area_code", &site.area_code},
+                                    {"road_code", &site.road_code},
+                                    {"km_marker", &site.km_marker},
+                                    {"carriageway", &site.carriageway}}) {
+    if (!value->empty()) {
+      out[name] = *value;
+    }
+  }
+  if (site.km_m >= 0) {
+    out["km_m"] = site.km_m;
+  }
+  return out;
 }
 
 json Correlator::site_json() const {
@@ -350,6 +365,15 @@ json Correlator::site_json() const {
 }
 
 namespace {
+
+// What a device is, as a record states it (docs/records.md, "Devices").
+json identity_json(const adapters::DeviceIdentity& id) {
+  json out = {{"model", id.model}, {"serial", id.serial}, {"firmware", id.firmware}};
+  if (id.truncated) {
+    out["truncated"] = true;
+  }
+  return out;
+}
 
 // The radar half of a record, shared by speed_measurement and passage/speeding (same members, same
 // meaning), with the calibration and status checks it implies.
@@ -364,13 +388,24 @@ RadarPart radar_part(const adapters::RadarTrack& track,
                      const std::map<std::string, adapters::RadarConfig>& radars) {
   RadarPart part;
   json calibration = {{"certificate", ""}, {"valid_until", ""}, {"valid", false}};
+  json identity = identity_json({});
   if (auto it = radars.find(track.device_id); it != radars.end()) {
     const auto& cal = it->second.calibration;
-    part.calibration_ok = track.time_ms < cal.valid_until_ms;
+    const bool in_date = track.time_ms < cal.valid_until_ms;
+    // A certificate that names a radar serial is valid only for that radar (docs/records.md).
+    const bool serial_ok = cal.radar_serial.empty() || cal.radar_serial == it->second.identity.serial;
+    part.calibration_ok = in_date && serial_ok;
     calibration = {
         {"certificate", cal.certificate}, {"valid_until", cal.valid_until}, {"valid", part.calibration_ok}};
-    if (!part.calibration_ok) {
+    if (!cal.radar_serial.empty()) {
+      calibration["radar_serial"] = cal.radar_serial;
+    }
+    identity = identity_json(it->second.identity);
+    if (!in_date) {
       part.reasons.emplace_back("calibration_expired");
+    }
+    if (!serial_ok) {
+      part.reasons.emplace_back("calibration_serial_mismatch");
     }
   } else {
     part.reasons.emplace_back("radar_not_configured");
@@ -424,22 +459,60 @@ RadarPart radar_part(const adapters::RadarTrack& track,
         {"wraps", track.clock.wraps},
         {"unstable", track.clock.unstable}}},
       {"calibration", calibration},
+      {"radar_device", identity},
       {"radar_status", {{"code", track.status.code}, {"text", track.status.text}}},
   };
   return part;
 }
 
+// A picture's role in a case file, from the camera's picture type: a panorama shows the scene, a plate
+// close-up the plate (docs/records.md, "Picture checks").
+std::string picture_role(const std::string& kind) {
+  if (kind == "detectionPicture" || kind == "vehiclePicture") {
+    return "panorama";
+  }
+  if (kind == "licensePlatePicture" || kind == "plateRecognitionPicture") {
+    return "plate_closeup";
+  }
+  return "other";
+}
+
 json pictures_json(const std::vector<adapters::MediaRef>& pictures) {
   json out = json::array();
   for (const auto& p : pictures) {
-    out.push_back({{"sha256", p.sha256},
-                   {"bytes", p.bytes},
-                   {"type", p.kind},
-                   {"content_type", p.content_type},
-                   {"file_name", p.file_name},
-                   {"capture_ms", p.capture_ms}});
+    json picture = {{"sha256", p.sha256},
+                    {"bytes", p.bytes},
+                    {"type", p.kind},
+                    {"role", picture_role(p.kind)},
+                    {"content_type", p.content_type},
+                    {"file_name", p.file_name},
+                    {"capture_ms", p.capture_ms}};
+    if (p.header) {
+      picture["width"] = p.header->width;
+      picture["height"] = p.header->height;
+      picture["components"] = p.header->components;
+      picture["bits_per_sample"] = p.header->bits_per_sample;
+      picture["progressive"] = p.header->progressive;
+    } else {
+      picture["header_error"] = p.header_error;
+    }
+    out.push_back(std::move(picture));
   }
   return out;
+}
+
+// The camera's plate type/colour and vehicle type as national codes (GA 24.7, GA 24.4), or unmapped: the
+// vendor's strings stay beside them as sent (docs/records.md, "National codes").
+json national_codes_json(const config::CodesSection& codes, const adapters::PlateRead& read) {
+  json plate = {{"table", "GA 24.7"}, {"mapped", false}};
+  if (const auto* c = config::find_plate_type(codes, read.plate_type, read.plate_color)) {
+    plate = {{"table", "GA 24.7"}, {"mapped", true}, {"code", c->code}, {"name", c->name}};
+  }
+  json vehicle = {{"table", "GA 24.4"}, {"mapped", false}};
+  if (const auto* c = config::find_vehicle_type(codes, read.vehicle_type)) {
+    vehicle = {{"table", "GA 24.4"}, {"mapped", true}, {"code", c->code}, {"name", c->name}};
+  }
+  return {{"plate_type", plate}, {"vehicle_type", vehicle}};
 }
 
 // The plate half shared by plate_read and passage/speeding. The pictures also go into fact.media, so they
@@ -458,6 +531,7 @@ void put_plate(Fact& fact, const adapters::PlateRead& read) {
   fields["country"] = read.country;
   fields["confidence"] = read.confidence;
   fields["camera"] = read.device_id;
+  fields["camera_device"] = identity_json(read.camera_device);
   fields["pictures"] = pictures_json(read.pictures);
   fields["missing_pictures"] = read.missing_pictures;
 }
@@ -496,6 +570,41 @@ json Correlator::camera_clock_check(const adapters::PlateRead& read) const {
         offset >= -validity_.max_camera_clock_offset_ms && offset <= validity_.max_camera_clock_offset_ms;
   } else {
     check["ok"] = false;
+  }
+  return check;
+}
+
+json Correlator::panoramas_check(const std::vector<adapters::MediaRef>& pictures, bool speeding) const {
+  const int min = speeding ? validity_.min_panoramas_speeding : 0;
+  json rejected = json::array();
+  std::set<UnixMs> times;  // usable panoramas count once per capture time
+  for (const auto& p : pictures) {
+    if (picture_role(p.kind) != "panorama") {
+      continue;
+    }
+    std::string why;
+    if (!p.header) {
+      why = "not_a_jpeg";
+    } else if (p.header->width < validity_.min_picture_width ||
+               p.header->height < validity_.min_picture_height) {
+      why = "too_small";
+    } else if (!adapters::is_24bit_colour(*p.header)) {
+      why = "not_24bit_colour";
+    }
+    if (why.empty()) {
+      times.insert(p.capture_ms);
+    } else {
+      rejected.push_back({{"sha256", p.sha256}, {"why", why}});
+    }
+  }
+  const auto count = static_cast<std::int64_t>(times.size());
+  json check = {{"ok", count >= min},
+                {"count", count},
+                {"min", min},
+                {"min_width", validity_.min_picture_width},
+                {"min_height", validity_.min_picture_height}};
+  if (!rejected.empty()) {
+    check["rejected"] = std::move(rejected);
   }
   return check;
 }
@@ -568,6 +677,7 @@ Fact Correlator::speed_measurement(const adapters::RadarTrack& track, UnixMs rec
   fact.fields["device_time"] = std::move(device_time);
   fact.fields["site"] = site_json();
   fact.fields["device"] = track.device_id;
+  fact.fields["config_sha256"] = config_sha256_;
   fact.fields["valid"] = reasons.empty();
   fact.fields["invalid_reasons"] = reasons;
   return fact;
@@ -582,6 +692,8 @@ Fact Correlator::plate_read(const adapters::PlateRead& read, UnixMs received_ms,
   put_plate(fact, read);
   fact.fields["radar"] = read.radar_id;
   fact.fields["lane"] = read.lane;
+  fact.fields["codes"] = national_codes_json(codes_, read);
+  fact.fields["config_sha256"] = config_sha256_;
   fact.fields["camera_event"] = camera_json(read);
   fact.fields["match"] = {
       {"candidates", candidates}, {"unmatched", why}, {"window_ms", correlation_.window_ms}};
@@ -609,6 +721,8 @@ Fact Correlator::passage(const adapters::RadarTrack& track, UnixMs track_receive
   put_plate(fact, read);
   fact.fields["radar"] = track.device_id;
   fact.fields["camera_event"] = camera_json(read);
+  fact.fields["codes"] = national_codes_json(codes_, read);
+  fact.fields["config_sha256"] = config_sha256_;
   fact.fields["match"] = {{"dt_ms", read.time_ms - track.time_ms},
                           {"window_ms", correlation_.window_ms},
                           {"track_candidates", read_candidates},
@@ -664,16 +778,25 @@ Fact Correlator::passage(const adapters::RadarTrack& track, UnixMs track_receive
   if (!pictures_ok) {
     reasons.push_back("too_few_pictures");
   }
+  json panoramas = panoramas_check(read.pictures, speeding);
+  if (!panoramas["ok"].get<bool>()) {
+    reasons.push_back("too_few_panoramas");
+  }
   const auto& calibration = fact.fields["calibration"];
+  json calibration_check = {{"ok", part.calibration_ok},
+                            {"certificate", calibration["certificate"]},
+                            {"valid_until", calibration["valid_until"]}};
+  if (calibration.contains("radar_serial")) {
+    calibration_check["radar_serial"] = calibration["radar_serial"];
+    calibration_check["device_serial"] = fact.fields["radar_device"]["serial"];
+  }
   fact.fields["checks"] = {
-      {"calibration",
-       {{"ok", part.calibration_ok},
-        {"certificate", calibration["certificate"]},
-        {"valid_until", calibration["valid_until"]}}},
+      {"calibration", calibration_check},
       {"radar_status", {{"ok", part.status_ok}, {"code", track.status.code}}},
       {"camera_clock", camera_clock},
       {"clock_sync", clock_sync},
       {"pictures", {{"ok", pictures_ok}, {"count", picture_count}, {"min", min_pictures}}},
+      {"panoramas", std::move(panoramas)},
       {"device_time", device_time},
   };
   fact.fields["enforceable"] = reasons.empty();

@@ -85,6 +85,9 @@ class Correlator {
   nlohmann::json camera_json(const adapters::PlateRead& read) const;
   nlohmann::json camera_clock_check(const adapters::PlateRead& read) const;
   nlohmann::json gateway_clock_check() const;
+  // GA/T 832: enough panoramas at different times, each large enough and in 24-bit colour by its own
+  // JPEG header; min 0 for a passage.
+  nlohmann::json panoramas_check(const std::vector<adapters::MediaRef>& pictures, bool speeding) const;
   // Each device's time minus when its event reached the gateway ({"camera_skew_ms": ...}), checked against
   // validity.max_device_time_skew_s: a device time far from the gateway clock (a year-9999 or 1970 alert)
   // is not evidence to enforce on. The skews are recorded when the check fails.
@@ -95,6 +98,8 @@ class Correlator {
   config::Site site_;
   config::CorrelationSection correlation_;
   config::ValiditySection validity_;
+  std::string config_sha256_;  // of the config in force, in every vehicle record
+  config::CodesSection codes_;
   LinkRule link_rule_;
   std::map<std::string, adapters::RadarConfig> radars_;
   std::set<std::string> watched_radars_;  // radars some camera's `radar` names: their tracks wait

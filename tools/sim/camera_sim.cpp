@@ -663,8 +663,9 @@ CameraEventTruth CameraSim::Impl::emit(const CameraCapture& capture) {
     const std::size_t bytes = kb * 1024 + traffic_rng_() % 1024;
     // The comment makes each picture's hash unique and puts the boundary inside the JPEG, which the spec
     // says a reader must tolerate.
-    const std::string jpeg = jpegs_.make(
-        bytes, traffic_rng_(), "uuid=" + t.uuid + " file=" + p.name + "\r\n--" + opt_.boundary + "\r\n");
+    const std::string jpeg =
+        jpegs_.make(bytes, traffic_rng_(),
+                    "uuid=" + t.uuid + " file=" + p.name + "\r\n--" + opt_.boundary + "\r\n", !p.plate_crop);
     CameraPictureTruth pt{p.name, p.type, jpeg.size(), sha256_hex(jpeg), true};
     if (opt_.drop_picture_rate > 0.0 && uniform01(fault_rng_) < opt_.drop_picture_rate) {
       pt.sent = false;

@@ -150,7 +150,8 @@ const std::string& JpegFactory::base(int width, int height, int quality, std::ui
   return it->second;
 }
 
-std::string JpegFactory::make(std::size_t target_bytes, std::uint64_t seed, std::string_view comment) {
+std::string JpegFactory::make(std::size_t target_bytes, std::uint64_t seed, std::string_view comment,
+                              bool panorama) {
   // Resolution grows with the requested size, as a camera's would between plate crops and full scenes;
   // the scene's natural size stays below the target and COM padding makes up the rest.
   struct Step {
@@ -169,6 +170,8 @@ std::string JpegFactory::make(std::size_t target_bytes, std::uint64_t seed, std:
   } else if (target_bytes >= 60'000) {
     idx = 1;
   }
+  const std::size_t min_idx = panorama ? 2 : 0;  // kSteps[2] is 1280x720
+  idx = std::max(idx, min_idx);
   const std::uint64_t variant = seed % kVariants;
   for (;;) {
     for (const int q : {85, 60, 35}) {
@@ -177,8 +180,8 @@ std::string JpegFactory::make(std::size_t target_bytes, std::uint64_t seed, std:
         return pad_jpeg(b, target_bytes, comment);
       }
     }
-    if (idx == 0) {
-      return pad_jpeg(base(kSteps[0].w, kSteps[0].h, 35, variant), target_bytes, comment);
+    if (idx == min_idx) {
+      return pad_jpeg(base(kSteps[idx].w, kSteps[idx].h, 35, variant), target_bytes, comment);
     }
     --idx;
   }

@@ -31,7 +31,10 @@ class JpegFactory {
  public:
   // A JPEG of exactly `target_bytes` (>= a few KB) whose scene is chosen by `seed` among a few variants per
   // resolution; `comment` (e.g. the event UUID) makes the bytes unique.
-  std::string make(std::size_t target_bytes, std::uint64_t seed, std::string_view comment);
+  // `panorama`: a scene a camera takes whole, never below 1280x720 whatever the size asked (a real camera's
+  // panoramas keep their resolution; only a plate crop is small), so the file may come out larger.
+  std::string make(std::size_t target_bytes, std::uint64_t seed, std::string_view comment,
+                   bool panorama = false);
 
  private:
   const std::string& base(int width, int height, int quality, std::uint64_t variant);

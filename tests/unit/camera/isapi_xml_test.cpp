@@ -191,6 +191,27 @@ TEST(DeviceInfoTest, ReadsTheFields) {
   EXPECT_EQ(parse_device_info("<Time/>"), std::nullopt);
 }
 
+// What a record says the camera is: the three fields, each bounded, never split inside a character.
+TEST(DeviceInfoTest, TheRecordsIdentityIsBounded) {
+  IsapiDeviceInfo info;
+  info.model = "iDS-TCM403";
+  info.serial_number = "SN1";
+  info.firmware_version = "V5.5.0";
+  info.device_name = std::string(1000, 'n');  // not part of the identity
+  EXPECT_EQ(
+      identity_of(info),
+      (DeviceIdentity{.model = "iDS-TCM403", .serial = "SN1", .firmware = "V5.5.0", .truncated = false}));
+
+  info.serial_number = std::string(127, 'x') + "浙" + std::string(100000, 'y');  // 浙 spans bytes 128-130
+  const DeviceIdentity cut = identity_of(info);
+  EXPECT_TRUE(cut.truncated);
+  EXPECT_EQ(cut.serial, std::string(127, 'x'));
+  EXPECT_EQ(cut.model, "iDS-TCM403");
+  info.serial_number = std::string(128, 'x');
+  EXPECT_FALSE(identity_of(info).truncated);
+  EXPECT_EQ(identity_of(info).serial.size(), 128U);
+}
+
 TEST(TimeDocumentTest, ReadsLocalTime) {
   const auto t = parse_time(
       R"(<Time version="2.0" xmlns="http://www.isapi.org/ver20/XMLSchema"><timeMode>NTP</timeMode>)"

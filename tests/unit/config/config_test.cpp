@@ -64,6 +64,11 @@ TEST(ConfigTest, ExampleLoadsWithTheDocumentedValues) {
   EXPECT_DOUBLE_EQ(c.gateway.site.lon, 120.155070);
   EXPECT_EQ(c.gateway.site.utc_offset, "+08:00");
   EXPECT_EQ(c.gateway.site.utc_offset_min, 480);
+  EXPECT_EQ(c.gateway.site.area_code, "330106");
+  EXPECT_EQ(c.gateway.site.road_code, "G60");
+  EXPECT_EQ(c.gateway.site.km_marker, "K1234+500");
+  EXPECT_EQ(c.gateway.site.km_m, 1234500);
+  EXPECT_EQ(c.gateway.site.carriageway, "up");
   EXPECT_EQ(c.gateway.key_path, "/var/lib/checkpointd/gateway.key");
   EXPECT_EQ(c.store.path, "/var/lib/checkpointd/store.db");
   EXPECT_EQ(c.store.commit_max_batch, 512);
@@ -91,6 +96,10 @@ TEST(ConfigTest, ExampleLoadsWithTheDocumentedValues) {
   EXPECT_EQ(radar.calibration.certificate, "JJG527-2026-0412");
   EXPECT_EQ(radar.calibration.valid_until, "2027-06-30");
   EXPECT_EQ(radar.calibration.valid_until_ms, 1814400000000 - 8 * 3600 * 1000);  // 2027-07-01T00:00+08:00
+  EXPECT_EQ(radar.calibration.radar_serial, "SR200-2026-00417");
+  EXPECT_EQ(radar.identity,
+            (adapters::DeviceIdentity{
+                .model = "SR-200", .serial = "SR200-2026-00417", .firmware = "2.4.1", .truncated = false}));
   EXPECT_EQ(radar.track_timeout_ms, 400);
   EXPECT_EQ(radar.clock_window_s, 120);
   EXPECT_EQ(c.store.media_dir, "/var/lib/checkpointd/media");
@@ -108,6 +117,7 @@ TEST(ConfigTest, ExampleLoadsWithTheDocumentedValues) {
   EXPECT_EQ(c.validity.max_camera_clock_offset_ms, 1000);
   EXPECT_EQ(c.validity.clock_sync, "kernel");
   EXPECT_EQ(c.validity.min_pictures_speeding, 2);
+  EXPECT_EQ(c.codes, default_codes()) << "the example shows the shipped default";
 }
 
 TEST(ConfigTest, DefaultsApplyAndClientIdFollowsGatewayId) {
@@ -305,7 +315,7 @@ TEST(ConfigTest, UnknownTopLevelSection) {
   EXPECT_EQ(std::string(e.what()),
             place_in(kFile, text, "mqt:") +
                 ": mqt: unknown key 'mqt' (did you mean 'mqtt'?); allowed: gateway, store, "
-                "mqtt, devices, correlation, validity, links, metrics, control, custody");
+                "mqtt, devices, correlation, validity, codes, links, metrics, control, custody");
 }
 
 TEST(ConfigTest, WrongType) {
@@ -332,6 +342,50 @@ TEST(ConfigTest, BadUtcOffset) {
   const ConfigError e = error_in(text);
   EXPECT_EQ(e.key(), "gateway.site.utc_offset");
   EXPECT_EQ(e.line(), 3);
+}
+
+TEST(ConfigTest, CaseFileSiteElementsAreOptionalAndChecked) {
+  const Config plain = parse_config(kBase, kFile);
+  EXPECT_EQ(plain.gateway.site.area_code, "");
+  EXPECT_EQ(plain.gateway.site.km_m, -1);
+  const std::string full = replaced(kBase, "utc_offset: \"+08:00\"}",
+                                    "utc_offset: \"+08:00\", area_code: \"330106\", road_code: S2, "
+                                    "km_marker: K7+050, carriageway: down}");
+  const Config c = parse_config(full, kFile);
+  EXPECT_EQ(c.gateway.site.area_code, "330106");
+  EXPECT_EQ(c.gateway.site.road_code, "S2");
+  EXPECT_EQ(c.gateway.site.km_marker, "K7+050");
+  EXPECT_EQ(c.gateway.site.km_m, 7050);
+  EXPECT_EQ(c.gateway.site.carriageway, "down");
+
+  EXPECT_EQ(error_in(replaced(full, "K7+050", "K7.050")).detail(),
+            "must be a kilometre marker K<km>+<metres>, e.g. K1234+500, got 'K7.050'");
+  EXPECT_EQ(error_in(replaced(full, "\"330106\"", "\"3301\"")).key(), "gateway.site.area_code");
+  EXPECT_EQ(error_in(replaced(full, "road_code: S2", "road_code: s2")).key(), "gateway.site.road_code");
+  EXPECT_EQ(error_in(replaced(full, "carriageway: down", "carriageway: north")).detail(),
+            "must be one of up, down; got 'north'");
+}
+
+TEST(ConfigTest, NationalCodeTablesDefaultAndReplace) {
+  EXPECT_EQ(parse_config(kBase, kFile).codes, default_codes());
+  const std::string text = kBase + R"(codes:
+  plate_types:
+    - {plate_type: 92TypeCivil, plate_color: blue, code: "02", name: 小型汽车号牌}
+    - {plate_type: newEnergy, code: "52", name: 小型新能源汽车号牌}
+)";
+  const Config c = parse_config(text, kFile);
+  ASSERT_EQ(c.codes.plate_types.size(), 2U);
+  EXPECT_EQ(c.codes.plate_types[1], (PlateTypeCode{"newEnergy", "", "52", "小型新能源汽车号牌"}));
+  EXPECT_EQ(c.codes.vehicle_types, default_codes().vehicle_types) << "a list not given keeps its default";
+  EXPECT_EQ(find_plate_type(c.codes, "newEnergy", "green")->code, "52");
+  EXPECT_EQ(find_plate_type(c.codes, "92TypeCivil", "yellow"), nullptr);
+
+  const ConfigError bad_code = error_in(replaced(text, "code: \"52\"", "code: \"5\""));
+  EXPECT_EQ(bad_code.key(), "codes.plate_types[1].code");
+  const ConfigError twice = error_in(replaced(text, "newEnergy", "92TypeCivil, plate_color: blue"));
+  EXPECT_THAT(twice.detail(), HasSubstr("a second entry for plate_type 92TypeCivil and plate_color blue"));
+  const ConfigError not_utf8 = error_in(replaced(text, "小型新能源汽车号牌", "\xff"));
+  EXPECT_THAT(std::string(not_utf8.what()), HasSubstr("UTF-8")) << "the file itself is refused";
 }
 
 TEST(ConfigTest, MissingRequiredKey) {

@@ -64,6 +64,25 @@ TEST(ConfigWarningsTest, CalibrationFarAwayAndWatchedRadarGiveNoWarning) {
   EXPECT_EQ(w[0].place, place_in(kFile, text, "id: radar-1"));
 }
 
+TEST(ConfigWarningsTest, ACalibrationNamingAnotherRadarSerialIsWarned) {
+  const std::string radar = R"(  - id: radar-1
+    kind: radar
+    tcp: {host: 192.0.2.10, port: 4001}
+    serial_number: SR-0001
+    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]
+    calibration: {certificate: C-1, valid_until: 2027-06-30, radar_serial: SR-0002}
+)";
+  const auto w = warnings_of(base(radar), kCalibrationEnd - 60 * kDay);
+  ASSERT_EQ(w.size(), 2U);  // and "no camera names this radar"
+  EXPECT_EQ(w[0].device, "radar-1");
+  EXPECT_THAT(w[0].message, HasSubstr("names radar serial SR-0002 but this radar's serial is SR-0001"));
+  EXPECT_THAT(w[0].message, HasSubstr("calibration_serial_mismatch"));
+
+  std::string same = radar;
+  same.replace(same.find("SR-0002"), 7, "SR-0001");
+  EXPECT_EQ(warnings_of(base(same), kCalibrationEnd - 60 * kDay).size(), 1U);
+}
+
 TEST(ConfigWarningsTest, CalibrationWithin30DaysIsWarnedWithDaysLeft) {
   const std::string text = base(kRadar1);
   // 2027-06-10T12:00+08:00: 20 whole days left after today.

@@ -24,17 +24,17 @@ constexpr UnixMs kCalibrationEnd = 1'814'371'200'000;  // 2027-07-01T00:00+08:00
 config::Config make_config() {
   config::Config c;
   c.gateway.id = "gw-1";
-  c.gateway.site = {.name = "Test site",
-                    .road = "G60",
-                    .direction = "N",
-                    .lat = 30.0,
-                    .lon = 120.0,
-                    .utc_offset = "+08:00",
-                    .utc_offset_min = 480};
+  c.gateway.site.name = "Test site";
+  c.gateway.site.road = "G60";
+  c.gateway.site.direction = "N";
+  c.gateway.site.lat = 30.0;
+  c.gateway.site.lon = 120.0;
+  c.gateway.site.utc_offset = "+08:00";
+  c.gateway.site.utc_offset_min = 480;
   adapters::RadarConfig radar;
   radar.id = "radar-1";
   radar.lanes = {{1, 0.0, 3.75}, {2, 3.75, 7.5}, {3, 7.5, 11.25}};
-  radar.calibration = {"JJG527-2026-0412", "2027-06-30", kCalibrationEnd};
+  radar.calibration = {"JJG527-2026-0412", "2027-06-30", kCalibrationEnd, ""};
   radar.track_timeout_ms = 400;
   adapters::RadarConfig lone = radar;  // a radar no camera watches
   lone.id = "radar-2";
@@ -50,6 +50,8 @@ config::Config make_config() {
   c.validity.max_camera_clock_offset_ms = 1000;
   c.validity.clock_sync = "kernel";
   c.validity.min_pictures_speeding = 2;
+  // The GA/T 832 panorama rule has its own tests (below); the others use a single-stage camera's pictures.
+  c.validity.min_panoramas_speeding = 0;
   return c;
 }
 
@@ -80,6 +82,14 @@ adapters::RadarTrack make_track(int target, int lane, std::int32_t speed_dkmh, U
   return t;
 }
 
+const adapters::JpegHeader kFullHd{.width = 1920,
+                                   .height = 1080,
+                                   .components = 3,
+                                   .bits_per_sample = 8,
+                                   .color_space = "ycbcr",
+                                   .progressive = false,
+                                   .arithmetic = false};
+
 adapters::PlateRead make_read(std::string uuid, int lane, std::string plate, UnixMs time_ms,
                               std::optional<std::int64_t> offset_ms = 120, int pictures = 2) {
   adapters::PlateRead r;
@@ -106,7 +116,9 @@ adapters::PlateRead make_read(std::string uuid, int lane, std::string plate, Uni
                           .content_type = "image/jpeg",
                           .kind = i == 0 ? "licensePlatePicture" : "detectionPicture",
                           .file_name = "pic" + std::to_string(i) + ".jpg",
-                          .capture_ms = time_ms});
+                          .capture_ms = time_ms,
+                          .header = kFullHd,
+                          .header_error = ""});
   }
   r.raw_xml = "<EventNotificationAlert>" + r.uuid + "</EventNotificationAlert>";
   return r;
@@ -612,6 +624,185 @@ TEST(CorrelatorTest, ExpiredCalibration) {
           {make_track(1, 1, 1300, kCalibrationEnd - 1), make_read("u", 1, "A1", kCalibrationEnd + 10)},
           kCalibrationEnd + 700, kCalibrationEnd + 5000);
   EXPECT_EQ(before[0].fields["enforceable"], true);
+}
+
+TEST(CorrelatorTest, ACalibrationNamingAnotherRadarSerialFailsTheCalibrationCheck) {
+  auto cfg = make_config();
+  auto& radar = std::get<adapters::RadarConfig>(cfg.devices[0].settings);
+  radar.identity = {.model = "SR-200", .serial = "SR-0001", .firmware = "2.4.1", .truncated = false};
+  radar.calibration.radar_serial = "SR-0002";
+  const auto facts = run(cfg, {make_track(1, 1, 1300, kT0), make_read("u", 1, "A1", kT0)});
+  expect_only_reason(facts, "speeding", "calibration_serial_mismatch", "calibration");
+  const json& b = facts[0].fields;
+  EXPECT_EQ(b["calibration"]["valid"], false);
+  EXPECT_EQ(b["calibration"]["radar_serial"], "SR-0002");
+  EXPECT_EQ(b["checks"]["calibration"]["radar_serial"], "SR-0002");
+  EXPECT_EQ(b["checks"]["calibration"]["device_serial"], "SR-0001");
+
+  // The certificate naming this radar's serial: valid, and the binding is shown.
+  radar.calibration.radar_serial = "SR-0001";
+  const auto bound = run(cfg, {make_track(1, 1, 1300, kT0), make_read("u", 1, "A1", kT0)});
+  ASSERT_EQ(bound.size(), 1U);
+  EXPECT_EQ(bound[0].fields["enforceable"], true);
+  EXPECT_EQ(bound[0].fields["checks"]["calibration"]["device_serial"], "SR-0001");
+
+  // A certificate naming a serial, for a radar whose serial is not configured: not bound, so not valid.
+  radar.identity.serial.clear();
+  const auto unknown = run(cfg, {make_track(1, 1, 1300, kT0), make_read("u", 1, "A1", kT0)});
+  expect_only_reason(unknown, "speeding", "calibration_serial_mismatch", "calibration");
+
+  // A speed_measurement (radar no camera watches) fails the same way.
+  auto& lone = std::get<adapters::RadarConfig>(cfg.devices[1].settings);
+  lone.calibration.radar_serial = "SR-0009";
+  const auto alone = run(cfg, {make_track(1, 1, 1300, kT0, "radar-2")});
+  ASSERT_THAT(types_of(alone), ElementsAre("speed_measurement"));
+  EXPECT_EQ(alone[0].fields["invalid_reasons"], json({"calibration_serial_mismatch"}));
+}
+
+TEST(CorrelatorTest, RecordsCarryTheCaseFileSiteDevicesAndConfigHash) {
+  auto cfg = make_config();
+  cfg.gateway.site.area_code = "330106";
+  cfg.gateway.site.road_code = "G60";
+  cfg.gateway.site.km_marker = "K1234+500";
+  cfg.gateway.site.km_m = 1234500;
+  cfg.gateway.site.carriageway = "up";
+  cfg.sha256 = std::string(64, 'c');
+  std::get<adapters::RadarConfig>(cfg.devices[0].settings).identity = {
+      .model = "SR-200", .serial = "SR-0001", .firmware = "2.4.1"};
+  auto read = make_read("u", 1, "A1", kT0);
+  read.camera_device = {.model = "iDS-TCM403", .serial = "DS-123", .firmware = "V5.5.0", .truncated = false};
+  const auto facts = run(cfg, {make_track(1, 1, 1300, kT0), read});
+  ASSERT_THAT(types_of(facts), ElementsAre("speeding"));
+  const json& b = facts[0].fields;
+  EXPECT_EQ(b["site"]["area_code"], "330106");
+  EXPECT_EQ(b["site"]["road_code"], "G60");
+  EXPECT_EQ(b["site"]["km_marker"], "K1234+500");
+  EXPECT_EQ(b["site"]["km_m"], 1234500);
+  EXPECT_EQ(b["site"]["carriageway"], "up");
+  EXPECT_EQ(b["site"]["utc_offset"], "+08:00");
+  EXPECT_EQ(b["radar_device"], json({{"model", "SR-200"}, {"serial", "SR-0001"}, {"firmware", "2.4.1"}}));
+  EXPECT_EQ(b["camera_device"],
+            json({{"model", "iDS-TCM403"}, {"serial", "DS-123"}, {"firmware", "V5.5.0"}}));
+  EXPECT_EQ(b["config_sha256"], std::string(64, 'c'));
+  EXPECT_FALSE(b["checks"]["calibration"].contains("radar_serial"));  // the certificate names none
+
+  // Not configured: the site has none of them, and the device objects are empty, never guessed.
+  const auto plain = run(make_config(), {make_track(1, 1, 1300, kT0), make_read("u", 1, "A1", kT0)});
+  const json& p = plain[0].fields;
+  for (const char* name : {"area_code", "road_code", "km_marker", "km_m", "carriageway"}) {
+    EXPECT_FALSE(p["site"].contains(name)) << name;
+  }
+  EXPECT_EQ(p["camera_device"], json({{"model", ""}, {"serial", ""}, {"firmware", ""}}));
+
+  // A reload brings the new file's hash.
+  Correlator c(cfg);
+  c.set_clock_sync(synced());
+  auto next = cfg;
+  next.sha256 = std::string(64, 'd');
+  c.reconfigure(next);
+  const auto after = run(c, {make_track(1, 1, 1300, kT0), read}, kT0 + 700, kT0 + 5000);
+  ASSERT_EQ(after.size(), 1U);
+  EXPECT_EQ(after[0].fields["config_sha256"], std::string(64, 'd'));
+}
+
+TEST(CorrelatorTest, NationalCodesAreMappedFromTheTableAndNeverGuessed) {
+  auto cfg = make_config();
+  cfg.codes = config::default_codes();
+  auto read = make_read("u", 1, "A1", kT0);  // 92TypeCivil, blue, vehicleType "vehicle"
+  const auto facts = run(cfg, {make_track(1, 1, 1300, kT0), read});
+  ASSERT_EQ(facts.size(), 1U);
+  const json& codes = facts[0].fields["codes"];
+  EXPECT_EQ(codes["plate_type"],
+            json({{"table", "GA 24.7"}, {"mapped", true}, {"code", "02"}, {"name", "小型汽车号牌"}}));
+  // "vehicle" says nothing about the class: unmapped, the vendor's string kept beside it.
+  EXPECT_EQ(codes["vehicle_type"], json({{"table", "GA 24.4"}, {"mapped", false}}));
+  EXPECT_EQ(facts[0].fields["vehicle_type"], "vehicle");
+  EXPECT_EQ(facts[0].fields["enforceable"], true) << "an unmapped code is not a validity failure";
+
+  // A colour the table does not pair with the type: unmapped, not the nearest entry.
+  read.plate_color = "green";
+  read.vehicle_type = "largeBus";
+  const auto other = run(cfg, {make_track(1, 1, 1300, kT0), read});
+  EXPECT_EQ(other[0].fields["codes"]["plate_type"]["mapped"], false);
+  EXPECT_EQ(other[0].fields["codes"]["vehicle_type"]["code"], "K11");
+
+  // A configured entry for any colour, and an empty table.
+  cfg.codes.plate_types = {{"92TypeCivil", "", "99", "其他号牌"}};
+  cfg.codes.vehicle_types.clear();
+  const auto configured = run(cfg, {make_track(1, 1, 1300, kT0), read});
+  EXPECT_EQ(configured[0].fields["codes"]["plate_type"]["code"], "99");
+  EXPECT_EQ(configured[0].fields["codes"]["vehicle_type"]["mapped"], false);
+
+  // An unpaired read carries them too.
+  const auto alone = run(cfg, {read});
+  ASSERT_THAT(types_of(alone), ElementsAre("plate_read"));
+  EXPECT_EQ(alone[0].fields["codes"]["plate_type"]["code"], "99");
+}
+
+// GA/T 832: two panoramas taken at different times, each at least 1280x720 in 24-bit colour by its own
+// JPEG header; a plate close-up does not count, and neither does the camera's word.
+TEST(CorrelatorTest, SpeedingNeedsTwoPanoramasAtDifferentTimesByTheirOwnHeaders) {
+  auto cfg = make_config();
+  cfg.validity.min_panoramas_speeding = 2;
+  cfg.validity.min_picture_width = 1280;
+  cfg.validity.min_picture_height = 720;
+  auto two_stage = [](UnixMs first, UnixMs second) {
+    auto r = make_read("u", 1, "A1", kT0, 0, 3);
+    r.pictures[0].kind = "detectionPicture";
+    r.pictures[0].capture_ms = first;
+    r.pictures[1].kind = "detectionPicture";
+    r.pictures[1].capture_ms = second;
+    r.pictures[2].kind = "licensePlatePicture";
+    return r;
+  };
+  const auto good = run(cfg, {make_track(1, 1, 1300, kT0), two_stage(kT0 - 300, kT0)});
+  ASSERT_THAT(types_of(good), ElementsAre("speeding"));
+  EXPECT_EQ(good[0].fields["enforceable"], true) << good[0].fields["reasons"];
+  EXPECT_EQ(good[0].fields["checks"]["panoramas"],
+            json({{"ok", true}, {"count", 2}, {"min", 2}, {"min_width", 1280}, {"min_height", 720}}));
+  const json& pic = good[0].fields["pictures"][0];
+  EXPECT_EQ(pic["role"], "panorama");
+  EXPECT_EQ(pic["width"], 1920);
+  EXPECT_EQ(pic["height"], 1080);
+  EXPECT_EQ(pic["components"], 3);
+  EXPECT_EQ(pic["bits_per_sample"], 8);
+  EXPECT_EQ(pic["progressive"], false);
+  EXPECT_EQ(good[0].fields["pictures"][2]["role"], "plate_closeup");
+
+  // Both at one instant: one panorama, not two.
+  const auto same_time = run(cfg, {make_track(1, 1, 1300, kT0), two_stage(kT0, kT0)});
+  expect_only_reason(same_time, "speeding", "too_few_panoramas", "panoramas");
+  EXPECT_EQ(same_time[0].fields["checks"]["panoramas"]["count"], 1);
+
+  // A single-stage camera: one panorama and a plate close-up.
+  const auto single = run(cfg, {make_track(1, 1, 1300, kT0), make_read("u", 1, "A1", kT0, 0, 2)});
+  expect_only_reason(single, "speeding", "too_few_panoramas", "panoramas");
+
+  // Too small, grey, not a JPEG at all: each named, none counted.
+  auto bad = two_stage(kT0 - 300, kT0);
+  bad.pictures.push_back(bad.pictures[0]);
+  bad.pictures[0].header->width = 1024;
+  bad.pictures[0].header->height = 576;
+  bad.pictures[1].header->components = 1;
+  bad.pictures[1].header->color_space = "grey";
+  bad.pictures[3].header.reset();
+  bad.pictures[3].header_error = "not a JPEG (no SOI marker)";
+  bad.pictures[3].sha256 = std::string(64, 'f');
+  const auto refused = run(cfg, {make_track(1, 1, 1300, kT0), bad});
+  expect_only_reason(refused, "speeding", "too_few_panoramas", "panoramas");
+  const json& check = refused[0].fields["checks"]["panoramas"];
+  EXPECT_EQ(check["count"], 0);
+  EXPECT_EQ(check["rejected"], json({{{"sha256", bad.pictures[0].sha256}, {"why", "too_small"}},
+                                     {{"sha256", bad.pictures[1].sha256}, {"why", "not_24bit_colour"}},
+                                     {{"sha256", std::string(64, 'f')}, {"why", "not_a_jpeg"}}}));
+  EXPECT_EQ(refused[0].fields["pictures"][3]["header_error"], "not a JPEG (no SOI marker)");
+  EXPECT_FALSE(refused[0].fields["pictures"][3].contains("width"));
+
+  // A passage needs none.
+  const auto passage = run(cfg, {make_track(1, 1, 900, kT0), make_read("u", 1, "A1", kT0, 0, 0)});
+  ASSERT_THAT(types_of(passage), ElementsAre("passage"));
+  EXPECT_EQ(passage[0].fields["enforceable"], true);
+  EXPECT_EQ(passage[0].fields["checks"]["panoramas"]["min"], 0);
 }
 
 TEST(CorrelatorTest, RadarFault) {

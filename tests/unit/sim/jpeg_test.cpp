@@ -57,6 +57,18 @@ TEST(JpegTest, FactoryHitsExactSizesAcrossTheSpecRange) {
   }
 }
 
+// A camera's panoramas keep their resolution whatever their compressed size; only plate crops are small.
+TEST(JpegTest, PanoramasAreNeverBelow1280x720) {
+  JpegFactory f;
+  for (const std::size_t target : {50U * 1024U, 150U * 1024U, 600U * 1024U}) {
+    const Decoded d = decode(f.make(target, 7, "uuid=p", true));
+    ASSERT_TRUE(d.ok) << target;
+    EXPECT_GE(d.width, 1280) << target;
+    EXPECT_GE(d.height, 720) << target;
+  }
+  EXPECT_LT(decode(f.make(50U * 1024U, 7, "uuid=c")).width, 1280) << "a plate crop stays small";
+}
+
 TEST(JpegTest, SameSizeDifferentCommentsGiveDifferentBytes) {
   JpegFactory f;
   const std::string a = f.make(120'000, 1, "uuid=1");
