@@ -9,6 +9,7 @@ DEB_PACKAGES := cmake g++ make pkg-config git openssl \
   libpaho-mqtt-dev libpaho-mqttpp-dev mosquitto mosquitto-clients \
   libyaml-cpp-dev libyaml-dev nlohmann-json3-dev libcli11-dev libsystemd-dev libpugixml-dev \
   libturbojpeg0-dev libjpeg62-turbo-dev libgtest-dev libgmock-dev libbenchmark-dev libpq-dev postgresql \
+  libcairo2-dev libpango1.0-dev libqrencode-dev fonts-wqy-zenhei poppler-utils zbar-tools \
   clang-14 clang-format-14 libclang-rt-14-dev systemd dpkg-dev
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -60,7 +60,8 @@ set(CPACK_DEBIAN_PACKAGE_MAINTAINER "${CPACK_PACKAGE_CONTACT}")
 set(CPACK_DEBIAN_PACKAGE_HOMEPAGE "https://example.org/checkpointd")
 # Library dependencies come from dpkg-shlibdeps; adduser is what postinst creates the user with.
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
-set(CPACK_DEBIAN_PACKAGE_DEPENDS "adduser")
+# The evidence sheet (checkpointctl sheet) shapes Chinese text with this font (found through fontconfig).
+set(CPACK_DEBIAN_PACKAGE_DEPENDS "adduser, fonts-wqy-zenhei")
 set(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA
   "${PROJECT_SOURCE_DIR}/packaging/debian/postinst"
   "${PROJECT_SOURCE_DIR}/packaging/debian/prerm"

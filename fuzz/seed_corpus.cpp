@@ -1,8 +1,6 @@
 // Writes the fuzz targets' seed corpora from the same builders the simulators and unit tests use:
 // radar frames, ISAPI documents and multipart streams, the dock spec's JSON, config/example.yaml and a
 // real sealed, hash-chained JWS chain. Usage: cpd-fuzz-seeds <out-dir> <config/example.yaml>
-#include <jpeglib.h>
-
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -17,6 +15,9 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+// After <cstdio>: jpeglib.h uses FILE and size_t without including their headers.
+#include <jpeglib.h>
 
 #include "daemon/core/custody.h"
 #include "daemon/core/ed25519.h"

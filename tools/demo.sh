@@ -217,3 +217,12 @@ echo "== central's copy of the chain, exported and verified with the stock tool 
 echo "== speeding cases a back office queries in PostgreSQL (view speeding_cases):"
 "$pgbin/psql" -h "$pgdir" -p "$pgport" -U cpd -d evidence -c \
   "SELECT id, plate, lane, speed_dkmh, limit_kmh, enforceable, in_custody FROM speeding_cases ORDER BY seq LIMIT 5"
+echo "== a printable evidence sheet for the first speeding record (checkpointctl sheet: verified first, then A4 PDF):"
+first=$(sqlite3 "$run/store.db" "SELECT seq FROM records WHERE type = 'speeding' ORDER BY seq LIMIT 1")
+if [ -n "$first" ]; then
+  "$ctl" sheet --pubkey "$run/gateway.pub.pem" --media "$run/media" --id "demo-gw-1:$first" \
+    -o "$run/sheet-demo-gw-1-$first.pdf" "$run/all.jws" || echo "!! the sheet was refused (see above)"
+  echo "   open $run/sheet-demo-gw-1-$first.pdf (pdftotext shows its text; the QR code holds the record's id and hash)"
+else
+  echo "!! no speeding record in this run"
+fi

@@ -21,6 +21,7 @@ using namespace std::chrono_literals;
 
 struct Options {
   std::string calibration_until = "2099-12-31";
+  std::string site_extra;  // more members of gateway.site (the case-file elements)
   std::string extra_camera_config;
   std::string password = "secret";
 };
@@ -56,7 +57,8 @@ class Checkpoint : public ::testing::Test {
     std::ofstream(dir_ / "checkpointd.yaml")
         << "gateway:\n  id: gw\n"
         << "  site: {name: \"Test\", road: G60, direction: N, lat: 30.274085, lon: 120.15507, utc_offset: "
-           "\"+08:00\"}\n"
+           "\"+08:00\""
+        << o.site_extra << "}\n"
         << "  key: " << (dir_ / "gateway.key").string() << "\n"
         << "store:\n  path: " << (dir_ / "store.db").string() << "\n"
         << "mqtt:\n  uri: " << broker_->uri() << "\n"
@@ -240,6 +242,194 @@ vehicles:
   EXPECT_EQ(reasons.count("radar_fault"), 1u) << r["reasons"];
   EXPECT_EQ(reasons.count("camera_clock_offset_too_large"), 1u) << r["reasons"];
   EXPECT_NEAR(r["camera_event"]["clock_offset_ms"].get<double>(), 3000.0, 300.0);
+}
+
+// ---- The evidence sheet (checkpointctl sheet), checked with stock tools: pdftotext, pdftoppm, zbarimg ----
+
+// The JWS of the first record of `type` on the evidence topic.
+std::string jws_of(const MqttCollector& collector, const std::string& type) {
+  for (const auto& payload : collector.payloads("checkpoint/gw/evidence")) {
+    if (record_body(payload).value("type", "") == type) {
+      return payload;
+    }
+  }
+  return "";
+}
+
+// Runs a stock tool (or checkpointctl) to the end; its exit code and output.
+std::pair<int, std::string> run_tool(const std::vector<std::string>& argv, const fs::path& log) {
+  Process p(argv, log);
+  const auto rc = p.wait(60s);
+  return {rc.value_or(-1), p.stdout_text() + p.stderr_text()};
+}
+
+class Sheet : public Checkpoint {
+ protected:
+  // checkpointctl sheet for `jws` (written to <name>.jws); its exit code and output.
+  std::pair<int, std::string> sheet(const std::string& jws, const std::string& name, const fs::path& media) {
+    std::ofstream(dir_ / (name + ".jws")) << jws << "\n";
+    return run_tool(
+        {binary("tools/checkpointctl/checkpointctl"), "sheet", "--pubkey", pub_pem_.string(), "--media",
+         media.string(), (dir_ / (name + ".jws")).string(), "-o", (dir_ / (name + ".pdf")).string()},
+        dir_ / ("sheet-" + name));
+  }
+
+  std::string pdf_text(const std::string& name) {
+    const auto [rc, text] =
+        run_tool({"/usr/bin/pdftotext", "-enc", "UTF-8", (dir_ / (name + ".pdf")).string(), "-"},
+                 dir_ / ("pdftotext-" + name));
+    EXPECT_EQ(rc, 0) << text;
+    return text;
+  }
+
+  // Renders every page with pdftoppm and returns what zbarimg decodes on them.
+  std::string rendered_qr(const std::string& name) {
+    const auto [info_rc, info] =
+        run_tool({"/usr/bin/pdfinfo", (dir_ / (name + ".pdf")).string()}, dir_ / ("pdfinfo-" + name));
+    EXPECT_EQ(info_rc, 0) << info;
+    const auto [rc, out] = run_tool({"/usr/bin/pdftoppm", "-r", "150", "-png",
+                                     (dir_ / (name + ".pdf")).string(), (dir_ / (name + "-page")).string()},
+                                    dir_ / ("pdftoppm-" + name));
+    EXPECT_EQ(rc, 0) << out;
+    std::vector<std::string> zbar{"/usr/bin/zbarimg", "--raw", "-q"};
+    int pages = 0;
+    for (const auto& entry : fs::directory_iterator(dir_.path())) {
+      const std::string file = entry.path().filename().string();
+      if (file.rfind(name + "-page", 0) == 0 && entry.path().extension() == ".png") {
+        zbar.push_back(entry.path().string());
+        ++pages;
+      }
+    }
+    EXPECT_GT(pages, 0);
+    const auto at = info.find("Pages:");
+    EXPECT_NE(at, std::string::npos) << info;
+    EXPECT_EQ(at == std::string::npos ? -1 : std::stoi(info.substr(at + 6)), pages)
+        << "pdftoppm renders every page: " << info;
+    // zbarimg exits 4 when a page holds no code: only the last page has one.
+    const auto [zbar_rc, qr] = run_tool(zbar, dir_ / ("zbar-" + name));
+    EXPECT_TRUE(zbar_rc == 0 || zbar_rc == 4) << qr;
+    return qr;
+  }
+};
+
+TEST_F(Sheet, ASpeedingAndAPassageAreRenderedVerifiableAndATamperedRecordOrPictureIsRefused) {
+  start_scenario(R"(radar: {port: 0}
+camera: {port: 0, username: admin, password: secret, clock_offset_ms: 0}
+start_delay_ms: 5000
+vehicles:
+  - {at_ms: 0,    plate: 浙A12345, lane: 1, speed_kmh: 150.0}
+  - {at_ms: 1500, plate: 沪C00001, lane: 1, speed_kmh: 80.0}
+)");
+  Options o;
+  o.site_extra = ", area_code: \"330106\", road_code: G60, km_marker: K1234+500, carriageway: up";
+  start_daemon(o);
+  ASSERT_TRUE(wait_records(2, 60s)) << daemon_->stderr_text();
+  stop_and_verify();
+  const fs::path media = dir_ / "media";
+  const std::string speeding = jws_of(*collector_, "speeding");
+  const std::string passage = jws_of(*collector_, "passage");
+  ASSERT_FALSE(speeding.empty() || passage.empty());
+  const json body = record_body(speeding);
+  ASSERT_EQ(body["enforceable"], true) << body["reasons"];
+
+  const auto [rc, out] = sheet(speeding, "speeding", media);
+  ASSERT_EQ(rc, 0) << out;
+  const std::string text = pdf_text("speeding");
+  EXPECT_NE(text.find("道路交通安全违法行为图像取证记录"), std::string::npos) << text;
+  EXPECT_NE(text.find("浙A12345"), std::string::npos) << text;
+  const auto dkmh = body["speed_dkmh"].get<int>();
+  EXPECT_NE(text.find(std::to_string(dkmh / 10) + "." + std::to_string(dkmh % 10) + " km/h"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("100 km/h"), std::string::npos) << text;
+  EXPECT_NE(text.find("K1234+500"), std::string::npos) << text;
+  EXPECT_NE(text.find("330106"), std::string::npos) << text;
+  EXPECT_NE(text.find("上行"), std::string::npos) << text;
+  EXPECT_EQ(text.find("NOT ENFORCEABLE"), std::string::npos) << text;
+  const std::string qr = rendered_qr("speeding");
+  EXPECT_NE(qr.find("id=gw:" + body["seq"].dump() + " "), std::string::npos) << qr;
+  EXPECT_NE(qr.find("sha256=" + sha256_hex(speeding)), std::string::npos) << qr;
+
+  // Small: the text, the font subset and the pictures as they are.
+  std::uintmax_t picture_bytes = 0;
+  for (const auto& p : body["pictures"]) {
+    picture_bytes += p["bytes"].get<std::uintmax_t>();
+  }
+  EXPECT_LE(fs::file_size(dir_ / "speeding.pdf"), 300U * 1024U + picture_bytes);
+
+  // The openssl commands the sheet prints verify the signature exactly as printed.
+  std::ofstream(dir_ / "record.jws") << speeding << "\n";
+  ASSERT_EQ(pub_pem_, dir_ / "gateway.pub.pem") << "the name the printed commands use";
+  std::string script = "set -e; cd '" + dir_.path().string() + "'\n";
+  for (const std::string line :
+       {"printf %s \"$(cut -d. -f1,2 record.jws)\" > signing-input",
+        "printf '%s==' \"$(cut -d. -f3 record.jws | tr '_-' '/+')\" | base64 -d > signature.bin",
+        "openssl pkeyutl -verify -pubin -inkey gateway.pub.pem -rawin -in signing-input -sigfile "
+        "signature.bin",
+        "printf %s \"$(cat record.jws)\" | sha256sum"}) {
+    EXPECT_NE(text.find(line), std::string::npos) << "printed on the sheet: " << line;
+    script += line + "\n";
+  }
+  const auto [sh_rc, sh_out] = run_tool({"/bin/bash", "-c", script}, dir_ / "openssl");
+  EXPECT_EQ(sh_rc, 0) << sh_out;
+  EXPECT_NE(sh_out.find("Signature Verified Successfully"), std::string::npos) << sh_out;
+  EXPECT_NE(sh_out.find(sha256_hex(speeding)), std::string::npos) << sh_out;
+
+  // A passage: rendered, and it says it is not a violation.
+  const auto [passage_rc, passage_out] = sheet(passage, "passage", media);
+  ASSERT_EQ(passage_rc, 0) << passage_out;
+  const std::string passage_text = pdf_text("passage");
+  EXPECT_NE(passage_text.find("沪C00001"), std::string::npos) << passage_text;
+  EXPECT_NE(passage_text.find("not a violation"), std::string::npos) << passage_text;
+
+  // A tampered record: one character of the body changed.
+  std::string forged = speeding;
+  const auto dot = forged.find('.');
+  forged[dot + 10] = forged[dot + 10] == 'A' ? 'B' : 'A';
+  const auto [forged_rc, forged_out] = sheet(forged, "forged", media);
+  EXPECT_EQ(forged_rc, 1) << forged_out;
+  EXPECT_NE(forged_out.find("does not verify"), std::string::npos) << forged_out;
+  EXPECT_FALSE(fs::exists(dir_ / "forged.pdf"));
+
+  // A tampered picture: one byte of a picture changed in a copy of the media directory.
+  const fs::path altered = dir_ / "altered-media";
+  fs::copy(media, altered);
+  const std::string picture = body["pictures"][0]["sha256"];
+  {
+    std::fstream f(altered / picture, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(1000);
+    const char c = static_cast<char>(f.get());
+    f.seekp(1000);
+    f.put(static_cast<char>(c ^ 0x01));
+  }
+  const auto [altered_rc, altered_out] = sheet(speeding, "altered", altered);
+  EXPECT_EQ(altered_rc, 1) << altered_out;
+  EXPECT_NE(altered_out.find("does not match its SHA-256"), std::string::npos) << altered_out;
+  EXPECT_FALSE(fs::exists(dir_ / "altered.pdf"));
+}
+
+TEST_F(Sheet, ANonEnforceableSpeedingSaysSoAtTheTopWithItsReasons) {
+  start_scenario(R"(radar: {port: 0, status_code: 21}
+camera: {port: 0, username: admin, password: secret}
+start_delay_ms: 5000
+vehicles:
+  - {at_ms: 0, plate: 浙A99999, lane: 1, speed_kmh: 130.0}
+)");
+  start_daemon();
+  ASSERT_TRUE(wait_records(1, 60s)) << daemon_->stderr_text();
+  stop_and_verify();
+  const std::string speeding = jws_of(*collector_, "speeding");
+  ASSERT_FALSE(speeding.empty());
+  ASSERT_EQ(record_body(speeding)["enforceable"], false);
+  const auto [rc, out] = sheet(speeding, "invalid", dir_ / "media");
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("NOT enforceable"), std::string::npos) << out;
+  const std::string text = pdf_text("invalid");
+  const auto banner = text.find("不可用于处罚 NOT ENFORCEABLE");
+  ASSERT_NE(banner, std::string::npos) << text;
+  EXPECT_LT(banner, text.find("浙A99999")) << "the warning comes before the record's content";
+  EXPECT_NE(text.find("测速设备故障 (radar_fault)"), std::string::npos) << text;
+  EXPECT_NE(text.find("未通过 FAILED"), std::string::npos) << text;
 }
 
 TEST_F(Checkpoint, WrongCameraCredentialsAreReportedWithoutLockingTheUser) {

@@ -17,5 +17,7 @@ struct Command {
 std::vector<Command> add_control_commands(CLI::App& app);
 // check-config, devices test: work from a config file, without the daemon (cmd_devices.cpp).
 std::vector<Command> add_device_commands(CLI::App& app);
+// sheet: one verified record as a printable evidence sheet (cmd_sheet.cpp).
+std::vector<Command> add_sheet_commands(CLI::App& app);
 
 }  // namespace cpd::ctl

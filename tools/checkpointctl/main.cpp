@@ -520,6 +520,9 @@ int run(int argc, char** argv) {
   for (auto& c : add_device_commands(app)) {
     commands.push_back(std::move(c));
   }
+  for (auto& c : add_sheet_commands(app)) {
+    commands.push_back(std::move(c));
+  }
 
   try {
     app.parse(argc, argv);

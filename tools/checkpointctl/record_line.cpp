@@ -23,7 +23,7 @@ bool is_envelope(const std::string& key) {
 
 }  // namespace
 
-std::string iso8601_utc(std::int64_t ms) {
+std::string calendar_text(std::int64_t ms, char separator, const std::string& zone) {
   std::int64_t secs = ms / 1000;
   std::int64_t frac = ms % 1000;
   if (frac < 0) {
@@ -33,12 +33,16 @@ std::string iso8601_utc(std::int64_t ms) {
   const auto t = static_cast<std::time_t>(secs);
   std::tm tm{};
   if (::gmtime_r(&t, &tm) == nullptr) {
-    return std::to_string(ms) + "ms";
+    return std::to_string(ms) + " ms";
   }
   char buf[64];
-  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-                tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(frac));
-  return buf;
+  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02d%c%02d:%02d:%02d.%03d", tm.tm_year + 1900, tm.tm_mon + 1,
+                tm.tm_mday, separator, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(frac));
+  return buf + zone;
+}
+
+std::string iso8601_utc(std::int64_t ms) {
+  return calendar_text(ms, 'T', "Z");
 }
 
 // One readable line per record: seq, type, time, and up to four short scalar fields, the ones an

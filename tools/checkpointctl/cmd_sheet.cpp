@@ -1,0 +1,207 @@
+// checkpointctl sheet: one evidence record as a printed evidence sheet (A4 PDF). The record is verified
+// first (signature under a given gateway key, canonical form, every picture's SHA-256) and a record that
+// fails is refused, never rendered.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "daemon/core/ed25519.h"
+#include "daemon/core/encoding.h"
+#include "daemon/core/record_check.h"
+#include "tools/checkpointctl/commands.h"
+#include "tools/checkpointctl/sheet_content.h"
+#include "tools/checkpointctl/sheet_pdf.h"
+
+namespace cpd::ctl {
+
+namespace {
+
+constexpr int kExitOk = 0;
+constexpr int kExitRefused = 1;
+constexpr int kExitUsage = 2;
+constexpr std::size_t kMaxLineBytes = 16 * 1024 * 1024;        // one JWS line (records are a few kB)
+constexpr std::uintmax_t kMaxPictureBytes = 64 * 1024 * 1024;  // the spec's pictures are at most 1.5 MB
+constexpr std::uintmax_t kMaxKeyBytes = 64 * 1024;
+
+struct SheetOptions {
+  std::vector<std::string> pubkeys;
+  std::string media_dir;
+  std::string input;
+  std::string id;
+  std::string output;
+};
+
+struct Refusal {
+  std::string what;
+};
+
+std::string read_bounded(const std::string& path, std::uintmax_t limit, const char* what) {
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(path, ec);
+  if (ec) {
+    throw Refusal{std::string(what) + " " + path + ": " + ec.message()};
+  }
+  if (size > limit) {
+    throw Refusal{std::string(what) + " " + path + " is " + std::to_string(size) + " bytes, more than " +
+                  std::to_string(limit)};
+  }
+  std::ifstream in(path, std::ios::binary);
+  std::string bytes(static_cast<std::size_t>(size), '\0');
+  if (!in.read(bytes.data(), static_cast<std::streamsize>(size))) {
+    throw Refusal{std::string("cannot read ") + what + " " + path};
+  }
+  return bytes;
+}
+
+std::map<std::string, Ed25519PublicKey> load_keys(const std::vector<std::string>& paths) {
+  std::map<std::string, Ed25519PublicKey> keys;
+  for (const auto& path : paths) {
+    try {
+      const auto key = Ed25519PublicKey::from_pem(read_bounded(path, kMaxKeyBytes, "public key"));
+      keys.emplace(key.kid(), key);
+    } catch (const KeyError& e) {
+      throw Refusal{"public key " + path + ": " + e.what()};
+    }
+  }
+  return keys;
+}
+
+// The record to render: the only one in the file, or the one whose id is `id`; verified.
+std::pair<std::string, RecordCheck> find_record(const SheetOptions& o, const KeyForKid& key_for_kid) {
+  std::ifstream in(o.input, std::ios::binary);
+  if (!in) {
+    throw Refusal{"cannot open " + o.input + ": " + std::strerror(errno)};
+  }
+  std::vector<std::pair<std::string, RecordCheck>> found;
+  std::string line;
+  std::size_t records = 0;
+  while (std::getline(in, line)) {
+    if (line.size() > kMaxLineBytes) {
+      throw Refusal{o.input + ": a line longer than " + std::to_string(kMaxLineBytes) + " bytes"};
+    }
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) {
+      line.pop_back();
+    }
+    if (line.empty()) {
+      continue;
+    }
+    ++records;
+    RecordCheck check = check_record(line, key_for_kid);
+    if (!o.id.empty() && check.id != o.id) {
+      continue;
+    }
+    found.emplace_back(line, std::move(check));
+  }
+  if (found.empty()) {
+    throw Refusal{records == 0 ? o.input + " holds no record" : "no record " + o.id + " in " + o.input};
+  }
+  if (found.size() > 1) {
+    throw Refusal{o.input + " holds " + std::to_string(found.size()) +
+                  " records: choose one with --id GATEWAY:SEQ"};
+  }
+  if (!found[0].second.ok) {
+    throw Refusal{"record " +
+                  (found[0].second.id.empty() ? std::string("in ") + o.input : found[0].second.id) +
+                  " does not verify: " + found[0].second.reason};
+  }
+  return found[0];
+}
+
+// Every picture the record names, read from the media directory and checked against its hash.
+std::map<std::string, std::string> verified_pictures(const nlohmann::json& body, const std::string& dir) {
+  std::map<std::string, std::string> out;
+  if (!body.contains("pictures") || !body["pictures"].is_array()) {
+    return out;
+  }
+  for (const auto& p : body["pictures"]) {
+    const std::string sha = p.is_object() && p.contains("sha256") && p["sha256"].is_string()
+                                ? p["sha256"].get<std::string>()
+                                : std::string();
+    if (!is_sha256_hex(sha)) {
+      throw Refusal{"the record names a picture without a valid sha256"};
+    }
+    const std::string path = dir + "/" + sha;
+    if (!std::filesystem::exists(path)) {
+      throw Refusal{"picture " + sha + " named by the record is not in " + dir};
+    }
+    std::string bytes = read_bounded(path, kMaxPictureBytes, "picture");
+    if (sha256_hex(bytes) != sha) {
+      throw Refusal{"picture " + path + " does not match its SHA-256 (altered or damaged): refusing"};
+    }
+    out.emplace(sha, std::move(bytes));
+  }
+  return out;
+}
+
+int run_sheet(const SheetOptions& o) {
+  try {
+    if (std::filesystem::exists(o.output)) {
+      throw Refusal{o.output + " already exists; refusing to overwrite it"};
+    }
+    const auto keys = load_keys(o.pubkeys);
+    const KeyForKid key_for_kid = [&keys](const std::string& kid) -> std::optional<Ed25519PublicKey> {
+      const auto it = keys.find(kid);
+      return it == keys.end() ? std::nullopt : std::optional<Ed25519PublicKey>(it->second);
+    };
+    const auto [jws, check] = find_record(o, key_for_kid);
+    const auto pictures = verified_pictures(check.body, o.media_dir);
+    const SheetContent content = sheet_content(check.body, check.kid, sha256_hex(jws));
+    const std::string tmp = o.output + ".tmp";
+    if (const std::string error = render_sheet_pdf(content, pictures, tmp); !error.empty()) {
+      std::filesystem::remove(tmp);
+      throw Refusal{"cannot write " + o.output + ": " + error};
+    }
+    std::filesystem::rename(tmp, o.output);
+    std::cout << "checkpointctl: sheet for " << check.id << " (" << check.type << ", "
+              << (content.not_enforceable ? "NOT enforceable" : "verified") << ", " << pictures.size()
+              << " pictures) written to " << o.output << "\n";
+    return kExitOk;
+  } catch (const Refusal& r) {
+    std::cerr << "checkpointctl: sheet: " << r.what << "\n";
+    return kExitRefused;
+  } catch (const std::filesystem::filesystem_error& e) {
+    std::cerr << "checkpointctl: sheet: " << e.what() << "\n";
+    return kExitRefused;
+  }
+}
+
+}  // namespace
+
+std::vector<Command> add_sheet_commands(CLI::App& app) {
+  auto options = std::make_shared<SheetOptions>();
+  auto* sheet =
+      app.add_subcommand("sheet", "Render one verified evidence record as a printable evidence sheet (PDF)");
+  sheet
+      ->add_option("--pubkey", options->pubkeys,
+                   "Gateway public key (PEM); repeat for a chain that rotated keys")
+      ->required();
+  sheet->add_option("--media", options->media_dir, "Directory of the record's pictures, named by SHA-256")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  sheet->add_option("record", options->input, "File with the record's JWS (one JWS per line)")->required();
+  sheet->add_option("--id", options->id,
+                    "With several records in the file: the one with this id (GATEWAY:SEQ)");
+  sheet->add_option("-o,--output", options->output, "The PDF to write (must not exist)")->required();
+  sheet->footer(
+      "Verifies the record first (signature under one of the keys, canonical form, every picture's SHA-256)\n"
+      "and refuses (exit 1) to render one that fails. The sheet (A4) states every case-file element in "
+      "Chinese,\n"
+      "the validity checks, the pictures with their role, size and SHA-256, and a QR code with the record's\n"
+      "id, kid and SHA-256; it prints the openssl commands that verify the signature offline.\n"
+      "Example:\n"
+      "  checkpointctl sheet --pubkey gw.pub.pem --media /var/lib/checkpointd/media records.jws \\\n"
+      "      --id zj-hz-g60-k1234-n:1042 -o speeding-1042.pdf");
+  return {{sheet, [options] { return run_sheet(*options); }}};
+}
+
+}  // namespace cpd::ctl
