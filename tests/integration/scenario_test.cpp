@@ -375,6 +375,23 @@ vehicles:
   EXPECT_NE(sh_out.find("Signature Verified Successfully"), std::string::npos) << sh_out;
   EXPECT_NE(sh_out.find(sha256_hex(speeding)), std::string::npos) << sh_out;
 
+  // The same record straight from the gateway's store (read-only), by id; an id it does not hold is refused.
+  const std::string id = body["id"];
+  const auto [store_rc, store_out] =
+      run_tool({binary("tools/checkpointctl/checkpointctl"), "sheet", "--pubkey", pub_pem_.string(),
+                "--media", media.string(), "--store", (dir_ / "store.db").string(), "--id", id, "-o",
+                (dir_ / "from-store.pdf").string()},
+               dir_ / "sheet-store");
+  EXPECT_EQ(store_rc, 0) << store_out;
+  EXPECT_NE(pdf_text("from-store").find("浙A12345"), std::string::npos);
+  const auto [missing_rc, missing_out] =
+      run_tool({binary("tools/checkpointctl/checkpointctl"), "sheet", "--pubkey", pub_pem_.string(),
+                "--media", media.string(), "--store", (dir_ / "store.db").string(), "--id", "gw:999999", "-o",
+                (dir_ / "missing.pdf").string()},
+               dir_ / "sheet-missing");
+  EXPECT_EQ(missing_rc, 1) << missing_out;
+  EXPECT_NE(missing_out.find("no record gw:999999"), std::string::npos) << missing_out;
+
   // A passage: rendered, and it says it is not a violation.
   const auto [passage_rc, passage_out] = sheet(passage, "passage", media);
   ASSERT_EQ(passage_rc, 0) << passage_out;

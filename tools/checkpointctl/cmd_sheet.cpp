@@ -1,9 +1,7 @@
 // checkpointctl sheet: one evidence record as a printed evidence sheet (A4 PDF). The record is verified
 // first (signature under a given gateway key, canonical form, every picture's SHA-256) and a record that
 // fails is refused, never rendered.
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
+#include <sqlite3.h>
 
 #include <cerrno>
 #include <cstring>
@@ -11,6 +9,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -37,6 +36,7 @@ struct SheetOptions {
   std::vector<std::string> pubkeys;
   std::string media_dir;
   std::string input;
+  std::string store;
   std::string id;
   std::string output;
 };
@@ -117,6 +117,38 @@ std::pair<std::string, RecordCheck> find_record(const SheetOptions& o, const Key
   return found[0];
 }
 
+// The record `id` from a gateway's SQLite store, opened read-only (the daemon may be running).
+std::pair<std::string, RecordCheck> record_from_store(const SheetOptions& o, const KeyForKid& key_for_kid) {
+  if (o.id.empty()) {
+    throw Refusal{"--store needs --id GATEWAY:SEQ"};
+  }
+  sqlite3* db = nullptr;
+  const int open_rc = sqlite3_open_v2(o.store.c_str(), &db, SQLITE_OPEN_READONLY, nullptr);
+  std::unique_ptr<sqlite3, decltype(&sqlite3_close)> guard(db, &sqlite3_close);
+  if (open_rc != SQLITE_OK) {
+    throw Refusal{"cannot open store " + o.store + ": " + sqlite3_errmsg(db)};
+  }
+  sqlite3_stmt* raw = nullptr;
+  if (sqlite3_prepare_v2(db, "SELECT jws FROM records WHERE id = ?", -1, &raw, nullptr) != SQLITE_OK) {
+    throw Refusal{"store " + o.store + " is not a checkpointd store: " + sqlite3_errmsg(db)};
+  }
+  std::unique_ptr<sqlite3_stmt, decltype(&sqlite3_finalize)> stmt(raw, &sqlite3_finalize);
+  sqlite3_bind_text(raw, 1, o.id.c_str(), static_cast<int>(o.id.size()), SQLITE_TRANSIENT);
+  const int step = sqlite3_step(raw);
+  if (step != SQLITE_ROW) {
+    throw Refusal{step == SQLITE_DONE
+                      ? "no record " + o.id + " in " + o.store + " (never sealed, or pruned after custody)"
+                      : "cannot read store " + o.store + ": " + sqlite3_errmsg(db)};
+  }
+  const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(raw, 0));
+  std::string jws = text == nullptr ? "" : text;
+  RecordCheck check = check_record(jws, key_for_kid);
+  if (!check.ok) {
+    throw Refusal{"record " + o.id + " does not verify: " + check.reason};
+  }
+  return {std::move(jws), std::move(check)};
+}
+
 // Every picture the record names, read from the media directory and checked against its hash.
 std::map<std::string, std::string> verified_pictures(const nlohmann::json& body, const std::string& dir) {
   std::map<std::string, std::string> out;
@@ -153,7 +185,8 @@ int run_sheet(const SheetOptions& o) {
       const auto it = keys.find(kid);
       return it == keys.end() ? std::nullopt : std::optional<Ed25519PublicKey>(it->second);
     };
-    const auto [jws, check] = find_record(o, key_for_kid);
+    const auto [jws, check] =
+        o.store.empty() ? find_record(o, key_for_kid) : record_from_store(o, key_for_kid);
     const auto pictures = verified_pictures(check.body, o.media_dir);
     const SheetContent content = sheet_content(check.body, check.kid, sha256_hex(jws));
     const std::string tmp = o.output + ".tmp";
@@ -188,9 +221,21 @@ std::vector<Command> add_sheet_commands(CLI::App& app) {
   sheet->add_option("--media", options->media_dir, "Directory of the record's pictures, named by SHA-256")
       ->required()
       ->check(CLI::ExistingDirectory);
-  sheet->add_option("record", options->input, "File with the record's JWS (one JWS per line)")->required();
+  auto* input =
+      sheet->add_option("record", options->input,
+                        "File with the record's JWS (one JWS per line, e.g. checkpoint-central export)");
+  auto* store =
+      sheet->add_option("--store", options->store, "Or a gateway's SQLite store (read-only), with --id")
+          ->check(CLI::ExistingFile);
+  input->excludes(store);
   sheet->add_option("--id", options->id,
-                    "With several records in the file: the one with this id (GATEWAY:SEQ)");
+                    "The record's id (GATEWAY:SEQ): needed with --store or several records");
+  sheet->callback([input, store] {
+    if (input->count() == 0 && store->count() == 0) {
+      throw CLI::RequiredError("a record file or --store");
+    }
+  });
+
   sheet->add_option("-o,--output", options->output, "The PDF to write (must not exist)")->required();
   sheet->footer(
       "Verifies the record first (signature under one of the keys, canonical form, every picture's SHA-256)\n"
@@ -198,9 +243,12 @@ std::vector<Command> add_sheet_commands(CLI::App& app) {
       "Chinese,\n"
       "the validity checks, the pictures with their role, size and SHA-256, and a QR code with the record's\n"
       "id, kid and SHA-256; it prints the openssl commands that verify the signature offline.\n"
-      "Example:\n"
+      "Examples:\n"
       "  checkpointctl sheet --pubkey gw.pub.pem --media /var/lib/checkpointd/media records.jws \\\n"
-      "      --id zj-hz-g60-k1234-n:1042 -o speeding-1042.pdf");
+      "      --id zj-hz-g60-k1234-n:1042 -o speeding-1042.pdf\n"
+      "  checkpointctl sheet --pubkey gw.pub.pem --media /var/lib/checkpointd/media \\\n"
+      "      --store /var/lib/checkpointd/store.db --id zj-hz-g60-k1234-n:1042 -o speeding-1042.pdf");
+
   return {{sheet, [options] { return run_sheet(*options); }}};
 }
 
