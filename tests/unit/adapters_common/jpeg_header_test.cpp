@@ -3,7 +3,6 @@
 #include "adapters/common/jpeg_header.h"
 
 #include <gtest/gtest.h>
-#include <turbojpeg.h>
 
 #include <algorithm>
 #include <cstddef>
@@ -12,6 +11,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "tests/support/jpeg_samples.h"
 
 namespace cpd::adapters {
 namespace {
@@ -24,26 +25,9 @@ constexpr unsigned char kSof9 = 0xC9;
 constexpr unsigned char kSos = 0xDA;
 constexpr std::size_t kMaxSegmentData = 65'533;  // a segment length field counts itself: 65535 - 2
 
-// A JPEG of a smooth gradient from libturbojpeg; grey pixels for TJSAMP_GRAY, `pixel_format` otherwise.
+// A real JPEG (tests/support/jpeg_samples.h).
 std::string encode(int width, int height, int subsamp, int flags = 0, int pixel_format = TJPF_RGB) {
-  const int pf = subsamp == TJSAMP_GRAY ? TJPF_GRAY : pixel_format;
-  const auto n = static_cast<std::size_t>(tjPixelSize[pf]);
-  std::vector<unsigned char> px(static_cast<std::size_t>(width) * static_cast<std::size_t>(height) * n);
-  for (std::size_t i = 0; i < px.size(); ++i) {
-    px[i] = static_cast<unsigned char>(
-        (i / n) % static_cast<std::size_t>(width) * 255 / static_cast<std::size_t>(width) + (i % n) * 40);
-  }
-  tjhandle tj = tjInitCompress();
-  unsigned char* out = nullptr;
-  unsigned long out_size = 0;
-  const int rc = tjCompress2(tj, px.data(), width, 0, height, pf, &out, &out_size, subsamp, 85, flags);
-  std::string jpeg;
-  if (rc == 0 && out != nullptr) {
-    jpeg.assign(reinterpret_cast<const char*>(out), out_size);
-  }
-  tjFree(out);
-  tjDestroy(tj);
-  return jpeg;
+  return test::sample_jpeg(width, height, subsamp, flags, pixel_format);
 }
 
 // The byte at `at`, as the unsigned value it is.

@@ -9,7 +9,9 @@
 #include <limits>
 #include <numeric>
 
+#include "adapters/common/jpeg_header.h"
 #include "daemon/core/jcs.h"
+#include "tests/support/jpeg_samples.h"
 
 namespace cpd::pipeline {
 namespace {
@@ -803,6 +805,47 @@ TEST(CorrelatorTest, SpeedingNeedsTwoPanoramasAtDifferentTimesByTheirOwnHeaders)
   ASSERT_THAT(types_of(passage), ElementsAre("passage"));
   EXPECT_EQ(passage[0].fields["enforceable"], true);
   EXPECT_EQ(passage[0].fields["checks"]["panoramas"]["min"], 0);
+}
+
+// The same rule on real JPEG headers (read as the camera adapter reads them): too small, grey and
+// progressive.
+TEST(CorrelatorTest, PanoramasAreJudgedByTheirRealJpegHeaders) {
+  auto cfg = make_config();
+  cfg.validity.min_panoramas_speeding = 2;
+  const auto with = [](const std::string& first, const std::string& second) {
+    auto r = make_read("u", 1, "A1", kT0, 0, 2);
+    const std::string* jpegs[] = {&first, &second};
+    for (std::size_t i = 0; i < 2; ++i) {
+      auto header = adapters::read_jpeg_header(*jpegs[i]);
+      r.pictures[i].kind = "detectionPicture";
+      r.pictures[i].capture_ms = kT0 - 300 + static_cast<UnixMs>(i) * 300;
+      r.pictures[i].header = header.header;
+      r.pictures[i].header_error = header.error;
+    }
+    return r;
+  };
+  const std::string full_hd = test::sample_jpeg(1920, 1080, TJSAMP_420);
+  const std::string hd = test::sample_jpeg(1280, 720, TJSAMP_444);
+  const std::string small = test::sample_jpeg(1024, 576, TJSAMP_420);
+  const std::string grey = test::sample_jpeg(1920, 1080, TJSAMP_GRAY);
+  const std::string progressive = test::sample_jpeg(1920, 1080, TJSAMP_420, TJFLAG_PROGRESSIVE);
+
+  const auto ok = run(cfg, {make_track(1, 1, 1300, kT0), with(full_hd, hd)});
+  ASSERT_THAT(types_of(ok), ElementsAre("speeding"));
+  EXPECT_EQ(ok[0].fields["enforceable"], true) << ok[0].fields["checks"]["panoramas"];
+  EXPECT_EQ(ok[0].fields["pictures"][1]["width"], 1280);
+
+  const auto prog = run(cfg, {make_track(1, 1, 1300, kT0), with(full_hd, progressive)});
+  EXPECT_EQ(prog[0].fields["enforceable"], true) << "progressive is still a 24-bit colour JPEG";
+  EXPECT_EQ(prog[0].fields["pictures"][1]["progressive"], true);
+
+  for (const auto& [bad, why] : {std::pair{small, "too_small"},
+                                 {grey, "not_24bit_colour"},
+                                 {std::string("\xff\xd8not a jpeg"), "not_a_jpeg"}}) {
+    const auto facts = run(cfg, {make_track(1, 1, 1300, kT0), with(full_hd, bad)});
+    expect_only_reason(facts, "speeding", "too_few_panoramas", "panoramas");
+    EXPECT_EQ(facts[0].fields["checks"]["panoramas"]["rejected"][0]["why"], why);
+  }
 }
 
 TEST(CorrelatorTest, RadarFault) {
