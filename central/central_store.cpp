@@ -280,6 +280,25 @@ EXCEPTION WHEN feature_not_supported OR syntax_error THEN
 END
 $$;
 )sql",
+    // Step 9: the case-file elements a back office files a speeding case with (docs/records.md, "Case-file
+    // elements"), as columns of speeding_cases: the site's codes and kilometre marker, the national codes,
+    // the devices' serial numbers and calibration, the config in force. NULL for records sealed before them.
+    R"sql(
+CREATE OR REPLACE VIEW speeding_cases AS
+  SELECT r.gateway, r.seq, r.gateway || ':' || r.seq AS id, r.time_ms, r.site ->> 'name' AS site_name,
+         r.site ->> 'road' AS road, r.plate, r.plate_color, r.lane, r.speed_dkmh, r.limit_kmh,
+         r.enforceable, r.reasons, r.seq <= g.watermark_seq AS in_custody, r.jws,
+         r.site ->> 'utc_offset' AS utc_offset, r.site ->> 'area_code' AS area_code,
+         r.site ->> 'road_code' AS road_code, r.site ->> 'km_marker' AS km_marker,
+         r.site ->> 'carriageway' AS carriageway, r.site ->> 'direction' AS direction,
+         r.body #>> '{codes,plate_type,code}' AS plate_type_code,
+         r.body #>> '{codes,vehicle_type,code}' AS vehicle_type_code,
+         r.body #>> '{radar_device,serial}' AS radar_serial,
+         r.body #>> '{calibration,certificate}' AS calibration_certificate,
+         r.body #>> '{camera_device,serial}' AS camera_serial, r.body ->> 'config_sha256' AS config_sha256
+  FROM records r JOIN gateways g USING (gateway)
+  WHERE r.type = 'speeding';
+)sql",
 };
 
 std::string num(std::uint64_t v) {

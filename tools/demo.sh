@@ -216,7 +216,7 @@ echo "== central's copy of the chain, exported and verified with the stock tool 
 "$ctl" verify --pubkey "$run/gateway.pub.pem" --from-start "$run/central.jws"
 echo "== speeding cases a back office queries in PostgreSQL (view speeding_cases):"
 "$pgbin/psql" -h "$pgdir" -p "$pgport" -U cpd -d evidence -c \
-  "SELECT id, plate, lane, speed_dkmh, limit_kmh, enforceable, in_custody FROM speeding_cases ORDER BY seq LIMIT 5"
+  "SELECT id, plate, plate_type_code AS ga247, lane, speed_dkmh, limit_kmh, area_code, km_marker, enforceable, in_custody FROM speeding_cases ORDER BY seq LIMIT 5"
 echo "== a printable evidence sheet for the first speeding record (checkpointctl sheet: verified first, then A4 PDF):"
 first=$(sqlite3 "$run/store.db" "SELECT seq FROM records WHERE type = 'speeding' ORDER BY seq LIMIT 1")
 if [ -n "$first" ]; then

@@ -40,7 +40,7 @@ void CustodyFixture::write_gateway_config(const GatewayConfig& config) {
   std::ofstream out(dir_ / "checkpointd.yaml");
   out << "gateway:\n  id: gw\n"
       << "  site: {name: \"K1234+500\", road: G60, direction: N, lat: 30.27, lon: 120.15, utc_offset: "
-         "\"+08:00\"}\n"
+         "\"+08:00\", area_code: \"330106\", km_marker: K1234+500}\n"
       << "  key: " << (dir_ / "gateway.key").string() << "\n"
       << "store:\n  path: " << store_db_.string() << "\n";
   if (config.retention_days) {
