@@ -299,6 +299,24 @@ CREATE OR REPLACE VIEW speeding_cases AS
   FROM records r JOIN gateways g USING (gateway)
   WHERE r.type = 'speeding';
 )sql",
+    // Step 10: every head announcement central could not compare yet (its record not stored), not only the
+    // last: a record is compared with each announcement naming its seq when it arrives, so an announcement a
+    // later one replaced is still evidence. At most 64 rows per gateway (the highest seqs).
+    R"sql(
+CREATE TABLE head_announcements (
+  gateway text NOT NULL,
+  seq bigint NOT NULL,
+  hash text NOT NULL,
+  jws text NOT NULL,
+  time_ms bigint NOT NULL,
+  received_ms bigint NOT NULL,
+  PRIMARY KEY (gateway, seq, hash)
+);
+INSERT INTO head_announcements (gateway, seq, hash, jws, time_ms, received_ms)
+  SELECT g.gateway, g.announced_seq, g.announced_hash, g.announced_jws, COALESCE(g.announced_ms, 0), 0
+  FROM gateways g WHERE g.announced_jws IS NOT NULL AND g.announced_hash IS NOT NULL
+    AND NOT EXISTS (SELECT 1 FROM records r WHERE r.gateway = g.gateway AND r.seq = g.announced_seq);
+)sql",
 };
 
 std::string num(std::uint64_t v) {
@@ -853,6 +871,8 @@ bool CentralStore::follow_replaced_store(const IncomingRecord& rec, std::int64_t
   const PgParams gn{rec.gateway, num(n)};
   const char* what = "following a replaced store";
   conn_->exec("DELETE FROM record_media WHERE gateway = $1 AND seq > $2::bigint", gn, what);
+  // Announcements of the old chain after N say nothing about the new one.
+  conn_->exec("DELETE FROM head_announcements WHERE gateway = $1 AND seq > $2::bigint", gn, what);
   // What the old store reported lost, or an operator accepted as lost, after N was about the old chain.
   for (const char* table : {"unrecoverable", "accepted_losses"}) {
     conn_->exec(std::string("DELETE FROM ") + table + " WHERE gateway = $1 AND from_seq > $2::bigint", gn,
@@ -1098,6 +1118,9 @@ void CentralStore::store_heads(const std::vector<AnnouncedHead>& heads, const st
         note_head_fork(h.gateway, h.seq, h.head, held.text(0, 0), a.jws, now, out);
         continue;
       }
+      if (held.rows() == 0) {
+        keep_announcement(a, now);
+      }
     }
     conn_->exec_prepared(
         "UPDATE gateways SET announced_seq = $2, announced_hash = $3, announced_ms = $4, last_seen_ms = $5, "
@@ -1106,18 +1129,33 @@ void CentralStore::store_heads(const std::vector<AnnouncedHead>& heads, const st
   }
 }
 
+void CentralStore::keep_announcement(const AnnouncedHead& a, const std::string& now) {
+  const custody::Head& h = a.head;
+  conn_->exec_prepared(
+      "INSERT INTO head_announcements (gateway, seq, hash, jws, time_ms, received_ms) VALUES ($1, $2, $3, "
+      "$4, "
+      "$5, $6) ON CONFLICT (gateway, seq, hash) DO UPDATE SET received_ms = EXCLUDED.received_ms",
+      {h.gateway, num(h.seq), h.head, a.jws, num(h.time_ms), now}, "keeping a head announcement");
+  // Bounded: the 64 highest seqs (latest first among equal seqs) per gateway.
+  conn_->exec_prepared(
+      "DELETE FROM head_announcements WHERE ctid IN (SELECT ctid FROM head_announcements WHERE gateway = $1 "
+      "ORDER BY seq DESC, received_ms DESC OFFSET $2)",
+      {h.gateway, num(std::uint64_t{kMaxKeptAnnouncements})}, "bounding the head announcements");
+}
+
 void CentralStore::compare_with_announced(const std::string& gateway, const std::string& now,
                                           BatchOutcome& out) {
-  // The announcement came first (store_heads compares those that come after the record). Only the last
-  // announcement is kept per gateway, so an earlier one that a later one replaced is not compared.
+  // The announcements came first (store_heads compares those that come after the record): each one naming a
+  // seq now stored is compared with the record and then dropped, whatever the outcome.
   PgResult r = conn_->exec_prepared(
-      "SELECT r.seq, r.jws_sha256, g.announced_hash, g.announced_jws FROM gateways g JOIN records r ON "
-      "r.gateway = g.gateway AND r.seq = g.announced_seq WHERE g.gateway = $1 AND r.received_ms = $2::bigint "
-      "AND g.announced_jws IS NOT NULL AND r.jws_sha256 <> g.announced_hash",
-      {gateway, now}, "comparing a new record with the announced head");
-  if (r.rows() == 1) {
-    note_head_fork(gateway, static_cast<std::uint64_t>(r.integer(0, 0)), r.text(0, 2), r.text(0, 1),
-                   r.text(0, 3), now, out);
+      "DELETE FROM head_announcements a USING records r WHERE a.gateway = $1 AND r.gateway = a.gateway AND "
+      "r.seq = a.seq RETURNING a.seq, a.hash, r.jws_sha256, a.jws",
+      {gateway}, "comparing new records with the announced heads");
+  for (int i = 0; i < r.rows(); ++i) {
+    if (r.text(i, 1) != r.text(i, 2)) {
+      note_head_fork(gateway, static_cast<std::uint64_t>(r.integer(i, 0)), r.text(i, 1), r.text(i, 2),
+                     r.text(i, 3), now, out);
+    }
   }
 }
 

@@ -250,6 +250,9 @@ class CentralStore {
   PgConnection& connection() { return *conn_; }
 
  private:
+  // Head announcements kept per gateway until their records arrive (docs/custody.md).
+  static constexpr int kMaxKeptAnnouncements = 64;
+
   void migrate();
   custody::Receipt receipt(const std::string& central_id, const std::string& gateway,
                            std::uint64_t through_seq, const std::string& head, std::int64_t now_ms);
@@ -275,8 +278,11 @@ class CentralStore {
   // custody follows the continued chain. False (nothing changed) in every other case.
   bool follow_replaced_store(const IncomingRecord& rec, std::int64_t now_ms, BatchOutcome& out);
   void store_heads(const std::vector<AnnouncedHead>& heads, const std::string& now, BatchOutcome& out);
-  // Records of `gateway` stored by this batch (received_ms = now) at the seq its last announcement named,
-  // with another hash: head forks found when the record arrives after the announcement.
+  // Keeps an announcement whose record is not stored yet, for compare_with_announced (at most
+  // kMaxKeptAnnouncements per gateway).
+  void keep_announcement(const AnnouncedHead& a, const std::string& now);
+  // Records of `gateway` now stored at a seq a kept announcement named, with another hash: head forks found
+  // when the record arrives after the announcement (compared announcements are dropped).
   void compare_with_announced(const std::string& gateway, const std::string& now, BatchOutcome& out);
   // Keeps (deduplicated, at most 1000 per gateway), counts and reports a head fork.
   void note_head_fork(const std::string& gateway, std::uint64_t seq, const std::string& announced_hash,

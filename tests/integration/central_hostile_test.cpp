@@ -239,6 +239,46 @@ TEST_F(CentralHostile, MediaNotHeldIsRecordedAndAHeadForkIsAlarmed) {
   m = metrics();
   EXPECT_EQ(metric(m, "central_head_forks_total"), 2) << m;
   EXPECT_NE(central_->stderr_text().find("FORK: head announcement gh:5"), std::string::npos);
+
+  // Two announcements before their records, the second replacing the first as the last one: the record the
+  // first one named is still compared with it when it arrives (the contradicted head at seq 7 is a fork), and
+  // every compared announcement is dropped.
+  const std::string r6 = gh_record(6, sha256_hex(r5), {});
+  const std::string r7 = gh_record(7, sha256_hex(r6), {});
+  const std::string r8 = gh_record(8, sha256_hex(r7), {});
+  const std::string wrong7 =
+      custody::seal_head(gh_key_, custody::Head{"gh", 7, std::string(64, 'a'), 1767225609003});
+  gh.publish("checkpoint/gh/head", wrong7);
+  gh.publish("checkpoint/gh/head",
+             custody::seal_head(gh_key_, custody::Head{"gh", 8, sha256_hex(r8), 1767225609004}));
+  gh.drain();
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return pg_int("SELECT announced_seq FROM gateways WHERE gateway = 'gh'") == 8; }, 20s));
+  EXPECT_EQ(pg_int("SELECT count(*) FROM head_announcements WHERE gateway = 'gh'"), 2);
+  gh.publish("checkpoint/gh/evidence", r6);
+  gh.publish("checkpoint/gh/evidence", r7);
+  gh.publish("checkpoint/gh/evidence", r8);
+  gh.drain();
+  ASSERT_TRUE(wait_for_condition([&] { return pg_int("SELECT count(*) FROM head_forks") == 3; }, 20s))
+      << central_->stderr_text();
+  EXPECT_EQ(pg_.query("SELECT announced_hash || ' ' || stored_hash FROM head_forks WHERE seq = 7"),
+            std::string(64, 'a') + " " + sha256_hex(r7));
+  EXPECT_EQ(pg_.query("SELECT jws FROM head_forks WHERE seq = 7"), wrong7);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM head_forks WHERE seq = 8"), 0) << "the true head is no fork";
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return pg_int("SELECT count(*) FROM head_announcements WHERE gateway = 'gh'") == 0; }, 20s));
+
+  // Bounded: announcements far ahead of the records keep only the 64 highest seqs.
+  for (std::uint64_t seq = 100; seq < 170; ++seq) {
+    gh.publish("checkpoint/gh/head",
+               custody::seal_head(gh_key_, custody::Head{"gh", seq, sha256_hex(std::to_string(seq)),
+                                                         static_cast<std::int64_t>(1767225610000 + seq)}));
+  }
+  gh.drain();
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return pg_int("SELECT announced_seq FROM gateways WHERE gateway = 'gh'") == 169; }, 20s));
+  EXPECT_EQ(pg_int("SELECT count(*) FROM head_announcements WHERE gateway = 'gh'"), 64);
+  EXPECT_EQ(pg_int("SELECT min(seq) FROM head_announcements WHERE gateway = 'gh'"), 106);
   central_->signal(SIGTERM);
   EXPECT_EQ(central_->wait(20s), 0) << central_->stderr_text();
 
