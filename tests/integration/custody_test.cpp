@@ -97,10 +97,11 @@ TEST_F(Custody, CentralVerifiesStoresAndConfirmsEveryRecord) {
   EXPECT_EQ(pg_.query("SELECT site->>'name' FROM records WHERE seq = 1"), "K1234+500");
   EXPECT_EQ(pg_.query("SELECT site->>'km_marker' FROM records WHERE seq = 1"), "K1234+500");
   // The case-file columns of speeding_cases exist (schema 9); this radar-only run has no speeding rows.
-  EXPECT_EQ(pg_int("SELECT count(*) FROM (SELECT area_code, road_code, km_marker, carriageway, plate_type_code, "
-                   "vehicle_type_code, radar_serial, calibration_certificate, camera_serial, config_sha256 "
-                   "FROM speeding_cases) c"),
-            0);
+  EXPECT_EQ(
+      pg_int("SELECT count(*) FROM (SELECT area_code, road_code, km_marker, carriageway, plate_type_code, "
+             "vehicle_type_code, radar_serial, calibration_certificate, camera_serial, config_sha256 "
+             "FROM speeding_cases) c"),
+      0);
 
   // A custody receipt through the head, signed by central, naming the head record's hash.
   ASSERT_TRUE(wait_for_condition(
