@@ -408,6 +408,11 @@ vehicles:
   EXPECT_NE(forged_out.find("does not verify"), std::string::npos) << forged_out;
   EXPECT_FALSE(fs::exists(dir_ / "forged.pdf"));
 
+  // A file that is no JWS-per-line file (one endless line) is refused without being read whole.
+  const auto [long_rc, long_out] = sheet(std::string(17 * 1024 * 1024, 'a'), "endless", media);
+  EXPECT_EQ(long_rc, 1) << long_out;
+  EXPECT_NE(long_out.find("a line longer than"), std::string::npos) << long_out;
+
   // A tampered picture: one byte of a picture changed in a copy of the media directory.
   const fs::path altered = dir_ / "altered-media";
   fs::copy(media, altered);

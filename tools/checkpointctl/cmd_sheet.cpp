@@ -76,6 +76,25 @@ std::map<std::string, Ed25519PublicKey> load_keys(const std::vector<std::string>
   return keys;
 }
 
+// The next line of `in` (without its newline) into `line`; false at the end. A line longer than
+// kMaxLineBytes is refused before it is read whole: a file is no reason to exhaust memory.
+bool bounded_line(std::istream& in, std::string& line) {
+  line.clear();
+  char c = 0;
+  bool any = false;
+  while (in.get(c)) {
+    any = true;
+    if (c == '\n') {
+      return true;
+    }
+    if (line.size() == kMaxLineBytes) {
+      throw Refusal{"a line longer than " + std::to_string(kMaxLineBytes) + " bytes: not a JWS per line"};
+    }
+    line.push_back(c);
+  }
+  return any;
+}
+
 // The record to render: the only one in the file, or the one whose id is `id`; verified.
 std::pair<std::string, RecordCheck> find_record(const SheetOptions& o, const KeyForKid& key_for_kid) {
   std::ifstream in(o.input, std::ios::binary);
@@ -85,10 +104,7 @@ std::pair<std::string, RecordCheck> find_record(const SheetOptions& o, const Key
   std::vector<std::pair<std::string, RecordCheck>> found;
   std::string line;
   std::size_t records = 0;
-  while (std::getline(in, line)) {
-    if (line.size() > kMaxLineBytes) {
-      throw Refusal{o.input + ": a line longer than " + std::to_string(kMaxLineBytes) + " bytes"};
-    }
+  while (bounded_line(in, line)) {
     while (!line.empty() && (line.back() == '\r' || line.back() == ' ' || line.back() == '\t')) {
       line.pop_back();
     }
