@@ -11,7 +11,7 @@ src_dir=$(cd "$(dirname "$0")/.." && pwd)
 fuzz_bin="$build_dir/fuzz"
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(radar_frame multipart isapi_xml dock_json config jws jcs custody)
+  targets=(radar_frame multipart isapi_xml dock_json config jws jcs custody jpeg_header)
 fi
 
 # Longest input worth trying per target: a little above each protocol's bound, so the "too long" paths
@@ -26,6 +26,7 @@ max_len() {
     jws) echo 4096 ;;
     jcs) echo 4096 ;;
     custody) echo 8192 ;;
+    jpeg_header) echo 8192 ;;
     *) echo 4096 ;;
   esac
 }
