@@ -6,6 +6,7 @@
 
 #include <cairo-pdf.h>
 #include <cairo.h>
+#include <fontconfig/fontconfig.h>
 #include <pango/pangocairo.h>
 #include <qrencode.h>
 #include <turbojpeg.h>
@@ -290,10 +291,16 @@ void verification(SheetWriter& w, const SheetContent& c) {
   }
 }
 
-}  // namespace
+// pango's default font map and fontconfig keep process-wide caches for the process's life: released once the
+// PDF is written (every cairo and pango object gone), so a leak checker (make sanitize) sees none of them.
+void release_font_caches() {
+  pango_cairo_font_map_set_default(nullptr);
+  cairo_debug_reset_static_data();
+  FcFini();
+}
 
-std::string render_sheet_pdf(const SheetContent& content, const std::map<std::string, std::string>& pictures,
-                             const std::string& path) {
+std::string write_sheet(const SheetContent& content, const std::map<std::string, std::string>& pictures,
+                        const std::string& path) {
   SheetWriter w(path, content);
   title_block(w, content);
   for (const auto& section : content.sections) {
@@ -318,6 +325,15 @@ std::string render_sheet_pdf(const SheetContent& content, const std::map<std::st
   }
   verification(w, content);
   return w.finish();
+}
+
+}  // namespace
+
+std::string render_sheet_pdf(const SheetContent& content, const std::map<std::string, std::string>& pictures,
+                             const std::string& path) {
+  std::string error = write_sheet(content, pictures, path);
+  release_font_caches();
+  return error;
 }
 
 }  // namespace cpd::ctl
