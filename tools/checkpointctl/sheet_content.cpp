@@ -261,6 +261,9 @@ std::vector<SheetPicture> pictures_of(const json& body) {
     if (p.contains("width") && p.contains("height")) {
       pic.caption += "；" + p["width"].dump() + " × " + p["height"].dump() + " px";
     }
+    if (const std::string bytes = text_at(p, "/bytes"); !bytes.empty()) {
+      pic.caption += "；" + bytes + " bytes";
+    }
     std::int64_t capture = 0;
     if (int_at(p, "/capture_ms", capture)) {
       pic.caption += "；" + local_time_text(capture, text_at(body, "/site/utc_offset"));

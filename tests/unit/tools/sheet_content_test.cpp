@@ -30,7 +30,8 @@ json speeding() {
     "calibration": {"certificate": "JJG527-1", "valid_until": "2027-06-30", "valid": true, "radar_serial": "SR-1"},
     "camera": "cam-1", "camera_device": {"model": "iDS", "serial": "DS-9", "firmware": "V5"},
     "config_sha256": "cccc",
-    "pictures": [{"sha256": "aa", "role": "panorama", "width": 1920, "height": 1080, "capture_ms": 1795779534000},
+    "pictures": [{"sha256": "aa", "role": "panorama", "width": 1920, "height": 1080, "bytes": 412345,
+                  "capture_ms": 1795779534000},
                  {"sha256": "bb", "role": "plate_closeup"}],
     "checks": {"calibration": {"ok": true}, "panoramas": {"ok": true, "count": 2, "min": 2},
                "camera_clock": {"ok": true, "offset_ms": 7}},
@@ -76,7 +77,8 @@ TEST(SheetContent, EveryCaseFileElementInTheUnitsAPersonReads) {
   EXPECT_EQ(c.checks[1].detail, "7 ms");
   EXPECT_EQ(c.checks[2].detail, "2 / 2");
   ASSERT_EQ(c.pictures.size(), 2U);
-  EXPECT_EQ(c.pictures[0].caption, "全景 panorama；1920 × 1080 px；2026-11-27 19:38:54.000 (UTC+08:00)");
+  EXPECT_EQ(c.pictures[0].caption,
+            "全景 panorama；1920 × 1080 px；412345 bytes；2026-11-27 19:38:54.000 (UTC+08:00)");
   EXPECT_EQ(c.pictures[1].caption, "号牌特写 plate close-up");
   EXPECT_EQ(c.qr_text,
             "checkpointd-record v1 id=gw-1:42 kid=0123456789abcdef sha256=" + std::string(64, 'e'));
