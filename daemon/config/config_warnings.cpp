@@ -203,6 +203,23 @@ std::vector<ConfigWarning> config_warnings(const Config& cfg, UnixMs now) {
                          " has a speed limit but no radar has that lane: the limit is never applied"});
     }
   }
+  // A site without the case-file elements: its speeding records cannot state where as a case file needs.
+  std::string missing;
+  const Site& site = cfg.gateway.site;
+  for (const auto& [key, value] : {std::pair{"area_code", &site.area_code},
+                                   {"road_code", &site.road_code},
+                                   {"km_marker", &site.km_marker},
+                                   {"carriageway", &site.carriageway}}) {
+    if (value->empty()) {
+      missing += (missing.empty() ? "" : ", ") + std::string(key);
+    }
+  }
+  if (!missing.empty()) {
+    out.push_back({cfg.source, "",
+                   "gateway.site has no " + missing +
+                       ": records will not state these case-file elements (docs/records.md, \"Case-file "
+                       "elements\"); set them unless the site has none"});
+  }
   if (cfg.validity.clock_sync == "assume") {
     out.push_back({cfg.source, "",
                    "validity.clock_sync is 'assume': the gateway clock is not checked and every record says "

@@ -30,7 +30,8 @@ const UnixMs kCalibrationEnd = 1814400000000LL - 8LL * 60 * 60 * 1000;
 std::string base(const std::string& devices, const std::string& extra = "") {
   return R"(gateway:
   id: gw-1
-  site: {name: "Test site", road: G60, direction: N, lat: 30.0, lon: 120.0, utc_offset: "+08:00"}
+  site: {name: "Test site", road: G60, direction: N, lat: 30.0, lon: 120.0, utc_offset: "+08:00",
+         area_code: "330106", road_code: G60, km_marker: K1234+500, carriageway: up}
   key: /tmp/gw.key
 store:
   path: /tmp/store.db
@@ -173,6 +174,16 @@ TEST(ConfigWarningsTest, FileWideWarningsNameTheFile) {
   EXPECT_EQ(
       format_warning(w[0]).rfind(place_in(kFile, text, "id: radar-1") + ": warning: device radar-1: ", 0),
       0U);
+}
+
+TEST(ConfigWarningsTest, ASiteWithoutTheCaseFileElementsIsWarnedAboutOnce) {
+  std::string text = base(kRadar1);
+  text.replace(text.find(", road_code: G60, km_marker: K1234+500"), 38, "");
+  const auto w = warnings_of(text, kCalibrationEnd - 100 * kDay);
+  ASSERT_EQ(w.size(), 2U);  // and "no camera names this radar"
+  EXPECT_EQ(w[1].place, kFile);
+  EXPECT_EQ(w[1].device, "");
+  EXPECT_THAT(w[1].message, HasSubstr("gateway.site has no road_code, km_marker: records will not state"));
 }
 
 TEST(ConfigWarningsTest, SpeedLimitsMustMatchRadarLanes) {
