@@ -413,6 +413,16 @@ vehicles:
   EXPECT_EQ(long_rc, 1) << long_out;
   EXPECT_NE(long_out.find("a line longer than"), std::string::npos) << long_out;
 
+  // Pictures laid out as central keeps them (<sha[0:2]>/<sha>): found there too.
+  const fs::path sharded = dir_ / "central-media";
+  for (const auto& p : body["pictures"]) {
+    const std::string sha = p["sha256"];
+    fs::create_directories(sharded / sha.substr(0, 2));
+    fs::copy_file(media / sha, sharded / sha.substr(0, 2) / sha);
+  }
+  const auto [sharded_rc, sharded_out] = sheet(speeding, "sharded", sharded);
+  EXPECT_EQ(sharded_rc, 0) << sharded_out;
+
   // A tampered picture: one byte of a picture changed in a copy of the media directory.
   const fs::path altered = dir_ / "altered-media";
   fs::copy(media, altered);

@@ -178,9 +178,15 @@ std::map<std::string, std::string> verified_pictures(const nlohmann::json& body,
     if (!is_sha256_hex(sha)) {
       throw Refusal{"the record names a picture without a valid sha256"};
     }
-    const std::string path = dir + "/" + sha;
+    // The gateway's media store names a file by its hash (DIR/<sha>); central's shards it
+    // (DIR/<sha[0:2]>/<sha>).
+    std::string path = dir + "/" + sha;
     if (!std::filesystem::exists(path)) {
-      throw Refusal{"picture " + sha + " named by the record is not in " + dir};
+      path = dir + "/" + sha.substr(0, 2) + "/" + sha;
+    }
+    if (!std::filesystem::exists(path)) {
+      throw Refusal{"picture " + sha + " named by the record is not in " + dir +
+                    " (as <sha256> or <sha256[0:2]>/<sha256>)"};
     }
     std::string bytes = read_bounded(path, kMaxPictureBytes, "picture");
     if (sha256_hex(bytes) != sha) {
@@ -234,7 +240,10 @@ std::vector<Command> add_sheet_commands(CLI::App& app) {
       ->add_option("--pubkey", options->pubkeys,
                    "Gateway public key (PEM); repeat for a chain that rotated keys")
       ->required();
-  sheet->add_option("--media", options->media_dir, "Directory of the record's pictures, named by SHA-256")
+  sheet
+      ->add_option(
+          "--media", options->media_dir,
+          "Directory of the record's pictures, named by SHA-256 (the gateway's media_dir, or central's)")
       ->required()
       ->check(CLI::ExistingDirectory);
   auto* input =
