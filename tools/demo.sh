@@ -226,3 +226,8 @@ if [ -n "$first" ]; then
 else
   echo "!! no speeding record in this run"
 fi
+if [ -n "$first" ]; then
+  echo "== the same sheet from central's copy (checkpoint-central export, central's media directory):"
+  "$ctl" sheet --pubkey "$run/gateway.pub.pem" --media "$run/central-media" --id "demo-gw-1:$first" \
+    -o "$run/sheet-central-demo-gw-1-$first.pdf" "$run/central.jws" || echo "!! the sheet was refused (see above)"
+fi
