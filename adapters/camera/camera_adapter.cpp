@@ -222,6 +222,7 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
   struct Snapshot {
     std::string state = "stopped";
     std::optional<IsapiDeviceInfo> device;
+    DeviceIdentity identity;  // from `device`, bounded for records (identity_of)
     std::uint64_t events = 0;
     std::uint64_t heartbeats = 0;
     std::uint64_t other_events = 0;
@@ -345,6 +346,7 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
             self->text_not_utf8("deviceInfo");
           }
           std::lock_guard lock(self->mutex_);
+          self->snap_.identity = identity_of(*info);  // what each record says the camera is
           self->snap_.device = std::move(*info);
         } else {
           self->count_error("bad_device_info");
@@ -987,9 +989,7 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
       pending_.pop_front();
       {
         std::lock_guard lock(mutex_);
-        if (snap_.device) {
-          r.camera_device = identity_of(*snap_.device);
-        }
+        r.camera_device = snap_.identity;
         snap_.pictures += stored;
         snap_.missing_pictures += missing;
       }

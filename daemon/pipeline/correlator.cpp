@@ -504,20 +504,22 @@ json pictures_json(const std::vector<adapters::MediaRef>& pictures) {
 // The camera's plate type/colour and vehicle type as national codes (GA 24.7, GA 24.4), or unmapped: the
 // vendor's strings stay beside them as sent (docs/records.md, "National codes").
 json national_codes_json(const config::CodesSection& codes, const adapters::PlateRead& read) {
-  json plate = {{"table", "GA 24.7"}, {"mapped", false}};
-  if (const auto* c = config::find_plate_type(codes, read.plate_type, read.plate_color)) {
-    plate = {{"table", "GA 24.7"}, {"mapped", true}, {"code", c->code}, {"name", c->name}};
-  }
-  json vehicle = {{"table", "GA 24.4"}, {"mapped", false}};
-  if (const auto* c = config::find_vehicle_type(codes, read.vehicle_type)) {
-    vehicle = {{"table", "GA 24.4"}, {"mapped", true}, {"code", c->code}, {"name", c->name}};
-  }
-  return {{"plate_type", plate}, {"vehicle_type", vehicle}};
+  const auto code_json = [](const char* table, const auto* entry) {
+    json out = {{"table", table}, {"mapped", entry != nullptr}};
+    if (entry != nullptr) {
+      out["code"] = entry->code;
+      out["name"] = entry->name;
+    }
+    return out;
+  };
+  return {
+      {"plate_type", code_json("GA 24.7", config::find_plate_type(codes, read.plate_type, read.plate_color))},
+      {"vehicle_type", code_json("GA 24.4", config::find_vehicle_type(codes, read.vehicle_type))}};
 }
 
 // The plate half shared by plate_read and passage/speeding. The pictures also go into fact.media, so they
 // are published before the record and kept while it is unacknowledged.
-void put_plate(Fact& fact, const adapters::PlateRead& read) {
+void put_plate(Fact& fact, const adapters::PlateRead& read, const config::CodesSection& codes) {
   for (const auto& p : read.pictures) {
     if (std::find(fact.media.begin(), fact.media.end(), p.sha256) == fact.media.end()) {
       fact.media.push_back(p.sha256);
@@ -528,6 +530,7 @@ void put_plate(Fact& fact, const adapters::PlateRead& read) {
   fields["plate_color"] = read.plate_color;
   fields["plate_type"] = read.plate_type;
   fields["vehicle_type"] = read.vehicle_type;
+  fields["codes"] = national_codes_json(codes, read);
   fields["country"] = read.country;
   fields["confidence"] = read.confidence;
   fields["camera"] = read.device_id;
@@ -689,10 +692,9 @@ Fact Correlator::plate_read(const adapters::PlateRead& read, UnixMs received_ms,
   fact.type = "plate_read";
   fact.time_ms = read.time_ms;
   fact.fields["site"] = site_json();
-  put_plate(fact, read);
+  put_plate(fact, read, codes_);
   fact.fields["radar"] = read.radar_id;
   fact.fields["lane"] = read.lane;
-  fact.fields["codes"] = national_codes_json(codes_, read);
   fact.fields["config_sha256"] = config_sha256_;
   fact.fields["camera_event"] = camera_json(read);
   fact.fields["match"] = {
@@ -718,10 +720,9 @@ Fact Correlator::passage(const adapters::RadarTrack& track, UnixMs track_receive
   RadarPart part = radar_part(track, radars_);
   fact.fields = std::move(part.fields);
   fact.fields["site"] = site_json();
-  put_plate(fact, read);
+  put_plate(fact, read, codes_);
   fact.fields["radar"] = track.device_id;
   fact.fields["camera_event"] = camera_json(read);
-  fact.fields["codes"] = national_codes_json(codes_, read);
   fact.fields["config_sha256"] = config_sha256_;
   fact.fields["match"] = {{"dt_ms", read.time_ms - track.time_ms},
                           {"window_ms", correlation_.window_ms},

@@ -331,6 +331,8 @@ vehicles:
   ASSERT_FALSE(speeding.empty() || passage.empty());
   const json body = record_body(speeding);
   ASSERT_EQ(body["enforceable"], true) << body["reasons"];
+  // What the camera's deviceInfo said it is, bounded, in the record.
+  EXPECT_FALSE(body["camera_device"]["serial"].get<std::string>().empty()) << body["camera_device"];
 
   const auto [rc, out] = sheet(speeding, "speeding", media);
   ASSERT_EQ(rc, 0) << out;
