@@ -317,6 +317,27 @@ INSERT INTO head_announcements (gateway, seq, hash, jws, time_ms, received_ms)
   FROM gateways g WHERE g.announced_jws IS NOT NULL AND g.announced_hash IS NOT NULL
     AND NOT EXISTS (SELECT 1 FROM records r WHERE r.gateway = g.gateway AND r.seq = g.announced_seq);
 )sql",
+    // Step 11: an operator's choice of branch at a chain break or fork (checkpoint-central choose-branch,
+    // branch_choice.cpp): which seqs the chosen branch took, what was set aside, who, why, when, and whether
+    // it replaced records a receipt had confirmed.
+    R"sql(
+CREATE TABLE branch_choices (
+  id bigserial PRIMARY KEY,
+  gateway text NOT NULL REFERENCES gateways(gateway),
+  from_seq bigint NOT NULL,
+  to_seq bigint NOT NULL,
+  tip_seq bigint NOT NULL,
+  tip_sha256 text NOT NULL,
+  set_aside bigint NOT NULL,
+  set_aside_from bigint NOT NULL,
+  set_aside_to bigint NOT NULL,
+  past_receipt boolean NOT NULL,
+  receipt_seq bigint NOT NULL,
+  reason text NOT NULL,
+  operator text NOT NULL,
+  chosen_ms bigint NOT NULL
+);
+)sql",
 };
 
 std::string num(std::uint64_t v) {
@@ -922,8 +943,12 @@ void CentralStore::store_replies(const std::vector<IncomingReply>& replies, std:
       continue;
     }
     if (!open->is_null(0, 0)) {
-      // Only what was asked: each range is clipped to the request's range, then merged.
-      const auto lo_req = static_cast<std::uint64_t>(open->integer(0, 0));
+      // Only what was asked and is not in custody: each range is clipped to the request's range and above the
+      // watermark (a request below a chain break asks for records central holds), then merged.
+      const PgResult wm = conn_->exec("SELECT watermark_seq FROM gateways WHERE gateway = $1", {r.gateway},
+                                      "reading the watermark");
+      const auto lo_req = std::max(static_cast<std::uint64_t>(open->integer(0, 0)),
+                                   wm.rows() == 1 ? static_cast<std::uint64_t>(wm.integer(0, 0)) + 1 : 0);
       const auto hi_req = static_cast<std::uint64_t>(open->integer(0, 1));
       std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
       for (auto [lo, hi] : r.reply.not_held) {
@@ -1396,21 +1421,26 @@ CentralStore::LossAcceptance CentralStore::accept_loss(
         "EXCLUDED.operator, accepted_ms = EXCLUDED.accepted_ms",
         {gateway, picture, reason, by, num(now_ms)}, "accepting a loss");
   }
+  out.watermark = walk_for_operator(gateway, now_ms, out.found);
+  tx.commit();
+  out.accepted = true;
+  return out;
+}
+
+std::uint64_t CentralStore::walk_for_operator(const std::string& gateway, std::int64_t now_ms,
+                                              std::vector<std::string>& found) {
   // The watermark moves now; the receipt is left to the running instances (they publish it when due).
   BatchOutcome moved;
   advance(gateway, now_ms, ReceiptPolicy{"", UINT64_MAX / 2, INT64_MAX / 2}, moved);
   for (const std::string& b : moved.chain_breaks) {
-    out.found.push_back("CHAIN BREAK at " + b);
+    found.push_back("CHAIN BREAK at " + b);
   }
   for (const std::string& r : moved.retired_set_aside) {
-    out.found.push_back("RETIRED KEY: " + r + "; set aside (kept in forks) and asked for again");
+    found.push_back("RETIRED KEY: " + r + "; set aside (kept in forks) and asked for again");
   }
-  out.watermark = static_cast<std::uint64_t>(
+  return static_cast<std::uint64_t>(
       conn_->exec("SELECT watermark_seq FROM gateways WHERE gateway = $1", {gateway}, "reading the watermark")
           .integer(0, 0));
-  tx.commit();
-  out.accepted = true;
-  return out;
 }
 
 std::vector<custody::Receipt> CentralStore::due_receipts(std::int64_t now_ms, const ReceiptPolicy& policy) {
@@ -1433,14 +1463,61 @@ std::vector<custody::Receipt> CentralStore::due_receipts(std::int64_t now_ms, co
   return out;
 }
 
+bool CentralStore::plan_holes(const std::string& gateway, std::uint64_t wm, std::uint64_t max_seq,
+                              std::uint64_t announced, ResendPlan& plan) {
+  const std::uint64_t from = wm + 1;
+  PgResult next = conn_->exec("SELECT min(seq) FROM records WHERE gateway = $1 AND seq > $2",
+                              {gateway, num(wm)}, "finding the next stored seq");
+  const auto next_seq = next.is_null(0, 0) ? 0 : static_cast<std::uint64_t>(next.integer(0, 0));
+  if (next_seq == from) {
+    // Record wm+1 is here: it waits for media (or the chain check). Ask for its missing media.
+    PgResult missing = conn_->exec(
+        "SELECT rm.sha256 FROM record_media rm LEFT JOIN media m ON m.sha256 = rm.sha256 "
+        "WHERE rm.gateway = $1 AND rm.seq = $2 AND m.sha256 IS NULL AND NOT EXISTS (SELECT 1 FROM "
+        "unrecoverable_media u WHERE u.gateway = rm.gateway AND u.sha256 = rm.sha256)",
+        {gateway, num(from)}, "finding missing media");
+    for (int j = 0; j < missing.rows() && plan.request.media.size() < custody::kMaxResendMedia; ++j) {
+      plan.request.media.push_back(missing.text(j, 0));
+    }
+    if (plan.request.media.empty()) {
+      return false;  // nothing missing, or only pictures the gateway said it no longer holds: not asked again
+    }
+    plan.why = "media of seq " + num(from);
+  } else {
+    // One request covers every hole up to the last one (and the lost tail past the highest seq seen):
+    // records central already holds come back as duplicates and are dropped, and K holes do not take K
+    // rounds of resend_after_ms.
+    const std::uint64_t cap = from + custody::kMaxResendRange - 1;
+    std::uint64_t to = 0;
+    if (announced > max_seq) {
+      to = announced;
+    } else {
+      PgResult last = conn_->exec(
+          "SELECT max(s) FROM generate_series($2::bigint, $3::bigint) s WHERE NOT EXISTS (SELECT 1 FROM "
+          "records "
+          "WHERE gateway = $1 AND seq = s)",
+          {gateway, num(from), num(std::min(max_seq, cap))}, "finding the last hole");
+      to = last.is_null(0, 0) ? 0 : static_cast<std::uint64_t>(last.integer(0, 0));
+    }
+    if (to < from) {
+      return false;
+    }
+    plan.request.from_seq = from;
+    plan.request.to_seq = std::min(to, cap);
+    plan.why = "seq " + num(from) + ".." + num(plan.request.to_seq) + " (" +
+               (next_seq == 0 ? "lost tail, announced " + num(announced) : "holes below " + num(max_seq)) +
+               ")";
+  }
+  return true;
+}
+
 std::vector<ResendPlan> CentralStore::plan_resends(std::int64_t now_ms, const GapPolicy& policy) {
   std::vector<ResendPlan> out;
   PgTransaction tx(*conn_);
   PgResult r = conn_->exec(
-      "SELECT gateway, watermark_seq, max_seq, announced_seq, request_backoff_ms FROM gateways "
-      "WHERE gap_since_ms IS NOT NULL AND $1::bigint - gap_since_ms >= $2::bigint AND next_request_ms <= "
-      "$1::bigint "
-      "AND chain_break_seq IS NULL ORDER BY gateway FOR UPDATE SKIP LOCKED",
+      "SELECT gateway, watermark_seq, max_seq, announced_seq, request_backoff_ms, chain_break_seq FROM "
+      "gateways WHERE gap_since_ms IS NOT NULL AND $1::bigint - gap_since_ms >= $2::bigint AND "
+      "next_request_ms <= $1::bigint ORDER BY gateway FOR UPDATE SKIP LOCKED",
       {num(now_ms), num(policy.resend_after_ms)}, "finding gaps");
   for (int i = 0; i < r.rows(); ++i) {
     const std::string gateway = r.text(i, 0);
@@ -1449,54 +1526,23 @@ std::vector<ResendPlan> CentralStore::plan_resends(std::int64_t now_ms, const Ga
     ResendPlan plan;
     plan.gateway = gateway;
     const std::uint64_t from = wm + 1;
-    PgResult unrec =
-        conn_->exec("SELECT to_seq FROM unrecoverable WHERE gateway = $1 AND from_seq <= $2 AND to_seq >= $2",
-                    {gateway, num(from)}, "checking unrecoverable ranges");
-    if (unrec.rows() > 0) {
+    if (!r.is_null(i, 5) && r.integer(i, 5) >= 2) {
+      // A chain break at S: the gateway's own records below S are asked for (the last kBranchFetch of them),
+      // so that the branch S follows on from arrives as forks for an operator to choose (choose-branch).
+      // What central holds comes back as duplicates; the holes above the break wait until it is cleared.
+      const auto brk = static_cast<std::uint64_t>(r.integer(i, 5));
+      constexpr std::uint64_t kBranchFetch = 1000;
+      plan.request.from_seq = brk > kBranchFetch ? brk - kBranchFetch : 1;
+      plan.request.to_seq = brk - 1;
+      plan.why = "seq " + num(plan.request.from_seq) + ".." + num(plan.request.to_seq) +
+                 " (the gateway's branch below the chain break at " + num(brk) + ")";
+    } else if (PgResult unrec = conn_->exec(
+                   "SELECT to_seq FROM unrecoverable WHERE gateway = $1 AND from_seq <= $2 AND to_seq >= $2",
+                   {gateway, num(from)}, "checking unrecoverable ranges");
+               unrec.rows() > 0) {
       continue;  // the gateway said it no longer holds these: reported, not asked for again
-    }
-    PgResult next = conn_->exec("SELECT min(seq) FROM records WHERE gateway = $1 AND seq > $2",
-                                {gateway, num(wm)}, "finding the next stored seq");
-    const auto next_seq = next.is_null(0, 0) ? 0 : static_cast<std::uint64_t>(next.integer(0, 0));
-    if (next_seq == from) {
-      // Record wm+1 is here: it waits for media (or the chain check). Ask for its missing media.
-      PgResult missing = conn_->exec(
-          "SELECT rm.sha256 FROM record_media rm LEFT JOIN media m ON m.sha256 = rm.sha256 "
-          "WHERE rm.gateway = $1 AND rm.seq = $2 AND m.sha256 IS NULL AND NOT EXISTS (SELECT 1 FROM "
-          "unrecoverable_media u WHERE u.gateway = rm.gateway AND u.sha256 = rm.sha256)",
-          {gateway, num(from)}, "finding missing media");
-      for (int j = 0; j < missing.rows() && plan.request.media.size() < custody::kMaxResendMedia; ++j) {
-        plan.request.media.push_back(missing.text(j, 0));
-      }
-      if (plan.request.media.empty()) {
-        continue;  // nothing missing, or only pictures the gateway said it no longer holds: not asked again
-      }
-      plan.why = "media of seq " + num(from);
-    } else {
-      // One request covers every hole up to the last one (and the lost tail past the highest seq seen):
-      // records central already holds come back as duplicates and are dropped, and K holes do not take K
-      // rounds of resend_after_ms.
-      const auto max_seq = static_cast<std::uint64_t>(r.integer(i, 2));
-      const std::uint64_t cap = from + custody::kMaxResendRange - 1;
-      std::uint64_t to = 0;
-      if (announced > max_seq) {
-        to = announced;
-      } else {
-        PgResult last = conn_->exec(
-            "SELECT max(s) FROM generate_series($2::bigint, $3::bigint) s WHERE NOT EXISTS (SELECT 1 FROM "
-            "records "
-            "WHERE gateway = $1 AND seq = s)",
-            {gateway, num(from), num(std::min(max_seq, cap))}, "finding the last hole");
-        to = last.is_null(0, 0) ? 0 : static_cast<std::uint64_t>(last.integer(0, 0));
-      }
-      if (to < from) {
-        continue;
-      }
-      plan.request.from_seq = from;
-      plan.request.to_seq = std::min(to, cap);
-      plan.why = "seq " + num(from) + ".." + num(plan.request.to_seq) + " (" +
-                 (next_seq == 0 ? "lost tail, announced " + num(announced) : "holes below " + num(max_seq)) +
-                 ")";
+    } else if (!plan_holes(gateway, wm, static_cast<std::uint64_t>(r.integer(i, 2)), announced, plan)) {
+      continue;
     }
     const std::int64_t backoff =
         std::clamp<std::int64_t>(r.integer(i, 4) == 0 ? policy.retry_min_ms : r.integer(i, 4) * 2,
@@ -1559,7 +1605,12 @@ nlohmann::json CentralStore::status() {
       "a.accepted_ms) AS loss, a.accepted_ms FROM accepted_losses a WHERE a.gateway = g.gateway UNION ALL "
       "SELECT json_build_object('picture', m.sha256, 'reason', m.reason, 'operator', m.operator, "
       "'accepted_ms', m.accepted_ms), m.accepted_ms FROM accepted_media_losses m WHERE m.gateway = g.gateway "
-      "ORDER BY 2 DESC LIMIT 100) x) "
+      "ORDER BY 2 DESC LIMIT 100) x), "
+      "(SELECT COALESCE(json_agg(json_build_object('seqs', json_build_array(b.from_seq, b.to_seq), "
+      "'tip_seq', "
+      "b.tip_seq, 'tip_sha256', b.tip_sha256, 'set_aside', b.set_aside, 'past_receipt', b.past_receipt, "
+      "'reason', b.reason, 'operator', b.operator, 'chosen_ms', b.chosen_ms) ORDER BY b.id), '[]') FROM "
+      "(SELECT * FROM branch_choices b WHERE b.gateway = g.gateway ORDER BY b.id DESC LIMIT 100) b) "
       "FROM gateways g LEFT JOIN quarantine_usage q ON q.gateway = g.gateway ORDER BY g.gateway",
       "reading status");
   for (int i = 0; i < r.rows(); ++i) {
@@ -1589,6 +1640,7 @@ nlohmann::json CentralStore::status() {
         {"unrecoverable_media", nlohmann::json::parse(r.text(i, 21))},
         {"chain_restarts", nlohmann::json::parse(r.text(i, 22))},
         {"accepted_losses", nlohmann::json::parse(r.text(i, 23))},  // the newest 100
+        {"branch_choices", nlohmann::json::parse(r.text(i, 24))},   // the newest 100
     };
     gateways.push_back(std::move(g));
   }

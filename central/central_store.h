@@ -194,6 +194,28 @@ class CentralStore {
                              std::optional<std::pair<std::uint64_t, std::uint64_t>> seqs,
                              const std::string& picture, const std::string& reason, const std::string& by,
                              std::int64_t now_ms);
+  // An operator chooses which of two branches of a gateway's chain central follows (docs/custody.md,
+  // "Choosing a branch"): the branch ending at record `tip_seq` (in the chain, or the fork whose SHA-256 is
+  // `tip_sha256`; tip_seq 0: the record at the standing chain break) is walked back along `prev` through the
+  // forks to the chain central holds, each of its records checked again under the gateway's keys; the other
+  // branch is set aside into forks (kept) and the chosen one takes its seqs, in one transaction kept in
+  // branch_choices. Refused (nothing changes) when the branch is incomplete, or replaces what a receipt
+  // confirmed without `past_receipt`.
+  struct BranchChoice {
+    bool chosen = false;
+    std::string refusal;
+    std::uint64_t from_seq = 0;  // the seqs the branch's records from the forks took
+    std::uint64_t to_seq = 0;
+    std::string tip_sha256;
+    std::uint64_t set_aside = 0;  // records of the other branch moved into forks, seqs a..b
+    std::uint64_t set_aside_from = 0;
+    std::uint64_t set_aside_to = 0;
+    std::uint64_t watermark = 0;     // after the choice
+    std::vector<std::string> found;  // what the walk found on its way, as for accept_loss
+  };
+  BranchChoice choose_branch(const std::string& gateway, std::uint64_t tip_seq, const std::string& tip_sha256,
+                             bool past_receipt, const std::string& reason, const std::string& by,
+                             std::int64_t now_ms);
   // An operator discards quarantine rows of `gateway` (checkpoint-central discard-quarantine): those with an
   // id in `ids` (all when empty) last seen before `seen_before_ms` (any time when unset). They are deleted
   // and uncounted in one transaction, which also keeps who, why, when and how many in quarantine_discards.
@@ -261,6 +283,10 @@ class CentralStore {
                          std::int64_t now_ms, BatchOutcome& out);
   void advance(const std::string& gateway, std::int64_t now_ms, const ReceiptPolicy& policy,
                BatchOutcome& out);
+  // After an operator's decision (accept_loss, choose_branch): the walk at once, without a receipt; what it
+  // found on its way goes into `found` ("CHAIN BREAK at …", "RETIRED KEY: …"). Returns the watermark.
+  std::uint64_t walk_for_operator(const std::string& gateway, std::int64_t now_ms,
+                                  std::vector<std::string>& found);
   void store_quarantine(const std::vector<QuarantineEntry>& entries, const std::string& now,
                         BatchOutcome& out);
   void store_replies(const std::vector<IncomingReply>& replies, std::int64_t now_ms,
@@ -277,6 +303,10 @@ class CentralStore {
   // receipt it continues after: the old chain's records after that receipt are set aside into forks, and
   // custody follows the continued chain. False (nothing changed) in every other case.
   bool follow_replaced_store(const IncomingRecord& rec, std::int64_t now_ms, BatchOutcome& out);
+  // What to ask for when record watermark+1 is missing or waits for its pictures (plan_resends): the
+  // pictures, or every hole up to the last one and the lost tail. False: nothing to ask.
+  bool plan_holes(const std::string& gateway, std::uint64_t wm, std::uint64_t max_seq,
+                  std::uint64_t announced, ResendPlan& plan);
   void store_heads(const std::vector<AnnouncedHead>& heads, const std::string& now, BatchOutcome& out);
   // Keeps an announcement whose record is not stored yet, for compare_with_announced (at most
   // kMaxKeptAnnouncements per gateway).

@@ -1,6 +1,6 @@
 // checkpoint-central: verifies every gateway's chain into PostgreSQL, repairs gaps, issues custody
 // receipts (docs/custody.md). Subcommands: run, check-config, enroll, status, quarantine, discard-quarantine,
-// revoke-key, accept-loss, files, export.
+// revoke-key, accept-loss, choose-branch, files, export.
 #include <systemd/sd-daemon.h>
 
 #include <CLI/CLI.hpp>
@@ -198,6 +198,49 @@ int accept_loss(central::CentralStore& store, const std::string& gateway, const 
   return 0;
 }
 
+// checkpoint-central choose-branch: `tip` is empty (the record at the chain break), SEQ, or SEQ:SHA-256 (a
+// fork, or the record central holds at SEQ when its SHA-256 is that).
+int choose_branch(central::CentralStore& store, const std::string& gateway, const std::string& tip,
+                  bool past_receipt, const std::string& reason, const std::string& by) {
+  if (!printable_operator_text(reason) || !printable_operator_text(by)) {
+    std::cerr << "checkpoint-central: --reason and --operator must be printable ASCII, 1-500 bytes"
+              << std::endl;
+    return 2;
+  }
+  std::uint64_t seq = 0;
+  std::string sha;
+  if (!tip.empty()) {
+    const auto colon = tip.find(':');
+    const std::string seq_text = tip.substr(0, colon);
+    sha = colon == std::string::npos ? "" : tip.substr(colon + 1);
+    if (seq_text.empty() || seq_text.size() > 18 ||
+        seq_text.find_first_not_of("0123456789") != std::string::npos || std::stoull(seq_text) == 0 ||
+        (colon != std::string::npos && !is_sha256_hex(sha))) {
+      std::cerr << "checkpoint-central: --tip " << printable(tip)
+                << " is not SEQ or SEQ:SHA-256 (64 lower-case hex digits)" << std::endl;
+      return 2;
+    }
+    seq = std::stoull(seq_text);
+  }
+  const auto r = store.choose_branch(gateway, seq, sha, past_receipt, reason, by, now_ms());
+  if (!r.chosen) {
+    std::cerr << "checkpoint-central: not chosen: " << r.refusal << " (nothing changed)" << std::endl;
+    return 1;
+  }
+  std::cout << "branch chosen: " << gateway << " seq " << r.from_seq << ".." << r.to_seq
+            << " taken from the forks (tip SHA-256 " << r.tip_sha256 << ") by " << by << "; " << r.set_aside
+            << " record(s) of the other branch";
+  if (r.set_aside > 0) {
+    std::cout << " (seq " << r.set_aside_from << ".." << r.set_aside_to << ")";
+  }
+  std::cout << " set aside into forks; custody through seq " << r.watermark
+            << " (the next receipt, within receipts.every_ms, names the chosen head)" << std::endl;
+  for (const std::string& line : r.found) {
+    std::cerr << "checkpoint-central: " << line << std::endl;
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -258,6 +301,20 @@ int main(int argc, char** argv) {
   seq_opt->excludes(picture_opt);
   accept_cmd->add_option("--reason", loss_reason, "why the loss is accepted (kept with it)")->required();
   accept_cmd->add_option("--operator", loss_operator, "who accepts it (kept with it)")->required();
+  std::string branch_tip;
+  bool past_receipt = false;
+  auto* branch_cmd = app.add_subcommand(
+      "choose-branch",
+      "At a chain break or fork: follow the gateway's branch ending at --tip (default: the record at the "
+      "chain break); the other branch is set aside into forks, kept");
+  branch_cmd->add_option("-c,--config", config_path, "YAML config")->required();
+  branch_cmd->add_option("--gateway", gateway, "gateway id")->required();
+  branch_cmd->add_option("--tip", branch_tip,
+                         "SEQ (the record central holds) or SEQ:SHA-256 (a fork: status --json lists them)");
+  branch_cmd->add_flag("--past-receipt", past_receipt,
+                       "the branch may replace records a custody receipt confirmed (the gateway lost them)");
+  branch_cmd->add_option("--reason", loss_reason, "why this branch (kept with the choice)")->required();
+  branch_cmd->add_option("--operator", loss_operator, "who chooses it (kept with the choice)")->required();
   std::vector<std::int64_t> discard_ids;
   std::optional<std::int64_t> seen_before_ms;
   auto* discard_cmd = app.add_subcommand(
@@ -358,6 +415,9 @@ int main(int argc, char** argv) {
                     << c["seq"] << (c["as_fork"].get<bool>() ? " (a fork of the old chain)" : "") << ": "
                     << c["reason"].dump();
         }
+        if (!g["branch_choices"].empty()) {
+          std::cout << ", BRANCHES CHOSEN " << g["branch_choices"].size();  // --json: which, why, by whom
+        }
         if (!g["accepted_losses"].empty()) {
           std::cout << ", ACCEPTED LOSSES " << g["accepted_losses"].size();  // --json: what, why, by whom
         }
@@ -400,6 +460,9 @@ int main(int argc, char** argv) {
     }
     if (*accept_cmd) {
       return accept_loss(store, gateway, loss_seqs, loss_picture, loss_reason, loss_operator);
+    }
+    if (*branch_cmd) {
+      return choose_branch(store, gateway, branch_tip, past_receipt, loss_reason, loss_operator);
     }
     if (*discard_cmd) {
       if (!printable_operator_text(loss_reason) || !printable_operator_text(loss_operator)) {

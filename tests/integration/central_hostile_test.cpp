@@ -562,6 +562,125 @@ TEST_F(CentralHostile, AReplacedStoreIsFollowedPastTheOldChainsUnconfirmedRecord
   EXPECT_EQ(central_->wait(20s), 0) << central_->stderr_text();
 }
 
+// A gateway restored from a backup holding seq 1..3 goes on sealing 4, 5, … while central holds (and has
+// confirmed through 4) the lost history's 4..6: its 4..6 arrive as forks and its 7 as a chain break. An
+// operator chooses the gateway's branch (choose-branch): refused while the branch is incomplete and, without
+// --past-receipt, because it replaces confirmed records; then the branch takes 4..6, the other branch is
+// kept in forks, custody walks on and the choice is kept. While the break stands central asks for the seqs
+// below it, which brings in the branch's missing record. Choosing a fork as the tip sets aside what does not
+// follow on from it.
+TEST_F(CentralHostile, AnOperatorChoosesTheGatewaysBranchAtAChainBreak) {
+  CentralConfig config;
+  config.receipts = "  every_records: 3\n  every_ms: 3600000\n";  // receipts by count only: deterministic
+  config.metrics = true;
+  write_central_config("central", config);
+  start_central();
+  std::vector<std::string> lost{gh_record(1, std::string(64, '0'), {})};  // o1..o6
+  for (std::uint64_t seq = 2; seq <= 6; ++seq) {
+    lost.push_back(gh_record(seq, sha256_hex(lost.back()), {}));
+  }
+  std::vector<std::string> restored(lost.begin(), lost.begin() + 3);  // 1..3, then b4..b9
+  for (std::uint64_t seq = 4; seq <= 9; ++seq) {
+    restored.push_back(gh_signed(gh_key_, seq, sha256_hex(restored.back()), {{"message", "restored"}}));
+  }
+  const auto gh_int = [&](const std::string& column) {
+    return pg_int("SELECT " + column + " FROM gateways WHERE gateway = 'gh'");
+  };
+  const auto chain = [&] {
+    return pg_.query("SELECT string_agg(jws_sha256, ',' ORDER BY seq) FROM records WHERE gateway = 'gh'");
+  };
+  const auto hashes = [](const std::vector<std::string>& jws, std::size_t from, std::size_t to) {
+    std::string out;
+    for (std::size_t i = from; i < to; ++i) {
+      out += (out.empty() ? "" : ",") + sha256_hex(jws[i]);
+    }
+    return out;
+  };
+  MqttPublisher gh(broker_->uri(), "gh");
+  const auto publish = [&](const std::vector<std::string>& jws, std::size_t from, std::size_t to) {
+    for (std::size_t i = from; i < to; ++i) {
+      gh.publish("checkpoint/gh/evidence", jws[i]);
+    }
+    gh.drain();
+  };
+  // Once `answering`, gh answers range requests as the restored gateway does: it republishes what it holds.
+  std::atomic<bool> answering{false};
+  std::atomic<int> break_requests{0};
+  gh.client().set_message_callback([&](mqtt::const_message_ptr msg) {
+    const auto parsed = custody::parse_resend_request(msg->get_payload_str());
+    if (!parsed.request || parsed.request->from_seq != 1 || parsed.request->to_seq != 6) {
+      return;  // only the branch below the chain break at 7 is asked for
+    }
+    ++break_requests;
+    if (answering) {
+      for (std::size_t i = 0; i < 6; ++i) {
+        gh.client().publish(mqtt::make_message("checkpoint/gh/evidence", restored[i], 1, false));
+      }
+    }
+  });
+  gh.client().subscribe("checkpoint/gh/resend", 1)->wait();
+  publish(lost, 0, 1);
+  ASSERT_TRUE(wait_for_condition([&] { return gh_int("receipt_seq") == 1; }, 30s)) << central_->stderr_text();
+  publish(lost, 1, 4);
+  ASSERT_TRUE(wait_for_condition([&] { return gh_int("receipt_seq") == 4; }, 30s)) << central_->stderr_text();
+  publish(lost, 4, 6);
+  ASSERT_TRUE(wait_for_condition([&] { return gh_int("watermark_seq") == 6; }, 30s))
+      << central_->stderr_text();
+  ASSERT_EQ(gh_int("receipt_seq"), 4);
+
+  publish(restored, 4, 8);  // b5..b8: b5, b6 forks, b7 a chain break, b8 stored above it
+  ASSERT_TRUE(wait_for_condition([&] { return gh_int("COALESCE(chain_break_seq, 0)") == 7; }, 30s))
+      << central_->stderr_text();
+  const std::string cfg = (dir_ / "central.yaml").string();
+  const auto choose = [&](std::vector<std::string> what, std::string* out, std::string* err) {
+    std::vector<std::string> args = {
+        "choose-branch", "--config",      cfg, "--gateway", "gh", "--reason", "backup restored 2026-12-01",
+        "--operator",    "duty officer 7"};
+    args.insert(args.end(), what.begin(), what.end());
+    return central_cli(args, out, err);
+  };
+  std::string out;
+  std::string err;
+  EXPECT_EQ(choose({"--past-receipt"}, &out, &err), 1);
+  EXPECT_NE(err.find("the branch needs gh:4 with SHA-256 " + sha256_hex(restored[3])), std::string::npos)
+      << err;
+  EXPECT_EQ(choose({"--tip", "7:nothex"}, &out, &err), 2);
+  // Central asks for the seqs below the break; the gateway's answer brings b4 in as a fork too.
+  ASSERT_TRUE(wait_for_condition([&] { return break_requests.load() > 0; }, 30s)) << central_->stderr_text();
+  answering = true;
+  ASSERT_TRUE(wait_for_condition([&] { return gh_int("forks") == 3; }, 30s)) << central_->stderr_text();
+  EXPECT_EQ(pg_int("SELECT count(*) FROM unrecoverable WHERE gateway = 'gh'"), 0);
+  EXPECT_EQ(choose({}, &out, &err), 1);
+  EXPECT_NE(err.find("central confirmed gh through seq 4"), std::string::npos) << err;
+  EXPECT_EQ(chain(), hashes(lost, 0, 6) + "," + hashes(restored, 6, 8));
+  EXPECT_EQ(pg_int("SELECT count(*) FROM branch_choices"), 0);
+
+  ASSERT_EQ(choose({"--past-receipt"}, &out, &err), 0) << err;
+  EXPECT_NE(out.find("seq 4..6 taken from the forks"), std::string::npos) << out;
+  EXPECT_NE(out.find("3 record(s) of the other branch (seq 4..6) set aside"), std::string::npos) << out;
+  EXPECT_NE(out.find("custody through seq 8"), std::string::npos) << out;
+  EXPECT_EQ(chain(), hashes(restored, 0, 8));
+  EXPECT_EQ(pg_.query("SELECT string_agg(jws_sha256, ',' ORDER BY seq) FROM forks WHERE gateway = 'gh'"),
+            hashes(lost, 3, 6));
+  EXPECT_EQ(gh_int("COALESCE(chain_break_seq, 0)"), 0);
+  EXPECT_EQ(pg_.query("SELECT from_seq || '-' || to_seq || ' ' || set_aside || ' ' || past_receipt || ' ' || "
+                      "receipt_seq || ' ' || operator FROM branch_choices"),
+            "4-6 3 true 4 duty officer 7");
+  EXPECT_EQ(status()["gateways"][0]["branch_choices"].size(), 1u);
+  publish(restored, 8, 9);  // b9: the receipt follows the chosen branch
+  ASSERT_TRUE(wait_for_condition([&] { return gh_int("receipt_seq") == 9; }, 30s)) << central_->stderr_text();
+  EXPECT_EQ(pg_.query("SELECT watermark_hash FROM gateways WHERE gateway = 'gh'"), sha256_hex(restored[8]));
+
+  // Back to the lost history by its fork at 6: b4..b6 and, not following on from o6, b7..b9 are set aside.
+  ASSERT_EQ(choose({"--tip", "6:" + sha256_hex(lost[5]), "--past-receipt"}, &out, &err), 0) << err;
+  EXPECT_NE(out.find("6 record(s) of the other branch (seq 4..9) set aside"), std::string::npos) << out;
+  EXPECT_EQ(chain(), hashes(lost, 0, 6));
+  EXPECT_EQ(gh_int("watermark_seq"), 6);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM forks WHERE gateway = 'gh'"), 6);
+  central_->signal(SIGTERM);
+  EXPECT_EQ(central_->wait(20s), 0) << central_->stderr_text();
+}
+
 // feed.quarantine_max_age_days: quarantine rows unseen for longer are discarded as an operator's discard
 // would be (uncounted, kept in quarantine_discards with operator "checkpoint-central"); a younger row stays.
 TEST_F(CentralHostile, QuarantineRowsPastTheirAgeAreDiscardedAndTheDiscardIsKept) {

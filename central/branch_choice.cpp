@@ -1,0 +1,218 @@
+// CentralStore::choose_branch: an operator's way past a chain break or a fork (docs/custody.md, "Choosing a
+// branch"). Two signed histories of one gateway share seqs; central holds one in `records` and the other's
+// copies in `forks`. The operator names the tip of the branch to follow; central walks back from it along
+// `prev` through records and forks to the chain it holds, re-checks every record of that branch against the
+// gateway's enrolled keys, swaps the branch into the chain and sets the other branch aside (kept in forks,
+// never deleted), all in one transaction, and keeps who, why and what in branch_choices.
+#include <algorithm>
+#include <map>
+
+#include "central/central_store.h"
+#include "central/key_rotation.h"
+#include "daemon/core/record_check.h"
+
+namespace cpd::central {
+
+namespace {
+
+std::string num(std::uint64_t v) {
+  return std::to_string(v);
+}
+
+// How far back a branch is followed: a branch is what a gateway sealed between two of central's views of
+// it (a restored backup, a replaced store), never a whole history.
+constexpr std::uint64_t kMaxBranchRecords = 100000;
+
+}  // namespace
+
+CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gateway, std::uint64_t tip_seq,
+                                                       const std::string& tip_sha256, bool past_receipt,
+                                                       const std::string& reason, const std::string& by,
+                                                       std::int64_t now_ms) {
+  BranchChoice out;
+  PgTransaction tx(*conn_);
+  const PgResult g = conn_->exec(
+      "SELECT receipt_seq, watermark_seq, chain_break_seq FROM gateways WHERE gateway = $1 FOR UPDATE",
+      {gateway}, "locking a gateway");
+  if (g.rows() == 0) {
+    out.refusal = "gateway \"" + gateway + "\" is not known to this central";
+    return out;
+  }
+  const auto receipt_seq = static_cast<std::uint64_t>(g.integer(0, 0));
+  if (tip_seq == 0) {
+    if (g.is_null(0, 2)) {
+      out.refusal = "gateway \"" + gateway + "\" has no chain break; name the branch's tip with --seq";
+      return out;
+    }
+    tip_seq = static_cast<std::uint64_t>(g.integer(0, 2));
+  }
+
+  struct Member {
+    std::uint64_t seq;
+    std::string sha256;
+  };
+  std::vector<Member> branch;  // the branch's records taken from the forks, tip first
+  std::string want_sha = tip_sha256;
+  std::uint64_t seq = tip_seq;
+  const PgResult tip_row = conn_->exec("SELECT jws_sha256, prev FROM records WHERE gateway = $1 AND seq = $2",
+                                       {gateway, num(tip_seq)}, "reading the branch's tip");
+  const bool tip_in_records = tip_row.rows() == 1 && (tip_sha256.empty() || tip_row.text(0, 0) == tip_sha256);
+  std::string prev;
+  if (tip_in_records) {
+    out.tip_sha256 = tip_row.text(0, 0);
+    prev = tip_row.text(0, 1);
+    seq = tip_seq - 1;
+  } else if (tip_sha256.empty()) {
+    out.refusal = "central holds no record at seq " + num(tip_seq) + " of \"" + gateway +
+                  "\" in its chain; name a fork with --record SHA-256";
+    return out;
+  } else {
+    out.tip_sha256 = tip_sha256;
+  }
+
+  TrustedKeys keys = trusted_keys();
+  std::map<std::string, TrustedKey>& gateway_keys = keys[gateway];
+  std::vector<IncomingRecord> incoming;  // the branch's fork records, checked again, tip first
+  for (;;) {
+    // `seq` is the next record the branch needs, `prev` its SHA-256: the chain central holds may have it
+    // (the branch joins the chain there), else the forks must. A tip among the forks is taken from them.
+    if (tip_in_records || !branch.empty()) {
+      if (seq == 0) {
+        if (prev != std::string(64, '0')) {
+          out.refusal = "the branch's record at seq 1 has a prev that is not 64 zeros";
+          return out;
+        }
+        break;  // the branch goes back to the gateway's first record
+      }
+      const PgResult held = conn_->exec("SELECT jws_sha256 FROM records WHERE gateway = $1 AND seq = $2",
+                                        {gateway, num(seq)}, "walking a branch");
+      if (held.rows() == 1 && held.text(0, 0) == prev) {
+        break;  // joined the chain central holds
+      }
+      want_sha = prev;
+    }
+    const PgResult f =
+        conn_->exec("SELECT jws FROM forks WHERE gateway = $1 AND seq = $2 AND jws_sha256 = $3",
+                    {gateway, num(seq), want_sha}, "walking a branch");
+    if (f.rows() == 0) {
+      out.refusal =
+          "the branch needs " + gateway + ":" + num(seq) + " with SHA-256 " + want_sha +
+          ", which central holds neither in its chain nor among the forks (while a chain break "
+          "stands, central asks the gateway for the 1000 seqs below it: what it still holds arrives as "
+          "forks)";
+      return out;
+    }
+    const std::string jws = f.text(0, 0);
+    // Checked again as on arrival: a trusted key of this gateway, valid for its seq.
+    RecordCheck c = check_record(jws, [&](const std::string& kid) -> std::optional<Ed25519PublicKey> {
+      const auto k = gateway_keys.find(kid);
+      return k == gateway_keys.end() ? std::nullopt : std::optional<Ed25519PublicKey>(k->second.key);
+    });
+    if (!c.ok || c.seq != seq || c.gateway != gateway) {
+      out.refusal = "the fork " + gateway + ":" + num(seq) +
+                    " does not verify now: " + (c.ok ? "its body names another record" : c.reason);
+      return out;
+    }
+    const TrustedKey& k = gateway_keys.at(c.kid);
+    if (std::string why = key_range_refusal(c.kid, k.from_seq, k.to_seq, seq); !why.empty()) {
+      out.refusal = "the fork " + gateway + ":" + num(seq) + ": " + why;
+      return out;
+    }
+    branch.push_back(Member{seq, want_sha});
+    incoming.push_back(IncomingRecord{gateway, seq, jws, want_sha, c.prev, c.kid, std::move(c.body),
+                                      std::move(c.canonical_body)});
+    prev = c.prev;
+    if (branch.size() > kMaxBranchRecords) {
+      out.refusal = "the branch is longer than " + num(kMaxBranchRecords) + " records";
+      return out;
+    }
+    --seq;
+  }
+  if (branch.empty()) {
+    out.refusal = "record " + gateway + ":" + num(tip_seq) +
+                  " already follows on from the chain central "
+                  "holds (seq " +
+                  num(tip_seq - 1) + "): there is no other branch to choose";
+    return out;
+  }
+  const std::uint64_t from = branch.back().seq;  // the first seq the branch replaces
+  const std::uint64_t to = branch.front().seq;   // the branch's last record among the forks
+  if (from <= receipt_seq && !past_receipt) {
+    out.refusal = "central confirmed " + gateway + " through seq " + num(receipt_seq) +
+                  " (custody receipt), and the branch replaces seq " + num(from) + ".." +
+                  num(std::min(to, receipt_seq)) +
+                  " of it; when the gateway no longer holds what central confirmed (a restored backup, a "
+                  "replaced store), give --past-receipt";
+    return out;
+  }
+
+  // The other branch: every record from `from` through the branch's last fork, and, when the tip was a
+  // fork, the records above it that do not follow on from it one by one (those are asked for again).
+  std::uint64_t keep_above = to;
+  std::string link = branch.front().sha256;
+  if (!tip_in_records) {
+    const PgResult above = conn_->exec(
+        "SELECT seq, prev, jws_sha256 FROM records WHERE gateway = $1 AND seq > $2::bigint ORDER "
+        "BY seq",
+        {gateway, num(to)}, "reading records above a branch");
+    for (int i = 0; i < above.rows(); ++i) {
+      if (static_cast<std::uint64_t>(above.integer(i, 0)) != keep_above + 1 || above.text(i, 1) != link) {
+        break;
+      }
+      keep_above = static_cast<std::uint64_t>(above.integer(i, 0));
+      link = above.text(i, 2);
+    }
+  }
+  const std::string above = tip_in_records ? "false" : "true";
+  const char* what = "setting aside the other branch";
+  const PgResult moved = conn_->exec(
+      "WITH moved AS (DELETE FROM records WHERE gateway = $1 AND (seq BETWEEN $2::bigint AND $3::bigint OR "
+      "($6::boolean AND seq > $5::bigint)) RETURNING gateway, seq, jws, jws_sha256), "
+      "kept AS (INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms) SELECT gateway, seq, jws, "
+      "jws_sha256, $4::bigint FROM moved ON CONFLICT DO NOTHING) "
+      "SELECT count(*), COALESCE(min(seq), 0), COALESCE(max(seq), 0) FROM moved",
+      {gateway, num(from), num(to), num(now_ms), num(keep_above), above}, what);
+  out.set_aside = static_cast<std::uint64_t>(moved.integer(0, 0));
+  conn_->exec(
+      "DELETE FROM record_media WHERE gateway = $1 AND (seq BETWEEN $2::bigint AND $3::bigint OR "
+      "($5::boolean AND seq > $4::bigint))",
+      {gateway, num(from), num(to), num(keep_above), above}, what);
+  // The branch into the chain, as if it had arrived now; its copies leave `forks`.
+  std::reverse(incoming.begin(), incoming.end());
+  BatchOutcome ignored;
+  for (std::size_t i = 0; i < incoming.size(); i += 50) {
+    insert_records(incoming, i, std::min(incoming.size(), i + 50), now_ms, ignored);
+  }
+  for (const Member& m : branch) {
+    conn_->exec("DELETE FROM forks WHERE gateway = $1 AND seq = $2 AND jws_sha256 = $3",
+                {gateway, num(m.seq), m.sha256}, "moving a branch into the chain");
+  }
+  // Custody walks again from before the branch; the next receipt names its head.
+  const PgResult base = conn_->exec("SELECT jws_sha256 FROM records WHERE gateway = $1 AND seq = $2",
+                                    {gateway, num(from - 1)}, "reading where the branch joins");
+  const std::string base_hash = from == 1 ? std::string(64, '0') : base.text(0, 0);
+  conn_->exec(
+      "UPDATE gateways SET watermark_hash = CASE WHEN watermark_seq >= $2::bigint THEN $3 ELSE "
+      "watermark_hash "
+      "END, watermark_seq = LEAST(watermark_seq, $2::bigint - 1), receipt_seq = LEAST(receipt_seq, "
+      "$2::bigint - 1), chain_break_seq = NULL, chain_break_reason = NULL, gap_since_ms = NULL, "
+      "request_backoff_ms = 0, next_request_ms = 0 WHERE gateway = $1",
+      {gateway, num(from), base_hash}, "choosing a branch");
+  conn_->exec(
+      "INSERT INTO branch_choices (gateway, from_seq, to_seq, tip_seq, tip_sha256, set_aside, "
+      "set_aside_from, set_aside_to, past_receipt, receipt_seq, reason, operator, chosen_ms) VALUES ($1, $2, "
+      "$3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+      {gateway, num(from), num(to), num(tip_seq), out.tip_sha256, num(out.set_aside), moved.text(0, 1),
+       moved.text(0, 2), past_receipt ? "true" : "false", num(receipt_seq), reason, by, num(now_ms)},
+      "keeping an operator's choice of branch");
+  out.from_seq = from;
+  out.to_seq = to;
+  out.set_aside_from = static_cast<std::uint64_t>(moved.integer(0, 1));
+  out.set_aside_to = static_cast<std::uint64_t>(moved.integer(0, 2));
+  out.watermark = walk_for_operator(gateway, now_ms, out.found);
+  tx.commit();
+  out.chosen = true;
+  return out;
+}
+
+}  // namespace cpd::central
