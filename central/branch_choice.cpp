@@ -9,6 +9,7 @@
 
 #include "central/central_store.h"
 #include "central/key_rotation.h"
+#include "daemon/core/encoding.h"
 #include "daemon/core/record_check.h"
 
 namespace cpd::central {
@@ -21,9 +22,88 @@ std::string num(std::uint64_t v) {
 
 // How far back a branch is followed: a branch is what a gateway sealed between two of central's views of
 // it (a restored backup, a replaced store), never a whole history.
-constexpr std::uint64_t kMaxBranchRecords = 100000;
+constexpr std::size_t kMaxBranchRecords = 100000;
+// How many seqs one request for a branch's missing records asks for, ending at the one the walk lacks.
+constexpr std::uint64_t kBranchRequestSeqs = 100;
 
 }  // namespace
+
+CentralStore::BranchWalk CentralStore::walk_branch(
+    const std::string& gateway, std::uint64_t seq, std::string want, bool joining, std::size_t max_records,
+    const std::function<std::optional<std::string>(std::uint64_t, const std::string&, const std::string&)>&
+        prev_of) {
+  // `seq` is the next record the branch needs and `want` its SHA-256: the chain central holds may have it
+  // (`joining`: the branch joins the chain there), else the forks must. A tip among the forks is taken from
+  // them (joining is false for it only).
+  BranchWalk out;
+  for (std::size_t taken = 0;; ++taken) {
+    if (joining) {
+      if (seq == 0) {
+        if (want != std::string(64, '0')) {
+          out.error = "the branch's record at seq 1 has a prev that is not 64 zeros";
+        }
+        return out;  // the branch goes back to the gateway's first record
+      }
+      const PgResult held =
+          conn_->exec_prepared("SELECT jws_sha256 FROM records WHERE gateway = $1 AND seq = $2",
+                               {gateway, num(seq)}, "walking a branch");
+      if (held.rows() == 1 && held.text(0, 0) == want) {
+        return out;  // joined the chain central holds
+      }
+    }
+    if (taken == max_records) {
+      out.error = "the branch is longer than " + num(static_cast<std::uint64_t>(max_records)) + " records";
+      return out;
+    }
+    const PgResult f =
+        conn_->exec_prepared("SELECT jws FROM forks WHERE gateway = $1 AND seq = $2 AND jws_sha256 = $3",
+                             {gateway, num(seq), want}, "walking a branch");
+    if (f.rows() == 0) {
+      out.missing.emplace(seq, want);
+      return out;
+    }
+    const std::optional<std::string> prev = prev_of(seq, want, f.text(0, 0));
+    if (!prev) {
+      return out;  // the caller said why
+    }
+    ++out.forks;
+    want = *prev;
+    joining = true;
+    --seq;
+  }
+}
+
+std::optional<std::pair<std::uint64_t, std::uint64_t>> CentralStore::branch_request(
+    const std::string& gateway, std::uint64_t break_seq) {
+  // The record at the chain break is the branch's tip; the forks' prev is read, not verified (this only
+  // decides what to ask for: choose_branch verifies).
+  const PgResult tip = conn_->exec_prepared("SELECT prev FROM records WHERE gateway = $1 AND seq = $2",
+                                            {gateway, num(break_seq)}, "reading a chain break");
+  if (tip.rows() != 1 || break_seq < 2) {
+    return std::nullopt;
+  }
+  const BranchWalk walk = walk_branch(
+      gateway, break_seq - 1, tip.text(0, 0), true, kMaxBranchRecords,
+      [](std::uint64_t, const std::string&, const std::string& jws) -> std::optional<std::string> {
+        const auto dot1 = jws.find('.');
+        const auto dot2 = jws.find('.', dot1 == std::string::npos ? jws.size() : dot1 + 1);
+        if (dot2 == std::string::npos) {
+          return std::nullopt;
+        }
+        const auto body = base64url_decode(std::string_view(jws).substr(dot1 + 1, dot2 - dot1 - 1));
+        const nlohmann::json j = body ? nlohmann::json::parse(*body, nullptr, false) : nlohmann::json();
+        if (!j.is_object() || !j.contains("prev") || !j["prev"].is_string()) {
+          return std::nullopt;
+        }
+        return j["prev"].get<std::string>();
+      });
+  if (!walk.missing) {
+    return std::nullopt;  // complete (or not walkable): nothing to ask for
+  }
+  // The missing record and the 99 below it: a branch usually lacks a run of records, not one.
+  const std::uint64_t to = walk.missing->first;
+  return std::make_pair(to > kBranchRequestSeqs ? to - kBranchRequestSeqs + 1 : 1, to);
+}
 
 CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gateway, std::uint64_t tip_seq,
                                                        const std::string& tip_sha256, bool past_receipt,
@@ -41,30 +121,22 @@ CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gatewa
   const auto receipt_seq = static_cast<std::uint64_t>(g.integer(0, 0));
   if (tip_seq == 0) {
     if (g.is_null(0, 2)) {
-      out.refusal = "gateway \"" + gateway + "\" has no chain break; name the branch's tip with --seq";
+      out.refusal = "gateway \"" + gateway + "\" has no chain break; name the branch's tip with --tip";
       return out;
     }
     tip_seq = static_cast<std::uint64_t>(g.integer(0, 2));
   }
 
-  struct Member {
-    std::uint64_t seq;
-    std::string sha256;
-  };
-  std::vector<Member> branch;  // the branch's records taken from the forks, tip first
-  std::string want_sha = tip_sha256;
-  std::uint64_t seq = tip_seq;
+  std::string prev;  // of the tip when it is the record central holds
   const PgResult tip_row = conn_->exec("SELECT jws_sha256, prev FROM records WHERE gateway = $1 AND seq = $2",
                                        {gateway, num(tip_seq)}, "reading the branch's tip");
   const bool tip_in_records = tip_row.rows() == 1 && (tip_sha256.empty() || tip_row.text(0, 0) == tip_sha256);
-  std::string prev;
   if (tip_in_records) {
     out.tip_sha256 = tip_row.text(0, 0);
     prev = tip_row.text(0, 1);
-    seq = tip_seq - 1;
   } else if (tip_sha256.empty()) {
     out.refusal = "central holds no record at seq " + num(tip_seq) + " of \"" + gateway +
-                  "\" in its chain; name a fork with --record SHA-256";
+                  "\" in its chain; name a fork with --tip SEQ:SHA-256";
     return out;
   } else {
     out.tip_sha256 = tip_sha256;
@@ -73,60 +145,48 @@ CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gatewa
   TrustedKeys keys = trusted_keys();
   std::map<std::string, TrustedKey>& gateway_keys = keys[gateway];
   std::vector<IncomingRecord> incoming;  // the branch's fork records, checked again, tip first
-  for (;;) {
-    // `seq` is the next record the branch needs, `prev` its SHA-256: the chain central holds may have it
-    // (the branch joins the chain there), else the forks must. A tip among the forks is taken from them.
-    if (tip_in_records || !branch.empty()) {
-      if (seq == 0) {
-        if (prev != std::string(64, '0')) {
-          out.refusal = "the branch's record at seq 1 has a prev that is not 64 zeros";
-          return out;
-        }
-        break;  // the branch goes back to the gateway's first record
-      }
-      const PgResult held = conn_->exec("SELECT jws_sha256 FROM records WHERE gateway = $1 AND seq = $2",
-                                        {gateway, num(seq)}, "walking a branch");
-      if (held.rows() == 1 && held.text(0, 0) == prev) {
-        break;  // joined the chain central holds
-      }
-      want_sha = prev;
-    }
-    const PgResult f =
-        conn_->exec("SELECT jws FROM forks WHERE gateway = $1 AND seq = $2 AND jws_sha256 = $3",
-                    {gateway, num(seq), want_sha}, "walking a branch");
-    if (f.rows() == 0) {
-      out.refusal =
-          "the branch needs " + gateway + ":" + num(seq) + " with SHA-256 " + want_sha +
-          ", which central holds neither in its chain nor among the forks (while a chain break "
-          "stands, central asks the gateway for the 1000 seqs below it: what it still holds arrives as "
-          "forks)";
-      return out;
-    }
-    const std::string jws = f.text(0, 0);
-    // Checked again as on arrival: a trusted key of this gateway, valid for its seq.
-    RecordCheck c = check_record(jws, [&](const std::string& kid) -> std::optional<Ed25519PublicKey> {
-      const auto k = gateway_keys.find(kid);
-      return k == gateway_keys.end() ? std::nullopt : std::optional<Ed25519PublicKey>(k->second.key);
-    });
-    if (!c.ok || c.seq != seq || c.gateway != gateway) {
-      out.refusal = "the fork " + gateway + ":" + num(seq) +
+  std::string refusal;
+  // Each fork of the branch is checked again as on arrival: a trusted key of this gateway, valid for its seq.
+  const BranchWalk walk = walk_branch(
+      gateway, tip_in_records ? tip_seq - 1 : tip_seq, tip_in_records ? prev : tip_sha256, tip_in_records,
+      kMaxBranchRecords, [&](std::uint64_t seq, const std::string& sha, const std::string& jws) {
+        RecordCheck c = check_record(jws, [&](const std::string& kid) -> std::optional<Ed25519PublicKey> {
+          const auto k = gateway_keys.find(kid);
+          return k == gateway_keys.end() ? std::nullopt : std::optional<Ed25519PublicKey>(k->second.key);
+        });
+        if (!c.ok || c.seq != seq || c.gateway != gateway) {
+          refusal = "the fork " + gateway + ":" + num(seq) +
                     " does not verify now: " + (c.ok ? "its body names another record" : c.reason);
-      return out;
-    }
-    const TrustedKey& k = gateway_keys.at(c.kid);
-    if (std::string why = key_range_refusal(c.kid, k.from_seq, k.to_seq, seq); !why.empty()) {
-      out.refusal = "the fork " + gateway + ":" + num(seq) + ": " + why;
-      return out;
-    }
-    branch.push_back(Member{seq, want_sha});
-    incoming.push_back(IncomingRecord{gateway, seq, jws, want_sha, c.prev, c.kid, std::move(c.body),
-                                      std::move(c.canonical_body)});
-    prev = c.prev;
-    if (branch.size() > kMaxBranchRecords) {
-      out.refusal = "the branch is longer than " + num(kMaxBranchRecords) + " records";
-      return out;
-    }
-    --seq;
+          return std::optional<std::string>();
+        }
+        const TrustedKey& k = gateway_keys.at(c.kid);
+        if (std::string why = key_range_refusal(c.kid, k.from_seq, k.to_seq, seq); !why.empty()) {
+          refusal = "the fork " + gateway + ":" + num(seq) + ": " + why;
+          return std::optional<std::string>();
+        }
+        incoming.push_back(IncomingRecord{gateway, seq, jws, sha, c.prev, c.kid, std::move(c.body),
+                                          std::move(c.canonical_body)});
+        return std::optional<std::string>(incoming.back().prev);
+      });
+  if (!refusal.empty() || !walk.error.empty()) {
+    out.refusal = !refusal.empty() ? refusal : walk.error;
+    return out;
+  }
+  if (walk.missing) {
+    out.refusal = "the branch needs " + gateway + ":" + num(walk.missing->first) + " with SHA-256 " +
+                  walk.missing->second +
+                  ", which central holds neither in its chain nor among the forks (while a chain break "
+                  "stands, central asks the gateway for the records the branch lacks: what it still holds "
+                  "arrives as forks)";
+    return out;
+  }
+  struct Member {
+    std::uint64_t seq;
+    std::string sha256;
+  };
+  std::vector<Member> branch;  // the branch's records taken from the forks, tip first
+  for (const IncomingRecord& r : incoming) {
+    branch.push_back(Member{r.seq, r.jws_sha256});
   }
   if (branch.empty()) {
     out.refusal = "record " + gateway + ":" + num(tip_seq) +

@@ -1526,16 +1526,20 @@ std::vector<ResendPlan> CentralStore::plan_resends(std::int64_t now_ms, const Ga
     ResendPlan plan;
     plan.gateway = gateway;
     const std::uint64_t from = wm + 1;
-    if (!r.is_null(i, 5) && r.integer(i, 5) >= 2) {
-      // A chain break at S: the gateway's own records below S are asked for (the last kBranchFetch of them),
-      // so that the branch S follows on from arrives as forks for an operator to choose (choose-branch).
-      // What central holds comes back as duplicates; the holes above the break wait until it is cleared.
+    if (!r.is_null(i, 5)) {
+      // A chain break at S: the records the branch S follows on from lacks are asked for (the walk back from
+      // S through the forks finds the first; it and the 99 below it), so they arrive as forks for an operator
+      // to choose (choose-branch). Nothing when the branch is complete. The holes above the break wait until
+      // it is cleared.
       const auto brk = static_cast<std::uint64_t>(r.integer(i, 5));
-      constexpr std::uint64_t kBranchFetch = 1000;
-      plan.request.from_seq = brk > kBranchFetch ? brk - kBranchFetch : 1;
-      plan.request.to_seq = brk - 1;
+      const auto range = branch_request(gateway, brk);
+      if (!range) {
+        continue;
+      }
+      plan.request.from_seq = range->first;
+      plan.request.to_seq = range->second;
       plan.why = "seq " + num(plan.request.from_seq) + ".." + num(plan.request.to_seq) +
-                 " (the gateway's branch below the chain break at " + num(brk) + ")";
+                 " (the branch the chain break at " + num(brk) + " follows on from)";
     } else if (PgResult unrec = conn_->exec(
                    "SELECT to_seq FROM unrecoverable WHERE gateway = $1 AND from_seq <= $2 AND to_seq >= $2",
                    {gateway, num(from)}, "checking unrecoverable ranges");

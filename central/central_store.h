@@ -283,6 +283,23 @@ class CentralStore {
                          std::int64_t now_ms, BatchOutcome& out);
   void advance(const std::string& gateway, std::int64_t now_ms, const ReceiptPolicy& policy,
                BatchOutcome& out);
+  // A branch of a gateway's chain walked back along `prev` from a tip (branch_choice.cpp): how many records
+  // were taken from the forks, the first record it lacks (seq, SHA-256) when central holds it nowhere, or
+  // why the walk stopped.
+  struct BranchWalk {
+    std::size_t forks = 0;
+    std::optional<std::pair<std::uint64_t, std::string>> missing;
+    std::string error;
+  };
+  // `prev_of(seq, sha256, jws)` of each fork taken gives its prev (nullopt: stop, the caller knows why).
+  BranchWalk walk_branch(const std::string& gateway, std::uint64_t seq, std::string want, bool joining,
+                         std::size_t max_records,
+                         const std::function<std::optional<std::string>(std::uint64_t, const std::string&,
+                                                                        const std::string&)>& prev_of);
+  // While a chain break at `break_seq` stands: the seqs to ask the gateway for so that the branch the break's
+  // record follows on from is complete among the forks (nullopt: it is, or cannot be walked).
+  std::optional<std::pair<std::uint64_t, std::uint64_t>> branch_request(const std::string& gateway,
+                                                                        std::uint64_t break_seq);
   // After an operator's decision (accept_loss, choose_branch): the walk at once, without a receipt; what it
   // found on its way goes into `found` ("CHAIN BREAK at …", "RETIRED KEY: …"). Returns the watermark.
   std::uint64_t walk_for_operator(const std::string& gateway, std::int64_t now_ms,

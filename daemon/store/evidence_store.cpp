@@ -1358,7 +1358,7 @@ std::size_t EvidenceStore::uploads_discover(std::size_t limit) {
 std::vector<UploadRow> EvidenceStore::uploads_pending(bool all, bool important, std::size_t limit) const {
   const std::string sql = std::string(kUploadColumns) +
                           "WHERE held_ms IS NULL AND (?1 OR requested = 1 OR (?2 "
-                          "AND important = 1)) ORDER BY seq LIMIT ?3";
+                          "AND important = 1)) ORDER BY requested DESC, important DESC, seq LIMIT ?3";
   AdHoc q(db_, sql.c_str());
   std::vector<UploadRow> out;
   if (!q.ok()) {

@@ -683,6 +683,36 @@ TEST_F(DockLedgerStoreTest, ARecordingIsUploadedAndDeletedOnlyWithItsFileReceipt
   EXPECT_FALSE(store.record(1));
 }
 
+// One recording is sent at a time: those central asked for first, then the ones the officer flagged
+// important, then the rest, each group in seq order.
+TEST_F(DockLedgerStoreTest, RecordingsAreSentAskedForFirstThenImportantThenInSeqOrder) {
+  EvidenceStore store(db());
+  std::vector<SealedRecord> records;
+  const auto sha = [](int i) { return std::string(64, static_cast<char>('a' + i)); };
+  for (int i = 1; i <= 4; ++i) {
+    const std::string body = std::string(R"({"file_name":"f.mp4","important":)") +
+                             (i == 3 || i == 4 ? "true" : "false") + R"(,"length":1000,"type":"recording"})";
+    SealedRecord rec =
+        make_record(static_cast<std::uint64_t>(i), "eyJhbGciOiJFZERTQSJ9." + base64url_encode(body) + ".sig");
+    rec.type = "recording";
+    rec.kept_media = {KeptMedia{sha(i), i >= 3, kBaseMs + 5000}};
+    records.push_back(rec);
+  }
+  ASSERT_TRUE(store.append(records).is_ok());
+  ASSERT_TRUE(store.mark_forwarded({1, 2, 3, 4}).is_ok());
+  ASSERT_EQ(store.uploads_discover(10), 4u);
+  const auto order = [&] {
+    std::string out;
+    for (const auto& row : store.uploads_pending(true, false, 10)) {
+      out += std::to_string(row.seq);
+    }
+    return out;
+  };
+  EXPECT_EQ(order(), "3412");
+  ASSERT_TRUE(store.upload_request(sha(2)).is_ok());
+  EXPECT_EQ(order(), "2341");
+}
+
 TEST_F(DockLedgerStoreTest, AVersion2StoreIsMigratedKeepingItsRecordsAndPublishedMedia) {
   {
     // A store as the previous release left it: schema 2, one record with a published picture.
