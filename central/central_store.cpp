@@ -1614,7 +1614,10 @@ nlohmann::json CentralStore::status() {
       "'tip_seq', "
       "b.tip_seq, 'tip_sha256', b.tip_sha256, 'set_aside', b.set_aside, 'past_receipt', b.past_receipt, "
       "'reason', b.reason, 'operator', b.operator, 'chosen_ms', b.chosen_ms) ORDER BY b.id), '[]') FROM "
-      "(SELECT * FROM branch_choices b WHERE b.gateway = g.gateway ORDER BY b.id DESC LIMIT 100) b) "
+      "(SELECT * FROM branch_choices b WHERE b.gateway = g.gateway ORDER BY b.id DESC LIMIT 100) b), "
+      "(SELECT COALESCE(json_agg(json_build_object('seq', f.seq, 'sha256', f.jws_sha256, 'received_ms', "
+      "f.received_ms) ORDER BY f.seq, f.id), '[]') FROM (SELECT * FROM forks f WHERE f.gateway = g.gateway "
+      "ORDER BY f.id DESC LIMIT 100) f) "
       "FROM gateways g LEFT JOIN quarantine_usage q ON q.gateway = g.gateway ORDER BY g.gateway",
       "reading status");
   for (int i = 0; i < r.rows(); ++i) {
@@ -1645,6 +1648,7 @@ nlohmann::json CentralStore::status() {
         {"chain_restarts", nlohmann::json::parse(r.text(i, 22))},
         {"accepted_losses", nlohmann::json::parse(r.text(i, 23))},  // the newest 100
         {"branch_choices", nlohmann::json::parse(r.text(i, 24))},   // the newest 100
+        {"fork_records", nlohmann::json::parse(r.text(i, 25))},     // the newest 100, in seq order
     };
     gateways.push_back(std::move(g));
   }

@@ -241,250 +241,313 @@ int choose_branch(central::CentralStore& store, const std::string& gateway, cons
   return 0;
 }
 
+// Every option of every subcommand; each subcommand reads the ones it declares.
+struct Args {
+  std::string config_path;
+  std::string gateway;
+  std::string pubkey;
+  std::uint64_t from_seq = 1;
+  bool json_out = false;
+  std::int64_t limit = 100;
+  std::string kid;
+  std::uint64_t after_seq = 0;
+  std::string loss_seqs;
+  std::string loss_picture;
+  std::string reason;
+  std::string by;
+  std::string branch_tip;
+  bool past_receipt = false;
+  std::vector<std::int64_t> discard_ids;
+  std::optional<std::int64_t> seen_before_ms;
+  std::string request_sha;
+  std::uint64_t from = 1;
+};
+
+struct Commands {
+  CLI::App* run = nullptr;
+  CLI::App* check = nullptr;
+  CLI::App* enroll = nullptr;
+  CLI::App* status = nullptr;
+  CLI::App* quarantine = nullptr;
+  CLI::App* revoke = nullptr;
+  CLI::App* accept = nullptr;
+  CLI::App* branch = nullptr;
+  CLI::App* discard = nullptr;
+  CLI::App* files = nullptr;
+  CLI::App* export_chain = nullptr;
+};
+
+CLI::App* with_config(CLI::App* cmd, Args& a) {
+  cmd->add_option("-c,--config", a.config_path, "YAML config")->required();
+  return cmd;
+}
+
+// run, check-config, enroll, status, quarantine, files, export: running and looking.
+void add_service_commands(CLI::App& app, Args& a, Commands& c) {
+  c.run = with_config(
+      app.add_subcommand("run", "Run an instance (shared subscription: start as many as needed)"), a);
+  c.check =
+      with_config(app.add_subcommand("check-config", "Check a config file and exit (0 good, 1 bad)"), a);
+  c.enroll = with_config(
+      app.add_subcommand("enroll", "Trust a gateway's Ed25519 public key (PEM) for its records"), a);
+  c.enroll->add_option("--gateway", a.gateway, "gateway id")->required();
+  c.enroll->add_option("--pubkey", a.pubkey, "public key PEM file (checkpointctl pubkey --key KEY)")
+      ->required();
+  c.enroll->add_option("--from-seq", a.from_seq, "trust the key for seqs from this one on (default 1)")
+      ->check(CLI::Range(std::uint64_t{1}, static_cast<std::uint64_t>(INT64_MAX)));
+  c.status =
+      with_config(app.add_subcommand("status", "Per gateway: watermark, gaps, receipts, keys, forks"), a);
+  c.status->add_flag("--json", a.json_out, "JSON instead of a table");
+  c.quarantine = with_config(
+      app.add_subcommand("quarantine", "Quarantine rows: reason, count, first and last seen (newest first)"),
+      a);
+  c.quarantine->add_option("--gateway", a.gateway, "only this gateway (a name that is not enrolled too)");
+  c.quarantine->add_option("--limit", a.limit, "at most this many rows (default 100)")
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{100000}));
+  c.quarantine->add_flag("--json", a.json_out, "JSON instead of lines");
+  c.files = with_config(app.add_subcommand("files",
+                                           "Recording transfers (newest first): held, open with bytes "
+                                           "received, not held; --request asks for one"),
+                        a);
+  c.files->add_option("--gateway", a.gateway, "only this gateway (with --request: the gateway to ask)");
+  c.files->add_option("--request", a.request_sha,
+                      "ask the gateway for this recording (SHA-256 of its record)");
+  c.files->add_option("--limit", a.limit, "at most this many rows (default 100)")
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{100000}));
+  c.files->add_flag("--json", a.json_out, "JSON instead of lines");
+  c.export_chain = with_config(
+      app.add_subcommand("export", "A gateway's stored chain as JWS lines (checkpointctl verify reads them)"),
+      a);
+  c.export_chain->add_option("--gateway", a.gateway, "gateway id")->required();
+  c.export_chain->add_option("--from", a.from, "first seq (default 1)");
+}
+
+// revoke-key, accept-loss, choose-branch, discard-quarantine: an operator's decisions, each kept with who and
+// why.
+void add_operator_commands(CLI::App& app, Args& a, Commands& c) {
+  const auto who_and_why = [&a](CLI::App* cmd, const std::string& why) {
+    cmd->add_option("--reason", a.reason, why)->required();
+    cmd->add_option("--operator", a.by, "who decides (kept with the decision)")->required();
+  };
+  c.revoke = with_config(
+      app.add_subcommand(
+          "revoke-key",
+          "A leaked gateway key signs nothing valid after --after-seq (later records: quarantined)"),
+      a);
+  c.revoke->add_option("--gateway", a.gateway, "gateway id")->required();
+  c.revoke->add_option("--kid", a.kid, "the key's kid (checkpoint-central status lists them)")->required();
+  c.revoke->add_option("--after-seq", a.after_seq, "the last seq the key is trusted for (0: none)")
+      ->required()
+      ->check(CLI::Range(std::uint64_t{0}, static_cast<std::uint64_t>(INT64_MAX)));
+  c.accept =
+      with_config(app.add_subcommand("accept-loss",
+                                     "Accept as lost records (--seq A or A-B) or a picture (--picture SHA) "
+                                     "the gateway reported it no longer holds: custody moves past them and "
+                                     "receipts name them"),
+                  a);
+  c.accept->add_option("--gateway", a.gateway, "gateway id")->required();
+  auto* seq_opt = c.accept->add_option("--seq", a.loss_seqs, "a seq, or a range A-B (status: unrecoverable)");
+  auto* picture_opt =
+      c.accept->add_option("--picture", a.loss_picture, "a picture's SHA-256 (status: unrecoverable_media)");
+  seq_opt->excludes(picture_opt);
+  who_and_why(c.accept, "why the loss is accepted (kept with it)");
+  c.branch =
+      with_config(app.add_subcommand(
+                      "choose-branch",
+                      "At a chain break or fork: follow the gateway's branch ending at --tip (default: the "
+                      "record at the chain break); the other branch is set aside into forks, kept"),
+                  a);
+  c.branch->add_option("--gateway", a.gateway, "gateway id")->required();
+  c.branch->add_option("--tip", a.branch_tip,
+                       "SEQ (the record central holds) or SEQ:SHA-256 (a fork: status --json, fork_records)");
+  c.branch->add_flag("--past-receipt", a.past_receipt,
+                     "the branch may replace records a custody receipt confirmed (the gateway lost them)");
+  who_and_why(c.branch, "why this branch (kept with the choice)");
+  c.discard = with_config(app.add_subcommand("discard-quarantine",
+                                             "Delete a gateway's quarantine rows (all, --id N..., or "
+                                             "--seen-before-ms T); who and why are kept"),
+                          a);
+  c.discard->add_option("--gateway", a.gateway, "the rows' gateway name (quarantine lists them)")->required();
+  c.discard->add_option("--id", a.discard_ids, "only these rows (quarantine --json lists their ids)")
+      ->check(CLI::Range(std::int64_t{1}, std::int64_t{INT64_MAX}));
+  c.discard
+      ->add_option("--seen-before-ms", a.seen_before_ms, "only rows last seen before this time (Unix ms)")
+      ->check(CLI::Range(std::int64_t{0}, std::int64_t{INT64_MAX}));
+  who_and_why(c.discard, "why they are discarded (kept)");
+}
+
+int enroll(central::CentralStore& store, const Args& a) {
+  const auto key = Ed25519PublicKey::from_pem(read_file(a.pubkey));
+  const bool added = store.enroll(a.gateway, key, "enroll", now_ms(), a.from_seq);
+  std::cout << (added ? "enrolled " : "already enrolled (unchanged): ") << a.gateway << " kid " << key.kid();
+  if (added && a.from_seq > 1) {
+    std::cout << " from seq " << a.from_seq;
+  }
+  std::cout << std::endl;
+  return 0;
+}
+
+int quarantine(central::CentralStore& store, const Args& a) {
+  const nlohmann::json q = store.quarantine_rows(a.gateway, a.limit);
+  if (a.json_out) {
+    std::cout << q.dump(2) << std::endl;
+    return 0;
+  }
+  // Reasons and names are the peer's to shape: dump() escapes them as JSON strings.
+  for (const auto& r : q["rows"]) {
+    std::cout << r["gateway"].dump() << " " << r["topic"].get<std::string>() << " seq " << r["seq"].dump()
+              << " kid " << r["kid"].dump() << " count " << r["count"] << " bytes " << r["bytes"]
+              << " first_seen_ms " << r["first_seen_ms"] << " last_seen_ms " << r["last_seen_ms"]
+              << " reason " << r["reason"].dump() << std::endl;
+  }
+  std::cout << "quarantine: " << q["total"] << " rows" << (a.gateway.empty() ? "" : " of " + a.gateway)
+            << ", " << q["rows"].size() << " shown" << std::endl;
+  return 0;
+}
+
+// One line per gateway: custody, what is missing, and every alarm an operator has to look at.
+void print_gateway(const nlohmann::json& g) {
+  std::cout << g["gateway"].get<std::string>() << ": custody through seq " << g["watermark"]
+            << ", highest seen " << g["max_seq"] << ", announced " << g["announced_seq"] << ", records "
+            << g["records"] << ", receipt through " << g["receipt_seq"] << ", resend requests "
+            << g["resend_requests"] << ", forks " << g["forks"] << ", quarantined " << g["quarantined"]
+            << ", keys " << g["kids"].get<std::string>();
+  if (!g["chain_break"].is_null()) {
+    std::cout << ", CHAIN BREAK at seq " << g["chain_break"]["seq"] << " ("
+              << g["chain_break"]["reason"].get<std::string>() << ")";
+  }
+  if (!g["unrecoverable"].empty()) {
+    std::cout << ", unrecoverable " << g["unrecoverable"].dump();
+  }
+  if (g["unrecoverable_media_count"].get<long long>() > 0) {
+    std::cout << ", UNRECOVERABLE PICTURES " << g["unrecoverable_media_count"] << " (first at seq "
+              << g["unrecoverable_media"][0]["seq"] << ")";
+  }
+  for (const auto& c : g["chain_restarts"]) {
+    std::cout << ", " << (c["kind"] == "new_chain" ? "NEW CHAIN" : "STORE REPLACED") << " at seq " << c["seq"]
+              << (c["as_fork"].get<bool>() ? " (a fork of the old chain)" : "") << ": " << c["reason"].dump();
+  }
+  if (!g["branch_choices"].empty()) {
+    std::cout << ", BRANCHES CHOSEN " << g["branch_choices"].size();  // --json: which, why, by whom
+  }
+  if (!g["accepted_losses"].empty()) {
+    std::cout << ", ACCEPTED LOSSES " << g["accepted_losses"].size();  // --json: what, why, by whom
+  }
+  if (g["head_forks"].get<long long>() > 0) {
+    std::cout << ", HEAD FORKS " << g["head_forks"];
+  }
+  std::cout << std::endl;
+}
+
+int status(central::CentralStore& store, const Args& a) {
+  const nlohmann::json s = store.status();
+  if (a.json_out) {
+    std::cout << s.dump(2) << std::endl;
+    return 0;
+  }
+  for (const auto& g : s["gateways"]) {
+    print_gateway(g);
+  }
+  const auto& q = s["quarantine"];
+  std::cout << "quarantine: " << q["rows"] << " rows, " << q["bytes"] << " bytes (bounds " << q["max_rows"]
+            << " rows, " << q["max_bytes"] << " bytes; per gateway " << q["max_rows_per_gateway"] << " rows, "
+            << q["max_bytes_per_gateway"] << " bytes), " << q["messages"] << " messages, " << q["dropped"]
+            << " dropped beyond the bounds" << std::endl;
+  const auto& u = s["unknown_gateways"];
+  if (u["count"].get<long long>() > 0) {
+    std::cout << "NOT ENROLLED: " << u["count"] << " gateway names with quarantined messages; latest:";
+    for (const auto& g : u["latest"]) {
+      std::cout << " " << g["gateway"].get<std::string>() << " (" << g["messages"] << ")";
+    }
+    std::cout << std::endl;
+  }
+  return 0;
+}
+
+int revoke(central::CentralStore& store, const Args& a) {
+  const auto r = store.revoke_key(a.gateway, a.kid, a.after_seq);
+  if (!r) {
+    std::cerr << "checkpoint-central: " << a.gateway << " has no key " << a.kid << std::endl;
+    return 1;
+  }
+  std::cout << "revoked: " << a.gateway << " key " << a.kid << " is trusted for seq " << r->valid_from_seq
+            << ".." << r->valid_to_seq << " only; running instances follow within 5 s" << std::endl;
+  if (r->stored_after > 0) {
+    std::cout << "REVIEW: " << r->stored_after << " records under this key after seq " << r->valid_to_seq
+              << " were stored before the revocation and stay stored (checkpoint-central export lists them)"
+              << std::endl;
+  }
+  return 0;
+}
+
+int discard(central::CentralStore& store, const Args& a) {
+  if (!printable_operator_text(a.reason) || !printable_operator_text(a.by)) {
+    std::cerr << "checkpoint-central: --reason and --operator must be printable ASCII, 1-500 bytes"
+              << std::endl;
+    return 2;
+  }
+  const auto d =
+      store.discard_quarantine(a.gateway, a.discard_ids, a.seen_before_ms, a.reason, a.by, now_ms());
+  std::cout << "discarded " << d.rows << " quarantine rows (" << d.bytes << " bytes) of "
+            << nlohmann::json(printable(a.gateway)).dump() << " by " << a.by
+            << (d.rows == 0 ? " (none matched: nothing changed)" : "") << std::endl;
+  return 0;
+}
+
+// The subcommands that work on the database (all but run and check-config).
+int with_store(const central::CentralConfig& cfg, const Commands& c, const Args& a) {
+  central::CentralStore store(cfg.postgres.conninfo, central::quarantine_bounds(cfg.feed));
+  if (*c.enroll) {
+    return enroll(store, a);
+  }
+  if (*c.quarantine) {
+    return quarantine(store, a);
+  }
+  if (*c.status) {
+    return status(store, a);
+  }
+  if (*c.revoke) {
+    return revoke(store, a);
+  }
+  if (*c.accept) {
+    return accept_loss(store, a.gateway, a.loss_seqs, a.loss_picture, a.reason, a.by);
+  }
+  if (*c.branch) {
+    return choose_branch(store, a.gateway, a.branch_tip, a.past_receipt, a.reason, a.by);
+  }
+  if (*c.discard) {
+    return discard(store, a);
+  }
+  if (*c.files) {
+    return files(store.connection(), a.gateway, a.request_sha, a.limit, a.json_out);
+  }
+  store.export_chain(a.gateway, a.from, [](const std::string& line) { std::cout << line << '\n'; });
+  std::cout.flush();
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"checkpoint-central: verifies gateways' evidence chains into PostgreSQL and confirms custody"};
   app.require_subcommand(1);
-  std::string config_path;
-  auto* run_cmd = app.add_subcommand("run", "Run an instance (shared subscription: start as many as needed)");
-  run_cmd->add_option("-c,--config", config_path, "YAML config")->required();
-  auto* check_cmd = app.add_subcommand("check-config", "Check a config file and exit (0 good, 1 bad)");
-  check_cmd->add_option("-c,--config", config_path, "YAML config")->required();
-  std::string gateway;
-  std::string pubkey;
-  auto* enroll_cmd =
-      app.add_subcommand("enroll", "Trust a gateway's Ed25519 public key (PEM) for its records");
-  enroll_cmd->add_option("-c,--config", config_path, "YAML config")->required();
-  enroll_cmd->add_option("--gateway", gateway, "gateway id")->required();
-  enroll_cmd->add_option("--pubkey", pubkey, "public key PEM file (checkpointctl pubkey --key KEY)")
-      ->required();
-  std::uint64_t from_seq = 1;
-  enroll_cmd->add_option("--from-seq", from_seq, "trust the key for seqs from this one on (default 1)")
-      ->check(CLI::Range(std::uint64_t{1}, static_cast<std::uint64_t>(INT64_MAX)));
-  bool json_out = false;
-  auto* status_cmd = app.add_subcommand("status", "Per gateway: watermark, gaps, receipts, keys, forks");
-  status_cmd->add_option("-c,--config", config_path, "YAML config")->required();
-  status_cmd->add_flag("--json", json_out, "JSON instead of a table");
-  std::int64_t limit = 100;
-  auto* quarantine_cmd =
-      app.add_subcommand("quarantine", "Quarantine rows: reason, count, first and last seen (newest first)");
-  quarantine_cmd->add_option("-c,--config", config_path, "YAML config")->required();
-  quarantine_cmd->add_option("--gateway", gateway, "only this gateway (a name that is not enrolled too)");
-  quarantine_cmd->add_option("--limit", limit, "at most this many rows (default 100)")
-      ->check(CLI::Range(std::int64_t{1}, std::int64_t{100000}));
-  quarantine_cmd->add_flag("--json", json_out, "JSON instead of lines");
-  std::string kid;
-  std::uint64_t after_seq = 0;
-  auto* revoke_cmd = app.add_subcommand(
-      "revoke-key",
-      "A leaked gateway key signs nothing valid after --after-seq (later records: quarantined)");
-  revoke_cmd->add_option("-c,--config", config_path, "YAML config")->required();
-  revoke_cmd->add_option("--gateway", gateway, "gateway id")->required();
-  revoke_cmd->add_option("--kid", kid, "the key's kid (checkpoint-central status lists them)")->required();
-  revoke_cmd->add_option("--after-seq", after_seq, "the last seq the key is trusted for (0: none)")
-      ->required()
-      ->check(CLI::Range(std::uint64_t{0}, static_cast<std::uint64_t>(INT64_MAX)));
-  std::string loss_seqs;
-  std::string loss_picture;
-  std::string loss_reason;
-  std::string loss_operator;
-  auto* accept_cmd = app.add_subcommand("accept-loss",
-                                        "Accept as lost records (--seq A or A-B) or a picture (--picture "
-                                        "SHA) the gateway reported it no longer "
-                                        "holds: custody moves past them and receipts name them");
-  accept_cmd->add_option("-c,--config", config_path, "YAML config")->required();
-  accept_cmd->add_option("--gateway", gateway, "gateway id")->required();
-  auto* seq_opt = accept_cmd->add_option("--seq", loss_seqs, "a seq, or a range A-B (status: unrecoverable)");
-  auto* picture_opt =
-      accept_cmd->add_option("--picture", loss_picture, "a picture's SHA-256 (status: unrecoverable_media)");
-  seq_opt->excludes(picture_opt);
-  accept_cmd->add_option("--reason", loss_reason, "why the loss is accepted (kept with it)")->required();
-  accept_cmd->add_option("--operator", loss_operator, "who accepts it (kept with it)")->required();
-  std::string branch_tip;
-  bool past_receipt = false;
-  auto* branch_cmd = app.add_subcommand(
-      "choose-branch",
-      "At a chain break or fork: follow the gateway's branch ending at --tip (default: the record at the "
-      "chain break); the other branch is set aside into forks, kept");
-  branch_cmd->add_option("-c,--config", config_path, "YAML config")->required();
-  branch_cmd->add_option("--gateway", gateway, "gateway id")->required();
-  branch_cmd->add_option("--tip", branch_tip,
-                         "SEQ (the record central holds) or SEQ:SHA-256 (a fork: status --json lists them)");
-  branch_cmd->add_flag("--past-receipt", past_receipt,
-                       "the branch may replace records a custody receipt confirmed (the gateway lost them)");
-  branch_cmd->add_option("--reason", loss_reason, "why this branch (kept with the choice)")->required();
-  branch_cmd->add_option("--operator", loss_operator, "who chooses it (kept with the choice)")->required();
-  std::vector<std::int64_t> discard_ids;
-  std::optional<std::int64_t> seen_before_ms;
-  auto* discard_cmd = app.add_subcommand(
-      "discard-quarantine",
-      "Delete a gateway's quarantine rows (all, --id N..., or --seen-before-ms T); who and why are kept");
-  discard_cmd->add_option("-c,--config", config_path, "YAML config")->required();
-  discard_cmd->add_option("--gateway", gateway, "the rows' gateway name (quarantine lists them)")->required();
-  discard_cmd->add_option("--id", discard_ids, "only these rows (quarantine --json lists their ids)")
-      ->check(CLI::Range(std::int64_t{1}, std::int64_t{INT64_MAX}));
-  discard_cmd
-      ->add_option("--seen-before-ms", seen_before_ms, "only rows last seen before this time (Unix ms)")
-      ->check(CLI::Range(std::int64_t{0}, std::int64_t{INT64_MAX}));
-  discard_cmd->add_option("--reason", loss_reason, "why they are discarded (kept)")->required();
-  discard_cmd->add_option("--operator", loss_operator, "who discards them (kept)")->required();
-  std::string request_sha;
-  auto* files_cmd = app.add_subcommand(
-      "files",
-      "Recording transfers (newest first): held, open with bytes received, not held; --request asks for one");
-  files_cmd->add_option("-c,--config", config_path, "YAML config")->required();
-  files_cmd->add_option("--gateway", gateway, "only this gateway (with --request: the gateway to ask)");
-  files_cmd->add_option("--request", request_sha,
-                        "ask the gateway for this recording (SHA-256 of its record)");
-  files_cmd->add_option("--limit", limit, "at most this many rows (default 100)")
-      ->check(CLI::Range(std::int64_t{1}, std::int64_t{100000}));
-  files_cmd->add_flag("--json", json_out, "JSON instead of lines");
-  std::uint64_t from = 1;
-  auto* export_cmd =
-      app.add_subcommand("export", "A gateway's stored chain as JWS lines (checkpointctl verify reads them)");
-  export_cmd->add_option("-c,--config", config_path, "YAML config")->required();
-  export_cmd->add_option("--gateway", gateway, "gateway id")->required();
-  export_cmd->add_option("--from", from, "first seq (default 1)");
+  Args args;
+  Commands commands;
+  add_service_commands(app, args, commands);
+  add_operator_commands(app, args, commands);
   CLI11_PARSE(app, argc, argv);
 
   try {
-    const central::CentralConfig cfg = central::load_central_config(config_path);
-    if (*check_cmd) {
+    const central::CentralConfig cfg = central::load_central_config(args.config_path);
+    if (*commands.check) {
       Ed25519PrivateKey::load_pem_file(cfg.central.key_path);
-      std::cout << config_path << ": ok" << std::endl;
+      std::cout << args.config_path << ": ok" << std::endl;
       return 0;
     }
-    if (*run_cmd) {
+    if (*commands.run) {
       return run(cfg);
     }
-    central::CentralStore store(cfg.postgres.conninfo, central::quarantine_bounds(cfg.feed));
-    if (*enroll_cmd) {
-      const auto key = Ed25519PublicKey::from_pem(read_file(pubkey));
-      const bool added = store.enroll(gateway, key, "enroll", now_ms(), from_seq);
-      std::cout << (added ? "enrolled " : "already enrolled (unchanged): ") << gateway << " kid "
-                << key.kid();
-      if (added && from_seq > 1) {
-        std::cout << " from seq " << from_seq;
-      }
-      std::cout << std::endl;
-      return 0;
-    }
-    if (*quarantine_cmd) {
-      const nlohmann::json q = store.quarantine_rows(gateway, limit);
-      if (json_out) {
-        std::cout << q.dump(2) << std::endl;
-        return 0;
-      }
-      // Reasons and names are the peer's to shape: dump() escapes them as JSON strings.
-      for (const auto& r : q["rows"]) {
-        std::cout << r["gateway"].dump() << " " << r["topic"].get<std::string>() << " seq " << r["seq"].dump()
-                  << " kid " << r["kid"].dump() << " count " << r["count"] << " bytes " << r["bytes"]
-                  << " first_seen_ms " << r["first_seen_ms"] << " last_seen_ms " << r["last_seen_ms"]
-                  << " reason " << r["reason"].dump() << std::endl;
-      }
-      std::cout << "quarantine: " << q["total"] << " rows" << (gateway.empty() ? "" : " of " + gateway)
-                << ", " << q["rows"].size() << " shown" << std::endl;
-      return 0;
-    }
-    if (*status_cmd) {
-      const nlohmann::json s = store.status();
-      if (json_out) {
-        std::cout << s.dump(2) << std::endl;
-        return 0;
-      }
-      for (const auto& g : s["gateways"]) {
-        std::cout << g["gateway"].get<std::string>() << ": custody through seq " << g["watermark"]
-                  << ", highest seen " << g["max_seq"] << ", announced " << g["announced_seq"] << ", records "
-                  << g["records"] << ", receipt through " << g["receipt_seq"] << ", resend requests "
-                  << g["resend_requests"] << ", forks " << g["forks"] << ", quarantined " << g["quarantined"]
-                  << ", keys " << g["kids"].get<std::string>();
-        if (!g["chain_break"].is_null()) {
-          std::cout << ", CHAIN BREAK at seq " << g["chain_break"]["seq"] << " ("
-                    << g["chain_break"]["reason"].get<std::string>() << ")";
-        }
-        if (!g["unrecoverable"].empty()) {
-          std::cout << ", unrecoverable " << g["unrecoverable"].dump();
-        }
-        if (g["unrecoverable_media_count"].get<long long>() > 0) {
-          std::cout << ", UNRECOVERABLE PICTURES " << g["unrecoverable_media_count"] << " (first at seq "
-                    << g["unrecoverable_media"][0]["seq"] << ")";
-        }
-        for (const auto& c : g["chain_restarts"]) {
-          std::cout << ", " << (c["kind"] == "new_chain" ? "NEW CHAIN" : "STORE REPLACED") << " at seq "
-                    << c["seq"] << (c["as_fork"].get<bool>() ? " (a fork of the old chain)" : "") << ": "
-                    << c["reason"].dump();
-        }
-        if (!g["branch_choices"].empty()) {
-          std::cout << ", BRANCHES CHOSEN " << g["branch_choices"].size();  // --json: which, why, by whom
-        }
-        if (!g["accepted_losses"].empty()) {
-          std::cout << ", ACCEPTED LOSSES " << g["accepted_losses"].size();  // --json: what, why, by whom
-        }
-        if (g["head_forks"].get<long long>() > 0) {
-          std::cout << ", HEAD FORKS " << g["head_forks"];
-        }
-        std::cout << std::endl;
-      }
-      const auto& q = s["quarantine"];
-      std::cout << "quarantine: " << q["rows"] << " rows, " << q["bytes"] << " bytes (bounds "
-                << q["max_rows"] << " rows, " << q["max_bytes"] << " bytes; per gateway "
-                << q["max_rows_per_gateway"] << " rows, " << q["max_bytes_per_gateway"] << " bytes), "
-                << q["messages"] << " messages, " << q["dropped"] << " dropped beyond the bounds"
-                << std::endl;
-      const auto& u = s["unknown_gateways"];
-      if (u["count"].get<long long>() > 0) {
-        std::cout << "NOT ENROLLED: " << u["count"] << " gateway names with quarantined messages; latest:";
-        for (const auto& g : u["latest"]) {
-          std::cout << " " << g["gateway"].get<std::string>() << " (" << g["messages"] << ")";
-        }
-        std::cout << std::endl;
-      }
-      return 0;
-    }
-    if (*revoke_cmd) {
-      const auto r = store.revoke_key(gateway, kid, after_seq);
-      if (!r) {
-        std::cerr << "checkpoint-central: " << gateway << " has no key " << kid << std::endl;
-        return 1;
-      }
-      std::cout << "revoked: " << gateway << " key " << kid << " is trusted for seq " << r->valid_from_seq
-                << ".." << r->valid_to_seq << " only; running instances follow within 5 s" << std::endl;
-      if (r->stored_after > 0) {
-        std::cout
-            << "REVIEW: " << r->stored_after << " records under this key after seq " << r->valid_to_seq
-            << " were stored before the revocation and stay stored (checkpoint-central export lists them)"
-            << std::endl;
-      }
-      return 0;
-    }
-    if (*accept_cmd) {
-      return accept_loss(store, gateway, loss_seqs, loss_picture, loss_reason, loss_operator);
-    }
-    if (*branch_cmd) {
-      return choose_branch(store, gateway, branch_tip, past_receipt, loss_reason, loss_operator);
-    }
-    if (*discard_cmd) {
-      if (!printable_operator_text(loss_reason) || !printable_operator_text(loss_operator)) {
-        std::cerr << "checkpoint-central: --reason and --operator must be printable ASCII, 1-500 bytes"
-                  << std::endl;
-        return 2;
-      }
-      const auto d = store.discard_quarantine(gateway, discard_ids, seen_before_ms, loss_reason,
-                                              loss_operator, now_ms());
-      std::cout << "discarded " << d.rows << " quarantine rows (" << d.bytes << " bytes) of "
-                << nlohmann::json(printable(gateway)).dump() << " by " << loss_operator
-                << (d.rows == 0 ? " (none matched: nothing changed)" : "") << std::endl;
-      return 0;
-    }
-    if (*files_cmd) {
-      return files(store.connection(), gateway, request_sha, limit, json_out);
-    }
-    if (*export_cmd) {
-      store.export_chain(gateway, from, [](const std::string& line) { std::cout << line << '\n'; });
-      std::cout.flush();
-      return 0;
-    }
+    return with_store(cfg, commands, args);
   } catch (const config::ConfigError& e) {
     std::cerr << e.what() << std::endl;
     return 1;
@@ -492,5 +555,4 @@ int main(int argc, char** argv) {
     std::cerr << "checkpoint-central: " << e.what() << std::endl;
     return 1;
   }
-  return 0;
 }

@@ -25,6 +25,7 @@
 #include "daemon/core/file_transfer.h"
 #include "daemon/core/sealer.h"
 #include "tests/support/camera_messages.h"
+#include "tests/support/dock_messages.h"
 #include "tests/support/radar_frames.h"
 
 namespace fs = std::filesystem;
@@ -137,29 +138,10 @@ void camera_seeds(CorpusWriter& w) {
 }
 
 void dock_seeds(CorpusWriter& w) {
-  // The examples of specs/recorder-dock.md, verbatim.
-  const std::string entry = R"({
-   "uniqueId":"BWC-00917-20261127-000153",
-   "deviceId":"BWC-00917",
-   "officerId":"330102198801010011",
-   "officerName":"王伟",
-   "caseCode":"",
-   "fileName":"20261127_113712_000153.mp4",
-   "fileType":"video",
-   "format":"mp4",
-   "length":48213377,
-   "md5":"9b2d0a0c3f1e4e1a8f6b1c2d3e4f5a6b",
-   "startTime":"2026-11-27T11:37:12+08:00",
-   "endTime":"2026-11-27T11:39:40+08:00",
-   "collectTime":"2026-11-27T12:05:03+08:00",
-   "important":true,
-   "gps":[{"t":"2026-11-27T11:37:12+08:00","lat":30.274085,"lon":120.155070}]
- })";
-  w.write("dock_json", "status",
-          R"({"stationId":"DS-2011-0042","firmware":"3.4.1","time":"2026-11-27T11:38:54+08:00",
- "slots":8,"docked":["BWC-00917","BWC-00921"],"freeBytes":512000000000})");
-  w.write("dock_json", "listing", R"({"files":[)" + entry + R"(],
- "next":"c-000153"})");
+  // The examples of specs/recorder-dock.md, verbatim (tests/support/dock_messages).
+  const std::string entry = test::kDockSpecEntry;
+  w.write("dock_json", "status", test::kDockSpecStatus);
+  w.write("dock_json", "listing", test::dock_spec_listing());
   w.write("dock_json", "listing_empty", R"({"files":[],"next":"c-000153"})");
   w.write("dock_json", "entry", entry);
   w.write("dock_json", "error", R"({"error":"bad cursor"})");

@@ -669,7 +669,10 @@ TEST_F(CentralHostile, AnOperatorChoosesTheGatewaysBranchAtAChainBreak) {
   EXPECT_EQ(pg_.query("SELECT from_seq || '-' || to_seq || ' ' || set_aside || ' ' || past_receipt || ' ' || "
                       "receipt_seq || ' ' || operator FROM branch_choices"),
             "4-6 3 true 4 duty officer 7");
-  EXPECT_EQ(status()["gateways"][0]["branch_choices"].size(), 1u);
+  const nlohmann::json gh_status = status()["gateways"][0];
+  EXPECT_EQ(gh_status["branch_choices"].size(), 1u);
+  ASSERT_EQ(gh_status["fork_records"].size(), 3u);  // the lost history's 4..6, set aside
+  EXPECT_EQ(gh_status["fork_records"][2]["sha256"], sha256_hex(lost[5]));
   publish(restored, 8, 9);  // b9: the receipt follows the chosen branch
   ASSERT_TRUE(wait_for_condition([&] { return gh_int("receipt_seq") == 9; }, 30s)) << central_->stderr_text();
   EXPECT_EQ(pg_.query("SELECT watermark_hash FROM gateways WHERE gateway = 'gh'"), sha256_hex(restored[8]));

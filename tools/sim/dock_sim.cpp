@@ -32,6 +32,7 @@
 #include <stdexcept>
 
 #include "tests/support/camera_messages.h"
+#include "tests/support/dock_messages.h"
 #include "tools/sim/listen.h"
 
 namespace cpd::sim {
@@ -803,8 +804,10 @@ DockFileTruth DockSim::Impl::add_file(DockFileSpec spec, bool lock_held) {
   t.sha256 = d.sha256;
   t.listed_md5 = spec.md5_wrong_listing ? test::md5_hex("wrong:" + t.unique_id) : t.md5;
 
+  test::DockEntry entry{t.unique_id,  t.device_id, t.officer_id,   t.officer_name, spec.case_code,
+                        t.file_name,  t.file_type, t.format,       t.length,       t.listed_md5,
+                        t.start_time, t.end_time,  t.collect_time, t.important,    {}};
   // GPS: one fix every 5 s of the recording (at most 60), a slow walk from the start position.
-  ojson gps = ojson::array();
   {
     std::mt19937_64 walk(mix64(fnv1a(t.unique_id) ^ 0x6A5ULL));
     double lat = spec.lat.value_or(kBaseLat + (uniform01(walk) - 0.5) * 0.002);
@@ -812,21 +815,13 @@ DockFileTruth DockSim::Impl::add_file(DockFileSpec spec, bool lock_held) {
     const std::int64_t span = std::max<std::int64_t>(0, t.end_ms - t.start_ms);
     const std::int64_t step = std::max<std::int64_t>(5'000, span / 59 + 1);
     for (std::int64_t at = 0; at <= span; at += step) {
-      gps.push_back(
-          {{"t", test::camera_time(t.start_ms + at + t.recorder_offset_ms, opt_.utc_offset_min, false)},
-           {"lat", std::round(lat * 1e6) / 1e6},
-           {"lon", std::round(lon * 1e6) / 1e6}});
+      entry.gps.push_back(
+          {test::camera_time(t.start_ms + at + t.recorder_offset_ms, opt_.utc_offset_min, false),
+           std::round(lat * 1e6) / 1e6, std::round(lon * 1e6) / 1e6});
       lat += (uniform01(walk) - 0.5) * 0.0002;
       lon += (uniform01(walk) - 0.5) * 0.0002;
     }
   }
-  const ojson entry = {
-      {"uniqueId", t.unique_id},       {"deviceId", t.device_id},    {"officerId", t.officer_id},
-      {"officerName", t.officer_name}, {"caseCode", spec.case_code}, {"fileName", t.file_name},
-      {"fileType", t.file_type},       {"format", t.format},         {"length", t.length},
-      {"md5", t.listed_md5},           {"startTime", t.start_time},  {"endTime", t.end_time},
-      {"collectTime", t.collect_time}, {"important", t.important},   {"gps", gps},
-  };
   std::function<void(const DockFileTruth&)> callback;
   {
     if (!lock_held) {
@@ -838,7 +833,7 @@ DockFileTruth DockSim::Impl::add_file(DockFileSpec spec, bool lock_held) {
     t.seq = next_seq_++;
     Entry e;
     e.truth = t;
-    e.listing_json = entry.dump();
+    e.listing_json = test::dock_entry_json(entry).dump();
     e.md5_bad_downloads = spec.md5_bad_downloads;
     e.break_times = spec.break_times;
     e.break_after_bytes = spec.break_after_bytes;
@@ -888,7 +883,7 @@ DockAnswer DockSim::Impl::handle(const http::request<http::string_body>& req, st
   DockAnswer a;
   auto error = [&a](http::status s, std::string_view what) {
     a.status = s;
-    a.body = nlohmann::json{{"error", what}}.dump();
+    a.body = test::dock_error_json(std::string(what));
   };
   const std::lock_guard lock(mu_);
   if (stale(boot)) {
@@ -922,22 +917,20 @@ DockAnswer DockSim::Impl::handle(const http::request<http::string_body>& req, st
         pending_bytes += e.truth.length;
       }
     }
-    ojson d = ojson::array();
+    test::DockStatus status{
+        opt_.station_id,
+        opt_.firmware,
+        test::camera_time(unix_now_ms() + opt_.station_clock_offset_ms, opt_.utc_offset_min, false),
+        opt_.slots,
+        {},
+        std::max<std::int64_t>(0, opt_.capacity_bytes - pending_bytes)};
     for (const auto& r : docked) {
-      if (d.size() >= static_cast<std::size_t>(std::max(0, opt_.slots))) {
+      if (status.docked.size() >= static_cast<std::size_t>(std::max(0, opt_.slots))) {
         break;
       }
-      d.push_back(r);
+      status.docked.push_back(r);
     }
-    const ojson j = {
-        {"stationId", opt_.station_id},
-        {"firmware", opt_.firmware},
-        {"time", test::camera_time(unix_now_ms() + opt_.station_clock_offset_ms, opt_.utc_offset_min, false)},
-        {"slots", opt_.slots},
-        {"docked", d},
-        {"freeBytes", std::max<std::int64_t>(0, opt_.capacity_bytes - pending_bytes)},
-    };
-    a.body = j.dump();
+    a.body = test::dock_status_json(status);
     return a;
   }
 
@@ -979,21 +972,17 @@ DockAnswer DockSim::Impl::handle(const http::request<http::string_body>& req, st
     if (opt_.ignore_limit) {
       limit = std::clamp(opt_.flood_page, 1, kMaxLimit);
     }
-    std::string body = "{\"files\":[";
+    std::vector<std::string> entries;
     std::uint64_t last = after;
-    int n = 0;
-    for (auto it = by_seq_.upper_bound(after); it != by_seq_.end() && n < limit; ++it) {
+    for (auto it = by_seq_.upper_bound(after); it != by_seq_.end() && std::ssize(entries) < limit; ++it) {
       const Entry& e = files_.at(it->second);
       if (e.acked) {
         continue;
       }
-      body += (n == 0 ? "" : ",") + e.listing_json;
+      entries.push_back(e.listing_json);
       last = it->first;
-      ++n;
     }
-    const std::string next = n == 0 && !given.empty() ? given : cursor(last);
-    body += "],\"next\":" + nlohmann::json(next).dump() + "}";
-    a.body = std::move(body);
+    a.body = test::dock_listing_json(entries, entries.empty() && !given.empty() ? given : cursor(last));
     return a;
   }
 
@@ -1114,7 +1103,7 @@ DockAnswer DockSim::Impl::handle(const http::request<http::string_body>& req, st
     rec.outcome = "acked";
     ack_log_.push_back(rec);
     write_truth(dock_ack_truth_json(rec));
-    a.body = R"({"acked":true})";
+    a.body = test::dock_acked_json();
     return a;
   }
   error(http::status::not_found, "not found");

@@ -33,6 +33,7 @@
 #include "adapters/camera/http_auth.h"
 #include "daemon/core/encoding.h"
 #include "daemon/media/media_store.h"
+#include "tests/support/camera_messages.h"
 
 namespace cpd::adapters {
 namespace {
@@ -45,7 +46,6 @@ using tcp = asio::ip::tcp;
 
 constexpr UnixMs kGatewayNow = 1795750730000;  // 2026-11-27T03:38:50Z
 constexpr const char* kPassword = "Circle Of Life";
-constexpr const char* kNs = "http://www.hikvision.com/ver20/XMLSchema";
 
 class FixedClock final : public WallClock {
  public:
@@ -251,18 +251,22 @@ class FakeCamera {
       if (target == "/ISAPI/System/deviceInfo") {
         http::response<http::string_body> res{http::status::ok, 11};
         res.set(http::field::content_type, "application/xml");
-        res.body() =
-            std::string("<?xml version=\"1.0\"?><DeviceInfo version=\"2.0\" xmlns=\"") + kNs +
-            "\"><deviceName>gate</deviceName><deviceID>dev-1</deviceID><model>iDS-TEST</model>"
-            "<serialNumber>SN42</serialNumber><firmwareVersion>V5.5.0</firmwareVersion></DeviceInfo>";
+        cpd::test::DeviceInfo info;
+        info.device_name = "gate";
+        info.device_id = "dev-1";
+        info.model = "iDS-TEST";
+        info.serial_number = "SN42";
+        res.body() = cpd::test::device_info_xml(info);
         send(s, res, req.keep_alive());
       } else if (target == "/ISAPI/System/time") {
         ++time_requests_;
         http::response<http::string_body> res{http::status::ok, 11};
         // By default the camera is 4 s ahead of the fixed gateway clock; whole seconds only.
         const std::string local = camera_now_ ? local_time_of(camera_now_()) : "2026-11-27T11:38:54+08:00";
-        res.body() = std::string("<Time xmlns=\"") + kNs + "\"><timeMode>manual</timeMode><localTime>" +
-                     local + "</localTime></Time>";
+        cpd::test::TimeStatus time;
+        time.time_mode = "manual";
+        time.local_time = local;
+        res.body() = cpd::test::time_xml(time);
         send(s, res, req.keep_alive());
       } else if (target == "/ISAPI/Event/notification/alertStream") {
         ++stream_requests_;
@@ -317,39 +321,32 @@ class FakeCamera {
 // ---- stream builders ----
 
 std::string xml_part(const std::string& xml) {
-  return "--boundary\r\nContent-Type: application/xml; charset=\"UTF-8\"\r\nContent-Length: " +
-         std::to_string(xml.size()) + "\r\n\r\n" + xml + "\r\n";
+  return cpd::test::xml_part("boundary", xml);
 }
 
 std::string jpeg_part(const std::string& name, const std::string& bytes) {
-  return "--boundary\r\nContent-Type: image/jpeg\r\nContent-Length: " + std::to_string(bytes.size()) +
-         "\r\nContent-Disposition: attachment; filename=\"" + name + "\"\r\n\r\n" + bytes + "\r\n";
+  return cpd::test::jpeg_part("boundary", name, bytes);
 }
 
 std::string heartbeat() {
-  return xml_part(
-      std::string("<EventNotificationAlert version=\"2.0\" xmlns=\"") + kNs +
-      "\"><dateTime>2026-11-27T11:38:50+08:00</dateTime><activePostCount>0</activePostCount>"
-      "<eventType>videoloss</eventType><eventState>inactive</eventState></EventNotificationAlert>");
+  cpd::test::Heartbeat h;
+  h.date_time = "2026-11-27T11:38:50+08:00";
+  return xml_part(cpd::test::heartbeat_xml(h));
 }
 
 std::string anpr(const std::string& uuid, const std::string& plate, const std::vector<std::string>& files) {
-  std::string pics;
+  cpd::test::AnprAlert a;
+  a.date_time = "2026-11-27T11:38:54.123+08:00";
+  a.active_post_count = 7;
+  a.license_plate = plate;
+  a.line = 2;
+  a.uuid = uuid;
   for (const auto& f : files) {
-    pics += "<pictureInfo><fileName>" + f + "</fileName><type>" +
-            (f.find("plate") != std::string::npos ? "licensePlatePicture" : "detectionPicture") +
-            "</type><absTime>20261127113854223</absTime></pictureInfo>";
+    a.pictures.push_back({f,
+                          f.find("plate") != std::string::npos ? "licensePlatePicture" : "detectionPicture",
+                          "20261127113854223"});
   }
-  return xml_part(std::string("<EventNotificationAlert version=\"2.0\" xmlns=\"") + kNs +
-                  "\"><dateTime>2026-11-27T11:38:54.123+08:00</dateTime><activePostCount>7</activePostCount>"
-                  "<eventType>ANPR</eventType><eventState>active</eventState><ANPR><country>CHN</country>"
-                  "<licensePlate>" +
-                  plate +
-                  "</licensePlate><line>2</line><direction>forward</direction>"
-                  "<confidenceLevel>97</confidenceLevel><plateType>92TypeCivil</plateType>"
-                  "<plateColor>blue</plateColor><vehicleType>vehicle</vehicleType><pictureInfoList>" +
-                  pics + "</pictureInfoList></ANPR><UUID>" + uuid + "</UUID><picNum>" +
-                  std::to_string(files.size()) + "</picNum></EventNotificationAlert>");
+  return xml_part(cpd::test::anpr_alert_xml(a));
 }
 
 // JPEG-looking bytes with the boundary line inside: only Content-Length can frame them.
@@ -428,6 +425,9 @@ class CameraAdapterTest : public ::testing::Test {
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_{io_.get_executor()};
   asio::thread_pool blocking_{1};
   FixedClock clock_;
+  // A clock given to start() must outlive the adapter, which runs until TearDown: a fixture member, never a
+  // test's local (a local one was destroyed while the adapter still read it: "pure virtual method called").
+  RunningClock running_clock_;
   CollectingSink sink_;
   std::optional<AdapterContext> ctx_;
   std::unique_ptr<Adapter> adapter_;
@@ -547,7 +547,7 @@ TEST_F(CameraAdapterTest, StreamWithPicturesDroppedPictureDuplicateAndMalformedX
 // at (re)connect narrows the offset enough that the first plate read already carries a precise one.
 TEST_F(CameraAdapterTest, FirstPlateReadHasAnOffsetGoodToTensOfMilliseconds) {
   constexpr std::int64_t kTrueOffset = 4237;
-  RunningClock gateway;
+  const RunningClock& gateway = running_clock_;
   FakeCamera camera(heartbeat() + anpr("uuid-R", "浙R00042", {}), FakeCamera::Mode::kNormal,
                     [&gateway] { return gateway.now_ms() + kTrueOffset; });
   start(camera.port(), kPassword, &gateway);

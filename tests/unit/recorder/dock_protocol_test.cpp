@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "daemon/core/encoding.h"
+#include "tests/support/dock_messages.h"
 
 namespace cpd::adapters {
 namespace {
@@ -21,29 +22,9 @@ using nlohmann::json;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
-// specs/recorder-dock.md, "Station status" and "Listing new files", verbatim.
-constexpr const char* kStatus =
-    R"({"stationId":"DS-2011-0042","firmware":"3.4.1","time":"2026-11-27T11:38:54+08:00",
- "slots":8,"docked":["BWC-00917","BWC-00921"],"freeBytes":512000000000})";
-
-constexpr const char* kListing = R"({"files":[{
-   "uniqueId":"BWC-00917-20261127-000153",
-   "deviceId":"BWC-00917",
-   "officerId":"330102198801010011",
-   "officerName":"王伟",
-   "caseCode":"",
-   "fileName":"20261127_113712_000153.mp4",
-   "fileType":"video",
-   "format":"mp4",
-   "length":48213377,
-   "md5":"9b2d0a0c3f1e4e1a8f6b1c2d3e4f5a6b",
-   "startTime":"2026-11-27T11:37:12+08:00",
-   "endTime":"2026-11-27T11:39:40+08:00",
-   "collectTime":"2026-11-27T12:05:03+08:00",
-   "important":true,
-   "gps":[{"t":"2026-11-27T11:37:12+08:00","lat":30.274085,"lon":120.155070}]
- }],
- "next":"<cursor>"})";
+// specs/recorder-dock.md, "Station status" and "Listing new files", verbatim (tests/support/dock_messages).
+const char* const kStatus = cpd::test::kDockSpecStatus;
+const std::string kListing = cpd::test::dock_spec_listing();
 
 // 王伟 as UTF-8 bytes, written out so the check does not depend on the source file's encoding.
 const std::string kWangWei = "\xE7\x8E\x8B\xE4\xBC\x9F";

@@ -25,6 +25,8 @@
 #include <utility>
 #include <vector>
 
+#include "tests/support/dock_messages.h"
+
 namespace cpd::adapters::test {
 
 // Hex digest of `bytes` by OpenSSL directly (independent of the FileDigest under test).
@@ -266,22 +268,18 @@ class FakeDock {
     return {};
   }
 
-  nlohmann::json entry(const FakeDockFile& f) const {
-    return {{"uniqueId", f.unique_id},
-            {"deviceId", "BWC-00917"},
-            {"officerId", "330102198801010011"},
-            {"officerName", "王伟"},
-            {"caseCode", ""},
-            {"fileName", f.unique_id + ".mp4"},
-            {"fileType", "video"},
-            {"format", "mp4"},
-            {"length", f.listed_length >= 0 ? static_cast<std::size_t>(f.listed_length) : f.content.size()},
-            {"md5", f.listed_md5},
-            {"startTime", f.start_time},
-            {"endTime", f.end_time},
-            {"collectTime", f.collect_time},
-            {"important", true},
-            {"gps", nlohmann::json::array({{{"t", f.start_time}, {"lat", 30.274085}, {"lon", 120.15507}}})}};
+  static std::string entry(const FakeDockFile& f) {
+    cpd::test::DockEntry e;
+    e.unique_id = f.unique_id;
+    e.file_name = f.unique_id + ".mp4";
+    e.length = f.listed_length >= 0 ? f.listed_length : static_cast<std::int64_t>(f.content.size());
+    e.md5 = f.listed_md5;
+    e.start_time = f.start_time;
+    e.end_time = f.end_time;
+    e.collect_time = f.collect_time;
+    e.important = true;
+    e.gps = {{f.start_time, 30.274085, 120.15507}};
+    return cpd::test::dock_entry_json(e).dump();
   }
 
   void handle(tcp::socket& socket, const Request& req) {
@@ -295,15 +293,16 @@ class FakeDock {
       if (req[boost::beast::http::field::authorization] != "Bearer " + token_) {
         ++unauthorized_;
         cv_.notify_all();
-        send(socket, 401, R"({"error":"unauthorized"})");
+        send(socket, 401, cpd::test::dock_error_json("unauthorized"));
         return;
       }
     }
     constexpr std::string_view kFiles = "/api/v1/files";
     if (path == "/api/v1/status" && req.method() == boost::beast::http::verb::get) {
-      send(socket, 200,
-           R"({"stationId":"DS-2011-0042","firmware":"3.4.1","time":"2026-11-27T11:38:50+08:00",)"
-           R"("slots":8,"docked":["BWC-00917"],"freeBytes":512000000000})");
+      cpd::test::DockStatus status;
+      status.time = "2026-11-27T11:38:50+08:00";
+      status.docked = {"BWC-00917"};
+      send(socket, 200, cpd::test::dock_status_json(status));
       return;
     }
     if (path == kFiles && req.method() == boost::beast::http::verb::get) {
@@ -324,7 +323,7 @@ class FakeDock {
         return;
       }
     }
-    send(socket, 404, R"({"error":"not found"})");
+    send(socket, 404, cpd::test::dock_error_json("not found"));
   }
 
   void list(tcp::socket& socket, const std::string& query) {
@@ -343,22 +342,20 @@ class FakeDock {
         lose_cursor_ = false;
         ++bad_cursor_answers_;
         lock.unlock();
-        send(socket, 400, R"({"error":"bad cursor"})");
+        send(socket, 400, cpd::test::dock_error_json("bad cursor"));
         return;
       }
       from = std::stoul(after.substr(1));
     }
     limits_.push_back(limit);
-    // Written out by hand: a raw entry may hold bytes no JSON library would write.
-    std::string body = R"({"files":[)";
+    // A raw entry may hold bytes no JSON library would write: spliced in as it is.
+    std::vector<std::string> entries;
     std::size_t i = from;
     for (std::size_t n = 0; i < files_.size() && (n < limit || ignore_limit_); ++i, ++n) {
-      body +=
-          (n == 0 ? "" : ",") + (files_[i].raw_entry.empty() ? entry(files_[i]).dump() : files_[i].raw_entry);
+      entries.push_back(files_[i].raw_entry.empty() ? entry(files_[i]) : files_[i].raw_entry);
     }
-    body += R"(],"next":")" + ("c" + std::to_string(i)) + "\"}";
     lock.unlock();
-    send(socket, 200, body);
+    send(socket, 200, cpd::test::dock_listing_json(entries, "c" + std::to_string(i)));
   }
 
   void content(tcp::socket& socket, const std::string& id, const std::string& range) {
@@ -371,7 +368,7 @@ class FakeDock {
     }
     if (it == files_.end() || it->not_found) {
       lock.unlock();
-      send(socket, 404, R"({"error":"not found"})");
+      send(socket, 404, cpd::test::dock_error_json("not found"));
       return;
     }
     ++content_requests_[id];
@@ -437,9 +434,9 @@ class FakeDock {
       status = it == files_.end() ? 404 : ack_status_;
     }
     send(socket, status,
-         status == 200   ? R"({"acked":true})"
-         : status == 409 ? R"({"error":"checksum mismatch"})"
-                         : R"({"error":"not found"})");
+         status == 200   ? cpd::test::dock_acked_json()
+         : status == 409 ? cpd::test::dock_error_json("checksum mismatch")
+                         : cpd::test::dock_error_json("not found"));
   }
 
   const std::string token_;
