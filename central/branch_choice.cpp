@@ -23,6 +23,9 @@ std::string num(std::uint64_t v) {
 // How far back a branch is followed: a branch is what a gateway sealed between two of central's views of
 // it (a restored backup, a replaced store), never a whole history.
 constexpr std::size_t kMaxBranchRecords = 100000;
+// How far back the gap planner walks a branch (two queries a record, under the gateway's row lock) to find
+// what it lacks; a longer branch is left to the operator (choose-branch refuses it, naming the record).
+constexpr std::size_t kMaxPlannedBranchRecords = 10000;
 // How many seqs one request for a branch's missing records asks for, ending at the one the walk lacks.
 constexpr std::uint64_t kBranchRequestSeqs = 100;
 
@@ -83,7 +86,7 @@ std::optional<std::pair<std::uint64_t, std::uint64_t>> CentralStore::branch_requ
     return std::nullopt;
   }
   const BranchWalk walk = walk_branch(
-      gateway, break_seq - 1, tip.text(0, 0), true, kMaxBranchRecords,
+      gateway, break_seq - 1, tip.text(0, 0), true, kMaxPlannedBranchRecords,
       [](std::uint64_t, const std::string&, const std::string& jws) -> std::optional<std::string> {
         const auto dot1 = jws.find('.');
         const auto dot2 = jws.find('.', dot1 == std::string::npos ? jws.size() : dot1 + 1);
@@ -172,6 +175,11 @@ CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gatewa
     out.refusal = !refusal.empty() ? refusal : walk.error;
     return out;
   }
+  if (walk.missing && !tip_in_records && incoming.empty()) {
+    out.refusal =
+        "central holds no record or fork " + gateway + ":" + num(tip_seq) + " with SHA-256 " + tip_sha256;
+    return out;
+  }
   if (walk.missing) {
     out.refusal = "the branch needs " + gateway + ":" + num(walk.missing->first) + " with SHA-256 " +
                   walk.missing->second +
@@ -207,41 +215,69 @@ CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gatewa
   }
 
   // The other branch: every record from `from` through the branch's last fork, and, when the tip was a
-  // fork, the records above it that do not follow on from it one by one (those are asked for again).
-  std::uint64_t keep_above = to;
-  std::string link = branch.front().sha256;
+  // fork, the run of records right above it from the first that does not follow on from it up to the next
+  // hole (they follow on from the other branch; those after a hole are left for the walk to check).
+  std::uint64_t above_from = 0;  // 0: none
+  std::uint64_t above_to = 0;
   if (!tip_in_records) {
     const PgResult above = conn_->exec(
-        "SELECT seq, prev, jws_sha256 FROM records WHERE gateway = $1 AND seq > $2::bigint ORDER "
-        "BY seq",
-        {gateway, num(to)}, "reading records above a branch");
-    for (int i = 0; i < above.rows(); ++i) {
-      if (static_cast<std::uint64_t>(above.integer(i, 0)) != keep_above + 1 || above.text(i, 1) != link) {
-        break;
+        "SELECT seq, prev, jws_sha256 FROM records WHERE gateway = $1 AND seq > $2::bigint ORDER BY seq "
+        "LIMIT "
+        "$3",
+        {gateway, num(to), num(static_cast<std::uint64_t>(kMaxBranchRecords))},
+        "reading records above a branch");
+    std::uint64_t expect = to + 1;
+    std::string link = branch.front().sha256;
+    for (int i = 0; i < above.rows(); ++i, ++expect) {
+      const auto seq = static_cast<std::uint64_t>(above.integer(i, 0));
+      if (seq != expect) {
+        break;  // a hole
       }
-      keep_above = static_cast<std::uint64_t>(above.integer(i, 0));
-      link = above.text(i, 2);
+      if (above_from == 0 && above.text(i, 1) == link) {
+        link = above.text(i, 2);  // still the chosen branch
+        continue;
+      }
+      above_from = above_from == 0 ? seq : above_from;
+      above_to = seq;
     }
   }
-  const std::string above = tip_in_records ? "false" : "true";
   const char* what = "setting aside the other branch";
   const PgResult moved = conn_->exec(
       "WITH moved AS (DELETE FROM records WHERE gateway = $1 AND (seq BETWEEN $2::bigint AND $3::bigint OR "
-      "($6::boolean AND seq > $5::bigint)) RETURNING gateway, seq, jws, jws_sha256), "
+      "seq BETWEEN $5::bigint AND $6::bigint) RETURNING gateway, seq, jws, jws_sha256), "
       "kept AS (INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms) SELECT gateway, seq, jws, "
       "jws_sha256, $4::bigint FROM moved ON CONFLICT DO NOTHING) "
       "SELECT count(*), COALESCE(min(seq), 0), COALESCE(max(seq), 0) FROM moved",
-      {gateway, num(from), num(to), num(now_ms), num(keep_above), above}, what);
+      {gateway, num(from), num(to), num(now_ms), num(above_from), num(above_to)}, what);
   out.set_aside = static_cast<std::uint64_t>(moved.integer(0, 0));
   conn_->exec(
-      "DELETE FROM record_media WHERE gateway = $1 AND (seq BETWEEN $2::bigint AND $3::bigint OR "
-      "($5::boolean AND seq > $4::bigint))",
-      {gateway, num(from), num(to), num(keep_above), above}, what);
+      "DELETE FROM record_media WHERE gateway = $1 AND (seq BETWEEN $2::bigint AND $3::bigint OR seq BETWEEN "
+      "$4::bigint AND $5::bigint)",
+      {gateway, num(from), num(to), num(above_from), num(above_to)}, what);
+  // What was reported or accepted as lost, and announced, from `from` on was about the other branch (as for a
+  // followed replaced store): a receipt must not name as lost a record the chosen branch holds.
+  const PgParams gn{gateway, num(from - 1)};
+  for (const char* table : {"unrecoverable", "accepted_losses"}) {
+    conn_->exec(std::string("DELETE FROM ") + table + " WHERE gateway = $1 AND from_seq > $2::bigint", gn,
+                what);
+    conn_->exec(
+        std::string("UPDATE ") + table + " SET to_seq = $2 WHERE gateway = $1 AND to_seq > $2::bigint", gn,
+        what);
+  }
+  conn_->exec("DELETE FROM head_announcements WHERE gateway = $1 AND seq > $2::bigint", gn, what);
   // The branch into the chain, as if it had arrived now; its copies leave `forks`.
   std::reverse(incoming.begin(), incoming.end());
   BatchOutcome ignored;
+  std::size_t inserted = 0;
   for (std::size_t i = 0; i < incoming.size(); i += 50) {
-    insert_records(incoming, i, std::min(incoming.size(), i + 50), now_ms, ignored);
+    inserted += insert_records(incoming, i, std::min(incoming.size(), i + 50), now_ms, ignored).size();
+  }
+  if (inserted != incoming.size()) {
+    // A running instance stored a record at one of these seqs meanwhile (a hole the branch fills): nothing
+    // is changed (the transaction rolls back), the operator runs the command again.
+    out.refusal = "a running instance stored a record of " + gateway + " between seq " + num(from) + " and " +
+                  num(to) + " meanwhile; run the command again";
+    return out;
   }
   for (const Member& m : branch) {
     conn_->exec("DELETE FROM forks WHERE gateway = $1 AND seq = $2 AND jws_sha256 = $3",

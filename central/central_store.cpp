@@ -1526,6 +1526,7 @@ std::vector<ResendPlan> CentralStore::plan_resends(std::int64_t now_ms, const Ga
     ResendPlan plan;
     plan.gateway = gateway;
     const std::uint64_t from = wm + 1;
+    std::int64_t backoff_ms = r.integer(i, 4);
     if (!r.is_null(i, 5)) {
       // A chain break at S: the records the branch S follows on from lacks are asked for (the walk back from
       // S through the forks finds the first; it and the 99 below it), so they arrive as forks for an operator
@@ -1534,12 +1535,24 @@ std::vector<ResendPlan> CentralStore::plan_resends(std::int64_t now_ms, const Ga
       const auto brk = static_cast<std::uint64_t>(r.integer(i, 5));
       const auto range = branch_request(gateway, brk);
       if (!range) {
+        // Complete (or not walkable): walked again only after the longest backoff, not at every check.
+        conn_->exec("UPDATE gateways SET next_request_ms = $2 WHERE gateway = $1",
+                    {gateway, num(now_ms + policy.retry_max_ms)}, "scheduling the next branch walk");
         continue;
       }
       plan.request.from_seq = range->first;
       plan.request.to_seq = range->second;
       plan.why = "seq " + num(plan.request.from_seq) + ".." + num(plan.request.to_seq) +
                  " (the branch the chain break at " + num(brk) + " follows on from)";
+      // The branch grows by up to 100 records a request: while each request asks for another range, the next
+      // one follows after the shortest backoff; the same range again doubles it.
+      const PgResult last = conn_->exec(
+          "SELECT from_seq, to_seq FROM resend_open WHERE gateway = $1 ORDER BY sent_ms DESC LIMIT 1",
+          {gateway}, "reading the last request");
+      if (last.rows() == 0 || last.is_null(0, 0) ||
+          static_cast<std::uint64_t>(last.integer(0, 1)) != plan.request.to_seq) {
+        backoff_ms = 0;
+      }
     } else if (PgResult unrec = conn_->exec(
                    "SELECT to_seq FROM unrecoverable WHERE gateway = $1 AND from_seq <= $2 AND to_seq >= $2",
                    {gateway, num(from)}, "checking unrecoverable ranges");
@@ -1548,9 +1561,8 @@ std::vector<ResendPlan> CentralStore::plan_resends(std::int64_t now_ms, const Ga
     } else if (!plan_holes(gateway, wm, static_cast<std::uint64_t>(r.integer(i, 2)), announced, plan)) {
       continue;
     }
-    const std::int64_t backoff =
-        std::clamp<std::int64_t>(r.integer(i, 4) == 0 ? policy.retry_min_ms : r.integer(i, 4) * 2,
-                                 policy.retry_min_ms, policy.retry_max_ms);
+    const std::int64_t backoff = std::clamp<std::int64_t>(
+        backoff_ms == 0 ? policy.retry_min_ms : backoff_ms * 2, policy.retry_min_ms, policy.retry_max_ms);
     conn_->exec(
         "UPDATE gateways SET next_request_ms = $2, request_backoff_ms = $3, resend_requests = "
         "resend_requests + 1 "
@@ -1612,7 +1624,9 @@ nlohmann::json CentralStore::status() {
       "ORDER BY 2 DESC LIMIT 100) x), "
       "(SELECT COALESCE(json_agg(json_build_object('seqs', json_build_array(b.from_seq, b.to_seq), "
       "'tip_seq', "
-      "b.tip_seq, 'tip_sha256', b.tip_sha256, 'set_aside', b.set_aside, 'past_receipt', b.past_receipt, "
+      "b.tip_seq, 'tip_sha256', b.tip_sha256, 'set_aside', b.set_aside, 'set_aside_seqs', "
+      "json_build_array(b.set_aside_from, b.set_aside_to), 'past_receipt', b.past_receipt, 'receipt_seq', "
+      "b.receipt_seq, "
       "'reason', b.reason, 'operator', b.operator, 'chosen_ms', b.chosen_ms) ORDER BY b.id), '[]') FROM "
       "(SELECT * FROM branch_choices b WHERE b.gateway = g.gateway ORDER BY b.id DESC LIMIT 100) b), "
       "(SELECT COALESCE(json_agg(json_build_object('seq', f.seq, 'sha256', f.jws_sha256, 'received_ms', "

@@ -580,8 +580,13 @@ TEST_F(CentralHostile, AnOperatorChoosesTheGatewaysBranchAtAChainBreak) {
     lost.push_back(gh_record(seq, sha256_hex(lost.back()), {}));
   }
   std::vector<std::string> restored(lost.begin(), lost.begin() + 3);  // 1..3, then b4..b9
+  const std::string b5_picture = "b5's picture";
   for (std::uint64_t seq = 4; seq <= 9; ++seq) {
-    restored.push_back(gh_signed(gh_key_, seq, sha256_hex(restored.back()), {{"message", "restored"}}));
+    nlohmann::json fields = {{"message", "restored"}};
+    if (seq == 5) {
+      fields["pictures"] = nlohmann::json::array({{{"sha256", sha256_hex(b5_picture)}}});
+    }
+    restored.push_back(gh_signed(gh_key_, seq, sha256_hex(restored.back()), fields));
   }
   const auto gh_int = [&](const std::string& column) {
     return pg_int("SELECT " + column + " FROM gateways WHERE gateway = 'gh'");
@@ -616,6 +621,12 @@ TEST_F(CentralHostile, AnOperatorChoosesTheGatewaysBranchAtAChainBreak) {
       for (std::size_t i = 0; i < 4; ++i) {
         gh.client().publish(mqtt::make_message("checkpoint/gh/evidence", restored[i], 1, false));
       }
+      // Seqs 1..2 are gone from the restored gateway (retention): central holds them, so nothing is lost.
+      custody::ResendReply reply;
+      reply.from_seq = 1;
+      reply.to_seq = 4;
+      reply.not_held = {{1, 2}};
+      reply_to(gh, msg, reply);
     }
   });
   gh.client().subscribe("checkpoint/gh/resend", 1)->wait();
@@ -628,6 +639,7 @@ TEST_F(CentralHostile, AnOperatorChoosesTheGatewaysBranchAtAChainBreak) {
       << central_->stderr_text();
   ASSERT_EQ(gh_int("receipt_seq"), 4);
 
+  gh.publish("checkpoint/gh/media/" + sha256_hex(b5_picture), b5_picture);
   publish(restored, 4, 8);  // b5..b8: b5, b6 forks, b7 a chain break, b8 stored above it
   ASSERT_TRUE(wait_for_condition([&] { return gh_int("COALESCE(chain_break_seq, 0)") == 7; }, 30s))
       << central_->stderr_text();
@@ -649,10 +661,11 @@ TEST_F(CentralHostile, AnOperatorChoosesTheGatewaysBranchAtAChainBreak) {
   ASSERT_TRUE(wait_for_condition([&] { return break_requests.load() > 0; }, 30s)) << central_->stderr_text();
   answering = true;
   ASSERT_TRUE(wait_for_condition([&] { return gh_int("forks") == 3; }, 30s)) << central_->stderr_text();
-  EXPECT_EQ(pg_int("SELECT count(*) FROM unrecoverable WHERE gateway = 'gh'"), 0);
   const int asked = break_requests.load();
   pause(3s);  // longer than the fixture's longest request backoff (2 s)
   EXPECT_LE(break_requests.load(), asked + 1) << "a complete branch is asked for again";
+  EXPECT_EQ(pg_int("SELECT count(*) FROM unrecoverable WHERE gateway = 'gh'"), 0)
+      << "not_held below the watermark (records central holds) was taken as a loss";
   EXPECT_EQ(choose({}, &out, &err), 1);
   EXPECT_NE(err.find("central confirmed gh through seq 4"), std::string::npos) << err;
   EXPECT_EQ(chain(), hashes(lost, 0, 6) + "," + hashes(restored, 6, 8));
@@ -663,6 +676,9 @@ TEST_F(CentralHostile, AnOperatorChoosesTheGatewaysBranchAtAChainBreak) {
   EXPECT_NE(out.find("3 record(s) of the other branch (seq 4..6) set aside"), std::string::npos) << out;
   EXPECT_NE(out.find("custody through seq 8"), std::string::npos) << out;
   EXPECT_EQ(chain(), hashes(restored, 0, 8));
+  EXPECT_EQ(gh_int("receipt_seq"), 3) << "the next receipt names the chosen branch's head";
+  EXPECT_EQ(pg_.query("SELECT string_agg(seq || ':' || sha256, ',') FROM record_media WHERE gateway = 'gh'"),
+            "5:" + sha256_hex(b5_picture));
   EXPECT_EQ(pg_.query("SELECT string_agg(jws_sha256, ',' ORDER BY seq) FROM forks WHERE gateway = 'gh'"),
             hashes(lost, 3, 6));
   EXPECT_EQ(gh_int("COALESCE(chain_break_seq, 0)"), 0);
@@ -682,6 +698,7 @@ TEST_F(CentralHostile, AnOperatorChoosesTheGatewaysBranchAtAChainBreak) {
   EXPECT_NE(out.find("6 record(s) of the other branch (seq 4..9) set aside"), std::string::npos) << out;
   EXPECT_EQ(chain(), hashes(lost, 0, 6));
   EXPECT_EQ(gh_int("watermark_seq"), 6);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM record_media WHERE gateway = 'gh'"), 0);
   EXPECT_EQ(pg_int("SELECT count(*) FROM forks WHERE gateway = 'gh'"), 6);
   central_->signal(SIGTERM);
   EXPECT_EQ(central_->wait(20s), 0) << central_->stderr_text();
