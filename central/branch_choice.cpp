@@ -256,15 +256,7 @@ CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gatewa
       {gateway, num(from), num(to), num(above_from), num(above_to)}, what);
   // What was reported or accepted as lost, and announced, from `from` on was about the other branch (as for a
   // followed replaced store): a receipt must not name as lost a record the chosen branch holds.
-  const PgParams gn{gateway, num(from - 1)};
-  for (const char* table : {"unrecoverable", "accepted_losses"}) {
-    conn_->exec(std::string("DELETE FROM ") + table + " WHERE gateway = $1 AND from_seq > $2::bigint", gn,
-                what);
-    conn_->exec(
-        std::string("UPDATE ") + table + " SET to_seq = $2 WHERE gateway = $1 AND to_seq > $2::bigint", gn,
-        what);
-  }
-  conn_->exec("DELETE FROM head_announcements WHERE gateway = $1 AND seq > $2::bigint", gn, what);
+  forget_other_branch_after(gateway, from - 1, what);
   // The branch into the chain, as if it had arrived now; its copies leave `forks`.
   std::reverse(incoming.begin(), incoming.end());
   BatchOutcome ignored;

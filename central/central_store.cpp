@@ -853,6 +853,20 @@ std::set<std::pair<std::string, std::uint64_t>> CentralStore::insert_records(
   return fresh;
 }
 
+void CentralStore::forget_other_branch_after(const std::string& gateway, std::uint64_t n, const char* what) {
+  const PgParams gn{gateway, num(n)};
+  // Announcements after N were about the other branch: no evidence about the one followed now.
+  conn_->exec("DELETE FROM head_announcements WHERE gateway = $1 AND seq > $2::bigint", gn, what);
+  // What was reported lost, or an operator accepted as lost, after N was about the other branch too.
+  for (const char* table : {"unrecoverable", "accepted_losses"}) {
+    conn_->exec(std::string("DELETE FROM ") + table + " WHERE gateway = $1 AND from_seq > $2::bigint", gn,
+                what);
+    conn_->exec(
+        std::string("UPDATE ") + table + " SET to_seq = $2 WHERE gateway = $1 AND to_seq > $2::bigint", gn,
+        what);
+  }
+}
+
 bool CentralStore::follow_replaced_store(const IncomingRecord& rec, std::int64_t now_ms, BatchOutcome& out) {
   // The gateway's store_replaced record at N+1 continues its chain after central's receipt through N. Records
   // of the old store after N that central held (received, never confirmed) are another branch of the same
@@ -892,16 +906,7 @@ bool CentralStore::follow_replaced_store(const IncomingRecord& rec, std::int64_t
   const PgParams gn{rec.gateway, num(n)};
   const char* what = "following a replaced store";
   conn_->exec("DELETE FROM record_media WHERE gateway = $1 AND seq > $2::bigint", gn, what);
-  // Announcements of the old chain after N say nothing about the new one.
-  conn_->exec("DELETE FROM head_announcements WHERE gateway = $1 AND seq > $2::bigint", gn, what);
-  // What the old store reported lost, or an operator accepted as lost, after N was about the old chain.
-  for (const char* table : {"unrecoverable", "accepted_losses"}) {
-    conn_->exec(std::string("DELETE FROM ") + table + " WHERE gateway = $1 AND from_seq > $2::bigint", gn,
-                what);
-    conn_->exec(
-        std::string("UPDATE ") + table + " SET to_seq = $2 WHERE gateway = $1 AND to_seq > $2::bigint", gn,
-        what);
-  }
+  forget_other_branch_after(rec.gateway, n, what);
   // Custody, the highest seq, the announced head and a chain break fall back to N (the walk goes on from
   // there); the old chain's announcement is no evidence about the new one.
   conn_->exec(

@@ -320,6 +320,9 @@ class CentralStore {
   // receipt it continues after: the old chain's records after that receipt are set aside into forks, and
   // custody follows the continued chain. False (nothing changed) in every other case.
   bool follow_replaced_store(const IncomingRecord& rec, std::int64_t now_ms, BatchOutcome& out);
+  // Kept head announcements, unrecoverable ranges and accepted losses after seq `n` were about a branch set
+  // aside (a followed replaced store, an operator's choice of branch): dropped, or cut at n.
+  void forget_other_branch_after(const std::string& gateway, std::uint64_t n, const char* what);
   // What to ask for when record watermark+1 is missing or waits for its pictures (plan_resends): the
   // pictures, or every hole up to the last one and the lost tail. False: nothing to ask.
   bool plan_holes(const std::string& gateway, std::uint64_t wm, std::uint64_t max_seq,
