@@ -9,7 +9,6 @@
 
 #include "central/central_store.h"
 #include "central/key_rotation.h"
-#include "daemon/core/encoding.h"
 #include "daemon/core/record_check.h"
 
 namespace cpd::central {
@@ -69,7 +68,6 @@ CentralStore::BranchWalk CentralStore::walk_branch(
     if (!prev) {
       return out;  // the caller said why
     }
-    ++out.forks;
     want = *prev;
     joining = true;
     --seq;
@@ -88,17 +86,11 @@ std::optional<std::pair<std::uint64_t, std::uint64_t>> CentralStore::branch_requ
   const BranchWalk walk = walk_branch(
       gateway, break_seq - 1, tip.text(0, 0), true, kMaxPlannedBranchRecords,
       [](std::uint64_t, const std::string&, const std::string& jws) -> std::optional<std::string> {
-        const auto dot1 = jws.find('.');
-        const auto dot2 = jws.find('.', dot1 == std::string::npos ? jws.size() : dot1 + 1);
-        if (dot2 == std::string::npos) {
+        const auto body = unverified_jws_part(jws, 1);
+        if (!body || !body->contains("prev") || !(*body)["prev"].is_string()) {
           return std::nullopt;
         }
-        const auto body = base64url_decode(std::string_view(jws).substr(dot1 + 1, dot2 - dot1 - 1));
-        const nlohmann::json j = body ? nlohmann::json::parse(*body, nullptr, false) : nlohmann::json();
-        if (!j.is_object() || !j.contains("prev") || !j["prev"].is_string()) {
-          return std::nullopt;
-        }
-        return j["prev"].get<std::string>();
+        return (*body)["prev"].get<std::string>();
       });
   if (!walk.missing) {
     return std::nullopt;  // complete (or not walkable): nothing to ask for
@@ -108,50 +100,15 @@ std::optional<std::pair<std::uint64_t, std::uint64_t>> CentralStore::branch_requ
   return std::make_pair(to > kBranchRequestSeqs ? to - kBranchRequestSeqs + 1 : 1, to);
 }
 
-CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gateway, std::uint64_t tip_seq,
-                                                       const std::string& tip_sha256, bool past_receipt,
-                                                       const std::string& reason, const std::string& by,
-                                                       std::int64_t now_ms) {
-  BranchChoice out;
-  PgTransaction tx(*conn_);
-  const PgResult g = conn_->exec(
-      "SELECT receipt_seq, watermark_seq, chain_break_seq FROM gateways WHERE gateway = $1 FOR UPDATE",
-      {gateway}, "locking a gateway");
-  if (g.rows() == 0) {
-    out.refusal = "gateway \"" + gateway + "\" is not known to this central";
-    return out;
-  }
-  const auto receipt_seq = static_cast<std::uint64_t>(g.integer(0, 0));
-  if (tip_seq == 0) {
-    if (g.is_null(0, 2)) {
-      out.refusal = "gateway \"" + gateway + "\" has no chain break; name the branch's tip with --tip";
-      return out;
-    }
-    tip_seq = static_cast<std::uint64_t>(g.integer(0, 2));
-  }
-
-  std::string prev;  // of the tip when it is the record central holds
-  const PgResult tip_row = conn_->exec("SELECT jws_sha256, prev FROM records WHERE gateway = $1 AND seq = $2",
-                                       {gateway, num(tip_seq)}, "reading the branch's tip");
-  const bool tip_in_records = tip_row.rows() == 1 && (tip_sha256.empty() || tip_row.text(0, 0) == tip_sha256);
-  if (tip_in_records) {
-    out.tip_sha256 = tip_row.text(0, 0);
-    prev = tip_row.text(0, 1);
-  } else if (tip_sha256.empty()) {
-    out.refusal = "central holds no record at seq " + num(tip_seq) + " of \"" + gateway +
-                  "\" in its chain; name a fork with --tip SEQ:SHA-256";
-    return out;
-  } else {
-    out.tip_sha256 = tip_sha256;
-  }
-
+std::vector<IncomingRecord> CentralStore::verified_branch(const std::string& gateway, std::uint64_t tip_seq,
+                                                          const std::string& tip_sha256, bool tip_in_records,
+                                                          const std::string& tip_prev, std::string& refusal) {
   TrustedKeys keys = trusted_keys();
   std::map<std::string, TrustedKey>& gateway_keys = keys[gateway];
   std::vector<IncomingRecord> incoming;  // the branch's fork records, checked again, tip first
-  std::string refusal;
   // Each fork of the branch is checked again as on arrival: a trusted key of this gateway, valid for its seq.
   const BranchWalk walk = walk_branch(
-      gateway, tip_in_records ? tip_seq - 1 : tip_seq, tip_in_records ? prev : tip_sha256, tip_in_records,
+      gateway, tip_in_records ? tip_seq - 1 : tip_seq, tip_in_records ? tip_prev : tip_sha256, tip_in_records,
       kMaxBranchRecords, [&](std::uint64_t seq, const std::string& sha, const std::string& jws) {
         RecordCheck c = check_record(jws, [&](const std::string& kid) -> std::optional<Ed25519PublicKey> {
           const auto k = gateway_keys.find(kid);
@@ -171,40 +128,99 @@ CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gatewa
                                           std::move(c.canonical_body)});
         return std::optional<std::string>(incoming.back().prev);
       });
-  if (!refusal.empty() || !walk.error.empty()) {
-    out.refusal = !refusal.empty() ? refusal : walk.error;
-    return out;
+  if (!refusal.empty()) {
+    return incoming;  // a fork that does not verify now
   }
-  if (walk.missing && !tip_in_records && incoming.empty()) {
-    out.refusal =
+  if (!walk.error.empty()) {
+    refusal = walk.error;
+  } else if (walk.missing && !tip_in_records && incoming.empty()) {
+    refusal =
         "central holds no record or fork " + gateway + ":" + num(tip_seq) + " with SHA-256 " + tip_sha256;
+  } else if (walk.missing) {
+    refusal = "the branch needs " + gateway + ":" + num(walk.missing->first) + " with SHA-256 " +
+              walk.missing->second +
+              ", which central holds neither in its chain nor among the forks (while a chain break "
+              "stands, central asks the gateway for the records the branch lacks: what it still holds "
+              "arrives as forks)";
+  }
+  return incoming;
+}
+
+std::pair<std::uint64_t, std::uint64_t> CentralStore::other_branch_above(const std::string& gateway,
+                                                                         std::uint64_t to, std::string link) {
+  std::uint64_t above_from = 0;  // 0: none
+  std::uint64_t above_to = 0;
+  const PgResult above = conn_->exec(
+      "SELECT seq, prev, jws_sha256 FROM records WHERE gateway = $1 AND seq > $2::bigint ORDER BY seq LIMIT "
+      "$3",
+      {gateway, num(to), num(static_cast<std::uint64_t>(kMaxBranchRecords))},
+      "reading records above a branch");
+  std::uint64_t expect = to + 1;
+  for (int i = 0; i < above.rows(); ++i, ++expect) {
+    const auto seq = static_cast<std::uint64_t>(above.integer(i, 0));
+    if (seq != expect) {
+      break;  // a hole
+    }
+    if (above_from == 0 && above.text(i, 1) == link) {
+      link = above.text(i, 2);  // still the chosen branch
+      continue;
+    }
+    above_from = above_from == 0 ? seq : above_from;
+    above_to = seq;
+  }
+  return {above_from, above_to};
+}
+
+CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gateway, std::uint64_t tip_seq,
+                                                       const std::string& tip_sha256, bool past_receipt,
+                                                       const std::string& reason, const std::string& by,
+                                                       std::int64_t now_ms) {
+  BranchChoice out;
+  PgTransaction tx(*conn_);
+  const PgResult g =
+      conn_->exec("SELECT receipt_seq, chain_break_seq FROM gateways WHERE gateway = $1 FOR UPDATE",
+                  {gateway}, "locking a gateway");
+  if (g.rows() == 0) {
+    out.refusal = "gateway \"" + gateway + "\" is not known to this central";
     return out;
   }
-  if (walk.missing) {
-    out.refusal = "the branch needs " + gateway + ":" + num(walk.missing->first) + " with SHA-256 " +
-                  walk.missing->second +
-                  ", which central holds neither in its chain nor among the forks (while a chain break "
-                  "stands, central asks the gateway for the records the branch lacks: what it still holds "
-                  "arrives as forks)";
+  const auto receipt_seq = static_cast<std::uint64_t>(g.integer(0, 0));
+  if (tip_seq == 0) {
+    if (g.is_null(0, 1)) {
+      out.refusal = "gateway \"" + gateway + "\" has no chain break; name the branch's tip with --tip";
+      return out;
+    }
+    tip_seq = static_cast<std::uint64_t>(g.integer(0, 1));
+  }
+
+  std::string prev;  // of the tip when it is the record central holds
+  const PgResult tip_row = conn_->exec("SELECT jws_sha256, prev FROM records WHERE gateway = $1 AND seq = $2",
+                                       {gateway, num(tip_seq)}, "reading the branch's tip");
+  const bool tip_in_records = tip_row.rows() == 1 && (tip_sha256.empty() || tip_row.text(0, 0) == tip_sha256);
+  if (tip_in_records) {
+    out.tip_sha256 = tip_row.text(0, 0);
+    prev = tip_row.text(0, 1);
+  } else if (tip_sha256.empty()) {
+    out.refusal = "central holds no record at seq " + num(tip_seq) + " of \"" + gateway +
+                  "\" in its chain; name a fork with --tip SEQ:SHA-256";
+    return out;
+  } else {
+    out.tip_sha256 = tip_sha256;
+  }
+
+  std::vector<IncomingRecord> incoming =
+      verified_branch(gateway, tip_seq, out.tip_sha256, tip_in_records, prev, out.refusal);
+  if (!out.refusal.empty()) {
     return out;
   }
-  struct Member {
-    std::uint64_t seq;
-    std::string sha256;
-  };
-  std::vector<Member> branch;  // the branch's records taken from the forks, tip first
-  for (const IncomingRecord& r : incoming) {
-    branch.push_back(Member{r.seq, r.jws_sha256});
-  }
-  if (branch.empty()) {
+  if (incoming.empty()) {
     out.refusal = "record " + gateway + ":" + num(tip_seq) +
-                  " already follows on from the chain central "
-                  "holds (seq " +
-                  num(tip_seq - 1) + "): there is no other branch to choose";
+                  " already follows on from the chain central holds (seq " + num(tip_seq - 1) +
+                  "): there is no other branch to choose";
     return out;
   }
-  const std::uint64_t from = branch.back().seq;  // the first seq the branch replaces
-  const std::uint64_t to = branch.front().seq;   // the branch's last record among the forks
+  const std::uint64_t from = incoming.back().seq;  // the first seq the branch replaces
+  const std::uint64_t to = incoming.front().seq;   // the branch's last record among the forks
   if (from <= receipt_seq && !past_receipt) {
     out.refusal = "central confirmed " + gateway + " through seq " + num(receipt_seq) +
                   " (custody receipt), and the branch replaces seq " + num(from) + ".." +
@@ -217,30 +233,9 @@ CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gatewa
   // The other branch: every record from `from` through the branch's last fork, and, when the tip was a
   // fork, the run of records right above it from the first that does not follow on from it up to the next
   // hole (they follow on from the other branch; those after a hole are left for the walk to check).
-  std::uint64_t above_from = 0;  // 0: none
-  std::uint64_t above_to = 0;
-  if (!tip_in_records) {
-    const PgResult above = conn_->exec(
-        "SELECT seq, prev, jws_sha256 FROM records WHERE gateway = $1 AND seq > $2::bigint ORDER BY seq "
-        "LIMIT "
-        "$3",
-        {gateway, num(to), num(static_cast<std::uint64_t>(kMaxBranchRecords))},
-        "reading records above a branch");
-    std::uint64_t expect = to + 1;
-    std::string link = branch.front().sha256;
-    for (int i = 0; i < above.rows(); ++i, ++expect) {
-      const auto seq = static_cast<std::uint64_t>(above.integer(i, 0));
-      if (seq != expect) {
-        break;  // a hole
-      }
-      if (above_from == 0 && above.text(i, 1) == link) {
-        link = above.text(i, 2);  // still the chosen branch
-        continue;
-      }
-      above_from = above_from == 0 ? seq : above_from;
-      above_to = seq;
-    }
-  }
+  const auto [above_from, above_to] = tip_in_records
+                                          ? std::pair<std::uint64_t, std::uint64_t>{0, 0}
+                                          : other_branch_above(gateway, to, incoming.front().jws_sha256);
   const char* what = "setting aside the other branch";
   const PgResult moved = conn_->exec(
       "WITH moved AS (DELETE FROM records WHERE gateway = $1 AND (seq BETWEEN $2::bigint AND $3::bigint OR "
@@ -271,9 +266,9 @@ CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gatewa
                   num(to) + " meanwhile; run the command again";
     return out;
   }
-  for (const Member& m : branch) {
+  for (const IncomingRecord& r : incoming) {
     conn_->exec("DELETE FROM forks WHERE gateway = $1 AND seq = $2 AND jws_sha256 = $3",
-                {gateway, num(m.seq), m.sha256}, "moving a branch into the chain");
+                {gateway, num(r.seq), r.jws_sha256}, "moving a branch into the chain");
   }
   // Custody walks again from before the branch; the next receipt names its head.
   const PgResult base = conn_->exec("SELECT jws_sha256 FROM records WHERE gateway = $1 AND seq = $2",

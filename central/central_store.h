@@ -283,11 +283,9 @@ class CentralStore {
                          std::int64_t now_ms, BatchOutcome& out);
   void advance(const std::string& gateway, std::int64_t now_ms, const ReceiptPolicy& policy,
                BatchOutcome& out);
-  // A branch of a gateway's chain walked back along `prev` from a tip (branch_choice.cpp): how many records
-  // were taken from the forks, the first record it lacks (seq, SHA-256) when central holds it nowhere, or
-  // why the walk stopped.
+  // A branch of a gateway's chain walked back along `prev` from a tip (branch_choice.cpp): the first record
+  // it lacks (seq, SHA-256) when central holds it nowhere, or why the walk stopped.
   struct BranchWalk {
-    std::size_t forks = 0;
     std::optional<std::pair<std::uint64_t, std::string>> missing;
     std::string error;
   };
@@ -296,6 +294,17 @@ class CentralStore {
                          std::size_t max_records,
                          const std::function<std::optional<std::string>(std::uint64_t, const std::string&,
                                                                         const std::string&)>& prev_of);
+  // The branch ending at the tip (the record central holds at `tip_seq`, whose prev is `tip_prev`, or the
+  // fork with `tip_sha256`), walked back to the chain: its records taken from the forks, tip first, each
+  // verified again under the gateway's keys and their ranges. `refusal` says why it cannot be chosen.
+  std::vector<IncomingRecord> verified_branch(const std::string& gateway, std::uint64_t tip_seq,
+                                              const std::string& tip_sha256, bool tip_in_records,
+                                              const std::string& tip_prev, std::string& refusal);
+  // Above a branch whose last record is `to` with SHA-256 `link`: the run of held records (seqs a..b; 0 0 for
+  // none) from the first that does not follow on from it up to the next hole (they follow on from the other
+  // branch).
+  std::pair<std::uint64_t, std::uint64_t> other_branch_above(const std::string& gateway, std::uint64_t to,
+                                                             std::string link);
   // While a chain break at `break_seq` stands: the seqs to ask the gateway for so that the branch the break's
   // record follows on from is complete among the forks (nullopt: it is, or cannot be walked).
   std::optional<std::pair<std::uint64_t, std::uint64_t>> branch_request(const std::string& gateway,

@@ -12,6 +12,7 @@
 
 #include "daemon/core/encoding.h"
 #include "daemon/core/key_rotation.h"
+#include "daemon/core/record_check.h"
 
 namespace cpd::app {
 
@@ -39,28 +40,6 @@ void fsync_dir(const std::string& path) {
 bool exists(const std::string& path) {
   struct stat st {};
   return ::lstat(path.c_str(), &st) == 0;
-}
-
-std::optional<nlohmann::json> decode_part(const std::string& jws, std::size_t part) {
-  std::size_t from = 0;
-  for (std::size_t i = 0; i < part; ++i) {
-    from = jws.find('.', from);
-    if (from == std::string::npos) {
-      return std::nullopt;
-    }
-    ++from;
-  }
-  const std::size_t to = jws.find('.', from);
-  const auto bytes =
-      base64url_decode(std::string_view(jws).substr(from, to == std::string::npos ? to : to - from));
-  if (!bytes) {
-    return std::nullopt;
-  }
-  auto value = nlohmann::json::parse(*bytes, nullptr, false);
-  if (!value.is_object()) {
-    return std::nullopt;
-  }
-  return value;
 }
 
 }  // namespace
@@ -118,14 +97,14 @@ void discard_next_key(const std::string& key_path) {
 }
 
 bool chain_took_rotation(const std::string& head_jws, const std::string& next_kid) {
-  const auto header = decode_part(head_jws, 0);
+  const auto header = unverified_jws_part(head_jws, 0);
   if (!header) {
     return false;
   }
   if (header->value("kid", std::string()) == next_kid) {
     return true;
   }
-  const auto body = decode_part(head_jws, 1);
+  const auto body = unverified_jws_part(head_jws, 1);
   if (!body) {
     return false;
   }

@@ -61,6 +61,27 @@ std::string find_non_integer(const nlohmann::json& v, const std::string& where) 
 
 }  // namespace
 
+std::optional<nlohmann::json> unverified_jws_part(std::string_view jws, std::size_t part) {
+  std::size_t from = 0;
+  for (std::size_t i = 0; i < part; ++i) {
+    from = jws.find('.', from);
+    if (from == std::string_view::npos) {
+      return std::nullopt;
+    }
+    ++from;
+  }
+  const std::size_t to = jws.find('.', from);
+  const auto bytes = base64url_decode(jws.substr(from, to == std::string_view::npos ? to : to - from));
+  if (!bytes) {
+    return std::nullopt;
+  }
+  auto value = nlohmann::json::parse(*bytes, nullptr, false);
+  if (!value.is_object()) {
+    return std::nullopt;
+  }
+  return value;
+}
+
 SignedPayload check_signed(std::string_view jws, const KeyForKid& key_for_kid, std::string_view typ) {
   SignedPayload r;
   if (jws.empty()) {

@@ -49,6 +49,11 @@ struct SignedPayload {
 };
 SignedPayload check_signed(std::string_view jws, const KeyForKid& key_for_kid, std::string_view typ);
 
+// Part `part` (0 header, 1 payload) of a JWS Compact Serialization decoded as a JSON object, the signature
+// NOT checked: for a JWS already verified (a stored record, a kept fork) or only inspected. nullopt when the
+// part is missing, not base64url or not a JSON object.
+std::optional<nlohmann::json> unverified_jws_part(std::string_view jws, std::size_t part);
+
 // Signs `payload_json` (canonicalised here) as a JWS with header {alg: EdDSA, kid, typ}.
 std::string sign_compact(const Ed25519PrivateKey& key, std::string_view typ,
                          const nlohmann::json& payload_json);

@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "daemon/core/encoding.h"
+#include "daemon/core/record_check.h"
 
 namespace cpd::store {
 
@@ -1317,17 +1318,10 @@ std::size_t EvidenceStore::uploads_discover(std::size_t limit) {
   while (sqlite3_step(pick.get()) == SQLITE_ROW) {
     Found f{sqlite3_column_int64(pick.get(), 0), column_text(pick.get(), 1), -1, false, ""};
     // The record's own words (its body is the JWS's middle part), so the row says what was sealed.
-    const std::string jws = column_text(pick.get(), 2);
-    const auto dot1 = jws.find('.');
-    const auto dot2 = jws.find('.', dot1 + 1);
-    const auto body = dot1 == std::string::npos || dot2 == std::string::npos
-                          ? std::nullopt
-                          : base64url_decode(std::string_view(jws).substr(dot1 + 1, dot2 - dot1 - 1));
-    const nlohmann::json j = body ? nlohmann::json::parse(*body, nullptr, false) : nlohmann::json();
-    if (j.is_object()) {
-      f.length = j.value("length", std::int64_t{-1});
-      f.important = j.value("important", false);
-      f.name = j.value("file_name", std::string());
+    if (const auto j = unverified_jws_part(column_text(pick.get(), 2), 1)) {
+      f.length = j->value("length", std::int64_t{-1});
+      f.important = j->value("important", false);
+      f.name = j->value("file_name", std::string());
     }
     found.push_back(std::move(f));
   }

@@ -64,6 +64,15 @@ class CentralHostile : public CustodyFixture {
 
   void start_central() { CustodyFixture::start_central(central_, "central", &metrics_port_); }
 
+  // Receipts by count only (every 3 records), so a test knows which receipt comes when.
+  void start_central_with_receipts_every_3_records() {
+    CentralConfig config;
+    config.receipts = "  every_records: 3\n  every_ms: 3600000\n";
+    config.metrics = true;
+    write_central_config("central", config);
+    start_central();
+  }
+
   nlohmann::json status() {
     std::string out;
     std::string err;
@@ -484,11 +493,7 @@ TEST_F(CentralHostile, ARecordUnderAKeyRetiredByALaterStoredRotationIsSetAsideWh
 // no fork alarm, no chain break, receipts go on. A second replacement continuing after 4 once central has
 // confirmed 7 is not followed: a fork, as before.
 TEST_F(CentralHostile, AReplacedStoreIsFollowedPastTheOldChainsUnconfirmedRecords) {
-  CentralConfig config;
-  config.receipts = "  every_records: 3\n  every_ms: 3600000\n";  // receipts by count only: deterministic
-  config.metrics = true;
-  write_central_config("central", config);
-  start_central();
+  start_central_with_receipts_every_3_records();
   const auto record = [&](std::uint64_t seq, const std::string& prev, const nlohmann::json& fields) {
     return gh_signed(gh_key_, seq, prev, fields);
   };
@@ -570,11 +575,7 @@ TEST_F(CentralHostile, AReplacedStoreIsFollowedPastTheOldChainsUnconfirmedRecord
 // below it, which brings in the branch's missing record. Choosing a fork as the tip sets aside what does not
 // follow on from it.
 TEST_F(CentralHostile, AnOperatorChoosesTheGatewaysBranchAtAChainBreak) {
-  CentralConfig config;
-  config.receipts = "  every_records: 3\n  every_ms: 3600000\n";  // receipts by count only: deterministic
-  config.metrics = true;
-  write_central_config("central", config);
-  start_central();
+  start_central_with_receipts_every_3_records();
   std::vector<std::string> lost{gh_record(1, std::string(64, '0'), {})};  // o1..o6
   for (std::uint64_t seq = 2; seq <= 6; ++seq) {
     lost.push_back(gh_record(seq, sha256_hex(lost.back()), {}));
