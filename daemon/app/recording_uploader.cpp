@@ -81,7 +81,7 @@ RecordingUploader::RecordingUploader(asio::io_context& io, const config::Config&
   }
   for (const char* name : {"files_sent", "segments_sent", "bytes_sent", "receipts_accepted",
                            "receipts_refused", "receipts_unmatched", "wants", "wants_refused",
-                           "wants_dropped", "aborts_sent", "link_failures", "inputs_dropped"}) {
+                           "wants_dropped", "aborts_sent", "link_failures", "inputs_dropped", "pauses"}) {
     counters_[name] = 0;
   }
   tokens_ = static_cast<double>(cfg_.recordings_rate_kib_s) * 1024.0;
@@ -331,7 +331,11 @@ bool RecordingUploader::sends_later(const store::UploadRow& row) const {
 }
 
 void RecordingUploader::poll() {
-  if (stopped_ || polling_ || job_) {
+  if (stopped_ || polling_) {
+    return;
+  }
+  if (job_) {
+    check_preempt();
     return;
   }
   if (!aborts_.empty()) {
@@ -407,6 +411,7 @@ void RecordingUploader::poll() {
           Job job;
           job.row = row;
           job.progress = true;
+          job.rank = row.requested ? 0 : row.important ? 1 : 2;
           begin(std::move(job));
           return;
         }
@@ -425,6 +430,83 @@ void RecordingUploader::poll() {
       schedule_poll(std::chrono::milliseconds(std::max<UnixMs>(100, next_fin - now)));
     });
   });
+}
+
+// --- stepping aside for more urgent work ---
+
+void RecordingUploader::check_preempt() {
+  if (!job_->progress || job_->pausing || job_->rank == 0) {
+    return;  // a want's bytes, a fin, or a file central asked for: never paused
+  }
+  for (const auto& [sha, ranges] : wants_) {
+    if (sha != job_->row.sha256) {
+      pause("central wants bytes of recording " + sha);
+      return;
+    }
+  }
+  polling_ = true;
+  const bool all = cfg_.recordings_policy == "all";
+  const bool important = cfg_.recordings_policy == "important";
+  host_.run_on_store([this, all, important](store::EvidenceStore& store) {
+    store.uploads_discover(kDiscoverPage);  // an important recording collected meanwhile
+    auto unsent = store.uploads_pending(all, important, kPendingPage, true);
+    asio::post(strand_, [this, unsent = std::move(unsent)] {
+      polling_ = false;
+      if (stopped_) {
+        return;
+      }
+      if (!job_) {
+        poll();  // the job ended meanwhile, and its poll found this check running
+        return;
+      }
+      if (!job_->progress || job_->pausing) {
+        return;
+      }
+      for (const store::UploadRow& row : unsent) {
+        if (row.sha256 == job_->row.sha256 || unreadable_.count(row.sha256)) {
+          continue;
+        }
+        const int rank = row.requested ? 0 : row.important ? 1 : 2;
+        if (rank < job_->rank) {
+          pause(std::string(rank == 0 ? "central asked for" : "the officer flagged important") +
+                " recording " + row.sha256);
+          return;
+        }
+        break;  // ranked no higher: the rest rank no higher either
+      }
+      schedule_poll(kPreemptCheck);
+    });
+  });
+}
+
+void RecordingUploader::pause(const std::string& why) {
+  if (still_to_send(*job_).empty()) {
+    return;  // every segment is out: its fin follows, and the file is done
+  }
+  job_->pausing = true;
+  bump(snapshot_mutex_, counters_, "pauses");
+  log::info("files", "",
+            "recording " + job_->row.sha256 + ": paused at byte " + std::to_string(acked_to()) + ", " + why +
+                " goes first");
+  pump();  // completes the pause at once when nothing is in flight
+}
+
+void RecordingUploader::complete_pause() {
+  Job job = std::move(*job_);
+  job_.reset();
+  ++generation_;
+  wait_timer_.cancel();
+  {
+    std::lock_guard lock(snapshot_mutex_);
+    current_.clear();
+  }
+  // Every byte below the cursor was PUBACKed (nothing is in flight): the upload resumes there, after the
+  // more urgent work (the poll takes rows in rank order).
+  const std::uint64_t from = std::min(job.cursor, job.row.length);
+  host_.run_on_store([sha = job.row.sha256, from](store::EvidenceStore& store) {
+    (void)store.upload_progress(sha, from);  // lost: resumes from the last progress written, sends more
+  });
+  asio::post(strand_, [this] { poll(); });
 }
 
 // --- sending ---
@@ -458,6 +540,9 @@ void RecordingUploader::begin(Job job) {
     current_ = job_->row.sha256;
   }
   ++generation_;
+  if (job_->progress && job_->rank > 0) {
+    schedule_poll(kPreemptCheck);  // looks for more urgent work while it is sent
+  }
   pump();
 }
 
@@ -488,6 +573,12 @@ void RecordingUploader::pump() {
   }
   Job& job = *job_;
   const std::uint64_t gen = generation_;
+  if (job.pausing) {
+    if (job.inflight.empty() && !job.init_inflight && !job.fin_inflight) {
+      complete_pause();
+    }
+    return;
+  }
   if (!job.init_done) {
     if (!job.init_inflight) {
       job.init_inflight = true;
@@ -631,6 +722,13 @@ void RecordingUploader::fail(const std::string& why) {
     from = std::min(from, *job.inflight.begin());
   }
   job.cursor = from;
+  if (job.pausing) {
+    job.inflight.clear();
+    job.init_inflight = false;
+    job.fin_inflight = false;
+    complete_pause();  // resumes from `from` after the more urgent work, init first
+    return;
+  }
   job.ranges = still_to_send(job);
   job.range = 0;
   job.cursor = job.ranges.empty() ? 0 : job.ranges.front().first;

@@ -50,6 +50,8 @@ class RecordingUploader {
   static constexpr std::size_t kMaxAborts = 64;
   static constexpr int kMaxInputsWaiting = 64;  // messages from central not yet handled; beyond: dropped
   static constexpr int kMaxLookups = 8;         // whole-file wants being looked up in the store
+  // How often a file being sent looks for more urgent work (also at once when a want arrives).
+  static constexpr std::chrono::milliseconds kPreemptCheck{2000};
 
   RecordingUploader(boost::asio::io_context& io, const config::Config& cfg, forwarder::SideChannel& channel,
                     UploaderHost host, const WallClock& clock);
@@ -79,13 +81,20 @@ class RecordingUploader {
     bool fin_inflight = false;
     bool progress = false;  // sending the file from sent_to: its progress is kept in the store
     std::uint64_t persisted = 0;
-    bool reading = false;
+    int rank = 0;  // progress jobs: 0 central asked for it, 1 important, 2 the rest
+    bool pausing =
+        false;  // stepping aside for more urgent work: no new segment, stops once none is in flight
   };
 
   void on_receipt(const std::string& jws);
   void took_receipt(const filex::FileReceipt& r);
   void on_want(const std::string& payload);
   void poll();
+  // While a file is being sent (a progress job below rank 0): whether more urgent work waits (a want for
+  // another file, or a file ranked above it); if so the job pauses.
+  void check_preempt();
+  void pause(const std::string& why);
+  void complete_pause();
   // Whether the row's own upload (from sent_to) is still to come under the policy.
   bool sends_later(const store::UploadRow& row) const;
   // The byte ranges a job has not yet published (from its cursor on).

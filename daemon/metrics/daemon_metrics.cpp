@@ -427,6 +427,7 @@ void custody_metrics(Exposition& out, const json& custody, std::optional<double>
         {"aborts_sent", "checkpointd_recordings_aborts_total"},
         {"link_failures", "checkpointd_recordings_link_failures_total"},
         {"inputs_dropped", "checkpointd_recordings_inputs_dropped_total"},
+        {"pauses", "checkpointd_recordings_pauses_total"},
     };
     for (const auto& [key, name] : file_counters) {
       if (const auto v = number(*files, key)) {

@@ -1349,10 +1349,12 @@ std::size_t EvidenceStore::uploads_discover(std::size_t limit) {
   return n;
 }
 
-std::vector<UploadRow> EvidenceStore::uploads_pending(bool all, bool important, std::size_t limit) const {
+std::vector<UploadRow> EvidenceStore::uploads_pending(bool all, bool important, std::size_t limit,
+                                                      bool unsent_only) const {
   const std::string sql = std::string(kUploadColumns) +
-                          "WHERE held_ms IS NULL AND (?1 OR requested = 1 OR (?2 "
-                          "AND important = 1)) ORDER BY requested DESC, important DESC, seq LIMIT ?3";
+                          "WHERE held_ms IS NULL AND (?1 OR requested = 1 OR (?2 AND important = 1)) "
+                          "AND (?4 = 0 OR sent_to < length) "
+                          "ORDER BY requested DESC, important DESC, seq LIMIT ?3";
   AdHoc q(db_, sql.c_str());
   std::vector<UploadRow> out;
   if (!q.ok()) {
@@ -1361,6 +1363,7 @@ std::vector<UploadRow> EvidenceStore::uploads_pending(bool all, bool important, 
   sqlite3_bind_int(q.get(), 1, all ? 1 : 0);
   sqlite3_bind_int(q.get(), 2, important ? 1 : 0);
   sqlite3_bind_int64(q.get(), 3, static_cast<sqlite3_int64>(limit));
+  sqlite3_bind_int(q.get(), 4, unsent_only ? 1 : 0);
   while (sqlite3_step(q.get()) == SQLITE_ROW) {
     out.push_back(upload_row(q.get()));
   }

@@ -183,9 +183,11 @@ class EvidenceStore {
   // Recordings to central. Kept files of `recording` records with no upload row get one (at most `limit`
   // per call, in seq order); returns how many.
   std::size_t uploads_discover(std::size_t limit);
-  // Rows not yet held, in seq order: all of them (`all`), or the important and requested ones
-  // (`important`), or only the requested ones.
-  std::vector<UploadRow> uploads_pending(bool all, bool important, std::size_t limit) const;
+  // Rows not yet held, requested first, then important, each in seq order: all of them (`all`), or the
+  // important and requested ones (`important`), or only the requested ones; with `unsent_only`, only those
+  // not yet sent whole.
+  std::vector<UploadRow> uploads_pending(bool all, bool important, std::size_t limit,
+                                         bool unsent_only = false) const;
   std::optional<UploadRow> upload(const std::string& sha256) const;
   Status upload_progress(const std::string& sha256, std::uint64_t sent_to);
   // Central asked for the whole file: requested, sent again from byte 0.

@@ -40,13 +40,14 @@ class RecordingsCustodyTest : public CustodyFixture {
  protected:
   // checkpoint-sim dock with one generated file of `kib` KiB; returns its port; the sim's own SHA-256 of the
   // file (ground truth) once it is listed.
-  std::uint16_t start_dock(std::uint64_t kib) {
+  std::uint16_t start_dock(std::uint64_t kib, int files = 1) {
     std::ofstream(dir_ / "dock.token") << "s3cret-token\n";
     ::chmod((dir_ / "dock.token").c_str(), 0600);
     dock_ = std::make_unique<Process>(
         std::vector<std::string>{binary("tools/sim/checkpoint-sim"), "dock", "--port", "0", "--token",
-                                 "s3cret-token", "--files", "1", "--file-kb", std::to_string(kib), "--seed",
-                                 "5", "--ground-truth", (dir_ / "dock.jsonl").string()},
+                                 "s3cret-token", "--files", std::to_string(files), "--file-kb",
+                                 std::to_string(kib), "--seed", "5", "--ground-truth",
+                                 (dir_ / "dock.jsonl").string()},
         dir_ / "dock");
     auto line = dock_->wait_for_stdout_line("listening ", 20s);
     EXPECT_TRUE(line) << dock_->stderr_text();
@@ -60,15 +61,21 @@ class RecordingsCustodyTest : public CustodyFixture {
   }
 
   std::string truth_sha256() {
+    const auto all = truth_sha256s();
+    return all.empty() ? std::string() : all.front();
+  }
+
+  std::vector<std::string> truth_sha256s() {
     std::ifstream in(dir_ / "dock.jsonl");
     std::string line;
+    std::vector<std::string> out;
     while (std::getline(in, line)) {
       const auto j = nlohmann::json::parse(line, nullptr, false);
       if (j.is_object() && j.value("event", "") == "file") {
-        return j.value("sha256", "");
+        out.push_back(j.value("sha256", ""));
       }
     }
-    return {};
+    return out;
   }
 
   nlohmann::json gateway_files() {
@@ -265,6 +272,74 @@ TEST_F(RecordingsCustodyTest, AOneGigabyteRecordingReachesCentralThroughABrokenL
   EXPECT_GE(files.value("receipts_refused", 0), 2) << files.dump();
   EXPECT_GE(files.value("aborts_sent", 0), 5) << files.dump();
 
+  daemon->signal(SIGTERM);
+  EXPECT_EQ(daemon->wait(30s), 0);
+  central->signal(SIGTERM);
+  EXPECT_EQ(central->wait(30s), 0);
+}
+
+// A file central asks for does not wait behind the file being sent: that one pauses once its segments in
+// flight are PUBACKed, the asked-for file goes, then the paused one resumes where it stopped (not from byte
+// 0, and nothing is sent twice).
+TEST_F(RecordingsCustodyTest, AFileCentralAsksForOvertakesTheFileBeingSent) {
+  constexpr std::uint64_t kKib = 2048;  // two files of 2 MiB, in segments of 64 KiB, at 256 KiB/s
+  constexpr std::uint64_t kBytes = kKib * 1024;
+  constexpr std::uint64_t kSegment = 64 * 1024;
+  start_radar(4, 1.0, 7);
+  const std::uint16_t dock_port = start_dock(kKib, 2);
+  GatewayConfig gateway;
+  gateway.control = true;
+  gateway.custody_extra =
+      "  recordings: {policy: all, rate_kib_s: 256, segment_kib: 64, receipt_wait_ms: 2000}\n";
+  gateway.extra_devices = dock_device(dock_port);
+  write_gateway_config(gateway);
+  write_central_config();
+  ASSERT_EQ(central_enroll(), 0);
+  std::unique_ptr<Process> central;
+  start_central(central);
+  auto daemon = start_daemon();
+
+  // Both recordings collected and waiting, one of them being sent.
+  nlohmann::json files;
+  ASSERT_TRUE(wait_for_condition(
+      [&] {
+        files = gateway_files();
+        return files.is_object() && files.value("pending", 0) == 2 && files["sending"].is_string() &&
+               files.value("bytes_sent", std::uint64_t{0}) >= 4 * kSegment;
+      },
+      60s))
+      << files.dump() << "\n"
+      << daemon->stderr_text();
+  const std::vector<std::string> shas = truth_sha256s();
+  ASSERT_EQ(shas.size(), 2u);
+  const std::string first = files["sending"].get<std::string>();
+  const std::string asked = first == shas[0] ? shas[1] : shas[0];
+  ASSERT_EQ(central_cli({"files", "--config", (dir_ / "central.yaml").string(), "--gateway", "gw",
+                         "--request", asked}),
+            0);
+  const auto state = [&](const std::string& sha) {
+    return pg_.query("SELECT state FROM file_uploads WHERE sha256 = '" + sha + "'");
+  };
+  ASSERT_TRUE(wait_for_condition([&] { return state(asked) == "held"; }, 60s)) << state(asked) << "\n"
+                                                                               << gateway_files().dump();
+  // The asked-for file came first: the one being sent is still not whole at central.
+  EXPECT_NE(state(first), "held");
+  files = gateway_files();
+  EXPECT_GE(files.value("pauses", 0), 1) << files.dump();
+  EXPECT_NE(daemon->stderr_text().find("recording " + first + ": paused at byte "), std::string::npos)
+      << daemon->stderr_text();
+
+  ASSERT_TRUE(wait_for_condition([&] { return state(first) == "held"; }, 60s)) << state(first) << "\n"
+                                                                               << gateway_files().dump();
+  for (const std::string& sha : shas) {
+    std::uint64_t bytes = 0;
+    EXPECT_EQ(sha256_of_file(dir_ / "central-media" / sha.substr(0, 2) / sha, bytes), sha);
+    EXPECT_EQ(bytes, kBytes);
+  }
+  // Resumed, not started again: each byte went once (a segment of slack for a want racing the pause).
+  files = gateway_files();
+  EXPECT_LE(files.value("bytes_sent", std::uint64_t{0}), 2 * kBytes + kSegment) << files.dump();
+  EXPECT_GE(files.value("bytes_sent", std::uint64_t{0}), 2 * kBytes) << files.dump();
   daemon->signal(SIGTERM);
   EXPECT_EQ(daemon->wait(30s), 0);
   central->signal(SIGTERM);

@@ -711,6 +711,15 @@ TEST_F(DockLedgerStoreTest, RecordingsAreSentAskedForFirstThenImportantThenInSeq
   EXPECT_EQ(order(), "3412");
   ASSERT_TRUE(store.upload_request(sha(2)).is_ok());
   EXPECT_EQ(order(), "2341");
+  // What may overtake a file being sent: only rows not yet sent whole (a file sent whole waits for its
+  // receipt, and only its init and fin go again).
+  ASSERT_TRUE(store.upload_progress(sha(2), 1000).is_ok());
+  ASSERT_TRUE(store.upload_progress(sha(3), 500).is_ok());
+  std::string unsent;
+  for (const auto& row : store.uploads_pending(true, false, 10, true)) {
+    unsent += std::to_string(row.seq);
+  }
+  EXPECT_EQ(unsent, "341");
 }
 
 TEST_F(DockLedgerStoreTest, AVersion2StoreIsMigratedKeepingItsRecordsAndPublishedMedia) {
