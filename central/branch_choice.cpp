@@ -92,8 +92,10 @@ std::optional<std::pair<std::uint64_t, std::uint64_t>> CentralStore::branch_requ
         }
         return (*body)["prev"].get<std::string>();
       });
-  if (!walk.missing) {
-    return std::nullopt;  // complete (or not walkable): nothing to ask for
+  if (!walk.missing || gateway_lacks(gateway, walk.missing->first)) {
+    // Complete (or not walkable), or the gateway no longer holds what it lacks (choose-branch
+    // --accept-break): nothing to ask for.
+    return std::nullopt;
   }
   // The missing record and the 99 below it: a branch usually lacks a run of records, not one.
   const std::uint64_t to = walk.missing->first;
@@ -102,7 +104,8 @@ std::optional<std::pair<std::uint64_t, std::uint64_t>> CentralStore::branch_requ
 
 std::vector<IncomingRecord> CentralStore::verified_branch(const std::string& gateway, std::uint64_t tip_seq,
                                                           const std::string& tip_sha256, bool tip_in_records,
-                                                          const std::string& tip_prev, std::string& refusal) {
+                                                          const std::string& tip_prev, std::string& refusal,
+                                                          std::uint64_t& lacks) {
   TrustedKeys keys = trusted_keys();
   std::map<std::string, TrustedKey>& gateway_keys = keys[gateway];
   std::vector<IncomingRecord> incoming;  // the branch's fork records, checked again, tip first
@@ -137,11 +140,14 @@ std::vector<IncomingRecord> CentralStore::verified_branch(const std::string& gat
     refusal =
         "central holds no record or fork " + gateway + ":" + num(tip_seq) + " with SHA-256 " + tip_sha256;
   } else if (walk.missing) {
+    lacks = walk.missing->first;
     refusal = "the branch needs " + gateway + ":" + num(walk.missing->first) + " with SHA-256 " +
-              walk.missing->second +
-              ", which central holds neither in its chain nor among the forks (while a chain break "
-              "stands, central asks the gateway for the records the branch lacks: what it still holds "
-              "arrives as forks)";
+              walk.missing->second + ", which central holds neither in its chain nor among the forks";
+    refusal += gateway_lacks(gateway, lacks)
+                   ? " and the gateway reported it no longer holds (to follow the branch from the record "
+                     "after it, accepting this one as lost: --accept-break)"
+                   : " (while a chain break stands, central asks the gateway for the records the branch "
+                     "lacks: what it still holds arrives as forks)";
   }
   return incoming;
 }
@@ -172,10 +178,11 @@ std::pair<std::uint64_t, std::uint64_t> CentralStore::other_branch_above(const s
 }
 
 CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gateway, std::uint64_t tip_seq,
-                                                       const std::string& tip_sha256, bool past_receipt,
+                                                       const std::string& tip_sha256, BranchOptions options,
                                                        const std::string& reason, const std::string& by,
                                                        std::int64_t now_ms) {
   BranchChoice out;
+  const bool past_receipt = options.past_receipt;
   PgTransaction tx(*conn_);
   const PgResult g =
       conn_->exec("SELECT receipt_seq, chain_break_seq FROM gateways WHERE gateway = $1 FOR UPDATE",
@@ -208,19 +215,29 @@ CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gatewa
     out.tip_sha256 = tip_sha256;
   }
 
+  std::uint64_t lacks = 0;
   std::vector<IncomingRecord> incoming =
-      verified_branch(gateway, tip_seq, out.tip_sha256, tip_in_records, prev, out.refusal);
+      verified_branch(gateway, tip_seq, out.tip_sha256, tip_in_records, prev, out.refusal, lacks);
+  if (lacks != 0 && options.accept_break && gateway_lacks(gateway, lacks)) {
+    // Nobody holds the record the branch follows on from: the branch starts after it, and it is accepted as
+    // lost (the walk passes it without a prev to check the next record against; receipts name it).
+    out.refusal.clear();
+    out.accepted_lost = lacks;
+  }
   if (!out.refusal.empty()) {
     return out;
   }
-  if (incoming.empty()) {
+  if (incoming.empty() && out.accepted_lost == 0) {
     out.refusal = "record " + gateway + ":" + num(tip_seq) +
                   " already follows on from the chain central holds (seq " + num(tip_seq - 1) +
                   "): there is no other branch to choose";
     return out;
   }
-  const std::uint64_t from = incoming.back().seq;  // the first seq the branch replaces
-  const std::uint64_t to = incoming.front().seq;   // the branch's last record among the forks
+  // The first seq the branch replaces (with an accepted loss: that record's, held by central from the other
+  // branch), and the branch's last record among the forks.
+  const std::uint64_t from = out.accepted_lost != 0 ? out.accepted_lost : incoming.back().seq;
+  const std::uint64_t to = incoming.empty() ? from : incoming.front().seq;
+  const std::uint64_t taken_from = incoming.empty() ? to + 1 : incoming.back().seq;  // to + 1: none taken
   if (from <= receipt_seq && !past_receipt) {
     out.refusal = "central confirmed " + gateway + " through seq " + num(receipt_seq) +
                   " (custody receipt), and the branch replaces seq " + num(from) + ".." +
@@ -252,6 +269,12 @@ CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gatewa
   // What was reported or accepted as lost, and announced, from `from` on was about the other branch (as for a
   // followed replaced store): a receipt must not name as lost a record the chosen branch holds.
   forget_other_branch_after(gateway, from - 1, what);
+  if (out.accepted_lost != 0) {
+    conn_->exec(
+        "INSERT INTO accepted_losses (gateway, from_seq, to_seq, reason, operator, accepted_ms) VALUES ($1, "
+        "$2, $2, $3, $4, $5)",
+        {gateway, num(out.accepted_lost), reason, by, num(now_ms)}, "accepting the record a branch lacks");
+  }
   // The branch into the chain, as if it had arrived now; its copies leave `forks`.
   std::reverse(incoming.begin(), incoming.end());
   BatchOutcome ignored;
@@ -273,7 +296,7 @@ CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gatewa
   // Custody walks again from before the branch; the next receipt names its head.
   const PgResult base = conn_->exec("SELECT jws_sha256 FROM records WHERE gateway = $1 AND seq = $2",
                                     {gateway, num(from - 1)}, "reading where the branch joins");
-  const std::string base_hash = from == 1 ? std::string(64, '0') : base.text(0, 0);
+  const std::string base_hash = from == 1 || base.rows() == 0 ? std::string(64, '0') : base.text(0, 0);
   conn_->exec(
       "UPDATE gateways SET watermark_hash = CASE WHEN watermark_seq >= $2::bigint THEN $3 ELSE "
       "watermark_hash "
@@ -283,12 +306,13 @@ CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gatewa
       {gateway, num(from), base_hash}, "choosing a branch");
   conn_->exec(
       "INSERT INTO branch_choices (gateway, from_seq, to_seq, tip_seq, tip_sha256, set_aside, "
-      "set_aside_from, set_aside_to, past_receipt, receipt_seq, reason, operator, chosen_ms) VALUES ($1, $2, "
-      "$3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-      {gateway, num(from), num(to), num(tip_seq), out.tip_sha256, num(out.set_aside), moved.text(0, 1),
-       moved.text(0, 2), past_receipt ? "true" : "false", num(receipt_seq), reason, by, num(now_ms)},
+      "set_aside_from, set_aside_to, past_receipt, receipt_seq, reason, operator, chosen_ms, "
+      "accepted_lost_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+      {gateway, num(taken_from), num(to), num(tip_seq), out.tip_sha256, num(out.set_aside), moved.text(0, 1),
+       moved.text(0, 2), past_receipt ? "true" : "false", num(receipt_seq), reason, by, num(now_ms),
+       out.accepted_lost != 0 ? std::optional<std::string>(num(out.accepted_lost)) : std::nullopt},
       "keeping an operator's choice of branch");
-  out.from_seq = from;
+  out.from_seq = taken_from;
   out.to_seq = to;
   out.set_aside_from = static_cast<std::uint64_t>(moved.integer(0, 1));
   out.set_aside_to = static_cast<std::uint64_t>(moved.integer(0, 2));

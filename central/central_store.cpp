@@ -338,6 +338,19 @@ CREATE TABLE branch_choices (
   chosen_ms bigint NOT NULL
 );
 )sql",
+    // Step 12: a chain break whose branch nobody holds (choose-branch --accept-break): the seqs at or below
+    // the watermark a gateway said in a resend reply it no longer holds (asked for while a chain break stood;
+    // central holds other records there), and the record a choice accepted as lost.
+    R"sql(
+CREATE TABLE branch_not_held (
+  gateway text NOT NULL,
+  from_seq bigint NOT NULL,
+  to_seq bigint NOT NULL,
+  noted_ms bigint NOT NULL,
+  PRIMARY KEY (gateway, from_seq)
+);
+ALTER TABLE branch_choices ADD COLUMN accepted_lost_seq bigint;
+)sql",
 };
 
 std::string num(std::uint64_t v) {
@@ -924,6 +937,35 @@ bool CentralStore::follow_replaced_store(const IncomingRecord& rec, std::int64_t
   return true;
 }
 
+void CentralStore::note_branch_not_held(const std::string& gateway,
+                                        std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges,
+                                        const std::string& now) {
+  // Kept apart from `unrecoverable` (central holds records at these seqs: nothing is missing from its chain);
+  // what the branch a chain break follows on from lacks there, nobody holds (choose-branch --accept-break).
+  // At most 1000 ranges a reply, as for unrecoverable.
+  std::sort(ranges.begin(), ranges.end());
+  if (ranges.size() > 1000) {
+    ranges.resize(1000);
+  }
+  for (const auto& [lo, hi] : ranges) {
+    conn_->exec(
+        "INSERT INTO branch_not_held (gateway, from_seq, to_seq, noted_ms) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (gateway, from_seq) DO UPDATE SET to_seq = GREATEST(branch_not_held.to_seq, "
+        "EXCLUDED.to_seq), noted_ms = EXCLUDED.noted_ms",
+        {gateway, num(lo), num(hi), now}, "noting branch records a gateway no longer holds");
+  }
+}
+
+bool CentralStore::gateway_lacks(const std::string& gateway, std::uint64_t seq) {
+  return conn_
+             ->exec(
+                 "SELECT 1 FROM (SELECT from_seq, to_seq FROM branch_not_held WHERE gateway = $1 UNION ALL "
+                 "SELECT from_seq, to_seq FROM unrecoverable WHERE gateway = $1) x WHERE from_seq <= "
+                 "$2::bigint AND to_seq >= $2::bigint",
+                 {gateway, num(seq)}, "reading what a gateway no longer holds")
+             .rows() > 0;
+}
+
 void CentralStore::store_replies(const std::vector<IncomingReply>& replies, std::int64_t now_ms,
                                  std::vector<QuarantineEntry>& unsolicited, BatchOutcome& out) {
   const std::string now = num(now_ms);
@@ -952,17 +994,23 @@ void CentralStore::store_replies(const std::vector<IncomingReply>& replies, std:
       // watermark (a request below a chain break asks for records central holds), then merged.
       const PgResult wm = conn_->exec("SELECT watermark_seq FROM gateways WHERE gateway = $1", {r.gateway},
                                       "reading the watermark");
-      const auto lo_req = std::max(static_cast<std::uint64_t>(open->integer(0, 0)),
-                                   wm.rows() == 1 ? static_cast<std::uint64_t>(wm.integer(0, 0)) + 1 : 0);
+      const auto from_req = static_cast<std::uint64_t>(open->integer(0, 0));
+      const auto lo_req =
+          std::max(from_req, wm.rows() == 1 ? static_cast<std::uint64_t>(wm.integer(0, 0)) + 1 : 0);
       const auto hi_req = static_cast<std::uint64_t>(open->integer(0, 1));
       std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
+      std::vector<std::pair<std::uint64_t, std::uint64_t>> below;  // at or below the watermark
       for (auto [lo, hi] : r.reply.not_held) {
+        if (std::max(lo, from_req) < lo_req && std::max(lo, from_req) <= std::min(hi, hi_req)) {
+          below.emplace_back(std::max(lo, from_req), std::min({hi, hi_req, lo_req - 1}));
+        }
         lo = std::max(lo, lo_req);
         hi = std::min(hi, hi_req);
         if (lo <= hi) {
           ranges.emplace_back(lo, hi);
         }
       }
+      note_branch_not_held(r.gateway, std::move(below), now);
       std::sort(ranges.begin(), ranges.end());
       std::vector<std::pair<std::uint64_t, std::uint64_t>> merged;
       for (const auto& range : ranges) {
@@ -1631,7 +1679,7 @@ nlohmann::json CentralStore::status() {
       "'tip_seq', "
       "b.tip_seq, 'tip_sha256', b.tip_sha256, 'set_aside', b.set_aside, 'set_aside_seqs', "
       "json_build_array(b.set_aside_from, b.set_aside_to), 'past_receipt', b.past_receipt, 'receipt_seq', "
-      "b.receipt_seq, "
+      "b.receipt_seq, 'accepted_lost_seq', b.accepted_lost_seq, "
       "'reason', b.reason, 'operator', b.operator, 'chosen_ms', b.chosen_ms) ORDER BY b.id), '[]') FROM "
       "(SELECT * FROM branch_choices b WHERE b.gateway = g.gateway ORDER BY b.id DESC LIMIT 100) b), "
       "(SELECT COALESCE(json_agg(json_build_object('seq', f.seq, 'sha256', f.jws_sha256, 'received_ms', "

@@ -200,7 +200,9 @@ class CentralStore {
   // forks to the chain central holds, each of its records checked again under the gateway's keys; the other
   // branch is set aside into forks (kept) and the chosen one takes its seqs, in one transaction kept in
   // branch_choices. Refused (nothing changes) when the branch is incomplete, or replaces what a receipt
-  // confirmed without `past_receipt`.
+  // confirmed without `past_receipt`. With `accept_break`, a branch that lacks a record the gateway reported
+  // it no longer holds starts after it: that record is accepted as lost (receipts name it) and central's
+  // record at its seq, of the other branch, is set aside with the rest.
   struct BranchChoice {
     bool chosen = false;
     std::string refusal;
@@ -210,11 +212,16 @@ class CentralStore {
     std::uint64_t set_aside = 0;  // records of the other branch moved into forks, seqs a..b
     std::uint64_t set_aside_from = 0;
     std::uint64_t set_aside_to = 0;
-    std::uint64_t watermark = 0;     // after the choice
-    std::vector<std::string> found;  // what the walk found on its way, as for accept_loss
+    std::uint64_t watermark = 0;      // after the choice
+    std::uint64_t accepted_lost = 0;  // accept_break: the record the branch follows on from (0: none)
+    std::vector<std::string> found;   // what the walk found on its way, as for accept_loss
+  };
+  struct BranchOptions {
+    bool past_receipt = false;
+    bool accept_break = false;
   };
   BranchChoice choose_branch(const std::string& gateway, std::uint64_t tip_seq, const std::string& tip_sha256,
-                             bool past_receipt, const std::string& reason, const std::string& by,
+                             BranchOptions options, const std::string& reason, const std::string& by,
                              std::int64_t now_ms);
   // An operator discards quarantine rows of `gateway` (checkpoint-central discard-quarantine): those with an
   // id in `ids` (all when empty) last seen before `seen_before_ms` (any time when unset). They are deleted
@@ -297,9 +304,17 @@ class CentralStore {
   // The branch ending at the tip (the record central holds at `tip_seq`, whose prev is `tip_prev`, or the
   // fork with `tip_sha256`), walked back to the chain: its records taken from the forks, tip first, each
   // verified again under the gateway's keys and their ranges. `refusal` says why it cannot be chosen.
+  // `lacks` is set to the seq of a record the branch needs that central holds nowhere (with that refusal).
   std::vector<IncomingRecord> verified_branch(const std::string& gateway, std::uint64_t tip_seq,
                                               const std::string& tip_sha256, bool tip_in_records,
-                                              const std::string& tip_prev, std::string& refusal);
+                                              const std::string& tip_prev, std::string& refusal,
+                                              std::uint64_t& lacks);
+  // Resend replies' not_held at or below the watermark (branch_not_held), and whether the gateway said it no
+  // longer holds `seq` (there or in unrecoverable).
+  void note_branch_not_held(const std::string& gateway,
+                            std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges,
+                            const std::string& now);
+  bool gateway_lacks(const std::string& gateway, std::uint64_t seq);
   // Above a branch whose last record is `to` with SHA-256 `link`: the run of held records (seqs a..b; 0 0 for
   // none) from the first that does not follow on from it up to the next hole (they follow on from the other
   // branch).

@@ -201,7 +201,8 @@ int accept_loss(central::CentralStore& store, const std::string& gateway, const 
 // checkpoint-central choose-branch: `tip` is empty (the record at the chain break), SEQ, or SEQ:SHA-256 (a
 // fork, or the record central holds at SEQ when its SHA-256 is that).
 int choose_branch(central::CentralStore& store, const std::string& gateway, const std::string& tip,
-                  bool past_receipt, const std::string& reason, const std::string& by) {
+                  central::CentralStore::BranchOptions options, const std::string& reason,
+                  const std::string& by) {
   if (!printable_operator_text(reason) || !printable_operator_text(by)) {
     std::cerr << "checkpoint-central: --reason and --operator must be printable ASCII, 1-500 bytes"
               << std::endl;
@@ -222,14 +223,24 @@ int choose_branch(central::CentralStore& store, const std::string& gateway, cons
     }
     seq = std::stoull(seq_text);
   }
-  const auto r = store.choose_branch(gateway, seq, sha, past_receipt, reason, by, now_ms());
+  const auto r = store.choose_branch(gateway, seq, sha, options, reason, by, now_ms());
   if (!r.chosen) {
     std::cerr << "checkpoint-central: not chosen: " << r.refusal << " (nothing changed)" << std::endl;
     return 1;
   }
-  std::cout << "branch chosen: " << gateway << " seq " << r.from_seq << ".." << r.to_seq
-            << " taken from the forks (tip SHA-256 " << r.tip_sha256 << ") by " << by << "; " << r.set_aside
-            << " record(s) of the other branch";
+  std::cout << "branch chosen: " << gateway;
+  if (r.from_seq <= r.to_seq) {
+    std::cout << " seq " << r.from_seq << ".." << r.to_seq << " taken from the forks";
+  } else {
+    std::cout << " the chain break's own record";
+  }
+  std::cout << " (tip SHA-256 " << r.tip_sha256 << ") by " << by << "; ";
+  if (r.accepted_lost != 0) {
+    std::cout << "seq " << r.accepted_lost
+              << " accepted as lost (the record the branch follows on from, which nobody holds; receipts "
+                 "name it); ";
+  }
+  std::cout << r.set_aside << " record(s) of the other branch";
   if (r.set_aside > 0) {
     std::cout << " (seq " << r.set_aside_from << ".." << r.set_aside_to << ")";
   }
@@ -257,6 +268,7 @@ struct Args {
   std::string by;
   std::string branch_tip;
   bool past_receipt = false;
+  bool accept_break = false;
   std::vector<std::int64_t> discard_ids;
   std::optional<std::int64_t> seen_before_ms;
   std::string request_sha;
@@ -362,6 +374,9 @@ void add_operator_commands(CLI::App& app, Args& a, Commands& c) {
                        "SEQ (the record central holds) or SEQ:SHA-256 (a fork: status --json, fork_records)");
   c.branch->add_flag("--past-receipt", a.past_receipt,
                      "the branch may replace records a custody receipt confirmed (the gateway lost them)");
+  c.branch->add_flag("--accept-break", a.accept_break,
+                     "the branch lacks a record the gateway reported it no longer holds: follow it from the "
+                     "record after, accepting that one as lost (receipts name it)");
   who_and_why(c.branch, "why this branch (kept with the choice)");
   c.discard = with_config(app.add_subcommand("discard-quarantine",
                                              "Delete a gateway's quarantine rows (all, --id N..., or "
@@ -513,7 +528,7 @@ int with_store(const central::CentralConfig& cfg, const Commands& c, const Args&
     return accept_loss(store, a.gateway, a.loss_seqs, a.loss_picture, a.reason, a.by);
   }
   if (*c.branch) {
-    return choose_branch(store, a.gateway, a.branch_tip, a.past_receipt, a.reason, a.by);
+    return choose_branch(store, a.gateway, a.branch_tip, {a.past_receipt, a.accept_break}, a.reason, a.by);
   }
   if (*c.discard) {
     return discard(store, a);

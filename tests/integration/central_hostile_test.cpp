@@ -10,6 +10,7 @@
 #include <deque>
 #include <fstream>
 #include <iostream>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
@@ -701,6 +702,143 @@ TEST_F(CentralHostile, AnOperatorChoosesTheGatewaysBranchAtAChainBreak) {
   EXPECT_EQ(gh_int("watermark_seq"), 6);
   EXPECT_EQ(pg_int("SELECT count(*) FROM record_media WHERE gateway = 'gh'"), 0);
   EXPECT_EQ(pg_int("SELECT count(*) FROM forks WHERE gateway = 'gh'"), 6);
+  central_->signal(SIGTERM);
+  EXPECT_EQ(central_->wait(20s), 0) << central_->stderr_text();
+}
+
+// A chain break whose branch nobody holds: a gateway restored from a backup (o1..o3, then b4..b9) has since
+// lost b4 too. Central asks for what the branch lacks, the gateway says it no longer holds b4 (noted apart:
+// central holds o4 there), and the asking stops. choose-branch refuses the incomplete branch until the
+// operator accepts b4 as lost (--accept-break): then the branch b5.. follows on over the hole at 4, o4..o6
+// are set aside, and receipts name seq 4 as lost.
+TEST_F(CentralHostile, AChainBreakWhoseBranchNobodyHoldsIsPassedByAcceptingTheMissingRecord) {
+  start_central_with_receipts_every_3_records();
+  std::vector<std::string> lost{gh_record(1, std::string(64, '0'), {})};  // o1..o6
+  for (std::uint64_t seq = 2; seq <= 6; ++seq) {
+    lost.push_back(gh_record(seq, sha256_hex(lost.back()), {}));
+  }
+  std::vector<std::string> restored(lost.begin(), lost.begin() + 3);  // 1..3, then b4..b9
+  for (std::uint64_t seq = 4; seq <= 9; ++seq) {
+    restored.push_back(gh_signed(gh_key_, seq, sha256_hex(restored.back()), {{"message", "restored"}}));
+  }
+  const auto gh_int = [&](const std::string& column) {
+    return pg_int("SELECT " + column + " FROM gateways WHERE gateway = 'gh'");
+  };
+  const auto hashes = [](const std::vector<std::string>& jws, std::size_t from, std::size_t to) {
+    std::string out;
+    for (std::size_t i = from; i < to; ++i) {
+      out += (out.empty() ? "" : ",") + sha256_hex(jws[i]);
+    }
+    return out;
+  };
+  MqttPublisher gh(broker_->uri(), "gh");
+  const auto publish = [&](const std::vector<std::string>& jws, std::size_t from, std::size_t to) {
+    for (std::size_t i = from; i < to; ++i) {
+      gh.publish("checkpoint/gh/evidence", jws[i]);
+    }
+    gh.drain();
+  };
+  // gh answers what the branch below the chain break at 7 lacks (b4, and the 99 seqs below it) as the
+  // restored gateway does: it republishes o3, and no longer holds 1..2 (retention) nor b4 (lost).
+  std::atomic<int> break_requests{0};
+  std::mutex receipt_mutex;
+  std::string receipt;
+  gh.client().set_message_callback([&](mqtt::const_message_ptr msg) {
+    if (msg->get_topic() == "checkpoint/gh/custody") {
+      std::lock_guard lock(receipt_mutex);
+      receipt = msg->get_payload_str();
+      return;
+    }
+    const auto parsed = custody::parse_resend_request(msg->get_payload_str());
+    if (!parsed.request || parsed.request->from_seq != 1 || parsed.request->to_seq != 4) {
+      return;
+    }
+    ++break_requests;
+    gh.client().publish(mqtt::make_message("checkpoint/gh/evidence", restored[2], 1, false));
+    custody::ResendReply reply;
+    reply.from_seq = 1;
+    reply.to_seq = 4;
+    reply.not_held = {{1, 2}, {4, 4}};
+    reply_to(gh, msg, reply);
+  });
+  gh.client().subscribe("checkpoint/gh/resend", 1)->wait();
+  gh.client().subscribe("checkpoint/gh/custody", 1)->wait();
+  publish(lost, 0, 1);
+  ASSERT_TRUE(wait_for_condition([&] { return gh_int("receipt_seq") == 1; }, 30s)) << central_->stderr_text();
+  publish(lost, 1, 4);
+  ASSERT_TRUE(wait_for_condition([&] { return gh_int("receipt_seq") == 4; }, 30s)) << central_->stderr_text();
+  publish(lost, 4, 6);
+  ASSERT_TRUE(wait_for_condition([&] { return gh_int("watermark_seq") == 6; }, 30s))
+      << central_->stderr_text();
+  publish(restored, 4, 8);  // b5, b6 forks, b7 a chain break, b8 stored above it
+  ASSERT_TRUE(wait_for_condition([&] { return gh_int("COALESCE(chain_break_seq, 0)") == 7; }, 30s))
+      << central_->stderr_text();
+
+  // The gateway's not_held below the watermark is noted apart, and the branch it leaves incomplete is not
+  // asked for again and again.
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return pg_int("SELECT count(*) FROM branch_not_held WHERE gateway = 'gh'") == 2; }, 30s))
+      << central_->stderr_text();
+  EXPECT_EQ(pg_int("SELECT count(*) FROM unrecoverable WHERE gateway = 'gh'"), 0);
+  const int asked = break_requests.load();
+  pause(3s);  // longer than the fixture's longest request backoff (2 s)
+  EXPECT_LE(break_requests.load(), asked + 1) << "a branch nobody holds is asked for again";
+
+  const std::string cfg = (dir_ / "central.yaml").string();
+  const auto choose = [&](std::vector<std::string> what, std::string* out, std::string* err) {
+    std::vector<std::string> args = {"choose-branch",
+                                     "--config",
+                                     cfg,
+                                     "--gateway",
+                                     "gh",
+                                     "--reason",
+                                     "backup restored, b4 lost with the disk",
+                                     "--operator",
+                                     "duty officer 7"};
+    args.insert(args.end(), what.begin(), what.end());
+    return central_cli(args, out, err);
+  };
+  std::string out;
+  std::string err;
+  EXPECT_EQ(choose({"--past-receipt"}, &out, &err), 1);
+  EXPECT_NE(err.find("the branch needs gh:4 with SHA-256 " + sha256_hex(restored[3])), std::string::npos)
+      << err;
+  EXPECT_NE(err.find("the gateway reported it no longer holds"), std::string::npos) << err;
+  EXPECT_NE(err.find("--accept-break"), std::string::npos) << err;
+  EXPECT_EQ(choose({"--accept-break"}, &out, &err), 1);
+  EXPECT_NE(err.find("central confirmed gh through seq 4"), std::string::npos) << err;
+  EXPECT_EQ(pg_int("SELECT count(*) FROM branch_choices"), 0);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM accepted_losses"), 0);
+
+  ASSERT_EQ(choose({"--accept-break", "--past-receipt"}, &out, &err), 0) << err;
+  EXPECT_NE(out.find("seq 5..6 taken from the forks"), std::string::npos) << out;
+  EXPECT_NE(out.find("seq 4 accepted as lost"), std::string::npos) << out;
+  EXPECT_NE(out.find("3 record(s) of the other branch (seq 4..6) set aside"), std::string::npos) << out;
+  EXPECT_NE(out.find("custody through seq 8"), std::string::npos) << out;
+  EXPECT_EQ(pg_.query("SELECT string_agg(jws_sha256, ',' ORDER BY seq) FROM records WHERE gateway = 'gh'"),
+            hashes(lost, 0, 3) + "," + hashes(restored, 4, 8));
+  EXPECT_EQ(pg_.query("SELECT string_agg(jws_sha256, ',' ORDER BY seq) FROM forks WHERE gateway = 'gh'"),
+            hashes(lost, 3, 6));
+  EXPECT_EQ(pg_.query("SELECT from_seq || '-' || to_seq || ' ' || operator FROM accepted_losses"),
+            "4-4 duty officer 7");
+  EXPECT_EQ(pg_.query("SELECT from_seq || '-' || to_seq || ' ' || accepted_lost_seq || ' ' || past_receipt "
+                      "FROM branch_choices"),
+            "5-6 4 true");
+  EXPECT_EQ(status()["gateways"][0]["branch_choices"][0]["accepted_lost_seq"], 4);
+  // The next receipt (b9 makes one due) names the chosen branch's head and says seq 4 is lost.
+  publish(restored, 8, 9);
+  ASSERT_TRUE(wait_for_condition([&] { return gh_int("receipt_seq") == 9; }, 30s)) << central_->stderr_text();
+  nlohmann::json body;
+  ASSERT_TRUE(wait_for_condition(
+      [&] {
+        std::lock_guard lock(receipt_mutex);
+        body = unverified_jws_part(receipt, 1).value_or(nlohmann::json());
+        return body.is_object() && body.value("through_seq", 0) == 9;
+      },
+      30s))
+      << body.dump();
+  EXPECT_EQ(body["head"], sha256_hex(restored[8])) << body.dump();
+  EXPECT_EQ(body["lost_seqs"], nlohmann::json::parse("[[4,4]]")) << body.dump();
   central_->signal(SIGTERM);
   EXPECT_EQ(central_->wait(20s), 0) << central_->stderr_text();
 }
