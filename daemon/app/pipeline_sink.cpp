@@ -1,0 +1,104 @@
+// PipelineSink: adapter events -> correlator (on the pipeline strand) -> store worker.
+#include "daemon/app/pipeline_sink.h"
+
+#include <boost/asio/post.hpp>
+#include <utility>
+#include <variant>
+
+namespace cpd::app {
+
+namespace asio = boost::asio;
+
+PipelineSink::PipelineSink(asio::io_context& io, pipeline::Correlator& correlator, StoreWorker& worker,
+                           const WallClock& clock, const config::ValiditySection& validity)
+    : strand_(asio::make_strand(io)),
+      tick_timer_(strand_),
+      correlator_(correlator),
+      worker_(worker),
+      clock_(clock),
+      assume_clock_sync_(validity.clock_sync == "assume") {}
+
+void PipelineSink::start() {
+  asio::post(strand_, [this] {
+    refresh_clock_sync();
+    tick();
+  });
+}
+
+void PipelineSink::emit(adapters::DeviceEvent event) {
+  const auto ready_at = std::chrono::steady_clock::now();
+  {
+    std::lock_guard lock(mutex_);
+    auto& a = activity_[std::visit([](const auto& e) { return e.device_id; }, event)];
+    ++a.events;
+    a.last_event_ms = clock_.now_ms();
+  }
+  asio::post(strand_, [this, ready_at, ev = std::move(event)] {
+    submit(correlator_.on_event(ev, clock_.now_ms()), ready_at);
+  });
+}
+
+void PipelineSink::flush_then(std::function<void()> fn) {
+  asio::post(strand_, [this, fn = std::move(fn)] {
+    stopped_ = true;
+    tick_timer_.cancel();
+    submit(correlator_.flush(), std::chrono::steady_clock::now());
+    fn();
+  });
+}
+
+std::map<std::string, PipelineSink::Activity> PipelineSink::activity() const {
+  std::lock_guard lock(mutex_);
+  return activity_;
+}
+
+pipeline::ClockSync PipelineSink::clock_sync() const {
+  std::lock_guard lock(mutex_);
+  return clock_sync_;
+}
+
+void PipelineSink::reconfigure(config::Config next, std::function<void()> then) {
+  asio::post(strand_, [this, next = std::move(next), then = std::move(then)] {
+    correlator_.reconfigure(next);
+    assume_clock_sync_ = next.validity.clock_sync == "assume";
+    refresh_clock_sync();
+    then();
+  });
+}
+
+void PipelineSink::submit(std::vector<Fact> facts, std::chrono::steady_clock::time_point ready_at) {
+  for (auto& fact : facts) {
+    if (fact.ready_at == std::chrono::steady_clock::time_point{}) {
+      fact.ready_at = ready_at;
+    }
+    worker_.submit(std::move(fact));
+  }
+}
+
+void PipelineSink::tick() {
+  if (stopped_) {
+    return;
+  }
+  submit(correlator_.tick(clock_.now_ms()), std::chrono::steady_clock::now());
+  if (++ticks_ % 100 == 0) {  // every ~10 s
+    refresh_clock_sync();
+  }
+  tick_timer_.expires_after(std::chrono::milliseconds(100));
+  tick_timer_.async_wait([this](boost::system::error_code ec) {
+    if (!ec) {
+      tick();
+    }
+  });
+}
+
+void PipelineSink::refresh_clock_sync() {
+  auto state =
+      assume_clock_sync_ ? pipeline::ClockSync{true, "assume", -1, -1} : pipeline::read_kernel_clock_sync();
+  {
+    std::lock_guard lock(mutex_);
+    clock_sync_ = state;
+  }
+  correlator_.set_clock_sync(std::move(state));
+}
+
+}  // namespace cpd::app
