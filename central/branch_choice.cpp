@@ -92,7 +92,7 @@ std::optional<std::pair<std::uint64_t, std::uint64_t>> CentralStore::branch_requ
         }
         return (*body)["prev"].get<std::string>();
       });
-  if (!walk.missing || gateway_lacks(gateway, walk.missing->first)) {
+  if (!walk.missing || gateway_lacks(gateway, walk.missing->first).has_value()) {
     // Complete (or not walkable), or the gateway no longer holds what it lacks (choose-branch
     // --accept-break): nothing to ask for.
     return std::nullopt;
@@ -143,7 +143,7 @@ std::vector<IncomingRecord> CentralStore::verified_branch(const std::string& gat
     lacks = walk.missing->first;
     refusal = "the branch needs " + gateway + ":" + num(walk.missing->first) + " with SHA-256 " +
               walk.missing->second + ", which central holds neither in its chain nor among the forks";
-    refusal += gateway_lacks(gateway, lacks)
+    refusal += gateway_lacks(gateway, lacks).has_value()
                    ? " and the gateway reported it no longer holds (to follow the branch from the record "
                      "after it, accepting this one as lost: --accept-break)"
                    : " (while a chain break stands, central asks the gateway for the records the branch "
@@ -218,11 +218,27 @@ CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gatewa
   std::uint64_t lacks = 0;
   std::vector<IncomingRecord> incoming =
       verified_branch(gateway, tip_seq, out.tip_sha256, tip_in_records, prev, out.refusal, lacks);
-  if (lacks != 0 && options.accept_break && gateway_lacks(gateway, lacks)) {
-    // Nobody holds the record the branch follows on from: the branch starts after it, and it is accepted as
-    // lost (the walk passes it without a prev to check the next record against; receipts name it).
-    out.refusal.clear();
-    out.accepted_lost = lacks;
+  if (lacks != 0 && options.accept_break) {
+    if (const auto lost_from = gateway_lacks(gateway, lacks)) {
+      // Nobody holds the record the branch follows on from: the branch starts after it, and it is accepted
+      // as lost (the walk passes it without a prev to check the next record against; receipts name it).
+      // Unless the gateway still holds a record of its own right below what it lost (it came as a fork):
+      // then its branch goes on below, and central's records there are not the gateway's.
+      if (*lost_from > 1 &&
+          conn_->exec("SELECT 1 FROM forks WHERE gateway = $1 AND seq = $2", {gateway, num(*lost_from - 1)},
+                      "looking for the branch below what it lacks")
+                  .rows() > 0) {
+        out.refusal = "the gateway no longer holds seq " + num(*lost_from) + ".." + num(lacks) +
+                      " of the branch, but holds another record than central's at seq " +
+                      num(*lost_from - 1) +
+                      " (a fork): the branch goes on below what it lacks, and accepting seq " + num(lacks) +
+                      " as lost would keep central's other records there (nothing changed; choose-branch "
+                      "follows one branch without holes)";
+        return out;
+      }
+      out.refusal.clear();
+      out.accepted_lost = lacks;
+    }
   }
   if (!out.refusal.empty()) {
     return out;

@@ -823,6 +823,12 @@ void CentralService::commit(Batch& batch) {
     log::error("central", id.substr(0, id.find(':')),
                "FORK: " + id + " arrived again with other bytes, both signed by a trusted key; both kept");
   }
+  for (const std::string& id : out.late_in_lost_holes) {
+    log::error("central", id.substr(0, id.find(':')),
+               "FORK: " + id +
+                   " arrived at a seq custody passed as an accepted loss; kept in forks, not in the chain "
+                   "(checkpoint-central choose-branch decides)");
+  }
   for (const std::string& c : out.chain_restarts) {
     log::error("central", c.substr(0, c.find(':')),
                "CHAIN RESTART: " + c + " (docs/custody.md, \"A replaced store\"; checkpoint-central status)");

@@ -343,7 +343,7 @@ CREATE TABLE branch_choices (
     // central holds other records there), and the record a choice accepted as lost.
     R"sql(
 CREATE TABLE branch_not_held (
-  gateway text NOT NULL,
+  gateway text NOT NULL REFERENCES gateways(gateway),
   from_seq bigint NOT NULL,
   to_seq bigint NOT NULL,
   noted_ms bigint NOT NULL,
@@ -743,11 +743,10 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
   // 250 kB of parameters) measured faster than 200 or 1000 in cpd-central-bench: PostgreSQL's parse and
   // memory for one huge statement cost more than the extra round trips.
   constexpr std::size_t kRowsPerInsert = 50;
-  std::map<std::string, std::uint64_t> highest;  // gateway -> highest new seq in this batch
+  std::map<std::string, std::vector<std::uint64_t>> stored;  // gateway -> the seqs this batch stored
   const auto note_fresh = [&](const std::set<std::pair<std::string, std::uint64_t>>& fresh) {
     for (const auto& [gateway, seq] : fresh) {
-      auto& h = highest[gateway];
-      h = std::max(h, seq);
+      stored[gateway].push_back(seq);
     }
   };
   for (std::size_t from = 0; from < batch.records.size(); from += kRowsPerInsert) {
@@ -770,9 +769,9 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
       if (held.rows() == 0 || follow_replaced_store(rec, now_ms, out)) {
         // Its seq is free now: the old chain's records after the receipt were set aside, by this record
         // (the gateway's store_replaced) or by one before it in this batch.
-        const auto stored = insert_records(batch.records, i, i + 1, now_ms, out);
-        note_fresh(stored);
-        if (!stored.empty()) {
+        const auto taken = insert_records(batch.records, i, i + 1, now_ms, out);
+        note_fresh(taken);
+        if (!taken.empty()) {
           continue;
         }
         // Still taken: by a copy of the old chain this same batch stored (never set aside). A fork, below.
@@ -791,10 +790,14 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
       }
     }
   }
-  for (const auto& [gateway, seq] : highest) {
-    conn_->exec_prepared(
-        "UPDATE gateways SET max_seq = GREATEST(max_seq, $2::bigint), last_seen_ms = $3 WHERE gateway = $1",
-        {gateway, num(seq), now}, "noting a gateway's highest seq");
+  for (const auto& [gateway, seqs] : stored) {
+    const PgResult g = conn_->exec_prepared(
+        "UPDATE gateways SET max_seq = GREATEST(max_seq, $2::bigint), last_seen_ms = $3 WHERE gateway = $1 "
+        "RETURNING watermark_seq",
+        {gateway, num(*std::max_element(seqs.begin(), seqs.end())), now}, "noting a gateway's highest seq");
+    if (g.rows() == 1) {
+      set_aside_below_watermark(gateway, seqs, static_cast<std::uint64_t>(g.integer(0, 0)), now, out);
+    }
     compare_with_announced(gateway, now, out);
   }
 
@@ -866,12 +869,44 @@ std::set<std::pair<std::string, std::uint64_t>> CentralStore::insert_records(
   return fresh;
 }
 
+void CentralStore::set_aside_below_watermark(const std::string& gateway,
+                                             const std::vector<std::uint64_t>& seqs, std::uint64_t watermark,
+                                             const std::string& now, BatchOutcome& out) {
+  // Custody passed every seq up to the watermark: a seq free there is one an operator accepted as lost
+  // (accept-loss, choose-branch --accept-break), and receipts name it so. A record arriving there later (a
+  // redelivery of a record set aside, the lost record after all) must not fill it silently: it is kept in
+  // forks, alarmed like a fork, and the operator decides (choose-branch).
+  std::string below;
+  for (const std::uint64_t seq : seqs) {
+    if (seq <= watermark) {
+      below += (below.empty() ? "" : ",") + num(seq);
+    }
+  }
+  if (below.empty()) {
+    return;
+  }
+  const char* what = "setting aside a record in a hole accepted as lost";
+  const PgResult moved = conn_->exec(
+      "WITH moved AS (DELETE FROM records WHERE gateway = $1 AND seq = ANY($2::bigint[]) RETURNING gateway, "
+      "seq, jws, jws_sha256), kept AS (INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms) SELECT "
+      "gateway, seq, jws, jws_sha256, $3::bigint FROM moved ON CONFLICT DO NOTHING) SELECT seq FROM moved",
+      {gateway, "{" + below + "}", now}, what);
+  conn_->exec("DELETE FROM record_media WHERE gateway = $1 AND seq = ANY($2::bigint[])",
+              {gateway, "{" + below + "}"}, what);
+  for (int i = 0; i < moved.rows(); ++i) {
+    ++out.forks;
+    out.stored -= out.stored > 0 ? 1 : 0;
+    out.late_in_lost_holes.push_back(gateway + ":" + moved.text(i, 0));
+    conn_->exec("UPDATE gateways SET forks = forks + 1 WHERE gateway = $1", {gateway}, "counting a fork");
+  }
+}
+
 void CentralStore::forget_other_branch_after(const std::string& gateway, std::uint64_t n, const char* what) {
   const PgParams gn{gateway, num(n)};
   // Announcements after N were about the other branch: no evidence about the one followed now.
   conn_->exec("DELETE FROM head_announcements WHERE gateway = $1 AND seq > $2::bigint", gn, what);
   // What was reported lost, or an operator accepted as lost, after N was about the other branch too.
-  for (const char* table : {"unrecoverable", "accepted_losses"}) {
+  for (const char* table : {"unrecoverable", "accepted_losses", "branch_not_held"}) {
     conn_->exec(std::string("DELETE FROM ") + table + " WHERE gateway = $1 AND from_seq > $2::bigint", gn,
                 what);
     conn_->exec(
@@ -956,14 +991,29 @@ void CentralStore::note_branch_not_held(const std::string& gateway,
   }
 }
 
-bool CentralStore::gateway_lacks(const std::string& gateway, std::uint64_t seq) {
-  return conn_
-             ->exec(
-                 "SELECT 1 FROM (SELECT from_seq, to_seq FROM branch_not_held WHERE gateway = $1 UNION ALL "
-                 "SELECT from_seq, to_seq FROM unrecoverable WHERE gateway = $1) x WHERE from_seq <= "
-                 "$2::bigint AND to_seq >= $2::bigint",
-                 {gateway, num(seq)}, "reading what a gateway no longer holds")
-             .rows() > 0;
+std::optional<std::uint64_t> CentralStore::gateway_lacks(const std::string& gateway, std::uint64_t seq) {
+  // The ranges the gateway said it no longer holds, at or below `seq`, highest first: the run that covers
+  // `seq` and goes down without a gap starts at the returned seq.
+  const PgResult r = conn_->exec(
+      "SELECT from_seq, to_seq FROM (SELECT from_seq, to_seq FROM branch_not_held WHERE gateway = $1 UNION "
+      "ALL "
+      "SELECT from_seq, to_seq FROM unrecoverable WHERE gateway = $1) x WHERE from_seq <= $2::bigint ORDER "
+      "BY "
+      "to_seq DESC LIMIT 1000",
+      {gateway, num(seq)}, "reading what a gateway no longer holds");
+  std::optional<std::uint64_t> from;  // the lowest seq of the run so far
+  for (int i = 0; i < r.rows(); ++i) {
+    const auto lo = static_cast<std::uint64_t>(r.integer(i, 0));
+    const auto hi = static_cast<std::uint64_t>(r.integer(i, 1));
+    if (!from && hi < seq) {
+      return std::nullopt;  // the range reaching highest ends below `seq`: none covers it
+    }
+    if (from && hi + 1 < *from) {
+      break;  // a gap: the run ends
+    }
+    from = from ? std::min(*from, lo) : lo;
+  }
+  return from;
 }
 
 void CentralStore::store_replies(const std::vector<IncomingReply>& replies, std::int64_t now_ms,

@@ -119,12 +119,13 @@ struct BatchOutcome {
   std::uint64_t quarantine_dropped = 0;     // beyond the quarantine bounds: counted only
   std::uint64_t media_stored = 0;
   std::uint64_t head_forks = 0;
-  std::uint64_t unsolicited_replies = 0;     // resend replies to no open request (quarantined)
-  std::uint64_t unrecoverable_media = 0;     // pictures newly noted as no longer held
-  std::uint64_t quarantine_resolved = 0;     // quarantine rows taken into the intake (deleted)
-  std::vector<std::string> fork_ids;         // gateway:seq of each fork, for the alarm line
-  std::vector<std::string> head_fork_lines;  // "gateway:seq announced H, stored S"
-  std::vector<std::string> chain_breaks;     // "gateway:seq: reason"
+  std::uint64_t unsolicited_replies = 0;        // resend replies to no open request (quarantined)
+  std::uint64_t unrecoverable_media = 0;        // pictures newly noted as no longer held
+  std::uint64_t quarantine_resolved = 0;        // quarantine rows taken into the intake (deleted)
+  std::vector<std::string> fork_ids;            // gateway:seq of each fork, for the alarm line
+  std::vector<std::string> late_in_lost_holes;  // gw:seq stored where custody passed an accepted loss
+  std::vector<std::string> head_fork_lines;     // "gateway:seq announced H, stored S"
+  std::vector<std::string> chain_breaks;        // "gateway:seq: reason"
   std::vector<std::string>
       retired_set_aside;                    // "gateway:seq: reason" (found under a retired key when walked)
   std::vector<std::string> unrecoverable;   // "gateway: seq a..b" / "gateway: picture <sha> of seq N"
@@ -309,12 +310,16 @@ class CentralStore {
                                               const std::string& tip_sha256, bool tip_in_records,
                                               const std::string& tip_prev, std::string& refusal,
                                               std::uint64_t& lacks);
-  // Resend replies' not_held at or below the watermark (branch_not_held), and whether the gateway said it no
-  // longer holds `seq` (there or in unrecoverable).
+  // Resend replies' not_held at or below the watermark (branch_not_held); whether the gateway said it no
+  // longer holds `seq` (there or in unrecoverable), and if so from which seq on it lacks every one up to it.
   void note_branch_not_held(const std::string& gateway,
                             std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges,
                             const std::string& now);
-  bool gateway_lacks(const std::string& gateway, std::uint64_t seq);
+  std::optional<std::uint64_t> gateway_lacks(const std::string& gateway, std::uint64_t seq);
+  // Records this batch stored at seqs at or below the gateway's watermark (holes accepted as lost) go to
+  // forks instead.
+  void set_aside_below_watermark(const std::string& gateway, const std::vector<std::uint64_t>& seqs,
+                                 std::uint64_t watermark, const std::string& now, BatchOutcome& out);
   // Above a branch whose last record is `to` with SHA-256 `link`: the run of held records (seqs a..b; 0 0 for
   // none) from the first that does not follow on from it up to the next hole (they follow on from the other
   // branch).

@@ -264,6 +264,9 @@ void RecordingUploader::on_want(const std::string& payload) {
             std::lock_guard lock(snapshot_mutex_);
             current_.clear();
           }
+          // Again, now that no job of this file can write its progress any more: a progress write queued
+          // before this point (its upload's, or a pause's) may have run after the first request.
+          host_.run_on_store([sha](store::EvidenceStore& s) { (void)s.upload_request(sha); });
         }
         poll();
       });
@@ -323,6 +326,16 @@ filex::Ranges RecordingUploader::still_to_send(const Job& job) {
   return out;
 }
 
+filex::Ranges RecordingUploader::left_to_send(const store::UploadRow& row, filex::Ranges ranges) const {
+  if (!sends_later(row)) {
+    return ranges;
+  }
+  // Its own upload resumes at the segment holding sent_to and sends the rest: a want covering the tail
+  // (central asks for everything missing after a stall) would send the tail twice.
+  const std::uint64_t segment = static_cast<std::uint64_t>(cfg_.recordings_segment_kib) * 1024;
+  return filex::ranges_minus(ranges, {{row.sent_to - row.sent_to % segment, row.length}});
+}
+
 bool RecordingUploader::sends_later(const store::UploadRow& row) const {
   // The rule of EvidenceStore::uploads_pending: not held and within the policy.
   return !row.held_ms && row.sent_to < row.length &&
@@ -363,15 +376,10 @@ void RecordingUploader::poll() {
           poll();
           return;
         }
-        if (sends_later(*row)) {
-          // Its own upload resumes at the segment holding sent_to and sends the rest: a want covering the
-          // tail (central asks for everything missing after a stall) would send the tail twice.
-          const std::uint64_t segment = static_cast<std::uint64_t>(cfg_.recordings_segment_kib) * 1024;
-          ranges = filex::ranges_minus(ranges, {{row->sent_to - row->sent_to % segment, row->length}});
-          if (ranges.empty()) {
-            poll();
-            return;
-          }
+        ranges = left_to_send(*row, std::move(ranges));
+        if (ranges.empty() && sends_later(*row)) {
+          poll();
+          return;
         }
         if (!ranges.empty()) {
           log::info("files", "",
@@ -391,6 +399,11 @@ void RecordingUploader::poll() {
   host_.run_on_store([this, all, important](store::EvidenceStore& store) {
     store.uploads_discover(kDiscoverPage);
     auto pending = store.uploads_pending(all, important, kPendingPage);
+    // Files not yet sent whole, apart: more than a page of files waiting for their receipts must not hide
+    // them.
+    for (store::UploadRow& row : store.uploads_pending(all, important, kPendingPage, true)) {
+      pending.push_back(std::move(row));
+    }
     const store::UploadStats stats = store.upload_stats();
     asio::post(strand_, [this, pending = std::move(pending), stats] {
       polling_ = false;
@@ -438,19 +451,23 @@ void RecordingUploader::check_preempt() {
   if (!job_->progress || job_->pausing || job_->rank == 0) {
     return;  // a want's bytes, a fin, or a file central asked for: never paused
   }
+  std::vector<std::string> wanted;  // other files central wants bytes of
   for (const auto& [sha, ranges] : wants_) {
     if (sha != job_->row.sha256) {
-      pause("central wants bytes of recording " + sha);
-      return;
+      wanted.push_back(sha);
     }
   }
   polling_ = true;
   const bool all = cfg_.recordings_policy == "all";
   const bool important = cfg_.recordings_policy == "important";
-  host_.run_on_store([this, all, important](store::EvidenceStore& store) {
+  host_.run_on_store([this, all, important, wanted](store::EvidenceStore& store) {
+    std::map<std::string, std::optional<store::UploadRow>> rows;
+    for (const std::string& sha : wanted) {
+      rows[sha] = store.upload(sha);
+    }
     store.uploads_discover(kDiscoverPage);  // an important recording collected meanwhile
     auto unsent = store.uploads_pending(all, important, kPendingPage, true);
-    asio::post(strand_, [this, unsent = std::move(unsent)] {
+    asio::post(strand_, [this, rows = std::move(rows), unsent = std::move(unsent)] {
       polling_ = false;
       if (stopped_) {
         return;
@@ -461,6 +478,23 @@ void RecordingUploader::check_preempt() {
       }
       if (!job_->progress || job_->pausing) {
         return;
+      }
+      bool unseen_want = false;  // arrived during the check: checked again at once
+      for (const auto& [sha, ranges] : wants_) {
+        if (sha == job_->row.sha256) {
+          continue;
+        }
+        const auto row = rows.find(sha);
+        if (row == rows.end()) {
+          unseen_want = true;
+          continue;
+        }
+        // Only a want that leaves something to send (an abort, or bytes the file's own upload will not
+        // send) is worth a pause: its tail, which the file's own upload sends anyway, is not.
+        if (!row->second || unreadable_.count(sha) || !left_to_send(*row->second, ranges).empty()) {
+          pause("central wants bytes of recording " + sha);
+          return;
+        }
       }
       for (const store::UploadRow& row : unsent) {
         if (row.sha256 == job_->row.sha256 || unreadable_.count(row.sha256)) {
@@ -474,7 +508,11 @@ void RecordingUploader::check_preempt() {
         }
         break;  // ranked no higher: the rest rank no higher either
       }
-      schedule_poll(kPreemptCheck);
+      if (unseen_want) {
+        asio::post(strand_, [this] { poll(); });
+      } else {
+        schedule_poll(kPreemptCheck);
+      }
     });
   });
 }

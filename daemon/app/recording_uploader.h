@@ -97,6 +97,8 @@ class RecordingUploader {
   void complete_pause();
   // Whether the row's own upload (from sent_to) is still to come under the policy.
   bool sends_later(const store::UploadRow& row) const;
+  // The wanted ranges minus what the row's own upload is still to send.
+  filex::Ranges left_to_send(const store::UploadRow& row, filex::Ranges ranges) const;
   // The byte ranges a job has not yet published (from its cursor on).
   static filex::Ranges still_to_send(const Job& job);
   void schedule_poll(std::chrono::milliseconds after);

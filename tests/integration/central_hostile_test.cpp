@@ -839,6 +839,18 @@ TEST_F(CentralHostile, AChainBreakWhoseBranchNobodyHoldsIsPassedByAcceptingTheMi
       << body.dump();
   EXPECT_EQ(body["head"], sha256_hex(restored[8])) << body.dump();
   EXPECT_EQ(body["lost_seqs"], nlohmann::json::parse("[[4,4]]")) << body.dump();
+
+  // The set-aside o4, delivered again, does not fill the hole custody passed as lost: it stays in forks.
+  publish(lost, 3, 4);
+  ASSERT_TRUE(wait_for_condition(
+      [&] {
+        return central_->stderr_text().find(
+                   "FORK: gh:4 arrived at a seq custody passed as an accepted loss") != std::string::npos;
+      },
+      30s))
+      << central_->stderr_text();
+  EXPECT_EQ(pg_int("SELECT count(*) FROM records WHERE gateway = 'gh' AND seq = 4"), 0);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM forks WHERE gateway = 'gh' AND seq = 4"), 1);
   central_->signal(SIGTERM);
   EXPECT_EQ(central_->wait(20s), 0) << central_->stderr_text();
 }
