@@ -7,17 +7,13 @@
 #include <variant>
 
 #include "adapters/adapter.h"
-#include "adapters/camera/camera_config.h"
-#include "adapters/radar/radar_config.h"
-#include "adapters/recorder/recorder_config.h"
+#include "adapters/device_settings.h"
 
 namespace cpd::config {
 class Section;
 }
 
 namespace cpd::adapters {
-
-using DeviceSettings = std::variant<RadarConfig, CameraConfig, RecorderDockConfig>;
 
 struct AdapterKind {
   std::string_view kind;

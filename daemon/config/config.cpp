@@ -19,6 +19,7 @@
 #include <sstream>
 #include <tuple>
 
+#include "adapters/registry.h"
 #include "daemon/config/mqtt_config.h"
 #include "daemon/config/schema.h"
 #include "daemon/config/yaml_guard.h"

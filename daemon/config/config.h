@@ -6,7 +6,7 @@
 #include <string_view>
 #include <vector>
 
-#include "adapters/registry.h"
+#include "adapters/device_settings.h"
 #include "daemon/config/mqtt_config.h"
 #include "daemon/config/national_codes.h"
 #include "daemon/core/ed25519.h"

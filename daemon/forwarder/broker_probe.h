@@ -10,7 +10,7 @@
 #include <string>
 #include <string_view>
 
-#include "daemon/config/config.h"
+#include "daemon/config/mqtt_config.h"
 
 namespace cpd::forwarder {
 

@@ -24,7 +24,7 @@
 #include <thread>
 #include <vector>
 
-#include "daemon/config/config.h"
+#include "daemon/config/mqtt_config.h"
 #include "daemon/forwarder/latency.h"
 #include "daemon/forwarder/outbox_source.h"
 #include "daemon/forwarder/side_channel.h"
