@@ -172,130 +172,155 @@ void StoreWorker::seal_into(const Fact& fact, UnixMs now, std::vector<SealedReco
 // known: a recording lists the linkable records already sealed in its span (committed ones from the store,
 // earlier ones of this batch) and each such pair gets a `link` record right after it; a linkable record
 // sealed after a recording whose span contains it gets a `link` record too (records are never edited).
+// A batch is sealed (the link rule adds its links), appended in one transaction, then reported. A failed
+// append puts the sealer back (head and key): the same facts are sealed again, in order, on the retry.
 bool StoreWorker::commit_batch(std::vector<Item>& batch) {
   const ChainHead before = sealer_.head();
   const Ed25519PrivateKey key_before = sealer_.key();  // a key_rotation in the batch switches it
-  std::vector<SealedRecord> sealed;
-  sealed.reserve(batch.size());
-  std::vector<std::size_t> origin;  // the batch item each sealed record came from
-  origin.reserve(batch.size());
-  std::vector<store::LinkTarget> batch_targets;  // linkable records sealed in this batch
-  std::vector<store::StoredSpan> batch_spans;    // recordings sealed in this batch
-  std::optional<UnixMs> max_span_end = max_span_end_;
-  const UnixMs now = clock_.now_ms();
-  auto seal_link = [&](const std::string& recording_id, const store::LinkTarget& target, const LinkSpan& span,
-                       std::size_t from) {
-    seal_into(pipeline::make_link_fact(recording_id, target.id, target.type, target.time_ms, span), now,
-              sealed);
-    origin.push_back(from);
-  };
+  SealedBatch sealed = seal_batch(batch, clock_.now_ms());
+  if (!append_sealed(sealed.records)) {
+    sealer_.reset(before);
+    sealer_.use_key(key_before);
+    return false;
+  }
+  max_span_end_ = sealed.max_span_end;
+  report_committed(batch, sealed);
+  return true;
+}
 
+StoreWorker::SealedBatch StoreWorker::seal_batch(std::vector<Item>& batch, UnixMs now) {
+  SealedBatch out;
+  out.records.reserve(batch.size());
+  out.origin.reserve(batch.size());
+  out.max_span_end = max_span_end_;
   for (std::size_t i = 0; i < batch.size(); ++i) {
-    const Fact* fact = &batch[i].fact;
-    Fact adjusted;  // a copy only for facts the worker completes (links, retention holds)
     std::vector<store::LinkTarget> targets;
-    if (fact->link_span || !fact->kept_media.empty()) {
-      adjusted = *fact;
-      for (auto& kept : adjusted.kept_media) {
-        const int days = kept.important ? std::max(important_retention_days_, media_retention_days_)
-                                        : media_retention_days_;
-        kept.hold_until_ms = now + std::int64_t{days} * 24 * 3600 * 1000;
-      }
-      if (adjusted.link_span) {
-        targets = store_.records_in_span(link_rule_.types, *adjusted.link_span);
-        for (const auto& t : batch_targets) {
-          if (adjusted.link_span->contains(t.time_ms)) {
-            targets.push_back(t);
-          }
-        }
-        nlohmann::json ids = nlohmann::json::array();
-        for (const auto& t : targets) {
-          ids.push_back(t.id);
-        }
-        adjusted.fields["links"] = std::move(ids);
-      }
-      fact = &adjusted;
-    }
-    seal_into(*fact, now, sealed);
-    origin.push_back(i);
-    if (batch[i].next_key && sealed.back().type == fact->type && sealed.back().salvage_reason.empty()) {
+    const std::optional<Fact> adjusted = completed(batch[i].fact, now, out, targets);
+    const Fact& fact = adjusted ? *adjusted : batch[i].fact;
+    seal_into(fact, now, out.records);
+    out.origin.push_back(i);
+    if (batch[i].next_key && out.records.back().type == fact.type &&
+        out.records.back().salvage_reason.empty()) {
       // The key_rotation record is sealed under the old key: everything after it, in this batch too, is
       // signed with the key it names (committed in the same transaction, or not at all).
       sealer_.use_key(*batch[i].next_key);
     }
-    const std::string id = sealed.back().id;
-    const std::string type = sealed.back().type;
-    const UnixMs time_ms = sealed.back().time_ms;
-    if (fact->link_span && type == fact->type) {
-      batch_spans.push_back({id, *fact->link_span});
-      max_span_end = std::max(max_span_end.value_or(fact->link_span->hi_ms), fact->link_span->hi_ms);
-      for (const auto& t : targets) {
-        seal_link(id, t, *fact->link_span, i);
+    seal_links(i, fact, targets, now, out);
+  }
+  return out;
+}
+
+std::optional<Fact> StoreWorker::completed(const Fact& fact, UnixMs now, const SealedBatch& batch,
+                                           std::vector<store::LinkTarget>& targets) {
+  if (!fact.link_span && fact.kept_media.empty()) {
+    return std::nullopt;  // sealed as it is: no copy
+  }
+  Fact adjusted = fact;
+  for (auto& kept : adjusted.kept_media) {
+    const int days =
+        kept.important ? std::max(important_retention_days_, media_retention_days_) : media_retention_days_;
+    kept.hold_until_ms = now + std::int64_t{days} * 24 * 3600 * 1000;
+  }
+  if (adjusted.link_span) {
+    targets = store_.records_in_span(link_rule_.types, *adjusted.link_span);
+    for (const auto& t : batch.targets) {
+      if (adjusted.link_span->contains(t.time_ms)) {
+        targets.push_back(t);
       }
     }
-    if (link_rule_.linkable(type)) {
-      const store::LinkTarget self{id, type, time_ms};
-      batch_targets.push_back(self);
-      std::vector<store::StoredSpan> spans;
-      if (max_span_end_ && time_ms <= *max_span_end_) {
-        spans = store_.spans_containing(time_ms);
-      }
-      for (const auto& span : batch_spans) {
-        if (span.span.contains(time_ms)) {
-          spans.push_back(span);
-        }
-      }
-      for (const auto& span : spans) {
-        seal_link(span.recording_id, self, span.span, i);
-      }
+    nlohmann::json ids = nlohmann::json::array();
+    for (const auto& t : targets) {
+      ids.push_back(t.id);
+    }
+    adjusted.fields["links"] = std::move(ids);
+  }
+  return adjusted;
+}
+
+void StoreWorker::seal_links(std::size_t item, const Fact& fact,
+                             const std::vector<store::LinkTarget>& targets, UnixMs now, SealedBatch& out) {
+  const std::string id = out.records.back().id;
+  const std::string type = out.records.back().type;
+  const UnixMs time_ms = out.records.back().time_ms;
+  const auto seal_link = [&](const std::string& recording_id, const store::LinkTarget& target,
+                             const LinkSpan& span) {
+    seal_into(pipeline::make_link_fact(recording_id, target.id, target.type, target.time_ms, span), now,
+              out.records);
+    out.origin.push_back(item);
+  };
+  if (fact.link_span && type == fact.type) {
+    // A recording: linked to the records in its span, stored or sealed before it in this batch.
+    out.spans.push_back({id, *fact.link_span});
+    out.max_span_end = std::max(out.max_span_end.value_or(fact.link_span->hi_ms), fact.link_span->hi_ms);
+    for (const auto& t : targets) {
+      seal_link(id, t, *fact.link_span);
     }
   }
-  const auto append_started = std::chrono::steady_clock::now();
-  const Status st = store_.append(sealed);
-  if (st.is_ok()) {
-    CommitObserver observer;
-    {
-      std::lock_guard lock(mutex_);
-      observer = commit_observer_;
+  if (link_rule_.linkable(type)) {
+    // A vehicle record: linked to the recordings whose span holds it, stored or sealed in this batch.
+    const store::LinkTarget self{id, type, time_ms};
+    out.targets.push_back(self);
+    std::vector<store::StoredSpan> spans;
+    if (max_span_end_ && time_ms <= *max_span_end_) {
+      spans = store_.spans_containing(time_ms);
     }
-    if (observer) {
-      observer(std::chrono::steady_clock::now() - append_started, sealed.size());
+    for (const auto& span : out.spans) {
+      if (span.span.contains(time_ms)) {
+        spans.push_back(span);
+      }
+    }
+    for (const auto& span : spans) {
+      seal_link(span.recording_id, self, span.span);
     }
   }
+}
+
+bool StoreWorker::append_sealed(const std::vector<SealedRecord>& records) {
+  const auto started = std::chrono::steady_clock::now();
+  const Status st = store_.append(records);
   if (!st.is_ok()) {
-    sealer_.reset(before);
-    sealer_.use_key(key_before);
     log::error("store", "",
-               "commit of " + std::to_string(sealed.size()) + " records failed (" +
+               "commit of " + std::to_string(records.size()) + " records failed (" +
                    (st.kind() == Status::Kind::kRetry ? "will retry" : "will retry; permanent") +
                    "): " + st.message());
     return false;
   }
-  max_span_end_ = max_span_end;
-  for (std::size_t k = 0; k < sealed.size(); ++k) {
-    const bool own = k == 0 || origin[k] != origin[k - 1];  // the item's own record comes first
+  CommitObserver observer;
+  {
+    std::lock_guard lock(mutex_);
+    observer = commit_observer_;
+  }
+  if (observer) {
+    observer(std::chrono::steady_clock::now() - started, records.size());
+  }
+  return true;
+}
+
+void StoreWorker::report_committed(std::vector<Item>& batch, SealedBatch& sealed) {
+  for (std::size_t k = 0; k < sealed.records.size(); ++k) {
+    const bool own = k == 0 || sealed.origin[k] != sealed.origin[k - 1];  // the item's own record comes first
     if (!own) {
       continue;
     }
-    Item& item = batch[origin[k]];
+    Item& item = batch[sealed.origin[k]];
     if (item.on_committed) {
-      item.on_committed(sealed[k]);
+      item.on_committed(sealed.records[k]);
     }
     if (item.fact.on_committed) {
-      item.fact.on_committed(sealed[k].id);
+      item.fact.on_committed(sealed.records[k].id);
     }
   }
   if (on_committed_) {
-    const std::uint64_t last = sealed.back().seq;
+    const std::uint64_t last = sealed.records.back().seq;
     std::vector<forwarder::CommittedRecord> records;
-    records.reserve(sealed.size());
-    for (std::size_t k = 0; k < sealed.size(); ++k) {
-      records.push_back({sealed[k].seq, batch[origin[k]].fact.ready_at, std::move(sealed[k].jws),
-                         !sealed[k].media.empty(), sealed[k].type});
+    records.reserve(sealed.records.size());
+    for (std::size_t k = 0; k < sealed.records.size(); ++k) {
+      records.push_back({sealed.records[k].seq, batch[sealed.origin[k]].fact.ready_at,
+                         std::move(sealed.records[k].jws), !sealed.records[k].media.empty(),
+                         sealed.records[k].type});
     }
     on_committed_(last, std::move(records));
   }
-  return true;
 }
 
 // Reads the media of a page of outbox records, checking each file still hashes to its name. A page stops

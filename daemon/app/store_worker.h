@@ -100,8 +100,27 @@ class StoreWorker final : public forwarder::OutboxSource {
     RecordHandler on_committed;
     std::shared_ptr<const Ed25519PrivateKey> next_key;  // a key rotation: the key for the records after it
   };
+  // One batch sealed, not committed yet: its records, the batch item each came from, and what the link
+  // rule needs of the records sealed so far in it.
+  struct SealedBatch {
+    std::vector<SealedRecord> records;
+    std::vector<std::size_t> origin;
+    std::vector<store::LinkTarget> targets;  // linkable records sealed in this batch
+    std::vector<store::StoredSpan> spans;    // recordings sealed in this batch
+    std::optional<UnixMs> max_span_end;
+  };
   void run();
   bool commit_batch(std::vector<Item>& batch);
+  SealedBatch seal_batch(std::vector<Item>& batch, UnixMs now);
+  // The fact as it is sealed when the worker completes it (retention holds on kept files, a recording's
+  // links, whose records go to `targets`); nullopt: sealed as it is.
+  std::optional<Fact> completed(const Fact& fact, UnixMs now, const SealedBatch& batch,
+                                std::vector<store::LinkTarget>& targets);
+  // The link records the batch's last sealed record (item `item`'s) brings (pipeline::LinkRule).
+  void seal_links(std::size_t item, const Fact& fact, const std::vector<store::LinkTarget>& targets,
+                  UnixMs now, SealedBatch& out);
+  bool append_sealed(const std::vector<SealedRecord>& records);
+  void report_committed(std::vector<Item>& batch, SealedBatch& sealed);
   void load_media(std::vector<store::OutboxEntry>& entries);
   void sweep_media();
   void seal_into(const Fact& fact, UnixMs now, std::vector<SealedRecord>& sealed);
