@@ -8,11 +8,8 @@
 
 #include "adapters/dock_ledger.h"
 #include "adapters/events.h"
+#include "adapters/media_sink.h"
 #include "daemon/core/time.h"
-
-namespace cpd::media {
-class MediaStore;
-}
 
 namespace cpd::adapters {
 
@@ -22,8 +19,8 @@ struct AdapterContext {
   const WallClock& clock;
   // Where blocking work goes (file writes, fsync, hashing): never on the io_context threads.
   boost::asio::thread_pool* blocking = nullptr;
-  media::MediaStore* media = nullptr;  // content-addressed store for pictures and recordings
-  DockLedger* dock_ledger = nullptr;   // persisted dock cursors and files (recorder docks)
+  MediaSink* media = nullptr;         // content-addressed store for pictures and recordings
+  DockLedger* dock_ledger = nullptr;  // persisted dock cursors and files (recorder docks)
 };
 
 class Adapter {

@@ -34,7 +34,6 @@
 #include "adapters/reconnect_backoff.h"
 #include "daemon/core/encoding.h"
 #include "daemon/log/log.h"
-#include "daemon/media/media_store.h"
 
 namespace cpd::adapters {
 namespace {
@@ -891,7 +890,7 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
       return;
     }
     asio::post(*ctx_.blocking, [self = shared_from_this(), seq, idx, bytes = std::move(bytes)] {
-      media::StoredMedia stored;
+      StoredFile stored;
       Status s = self->ctx_.media->put(bytes, stored);
       // What the picture is, from its own header: the record's picture checks rest on it.
       JpegHeaderResult header = read_jpeg_header(bytes);
@@ -902,7 +901,7 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     });
   }
 
-  void on_stored(std::uint64_t seq, std::size_t idx, const Status& s, const media::StoredMedia& stored,
+  void on_stored(std::uint64_t seq, std::size_t idx, const Status& s, const StoredFile& stored,
                  JpegHeaderResult header = {}) {
     if (!running_) {
       return;

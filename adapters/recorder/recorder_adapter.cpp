@@ -38,7 +38,6 @@
 #include "adapters/recorder/dock_protocol.h"
 #include "daemon/core/digest.h"
 #include "daemon/log/log.h"
-#include "daemon/media/media_store.h"
 
 namespace cpd::adapters {
 namespace {
@@ -1414,7 +1413,7 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
       return;
     }
     asio::post(*ctx_.blocking, [self = shared_from_this(), d, sha = digest.sha256] {
-      media::StoredMedia stored;
+      StoredFile stored;
       Status as = self->ctx_.media->adopt(d->partial->path(), sha, d->length, stored);
       asio::post(self->strand_, [self, d, sha, as = std::move(as)] {
         if (!self->live(d)) {

@@ -8,15 +8,12 @@
 #include <string>
 #include <string_view>
 
+#include "adapters/media_sink.h"
 #include "daemon/core/status.h"
 
 namespace cpd::media {
 
-struct StoredMedia {
-  std::string sha256;
-  std::int64_t bytes = 0;
-  bool already_present = false;  // identical bytes were stored before
-};
+using StoredMedia = adapters::StoredFile;
 
 // Free space on a file system, from statvfs (what an unprivileged writer may use).
 struct SpaceReading {
@@ -26,21 +23,23 @@ struct SpaceReading {
 };
 SpaceReading read_space(const std::string& path);
 
-class MediaStore {
+// The adapters see it only as their MediaSink (adapters/media_sink.h).
+class MediaStore final : public adapters::MediaSink {
  public:
   // Creates the directory if missing (mode 0750). Throws std::runtime_error naming the path on failure.
   explicit MediaStore(std::string dir);
 
   // Durably stores the bytes (blocking: call it off the I/O threads). Status::retry on ENOSPC/EIO.
-  Status put(std::string_view bytes, StoredMedia& out);
+  Status put(std::string_view bytes, StoredMedia& out) override;
   // Moves a complete file (already written and fsynced by the caller, e.g. a streamed download) into the
   // store under its SHA-256, which the caller computed while writing: rename, then fsync the directory.
   // When identical bytes are already stored the file is removed instead. The file must be on the store's
   // filesystem (use partial_dir()). Status::retry on ENOSPC/EIO.
-  Status adopt(const std::string& file_path, const std::string& sha256, std::int64_t bytes, StoredMedia& out);
+  Status adopt(const std::string& file_path, const std::string& sha256, std::int64_t bytes,
+               StoredMedia& out) override;
   // <dir>/partial: where downloads in progress live (created on first call, mode 0750); never swept.
-  std::string partial_dir() const;
-  std::string path_of(const std::string& sha256) const;
+  std::string partial_dir() const override;
+  std::string path_of(const std::string& sha256) const override;
   bool exists(const std::string& sha256) const;
   // Reads a stored file; nullopt if missing.
   std::optional<std::string> read(const std::string& sha256) const;
@@ -52,7 +51,7 @@ class MediaStore {
   std::uint64_t reserve() const { return reserve_.load(); }
   // Status::retry naming the space when writing `incoming` more bytes would cut into the reserve; counts
   // the refusal. Thread-safe.
-  Status check_space(std::uint64_t incoming);
+  Status check_space(std::uint64_t incoming) override;
   // Writes refused for lack of space since start.
   std::uint64_t refused_writes() const { return refused_.load(); }
 
