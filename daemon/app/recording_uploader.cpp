@@ -21,6 +21,11 @@ namespace asio = boost::asio;
 
 namespace {
 
+// The order files go in (EvidenceStore::uploads_pending's): 0 central asked for it, 1 important, 2 the rest.
+int rank_of(const store::UploadRow& row) {
+  return row.requested ? 0 : row.important ? 1 : 2;
+}
+
 constexpr std::size_t kPendingPage = 20;
 constexpr std::size_t kDiscoverPage = 100;
 constexpr std::chrono::milliseconds kIdlePoll{2000};
@@ -424,7 +429,7 @@ void RecordingUploader::poll() {
           Job job;
           job.row = row;
           job.progress = true;
-          job.rank = row.requested ? 0 : row.important ? 1 : 2;
+          job.rank = rank_of(row);
           begin(std::move(job));
           return;
         }
@@ -500,7 +505,7 @@ void RecordingUploader::check_preempt() {
         if (row.sha256 == job_->row.sha256 || unreadable_.count(row.sha256)) {
           continue;
         }
-        const int rank = row.requested ? 0 : row.important ? 1 : 2;
+        const int rank = rank_of(row);
         if (rank < job_->rank) {
           pause(std::string(rank == 0 ? "central asked for" : "the officer flagged important") +
                 " recording " + row.sha256);

@@ -111,6 +111,37 @@ class CentralHostile : public CustodyFixture {
     return gh_signed(gh_key_, seq, prev, fields);
   }
 
+  // gh's notes 1..n, each following on from the one before (o1..on).
+  std::vector<std::string> gh_chain(std::uint64_t n) {
+    std::vector<std::string> chain{gh_record(1, std::string(64, '0'), {})};
+    for (std::uint64_t seq = 2; seq <= n; ++seq) {
+      chain.push_back(gh_record(seq, sha256_hex(chain.back()), {}));
+    }
+    return chain;
+  }
+
+  long long gh_int(const std::string& column) {
+    return pg_int("SELECT " + column + " FROM gateways WHERE gateway = 'gh'");
+  }
+
+  // "h1,h2,...": the SHA-256 of jws[from..to), as string_agg of jws_sha256 prints them.
+  static std::string hashes(const std::vector<std::string>& jws, std::size_t from, std::size_t to) {
+    std::string out;
+    for (std::size_t i = from; i < to; ++i) {
+      out += (out.empty() ? "" : ",") + sha256_hex(jws[i]);
+    }
+    return out;
+  }
+
+  // Publishes jws[from..to) on gh's evidence topic and waits for their PUBACKs.
+  static void publish_evidence(MqttPublisher& gh, const std::vector<std::string>& jws, std::size_t from,
+                               std::size_t to) {
+    for (std::size_t i = from; i < to; ++i) {
+      gh.publish("checkpoint/gh/evidence", jws[i]);
+    }
+    gh.drain();
+  }
+
   // Answers a resend request the way a gateway does: on its Response Topic, with its Correlation Data.
   static void reply_to(MqttPublisher& gateway, const mqtt::const_message_ptr& request,
                        const custody::ResendReply& reply) {
@@ -577,10 +608,7 @@ TEST_F(CentralHostile, AReplacedStoreIsFollowedPastTheOldChainsUnconfirmedRecord
 // follow on from it.
 TEST_F(CentralHostile, AnOperatorChoosesTheGatewaysBranchAtAChainBreak) {
   start_central_with_receipts_every_3_records();
-  std::vector<std::string> lost{gh_record(1, std::string(64, '0'), {})};  // o1..o6
-  for (std::uint64_t seq = 2; seq <= 6; ++seq) {
-    lost.push_back(gh_record(seq, sha256_hex(lost.back()), {}));
-  }
+  const std::vector<std::string> lost = gh_chain(6);                  // o1..o6
   std::vector<std::string> restored(lost.begin(), lost.begin() + 3);  // 1..3, then b4..b9
   const std::string b5_picture = "b5's picture";
   for (std::uint64_t seq = 4; seq <= 9; ++seq) {
@@ -590,25 +618,12 @@ TEST_F(CentralHostile, AnOperatorChoosesTheGatewaysBranchAtAChainBreak) {
     }
     restored.push_back(gh_signed(gh_key_, seq, sha256_hex(restored.back()), fields));
   }
-  const auto gh_int = [&](const std::string& column) {
-    return pg_int("SELECT " + column + " FROM gateways WHERE gateway = 'gh'");
-  };
   const auto chain = [&] {
     return pg_.query("SELECT string_agg(jws_sha256, ',' ORDER BY seq) FROM records WHERE gateway = 'gh'");
   };
-  const auto hashes = [](const std::vector<std::string>& jws, std::size_t from, std::size_t to) {
-    std::string out;
-    for (std::size_t i = from; i < to; ++i) {
-      out += (out.empty() ? "" : ",") + sha256_hex(jws[i]);
-    }
-    return out;
-  };
   MqttPublisher gh(broker_->uri(), "gh");
   const auto publish = [&](const std::vector<std::string>& jws, std::size_t from, std::size_t to) {
-    for (std::size_t i = from; i < to; ++i) {
-      gh.publish("checkpoint/gh/evidence", jws[i]);
-    }
-    gh.drain();
+    publish_evidence(gh, jws, from, to);
   };
   // Once `answering`, gh answers range requests as the restored gateway does: it republishes what it holds.
   std::atomic<bool> answering{false};
@@ -713,30 +728,14 @@ TEST_F(CentralHostile, AnOperatorChoosesTheGatewaysBranchAtAChainBreak) {
 // are set aside, and receipts name seq 4 as lost.
 TEST_F(CentralHostile, AChainBreakWhoseBranchNobodyHoldsIsPassedByAcceptingTheMissingRecord) {
   start_central_with_receipts_every_3_records();
-  std::vector<std::string> lost{gh_record(1, std::string(64, '0'), {})};  // o1..o6
-  for (std::uint64_t seq = 2; seq <= 6; ++seq) {
-    lost.push_back(gh_record(seq, sha256_hex(lost.back()), {}));
-  }
+  const std::vector<std::string> lost = gh_chain(6);                  // o1..o6
   std::vector<std::string> restored(lost.begin(), lost.begin() + 3);  // 1..3, then b4..b9
   for (std::uint64_t seq = 4; seq <= 9; ++seq) {
     restored.push_back(gh_signed(gh_key_, seq, sha256_hex(restored.back()), {{"message", "restored"}}));
   }
-  const auto gh_int = [&](const std::string& column) {
-    return pg_int("SELECT " + column + " FROM gateways WHERE gateway = 'gh'");
-  };
-  const auto hashes = [](const std::vector<std::string>& jws, std::size_t from, std::size_t to) {
-    std::string out;
-    for (std::size_t i = from; i < to; ++i) {
-      out += (out.empty() ? "" : ",") + sha256_hex(jws[i]);
-    }
-    return out;
-  };
   MqttPublisher gh(broker_->uri(), "gh");
   const auto publish = [&](const std::vector<std::string>& jws, std::size_t from, std::size_t to) {
-    for (std::size_t i = from; i < to; ++i) {
-      gh.publish("checkpoint/gh/evidence", jws[i]);
-    }
-    gh.drain();
+    publish_evidence(gh, jws, from, to);
   };
   // gh answers what the branch below the chain break at 7 lacks (b4, and the 99 seqs below it) as the
   // restored gateway does: it republishes o3, and no longer holds 1..2 (retention) nor b4 (lost).
