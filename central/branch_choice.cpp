@@ -6,6 +6,7 @@
 // never deleted), all in one transaction, and keeps who, why and what in branch_choices.
 #include <algorithm>
 #include <map>
+#include <set>
 
 #include "central/central_store.h"
 #include "central/key_rotation.h"
@@ -17,6 +18,14 @@ namespace {
 
 std::string num(std::uint64_t v) {
   return std::to_string(v);
+}
+
+std::string joined(const std::vector<std::string>& parts) {
+  std::string out;
+  for (const std::string& p : parts) {
+    out += (out.empty() ? "" : ",") + p;
+  }
+  return out;
 }
 
 // How far back a branch is followed: a branch is what a gateway sealed between two of central's views of
@@ -177,6 +186,55 @@ std::pair<std::uint64_t, std::uint64_t> CentralStore::other_branch_above(const s
   return {above_from, above_to};
 }
 
+std::vector<std::string> CentralStore::undo_rotations(const std::string& gateway, std::uint64_t a,
+                                                      std::uint64_t b, std::uint64_t c, std::uint64_t d,
+                                                      std::int64_t now_ms, std::vector<std::string>& said) {
+  const char* what = "undoing the other branch's key rotations";
+  const PgResult rotations = conn_->exec(
+      "SELECT seq, kid FROM records WHERE gateway = $1 AND type = 'key_rotation' AND (seq BETWEEN $2::bigint "
+      "AND $3::bigint OR seq BETWEEN $4::bigint AND $5::bigint) ORDER BY seq",
+      {gateway, num(a), num(b), num(c), num(d)}, what);
+  std::vector<std::string> undone;
+  std::set<std::string> signers;
+  for (int i = 0; i < rotations.rows(); ++i) {
+    const std::string seq = rotations.text(i, 0);
+    const PgResult gone = conn_->exec(
+        "DELETE FROM gateway_keys WHERE gateway = $1 AND source = 'rotation:' || $2 RETURNING kid",
+        {gateway, seq}, what);
+    signers.insert(rotations.text(i, 1));
+    for (int k = 0; k < gone.rows(); ++k) {
+      undone.push_back(seq + ":" + gone.text(k, 0));
+      said.push_back("key rotation at " + gateway + ":" + seq + " undone: kid " + gone.text(k, 0) +
+                     " is no longer enrolled");
+    }
+  }
+  // The signers' ranges, from what still cuts them once the other branch is out of `records`.
+  for (const std::string& kid : signers) {
+    const PgResult cut = conn_->exec(
+        "SELECT k.valid_to_seq, LEAST(k.revoked_to_seq, (SELECT min(r.seq) FROM records r WHERE r.gateway = "
+        "k.gateway AND r.kid = k.kid AND r.type = 'key_rotation' AND NOT (r.seq BETWEEN $3::bigint AND "
+        "$4::bigint OR r.seq BETWEEN $5::bigint AND $6::bigint))) FROM gateway_keys k WHERE k.gateway = $1 "
+        "AND "
+        "k.kid = $2",
+        {gateway, kid, num(a), num(b), num(c), num(d)}, what);
+    if (cut.rows() == 0 || cut.text(0, 0) == cut.text(0, 1)) {
+      continue;  // not enrolled any more (rotated to within the other branch), or still cut there
+    }
+    conn_->exec(
+        "UPDATE gateway_keys SET valid_to_seq = $3::bigint, widened_ms = $4::bigint WHERE gateway = $1 AND "
+        "kid = "
+        "$2",
+        {gateway, kid, cut.is_null(0, 1) ? std::nullopt : std::optional<std::string>(cut.text(0, 1)),
+         num(now_ms)},
+        what);
+    said.push_back("kid " + kid + " signs again " +
+                   (cut.is_null(0, 1) ? std::string("with no end") : "through seq " + cut.text(0, 1)) +
+                   " (was through seq " + cut.text(0, 0) +
+                   "): records it signed after that are examined again");
+  }
+  return undone;
+}
+
 CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gateway, std::uint64_t tip_seq,
                                                        const std::string& tip_sha256, BranchOptions options,
                                                        const std::string& reason, const std::string& by,
@@ -269,6 +327,7 @@ CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gatewa
   const auto [above_from, above_to] = tip_in_records
                                           ? std::pair<std::uint64_t, std::uint64_t>{0, 0}
                                           : other_branch_above(gateway, to, incoming.front().jws_sha256);
+  out.undone_rotations = undo_rotations(gateway, from, to, above_from, above_to, now_ms, out.found);
   const char* what = "setting aside the other branch";
   const PgResult moved = conn_->exec(
       "WITH moved AS (DELETE FROM records WHERE gateway = $1 AND (seq BETWEEN $2::bigint AND $3::bigint OR "
@@ -323,10 +382,13 @@ CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gatewa
   conn_->exec(
       "INSERT INTO branch_choices (gateway, from_seq, to_seq, tip_seq, tip_sha256, set_aside, "
       "set_aside_from, set_aside_to, past_receipt, receipt_seq, reason, operator, chosen_ms, "
-      "accepted_lost_seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+      "accepted_lost_seq, undone_rotations) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
+      "$14, $15)",
       {gateway, num(taken_from), num(to), num(tip_seq), out.tip_sha256, num(out.set_aside), moved.text(0, 1),
        moved.text(0, 2), past_receipt ? "true" : "false", num(receipt_seq), reason, by, num(now_ms),
-       out.accepted_lost != 0 ? std::optional<std::string>(num(out.accepted_lost)) : std::nullopt},
+       out.accepted_lost != 0 ? std::optional<std::string>(num(out.accepted_lost)) : std::nullopt,
+       out.undone_rotations.empty() ? std::nullopt
+                                    : std::optional<std::string>(joined(out.undone_rotations))},
       "keeping an operator's choice of branch");
   out.from_seq = taken_from;
   out.to_seq = to;

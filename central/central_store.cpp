@@ -351,6 +351,18 @@ CREATE TABLE branch_not_held (
 );
 ALTER TABLE branch_choices ADD COLUMN accepted_lost_seq bigint;
 )sql",
+    // Step 13: a choice of branch undoes the key rotations of the branch it sets aside. A key's range is
+    // recomputed from what cut it: the operator's revoke-key bound (`revoked_to_seq`; at the upgrade, every
+    // end no stored key_rotation record explains) and the key_rotation records it signed still in the chain.
+    // `widened_ms`: when a range last grew, which brings the quarantine's rows of that gateway to be examined
+    // again, as an enrolment does.
+    R"sql(
+ALTER TABLE gateway_keys ADD COLUMN revoked_to_seq bigint, ADD COLUMN widened_ms bigint;
+UPDATE gateway_keys k SET revoked_to_seq = valid_to_seq WHERE valid_to_seq IS NOT NULL AND NOT EXISTS (SELECT 1
+  FROM records r WHERE r.gateway = k.gateway AND r.kid = k.kid AND r.type = 'key_rotation' AND
+  r.seq = k.valid_to_seq);
+ALTER TABLE branch_choices ADD COLUMN undone_rotations text;
+)sql",
 };
 
 std::string num(std::uint64_t v) {
@@ -473,9 +485,9 @@ std::optional<CentralStore::Revocation> CentralStore::revoke_key(const std::stri
                                                                  std::uint64_t after_seq) {
   PgTransaction tx(*conn_);
   const PgResult r = conn_->exec(
-      "UPDATE gateway_keys SET valid_to_seq = least(coalesce(valid_to_seq, $3::bigint), $3::bigint) WHERE "
-      "gateway "
-      "= $1 AND kid = $2 RETURNING valid_from_seq, valid_to_seq",
+      "UPDATE gateway_keys SET valid_to_seq = least(coalesce(valid_to_seq, $3::bigint), $3::bigint), "
+      "revoked_to_seq = least(coalesce(revoked_to_seq, $3::bigint), $3::bigint) WHERE gateway = $1 AND kid = "
+      "$2 RETURNING valid_from_seq, valid_to_seq",
       {gateway, kid, num(after_seq)}, "revoking a key");
   if (r.rows() == 0) {
     return std::nullopt;
@@ -568,7 +580,8 @@ std::vector<QuarantinedMessage> CentralStore::quarantine_to_reexamine(std::size_
   // only.
   PgResult r = conn_->exec(
       "SELECT q.id, q.gateway, q.topic, encode(q.payload, 'hex'), q.payload_sha256 FROM quarantine q JOIN "
-      "(SELECT gateway, max(enrolled_ms) AS enrolled_ms FROM gateway_keys GROUP BY gateway) k ON k.gateway = "
+      "(SELECT gateway, max(GREATEST(enrolled_ms, widened_ms)) AS enrolled_ms FROM gateway_keys GROUP BY "
+      "gateway) k ON k.gateway = "
       "q.gateway WHERE q.topic IN ('evidence', 'media', 'head') AND octet_length(q.payload) = q.bytes AND "
       "COALESCE(q.reexamined_ms, q.last_seen_ms - 10000) < k.enrolled_ms ORDER BY q.id LIMIT $1",
       {num(static_cast<std::uint64_t>(limit))}, "finding quarantine rows to re-examine");
@@ -588,8 +601,8 @@ std::vector<QuarantinedMessage> CentralStore::quarantine_to_reexamine(std::size_
 }
 
 std::int64_t CentralStore::latest_enrolment_ms() {
-  PgResult r =
-      conn_->exec("SELECT COALESCE(max(enrolled_ms), 0) FROM gateway_keys", "reading the latest enrolment");
+  PgResult r = conn_->exec("SELECT COALESCE(max(GREATEST(enrolled_ms, widened_ms)), 0) FROM gateway_keys",
+                           "reading the latest enrolment");
   return r.integer(0, 0);
 }
 
@@ -1370,12 +1383,18 @@ void CentralStore::advance(const std::string& gateway, std::int64_t now_ms, cons
       if ((seq != wm + 1 && !across_loss) || !next.boolean(row, 4)) {
         break;  // a hole, or its media have not all arrived
       }
-      if (const auto k = key_ranges.find(next.text(row, 3)); k != key_ranges.end()) {
-        if (std::string why = key_range_refusal(k->first, k->second.first, k->second.second, seq);
-            !why.empty()) {
-          set_aside_retired(gateway, seq, why, now_ms, out);
-          break;  // a hole now: asked for again, and the gateway's own record takes the seq
-        }
+      const auto k = key_ranges.find(next.text(row, 3));
+      // A kid no longer enrolled: the key_rotation record that enrolled it was set aside with its branch
+      // (choose-branch), and this record, stored by an instance whose cache still had it, follows that
+      // branch.
+      if (std::string why = k == key_ranges.end()
+                                ? "seq " + num(seq) + " is signed by kid " + next.text(row, 3) +
+                                      ", no longer enrolled for the gateway (its key_rotation record was set "
+                                      "aside with its branch)"
+                                : key_range_refusal(k->first, k->second.first, k->second.second, seq);
+          !why.empty()) {
+        set_aside_retired(gateway, seq, why, now_ms, out);
+        break;  // a hole now: asked for again, and the gateway's own record takes the seq
       }
       if (!across_loss && next.text(row, 1) != wm_hash) {
         chain_break = "prev of seq " + num(seq) + " does not match SHA-256 of seq " + num(wm);
@@ -1729,7 +1748,7 @@ nlohmann::json CentralStore::status() {
       "'tip_seq', "
       "b.tip_seq, 'tip_sha256', b.tip_sha256, 'set_aside', b.set_aside, 'set_aside_seqs', "
       "json_build_array(b.set_aside_from, b.set_aside_to), 'past_receipt', b.past_receipt, 'receipt_seq', "
-      "b.receipt_seq, 'accepted_lost_seq', b.accepted_lost_seq, "
+      "b.receipt_seq, 'accepted_lost_seq', b.accepted_lost_seq, 'undone_rotations', b.undone_rotations, "
       "'reason', b.reason, 'operator', b.operator, 'chosen_ms', b.chosen_ms) ORDER BY b.id), '[]') FROM "
       "(SELECT * FROM branch_choices b WHERE b.gateway = g.gateway ORDER BY b.id DESC LIMIT 100) b), "
       "(SELECT COALESCE(json_agg(json_build_object('seq', f.seq, 'sha256', f.jws_sha256, 'received_ms', "

@@ -215,7 +215,8 @@ class CentralStore {
     std::uint64_t set_aside_to = 0;
     std::uint64_t watermark = 0;      // after the choice
     std::uint64_t accepted_lost = 0;  // accept_break: the record the branch follows on from (0: none)
-    std::vector<std::string> found;   // what the walk found on its way, as for accept_loss
+    std::vector<std::string> undone_rotations;  // "seq:new_kid" of each key rotation set aside and undone
+    std::vector<std::string> found;             // what the walk found on its way, as for accept_loss
   };
   struct BranchOptions {
     bool past_receipt = false;
@@ -325,6 +326,14 @@ class CentralStore {
   // branch).
   std::pair<std::uint64_t, std::uint64_t> other_branch_above(const std::string& gateway, std::uint64_t to,
                                                              std::string link);
+  // Inside choose_branch, before the other branch (seqs a..b and c..d) leaves `records`: undoes the key
+  // rotations its key_rotation records made. The key each enrolled (source rotation:<seq>) is enrolled no
+  // more; the key that signed it gets its range back, recomputed from what still cuts it (the operator's
+  // revoke-key bound, its key_rotation records outside the set-aside seqs). Returns one line per rotation
+  // undone ("seq:new_kid").
+  std::vector<std::string> undo_rotations(const std::string& gateway, std::uint64_t a, std::uint64_t b,
+                                          std::uint64_t c, std::uint64_t d, std::int64_t now_ms,
+                                          std::vector<std::string>& said);
   // While a chain break at `break_seq` stands: the seqs to ask the gateway for so that the branch the break's
   // record follows on from is complete among the forks (nullopt: it is, or cannot be walked).
   std::optional<std::pair<std::uint64_t, std::uint64_t>> branch_request(const std::string& gateway,

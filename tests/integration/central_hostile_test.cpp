@@ -854,6 +854,80 @@ TEST_F(CentralHostile, AChainBreakWhoseBranchNobodyHoldsIsPassedByAcceptingTheMi
   EXPECT_EQ(central_->wait(20s), 0) << central_->stderr_text();
 }
 
+// A branch set aside undoes its key rotations. Central held o1..o6 of gh, o4 rotating gh's key to a new one
+// (o5, o6 signed by it); the gateway, restored from a backup taken at seq 3, seals b4.. with its old key. b4
+// is a fork; b5.. are refused as forgeries (the old key retired at seq 4) and quarantined. Choosing b4's
+// branch sets o4..o6 aside and undoes o4's rotation: the new key is enrolled no more, the old one signs again
+// with no end, and the quarantined b5..b7 are examined again and taken in; the undone key signs nothing any
+// more.
+TEST_F(CentralHostile, ChoosingABranchUndoesTheKeyRotationsOfTheBranchSetAside) {
+  start_central_with_receipts_every_3_records();
+  const auto new_key = Ed25519PrivateKey::generate();
+  std::vector<std::string> lost(gh_chain(3));  // o1..o3, then o4 (the rotation) .. o7 under the new key
+  nlohmann::json rotation =
+      make_key_rotation_fact(gh_key_.public_key(), new_key.public_key(), 1767225600004).fields;
+  rotation["type"] = "key_rotation";
+  lost.push_back(gh_signed(gh_key_, 4, sha256_hex(lost.back()), rotation));
+  for (std::uint64_t seq = 5; seq <= 7; ++seq) {
+    lost.push_back(gh_signed(new_key, seq, sha256_hex(lost.back()), {{"message", "after the rotation"}}));
+  }
+  std::vector<std::string> restored(lost.begin(), lost.begin() + 3);  // 1..3, then b4..b7 under the old key
+  for (std::uint64_t seq = 4; seq <= 7; ++seq) {
+    restored.push_back(gh_signed(gh_key_, seq, sha256_hex(restored.back()), {{"message", "restored"}}));
+  }
+  const auto chain = [&] {
+    return pg_.query("SELECT string_agg(jws_sha256, ',' ORDER BY seq) FROM records WHERE gateway = 'gh'");
+  };
+  const auto quarantined = [&] { return pg_int("SELECT count(*) FROM quarantine WHERE gateway = 'gh'"); };
+  MqttPublisher gh(broker_->uri(), "gh");
+  publish_evidence(gh, lost, 0, 6);
+  ASSERT_TRUE(wait_for_condition([&] { return gh_int("receipt_seq") == 6; }, 30s)) << central_->stderr_text();
+  EXPECT_EQ(pg_.query("SELECT valid_to_seq FROM gateway_keys WHERE gateway = 'gh' AND kid = '" +
+                      gh_key_.public_key().kid() + "'"),
+            "4");
+  publish_evidence(gh, restored, 3, 7);  // b4 a fork; b5..b7 under a key retired at seq 4: quarantined
+  ASSERT_TRUE(wait_for_condition([&] { return gh_int("forks") == 1 && quarantined() == 3; }, 30s))
+      << central_->stderr_text();
+
+  const std::string cfg = (dir_ / "central.yaml").string();
+  std::string out;
+  std::string err;
+  ASSERT_EQ(central_cli(
+                {"choose-branch", "--config", cfg, "--gateway", "gh", "--tip", "4:" + sha256_hex(restored[3]),
+                 "--past-receipt", "--reason", "backup of seq 3 restored", "--operator", "duty officer 7"},
+                &out, &err),
+            0)
+      << err;
+  EXPECT_NE(out.find("3 record(s) of the other branch (seq 4..6) set aside"), std::string::npos) << out;
+  EXPECT_NE(
+      err.find("key rotation at gh:4 undone: kid " + new_key.public_key().kid() + " is no longer enrolled"),
+      std::string::npos)
+      << err;
+  EXPECT_NE(err.find("kid " + gh_key_.public_key().kid() + " signs again with no end (was through seq 4)"),
+            std::string::npos)
+      << err;
+  EXPECT_EQ(pg_int("SELECT count(*) FROM gateway_keys WHERE gateway = 'gh'"), 1);
+  EXPECT_EQ(pg_.query("SELECT COALESCE(valid_to_seq::text, 'no end') FROM gateway_keys WHERE gateway = 'gh'"),
+            "no end");
+  EXPECT_EQ(pg_.query("SELECT undone_rotations FROM branch_choices"), "4:" + new_key.public_key().kid());
+  EXPECT_EQ(status()["gateways"][0]["branch_choices"][0]["undone_rotations"],
+            "4:" + new_key.public_key().kid());
+
+  // The quarantined b5..b7 verify under the old key's range now: taken in, custody through b7.
+  ASSERT_TRUE(wait_for_condition([&] { return gh_int("watermark_seq") == 7; }, 30s))
+      << central_->stderr_text();
+  EXPECT_EQ(chain(), hashes(restored, 0, 7));
+  EXPECT_EQ(quarantined(), 0);
+  EXPECT_EQ(pg_.query("SELECT string_agg(jws_sha256, ',' ORDER BY seq) FROM forks WHERE gateway = 'gh'"),
+            hashes(lost, 3, 6));
+  // The undone key signs nothing: o7, under it, is quarantined, not stored.
+  publish_evidence(gh, lost, 6, 7);
+  ASSERT_TRUE(wait_for_condition([&] { return quarantined() == 1; }, 30s)) << central_->stderr_text();
+  EXPECT_EQ(chain(), hashes(restored, 0, 7));
+  central_->signal(SIGTERM);
+  EXPECT_EQ(central_->wait(20s), 0) << central_->stderr_text();
+}
+
 // feed.quarantine_max_age_days: quarantine rows unseen for longer are discarded as an operator's discard
 // would be (uncounted, kept in quarantine_discards with operator "checkpoint-central"); a younger row stays.
 TEST_F(CentralHostile, QuarantineRowsPastTheirAgeAreDiscardedAndTheDiscardIsKept) {
