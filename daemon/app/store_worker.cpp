@@ -6,6 +6,7 @@
 #include <string>
 
 #include "daemon/core/encoding.h"
+#include "daemon/core/record_check.h"
 #include "daemon/log/log.h"
 
 namespace cpd::app {
@@ -242,23 +243,28 @@ void StoreWorker::seal_links(std::size_t item, const Fact& fact,
   const std::string id = out.records.back().id;
   const std::string type = out.records.back().type;
   const UnixMs time_ms = out.records.back().time_ms;
-  const auto seal_link = [&](const std::string& recording_id, const store::LinkTarget& target,
-                             const LinkSpan& span) {
-    seal_into(pipeline::make_link_fact(recording_id, target.id, target.type, target.time_ms, span), now,
-              out.records);
+  const auto seal_link = [&](const std::string& recording_id, const std::string& recording_jws,
+                             const store::LinkTarget& target, const LinkSpan& span) {
+    const auto body = [](const std::string& jws) {
+      return jws.empty() ? nlohmann::json() : unverified_jws_part(jws, 1).value_or(nlohmann::json());
+    };
+    seal_into(pipeline::make_link_fact(recording_id, target.id, target.type, target.time_ms, span,
+                                       pipeline::panoramas_with_video(body(target.jws), body(recording_jws))),
+              now, out.records);
     out.origin.push_back(item);
   };
   if (fact.link_span && type == fact.type) {
     // A recording: linked to the records in its span, stored or sealed before it in this batch.
-    out.spans.push_back({id, *fact.link_span});
+    out.spans.push_back({id, *fact.link_span, out.records.back().jws});
     out.max_span_end = std::max(out.max_span_end.value_or(fact.link_span->hi_ms), fact.link_span->hi_ms);
+    const std::string recording_jws = out.records.back().jws;  // seal_link appends to out.records
     for (const auto& t : targets) {
-      seal_link(id, t, *fact.link_span);
+      seal_link(id, recording_jws, t, *fact.link_span);
     }
   }
   if (link_rule_.linkable(type)) {
     // A vehicle record: linked to the recordings whose span holds it, stored or sealed in this batch.
-    const store::LinkTarget self{id, type, time_ms};
+    const store::LinkTarget self{id, type, time_ms, type == "speeding" ? out.records.back().jws : ""};
     out.targets.push_back(self);
     std::vector<store::StoredSpan> spans;
     if (max_span_end_ && time_ms <= *max_span_end_) {
@@ -270,7 +276,7 @@ void StoreWorker::seal_links(std::size_t item, const Fact& fact,
       }
     }
     for (const auto& span : spans) {
-      seal_link(span.recording_id, self, span.span);
+      seal_link(span.recording_id, span.recording_jws, self, span.span);
     }
   }
 }

@@ -146,8 +146,32 @@ Fact make_dock_fault_fact(const adapters::DockFileFault& event) {
   return fact;
 }
 
+std::optional<json> panoramas_with_video(const json& record_body, const json& recording_body) {
+  if (!record_body.is_object() || record_body.value("type", "") != "speeding") {
+    return std::nullopt;
+  }
+  const auto integer = [](const json& body, const json::json_pointer& at) -> std::optional<std::int64_t> {
+    return body.is_object() && body.contains(at) && body[at].is_number_integer()
+               ? std::optional<std::int64_t>(body[at].get<std::int64_t>())
+               : std::nullopt;
+  };
+  const std::int64_t panoramas = integer(record_body, "/checks/panoramas/count"_json_pointer).value_or(0);
+  const bool video = recording_body.is_object() && recording_body.value("file_type", "") == "video";
+  const auto time_ms = integer(record_body, "/time_ms"_json_pointer);
+  const auto start_ms = integer(recording_body, "/start_ms"_json_pointer);
+  const auto end_ms = integer(recording_body, "/end_ms"_json_pointer);
+  const bool covers = time_ms && start_ms && end_ms && *start_ms <= *time_ms && *time_ms <= *end_ms;
+  const bool reliable = recording_body.is_object() && recording_body.value("time_reliable", false) == true;
+  return json{{"panoramas", panoramas},
+              {"video", video},
+              {"covers_record_time", covers},
+              {"recording_time_reliable", reliable},
+              {"met", panoramas >= 1 && video && covers && reliable}};
+}
+
 Fact make_link_fact(const std::string& recording_id, const std::string& record_id,
-                    const std::string& record_type, UnixMs record_time_ms, const LinkSpan& span) {
+                    const std::string& record_type, UnixMs record_time_ms, const LinkSpan& span,
+                    const std::optional<json>& with_video) {
   Fact fact;
   fact.type = "link";
   fact.time_ms = record_time_ms;
@@ -156,6 +180,9 @@ Fact make_link_fact(const std::string& recording_id, const std::string& record_i
                  {"record_type", record_type},
                  {"record_time_ms", record_time_ms},
                  {"span", {{"lo_ms", span.lo_ms}, {"hi_ms", span.hi_ms}}}};
+  if (with_video) {
+    fact.fields["panoramas_with_video"] = *with_video;
+  }
   return fact;
 }
 

@@ -27,8 +27,17 @@ struct LinkRule {
 Fact make_recording_fact(const adapters::RecordingCollected& event, const LinkRule& rule);
 // The `recording_fault` fact for a file that could not be collected or acknowledged.
 Fact make_dock_fault_fact(const adapters::DockFileFault& event);
-// The `link` fact sealed when an enforcement record falls within an earlier recording's span.
+// GA/T 832 accepts a speeding case with at least two panoramas taken at different times, or one panorama
+// plus video. What a link between a `speeding` record and a recording says of the second (docs/records.md,
+// "Links"), from the two records' sealed bodies: the record's usable panoramas (checks.panoramas.count), and
+// whether the recording is a video whose corrected span, measured on a reliable clock, holds the record's
+// time. nullopt when `record_body` is not a `speeding` record's.
+std::optional<nlohmann::json> panoramas_with_video(const nlohmann::json& record_body,
+                                                   const nlohmann::json& recording_body);
+// The `link` fact sealed when an enforcement record falls within an earlier recording's span; with
+// `with_video` (panoramas_with_video) when the record is a `speeding` record.
 Fact make_link_fact(const std::string& recording_id, const std::string& record_id,
-                    const std::string& record_type, UnixMs record_time_ms, const LinkSpan& span);
+                    const std::string& record_type, UnixMs record_time_ms, const LinkSpan& span,
+                    const std::optional<nlohmann::json>& with_video = std::nullopt);
 
 }  // namespace cpd::pipeline

@@ -37,12 +37,14 @@ struct LinkTarget {
   std::string id;
   std::string type;
   UnixMs time_ms = 0;
+  std::string jws;  // `speeding` records only (their panoramas decide a link's panoramas_with_video)
 };
 
 // A recording's stored link span.
 struct StoredSpan {
   std::string recording_id;
   LinkSpan span;
+  std::string recording_jws;
 };
 
 // One file in the dock ledger (see adapters/dock_ledger.h); state is pending | recorded | acked | faulted.

@@ -543,11 +543,44 @@ TEST_F(DockIntegration, LinksAreExactlyTheVehicleRecordsInsideEachRecording) {
   }
   // One link record per (recording, vehicle record) pair, naming both.
   std::set<std::pair<std::string, std::string>> link_pairs;
+  std::size_t speeding_links = 0;
+  std::size_t speeding_met = 0;
   for (const auto& l : records("link")) {
     EXPECT_TRUE(link_pairs.emplace(l["recording"].get<std::string>(), l["record"].get<std::string>()).second);
     EXPECT_EQ(l["record_type"], type_of[l["record"].get<std::string>()]);
+    // GA/T 832's "one panorama plus video", said by each link of a speeding record: the stops are videos
+    // holding the vehicle's time (margins 0), so it is met with a panorama and a measured station clock.
+    if (l["record_type"] != "speeding") {
+      EXPECT_FALSE(l.contains("panoramas_with_video")) << l.dump();
+      continue;
+    }
+    ++speeding_links;
+    const json& v = l["panoramas_with_video"];
+    EXPECT_EQ(v["video"], true) << l.dump();
+    EXPECT_EQ(v["covers_record_time"], true) << l.dump();
+    EXPECT_EQ(v["met"], v["panoramas"].get<int>() >= 1 && v["recording_time_reliable"] == true) << l.dump();
+    speeding_met += v["met"] == true ? 1 : 0;
   }
+  // 浙A00003 (140 km/h) inside BWC-00001's stop, whose clock the station measured: met.
+  EXPECT_GT(speeding_met, 0u);
+  EXPECT_GT(speeding_links, 0u)
+      << "the scenario's 130 and 140 km/h vehicles in lane 1 (limit 100) are speeding";
   EXPECT_EQ(link_pairs, expected_pairs);
+
+  // The evidence sheet of that speeding record, from the gateway's store, lists its link and the check.
+  ASSERT_EQ(record_of_plate.count("浙A00003"), 1u);
+  Process sheet(
+      {binary("tools/checkpointctl/checkpointctl"), "sheet", "--pubkey", (dir_ / "gateway.pub.pem").string(),
+       "--media", (dir_ / "media").string(), "--store", (dir_ / "store.db").string(), "--id",
+       record_of_plate["浙A00003"], "-o", (dir_ / "sheet.pdf").string()},
+      dir_ / "sheet");
+  ASSERT_EQ(sheet.wait(60s), 0) << sheet.stderr_text();
+  EXPECT_NE(sheet.stdout_text().find("1 linked recordings"), std::string::npos) << sheet.stdout_text();
+  Process text({"/usr/bin/pdftotext", "-enc", "UTF-8", (dir_ / "sheet.pdf").string(), "-"},
+               dir_ / "pdftotext");
+  ASSERT_EQ(text.wait(60s), 0) << text.stderr_text();
+  EXPECT_NE(text.stdout_text().find("One panorama plus"), std::string::npos) << text.stdout_text();
+  EXPECT_NE(text.stdout_text().find("符合 met"), std::string::npos) << text.stdout_text();
   sim.signal(SIGTERM);
 }
 

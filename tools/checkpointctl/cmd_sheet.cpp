@@ -31,6 +31,8 @@ constexpr int kExitUsage = 2;
 constexpr std::size_t kMaxLineBytes = 16 * 1024 * 1024;        // one JWS line (records are a few kB)
 constexpr std::uintmax_t kMaxPictureBytes = 64 * 1024 * 1024;  // the spec's pictures are at most 1.5 MB
 constexpr std::uintmax_t kMaxKeyBytes = 64 * 1024;
+constexpr std::size_t kMaxLinks =
+    100;  // link records shown beside one record (a recording per officer nearby)
 
 struct SheetOptions {
   std::vector<std::string> pubkeys;
@@ -44,6 +46,21 @@ struct SheetOptions {
 struct Refusal {
   std::string what;
 };
+
+// The record to render, verified, and the verified `link` records naming it found beside it.
+struct Found {
+  std::string jws;
+  RecordCheck check;
+  std::vector<nlohmann::json> links;
+};
+
+// A verified `link` record naming `id` goes into `links` (at most kMaxLinks).
+void keep_link(const RecordCheck& c, const std::string& id, std::vector<nlohmann::json>& links) {
+  if (c.ok && c.type == "link" && c.body.contains("record") && c.body["record"] == id &&
+      links.size() < kMaxLinks) {
+    links.push_back(c.body);
+  }
+}
 
 std::string read_bounded(const std::string& path, std::uintmax_t limit, const char* what) {
   std::error_code ec;
@@ -95,13 +112,15 @@ bool bounded_line(std::istream& in, std::string& line) {
   return any;
 }
 
-// The record to render: the only one in the file, or the one whose id is `id`; verified.
-std::pair<std::string, RecordCheck> find_record(const SheetOptions& o, const KeyForKid& key_for_kid) {
+// The record to render: the only one in the file, or the one whose id is `id`; verified. With `id`, the
+// links naming it in the same file (an export of the chain) come along.
+Found find_record(const SheetOptions& o, const KeyForKid& key_for_kid) {
   std::ifstream in(o.input, std::ios::binary);
   if (!in) {
     throw Refusal{"cannot open " + o.input + ": " + std::strerror(errno)};
   }
   std::vector<std::pair<std::string, RecordCheck>> found;
+  std::vector<nlohmann::json> links;
   std::string line;
   std::size_t records = 0;
   while (bounded_line(in, line)) {
@@ -114,6 +133,7 @@ std::pair<std::string, RecordCheck> find_record(const SheetOptions& o, const Key
     ++records;
     RecordCheck check = check_record(line, key_for_kid);
     if (!o.id.empty() && check.id != o.id) {
+      keep_link(check, o.id, links);
       continue;
     }
     found.emplace_back(line, std::move(check));
@@ -130,11 +150,12 @@ std::pair<std::string, RecordCheck> find_record(const SheetOptions& o, const Key
                   (found[0].second.id.empty() ? std::string("in ") + o.input : found[0].second.id) +
                   " does not verify: " + found[0].second.reason};
   }
-  return found[0];
+  return Found{std::move(found[0].first), std::move(found[0].second), std::move(links)};
 }
 
-// The record `id` from a gateway's SQLite store, opened read-only (the daemon may be running).
-std::pair<std::string, RecordCheck> record_from_store(const SheetOptions& o, const KeyForKid& key_for_kid) {
+// The record `id` from a gateway's SQLite store, opened read-only (the daemon may be running), and the links
+// naming it (a link's time_ms is its record's).
+Found record_from_store(const SheetOptions& o, const KeyForKid& key_for_kid) {
   if (o.id.empty()) {
     throw Refusal{"--store needs --id GATEWAY:SEQ"};
   }
@@ -162,7 +183,19 @@ std::pair<std::string, RecordCheck> record_from_store(const SheetOptions& o, con
   if (!check.ok) {
     throw Refusal{"record " + o.id + " does not verify: " + check.reason};
   }
-  return {std::move(jws), std::move(check)};
+  std::vector<nlohmann::json> links;
+  sqlite3_stmt* raw_links = nullptr;
+  if (sqlite3_prepare_v2(
+          db, "SELECT jws FROM records WHERE type = 'link' AND time_ms = ? ORDER BY seq LIMIT 1000", -1,
+          &raw_links, nullptr) == SQLITE_OK) {
+    std::unique_ptr<sqlite3_stmt, decltype(&sqlite3_finalize)> link_stmt(raw_links, &sqlite3_finalize);
+    sqlite3_bind_int64(raw_links, 1, check.body.value("time_ms", std::int64_t{0}));
+    while (sqlite3_step(raw_links) == SQLITE_ROW) {
+      const auto* link = reinterpret_cast<const char*>(sqlite3_column_text(raw_links, 0));
+      keep_link(check_record(link == nullptr ? "" : link, key_for_kid), o.id, links);
+    }
+  }
+  return Found{std::move(jws), std::move(check), std::move(links)};
 }
 
 // Every picture the record names, read from the media directory and checked against its hash.
@@ -207,10 +240,10 @@ int run_sheet(const SheetOptions& o) {
       const auto it = keys.find(kid);
       return it == keys.end() ? std::nullopt : std::optional<Ed25519PublicKey>(it->second);
     };
-    const auto [jws, check] =
+    const auto [jws, check, links] =
         o.store.empty() ? find_record(o, key_for_kid) : record_from_store(o, key_for_kid);
     const auto pictures = verified_pictures(check.body, o.media_dir);
-    const SheetContent content = sheet_content(check.body, check.kid, sha256_hex(jws));
+    const SheetContent content = sheet_content(check.body, check.kid, sha256_hex(jws), links);
     const std::string tmp = o.output + ".tmp";
     if (const std::string error = render_sheet_pdf(content, pictures, tmp); !error.empty()) {
       std::filesystem::remove(tmp);
@@ -219,7 +252,7 @@ int run_sheet(const SheetOptions& o) {
     std::filesystem::rename(tmp, o.output);
     std::cout << "checkpointctl: sheet for " << check.id << " (" << check.type << ", "
               << (content.not_enforceable ? "NOT enforceable" : "verified") << ", " << pictures.size()
-              << " pictures) written to " << o.output << "\n";
+              << " pictures, " << links.size() << " linked recordings) written to " << o.output << "\n";
     return kExitOk;
   } catch (const Refusal& r) {
     std::cerr << "checkpointctl: sheet: " << r.what << "\n";

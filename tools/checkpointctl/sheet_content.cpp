@@ -243,6 +243,41 @@ std::vector<SheetCheck> checks_of(const json& body) {
   return out;
 }
 
+// The recordings linked to the record, and for a speeding record whether one of them meets GA/T 832's "one
+// panorama plus video" (the link's panoramas_with_video, docs/records.md "Links").
+void add_links(SheetContent& s, const json& body, const std::vector<json>& links) {
+  if (links.empty()) {
+    return;
+  }
+  const auto yes = [](const json& v, const char* member) { return v.contains(member) && v[member] == true; };
+  SheetSection section{"关联执法记录仪录像 Linked body-worn recordings", {}};
+  std::string met_by;
+  for (const json& link : links) {
+    std::string value = "录像 recording " + or_none(text_at(link, "/recording"));
+    const json with = link.contains("panoramas_with_video") && link["panoramas_with_video"].is_object()
+                          ? link["panoramas_with_video"]
+                          : json();
+    if (with.is_object()) {
+      value += "；一张全景+视频 one panorama plus video: ";
+      value += yes(with, "met") ? "符合 met" : "不符合 not met";
+      value += " (全景 panoramas " + (with.contains("panoramas") ? with["panoramas"].dump() : "—") +
+               "；视频 video " + (yes(with, "video") ? "是 yes" : "否 no") +
+               "；覆盖违法时间 covers the time " + (yes(with, "covers_record_time") ? "是 yes" : "否 no") +
+               "；录像时钟可靠 clock reliable " +
+               (yes(with, "recording_time_reliable") ? "是 yes" : "否 no") + ")";
+      if (yes(with, "met") && met_by.empty()) {
+        met_by = text_at(link, "/id") + " → " + text_at(link, "/recording");
+      }
+    }
+    section.rows.push_back({"关联记录 Link " + or_none(text_at(link, "/id")), bounded(value)});
+  }
+  s.sections.push_back(std::move(section));
+  if (text_at(body, "/type") == "speeding") {
+    s.checks.push_back(SheetCheck{"一张全景+视频 One panorama plus video (GA/T 832)", !met_by.empty(),
+                                  met_by.empty() ? "no linked video meets it" : "link " + met_by});
+  }
+}
+
 std::vector<SheetPicture> pictures_of(const json& body) {
   static const std::map<std::string, std::string> kRoles = {
       {"panorama", "全景 panorama"}, {"plate_closeup", "号牌特写 plate close-up"}, {"other", "其他 other"}};
@@ -302,7 +337,8 @@ std::string local_time_text(std::int64_t ms, std::string_view utc_offset) {
   return calendar_text(ms + std::int64_t{offset_min} * 60 * 1000, ' ', " (UTC" + shown + ")");
 }
 
-SheetContent sheet_content(const json& body, std::string_view kid, std::string_view jws_sha256) {
+SheetContent sheet_content(const json& body, std::string_view kid, std::string_view jws_sha256,
+                           const std::vector<json>& links) {
   SheetContent s;
   const std::string type = text_at(body, "/type");
   const bool vehicle =
@@ -338,6 +374,7 @@ SheetContent sheet_content(const json& body, std::string_view kid, std::string_v
     s.sections.push_back({"内容 Content", {{"记录内容 Body (JSON)", bounded(body.dump(2), 3000)}}});
   }
   s.checks = checks_of(body);
+  add_links(s, body, links);
   s.pictures = pictures_of(body);
   s.qr_text = "checkpointd-record v1 id=" + s.record_id + " kid=" + std::string(kid) +
               " sha256=" + std::string(jws_sha256);

@@ -48,8 +48,12 @@ struct SheetContent {
 };
 
 // `body`: the verified record's body; `kid`: its JWS key id; `jws_sha256`: lower-case hex SHA-256 of the
-// exact JWS bytes. Values from the record are cut at 300 characters (a device's text is bounded here too).
-SheetContent sheet_content(const nlohmann::json& body, std::string_view kid, std::string_view jws_sha256);
+// exact JWS bytes; `links`: the bodies of verified `link` records naming this record (found beside it in an
+// export or a store): each is listed, and for a `speeding` record GA/T 832's "one panorama plus video"
+// becomes a check of its own (met when a link says so). Values from the record are cut at 300 characters (a
+// device's text is bounded here too).
+SheetContent sheet_content(const nlohmann::json& body, std::string_view kid, std::string_view jws_sha256,
+                           const std::vector<nlohmann::json>& links = {});
 
 // "2026-11-27 11:38:54.123 (UTC+08:00)": `ms` (UTC) in the site's offset (`±HH:MM`); UTC when malformed.
 std::string local_time_text(std::int64_t ms, std::string_view utc_offset);

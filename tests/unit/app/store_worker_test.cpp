@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -262,6 +263,51 @@ TEST_F(LinkTest, ARecordingListsTheVehicleRecordsInItsSpanAndEachPairGetsALinkRe
   // The kept file is held for the retention period and its dock file is recorded with the record.
   EXPECT_TRUE(store_->media_held(std::string(64, 'c'), clock_.now_ms() + 29LL * 24 * 3600 * 1000));
   EXPECT_FALSE(store_->media_held(std::string(64, 'c'), clock_.now_ms() + 31LL * 24 * 3600 * 1000));
+}
+
+// GA/T 832's "one panorama plus video": a link between a speeding record and a video recording says whether
+// the pair meets it, from the records' sealed bodies, whether the speeding record was stored before the
+// recording, sealed after it, or in the same batch. A passage link says nothing of it.
+TEST_F(LinkTest, ASpeedingRecordsLinkToAVideoSaysWhetherOnePanoramaPlusVideoIsMet) {
+  start();
+  const auto speeding = [](UnixMs t, int panoramas) {
+    Fact f = vehicle("speeding", t);
+    f.fields["checks"] = {{"panoramas", {{"count", panoramas}}}};
+    return f;
+  };
+  const auto video = [this](UnixMs start, UnixMs end, const std::string& file_type) {
+    Fact f = recording(start, end);
+    f.fields["file_type"] = file_type;
+    f.fields["start_ms"] = start;
+    f.fields["end_ms"] = end;
+    f.fields["time_reliable"] = true;
+    return f;
+  };
+  worker_->submit(speeding(kT, 1));          // gw:1, inside the video
+  worker_->submit(speeding(kT - 30000, 1));  // gw:2, within the margin only
+  worker_->submit(vehicle("passage", kT));   // gw:3
+  ASSERT_TRUE(wait_seq(3));
+  worker_->submit(video(kT - 1000, kT + 5000, "video"));  // gw:4 -> links gw:5..7
+  ASSERT_TRUE(wait_seq(7));
+  worker_->submit(speeding(kT + 2000, 0));  // gw:8, no usable panorama -> link gw:9
+  ASSERT_TRUE(wait_seq(9));
+  worker_->submit(video(kT + 100000, kT + 110000, "audio"));  // gw:10 -> link gw:12 (same batch, usually)
+  worker_->submit(speeding(kT + 105000, 1));                  // gw:11
+  ASSERT_TRUE(wait_seq(12));
+  std::map<std::string, nlohmann::json> by_record;
+  for (const auto& l : of_type("link")) {
+    by_record[l["record"].get<std::string>()] = l;
+  }
+  ASSERT_EQ(by_record.size(), 5u);
+  EXPECT_EQ(by_record["gw:1"]["panoramas_with_video"]["met"], true) << by_record["gw:1"].dump();
+  EXPECT_EQ(by_record["gw:1"]["panoramas_with_video"]["panoramas"], 1);
+  EXPECT_EQ(by_record["gw:2"]["panoramas_with_video"]["met"], false);
+  EXPECT_EQ(by_record["gw:2"]["panoramas_with_video"]["covers_record_time"], false);
+  EXPECT_FALSE(by_record["gw:3"].contains("panoramas_with_video"));
+  EXPECT_EQ(by_record["gw:8"]["panoramas_with_video"]["met"], false);
+  EXPECT_EQ(by_record["gw:8"]["panoramas_with_video"]["covers_record_time"], true);
+  EXPECT_EQ(by_record["gw:11"]["panoramas_with_video"]["video"], false);
+  EXPECT_EQ(by_record["gw:11"]["panoramas_with_video"]["met"], false);
 }
 
 TEST_F(LinkTest, AnImportantRecordingIsHeldForTheLongerPeriod) {

@@ -335,6 +335,76 @@ TEST(LinkFactTest, EveryField) {
   EXPECT_FALSE(fact.dock_update);
 }
 
+// GA/T 832's "one panorama plus video": what a link between a speeding record and a recording says of it.
+json speeding_body(std::int64_t panoramas, UnixMs time_ms) {
+  return json{
+      {"type", "speeding"}, {"time_ms", time_ms}, {"checks", {{"panoramas", {{"count", panoramas}}}}}};
+}
+json recording_body(const std::string& file_type, UnixMs start_ms, UnixMs end_ms, bool reliable) {
+  return json{{"type", "recording"},
+              {"file_type", file_type},
+              {"start_ms", start_ms},
+              {"end_ms", end_ms},
+              {"time_reliable", reliable}};
+}
+
+TEST(PanoramasWithVideoTest, OnePanoramaAndAVideoThatHoldsTheRecordsTimeMeetIt) {
+  const auto v = panoramas_with_video(speeding_body(1, 5000), recording_body("video", 1000, 9000, true));
+  ASSERT_TRUE(v);
+  EXPECT_EQ(*v, (json{{"panoramas", 1},
+                      {"video", true},
+                      {"covers_record_time", true},
+                      {"recording_time_reliable", true},
+                      {"met", true}}));
+  // The span's own ends count.
+  EXPECT_TRUE(
+      (*panoramas_with_video(speeding_body(1, 1000), recording_body("video", 1000, 9000, true)))["met"]);
+  EXPECT_TRUE(
+      (*panoramas_with_video(speeding_body(2, 9000), recording_body("video", 1000, 9000, true)))["met"]);
+}
+
+TEST(PanoramasWithVideoTest, EachConditionFailsItAlone) {
+  const auto met = [](const json& record, const json& recording) {
+    const auto v = panoramas_with_video(record, recording);
+    return v && (*v)["met"] == true;
+  };
+  EXPECT_FALSE(met(speeding_body(0, 5000), recording_body("video", 1000, 9000, true)));  // no panorama
+  EXPECT_FALSE(met(speeding_body(1, 5000), recording_body("audio", 1000, 9000, true)));  // not a video
+  EXPECT_FALSE(met(speeding_body(1, 5000), recording_body("photo", 1000, 9000, true)));
+  EXPECT_FALSE(met(speeding_body(1, 999), recording_body("video", 1000, 9000, true)));    // before it
+  EXPECT_FALSE(met(speeding_body(1, 9001), recording_body("video", 1000, 9000, true)));   // after it
+  EXPECT_FALSE(met(speeding_body(1, 5000), recording_body("video", 1000, 9000, false)));  // clock unsure
+  const auto v = panoramas_with_video(speeding_body(1, 9001), recording_body("video", 1000, 9000, true));
+  EXPECT_EQ((*v)["covers_record_time"], false);
+  EXPECT_EQ((*v)["video"], true);
+}
+
+TEST(PanoramasWithVideoTest, OnlySpeedingRecordsAndMalformedBodiesNeverMeetIt) {
+  json passage = speeding_body(1, 5000);
+  passage["type"] = "passage";
+  EXPECT_FALSE(panoramas_with_video(passage, recording_body("video", 1000, 9000, true)));
+  EXPECT_FALSE(panoramas_with_video(json(), recording_body("video", 1000, 9000, true)));
+  // A speeding record without checks.panoramas (sealed before them): 0 panoramas.
+  const auto old = panoramas_with_video(json{{"type", "speeding"}, {"time_ms", 5000}},
+                                        recording_body("video", 1000, 9000, true));
+  ASSERT_TRUE(old);
+  EXPECT_EQ((*old)["panoramas"], 0);
+  EXPECT_EQ((*old)["met"], false);
+  // A recording body that is not one (or lacks its times) holds nothing.
+  EXPECT_EQ((*panoramas_with_video(speeding_body(1, 5000), json()))["met"], false);
+  json strings = recording_body("video", 1000, 9000, true);
+  strings["start_ms"] = "1000";
+  EXPECT_EQ((*panoramas_with_video(speeding_body(1, 5000), strings))["covers_record_time"], false);
+}
+
+TEST(LinkFactTest, ASpeedingLinkCarriesPanoramasWithVideo) {
+  const json with = {{"panoramas", 1}, {"met", true}};
+  const Fact fact = make_link_fact("gw-1:40", "gw-1:52", "speeding", 1795750700000,
+                                   LinkSpan{1795750500000, 1795750900000}, with);
+  EXPECT_EQ(fact.fields["panoramas_with_video"], with);
+  expect_no_floats(fact.fields);
+}
+
 TEST(LinkRuleTest, LinkableTypes) {
   const LinkRule rule;
   for (const char* t : {"speeding", "passage", "speed_measurement", "plate_read"}) {

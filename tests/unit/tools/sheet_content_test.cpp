@@ -97,6 +97,51 @@ TEST(SheetContent, ANonEnforceableRecordSaysSoWithItsReasons) {
                                       "全景图片不足 (GA/T 832) (too_few_panoramas)", "something_new"}));
 }
 
+// GA/T 832's "one panorama plus video": a speeding record with one panorama (not enforceable by its own
+// check) and the link records naming it. The sheet lists each link and adds the check, met when a link says
+// so; the record's own verdict stays at the top as sealed.
+TEST(SheetContent, LinkedRecordingsAreListedAndOnePanoramaPlusVideoIsACheck) {
+  json b = speeding();
+  b["enforceable"] = false;
+  b["reasons"] = {"too_few_panoramas"};
+  const json met = {{"id", "gw-1:45"},
+                    {"type", "link"},
+                    {"recording", "gw-1:44"},
+                    {"record", "gw-1:42"},
+                    {"panoramas_with_video",
+                     {{"panoramas", 1},
+                      {"video", true},
+                      {"covers_record_time", true},
+                      {"recording_time_reliable", true},
+                      {"met", true}}}};
+  json audio = met;
+  audio["id"] = "gw-1:47";
+  audio["recording"] = "gw-1:46";
+  audio["panoramas_with_video"]["video"] = false;
+  audio["panoramas_with_video"]["met"] = false;
+
+  const SheetContent c = sheet_content(b, "k", "h", {audio, met});
+  EXPECT_TRUE(c.not_enforceable);
+  EXPECT_THAT(value_of(c, "关联记录 Link gw-1:45"),
+              HasSubstr("录像 recording gw-1:44；一张全景+视频 one panorama "
+                        "plus video: 符合 met (全景 panoramas 1；视频 video 是 yes"));
+  EXPECT_THAT(value_of(c, "关联记录 Link gw-1:47"), HasSubstr("不符合 not met"));
+  ASSERT_EQ(c.checks.size(), 4U);
+  EXPECT_EQ(c.checks[3].label, "一张全景+视频 One panorama plus video (GA/T 832)");
+  EXPECT_TRUE(c.checks[3].ok);
+  EXPECT_EQ(c.checks[3].detail, "link gw-1:45 → gw-1:44");
+
+  const SheetContent not_met = sheet_content(b, "k", "h", {audio});
+  ASSERT_EQ(not_met.checks.size(), 4U);
+  EXPECT_FALSE(not_met.checks[3].ok);
+  EXPECT_EQ(not_met.checks[3].detail, "no linked video meets it");
+  // No links: no such check (a record alone cannot say it); a passage's links are listed without it.
+  EXPECT_EQ(sheet_content(b, "k", "h").checks.size(), 3U);
+  json passage = speeding();
+  passage["type"] = "passage";
+  EXPECT_EQ(sheet_content(passage, "k", "h", {met}).checks.size(), 3U);
+}
+
 TEST(SheetContent, MissingOrOddMembersReadAsADashAndLongTextIsCut) {
   json b = speeding();
   b["site"].erase("area_code");
