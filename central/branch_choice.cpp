@@ -235,12 +235,138 @@ std::vector<std::string> CentralStore::undo_rotations(const std::string& gateway
   return undone;
 }
 
+namespace {
+
+// The branch's tip: the record central holds at `seq` (when `sha256` is empty or names it), else the fork of
+// that seq with SHA-256 `sha256`. Empty when found (`out.tip_sha256` set, `prev` the held tip's prev), else
+// the refusal.
+std::string resolve_tip(PgConnection& conn, const std::string& gateway, std::uint64_t seq,
+                        const std::string& sha256, bool& in_records, std::string& prev,
+                        CentralStore::BranchChoice& out) {
+  const PgResult row = conn.exec("SELECT jws_sha256, prev FROM records WHERE gateway = $1 AND seq = $2",
+                                 {gateway, num(seq)}, "reading the branch's tip");
+  in_records = row.rows() == 1 && (sha256.empty() || row.text(0, 0) == sha256);
+  if (in_records) {
+    out.tip_sha256 = row.text(0, 0);
+    prev = row.text(0, 1);
+    return {};
+  }
+  if (sha256.empty()) {
+    return "central holds no record at seq " + num(seq) + " of \"" + gateway +
+           "\" in its chain; name a fork with --tip SEQ:SHA-256";
+  }
+  out.tip_sha256 = sha256;
+  return {};
+}
+
+// --accept-break past seq `lacks`, which the gateway said it no longer holds from `lost_from` on: refused
+// (the reason) when the gateway still holds a record of its own right below what it lost (it came as a fork):
+// then its branch goes on below, and central's records there are not the gateway's.
+std::string accept_break_refusal(PgConnection& conn, const std::string& gateway, std::uint64_t lost_from,
+                                 std::uint64_t lacks) {
+  if (lost_from <= 1 || conn.exec("SELECT 1 FROM forks WHERE gateway = $1 AND seq = $2",
+                                  {gateway, num(lost_from - 1)}, "looking for the branch below what it lacks")
+                                .rows() == 0) {
+    return {};
+  }
+  return "the gateway no longer holds seq " + num(lost_from) + ".." + num(lacks) +
+         " of the branch, but holds another record than central's at seq " + num(lost_from - 1) +
+         " (a fork): the branch goes on below what it lacks, and accepting seq " + num(lacks) +
+         " as lost would keep central's other records there (nothing changed; choose-branch follows one "
+         "branch without holes)";
+}
+
+// Custody walks again from before the branch at `from`; the next receipt names the chosen head.
+void restart_custody_below(PgConnection& conn, const std::string& gateway, std::uint64_t from) {
+  const PgResult base = conn.exec("SELECT jws_sha256 FROM records WHERE gateway = $1 AND seq = $2",
+                                  {gateway, num(from - 1)}, "reading where the branch joins");
+  const std::string base_hash = from == 1 || base.rows() == 0 ? std::string(64, '0') : base.text(0, 0);
+  conn.exec(
+      "UPDATE gateways SET watermark_hash = CASE WHEN watermark_seq >= $2::bigint THEN $3 ELSE "
+      "watermark_hash "
+      "END, watermark_seq = LEAST(watermark_seq, $2::bigint - 1), receipt_seq = LEAST(receipt_seq, "
+      "$2::bigint - 1), chain_break_seq = NULL, chain_break_reason = NULL, gap_since_ms = NULL, "
+      "request_backoff_ms = 0, next_request_ms = 0 WHERE gateway = $1",
+      {gateway, num(from), base_hash}, "choosing a branch");
+}
+
+// The choice, kept in branch_choices: who, why, which seqs, what was set aside and undone.
+void keep_choice(PgConnection& conn, const std::string& gateway, std::uint64_t tip_seq,
+                 std::uint64_t taken_from, std::uint64_t to, std::uint64_t receipt_seq, bool past_receipt,
+                 const std::string& reason, const std::string& by, std::int64_t now_ms,
+                 const CentralStore::BranchChoice& out) {
+  conn.exec(
+      "INSERT INTO branch_choices (gateway, from_seq, to_seq, tip_seq, tip_sha256, set_aside, "
+      "set_aside_from, set_aside_to, past_receipt, receipt_seq, reason, operator, chosen_ms, "
+      "accepted_lost_seq, undone_rotations) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
+      "$14, $15)",
+      {gateway, num(taken_from), num(to), num(tip_seq), out.tip_sha256, num(out.set_aside),
+       num(out.set_aside_from), num(out.set_aside_to), past_receipt ? "true" : "false", num(receipt_seq),
+       reason, by, num(now_ms),
+       out.accepted_lost != 0 ? std::optional<std::string>(num(out.accepted_lost)) : std::nullopt,
+       out.undone_rotations.empty() ? std::nullopt
+                                    : std::optional<std::string>(joined(out.undone_rotations))},
+      "keeping an operator's choice of branch");
+}
+
+}  // namespace
+
+void CentralStore::set_aside_other_branch(const std::string& gateway, std::uint64_t from, std::uint64_t to,
+                                          std::pair<std::uint64_t, std::uint64_t> above,
+                                          const std::string& reason, const std::string& by,
+                                          std::int64_t now_ms, BranchChoice& out) {
+  const auto [above_from, above_to] = above;
+  out.undone_rotations = undo_rotations(gateway, from, to, above_from, above_to, now_ms, out.found);
+  const char* what = "setting aside the other branch";
+  const PgResult moved = conn_->exec(
+      "WITH moved AS (DELETE FROM records WHERE gateway = $1 AND (seq BETWEEN $2::bigint AND $3::bigint OR "
+      "seq BETWEEN $5::bigint AND $6::bigint) RETURNING gateway, seq, jws, jws_sha256), "
+      "kept AS (INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms) SELECT gateway, seq, jws, "
+      "jws_sha256, $4::bigint FROM moved ON CONFLICT DO NOTHING) "
+      "SELECT count(*), COALESCE(min(seq), 0), COALESCE(max(seq), 0) FROM moved",
+      {gateway, num(from), num(to), num(now_ms), num(above_from), num(above_to)}, what);
+  out.set_aside = static_cast<std::uint64_t>(moved.integer(0, 0));
+  out.set_aside_from = static_cast<std::uint64_t>(moved.integer(0, 1));
+  out.set_aside_to = static_cast<std::uint64_t>(moved.integer(0, 2));
+  conn_->exec(
+      "DELETE FROM record_media WHERE gateway = $1 AND (seq BETWEEN $2::bigint AND $3::bigint OR seq BETWEEN "
+      "$4::bigint AND $5::bigint)",
+      {gateway, num(from), num(to), num(above_from), num(above_to)}, what);
+  // What was reported or accepted as lost, and announced, from `from` on was about the other branch (as for a
+  // followed replaced store): a receipt must not name as lost a record the chosen branch holds.
+  forget_other_branch_after(gateway, from - 1, what);
+  if (out.accepted_lost != 0) {
+    conn_->exec(
+        "INSERT INTO accepted_losses (gateway, from_seq, to_seq, reason, operator, accepted_ms) VALUES ($1, "
+        "$2, $2, $3, $4, $5)",
+        {gateway, num(out.accepted_lost), reason, by, num(now_ms)}, "accepting the record a branch lacks");
+  }
+}
+
+bool CentralStore::take_branch(const std::string& gateway, std::vector<IncomingRecord>& incoming,
+                               std::int64_t now_ms) {
+  // The branch into the chain, as if it had arrived now; its copies leave `forks`.
+  std::reverse(incoming.begin(), incoming.end());
+  BatchOutcome ignored;
+  std::size_t inserted = 0;
+  for (std::size_t i = 0; i < incoming.size(); i += 50) {
+    inserted += insert_records(incoming, i, std::min(incoming.size(), i + 50), now_ms, ignored).size();
+  }
+  if (inserted != incoming.size()) {
+    return false;  // a running instance stored a record at one of these seqs meanwhile
+  }
+  for (const IncomingRecord& r : incoming) {
+    conn_->exec("DELETE FROM forks WHERE gateway = $1 AND seq = $2 AND jws_sha256 = $3",
+                {gateway, num(r.seq), r.jws_sha256}, "moving a branch into the chain");
+  }
+  return true;
+}
+
 CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gateway, std::uint64_t tip_seq,
                                                        const std::string& tip_sha256, BranchOptions options,
                                                        const std::string& reason, const std::string& by,
                                                        std::int64_t now_ms) {
   BranchChoice out;
-  const bool past_receipt = options.past_receipt;
   PgTransaction tx(*conn_);
   const PgResult g =
       conn_->exec("SELECT receipt_seq, chain_break_seq FROM gateways WHERE gateway = $1 FOR UPDATE",
@@ -250,27 +376,16 @@ CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gatewa
     return out;
   }
   const auto receipt_seq = static_cast<std::uint64_t>(g.integer(0, 0));
-  if (tip_seq == 0) {
-    if (g.is_null(0, 1)) {
-      out.refusal = "gateway \"" + gateway + "\" has no chain break; name the branch's tip with --tip";
-      return out;
-    }
-    tip_seq = static_cast<std::uint64_t>(g.integer(0, 1));
-  }
-
-  std::string prev;  // of the tip when it is the record central holds
-  const PgResult tip_row = conn_->exec("SELECT jws_sha256, prev FROM records WHERE gateway = $1 AND seq = $2",
-                                       {gateway, num(tip_seq)}, "reading the branch's tip");
-  const bool tip_in_records = tip_row.rows() == 1 && (tip_sha256.empty() || tip_row.text(0, 0) == tip_sha256);
-  if (tip_in_records) {
-    out.tip_sha256 = tip_row.text(0, 0);
-    prev = tip_row.text(0, 1);
-  } else if (tip_sha256.empty()) {
-    out.refusal = "central holds no record at seq " + num(tip_seq) + " of \"" + gateway +
-                  "\" in its chain; name a fork with --tip SEQ:SHA-256";
+  if (tip_seq == 0 && g.is_null(0, 1)) {
+    out.refusal = "gateway \"" + gateway + "\" has no chain break; name the branch's tip with --tip";
     return out;
-  } else {
-    out.tip_sha256 = tip_sha256;
+  }
+  tip_seq = tip_seq == 0 ? static_cast<std::uint64_t>(g.integer(0, 1)) : tip_seq;
+  bool tip_in_records = false;
+  std::string prev;  // of the tip when it is the record central holds
+  if (out.refusal = resolve_tip(*conn_, gateway, tip_seq, tip_sha256, tip_in_records, prev, out);
+      !out.refusal.empty()) {
+    return out;
   }
 
   std::uint64_t lacks = 0;
@@ -280,22 +395,8 @@ CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gatewa
     if (const auto lost_from = gateway_lacks(gateway, lacks)) {
       // Nobody holds the record the branch follows on from: the branch starts after it, and it is accepted
       // as lost (the walk passes it without a prev to check the next record against; receipts name it).
-      // Unless the gateway still holds a record of its own right below what it lost (it came as a fork):
-      // then its branch goes on below, and central's records there are not the gateway's.
-      if (*lost_from > 1 &&
-          conn_->exec("SELECT 1 FROM forks WHERE gateway = $1 AND seq = $2", {gateway, num(*lost_from - 1)},
-                      "looking for the branch below what it lacks")
-                  .rows() > 0) {
-        out.refusal = "the gateway no longer holds seq " + num(*lost_from) + ".." + num(lacks) +
-                      " of the branch, but holds another record than central's at seq " +
-                      num(*lost_from - 1) +
-                      " (a fork): the branch goes on below what it lacks, and accepting seq " + num(lacks) +
-                      " as lost would keep central's other records there (nothing changed; choose-branch "
-                      "follows one branch without holes)";
-        return out;
-      }
-      out.refusal.clear();
-      out.accepted_lost = lacks;
+      out.refusal = accept_break_refusal(*conn_, gateway, *lost_from, lacks);
+      out.accepted_lost = out.refusal.empty() ? lacks : 0;
     }
   }
   if (!out.refusal.empty()) {
@@ -312,7 +413,7 @@ CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gatewa
   const std::uint64_t from = out.accepted_lost != 0 ? out.accepted_lost : incoming.back().seq;
   const std::uint64_t to = incoming.empty() ? from : incoming.front().seq;
   const std::uint64_t taken_from = incoming.empty() ? to + 1 : incoming.back().seq;  // to + 1: none taken
-  if (from <= receipt_seq && !past_receipt) {
+  if (from <= receipt_seq && !options.past_receipt) {
     out.refusal = "central confirmed " + gateway + " through seq " + num(receipt_seq) +
                   " (custody receipt), and the branch replaces seq " + num(from) + ".." +
                   num(std::min(to, receipt_seq)) +
@@ -324,76 +425,22 @@ CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gatewa
   // The other branch: every record from `from` through the branch's last fork, and, when the tip was a
   // fork, the run of records right above it from the first that does not follow on from it up to the next
   // hole (they follow on from the other branch; those after a hole are left for the walk to check).
-  const auto [above_from, above_to] = tip_in_records
-                                          ? std::pair<std::uint64_t, std::uint64_t>{0, 0}
-                                          : other_branch_above(gateway, to, incoming.front().jws_sha256);
-  out.undone_rotations = undo_rotations(gateway, from, to, above_from, above_to, now_ms, out.found);
-  const char* what = "setting aside the other branch";
-  const PgResult moved = conn_->exec(
-      "WITH moved AS (DELETE FROM records WHERE gateway = $1 AND (seq BETWEEN $2::bigint AND $3::bigint OR "
-      "seq BETWEEN $5::bigint AND $6::bigint) RETURNING gateway, seq, jws, jws_sha256), "
-      "kept AS (INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms) SELECT gateway, seq, jws, "
-      "jws_sha256, $4::bigint FROM moved ON CONFLICT DO NOTHING) "
-      "SELECT count(*), COALESCE(min(seq), 0), COALESCE(max(seq), 0) FROM moved",
-      {gateway, num(from), num(to), num(now_ms), num(above_from), num(above_to)}, what);
-  out.set_aside = static_cast<std::uint64_t>(moved.integer(0, 0));
-  conn_->exec(
-      "DELETE FROM record_media WHERE gateway = $1 AND (seq BETWEEN $2::bigint AND $3::bigint OR seq BETWEEN "
-      "$4::bigint AND $5::bigint)",
-      {gateway, num(from), num(to), num(above_from), num(above_to)}, what);
-  // What was reported or accepted as lost, and announced, from `from` on was about the other branch (as for a
-  // followed replaced store): a receipt must not name as lost a record the chosen branch holds.
-  forget_other_branch_after(gateway, from - 1, what);
-  if (out.accepted_lost != 0) {
-    conn_->exec(
-        "INSERT INTO accepted_losses (gateway, from_seq, to_seq, reason, operator, accepted_ms) VALUES ($1, "
-        "$2, $2, $3, $4, $5)",
-        {gateway, num(out.accepted_lost), reason, by, num(now_ms)}, "accepting the record a branch lacks");
-  }
-  // The branch into the chain, as if it had arrived now; its copies leave `forks`.
-  std::reverse(incoming.begin(), incoming.end());
-  BatchOutcome ignored;
-  std::size_t inserted = 0;
-  for (std::size_t i = 0; i < incoming.size(); i += 50) {
-    inserted += insert_records(incoming, i, std::min(incoming.size(), i + 50), now_ms, ignored).size();
-  }
-  if (inserted != incoming.size()) {
+  set_aside_other_branch(gateway, from, to,
+                         tip_in_records ? std::pair<std::uint64_t, std::uint64_t>{0, 0}
+                                        : other_branch_above(gateway, to, incoming.front().jws_sha256),
+                         reason, by, now_ms, out);
+  if (!take_branch(gateway, incoming, now_ms)) {
     // A running instance stored a record at one of these seqs meanwhile (a hole the branch fills): nothing
     // is changed (the transaction rolls back), the operator runs the command again.
     out.refusal = "a running instance stored a record of " + gateway + " between seq " + num(from) + " and " +
                   num(to) + " meanwhile; run the command again";
     return out;
   }
-  for (const IncomingRecord& r : incoming) {
-    conn_->exec("DELETE FROM forks WHERE gateway = $1 AND seq = $2 AND jws_sha256 = $3",
-                {gateway, num(r.seq), r.jws_sha256}, "moving a branch into the chain");
-  }
-  // Custody walks again from before the branch; the next receipt names its head.
-  const PgResult base = conn_->exec("SELECT jws_sha256 FROM records WHERE gateway = $1 AND seq = $2",
-                                    {gateway, num(from - 1)}, "reading where the branch joins");
-  const std::string base_hash = from == 1 || base.rows() == 0 ? std::string(64, '0') : base.text(0, 0);
-  conn_->exec(
-      "UPDATE gateways SET watermark_hash = CASE WHEN watermark_seq >= $2::bigint THEN $3 ELSE "
-      "watermark_hash "
-      "END, watermark_seq = LEAST(watermark_seq, $2::bigint - 1), receipt_seq = LEAST(receipt_seq, "
-      "$2::bigint - 1), chain_break_seq = NULL, chain_break_reason = NULL, gap_since_ms = NULL, "
-      "request_backoff_ms = 0, next_request_ms = 0 WHERE gateway = $1",
-      {gateway, num(from), base_hash}, "choosing a branch");
-  conn_->exec(
-      "INSERT INTO branch_choices (gateway, from_seq, to_seq, tip_seq, tip_sha256, set_aside, "
-      "set_aside_from, set_aside_to, past_receipt, receipt_seq, reason, operator, chosen_ms, "
-      "accepted_lost_seq, undone_rotations) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
-      "$14, $15)",
-      {gateway, num(taken_from), num(to), num(tip_seq), out.tip_sha256, num(out.set_aside), moved.text(0, 1),
-       moved.text(0, 2), past_receipt ? "true" : "false", num(receipt_seq), reason, by, num(now_ms),
-       out.accepted_lost != 0 ? std::optional<std::string>(num(out.accepted_lost)) : std::nullopt,
-       out.undone_rotations.empty() ? std::nullopt
-                                    : std::optional<std::string>(joined(out.undone_rotations))},
-      "keeping an operator's choice of branch");
+  restart_custody_below(*conn_, gateway, from);
+  keep_choice(*conn_, gateway, tip_seq, taken_from, to, receipt_seq, options.past_receipt, reason, by, now_ms,
+              out);
   out.from_seq = taken_from;
   out.to_seq = to;
-  out.set_aside_from = static_cast<std::uint64_t>(moved.integer(0, 1));
-  out.set_aside_to = static_cast<std::uint64_t>(moved.integer(0, 2));
   out.watermark = walk_for_operator(gateway, now_ms, out.found);
   tx.commit();
   out.chosen = true;

@@ -484,6 +484,24 @@ void CentralService::quarantine(Batch& batch, const std::string& gateway, const 
                                              payload.size(), std::move(reason), enrolled, 1});
 }
 
+namespace {
+
+// What a feed topic's rest says the message is (the quarantine's topic column); empty: not a feed topic.
+std::string kind_of(const std::string& rest) {
+  if (rest == "evidence" || rest == "head" || rest == "resend/response") {
+    return rest;
+  }
+  if (rest.rfind("media/", 0) == 0) {
+    return "media";
+  }
+  if (rest.rfind("file/", 0) == 0) {
+    return "file";
+  }
+  return {};
+}
+
+}  // namespace
+
 void CentralService::classify(Message& m, Batch& batch) {
   const auto topic = parse_feed_topic(prefix_, m.topic);
   if (!topic) {
@@ -492,101 +510,18 @@ void CentralService::classify(Message& m, Batch& batch) {
     return;
   }
   const std::string& gateway = topic->gateway;
-  // What the topic says it is (the quarantine's topic column); anything else on our filters is refused.
-  std::string kind;
-  if (topic->rest == "evidence" || topic->rest == "head" || topic->rest == "resend/response") {
-    kind = topic->rest;
-  } else if (topic->rest.rfind("media/", 0) == 0) {
-    kind = "media";
-  } else if (topic->rest.rfind("file/", 0) == 0) {
-    kind = "file";
-  } else {
+  // What the topic says it is; anything else on our filters is refused.
+  const std::string kind = kind_of(topic->rest);
+  if (kind.empty()) {
     ++counters_.refused;
     log::warn("central", "refused", "message on " + printable(m.topic) + " refused: not a feed topic");
     return;
   }
-  if (keys_.find(gateway) == keys_.end()) {
-    reload_keys(false);
-    if (keys_.find(gateway) == keys_.end()) {
-      ++counters_.unknown_gateway;
-      if (!is_gateway_id(gateway)) {
-        ++counters_.refused;  // no gateway can have this name: not even quarantined under it
-        log::warn("central", "refused",
-                  "message on " + printable(m.topic) + " refused: \"" + printable(gateway) +
-                      "\" is not a gateway id");
-        return;
-      }
-      // Kept aside within the quarantine's bounds (a gateway enrolled later sends these again on a resend).
-      // The log names no device: names nobody enrolled are the sender's to choose, without end.
-      log::warn(
-          "central", "unknown-gateway",
-          "message on " + printable(m.topic) +
-              " from a gateway that is not enrolled: quarantined (enroll it: checkpoint-central enroll)");
-      quarantine(batch, gateway, kind, m.payload, std::nullopt, "", "gateway not enrolled", false);
-      return;
-    }
+  if (!enrolled(m, gateway, kind, batch)) {
+    return;
   }
-  const KeyForKid lookup = [this, &gateway](const std::string& kid) { return key_for(gateway, kid); };
   if (kind == "evidence") {
-    if (m.payload.size() > kMaxRecordBytes) {
-      log::warn("central", gateway, "record of " + std::to_string(m.payload.size()) + " bytes quarantined");
-      quarantine(batch, gateway, kind, m.payload, std::nullopt, "",
-                 "record of " + std::to_string(m.payload.size()) + " bytes", true);
-      return;
-    }
-    RecordCheck c;
-    std::string jws_sha256;
-    const bool prechecked = m.pre && [&] {
-      const auto key = key_for(gateway, m.pre->check.kid);
-      return key && key->raw() == m.pre->key_raw;  // still the key trusted for that kid
-    }();
-    if (prechecked) {
-      c = std::move(m.pre->check);
-      jws_sha256 = std::move(m.pre->jws_sha256);
-    } else {
-      c = check_record(m.payload, lookup);
-      jws_sha256 = sha256_hex(m.payload);
-    }
-    m.pre.reset();
-    std::string reason = c.reason;
-    if (c.ok && c.gateway != gateway) {
-      c.ok = false;
-      reason = "record names gateway \"" + printable(c.gateway) + "\" on the topic of \"" + gateway + "\"";
-    }
-    if (c.ok && c.seq > static_cast<std::uint64_t>(INT64_MAX)) {
-      c.ok = false;  // PostgreSQL's bigint; no chain gets there
-      reason = "seq " + std::to_string(c.seq) + " is beyond 2^63-1";
-    }
-    if (c.ok) {
-      // The signature verified; the key must also be valid for this seq (a retired key signs nothing after
-      // its key_rotation record). refuse_retired() checks the batch against PostgreSQL again.
-      const TrustedKey& k = keys_.at(gateway).at(c.kid);
-      if (std::string why = key_range_refusal(c.kid, k.from_seq, k.to_seq, c.seq); !why.empty()) {
-        if (!reexamining_) {
-          ++counters_.retired_key;
-        }
-        log::error("central", gateway,
-                   "RETIRED KEY: " + gateway + ":" + std::to_string(c.seq) + ": " + why +
-                       "; quarantined, not stored");
-        quarantine(batch, gateway, kind, m.payload, c.seq, c.kid, why, true);
-        return;
-      }
-    }
-    if (!c.ok) {
-      std::optional<std::uint64_t> seq;
-      if (c.seq != 0 && c.seq <= static_cast<std::uint64_t>(INT64_MAX)) {
-        seq = c.seq;
-      }
-      log::warn(
-          "central", gateway,
-          std::string(c.unknown_key ? "record under an unknown key quarantined: " : "record quarantined: ") +
-              reason);
-      quarantine(batch, gateway, kind, m.payload, seq, c.kid, reason, true);
-      return;
-    }
-    batch.records.push_back(IncomingRecord{gateway, c.seq, m.payload, std::move(jws_sha256), c.prev, c.kid,
-                                           std::move(c.body), std::move(c.canonical_body)});
-    trust_rotated_key(keys_, batch.records.back());  // key_rotation.h: the rest of this batch verifies
+    classify_record(m, gateway, batch);
   } else if (kind == "media") {
     const std::string sha = topic->rest.substr(6);
     if (!is_sha256_hex(sha) || m.payload.size() > kMaxMediaBytes || sha256_hex(m.payload) != sha) {
@@ -605,34 +540,132 @@ void CentralService::classify(Message& m, Batch& batch) {
     files_->handle(store_->connection(), gateway, topic->rest, m.payload, now_ms(), answers);
     publish_files(std::move(answers));
   } else if (kind == "head") {
-    const custody::HeadCheck h = custody::check_head(m.payload, lookup, gateway);
-    std::string reason = h.reason;
-    if (h.ok && h.head.seq > static_cast<std::uint64_t>(INT64_MAX)) {
-      reason = "seq " + std::to_string(h.head.seq) + " is beyond 2^63-1";
-    }
-    if (!h.ok || !reason.empty()) {
-      ++counters_.heads_refused;
-      log::warn("central", gateway, "head announcement refused: " + reason);
-      return;
-    }
-    batch.heads.push_back(AnnouncedHead{h.head, m.payload});
+    classify_head(m, gateway, batch);
   } else {  // resend/response
-    const auto reply = custody::parse_resend_reply(m.payload);
-    if (!reply) {
-      ++counters_.replies_refused;
-      log::warn("central", gateway,
-                "resend reply refused: not a JSON object (or over " +
-                    std::to_string(custody::kMaxRequestBytes * 4) + " bytes)");
+    classify_reply(m, gateway, batch);
+  }
+}
+
+bool CentralService::enrolled(const Message& m, const std::string& gateway, const std::string& kind,
+                              Batch& batch) {
+  if (keys_.find(gateway) != keys_.end()) {
+    return true;
+  }
+  reload_keys(false);
+  if (keys_.find(gateway) != keys_.end()) {
+    return true;
+  }
+  ++counters_.unknown_gateway;
+  if (!is_gateway_id(gateway)) {
+    ++counters_.refused;  // no gateway can have this name: not even quarantined under it
+    log::warn(
+        "central", "refused",
+        "message on " + printable(m.topic) + " refused: \"" + printable(gateway) + "\" is not a gateway id");
+    return false;
+  }
+  // Kept aside within the quarantine's bounds (a gateway enrolled later sends these again on a resend).
+  // The log names no device: names nobody enrolled are the sender's to choose, without end.
+  log::warn("central", "unknown-gateway",
+            "message on " + printable(m.topic) +
+                " from a gateway that is not enrolled: quarantined (enroll it: checkpoint-central enroll)");
+  quarantine(batch, gateway, kind, m.payload, std::nullopt, "", "gateway not enrolled", false);
+  return false;
+}
+
+void CentralService::classify_record(Message& m, const std::string& gateway, Batch& batch) {
+  const std::string kind = "evidence";
+  if (m.payload.size() > kMaxRecordBytes) {
+    log::warn("central", gateway, "record of " + std::to_string(m.payload.size()) + " bytes quarantined");
+    quarantine(batch, gateway, kind, m.payload, std::nullopt, "",
+               "record of " + std::to_string(m.payload.size()) + " bytes", true);
+    return;
+  }
+  RecordCheck c;
+  std::string jws_sha256;
+  const bool prechecked = m.pre && [&] {
+    const auto key = key_for(gateway, m.pre->check.kid);
+    return key && key->raw() == m.pre->key_raw;  // still the key trusted for that kid
+  }();
+  if (prechecked) {
+    c = std::move(m.pre->check);
+    jws_sha256 = std::move(m.pre->jws_sha256);
+  } else {
+    c = check_record(m.payload, [this, &gateway](const std::string& kid) { return key_for(gateway, kid); });
+    jws_sha256 = sha256_hex(m.payload);
+  }
+  m.pre.reset();
+  std::string reason = c.reason;
+  if (c.ok && c.gateway != gateway) {
+    c.ok = false;
+    reason = "record names gateway \"" + printable(c.gateway) + "\" on the topic of \"" + gateway + "\"";
+  }
+  if (c.ok && c.seq > static_cast<std::uint64_t>(INT64_MAX)) {
+    c.ok = false;  // PostgreSQL's bigint; no chain gets there
+    reason = "seq " + std::to_string(c.seq) + " is beyond 2^63-1";
+  }
+  if (c.ok) {
+    // The signature verified; the key must also be valid for this seq (a retired key signs nothing after
+    // its key_rotation record). refuse_retired() checks the batch against PostgreSQL again.
+    const TrustedKey& k = keys_.at(gateway).at(c.kid);
+    if (std::string why = key_range_refusal(c.kid, k.from_seq, k.to_seq, c.seq); !why.empty()) {
+      if (!reexamining_) {
+        ++counters_.retired_key;
+      }
+      log::error(
+          "central", gateway,
+          "RETIRED KEY: " + gateway + ":" + std::to_string(c.seq) + ": " + why + "; quarantined, not stored");
+      quarantine(batch, gateway, kind, m.payload, c.seq, c.kid, why, true);
       return;
     }
-    // Central's Correlation Data is decimal text; anything else matches no request of ours.
-    std::string correlation = m.correlation;
-    if (correlation.size() > kMaxCorrelation ||
-        !std::all_of(correlation.begin(), correlation.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-      correlation.clear();
-    }
-    batch.replies.push_back(IncomingReply{gateway, std::move(correlation), *reply, m.payload});
   }
+  if (!c.ok) {
+    std::optional<std::uint64_t> seq;
+    if (c.seq != 0 && c.seq <= static_cast<std::uint64_t>(INT64_MAX)) {
+      seq = c.seq;
+    }
+    log::warn(
+        "central", gateway,
+        std::string(c.unknown_key ? "record under an unknown key quarantined: " : "record quarantined: ") +
+            reason);
+    quarantine(batch, gateway, kind, m.payload, seq, c.kid, reason, true);
+    return;
+  }
+  batch.records.push_back(IncomingRecord{gateway, c.seq, m.payload, std::move(jws_sha256), c.prev, c.kid,
+                                         std::move(c.body), std::move(c.canonical_body)});
+  trust_rotated_key(keys_, batch.records.back());  // key_rotation.h: the rest of this batch verifies
+}
+
+void CentralService::classify_head(const Message& m, const std::string& gateway, Batch& batch) {
+  const custody::HeadCheck h = custody::check_head(
+      m.payload, [this, &gateway](const std::string& kid) { return key_for(gateway, kid); }, gateway);
+  std::string reason = h.reason;
+  if (h.ok && h.head.seq > static_cast<std::uint64_t>(INT64_MAX)) {
+    reason = "seq " + std::to_string(h.head.seq) + " is beyond 2^63-1";
+  }
+  if (!h.ok || !reason.empty()) {
+    ++counters_.heads_refused;
+    log::warn("central", gateway, "head announcement refused: " + reason);
+    return;
+  }
+  batch.heads.push_back(AnnouncedHead{h.head, m.payload});
+}
+
+void CentralService::classify_reply(const Message& m, const std::string& gateway, Batch& batch) {
+  const auto reply = custody::parse_resend_reply(m.payload);
+  if (!reply) {
+    ++counters_.replies_refused;
+    log::warn("central", gateway,
+              "resend reply refused: not a JSON object (or over " +
+                  std::to_string(custody::kMaxRequestBytes * 4) + " bytes)");
+    return;
+  }
+  // Central's Correlation Data is decimal text; anything else matches no request of ours.
+  std::string correlation = m.correlation;
+  if (correlation.size() > kMaxCorrelation ||
+      !std::all_of(correlation.begin(), correlation.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+    correlation.clear();
+  }
+  batch.replies.push_back(IncomingReply{gateway, std::move(correlation), *reply, m.payload});
 }
 
 void CentralService::process(std::vector<Message>& messages) {

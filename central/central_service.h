@@ -122,6 +122,12 @@ class CentralService {
   // Discards quarantine rows older than feed.quarantine_max_age_days (at most once a minute; 0: never).
   void expire_quarantine(std::int64_t now);
   void classify(Message& m, Batch& batch);
+  // classify()'s parts: whether `gateway` is enrolled (else its message is quarantined or refused), and each
+  // kind of message into the batch (or the quarantine, or refused with a count and a log line).
+  bool enrolled(const Message& m, const std::string& gateway, const std::string& kind, Batch& batch);
+  void classify_record(Message& m, const std::string& gateway, Batch& batch);
+  void classify_head(const Message& m, const std::string& gateway, Batch& batch);
+  void classify_reply(const Message& m, const std::string& gateway, Batch& batch);
   void process_singly(std::vector<Message>& messages);
   void publish_receipts(const std::vector<custody::Receipt>& receipts);
   void publish_files(std::vector<FilePublish> messages);

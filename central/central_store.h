@@ -331,6 +331,14 @@ class CentralStore {
   // more; the key that signed it gets its range back, recomputed from what still cuts it (the operator's
   // revoke-key bound, its key_rotation records outside the set-aside seqs). Returns one line per rotation
   // undone ("seq:new_kid").
+  // Inside choose_branch: the other branch (seqs from..to and `above`) out of `records` into forks, with its
+  // key rotations undone, its media links, losses and announcements forgotten, and the loss it accepts.
+  void set_aside_other_branch(const std::string& gateway, std::uint64_t from, std::uint64_t to,
+                              std::pair<std::uint64_t, std::uint64_t> above, const std::string& reason,
+                              const std::string& by, std::int64_t now_ms, BranchChoice& out);
+  // Inside choose_branch: the branch's records (tip first) into `records`, out of `forks`; false when a
+  // running instance stored a record at one of their seqs meanwhile.
+  bool take_branch(const std::string& gateway, std::vector<IncomingRecord>& incoming, std::int64_t now_ms);
   std::vector<std::string> undo_rotations(const std::string& gateway, std::uint64_t a, std::uint64_t b,
                                           std::uint64_t c, std::uint64_t d, std::int64_t now_ms,
                                           std::vector<std::string>& said);
