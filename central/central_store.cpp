@@ -422,6 +422,21 @@ std::pair<std::string, std::string> chain_restart(const nlohmann::json& body) {
   return {};
 }
 
+// A gateway's keys and their seq ranges (kid -> from, to; no end when unset).
+std::map<std::string, std::pair<std::uint64_t, std::optional<std::uint64_t>>> gateway_key_ranges(
+    PgConnection& conn, const std::string& gateway) {
+  std::map<std::string, std::pair<std::uint64_t, std::optional<std::uint64_t>>> key_ranges;
+  const PgResult k =
+      conn.exec_prepared("SELECT kid, valid_from_seq, valid_to_seq FROM gateway_keys WHERE gateway = $1",
+                         {gateway}, "reading a gateway's key ranges");
+  for (int i = 0; i < k.rows(); ++i) {
+    key_ranges[k.text(i, 0)] = {
+        static_cast<std::uint64_t>(k.integer(i, 1)),
+        k.is_null(i, 2) ? std::nullopt : std::optional<std::uint64_t>(k.integer(i, 2))};
+  }
+  return key_ranges;
+}
+
 }  // namespace
 
 int CentralStore::schema_version() {
@@ -773,34 +788,7 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
         follow_replaced_store(rec, now_ms, out);
         continue;
       }
-      PgResult held = conn_->exec_prepared("SELECT jws_sha256 FROM records WHERE gateway = $1 AND seq = $2",
-                                           {rec.gateway, num(rec.seq)}, "comparing a second copy");
-      if (held.rows() == 1 && held.text(0, 0) == rec.jws_sha256) {
-        ++out.duplicates;  // a QoS 1 redelivery or a resend of what we hold: the same bytes
-        continue;
-      }
-      if (held.rows() == 0 || follow_replaced_store(rec, now_ms, out)) {
-        // Its seq is free now: the old chain's records after the receipt were set aside, by this record
-        // (the gateway's store_replaced) or by one before it in this batch.
-        const auto taken = insert_records(batch.records, i, i + 1, now_ms, out);
-        note_fresh(taken);
-        if (!taken.empty()) {
-          continue;
-        }
-        // Still taken: by a copy of the old chain this same batch stored (never set aside). A fork, below.
-      }
-      // Same (gateway, seq), other bytes, both signed by a trusted key: a fork. Both are kept.
-      PgResult f = conn_->exec(
-          "INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms) VALUES ($1, $2, $3, $4, $5) "
-          "ON CONFLICT DO NOTHING",
-          {rec.gateway, num(rec.seq), rec.jws, rec.jws_sha256, now}, "keeping a fork");
-      if (f.affected() == 1) {
-        ++out.forks;
-        note_chain_restart(rec, true, now, out);
-        out.fork_ids.push_back(rec.gateway + ":" + num(rec.seq));
-        conn_->exec("UPDATE gateways SET forks = forks + 1 WHERE gateway = $1", {rec.gateway},
-                    "counting a fork");
-      }
+      note_fresh(store_second_copy(batch.records, i, now_ms, out));
     }
   }
   for (const auto& [gateway, seqs] : stored) {
@@ -825,6 +813,39 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
   }
   tx.commit();
   return out;
+}
+
+std::set<std::pair<std::string, std::uint64_t>> CentralStore::store_second_copy(
+    const std::vector<IncomingRecord>& records, std::size_t i, std::int64_t now_ms, BatchOutcome& out) {
+  const IncomingRecord& rec = records[i];
+  const std::string now = num(now_ms);
+  PgResult held = conn_->exec_prepared("SELECT jws_sha256 FROM records WHERE gateway = $1 AND seq = $2",
+                                       {rec.gateway, num(rec.seq)}, "comparing a second copy");
+  if (held.rows() == 1 && held.text(0, 0) == rec.jws_sha256) {
+    ++out.duplicates;  // a QoS 1 redelivery or a resend of what we hold: the same bytes
+    return {};
+  }
+  if (held.rows() == 0 || follow_replaced_store(rec, now_ms, out)) {
+    // Its seq is free now: the old chain's records after the receipt were set aside, by this record
+    // (the gateway's store_replaced) or by one before it in this batch.
+    const auto taken = insert_records(records, i, i + 1, now_ms, out);
+    if (!taken.empty()) {
+      return taken;
+    }
+    // Still taken: by a copy of the old chain this same batch stored (never set aside). A fork, below.
+  }
+  // Same (gateway, seq), other bytes, both signed by a trusted key: a fork. Both are kept.
+  PgResult f = conn_->exec(
+      "INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms) VALUES ($1, $2, $3, $4, $5) "
+      "ON CONFLICT DO NOTHING",
+      {rec.gateway, num(rec.seq), rec.jws, rec.jws_sha256, now}, "keeping a fork");
+  if (f.affected() == 1) {
+    ++out.forks;
+    note_chain_restart(rec, true, now, out);
+    out.fork_ids.push_back(rec.gateway + ":" + num(rec.seq));
+    conn_->exec("UPDATE gateways SET forks = forks + 1 WHERE gateway = $1", {rec.gateway}, "counting a fork");
+  }
+  return {};
 }
 
 std::set<std::pair<std::string, std::uint64_t>> CentralStore::insert_records(
@@ -1336,6 +1357,41 @@ void CentralStore::advance(const std::string& gateway, std::int64_t now_ms, cons
   const auto announced = static_cast<std::uint64_t>(g.integer(0, 5));
   const bool had_gap = !g.is_null(0, 6);
   const std::uint64_t start = wm;
+  const std::optional<std::string> chain_break = walk_watermark(gateway, wm, wm_hash, now_ms, out);
+  if (chain_break) {
+    PgResult set = conn_->exec(
+        "UPDATE gateways SET chain_break_seq = $2, chain_break_reason = $3 WHERE gateway = $1 AND "
+        "chain_break_seq IS DISTINCT FROM $2",
+        {gateway, num(wm + 1), *chain_break}, "noting a chain break");
+    if (set.affected() == 1) {
+      out.chain_breaks.push_back(gateway + ":" + num(wm + 1) + ": " + *chain_break);
+    }
+  }
+  const bool gap_now = std::max(max_seq, announced) > wm;
+  std::optional<std::string> gap_since;
+  if (gap_now) {
+    // The gap's age restarts whenever the watermark moves: ask only when nothing has arrived for a while.
+    gap_since = (wm != start || !had_gap) ? num(now_ms) : g.text(0, 6);
+  }
+  if (wm != start || gap_now != had_gap) {
+    conn_->exec_prepared(
+        "UPDATE gateways SET watermark_seq = $2, watermark_hash = $3, gap_since_ms = $4, "
+        "request_backoff_ms = CASE WHEN $5::boolean THEN 0 ELSE request_backoff_ms END, "
+        "next_request_ms = CASE WHEN $5::boolean THEN 0 ELSE next_request_ms END WHERE gateway = $1",
+        {gateway, num(wm), wm_hash, gap_since, wm != start ? "true" : "false"}, "advancing the watermark");
+  }
+  const bool due_by_count = wm >= receipt_seq + policy.every_records;
+  const bool due_by_time = wm > receipt_seq && now_ms - receipt_ms >= policy.every_ms;
+  if (wm > 0 && (due_by_count || due_by_time)) {
+    conn_->exec_prepared("UPDATE gateways SET receipt_seq = $2, receipt_ms = $3 WHERE gateway = $1",
+                         {gateway, num(wm), num(now_ms)}, "noting a receipt");
+    out.receipts.push_back(receipt(policy.central_id, gateway, wm, wm_hash, now_ms));
+  }
+}
+
+std::optional<std::string> CentralStore::walk_watermark(const std::string& gateway, std::uint64_t& wm,
+                                                        std::string& wm_hash, std::int64_t now_ms,
+                                                        BatchOutcome& out) {
   std::optional<std::string> chain_break;
 
   // Seq ranges an operator accepted as lost (accept-loss) above the watermark, read at the first hole only
@@ -1354,18 +1410,7 @@ void CentralStore::advance(const std::string& gateway, std::int64_t now_ms, cons
   // The gateway's keys and their seq ranges, read under its lock: a record stored under a key while another
   // instance's transaction storing that key's rotation was still open passed refuse_retired() with the old
   // ranges; it is found here before the watermark passes it (the rotation record precedes it in the chain).
-  std::map<std::string, std::pair<std::uint64_t, std::optional<std::uint64_t>>> key_ranges;
-  {
-    const PgResult k =
-        conn_->exec_prepared("SELECT kid, valid_from_seq, valid_to_seq FROM gateway_keys WHERE gateway = $1",
-                             {gateway}, "reading a gateway's key ranges");
-    for (int i = 0; i < k.rows(); ++i) {
-      key_ranges[k.text(i, 0)] = {
-          static_cast<std::uint64_t>(k.integer(i, 1)),
-          k.is_null(i, 2) ? std::nullopt : std::optional<std::uint64_t>(k.integer(i, 2))};
-    }
-  }
-
+  const auto key_ranges = gateway_key_ranges(*conn_, gateway);
   for (;;) {
     PgResult next = conn_->exec_prepared(
         "SELECT r.seq, r.prev, r.jws_sha256, r.kid, NOT EXISTS (SELECT 1 FROM record_media rm LEFT JOIN "
@@ -1407,35 +1452,7 @@ void CentralStore::advance(const std::string& gateway, std::int64_t now_ms, cons
       break;
     }
   }
-  if (chain_break) {
-    PgResult set = conn_->exec(
-        "UPDATE gateways SET chain_break_seq = $2, chain_break_reason = $3 WHERE gateway = $1 AND "
-        "chain_break_seq IS DISTINCT FROM $2",
-        {gateway, num(wm + 1), *chain_break}, "noting a chain break");
-    if (set.affected() == 1) {
-      out.chain_breaks.push_back(gateway + ":" + num(wm + 1) + ": " + *chain_break);
-    }
-  }
-  const bool gap_now = std::max(max_seq, announced) > wm;
-  std::optional<std::string> gap_since;
-  if (gap_now) {
-    // The gap's age restarts whenever the watermark moves: ask only when nothing has arrived for a while.
-    gap_since = (wm != start || !had_gap) ? num(now_ms) : g.text(0, 6);
-  }
-  if (wm != start || gap_now != had_gap) {
-    conn_->exec_prepared(
-        "UPDATE gateways SET watermark_seq = $2, watermark_hash = $3, gap_since_ms = $4, "
-        "request_backoff_ms = CASE WHEN $5::boolean THEN 0 ELSE request_backoff_ms END, "
-        "next_request_ms = CASE WHEN $5::boolean THEN 0 ELSE next_request_ms END WHERE gateway = $1",
-        {gateway, num(wm), wm_hash, gap_since, wm != start ? "true" : "false"}, "advancing the watermark");
-  }
-  const bool due_by_count = wm >= receipt_seq + policy.every_records;
-  const bool due_by_time = wm > receipt_seq && now_ms - receipt_ms >= policy.every_ms;
-  if (wm > 0 && (due_by_count || due_by_time)) {
-    conn_->exec_prepared("UPDATE gateways SET receipt_seq = $2, receipt_ms = $3 WHERE gateway = $1",
-                         {gateway, num(wm), num(now_ms)}, "noting a receipt");
-    out.receipts.push_back(receipt(policy.central_id, gateway, wm, wm_hash, now_ms));
-  }
+  return chain_break;
 }
 
 void CentralStore::set_aside_retired(const std::string& gateway, std::uint64_t seq, const std::string& why,

@@ -292,6 +292,14 @@ class CentralStore {
                          std::int64_t now_ms, BatchOutcome& out);
   void advance(const std::string& gateway, std::int64_t now_ms, const ReceiptPolicy& policy,
                BatchOutcome& out);
+  // store_batch's record whose seq was held already: a duplicate (the same bytes), taken after all (its seq
+  // freed by a followed replaced store), or a fork (other bytes: both kept). Returns the seqs it took.
+  std::set<std::pair<std::string, std::uint64_t>> store_second_copy(
+      const std::vector<IncomingRecord>& records, std::size_t i, std::int64_t now_ms, BatchOutcome& out);
+  // advance()'s walk: from the watermark (wm, wm_hash) along the records that follow on, past accepted
+  // losses, setting aside a record under a key outside its range; returns a chain break when one is met.
+  std::optional<std::string> walk_watermark(const std::string& gateway, std::uint64_t& wm,
+                                            std::string& wm_hash, std::int64_t now_ms, BatchOutcome& out);
   // A branch of a gateway's chain walked back along `prev` from a tip (branch_choice.cpp): the first record
   // it lacks (seq, SHA-256) when central holds it nowhere, or why the walk stopped.
   struct BranchWalk {
