@@ -1074,77 +1074,144 @@ void CentralStore::store_replies(const std::vector<IncomingReply>& replies, std:
       continue;
     }
     if (!open->is_null(0, 0)) {
-      // Only what was asked and is not in custody: each range is clipped to the request's range and above the
-      // watermark (a request below a chain break asks for records central holds), then merged.
-      const PgResult wm = conn_->exec("SELECT watermark_seq FROM gateways WHERE gateway = $1", {r.gateway},
-                                      "reading the watermark");
-      const auto from_req = static_cast<std::uint64_t>(open->integer(0, 0));
-      const auto lo_req =
-          std::max(from_req, wm.rows() == 1 ? static_cast<std::uint64_t>(wm.integer(0, 0)) + 1 : 0);
-      const auto hi_req = static_cast<std::uint64_t>(open->integer(0, 1));
-      std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
-      std::vector<std::pair<std::uint64_t, std::uint64_t>> below;  // at or below the watermark
-      for (auto [lo, hi] : r.reply.not_held) {
-        if (std::max(lo, from_req) < lo_req && std::max(lo, from_req) <= std::min(hi, hi_req)) {
-          below.emplace_back(std::max(lo, from_req), std::min({hi, hi_req, lo_req - 1}));
-        }
-        lo = std::max(lo, lo_req);
-        hi = std::min(hi, hi_req);
-        if (lo <= hi) {
-          ranges.emplace_back(lo, hi);
-        }
-      }
-      note_branch_not_held(r.gateway, std::move(below), now);
-      std::sort(ranges.begin(), ranges.end());
-      std::vector<std::pair<std::uint64_t, std::uint64_t>> merged;
-      for (const auto& range : ranges) {
-        if (!merged.empty() && range.first <= merged.back().second + 1) {
-          merged.back().second = std::max(merged.back().second, range.second);
-        } else {
-          merged.push_back(range);
-        }
-      }
-      // A gateway's store has few holes; a reply naming more ranges is cut (the rest is asked for again).
-      constexpr std::size_t kMaxRangesPerReply = 1000;
-      if (merged.size() > kMaxRangesPerReply) {
-        merged.resize(kMaxRangesPerReply);
-      }
-      for (const auto& [lo, hi] : merged) {
-        conn_->exec(
-            "INSERT INTO unrecoverable (gateway, from_seq, to_seq, noted_ms) VALUES ($1, $2, $3, $4) "
-            "ON CONFLICT (gateway, from_seq) DO UPDATE SET to_seq = GREATEST(unrecoverable.to_seq, "
-            "EXCLUDED.to_seq)",
-            {r.gateway, num(lo), num(hi), now}, "noting records a gateway no longer holds");
-        out.unrecoverable.push_back(r.gateway + ": seq " + num(lo) + ".." + num(hi));
-      }
+      note_seqs_not_held(r, *open, now, out);
     }
     if (!open->is_null(0, 3) && !r.reply.media_not_held.empty()) {
-      std::set<std::string> asked;
-      const nlohmann::json media = nlohmann::json::parse(open->text(0, 3), nullptr, false);
-      if (media.is_array()) {
-        for (const auto& m : media) {
-          if (m.is_string()) {
-            asked.insert(m.get<std::string>());
-          }
-        }
-      }
-      const std::string seq = num(static_cast<std::uint64_t>(open->integer(0, 2)));
-      for (const std::string& sha : r.reply.media_not_held) {
-        if (asked.count(sha) == 0) {
-          continue;
-        }
-        PgResult ins = conn_->exec(
-            "INSERT INTO unrecoverable_media (gateway, sha256, seq, noted_ms) VALUES ($1, $2, $3, $4) "
-            "ON CONFLICT DO NOTHING",
-            {r.gateway, sha, seq, now}, "noting a picture a gateway no longer holds");
-        if (ins.affected() == 1) {
-          ++out.unrecoverable_media;
-          out.unrecoverable.push_back(r.gateway + ": picture " + sha + " of seq " + seq);
-        }
-      }
+      note_media_not_held(r, *open, now, out);
     }
   }
 }
+
+void CentralStore::note_seqs_not_held(const IncomingReply& r, const PgResult& open, const std::string& now,
+                                      BatchOutcome& out) {
+  // Only what was asked and is not in custody: each range is clipped to the request's range and above the
+  // watermark (a request below a chain break asks for records central holds), then merged.
+  const PgResult wm = conn_->exec("SELECT watermark_seq FROM gateways WHERE gateway = $1", {r.gateway},
+                                  "reading the watermark");
+  const auto from_req = static_cast<std::uint64_t>(open.integer(0, 0));
+  const auto lo_req =
+      std::max(from_req, wm.rows() == 1 ? static_cast<std::uint64_t>(wm.integer(0, 0)) + 1 : 0);
+  const auto hi_req = static_cast<std::uint64_t>(open.integer(0, 1));
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> below;  // at or below the watermark
+  for (auto [lo, hi] : r.reply.not_held) {
+    if (std::max(lo, from_req) < lo_req && std::max(lo, from_req) <= std::min(hi, hi_req)) {
+      below.emplace_back(std::max(lo, from_req), std::min({hi, hi_req, lo_req - 1}));
+    }
+    lo = std::max(lo, lo_req);
+    hi = std::min(hi, hi_req);
+    if (lo <= hi) {
+      ranges.emplace_back(lo, hi);
+    }
+  }
+  note_branch_not_held(r.gateway, std::move(below), now);
+  std::sort(ranges.begin(), ranges.end());
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> merged;
+  for (const auto& range : ranges) {
+    if (!merged.empty() && range.first <= merged.back().second + 1) {
+      merged.back().second = std::max(merged.back().second, range.second);
+    } else {
+      merged.push_back(range);
+    }
+  }
+  // A gateway's store has few holes; a reply naming more ranges is cut (the rest is asked for again).
+  constexpr std::size_t kMaxRangesPerReply = 1000;
+  if (merged.size() > kMaxRangesPerReply) {
+    merged.resize(kMaxRangesPerReply);
+  }
+  for (const auto& [lo, hi] : merged) {
+    conn_->exec(
+        "INSERT INTO unrecoverable (gateway, from_seq, to_seq, noted_ms) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (gateway, from_seq) DO UPDATE SET to_seq = GREATEST(unrecoverable.to_seq, "
+        "EXCLUDED.to_seq)",
+        {r.gateway, num(lo), num(hi), now}, "noting records a gateway no longer holds");
+    out.unrecoverable.push_back(r.gateway + ": seq " + num(lo) + ".." + num(hi));
+  }
+}
+
+void CentralStore::note_media_not_held(const IncomingReply& r, const PgResult& open, const std::string& now,
+                                       BatchOutcome& out) {
+  std::set<std::string> asked;
+  const nlohmann::json media = nlohmann::json::parse(open.text(0, 3), nullptr, false);
+  if (media.is_array()) {
+    for (const auto& m : media) {
+      if (m.is_string()) {
+        asked.insert(m.get<std::string>());
+      }
+    }
+  }
+  const std::string seq = num(static_cast<std::uint64_t>(open.integer(0, 2)));
+  for (const std::string& sha : r.reply.media_not_held) {
+    if (asked.count(sha) == 0) {
+      continue;
+    }
+    PgResult ins = conn_->exec(
+        "INSERT INTO unrecoverable_media (gateway, sha256, seq, noted_ms) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT DO NOTHING",
+        {r.gateway, sha, seq, now}, "noting a picture a gateway no longer holds");
+    if (ins.affected() == 1) {
+      ++out.unrecoverable_media;
+      out.unrecoverable.push_back(r.gateway + ": picture " + sha + " of seq " + seq);
+    }
+  }
+}
+
+namespace {
+
+// A gateway's quarantine usage as store_quarantine sees it: read once per batch, then what the batch adds.
+struct Usage {
+  std::int64_t rows = 0;
+  std::int64_t bytes = 0;
+  bool exists = false;
+  bool enrolled = false;
+  std::int64_t added_rows = 0;
+  std::int64_t added_bytes = 0;
+  std::int64_t messages = 0;
+  std::int64_t dropped = 0;
+};
+
+// Keeps `q` in the quarantine, or counts a copy on its row; true when a new row was kept.
+bool insert_quarantined(PgConnection& conn, const QuarantineEntry& q, const std::string& now) {
+  // The text column only for a whole payload that PostgreSQL text can hold (UTF-8, no NUL).
+  const bool text =
+      q.payload.size() == q.bytes && is_valid_utf8(q.payload) && q.payload.find('\0') == std::string::npos;
+  PgResult ins = conn.exec(
+      "INSERT INTO quarantine (gateway, topic, seq, kid, jws, payload, payload_sha256, bytes, reason, "
+      "received_ms, last_seen_ms, count) VALUES ($1, $2, $3, $4, $5, $6::bytea, $7, $8, $9, $10, $10, "
+      "$11) "
+      "ON CONFLICT (gateway, topic, payload_sha256) DO UPDATE SET count = quarantine.count + "
+      "EXCLUDED.count, last_seen_ms = EXCLUDED.last_seen_ms RETURNING (xmax = 0)",
+      {q.gateway, q.topic, q.seq ? std::optional<std::string>(num(*q.seq)) : std::nullopt, q.kid,
+       text ? std::optional<std::string>(q.payload) : std::nullopt, "\\x" + hex_lower(q.payload),
+       q.payload_sha256, num(q.bytes), q.reason, now, num(q.count)},
+      "quarantining a message");
+  return ins.rows() == 1 && ins.boolean(0, 0);
+}
+
+// What a batch added to the quarantine, into quarantine_usage: the totals row and each gateway's.
+void count_quarantine_usage(PgConnection& conn, const std::map<std::string, Usage>& usage, const Usage& all,
+                            const std::string& now) {
+  conn.exec(
+      "UPDATE quarantine_usage SET rows = rows + $1, bytes = bytes + $2, messages = messages + $3, dropped = "
+      "dropped + $4, last_ms = $5 WHERE gateway = ''",
+      {num(all.added_rows), num(all.added_bytes), num(all.messages), num(all.dropped), now},
+      "counting the quarantine");
+  for (const auto& [gateway, u] : usage) {
+    if (!u.exists && !u.enrolled && u.added_rows == 0) {
+      continue;  // a name nobody enrolled that got no row: counted in the totals only (names are unbounded)
+    }
+    conn.exec(
+        "INSERT INTO quarantine_usage (gateway, rows, bytes, messages, dropped, last_ms) VALUES ($1, $2, $3, "
+        "$4, $5, $6) ON CONFLICT (gateway) DO UPDATE SET rows = quarantine_usage.rows + EXCLUDED.rows, bytes "
+        "= "
+        "quarantine_usage.bytes + EXCLUDED.bytes, messages = quarantine_usage.messages + EXCLUDED.messages, "
+        "dropped = quarantine_usage.dropped + EXCLUDED.dropped, last_ms = EXCLUDED.last_ms",
+        {gateway, num(u.added_rows), num(u.added_bytes), num(u.messages), num(u.dropped), now},
+        "counting a gateway's quarantine");
+  }
+}
+
+}  // namespace
 
 void CentralStore::store_quarantine(const std::vector<QuarantineEntry>& entries, const std::string& now,
                                     BatchOutcome& out) {
@@ -1155,16 +1222,6 @@ void CentralStore::store_quarantine(const std::vector<QuarantineEntry>& entries,
                            "locking the quarantine totals");
   std::int64_t total_rows = t.rows() == 1 ? t.integer(0, 0) : 0;
   std::int64_t total_bytes = t.rows() == 1 ? t.integer(0, 1) : 0;
-  struct Usage {
-    std::int64_t rows = 0;
-    std::int64_t bytes = 0;
-    bool exists = false;
-    bool enrolled = false;
-    std::int64_t added_rows = 0;
-    std::int64_t added_bytes = 0;
-    std::int64_t messages = 0;
-    std::int64_t dropped = 0;
-  };
   std::map<std::string, Usage> usage;
   Usage all;
   for (const QuarantineEntry& q : entries) {
@@ -1187,20 +1244,7 @@ void CentralStore::store_quarantine(const std::vector<QuarantineEntry>& entries,
     const bool room = u.rows + 1 <= bounds_.rows_per_gateway && u.bytes + kept <= bounds_.bytes_per_gateway &&
                       total_rows + 1 <= bounds_.rows && total_bytes + kept <= bounds_.bytes;
     if (room) {
-      // The text column only for a whole payload that PostgreSQL text can hold (UTF-8, no NUL).
-      const bool text = kept == static_cast<std::int64_t>(q.bytes) && is_valid_utf8(q.payload) &&
-                        q.payload.find('\0') == std::string::npos;
-      PgResult ins = conn_->exec(
-          "INSERT INTO quarantine (gateway, topic, seq, kid, jws, payload, payload_sha256, bytes, reason, "
-          "received_ms, last_seen_ms, count) VALUES ($1, $2, $3, $4, $5, $6::bytea, $7, $8, $9, $10, $10, "
-          "$11) "
-          "ON CONFLICT (gateway, topic, payload_sha256) DO UPDATE SET count = quarantine.count + "
-          "EXCLUDED.count, last_seen_ms = EXCLUDED.last_seen_ms RETURNING (xmax = 0)",
-          {q.gateway, q.topic, q.seq ? std::optional<std::string>(num(*q.seq)) : std::nullopt, q.kid,
-           text ? std::optional<std::string>(q.payload) : std::nullopt, "\\x" + hex_lower(q.payload),
-           q.payload_sha256, num(q.bytes), q.reason, now, num(q.count)},
-          "quarantining a message");
-      if (ins.rows() == 1 && ins.boolean(0, 0)) {
+      if (insert_quarantined(*conn_, q, now)) {
         ++u.rows;
         u.bytes += kept;
         ++u.added_rows;
@@ -1229,24 +1273,7 @@ void CentralStore::store_quarantine(const std::vector<QuarantineEntry>& entries,
       all.dropped += copies;
     }
   }
-  conn_->exec(
-      "UPDATE quarantine_usage SET rows = rows + $1, bytes = bytes + $2, messages = messages + $3, dropped = "
-      "dropped + $4, last_ms = $5 WHERE gateway = ''",
-      {num(all.added_rows), num(all.added_bytes), num(all.messages), num(all.dropped), now},
-      "counting the quarantine");
-  for (const auto& [gateway, u] : usage) {
-    if (!u.exists && !u.enrolled && u.added_rows == 0) {
-      continue;  // a name nobody enrolled that got no row: counted in the totals only (names are unbounded)
-    }
-    conn_->exec(
-        "INSERT INTO quarantine_usage (gateway, rows, bytes, messages, dropped, last_ms) VALUES ($1, $2, $3, "
-        "$4, $5, $6) ON CONFLICT (gateway) DO UPDATE SET rows = quarantine_usage.rows + EXCLUDED.rows, bytes "
-        "= "
-        "quarantine_usage.bytes + EXCLUDED.bytes, messages = quarantine_usage.messages + EXCLUDED.messages, "
-        "dropped = quarantine_usage.dropped + EXCLUDED.dropped, last_ms = EXCLUDED.last_ms",
-        {gateway, num(u.added_rows), num(u.added_bytes), num(u.messages), num(u.dropped), now},
-        "counting a gateway's quarantine");
-  }
+  count_quarantine_usage(*conn_, usage, all, now);
 }
 
 void CentralStore::recount_quarantine() {

@@ -292,6 +292,12 @@ class CentralStore {
                          std::int64_t now_ms, BatchOutcome& out);
   void advance(const std::string& gateway, std::int64_t now_ms, const ReceiptPolicy& policy,
                BatchOutcome& out);
+  // store_replies' parts for a reply to an open request (`open`: its resend_open row): the seqs and the
+  // pictures the gateway said it no longer holds, noted within what was asked and is not in custody.
+  void note_seqs_not_held(const IncomingReply& r, const PgResult& open, const std::string& now,
+                          BatchOutcome& out);
+  void note_media_not_held(const IncomingReply& r, const PgResult& open, const std::string& now,
+                           BatchOutcome& out);
   // store_batch's record whose seq was held already: a duplicate (the same bytes), taken after all (its seq
   // freed by a followed replaced store), or a fork (other bytes: both kept). Returns the seqs it took.
   std::set<std::pair<std::string, std::uint64_t>> store_second_copy(
