@@ -19,6 +19,56 @@ constexpr std::string_view kIdPattern = "[a-z0-9][a-z0-9-]{0,62}";
 constexpr std::string_view kIdAllowed =
     "1 to 63 lower-case letters, digits or '-', starting with a letter or digit";
 
+// The `feed` section: the subscription, the queue and batch bounds, the media directory, the quarantine's.
+void parse_feed(Section feed, decltype(CentralConfig::feed)& out) {
+  out.share_group =
+      feed.optional<std::string>("share_group", out.share_group,
+                                 {.pattern = "[A-Za-z0-9_.-]{1,64}",
+                                  .allowed = "1 to 64 letters, digits, '_', '.' or '-' (no '/', '+', '#')"});
+  out.queue_messages = feed.optional<int>("queue_messages", out.queue_messages, {.min = 10, .max = 1000000});
+  out.queue_mb = feed.optional<int>("queue_mb", out.queue_mb, {.min = 1, .max = 65536});
+  out.max_file_mb = feed.optional<int>("max_file_mb", out.max_file_mb, {.min = 1, .max = 1 << 20});
+  out.max_open_files = feed.optional<int>("max_open_files", out.max_open_files, {.min = 1, .max = 64});
+  out.batch_max = feed.optional<int>("batch_max", out.batch_max, {.min = 1, .max = 10000});
+  out.media_dir = config::resolve_path(
+      feed, feed.required<std::string>("media_dir",
+                                       {.pattern = config::kPathPattern, .allowed = config::kPathAllowed}));
+  out.quarantine_max_per_gateway = feed.optional<int>(
+      "quarantine_max_per_gateway", out.quarantine_max_per_gateway, {.min = 1, .max = 100000000});
+  out.quarantine_max_mb_per_gateway = feed.optional<int>(
+      "quarantine_max_mb_per_gateway", out.quarantine_max_mb_per_gateway, {.min = 1, .max = 1048576});
+  out.quarantine_max_rows =
+      feed.optional<int>("quarantine_max_rows", out.quarantine_max_rows, {.min = 1, .max = 1000000000});
+  out.quarantine_max_mb =
+      feed.optional<int>("quarantine_max_mb", out.quarantine_max_mb, {.min = 1, .max = 1048576});
+  out.quarantine_max_age_days =
+      feed.optional<int>("quarantine_max_age_days", out.quarantine_max_age_days, {.min = 0, .max = 36500});
+  if (out.quarantine_max_rows < out.quarantine_max_per_gateway) {
+    feed.fail("quarantine_max_rows", "must be at least quarantine_max_per_gateway (" +
+                                         std::to_string(out.quarantine_max_per_gateway) + ")");
+  }
+  if (out.quarantine_max_mb < out.quarantine_max_mb_per_gateway) {
+    feed.fail("quarantine_max_mb", "must be at least quarantine_max_mb_per_gateway (" +
+                                       std::to_string(out.quarantine_max_mb_per_gateway) + ")");
+  }
+  feed.finish();
+}
+
+// The `gaps` section: when central asks a gateway again for what it lacks, and how often it looks.
+void parse_gaps(Section& gaps, decltype(CentralConfig::gaps)& out) {
+  out.resend_after_ms =
+      gaps.optional<int>("resend_after_ms", out.resend_after_ms, {.min = 100, .max = 86400000});
+  out.file_stall_ms = gaps.optional<int>("file_stall_ms", out.file_stall_ms, {.min = 100, .max = 86400000});
+  out.retry_min_ms = gaps.optional<int>("retry_min_ms", out.retry_min_ms, {.min = 100, .max = 86400000});
+  out.retry_max_ms = gaps.optional<int>("retry_max_ms", out.retry_max_ms, {.min = 100, .max = 86400000});
+  if (out.retry_max_ms < out.retry_min_ms) {
+    gaps.fail("retry_max_ms", "must be at least retry_min_ms (" + std::to_string(out.retry_min_ms) + ")");
+  }
+  out.check_interval_ms =
+      gaps.optional<int>("check_interval_ms", out.check_interval_ms, {.min = 50, .max = 600000});
+  gaps.finish();
+}
+
 CentralConfig parse_document(const YAML::Node& document, const std::string& name) {
   auto context = std::make_shared<config::LoadContext>();
   context->file = name;
@@ -50,40 +100,7 @@ CentralConfig parse_document(const YAML::Node& document, const std::string& name
   }
   out.mqtt = config::parse_mqtt_section(root.section("mqtt"), default_client.substr(0, 64));
 
-  Section feed = root.section("feed");
-  out.feed.share_group =
-      feed.optional<std::string>("share_group", out.feed.share_group,
-                                 {.pattern = "[A-Za-z0-9_.-]{1,64}",
-                                  .allowed = "1 to 64 letters, digits, '_', '.' or '-' (no '/', '+', '#')"});
-  out.feed.queue_messages =
-      feed.optional<int>("queue_messages", out.feed.queue_messages, {.min = 10, .max = 1000000});
-  out.feed.queue_mb = feed.optional<int>("queue_mb", out.feed.queue_mb, {.min = 1, .max = 65536});
-  out.feed.max_file_mb = feed.optional<int>("max_file_mb", out.feed.max_file_mb, {.min = 1, .max = 1 << 20});
-  out.feed.max_open_files =
-      feed.optional<int>("max_open_files", out.feed.max_open_files, {.min = 1, .max = 64});
-  out.feed.batch_max = feed.optional<int>("batch_max", out.feed.batch_max, {.min = 1, .max = 10000});
-  out.feed.media_dir = config::resolve_path(
-      feed, feed.required<std::string>("media_dir",
-                                       {.pattern = config::kPathPattern, .allowed = config::kPathAllowed}));
-  out.feed.quarantine_max_per_gateway = feed.optional<int>(
-      "quarantine_max_per_gateway", out.feed.quarantine_max_per_gateway, {.min = 1, .max = 100000000});
-  out.feed.quarantine_max_mb_per_gateway = feed.optional<int>(
-      "quarantine_max_mb_per_gateway", out.feed.quarantine_max_mb_per_gateway, {.min = 1, .max = 1048576});
-  out.feed.quarantine_max_rows =
-      feed.optional<int>("quarantine_max_rows", out.feed.quarantine_max_rows, {.min = 1, .max = 1000000000});
-  out.feed.quarantine_max_mb =
-      feed.optional<int>("quarantine_max_mb", out.feed.quarantine_max_mb, {.min = 1, .max = 1048576});
-  out.feed.quarantine_max_age_days = feed.optional<int>(
-      "quarantine_max_age_days", out.feed.quarantine_max_age_days, {.min = 0, .max = 36500});
-  if (out.feed.quarantine_max_rows < out.feed.quarantine_max_per_gateway) {
-    feed.fail("quarantine_max_rows", "must be at least quarantine_max_per_gateway (" +
-                                         std::to_string(out.feed.quarantine_max_per_gateway) + ")");
-  }
-  if (out.feed.quarantine_max_mb < out.feed.quarantine_max_mb_per_gateway) {
-    feed.fail("quarantine_max_mb", "must be at least quarantine_max_mb_per_gateway (" +
-                                       std::to_string(out.feed.quarantine_max_mb_per_gateway) + ")");
-  }
-  feed.finish();
+  parse_feed(root.section("feed"), out.feed);
 
   if (auto receipts = root.optional_section("receipts")) {
     out.receipts.every_records =
@@ -93,21 +110,7 @@ CentralConfig parse_document(const YAML::Node& document, const std::string& name
     receipts->finish();
   }
   if (auto gaps = root.optional_section("gaps")) {
-    out.gaps.resend_after_ms =
-        gaps->optional<int>("resend_after_ms", out.gaps.resend_after_ms, {.min = 100, .max = 86400000});
-    out.gaps.file_stall_ms =
-        gaps->optional<int>("file_stall_ms", out.gaps.file_stall_ms, {.min = 100, .max = 86400000});
-    out.gaps.retry_min_ms =
-        gaps->optional<int>("retry_min_ms", out.gaps.retry_min_ms, {.min = 100, .max = 86400000});
-    out.gaps.retry_max_ms =
-        gaps->optional<int>("retry_max_ms", out.gaps.retry_max_ms, {.min = 100, .max = 86400000});
-    if (out.gaps.retry_max_ms < out.gaps.retry_min_ms) {
-      gaps->fail("retry_max_ms",
-                 "must be at least retry_min_ms (" + std::to_string(out.gaps.retry_min_ms) + ")");
-    }
-    out.gaps.check_interval_ms =
-        gaps->optional<int>("check_interval_ms", out.gaps.check_interval_ms, {.min = 50, .max = 600000});
-    gaps->finish();
+    parse_gaps(*gaps, out.gaps);
   }
   if (auto trust = root.optional_section("trust")) {
     if (trust->has("keys_dir")) {

@@ -1038,6 +1038,13 @@ void CentralService::stop() {
 
 std::string CentralService::metrics_text() {
   metrics::Exposition e;
+  add_counter_metrics(e);
+  add_state_metrics(e);
+  return e.text();
+}
+
+// The counters of this instance, in the order of docs/metrics.md.
+void CentralService::add_counter_metrics(metrics::Exposition& e) {
   const auto c = [&](const char* name, const char* help, const std::atomic<std::uint64_t>& v) {
     e.add_counter(name, help, {}, static_cast<double>(v.load()));
   };
@@ -1097,6 +1104,10 @@ std::string CentralService::metrics_text() {
     "Records signed by a key outside its seq range (a retired key; quarantined).", counters_.retired_key);
   c("central_quarantine_resolved_total", "Quarantined messages re-examined after an enrolment and taken in.",
     counters_.quarantine_resolved);
+}
+
+// The queue of this instance, and per gateway and for the quarantine what PostgreSQL holds (all instances).
+void CentralService::add_state_metrics(metrics::Exposition& e) {
   e.add_gauge("central_queue_messages", "Messages taken and not yet stored.", {},
               static_cast<double>(queue_depth()));
   e.add_gauge("central_queue_bytes", "Payload bytes taken and not yet stored.", {},
@@ -1141,7 +1152,6 @@ std::string CentralService::metrics_text() {
     metrics_store_.reset();
     log::warn("central", "", std::string("metrics: ") + err.what());
   }
-  return e.text();
 }
 
 }  // namespace cpd::central

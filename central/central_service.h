@@ -28,6 +28,10 @@ namespace mqtt {
 class async_client;
 }  // namespace mqtt
 
+namespace cpd::metrics {
+class Exposition;
+}  // namespace cpd::metrics
+
 namespace cpd::central {
 
 struct CentralCounters {
@@ -121,6 +125,9 @@ class CentralService {
   void reexamine_quarantine();
   // Discards quarantine rows older than feed.quarantine_max_age_days (at most once a minute; 0: never).
   void expire_quarantine(std::int64_t now);
+  // metrics_text()'s parts.
+  void add_counter_metrics(metrics::Exposition& e);
+  void add_state_metrics(metrics::Exposition& e);
   void classify(Message& m, Batch& batch);
   // classify()'s parts: whether `gateway` is enrolled (else its message is quarantined or refused), and each
   // kind of message into the batch (or the quarantine, or refused with a count and a log line).
