@@ -958,4 +958,30 @@ std::string url_encode_query(std::string_view value) {
   return out;
 }
 
+std::optional<DockContentRange> parse_content_range(std::string_view s) {
+  constexpr std::string_view kUnit = "bytes ";
+  if (s.substr(0, kUnit.size()) != kUnit) {
+    return std::nullopt;
+  }
+  s.remove_prefix(kUnit.size());
+  auto number = [&s](char stop, std::int64_t& out) {
+    std::size_t i = 0;
+    out = 0;
+    while (i < s.size() && s[i] >= '0' && s[i] <= '9' && i < 18) {
+      out = out * 10 + (s[i] - '0');
+      ++i;
+    }
+    if (i == 0 || (stop != '\0' ? (i >= s.size() || s[i] != stop) : i != s.size())) {
+      return false;
+    }
+    s.remove_prefix(stop != '\0' ? i + 1 : i);
+    return true;
+  };
+  DockContentRange r;
+  if (!number('-', r.from) || !number('/', r.to) || !number('\0', r.total)) {
+    return std::nullopt;
+  }
+  return r;
+}
+
 }  // namespace cpd::adapters

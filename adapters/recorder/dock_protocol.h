@@ -84,6 +84,15 @@ std::string dock_content_target(std::string_view base_path, std::string_view uni
 std::string dock_ack_target(std::string_view base_path, std::string_view unique_id);
 std::string dock_ack_body(std::string_view sha256_hex);  // {"sha256":"<hex>"}
 
+// A 206 answer's Content-Range, "bytes <from>-<to>/<total>", as numbers; nullopt when it is anything else
+// (another unit, "*", a missing part, more than 18 digits).
+struct DockContentRange {
+  std::int64_t from = 0;
+  std::int64_t to = 0;
+  std::int64_t total = 0;
+};
+std::optional<DockContentRange> parse_content_range(std::string_view value);
+
 // Percent-encodes a query value (RFC 3986 unreserved characters stay as they are).
 std::string url_encode_query(std::string_view value);
 

@@ -1,28 +1,18 @@
-// The recorder-dock adapter: a Boost.Beast HTTP/1.1 client on the adapter's own strand around the pure
-// dock protocol. Polls /status and /files, streams files to a partial file chunk by chunk (write, digest,
-// fsync and adopt on the blocking pool), resumes with Range, and acks only after the record is committed.
+// The recorder-dock adapter: the wiring on the adapter's own strand between the pure dock protocol, the
+// download queue (download_queue.h: which file next, each file's phase), the download transport
+// (dock_download.h), the partial files (partial_file.h) and the DockLedger. Polls /status and /files, and
+// acks a file only after its record is committed.
 #include "adapters/recorder/recorder_adapter.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <boost/asio/connect.hpp>
 #include <boost/asio/dispatch.hpp>
-#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/read.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
-#include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
-#include <cerrno>
+#include <cctype>
 #include <chrono>
-#include <cstring>
-#include <deque>
 #include <functional>
-#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -35,7 +25,11 @@
 #include "adapters/common/http_exchange.h"
 #include "adapters/common/offset_clock.h"
 #include "adapters/reconnect_backoff.h"
+#include "adapters/recorder/dock_download.h"
 #include "adapters/recorder/dock_protocol.h"
+#include "adapters/recorder/download_queue.h"
+#include "adapters/recorder/partial_file.h"
+#include "adapters/recorder/recorder_clock.h"
 #include "daemon/core/digest.h"
 #include "daemon/log/log.h"
 
@@ -45,25 +39,16 @@ namespace {
 namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
-using tcp = asio::ip::tcp;
 using boost::system::error_code;
 using Strand = asio::strand<asio::io_context::executor_type>;
+using EndKind = DockDownloadEnd::Kind;
 
 constexpr std::string_view kComponent = "recorder";
 constexpr std::string_view kKind = "recorder_dock";
-// One download's body buffer: a chunk is written and digested before the next is read, so memory per
-// download stays at this much however large the file.
-constexpr std::size_t kChunkBytes = 512 * 1024;
-constexpr std::size_t kRawPieceBytes = 256 * 1024;  // one socket read completion in raw body mode
-constexpr std::size_t kRehashBytes = 1024 * 1024;   // reads when hashing a partial file left by a crash
 // A file the station lists but answers 404 for: asked again with backoff this many times, then a fault
 // record (reason not_found) closes it, so such files cannot hold the pending bound for ever.
 constexpr int kMaxNotFound = 3;
 constexpr auto kCongestionRecheck = std::chrono::milliseconds(20);
-
-std::string str(beast::string_view s) {
-  return std::string(s.data(), s.size());
-}
 
 std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(),
@@ -71,151 +56,13 @@ std::string lower(std::string s) {
   return s;
 }
 
-std::string file_key(const std::string& unique_id, const std::string& md5) {
-  return unique_id + "\n" + md5;
-}
-
-Status errno_status(const std::string& what, const std::string& path, int err) {
-  std::string msg = what + " " + path + ": " + std::strerror(err);
-  if (err == ENOSPC || err == EIO || err == EDQUOT) {
-    return Status::retry(std::move(msg));
-  }
-  return Status::fail(std::move(msg));
-}
-
-// "bytes <from>-<to>/<total>" as numbers; nullopt when it is anything else.
-struct ContentRange {
-  std::int64_t from = 0;
-  std::int64_t to = 0;
-  std::int64_t total = 0;
-};
-std::optional<ContentRange> parse_content_range(std::string_view s) {
-  constexpr std::string_view kUnit = "bytes ";
-  if (s.substr(0, kUnit.size()) != kUnit) {
-    return std::nullopt;
-  }
-  s.remove_prefix(kUnit.size());
-  auto number = [&s](char stop, std::int64_t& out) {
-    std::size_t i = 0;
-    out = 0;
-    while (i < s.size() && s[i] >= '0' && s[i] <= '9' && i < 18) {
-      out = out * 10 + (s[i] - '0');
-      ++i;
-    }
-    if (i == 0 || (stop != '\0' ? (i >= s.size() || s[i] != stop) : i != s.size())) {
-      return false;
-    }
-    s.remove_prefix(stop != '\0' ? i + 1 : i);
-    return true;
-  };
-  ContentRange r;
-  if (!number('-', r.from) || !number('/', r.to) || !number('\0', r.total)) {
-    return std::nullopt;
-  }
-  return r;
-}
-
-// A partial download on disk with the digest of the bytes in it. Touched only on the blocking pool, by one
-// job at a time (the strand hands it over and waits for the result).
-class PartialFile {
- public:
-  explicit PartialFile(std::string path) : path_(std::move(path)) {}
-  ~PartialFile() { close_fd(); }
-  PartialFile(const PartialFile&) = delete;
-  PartialFile& operator=(const PartialFile&) = delete;
-
-  const std::string& path() const { return path_; }
-  std::int64_t bytes() const { return bytes_; }
-  bool is_open() const { return fd_ >= 0; }
-
-  // Opens (or creates) the file; bytes already in it (0 < k <= length) are hashed so the download resumes
-  // after them. A file longer than `length` cannot be a prefix of it and starts again.
-  Status open(std::int64_t length) {
-    fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0640);
-    if (fd_ < 0) {
-      return errno_status("cannot open", path_, errno);
-    }
-    struct stat st {};
-    if (::fstat(fd_, &st) != 0) {
-      return errno_status("cannot stat", path_, errno);
-    }
-    if (st.st_size > length) {
-      return truncate_all();
-    }
-    std::vector<char> buf(kRehashBytes);
-    std::int64_t done = 0;
-    while (done < st.st_size) {
-      const ssize_t n = ::pread(fd_, buf.data(), buf.size(), done);
-      if (n < 0 && errno == EINTR) {
-        continue;
-      }
-      if (n <= 0) {
-        return truncate_all();  // unreadable: fetch it all again
-      }
-      digest_.update(std::string_view(buf.data(), static_cast<std::size_t>(n)));
-      done += n;
-    }
-    bytes_ = done;
-    return Status::ok();
-  }
-
-  Status truncate_all() {
-    digest_.reset();
-    bytes_ = 0;
-    if (::ftruncate(fd_, 0) != 0) {
-      return errno_status("cannot truncate", path_, errno);
-    }
-    return Status::ok();
-  }
-
-  // Writes at the end and digests what was written; on failure the file is cut back to the digested bytes.
-  Status append(const char* data, std::size_t size) {
-    std::size_t done = 0;
-    while (done < size) {
-      const ssize_t n = ::pwrite(fd_, data + done, size - done, bytes_ + static_cast<std::int64_t>(done));
-      if (n < 0 && errno == EINTR) {
-        continue;
-      }
-      if (n <= 0) {
-        const int err = n < 0 ? errno : ENOSPC;
-        [[maybe_unused]] const int ignored = ::ftruncate(fd_, bytes_);
-        return errno_status("cannot write", path_, err);
-      }
-      done += static_cast<std::size_t>(n);
-    }
-    digest_.update(std::string_view(data, size));
-    bytes_ += static_cast<std::int64_t>(size);
-    return Status::ok();
-  }
-
-  // fsync and both digests; the file is closed (adopt() or remove() follow).
-  Status finish(FileDigest::Result& out) {
-    if (::fsync(fd_) != 0) {
-      return errno_status("cannot fsync", path_, errno);
-    }
-    out = digest_.finish();
-    close_fd();
-    return Status::ok();
-  }
-
-  void remove() {
-    close_fd();
-    ::unlink(path_.c_str());
-    bytes_ = 0;
-  }
-
- private:
-  void close_fd() {
-    if (fd_ >= 0) {
-      ::close(fd_);
-      fd_ = -1;
-    }
-  }
-
-  std::string path_;
-  int fd_ = -1;
-  std::int64_t bytes_ = 0;
-  FileDigest digest_;
+// The station link as reported: one state rather than a flag per condition.
+enum class LinkState {
+  kUnknown,      // nothing reported yet
+  kUp,           // the station answers
+  kDown,         // unreachable: polls back off
+  kAuthRefused,  // the token was refused: nothing is sent until the auth backoff ends
+  kAuthRetry,    // the auth backoff ended (or the run restarted): reported as a fault until an answer
 };
 
 class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterImpl> {
@@ -228,6 +75,11 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
         ack_timer_(strand_),
         pump_timer_(strand_),
         exchanges_(strand_, [&clock = ctx.clock] { return clock.now_ms(); }),
+        queue_({static_cast<std::size_t>(config.max_pending_files),
+                static_cast<std::size_t>(config.max_pending_entry_bytes)},
+               [this](const DownloadQueueCounters& c, bool room_regained) {
+                 on_queue_changed(c, room_regained);
+               }),
         rng_(std::random_device{}()) {
     const bool v6 = config_.host.find(':') != std::string::npos;
     host_header_ = (v6 ? "[" + config_.host + "]" : config_.host) +
@@ -267,13 +119,13 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
       self->ack_timer_.cancel();
       self->pump_timer_.cancel();
       self->exchanges_.abort_all();
-      for (auto& d : self->downloads_) {
-        d->abort();
+      for (auto& a : self->attempts_) {
+        a->abort();
       }
-      self->downloads_.clear();
-      for (auto& [key, f] : self->files_) {
-        if (f.wait_timer) {
-          f.wait_timer->cancel();
+      self->attempts_.clear();
+      for (auto& [key, io] : self->file_io_) {
+        if (io.retry_timer) {
+          io.retry_timer->cancel();
         }
       }
       // Partial files stay on disk (closed once the last blocking job lets go): a restart resumes them.
@@ -307,13 +159,13 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
         {"acks", snap_.acks},
         {"ack_conflicts", snap_.ack_conflicts},
         {"faults", snap_.faults},
-        {"queued", snap_.queued},
-        {"downloading", snap_.downloading},
-        {"pending", snap_.pending},
-        {"pending_bytes", snap_.pending_bytes},
+        {"queued", snap_.queue.queued},
+        {"downloading", snap_.queue.downloading},
+        {"pending", snap_.queue.pending},
+        {"pending_bytes", snap_.queue.pending_bytes},
         {"max_pending_files", config_.max_pending_files},
         {"max_pending_entry_bytes", config_.max_pending_entry_bytes},
-        {"pending_limit_reached", snap_.pending_limit_reached},
+        {"pending_limit_reached", snap_.queue.limit_reached},
         {"listings_held", snap_.listings_held},
         {"entries_refused", snap_.entries_refused},
         {"repeated", snap_.repeated},
@@ -325,26 +177,10 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
   }
 
  private:
-  enum class Phase {
-    kQueued,   // waits in download_queue_
-    kWaiting,  // waits for its retry timer (broken transfer, disk trouble)
-    kDownloading,
-    kCommitting,  // RecordingCollected / DockFileFault emitted, waiting for the record's commit
-    kAckQueued,   // waits in ack_queue_ (or for the ack retry timer)
-    kAcking,
-  };
-
-  struct FileEntry {
-    DockFile file;
-    Phase phase = Phase::kQueued;
-    UnixMs listed_ms = 0;  // gateway time of the listing that first showed it (or of the ledger load)
-    int md5_failures = 0;  // whole downloads whose bytes did not match (md5 or size)
-    int not_found = 0;     // consecutive 404 answers to its download
-    int resumes = 0;       // requests sent with Range
-    int breaks = 0;        // consecutive failed attempts (backoff)
-    std::string sha256;    // once downloaded (or from the ledger)
+  // What the adapter holds for a file besides its place in the queue: I/O resources of this run.
+  struct FileIo {
     std::shared_ptr<PartialFile> partial;  // open between attempts of this run
-    std::shared_ptr<asio::steady_timer> wait_timer;
+    std::shared_ptr<asio::steady_timer> retry_timer;
   };
 
   struct Snapshot {
@@ -359,11 +195,7 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     std::uint64_t acks = 0;
     std::uint64_t ack_conflicts = 0;
     std::uint64_t faults = 0;
-    std::uint64_t queued = 0;
-    std::uint64_t downloading = 0;
-    std::uint64_t pending = 0;        // files_ (taken, not yet acknowledged or closed by a fault)
-    std::uint64_t pending_bytes = 0;  // their listing entries
-    bool pending_limit_reached = false;
+    DownloadQueueCounters queue;      // queued, downloading, pending, pending_bytes, limit_reached
     std::uint64_t listings_held = 0;  // listings not made, or cut, because the pending bound was reached
     std::uint64_t entries_refused = 0;
     std::uint64_t repeated = 0;
@@ -373,52 +205,35 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     std::string last_error;
   };
 
-  // One attempt at one file, on its own connection.
-  struct Download {
-    Download(Strand& s, std::string k) : key(std::move(k)), resolver(s), socket(s), timer(s) {}
+  // One attempt at one file: the partial file opened for it, then its transfer.
+  struct Attempt {
+    Attempt(std::string k, std::uint64_t g, std::int64_t len) : key(std::move(k)), gen(g), length(len) {}
     void abort() {
       finished = true;
-      error_code ignored;
-      resolver.cancel();
-      socket.close(ignored);
-      timer.cancel();
+      if (transfer) {
+        transfer->abort();
+      }
     }
     std::string key;
     std::uint64_t gen = 0;  // the run it belongs to
-    tcp::resolver resolver;
-    tcp::socket socket;
-    asio::steady_timer timer;
-    std::uint64_t timer_seq = 0;
-    bool timed_out = false;
-    beast::flat_buffer buffer;
-    http::request<http::empty_body> req;
-    std::optional<http::response_parser<http::buffer_body>> parser;
-    std::vector<char> chunk;
-    std::size_t filled = 0;  // bytes in chunk not yet written
-    // Content-Length bodies are read straight from the socket, a chunk at a time (Beast's parser would
-    // complete once per socket read: thousands of handler round trips per second for a fast station).
-    bool raw = false;
-    std::int64_t body_left = 0;  // raw: bytes of this response's body still to read
-    std::int64_t received = 0;   // bytes of the file on disk plus in chunk
     std::int64_t length = 0;
     std::shared_ptr<PartialFile> partial;
-    bool got_bytes = false;
+    std::shared_ptr<DockDownload> transfer;  // once connecting
     bool finished = false;
   };
-  using DownloadPtr = std::shared_ptr<Download>;
+  using AttemptPtr = std::shared_ptr<Attempt>;
 
   // ---- start-up: the ledger ----
 
   void reset_work() {
-    files_.clear();
-    download_queue_.clear();
-    ack_queue_.clear();
-    acking_ = false;
+    queue_.clear();
+    file_io_.clear();
     ack_waiting_ = false;
     polling_ = false;
-    auth_blocked_ = false;
+    if (link_ == LinkState::kAuthRefused) {
+      link_ = LinkState::kAuthRetry;
+    }
     pump_armed_ = false;
-    sync_queue_counters();
   }
 
   void load_ledger() {
@@ -455,54 +270,9 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     std::size_t recorded = 0;
     for (auto& lf : state.open) {
       if (lf.state == DockFileState::kPending) {
-        auto parsed = parse_dock_file(lf.entry_json);
-        if (!parsed) {
-          count_error("bad_entry");
-          log::error(kComponent, config_.id,
-                     "ledger entry " + lf.unique_id + " unreadable: " + parsed.error.detail +
-                         "; reported as a fault");
-          DockFile f;
-          f.unique_id = lf.unique_id;
-          f.md5 = lf.md5;
-          f.raw_json = lf.entry_json;
-          emit_fault_for_unreadable(std::move(f), parsed.error.detail);
-          continue;
-        }
-        const std::string key = file_key(lf.unique_id, lf.md5);
-        if (files_.contains(key)) {
-          continue;
-        }
-        FileEntry e;
-        e.file = std::move(*parsed.value);
-        e.listed_ms = load_ms;
-        e.phase = Phase::kQueued;
-        files_.emplace(key, std::move(e));
-        download_queue_.push_back(key);
-        ++pending;
+        pending += take_loaded_pending(lf, load_ms) ? 1 : 0;
       } else if (lf.state == DockFileState::kRecorded) {
-        if (lf.sha256.empty()) {
-          count_error("ledger_entry");
-          log::warn(kComponent, config_.id,
-                    "ledger says " + lf.unique_id + " is recorded but names no SHA-256");
-          continue;
-        }
-        const std::string key = file_key(lf.unique_id, lf.md5);
-        if (files_.contains(key)) {
-          continue;
-        }
-        FileEntry e;
-        e.file.unique_id = lf.unique_id;
-        e.file.md5 = lf.md5;
-        e.file.raw_json = lf.entry_json;
-        if (auto parsed = parse_dock_file(lf.entry_json)) {
-          e.file = std::move(*parsed.value);
-        }
-        e.sha256 = lf.sha256;
-        e.phase = Phase::kAckQueued;
-        e.listed_ms = load_ms;
-        files_.emplace(key, std::move(e));
-        ack_queue_.push_back(key);
-        ++recorded;
+        recorded += take_loaded_recorded(lf, load_ms) ? 1 : 0;
       }
     }
     if (pending + recorded > 0) {
@@ -510,20 +280,64 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
                 "ledger: " + std::to_string(pending) + " file(s) to download, " + std::to_string(recorded) +
                     " to acknowledge");
     }
-    sync_queue_counters();
     set_state("connecting");
     poll();
     pump_downloads();
     pump_acks();
   }
 
+  // A file the ledger holds as pending: downloaded again (resuming its partial file), or closed by a fault
+  // when its entry cannot be read any more. True when it was queued.
+  bool take_loaded_pending(const DockLedgerFile& lf, UnixMs load_ms) {
+    auto parsed = parse_dock_file(lf.entry_json);
+    if (!parsed) {
+      count_error("bad_entry");
+      log::error(
+          kComponent, config_.id,
+          "ledger entry " + lf.unique_id + " unreadable: " + parsed.error.detail + "; reported as a fault");
+      DockFile f;
+      f.unique_id = lf.unique_id;
+      f.md5 = lf.md5;
+      f.raw_json = lf.entry_json;
+      emit_fault_for_unreadable(std::move(f), parsed.error.detail);
+      return false;
+    }
+    return queue_.add_pending(dock_file_key(lf.unique_id, lf.md5), std::move(*parsed.value), load_ms);
+  }
+
+  // A file the ledger holds as recorded: only its ack is missing. True when it was queued.
+  bool take_loaded_recorded(const DockLedgerFile& lf, UnixMs load_ms) {
+    if (lf.sha256.empty()) {
+      count_error("ledger_entry");
+      log::warn(kComponent, config_.id, "ledger says " + lf.unique_id + " is recorded but names no SHA-256");
+      return false;
+    }
+    const std::string key = dock_file_key(lf.unique_id, lf.md5);
+    if (queue_.contains(key)) {
+      return false;
+    }
+    DockFile f;
+    f.unique_id = lf.unique_id;
+    f.md5 = lf.md5;
+    f.raw_json = lf.entry_json;
+    if (auto parsed = parse_dock_file(lf.entry_json)) {
+      f = std::move(*parsed.value);
+    }
+    return queue_.add_recorded(key, std::move(f), load_ms, lf.sha256);
+  }
+
   // ---- HTTP plumbing for short requests ----
+
+  // Host, User-Agent and the bearer token: every request to the station carries them.
+  void set_station_fields(http::fields& fields) const {
+    fields.set(http::field::host, host_header_);
+    fields.set(http::field::user_agent, "checkpointd/" CPD_VERSION);
+    fields.set(http::field::authorization, "Bearer " + config_.token);
+  }
 
   void exchange(http::verb verb, std::string target, std::string body, std::function<void(HttpResult)> done) {
     HttpExchanges::Request req{verb, target, 11};
-    req.set(http::field::host, host_header_);
-    req.set(http::field::user_agent, "checkpointd/" CPD_VERSION);
-    req.set(http::field::authorization, "Bearer " + config_.token);
+    set_station_fields(req);
     if (verb == http::verb::post) {
       req.set(http::field::content_type, "application/json");
       req.body() = std::move(body);
@@ -541,7 +355,7 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
   // ---- the poll loop: status, then listings ----
 
   void poll() {
-    if (!running_ || auth_blocked_ || polling_) {
+    if (!running_ || auth_blocked() || polling_) {
       return;
     }
     polling_ = true;
@@ -550,7 +364,7 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
   }
 
   void on_status(HttpResult r) {
-    if (auth_blocked_) {
+    if (auth_blocked()) {
       return;  // a request of another part failed authentication meanwhile: its backoff restarts polling
     }
     if (r.ec == http::error::body_limit) {
@@ -608,48 +422,38 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     }
   }
 
-  // Room for new files under the pending bounds (max_pending_files, max_pending_entry_bytes). With nothing
-  // pending one entry of any size fits, so no single entry can stall the station.
+  // Room for new files under the pending bounds (max_pending_files, max_pending_entry_bytes), as the
+  // ledger takes it.
   DockListingBudget room() const {
-    const auto max_files = static_cast<std::size_t>(config_.max_pending_files);
-    const auto max_bytes = static_cast<std::size_t>(config_.max_pending_entry_bytes);
-    const std::size_t bytes = pending_bytes();
+    const PendingRoom r = queue_.room();
     DockListingBudget b;
-    b.files = files_.size() >= max_files ? 0 : max_files - files_.size();
-    b.bytes = files_.empty() ? SIZE_MAX : (bytes >= max_bytes ? 0 : max_bytes - bytes);
+    b.files = r.files;
+    b.bytes = r.bytes;
     return b;
   }
 
-  std::size_t pending_bytes() const {
-    std::size_t bytes = 0;
-    for (const auto& [key, f] : files_) {
-      bytes += f.file.raw_json.size();
-    }
-    return bytes;
-  }
-
   // A listing not made (or cut short) at the pending bound: the files wait on the station, the cursor
-  // stays before them. Logged once until the pending files fall to half the bound (sync_queue_counters).
+  // stays before them. Logged once until the pending files fall to half the bound (on_queue_changed).
   void hold_listings() {
     {
       std::lock_guard lock(mutex_);
       ++snap_.listings_held;
     }
-    if (!pending_limit_reached_) {
-      pending_limit_reached_ = true;
+    if (!queue_.limit_reached()) {
+      const DownloadQueueCounters& c = queue_.counters();
       log::warn(kComponent, config_.id,
-                std::to_string(files_.size()) + " files (" + std::to_string(pending_bytes()) +
+                std::to_string(c.pending) + " files (" + std::to_string(c.pending_bytes) +
                     " bytes of listing) pending, at the bound (max_pending_files " +
                     std::to_string(config_.max_pending_files) + ", max_pending_entry_bytes " +
                     std::to_string(config_.max_pending_entry_bytes) +
                     "): further files stay on the station until there is room");
-      sync_queue_counters();
+      queue_.hold_listings();
     }
   }
 
   // after_bad_cursor: this listing restarts from the beginning after a 400 (no second restart in a row).
   void list(bool after_bad_cursor) {
-    if (!running_ || auth_blocked_) {
+    if (!running_ || auth_blocked()) {
       polling_ = false;
       return;
     }
@@ -669,7 +473,7 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
   }
 
   void on_listing(HttpResult r, bool after_bad_cursor, int limit) {
-    if (auth_blocked_) {
+    if (auth_blocked()) {
       return;
     }
     if (r.ec == http::error::body_limit) {
@@ -714,11 +518,14 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
       schedule_poll(config_.poll_interval_ms);
       return;
     }
-    DockListing listing = std::move(*parsed.value);
+    save_listing(std::move(*parsed.value), r.received_ms, limit);
+  }
+
+  // Every entry is persisted (pending) within the room left before any is worked on: files first, then the
+  // refused entries, each to be closed at once by its fault record.
+  void save_listing(DockListing listing, UnixMs listed_ms, int limit) {
     const std::size_t entries = listing.files.size() + listing.refused.size();
     const bool full = entries >= static_cast<std::size_t>(limit);
-    // Files first, then the refused entries: each is taken (persisted as pending) within the room left, a
-    // refused one to be closed at once by its fault record.
     std::vector<DockLedgerFile> ledger_files;
     ledger_files.reserve(entries);
     for (const auto& f : listing.files) {
@@ -737,7 +544,6 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     }
     auto shared = std::make_shared<DockListing>(std::move(listing));
     const std::uint64_t gen = gen_;
-    const UnixMs listed_ms = r.received_ms;
     std::weak_ptr<RecorderAdapterImpl> weak = weak_from_this();
     ctx_.dock_ledger->save_listing(
         config_.id, std::move(ledger_files), shared->next, room(),
@@ -774,48 +580,7 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     if (complete) {
       cursor_ = listing.next;
     }
-    std::uint64_t repeated = 0;
-    const std::size_t n = std::min(states.size(), entries);
-    for (std::size_t i = 0; i < n; ++i) {
-      const DockLedgerFile& st = states[i];
-      if (i >= listing.files.size()) {
-        DockRefusedEntry& refused = listing.refused[i - listing.files.size()];
-        if (st.state == DockFileState::kPending) {
-          refuse_entry(std::move(refused), listed_ms);
-        } else {
-          ++repeated;  // its fault record (or an earlier reading of it) already covers it
-        }
-        continue;
-      }
-      DockFile& f = listing.files[i];
-      const std::string key = file_key(f.unique_id, f.md5);
-      switch (st.state) {
-        case DockFileState::kPending:
-          if (!files_.contains(key)) {
-            FileEntry e;
-            e.file = std::move(f);
-            e.listed_ms = listed_ms;
-            files_.emplace(key, std::move(e));
-            download_queue_.push_back(key);
-          }
-          break;
-        case DockFileState::kRecorded:
-          if (!files_.contains(key) && !st.sha256.empty()) {
-            FileEntry e;
-            e.file = std::move(f);
-            e.listed_ms = listed_ms;
-            e.sha256 = st.sha256;
-            e.phase = Phase::kAckQueued;
-            files_.emplace(key, std::move(e));
-            ack_queue_.push_back(key);
-          }
-          break;
-        case DockFileState::kAcked:
-        case DockFileState::kFaulted:
-          ++repeated;
-          break;
-      }
-    }
+    const std::uint64_t repeated = take_listed(listing, states, listed_ms);
     {
       std::lock_guard lock(mutex_);
       snap_.files_listed += listing.files.size();
@@ -824,7 +589,6 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     if (!complete) {
       hold_listings();
     }
-    sync_queue_counters();
     clear_warning();
     pump_downloads();
     pump_acks();
@@ -836,11 +600,47 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     schedule_poll(config_.poll_interval_ms);
   }
 
+  // Takes the entries the ledger answered for (states[i] is entry i's, files then refused entries); returns
+  // how many were known already (acknowledged, faulted, or a refused entry read before).
+  std::uint64_t take_listed(DockListing& listing, const std::vector<DockLedgerFile>& states,
+                            UnixMs listed_ms) {
+    std::uint64_t repeated = 0;
+    const std::size_t n = std::min(states.size(), listing.files.size() + listing.refused.size());
+    for (std::size_t i = 0; i < n; ++i) {
+      const DockLedgerFile& st = states[i];
+      if (i >= listing.files.size()) {
+        if (st.state == DockFileState::kPending) {
+          refuse_entry(std::move(listing.refused[i - listing.files.size()]), listed_ms);
+        } else {
+          ++repeated;  // its fault record (or an earlier reading of it) already covers it
+        }
+        continue;
+      }
+      DockFile& f = listing.files[i];
+      const std::string key = dock_file_key(f.unique_id, f.md5);
+      switch (st.state) {
+        case DockFileState::kPending:
+          queue_.add_pending(key, std::move(f), listed_ms);
+          break;
+        case DockFileState::kRecorded:
+          if (!st.sha256.empty()) {
+            queue_.add_recorded(key, std::move(f), listed_ms, st.sha256);
+          }
+          break;
+        case DockFileState::kAcked:
+        case DockFileState::kFaulted:
+          ++repeated;
+          break;
+      }
+    }
+    return repeated;
+  }
+
   // A listing entry that cannot be read: persisted (pending) with the listing, then closed by its own
   // recording_fault record; the station keeps the file. Counted by reason; the record names the field.
   void refuse_entry(DockRefusedEntry refused, UnixMs listed_ms) {
-    const std::string key = file_key(refused.unique_id, refused.md5);
-    if (files_.contains(key)) {
+    const std::string key = dock_file_key(refused.unique_id, refused.md5);
+    if (queue_.contains(key)) {
       return;
     }
     count_error(refused.error.reason);
@@ -851,19 +651,17 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     log::warn(kComponent, config_.id,
               "listing entry refused (" + refused.error.reason + "): " + refused.error.detail +
                   "; recorded as a fault, the other entries are collected");
-    FileEntry e;
-    e.file.unique_id = refused.unique_id;
-    e.file.md5 = refused.md5;
-    e.file.raw_json = std::move(refused.raw);
-    e.phase = Phase::kCommitting;
-    e.listed_ms = listed_ms;
-    files_.emplace(key, std::move(e));
+    DockFile f;
+    f.unique_id = refused.unique_id;
+    f.md5 = refused.md5;
+    f.raw_json = std::move(refused.raw);
+    queue_.add_closing(key, std::move(f), listed_ms);
     emit_fault(key, "bad_entry", "refused (" + refused.error.reason + "): " + refused.error.detail, {}, 0);
   }
 
   void schedule_poll(std::int64_t delay_ms) {
     polling_ = false;
-    if (!running_ || auth_blocked_) {
+    if (!running_ || auth_blocked()) {
       return;
     }
     poll_timer_.expires_after(std::chrono::milliseconds(std::max<std::int64_t>(delay_ms, 0)));
@@ -876,12 +674,14 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
 
   // ---- link state ----
 
+  bool auth_blocked() const { return link_ == LinkState::kAuthRefused; }
+
   void link_up() {
     attempt_ = 0;
-    if (reported_ != Reported::kUp) {
+    if (link_ != LinkState::kUp) {
       set_state("connected");
       emit_status("connected", "station answers at " + config_.url);
-      reported_ = Reported::kUp;
+      link_ = LinkState::kUp;
     }
   }
 
@@ -891,11 +691,11 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
       std::lock_guard lock(mutex_);
       ++snap_.reconnects;
     }
-    if (reported_ != Reported::kDown) {
+    if (link_ != LinkState::kDown) {
       log::warn(kComponent, config_.id, "station unreachable: " + reason);
       set_state("disconnected");
       emit_status("disconnected", reason);
-      reported_ = Reported::kDown;
+      link_ = LinkState::kDown;
     }
     const std::int64_t delay = backoff_ms();
     ++attempt_;
@@ -903,10 +703,10 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
   }
 
   void auth_failed() {
-    if (auth_blocked_ || !running_) {
+    if (auth_blocked() || !running_) {
       return;
     }
-    auth_blocked_ = true;
+    link_ = LinkState::kAuthRefused;
     polling_ = false;
     const std::string text = "station refused the token from " + config_.token_file +
                              " (HTTP 401); next try in " + std::to_string(config_.auth_backoff_s) + " s";
@@ -914,7 +714,6 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     note_error(text);
     log::error(kComponent, config_.id, text);
     set_state("auth_failed");
-    reported_ = Reported::kFault;
     DeviceStatusEvent ev;
     ev.device_id = config_.id;
     ev.kind = std::string(kKind);
@@ -928,7 +727,7 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
       if (ec || !self->running_) {
         return;
       }
-      self->auth_blocked_ = false;
+      self->link_ = LinkState::kAuthRetry;
       self->poll();
       self->pump_downloads();
       self->pump_acks();
@@ -939,28 +738,23 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     return reconnect_backoff_ms(attempt_, config_.reconnect_initial_ms, config_.reconnect_max_ms, rng_);
   }
 
-  // ---- downloads ----
+  // ---- downloads: which file next (the queue), and the partial file each attempt writes to ----
 
   void pump_downloads() {
-    if (!running_ || auth_blocked_) {
+    if (!running_ || auth_blocked()) {
       return;
     }
-    while (active_downloads() < static_cast<std::size_t>(config_.max_parallel_downloads) &&
-           !download_queue_.empty()) {
+    while (queue_.counters().downloading < static_cast<std::size_t>(config_.max_parallel_downloads) &&
+           queue_.has_queued()) {
       if (ctx_.sink.congested()) {
         // The core is behind: no new file until it catches up (downloads under way finish).
         arm_pump_timer();
         return;
       }
-      const std::string key = download_queue_.front();
-      download_queue_.pop_front();
-      auto it = files_.find(key);
-      if (it == files_.end() || it->second.phase != Phase::kQueued) {
-        continue;
+      if (const auto key = queue_.start_next_download()) {
+        start_download(*key);
       }
-      start_download(key, it->second);
     }
-    sync_queue_counters();
   }
 
   void arm_pump_timer() {
@@ -977,559 +771,304 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     });
   }
 
-  std::size_t active_downloads() const { return downloads_.size(); }
-
   std::string partial_path(const std::string& unique_id, const std::string& md5) const {
     return ctx_.media->partial_dir() + "/" + config_.id + "-" + unique_id + "-" + md5 + ".part";
   }
 
-  void start_download(const std::string& key, FileEntry& e) {
-    e.phase = Phase::kDownloading;
-    auto d = std::make_shared<Download>(strand_, key);
-    d->gen = gen_;
-    d->length = e.file.length;
-    downloads_.push_back(d);
-    sync_queue_counters();
-    if (e.partial && e.partial->is_open()) {
-      d->partial = e.partial;
-      on_partial_ready(d, Status::ok());
+  void start_download(const std::string& key) {
+    const DockFileWork& w = *queue_.find(key);
+    auto a = std::make_shared<Attempt>(key, gen_, w.file.length);
+    attempts_.push_back(a);
+    FileIo& io = file_io_[key];
+    if (io.partial && io.partial->is_open()) {
+      a->partial = io.partial;
+      on_partial_ready(a, Status::ok());
       return;
     }
     // Opening may hash a partial file left by a crash, and partial_dir() may create the directory: both
     // on the blocking pool.
-    const std::int64_t length = e.file.length;
     asio::post(*ctx_.blocking,
-               [self = shared_from_this(), d, uid = e.file.unique_id, md5 = e.file.md5, length] {
+               [self = shared_from_this(), a, uid = w.file.unique_id, md5 = w.file.md5, length = a->length] {
                  auto p = std::make_shared<PartialFile>(self->partial_path(uid, md5));
                  Status s = p->open(length);
-                 asio::post(self->strand_, [self, d, p, s = std::move(s)] {
-                   d->partial = p;
-                   self->on_partial_ready(d, s);
+                 asio::post(self->strand_, [self, a, p, s = std::move(s)] {
+                   a->partial = p;
+                   self->on_partial_ready(a, s);
                  });
                });
   }
 
-  bool live(const DownloadPtr& d) const { return running_ && !d->finished && d->gen == gen_; }
+  bool live(const AttemptPtr& a) const { return running_ && !a->finished && a->gen == gen_; }
 
-  FileEntry* entry_of(const DownloadPtr& d) {
-    auto it = files_.find(d->key);
-    return it == files_.end() ? nullptr : &it->second;
+  const DockFileWork* work_of(const AttemptPtr& a) const { return queue_.find(a->key); }
+
+  // Forgets the partial file kept open for the file: a later attempt reopens (and rehashes) what is on disk.
+  void close_partial(const std::string& key) {
+    if (auto it = file_io_.find(key); it != file_io_.end()) {
+      it->second.partial.reset();
+    }
   }
 
-  void on_partial_ready(const DownloadPtr& d, const Status& s) {
-    if (!live(d)) {
+  void on_partial_ready(const AttemptPtr& a, const Status& s) {
+    if (!live(a)) {
       return;
     }
-    FileEntry* e = entry_of(d);
-    if (e == nullptr) {
-      end_download(d);
+    const DockFileWork* w = work_of(a);
+    if (w == nullptr) {
+      end_download(a);
       return;
     }
     if (!s.is_ok()) {
-      disk_trouble(d, s);
+      disk_trouble(a, s);
       return;
     }
-    e->partial = d->partial;
-    d->received = d->partial->bytes();
-    if (d->received == d->length) {
-      finish_file(d);  // everything arrived before (a crash after the last byte)
+    file_io_[a->key].partial = a->partial;
+    if (a->partial->bytes() == a->length) {
+      finish_file(a);  // everything arrived before (a crash after the last byte)
       return;
     }
-    connect_download(d);
+    connect_download(a, *w);
   }
 
-  void arm_download_timer(const DownloadPtr& d, std::chrono::seconds after) {
-    const std::uint64_t seq = ++d->timer_seq;
-    d->timer.expires_after(after);
-    d->timer.async_wait([d, seq](const error_code& ec) {
-      if (ec || seq != d->timer_seq || d->finished) {
-        return;
-      }
-      d->timed_out = true;
-      error_code ignored;
-      d->resolver.cancel();
-      d->socket.close(ignored);
-    });
-  }
-
-  void disarm_download_timer(const DownloadPtr& d) {
-    ++d->timer_seq;
-    d->timer.cancel();
-  }
-
-  void connect_download(const DownloadPtr& d) {
-    FileEntry* e = entry_of(d);
-    d->req = http::request<http::empty_body>{http::verb::get,
-                                             dock_content_target(config_.base_path, e->file.unique_id), 11};
-    d->req.set(http::field::host, host_header_);
-    d->req.set(http::field::user_agent, "checkpointd/" CPD_VERSION);
-    d->req.set(http::field::authorization, "Bearer " + config_.token);
-    d->req.keep_alive(false);
-    const std::int64_t from = d->partial->bytes();
+  void connect_download(const AttemptPtr& a, const DockFileWork& w) {
+    DockDownload::Request req{http::verb::get, dock_content_target(config_.base_path, w.file.unique_id), 11};
+    set_station_fields(req);
+    req.keep_alive(false);
+    const std::int64_t from = a->partial->bytes();
     if (from > 0) {
-      d->req.set(http::field::range, "bytes=" + std::to_string(from) + "-");
-      ++e->resumes;
+      req.set(http::field::range, "bytes=" + std::to_string(from) + "-");
+      queue_.note_resume(a->key);
       std::lock_guard lock(mutex_);
       ++snap_.resumes;
     }
-    arm_download_timer(d, std::chrono::seconds(config_.request_timeout_s));
-    auto self = shared_from_this();
-    d->resolver.async_resolve(
-        config_.host, std::to_string(config_.port),
-        [self, d](const error_code& ec, const tcp::resolver::results_type& results) {
-          if (!self->live(d)) {
-            return;
-          }
-          if (ec) {
-            self->broken(d, "resolve failed: " + ec.message());
-            return;
-          }
-          asio::async_connect(d->socket, results, [self, d](const error_code& ce, const tcp::endpoint&) {
-            if (!self->live(d)) {
-              return;
-            }
-            if (ce) {
-              self->broken(d, "connect failed: " + ce.message());
-              return;
-            }
-            http::async_write(d->socket, d->req, [self, d](const error_code& we, std::size_t) {
-              if (!self->live(d)) {
-                return;
-              }
-              if (we) {
-                self->broken(d, "write failed: " + we.message());
-                return;
-              }
-              d->parser.emplace();
-              d->parser->body_limit(std::numeric_limits<std::uint64_t>::max());  // files of 4 GB and more
-              d->raw = false;
-              http::async_read_header(
-                  d->socket, d->buffer, *d->parser,
-                  [self, d](const error_code& re, std::size_t) { self->on_download_header(d, re); });
-            });
-          });
-        });
+    a->transfer = std::make_shared<DockDownload>(
+        strand_, *ctx_.blocking, *ctx_.media, a->partial, a->length,
+        DockDownload::Timeouts{std::chrono::seconds(config_.request_timeout_s),
+                               std::chrono::seconds(config_.download_idle_timeout_s)});
+    a->transfer->start(config_.host, config_.port, std::move(req),
+                       [self = shared_from_this(), a](DockDownloadEnd e) {
+                         if (self->live(a)) {
+                           self->on_transfer_end(a, std::move(e));
+                         }
+                       });
   }
 
-  void on_download_header(const DownloadPtr& d, const error_code& ec) {
-    if (!live(d)) {
-      return;
+  void on_transfer_end(const AttemptPtr& a, DockDownloadEnd e) {
+    if (e.status != 0 && e.status != 401 && e.status != 404) {
+      queue_.note_found(a->key);
     }
-    if (ec) {
-      broken(d, d->timed_out ? "no answer within " + std::to_string(config_.request_timeout_s) + " s"
-                             : "read failed: " + ec.message());
-      return;
-    }
-    FileEntry* e = entry_of(d);
-    const auto& res = d->parser->get();
-    const unsigned status = res.result_int();
-    const std::int64_t from = d->partial->bytes();
-    const auto content_length = d->parser->content_length();
-    if (status == 401) {
-      d->abort();
-      end_download(d);
-      requeue_front(d->key);
-      auth_failed();
-      return;
-    }
-    if (status == 404) {
-      // Listed but not offered: asked again with backoff, then closed by a fault record. It keeps its
-      // place under the pending bound meanwhile, so such files cannot fill the ledger behind our back.
-      count_error("download_404");
-      ++e->not_found;
-      log::warn(kComponent, config_.id,
-                e->file.unique_id + ": station answers HTTP 404 for a file it listed (" +
-                    std::to_string(e->not_found) + " of " + std::to_string(kMaxNotFound) + ")");
-      d->abort();
-      if (e->not_found >= kMaxNotFound) {
-        end_download(d);
-        e->partial.reset();
-        asio::post(*ctx_.blocking, [p = d->partial] { p->remove(); });  // an empty file from open()
-        emit_fault(
-            d->key, "not_found",
-            "station answered HTTP 404 to " + std::to_string(e->not_found) + " downloads of a file it listed",
-            {}, e->not_found);
-        pump_downloads();
+    switch (e.kind) {
+      case EndKind::kComplete:
+        finish_file(a);
         return;
-      }
-      retry_later(d, false);
-      return;
-    }
-    e->not_found = 0;
-    if (status == 206 && from > 0) {
-      const auto range = parse_content_range(str(res[http::field::content_range]));
-      const bool range_ok =
-          range && range->from == from && range->to == d->length - 1 && range->total == d->length;
-      const bool length_ok =
-          !content_length || static_cast<std::int64_t>(*content_length) == d->length - from;
-      if (!range_ok || !length_ok) {
+      case EndKind::kBroken:
+        broken(a, e.why, e.got_bytes);
+        return;
+      case EndKind::kCorrupt:
+        corrupt(a, e.why);
+        return;
+      case EndKind::kDiskTrouble:
+        disk_trouble(a, e.disk);
+        return;
+      case EndKind::kUnauthorized:
+        a->abort();
+        end_download(a);
+        queue_.requeue_front(a->key);
+        auth_failed();
+        return;
+      case EndKind::kNotFound:
+        not_found(a);
+        return;
+      case EndKind::kBadRange: {
         count_error("bad_content_range");
+        const DockFileWork* w = work_of(a);
         log::warn(kComponent, config_.id,
-                  e->file.unique_id + ": station answered Range with '" +
-                      str(res[http::field::content_range]) + "': fetching the whole file again");
-        restart_whole(d);
+                  (w != nullptr ? w->file.unique_id : a->key) + ": station answered Range with '" + e.why +
+                      "': fetching the whole file again");
+        restart_whole(a);
         return;
       }
-      read_body(d);
-      return;
+      case EndKind::kHttpStatus:
+        count_error("http_" + std::to_string(e.status));
+        broken(a, e.why, e.got_bytes);
+        return;
     }
-    if (status == 200) {
-      if (content_length && static_cast<std::int64_t>(*content_length) != d->length) {
-        corrupt(d, "station sends " + std::to_string(*content_length) + " bytes for a file listed with " +
-                       std::to_string(d->length));
-        return;
-      }
-      if (from > 0) {
-        // The station ignored the Range: start the file over.
-        truncate_then_read(d);
-        return;
-      }
-      read_body(d);
-      return;
-    }
-    count_error("http_" + std::to_string(status));
-    broken(d, "download answered HTTP " + std::to_string(status));
   }
 
-  // The partial file is cut to nothing (blocking) and the body read from the first byte.
-  void truncate_then_read(const DownloadPtr& d) {
-    disarm_download_timer(d);
-    asio::post(*ctx_.blocking, [self = shared_from_this(), d] {
-      Status s = d->partial->truncate_all();
-      asio::post(self->strand_, [self, d, s = std::move(s)] {
-        if (!self->live(d)) {
-          return;
-        }
-        if (!s.is_ok()) {
-          self->disk_trouble(d, s);
-          return;
-        }
-        d->received = 0;
-        self->read_body(d);
-      });
-    });
+  // Listed but not offered: asked again with backoff, then closed by a fault record. It keeps its place
+  // under the pending bound meanwhile, so such files cannot fill the ledger behind our back.
+  void not_found(const AttemptPtr& a) {
+    count_error("download_404");
+    const int times = queue_.note_not_found(a->key);
+    const DockFileWork* w = work_of(a);
+    log::warn(kComponent, config_.id,
+              (w != nullptr ? w->file.unique_id : a->key) +
+                  ": station answers HTTP 404 for a file it listed (" + std::to_string(times) + " of " +
+                  std::to_string(kMaxNotFound) + ")");
+    a->abort();
+    if (times < kMaxNotFound) {
+      retry_later(a, false);
+      return;
+    }
+    end_download(a);
+    close_partial(a->key);
+    asio::post(*ctx_.blocking, [p = a->partial] { p->remove(); });  // an empty file from open()
+    emit_fault(a->key, "not_found",
+               "station answered HTTP 404 to " + std::to_string(times) + " downloads of a file it listed", {},
+               times);
+    pump_downloads();
   }
 
   // A Range answer that does not fit: drop what is on disk and try again without Range.
-  void restart_whole(const DownloadPtr& d) {
-    d->abort();
-    asio::post(*ctx_.blocking, [self = shared_from_this(), d] {
-      Status s = d->partial->truncate_all();
-      asio::post(self->strand_, [self, d, s = std::move(s)] {
-        if (!self->running_ || d->gen != self->gen_) {
+  void restart_whole(const AttemptPtr& a) {
+    a->abort();
+    asio::post(*ctx_.blocking, [self = shared_from_this(), a] {
+      Status s = a->partial->truncate_all();
+      asio::post(self->strand_, [self, a, s = std::move(s)] {
+        if (!self->running_ || a->gen != self->gen_) {
           return;
         }
         if (!s.is_ok()) {
-          self->disk_trouble_after(d, s);
+          self->disk_trouble_after(a, s);
           return;
         }
-        self->retry_later(d, false);
+        self->retry_later(a, false);
       });
     });
   }
 
-  void read_body(const DownloadPtr& d) {
-    if (d->chunk.empty()) {
-      d->chunk.resize(kChunkBytes);
-    }
-    if (!d->raw && d->parser->content_length() && !d->parser->chunked()) {
-      d->raw = true;
-      d->body_left = static_cast<std::int64_t>(*d->parser->content_length());
-    }
-    if (d->raw) {
-      read_raw(d);
-      return;
-    }
-    auto& body = d->parser->get().body();
-    body.data = d->chunk.data() + d->filled;
-    body.size = d->chunk.size() - d->filled;
-    body.more = true;
-    arm_download_timer(d, std::chrono::seconds(config_.download_idle_timeout_s));
-    http::async_read_some(
-        d->socket, d->buffer, *d->parser,
-        [self = shared_from_this(), d](error_code ec, std::size_t) { self->on_body(d, ec); });
-  }
-
-  // Raw body: first what Beast buffered behind the header, then whole pieces of the chunk from the socket.
-  void read_raw(const DownloadPtr& d) {
-    const std::size_t room = d->chunk.size() - d->filled;
-    const std::size_t left = static_cast<std::size_t>(d->body_left);
-    if (d->buffer.size() > 0) {
-      const std::size_t n = std::min({d->buffer.size(), room, left});
-      asio::buffer_copy(asio::buffer(d->chunk.data() + d->filled, n), d->buffer.data());
-      d->buffer.consume(n);
-      on_raw(d, {}, n);
-      return;
-    }
-    // A piece of at most kRawPieceBytes must arrive within the idle timeout (>= 4 KB/s at the defaults).
-    const std::size_t want = std::min({room, left, kRawPieceBytes});
-    arm_download_timer(d, std::chrono::seconds(config_.download_idle_timeout_s));
-    asio::async_read(
-        d->socket, asio::buffer(d->chunk.data() + d->filled, want),
-        [self = shared_from_this(), d](error_code ec, std::size_t n) { self->on_raw(d, ec, n); });
-  }
-
-  void on_raw(const DownloadPtr& d, error_code ec, std::size_t n) {
-    if (!live(d)) {
-      return;
-    }
-    d->filled += n;
-    d->received += static_cast<std::int64_t>(n);
-    d->body_left -= static_cast<std::int64_t>(n);
-    if (n > 0) {
-      d->got_bytes = true;
-    }
-    if (d->received > d->length) {
-      corrupt(d, "station sent more than the listed " + std::to_string(d->length) + " bytes");
-      return;
-    }
-    if (ec) {
-      body_failed(d, ec);
-      return;
-    }
-    if (d->body_left == 0) {
-      body_done(d);
-      return;
-    }
-    if (d->filled == d->chunk.size()) {
-      flush(d, [self = shared_from_this(), d] { self->read_body(d); });
-      return;
-    }
-    read_body(d);
-  }
-
-  void body_failed(const DownloadPtr& d, error_code ec) {
-    const std::string why = d->timed_out
-                                ? "no bytes for " + std::to_string(config_.download_idle_timeout_s) + " s"
-                                : (ec == http::error::partial_message || ec == asio::error::eof ||
-                                           ec == http::error::end_of_stream
-                                       ? std::string("connection closed early")
-                                       : "read failed: " + ec.message());
-    flush(d, [self = shared_from_this(), d, why] { self->broken(d, why); });
-  }
-
-  void body_done(const DownloadPtr& d) {
-    flush(d, [self = shared_from_this(), d] {
-      if (d->partial->bytes() != d->length) {
-        self->corrupt(d, "transfer ended after " + std::to_string(d->partial->bytes()) + " of " +
-                             std::to_string(d->length) + " bytes");
-        return;
-      }
-      error_code ignored;
-      d->socket.close(ignored);
-      self->finish_file(d);
-    });
-  }
-
-  void on_body(const DownloadPtr& d, error_code ec) {
-    if (!live(d)) {
-      return;
-    }
-    const std::size_t asked = d->chunk.size() - d->filled;
-    const std::size_t n = asked - d->parser->get().body().size;
-    d->filled += n;
-    d->received += static_cast<std::int64_t>(n);
-    if (n > 0) {
-      d->got_bytes = true;
-    }
-    if (ec == http::error::need_buffer) {
-      ec = {};
-    }
-    if (d->received > d->length) {
-      corrupt(d, "station sent more than the listed " + std::to_string(d->length) + " bytes");
-      return;
-    }
-    if (ec) {
-      body_failed(d, ec);
-      return;
-    }
-    if (d->parser->is_done()) {
-      body_done(d);
-      return;
-    }
-    if (d->filled == d->chunk.size()) {
-      flush(d, [self = shared_from_this(), d] { self->read_body(d); });
-      return;
-    }
-    read_body(d);
-  }
-
-  // Writes and digests the filled chunk on the blocking pool; `next` runs on the strand after it.
-  void flush(const DownloadPtr& d, std::function<void()> next) {
-    disarm_download_timer(d);
-    if (d->filled == 0) {
-      next();
-      return;
-    }
-    asio::post(*ctx_.blocking, [self = shared_from_this(), d, next = std::move(next)]() mutable {
-      // The media reserve keeps the disk's last space for evidence records: a recording waits for room.
-      Status s = self->ctx_.media->check_space(d->filled);
-      if (s.is_ok()) {
-        s = d->partial->append(d->chunk.data(), d->filled);
-      }
-      asio::post(self->strand_, [self, d, s = std::move(s), next = std::move(next)] {
-        if (!self->live(d)) {
-          return;
-        }
-        d->filled = 0;
-        if (!s.is_ok()) {
-          d->received = d->partial->bytes();
-          self->disk_trouble(d, s);
-          return;
-        }
-        next();
-      });
-    });
-  }
-
-  void finish_file(const DownloadPtr& d) {
-    disarm_download_timer(d);
-    asio::post(*ctx_.blocking, [self = shared_from_this(), d] {
+  void finish_file(const AttemptPtr& a) {
+    asio::post(*ctx_.blocking, [self = shared_from_this(), a] {
       FileDigest::Result digest;
-      Status s = d->partial->finish(digest);
-      asio::post(self->strand_, [self, d, s = std::move(s), digest = std::move(digest)] {
-        if (!self->live(d)) {
+      Status s = a->partial->finish(digest);
+      asio::post(self->strand_, [self, a, s = std::move(s), digest = std::move(digest)] {
+        if (!self->live(a)) {
           return;
         }
-        self->on_file_finished(d, s, digest);
+        self->on_file_finished(a, s, digest);
       });
     });
   }
 
-  void on_file_finished(const DownloadPtr& d, const Status& s, const FileDigest::Result& digest) {
-    FileEntry* e = entry_of(d);
-    if (e == nullptr) {
-      end_download(d);
+  void on_file_finished(const AttemptPtr& a, const Status& s, const FileDigest::Result& digest) {
+    const DockFileWork* w = work_of(a);
+    if (w == nullptr) {
+      end_download(a);
       return;
     }
-    e->partial.reset();  // closed: a later attempt reopens (and rehashes) what is on disk
+    close_partial(a->key);  // closed: a later attempt reopens (and rehashes) what is on disk
     if (!s.is_ok()) {
-      disk_trouble(d, s);
+      disk_trouble(a, s);
       return;
     }
-    if (lower(digest.md5) != lower(e->file.md5)) {
-      on_mismatch(d, "md5_mismatch", "expected md5 " + lower(e->file.md5) + ", got " + digest.md5,
+    if (lower(digest.md5) != lower(w->file.md5)) {
+      on_mismatch(a, "md5_mismatch", "expected md5 " + lower(w->file.md5) + ", got " + digest.md5,
                   digest.sha256);
       return;
     }
-    asio::post(*ctx_.blocking, [self = shared_from_this(), d, sha = digest.sha256] {
+    asio::post(*ctx_.blocking, [self = shared_from_this(), a, sha = digest.sha256] {
       StoredFile stored;
-      Status as = self->ctx_.media->adopt(d->partial->path(), sha, d->length, stored);
-      asio::post(self->strand_, [self, d, sha, as = std::move(as)] {
-        if (!self->live(d)) {
+      Status as = self->ctx_.media->adopt(a->partial->path(), sha, a->length, stored);
+      asio::post(self->strand_, [self, a, sha, as = std::move(as)] {
+        if (!self->live(a)) {
           return;
         }
         if (!as.is_ok()) {
-          self->disk_trouble(d, as);
+          self->disk_trouble(a, as);
           return;
         }
-        self->on_collected(d, sha);
+        self->on_collected(a, sha);
       });
     });
   }
 
   // Bytes that cannot be the listed file (too many, wrong length): retried like an MD5 mismatch, reported
   // as size_mismatch.
-  void corrupt(const DownloadPtr& d, const std::string& why) {
-    d->abort();
-    FileEntry* e = entry_of(d);
-    if (e != nullptr) {
-      e->partial.reset();
-    }
-    log::warn(kComponent, config_.id, (e != nullptr ? e->file.unique_id : d->key) + ": " + why);
-    on_mismatch(d, "size_mismatch", why, {});
+  void corrupt(const AttemptPtr& a, const std::string& why) {
+    a->abort();
+    const DockFileWork* w = work_of(a);
+    close_partial(a->key);
+    log::warn(kComponent, config_.id, (w != nullptr ? w->file.unique_id : a->key) + ": " + why);
+    on_mismatch(a, "size_mismatch", why, {});
   }
 
   // reason: md5_mismatch or size_mismatch (counted, and the fault's reason after the last attempt).
-  void on_mismatch(const DownloadPtr& d, const std::string& reason, const std::string& why,
+  void on_mismatch(const AttemptPtr& a, const std::string& reason, const std::string& why,
                    const std::string& sha256) {
-    d->finished = true;
-    disarm_download_timer(d);
+    a->abort();
     // The station's copy is the one to fetch again: nothing of this download is kept. The next attempt
     // starts only once the file is gone (it would otherwise open the old one).
-    asio::post(*ctx_.blocking, [self = shared_from_this(), d, reason, why, sha256] {
-      d->partial->remove();
-      asio::post(self->strand_, [self, d, reason, why, sha256] {
-        if (self->running_ && d->gen == self->gen_) {
-          self->after_mismatch(d, reason, why, sha256);
+    asio::post(*ctx_.blocking, [self = shared_from_this(), a, reason, why, sha256] {
+      a->partial->remove();
+      asio::post(self->strand_, [self, a, reason, why, sha256] {
+        if (self->running_ && a->gen == self->gen_) {
+          self->after_mismatch(a, reason, why, sha256);
         }
       });
     });
   }
 
-  void after_mismatch(const DownloadPtr& d, const std::string& reason, const std::string& why,
+  void after_mismatch(const AttemptPtr& a, const std::string& reason, const std::string& why,
                       const std::string& sha256) {
-    end_download(d);
-    FileEntry* e = entry_of(d);
-    if (e == nullptr) {
+    end_download(a);
+    const DockFileWork* w = work_of(a);
+    if (w == nullptr) {
       pump_downloads();
       return;
     }
-    e->partial.reset();
-    ++e->md5_failures;
+    close_partial(a->key);
+    const int failures = queue_.note_mismatch(a->key);
     if (reason == "md5_mismatch") {
       std::lock_guard lock(mutex_);
       ++snap_.md5_mismatches;
     }
     count_error(reason);
-    const std::string detail = why + " (attempt " + std::to_string(e->md5_failures) + " of " +
+    const std::string detail = why + " (attempt " + std::to_string(failures) + " of " +
                                std::to_string(config_.max_md5_attempts) + ")";
-    log::warn(kComponent, config_.id, e->file.unique_id + ": " + detail);
-    if (e->md5_failures >= config_.max_md5_attempts) {
-      emit_fault(d->key, reason, detail, sha256, e->md5_failures);
+    log::warn(kComponent, config_.id, w->file.unique_id + ": " + detail);
+    if (failures >= config_.max_md5_attempts) {
+      emit_fault(a->key, reason, detail, sha256, failures);
     } else {
-      e->phase = Phase::kQueued;
-      download_queue_.push_front(d->key);
+      queue_.requeue_front(a->key);
     }
     pump_downloads();
   }
 
-  void on_collected(const DownloadPtr& d, const std::string& sha256) {
-    FileEntry* e = entry_of(d);
-    end_download(d);
-    if (e == nullptr) {
+  void on_collected(const AttemptPtr& a, const std::string& sha256) {
+    end_download(a);
+    if (!queue_.contains(a->key)) {
       return;
     }
-    e->sha256 = sha256;
-    e->phase = Phase::kCommitting;
-    e->breaks = 0;
-    const UnixMs now = ctx_.clock.now_ms();
+    queue_.collected(a->key, sha256);
+    const DockFileWork& w = *queue_.find(a->key);
     RecordingCollected rc;
     rc.device_id = config_.id;
     rc.station_id = station_id_;
     rc.firmware = firmware_;
-    rc.file = e->file;
+    rc.file = w.file;
     rc.sha256 = sha256;
     rc.media_path = ctx_.media->path_of(sha256);
-    std::int64_t station_offset = 0;
     if (const auto est = clock_.estimate()) {
       rc.station_clock = StationClock{est->offset_ms, est->uncertainty_ms, est->measured_ms};
-      station_offset = est->offset_ms;
     }
-    // The recorder is provably ahead when it collected "after" the station's clock at the listing, or
-    // ended a recording after collecting it; a recorder that is behind cannot be seen from here.
-    const std::int64_t beyond_station = e->file.collect_ms - (e->listed_ms + station_offset);
-    const std::int64_t beyond_collect = e->file.end_ms - e->file.collect_ms;
-    const std::int64_t ahead = std::max(beyond_station, beyond_collect);
-    if (ahead > std::int64_t{config_.recorder_clock_tolerance_s} * 1000) {
-      rc.recorder_offset_ms = ahead;
-      rc.recorder_clock_off = true;
-    }
-    rc.start_ms = e->file.start_ms - rc.recorder_offset_ms - station_offset;
-    rc.end_ms = e->file.end_ms - rc.recorder_offset_ms - station_offset;
-    rc.collected_ms = now;
-    rc.download_attempts = e->md5_failures + 1;
-    rc.resumes = e->resumes;
-    rc.on_committed = committed_callback(d->key);
+    const RecorderClockReading clock =
+        read_recorder_clock(w.file, w.listed_ms, rc.station_clock, config_.recorder_clock_tolerance_s);
+    rc.recorder_offset_ms = clock.recorder_offset_ms;
+    rc.recorder_clock_off = clock.recorder_clock_off;
+    rc.start_ms = clock.start_ms;
+    rc.end_ms = clock.end_ms;
+    rc.collected_ms = ctx_.clock.now_ms();
+    rc.download_attempts = w.md5_failures + 1;
+    rc.resumes = w.resumes;
+    rc.on_committed = committed_callback(a->key);
     {
       std::lock_guard lock(mutex_);
       ++snap_.collected;
-      snap_.bytes_collected += static_cast<std::uint64_t>(e->file.length);
+      snap_.bytes_collected += static_cast<std::uint64_t>(w.file.length);
     }
     log::info(
         kComponent, config_.id,
-        "collected " + e->file.unique_id + " (" + std::to_string(e->file.length) + " bytes, sha256 " +
-            sha256 +
+        "collected " + w.file.unique_id + " (" + std::to_string(w.file.length) + " bytes, sha256 " + sha256 +
             (rc.recorder_clock_off ? ", recorder clock " + std::to_string(rc.recorder_offset_ms) + " ms ahead"
                                    : std::string()) +
             ")");
@@ -1538,92 +1077,71 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
   }
 
   // A broken transfer: what arrived stays in the partial file; the next attempt resumes with Range.
-  void broken(const DownloadPtr& d, const std::string& why) {
-    d->abort();
+  void broken(const AttemptPtr& a, const std::string& why, bool got_bytes) {
+    a->abort();
     count_error("download_broken");
-    FileEntry* e = entry_of(d);
+    const DockFileWork* w = work_of(a);
     log::warn(kComponent, config_.id,
-              (e != nullptr ? e->file.unique_id : d->key) + ": " + why + " after " +
-                  std::to_string(d->partial ? d->partial->bytes() : 0) + " bytes; resuming");
-    retry_later(d, d->got_bytes);
+              (w != nullptr ? w->file.unique_id : a->key) + ": " + why + " after " +
+                  std::to_string(a->partial ? a->partial->bytes() : 0) + " bytes; resuming");
+    retry_later(a, got_bytes);
   }
 
-  void disk_trouble(const DownloadPtr& d, const Status& s) {
-    d->abort();
-    disk_trouble_after(d, s);
+  void disk_trouble(const AttemptPtr& a, const Status& s) {
+    a->abort();
+    disk_trouble_after(a, s);
   }
 
   // Disk full or failing: the partial stays, nothing is acked, the file is tried again later.
-  void disk_trouble_after(const DownloadPtr& d, const Status& s) {
+  void disk_trouble_after(const AttemptPtr& a, const Status& s) {
     count_error("disk");
-    FileEntry* e = entry_of(d);
-    if (e != nullptr) {
-      e->partial.reset();  // reopened from disk next time, so the digest matches what is really there
-    }
+    const DockFileWork* w = work_of(a);
+    close_partial(a->key);  // reopened from disk next time, so the digest matches what is really there
     log::error(kComponent, config_.id,
-               (e != nullptr ? e->file.unique_id : d->key) + ": cannot store the download: " + s.message());
+               (w != nullptr ? w->file.unique_id : a->key) + ": cannot store the download: " + s.message());
     warn("cannot store downloads: " + s.message());
-    retry_later(d, false);
+    retry_later(a, false);
   }
 
-  void retry_later(const DownloadPtr& d, bool made_progress) {
-    end_download(d);
-    auto it = files_.find(d->key);
-    if (it == files_.end() || !running_) {
+  void retry_later(const AttemptPtr& a, bool made_progress) {
+    end_download(a);
+    if (!queue_.contains(a->key) || !running_) {
       return;
     }
-    FileEntry& e = it->second;
-    e.breaks = made_progress ? 0 : e.breaks + 1;
+    const int breaks = queue_.wait_for_retry(a->key, made_progress);
     const std::int64_t delay =
-        reconnect_backoff_ms(e.breaks, config_.reconnect_initial_ms, config_.reconnect_max_ms, rng_);
-    e.phase = Phase::kWaiting;
-    if (!e.wait_timer) {
-      e.wait_timer = std::make_shared<asio::steady_timer>(strand_);
+        reconnect_backoff_ms(breaks, config_.reconnect_initial_ms, config_.reconnect_max_ms, rng_);
+    auto& timer = file_io_[a->key].retry_timer;
+    if (!timer) {
+      timer = std::make_shared<asio::steady_timer>(strand_);
     }
-    e.wait_timer->expires_after(std::chrono::milliseconds(delay));
+    timer->expires_after(std::chrono::milliseconds(delay));
     const std::uint64_t gen = gen_;
-    e.wait_timer->async_wait([self = shared_from_this(), key = d->key, gen](const error_code& ec) {
+    timer->async_wait([self = shared_from_this(), key = a->key, gen](const error_code& ec) {
       if (ec || gen != self->gen_ || !self->running_) {
         return;
       }
-      auto f = self->files_.find(key);
-      if (f == self->files_.end() || f->second.phase != Phase::kWaiting) {
-        return;
+      if (self->queue_.retry_due(key)) {
+        self->pump_downloads();
       }
-      f->second.phase = Phase::kQueued;
-      self->download_queue_.push_front(key);
-      self->pump_downloads();
     });
-    sync_queue_counters();
     pump_downloads();
   }
 
-  void requeue_front(const std::string& key) {
-    auto it = files_.find(key);
-    if (it != files_.end()) {
-      it->second.phase = Phase::kQueued;
-      download_queue_.push_front(key);
-    }
-    sync_queue_counters();
+  void end_download(const AttemptPtr& a) {
+    a->abort();
+    std::erase(attempts_, a);
   }
 
-  void end_download(const DownloadPtr& d) {
-    d->finished = true;
-    disarm_download_timer(d);
-    std::erase(downloads_, d);
-    sync_queue_counters();
-  }
-
+  // The file is done with: its fault record is committed, or its ack marked in the ledger.
   void drop_file(const std::string& key) {
-    auto it = files_.find(key);
-    if (it == files_.end()) {
-      return;
+    if (auto it = file_io_.find(key); it != file_io_.end()) {
+      if (it->second.retry_timer) {
+        it->second.retry_timer->cancel();
+      }
+      file_io_.erase(it);
     }
-    if (it->second.wait_timer) {
-      it->second.wait_timer->cancel();
-    }
-    files_.erase(it);
-    sync_queue_counters();
+    queue_.remove(key);
   }
 
   // ---- committed records and acks ----
@@ -1644,89 +1162,46 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
   }
 
   void on_committed(const std::string& key, const std::string& record_id) {
-    auto it = files_.find(key);
-    if (it == files_.end() || it->second.phase != Phase::kCommitting) {
-      return;
+    switch (queue_.committed(key)) {
+      case DownloadQueue::Committed::kIgnored:
+        return;
+      case DownloadQueue::Committed::kClosed:
+        // A fault record: its commit marked the file kFaulted; the station keeps its copy.
+        log::info(kComponent, config_.id,
+                  queue_.find(key)->file.unique_id + ": fault recorded as " + record_id);
+        drop_file(key);
+        return;
+      case DownloadQueue::Committed::kToAcknowledge:
+        pump_acks();
+        return;
     }
-    FileEntry& e = it->second;
-    if (e.sha256.empty()) {
-      // A fault record: its commit marked the file kFaulted; the station keeps its copy.
-      log::info(kComponent, config_.id, e.file.unique_id + ": fault recorded as " + record_id);
-      drop_file(key);
-      return;
-    }
-    e.phase = Phase::kAckQueued;
-    ack_queue_.push_back(key);
-    pump_acks();
   }
 
   void pump_acks() {
-    if (!running_ || auth_blocked_ || acking_ || ack_waiting_) {
+    if (!running_ || auth_blocked() || queue_.acking() || ack_waiting_) {
       return;
     }
-    while (!ack_queue_.empty()) {
-      const std::string key = ack_queue_.front();
-      ack_queue_.pop_front();
-      auto it = files_.find(key);
-      if (it == files_.end() || it->second.phase != Phase::kAckQueued) {
-        continue;
-      }
-      it->second.phase = Phase::kAcking;
-      acking_ = true;
-      exchange(http::verb::post, dock_ack_target(config_.base_path, it->second.file.unique_id),
-               dock_ack_body(it->second.sha256),
-               [self = shared_from_this(), key](HttpResult r) { self->on_ack(key, std::move(r)); });
-      return;
+    if (const auto key = queue_.start_next_ack()) {
+      const DockFileWork& w = *queue_.find(*key);
+      exchange(http::verb::post, dock_ack_target(config_.base_path, w.file.unique_id),
+               dock_ack_body(w.sha256),
+               [self = shared_from_this(), key = *key](HttpResult r) { self->on_ack(key, std::move(r)); });
     }
   }
 
   void on_ack(const std::string& key, HttpResult r) {
-    acking_ = false;
-    auto it = files_.find(key);
-    if (it == files_.end()) {
+    const DockFileWork* w = queue_.find(key);
+    if (w == nullptr) {
       pump_acks();
       return;
     }
-    FileEntry& e = it->second;
     if (r.ec || (r.status != 200 && r.status != 404 && r.status != 409)) {
-      if (!r.ec && r.status == 401) {
-        e.phase = Phase::kAckQueued;
-        ack_queue_.push_front(key);
-        auth_failed();
-        return;
-      }
-      // The file stays kRecorded in the ledger: after a restart it is acked too.
-      count_error(r.ec ? "ack_request" : "ack_http_" + std::to_string(r.status));
-      log::warn(kComponent, config_.id,
-                e.file.unique_id + ": ack failed (" + (r.ec ? r.what : "HTTP " + std::to_string(r.status)) +
-                    "); trying again");
-      e.phase = Phase::kAckQueued;
-      ack_queue_.push_front(key);
-      ack_waiting_ = true;
-      ack_timer_.expires_after(std::chrono::milliseconds(reconnect_backoff_ms(
-          ack_attempt_++, config_.reconnect_initial_ms, config_.reconnect_max_ms, rng_)));
-      ack_timer_.async_wait([self = shared_from_this()](const error_code& ec) {
-        self->ack_waiting_ = false;
-        if (!ec && self->running_) {
-          self->pump_acks();
-        }
-      });
+      ack_failed(key, *w, r);
       return;
     }
-    ack_attempt_ = 0;
+    queue_.ack_succeeded();
     if (r.status == 409) {
-      // The station's copy differs from what was stored: a fault record, and the station keeps the file.
-      {
-        std::lock_guard lock(mutex_);
-        ++snap_.ack_conflicts;
-      }
-      const std::string text = dock_error_text(r.body);
-      const std::string detail = "station refused the ack of sha256 " + e.sha256 + " (HTTP 409" +
-                                 (text.empty() ? "" : ": " + text) + ")";
-      log::error(kComponent, config_.id, e.file.unique_id + ": " + detail);
-      const std::string sha = e.sha256;
-      e.sha256.clear();  // the fault's commit ends this file here: no ack
-      emit_fault(key, "ack_conflict", detail, sha, e.md5_failures + 1);
+      ack_conflict(key, *w, r);
       pump_acks();
       return;
     }
@@ -1734,13 +1209,51 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
       count_error("ack_unknown");
       // Per file: logged and counted, not a device status (one record per file would follow).
       log::warn(kComponent, config_.id,
-                e.file.unique_id + ": station no longer has it (HTTP 404 on ack): taken as acknowledged");
+                w->file.unique_id + ": station no longer has it (HTTP 404 on ack): taken as acknowledged");
     } else {
       std::lock_guard lock(mutex_);
       ++snap_.acks;
     }
-    mark_acked(key, e.file.unique_id, e.file.md5);
+    queue_.acknowledged(key);
+    mark_acked(key, w->file.unique_id, w->file.md5);
     pump_acks();
+  }
+
+  // The ack did not go through: the file stays kRecorded in the ledger (after a restart it is acked too)
+  // and is asked again after a backoff, or after the auth backoff on 401.
+  void ack_failed(const std::string& key, const DockFileWork& w, const HttpResult& r) {
+    queue_.ack_again(key);
+    if (!r.ec && r.status == 401) {
+      auth_failed();
+      return;
+    }
+    count_error(r.ec ? "ack_request" : "ack_http_" + std::to_string(r.status));
+    log::warn(kComponent, config_.id,
+              w.file.unique_id + ": ack failed (" + (r.ec ? r.what : "HTTP " + std::to_string(r.status)) +
+                  "); trying again");
+    ack_waiting_ = true;
+    ack_timer_.expires_after(std::chrono::milliseconds(reconnect_backoff_ms(
+        queue_.ack_failed(), config_.reconnect_initial_ms, config_.reconnect_max_ms, rng_)));
+    ack_timer_.async_wait([self = shared_from_this()](const error_code& ec) {
+      self->ack_waiting_ = false;
+      if (!ec && self->running_) {
+        self->pump_acks();
+      }
+    });
+  }
+
+  // The station's copy differs from what was stored: a fault record, and the station keeps the file.
+  void ack_conflict(const std::string& key, const DockFileWork& w, const HttpResult& r) {
+    {
+      std::lock_guard lock(mutex_);
+      ++snap_.ack_conflicts;
+    }
+    const std::string text = dock_error_text(r.body);
+    const std::string detail = "station refused the ack of sha256 " + w.sha256 + " (HTTP 409" +
+                               (text.empty() ? "" : ": " + text) + ")";
+    log::error(kComponent, config_.id, w.file.unique_id + ": " + detail);
+    const std::string sha = w.sha256;
+    emit_fault(key, "ack_conflict", detail, sha, w.md5_failures + 1);  // its commit ends the file: no ack
   }
 
   void mark_acked(const std::string& key, const std::string& unique_id, const std::string& md5) {
@@ -1767,17 +1280,15 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
 
   void emit_fault(const std::string& key, const std::string& reason, const std::string& detail,
                   const std::string& sha256, int attempts) {
-    auto it = files_.find(key);
-    if (it == files_.end()) {
+    const DockFileWork* w = queue_.find(key);
+    if (w == nullptr) {
       return;
     }
-    FileEntry& e = it->second;
-    e.phase = Phase::kCommitting;
-    e.sha256.clear();
+    queue_.closing(key);
     DockFileFault f;
     f.device_id = config_.id;
     f.station_id = station_id_;
-    f.file = e.file;
+    f.file = w->file;
     f.reason = reason;
     f.detail = detail;
     f.attempts = attempts;
@@ -1788,16 +1299,12 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
       std::lock_guard lock(mutex_);
       ++snap_.faults;
     }
-    sync_queue_counters();
     ctx_.sink.emit(std::move(f));
   }
 
   void emit_fault_for_unreadable(DockFile file, const std::string& detail) {
-    const std::string key = file_key(file.unique_id, file.md5);
-    FileEntry e;
-    e.file = std::move(file);
-    e.phase = Phase::kCommitting;
-    files_.emplace(key, std::move(e));
+    const std::string key = dock_file_key(file.unique_id, file.md5);
+    queue_.add_closing(key, std::move(file), 0);
     emit_fault(key, "bad_entry", "ledger entry unreadable: " + detail, {}, 0);
   }
 
@@ -1849,32 +1356,16 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     ++snap_.errors[reason];
   }
 
-  void sync_queue_counters() {
-    std::uint64_t queued = 0;
-    std::size_t bytes = 0;
-    for (const auto& [key, f] : files_) {
-      if (f.phase == Phase::kQueued || f.phase == Phase::kWaiting) {
-        ++queued;
-      }
-      bytes += f.file.raw_json.size();
-    }
-    // Hysteresis: "room again" once half the bound is free, so a station at the bound logs once per
-    // episode, not once per file.
-    if (pending_limit_reached_ && files_.size() <= static_cast<std::size_t>(config_.max_pending_files) / 2 &&
-        bytes <= static_cast<std::size_t>(config_.max_pending_entry_bytes) / 2) {
-      pending_limit_reached_ = false;
+  // The queue's counters go to the status snapshot after every change; leaving the pending bound is
+  // logged once per episode (hold_listings).
+  void on_queue_changed(const DownloadQueueCounters& c, bool room_regained) {
+    if (room_regained) {
       log::info(kComponent, config_.id,
-                "pending files down to " + std::to_string(files_.size()) + ": listing new files again");
+                "pending files down to " + std::to_string(c.pending) + ": listing new files again");
     }
     std::lock_guard lock(mutex_);
-    snap_.queued = queued;
-    snap_.downloading = downloads_.size();
-    snap_.pending = files_.size();
-    snap_.pending_bytes = bytes;
-    snap_.pending_limit_reached = pending_limit_reached_;
+    snap_.queue = c;
   }
-
-  enum class Reported { kNone, kUp, kDown, kFault };
 
   const RecorderDockConfig config_;
   AdapterContext& ctx_;
@@ -1885,11 +1376,10 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
   asio::steady_timer ack_timer_;
   asio::steady_timer pump_timer_;  // re-checks congestion
   HttpExchanges exchanges_;        // short requests: status, listing, ack
-  std::vector<DownloadPtr> downloads_;
+  std::vector<AttemptPtr> attempts_;
 
-  std::map<std::string, FileEntry> files_;  // every file this run works on, by (uniqueId, md5)
-  std::deque<std::string> download_queue_;
-  std::deque<std::string> ack_queue_;
+  DownloadQueue queue_;                    // every file this run works on, by (uniqueId, md5)
+  std::map<std::string, FileIo> file_io_;  // their partial files and retry timers, by the same key
   std::string cursor_;
 
   OffsetClockEstimator clock_;
@@ -1900,15 +1390,11 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
   bool running_ = false;
   std::uint64_t gen_ = 0;  // +1 on start and stop: callbacks of an earlier run are ignored
   bool polling_ = false;
-  bool auth_blocked_ = false;
-  bool acking_ = false;
-  bool ack_waiting_ = false;
-  bool pump_armed_ = false;
+  bool ack_waiting_ = false;  // the ack retry timer is armed
+  bool pump_armed_ = false;   // the congestion re-check timer is armed
   int attempt_ = 0;
-  int ack_attempt_ = 0;
-  Reported reported_ = Reported::kNone;
-  bool warning_active_ = false;         // a "warning" status went out and no clean listing followed yet
-  bool pending_limit_reached_ = false;  // see hold_listings()
+  LinkState link_ = LinkState::kUnknown;
+  bool warning_active_ = false;  // a "warning" status went out and no clean listing followed yet
   std::string last_warning_;
 
   mutable std::mutex mutex_;  // guards snap_ only; everything else lives on the strand

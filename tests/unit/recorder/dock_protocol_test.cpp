@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
@@ -607,6 +608,25 @@ TEST(DockTargetsTest, UrlEncodeQuery) {
 TEST(DockTargetsTest, AckBody) {
   const std::string sha = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
   EXPECT_EQ(dock_ack_body(sha), "{\"sha256\":\"" + sha + "\"}");
+}
+
+TEST(DockContentRangeTest, ReadsTheThreeNumbers) {
+  const auto r = parse_content_range("bytes 100-1999/2000");
+  ASSERT_TRUE(r.has_value());
+  EXPECT_EQ(r->from, 100);
+  EXPECT_EQ(r->to, 1999);
+  EXPECT_EQ(r->total, 2000);
+  const auto big = parse_content_range("bytes 0-68719476735/68719476736");  // 64 GiB
+  ASSERT_TRUE(big.has_value());
+  EXPECT_EQ(big->total, std::int64_t{68719476736});
+}
+
+TEST(DockContentRangeTest, RefusesAnythingElse) {
+  for (const char* bad :
+       {"", "bytes", "bytes ", "items 0-1/2", "bytes */2000", "bytes 0-1/*", "bytes 0-1", "bytes -1/2",
+        "bytes 0-/2", "bytes 0-1/2 ", "bytes 0-1/2x", "Bytes 0-1/2", "bytes 1234567890123456789-1/2"}) {
+    EXPECT_FALSE(parse_content_range(bad).has_value()) << bad;
+  }
 }
 
 }  // namespace
