@@ -33,6 +33,32 @@ std::optional<UnixMs> oldest_outside_custody(const store::EvidenceStore& store, 
   return next ? std::optional<UnixMs>(next->created_ms) : std::nullopt;
 }
 
+// The `custody` fact sealed for an accepted receipt.
+Fact custody_fact(const custody::Receipt& receipt, const std::string& kid, const std::string& jws,
+                  UnixMs time_ms) {
+  Fact fact;
+  fact.type = "custody";
+  fact.time_ms = time_ms;
+  fact.fields = {{"central", receipt.central},
+                 {"central_kid", kid},
+                 {"through_seq", receipt.through_seq},
+                 {"head", receipt.head},
+                 {"issued_ms", receipt.issued_ms},
+                 {"receipt_sha256", sha256_hex(jws)},
+                 {"receipt", jws}};
+  // What central says it does not hold (losses an operator accepted there), in the chain as it came.
+  if (!receipt.lost_seqs.empty()) {
+    fact.fields["lost_seqs"] = nlohmann::json::array();
+    for (const auto& [from, to] : receipt.lost_seqs) {
+      fact.fields["lost_seqs"].push_back({from, to});
+    }
+  }
+  if (!receipt.lost_pictures.empty()) {
+    fact.fields["lost_pictures"] = receipt.lost_pictures;
+  }
+  return fact;
+}
+
 }  // namespace
 
 CustodyAgent::CustodyAgent(boost::asio::io_context& io, const config::Config& cfg,
@@ -222,99 +248,100 @@ void CustodyAgent::on_receipt(const std::string& jws) {
   }
   accepting_through_ = receipt.through_seq;  // one custody record per receipt, even if it arrives twice now
   checking_.insert(receipt.through_seq);
-  host_.run_on_store([this, receipt, jws, kid = check.kid,
-                      known_lost = known_lost_pictures_](store::EvidenceStore& store) {
-    std::string reason;
-    const auto record = store.record(receipt.through_seq);
-    if (!record) {
-      const ChainHead head = store.chain_head();
-      reason = receipt.through_seq > head.seq
-                   ? "names seq " + std::to_string(receipt.through_seq) +
-                         ", beyond this gateway's head seq " + std::to_string(head.seq)
-                   : "names seq " + std::to_string(receipt.through_seq) + ", which this store does not hold";
-    } else if (sha256_hex(record->jws) != receipt.head) {
-      reason = "head " + receipt.head + " is not the SHA-256 of this gateway's record seq " +
-               std::to_string(receipt.through_seq);
-    } else {
-      reason = held_but_named_lost(store, receipt, known_lost);
-    }
-    if (!reason.empty()) {
-      boost::asio::post(strand_, [this, reason, through = receipt.through_seq] {
-        // Back to the highest receipt accepted or still being checked: several receipts may be checked at
-        // once, and a refused one must leave no trace (the next genuine receipt below it is not ignored).
-        checking_.erase(checking_.find(through));
-        accepting_through_ = std::max(accepted_through_, checking_.empty() ? 0 : *checking_.rbegin());
-        refuse_receipt(reason);
+  host_.run_on_store(
+      [this, receipt, jws, kid = check.kid, known_lost = known_lost_pictures_](store::EvidenceStore& store) {
+        match_receipt(store, receipt, jws, kid, known_lost);
       });
-      return;
-    }
-    boost::asio::post(strand_, [this, through = receipt.through_seq, lost = receipt.lost_pictures] {
+}
+
+void CustodyAgent::match_receipt(store::EvidenceStore& store, const custody::Receipt& receipt,
+                                 const std::string& jws, const std::string& kid,
+                                 const std::set<std::string>& known_lost) {
+  const std::string reason = refused_by_store(store, receipt, known_lost);
+  if (!reason.empty()) {
+    boost::asio::post(strand_, [this, reason, through = receipt.through_seq] {
+      // Back to the highest receipt accepted or still being checked: several receipts may be checked at
+      // once, and a refused one must leave no trace (the next genuine receipt below it is not ignored).
       checking_.erase(checking_.find(through));
-      if (through > accepted_through_) {
-        accepted_through_ = through;
-        known_lost_pictures_ = std::set<std::string>(lost.begin(), lost.end());
-      }
+      accepting_through_ = std::max(accepted_through_, checking_.empty() ? 0 : *checking_.rbegin());
+      refuse_receipt(reason);
     });
-    store::CustodyState state{receipt.through_seq, receipt.head, receipt.central, kid, jws, clock_.now_ms()};
-    const auto current = store.custody();
-    const UnixMs now = clock_.now_ms();
-    const bool only_custody =
-        current && !store.has_other_than("custody", current->through_seq, receipt.through_seq);
-    const bool too_soon =
-        current && now - last_custody_record_ms_ < static_cast<UnixMs>(cfg_.record_min_interval_s) * 1000;
-    if (only_custody || too_soon) {
-      // Noted, not sealed: a receipt that only adds our own custody records would otherwise bring the next
-      // receipt for ever, and one custody record per record_min_interval_s is enough to show in the chain
-      // when custody passed (the state, and so retention, advances with every receipt).
-      if (const Status st = store.set_custody(state); st.is_ok()) {
-        std::lock_guard lock(snapshot_mutex_);
-        custody_ = state;
-        ++receipts_accepted_;
-      }
-      return;
+    return;
+  }
+  boost::asio::post(strand_, [this, through = receipt.through_seq, lost = receipt.lost_pictures] {
+    checking_.erase(checking_.find(through));
+    if (through > accepted_through_) {
+      accepted_through_ = through;
+      known_lost_pictures_ = std::set<std::string>(lost.begin(), lost.end());
     }
-    Fact fact;
-    fact.type = "custody";
-    fact.time_ms = clock_.now_ms();
-    fact.fields = {{"central", receipt.central},
-                   {"central_kid", kid},
-                   {"through_seq", receipt.through_seq},
-                   {"head", receipt.head},
-                   {"issued_ms", receipt.issued_ms},
-                   {"receipt_sha256", sha256_hex(jws)},
-                   {"receipt", jws}};
-    // What central says it does not hold (losses an operator accepted there), in the chain as it came.
-    if (!receipt.lost_seqs.empty()) {
-      fact.fields["lost_seqs"] = nlohmann::json::array();
-      for (const auto& [from, to] : receipt.lost_seqs) {
-        fact.fields["lost_seqs"].push_back({from, to});
-      }
+  });
+  record_custody(store, receipt, jws, kid);
+}
+
+std::string CustodyAgent::refused_by_store(const store::EvidenceStore& store, const custody::Receipt& receipt,
+                                           const std::set<std::string>& known_lost) const {
+  const auto record = store.record(receipt.through_seq);
+  if (!record) {
+    const ChainHead head = store.chain_head();
+    return receipt.through_seq > head.seq
+               ? "names seq " + std::to_string(receipt.through_seq) + ", beyond this gateway's head seq " +
+                     std::to_string(head.seq)
+               : "names seq " + std::to_string(receipt.through_seq) + ", which this store does not hold";
+  }
+  if (sha256_hex(record->jws) != receipt.head) {
+    return "head " + receipt.head + " is not the SHA-256 of this gateway's record seq " +
+           std::to_string(receipt.through_seq);
+  }
+  return held_but_named_lost(store, receipt, known_lost);
+}
+
+void CustodyAgent::record_custody(store::EvidenceStore& store, const custody::Receipt& receipt,
+                                  const std::string& jws, const std::string& kid) {
+  store::CustodyState state{receipt.through_seq, receipt.head, receipt.central, kid, jws, clock_.now_ms()};
+  const auto current = store.custody();
+  const UnixMs now = clock_.now_ms();
+  const bool only_custody =
+      current && !store.has_other_than("custody", current->through_seq, receipt.through_seq);
+  const bool too_soon =
+      current && now - last_custody_record_ms_ < static_cast<UnixMs>(cfg_.record_min_interval_s) * 1000;
+  if (only_custody || too_soon) {
+    // Noted, not sealed: a receipt that only adds our own custody records would otherwise bring the next
+    // receipt for ever, and one custody record per record_min_interval_s is enough to show in the chain
+    // when custody passed (the state, and so retention, advances with every receipt).
+    if (const Status st = store.set_custody(state); st.is_ok()) {
+      std::lock_guard lock(snapshot_mutex_);
+      custody_ = state;
+      ++receipts_accepted_;
     }
-    if (!receipt.lost_pictures.empty()) {
-      fact.fields["lost_pictures"] = receipt.lost_pictures;
-    }
-    last_custody_record_ms_ = now;
-    host_.submit(std::move(fact), [this, state](const SealedRecord& sealed) {
-      // The custody record is committed: now the store may count these records as held by central.
-      host_.run_on_store([this, state, custody_seq = sealed.seq](store::EvidenceStore& s) {
-        if (const Status st = s.set_custody(state); !st.is_ok()) {
-          log::error("custody", "",
-                     "custody state not saved (the retained receipt is applied again at the "
-                     "next start): " +
-                         st.message());
-          return;
-        }
-        const std::optional<UnixMs> oldest = oldest_outside_custody(s, state.through_seq);
-        std::lock_guard lock(snapshot_mutex_);
-        custody_ = state;
-        oldest_outside_ms_ = oldest;
-        ++receipts_accepted_;
-        log::info("custody", "",
-                  "central " + state.central + " holds seq 1.." + std::to_string(state.through_seq) +
-                      " (custody record seq " + std::to_string(custody_seq) + ")");
-      });
+    return;
+  }
+  Fact fact = custody_fact(receipt, kid, jws, clock_.now_ms());
+  last_custody_record_ms_ = now;
+  host_.submit(std::move(fact), [this, state](const SealedRecord& sealed) {
+    // The custody record is committed: now the store may count these records as held by central.
+    host_.run_on_store([this, state, custody_seq = sealed.seq](store::EvidenceStore& s) {
+      save_custody(s, state, custody_seq);
     });
   });
+}
+
+void CustodyAgent::save_custody(store::EvidenceStore& store, const store::CustodyState& state,
+                                std::uint64_t custody_seq) {
+  if (const Status st = store.set_custody(state); !st.is_ok()) {
+    log::error("custody", "",
+               "custody state not saved (the retained receipt is applied again at the "
+               "next start): " +
+                   st.message());
+    return;
+  }
+  const std::optional<UnixMs> oldest = oldest_outside_custody(store, state.through_seq);
+  std::lock_guard lock(snapshot_mutex_);
+  custody_ = state;
+  oldest_outside_ms_ = oldest;
+  ++receipts_accepted_;
+  log::info("custody", "",
+            "central " + state.central + " holds seq 1.." + std::to_string(state.through_seq) +
+                " (custody record seq " + std::to_string(custody_seq) + ")");
 }
 
 // --- resends ---

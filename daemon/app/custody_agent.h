@@ -83,6 +83,19 @@ class CustodyAgent {
   void on_message(forwarder::InboundMessage message);
   void drop_input(const std::string& topic);
   void on_receipt(const std::string& jws);
+  // Store thread: matches a receipt that passed checks 1-3 against this store, then notes or seals it.
+  void match_receipt(store::EvidenceStore& store, const custody::Receipt& receipt, const std::string& jws,
+                     const std::string& kid, const std::set<std::string>& known_lost);
+  // Why this store refuses the receipt (a seq it does not hold, another head, a held record named lost);
+  // "" when it matches.
+  std::string refused_by_store(const store::EvidenceStore& store, const custody::Receipt& receipt,
+                               const std::set<std::string>& known_lost) const;
+  // Store thread: saves the custody state of a matched receipt, sealing a custody record first unless
+  // that would be too soon or only about earlier custody records.
+  void record_custody(store::EvidenceStore& store, const custody::Receipt& receipt, const std::string& jws,
+                      const std::string& kid);
+  // Store thread: the custody record `custody_seq` is committed; saves `state` and updates the snapshot.
+  void save_custody(store::EvidenceStore& store, const store::CustodyState& state, std::uint64_t custody_seq);
   void refuse_receipt(const std::string& reason);
   void decide_origin(std::optional<store::CustodyState> receipt, std::string why);
   void on_resend_request(forwarder::InboundMessage message);

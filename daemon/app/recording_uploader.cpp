@@ -365,38 +365,7 @@ void RecordingUploader::poll() {
   }
   polling_ = true;
   if (!wants_.empty()) {
-    auto it = wants_.begin();
-    const std::string sha = it->first;
-    filex::Ranges ranges = std::move(it->second);
-    wants_.erase(it);
-    host_.run_on_store([this, sha, ranges = std::move(ranges)](store::EvidenceStore& store) mutable {
-      const auto row = store.upload(sha);
-      asio::post(strand_, [this, sha, row, ranges = std::move(ranges)]() mutable {
-        polling_ = false;
-        if (stopped_) {
-          return;
-        }
-        if (!row || unreadable_.count(sha)) {
-          publish_abort(sha, "not held: this gateway keeps no recording with this SHA-256");
-          poll();
-          return;
-        }
-        ranges = left_to_send(*row, std::move(ranges));
-        if (ranges.empty() && sends_later(*row)) {
-          poll();
-          return;
-        }
-        if (!ranges.empty()) {
-          log::info("files", "",
-                    "recording " + sha + ": sending " + std::to_string(filex::ranges_bytes(ranges)) +
-                        " bytes central asked for, from byte " + std::to_string(ranges.front().first));
-        }
-        Job job;
-        job.row = *row;
-        job.ranges = std::move(ranges);
-        begin(std::move(job));
-      });
-    });
+    serve_next_want();
     return;
   }
   const bool all = cfg_.recordings_policy == "all";
@@ -410,44 +379,87 @@ void RecordingUploader::poll() {
       pending.push_back(std::move(row));
     }
     const store::UploadStats stats = store.upload_stats();
-    asio::post(strand_, [this, pending = std::move(pending), stats] {
-      polling_ = false;
-      {
-        std::lock_guard lock(snapshot_mutex_);
-        stats_ = stats;
-      }
-      if (stopped_ || job_) {
-        return;
-      }
-      const UnixMs now = clock_.now_ms();
-      UnixMs next_fin = now + kIdlePoll.count();
-      for (const store::UploadRow& row : pending) {
-        if (unreadable_.count(row.sha256)) {
-          continue;
-        }
-        if (row.sent_to < row.length) {
-          Job job;
-          job.row = row;
-          job.progress = true;
-          job.rank = rank_of(row);
-          begin(std::move(job));
-          return;
-        }
-        // Sent whole: its fin again when no receipt came in time (or at once after a restart).
-        auto [it, fresh] = fin_next_.try_emplace(row.sha256, now, cfg_.recordings_receipt_wait_ms);
-        if (it->second.first <= now) {
-          it->second.first = now + it->second.second;
-          it->second.second = std::min<std::int64_t>(it->second.second * 2, kMaxFinBackoffMs);
-          Job job;
-          job.row = row;  // no ranges: init and fin only
-          begin(std::move(job));
-          return;
-        }
-        next_fin = std::min(next_fin, it->second.first);
-      }
-      schedule_poll(std::chrono::milliseconds(std::max<UnixMs>(100, next_fin - now)));
+    asio::post(strand_, [this, pending = std::move(pending), stats] { take_pending(pending, stats); });
+  });
+}
+
+void RecordingUploader::serve_next_want() {
+  auto it = wants_.begin();
+  const std::string sha = it->first;
+  filex::Ranges ranges = std::move(it->second);
+  wants_.erase(it);
+  host_.run_on_store([this, sha, ranges = std::move(ranges)](store::EvidenceStore& store) mutable {
+    const auto row = store.upload(sha);
+    asio::post(strand_, [this, sha, row, ranges = std::move(ranges)]() mutable {
+      take_want(sha, row, std::move(ranges));
     });
   });
+}
+
+void RecordingUploader::take_want(const std::string& sha, const std::optional<store::UploadRow>& row,
+                                  filex::Ranges ranges) {
+  polling_ = false;
+  if (stopped_) {
+    return;
+  }
+  if (!row || unreadable_.count(sha)) {
+    publish_abort(sha, "not held: this gateway keeps no recording with this SHA-256");
+    poll();
+    return;
+  }
+  ranges = left_to_send(*row, std::move(ranges));
+  if (ranges.empty() && sends_later(*row)) {
+    poll();
+    return;
+  }
+  if (!ranges.empty()) {
+    log::info("files", "",
+              "recording " + sha + ": sending " + std::to_string(filex::ranges_bytes(ranges)) +
+                  " bytes central asked for, from byte " + std::to_string(ranges.front().first));
+  }
+  Job job;
+  job.row = *row;
+  job.ranges = std::move(ranges);
+  begin(std::move(job));
+}
+
+void RecordingUploader::take_pending(const std::vector<store::UploadRow>& pending,
+                                     const store::UploadStats& stats) {
+  polling_ = false;
+  {
+    std::lock_guard lock(snapshot_mutex_);
+    stats_ = stats;
+  }
+  if (stopped_ || job_) {
+    return;
+  }
+  const UnixMs now = clock_.now_ms();
+  UnixMs next_fin = now + kIdlePoll.count();
+  for (const store::UploadRow& row : pending) {
+    if (unreadable_.count(row.sha256)) {
+      continue;
+    }
+    if (row.sent_to < row.length) {
+      Job job;
+      job.row = row;
+      job.progress = true;
+      job.rank = rank_of(row);
+      begin(std::move(job));
+      return;
+    }
+    // Sent whole: its fin again when no receipt came in time (or at once after a restart).
+    auto [it, fresh] = fin_next_.try_emplace(row.sha256, now, cfg_.recordings_receipt_wait_ms);
+    if (it->second.first <= now) {
+      it->second.first = now + it->second.second;
+      it->second.second = std::min<std::int64_t>(it->second.second * 2, kMaxFinBackoffMs);
+      Job job;
+      job.row = row;  // no ranges: init and fin only
+      begin(std::move(job));
+      return;
+    }
+    next_fin = std::min(next_fin, it->second.first);
+  }
+  schedule_poll(std::chrono::milliseconds(std::max<UnixMs>(100, next_fin - now)));
 }
 
 // --- stepping aside for more urgent work ---

@@ -90,6 +90,11 @@ class RecordingUploader {
   void took_receipt(const filex::FileReceipt& r);
   void on_want(const std::string& payload);
   void poll();
+  // Looks up the first file central wants bytes of; take_want then sends them (or refuses the want).
+  void serve_next_want();
+  void take_want(const std::string& sha, const std::optional<store::UploadRow>& row, filex::Ranges ranges);
+  // Starts the first pending file (its own upload, or its fin again); with none due, polls again later.
+  void take_pending(const std::vector<store::UploadRow>& pending, const store::UploadStats& stats);
   // While a file is being sent (a progress job below rank 0): whether more urgent work waits (a want for
   // another file, or a file ranked above it); if so the job pauses.
   void check_preempt();

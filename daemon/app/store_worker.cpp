@@ -388,93 +388,114 @@ void StoreWorker::sweep_media() {
   }
 }
 
+StoreWorker::Work StoreWorker::wait_for_work() {
+  Work work;
+  std::unique_lock lock(mutex_);
+  wake_.wait(lock, [&] {
+    return stopping_ || !facts_.empty() || !retrying_.empty() || !fetches_.empty() || !forwarded_.empty() ||
+           !tasks_.empty();
+  });
+  work.stopping = stopping_;
+  if (!retrying_.empty()) {
+    work.batch.swap(retrying_);
+  }
+  while (!facts_.empty() && work.batch.size() < max_batch_) {
+    work.batch.push_back(std::move(facts_.front()));
+    facts_.pop_front();
+  }
+  work.fetches.swap(fetches_);
+  work.forwarded.swap(forwarded_);
+  work.tasks.swap(tasks_);
+  return work;
+}
+
+bool StoreWorker::commit_or_keep(std::vector<Item>& batch) {
+  if (commit_batch(batch)) {
+    std::lock_guard lock(mutex_);
+    committed_ += batch.size();
+    return true;
+  }
+  std::lock_guard lock(mutex_);
+  ++failures_;
+  retrying_ = std::move(batch);
+  return false;
+}
+
+void StoreWorker::serve_requests(Work& work) {
+  if (!work.forwarded.empty()) {
+    if (Status st = store_.mark_forwarded(work.forwarded); !st.is_ok()) {
+      // Not fatal: the records stay in the outbox and are sent again (consumers drop the copies).
+      log::warn("store", "", "could not remove forwarded records from the outbox: " + st.message());
+    }
+  }
+  for (auto& task : work.tasks) {
+    task(store_);
+  }
+  for (auto& f : work.fetches) {
+    auto entries = store_.outbox_after(f.after_seq, f.limit);
+    load_media(entries);
+    f.done(std::move(entries));
+  }
+}
+
+void StoreWorker::periodic_upkeep() {
+  if (const auto now = std::chrono::steady_clock::now();
+      media_ != nullptr &&
+      (last_sweep_ == std::chrono::steady_clock::time_point{} || now - last_sweep_ > std::chrono::hours(1))) {
+    last_sweep_ = now;
+    sweep_media();
+  }
+  // Counting the outbox costs a scan of it: refresh the cached figure at most once a second.
+  if (const auto now = std::chrono::steady_clock::now(); now - last_stats_ > std::chrono::seconds(1)) {
+    last_stats_ = now;
+    auto stats = store_.outbox_stats();
+    std::lock_guard lock(mutex_);
+    outbox_stats_ = stats;
+  }
+}
+
+bool StoreWorker::wait_before_retry(std::chrono::milliseconds& backoff, std::uint64_t consecutive_failures,
+                                    bool stopping) {
+  {
+    std::lock_guard lock(mutex_);
+    backoff = backoff.count() == 0 ? backoff_initial_ : std::min(backoff * 2, backoff_max_);
+  }
+  std::this_thread::sleep_for(backoff);
+  if (stopping) {
+    // Keep trying while stopping, but not forever: what is not committed was never accepted.
+    std::lock_guard lock(mutex_);
+    if (consecutive_failures > kMaxFailuresAtShutdown) {
+      log::error("store", "",
+                 "giving up at shutdown: " + std::to_string(retrying_.size() + facts_.size()) +
+                     " facts were not committed");
+      return false;
+    }
+  }
+  return true;
+}
+
 void StoreWorker::run() {
   std::chrono::milliseconds backoff{0};  // 0: the next failure waits the initial backoff
   // Failed commits since the last one that succeeded: an earlier outage the store recovered from does not
   // shorten the retries at shutdown.
   std::uint64_t consecutive_failures = 0;
   for (;;) {
-    std::vector<Item> batch;
-    std::deque<Fetch> fetches;
-    std::vector<std::uint64_t> forwarded;
-    std::deque<std::function<void(store::EvidenceStore&)>> tasks;
-    bool stopping = false;
-    {
-      std::unique_lock lock(mutex_);
-      wake_.wait(lock, [&] {
-        return stopping_ || !facts_.empty() || !retrying_.empty() || !fetches_.empty() ||
-               !forwarded_.empty() || !tasks_.empty();
-      });
-      stopping = stopping_;
-      if (!retrying_.empty()) {
-        batch.swap(retrying_);
-      }
-      while (!facts_.empty() && batch.size() < max_batch_) {
-        batch.push_back(std::move(facts_.front()));
-        facts_.pop_front();
-      }
-      fetches.swap(fetches_);
-      forwarded.swap(forwarded_);
-      tasks.swap(tasks_);
-    }
-
+    Work work = wait_for_work();
     bool failed = false;
-    if (!batch.empty()) {
-      if (commit_batch(batch)) {
+    if (!work.batch.empty()) {
+      if (commit_or_keep(work.batch)) {
         backoff = std::chrono::milliseconds(0);
         consecutive_failures = 0;
-        std::lock_guard lock(mutex_);
-        committed_ += batch.size();
       } else {
         failed = true;
         ++consecutive_failures;
-        std::lock_guard lock(mutex_);
-        ++failures_;
-        retrying_ = std::move(batch);
       }
     }
-    if (!forwarded.empty()) {
-      if (Status st = store_.mark_forwarded(forwarded); !st.is_ok()) {
-        // Not fatal: the records stay in the outbox and are sent again (consumers drop the copies).
-        log::warn("store", "", "could not remove forwarded records from the outbox: " + st.message());
-      }
-    }
-    for (auto& task : tasks) {
-      task(store_);
-    }
-    for (auto& f : fetches) {
-      auto entries = store_.outbox_after(f.after_seq, f.limit);
-      load_media(entries);
-      f.done(std::move(entries));
-    }
-    if (const auto now = std::chrono::steady_clock::now();
-        media_ != nullptr && (last_sweep_ == std::chrono::steady_clock::time_point{} ||
-                              now - last_sweep_ > std::chrono::hours(1))) {
-      last_sweep_ = now;
-      sweep_media();
-    }
-    // Counting the outbox costs a scan of it: refresh the cached figure at most once a second.
-    if (const auto now = std::chrono::steady_clock::now(); now - last_stats_ > std::chrono::seconds(1)) {
-      last_stats_ = now;
-      auto stats = store_.outbox_stats();
-      std::lock_guard lock(mutex_);
-      outbox_stats_ = stats;
-    }
+    serve_requests(work);
+    periodic_upkeep();
     if (failed) {
-      {
-        std::lock_guard lock(mutex_);
-        backoff = backoff.count() == 0 ? backoff_initial_ : std::min(backoff * 2, backoff_max_);
-      }
-      std::this_thread::sleep_for(backoff);
-      if (stopping) {
-        // Keep trying while stopping, but not forever: what is not committed was never accepted.
-        std::lock_guard lock(mutex_);
-        if (consecutive_failures > kMaxFailuresAtShutdown) {
-          log::error("store", "",
-                     "giving up at shutdown: " + std::to_string(retrying_.size() + facts_.size()) +
-                         " facts were not committed");
-          return;
-        }
+      if (!wait_before_retry(backoff, consecutive_failures, work.stopping)) {
+        return;
       }
       continue;
     }

@@ -109,7 +109,25 @@ class StoreWorker final : public forwarder::OutboxSource {
     std::vector<store::StoredSpan> spans;    // recordings sealed in this batch
     std::optional<UnixMs> max_span_end;
   };
+  // What one round of the worker takes from the queues, all at once under the lock.
+  struct Work {
+    std::vector<Item> batch;  // a failed batch first, then new facts up to max_batch_
+    std::deque<Fetch> fetches;
+    std::vector<std::uint64_t> forwarded;
+    std::deque<std::function<void(store::EvidenceStore&)>> tasks;
+    bool stopping = false;
+  };
   void run();
+  Work wait_for_work();
+  // Commits the batch and counts it; a failed one is counted and kept in retrying_. False: it failed.
+  bool commit_or_keep(std::vector<Item>& batch);
+  // Outbox removals, store tasks and outbox fetches taken this round.
+  void serve_requests(Work& work);
+  // The hourly media sweep and the cached outbox figures.
+  void periodic_upkeep();
+  // Sleeps the next backoff after a failed commit; false when stopping and the retries at shutdown are spent.
+  bool wait_before_retry(std::chrono::milliseconds& backoff, std::uint64_t consecutive_failures,
+                         bool stopping);
   bool commit_batch(std::vector<Item>& batch);
   SealedBatch seal_batch(std::vector<Item>& batch, UnixMs now);
   // The fact as it is sealed when the worker completes it (retention holds on kept files, a recording's

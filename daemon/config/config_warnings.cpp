@@ -121,81 +121,58 @@ void check_calibration(const Config& cfg, const DeviceConfig& d, const adapters:
   }
 }
 
-}  // namespace
+struct SeenAddress {
+  const DeviceConfig* device;
+  Address address;
+};
 
-std::vector<ConfigWarning> config_warnings(const Config& cfg, UnixMs now) {
-  std::vector<ConfigWarning> out;
+// Two devices on one address: one of them is configured wrong, and both adapters fight over it
+// (a radar even accepts only one client at a time).
+void check_shared_address(const DeviceConfig& d, std::vector<SeenAddress>& seen,
+                          std::vector<ConfigWarning>& out) {
+  const Address a = address_of(d);
+  if (a.key.empty()) {
+    return;
+  }
+  for (const auto& s : seen) {
+    if (s.address.key != a.key || (a.dock && s.address.dock && a.base_path != s.address.base_path)) {
+      continue;
+    }
+    out.push_back({d.place, d.id,
+                   "same address as device '" + s.device->id + "' (" + s.device->place + "): " + a.text +
+                       "; two devices cannot share one address, one of them is configured wrong"});
+    break;
+  }
+  seen.push_back({&d, a});
+}
 
-  std::set<std::string> watched_radars;
-  for (const auto& d : cfg.devices) {
-    if (const auto* camera = std::get_if<adapters::CameraConfig>(&d.settings)) {
-      watched_radars.insert(camera->radar);
+// A radar no camera watches records no plates; a watched radar's lanes without a limit never give speeding.
+void check_radar_lanes(const DeviceConfig& d, const adapters::RadarConfig& radar,
+                       const std::set<std::string>& watched_radars, const std::set<int>& limited_lanes,
+                       std::vector<ConfigWarning>& out) {
+  if (watched_radars.count(d.id) == 0) {
+    out.push_back({d.place, d.id,
+                   "no camera names this radar (camera 'radar:'): its speeds are recorded without plates, "
+                   "as speed_measurement records"});
+    return;
+  }
+  std::string missing;
+  for (const auto& lane : radar.lanes) {
+    if (limited_lanes.count(lane.lane) == 0) {
+      missing += (missing.empty() ? "" : ", ") + std::to_string(lane.lane);
     }
   }
-  std::set<int> limited_lanes;
-  for (const auto& l : cfg.correlation.lanes) {
-    limited_lanes.insert(l.lane);
+  if (!missing.empty()) {
+    out.push_back({d.place, d.id,
+                   std::string(missing.find(',') == std::string::npos ? "lane " : "lanes ") + missing +
+                       " of this radar " + (missing.find(',') == std::string::npos ? "has" : "have") +
+                       " no speed limit under correlation.lanes: vehicles there are recorded as "
+                       "passages, never as speeding"});
   }
-  std::set<int> radar_lanes;
+}
 
-  struct Seen {
-    const DeviceConfig* device;
-    Address address;
-  };
-  std::vector<Seen> seen;
-
-  for (const auto& d : cfg.devices) {
-    // Two devices on one address: one of them is configured wrong, and both adapters fight over it
-    // (a radar even accepts only one client at a time).
-    const Address a = address_of(d);
-    if (!a.key.empty()) {
-      for (const auto& s : seen) {
-        if (s.address.key != a.key || (a.dock && s.address.dock && a.base_path != s.address.base_path)) {
-          continue;
-        }
-        out.push_back({d.place, d.id,
-                       "same address as device '" + s.device->id + "' (" + s.device->place + "): " + a.text +
-                           "; two devices cannot share one address, one of them is configured wrong"});
-        break;
-      }
-      seen.push_back({&d, a});
-    }
-
-    if (const auto* radar = std::get_if<adapters::RadarConfig>(&d.settings)) {
-      check_calibration(cfg, d, *radar, now, out);
-      for (const auto& lane : radar->lanes) {
-        radar_lanes.insert(lane.lane);
-      }
-      if (watched_radars.count(d.id) == 0) {
-        out.push_back(
-            {d.place, d.id,
-             "no camera names this radar (camera 'radar:'): its speeds are recorded without plates, "
-             "as speed_measurement records"});
-      } else {
-        std::string missing;
-        for (const auto& lane : radar->lanes) {
-          if (limited_lanes.count(lane.lane) == 0) {
-            missing += (missing.empty() ? "" : ", ") + std::to_string(lane.lane);
-          }
-        }
-        if (!missing.empty()) {
-          out.push_back({d.place, d.id,
-                         std::string(missing.find(',') == std::string::npos ? "lane " : "lanes ") + missing +
-                             " of this radar " + (missing.find(',') == std::string::npos ? "has" : "have") +
-                             " no speed limit under correlation.lanes: vehicles there are recorded as "
-                             "passages, never as speeding"});
-        }
-      }
-    } else if (const auto* camera = std::get_if<adapters::CameraConfig>(&d.settings)) {
-      if (camera->auth == "basic") {
-        out.push_back({d.place, d.id,
-                       "auth: basic sends the camera password readable on the network with every request "
-                       "(plain HTTP); use digest unless the camera cannot"});
-      }
-    }
-  }
-
-  // File-wide warnings: no device entry to point at, so the place is the file.
+void check_limits_have_radars(const Config& cfg, const std::set<int>& radar_lanes,
+                              std::vector<ConfigWarning>& out) {
   for (const auto& l : cfg.correlation.lanes) {
     if (radar_lanes.count(l.lane) == 0) {
       out.push_back({cfg.source, "",
@@ -203,7 +180,10 @@ std::vector<ConfigWarning> config_warnings(const Config& cfg, UnixMs now) {
                          " has a speed limit but no radar has that lane: the limit is never applied"});
     }
   }
-  // A site without the case-file elements: its speeding records cannot state where as a case file needs.
+}
+
+// A site without the case-file elements: its speeding records cannot state where as a case file needs.
+void check_site_elements(const Config& cfg, std::vector<ConfigWarning>& out) {
   std::string missing;
   const Site& site = cfg.gateway.site;
   for (const auto& [key, value] : {std::pair{"area_code", &site.area_code},
@@ -220,6 +200,10 @@ std::vector<ConfigWarning> config_warnings(const Config& cfg, UnixMs now) {
                        ": records will not state these case-file elements (docs/records.md, \"Case-file "
                        "elements\"); set them unless the site has none"});
   }
+}
+
+// Settings that weaken what records prove or who may reach the gateway: fine for demos, not at a checkpoint.
+void check_weakening_settings(const Config& cfg, std::vector<ConfigWarning>& out) {
   if (cfg.validity.clock_sync == "assume") {
     out.push_back({cfg.source, "",
                    "validity.clock_sync is 'assume': the gateway clock is not checked and every record says "
@@ -236,6 +220,47 @@ std::vector<ConfigWarning> config_warnings(const Config& cfg, UnixMs now) {
                        " is not a loopback address: /metrics is reachable from the network without "
                        "authentication"});
   }
+}
+
+}  // namespace
+
+std::vector<ConfigWarning> config_warnings(const Config& cfg, UnixMs now) {
+  std::vector<ConfigWarning> out;
+
+  std::set<std::string> watched_radars;
+  for (const auto& d : cfg.devices) {
+    if (const auto* camera = std::get_if<adapters::CameraConfig>(&d.settings)) {
+      watched_radars.insert(camera->radar);
+    }
+  }
+  std::set<int> limited_lanes;
+  for (const auto& l : cfg.correlation.lanes) {
+    limited_lanes.insert(l.lane);
+  }
+  std::set<int> radar_lanes;
+  std::vector<SeenAddress> seen;
+
+  for (const auto& d : cfg.devices) {
+    check_shared_address(d, seen, out);
+    if (const auto* radar = std::get_if<adapters::RadarConfig>(&d.settings)) {
+      check_calibration(cfg, d, *radar, now, out);
+      for (const auto& lane : radar->lanes) {
+        radar_lanes.insert(lane.lane);
+      }
+      check_radar_lanes(d, *radar, watched_radars, limited_lanes, out);
+    } else if (const auto* camera = std::get_if<adapters::CameraConfig>(&d.settings)) {
+      if (camera->auth == "basic") {
+        out.push_back({d.place, d.id,
+                       "auth: basic sends the camera password readable on the network with every request "
+                       "(plain HTTP); use digest unless the camera cannot"});
+      }
+    }
+  }
+
+  // File-wide warnings: no device entry to point at, so the place is the file.
+  check_limits_have_radars(cfg, radar_lanes, out);
+  check_site_elements(cfg, out);
+  check_weakening_settings(cfg, out);
   return out;
 }
 

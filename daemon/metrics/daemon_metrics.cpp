@@ -107,19 +107,23 @@ constexpr std::string_view kCpu = "User and system CPU time spent";
 
 constexpr double kMs = 1000.0;
 
-void device_metrics(Exposition& out, const std::string& id, const json& dev) {
-  const std::string kind = text(dev, "kind");
-  const Labels base{{"device", id}, {"kind", kind}};
-  const std::string state = text(dev, "state");
-  // A recorder in "warning" still talks to its station (a listing problem), so it counts as up.
-  out.add_gauge("checkpointd_device_up", help::kDeviceUp, base,
-                state == "connected" || state == "warning" ? 1 : 0);
+// The device status's number `key` as a counter (or gauge) with `labels`, when the status has it.
+void counter_from(Exposition& out, std::string_view name, std::string_view h, const Labels& labels,
+                  const json& dev, const std::string& key) {
+  if (const auto v = number(dev, key)) {
+    out.add_counter(name, h, labels, *v);
+  }
+}
 
-  auto counter = [&](std::string_view name, std::string_view h, const std::string& key) {
-    if (const auto v = number(dev, key)) {
-      out.add_counter(name, h, base, *v);
-    }
-  };
+void gauge_from(Exposition& out, std::string_view name, std::string_view h, const Labels& labels,
+                const json& dev, const std::string& key) {
+  if (const auto v = number(dev, key)) {
+    out.add_gauge(name, h, labels, *v);
+  }
+}
+
+// What the device sent: link-level frames and typed events, by kind.
+void device_traffic_metrics(Exposition& out, const Labels& base, const std::string& kind, const json& dev) {
   auto event = [&](const std::string& key, const std::string& ev) {
     if (const auto v = number(dev, key)) {
       Labels l = base;
@@ -129,11 +133,11 @@ void device_metrics(Exposition& out, const std::string& id, const json& dev) {
   };
 
   if (kind == "radar") {
-    counter("checkpointd_device_frames_total", help::kFrames, "frames");
+    counter_from(out, "checkpointd_device_frames_total", help::kFrames, base, dev, "frames");
     event("tracks", "track");
     event("test_targets", "test_target");
   } else if (kind == "camera") {
-    counter("checkpointd_device_frames_total", help::kFrames, "parts");
+    counter_from(out, "checkpointd_device_frames_total", help::kFrames, base, dev, "parts");
     event("events", "anpr");
     event("heartbeats", "heartbeat");
     event("other_events", "other");
@@ -143,7 +147,10 @@ void device_metrics(Exposition& out, const std::string& id, const json& dev) {
     event("collected", "recording_collected");
     event("acks", "ack");
   }
+}
 
+// Errors by reason, and the noise bytes outside any valid frame.
+void device_error_metrics(Exposition& out, const Labels& base, const json& dev) {
   std::optional<double> noise = number(dev, "noise_bytes");
   if (const json* errors = member(dev, "errors"); errors != nullptr && errors->is_object()) {
     for (const auto& [reason, count] : errors->items()) {
@@ -163,8 +170,10 @@ void device_metrics(Exposition& out, const std::string& id, const json& dev) {
   if (noise) {
     out.add_counter("checkpointd_device_noise_bytes_total", help::kNoise, base, *noise);
   }
-  counter("checkpointd_device_reconnects_total", help::kReconnects, "reconnects");
+}
 
+// The device clock's offset and its uncertainty, and when the device last sent an event.
+void device_clock_metrics(Exposition& out, const Labels& base, const std::string& kind, const json& dev) {
   // Radar time is a counter since power-up mapped onto UTC, not a wall clock, so it has no offset to show.
   std::optional<double> offset_ms =
       kind == "recorder" ? number(dev, "station_clock_offset_ms") : number(dev, "clock_offset_ms");
@@ -179,17 +188,16 @@ void device_metrics(Exposition& out, const std::string& id, const json& dev) {
   if (last && *last > 0) {
     out.add_gauge("checkpointd_device_last_event_timestamp_seconds", help::kLastEvent, base, *last / kMs);
   }
+}
 
+// The families only one kind of device has, labelled by device alone.
+void device_kind_metrics(Exposition& out, const std::string& id, const std::string& kind, const json& dev) {
   const Labels dev_only{{"device", id}};
   auto kind_counter = [&](std::string_view name, std::string_view h, const std::string& key) {
-    if (const auto v = number(dev, key)) {
-      out.add_counter(name, h, dev_only, *v);
-    }
+    counter_from(out, name, h, dev_only, dev, key);
   };
   auto kind_gauge = [&](std::string_view name, std::string_view h, const std::string& key) {
-    if (const auto v = number(dev, key)) {
-      out.add_gauge(name, h, dev_only, *v);
-    }
+    gauge_from(out, name, h, dev_only, dev, key);
   };
   if (kind == "radar") {
     kind_gauge("checkpointd_radar_status_code", help::kRadarStatus, "status_code");
@@ -206,6 +214,20 @@ void device_metrics(Exposition& out, const std::string& id, const json& dev) {
     kind_gauge("checkpointd_recorder_queued_recordings", help::kRecorderQueued, "queued");
     kind_gauge("checkpointd_recorder_downloading_recordings", help::kRecorderDownloading, "downloading");
   }
+}
+
+void device_metrics(Exposition& out, const std::string& id, const json& dev) {
+  const std::string kind = text(dev, "kind");
+  const Labels base{{"device", id}, {"kind", kind}};
+  const std::string state = text(dev, "state");
+  // A recorder in "warning" still talks to its station (a listing problem), so it counts as up.
+  out.add_gauge("checkpointd_device_up", help::kDeviceUp, base,
+                state == "connected" || state == "warning" ? 1 : 0);
+  device_traffic_metrics(out, base, kind, dev);
+  device_error_metrics(out, base, dev);
+  counter_from(out, "checkpointd_device_reconnects_total", help::kReconnects, base, dev, "reconnects");
+  device_clock_metrics(out, base, kind, dev);
+  device_kind_metrics(out, id, kind, dev);
 }
 
 void broker_metrics(Exposition& out, const json& broker) {

@@ -235,6 +235,117 @@ std::string first_problem(const std::string& report) {
   return report.empty() ? std::string("no report") : report;
 }
 
+// The store's directory must exist (it is not created) and the path must not be a directory.
+void check_store_path(const std::string& path) {
+  const std::filesystem::path file(path);
+  std::filesystem::path dir = file.parent_path();
+  if (dir.empty()) {
+    dir = ".";
+  }
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) {
+    throw StoreError("store " + path + ": directory " + dir.string() +
+                     " does not exist (it is not created automatically)");
+  }
+  if (std::filesystem::is_directory(file, ec)) {
+    throw StoreError("store " + path + " is a directory, not a database file");
+  }
+}
+
+void exec_or_throw(sqlite3* db, const std::string& path, const std::string& sql, const char* step) {
+  char* err = nullptr;
+  int exec_rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err);
+  if (exec_rc != SQLITE_OK) {
+    std::string why = err != nullptr ? err : sqlite3_errstr(exec_rc);
+    sqlite3_free(err);
+    throw StoreError("store " + path + ": " + step + " failed: " + why);
+  }
+}
+
+// Steps `sql` once: SQLITE_OK with the first row's first column in `value`, else the error code, and its
+// text in `why` (read before the statement is finalized).
+int first_row_text(sqlite3* db, const char* sql, std::string& value, std::string& why) {
+  sqlite3_stmt* stmt = nullptr;
+  int rc = sqlite3_prepare_v2(db, sql, -1, &stmt, nullptr);
+  if (rc == SQLITE_OK) {
+    rc = sqlite3_step(stmt);
+    if (rc == SQLITE_ROW) {
+      value = column_text(stmt, 0);
+      rc = SQLITE_OK;
+    }
+  }
+  why = rc == SQLITE_OK ? std::string() : error_text(db, rc);
+  sqlite3_finalize(stmt);
+  return rc;
+}
+
+// Runs a one-row pragma and returns its first column as text.
+std::string query_text(sqlite3* db, const std::string& path, const char* sql, const char* step) {
+  std::string value;
+  std::string why;
+  if (first_row_text(db, sql, value, why) != SQLITE_OK) {
+    throw StoreError("store " + path + ": " + step + " failed: " + why);
+  }
+  return value;
+}
+
+// PRAGMA quick_check; a file that is not a database, or fails the check, is refused and kept as found.
+void check_integrity(sqlite3* db, const std::string& path) {
+  std::string first_line;
+  std::string why;
+  const int rc = first_row_text(db, "PRAGMA quick_check", first_line, why);
+  const int primary = rc & 0xff;
+  if (primary == SQLITE_NOTADB) {
+    throw StoreError("store " + path + " is not an SQLite database (" + why +
+                     "); the file is kept as it is for inspection — move it aside to start a new store");
+  }
+  if (primary == SQLITE_CORRUPT) {
+    first_line = why;
+  } else if (rc != SQLITE_OK) {
+    throw StoreError("store " + path + ": cannot read: " + why);
+  }
+  if (first_line != "ok") {
+    first_line = first_problem(first_line);
+    throw StoreError("store " + path + " failed its integrity check: " + first_line +
+                     "; the file is kept as it is for inspection — move it aside to start a new store");
+  }
+}
+
+// Refuses a schema newer than this build's and another program's database, before anything is changed.
+void check_schema_is_ours(sqlite3* db, const std::string& path) {
+  // Refuse a newer schema before changing anything (journal mode included) in a file we do not understand.
+  const int version = std::stoi(query_text(db, path, "PRAGMA user_version", "reading the schema version"));
+  if (version > EvidenceStore::kSchemaVersion) {
+    throw StoreError("store " + path + " has schema version " + std::to_string(version) +
+                     ", newer than this build knows (" + std::to_string(EvidenceStore::kSchemaVersion) +
+                     "); run a newer checkpointd, the file is left untouched");
+  }
+
+  // Version 0 with tables is some other program's database: adding ours to it would mix the two.
+  if (version == 0 &&
+      query_text(db, path, "SELECT count(*) FROM sqlite_schema", "reading the schema") != "0") {
+    throw StoreError("store " + path +
+                     " is an SQLite database with tables but no checkpointd schema version; it is not "
+                     "an evidence store, and is left untouched");
+  }
+}
+
+// WAL, synchronous=FULL (checked to have taken effect), foreign keys and a bounded WAL file.
+void set_durability(sqlite3* db, const std::string& path) {
+  const std::string mode = query_text(db, path, "PRAGMA journal_mode=WAL", "setting journal_mode=WAL");
+  if (mode != "wal") {
+    throw StoreError("store " + path + ": journal_mode is '" + mode +
+                     "', not 'wal' (WAL needs a local file system with shared memory)");
+  }
+  exec_or_throw(db, path, "PRAGMA synchronous=FULL", "setting synchronous=FULL");
+  if (query_text(db, path, "PRAGMA synchronous", "reading synchronous") != "2") {
+    throw StoreError("store " + path + ": synchronous=FULL did not take effect");
+  }
+  exec_or_throw(db, path, "PRAGMA foreign_keys=ON", "enabling foreign keys");
+  exec_or_throw(db, path, "PRAGMA journal_size_limit=" + std::to_string(kJournalSizeLimitBytes),
+                "setting journal_size_limit");
+}
+
 }  // namespace
 
 struct EvidenceStore::Statements {
@@ -338,19 +449,7 @@ void EvidenceStore::close() noexcept {
 }
 
 void EvidenceStore::open_checked(const StoreOptions& options) {
-  const std::filesystem::path file(path_);
-  std::filesystem::path dir = file.parent_path();
-  if (dir.empty()) {
-    dir = ".";
-  }
-  std::error_code ec;
-  if (!std::filesystem::is_directory(dir, ec)) {
-    throw StoreError("store " + path_ + ": directory " + dir.string() +
-                     " does not exist (it is not created automatically)");
-  }
-  if (std::filesystem::is_directory(file, ec)) {
-    throw StoreError("store " + path_ + " is a directory, not a database file");
-  }
+  check_store_path(path_);
 
   const int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_EXRESCODE;
   int rc = sqlite3_open_v2(path_.c_str(), &db_, flags, options.vfs.empty() ? nullptr : options.vfs.c_str());
@@ -364,97 +463,16 @@ void EvidenceStore::open_checked(const StoreOptions& options) {
   sqlite3_busy_timeout(db_, static_cast<int>(std::clamp<std::chrono::milliseconds::rep>(
                                 options.busy_timeout.count(), 0, std::numeric_limits<int>::max())));
 
-  auto exec = [this](const std::string& sql, const char* step) {
-    char* err = nullptr;
-    int exec_rc = sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &err);
-    if (exec_rc != SQLITE_OK) {
-      std::string why = err != nullptr ? err : sqlite3_errstr(exec_rc);
-      sqlite3_free(err);
-      throw StoreError("store " + path_ + ": " + step + " failed: " + why);
-    }
-  };
-  // Runs a one-row pragma and returns its first column as text.
-  auto query_text = [this](const char* sql, const char* step) {
-    sqlite3_stmt* stmt = nullptr;
-    int q_rc = sqlite3_prepare_v2(db_, sql, -1, &stmt, nullptr);
-    std::string value;
-    if (q_rc == SQLITE_OK) {
-      q_rc = sqlite3_step(stmt);
-      if (q_rc == SQLITE_ROW) {
-        value = column_text(stmt, 0);
-        q_rc = SQLITE_OK;
-      }
-    }
-    std::string why = q_rc == SQLITE_OK ? std::string() : error_text(db_, q_rc);
-    sqlite3_finalize(stmt);
-    if (q_rc != SQLITE_OK) {
-      throw StoreError("store " + path_ + ": " + step + " failed: " + why);
-    }
-    return value;
-  };
-
   // The integrity check comes first, before anything may write to the file.
-  {
-    sqlite3_stmt* stmt = nullptr;
-    rc = sqlite3_prepare_v2(db_, "PRAGMA quick_check", -1, &stmt, nullptr);
-    std::string first_line;
-    if (rc == SQLITE_OK) {
-      rc = sqlite3_step(stmt);
-      if (rc == SQLITE_ROW) {
-        first_line = column_text(stmt, 0);
-        rc = SQLITE_OK;
-      }
-    }
-    std::string why = rc == SQLITE_OK ? std::string() : error_text(db_, rc);
-    sqlite3_finalize(stmt);
-    const int primary = rc & 0xff;
-    if (primary == SQLITE_NOTADB) {
-      throw StoreError("store " + path_ + " is not an SQLite database (" + why +
-                       "); the file is kept as it is for inspection — move it aside to start a new store");
-    }
-    if (primary == SQLITE_CORRUPT) {
-      first_line = why;
-    } else if (rc != SQLITE_OK) {
-      throw StoreError("store " + path_ + ": cannot read: " + why);
-    }
-    if (first_line != "ok") {
-      first_line = first_problem(first_line);
-      throw StoreError("store " + path_ + " failed its integrity check: " + first_line +
-                       "; the file is kept as it is for inspection — move it aside to start a new store");
-    }
-  }
-
-  // Refuse a newer schema before changing anything (journal mode included) in a file we do not understand.
-  const int version = std::stoi(query_text("PRAGMA user_version", "reading the schema version"));
-  if (version > kSchemaVersion) {
-    throw StoreError("store " + path_ + " has schema version " + std::to_string(version) +
-                     ", newer than this build knows (" + std::to_string(kSchemaVersion) +
-                     "); run a newer checkpointd, the file is left untouched");
-  }
-
-  // Version 0 with tables is some other program's database: adding ours to it would mix the two.
-  if (version == 0 && query_text("SELECT count(*) FROM sqlite_schema", "reading the schema") != "0") {
-    throw StoreError("store " + path_ +
-                     " is an SQLite database with tables but no checkpointd schema version; it is not "
-                     "an evidence store, and is left untouched");
-  }
+  check_integrity(db_, path_);
+  check_schema_is_ours(db_, path_);
 
   // SQLite falls back to read-only on a file it may not write; the daemon would then fail every append.
   if (sqlite3_db_readonly(db_, "main") == 1) {
     throw StoreError("store " + path_ + " is read-only for this process (check the file's owner and mode)");
   }
 
-  const std::string mode = query_text("PRAGMA journal_mode=WAL", "setting journal_mode=WAL");
-  if (mode != "wal") {
-    throw StoreError("store " + path_ + ": journal_mode is '" + mode +
-                     "', not 'wal' (WAL needs a local file system with shared memory)");
-  }
-  exec("PRAGMA synchronous=FULL", "setting synchronous=FULL");
-  if (query_text("PRAGMA synchronous", "reading synchronous") != "2") {
-    throw StoreError("store " + path_ + ": synchronous=FULL did not take effect");
-  }
-  exec("PRAGMA foreign_keys=ON", "enabling foreign keys");
-  exec("PRAGMA journal_size_limit=" + std::to_string(kJournalSizeLimitBytes), "setting journal_size_limit");
+  set_durability(db_, path_);
   sqlite3_db_config(db_, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 0, nullptr);
 }
 
@@ -620,104 +638,8 @@ Status EvidenceStore::append(const std::vector<SealedRecord>& batch) {
   }
   Statements& s = *stmts_;
   bool head_moved = false;  // set if the file's last seq differs from our cache (another writer)
-  Status status =
-      run_write_transaction(db_, s.begin, s.commit, s.rollback, "store " + path_ + ": append", [&] {
-        // The chain is checked against the file under the write lock, not only against the cache.
-        std::uint64_t last = 0;
-        {
-          StatementUse use(s.max_seq);
-          int rc = sqlite3_step(use.get());
-          if (rc != SQLITE_ROW) {
-            return status_from(
-                rc, "store " + path_ + ": append: cannot read the last seq: " + error_text(db_, rc));
-          }
-          last = static_cast<std::uint64_t>(sqlite3_column_int64(use.get(), 0));  // NULL (empty) reads as 0
-        }
-        head_moved = last != head_.seq;
-        if (batch.front().seq != last + 1) {
-          return Status::fail("store " + path_ + ": batch starting at seq " +
-                              std::to_string(batch.front().seq) + " does not continue the chain at seq " +
-                              std::to_string(last) + "; nothing written");
-        }
-        for (const SealedRecord& r : batch) {
-          {
-            StatementUse use(s.insert_record);
-            sqlite3_bind_int64(use.get(), 1, to_db_seq(r.seq));
-            bind_text(use.get(), 2, r.id);
-            bind_text(use.get(), 3, r.type);
-            sqlite3_bind_int64(use.get(), 4, r.time_ms);
-            sqlite3_bind_int64(use.get(), 5, r.created_ms);
-            bind_text(use.get(), 6, r.jws);
-            int rc = sqlite3_step(use.get());
-            if (rc != SQLITE_DONE) {
-              return status_from(rc, "store " + path_ + ": append: record seq " + std::to_string(r.seq) +
-                                         ": " + error_text(db_, rc));
-            }
-          }
-          {
-            StatementUse use(s.insert_outbox);
-            sqlite3_bind_int64(use.get(), 1, to_db_seq(r.seq));
-            int rc = sqlite3_step(use.get());
-            if (rc != SQLITE_DONE) {
-              return status_from(rc, "store " + path_ + ": append: outbox seq " + std::to_string(r.seq) +
-                                         ": " + error_text(db_, rc));
-            }
-          }
-          for (const std::string& sha : r.media) {
-            StatementUse use(s.insert_media);
-            sqlite3_bind_int64(use.get(), 1, to_db_seq(r.seq));
-            bind_text(use.get(), 2, sha);
-            int rc = sqlite3_step(use.get());
-            if (rc != SQLITE_DONE) {
-              return status_from(rc, "store " + path_ + ": append: media of seq " + std::to_string(r.seq) +
-                                         ": " + error_text(db_, rc));
-            }
-          }
-          for (const KeptMedia& kept : r.kept_media) {
-            StatementUse use(s.insert_kept_media);
-            sqlite3_bind_int64(use.get(), 1, to_db_seq(r.seq));
-            bind_text(use.get(), 2, kept.sha256);
-            sqlite3_bind_int64(use.get(), 3, kept.hold_until_ms);
-            int rc = sqlite3_step(use.get());
-            if (rc != SQLITE_DONE) {
-              return status_from(rc, "store " + path_ + ": append: kept media of seq " +
-                                         std::to_string(r.seq) + ": " + error_text(db_, rc));
-            }
-          }
-          if (r.link_span) {
-            StatementUse use(s.insert_span);
-            sqlite3_bind_int64(use.get(), 1, to_db_seq(r.seq));
-            sqlite3_bind_int64(use.get(), 2, r.link_span->lo_ms);
-            sqlite3_bind_int64(use.get(), 3, r.link_span->hi_ms);
-            int rc = sqlite3_step(use.get());
-            if (rc != SQLITE_DONE) {
-              return status_from(rc, "store " + path_ + ": append: link span of seq " +
-                                         std::to_string(r.seq) + ": " + error_text(db_, rc));
-            }
-          }
-          if (r.dock_update) {
-            // The file's ledger row moves with the record that covers it: a crash leaves both or neither.
-            const DockFileUpdate& u = *r.dock_update;
-            StatementUse use(s.dock_record);
-            bind_text(use.get(), 1, u.device_id);
-            bind_text(use.get(), 2, u.unique_id);
-            bind_text(use.get(), 3, u.md5);
-            static const std::string kFaulted = "faulted";
-            static const std::string kRecorded = "recorded";
-            bind_text(use.get(), 4, u.sha256.empty() ? kFaulted : kRecorded);
-            bind_text(use.get(), 5, u.sha256);
-            bind_text(use.get(), 6, r.id);
-            // A fault closes the row now; a recorded file stays open until the station acknowledges it.
-            sqlite3_bind_int64(use.get(), 7, u.sha256.empty() ? r.created_ms : 0);
-            int rc = sqlite3_step(use.get());
-            if (rc != SQLITE_DONE) {
-              return status_from(rc, "store " + path_ + ": append: dock file " + u.unique_id + " of seq " +
-                                         std::to_string(r.seq) + ": " + error_text(db_, rc));
-            }
-          }
-        }
-        return Status::ok();
-      });
+  Status status = run_write_transaction(db_, s.begin, s.commit, s.rollback, "store " + path_ + ": append",
+                                        [&] { return append_batch(batch, head_moved); });
   if (status.is_ok()) {
     head_ = ChainHead{batch.back().seq, sha256_hex(batch.back().jws)};
   } else if (head_moved) {
@@ -729,6 +651,121 @@ Status EvidenceStore::append(const std::vector<SealedRecord>& batch) {
     }
   }
   return status;
+}
+
+Status EvidenceStore::append_batch(const std::vector<SealedRecord>& batch, bool& head_moved) {
+  // The chain is checked against the file under the write lock, not only against the cache.
+  std::uint64_t last = 0;
+  {
+    StatementUse use(stmts_->max_seq);
+    int rc = sqlite3_step(use.get());
+    if (rc != SQLITE_ROW) {
+      return status_from(rc, "store " + path_ + ": append: cannot read the last seq: " + error_text(db_, rc));
+    }
+    last = static_cast<std::uint64_t>(sqlite3_column_int64(use.get(), 0));  // NULL (empty) reads as 0
+  }
+  head_moved = last != head_.seq;
+  if (batch.front().seq != last + 1) {
+    return Status::fail("store " + path_ + ": batch starting at seq " + std::to_string(batch.front().seq) +
+                        " does not continue the chain at seq " + std::to_string(last) + "; nothing written");
+  }
+  for (const SealedRecord& r : batch) {
+    if (Status st = append_record(r); !st.is_ok()) {
+      return st;
+    }
+  }
+  return Status::ok();
+}
+
+Status EvidenceStore::append_record(const SealedRecord& r) {
+  Statements& s = *stmts_;
+  {
+    StatementUse use(s.insert_record);
+    sqlite3_bind_int64(use.get(), 1, to_db_seq(r.seq));
+    bind_text(use.get(), 2, r.id);
+    bind_text(use.get(), 3, r.type);
+    sqlite3_bind_int64(use.get(), 4, r.time_ms);
+    sqlite3_bind_int64(use.get(), 5, r.created_ms);
+    bind_text(use.get(), 6, r.jws);
+    int rc = sqlite3_step(use.get());
+    if (rc != SQLITE_DONE) {
+      return status_from(rc, "store " + path_ + ": append: record seq " + std::to_string(r.seq) + ": " +
+                                 error_text(db_, rc));
+    }
+  }
+  {
+    StatementUse use(s.insert_outbox);
+    sqlite3_bind_int64(use.get(), 1, to_db_seq(r.seq));
+    int rc = sqlite3_step(use.get());
+    if (rc != SQLITE_DONE) {
+      return status_from(rc, "store " + path_ + ": append: outbox seq " + std::to_string(r.seq) + ": " +
+                                 error_text(db_, rc));
+    }
+  }
+  if (Status st = append_media(r); !st.is_ok()) {
+    return st;
+  }
+  if (r.link_span) {
+    StatementUse use(s.insert_span);
+    sqlite3_bind_int64(use.get(), 1, to_db_seq(r.seq));
+    sqlite3_bind_int64(use.get(), 2, r.link_span->lo_ms);
+    sqlite3_bind_int64(use.get(), 3, r.link_span->hi_ms);
+    int rc = sqlite3_step(use.get());
+    if (rc != SQLITE_DONE) {
+      return status_from(rc, "store " + path_ + ": append: link span of seq " + std::to_string(r.seq) + ": " +
+                                 error_text(db_, rc));
+    }
+  }
+  if (r.dock_update) {
+    return append_dock_update(r, *r.dock_update);
+  }
+  return Status::ok();
+}
+
+Status EvidenceStore::append_media(const SealedRecord& r) {
+  for (const std::string& sha : r.media) {
+    StatementUse use(stmts_->insert_media);
+    sqlite3_bind_int64(use.get(), 1, to_db_seq(r.seq));
+    bind_text(use.get(), 2, sha);
+    int rc = sqlite3_step(use.get());
+    if (rc != SQLITE_DONE) {
+      return status_from(rc, "store " + path_ + ": append: media of seq " + std::to_string(r.seq) + ": " +
+                                 error_text(db_, rc));
+    }
+  }
+  for (const KeptMedia& kept : r.kept_media) {
+    StatementUse use(stmts_->insert_kept_media);
+    sqlite3_bind_int64(use.get(), 1, to_db_seq(r.seq));
+    bind_text(use.get(), 2, kept.sha256);
+    sqlite3_bind_int64(use.get(), 3, kept.hold_until_ms);
+    int rc = sqlite3_step(use.get());
+    if (rc != SQLITE_DONE) {
+      return status_from(rc, "store " + path_ + ": append: kept media of seq " + std::to_string(r.seq) +
+                                 ": " + error_text(db_, rc));
+    }
+  }
+  return Status::ok();
+}
+
+Status EvidenceStore::append_dock_update(const SealedRecord& r, const DockFileUpdate& u) {
+  // The file's ledger row moves with the record that covers it: a crash leaves both or neither.
+  StatementUse use(stmts_->dock_record);
+  bind_text(use.get(), 1, u.device_id);
+  bind_text(use.get(), 2, u.unique_id);
+  bind_text(use.get(), 3, u.md5);
+  static const std::string kFaulted = "faulted";
+  static const std::string kRecorded = "recorded";
+  bind_text(use.get(), 4, u.sha256.empty() ? kFaulted : kRecorded);
+  bind_text(use.get(), 5, u.sha256);
+  bind_text(use.get(), 6, r.id);
+  // A fault closes the row now; a recorded file stays open until the station acknowledges it.
+  sqlite3_bind_int64(use.get(), 7, u.sha256.empty() ? r.created_ms : 0);
+  int rc = sqlite3_step(use.get());
+  if (rc != SQLITE_DONE) {
+    return status_from(rc, "store " + path_ + ": append: dock file " + u.unique_id + " of seq " +
+                               std::to_string(r.seq) + ": " + error_text(db_, rc));
+  }
+  return Status::ok();
 }
 
 std::vector<OutboxEntry> EvidenceStore::outbox_after(std::uint64_t after_seq, std::size_t limit) const {

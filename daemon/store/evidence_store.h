@@ -216,6 +216,12 @@ class EvidenceStore {
   struct Statements;  // the prepared statements, made once after migration
 
   void open_checked(const StoreOptions& options);
+  // The rows of an append, inside its write transaction: the chain continues the file's last seq.
+  Status append_batch(const std::vector<SealedRecord>& batch, bool& head_moved);
+  // One record's rows: the record, its outbox entry, media, link span and dock ledger update.
+  Status append_record(const SealedRecord& r);
+  Status append_media(const SealedRecord& r);  // published and kept media references
+  Status append_dock_update(const SealedRecord& r, const DockFileUpdate& u);
   void migrate();
   void prepare_statements();
   ChainHead load_head() const;
