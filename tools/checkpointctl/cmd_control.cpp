@@ -375,11 +375,8 @@ void print_table(std::ostream& out, const std::vector<std::vector<std::string>>&
   }
 }
 
-void print_status(std::ostream& out, const json& s, const std::string& socket) {
-  const std::int64_t now = int_of(s, "time_ms");
-  out << "checkpointd status" << (now > 0 ? " at " + iso8601_utc(now) : std::string()) << " (" << socket
-      << ")\n";
-
+// One row per device, then the notes a device carries.
+void print_devices(std::ostream& out, const json& s, std::int64_t now) {
   out << "\nDevices:\n";
   const json devices = s.value("devices", json::object());
   if (!devices.is_object() || devices.empty()) {
@@ -402,16 +399,10 @@ void print_status(std::ostream& out, const json& s, const std::string& socket) {
       }
     }
   }
+}
 
-  out << '\n';
-  const std::int64_t backlog = int_of(s, "backlog");
-  out << "Backlog:  " << backlog << (backlog == 1 ? " record" : " records")
-      << " not yet acknowledged by the broker";
-  if (backlog > 0 && int_of(s, "backlog_oldest_ms") > 0) {
-    out << ", oldest " << age_text(now, int_of(s, "backlog_oldest_ms")) << " old";
-  }
-  out << '\n';
-
+// The broker link, and why it refuses records when it does.
+void print_broker(std::ostream& out, const json& s, std::int64_t now) {
   if (const json b = s.value("broker", json()); b.is_object()) {
     const bool connected = b.value("connected", false);
     out << "Broker:   " << (connected ? "connected" : "NOT connected") << " to "
@@ -433,7 +424,10 @@ void print_status(std::ostream& out, const json& s, const std::string& socket) {
       out << "          last error: " << printable(b["last_error"].get<std::string>()) << '\n';
     }
   }
+}
 
+// The store and media file systems and the storage alarm.
+void print_storage(std::ostream& out, const json& s, std::int64_t now) {
   if (const json st = s.value("storage", json()); st.is_object() && !st.empty()) {
     out << "Storage:  " << text_of(st.value("state", json()), "?");
     if (st.contains("text") && st["text"].is_string() && !st["text"].get<std::string>().empty()) {
@@ -448,7 +442,10 @@ void print_status(std::ostream& out, const json& s, const std::string& socket) {
     }
     out << '\n';
   }
+}
 
+// How far central's custody reaches and what it allowed to be pruned.
+void print_custody(std::ostream& out, const json& s, std::int64_t now) {
   if (const json c = s.value("custody", json()); c.is_object() && c.value("enabled", false)) {
     out << "Custody:  ";
     if (int_of(c, "through_seq") > 0) {
@@ -469,11 +466,10 @@ void print_status(std::ostream& out, const json& s, const std::string& socket) {
     }
     out << '\n';
   }
+}
 
-  if (const json k = s.value("kid", json()); k.is_string()) {
-    out << "Key:      signing with kid " << k.get<std::string>() << '\n';
-  }
-
+// The gateway clock's synchronisation.
+void print_clock(std::ostream& out, const json& s) {
   if (const json c = s.value("clock_sync", json()); c.is_object()) {
     const bool synced = c.value("synced", false);
     out << "Clock:    " << (synced ? "synchronised" : "NOT synchronised") << " (source "
@@ -485,6 +481,31 @@ void print_status(std::ostream& out, const json& s, const std::string& socket) {
   } else {
     out << "Clock:    (not reported by this checkpointd)\n";
   }
+}
+
+void print_status(std::ostream& out, const json& s, const std::string& socket) {
+  const std::int64_t now = int_of(s, "time_ms");
+  out << "checkpointd status" << (now > 0 ? " at " + iso8601_utc(now) : std::string()) << " (" << socket
+      << ")\n";
+
+  print_devices(out, s, now);
+  out << '\n';
+  const std::int64_t backlog = int_of(s, "backlog");
+  out << "Backlog:  " << backlog << (backlog == 1 ? " record" : " records")
+      << " not yet acknowledged by the broker";
+  if (backlog > 0 && int_of(s, "backlog_oldest_ms") > 0) {
+    out << ", oldest " << age_text(now, int_of(s, "backlog_oldest_ms")) << " old";
+  }
+  out << '\n';
+
+  print_broker(out, s, now);
+  print_storage(out, s, now);
+  print_custody(out, s, now);
+  if (const json k = s.value("kid", json()); k.is_string()) {
+    out << "Key:      signing with kid " << k.get<std::string>() << '\n';
+  }
+
+  print_clock(out, s);
 }
 
 // ---- commands -------------------------------------------------------------------------------------------
