@@ -377,71 +377,53 @@ std::string tenths(std::int32_t v) {
   return buf;
 }
 
-void report_radar(const adapters::RadarConfig& radar, const RadarListen& l, std::chrono::milliseconds listen,
-                  ProbeReport& report) {
-  using adapters::RadarDetect;
-  using adapters::RadarStatus;
+// What the radar sent while the probe listened, counted: detections (self-test X/Y apart), the first of
+// each kind as a sample, and each distinct status in the order first seen.
+struct RadarTally {
   std::uint64_t detects = 0;
   std::uint64_t statuses = 0;
   std::uint64_t tests = 0;
-  const RadarDetect* sample = nullptr;
-  const RadarDetect* test_sample = nullptr;
+  const adapters::RadarDetect* sample = nullptr;
+  const adapters::RadarDetect* test_sample = nullptr;
   std::vector<std::pair<std::pair<int, std::string>, int>> status_seen;  // (code, text) -> count, in order
-  const RadarStatus* last_status = nullptr;
+  const adapters::RadarStatus* last_status = nullptr;
+};
+
+RadarTally tally_radar(const RadarListen& l) {
+  using adapters::RadarDetect;
+  using adapters::RadarStatus;
+  RadarTally t;
   for (const auto& f : l.frames) {
     if (const auto* d = std::get_if<RadarDetect>(&f.message)) {
-      ++detects;
+      ++t.detects;
       const bool test = d->dir == 'X' || d->dir == 'Y';
-      tests += test ? 1 : 0;
-      if (!test && sample == nullptr) {
-        sample = d;
+      t.tests += test ? 1 : 0;
+      if (!test && t.sample == nullptr) {
+        t.sample = d;
       }
-      if (test && test_sample == nullptr) {
-        test_sample = d;
+      if (test && t.test_sample == nullptr) {
+        t.test_sample = d;
       }
     } else {
       const auto& s = std::get<RadarStatus>(f.message);
-      ++statuses;
-      last_status = &s;
-      auto it = std::find_if(status_seen.begin(), status_seen.end(), [&](const auto& e) {
+      ++t.statuses;
+      t.last_status = &s;
+      auto it = std::find_if(t.status_seen.begin(), t.status_seen.end(), [&](const auto& e) {
         return e.first.first == s.code && e.first.second == s.text;
       });
-      if (it == status_seen.end()) {
-        status_seen.push_back({{s.code, s.text}, 1});
+      if (it == t.status_seen.end()) {
+        t.status_seen.push_back({{s.code, s.text}, 1});
       } else {
         ++it->second;
       }
     }
   }
-  const auto& c = l.parser.counters();
-  report.lines.push_back(
-      "listened " + seconds_text(listen) + ": " + std::to_string(l.bytes) + " bytes, " +
-      std::to_string(c.frames) + " frames (detect 02: " + std::to_string(detects) +
-      (tests > 0 ? ", of them " + std::to_string(tests) + " self-test X/Y" : std::string()) +
-      "; status 09: " + std::to_string(statuses) + ")");
-  json by_type = {{"detect", detects}, {"status", statuses}, {"self_test", tests}};
-  json statuses_json = json::array();
-  for (const auto& [key, count] : status_seen) {
-    char code[16];
-    std::snprintf(code, sizeof(code), "%02d", key.first);
-    const std::string meaning = key.first == 0 ? "OK" : key.first < 20 ? "warning" : "FAULT";
-    report.lines.push_back(std::string("status ") + code + " " + key.second + " (" + meaning + ")" +
-                           (count > 1 ? " x" + std::to_string(count) : ""));
-    statuses_json.push_back({{"code", key.first}, {"text", key.second}, {"count", count}});
-  }
-  json errors = json::object();
-  std::string error_text;
-  for (std::size_t i = 0; i < adapters::kFrameErrorCount; ++i) {
-    const auto e = static_cast<adapters::FrameError>(i);
-    if (c.error(e) > 0) {
-      errors[std::string(adapters::frame_error_name(e))] = c.error(e);
-      error_text += (error_text.empty() ? "" : ", ") + std::string(adapters::frame_error_name(e)) + " " +
-                    std::to_string(c.error(e));
-    }
-  }
-  report.lines.push_back("parse errors: " + (error_text.empty() ? std::string("none") : error_text) +
-                         (c.noise_bytes > 0 ? "; noise bytes " + std::to_string(c.noise_bytes) : ""));
-  const RadarDetect* shown = sample != nullptr ? sample : test_sample;
+  return t;
+}
+
+// The sample target, as a technician reads it (speed, range, lane by the configured lanes), or none.
+json report_sample_target(const adapters::RadarConfig& radar, const adapters::RadarDetect* shown,
+                          ProbeReport& report) {
   json sample_json;
   if (shown != nullptr) {
     const char* units = shown->units == 'K' ? "km/h" : "mph";
@@ -474,17 +456,13 @@ void report_radar(const adapters::RadarConfig& radar, const RadarListen& l, std:
   } else {
     report.lines.push_back("sample target: none tracked while listening");
   }
-  if (!l.closed.empty()) {
-    report.lines.push_back("link ended after " + std::to_string(l.closed_after_ms) + " ms: " + l.closed);
-  }
-  report.data["bytes"] = l.bytes;
-  report.data["frames"] = c.frames;
-  report.data["frames_by_type"] = by_type;
-  report.data["statuses"] = statuses_json;
-  report.data["parse_errors"] = errors;
-  report.data["noise_bytes"] = c.noise_bytes;
-  report.data["sample_target"] = sample_json;
+  return sample_json;
+}
 
+// The probe's verdict from what was heard: no data, no frame, a fault, or ok (with a warning's note).
+void radar_verdict(const adapters::RadarConfig& radar, const RadarListen& l, std::chrono::milliseconds listen,
+                   const adapters::RadarStatus* last_status, ProbeReport& report) {
+  const auto& c = l.parser.counters();
   if (l.bytes == 0) {
     fail(report,
          {ProbeProblem::kNoData,
@@ -518,6 +496,53 @@ void report_radar(const adapters::RadarConfig& radar, const RadarListen& l, std:
     report.lines.push_back("note: the radar reports a warning (status " + std::to_string(last_status->code) +
                            " " + last_status->text + ")");
   }
+}
+
+void report_radar(const adapters::RadarConfig& radar, const RadarListen& l, std::chrono::milliseconds listen,
+                  ProbeReport& report) {
+  const RadarTally t = tally_radar(l);
+  const auto& c = l.parser.counters();
+  report.lines.push_back(
+      "listened " + seconds_text(listen) + ": " + std::to_string(l.bytes) + " bytes, " +
+      std::to_string(c.frames) + " frames (detect 02: " + std::to_string(t.detects) +
+      (t.tests > 0 ? ", of them " + std::to_string(t.tests) + " self-test X/Y" : std::string()) +
+      "; status 09: " + std::to_string(t.statuses) + ")");
+  json by_type = {{"detect", t.detects}, {"status", t.statuses}, {"self_test", t.tests}};
+  json statuses_json = json::array();
+  for (const auto& [key, count] : t.status_seen) {
+    char code[16];
+    std::snprintf(code, sizeof(code), "%02d", key.first);
+    const std::string meaning = key.first == 0 ? "OK" : key.first < 20 ? "warning" : "FAULT";
+    report.lines.push_back(std::string("status ") + code + " " + key.second + " (" + meaning + ")" +
+                           (count > 1 ? " x" + std::to_string(count) : ""));
+    statuses_json.push_back({{"code", key.first}, {"text", key.second}, {"count", count}});
+  }
+  json errors = json::object();
+  std::string error_text;
+  for (std::size_t i = 0; i < adapters::kFrameErrorCount; ++i) {
+    const auto e = static_cast<adapters::FrameError>(i);
+    if (c.error(e) > 0) {
+      errors[std::string(adapters::frame_error_name(e))] = c.error(e);
+      error_text += (error_text.empty() ? "" : ", ") + std::string(adapters::frame_error_name(e)) + " " +
+                    std::to_string(c.error(e));
+    }
+  }
+  report.lines.push_back("parse errors: " + (error_text.empty() ? std::string("none") : error_text) +
+                         (c.noise_bytes > 0 ? "; noise bytes " + std::to_string(c.noise_bytes) : ""));
+  const json sample_json =
+      report_sample_target(radar, t.sample != nullptr ? t.sample : t.test_sample, report);
+  if (!l.closed.empty()) {
+    report.lines.push_back("link ended after " + std::to_string(l.closed_after_ms) + " ms: " + l.closed);
+  }
+  report.data["bytes"] = l.bytes;
+  report.data["frames"] = c.frames;
+  report.data["frames_by_type"] = by_type;
+  report.data["statuses"] = statuses_json;
+  report.data["parse_errors"] = errors;
+  report.data["noise_bytes"] = c.noise_bytes;
+  report.data["sample_target"] = sample_json;
+
+  radar_verdict(radar, l, listen, t.last_status, report);
 }
 
 void probe_radar(const adapters::RadarConfig& radar, const ProbeOptions& options, ProbeReport& report) {
