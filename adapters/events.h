@@ -185,12 +185,11 @@ struct RecordingCollected {
   std::string sha256;      // of the bytes stored (lower-case hex); also the media store name
   std::string media_path;  // where the file is kept on the gateway
   std::optional<StationClock> station_clock;  // nullopt: never measured
-  // Recorder clock minus station clock as far as the dock's interface shows it (see docs/records.md); the
-  // corrected span is start/end - recorder_offset - station offset.
-  std::int64_t recorder_offset_ms = 0;
-  bool recorder_clock_off = false;  // the recorder's times were provably off and have been corrected
-  UnixMs start_ms = 0;              // corrected to the gateway clock
-  UnixMs end_ms = 0;
+  // What the recorder-clock rule (daemon/pipeline/recorder_clock.h) needs beside the file's listed times:
+  // the gateway time of the listing that first showed the file (or of the ledger load), and the dock's
+  // configured tolerance. The pipeline decides whether the recorder's clock was off and corrects the span.
+  UnixMs listed_ms = 0;
+  int recorder_clock_tolerance_s = 0;
   UnixMs collected_ms = 0;    // gateway time the download completed
   int download_attempts = 1;  // whole-file attempts (MD5 mismatches start again)
   int resumes = 0;            // broken transfers resumed with Range

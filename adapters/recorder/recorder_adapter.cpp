@@ -29,7 +29,6 @@
 #include "adapters/recorder/dock_protocol.h"
 #include "adapters/recorder/download_queue.h"
 #include "adapters/recorder/partial_file.h"
-#include "adapters/recorder/recorder_clock.h"
 #include "daemon/core/digest.h"
 #include "daemon/log/log.h"
 
@@ -1051,12 +1050,8 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
     if (const auto est = clock_.estimate()) {
       rc.station_clock = StationClock{est->offset_ms, est->uncertainty_ms, est->measured_ms};
     }
-    const RecorderClockReading clock =
-        read_recorder_clock(w.file, w.listed_ms, rc.station_clock, config_.recorder_clock_tolerance_s);
-    rc.recorder_offset_ms = clock.recorder_offset_ms;
-    rc.recorder_clock_off = clock.recorder_clock_off;
-    rc.start_ms = clock.start_ms;
-    rc.end_ms = clock.end_ms;
+    rc.listed_ms = w.listed_ms;
+    rc.recorder_clock_tolerance_s = config_.recorder_clock_tolerance_s;
     rc.collected_ms = ctx_.clock.now_ms();
     rc.download_attempts = w.md5_failures + 1;
     rc.resumes = w.resumes;
@@ -1066,12 +1061,9 @@ class RecorderAdapterImpl : public std::enable_shared_from_this<RecorderAdapterI
       ++snap_.collected;
       snap_.bytes_collected += static_cast<std::uint64_t>(w.file.length);
     }
-    log::info(
-        kComponent, config_.id,
-        "collected " + w.file.unique_id + " (" + std::to_string(w.file.length) + " bytes, sha256 " + sha256 +
-            (rc.recorder_clock_off ? ", recorder clock " + std::to_string(rc.recorder_offset_ms) + " ms ahead"
-                                   : std::string()) +
-            ")");
+    log::info(kComponent, config_.id,
+              "collected " + w.file.unique_id + " (" + std::to_string(w.file.length) + " bytes, sha256 " +
+                  sha256 + ")");
     ctx_.sink.emit(std::move(rc));
     pump_downloads();
   }

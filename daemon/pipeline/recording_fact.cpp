@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "daemon/core/sealer.h"
+#include "daemon/pipeline/recorder_clock.h"
 
 namespace cpd::pipeline {
 
@@ -39,9 +40,12 @@ json LinkRule::to_json() const {
 
 Fact make_recording_fact(const adapters::RecordingCollected& event, const LinkRule& rule) {
   const adapters::DockFile& file = event.file;
+  // Whether the recorder's clock was provably off, and the span on the gateway clock (recorder_clock.h).
+  const RecorderClockReading recorder =
+      read_recorder_clock(file, event.listed_ms, event.station_clock, event.recorder_clock_tolerance_s);
   Fact fact;
   fact.type = "recording";
-  fact.time_ms = event.start_ms;
+  fact.time_ms = recorder.start_ms;
 
   json& f = fact.fields;
   f["device"] = event.device_id;
@@ -61,9 +65,9 @@ Fact make_recording_fact(const adapters::RecordingCollected& event, const LinkRu
   f["recorder_start"] = file.start_time;
   f["recorder_end"] = file.end_time;
   f["collect_time"] = file.collect_time;
-  f["start_ms"] = event.start_ms;
-  f["end_ms"] = event.end_ms;
-  f["duration_ms"] = event.end_ms - event.start_ms;
+  f["start_ms"] = recorder.start_ms;
+  f["end_ms"] = recorder.end_ms;
+  f["duration_ms"] = recorder.end_ms - recorder.start_ms;
 
   // clock (docs/records.md): both offsets the times were corrected by. The station's when it was
   // measured, else "station": "unmeasured" (then S = 0 went into the correction); a reader tells the two
@@ -78,12 +82,12 @@ Fact make_recording_fact(const adapters::RecordingCollected& event, const LinkRu
   } else {
     clock["station"] = "unmeasured";
   }
-  clock["recorder_offset_ms"] = event.recorder_offset_ms;
+  clock["recorder_offset_ms"] = recorder.recorder_offset_ms;
   f["clock"] = std::move(clock);
-  f["recorder_clock_off"] = event.recorder_clock_off;
+  f["recorder_clock_off"] = recorder.recorder_clock_off;
 
   // GPS times are by the recorder's clock like startTime, so they get the same correction.
-  const std::int64_t correction_ms = event.recorder_offset_ms + station_offset_ms;
+  const std::int64_t correction_ms = recorder.recorder_offset_ms + station_offset_ms;
   json gps = json::array();
   for (const auto& p : file.gps) {
     gps.push_back({{"t", p.t}, {"t_ms", p.t_ms - correction_ms}, {"lat_e7", p.lat_e7}, {"lon_e7", p.lon_e7}});
@@ -101,7 +105,7 @@ Fact make_recording_fact(const adapters::RecordingCollected& event, const LinkRu
   if (!event.station_clock) {
     reasons.push_back("station_clock_unmeasured");
   }
-  if (event.recorder_clock_off) {
+  if (recorder.recorder_clock_off) {
     reasons.push_back("recorder_clock_corrected");
   }
   f["time_reliable"] = reasons.empty();
@@ -113,7 +117,7 @@ Fact make_recording_fact(const adapters::RecordingCollected& event, const LinkRu
   escape_text_not_utf8(f);
 
   fact.kept_media.push_back(KeptMedia{event.sha256, file.important});
-  fact.link_span = rule.span(event.start_ms, event.end_ms);
+  fact.link_span = rule.span(recorder.start_ms, recorder.end_ms);
   fact.dock_update = DockFileUpdate{event.device_id, file.unique_id, file.md5, event.sha256};
   fact.on_committed = event.on_committed;
   return fact;
@@ -147,7 +151,7 @@ Fact make_dock_fault_fact(const adapters::DockFileFault& event) {
 }
 
 std::optional<json> panoramas_with_video(const json& record_body, const json& recording_body) {
-  if (!record_body.is_object() || record_body.value("type", "") != "speeding") {
+  if (!record_body.is_object() || !record_body.contains("type") || record_body["type"] != "speeding") {
     return std::nullopt;
   }
   const auto integer = [](const json& body, const json::json_pointer& at) -> std::optional<std::int64_t> {
@@ -156,17 +160,28 @@ std::optional<json> panoramas_with_video(const json& record_body, const json& re
                : std::nullopt;
   };
   const std::int64_t panoramas = integer(record_body, "/checks/panoramas/count"_json_pointer).value_or(0);
-  const bool video = recording_body.is_object() && recording_body.value("file_type", "") == "video";
+  const bool video = recording_body.is_object() && recording_body.contains("file_type") &&
+                     recording_body["file_type"] == "video";
   const auto time_ms = integer(record_body, "/time_ms"_json_pointer);
   const auto start_ms = integer(recording_body, "/start_ms"_json_pointer);
   const auto end_ms = integer(recording_body, "/end_ms"_json_pointer);
   const bool covers = time_ms && start_ms && end_ms && *start_ms <= *time_ms && *time_ms <= *end_ms;
-  const bool reliable = recording_body.is_object() && recording_body.value("time_reliable", false) == true;
-  return json{{"panoramas", panoramas},
-              {"video", video},
-              {"covers_record_time", covers},
-              {"recording_time_reliable", reliable},
-              {"met", panoramas >= 1 && video && covers && reliable}};
+  const bool reliable = recording_body.is_object() && recording_body.contains("time_reliable") &&
+                        recording_body["time_reliable"] == true;
+  // The record's own checks other than its pictures' (calibration, clocks, device time, radar status): a
+  // record timed or measured on a failed check is not made good by a video.
+  bool checks_ok = true;
+  if (record_body.contains("checks") && record_body["checks"].is_object()) {
+    for (const auto& [name, check] : record_body["checks"].items()) {
+      if (name != "panoramas" && name != "pictures") {
+        checks_ok = checks_ok && check.is_object() && check.contains("ok") && check["ok"] == true;
+      }
+    }
+  }
+  return json{
+      {"panoramas", panoramas},        {"video", video},
+      {"covers_record_time", covers},  {"recording_time_reliable", reliable},
+      {"record_checks_ok", checks_ok}, {"met", panoramas >= 1 && video && covers && reliable && checks_ok}};
 }
 
 Fact make_link_fact(const std::string& recording_id, const std::string& record_id,

@@ -56,10 +56,9 @@ adapters::RecordingCollected collected() {
   e.sha256 = kSha;
   e.media_path = "/var/lib/checkpointd/media/" + kSha;
   e.station_clock = adapters::StationClock{1200, 40, 1795752300000};
-  e.recorder_offset_ms = 7000;
-  e.recorder_clock_off = true;
-  e.start_ms = e.file.start_ms - 8200;
-  e.end_ms = e.file.end_ms - 8200;
+  // Listed 8.2 s of gateway time before the recorder's collect time: 7 s beyond the station's 1.2 s.
+  e.listed_ms = e.file.collect_ms - 8200;
+  e.recorder_clock_tolerance_s = 5;
   e.collected_ms = 1795752400000;
   e.download_attempts = 2;
   e.resumes = 3;
@@ -192,8 +191,8 @@ TEST(RecordingFactTest, HandOffsToTheStoreWorker) {
   EXPECT_EQ(fact.kept_media[0].sha256, kSha);
   EXPECT_TRUE(fact.kept_media[0].important);
   ASSERT_TRUE(fact.link_span);
-  EXPECT_EQ(fact.link_span->lo_ms, e.start_ms - 30000);
-  EXPECT_EQ(fact.link_span->hi_ms, e.end_ms + 45000);
+  EXPECT_EQ(fact.link_span->lo_ms, e.file.start_ms - 8200 - 30000);  // the corrected span, with margins
+  EXPECT_EQ(fact.link_span->hi_ms, e.file.end_ms - 8200 + 45000);
   ASSERT_TRUE(fact.dock_update);
   EXPECT_EQ(fact.dock_update->device_id, "dock-1");
   EXPECT_EQ(fact.dock_update->unique_id, "BWC-00917-20261127-000153");
@@ -208,10 +207,7 @@ TEST(RecordingFactTest, HandOffsToTheStoreWorker) {
 TEST(RecordingFactTest, UnmeasuredStationAndCorrectRecorder) {
   auto e = collected();
   e.station_clock.reset();
-  e.recorder_offset_ms = 0;
-  e.recorder_clock_off = false;
-  e.start_ms = e.file.start_ms;  // S = 0 when never measured
-  e.end_ms = e.file.end_ms;
+  e.listed_ms = e.file.collect_ms;  // the recorder on time; S = 0 when never measured
   e.file.important = false;
   const Fact fact = make_recording_fact(e, LinkRule{});
   const json& f = fact.fields;
@@ -227,10 +223,7 @@ TEST(RecordingFactTest, UnmeasuredStationAndCorrectRecorder) {
 
 TEST(RecordingFactTest, ReliableTimeHasNoReasons) {
   auto e = collected();
-  e.recorder_offset_ms = 0;
-  e.recorder_clock_off = false;
-  e.start_ms = e.file.start_ms - 1200;
-  e.end_ms = e.file.end_ms - 1200;
+  e.listed_ms = e.file.collect_ms - 1200;  // the recorder on time with the station's 1.2 s
   const Fact fact = make_recording_fact(e, LinkRule{});
   EXPECT_EQ(fact.fields["time_reliable"], true);
   EXPECT_EQ(fact.fields["reasons"], json::array());
@@ -240,6 +233,7 @@ TEST(RecordingFactTest, ReliableTimeHasNoReasons) {
 TEST(RecordingFactTest, BothReasonsInOrder) {
   auto e = collected();
   e.station_clock.reset();
+  e.listed_ms = e.file.collect_ms - 7000;  // the recorder 7 s ahead; no station offset to add
   const Fact fact = make_recording_fact(e, LinkRule{});
   EXPECT_EQ(fact.fields["reasons"], json::array({"station_clock_unmeasured", "recorder_clock_corrected"}));
   EXPECT_EQ(fact.fields["gps"][0]["t_ms"], 1795750632000 - 7000);
@@ -355,6 +349,7 @@ TEST(PanoramasWithVideoTest, OnePanoramaAndAVideoThatHoldsTheRecordsTimeMeetIt) 
                       {"video", true},
                       {"covers_record_time", true},
                       {"recording_time_reliable", true},
+                      {"record_checks_ok", true},
                       {"met", true}}));
   // The span's own ends count.
   EXPECT_TRUE(
@@ -374,6 +369,13 @@ TEST(PanoramasWithVideoTest, EachConditionFailsItAlone) {
   EXPECT_FALSE(met(speeding_body(1, 999), recording_body("video", 1000, 9000, true)));    // before it
   EXPECT_FALSE(met(speeding_body(1, 9001), recording_body("video", 1000, 9000, true)));   // after it
   EXPECT_FALSE(met(speeding_body(1, 5000), recording_body("video", 1000, 9000, false)));  // clock unsure
+  json camera_clock_failed = speeding_body(1, 5000);  // the record's own time failed a check
+  camera_clock_failed["checks"]["camera_clock"] = {{"ok", false}};
+  EXPECT_FALSE(met(camera_clock_failed, recording_body("video", 1000, 9000, true)));
+  json pictures_failed = speeding_body(1, 5000);  // the picture checks are what the video makes good
+  pictures_failed["checks"]["pictures"] = {{"ok", false}};
+  pictures_failed["checks"]["panoramas"]["ok"] = false;
+  EXPECT_TRUE(met(pictures_failed, recording_body("video", 1000, 9000, true)));
   const auto v = panoramas_with_video(speeding_body(1, 9001), recording_body("video", 1000, 9000, true));
   EXPECT_EQ((*v)["covers_record_time"], false);
   EXPECT_EQ((*v)["video"], true);

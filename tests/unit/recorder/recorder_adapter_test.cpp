@@ -27,6 +27,7 @@
 
 #include "daemon/core/digest.h"
 #include "daemon/media/media_store.h"
+#include "daemon/pipeline/recorder_clock.h"
 #include "tests/unit/recorder/dock_test_server.h"
 
 namespace cpd::adapters {
@@ -423,9 +424,14 @@ TEST_F(RecorderAdapterTest, DownloadsHashesAndAcksOnlyAfterCommit) {
     // Station time 11:38:50 (whole seconds) against a gateway fixed at 11:38:50.000: offset in [0, 1000].
     EXPECT_GE(rc.station_clock->offset_ms, 0);
     EXPECT_LE(rc.station_clock->offset_ms, 1000);
-    EXPECT_FALSE(rc.recorder_clock_off);
-    EXPECT_EQ(rc.recorder_offset_ms, 0);
-    EXPECT_EQ(rc.start_ms, rc.file.start_ms - rc.station_clock->offset_ms);
+    // What the recorder-clock rule (daemon/pipeline) needs: when the file was listed, the tolerance.
+    EXPECT_EQ(rc.listed_ms, kGatewayNow);
+    EXPECT_EQ(rc.recorder_clock_tolerance_s, config_for(0).recorder_clock_tolerance_s);
+    const auto clock =
+        pipeline::read_recorder_clock(rc.file, rc.listed_ms, rc.station_clock, rc.recorder_clock_tolerance_s);
+    EXPECT_FALSE(clock.recorder_clock_off);
+    EXPECT_EQ(clock.recorder_offset_ms, 0);
+    EXPECT_EQ(clock.start_ms, rc.file.start_ms - rc.station_clock->offset_ms);
     EXPECT_FALSE(fs::exists(partial_path(rc.file.unique_id, rc.file.md5)));
   }
   // Nothing is acked before its record is committed.
@@ -718,11 +724,14 @@ TEST_F(RecorderAdapterTest, RecorderAheadOfTheStationIsCorrected) {
   const auto rc = of_type<RecordingCollected>(sink_.events()).at(0);
   ASSERT_TRUE(rc.station_clock.has_value());
   const std::int64_t s = rc.station_clock->offset_ms;
-  EXPECT_TRUE(rc.recorder_clock_off);
-  EXPECT_EQ(rc.recorder_offset_ms, 600000 - s);
+  // The rule (daemon/pipeline/recorder_clock.h) on what the adapter reported.
+  const auto clock =
+      pipeline::read_recorder_clock(rc.file, rc.listed_ms, rc.station_clock, rc.recorder_clock_tolerance_s);
+  EXPECT_TRUE(clock.recorder_clock_off);
+  EXPECT_EQ(clock.recorder_offset_ms, 600000 - s);
   // Corrected: recorder time - recorder offset - station offset = 10 minutes earlier on the gateway clock.
-  EXPECT_EQ(rc.start_ms, rc.file.start_ms - 600000);
-  EXPECT_EQ(rc.end_ms, rc.file.end_ms - 600000);
+  EXPECT_EQ(clock.start_ms, rc.file.start_ms - 600000);
+  EXPECT_EQ(clock.end_ms, rc.file.end_ms - 600000);
 }
 
 // Issue 12, defect 2: a malformed entry (start time 0000-00-00, a uniqueId with ../ or a NUL, text that is

@@ -1,10 +1,12 @@
 // Unit tests of the recorder-clock rule: a recorder provably ahead of the station (beyond the tolerance) is
 // corrected, one within the tolerance or behind is left as it is, and the station's offset always applies.
-#include "adapters/recorder/recorder_clock.h"
+#include "daemon/pipeline/recorder_clock.h"
 
 #include <gtest/gtest.h>
 
-namespace cpd::adapters {
+namespace cpd::pipeline {
+using adapters::DockFile;
+using adapters::StationClock;
 namespace {
 
 constexpr UnixMs kListed = 1'795'750'730'000;
@@ -66,4 +68,4 @@ TEST(RecorderClockTest, StationOffsetAppliesToTheRuleAndTheSpan) {
 }
 
 }  // namespace
-}  // namespace cpd::adapters
+}  // namespace cpd::pipeline

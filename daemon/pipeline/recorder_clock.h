@@ -1,5 +1,6 @@
-// The recorder-clock rule (docs/records.md, "Recorder clocks"): whether a collected file's recorder times
-// are provably off, by how much, and its span corrected to the gateway clock. Pure: times come in.
+// The recorder-clock rule (docs/records.md, "Recorder clocks"), beside the rest of validity: whether a
+// collected file's recorder times are provably off, by how much, and its span corrected to the gateway clock.
+// Pure: times come in (the dock adapter reports when it listed the file and the station's measured offset).
 #pragma once
 
 #include <cstdint>
@@ -7,7 +8,7 @@
 
 #include "adapters/events.h"
 
-namespace cpd::adapters {
+namespace cpd::pipeline {
 
 struct RecorderClockReading {
   std::int64_t recorder_offset_ms = 0;  // recorder clock minus station clock, 0 unless provably off
@@ -19,7 +20,8 @@ struct RecorderClockReading {
 // The recorder is provably ahead when it collected "after" the station's clock at the listing (listed_ms,
 // gateway time, plus the station's offset when measured), or ended a recording after collecting it; a
 // recorder that is behind cannot be seen from the dock's interface.
-RecorderClockReading read_recorder_clock(const DockFile& file, UnixMs listed_ms,
-                                         const std::optional<StationClock>& station, int tolerance_s);
+RecorderClockReading read_recorder_clock(const adapters::DockFile& file, UnixMs listed_ms,
+                                         const std::optional<adapters::StationClock>& station,
+                                         int tolerance_s);
 
-}  // namespace cpd::adapters
+}  // namespace cpd::pipeline

@@ -1,12 +1,13 @@
 // The recorder-clock rule (recorder_clock.h).
-#include "adapters/recorder/recorder_clock.h"
+#include "daemon/pipeline/recorder_clock.h"
 
 #include <algorithm>
 
-namespace cpd::adapters {
+namespace cpd::pipeline {
 
-RecorderClockReading read_recorder_clock(const DockFile& file, UnixMs listed_ms,
-                                         const std::optional<StationClock>& station, int tolerance_s) {
+RecorderClockReading read_recorder_clock(const adapters::DockFile& file, UnixMs listed_ms,
+                                         const std::optional<adapters::StationClock>& station,
+                                         int tolerance_s) {
   const std::int64_t station_offset = station ? station->offset_ms : 0;
   const std::int64_t beyond_station = file.collect_ms - (listed_ms + station_offset);
   const std::int64_t beyond_collect = file.end_ms - file.collect_ms;
@@ -21,4 +22,4 @@ RecorderClockReading read_recorder_clock(const DockFile& file, UnixMs listed_ms,
   return r;
 }
 
-}  // namespace cpd::adapters
+}  // namespace cpd::pipeline
