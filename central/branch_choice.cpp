@@ -217,8 +217,12 @@ std::vector<std::string> CentralStore::undo_rotations(const std::string& gateway
         "AND "
         "k.kid = $2",
         {gateway, kid, num(a), num(b), num(c), num(d)}, what);
-    if (cut.rows() == 0 || cut.text(0, 0) == cut.text(0, 1)) {
-      continue;  // not enrolled any more (rotated to within the other branch), or still cut there
+    // Only ever widened: not enrolled any more (rotated to within the other branch), still cut there, or
+    // cut lower by what remains (the range is left as it is, never narrowed here).
+    const bool widens =
+        cut.rows() == 1 && !cut.is_null(0, 0) && (cut.is_null(0, 1) || cut.integer(0, 1) > cut.integer(0, 0));
+    if (!widens) {
+      continue;
     }
     conn_->exec(
         "UPDATE gateway_keys SET valid_to_seq = $3::bigint, widened_ms = $4::bigint WHERE gateway = $1 AND "

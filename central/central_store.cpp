@@ -352,15 +352,14 @@ CREATE TABLE branch_not_held (
 ALTER TABLE branch_choices ADD COLUMN accepted_lost_seq bigint;
 )sql",
     // Step 13: a choice of branch undoes the key rotations of the branch it sets aside. A key's range is
-    // recomputed from what cut it: the operator's revoke-key bound (`revoked_to_seq`; at the upgrade, every
-    // end no stored key_rotation record explains) and the key_rotation records it signed still in the chain.
+    // recomputed from what cut it: the operator's revoke-key bound (`revoked_to_seq`) and the key_rotation
+    // records it signed still in the chain. At the upgrade every end already set is kept as such a bound: an
+    // end set before schema 13 may hold an operator's revocation, which nothing recorded apart.
     // `widened_ms`: when a range last grew, which brings the quarantine's rows of that gateway to be examined
     // again, as an enrolment does.
     R"sql(
 ALTER TABLE gateway_keys ADD COLUMN revoked_to_seq bigint, ADD COLUMN widened_ms bigint;
-UPDATE gateway_keys k SET revoked_to_seq = valid_to_seq WHERE valid_to_seq IS NOT NULL AND NOT EXISTS (SELECT 1
-  FROM records r WHERE r.gateway = k.gateway AND r.kid = k.kid AND r.type = 'key_rotation' AND
-  r.seq = k.valid_to_seq);
+UPDATE gateway_keys SET revoked_to_seq = valid_to_seq WHERE valid_to_seq IS NOT NULL;
 ALTER TABLE branch_choices ADD COLUMN undone_rotations text;
 )sql",
 };
@@ -1484,6 +1483,12 @@ std::optional<std::string> CentralStore::walk_watermark(const std::string& gatew
 
 void CentralStore::set_aside_retired(const std::string& gateway, std::uint64_t seq, const std::string& why,
                                      std::int64_t now_ms, BatchOutcome& out) {
+  // A key_rotation record set aside takes back the key it enrolled (as a choice of branch does).
+  std::vector<std::string> undone;
+  undo_rotations(gateway, seq, seq, 0, 0, now_ms, undone);
+  for (const std::string& line : undone) {
+    out.retired_set_aside.push_back(gateway + ":" + num(seq) + ": " + line);
+  }
   // Out of the chain, kept for forensics beside the forks (its bytes as received), its media links gone.
   conn_->exec(
       "WITH moved AS (DELETE FROM records WHERE gateway = $1 AND seq = $2 RETURNING gateway, seq, jws, "

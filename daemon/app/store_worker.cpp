@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <string>
 
 #include "daemon/core/encoding.h"
@@ -243,13 +245,44 @@ void StoreWorker::seal_links(std::size_t item, const Fact& fact,
   const std::string id = out.records.back().id;
   const std::string type = out.records.back().type;
   const UnixMs time_ms = out.records.back().time_ms;
+  // A link of a `speeding` record says whether GA/T 832's "one panorama plus video" is met, from the two
+  // records' bodies: in this batch, or read from the store one record at a time (never every record of a
+  // span at once). The recording's body is read once per recording; anything unreadable omits the verdict.
+  std::map<std::string, nlohmann::json> recording_bodies;
+  const auto body_of = [this](const std::string& record_id, const std::string& jws) {
+    std::string bytes = jws;
+    if (bytes.empty()) {
+      const auto colon = record_id.rfind(':');
+      const auto seq =
+          colon == std::string::npos ? 0 : std::strtoull(record_id.c_str() + colon + 1, nullptr, 10);
+      if (const auto stored = store_.record(seq); stored && stored->id == record_id) {
+        bytes = stored->jws;
+      }
+    }
+    return unverified_jws_part(bytes, 1).value_or(nlohmann::json());
+  };
+  const auto with_video = [&](const std::string& recording_id, const std::string& recording_jws,
+                              const store::LinkTarget& target) -> std::optional<nlohmann::json> {
+    if (target.type != "speeding") {
+      return std::nullopt;
+    }
+    try {
+      auto [it, fresh] = recording_bodies.try_emplace(recording_id);
+      if (fresh) {
+        it->second = body_of(recording_id, recording_jws);
+      }
+      return pipeline::panoramas_with_video(body_of(target.id, target.jws), it->second);
+    } catch (const std::exception& e) {
+      log::warn(
+          "store", "",
+          "link " + recording_id + " -> " + target.id + ": GA/T 832 video check not decided: " + e.what());
+      return std::nullopt;
+    }
+  };
   const auto seal_link = [&](const std::string& recording_id, const std::string& recording_jws,
                              const store::LinkTarget& target, const LinkSpan& span) {
-    const auto body = [](const std::string& jws) {
-      return jws.empty() ? nlohmann::json() : unverified_jws_part(jws, 1).value_or(nlohmann::json());
-    };
     seal_into(pipeline::make_link_fact(recording_id, target.id, target.type, target.time_ms, span,
-                                       pipeline::panoramas_with_video(body(target.jws), body(recording_jws))),
+                                       with_video(recording_id, recording_jws, target)),
               now, out.records);
     out.origin.push_back(item);
   };

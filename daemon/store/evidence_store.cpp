@@ -572,12 +572,10 @@ void EvidenceStore::prepare_statements() {
       "ON CONFLICT(seq, sha256) DO UPDATE SET hold_until_ms = max(hold_until_ms, excluded.hold_until_ms)");
   prepare(s.media_held, "SELECT 1 FROM record_media WHERE sha256 = ?1 AND hold_until_ms > ?2 LIMIT 1");
   prepare(s.insert_span, "INSERT INTO recording_spans(seq, lo_ms, hi_ms) VALUES (?1, ?2, ?3)");
-  prepare(
-      s.records_in_span,
-      "SELECT id, type, time_ms, CASE type WHEN 'speeding' THEN jws ELSE '' END FROM records WHERE type = ?1 "
-      "AND time_ms BETWEEN ?2 AND ?3 ORDER BY seq");
+  prepare(s.records_in_span,
+          "SELECT id, type, time_ms FROM records WHERE type = ?1 AND time_ms BETWEEN ?2 AND ?3 ORDER BY seq");
   prepare(s.spans_containing,
-          "SELECT r.id, s.lo_ms, s.hi_ms, r.jws FROM recording_spans s JOIN records r ON r.seq = s.seq "
+          "SELECT r.id, s.lo_ms, s.hi_ms FROM recording_spans s JOIN records r ON r.seq = s.seq "
           "WHERE s.hi_ms >= ?1 AND s.lo_ms <= ?1 ORDER BY s.seq");
   prepare(s.max_span_end, "SELECT max(hi_ms) FROM recording_spans");
   prepare(s.dock_record,
@@ -808,8 +806,7 @@ std::vector<LinkTarget> EvidenceStore::records_in_span(const std::vector<std::st
     sqlite3_bind_int64(use.get(), 2, span.lo_ms);
     sqlite3_bind_int64(use.get(), 3, span.hi_ms);
     while (sqlite3_step(use.get()) == SQLITE_ROW) {
-      LinkTarget t{column_text(use.get(), 0), column_text(use.get(), 1), sqlite3_column_int64(use.get(), 2),
-                   column_text(use.get(), 3)};
+      LinkTarget t{column_text(use.get(), 0), column_text(use.get(), 1), sqlite3_column_int64(use.get(), 2)};
       const auto colon = t.id.rfind(':');
       const std::uint64_t seq = colon == std::string::npos ? 0 : std::stoull(t.id.substr(colon + 1));
       found.emplace_back(seq, std::move(t));
@@ -830,8 +827,7 @@ std::vector<StoredSpan> EvidenceStore::spans_containing(UnixMs t_ms) const {
   sqlite3_bind_int64(use.get(), 1, t_ms);
   while (sqlite3_step(use.get()) == SQLITE_ROW) {
     out.push_back({column_text(use.get(), 0),
-                   LinkSpan{sqlite3_column_int64(use.get(), 1), sqlite3_column_int64(use.get(), 2)},
-                   column_text(use.get(), 3)});
+                   LinkSpan{sqlite3_column_int64(use.get(), 1), sqlite3_column_int64(use.get(), 2)}});
   }
   return out;
 }

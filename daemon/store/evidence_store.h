@@ -37,14 +37,16 @@ struct LinkTarget {
   std::string id;
   std::string type;
   UnixMs time_ms = 0;
-  std::string jws;  // `speeding` records only (their panoramas decide a link's panoramas_with_video)
+  // In a batch being sealed: a `speeding` record's JWS (its panoramas decide a link's panoramas_with_video).
+  // Empty when read from the store: the link reads it then, one record at a time.
+  std::string jws;
 };
 
 // A recording's stored link span.
 struct StoredSpan {
   std::string recording_id;
   LinkSpan span;
-  std::string recording_jws;
+  std::string recording_jws;  // in a batch being sealed; empty when read from the store (read when needed)
 };
 
 // One file in the dock ledger (see adapters/dock_ledger.h); state is pending | recorded | acked | faulted.

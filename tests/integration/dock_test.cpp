@@ -579,7 +579,7 @@ TEST_F(DockIntegration, LinksAreExactlyTheVehicleRecordsInsideEachRecording) {
   Process text({"/usr/bin/pdftotext", "-enc", "UTF-8", (dir_ / "sheet.pdf").string(), "-"},
                dir_ / "pdftotext");
   ASSERT_EQ(text.wait(60s), 0) << text.stderr_text();
-  EXPECT_NE(text.stdout_text().find("One panorama plus"), std::string::npos) << text.stdout_text();
+  EXPECT_NE(text.stdout_text().find("Linked body-worn recordings"), std::string::npos) << text.stdout_text();
   EXPECT_NE(text.stdout_text().find("符合 met"), std::string::npos) << text.stdout_text();
   sim.signal(SIGTERM);
 }

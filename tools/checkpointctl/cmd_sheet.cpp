@@ -54,10 +54,16 @@ struct Found {
   std::vector<nlohmann::json> links;
 };
 
-// A verified `link` record naming `id` goes into `links` (at most kMaxLinks).
+// A verified `link` record naming `id` goes into `links` (at most kMaxLinks): sealed by the record's own
+// gateway and naming one of its recordings (an export may hold several gateways' chains).
 void keep_link(const RecordCheck& c, const std::string& id, std::vector<nlohmann::json>& links) {
-  if (c.ok && c.type == "link" && c.body.contains("record") && c.body["record"] == id &&
-      links.size() < kMaxLinks) {
+  const std::string gateway = id.substr(0, id.rfind(':'));
+  const auto names_own = [&](const char* member) {
+    return c.body.contains(member) && c.body[member].is_string() &&
+           c.body[member].get<std::string>().rfind(gateway + ":", 0) == 0;
+  };
+  if (c.ok && c.type == "link" && c.gateway == gateway && c.body.contains("record") &&
+      c.body["record"] == id && names_own("recording") && links.size() < kMaxLinks) {
     links.push_back(c.body);
   }
 }

@@ -252,19 +252,27 @@ void add_links(SheetContent& s, const json& body, const std::vector<json>& links
   const auto yes = [](const json& v, const char* member) { return v.contains(member) && v[member] == true; };
   SheetSection section{"关联执法记录仪录像 Linked body-worn recordings", {}};
   std::string met_by;
+  bool decided = false;
   for (const json& link : links) {
     std::string value = "录像 recording " + or_none(text_at(link, "/recording"));
     const json with = link.contains("panoramas_with_video") && link["panoramas_with_video"].is_object()
                           ? link["panoramas_with_video"]
                           : json();
-    if (with.is_object()) {
+    if (!with.is_object()) {
+      value +=
+          "；一张全景+视频 one panorama plus video: 未判定 undecided (the link was sealed before it was "
+          "decided)";
+    } else {
+      decided = true;
       value += "；一张全景+视频 one panorama plus video: ";
       value += yes(with, "met") ? "符合 met" : "不符合 not met";
       value += " (全景 panoramas " + (with.contains("panoramas") ? with["panoramas"].dump() : "—") +
                "；视频 video " + (yes(with, "video") ? "是 yes" : "否 no") +
                "；覆盖违法时间 covers the time " + (yes(with, "covers_record_time") ? "是 yes" : "否 no") +
                "；录像时钟可靠 clock reliable " +
-               (yes(with, "recording_time_reliable") ? "是 yes" : "否 no") + ")";
+               (yes(with, "recording_time_reliable") ? "是 yes" : "否 no") +
+               "；记录其他检查 record's other checks " +
+               (yes(with, "record_checks_ok") ? "通过 passed" : "未通过 failed") + ")";
       if (yes(with, "met") && met_by.empty()) {
         met_by = text_at(link, "/id") + " → " + text_at(link, "/recording");
       }
@@ -272,7 +280,9 @@ void add_links(SheetContent& s, const json& body, const std::vector<json>& links
     section.rows.push_back({"关联记录 Link " + or_none(text_at(link, "/id")), bounded(value)});
   }
   s.sections.push_back(std::move(section));
-  if (text_at(body, "/type") == "speeding") {
+  // The second form matters only to a speeding record whose own panorama check failed.
+  const bool panoramas_failed = text_at(body, "/checks/panoramas/ok") == "false";
+  if (text_at(body, "/type") == "speeding" && panoramas_failed && decided) {
     s.checks.push_back(SheetCheck{"一张全景+视频 One panorama plus video (GA/T 832)", !met_by.empty(),
                                   met_by.empty() ? "no linked video meets it" : "link " + met_by});
   }

@@ -104,6 +104,7 @@ TEST(SheetContent, LinkedRecordingsAreListedAndOnePanoramaPlusVideoIsACheck) {
   json b = speeding();
   b["enforceable"] = false;
   b["reasons"] = {"too_few_panoramas"};
+  b["checks"]["panoramas"] = {{"ok", false}, {"count", 1}, {"min", 2}};
   const json met = {{"id", "gw-1:45"},
                     {"type", "link"},
                     {"recording", "gw-1:44"},
@@ -113,6 +114,7 @@ TEST(SheetContent, LinkedRecordingsAreListedAndOnePanoramaPlusVideoIsACheck) {
                       {"video", true},
                       {"covers_record_time", true},
                       {"recording_time_reliable", true},
+                      {"record_checks_ok", true},
                       {"met", true}}}};
   json audio = met;
   audio["id"] = "gw-1:47";
@@ -135,8 +137,15 @@ TEST(SheetContent, LinkedRecordingsAreListedAndOnePanoramaPlusVideoIsACheck) {
   ASSERT_EQ(not_met.checks.size(), 4U);
   EXPECT_FALSE(not_met.checks[3].ok);
   EXPECT_EQ(not_met.checks[3].detail, "no linked video meets it");
-  // No links: no such check (a record alone cannot say it); a passage's links are listed without it.
+  // No links: no such check (a record alone cannot say it); a passage's links are listed without it; nor
+  // for a record whose own panoramas passed; a link sealed before the check was decided says "undecided".
   EXPECT_EQ(sheet_content(b, "k", "h").checks.size(), 3U);
+  EXPECT_EQ(sheet_content(speeding(), "k", "h", {met}).checks.size(), 3U);
+  json old = met;
+  old.erase("panoramas_with_video");
+  const SheetContent undecided = sheet_content(b, "k", "h", {old});
+  EXPECT_EQ(undecided.checks.size(), 3U);
+  EXPECT_THAT(value_of(undecided, "关联记录 Link gw-1:45"), HasSubstr("未判定 undecided"));
   json passage = speeding();
   passage["type"] = "passage";
   EXPECT_EQ(sheet_content(passage, "k", "h", {met}).checks.size(), 3U);
