@@ -55,7 +55,7 @@ integration: build
 # Long form of the crash-consistency harness (tests/faults): FAULT_KILLS SIGKILLs under load (docs/faults.md).
 FAULT_KILLS ?= 500
 faults: build
-	CPD_BUILD_DIR=$(abspath $(BUILD_DIR)) CPD_FAULT_KILLS=$(FAULT_KILLS) $(BUILD_DIR)/tests/faults/crash_consistency_test
+	CPD_BUILD_DIR=$(abspath $(BUILD_DIR)) CPD_FAULT_KILLS=$(FAULT_KILLS) $(BUILD_DIR)/tests/cpd-it-tests --gtest_filter='CrashConsistency.*'
 
 # The suite under ASan+UBSan in build-asan (CI runs it after `make test`): every unit test and fuzz replay
 # and the integration tests labelled `sanitize` (tests/CMakeLists.txt says which and why), built alone

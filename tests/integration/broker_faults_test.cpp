@@ -33,9 +33,6 @@ namespace {
 using nlohmann::json;
 using namespace std::chrono_literals;
 
-const std::string kEvidence = "checkpoint/test-gw-1/evidence";
-const std::string kStatus = "checkpoint/test-gw-1/status";
-
 long long outbox_count(const fs::path& db) {
   return store_query(db, "SELECT count(*) FROM outbox");
 }

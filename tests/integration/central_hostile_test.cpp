@@ -28,21 +28,6 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// The value of the first sample of `name` (unlabelled, or with any labels) in Prometheus text; -1 if absent.
-double metric(const std::string& text, const std::string& name) {
-  std::size_t pos = 0;
-  while (pos < text.size()) {
-    const std::size_t end = std::min(text.find('\n', pos), text.size());
-    const std::string line = text.substr(pos, end - pos);
-    if (line.rfind(name, 0) == 0 && line.size() > name.size() &&
-        (line[name.size()] == ' ' || line[name.size()] == '{')) {
-      return std::stod(line.substr(line.rfind(' ') + 1));
-    }
-    pos = end + 1;
-  }
-  return -1;
-}
-
 class CentralHostile : public CustodyFixture {
  protected:
   void SetUp() override {
@@ -236,8 +221,8 @@ TEST_F(CentralHostile, MediaNotHeldIsRecordedAndAHeadForkIsAlarmed) {
   }
   EXPECT_TRUE(seen) << s.dump();
   std::string m = metrics();
-  EXPECT_EQ(metric(m, "central_unsolicited_replies_total"), 1) << m;
-  EXPECT_EQ(metric(m, "central_unrecoverable_total"), 1) << m;
+  EXPECT_EQ(prometheus_sample(m, "central_unsolicited_replies_total"), 1) << m;
+  EXPECT_EQ(prometheus_sample(m, "central_unrecoverable_total"), 1) << m;
   EXPECT_NE(m.find("central_gateway_unrecoverable_media{gateway=\"gh\"} 1"), std::string::npos) << m;
 
   // A head, signed by gh's key, naming another hash for seq 1: kept and alarmed; the announced head stays.
@@ -254,7 +239,7 @@ TEST_F(CentralHostile, MediaNotHeldIsRecordedAndAHeadForkIsAlarmed) {
       [&] { return pg_int("SELECT announced_seq FROM gateways WHERE gateway = 'gh'") == 3; }, 20s));
   EXPECT_EQ(pg_int("SELECT head_forks FROM gateways WHERE gateway = 'gh'"), 1);
   m = metrics();
-  EXPECT_EQ(metric(m, "central_head_forks_total"), 1) << m;
+  EXPECT_EQ(prometheus_sample(m, "central_head_forks_total"), 1) << m;
   EXPECT_NE(central_->stderr_text().find("FORK: head announcement gh:1"), std::string::npos);
 
   // A head announced before its record arrives, naming another hash for its seq: the fork is found when the
@@ -278,7 +263,7 @@ TEST_F(CentralHostile, MediaNotHeldIsRecordedAndAHeadForkIsAlarmed) {
   EXPECT_EQ(pg_.query("SELECT jws FROM head_forks WHERE seq = 5"), early);
   EXPECT_EQ(pg_int("SELECT head_forks FROM gateways WHERE gateway = 'gh'"), 2);
   m = metrics();
-  EXPECT_EQ(metric(m, "central_head_forks_total"), 2) << m;
+  EXPECT_EQ(prometheus_sample(m, "central_head_forks_total"), 2) << m;
   EXPECT_NE(central_->stderr_text().find("FORK: head announcement gh:5"), std::string::npos);
 
   // Two announcements before their records, the second replacing the first as the last one: the record the
@@ -502,7 +487,7 @@ TEST_F(CentralHostile, ARecordUnderAKeyRetiredByALaterStoredRotationIsSetAsideWh
   EXPECT_EQ(pg_.query("SELECT jws_sha256 FROM forks WHERE gateway = 'gh' AND seq = 4"), sha256_hex(forged));
   EXPECT_EQ(pg_int("SELECT count(*) FROM records WHERE gateway = 'gh' AND seq = 4"), 0);
   EXPECT_EQ(pg_int("SELECT watermark_seq FROM gateways WHERE gateway = 'gh'"), 3);
-  EXPECT_EQ(metric(metrics(), "central_retired_key_total"), 1);
+  EXPECT_EQ(prometheus_sample(metrics(), "central_retired_key_total"), 1);
   EXPECT_NE(central_->stderr_text().find("RETIRED KEY: gh:4: seq 4 is signed by kid " +
                                          gh_key_.public_key().kid() + ", retired at seq 3"),
             std::string::npos)
@@ -1103,8 +1088,8 @@ TEST_F(CentralHostile, AFloodOfHostileMessagesIsBoundedCountedAndSurvived) {
         max_bytes =
             std::max(max_bytes, pg_int("SELECT COALESCE(sum(octet_length(payload)), 0) FROM quarantine"));
         const std::string m = metrics();
-        processed = metric(m, "central_messages_total");
-        return processed >= static_cast<double>(sent) && metric(m, "central_queue_messages") == 0;
+        processed = prometheus_sample(m, "central_messages_total");
+        return processed >= static_cast<double>(sent) && prometheus_sample(m, "central_queue_messages") == 0;
       },
       180s);
   const double drain_s =
@@ -1161,16 +1146,17 @@ TEST_F(CentralHostile, AFloodOfHostileMessagesIsBoundedCountedAndSurvived) {
 
   // The errors are counted.
   const std::string m = metrics();
-  EXPECT_GT(metric(m, "central_quarantined_total"), 0) << m;
-  EXPECT_GT(metric(m, "central_quarantine_dropped_total"), 0) << m;
-  EXPECT_GT(metric(m, "central_media_refused_total"), 0) << m;
-  EXPECT_GT(metric(m, "central_unknown_gateway_total"), 0) << m;
-  EXPECT_GT(metric(m, "central_heads_refused_total"), 0) << m;
-  EXPECT_GT(metric(m, "central_replies_refused_total"), 0) << m;
-  EXPECT_GT(metric(m, "central_unsolicited_replies_total"), 0) << m;
-  EXPECT_GT(metric(m, "central_refused_total"), 0) << m;
-  EXPECT_GT(metric(m, "central_quarantine_rows"), 0) << m;
-  EXPECT_EQ(metric(m, "central_postgres_errors_total"), 0) << m << central_->stderr_text().substr(0, 4000);
+  EXPECT_GT(prometheus_sample(m, "central_quarantined_total"), 0) << m;
+  EXPECT_GT(prometheus_sample(m, "central_quarantine_dropped_total"), 0) << m;
+  EXPECT_GT(prometheus_sample(m, "central_media_refused_total"), 0) << m;
+  EXPECT_GT(prometheus_sample(m, "central_unknown_gateway_total"), 0) << m;
+  EXPECT_GT(prometheus_sample(m, "central_heads_refused_total"), 0) << m;
+  EXPECT_GT(prometheus_sample(m, "central_replies_refused_total"), 0) << m;
+  EXPECT_GT(prometheus_sample(m, "central_unsolicited_replies_total"), 0) << m;
+  EXPECT_GT(prometheus_sample(m, "central_refused_total"), 0) << m;
+  EXPECT_GT(prometheus_sample(m, "central_quarantine_rows"), 0) << m;
+  EXPECT_EQ(prometheus_sample(m, "central_postgres_errors_total"), 0)
+      << m << central_->stderr_text().substr(0, 4000);
 
   // The real gateway's chain still reaches custody, whole.
   daemon->signal(SIGTERM);

@@ -19,12 +19,6 @@ namespace {
 using namespace std::chrono_literals;
 using ::testing::HasSubstr;
 
-// The value of an unlabelled sample in Prometheus text; -1 if absent.
-double metric(const std::string& text, const std::string& name) {
-  const auto pos = text.find("\n" + name + " ");
-  return pos == std::string::npos ? -1 : std::stod(text.substr(pos + name.size() + 2));
-}
-
 class CentralKeys : public CustodyFixture {
  protected:
   void SetUp() override {
@@ -113,7 +107,7 @@ TEST_F(CentralKeys, RecordForgedUnderTheRetiredKeyIsQuarantinedAndAlarmedNotStor
   EXPECT_EQ(pg_int("SELECT count(*) FROM records WHERE gateway = 'gw' AND seq = " + seq_text), 0);
   EXPECT_EQ(pg_int("SELECT count(*) FROM forks WHERE gateway = 'gw'"), 0);
   EXPECT_LT(pg_int("SELECT max_seq FROM gateways WHERE gateway = 'gw'"), forged_seq);
-  EXPECT_EQ(metric(metrics(), "central_retired_key_total"), 1);
+  EXPECT_EQ(prometheus_sample(metrics(), "central_retired_key_total"), 1);
   EXPECT_THAT(central_->stderr_text(), HasSubstr("RETIRED KEY: gw:" + seq_text));
 
   // The operator's view of it.
@@ -202,8 +196,8 @@ TEST_F(CentralKeys, GatewayEnrolledAfterItsTrafficEndsWithEverythingInCustodyAnd
   EXPECT_EQ(pg_int("SELECT rows FROM quarantine_usage WHERE gateway = ''"), 0);
   EXPECT_EQ(pg_int("SELECT resend_requests FROM gateways WHERE gateway = 'gw'"), 0);
   const std::string m = metrics();
-  EXPECT_GE(metric(m, "central_quarantine_resolved_total"), 10);
-  EXPECT_EQ(metric(m, "central_quarantine_rows"), 0);
+  EXPECT_GE(prometheus_sample(m, "central_quarantine_resolved_total"), 10);
+  EXPECT_EQ(prometheus_sample(m, "central_quarantine_rows"), 0);
   std::string out;
   ASSERT_EQ(central_cli({"quarantine", "--config", (dir_ / "central.yaml").string()}, &out), 0);
   EXPECT_THAT(out, HasSubstr("quarantine: 0 rows"));

@@ -614,4 +614,18 @@ mqtt::async_client& MqttPublisher::client() {
   return impl_->client;
 }
 
+double prometheus_sample(const std::string& text, const std::string& name) {
+  std::size_t pos = 0;
+  while (pos < text.size()) {
+    const std::size_t end = std::min(text.find('\n', pos), text.size());
+    const std::string line = text.substr(pos, end - pos);
+    if (line.rfind(name, 0) == 0 && line.size() > name.size() &&
+        (line[name.size()] == ' ' || line[name.size()] == '{')) {
+      return std::stod(line.substr(line.rfind(' ') + 1));
+    }
+    pos = end + 1;
+  }
+  return -1;
+}
+
 }  // namespace cpd::testing

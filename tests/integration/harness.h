@@ -217,5 +217,11 @@ fs::path make_gateway_key(const fs::path& dir);
 
 // One GET on 127.0.0.1:port with Connection: close; the body, or "" when the endpoint did not answer 200.
 std::string http_get_body(std::uint16_t port, const std::string& target);
+// The value of the first sample of `name` (unlabelled, or with any labels) in Prometheus text; -1 if absent.
+double prometheus_sample(const std::string& text, const std::string& name);
+
+// The evidence and status topics of the gateway most tests run (gateway id test-gw-1, default prefix).
+inline const std::string kEvidence = "checkpoint/test-gw-1/evidence";
+inline const std::string kStatus = "checkpoint/test-gw-1/status";
 
 }  // namespace cpd::testing

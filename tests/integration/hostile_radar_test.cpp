@@ -17,9 +17,7 @@ namespace {
 using nlohmann::json;
 using namespace std::chrono_literals;
 
-const std::string kEvidence = "checkpoint/test-gw-1/evidence";
-const std::string kStatus = "checkpoint/test-gw-1/status";
-constexpr auto kFloodTime = 12s;
+constexpr auto kRunTime = 12s;
 constexpr int kMaxRecordsPerS = 50;  // the radar's default record bound
 constexpr int kBurst = 128;          // RecordBound::default_burst(50)
 
@@ -100,7 +98,7 @@ TEST_F(HostileRadar, AValidFrameFloodDoesNotGrowMemory) {
   auto daemon = start_daemon();
   pause(3s);  // start-up and the first seconds of the flood: the baseline
   const long rss_start = rss_kb(daemon->pid());
-  pause(kFloodTime);  // the run's length, not a synchronisation
+  pause(kRunTime);  // the run's length, not a synchronisation
   const long rss_end = rss_kb(daemon->pid());
   const long peak = peak_rss_kb(daemon->pid());
   sim_->signal(SIGTERM);
@@ -115,12 +113,12 @@ TEST_F(HostileRadar, AValidFrameFloodDoesNotGrowMemory) {
       10s));
   const auto radar = final_radar_status();
   const auto frames = radar["frames"].get<std::uint64_t>();
-  const double seconds = std::chrono::duration<double>(kFloodTime + 3s).count();
+  const double seconds = std::chrono::duration<double>(kRunTime + 3s).count();
   std::printf(
       "frame flood: %llu valid frames in %.0f s (%.0f/s); RSS %ld kB -> %ld kB over the last %lld s "
       "(growth %ld kB), peak %ld kB; clock window %d samples in %d buckets\n",
       static_cast<unsigned long long>(frames), seconds, static_cast<double>(frames) / seconds, rss_start,
-      rss_end, static_cast<long long>(kFloodTime.count()), rss_end - rss_start, peak,
+      rss_end, static_cast<long long>(kRunTime.count()), rss_end - rss_start, peak,
       radar["clock"]["samples"].get<int>(), radar["clock"]["buckets"].get<int>());
   // A flood: far beyond the spec's 20 frames/s per target.
   EXPECT_GE(static_cast<double>(frames) / seconds, 20'000.0) << radar.dump();
@@ -146,7 +144,7 @@ TEST_F(HostileRadar, AClockSteppingBackOnEveryFrameIsOneFaultAndBoundedRecords) 
   ASSERT_TRUE(collector_->wait_until([&] { return !device_statuses("connected").empty(); }, 20s))
       << daemon->stderr_text();
   const auto t0 = std::chrono::steady_clock::now();
-  pause(kFloodTime);  // the run's length, not a synchronisation
+  pause(kRunTime);  // the run's length, not a synchronisation
   sim_->signal(SIGTERM);
   ASSERT_EQ(sim_->wait(10s), 0) << sim_->stderr_text();
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

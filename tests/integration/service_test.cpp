@@ -29,9 +29,6 @@ using nlohmann::json;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-const std::string kEvidence = "checkpoint/test-gw-1/evidence";
-const std::string kStatus = "checkpoint/test-gw-1/status";
-
 // A datagram socket standing in for systemd's notify socket: every message with its arrival time.
 class NotifySocket {
  public:

@@ -11,33 +11,15 @@
 #include "daemon/app/custody_agent.h"
 #include "daemon/core/custody.h"
 #include "daemon/core/encoding.h"
+#include "tests/unit/app/app_test_support.h"
 
 namespace cpd::app {
 namespace {
 
+using test::FixedClock;
+
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-
-class FakeChannel final : public forwarder::SideChannel {
- public:
-  void set_subscriptions(std::vector<std::string> topics, Handler handler) override {
-    topics_ = std::move(topics);
-    handler_ = std::move(handler);
-  }
-  void publish_side(forwarder::OutboundMessage /*message*/, std::function<void(bool ok)> done) override {
-    done(false);
-  }
-  void deliver(const std::string& topic, const std::string& payload) {
-    handler_(forwarder::InboundMessage{topic, payload, "", "", true});
-  }
-  std::vector<std::string> topics_;
-  Handler handler_;
-};
-
-class FixedClock final : public WallClock {
- public:
-  UnixMs now_ms() const override { return 1'767'225'600'000; }
-};
 
 struct Decision {
   int calls = 0;
@@ -94,8 +76,8 @@ class CustodyAgentOrigin : public ::testing::Test {
   config::Config cfg_;
   Ed25519PrivateKey gateway_key_ = Ed25519PrivateKey::generate();
   Ed25519PrivateKey central_ = Ed25519PrivateKey::generate();
-  FakeChannel channel_;
-  FixedClock clock_;
+  test::FakeChannel channel_{/*retained=*/true};
+  FixedClock clock_{1'767'225'600'000};
   std::unique_ptr<store::EvidenceStore> store_;
   std::unique_ptr<CustodyAgent> agent_;
   std::vector<std::string> submitted_;

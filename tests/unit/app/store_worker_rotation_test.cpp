@@ -14,29 +14,16 @@
 #include "daemon/core/chain_verifier.h"
 #include "daemon/core/encoding.h"
 #include "daemon/core/key_rotation.h"
+#include "tests/unit/app/app_test_support.h"
 
 namespace cpd::app {
 namespace {
 
+using test::eventually;
+using test::FixedClock;
+
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-
-class FixedClock final : public WallClock {
- public:
-  UnixMs now_ms() const override { return 1795700000000; }
-};
-
-template <typename Pred>
-bool eventually(Pred pred, std::chrono::milliseconds limit = 5s) {
-  const auto until = std::chrono::steady_clock::now() + limit;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > until) {
-      return false;
-    }
-    std::this_thread::sleep_for(2ms);
-  }
-  return true;
-}
 
 std::string kid_of(const std::string& jws) {
   const auto header = base64url_decode(jws.substr(0, jws.find('.')));

@@ -18,17 +18,16 @@
 #include "daemon/core/encoding.h"
 #include "daemon/pipeline/recording_fact.h"
 #include "tests/support/faulty_vfs.h"
+#include "tests/unit/app/app_test_support.h"
 
 namespace cpd::app {
 namespace {
 
+using test::eventually;
+using test::FixedClock;
+
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-
-class FixedClock final : public WallClock {
- public:
-  UnixMs now_ms() const override { return 1795700000000; }
-};
 
 class StoreWorkerTest : public ::testing::Test {
  protected:
@@ -362,18 +361,6 @@ class WriteLock {
  private:
   sqlite3* db_ = nullptr;
 };
-
-template <typename Pred>
-bool eventually(Pred pred, std::chrono::milliseconds limit = 5s) {
-  const auto until = std::chrono::steady_clock::now() + limit;
-  while (!pred()) {
-    if (std::chrono::steady_clock::now() > until) {
-      return false;
-    }
-    std::this_thread::sleep_for(2ms);
-  }
-  return true;
-}
 
 // Defect: the shutdown limit counted failures over the worker's whole life, so after an earlier outage of
 // 21+ failed commits, shutdown gave up at its first failed retry and a fact submitted later was lost.

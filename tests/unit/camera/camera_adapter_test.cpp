@@ -34,9 +34,12 @@
 #include "daemon/core/encoding.h"
 #include "daemon/media/media_store.h"
 #include "tests/support/camera_messages.h"
+#include "tests/support/device_test_helpers.h"
 
 namespace cpd::adapters {
 namespace {
+
+using cpd::test::of_type;
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
@@ -46,11 +49,6 @@ using tcp = asio::ip::tcp;
 
 constexpr UnixMs kGatewayNow = 1795750730000;  // 2026-11-27T03:38:50Z
 constexpr const char* kPassword = "Circle Of Life";
-
-class FixedClock final : public WallClock {
- public:
-  UnixMs now_ms() const override { return kGatewayNow; }
-};
 
 // The gateway clock running in real time from kGatewayNow (on the steady clock, so it never steps).
 class RunningClock final : public WallClock {
@@ -97,17 +95,6 @@ class CollectingSink final : public EventSink {
   std::condition_variable cv_;
   std::vector<DeviceEvent> events_;
 };
-
-template <typename T>
-std::vector<T> of_type(const std::vector<DeviceEvent>& events) {
-  std::vector<T> out;
-  for (const auto& e : events) {
-    if (const auto* t = std::get_if<T>(&e)) {
-      out.push_back(*t);
-    }
-  }
-  return out;
-}
 
 std::map<std::string, std::string> auth_params(const std::string& header) {
   std::map<std::string, std::string> out;
@@ -424,7 +411,7 @@ class CameraAdapterTest : public ::testing::Test {
   asio::io_context io_;
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_{io_.get_executor()};
   asio::thread_pool blocking_{1};
-  FixedClock clock_;
+  cpd::test::FixedClock clock_{kGatewayNow};
   // A clock given to start() must outlive the adapter, which runs until TearDown: a fixture member, never a
   // test's local (a local one was destroyed while the adapter still read it: "pure virtual method called").
   RunningClock running_clock_;

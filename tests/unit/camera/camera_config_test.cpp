@@ -24,7 +24,7 @@ using config::testing::place_in;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-constexpr const char* kFile = "dev.yaml";
+constexpr const char* kCameraFile = "dev.yaml";
 constexpr const char* kSecret = "s3cr3t-Pa55";
 
 class CameraConfigTest : public ::testing::Test {
@@ -50,7 +50,7 @@ class CameraConfigTest : public ::testing::Test {
 
   static CameraConfig parse(const std::string& text) {
     auto context = std::make_shared<config::LoadContext>();
-    context->file = kFile;
+    context->file = kCameraFile;
     config::Section s = config::Section::root(YAML::Load(text), context);
     s.required<std::string>("id");
     s.required<std::string>("kind");
@@ -91,7 +91,7 @@ TEST_F(CameraConfigTest, HttpsIsRefusedForNow) {
   const ConfigError e = error_of([&] { parse(text); });
   EXPECT_EQ(e.key(), "url");
   EXPECT_THAT(e.detail(), HasSubstr("https is not supported yet"));
-  EXPECT_EQ(std::string(e.what()).rfind(place_in(kFile, text, "https://"), 0), 0U) << e.what();
+  EXPECT_EQ(std::string(e.what()).rfind(place_in(kCameraFile, text, "https://"), 0), 0U) << e.what();
 }
 
 TEST_F(CameraConfigTest, BadUrls) {
@@ -111,7 +111,7 @@ TEST_F(CameraConfigTest, MissingPasswordFileNamesTheFile) {
   EXPECT_EQ(e.key(), "password_file");
   EXPECT_THAT(e.detail(), HasSubstr(password_file_));
   EXPECT_THAT(e.detail(), HasSubstr("No such file"));
-  EXPECT_EQ(std::string(e.what()).rfind(place_in(kFile, text, password_file_), 0), 0U) << e.what();
+  EXPECT_EQ(std::string(e.what()).rfind(place_in(kCameraFile, text, password_file_), 0), 0U) << e.what();
 }
 
 TEST_F(CameraConfigTest, GroupOrWorldReadablePasswordFileIsRefusedWithoutShowingIt) {

@@ -20,7 +20,7 @@ using ::testing::HasSubstr;
 using testing::place_in;
 using ::testing::StartsWith;
 
-constexpr const char* kFile = "gw.yaml";
+constexpr const char* kGatewayFile = "gw.yaml";
 
 const std::string kBase = R"(gateway:
   id: gw-1
@@ -45,7 +45,7 @@ std::string replaced(std::string text, const std::string& from, const std::strin
 }
 
 ConfigError error_in(const std::string& text) {
-  return error_of([&] { parse_config(text, kFile); });
+  return error_of([&] { parse_config(text, kGatewayFile); });
 }
 
 std::string example_path() {
@@ -121,8 +121,8 @@ TEST(ConfigTest, ExampleLoadsWithTheDocumentedValues) {
 }
 
 TEST(ConfigTest, DefaultsApplyAndClientIdFollowsGatewayId) {
-  const Config c = parse_config(kBase, kFile);
-  EXPECT_EQ(c.source, kFile);
+  const Config c = parse_config(kBase, kGatewayFile);
+  EXPECT_EQ(c.source, kGatewayFile);
   EXPECT_EQ(c.mqtt.client_id, "gw-1");
   EXPECT_EQ(c.mqtt.topic_prefix, "checkpoint");
   EXPECT_EQ(c.mqtt.session_expiry_s, 7 * 24 * 3600);
@@ -130,7 +130,7 @@ TEST(ConfigTest, DefaultsApplyAndClientIdFollowsGatewayId) {
   const auto& radar = std::get<adapters::RadarConfig>(c.devices[0].settings);
   EXPECT_EQ(radar.poll_interval_ms, 0);
   EXPECT_EQ(radar.reconnect_max_ms, 30000);
-  EXPECT_EQ(c.devices[0].place, place_in(kFile, kBase, "id: radar-1"));
+  EXPECT_EQ(c.devices[0].place, place_in(kGatewayFile, kBase, "id: radar-1"));
   EXPECT_EQ(c.store.media_dir, "/tmp/media");  // beside the store
   EXPECT_EQ(c.store.media_retention_days, 30);
   EXPECT_EQ(c.correlation.window_ms, 500);
@@ -139,8 +139,9 @@ TEST(ConfigTest, DefaultsApplyAndClientIdFollowsGatewayId) {
   EXPECT_EQ(c.validity.max_camera_clock_offset_ms, 1000);
   EXPECT_EQ(c.validity.clock_sync, "kernel");
   EXPECT_EQ(c.validity.min_pictures_speeding, 2);
-  EXPECT_EQ(parse_config(replaced(kBase, "path: /tmp/store.db", "path: store.db"), kFile).store.media_dir,
-            "media");
+  EXPECT_EQ(
+      parse_config(replaced(kBase, "path: /tmp/store.db", "path: store.db"), kGatewayFile).store.media_dir,
+      "media");
 }
 
 const std::string kCorrelation = R"(correlation:
@@ -161,7 +162,7 @@ TEST(ConfigTest, CorrelationValidityAndMediaSections) {
       replaced(kBase, "  path: /tmp/store.db\n",
                "  path: /tmp/store.db\n  media_dir: /srv/media\n  media_retention_days: 90\n") +
       kCorrelation;
-  const Config c = parse_config(text, kFile);
+  const Config c = parse_config(text, kGatewayFile);
   EXPECT_EQ(c.store.media_dir, "/srv/media");
   EXPECT_EQ(c.store.media_retention_days, 90);
   EXPECT_EQ(c.correlation.window_ms, 300);
@@ -183,20 +184,20 @@ TEST(ConfigTest, CorrelationAndValidityMistakesArePlaced) {
   {
     const std::string text = kBase + replaced(kCorrelation, "window_ms: 300", "window_ms: 0");
     const ConfigError e = error_in(text);
-    EXPECT_EQ(std::string(e.what()), place_in(kFile, text, "0\n  max_wait") +
+    EXPECT_EQ(std::string(e.what()), place_in(kGatewayFile, text, "0\n  max_wait") +
                                          ": correlation.window_ms: must be between 10 and 5000, got 0");
   }
   {
     const std::string text = kBase + replaced(kCorrelation, "clock_sync: assume", "clock_sync: ntp");
     const ConfigError e = error_in(text);
-    EXPECT_EQ(std::string(e.what()), place_in(kFile, text, "ntp") +
+    EXPECT_EQ(std::string(e.what()), place_in(kGatewayFile, text, "ntp") +
                                          ": validity.clock_sync: must be one of kernel, assume; got 'ntp'");
   }
   {
     const std::string text = kBase + replaced(kCorrelation, "truck: 80", "truck: fast");
     const ConfigError e = error_in(text);
     EXPECT_EQ(std::string(e.what()),
-              place_in(kFile, text, "fast") +
+              place_in(kGatewayFile, text, "fast") +
                   ": correlation.lanes[0].vehicle_types.truck: expected an integer, got 'fast'");
   }
   {
@@ -213,14 +214,14 @@ TEST(ConfigTest, CorrelationAndValidityMistakesArePlaced) {
   {
     const std::string text = kBase + replaced(kCorrelation, "    - lane: 2", "    - lane: 1");
     const ConfigError e = error_in(text);
-    EXPECT_EQ(std::string(e.what()), place_in(kFile, text, "1\n      limit_kmh") +
+    EXPECT_EQ(std::string(e.what()), place_in(kGatewayFile, text, "1\n      limit_kmh") +
                                          ": correlation.lanes[1].lane: duplicate lane 1 (first at " +
-                                         place_in(kFile, text, "1, limit_kmh: 100") + ")");
+                                         place_in(kGatewayFile, text, "1, limit_kmh: 100") + ")");
   }
   {
     const std::string text = kBase + replaced(kCorrelation, "  max_wait_ms: 4000\n", "  maxwait_ms: 4000\n");
     const ConfigError e = error_in(text);
-    EXPECT_EQ(std::string(e.what()), place_in(kFile, text, "maxwait_ms:") +
+    EXPECT_EQ(std::string(e.what()), place_in(kGatewayFile, text, "maxwait_ms:") +
                                          ": correlation.maxwait_ms: unknown key 'maxwait_ms' (did you mean "
                                          "'max_wait_ms'?); allowed: window_ms, max_wait_ms, lanes");
   }
@@ -239,7 +240,7 @@ TEST(ConfigTest, CorrelationAndValidityMistakesArePlaced) {
     const std::string text =
         replaced(kBase, "  path: /tmp/store.db\n", "  path: /tmp/store.db\n  media_retention_days: 0\n");
     const ConfigError e = error_in(text);
-    EXPECT_EQ(std::string(e.what()), place_in(kFile, text, "0\nmqtt") +
+    EXPECT_EQ(std::string(e.what()), place_in(kGatewayFile, text, "0\nmqtt") +
                                          ": store.media_retention_days: must be between 1 and 3650, got 0");
   }
 }
@@ -259,7 +260,7 @@ std::string camera_entry(const std::string& radar) {
 }
 
 TEST(ConfigTest, CameraPairsWithAConfiguredRadar) {
-  const Config c = parse_config(kBase + camera_entry("radar-1"), kFile);
+  const Config c = parse_config(kBase + camera_entry("radar-1"), kGatewayFile);
   ASSERT_EQ(c.devices.size(), 2U);
   EXPECT_EQ(std::get<adapters::CameraConfig>(c.devices[1].settings).radar, "radar-1");
 }
@@ -268,7 +269,7 @@ TEST(ConfigTest, CameraNamingAnUnknownRadar) {
   const std::string text = kBase + camera_entry("radar-9");
   const ConfigError e = error_in(text);
   EXPECT_EQ(std::string(e.what()),
-            place_in(kFile, text, "radar-9") +
+            place_in(kGatewayFile, text, "radar-9") +
                 ": devices[1].radar: must name a radar device configured under devices "
                 "(radars: radar-1), got 'radar-9'");
   // Another camera is not a radar.
@@ -278,8 +279,8 @@ TEST(ConfigTest, CameraNamingAnUnknownRadar) {
 }
 
 TEST(ConfigTest, Sha256IsOfTheBytes) {
-  const Config a = parse_config(kBase, kFile);
-  const Config b = parse_config(kBase + "# a comment changes the bytes\n", kFile);
+  const Config a = parse_config(kBase, kGatewayFile);
+  const Config b = parse_config(kBase + "# a comment changes the bytes\n", kGatewayFile);
   EXPECT_EQ(a.sha256.size(), 64U);
   EXPECT_NE(a.sha256, b.sha256);
   EXPECT_EQ(a.sha256, parse_config(kBase, "other-name").sha256);
@@ -287,7 +288,7 @@ TEST(ConfigTest, Sha256IsOfTheBytes) {
 
 // mqtts:// (normalised to ssl://) needs a tls section: see mqtt_tls_config_test.
 TEST(ConfigTest, MqttUriAliasesAreNormalised) {
-  EXPECT_EQ(parse_config(replaced(kBase, "tcp://127.0.0.1:1883", "mqtt://[::1]:1883"), kFile).mqtt.uri,
+  EXPECT_EQ(parse_config(replaced(kBase, "tcp://127.0.0.1:1883", "mqtt://[::1]:1883"), kGatewayFile).mqtt.uri,
             "tcp://[::1]:1883");
 }
 
@@ -296,7 +297,7 @@ TEST(ConfigTest, BadMqttUri) {
   const ConfigError e = error_in(text);
   EXPECT_EQ(e.key(), "mqtt.uri");
   EXPECT_THAT(std::string(e.what()),
-              StartsWith(place_in(kFile, text, "http") + ": mqtt.uri: must be tcp://host:port"));
+              StartsWith(place_in(kGatewayFile, text, "http") + ": mqtt.uri: must be tcp://host:port"));
 }
 
 TEST(ConfigTest, UnknownKeyWithSuggestion) {
@@ -304,7 +305,7 @@ TEST(ConfigTest, UnknownKeyWithSuggestion) {
   const ConfigError e = error_in(text);
   EXPECT_EQ(e.key(), "devices[0].pol_interval_ms");
   EXPECT_THAT(std::string(e.what()),
-              StartsWith(place_in(kFile, text, "pol_interval_ms") +
+              StartsWith(place_in(kGatewayFile, text, "pol_interval_ms") +
                          ": devices[0].pol_interval_ms: unknown key 'pol_interval_ms' (did you mean "
                          "'poll_interval_ms'?); allowed: id, kind, tcp, serial, poll_interval_ms, lanes"));
 }
@@ -313,7 +314,7 @@ TEST(ConfigTest, UnknownTopLevelSection) {
   const std::string text = kBase + "mqt:\n  uri: x\n";
   const ConfigError e = error_in(text);
   EXPECT_EQ(std::string(e.what()),
-            place_in(kFile, text, "mqt:") +
+            place_in(kGatewayFile, text, "mqt:") +
                 ": mqt: unknown key 'mqt' (did you mean 'mqtt'?); allowed: gateway, store, "
                 "mqtt, devices, correlation, validity, codes, links, metrics, control, custody");
 }
@@ -322,14 +323,14 @@ TEST(ConfigTest, WrongType) {
   const std::string text = replaced(kBase, "port: 4001", "port: abc");
   const ConfigError e = error_in(text);
   EXPECT_EQ(std::string(e.what()),
-            place_in(kFile, text, "abc") + ": devices[0].tcp.port: expected an integer, got 'abc'");
+            place_in(kGatewayFile, text, "abc") + ": devices[0].tcp.port: expected an integer, got 'abc'");
 }
 
 TEST(ConfigTest, OutOfRange) {
   const std::string text = replaced(kBase, "lat: 30.0", "lat: 95.0");
   const ConfigError e = error_in(text);
-  EXPECT_EQ(std::string(e.what()),
-            place_in(kFile, text, "95.0") + ": gateway.site.lat: must be between -90 and 90, got 95.0");
+  EXPECT_EQ(std::string(e.what()), place_in(kGatewayFile, text, "95.0") +
+                                       ": gateway.site.lat: must be between -90 and 90, got 95.0");
 }
 
 TEST(ConfigTest, BadDirectionListsTheCompassPoints) {
@@ -345,13 +346,13 @@ TEST(ConfigTest, BadUtcOffset) {
 }
 
 TEST(ConfigTest, CaseFileSiteElementsAreOptionalAndChecked) {
-  const Config plain = parse_config(kBase, kFile);
+  const Config plain = parse_config(kBase, kGatewayFile);
   EXPECT_EQ(plain.gateway.site.area_code, "");
   EXPECT_EQ(plain.gateway.site.km_m, -1);
   const std::string full = replaced(kBase, "utc_offset: \"+08:00\"}",
                                     "utc_offset: \"+08:00\", area_code: \"330106\", road_code: S2, "
                                     "km_marker: K7+050, carriageway: down}");
-  const Config c = parse_config(full, kFile);
+  const Config c = parse_config(full, kGatewayFile);
   EXPECT_EQ(c.gateway.site.area_code, "330106");
   EXPECT_EQ(c.gateway.site.road_code, "S2");
   EXPECT_EQ(c.gateway.site.km_marker, "K7+050");
@@ -367,13 +368,13 @@ TEST(ConfigTest, CaseFileSiteElementsAreOptionalAndChecked) {
 }
 
 TEST(ConfigTest, NationalCodeTablesDefaultAndReplace) {
-  EXPECT_EQ(parse_config(kBase, kFile).codes, default_codes());
+  EXPECT_EQ(parse_config(kBase, kGatewayFile).codes, default_codes());
   const std::string text = kBase + R"(codes:
   plate_types:
     - {plate_type: 92TypeCivil, plate_color: blue, code: "02", name: 小型汽车号牌}
     - {plate_type: newEnergy, code: "52", name: 小型新能源汽车号牌}
 )";
-  const Config c = parse_config(text, kFile);
+  const Config c = parse_config(text, kGatewayFile);
   ASSERT_EQ(c.codes.plate_types.size(), 2U);
   EXPECT_EQ(c.codes.plate_types[1], (PlateTypeCode{"newEnergy", "", "52", "小型新能源汽车号牌"}));
   EXPECT_EQ(c.codes.vehicle_types, default_codes().vehicle_types) << "a list not given keeps its default";
@@ -391,7 +392,7 @@ TEST(ConfigTest, NationalCodeTablesDefaultAndReplace) {
 TEST(ConfigTest, MissingRequiredKey) {
   const std::string text = replaced(kBase, "  path: /tmp/store.db\n", "  commit_max_batch: 10\n");
   const ConfigError e = error_in(text);
-  EXPECT_EQ(std::string(e.what()), place_in(kFile, text, "commit_max_batch") +
+  EXPECT_EQ(std::string(e.what()), place_in(kGatewayFile, text, "commit_max_batch") +
                                        ": store.path: missing required key 'path' (a non-empty file path)");
 }
 
@@ -399,9 +400,9 @@ TEST(ConfigTest, DuplicateKey) {
   const std::string text =
       replaced(kBase, "  key: /tmp/gw.key\n", "  key: /tmp/gw.key\n  key: /tmp/other.key\n");
   const ConfigError e = error_in(text);
-  EXPECT_EQ(std::string(e.what()), place_in(kFile, text, "key: /tmp/other") +
+  EXPECT_EQ(std::string(e.what()), place_in(kGatewayFile, text, "key: /tmp/other") +
                                        ": gateway.key: duplicate key 'key' (first at " +
-                                       place_in(kFile, text, "key: /tmp/gw.key") + ")");
+                                       place_in(kGatewayFile, text, "key: /tmp/gw.key") + ")");
 }
 
 TEST(ConfigTest, DuplicateDeviceIdNamesBothPlaces) {
@@ -413,9 +414,9 @@ TEST(ConfigTest, DuplicateDeviceIdNamesBothPlaces) {
 )";
   const std::string text = kBase + second;
   const ConfigError e = error_in(text);
-  EXPECT_EQ(std::string(e.what()), place_in(kFile, text, "radar-1", 1) +
+  EXPECT_EQ(std::string(e.what()), place_in(kGatewayFile, text, "radar-1", 1) +
                                        ": devices[1].id: duplicate device id 'radar-1' (first at " +
-                                       place_in(kFile, text, "radar-1", 0) + ")");
+                                       place_in(kGatewayFile, text, "radar-1", 0) + ")");
 }
 
 TEST(ConfigTest, OverlappingLanes) {
@@ -425,15 +426,15 @@ TEST(ConfigTest, OverlappingLanes) {
   const ConfigError e = error_in(text);
   EXPECT_EQ(e.key(), "devices[0].lanes[1].x_min");
   EXPECT_THAT(std::string(e.what()),
-              StartsWith(place_in(kFile, text, "3.5") + ": devices[0].lanes[1].x_min: lane 2 "
-                                                        "[3.5, 7.0) overlaps lane 1 [0.0, 3.75)"));
+              StartsWith(place_in(kGatewayFile, text, "3.5") + ": devices[0].lanes[1].x_min: lane 2 "
+                                                               "[3.5, 7.0) overlaps lane 1 [0.0, 3.75)"));
 }
 
 TEST(ConfigTest, BadDate) {
   const std::string text = replaced(kBase, "2027-06-30", "2027-06-31");
   const ConfigError e = error_in(text);
   EXPECT_EQ(e.key(), "devices[0].calibration.valid_until");
-  EXPECT_THAT(std::string(e.what()), StartsWith(place_in(kFile, text, "2027-06-31") + ": "));
+  EXPECT_THAT(std::string(e.what()), StartsWith(place_in(kGatewayFile, text, "2027-06-31") + ": "));
 }
 
 TEST(ConfigTest, BothTcpAndSerial) {
@@ -441,7 +442,8 @@ TEST(ConfigTest, BothTcpAndSerial) {
       replaced(kBase, "    lanes:", "    serial: {device: /dev/ttyUSB0, baud: 9600}\n    lanes:");
   const ConfigError e = error_in(text);
   EXPECT_EQ(e.key(), "devices[0].serial");
-  EXPECT_THAT(std::string(e.what()), StartsWith(place_in(kFile, text, "{device") + ": devices[0].serial: "));
+  EXPECT_THAT(std::string(e.what()),
+              StartsWith(place_in(kGatewayFile, text, "{device") + ": devices[0].serial: "));
 }
 
 TEST(ConfigTest, UnknownDeviceKind) {
@@ -475,7 +477,7 @@ TEST(ConfigTest, ReconnectMinAboveMax) {
                "  uri: tcp://127.0.0.1:1883\n  reconnect_min_ms: 5000\n  reconnect_max_ms: 1000\n");
   const ConfigError e = error_in(text);
   EXPECT_EQ(std::string(e.what()),
-            place_in(kFile, text, "1000\n") +
+            place_in(kGatewayFile, text, "1000\n") +
                 ": mqtt.reconnect_max_ms: must be at least reconnect_min_ms (5000), got 1000");
 }
 
@@ -483,7 +485,7 @@ TEST(ConfigTest, YamlSyntaxError) {
   const std::string text =
       replaced(kBase, "[{lane: 1, x_min: 0.0, x_max: 3.75}]", "[{lane: 1, x_min: 0.0, x_max: 3.75}");
   const ConfigError e = error_in(text);
-  EXPECT_EQ(e.file(), kFile);
+  EXPECT_EQ(e.file(), kGatewayFile);
   EXPECT_GE(e.line(), 13);
   EXPECT_GT(e.column(), 0);
   EXPECT_THAT(std::string(e.what()), StartsWith("gw.yaml:" + std::to_string(e.line()) + ":"));
@@ -527,13 +529,13 @@ TEST(ConfigTest, LoadsAFileAndReportsItsPath) {
 }
 
 TEST(ConfigTest, MetricsAndControlDefaultsAndChecks) {
-  const Config c = parse_config(kBase, kFile);
+  const Config c = parse_config(kBase, kGatewayFile);
   EXPECT_TRUE(c.metrics.enabled);
   EXPECT_EQ(c.metrics.host, "127.0.0.1");
   EXPECT_EQ(c.metrics.port, 9464);
   EXPECT_EQ(c.control.socket, "/tmp/control.sock") << "beside the store by default";
   const Config d = parse_config(
-      kBase + "metrics: {host: \"::1\", port: 0}\ncontrol: {socket: /run/cpd/ctl.sock}\n", kFile);
+      kBase + "metrics: {host: \"::1\", port: 0}\ncontrol: {socket: /run/cpd/ctl.sock}\n", kGatewayFile);
   EXPECT_EQ(d.metrics.host, "::1");
   EXPECT_EQ(d.metrics.port, 0);
   EXPECT_EQ(d.control.socket, "/run/cpd/ctl.sock");

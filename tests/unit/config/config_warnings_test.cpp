@@ -21,7 +21,7 @@ using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using testing::place_in;
 
-constexpr const char* kFile = "gw.yaml";
+constexpr const char* kWarningsFile = "gw.yaml";
 constexpr std::int64_t kDay = 24LL * 60 * 60 * 1000;
 
 // 2027-06-30 is the radar's last valid day; its calibration ends at 2027-07-01T00:00+08:00.
@@ -52,7 +52,7 @@ const std::string kRadar1 = R"(  - id: radar-1
 )";
 
 std::vector<ConfigWarning> warnings_of(const std::string& text, UnixMs now) {
-  return config_warnings(parse_config(text, kFile), now);
+  return config_warnings(parse_config(text, kWarningsFile), now);
 }
 
 TEST(ConfigWarningsTest, CalibrationFarAwayAndWatchedRadarGiveNoWarning) {
@@ -62,7 +62,7 @@ TEST(ConfigWarningsTest, CalibrationFarAwayAndWatchedRadarGiveNoWarning) {
   ASSERT_EQ(w.size(), 1U);  // only "no camera names this radar"
   EXPECT_THAT(w[0].message, HasSubstr("no camera"));
   EXPECT_EQ(w[0].device, "radar-1");
-  EXPECT_EQ(w[0].place, place_in(kFile, text, "id: radar-1"));
+  EXPECT_EQ(w[0].place, place_in(kWarningsFile, text, "id: radar-1"));
 }
 
 TEST(ConfigWarningsTest, ACalibrationNamingAnotherRadarSerialIsWarned) {
@@ -90,7 +90,7 @@ TEST(ConfigWarningsTest, CalibrationWithin30DaysIsWarnedWithDaysLeft) {
   const UnixMs now = kCalibrationEnd - 21 * kDay + kDay / 2;
   const auto w = warnings_of(text, now);
   ASSERT_EQ(w.size(), 2U);
-  EXPECT_EQ(w[0].place, place_in(kFile, text, "id: radar-1"));
+  EXPECT_EQ(w[0].place, place_in(kWarningsFile, text, "id: radar-1"));
   EXPECT_EQ(w[0].device, "radar-1");
   EXPECT_THAT(w[0].message, HasSubstr("C-1 expires soon"));
   EXPECT_THAT(w[0].message, HasSubstr("2027-06-30"));
@@ -129,9 +129,9 @@ TEST(ConfigWarningsTest, TwoDevicesOnOneAddressAreWarnedAtTheLaterOne) {
   }
   ASSERT_EQ(same.size(), 1U);
   EXPECT_EQ(same[0].device, "radar-2");
-  EXPECT_EQ(same[0].place, place_in(kFile, text, "id: radar-2"));
+  EXPECT_EQ(same[0].place, place_in(kWarningsFile, text, "id: radar-2"));
   EXPECT_THAT(same[0].message, HasSubstr("radar-1"));
-  EXPECT_THAT(same[0].message, HasSubstr(place_in(kFile, text, "id: radar-1")));
+  EXPECT_THAT(same[0].message, HasSubstr(place_in(kWarningsFile, text, "id: radar-1")));
   EXPECT_THAT(same[0].message, HasSubstr("192.0.2.10:4001"));
 }
 
@@ -167,13 +167,13 @@ TEST(ConfigWarningsTest, FileWideWarningsNameTheFile) {
   const std::string text = base(kRadar1, "validity: {clock_sync: assume}\n");
   const auto w = warnings_of(text, kCalibrationEnd - 100 * kDay);
   ASSERT_EQ(w.size(), 2U);
-  EXPECT_EQ(w[1].place, kFile);
+  EXPECT_EQ(w[1].place, kWarningsFile);
   EXPECT_EQ(w[1].device, "");
   EXPECT_THAT(w[1].message, HasSubstr("clock_sync"));
-  EXPECT_EQ(format_warning(w[1]).rfind(std::string(kFile) + ": warning: validity.clock_sync", 0), 0U);
-  EXPECT_EQ(
-      format_warning(w[0]).rfind(place_in(kFile, text, "id: radar-1") + ": warning: device radar-1: ", 0),
-      0U);
+  EXPECT_EQ(format_warning(w[1]).rfind(std::string(kWarningsFile) + ": warning: validity.clock_sync", 0), 0U);
+  EXPECT_EQ(format_warning(w[0]).rfind(
+                place_in(kWarningsFile, text, "id: radar-1") + ": warning: device radar-1: ", 0),
+            0U);
 }
 
 TEST(ConfigWarningsTest, ASiteWithoutTheCaseFileElementsIsWarnedAboutOnce) {
@@ -181,7 +181,7 @@ TEST(ConfigWarningsTest, ASiteWithoutTheCaseFileElementsIsWarnedAboutOnce) {
   text.replace(text.find(", road_code: G60, km_marker: K1234+500"), 38, "");
   const auto w = warnings_of(text, kCalibrationEnd - 100 * kDay);
   ASSERT_EQ(w.size(), 2U);  // and "no camera names this radar"
-  EXPECT_EQ(w[1].place, kFile);
+  EXPECT_EQ(w[1].place, kWarningsFile);
   EXPECT_EQ(w[1].device, "");
   EXPECT_THAT(w[1].message, HasSubstr("gateway.site has no road_code, km_marker: records will not state"));
 }
@@ -195,7 +195,7 @@ TEST(ConfigWarningsTest, SpeedLimitsMustMatchRadarLanes) {
   for (const auto& x : w) {
     if (x.message.find("lane 3 has a speed limit but no radar") != std::string::npos) {
       lane3 = true;
-      EXPECT_EQ(x.place, kFile);
+      EXPECT_EQ(x.place, kWarningsFile);
     }
   }
   EXPECT_TRUE(lane3);
@@ -218,7 +218,7 @@ TEST(ConfigWarningsTest, WatchedRadarLaneWithoutLimitAndBasicAuthAreWarned) {
   EXPECT_EQ(w[0].device, "radar-1");
   EXPECT_THAT(w[0].message, HasSubstr("lane 2 of this radar has no speed limit"));
   EXPECT_EQ(w[1].device, "cam-1");
-  EXPECT_EQ(w[1].place, place_in(kFile, text, "id: cam-1"));
+  EXPECT_EQ(w[1].place, place_in(kWarningsFile, text, "id: cam-1"));
   EXPECT_THAT(w[1].message, HasSubstr("auth: basic"));
   EXPECT_THAT(w[1].message, ::testing::Not(HasSubstr("secret")));
 }

@@ -15,7 +15,7 @@ using config::testing::error_of;
 using config::testing::place_in;
 using ::testing::HasSubstr;
 
-constexpr const char* kFile = "dev.yaml";
+constexpr const char* kRadarFile = "dev.yaml";
 
 const std::string kDevice = R"(id: radar-1
 kind: radar
@@ -28,7 +28,7 @@ calibration: {certificate: JJG527-2026-0412, valid_until: 2027-06-30}
 // Parses a device mapping the way config.cpp does: id and kind read first, then the kind's parser.
 RadarConfig parse(const std::string& text, int utc_offset_min = 480) {
   auto context = std::make_shared<config::LoadContext>();
-  context->file = kFile;
+  context->file = kRadarFile;
   context->utc_offset_min = utc_offset_min;
   config::Section device = config::Section::root(YAML::Load(text), context);
   device.required<std::string>("id");
@@ -84,14 +84,14 @@ TEST(RadarConfigTest, BadBaudListsTheAllowedRates) {
       replaced(kDevice, "tcp: {host: 192.0.2.10, port: 4001}", "serial: {device: /dev/ttyUSB0, baud: 19200}");
   const ConfigError e = error_of([&] { parse(text); });
   EXPECT_EQ(std::string(e.what()),
-            place_in(kFile, text, "19200") + ": serial.baud: must be one of 9600, 115200; got 19200");
+            place_in(kRadarFile, text, "19200") + ": serial.baud: must be one of 9600, 115200; got 19200");
 }
 
 TEST(RadarConfigTest, BothTcpAndSerialIsAnError) {
   const std::string text = kDevice + "serial: {device: /dev/ttyUSB0}\n";
   const ConfigError e = error_of([&] { parse(text); });
   EXPECT_EQ(e.key(), "serial");
-  EXPECT_EQ(std::string(e.what()).rfind(place_in(kFile, text, "{device"), 0), 0U) << e.what();
+  EXPECT_EQ(std::string(e.what()).rfind(place_in(kRadarFile, text, "{device"), 0), 0U) << e.what();
   EXPECT_THAT(e.detail(), HasSubstr("not both"));
 }
 
@@ -104,23 +104,23 @@ TEST(RadarConfigTest, PortOutOfRange) {
   const std::string text = replaced(kDevice, "port: 4001", "port: 0");
   const ConfigError e = error_of([&] { parse(text); });
   EXPECT_EQ(std::string(e.what()),
-            place_in(kFile, text, "0}") + ": tcp.port: must be between 1 and 65535, got 0");
+            place_in(kRadarFile, text, "0}") + ": tcp.port: must be between 1 and 65535, got 0");
 }
 
 TEST(RadarConfigTest, XMaxNotAboveXMin) {
   const std::string text = replaced(kDevice, "x_max: 7.5", "x_max: 2.0");
   const ConfigError e = error_of([&] { parse(text); });
-  EXPECT_EQ(std::string(e.what()),
-            place_in(kFile, text, "2.0}") + ": lanes[1].x_max: must be greater than x_min (3.75), got 2.0");
+  EXPECT_EQ(std::string(e.what()), place_in(kRadarFile, text, "2.0}") +
+                                       ": lanes[1].x_max: must be greater than x_min (3.75), got 2.0");
 }
 
 TEST(RadarConfigTest, OverlappingLanes) {
   const std::string text = replaced(kDevice, "x_min: 3.75", "x_min: 3.0");
   const ConfigError e = error_of([&] { parse(text); });
   EXPECT_EQ(e.key(), "lanes[1].x_min");
-  EXPECT_EQ(std::string(e.what()), place_in(kFile, text, "3.0") +
+  EXPECT_EQ(std::string(e.what()), place_in(kRadarFile, text, "3.0") +
                                        ": lanes[1].x_min: lane 2 [3.0, 7.5) overlaps lane 1 [0.0, 3.75) at " +
-                                       place_in(kFile, text, "{lane: 1"));
+                                       place_in(kRadarFile, text, "{lane: 1"));
 }
 
 TEST(RadarConfigTest, OverlapIsFoundWhateverTheOrderOfLanes) {
@@ -138,8 +138,8 @@ TEST(RadarConfigTest, DuplicateLaneNumber) {
   const std::string text = replaced(kDevice, "lane: 2", "lane: 1");
   const ConfigError e = error_of([&] { parse(text); });
   EXPECT_EQ(e.key(), "lanes[1].lane");
-  EXPECT_THAT(e.detail(),
-              HasSubstr("duplicate lane number 1 (first at " + place_in(kFile, text, "1, x_min: 0.0") + ")"));
+  EXPECT_THAT(e.detail(), HasSubstr("duplicate lane number 1 (first at " +
+                                    place_in(kRadarFile, text, "1, x_min: 0.0") + ")"));
 }
 
 TEST(RadarConfigTest, LaneNumbersStartAtOne) {
@@ -159,7 +159,7 @@ TEST(RadarConfigTest, ImpossibleDate) {
   const std::string text = replaced(kDevice, "2027-06-30", "2027-02-30");
   const ConfigError e = error_of([&] { parse(text); });
   EXPECT_EQ(std::string(e.what()),
-            place_in(kFile, text, "2027-02-30") +
+            place_in(kRadarFile, text, "2027-02-30") +
                 ": calibration.valid_until: must be a calendar date YYYY-MM-DD (1970 or "
                 "later), got '2027-02-30'");
 }
@@ -182,7 +182,7 @@ TEST(RadarConfigTest, ReconnectMaxBelowInitial) {
   const std::string text = kDevice + "reconnect_initial_ms: 1000\nreconnect_max_ms: 900\n";
   const ConfigError e = error_of([&] { parse(text); });
   EXPECT_EQ(std::string(e.what()),
-            place_in(kFile, text, "900") +
+            place_in(kRadarFile, text, "900") +
                 ": reconnect_max_ms: must be at least reconnect_initial_ms (1000), got 900");
 }
 
@@ -200,7 +200,7 @@ TEST(RadarConfigTest, UnknownKeySuggestsTheNearest) {
 TEST(RadarConfigTest, UnknownKeyInsideALane) {
   const std::string text = replaced(kDevice, "{lane: 2,", "{lane: 2, width: 3,");
   const ConfigError e = error_of([&] { parse(text); });
-  EXPECT_EQ(std::string(e.what()), place_in(kFile, text, "width") +
+  EXPECT_EQ(std::string(e.what()), place_in(kRadarFile, text, "width") +
                                        ": lanes[1].width: unknown key 'width'; allowed: lane, x_min, x_max");
 }
 

@@ -15,11 +15,11 @@ using ::testing::HasSubstr;
 using testing::place_in;
 using ::testing::StartsWith;
 
-constexpr const char* kFile = "t.yaml";
+constexpr const char* kSchemaFile = "t.yaml";
 
 Section load(const std::string& text) {
   auto context = std::make_shared<LoadContext>();
-  context->file = kFile;
+  context->file = kSchemaFile;
   return Section::root(YAML::Load(text), context);
 }
 
@@ -48,7 +48,7 @@ TEST(SchemaTest, WrongTypeNamesPlaceKeyAndValue) {
   const ConfigError e = error_of([&] { outer.required<int>("port"); });
   EXPECT_EQ(e.key(), "outer.port");
   EXPECT_EQ(std::string(e.what()),
-            place_in(kFile, text, "abc") + ": outer.port: expected an integer, got 'abc'");
+            place_in(kSchemaFile, text, "abc") + ": outer.port: expected an integer, got 'abc'");
   EXPECT_EQ(e.line(), 2);
   EXPECT_EQ(e.column(), 9);
 }
@@ -69,7 +69,7 @@ TEST(SchemaTest, RangesNameTheBoundsAndTheValue) {
   Section s = load(text);
   const ConfigError e = error_of([&] { s.required<int>("port", {.min = 1, .max = 65535}); });
   EXPECT_EQ(std::string(e.what()),
-            place_in(kFile, text, "70000") + ": port: must be between 1 and 65535, got 70000");
+            place_in(kSchemaFile, text, "70000") + ": port: must be between 1 and 65535, got 70000");
   EXPECT_EQ(error_of([&] { s.required<unsigned>("neg"); }).detail(), "must be at least 0, got -1");
   EXPECT_EQ(error_of([&] { s.required<double>("lat", {.min = -90.0, .max = 90.0}); }).detail(),
             "must be between -90 and 90, got 91.5");
@@ -104,7 +104,7 @@ TEST(SchemaTest, MissingRequiredKeyPointsAtTheParentMapping) {
   Section s = load(text);
   Section mqtt = s.section("mqtt");
   const ConfigError e = error_of([&] { mqtt.required<std::string>("uri", {.allowed = "tcp://host:port"}); });
-  EXPECT_EQ(std::string(e.what()), place_in(kFile, text, "keepalive_s") +
+  EXPECT_EQ(std::string(e.what()), place_in(kSchemaFile, text, "keepalive_s") +
                                        ": mqtt.uri: missing required key 'uri' (tcp://host:port)");
   const ConfigError missing_section = error_of([&] { s.section("store"); });
   EXPECT_EQ(missing_section.key(), "store");
@@ -134,7 +134,7 @@ TEST(SchemaTest, UnknownKeyIsAnErrorWithSuggestionAndAllowedList) {
   s.optional<int>("track_timeout_ms", 400);
   const ConfigError e = error_of([&] { s.finish(); });
   EXPECT_EQ(std::string(e.what()),
-            place_in(kFile, text, "pol_interval_ms") +
+            place_in(kSchemaFile, text, "pol_interval_ms") +
                 ": pol_interval_ms: unknown key 'pol_interval_ms' (did you mean "
                 "'poll_interval_ms'?); allowed: id, kind, poll_interval_ms, track_timeout_ms");
 }
@@ -155,7 +155,7 @@ TEST(SchemaTest, FinishChecksSubSectionsTakenFromIt) {
   const ConfigError e = error_of([&] { s.finish(); });
   EXPECT_EQ(e.key(), "outer.inner.b");
   EXPECT_EQ(std::string(e.what()),
-            place_in(kFile, text, "b: 2") + ": outer.inner.b: unknown key 'b'; allowed: a");
+            place_in(kSchemaFile, text, "b: 2") + ": outer.inner.b: unknown key 'b'; allowed: a");
 }
 
 TEST(SchemaTest, SameSubSectionTwiceSharesKnownKeys) {
@@ -168,16 +168,17 @@ TEST(SchemaTest, SameSubSectionTwiceSharesKnownKeys) {
 TEST(SchemaTest, DuplicateKeysAreErrorsNamingBothPlaces) {
   const std::string text = "a: 1\nb:\n  c: x\n  c: y\n";
   const ConfigError e = error_of([&] { load(text); });
-  EXPECT_EQ(std::string(e.what()), place_in(kFile, text, "c: y") + ": b.c: duplicate key 'c' (first at " +
-                                       place_in(kFile, text, "c: x") + ")");
+  EXPECT_EQ(std::string(e.what()), place_in(kSchemaFile, text, "c: y") +
+                                       ": b.c: duplicate key 'c' (first at " +
+                                       place_in(kSchemaFile, text, "c: x") + ")");
 }
 
 TEST(SchemaTest, DuplicateKeysInFlowMappingsInsideSequences) {
   const std::string text = "lanes: [{lane: 1}, {lane: 2, lane: 3}]\n";
   const ConfigError e = error_of([&] { load(text); });
   EXPECT_EQ(e.key(), "lanes[1].lane");
-  EXPECT_EQ(std::string(e.what()).substr(0, place_in(kFile, text, "lane: 3").size()),
-            place_in(kFile, text, "lane: 3"));
+  EXPECT_EQ(std::string(e.what()).substr(0, place_in(kSchemaFile, text, "lane: 3").size()),
+            place_in(kSchemaFile, text, "lane: 3"));
 }
 
 TEST(SchemaTest, NonScalarKeysAreErrors) {
@@ -197,7 +198,8 @@ TEST(SchemaTest, SequencesOfSectionsAreNamedByIndex) {
   const std::string text = "lanes:\n  - {lane: 1}\n  - 7\n";
   Section s = load(text);
   const ConfigError e = error_of([&] { s.sections("lanes"); });
-  EXPECT_EQ(std::string(e.what()), place_in(kFile, text, "7") + ": lanes[1]: expected a mapping, got '7'");
+  EXPECT_EQ(std::string(e.what()),
+            place_in(kSchemaFile, text, "7") + ": lanes[1]: expected a mapping, got '7'");
 
   Section ok = load("lanes: [{lane: 1}, {lane: 2}]\n");
   auto lanes = ok.sections("lanes", 1);

@@ -21,7 +21,7 @@ using testing::error_of;
 using ::testing::HasSubstr;
 using testing::place_in;
 
-constexpr const char* kFile = "gw.yaml";
+constexpr const char* kKeyFile = "gw.yaml";
 
 std::string config_text(const std::string& key_path) {
   return "gateway:\n"
@@ -65,12 +65,12 @@ class SigningKeyTest : public ::testing::Test {
   // The error load_signing_key gives for a config naming `key_path`, checked to sit at the key's value.
   ConfigError refused(const std::string& key_path) {
     const std::string text = config_text(key_path);
-    const Config cfg = parse_config(text, kFile);  // the file itself is fine
+    const Config cfg = parse_config(text, kKeyFile);  // the file itself is fine
     const ConfigError e = error_of([&] { load_signing_key(cfg); });
-    EXPECT_EQ(e.file(), kFile);
+    EXPECT_EQ(e.file(), kKeyFile);
     EXPECT_EQ(e.key(), "gateway.key");
     EXPECT_THAT(std::string(e.what()),
-                ::testing::StartsWith(place_in(kFile, text, key_path) + ": gateway.key: "));
+                ::testing::StartsWith(place_in(kKeyFile, text, key_path) + ": gateway.key: "));
     return e;
   }
 
@@ -83,7 +83,7 @@ TEST_F(SigningKeyTest, AGoodKeyLoads) {
   const std::string path = (dir_ / "gw.key").string();
   const auto key = Ed25519PrivateKey::generate();
   key.save_pem_file(path);
-  const Config cfg = parse_config(config_text(path), kFile);
+  const Config cfg = parse_config(config_text(path), kKeyFile);
   EXPECT_EQ(load_signing_key(cfg).public_key().raw(), key.public_key().raw());
 }
 

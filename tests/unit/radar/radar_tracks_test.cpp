@@ -11,7 +11,7 @@
 namespace cpd::adapters {
 namespace {
 
-constexpr UnixMs kT0 = 1'700'000'000'000;  // UTC at radar time 0
+constexpr UnixMs kTracksT0 = 1'700'000'000'000;  // UTC at radar time 0
 constexpr UnixMs kDelay = 20;
 
 RadarConfig config() {
@@ -47,7 +47,7 @@ class Harness {
   explicit Harness(RadarConfig c = config(), std::size_t max_frames = 400) : b_(c, max_frames) {}
   // Feeds a frame as received `kDelay` after its radar time.
   RadarTrackBuilder::Outcome feed(const std::string& bytes, std::int64_t radar_cs) {
-    now_ = kT0 + radar_cs * 10 + kDelay;
+    now_ = kTracksT0 + radar_cs * 10 + kDelay;
     return b_.on_frame(parse(bytes), now_);
   }
   RadarTrackBuilder::Outcome feed_detect(const test::DetectFields& f) {
@@ -78,16 +78,16 @@ TEST(RadarTrackBuilder, OneVehicleOneTrackWithPeak) {
   EXPECT_TRUE(t.approaching);
   EXPECT_EQ(t.peak_speed_dkmh, 871);
   EXPECT_EQ(t.units, 'K');
-  EXPECT_EQ(t.time_ms, kT0 + (100000 + 10) * 10 + kDelay);
-  EXPECT_EQ(t.first_ms, kT0 + 100000 * 10 + kDelay);
-  EXPECT_EQ(t.last_ms, kT0 + (100000 + 20) * 10 + kDelay);
+  EXPECT_EQ(t.time_ms, kTracksT0 + (100000 + 10) * 10 + kDelay);
+  EXPECT_EQ(t.first_ms, kTracksT0 + 100000 * 10 + kDelay);
+  EXPECT_EQ(t.last_ms, kTracksT0 + (100000 + 20) * 10 + kDelay);
   ASSERT_EQ(t.samples.size(), 5u);
   ASSERT_EQ(t.raw_frames.size(), 5u);
   EXPECT_EQ(t.raw_frames[2], test::detect_frame(detect(100010, 7, 871)));
   EXPECT_EQ(t.samples[2].range_cm, 3000);
   EXPECT_EQ(t.samples[2].lateral_cm, 180);
   EXPECT_EQ(t.samples[2].amplitude_ddb, 550);
-  EXPECT_EQ(t.clock.offset_ms, kT0 + kDelay);
+  EXPECT_EQ(t.clock.offset_ms, kTracksT0 + kDelay);
   EXPECT_EQ(t.clock.epoch, 0);
   EXPECT_EQ(h.builder().counters().tracks, 1u);
   EXPECT_EQ(h.builder().open_tracks(), 0u);
@@ -231,7 +231,7 @@ TEST(RadarTrackBuilder, StatusInForceAtPeakAndStatusChanges) {
   auto o1 = h.feed(test::status_frame(900, 0, "OK"), 900);
   ASSERT_TRUE(o1.status_change.has_value());
   EXPECT_EQ(o1.status_change->code, 0);
-  EXPECT_EQ(o1.status_change->since_ms, kT0 + 9000 + kDelay);
+  EXPECT_EQ(o1.status_change->since_ms, kTracksT0 + 9000 + kDelay);
   EXPECT_FALSE(h.feed(test::status_frame(950, 0, "OK"), 950).status_change.has_value());
   h.feed_detect(detect(1000, 1, 500));
   h.feed_detect(detect(1005, 1, 520));  // peak under status 00
@@ -258,7 +258,7 @@ TEST(RadarTrackBuilder, RebootClosesOpenTracksWithTheOldEpochClock) {
   EXPECT_TRUE(out.new_epoch);
   ASSERT_EQ(out.closed.size(), 1u);
   EXPECT_EQ(out.closed[0].clock.epoch, 0);
-  EXPECT_EQ(out.closed[0].time_ms, kT0 + 5'000'050 + kDelay);
+  EXPECT_EQ(out.closed[0].time_ms, kTracksT0 + 5'000'050 + kDelay);
   EXPECT_EQ(h.builder().clock_estimate().epoch, 1);
   EXPECT_EQ(h.builder().counters().epochs, 1u);
 }
@@ -284,7 +284,7 @@ TEST(RadarTrackBuilder, FrameBoundKeepsPeak) {
   EXPECT_EQ(t.raw_frames.size(), 10u);
   EXPECT_EQ(t.peak_speed_dkmh, 999);
   EXPECT_EQ(t.samples.back().speed_dkmh, 999);
-  EXPECT_EQ(t.time_ms, kT0 + 10250 + kDelay);
+  EXPECT_EQ(t.time_ms, kTracksT0 + 10250 + kDelay);
   EXPECT_EQ(h.builder().counters().dropped_frames, 20u);
 }
 
@@ -294,7 +294,7 @@ TEST(RadarTrackBuilder, FrameBoundKeepsPeak) {
 TEST(RadarTrackBuilder, AClockSteppingBackOnEveryFrameStillBuildsTracksMarkedUnstable) {
   RadarTrackBuilder b(config());
   std::int64_t raw = 5'000'000;
-  UnixMs now = kT0;
+  UnixMs now = kTracksT0;
   std::vector<RadarTrack> closed;
   int became_unstable = 0;
   // Two vehicles one after the other (targets 1 and 2), 200 frames each at 10 ms, then a gap.
@@ -328,8 +328,8 @@ TEST(RadarTrackBuilder, AClockSteppingBackOnEveryFrameStillBuildsTracksMarkedUns
   EXPECT_EQ(unstable[1].target, 2);
   EXPECT_EQ(unstable[1].samples.size(), 200u);
   // Timed by the gateway's receive time: the frame of the peak came 100 frames (1 s) into vehicle 2.
-  EXPECT_EQ(unstable[1].time_ms, kT0 + 200 * 10 + 500 + 100 * 10);
-  EXPECT_EQ(unstable[1].first_ms, kT0 + 200 * 10 + 500);
+  EXPECT_EQ(unstable[1].time_ms, kTracksT0 + 200 * 10 + 500 + 100 * 10);
+  EXPECT_EQ(unstable[1].first_ms, kTracksT0 + 200 * 10 + 500);
   EXPECT_GE(b.counters().clock_steps, 399u);
   EXPECT_EQ(b.counters().epochs, static_cast<std::uint64_t>(RadarClockMapper::kUnstableSteps));
 }

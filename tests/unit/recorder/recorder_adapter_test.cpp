@@ -28,10 +28,13 @@
 #include "daemon/core/digest.h"
 #include "daemon/media/media_store.h"
 #include "daemon/pipeline/recorder_clock.h"
+#include "tests/support/device_test_helpers.h"
 #include "tests/unit/recorder/dock_test_server.h"
 
 namespace cpd::adapters {
 namespace {
+
+using cpd::test::of_type;
 
 namespace asio = boost::asio;
 namespace fs = std::filesystem;
@@ -41,13 +44,8 @@ using test::md5_of;
 using test::sha256_of;
 using test::test_bytes;
 
-constexpr UnixMs kGatewayNow = 1795750730000;  // 2026-11-27T03:38:50Z = 11:38:50+08:00, the station's time
+constexpr UnixMs kDockNow = 1795750730000;  // 2026-11-27T03:38:50Z = 11:38:50+08:00, the station's time
 constexpr const char* kDevice = "dock-1";
-
-class FixedClock final : public WallClock {
- public:
-  UnixMs now_ms() const override { return kGatewayNow; }
-};
 
 // Waits for pred with a deadline, re-checking when `cv` is notified or every few ms (for state that no
 // condition variable covers, such as the adapter's status snapshot).
@@ -284,17 +282,6 @@ class RecordingSink final : public EventSink {
 };
 
 template <typename T>
-std::vector<T> of_type(const std::vector<DeviceEvent>& events) {
-  std::vector<T> out;
-  for (const auto& e : events) {
-    if (const auto* t = std::get_if<T>(&e)) {
-      out.push_back(*t);
-    }
-  }
-  return out;
-}
-
-template <typename T>
 std::size_t count_of(const std::vector<DeviceEvent>& events) {
   return of_type<T>(events).size();
 }
@@ -385,7 +372,7 @@ class RecorderAdapterTest : public ::testing::Test {
   asio::io_context io_;
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_{io_.get_executor()};
   asio::thread_pool blocking_{2};
-  FixedClock clock_;
+  cpd::test::FixedClock clock_{kDockNow};
   MemoryLedger ledger_;
   RecordingSink sink_{ledger_};
   std::optional<AdapterContext> ctx_;
@@ -419,13 +406,13 @@ TEST_F(RecorderAdapterTest, DownloadsHashesAndAcksOnlyAfterCommit) {
     EXPECT_EQ(rc.firmware, "3.4.1");
     EXPECT_EQ(rc.download_attempts, 1);
     EXPECT_EQ(rc.resumes, 0);
-    EXPECT_EQ(rc.collected_ms, kGatewayNow);
+    EXPECT_EQ(rc.collected_ms, kDockNow);
     ASSERT_TRUE(rc.station_clock.has_value());
     // Station time 11:38:50 (whole seconds) against a gateway fixed at 11:38:50.000: offset in [0, 1000].
     EXPECT_GE(rc.station_clock->offset_ms, 0);
     EXPECT_LE(rc.station_clock->offset_ms, 1000);
     // What the recorder-clock rule (daemon/pipeline) needs: when the file was listed, the tolerance.
-    EXPECT_EQ(rc.listed_ms, kGatewayNow);
+    EXPECT_EQ(rc.listed_ms, kDockNow);
     EXPECT_EQ(rc.recorder_clock_tolerance_s, config_for(0).recorder_clock_tolerance_s);
     const auto clock =
         pipeline::read_recorder_clock(rc.file, rc.listed_ms, rc.station_clock, rc.recorder_clock_tolerance_s);

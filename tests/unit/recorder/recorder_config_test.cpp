@@ -26,7 +26,7 @@ using config::testing::place_in;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-constexpr const char* kFile = "dock.yaml";
+constexpr const char* kDockFile = "dock.yaml";
 constexpr const char* kToken = "tok-3f9a2c71e0b84d55";
 constexpr const char* kUrl = "http://192.0.2.80:8080";
 
@@ -50,7 +50,7 @@ class RecorderConfigTest : public ::testing::Test {
     return "id: dock-1\nkind: recorder_dock\nurl: " + url + "\ntoken_file: " + token_file_ + "\n" + extra;
   }
 
-  static RecorderDockConfig parse(const std::string& text, const std::string& file = kFile) {
+  static RecorderDockConfig parse(const std::string& text, const std::string& file = kDockFile) {
     auto context = std::make_shared<config::LoadContext>();
     context->file = file;
     config::Section s = config::Section::root(YAML::Load(text), context);
@@ -112,7 +112,7 @@ TEST_F(RecorderConfigTest, HttpsIsRefusedForNow) {
   const ConfigError e = error_of([&] { parse(text); });
   EXPECT_EQ(e.key(), "url");
   EXPECT_THAT(e.detail(), HasSubstr("https is not supported yet"));
-  EXPECT_EQ(std::string(e.what()).rfind(place_in(kFile, text, "https://"), 0), 0U) << e.what();
+  EXPECT_EQ(std::string(e.what()).rfind(place_in(kDockFile, text, "https://"), 0), 0U) << e.what();
 }
 
 TEST_F(RecorderConfigTest, BadUrls) {
@@ -124,7 +124,7 @@ TEST_F(RecorderConfigTest, BadUrls) {
     const std::string text = device("", url);
     const ConfigError e = error_of([&] { parse(text); });
     EXPECT_EQ(e.key(), "url") << url;
-    EXPECT_EQ(std::string(e.what()).rfind(place_in(kFile, text, url), 0), 0U) << e.what();
+    EXPECT_EQ(std::string(e.what()).rfind(place_in(kDockFile, text, url), 0), 0U) << e.what();
   }
 }
 
@@ -135,7 +135,7 @@ TEST_F(RecorderConfigTest, MissingTokenFileNamesTheFile) {
   EXPECT_EQ(e.key(), "token_file");
   EXPECT_THAT(e.detail(), HasSubstr(token_file_));
   EXPECT_THAT(e.detail(), HasSubstr("No such file"));
-  EXPECT_EQ(std::string(e.what()).rfind(place_in(kFile, text, token_file_), 0), 0U) << e.what();
+  EXPECT_EQ(std::string(e.what()).rfind(place_in(kDockFile, text, token_file_), 0), 0U) << e.what();
 }
 
 TEST_F(RecorderConfigTest, TokenFileThatIsADirectory) {
@@ -240,10 +240,10 @@ TEST_F(RecorderConfigTest, ErrorNamesFileLineColumnAndKey) {
   const std::string text = device("list_limit: 501\n");
   const ConfigError e = error_of([&] { parse(text); });
   EXPECT_EQ(e.key(), "list_limit");
-  EXPECT_EQ(e.file(), kFile);
+  EXPECT_EQ(e.file(), kDockFile);
   EXPECT_EQ(e.line(), 5);
   EXPECT_EQ(e.column(), 13);
-  EXPECT_EQ(std::string(e.what()).rfind(place_in(kFile, text, "501"), 0), 0U) << e.what();
+  EXPECT_EQ(std::string(e.what()).rfind(place_in(kDockFile, text, "501"), 0), 0U) << e.what();
   EXPECT_THAT(e.detail(), HasSubstr("500"));
 }
 

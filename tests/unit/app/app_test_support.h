@@ -1,0 +1,61 @@
+// Test doubles the daemon/app unit tests share: a wall clock that stands still, a side channel with no
+// broker behind it, and a bounded wait for a worker thread's progress.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "daemon/core/time.h"
+#include "daemon/forwarder/side_channel.h"
+
+namespace cpd::app::test {
+
+// Every reading is the same instant.
+class FixedClock final : public WallClock {
+ public:
+  explicit FixedClock(UnixMs now_ms = 1'795'700'000'000) : now_ms_(now_ms) {}
+  UnixMs now_ms() const override { return now_ms_; }
+
+ private:
+  UnixMs now_ms_;
+};
+
+// Records the subscriptions, refuses every publish, and delivers what a test hands it as a message from the
+// broker (retained or not).
+class FakeChannel final : public forwarder::SideChannel {
+ public:
+  explicit FakeChannel(bool retained = false) : retained_(retained) {}
+  void set_subscriptions(std::vector<std::string> topics, Handler handler) override {
+    topics_ = std::move(topics);
+    handler_ = std::move(handler);
+  }
+  void publish_side(forwarder::OutboundMessage /*message*/, std::function<void(bool ok)> done) override {
+    done(false);
+  }
+  void deliver(const std::string& topic, const std::string& payload) {
+    handler_(forwarder::InboundMessage{topic, payload, "", "", retained_});
+  }
+  std::vector<std::string> topics_;
+  Handler handler_;
+
+ private:
+  bool retained_;
+};
+
+// Polls pred every 2 ms until it holds (true) or the limit passes (false).
+template <typename Pred>
+bool eventually(Pred pred, std::chrono::milliseconds limit = std::chrono::seconds(5)) {
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > until) {
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
+
+}  // namespace cpd::app::test
