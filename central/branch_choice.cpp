@@ -16,10 +16,6 @@ namespace cpd::central {
 
 namespace {
 
-std::string num(std::uint64_t v) {
-  return std::to_string(v);
-}
-
 std::string joined(const std::vector<std::string>& parts) {
   std::string out;
   for (const std::string& p : parts) {
@@ -57,18 +53,19 @@ CentralStore::BranchWalk CentralStore::walk_branch(
       }
       const PgResult held =
           conn_->exec_prepared("SELECT jws_sha256 FROM records WHERE gateway = $1 AND seq = $2",
-                               {gateway, num(seq)}, "walking a branch");
+                               {gateway, std::to_string(seq)}, "walking a branch");
       if (held.rows() == 1 && held.text(0, 0) == want) {
         return out;  // joined the chain central holds
       }
     }
     if (taken == max_records) {
-      out.error = "the branch is longer than " + num(static_cast<std::uint64_t>(max_records)) + " records";
+      out.error =
+          "the branch is longer than " + std::to_string(static_cast<std::uint64_t>(max_records)) + " records";
       return out;
     }
     const PgResult f =
         conn_->exec_prepared("SELECT jws FROM forks WHERE gateway = $1 AND seq = $2 AND jws_sha256 = $3",
-                             {gateway, num(seq), want}, "walking a branch");
+                             {gateway, std::to_string(seq), want}, "walking a branch");
     if (f.rows() == 0) {
       out.missing.emplace(seq, want);
       return out;
@@ -88,7 +85,7 @@ std::optional<std::pair<std::uint64_t, std::uint64_t>> CentralStore::branch_requ
   // The record at the chain break is the branch's tip; the forks' prev is read, not verified (this only
   // decides what to ask for: choose_branch verifies).
   const PgResult tip = conn_->exec_prepared("SELECT prev FROM records WHERE gateway = $1 AND seq = $2",
-                                            {gateway, num(break_seq)}, "reading a chain break");
+                                            {gateway, std::to_string(break_seq)}, "reading a chain break");
   if (tip.rows() != 1 || break_seq < 2) {
     return std::nullopt;
   }
@@ -127,13 +124,13 @@ std::vector<IncomingRecord> CentralStore::verified_branch(const std::string& gat
           return k == gateway_keys.end() ? std::nullopt : std::optional<Ed25519PublicKey>(k->second.key);
         });
         if (!c.ok || c.seq != seq || c.gateway != gateway) {
-          refusal = "the fork " + gateway + ":" + num(seq) +
+          refusal = "the fork " + gateway + ":" + std::to_string(seq) +
                     " does not verify now: " + (c.ok ? "its body names another record" : c.reason);
           return std::optional<std::string>();
         }
         const TrustedKey& k = gateway_keys.at(c.kid);
         if (std::string why = key_range_refusal(c.kid, k.from_seq, k.to_seq, seq); !why.empty()) {
-          refusal = "the fork " + gateway + ":" + num(seq) + ": " + why;
+          refusal = "the fork " + gateway + ":" + std::to_string(seq) + ": " + why;
           return std::optional<std::string>();
         }
         incoming.push_back(IncomingRecord{gateway, seq, jws, sha, c.prev, c.kid, std::move(c.body),
@@ -146,11 +143,11 @@ std::vector<IncomingRecord> CentralStore::verified_branch(const std::string& gat
   if (!walk.error.empty()) {
     refusal = walk.error;
   } else if (walk.missing && !tip_in_records && incoming.empty()) {
-    refusal =
-        "central holds no record or fork " + gateway + ":" + num(tip_seq) + " with SHA-256 " + tip_sha256;
+    refusal = "central holds no record or fork " + gateway + ":" + std::to_string(tip_seq) +
+              " with SHA-256 " + tip_sha256;
   } else if (walk.missing) {
     lacks = walk.missing->first;
-    refusal = "the branch needs " + gateway + ":" + num(walk.missing->first) + " with SHA-256 " +
+    refusal = "the branch needs " + gateway + ":" + std::to_string(walk.missing->first) + " with SHA-256 " +
               walk.missing->second + ", which central holds neither in its chain nor among the forks";
     refusal += gateway_lacks(gateway, lacks).has_value()
                    ? " and the gateway reported it no longer holds (to follow the branch from the record "
@@ -168,7 +165,7 @@ std::pair<std::uint64_t, std::uint64_t> CentralStore::other_branch_above(const s
   const PgResult above = conn_->exec(
       "SELECT seq, prev, jws_sha256 FROM records WHERE gateway = $1 AND seq > $2::bigint ORDER BY seq LIMIT "
       "$3",
-      {gateway, num(to), num(static_cast<std::uint64_t>(kMaxBranchRecords))},
+      {gateway, std::to_string(to), std::to_string(static_cast<std::uint64_t>(kMaxBranchRecords))},
       "reading records above a branch");
   std::uint64_t expect = to + 1;
   for (int i = 0; i < above.rows(); ++i, ++expect) {
@@ -193,7 +190,7 @@ std::vector<std::string> CentralStore::undo_rotations(const std::string& gateway
   const PgResult rotations = conn_->exec(
       "SELECT seq, kid FROM records WHERE gateway = $1 AND type = 'key_rotation' AND (seq BETWEEN $2::bigint "
       "AND $3::bigint OR seq BETWEEN $4::bigint AND $5::bigint) ORDER BY seq",
-      {gateway, num(a), num(b), num(c), num(d)}, what);
+      {gateway, std::to_string(a), std::to_string(b), std::to_string(c), std::to_string(d)}, what);
   std::vector<std::string> undone;
   std::set<std::string> signers;
   for (int i = 0; i < rotations.rows(); ++i) {
@@ -216,7 +213,7 @@ std::vector<std::string> CentralStore::undo_rotations(const std::string& gateway
         "$4::bigint OR r.seq BETWEEN $5::bigint AND $6::bigint))) FROM gateway_keys k WHERE k.gateway = $1 "
         "AND "
         "k.kid = $2",
-        {gateway, kid, num(a), num(b), num(c), num(d)}, what);
+        {gateway, kid, std::to_string(a), std::to_string(b), std::to_string(c), std::to_string(d)}, what);
     // Only ever widened: not enrolled any more (rotated to within the other branch), still cut there, or
     // cut lower by what remains (the range is left as it is, never narrowed here).
     const bool widens =
@@ -229,7 +226,7 @@ std::vector<std::string> CentralStore::undo_rotations(const std::string& gateway
         "kid = "
         "$2",
         {gateway, kid, cut.is_null(0, 1) ? std::nullopt : std::optional<std::string>(cut.text(0, 1)),
-         num(now_ms)},
+         std::to_string(now_ms)},
         what);
     said.push_back("kid " + kid + " signs again " +
                    (cut.is_null(0, 1) ? std::string("with no end") : "through seq " + cut.text(0, 1)) +
@@ -248,7 +245,7 @@ std::string resolve_tip(PgConnection& conn, const std::string& gateway, std::uin
                         const std::string& sha256, bool& in_records, std::string& prev,
                         CentralStore::BranchChoice& out) {
   const PgResult row = conn.exec("SELECT jws_sha256, prev FROM records WHERE gateway = $1 AND seq = $2",
-                                 {gateway, num(seq)}, "reading the branch's tip");
+                                 {gateway, std::to_string(seq)}, "reading the branch's tip");
   in_records = row.rows() == 1 && (sha256.empty() || row.text(0, 0) == sha256);
   if (in_records) {
     out.tip_sha256 = row.text(0, 0);
@@ -256,7 +253,7 @@ std::string resolve_tip(PgConnection& conn, const std::string& gateway, std::uin
     return {};
   }
   if (sha256.empty()) {
-    return "central holds no record at seq " + num(seq) + " of \"" + gateway +
+    return "central holds no record at seq " + std::to_string(seq) + " of \"" + gateway +
            "\" in its chain; name a fork with --tip SEQ:SHA-256";
   }
   out.tip_sha256 = sha256;
@@ -268,14 +265,15 @@ std::string resolve_tip(PgConnection& conn, const std::string& gateway, std::uin
 // then its branch goes on below, and central's records there are not the gateway's.
 std::string accept_break_refusal(PgConnection& conn, const std::string& gateway, std::uint64_t lost_from,
                                  std::uint64_t lacks) {
-  if (lost_from <= 1 || conn.exec("SELECT 1 FROM forks WHERE gateway = $1 AND seq = $2",
-                                  {gateway, num(lost_from - 1)}, "looking for the branch below what it lacks")
-                                .rows() == 0) {
+  if (lost_from <= 1 ||
+      conn.exec("SELECT 1 FROM forks WHERE gateway = $1 AND seq = $2",
+                {gateway, std::to_string(lost_from - 1)}, "looking for the branch below what it lacks")
+              .rows() == 0) {
     return {};
   }
-  return "the gateway no longer holds seq " + num(lost_from) + ".." + num(lacks) +
-         " of the branch, but holds another record than central's at seq " + num(lost_from - 1) +
-         " (a fork): the branch goes on below what it lacks, and accepting seq " + num(lacks) +
+  return "the gateway no longer holds seq " + std::to_string(lost_from) + ".." + std::to_string(lacks) +
+         " of the branch, but holds another record than central's at seq " + std::to_string(lost_from - 1) +
+         " (a fork): the branch goes on below what it lacks, and accepting seq " + std::to_string(lacks) +
          " as lost would keep central's other records there (nothing changed; choose-branch follows one "
          "branch without holes)";
 }
@@ -283,7 +281,7 @@ std::string accept_break_refusal(PgConnection& conn, const std::string& gateway,
 // Custody walks again from before the branch at `from`; the next receipt names the chosen head.
 void restart_custody_below(PgConnection& conn, const std::string& gateway, std::uint64_t from) {
   const PgResult base = conn.exec("SELECT jws_sha256 FROM records WHERE gateway = $1 AND seq = $2",
-                                  {gateway, num(from - 1)}, "reading where the branch joins");
+                                  {gateway, std::to_string(from - 1)}, "reading where the branch joins");
   const std::string base_hash = from == 1 || base.rows() == 0 ? std::string(64, '0') : base.text(0, 0);
   conn.exec(
       "UPDATE gateways SET watermark_hash = CASE WHEN watermark_seq >= $2::bigint THEN $3 ELSE "
@@ -291,7 +289,7 @@ void restart_custody_below(PgConnection& conn, const std::string& gateway, std::
       "END, watermark_seq = LEAST(watermark_seq, $2::bigint - 1), receipt_seq = LEAST(receipt_seq, "
       "$2::bigint - 1), chain_break_seq = NULL, chain_break_reason = NULL, gap_since_ms = NULL, "
       "request_backoff_ms = 0, next_request_ms = 0 WHERE gateway = $1",
-      {gateway, num(from), base_hash}, "choosing a branch");
+      {gateway, std::to_string(from), base_hash}, "choosing a branch");
 }
 
 // The choice, kept in branch_choices: who, why, which seqs, what was set aside and undone.
@@ -304,10 +302,10 @@ void keep_choice(PgConnection& conn, const std::string& gateway, std::uint64_t t
       "set_aside_from, set_aside_to, past_receipt, receipt_seq, reason, operator, chosen_ms, "
       "accepted_lost_seq, undone_rotations) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, "
       "$14, $15)",
-      {gateway, num(taken_from), num(to), num(tip_seq), out.tip_sha256, num(out.set_aside),
-       num(out.set_aside_from), num(out.set_aside_to), past_receipt ? "true" : "false", num(receipt_seq),
-       reason, by, num(now_ms),
-       out.accepted_lost != 0 ? std::optional<std::string>(num(out.accepted_lost)) : std::nullopt,
+      {gateway, std::to_string(taken_from), std::to_string(to), std::to_string(tip_seq), out.tip_sha256,
+       std::to_string(out.set_aside), std::to_string(out.set_aside_from), std::to_string(out.set_aside_to),
+       past_receipt ? "true" : "false", std::to_string(receipt_seq), reason, by, std::to_string(now_ms),
+       out.accepted_lost != 0 ? std::optional<std::string>(std::to_string(out.accepted_lost)) : std::nullopt,
        out.undone_rotations.empty() ? std::nullopt
                                     : std::optional<std::string>(joined(out.undone_rotations))},
       "keeping an operator's choice of branch");
@@ -328,14 +326,18 @@ void CentralStore::set_aside_other_branch(const std::string& gateway, std::uint6
       "kept AS (INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms) SELECT gateway, seq, jws, "
       "jws_sha256, $4::bigint FROM moved ON CONFLICT DO NOTHING) "
       "SELECT count(*), COALESCE(min(seq), 0), COALESCE(max(seq), 0) FROM moved",
-      {gateway, num(from), num(to), num(now_ms), num(above_from), num(above_to)}, what);
+      {gateway, std::to_string(from), std::to_string(to), std::to_string(now_ms), std::to_string(above_from),
+       std::to_string(above_to)},
+      what);
   out.set_aside = static_cast<std::uint64_t>(moved.integer(0, 0));
   out.set_aside_from = static_cast<std::uint64_t>(moved.integer(0, 1));
   out.set_aside_to = static_cast<std::uint64_t>(moved.integer(0, 2));
   conn_->exec(
       "DELETE FROM record_media WHERE gateway = $1 AND (seq BETWEEN $2::bigint AND $3::bigint OR seq BETWEEN "
       "$4::bigint AND $5::bigint)",
-      {gateway, num(from), num(to), num(above_from), num(above_to)}, what);
+      {gateway, std::to_string(from), std::to_string(to), std::to_string(above_from),
+       std::to_string(above_to)},
+      what);
   // What was reported or accepted as lost, and announced, from `from` on was about the other branch (as for a
   // followed replaced store): a receipt must not name as lost a record the chosen branch holds.
   forget_other_branch_after(gateway, from - 1, what);
@@ -343,7 +345,8 @@ void CentralStore::set_aside_other_branch(const std::string& gateway, std::uint6
     conn_->exec(
         "INSERT INTO accepted_losses (gateway, from_seq, to_seq, reason, operator, accepted_ms) VALUES ($1, "
         "$2, $2, $3, $4, $5)",
-        {gateway, num(out.accepted_lost), reason, by, num(now_ms)}, "accepting the record a branch lacks");
+        {gateway, std::to_string(out.accepted_lost), reason, by, std::to_string(now_ms)},
+        "accepting the record a branch lacks");
   }
 }
 
@@ -361,7 +364,7 @@ bool CentralStore::take_branch(const std::string& gateway, std::vector<IncomingR
   }
   for (const IncomingRecord& r : incoming) {
     conn_->exec("DELETE FROM forks WHERE gateway = $1 AND seq = $2 AND jws_sha256 = $3",
-                {gateway, num(r.seq), r.jws_sha256}, "moving a branch into the chain");
+                {gateway, std::to_string(r.seq), r.jws_sha256}, "moving a branch into the chain");
   }
   return true;
 }
@@ -407,8 +410,8 @@ CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gatewa
     return out;
   }
   if (incoming.empty() && out.accepted_lost == 0) {
-    out.refusal = "record " + gateway + ":" + num(tip_seq) +
-                  " already follows on from the chain central holds (seq " + num(tip_seq - 1) +
+    out.refusal = "record " + gateway + ":" + std::to_string(tip_seq) +
+                  " already follows on from the chain central holds (seq " + std::to_string(tip_seq - 1) +
                   "): there is no other branch to choose";
     return out;
   }
@@ -418,9 +421,9 @@ CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gatewa
   const std::uint64_t to = incoming.empty() ? from : incoming.front().seq;
   const std::uint64_t taken_from = incoming.empty() ? to + 1 : incoming.back().seq;  // to + 1: none taken
   if (from <= receipt_seq && !options.past_receipt) {
-    out.refusal = "central confirmed " + gateway + " through seq " + num(receipt_seq) +
-                  " (custody receipt), and the branch replaces seq " + num(from) + ".." +
-                  num(std::min(to, receipt_seq)) +
+    out.refusal = "central confirmed " + gateway + " through seq " + std::to_string(receipt_seq) +
+                  " (custody receipt), and the branch replaces seq " + std::to_string(from) + ".." +
+                  std::to_string(std::min(to, receipt_seq)) +
                   " of it; when the gateway no longer holds what central confirmed (a restored backup, a "
                   "replaced store), give --past-receipt";
     return out;
@@ -436,8 +439,8 @@ CentralStore::BranchChoice CentralStore::choose_branch(const std::string& gatewa
   if (!take_branch(gateway, incoming, now_ms)) {
     // A running instance stored a record at one of these seqs meanwhile (a hole the branch fills): nothing
     // is changed (the transaction rolls back), the operator runs the command again.
-    out.refusal = "a running instance stored a record of " + gateway + " between seq " + num(from) + " and " +
-                  num(to) + " meanwhile; run the command again";
+    out.refusal = "a running instance stored a record of " + gateway + " between seq " +
+                  std::to_string(from) + " and " + std::to_string(to) + " meanwhile; run the command again";
     return out;
   }
   restart_custody_below(*conn_, gateway, from);

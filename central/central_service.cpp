@@ -20,6 +20,7 @@
 
 #include "central/key_rotation.h"
 #include "daemon/core/custody.h"
+#include "daemon/core/durable_fs.h"
 #include "daemon/core/encoding.h"
 #include "daemon/core/record_check.h"
 #include "daemon/core/time.h"
@@ -57,14 +58,6 @@ void write_all(int fd, const std::string& bytes, const std::string& path) {
       throw std::runtime_error("media: cannot write " + path + ": " + std::strerror(errno));
     }
     off += static_cast<std::size_t>(n);
-  }
-}
-
-void fsync_dir(const fs::path& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
   }
 }
 
@@ -454,7 +447,7 @@ std::string CentralService::write_media(const std::string& sha256, const std::st
   }
   ::close(fd);
   fs::rename(tmp, path);
-  fsync_dir(dir);
+  fsync_directory(dir);
   return path.string();
 }
 

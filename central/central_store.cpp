@@ -364,18 +364,11 @@ ALTER TABLE branch_choices ADD COLUMN undone_rotations text;
 )sql",
 };
 
-std::string num(std::uint64_t v) {
-  return std::to_string(v);
-}
-std::string num(std::int64_t v) {
-  return std::to_string(v);
-}
-
 // "1,2,3": ids for a PostgreSQL array literal ("{" + … + "}") or a column.
 std::string joined_ids(const std::vector<std::int64_t>& ids) {
   std::string out;
   for (const std::int64_t id : ids) {
-    out += (out.empty() ? "" : ",") + num(id);
+    out += (out.empty() ? "" : ",") + std::to_string(id);
   }
   return out;
 }
@@ -487,8 +480,8 @@ bool CentralStore::enroll(const std::string& gateway, const Ed25519PublicKey& pu
       "INSERT INTO gateway_keys (gateway, kid, public_key_pem, source, enrolled_ms, valid_from_seq) VALUES "
       "($1, "
       "$2, $3, $4, $5, $6) ON CONFLICT (gateway, kid) DO NOTHING",
-      {gateway, public_key.kid(), public_key.pem(), source, num(now_ms),
-       num(std::max<std::uint64_t>(from_seq, 1))},
+      {gateway, public_key.kid(), public_key.pem(), source, std::to_string(now_ms),
+       std::to_string(std::max<std::uint64_t>(from_seq, 1))},
       "enrolling a key");
   tx.commit();
   return r.affected() == 1;
@@ -502,7 +495,7 @@ std::optional<CentralStore::Revocation> CentralStore::revoke_key(const std::stri
       "UPDATE gateway_keys SET valid_to_seq = least(coalesce(valid_to_seq, $3::bigint), $3::bigint), "
       "revoked_to_seq = least(coalesce(revoked_to_seq, $3::bigint), $3::bigint) WHERE gateway = $1 AND kid = "
       "$2 RETURNING valid_from_seq, valid_to_seq",
-      {gateway, kid, num(after_seq)}, "revoking a key");
+      {gateway, kid, std::to_string(after_seq)}, "revoking a key");
   if (r.rows() == 0) {
     return std::nullopt;
   }
@@ -512,7 +505,7 @@ std::optional<CentralStore::Revocation> CentralStore::revoke_key(const std::stri
   out.stored_after =
       conn_
           ->exec("SELECT count(*) FROM records WHERE gateway = $1 AND kid = $2 AND seq > $3::bigint",
-                 {gateway, kid, num(out.valid_to_seq)}, "counting records under a revoked key")
+                 {gateway, kid, std::to_string(out.valid_to_seq)}, "counting records under a revoked key")
           .integer(0, 0);
   tx.commit();
   return out;
@@ -533,17 +526,20 @@ void CentralStore::note_chain_restart(const IncomingRecord& rec, bool as_fork, c
       "INSERT INTO chain_restarts (gateway, seq, kind, reason, jws_sha256, as_fork, received_ms) VALUES ($1, "
       "$2, "
       "$3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-      {rec.gateway, num(rec.seq), kind, reason + followed, rec.jws_sha256, as_fork ? "true" : "false", now},
+      {rec.gateway, std::to_string(rec.seq), kind, reason + followed, rec.jws_sha256,
+       as_fork ? "true" : "false", now},
       "noting a chain restart");
   if (!followed.empty()) {
     if (r.affected() == 0) {  // noted already when it was stored: the reason gains what was followed
       conn_->exec("UPDATE chain_restarts SET reason = $4 WHERE gateway = $1 AND seq = $2 AND jws_sha256 = $3",
-                  {rec.gateway, num(rec.seq), rec.jws_sha256, reason + followed}, "noting a chain restart");
+                  {rec.gateway, std::to_string(rec.seq), rec.jws_sha256, reason + followed},
+                  "noting a chain restart");
     }
-    out.chain_restarts.push_back(rec.gateway + ":" + num(rec.seq) + " " + kind + ": " + reason + followed);
+    out.chain_restarts.push_back(rec.gateway + ":" + std::to_string(rec.seq) + " " + kind + ": " + reason +
+                                 followed);
   } else if (r.affected() == 1) {
     out.chain_restarts.push_back(
-        rec.gateway + ":" + num(rec.seq) + " " + kind + ": " + reason +
+        rec.gateway + ":" + std::to_string(rec.seq) + " " + kind + ": " + reason +
         (as_fork ? " (arrived as a FORK of a seq central holds from the old chain)" : ""));
   }
 }
@@ -598,7 +594,7 @@ std::vector<QuarantinedMessage> CentralStore::quarantine_to_reexamine(std::size_
       "gateway) k ON k.gateway = "
       "q.gateway WHERE q.topic IN ('evidence', 'media', 'head') AND octet_length(q.payload) = q.bytes AND "
       "COALESCE(q.reexamined_ms, q.last_seen_ms - 10000) < k.enrolled_ms ORDER BY q.id LIMIT $1",
-      {num(static_cast<std::uint64_t>(limit))}, "finding quarantine rows to re-examine");
+      {std::to_string(static_cast<std::uint64_t>(limit))}, "finding quarantine rows to re-examine");
   std::vector<QuarantinedMessage> out;
   for (int i = 0; i < r.rows(); ++i) {
     const std::string hex = r.text(i, 3);
@@ -626,7 +622,7 @@ void CentralStore::mark_reexamined(const std::vector<std::int64_t>& ids, std::in
   }
   const std::string list = "{" + joined_ids(ids) + "}";
   conn_->exec("UPDATE quarantine SET reexamined_ms = $2 WHERE id = ANY($1::bigint[])",
-              {list, num(examined_ms)}, "marking quarantine rows re-examined");
+              {list, std::to_string(examined_ms)}, "marking quarantine rows re-examined");
 }
 
 void CentralStore::resolve_quarantine(const std::vector<std::int64_t>& ids, const std::string& now,
@@ -652,14 +648,14 @@ void CentralStore::resolve_quarantine(const std::vector<std::int64_t>& ids, cons
     conn_->exec(
         "UPDATE quarantine_usage SET rows = GREATEST(rows - $2, 0), bytes = GREATEST(bytes - $3, 0), "
         "last_ms = $4 WHERE gateway = $1",
-        {d.text(i, 0), num(static_cast<std::int64_t>(d.integer(i, 1))),
-         num(static_cast<std::int64_t>(d.integer(i, 2))), now},
+        {d.text(i, 0), std::to_string(static_cast<std::int64_t>(d.integer(i, 1))),
+         std::to_string(static_cast<std::int64_t>(d.integer(i, 2))), now},
         "uncounting resolved quarantine rows");
   }
   conn_->exec(
       "UPDATE quarantine_usage SET rows = GREATEST(rows - $1, 0), bytes = GREATEST(bytes - $2, 0) WHERE "
       "gateway = ''",
-      {num(rows), num(bytes)}, "uncounting resolved quarantine rows");
+      {std::to_string(rows), std::to_string(bytes)}, "uncounting resolved quarantine rows");
   out.quarantine_resolved += static_cast<std::uint64_t>(rows);
 }
 
@@ -669,11 +665,11 @@ CentralStore::QuarantineDiscard CentralStore::discard_quarantine(const std::stri
                                                                  const std::string& reason,
                                                                  const std::string& by, std::int64_t now_ms) {
   PgTransaction tx(*conn_);
-  const std::string now = num(now_ms);
+  const std::string now = std::to_string(now_ms);
   conn_->exec("SELECT 1 FROM quarantine_usage WHERE gateway = '' FOR UPDATE",
               "locking the quarantine totals");
   const std::optional<std::string> before =
-      seen_before_ms ? std::optional<std::string>(num(*seen_before_ms)) : std::nullopt;
+      seen_before_ms ? std::optional<std::string>(std::to_string(*seen_before_ms)) : std::nullopt;
   PgResult sel = conn_->exec(
       "SELECT id, octet_length(payload) FROM quarantine WHERE gateway = $1 AND (NOT $2::boolean OR id = "
       "ANY($3::bigint[])) AND ($4::bigint IS NULL OR last_seen_ms < $4::bigint) ORDER BY id FOR UPDATE",
@@ -694,7 +690,7 @@ CentralStore::QuarantineDiscard CentralStore::discard_quarantine(const std::stri
   conn_->exec(
       "INSERT INTO quarantine_discards (gateway, rows, bytes, ids, seen_before_ms, reason, operator, "
       "discarded_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-      {gateway, num(d.rows), num(d.bytes), joined_ids(chosen), before, reason, by, now},
+      {gateway, std::to_string(d.rows), std::to_string(d.bytes), joined_ids(chosen), before, reason, by, now},
       "keeping a quarantine discard");
   tx.commit();
   return d;
@@ -705,7 +701,7 @@ std::vector<std::pair<std::string, CentralStore::QuarantineDiscard>> CentralStor
   const std::int64_t cutoff = now_ms - max_age_ms;
   const PgResult gateways = conn_->exec(
       "SELECT DISTINCT gateway FROM quarantine WHERE last_seen_ms < $1::bigint ORDER BY gateway LIMIT 1000",
-      {num(cutoff)}, "finding quarantine rows past their age");
+      {std::to_string(cutoff)}, "finding quarantine rows past their age");
   std::vector<std::pair<std::string, QuarantineDiscard>> out;
   for (int i = 0; i < gateways.rows(); ++i) {
     const std::string gateway = gateways.text(i, 0);
@@ -722,7 +718,7 @@ nlohmann::json CentralStore::quarantine_rows(const std::string& gateway, std::in
       "SELECT id, gateway, topic, seq, kid, reason, count, bytes, received_ms, last_seen_ms, reexamined_ms "
       "FROM "
       "quarantine WHERE ($1 = '' OR gateway = $1) ORDER BY last_seen_ms DESC, id DESC LIMIT $2",
-      {gateway, num(limit)}, "listing the quarantine");
+      {gateway, std::to_string(limit)}, "listing the quarantine");
   nlohmann::json rows = nlohmann::json::array();
   for (int i = 0; i < r.rows(); ++i) {
     rows.push_back(
@@ -747,7 +743,7 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
   BatchOutcome out;
   std::set<std::string> touched;
   PgTransaction tx(*conn_);
-  const std::string now = num(now_ms);
+  const std::string now = std::to_string(now_ms);
 
   // Replies first (a reply nobody asked for joins the quarantine), then the quarantine: its totals row is
   // the first lock this transaction takes, before any gateway row, so instances never wait in a cycle.
@@ -760,7 +756,7 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
     PgResult r = conn_->exec_prepared(
         "INSERT INTO media (sha256, bytes, path, first_gateway, received_ms) VALUES ($1, $2, $3, $4, $5) "
         "ON CONFLICT (sha256) DO NOTHING",
-        {m.sha256, num(m.bytes), m.path, m.gateway, now}, "storing a media file");
+        {m.sha256, std::to_string(m.bytes), m.path, m.gateway, now}, "storing a media file");
     out.media_stored += static_cast<std::uint64_t>(r.affected());
     touched.insert(m.gateway);
   }
@@ -794,7 +790,8 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
     const PgResult g = conn_->exec_prepared(
         "UPDATE gateways SET max_seq = GREATEST(max_seq, $2::bigint), last_seen_ms = $3 WHERE gateway = $1 "
         "RETURNING watermark_seq",
-        {gateway, num(*std::max_element(seqs.begin(), seqs.end())), now}, "noting a gateway's highest seq");
+        {gateway, std::to_string(*std::max_element(seqs.begin(), seqs.end())), now},
+        "noting a gateway's highest seq");
     if (g.rows() == 1) {
       set_aside_below_watermark(gateway, seqs, static_cast<std::uint64_t>(g.integer(0, 0)), now, out);
     }
@@ -817,9 +814,9 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
 std::set<std::pair<std::string, std::uint64_t>> CentralStore::store_second_copy(
     const std::vector<IncomingRecord>& records, std::size_t i, std::int64_t now_ms, BatchOutcome& out) {
   const IncomingRecord& rec = records[i];
-  const std::string now = num(now_ms);
+  const std::string now = std::to_string(now_ms);
   PgResult held = conn_->exec_prepared("SELECT jws_sha256 FROM records WHERE gateway = $1 AND seq = $2",
-                                       {rec.gateway, num(rec.seq)}, "comparing a second copy");
+                                       {rec.gateway, std::to_string(rec.seq)}, "comparing a second copy");
   if (held.rows() == 1 && held.text(0, 0) == rec.jws_sha256) {
     ++out.duplicates;  // a QoS 1 redelivery or a resend of what we hold: the same bytes
     return {};
@@ -837,11 +834,11 @@ std::set<std::pair<std::string, std::uint64_t>> CentralStore::store_second_copy(
   PgResult f = conn_->exec(
       "INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms) VALUES ($1, $2, $3, $4, $5) "
       "ON CONFLICT DO NOTHING",
-      {rec.gateway, num(rec.seq), rec.jws, rec.jws_sha256, now}, "keeping a fork");
+      {rec.gateway, std::to_string(rec.seq), rec.jws, rec.jws_sha256, now}, "keeping a fork");
   if (f.affected() == 1) {
     ++out.forks;
     note_chain_restart(rec, true, now, out);
-    out.fork_ids.push_back(rec.gateway + ":" + num(rec.seq));
+    out.fork_ids.push_back(rec.gateway + ":" + std::to_string(rec.seq));
     conn_->exec("UPDATE gateways SET forks = forks + 1 WHERE gateway = $1", {rec.gateway}, "counting a fork");
   }
   return {};
@@ -850,7 +847,7 @@ std::set<std::pair<std::string, std::uint64_t>> CentralStore::store_second_copy(
 std::set<std::pair<std::string, std::uint64_t>> CentralStore::insert_records(
     const std::vector<IncomingRecord>& records, std::size_t from, std::size_t to, std::int64_t now_ms,
     BatchOutcome& out) {
-  const std::string now = num(now_ms);
+  const std::string now = std::to_string(now_ms);
   std::string sql =
       "INSERT INTO records (gateway, seq, jws, jws_sha256, prev, kid, type, time_ms, created_ms, site, "
       "plate, "
@@ -869,7 +866,7 @@ std::set<std::pair<std::string, std::uint64_t>> CentralStore::insert_records(
            n(16) + "::boolean, " + n(17) + "::json, " + n(18) + "::json, " + n(19) + "::bigint)";
     params.insert(
         params.end(),
-        {rec.gateway, num(rec.seq), rec.jws, rec.jws_sha256, rec.prev, rec.kid, c.type,
+        {rec.gateway, std::to_string(rec.seq), rec.jws, rec.jws_sha256, rec.prev, rec.kid, c.type,
          std::to_string(c.time_ms), std::to_string(c.created_ms), c.site, c.plate, c.plate_color,
          opt_num(c.lane), opt_num(c.speed_dkmh), opt_num(c.limit_kmh),
          c.enforceable ? std::optional<std::string>(*c.enforceable ? "true" : "false") : std::nullopt,
@@ -878,7 +875,7 @@ std::set<std::pair<std::string, std::uint64_t>> CentralStore::insert_records(
       const std::size_t m = media_params.size();
       media_sql += (media_params.empty() ? "($" : ", ($") + std::to_string(m + 1) + ", $" +
                    std::to_string(m + 2) + "::bigint, $" + std::to_string(m + 3) + ")";
-      media_params.insert(media_params.end(), {rec.gateway, num(rec.seq), sha});
+      media_params.insert(media_params.end(), {rec.gateway, std::to_string(rec.seq), sha});
     }
   }
   sql += " ON CONFLICT (gateway, seq) DO NOTHING RETURNING gateway, seq";
@@ -912,7 +909,7 @@ void CentralStore::set_aside_below_watermark(const std::string& gateway,
   std::string below;
   for (const std::uint64_t seq : seqs) {
     if (seq <= watermark) {
-      below += (below.empty() ? "" : ",") + num(seq);
+      below += (below.empty() ? "" : ",") + std::to_string(seq);
     }
   }
   if (below.empty()) {
@@ -935,7 +932,7 @@ void CentralStore::set_aside_below_watermark(const std::string& gateway,
 }
 
 void CentralStore::forget_other_branch_after(const std::string& gateway, std::uint64_t n, const char* what) {
-  const PgParams gn{gateway, num(n)};
+  const PgParams gn{gateway, std::to_string(n)};
   // Announcements after N were about the other branch: no evidence about the one followed now.
   conn_->exec("DELETE FROM head_announcements WHERE gateway = $1 AND seq > $2::bigint", gn, what);
   // What was reported lost, or an operator accepted as lost, after N was about the other branch too.
@@ -969,8 +966,9 @@ bool CentralStore::follow_replaced_store(const IncomingRecord& rec, std::int64_t
   if (g.rows() == 0 || static_cast<std::uint64_t>(g.integer(0, 0)) > n) {
     return false;  // central confirmed records of the old chain after N: an operator's matter (a fork)
   }
-  const PgResult base = conn_->exec("SELECT jws_sha256 FROM records WHERE gateway = $1 AND seq = $2",
-                                    {rec.gateway, num(n)}, "reading the record a replaced store continues");
+  const PgResult base =
+      conn_->exec("SELECT jws_sha256 FROM records WHERE gateway = $1 AND seq = $2",
+                  {rec.gateway, std::to_string(n)}, "reading the record a replaced store continues");
   if (base.rows() != 1 || base.text(0, 0) != rec.prev) {
     return false;
   }
@@ -980,11 +978,12 @@ bool CentralStore::follow_replaced_store(const IncomingRecord& rec, std::int64_t
       "kept AS (INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms) "
       "SELECT gateway, seq, jws, jws_sha256, $4::bigint FROM moved ON CONFLICT DO NOTHING) "
       "SELECT count(*), min(seq), max(seq) FROM moved",
-      {rec.gateway, num(n), rec.jws_sha256, num(now_ms)}, "setting aside the old chain after a receipt");
+      {rec.gateway, std::to_string(n), rec.jws_sha256, std::to_string(now_ms)},
+      "setting aside the old chain after a receipt");
   if (moved.integer(0, 0) == 0) {
     return false;  // central held nothing of the old store after N: the ordinary case
   }
-  const PgParams gn{rec.gateway, num(n)};
+  const PgParams gn{rec.gateway, std::to_string(n)};
   const char* what = "following a replaced store";
   conn_->exec("DELETE FROM record_media WHERE gateway = $1 AND seq > $2::bigint", gn, what);
   forget_other_branch_after(rec.gateway, n, what);
@@ -997,11 +996,12 @@ bool CentralStore::follow_replaced_store(const IncomingRecord& rec, std::int64_t
       "announced_seq = LEAST(announced_seq, $2::bigint), announced_jws = NULL, "
       "chain_break_seq = NULL, chain_break_reason = NULL, "
       "gap_since_ms = NULL, request_backoff_ms = 0, next_request_ms = 0 WHERE gateway = $1",
-      {rec.gateway, num(n), rec.prev}, what);
-  note_chain_restart(rec, true, num(now_ms), out,
+      {rec.gateway, std::to_string(n), rec.prev}, what);
+  note_chain_restart(rec, true, std::to_string(now_ms), out,
                      " -- followed: the old chain's " + moved.text(0, 0) +
-                         " record(s) central held after seq " + num(n) + " (seq " + moved.text(0, 1) + ".." +
-                         moved.text(0, 2) + ", never confirmed) set aside into forks");
+                         " record(s) central held after seq " + std::to_string(n) + " (seq " +
+                         moved.text(0, 1) + ".." + moved.text(0, 2) +
+                         ", never confirmed) set aside into forks");
   return true;
 }
 
@@ -1020,7 +1020,8 @@ void CentralStore::note_branch_not_held(const std::string& gateway,
         "INSERT INTO branch_not_held (gateway, from_seq, to_seq, noted_ms) VALUES ($1, $2, $3, $4) "
         "ON CONFLICT (gateway, from_seq) DO UPDATE SET to_seq = GREATEST(branch_not_held.to_seq, "
         "EXCLUDED.to_seq), noted_ms = EXCLUDED.noted_ms",
-        {gateway, num(lo), num(hi), now}, "noting branch records a gateway no longer holds");
+        {gateway, std::to_string(lo), std::to_string(hi), now},
+        "noting branch records a gateway no longer holds");
   }
 }
 
@@ -1033,7 +1034,7 @@ std::optional<std::uint64_t> CentralStore::gateway_lacks(const std::string& gate
       "SELECT from_seq, to_seq FROM unrecoverable WHERE gateway = $1) x WHERE from_seq <= $2::bigint ORDER "
       "BY "
       "to_seq DESC LIMIT 1000",
-      {gateway, num(seq)}, "reading what a gateway no longer holds");
+      {gateway, std::to_string(seq)}, "reading what a gateway no longer holds");
   std::optional<std::uint64_t> from;  // the lowest seq of the run so far
   for (int i = 0; i < r.rows(); ++i) {
     const auto lo = static_cast<std::uint64_t>(r.integer(i, 0));
@@ -1051,7 +1052,7 @@ std::optional<std::uint64_t> CentralStore::gateway_lacks(const std::string& gate
 
 void CentralStore::store_replies(const std::vector<IncomingReply>& replies, std::int64_t now_ms,
                                  std::vector<QuarantineEntry>& unsolicited, BatchOutcome& out) {
-  const std::string now = num(now_ms);
+  const std::string now = std::to_string(now_ms);
   for (const IncomingReply& r : replies) {
     std::optional<PgResult> open;
     if (!r.correlation.empty()) {
@@ -1123,8 +1124,8 @@ void CentralStore::note_seqs_not_held(const IncomingReply& r, const PgResult& op
         "INSERT INTO unrecoverable (gateway, from_seq, to_seq, noted_ms) VALUES ($1, $2, $3, $4) "
         "ON CONFLICT (gateway, from_seq) DO UPDATE SET to_seq = GREATEST(unrecoverable.to_seq, "
         "EXCLUDED.to_seq)",
-        {r.gateway, num(lo), num(hi), now}, "noting records a gateway no longer holds");
-    out.unrecoverable.push_back(r.gateway + ": seq " + num(lo) + ".." + num(hi));
+        {r.gateway, std::to_string(lo), std::to_string(hi), now}, "noting records a gateway no longer holds");
+    out.unrecoverable.push_back(r.gateway + ": seq " + std::to_string(lo) + ".." + std::to_string(hi));
   }
 }
 
@@ -1139,7 +1140,7 @@ void CentralStore::note_media_not_held(const IncomingReply& r, const PgResult& o
       }
     }
   }
-  const std::string seq = num(static_cast<std::uint64_t>(open.integer(0, 2)));
+  const std::string seq = std::to_string(static_cast<std::uint64_t>(open.integer(0, 2)));
   for (const std::string& sha : r.reply.media_not_held) {
     if (asked.count(sha) == 0) {
       continue;
@@ -1180,9 +1181,9 @@ bool insert_quarantined(PgConnection& conn, const QuarantineEntry& q, const std:
       "$11) "
       "ON CONFLICT (gateway, topic, payload_sha256) DO UPDATE SET count = quarantine.count + "
       "EXCLUDED.count, last_seen_ms = EXCLUDED.last_seen_ms RETURNING (xmax = 0)",
-      {q.gateway, q.topic, q.seq ? std::optional<std::string>(num(*q.seq)) : std::nullopt, q.kid,
+      {q.gateway, q.topic, q.seq ? std::optional<std::string>(std::to_string(*q.seq)) : std::nullopt, q.kid,
        text ? std::optional<std::string>(q.payload) : std::nullopt, "\\x" + hex_lower(q.payload),
-       q.payload_sha256, num(q.bytes), q.reason, now, num(q.count)},
+       q.payload_sha256, std::to_string(q.bytes), q.reason, now, std::to_string(q.count)},
       "quarantining a message");
   return ins.rows() == 1 && ins.boolean(0, 0);
 }
@@ -1193,7 +1194,8 @@ void count_quarantine_usage(PgConnection& conn, const std::map<std::string, Usag
   conn.exec(
       "UPDATE quarantine_usage SET rows = rows + $1, bytes = bytes + $2, messages = messages + $3, dropped = "
       "dropped + $4, last_ms = $5 WHERE gateway = ''",
-      {num(all.added_rows), num(all.added_bytes), num(all.messages), num(all.dropped), now},
+      {std::to_string(all.added_rows), std::to_string(all.added_bytes), std::to_string(all.messages),
+       std::to_string(all.dropped), now},
       "counting the quarantine");
   for (const auto& [gateway, u] : usage) {
     if (!u.exists && !u.enrolled && u.added_rows == 0) {
@@ -1205,7 +1207,8 @@ void count_quarantine_usage(PgConnection& conn, const std::map<std::string, Usag
         "= "
         "quarantine_usage.bytes + EXCLUDED.bytes, messages = quarantine_usage.messages + EXCLUDED.messages, "
         "dropped = quarantine_usage.dropped + EXCLUDED.dropped, last_ms = EXCLUDED.last_ms",
-        {gateway, num(u.added_rows), num(u.added_bytes), num(u.messages), num(u.dropped), now},
+        {gateway, std::to_string(u.added_rows), std::to_string(u.added_bytes), std::to_string(u.messages),
+         std::to_string(u.dropped), now},
         "counting a gateway's quarantine");
   }
 }
@@ -1263,7 +1266,7 @@ void CentralStore::store_quarantine(const std::vector<QuarantineEntry>& entries,
     PgResult upd = conn_->exec(
         "UPDATE quarantine SET count = count + $4, last_seen_ms = $5 WHERE gateway = $1 AND topic = $2 AND "
         "payload_sha256 = $3",
-        {q.gateway, q.topic, q.payload_sha256, num(q.count), now}, "counting a quarantined copy");
+        {q.gateway, q.topic, q.payload_sha256, std::to_string(q.count), now}, "counting a quarantined copy");
     if (upd.affected() == 1) {
       out.quarantine_duplicates += q.count;
     } else {
@@ -1301,7 +1304,7 @@ void CentralStore::store_heads(const std::vector<AnnouncedHead>& heads, const st
       // A signed head naming another hash for a seq we hold (at or below the watermark too): two chains
       // under one gateway key. Kept and alarmed; the announced head does not move to it.
       PgResult held = conn_->exec_prepared("SELECT jws_sha256 FROM records WHERE gateway = $1 AND seq = $2",
-                                           {h.gateway, num(h.seq)}, "comparing an announced head");
+                                           {h.gateway, std::to_string(h.seq)}, "comparing an announced head");
       if (held.rows() == 1 && held.text(0, 0) != h.head) {
         note_head_fork(h.gateway, h.seq, h.head, held.text(0, 0), a.jws, now, out);
         continue;
@@ -1313,7 +1316,8 @@ void CentralStore::store_heads(const std::vector<AnnouncedHead>& heads, const st
     conn_->exec_prepared(
         "UPDATE gateways SET announced_seq = $2, announced_hash = $3, announced_ms = $4, last_seen_ms = $5, "
         "announced_jws = $6 WHERE gateway = $1 AND announced_seq <= $2",
-        {h.gateway, num(h.seq), h.head, num(h.time_ms), now, a.jws}, "noting an announced head");
+        {h.gateway, std::to_string(h.seq), h.head, std::to_string(h.time_ms), now, a.jws},
+        "noting an announced head");
   }
 }
 
@@ -1323,12 +1327,13 @@ void CentralStore::keep_announcement(const AnnouncedHead& a, const std::string& 
       "INSERT INTO head_announcements (gateway, seq, hash, jws, time_ms, received_ms) VALUES ($1, $2, $3, "
       "$4, "
       "$5, $6) ON CONFLICT (gateway, seq, hash) DO UPDATE SET received_ms = EXCLUDED.received_ms",
-      {h.gateway, num(h.seq), h.head, a.jws, num(h.time_ms), now}, "keeping a head announcement");
+      {h.gateway, std::to_string(h.seq), h.head, a.jws, std::to_string(h.time_ms), now},
+      "keeping a head announcement");
   // Bounded: the 64 highest seqs (latest first among equal seqs) per gateway.
   conn_->exec_prepared(
       "DELETE FROM head_announcements WHERE ctid IN (SELECT ctid FROM head_announcements WHERE gateway = $1 "
       "ORDER BY seq DESC, received_ms DESC OFFSET $2)",
-      {h.gateway, num(std::uint64_t{kMaxKeptAnnouncements})}, "bounding the head announcements");
+      {h.gateway, std::to_string(std::uint64_t{kMaxKeptAnnouncements})}, "bounding the head announcements");
 }
 
 void CentralStore::compare_with_announced(const std::string& gateway, const std::string& now,
@@ -1356,11 +1361,12 @@ void CentralStore::note_head_fork(const std::string& gateway, std::uint64_t seq,
       "SELECT $1, $2, $3, $4, $5, $6, $6 WHERE (SELECT count(*) FROM head_forks WHERE gateway = $1) < "
       "1000 ON CONFLICT (gateway, seq, announced_hash) DO UPDATE SET count = head_forks.count + 1, "
       "last_ms = EXCLUDED.last_ms RETURNING (xmax = 0)",
-      {gateway, num(seq), announced_hash, stored_hash, announcement_jws, now}, "keeping a head fork");
+      {gateway, std::to_string(seq), announced_hash, stored_hash, announcement_jws, now},
+      "keeping a head fork");
   if (f.rows() == 1 && f.boolean(0, 0)) {
     ++out.head_forks;
-    out.head_fork_lines.push_back(gateway + ":" + num(seq) + " announced with head " + announced_hash +
-                                  ", the stored record's SHA-256 is " + stored_hash);
+    out.head_fork_lines.push_back(gateway + ":" + std::to_string(seq) + " announced with head " +
+                                  announced_hash + ", the stored record's SHA-256 is " + stored_hash);
     conn_->exec("UPDATE gateways SET head_forks = head_forks + 1 WHERE gateway = $1", {gateway},
                 "counting a head fork");
   }
@@ -1388,29 +1394,30 @@ void CentralStore::advance(const std::string& gateway, std::int64_t now_ms, cons
     PgResult set = conn_->exec(
         "UPDATE gateways SET chain_break_seq = $2, chain_break_reason = $3 WHERE gateway = $1 AND "
         "chain_break_seq IS DISTINCT FROM $2",
-        {gateway, num(wm + 1), *chain_break}, "noting a chain break");
+        {gateway, std::to_string(wm + 1), *chain_break}, "noting a chain break");
     if (set.affected() == 1) {
-      out.chain_breaks.push_back(gateway + ":" + num(wm + 1) + ": " + *chain_break);
+      out.chain_breaks.push_back(gateway + ":" + std::to_string(wm + 1) + ": " + *chain_break);
     }
   }
   const bool gap_now = std::max(max_seq, announced) > wm;
   std::optional<std::string> gap_since;
   if (gap_now) {
     // The gap's age restarts whenever the watermark moves: ask only when nothing has arrived for a while.
-    gap_since = (wm != start || !had_gap) ? num(now_ms) : g.text(0, 6);
+    gap_since = (wm != start || !had_gap) ? std::to_string(now_ms) : g.text(0, 6);
   }
   if (wm != start || gap_now != had_gap) {
     conn_->exec_prepared(
         "UPDATE gateways SET watermark_seq = $2, watermark_hash = $3, gap_since_ms = $4, "
         "request_backoff_ms = CASE WHEN $5::boolean THEN 0 ELSE request_backoff_ms END, "
         "next_request_ms = CASE WHEN $5::boolean THEN 0 ELSE next_request_ms END WHERE gateway = $1",
-        {gateway, num(wm), wm_hash, gap_since, wm != start ? "true" : "false"}, "advancing the watermark");
+        {gateway, std::to_string(wm), wm_hash, gap_since, wm != start ? "true" : "false"},
+        "advancing the watermark");
   }
   const bool due_by_count = wm >= receipt_seq + policy.every_records;
   const bool due_by_time = wm > receipt_seq && now_ms - receipt_ms >= policy.every_ms;
   if (wm > 0 && (due_by_count || due_by_time)) {
     conn_->exec_prepared("UPDATE gateways SET receipt_seq = $2, receipt_ms = $3 WHERE gateway = $1",
-                         {gateway, num(wm), num(now_ms)}, "noting a receipt");
+                         {gateway, std::to_string(wm), std::to_string(now_ms)}, "noting a receipt");
     out.receipts.push_back(receipt(policy.central_id, gateway, wm, wm_hash, now_ms));
   }
 }
@@ -1428,7 +1435,7 @@ std::optional<std::string> CentralStore::walk_watermark(const std::string& gatew
     if (!accepted) {
       accepted = conn_->exec(
           "SELECT from_seq, to_seq FROM accepted_losses WHERE gateway = $1 AND to_seq > $2 ORDER BY from_seq",
-          {gateway, num(wm)}, "reading accepted losses");
+          {gateway, std::to_string(wm)}, "reading accepted losses");
     }
     return contiguous_through(*accepted, wm) >= seq - 1;
   };
@@ -1445,7 +1452,7 @@ std::optional<std::string> CentralStore::walk_watermark(const std::string& gatew
         "EXISTS (SELECT 1 FROM accepted_media_losses a WHERE a.gateway = rm.gateway AND a.sha256 = "
         "rm.sha256)) "
         "FROM records r WHERE r.gateway = $1 AND r.seq > $2 ORDER BY r.seq LIMIT 2000",
-        {gateway, num(wm)}, "walking the chain");
+        {gateway, std::to_string(wm)}, "walking the chain");
     std::size_t i = 0;
     for (; i < static_cast<std::size_t>(next.rows()); ++i) {
       const int row = static_cast<int>(i);
@@ -1459,7 +1466,7 @@ std::optional<std::string> CentralStore::walk_watermark(const std::string& gatew
       // (choose-branch), and this record, stored by an instance whose cache still had it, follows that
       // branch.
       if (std::string why = k == key_ranges.end()
-                                ? "seq " + num(seq) + " is signed by kid " + next.text(row, 3) +
+                                ? "seq " + std::to_string(seq) + " is signed by kid " + next.text(row, 3) +
                                       ", no longer enrolled for the gateway (its key_rotation record was set "
                                       "aside with its branch)"
                                 : key_range_refusal(k->first, k->second.first, k->second.second, seq);
@@ -1468,7 +1475,8 @@ std::optional<std::string> CentralStore::walk_watermark(const std::string& gatew
         break;  // a hole now: asked for again, and the gateway's own record takes the seq
       }
       if (!across_loss && next.text(row, 1) != wm_hash) {
-        chain_break = "prev of seq " + num(seq) + " does not match SHA-256 of seq " + num(wm);
+        chain_break =
+            "prev of seq " + std::to_string(seq) + " does not match SHA-256 of seq " + std::to_string(wm);
         break;
       }
       wm = seq;
@@ -1487,17 +1495,17 @@ void CentralStore::set_aside_retired(const std::string& gateway, std::uint64_t s
   std::vector<std::string> undone;
   undo_rotations(gateway, seq, seq, 0, 0, now_ms, undone);
   for (const std::string& line : undone) {
-    out.retired_set_aside.push_back(gateway + ":" + num(seq) + ": " + line);
+    out.retired_set_aside.push_back(gateway + ":" + std::to_string(seq) + ": " + line);
   }
   // Out of the chain, kept for forensics beside the forks (its bytes as received), its media links gone.
   conn_->exec(
       "WITH moved AS (DELETE FROM records WHERE gateway = $1 AND seq = $2 RETURNING gateway, seq, jws, "
       "jws_sha256) INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms) SELECT gateway, seq, jws, "
       "jws_sha256, $3::bigint FROM moved ON CONFLICT DO NOTHING",
-      {gateway, num(seq), num(now_ms)}, "setting aside a record under a retired key");
-  conn_->exec("DELETE FROM record_media WHERE gateway = $1 AND seq = $2", {gateway, num(seq)},
+      {gateway, std::to_string(seq), std::to_string(now_ms)}, "setting aside a record under a retired key");
+  conn_->exec("DELETE FROM record_media WHERE gateway = $1 AND seq = $2", {gateway, std::to_string(seq)},
               "setting aside a record under a retired key");
-  out.retired_set_aside.push_back(gateway + ":" + num(seq) + ": " + why);
+  out.retired_set_aside.push_back(gateway + ":" + std::to_string(seq) + ": " + why);
 }
 
 custody::Receipt CentralStore::receipt(const std::string& central_id, const std::string& gateway,
@@ -1508,7 +1516,7 @@ custody::Receipt CentralStore::receipt(const std::string& central_id, const std:
   const PgResult seqs = conn_->exec(
       "SELECT from_seq, to_seq FROM (SELECT from_seq, to_seq FROM accepted_losses WHERE gateway = $1 AND "
       "from_seq < $2::bigint ORDER BY from_seq DESC LIMIT $3) x ORDER BY from_seq",
-      {gateway, num(through_seq), num(static_cast<std::uint64_t>(custody::kMaxLosses))},
+      {gateway, std::to_string(through_seq), std::to_string(static_cast<std::uint64_t>(custody::kMaxLosses))},
       "reading accepted losses");
   for (int i = 0; i < seqs.rows(); ++i) {
     r.lost_seqs.emplace_back(static_cast<std::uint64_t>(seqs.integer(i, 0)),
@@ -1519,7 +1527,7 @@ custody::Receipt CentralStore::receipt(const std::string& central_id, const std:
       "record_media rm ON rm.gateway = a.gateway AND rm.sha256 = a.sha256 WHERE a.gateway = $1 AND rm.seq <= "
       "$2::bigint AND NOT EXISTS (SELECT 1 FROM media m WHERE m.sha256 = a.sha256) ORDER BY a.accepted_ms "
       "DESC, a.sha256 LIMIT $3) x ORDER BY sha256",
-      {gateway, num(through_seq), num(static_cast<std::uint64_t>(custody::kMaxLosses))},
+      {gateway, std::to_string(through_seq), std::to_string(static_cast<std::uint64_t>(custody::kMaxLosses))},
       "reading accepted losses");
   for (int i = 0; i < pictures.rows(); ++i) {
     r.lost_pictures.push_back(pictures.text(i, 0));
@@ -1542,7 +1550,7 @@ CentralStore::LossAcceptance CentralStore::accept_loss(
     const auto [from, to] = *seqs;
     const PgResult held = conn_->exec(
         "SELECT min(seq) FROM records WHERE gateway = $1 AND seq BETWEEN $2::bigint AND $3::bigint",
-        {gateway, num(from), num(to)}, "looking for held records");
+        {gateway, std::to_string(from), std::to_string(to)}, "looking for held records");
     if (!held.is_null(0, 0)) {
       out.refusal =
           "seq " + held.text(0, 0) + " is held: only what central does not hold can be accepted as lost";
@@ -1553,11 +1561,11 @@ CentralStore::LossAcceptance CentralStore::accept_loss(
         "SELECT from_seq, to_seq FROM unrecoverable WHERE gateway = $1 AND to_seq >= $2::bigint AND from_seq "
         "<= "
         "$3::bigint ORDER BY from_seq",
-        {gateway, num(from), num(to)}, "reading unrecoverable ranges");
+        {gateway, std::to_string(from), std::to_string(to)}, "reading unrecoverable ranges");
     const std::uint64_t covered = contiguous_through(ranges, from - 1);
     if (covered < to) {
       out.refusal =
-          "seq " + num(covered + 1) +
+          "seq " + std::to_string(covered + 1) +
           " was not reported lost by the gateway (no resend reply named it not_held): central still "
           "asks for it";
       return out;
@@ -1569,7 +1577,8 @@ CentralStore::LossAcceptance CentralStore::accept_loss(
         "GREATEST(accepted_losses.to_seq, "
         "EXCLUDED.to_seq), reason = EXCLUDED.reason, operator = EXCLUDED.operator, accepted_ms = "
         "EXCLUDED.accepted_ms",
-        {gateway, num(from), num(to), reason, by, num(now_ms)}, "accepting a loss");
+        {gateway, std::to_string(from), std::to_string(to), reason, by, std::to_string(now_ms)},
+        "accepting a loss");
   } else {
     if (conn_
             ->exec("SELECT 1 FROM unrecoverable_media WHERE gateway = $1 AND sha256 = $2", {gateway, picture},
@@ -1590,7 +1599,7 @@ CentralStore::LossAcceptance CentralStore::accept_loss(
         "$3, "
         "$4, $5) ON CONFLICT (gateway, sha256) DO UPDATE SET reason = EXCLUDED.reason, operator = "
         "EXCLUDED.operator, accepted_ms = EXCLUDED.accepted_ms",
-        {gateway, picture, reason, by, num(now_ms)}, "accepting a loss");
+        {gateway, picture, reason, by, std::to_string(now_ms)}, "accepting a loss");
   }
   out.watermark = walk_for_operator(gateway, now_ms, out.found);
   tx.commit();
@@ -1622,12 +1631,13 @@ std::vector<custody::Receipt> CentralStore::due_receipts(std::int64_t now_ms, co
       "((watermark_seq > receipt_seq AND $1::bigint - COALESCE(receipt_ms, 0) >= $2) OR $1::bigint - "
       "COALESCE(receipt_ms, 0) >= $3::bigint) "
       "ORDER BY gateway FOR UPDATE SKIP LOCKED",
-      {num(now_ms), num(policy.every_ms), num(policy.every_ms * 10)}, "finding receipts due");
+      {std::to_string(now_ms), std::to_string(policy.every_ms), std::to_string(policy.every_ms * 10)},
+      "finding receipts due");
   for (int i = 0; i < r.rows(); ++i) {
     const std::string gateway = r.text(i, 0);
     const auto wm = static_cast<std::uint64_t>(r.integer(i, 1));
     conn_->exec("UPDATE gateways SET receipt_seq = $2, receipt_ms = $3 WHERE gateway = $1",
-                {gateway, num(wm), num(now_ms)}, "noting a receipt");
+                {gateway, std::to_string(wm), std::to_string(now_ms)}, "noting a receipt");
     out.push_back(receipt(policy.central_id, gateway, wm, r.text(i, 2), now_ms));
   }
   tx.commit();
@@ -1638,7 +1648,7 @@ bool CentralStore::plan_holes(const std::string& gateway, std::uint64_t wm, std:
                               std::uint64_t announced, ResendPlan& plan) {
   const std::uint64_t from = wm + 1;
   PgResult next = conn_->exec("SELECT min(seq) FROM records WHERE gateway = $1 AND seq > $2",
-                              {gateway, num(wm)}, "finding the next stored seq");
+                              {gateway, std::to_string(wm)}, "finding the next stored seq");
   const auto next_seq = next.is_null(0, 0) ? 0 : static_cast<std::uint64_t>(next.integer(0, 0));
   if (next_seq == from) {
     // Record wm+1 is here: it waits for media (or the chain check). Ask for its missing media.
@@ -1646,14 +1656,14 @@ bool CentralStore::plan_holes(const std::string& gateway, std::uint64_t wm, std:
         "SELECT rm.sha256 FROM record_media rm LEFT JOIN media m ON m.sha256 = rm.sha256 "
         "WHERE rm.gateway = $1 AND rm.seq = $2 AND m.sha256 IS NULL AND NOT EXISTS (SELECT 1 FROM "
         "unrecoverable_media u WHERE u.gateway = rm.gateway AND u.sha256 = rm.sha256)",
-        {gateway, num(from)}, "finding missing media");
+        {gateway, std::to_string(from)}, "finding missing media");
     for (int j = 0; j < missing.rows() && plan.request.media.size() < custody::kMaxResendMedia; ++j) {
       plan.request.media.push_back(missing.text(j, 0));
     }
     if (plan.request.media.empty()) {
       return false;  // nothing missing, or only pictures the gateway said it no longer holds: not asked again
     }
-    plan.why = "media of seq " + num(from);
+    plan.why = "media of seq " + std::to_string(from);
   } else {
     // One request covers every hole up to the last one (and the lost tail past the highest seq seen):
     // records central already holds come back as duplicates and are dropped, and K holes do not take K
@@ -1667,7 +1677,7 @@ bool CentralStore::plan_holes(const std::string& gateway, std::uint64_t wm, std:
           "SELECT max(s) FROM generate_series($2::bigint, $3::bigint) s WHERE NOT EXISTS (SELECT 1 FROM "
           "records "
           "WHERE gateway = $1 AND seq = s)",
-          {gateway, num(from), num(std::min(max_seq, cap))}, "finding the last hole");
+          {gateway, std::to_string(from), std::to_string(std::min(max_seq, cap))}, "finding the last hole");
       to = last.is_null(0, 0) ? 0 : static_cast<std::uint64_t>(last.integer(0, 0));
     }
     if (to < from) {
@@ -1675,8 +1685,9 @@ bool CentralStore::plan_holes(const std::string& gateway, std::uint64_t wm, std:
     }
     plan.request.from_seq = from;
     plan.request.to_seq = std::min(to, cap);
-    plan.why = "seq " + num(from) + ".." + num(plan.request.to_seq) + " (" +
-               (next_seq == 0 ? "lost tail, announced " + num(announced) : "holes below " + num(max_seq)) +
+    plan.why = "seq " + std::to_string(from) + ".." + std::to_string(plan.request.to_seq) + " (" +
+               (next_seq == 0 ? "lost tail, announced " + std::to_string(announced)
+                              : "holes below " + std::to_string(max_seq)) +
                ")";
   }
   return true;
@@ -1689,7 +1700,7 @@ std::vector<ResendPlan> CentralStore::plan_resends(std::int64_t now_ms, const Ga
       "SELECT gateway, watermark_seq, max_seq, announced_seq, request_backoff_ms, chain_break_seq FROM "
       "gateways WHERE gap_since_ms IS NOT NULL AND $1::bigint - gap_since_ms >= $2::bigint AND "
       "next_request_ms <= $1::bigint ORDER BY gateway FOR UPDATE SKIP LOCKED",
-      {num(now_ms), num(policy.resend_after_ms)}, "finding gaps");
+      {std::to_string(now_ms), std::to_string(policy.resend_after_ms)}, "finding gaps");
   for (int i = 0; i < r.rows(); ++i) {
     const std::string gateway = r.text(i, 0);
     const auto wm = static_cast<std::uint64_t>(r.integer(i, 1));
@@ -1708,13 +1719,14 @@ std::vector<ResendPlan> CentralStore::plan_resends(std::int64_t now_ms, const Ga
       if (!range) {
         // Complete (or not walkable): walked again only after the longest backoff, not at every check.
         conn_->exec("UPDATE gateways SET next_request_ms = $2 WHERE gateway = $1",
-                    {gateway, num(now_ms + policy.retry_max_ms)}, "scheduling the next branch walk");
+                    {gateway, std::to_string(now_ms + policy.retry_max_ms)},
+                    "scheduling the next branch walk");
         continue;
       }
       plan.request.from_seq = range->first;
       plan.request.to_seq = range->second;
-      plan.why = "seq " + num(plan.request.from_seq) + ".." + num(plan.request.to_seq) +
-                 " (the branch the chain break at " + num(brk) + " follows on from)";
+      plan.why = "seq " + std::to_string(plan.request.from_seq) + ".." + std::to_string(plan.request.to_seq) +
+                 " (the branch the chain break at " + std::to_string(brk) + " follows on from)";
       // The branch grows by up to 100 records a request: while each request asks for another range, the next
       // one follows after the shortest backoff; the same range again doubles it.
       const PgResult last = conn_->exec(
@@ -1726,7 +1738,7 @@ std::vector<ResendPlan> CentralStore::plan_resends(std::int64_t now_ms, const Ga
       }
     } else if (PgResult unrec = conn_->exec(
                    "SELECT to_seq FROM unrecoverable WHERE gateway = $1 AND from_seq <= $2 AND to_seq >= $2",
-                   {gateway, num(from)}, "checking unrecoverable ranges");
+                   {gateway, std::to_string(from)}, "checking unrecoverable ranges");
                unrec.rows() > 0) {
       continue;  // the gateway said it no longer holds these: reported, not asked for again
     } else if (!plan_holes(gateway, wm, static_cast<std::uint64_t>(r.integer(i, 2)), announced, plan)) {
@@ -1738,7 +1750,7 @@ std::vector<ResendPlan> CentralStore::plan_resends(std::int64_t now_ms, const Ga
         "UPDATE gateways SET next_request_ms = $2, request_backoff_ms = $3, resend_requests = "
         "resend_requests + 1 "
         "WHERE gateway = $1",
-        {gateway, num(now_ms + backoff), num(backoff)}, "scheduling the next request");
+        {gateway, std::to_string(now_ms + backoff), std::to_string(backoff)}, "scheduling the next request");
     // The request is remembered (the last 16 per gateway): only a reply carrying its Correlation Data is
     // believed, and only for what it asked.
     plan.correlation = std::to_string(correlation_rng()());
@@ -1748,10 +1760,13 @@ std::vector<ResendPlan> CentralStore::plan_resends(std::int64_t now_ms, const Ga
         "($1, "
         "$2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
         {gateway, plan.correlation,
-         plan.request.from_seq != 0 ? std::optional<std::string>(num(plan.request.from_seq)) : std::nullopt,
-         plan.request.from_seq != 0 ? std::optional<std::string>(num(plan.request.to_seq)) : std::nullopt,
-         plan.request.media.empty() ? std::nullopt : std::optional<std::string>(num(from)),
-         plan.request.media.empty() ? std::nullopt : std::optional<std::string>(media.dump()), num(now_ms)},
+         plan.request.from_seq != 0 ? std::optional<std::string>(std::to_string(plan.request.from_seq))
+                                    : std::nullopt,
+         plan.request.from_seq != 0 ? std::optional<std::string>(std::to_string(plan.request.to_seq))
+                                    : std::nullopt,
+         plan.request.media.empty() ? std::nullopt : std::optional<std::string>(std::to_string(from)),
+         plan.request.media.empty() ? std::nullopt : std::optional<std::string>(media.dump()),
+         std::to_string(now_ms)},
         "remembering a resend request");
     conn_->exec(
         "DELETE FROM resend_open WHERE gateway = $1 AND correlation NOT IN (SELECT correlation FROM "
@@ -1875,7 +1890,7 @@ void CentralStore::export_chain(const std::string& gateway, std::uint64_t from,
   for (;;) {
     PgResult r =
         conn_->exec("SELECT seq, jws FROM records WHERE gateway = $1 AND seq > $2 ORDER BY seq LIMIT 5000",
-                    {gateway, num(after)}, "exporting records");
+                    {gateway, std::to_string(after)}, "exporting records");
     for (int i = 0; i < r.rows(); ++i) {
       line(r.text(i, 1));
       after = static_cast<std::uint64_t>(r.integer(i, 0));

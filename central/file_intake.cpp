@@ -16,6 +16,7 @@
 #include <stdexcept>
 
 #include "central/pg.h"
+#include "daemon/core/durable_fs.h"
 #include "daemon/core/encoding.h"
 #include "daemon/log/log.h"
 
@@ -27,21 +28,6 @@ namespace fs = std::filesystem;
 
 constexpr long long kMaxRowsNotHeld =
     10000;  // transfer rows per gateway not held (open, not_held, requested)
-
-std::string num(std::uint64_t v) {
-  return std::to_string(v);
-}
-std::string num(std::int64_t v) {
-  return std::to_string(v);
-}
-
-void fsync_dir(const fs::path& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
-}
 
 class Fd {
  public:
@@ -187,9 +173,9 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
   const filex::FileInit& init = *p.init;
   if (init.size > cfg_.max_file_bytes) {
     ++counters_.refused;
-    log::warn(
-        "central", gateway,
-        "file " + t.sha256 + ": init refused: " + num(init.size) + " bytes is more than feed.max_file_mb");
+    log::warn("central", gateway,
+              "file " + t.sha256 + ": init refused: " + std::to_string(init.size) +
+                  " bytes is more than feed.max_file_mb");
     return;
   }
   // Content-addressed: a file central already holds (from this gateway or another) is held for this one too.
@@ -202,7 +188,8 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
         "held_ms) VALUES ($1, $2, $3, $4, $5, $6, 'held', $7, $7, $7) ON CONFLICT (gateway, sha256) DO "
         "UPDATE "
         "SET state = 'held', held_ms = coalesce(file_uploads.held_ms, $7), last_ms = $7",
-        {gateway, t.sha256, num(init.size), num(init.segment_size), init.name, num(init.seq), num(now)},
+        {gateway, t.sha256, std::to_string(init.size), std::to_string(init.segment_size), init.name,
+         std::to_string(init.seq), std::to_string(now)},
         "recording a held file");
     receipt(gateway, t.sha256, init.size, now, out);
     return;
@@ -237,7 +224,8 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
         "INSERT INTO file_uploads (gateway, sha256, size, segment_size, name, seq, state, started_ms, "
         "last_ms) "
         "VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $7) ON CONFLICT (gateway, sha256) DO NOTHING",
-        {gateway, t.sha256, num(init.size), num(init.segment_size), init.name, num(init.seq), num(now)},
+        {gateway, t.sha256, std::to_string(init.size), std::to_string(init.segment_size), init.name,
+         std::to_string(init.seq), std::to_string(now)},
         "opening a file transfer");
   } else {
     if (row->size != init.size || row->segment_size != init.segment_size) {
@@ -250,7 +238,8 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
     pg.exec(
         "UPDATE file_uploads SET size = $3, segment_size = $4, name = $5, seq = $6, state = 'open', reason = "
         "NULL, last_ms = $7 WHERE gateway = $1 AND sha256 = $2",
-        {gateway, t.sha256, num(init.size), num(init.segment_size), init.name, num(init.seq), num(now)},
+        {gateway, t.sha256, std::to_string(init.size), std::to_string(init.segment_size), init.name,
+         std::to_string(init.seq), std::to_string(now)},
         "opening a file transfer again");
   }
   const fs::path part = partial_path(gateway, t.sha256);
@@ -277,9 +266,9 @@ void FileIntake::on_segment(PgConnection& pg, const std::string& gateway, const 
   }
   if (sha256_hex(payload) != t.checksum) {
     ++counters_.refused;
-    log::warn(
-        "central", gateway,
-        "file " + t.sha256 + ": segment at " + num(t.offset) + " refused: its SHA-256 is not its checksum");
+    log::warn("central", gateway,
+              "file " + t.sha256 + ": segment at " + std::to_string(t.offset) +
+                  " refused: its SHA-256 is not its checksum");
     return;
   }
   const fs::path part = partial_path(gateway, t.sha256);
@@ -309,7 +298,8 @@ void FileIntake::on_segment(PgConnection& pg, const std::string& gateway, const 
   PgTransaction tx(pg);
   const PgResult ins = pg.exec(
       "INSERT INTO file_segments (gateway, sha256, off, len) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-      {gateway, t.sha256, num(t.offset), num(static_cast<std::uint64_t>(payload.size()))},
+      {gateway, t.sha256, std::to_string(t.offset),
+       std::to_string(static_cast<std::uint64_t>(payload.size()))},
       "recording a file segment");
   if (ins.affected() == 0) {
     tx.commit();
@@ -323,7 +313,8 @@ void FileIntake::on_segment(PgConnection& pg, const std::string& gateway, const 
       "UPDATE file_uploads SET last_ms = $3, received_bytes = received_bytes + $4, next_want_ms = "
       "greatest(next_want_ms, $3::bigint + $5::bigint), want_backoff_ms = 0 WHERE gateway = $1 AND sha256 = "
       "$2 RETURNING received_bytes",
-      {gateway, t.sha256, num(now), num(static_cast<std::uint64_t>(payload.size())), num(cfg_.stall_ms)},
+      {gateway, t.sha256, std::to_string(now), std::to_string(static_cast<std::uint64_t>(payload.size())),
+       std::to_string(cfg_.stall_ms)},
       "counting a file segment");
   tx.commit();
   ++counters_.segments;
@@ -345,7 +336,8 @@ void FileIntake::on_fin(PgConnection& pg, const std::string& gateway, const file
   if (row->size != t.size) {
     ++counters_.refused;
     log::warn("central", gateway,
-              "file " + t.sha256 + ": fin says " + num(t.size) + " bytes, its init " + num(row->size));
+              "file " + t.sha256 + ": fin says " + std::to_string(t.size) + " bytes, its init " +
+                  std::to_string(row->size));
     return;
   }
   if (row->state == "held") {
@@ -356,7 +348,7 @@ void FileIntake::on_fin(PgConnection& pg, const std::string& gateway, const file
     return;
   }
   pg.exec("UPDATE file_uploads SET fin_ms = $3 WHERE gateway = $1 AND sha256 = $2",
-          {gateway, t.sha256, num(now)}, "recording a file's fin");
+          {gateway, t.sha256, std::to_string(now)}, "recording a file's fin");
   std::vector<std::uint64_t> held = held_offsets(pg, gateway, t.sha256);
   if (held.size() == filex::segment_count(row->size, row->segment_size)) {
     assemble(pg, gateway, t.sha256, now, out);
@@ -375,7 +367,7 @@ void FileIntake::on_abort(PgConnection& pg, const std::string& gateway, const fi
       "UPDATE file_uploads SET state = 'not_held', reason = $3, last_ms = $4 WHERE gateway = $1 AND sha256 = "
       "$2 "
       "AND state IN ('open', 'requested')",
-      {gateway, t.sha256, reason, num(now)}, "recording a file the gateway cannot send");
+      {gateway, t.sha256, reason, std::to_string(now)}, "recording a file the gateway cannot send");
   if (r.affected() > 0) {
     ++counters_.aborts;
     log::error("central", gateway, "file " + t.sha256 + ": the gateway cannot send it: " + reason);
@@ -410,22 +402,23 @@ void FileIntake::assemble(PgConnection& pg, const std::string& gateway, const st
       }
       fs::create_directories(held.parent_path());
       fs::rename(part, held);
-      fsync_dir(held.parent_path());
+      fsync_directory(held.parent_path());
     }
     pg.exec(
         "INSERT INTO media (sha256, bytes, path, first_gateway, received_ms) VALUES ($1, $2, $3, $4, $5) "
         "ON CONFLICT (sha256) DO NOTHING",
-        {sha256, num(row->size), held.string(), gateway, num(now)}, "recording a held file");
+        {sha256, std::to_string(row->size), held.string(), gateway, std::to_string(now)},
+        "recording a held file");
     pg.exec(
         "UPDATE file_uploads SET state = 'held', held_ms = $3, last_ms = $3 WHERE gateway = $1 AND sha256 = "
         "$2",
-        {gateway, sha256, num(now)}, "recording a held file");
+        {gateway, sha256, std::to_string(now)}, "recording a held file");
     pg.exec("DELETE FROM file_segments WHERE gateway = $1 AND sha256 = $2", {gateway, sha256},
             "dropping a held file's segments");
     tx.commit();
     ++counters_.files_held;
     log::notice("central", gateway,
-                "file " + sha256 + " held: " + num(row->size) + " bytes, SHA-256 checked");
+                "file " + sha256 + " held: " + std::to_string(row->size) + " bytes, SHA-256 checked");
     receipt(gateway, sha256, row->size, now, out);
     return;
   }
@@ -443,7 +436,7 @@ void FileIntake::assemble(PgConnection& pg, const std::string& gateway, const st
   ++counters_.mismatches;
   log::error("central", gateway,
              "file " + sha256 + ": the whole file " +
-                 (hashed ? "hashes to " + hashed->first + " (" + num(hashed->second) + " bytes)"
+                 (hashed ? "hashes to " + hashed->first + " (" + std::to_string(hashed->second) + " bytes)"
                          : "cannot be read") +
                  ", not its id: asked for again");
   want(pg, gateway, sha256, {}, now, out);
@@ -457,17 +450,19 @@ void FileIntake::want(PgConnection& pg, const std::string& gateway, const std::s
       "$4::bigint), $5::bigint), next_want_ms = $3::bigint + least(greatest(want_backoff_ms * 2, "
       "$4::bigint), "
       "$5::bigint) WHERE gateway = $1 AND sha256 = $2 AND next_want_ms <= $3::bigint RETURNING wants",
-      {gateway, sha256, num(now), num(cfg_.stall_ms), num(cfg_.retry_max_ms)}, "asking for a file");
+      {gateway, sha256, std::to_string(now), std::to_string(cfg_.stall_ms),
+       std::to_string(cfg_.retry_max_ms)},
+      "asking for a file");
   if (r.rows() == 0) {
     return;
   }
   ++counters_.wants;
   log::info("central", gateway,
             "file " + sha256 + ": asking for " +
-                (ranges.empty()
-                     ? std::string("the whole file")
-                     : std::to_string(ranges.size()) + " byte ranges (" + num(filex::ranges_bytes(ranges)) +
-                           " bytes from byte " + num(ranges.front().first) + ")"));
+                (ranges.empty() ? std::string("the whole file")
+                                : std::to_string(ranges.size()) + " byte ranges (" +
+                                      std::to_string(filex::ranges_bytes(ranges)) + " bytes from byte " +
+                                      std::to_string(ranges.front().first) + ")"));
   out.push_back(FilePublish{want_topic(gateway), filex::want_json(filex::Want{sha256, std::move(ranges)})});
 }
 
@@ -484,7 +479,7 @@ void FileIntake::tick(PgConnection& pg, std::int64_t now, std::vector<FilePublis
       "SELECT gateway, sha256, size, segment_size, state FROM file_uploads WHERE ((state = 'open' AND "
       "last_ms < $1::bigint "
       "- $2::bigint) OR state = 'requested') AND next_want_ms <= $1::bigint ORDER BY next_want_ms LIMIT 50",
-      {num(now), num(cfg_.stall_ms)}, "looking for stalled file transfers");
+      {std::to_string(now), std::to_string(cfg_.stall_ms)}, "looking for stalled file transfers");
   for (int i = 0; i < due.rows(); ++i) {
     const std::string gateway = due.text(i, 0);
     const std::string sha = due.text(i, 1);
@@ -511,7 +506,7 @@ void FileIntake::request(PgConnection& pg, const std::string& gateway, const std
       "0, 0, 'requested', $3, $3) ON CONFLICT (gateway, sha256) DO UPDATE SET state = 'requested', "
       "next_want_ms = "
       "0, want_backoff_ms = 0 WHERE file_uploads.state NOT IN ('held', 'open')",
-      {gateway, sha256, num(now)}, "requesting a file");
+      {gateway, sha256, std::to_string(now)}, "requesting a file");
 }
 
 }  // namespace cpd::central

@@ -10,6 +10,8 @@
 #include <cstdio>
 #include <stdexcept>
 
+#include "adapters/camera/ascii.h"
+
 namespace cpd::adapters {
 namespace {
 
@@ -22,18 +24,6 @@ std::string to_hex(const unsigned char* p, std::size_t n) {
     out += kHex[p[i] & 0x0f];
   }
   return out;
-}
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) {
-    return false;
-  }
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) {
-      return false;
-    }
-  }
-  return true;
 }
 
 void skip_space(std::string_view s, std::size_t& i) {

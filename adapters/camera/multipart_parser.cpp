@@ -5,17 +5,13 @@
 #include <algorithm>
 #include <cctype>
 
+#include "adapters/camera/ascii.h"
+
 namespace cpd::adapters {
 namespace {
 
 constexpr std::size_t kMaxBoundaryLinePadding = 256;  // transport padding allowed after a boundary line
 constexpr std::size_t kCompactAt = 64 * 1024;         // consumed bytes dropped from the buffer past this
-
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
-         });
-}
 
 std::string_view trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) {

@@ -11,15 +11,13 @@
 #include <utility>
 
 #include "daemon/core/encoding.h"
+#include "daemon/core/openssl_handles.h"
 
 namespace cpd {
 
 namespace {
 
-struct MdCtxFree {
-  void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
-};
-using MdCtxPtr = std::unique_ptr<EVP_MD_CTX, MdCtxFree>;
+using ossl::MdCtxPtr;
 
 // Failures here mean libcrypto itself is broken (allocation, a missing default provider): a broken
 // invariant, not bad input, so they throw like sha256_raw() does.

@@ -17,20 +17,16 @@
 #include <cstring>
 #include <memory>
 
+#include "daemon/core/durable_fs.h"
 #include "daemon/core/encoding.h"
+#include "daemon/core/openssl_handles.h"
 
 namespace cpd {
 
 namespace {
 
-struct BioFree {
-  void operator()(BIO* b) const { BIO_free(b); }
-};
-struct MdCtxFree {
-  void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
-};
-using BioPtr = std::unique_ptr<BIO, BioFree>;
-using MdCtxPtr = std::unique_ptr<EVP_MD_CTX, MdCtxFree>;
+using ossl::BioPtr;
+using ossl::MdCtxPtr;
 
 std::shared_ptr<EVP_PKEY> own(EVP_PKEY* key) {
   return std::shared_ptr<EVP_PKEY>(key, EVP_PKEY_free);
@@ -267,13 +263,8 @@ void Ed25519PrivateKey::save_pem_file(const std::string& path) const {
     throw KeyError("cannot close key file " + path + ": " + std::strerror(errno));
   }
   // Make the new directory entry durable too.
-  const std::size_t slash = path.rfind('/');
-  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
+  const auto parent = std::filesystem::path(path).parent_path();
+  fsync_directory(parent.empty() ? std::filesystem::path(".") : parent);
 }
 
 Ed25519PublicKey Ed25519PrivateKey::public_key() const {

@@ -806,7 +806,8 @@ std::vector<LinkTarget> EvidenceStore::records_in_span(const std::vector<std::st
     sqlite3_bind_int64(use.get(), 2, span.lo_ms);
     sqlite3_bind_int64(use.get(), 3, span.hi_ms);
     while (sqlite3_step(use.get()) == SQLITE_ROW) {
-      LinkTarget t{column_text(use.get(), 0), column_text(use.get(), 1), sqlite3_column_int64(use.get(), 2)};
+      LinkTarget t{
+          column_text(use.get(), 0), column_text(use.get(), 1), sqlite3_column_int64(use.get(), 2), {}};
       const auto colon = t.id.rfind(':');
       const std::uint64_t seq = colon == std::string::npos ? 0 : std::stoull(t.id.substr(colon + 1));
       found.emplace_back(seq, std::move(t));
@@ -827,7 +828,8 @@ std::vector<StoredSpan> EvidenceStore::spans_containing(UnixMs t_ms) const {
   sqlite3_bind_int64(use.get(), 1, t_ms);
   while (sqlite3_step(use.get()) == SQLITE_ROW) {
     out.push_back({column_text(use.get(), 0),
-                   LinkSpan{sqlite3_column_int64(use.get(), 1), sqlite3_column_int64(use.get(), 2)}});
+                   LinkSpan{sqlite3_column_int64(use.get(), 1), sqlite3_column_int64(use.get(), 2)},
+                   {}});
   }
   return out;
 }

@@ -34,9 +34,7 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr int kExitOk = 0;
 constexpr int kExitDaemonError = 1;  // the daemon answered with an error, or ended the tail early
-constexpr int kExitUsage = 2;
 constexpr int kExitUnreachable = 3;
 
 constexpr const char* kDefaultSocket = "/var/lib/checkpointd/control.sock";
@@ -48,10 +46,10 @@ constexpr const char* kExitCodes =
     "slow, daemon stopped); 2 usage or config error; 3 the daemon is not reachable (no socket, nothing\n"
     "listening, permission denied, no answer within 10 s).";
 
-std::atomic<bool> g_interrupted{false};
+std::atomic<bool> g_tail_interrupted{false};
 
 extern "C" void on_control_signal(int /*sig*/) {
-  g_interrupted.store(true);
+  g_tail_interrupted.store(true);
 }
 
 // Failures carry their exit code and a message for stderr.
@@ -135,7 +133,7 @@ class ControlClient {
         buf_.erase(0, nl + 1);
         return line;
       }
-      if (g_interrupted.load()) {
+      if (g_tail_interrupted.load()) {
         return std::nullopt;
       }
       int slice = 200;  // wake up now and then to notice Ctrl-C
@@ -427,7 +425,7 @@ void print_broker(std::ostream& out, const json& s, std::int64_t now) {
 }
 
 // The store and media file systems and the storage alarm.
-void print_storage(std::ostream& out, const json& s, std::int64_t now) {
+void print_storage(std::ostream& out, const json& s) {
   if (const json st = s.value("storage", json()); st.is_object() && !st.empty()) {
     out << "Storage:  " << text_of(st.value("state", json()), "?");
     if (st.contains("text") && st["text"].is_string() && !st["text"].get<std::string>().empty()) {
@@ -499,7 +497,7 @@ void print_status(std::ostream& out, const json& s, const std::string& socket) {
   out << '\n';
 
   print_broker(out, s, now);
-  print_storage(out, s, now);
+  print_storage(out, s);
   print_custody(out, s, now);
   if (const json k = s.value("kid", json()); k.is_string()) {
     out << "Key:      signing with kid " << k.get<std::string>() << '\n';
@@ -576,7 +574,7 @@ int run_tail(const Target& target, bool as_json, std::uint64_t count) {
   while (count == 0 || shown < count) {
     const auto line = client.read_line(-1);
     if (!line) {
-      if (g_interrupted.load()) {
+      if (g_tail_interrupted.load()) {
         return kExitOk;
       }
       throw CtlError(kExitDaemonError, "checkpointd closed the connection after " + std::to_string(shown) +

@@ -24,9 +24,7 @@ namespace {
 
 using json = nlohmann::json;
 
-constexpr int kExitOk = 0;
 constexpr int kExitFault = 1;  // check-config: invalid; devices test: the device answered badly or not at all
-constexpr int kExitUsage = 2;
 
 constexpr const char* kCheckConfigFooter =
     "Reads the file exactly as checkpointd does: every error is printed as FILE:LINE:COLUMN: key: what is\n"

@@ -25,9 +25,7 @@ namespace cpd::ctl {
 
 namespace {
 
-constexpr int kExitOk = 0;
 constexpr int kExitRefused = 1;
-constexpr int kExitUsage = 2;
 constexpr std::size_t kMaxLineBytes = 16 * 1024 * 1024;        // one JWS line (records are a few kB)
 constexpr std::uintmax_t kMaxPictureBytes = 64 * 1024 * 1024;  // the spec's pictures are at most 1.5 MB
 constexpr std::uintmax_t kMaxKeyBytes = 64 * 1024;

@@ -8,6 +8,10 @@
 
 namespace cpd::ctl {
 
+// Exit codes every subcommand shares (each documents its others in --help).
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitUsage = 2;
+
 struct Command {
   CLI::App* sub = nullptr;   // the parsed() subcommand (or a parent whose child was parsed)
   std::function<int()> run;  // returns the exit code; reports its own errors on stderr

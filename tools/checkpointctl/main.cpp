@@ -37,9 +37,7 @@ namespace cpd::ctl {
 namespace {
 
 // Exit codes (documented in --help).
-constexpr int kExitOk = 0;
 constexpr int kExitBadChain = 1;
-constexpr int kExitUsage = 2;
 
 constexpr const char* kExitCodeHelp =
     "Exit codes: 0 all records verified (and, with --count, enough arrived); 1 a record failed "

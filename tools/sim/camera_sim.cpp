@@ -31,6 +31,7 @@
 #include "tests/support/camera_messages.h"
 #include "tools/sim/jpeg.h"
 #include "tools/sim/listen.h"
+#include "tools/sim/sim_common.h"
 
 namespace cpd::sim {
 namespace {
@@ -83,10 +84,6 @@ std::string camera_text(const CameraOptions& opt, const std::string& utf8) {
   return out;
 }
 
-double uniform01(std::mt19937_64& rng) {
-  return static_cast<double>(rng() >> 11) * 0x1.0p-53;
-}
-
 std::string hex_random(std::mt19937_64& rng, std::size_t bytes) {
   static constexpr char kHex[] = "0123456789abcdef";
   std::string out;
@@ -117,12 +114,6 @@ std::string sha256_hex(std::string_view bytes) {
     out += kHex[md[i] & 15];
   }
   return out;
-}
-
-std::int64_t unix_now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
 }
 
 // A random Chinese civil plate (province character, letter, five characters); green plates have six.

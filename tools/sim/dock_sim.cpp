@@ -34,6 +34,7 @@
 #include "tests/support/camera_messages.h"
 #include "tests/support/dock_messages.h"
 #include "tools/sim/listen.h"
+#include "tools/sim/sim_common.h"
 
 namespace cpd::sim {
 namespace {
@@ -66,12 +67,6 @@ std::uint64_t fnv1a(std::string_view s) {
     h *= 0x100000001B3ULL;
   }
   return h;
-}
-
-std::int64_t unix_now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
 }
 
 std::string to_hex(const unsigned char* p, std::size_t n) {
@@ -224,10 +219,6 @@ std::string recorder_name(std::size_t i) {
   std::array<char, 16> buf{};
   std::snprintf(buf.data(), buf.size(), "BWC-%05u", static_cast<unsigned>(917 + 4 * i));
   return buf.data();
-}
-
-double uniform01(std::mt19937_64& rng) {
-  return static_cast<double>(rng() >> 11U) * 0x1.0p-53;
 }
 
 }  // namespace

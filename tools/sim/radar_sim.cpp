@@ -32,6 +32,7 @@
 
 #include "tests/support/radar_frames.h"
 #include "tools/sim/listen.h"
+#include "tools/sim/sim_common.h"
 
 namespace cpd::sim {
 namespace {
@@ -41,11 +42,9 @@ using tcp = asio::ip::tcp;
 using boost::system::error_code;
 using Clock = std::chrono::steady_clock;
 
-constexpr std::int64_t kWrapCs = 10'000'000;
 constexpr std::int64_t kIdleStatusMs = 10'000;
 constexpr std::int64_t kRebootOutageMs = 5'000;
 constexpr std::size_t kMaxQueuedFrames = 20'000;         // a client that stops reading loses frames
-constexpr std::int32_t kProfileStepDkmh = 5;             // speed falls off this much per frame from the peak
 constexpr std::size_t kMaxQueuedGarbageBytes = 4 << 20;  // garbage waits for a slow client up to this
 // A track number is not reused this soon after its target left (traffic time): a receiver tells vehicles
 // apart only by number and gap, so an instant reuse would merge two vehicles. Only a flood ever gets here.
@@ -81,11 +80,6 @@ struct Options {
   bool poll_only = false;
   bool exit_when_done = false;
 };
-
-double uniform01(std::mt19937_64& rng) {
-  // Our own mapping (not std::uniform_real_distribution) so sequences match across standard libraries.
-  return static_cast<double>(rng() >> 11) * 0x1.0p-53;
-}
 
 struct Vehicle {
   std::uint64_t id = 0;  // 1.. for vehicles; test targets use 0
@@ -357,7 +351,8 @@ class RadarSim {
       return radar_cs();
     }
     const auto step = static_cast<std::int64_t>(std::llround(opt_.clock_step_back_s * 100.0));
-    stepped_cs_ = stepped_cs_ ? ((*stepped_cs_ - step) % kWrapCs + kWrapCs) % kWrapCs : radar_cs();
+    stepped_cs_ =
+        stepped_cs_ ? ((*stepped_cs_ - step) % kRadarWrapCs + kRadarWrapCs) % kRadarWrapCs : radar_cs();
     return *stepped_cs_;
   }
 
@@ -381,7 +376,7 @@ class RadarSim {
         const double ms = std::chrono::duration<double, std::milli>(Clock::now() - stream_start_).count();
         const auto cs =
             clock_base_cs_ + static_cast<std::int64_t>(std::floor(ms * (1.0 + opt_.drift_ppm * 1e-6) / 10.0));
-        f.time_cs = ((cs % kWrapCs) + kWrapCs) % kWrapCs;
+        f.time_cs = ((cs % kRadarWrapCs) + kRadarWrapCs) % kRadarWrapCs;
       }
       const int lane = static_cast<int>(stream_frames_ % static_cast<std::uint64_t>(opt_.lanes)) + 1;
       f.target = lane;
@@ -402,7 +397,7 @@ class RadarSim {
     const double since_power_ms = static_cast<double>(traffic_ms() - power_on_ms_);
     const auto cs = clock_base_cs_ + static_cast<std::int64_t>(
                                          std::floor(since_power_ms * (1.0 + opt_.drift_ppm * 1e-6) / 10.0));
-    return ((cs % kWrapCs) + kWrapCs) % kWrapCs;
+    return ((cs % kRadarWrapCs) + kRadarWrapCs) % kRadarWrapCs;
   }
 
   double interarrival_ms() {

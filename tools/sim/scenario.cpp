@@ -27,6 +27,7 @@
 #include "tests/support/camera_messages.h"
 #include "tests/support/radar_frames.h"
 #include "tools/sim/listen.h"
+#include "tools/sim/sim_common.h"
 
 namespace cpd::sim {
 namespace {
@@ -36,10 +37,7 @@ using tcp = asio::ip::tcp;
 using boost::system::error_code;
 using Clock = std::chrono::steady_clock;
 
-constexpr std::int64_t kWrapCs = 10'000'000;
 constexpr auto kIdleStatus = std::chrono::seconds(10);
-constexpr std::int32_t kProfileStepDkmh =
-    5;  // as `checkpoint-sim radar`: speed falls off per frame from the peak
 constexpr auto kMaxTick = std::chrono::milliseconds(100);
 
 // ---- YAML checking ----
@@ -101,7 +99,7 @@ class Checker {
 };
 
 std::string radar_time(std::int64_t cs) {
-  return test::radar_time_field(((cs % kWrapCs) + kWrapCs) % kWrapCs);
+  return test::radar_time_field(((cs % kRadarWrapCs) + kRadarWrapCs) % kRadarWrapCs);
 }
 
 }  // namespace
@@ -653,7 +651,7 @@ class ScenarioRunner::Impl : public std::enable_shared_from_this<ScenarioRunner:
             targets += (s_.vehicles[j].radar && spans[j].from <= at && at <= spans[j].to) ? 1 : 0;
           }
           test::DetectFields d;
-          d.time_cs = radar_cs(at) % kWrapCs;
+          d.time_cs = radar_cs(at) % kRadarWrapCs;
           d.target = next_target;
           d.targets = std::clamp(targets, 1, 99);
           d.dir = 'A';
