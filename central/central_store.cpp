@@ -1778,10 +1778,24 @@ std::vector<ResendPlan> CentralStore::plan_resends(std::int64_t now_ms, const Ga
   return out;
 }
 
+namespace {
+
+// A nullable integer column as JSON (null when NULL).
+nlohmann::json optional_integer(const PgResult& r, int i, int c) {
+  return r.is_null(i, c) ? nlohmann::json(nullptr) : nlohmann::json(r.integer(i, c));
+}
+
+}  // namespace
+
 nlohmann::json CentralStore::status() {
-  const auto opt = [](const PgResult& r, int i, int c) {
-    return r.is_null(i, c) ? nlohmann::json(nullptr) : nlohmann::json(r.integer(i, c));
-  };
+  // The three reads in this order (a braced list is evaluated left to right).
+  return {{"gateways", status_gateways()},
+          {"quarantine", status_quarantine()},
+          {"unknown_gateways", status_unknown_gateways()}};
+}
+
+// One object per enrolled gateway.
+nlohmann::json CentralStore::status_gateways() {
   nlohmann::json gateways = nlohmann::json::array();
   PgResult r = conn_->exec(
       "SELECT g.gateway, g.watermark_seq, g.max_seq, g.announced_seq, g.last_seen_ms, g.receipt_seq, "
@@ -1826,9 +1840,9 @@ nlohmann::json CentralStore::status() {
         {"watermark", r.integer(i, 1)},
         {"max_seq", r.integer(i, 2)},
         {"announced_seq", r.integer(i, 3)},
-        {"last_seen_ms", opt(r, i, 4)},
+        {"last_seen_ms", optional_integer(r, i, 4)},
         {"receipt_seq", r.integer(i, 5)},
-        {"receipt_ms", opt(r, i, 6)},
+        {"receipt_ms", optional_integer(r, i, 6)},
         {"resend_requests", r.integer(i, 7)},
         {"forks", r.integer(i, 8)},
         {"quarantined", r.integer(i, 9)},
@@ -1836,7 +1850,7 @@ nlohmann::json CentralStore::status() {
         {"chain_break", r.is_null(i, 11)
                             ? nlohmann::json(nullptr)
                             : nlohmann::json{{"seq", r.integer(i, 11)}, {"reason", r.text(i, 12)}}},
-        {"gap_open_since_ms", opt(r, i, 13)},
+        {"gap_open_since_ms", optional_integer(r, i, 13)},
         {"records", r.integer(i, 14)},
         {"kids", r.is_null(i, 15) ? "" : r.text(i, 15)},
         {"unrecoverable", nlohmann::json::parse(r.text(i, 16))},
@@ -1852,9 +1866,14 @@ nlohmann::json CentralStore::status() {
     };
     gateways.push_back(std::move(g));
   }
+  return gateways;
+}
+
+// The quarantine's totals and bounds.
+nlohmann::json CentralStore::status_quarantine() {
   PgResult t = conn_->exec("SELECT rows, bytes, messages, dropped FROM quarantine_usage WHERE gateway = ''",
                            "reading the quarantine totals");
-  nlohmann::json quarantine = {
+  return {
       {"rows", t.rows() == 1 ? t.integer(0, 0) : 0},
       {"bytes", t.rows() == 1 ? t.integer(0, 1) : 0},
       {"messages", t.rows() == 1 ? t.integer(0, 2) : 0},
@@ -1864,7 +1883,10 @@ nlohmann::json CentralStore::status() {
       {"max_rows_per_gateway", bounds_.rows_per_gateway},
       {"max_bytes_per_gateway", bounds_.bytes_per_gateway},
   };
-  // Names on the feed that are not enrolled and have quarantine rows (the 20 seen last).
+}
+
+// Names on the feed that are not enrolled and have quarantine rows: how many, and the 20 seen last.
+nlohmann::json CentralStore::status_unknown_gateways() {
   PgResult u = conn_->exec(
       "SELECT u.gateway, u.messages, u.rows, u.bytes, u.dropped, u.last_ms, count(*) OVER () FROM "
       "quarantine_usage u WHERE u.gateway <> '' AND NOT EXISTS (SELECT 1 FROM gateways g WHERE g.gateway = "
@@ -1877,11 +1899,9 @@ nlohmann::json CentralStore::status() {
                        {"quarantine_rows", u.integer(i, 2)},
                        {"quarantine_bytes", u.integer(i, 3)},
                        {"quarantine_dropped", u.integer(i, 4)},
-                       {"last_ms", opt(u, i, 5)}});
+                       {"last_ms", optional_integer(u, i, 5)}});
   }
-  return {{"gateways", gateways},
-          {"quarantine", quarantine},
-          {"unknown_gateways", {{"count", u.rows() > 0 ? u.integer(0, 6) : 0}, {"latest", unknown}}}};
+  return {{"count", u.rows() > 0 ? u.integer(0, 6) : 0}, {"latest", unknown}};
 }
 
 void CentralStore::export_chain(const std::string& gateway, std::uint64_t from,

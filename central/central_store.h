@@ -281,6 +281,9 @@ class CentralStore {
   PgConnection& connection() { return *conn_; }
 
  private:
+  nlohmann::json status_gateways();
+  nlohmann::json status_quarantine();
+  nlohmann::json status_unknown_gateways();
   // Head announcements kept per gateway until their records arrive (docs/custody.md).
   static constexpr int kMaxKeptAnnouncements = 64;
 

@@ -54,14 +54,6 @@ UnixMs plus(UnixMs t, std::int64_t ms) {
   return out;
 }
 
-// A fact with the key that orders facts released together: by time, then a stable identity, so the
-// sequence of records does not depend on the arrival order of events either.
-struct Released {
-  UnixMs time_ms = 0;
-  std::string tie;
-  Fact fact;
-};
-
 std::string track_tie(const adapters::RadarTrack& t) {
   return "t/" + t.device_id + "/" + std::to_string(t.target) + "/" + std::to_string(t.first_ms);
 }
@@ -78,29 +70,6 @@ auto track_key(const adapters::RadarTrack& t) {
 auto read_key(const adapters::PlateRead& r) {
   return std::tie(r.time_ms, r.device_id, r.uuid, r.camera_time_ms);
 }
-
-// Union-find over the pending items, to find the groups of items linked by candidate pairs.
-class Groups {
- public:
-  explicit Groups(std::size_t n) : parent_(n) { std::iota(parent_.begin(), parent_.end(), std::size_t{0}); }
-  std::size_t find(std::size_t x) {
-    while (parent_[x] != x) {
-      parent_[x] = parent_[parent_[x]];
-      x = parent_[x];
-    }
-    return x;
-  }
-  void join(std::size_t a, std::size_t b) { parent_[find(a)] = find(b); }
-
- private:
-  std::vector<std::size_t> parent_;
-};
-
-struct Candidate {
-  std::size_t track = 0;
-  std::size_t read = 0;
-  std::int64_t abs_dt_ms = 0;
-};
 
 }  // namespace
 
@@ -190,155 +159,217 @@ std::vector<Fact> Correlator::flush() {
   return decide(0, true);
 }
 
+// One decide() pass: the pending items as nodes (tracks 0..n_tracks-1, then reads), their candidate pairs,
+// the groups the pairs link, which nodes' groups are decided, and the facts released so far.
+struct Correlator::Decision {
+  // Union-find over the pending items, to find the groups of items linked by candidate pairs.
+  class Groups {
+   public:
+    explicit Groups(std::size_t n) : parent_(n) { std::iota(parent_.begin(), parent_.end(), std::size_t{0}); }
+    std::size_t find(std::size_t x) {
+      while (parent_[x] != x) {
+        parent_[x] = parent_[parent_[x]];
+        x = parent_[x];
+      }
+      return x;
+    }
+    void join(std::size_t a, std::size_t b) { parent_[find(a)] = find(b); }
+
+   private:
+    std::vector<std::size_t> parent_;
+  };
+  struct Candidate {
+    std::size_t track = 0;
+    std::size_t read = 0;
+    std::int64_t abs_dt_ms = 0;
+  };
+  // A fact with the key that orders facts released together: by time, then a stable identity, so the
+  // sequence of records does not depend on the arrival order of events either.
+  struct Released {
+    UnixMs time_ms = 0;
+    std::string tie;
+    Fact fact;
+  };
+
+  Decision(std::size_t tracks, std::size_t reads)
+      : n_tracks(tracks),
+        n_reads(reads),
+        track_degree(tracks, 0),
+        read_degree(reads, 0),
+        groups(tracks + reads),
+        track_done(tracks, false),
+        read_done(reads, false) {}
+
+  std::size_t n_tracks;
+  std::size_t n_reads;
+  std::vector<Candidate> candidates;
+  std::vector<int> track_degree;  // most candidates each item has had at once
+  std::vector<int> read_degree;
+  Groups groups;
+  std::vector<bool> decided;  // per node: its group is decided
+  std::vector<bool> track_done;
+  std::vector<bool> read_done;
+  std::vector<Released> out;
+};
+
 std::vector<Fact> Correlator::decide(UnixMs now, bool force) {
-  const std::size_t n_tracks = tracks_.size();
-  const std::size_t n_reads = reads_.size();
-  if (n_tracks + n_reads == 0) {
+  if (tracks_.empty() && reads_.empty()) {
     return {};
   }
+  Decision d(tracks_.size(), reads_.size());
+  find_candidates(d);
+  mark_decided(d, now, force);
+  pair_decided(d);
+  release_unpaired(d, now, force);
 
-  // Every candidate pair among the pending items (unreadable reads included: they claim their own
-  // vehicle's track, so it is not handed to a neighbour's read; such a pair still comes out unmatched).
-  std::vector<Candidate> candidates;
-  std::vector<int> track_degree(n_tracks, 0);
-  std::vector<int> read_degree(n_reads, 0);
-  Groups groups(n_tracks + n_reads);
-  for (std::size_t r = 0; r < n_reads; ++r) {
+  std::sort(d.out.begin(), d.out.end(), [](const Decision::Released& a, const Decision::Released& b) {
+    return std::tie(a.time_ms, a.tie) < std::tie(b.time_ms, b.tie);
+  });
+  std::vector<Fact> facts;
+  facts.reserve(d.out.size());
+  for (auto& r : d.out) {
+    facts.push_back(std::move(r.fact));
+  }
+  return sealable(std::move(facts));
+}
+
+// Every candidate pair among the pending items (unreadable reads included: they claim their own vehicle's
+// track, so it is not handed to a neighbour's read; such a pair still comes out unmatched), sorted greedy
+// order: smallest |dt| first, ties broken by a total order (deterministic for a given set).
+void Correlator::find_candidates(Decision& d) {
+  for (std::size_t r = 0; r < d.n_reads; ++r) {
     const auto& read = reads_[r].read;
-    for (std::size_t t = 0; t < n_tracks; ++t) {
+    for (std::size_t t = 0; t < d.n_tracks; ++t) {
       const auto& track = tracks_[t].track;
       const std::int64_t dt = abs_diff(read.time_ms, track.time_ms);
       if (read.radar_id == track.device_id && read.lane == track.lane && dt <= correlation_.window_ms) {
-        candidates.push_back({t, r, dt});
-        ++track_degree[t];
-        ++read_degree[r];
-        groups.join(t, n_tracks + r);
+        d.candidates.push_back({t, r, dt});
+        ++d.track_degree[t];
+        ++d.read_degree[r];
+        d.groups.join(t, d.n_tracks + r);
       }
     }
   }
-
-  for (std::size_t t = 0; t < n_tracks; ++t) {
-    tracks_[t].candidates = std::max(tracks_[t].candidates, track_degree[t]);
-    track_degree[t] = tracks_[t].candidates;
+  for (std::size_t t = 0; t < d.n_tracks; ++t) {
+    tracks_[t].candidates = std::max(tracks_[t].candidates, d.track_degree[t]);
+    d.track_degree[t] = tracks_[t].candidates;
   }
-  for (std::size_t r = 0; r < n_reads; ++r) {
-    reads_[r].candidates = std::max(reads_[r].candidates, read_degree[r]);
-    read_degree[r] = reads_[r].candidates;
+  for (std::size_t r = 0; r < d.n_reads; ++r) {
+    reads_[r].candidates = std::max(reads_[r].candidates, d.read_degree[r]);
+    d.read_degree[r] = reads_[r].candidates;
   }
+  std::sort(d.candidates.begin(), d.candidates.end(),
+            [&](const Decision::Candidate& a, const Decision::Candidate& b) {
+              if (a.abs_dt_ms != b.abs_dt_ms) {
+                return a.abs_dt_ms < b.abs_dt_ms;
+              }
+              const auto& ta = tracks_[a.track].track;
+              const auto& tb = tracks_[b.track].track;
+              const auto& ra = reads_[a.read].read;
+              const auto& rb = reads_[b.read].read;
+              const UnixMs first_a = std::min(ta.time_ms, ra.time_ms);
+              const UnixMs first_b = std::min(tb.time_ms, rb.time_ms);
+              if (first_a != first_b) {
+                return first_a < first_b;
+              }
+              if (track_key(ta) != track_key(tb)) {
+                return track_key(ta) < track_key(tb);
+              }
+              return read_key(ra) < read_key(rb);
+            });
+}
 
-  // A group is decided when none of its members can gain a better candidate any more (each is settled:
-  // a partner would have arrived by its time + window + settle delay), or when one member's wait is over.
+UnixMs Correlator::wait_over_ms(const Decision& d, std::size_t node) const {
+  return plus(node < d.n_tracks ? tracks_[node].arrived_ms : reads_[node - d.n_tracks].arrived_ms,
+              correlation_.max_wait_ms);
+}
+
+// A group is decided when none of its members can gain a better candidate any more (each is settled: a
+// partner would have arrived by its time + window + settle delay), or when one member's wait is over.
+void Correlator::mark_decided(Decision& d, UnixMs now, bool force) {
   const auto settled_at = [&](std::size_t node) {
-    if (node < n_tracks) {
+    if (node < d.n_tracks) {
       const auto& t = tracks_[node].track;
       return plus(t.time_ms, std::int64_t{correlation_.window_ms} + settle_ms(t.device_id));
     }
-    const auto& r = reads_[node - n_tracks].read;
+    const auto& r = reads_[node - d.n_tracks].read;
     return plus(r.time_ms, std::int64_t{correlation_.window_ms} + settle_ms(r.radar_id));
   };
-  const auto deadline = [&](std::size_t node) {
-    return plus(node < n_tracks ? tracks_[node].arrived_ms : reads_[node - n_tracks].arrived_ms,
-                correlation_.max_wait_ms);
-  };
+  const std::size_t nodes = d.n_tracks + d.n_reads;
   std::map<std::size_t, bool> group_settled;  // group root -> every member settled
   std::map<std::size_t, bool> group_expired;  // group root -> some member's wait is over
-  for (std::size_t node = 0; node < n_tracks + n_reads; ++node) {
-    const std::size_t root = groups.find(node);
+  for (std::size_t node = 0; node < nodes; ++node) {
+    const std::size_t root = d.groups.find(node);
     auto settled = group_settled.try_emplace(root, true).first;
     settled->second = settled->second && now >= settled_at(node);
     auto& expired = group_expired[root];
-    expired = expired || now >= deadline(node);
+    expired = expired || now >= wait_over_ms(d, node);
   }
-  const auto decided = [&](std::size_t node) {
-    const std::size_t root = groups.find(node);
-    return force || group_settled[root] || group_expired[root];
-  };
+  d.decided.assign(nodes, false);
+  for (std::size_t node = 0; node < nodes; ++node) {
+    const std::size_t root = d.groups.find(node);
+    d.decided[node] = force || group_settled[root] || group_expired[root];
+  }
+}
 
-  // Greedy by smallest |dt|, ties broken by the total order above: deterministic for a given set.
-  std::sort(candidates.begin(), candidates.end(), [&](const Candidate& a, const Candidate& b) {
-    if (a.abs_dt_ms != b.abs_dt_ms) {
-      return a.abs_dt_ms < b.abs_dt_ms;
-    }
-    const auto& ta = tracks_[a.track].track;
-    const auto& tb = tracks_[b.track].track;
-    const auto& ra = reads_[a.read].read;
-    const auto& rb = reads_[b.read].read;
-    const UnixMs first_a = std::min(ta.time_ms, ra.time_ms);
-    const UnixMs first_b = std::min(tb.time_ms, rb.time_ms);
-    if (first_a != first_b) {
-      return first_a < first_b;
-    }
-    if (track_key(ta) != track_key(tb)) {
-      return track_key(ta) < track_key(tb);
-    }
-    return read_key(ra) < read_key(rb);
-  });
-  std::vector<bool> track_done(n_tracks, false);
-  std::vector<bool> read_done(n_reads, false);
-  std::vector<Released> out;
-  for (const auto& c : candidates) {
-    if (track_done[c.track] || read_done[c.read] || !decided(c.track)) {
+// Pairs of decided groups, greedily in the candidates' order: a passage, or for an unreadable plate the
+// track's measurement and the read apart.
+void Correlator::pair_decided(Decision& d) const {
+  for (const auto& c : d.candidates) {
+    if (d.track_done[c.track] || d.read_done[c.read] || !d.decided[c.track]) {
       continue;
     }
-    track_done[c.track] = true;
-    read_done[c.read] = true;
+    d.track_done[c.track] = true;
+    d.read_done[c.read] = true;
     const auto& track = tracks_[c.track].track;
     const auto& read = reads_[c.read].read;
     const UnixMs track_arrived = tracks_[c.track].arrived_ms;
     const UnixMs read_arrived = reads_[c.read].arrived_ms;
     if (plate_unreadable(read.plate)) {
-      out.push_back({track.time_ms, track_tie(track), speed_measurement(track, track_arrived)});
-      out.push_back({read.time_ms, read_tie(read),
-                     plate_read(read, read_arrived, read_degree[c.read], "plate_unreadable")});
+      d.out.push_back({track.time_ms, track_tie(track), speed_measurement(track, track_arrived)});
+      d.out.push_back({read.time_ms, read_tie(read),
+                       plate_read(read, read_arrived, d.read_degree[c.read], "plate_unreadable")});
     } else {
-      out.push_back(
-          {track.time_ms, track_tie(track),
-           passage(track, track_arrived, read, read_arrived, track_degree[c.track], read_degree[c.read])});
+      d.out.push_back({track.time_ms, track_tie(track),
+                       passage(track, track_arrived, read, read_arrived, d.track_degree[c.track],
+                               d.read_degree[c.read])});
     }
   }
+}
 
-  // Unpaired members of decided groups wait on, for a late partner, until their own wait is over.
+// Unpaired members of decided groups wait on, for a late partner, until their own wait is over; the rest
+// stay pending.
+void Correlator::release_unpaired(Decision& d, UnixMs now, bool force) {
   std::vector<PendingTrack> kept_tracks;
-  for (std::size_t t = 0; t < n_tracks; ++t) {
-    if (track_done[t]) {
+  for (std::size_t t = 0; t < d.n_tracks; ++t) {
+    if (d.track_done[t]) {
       continue;
     }
-    if (force || now >= deadline(t)) {
-      out.push_back({tracks_[t].track.time_ms, track_tie(tracks_[t].track),
-                     speed_measurement(tracks_[t].track, tracks_[t].arrived_ms)});
+    if (force || now >= wait_over_ms(d, t)) {
+      d.out.push_back({tracks_[t].track.time_ms, track_tie(tracks_[t].track),
+                       speed_measurement(tracks_[t].track, tracks_[t].arrived_ms)});
     } else {
       kept_tracks.push_back(std::move(tracks_[t]));
     }
   }
   std::vector<PendingRead> kept_reads;
-  for (std::size_t r = 0; r < n_reads; ++r) {
-    if (read_done[r]) {
+  for (std::size_t r = 0; r < d.n_reads; ++r) {
+    if (d.read_done[r]) {
       continue;
     }
-    const std::size_t node = n_tracks + r;
-    if (force || now >= deadline(node)) {
+    if (force || now >= wait_over_ms(d, d.n_tracks + r)) {
       const auto& read = reads_[r].read;
       const std::string why = plate_unreadable(read.plate) ? "plate_unreadable"
-                              : read_degree[r] == 0        ? "no_candidate"
+                              : d.read_degree[r] == 0      ? "no_candidate"
                                                            : "candidates_taken";
-      out.push_back(
-          {read.time_ms, read_tie(read), plate_read(read, reads_[r].arrived_ms, read_degree[r], why)});
+      d.out.push_back(
+          {read.time_ms, read_tie(read), plate_read(read, reads_[r].arrived_ms, d.read_degree[r], why)});
     } else {
       kept_reads.push_back(std::move(reads_[r]));
     }
   }
   tracks_ = std::move(kept_tracks);
   reads_ = std::move(kept_reads);
-
-  std::sort(out.begin(), out.end(), [](const Released& a, const Released& b) {
-    return std::tie(a.time_ms, a.tie) < std::tie(b.time_ms, b.tie);
-  });
-  std::vector<Fact> facts;
-  facts.reserve(out.size());
-  for (auto& r : out) {
-    facts.push_back(std::move(r.fact));
-  }
-  return sealable(std::move(facts));
 }
 
 json site_json(const std::string& gateway_id, const config::Site& site) {

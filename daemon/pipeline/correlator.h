@@ -73,6 +73,12 @@ class Correlator {
 
   // force: decide every component now and release every item (flush).
   std::vector<Fact> decide(UnixMs now, bool force);
+  struct Decision;  // one decide() pass's working state (correlator.cpp)
+  void find_candidates(Decision& d);
+  void mark_decided(Decision& d, UnixMs now, bool force);
+  void pair_decided(Decision& d) const;
+  void release_unpaired(Decision& d, UnixMs now, bool force);
+  UnixMs wait_over_ms(const Decision& d, std::size_t node) const;  // when a pending item's wait is over
 
   // `received_ms`: when the event reached the correlator (gateway clock), for the device-time check.
   Fact speed_measurement(const adapters::RadarTrack& track, UnixMs received_ms) const;
