@@ -179,6 +179,59 @@ void write_integer(std::string& out, const std::string& decimal, double nearest,
   out += as_double;
 }
 
+void write_value(std::string& out, const nlohmann::json& v, int depth);
+
+void write_array(std::string& out, const nlohmann::json& v, int depth) {
+  out.push_back('[');
+  bool first = true;
+  for (const auto& element : v) {
+    if (!first) {
+      out.push_back(',');
+    }
+    first = false;
+    write_value(out, element, depth + 1);
+  }
+  out.push_back(']');
+}
+
+// Members in the UTF-16 code-unit order of their keys (RFC 8785 section 3.2.3).
+void write_object(std::string& out, const nlohmann::json& v, int depth) {
+  const auto& object = v.get_ref<const nlohmann::json::object_t&>();
+  // The map already holds keys in UTF-8 byte order, which is code-point order. UTF-16 order differs only
+  // where a key has a character beyond the BMP (4-byte UTF-8), so only then sort again.
+  const bool beyond_bmp = std::any_of(object.begin(), object.end(), [](const auto& member) {
+    return std::any_of(member.first.begin(), member.first.end(),
+                       [](char c) { return static_cast<unsigned char>(c) >= 0xf0; });
+  });
+  out.push_back('{');
+  bool first = true;
+  auto write_member = [&](const nlohmann::json::object_t::value_type& member) {
+    if (!first) {
+      out.push_back(',');
+    }
+    first = false;
+    write_string(out, member.first);
+    out.push_back(':');
+    write_value(out, member.second, depth + 1);
+  };
+  if (!beyond_bmp) {
+    for (const auto& member : object) {
+      write_member(member);
+    }
+  } else {
+    std::vector<std::pair<std::u16string, const nlohmann::json::object_t::value_type*>> members;
+    members.reserve(object.size());
+    for (const auto& member : object) {
+      members.emplace_back(utf16_key(member.first), &member);
+    }
+    std::sort(members.begin(), members.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (const auto& entry : members) {
+      write_member(*entry.second);
+    }
+  }
+  out.push_back('}');
+}
+
 void write_value(std::string& out, const nlohmann::json& v, int depth) {
   if (depth > kMaxDepth) {
     throw JcsError("value nested too deeply");
@@ -208,62 +261,12 @@ void write_value(std::string& out, const nlohmann::json& v, int depth) {
     case nlohmann::json::value_t::string:
       write_string(out, v.get_ref<const std::string&>());
       return;
-    case nlohmann::json::value_t::array: {
-      out.push_back('[');
-      bool first = true;
-      for (const auto& element : v) {
-        if (!first) {
-          out.push_back(',');
-        }
-        first = false;
-        write_value(out, element, depth + 1);
-      }
-      out.push_back(']');
+    case nlohmann::json::value_t::array:
+      write_array(out, v, depth);
       return;
-    }
-    case nlohmann::json::value_t::object: {
-      const auto& object = v.get_ref<const nlohmann::json::object_t&>();
-      // The map already holds keys in UTF-8 byte order, which is code-point order. UTF-16 order differs
-      // only where a key has a character beyond the BMP (4-byte UTF-8), so only then sort again.
-      bool beyond_bmp = false;
-      for (const auto& member : object) {
-        for (const char c : member.first) {
-          if (static_cast<unsigned char>(c) >= 0xf0) {
-            beyond_bmp = true;
-            break;
-          }
-        }
-      }
-      out.push_back('{');
-      bool first = true;
-      auto write_member = [&](const nlohmann::json::object_t::value_type& member) {
-        if (!first) {
-          out.push_back(',');
-        }
-        first = false;
-        write_string(out, member.first);
-        out.push_back(':');
-        write_value(out, member.second, depth + 1);
-      };
-      if (!beyond_bmp) {
-        for (const auto& member : object) {
-          write_member(member);
-        }
-      } else {
-        std::vector<std::pair<std::u16string, const nlohmann::json::object_t::value_type*>> members;
-        members.reserve(object.size());
-        for (const auto& member : object) {
-          members.emplace_back(utf16_key(member.first), &member);
-        }
-        std::sort(members.begin(), members.end(),
-                  [](const auto& a, const auto& b) { return a.first < b.first; });
-        for (const auto& entry : members) {
-          write_member(*entry.second);
-        }
-      }
-      out.push_back('}');
+    case nlohmann::json::value_t::object:
+      write_object(out, v, depth);
       return;
-    }
     case nlohmann::json::value_t::binary:
       throw JcsError("binary values have no JSON form");
     case nlohmann::json::value_t::discarded:

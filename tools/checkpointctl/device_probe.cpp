@@ -656,36 +656,35 @@ Failure auth_failure(const adapters::CameraConfig& cam, const HttpAnswer& a) {
               "minutes"};
 }
 
-void probe_camera(const adapters::CameraConfig& cam, const ProbeOptions& options, ProbeReport& report) {
-  report.address = (cam.host.find(':') != std::string::npos ? "[" + cam.host + "]" : cam.host) + ":" +
-                   std::to_string(cam.port);
-  adapters::DigestAuthenticator digest(cam.username, cam.password);
+// GET /ISAPI/System/deviceInfo: the camera answers, the credentials work, and who it is. False: reported.
+bool probe_camera_info(const adapters::CameraConfig& cam, adapters::DigestAuthenticator& digest,
+                       const ProbeOptions& options, ProbeReport& report) {
   const std::string info_target = "/ISAPI/System/deviceInfo";
   HttpOutcome out = camera_get(cam, digest, info_target, options.timeout);
   if (const auto* f = std::get_if<Failure>(&out)) {
     fail(report, *f);
-    return;
+    return false;
   }
   const auto& info_answer = std::get<HttpAnswer>(out);
   if (info_answer.status == 401 || info_answer.status == 403) {
     fail(report, auth_failure(cam, info_answer));
-    return;
+    return false;
   }
   if (info_answer.status == 404) {
     fail(report, {ProbeProblem::kUnexpectedReply, "unexpected reply: 404 for " + info_target + " at " +
                                                       report.address + ": this is not an ISAPI camera"});
-    return;
+    return false;
   }
   if (info_answer.status != 200) {
     fail(report, unexpected_status(info_answer, info_target));
-    return;
+    return false;
   }
   const auto info = adapters::parse_device_info(info_answer.body);
   if (!info) {
     fail(report, {ProbeProblem::kUnexpectedReply,
                   "unexpected reply: " + info_target +
                       " is not an ISAPI DeviceInfo document: " + shown_bytes(info_answer.body)});
-    return;
+    return false;
   }
   report.lines.push_back(std::string("authenticated as '") + cam.username + "' (" + cam.auth + ")");
   report.lines.push_back("model: " + info->model);
@@ -697,9 +696,46 @@ void probe_camera(const adapters::CameraConfig& cam, const ProbeOptions& options
                                 {"firmware_version", info->firmware_version},
                                 {"device_name", info->device_name},
                                 {"device_id", info->device_id}};
+  return true;
+}
 
-  // The clock: three reads bound the offset to an interval each; their intersection is the estimate.
+// One GET /ISAPI/System/time, added to the clock estimate. Nullopt: reported.
+std::optional<adapters::IsapiTime> read_camera_time(const adapters::CameraConfig& cam,
+                                                    adapters::DigestAuthenticator& digest,
+                                                    const ProbeOptions& options,
+                                                    adapters::OffsetClockEstimator& clock,
+                                                    ProbeReport& report) {
   const std::string time_target = "/ISAPI/System/time";
+  HttpOutcome t = camera_get(cam, digest, time_target, options.timeout);
+  if (const auto* f = std::get_if<Failure>(&t)) {
+    fail(report, *f);
+    return std::nullopt;
+  }
+  const auto& ta = std::get<HttpAnswer>(t);
+  if (ta.status == 401 || ta.status == 403) {
+    fail(report, auth_failure(cam, ta));
+    return std::nullopt;
+  }
+  if (ta.status != 200) {
+    fail(report, unexpected_status(ta, time_target));
+    return std::nullopt;
+  }
+  auto parsed = adapters::parse_time(ta.body);
+  if (!parsed) {
+    fail(report, {ProbeProblem::kUnexpectedReply, "unexpected reply: " + time_target +
+                                                      " is not an ISAPI Time document with an ISO 8601 "
+                                                      "localTime: " +
+                                                      shown_bytes(ta.body)});
+    return std::nullopt;
+  }
+  clock.add(parsed->time.unix_ms, parsed->time.has_fraction ? 1 : 1000, ta.sent_ms, ta.received_ms);
+  return parsed;
+}
+
+// The clock: three reads bound the offset to an interval each; their intersection is the estimate, checked
+// against validity.max_camera_clock_offset_ms. False: reported.
+bool probe_camera_clock(const adapters::CameraConfig& cam, adapters::DigestAuthenticator& digest,
+                        const ProbeOptions& options, ProbeReport& report) {
   adapters::OffsetClockEstimator clock;
   std::optional<adapters::IsapiTime> last_time;
   for (int i = 0; i < 3; ++i) {
@@ -709,37 +745,17 @@ void probe_camera(const adapters::CameraConfig& cam, const ProbeOptions& options
     if (i > 0 && wait_ms > 0 && wait_ms < 1500) {
       std::this_thread::sleep_for(std::chrono::milliseconds(wait_ms));
     }
-    HttpOutcome t = camera_get(cam, digest, time_target, options.timeout);
-    if (const auto* f = std::get_if<Failure>(&t)) {
-      fail(report, *f);
-      return;
+    last_time = read_camera_time(cam, digest, options, clock, report);
+    if (!last_time) {
+      return false;
     }
-    const auto& ta = std::get<HttpAnswer>(t);
-    if (ta.status == 401 || ta.status == 403) {
-      fail(report, auth_failure(cam, ta));
-      return;
-    }
-    if (ta.status != 200) {
-      fail(report, unexpected_status(ta, time_target));
-      return;
-    }
-    auto parsed = adapters::parse_time(ta.body);
-    if (!parsed) {
-      fail(report, {ProbeProblem::kUnexpectedReply, "unexpected reply: " + time_target +
-                                                        " is not an ISAPI Time document with an ISO 8601 "
-                                                        "localTime: " +
-                                                        shown_bytes(ta.body)});
-      return;
-    }
-    clock.add(parsed->time.unix_ms, parsed->time.has_fraction ? 1 : 1000, ta.sent_ms, ta.received_ms);
-    last_time = std::move(parsed);
   }
   const auto estimate = clock.estimate();
   if (!estimate) {
     fail(report, {ProbeProblem::kUnexpectedReply,
                   "unexpected reply: the camera's clock readings are impossible "
                   "(answer before the question)"});
-    return;
+    return false;
   }
   report.lines.push_back("camera clock: " + last_time->local_time + " (timeMode " + last_time->time_mode +
                          "); this host: " + iso_utc(estimate->measured_ms));
@@ -756,9 +772,17 @@ void probe_camera(const adapters::CameraConfig& cam, const ProbeOptions& options
                       ", more than validity.max_camera_clock_offset_ms (" +
                       std::to_string(options.max_camera_clock_offset_ms) +
                       " ms): its plate reads would be marked invalid; check NTP on the camera"});
-    return;
+    return false;
   }
-  report.ok = true;
+  return true;
+}
+
+void probe_camera(const adapters::CameraConfig& cam, const ProbeOptions& options, ProbeReport& report) {
+  report.address = (cam.host.find(':') != std::string::npos ? "[" + cam.host + "]" : cam.host) + ":" +
+                   std::to_string(cam.port);
+  adapters::DigestAuthenticator digest(cam.username, cam.password);
+  report.ok =
+      probe_camera_info(cam, digest, options, report) && probe_camera_clock(cam, digest, options, report);
 }
 
 // ---- recorder dock ----
