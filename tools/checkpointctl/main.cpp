@@ -15,6 +15,7 @@
 #include <cstring>
 #include <ctime>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -451,54 +452,75 @@ int run_pubkey(const std::string& key_file, bool kid_only) {
   return kExitOk;
 }
 
-int run(int argc, char** argv) {
-  CLI::App app{"checkpointctl: evidence keys and feed verification for checkpointd"};
-  app.require_subcommand(1);
-  app.footer(std::string("Run 'checkpointctl <command> --help' for details.\n") + kExitCodeHelp);
+// Runs a key or verify command, reporting its errors on stderr (exit code 2).
+int reported(const std::function<int()>& command) {
+  try {
+    return command();
+  } catch (const KeyError& e) {
+    std::cerr << "checkpointctl: " << e.what() << '\n';
+  } catch (const ToolError& e) {
+    std::cerr << "checkpointctl: " << e.what() << '\n';
+  } catch (const mqtt::exception& e) {
+    std::cerr << "checkpointctl: MQTT: " << e.what() << '\n';
+  }
+  return kExitUsage;
+}
 
-  std::string keygen_out;
-  std::string keygen_pub;
+// keygen, pubkey.
+std::vector<Command> add_key_commands(CLI::App& app) {
+  struct Args {
+    std::string keygen_out;
+    std::string keygen_pub;
+    std::string pubkey_key;
+    bool pubkey_kid = false;
+  };
+  auto args = std::make_shared<Args>();
   auto* keygen = app.add_subcommand("keygen", "Create a new Ed25519 signing key (PKCS#8 PEM, mode 0600)");
-  keygen->add_option("--out", keygen_out, "Private key file to create (must not exist)")->required();
-  keygen->add_option("--pub", keygen_pub, "Also write the public key PEM to this file (must not exist)");
+  keygen->add_option("--out", args->keygen_out, "Private key file to create (must not exist)")->required();
+  keygen->add_option("--pub", args->keygen_pub,
+                     "Also write the public key PEM to this file (must not exist)");
   keygen->footer(
       "Prints the public key PEM and its kid.\n"
       "Example:\n  checkpointctl keygen --out /etc/checkpointd/gw.key --pub gw.pub.pem\n" +
       std::string(kExitCodeHelp));
 
-  std::string pubkey_key;
-  bool pubkey_kid = false;
   auto* pubkey = app.add_subcommand("pubkey", "Print the public key (PEM) of a private key file");
-  pubkey->add_option("--key", pubkey_key, "Private key file (mode 0600 or stricter)")->required();
-  pubkey->add_flag("--kid", pubkey_kid,
+  pubkey->add_option("--key", args->pubkey_key, "Private key file (mode 0600 or stricter)")->required();
+  pubkey->add_flag("--kid", args->pubkey_kid,
                    "Print only the kid (instead of the PEM; the kid otherwise goes to stderr)");
   pubkey->footer(
       "Example:\n  checkpointctl pubkey --key /etc/checkpointd/gw.key > gw.pub.pem\n"
       "  checkpointctl pubkey --key /etc/checkpointd/gw.key --kid\n" +
       std::string(kExitCodeHelp));
+  return {
+      {keygen, [args] { return reported([&] { return run_keygen(args->keygen_out, args->keygen_pub); }); }},
+      {pubkey, [args] { return reported([&] { return run_pubkey(args->pubkey_key, args->pubkey_kid); }); }}};
+}
 
-  VerifyOptions vopts;
+// verify: a file, stdin or a broker's feed.
+Command add_verify_command(CLI::App& app) {
+  auto vopts = std::make_shared<VerifyOptions>();
   auto* verify =
       app.add_subcommand("verify", "Verify an evidence feed: signatures, seq continuity, prev chain");
-  verify->add_option("--pubkey", vopts.pubkey_file, "Gateway public key (PEM)")->required();
+  verify->add_option("--pubkey", vopts->pubkey_file, "Gateway public key (PEM)")->required();
   auto* input_opt =
-      verify->add_option("input", vopts.input, "File with one JWS per line, or - for stdin (default)");
-  verify->add_flag("--from-start", vopts.from_start, "Require the first record to be seq 1");
-  auto* mqtt_opt = verify->add_option("--mqtt", vopts.mqtt_uri,
+      verify->add_option("input", vopts->input, "File with one JWS per line, or - for stdin (default)");
+  verify->add_flag("--from-start", vopts->from_start, "Require the first record to be seq 1");
+  auto* mqtt_opt = verify->add_option("--mqtt", vopts->mqtt_uri,
                                       "Subscribe to this broker instead, e.g. tcp://localhost:1883");
   auto* topic_opt =
-      verify->add_option("--topic", vopts.topic, "Evidence topic, e.g. checkpoint/<gateway>/evidence");
-  auto* count_opt = verify->add_option("--count", vopts.count, "With --mqtt: stop after N distinct records")
+      verify->add_option("--topic", vopts->topic, "Evidence topic, e.g. checkpoint/<gateway>/evidence");
+  auto* count_opt = verify->add_option("--count", vopts->count, "With --mqtt: stop after N distinct records")
                         ->check(CLI::PositiveNumber);
-  auto* seconds_opt = verify->add_option("--seconds", vopts.seconds, "With --mqtt: stop after S seconds")
+  auto* seconds_opt = verify->add_option("--seconds", vopts->seconds, "With --mqtt: stop after S seconds")
                           ->check(CLI::PositiveNumber);
-  verify->add_flag("--print", vopts.print, "Print one line per record (seq, type, time UTC, key fields)");
-  verify->add_flag("--json", vopts.json, "Print the summary as JSON");
+  verify->add_flag("--print", vopts->print, "Print one line per record (seq, type, time UTC, key fields)");
+  verify->add_flag("--json", vopts->json, "Print the summary as JSON");
   verify->add_option(
-      "--media", vopts.media_dir,
+      "--media", vopts->media_dir,
       "Check every picture/recording a record names against this directory (files named by SHA-256)");
   verify->add_flag(
-      "!--no-media-topic", vopts.media_topic,
+      "!--no-media-topic", vopts->media_topic,
       "With --mqtt: do not subscribe to <prefix>/<gateway>/media/# to check the media a record names");
   mqtt_opt->needs(topic_opt);
   topic_opt->needs(mqtt_opt);
@@ -513,13 +535,20 @@ int run(int argc, char** argv) {
       "--topic checkpoint/gw1/evidence --count 100 --seconds 60\n"
       "Summary: 'verified 120 records (seq 1..120), 3 duplicates dropped, chain intact'.\n" +
       std::string(kExitCodeHelp));
+  return {verify, [vopts] { return reported([&] { return run_verify(*vopts); }); }};
+}
 
-  std::vector<Command> commands = add_control_commands(app);
-  for (auto& c : add_device_commands(app)) {
-    commands.push_back(std::move(c));
-  }
-  for (auto& c : add_sheet_commands(app)) {
-    commands.push_back(std::move(c));
+int run(int argc, char** argv) {
+  CLI::App app{"checkpointctl: evidence keys and feed verification for checkpointd"};
+  app.require_subcommand(1);
+  app.footer(std::string("Run 'checkpointctl <command> --help' for details.\n") + kExitCodeHelp);
+
+  std::vector<Command> commands = add_key_commands(app);
+  commands.push_back(add_verify_command(app));
+  for (auto* add : {&add_control_commands, &add_device_commands, &add_sheet_commands}) {
+    for (auto& c : (*add)(app)) {
+      commands.push_back(std::move(c));
+    }
   }
 
   try {
@@ -528,28 +557,12 @@ int run(int argc, char** argv) {
     const int rc = app.exit(e);
     return rc == 0 ? kExitOk : kExitUsage;
   }
-
   for (const auto& c : commands) {
     if (c.sub->parsed()) {
       return c.run();
     }
   }
-  try {
-    if (keygen->parsed()) {
-      return run_keygen(keygen_out, keygen_pub);
-    }
-    if (pubkey->parsed()) {
-      return run_pubkey(pubkey_key, pubkey_kid);
-    }
-    return run_verify(vopts);
-  } catch (const KeyError& e) {
-    std::cerr << "checkpointctl: " << e.what() << '\n';
-  } catch (const ToolError& e) {
-    std::cerr << "checkpointctl: " << e.what() << '\n';
-  } catch (const mqtt::exception& e) {
-    std::cerr << "checkpointctl: MQTT: " << e.what() << '\n';
-  }
-  return kExitUsage;
+  return kExitUsage;  // require_subcommand(1): not reached
 }
 
 }  // namespace
