@@ -126,7 +126,6 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
       }
       self->running_ = false;
       self->burst_left_ = 0;  // nothing waits for the clock any more
-      error_code ignored;
       self->close_stream();
       self->reconnect_timer_.cancel();
       self->time_timer_.cancel();
