@@ -180,6 +180,7 @@ class CameraSim::Impl : public std::enable_shared_from_this<CameraSim::Impl> {
   void reboot();
   void stop();
   CameraEventTruth emit(const CameraCapture& capture);
+  std::string picture_parts(std::int64_t cam_ms, test::AnprAlert& a, CameraEventTruth& t);
   CameraCapture random_capture();
   void stream_opened();
   void forget(const std::shared_ptr<Session>& s) { sessions_.erase(s); }
@@ -626,6 +627,38 @@ CameraEventTruth CameraSim::Impl::emit(const CameraCapture& capture) {
   a.xml_encoding = opt_.text_encoding;
   a.confidence_level = capture.plate == "unknown" ? 0 : 80 + static_cast<int>(traffic_rng_() % 20);
   a.uuid = t.uuid;
+  const std::string pictures = picture_parts(cam_ms, a, t);
+  std::string xml = test::anpr_alert_xml(a);
+  if (opt_.malformed_xml_rate > 0.0 && uniform01(fault_rng_) < opt_.malformed_xml_rate) {
+    t.malformed = true;
+    // Cut somewhere in the middle: the part is well framed but its XML never closes.
+    xml.resize(xml.size() * (40 + fault_rng_() % 50) / 100);
+  }
+  t.repeated = opt_.repeat_rate > 0.0 && uniform01(fault_rng_) < opt_.repeat_rate;
+  const std::string alert = test::xml_part(opt_.boundary, xml);
+  if (!down) {
+    const auto sessions = sessions_;
+    for (const auto& s : sessions) {
+      if (!s->streaming()) {
+        continue;
+      }
+      ++t.streams;
+      for (int copy = 0; copy < (t.repeated ? 2 : 1); ++copy) {
+        s->send_stream(alert);
+        s->send_stream(pictures);
+      }
+    }
+  }
+  if (truth_.is_open()) {
+    truth_ << camera_truth_json(t) << '\n';
+    truth_.flush();
+  }
+  return t;
+}
+
+// The event's pictures: each is named in the alert `a` and recorded in `t`; returns the parts to send (a
+// dropped picture is named but not sent).
+std::string CameraSim::Impl::picture_parts(std::int64_t cam_ms, test::AnprAlert& a, CameraEventTruth& t) {
   struct Pic {
     std::string name;
     std::string type;
@@ -665,32 +698,7 @@ CameraEventTruth CameraSim::Impl::emit(const CameraCapture& capture) {
     }
     t.pictures.push_back(std::move(pt));
   }
-  std::string xml = test::anpr_alert_xml(a);
-  if (opt_.malformed_xml_rate > 0.0 && uniform01(fault_rng_) < opt_.malformed_xml_rate) {
-    t.malformed = true;
-    // Cut somewhere in the middle: the part is well framed but its XML never closes.
-    xml.resize(xml.size() * (40 + fault_rng_() % 50) / 100);
-  }
-  t.repeated = opt_.repeat_rate > 0.0 && uniform01(fault_rng_) < opt_.repeat_rate;
-  const std::string alert = test::xml_part(opt_.boundary, xml);
-  if (!down) {
-    const auto sessions = sessions_;
-    for (const auto& s : sessions) {
-      if (!s->streaming()) {
-        continue;
-      }
-      ++t.streams;
-      for (int copy = 0; copy < (t.repeated ? 2 : 1); ++copy) {
-        s->send_stream(alert);
-        s->send_stream(pictures);
-      }
-    }
-  }
-  if (truth_.is_open()) {
-    truth_ << camera_truth_json(t) << '\n';
-    truth_.flush();
-  }
-  return t;
+  return pictures;
 }
 
 CameraSim::Impl::AuthVerdict CameraSim::Impl::authorize(const http::request<http::string_body>& req) {
@@ -844,11 +852,10 @@ std::string camera_truth_json(const CameraEventTruth& t) {
   return j.dump();
 }
 
-int run_camera_sim(int argc, char** argv) {
-  CameraOptions opt;
-  CLI::App app{"ANPR camera simulator: serves ISAPI (specs/anpr-camera.md) over HTTP", "camera"};
-  std::string ns = "isapi";
-  std::string utc = "+08:00";
+namespace {
+
+// The server, its authentication, clock and stream format.
+void add_camera_server_options(CLI::App& app, CameraOptions& opt, std::string& ns, std::string& utc) {
   app.add_option("--port", opt.port, "TCP port (0 = any; printed as 'listening <port>')");
   app.add_option("--host", opt.host, "address to listen on")->capture_default_str();
   app.add_option("--username", opt.username, "user name")->capture_default_str();
@@ -870,6 +877,10 @@ int run_camera_sim(int argc, char** argv) {
   app.add_option("--heartbeat-s", opt.heartbeat_s, "heartbeat when idle for this long, seconds")
       ->check(CLI::Range(0.05, 3600.0))
       ->capture_default_str();
+}
+
+// Random traffic, pictures and faults; the ground truth.
+void add_camera_traffic_options(CLI::App& app, CameraOptions& opt) {
   app.add_option("--events", opt.events, "random events in total (0 = endless)")->capture_default_str();
   app.add_option("--rate", opt.rate, "random events per second (0 = none, heartbeats only)")
       ->check(CLI::NonNegativeNumber)
@@ -912,22 +923,10 @@ int run_camera_sim(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--ground-truth", opt.ground_truth, "write one JSON line per event to this file");
   app.add_flag("--exit-when-done", opt.exit_when_done, "exit once --events events are written out");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
-  const auto off = test::parse_utc_offset(utc);
-  if (!off) {
-    std::cerr << "camera: --utc-offset must look like +08:00\n";
-    return 2;
-  }
-  opt.utc_offset_min = *off;
-  opt.xml_namespace = std::string(ns == "isapi" ? test::kIsapiNamespace : test::kHikvisionNamespace);
-  if (opt.picture_max_kb < opt.picture_min_kb) {
-    std::cerr << "camera: --picture-max-kb must be >= --picture-min-kb\n";
-    return 2;
-  }
+}
+
+// Serves until SIGINT or SIGTERM, or (--exit-when-done) until the last event is written out.
+int serve_camera(const CameraOptions& opt) {
   asio::io_context io;
   CameraSim sim(io, opt);
   if (!sim.start()) {
@@ -946,6 +945,34 @@ int run_camera_sim(int argc, char** argv) {
   });
   io.run();
   return 0;
+}
+
+}  // namespace
+
+int run_camera_sim(int argc, char** argv) {
+  CameraOptions opt;
+  CLI::App app{"ANPR camera simulator: serves ISAPI (specs/anpr-camera.md) over HTTP", "camera"};
+  std::string ns = "isapi";
+  std::string utc = "+08:00";
+  add_camera_server_options(app, opt, ns, utc);
+  add_camera_traffic_options(app, opt);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  const auto off = test::parse_utc_offset(utc);
+  if (!off) {
+    std::cerr << "camera: --utc-offset must look like +08:00\n";
+    return 2;
+  }
+  opt.utc_offset_min = *off;
+  opt.xml_namespace = std::string(ns == "isapi" ? test::kIsapiNamespace : test::kHikvisionNamespace);
+  if (opt.picture_max_kb < opt.picture_min_kb) {
+    std::cerr << "camera: --picture-max-kb must be >= --picture-min-kb\n";
+    return 2;
+  }
+  return serve_camera(opt);
 }
 
 }  // namespace cpd::sim

@@ -181,6 +181,36 @@ std::map<std::string, std::string> parse_query(std::string_view q) {
   return out;
 }
 
+struct ByteRange {
+  std::uint64_t from = 0;
+  std::uint64_t to = 0;  // exclusive
+};
+
+// A Range header's bytes=<from>- (the spec) or bytes=<from>-<last> within a body of `length` bytes; nullopt
+// for anything else, which is ignored (RFC 9110: full body). `from` may lie past the end (416).
+std::optional<ByteRange> requested_range(std::string_view v, std::uint64_t length) {
+  if (!v.starts_with("bytes=") || v.find(',') != std::string_view::npos) {
+    return std::nullopt;
+  }
+  const std::string_view spec = v.substr(6);
+  const auto dash = spec.find('-');
+  std::uint64_t f = 0;
+  std::uint64_t l = 0;
+  const auto rf = std::from_chars(spec.data(), spec.data() + (dash == std::string_view::npos ? 0 : dash), f);
+  const bool from_ok =
+      dash != std::string_view::npos && dash > 0 && rf.ec == std::errc() && rf.ptr == spec.data() + dash;
+  const std::string_view last_text = from_ok ? spec.substr(dash + 1) : std::string_view();
+  bool last_ok = last_text.empty();
+  if (from_ok && !last_text.empty()) {
+    const auto rl = std::from_chars(last_text.data(), last_text.data() + last_text.size(), l);
+    last_ok = rl.ec == std::errc() && rl.ptr == last_text.data() + last_text.size() && l >= f;
+  }
+  if (!from_ok || !last_ok) {
+    return std::nullopt;
+  }
+  return ByteRange{f, last_text.empty() ? length : std::min(length, l + 1)};
+}
+
 // Local date/time pieces for names: "20261127" and "113712" from an ISO time "2026-11-27T11:37:12+08:00".
 std::pair<std::string, std::string> name_parts(const std::string& iso) {
   std::string date = iso.substr(0, 4) + iso.substr(5, 2) + iso.substr(8, 2);
@@ -282,10 +312,19 @@ struct DockAnswer {
   std::vector<std::pair<std::string, std::string>> headers;
   std::optional<DockTransfer> transfer;
   bool close = false;  // close without answering (connection from before a restart)
+
+  static DockAnswer error(http::status status, std::string_view what) {
+    DockAnswer a;
+    a.status = status;
+    a.body = test::dock_error_json(std::string(what));
+    return a;
+  }
 };
 
 class DockSim::Impl : public std::enable_shared_from_this<DockSim::Impl> {
  public:
+  using Request = http::request<http::string_body>;
+
   Impl(asio::io_context& io, DockOptions opt)
       : io_(io),
         opt_(std::move(opt)),
@@ -308,6 +347,9 @@ class DockSim::Impl : public std::enable_shared_from_this<DockSim::Impl> {
 
   // lock_held: called with mu_ held (the flood, from a listing); the on_file_added callback is not run.
   DockFileTruth add_file(DockFileSpec spec, bool lock_held = false);
+  void name_file(DockFileSpec& spec, const std::string& format, DockFileTruth& t);
+  test::DockEntry listing_entry(const DockFileSpec& spec, const DockFileTruth& t) const;
+  void store_file(const DockFileSpec& spec, const test::DockEntry& entry, DockFileTruth& t);
   void flood(std::uint64_t after);
   DockFileSpec random_spec(std::int64_t bytes);
   DockFileSpec random_spec_locked(std::int64_t bytes);
@@ -315,7 +357,7 @@ class DockSim::Impl : public std::enable_shared_from_this<DockSim::Impl> {
   void schedule_files();
   void schedule_restarts();
 
-  DockAnswer handle(const http::request<http::string_body>& req, std::uint64_t boot);
+  DockAnswer handle(const Request& req, std::uint64_t boot);
   void note_completed(const std::string& id);
   bool stale(std::uint64_t boot) const { return boot != boot_.load(); }
 
@@ -333,6 +375,10 @@ class DockSim::Impl : public std::enable_shared_from_this<DockSim::Impl> {
       truth_.flush();
     }
   }
+  void log_ack(const DockAckRecord& rec) {
+    ack_log_.push_back(rec);
+    write_truth(dock_ack_truth_json(rec));
+  }
 
   struct Entry {
     DockFileTruth truth;
@@ -346,6 +392,14 @@ class DockSim::Impl : public std::enable_shared_from_this<DockSim::Impl> {
     std::size_t completed = 0;
     bool current_corrupt = false;  // the download in progress serves the corrupted byte
   };
+
+  // The routes of handle(), with mu_ held and the request authorized.
+  DockAnswer handle_status(const Request& req);
+  DockAnswer handle_listing(const Request& req, const std::map<std::string, std::string>& query);
+  DockAnswer handle_file(const Request& req, std::string_view rest);  // rest: "<uniqueId>/<action>"
+  DockAnswer handle_content(const Request& req, const std::string& id);
+  DockAnswer handle_ack(const Request& req, const std::string& id);
+  DockTransfer start_download(Entry& e, std::uint64_t from, std::uint64_t to);
 
   asio::io_context& io_;
   DockOptions opt_;
@@ -742,41 +796,7 @@ DockFileTruth DockSim::Impl::add_file(DockFileSpec spec, bool lock_held) {
     if (!lock_held) {
       lock.lock();
     }
-    const std::int64_t now = unix_now_ms();
-    t.collect_ms = spec.collect_unix_ms != 0 ? spec.collect_unix_ms : now;
-    if (spec.start_unix_ms == 0 && spec.end_unix_ms == 0) {
-      spec.end_unix_ms = t.collect_ms - 5'000;
-      spec.start_unix_ms = spec.end_unix_ms - 60'000;
-    } else if (spec.end_unix_ms == 0) {
-      spec.end_unix_ms = spec.start_unix_ms;
-    }
-    t.start_ms = spec.start_unix_ms;
-    t.end_ms = spec.end_unix_ms;
-    if (spec.recorder_clock_offset_ms) {
-      t.recorder_offset_ms = *spec.recorder_clock_offset_ms;
-    } else if (const auto it = opt_.recorder_clock_offsets.find(spec.recorder);
-               it != opt_.recorder_clock_offsets.end()) {
-      t.recorder_offset_ms = it->second;
-    } else {
-      t.recorder_offset_ms = opt_.recorder_clock_offset_ms;
-    }
-    const int utc = opt_.utc_offset_min;
-    t.start_time = test::camera_time(t.start_ms + t.recorder_offset_ms, utc, opt_.time_ms);
-    t.end_time = test::camera_time(t.end_ms + t.recorder_offset_ms, utc, opt_.time_ms);
-    t.collect_time = test::camera_time(t.collect_ms + t.recorder_offset_ms, utc, opt_.time_ms);
-    t.listed_start_ms = listed_instant(t.start_ms + t.recorder_offset_ms, opt_.time_ms);
-    t.listed_end_ms = listed_instant(t.end_ms + t.recorder_offset_ms, opt_.time_ms);
-    t.listed_collect_ms = listed_instant(t.collect_ms + t.recorder_offset_ms, opt_.time_ms);
-    // Recorders number their files; the name carries the recorder-clock start.
-    const int n = ++recorder_counter_[spec.recorder];
-    std::array<char, 16> num{};
-    std::snprintf(num.data(), num.size(), "%06d", n % 1'000'000);
-    const auto [date, hms] = name_parts(test::camera_time(t.start_ms + t.recorder_offset_ms, utc, false));
-    t.unique_id = spec.unique_id.empty() ? spec.recorder + "-" + date + "-" + num.data() : spec.unique_id;
-    t.file_name = date + "_" + hms + "_" + num.data() + "." + *format;
-    if (files_.contains(t.unique_id)) {
-      throw std::invalid_argument("dock-sim: duplicate uniqueId " + t.unique_id);
-    }
+    name_file(spec, *format, t);
     if (!lock_held) {
       lock.unlock();
     }
@@ -794,43 +814,13 @@ DockFileTruth DockSim::Impl::add_file(DockFileSpec spec, bool lock_held) {
   t.md5 = d.md5;
   t.sha256 = d.sha256;
   t.listed_md5 = spec.md5_wrong_listing ? test::md5_hex("wrong:" + t.unique_id) : t.md5;
-
-  test::DockEntry entry{t.unique_id,  t.device_id, t.officer_id,   t.officer_name, spec.case_code,
-                        t.file_name,  t.file_type, t.format,       t.length,       t.listed_md5,
-                        t.start_time, t.end_time,  t.collect_time, t.important,    {}};
-  // GPS: one fix every 5 s of the recording (at most 60), a slow walk from the start position.
-  {
-    std::mt19937_64 walk(mix64(fnv1a(t.unique_id) ^ 0x6A5ULL));
-    double lat = spec.lat.value_or(kBaseLat + (uniform01(walk) - 0.5) * 0.002);
-    double lon = spec.lon.value_or(kBaseLon + (uniform01(walk) - 0.5) * 0.002);
-    const std::int64_t span = std::max<std::int64_t>(0, t.end_ms - t.start_ms);
-    const std::int64_t step = std::max<std::int64_t>(5'000, span / 59 + 1);
-    for (std::int64_t at = 0; at <= span; at += step) {
-      entry.gps.push_back(
-          {test::camera_time(t.start_ms + at + t.recorder_offset_ms, opt_.utc_offset_min, false),
-           std::round(lat * 1e6) / 1e6, std::round(lon * 1e6) / 1e6});
-      lat += (uniform01(walk) - 0.5) * 0.0002;
-      lon += (uniform01(walk) - 0.5) * 0.0002;
-    }
-  }
+  const test::DockEntry entry = listing_entry(spec, t);
   std::function<void(const DockFileTruth&)> callback;
   {
     if (!lock_held) {
       lock.lock();
     }
-    if (files_.contains(t.unique_id)) {
-      throw std::invalid_argument("dock-sim: duplicate uniqueId " + t.unique_id);
-    }
-    t.seq = next_seq_++;
-    Entry e;
-    e.truth = t;
-    e.listing_json = test::dock_entry_json(entry).dump();
-    e.md5_bad_downloads = spec.md5_bad_downloads;
-    e.break_times = spec.break_times;
-    e.break_after_bytes = spec.break_after_bytes;
-    files_.emplace(t.unique_id, std::move(e));
-    by_seq_.emplace(t.seq, t.unique_id);
-    write_truth(dock_file_truth_json(t));
+    store_file(spec, entry, t);
     callback = lock_held ? nullptr : on_added_;
     if (!lock_held) {
       lock.unlock();
@@ -840,6 +830,83 @@ DockFileTruth DockSim::Impl::add_file(DockFileSpec spec, bool lock_held) {
     callback(t);
   }
   return t;
+}
+
+// With mu_ held: the file's true and listed times, its uniqueId and its name on the recorder.
+void DockSim::Impl::name_file(DockFileSpec& spec, const std::string& format, DockFileTruth& t) {
+  const std::int64_t now = unix_now_ms();
+  t.collect_ms = spec.collect_unix_ms != 0 ? spec.collect_unix_ms : now;
+  if (spec.start_unix_ms == 0 && spec.end_unix_ms == 0) {
+    spec.end_unix_ms = t.collect_ms - 5'000;
+    spec.start_unix_ms = spec.end_unix_ms - 60'000;
+  } else if (spec.end_unix_ms == 0) {
+    spec.end_unix_ms = spec.start_unix_ms;
+  }
+  t.start_ms = spec.start_unix_ms;
+  t.end_ms = spec.end_unix_ms;
+  if (spec.recorder_clock_offset_ms) {
+    t.recorder_offset_ms = *spec.recorder_clock_offset_ms;
+  } else if (const auto it = opt_.recorder_clock_offsets.find(spec.recorder);
+             it != opt_.recorder_clock_offsets.end()) {
+    t.recorder_offset_ms = it->second;
+  } else {
+    t.recorder_offset_ms = opt_.recorder_clock_offset_ms;
+  }
+  const int utc = opt_.utc_offset_min;
+  t.start_time = test::camera_time(t.start_ms + t.recorder_offset_ms, utc, opt_.time_ms);
+  t.end_time = test::camera_time(t.end_ms + t.recorder_offset_ms, utc, opt_.time_ms);
+  t.collect_time = test::camera_time(t.collect_ms + t.recorder_offset_ms, utc, opt_.time_ms);
+  t.listed_start_ms = listed_instant(t.start_ms + t.recorder_offset_ms, opt_.time_ms);
+  t.listed_end_ms = listed_instant(t.end_ms + t.recorder_offset_ms, opt_.time_ms);
+  t.listed_collect_ms = listed_instant(t.collect_ms + t.recorder_offset_ms, opt_.time_ms);
+  // Recorders number their files; the name carries the recorder-clock start.
+  const int n = ++recorder_counter_[spec.recorder];
+  std::array<char, 16> num{};
+  std::snprintf(num.data(), num.size(), "%06d", n % 1'000'000);
+  const auto [date, hms] = name_parts(test::camera_time(t.start_ms + t.recorder_offset_ms, utc, false));
+  t.unique_id = spec.unique_id.empty() ? spec.recorder + "-" + date + "-" + num.data() : spec.unique_id;
+  t.file_name = date + "_" + hms + "_" + num.data() + "." + format;
+  if (files_.contains(t.unique_id)) {
+    throw std::invalid_argument("dock-sim: duplicate uniqueId " + t.unique_id);
+  }
+}
+
+// The file's entry in a listing, with its GPS track: one fix every 5 s of the recording (at most 60), a slow
+// walk from the start position.
+test::DockEntry DockSim::Impl::listing_entry(const DockFileSpec& spec, const DockFileTruth& t) const {
+  test::DockEntry entry{t.unique_id,  t.device_id, t.officer_id,   t.officer_name, spec.case_code,
+                        t.file_name,  t.file_type, t.format,       t.length,       t.listed_md5,
+                        t.start_time, t.end_time,  t.collect_time, t.important,    {}};
+  std::mt19937_64 walk(mix64(fnv1a(t.unique_id) ^ 0x6A5ULL));
+  double lat = spec.lat.value_or(kBaseLat + (uniform01(walk) - 0.5) * 0.002);
+  double lon = spec.lon.value_or(kBaseLon + (uniform01(walk) - 0.5) * 0.002);
+  const std::int64_t span = std::max<std::int64_t>(0, t.end_ms - t.start_ms);
+  const std::int64_t step = std::max<std::int64_t>(5'000, span / 59 + 1);
+  for (std::int64_t at = 0; at <= span; at += step) {
+    entry.gps.push_back(
+        {test::camera_time(t.start_ms + at + t.recorder_offset_ms, opt_.utc_offset_min, false),
+         std::round(lat * 1e6) / 1e6, std::round(lon * 1e6) / 1e6});
+    lat += (uniform01(walk) - 0.5) * 0.0002;
+    lon += (uniform01(walk) - 0.5) * 0.0002;
+  }
+  return entry;
+}
+
+// With mu_ held: gives the file its sequence number and puts it on the station.
+void DockSim::Impl::store_file(const DockFileSpec& spec, const test::DockEntry& entry, DockFileTruth& t) {
+  if (files_.contains(t.unique_id)) {
+    throw std::invalid_argument("dock-sim: duplicate uniqueId " + t.unique_id);
+  }
+  t.seq = next_seq_++;
+  Entry e;
+  e.truth = t;
+  e.listing_json = test::dock_entry_json(entry).dump();
+  e.md5_bad_downloads = spec.md5_bad_downloads;
+  e.break_times = spec.break_times;
+  e.break_after_bytes = spec.break_after_bytes;
+  files_.emplace(t.unique_id, std::move(e));
+  by_seq_.emplace(t.seq, t.unique_id);
+  write_truth(dock_file_truth_json(t));
 }
 
 // With mu_ held: while the flood lasts, tops up the unacknowledged files after `after` to a full page.
@@ -870,21 +937,17 @@ void DockSim::Impl::note_completed(const std::string& id) {
 
 // ---- Impl: the HTTP interface ----
 
-DockAnswer DockSim::Impl::handle(const http::request<http::string_body>& req, std::uint64_t boot) {
-  DockAnswer a;
-  auto error = [&a](http::status s, std::string_view what) {
-    a.status = s;
-    a.body = test::dock_error_json(std::string(what));
-  };
+DockAnswer DockSim::Impl::handle(const Request& req, std::uint64_t boot) {
   const std::lock_guard lock(mu_);
   if (stale(boot)) {
+    DockAnswer a;
     a.close = true;  // the connection was opened before a restart
     return a;
   }
   const auto auth = req.find(http::field::authorization);
   if (auth == req.end() ||
       std::string_view(auth->value().data(), auth->value().size()) != "Bearer " + token_) {
-    error(http::status::unauthorized, "unauthorized");
+    DockAnswer a = DockAnswer::error(http::status::unauthorized, "unauthorized");
     a.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"dock\"");
     return a;
   }
@@ -896,208 +959,203 @@ DockAnswer DockSim::Impl::handle(const http::request<http::string_body>& req, st
   const std::string_view files_prefix = "/api/v1/files/";
 
   if (path == "/api/v1/status") {
-    if (req.method() != http::verb::get) {
-      error(http::status::method_not_allowed, "method not allowed");
-      return a;
-    }
-    std::set<std::string> docked;
-    std::int64_t pending_bytes = 0;
-    for (const auto& [id, e] : files_) {
-      if (!e.acked) {
-        docked.insert(e.truth.device_id);
-        pending_bytes += e.truth.length;
-      }
-    }
-    test::DockStatus status{
-        opt_.station_id,
-        opt_.firmware,
-        test::camera_time(unix_now_ms() + opt_.station_clock_offset_ms, opt_.utc_offset_min, false),
-        opt_.slots,
-        {},
-        std::max<std::int64_t>(0, opt_.capacity_bytes - pending_bytes)};
-    for (const auto& r : docked) {
-      if (status.docked.size() >= static_cast<std::size_t>(std::max(0, opt_.slots))) {
-        break;
-      }
-      status.docked.push_back(r);
-    }
-    a.body = test::dock_status_json(status);
-    return a;
+    return handle_status(req);
   }
-
   if (path == "/api/v1/files") {
-    if (req.method() != http::verb::get) {
-      error(http::status::method_not_allowed, "method not allowed");
-      return a;
-    }
-    int limit = kDefaultLimit;
-    if (const auto it = query.find("limit"); it != query.end()) {
-      long long v = 0;
-      const auto r = std::from_chars(it->second.data(), it->second.data() + it->second.size(), v);
-      if (r.ec != std::errc() || r.ptr != it->second.data() + it->second.size() || v <= 0) {
-        error(http::status::bad_request, "bad limit");
-        return a;
-      }
-      limit = static_cast<int>(std::min<long long>(v, kMaxLimit));
-    }
-    std::uint64_t after = 0;
-    std::string given;
-    if (const auto it = query.find("after"); it != query.end()) {
-      given = it->second;
-      // "<boot tag: 8 hex><seq: 16 hex>": valid only in this boot and for a sequence number handed out.
-      bool ok = given.size() == 24 && given.find_first_not_of("0123456789abcdef") == std::string::npos;
-      if (ok) {
-        std::uint32_t tag = 0;
-        std::from_chars(given.data(), given.data() + 8, tag, 16);
-        std::from_chars(given.data() + 8, given.data() + 24, after, 16);
-        ok = tag == boot_tag_ && after < next_seq_;
-      }
-      if (!ok) {
-        error(http::status::bad_request, "bad cursor");
-        return a;
-      }
-    }
-    if (opt_.flood_s > 0.0) {
-      flood(after);
-    }
-    if (opt_.ignore_limit) {
-      limit = std::clamp(opt_.flood_page, 1, kMaxLimit);
-    }
-    std::vector<std::string> entries;
-    std::uint64_t last = after;
-    for (auto it = by_seq_.upper_bound(after); it != by_seq_.end() && std::ssize(entries) < limit; ++it) {
-      const Entry& e = files_.at(it->second);
-      if (e.acked) {
-        continue;
-      }
-      entries.push_back(e.listing_json);
-      last = it->first;
-    }
-    a.body = test::dock_listing_json(entries, entries.empty() && !given.empty() ? given : cursor(last));
-    return a;
+    return handle_listing(req, query);
   }
-
   if (path.starts_with(files_prefix)) {
-    const std::string_view rest = path.substr(files_prefix.size());
-    const auto slash = rest.find('/');
-    const std::string_view action =
-        slash == std::string_view::npos ? std::string_view() : rest.substr(slash + 1);
-    const auto id = percent_decode(rest.substr(0, slash), false);
-    if (!id || (action != "content" && action != "ack")) {
-      error(http::status::not_found, "not found");
-      return a;
-    }
-    const auto it = files_.find(*id);
-    if (action == "content") {
-      if (req.method() != http::verb::get) {
-        error(http::status::method_not_allowed, "method not allowed");
-        return a;
-      }
-      if (it == files_.end()) {
-        error(http::status::not_found, "not found");
-        return a;
-      }
-      Entry& e = it->second;
-      const auto length = static_cast<std::uint64_t>(e.truth.length);
-      std::uint64_t from = 0;
-      std::uint64_t to = length;
-      bool ranged = false;
-      if (const auto r = req.find(http::field::range); r != req.end()) {
-        // bytes=<from>- (the spec) or bytes=<from>-<last>; anything else is ignored (RFC 9110: full body).
-        const std::string_view v(r->value().data(), r->value().size());
-        if (v.starts_with("bytes=") && v.find(',') == std::string_view::npos) {
-          const std::string_view spec = v.substr(6);
-          const auto dash = spec.find('-');
-          std::uint64_t f = 0;
-          std::uint64_t l = 0;
-          const auto rf =
-              std::from_chars(spec.data(), spec.data() + (dash == std::string_view::npos ? 0 : dash), f);
-          const bool from_ok = dash != std::string_view::npos && dash > 0 && rf.ec == std::errc() &&
-                               rf.ptr == spec.data() + dash;
-          const std::string_view last_text = from_ok ? spec.substr(dash + 1) : std::string_view();
-          bool last_ok = last_text.empty();
-          if (from_ok && !last_text.empty()) {
-            const auto rl = std::from_chars(last_text.data(), last_text.data() + last_text.size(), l);
-            last_ok = rl.ec == std::errc() && rl.ptr == last_text.data() + last_text.size() && l >= f;
-          }
-          if (from_ok && last_ok) {
-            if (f >= length) {
-              error(http::status::range_not_satisfiable, "range not satisfiable");
-              a.headers.emplace_back("Content-Range", "bytes */" + std::to_string(length));
-              return a;
-            }
-            ranged = true;
-            from = f;
-            to = last_text.empty() ? length : std::min(length, l + 1);
-          }
-        }
-      }
-      ++e.gets;
-      if (from == 0) {
-        ++e.attempts;  // a new download; a ranged request resumes the one in progress
-        e.current_corrupt = static_cast<int>(e.attempts) <= e.md5_bad_downloads;
-      }
-      DockTransfer t;
-      t.unique_id = e.truth.unique_id;
-      t.content = DockContent(e.truth.unique_id);
-      t.from = from;
-      t.to = to;
-      if (e.current_corrupt && length > 0) {
-        t.corrupt_at = length / 2;
-      }
-      if (static_cast<int>(e.gets) <= e.break_times && e.break_after_bytes > 0 &&
-          static_cast<std::uint64_t>(e.break_after_bytes) < to - from) {
-        t.break_after = static_cast<std::uint64_t>(e.break_after_bytes);
-      }
-      a.status = ranged ? http::status::partial_content : http::status::ok;
-      a.headers.emplace_back("Content-Type", content_type_of(e.truth.format));
-      a.headers.emplace_back("Accept-Ranges", "bytes");
-      if (ranged) {
-        a.headers.emplace_back("Content-Range", "bytes " + std::to_string(from) + "-" +
-                                                    std::to_string(to - 1) + "/" + std::to_string(length));
-      }
-      a.transfer = std::move(t);
-      return a;
-    }
-    // ack
-    if (req.method() != http::verb::post) {
-      error(http::status::method_not_allowed, "method not allowed");
-      return a;
-    }
-    DockAckRecord rec;
-    rec.unique_id = *id;
-    rec.time_ms = unix_now_ms();
-    if (it == files_.end()) {
-      rec.outcome = "unknown";
-      ack_log_.push_back(rec);
-      write_truth(dock_ack_truth_json(rec));
-      error(http::status::not_found, "not found");
-      return a;
-    }
-    const auto body = nlohmann::json::parse(req.body(), nullptr, false);
-    if (body.is_discarded() || !body.is_object() || !body.contains("sha256") || !body["sha256"].is_string()) {
-      error(http::status::bad_request, "bad request");
-      return a;
-    }
-    rec.sha256 = body["sha256"].get<std::string>();
-    std::string lower = rec.sha256;
-    std::transform(lower.begin(), lower.end(), lower.begin(),
-                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-    if (lower != it->second.truth.sha256) {
-      rec.outcome = "mismatch";
-      ack_log_.push_back(rec);
-      write_truth(dock_ack_truth_json(rec));
-      error(http::status::conflict, "checksum mismatch");
-      return a;
-    }
-    it->second.acked = true;
-    rec.outcome = "acked";
-    ack_log_.push_back(rec);
-    write_truth(dock_ack_truth_json(rec));
-    a.body = test::dock_acked_json();
-    return a;
+    return handle_file(req, path.substr(files_prefix.size()));
   }
-  error(http::status::not_found, "not found");
+  return DockAnswer::error(http::status::not_found, "not found");
+}
+
+DockAnswer DockSim::Impl::handle_status(const Request& req) {
+  if (req.method() != http::verb::get) {
+    return DockAnswer::error(http::status::method_not_allowed, "method not allowed");
+  }
+  std::set<std::string> docked;
+  std::int64_t pending_bytes = 0;
+  for (const auto& [id, e] : files_) {
+    if (!e.acked) {
+      docked.insert(e.truth.device_id);
+      pending_bytes += e.truth.length;
+    }
+  }
+  test::DockStatus status{
+      opt_.station_id,
+      opt_.firmware,
+      test::camera_time(unix_now_ms() + opt_.station_clock_offset_ms, opt_.utc_offset_min, false),
+      opt_.slots,
+      {},
+      std::max<std::int64_t>(0, opt_.capacity_bytes - pending_bytes)};
+  for (const auto& r : docked) {
+    if (status.docked.size() >= static_cast<std::size_t>(std::max(0, opt_.slots))) {
+      break;
+    }
+    status.docked.push_back(r);
+  }
+  DockAnswer a;
+  a.body = test::dock_status_json(status);
+  return a;
+}
+
+DockAnswer DockSim::Impl::handle_listing(const Request& req,
+                                         const std::map<std::string, std::string>& query) {
+  if (req.method() != http::verb::get) {
+    return DockAnswer::error(http::status::method_not_allowed, "method not allowed");
+  }
+  int limit = kDefaultLimit;
+  if (const auto it = query.find("limit"); it != query.end()) {
+    long long v = 0;
+    const auto r = std::from_chars(it->second.data(), it->second.data() + it->second.size(), v);
+    if (r.ec != std::errc() || r.ptr != it->second.data() + it->second.size() || v <= 0) {
+      return DockAnswer::error(http::status::bad_request, "bad limit");
+    }
+    limit = static_cast<int>(std::min<long long>(v, kMaxLimit));
+  }
+  std::uint64_t after = 0;
+  std::string given;
+  if (const auto it = query.find("after"); it != query.end()) {
+    given = it->second;
+    // "<boot tag: 8 hex><seq: 16 hex>": valid only in this boot and for a sequence number handed out.
+    bool ok = given.size() == 24 && given.find_first_not_of("0123456789abcdef") == std::string::npos;
+    if (ok) {
+      std::uint32_t tag = 0;
+      std::from_chars(given.data(), given.data() + 8, tag, 16);
+      std::from_chars(given.data() + 8, given.data() + 24, after, 16);
+      ok = tag == boot_tag_ && after < next_seq_;
+    }
+    if (!ok) {
+      return DockAnswer::error(http::status::bad_request, "bad cursor");
+    }
+  }
+  if (opt_.flood_s > 0.0) {
+    flood(after);
+  }
+  if (opt_.ignore_limit) {
+    limit = std::clamp(opt_.flood_page, 1, kMaxLimit);
+  }
+  std::vector<std::string> entries;
+  std::uint64_t last = after;
+  for (auto it = by_seq_.upper_bound(after); it != by_seq_.end() && std::ssize(entries) < limit; ++it) {
+    const Entry& e = files_.at(it->second);
+    if (e.acked) {
+      continue;
+    }
+    entries.push_back(e.listing_json);
+    last = it->first;
+  }
+  DockAnswer a;
+  a.body = test::dock_listing_json(entries, entries.empty() && !given.empty() ? given : cursor(last));
+  return a;
+}
+
+DockAnswer DockSim::Impl::handle_file(const Request& req, std::string_view rest) {
+  const auto slash = rest.find('/');
+  const std::string_view action =
+      slash == std::string_view::npos ? std::string_view() : rest.substr(slash + 1);
+  const auto id = percent_decode(rest.substr(0, slash), false);
+  if (!id || (action != "content" && action != "ack")) {
+    return DockAnswer::error(http::status::not_found, "not found");
+  }
+  if (action == "content") {
+    return handle_content(req, *id);
+  }
+  return handle_ack(req, *id);
+}
+
+DockAnswer DockSim::Impl::handle_content(const Request& req, const std::string& id) {
+  if (req.method() != http::verb::get) {
+    return DockAnswer::error(http::status::method_not_allowed, "method not allowed");
+  }
+  const auto it = files_.find(id);
+  if (it == files_.end()) {
+    return DockAnswer::error(http::status::not_found, "not found");
+  }
+  Entry& e = it->second;
+  const auto length = static_cast<std::uint64_t>(e.truth.length);
+  std::uint64_t from = 0;
+  std::uint64_t to = length;
+  bool ranged = false;
+  if (const auto h = req.find(http::field::range); h != req.end()) {
+    if (const auto r = requested_range(std::string_view(h->value().data(), h->value().size()), length)) {
+      if (r->from >= length) {
+        DockAnswer a = DockAnswer::error(http::status::range_not_satisfiable, "range not satisfiable");
+        a.headers.emplace_back("Content-Range", "bytes */" + std::to_string(length));
+        return a;
+      }
+      ranged = true;
+      from = r->from;
+      to = r->to;
+    }
+  }
+  DockAnswer a;
+  a.transfer = start_download(e, from, to);
+  a.status = ranged ? http::status::partial_content : http::status::ok;
+  a.headers.emplace_back("Content-Type", content_type_of(e.truth.format));
+  a.headers.emplace_back("Accept-Ranges", "bytes");
+  if (ranged) {
+    a.headers.emplace_back("Content-Range", "bytes " + std::to_string(from) + "-" + std::to_string(to - 1) +
+                                                "/" + std::to_string(length));
+  }
+  return a;
+}
+
+// Counts a content request for [from, to) and plans its faults: the corrupted byte, the cut connection.
+DockTransfer DockSim::Impl::start_download(Entry& e, std::uint64_t from, std::uint64_t to) {
+  const auto length = static_cast<std::uint64_t>(e.truth.length);
+  ++e.gets;
+  if (from == 0) {
+    ++e.attempts;  // a new download; a ranged request resumes the one in progress
+    e.current_corrupt = static_cast<int>(e.attempts) <= e.md5_bad_downloads;
+  }
+  DockTransfer t;
+  t.unique_id = e.truth.unique_id;
+  t.content = DockContent(e.truth.unique_id);
+  t.from = from;
+  t.to = to;
+  if (e.current_corrupt && length > 0) {
+    t.corrupt_at = length / 2;
+  }
+  if (static_cast<int>(e.gets) <= e.break_times && e.break_after_bytes > 0 &&
+      static_cast<std::uint64_t>(e.break_after_bytes) < to - from) {
+    t.break_after = static_cast<std::uint64_t>(e.break_after_bytes);
+  }
+  return t;
+}
+
+DockAnswer DockSim::Impl::handle_ack(const Request& req, const std::string& id) {
+  if (req.method() != http::verb::post) {
+    return DockAnswer::error(http::status::method_not_allowed, "method not allowed");
+  }
+  const auto it = files_.find(id);
+  DockAckRecord rec;
+  rec.unique_id = id;
+  rec.time_ms = unix_now_ms();
+  if (it == files_.end()) {
+    rec.outcome = "unknown";
+    log_ack(rec);
+    return DockAnswer::error(http::status::not_found, "not found");
+  }
+  const auto body = nlohmann::json::parse(req.body(), nullptr, false);
+  if (body.is_discarded() || !body.is_object() || !body.contains("sha256") || !body["sha256"].is_string()) {
+    return DockAnswer::error(http::status::bad_request, "bad request");
+  }
+  rec.sha256 = body["sha256"].get<std::string>();
+  std::string lower = rec.sha256;
+  std::transform(lower.begin(), lower.end(), lower.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  if (lower != it->second.truth.sha256) {
+    rec.outcome = "mismatch";
+    log_ack(rec);
+    return DockAnswer::error(http::status::conflict, "checksum mismatch");
+  }
+  it->second.acked = true;
+  rec.outcome = "acked";
+  log_ack(rec);
+  DockAnswer a;
+  a.body = test::dock_acked_json();
   return a;
 }
 
@@ -1225,19 +1283,23 @@ std::string dock_ack_truth_json(const DockAckRecord& a) {
   return j.dump();
 }
 
-int run_dock_sim(int argc, char** argv) {
-  DockOptions opt;
-  CLI::App app{"Recorder docking station simulator: serves specs/recorder-dock.md over HTTP", "dock"};
+namespace {
+
+// Command-line values that become DockOptions only after checks (apply_dock_args).
+struct DockArgs {
   std::string token_file;
   std::string utc = "+08:00";
   std::int64_t file_kb = -1;
   std::int64_t file_bytes = -1;
   std::vector<std::string> recorder_offsets;
+};
+
+void add_dock_station_options(CLI::App& app, DockOptions& opt, DockArgs& args) {
   app.add_option("--port", opt.port, "TCP port (0 = any; printed as 'listening <port>')");
   app.add_option("--host", opt.host, "address to listen on")->capture_default_str();
   auto* tok =
       app.add_option("--token", opt.token, "Bearer token every request must carry")->capture_default_str();
-  app.add_option("--token-file", token_file, "read the token from this file (trailing newline ignored)")
+  app.add_option("--token-file", args.token_file, "read the token from this file (trailing newline ignored)")
       ->excludes(tok);
   app.add_option("--station-id", opt.station_id, "stationId in /status")->capture_default_str();
   app.add_option("--firmware", opt.firmware, "firmware in /status")->capture_default_str();
@@ -1252,18 +1314,22 @@ int run_dock_sim(int argc, char** argv) {
          "--recorder-clock-offset-ms", opt.recorder_clock_offset_ms,
          "recorder clock minus true time, ms, for every recorder (listed start/end/collect/gps times)")
       ->capture_default_str();
-  app.add_option("--recorder-offset", recorder_offsets,
+  app.add_option("--recorder-offset", args.recorder_offsets,
                  "one recorder's clock offset, ID=MS (repeatable; overrides --recorder-clock-offset-ms)");
-  app.add_option("--utc-offset", utc, "offset written in every time, e.g. +08:00")->capture_default_str();
+  app.add_option("--utc-offset", args.utc, "offset written in every time, e.g. +08:00")
+      ->capture_default_str();
   app.add_flag("--time-ms", opt.time_ms,
                "list times with milliseconds (default: whole seconds, as the spec)");
   app.add_option("--seed", opt.seed, "seed for recorders, officers, types and spans of generated files")
       ->capture_default_str();
+}
+
+void add_dock_file_options(CLI::App& app, DockOptions& opt, DockArgs& args) {
   app.add_option("--files", opt.files, "files to generate (random recorders and officers)")
       ->capture_default_str();
-  auto* kb = app.add_option("--file-kb", file_kb, "size of each generated file, KiB (default 1024)")
+  auto* kb = app.add_option("--file-kb", args.file_kb, "size of each generated file, KiB (default 1024)")
                  ->check(CLI::NonNegativeNumber);
-  app.add_option("--file-bytes", file_bytes, "size of each generated file, bytes (several GB is fine)")
+  app.add_option("--file-bytes", args.file_bytes, "size of each generated file, bytes (several GB is fine)")
       ->check(CLI::NonNegativeNumber)
       ->excludes(kb);
   app.add_option("--file-interval-s", opt.file_interval_s,
@@ -1273,6 +1339,10 @@ int run_dock_sim(int argc, char** argv) {
   app.add_option("--burst-at-s", opt.burst_at_s,
                  "shift change: dock --burst-files files at once, S seconds in");
   app.add_option("--burst-files", opt.burst_files, "files in the shift-change burst")->capture_default_str();
+}
+
+// Faults, restarts, the hostile modes and the ground truth; and the help's footer.
+void add_dock_fault_options(CLI::App& app, DockOptions& opt) {
   app.add_option("--fault-every", opt.fault_every,
                  "the faults below hit every K-th generated file (1 = every file)")
       ->check(CLI::PositiveNumber)
@@ -1314,16 +1384,15 @@ int run_dock_sim(int argc, char** argv) {
       "Listing: limit defaults to 50, values above 500 are served as 500, limit <= 0 or not a number is "
       "400 {\"error\":\"bad limit\"}. Content is generated from the uniqueId (never stored); md5 and sha256 "
       "are computed when a file is added (a pass over its content).");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
-  if (!token_file.empty()) {
-    std::ifstream in(token_file, std::ios::binary);
+}
+
+// Puts the checked command-line values into `opt`; false, with a message on stderr, when one is wrong.
+bool apply_dock_args(const DockArgs& args, DockOptions& opt) {
+  if (!args.token_file.empty()) {
+    std::ifstream in(args.token_file, std::ios::binary);
     if (!in) {
-      std::cerr << "dock: cannot read --token-file " << token_file << "\n";
-      return 2;
+      std::cerr << "dock: cannot read --token-file " << args.token_file << "\n";
+      return false;
     }
     std::ostringstream os;
     os << in.rdbuf();
@@ -1334,30 +1403,35 @@ int run_dock_sim(int argc, char** argv) {
   }
   if (opt.token.empty()) {
     std::cerr << "dock: the token must not be empty\n";
-    return 2;
+    return false;
   }
-  const auto off = test::parse_utc_offset(utc);
+  const auto off = test::parse_utc_offset(args.utc);
   if (!off) {
     std::cerr << "dock: --utc-offset must look like +08:00\n";
-    return 2;
+    return false;
   }
   opt.utc_offset_min = *off;
-  if (file_kb >= 0) {
-    opt.file_bytes = file_kb * 1024;
+  if (args.file_kb >= 0) {
+    opt.file_bytes = args.file_kb * 1024;
   }
-  if (file_bytes >= 0) {
-    opt.file_bytes = file_bytes;
+  if (args.file_bytes >= 0) {
+    opt.file_bytes = args.file_bytes;
   }
-  for (const auto& r : recorder_offsets) {
+  for (const auto& r : args.recorder_offsets) {
     const auto eq = r.find('=');
     std::int64_t ms = 0;
     const char* end = r.data() + r.size();
     if (eq == std::string::npos || eq == 0 || std::from_chars(r.data() + eq + 1, end, ms).ptr != end) {
       std::cerr << "dock: --recorder-offset must look like BWC-00917=5000, got " << r << "\n";
-      return 2;
+      return false;
     }
     opt.recorder_clock_offsets[r.substr(0, eq)] = ms;
   }
+  return true;
+}
+
+// Serves until SIGINT or SIGTERM.
+int serve_dock(const DockOptions& opt) {
   asio::io_context io;
   DockSim sim(io, opt);
   if (!sim.start()) {
@@ -1372,6 +1446,26 @@ int run_dock_sim(int argc, char** argv) {
   });
   io.run();
   return 0;
+}
+
+}  // namespace
+
+int run_dock_sim(int argc, char** argv) {
+  DockOptions opt;
+  CLI::App app{"Recorder docking station simulator: serves specs/recorder-dock.md over HTTP", "dock"};
+  DockArgs args;
+  add_dock_station_options(app, opt, args);
+  add_dock_file_options(app, opt, args);
+  add_dock_fault_options(app, opt);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  if (!apply_dock_args(args, opt)) {
+    return 2;
+  }
+  return serve_dock(opt);
 }
 
 }  // namespace cpd::sim

@@ -812,13 +812,8 @@ class RadarSim {
   std::ofstream truth_;
 };
 
-}  // namespace
-
-int run_radar_sim(int argc, char** argv) {
-  Options opt;
-  CLI::App app{"Traffic radar simulator: serves the radar protocol (specs/radar.md) on TCP", "radar"};
-  std::string units = "K";
-  std::string coord = "C";
+// The server, the traffic and the radar clock.
+void add_radar_traffic_options(CLI::App& app, Options& opt, std::string& units, std::string& coord) {
   app.add_option("--port", opt.port, "TCP port (0 = any; printed as 'listening <port>')");
   app.add_option("--host", opt.host, "address to listen on")->capture_default_str();
   app.add_option("--seed", opt.seed, "seed for vehicles, noise and corruption")->capture_default_str();
@@ -858,6 +853,10 @@ int run_radar_sim(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--drift-ppm", opt.drift_ppm, "radar clock drift against real time, ppm")
       ->capture_default_str();
+}
+
+// Reboots, self-tests, faults and the hostile modes; the ground truth.
+void add_radar_fault_options(CLI::App& app, Options& opt) {
   app.add_option("--reboot-every", opt.reboot_every_s, "reboot every S seconds of traffic (0 = never)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--selftest-every", opt.selftest_every_s,
@@ -888,6 +887,17 @@ int run_radar_sim(int argc, char** argv) {
   app.add_option("--ground-truth", opt.ground_truth, "write one JSON line per vehicle to this file");
   app.add_flag("--poll-only", opt.poll_only, "do not stream: detect frames only in answers to *P polls");
   app.add_flag("--exit-when-done", opt.exit_when_done, "exit once --vehicles vehicles are done");
+}
+
+}  // namespace
+
+int run_radar_sim(int argc, char** argv) {
+  Options opt;
+  CLI::App app{"Traffic radar simulator: serves the radar protocol (specs/radar.md) on TCP", "radar"};
+  std::string units = "K";
+  std::string coord = "C";
+  add_radar_traffic_options(app, opt, units, coord);
+  add_radar_fault_options(app, opt);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

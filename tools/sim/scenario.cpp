@@ -102,6 +102,187 @@ std::string radar_time(std::int64_t cs) {
   return test::radar_time_field(((cs % kRadarWrapCs) + kRadarWrapCs) % kRadarWrapCs);
 }
 
+// ---- the YAML sections ----
+
+void parse_radar_section(const Checker& c, const YAML::Node& r, ScenarioRadar& radar) {
+  c.only_keys(r, "radar", {"port", "host", "status_code", "frames_per_track", "frame_interval_ms"});
+  radar.port = static_cast<std::uint16_t>(c.ranged<int>(r, "radar.", "port", 0, 0, 65535));
+  radar.host = c.get<std::string>(r, "radar.", "host", radar.host);
+  radar.status_code = c.ranged<int>(r, "radar.", "status_code", 0, 0, 99);
+  radar.frames_per_track = c.ranged<int>(r, "radar.", "frames_per_track", 8, 1, 200);
+  radar.frame_interval_ms = c.ranged<int>(r, "radar.", "frame_interval_ms", 50, 1, 10'000);
+}
+
+void parse_camera_section(const Checker& c, const YAML::Node& k, CameraOptions& cam) {
+  c.only_keys(
+      k, "camera",
+      {"port", "host", "username", "password", "auth", "realm", "clock_offset_ms", "utc_offset", "namespace",
+       "two_stage", "heartbeat_s", "picture_kb", "seed", "boundary", "lock_s", "text_encoding"});
+  cam.port = static_cast<std::uint16_t>(c.ranged<int>(k, "camera.", "port", 0, 0, 65535));
+  cam.host = c.get<std::string>(k, "camera.", "host", cam.host);
+  cam.username = c.get<std::string>(k, "camera.", "username", cam.username);
+  cam.password = c.get<std::string>(k, "camera.", "password", cam.password);
+  cam.auth = c.get<std::string>(k, "camera.", "auth", cam.auth);
+  if (cam.auth != "digest" && cam.auth != "basic") {
+    c.fail(k["auth"], "camera.auth", "must be digest or basic");
+  }
+  cam.realm = c.get<std::string>(k, "camera.", "realm", cam.realm);
+  cam.clock_offset_ms = c.ranged<std::int64_t>(k, "camera.", "clock_offset_ms", 0, -86'400'000, 86'400'000);
+  const auto utc = c.get<std::string>(k, "camera.", "utc_offset", "+08:00");
+  const auto off = test::parse_utc_offset(utc);
+  if (!off) {
+    c.fail(k["utc_offset"], "camera.utc_offset", "must look like +08:00");
+  }
+  cam.utc_offset_min = *off;
+  const auto ns = c.get<std::string>(k, "camera.", "namespace", "isapi");
+  if (ns != "isapi" && ns != "hikvision") {
+    c.fail(k["namespace"], "camera.namespace", "must be isapi or hikvision");
+  }
+  cam.xml_namespace = std::string(ns == "isapi" ? test::kIsapiNamespace : test::kHikvisionNamespace);
+  cam.two_stage = c.get<bool>(k, "camera.", "two_stage", true);
+  cam.heartbeat_s = c.ranged<double>(k, "camera.", "heartbeat_s", 10.0, 0.05, 3600.0);
+  cam.picture_kb = c.ranged<int>(k, "camera.", "picture_kb", 0, 0, 1600);
+  cam.seed = c.get<std::uint64_t>(k, "camera.", "seed", 1);
+  cam.boundary = c.get<std::string>(k, "camera.", "boundary", cam.boundary);
+  cam.lock_s = c.ranged<double>(k, "camera.", "lock_s", cam.lock_s, 0.0, 86'400.0);
+  cam.text_encoding = c.get<std::string>(k, "camera.", "text_encoding", cam.text_encoding);
+  if (cam.text_encoding != "UTF-8" && cam.text_encoding != "GBK") {
+    c.fail(k["text_encoding"], "camera.text_encoding", "must be UTF-8 or GBK");
+  }
+}
+
+std::vector<ScenarioLane> parse_lanes_section(const Checker& c, const YAML::Node& lanes) {
+  if (!lanes.IsSequence() || lanes.size() == 0) {
+    c.fail(lanes, "lanes", "must be a non-empty list of {lane, x_min, x_max}");
+  }
+  std::vector<ScenarioLane> out;
+  for (const auto& l : lanes) {
+    c.only_keys(l, "lanes[]", {"lane", "x_min", "x_max"});
+    ScenarioLane sl;
+    sl.lane = c.ranged<int>(l, "lanes[].", "lane", 0, 1, 99);
+    sl.x_min = c.ranged<double>(l, "lanes[].", "x_min", 0.0, -99.0, 99.0);
+    sl.x_max = c.ranged<double>(l, "lanes[].", "x_max", 0.0, -99.0, 99.0);
+    if (sl.x_max <= sl.x_min) {
+      c.fail(l, "lanes[]", "x_max must be greater than x_min");
+    }
+    for (const auto& other : out) {
+      if (other.lane == sl.lane) {
+        c.fail(l, "lanes[].lane", "lane " + std::to_string(sl.lane) + " declared twice");
+      }
+    }
+    out.push_back(sl);
+  }
+  return out;
+}
+
+// dock.recorder_clock_offsets: recorder id -> ms.
+void parse_recorder_offsets(const Checker& c, const YAML::Node& m, DockOptions& dock) {
+  if (!m.IsMap()) {
+    c.fail(m, "dock.recorder_clock_offsets", "must be a mapping of recorder id to ms");
+  }
+  for (const auto& kv : m) {
+    const auto id = kv.first.as<std::string>();
+    std::int64_t ms = 0;
+    try {
+      ms = kv.second.as<std::int64_t>();
+    } catch (const YAML::Exception&) {
+      c.fail(kv.second, "dock.recorder_clock_offsets." + id, "wrong type");
+    }
+    if (ms < -86'400'000 || ms > 86'400'000) {
+      c.fail(kv.second, "dock.recorder_clock_offsets." + id, "must be in [-86400000, 86400000]");
+    }
+    dock.recorder_clock_offsets[id] = ms;
+  }
+}
+
+DockOptions parse_dock_section(const Checker& c, const YAML::Node& d) {
+  c.only_keys(d, "dock",
+              {"port", "host", "token", "station_id", "firmware", "station_clock_offset_ms",
+               "recorder_clock_offset_ms", "recorder_clock_offsets", "utc_offset", "time_ms", "seed"});
+  DockOptions dock;
+  dock.port = static_cast<std::uint16_t>(c.ranged<int>(d, "dock.", "port", 0, 0, 65535));
+  dock.host = c.get<std::string>(d, "dock.", "host", dock.host);
+  dock.token = c.get<std::string>(d, "dock.", "token", dock.token);
+  if (dock.token.empty()) {
+    c.fail(d["token"], "dock.token", "must not be empty");
+  }
+  dock.station_id = c.get<std::string>(d, "dock.", "station_id", dock.station_id);
+  dock.firmware = c.get<std::string>(d, "dock.", "firmware", dock.firmware);
+  dock.station_clock_offset_ms =
+      c.ranged<std::int64_t>(d, "dock.", "station_clock_offset_ms", 0, -86'400'000, 86'400'000);
+  dock.recorder_clock_offset_ms =
+      c.ranged<std::int64_t>(d, "dock.", "recorder_clock_offset_ms", 0, -86'400'000, 86'400'000);
+  if (const auto m = d["recorder_clock_offsets"]) {
+    parse_recorder_offsets(c, m, dock);
+  }
+  const auto utc = c.get<std::string>(d, "dock.", "utc_offset", "+08:00");
+  const auto off = test::parse_utc_offset(utc);
+  if (!off) {
+    c.fail(d["utc_offset"], "dock.utc_offset", "must look like +08:00");
+  }
+  dock.utc_offset_min = *off;
+  dock.time_ms = c.get<bool>(d, "dock.", "time_ms", false);
+  dock.seed = c.get<std::uint64_t>(d, "dock.", "seed", 1);
+  return dock;
+}
+
+ScenarioStop parse_stop(const Checker& c, const YAML::Node& st) {
+  c.only_keys(st, "stops[]",
+              {"at_ms", "duration_ms", "officer_id", "officer_name", "recorder", "important", "dock_after_ms",
+               "bytes", "file_type", "case_code", "recorder_clock_offset_ms"});
+  if (!st["at_ms"] || !st["duration_ms"]) {
+    c.fail(st, "stops[]", "at_ms and duration_ms are required");
+  }
+  ScenarioStop sp;
+  sp.at_ms = c.ranged<std::int64_t>(st, "stops[].", "at_ms", 0, 0, 86'400'000);
+  sp.duration_ms = c.ranged<std::int64_t>(st, "stops[].", "duration_ms", 0, 0, 86'400'000);
+  sp.officer_id = c.get<std::string>(st, "stops[].", "officer_id", sp.officer_id);
+  sp.officer_name = c.get<std::string>(st, "stops[].", "officer_name", sp.officer_name);
+  sp.recorder = c.get<std::string>(st, "stops[].", "recorder", sp.recorder);
+  // The recorder id is the first part of the uniqueId, which clients use as a file name.
+  if (sp.recorder.empty() || sp.recorder.size() > 64 ||
+      sp.recorder.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") !=
+          std::string::npos) {
+    c.fail(st["recorder"], "stops[].recorder", "1-64 characters of [A-Za-z0-9._-]");
+  }
+  sp.important = c.get<bool>(st, "stops[].", "important", sp.important);
+  sp.dock_after_ms = c.ranged<std::int64_t>(st, "stops[].", "dock_after_ms", sp.dock_after_ms, 0, 86'400'000);
+  sp.bytes = c.ranged<std::int64_t>(st, "stops[].", "bytes", sp.bytes, 0, std::int64_t{64} << 30U);
+  sp.file_type = c.get<std::string>(st, "stops[].", "file_type", sp.file_type);
+  if (sp.file_type != "video" && sp.file_type != "audio" && sp.file_type != "photo") {
+    c.fail(st["file_type"], "stops[].file_type", "must be video, audio or photo");
+  }
+  sp.case_code = c.get<std::string>(st, "stops[].", "case_code", "");
+  if (st["recorder_clock_offset_ms"]) {
+    sp.recorder_clock_offset_ms =
+        c.ranged<std::int64_t>(st, "stops[].", "recorder_clock_offset_ms", 0, -86'400'000, 86'400'000);
+  }
+  return sp;
+}
+
+ScenarioVehicle parse_vehicle(const Checker& c, const YAML::Node& v, const std::vector<ScenarioLane>& lanes) {
+  c.only_keys(v, "vehicles[]", {"at_ms", "plate", "lane", "speed_kmh", "color", "radar", "camera"});
+  ScenarioVehicle sv;
+  if (!v["at_ms"] || !v["speed_kmh"] || !v["lane"]) {
+    c.fail(v, "vehicles[]", "at_ms, lane and speed_kmh are required");
+  }
+  sv.at_ms = c.ranged<std::int64_t>(v, "vehicles[].", "at_ms", 0, 0, 86'400'000);
+  sv.plate = c.get<std::string>(v, "vehicles[].", "plate", "unknown");
+  sv.lane = c.get<int>(v, "vehicles[].", "lane", 1);
+  if (std::none_of(lanes.begin(), lanes.end(), [&](const ScenarioLane& l) { return l.lane == sv.lane; })) {
+    c.fail(v["lane"], "vehicles[].lane", "not a declared lane");
+  }
+  sv.speed_kmh = c.ranged<double>(v, "vehicles[].", "speed_kmh", 0.0, 0.0, 999.9);
+  sv.color = c.get<std::string>(v, "vehicles[].", "color", sv.plate == "unknown" ? "unknown" : "blue");
+  static const std::set<std::string> kColors = {"blue", "yellow", "white", "black", "green", "unknown"};
+  if (!kColors.contains(sv.color)) {
+    c.fail(v["color"], "vehicles[].color", "must be blue, yellow, white, black, green or unknown");
+  }
+  sv.radar = c.get<bool>(v, "vehicles[].", "radar", true);
+  sv.camera = c.get<bool>(v, "vehicles[].", "camera", true);
+  return sv;
+}
+
 }  // namespace
 
 Scenario parse_scenario(const std::string& yaml_text, const std::string& name) {
@@ -118,159 +299,28 @@ Scenario parse_scenario(const std::string& yaml_text, const std::string& name) {
   c.only_keys(root, "", {"radar", "camera", "dock", "start_delay_ms", "lanes", "vehicles", "stops"});
   s.start_delay_ms = c.ranged<std::int64_t>(root, "", "start_delay_ms", 1000, 0, 3'600'000);
   if (const auto r = root["radar"]) {
-    c.only_keys(r, "radar", {"port", "host", "status_code", "frames_per_track", "frame_interval_ms"});
-    s.radar.port = static_cast<std::uint16_t>(c.ranged<int>(r, "radar.", "port", 0, 0, 65535));
-    s.radar.host = c.get<std::string>(r, "radar.", "host", s.radar.host);
-    s.radar.status_code = c.ranged<int>(r, "radar.", "status_code", 0, 0, 99);
-    s.radar.frames_per_track = c.ranged<int>(r, "radar.", "frames_per_track", 8, 1, 200);
-    s.radar.frame_interval_ms = c.ranged<int>(r, "radar.", "frame_interval_ms", 50, 1, 10'000);
+    parse_radar_section(c, r, s.radar);
   }
-  CameraOptions& cam = s.camera;
-  cam.rate = 0.0;
+  s.camera.rate = 0.0;
   if (const auto k = root["camera"]) {
-    c.only_keys(k, "camera",
-                {"port", "host", "username", "password", "auth", "realm", "clock_offset_ms", "utc_offset",
-                 "namespace", "two_stage", "heartbeat_s", "picture_kb", "seed", "boundary", "lock_s",
-                 "text_encoding"});
-    cam.port = static_cast<std::uint16_t>(c.ranged<int>(k, "camera.", "port", 0, 0, 65535));
-    cam.host = c.get<std::string>(k, "camera.", "host", cam.host);
-    cam.username = c.get<std::string>(k, "camera.", "username", cam.username);
-    cam.password = c.get<std::string>(k, "camera.", "password", cam.password);
-    cam.auth = c.get<std::string>(k, "camera.", "auth", cam.auth);
-    if (cam.auth != "digest" && cam.auth != "basic") {
-      c.fail(k["auth"], "camera.auth", "must be digest or basic");
-    }
-    cam.realm = c.get<std::string>(k, "camera.", "realm", cam.realm);
-    cam.clock_offset_ms = c.ranged<std::int64_t>(k, "camera.", "clock_offset_ms", 0, -86'400'000, 86'400'000);
-    const auto utc = c.get<std::string>(k, "camera.", "utc_offset", "+08:00");
-    const auto off = test::parse_utc_offset(utc);
-    if (!off) {
-      c.fail(k["utc_offset"], "camera.utc_offset", "must look like +08:00");
-    }
-    cam.utc_offset_min = *off;
-    const auto ns = c.get<std::string>(k, "camera.", "namespace", "isapi");
-    if (ns != "isapi" && ns != "hikvision") {
-      c.fail(k["namespace"], "camera.namespace", "must be isapi or hikvision");
-    }
-    cam.xml_namespace = std::string(ns == "isapi" ? test::kIsapiNamespace : test::kHikvisionNamespace);
-    cam.two_stage = c.get<bool>(k, "camera.", "two_stage", true);
-    cam.heartbeat_s = c.ranged<double>(k, "camera.", "heartbeat_s", 10.0, 0.05, 3600.0);
-    cam.picture_kb = c.ranged<int>(k, "camera.", "picture_kb", 0, 0, 1600);
-    cam.seed = c.get<std::uint64_t>(k, "camera.", "seed", 1);
-    cam.boundary = c.get<std::string>(k, "camera.", "boundary", cam.boundary);
-    cam.lock_s = c.ranged<double>(k, "camera.", "lock_s", cam.lock_s, 0.0, 86'400.0);
-    cam.text_encoding = c.get<std::string>(k, "camera.", "text_encoding", cam.text_encoding);
-    if (cam.text_encoding != "UTF-8" && cam.text_encoding != "GBK") {
-      c.fail(k["text_encoding"], "camera.text_encoding", "must be UTF-8 or GBK");
-    }
+    parse_camera_section(c, k, s.camera);
   } else {
-    cam.two_stage = true;
+    s.camera.two_stage = true;
   }
   if (const auto lanes = root["lanes"]) {
-    if (!lanes.IsSequence() || lanes.size() == 0) {
-      c.fail(lanes, "lanes", "must be a non-empty list of {lane, x_min, x_max}");
-    }
-    for (const auto& l : lanes) {
-      c.only_keys(l, "lanes[]", {"lane", "x_min", "x_max"});
-      ScenarioLane sl;
-      sl.lane = c.ranged<int>(l, "lanes[].", "lane", 0, 1, 99);
-      sl.x_min = c.ranged<double>(l, "lanes[].", "x_min", 0.0, -99.0, 99.0);
-      sl.x_max = c.ranged<double>(l, "lanes[].", "x_max", 0.0, -99.0, 99.0);
-      if (sl.x_max <= sl.x_min) {
-        c.fail(l, "lanes[]", "x_max must be greater than x_min");
-      }
-      for (const auto& other : s.lanes) {
-        if (other.lane == sl.lane) {
-          c.fail(l, "lanes[].lane", "lane " + std::to_string(sl.lane) + " declared twice");
-        }
-      }
-      s.lanes.push_back(sl);
-    }
+    s.lanes = parse_lanes_section(c, lanes);
   } else {
     s.lanes = {{1, 0.0, 3.75}, {2, 3.75, 7.5}};
   }
   if (const auto d = root["dock"]) {
-    c.only_keys(d, "dock",
-                {"port", "host", "token", "station_id", "firmware", "station_clock_offset_ms",
-                 "recorder_clock_offset_ms", "recorder_clock_offsets", "utc_offset", "time_ms", "seed"});
-    DockOptions dock;
-    dock.port = static_cast<std::uint16_t>(c.ranged<int>(d, "dock.", "port", 0, 0, 65535));
-    dock.host = c.get<std::string>(d, "dock.", "host", dock.host);
-    dock.token = c.get<std::string>(d, "dock.", "token", dock.token);
-    if (dock.token.empty()) {
-      c.fail(d["token"], "dock.token", "must not be empty");
-    }
-    dock.station_id = c.get<std::string>(d, "dock.", "station_id", dock.station_id);
-    dock.firmware = c.get<std::string>(d, "dock.", "firmware", dock.firmware);
-    dock.station_clock_offset_ms =
-        c.ranged<std::int64_t>(d, "dock.", "station_clock_offset_ms", 0, -86'400'000, 86'400'000);
-    dock.recorder_clock_offset_ms =
-        c.ranged<std::int64_t>(d, "dock.", "recorder_clock_offset_ms", 0, -86'400'000, 86'400'000);
-    if (const auto m = d["recorder_clock_offsets"]) {
-      if (!m.IsMap()) {
-        c.fail(m, "dock.recorder_clock_offsets", "must be a mapping of recorder id to ms");
-      }
-      for (const auto& kv : m) {
-        const auto id = kv.first.as<std::string>();
-        std::int64_t ms = 0;
-        try {
-          ms = kv.second.as<std::int64_t>();
-        } catch (const YAML::Exception&) {
-          c.fail(kv.second, "dock.recorder_clock_offsets." + id, "wrong type");
-        }
-        if (ms < -86'400'000 || ms > 86'400'000) {
-          c.fail(kv.second, "dock.recorder_clock_offsets." + id, "must be in [-86400000, 86400000]");
-        }
-        dock.recorder_clock_offsets[id] = ms;
-      }
-    }
-    const auto utc = c.get<std::string>(d, "dock.", "utc_offset", "+08:00");
-    const auto off = test::parse_utc_offset(utc);
-    if (!off) {
-      c.fail(d["utc_offset"], "dock.utc_offset", "must look like +08:00");
-    }
-    dock.utc_offset_min = *off;
-    dock.time_ms = c.get<bool>(d, "dock.", "time_ms", false);
-    dock.seed = c.get<std::uint64_t>(d, "dock.", "seed", 1);
-    s.dock = dock;
+    s.dock = parse_dock_section(c, d);
   }
   if (const auto stops = root["stops"]) {
     if (!stops.IsSequence()) {
       c.fail(stops, "stops", "must be a list");
     }
     for (const auto& st : stops) {
-      c.only_keys(st, "stops[]",
-                  {"at_ms", "duration_ms", "officer_id", "officer_name", "recorder", "important",
-                   "dock_after_ms", "bytes", "file_type", "case_code", "recorder_clock_offset_ms"});
-      if (!st["at_ms"] || !st["duration_ms"]) {
-        c.fail(st, "stops[]", "at_ms and duration_ms are required");
-      }
-      ScenarioStop sp;
-      sp.at_ms = c.ranged<std::int64_t>(st, "stops[].", "at_ms", 0, 0, 86'400'000);
-      sp.duration_ms = c.ranged<std::int64_t>(st, "stops[].", "duration_ms", 0, 0, 86'400'000);
-      sp.officer_id = c.get<std::string>(st, "stops[].", "officer_id", sp.officer_id);
-      sp.officer_name = c.get<std::string>(st, "stops[].", "officer_name", sp.officer_name);
-      sp.recorder = c.get<std::string>(st, "stops[].", "recorder", sp.recorder);
-      // The recorder id is the first part of the uniqueId, which clients use as a file name.
-      if (sp.recorder.empty() || sp.recorder.size() > 64 ||
-          sp.recorder.find_first_not_of(
-              "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") != std::string::npos) {
-        c.fail(st["recorder"], "stops[].recorder", "1-64 characters of [A-Za-z0-9._-]");
-      }
-      sp.important = c.get<bool>(st, "stops[].", "important", sp.important);
-      sp.dock_after_ms =
-          c.ranged<std::int64_t>(st, "stops[].", "dock_after_ms", sp.dock_after_ms, 0, 86'400'000);
-      sp.bytes = c.ranged<std::int64_t>(st, "stops[].", "bytes", sp.bytes, 0, std::int64_t{64} << 30U);
-      sp.file_type = c.get<std::string>(st, "stops[].", "file_type", sp.file_type);
-      if (sp.file_type != "video" && sp.file_type != "audio" && sp.file_type != "photo") {
-        c.fail(st["file_type"], "stops[].file_type", "must be video, audio or photo");
-      }
-      sp.case_code = c.get<std::string>(st, "stops[].", "case_code", "");
-      if (st["recorder_clock_offset_ms"]) {
-        sp.recorder_clock_offset_ms =
-            c.ranged<std::int64_t>(st, "stops[].", "recorder_clock_offset_ms", 0, -86'400'000, 86'400'000);
-      }
-      s.stops.push_back(sp);
+      s.stops.push_back(parse_stop(c, st));
     }
     if (!s.stops.empty() && !s.dock) {
       s.dock = DockOptions{};
@@ -282,27 +332,7 @@ Scenario parse_scenario(const std::string& yaml_text, const std::string& name) {
   }
   if (vehicles) {
     for (const auto& v : vehicles) {
-      c.only_keys(v, "vehicles[]", {"at_ms", "plate", "lane", "speed_kmh", "color", "radar", "camera"});
-      ScenarioVehicle sv;
-      if (!v["at_ms"] || !v["speed_kmh"] || !v["lane"]) {
-        c.fail(v, "vehicles[]", "at_ms, lane and speed_kmh are required");
-      }
-      sv.at_ms = c.ranged<std::int64_t>(v, "vehicles[].", "at_ms", 0, 0, 86'400'000);
-      sv.plate = c.get<std::string>(v, "vehicles[].", "plate", "unknown");
-      sv.lane = c.get<int>(v, "vehicles[].", "lane", 1);
-      if (std::none_of(s.lanes.begin(), s.lanes.end(),
-                       [&](const ScenarioLane& l) { return l.lane == sv.lane; })) {
-        c.fail(v["lane"], "vehicles[].lane", "not a declared lane");
-      }
-      sv.speed_kmh = c.ranged<double>(v, "vehicles[].", "speed_kmh", 0.0, 0.0, 999.9);
-      sv.color = c.get<std::string>(v, "vehicles[].", "color", sv.plate == "unknown" ? "unknown" : "blue");
-      static const std::set<std::string> kColors = {"blue", "yellow", "white", "black", "green", "unknown"};
-      if (!kColors.contains(sv.color)) {
-        c.fail(v["color"], "vehicles[].color", "must be blue, yellow, white, black, green or unknown");
-      }
-      sv.radar = c.get<bool>(v, "vehicles[].", "radar", true);
-      sv.camera = c.get<bool>(v, "vehicles[].", "camera", true);
-      s.vehicles.push_back(sv);
+      s.vehicles.push_back(parse_vehicle(c, v, s.lanes));
     }
   }
   return s;
@@ -458,6 +488,10 @@ class ScenarioRunner::Impl : public std::enable_shared_from_this<ScenarioRunner:
     Clock::time_point at;
     std::size_t vehicle;
   };
+  struct Span {  // a vehicle's first and last radar frame
+    Clock::time_point from;
+    Clock::time_point to;
+  };
   struct Dock {
     Clock::time_point at;  // when the file appears on the dock
     ScenarioStopTruth truth;
@@ -608,11 +642,6 @@ class ScenarioRunner::Impl : public std::enable_shared_from_this<ScenarioRunner:
   void begin(Clock::time_point t0) {
     const auto step = std::chrono::milliseconds(s_.radar.frame_interval_ms);
     const int frames = s_.radar.frames_per_track;
-    const int peak_index = frames / 2;
-    struct Span {
-      Clock::time_point from;
-      Clock::time_point to;
-    };
     std::vector<Span> spans;
     for (const auto& v : s_.vehicles) {
       const auto first = t0 + std::chrono::milliseconds(v.at_ms);
@@ -620,54 +649,7 @@ class ScenarioRunner::Impl : public std::enable_shared_from_this<ScenarioRunner:
     }
     int next_target = 0;
     for (std::size_t i = 0; i < s_.vehicles.size(); ++i) {
-      const ScenarioVehicle& v = s_.vehicles[i];
-      Pending p;
-      p.truth.vehicle = i + 1;
-      p.truth.spec = v;
-      p.truth.dkmh = static_cast<std::int32_t>(std::lround(v.speed_kmh * 10.0));
-      const auto peak_at = spans[i].from + step * peak_index;
-      p.truth.time_ms = utc_ms(peak_at);
-      p.truth.peak_radar_time = radar_time(radar_cs(peak_at));
-      p.last_frame_at = spans[i].to;
-      p.camera_done = !v.camera;
-      if (v.camera) {
-        cameras_.push_back({peak_at, i});
-      }
-      if (v.radar) {
-        next_target = next_target % 99 + 1;
-        p.truth.target = next_target;
-        p.frames_total = frames;
-        const auto& lane = *std::find_if(s_.lanes.begin(), s_.lanes.end(),
-                                         [&](const ScenarioLane& l) { return l.lane == v.lane; });
-        const double x_mid = (lane.x_min + lane.x_max) / 2.0;
-        const double wobble = std::min(0.2, (lane.x_max - lane.x_min) / 4.0);
-        const double mps = v.speed_kmh / 3.6;
-        const double end_range = std::max(15.0, 2.5 * std::abs(x_mid));
-        const double start_range = end_range + mps * frames * s_.radar.frame_interval_ms / 1000.0;
-        for (int f = 0; f < frames; ++f) {
-          const auto at = spans[i].from + step * f;
-          int targets = 0;
-          for (std::size_t j = 0; j < spans.size(); ++j) {
-            targets += (s_.vehicles[j].radar && spans[j].from <= at && at <= spans[j].to) ? 1 : 0;
-          }
-          test::DetectFields d;
-          d.time_cs = radar_cs(at) % kRadarWrapCs;
-          d.target = next_target;
-          d.targets = std::clamp(targets, 1, 99);
-          d.dir = 'A';
-          d.speed_tenths = std::max(0, p.truth.dkmh - kProfileStepDkmh * std::abs(f - peak_index));
-          d.units = 'K';
-          d.range_dm = static_cast<std::int32_t>(std::lround(
-              std::clamp(start_range - mps * f * s_.radar.frame_interval_ms / 1000.0, 0.0, 999.9) * 10.0));
-          // Alternating small lateral wobble, always inside the lane's band.
-          const double x = x_mid + ((f % 2 == 0) ? wobble : -wobble) / 2.0;
-          d.x_tenths = static_cast<std::int32_t>(std::lround(x * 10.0));
-          d.coord = 'C';
-          d.amplitude_ddb = 550 + 10 * f;
-          frames_.push_back({at, i, test::detect_frame(d)});
-        }
-      }
-      pending_.push_back(std::move(p));
+      plan_vehicle(i, spans, next_target);
     }
     for (std::size_t i = 0; i < s_.stops.size(); ++i) {
       const ScenarioStop& st = s_.stops[i];
@@ -689,56 +671,77 @@ class ScenarioRunner::Impl : public std::enable_shared_from_this<ScenarioRunner:
     tick();
   }
 
+  // Vehicle i's truth, its alert and (unless the radar misses it) its track under the next track number.
+  void plan_vehicle(std::size_t i, const std::vector<Span>& spans, int& next_target) {
+    const auto step = std::chrono::milliseconds(s_.radar.frame_interval_ms);
+    const int frames = s_.radar.frames_per_track;
+    const ScenarioVehicle& v = s_.vehicles[i];
+    Pending p;
+    p.truth.vehicle = i + 1;
+    p.truth.spec = v;
+    p.truth.dkmh = static_cast<std::int32_t>(std::lround(v.speed_kmh * 10.0));
+    const auto peak_at = spans[i].from + step * (frames / 2);
+    p.truth.time_ms = utc_ms(peak_at);
+    p.truth.peak_radar_time = radar_time(radar_cs(peak_at));
+    p.last_frame_at = spans[i].to;
+    p.camera_done = !v.camera;
+    if (v.camera) {
+      cameras_.push_back({peak_at, i});
+    }
+    if (v.radar) {
+      next_target = next_target % 99 + 1;
+      p.truth.target = next_target;
+      p.frames_total = frames;
+      plan_track(i, spans, p.truth.dkmh, next_target);
+    }
+    pending_.push_back(std::move(p));
+  }
+
+  // The detect frames of vehicle i's track: speed peaking mid-track, range closing, inside its lane.
+  void plan_track(std::size_t i, const std::vector<Span>& spans, std::int32_t dkmh, int target) {
+    const auto step = std::chrono::milliseconds(s_.radar.frame_interval_ms);
+    const int frames = s_.radar.frames_per_track;
+    const int peak_index = frames / 2;
+    const ScenarioVehicle& v = s_.vehicles[i];
+    const auto& lane = *std::find_if(s_.lanes.begin(), s_.lanes.end(),
+                                     [&](const ScenarioLane& l) { return l.lane == v.lane; });
+    const double x_mid = (lane.x_min + lane.x_max) / 2.0;
+    const double wobble = std::min(0.2, (lane.x_max - lane.x_min) / 4.0);
+    const double mps = v.speed_kmh / 3.6;
+    const double end_range = std::max(15.0, 2.5 * std::abs(x_mid));
+    const double start_range = end_range + mps * frames * s_.radar.frame_interval_ms / 1000.0;
+    for (int f = 0; f < frames; ++f) {
+      const auto at = spans[i].from + step * f;
+      int targets = 0;
+      for (std::size_t j = 0; j < spans.size(); ++j) {
+        targets += (s_.vehicles[j].radar && spans[j].from <= at && at <= spans[j].to) ? 1 : 0;
+      }
+      test::DetectFields d;
+      d.time_cs = radar_cs(at) % kRadarWrapCs;
+      d.target = target;
+      d.targets = std::clamp(targets, 1, 99);
+      d.dir = 'A';
+      d.speed_tenths = std::max(0, dkmh - kProfileStepDkmh * std::abs(f - peak_index));
+      d.units = 'K';
+      d.range_dm = static_cast<std::int32_t>(std::lround(
+          std::clamp(start_range - mps * f * s_.radar.frame_interval_ms / 1000.0, 0.0, 999.9) * 10.0));
+      // Alternating small lateral wobble, always inside the lane's band.
+      const double x = x_mid + ((f % 2 == 0) ? wobble : -wobble) / 2.0;
+      d.x_tenths = static_cast<std::int32_t>(std::lround(x * 10.0));
+      d.coord = 'C';
+      d.amplitude_ddb = 550 + 10 * f;
+      frames_.push_back({at, i, test::detect_frame(d)});
+    }
+  }
+
   void tick() {
     if (stopping_) {
       return;
     }
     const auto now = Clock::now();
-    while (next_frame_ < frames_.size() && frames_[next_frame_].at <= now) {
-      Frame& f = frames_[next_frame_++];
-      last_radar_send_ = now;
-      active_frames_[f.vehicle] = f.bytes;
-      if (pending_[f.vehicle].last_frame_at == f.at) {
-        active_frames_.erase(f.vehicle);
-      }
-      enqueue(std::move(f.bytes), f.vehicle);
-    }
-    while (next_camera_ < cameras_.size() && cameras_[next_camera_].at <= now) {
-      const Camera& c = cameras_[next_camera_++];
-      Pending& p = pending_[c.vehicle];
-      CameraCapture cap;
-      cap.plate = p.truth.spec.plate;
-      cap.lane = p.truth.spec.lane;
-      cap.plate_color = p.truth.spec.color;
-      cap.capture_unix_ms = p.truth.time_ms;
-      const CameraEventTruth t = camera_.emit(cap);
-      p.truth.uuid = t.uuid;
-      p.truth.date_time = t.date_time;
-      p.truth.camera_sent = t.streams > 0;
-      p.camera_done = true;
-    }
-    while (dock_ && next_dock_ < docks_.size() && docks_[next_dock_].at <= now) {
-      ScenarioStopTruth t = docks_[next_dock_++].truth;
-      DockFileSpec spec;
-      spec.recorder = t.spec.recorder;
-      spec.officer_id = t.spec.officer_id;
-      spec.officer_name = t.spec.officer_name;
-      spec.case_code = t.spec.case_code;
-      spec.file_type = t.spec.file_type;
-      spec.length = t.spec.bytes;
-      spec.start_unix_ms = t.start_ms;
-      spec.end_unix_ms = t.end_ms;
-      spec.collect_unix_ms = utc_ms(now);  // the scenario's clock, as the vehicles' trigger times
-      spec.important = t.spec.important;
-      spec.recorder_clock_offset_ms = t.spec.recorder_clock_offset_ms;
-      try {
-        t.file = dock_->add_file(std::move(spec));
-        t.docked = true;
-      } catch (const std::exception& e) {
-        std::cerr << "scenario: stop " << t.stop << " not docked: " << e.what() << "\n";
-      }
-      complete_stop(std::move(t));
-    }
+    send_due_frames(now);
+    send_due_alerts(now);
+    dock_due_stops(now);
     if (active_frames_.empty() && client_ && now - last_radar_send_ >= kIdleStatus) {
       enqueue(status_frame(now), SIZE_MAX);
     }
@@ -763,6 +766,66 @@ class ScenarioRunner::Impl : public std::enable_shared_from_this<ScenarioRunner:
         return;
       }
     }
+    schedule_tick(now, all_done);
+  }
+
+  void send_due_frames(Clock::time_point now) {
+    while (next_frame_ < frames_.size() && frames_[next_frame_].at <= now) {
+      Frame& f = frames_[next_frame_++];
+      last_radar_send_ = now;
+      active_frames_[f.vehicle] = f.bytes;
+      if (pending_[f.vehicle].last_frame_at == f.at) {
+        active_frames_.erase(f.vehicle);
+      }
+      enqueue(std::move(f.bytes), f.vehicle);
+    }
+  }
+
+  void send_due_alerts(Clock::time_point now) {
+    while (next_camera_ < cameras_.size() && cameras_[next_camera_].at <= now) {
+      const Camera& c = cameras_[next_camera_++];
+      Pending& p = pending_[c.vehicle];
+      CameraCapture cap;
+      cap.plate = p.truth.spec.plate;
+      cap.lane = p.truth.spec.lane;
+      cap.plate_color = p.truth.spec.color;
+      cap.capture_unix_ms = p.truth.time_ms;
+      const CameraEventTruth t = camera_.emit(cap);
+      p.truth.uuid = t.uuid;
+      p.truth.date_time = t.date_time;
+      p.truth.camera_sent = t.streams > 0;
+      p.camera_done = true;
+    }
+  }
+
+  // Puts the recordings of the stops whose time has come on the dock.
+  void dock_due_stops(Clock::time_point now) {
+    while (dock_ && next_dock_ < docks_.size() && docks_[next_dock_].at <= now) {
+      ScenarioStopTruth t = docks_[next_dock_++].truth;
+      DockFileSpec spec;
+      spec.recorder = t.spec.recorder;
+      spec.officer_id = t.spec.officer_id;
+      spec.officer_name = t.spec.officer_name;
+      spec.case_code = t.spec.case_code;
+      spec.file_type = t.spec.file_type;
+      spec.length = t.spec.bytes;
+      spec.start_unix_ms = t.start_ms;
+      spec.end_unix_ms = t.end_ms;
+      spec.collect_unix_ms = utc_ms(now);  // the scenario's clock, as the vehicles' trigger times
+      spec.important = t.spec.important;
+      spec.recorder_clock_offset_ms = t.spec.recorder_clock_offset_ms;
+      try {
+        t.file = dock_->add_file(std::move(spec));
+        t.docked = true;
+      } catch (const std::exception& e) {
+        std::cerr << "scenario: stop " << t.stop << " not docked: " << e.what() << "\n";
+      }
+      complete_stop(std::move(t));
+    }
+  }
+
+  // The next tick: at the next frame, alert or docking, sooner while a queue drains or the linger runs.
+  void schedule_tick(Clock::time_point now, bool all_done) {
     auto next = now + kMaxTick;
     if (next_frame_ < frames_.size()) {
       next = std::min(next, frames_[next_frame_].at);
