@@ -21,6 +21,7 @@
 #include "daemon/core/chain_verifier.h"
 #include "daemon/core/ed25519.h"
 #include "daemon/core/encoding.h"
+#include "tests/integration/gateway_config.h"
 #include "tests/integration/harness.h"
 
 namespace cpd::testing {
@@ -198,29 +199,24 @@ class CrashConsistency : public ::testing::Test {
       }
       return std::string();
     };
-    std::ofstream(dir_ / "c.yaml")
-        << "gateway:\n  id: gw\n  site: {name: t, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
-        << "  key: " << (dir_ / "gateway.key").string() << "\n"
-        << "store:\n  path: " << (dir_ / "store.db").string() << "\n  reserve_mb: 16\n"
-        << "mqtt:\n  uri: " << broker_->uri() << "\n  reconnect_min_ms: 100\n  reconnect_max_ms: 1000\n"
-        << "correlation:\n  max_wait_ms: 800\n  lanes: [{lane: 1, limit_kmh: 100}, {lane: 2, limit_kmh: "
-           "120}]\n"
-        << "validity:\n  clock_sync: assume\n"
-        << "devices:\n"
-        << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << port_of("radar") << "}\n"
-        << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
-        << "    calibration: {certificate: C, valid_until: 2099-01-01}\n    reconnect_initial_ms: 100\n    "
-           "reconnect_max_ms: 1000\n"
-        << "  - id: cam-1\n    kind: camera\n    url: http://127.0.0.1:" << port_of("camera") << "\n"
-        << "    username: admin\n    password_file: " << (dir_ / "cam.secret").string()
-        << "\n    radar: radar-1\n"
-        << "    reconnect_initial_ms: 100\n    reconnect_max_ms: 1000\n"
-        << "  - id: dock-scn\n    kind: recorder_dock\n    url: http://127.0.0.1:" << port_of("dock") << "\n"
-        << "    token_file: " << (dir_ / "dock.token").string() << "\n    poll_interval_ms: 300\n"
-        << "    reconnect_initial_ms: 100\n    reconnect_max_ms: 1000\n"
-        << "  - id: dock-gt\n    kind: recorder_dock\n    url: http://127.0.0.1:" << dock_port << "\n"
-        << "    token_file: " << (dir_ / "dock.token").string() << "\n    poll_interval_ms: 300\n"
-        << "    reconnect_initial_ms: 100\n    reconnect_max_ms: 1000\n    max_parallel_downloads: 2\n";
+    auto config = CheckpointdConfig::minimal(dir_.path(), broker_->uri());
+    config.set("store.reserve_mb", 16)
+        .set("mqtt.reconnect_min_ms", 100)
+        .set("mqtt.reconnect_max_ms", 1000)
+        .set("correlation.max_wait_ms", 800)
+        .set_yaml("correlation.lanes", "[{lane: 1, limit_kmh: 100}, {lane: 2, limit_kmh: 120}]")
+        .set("validity.clock_sync", "assume");
+    config.add_radar("radar-1", port_of("radar")).calibration("C", "2099-01-01").reconnect(100, 1000);
+    config.add_camera("cam-1", "http://127.0.0.1:" + port_of("camera"), dir_ / "cam.secret")
+        .reconnect(100, 1000);
+    config.add_dock("dock-scn", "http://127.0.0.1:" + port_of("dock"), dir_ / "dock.token")
+        .set("poll_interval_ms", 300)
+        .reconnect(100, 1000);
+    config.add_dock("dock-gt", "http://127.0.0.1:" + dock_port, dir_ / "dock.token")
+        .set("poll_interval_ms", 300)
+        .reconnect(100, 1000)
+        .set("max_parallel_downloads", 2);
+    config.write(dir_ / "c.yaml");
   }
 
   void start_daemon() {

@@ -25,6 +25,7 @@
 #include <thread>
 
 #include "daemon/core/chain_verifier.h"
+#include "tests/integration/gateway_config.h"
 #include "tests/integration/harness.h"
 
 namespace cpd::testing {
@@ -180,27 +181,21 @@ class BrokerFaults : public ::testing::Test {
     sim_port_ = static_cast<std::uint16_t>(std::stoi(line->substr(10)));
   }
 
-  // `extra_mqtt`: more keys of the mqtt section, each line indented by two spaces.
-  void write_config(const std::string& uri, const std::string& extra_mqtt = "",
-                    std::uint16_t metrics_port = 0) {
-    std::ofstream(dir_ / "checkpointd.yaml")
-        << "gateway:\n"
-        << "  id: test-gw-1\n"
-        << "  site: {name: \"Test site\", road: G60, direction: N, lat: 30.274085, lon: 120.15507, "
-           "utc_offset: \"+08:00\"}\n"
-        << "  key: " << (dir_ / "gateway.key").string() << "\n"
-        << "store:\n  path: " << db().string() << "\n"
-        << "mqtt:\n  uri: " << uri << "\n  client_id: test-gw-1\n  topic_prefix: checkpoint\n"
-        << "  reconnect_min_ms: 200\n  reconnect_max_ms: 1000\n"
-        << extra_mqtt
-        << (metrics_port == 0 ? std::string("metrics: {enabled: false}\n")
-                              : "metrics: {host: 127.0.0.1, port: " + std::to_string(metrics_port) + "}\n")
-        << "control: {socket: " << control_socket().string() << "}\n"
-        << "devices:\n"
-        << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << sim_port_ << "}\n"
-        << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
-        << "    calibration: {certificate: JJG527-2026-0412, valid_until: 2099-12-31}\n"
-        << "    reconnect_initial_ms: 200\n    reconnect_max_ms: 1000\n";
+  // `connect_timeout_s`: mqtt.connect_timeout_s, the daemon's default when 0; `metrics_port`: metrics on
+  // 127.0.0.1 at that port, none when 0.
+  void write_config(const std::string& uri, int connect_timeout_s = 0, std::uint16_t metrics_port = 0) {
+    CheckpointdConfig config(dir_.path(), uri);  // the store at db()
+    if (connect_timeout_s != 0) {
+      config.set("mqtt.connect_timeout_s", connect_timeout_s);
+    }
+    if (metrics_port == 0) {
+      config.set("metrics.enabled", "false");
+    } else {
+      config.set("metrics.host", "127.0.0.1").set("metrics.port", metrics_port);
+    }
+    config.set("control.socket", control_socket().string());
+    config.add_radar("radar-1", sim_port_).reconnect(200, 1000);
+    config.write(dir_ / "checkpointd.yaml");
   }
 
   std::unique_ptr<Process> start_daemon() {
@@ -489,7 +484,7 @@ TEST_F(BrokerFaults, RefusedPublishesAreRetriedWithBackoffReportedWithTheirReaso
   broker.start();
   start_sim(20);
   const std::uint16_t metrics_port = free_port();
-  write_config(broker.uri(), "", metrics_port);
+  write_config(broker.uri(), 0, metrics_port);
   MqttCollector collector(broker.uri(), {kEvidence, kStatus});
   auto daemon = start_daemon();
 
@@ -606,7 +601,7 @@ TEST_F(BrokerFaults, RefusedPublishesAreRetriedWithBackoffReportedWithTheirReaso
 TEST_F(BrokerFaults, BrokerThatNeverSendsConnackIsReportedAsATimeoutWaitingForConnack) {
   FakeBroker silent("");
   start_sim(1);
-  write_config(silent.uri(), "  connect_timeout_s: 1\n");
+  write_config(silent.uri(), 1);
   auto daemon = start_daemon();
   const json broker =
       wait_broker_status([](const json& b) { return b.value("last_error", json()).is_string(); }, 30s);
@@ -627,7 +622,7 @@ TEST_F(BrokerFaults, BrokerThatAnswersWithGarbageIsReportedAsAMalformedPacket) {
   FakeBroker http("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
   start_sim(1);
   for (const auto* fake : {&garbage, &http}) {
-    write_config(fake->uri(), "  connect_timeout_s: 2\n");
+    write_config(fake->uri(), 2);
     auto daemon = start_daemon();
     const json broker =
         wait_broker_status([](const json& b) { return b.value("last_error", json()).is_string(); }, 30s);
@@ -649,7 +644,7 @@ TEST_F(BrokerFaults, BrokerAnnouncingAPacketBeyondTheMaximumPacketSizeIsReported
   // A CONNACK whose remaining length is the largest MQTT can encode (268 435 455 bytes), then a little data.
   FakeBroker huge(std::string("\x20\xff\xff\xff\x7f", 5) + std::string(4096, '\0'));
   start_sim(1);
-  write_config(huge.uri(), "  connect_timeout_s: 1\n");
+  write_config(huge.uri(), 1);
   auto daemon = start_daemon();
   const json broker =
       wait_broker_status([](const json& b) { return b.value("last_error", json()).is_string(); }, 30s);

@@ -11,6 +11,7 @@
 #include <set>
 
 #include "daemon/core/encoding.h"
+#include "tests/integration/gateway_config.h"
 #include "tests/integration/harness.h"
 
 namespace cpd::testing {
@@ -53,21 +54,12 @@ class CameraFaults : public ::testing::Test {
     ASSERT_TRUE(line) << camera_->stderr_text();
     std::ofstream(dir_ / "cam.secret") << "secret";
     ::chmod((dir_ / "cam.secret").c_str(), 0600);
-    std::ofstream(dir_ / "c.yaml")
-        << "gateway:\n  id: gw\n"
-        << "  site: {name: t, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
-        << "  key: " << (dir_ / "gateway.key").string() << "\n"
-        << "store:\n  path: " << (dir_ / "store.db").string() << "\n"
-        << "mqtt:\n  uri: " << broker_->uri() << "\n"
-        << "correlation:\n  max_wait_ms: 200\n"
-        << "validity:\n  clock_sync: assume\n"
-        << "devices:\n"
-        << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << radar_port_
-        << "}\n    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
-        << "    calibration: {certificate: C, valid_until: 2099-01-01}\n"
-        << "  - id: cam-1\n    kind: camera\n    url: http://127.0.0.1:" << line->substr(10)
-        << "\n    username: admin\n    password_file: " << (dir_ / "cam.secret").string()
-        << "\n    radar: radar-1\n    reconnect_initial_ms: 200\n    reconnect_max_ms: 1000\n";
+    auto config = CheckpointdConfig::minimal(dir_.path(), broker_->uri());
+    config.set("correlation.max_wait_ms", 200).set("validity.clock_sync", "assume");
+    config.add_radar("radar-1", radar_port_).calibration("C", "2099-01-01");
+    config.add_camera("cam-1", "http://127.0.0.1:" + line->substr(10), dir_ / "cam.secret")
+        .reconnect(200, 1000);
+    config.write(dir_ / "c.yaml");
     daemon_ = std::make_unique<Process>(
         std::vector<std::string>{binary("daemon/app/checkpointd"), "--config", (dir_ / "c.yaml").string()},
         dir_ / "checkpointd");
@@ -227,21 +219,11 @@ TEST(CameraText, AGbkPlatePairedWithASpeedingTrackIsSealedWithSpeedPlateAndPictu
   ASSERT_TRUE(radar && camera) << sim.stderr_text();
   std::ofstream(dir / "cam.secret") << "secret";
   ::chmod((dir / "cam.secret").c_str(), 0600);
-  std::ofstream(dir / "c.yaml")
-      << "gateway:\n  id: gw\n"
-      << "  site: {name: t, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
-      << "  key: " << (dir / "gateway.key").string() << "\n"
-      << "store:\n  path: " << (dir / "store.db").string() << "\n"
-      << "mqtt:\n  uri: " << broker.uri() << "\n"
-      << "correlation:\n  lanes: [{lane: 1, limit_kmh: 100}]\n"
-      << "validity:\n  clock_sync: assume\n"
-      << "devices:\n"
-      << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << radar->substr(6) << "}\n"
-      << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
-      << "    calibration: {certificate: C, valid_until: 2099-01-01}\n"
-      << "  - id: cam-1\n    kind: camera\n    url: http://127.0.0.1:" << camera->substr(7)
-      << "\n    username: admin\n    password_file: " << (dir / "cam.secret").string()
-      << "\n    radar: radar-1\n";
+  auto config = CheckpointdConfig::minimal(dir.path(), broker.uri());
+  config.set_yaml("correlation.lanes", "[{lane: 1, limit_kmh: 100}]").set("validity.clock_sync", "assume");
+  config.add_radar("radar-1", radar->substr(6)).calibration("C", "2099-01-01");
+  config.add_camera("cam-1", "http://127.0.0.1:" + camera->substr(7), dir / "cam.secret");
+  config.write(dir / "c.yaml");
   Process verify({binary("tools/checkpointctl/checkpointctl"), "verify", "--pubkey", pub.string(), "--mqtt",
                   broker.uri(), "--topic", "checkpoint/gw/evidence", "--from-start", "--seconds", "60"},
                  dir / "verify");

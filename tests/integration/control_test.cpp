@@ -4,11 +4,11 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "tests/integration/gateway_config.h"
 #include "tests/integration/harness.h"
 
 namespace cpd::testing {
@@ -36,23 +36,13 @@ class ControlSocket : public ::testing::Test {
     auto line = sim_->wait_for_stdout_line("listening ", 10s);
     ASSERT_TRUE(line) << "simulator did not start: " << sim_->stderr_text();
     const int sim_port = std::stoi(line->substr(10));
-    std::ofstream(dir_ / "checkpointd.yaml")
-        << "gateway:\n"
-        << "  id: ctl-gw\n"
-        << "  site: {name: \"Test site\", road: G60, direction: N, lat: 30.274085, lon: 120.15507, "
-           "utc_offset: \"+08:00\"}\n"
-        << "  key: " << (dir_ / "gateway.key").string() << "\n"
-        << "store:\n  path: " << (dir_ / "store.db").string() << "\n"
-        << "mqtt:\n  uri: " << broker_->uri() << "\n  client_id: ctl-gw\n  topic_prefix: checkpoint\n"
-        << "  reconnect_min_ms: 200\n  reconnect_max_ms: 1000\n"
-        << "metrics: {enabled: false}\n"
-        << "control: {socket: " << socket_.string() << "}\n"
-        << "validity:\n  clock_sync: assume\n"
-        << "devices:\n"
-        << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << sim_port << "}\n"
-        << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
-        << "    calibration: {certificate: JJG527-2026-0412, valid_until: 2099-12-31}\n"
-        << "    reconnect_initial_ms: 200\n    reconnect_max_ms: 1000\n";
+    CheckpointdConfig config(dir_.path(), broker_->uri());
+    config.gateway_id("ctl-gw")
+        .set("metrics.enabled", "false")
+        .set("control.socket", socket_.string())
+        .set("validity.clock_sync", "assume");
+    config.add_radar("radar-1", sim_port).reconnect(200, 1000);
+    config.write(dir_ / "checkpointd.yaml");
     collector_ = std::make_unique<MqttCollector>(broker_->uri(),
                                                  std::vector<std::string>{"checkpoint/ctl-gw/evidence"});
   }

@@ -8,6 +8,8 @@
 #include <fstream>
 #include <iterator>
 
+#include "tests/integration/gateway_config.h"
+
 namespace cpd::testing {
 
 using namespace std::chrono_literals;
@@ -37,32 +39,33 @@ void CustodyFixture::start_radar(int vehicles, double rate, int seed, const std:
 }
 
 void CustodyFixture::write_gateway_config(const GatewayConfig& config) {
-  std::ofstream out(dir_ / "checkpointd.yaml");
-  out << "gateway:\n  id: gw\n"
-      << "  site: {name: \"K1234+500\", road: G60, direction: N, lat: 30.27, lon: 120.15, utc_offset: "
-         "\"+08:00\", area_code: \"330106\", km_marker: K1234+500}\n"
-      << "  key: " << (dir_ / "gateway.key").string() << "\n"
-      << "store:\n  path: " << store_db_.string() << "\n";
+  CheckpointdConfig out(dir_.path(), broker_->uri());
+  out.gateway_id("gw")
+      .set_yaml(
+          "gateway.site",
+          "{name: \"K1234+500\", road: G60, direction: N, lat: 30.27, lon: 120.15, utc_offset: \"+08:00\", "
+          "area_code: \"330106\", km_marker: K1234+500}")
+      .set("store.path", store_db_.string())
+      .erase("mqtt.topic_prefix")
+      .set("metrics.enabled", "false");
   if (config.retention_days) {
-    out << "  retention_days: " << *config.retention_days << "\n";
+    out.set("store.retention_days", *config.retention_days);
   }
   if (config.control) {
-    out << "control:\n  socket: " << (dir_ / "control.sock").string() << "\n";
+    out.set("control.socket", (dir_ / "control.sock").string());
   }
-  out << "mqtt:\n  uri: " << broker_->uri() << "\n  client_id: gw\n"
-      << "  reconnect_min_ms: 200\n  reconnect_max_ms: 1000\n"
-      << "metrics: {enabled: false}\n"
-      << "devices:\n"
-      << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << sim_port_ << "}\n"
-      << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
-      << "    calibration: {certificate: JJG527-2026-0412, valid_until: 2099-12-31}\n"
-      << "    reconnect_initial_ms: 200\n    reconnect_max_ms: 1000\n"
-      << config.extra_devices;
+  out.add_radar("radar-1", sim_port_).reconnect(200, 1000);
+  if (!config.extra_devices.empty()) {
+    out.merge_yaml("devices:\n" + config.extra_devices);
+  }
   if (config.custody) {
-    out << "custody:\n  central_keys: [{pem: " << (dir_ / "central.pub.pem").string() << "}]\n"
-        << "  head_interval_ms: 500\n"
-        << config.custody_extra;
+    out.set_yaml("custody.central_keys", "[{pem: " + (dir_ / "central.pub.pem").string() + "}]")
+        .set("custody.head_interval_ms", 500);
+    if (!config.custody_extra.empty()) {
+      out.merge_yaml("custody:\n" + config.custody_extra);
+    }
   }
+  out.write(dir_ / "checkpointd.yaml");
 }
 
 void CustodyFixture::write_central_config(const std::string& name, const CentralConfig& config) {

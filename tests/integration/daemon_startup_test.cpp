@@ -5,6 +5,7 @@
 
 #include <fstream>
 
+#include "tests/integration/gateway_config.h"
 #include "tests/integration/harness.h"
 
 namespace cpd::testing {
@@ -16,18 +17,11 @@ class DaemonStartup : public ::testing::Test {
  protected:
   void SetUp() override { make_gateway_key(dir_.path()); }
 
-  void write_config(const std::string& devices_yaml = "") {
-    std::ofstream(dir_ / "c.yaml")
-        << "gateway:\n  id: gw-1\n"
-        << "  site: {name: s, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
-        << "  key: " << (dir_ / "gateway.key").string() << "\n"
-        << "store:\n  path: " << (dir_ / "store.db").string() << "\n"
-        << "mqtt:\n  uri: tcp://127.0.0.1:9\n"
-        << "devices:\n"
-        << (devices_yaml.empty() ? "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: 9}\n"
-                                   "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}]\n"
-                                   "    calibration: {certificate: C, valid_until: 2099-01-01}\n"
-                                 : devices_yaml);
+  void write_config() {
+    auto config = CheckpointdConfig::minimal(dir_.path(), "tcp://127.0.0.1:9", "gw-1");
+    config.set("gateway.site.name", "s");
+    config.add_radar("radar-1", 9).lanes(1).calibration("C", "2099-01-01");
+    config.write(dir_ / "c.yaml");
   }
 
   // Runs checkpointd with args; returns {exit code, stderr}.
@@ -51,10 +45,17 @@ TEST_F(DaemonStartup, CheckConfigAcceptsAValidFile) {
 }
 
 TEST_F(DaemonStartup, CheckConfigNamesFileLineColumnAndKey) {
-  write_config(
-      "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: 70000}\n"
-      "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}]\n"
-      "    calibration: {certificate: C, valid_until: 2099-01-01}\n");
+  // Written by hand, not with CheckpointdConfig: the place expected below is a line and column of this text.
+  std::ofstream(dir_ / "c.yaml")
+      << "gateway:\n  id: gw-1\n"
+      << "  site: {name: s, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
+      << "  key: " << (dir_ / "gateway.key").string() << "\n"
+      << "store:\n  path: " << (dir_ / "store.db").string() << "\n"
+      << "mqtt:\n  uri: tcp://127.0.0.1:9\n"
+      << "devices:\n"
+      << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: 70000}\n"
+      << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}]\n"
+      << "    calibration: {certificate: C, valid_until: 2099-01-01}\n";
   const auto [code, out] = run({"--check-config", (dir_ / "c.yaml").string()});
   EXPECT_NE(code, 0);
   EXPECT_NE(out.find("c.yaml:12:34: devices[0].tcp.port: must be between 1 and 65535"), std::string::npos)

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/integration/gateway_config.h"
 #include "tests/integration/harness.h"
 
 namespace cpd::testing {
@@ -85,33 +86,18 @@ class DevicesCli : public ::testing::Test {
   }
 
   void write_config() {
-    std::ofstream c(dir_ / "c.yaml");
-    c << "gateway:\n  id: gw\n"
-      << "  site: {name: t, road: G60, direction: N, lat: 30.0, lon: 120.0, utc_offset: \"+08:00\"}\n"
-      << "  key: " << (dir_ / "gateway.key").string() << "\n"
-      << "store:\n  path: " << (dir_ / "store.db").string() << "\n"
-      << "mqtt:\n  uri: tcp://127.0.0.1:1883\n"
-      << "metrics: {enabled: false}\n"
-      << "devices:\n"
-      << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << radar_port_ << "}\n"
-      << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
-      << "    calibration: {certificate: C-1, valid_until: 2099-12-31}\n"
-      << "  - id: radar-off\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << refused_port_ << "}\n"
-      << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}]\n"
-      << "    calibration: {certificate: C-2, valid_until: 2099-12-31}\n"
-      << "  - id: cam-1\n    kind: camera\n    url: http://127.0.0.1:" << camera_port_ << "\n"
-      << "    username: admin\n    password_file: " << (dir_ / "cam.password").string() << "\n"
-      << "    radar: radar-1\n"
-      << "  - id: cam-wrong\n    kind: camera\n    url: http://127.0.0.1:" << camera_port_ << "\n"
-      << "    username: operator\n    password_file: " << (dir_ / "wrong.password").string() << "\n"
-      << "    radar: radar-1\n"
-      << "  - id: cam-dns\n    kind: camera\n    url: http://nonexistent.invalid:8080\n"
-      << "    username: admin\n    password_file: " << (dir_ / "cam.password").string() << "\n"
-      << "    radar: radar-1\n"
-      << "  - id: dock-1\n    kind: recorder_dock\n    url: http://127.0.0.1:" << dock_port_ << "\n"
-      << "    token_file: " << (dir_ / "dock.token").string() << "\n"
-      << "  - id: dock-wrong\n    kind: recorder_dock\n    url: http://127.0.0.1:" << dock_port_ << "/\n"
-      << "    token_file: " << (dir_ / "wrong.token").string() << "\n";
+    auto config = CheckpointdConfig::minimal(dir_.path(), "tcp://127.0.0.1:1883");
+    config.set("gateway.site.utc_offset", "+08:00").set("metrics.enabled", "false");
+    config.add_radar("radar-1", radar_port_).calibration("C-1", "2099-12-31");
+    config.add_radar("radar-off", refused_port_).lanes(1).calibration("C-2", "2099-12-31");
+    const std::string camera = "http://127.0.0.1:" + std::to_string(camera_port_);
+    config.add_camera("cam-1", camera, dir_ / "cam.password");
+    config.add_camera("cam-wrong", camera, dir_ / "wrong.password").set("username", "operator");
+    config.add_camera("cam-dns", "http://nonexistent.invalid:8080", dir_ / "cam.password");
+    const std::string dock = "http://127.0.0.1:" + std::to_string(dock_port_);
+    config.add_dock("dock-1", dock, dir_ / "dock.token");
+    config.add_dock("dock-wrong", dock + "/", dir_ / "wrong.token");
+    config.write(dir_ / "c.yaml");
   }
 
   CtlRun ctl(std::vector<std::string> args) {
@@ -239,24 +225,21 @@ TEST_F(DevicesCli, UsageErrorsExitWith2) {
 }
 
 TEST_F(DevicesCli, CheckConfigWarnsAtTheDeviceEntries) {
-  const std::string text =
-      std::string("gateway:\n  id: gw\n") +
-      "  site: {name: t, road: G60, direction: N, lat: 30.0, lon: 120.0, utc_offset: "
-      "\"+08:00\"}\n" +
-      "  key: " + (make_gateway_key(dir_.path()).parent_path() / "gateway.key").string() +
-      "\nstore:\n  path: /tmp/store.db\nmqtt:\n  uri: tcp://127.0.0.1:1883\n"
-      "metrics: {enabled: false}\n"
-      "devices:\n"
-      "  - id: radar-a\n    kind: radar\n    tcp: {host: 192.0.2.10, port: 4001}\n"
-      "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}]\n"
-      "    calibration: {certificate: C-A, valid_until: " +
-      date_in_days(10) +
-      "}\n"
-      "  - id: radar-b\n    kind: radar\n    tcp: {host: 192.0.2.10, port: 4001}\n"
-      "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}]\n"
-      "    calibration: {certificate: C-B, valid_until: 2099-12-31}\n";
+  make_gateway_key(dir_.path());
+  auto config = CheckpointdConfig::minimal(dir_.path(), "tcp://127.0.0.1:1883");
+  config.set("gateway.site.utc_offset", "+08:00")
+      .set("store.path", "/tmp/store.db")
+      .set("metrics.enabled", "false");
+  config.add_radar("radar-a", 4001)
+      .set_yaml("tcp", "{host: 192.0.2.10, port: 4001}")
+      .lanes(1)
+      .calibration("C-A", date_in_days(10));
+  config.add_radar("radar-b", 4001)
+      .set_yaml("tcp", "{host: 192.0.2.10, port: 4001}")
+      .lanes(1)
+      .calibration("C-B", "2099-12-31");
   const std::string file = (dir_ / "warn.yaml").string();
-  std::ofstream(file) << text;
+  const std::string text = config.write(file);  // the places expected below are found in this text
   const CtlRun r = ctl({"check-config", file});
   EXPECT_EQ(r.code, 0) << r.out << r.err;
   EXPECT_THAT(r.out, HasSubstr(place_in(file, text, "id: radar-a") +
@@ -277,6 +260,7 @@ TEST_F(DevicesCli, CheckConfigWarnsAtTheDeviceEntries) {
 }
 
 TEST_F(DevicesCli, CheckConfigOnABrokenFileNamesThePlace) {
+  // Written by hand, not with CheckpointdConfig: a file that is wrong on purpose (a misspelt key).
   const std::string text =
       "gateway:\n  id: gw\n  site: {name: t, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
       "  key: /tmp/gw.key\nstore:\n  path: /tmp/store.db\nmqtt:\n  uri: tcp://127.0.0.1:1883\n"

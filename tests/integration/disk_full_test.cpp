@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "tests/integration/gateway_config.h"
 #include "tests/integration/harness.h"
 
 namespace cpd::testing {
@@ -78,25 +79,17 @@ TEST_F(DiskFull, MediaStopsAtTheReserveRecordsGoOnTheAlarmIsRaisedAndClearedAndN
   std::ofstream(dir_ / "dock.token") << "disk-dock-token\n";
   ::chmod((dir_ / "dock.token").c_str(), 0600);
   const auto acked = [&] { return dock_acks(dir_ / "dock-truth.jsonl"); };
-  std::ofstream(dir_ / "c.yaml")
-      << "gateway:\n  id: gw\n  site: {name: t, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
-      << "  key: " << (dir_ / "gateway.key").string() << "\n"
-      << "store:\n  path: " << (disk_ / "store.db").string() << "\n  reserve_mb: 10\n"
-      << "mqtt:\n  uri: " << broker.uri() << "\n"
-      << "correlation:\n  max_wait_ms: 200\n"
-      << "validity:\n  clock_sync: assume\n"
-      << "devices:\n"
-      << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << radar_line->substr(6)
-      << "}\n"
-      << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
-      << "    calibration: {certificate: C, valid_until: 2099-01-01}\n"
-      << "  - id: cam-1\n    kind: camera\n    url: http://127.0.0.1:" << camera_line->substr(10)
-      << "\n    username: admin\n    password_file: " << (dir_ / "cam.secret").string()
-      << "\n    radar: radar-1\n"
-      << "  - id: dock-1\n    kind: recorder_dock\n    url: http://127.0.0.1:" << dock_line->substr(10)
-      << "\n    token_file: " << (dir_ / "dock.token").string()
-      << "\n    poll_interval_ms: 300\n    reconnect_initial_ms: 100\n"
-      << "    reconnect_max_ms: 1000\n";
+  auto config = CheckpointdConfig::minimal(dir_.path(), broker.uri());
+  config.set("store.path", (disk_ / "store.db").string())
+      .set("store.reserve_mb", 10)
+      .set("correlation.max_wait_ms", 200)
+      .set("validity.clock_sync", "assume");
+  config.add_radar("radar-1", radar_line->substr(6)).calibration("C", "2099-01-01");
+  config.add_camera("cam-1", "http://127.0.0.1:" + camera_line->substr(10), dir_ / "cam.secret");
+  config.add_dock("dock-1", "http://127.0.0.1:" + dock_line->substr(10), dir_ / "dock.token")
+      .set("poll_interval_ms", 300)
+      .reconnect(100, 1000);
+  config.write(dir_ / "c.yaml");
   daemon_ = std::make_unique<Process>(
       std::vector<std::string>{binary("daemon/app/checkpointd"), "--config", (dir_ / "c.yaml").string()},
       dir_ / "checkpointd");

@@ -20,6 +20,7 @@
 #include <sstream>
 
 #include "daemon/core/encoding.h"
+#include "tests/integration/gateway_config.h"
 #include "tests/integration/harness.h"
 
 namespace cpd::testing {
@@ -75,21 +76,19 @@ class DockIntegration : public ::testing::Test {
     return docks_.back();
   }
 
-  void write_config(const std::string& dock_extra = "", const std::string& token_file = "dock.token") {
-    std::ofstream c(dir_ / "c.yaml");
-    c << "gateway:\n  id: gw\n"
-      << "  site: {name: t, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
-      << "  key: " << (dir_ / "gateway.key").string() << "\n"
-      << "store:\n  path: " << (dir_ / "store.db").string() << "\n"
-      << "mqtt:\n  uri: " << broker_->uri() << "\n"
-      << "validity:\n  clock_sync: assume\n"
-      << "devices:\n";
+  // `dock_keys`: more keys of every dock's entry.
+  void write_config(const std::vector<std::pair<std::string, int>>& dock_keys = {},
+                    const std::string& token_file = "dock.token") {
+    auto config = CheckpointdConfig::minimal(dir_.path(), broker_->uri());
+    config.set("validity.clock_sync", "assume");
     for (const auto& d : docks_) {
-      c << "  - id: " << d.id << "\n    kind: recorder_dock\n    url: http://127.0.0.1:" << d.port << "\n"
-        << "    token_file: " << (dir_ / token_file).string() << "\n"
-        << "    poll_interval_ms: 300\n    reconnect_initial_ms: 100\n    reconnect_max_ms: 1000\n"
-        << dock_extra;
+      auto dock = config.add_dock(d.id, "http://127.0.0.1:" + std::to_string(d.port), dir_ / token_file);
+      dock.set("poll_interval_ms", 300).reconnect(100, 1000);
+      for (const auto& [key, value] : dock_keys) {
+        dock.set(key, value);
+      }
     }
+    config.write(dir_ / "c.yaml");
   }
 
   void start_daemon() {
@@ -162,7 +161,7 @@ class DockIntegration : public ::testing::Test {
 TEST_F(DockIntegration, EveryFileIsCollectedOnceHashedKeptAndAcknowledgedAfterItsRecord) {
   constexpr std::size_t kFiles = 12;
   Dock& dock = add_dock("dock-1", {"--files", std::to_string(kFiles), "--file-kb", "700", "--seed", "3"});
-  write_config("    list_limit: 5\n    max_parallel_downloads: 3\n");
+  write_config({{"list_limit", 5}, {"max_parallel_downloads", 3}});
   start_daemon();
   ASSERT_TRUE(collector_->wait_until([&] { return acked(dock).size() >= kFiles; }, 60s))
       << acked(dock).size() << " acked\n"
@@ -227,7 +226,7 @@ TEST_F(DockIntegration, BrokenDownloadsResumeAndStationRestartsDoNotDuplicate) {
   Dock& dock =
       add_dock("dock-1", {"--files", std::to_string(kFiles), "--file-kb", "3000", "--break-after-bytes",
                           "700000", "--break-times", "2", "--restart-every-s", "1.5", "--seed", "5"});
-  write_config("    max_parallel_downloads: 2\n    download_idle_timeout_s: 5\n");
+  write_config({{"max_parallel_downloads", 2}, {"download_idle_timeout_s", 5}});
   start_daemon();
   ASSERT_TRUE(collector_->wait_until([&] { return acked(dock).size() >= kFiles; }, 90s))
       << acked(dock).size() << " acked\n"
@@ -290,7 +289,7 @@ TEST_F(DockIntegration, AKilledDaemonNeverLeavesAFileAcknowledgedWithoutItsCommi
   // a download and its record, and between a record and its ack.
   constexpr std::size_t kFiles = 40;
   Dock& dock = add_dock("dock-1", {"--files", std::to_string(kFiles), "--file-kb", "20000", "--seed", "11"});
-  write_config("    max_parallel_downloads: 2\n    list_limit: 7\n");
+  write_config({{"max_parallel_downloads", 2}, {"list_limit", 7}});
   std::mt19937 rng(20261127);
   std::uniform_int_distribution<int> delay_ms(150, 900);
   int kills = 0;
@@ -376,7 +375,7 @@ TEST_F(DockIntegration, AWrongTokenIsAClearFaultAndNothingIsCollected) {
   Dock& dock = add_dock("dock-1", {"--files", "2", "--file-kb", "100"});
   std::ofstream(dir_ / "wrong.token") << "not-the-token\n";
   ::chmod((dir_ / "wrong.token").c_str(), 0600);
-  write_config("", "wrong.token");
+  write_config({}, "wrong.token");
   start_daemon();
   ASSERT_TRUE(collector_->wait_until(
       [&] {
@@ -447,23 +446,16 @@ TEST_F(DockIntegration, LinksAreExactlyTheVehicleRecordsInsideEachRecording) {
   };
   std::ofstream(dir_ / "cam.secret") << "s3cret";
   ::chmod((dir_ / "cam.secret").c_str(), 0600);
-  std::ofstream(dir_ / "c.yaml")
-      << "gateway:\n  id: gw\n  site: {name: t, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
-      << "  key: " << (dir_ / "gateway.key").string() << "\n"
-      << "store:\n  path: " << (dir_ / "store.db").string() << "\n"
-      << "mqtt:\n  uri: " << broker_->uri() << "\n"
-      << "correlation:\n  lanes: [{lane: 1, limit_kmh: 100}, {lane: 2, limit_kmh: 120}]\n"
-      << "validity:\n  clock_sync: assume\n"
-      << "links: {margin_before_s: 0, margin_after_s: 0}\n"
-      << "devices:\n"
-      << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << port_of("radar") << "}\n"
-      << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
-      << "    calibration: {certificate: C, valid_until: 2099-01-01}\n"
-      << "  - id: cam-1\n    kind: camera\n    url: http://127.0.0.1:" << port_of("camera") << "\n"
-      << "    username: admin\n    password_file: " << (dir_ / "cam.secret").string()
-      << "\n    radar: radar-1\n"
-      << "  - id: dock-1\n    kind: recorder_dock\n    url: http://127.0.0.1:" << port_of("dock") << "\n"
-      << "    token_file: " << (dir_ / "dock.token").string() << "\n    poll_interval_ms: 300\n";
+  auto config = CheckpointdConfig::minimal(dir_.path(), broker_->uri());
+  config.set_yaml("correlation.lanes", "[{lane: 1, limit_kmh: 100}, {lane: 2, limit_kmh: 120}]")
+      .set("validity.clock_sync", "assume")
+      .set("links.margin_before_s", 0)
+      .set("links.margin_after_s", 0);
+  config.add_radar("radar-1", port_of("radar")).calibration("C", "2099-01-01");
+  config.add_camera("cam-1", "http://127.0.0.1:" + port_of("camera"), dir_ / "cam.secret");
+  config.add_dock("dock-1", "http://127.0.0.1:" + port_of("dock"), dir_ / "dock.token")
+      .set("poll_interval_ms", 300);
+  config.write(dir_ / "c.yaml");
   start_daemon();
 
   // Ground truth: vehicles (time of the peak, UTC) and stops (true span, UTC).
@@ -597,8 +589,7 @@ TEST_F(DockIntegration, AStationListingNewFilesEndlesslyIsBoundedAndEveryFileIsC
   constexpr auto kFlood = 12s;
   Dock& dock = add_dock("dock-1", {"--flood-s", "12", "--flood-page", "500", "--ignore-limit", "--file-bytes",
                                    "2048", "--seed", "12"});
-  write_config("    list_limit: 100\n    max_parallel_downloads: 4\n    max_pending_files: " +
-               std::to_string(kMaxPending) + "\n");
+  write_config({{"list_limit", 100}, {"max_parallel_downloads", 4}, {"max_pending_files", kMaxPending}});
   start_daemon();
   const fs::path db = dir_ / "store.db";
   const auto store_bytes = [&] {

@@ -12,6 +12,7 @@
 
 #include "daemon/core/chain_verifier.h"
 #include "daemon/core/ed25519.h"
+#include "tests/integration/gateway_config.h"
 #include "tests/integration/harness.h"
 
 namespace cpd::testing {
@@ -107,24 +108,12 @@ class Flood : public ::testing::Test {
   }
 
   void write_config(std::uint16_t port_a, std::uint16_t port_b) {
-    std::ofstream cfg(dir_ / "checkpointd.yaml");
-    cfg << "gateway:\n"
-        << "  id: test-gw-1\n"
-        << "  site: {name: \"Test site\", road: G60, direction: N, lat: 30.274085, lon: 120.15507, "
-           "utc_offset: \"+08:00\"}\n"
-        << "  key: " << (dir_ / "gateway.key").string() << "\n"
-        << "store:\n  path: " << (dir_ / "store.db").string() << "\n"
-        << "mqtt:\n  uri: " << broker_->uri() << "\n  client_id: test-gw-1\n  topic_prefix: checkpoint\n"
-        << "  reconnect_min_ms: 200\n  reconnect_max_ms: 1000\n"
-        << "metrics: {enabled: false}\n"
-        << "devices:\n";
+    CheckpointdConfig config(dir_.path(), broker_->uri());
+    config.set("metrics.enabled", "false");
     for (const auto& [id, port] : {std::pair{"radar-a", port_a}, std::pair{"radar-b", port_b}}) {
-      cfg << "  - id: " << id << "\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << port << "}\n"
-          << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
-          << "    calibration: {certificate: JJG527-2026-0412, valid_until: 2099-12-31}\n"
-          << "    track_timeout_ms: " << kTrackTimeoutMs << "\n"
-          << "    reconnect_initial_ms: 200\n    reconnect_max_ms: 1000\n";
+      config.add_radar(id, port).set("track_timeout_ms", kTrackTimeoutMs).reconnect(200, 1000);
     }
+    config.write(dir_ / "checkpointd.yaml");
   }
 
   std::vector<std::uint64_t> verified_seqs() const {

@@ -6,9 +6,9 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "tests/integration/gateway_config.h"
 #include "tests/integration/harness.h"
 
 namespace cpd::testing {
@@ -38,21 +38,10 @@ class HostileRadar : public ::testing::Test {
     const auto line = sim_->wait_for_stdout_line("listening ", 10s);
     ASSERT_TRUE(line) << "simulator did not start: " << sim_->stderr_text();
     const auto port = static_cast<std::uint16_t>(std::stoi(line->substr(10)));
-    std::ofstream(dir_ / "checkpointd.yaml")
-        << "gateway:\n"
-        << "  id: test-gw-1\n"
-        << "  site: {name: \"Test site\", road: G60, direction: N, lat: 30.274085, lon: 120.15507, "
-           "utc_offset: \"+08:00\"}\n"
-        << "  key: " << (dir_ / "gateway.key").string() << "\n"
-        << "store:\n  path: " << db().string() << "\n"
-        << "mqtt:\n  uri: " << broker_->uri() << "\n  client_id: test-gw-1\n  topic_prefix: checkpoint\n"
-        << "metrics: {enabled: false}\n"
-        << "devices:\n"
-        << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << port << "}\n"
-        << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
-        << "    calibration: {certificate: JJG527-2026-0412, valid_until: 2099-12-31}\n"
-        << "    track_timeout_ms: 300\n"
-        << "    reconnect_initial_ms: 200\n    reconnect_max_ms: 1000\n";
+    CheckpointdConfig config(dir_.path(), broker_->uri());  // the store at db()
+    config.erase("mqtt.reconnect_min_ms").erase("mqtt.reconnect_max_ms").set("metrics.enabled", "false");
+    config.add_radar("radar-1", port).set("track_timeout_ms", 300).reconnect(200, 1000);
+    config.write(dir_ / "checkpointd.yaml");
   }
 
   std::unique_ptr<Process> start_daemon() {

@@ -8,12 +8,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
 #include <sstream>
 
+#include "tests/integration/gateway_config.h"
 #include "tests/integration/harness.h"
 
 namespace cpd::testing {
@@ -93,22 +93,13 @@ class Metrics : public ::testing::Test {
   }
 
   void write_config(std::uint16_t metrics_port) {
-    std::ofstream(dir_ / "checkpointd.yaml")
-        << "gateway:\n"
-        << "  id: met-gw\n"
-        << "  site: {name: \"Test site\", road: G60, direction: N, lat: 30.274085, lon: 120.15507, "
-           "utc_offset: \"+08:00\"}\n"
-        << "  key: " << (dir_ / "gateway.key").string() << "\n"
-        << "store:\n  path: " << (dir_ / "store.db").string() << "\n"
-        << "mqtt:\n  uri: " << broker_->uri() << "\n  client_id: met-gw\n  topic_prefix: checkpoint\n"
-        << "  reconnect_min_ms: 200\n  reconnect_max_ms: 1000\n"
-        << "metrics: {host: 127.0.0.1, port: " << metrics_port << "}\n"
-        << "validity:\n  clock_sync: assume\n"
-        << "devices:\n"
-        << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << sim_port_ << "}\n"
-        << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
-        << "    calibration: {certificate: JJG527-2026-0412, valid_until: 2099-12-31}\n"
-        << "    reconnect_initial_ms: 200\n    reconnect_max_ms: 1000\n";
+    CheckpointdConfig config(dir_.path(), broker_->uri());
+    config.gateway_id("met-gw")
+        .set("metrics.host", "127.0.0.1")
+        .set("metrics.port", metrics_port)
+        .set("validity.clock_sync", "assume");
+    config.add_radar("radar-1", sim_port_).reconnect(200, 1000);
+    config.write(dir_ / "checkpointd.yaml");
   }
 
   std::unique_ptr<Process> start_daemon() {

@@ -12,6 +12,7 @@
 #include "daemon/core/chain_verifier.h"
 #include "daemon/core/encoding.h"
 #include "daemon/store/evidence_store.h"
+#include "tests/integration/gateway_config.h"
 #include "tests/integration/harness.h"
 
 namespace cpd::testing {
@@ -40,20 +41,9 @@ class RadarPipeline : public ::testing::Test {
   }
 
   void write_config() {
-    std::ofstream(dir_ / "checkpointd.yaml")
-        << "gateway:\n"
-        << "  id: test-gw-1\n"
-        << "  site: {name: \"Test site\", road: G60, direction: N, lat: 30.274085, lon: 120.15507, "
-           "utc_offset: \"+08:00\"}\n"
-        << "  key: " << (dir_ / "gateway.key").string() << "\n"
-        << "store:\n  path: " << (dir_ / "store.db").string() << "\n"
-        << "mqtt:\n  uri: " << broker_->uri() << "\n  client_id: test-gw-1\n  topic_prefix: checkpoint\n"
-        << "  reconnect_min_ms: 200\n  reconnect_max_ms: 1000\n"
-        << "devices:\n"
-        << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << sim_port_ << "}\n"
-        << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
-        << "    calibration: {certificate: JJG527-2026-0412, valid_until: 2099-12-31}\n"
-        << "    reconnect_initial_ms: 200\n    reconnect_max_ms: 1000\n";
+    CheckpointdConfig config(dir_.path(), broker_->uri());
+    config.add_radar("radar-1", sim_port_).reconnect(200, 1000);
+    config.write(dir_ / "checkpointd.yaml");
   }
 
   std::unique_ptr<Process> start_daemon() {

@@ -9,8 +9,11 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <utility>
+#include <vector>
 
 #include "daemon/core/encoding.h"
+#include "tests/integration/gateway_config.h"
 #include "tests/integration/harness.h"
 
 namespace cpd::testing {
@@ -21,8 +24,8 @@ using namespace std::chrono_literals;
 
 struct Options {
   std::string calibration_until = "2099-12-31";
-  std::string site_extra;  // more members of gateway.site (the case-file elements)
-  std::string extra_camera_config;
+  // More members of gateway.site (the case-file elements).
+  std::vector<std::pair<std::string, std::string>> site_extra;
   std::string password = "secret";
 };
 
@@ -54,25 +57,21 @@ class Checkpoint : public ::testing::Test {
       std::ofstream(dir_ / "cam.secret") << o.password;
       ::chmod((dir_ / "cam.secret").c_str(), 0600);
     }
-    std::ofstream(dir_ / "checkpointd.yaml")
-        << "gateway:\n  id: gw\n"
-        << "  site: {name: \"Test\", road: G60, direction: N, lat: 30.274085, lon: 120.15507, utc_offset: "
-           "\"+08:00\""
-        << o.site_extra << "}\n"
-        << "  key: " << (dir_ / "gateway.key").string() << "\n"
-        << "store:\n  path: " << (dir_ / "store.db").string() << "\n"
-        << "mqtt:\n  uri: " << broker_->uri() << "\n"
-        << "correlation:\n  window_ms: 500\n  max_wait_ms: 2000\n"
-        << "  lanes: [{lane: 1, limit_kmh: 100}, {lane: 2, limit_kmh: 120}]\n"
-        << "validity:\n  clock_sync: assume\n"
-        << "devices:\n"
-        << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " << radar_port_ << "}\n"
-        << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
-        << "    calibration: {certificate: JJG527-2026-0412, valid_until: " << o.calibration_until << "}\n"
-        << "  - id: cam-1\n    kind: camera\n    url: http://127.0.0.1:" << camera_port_ << "\n"
-        << "    username: admin\n    password_file: " << (dir_ / "cam.secret").string() << "\n"
-        << "    auth: digest\n    radar: radar-1\n"
-        << o.extra_camera_config;
+    auto config = CheckpointdConfig::minimal(dir_.path(), broker_->uri());
+    config.set_yaml(
+        "gateway.site",
+        "{name: Test, road: G60, direction: N, lat: 30.274085, lon: 120.15507, utc_offset: \"+08:00\"}");
+    for (const auto& [key, value] : o.site_extra) {
+      config.set("gateway.site." + key, value);
+    }
+    config.set("correlation.window_ms", 500)
+        .set("correlation.max_wait_ms", 2000)
+        .set_yaml("correlation.lanes", "[{lane: 1, limit_kmh: 100}, {lane: 2, limit_kmh: 120}]")
+        .set("validity.clock_sync", "assume");
+    config.add_radar("radar-1", radar_port_).calibration("JJG527-2026-0412", o.calibration_until);
+    config.add_camera("cam-1", "http://127.0.0.1:" + std::to_string(camera_port_), dir_ / "cam.secret")
+        .set("auth", "digest");
+    config.write(dir_ / "checkpointd.yaml");
     verify_ = std::make_unique<Process>(
         std::vector<std::string>{binary("tools/checkpointctl/checkpointctl"), "verify", "--pubkey",
                                  pub_pem_.string(), "--mqtt", broker_->uri(), "--topic",
@@ -321,7 +320,8 @@ vehicles:
   - {at_ms: 1500, plate: 沪C00001, lane: 1, speed_kmh: 80.0}
 )");
   Options o;
-  o.site_extra = ", area_code: \"330106\", road_code: G60, km_marker: K1234+500, carriageway: up";
+  o.site_extra = {
+      {"area_code", "330106"}, {"road_code", "G60"}, {"km_marker", "K1234+500"}, {"carriageway", "up"}};
   start_daemon(o);
   ASSERT_TRUE(wait_records(2, 60s)) << daemon_->stderr_text();
   stop_and_verify();

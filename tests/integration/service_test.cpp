@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <fstream>
+#include <functional>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -20,6 +21,7 @@
 #include "daemon/core/chain_verifier.h"
 #include "daemon/core/encoding.h"
 #include "daemon/store/evidence_store.h"
+#include "tests/integration/gateway_config.h"
 #include "tests/integration/harness.h"
 
 namespace cpd::testing {
@@ -135,44 +137,36 @@ class Service : public ::testing::Test {
     return dir_ / name;
   }
 
-  static std::string camera_entry(const std::string& id, std::uint16_t port, const fs::path& password_file) {
-    return "  - id: " + id + "\n    kind: camera\n    url: http://127.0.0.1:" + std::to_string(port) +
-           "\n    username: admin\n    password_file: " + password_file.string() + "\n    radar: radar-1\n" +
-           "    reconnect_initial_ms: 200\n    reconnect_max_ms: 1000\n";
+  // Adds a device entry to the config write_config() writes.
+  using AddDevice = std::function<void(CheckpointdConfig&)>;
+
+  static AddDevice camera_entry(const std::string& id, std::uint16_t port, const fs::path& password_file) {
+    return [=](CheckpointdConfig& config) {
+      config.add_camera(id, "http://127.0.0.1:" + std::to_string(port), password_file).reconnect(200, 1000);
+    };
   }
 
-  static std::string dock_entry(const std::string& id, std::uint16_t port, const fs::path& token_file) {
-    return "  - id: " + id + "\n    kind: recorder_dock\n    url: http://127.0.0.1:" + std::to_string(port) +
-           "\n    token_file: " + token_file.string() + "\n";
+  static AddDevice dock_entry(const std::string& id, std::uint16_t port, const fs::path& token_file) {
+    return [=](CheckpointdConfig& config) {
+      config.add_dock(id, "http://127.0.0.1:" + std::to_string(port), token_file);
+    };
   }
 
-  static std::string radar_entry(const std::string& id, std::uint16_t port,
-                                 const std::string& certificate = "JJG527-2026-0412") {
-    return "  - id: " + id + "\n    kind: radar\n    tcp: {host: 127.0.0.1, port: " + std::to_string(port) +
-           "}\n    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}, {lane: 2, x_min: 3.75, x_max: 7.5}]\n"
-           "    calibration: {certificate: " +
-           certificate +
-           ", valid_until: 2099-12-31}\n"
-           "    reconnect_initial_ms: 200\n    reconnect_max_ms: 1000\n";
+  static AddDevice radar_entry(const std::string& id, std::uint16_t port,
+                               const std::string& certificate = "JJG527-2026-0412") {
+    return [=](CheckpointdConfig& config) {
+      config.add_radar(id, port).calibration(certificate, "2099-12-31").reconnect(200, 1000);
+    };
   }
 
   // Writes the config with these device entries; returns the file's SHA-256.
-  std::string write_config(const std::string& devices, const std::string& broker_uri = "") {
-    std::string text =
-        "gateway:\n  id: test-gw-1\n"
-        "  site: {name: \"Test site\", road: G60, direction: N, lat: 30.274085, lon: 120.15507, "
-        "utc_offset: \"+08:00\"}\n"
-        "  key: " +
-        (dir_ / "gateway.key").string() + "\n" + "store:\n  path: " + (dir_ / "store.db").string() + "\n" +
-        "mqtt:\n  uri: " + (broker_uri.empty() ? broker_->uri() : broker_uri) +
-        "\n  client_id: test-gw-1\n  topic_prefix: checkpoint\n"
-        "  reconnect_min_ms: 200\n  reconnect_max_ms: 1000\n"
-        "metrics: {enabled: false}\n"
-        "validity: {clock_sync: assume}\n"
-        "devices:\n" +
-        devices;
-    std::ofstream(dir_ / "checkpointd.yaml", std::ios::trunc) << text;
-    return sha256_hex(text);
+  std::string write_config(const std::vector<AddDevice>& devices, const std::string& broker_uri = "") {
+    CheckpointdConfig config(dir_.path(), broker_uri.empty() ? broker_->uri() : broker_uri);
+    config.set("metrics.enabled", "false").set("validity.clock_sync", "assume");
+    for (const auto& add : devices) {
+      add(config);
+    }
+    return sha256_hex(config.write(dir_ / "checkpointd.yaml"));
   }
 
   std::unique_ptr<Process> start_daemon() {
@@ -254,7 +248,7 @@ TEST_F(Service, TellsSystemdReadyStatusWatchdogReloadingAndStopping) {
   NotifySocket notify(dir_ / "notify.sock");
   ::setenv("NOTIFY_SOCKET", notify.path().c_str(), 1);
   ::setenv("WATCHDOG_USEC", "1000000", 1);  // WatchdogSec=1s: the daemon must ping at least every second
-  write_config(radar_entry("radar-1", start_radar("sim-1", "3")));
+  write_config({radar_entry("radar-1", start_radar("sim-1", "3"))});
   auto daemon = start_daemon();
   ::unsetenv("NOTIFY_SOCKET");
   ::unsetenv("WATCHDOG_USEC");
@@ -300,14 +294,14 @@ TEST_F(Service, TellsSystemdReadyStatusWatchdogReloadingAndStopping) {
 TEST_F(Service, ReloadAddsRemovesAndRefusesDevicesWithoutLossOrRestartingOthers) {
   const std::uint16_t port1 = start_radar("sim-1", "5");
   const std::uint16_t port2 = start_radar("sim-2", "6");
-  const std::string sha_one = write_config(radar_entry("radar-1", port1));
+  const std::string sha_one = write_config({radar_entry("radar-1", port1)});
   auto daemon = start_daemon();
   ASSERT_TRUE(collector_->wait_until([&] { return records_from("radar-1") >= 3; }, 30s))
       << daemon->stderr_text();
 
   // 1. Add radar-2: started, radar-1 untouched (never disconnected, no reconnect).
   const std::size_t radar1_states = status_records_of("radar-1");
-  const std::string sha_two = write_config(radar_entry("radar-1", port1) + radar_entry("radar-2", port2));
+  const std::string sha_two = write_config({radar_entry("radar-1", port1), radar_entry("radar-2", port2)});
   daemon->signal(SIGHUP);
   ASSERT_TRUE(collector_->wait_until([&] { return audits("reload").size() == 1; }, 15s))
       << daemon->stderr_text();
@@ -332,7 +326,7 @@ TEST_F(Service, ReloadAddsRemovesAndRefusesDevicesWithoutLossOrRestartingOthers)
   EXPECT_NE(daemon->stderr_text().find("reload refused"), std::string::npos);
 
   // 3. A change to a section fixed at start (the broker) is refused as a whole, naming the section.
-  write_config(radar_entry("radar-1", port1), "tcp://127.0.0.1:1");
+  write_config({radar_entry("radar-1", port1)}, "tcp://127.0.0.1:1");
   daemon->signal(SIGHUP);
   ASSERT_TRUE(collector_->wait_until([&] { return audits("reload_refused").size() == 2; }, 15s));
   const json refused_mqtt = audits("reload_refused").back();
@@ -345,7 +339,7 @@ TEST_F(Service, ReloadAddsRemovesAndRefusesDevicesWithoutLossOrRestartingOthers)
       << "both radars keep running after refused reloads";
 
   // 4. Remove radar-2.
-  write_config(radar_entry("radar-1", port1));
+  write_config({radar_entry("radar-1", port1)});
   daemon->signal(SIGHUP);
   ASSERT_TRUE(collector_->wait_until([&] { return audits("reload").size() == 2; }, 15s));
   EXPECT_EQ(audits("reload").back()["changes"]["devices_removed"], json::array({"radar-2"}));
@@ -359,7 +353,7 @@ TEST_F(Service, ReloadAddsRemovesAndRefusesDevicesWithoutLossOrRestartingOthers)
 
   // 5. Change radar-1 (a renewed calibration certificate): that adapter alone is restarted, and the
   // records after the reload carry the new certificate.
-  const std::string sha_renewed = write_config(radar_entry("radar-1", port1, "JJG527-2027-0001"));
+  const std::string sha_renewed = write_config({radar_entry("radar-1", port1, "JJG527-2027-0001")});
   daemon->signal(SIGHUP);
   ASSERT_TRUE(collector_->wait_until([&] { return audits("reload").size() == 3; }, 15s));
   EXPECT_EQ(audits("reload").back()["changes"]["devices_changed"], json::array({"radar-1"}));
@@ -409,15 +403,15 @@ TEST_F(Service, ReloadAppliesCameraAndDockChangesWithoutTouchingTheRadar) {
   const fs::path cam_wrong = secret("cam-wrong.password", "not-the-password");
   const fs::path dock_ok = secret("dock.token", "dock-token");
   const fs::path dock_wrong = secret("dock-wrong.token", "other-token");
-  write_config(radar_entry("radar-1", radar));
+  write_config({radar_entry("radar-1", radar)});
   auto daemon = start_daemon();
   ASSERT_TRUE(collector_->wait_until([&] { return records_from("radar-1") >= 3; }, 30s))
       << daemon->stderr_text();
   const std::size_t radar_states = status_records_of("radar-1");
 
   // 1. Add a camera and a dock: both start and produce records.
-  write_config(radar_entry("radar-1", radar) + camera_entry("cam-1", camera, cam_ok) +
-               dock_entry("dock-1", dock, dock_ok));
+  write_config({radar_entry("radar-1", radar), camera_entry("cam-1", camera, cam_ok),
+                dock_entry("dock-1", dock, dock_ok)});
   daemon->signal(SIGHUP);
   ASSERT_TRUE(collector_->wait_until([&] { return audits("reload").size() == 1; }, 15s))
       << daemon->stderr_text();
@@ -430,8 +424,8 @@ TEST_F(Service, ReloadAppliesCameraAndDockChangesWithoutTouchingTheRadar) {
   // 2. Wrong credentials for both: each is restarted under its new settings, which the device refuses.
   const std::size_t cam_states = states_of("cam-1").size();
   const std::size_t dock_states = states_of("dock-1").size();
-  write_config(radar_entry("radar-1", radar) + camera_entry("cam-1", camera, cam_wrong) +
-               dock_entry("dock-1", dock, dock_wrong));
+  write_config({radar_entry("radar-1", radar), camera_entry("cam-1", camera, cam_wrong),
+                dock_entry("dock-1", dock, dock_wrong)});
   daemon->signal(SIGHUP);
   ASSERT_TRUE(collector_->wait_until([&] { return audits("reload").size() == 2; }, 15s));
   EXPECT_EQ(audits("reload").back()["changes"]["devices_changed"], json::array({"cam-1", "dock-1"}));
@@ -446,7 +440,7 @@ TEST_F(Service, ReloadAppliesCameraAndDockChangesWithoutTouchingTheRadar) {
       << daemon->stderr_text();
 
   // 3. Remove both: the status no longer lists them; the radar runs on.
-  write_config(radar_entry("radar-1", radar));
+  write_config({radar_entry("radar-1", radar)});
   daemon->signal(SIGHUP);
   ASSERT_TRUE(collector_->wait_until([&] { return audits("reload").size() == 3; }, 15s));
   EXPECT_EQ(audits("reload").back()["changes"]["devices_removed"], json::array({"cam-1", "dock-1"}));

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <fstream>
 
+#include "tests/integration/gateway_config.h"
 #include "tests/integration/harness.h"
 
 namespace cpd::testing {
@@ -83,35 +84,32 @@ class TlsIntegration : public ::testing::Test {
     broker_->start();
   }
 
-  // `mqtt` is the daemon's mqtt section (indented by two spaces); `extra_devices` more device entries.
-  void write_config(const std::string& mqtt, const std::string& extra_devices = "") {
-    std::ofstream(dir_ / "c.yaml")
-        << "gateway:\n  id: gw\n"
-        << "  site: {name: t, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
-        << "  key: " << (dir_ / "gateway.key").string() << "\n"
-        << "store:\n  path: " << (dir_ / "store.db").string() << "\n"
-        << "mqtt:\n"
-        << mqtt << "  reconnect_min_ms: 200\n  reconnect_max_ms: 1000\n"
-        << "  connect_timeout_s: 3\n"
-        << "validity:\n  clock_sync: assume\n"
-        << "devices:\n"
-        << "  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: 9}\n"
-        << "    lanes: [{lane: 1, x_min: 0.0, x_max: 3.75}]\n"
-        << "    calibration: {certificate: C, valid_until: 2099-01-01}\n"
-        << extra_devices;
+  // The daemon's config with the broker at `uri` (reconnects after 200 ms to 1 s, a 3 s connect timeout) and
+  // a radar that need not be reachable.
+  CheckpointdConfig broker_config(const std::string& uri) const {
+    auto config = CheckpointdConfig::minimal(dir_.path(), uri);
+    config.set("mqtt.reconnect_min_ms", 200)
+        .set("mqtt.reconnect_max_ms", 1000)
+        .set("mqtt.connect_timeout_s", 3)
+        .set("validity.clock_sync", "assume");
+    config.add_radar("radar-1", 9).lanes(1).calibration("C", "2099-01-01");
+    return config;
   }
 
-  std::string tls_mqtt(const std::string& ca = "ca.pem", bool client_cert = true,
-                       const std::string& password_file = "mqtt.pw") const {
-    std::string m = "  uri: " + broker_->uri() + "\n  tls:\n    ca_file: " + (dir_ / ca).string() + "\n";
+  // broker_config() for the test's TLS broker: trusting `ca`, with or without the client certificate, as user
+  // gw with the password in `password_file` (no credentials when empty).
+  CheckpointdConfig tls_config(const std::string& ca = "ca.pem", bool client_cert = true,
+                               const std::string& password_file = "mqtt.pw") const {
+    auto config = broker_config(broker_->uri());
+    config.set("mqtt.tls.ca_file", (dir_ / ca).string());
     if (client_cert) {
-      m += "    cert_file: " + (dir_ / "client.pem").string() +
-           "\n    key_file: " + (dir_ / "client.key").string() + "\n";
+      config.set("mqtt.tls.cert_file", (dir_ / "client.pem").string())
+          .set("mqtt.tls.key_file", (dir_ / "client.key").string());
     }
     if (!password_file.empty()) {
-      m += "  username: gw\n  password_file: " + (dir_ / password_file).string() + "\n";
+      config.set("mqtt.username", "gw").set("mqtt.password_file", (dir_ / password_file).string());
     }
-    return m;
+    return config;
   }
 
   void start_daemon() {
@@ -160,14 +158,10 @@ TEST_F(TlsIntegration, MutualTlsWithPasswordDeliversRecordsAndLeaksNoSecret) {
   start_broker("server", /*mutual=*/true, /*passwords=*/true);
   MqttCollector collector(broker_->uri(), {"checkpoint/gw/#"}, collector_options());
   // Devices holding the other secrets; they need not be reachable for their secrets to be loaded.
-  write_config(tls_mqtt(),
-               "  - id: cam-1\n    kind: camera\n    url: http://127.0.0.1:9\n    username: admin\n"
-               "    password_file: " +
-                   (dir_ / "cam.secret").string() +
-                   "\n    radar: radar-1\n"
-                   "  - id: dock-1\n    kind: recorder_dock\n    url: http://127.0.0.1:9\n"
-                   "    token_file: " +
-                   (dir_ / "dock.token").string() + "\n");
+  auto config = tls_config();
+  config.add_camera("cam-1", "http://127.0.0.1:9", dir_ / "cam.secret");
+  config.add_dock("dock-1", "http://127.0.0.1:9", dir_ / "dock.token");
+  config.write(dir_ / "c.yaml");
 
   Process check({binary("daemon/app/checkpointd"), "--check-config", (dir_ / "c.yaml").string()},
                 dir_ / "check");
@@ -200,28 +194,28 @@ TEST_F(TlsIntegration, MutualTlsWithPasswordDeliversRecordsAndLeaksNoSecret) {
 
 TEST_F(TlsIntegration, WrongCaFailsWithVerificationReason) {
   start_broker("server", false, false);
-  write_config(tls_mqtt("other-ca.pem", false, ""));
+  tls_config("other-ca.pem", false, "").write(dir_ / "c.yaml");
   start_daemon();
   expect_connect_failure("server certificate rejected");
 }
 
 TEST_F(TlsIntegration, WrongHostnameFailsWithHostnameReason) {
   start_broker("wrongname", false, false);
-  write_config(tls_mqtt("ca.pem", false, ""));
+  tls_config("ca.pem", false, "").write(dir_ / "c.yaml");
   start_daemon();
   expect_connect_failure("hostname mismatch");
 }
 
 TEST_F(TlsIntegration, ExpiredCertificateFailsWithExpiryReason) {
   start_broker("expired", false, false);
-  write_config(tls_mqtt("ca.pem", false, ""));
+  tls_config("ca.pem", false, "").write(dir_ / "c.yaml");
   start_daemon();
   expect_connect_failure("certificate has expired");
 }
 
 TEST_F(TlsIntegration, MissingClientCertificateIsRefusedByAMutualTlsBroker) {
   start_broker("server", true, false);
-  write_config(tls_mqtt("ca.pem", false, ""));
+  tls_config("ca.pem", false, "").write(dir_ / "c.yaml");
   start_daemon();
   expect_connect_failure("TLS");
 }
@@ -229,7 +223,7 @@ TEST_F(TlsIntegration, MissingClientCertificateIsRefusedByAMutualTlsBroker) {
 TEST_F(TlsIntegration, WrongPasswordFailsAsNotAuthorized) {
   start_broker("server", false, true);
   write_private(dir_ / "wrong.pw", "not-the-password\n");
-  write_config(tls_mqtt("ca.pem", false, "wrong.pw"));
+  tls_config("ca.pem", false, "wrong.pw").write(dir_ / "c.yaml");
   start_daemon();
   // mosquitto answers a wrong password with CONNACK reason 0x87.
   const std::string out = expect_connect_failure("Not authorized");
@@ -241,7 +235,7 @@ TEST_F(TlsIntegration, NothingPlaintextReachesATlsOnlyBroker) {
   // A plaintext client cannot even connect to the TLS port.
   EXPECT_ANY_THROW(MqttCollector(broker_->uri().replace(0, 3, "tcp"), {"checkpoint/gw/#"}));
   // A daemon configured for plaintext against it never gets a session either, and keeps trying.
-  write_config("  uri: tcp://127.0.0.1:" + std::to_string(broker_->port()) + "\n");
+  broker_config("tcp://127.0.0.1:" + std::to_string(broker_->port())).write(dir_ / "c.yaml");
   start_daemon();
   std::string out;
   const auto end = std::chrono::steady_clock::now() + 15s;
