@@ -92,6 +92,78 @@ std::string md5_hex(std::string_view bytes) {
   return to_hex(md.data(), len);
 }
 
+namespace {
+
+// A parameter's value at v[i] (i just past '=' and any spaces): a quoted-string with its escapes, or a
+// token up to the next ',' without trailing spaces. i ends past it. Nullopt: a quote never closed.
+std::optional<std::string> read_param_value(std::string_view v, std::size_t& i) {
+  std::string value;
+  if (i < v.size() && v[i] == '"') {
+    ++i;
+    for (; i < v.size(); ++i) {
+      if (v[i] == '\\' && i + 1 < v.size()) {
+        value += v[++i];
+      } else if (v[i] == '"') {
+        ++i;
+        return value;
+      } else {
+        value += v[i];
+      }
+    }
+    return std::nullopt;
+  }
+  const std::size_t end = v.find(',', i);
+  value = std::string(v.substr(i, end == std::string_view::npos ? std::string_view::npos : end - i));
+  while (!value.empty() && value.back() == ' ') {
+    value.pop_back();
+  }
+  i = end == std::string_view::npos ? v.size() : end;
+  return value;
+}
+
+// qop="auth,auth-int": whether "auth" is among the comma-separated options.
+bool offers_qop_auth(const std::string& value) {
+  std::size_t s = 0;
+  bool auth = false;
+  while (s <= value.size()) {
+    std::size_t e = value.find(',', s);
+    if (e == std::string::npos) {
+      e = value.size();
+    }
+    std::string_view token = std::string_view(value).substr(s, e - s);
+    while (!token.empty() && token.front() == ' ') {
+      token.remove_prefix(1);
+    }
+    while (!token.empty() && token.back() == ' ') {
+      token.remove_suffix(1);
+    }
+    auth = auth || iequals(token, "auth");
+    s = e + 1;
+  }
+  return auth;
+}
+
+// One challenge parameter into c (unknown parameters are ignored).
+void apply_param(DigestChallenge& c, bool& has_nonce, std::string_view key, const std::string& value) {
+  if (iequals(key, "realm")) {
+    c.realm = value;
+  } else if (iequals(key, "nonce")) {
+    c.nonce = value;
+    has_nonce = true;
+  } else if (iequals(key, "opaque")) {
+    c.opaque = value;
+  } else if (iequals(key, "algorithm")) {
+    c.algorithm = value;
+  } else if (iequals(key, "stale")) {
+    c.stale = iequals(value, "true");
+  } else if (iequals(key, "qop")) {
+    c.has_qop = true;
+    c.qop_auth = c.qop_auth || offers_qop_auth(value);
+  }
+}
+
+}  // namespace
+
 std::optional<DigestChallenge> parse_digest_challenge(std::string_view v) {
   std::size_t i = 0;
   skip_space(v, i);
@@ -118,64 +190,11 @@ std::optional<DigestChallenge> parse_digest_challenge(std::string_view v) {
     while (i < v.size() && v[i] == ' ') {
       ++i;
     }
-    std::string value;
-    if (i < v.size() && v[i] == '"') {
-      ++i;
-      bool closed = false;
-      for (; i < v.size(); ++i) {
-        if (v[i] == '\\' && i + 1 < v.size()) {
-          value += v[++i];
-        } else if (v[i] == '"') {
-          closed = true;
-          ++i;
-          break;
-        } else {
-          value += v[i];
-        }
-      }
-      if (!closed) {
-        return std::nullopt;
-      }
-    } else {
-      const std::size_t end = v.find(',', i);
-      value = std::string(v.substr(i, end == std::string_view::npos ? std::string_view::npos : end - i));
-      while (!value.empty() && value.back() == ' ') {
-        value.pop_back();
-      }
-      i = end == std::string_view::npos ? v.size() : end;
+    const std::optional<std::string> value = read_param_value(v, i);
+    if (!value) {
+      return std::nullopt;
     }
-    if (iequals(key, "realm")) {
-      c.realm = value;
-    } else if (iequals(key, "nonce")) {
-      c.nonce = value;
-      has_nonce = true;
-    } else if (iequals(key, "opaque")) {
-      c.opaque = value;
-    } else if (iequals(key, "algorithm")) {
-      c.algorithm = value;
-    } else if (iequals(key, "stale")) {
-      c.stale = iequals(value, "true");
-    } else if (iequals(key, "qop")) {
-      c.has_qop = true;
-      std::size_t s = 0;
-      while (s <= value.size()) {
-        std::size_t e = value.find(',', s);
-        if (e == std::string::npos) {
-          e = value.size();
-        }
-        std::string_view token = std::string_view(value).substr(s, e - s);
-        while (!token.empty() && token.front() == ' ') {
-          token.remove_prefix(1);
-        }
-        while (!token.empty() && token.back() == ' ') {
-          token.remove_suffix(1);
-        }
-        if (iequals(token, "auth")) {
-          c.qop_auth = true;
-        }
-        s = e + 1;
-      }
-    }
+    apply_param(c, has_nonce, key, *value);
   }
   if (!has_nonce || (c.has_qop && !c.qop_auth) || (!c.algorithm.empty() && !iequals(c.algorithm, "MD5"))) {
     return std::nullopt;
