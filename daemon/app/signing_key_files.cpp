@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "daemon/core/durable_fs.h"
 #include "daemon/core/encoding.h"
 #include "daemon/core/key_rotation.h"
 #include "daemon/core/record_check.h"
@@ -25,15 +26,9 @@ std::string dir_of(const std::string& path) {
 
 void fsync_dir(const std::string& path) {
   const std::string dir = dir_of(path);
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) {
-    throw KeyError("cannot open directory " + dir + ": " + std::strerror(errno));
-  }
-  const int rc = ::fsync(fd);
-  const int err = errno;
-  ::close(fd);
-  if (rc != 0) {
-    throw KeyError("cannot fsync directory " + dir + ": " + std::strerror(err));
+  if (const auto failed = fsync_directory(dir)) {
+    throw KeyError(std::string("cannot ") + failed->step + " directory " + dir + ": " +
+                   std::strerror(failed->err));
   }
 }
 

@@ -7,16 +7,18 @@
 
 namespace cpd {
 
-bool fsync_directory(const std::filesystem::path& dir) {
+std::optional<DirSyncFailure> fsync_directory(const std::filesystem::path& dir) {
   const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) {
-    return false;
+    return DirSyncFailure{"open", errno};
   }
   const int rc = ::fsync(fd);
   const int err = errno;
   ::close(fd);
-  errno = err;
-  return rc == 0;
+  if (rc != 0) {
+    return DirSyncFailure{"fsync", err};
+  }
+  return std::nullopt;
 }
 
 }  // namespace cpd

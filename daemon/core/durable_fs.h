@@ -3,10 +3,17 @@
 #pragma once
 
 #include <filesystem>
+#include <optional>
 
 namespace cpd {
 
-// fsync(2) on the directory; false (errno set) when it cannot be opened or synced.
-bool fsync_directory(const std::filesystem::path& dir);
+// Why a directory could not be synced: the step that failed ("open" or "fsync") and its errno.
+struct DirSyncFailure {
+  const char* step;
+  int err;
+};
+
+// fsync(2) on the directory; nullopt when it is durable.
+std::optional<DirSyncFailure> fsync_directory(const std::filesystem::path& dir);
 
 }  // namespace cpd

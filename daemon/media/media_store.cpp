@@ -16,6 +16,7 @@
 #include <stdexcept>
 #include <system_error>
 
+#include "daemon/core/durable_fs.h"
 #include "daemon/core/encoding.h"
 
 namespace cpd::media {
@@ -153,12 +154,8 @@ Status MediaStore::adopt(const std::string& file_path, const std::string& sha256
   if (::rename(file_path.c_str(), final_path.c_str()) != 0) {
     return io_error("cannot rename into", final_path, errno);
   }
-  FdGuard dir_fd(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dir_fd.get() < 0) {
-    return io_error("cannot open", dir_, errno);
-  }
-  if (::fsync(dir_fd.get()) != 0) {
-    return io_error("cannot fsync", dir_, errno);
+  if (const auto failed = fsync_directory(dir_)) {
+    return io_error(std::string("cannot ") + failed->step, dir_, failed->err);
   }
   return Status::ok();
 }
@@ -216,12 +213,8 @@ Status MediaStore::put(std::string_view bytes, StoredMedia& out) {
     return io_error("cannot rename into", final_path, err);
   }
   // The rename is durable only once the directory entry is.
-  FdGuard dir_fd(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dir_fd.get() < 0) {
-    return io_error("cannot open", dir_, errno);
-  }
-  if (::fsync(dir_fd.get()) != 0) {
-    return io_error("cannot fsync", dir_, errno);
+  if (const auto failed = fsync_directory(dir_)) {
+    return io_error(std::string("cannot ") + failed->step, dir_, failed->err);
   }
   return Status::ok();
 }
