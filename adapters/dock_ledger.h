@@ -61,7 +61,7 @@ class DockLedger {
                             std::function<void(Status, std::vector<DockLedgerFile>)> done) = 0;
 
   // The station acknowledged: the file leaves the open set. (kRecorded and kFaulted are set by the record's
-  // commit itself: Fact::dock_update, same transaction.)
+  // commit itself: the dock fact's RecordEffects::dock_update, same transaction.)
   virtual void mark_acked(const std::string& device_id, const std::string& unique_id, const std::string& md5,
                           std::function<void(Status)> done) = 0;
 };

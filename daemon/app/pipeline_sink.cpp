@@ -1,9 +1,12 @@
-// PipelineSink: adapter events -> correlator (on the pipeline strand) -> store worker.
+// PipelineSink: adapter events -> correlator (on the pipeline strand) -> store worker; a dock event's fact
+// (recording, recording fault) goes to the store worker with what its record commits beside it.
 #include "daemon/app/pipeline_sink.h"
 
 #include <boost/asio/post.hpp>
 #include <utility>
 #include <variant>
+
+#include "daemon/pipeline/recording_fact.h"
 
 namespace cpd::app {
 
@@ -34,6 +37,10 @@ void PipelineSink::emit(adapters::DeviceEvent event) {
     a.last_event_ms = clock_.now_ms();
   }
   asio::post(strand_, [this, ready_at, ev = std::move(event)] {
+    if (auto dock = pipeline::dock_file_fact(ev, correlator_.link_rule())) {
+      worker_.submit(std::move(*dock), ready_at);
+      return;
+    }
     submit(correlator_.on_event(ev, clock_.now_ms()), ready_at);
   });
 }
@@ -68,10 +75,7 @@ void PipelineSink::reconfigure(config::Config next, std::function<void()> then) 
 
 void PipelineSink::submit(std::vector<Fact> facts, std::chrono::steady_clock::time_point ready_at) {
   for (auto& fact : facts) {
-    if (fact.ready_at == std::chrono::steady_clock::time_point{}) {
-      fact.ready_at = ready_at;
-    }
-    worker_.submit(std::move(fact));
+    worker_.submit(std::move(fact), ready_at);
   }
 }
 

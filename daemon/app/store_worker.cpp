@@ -52,23 +52,31 @@ void StoreWorker::set_commit_retry_backoff(std::chrono::milliseconds initial, st
   backoff_max_ = std::max(initial, max);
 }
 
-void StoreWorker::submit(Fact fact) {
-  submit(std::move(fact), nullptr);
+void StoreWorker::submit(Fact fact, RecordHandler on_committed) {
+  enqueue(Item{std::move(fact), {}, std::move(on_committed), {}, nullptr});
 }
 
-void StoreWorker::submit(Fact fact, RecordHandler on_committed) {
-  {
-    std::lock_guard lock(mutex_);
-    facts_.push_back(Item{std::move(fact), std::move(on_committed), nullptr});
+void StoreWorker::submit(Fact fact, std::chrono::steady_clock::time_point ready_at) {
+  enqueue(Item{std::move(fact), {}, nullptr, ready_at, nullptr});
+}
+
+void StoreWorker::submit(pipeline::DockFileFact fact, std::chrono::steady_clock::time_point ready_at) {
+  RecordHandler ack;
+  if (fact.on_committed) {
+    ack = [ack = std::move(fact.on_committed)](const SealedRecord& record) { ack(record.id); };
   }
-  wake_.notify_one();
+  enqueue(Item{std::move(fact.fact), std::move(fact.effects), std::move(ack), ready_at, nullptr});
 }
 
 void StoreWorker::submit_key_rotation(Fact fact, std::shared_ptr<const Ed25519PrivateKey> next_key,
                                       RecordHandler on_committed) {
+  enqueue(Item{std::move(fact), {}, std::move(on_committed), {}, std::move(next_key)});
+}
+
+void StoreWorker::enqueue(Item item) {
   {
     std::lock_guard lock(mutex_);
-    facts_.push_back(Item{std::move(fact), std::move(on_committed), std::move(next_key)});
+    facts_.push_back(std::move(item));
   }
   wake_.notify_one();
 }
@@ -142,9 +150,9 @@ store::OutboxStats StoreWorker::outbox_stats() const {
   return outbox_stats_;
 }
 
-void StoreWorker::seal_into(const Fact& fact, UnixMs now, std::vector<SealedRecord>& sealed) {
+bool StoreWorker::seal_into(const Fact& fact, UnixMs now, std::vector<store::StoredRecord>& sealed) {
   try {
-    sealed.push_back(sealer_.seal_or_salvage(fact, now));
+    sealed.push_back({sealer_.seal_or_salvage(fact, now), {}});
   } catch (const std::exception& e) {
     // Not the fact's content (seal_or_salvage seals any content): signing itself failed. Keep the evidence
     // visible rather than stop the chain.
@@ -153,10 +161,10 @@ void StoreWorker::seal_into(const Fact& fact, UnixMs now, std::vector<SealedReco
     broken.type = "fault";
     broken.time_ms = fact.time_ms;
     broken.fields = {{"fault", "unsealable_fact"}, {"fact_type", fact.type}, {"reason", e.what()}};
-    sealed.push_back(sealer_.seal_or_salvage(broken, now));
-    return;
+    sealed.push_back({sealer_.seal_or_salvage(broken, now), {}});
+    return false;
   }
-  const SealedRecord& r = sealed.back();
+  const SealedRecord& r = sealed.back().record;
   if (!r.salvage_reason.empty()) {
     // A fact built wrongly somewhere in the gateway: sealed with what could be kept, and said loudly.
     std::string left_out;
@@ -169,6 +177,7 @@ void StoreWorker::seal_into(const Fact& fact, UnixMs now, std::vector<SealedReco
     std::lock_guard lock(mutex_);
     ++salvaged_;
   }
+  return true;
 }
 
 // Seals the batch in order and commits it in one transaction. Links are decided here, where seq order is
@@ -198,53 +207,59 @@ StoreWorker::SealedBatch StoreWorker::seal_batch(std::vector<Item>& batch, UnixM
   out.max_span_end = max_span_end_;
   for (std::size_t i = 0; i < batch.size(); ++i) {
     std::vector<store::LinkTarget> targets;
-    const std::optional<Fact> adjusted = completed(batch[i].fact, now, out, targets);
+    store::RecordEffects effects = batch[i].effects;  // the item stays as it is for a retry
+    const std::optional<Fact> adjusted = completed(batch[i].fact, effects, now, out, targets);
     const Fact& fact = adjusted ? *adjusted : batch[i].fact;
-    seal_into(fact, now, out.records);
+    const bool own = seal_into(fact, now, out.records);
     out.origin.push_back(i);
-    if (batch[i].next_key && out.records.back().type == fact.type &&
-        out.records.back().salvage_reason.empty()) {
+    const SealedRecord& sealed = out.records.back().record;
+    // A recording's span draws links when the recording itself was sealed (not a stand-in for it).
+    const std::optional<store::LinkSpan> span =
+        own && sealed.type == fact.type ? effects.link_span : std::nullopt;
+    if (own) {
+      out.records.back().effects = std::move(effects);
+    }
+    if (batch[i].next_key && sealed.type == fact.type && sealed.salvage_reason.empty()) {
       // The key_rotation record is sealed under the old key: everything after it, in this batch too, is
       // signed with the key it names (committed in the same transaction, or not at all).
       sealer_.use_key(*batch[i].next_key);
     }
-    seal_links(i, fact, targets, now, out);
+    seal_links(i, span, targets, now, out);
   }
   return out;
 }
 
-std::optional<Fact> StoreWorker::completed(const Fact& fact, UnixMs now, const SealedBatch& batch,
+std::optional<Fact> StoreWorker::completed(const Fact& fact, store::RecordEffects& effects, UnixMs now,
+                                           const SealedBatch& batch,
                                            std::vector<store::LinkTarget>& targets) {
-  if (!fact.link_span && fact.kept_media.empty()) {
-    return std::nullopt;  // sealed as it is: no copy
-  }
-  Fact adjusted = fact;
-  for (auto& kept : adjusted.kept_media) {
+  for (auto& kept : effects.kept_media) {
     const int days =
         kept.important ? std::max(important_retention_days_, media_retention_days_) : media_retention_days_;
     kept.hold_until_ms = now + std::int64_t{days} * 24 * 3600 * 1000;
   }
-  if (adjusted.link_span) {
-    targets = store_.records_in_span(link_rule_.types, *adjusted.link_span);
-    for (const auto& t : batch.targets) {
-      if (adjusted.link_span->contains(t.time_ms)) {
-        targets.push_back(t);
-      }
-    }
-    nlohmann::json ids = nlohmann::json::array();
-    for (const auto& t : targets) {
-      ids.push_back(t.id);
-    }
-    adjusted.fields["links"] = std::move(ids);
+  if (!effects.link_span) {
+    return std::nullopt;  // sealed as it is: no copy
   }
+  targets = store_.records_in_span(link_rule_.types, *effects.link_span);
+  for (const auto& t : batch.targets) {
+    if (effects.link_span->contains(t.time_ms)) {
+      targets.push_back(t);
+    }
+  }
+  nlohmann::json ids = nlohmann::json::array();
+  for (const auto& t : targets) {
+    ids.push_back(t.id);
+  }
+  Fact adjusted = fact;
+  adjusted.fields["links"] = std::move(ids);
   return adjusted;
 }
 
-void StoreWorker::seal_links(std::size_t item, const Fact& fact,
+void StoreWorker::seal_links(std::size_t item, const std::optional<store::LinkSpan>& span,
                              const std::vector<store::LinkTarget>& targets, UnixMs now, SealedBatch& out) {
-  const std::string id = out.records.back().id;
-  const std::string type = out.records.back().type;
-  const UnixMs time_ms = out.records.back().time_ms;
+  const std::string id = out.records.back().record.id;
+  const std::string type = out.records.back().record.type;
+  const UnixMs time_ms = out.records.back().record.time_ms;
   // A link of a `speeding` record says whether GA/T 832's "one panorama plus video" is met, from the two
   // records' bodies: in this batch, or read from the store one record at a time (never every record of a
   // span at once). The recording's body is read once per recording; anything unreadable omits the verdict.
@@ -280,41 +295,41 @@ void StoreWorker::seal_links(std::size_t item, const Fact& fact,
     }
   };
   const auto seal_link = [&](const std::string& recording_id, const std::string& recording_jws,
-                             const store::LinkTarget& target, const LinkSpan& span) {
-    seal_into(pipeline::make_link_fact(recording_id, target.id, target.type, target.time_ms, span,
+                             const store::LinkTarget& target, const store::LinkSpan& link_span) {
+    seal_into(pipeline::make_link_fact(recording_id, target.id, target.type, target.time_ms, link_span,
                                        with_video(recording_id, recording_jws, target)),
               now, out.records);
     out.origin.push_back(item);
   };
-  if (fact.link_span && type == fact.type) {
+  if (span) {
     // A recording: linked to the records in its span, stored or sealed before it in this batch.
-    out.spans.push_back({id, *fact.link_span, out.records.back().jws});
-    out.max_span_end = std::max(out.max_span_end.value_or(fact.link_span->hi_ms), fact.link_span->hi_ms);
-    const std::string recording_jws = out.records.back().jws;  // seal_link appends to out.records
+    out.spans.push_back({id, *span, out.records.back().record.jws});
+    out.max_span_end = std::max(out.max_span_end.value_or(span->hi_ms), span->hi_ms);
+    const std::string recording_jws = out.records.back().record.jws;  // seal_link appends to out.records
     for (const auto& t : targets) {
-      seal_link(id, recording_jws, t, *fact.link_span);
+      seal_link(id, recording_jws, t, *span);
     }
   }
   if (link_rule_.linkable(type)) {
     // A vehicle record: linked to the recordings whose span holds it, stored or sealed in this batch.
-    const store::LinkTarget self{id, type, time_ms, type == "speeding" ? out.records.back().jws : ""};
+    const store::LinkTarget self{id, type, time_ms, type == "speeding" ? out.records.back().record.jws : ""};
     out.targets.push_back(self);
     std::vector<store::StoredSpan> spans;
     if (max_span_end_ && time_ms <= *max_span_end_) {
       spans = store_.spans_containing(time_ms);
     }
-    for (const auto& span : out.spans) {
-      if (span.span.contains(time_ms)) {
-        spans.push_back(span);
+    for (const auto& stored : out.spans) {
+      if (stored.span.contains(time_ms)) {
+        spans.push_back(stored);
       }
     }
-    for (const auto& span : spans) {
-      seal_link(span.recording_id, span.recording_jws, self, span.span);
+    for (const auto& stored : spans) {
+      seal_link(stored.recording_id, stored.recording_jws, self, stored.span);
     }
   }
 }
 
-bool StoreWorker::append_sealed(const std::vector<SealedRecord>& records) {
+bool StoreWorker::append_sealed(const std::vector<store::StoredRecord>& records) {
   const auto started = std::chrono::steady_clock::now();
   const Status st = store_.append(records);
   if (!st.is_ok()) {
@@ -343,20 +358,17 @@ void StoreWorker::report_committed(std::vector<Item>& batch, SealedBatch& sealed
     }
     Item& item = batch[sealed.origin[k]];
     if (item.on_committed) {
-      item.on_committed(sealed.records[k]);
-    }
-    if (item.fact.on_committed) {
-      item.fact.on_committed(sealed.records[k].id);
+      item.on_committed(sealed.records[k].record);
     }
   }
   if (on_committed_) {
-    const std::uint64_t last = sealed.records.back().seq;
+    const std::uint64_t last = sealed.records.back().record.seq;
     std::vector<forwarder::CommittedRecord> records;
     records.reserve(sealed.records.size());
     for (std::size_t k = 0; k < sealed.records.size(); ++k) {
-      records.push_back({sealed.records[k].seq, batch[sealed.origin[k]].fact.ready_at,
-                         std::move(sealed.records[k].jws), !sealed.records[k].media.empty(),
-                         sealed.records[k].type});
+      SealedRecord& r = sealed.records[k].record;
+      records.push_back(
+          {r.seq, batch[sealed.origin[k]].ready_at, std::move(r.jws), !r.media.empty(), r.type});
     }
     on_committed_(last, std::move(records));
   }

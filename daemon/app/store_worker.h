@@ -39,12 +39,16 @@ class StoreWorker final : public forwarder::OutboxSource {
               int important_retention_days = 365);
   ~StoreWorker() override;
 
-  // Thread-safe; never blocks on I/O. The fact is accepted once on_committed reports its batch.
-  void submit(Fact fact);
-  // As submit; `on_committed` runs on the worker thread once the record is committed (e.g. to acknowledge
-  // the device or to know the seq of a shutdown audit record). Must not block.
+  // Thread-safe; never blocks on I/O. The fact is accepted once the CommittedHandler reports its batch;
+  // `on_committed` (if any) runs on the worker thread once the record is committed (e.g. to know the seq
+  // of a shutdown audit record). Must not block.
   using RecordHandler = std::function<void(const SealedRecord&)>;
-  void submit(Fact fact, RecordHandler on_committed);
+  void submit(Fact fact, RecordHandler on_committed = nullptr);
+  // A fact of the pipeline; `ready_at` (when it became ready to seal) gives the ready-to-PUBACK latency.
+  void submit(Fact fact, std::chrono::steady_clock::time_point ready_at);
+  // A dock file's fact: its effects (kept file, link span, ledger change) are committed in the same
+  // transaction as its record, then its acknowledgement runs.
+  void submit(pipeline::DockFileFact fact, std::chrono::steady_clock::time_point ready_at = {});
   // A key rotation (docs/custody.md): `fact` (a key_rotation record) is sealed under the current key, and
   // every record sealed after it (in its batch too) under `next_key`; if that batch fails to commit, the
   // sealer goes back to the old key and the batch is sealed again the same way. `on_committed` as above.
@@ -97,13 +101,15 @@ class StoreWorker final : public forwarder::OutboxSource {
   std::condition_variable wake_;
   struct Item {
     Fact fact;
+    store::RecordEffects effects;  // committed with the fact's record
     RecordHandler on_committed;
+    std::chrono::steady_clock::time_point ready_at{};   // for the latency figures; not part of the record
     std::shared_ptr<const Ed25519PrivateKey> next_key;  // a key rotation: the key for the records after it
   };
   // One batch sealed, not committed yet: its records, the batch item each came from, and what the link
   // rule needs of the records sealed so far in it.
   struct SealedBatch {
-    std::vector<SealedRecord> records;
+    std::vector<store::StoredRecord> records;
     std::vector<std::size_t> origin;
     std::vector<store::LinkTarget> targets;  // linkable records sealed in this batch
     std::vector<store::StoredSpan> spans;    // recordings sealed in this batch
@@ -130,18 +136,21 @@ class StoreWorker final : public forwarder::OutboxSource {
                          bool stopping);
   bool commit_batch(std::vector<Item>& batch);
   SealedBatch seal_batch(std::vector<Item>& batch, UnixMs now);
-  // The fact as it is sealed when the worker completes it (retention holds on kept files, a recording's
-  // links, whose records go to `targets`); nullopt: sealed as it is.
-  std::optional<Fact> completed(const Fact& fact, UnixMs now, const SealedBatch& batch,
-                                std::vector<store::LinkTarget>& targets);
-  // The link records the batch's last sealed record (item `item`'s) brings (pipeline::LinkRule).
-  void seal_links(std::size_t item, const Fact& fact, const std::vector<store::LinkTarget>& targets,
-                  UnixMs now, SealedBatch& out);
-  bool append_sealed(const std::vector<SealedRecord>& records);
+  // The fact as it is sealed when the worker completes it (a recording's links, whose records go to
+  // `targets`; nullopt: sealed as it is) and its effects (retention holds on kept files).
+  std::optional<Fact> completed(const Fact& fact, store::RecordEffects& effects, UnixMs now,
+                                const SealedBatch& batch, std::vector<store::LinkTarget>& targets);
+  // The link records the batch's last sealed record (item `item`'s, with `span` if a recording) brings
+  // (pipeline::LinkRule).
+  void seal_links(std::size_t item, const std::optional<store::LinkSpan>& span,
+                  const std::vector<store::LinkTarget>& targets, UnixMs now, SealedBatch& out);
+  bool append_sealed(const std::vector<store::StoredRecord>& records);
   void report_committed(std::vector<Item>& batch, SealedBatch& sealed);
   void load_media(std::vector<store::OutboxEntry>& entries);
   void sweep_media();
-  void seal_into(const Fact& fact, UnixMs now, std::vector<SealedRecord>& sealed);
+  // Seals the fact into `sealed`; false when signing failed and a `fault` record stands in for it.
+  bool seal_into(const Fact& fact, UnixMs now, std::vector<store::StoredRecord>& sealed);
+  void enqueue(Item item);
 
   CommitObserver commit_observer_;
   std::chrono::milliseconds backoff_initial_{50};

@@ -308,9 +308,6 @@ SealedRecord Sealer::seal(const Fact& fact, UnixMs created_ms) {
   record.time_ms = fact.time_ms;
   record.created_ms = created_ms;
   record.media = fact.media;
-  record.kept_media = fact.kept_media;
-  record.link_span = fact.link_span;
-  record.dock_update = fact.dock_update;
   head_ = ChainHead{seq, sha256_hex(jws)};
   record.jws = std::move(jws);
   return record;
@@ -327,9 +324,6 @@ SealedRecord Sealer::seal_or_salvage(const Fact& fact, UnixMs created_ms) {
   salvaged.type = fact.type;
   salvaged.time_ms = fact.time_ms;
   salvaged.media = fact.media;
-  salvaged.kept_media = fact.kept_media;
-  salvaged.link_span = fact.link_span;
-  salvaged.dock_update = fact.dock_update;
   std::vector<Dropped> dropped;
   if (salvaged.type.empty()) {
     salvaged.type = "fault";

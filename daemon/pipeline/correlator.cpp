@@ -141,10 +141,6 @@ std::vector<Fact> Correlator::on_event(const adapters::DeviceEvent& event, UnixM
     }
   } else if (const auto* status = std::get_if<adapters::DeviceStatusEvent>(&event)) {
     facts.push_back(device_status(*status));
-  } else if (const auto* recording = std::get_if<adapters::RecordingCollected>(&event)) {
-    facts.push_back(make_recording_fact(*recording, link_rule_));
-  } else if (const auto* fault = std::get_if<adapters::DockFileFault>(&event)) {
-    facts.push_back(make_dock_fault_fact(*fault));
   }
   return sealable(std::move(facts));
 }

@@ -37,6 +37,7 @@ class Correlator {
 
   // Facts that follow at once from one event: device status, tracks of a radar no camera watches, items
   // that can never match (lane 0). Tracks and reads that may pair wait for tick(). `now`: gateway clock.
+  // Dock events are not correlated here: dock_file_fact (recording_fact.h) makes their facts.
   std::vector<Fact> on_event(const adapters::DeviceEvent& event, UnixMs now);
 
   // Called every ~100 ms: releases matches that are decided and items whose wait expired.

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 #include <utility>
+#include <variant>
 
 #include "daemon/core/sealer.h"
 #include "daemon/pipeline/recorder_clock.h"
@@ -30,20 +31,21 @@ bool LinkRule::linkable(const std::string& type) const {
   return std::find(types.begin(), types.end(), type) != types.end();
 }
 
-LinkSpan LinkRule::span(UnixMs start_ms, UnixMs end_ms) const {
-  return LinkSpan{start_ms - margin_before_ms, end_ms + margin_after_ms};
+store::LinkSpan LinkRule::span(UnixMs start_ms, UnixMs end_ms) const {
+  return store::LinkSpan{start_ms - margin_before_ms, end_ms + margin_after_ms};
 }
 
 json LinkRule::to_json() const {
   return {{"types", types}, {"margin_before_ms", margin_before_ms}, {"margin_after_ms", margin_after_ms}};
 }
 
-Fact make_recording_fact(const adapters::RecordingCollected& event, const LinkRule& rule) {
+DockFileFact make_recording_fact(const adapters::RecordingCollected& event, const LinkRule& rule) {
   const adapters::DockFile& file = event.file;
   // Whether the recorder's clock was provably off, and the span on the gateway clock (recorder_clock.h).
   const RecorderClockReading recorder =
       read_recorder_clock(file, event.listed_ms, event.station_clock, event.recorder_clock_tolerance_s);
-  Fact fact;
+  DockFileFact out;
+  Fact& fact = out.fact;
   fact.type = "recording";
   fact.time_ms = recorder.start_ms;
 
@@ -116,16 +118,17 @@ Fact make_recording_fact(const adapters::RecordingCollected& event, const LinkRu
   // beside it (docs/records.md), so the fact can always be sealed.
   escape_text_not_utf8(f);
 
-  fact.kept_media.push_back(KeptMedia{event.sha256, file.important});
-  fact.link_span = rule.span(recorder.start_ms, recorder.end_ms);
-  fact.dock_update = DockFileUpdate{event.device_id, file.unique_id, file.md5, event.sha256};
-  fact.on_committed = event.on_committed;
-  return fact;
+  out.effects.kept_media.push_back(store::KeptMedia{event.sha256, file.important});
+  out.effects.link_span = rule.span(recorder.start_ms, recorder.end_ms);
+  out.effects.dock_update = store::DockFileUpdate{event.device_id, file.unique_id, file.md5, event.sha256};
+  out.on_committed = event.on_committed;
+  return out;
 }
 
-Fact make_dock_fault_fact(const adapters::DockFileFault& event) {
+DockFileFact make_dock_fault_fact(const adapters::DockFileFault& event) {
   const adapters::DockFile& file = event.file;
-  Fact fact;
+  DockFileFact out;
+  Fact& fact = out.fact;
   fact.type = "recording_fault";
   fact.time_ms = event.time_ms;
 
@@ -145,9 +148,19 @@ Fact make_dock_fault_fact(const adapters::DockFileFault& event) {
   escape_text_not_utf8(f);
 
   // The ledger entry is closed with no sha256: the file is accounted for by this fault, not collected.
-  fact.dock_update = DockFileUpdate{event.device_id, file.unique_id, file.md5, ""};
-  fact.on_committed = event.on_committed;
-  return fact;
+  out.effects.dock_update = store::DockFileUpdate{event.device_id, file.unique_id, file.md5, ""};
+  out.on_committed = event.on_committed;
+  return out;
+}
+
+std::optional<DockFileFact> dock_file_fact(const adapters::DeviceEvent& event, const LinkRule& rule) {
+  if (const auto* recording = std::get_if<adapters::RecordingCollected>(&event)) {
+    return make_recording_fact(*recording, rule);
+  }
+  if (const auto* fault = std::get_if<adapters::DockFileFault>(&event)) {
+    return make_dock_fault_fact(*fault);
+  }
+  return std::nullopt;
 }
 
 std::optional<json> panoramas_with_video(const json& record_body, const json& recording_body) {
@@ -185,7 +198,7 @@ std::optional<json> panoramas_with_video(const json& record_body, const json& re
 }
 
 Fact make_link_fact(const std::string& recording_id, const std::string& record_id,
-                    const std::string& record_type, UnixMs record_time_ms, const LinkSpan& span,
+                    const std::string& record_type, UnixMs record_time_ms, const store::LinkSpan& span,
                     const std::optional<json>& with_video) {
   Fact fact;
   fact.type = "link";

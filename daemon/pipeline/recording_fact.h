@@ -3,11 +3,14 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "adapters/events.h"
 #include "daemon/core/record.h"
+#include "daemon/store/record_effects.h"
 
 namespace cpd::pipeline {
 
@@ -18,15 +21,29 @@ struct LinkRule {
   std::int64_t margin_before_ms = 60000;
   std::int64_t margin_after_ms = 60000;
   bool linkable(const std::string& type) const;
-  LinkSpan span(UnixMs start_ms, UnixMs end_ms) const;
+  store::LinkSpan span(UnixMs start_ms, UnixMs end_ms) const;
   nlohmann::json to_json() const;  // written into each recording record ("link_rule")
 };
 
-// The `recording` fact: fields per docs/records.md, kept_media (the file, important flag), link_span,
-// dock_update and on_committed carried over. time_ms = the corrected start.
-Fact make_recording_fact(const adapters::RecordingCollected& event, const LinkRule& rule);
-// The `recording_fault` fact for a file that could not be collected or acknowledged.
-Fact make_dock_fault_fact(const adapters::DockFileFault& event);
+// A dock file's fact (`recording` or `recording_fault`) and what committing its record brings besides the
+// record: the store's rows (the kept file, the link span, the ledger change) and the adapter's
+// acknowledgement of the file, run on the store worker once the record is committed (must not block).
+struct DockFileFact {
+  Fact fact;
+  store::RecordEffects effects;
+  std::function<void(const std::string& record_id)> on_committed;
+};
+
+// The `recording` fact: fields per docs/records.md; time_ms = the corrected start. Effects: the file kept
+// (important flag), the link span, the ledger entry recorded; the event's on_committed carried over.
+DockFileFact make_recording_fact(const adapters::RecordingCollected& event, const LinkRule& rule);
+// The `recording_fault` fact for a file that could not be collected or acknowledged; its ledger entry is
+// closed with it.
+DockFileFact make_dock_fault_fact(const adapters::DockFileFault& event);
+// The dock file fact of a dock event (RecordingCollected, DockFileFault); nullopt for any other event,
+// which goes to the correlator. Recordings are not correlated when they arrive: their links are drawn when
+// they are sealed (the store worker, LinkRule).
+std::optional<DockFileFact> dock_file_fact(const adapters::DeviceEvent& event, const LinkRule& rule);
 // GA/T 832 accepts a speeding case with at least two panoramas taken at different times, or one panorama
 // plus video. What a link between a `speeding` record and a recording says of the second (docs/records.md,
 // "Links"), from the two records' sealed bodies: the record's usable panoramas (checks.panoramas.count), and
@@ -37,7 +54,7 @@ std::optional<nlohmann::json> panoramas_with_video(const nlohmann::json& record_
 // The `link` fact sealed when an enforcement record falls within an earlier recording's span; with
 // `with_video` (panoramas_with_video) when the record is a `speeding` record.
 Fact make_link_fact(const std::string& recording_id, const std::string& record_id,
-                    const std::string& record_type, UnixMs record_time_ms, const LinkSpan& span,
+                    const std::string& record_type, UnixMs record_time_ms, const store::LinkSpan& span,
                     const std::optional<nlohmann::json>& with_video = std::nullopt);
 
 }  // namespace cpd::pipeline

@@ -624,14 +624,23 @@ ChainHead EvidenceStore::chain_head() const {
 }
 
 Status EvidenceStore::append(const std::vector<SealedRecord>& batch) {
+  std::vector<StoredRecord> stored;
+  stored.reserve(batch.size());
+  for (const SealedRecord& r : batch) {
+    stored.push_back({r, {}});
+  }
+  return append(stored);
+}
+
+Status EvidenceStore::append(const std::vector<StoredRecord>& batch) {
   if (batch.empty()) {
     return Status::ok();
   }
   for (std::size_t i = 1; i < batch.size(); ++i) {
-    if (batch[i].seq != batch[i - 1].seq + 1) {
+    if (batch[i].record.seq != batch[i - 1].record.seq + 1) {
       return Status::fail("store " + path_ + ": batch is not consecutive: seq " +
-                          std::to_string(batch[i].seq) + " follows seq " + std::to_string(batch[i - 1].seq) +
-                          "; nothing written");
+                          std::to_string(batch[i].record.seq) + " follows seq " +
+                          std::to_string(batch[i - 1].record.seq) + "; nothing written");
     }
   }
   Statements& s = *stmts_;
@@ -639,7 +648,7 @@ Status EvidenceStore::append(const std::vector<SealedRecord>& batch) {
   Status status = run_write_transaction(db_, s.begin, s.commit, s.rollback, "store " + path_ + ": append",
                                         [&] { return append_batch(batch, head_moved); });
   if (status.is_ok()) {
-    head_ = ChainHead{batch.back().seq, sha256_hex(batch.back().jws)};
+    head_ = ChainHead{batch.back().record.seq, sha256_hex(batch.back().record.jws)};
   } else if (head_moved) {
     // Someone else extended the file: our cache is stale. Refresh it so the caller sees the real head.
     try {
@@ -651,7 +660,7 @@ Status EvidenceStore::append(const std::vector<SealedRecord>& batch) {
   return status;
 }
 
-Status EvidenceStore::append_batch(const std::vector<SealedRecord>& batch, bool& head_moved) {
+Status EvidenceStore::append_batch(const std::vector<StoredRecord>& batch, bool& head_moved) {
   // The chain is checked against the file under the write lock, not only against the cache.
   std::uint64_t last = 0;
   {
@@ -663,19 +672,22 @@ Status EvidenceStore::append_batch(const std::vector<SealedRecord>& batch, bool&
     last = static_cast<std::uint64_t>(sqlite3_column_int64(use.get(), 0));  // NULL (empty) reads as 0
   }
   head_moved = last != head_.seq;
-  if (batch.front().seq != last + 1) {
-    return Status::fail("store " + path_ + ": batch starting at seq " + std::to_string(batch.front().seq) +
-                        " does not continue the chain at seq " + std::to_string(last) + "; nothing written");
+  if (batch.front().record.seq != last + 1) {
+    return Status::fail("store " + path_ + ": batch starting at seq " +
+                        std::to_string(batch.front().record.seq) + " does not continue the chain at seq " +
+                        std::to_string(last) + "; nothing written");
   }
-  for (const SealedRecord& r : batch) {
-    if (Status st = append_record(r); !st.is_ok()) {
+  for (const StoredRecord& stored : batch) {
+    if (Status st = append_record(stored); !st.is_ok()) {
       return st;
     }
   }
   return Status::ok();
 }
 
-Status EvidenceStore::append_record(const SealedRecord& r) {
+Status EvidenceStore::append_record(const StoredRecord& stored) {
+  const SealedRecord& r = stored.record;
+  const RecordEffects& effects = stored.effects;
   Statements& s = *stmts_;
   {
     StatementUse use(s.insert_record);
@@ -700,27 +712,28 @@ Status EvidenceStore::append_record(const SealedRecord& r) {
                                  error_text(db_, rc));
     }
   }
-  if (Status st = append_media(r); !st.is_ok()) {
+  if (Status st = append_media(stored); !st.is_ok()) {
     return st;
   }
-  if (r.link_span) {
+  if (effects.link_span) {
     StatementUse use(s.insert_span);
     sqlite3_bind_int64(use.get(), 1, to_db_seq(r.seq));
-    sqlite3_bind_int64(use.get(), 2, r.link_span->lo_ms);
-    sqlite3_bind_int64(use.get(), 3, r.link_span->hi_ms);
+    sqlite3_bind_int64(use.get(), 2, effects.link_span->lo_ms);
+    sqlite3_bind_int64(use.get(), 3, effects.link_span->hi_ms);
     int rc = sqlite3_step(use.get());
     if (rc != SQLITE_DONE) {
       return status_from(rc, "store " + path_ + ": append: link span of seq " + std::to_string(r.seq) + ": " +
                                  error_text(db_, rc));
     }
   }
-  if (r.dock_update) {
-    return append_dock_update(r, *r.dock_update);
+  if (effects.dock_update) {
+    return append_dock_update(r, *effects.dock_update);
   }
   return Status::ok();
 }
 
-Status EvidenceStore::append_media(const SealedRecord& r) {
+Status EvidenceStore::append_media(const StoredRecord& stored) {
+  const SealedRecord& r = stored.record;
   for (const std::string& sha : r.media) {
     StatementUse use(stmts_->insert_media);
     sqlite3_bind_int64(use.get(), 1, to_db_seq(r.seq));
@@ -731,7 +744,7 @@ Status EvidenceStore::append_media(const SealedRecord& r) {
                                  error_text(db_, rc));
     }
   }
-  for (const KeptMedia& kept : r.kept_media) {
+  for (const KeptMedia& kept : stored.effects.kept_media) {
     StatementUse use(stmts_->insert_kept_media);
     sqlite3_bind_int64(use.get(), 1, to_db_seq(r.seq));
     bind_text(use.get(), 2, kept.sha256);

@@ -11,6 +11,7 @@
 
 #include "daemon/core/record.h"
 #include "daemon/core/status.h"
+#include "daemon/store/record_effects.h"
 
 struct sqlite3;
 
@@ -119,8 +120,11 @@ class EvidenceStore {
   // store that continued a chain: the origin's seq and head, see continue_chain).
   ChainHead chain_head() const;
 
-  // Commits the batch in one transaction (one fsync): each record into `records` and the outbox.
-  // The batch must continue the chain (first seq = head + 1, consecutive). All or nothing.
+  // Commits the batch in one transaction (one fsync): each record into `records` and the outbox, with what
+  // is committed beside it (kept media, link span, dock ledger change). The batch must continue the chain
+  // (first seq = head + 1, consecutive). All or nothing.
+  Status append(const std::vector<StoredRecord>& batch);
+  // The same for records with nothing committed beside them.
   Status append(const std::vector<SealedRecord>& batch);
 
   // Up to `limit` outbox entries with seq > after_seq, ascending. A read error gives what was read so far
@@ -219,10 +223,10 @@ class EvidenceStore {
 
   void open_checked(const StoreOptions& options);
   // The rows of an append, inside its write transaction: the chain continues the file's last seq.
-  Status append_batch(const std::vector<SealedRecord>& batch, bool& head_moved);
+  Status append_batch(const std::vector<StoredRecord>& batch, bool& head_moved);
   // One record's rows: the record, its outbox entry, media, link span and dock ledger update.
-  Status append_record(const SealedRecord& r);
-  Status append_media(const SealedRecord& r);  // published and kept media references
+  Status append_record(const StoredRecord& stored);
+  Status append_media(const StoredRecord& stored);  // published and kept media references
   Status append_dock_update(const SealedRecord& r, const DockFileUpdate& u);
   void migrate();
   void prepare_statements();

@@ -207,15 +207,15 @@ class LinkTest : public StoreWorkerTest {
     f.fields = {{"plate", "浙A12345"}};
     return f;
   }
-  Fact recording(UnixMs start, UnixMs end, bool important = false) {
-    Fact f;
-    f.type = "recording";
-    f.time_ms = start;
-    f.fields = {{"unique_id", "BWC-1-" + std::to_string(start)}};
-    f.link_span = pipeline::LinkRule{}.span(start, end);
-    f.kept_media = {KeptMedia{std::string(64, 'c'), important}};
-    f.dock_update = DockFileUpdate{"dock-1", "BWC-1-" + std::to_string(start), std::string(32, '0'),
-                                   std::string(64, 'c')};
+  pipeline::DockFileFact recording(UnixMs start, UnixMs end, bool important = false) {
+    pipeline::DockFileFact f;
+    f.fact.type = "recording";
+    f.fact.time_ms = start;
+    f.fact.fields = {{"unique_id", "BWC-1-" + std::to_string(start)}};
+    f.effects.link_span = pipeline::LinkRule{}.span(start, end);
+    f.effects.kept_media = {store::KeptMedia{std::string(64, 'c'), important}};
+    f.effects.dock_update = store::DockFileUpdate{"dock-1", "BWC-1-" + std::to_string(start),
+                                                  std::string(32, '0'), std::string(64, 'c')};
     f.on_committed = [this](const std::string& id) {
       std::lock_guard lock(mutex_);
       committed_ids_.push_back(id);
@@ -275,11 +275,11 @@ TEST_F(LinkTest, ASpeedingRecordsLinkToAVideoSaysWhetherOnePanoramaPlusVideoIsMe
     return f;
   };
   const auto video = [this](UnixMs start, UnixMs end, const std::string& file_type) {
-    Fact f = recording(start, end);
-    f.fields["file_type"] = file_type;
-    f.fields["start_ms"] = start;
-    f.fields["end_ms"] = end;
-    f.fields["time_reliable"] = true;
+    pipeline::DockFileFact f = recording(start, end);
+    f.fact.fields["file_type"] = file_type;
+    f.fact.fields["start_ms"] = start;
+    f.fact.fields["end_ms"] = end;
+    f.fact.fields["time_reliable"] = true;
     return f;
   };
   worker_->submit(speeding(kT, 1));          // gw:1, inside the video

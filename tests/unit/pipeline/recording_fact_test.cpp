@@ -94,7 +94,8 @@ TEST(NoFloatsCheckTest, CatchesANestedFloat) {
 TEST(RecordingFactTest, EveryField) {
   const LinkRule rule;
   const auto e = collected();
-  const Fact fact = make_recording_fact(e, rule);
+  const DockFileFact made = make_recording_fact(e, rule);
+  const Fact& fact = made.fact;
   EXPECT_EQ(fact.type, "recording");
   EXPECT_EQ(fact.time_ms, 1795750632000 - 8200);
   const json& f = fact.fields;
@@ -185,21 +186,23 @@ TEST(RecordingFactTest, HandOffsToTheStoreWorker) {
   auto e = collected();
   std::string committed;
   e.on_committed = [&committed](const std::string& id) { committed = id; };
-  const Fact fact = make_recording_fact(e, rule);
+  const DockFileFact made = make_recording_fact(e, rule);
+  const Fact& fact = made.fact;
   EXPECT_TRUE(fact.media.empty());  // recordings are never published
-  ASSERT_EQ(fact.kept_media.size(), 1U);
-  EXPECT_EQ(fact.kept_media[0].sha256, kSha);
-  EXPECT_TRUE(fact.kept_media[0].important);
-  ASSERT_TRUE(fact.link_span);
-  EXPECT_EQ(fact.link_span->lo_ms, e.file.start_ms - 8200 - 30000);  // the corrected span, with margins
-  EXPECT_EQ(fact.link_span->hi_ms, e.file.end_ms - 8200 + 45000);
-  ASSERT_TRUE(fact.dock_update);
-  EXPECT_EQ(fact.dock_update->device_id, "dock-1");
-  EXPECT_EQ(fact.dock_update->unique_id, "BWC-00917-20261127-000153");
-  EXPECT_EQ(fact.dock_update->md5, kMd5);
-  EXPECT_EQ(fact.dock_update->sha256, kSha);
-  ASSERT_TRUE(fact.on_committed);
-  fact.on_committed("gw-1:42");
+  ASSERT_EQ(made.effects.kept_media.size(), 1U);
+  EXPECT_EQ(made.effects.kept_media[0].sha256, kSha);
+  EXPECT_TRUE(made.effects.kept_media[0].important);
+  ASSERT_TRUE(made.effects.link_span);
+  EXPECT_EQ(made.effects.link_span->lo_ms,
+            e.file.start_ms - 8200 - 30000);  // the corrected span, with margins
+  EXPECT_EQ(made.effects.link_span->hi_ms, e.file.end_ms - 8200 + 45000);
+  ASSERT_TRUE(made.effects.dock_update);
+  EXPECT_EQ(made.effects.dock_update->device_id, "dock-1");
+  EXPECT_EQ(made.effects.dock_update->unique_id, "BWC-00917-20261127-000153");
+  EXPECT_EQ(made.effects.dock_update->md5, kMd5);
+  EXPECT_EQ(made.effects.dock_update->sha256, kSha);
+  ASSERT_TRUE(made.on_committed);
+  made.on_committed("gw-1:42");
   EXPECT_EQ(committed, "gw-1:42");
   EXPECT_EQ(fact.fields["link_rule"]["margin_before_ms"], 30000);
 }
@@ -209,14 +212,15 @@ TEST(RecordingFactTest, UnmeasuredStationAndCorrectRecorder) {
   e.station_clock.reset();
   e.listed_ms = e.file.collect_ms;  // the recorder on time; S = 0 when never measured
   e.file.important = false;
-  const Fact fact = make_recording_fact(e, LinkRule{});
+  const DockFileFact made = make_recording_fact(e, LinkRule{});
+  const Fact& fact = made.fact;
   const json& f = fact.fields;
   EXPECT_EQ(f["clock"], (json{{"station", "unmeasured"}, {"recorder_offset_ms", 0}}));
   EXPECT_EQ(f["recorder_clock_off"], false);
   EXPECT_EQ(f["gps"][0]["t_ms"], 1795750632000);  // uncorrected: nothing to correct by
   EXPECT_EQ(f["time_reliable"], false);
   EXPECT_EQ(f["reasons"], json::array({"station_clock_unmeasured"}));
-  EXPECT_FALSE(fact.kept_media[0].important);
+  EXPECT_FALSE(made.effects.kept_media[0].important);
   EXPECT_EQ(f["important"], false);
   expect_no_floats(f);
 }
@@ -224,7 +228,8 @@ TEST(RecordingFactTest, UnmeasuredStationAndCorrectRecorder) {
 TEST(RecordingFactTest, ReliableTimeHasNoReasons) {
   auto e = collected();
   e.listed_ms = e.file.collect_ms - 1200;  // the recorder on time with the station's 1.2 s
-  const Fact fact = make_recording_fact(e, LinkRule{});
+  const DockFileFact made = make_recording_fact(e, LinkRule{});
+  const Fact& fact = made.fact;
   EXPECT_EQ(fact.fields["time_reliable"], true);
   EXPECT_EQ(fact.fields["reasons"], json::array());
   EXPECT_EQ(fact.fields["gps"][1]["t_ms"], 1795750692000 - 1200);
@@ -234,7 +239,8 @@ TEST(RecordingFactTest, BothReasonsInOrder) {
   auto e = collected();
   e.station_clock.reset();
   e.listed_ms = e.file.collect_ms - 7000;  // the recorder 7 s ahead; no station offset to add
-  const Fact fact = make_recording_fact(e, LinkRule{});
+  const DockFileFact made = make_recording_fact(e, LinkRule{});
+  const Fact& fact = made.fact;
   EXPECT_EQ(fact.fields["reasons"], json::array({"station_clock_unmeasured", "recorder_clock_corrected"}));
   EXPECT_EQ(fact.fields["gps"][0]["t_ms"], 1795750632000 - 7000);
 }
@@ -251,7 +257,8 @@ TEST(DockFaultFactTest, EveryField) {
   e.time_ms = 1795752500000;
   int calls = 0;
   e.on_committed = [&calls](const std::string&) { ++calls; };
-  const Fact fact = make_dock_fault_fact(e);
+  const DockFileFact made = make_dock_fault_fact(e);
+  const Fact& fact = made.fact;
   EXPECT_EQ(fact.type, "recording_fault");
   EXPECT_EQ(fact.time_ms, 1795752500000);
   const json& f = fact.fields;
@@ -271,15 +278,15 @@ TEST(DockFaultFactTest, EveryField) {
   EXPECT_EQ(f, expected) << f.dump();
   expect_no_floats(f);
   EXPECT_TRUE(fact.media.empty());
-  EXPECT_TRUE(fact.kept_media.empty());
-  EXPECT_FALSE(fact.link_span);
-  ASSERT_TRUE(fact.dock_update);
-  EXPECT_EQ(fact.dock_update->device_id, "dock-1");
-  EXPECT_EQ(fact.dock_update->unique_id, "BWC-00917-20261127-000153");
-  EXPECT_EQ(fact.dock_update->md5, kMd5);
-  EXPECT_EQ(fact.dock_update->sha256, "");  // a fault closes the ledger entry without a stored file
-  ASSERT_TRUE(fact.on_committed);
-  fact.on_committed("gw-1:7");
+  EXPECT_TRUE(made.effects.kept_media.empty());
+  EXPECT_FALSE(made.effects.link_span);
+  ASSERT_TRUE(made.effects.dock_update);
+  EXPECT_EQ(made.effects.dock_update->device_id, "dock-1");
+  EXPECT_EQ(made.effects.dock_update->unique_id, "BWC-00917-20261127-000153");
+  EXPECT_EQ(made.effects.dock_update->md5, kMd5);
+  EXPECT_EQ(made.effects.dock_update->sha256, "");  // a fault closes the ledger entry without a stored file
+  ASSERT_TRUE(made.on_committed);
+  made.on_committed("gw-1:7");
   EXPECT_EQ(calls, 1);
 }
 
@@ -288,10 +295,11 @@ TEST(DockFaultFactTest, NoDownloadMeansEmptySha) {
   e.device_id = "dock-1";
   e.file = dock_file();
   e.reason = "ack_unknown";
-  const Fact fact = make_dock_fault_fact(e);
+  const DockFileFact made = make_dock_fault_fact(e);
+  const Fact& fact = made.fact;
   EXPECT_EQ(fact.fields["sha256"], "");
   EXPECT_EQ(fact.fields["station_id"], "");
-  EXPECT_FALSE(fact.on_committed);
+  EXPECT_FALSE(made.on_committed);
 }
 
 TEST(DockFaultFactTest, ARefusedEntryThatIsNotUtf8IsSealableWithItsBytes) {
@@ -304,18 +312,36 @@ TEST(DockFaultFactTest, ARefusedEntryThatIsNotUtf8IsSealableWithItsBytes) {
   e.file.raw_json = "{\"uniqueId\":\"GBK\",\"officerName\":\"\xCD\xF5\xFF\"}";
   e.reason = "bad_entry";
   e.detail = "refused (not_utf8): files[4].officerName: not valid UTF-8 (byte 0xCD at offset 34)";
-  const Fact fact = make_dock_fault_fact(e);
+  const DockFileFact made = make_dock_fault_fact(e);
+  const Fact& fact = made.fact;
   const json& f = fact.fields;
   EXPECT_EQ(f["listing"], "{\"uniqueId\":\"GBK\",\"officerName\":\"\\xcd\\xf5\\xff\"}");
   EXPECT_EQ(f["listing_raw_b64"], base64_encode(e.file.raw_json));
   EXPECT_EQ(f["text_not_utf8"], json::array({"listing"}));
   EXPECT_NO_THROW(canonical_json(f));
-  EXPECT_EQ(fact.dock_update->unique_id, "GBK");
+  EXPECT_EQ(made.effects.dock_update->unique_id, "GBK");
+}
+
+TEST(DockFileFactTest, DockEventsMakeTheirFactsAndOtherEventsGoToTheCorrelator) {
+  const auto recording = dock_file_fact(adapters::DeviceEvent{collected()}, LinkRule{});
+  ASSERT_TRUE(recording);
+  EXPECT_EQ(recording->fact.type, "recording");
+  EXPECT_TRUE(recording->effects.link_span);
+  adapters::DockFileFault fault;
+  fault.device_id = "dock-1";
+  fault.file = dock_file();
+  fault.reason = "ack_unknown";
+  const auto faulted = dock_file_fact(adapters::DeviceEvent{fault}, LinkRule{});
+  ASSERT_TRUE(faulted);
+  EXPECT_EQ(faulted->fact.type, "recording_fault");
+  ASSERT_TRUE(faulted->effects.dock_update);
+  EXPECT_EQ(faulted->effects.dock_update->sha256, "");
+  EXPECT_FALSE(dock_file_fact(adapters::DeviceEvent{adapters::RadarTrack{}}, LinkRule{}));
 }
 
 TEST(LinkFactTest, EveryField) {
-  const Fact fact =
-      make_link_fact("gw-1:40", "gw-1:52", "speeding", 1795750700000, LinkSpan{1795750500000, 1795750900000});
+  const Fact fact = make_link_fact("gw-1:40", "gw-1:52", "speeding", 1795750700000,
+                                   store::LinkSpan{1795750500000, 1795750900000});
   EXPECT_EQ(fact.type, "link");
   EXPECT_EQ(fact.time_ms, 1795750700000);
   EXPECT_EQ(fact.fields, (json{{"recording", "gw-1:40"},
@@ -325,8 +351,6 @@ TEST(LinkFactTest, EveryField) {
                                {"span", {{"lo_ms", 1795750500000}, {"hi_ms", 1795750900000}}}}));
   expect_no_floats(fact.fields);
   EXPECT_TRUE(fact.media.empty());
-  EXPECT_FALSE(fact.link_span);
-  EXPECT_FALSE(fact.dock_update);
 }
 
 // GA/T 832's "one panorama plus video": what a link between a speeding record and a recording says of it.
@@ -402,7 +426,7 @@ TEST(PanoramasWithVideoTest, OnlySpeedingRecordsAndMalformedBodiesNeverMeetIt) {
 TEST(LinkFactTest, ASpeedingLinkCarriesPanoramasWithVideo) {
   const json with = {{"panoramas", 1}, {"met", true}};
   const Fact fact = make_link_fact("gw-1:40", "gw-1:52", "speeding", 1795750700000,
-                                   LinkSpan{1795750500000, 1795750900000}, with);
+                                   store::LinkSpan{1795750500000, 1795750900000}, with);
   EXPECT_EQ(fact.fields["panoramas_with_video"], with);
   expect_no_floats(fact.fields);
 }
@@ -425,14 +449,14 @@ TEST(LinkRuleTest, SpanIncludesMarginsAtBothEnds) {
   LinkRule rule;
   rule.margin_before_ms = 1000;
   rule.margin_after_ms = 2500;
-  const LinkSpan s = rule.span(10000, 20000);
+  const store::LinkSpan s = rule.span(10000, 20000);
   EXPECT_EQ(s.lo_ms, 9000);
   EXPECT_EQ(s.hi_ms, 22500);
   EXPECT_TRUE(s.contains(9000));
   EXPECT_TRUE(s.contains(22500));
   EXPECT_FALSE(s.contains(8999));
   EXPECT_FALSE(s.contains(22501));
-  const LinkSpan d = LinkRule{}.span(10000, 20000);
+  const store::LinkSpan d = LinkRule{}.span(10000, 20000);
   EXPECT_EQ(d.lo_ms, 10000 - 60000);
   EXPECT_EQ(d.hi_ms, 20000 + 60000);
 }

@@ -145,7 +145,8 @@ class MemoryLedger final : public DockLedger {
     });
   }
 
-  // What a record's commit does (Fact::dock_update): kRecorded with the sha256, or kFaulted for a fault.
+  // What a record's commit does (RecordEffects::dock_update): kRecorded with the sha256, or kFaulted for a
+  // fault.
   void commit(const std::string& unique_id, const std::string& md5, const std::string& sha256, bool fault,
               std::function<void()> then) {
     post([this, unique_id, md5, sha256, fault, then = std::move(then)] {

@@ -147,7 +147,7 @@ TEST_F(EvidenceStoreTest, AppendAdvancesHeadAndKeepsRecords) {
   EXPECT_EQ(got->time_ms, want.time_ms);
   EXPECT_EQ(got->created_ms, want.created_ms);
   EXPECT_EQ(got->jws, want.jws);
-  EXPECT_TRUE(store.append({}).is_ok());
+  EXPECT_TRUE(store.append(std::vector<SealedRecord>{}).is_ok());
   EXPECT_EQ(store.record_count(), 4U);
   // The lowest seq held in a range (a receipt's lost_seqs are checked with it).
   EXPECT_EQ(store.first_held(2, 9), std::optional<std::uint64_t>(2));
@@ -477,11 +477,11 @@ TEST_F(DockLedgerStoreTest, ListingAndCursorSurviveReopenAndRepeatedFilesKeepThe
     EXPECT_EQ(states[1].entry_json, "{\"uniqueId\":\"B\"}");
 
     // A's record is committed with its ledger change in the same transaction.
-    SealedRecord r = make_record(1);
-    r.type = "recording";
-    r.dock_update = DockFileUpdate{"dock-1", "A", std::string(32, 'a'), std::string(64, 'f')};
-    r.kept_media = {KeptMedia{std::string(64, 'f'), true, kBaseMs + 1000}};
-    r.link_span = LinkSpan{kBaseMs - 10, kBaseMs + 100};
+    StoredRecord r{make_record(1), {}};
+    r.record.type = "recording";
+    r.effects.dock_update = DockFileUpdate{"dock-1", "A", std::string(32, 'a'), std::string(64, 'f')};
+    r.effects.kept_media = {KeptMedia{std::string(64, 'f'), true, kBaseMs + 1000}};
+    r.effects.link_span = LinkSpan{kBaseMs - 10, kBaseMs + 100};
     ASSERT_TRUE(store.append({r}).is_ok());
   }
   EvidenceStore store(db());
@@ -519,9 +519,9 @@ TEST_F(DockLedgerStoreTest, FaultRecordClosesTheFileWithoutAck) {
   EvidenceStore store(db());
   std::vector<DockFileRow> states;
   ASSERT_TRUE(store.dock_save_listing("dock-1", {file("Z")}, "c1", states).is_ok());
-  SealedRecord r = make_record(1);
-  r.type = "recording_fault";
-  r.dock_update = DockFileUpdate{"dock-1", "Z", std::string(32, 'a'), ""};
+  StoredRecord r{make_record(1), {}};
+  r.record.type = "recording_fault";
+  r.effects.dock_update = DockFileUpdate{"dock-1", "Z", std::string(32, 'a'), ""};
   ASSERT_TRUE(store.append({r}).is_ok());
   std::string cursor;
   std::vector<DockFileRow> open;
@@ -543,12 +543,12 @@ TEST_F(DockLedgerStoreTest, ClosedRowsArePrunedAfterTheRetentionAndOpenRowsAreKe
       store.dock_save_listing("dock-1", {file("A"), file("F"), file("R"), file("P")}, "c1", states).is_ok());
   ASSERT_TRUE(store.dock_save_listing("dock-2", {file("A2")}, "d1", states).is_ok());
   // A and A2 recorded then acknowledged; F faulted (its fault record closes it); R recorded, not yet acked.
-  std::vector<SealedRecord> batch;
+  std::vector<StoredRecord> batch;
   const auto with_update = [&](std::uint64_t seq, const std::string& dev, const std::string& id,
                                const std::string& sha) {
-    SealedRecord r = make_record(seq);
-    r.type = sha.empty() ? "recording_fault" : "recording";
-    r.dock_update = DockFileUpdate{dev, id, std::string(32, 'a'), sha};
+    StoredRecord r{make_record(seq), {}};
+    r.record.type = sha.empty() ? "recording_fault" : "recording";
+    r.effects.dock_update = DockFileUpdate{dev, id, std::string(32, 'a'), sha};
     batch.push_back(r);
   };
   with_update(1, "dock-1", "A", std::string(64, '1'));
@@ -594,14 +594,14 @@ TEST_F(DockLedgerStoreTest, ClosedRowsArePrunedAfterTheRetentionAndOpenRowsAreKe
 TEST_F(DockLedgerStoreTest, KeptMediaIsHeldAndNotPublishedAndSpansAreFound) {
   EvidenceStore store(db());
   const std::string sha(64, 'e');
-  SealedRecord rec = make_record(1);
-  rec.type = "recording";
-  rec.kept_media = {KeptMedia{sha, false, kBaseMs + 5000}};
-  rec.link_span = LinkSpan{kBaseMs, kBaseMs + 1000};
+  StoredRecord rec{make_record(1), {}};
+  rec.record.type = "recording";
+  rec.effects.kept_media = {KeptMedia{sha, false, kBaseMs + 5000}};
+  rec.effects.link_span = LinkSpan{kBaseMs, kBaseMs + 1000};
   SealedRecord passage = make_record(2);
   passage.type = "passage";
   passage.time_ms = kBaseMs + 500;
-  ASSERT_TRUE(store.append({rec, passage}).is_ok());
+  ASSERT_TRUE(store.append({rec, {passage, {}}}).is_ok());
 
   EXPECT_TRUE(store.media_held(sha, kBaseMs + 4999));
   EXPECT_FALSE(store.media_held(sha, kBaseMs + 5000));
@@ -637,10 +637,10 @@ TEST_F(DockLedgerStoreTest, ARecordingIsUploadedAndDeletedOnlyWithItsFileReceipt
   EvidenceStore store(db());
   const std::string sha(64, 'e');
   const std::string body = R"({"file_name":"a.mp4","important":true,"length":5000000,"type":"recording"})";
-  SealedRecord rec = make_record(1, "eyJhbGciOiJFZERTQSJ9." + base64url_encode(body) + ".sig");
-  rec.type = "recording";
-  rec.kept_media = {KeptMedia{sha, true, kBaseMs + 5000}};
-  ASSERT_TRUE(store.append({rec, make_record(2), make_record(3)}).is_ok());
+  StoredRecord rec{make_record(1, "eyJhbGciOiJFZERTQSJ9." + base64url_encode(body) + ".sig"), {}};
+  rec.record.type = "recording";
+  rec.effects.kept_media = {KeptMedia{sha, true, kBaseMs + 5000}};
+  ASSERT_TRUE(store.append({rec, {make_record(2), {}}, {make_record(3), {}}}).is_ok());
   ASSERT_TRUE(store.mark_forwarded({1, 2, 3}).is_ok());
 
   EXPECT_EQ(store.uploads_discover(10), 1u);
@@ -687,15 +687,16 @@ TEST_F(DockLedgerStoreTest, ARecordingIsUploadedAndDeletedOnlyWithItsFileReceipt
 // important, then the rest, each group in seq order.
 TEST_F(DockLedgerStoreTest, RecordingsAreSentAskedForFirstThenImportantThenInSeqOrder) {
   EvidenceStore store(db());
-  std::vector<SealedRecord> records;
+  std::vector<StoredRecord> records;
   const auto sha = [](int i) { return std::string(64, static_cast<char>('a' + i)); };
   for (int i = 1; i <= 4; ++i) {
     const std::string body = std::string(R"({"file_name":"f.mp4","important":)") +
                              (i == 3 || i == 4 ? "true" : "false") + R"(,"length":1000,"type":"recording"})";
-    SealedRecord rec =
-        make_record(static_cast<std::uint64_t>(i), "eyJhbGciOiJFZERTQSJ9." + base64url_encode(body) + ".sig");
-    rec.type = "recording";
-    rec.kept_media = {KeptMedia{sha(i), i >= 3, kBaseMs + 5000}};
+    StoredRecord rec{
+        make_record(static_cast<std::uint64_t>(i), "eyJhbGciOiJFZERTQSJ9." + base64url_encode(body) + ".sig"),
+        {}};
+    rec.record.type = "recording";
+    rec.effects.kept_media = {KeptMedia{sha(i), i >= 3, kBaseMs + 5000}};
     records.push_back(rec);
   }
   ASSERT_TRUE(store.append(records).is_ok());
