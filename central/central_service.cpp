@@ -308,23 +308,51 @@ std::size_t CentralService::queue_bytes() const {
   return queue_bytes_;
 }
 
+bool CentralService::take_batch(std::vector<Message>& batch) {
+  std::unique_lock lock(queue_mutex_);
+  queue_cv_.wait_for(lock, std::chrono::milliseconds(cfg_.gaps.check_interval_ms),
+                     [this] { return stopping_ || !queue_.empty(); });
+  if (stopping_ && queue_.empty()) {
+    return false;
+  }
+  while (!queue_.empty() && batch.size() < static_cast<std::size_t>(cfg_.feed.batch_max)) {
+    queue_bytes_ -= queue_.front().charge;
+    batch.push_back(std::move(queue_.front()));
+    queue_.pop_front();
+  }
+  space_cv_.notify_all();
+  return true;
+}
+
+void CentralService::periodic_checks(std::int64_t now) {
+  post_link_job([this, now] { check_broker_link(now); });
+  reload_keys(false);  // key ranges changed by another instance's rotation (at most every 5 s)
+  reexamine_quarantine();
+  expire_quarantine(now);
+  publish_receipts(store_->due_receipts(
+      now, ReceiptPolicy{cfg_.central.id, static_cast<std::uint64_t>(cfg_.receipts.every_records),
+                         cfg_.receipts.every_ms}));
+  request_resends();
+  std::vector<FilePublish> wants;
+  try {
+    files_->tick(store_->connection(), now, wants);
+  } catch (const PgError& e) {
+    if (e.connection_lost()) {
+      throw;
+    }
+    // The recordings' check must not hold up receipts and resends (they ran above; this runs again).
+    ++counters_.pg_errors;
+    log::error("central", "", std::string("file transfers: ") + e.what());
+  }
+  publish_files(std::move(wants));
+}
+
 void CentralService::run_worker() {
   std::vector<Message> batch;
   auto pg_backoff = std::chrono::milliseconds(200);
   for (;;) {
-    if (batch.empty()) {
-      std::unique_lock lock(queue_mutex_);
-      queue_cv_.wait_for(lock, std::chrono::milliseconds(cfg_.gaps.check_interval_ms),
-                         [this] { return stopping_ || !queue_.empty(); });
-      if (stopping_ && queue_.empty()) {
-        return;
-      }
-      while (!queue_.empty() && batch.size() < static_cast<std::size_t>(cfg_.feed.batch_max)) {
-        queue_bytes_ -= queue_.front().charge;
-        batch.push_back(std::move(queue_.front()));
-        queue_.pop_front();
-      }
-      space_cv_.notify_all();
+    if (batch.empty() && !take_batch(batch)) {
+      return;
     }
     try {
       ensure_store();
@@ -335,26 +363,7 @@ void CentralService::run_worker() {
       const std::int64_t now = now_ms();
       if (now - last_gap_check_ms_ >= cfg_.gaps.check_interval_ms) {
         last_gap_check_ms_ = now;
-        post_link_job([this, now] { check_broker_link(now); });
-        reload_keys(false);  // key ranges changed by another instance's rotation (at most every 5 s)
-        reexamine_quarantine();
-        expire_quarantine(now);
-        publish_receipts(store_->due_receipts(
-            now, ReceiptPolicy{cfg_.central.id, static_cast<std::uint64_t>(cfg_.receipts.every_records),
-                               cfg_.receipts.every_ms}));
-        request_resends();
-        std::vector<FilePublish> wants;
-        try {
-          files_->tick(store_->connection(), now, wants);
-        } catch (const PgError& e) {
-          if (e.connection_lost()) {
-            throw;
-          }
-          // The recordings' check must not hold up receipts and resends (they ran above; this runs again).
-          ++counters_.pg_errors;
-          log::error("central", "", std::string("file transfers: ") + e.what());
-        }
-        publish_files(std::move(wants));
+        periodic_checks(now);
       }
       pg_backoff = std::chrono::milliseconds(200);
     } catch (const PgError& e) {

@@ -119,6 +119,12 @@ class CentralService {
                   const std::string& payload, std::optional<std::uint64_t> seq, std::string kid,
                   std::string reason, bool enrolled);
   void run_worker();
+  // Waits for messages (at most a gap-check interval) and takes up to feed.batch_max; false when stopping
+  // with nothing queued.
+  bool take_batch(std::vector<Message>& batch);
+  // Every gaps.check_interval_ms on the worker: the broker link, keys, quarantine, receipts, resends, file
+  // transfers. A lost PostgreSQL connection is thrown to the worker's loop.
+  void periodic_checks(std::int64_t now);
   void process(std::vector<Message>& messages);
   void commit(Batch& batch);
   void refuse_retired(Batch& batch);

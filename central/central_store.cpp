@@ -1693,6 +1693,28 @@ bool CentralStore::plan_holes(const std::string& gateway, std::uint64_t wm, std:
   return true;
 }
 
+// The request is remembered (the last 16 per gateway): only a reply carrying its Correlation Data is
+// believed, and only for what it asked.
+void CentralStore::remember_request(const ResendPlan& plan, std::uint64_t media_seq, std::int64_t now_ms) {
+  const nlohmann::json media = plan.request.media;
+  conn_->exec(
+      "INSERT INTO resend_open (gateway, correlation, from_seq, to_seq, media_seq, media, sent_ms) VALUES "
+      "($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+      {plan.gateway, plan.correlation,
+       plan.request.from_seq != 0 ? std::optional<std::string>(std::to_string(plan.request.from_seq))
+                                  : std::nullopt,
+       plan.request.from_seq != 0 ? std::optional<std::string>(std::to_string(plan.request.to_seq))
+                                  : std::nullopt,
+       plan.request.media.empty() ? std::nullopt : std::optional<std::string>(std::to_string(media_seq)),
+       plan.request.media.empty() ? std::nullopt : std::optional<std::string>(media.dump()),
+       std::to_string(now_ms)},
+      "remembering a resend request");
+  conn_->exec(
+      "DELETE FROM resend_open WHERE gateway = $1 AND correlation NOT IN (SELECT correlation FROM "
+      "resend_open WHERE gateway = $1 ORDER BY sent_ms DESC, correlation LIMIT 16)",
+      {plan.gateway}, "forgetting old resend requests");
+}
+
 std::vector<ResendPlan> CentralStore::plan_resends(std::int64_t now_ms, const GapPolicy& policy) {
   std::vector<ResendPlan> out;
   PgTransaction tx(*conn_);
@@ -1751,27 +1773,8 @@ std::vector<ResendPlan> CentralStore::plan_resends(std::int64_t now_ms, const Ga
         "resend_requests + 1 "
         "WHERE gateway = $1",
         {gateway, std::to_string(now_ms + backoff), std::to_string(backoff)}, "scheduling the next request");
-    // The request is remembered (the last 16 per gateway): only a reply carrying its Correlation Data is
-    // believed, and only for what it asked.
     plan.correlation = std::to_string(correlation_rng()());
-    nlohmann::json media = plan.request.media;
-    conn_->exec(
-        "INSERT INTO resend_open (gateway, correlation, from_seq, to_seq, media_seq, media, sent_ms) VALUES "
-        "($1, "
-        "$2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-        {gateway, plan.correlation,
-         plan.request.from_seq != 0 ? std::optional<std::string>(std::to_string(plan.request.from_seq))
-                                    : std::nullopt,
-         plan.request.from_seq != 0 ? std::optional<std::string>(std::to_string(plan.request.to_seq))
-                                    : std::nullopt,
-         plan.request.media.empty() ? std::nullopt : std::optional<std::string>(std::to_string(from)),
-         plan.request.media.empty() ? std::nullopt : std::optional<std::string>(media.dump()),
-         std::to_string(now_ms)},
-        "remembering a resend request");
-    conn_->exec(
-        "DELETE FROM resend_open WHERE gateway = $1 AND correlation NOT IN (SELECT correlation FROM "
-        "resend_open WHERE gateway = $1 ORDER BY sent_ms DESC, correlation LIMIT 16)",
-        {gateway}, "forgetting old resend requests");
+    remember_request(plan, from, now_ms);
     out.push_back(std::move(plan));
   }
   tx.commit();

@@ -390,6 +390,9 @@ class CentralStore {
   // pictures, or every hole up to the last one and the lost tail. False: nothing to ask.
   bool plan_holes(const std::string& gateway, std::uint64_t wm, std::uint64_t max_seq,
                   std::uint64_t announced, ResendPlan& plan);
+  // Keeps a request sent (its Correlation Data and what it asked; `media_seq`: the record its pictures are
+  // for), forgetting all but the last 16 of the gateway's.
+  void remember_request(const ResendPlan& plan, std::uint64_t media_seq, std::int64_t now_ms);
   void store_heads(const std::vector<AnnouncedHead>& heads, const std::string& now, BatchOutcome& out);
   // Keeps an announcement whose record is not stored yet, for compare_with_announced (at most
   // kMaxKeptAnnouncements per gateway).

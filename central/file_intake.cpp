@@ -97,6 +97,53 @@ std::optional<Row> find_row(PgConnection& pg, const std::string& gateway, const 
              r.text(0, 2)};
 }
 
+// Why a gateway may not open one more transfer, if it may not: bounded per gateway are open transfers (each
+// a partial file on disk) and, for a file without a row, rows not held (the ledger).
+std::optional<std::string> no_room(PgConnection& pg, const std::string& gateway, long long max_open_files,
+                                   bool has_row) {
+  const PgResult counts = pg.exec(
+      "SELECT count(*) FILTER (WHERE state = 'open'), count(*) FILTER (WHERE state <> 'held') FROM "
+      "file_uploads WHERE gateway = $1",
+      {gateway}, "counting open file transfers");
+  const long long open = counts.integer(0, 0);
+  const long long waiting = counts.integer(0, 1);
+  if (open >= max_open_files) {
+    return std::to_string(open) + " transfers already open (feed.max_open_files)";
+  }
+  if (!has_row && waiting >= kMaxRowsNotHeld) {
+    return std::to_string(waiting) + " transfers not held";
+  }
+  return std::nullopt;
+}
+
+// The transfer's row opened (again): a new size or segment size starts it over.
+void open_row(PgConnection& pg, const std::string& gateway, const std::string& sha256,
+              const filex::FileInit& init, const std::optional<Row>& row, std::int64_t now) {
+  if (!row) {
+    pg.exec(
+        "INSERT INTO file_uploads (gateway, sha256, size, segment_size, name, seq, state, started_ms, "
+        "last_ms) "
+        "VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $7) ON CONFLICT (gateway, sha256) DO NOTHING",
+        {gateway, sha256, std::to_string(init.size), std::to_string(init.segment_size), init.name,
+         std::to_string(init.seq), std::to_string(now)},
+        "opening a file transfer");
+    return;
+  }
+  if (row->size != init.size || row->segment_size != init.segment_size) {
+    // Another segment size (the gateway's config changed) or size: start the transfer again.
+    pg.exec("DELETE FROM file_segments WHERE gateway = $1 AND sha256 = $2", {gateway, sha256},
+            "resetting a file transfer");
+    pg.exec("UPDATE file_uploads SET received_bytes = 0 WHERE gateway = $1 AND sha256 = $2",
+            {gateway, sha256}, "resetting a file transfer");
+  }
+  pg.exec(
+      "UPDATE file_uploads SET size = $3, segment_size = $4, name = $5, seq = $6, state = 'open', reason = "
+      "NULL, last_ms = $7 WHERE gateway = $1 AND sha256 = $2",
+      {gateway, sha256, std::to_string(init.size), std::to_string(init.segment_size), init.name,
+       std::to_string(init.seq), std::to_string(now)},
+      "opening a file transfer again");
+}
+
 std::vector<std::uint64_t> held_offsets(PgConnection& pg, const std::string& gateway,
                                         const std::string& sha) {
   const PgResult r = pg.exec("SELECT off FROM file_segments WHERE gateway = $1 AND sha256 = $2 ORDER BY off",
@@ -200,48 +247,13 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
     return;
   }
   if (!row || row->state != "open") {
-    // Bounded per gateway: open transfers (each a partial file on disk) and rows not held (the ledger).
-    const PgResult counts = pg.exec(
-        "SELECT count(*) FILTER (WHERE state = 'open'), count(*) FILTER (WHERE state <> 'held') FROM "
-        "file_uploads "
-        "WHERE gateway = $1",
-        {gateway}, "counting open file transfers");
-    const long long open = counts.integer(0, 0);
-    const long long waiting = counts.integer(0, 1);
-    if (open >= cfg_.max_open_files || (!row && waiting >= kMaxRowsNotHeld)) {
+    if (const auto full = no_room(pg, gateway, cfg_.max_open_files, row.has_value())) {
       ++counters_.refused;
-      log::warn("central", gateway,
-                "file " + t.sha256 + ": init refused: " +
-                    (open >= cfg_.max_open_files
-                         ? std::to_string(open) + " transfers already open (feed.max_open_files)"
-                         : std::to_string(waiting) + " transfers not held") +
-                    "; sent again later");
+      log::warn("central", gateway, "file " + t.sha256 + ": init refused: " + *full + "; sent again later");
       return;
     }
   }
-  if (!row) {
-    pg.exec(
-        "INSERT INTO file_uploads (gateway, sha256, size, segment_size, name, seq, state, started_ms, "
-        "last_ms) "
-        "VALUES ($1, $2, $3, $4, $5, $6, 'open', $7, $7) ON CONFLICT (gateway, sha256) DO NOTHING",
-        {gateway, t.sha256, std::to_string(init.size), std::to_string(init.segment_size), init.name,
-         std::to_string(init.seq), std::to_string(now)},
-        "opening a file transfer");
-  } else {
-    if (row->size != init.size || row->segment_size != init.segment_size) {
-      // Another segment size (the gateway's config changed) or size: start the transfer again.
-      pg.exec("DELETE FROM file_segments WHERE gateway = $1 AND sha256 = $2", {gateway, t.sha256},
-              "resetting a file transfer");
-      pg.exec("UPDATE file_uploads SET received_bytes = 0 WHERE gateway = $1 AND sha256 = $2",
-              {gateway, t.sha256}, "resetting a file transfer");
-    }
-    pg.exec(
-        "UPDATE file_uploads SET size = $3, segment_size = $4, name = $5, seq = $6, state = 'open', reason = "
-        "NULL, last_ms = $7 WHERE gateway = $1 AND sha256 = $2",
-        {gateway, t.sha256, std::to_string(init.size), std::to_string(init.segment_size), init.name,
-         std::to_string(init.seq), std::to_string(now)},
-        "opening a file transfer again");
-  }
+  open_row(pg, gateway, t.sha256, init, row, now);
   const fs::path part = partial_path(gateway, t.sha256);
   fs::create_directories(part.parent_path());
   Fd fd(::open(part.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0640));

@@ -772,6 +772,24 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
       close_window(pending_.back());
     }
     discard_files_.clear();
+    if (repeated(a)) {
+      return;
+    }
+    {
+      std::lock_guard lock(mutex_);
+      ++snap_.events;
+      snap_.last_event_ms = now;
+    }
+    pending_.push_back(pending_alert(a, std::move(xml)));
+    if (!pending_.back().window_closed) {
+      arm_picture_timer();
+    }
+    try_emit();
+  }
+
+  // An alert seen before (same uuid and time: the camera sent it again) is counted and its pictures are
+  // dropped as they come. The last kSeenEvents alerts are remembered.
+  bool repeated(const IsapiAlert& a) {
     std::string key = a.uuid + "|" + a.date_time;
     if (seen_.contains(key)) {
       discard_files_.reserve(a.pictures.size());
@@ -781,7 +799,7 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
       std::lock_guard lock(mutex_);
       ++snap_.duplicates;
       try_emit();
-      return;
+      return true;
     }
     seen_.insert(key);
     seen_order_.push_back(std::move(key));
@@ -789,12 +807,11 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
       seen_.erase(seen_order_.front());
       seen_order_.pop_front();
     }
-    {
-      std::lock_guard lock(mutex_);
-      ++snap_.events;
-      snap_.last_event_ms = now;
-    }
+    return false;
+  }
 
+  // The plate read an alert brings, on the gateway clock, waiting for its pictures.
+  PendingAlert pending_alert(IsapiAlert& a, std::string xml) {
     PendingAlert p;
     p.seq = ++alert_seq_;
     p.utc_offset_min = a.time.utc_offset_min;
@@ -827,11 +844,7 @@ class CameraAdapterImpl : public std::enable_shared_from_this<CameraAdapterImpl>
     }
     p.window_closed = p.slots.empty();
     p.deadline = Clock::now() + std::chrono::milliseconds(config_.picture_wait_ms);
-    pending_.push_back(std::move(p));
-    if (!pending_.back().window_closed) {
-      arm_picture_timer();
-    }
-    try_emit();
+    return p;
   }
 
   void handle_picture(MultipartPart& part) {

@@ -239,65 +239,10 @@ bool MultipartParser::read_headers() {
       continue;
     }
     // The blank line: the header block is p[0, scan_).
-    const std::string_view block = p.substr(0, scan_);
-    std::optional<std::uint64_t> length;
-    bool bad_length = false;
-    std::size_t start = 0;
-    while (start < block.size()) {
-      std::size_t end = block.find('\n', start);
-      if (end == std::string_view::npos) {
-        end = block.size();
-      }
-      const std::string_view h = trim(block.substr(start, end - start));
-      start = end + 1;
-      if (h.empty()) {
-        continue;
-      }
-      const std::size_t colon = h.find(':');
-      if (colon == std::string_view::npos || colon == 0) {
-        count(MultipartError::kBadHeader);
-        continue;
-      }
-      const std::string_view name = trim(h.substr(0, colon));
-      const std::string_view value = trim(h.substr(colon + 1));
-      if (iequals(name, "Content-Type")) {
-        part_.content_type = std::string(value);
-      } else if (iequals(name, "Content-Length")) {
-        const bool digits =
-            !value.empty() && value.size() <= 18 &&
-            std::all_of(value.begin(), value.end(), [](char c) { return c >= '0' && c <= '9'; });
-        if (!digits) {
-          bad_length = true;
-        } else {
-          length = std::stoull(std::string(value));
-        }
-      } else if (iequals(name, "Content-Disposition")) {
-        if (auto f = header_param(value, "filename")) {
-          part_.file_name = std::move(*f);
-        }
-      }
-    }
+    const DeclaredLength declared = parse_part_headers(p.substr(0, scan_));
     consume(nl + 1);
     scan_ = 0;
-    if (bad_length) {
-      count(MultipartError::kBadContentLength);
-      part_ = MultipartPart{};
-      state_ = State::kSeekBoundary;
-      return true;
-    }
-    if (length) {
-      if (*length > limits_.max_part_bytes) {
-        count(MultipartError::kPartTooLarge);
-        part_ = MultipartPart{};
-        state_ = State::kSeekBoundary;
-        return true;
-      }
-      body_remaining_ = static_cast<std::size_t>(*length);
-      part_.body.reserve(body_remaining_);
-      state_ = State::kBodyWithLength;
-    } else {
-      state_ = State::kBodyToBoundary;
-    }
+    start_body(declared);
     return true;
   }
   // No blank line within the bound: resync on the next boundary line, scanning these same bytes.
@@ -306,6 +251,68 @@ bool MultipartParser::read_headers() {
   scan_ = 0;
   state_ = State::kSeekBoundary;
   return true;
+}
+
+MultipartParser::DeclaredLength MultipartParser::parse_part_headers(std::string_view block) {
+  DeclaredLength declared;
+  std::size_t start = 0;
+  while (start < block.size()) {
+    std::size_t end = block.find('\n', start);
+    if (end == std::string_view::npos) {
+      end = block.size();
+    }
+    const std::string_view h = trim(block.substr(start, end - start));
+    start = end + 1;
+    if (h.empty()) {
+      continue;
+    }
+    const std::size_t colon = h.find(':');
+    if (colon == std::string_view::npos || colon == 0) {
+      count(MultipartError::kBadHeader);
+      continue;
+    }
+    const std::string_view name = trim(h.substr(0, colon));
+    const std::string_view value = trim(h.substr(colon + 1));
+    if (iequals(name, "Content-Type")) {
+      part_.content_type = std::string(value);
+    } else if (iequals(name, "Content-Length")) {
+      const bool digits =
+          !value.empty() && value.size() <= 18 &&
+          std::all_of(value.begin(), value.end(), [](char c) { return c >= '0' && c <= '9'; });
+      if (!digits) {
+        declared.bad = true;
+      } else {
+        declared.length = std::stoull(std::string(value));
+      }
+    } else if (iequals(name, "Content-Disposition")) {
+      if (auto f = header_param(value, "filename")) {
+        part_.file_name = std::move(*f);
+      }
+    }
+  }
+  return declared;
+}
+
+void MultipartParser::start_body(const DeclaredLength& declared) {
+  if (declared.bad) {
+    count(MultipartError::kBadContentLength);
+    part_ = MultipartPart{};
+    state_ = State::kSeekBoundary;
+    return;
+  }
+  if (!declared.length) {
+    state_ = State::kBodyToBoundary;
+    return;
+  }
+  if (*declared.length > limits_.max_part_bytes) {
+    count(MultipartError::kPartTooLarge);
+    part_ = MultipartPart{};
+    state_ = State::kSeekBoundary;
+    return;
+  }
+  body_remaining_ = static_cast<std::size_t>(*declared.length);
+  part_.body.reserve(body_remaining_);
+  state_ = State::kBodyWithLength;
 }
 
 bool MultipartParser::read_body_with_length(std::vector<MultipartPart>& out) {

@@ -61,6 +61,14 @@ class MultipartParser {
   bool step(std::vector<MultipartPart>& out);  // false: needs more bytes
   bool seek_boundary();
   bool read_headers();
+  // A part's header block: the headers read into part_, what its Content-Length says.
+  struct DeclaredLength {
+    std::optional<std::uint64_t> length;
+    bool bad = false;  // present but not a decimal number
+  };
+  DeclaredLength parse_part_headers(std::string_view block);
+  // After the header block: the body by its length, to the boundary, or the part refused.
+  void start_body(const DeclaredLength& declared);
   bool read_body_with_length(std::vector<MultipartPart>& out);
   bool read_body_to_boundary(std::vector<MultipartPart>& out);
   void count(MultipartError e) { ++counters_.errors[static_cast<std::size_t>(e)]; }

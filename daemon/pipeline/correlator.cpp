@@ -739,6 +739,42 @@ Fact Correlator::plate_read(const adapters::PlateRead& read, UnixMs received_ms,
   return fact;
 }
 
+// The limit: the lane's, or its vehicle-class override for the camera's vehicle type. Writes the limit and,
+// over it, by how much (exact integer arithmetic); true: speeding.
+bool Correlator::put_limit(json& fields, const adapters::RadarTrack& track,
+                           const adapters::PlateRead& read) const {
+  const config::LaneLimit* lane_limit = nullptr;
+  for (const auto& l : correlation_.lanes) {
+    if (l.lane == track.lane) {
+      lane_limit = &l;
+    }
+  }
+  if (lane_limit == nullptr || lane_limit->limit_kmh <= 0) {
+    return false;
+  }
+  std::int64_t limit_kmh = lane_limit->limit_kmh;
+  for (const auto& [type, kmh] : lane_limit->by_vehicle_type) {
+    if (type == read.vehicle_type && kmh > 0) {
+      limit_kmh = kmh;
+      fields["limit_vehicle_type"] = type;
+    }
+  }
+  fields["limit_kmh"] = limit_kmh;
+  const std::int64_t limit_dkmh = limit_kmh * 10;
+  const std::int64_t over = std::int64_t{track.peak_speed_dkmh} - limit_dkmh;
+  if (over <= 0) {
+    return false;
+  }
+  // Permille rounded half up; bands on the exact ratio over/limit.
+  fields["over_dkmh"] = over;
+  fields["over_permille"] = (2000 * over + limit_dkmh) / (2 * limit_dkmh);
+  fields["band"] = over * 2 > limit_dkmh    ? "over_50"
+                   : over * 5 > limit_dkmh  ? "over_20"
+                   : over * 10 > limit_dkmh ? "over_10"
+                                            : "under_10";
+  return true;
+}
+
 Fact Correlator::passage(const adapters::RadarTrack& track, UnixMs track_received_ms,
                          const adapters::PlateRead& read, UnixMs read_received_ms, int track_candidates,
                          int read_candidates) const {
@@ -761,36 +797,7 @@ Fact Correlator::passage(const adapters::RadarTrack& track, UnixMs track_receive
   }
   fact.fields["clock_offsets"] = offsets;
 
-  // The limit: the lane's, or its vehicle-class override for the camera's vehicle type.
-  const config::LaneLimit* lane_limit = nullptr;
-  for (const auto& l : correlation_.lanes) {
-    if (l.lane == track.lane) {
-      lane_limit = &l;
-    }
-  }
-  bool speeding = false;
-  if (lane_limit != nullptr && lane_limit->limit_kmh > 0) {
-    std::int64_t limit_kmh = lane_limit->limit_kmh;
-    for (const auto& [type, kmh] : lane_limit->by_vehicle_type) {
-      if (type == read.vehicle_type && kmh > 0) {
-        limit_kmh = kmh;
-        fact.fields["limit_vehicle_type"] = type;
-      }
-    }
-    fact.fields["limit_kmh"] = limit_kmh;
-    const std::int64_t limit_dkmh = limit_kmh * 10;
-    const std::int64_t over = std::int64_t{track.peak_speed_dkmh} - limit_dkmh;
-    speeding = over > 0;
-    if (speeding) {
-      // Exact integer arithmetic: permille rounded half up; bands on the exact ratio over/limit.
-      fact.fields["over_dkmh"] = over;
-      fact.fields["over_permille"] = (2000 * over + limit_dkmh) / (2 * limit_dkmh);
-      fact.fields["band"] = over * 2 > limit_dkmh    ? "over_50"
-                            : over * 5 > limit_dkmh  ? "over_20"
-                            : over * 10 > limit_dkmh ? "over_10"
-                                                     : "under_10";
-    }
-  }
+  const bool speeding = put_limit(fact.fields, track, read);
   fact.type = speeding ? "speeding" : "passage";
 
   json reasons = part.reasons;

@@ -88,6 +88,8 @@ class Correlator {
   Fact passage(const adapters::RadarTrack& track, UnixMs track_received_ms, const adapters::PlateRead& read,
                UnixMs read_received_ms, int track_candidates, int read_candidates) const;
   Fact device_status(const adapters::DeviceStatusEvent& status) const;
+  bool put_limit(nlohmann::json& fields, const adapters::RadarTrack& track,
+                 const adapters::PlateRead& read) const;
   nlohmann::json site_json() const;
   nlohmann::json camera_json(const adapters::PlateRead& read) const;
   nlohmann::json camera_clock_check(const adapters::PlateRead& read) const;

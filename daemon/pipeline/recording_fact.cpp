@@ -25,6 +25,34 @@ void put_listed_file(json& fields, const adapters::DockFile& file) {
   fields["file_name"] = file.file_name;
 }
 
+// clock (docs/records.md): both offsets the times were corrected by. The station's when it was measured,
+// else "station": "unmeasured" (then S = 0 went into the correction); a reader tells the two apart by the
+// presence of station_offset_ms. GPS times are by the recorder's clock like startTime, so they get the same
+// correction.
+void put_clock_and_gps(json& f, const adapters::RecordingCollected& event,
+                       const RecorderClockReading& recorder) {
+  std::int64_t station_offset_ms = 0;
+  json clock = json::object();
+  if (event.station_clock) {
+    station_offset_ms = event.station_clock->offset_ms;
+    clock["station_offset_ms"] = event.station_clock->offset_ms;
+    clock["station_uncertainty_ms"] = event.station_clock->uncertainty_ms;
+    clock["station_measured_ms"] = event.station_clock->measured_ms;
+  } else {
+    clock["station"] = "unmeasured";
+  }
+  clock["recorder_offset_ms"] = recorder.recorder_offset_ms;
+  f["clock"] = std::move(clock);
+  f["recorder_clock_off"] = recorder.recorder_clock_off;
+
+  const std::int64_t correction_ms = recorder.recorder_offset_ms + station_offset_ms;
+  json gps = json::array();
+  for (const auto& p : event.file.gps) {
+    gps.push_back({{"t", p.t}, {"t_ms", p.t_ms - correction_ms}, {"lat_e7", p.lat_e7}, {"lon_e7", p.lon_e7}});
+  }
+  f["gps"] = std::move(gps);
+}
+
 }  // namespace
 
 bool LinkRule::linkable(const std::string& type) const {
@@ -71,30 +99,7 @@ DockFileFact make_recording_fact(const adapters::RecordingCollected& event, cons
   f["end_ms"] = recorder.end_ms;
   f["duration_ms"] = recorder.end_ms - recorder.start_ms;
 
-  // clock (docs/records.md): both offsets the times were corrected by. The station's when it was
-  // measured, else "station": "unmeasured" (then S = 0 went into the correction); a reader tells the two
-  // apart by the presence of station_offset_ms.
-  std::int64_t station_offset_ms = 0;
-  json clock = json::object();
-  if (event.station_clock) {
-    station_offset_ms = event.station_clock->offset_ms;
-    clock["station_offset_ms"] = event.station_clock->offset_ms;
-    clock["station_uncertainty_ms"] = event.station_clock->uncertainty_ms;
-    clock["station_measured_ms"] = event.station_clock->measured_ms;
-  } else {
-    clock["station"] = "unmeasured";
-  }
-  clock["recorder_offset_ms"] = recorder.recorder_offset_ms;
-  f["clock"] = std::move(clock);
-  f["recorder_clock_off"] = recorder.recorder_clock_off;
-
-  // GPS times are by the recorder's clock like startTime, so they get the same correction.
-  const std::int64_t correction_ms = recorder.recorder_offset_ms + station_offset_ms;
-  json gps = json::array();
-  for (const auto& p : file.gps) {
-    gps.push_back({{"t", p.t}, {"t_ms", p.t_ms - correction_ms}, {"lat_e7", p.lat_e7}, {"lon_e7", p.lon_e7}});
-  }
-  f["gps"] = std::move(gps);
+  put_clock_and_gps(f, event, recorder);
 
   f["stored"] = {{"path", event.media_path}, {"bytes", file.length}};
   f["download"] = {{"attempts", event.download_attempts},

@@ -198,6 +198,37 @@ struct HttpAnswer {
 
 using HttpOutcome = std::variant<HttpAnswer, Failure>;
 
+// Why a GET got no usable HTTP answer (nothing in time, a TLS port, a closed connection, a body over the
+// bound, not HTTP); nullopt when the answer was read.
+std::optional<Failure> exchange_failure(const std::string& address, const std::string& target,
+                                        std::chrono::milliseconds timeout, bool in_time, const error_code& ec,
+                                        std::string_view received) {
+  if (in_time && !ec) {
+    return std::nullopt;
+  }
+  if (looks_like_tls(received)) {
+    return Failure{ProbeProblem::kTls, "TLS expected: " + address +
+                                           " answered with a TLS record, so the port wants https, but the "
+                                           "config says http (use the device's plain-HTTP port)"};
+  }
+  if (!in_time) {
+    return timeout_failure(address, "waiting for the HTTP answer to GET " + target, timeout);
+  }
+  if (received.empty() &&
+      (ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset)) {
+    return Failure{ProbeProblem::kUnexpectedReply,
+                   "unexpected reply: " + address + " closed the connection without an HTTP answer to GET " +
+                       target + " (is it the right port? a port that expects TLS (https) may do this too)"};
+  }
+  if (ec == http::error::body_limit) {
+    return Failure{ProbeProblem::kUnexpectedReply,
+                   "unexpected reply: " + address + " answered GET " + target + " with a body over " +
+                       std::to_string(kMaxBodyBytes) + " bytes (a device's answer here is a few KiB)"};
+  }
+  return Failure{ProbeProblem::kUnexpectedReply,
+                 "unexpected reply: not HTTP (" + ec.message() + "); received " + shown_bytes(received)};
+}
+
 HttpOutcome http_get(const std::string& host, std::uint16_t port, const std::string& target,
                      const std::string& authorization, std::chrono::milliseconds timeout) {
   const std::string address = host + ":" + std::to_string(port);
@@ -242,34 +273,8 @@ HttpOutcome http_get(const std::string& host, std::uint16_t port, const std::str
   answer.received_ms = now_ms();
   const auto* data = static_cast<const char*>(buffer.data().data());
   const std::string_view received(data, buffer.size());
-  if (!in_time) {
-    if (looks_like_tls(received)) {
-      return Failure{ProbeProblem::kTls, "TLS expected: " + address +
-                                             " answered with a TLS record, so the port wants https, but the "
-                                             "config says http (use the device's plain-HTTP port)"};
-    }
-    return timeout_failure(address, "waiting for the HTTP answer to GET " + target, timeout);
-  }
-  if (ec) {
-    if (looks_like_tls(received)) {
-      return Failure{ProbeProblem::kTls, "TLS expected: " + address +
-                                             " answered with a TLS record, so the port wants https, but the "
-                                             "config says http (use the device's plain-HTTP port)"};
-    }
-    if (received.empty() &&
-        (ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset)) {
-      return Failure{ProbeProblem::kUnexpectedReply,
-                     "unexpected reply: " + address +
-                         " closed the connection without an HTTP answer to GET " + target +
-                         " (is it the right port? a port that expects TLS (https) may do this too)"};
-    }
-    if (ec == http::error::body_limit) {
-      return Failure{ProbeProblem::kUnexpectedReply,
-                     "unexpected reply: " + address + " answered GET " + target + " with a body over " +
-                         std::to_string(kMaxBodyBytes) + " bytes (a device's answer here is a few KiB)"};
-    }
-    return Failure{ProbeProblem::kUnexpectedReply,
-                   "unexpected reply: not HTTP (" + ec.message() + "); received " + shown_bytes(received)};
+  if (auto f = exchange_failure(address, target, timeout, in_time, ec, received)) {
+    return *f;
   }
   auto res = parser.release();
   answer.status = res.result_int();

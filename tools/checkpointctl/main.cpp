@@ -327,6 +327,45 @@ std::string fresh_client_id() {
   return ss.str();
 }
 
+// Feeds the evidence (and media) messages to the check until it has what it was asked for, the time is up,
+// an interrupt, or the check stops; true when the connection was lost.
+bool consume_feed(mqtt::async_client& client, const VerifyOptions& opts, FeedCheck& check) {
+  using Clock = std::chrono::steady_clock;
+  const auto deadline =
+      opts.seconds > 0
+          ? std::optional<Clock::time_point>(Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                                                std::chrono::duration<double>(opts.seconds)))
+          : std::nullopt;
+  std::uint64_t message_no = 0;
+  while (!g_interrupted.load()) {
+    if (opts.count > 0 && check.verified() >= opts.count) {
+      break;
+    }
+    if (deadline && Clock::now() >= *deadline) {
+      break;
+    }
+    mqtt::const_message_ptr msg;
+    if (!client.try_consume_message_for(&msg, std::chrono::milliseconds(200))) {
+      continue;
+    }
+    if (!msg) {  // the consumer queue signals a lost connection with an empty message
+      return true;
+    }
+    ++message_no;
+    const std::string where = "message " + std::to_string(message_no);
+    if (msg->get_topic() != opts.topic) {
+      if (!check.feed_media(msg->get_topic(), msg->get_payload_str(), where)) {
+        break;
+      }
+      continue;
+    }
+    if (!check.feed(msg->get_payload_str(), where)) {
+      break;
+    }
+  }
+  return false;
+}
+
 int verify_mqtt(const VerifyOptions& opts, FeedCheck& check) {
   // The media topic sits beside the evidence topic: <prefix>/<gateway>/media/<sha256>.
   std::string media_topic;
@@ -359,41 +398,7 @@ int verify_mqtt(const VerifyOptions& opts, FeedCheck& check) {
   // Records published from here on are seen; a script can wait for this line before starting a publisher.
   std::cerr << "checkpointctl: subscribed to " << opts.topic
             << (media_topic.empty() ? "" : " and " + media_topic) << " at " << opts.mqtt_uri << std::endl;
-  using Clock = std::chrono::steady_clock;
-  const auto deadline =
-      opts.seconds > 0
-          ? std::optional<Clock::time_point>(Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                                                std::chrono::duration<double>(opts.seconds)))
-          : std::nullopt;
-  std::uint64_t message_no = 0;
-  bool lost = false;
-  while (!g_interrupted.load()) {
-    if (opts.count > 0 && check.verified() >= opts.count) {
-      break;
-    }
-    if (deadline && Clock::now() >= *deadline) {
-      break;
-    }
-    mqtt::const_message_ptr msg;
-    if (!client.try_consume_message_for(&msg, std::chrono::milliseconds(200))) {
-      continue;
-    }
-    if (!msg) {  // the consumer queue signals a lost connection with an empty message
-      lost = true;
-      break;
-    }
-    ++message_no;
-    const std::string where = "message " + std::to_string(message_no);
-    if (msg->get_topic() != opts.topic) {
-      if (!check.feed_media(msg->get_topic(), msg->get_payload_str(), where)) {
-        break;
-      }
-      continue;
-    }
-    if (!check.feed(msg->get_payload_str(), where)) {
-      break;
-    }
-  }
+  const bool lost = consume_feed(client, opts, check);
   try {
     client.stop_consuming();
     if (client.is_connected()) {
