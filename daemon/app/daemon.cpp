@@ -118,6 +118,7 @@ ChainHead Daemon::Impl::start_pipeline() {
   worker->set_commit_observer([this](std::chrono::steady_clock::duration took, std::size_t /*records*/) {
     histograms.fsync_latency.observe(std::chrono::duration<double>(took).count());
   });
+  worker->set_commit_linger(std::chrono::milliseconds(cfg.store.commit_linger_ms));
   dock_ledger = std::make_unique<StoreDockLedger>(*worker, clock, cfg.store.media_retention_days);
   forwarder = std::make_unique<forwarder::MqttForwarder>(io, cfg.mqtt, cfg.gateway.id, *worker,
                                                          [this] { return status_snapshot(); });

@@ -46,6 +46,14 @@ void StoreWorker::set_commit_observer(CommitObserver observer) {
   commit_observer_ = std::move(observer);
 }
 
+void StoreWorker::set_commit_linger(std::chrono::milliseconds linger) {
+  {
+    std::lock_guard lock(mutex_);
+    commit_linger_ = std::max(linger, std::chrono::milliseconds(0));
+  }
+  wake_.notify_one();
+}
+
 void StoreWorker::set_commit_retry_backoff(std::chrono::milliseconds initial, std::chrono::milliseconds max) {
   std::lock_guard lock(mutex_);
   backoff_initial_ = initial;
@@ -74,11 +82,18 @@ void StoreWorker::submit_key_rotation(Fact fact, std::shared_ptr<const Ed25519Pr
 }
 
 void StoreWorker::enqueue(Item item) {
+  item.queued_at = std::chrono::steady_clock::now();
+  bool wake = false;
   {
     std::lock_guard lock(mutex_);
+    // The worker is woken for the first fact (it then waits out the linger) and for a full batch; the facts
+    // between join the batch without waking it.
+    wake = facts_.empty() || facts_.size() + 1 >= max_batch_ || commit_linger_.count() == 0;
     facts_.push_back(std::move(item));
   }
-  wake_.notify_one();
+  if (wake) {
+    wake_.notify_one();
+  }
 }
 
 void StoreWorker::drain_and_stop() {
@@ -436,10 +451,24 @@ void StoreWorker::sweep_media() {
 StoreWorker::Work StoreWorker::wait_for_work() {
   Work work;
   std::unique_lock lock(mutex_);
-  wake_.wait(lock, [&] {
-    return stopping_ || !facts_.empty() || !retrying_.empty() || !fetches_.empty() || !forwarded_.empty() ||
-           !tasks_.empty();
-  });
+  for (;;) {
+    // Facts wait at most commit_linger_ for others to share their commit (one fsync); anything else is served
+    // at once and takes them along.
+    const auto now = std::chrono::steady_clock::now();
+    std::optional<std::chrono::steady_clock::time_point> due;
+    if (!facts_.empty()) {
+      due = facts_.size() >= max_batch_ ? now : facts_.front().queued_at + commit_linger_;
+    }
+    if (stopping_ || !retrying_.empty() || !fetches_.empty() || !tasks_.empty() || !forwarded_.empty() ||
+        (due && *due <= now)) {
+      break;
+    }
+    if (due) {
+      wake_.wait_until(lock, *due);
+    } else {
+      wake_.wait(lock);
+    }
+  }
   work.stopping = stopping_;
   if (!retrying_.empty()) {
     work.batch.swap(retrying_);

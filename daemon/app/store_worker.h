@@ -71,6 +71,11 @@ class StoreWorker final : public forwarder::OutboxSource {
   using CommitObserver = std::function<void(std::chrono::steady_clock::duration, std::size_t records)>;
   void set_commit_observer(CommitObserver observer);
 
+  // A fact waits at most `linger` (default 0) for others to share its transaction (one fsync for all):
+  // fewer commits and wake-ups at low rates, acceptance (and delivery) at most `linger` later. A full batch,
+  // a retry, an outbox request or a stop ends the wait at once.
+  void set_commit_linger(std::chrono::milliseconds linger);
+
   // The wait after a failed commit starts at `initial` and doubles up to `max` (default 50 ms to 5 s); tests
   // shorten it.
   void set_commit_retry_backoff(std::chrono::milliseconds initial, std::chrono::milliseconds max);
@@ -105,6 +110,7 @@ class StoreWorker final : public forwarder::OutboxSource {
     RecordHandler on_committed;
     std::chrono::steady_clock::time_point ready_at{};   // for the latency figures; not part of the record
     std::shared_ptr<const Ed25519PrivateKey> next_key;  // a key rotation: the key for the records after it
+    std::chrono::steady_clock::time_point queued_at{};  // when submitted (the commit linger)
   };
   // One batch sealed, not committed yet: its records, the batch item each came from, and what the link
   // rule needs of the records sealed so far in it.
@@ -153,6 +159,7 @@ class StoreWorker final : public forwarder::OutboxSource {
   void enqueue(Item item);
 
   CommitObserver commit_observer_;
+  std::chrono::milliseconds commit_linger_{0};
   std::chrono::milliseconds backoff_initial_{50};
   std::chrono::milliseconds backoff_max_{5000};
   std::deque<Item> facts_;

@@ -101,6 +101,8 @@ StoreSection parse_store(Section store) {
   out.path = store.required<std::string>("path", {.pattern = kPathPattern, .allowed = kPathAllowed});
   out.commit_max_batch =
       store.optional<int>("commit_max_batch", out.commit_max_batch, {.min = 1, .max = 100000});
+  out.commit_linger_ms =
+      store.optional<int>("commit_linger_ms", out.commit_linger_ms, {.min = 0, .max = 1000});
   // Pictures live beside the store by default, so one directory (one disk) holds all the evidence.
   const std::string beside = (std::filesystem::path(out.path).parent_path() / "media").string();
   out.media_dir =

@@ -46,6 +46,8 @@ struct StoreSection {
   int important_retention_days =
       365;                     // recordings an officer flagged important: kept at least this long (>= 180)
   int commit_max_batch = 512;  // most records per transaction (one fsync per transaction)
+  // How long a fact may wait for others to share its transaction (one fsync for all of them).
+  int commit_linger_ms = 0;
   // Free space kept for evidence records: below it no new picture or recording is stored (they are counted
   // and reported), so records can still be committed when media fills the disk.
   int reserve_mb = 256;

@@ -111,6 +111,41 @@ class StoreWorkerTest : public ::testing::Test {
   std::uint64_t last_seq_ = 0;
 };
 
+// store.commit_linger_ms: facts submitted within the linger share one transaction (one fsync); a full batch
+// and a stop do not wait for it.
+TEST_F(StoreWorkerTest, FactsWithinTheCommitLingerShareOneCommit) {
+  start_worker();
+  std::mutex m;
+  std::vector<std::size_t> commits;
+  worker_->set_commit_observer([&](std::chrono::steady_clock::duration, std::size_t records) {
+    std::lock_guard lock(m);
+    commits.push_back(records);
+  });
+  worker_->set_commit_linger(400ms);
+  const auto started = std::chrono::steady_clock::now();
+  for (int i = 0; i < 3; ++i) {
+    worker_->submit(fact_with_media({}));
+  }
+  ASSERT_TRUE(wait_seq(3));
+  EXPECT_GE(std::chrono::steady_clock::now() - started, 390ms);
+  {
+    std::lock_guard lock(m);
+    EXPECT_EQ(commits, std::vector<std::size_t>{3});
+  }
+  // A full batch (64 here) goes at once, whatever the linger.
+  worker_->set_commit_linger(std::chrono::milliseconds(60000));
+  for (int i = 0; i < 64; ++i) {
+    worker_->submit(fact_with_media({}));
+  }
+  ASSERT_TRUE(wait_seq(3 + 64));
+  // A stop commits what waits without waiting out the linger.
+  worker_->submit(fact_with_media({}));
+  const auto stopping = std::chrono::steady_clock::now();
+  worker_->drain_and_stop();
+  EXPECT_LT(std::chrono::steady_clock::now() - stopping, 10s);
+  EXPECT_EQ(store_->chain_head().seq, 3u + 64u + 1u);
+}
+
 TEST_F(StoreWorkerTest, CommitsFactsInOrderAndPagesCarryTheirMedia) {
   const std::string a = put("picture-a");
   const std::string b = put("picture-b");

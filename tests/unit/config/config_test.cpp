@@ -127,6 +127,7 @@ TEST(ConfigTest, DefaultsApplyAndClientIdFollowsGatewayId) {
   EXPECT_EQ(c.mqtt.topic_prefix, "checkpoint");
   EXPECT_EQ(c.mqtt.session_expiry_s, 7 * 24 * 3600);
   EXPECT_EQ(c.store.commit_max_batch, 512);
+  EXPECT_EQ(c.store.commit_linger_ms, 0);
   const auto& radar = std::get<adapters::RadarConfig>(c.devices[0].settings);
   EXPECT_EQ(radar.poll_interval_ms, 0);
   EXPECT_EQ(radar.reconnect_max_ms, 30000);
@@ -160,9 +161,11 @@ validity:
 TEST(ConfigTest, CorrelationValidityAndMediaSections) {
   const std::string text =
       replaced(kBase, "  path: /tmp/store.db\n",
-               "  path: /tmp/store.db\n  media_dir: /srv/media\n  media_retention_days: 90\n") +
+               "  path: /tmp/store.db\n  media_dir: /srv/media\n  media_retention_days: 90\n"
+               "  commit_linger_ms: 100\n") +
       kCorrelation;
   const Config c = parse_config(text, kGatewayFile);
+  EXPECT_EQ(c.store.commit_linger_ms, 100);
   EXPECT_EQ(c.store.media_dir, "/srv/media");
   EXPECT_EQ(c.store.media_retention_days, 90);
   EXPECT_EQ(c.correlation.window_ms, 300);
@@ -242,6 +245,11 @@ TEST(ConfigTest, CorrelationAndValidityMistakesArePlaced) {
     const ConfigError e = error_in(text);
     EXPECT_EQ(std::string(e.what()), place_in(kGatewayFile, text, "0\nmqtt") +
                                          ": store.media_retention_days: must be between 1 and 3650, got 0");
+  }
+  {
+    const std::string text =
+        replaced(kBase, "  path: /tmp/store.db\n", "  path: /tmp/store.db\n  commit_linger_ms: 1001\n");
+    EXPECT_EQ(error_in(text).key(), "store.commit_linger_ms");
   }
 }
 
