@@ -227,6 +227,8 @@ int main(int argc, char** argv) {
   long rss_nominal = 0;
   double nominal_rate = 0;
   double nominal_cpu_per_1000 = 0;
+  double idle_cpu_ms_per_s = 0;
+  double idle_wakeups_per_s = 0;
   std::string latency_line;
   {
     Rig rig{dir, broker, nullptr, nullptr};
@@ -245,6 +247,13 @@ int main(int argc, char** argv) {
         store_query(db, "SELECT count(*) FROM records WHERE type = 'speed_measurement'");
     nominal_rate =
         span_ms > 0 ? static_cast<double>(measured - 1) * 1000.0 / static_cast<double>(span_ms) : 0;
+    // The road empty again: what the daemon costs while nothing happens (no busy timer: issue 16).
+    std::this_thread::sleep_for(2s);
+    const double idle_cpu0 = cpu_seconds(rig.daemon->pid());
+    const long long idle_wakeups0 = wakeups(rig.daemon->pid());
+    std::this_thread::sleep_for(10s);
+    idle_cpu_ms_per_s = (cpu_seconds(rig.daemon->pid()) - idle_cpu0) * 1000.0 / 10.0;
+    idle_wakeups_per_s = static_cast<double>(wakeups(rig.daemon->pid()) - idle_wakeups0) / 10.0;
     rss_nominal = rig.stop();
     std::istringstream err(rig.daemon->stderr_text());
     for (std::string line; std::getline(err, line);) {
@@ -267,6 +276,11 @@ int main(int argc, char** argv) {
               nominal_cpu_per_1000);
   std::printf("nominal   latency_ready_to_puback_ms   p50 %.1f  p99 %.1f\n", p50, p99);
   std::printf("          daemon says: %s\n", latency_line.c_str());
+  std::printf(
+      "idle      cpu_ms_per_s                 %10.2f   (10 s after the last vehicle; clock ticks of 10 ms)\n",
+      idle_cpu_ms_per_s);
+  std::printf("idle      wakeups_per_s                %10.1f   (voluntary context switches, all threads)\n",
+              idle_wakeups_per_s);
   std::printf("memory    daemon_peak_rss_kb           %ld (throughput run %ld, nominal run %ld)\n", peak,
               rss_throughput, rss_nominal);
   std::printf("ratio     throughput / slowest stage   %.2f  (target >= 0.70)\n", ratio);

@@ -80,7 +80,6 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
       self->running_ = true;
       self->set_state("connecting");
       self->connect();
-      self->arm_expiry();
     });
   }
 
@@ -98,6 +97,7 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
       self->reconnect_timer_.cancel();
       self->poll_timer_.cancel();
       self->expiry_timer_.cancel();
+      self->expiry_armed_ = false;
       self->socket_.close(ignored);
       self->serial_.close(ignored);
       self->set_state("stopped");
@@ -431,15 +431,22 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
     });
   }
 
-  void arm_expiry() {
+  // Every kExpiryTick while a track is open (its target may have gone: track_timeout_ms) or records are being
+  // suppressed (the episode ends after a quiet time): tracks are closed and the episode's end reported. With
+  // neither, the timer sleeps and the next frame arms it (flush): an empty road costs no wakeups.
+  void arm_expiry_if_needed() {
+    if (expiry_armed_ || !running_ || (builder_.open_tracks() == 0 && !record_bound_.suppressing())) {
+      return;
+    }
+    expiry_armed_ = true;
     expiry_timer_.expires_after(kExpiryTick);
     expiry_timer_.async_wait([self = shared_from_this()](const error_code& ec) {
       if (ec || !self->running_) {
         return;
       }
+      self->expiry_armed_ = false;
       self->queue_tracks(self->builder_.expire(self->ctx_.clock.now_ms()));
       self->flush();
-      self->arm_expiry();
     });
   }
 
@@ -486,6 +493,7 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
     for (auto& e : out) {
       ctx_.sink.emit(std::move(e));
     }
+    arm_expiry_if_needed();
   }
 
   DeviceStatusEvent suppression_notice(const std::string& state, const std::string& text, UnixMs now) {
@@ -559,6 +567,7 @@ class RadarAdapterImpl : public std::enable_shared_from_this<RadarAdapterImpl> {
   std::minstd_rand rng_;
   std::string link_text_;
   bool running_ = false;
+  bool expiry_armed_ = false;  // the expiry timer waits (arm_expiry_if_needed)
   bool connected_ = false;
   bool good_connection_ = false;
   bool writing_ = false;

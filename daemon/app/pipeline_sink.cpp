@@ -24,6 +24,7 @@ PipelineSink::PipelineSink(asio::io_context& io, pipeline::Correlator& correlato
 void PipelineSink::start() {
   asio::post(strand_, [this] {
     refresh_clock_sync();
+    next_clock_refresh_ = std::chrono::steady_clock::now() + kClockRefresh;
     tick();
   });
 }
@@ -42,6 +43,9 @@ void PipelineSink::emit(adapters::DeviceEvent event) {
       return;
     }
     submit(correlator_.on_event(ev, clock_.now_ms()), ready_at);
+    if (idle_ && correlator_.pending() > 0) {
+      arm();
+    }
   });
 }
 
@@ -83,11 +87,23 @@ void PipelineSink::tick() {
   if (stopped_) {
     return;
   }
-  submit(correlator_.tick(clock_.now_ms()), std::chrono::steady_clock::now());
-  if (++ticks_ % 100 == 0) {  // every ~10 s
+  const auto now = std::chrono::steady_clock::now();
+  submit(correlator_.tick(clock_.now_ms()), now);
+  if (now >= next_clock_refresh_) {
     refresh_clock_sync();
+    next_clock_refresh_ = now + kClockRefresh;
   }
-  tick_timer_.expires_after(std::chrono::milliseconds(100));
+  arm();
+}
+
+// While the correlator holds tracks or reads, it decides every kTick; with nothing pending the timer sleeps
+// until the next clock-sync refresh, and the event that makes something pending wakes it (emit).
+void PipelineSink::arm() {
+  if (stopped_) {
+    return;
+  }
+  idle_ = correlator_.pending() == 0;
+  tick_timer_.expires_at(idle_ ? next_clock_refresh_ : std::chrono::steady_clock::now() + kTick);
   tick_timer_.async_wait([this](boost::system::error_code ec) {
     if (!ec) {
       tick();

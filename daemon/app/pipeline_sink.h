@@ -24,11 +24,15 @@ namespace cpd::app {
 
 // Device events arrive on adapter strands; the correlator is single-threaded, so they are serialised on
 // the pipeline strand and the resulting facts handed to the store worker. A timer on the same strand
-// releases decided matches and expired waits, and refreshes the gateway's clock-sync state.
+// releases decided matches and expired waits (every kTick while anything is pending, not at all while
+// nothing is: no busy timer on an idle road), and refreshes the gateway's clock-sync state every
+// kClockRefresh.
 class PipelineSink final : public adapters::EventSink {
  public:
   // Above this many facts waiting for the store, adapters pause reading (back-pressure to the device).
   static constexpr std::uint64_t kMaxQueuedFacts = 256;
+  static constexpr std::chrono::milliseconds kTick{100};
+  static constexpr std::chrono::seconds kClockRefresh{10};
 
   PipelineSink(boost::asio::io_context& io, pipeline::Correlator& correlator, StoreWorker& worker,
                const WallClock& clock, const config::ValiditySection& validity);
@@ -60,6 +64,7 @@ class PipelineSink final : public adapters::EventSink {
  private:
   void submit(std::vector<Fact> facts, std::chrono::steady_clock::time_point ready_at);
   void tick();
+  void arm();
   void refresh_clock_sync();
 
   boost::asio::strand<boost::asio::io_context::executor_type> strand_;
@@ -69,7 +74,8 @@ class PipelineSink final : public adapters::EventSink {
   const WallClock& clock_;
   bool assume_clock_sync_;
   bool stopped_ = false;
-  std::uint64_t ticks_ = 0;
+  bool idle_ = false;  // the timer waits for the clock-sync refresh: an event making work pending re-arms it
+  std::chrono::steady_clock::time_point next_clock_refresh_{};
   mutable std::mutex mutex_;
   std::map<std::string, Activity> activity_;
   pipeline::ClockSync clock_sync_;

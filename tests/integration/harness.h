@@ -203,6 +203,9 @@ long rss_kb(pid_t pid);
 // User + system CPU seconds a process has used so far (all its threads), from /proc/<pid>/stat; 0 if
 // unreadable.
 double cpu_seconds(pid_t pid);
+// How often the process's threads have blocked and been woken so far (the sum of their
+// voluntary_ctxt_switches in /proc/<pid>/task/*/status): a busy timer shows as wakeups while nothing happens.
+long long wakeups(pid_t pid);
 // The same summed over every running process whose command name (/proc/<pid>/comm) is `comm`, e.g. all of
 // PostgreSQL's backends and helpers.
 double cpu_seconds_of(const std::string& comm);

@@ -259,6 +259,27 @@ TEST_F(RadarPipeline, ARadarLinkCutIsReportedAndRecovered) {
   ASSERT_EQ(daemon->wait(20s), 0) << daemon->stderr_text();
 }
 
+// No busy timer: with no vehicle on the road the daemon sleeps until something happens. The correlator and
+// the radar's track expiry tick (every 100 ms) only while they hold a track; what is left is the
+// once-a-second storage check, the systemd heartbeat, the radar's status messages and Paho's keep-alive
+// threads: about 4 wakeups a second here, against about 14 when both ticks ran on an empty road.
+TEST_F(RadarPipeline, AnEmptyRoadWakesTheDaemonOnlyForItsSlowChecks) {
+  start_sim({"--seed", "4", "--vehicles", "1", "--rate", "5"});
+  write_config();
+  collector_ = std::make_unique<MqttCollector>(broker_->uri(),
+                                               std::vector<std::string>{"checkpoint/test-gw-1/evidence"});
+  auto daemon = start_daemon();
+  ASSERT_TRUE(collector_->wait_until([&] { return count_type("speed_measurement") == 1; }, 30s))
+      << daemon->stderr_text();
+  pause(1s);  // the vehicle's track has closed and its record is PUBACKed: nothing is pending
+  const long long before = wakeups(daemon->pid());
+  pause(5s);
+  const double per_s = static_cast<double>(wakeups(daemon->pid()) - before) / 5.0;
+  EXPECT_LT(per_s, 10.0) << "wakeups per second on an empty road";
+  daemon->signal(SIGTERM);
+  ASSERT_EQ(daemon->wait(20s), 0) << daemon->stderr_text();
+}
+
 // SIGTERM while the first broker connect may still be in flight: the daemon waits for it and forwards what
 // it committed (the start and stop audits) instead of leaving them in the outbox until the next start.
 TEST_F(RadarPipeline, StopRightAfterStartStillForwardsTheAudits) {
