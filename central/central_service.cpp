@@ -151,10 +151,39 @@ void CentralService::connect_broker() {
   const std::string group = "$share/" + cfg_.feed.share_group + "/" + prefix_ + "/+/";
   subscribe_ = [this, group] {
     try {
-      auto topics = mqtt::string_collection::create({group + "evidence", group + "media/+", group + "head",
-                                                     group + "resend/response", group + "file/#"});
-      client_->subscribe(topics, std::vector<int>{1, 1, 1, 1, 1})->wait_for(std::chrono::seconds(10));
-      if (!subscribed_.exchange(true)) {
+      const std::vector<std::string> names{group + "evidence", group + "media/+", group + "head",
+                                           group + "resend/response", group + "file/#"};
+      auto topics = mqtt::string_collection::create(names);
+      auto token = client_->subscribe(topics, std::vector<int>{1, 1, 1, 1, 1});
+      // Subscribed only when the broker granted every topic: otherwise the periodic check subscribes again
+      // (a broker without shared subscriptions, an ACL), and the refusal is logged (at most once a minute)
+      // and counted, never taken for a subscription.
+      std::string refused;
+      if (!token->wait_for(std::chrono::seconds(10))) {
+        refused = "no SUBACK within 10 s";
+      } else {
+        std::vector<mqtt::ReasonCode> codes;
+        try {
+          codes = token->get_subscribe_response().get_reason_codes();
+        } catch (const std::exception&) {
+          codes.push_back(token->get_reason_code());
+        }
+        for (std::size_t i = 0; i < names.size() && i < codes.size(); ++i) {
+          if (static_cast<int>(codes[i]) >= 0x80) {
+            refused += (refused.empty() ? "" : ", ") + names[i] + " refused with reason code " +
+                       std::to_string(static_cast<int>(codes[i]));
+          }
+        }
+      }
+      if (!refused.empty()) {
+        ++counters_.subscribe_refused;
+        const auto now = std::chrono::steady_clock::now();
+        if (now - subscribe_refusal_logged_ >= std::chrono::minutes(1)) {
+          subscribe_refusal_logged_ = now;
+          log::error("central", "",
+                     "mqtt: subscribing failed (" + refused + "): nothing is received; trying again");
+        }
+      } else if (!subscribed_.exchange(true)) {
         log::notice("central", "",
                     "subscribed to " + group + "{evidence,media/+,head,resend/response,file/#}");
       }
@@ -644,6 +673,17 @@ void CentralService::classify_head(const Message& m, const std::string& gateway,
   if (h.ok && h.head.seq > static_cast<std::uint64_t>(INT64_MAX)) {
     reason = "seq " + std::to_string(h.head.seq) + " is beyond 2^63-1";
   }
+  if (h.ok && reason.empty()) {
+    // A retired (or revoked) key announces nothing beyond the seq it was retired at: a leaked old key must
+    // not set a head no record will ever reach (the announced head never moves back).
+    if (const auto g = keys_.find(gateway); g != keys_.end()) {
+      const auto k = g->second.find(h.kid);
+      if (k != g->second.end() && k->second.to_seq && h.head.seq > *k->second.to_seq) {
+        reason = "head seq " + std::to_string(h.head.seq) + " is signed by kid " + h.kid +
+                 ", retired at seq " + std::to_string(*k->second.to_seq);
+      }
+    }
+  }
   if (!h.ok || !reason.empty()) {
     ++counters_.heads_refused;
     log::warn("central", gateway, "head announcement refused: " + reason);
@@ -1068,6 +1108,8 @@ void CentralService::add_counter_metrics(metrics::Exposition& e) {
   c("central_refused_total", "Messages refused: not a feed topic, not a gateway id, not storable.",
     counters_.refused);
   c("central_heads_refused_total", "Head announcements failing a check.", counters_.heads_refused);
+  c("central_subscribe_refused_total", "Subscribe attempts the broker refused or did not answer.",
+    counters_.subscribe_refused);
   c("central_messages_dropped_busy_total",
     "Messages dropped because the queue stayed full for a third of the keepalive (found again as gaps).",
     counters_.dropped_busy);

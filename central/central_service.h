@@ -6,6 +6,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -43,11 +44,12 @@ struct CentralCounters {
   std::atomic<std::uint64_t> quarantine_dropped{0};
   std::atomic<std::uint64_t> quarantine_expired{0};  // rows discarded by feed.quarantine_max_age_days
   std::atomic<std::uint64_t> media_stored{0};
-  std::atomic<std::uint64_t> media_refused{0};    // hash mismatch, too large, bad name
-  std::atomic<std::uint64_t> unknown_gateway{0};  // messages on a gateway's topics that is not enrolled
-  std::atomic<std::uint64_t> refused{0};          // messages refused: a topic that is not the feed's, a
-                                                  // malformed head or reply, a message central cannot store
-  std::atomic<std::uint64_t> heads_refused{0};    // head announcements failing a check
+  std::atomic<std::uint64_t> media_refused{0};      // hash mismatch, too large, bad name
+  std::atomic<std::uint64_t> unknown_gateway{0};    // messages on a gateway's topics that is not enrolled
+  std::atomic<std::uint64_t> refused{0};            // messages refused: a topic that is not the feed's, a
+                                                    // malformed head or reply, a message central cannot store
+  std::atomic<std::uint64_t> heads_refused{0};      // head announcements failing a check
+  std::atomic<std::uint64_t> subscribe_refused{0};  // subscribe attempts refused (a topic) or unanswered
   std::atomic<std::uint64_t> replies_refused{0};  // resend replies that are not a JSON object (or too large)
   std::atomic<std::uint64_t> unsolicited_replies{0};  // replies to no open request (quarantined)
   std::atomic<std::uint64_t> head_forks{0};
@@ -173,6 +175,7 @@ class CentralService {
   bool link_stopping_ = false;
   std::thread link_thread_;
   std::atomic<bool> subscribing_{false};
+  std::chrono::steady_clock::time_point subscribe_refusal_logged_{};  // the subscribing thread only
   std::function<void()> subscribe_;      // set once in connect_broker, before the first connect
   std::int64_t link_down_since_ms_ = 0;  // worker thread only
 

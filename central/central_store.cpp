@@ -772,19 +772,48 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
       stored[gateway].push_back(seq);
     }
   };
-  for (std::size_t from = 0; from < batch.records.size(); from += kRowsPerInsert) {
-    const std::size_t to = std::min(batch.records.size(), from + kRowsPerInsert);
-    const auto fresh = insert_records(batch.records, from, to, now_ms, out);
+  // Two copies of one (gateway, seq) in one INSERT: PostgreSQL stores the first and skips the other without a
+  // word (ON CONFLICT DO NOTHING), so both would come back as stored, and a fork (a cloned gateway) would be
+  // dropped unseen, its media rows and key enrolment taken as the record's. A batch's later copies of a seq
+  // are therefore kept out of the INSERTs and compared with what is held afterwards (store_second_copy).
+  std::vector<std::size_t> repeats;
+  std::vector<IncomingRecord> firsts;
+  {
+    std::set<std::pair<std::string, std::uint64_t>> seen;
+    for (std::size_t i = 0; i < batch.records.size(); ++i) {
+      if (!seen.emplace(batch.records[i].gateway, batch.records[i].seq).second) {
+        repeats.push_back(i);
+      }
+    }
+    if (!repeats.empty()) {
+      std::size_t r = 0;
+      for (std::size_t i = 0; i < batch.records.size(); ++i) {
+        if (r < repeats.size() && repeats[r] == i) {
+          ++r;
+        } else {
+          firsts.push_back(batch.records[i]);
+        }
+      }
+    }
+  }
+  const std::vector<IncomingRecord>& records = repeats.empty() ? batch.records : firsts;
+  for (std::size_t from = 0; from < records.size(); from += kRowsPerInsert) {
+    const std::size_t to = std::min(records.size(), from + kRowsPerInsert);
+    const auto fresh = insert_records(records, from, to, now_ms, out);
     note_fresh(fresh);
     for (std::size_t i = from; i < to; ++i) {
-      const IncomingRecord& rec = batch.records[i];
+      const IncomingRecord& rec = records[i];
       touched.insert(rec.gateway);
       if (fresh.count({rec.gateway, rec.seq}) != 0) {
         follow_replaced_store(rec, now_ms, out);
         continue;
       }
-      note_fresh(store_second_copy(batch.records, i, now_ms, out));
+      note_fresh(store_second_copy(records, i, now_ms, out));
     }
+  }
+  for (const std::size_t i : repeats) {
+    touched.insert(batch.records[i].gateway);
+    note_fresh(store_second_copy(batch.records, i, now_ms, out));
   }
   for (const auto& [gateway, seqs] : stored) {
     const PgResult g = conn_->exec_prepared(

@@ -371,9 +371,14 @@ void FileIntake::on_fin(PgConnection& pg, const std::string& gateway, const file
 
 void FileIntake::on_abort(PgConnection& pg, const std::string& gateway, const filex::FileTopic& t,
                           const std::string& payload, std::int64_t now) {
-  std::string reason = filex::parse_abort(payload);
+  // A malformed abort changes nothing: it must not end a transfer (and delete its segments) on the word of
+  // a payload that is not one.
+  const std::string reason = filex::parse_abort(payload);
   if (reason.empty()) {
-    reason = "(no reason given)";
+    ++counters_.refused;
+    log::warn("central", gateway,
+              "file " + t.sha256 + ": abort refused: not {\"reason\": <text>, \"v\": 1} of at most 64 KiB");
+    return;
   }
   const PgResult r = pg.exec(
       "UPDATE file_uploads SET state = 'not_held', reason = $3, last_ms = $4 WHERE gateway = $1 AND sha256 = "

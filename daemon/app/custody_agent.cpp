@@ -14,7 +14,10 @@ namespace cpd::app {
 namespace {
 
 constexpr std::size_t kResendChunk = 100;  // records read from the store per step of a resend
-constexpr int kPruneRoundsPerTick = 25;    // x 2000 records: a long backlog is pruned over several ticks
+// Pictures read per step: a step ends after the record whose pictures reach it (100 speeding records of four
+// 0.5 MB pictures would otherwise hold 200 MB at once).
+constexpr std::size_t kResendChunkMediaBytes = 16u << 20;
+constexpr int kPruneRoundsPerTick = 25;  // x 2000 records: a long backlog is pruned over several ticks
 constexpr std::size_t kPruneBatch = 2000;
 constexpr UnixMs kDayMs = 24LL * 3600 * 1000;
 
@@ -239,7 +242,7 @@ void CustodyAgent::on_receipt(const std::string& jws) {
     // An empty store: nothing here to compare the head with; the daemon continues the chain after it.
     decide_origin(store::CustodyState{receipt.through_seq, receipt.head, receipt.central, check.kid, jws,
                                       clock_.now_ms()},
-                  "custody receipt of central " + receipt.central + " through seq " +
+                  "custody receipt of central " + printable(receipt.central, 64) + " through seq " +
                       std::to_string(receipt.through_seq));
     return;
   }
@@ -327,6 +330,17 @@ void CustodyAgent::record_custody(store::EvidenceStore& store, const custody::Re
 
 void CustodyAgent::save_custody(store::EvidenceStore& store, const store::CustodyState& state,
                                 std::uint64_t custody_seq) {
+  // A later receipt may have been noted while this one's custody record was being committed (too soon for a
+  // record of its own): the state never goes back to an older receipt.
+  if (const auto current = store.custody(); current && current->through_seq > state.through_seq) {
+    std::lock_guard lock(snapshot_mutex_);
+    ++receipts_accepted_;
+    log::info("custody", "",
+              "custody record seq " + std::to_string(custody_seq) +
+                  " committed; the custody state stays at " + std::to_string(current->through_seq) +
+                  " (a later receipt)");
+    return;
+  }
   if (const Status st = store.set_custody(state); !st.is_ok()) {
     log::error("custody", "",
                "custody state not saved (the retained receipt is applied again at the "
@@ -340,7 +354,7 @@ void CustodyAgent::save_custody(store::EvidenceStore& store, const store::Custod
   oldest_outside_ms_ = oldest;
   ++receipts_accepted_;
   log::info("custody", "",
-            "central " + state.central + " holds seq 1.." + std::to_string(state.through_seq) +
+            "central " + printable(state.central, 64) + " holds seq 1.." + std::to_string(state.through_seq) +
                 " (custody record seq " + std::to_string(custody_seq) + ")");
 }
 
@@ -348,9 +362,8 @@ void CustodyAgent::save_custody(store::EvidenceStore& store, const store::Custod
 
 void CustodyAgent::on_resend_request(forwarder::InboundMessage message) {
   const std::string base = prefix_ + "/" + gateway_ + "/";
-  // Replies go only under this gateway's own topics (one broker ACL rule covers the gateway).
-  const bool can_reply = message.response_topic.rfind(base + "resend/response", 0) == 0 &&
-                         message.response_topic.find_first_of("+#") == std::string::npos;
+  // Replies go only to this gateway's own reply topic: the one its broker ACL lets it write replies to.
+  const bool can_reply = message.response_topic == base + "resend/response";
   const auto refuse = [&](const std::string& why) {
     {
       std::lock_guard lock(snapshot_mutex_);
@@ -463,13 +476,24 @@ void CustodyAgent::send_chunk(std::shared_ptr<Resend> job, std::uint64_t from,
     send_media(job, 0, r);
     return;
   }
-  const std::uint64_t to = std::min(job->request.to_seq, from + kResendChunk - 1);
-  host_.run_on_store([this, job, from, to, r](store::EvidenceStore& store) {
+  // from <= to_seq here: the chunk's end never passes to_seq, whatever the values (no overflow).
+  std::uint64_t to = from + std::min<std::uint64_t>(job->request.to_seq - from, kResendChunk - 1);
+  host_.run_on_store([this, job, from, to, r](store::EvidenceStore& store) mutable {
     auto entries = store.records_range(from, to, kResendChunk);
-    for (auto& e : entries) {
+    // At most kResendChunkMediaBytes of pictures read at once (a record's pictures whole): the chunk ends
+    // after the record that reaches it, and the next chunk starts after that record.
+    std::size_t media_bytes = 0;
+    for (std::size_t i = 0; i < entries.size(); ++i) {
+      auto& e = entries[i];
       for (const std::string& sha : e.media) {
         auto bytes = host_.read_media(sha);
         e.media_bytes.push_back(bytes && sha256_hex(*bytes) == sha ? std::move(*bytes) : std::string());
+        media_bytes += e.media_bytes.back().size();
+      }
+      if (media_bytes >= kResendChunkMediaBytes && i + 1 < entries.size()) {
+        to = e.seq;
+        entries.resize(i + 1);
+        break;
       }
     }
     boost::asio::post(strand_, [this, job, from, to, r, entries = std::move(entries)]() mutable {
@@ -505,7 +529,13 @@ void CustodyAgent::send_chunk(std::shared_ptr<Resend> job, std::uint64_t from,
           next_resend();
           return;
         }
-        paced(messages, [this, job, to, r] { send_chunk(job, to + 1, r); });
+        paced(messages, [this, job, to, r] {
+          if (to >= job->request.to_seq) {
+            send_media(job, 0, r);
+          } else {
+            send_chunk(job, to + 1, r);
+          }
+        });
       };
       publish_all(std::move(out), wait);
     });
@@ -597,12 +627,19 @@ void CustodyAgent::schedule_head() {
 }
 
 void CustodyAgent::announce_head() {
+  // One announcement at a time: while the broker is away the one waiting goes out on reconnect and the next
+  // tick brings it up to date, instead of one queued every head_interval_ms for as long as the link is down
+  // (they would fill the side queue that resends and recording transfers share).
+  if (head_inflight_.exchange(true)) {
+    return;
+  }
   host_.run_on_store([this](store::EvidenceStore&) {
     const ChainHead head = host_.chain_head();
     const std::string jws =
         custody::seal_head(gateway_key_, custody::Head{gateway_, head.seq, head.jws_sha256, clock_.now_ms()});
     // Retained: central (or a person with mosquitto_sub) sees the head at any time; a lost tail shows.
-    channel_.publish_side({prefix_ + "/" + gateway_ + "/head", jws, true, ""}, [](bool) {});
+    channel_.publish_side({prefix_ + "/" + gateway_ + "/head", jws, true, ""},
+                          [this](bool) { head_inflight_ = false; });
   });
 }
 

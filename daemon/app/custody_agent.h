@@ -145,6 +145,8 @@ class CustodyAgent {
   static constexpr std::size_t kMaxInputBytesWaiting = 2u << 20;
   std::atomic<std::size_t> inputs_waiting_{0};
   std::atomic<std::size_t> inputs_waiting_bytes_{0};
+  std::atomic<bool> head_inflight_{
+      false};  // a head announcement awaits its PUBACK or refusal (announce_head)
 
   // Strand state.
   std::deque<Resend> resends_;

@@ -228,7 +228,8 @@ void RecordingUploader::took_receipt(const filex::FileReceipt& r) {
     asio::post(strand_, [this] { poll(); });
   }
   log::notice("files", "",
-              "recording " + r.sha256 + " (" + std::to_string(r.size) + " bytes) in custody of " + r.central);
+              "recording " + r.sha256 + " (" + std::to_string(r.size) + " bytes) in custody of " +
+                  printable(r.central, 64));
 }
 
 void RecordingUploader::on_want(const std::string& payload) {
@@ -777,6 +778,13 @@ void RecordingUploader::fail(const std::string& why) {
     from = std::min(from, *job.inflight.begin());
   }
   job.cursor = from;
+  // Back to the range holding it: the window may span ranges, and a range counts as passed as soon as its
+  // last segment is handed out, PUBACKed or not (without this a lost last segment was never sent again, and
+  // fin went out without it).
+  job.range = 0;
+  while (job.range < job.ranges.size() && job.ranges[job.range].second <= from) {
+    ++job.range;
+  }
   if (job.pausing) {
     job.inflight.clear();
     job.init_inflight = false;

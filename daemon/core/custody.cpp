@@ -203,8 +203,8 @@ ResendParse parse_resend_request(std::string_view payload) {
   }
   if (has_from) {
     if (!get_u64(body, "from_seq", req.from_seq) || !get_u64(body, "to_seq", req.to_seq) ||
-        req.from_seq == 0 || req.to_seq < req.from_seq) {
-      out.reason = "from_seq and to_seq must be integers with 1 <= from_seq <= to_seq";
+        req.from_seq == 0 || req.to_seq < req.from_seq || req.to_seq > kMaxSeq) {
+      out.reason = "from_seq and to_seq must be integers with 1 <= from_seq <= to_seq <= 2^53";
       return out;
     }
     if (req.to_seq - req.from_seq + 1 > kMaxResendRange) {

@@ -81,7 +81,9 @@ struct ResendRequest {
   std::vector<std::string> media;
 };
 inline constexpr std::uint64_t kMaxResendRange = 100000;  // records one request may ask for
-inline constexpr std::size_t kMaxResendMedia = 1000;      // media files one request may ask for
+// No seq reaches 2^53 (the feed's integers are exact doubles): a request beyond it is refused, not walked.
+inline constexpr std::uint64_t kMaxSeq = std::uint64_t{1} << 53;
+inline constexpr std::size_t kMaxResendMedia = 1000;  // media files one request may ask for
 inline constexpr std::size_t kMaxRequestBytes = 128 * 1024;
 
 // Parses a request payload; refuses (with a reason) anything malformed or beyond the bounds above.

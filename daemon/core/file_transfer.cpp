@@ -61,10 +61,33 @@ std::optional<nlohmann::json> object_v1(std::string_view payload, const char* wh
 
 }  // namespace
 
+std::string informative_name(std::string_view name) {
+  std::string out;
+  for (std::size_t i = 0; i < name.size();) {
+    const std::size_t start = i;
+    const std::int32_t cp = decode_utf8(name, i);
+    if (cp < 0) {
+      ++i;  // an ill-formed byte: dropped
+      continue;
+    }
+    if (cp == 0) {
+      continue;
+    }
+    if (out.size() + (i - start) > kMaxNameBytes) {
+      break;
+    }
+    out.append(name.substr(start, i - start));
+  }
+  return out;
+}
+
 std::string init_json(const FileInit& init) {
-  const nlohmann::json body = {
-      {"v", 1},          {"checksum", init.sha256}, {"name", init.name}, {"segment_size", init.segment_size},
-      {"seq", init.seq}, {"size", init.size}};
+  const nlohmann::json body = {{"v", 1},
+                               {"checksum", init.sha256},
+                               {"name", informative_name(init.name)},
+                               {"segment_size", init.segment_size},
+                               {"seq", init.seq},
+                               {"size", init.size}};
   return body.dump();
 }
 

@@ -36,7 +36,11 @@ struct FileInit {
   std::uint64_t seq = 0;           // the `recording` record naming the file
   bool operator==(const FileInit&) const = default;
 };
+// The init's payload. Its `name` is informative_name(init.name): always within what parse_init accepts.
 std::string init_json(const FileInit& init);
+// A file name as init may carry it: valid UTF-8 sequences kept, NULs and ill-formed bytes dropped, cut at a
+// character boundary to kMaxNameBytes (a dock may list names up to 1024 bytes; the record keeps the whole).
+std::string informative_name(std::string_view name);
 struct InitParse {
   std::optional<FileInit> init;
   std::string reason;

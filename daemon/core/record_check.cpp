@@ -107,7 +107,7 @@ SignedPayload check_signed(std::string_view jws, const KeyForKid& key_for_kid, s
   }
   for (const auto& [name, value] : header.items()) {
     if (name != "alg" && name != "kid" && name != "typ") {
-      return failure(std::move(r), "protected header has unexpected member \"" + name + "\"");
+      return failure(std::move(r), "protected header has unexpected member \"" + printable(name, 64) + "\"");
     }
   }
   if (!header.contains("alg") || !header["alg"].is_string() || header["alg"] != "EdDSA") {
@@ -130,7 +130,7 @@ SignedPayload check_signed(std::string_view jws, const KeyForKid& key_for_kid, s
   const std::optional<Ed25519PublicKey> key = key_for_kid(r.kid);
   if (!key) {
     r.unknown_key = true;
-    return failure(std::move(r), "no trusted key has kid " + r.kid);
+    return failure(std::move(r), "no trusted key has kid " + printable(r.kid, 64));
   }
 
   // --- signature, over the ASCII bytes "<header>.<payload>" exactly as received ---
@@ -209,7 +209,8 @@ RecordCheck check_record(std::string_view jws, const KeyForKid& key_for_kid, std
     return failure(std::move(r), "field \"id\" is not a string");
   }
   if (const std::string expected_id = r.gateway + ":" + std::to_string(seq); r.id != expected_id) {
-    std::string why = "id " + r.id + " is not <gateway>:<seq> (" + expected_id + ")";  // before r moves
+    std::string why = "id " + printable(r.id, 120) + " is not <gateway>:<seq> (" +
+                      printable(expected_id, 120) + ")";  // before r moves
     return failure(std::move(r), std::move(why));
   }
   if (!body["prev"].is_string() || !is_sha256_hex(body["prev"].get_ref<const std::string&>())) {
@@ -228,6 +229,22 @@ RecordCheck check_record(std::string_view jws, const KeyForKid& key_for_kid, std
   }
   if (seq == 1 && r.prev != std::string(64, '0')) {
     return failure(std::move(r), "prev of seq 1 is not 64 zeros");
+  }
+  // Media are named by their SHA-256 in lower-case hex (evidence-feed.md): a picture named otherwise could
+  // never be matched with its bytes, and a custody receipt covering the record would cover a picture nobody
+  // holds.
+  if (const auto pictures = body.find("pictures"); pictures != body.end()) {
+    if (!pictures->is_array()) {
+      return failure(std::move(r), "field \"pictures\" is not an array");
+    }
+    for (std::size_t i = 0; i < pictures->size(); ++i) {
+      const nlohmann::json& p = (*pictures)[i];
+      if (!p.is_object() || !p.contains("sha256") || !p["sha256"].is_string() ||
+          !is_sha256_hex(p["sha256"].get_ref<const std::string&>())) {
+        return failure(std::move(r),
+                       "pictures[" + std::to_string(i) + "].sha256 is not 64 lower-case hex digits");
+      }
+    }
   }
   r.ok = true;
   r.canonical_body = std::move(signed_part.payload);

@@ -774,6 +774,8 @@ json MqttForwarder::status() const {
               {"refusing", std::move(refusing)},
               {"connects", counters_.connects},
               {"disconnects", counters_.disconnects},
+              {"inbound_dropped", inbound_dropped_.load()},
+              {"subscribe_refused", subscribe_refused_.load()},
               {"acked_seq", acked_seq_},
               {"latency",
                {{"count", latency_.count()},

@@ -7,6 +7,7 @@
 // failed connect is diagnosed by a separate CONNECT (broker_probe.h) so the log and status say why.
 #pragma once
 
+#include <atomic>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
@@ -114,6 +115,7 @@ class MqttForwarder final : public SideChannel {
   void finish_stop();
   void rewind_to_inflight();
   class SideListener;
+  class SubscribeListener;
   void install_side_callbacks();
   void on_side_connected();
   void subscribe_side();
@@ -172,6 +174,14 @@ class MqttForwarder final : public SideChannel {
   int last_logged_refusal_ = 0;
   int last_logged_status_refusal_ = 0;     // the status topic's, logged once per reason code
   std::set<std::uint64_t> media_refused_;  // records whose media the broker refused (within the window)
+
+  // Messages from the broker (custody topics) handed to the strand and not yet taken; beyond, dropped.
+  static constexpr std::size_t kMaxInboundWaiting = 256;
+  static constexpr std::size_t kMaxInboundBytesWaiting = 16u << 20;
+  std::atomic<std::size_t> inbound_waiting_{0};
+  std::atomic<std::size_t> inbound_waiting_bytes_{0};
+  std::atomic<std::uint64_t> inbound_dropped_{0};
+  std::atomic<std::uint64_t> subscribe_refused_{0};  // topics the broker refused to subscribe us to
 
   mutable std::mutex snapshot_mutex_;
   ForwarderCounters counters_;

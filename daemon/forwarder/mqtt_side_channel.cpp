@@ -4,6 +4,7 @@
 
 #include <boost/asio/post.hpp>
 
+#include "daemon/core/encoding.h"
 #include "daemon/forwarder/mqtt_forwarder.h"
 #include "daemon/log/log.h"
 
@@ -40,6 +41,47 @@ class MqttForwarder::SideListener final : public mqtt::iaction_listener {
   std::function<void(bool)> done_;
 };
 
+// A subscribe's outcome: a topic the broker refuses (an ACL, no shared subscriptions, ...) leaves the gateway
+// deaf to it, so each refusal is logged as an error and counted (status broker.subscribe_refused).
+class MqttForwarder::SubscribeListener final : public mqtt::iaction_listener {
+ public:
+  SubscribeListener(MqttForwarder& fwd, std::vector<std::string> topics)
+      : fwd_(fwd), topics_(std::move(topics)) {}
+  void on_success(const mqtt::token& tok) override {
+    std::vector<mqtt::ReasonCode> codes;
+    try {
+      codes = tok.get_subscribe_response().get_reason_codes();
+    } catch (const std::exception&) {
+      // no per-topic codes: the token's own code below
+    }
+    if (codes.empty()) {
+      codes.push_back(tok.get_reason_code());
+    }
+    for (std::size_t i = 0; i < topics_.size() && i < codes.size(); ++i) {
+      if (static_cast<int>(codes[i]) >= 0x80) {
+        refused(topics_[i], "reason code " + std::to_string(static_cast<int>(codes[i])));
+      }
+    }
+    delete this;
+  }
+  void on_failure(const mqtt::token& tok) override {
+    for (const auto& t : topics_) {
+      refused(t, "reason code " + std::to_string(static_cast<int>(tok.get_reason_code())));
+    }
+    delete this;
+  }
+
+ private:
+  void refused(const std::string& topic, const std::string& why) {
+    ++fwd_.subscribe_refused_;
+    log::error("mqtt", "",
+               "the broker refused the subscription to " + topic + " (" + why +
+                   "; a broker ACL?): custody messages on it are not received until the next reconnect");
+  }
+  MqttForwarder& fwd_;
+  std::vector<std::string> topics_;
+};
+
 void MqttForwarder::install_side_callbacks() {
   client_->set_message_callback([this](mqtt::const_message_ptr msg) {
     InboundMessage in;
@@ -53,7 +95,27 @@ void MqttForwarder::install_side_callbacks() {
     if (props.contains(mqtt::property::CORRELATION_DATA)) {
       in.correlation_data = mqtt::get<std::string>(props, mqtt::property::CORRELATION_DATA);
     }
-    asio::post(strand_, [this, in = std::move(in)]() mutable {
+    // Bounded before the strand too: a flood from the broker while the strand is busy waits here at most
+    // kMaxInboundWaiting messages / kMaxInboundBytesWaiting bytes; beyond, dropped and counted (receipts are
+    // retained and resend requests asked again, so what a flood pushes out comes back).
+    const std::size_t bytes =
+        in.topic.size() + in.payload.size() + in.response_topic.size() + in.correlation_data.size();
+    if (inbound_waiting_.load() >= kMaxInboundWaiting ||
+        inbound_waiting_bytes_.load() + bytes > kMaxInboundBytesWaiting) {
+      if (inbound_dropped_.fetch_add(1) % 1000 == 0) {
+        log::warn("mqtt", "",
+                  "message on " + printable(in.topic, 120) + " dropped: the custody inputs are flooded (" +
+                      std::to_string(kMaxInboundWaiting) + " messages or " +
+                      std::to_string(kMaxInboundBytesWaiting >> 20) +
+                      " MiB waiting; counted in status broker.inbound_dropped, logged once per 1000)");
+      }
+      return;
+    }
+    inbound_waiting_ += 1;
+    inbound_waiting_bytes_ += bytes;
+    asio::post(strand_, [this, bytes, in = std::move(in)]() mutable {
+      inbound_waiting_ -= 1;
+      inbound_waiting_bytes_ -= bytes;
       if (side_handler_) {
         side_handler_(std::move(in));
       }
@@ -88,7 +150,13 @@ void MqttForwarder::subscribe_side() {
   }
   try {
     auto topics = mqtt::string_collection::create(side_topics_);
-    client_->subscribe(topics, std::vector<int>(side_topics_.size(), 1));
+    auto* listener = new SubscribeListener(*this, side_topics_);
+    try {
+      client_->subscribe(topics, std::vector<int>(side_topics_.size(), 1), nullptr, *listener);
+    } catch (...) {
+      delete listener;  // not taken: Paho calls no listener
+      throw;
+    }
   } catch (const mqtt::exception& e) {
     log::warn("mqtt", "", std::string("subscribing to the custody topics failed: ") + e.what());
   }

@@ -913,6 +913,40 @@ TEST_F(CentralHostile, ChoosingABranchUndoesTheKeyRotationsOfTheBranchSetAside) 
   EXPECT_EQ(central_->wait(20s), 0) << central_->stderr_text();
 }
 
+// Two records with one seq in one batch (a cloned gateway publishing beside the real one): PostgreSQL's
+// INSERT ... ON CONFLICT DO NOTHING keeps the first and skips the other without a word, so both looked stored
+// and the clone was lost unseen. The batch's later copies now go to the fork check: other bytes are a fork
+// (kept, counted), the same bytes a duplicate.
+TEST_F(CentralHostile, TwoCopiesOfOneSeqInOneBatchAreAForkOrADuplicate) {
+  central::CentralStore store(pg_.conninfo());
+  const central::ReceiptPolicy policy{"central-test", 1000, 5000};
+  const auto incoming = [&](const std::string& jws) {
+    const nlohmann::json body = record_body(jws);
+    central::IncomingRecord r;
+    r.gateway = "gh";
+    r.seq = body["seq"].get<std::uint64_t>();
+    r.jws = jws;
+    r.jws_sha256 = sha256_hex(jws);
+    r.prev = body["prev"].get<std::string>();
+    r.kid = gh_key_.public_key().kid();
+    r.body = body;
+    return r;
+  };
+  const auto chain = gh_chain(2);
+  const std::string clone2 = gh_signed(gh_key_, 2, sha256_hex(chain[0]), {{"note", "a clone's record"}});
+  central::Batch batch;
+  batch.records = {incoming(chain[0]), incoming(chain[1]), incoming(clone2), incoming(chain[1])};
+  const central::BatchOutcome out = store.store_batch(batch, 1767225600000, policy);
+  EXPECT_EQ(out.stored, 2u);
+  EXPECT_EQ(out.forks, 1u);
+  EXPECT_EQ(out.duplicates, 1u);
+  EXPECT_EQ(pg_.query("SELECT string_agg(jws_sha256, ',' ORDER BY seq) FROM records WHERE gateway = 'gh'"),
+            hashes(chain, 0, 2));
+  EXPECT_EQ(pg_.query("SELECT jws_sha256 FROM forks WHERE gateway = 'gh' AND seq = 2"), sha256_hex(clone2));
+  EXPECT_EQ(gh_int("forks"), 1);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM record_media WHERE gateway = 'gh'"), 0);
+}
+
 // feed.quarantine_max_age_days: quarantine rows unseen for longer are discarded as an operator's discard
 // would be (uncounted, kept in quarantine_discards with operator "checkpoint-central"); a younger row stays.
 TEST_F(CentralHostile, QuarantineRowsPastTheirAgeAreDiscardedAndTheDiscardIsKept) {

@@ -366,7 +366,8 @@ TEST_F(CustodyFlood, HostileReceiptsAndResendRequestsAreRefusedCountedAndSurvive
       "checkpoint/other/resend/response", "elsewhere/gw/resend/response",
       "checkpoint/gw/evidence",           "checkpoint/gw/custody",
       "checkpoint/gwx/resend/response",   "checkpoint/gw",
-      "checkpoint/gw/resend/respons",     std::string(20000, 'r')};
+      "checkpoint/gw/resend/respons",     "checkpoint/gw/resend/responseX",
+      "checkpoint/gw/resend/response/x",  std::string(20000, 'r')};
   const auto burst_request = [](int k) {
     const std::uint64_t from = kAccepted + 1 + static_cast<std::uint64_t>(k);
     return R"({"from_seq":)" + std::to_string(from) + R"(,"to_seq":)" + std::to_string(from + 9) +

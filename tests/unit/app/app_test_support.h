@@ -1,13 +1,20 @@
 // Test doubles the daemon/app unit tests share: a wall clock that stands still, a side channel with no
-// broker behind it, and a bounded wait for a worker thread's progress.
+// broker behind it, a bounded wait for a worker thread's progress, a fresh directory per test and the custody
+// settings the custody tests start from.
 #pragma once
 
+#include <gtest/gtest.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <filesystem>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "daemon/config/config.h"
+#include "daemon/core/ed25519.h"
 #include "daemon/core/time.h"
 #include "daemon/forwarder/side_channel.h"
 
@@ -56,6 +63,25 @@ bool eventually(Pred pred, std::chrono::milliseconds limit = std::chrono::second
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   return true;
+}
+
+// A fresh directory for the running test (its name and the process id under the system's temp directory),
+// emptied first if a crashed run left it behind.
+inline std::filesystem::path fresh_test_dir(const std::string& prefix) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   (prefix + "-" + std::to_string(::getpid()) + "-" +
+                    ::testing::UnitTest::GetInstance()->current_test_info()->name());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+// Gateway gw-1 under the prefix "checkpoint", custody on, `central` its one central key.
+inline void custody_settings(config::Config& cfg, const Ed25519PrivateKey& central) {
+  cfg.gateway.id = "gw-1";
+  cfg.mqtt.topic_prefix = "checkpoint";
+  cfg.custody.enabled = true;
+  cfg.custody.central_keys_pem = {central.public_key().pem()};
 }
 
 }  // namespace cpd::app::test

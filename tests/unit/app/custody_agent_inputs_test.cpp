@@ -24,15 +24,9 @@ using namespace std::chrono_literals;
 class CustodyAgentInputs : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("cpd-agent-inputs-" + std::to_string(::getpid()) + "-" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    dir_ = test::fresh_test_dir("cpd-agent-inputs");
     store_ = std::make_unique<store::EvidenceStore>((dir_ / "store.db").string());
-    cfg_.gateway.id = "gw-1";
-    cfg_.mqtt.topic_prefix = "checkpoint";
-    cfg_.custody.enabled = true;
-    cfg_.custody.central_keys_pem = {central_.public_key().pem()};
+    test::custody_settings(cfg_, central_);
     CustodyHost host;
     host.run_on_store = [this](std::function<void(store::EvidenceStore&)> task) {
       store_tasks_.push_back(std::move(task));

@@ -30,15 +30,9 @@ struct Decision {
 class CustodyAgentOrigin : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("cpd-agent-origin-" + std::to_string(::getpid()) + "-" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    dir_ = test::fresh_test_dir("cpd-agent-origin");
     store_ = std::make_unique<store::EvidenceStore>((dir_ / "store.db").string());
-    cfg_.gateway.id = "gw-1";
-    cfg_.mqtt.topic_prefix = "checkpoint";
-    cfg_.custody.enabled = true;
-    cfg_.custody.central_keys_pem = {central_.public_key().pem()};
+    test::custody_settings(cfg_, central_);
     CustodyHost host;
     host.run_on_store = [this](std::function<void(store::EvidenceStore&)> task) { task(*store_); };
     host.submit = [this](Fact fact, std::function<void(const SealedRecord&)> /*handler*/) {

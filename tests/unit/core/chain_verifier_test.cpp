@@ -259,6 +259,17 @@ TEST_F(ChainVerifierTest, CommonFieldsAreChecked) {
   b = body(1, zeros);
   b["speed"] = 12.5;
   EXPECT_EQ(reason_for(b), "body field speed is not an integer");
+  // A picture is named by its SHA-256 in lower-case hex, or the record is refused (a receipt would cover a
+  // picture nobody can hold).
+  b = body(1, zeros);
+  b["pictures"] = json::array({{{"sha256", std::string(64, 'a')}, {"bytes", 10}}});
+  EXPECT_EQ(reason_for(b), "");
+  b["pictures"].push_back({{"sha256", std::string(64, 'A')}});
+  EXPECT_EQ(reason_for(b), "pictures[1].sha256 is not 64 lower-case hex digits");
+  b["pictures"] = json::array({{{"bytes", 10}}});
+  EXPECT_EQ(reason_for(b), "pictures[0].sha256 is not 64 lower-case hex digits");
+  b["pictures"] = "a picture";
+  EXPECT_EQ(reason_for(b), "field \"pictures\" is not an array");
 }
 
 TEST_F(ChainVerifierTest, GatewayChangeFails) {

@@ -147,6 +147,14 @@ TEST(ResendRequestTest, ParsesRangesAndMediaWithinTheBounds) {
               HasSubstr("from_seq <= to_seq"));
   EXPECT_THAT(parse_resend_request(R"({"v":1,"from_seq":1,"to_seq":1000000})").reason,
               HasSubstr("more than"));
+  // At the top of the u64 range a walk in chunks would wrap around and republish the whole store.
+  EXPECT_THAT(
+      parse_resend_request(R"({"v":1,"from_seq":18446744073709551600,"to_seq":18446744073709551615})").reason,
+      HasSubstr("<= 2^53"));
+  EXPECT_THAT(parse_resend_request(R"({"v":1,"from_seq":9007199254740993,"to_seq":9007199254740993})").reason,
+              HasSubstr("<= 2^53"));
+  EXPECT_TRUE(
+      parse_resend_request(R"({"v":1,"from_seq":9007199254740990,"to_seq":9007199254740992})").request);
   EXPECT_THAT(parse_resend_request(R"({"v":1,"from_seq":1})").reason, HasSubstr("go together"));
   EXPECT_THAT(parse_resend_request(R"({"v":1,"media":["../etc/passwd"]})").reason, HasSubstr("hex"));
   EXPECT_THAT(parse_resend_request(R"({"v":1})").reason, HasSubstr("asks for nothing"));

@@ -6,6 +6,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include "daemon/core/encoding.h"
 
 namespace cpd::filex {
@@ -112,9 +114,29 @@ TEST(FileTransferTest, InitRoundTripsAndIsBounded) {
   FileInit small = init;
   small.segment_size = 100;
   EXPECT_THAT(parse_init(init_json(small), kSha).reason, HasSubstr("segment_size"));
+  // A name over 255 bytes is refused...
+  nlohmann::json long_name = nlohmann::json::parse(init_json(init));
+  long_name["name"] = std::string(kMaxNameBytes + 1, 'n');
+  EXPECT_THAT(parse_init(long_name.dump(), kSha).reason, HasSubstr("name"));
+  // ...so the gateway never sends one: a dock may list names up to 1024 bytes (the record keeps it whole),
+  // and init carries it cut at a character boundary, without NULs.
   FileInit named = init;
-  named.name = std::string(kMaxNameBytes + 1, 'n');
-  EXPECT_THAT(parse_init(init_json(named), kSha).reason, HasSubstr("name"));
+  std::string chinese;
+  for (int i = 0; i < 100; ++i) {
+    chinese += "录";  // 3 bytes each: 300 bytes
+  }
+  named.name = chinese;
+  InitParse cut = parse_init(init_json(named), kSha);
+  ASSERT_TRUE(cut.init) << cut.reason;
+  EXPECT_EQ(cut.init->name.size(), 255u);
+  EXPECT_EQ(cut.init->name, chinese.substr(0, 255));
+  named.name = "a";
+  named.name += '\0';
+  named.name += "b" + std::string(1100, 'x');
+  cut = parse_init(init_json(named), kSha);
+  ASSERT_TRUE(cut.init) << cut.reason;
+  EXPECT_EQ(cut.init->name, "ab" + std::string(253, 'x'));
+  EXPECT_EQ(informative_name("ok\xff\xfe.mp4"), "ok.mp4");
   // Not UTF-8: not JSON at all.
   EXPECT_FALSE(parse_init("{\"v\":1,\"name\":\"\xff\"}", kSha).init);
   EXPECT_THAT(parse_init(std::string(kMaxControlBytes + 1, ' '), kSha).reason, HasSubstr("bytes"));

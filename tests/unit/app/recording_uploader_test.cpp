@@ -1,0 +1,168 @@
+// RecordingUploader's resume after a broken link (docs/custody.md, "Recordings to central", "Resuming"): the
+// side channel is scripted, so the test decides which publish is PUBACKed and which fails. A real SQLite
+// store holds the `recording` record whose kept file is sent; the io_context runs on the test's thread.
+#include "daemon/app/recording_uploader.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <boost/asio/io_context.hpp>
+#include <filesystem>
+#include <fstream>
+
+#include "daemon/core/encoding.h"
+#include "daemon/core/sealer.h"
+#include "tests/unit/app/app_test_support.h"
+
+namespace cpd::app {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+// Keeps every side publish with its completion, for the test to answer.
+class ScriptedChannel final : public forwarder::SideChannel {
+ public:
+  struct Sent {
+    std::string topic;
+    std::function<void(bool ok)> done;
+  };
+  void set_subscriptions(std::vector<std::string> /*topics*/, Handler /*handler*/) override {}
+  void publish_side(forwarder::OutboundMessage message, std::function<void(bool ok)> done) override {
+    sent.push_back({message.topic, std::move(done)});
+  }
+  std::vector<Sent> sent;
+};
+
+class RecordingUploaderTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = test::fresh_test_dir("cpd-uploader");
+    store_ = std::make_unique<store::EvidenceStore>((dir_ / "store.db").string());
+    test::custody_settings(cfg_, central_);
+    cfg_.custody.recordings_policy = "all";
+    cfg_.custody.recordings_segment_kib = 4;
+    cfg_.custody.recordings_rate_kib_s = 1 << 20;  // no bandwidth wait in the test
+    UploaderHost host;
+    host.run_on_store = [this](std::function<void(store::EvidenceStore&)> task) { task(*store_); };
+    host.run_blocking = [](std::function<void()> task) { task(); };
+    host.media_path = [this](const std::string& sha256) { return (dir_ / sha256).string(); };
+    host.submit = [](Fact, std::function<void(const SealedRecord&)>) {};
+    uploader_ = std::make_unique<RecordingUploader>(io_, cfg_, channel_, std::move(host), clock_);
+  }
+  void TearDown() override {
+    uploader_->stop();
+    run(50ms);
+    uploader_.reset();
+    store_.reset();
+    fs::remove_all(dir_);
+  }
+  void run(std::chrono::milliseconds for_) {
+    io_.restart();
+    io_.run_for(for_);
+  }
+  // A `recording` record whose file (`length` bytes) the store keeps: what the uploader sends.
+  void add_recording(std::size_t length) {
+    std::string bytes(length, '\0');
+    for (std::size_t i = 0; i < length; ++i) {
+      bytes[i] = static_cast<char>(i * 7 + 3);
+    }
+    sha256_ = sha256_hex(bytes);
+    std::ofstream(dir_ / sha256_, std::ios::binary) << bytes;
+    Sealer sealer(gateway_key_, "gw-1", ChainHead{});
+    Fact fact;
+    fact.type = "recording";
+    fact.time_ms = clock_.now_ms();
+    fact.fields = {
+        {"file_sha256", sha256_}, {"length", length}, {"file_name", "r.mp4"}, {"important", false}};
+    store::StoredRecord stored{sealer.seal(fact, clock_.now_ms()), {}};
+    stored.effects.kept_media = {store::KeptMedia{sha256_, false, 0}};
+    ASSERT_TRUE(store_->append(std::vector<store::StoredRecord>{stored}).is_ok());
+  }
+  // What was published, in order: "init", "segment <offset>", "fin" or the topic itself.
+  std::vector<std::string> sent() const {
+    std::vector<std::string> out;
+    const std::string base = "checkpoint/gw-1/";
+    for (const auto& s : channel_.sent) {
+      const auto t = filex::parse_file_topic(std::string_view(s.topic).substr(base.size()));
+      if (!t.topic) {
+        out.push_back(s.topic);
+      } else if (t.topic->kind == filex::FileTopic::Kind::init) {
+        out.push_back("init");
+      } else if (t.topic->kind == filex::FileTopic::Kind::segment) {
+        out.push_back("segment " + std::to_string(t.topic->offset));
+      } else if (t.topic->kind == filex::FileTopic::Kind::fin) {
+        out.push_back("fin");
+      } else {
+        out.push_back("abort");
+      }
+    }
+    return out;
+  }
+  void answer(std::size_t i, bool ok) { channel_.sent.at(i).done(ok); }
+
+  fs::path dir_;
+  boost::asio::io_context io_;
+  config::Config cfg_;
+  Ed25519PrivateKey gateway_key_ = Ed25519PrivateKey::generate();
+  Ed25519PrivateKey central_ = Ed25519PrivateKey::generate();
+  ScriptedChannel channel_;
+  test::FixedClock clock_{1'767'225'600'000};
+  std::unique_ptr<store::EvidenceStore> store_;
+  std::unique_ptr<RecordingUploader> uploader_;
+  std::string sha256_;
+};
+
+// The last segment is in flight alone when the link breaks (its publish fails): the file resumes at it, init
+// first, and only then the fin. It used to count as passed once handed out, so the resumed job sent init and
+// fin without it, and central had to find the hole and ask.
+TEST_F(RecordingUploaderTest, ALostLastSegmentIsSentAgainBeforeTheFin) {
+  add_recording(2 * 4096 + 1000);  // segments at 0, 4096 and 8192 (1000 bytes)
+  uploader_->start();
+  run(800ms);  // the first poll comes after 500 ms
+  ASSERT_EQ(sent(), (std::vector<std::string>{"init"}));
+  answer(0, true);
+  run(100ms);
+  ASSERT_EQ(sent(), (std::vector<std::string>{"init", "segment 0", "segment 4096", "segment 8192"}));
+  answer(1, true);
+  answer(2, true);
+  answer(3, false);  // the link broke under the last segment
+  run(1500ms);       // the first backoff: 1 s
+  ASSERT_EQ(sent().size(), 5U);
+  EXPECT_EQ(sent()[4], "init") << "a resumed file starts with its init (the broker may have lost it)";
+  answer(4, true);
+  run(100ms);
+  ASSERT_EQ(sent().size(), 6U);
+  EXPECT_EQ(sent()[5], "segment 8192") << "the segment never PUBACKed goes again";
+  answer(5, true);
+  run(100ms);
+  ASSERT_EQ(sent().size(), 7U);
+  EXPECT_EQ(sent()[6], "fin");
+}
+
+// A break while earlier segments are in flight too: everything from the first one not PUBACKed is sent again.
+TEST_F(RecordingUploaderTest, ABreakResumesAtTheFirstSegmentNotPubacked) {
+  add_recording(3 * 4096);  // segments at 0, 4096, 8192
+  uploader_->start();
+  run(800ms);
+  answer(0, true);
+  run(100ms);
+  ASSERT_EQ(sent(), (std::vector<std::string>{"init", "segment 0", "segment 4096", "segment 8192"}));
+  answer(1, true);
+  answer(3, true);
+  answer(2, false);  // 4096 fails; 8192 was PUBACKed after it
+  run(1500ms);
+  ASSERT_EQ(sent().size(), 5U);
+  answer(4, true);
+  run(100ms);
+  ASSERT_EQ(sent().size(), 7U);
+  EXPECT_EQ(sent()[5], "segment 4096");
+  EXPECT_EQ(sent()[6], "segment 8192");
+  answer(5, true);
+  answer(6, true);
+  run(100ms);
+  EXPECT_EQ(sent().back(), "fin");
+}
+
+}  // namespace
+}  // namespace cpd::app
