@@ -357,6 +357,11 @@ void FileIntake::on_fin(PgConnection& pg, const std::string& gateway, const file
     return;
   }
   if (row->state != "open") {
+    // requested (no init since central asked) or not_held (the gateway said it cannot send it): a fin
+    // without its init is not a transfer; the request's wants go on.
+    ++counters_.unexpected;
+    log::warn("central", gateway,
+              "file " + t.sha256 + ": fin for a transfer in state " + row->state + " ignored");
     return;
   }
   pg.exec("UPDATE file_uploads SET fin_ms = $3 WHERE gateway = $1 AND sha256 = $2",

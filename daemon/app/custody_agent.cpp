@@ -427,7 +427,13 @@ void CustodyAgent::reply(const std::string& topic, const std::string& correlatio
     return;
   }
   channel_.publish_side(forwarder::OutboundMessage{topic, custody::resend_reply_json(r), false, correlation},
-                        [](bool) {});
+                        [](bool ok) {
+                          if (!ok) {
+                            // What was asked is sent or not held all the same; central asks again for what
+                            // it still lacks.
+                            log::warn("custody", "", "resend reply not PUBACKed (the broker link failed)");
+                          }
+                        });
 }
 
 void CustodyAgent::next_resend() {
@@ -583,31 +589,32 @@ void CustodyAgent::send_media(std::shared_ptr<Resend> job, std::size_t index,
         missing.push_back(sha);
       }
     }
-    boost::asio::post(strand_,
-                      [this, job, end, r, found = std::move(found), missing = std::move(missing)]() mutable {
-                        const std::string base = prefix_ + "/" + gateway_ + "/media/";
-                        std::vector<forwarder::OutboundMessage> out;
-                        for (auto& [sha, bytes] : found) {
-                          r->media_sent.push_back(sha);
-                          out.push_back({base + sha, std::move(bytes), false, ""});
-                        }
-                        r->media_not_held.insert(r->media_not_held.end(), missing.begin(), missing.end());
-                        {
-                          std::lock_guard lock(snapshot_mutex_);
-                          resent_media_ += out.size();
-                        }
-                        auto wait = std::make_shared<ChunkWait>();
-                        const std::size_t messages = out.size();
-                        wait->after = [this, job, end, r, wait, messages] {
-                          if (wait->failed) {
-                            resending_ = false;
-                            next_resend();
-                            return;
-                          }
-                          paced(messages, [this, job, end, r] { send_media(job, end, r); });
-                        };
-                        publish_all(std::move(out), wait);
-                      });
+    boost::asio::post(strand_, [this, job, end, r, found = std::move(found),
+                                missing = std::move(missing)]() mutable {
+      const std::string base = prefix_ + "/" + gateway_ + "/media/";
+      std::vector<forwarder::OutboundMessage> out;
+      for (auto& [sha, bytes] : found) {
+        r->media_sent.push_back(sha);
+        out.push_back({base + sha, std::move(bytes), false, ""});
+      }
+      r->media_not_held.insert(r->media_not_held.end(), missing.begin(), missing.end());
+      {
+        std::lock_guard lock(snapshot_mutex_);
+        resent_media_ += out.size();
+      }
+      auto wait = std::make_shared<ChunkWait>();
+      const std::size_t messages = out.size();
+      wait->after = [this, job, end, r, wait, messages] {
+        if (wait->failed) {
+          log::warn("custody", "", "resend of media stopped: the broker link failed (central asks again)");
+          resending_ = false;
+          next_resend();
+          return;
+        }
+        paced(messages, [this, job, end, r] { send_media(job, end, r); });
+      };
+      publish_all(std::move(out), wait);
+    });
   });
 }
 

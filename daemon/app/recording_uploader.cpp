@@ -258,6 +258,8 @@ void RecordingUploader::on_want(const std::string& payload) {
         if (!row) {
           if (aborts_.size() < kMaxAborts) {
             aborts_.insert(sha);
+          } else {
+            bump(snapshot_mutex_, counters_, "wants_dropped");  // central asks again; answered then
           }
         } else if (row->held_ms) {
           wants_[sha] = filex::Ranges{{0, row->length}};
