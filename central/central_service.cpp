@@ -851,6 +851,27 @@ void CentralService::reexamine_quarantine() {
 
 void CentralService::commit(Batch& batch) {
   refuse_retired(batch);
+  // classify() trusted each key_rotation record's key in the instance's cache before the store decided
+  // what the record is. A fork or a duplicate of a rotation enrols nothing, and a failed batch commits
+  // nothing: the cache is read back from PostgreSQL after any batch that held a rotation, so a rotation
+  // that did not commit neither retires the old key nor trusts the new one beyond this batch.
+  const bool had_rotation =
+      std::any_of(batch.records.begin(), batch.records.end(),
+                  [](const IncomingRecord& r) { return rotation_enrolment(r).has_value(); });
+  struct ReloadAfter {
+    CentralService* self;
+    bool on;
+    ~ReloadAfter() {
+      if (on) {
+        try {
+          self->reload_keys(true);
+        } catch (const std::exception& e) {
+          self->keys_loaded_ms_ = 0;  // PostgreSQL is away: the next message's lookup reads them again
+          log::warn("central", "keys", std::string("reading the trusted keys again: ") + e.what());
+        }
+      }
+    }
+  } reload_after{this, had_rotation};
   const BatchOutcome out = store_->store_batch(
       batch, now_ms(),
       ReceiptPolicy{cfg_.central.id, static_cast<std::uint64_t>(cfg_.receipts.every_records),

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "daemon/core/ed25519.h"
+#include "daemon/core/key_rotation.h"
 #include "daemon/core/record_check.h"
 #include "tests/integration/custody_fixture.h"
 
@@ -58,6 +59,55 @@ TEST_F(CentralKeys, RecordForgedUnderTheRetiredKeyIsQuarantinedAndAlarmedNotStor
   ASSERT_TRUE(wait_for_condition([&] { return watermark() >= 10; }, 30s))
       << daemon->stderr_text() << central_->stderr_text();
 
+  // A key_rotation validly signed by the gateway's key (a clone of the gateway) at a seq central holds:
+  // a fork. It enrols nothing, so the key it names stays untrusted and the gateway's key is not retired.
+  const auto current = Ed25519PrivateKey::load_pem_file((dir_ / "gateway.key").string());
+  const auto other = Ed25519PrivateKey::generate();
+  nlohmann::json fork_body = {{"v", 1},
+                              {"gateway", "gw"},
+                              {"seq", 5},
+                              {"id", "gw:5"},
+                              {"prev", std::string(64, 'b')},
+                              {"type", "key_rotation"},
+                              {"time_ms", 1767225600000},
+                              {"created_ms", 1767225600000}};
+  fork_body.update(
+      make_key_rotation_fact(current.public_key(), other.public_key(), UnixMs{1767225600000}).fields);
+  ASSERT_EQ(mosquitto_pub("checkpoint/gw/evidence", sign_compact(current, "evidence+jws", fork_body),
+                          /*retain=*/false, 60s),
+            0);
+  ASSERT_TRUE(
+      wait_for_condition([&] { return pg_int("SELECT count(*) FROM forks WHERE gateway = 'gw'") == 1; }, 15s))
+      << central_->stderr_text();
+  nlohmann::json under_other = fork_body;
+  under_other["seq"] = 6;
+  under_other["id"] = "gw:6";
+  under_other["type"] = "audit";
+  under_other["message"] = "signed by the key a fork named";
+  for (const char* member : {"old_kid", "new_kid", "new_public_key", "new_public_key_pem"}) {
+    under_other.erase(member);
+  }
+  ASSERT_EQ(mosquitto_pub("checkpoint/gw/evidence", sign_compact(other, "evidence+jws", under_other),
+                          /*retain=*/false, 60s),
+            0);
+  ASSERT_TRUE(wait_for_condition(
+      [&] {
+        return pg_int("SELECT count(*) FROM quarantine WHERE gateway = 'gw' AND kid = '" +
+                      other.public_key().kid() + "'") == 1;
+      },
+      15s))
+      << central_->stderr_text();
+  EXPECT_THAT(pg_.query("SELECT reason FROM quarantine WHERE gateway = 'gw'"), HasSubstr("no trusted key"));
+  EXPECT_EQ(pg_int("SELECT count(*) FROM forks WHERE gateway = 'gw'"), 1);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM gateway_keys WHERE gateway = 'gw'"), 1);
+  EXPECT_EQ(pg_.query("SELECT valid_to_seq IS NULL FROM gateway_keys WHERE gateway = 'gw'"), "t");
+  const long long before_rotation = head_seq();
+  ASSERT_TRUE(wait_for_condition([&] { return watermark() >= before_rotation; }, 30s))
+      << central_->stderr_text();
+  EXPECT_EQ(prometheus_sample(metrics(), "central_retired_key_total"), 0);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM quarantine WHERE gateway = 'gw'"), 1);
+  pg_.query("DELETE FROM quarantine WHERE gateway = 'gw'");  // the later checks count only the forgery
+
   std::string out;
   ASSERT_EQ(ctl({"rotate-key", "--config", (dir_ / "checkpointd.yaml").string(), "--json"}, &out), 0)
       << out << daemon->stderr_text();
@@ -105,7 +155,7 @@ TEST_F(CentralKeys, RecordForgedUnderTheRetiredKeyIsQuarantinedAndAlarmedNotStor
   EXPECT_THAT(pg_.query("SELECT reason FROM quarantine WHERE gateway = 'gw' AND seq = " + seq_text),
               HasSubstr("retired at seq " + std::to_string(rot_seq)));
   EXPECT_EQ(pg_int("SELECT count(*) FROM records WHERE gateway = 'gw' AND seq = " + seq_text), 0);
-  EXPECT_EQ(pg_int("SELECT count(*) FROM forks WHERE gateway = 'gw'"), 0);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM forks WHERE gateway = 'gw'"), 1);  // the clone's rotation
   EXPECT_LT(pg_int("SELECT max_seq FROM gateways WHERE gateway = 'gw'"), forged_seq);
   EXPECT_EQ(prometheus_sample(metrics(), "central_retired_key_total"), 1);
   EXPECT_THAT(central_->stderr_text(), HasSubstr("RETIRED KEY: gw:" + seq_text));
