@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <filesystem>
 #include <memory>
@@ -143,6 +144,14 @@ CentralConfig parse_central_config(std::string_view yaml_text, const std::string
 
 CentralConfig load_central_config(const std::string& path) {
   return parse_central_config(config::read_config_file(path), path);
+}
+
+bool is_gateway_id(std::string_view id) {
+  if (id.empty() || id.size() > 63 || id.front() == '-') {
+    return false;
+  }
+  return std::all_of(id.begin(), id.end(),
+                     [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'; });
 }
 
 }  // namespace cpd::central

@@ -74,6 +74,10 @@ struct CentralConfig {
 };
 
 CentralConfig load_central_config(const std::string& path);
+
+// A gateway id as checkpointd's `gateway.id` allows: 1-63 of [a-z0-9-], first a letter or digit. Central
+// takes messages only from topics naming one, and enrols keys only for one.
+bool is_gateway_id(std::string_view id);
 CentralConfig parse_central_config(std::string_view yaml_text, const std::string& name);
 
 }  // namespace cpd::central

@@ -61,14 +61,6 @@ void write_all(int fd, const std::string& bytes, const std::string& path) {
   }
 }
 
-bool is_gateway_id(std::string_view id) {
-  if (id.empty() || id.size() > 63 || id.front() == '-') {
-    return false;
-  }
-  return std::all_of(id.begin(), id.end(),
-                     [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'; });
-}
-
 }  // namespace
 
 QuarantineBounds quarantine_bounds(const FeedSection& feed) {
@@ -121,6 +113,14 @@ void CentralService::start() {
         continue;
       }
       const std::string gateway = name.substr(0, name.find('.'));
+      if (!is_gateway_id(gateway)) {
+        log::warn(
+            "central", "keys",
+            "trust.keys_dir: " + printable(name) +
+                " skipped: the name before its first '.' is not a gateway id (1-63 of [a-z0-9-], first a "
+                "letter or digit)");
+        continue;
+      }
       std::ifstream in(entry.path());
       std::string pem((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
       try {
@@ -311,7 +311,8 @@ void CentralService::on_message(std::string topic, std::string payload, std::str
                 queue_bytes_ + charge <= max_bytes);
       });
   if (stopping_) {
-    return;  // not stored: found later as a gap and asked for again
+    ++counters_.dropped_stopping;  // not stored: found later as a gap and asked for again (logged at stop)
+    return;
   }
   if (!room) {
     ++counters_.dropped_busy;
@@ -379,6 +380,11 @@ void CentralService::periodic_checks(std::int64_t now) {
 void CentralService::run_worker() {
   std::vector<Message> batch;
   auto pg_backoff = std::chrono::milliseconds(200);
+  // A deadlock or serialization failure between instances aborts one transaction, with nothing wrong in its
+  // data: the same batch goes again, up to this many times in a row, before its messages go one at a time.
+  constexpr int kMaxTransientRetries = 5;
+  int transient_retries = 0;
+  std::minstd_rand jitter(static_cast<std::uint32_t>(now_ms()));
   for (;;) {
     if (batch.empty() && !take_batch(batch)) {
       return;
@@ -395,8 +401,23 @@ void CentralService::run_worker() {
         periodic_checks(now);
       }
       pg_backoff = std::chrono::milliseconds(200);
+      transient_retries = 0;
     } catch (const PgError& e) {
       ++counters_.pg_errors;
+      const bool transient = e.sqlstate() == "40P01" || e.sqlstate() == "40001";
+      if (transient && !batch.empty() && transient_retries < kMaxTransientRetries) {
+        ++transient_retries;
+        ++counters_.pg_transient;
+        const auto pause = std::chrono::milliseconds(10 + jitter() % (50 * transient_retries));
+        log::warn("central", "",
+                  std::string(e.what()) + " (the batch of " + std::to_string(batch.size()) + " again in " +
+                      std::to_string(pause.count()) + " ms: try " + std::to_string(transient_retries + 1) +
+                      ")");
+        std::unique_lock lock(queue_mutex_);
+        queue_cv_.wait_for(lock, pause, [this] { return stopping_; });
+        continue;  // on a stop too: the worker stores what is in hand before it ends
+      }
+      transient_retries = 0;
       if (!e.connection_lost() && !batch.empty()) {
         // PostgreSQL refused the data itself (not the link): retrying the same batch would stall this
         // instance for ever. Each message goes alone; one refused alone is quarantined (records) or
@@ -420,7 +441,9 @@ void CentralService::run_worker() {
       }
       pg_backoff = std::min(pg_backoff * 2, std::chrono::milliseconds(10000));
       if (stopping_) {
-        return;  // what is in hand is not acknowledged to anyone: the gateways still hold it
+        // What is in hand (and still queued) is not acknowledged to anyone: the gateways still hold it.
+        counters_.dropped_stopping += batch.size() + queue_.size();
+        return;
       }
     } catch (const std::exception& e) {
       // Not PostgreSQL's: a message central cannot handle must not end the instance. Each goes alone; what
@@ -1097,6 +1120,13 @@ void CentralService::stop() {
       // Going away anyway.
     }
   }
+  if (const std::uint64_t n = counters_.dropped_stopping.load(); n > 0) {
+    log::warn(
+        "central", "stop",
+        std::to_string(n) +
+            " message(s) arrived while the instance stopped (or PostgreSQL was away) and were not stored; "
+            "what matters is found as a gap and asked for again");
+  }
 }
 
 std::string CentralService::metrics_text() {
@@ -1134,6 +1164,9 @@ void CentralService::add_counter_metrics(metrics::Exposition& e) {
   c("central_messages_dropped_busy_total",
     "Messages dropped because the queue stayed full for a third of the keepalive (found again as gaps).",
     counters_.dropped_busy);
+  c("central_messages_dropped_stopping_total",
+    "Messages that arrived, or were in hand, while the instance stopped: not stored (found again as gaps).",
+    counters_.dropped_stopping);
   c("central_link_jobs_dropped_total",
     "Receipts and resend requests not published because the link queue was full (issued again later).",
     counters_.link_jobs_dropped);
@@ -1165,6 +1198,9 @@ void CentralService::add_counter_metrics(metrics::Exposition& e) {
   c("central_file_receipts_total", "Signed file receipts published.", f.receipts);
   c("central_resend_requests_total", "Resend requests published.", counters_.resend_requests);
   c("central_postgres_errors_total", "PostgreSQL errors (batch retried).", counters_.pg_errors);
+  c("central_postgres_transient_total",
+    "Batches PostgreSQL aborted for a deadlock or serialization failure between instances (stored again).",
+    counters_.pg_transient);
   c("central_retired_key_total",
     "Records signed by a key outside its seq range (a retired key; quarantined).", counters_.retired_key);
   c("central_quarantine_resolved_total", "Quarantined messages re-examined after an enrolment and taken in.",

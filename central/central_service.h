@@ -57,11 +57,14 @@ struct CentralCounters {
   std::atomic<std::uint64_t> receipts{0};
   std::atomic<std::uint64_t> resend_requests{0};
   std::atomic<std::uint64_t> pg_errors{0};
+  std::atomic<std::uint64_t> pg_transient{
+      0};  // batches aborted by a deadlock or serialization failure, retried
   std::atomic<std::uint64_t> retired_key{0};          // records signed by a key outside its seq range
   std::atomic<std::uint64_t> quarantine_resolved{0};  // quarantine rows re-examined and taken in
   std::atomic<std::uint64_t> batches{0};
   std::atomic<std::uint64_t> dropped_busy{0};  // messages not queued within a third of the keepalive (a gap)
-  std::atomic<std::uint64_t> reconnects{0};    // reconnects central made itself (Paho's had not)
+  std::atomic<std::uint64_t> dropped_stopping{0};   // arrived or in hand while the instance stops (a gap)
+  std::atomic<std::uint64_t> reconnects{0};         // reconnects central made itself (Paho's had not)
   std::atomic<std::uint64_t> link_jobs_dropped{0};  // receipts/requests beyond kMaxLinkJobs (issued again)
 };
 

@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <random>
 #include <set>
+#include <stdexcept>
 #include <utility>
 
+#include "central/central_config.h"
 #include "central/key_rotation.h"
 #include "daemon/core/encoding.h"
 
@@ -473,6 +475,11 @@ void CentralStore::migrate() {
 
 bool CentralStore::enroll(const std::string& gateway, const Ed25519PublicKey& public_key,
                           const std::string& source, std::int64_t now_ms, std::uint64_t from_seq) {
+  if (!is_gateway_id(gateway)) {
+    throw std::invalid_argument("\"" + printable(gateway) +
+                                "\" is not a gateway id (1-63 of [a-z0-9-], first a letter or digit, as "
+                                "checkpointd's gateway.id): no topic of the feed can name it");
+  }
   PgTransaction tx(*conn_);
   conn_->exec("INSERT INTO gateways (gateway) VALUES ($1) ON CONFLICT DO NOTHING", {gateway},
               "adding a gateway");

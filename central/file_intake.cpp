@@ -83,12 +83,14 @@ struct Row {
   std::string state;
 };
 
+// `lock`: "" (none), " FOR SHARE" (a segment being written: the file is not assembled, reset or dropped
+// meanwhile) or " FOR UPDATE" (assembling, resetting).
 std::optional<Row> find_row(PgConnection& pg, const std::string& gateway, const std::string& sha,
-                            bool for_update = false) {
+                            const char* lock = "") {
   const PgResult r =
       pg.exec(std::string("SELECT size, segment_size, state FROM file_uploads WHERE gateway = $1 "
                           "AND sha256 = $2") +
-                  (for_update ? " FOR UPDATE" : ""),
+                  lock,
               {gateway, sha}, "reading a file transfer");
   if (r.rows() == 0) {
     return std::nullopt;
@@ -253,19 +255,46 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
       return;
     }
   }
-  open_row(pg, gateway, t.sha256, init, row, now);
+  PgTransaction tx(pg);
+  const std::optional<Row> locked = find_row(pg, gateway, t.sha256, " FOR UPDATE");
+  if (locked && locked->state == "held") {
+    tx.commit();  // assembled by another instance since we looked
+    receipt(gateway, t.sha256, locked->size, now, out);
+    return;
+  }
+  open_row(pg, gateway, t.sha256, init, locked, now);
   const fs::path part = partial_path(gateway, t.sha256);
   fs::create_directories(part.parent_path());
   Fd fd(::open(part.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0640));
   if (fd.get() < 0) {
     throw std::runtime_error("files: cannot create " + part.string() + ": " + std::strerror(errno));
   }
+  // A transfer started again with another size keeps no byte of the old one beyond the new size (the
+  // segments below it are all sent again: open_row dropped their rows), so the whole-file hash is over this
+  // transfer's bytes only.
+  struct stat st {};
+  if (::fstat(fd.get(), &st) == 0 && static_cast<std::uint64_t>(st.st_size) > init.size &&
+      ::ftruncate(fd.get(), static_cast<off_t>(init.size)) != 0) {
+    throw std::runtime_error("files: cannot truncate " + part.string() + ": " + std::strerror(errno));
+  }
+  tx.commit();
   ++counters_.inits;
 }
 
 void FileIntake::on_segment(PgConnection& pg, const std::string& gateway, const filex::FileTopic& t,
                             const std::string& payload, std::int64_t now, std::vector<FilePublish>& out) {
-  const std::optional<Row> row = find_row(pg, gateway, t.sha256);
+  if (sha256_hex(payload) != t.checksum) {
+    ++counters_.refused;
+    log::warn("central", gateway,
+              "file " + t.sha256 + ": segment at " + std::to_string(t.offset) +
+                  " refused: its SHA-256 is not its checksum");
+    return;
+  }
+  // One transaction per segment (one WAL flush), holding the transfer's row FOR SHARE from the state check to
+  // the commit: no instance assembles, resets or drops the file while its bytes are written, so a late copy
+  // can neither write into a file already renamed into place nor re-create a partial file nobody will finish.
+  PgTransaction tx(pg);
+  const std::optional<Row> row = find_row(pg, gateway, t.sha256, " FOR SHARE");
   if (!row || row->state != "open") {
     ++counters_.unexpected;  // no init seen (lost in a broker restart), or already held: asked for if needed
     return;
@@ -276,11 +305,17 @@ void FileIntake::on_segment(PgConnection& pg, const std::string& gateway, const 
     log::warn("central", gateway, "file " + t.sha256 + ": segment refused: " + why);
     return;
   }
-  if (sha256_hex(payload) != t.checksum) {
-    ++counters_.refused;
-    log::warn("central", gateway,
-              "file " + t.sha256 + ": segment at " + std::to_string(t.offset) +
-                  " refused: its SHA-256 is not its checksum");
+  // The segment's row first: a copy of a segment already held writes nothing (the first copy's bytes, whose
+  // checksum the transfer counted, are never overwritten by another payload with a checksum of its own). The
+  // row commits only after the bytes are fdatasync'd; a failed write rolls it back.
+  const PgResult ins = pg.exec(
+      "INSERT INTO file_segments (gateway, sha256, off, len) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+      {gateway, t.sha256, std::to_string(t.offset),
+       std::to_string(static_cast<std::uint64_t>(payload.size()))},
+      "recording a file segment");
+  if (ins.affected() == 0) {
+    tx.commit();
+    ++counters_.segments_duplicate;
     return;
   }
   const fs::path part = partial_path(gateway, t.sha256);
@@ -305,18 +340,6 @@ void FileIntake::on_segment(PgConnection& pg, const std::string& gateway, const 
     if (::fdatasync(fd.get()) != 0) {
       throw std::runtime_error("files: fdatasync " + part.string() + ": " + std::strerror(errno));
     }
-  }
-  // One transaction (one WAL flush) per segment: its row and the transfer's progress.
-  PgTransaction tx(pg);
-  const PgResult ins = pg.exec(
-      "INSERT INTO file_segments (gateway, sha256, off, len) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-      {gateway, t.sha256, std::to_string(t.offset),
-       std::to_string(static_cast<std::uint64_t>(payload.size()))},
-      "recording a file segment");
-  if (ins.affected() == 0) {
-    tx.commit();
-    ++counters_.segments_duplicate;
-    return;
   }
   // Progress: the backoff starts again, and no want goes out while segments still arrive (the gateway may
   // not have come to the last want yet: it serves wants after the upload it is sending); the next want
@@ -403,7 +426,7 @@ void FileIntake::on_abort(PgConnection& pg, const std::string& gateway, const fi
 void FileIntake::assemble(PgConnection& pg, const std::string& gateway, const std::string& sha256,
                           std::int64_t now, std::vector<FilePublish>& out) {
   PgTransaction tx(pg);
-  const std::optional<Row> row = find_row(pg, gateway, sha256, true);  // one instance assembles a file
+  const std::optional<Row> row = find_row(pg, gateway, sha256, " FOR UPDATE");  // one instance assembles
   if (!row || row->state != "open" ||
       segments_held(pg, gateway, sha256) != filex::segment_count(row->size, row->segment_size)) {
     return;
@@ -451,10 +474,10 @@ void FileIntake::assemble(PgConnection& pg, const std::string& gateway, const st
       "UPDATE file_uploads SET received_bytes = 0, fin_ms = NULL, next_want_ms = 0 WHERE gateway = $1 AND "
       "sha256 = $2",
       {gateway, sha256}, "forgetting a file that does not match");
-  tx.commit();
   if (source == part) {
-    ::truncate(part.c_str(), 0);
+    ::truncate(part.c_str(), 0);  // under the row's lock: no segment is being written
   }
+  tx.commit();
   ++counters_.mismatches;
   log::error("central", gateway,
              "file " + sha256 + ": the whole file " +

@@ -504,7 +504,6 @@ void CustodyAgent::send_chunk(std::shared_ptr<Resend> job, std::uint64_t from,
     }
     boost::asio::post(strand_, [this, job, from, to, r, entries = std::move(entries)]() mutable {
       std::uint64_t expect = from;
-      auto wait = std::make_shared<ChunkWait>();
       const std::string base = prefix_ + "/" + gateway_ + "/";
       std::vector<forwarder::OutboundMessage> out;
       for (auto& e : entries) {
@@ -527,25 +526,31 @@ void CustodyAgent::send_chunk(std::shared_ptr<Resend> job, std::uint64_t from,
         std::lock_guard lock(snapshot_mutex_);
         resent_records_ += entries.size();
       }
-      const std::size_t messages = out.size();
-      wait->after = [this, job, to, r, wait, messages] {
-        if (wait->failed) {
-          log::warn("custody", "", "resend stopped: the broker link failed (central asks again)");
-          resending_ = false;
-          next_resend();
-          return;
+      publish_step(std::move(out), "resend", [this, job, to, r] {
+        if (to >= job->request.to_seq) {
+          send_media(job, 0, r);
+        } else {
+          send_chunk(job, to + 1, r);
         }
-        paced(messages, [this, job, to, r] {
-          if (to >= job->request.to_seq) {
-            send_media(job, 0, r);
-          } else {
-            send_chunk(job, to + 1, r);
-          }
-        });
-      };
-      publish_all(std::move(out), wait);
+      });
     });
   });
+}
+
+void CustodyAgent::publish_step(std::vector<forwarder::OutboundMessage> messages, const char* what,
+                                std::function<void()> next) {
+  auto wait = std::make_shared<ChunkWait>();
+  const std::size_t count = messages.size();
+  wait->after = [this, wait, count, what, next = std::move(next)]() mutable {
+    if (wait->failed) {
+      log::warn("custody", "", std::string(what) + " stopped: the broker link failed (central asks again)");
+      resending_ = false;
+      next_resend();
+      return;
+    }
+    paced(count, std::move(next));
+  };
+  publish_all(std::move(messages), wait);
 }
 
 void CustodyAgent::publish_all(std::vector<forwarder::OutboundMessage> messages,
@@ -589,32 +594,21 @@ void CustodyAgent::send_media(std::shared_ptr<Resend> job, std::size_t index,
         missing.push_back(sha);
       }
     }
-    boost::asio::post(strand_, [this, job, end, r, found = std::move(found),
-                                missing = std::move(missing)]() mutable {
-      const std::string base = prefix_ + "/" + gateway_ + "/media/";
-      std::vector<forwarder::OutboundMessage> out;
-      for (auto& [sha, bytes] : found) {
-        r->media_sent.push_back(sha);
-        out.push_back({base + sha, std::move(bytes), false, ""});
-      }
-      r->media_not_held.insert(r->media_not_held.end(), missing.begin(), missing.end());
-      {
-        std::lock_guard lock(snapshot_mutex_);
-        resent_media_ += out.size();
-      }
-      auto wait = std::make_shared<ChunkWait>();
-      const std::size_t messages = out.size();
-      wait->after = [this, job, end, r, wait, messages] {
-        if (wait->failed) {
-          log::warn("custody", "", "resend of media stopped: the broker link failed (central asks again)");
-          resending_ = false;
-          next_resend();
-          return;
-        }
-        paced(messages, [this, job, end, r] { send_media(job, end, r); });
-      };
-      publish_all(std::move(out), wait);
-    });
+    boost::asio::post(
+        strand_, [this, job, end, r, found = std::move(found), missing = std::move(missing)]() mutable {
+          const std::string base = prefix_ + "/" + gateway_ + "/media/";
+          std::vector<forwarder::OutboundMessage> out;
+          for (auto& [sha, bytes] : found) {
+            r->media_sent.push_back(sha);
+            out.push_back({base + sha, std::move(bytes), false, ""});
+          }
+          r->media_not_held.insert(r->media_not_held.end(), missing.begin(), missing.end());
+          {
+            std::lock_guard lock(snapshot_mutex_);
+            resent_media_ += out.size();
+          }
+          publish_step(std::move(out), "resend of media", [this, job, end, r] { send_media(job, end, r); });
+        });
   });
 }
 

@@ -118,6 +118,10 @@ class CustodyAgent {
     std::atomic<bool> failed{false};
     std::function<void()> after;  // posted to our strand once every publish of the chunk has completed
   };
+  // One step of a resend: publishes `messages`; once all have completed, paced, runs `next` on our strand, or
+  // when one failed logs "<what> stopped" and ends the resend (central asks again).
+  void publish_step(std::vector<forwarder::OutboundMessage> messages, const char* what,
+                    std::function<void()> next);
   void publish_all(std::vector<forwarder::OutboundMessage> messages, std::shared_ptr<ChunkWait> wait);
 
   boost::asio::io_context& io_;

@@ -825,8 +825,10 @@ void RecordingUploader::finish_job() {
   }
   if (job.progress) {
     bump(snapshot_mutex_, counters_, "files_sent");
-    fin_next_[job.row.sha256] = {clock_.now_ms() + cfg_.recordings_receipt_wait_ms,
-                                 cfg_.recordings_receipt_wait_ms};
+    // The receipt is awaited for the wait w; after that init and fin go again, then after 2w, 4w, ...
+    fin_next_[job.row.sha256] = {
+        clock_.now_ms() + cfg_.recordings_receipt_wait_ms,
+        std::min<std::int64_t>(std::int64_t{cfg_.recordings_receipt_wait_ms} * 2, kMaxFinBackoffMs)};
     host_.run_on_store([sha = job.row.sha256, length = job.row.length](store::EvidenceStore& store) {
       (void)store.upload_progress(sha, length);
     });

@@ -16,9 +16,12 @@
 #include <thread>
 
 #include "central/central_store.h"
+#include "central/file_intake.h"
+#include "central/pg.h"
 #include "daemon/core/custody.h"
 #include "daemon/core/ed25519.h"
 #include "daemon/core/encoding.h"
+#include "daemon/core/file_transfer.h"
 #include "daemon/core/key_rotation.h"
 #include "daemon/core/record_check.h"
 #include "tests/integration/custody_fixture.h"
@@ -945,6 +948,62 @@ TEST_F(CentralHostile, TwoCopiesOfOneSeqInOneBatchAreAForkOrADuplicate) {
   EXPECT_EQ(pg_.query("SELECT jws_sha256 FROM forks WHERE gateway = 'gh' AND seq = 2"), sha256_hex(clone2));
   EXPECT_EQ(gh_int("forks"), 1);
   EXPECT_EQ(pg_int("SELECT count(*) FROM record_media WHERE gateway = 'gh'"), 0);
+}
+
+// Recordings at central, against a real PostgreSQL (FileIntake without the broker): a transfer started again
+// with a smaller size keeps no byte of the old one beyond it, and a second copy of a segment already held,
+// with other bytes under a checksum of their own, writes nothing. Before, the old tail stayed in the partial
+// file and the copy overwrote the first one's bytes: either way the whole file failed its hash and was asked
+// for again from nothing.
+TEST_F(CentralHostile, AFileTransferStartedAgainOrSentASegmentTwiceStillAssemblesTheRightBytes) {
+  central::CentralStore store(pg_.conninfo());  // the schema
+  central::PgConnection pg(pg_.conninfo());
+  const fs::path media = dir_ / "central-media";
+  const auto central_key = Ed25519PrivateKey::generate();
+  central::FileIntake intake({"central-test", media.string(), 1 << 20, 4, 30000, 300000}, central_key,
+                             "checkpoint");
+  std::string content(8192, '\0');
+  for (std::size_t i = 0; i < content.size(); ++i) {
+    content[i] = static_cast<char>(i * 7 % 251);
+  }
+  const std::string sha = sha256_hex(content);
+  const fs::path part = media / "partial" / "gh" / (sha + ".part");
+  std::vector<central::FilePublish> out;
+  std::int64_t now = 1767225600000;
+  const auto send = [&](const std::string& topic, const std::string& payload) {
+    intake.handle(pg, "gh", topic, payload, ++now, out);
+  };
+  const auto segment = [&](std::uint64_t offset, const std::string& bytes) {
+    send(filex::segment_topic("", sha, offset, sha256_hex(bytes)), bytes);
+  };
+
+  // A first init claims 12 KiB; a segment lands at 8 KiB. The transfer starts again at the true 8 KiB.
+  send(filex::init_topic("", sha), filex::init_json({sha, 12288, 4096, "a.mp4", 7}));
+  segment(8192, std::string(4096, 'q'));
+  EXPECT_EQ(fs::file_size(part), 12288u);
+  send(filex::init_topic("", sha), filex::init_json({sha, 8192, 4096, "a.mp4", 7}));
+  EXPECT_LE(fs::file_size(part), 8192u);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM file_segments WHERE sha256 = '" + sha + "'"), 0);
+
+  // Segment 0, then another payload at offset 0 with its own checksum: a duplicate, nothing written.
+  segment(0, content.substr(0, 4096));
+  segment(0, std::string(4096, 'z'));
+  EXPECT_EQ(intake.counters().segments_duplicate.load(), 1u);
+  segment(4096, content.substr(4096));
+
+  EXPECT_EQ(intake.counters().mismatches.load(), 0u);
+  EXPECT_EQ(intake.counters().files_held.load(), 1u);
+  EXPECT_EQ(pg_.query("SELECT state FROM file_uploads WHERE sha256 = '" + sha + "'"), "held");
+  EXPECT_FALSE(fs::exists(part));
+  std::ifstream held(media / sha.substr(0, 2) / sha, std::ios::binary);
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(held), {}), content);
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(out.back().topic, "checkpoint/gh/files/receipt");
+
+  // A late copy of a segment once the file is held: dropped, no partial file made again.
+  segment(4096, content.substr(4096));
+  EXPECT_FALSE(fs::exists(part));
+  EXPECT_EQ(intake.counters().unexpected.load(), 1u);
 }
 
 // feed.quarantine_max_age_days: quarantine rows unseen for longer are discarded as an operator's discard

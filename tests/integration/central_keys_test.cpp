@@ -51,6 +51,10 @@ class CentralKeys : public CustodyFixture {
 
 TEST_F(CentralKeys, RecordForgedUnderTheRetiredKeyIsQuarantinedAndAlarmedNotStored) {
   write_central_config(1000);
+  // A name no feed topic can carry is refused, with the rule.
+  std::string refusal;
+  EXPECT_NE(central_enroll("gw/x", {}, &refusal), 0);
+  EXPECT_THAT(refusal, HasSubstr("is not a gateway id"));
   ASSERT_EQ(central_enroll(), 0);
   start_central();
   start_radar(30, 10);

@@ -25,6 +25,7 @@ class FixedClock final : public WallClock {
  public:
   explicit FixedClock(UnixMs now_ms = 1'795'700'000'000) : now_ms_(now_ms) {}
   UnixMs now_ms() const override { return now_ms_; }
+  void advance(UnixMs ms) { now_ms_ += ms; }
 
  private:
   UnixMs now_ms_;

@@ -43,6 +43,10 @@ class RecordingUploaderTest : public ::testing::Test {
     cfg_.custody.recordings_policy = "all";
     cfg_.custody.recordings_segment_kib = 4;
     cfg_.custody.recordings_rate_kib_s = 1 << 20;  // no bandwidth wait in the test
+    make_uploader();
+  }
+  // (Again) with cfg_ as it is now.
+  void make_uploader() {
     UploaderHost host;
     host.run_on_store = [this](std::function<void(store::EvidenceStore&)> task) { task(*store_); };
     host.run_blocking = [](std::function<void()> task) { task(); };
@@ -162,6 +166,43 @@ TEST_F(RecordingUploaderTest, ABreakResumesAtTheFirstSegmentNotPubacked) {
   answer(6, true);
   run(100ms);
   EXPECT_EQ(sent().back(), "fin");
+}
+
+// A file sent whole waits receipt_wait_ms for its receipt, then init and fin go again, the wait doubling each
+// time: after w, then 2w, then 4w. The first retry used to wait w again (the doubling came one round late).
+TEST_F(RecordingUploaderTest, AFileWithoutItsReceiptIsSentAgainWithTheWaitDoublingEachTime) {
+  cfg_.custody.recordings_receipt_wait_ms = 100;
+  make_uploader();  // never started: replaced as it is
+  add_recording(1000);
+  uploader_->start();
+  run(800ms);
+  const auto answer_all = [&] {
+    for (std::size_t i = 0; i < channel_.sent.size(); ++i) {
+      if (channel_.sent[i].done) {
+        std::exchange(channel_.sent[i].done, nullptr)(true);
+      }
+      run(50ms);
+    }
+  };
+  answer_all();
+  ASSERT_EQ(sent(), (std::vector<std::string>{"init", "segment 0", "fin"}));
+  const auto fins = [&] {
+    const std::vector<std::string> all = sent();
+    return std::count(all.begin(), all.end(), std::string("fin"));
+  };
+  // The clock moves by `ms`; the fins sent by then.
+  const auto fins_after = [&](UnixMs ms) {
+    clock_.advance(ms);
+    run(300ms);
+    answer_all();
+    return fins();
+  };
+  EXPECT_EQ(fins_after(0), 1) << "the clock has not moved";
+  EXPECT_EQ(fins_after(100), 2) << "w after the upload: init and fin again";
+  EXPECT_EQ(fins_after(150), 2) << "1.5 w after the first retry: the second wait is twice the first";
+  EXPECT_EQ(fins_after(50), 3) << "2 w after the first retry";
+  EXPECT_EQ(fins_after(350), 3) << "3.5 w after the second retry: still waiting (4 w)";
+  EXPECT_EQ(fins_after(50), 4);
 }
 
 }  // namespace

@@ -60,6 +60,18 @@ TEST(CentralConfigTest, MistakesNameTheirPlace) {
   }
 }
 
+TEST(CentralConfigTest, GatewayIdsAreTheGatewaysOwnRule) {
+  for (const std::string& ok :
+       {std::string("gw"), std::string("0"), std::string("gw-1"), std::string("a-"), std::string(63, 'z')}) {
+    EXPECT_TRUE(is_gateway_id(ok)) << ok;
+  }
+  for (const std::string& bad : {std::string(), std::string("-gw"), std::string("GW"), std::string("gw/x"),
+                                 std::string("gw+"), std::string("#"), std::string("gw.1"),
+                                 std::string(64, 'z'), std::string("g\0w", 3), std::string("\xe6\xb5\x99")}) {
+    EXPECT_FALSE(is_gateway_id(bad)) << bad;
+  }
+}
+
 TEST(RecordColumnsTest, DecodesSpeedingMembersAndPictures) {
   const auto body = nlohmann::json::parse(R"({"type":"speeding","time_ms":5,"created_ms":6,
     "site":{"name":"K12"},"plate":"浙A12345","plate_color":"blue","lane":2,"speed_dkmh":1502,"limit_kmh":120,
