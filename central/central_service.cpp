@@ -150,9 +150,12 @@ void CentralService::connect_broker() {
   });
   const std::string group = "$share/" + cfg_.feed.share_group + "/" + prefix_ + "/+/";
   subscribe_ = [this, group] {
+    if (leaving_) {
+      subscribing_ = false;  // stopping: the broker must not send this instance anything more
+      return;
+    }
     try {
-      const std::vector<std::string> names{group + "evidence", group + "media/+", group + "head",
-                                           group + "resend/response", group + "file/#"};
+      const std::vector<std::string> names = feed_filters();
       auto topics = mqtt::string_collection::create(names);
       auto token = client_->subscribe(topics, std::vector<int>{1, 1, 1, 1, 1});
       // Subscribed only when the broker granted every topic: otherwise the periodic check subscribes again
@@ -223,11 +226,37 @@ void CentralService::connect_broker() {
     }
     {
       std::unique_lock lock(queue_mutex_);
-      if (queue_cv_.wait_for(lock, delay, [this] { return stopping_; })) {
+      if (queue_cv_.wait_for(lock, delay, [this] { return stopping_ || stop_requested_; })) {
         return;
       }
     }
     delay = std::min(delay * 2, std::chrono::milliseconds(cfg_.mqtt.reconnect_max_ms));
+  }
+}
+
+std::vector<std::string> CentralService::feed_filters() const {
+  const std::string group = "$share/" + cfg_.feed.share_group + "/" + prefix_ + "/+/";
+  return {group + "evidence", group + "media/+", group + "head", group + "resend/response", group + "file/#"};
+}
+
+void CentralService::leave_share_group() {
+  // Before the worker drains: what arrives until the broker confirms is still queued and stored. With a
+  // persistent session (clean_start false) a subscription left standing would keep this instance's share of
+  // the feed parked in its session while it is away, to be found later only as gaps.
+  leaving_ = true;
+  if (!client_ || !client_->is_connected()) {
+    return;
+  }
+  try {
+    auto token = client_->unsubscribe(mqtt::string_collection::create(feed_filters()));
+    if (token->wait_for(std::chrono::seconds(5))) {
+      log::notice("central", "",
+                  "left the shared subscription: the broker sends the feed to the group's other instances");
+    } else {
+      log::warn("central", "", "mqtt: no UNSUBACK within 5 s; stopping anyway");
+    }
+  } catch (const mqtt::exception& e) {
+    log::warn("central", "", std::string("mqtt: unsubscribe failed: ") + e.what() + "; stopping anyway");
   }
 }
 
@@ -1083,10 +1112,9 @@ void CentralService::run_link() {
 void CentralService::request_stop() {
   {
     std::lock_guard lock(queue_mutex_);
-    stopping_ = true;
+    stop_requested_ = true;  // messages are still taken until stop() has left the shared subscription
   }
   queue_cv_.notify_all();
-  space_cv_.notify_all();
 }
 
 void CentralService::stop() {
@@ -1096,6 +1124,10 @@ void CentralService::stop() {
       return;
     }
     stopped_ = true;
+  }
+  leave_share_group();
+  {
+    std::lock_guard lock(queue_mutex_);
     stopping_ = true;
   }
   queue_cv_.notify_all();

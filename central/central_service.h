@@ -78,7 +78,8 @@ class CentralService {
   // Connects to PostgreSQL (migrating), enrolls trust.keys_dir, connects to the broker and subscribes.
   // Throws on a start-up failure (bad key, PostgreSQL unreachable) with a message naming it.
   void start();
-  // Stops taking messages, stores what was taken, disconnects.
+  // Leaves the shared subscription (so the broker sends this instance's share to the group's other members
+  // instead of parking it in this instance's session), stores everything taken until then, disconnects.
   void stop();
   bool subscribed() const { return subscribed_.load(); }
   // From another thread (a signal): makes a start() still connecting return; stop() then finishes.
@@ -167,8 +168,10 @@ class CentralService {
   std::condition_variable space_cv_;  // Paho's thread waits for room
   std::deque<Message> queue_;
   std::size_t queue_bytes_ = 0;  // payload bytes in queue_ (bounded by feed.queue_mb)
-  bool stopping_ = false;
+  bool stopping_ = false;        // the worker drains the queue and ends; messages are no longer queued
+  bool stop_requested_ = false;  // a signal: start() stops connecting; stop() follows
   bool stopped_ = false;
+  std::atomic<bool> leaving_{false};  // unsubscribed (or unsubscribing) at a stop: never subscribe again
   std::thread worker_;
   std::atomic<bool> subscribed_{false};
   static constexpr std::size_t kMaxLinkJobs = 4096;
@@ -179,7 +182,9 @@ class CentralService {
   std::thread link_thread_;
   std::atomic<bool> subscribing_{false};
   std::chrono::steady_clock::time_point subscribe_refusal_logged_{};  // the subscribing thread only
-  std::function<void()> subscribe_;      // set once in connect_broker, before the first connect
+  std::function<void()> subscribe_;               // set once in connect_broker, before the first connect
+  std::vector<std::string> feed_filters() const;  // $share/<group>/<prefix>/+/{evidence,media/+,...}
+  void leave_share_group();
   std::int64_t link_down_since_ms_ = 0;  // worker thread only
 
   TrustedKeys keys_;  // worker thread only

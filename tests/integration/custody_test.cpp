@@ -314,6 +314,36 @@ TEST_F(Custody, TwoInstancesShareTheFeedAndAKilledOneLosesNothing) {
   EXPECT_EQ(daemon->wait(30s), 0) << daemon->stderr_text();
 }
 
+// An instance stopped cleanly (SIGTERM: a rolling restart) leaves the shared subscription before it drains,
+// so the broker sends its share of the feed to the other instance instead of parking it in the stopped
+// instance's persistent session: the watermark keeps up with no gap to repair and no resend request.
+TEST_F(Custody, AnInstanceStoppedCleanlyHandsItsShareToTheOtherWithoutAGap) {
+  enroll();
+  auto a = start_central("central-a", "central-a");
+  auto b = start_central("central-b", "central-b");
+  start_radar(150, 15);
+  write_gateway_config(true);
+  auto daemon = start_daemon();
+  ASSERT_TRUE(wait_for_condition([&] { return watermark() >= 40; }, 60s))
+      << a->stderr_text() << b->stderr_text();
+  b->signal(SIGTERM);
+  EXPECT_EQ(b->wait(30s), 0) << b->stderr_text();
+  EXPECT_NE(b->stderr_text().find("left the shared subscription"), std::string::npos) << b->stderr_text();
+  ASSERT_TRUE(wait_for_condition(
+      [&] {
+        return store_query(dir_ / "store.db",
+                           "SELECT count(*) FROM records WHERE type = 'speed_measurement'") >= 150;
+      },
+      90s));
+  ASSERT_TRUE(wait_for_condition([&] { return watermark() == head_seq(); }, 30s))
+      << "watermark " << watermark() << " head " << head_seq() << "\n"
+      << a->stderr_text();
+  EXPECT_EQ(pg_int("SELECT resend_requests FROM gateways WHERE gateway = 'gw'"), 0) << a->stderr_text();
+  EXPECT_EQ(pg_int("SELECT count(*) - count(DISTINCT seq) FROM records WHERE gateway = 'gw'"), 0);
+  daemon->signal(SIGTERM);
+  EXPECT_EQ(daemon->wait(30s), 0) << daemon->stderr_text();
+}
+
 // A record forged with another key on a gateway's topic is quarantined (kept, alarmed), never trusted, and
 // does not stop the real chain.
 TEST_F(Custody, ARecordUnderAnUnknownKeyIsQuarantinedNotTrusted) {
