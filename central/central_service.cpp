@@ -979,7 +979,8 @@ void CentralService::commit(Batch& batch) {
   }
   for (const std::string& c : out.chain_restarts) {
     log::error("central", c.substr(0, c.find(':')),
-               "CHAIN RESTART: " + c + " (docs/custody.md, \"A replaced store\"; checkpoint-central status)");
+               "CHAIN RESTART: " + printable(c, 1000) +
+                   " (docs/custody.md, \"A replaced store\"; checkpoint-central status)");
   }
   for (const std::string& b : out.chain_breaks) {
     log::error("central", b.substr(0, b.find(':')), "CHAIN BREAK at " + b);
@@ -1099,8 +1100,10 @@ void CentralService::run_link() {
     {
       std::unique_lock lock(link_mutex_);
       link_cv_.wait(lock, [this] { return link_stopping_ || !link_jobs_.empty(); });
-      if (link_stopping_) {
-        return;  // what is left is issued again by the next instance (receipts, gap plans)
+      if (link_stopping_ && (link_jobs_.empty() || std::chrono::steady_clock::now() >= link_drain_until_)) {
+        // At a stop the receipts and requests already decided go out first (for at most 5 s: stop()); what
+        // is left then is issued again by another instance (receipts, gap plans).
+        return;
       }
       job = std::move(link_jobs_.front());
       link_jobs_.pop_front();
@@ -1138,6 +1141,7 @@ void CentralService::stop() {
   {
     std::lock_guard lock(link_mutex_);
     link_stopping_ = true;
+    link_drain_until_ = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   }
   link_cv_.notify_all();
   if (link_thread_.joinable()) {

@@ -179,6 +179,7 @@ class CentralService {
   std::condition_variable link_cv_;
   std::deque<std::function<void()>> link_jobs_;
   bool link_stopping_ = false;
+  std::chrono::steady_clock::time_point link_drain_until_{};  // at a stop: queued jobs still run until then
   std::thread link_thread_;
   std::atomic<bool> subscribing_{false};
   std::chrono::steady_clock::time_point subscribe_refusal_logged_{};  // the subscribing thread only

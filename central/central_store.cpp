@@ -891,9 +891,11 @@ std::set<std::pair<std::string, std::uint64_t>> CentralStore::insert_records(
   std::string media_sql = "INSERT INTO record_media (gateway, seq, sha256) VALUES ";
   PgParams params;
   PgParams media_params;
+  std::vector<std::vector<std::string>> pictures;  // of records[from + k]
+  pictures.reserve(to - from);
   for (std::size_t i = from; i < to; ++i) {
     const IncomingRecord& rec = records[i];
-    const RecordColumns c = record_columns(rec.body);
+    RecordColumns c = record_columns(rec.body);
     const std::size_t p = params.size();
     const auto n = [&](std::size_t k) { return "$" + std::to_string(p + k); };
     sql += (i == from ? "(" : ", (") + n(1) + ", " + n(2) + "::bigint, " + n(3) + ", " + n(4) + ", " + n(5) +
@@ -907,12 +909,7 @@ std::set<std::pair<std::string, std::uint64_t>> CentralStore::insert_records(
          opt_num(c.lane), opt_num(c.speed_dkmh), opt_num(c.limit_kmh),
          c.enforceable ? std::optional<std::string>(*c.enforceable ? "true" : "false") : std::nullopt,
          c.reasons, rec.body_text.empty() ? rec.body.dump() : rec.body_text, now});
-    for (const std::string& sha : c.pictures) {
-      const std::size_t m = media_params.size();
-      media_sql += (media_params.empty() ? "($" : ", ($") + std::to_string(m + 1) + ", $" +
-                   std::to_string(m + 2) + "::bigint, $" + std::to_string(m + 3) + ")";
-      media_params.insert(media_params.end(), {rec.gateway, std::to_string(rec.seq), sha});
-    }
+    pictures.push_back(std::move(c.pictures));
   }
   sql += " ON CONFLICT (gateway, seq) DO NOTHING RETURNING gateway, seq";
   // One text per row count (1..kRowsPerInsert): prepared once per connection.
@@ -923,13 +920,23 @@ std::set<std::pair<std::string, std::uint64_t>> CentralStore::insert_records(
   }
   out.stored += fresh.size();
   enrol_rotated_keys(*conn_, records, from, to, fresh, now_ms);  // key_rotation.h
+  // The pictures a record names are those of the copy stored: a second copy (a duplicate names the same; a
+  // fork, e.g. a cloned gateway's, may name others) adds none, or the held record would wait for pictures it
+  // never named.
   for (std::size_t i = from; i < to; ++i) {
-    if (fresh.count({records[i].gateway, records[i].seq}) != 0) {
-      note_chain_restart(records[i], false, now, out);
+    const IncomingRecord& rec = records[i];
+    if (fresh.count({rec.gateway, rec.seq}) == 0) {
+      continue;
+    }
+    note_chain_restart(rec, false, now, out);
+    for (const std::string& sha : pictures[i - from]) {
+      const std::size_t m = media_params.size();
+      media_sql += (media_params.empty() ? "($" : ", ($") + std::to_string(m + 1) + ", $" +
+                   std::to_string(m + 2) + "::bigint, $" + std::to_string(m + 3) + ")";
+      media_params.insert(media_params.end(), {rec.gateway, std::to_string(rec.seq), sha});
     }
   }
   if (!media_params.empty()) {
-    // Media rows of records that were held already are the same rows: DO NOTHING keeps them once.
     conn_->exec(media_sql + " ON CONFLICT DO NOTHING", media_params, "naming records' media");
   }
   return fresh;
@@ -1012,16 +1019,17 @@ bool CentralStore::follow_replaced_store(const IncomingRecord& rec, std::int64_t
       "WITH moved AS (DELETE FROM records WHERE gateway = $1 AND seq > $2::bigint AND jws_sha256 <> $3 AND "
       "received_ms <> $4::bigint RETURNING gateway, seq, jws, jws_sha256), "
       "kept AS (INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms) "
-      "SELECT gateway, seq, jws, jws_sha256, $4::bigint FROM moved ON CONFLICT DO NOTHING) "
+      "SELECT gateway, seq, jws, jws_sha256, $4::bigint FROM moved ON CONFLICT DO NOTHING), "
+      // Only the set-aside records' pictures: the continued chain's records this batch stored keep theirs.
+      "unnamed AS (DELETE FROM record_media rm USING moved WHERE rm.gateway = moved.gateway AND rm.seq = "
+      "moved.seq) "
       "SELECT count(*), min(seq), max(seq) FROM moved",
       {rec.gateway, std::to_string(n), rec.jws_sha256, std::to_string(now_ms)},
       "setting aside the old chain after a receipt");
   if (moved.integer(0, 0) == 0) {
     return false;  // central held nothing of the old store after N: the ordinary case
   }
-  const PgParams gn{rec.gateway, std::to_string(n)};
   const char* what = "following a replaced store";
-  conn_->exec("DELETE FROM record_media WHERE gateway = $1 AND seq > $2::bigint", gn, what);
   forget_other_branch_after(rec.gateway, n, what);
   // Custody, the highest seq, the announced head and a chain break fall back to N (the walk goes on from
   // there); the old chain's announcement is no evidence about the new one.
@@ -1156,11 +1164,16 @@ void CentralStore::note_seqs_not_held(const IncomingReply& r, const PgResult& op
     merged.resize(kMaxRangesPerReply);
   }
   for (const auto& [lo, hi] : merged) {
-    conn_->exec(
+    // Reported (logged, counted) only when it is news: a new range, or one that grew. The same reply to each
+    // repeated request changes nothing.
+    const PgResult noted = conn_->exec(
         "INSERT INTO unrecoverable (gateway, from_seq, to_seq, noted_ms) VALUES ($1, $2, $3, $4) "
-        "ON CONFLICT (gateway, from_seq) DO UPDATE SET to_seq = GREATEST(unrecoverable.to_seq, "
-        "EXCLUDED.to_seq)",
+        "ON CONFLICT (gateway, from_seq) DO UPDATE SET to_seq = EXCLUDED.to_seq WHERE unrecoverable.to_seq < "
+        "EXCLUDED.to_seq",
         {r.gateway, std::to_string(lo), std::to_string(hi), now}, "noting records a gateway no longer holds");
+    if (noted.affected() == 0) {
+      continue;
+    }
     out.unrecoverable.push_back(r.gateway + ": seq " + std::to_string(lo) + ".." + std::to_string(hi));
   }
 }
@@ -1680,6 +1693,25 @@ std::vector<custody::Receipt> CentralStore::due_receipts(std::int64_t now_ms, co
   return out;
 }
 
+std::uint64_t CentralStore::past_known_losses(const std::string& gateway, std::uint64_t wm) {
+  // What the gateway said it no longer holds (unrecoverable) and what an operator accepted as lost is not
+  // asked for again; the holes, the lost tail and the missing pictures after it are. The ranges that run on
+  // from wm + 1 without a seq between them are skipped (a bounded walk: a range per step).
+  std::uint64_t at = wm;
+  for (int step = 0; step < 1000; ++step) {
+    const PgResult r = conn_->exec(
+        "SELECT max(to_seq) FROM (SELECT to_seq FROM unrecoverable WHERE gateway = $1 AND from_seq <= $2 AND "
+        "to_seq >= $2 UNION ALL SELECT to_seq FROM accepted_losses WHERE gateway = $1 AND from_seq <= $2 AND "
+        "to_seq >= $2) k",
+        {gateway, std::to_string(at + 1)}, "skipping known losses");
+    if (r.is_null(0, 0)) {
+      break;
+    }
+    at = static_cast<std::uint64_t>(r.integer(0, 0));
+  }
+  return at;
+}
+
 bool CentralStore::plan_holes(const std::string& gateway, std::uint64_t wm, std::uint64_t max_seq,
                               std::uint64_t announced, ResendPlan& plan) {
   const std::uint64_t from = wm + 1;
@@ -1765,7 +1797,7 @@ std::vector<ResendPlan> CentralStore::plan_resends(std::int64_t now_ms, const Ga
     const auto announced = static_cast<std::uint64_t>(r.integer(i, 3));
     ResendPlan plan;
     plan.gateway = gateway;
-    const std::uint64_t from = wm + 1;
+    std::uint64_t media_seq = wm + 1;  // the record whose pictures a media request asks for
     std::int64_t backoff_ms = r.integer(i, 4);
     if (!r.is_null(i, 5)) {
       // A chain break at S: the records the branch S follows on from lacks are asked for (the walk back from
@@ -1794,13 +1826,12 @@ std::vector<ResendPlan> CentralStore::plan_resends(std::int64_t now_ms, const Ga
           static_cast<std::uint64_t>(last.integer(0, 1)) != plan.request.to_seq) {
         backoff_ms = 0;
       }
-    } else if (PgResult unrec = conn_->exec(
-                   "SELECT to_seq FROM unrecoverable WHERE gateway = $1 AND from_seq <= $2 AND to_seq >= $2",
-                   {gateway, std::to_string(from)}, "checking unrecoverable ranges");
-               unrec.rows() > 0) {
-      continue;  // the gateway said it no longer holds these: reported, not asked for again
-    } else if (!plan_holes(gateway, wm, static_cast<std::uint64_t>(r.integer(i, 2)), announced, plan)) {
-      continue;
+    } else {
+      const std::uint64_t past = past_known_losses(gateway, wm);
+      if (!plan_holes(gateway, past, static_cast<std::uint64_t>(r.integer(i, 2)), announced, plan)) {
+        continue;
+      }
+      media_seq = past + 1;
     }
     const std::int64_t backoff = std::clamp<std::int64_t>(
         backoff_ms == 0 ? policy.retry_min_ms : backoff_ms * 2, policy.retry_min_ms, policy.retry_max_ms);
@@ -1810,7 +1841,7 @@ std::vector<ResendPlan> CentralStore::plan_resends(std::int64_t now_ms, const Ga
         "WHERE gateway = $1",
         {gateway, std::to_string(now_ms + backoff), std::to_string(backoff)}, "scheduling the next request");
     plan.correlation = std::to_string(correlation_rng()());
-    remember_request(plan, from, now_ms);
+    remember_request(plan, media_seq, now_ms);
     out.push_back(std::move(plan));
   }
   tx.commit();
@@ -1870,7 +1901,10 @@ nlohmann::json CentralStore::status_gateways() {
       "(SELECT * FROM branch_choices b WHERE b.gateway = g.gateway ORDER BY b.id DESC LIMIT 100) b), "
       "(SELECT COALESCE(json_agg(json_build_object('seq', f.seq, 'sha256', f.jws_sha256, 'received_ms', "
       "f.received_ms) ORDER BY f.seq, f.id), '[]') FROM (SELECT * FROM forks f WHERE f.gateway = g.gateway "
-      "ORDER BY f.id DESC LIMIT 100) f) "
+      "ORDER BY f.id DESC LIMIT 100) f), "
+      "(SELECT count(*) FROM accepted_losses a WHERE a.gateway = g.gateway) + (SELECT count(*) FROM "
+      "accepted_media_losses m WHERE m.gateway = g.gateway), "
+      "(SELECT count(*) FROM branch_choices b WHERE b.gateway = g.gateway) "
       "FROM gateways g LEFT JOIN quarantine_usage q ON q.gateway = g.gateway ORDER BY g.gateway",
       "reading status");
   for (int i = 0; i < r.rows(); ++i) {
@@ -1902,6 +1936,8 @@ nlohmann::json CentralStore::status_gateways() {
         {"accepted_losses", nlohmann::json::parse(r.text(i, 23))},  // the newest 100
         {"branch_choices", nlohmann::json::parse(r.text(i, 24))},   // the newest 100
         {"fork_records", nlohmann::json::parse(r.text(i, 25))},     // the newest 100, in seq order
+        {"accepted_losses_count", r.integer(i, 26)},                // all of them
+        {"branch_choices_count", r.integer(i, 27)},
     };
     gateways.push_back(std::move(g));
   }
@@ -1946,18 +1982,31 @@ nlohmann::json CentralStore::status_unknown_gateways() {
 void CentralStore::export_chain(const std::string& gateway, std::uint64_t from,
                                 const std::function<void(const std::string&)>& line) {
   std::uint64_t after = from == 0 ? 0 : from - 1;
-  for (;;) {
-    PgResult r =
-        conn_->exec("SELECT seq, jws FROM records WHERE gateway = $1 AND seq > $2 ORDER BY seq LIMIT 5000",
-                    {gateway, std::to_string(after)}, "exporting records");
-    for (int i = 0; i < r.rows(); ++i) {
-      line(r.text(i, 1));
-      after = static_cast<std::uint64_t>(r.integer(i, 0));
+  // One snapshot for every page: a choice of branch or a followed replaced store committing meanwhile cannot
+  // make the export show the old branch up to one page and the new one after it.
+  conn_->exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "starting the export's snapshot");
+  try {
+    for (;;) {
+      PgResult r =
+          conn_->exec("SELECT seq, jws FROM records WHERE gateway = $1 AND seq > $2 ORDER BY seq LIMIT 5000",
+                      {gateway, std::to_string(after)}, "exporting records");
+      for (int i = 0; i < r.rows(); ++i) {
+        line(r.text(i, 1));
+        after = static_cast<std::uint64_t>(r.integer(i, 0));
+      }
+      if (r.rows() < 5000) {
+        break;
+      }
     }
-    if (r.rows() < 5000) {
-      return;
+  } catch (...) {
+    try {
+      conn_->exec("ROLLBACK", "ending the export's snapshot");
+    } catch (const PgError&) {
+      // The connection is gone: so is the transaction.
     }
+    throw;
   }
+  conn_->exec("COMMIT", "ending the export's snapshot");
 }
 
 }  // namespace cpd::central

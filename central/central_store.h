@@ -386,6 +386,8 @@ class CentralStore {
   // Kept head announcements, unrecoverable ranges and accepted losses after seq `n` were about a branch set
   // aside (a followed replaced store, an operator's choice of branch): dropped, or cut at n.
   void forget_other_branch_after(const std::string& gateway, std::uint64_t n, const char* what);
+  // The last seq of the known losses (unrecoverable, accepted) that run on from wm + 1; wm when none.
+  std::uint64_t past_known_losses(const std::string& gateway, std::uint64_t wm);
   // What to ask for when record watermark+1 is missing or waits for its pictures (plan_resends): the
   // pictures, or every hole up to the last one and the lost tail. False: nothing to ask.
   bool plan_holes(const std::string& gateway, std::uint64_t wm, std::uint64_t max_seq,

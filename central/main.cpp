@@ -442,11 +442,13 @@ void print_gateway(const nlohmann::json& g) {
     std::cout << ", " << (c["kind"] == "new_chain" ? "NEW CHAIN" : "STORE REPLACED") << " at seq " << c["seq"]
               << (c["as_fork"].get<bool>() ? " (a fork of the old chain)" : "") << ": " << c["reason"].dump();
   }
-  if (!g["branch_choices"].empty()) {
-    std::cout << ", BRANCHES CHOSEN " << g["branch_choices"].size();  // --json: which, why, by whom
+  if (g["branch_choices_count"].get<long long>() > 0) {
+    std::cout << ", BRANCHES CHOSEN "
+              << g["branch_choices_count"];  // --json: which, why, by whom (newest 100)
   }
-  if (!g["accepted_losses"].empty()) {
-    std::cout << ", ACCEPTED LOSSES " << g["accepted_losses"].size();  // --json: what, why, by whom
+  if (g["accepted_losses_count"].get<long long>() > 0) {
+    std::cout << ", ACCEPTED LOSSES "
+              << g["accepted_losses_count"];  // --json: what, why, by whom (newest 100)
   }
   if (g["head_forks"].get<long long>() > 0) {
     std::cout << ", HEAD FORKS " << g["head_forks"];

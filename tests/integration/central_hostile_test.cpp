@@ -108,6 +108,20 @@ class CentralHostile : public CustodyFixture {
     return chain;
   }
 
+  // A record of gh as classify() hands it to the store (verified, decoded).
+  central::IncomingRecord gh_incoming(const std::string& jws) {
+    const nlohmann::json body = record_body(jws);
+    central::IncomingRecord r;
+    r.gateway = "gh";
+    r.seq = body["seq"].get<std::uint64_t>();
+    r.jws = jws;
+    r.jws_sha256 = sha256_hex(jws);
+    r.prev = body["prev"].get<std::string>();
+    r.kid = gh_key_.public_key().kid();
+    r.body = body;
+    return r;
+  }
+
   long long gh_int(const std::string& column) {
     return pg_int("SELECT " + column + " FROM gateways WHERE gateway = 'gh'");
   }
@@ -923,18 +937,7 @@ TEST_F(CentralHostile, ChoosingABranchUndoesTheKeyRotationsOfTheBranchSetAside) 
 TEST_F(CentralHostile, TwoCopiesOfOneSeqInOneBatchAreAForkOrADuplicate) {
   central::CentralStore store(pg_.conninfo());
   const central::ReceiptPolicy policy{"central-test", 1000, 5000};
-  const auto incoming = [&](const std::string& jws) {
-    const nlohmann::json body = record_body(jws);
-    central::IncomingRecord r;
-    r.gateway = "gh";
-    r.seq = body["seq"].get<std::uint64_t>();
-    r.jws = jws;
-    r.jws_sha256 = sha256_hex(jws);
-    r.prev = body["prev"].get<std::string>();
-    r.kid = gh_key_.public_key().kid();
-    r.body = body;
-    return r;
-  };
+  const auto incoming = [&](const std::string& jws) { return gh_incoming(jws); };
   const auto chain = gh_chain(2);
   const std::string clone2 = gh_signed(gh_key_, 2, sha256_hex(chain[0]), {{"note", "a clone's record"}});
   central::Batch batch;
@@ -1004,6 +1007,39 @@ TEST_F(CentralHostile, AFileTransferStartedAgainOrSentASegmentTwiceStillAssemble
   segment(4096, content.substr(4096));
   EXPECT_FALSE(fs::exists(part));
   EXPECT_EQ(intake.counters().unexpected.load(), 1u);
+}
+
+// A fork (a cloned gateway's record) naming a picture adds no picture to the record central holds at that
+// seq: the walk passes the held record without it. And a range the gateway reported lost at watermark + 1
+// does not stop the requests for the holes after it. Before, the held record waited for the fork's picture
+// (asked of the gateway, which never named it: an unrecoverable picture and a custody stall), and no request
+// went out at all while watermark + 1 was in a reported loss.
+TEST_F(CentralHostile, AForkAddsNoPictureAndAReportedLossDoesNotStopTheGapRequests) {
+  central::CentralStore store(pg_.conninfo());
+  const central::ReceiptPolicy policy{"central-test", 1000, 5000};
+  const std::int64_t now = 1767225600000;
+  const auto chain = gh_chain(3);
+  central::Batch batch;
+  for (const auto& jws : chain) {
+    batch.records.push_back(gh_incoming(jws));
+  }
+  store.store_batch(batch, now, policy);
+  central::Batch fork;
+  fork.records = {gh_incoming(gh_record(2, sha256_hex(chain[0]), {std::string(64, 'e')}))};
+  EXPECT_EQ(store.store_batch(fork, now + 1, policy).forks, 1u);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM record_media WHERE gateway = 'gh'"), 0);
+  EXPECT_EQ(gh_int("watermark_seq"), 3);
+
+  // Seqs 4..9 missing, 10 here; the gateway said it no longer holds 4..6.
+  central::Batch later;
+  later.records = {gh_incoming(gh_record(10, std::string(64, 'c'), {}))};
+  store.store_batch(later, now + 2, policy);
+  pg_.query("INSERT INTO unrecoverable (gateway, from_seq, to_seq, noted_ms) VALUES ('gh', 4, 6, 0)");
+  const auto plans = store.plan_resends(now + 3600000, central::GapPolicy{1000, 1000, 10000});
+  const auto gh = std::find_if(plans.begin(), plans.end(), [](const auto& p) { return p.gateway == "gh"; });
+  ASSERT_NE(gh, plans.end()) << "no request for gh's holes after the reported loss";
+  EXPECT_EQ(gh->request.from_seq, 7u) << gh->why;
+  EXPECT_EQ(gh->request.to_seq, 9u) << gh->why;
 }
 
 // feed.quarantine_max_age_days: quarantine rows unseen for longer are discarded as an operator's discard
