@@ -3,6 +3,7 @@
 #include "central/central_store.h"
 
 #include <algorithm>
+#include <climits>
 #include <random>
 #include <set>
 #include <stdexcept>
@@ -1015,16 +1016,23 @@ bool CentralStore::follow_replaced_store(const IncomingRecord& rec, std::int64_t
   if (base.rows() != 1 || base.text(0, 0) != rec.prev) {
     return false;
   }
+  // The old chain's records: stored before this batch, and sealed before the store_replaced record (the old
+  // store was lost before the new one started). The second test keeps the continued chain's records that
+  // another instance stored a moment earlier (another batch) from being taken for the old chain's.
+  const auto created = rec.body.find("created_ms");
+  const std::int64_t replaced_created =
+      created != rec.body.end() && created->is_number_integer() ? created->get<std::int64_t>() : INT64_MAX;
   const PgResult moved = conn_->exec(
       "WITH moved AS (DELETE FROM records WHERE gateway = $1 AND seq > $2::bigint AND jws_sha256 <> $3 AND "
-      "received_ms <> $4::bigint RETURNING gateway, seq, jws, jws_sha256), "
+      "received_ms <> $4::bigint AND created_ms < $5::bigint RETURNING gateway, seq, jws, jws_sha256), "
       "kept AS (INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms) "
       "SELECT gateway, seq, jws, jws_sha256, $4::bigint FROM moved ON CONFLICT DO NOTHING), "
       // Only the set-aside records' pictures: the continued chain's records this batch stored keep theirs.
       "unnamed AS (DELETE FROM record_media rm USING moved WHERE rm.gateway = moved.gateway AND rm.seq = "
       "moved.seq) "
       "SELECT count(*), min(seq), max(seq) FROM moved",
-      {rec.gateway, std::to_string(n), rec.jws_sha256, std::to_string(now_ms)},
+      {rec.gateway, std::to_string(n), rec.jws_sha256, std::to_string(now_ms),
+       std::to_string(replaced_created)},
       "setting aside the old chain after a receipt");
   if (moved.integer(0, 0) == 0) {
     return false;  // central held nothing of the old store after N: the ordinary case

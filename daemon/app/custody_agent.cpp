@@ -302,6 +302,11 @@ void CustodyAgent::record_custody(store::EvidenceStore& store, const custody::Re
                                   const std::string& jws, const std::string& kid) {
   store::CustodyState state{receipt.through_seq, receipt.head, receipt.central, kid, jws, clock_.now_ms()};
   const auto current = store.custody();
+  if (current && receipt.through_seq <= current->through_seq) {
+    // Checked before the stored state reached the strand (at start): an older or equal receipt is ignored
+    // here too (not counted, nothing changes): the custody state never goes back.
+    return;
+  }
   const UnixMs now = clock_.now_ms();
   const bool only_custody =
       current && !store.has_other_than("custody", current->through_seq, receipt.through_seq);
@@ -312,8 +317,10 @@ void CustodyAgent::record_custody(store::EvidenceStore& store, const custody::Re
     // receipt for ever, and one custody record per record_min_interval_s is enough to show in the chain
     // when custody passed (the state, and so retention, advances with every receipt).
     if (const Status st = store.set_custody(state); st.is_ok()) {
+      const std::optional<UnixMs> oldest = oldest_outside_custody(store, state.through_seq);
       std::lock_guard lock(snapshot_mutex_);
       custody_ = state;
+      oldest_outside_ms_ = oldest;
       ++receipts_accepted_;
     }
     return;
@@ -414,8 +421,14 @@ std::string CustodyAgent::held_but_named_lost(const store::EvidenceStore& store,
     if (known_lost.count(sha) > 0) {
       continue;  // checked with an earlier receipt: pictures never come back
     }
-    if (const auto bytes = host_.read_media(sha); bytes && sha256_hex(*bytes) == sha) {
+    const auto bytes = host_.read_media(sha);
+    if (bytes && sha256_hex(*bytes) == sha) {
       return "names picture " + sha + " as lost, but this gateway holds it";
+    }
+    if (!bytes && host_.media_absent && !host_.media_absent(sha)) {
+      // The file is there but cannot be read now: whether it is held cannot be told, so the receipt is not
+      // taken (central's next one is checked again).
+      return "names picture " + sha + " as lost, and this gateway cannot read its copy to tell";
     }
   }
   return "";
@@ -590,9 +603,10 @@ void CustodyAgent::send_media(std::shared_ptr<Resend> job, std::size_t index,
       auto bytes = host_.read_media(sha);
       if (bytes && sha256_hex(*bytes) == sha) {
         found.emplace_back(sha, std::move(*bytes));
-      } else {
-        missing.push_back(sha);
+      } else if (bytes || !host_.media_absent || host_.media_absent(sha)) {
+        missing.push_back(sha);  // gone, or its bytes are not its name: not held
       }
+      // else: there but unreadable now (EACCES, EIO, EMFILE): neither sent nor reported lost; asked again.
     }
     boost::asio::post(
         strand_, [this, job, end, r, found = std::move(found), missing = std::move(missing)]() mutable {
@@ -663,7 +677,12 @@ void CustodyAgent::prune() {
   host_.run_on_store([this](store::EvidenceStore& store) {
     const auto state = store.custody();
     if (!state) {
-      return;  // nothing is in custody: nothing is deleted, whatever its age
+      // Nothing is in custody: nothing is deleted, whatever its age. The oldest record outside custody is the
+      // first one sealed (a new gateway, a new chain, a central that refuses or never answers).
+      const std::optional<UnixMs> oldest = oldest_outside_custody(store, 0);
+      std::lock_guard lock(snapshot_mutex_);
+      oldest_outside_ms_ = oldest;
+      return;
     }
     const UnixMs before = clock_.now_ms() - static_cast<UnixMs>(retention_days_) * kDayMs;
     std::uint64_t records = 0;

@@ -2,9 +2,11 @@
 // definition is in daemon_impl.h; status, reload and key rotation have their own files.
 #include "daemon/app/daemon.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <boost/asio/post.hpp>
+#include <cerrno>
 #include <filesystem>
 
 #include "adapters/registry.h"
@@ -196,6 +198,10 @@ CustodyHost Daemon::Impl::custody_host() {
     worker->submit(std::move(fact), std::move(handler));
   };
   host.read_media = [this](const std::string& sha256) { return media->read(sha256); };
+  host.media_absent = [this](const std::string& sha256) {
+    struct stat st {};
+    return ::stat(media->path_of(sha256).c_str(), &st) != 0 && errno == ENOENT;
+  };
   host.remove_media = [this](const std::string& sha256) {
     std::error_code ec;
     std::filesystem::remove(media->path_of(sha256), ec);

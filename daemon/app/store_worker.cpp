@@ -1,5 +1,7 @@
 #include "daemon/app/store_worker.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -427,8 +429,12 @@ void StoreWorker::load_media(std::vector<store::OutboxEntry>& entries) {
 void StoreWorker::sweep_media() {
   namespace fs = std::filesystem;
   const auto cutoff = fs::file_time_type::clock::now() - std::chrono::hours(24) * media_retention_days_;
+  // A file older than this store that none of its records names is not this store's (a previous store's,
+  // moved aside or lost, whose records central may never have confirmed): kept, for an operator.
+  const UnixMs since_ms = store_.media_since_ms();
   std::error_code ec;
   std::size_t removed = 0;
+  std::size_t foreign = 0;
   for (const auto& entry : fs::directory_iterator(media_->dir(), ec)) {
     const std::string name = entry.path().filename().string();
     if (name.size() != 64 || !entry.is_regular_file(ec) || entry.last_write_time(ec) > cutoff) {
@@ -436,6 +442,14 @@ void StoreWorker::sweep_media() {
     }
     if (store_.media_pending(name) || store_.media_held(name, clock_.now_ms())) {
       continue;
+    }
+    struct stat st {};
+    if (::stat(entry.path().c_str(), &st) != 0 ||
+        static_cast<UnixMs>(st.st_mtim.tv_sec) * 1000 + st.st_mtim.tv_nsec / 1000000 < since_ms) {
+      if (!store_.media_named(name)) {
+        ++foreign;
+        continue;
+      }
     }
     if (fs::remove(entry.path(), ec)) {
       ++removed;
@@ -445,6 +459,16 @@ void StoreWorker::sweep_media() {
     log::info("media", "",
               "retention: removed " + std::to_string(removed) + " files older than " +
                   std::to_string(media_retention_days_) + " days");
+  }
+  if (foreign != foreign_media_logged_) {
+    foreign_media_logged_ = foreign;
+    if (foreign > 0) {
+      log::warn(
+          "media", "",
+          std::to_string(foreign) + " files in " + media_->dir() +
+              " are older than this store and named by none of its records (a previous store's?): kept; "
+              "check that central holds them (checkpoint-central), then move them away");
+    }
   }
 }
 

@@ -175,6 +175,7 @@ class StoreWorker final : public forwarder::OutboxSource {
   std::chrono::steady_clock::time_point last_stats_{};
   media::MediaStore* media_;
   int media_retention_days_;
+  std::size_t foreign_media_logged_ = 0;  // files older than the store and named by none (last logged)
   pipeline::LinkRule link_rule_;
   int important_retention_days_;
   std::optional<UnixMs> max_span_end_;  // worker thread only: skip span queries for later records

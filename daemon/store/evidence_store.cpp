@@ -126,6 +126,17 @@ constexpr Migration kMigrations[] = {
       );
       CREATE INDEX uploads_pending ON uploads(held_ms, seq);
     )sql"},
+    // Step 8: since when this store has named media files. A file in the media directory older than that,
+    // named by no record of this store (a previous store's, moved aside or lost), is not this store's to
+    // delete: central may never have confirmed it. An existing store counts from its oldest record.
+    {8, R"sql(
+      CREATE TABLE store_info (
+        key   TEXT PRIMARY KEY,
+        value INTEGER NOT NULL
+      );
+      INSERT INTO store_info (key, value) VALUES ('media_since_ms',
+        coalesce((SELECT min(created_ms) FROM records), CAST(strftime('%s', 'now') AS INTEGER) * 1000));
+    )sql"},
 };
 
 static_assert(std::size(kMigrations) == static_cast<std::size_t>(EvidenceStore::kSchemaVersion),
@@ -554,8 +565,8 @@ void EvidenceStore::prepare_statements() {
           "WHERE o.seq > ?1 ORDER BY o.seq LIMIT ?2");
   prepare(s.insert_media, "INSERT OR IGNORE INTO record_media(seq, sha256) VALUES (?1, ?2)");
   prepare(s.record_media, "SELECT sha256 FROM record_media WHERE seq = ?1 AND published = 1 ORDER BY sha256");
-  // Pending: named by a record still in the outbox, or not yet in central's custody, or kept (a recording:
-  // recordings do not travel to central yet, so custody never covers them).
+  // Pending: named by a record still in the outbox, or not yet in central's custody, or kept (a recording,
+  // deleted only with its record once central's file receipt and its hold allow: prune_in_custody).
   prepare(s.media_pending,
           "SELECT 1 FROM record_media m WHERE m.sha256 = ?1 AND (m.published = 0 OR m.seq > "
           "COALESCE((SELECT through_seq FROM custody WHERE id = 1), 0) OR m.seq IN (SELECT seq FROM outbox)) "
@@ -1116,6 +1127,23 @@ std::optional<CustodyState> EvidenceStore::custody() const {
   return c;
 }
 
+bool EvidenceStore::media_named(const std::string& sha256) const {
+  AdHoc q(db_, "SELECT 1 FROM record_media WHERE sha256 = ?1 LIMIT 1");
+  if (!q.ok()) {
+    return true;  // a read error: named (the file is kept)
+  }
+  bind_text(q.get(), 1, sha256);
+  return sqlite3_step(q.get()) != SQLITE_DONE;
+}
+
+UnixMs EvidenceStore::media_since_ms() const {
+  AdHoc q(db_, "SELECT value FROM store_info WHERE key = 'media_since_ms'");
+  if (!q.ok() || sqlite3_step(q.get()) != SQLITE_ROW) {
+    return std::numeric_limits<UnixMs>::max();  // unknown: no unnamed file is this store's to delete
+  }
+  return sqlite3_column_int64(q.get(), 0);
+}
+
 Status EvidenceStore::set_custody(const CustodyState& state) {
   AdHoc q(
       db_,
@@ -1123,7 +1151,8 @@ Status EvidenceStore::set_custody(const CustodyState& state) {
       "?3, ?4, "
       "?5, ?6) ON CONFLICT (id) DO UPDATE SET through_seq = excluded.through_seq, head = excluded.head, "
       "central = "
-      "excluded.central, kid = excluded.kid, receipt = excluded.receipt, received_ms = excluded.received_ms");
+      "excluded.central, kid = excluded.kid, receipt = excluded.receipt, received_ms = excluded.received_ms "
+      "WHERE excluded.through_seq >= custody.through_seq");  // the custody state never goes back
   if (!q.ok()) {
     return Status::retry("store " + path_ + ": set_custody: " + sqlite3_errmsg(db_));
   }
@@ -1304,6 +1333,21 @@ EvidenceStore::Pruned EvidenceStore::prune_in_custody(std::uint64_t through_seq,
               return status_from(rc, "store " + path_ + ": retention: seq " + std::to_string(seq) + ": " +
                                          error_text(db_, rc));
             }
+          }
+        }
+        // A recording's upload row (its file receipt) goes with the last record naming it.
+        AdHoc del_upload(db_,
+                         "DELETE FROM uploads WHERE sha256 = ?1 AND NOT EXISTS (SELECT 1 FROM record_media "
+                         "WHERE sha256 = ?1)");
+        if (!del_upload.ok()) {
+          return Status::retry(std::string("retention: ") + sqlite3_errmsg(db_));
+        }
+        for (const std::string& sha : media) {
+          sqlite3_reset(del_upload.get());
+          bind_text(del_upload.get(), 1, sha);
+          if (const int rc = sqlite3_step(del_upload.get()); rc != SQLITE_DONE) {
+            return status_from(rc,
+                               "store " + path_ + ": retention: upload " + sha + ": " + error_text(db_, rc));
           }
         }
         out.records = seqs.size();

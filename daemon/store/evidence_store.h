@@ -107,7 +107,7 @@ struct StoreOptions {
 // Not thread-safe: one owner (the store worker thread) calls it; other processes may read the file.
 class EvidenceStore {
  public:
-  static constexpr int kSchemaVersion = 7;
+  static constexpr int kSchemaVersion = 8;
 
   // Opens or creates the store: WAL, synchronous=FULL, PRAGMA quick_check, migrations to kSchemaVersion.
   explicit EvidenceStore(const std::string& path);
@@ -138,6 +138,11 @@ class EvidenceStore {
   bool media_pending(const std::string& sha256) const;
   // Whether a kept media file (recording) is held by its retention period at `now_ms`.
   bool media_held(const std::string& sha256, UnixMs now_ms) const;
+  // Since when this store has named media files (its creation; an older store's oldest record). A file
+  // older than that which no record names is not this store's to delete.
+  UnixMs media_since_ms() const;
+  // Whether any record of this store names the media file (a read error counts as named).
+  bool media_named(const std::string& sha256) const;
 
   // Links: committed records of `types` with time_ms in span, in seq order.
   std::vector<LinkTarget> records_in_span(const std::vector<std::string>& types, const LinkSpan& span) const;

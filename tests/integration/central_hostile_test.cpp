@@ -531,6 +531,8 @@ TEST_F(CentralHostile, AReplacedStoreIsFollowedPastTheOldChainsUnconfirmedRecord
   const auto record = [&](std::uint64_t seq, const std::string& prev, const nlohmann::json& fields) {
     return gh_signed(gh_key_, seq, prev, fields);
   };
+  // The continued chain is sealed after the old one (the old store was lost before the new one started).
+  constexpr long long kLater = 1767225600000 + 60000;
   const auto store_replaced = [&](std::uint64_t after, const std::string& head, const std::string& why) {
     return record(after + 1, head,
                   {{"type", "audit"},
@@ -538,7 +540,8 @@ TEST_F(CentralHostile, AReplacedStoreIsFollowedPastTheOldChainsUnconfirmedRecord
                    {"reason", why},
                    {"continued_from_seq", after},
                    {"continued_from_head", head},
-                   {"lost_after_seq", after}});
+                   {"lost_after_seq", after},
+                   {"created_ms", kLater}});
   };
   std::vector<std::string> old_chain{gh_record(1, std::string(64, '0'), {})};
   for (std::uint64_t seq = 2; seq <= 6; ++seq) {
@@ -564,8 +567,8 @@ TEST_F(CentralHostile, AReplacedStoreIsFollowedPastTheOldChainsUnconfirmedRecord
 
   // The store is lost; the gateway continues after the receipt through 4.
   const std::string n5 = store_replaced(4, sha256_hex(old_chain[3]), "store.db missing at start");
-  const std::string n6 = record(6, sha256_hex(n5), {{"message", "new 6"}});
-  const std::string n7 = record(7, sha256_hex(n6), {{"message", "new 7"}});
+  const std::string n6 = record(6, sha256_hex(n5), {{"message", "new 6"}, {"created_ms", kLater + 1}});
+  const std::string n7 = record(7, sha256_hex(n6), {{"message", "new 7"}, {"created_ms", kLater + 2}});
   for (const auto& jws : {n5, n6, n7}) {
     gh.publish("checkpoint/gh/evidence", jws);
   }

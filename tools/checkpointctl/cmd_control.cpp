@@ -456,8 +456,13 @@ void print_custody(std::ostream& out, const json& s, std::int64_t now) {
       out << ", oldest record not in custody " << age_text(now, int_of(c, "oldest_not_in_custody_ms"))
           << " old";
     }
-    out << ", resends served " << int_of(c, "resend_requests") << " (" << int_of(c, "resent_records")
-        << " records), pruned " << int_of(c, "pruned_records");
+    out << ", receipts accepted " << int_of(c, "receipts_accepted") << ", resends served "
+        << int_of(c, "resend_requests") << " (" << int_of(c, "resent_records") << " records, "
+        << int_of(c, "resent_media") << " pictures; " << int_of(c, "resend_refused") << " refused), pruned "
+        << int_of(c, "pruned_records") << " records and " << int_of(c, "pruned_media") << " pictures";
+    if (int_of(c, "inputs_dropped") > 0) {
+      out << ", inputs DROPPED " << int_of(c, "inputs_dropped");
+    }
     if (int_of(c, "receipts_refused") > 0) {
       out << ", receipts REFUSED " << int_of(c, "receipts_refused")
           << " (last: " << printable(text_of(c.value("last_refusal", json()), "")) << ")";

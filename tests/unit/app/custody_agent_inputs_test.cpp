@@ -11,6 +11,7 @@
 #include "daemon/app/custody_agent.h"
 #include "daemon/core/custody.h"
 #include "daemon/core/encoding.h"
+#include "daemon/core/sealer.h"
 #include "tests/unit/app/app_test_support.h"
 
 namespace cpd::app {
@@ -33,6 +34,7 @@ class CustodyAgentInputs : public ::testing::Test {
     };
     host.submit = [](Fact, std::function<void(const SealedRecord&)>) {};
     host.read_media = [](const std::string&) { return std::optional<std::string>(); };
+    host.media_absent = [this](const std::string&) { return media_absent_; };
     host.remove_media = [](const std::string&) {};
     host.chain_head = [this] { return store_->chain_head(); };
     agent_ = std::make_unique<CustodyAgent>(io_, cfg_, gateway_key_, channel_, std::move(host), clock_);
@@ -73,6 +75,7 @@ class CustodyAgentInputs : public ::testing::Test {
   std::unique_ptr<store::EvidenceStore> store_;
   std::vector<std::function<void(store::EvidenceStore&)>> store_tasks_;
   std::unique_ptr<CustodyAgent> agent_;
+  bool media_absent_ = true;  // what the media directory says of a file read_media cannot read
 };
 
 // Two receipts checked against the store at once, both refused: the agent falls back to what it accepted, so
@@ -91,6 +94,38 @@ TEST_F(CustodyAgentInputs, ARefusedReceiptCheckedBesideAnotherLeavesNoTrace) {
   run_store();
   EXPECT_EQ(counter("receipts_refused"), 3U);
   EXPECT_EQ(counter("receipts_accepted"), 0U);
+}
+
+// A receipt naming as lost a picture whose file is there but cannot be read now (EACCES, EIO, too many open
+// files) is refused: whether the gateway holds it cannot be told. Before, an unreadable file counted as not
+// held, and the receipt let retention delete the only copy. Once the file is really gone, it is taken.
+TEST_F(CustodyAgentInputs, APictureNamedLostThatCannotBeReadNowIsNotTakenAsLost) {
+  Sealer sealer(gateway_key_, "gw-1", ChainHead{});
+  std::vector<store::StoredRecord> records;
+  for (int i = 0; i < 3; ++i) {
+    Fact f;
+    f.type = "audit";
+    f.time_ms = clock_.now_ms();
+    records.push_back({sealer.seal(f, clock_.now_ms()), {}});
+  }
+  ASSERT_TRUE(store_->append(records).is_ok());
+  const std::string lost = custody::seal_receipt(
+      central_,
+      custody::Receipt{
+          "central-1", "gw-1", 2, sha256_hex(records[1].record.jws), 1, {}, {std::string(64, 'e')}});
+  media_absent_ = false;
+  channel_.deliver("checkpoint/gw-1/custody", lost);
+  run_store();
+  EXPECT_EQ(counter("receipts_refused"), 1U);
+  EXPECT_EQ(counter("receipts_accepted"), 0U);
+  EXPECT_NE(agent_->status()["last_refusal"].get<std::string>().find("cannot read its copy"),
+            std::string::npos)
+      << agent_->status().dump();
+  media_absent_ = true;
+  channel_.deliver("checkpoint/gw-1/custody", lost);
+  run_store();
+  EXPECT_EQ(counter("receipts_refused"), 1U)
+      << "taken (its custody record submitted): " << agent_->status().dump();
 }
 
 // Messages arriving faster than the agent takes them wait in a bounded hand-off: 64 messages, or 2 MiB.

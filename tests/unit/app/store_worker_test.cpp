@@ -183,8 +183,23 @@ TEST_F(StoreWorkerTest, RetentionDeletesOnlyOldMediaInCentralsCustody) {
   const std::string pending = put("old, named by a record not yet PUBACKed");
   const std::string acked = put("old, named by a PUBACKed record central has not confirmed");
   const std::string held = put("old, named by a record in custody");
-  const std::string orphan = put("old, named by nothing");
+  const std::string orphan = put("old, named by nothing, younger than the store");
+  const std::string foreign = put("old, named by nothing, older than the store (a previous store's)");
   const std::string fresh = put("recent, named by nothing");
+  // This store names media since 45 days ago (its creation, here moved back for the test).
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((dir_ / "store.db").c_str(), &db), SQLITE_OK);
+    const auto now_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::system_clock::now().time_since_epoch())
+                            .count();  // file times are real ones
+    const std::string since = std::to_string(now_ms - 45LL * 86400000);
+    EXPECT_EQ(
+        sqlite3_exec(db, ("UPDATE store_info SET value = " + since + " WHERE key = 'media_since_ms'").c_str(),
+                     nullptr, nullptr, nullptr),
+        SQLITE_OK);
+    sqlite3_close(db);
+  }
   // Records first (the sweep runs when the worker first has work), then age the files.
   start_worker(30);
   worker_->submit(fact_with_media({pending}));
@@ -198,6 +213,7 @@ TEST_F(StoreWorkerTest, RetentionDeletesOnlyOldMediaInCentralsCustody) {
   for (const auto& sha : {pending, acked, held, orphan}) {
     age(sha, 40);
   }
+  age(foreign, 50);
   age(fresh, 2);
   start_worker(30);
   Fact wake;
@@ -209,6 +225,8 @@ TEST_F(StoreWorkerTest, RetentionDeletesOnlyOldMediaInCentralsCustody) {
   EXPECT_TRUE(fs::exists(media_->path_of(acked))) << "a PUBACK is not custody";
   EXPECT_FALSE(fs::exists(media_->path_of(held)));
   EXPECT_FALSE(fs::exists(media_->path_of(orphan)));
+  EXPECT_TRUE(fs::exists(media_->path_of(foreign)))
+      << "older than the store and named by none of its records: not this store's to delete";
   EXPECT_TRUE(fs::exists(media_->path_of(fresh))) << "younger than the retention period";
 }
 

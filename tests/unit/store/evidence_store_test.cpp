@@ -681,6 +681,7 @@ TEST_F(DockLedgerStoreTest, ARecordingIsUploadedAndDeletedOnlyWithItsFileReceipt
   ASSERT_EQ(pruned.media.size(), 1u);
   EXPECT_EQ(pruned.media[0], sha);  // the caller deletes the file
   EXPECT_FALSE(store.record(1));
+  EXPECT_EQ(raw_query(db(), "SELECT count(*) FROM uploads"), "0") << "its upload row goes with it";
 }
 
 // One recording is sent at a time: those central asked for first, then the ones the officer flagged
