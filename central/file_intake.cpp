@@ -231,6 +231,16 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
   const PgResult media =
       pg.exec("SELECT bytes FROM media WHERE sha256 = $1", {t.sha256}, "looking up a file");
   if (media.rows() > 0 && static_cast<std::uint64_t>(media.integer(0, 0)) == init.size) {
+    PgTransaction tx(pg);
+    const std::optional<Row> prior = find_row(pg, gateway, t.sha256, " FOR UPDATE");
+    if (prior && prior->state == "open") {
+      // This gateway's own transfer of it was under way: its segments and partial file go (nothing else
+      // would ever remove them once the row says held).
+      pg.exec("DELETE FROM file_segments WHERE gateway = $1 AND sha256 = $2", {gateway, t.sha256},
+              "dropping a transfer of a file held already");
+      std::error_code ec;
+      fs::remove(partial_path(gateway, t.sha256), ec);
+    }
     pg.exec(
         "INSERT INTO file_uploads (gateway, sha256, size, segment_size, name, seq, state, started_ms, "
         "last_ms, "
@@ -240,6 +250,7 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
         {gateway, t.sha256, std::to_string(init.size), std::to_string(init.segment_size), init.name,
          std::to_string(init.seq), std::to_string(now)},
         "recording a held file");
+    tx.commit();
     receipt(gateway, t.sha256, init.size, now, out);
     return;
   }

@@ -168,6 +168,20 @@ void CustodyAgent::decide_origin(std::optional<store::CustodyState> receipt, std
   decided(std::move(receipt), std::move(why));
 }
 
+void CustodyAgent::origin_failed() {
+  // The chain did not continue after the receipt (a new chain starts at seq 1): the receipt was not taken, so
+  // later receipts are checked as if it had never come (a refused or unused receipt leaves no trace).
+  boost::asio::post(strand_, [this] {
+    std::uint64_t stored = 0;
+    {
+      std::lock_guard lock(snapshot_mutex_);
+      stored = custody_ ? custody_->through_seq : 0;
+    }
+    accepted_through_ = stored;
+    accepting_through_ = stored;
+  });
+}
+
 void CustodyAgent::origin_committed(const store::CustodyState& receipt) {
   std::lock_guard lock(snapshot_mutex_);
   custody_ = receipt;

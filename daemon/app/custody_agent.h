@@ -71,6 +71,8 @@ class CustodyAgent {
   void await_origin(std::chrono::milliseconds wait, OriginDecided decided);
   // The store continued the chain after `receipt` (EvidenceStore::continue_chain): status shows it.
   void origin_committed(const store::CustodyState& receipt);
+  // The chain did not continue after the receipt the wait decided on (a new chain instead): it was not taken.
+  void origin_failed();
   void stop();
 
   // Thread-safe snapshot for status/metrics: through_seq, receipt time, central, oldest not in custody,

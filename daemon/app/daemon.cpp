@@ -274,6 +274,9 @@ void Daemon::Impl::finish_run() {
 // start a new chain at seq 1 because of `why`.
 void Daemon::Impl::begin_sealing(std::optional<store::CustodyState> receipt, std::string why) {
   if (sealing != Sealing::waiting) {
+    if (receipt && custody) {
+      custody->origin_failed();  // decided already (a SIGTERM began a new chain): this receipt is not taken
+    }
     return;
   }
   sealing = Sealing::starting;
@@ -289,6 +292,9 @@ void Daemon::Impl::begin_sealing(std::optional<store::CustodyState> receipt, std
     asio::post(io, [this, st, receipt = std::move(receipt), why = std::move(why)]() mutable {
       if (!st.is_ok()) {
         log::error("daemon", "", "the chain cannot continue after the custody receipt: " + st.message());
+        if (custody) {
+          custody->origin_failed();
+        }
         seal_first_records(std::nullopt,
                            "the chain could not continue after the custody receipt: " + st.message());
         return;

@@ -22,11 +22,14 @@ void Daemon::Impl::finish_interrupted_rotation() {
     }
   }
   std::string note;
+  bool error = false;
   if (auto rotated =
-          resolve_unfinished_rotation(cfg.gateway.key_path, key->public_key().kid(), head_jws, note)) {
+          resolve_unfinished_rotation(cfg.gateway.key_path, key->public_key().kid(), head_jws, note, error)) {
     key = std::move(*rotated);
   }
-  if (!note.empty()) {
+  if (error) {
+    log::error("daemon", "", note);
+  } else if (!note.empty()) {
     log::warn("daemon", "", note);
   }
 }

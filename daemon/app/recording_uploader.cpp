@@ -249,7 +249,10 @@ void RecordingUploader::on_want(const std::string& payload) {
     ++lookups_;
     // The whole file: sent again from byte 0 as an ordinary upload (and so also under the on_request policy).
     host_.run_on_store([this, sha](store::EvidenceStore& store) {
-      const auto row = store.upload(sha);
+      auto row = store.upload(sha);
+      if (!row && store.uploads_discover(1, sha) > 0) {
+        row = store.upload(sha);  // a recording whose row the idle poll had not made yet: it is held here
+      }
       if (row && !row->held_ms) {
         (void)store.upload_request(sha);
       }
@@ -262,7 +265,11 @@ void RecordingUploader::on_want(const std::string& payload) {
             bump(snapshot_mutex_, counters_, "wants_dropped");  // central asks again; answered then
           }
         } else if (row->held_ms) {
-          wants_[sha] = filex::Ranges{{0, row->length}};
+          if (wants_.size() >= kMaxWants && wants_.find(sha) == wants_.end()) {
+            bump(snapshot_mutex_, counters_, "wants_dropped");  // central asks again after its stall time
+          } else {
+            wants_[sha] = filex::Ranges{{0, row->length}};
+          }
         } else {
           fin_next_.erase(sha);
           if (job_ && job_->row.sha256 == sha) {

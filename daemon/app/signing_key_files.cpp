@@ -109,7 +109,9 @@ bool chain_took_rotation(const std::string& head_jws, const std::string& next_ki
 
 std::optional<Ed25519PrivateKey> resolve_unfinished_rotation(const std::string& key_path,
                                                              const std::string& current_kid,
-                                                             const std::string& head_jws, std::string& note) {
+                                                             const std::string& head_jws, std::string& note,
+                                                             bool& error) {
+  error = false;
   const std::string next = next_key_path(key_path);
   ::unlink((next + ".tmp").c_str());  // a crash while writing it: that key never existed for the chain
   if (!exists(next)) {
@@ -118,10 +120,39 @@ std::optional<Ed25519PrivateKey> resolve_unfinished_rotation(const std::string& 
   Ed25519PrivateKey next_key = Ed25519PrivateKey::load_pem_file(next);
   const std::string next_kid = next_key.public_key().kid();
   if (chain_took_rotation(head_jws, next_kid)) {
-    install_next_key(key_path, current_kid);
+    try {
+      install_next_key(key_path, current_kid);
+    } catch (const KeyError& e) {
+      // The chain signs with the next key from now on whatever the files say: signing goes on with it (from
+      // memory), and the next start tries the file steps again. A daemon that would not start seals nothing.
+      error = true;
+      note = "an interrupted key rotation to kid " + next_kid +
+             " (the chain names it) could not be installed: " + e.what() + "; signing with it from " + next +
+             ", installed at the next start";
+      return next_key;
+    }
     note = "finished an interrupted key rotation: the chain names kid " + next_kid + "; " + next +
            " installed as " + key_path + ", the old key kept as " + retired_key_path(key_path, current_kid);
     return next_key;
+  }
+  if (head_jws.empty()) {
+    // A store that holds no record (a new one after a lost or moved-aside store) cannot tell whether its
+    // chain took the rotation: a key the chain may depend on is never deleted on that word. Set aside, kept.
+    const std::string aside = key_path + ".unresolved-" + next_kid;
+    if (::rename(next.c_str(), aside.c_str()) != 0) {
+      throw KeyError("cannot rename " + next + " to " + aside + ": " + std::strerror(errno));
+    }
+    fsync_dir(key_path);
+    error = true;
+    note =
+        "an interrupted key rotation to kid " + next_kid +
+        " cannot be resolved: the store holds no record to tell whether the chain took it; the key is kept "
+        "as " +
+        aside + ", still signing with kid " + current_kid +
+        ". If central refuses this gateway's records as signed by a retired key, stop the daemon and "
+        "install that file as " +
+        key_path + " (docs/custody.md, \"Key rotation\")";
+    return std::nullopt;
   }
   discard_next_key(key_path);
   note = "abandoned an interrupted key rotation: no key_rotation record naming kid " + next_kid +

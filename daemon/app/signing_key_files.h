@@ -36,10 +36,14 @@ bool chain_took_rotation(const std::string& head_jws, const std::string& next_ki
 
 // At start, before anything is signed: resolves an unfinished rotation. With no <key>.next, returns
 // nullopt (use gateway.key as loaded). With one: if chain_took_rotation(head_jws, its kid), finishes the
-// installation and returns the new key; otherwise discards it and returns nullopt. `note` says what was
-// done (for the log). Throws KeyError when a file step fails.
+// installation and returns the new key (also when a file step of the installation fails: then `error` is set
+// and the next start tries again); with no head record (an empty store cannot tell), sets it aside as
+// <key>.unresolved-<kid> (kept, `error` set) and returns nullopt; otherwise discards it (it signed nothing)
+// and returns nullopt. `note` says what was done (for the log). Throws KeyError when <key>.next cannot be
+// read or set aside.
 std::optional<Ed25519PrivateKey> resolve_unfinished_rotation(const std::string& key_path,
                                                              const std::string& current_kid,
-                                                             const std::string& head_jws, std::string& note);
+                                                             const std::string& head_jws, std::string& note,
+                                                             bool& error);
 
 }  // namespace cpd::app

@@ -104,7 +104,7 @@ struct FileReceiptCheck {
 FileReceiptCheck check_file_receipt(std::string_view jws, const KeyForKid& central_keys,
                                     const std::string& gateway);
 
-// Central asks for a file's bytes (`<prefix>/<gw>/file/want`): the listed ranges, or the whole file (an
+// Central asks for a file's bytes (`<prefix>/<gw>/files/want`): the listed ranges, or the whole file (an
 // `init`, every segment and a `fin`) when `ranges` is empty.
 struct Want {
   std::string sha256;

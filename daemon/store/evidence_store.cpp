@@ -1393,16 +1393,17 @@ constexpr const char* kUploadColumns =
 
 }  // namespace
 
-std::size_t EvidenceStore::uploads_discover(std::size_t limit) {
+std::size_t EvidenceStore::uploads_discover(std::size_t limit, const std::string& only_sha256) {
   AdHoc pick(
       db_,
       "SELECT m.seq, m.sha256, r.jws FROM record_media m JOIN records r ON r.seq = m.seq WHERE m.published "
-      "= 0 AND r.type = 'recording' AND NOT EXISTS (SELECT 1 FROM uploads u WHERE u.sha256 = m.sha256) "
-      "ORDER BY m.seq LIMIT ?1");
+      "= 0 AND r.type = 'recording' AND (?2 = '' OR m.sha256 = ?2) AND NOT EXISTS (SELECT 1 FROM uploads u "
+      "WHERE u.sha256 = m.sha256) ORDER BY m.seq LIMIT ?1");
   if (!pick.ok()) {
     return 0;
   }
   sqlite3_bind_int64(pick.get(), 1, static_cast<sqlite3_int64>(limit));
+  bind_text(pick.get(), 2, only_sha256);
   struct Found {
     sqlite3_int64 seq;
     std::string sha256;

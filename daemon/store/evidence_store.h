@@ -195,7 +195,7 @@ class EvidenceStore {
 
   // Recordings to central. Kept files of `recording` records with no upload row get one (at most `limit`
   // per call, in seq order); returns how many.
-  std::size_t uploads_discover(std::size_t limit);
+  std::size_t uploads_discover(std::size_t limit, const std::string& only_sha256 = {});
   // Rows not yet held, requested first, then important, each in seq order: all of them (`all`), or the
   // important and requested ones (`important`), or only the requested ones; with `unsent_only`, only those
   // not yet sent whole.

@@ -205,5 +205,22 @@ TEST_F(RecordingUploaderTest, AFileWithoutItsReceiptIsSentAgainWithTheWaitDoubli
   EXPECT_EQ(fins_after(50), 4);
 }
 
+// Central asks for a whole recording (a want without ranges) before the gateway's idle poll has made the
+// file's upload row: the gateway finds the recording record naming it and sends it. It used to answer abort
+// ("keeps no recording with this SHA-256"), and central marked the file not held for good.
+TEST_F(RecordingUploaderTest, AWantForARecordingWhoseRowIsNotMadeYetIsServed) {
+  cfg_.custody.recordings_policy = "on_request";
+  make_uploader();
+  add_recording(1000);
+  uploader_->start();
+  uploader_->on_message(forwarder::InboundMessage{"checkpoint/gw-1/files/want",
+                                                  filex::want_json(filex::Want{sha256_, {}}), "", "", false});
+  run(300ms);  // before the first poll (500 ms)
+  const std::vector<std::string> out = sent();
+  EXPECT_EQ(std::count(out.begin(), out.end(), std::string("abort")), 0);
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(out.front(), "init");
+}
+
 }  // namespace
 }  // namespace cpd::app

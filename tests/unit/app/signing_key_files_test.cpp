@@ -72,29 +72,36 @@ TEST_F(SigningKeyFiles, InterruptedRotationIsResolvedFromTheChainHead) {
 
   // Nothing pending: nothing to do.
   std::string note;
-  EXPECT_FALSE(resolve_unfinished_rotation(key_path_, old_kid, before, note));
+  bool error = false;
+  EXPECT_FALSE(resolve_unfinished_rotation(key_path_, old_kid, before, note, error));
   EXPECT_TRUE(note.empty());
 
   // A crash after the next key was written but before its record committed: the key is thrown away.
   std::ofstream(next_key_path(key_path_) + ".tmp") << "partial";
   auto next = write_next_key(key_path_);
   std::ofstream(next_key_path(key_path_) + ".tmp") << "partial";
-  EXPECT_FALSE(resolve_unfinished_rotation(key_path_, old_kid, before, note));
+  EXPECT_FALSE(resolve_unfinished_rotation(key_path_, old_kid, before, note, error));
   EXPECT_NE(note.find("abandoned"), std::string::npos) << note;
   EXPECT_FALSE(fs::exists(next_key_path(key_path_)));
   EXPECT_FALSE(fs::exists(next_key_path(key_path_) + ".tmp"));
   EXPECT_EQ(kid_of(key_path_), old_kid);
-  // Nor on an empty chain.
+  // An empty store (a new one after a lost store) cannot tell whether its chain took the rotation: the key
+  // is set aside, never deleted, and the daemon signs on with the old one, reporting an error.
   next = write_next_key(key_path_);
-  EXPECT_FALSE(resolve_unfinished_rotation(key_path_, old_kid, "", note));
+  EXPECT_FALSE(resolve_unfinished_rotation(key_path_, old_kid, "", note, error));
+  EXPECT_TRUE(error);
+  EXPECT_NE(note.find("cannot be resolved"), std::string::npos) << note;
   EXPECT_FALSE(fs::exists(next_key_path(key_path_)));
+  EXPECT_EQ(kid_of(key_path_ + ".unresolved-" + next.public_key().kid()), next.public_key().kid());
+  EXPECT_EQ(kid_of(key_path_), old_kid);
 
   // A crash after the key_rotation record committed (it is the head): the installation is finished.
   next = write_next_key(key_path_);
   const std::string rotation =
       sealer.seal(make_key_rotation_fact(old_key.public_key(), next.public_key(), 2), 2).jws;
-  auto resolved = resolve_unfinished_rotation(key_path_, old_kid, rotation, note);
+  auto resolved = resolve_unfinished_rotation(key_path_, old_kid, rotation, note, error);
   ASSERT_TRUE(resolved);
+  EXPECT_FALSE(error);
   EXPECT_EQ(resolved->public_key().kid(), next.public_key().kid());
   EXPECT_NE(note.find("finished"), std::string::npos) << note;
   EXPECT_EQ(kid_of(key_path_), next.public_key().kid());
@@ -106,10 +113,32 @@ TEST_F(SigningKeyFiles, InterruptedRotationIsResolvedFromTheChainHead) {
   Sealer after(third, "gw", ChainHead{});
   const std::string signed_by_third = after.seal(plain, 3).jws;
   EXPECT_TRUE(chain_took_rotation(signed_by_third, third.public_key().kid()));
-  resolved = resolve_unfinished_rotation(key_path_, mid_kid, signed_by_third, note);
+  resolved = resolve_unfinished_rotation(key_path_, mid_kid, signed_by_third, note, error);
   ASSERT_TRUE(resolved);
   EXPECT_EQ(kid_of(key_path_), third.public_key().kid());
   EXPECT_EQ(kid_of(retired_key_path(key_path_, mid_kid)), mid_kid);
+}
+
+// The chain took a rotation whose installation cannot be finished at start (here the old key's path cannot be
+// hard-linked: a directory stands in for it): the daemon signs with the new key from <key>.next and reports
+// an error, rather than exiting (and being restarted into the same failure, sealing nothing).
+TEST_F(SigningKeyFiles, AnInstallationThatFailsAtStartStillSignsWithTheKeyTheChainNames) {
+  const fs::path odd = fs::path(key_path_).parent_path() / "odd";
+  fs::create_directories(odd / "inside");
+  const auto old_key = Ed25519PrivateKey::generate();
+  const auto next = write_next_key(odd.string());
+  Sealer sealer(old_key, "gw", ChainHead{});
+  const std::string rotation =
+      sealer.seal(make_key_rotation_fact(old_key.public_key(), next.public_key(), 2), 2).jws;
+  std::string note;
+  bool error = false;
+  const auto resolved =
+      resolve_unfinished_rotation(odd.string(), old_key.public_key().kid(), rotation, note, error);
+  ASSERT_TRUE(resolved);
+  EXPECT_EQ(resolved->public_key().kid(), next.public_key().kid());
+  EXPECT_TRUE(error);
+  EXPECT_NE(note.find("could not be installed"), std::string::npos) << note;
+  EXPECT_TRUE(fs::exists(next_key_path(odd.string()))) << "kept for the next start";
 }
 
 TEST_F(SigningKeyFiles, ChainTookRotationReadsOnlyWhatTheHeadSays) {
