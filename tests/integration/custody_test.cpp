@@ -49,6 +49,33 @@ class Custody : public CustodyFixture {
     ASSERT_EQ(central_enroll(), 0);
   }
 
+  // Two instances on one shared subscription under 150 vehicles at 15/s, until central holds 40 records.
+  struct TwoInstances {
+    std::unique_ptr<Process> a, b, daemon;
+  };
+  void start_two_instances(TwoInstances& run) {
+    enroll();
+    run.a = start_central("central-a", "central-a");
+    run.b = start_central("central-b", "central-b");
+    start_radar(150, 15);
+    write_gateway_config(true);
+    run.daemon = start_daemon();
+    ASSERT_TRUE(wait_for_condition([&] { return watermark() >= 40; }, 60s))
+        << run.a->stderr_text() << run.b->stderr_text();
+  }
+  // The gateway has sealed all 150 vehicles and central's watermark has reached its head (within `limit`).
+  void wait_for_all_in_custody(const Process& central, std::chrono::seconds limit) {
+    ASSERT_TRUE(wait_for_condition(
+        [&] {
+          return store_query(dir_ / "store.db",
+                             "SELECT count(*) FROM records WHERE type = 'speed_measurement'") >= 150;
+        },
+        90s));
+    ASSERT_TRUE(wait_for_condition([&] { return watermark() == head_seq(); }, limit))
+        << "watermark " << watermark() << " head " << head_seq() << "\n"
+        << central.stderr_text();
+  }
+
   // The retained receipt; one that fails the gateway's checks is a test failure.
   std::optional<custody::Receipt> retained_receipt() {
     return CustodyFixture::retained_receipt(5s, /*expect_valid=*/true);
@@ -285,25 +312,12 @@ TEST_F(Custody, ABrokerThatLosesMessagesIsRepairedByResends) {
 // Two instances split the feed on one shared subscription; one is SIGKILLed mid-run with messages in hand.
 // The other (and the gap repair) ends with every record, verified, once.
 TEST_F(Custody, TwoInstancesShareTheFeedAndAKilledOneLosesNothing) {
-  enroll();
-  auto a = start_central("central-a", "central-a");
-  auto b = start_central("central-b", "central-b");
-  start_radar(150, 15);
-  write_gateway_config(true);
-  auto daemon = start_daemon();
-  ASSERT_TRUE(wait_for_condition([&] { return watermark() >= 40; }, 60s))
-      << a->stderr_text() << b->stderr_text();
+  TwoInstances run;
+  ASSERT_NO_FATAL_FAILURE(start_two_instances(run));
+  auto& [a, b, daemon] = run;
   b->signal(SIGKILL);
   b->wait(10s);
-  ASSERT_TRUE(wait_for_condition(
-      [&] {
-        return store_query(dir_ / "store.db",
-                           "SELECT count(*) FROM records WHERE type = 'speed_measurement'") >= 150;
-      },
-      90s));
-  ASSERT_TRUE(wait_for_condition([&] { return watermark() == head_seq(); }, 90s))
-      << "watermark " << watermark() << " head " << head_seq() << "\n"
-      << a->stderr_text();
+  ASSERT_NO_FATAL_FAILURE(wait_for_all_in_custody(*a, 90s));
   // Both instances stored records: the feed was split.
   EXPECT_GT(pg_int("SELECT count(*) FROM records WHERE gateway = 'gw'"), 150);
   EXPECT_EQ(pg_int("SELECT count(*) - count(DISTINCT seq) FROM records WHERE gateway = 'gw'"), 0);
@@ -318,26 +332,13 @@ TEST_F(Custody, TwoInstancesShareTheFeedAndAKilledOneLosesNothing) {
 // so the broker sends its share of the feed to the other instance instead of parking it in the stopped
 // instance's persistent session: the watermark keeps up with no gap to repair and no resend request.
 TEST_F(Custody, AnInstanceStoppedCleanlyHandsItsShareToTheOtherWithoutAGap) {
-  enroll();
-  auto a = start_central("central-a", "central-a");
-  auto b = start_central("central-b", "central-b");
-  start_radar(150, 15);
-  write_gateway_config(true);
-  auto daemon = start_daemon();
-  ASSERT_TRUE(wait_for_condition([&] { return watermark() >= 40; }, 60s))
-      << a->stderr_text() << b->stderr_text();
+  TwoInstances run;
+  ASSERT_NO_FATAL_FAILURE(start_two_instances(run));
+  auto& [a, b, daemon] = run;
   b->signal(SIGTERM);
   EXPECT_EQ(b->wait(30s), 0) << b->stderr_text();
   EXPECT_NE(b->stderr_text().find("left the shared subscription"), std::string::npos) << b->stderr_text();
-  ASSERT_TRUE(wait_for_condition(
-      [&] {
-        return store_query(dir_ / "store.db",
-                           "SELECT count(*) FROM records WHERE type = 'speed_measurement'") >= 150;
-      },
-      90s));
-  ASSERT_TRUE(wait_for_condition([&] { return watermark() == head_seq(); }, 30s))
-      << "watermark " << watermark() << " head " << head_seq() << "\n"
-      << a->stderr_text();
+  ASSERT_NO_FATAL_FAILURE(wait_for_all_in_custody(*a, 30s));
   EXPECT_EQ(pg_int("SELECT resend_requests FROM gateways WHERE gateway = 'gw'"), 0) << a->stderr_text();
   EXPECT_EQ(pg_int("SELECT count(*) - count(DISTINCT seq) FROM records WHERE gateway = 'gw'"), 0);
   daemon->signal(SIGTERM);
