@@ -138,8 +138,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       break;
     }
     case 8: {
+      // At most 200 bytes of the peer's reason, each printed as itself or as a 4-byte \xNN escape, then
+      // "..." when cut: non-ASCII UTF-8 is escaped byte by byte.
       const std::string reason = cpd::filex::parse_abort(payload);
-      require(reason.size() <= 203);
+      require(reason.size() <= 4 * 200 + 3);
       for (const char c : reason) {
         require(c >= 0x20 && c < 0x7f);
       }
