@@ -34,7 +34,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-constexpr std::size_t kMaxMediaBytes = 64u << 20;  // a picture is well under this; larger is refused
+constexpr std::size_t kMaxMediaBytes = custody::kMaxPictureBytes;  // a picture is well under this
 constexpr std::size_t kMaxRecordBytes = 4u << 20;  // a record JWS (raw frames included) is well under this
 constexpr std::int64_t kKeyReloadMs = 5000;  // an unknown kid re-reads the trusted keys at most this often
 constexpr std::size_t kQuarantineWhole = 4u << 20;  // payloads up to this are quarantined whole
@@ -447,16 +447,17 @@ void CentralService::run_worker() {
         continue;  // on a stop too: the worker stores what is in hand before it ends
       }
       transient_retries = 0;
-      if (!e.connection_lost() && !batch.empty()) {
-        // PostgreSQL refused the data itself (not the link): retrying the same batch would stall this
-        // instance for ever. Each message goes alone; one refused alone is quarantined (records) or
-        // dropped and counted (media), and found again as a gap if it matters.
+      if ((e.content_refused() || transient) && !batch.empty()) {
+        // PostgreSQL refused the data itself (or the same batch deadlocked again and again): retrying the
+        // same batch would stall this instance for ever. Each message goes alone; one refused alone is
+        // quarantined, and found again as a gap if it matters.
         log::error("central", "",
                    std::string(e.what()) + " (storing the batch of " + std::to_string(batch.size()) +
                        " one message at a time)");
-        process_singly(batch);
-        batch.clear();
-        continue;
+        if (process_singly(batch)) {
+          continue;
+        }
+        // PostgreSQL failed for a reason not the message's meanwhile: what is left waits, as below.
       }
       log::error("central", "",
                  std::string(e.what()) + " (batch of " + std::to_string(batch.size()) +
@@ -480,8 +481,11 @@ void CentralService::run_worker() {
       ++counters_.refused;
       log::error("central", "",
                  std::string("storing a batch failed: ") + e.what() + " (one message at a time)");
-      process_singly(batch);
-      batch.clear();
+      if (!process_singly(batch)) {
+        std::unique_lock lock(queue_mutex_);
+        queue_cv_.wait_for(lock, pg_backoff, [this] { return stopping_; });
+        pg_backoff = std::min(pg_backoff * 2, std::chrono::milliseconds(10000));
+      }
     }
   }
 }
@@ -995,37 +999,51 @@ void CentralService::commit(Batch& batch) {
   publish_receipts(out.receipts);
 }
 
-void CentralService::process_singly(std::vector<Message>& messages) {
-  for (Message& m : messages) {
-    std::vector<Message> one;
-    one.push_back(m);
+bool CentralService::process_singly(std::vector<Message>& messages) {
+  for (std::size_t done = 0; done < messages.size(); ++done) {
+    const Message& m = messages[done];
+    std::vector<Message> one{m};
     try {
       process(one);
     } catch (const PgError& e) {
-      if (e.connection_lost()) {
-        throw;
-      }
-      const auto topic = parse_feed_topic(prefix_, m.topic);
-      ++counters_.refused;
-      if (topic && is_gateway_id(topic->gateway)) {
-        Batch q;
-        quarantine(q, topic->gateway,
-                   topic->rest.rfind("media/", 0) == 0 ? "media" : topic->rest.substr(0, 20), m.payload,
-                   std::nullopt, "", std::string("refused by PostgreSQL: ") + e.what(),
-                   keys_.count(topic->gateway) != 0);
-        try {
-          counters_.quarantined +=
-              store_->store_batch(q, now_ms(), ReceiptPolicy{cfg_.central.id, 1, cfg_.receipts.every_ms})
-                  .quarantined;
-        } catch (const PgError&) {
-          // counted above
+      if (!e.content_refused()) {
+        // Not this message's fault: it and the rest wait for PostgreSQL (the caller retries them).
+        log::error("central", "",
+                   std::string(e.what()) + " (" + std::to_string(messages.size() - done) +
+                       " messages kept, stored again later)");
+        if (e.connection_lost()) {
+          store_.reset();
         }
+        messages.erase(messages.begin(), messages.begin() + static_cast<std::ptrdiff_t>(done));
+        return false;
       }
-      log::error("central", "", "message on " + printable(m.topic) + " not stored: " + e.what());
+      set_aside_alone(m, std::string("refused by PostgreSQL: ") + e.what());
     } catch (const std::exception& e) {
-      ++counters_.refused;
-      log::error("central", "", "message on " + printable(m.topic) + " not stored: " + e.what());
+      set_aside_alone(m, std::string("central could not handle it: ") + e.what());
     }
+  }
+  messages.clear();
+  return true;
+}
+
+void CentralService::set_aside_alone(const Message& m, const std::string& why) {
+  ++counters_.refused;
+  log::error("central", "", "message on " + printable(m.topic) + " not stored: " + printable(why, 400));
+  const auto topic = parse_feed_topic(prefix_, m.topic);
+  if (!topic || !is_gateway_id(topic->gateway) || !store_) {
+    return;
+  }
+  // Kept for forensics (and an operator), never trusted: a signed record that central cannot handle is not
+  // dropped without a trace. Its seq is asked for again as a gap if it matters.
+  Batch q;
+  quarantine(q, topic->gateway, topic->rest.rfind("media/", 0) == 0 ? "media" : topic->rest.substr(0, 20),
+             m.payload, std::nullopt, "", why, keys_.count(topic->gateway) != 0);
+  try {
+    counters_.quarantined +=
+        store_->store_batch(q, now_ms(), ReceiptPolicy{cfg_.central.id, 1, cfg_.receipts.every_ms})
+            .quarantined;
+  } catch (const std::exception& e) {
+    log::error("central", topic->gateway, std::string("quarantining it failed too: ") + e.what());
   }
 }
 
@@ -1229,6 +1247,9 @@ void CentralService::add_counter_metrics(metrics::Exposition& e) {
     f.files_held);
   c("central_file_mismatches_total", "Whole recordings whose SHA-256 was not their id (asked for again).",
     f.mismatches);
+  c("central_file_damaged_total",
+    "Recordings given up as damaged on the gateway: their whole file failed its SHA-256 3 times (not_held).",
+    f.damaged);
   c("central_file_wants_total", "Requests to a gateway for missing byte ranges or whole files.", f.wants);
   c("central_file_aborts_total", "Recordings a gateway said it cannot send.", f.aborts);
   c("central_file_receipts_total", "Signed file receipts published.", f.receipts);

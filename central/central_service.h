@@ -147,7 +147,12 @@ class CentralService {
   void classify_record(Message& m, const std::string& gateway, Batch& batch);
   void classify_head(const Message& m, const std::string& gateway, Batch& batch);
   void classify_reply(const Message& m, const std::string& gateway, Batch& batch);
-  void process_singly(std::vector<Message>& messages);
+  // Stores each message alone: one PostgreSQL refuses for its content, or that central cannot handle, is
+  // set aside. Returns false when PostgreSQL fails for another reason (link, deadlock, disk, read-only):
+  // `messages` then holds that message and the rest, to be stored again later; else it is emptied.
+  bool process_singly(std::vector<Message>& messages);
+  // A message stored alone that failed: counted, logged and quarantined (kept, never trusted).
+  void set_aside_alone(const Message& m, const std::string& why);
   void publish_receipts(const std::vector<custody::Receipt>& receipts);
   void publish_files(std::vector<FilePublish> messages);
   void request_resends();

@@ -365,6 +365,12 @@ ALTER TABLE gateway_keys ADD COLUMN revoked_to_seq bigint, ADD COLUMN widened_ms
 UPDATE gateway_keys SET revoked_to_seq = valid_to_seq WHERE valid_to_seq IS NOT NULL;
 ALTER TABLE branch_choices ADD COLUMN undone_rotations text;
 )sql",
+    // Step 14: how many times a recording's whole file failed its SHA-256 since it was last opened or
+    // requested: at kMaxFileMismatches (file_intake.h) the transfer ends `not_held` instead of being asked
+    // for again for ever (the gateway's copy is damaged).
+    R"sql(
+ALTER TABLE file_uploads ADD COLUMN mismatches integer NOT NULL DEFAULT 0;
+)sql",
 };
 
 // "1,2,3": ids for a PostgreSQL array literal ("{" + … + "}") or a column.
@@ -399,16 +405,21 @@ std::optional<std::string> opt_num(const std::optional<long long>& v) {
 // `audit` record `store_replaced` (the chain continues after a receipt on a replaced store), or `start` with
 // `new_chain` (an empty store began again at seq 1). Empty kind: an ordinary record.
 std::pair<std::string, std::string> chain_restart(const nlohmann::json& body) {
-  if (!body.is_object() || body.value("type", "") != "audit") {
+  // A member of another type than expected reads as absent (json::value would throw, and a signed record
+  // would be dropped by the exception).
+  const auto text = [&body](const char* name) {
+    const auto it = body.find(name);
+    return it != body.end() && it->is_string() ? it->get<std::string>() : std::string();
+  };
+  if (!body.is_object() || text("type") != "audit") {
     return {};
   }
-  const std::string event = body.value("event", "");
+  const std::string event = text("event");
   if (event == "store_replaced") {
     const auto lost = body.find("lost_after_seq");
-    return {"store_replaced",
-            body.value("reason", "") + (lost != body.end() && lost->is_number_unsigned()
-                                            ? " (records after seq " + lost->dump() + " lost)"
-                                            : std::string())};
+    return {"store_replaced", text("reason") + (lost != body.end() && lost->is_number_unsigned()
+                                                    ? " (records after seq " + lost->dump() + " lost)"
+                                                    : std::string())};
   }
   if (event == "start" && body.contains("new_chain")) {
     const auto& why = body["new_chain"];

@@ -4,7 +4,6 @@
 #include "central/file_intake.h"
 
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,10 +11,10 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <memory>
 #include <stdexcept>
 
 #include "central/pg.h"
+#include "daemon/core/digest.h"
 #include "daemon/core/durable_fs.h"
 #include "daemon/core/encoding.h"
 #include "daemon/log/log.h"
@@ -45,42 +44,11 @@ class Fd {
   int fd_;
 };
 
-// SHA-256 and length of a file, streamed (a recording may be gigabytes). nullopt: it cannot be read.
-std::optional<std::pair<std::string, std::uint64_t>> hash_file(const fs::path& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.get() < 0) {
-    return std::nullopt;
-  }
-  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
-  if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) {
-    throw std::runtime_error("files: OpenSSL SHA-256 unavailable");
-  }
-  std::vector<char> buf(1 << 20);
-  std::uint64_t total = 0;
-  for (;;) {
-    const ssize_t n = ::read(fd.get(), buf.data(), buf.size());
-    if (n < 0 && errno == EINTR) {
-      continue;
-    }
-    if (n < 0) {
-      return std::nullopt;
-    }
-    if (n == 0) {
-      break;
-    }
-    EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<std::size_t>(n));
-    total += static_cast<std::uint64_t>(n);
-  }
-  unsigned char md[32];
-  unsigned int len = 0;
-  EVP_DigestFinal_ex(ctx.get(), md, &len);
-  return std::make_pair(hex_lower(std::string_view(reinterpret_cast<const char*>(md), len)), total);
-}
-
 struct Row {
   std::uint64_t size = 0;
   std::uint64_t segment_size = 0;
   std::string state;
+  long long mismatches = 0;  // whole-file hash failures since last opened by a request
 };
 
 // `lock`: "" (none), " FOR SHARE" (a segment being written: the file is not assembled, reset or dropped
@@ -88,7 +56,7 @@ struct Row {
 std::optional<Row> find_row(PgConnection& pg, const std::string& gateway, const std::string& sha,
                             const char* lock = "") {
   const PgResult r =
-      pg.exec(std::string("SELECT size, segment_size, state FROM file_uploads WHERE gateway = $1 "
+      pg.exec(std::string("SELECT size, segment_size, state, mismatches FROM file_uploads WHERE gateway = $1 "
                           "AND sha256 = $2") +
                   lock,
               {gateway, sha}, "reading a file transfer");
@@ -96,7 +64,7 @@ std::optional<Row> find_row(PgConnection& pg, const std::string& gateway, const 
     return std::nullopt;
   }
   return Row{static_cast<std::uint64_t>(r.integer(0, 0)), static_cast<std::uint64_t>(r.integer(0, 1)),
-             r.text(0, 2)};
+             r.text(0, 2), r.integer(0, 3)};
 }
 
 // Why a gateway may not open one more transfer, if it may not: bounded per gateway are open transfers (each
@@ -259,19 +227,34 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
     receipt(gateway, t.sha256, row->size, now, out);  // a lost receipt: the gateway asks again
     return;
   }
-  if (!row || row->state != "open") {
-    if (const auto full = no_room(pg, gateway, cfg_.max_open_files, row.has_value())) {
-      ++counters_.refused;
-      log::warn("central", gateway, "file " + t.sha256 + ": init refused: " + *full + "; sent again later");
-      return;
-    }
+  if (row && row->state == "not_held" && row->mismatches >= kMaxFileMismatches) {
+    // Its bytes failed the whole-file hash kMaxFileMismatches times: sent again they would fail again. Only
+    // an operator's request (`files --request`) opens it again.
+    ++counters_.refused;
+    log::warn("central", gateway,
+              "file " + t.sha256 +
+                  ": init refused: the gateway's copy is damaged (its whole file failed its "
+                  "SHA-256 " +
+                  std::to_string(row->mismatches) + " times)");
+    return;
   }
   PgTransaction tx(pg);
+  // One init per gateway at a time, across instances: the count of open transfers below is then not passed
+  // by two instances opening one each at the same moment.
+  pg.exec("SELECT pg_advisory_xact_lock(hashtext('file_uploads:' || $1))", {gateway},
+          "serialising a gateway's file inits");
   const std::optional<Row> locked = find_row(pg, gateway, t.sha256, " FOR UPDATE");
   if (locked && locked->state == "held") {
     tx.commit();  // assembled by another instance since we looked
     receipt(gateway, t.sha256, locked->size, now, out);
     return;
+  }
+  if (!locked || locked->state != "open") {
+    if (const auto full = no_room(pg, gateway, cfg_.max_open_files, locked.has_value())) {
+      ++counters_.refused;
+      log::warn("central", gateway, "file " + t.sha256 + ": init refused: " + *full + "; sent again later");
+      return;
+    }
   }
   open_row(pg, gateway, t.sha256, init, locked, now);
   const fs::path part = partial_path(gateway, t.sha256);
@@ -447,8 +430,9 @@ void FileIntake::assemble(PgConnection& pg, const std::string& gateway, const st
   std::error_code ec;
   // After a crash between the rename and the commit the bytes are already in place.
   const fs::path source = fs::exists(part, ec) ? part : held;
-  const auto hashed = hash_file(source);
-  if (hashed && hashed->first == sha256 && hashed->second == row->size) {
+  std::string unreadable;
+  const auto hashed = sha256_file(source.string(), unreadable);
+  if (hashed && hashed->sha256 == sha256 && hashed->bytes == row->size) {
     if (source == part) {
       {
         Fd fd(::open(part.c_str(), O_RDONLY | O_CLOEXEC));
@@ -478,23 +462,45 @@ void FileIntake::assemble(PgConnection& pg, const std::string& gateway, const st
     receipt(gateway, sha256, row->size, now, out);
     return;
   }
-  // Every segment matched its checksum, yet the whole does not: start again from nothing.
+  // Every segment matched its checksum, yet the whole does not: start again from nothing, at most
+  // kMaxFileMismatches times; then the gateway's copy is taken as damaged and the transfer ends not_held
+  // (else a file whose bytes rotted on the gateway would be asked for and sent whole for ever).
   pg.exec("DELETE FROM file_segments WHERE gateway = $1 AND sha256 = $2", {gateway, sha256},
           "forgetting a file that does not match");
-  pg.exec(
-      "UPDATE file_uploads SET received_bytes = 0, fin_ms = NULL, next_want_ms = 0 WHERE gateway = $1 AND "
-      "sha256 = $2",
-      {gateway, sha256}, "forgetting a file that does not match");
+  const std::string found =
+      hashed ? "hashes to " + hashed->sha256 + " (" + std::to_string(hashed->bytes) + " bytes)"
+             : "cannot be read (" + unreadable + ")";
+  const PgResult counted = pg.exec(
+      "UPDATE file_uploads SET received_bytes = 0, fin_ms = NULL, next_want_ms = 0, mismatches = mismatches "
+      "+ "
+      "1, state = CASE WHEN mismatches + 1 >= $3::integer THEN 'not_held' ELSE state END, reason = CASE WHEN "
+      "mismatches + 1 >= $3::integer THEN $4 ELSE reason END WHERE gateway = $1 AND sha256 = $2 RETURNING "
+      "mismatches",
+      {gateway, sha256, std::to_string(kMaxFileMismatches),
+       "the whole file " + found + ", not its id, " + std::to_string(kMaxFileMismatches) +
+           " times: the gateway's copy is damaged"},
+      "forgetting a file that does not match");
+  const bool given_up = counted.rows() > 0 && counted.integer(0, 0) >= kMaxFileMismatches;
   if (source == part) {
-    ::truncate(part.c_str(), 0);  // under the row's lock: no segment is being written
+    if (given_up) {
+      fs::remove(part, ec);
+    } else {
+      ::truncate(part.c_str(), 0);  // under the row's lock: no segment is being written
+    }
   }
   tx.commit();
   ++counters_.mismatches;
+  if (given_up) {
+    ++counters_.damaged;
+    log::error("central", gateway,
+               "file " + sha256 + ": the whole file " + found + ", not its id (" +
+                   std::to_string(kMaxFileMismatches) +
+                   " times in all): the gateway's copy is damaged; not held, not asked for again (`files "
+                   "--request` asks again)");
+    return;
+  }
   log::error("central", gateway,
-             "file " + sha256 + ": the whole file " +
-                 (hashed ? "hashes to " + hashed->first + " (" + std::to_string(hashed->second) + " bytes)"
-                         : "cannot be read") +
-                 ", not its id: asked for again");
+             "file " + sha256 + ": the whole file " + found + ", not its id: asked for again");
   want(pg, gateway, sha256, {}, now, out);
 }
 
@@ -561,7 +567,7 @@ void FileIntake::request(PgConnection& pg, const std::string& gateway, const std
       "($1, $2, "
       "0, 0, 'requested', $3, $3) ON CONFLICT (gateway, sha256) DO UPDATE SET state = 'requested', "
       "next_want_ms = "
-      "0, want_backoff_ms = 0 WHERE file_uploads.state NOT IN ('held', 'open')",
+      "0, want_backoff_ms = 0, mismatches = 0 WHERE file_uploads.state NOT IN ('held', 'open')",
       {gateway, sha256, std::to_string(now)}, "requesting a file");
 }
 

@@ -20,6 +20,10 @@ namespace cpd::central {
 
 class PgConnection;
 
+// A transfer whose whole file fails its SHA-256 this many times ends not_held (the gateway's copy is taken
+// as damaged); an operator's request opens it again.
+inline constexpr int kMaxFileMismatches = 3;
+
 struct FileIntakeConfig {
   std::string central_id;
   std::string media_dir;  // held files: <sha256[0:2]>/<sha256>; partial ones: partial/<gw>/<sha>.part
@@ -38,6 +42,7 @@ struct FileCounters {
   std::atomic<std::uint64_t> unexpected{0};  // segments of no open transfer (dropped; asked for later)
   std::atomic<std::uint64_t> files_held{0};
   std::atomic<std::uint64_t> mismatches{0};  // whole files whose SHA-256 was not their id
+  std::atomic<std::uint64_t> damaged{0};     // transfers ended not_held at kMaxFileMismatches
   std::atomic<std::uint64_t> wants{0};
   std::atomic<std::uint64_t> aborts{0};  // files a gateway said it cannot send
   std::atomic<std::uint64_t> receipts{0};

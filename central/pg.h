@@ -20,6 +20,15 @@ class PgError : public std::runtime_error {
   const std::string& sqlstate() const { return sqlstate_; }
   // The server is gone (restart, network): reconnect and retry the whole transaction.
   bool connection_lost() const { return connection_lost_; }
+  // PostgreSQL refused the data itself (SQLSTATE classes 22 data exception, 23 integrity constraint, 54
+  // program limit, and 42 but for 42501 insufficient privilege): the same statement fails again with the same
+  // data. Anything else (a lost link, a deadlock, a full disk, a read-only server after a failover, a
+  // statement timeout, an operator's cancel) is the server's state, not the message's: retry it later.
+  bool content_refused() const {
+    const std::string cls = sqlstate_.substr(0, 2);
+    return !connection_lost_ &&
+           (cls == "22" || cls == "23" || cls == "54" || (cls == "42" && sqlstate_ != "42501"));
+  }
 
  private:
   std::string sqlstate_;

@@ -432,8 +432,10 @@ std::string CustodyAgent::held_but_named_lost(const store::EvidenceStore& store,
     }
   }
   for (const std::string& sha : receipt.lost_pictures) {
-    if (known_lost.count(sha) > 0) {
-      continue;  // checked with an earlier receipt: pictures never come back
+    if (known_lost.count(sha) > 0 || store.recording_named(sha)) {
+      // Checked with an earlier receipt (pictures never come back), or a kept recording, which no custody
+      // receipt covers: it goes by its own file receipt, and is not read here.
+      continue;
     }
     const auto bytes = host_.read_media(sha);
     if (bytes && sha256_hex(*bytes) == sha) {
@@ -610,33 +612,48 @@ void CustodyAgent::send_media(std::shared_ptr<Resend> job, std::size_t index,
   const std::size_t end = std::min(job->request.media.size(), index + 10);
   std::vector<std::string> wanted(job->request.media.begin() + static_cast<std::ptrdiff_t>(index),
                                   job->request.media.begin() + static_cast<std::ptrdiff_t>(end));
-  host_.run_on_store([this, job, end, r, wanted = std::move(wanted)](store::EvidenceStore&) {
+  host_.run_on_store([this, job, index, r, wanted = std::move(wanted)](store::EvidenceStore& store) {
     std::vector<std::pair<std::string, std::string>> found;
     std::vector<std::string> missing;
+    // At most 10 files and about kResendChunkMediaBytes read per step (each file at most kMaxPictureBytes):
+    // the step ends after the file that reaches it, and the next starts after that file.
+    std::size_t next = index;
+    std::size_t bytes_read = 0;
     for (const std::string& sha : wanted) {
+      if (bytes_read >= kResendChunkMediaBytes) {
+        break;
+      }
+      ++next;
+      if (store.recording_named(sha)) {
+        // Only pictures go out on the media topic: a body-worn recording (a kept file, maybe gigabytes, sent
+        // under its own policy by file transfer) is no picture this gateway holds.
+        missing.push_back(sha);
+        continue;
+      }
       auto bytes = host_.read_media(sha);
       if (bytes && sha256_hex(*bytes) == sha) {
+        bytes_read += bytes->size();
         found.emplace_back(sha, std::move(*bytes));
       } else if (bytes || !host_.media_absent || host_.media_absent(sha)) {
         missing.push_back(sha);  // gone, or its bytes are not its name: not held
       }
       // else: there but unreadable now (EACCES, EIO, EMFILE): neither sent nor reported lost; asked again.
     }
-    boost::asio::post(
-        strand_, [this, job, end, r, found = std::move(found), missing = std::move(missing)]() mutable {
-          const std::string base = prefix_ + "/" + gateway_ + "/media/";
-          std::vector<forwarder::OutboundMessage> out;
-          for (auto& [sha, bytes] : found) {
-            r->media_sent.push_back(sha);
-            out.push_back({base + sha, std::move(bytes), false, ""});
-          }
-          r->media_not_held.insert(r->media_not_held.end(), missing.begin(), missing.end());
-          {
-            std::lock_guard lock(snapshot_mutex_);
-            resent_media_ += out.size();
-          }
-          publish_step(std::move(out), "resend of media", [this, job, end, r] { send_media(job, end, r); });
-        });
+    boost::asio::post(strand_, [this, job, end = next, r, found = std::move(found),
+                                missing = std::move(missing)]() mutable {
+      const std::string base = prefix_ + "/" + gateway_ + "/media/";
+      std::vector<forwarder::OutboundMessage> out;
+      for (auto& [sha, bytes] : found) {
+        r->media_sent.push_back(sha);
+        out.push_back({base + sha, std::move(bytes), false, ""});
+      }
+      r->media_not_held.insert(r->media_not_held.end(), missing.begin(), missing.end());
+      {
+        std::lock_guard lock(snapshot_mutex_);
+        resent_media_ += out.size();
+      }
+      publish_step(std::move(out), "resend of media", [this, job, end, r] { send_media(job, end, r); });
+    });
   });
 }
 

@@ -37,10 +37,12 @@ struct CustodyHost {
   std::function<void(std::function<void(store::EvidenceStore&)>)> run_on_store;
   // Seals a fact; the handler runs on the store's thread once its record is committed.
   std::function<void(Fact, std::function<void(const SealedRecord&)>)> submit;
-  // A media file's bytes (nullopt: not held), and deleting one (retention). Called on the store's thread.
+  // A media file's bytes (nullopt: not held, or larger than custody::kMaxPictureBytes), and deleting one
+  // (retention). Called on the store's thread.
   std::function<std::optional<std::string>(const std::string& sha256)> read_media;
-  // Whether the media file certainly does not exist (ENOENT). A file that cannot be read for another reason
-  // (EACCES, EIO, EMFILE) is not "not held": it is never reported lost or accepted as lost on that word.
+  // Whether no picture of that name is certainly here: no file (ENOENT), or one larger than
+  // custody::kMaxPictureBytes. A file that cannot be read for another reason (EACCES, EIO, EMFILE) is not
+  // "not held": it is never reported lost or accepted as lost on that word.
   // Unset: a file read_media cannot read counts as absent.
   std::function<bool(const std::string& sha256)> media_absent;
   std::function<void(const std::string& sha256)> remove_media;

@@ -197,10 +197,16 @@ CustodyHost Daemon::Impl::custody_host() {
   host.submit = [this](Fact fact, std::function<void(const SealedRecord&)> handler) {
     worker->submit(std::move(fact), std::move(handler));
   };
-  host.read_media = [this](const std::string& sha256) { return media->read(sha256); };
+  host.read_media = [this](const std::string& sha256) {
+    return media->read(sha256, custody::kMaxPictureBytes);
+  };
   host.media_absent = [this](const std::string& sha256) {
+    // No picture of that name here: no file, or one too large to be a picture (never read whole).
     struct stat st {};
-    return ::stat(media->path_of(sha256).c_str(), &st) != 0 && errno == ENOENT;
+    if (::stat(media->path_of(sha256).c_str(), &st) != 0) {
+      return errno == ENOENT;
+    }
+    return static_cast<std::uint64_t>(st.st_size) > custody::kMaxPictureBytes;
   };
   host.remove_media = [this](const std::string& sha256) {
     std::error_code ec;

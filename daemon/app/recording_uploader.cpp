@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "daemon/core/digest.h"
 #include "daemon/core/encoding.h"
 #include "daemon/log/log.h"
 
@@ -84,9 +85,10 @@ RecordingUploader::RecordingUploader(asio::io_context& io, const config::Config&
     const auto key = Ed25519PublicKey::from_pem(pem);
     central_keys_.emplace(key.kid(), key);
   }
-  for (const char* name : {"files_sent", "segments_sent", "bytes_sent", "receipts_accepted",
-                           "receipts_refused", "receipts_unmatched", "wants", "wants_refused",
-                           "wants_dropped", "aborts_sent", "link_failures", "inputs_dropped", "pauses"}) {
+  for (const char* name :
+       {"files_sent", "segments_sent", "bytes_sent", "receipts_accepted", "receipts_refused",
+        "receipts_unmatched", "wants", "wants_refused", "wants_dropped", "aborts_sent", "link_failures",
+        "inputs_dropped", "pauses", "files_damaged"}) {
     counters_[name] = 0;
   }
   tokens_ = static_cast<double>(cfg_.recordings_rate_kib_s) * 1024.0;
@@ -270,18 +272,13 @@ void RecordingUploader::on_want(const std::string& payload) {
           } else {
             wants_[sha] = filex::Ranges{{0, row->length}};
           }
+        } else if (row->length > 0 && row->sent_to >= row->length) {
+          // Sent whole, and central asks for all of it again: its whole-file hash failed (or it lost the
+          // transfer). Sent again unchecked, a copy damaged here would fail there for ever.
+          verify_then_resend(*row);
+          return;
         } else {
-          fin_next_.erase(sha);
-          if (job_ && job_->row.sha256 == sha) {
-            ++generation_;  // dropped: the poll below starts it again from byte 0
-            job_.reset();
-            wait_timer_.cancel();
-            std::lock_guard lock(snapshot_mutex_);
-            current_.clear();
-          }
-          // Again, now that no job of this file can write its progress any more: a progress write queued
-          // before this point (its upload's, or a pause's) may have run after the first request.
-          host_.run_on_store([sha](store::EvidenceStore& s) { (void)s.upload_request(sha); });
+          resend_whole(sha);
         }
         poll();
       });
@@ -313,6 +310,49 @@ void RecordingUploader::on_want(const std::string& payload) {
   }
   ranges = std::move(merged);
   poll();
+}
+
+void RecordingUploader::resend_whole(const std::string& sha) {
+  fin_next_.erase(sha);
+  if (job_ && job_->row.sha256 == sha) {
+    ++generation_;  // dropped: the next poll starts it again from byte 0
+    job_.reset();
+    wait_timer_.cancel();
+    std::lock_guard lock(snapshot_mutex_);
+    current_.clear();
+  }
+  // Again, now that no job of this file can write its progress any more: a progress write queued before
+  // this point (its upload's, or a pause's) may have run after the first request.
+  host_.run_on_store([sha](store::EvidenceStore& s) { (void)s.upload_request(sha); });
+}
+
+void RecordingUploader::verify_then_resend(const store::UploadRow& row) {
+  ++lookups_;  // bounded with the lookups: at most kMaxLookups files are read at once
+  host_.run_blocking([this, sha = row.sha256, length = row.length, path = host_.media_path(row.sha256)] {
+    std::string error;
+    const auto hashed = sha256_file(path, error);
+    asio::post(strand_, [this, sha, length, hashed, error] {
+      --lookups_;
+      if (stopped_) {
+        return;
+      }
+      if (hashed && hashed->sha256 == sha && hashed->bytes == length) {
+        resend_whole(sha);
+      } else {
+        const std::string why = hashed ? "damaged: the file here hashes to " + hashed->sha256 + " (" +
+                                             std::to_string(hashed->bytes) + " bytes), not its SHA-256"
+                                       : "not held: " + error;
+        log::error("files", "",
+                   "recording " + sha + " cannot be sent: " + why +
+                       " (central is told: abort; the record and the file are kept)");
+        bump(snapshot_mutex_, counters_, "files_damaged");
+        unreadable_.insert(sha);
+        fin_next_.erase(sha);
+        publish_abort(sha, why);
+      }
+      poll();
+    });
+  });
 }
 
 // --- choosing work ---
@@ -380,7 +420,7 @@ void RecordingUploader::poll() {
   }
   const bool all = cfg_.recordings_policy == "all";
   const bool important = cfg_.recordings_policy == "important";
-  host_.run_on_store([this, all, important](store::EvidenceStore& store) {
+  host_.run_on_store([this, all, important, after = fin_cursor_](store::EvidenceStore& store) {
     store.uploads_discover(kDiscoverPage);
     auto pending = store.uploads_pending(all, important, kPendingPage);
     // Files not yet sent whole, apart: more than a page of files waiting for their receipts must not hide
@@ -388,8 +428,19 @@ void RecordingUploader::poll() {
     for (store::UploadRow& row : store.uploads_pending(all, important, kPendingPage, true)) {
       pending.push_back(std::move(row));
     }
+    // And a page of those waiting for their receipts, walked through by seq: files that never get one (over
+    // central's size bound) must not keep the fins of all later files from being sent again.
+    auto waiting = store.uploads_sent_whole(all, important, after, kPendingPage);
+    const std::int64_t next_cursor =
+        waiting.size() < kPendingPage ? 0 : static_cast<std::int64_t>(waiting.back().seq);
+    for (store::UploadRow& row : waiting) {
+      pending.push_back(std::move(row));
+    }
     const store::UploadStats stats = store.upload_stats();
-    asio::post(strand_, [this, pending = std::move(pending), stats] { take_pending(pending, stats); });
+    asio::post(strand_, [this, pending = std::move(pending), stats, next_cursor] {
+      fin_cursor_ = next_cursor;
+      take_pending(pending, stats);
+    });
   });
 }
 

@@ -93,6 +93,11 @@ class RecordingUploader {
   // Looks up the first file central wants bytes of; take_want then sends them (or refuses the want).
   void serve_next_want();
   void take_want(const std::string& sha, const std::optional<store::UploadRow>& row, filex::Ranges ranges);
+  // A whole-file want for a file not held: sent again from byte 0 as an ordinary upload, at rank 0.
+  void resend_whole(const std::string& sha);
+  // The same for a file already sent whole, once its bytes here still hash to its SHA-256 (read on the
+  // blocking pool); a damaged or unreadable copy is answered with abort instead, and not sent again.
+  void verify_then_resend(const store::UploadRow& row);
   // Starts the first pending file (its own upload, or its fin again); with none due, polls again later.
   void take_pending(const std::vector<store::UploadRow>& pending, const store::UploadStats& stats);
   // While a file is being sent (a progress job below rank 0): whether more urgent work waits (a want for
@@ -140,6 +145,7 @@ class RecordingUploader {
   std::set<std::string> aborts_;
   std::map<std::string, std::pair<UnixMs, std::int64_t>>
       fin_next_;                      // sha -> (when to send fin again, backoff)
+  std::int64_t fin_cursor_ = 0;       // the seq after which the next page of files sent whole is read
   std::set<std::string> sealing_;     // files whose recording_custody record is being sealed (one at a time)
   std::set<std::string> unreadable_;  // files this process could not open (aborted once, not retried)
   std::int64_t backoff_ms_ = 0;

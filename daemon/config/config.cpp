@@ -400,6 +400,13 @@ CustodySection parse_custody(Section& root) {
         r.optional<int>("rate_kib_s", out.recordings_rate_kib_s, {.min = 1, .max = 10 * 1024 * 1024});
     out.recordings_segment_kib =
         r.optional<int>("segment_kib", out.recordings_segment_kib, {.min = 4, .max = 16384});
+    if (out.recordings_segment_kib > out.recordings_rate_kib_s) {
+      // The token bucket holds one second's worth: a segment above it would make every burst one segment,
+      // longer than the documented second.
+      r.fail("segment_kib", "a segment (" + std::to_string(out.recordings_segment_kib) +
+                                " KiB) may not exceed a second's worth of rate_kib_s (" +
+                                std::to_string(out.recordings_rate_kib_s) + ")");
+    }
     out.recordings_receipt_wait_ms =
         r.optional<int>("receipt_wait_ms", out.recordings_receipt_wait_ms, {.min = 100, .max = 3600000});
     r.finish();

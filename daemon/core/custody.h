@@ -84,6 +84,9 @@ inline constexpr std::uint64_t kMaxResendRange = 100000;  // records one request
 // No seq reaches 2^53 (the feed's integers are exact doubles): a request beyond it is refused, not walked.
 inline constexpr std::uint64_t kMaxSeq = std::uint64_t{1} << 53;
 inline constexpr std::size_t kMaxResendMedia = 1000;  // media files one request may ask for
+// A picture on the media topic is at most this (central refuses a larger payload); a resend reads no file
+// larger than this, and only files the store names as published pictures (never a body-worn recording).
+inline constexpr std::size_t kMaxPictureBytes = std::size_t{64} << 20;
 inline constexpr std::size_t kMaxRequestBytes = 128 * 1024;
 
 // Parses a request payload; refuses (with a reason) anything malformed or beyond the bounds above.

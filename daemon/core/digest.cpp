@@ -2,13 +2,18 @@
 // digest needs the file in memory. MD5 only checks the station's checksum; SHA-256 names the evidence.
 #include "daemon/core/digest.h"
 
+#include <fcntl.h>
 #include <openssl/evp.h>
+#include <unistd.h>
 
 #include <array>
+#include <cerrno>
+#include <cstring>
 #include <memory>
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "daemon/core/encoding.h"
 #include "daemon/core/openssl_handles.h"
@@ -96,6 +101,39 @@ void FileDigest::reset() {
     impl_ = std::make_unique<Impl>();
   }
   impl_->init();
+}
+
+std::optional<FileSha256> sha256_file(const std::string& path, std::string& error) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    error = "cannot open " + path + ": " + std::strerror(errno);
+    return std::nullopt;
+  }
+  MdCtxPtr ctx = new_ctx(EVP_sha256(), "SHA-256");
+  std::vector<char> buf(std::size_t{1} << 20);
+  FileSha256 out;
+  for (;;) {
+    const ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n < 0) {
+      error = "cannot read " + path + ": " + std::strerror(errno);
+      ::close(fd);
+      return std::nullopt;
+    }
+    if (n == 0) {
+      break;
+    }
+    if (EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<std::size_t>(n)) != 1) {
+      ::close(fd);
+      fail("SHA-256");
+    }
+    out.bytes += static_cast<std::uint64_t>(n);
+  }
+  ::close(fd);
+  out.sha256 = final_hex(ctx.get(), "SHA-256");
+  return out;
 }
 
 }  // namespace cpd

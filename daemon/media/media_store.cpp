@@ -88,7 +88,7 @@ bool MediaStore::exists(const std::string& sha256) const {
   return ::stat(path_of(sha256).c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
-std::optional<std::string> MediaStore::read(const std::string& sha256) const {
+std::optional<std::string> MediaStore::read(const std::string& sha256, std::size_t max_bytes) const {
   if (!is_sha256_hex(sha256)) {
     return std::nullopt;
   }
@@ -96,6 +96,12 @@ std::optional<std::string> MediaStore::read(const std::string& sha256) const {
   if (!in) {
     return std::nullopt;
   }
+  in.seekg(0, std::ios::end);
+  const auto size = in.tellg();
+  if (size < 0 || static_cast<std::uint64_t>(size) > max_bytes) {
+    return std::nullopt;
+  }
+  in.seekg(0, std::ios::beg);
   std::ostringstream out;
   out << in.rdbuf();
   return std::move(out).str();

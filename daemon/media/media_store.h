@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -41,8 +42,9 @@ class MediaStore final : public adapters::MediaSink {
   std::string partial_dir() const override;
   std::string path_of(const std::string& sha256) const override;
   bool exists(const std::string& sha256) const;
-  // Reads a stored file; nullopt if missing.
-  std::optional<std::string> read(const std::string& sha256) const;
+  // Reads a stored file; nullopt if missing, unreadable, or larger than `max_bytes` (checked before reading).
+  std::optional<std::string> read(const std::string& sha256,
+                                  std::size_t max_bytes = std::numeric_limits<std::size_t>::max()) const;
   const std::string& dir() const { return dir_; }
 
   // Space kept free for the evidence store on the same disk: a write that would leave less is refused

@@ -1136,6 +1136,15 @@ bool EvidenceStore::media_named(const std::string& sha256) const {
   return sqlite3_step(q.get()) != SQLITE_DONE;
 }
 
+bool EvidenceStore::recording_named(const std::string& sha256) const {
+  AdHoc q(db_, "SELECT 1 FROM record_media WHERE sha256 = ?1 AND published = 0 LIMIT 1");
+  if (!q.ok()) {
+    return true;
+  }
+  bind_text(q.get(), 1, sha256);
+  return sqlite3_step(q.get()) != SQLITE_DONE;
+}
+
 UnixMs EvidenceStore::media_since_ms() const {
   AdHoc q(db_, "SELECT value FROM store_info WHERE key = 'media_since_ms'");
   if (!q.ok() || sqlite3_step(q.get()) != SQLITE_ROW) {
@@ -1446,25 +1455,44 @@ std::size_t EvidenceStore::uploads_discover(std::size_t limit, const std::string
   return n;
 }
 
-std::vector<UploadRow> EvidenceStore::uploads_pending(bool all, bool important, std::size_t limit,
-                                                      bool unsent_only) const {
+namespace {
+
+// Rows not held within the policy (?1 all, ?2 important; requested ones always), then `where` and `order`
+// with ?3 and ?4 bound to a and b.
+std::vector<UploadRow> uploads_where(sqlite3* db, bool all, bool important, const char* where_order,
+                                     std::int64_t a, std::int64_t b) {
   const std::string sql = std::string(kUploadColumns) +
-                          "WHERE held_ms IS NULL AND (?1 OR requested = 1 OR (?2 AND important = 1)) "
-                          "AND (?4 = 0 OR sent_to < length) "
-                          "ORDER BY requested DESC, important DESC, seq LIMIT ?3";
-  AdHoc q(db_, sql.c_str());
+                          "WHERE held_ms IS NULL AND (?1 OR requested = 1 OR (?2 AND important = 1)) " +
+                          where_order;
+  AdHoc q(db, sql.c_str());
   std::vector<UploadRow> out;
   if (!q.ok()) {
     return out;
   }
   sqlite3_bind_int(q.get(), 1, all ? 1 : 0);
   sqlite3_bind_int(q.get(), 2, important ? 1 : 0);
-  sqlite3_bind_int64(q.get(), 3, static_cast<sqlite3_int64>(limit));
-  sqlite3_bind_int(q.get(), 4, unsent_only ? 1 : 0);
+  sqlite3_bind_int64(q.get(), 3, static_cast<sqlite3_int64>(a));
+  sqlite3_bind_int64(q.get(), 4, static_cast<sqlite3_int64>(b));
   while (sqlite3_step(q.get()) == SQLITE_ROW) {
     out.push_back(upload_row(q.get()));
   }
   return out;
+}
+
+}  // namespace
+
+std::vector<UploadRow> EvidenceStore::uploads_pending(bool all, bool important, std::size_t limit,
+                                                      bool unsent_only) const {
+  return uploads_where(
+      db_, all, important,
+      "AND (?4 = 0 OR sent_to < length) ORDER BY requested DESC, important DESC, seq LIMIT ?3",
+      static_cast<std::int64_t>(limit), unsent_only ? 1 : 0);
+}
+
+std::vector<UploadRow> EvidenceStore::uploads_sent_whole(bool all, bool important, std::int64_t after_seq,
+                                                         std::size_t limit) const {
+  return uploads_where(db_, all, important, "AND sent_to >= length AND seq > ?3 ORDER BY seq LIMIT ?4",
+                       after_seq, static_cast<std::int64_t>(limit));
 }
 
 std::optional<UploadRow> EvidenceStore::upload(const std::string& sha256) const {

@@ -143,6 +143,9 @@ class EvidenceStore {
   UnixMs media_since_ms() const;
   // Whether any record of this store names the media file (a read error counts as named).
   bool media_named(const std::string& sha256) const;
+  // Whether a record of this store names the file as a kept file (a body-worn recording), not a picture. A
+  // read error: true (it is not served as a picture).
+  bool recording_named(const std::string& sha256) const;
 
   // Links: committed records of `types` with time_ms in span, in seq order.
   std::vector<LinkTarget> records_in_span(const std::vector<std::string>& types, const LinkSpan& span) const;
@@ -201,6 +204,10 @@ class EvidenceStore {
   // not yet sent whole.
   std::vector<UploadRow> uploads_pending(bool all, bool important, std::size_t limit,
                                          bool unsent_only = false) const;
+  // Rows not yet held and sent whole (each waiting for its file receipt), with seq above `after_seq`, in seq
+  // order, under the same policy: a page of the files whose fin is sent again, walked through page by page.
+  std::vector<UploadRow> uploads_sent_whole(bool all, bool important, std::int64_t after_seq,
+                                            std::size_t limit) const;
   std::optional<UploadRow> upload(const std::string& sha256) const;
   Status upload_progress(const std::string& sha256, std::uint64_t sent_to);
   // Central asked for the whole file: requested, sent again from byte 0.

@@ -1012,6 +1012,136 @@ TEST_F(CentralHostile, AFileTransferStartedAgainOrSentASegmentTwiceStillAssemble
   EXPECT_EQ(intake.counters().unexpected.load(), 1u);
 }
 
+// A gateway whose copy of a recording is damaged (a bit flipped after collection, each segment's checksum
+// taken from what it reads) sends segments that all match their checksums and a whole that never matches the
+// file's id. Central asks for the whole file again after each failure, kMaxFileMismatches times; then the
+// transfer ends not_held with the reason, its partial file goes, and a new init is refused: no more wants,
+// until an operator requests the file again. It used to be asked for and sent whole for ever.
+TEST_F(CentralHostile, AFileWhoseWholeNeverMatchesItsIdIsGivenUpAfterThreeTries) {
+  central::CentralStore store(pg_.conninfo());  // the schema
+  central::PgConnection pg(pg_.conninfo());
+  const fs::path media = dir_ / "central-media";
+  const auto central_key = Ed25519PrivateKey::generate();
+  central::FileIntake intake({"central-test", media.string(), 1 << 20, 4, 30000, 300000}, central_key,
+                             "checkpoint");
+  const std::string sha = sha256_hex("the file as the dock gave it");
+  const std::string damaged(4096, 'd');
+  std::vector<central::FilePublish> out;
+  std::int64_t now = 1767225600000;
+  const auto send = [&](const std::string& topic, const std::string& payload) {
+    intake.handle(pg, "gh", topic, payload, ++now, out);
+  };
+  const auto wants = [&] {
+    return std::count_if(out.begin(), out.end(),
+                         [](const central::FilePublish& p) { return p.topic == "checkpoint/gh/files/want"; });
+  };
+  const auto transfer = [&] {
+    send(filex::init_topic("", sha), filex::init_json({sha, 4096, 4096, "a.mp4", 7}));
+    send(filex::segment_topic("", sha, 0, sha256_hex(damaged)), damaged);
+  };
+  for (int i = 1; i < central::kMaxFileMismatches; ++i) {
+    transfer();
+    EXPECT_EQ(pg_.query("SELECT state FROM file_uploads WHERE sha256 = '" + sha + "'"), "open");
+    EXPECT_EQ(wants(), i) << "after mismatch " << i << ": the whole file asked for again";
+  }
+  transfer();
+  EXPECT_EQ(intake.counters().mismatches.load(), static_cast<std::uint64_t>(central::kMaxFileMismatches));
+  EXPECT_EQ(intake.counters().damaged.load(), 1u);
+  EXPECT_EQ(pg_.query("SELECT state FROM file_uploads WHERE sha256 = '" + sha + "'"), "not_held");
+  EXPECT_NE(pg_.query("SELECT reason FROM file_uploads WHERE sha256 = '" + sha + "'").find("damaged"),
+            std::string::npos);
+  EXPECT_EQ(wants(), central::kMaxFileMismatches - 1) << "not asked for after the last try";
+  EXPECT_FALSE(fs::exists(media / "partial" / "gh" / (sha + ".part")));
+
+  // The gateway's receipt wait runs out: init and fin again. Refused; nothing asked for, now or later.
+  const auto refused = intake.counters().refused.load();
+  send(filex::init_topic("", sha), filex::init_json({sha, 4096, 4096, "a.mp4", 7}));
+  send(filex::fin_topic("", sha, 4096), "");
+  EXPECT_EQ(intake.counters().refused.load(), refused + 1);
+  intake.tick(pg, now + 3600000, out);
+  EXPECT_EQ(wants(), central::kMaxFileMismatches - 1);
+  EXPECT_EQ(pg_.query("SELECT state FROM file_uploads WHERE sha256 = '" + sha + "'"), "not_held");
+
+  // An operator asks for it again: the tries count from nothing.
+  intake.request(pg, "gh", sha, now);
+  EXPECT_EQ(pg_int("SELECT mismatches FROM file_uploads WHERE sha256 = '" + sha + "'"), 0);
+  intake.tick(pg, now + 1, out);
+  EXPECT_EQ(wants(), central::kMaxFileMismatches);
+}
+
+// Signed audit records whose members are of an unexpected type (an `event` that is a number, a `reason` that
+// is null) are stored like any other: central reads them as no chain restart. json::value threw on them, the
+// batch went one message at a time, the record was dropped with a count, and custody stopped at its seq.
+TEST_F(CentralHostile, AnAuditRecordWithMembersOfAnotherTypeIsStored) {
+  central::CentralStore store(pg_.conninfo());
+  const central::ReceiptPolicy policy{"central-test", 1000, 5000};
+  const auto first = gh_record(1, std::string(64, '0'), {});
+  const auto odd_event = gh_signed(gh_key_, 2, sha256_hex(first), {{"type", "audit"}, {"event", 7}});
+  const auto odd_reason = gh_signed(gh_key_, 3, sha256_hex(odd_event),
+                                    {{"type", "audit"}, {"event", "store_replaced"}, {"reason", nullptr}});
+  central::Batch batch;
+  batch.records = {gh_incoming(first), gh_incoming(odd_event), gh_incoming(odd_reason)};
+  EXPECT_EQ(store.store_batch(batch, 1767225600000, policy).stored, 3u);
+  EXPECT_EQ(gh_int("watermark_seq"), 3);
+}
+
+// PostgreSQL refuses a batch. For the content of one record (a check violation, 23514, raised by a trigger
+// on its seq): the batch goes one message at a time, that record is quarantined (kept, with PostgreSQL's
+// reason), the others are stored. For the server's state (disk full, 53100, on another seq): nothing is set
+// aside; the batch waits and is stored once the server takes it. The instance lives through both: the
+// one-at-a-time pass used to rethrow a lost connection from inside a catch block (std::terminate), and took
+// every error but a lost link as the message's fault (a full disk quarantined valid records).
+TEST_F(CentralHostile, ARecordPostgresRefusesIsQuarantinedAndAFullDiskOnlyDelaysTheBatch) {
+  pg_.query(R"sql(
+CREATE FUNCTION refuse_some() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.gateway = 'gh' AND NEW.seq = 2 THEN
+    RAISE EXCEPTION 'seq 2 is refused' USING ERRCODE = 'check_violation';
+  END IF;
+  IF NEW.gateway = 'gh' AND NEW.seq = 5 AND EXISTS (SELECT 1 FROM pg_tables WHERE tablename = 'disk_full') THEN
+    RAISE EXCEPTION 'no space left (simulated)' USING ERRCODE = 'disk_full';
+  END IF;
+  RETURN NEW;
+END $$)sql");
+  pg_.query(
+      "CREATE TRIGGER refuse_some BEFORE INSERT ON records FOR EACH ROW EXECUTE FUNCTION refuse_some()");
+  start_central();
+  std::vector<std::string> chain{gh_record(1, std::string(64, '0'), {})};
+  for (std::uint64_t seq = 2; seq <= 6; ++seq) {
+    chain.push_back(gh_record(seq, sha256_hex(chain.back()), {}));
+  }
+  MqttPublisher gh(broker_->uri(), "gh");
+  for (std::size_t i = 0; i < 3; ++i) {
+    gh.publish("checkpoint/gh/evidence", chain[i]);
+  }
+  gh.drain();
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return pg_int("SELECT count(*) FROM records WHERE gateway = 'gh'") == 2; }, 30s))
+      << central_->stderr_text();
+  EXPECT_EQ(pg_int("SELECT count(*) FROM quarantine WHERE gateway = 'gh' AND reason LIKE "
+                   "'refused by PostgreSQL:%seq 2 is refused%'"),
+            1);
+
+  pg_.query("CREATE TABLE disk_full ()");
+  for (std::size_t i = 3; i < 6; ++i) {
+    gh.publish("checkpoint/gh/evidence", chain[i]);
+  }
+  gh.drain();
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return central_->stderr_text().find("no space left (simulated)") != std::string::npos; }, 30s))
+      << central_->stderr_text();
+  pause(1s);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM records WHERE gateway = 'gh' AND seq >= 5"), 0)
+      << "seq 5's batch is stored whole or not at all, and what came after it waits behind it";
+  EXPECT_EQ(pg_int("SELECT count(*) FROM quarantine WHERE gateway = 'gh'"), 1) << "a valid record set aside";
+  pg_.query("DROP TABLE disk_full");
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return pg_int("SELECT count(*) FROM records WHERE gateway = 'gh' AND seq >= 4") == 3; }, 30s))
+      << central_->stderr_text();
+  EXPECT_EQ(pg_int("SELECT count(*) FROM quarantine WHERE gateway = 'gh'"), 1) << "a valid record set aside";
+  EXPECT_TRUE(central_->running()) << central_->stderr_text();
+}
+
 // A fork (a cloned gateway's record) naming a picture adds no picture to the record central holds at that
 // seq: the walk passes the held record without it. And a range the gateway reported lost at watermark + 1
 // does not stop the requests for the holes after it. Before, the held record waited for the fork's picture

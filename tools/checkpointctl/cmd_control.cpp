@@ -36,6 +36,7 @@ using json = nlohmann::json;
 
 constexpr int kExitDaemonError = 1;  // the daemon answered with an error, or ended the tail early
 constexpr int kExitUnreachable = 3;
+constexpr int kExitOutcomeUnknown = 4;  // rotate-key: asked, but no answer came; the rotation may commit
 
 constexpr const char* kDefaultSocket = "/var/lib/checkpointd/control.sock";
 constexpr int kAnswerTimeoutMs = 10'000;
@@ -44,7 +45,8 @@ constexpr int kRotateTimeoutMs = 30'000;  // a rotation waits for its record's c
 constexpr const char* kExitCodes =
     "Exit codes: 0 ok; 1 the daemon answered with an error or ended the stream early (tail cut off as too\n"
     "slow, daemon stopped); 2 usage or config error; 3 the daemon is not reachable (no socket, nothing\n"
-    "listening, permission denied, no answer within 10 s).";
+    "listening, permission denied, no answer within 10 s); 4 rotate-key only: the daemon took the request\n"
+    "but did not answer within 30 s, so the rotation may still commit (see 'checkpointctl status').";
 
 std::atomic<bool> g_tail_interrupted{false};
 
@@ -621,13 +623,16 @@ int run_rotate_key(const Target& target, bool as_json) {
   client.send_line(R"({"cmd":"rotate_key"})");
   const auto line = client.read_line(kRotateTimeoutMs);
   if (!line) {
+    // The request was sent: the daemon may have taken it, and its key_rotation record may still commit.
+    // Neither "done" nor "not reachable" would be true; exit 4 says so, and where to look.
     throw CtlError(
-        kExitUnreachable,
-        client.timed_out()
-            ? "checkpointd at " + path +
-                  " did not confirm the rotation within 30 s (its store may be failing to commit); "
-                  "'checkpointctl status' shows the kid in use"
-            : "checkpointd at " + path + " closed the connection without an answer");
+        kExitOutcomeUnknown,
+        "checkpointd at " + path +
+            (client.timed_out() ? " did not confirm the rotation within 30 s (its store may be slow "
+                                  "or failing to commit)"
+                                : " closed the connection without an answer") +
+            ": the rotation may or may not have happened; 'checkpointctl status' shows the kid "
+            "in use. Do not ask again before checking it");
   }
   const json answer = json::parse(*line, nullptr, false);
   if (!answer.is_object()) {

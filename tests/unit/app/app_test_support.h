@@ -40,14 +40,18 @@ class FakeChannel final : public forwarder::SideChannel {
     topics_ = std::move(topics);
     handler_ = std::move(handler);
   }
-  void publish_side(forwarder::OutboundMessage /*message*/, std::function<void(bool ok)> done) override {
-    done(false);
+  void publish_side(forwarder::OutboundMessage message, std::function<void(bool ok)> done) override {
+    published.push_back(std::move(message));
+    done(ack);
   }
-  void deliver(const std::string& topic, const std::string& payload) {
-    handler_(forwarder::InboundMessage{topic, payload, "", "", retained_});
+  void deliver(const std::string& topic, const std::string& payload, const std::string& response_topic = "",
+               const std::string& correlation = "") {
+    handler_(forwarder::InboundMessage{topic, payload, response_topic, correlation, retained_});
   }
   std::vector<std::string> topics_;
   Handler handler_;
+  std::vector<forwarder::OutboundMessage> published;  // every publish, in order
+  bool ack = false;                                   // what each publish's completion says
 
  private:
   bool retained_;

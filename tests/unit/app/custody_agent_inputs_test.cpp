@@ -33,7 +33,10 @@ class CustodyAgentInputs : public ::testing::Test {
       store_tasks_.push_back(std::move(task));
     };
     host.submit = [](Fact, std::function<void(const SealedRecord&)>) {};
-    host.read_media = [](const std::string&) { return std::optional<std::string>(); };
+    host.read_media = [this](const std::string& sha) {
+      reads_.push_back(sha);
+      return std::optional<std::string>();
+    };
     host.media_absent = [this](const std::string&) { return media_absent_; };
     host.remove_media = [](const std::string&) {};
     host.chain_head = [this] { return store_->chain_head(); };
@@ -75,7 +78,8 @@ class CustodyAgentInputs : public ::testing::Test {
   std::unique_ptr<store::EvidenceStore> store_;
   std::vector<std::function<void(store::EvidenceStore&)>> store_tasks_;
   std::unique_ptr<CustodyAgent> agent_;
-  bool media_absent_ = true;  // what the media directory says of a file read_media cannot read
+  bool media_absent_ = true;        // what the media directory says of a file read_media cannot read
+  std::vector<std::string> reads_;  // every file read_media was asked for
 };
 
 // Two receipts checked against the store at once, both refused: the agent falls back to what it accepted, so
@@ -126,6 +130,37 @@ TEST_F(CustodyAgentInputs, APictureNamedLostThatCannotBeReadNowIsNotTakenAsLost)
   run_store();
   EXPECT_EQ(counter("receipts_refused"), 1U)
       << "taken (its custody record submitted): " << agent_->status().dump();
+}
+
+// A resend request (from central, or anything that can publish on the gateway's resend topic) naming a kept
+// body-worn recording's SHA-256 (public: its record is on the feed) gets it listed as not held, and the file
+// is never read: only pictures go out on the media topic. Before, the file was read whole into memory on the
+// store's thread (10 at a time, gigabytes each) and published on the media topic, past the recordings policy.
+TEST_F(CustodyAgentInputs, AResendRequestNamingARecordingNeverReadsItAndAnswersNotHeld) {
+  const std::string recording(64, 'a');
+  Sealer sealer(gateway_key_, "gw-1", ChainHead{});
+  Fact f;
+  f.type = "recording";
+  f.time_ms = clock_.now_ms();
+  store::StoredRecord rec{sealer.seal(f, clock_.now_ms()), {}};
+  rec.effects.kept_media = {store::KeptMedia{recording, false, 0}};
+  ASSERT_TRUE(store_->append(std::vector<store::StoredRecord>{rec}).is_ok());
+  channel_.ack = true;
+  const std::string picture(64, 'c');
+  channel_.deliver("checkpoint/gw-1/resend",
+                   custody::resend_request_json(custody::ResendRequest{0, 0, {recording, picture}}),
+                   "checkpoint/gw-1/resend/response", "corr-1");
+  for (int i = 0; i < 5; ++i) {
+    run_store();
+  }
+  EXPECT_EQ(reads_, (std::vector<std::string>{picture})) << "the recording was read";
+  ASSERT_FALSE(channel_.published.empty());
+  const auto& answer = channel_.published.back();
+  EXPECT_EQ(answer.topic, "checkpoint/gw-1/resend/response");
+  const auto reply = custody::parse_resend_reply(answer.payload);
+  ASSERT_TRUE(reply) << answer.payload;
+  EXPECT_EQ(reply->media_not_held, (std::vector<std::string>{recording, picture}));
+  EXPECT_TRUE(reply->media_sent.empty());
 }
 
 // Messages arriving faster than the agent takes them wait in a bounded hand-off: 64 messages, or 2 MiB.

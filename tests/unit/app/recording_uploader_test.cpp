@@ -26,10 +26,11 @@ class ScriptedChannel final : public forwarder::SideChannel {
   struct Sent {
     std::string topic;
     std::function<void(bool ok)> done;
+    std::string payload;
   };
   void set_subscriptions(std::vector<std::string> /*topics*/, Handler /*handler*/) override {}
   void publish_side(forwarder::OutboundMessage message, std::function<void(bool ok)> done) override {
-    sent.push_back({message.topic, std::move(done)});
+    sent.push_back({message.topic, std::move(done), message.payload});
   }
   std::vector<Sent> sent;
 };
@@ -104,6 +105,20 @@ class RecordingUploaderTest : public ::testing::Test {
     return out;
   }
   void answer(std::size_t i, bool ok) { channel_.sent.at(i).done(ok); }
+  // PUBACKs every publish not yet answered, letting each completion run.
+  void answer_all() {
+    for (std::size_t i = 0; i < channel_.sent.size(); ++i) {
+      if (channel_.sent[i].done) {
+        std::exchange(channel_.sent[i].done, nullptr)(true);
+      }
+      run(50ms);
+    }
+  }
+  void want_whole_file() {
+    uploader_->on_message(forwarder::InboundMessage{
+        "checkpoint/gw-1/files/want", filex::want_json(filex::Want{sha256_, {}}), "", "", false});
+    run(300ms);
+  }
 
   fs::path dir_;
   boost::asio::io_context io_;
@@ -176,14 +191,6 @@ TEST_F(RecordingUploaderTest, AFileWithoutItsReceiptIsSentAgainWithTheWaitDoubli
   add_recording(1000);
   uploader_->start();
   run(800ms);
-  const auto answer_all = [&] {
-    for (std::size_t i = 0; i < channel_.sent.size(); ++i) {
-      if (channel_.sent[i].done) {
-        std::exchange(channel_.sent[i].done, nullptr)(true);
-      }
-      run(50ms);
-    }
-  };
   answer_all();
   ASSERT_EQ(sent(), (std::vector<std::string>{"init", "segment 0", "fin"}));
   const auto fins = [&] {
@@ -220,6 +227,42 @@ TEST_F(RecordingUploaderTest, AWantForARecordingWhoseRowIsNotMadeYetIsServed) {
   EXPECT_EQ(std::count(out.begin(), out.end(), std::string("abort")), 0);
   ASSERT_FALSE(out.empty());
   EXPECT_EQ(out.front(), "init");
+}
+
+// Central asks again for the whole of a file the gateway sent whole: its whole-file hash failed. The gateway
+// reads its copy first. Intact, it is sent again; damaged (a bit flipped on flash after collection: each
+// segment's checksum is taken from what is read, so only the whole file shows it), it is answered with abort,
+// counted, and not sent again. It used to be sent again unchecked, fail again, and be asked for for ever.
+TEST_F(RecordingUploaderTest, AWholeFileWantForAFileSentWholeSendsItAgainOnlyIfItsBytesStillMatch) {
+  add_recording(1000);
+  uploader_->start();
+  run(800ms);
+  answer_all();
+  ASSERT_EQ(sent(), (std::vector<std::string>{"init", "segment 0", "fin"}));
+
+  want_whole_file();  // intact: sent again from byte 0
+  answer_all();
+  EXPECT_EQ(sent(), (std::vector<std::string>{"init", "segment 0", "fin", "init", "segment 0", "fin"}));
+
+  {
+    std::fstream f(dir_ / sha256_, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(500);
+    f.put('\x5a');  // was 500 * 7 + 3 = 0xaf (mod 256)
+  }
+  const std::size_t before = channel_.sent.size();
+  want_whole_file();
+  answer_all();
+  const std::vector<std::string> all = sent();
+  const std::vector<std::string> after(all.begin() + static_cast<std::ptrdiff_t>(before), all.end());
+  ASSERT_EQ(after, (std::vector<std::string>{"abort"}));
+  EXPECT_NE(channel_.sent.back().payload.find("damaged: the file here hashes to"), std::string::npos)
+      << channel_.sent.back().payload;
+  EXPECT_EQ(uploader_->status()["files_damaged"], 1);
+
+  clock_.advance(3'600'000);  // long past any receipt wait: no init or fin again either
+  run(2500ms);
+  answer_all();
+  EXPECT_EQ(channel_.sent.size(), before + 1);
 }
 
 }  // namespace

@@ -4,12 +4,14 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 
 #include "daemon/config/schema.h"
+#include "daemon/core/ed25519.h"
 #include "tests/unit/config/config_test_support.h"
 
 namespace cpd::config {
@@ -554,6 +556,23 @@ TEST(ConfigTest, MetricsAndControlDefaultsAndChecks) {
   EXPECT_NE(std::string(error_in(kBase + "control: {socket: /" + std::string(120, 'x') + "}\n").what())
                 .find("at most 107 characters"),
             std::string::npos);
+}
+
+// The recordings' token bucket holds one second's worth of rate_kib_s: a segment above it would make every
+// burst a whole segment, longer than the documented second. Refused at the key, naming both numbers.
+TEST(ConfigTest, ARecordingSegmentAboveASecondOfTheRateIsRefused) {
+  const auto dir = std::filesystem::temp_directory_path() / ("cpd-config-seg-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string pem = (dir / "central.pub.pem").string();
+  std::ofstream(pem) << Ed25519PrivateKey::generate().public_key().pem();
+  const auto custody = [&](const std::string& recordings) {
+    return kBase + "custody:\n  central_keys:\n    - pem: " + pem + "\n  recordings: " + recordings + "\n";
+  };
+  EXPECT_NO_THROW(parse_config(custody("{rate_kib_s: 256, segment_kib: 256}"), kGatewayFile));
+  const ConfigError e = error_in(custody("{rate_kib_s: 256, segment_kib: 1024}"));
+  EXPECT_EQ(e.key(), "custody.recordings.segment_kib");
+  EXPECT_EQ(e.detail(), "a segment (1024 KiB) may not exceed a second's worth of rate_kib_s (256)");
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

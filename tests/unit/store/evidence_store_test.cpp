@@ -722,6 +722,21 @@ TEST_F(DockLedgerStoreTest, RecordingsAreSentAskedForFirstThenImportantThenInSeq
     unsent += std::to_string(row.seq);
   }
   EXPECT_EQ(unsent, "341");
+  // The files sent whole, waiting for their receipts, page by page in seq order from a cursor (their fins go
+  // again): seq 2 only; with seq 1 sent whole too, pages of one walk 1 then 2 then nothing.
+  const auto waiting = [&](std::int64_t after, std::size_t limit) {
+    std::string out;
+    for (const auto& row : store.uploads_sent_whole(true, false, after, limit)) {
+      out += std::to_string(row.seq);
+    }
+    return out;
+  };
+  EXPECT_EQ(waiting(0, 10), "2");
+  ASSERT_TRUE(store.upload_progress(sha(1), 1000).is_ok());
+  EXPECT_EQ(waiting(0, 1), "1");
+  EXPECT_EQ(waiting(1, 1), "2");
+  EXPECT_EQ(waiting(2, 1), "");
+  EXPECT_EQ(store.uploads_sent_whole(false, false, 0, 10).size(), 1u) << "on_request: only the one asked for";
 }
 
 TEST_F(DockLedgerStoreTest, AVersion2StoreIsMigratedKeepingItsRecordsAndPublishedMedia) {
