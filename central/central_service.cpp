@@ -20,6 +20,7 @@
 
 #include "central/key_rotation.h"
 #include "daemon/core/custody.h"
+#include "daemon/core/digest.h"
 #include "daemon/core/durable_fs.h"
 #include "daemon/core/encoding.h"
 #include "daemon/core/record_check.h"
@@ -521,11 +522,18 @@ std::string CentralService::write_media(const std::string& sha256, const std::st
   const fs::path path = dir / sha256;
   std::error_code ec;
   if (fs::file_size(path, ec) == bytes.size() && !ec) {
-    return path.string();  // content-addressed: the same name is the same bytes
+    // Content-addressed: the same name is the same bytes, once checked (a damaged copy is replaced).
+    std::string unreadable;
+    if (const auto held = sha256_file(path.string(), unreadable); held && held->sha256 == sha256) {
+      return path.string();
+    }
   }
   fs::create_directories(dir);
-  const fs::path tmp = dir / (sha256 + ".tmp" + std::to_string(::getpid()));
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+  // A name no other writer uses: instances sharing the directory may run with one pid (containers), and
+  // O_EXCL refuses a name taken all the same.
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  const fs::path tmp = dir / (sha256 + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(rng()));
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
   if (fd < 0) {
     throw std::runtime_error("media: cannot create " + tmp.string() + ": " + std::strerror(errno));
   }
@@ -772,6 +780,12 @@ void CentralService::process(std::vector<Message>& messages) {
     ++counters_.messages;
     try {
       classify(m, batch);
+    } catch (const PgError& e) {
+      if (!e.content_refused()) {
+        throw;  // PostgreSQL's state (a file message: link, deadlock): the batch goes again, as any batch
+      }
+      ++counters_.refused;
+      log::error("central", "", "message on " + printable(m.topic) + " not taken: " + e.what());
     } catch (const std::exception& e) {
       // A media file we could not write: not stored, so not counted as held; the gap check asks again.
       // (Nothing a peer sends ends the instance: any other failure here is counted the same way.)

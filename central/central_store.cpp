@@ -797,25 +797,33 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
   // are therefore kept out of the INSERTs and compared with what is held afterwards (store_second_copy).
   std::vector<std::size_t> repeats;
   std::vector<IncomingRecord> firsts;
+  bool filtered = false;  // firsts holds the records to insert (else all of batch.records)
   {
+    // A copy central set aside (into forks: the old branch of a followed replaced store or of an operator's
+    // choice, a record in a hole accepted as lost), arriving again (a QoS 1 redelivery, a late resend, a
+    // replay): it stays set aside, a duplicate of that copy. Taken as new at its now free seq, it would push
+    // the chosen branch's record there into forks and stop custody at a chain break again.
+    const std::set<std::size_t> set_aside = copies_set_aside(batch.records);
+    out.duplicates += set_aside.size();
     std::set<std::pair<std::string, std::uint64_t>> seen;
     for (std::size_t i = 0; i < batch.records.size(); ++i) {
-      if (!seen.emplace(batch.records[i].gateway, batch.records[i].seq).second) {
+      if (set_aside.count(i) == 0 && !seen.emplace(batch.records[i].gateway, batch.records[i].seq).second) {
         repeats.push_back(i);
       }
     }
-    if (!repeats.empty()) {
+    filtered = !repeats.empty() || !set_aside.empty();
+    if (filtered) {
       std::size_t r = 0;
       for (std::size_t i = 0; i < batch.records.size(); ++i) {
         if (r < repeats.size() && repeats[r] == i) {
           ++r;
-        } else {
+        } else if (set_aside.count(i) == 0) {
           firsts.push_back(batch.records[i]);
         }
       }
     }
   }
-  const std::vector<IncomingRecord>& records = repeats.empty() ? batch.records : firsts;
+  const std::vector<IncomingRecord>& records = filtered ? firsts : batch.records;
   for (std::size_t from = 0; from < records.size(); from += kRowsPerInsert) {
     const std::size_t to = std::min(records.size(), from + kRowsPerInsert);
     const auto fresh = insert_records(records, from, to, now_ms, out);
@@ -856,6 +864,32 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
     advance(gateway, now_ms, policy, out);
   }
   tx.commit();
+  return out;
+}
+
+std::set<std::size_t> CentralStore::copies_set_aside(const std::vector<IncomingRecord>& records) {
+  std::set<std::size_t> out;
+  if (records.empty()) {
+    return out;
+  }
+  std::string gateways;
+  std::string seqs;
+  std::string hashes;
+  for (const IncomingRecord& r : records) {
+    // Gateway ids and hashes are checked names ([a-z0-9-], hex): safe inside an array literal.
+    gateways += (gateways.empty() ? "" : ",") + r.gateway;
+    seqs += (seqs.empty() ? "" : ",") + std::to_string(r.seq);
+    hashes += (hashes.empty() ? "" : ",") + r.jws_sha256;
+  }
+  const PgResult found = conn_->exec_prepared(
+      "SELECT r.i FROM unnest($1::text[], $2::bigint[], $3::text[]) WITH ORDINALITY AS r(gateway, seq, sha, "
+      "i) "
+      "WHERE EXISTS (SELECT 1 FROM forks f WHERE f.gateway = r.gateway AND f.seq = r.seq AND f.jws_sha256 = "
+      "r.sha)",
+      {"{" + gateways + "}", "{" + seqs + "}", "{" + hashes + "}"}, "looking for copies set aside");
+  for (int row = 0; row < found.rows(); ++row) {
+    out.insert(static_cast<std::size_t>(found.integer(row, 0) - 1));
+  }
   return out;
 }
 
@@ -998,6 +1032,12 @@ void CentralStore::forget_other_branch_after(const std::string& gateway, std::ui
         std::string("UPDATE ") + table + " SET to_seq = $2 WHERE gateway = $1 AND to_seq > $2::bigint", gn,
         what);
   }
+  // And a resend request open for seqs (or pictures of records) after N: its reply, arriving late, would
+  // speak of the other branch (its not_held becoming losses of this one). Without its request the reply is
+  // not believed (quarantined as unsolicited); the gaps are asked for again.
+  conn_->exec(
+      "DELETE FROM resend_open WHERE gateway = $1 AND (to_seq > $2::bigint OR media_seq > $2::bigint)", gn,
+      what);
 }
 
 bool CentralStore::follow_replaced_store(const IncomingRecord& rec, std::int64_t now_ms, BatchOutcome& out) {

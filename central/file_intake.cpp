@@ -51,8 +51,8 @@ struct Row {
   long long mismatches = 0;  // whole-file hash failures since last opened by a request
 };
 
-// `lock`: "" (none), " FOR SHARE" (a segment being written: the file is not assembled, reset or dropped
-// meanwhile) or " FOR UPDATE" (assembling, resetting).
+// `lock`: "" (none), " FOR NO KEY UPDATE" (a segment being written: the file is not assembled, reset or
+// dropped meanwhile) or " FOR UPDATE" (assembling, resetting).
 std::optional<Row> find_row(PgConnection& pg, const std::string& gateway, const std::string& sha,
                             const char* lock = "") {
   const PgResult r =
@@ -284,11 +284,13 @@ void FileIntake::on_segment(PgConnection& pg, const std::string& gateway, const 
                   " refused: its SHA-256 is not its checksum");
     return;
   }
-  // One transaction per segment (one WAL flush), holding the transfer's row FOR SHARE from the state check to
-  // the commit: no instance assembles, resets or drops the file while its bytes are written, so a late copy
-  // can neither write into a file already renamed into place nor re-create a partial file nobody will finish.
+  // One transaction per segment (one WAL flush), holding the transfer's row from the state check to the
+  // commit: no instance assembles, resets or drops the file while its bytes are written, so a late copy can
+  // neither write into a file already renamed into place nor re-create a partial file nobody will finish.
+  // FOR NO KEY UPDATE, not FOR SHARE: the transaction updates the row after writing, and two instances each
+  // holding it FOR SHARE would deadlock on that update. Segments of one file are written one at a time.
   PgTransaction tx(pg);
-  const std::optional<Row> row = find_row(pg, gateway, t.sha256, " FOR SHARE");
+  const std::optional<Row> row = find_row(pg, gateway, t.sha256, " FOR NO KEY UPDATE");
   if (!row || row->state != "open") {
     ++counters_.unexpected;  // no init seen (lost in a broker restart), or already held: asked for if needed
     return;

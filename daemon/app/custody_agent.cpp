@@ -205,7 +205,7 @@ void CustodyAgent::on_message(forwarder::InboundMessage message) {
   }
   const std::string base = prefix_ + "/" + gateway_ + "/";
   if (message.topic == base + "custody") {
-    on_receipt(message.payload);
+    on_receipt(message.payload, message.retained);
   } else if (message.topic == base + "resend") {
     on_resend_request(std::move(message));
   }
@@ -235,7 +235,7 @@ void CustodyAgent::refuse_receipt(const std::string& reason) {
   log::warn("custody", "", "custody receipt refused: " + reason + " (nothing changed)");
 }
 
-void CustodyAgent::on_receipt(const std::string& jws) {
+void CustodyAgent::on_receipt(const std::string& jws, bool retained) {
   if (central_keys_.empty()) {
     return;
   }
@@ -248,7 +248,12 @@ void CustodyAgent::on_receipt(const std::string& jws) {
       gateway_);
   if (!check.ok) {
     refuse_receipt(check.reason);
-    decide_origin(std::nullopt, "the retained custody receipt was refused: " + check.reason);
+    if (retained) {
+      // The broker's retained message is the receipt there is: refused, the empty store starts a new chain.
+      // A live message refused (anyone may publish junk on the topic) says nothing of the retained one,
+      // which the wait goes on for.
+      decide_origin(std::nullopt, "the retained custody receipt was refused: " + check.reason);
+    }
     return;
   }
   const custody::Receipt receipt = check.receipt;

@@ -90,7 +90,8 @@ class CustodyAgent {
 
   void on_message(forwarder::InboundMessage message);
   void drop_input(const std::string& topic);
-  void on_receipt(const std::string& jws);
+  // `retained`: the broker's retained message (what decides an empty store's origin when refused).
+  void on_receipt(const std::string& jws, bool retained);
   // Store thread: matches a receipt that passed checks 1-3 against this store, then notes or seals it.
   void match_receipt(store::EvidenceStore& store, const custody::Receipt& receipt, const std::string& jws,
                      const std::string& kid, const std::set<std::string>& known_lost);

@@ -68,7 +68,8 @@ std::optional<KeyRotation> parse_key_rotation(const nlohmann::json& body, const 
     return refuse(error, std::string("new_public_key: ") + e.what());
   }
   if (key->kid() != *new_kid) {
-    return refuse(error, "new_kid " + *new_kid + " is not the kid of new_public_key (" + key->kid() + ")");
+    return refuse(error, "new_kid " + printable(*new_kid, 80) + " is not the kid of new_public_key (" +
+                             key->kid() + ")");
   }
   if (const std::string* pem = string_member(body, "new_public_key_pem"); pem != nullptr) {
     try {

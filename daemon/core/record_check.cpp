@@ -181,7 +181,8 @@ RecordCheck check_record(std::string_view jws, const KeyForKid& key_for_kid, std
     return failure(std::move(r), std::string("body is not canonical JSON: ") + e.what());
   }
   if (const std::string where = has_float(body) ? find_non_integer(body, "") : ""; !where.empty()) {
-    return failure(std::move(r), "body field " + where + " is not an integer");
+    // The path holds the sender's member names: escaped and cut, as every peer text in a reason.
+    return failure(std::move(r), "body field " + printable(where, 200) + " is not an integer");
   }
 
   // --- common fields ---

@@ -569,7 +569,16 @@ TEST_F(CentralHostile, AReplacedStoreIsFollowedPastTheOldChainsUnconfirmedRecord
   const std::string n5 = store_replaced(4, sha256_hex(old_chain[3]), "store.db missing at start");
   const std::string n6 = record(6, sha256_hex(n5), {{"message", "new 6"}, {"created_ms", kLater + 1}});
   const std::string n7 = record(7, sha256_hex(n6), {{"message", "new 7"}, {"created_ms", kLater + 2}});
-  for (const auto& jws : {n5, n6, n7}) {
+  gh.publish("checkpoint/gh/evidence", n5);
+  gh.drain();
+  ASSERT_TRUE(wait_for_condition([&] { return watermark() == 5; }, 30s)) << central_->stderr_text();
+  // The old chain's 6, set aside, arrives again (a redelivery, a late resend) before the new chain's 6: it
+  // stays set aside. It used to take the free seq 6, and the new 6 became a fork and a chain break.
+  gh.publish("checkpoint/gh/evidence", old_chain[5]);
+  gh.drain();
+  pause(1s);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM records WHERE gateway = 'gh' AND seq = 6"), 0);
+  for (const auto& jws : {n6, n7}) {
     gh.publish("checkpoint/gh/evidence", jws);
   }
   gh.drain();
@@ -844,15 +853,10 @@ TEST_F(CentralHostile, AChainBreakWhoseBranchNobodyHoldsIsPassedByAcceptingTheMi
   EXPECT_EQ(body["head"], sha256_hex(restored[8])) << body.dump();
   EXPECT_EQ(body["lost_seqs"], nlohmann::json::parse("[[4,4]]")) << body.dump();
 
-  // The set-aside o4, delivered again, does not fill the hole custody passed as lost: it stays in forks.
+  // The set-aside o4, delivered again, does not fill the hole custody passed as lost: it stays in forks, a
+  // duplicate of the copy set aside (alarmed when it was set aside, not again).
   publish(lost, 3, 4);
-  ASSERT_TRUE(wait_for_condition(
-      [&] {
-        return central_->stderr_text().find(
-                   "FORK: gh:4 arrived at a seq custody passed as an accepted loss") != std::string::npos;
-      },
-      30s))
-      << central_->stderr_text();
+  pause(2s);
   EXPECT_EQ(pg_int("SELECT count(*) FROM records WHERE gateway = 'gh' AND seq = 4"), 0);
   EXPECT_EQ(pg_int("SELECT count(*) FROM forks WHERE gateway = 'gh' AND seq = 4"), 1);
   central_->signal(SIGTERM);

@@ -50,8 +50,9 @@ class FakeChannel final : public forwarder::SideChannel {
   }
   std::vector<std::string> topics_;
   Handler handler_;
-  std::vector<forwarder::OutboundMessage> published;  // every publish, in order
-  bool ack = false;                                   // what each publish's completion says
+  void set_retained(bool retained) { retained_ = retained; }  // what later deliveries say
+  std::vector<forwarder::OutboundMessage> published;          // every publish, in order
+  bool ack = false;                                           // what each publish's completion says
 
  private:
   bool retained_;

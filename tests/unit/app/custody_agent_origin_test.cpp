@@ -114,6 +114,25 @@ TEST_F(CustodyAgentOrigin, AReceiptForAnotherGatewayIsRefusedAndEndsTheWait) {
   EXPECT_EQ(agent_->status()["receipts_refused"].get<std::uint64_t>(), 1U);
 }
 
+// Anyone who may publish on the custody topic can send junk while an empty store waits for its retained
+// receipt. A live (not retained) message refused is counted and the wait goes on: the retained receipt that
+// follows continues the chain. It used to end the wait, and the gateway started a new chain at seq 1.
+TEST_F(CustodyAgentOrigin, ALiveMessageRefusedDuringTheWaitDoesNotEndIt) {
+  await(5s);
+  channel_.set_retained(false);
+  channel_.deliver("checkpoint/gw-1/custody", "not a receipt");
+  channel_.deliver("checkpoint/gw-1/custody", receipt("gw-2", 42));
+  io_.run_for(50ms);
+  EXPECT_EQ(decision_.calls, 0) << decision_.why;
+  EXPECT_EQ(agent_->status()["receipts_refused"].get<std::uint64_t>(), 2U);
+  channel_.set_retained(true);
+  channel_.deliver("checkpoint/gw-1/custody", receipt("gw-1", 42));
+  io_.run_for(50ms);
+  ASSERT_EQ(decision_.calls, 1);
+  ASSERT_TRUE(decision_.receipt) << decision_.why;
+  EXPECT_EQ(decision_.receipt->through_seq, 42U);
+}
+
 TEST_F(CustodyAgentOrigin, NoReceiptWithinTheWaitGivesANewChainOnce) {
   await(100ms);
   io_.run_for(300ms);

@@ -259,6 +259,9 @@ TEST_F(ChainVerifierTest, CommonFieldsAreChecked) {
   b = body(1, zeros);
   b["speed"] = 12.5;
   EXPECT_EQ(reason_for(b), "body field speed is not an integer");
+  b = body(1, zeros);
+  b["a\nFAKE log line"] = 0.5;  // the sender's member name is escaped in the reason (it reaches logs)
+  EXPECT_EQ(reason_for(b), "body field a\\x0aFAKE log line is not an integer");
   // A picture is named by its SHA-256 in lower-case hex, or the record is refused (a receipt would cover a
   // picture nobody can hold).
   b = body(1, zeros);
