@@ -950,6 +950,7 @@ void CentralService::commit(Batch& batch) {
   counters_.records_stored += out.stored;
   counters_.duplicates += out.duplicates;
   counters_.forks += out.forks;
+  counters_.forks_dropped += out.forks_dropped;
   counters_.quarantined += out.quarantined + out.quarantine_duplicates;
   counters_.quarantine_dropped += out.quarantine_dropped;
   counters_.media_stored += out.media_stored;
@@ -988,6 +989,14 @@ void CentralService::commit(Batch& batch) {
   for (const std::string& id : out.fork_ids) {
     log::error("central", id.substr(0, id.find(':')),
                "FORK: " + id + " arrived again with other bytes, both signed by a trusted key; both kept");
+  }
+  for (const std::string& id : out.forks_not_kept) {
+    log::error("central", id.substr(0, id.find(':')),
+               "FORK: " + id +
+                   " arrived again with other bytes, both signed by a trusted key; NOT kept: the "
+                   "gateway already has " +
+                   std::to_string(kMaxForksPerGateway) +
+                   " forks kept (a cloned gateway? its key may be compromised)");
   }
   for (const std::string& id : out.late_in_lost_holes) {
     log::error("central", id.substr(0, id.find(':')),
@@ -1213,6 +1222,9 @@ void CentralService::add_counter_metrics(metrics::Exposition& e) {
   c("central_records_stored_total", "Records verified and stored (first copy).", counters_.records_stored);
   c("central_duplicates_total", "Second copies with the same bytes (dropped).", counters_.duplicates);
   c("central_forks_total", "Second copies with other bytes (kept aside, alarmed).", counters_.forks);
+  c("central_forks_dropped_total",
+    "Forks not kept: the gateway already had 10000 rows in forks (alarmed, counted only).",
+    counters_.forks_dropped);
   c("central_quarantined_total", "Records under an unknown key or failing verification (kept).",
     counters_.quarantined);
   c("central_quarantine_dropped_total", "Quarantine beyond its bound (counted only).",

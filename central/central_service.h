@@ -40,6 +40,7 @@ struct CentralCounters {
   std::atomic<std::uint64_t> records_stored{0};
   std::atomic<std::uint64_t> duplicates{0};
   std::atomic<std::uint64_t> forks{0};
+  std::atomic<std::uint64_t> forks_dropped{0};  // beyond kMaxForksPerGateway
   std::atomic<std::uint64_t> quarantined{0};
   std::atomic<std::uint64_t> quarantine_dropped{0};
   std::atomic<std::uint64_t> quarantine_expired{0};  // rows discarded by feed.quarantine_max_age_days

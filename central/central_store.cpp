@@ -912,7 +912,13 @@ std::set<std::pair<std::string, std::uint64_t>> CentralStore::store_second_copy(
     }
     // Still taken: by a copy of the old chain this same batch stored (never set aside). A fork, below.
   }
-  // Same (gateway, seq), other bytes, both signed by a trusted key: a fork. Both are kept.
+  // Same (gateway, seq), other bytes, both signed by a trusted key: a fork. Both are kept, up to the bound.
+  if (conn_->exec("SELECT count(*) FROM forks WHERE gateway = $1", {rec.gateway}, "counting forks")
+          .integer(0, 0) >= kMaxForksPerGateway) {
+    ++out.forks_dropped;
+    out.forks_not_kept.push_back(rec.gateway + ":" + std::to_string(rec.seq));
+    return {};
+  }
   PgResult f = conn_->exec(
       "INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms) VALUES ($1, $2, $3, $4, $5) "
       "ON CONFLICT DO NOTHING",
@@ -1032,12 +1038,12 @@ void CentralStore::forget_other_branch_after(const std::string& gateway, std::ui
         std::string("UPDATE ") + table + " SET to_seq = $2 WHERE gateway = $1 AND to_seq > $2::bigint", gn,
         what);
   }
-  // And a resend request open for seqs (or pictures of records) after N: its reply, arriving late, would
-  // speak of the other branch (its not_held becoming losses of this one). Without its request the reply is
-  // not believed (quarantined as unsolicited); the gaps are asked for again.
-  conn_->exec(
-      "DELETE FROM resend_open WHERE gateway = $1 AND (to_seq > $2::bigint OR media_seq > $2::bigint)", gn,
-      what);
+  // And a resend request open for seqs after N, or for pictures (a media request spans the records after its
+  // media_seq): its reply, arriving late, would speak of the other branch (its not_held becoming losses of
+  // this one). Without its request the reply is not believed (quarantined as unsolicited); the gaps are
+  // asked for again.
+  conn_->exec("DELETE FROM resend_open WHERE gateway = $1 AND (to_seq > $2::bigint OR media_seq IS NOT NULL)",
+              gn, what);
 }
 
 bool CentralStore::follow_replaced_store(const IncomingRecord& rec, std::int64_t now_ms, BatchOutcome& out) {
@@ -1248,11 +1254,19 @@ void CentralStore::note_media_not_held(const IncomingReply& r, const PgResult& o
       }
     }
   }
-  const std::string seq = std::to_string(static_cast<std::uint64_t>(open.integer(0, 2)));
+  // The request asked for the pictures of the records from media_seq on: each is noted with the first of
+  // them naming it.
+  const std::string first = std::to_string(static_cast<std::uint64_t>(open.integer(0, 2)));
   for (const std::string& sha : r.reply.media_not_held) {
     if (asked.count(sha) == 0) {
       continue;
     }
+    const PgResult named = conn_->exec(
+        "SELECT coalesce(min(seq), $3::bigint) FROM record_media WHERE gateway = $1 AND sha256 = $2 AND seq "
+        ">= "
+        "$3::bigint",
+        {r.gateway, sha, first}, "finding the record naming a picture");
+    const std::string seq = named.text(0, 0);
     PgResult ins = conn_->exec(
         "INSERT INTO unrecoverable_media (gateway, sha256, seq, noted_ms) VALUES ($1, $2, $3, $4) "
         "ON CONFLICT DO NOTHING",
@@ -1778,19 +1792,35 @@ bool CentralStore::plan_holes(const std::string& gateway, std::uint64_t wm, std:
                               {gateway, std::to_string(wm)}, "finding the next stored seq");
   const auto next_seq = next.is_null(0, 0) ? 0 : static_cast<std::uint64_t>(next.integer(0, 0));
   if (next_seq == from) {
-    // Record wm+1 is here: it waits for media (or the chain check). Ask for its missing media.
+    // Record wm+1 is here: it waits for media (or the chain check). Ask for its missing media, and those of
+    // the stored records after it (up to kMaxResendMedia pictures, the next kMaxResendMedia seqs): the walk
+    // needs them next, and a burst of lost pictures takes one round, not one round per record.
     PgResult missing = conn_->exec(
-        "SELECT rm.sha256 FROM record_media rm LEFT JOIN media m ON m.sha256 = rm.sha256 "
-        "WHERE rm.gateway = $1 AND rm.seq = $2 AND m.sha256 IS NULL AND NOT EXISTS (SELECT 1 FROM "
-        "unrecoverable_media u WHERE u.gateway = rm.gateway AND u.sha256 = rm.sha256)",
-        {gateway, std::to_string(from)}, "finding missing media");
-    for (int j = 0; j < missing.rows() && plan.request.media.size() < custody::kMaxResendMedia; ++j) {
-      plan.request.media.push_back(missing.text(j, 0));
+        "SELECT DISTINCT ON (rm.sha256) rm.sha256, rm.seq FROM record_media rm LEFT JOIN media m ON m.sha256 "
+        "= "
+        "rm.sha256 WHERE rm.gateway = $1 AND rm.seq BETWEEN $2::bigint AND $3::bigint AND m.sha256 IS NULL "
+        "AND "
+        "NOT EXISTS (SELECT 1 FROM unrecoverable_media u WHERE u.gateway = rm.gateway AND u.sha256 = "
+        "rm.sha256) ORDER BY rm.sha256, rm.seq",
+        {gateway, std::to_string(from), std::to_string(from + custody::kMaxResendMedia - 1)},
+        "finding missing media");
+    std::vector<std::pair<std::uint64_t, std::string>> by_seq;
+    for (int j = 0; j < missing.rows(); ++j) {
+      by_seq.emplace_back(static_cast<std::uint64_t>(missing.integer(j, 1)), missing.text(j, 0));
+    }
+    std::sort(by_seq.begin(), by_seq.end());
+    for (const auto& [seq, sha] : by_seq) {
+      if (plan.request.media.size() >= custody::kMaxResendMedia) {
+        break;
+      }
+      plan.request.media.push_back(sha);
     }
     if (plan.request.media.empty()) {
       return false;  // nothing missing, or only pictures the gateway said it no longer holds: not asked again
     }
-    plan.why = "media of seq " + std::to_string(from);
+    plan.why =
+        "media of seq " + std::to_string(by_seq.front().first) +
+        (by_seq.back().first != by_seq.front().first ? ".." + std::to_string(by_seq.back().first) : "");
   } else {
     // One request covers every hole up to the last one (and the lost tail past the highest seq seen):
     // records central already holds come back as duplicates and are dropped, and K holes do not take K

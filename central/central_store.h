@@ -110,6 +110,10 @@ struct Batch {
   }
 };
 
+// Forks kept per gateway (rows of `forks`, set-aside records included): a cloned gateway sealing as fast as
+// the real one adds one per record, so beyond this a fork is alarmed and counted but not kept.
+inline constexpr long long kMaxForksPerGateway = 10000;
+
 struct BatchOutcome {
   std::uint64_t stored = 0;
   std::uint64_t duplicates = 0;
@@ -119,10 +123,12 @@ struct BatchOutcome {
   std::uint64_t quarantine_dropped = 0;     // beyond the quarantine bounds: counted only
   std::uint64_t media_stored = 0;
   std::uint64_t head_forks = 0;
-  std::uint64_t unsolicited_replies = 0;        // resend replies to no open request (quarantined)
-  std::uint64_t unrecoverable_media = 0;        // pictures newly noted as no longer held
-  std::uint64_t quarantine_resolved = 0;        // quarantine rows taken into the intake (deleted)
-  std::vector<std::string> fork_ids;            // gateway:seq of each fork, for the alarm line
+  std::uint64_t unsolicited_replies = 0;    // resend replies to no open request (quarantined)
+  std::uint64_t unrecoverable_media = 0;    // pictures newly noted as no longer held
+  std::uint64_t quarantine_resolved = 0;    // quarantine rows taken into the intake (deleted)
+  std::uint64_t forks_dropped = 0;          // forks beyond kMaxForksPerGateway: counted, alarmed, not kept
+  std::vector<std::string> fork_ids;        // gateway:seq of each fork, for the alarm line
+  std::vector<std::string> forks_not_kept;  // gateway:seq of each fork dropped at the bound
   std::vector<std::string> late_in_lost_holes;  // gw:seq stored where custody passed an accepted loss
   std::vector<std::string> head_fork_lines;     // "gateway:seq announced H, stored S"
   std::vector<std::string> chain_breaks;        // "gateway:seq: reason"

@@ -1146,6 +1146,69 @@ END $$)sql");
   EXPECT_TRUE(central_->running()) << central_->stderr_text();
 }
 
+// A cloned gateway adds a fork per record it seals. Forks are kept up to kMaxForksPerGateway rows per
+// gateway; beyond, a fork is counted and alarmed but not kept: the table does not grow without bound.
+TEST_F(CentralHostile, ForksBeyondTheBoundAreCountedButNotKept) {
+  central::CentralStore store(pg_.conninfo());
+  const central::ReceiptPolicy policy{"central-test", 1000, 5000};
+  const auto chain = gh_chain(2);
+  central::Batch batch;
+  batch.records = {gh_incoming(chain[0]), gh_incoming(chain[1])};
+  store.store_batch(batch, 1767225600000, policy);
+  pg_.query(
+      "INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms) SELECT 'gh', 1000 + i, 'x', "
+      "md5(i::text), "
+      "0 FROM generate_series(1, " +
+      std::to_string(central::kMaxForksPerGateway - 1) + ") AS i");
+  central::Batch clone;
+  clone.records = {gh_incoming(gh_signed(gh_key_, 2, sha256_hex(chain[0]), {{"note", "a clone's 2"}}))};
+  auto out = store.store_batch(clone, 1767225600001, policy);
+  EXPECT_EQ(out.forks, 1u) << "the last fork within the bound is kept";
+  clone.records = {gh_incoming(gh_signed(gh_key_, 2, sha256_hex(chain[0]), {{"note", "another clone's 2"}}))};
+  out = store.store_batch(clone, 1767225600002, policy);
+  EXPECT_EQ(out.forks, 0u);
+  EXPECT_EQ(out.forks_dropped, 1u);
+  EXPECT_EQ(out.forks_not_kept, (std::vector<std::string>{"gh:2"}));
+  EXPECT_EQ(pg_int("SELECT count(*) FROM forks WHERE gateway = 'gh'"), central::kMaxForksPerGateway);
+  EXPECT_EQ(gh_int("watermark_seq"), 2);
+}
+
+// A broker restart lost the pictures of several records in a row: one request asks for all of them, in seq
+// order, not one record's pictures per round of resend_after_ms. A picture the gateway then says it no longer
+// holds is noted with the record naming it.
+TEST_F(CentralHostile, LostPicturesOfConsecutiveRecordsAreAskedForInOneRequest) {
+  central::CentralStore store(pg_.conninfo());
+  const central::ReceiptPolicy policy{"central-test", 1000, 5000};
+  const std::int64_t now = 1767225600000;
+  std::vector<std::string> chain{gh_record(1, std::string(64, '0'), {})};
+  std::vector<std::string> pictures;
+  for (std::uint64_t seq = 2; seq <= 5; ++seq) {
+    pictures.push_back(sha256_hex("picture of seq " + std::to_string(seq)));
+    chain.push_back(gh_record(seq, sha256_hex(chain.back()), {pictures.back()}));
+  }
+  central::Batch batch;
+  for (const auto& jws : chain) {
+    batch.records.push_back(gh_incoming(jws));
+  }
+  store.store_batch(batch, now, policy);
+  EXPECT_EQ(gh_int("watermark_seq"), 1);
+  const auto plans = store.plan_resends(now + 3600000, central::GapPolicy{1000, 1000, 10000});
+  const auto gh = std::find_if(plans.begin(), plans.end(), [](const auto& p) { return p.gateway == "gh"; });
+  ASSERT_NE(gh, plans.end());
+  EXPECT_EQ(gh->request.media, pictures);
+  EXPECT_EQ(gh->why, "media of seq 2..5");
+
+  // The gateway no longer holds the picture of seq 4: noted with seq 4, not with the request's first seq.
+  custody::ResendReply reply;
+  reply.media_not_held = {pictures[2]};
+  central::Batch replies;
+  replies.replies.push_back(
+      central::IncomingReply{"gh", gh->correlation, reply, custody::resend_reply_json(reply)});
+  store.store_batch(replies, now + 3600001, policy);
+  EXPECT_EQ(pg_.query("SELECT seq || ' ' || sha256 FROM unrecoverable_media WHERE gateway = 'gh'"),
+            "4 " + pictures[2]);
+}
+
 // A fork (a cloned gateway's record) naming a picture adds no picture to the record central holds at that
 // seq: the walk passes the held record without it. And a range the gateway reported lost at watermark + 1
 // does not stop the requests for the holes after it. Before, the held record waited for the fork's picture
