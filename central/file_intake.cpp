@@ -189,10 +189,9 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
   }
   const filex::FileInit& init = *p.init;
   if (init.size > cfg_.max_file_bytes) {
-    ++counters_.refused;
-    log::warn("central", gateway,
-              "file " + t.sha256 + ": init refused: " + std::to_string(init.size) +
-                  " bytes is more than feed.max_file_mb");
+    refuse_init(gateway, t.sha256,
+                std::to_string(init.size) + " bytes is more than this central takes (feed.max_file_mb)",
+                false, out);
     return;
   }
   // Content-addressed: a file central already holds (from this gateway or another) is held for this one too.
@@ -230,12 +229,10 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
   if (row && row->state == "not_held" && row->mismatches >= kMaxFileMismatches) {
     // Its bytes failed the whole-file hash kMaxFileMismatches times: sent again they would fail again. Only
     // an operator's request (`files --request`) opens it again.
-    ++counters_.refused;
-    log::warn("central", gateway,
-              "file " + t.sha256 +
-                  ": init refused: the gateway's copy is damaged (its whole file failed its "
-                  "SHA-256 " +
-                  std::to_string(row->mismatches) + " times)");
+    refuse_init(gateway, t.sha256,
+                "the gateway's copy is damaged (its whole file failed its SHA-256 " +
+                    std::to_string(row->mismatches) + " times)",
+                false, out);
     return;
   }
   PgTransaction tx(pg);
@@ -251,8 +248,7 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
   }
   if (!locked || locked->state != "open") {
     if (const auto full = no_room(pg, gateway, cfg_.max_open_files, locked.has_value())) {
-      ++counters_.refused;
-      log::warn("central", gateway, "file " + t.sha256 + ": init refused: " + *full + "; sent again later");
+      refuse_init(gateway, t.sha256, *full, true, out);
       return;
     }
   }
@@ -528,6 +524,16 @@ void FileIntake::want(PgConnection& pg, const std::string& gateway, const std::s
                                       std::to_string(filex::ranges_bytes(ranges)) + " bytes from byte " +
                                       std::to_string(ranges.front().first) + ")"));
   out.push_back(FilePublish{want_topic(gateway), filex::want_json(filex::Want{sha256, std::move(ranges)})});
+}
+
+void FileIntake::refuse_init(const std::string& gateway, const std::string& sha256, const std::string& why,
+                             bool later, std::vector<FilePublish>& out) {
+  ++counters_.refused;
+  log::warn("central", gateway,
+            "file " + sha256 + ": init refused: " + why +
+                (later ? "; the gateway is told to send it later" : "; the gateway is told not to send it"));
+  out.push_back(FilePublish{prefix_ + "/" + gateway + "/files/refused",
+                            filex::refused_json(filex::Refusal{sha256, why, later})});
 }
 
 void FileIntake::receipt(const std::string& gateway, const std::string& sha256, std::uint64_t size,

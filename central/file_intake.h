@@ -87,6 +87,9 @@ class FileIntake {
                 std::vector<FilePublish>& out);
   void want(PgConnection& pg, const std::string& gateway, const std::string& sha256, filex::Ranges ranges,
             std::int64_t now, std::vector<FilePublish>& out);
+  // An init not taken: counted, logged, and the gateway told (files/refused), `later` or for good.
+  void refuse_init(const std::string& gateway, const std::string& sha256, const std::string& why, bool later,
+                   std::vector<FilePublish>& out);
   void receipt(const std::string& gateway, const std::string& sha256, std::uint64_t size, std::int64_t now,
                std::vector<FilePublish>& out);
   std::string partial_path(const std::string& gateway, const std::string& sha256) const;

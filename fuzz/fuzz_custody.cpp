@@ -145,6 +145,19 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       for (const char c : reason) {
         require(c >= 0x20 && c < 0x7f);
       }
+      // The same bytes as central's refusal of an init (files/refused): the same bound on its reason.
+      const auto refused = cpd::filex::parse_refused(payload);
+      require(refused.refusal.has_value() == refused.reason.empty());
+      if (refused.refusal) {
+        require(cpd::is_sha256_hex(refused.refusal->sha256));
+        require(!refused.refusal->reason.empty() && refused.refusal->reason.size() <= 4 * 200 + 3);
+        for (const char c : refused.refusal->reason) {
+          require(c >= 0x20 && c < 0x7f);
+        }
+        const auto again = cpd::filex::parse_refused(cpd::filex::refused_json(*refused.refusal));
+        require(again.refusal && again.refusal->later == refused.refusal->later &&
+                again.refusal->sha256 == refused.refusal->sha256);
+      }
       break;
     }
     case 9: {

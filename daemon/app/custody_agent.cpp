@@ -326,6 +326,14 @@ void CustodyAgent::record_custody(store::EvidenceStore& store, const custody::Re
     // here too (not counted, nothing changes): the custody state never goes back.
     return;
   }
+  if (record_in_flight_) {
+    // A custody record is being committed: the state moves only once it is in the chain (else a power cut
+    // could leave a custody state no custody record shows). The highest receipt meanwhile is noted then.
+    if (!after_record_ || after_record_->through_seq < state.through_seq) {
+      after_record_ = state;
+    }
+    return;
+  }
   const UnixMs now = clock_.now_ms();
   const bool only_custody =
       current && !store.has_other_than("custody", current->through_seq, receipt.through_seq);
@@ -335,17 +343,12 @@ void CustodyAgent::record_custody(store::EvidenceStore& store, const custody::Re
     // Noted, not sealed: a receipt that only adds our own custody records would otherwise bring the next
     // receipt for ever, and one custody record per record_min_interval_s is enough to show in the chain
     // when custody passed (the state, and so retention, advances with every receipt).
-    if (const Status st = store.set_custody(state); st.is_ok()) {
-      const std::optional<UnixMs> oldest = oldest_outside_custody(store, state.through_seq);
-      std::lock_guard lock(snapshot_mutex_);
-      custody_ = state;
-      oldest_outside_ms_ = oldest;
-      ++receipts_accepted_;
-    }
+    note_custody(store, state);
     return;
   }
   Fact fact = custody_fact(receipt, kid, jws, clock_.now_ms());
   last_custody_record_ms_ = now;
+  record_in_flight_ = true;
   host_.submit(std::move(fact), [this, state](const SealedRecord& sealed) {
     // The custody record is committed: now the store may count these records as held by central.
     host_.run_on_store([this, state, custody_seq = sealed.seq](store::EvidenceStore& s) {
@@ -354,8 +357,30 @@ void CustodyAgent::record_custody(store::EvidenceStore& store, const custody::Re
   });
 }
 
+void CustodyAgent::note_custody(store::EvidenceStore& store, const store::CustodyState& state) {
+  if (const Status st = store.set_custody(state); st.is_ok()) {
+    const std::optional<UnixMs> oldest = oldest_outside_custody(store, state.through_seq);
+    std::lock_guard lock(snapshot_mutex_);
+    custody_ = state;
+    oldest_outside_ms_ = oldest;
+    ++receipts_accepted_;
+  }
+}
+
 void CustodyAgent::save_custody(store::EvidenceStore& store, const store::CustodyState& state,
                                 std::uint64_t custody_seq) {
+  record_in_flight_ = false;
+  save_committed_custody(store, state, custody_seq);
+  // A receipt that came while the record was being committed: noted now, after it (no record of its own:
+  // one just went into the chain).
+  if (std::optional<store::CustodyState> later = std::exchange(after_record_, std::nullopt);
+      later && (!store.custody() || store.custody()->through_seq < later->through_seq)) {
+    note_custody(store, *later);
+  }
+}
+
+void CustodyAgent::save_committed_custody(store::EvidenceStore& store, const store::CustodyState& state,
+                                          std::uint64_t custody_seq) {
   // A later receipt may have been noted while this one's custody record was being committed (too soon for a
   // record of its own): the state never goes back to an older receipt.
   if (const auto current = store.custody(); current && current->through_seq > state.through_seq) {

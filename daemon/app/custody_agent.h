@@ -104,7 +104,12 @@ class CustodyAgent {
   void record_custody(store::EvidenceStore& store, const custody::Receipt& receipt, const std::string& jws,
                       const std::string& kid);
   // Store thread: the custody record `custody_seq` is committed; saves `state` and updates the snapshot.
+  // Then notes a receipt that came meanwhile (after_record_).
   void save_custody(store::EvidenceStore& store, const store::CustodyState& state, std::uint64_t custody_seq);
+  void save_committed_custody(store::EvidenceStore& store, const store::CustodyState& state,
+                              std::uint64_t custody_seq);
+  // Store thread: a receipt taken without a custody record of its own (the state and the snapshot only).
+  void note_custody(store::EvidenceStore& store, const store::CustodyState& state);
   void refuse_receipt(const std::string& reason);
   void decide_origin(std::optional<store::CustodyState> receipt, std::string why);
   void on_resend_request(forwarder::InboundMessage message);
@@ -170,6 +175,8 @@ class CustodyAgent {
   std::uint64_t accepted_through_ = 0;   // highest receipt that passed every check (or the store's)
   std::multiset<std::uint64_t> checking_;  // through_seq of receipts being checked against the store
   UnixMs last_custody_record_ms_ = 0;      // store thread: when the last custody record was sealed
+  bool record_in_flight_ = false;          // store thread: a custody record submitted, not yet committed
+  std::optional<store::CustodyState> after_record_;  // store thread: the highest receipt meanwhile
   std::chrono::steady_clock::time_point pace_start_{};
   std::uint64_t paced_messages_ = 0;
 

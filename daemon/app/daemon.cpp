@@ -29,7 +29,11 @@ int Daemon::run() {
   Impl& d = *impl_;
   const auto& cfg = d.cfg;
 
-  d.open_stores();
+  {
+    const StartupKeepAlive keep_alive("opening the evidence store (integrity check of " + cfg.store.path +
+                                      ")");
+    d.open_stores();
+  }
   d.start_control();
   const ChainHead head = d.start_pipeline();
   const json device_ids = d.create_adapters();

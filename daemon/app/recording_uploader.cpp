@@ -32,7 +32,8 @@ constexpr std::size_t kDiscoverPage = 100;
 constexpr std::chrono::milliseconds kIdlePoll{2000};
 constexpr std::int64_t kMaxBackoffMs = 30000;
 constexpr std::int64_t kMaxFinBackoffMs = 600000;
-constexpr std::uint64_t kPersistEvery = 8;  // segments between progress writes to the store
+constexpr std::uint64_t kPersistEvery = 8;       // segments between progress writes to the store
+constexpr std::int64_t kRefusedLaterMs = 60000;  // a file central refused "later" waits this long
 
 // Reads `length` bytes at `offset`; nullopt with `error` set when the file cannot give them.
 std::optional<std::string> read_at(const std::string& path, std::uint64_t offset, std::uint64_t length,
@@ -88,7 +89,7 @@ RecordingUploader::RecordingUploader(asio::io_context& io, const config::Config&
   for (const char* name :
        {"files_sent", "segments_sent", "bytes_sent", "receipts_accepted", "receipts_refused",
         "receipts_unmatched", "wants", "wants_refused", "wants_dropped", "aborts_sent", "link_failures",
-        "inputs_dropped", "pauses", "files_damaged"}) {
+        "inputs_dropped", "pauses", "files_damaged", "refused_by_central"}) {
     counters_[name] = 0;
   }
   tokens_ = static_cast<double>(cfg_.recordings_rate_kib_s) * 1024.0;
@@ -98,7 +99,7 @@ RecordingUploader::RecordingUploader(asio::io_context& io, const config::Config&
 RecordingUploader::~RecordingUploader() = default;
 
 std::vector<std::string> RecordingUploader::topics() const {
-  return {base_ + "files/receipt", base_ + "files/want"};
+  return {base_ + "files/receipt", base_ + "files/want", base_ + "files/refused"};
 }
 
 void RecordingUploader::on_message(forwarder::InboundMessage message) {
@@ -119,6 +120,8 @@ void RecordingUploader::on_message(forwarder::InboundMessage message) {
       on_receipt(m.payload);
     } else if (m.topic == base_ + "files/want") {
       on_want(m.payload);
+    } else if (m.topic == base_ + "files/refused") {
+      on_refused(m.payload);
     }
   });
 }
@@ -243,6 +246,8 @@ void RecordingUploader::on_want(const std::string& payload) {
   }
   bump(snapshot_mutex_, counters_, "wants");
   const std::string sha = w.want->sha256;
+  refused_.erase(sha);  // central asks for it now: whatever it refused before no longer stands
+  deferred_.erase(sha);
   if (w.want->ranges.empty()) {
     if (lookups_ >= kMaxLookups) {
       bump(snapshot_mutex_, counters_, "wants_dropped");  // central asks again
@@ -310,6 +315,45 @@ void RecordingUploader::on_want(const std::string& payload) {
   }
   ranges = std::move(merged);
   poll();
+}
+
+void RecordingUploader::on_refused(const std::string& payload) {
+  const filex::RefusalParse p = filex::parse_refused(payload);
+  if (!p.refusal) {
+    bump(snapshot_mutex_, counters_, "wants_refused");  // malformed input from central's topics
+    log::warn("files", "", "file refusal from central refused: " + p.reason);
+    return;
+  }
+  const filex::Refusal& r = *p.refusal;
+  bump(snapshot_mutex_, counters_, "refused_by_central");
+  {
+    std::lock_guard lock(snapshot_mutex_);
+    last_refusal_ = "central refused recording " + r.sha256 + ": " + r.reason;
+  }
+  const UnixMs now = clock_.now_ms();
+  if (r.later) {
+    // Central cannot open the transfer now (too many open): this file steps aside for a while, so wants
+    // (which complete the open transfers) and other files go first.
+    deferred_[r.sha256] = now + kRefusedLaterMs;
+    log::warn("files", "",
+              "recording " + r.sha256 + ": central refused it for now (" + r.reason + "); again in " +
+                  std::to_string(kRefusedLaterMs / 1000) + " s");
+  } else {
+    refused_.insert(r.sha256);
+    log::error("files", "",
+               "recording " + r.sha256 + ": central will not take it (" + r.reason +
+                   "); not sent again until checkpointd restarts; the record and the file are kept");
+  }
+  if (job_ && job_->row.sha256 == r.sha256) {
+    ++generation_;  // dropped: its progress (sent_to) is where a later attempt resumes, init first
+    job_.reset();
+    wait_timer_.cancel();
+    {
+      std::lock_guard lock(snapshot_mutex_);
+      current_.clear();
+    }
+    poll();
+  }
 }
 
 void RecordingUploader::resend_whole(const std::string& sha) {
@@ -497,8 +541,15 @@ void RecordingUploader::take_pending(const std::vector<store::UploadRow>& pendin
   const UnixMs now = clock_.now_ms();
   UnixMs next_fin = now + kIdlePoll.count();
   for (const store::UploadRow& row : pending) {
-    if (unreadable_.count(row.sha256)) {
+    if (unreadable_.count(row.sha256) || refused_.count(row.sha256)) {
       continue;
+    }
+    if (const auto d = deferred_.find(row.sha256); d != deferred_.end()) {
+      if (d->second > now) {
+        next_fin = std::min(next_fin, d->second);
+        continue;
+      }
+      deferred_.erase(d);
     }
     if (row.sent_to < row.length) {
       Job job;
@@ -575,7 +626,8 @@ void RecordingUploader::check_preempt() {
         }
       }
       for (const store::UploadRow& row : unsent) {
-        if (row.sha256 == job_->row.sha256 || unreadable_.count(row.sha256)) {
+        if (row.sha256 == job_->row.sha256 || unreadable_.count(row.sha256) || refused_.count(row.sha256) ||
+            deferred_.count(row.sha256)) {
           continue;
         }
         const int rank = rank_of(row);

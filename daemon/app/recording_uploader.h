@@ -89,6 +89,9 @@ class RecordingUploader {
   void on_receipt(const std::string& jws);
   void took_receipt(const filex::FileReceipt& r);
   void on_want(const std::string& payload);
+  // Central refused a file's init: `later` defers it (kRefusedLaterMs), else it is not sent again by this
+  // process. A job sending it stops.
+  void on_refused(const std::string& payload);
   void poll();
   // Looks up the first file central wants bytes of; take_want then sends them (or refuses the want).
   void serve_next_want();
@@ -147,7 +150,9 @@ class RecordingUploader {
       fin_next_;                      // sha -> (when to send fin again, backoff)
   std::int64_t fin_cursor_ = 0;       // the seq after which the next page of files sent whole is read
   std::set<std::string> sealing_;     // files whose recording_custody record is being sealed (one at a time)
-  std::set<std::string> unreadable_;  // files this process could not open (aborted once, not retried)
+  std::set<std::string> unreadable_;  // unreadable or damaged here: aborted once, not sent again
+  std::set<std::string> refused_;     // refused for good by central: not sent until it asks (a want)
+  std::map<std::string, UnixMs> deferred_;  // files central refused "later": not before this time
   std::int64_t backoff_ms_ = 0;
   double tokens_ = 0;
   std::chrono::steady_clock::time_point refilled_{};

@@ -56,6 +56,9 @@ ReloadPlan plan_reload(const config::Config& running, const config::Config& next
   if (!(running.validity == next.validity)) {
     plan.live_sections.push_back("validity");
   }
+  if (!(running.codes == next.codes)) {
+    plan.live_sections.push_back("codes");  // applied live (the correlator's code tables)
+  }
   const std::pair<const char*, bool> fixed[] = {
       {"gateway", running.gateway == next.gateway}, {"store", running.store == next.store},
       {"mqtt", running.mqtt == next.mqtt},          {"links", running.links == next.links},

@@ -19,6 +19,24 @@ std::uint64_t monotonic_usec() {
 
 }  // namespace
 
+StartupKeepAlive::StartupKeepAlive(std::string what) {
+  thread_ = std::thread([this, message = "EXTEND_TIMEOUT_USEC=90000000\nSTATUS=" + what] {
+    std::unique_lock lock(mutex_);
+    do {
+      sd_notify(0, message.c_str());
+    } while (!cv_.wait_for(lock, std::chrono::seconds(30), [this] { return done_; }));
+  });
+}
+
+StartupKeepAlive::~StartupKeepAlive() {
+  {
+    std::lock_guard lock(mutex_);
+    done_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
 std::string systemd_status_line(const std::vector<std::unique_ptr<adapters::Adapter>>& adapters,
                                 const StoreWorker& worker, const forwarder::MqttForwarder& forwarder,
                                 const WallClock& clock) {

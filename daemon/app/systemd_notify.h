@@ -5,10 +5,13 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "adapters/adapter.h"
@@ -22,6 +25,23 @@ namespace cpd::app {
 std::string systemd_status_line(const std::vector<std::unique_ptr<adapters::Adapter>>& adapters,
                                 const StoreWorker& worker, const forwarder::MqttForwarder& forwarder,
                                 const WallClock& clock);
+
+// While it lives (a long step before READY=1: the store's integrity check reads the whole store), tells
+// systemd every 30 s to extend the start timeout by 90 s, with `what` as STATUS=. Without it a store larger
+// than TimeoutStartSec can read made systemd kill every start, and restart it into the same check, for ever.
+class StartupKeepAlive {
+ public:
+  explicit StartupKeepAlive(std::string what);
+  ~StartupKeepAlive();
+  StartupKeepAlive(const StartupKeepAlive&) = delete;
+  StartupKeepAlive& operator=(const StartupKeepAlive&) = delete;
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
 
 class SystemdNotifier {
  public:

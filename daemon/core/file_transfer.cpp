@@ -369,6 +369,40 @@ WantParse parse_want(std::string_view payload) {
   return out;
 }
 
+std::string refused_json(const Refusal& refusal) {
+  return nlohmann::json{{"v", 1},
+                        {"file", refusal.sha256},
+                        {"reason", refusal.reason},
+                        {"retry", refusal.later ? "later" : "never"}}
+      .dump();
+}
+
+RefusalParse parse_refused(std::string_view payload) {
+  RefusalParse out;
+  const auto body = object_v1(payload, "refused", out.reason);
+  if (!body) {
+    return out;
+  }
+  Refusal r;
+  std::string retry;
+  if (!get_string(*body, "file", r.sha256) || !is_sha256_hex(r.sha256)) {
+    out.reason = "refused: field \"file\" is not 64 lower-case hex digits";
+    return out;
+  }
+  if (!get_string(*body, "retry", retry) || (retry != "later" && retry != "never")) {
+    out.reason = "refused: field \"retry\" is not \"later\" or \"never\"";
+    return out;
+  }
+  if (!get_string(*body, "reason", r.reason) || r.reason.empty()) {
+    out.reason = "refused: field \"reason\" is not non-empty text";
+    return out;
+  }
+  r.reason = printable(r.reason, 200);
+  r.later = retry == "later";
+  out.refusal = std::move(r);
+  return out;
+}
+
 std::string abort_json(const std::string& reason) {
   return nlohmann::json{{"v", 1}, {"reason", reason}}.dump();
 }

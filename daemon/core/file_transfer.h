@@ -118,6 +118,23 @@ struct WantParse {
 };
 WantParse parse_want(std::string_view payload);
 
+// Central refused a file's init (`<prefix>/<gw>/files/refused`): `later` (too many transfers open now: the
+// gateway stops sending it and starts it again after a backoff) or not (over central's size bound, or its
+// copy failed the whole-file hash too often: the gateway sends no more of it until it restarts). The reason
+// is printable, at most 200 bytes.
+struct Refusal {
+  std::string sha256;
+  std::string reason;
+  bool later = false;
+  bool operator==(const Refusal&) const = default;
+};
+std::string refused_json(const Refusal& refusal);
+struct RefusalParse {
+  std::optional<Refusal> refusal;
+  std::string reason;  // why the payload is malformed
+};
+RefusalParse parse_refused(std::string_view payload);
+
 // What a gateway says when it cannot send a file it was asked for (`.../file/<sha256>/abort`).
 std::string abort_json(const std::string& reason);
 // The reason of an abort payload (printable, at most 200 bytes), or "" if malformed.

@@ -142,7 +142,7 @@ void device_traffic_metrics(Exposition& out, const Labels& base, const std::stri
     event("heartbeats", "heartbeat");
     event("other_events", "other");
     event("duplicates", "duplicate");
-  } else if (kind == "recorder") {
+  } else if (kind == "recorder_dock") {
     event("files_listed", "file_listed");
     event("collected", "recording_collected");
     event("acks", "ack");
@@ -176,7 +176,7 @@ void device_error_metrics(Exposition& out, const Labels& base, const json& dev) 
 void device_clock_metrics(Exposition& out, const Labels& base, const std::string& kind, const json& dev) {
   // Radar time is a counter since power-up mapped onto UTC, not a wall clock, so it has no offset to show.
   std::optional<double> offset_ms =
-      kind == "recorder" ? number(dev, "station_clock_offset_ms") : number(dev, "clock_offset_ms");
+      kind == "recorder_dock" ? number(dev, "station_clock_offset_ms") : number(dev, "clock_offset_ms");
   if (offset_ms) {
     out.add_gauge("checkpointd_device_clock_offset_seconds", help::kClockOffset, base, *offset_ms / kMs);
   }
@@ -206,7 +206,7 @@ void device_kind_metrics(Exposition& out, const std::string& id, const std::stri
   } else if (kind == "camera") {
     kind_counter("checkpointd_camera_pictures_total", help::kCameraPictures, "pictures");
     kind_counter("checkpointd_camera_missing_pictures_total", help::kCameraMissing, "missing_pictures");
-  } else if (kind == "recorder") {
+  } else if (kind == "recorder_dock") {
     kind_counter("checkpointd_recorder_collected_bytes_total", help::kRecorderBytes, "bytes_collected");
     kind_counter("checkpointd_recorder_md5_mismatches_total", help::kRecorderMd5, "md5_mismatches");
     kind_counter("checkpointd_recorder_resumes_total", help::kRecorderResumes, "resumes");

@@ -261,6 +261,21 @@ void check_store_path(const std::string& path) {
   if (std::filesystem::is_directory(file, ec)) {
     throw StoreError("store " + path + " is a directory, not a database file");
   }
+  // A write-ahead log without its database (the .db moved aside or deleted, or a backup copied over it): an
+  // empty database opened beside it makes SQLite delete the log, and with it the newest committed records.
+  const std::filesystem::path wal(path + "-wal");
+  if (std::filesystem::exists(wal, ec) && std::filesystem::file_size(wal, ec) > 0 && !ec) {
+    const bool no_db = !std::filesystem::exists(file, ec);
+    const auto db_bytes = no_db ? 0 : std::filesystem::file_size(file, ec);
+    if (no_db || (!ec && db_bytes == 0)) {
+      throw StoreError("store " + path + (no_db ? " is missing" : " is empty") + " but its write-ahead log " +
+                       wal.string() +
+                       " holds committed records: not started, so the log is not lost. Put the database back "
+                       "beside it, or move " +
+                       path + ", " + wal.string() + " and " + path +
+                       "-shm aside together to start a new store");
+    }
+  }
 }
 
 void exec_or_throw(sqlite3* db, const std::string& path, const std::string& sql, const char* step) {
@@ -307,8 +322,10 @@ void check_integrity(sqlite3* db, const std::string& path) {
   const int rc = first_row_text(db, "PRAGMA quick_check", first_line, why);
   const int primary = rc & 0xff;
   if (primary == SQLITE_NOTADB) {
-    throw StoreError("store " + path + " is not an SQLite database (" + why +
-                     "); the file is kept as it is for inspection — move it aside to start a new store");
+    throw StoreError(
+        "store " + path + " is not an SQLite database (" + why +
+        "); the file is kept as it is for inspection — move it aside, with its -wal and -shm files, "
+        "to start a new store");
   }
   if (primary == SQLITE_CORRUPT) {
     first_line = why;
@@ -317,8 +334,10 @@ void check_integrity(sqlite3* db, const std::string& path) {
   }
   if (first_line != "ok") {
     first_line = first_problem(first_line);
-    throw StoreError("store " + path + " failed its integrity check: " + first_line +
-                     "; the file is kept as it is for inspection — move it aside to start a new store");
+    throw StoreError(
+        "store " + path + " failed its integrity check: " + first_line +
+        "; the file is kept as it is for inspection — move it aside, with its -wal and -shm files, "
+        "to start a new store");
   }
 }
 

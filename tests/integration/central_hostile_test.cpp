@@ -1062,6 +1062,15 @@ TEST_F(CentralHostile, AFileWhoseWholeNeverMatchesItsIdIsGivenUpAfterThreeTries)
   send(filex::init_topic("", sha), filex::init_json({sha, 4096, 4096, "a.mp4", 7}));
   send(filex::fin_topic("", sha, 4096), "");
   EXPECT_EQ(intake.counters().refused.load(), refused + 1);
+  const auto told = std::find_if(out.begin(), out.end(), [](const central::FilePublish& p) {
+    return p.topic == "checkpoint/gh/files/refused";
+  });
+  ASSERT_NE(told, out.end()) << "the gateway is told";
+  const auto refusal = filex::parse_refused(told->payload);
+  ASSERT_TRUE(refusal.refusal) << refusal.reason;
+  EXPECT_EQ(refusal.refusal->sha256, sha);
+  EXPECT_FALSE(refusal.refusal->later);
+  EXPECT_NE(refusal.refusal->reason.find("damaged"), std::string::npos);
   intake.tick(pg, now + 3600000, out);
   EXPECT_EQ(wants(), central::kMaxFileMismatches - 1);
   EXPECT_EQ(pg_.query("SELECT state FROM file_uploads WHERE sha256 = '" + sha + "'"), "not_held");

@@ -479,8 +479,10 @@ void print_clock(std::ostream& out, const json& s) {
     const bool synced = c.value("synced", false);
     out << "Clock:    " << (synced ? "synchronised" : "NOT synchronised") << " (source "
         << text_of(c.value("source", json()), "?") << ")";
-    if (int_of(c, "offset_us", -1) >= 0 || c.contains("offset_us")) {
-      out << ", offset " << int_of(c, "offset_us") << " us, max error " << int_of(c, "max_error_us") << " us";
+    // What the kernel says of its own clock (adjtimex): the bound on its error and its estimate.
+    if (c.contains("max_error_us") || c.contains("est_error_us")) {
+      out << ", max error " << int_of(c, "max_error_us") << " us, estimated error "
+          << int_of(c, "est_error_us") << " us";
     }
     out << '\n';
   } else {

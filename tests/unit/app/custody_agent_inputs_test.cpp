@@ -32,7 +32,9 @@ class CustodyAgentInputs : public ::testing::Test {
     host.run_on_store = [this](std::function<void(store::EvidenceStore&)> task) {
       store_tasks_.push_back(std::move(task));
     };
-    host.submit = [](Fact, std::function<void(const SealedRecord&)>) {};
+    host.submit = [this](Fact, std::function<void(const SealedRecord&)> committed) {
+      committing_.push_back(std::move(committed));  // the test says when the custody record commits
+    };
     host.read_media = [this](const std::string& sha) {
       reads_.push_back(sha);
       return std::optional<std::string>();
@@ -67,6 +69,19 @@ class CustodyAgentInputs : public ::testing::Test {
         central_, custody::Receipt{"central-1", "gw-1", through, std::string(64, 'b'), 1, {}, {}});
   }
   std::uint64_t counter(const char* name) { return agent_->status()[name].get<std::uint64_t>(); }
+  // Seqs 1..n of the gateway's chain (audit records), committed to the store.
+  std::vector<store::StoredRecord> append_audit_records(int n) {
+    Sealer sealer(gateway_key_, "gw-1", ChainHead{});
+    std::vector<store::StoredRecord> records;
+    for (int i = 0; i < n; ++i) {
+      Fact f;
+      f.type = "audit";
+      f.time_ms = clock_.now_ms();
+      records.push_back({sealer.seal(f, clock_.now_ms()), {}});
+    }
+    EXPECT_TRUE(store_->append(records).is_ok());
+    return records;
+  }
 
   fs::path dir_;
   boost::asio::io_context io_;
@@ -80,6 +95,7 @@ class CustodyAgentInputs : public ::testing::Test {
   std::unique_ptr<CustodyAgent> agent_;
   bool media_absent_ = true;        // what the media directory says of a file read_media cannot read
   std::vector<std::string> reads_;  // every file read_media was asked for
+  std::vector<std::function<void(const SealedRecord&)>> committing_;  // custody records being committed
 };
 
 // Two receipts checked against the store at once, both refused: the agent falls back to what it accepted, so
@@ -104,15 +120,7 @@ TEST_F(CustodyAgentInputs, ARefusedReceiptCheckedBesideAnotherLeavesNoTrace) {
 // files) is refused: whether the gateway holds it cannot be told. Before, an unreadable file counted as not
 // held, and the receipt let retention delete the only copy. Once the file is really gone, it is taken.
 TEST_F(CustodyAgentInputs, APictureNamedLostThatCannotBeReadNowIsNotTakenAsLost) {
-  Sealer sealer(gateway_key_, "gw-1", ChainHead{});
-  std::vector<store::StoredRecord> records;
-  for (int i = 0; i < 3; ++i) {
-    Fact f;
-    f.type = "audit";
-    f.time_ms = clock_.now_ms();
-    records.push_back({sealer.seal(f, clock_.now_ms()), {}});
-  }
-  ASSERT_TRUE(store_->append(records).is_ok());
+  const std::vector<store::StoredRecord> records = append_audit_records(3);
   const std::string lost = custody::seal_receipt(
       central_,
       custody::Receipt{
@@ -161,6 +169,31 @@ TEST_F(CustodyAgentInputs, AResendRequestNamingARecordingNeverReadsItAndAnswersN
   ASSERT_TRUE(reply) << answer.payload;
   EXPECT_EQ(reply->media_not_held, (std::vector<std::string>{recording, picture}));
   EXPECT_TRUE(reply->media_sent.empty());
+}
+
+// A second receipt arrives while the first one's custody record is still being committed. Its state is noted
+// only once that record is in the chain: it used to be saved at once (the "too soon" path), so a power cut
+// before the commit left a custody state, and the retention it allows, that no custody record shows.
+TEST_F(CustodyAgentInputs, AReceiptDuringACustodyRecordsCommitIsNotedOnlyAfterIt) {
+  const std::vector<store::StoredRecord> records = append_audit_records(3);
+  const auto receipt_through = [&](std::uint64_t n) {
+    return custody::seal_receipt(
+        central_, custody::Receipt{"central-1", "gw-1", n, sha256_hex(records[n - 1].record.jws), 1, {}, {}});
+  };
+  channel_.deliver("checkpoint/gw-1/custody", receipt_through(2));
+  run_store();
+  ASSERT_EQ(committing_.size(), 1U) << "a custody record for the first receipt";
+  channel_.deliver("checkpoint/gw-1/custody", receipt_through(3));
+  run_store();
+  EXPECT_EQ(committing_.size(), 1U) << "no second custody record";
+  EXPECT_FALSE(store_->custody()) << "a custody state saved before any custody record committed";
+  SealedRecord committed;
+  committed.seq = 4;
+  committing_[0](committed);
+  run_store();
+  ASSERT_TRUE(store_->custody());
+  EXPECT_EQ(store_->custody()->through_seq, 3U) << "the later receipt, noted after the record";
+  EXPECT_EQ(counter("receipts_accepted"), 2U);
 }
 
 // Messages arriving faster than the agent takes them wait in a bounded hand-off: 64 messages, or 2 MiB.

@@ -265,5 +265,49 @@ TEST_F(RecordingUploaderTest, AWholeFileWantForAFileSentWholeSendsItAgainOnlyIfI
   EXPECT_EQ(channel_.sent.size(), before + 1);
 }
 
+// Central refuses a file's init (files/refused). "never" (over its size bound): the file being sent stops at
+// once and is not sent again, not even its fin after the receipt wait, until central asks for it. "later"
+// (too many transfers open there): it stops and steps aside for a minute, then starts again, init first.
+// Before, the gateway never heard of a refusal: it sent every segment anyway (dropped by central) and
+// repeated init and fin for ever.
+TEST_F(RecordingUploaderTest, AFileCentralRefusesStopsForGoodOrForAWhile) {
+  add_recording(3 * 4096);
+  uploader_->start();
+  run(800ms);
+  ASSERT_EQ(sent(), (std::vector<std::string>{"init"}));
+  const auto refuse = [&](bool later) {
+    uploader_->on_message(forwarder::InboundMessage{
+        "checkpoint/gw-1/files/refused",
+        filex::refused_json(filex::Refusal{sha256_, later ? "4 transfers already open" : "too large", later}),
+        "", "", false});
+    run(100ms);
+  };
+  refuse(true);
+  answer_all();  // the init's PUBACK comes after the refusal: nothing more is sent
+  EXPECT_EQ(sent(), (std::vector<std::string>{"init"}));
+  EXPECT_EQ(uploader_->status()["refused_by_central"], 1);
+  clock_.advance(59'000);
+  run(2500ms);
+  EXPECT_EQ(sent().size(), 1U) << "deferred for a minute";
+  clock_.advance(2'000);
+  run(2500ms);
+  ASSERT_EQ(sent().size(), 2U);
+  EXPECT_EQ(sent()[1], "init") << "started again after the minute";
+
+  refuse(false);
+  answer_all();
+  const std::size_t before = channel_.sent.size();
+  clock_.advance(3'600'000);
+  run(2500ms);
+  answer_all();
+  EXPECT_EQ(channel_.sent.size(), before) << "refused for good: no init, segment or fin";
+  EXPECT_NE(uploader_->status()["last_refusal"].get<std::string>().find("too large"), std::string::npos);
+
+  want_whole_file();  // central asks for it after all: sent
+  answer_all();
+  const std::vector<std::string> all = sent();
+  EXPECT_EQ(std::count(all.begin(), all.end(), std::string("fin")), 1) << ::testing::PrintToString(all);
+}
+
 }  // namespace
 }  // namespace cpd::app

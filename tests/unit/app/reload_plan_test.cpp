@@ -86,6 +86,16 @@ TEST(ReloadPlan, CorrelationAndValidityApplyLive) {
   EXPECT_TRUE(p.changes_anything());
 }
 
+// A changed code table is applied live and named (it used to be applied but logged as "no change").
+TEST(ReloadPlan, ACodesChangeAppliesLiveAndIsNamed) {
+  const auto p = plan(kBase, kBase +
+                                 "codes:\n  plate_types:\n    - {plate_type: 92TypeCivil, plate_color: blue, "
+                                 "code: \"02\", name: small}\n");
+  EXPECT_EQ(p.live_sections, (Ids{"codes"}));
+  EXPECT_TRUE(p.applicable());
+  EXPECT_TRUE(p.changes_anything());
+}
+
 TEST(ReloadPlan, SectionsFixedAtStartAreRefused) {
   std::string next = replaced(kBase, "tcp://127.0.0.1:1883", "tcp://127.0.0.1:1884");
   next = replaced(next, "path: /tmp/store.db", "path: /tmp/other.db");

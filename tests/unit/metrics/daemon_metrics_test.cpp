@@ -35,7 +35,7 @@ json sample_status() {
                 "clock_offset_measured_ms": 1700000000000, "clock_offset_samples": 3,
                 "clock_offset_restarts": 0, "time_mode": "offset", "last_event_ms": 0,
                 "last_heartbeat_ms": 1700000000000, "reconnects": 5, "last_error": "refused"},
-      "dock-1": {"kind": "recorder", "id": "dock-1", "url": "http://y", "state": "warning", "station_id": "s",
+      "dock-1": {"kind": "recorder_dock", "id": "dock-1", "url": "http://y", "state": "warning", "station_id": "s",
                  "firmware": "1", "files_listed": 8, "collected": 6, "bytes_collected": 6000000,
                  "md5_mismatches": 1, "resumes": 2, "acks": 6, "ack_conflicts": 0, "faults": 0, "queued": 2,
                  "downloading": 1, "repeated": 0, "errors": {}, "reconnects": 0,
@@ -102,7 +102,7 @@ TEST_F(DaemonMetrics, DeviceCounters) {
       has_line(text_, R"(checkpointd_device_events_total{device="cam-1",kind="camera",event="anpr"} 9)"));
   EXPECT_TRUE(has_line(
       text_,
-      R"(checkpointd_device_events_total{device="dock-1",kind="recorder",event="recording_collected"} 6)"));
+      R"(checkpointd_device_events_total{device="dock-1",kind="recorder_dock",event="recording_collected"} 6)"));
   EXPECT_TRUE(has_line(
       text_, R"(checkpointd_device_errors_total{device="radar-1",kind="radar",reason="checksum"} 3)"));
   EXPECT_TRUE(has_line(
@@ -121,7 +121,7 @@ TEST_F(DaemonMetrics, DeviceCounters) {
 TEST_F(DaemonMetrics, DeviceGauges) {
   EXPECT_TRUE(has_line(text_, R"(checkpointd_device_up{device="radar-1",kind="radar"} 1)"));
   EXPECT_TRUE(has_line(text_, R"(checkpointd_device_up{device="cam-1",kind="camera"} 0)"));
-  EXPECT_TRUE(has_line(text_, R"(checkpointd_device_up{device="dock-1",kind="recorder"} 1)"));
+  EXPECT_TRUE(has_line(text_, R"(checkpointd_device_up{device="dock-1",kind="recorder_dock"} 1)"));
   EXPECT_TRUE(
       has_line(text_, R"(checkpointd_device_clock_offset_seconds{device="cam-1",kind="camera"} -0.25)"));
   EXPECT_TRUE(has_line(

@@ -390,6 +390,30 @@ TEST_F(EvidenceStoreTest, CorruptedStoreWithPendingWalIsRefusedAndBothFilesLeftB
   EXPECT_EQ(read_bytes(copy_wal), wal);
 }
 
+// The operator moves only store.db aside (or deletes it, or copies an empty file over it) while its
+// write-ahead log holds the newest commits. An empty database opened beside the log made SQLite delete the
+// log, and the records in it were lost from both stores. The store is refused, and the log left as found.
+TEST_F(EvidenceStoreTest, AWriteAheadLogWithoutItsDatabaseIsRefusedAndKept) {
+  {
+    EvidenceStore store(db_.string());
+    ASSERT_TRUE(store.append(make_batch(1, 3)).is_ok());
+    fs::copy_file(db_.string() + "-wal", dir_ / "saved-wal");  // the log with the 3 commits, as it stands
+  }
+  const std::string wal = read_bytes(dir_ / "saved-wal");
+  ASSERT_GT(wal.size(), 0U);
+  fs::remove(db_);
+  fs::remove(db_.string() + "-shm");
+  write_bytes(db_.string() + "-wal", wal);
+  std::string message = open_error(db_);
+  EXPECT_THAT(message, HasSubstr("is missing but its write-ahead log"));
+  EXPECT_FALSE(fs::exists(db_));
+  EXPECT_EQ(read_bytes(db_.string() + "-wal"), wal);
+  write_bytes(db_, "");
+  message = open_error(db_);
+  EXPECT_THAT(message, HasSubstr("is empty but its write-ahead log"));
+  EXPECT_EQ(read_bytes(db_.string() + "-wal"), wal);
+}
+
 TEST_F(EvidenceStoreTest, NonDatabaseFileIsRefusedAndLeftByteIdentical) {
   std::string text;
   for (int i = 0; i < 300; ++i) {
