@@ -81,6 +81,24 @@ void Daemon::Impl::open_stores() {
     media = std::make_unique<media::MediaStore>(media_dir);
     media->set_reserve(static_cast<std::uint64_t>(cfg.store.reserve_mb) * 1024 * 1024);
   }
+  if (store->record_count() == 0) {
+    // A store with no record names no file: every file already in the media directory is a previous
+    // store's. Since-when this store names media is raised past the newest of them, so the media sweep
+    // keeps them all whatever the clock said when the store was made (a board without a battery-backed
+    // clock can start a replaced disk's store years behind the files it finds).
+    std::optional<UnixMs> newest;
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(media->dir(), ec)) {
+      struct stat st {};
+      if (entry.path().filename().string().size() == 64 && ::stat(entry.path().c_str(), &st) == 0) {
+        const UnixMs ms = static_cast<UnixMs>(st.st_mtim.tv_sec) * 1000 + st.st_mtim.tv_nsec / 1000000 + 1;
+        newest = std::max(newest.value_or(ms), ms);
+      }
+    }
+    if (newest) {
+      store->raise_media_since(*newest);
+    }
+  }
   storage = std::make_unique<StorageGuard>(static_cast<std::uint64_t>(cfg.store.reserve_mb) * 1024 * 1024);
 }
 

@@ -435,8 +435,18 @@ void StoreWorker::sweep_media() {
   std::error_code ec;
   std::size_t removed = 0;
   std::size_t foreign = 0;
+  // A write's temporary file (MediaStore::put's .tmp-XXXXXX) a crash left behind: no record names it, and a
+  // write in progress is seconds old. Left, they would eat into store.reserve_mb for ever.
+  const auto stale_tmp = fs::file_time_type::clock::now() - std::chrono::hours(24);
   for (const auto& entry : fs::directory_iterator(media_->dir(), ec)) {
     const std::string name = entry.path().filename().string();
+    if (name.size() == 11 && name.rfind(".tmp-", 0) == 0 && entry.is_regular_file(ec) &&
+        entry.last_write_time(ec) < stale_tmp) {
+      if (fs::remove(entry.path(), ec)) {
+        ++removed;
+      }
+      continue;
+    }
     if (name.size() != 64 || !entry.is_regular_file(ec) || entry.last_write_time(ec) > cutoff) {
       continue;
     }

@@ -1172,6 +1172,15 @@ UnixMs EvidenceStore::media_since_ms() const {
   return sqlite3_column_int64(q.get(), 0);
 }
 
+void EvidenceStore::raise_media_since(UnixMs ms) {
+  AdHoc q(db_, "UPDATE store_info SET value = max(value, ?1) WHERE key = 'media_since_ms'");
+  if (!q.ok()) {
+    return;
+  }
+  sqlite3_bind_int64(q.get(), 1, ms);
+  (void)sqlite3_step(q.get());
+}
+
 Status EvidenceStore::set_custody(const CustodyState& state) {
   AdHoc q(
       db_,

@@ -141,6 +141,8 @@ class EvidenceStore {
   // Since when this store has named media files (its creation; an older store's oldest record). A file
   // older than that which no record names is not this store's to delete.
   UnixMs media_since_ms() const;
+  // Raises media_since_ms to at least `ms` (never lowers it). For a store with no record yet.
+  void raise_media_since(UnixMs ms);
   // Whether any record of this store names the media file (a read error counts as named).
   bool media_named(const std::string& sha256) const;
   // Whether a record of this store names the file as a kept file (a body-worn recording), not a picture. A

@@ -215,6 +215,12 @@ TEST_F(StoreWorkerTest, RetentionDeletesOnlyOldMediaInCentralsCustody) {
   }
   age(foreign, 50);
   age(fresh, 2);
+  // Temporary files of writes a crash interrupted: a stale one goes, one being written now stays.
+  const fs::path stale_tmp = fs::path(media_->dir()) / ".tmp-AbC123";
+  const fs::path live_tmp = fs::path(media_->dir()) / ".tmp-XyZ789";
+  std::ofstream(stale_tmp) << "half a picture";
+  std::ofstream(live_tmp) << "a picture being written";
+  fs::last_write_time(stale_tmp, fs::file_time_type::clock::now() - std::chrono::hours(25));
   start_worker(30);
   Fact wake;
   wake.type = "audit";
@@ -228,6 +234,8 @@ TEST_F(StoreWorkerTest, RetentionDeletesOnlyOldMediaInCentralsCustody) {
   EXPECT_TRUE(fs::exists(media_->path_of(foreign)))
       << "older than the store and named by none of its records: not this store's to delete";
   EXPECT_TRUE(fs::exists(media_->path_of(fresh))) << "younger than the retention period";
+  EXPECT_FALSE(fs::exists(stale_tmp)) << "a crash's temporary file, a day old";
+  EXPECT_TRUE(fs::exists(live_tmp));
 }
 
 nlohmann::json body_of(const std::string& jws) {

@@ -414,6 +414,18 @@ TEST_F(EvidenceStoreTest, AWriteAheadLogWithoutItsDatabaseIsRefusedAndKept) {
   EXPECT_EQ(read_bytes(db_.string() + "-wal"), wal);
 }
 
+// Since when a store names media (the media sweep keeps a file older than that which no record names) is
+// raised past the newest file a new store finds, never lowered: the daemon raises it for a store with no
+// record, so a clock behind at creation cannot make a previous store's files look like this store's.
+TEST_F(EvidenceStoreTest, MediaSinceIsRaisedNeverLowered) {
+  EvidenceStore store(db_.string());
+  const UnixMs created = store.media_since_ms();
+  store.raise_media_since(created + 86'400'000);
+  EXPECT_EQ(store.media_since_ms(), created + 86'400'000);
+  store.raise_media_since(created);
+  EXPECT_EQ(store.media_since_ms(), created + 86'400'000);
+}
+
 TEST_F(EvidenceStoreTest, NonDatabaseFileIsRefusedAndLeftByteIdentical) {
   std::string text;
   for (int i = 0; i < 300; ++i) {
