@@ -323,8 +323,10 @@ void CentralStore::set_aside_other_branch(const std::string& gateway, std::uint6
   const PgResult moved = conn_->exec(
       "WITH moved AS (DELETE FROM records WHERE gateway = $1 AND (seq BETWEEN $2::bigint AND $3::bigint OR "
       "seq BETWEEN $5::bigint AND $6::bigint) RETURNING gateway, seq, jws, jws_sha256), "
-      "kept AS (INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms) SELECT gateway, seq, jws, "
-      "jws_sha256, $4::bigint FROM moved ON CONFLICT DO NOTHING) "
+      "kept AS (INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms, set_aside) SELECT gateway, "
+      "seq, "
+      "jws, jws_sha256, $4::bigint, true FROM moved ON CONFLICT (gateway, seq, jws_sha256) DO UPDATE SET "
+      "set_aside = true) "
       "SELECT count(*), COALESCE(min(seq), 0), COALESCE(max(seq), 0) FROM moved",
       {gateway, std::to_string(from), std::to_string(to), std::to_string(now_ms), std::to_string(above_from),
        std::to_string(above_to)},

@@ -367,9 +367,12 @@ ALTER TABLE branch_choices ADD COLUMN undone_rotations text;
 )sql",
     // Step 14: how many times a recording's whole file failed its SHA-256 since it was last opened or
     // requested: at kMaxFileMismatches (file_intake.h) the transfer ends `not_held` instead of being asked
-    // for again for ever (the gateway's copy is damaged).
+    // for again for ever (the gateway's copy is damaged). And which rows of `forks` central set aside from
+    // the chain (a followed replaced store's old branch, the branch an operator did not choose, a record in a
+    // hole accepted as lost, a record under a retired key): their bytes arriving again stay set aside.
     R"sql(
 ALTER TABLE file_uploads ADD COLUMN mismatches integer NOT NULL DEFAULT 0;
+ALTER TABLE forks ADD COLUMN set_aside boolean NOT NULL DEFAULT false;
 )sql",
 };
 
@@ -877,7 +880,7 @@ std::set<std::size_t> CentralStore::copies_set_aside(const std::vector<IncomingR
   std::string hashes;
   for (const IncomingRecord& r : records) {
     // Gateway ids and hashes are checked names ([a-z0-9-], hex): safe inside an array literal.
-    gateways += (gateways.empty() ? "" : ",") + r.gateway;
+    gateways += (gateways.empty() ? "\"" : ",\"") + r.gateway + "\"";  // quoted: an id "null" is no NULL
     seqs += (seqs.empty() ? "" : ",") + std::to_string(r.seq);
     hashes += (hashes.empty() ? "" : ",") + r.jws_sha256;
   }
@@ -885,7 +888,7 @@ std::set<std::size_t> CentralStore::copies_set_aside(const std::vector<IncomingR
       "SELECT r.i FROM unnest($1::text[], $2::bigint[], $3::text[]) WITH ORDINALITY AS r(gateway, seq, sha, "
       "i) "
       "WHERE EXISTS (SELECT 1 FROM forks f WHERE f.gateway = r.gateway AND f.seq = r.seq AND f.jws_sha256 = "
-      "r.sha)",
+      "r.sha AND f.set_aside)",
       {"{" + gateways + "}", "{" + seqs + "}", "{" + hashes + "}"}, "looking for copies set aside");
   for (int row = 0; row < found.rows(); ++row) {
     out.insert(static_cast<std::size_t>(found.integer(row, 0) - 1));
@@ -1013,8 +1016,11 @@ void CentralStore::set_aside_below_watermark(const std::string& gateway,
   const char* what = "setting aside a record in a hole accepted as lost";
   const PgResult moved = conn_->exec(
       "WITH moved AS (DELETE FROM records WHERE gateway = $1 AND seq = ANY($2::bigint[]) RETURNING gateway, "
-      "seq, jws, jws_sha256), kept AS (INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms) SELECT "
-      "gateway, seq, jws, jws_sha256, $3::bigint FROM moved ON CONFLICT DO NOTHING) SELECT seq FROM moved",
+      "seq, jws, jws_sha256), kept AS (INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms, "
+      "set_aside) "
+      "SELECT gateway, seq, jws, jws_sha256, $3::bigint, true FROM moved ON CONFLICT (gateway, seq, "
+      "jws_sha256) "
+      "DO UPDATE SET set_aside = true) SELECT seq FROM moved",
       {gateway, "{" + below + "}", now}, what);
   conn_->exec("DELETE FROM record_media WHERE gateway = $1 AND seq = ANY($2::bigint[])",
               {gateway, "{" + below + "}"}, what);
@@ -1082,8 +1088,10 @@ bool CentralStore::follow_replaced_store(const IncomingRecord& rec, std::int64_t
   const PgResult moved = conn_->exec(
       "WITH moved AS (DELETE FROM records WHERE gateway = $1 AND seq > $2::bigint AND jws_sha256 <> $3 AND "
       "received_ms <> $4::bigint AND created_ms < $5::bigint RETURNING gateway, seq, jws, jws_sha256), "
-      "kept AS (INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms) "
-      "SELECT gateway, seq, jws, jws_sha256, $4::bigint FROM moved ON CONFLICT DO NOTHING), "
+      "kept AS (INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms, set_aside) "
+      "SELECT gateway, seq, jws, jws_sha256, $4::bigint, true FROM moved ON CONFLICT (gateway, seq, "
+      "jws_sha256) "
+      "DO UPDATE SET set_aside = true), "
       // Only the set-aside records' pictures: the continued chain's records this batch stored keep theirs.
       "unnamed AS (DELETE FROM record_media rm USING moved WHERE rm.gateway = moved.gateway AND rm.seq = "
       "moved.seq) "
@@ -1622,8 +1630,10 @@ void CentralStore::set_aside_retired(const std::string& gateway, std::uint64_t s
   // Out of the chain, kept for forensics beside the forks (its bytes as received), its media links gone.
   conn_->exec(
       "WITH moved AS (DELETE FROM records WHERE gateway = $1 AND seq = $2 RETURNING gateway, seq, jws, "
-      "jws_sha256) INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms) SELECT gateway, seq, jws, "
-      "jws_sha256, $3::bigint FROM moved ON CONFLICT DO NOTHING",
+      "jws_sha256) INSERT INTO forks (gateway, seq, jws, jws_sha256, received_ms, set_aside) SELECT gateway, "
+      "seq, "
+      "jws, jws_sha256, $3::bigint, true FROM moved ON CONFLICT (gateway, seq, jws_sha256) DO UPDATE SET "
+      "set_aside = true",
       {gateway, std::to_string(seq), std::to_string(now_ms)}, "setting aside a record under a retired key");
   conn_->exec("DELETE FROM record_media WHERE gateway = $1 AND seq = $2", {gateway, std::to_string(seq)},
               "setting aside a record under a retired key");

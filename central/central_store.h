@@ -382,7 +382,7 @@ class CentralStore {
                           const std::string& followed = "");
   // Inserts records[from, to) in one multi-row INSERT, names their pictures (record_media), enrols the keys
   // their rotations name and notes chain restarts; returns those that were new (the others' seqs were held).
-  // The indexes of `records` whose very bytes central holds in forks (set aside before).
+  // The indexes of `records` whose very bytes central set aside from the chain before (forks.set_aside).
   std::set<std::size_t> copies_set_aside(const std::vector<IncomingRecord>& records);
   std::set<std::pair<std::string, std::uint64_t>> insert_records(const std::vector<IncomingRecord>& records,
                                                                  std::size_t from, std::size_t to,

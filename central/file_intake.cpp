@@ -226,15 +226,6 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
     receipt(gateway, t.sha256, row->size, now, out);  // a lost receipt: the gateway asks again
     return;
   }
-  if (row && row->state == "not_held" && row->mismatches >= kMaxFileMismatches) {
-    // Its bytes failed the whole-file hash kMaxFileMismatches times: sent again they would fail again. Only
-    // an operator's request (`files --request`) opens it again.
-    refuse_init(gateway, t.sha256,
-                "the gateway's copy is damaged (its whole file failed its SHA-256 " +
-                    std::to_string(row->mismatches) + " times)",
-                false, out);
-    return;
-  }
   PgTransaction tx(pg);
   // One init per gateway at a time, across instances: the count of open transfers below is then not passed
   // by two instances opening one each at the same moment.
@@ -244,6 +235,16 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
   if (locked && locked->state == "held") {
     tx.commit();  // assembled by another instance since we looked
     receipt(gateway, t.sha256, locked->size, now, out);
+    return;
+  }
+  if (locked && locked->state == "not_held" && locked->mismatches >= kMaxFileMismatches) {
+    // Its bytes failed the whole-file hash kMaxFileMismatches times (checked under the row's lock: another
+    // instance may have just given it up): sent again they would fail again. Only an operator's request
+    // (`files --request`) opens it again.
+    refuse_init(gateway, t.sha256,
+                "the gateway's copy is damaged (its whole file failed its SHA-256 " +
+                    std::to_string(locked->mismatches) + " times)",
+                false, out);
     return;
   }
   if (!locked || locked->state != "open") {

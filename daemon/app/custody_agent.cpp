@@ -462,7 +462,7 @@ std::string CustodyAgent::held_but_named_lost(const store::EvidenceStore& store,
     }
   }
   for (const std::string& sha : receipt.lost_pictures) {
-    if (known_lost.count(sha) > 0 || store.recording_named(sha)) {
+    if (known_lost.count(sha) > 0 || store.recording_named(sha).value_or(false)) {
       // Checked with an earlier receipt (pictures never come back), or a kept recording, which no custody
       // receipt covers: it goes by its own file receipt, and is not read here.
       continue;
@@ -654,7 +654,11 @@ void CustodyAgent::send_media(std::shared_ptr<Resend> job, std::size_t index,
         break;
       }
       ++next;
-      if (store.recording_named(sha)) {
+      const std::optional<bool> recording = store.recording_named(sha);
+      if (!recording) {
+        continue;  // the store cannot tell now: neither sent nor reported lost; asked again
+      }
+      if (*recording) {
         // Only pictures go out on the media topic: a body-worn recording (a kept file, maybe gigabytes, sent
         // under its own policy by file transfer) is no picture this gateway holds.
         missing.push_back(sha);

@@ -34,6 +34,7 @@ constexpr std::int64_t kMaxBackoffMs = 30000;
 constexpr std::int64_t kMaxFinBackoffMs = 600000;
 constexpr std::uint64_t kPersistEvery = 8;       // segments between progress writes to the store
 constexpr std::int64_t kRefusedLaterMs = 60000;  // a file central refused "later" waits this long
+constexpr std::size_t kMaxRefusals = 256;        // files refused (for good, or for now) kept in memory
 
 // Reads `length` bytes at `offset`; nullopt with `error` set when the file cannot give them.
 std::optional<std::string> read_at(const std::string& path, std::uint64_t offset, std::uint64_t length,
@@ -260,8 +261,8 @@ void RecordingUploader::on_want(const std::string& payload) {
       if (!row && store.uploads_discover(1, sha) > 0) {
         row = store.upload(sha);  // a recording whose row the idle poll had not made yet: it is held here
       }
-      if (row && !row->held_ms) {
-        (void)store.upload_request(sha);
+      if (row && !row->held_ms && row->sent_to < row->length) {
+        (void)store.upload_request(sha);  // sent whole: only once its copy is checked (verify_then_resend)
       }
       asio::post(strand_, [this, sha, row] {
         --lookups_;
@@ -331,6 +332,12 @@ void RecordingUploader::on_refused(const std::string& payload) {
     last_refusal_ = "central refused recording " + r.sha256 + ": " + r.reason;
   }
   const UnixMs now = clock_.now_ms();
+  // Unsigned, and anyone the broker lets publish on the topic can send them: what is kept is bounded.
+  if ((r.later ? deferred_.size() : refused_.size()) >= kMaxRefusals && !deferred_.count(r.sha256) &&
+      !refused_.count(r.sha256)) {
+    bump(snapshot_mutex_, counters_, "inputs_dropped");
+    return;
+  }
   if (r.later) {
     // Central cannot open the transfer now (too many open): this file steps aside for a while, so wants
     // (which complete the open transfers) and other files go first.
@@ -345,26 +352,36 @@ void RecordingUploader::on_refused(const std::string& payload) {
                    "); not sent again until checkpointd restarts; the record and the file are kept");
   }
   if (job_ && job_->row.sha256 == r.sha256) {
-    ++generation_;  // dropped: its progress (sent_to) is where a later attempt resumes, init first
-    job_.reset();
-    wait_timer_.cancel();
-    {
-      std::lock_guard lock(snapshot_mutex_);
-      current_.clear();
-    }
+    drop_job_of(r.sha256);  // its progress (sent_to) is where a later attempt resumes, init first
     poll();
   }
 }
 
-void RecordingUploader::resend_whole(const std::string& sha) {
-  fin_next_.erase(sha);
+std::set<std::string> RecordingUploader::not_sent_now() const {
+  std::set<std::string> out = unreadable_;
+  out.insert(refused_.begin(), refused_.end());
+  const UnixMs now = clock_.now_ms();
+  for (const auto& [sha, until] : deferred_) {
+    if (until > now) {
+      out.insert(sha);
+    }
+  }
+  return out;
+}
+
+void RecordingUploader::drop_job_of(const std::string& sha) {
   if (job_ && job_->row.sha256 == sha) {
-    ++generation_;  // dropped: the next poll starts it again from byte 0
+    ++generation_;  // its completions are ignored from now on
     job_.reset();
     wait_timer_.cancel();
     std::lock_guard lock(snapshot_mutex_);
     current_.clear();
   }
+}
+
+void RecordingUploader::resend_whole(const std::string& sha) {
+  fin_next_.erase(sha);
+  drop_job_of(sha);  // the next poll starts it again from byte 0
   // Again, now that no job of this file can write its progress any more: a progress write queued before
   // this point (its upload's, or a pause's) may have run after the first request.
   host_.run_on_store([sha](store::EvidenceStore& s) { (void)s.upload_request(sha); });
@@ -392,6 +409,7 @@ void RecordingUploader::verify_then_resend(const store::UploadRow& row) {
         bump(snapshot_mutex_, counters_, "files_damaged");
         unreadable_.insert(sha);
         fin_next_.erase(sha);
+        drop_job_of(sha);
         publish_abort(sha, why);
       }
       poll();
@@ -464,28 +482,29 @@ void RecordingUploader::poll() {
   }
   const bool all = cfg_.recordings_policy == "all";
   const bool important = cfg_.recordings_policy == "important";
-  host_.run_on_store([this, all, important, after = fin_cursor_](store::EvidenceStore& store) {
-    store.uploads_discover(kDiscoverPage);
-    auto pending = store.uploads_pending(all, important, kPendingPage);
-    // Files not yet sent whole, apart: more than a page of files waiting for their receipts must not hide
-    // them.
-    for (store::UploadRow& row : store.uploads_pending(all, important, kPendingPage, true)) {
-      pending.push_back(std::move(row));
-    }
-    // And a page of those waiting for their receipts, walked through by seq: files that never get one (over
-    // central's size bound) must not keep the fins of all later files from being sent again.
-    auto waiting = store.uploads_sent_whole(all, important, after, kPendingPage);
-    const std::int64_t next_cursor =
-        waiting.size() < kPendingPage ? 0 : static_cast<std::int64_t>(waiting.back().seq);
-    for (store::UploadRow& row : waiting) {
-      pending.push_back(std::move(row));
-    }
-    const store::UploadStats stats = store.upload_stats();
-    asio::post(strand_, [this, pending = std::move(pending), stats, next_cursor] {
-      fin_cursor_ = next_cursor;
-      take_pending(pending, stats);
-    });
-  });
+  host_.run_on_store(
+      [this, all, important, after = fin_cursor_, skip = not_sent_now()](store::EvidenceStore& store) {
+        store.uploads_discover(kDiscoverPage);
+        auto pending = store.uploads_pending(all, important, kPendingPage, false, skip);
+        // Files not yet sent whole, apart: more than a page of files waiting for their receipts must not hide
+        // them (nor files this process does not send now).
+        for (store::UploadRow& row : store.uploads_pending(all, important, kPendingPage, true, skip)) {
+          pending.push_back(std::move(row));
+        }
+        // And a page of those waiting for their receipts, walked through by seq: files that never get one
+        // (over central's size bound) must not keep the fins of all later files from being sent again.
+        auto waiting = store.uploads_sent_whole(all, important, after, kPendingPage);
+        const std::int64_t next_cursor =
+            waiting.size() < kPendingPage ? 0 : static_cast<std::int64_t>(waiting.back().seq);
+        for (store::UploadRow& row : waiting) {
+          pending.push_back(std::move(row));
+        }
+        const store::UploadStats stats = store.upload_stats();
+        asio::post(strand_, [this, pending = std::move(pending), stats, next_cursor] {
+          fin_cursor_ = next_cursor;
+          take_pending(pending, stats);
+        });
+      });
 }
 
 void RecordingUploader::serve_next_want() {
@@ -589,13 +608,13 @@ void RecordingUploader::check_preempt() {
   polling_ = true;
   const bool all = cfg_.recordings_policy == "all";
   const bool important = cfg_.recordings_policy == "important";
-  host_.run_on_store([this, all, important, wanted](store::EvidenceStore& store) {
+  host_.run_on_store([this, all, important, wanted, skip = not_sent_now()](store::EvidenceStore& store) {
     std::map<std::string, std::optional<store::UploadRow>> rows;
     for (const std::string& sha : wanted) {
       rows[sha] = store.upload(sha);
     }
     store.uploads_discover(kDiscoverPage);  // an important recording collected meanwhile
-    auto unsent = store.uploads_pending(all, important, kPendingPage, true);
+    auto unsent = store.uploads_pending(all, important, kPendingPage, true, skip);
     asio::post(strand_, [this, rows = std::move(rows), unsent = std::move(unsent)] {
       polling_ = false;
       if (stopped_) {

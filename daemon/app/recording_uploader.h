@@ -98,6 +98,10 @@ class RecordingUploader {
   void take_want(const std::string& sha, const std::optional<store::UploadRow>& row, filex::Ranges ranges);
   // A whole-file want for a file not held: sent again from byte 0 as an ordinary upload, at rank 0.
   void resend_whole(const std::string& sha);
+  // The job sending `sha`, if any, is dropped (its completions ignored).
+  void drop_job_of(const std::string& sha);
+  // Files not to be taken now (unreadable, refused, deferred): left out of the store's pages.
+  std::set<std::string> not_sent_now() const;
   // The same for a file already sent whole, once its bytes here still hash to its SHA-256 (read on the
   // blocking pool); a damaged or unreadable copy is answered with abort instead, and not sent again.
   void verify_then_resend(const store::UploadRow& row);

@@ -398,11 +398,15 @@ CustodySection parse_custody(Section& root) {
                                                     {.one_of = {"all", "important", "on_request"}});
     out.recordings_rate_kib_s =
         r.optional<int>("rate_kib_s", out.recordings_rate_kib_s, {.min = 1, .max = 10 * 1024 * 1024});
+    // Unset, a segment is at most a second's worth of the rate (the token bucket holds one second): a config
+    // that lowers only rate_kib_s keeps loading. Set, a larger one is refused.
+    const bool segment_set = r.has("segment_kib");
     out.recordings_segment_kib =
-        r.optional<int>("segment_kib", out.recordings_segment_kib, {.min = 4, .max = 16384});
-    if (out.recordings_segment_kib > out.recordings_rate_kib_s) {
-      // The token bucket holds one second's worth: a segment above it would make every burst one segment,
-      // longer than the documented second.
+        r.optional<int>("segment_kib", std::min(out.recordings_segment_kib, out.recordings_rate_kib_s),
+                        {.min = 4, .max = 16384});
+    if (!segment_set) {
+      out.recordings_segment_kib = std::max(4, out.recordings_segment_kib);
+    } else if (out.recordings_segment_kib > out.recordings_rate_kib_s) {
       r.fail("segment_kib", "a segment (" + std::to_string(out.recordings_segment_kib) +
                                 " KiB) may not exceed a second's worth of rate_kib_s (" +
                                 std::to_string(out.recordings_rate_kib_s) + ")");

@@ -1155,13 +1155,17 @@ bool EvidenceStore::media_named(const std::string& sha256) const {
   return sqlite3_step(q.get()) != SQLITE_DONE;
 }
 
-bool EvidenceStore::recording_named(const std::string& sha256) const {
+std::optional<bool> EvidenceStore::recording_named(const std::string& sha256) const {
   AdHoc q(db_, "SELECT 1 FROM record_media WHERE sha256 = ?1 AND published = 0 LIMIT 1");
   if (!q.ok()) {
-    return true;
+    return std::nullopt;
   }
   bind_text(q.get(), 1, sha256);
-  return sqlite3_step(q.get()) != SQLITE_DONE;
+  const int rc = sqlite3_step(q.get());
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+    return std::nullopt;
+  }
+  return rc == SQLITE_ROW;
 }
 
 UnixMs EvidenceStore::media_since_ms() const {
@@ -1485,12 +1489,19 @@ std::size_t EvidenceStore::uploads_discover(std::size_t limit, const std::string
 
 namespace {
 
-// Rows not held within the policy (?1 all, ?2 important; requested ones always), then `where` and `order`
-// with ?3 and ?4 bound to a and b.
+// Rows not held within the policy (?1 all, ?2 important; requested ones always), but those in `exclude`,
+// then `where` and `order` with ?3 and ?4 bound to a and b.
 std::vector<UploadRow> uploads_where(sqlite3* db, bool all, bool important, const char* where_order,
-                                     std::int64_t a, std::int64_t b) {
+                                     std::int64_t a, std::int64_t b, const std::set<std::string>& exclude) {
+  std::string not_in;
+  for (const std::string& sha : exclude) {
+    if (is_sha256_hex(sha)) {  // hex only: safe between quotes
+      not_in += (not_in.empty() ? "'" : ",'") + sha + "'";
+    }
+  }
   const std::string sql = std::string(kUploadColumns) +
                           "WHERE held_ms IS NULL AND (?1 OR requested = 1 OR (?2 AND important = 1)) " +
+                          (not_in.empty() ? std::string() : "AND sha256 NOT IN (" + not_in + ") ") +
                           where_order;
   AdHoc q(db, sql.c_str());
   std::vector<UploadRow> out;
@@ -1510,17 +1521,18 @@ std::vector<UploadRow> uploads_where(sqlite3* db, bool all, bool important, cons
 }  // namespace
 
 std::vector<UploadRow> EvidenceStore::uploads_pending(bool all, bool important, std::size_t limit,
-                                                      bool unsent_only) const {
+                                                      bool unsent_only,
+                                                      const std::set<std::string>& exclude) const {
   return uploads_where(
       db_, all, important,
       "AND (?4 = 0 OR sent_to < length) ORDER BY requested DESC, important DESC, seq LIMIT ?3",
-      static_cast<std::int64_t>(limit), unsent_only ? 1 : 0);
+      static_cast<std::int64_t>(limit), unsent_only ? 1 : 0, exclude);
 }
 
 std::vector<UploadRow> EvidenceStore::uploads_sent_whole(bool all, bool important, std::int64_t after_seq,
                                                          std::size_t limit) const {
   return uploads_where(db_, all, important, "AND sent_to >= length AND seq > ?3 ORDER BY seq LIMIT ?4",
-                       after_seq, static_cast<std::int64_t>(limit));
+                       after_seq, static_cast<std::int64_t>(limit), {});
 }
 
 std::optional<UploadRow> EvidenceStore::upload(const std::string& sha256) const {

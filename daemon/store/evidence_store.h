@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -145,9 +146,9 @@ class EvidenceStore {
   void raise_media_since(UnixMs ms);
   // Whether any record of this store names the media file (a read error counts as named).
   bool media_named(const std::string& sha256) const;
-  // Whether a record of this store names the file as a kept file (a body-worn recording), not a picture. A
-  // read error: true (it is not served as a picture).
-  bool recording_named(const std::string& sha256) const;
+  // Whether a record of this store names the file as a kept file (a body-worn recording), not a picture;
+  // nullopt on a read error (unknown now).
+  std::optional<bool> recording_named(const std::string& sha256) const;
 
   // Links: committed records of `types` with time_ms in span, in seq order.
   std::vector<LinkTarget> records_in_span(const std::vector<std::string>& types, const LinkSpan& span) const;
@@ -203,9 +204,11 @@ class EvidenceStore {
   std::size_t uploads_discover(std::size_t limit, const std::string& only_sha256 = {});
   // Rows not yet held, requested first, then important, each in seq order: all of them (`all`), or the
   // important and requested ones (`important`), or only the requested ones; with `unsent_only`, only those
-  // not yet sent whole.
+  // not yet sent whole; never those in `exclude` (files the uploader does not send now, which must not
+  // fill the page).
   std::vector<UploadRow> uploads_pending(bool all, bool important, std::size_t limit,
-                                         bool unsent_only = false) const;
+                                         bool unsent_only = false,
+                                         const std::set<std::string>& exclude = {}) const;
   // Rows not yet held and sent whole (each waiting for its file receipt), with seq above `after_seq`, in seq
   // order, under the same policy: a page of the files whose fin is sent again, walked through page by page.
   std::vector<UploadRow> uploads_sent_whole(bool all, bool important, std::int64_t after_seq,

@@ -855,8 +855,11 @@ TEST_F(CentralHostile, AChainBreakWhoseBranchNobodyHoldsIsPassedByAcceptingTheMi
 
   // The set-aside o4, delivered again, does not fill the hole custody passed as lost: it stays in forks, a
   // duplicate of the copy set aside (alarmed when it was set aside, not again).
+  const auto duplicates = prometheus_sample(metrics(), "central_duplicates_total");
   publish(lost, 3, 4);
-  pause(2s);
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return prometheus_sample(metrics(), "central_duplicates_total") > duplicates; }, 30s))
+      << central_->stderr_text();
   EXPECT_EQ(pg_int("SELECT count(*) FROM records WHERE gateway = 'gh' AND seq = 4"), 0);
   EXPECT_EQ(pg_int("SELECT count(*) FROM forks WHERE gateway = 'gh' AND seq = 4"), 1);
   central_->signal(SIGTERM);
@@ -1216,6 +1219,47 @@ TEST_F(CentralHostile, LostPicturesOfConsecutiveRecordsAreAskedForInOneRequest) 
   store.store_batch(replies, now + 3600001, policy);
   EXPECT_EQ(pg_.query("SELECT seq || ' ' || sha256 FROM unrecoverable_media WHERE gateway = 'gh'"),
             "4 " + pictures[2]);
+}
+
+// The continued chain's N+2 reaches central before its store_replaced at N+1 (another instance, a broker
+// that dropped N+1): it is a fork of the old N+2 then. Once store_replaced is followed, the old branch is set
+// aside and seq N+2 is free: the resend of the new N+2 fills it (an ordinary fork's bytes are no copy set
+// aside), and the watermark reaches the new head.
+TEST_F(CentralHostile, AContinuedChainsRecordSeenFirstAsAForkFillsItsSeqOnceFollowed) {
+  central::CentralStore store(pg_.conninfo());
+  const central::ReceiptPolicy policy{"central-test", 1000, 5000};
+  constexpr long long kLater = 1767225600000 + 60000;
+  std::vector<std::string> old_chain{gh_record(1, std::string(64, '0'), {})};
+  for (std::uint64_t seq = 2; seq <= 6; ++seq) {
+    old_chain.push_back(gh_record(seq, sha256_hex(old_chain.back()), {}));
+  }
+  central::Batch batch;
+  for (const auto& jws : old_chain) {
+    batch.records.push_back(gh_incoming(jws));
+  }
+  store.store_batch(batch, 1767225600000, policy);
+  pg_.query("UPDATE gateways SET receipt_seq = 4 WHERE gateway = 'gh'");  // confirmed through 4 only
+  const std::string n5 = gh_signed(gh_key_, 5, sha256_hex(old_chain[3]),
+                                   {{"type", "audit"},
+                                    {"event", "store_replaced"},
+                                    {"reason", "store.db missing at start"},
+                                    {"continued_from_seq", 4},
+                                    {"continued_from_head", sha256_hex(old_chain[3])},
+                                    {"lost_after_seq", 4},
+                                    {"created_ms", kLater}});
+  const std::string n6 = gh_signed(gh_key_, 6, sha256_hex(n5), {{"created_ms", kLater + 1}});
+  const auto one = [&](const std::string& jws, std::int64_t at) {
+    central::Batch b;
+    b.records = {gh_incoming(jws)};
+    return store.store_batch(b, at, policy);
+  };
+  EXPECT_EQ(one(n6, 1767225600001).forks, 1u) << "the new 6 first: a fork of the old 6";
+  one(n5, 1767225600002);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM records WHERE gateway = 'gh' AND seq = 6"), 0) << "old 6 set aside";
+  const auto again = one(n6, 1767225600003);  // the gap request brings it again
+  EXPECT_EQ(again.stored, 1u);
+  EXPECT_EQ(pg_.query("SELECT jws_sha256 FROM records WHERE gateway = 'gh' AND seq = 6"), sha256_hex(n6));
+  EXPECT_EQ(gh_int("watermark_seq"), 6);
 }
 
 // A fork (a cloned gateway's record) naming a picture adds no picture to the record central holds at that

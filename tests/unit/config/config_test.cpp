@@ -569,6 +569,8 @@ TEST(ConfigTest, ARecordingSegmentAboveASecondOfTheRateIsRefused) {
     return kBase + "custody:\n  central_keys:\n    - pem: " + pem + "\n  recordings: " + recordings + "\n";
   };
   EXPECT_NO_THROW(parse_config(custody("{rate_kib_s: 256, segment_kib: 256}"), kGatewayFile));
+  // Only the rate lowered (a config from before the rule): the segment follows it down, the file loads.
+  EXPECT_EQ(parse_config(custody("{rate_kib_s: 256}"), kGatewayFile).custody.recordings_segment_kib, 256);
   const ConfigError e = error_in(custody("{rate_kib_s: 256, segment_kib: 1024}"));
   EXPECT_EQ(e.key(), "custody.recordings.segment_kib");
   EXPECT_EQ(e.detail(), "a segment (1024 KiB) may not exceed a second's worth of rate_kib_s (256)");
