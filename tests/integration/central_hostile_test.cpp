@@ -53,6 +53,23 @@ class CentralHostile : public CustodyFixture {
 
   void start_central() { CustodyFixture::start_central(central_, "central", &metrics_port_); }
 
+  // Central's recordings intake against the test's PostgreSQL, without the broker: the schema, a connection,
+  // a media directory and a signing key (max 1 MiB a file, 4 open, stall 30 s, retry up to 300 s).
+  struct IntakeRig {
+    explicit IntakeRig(CentralHostile& t)
+        : store(t.pg_.conninfo()),
+          pg(std::make_unique<central::PgConnection>(t.pg_.conninfo())),
+          media(t.dir_ / "central-media"),
+          intake(std::make_unique<central::FileIntake>(
+              central::FileIntakeConfig{"central-test", media.string(), 1 << 20, 4, 30000, 300000}, key,
+              "checkpoint")) {}
+    central::CentralStore store;
+    std::unique_ptr<central::PgConnection> pg;
+    fs::path media;
+    Ed25519PrivateKey key = Ed25519PrivateKey::generate();
+    std::unique_ptr<central::FileIntake> intake;
+  };
+
   // Receipts by count only (every 3 records), so a test knows which receipt comes when.
   void start_central_with_receipts_every_3_records() {
     CentralConfig config;
@@ -969,12 +986,10 @@ TEST_F(CentralHostile, TwoCopiesOfOneSeqInOneBatchAreAForkOrADuplicate) {
 // file and the copy overwrote the first one's bytes: either way the whole file failed its hash and was asked
 // for again from nothing.
 TEST_F(CentralHostile, AFileTransferStartedAgainOrSentASegmentTwiceStillAssemblesTheRightBytes) {
-  central::CentralStore store(pg_.conninfo());  // the schema
-  central::PgConnection pg(pg_.conninfo());
-  const fs::path media = dir_ / "central-media";
-  const auto central_key = Ed25519PrivateKey::generate();
-  central::FileIntake intake({"central-test", media.string(), 1 << 20, 4, 30000, 300000}, central_key,
-                             "checkpoint");
+  const IntakeRig rig(*this);
+  central::PgConnection& pg = *rig.pg;
+  const fs::path& media = rig.media;
+  central::FileIntake& intake = *rig.intake;
   std::string content(8192, '\0');
   for (std::size_t i = 0; i < content.size(); ++i) {
     content[i] = static_cast<char>(i * 7 % 251);
@@ -1025,12 +1040,10 @@ TEST_F(CentralHostile, AFileTransferStartedAgainOrSentASegmentTwiceStillAssemble
 // transfer ends not_held with the reason, its partial file goes, and a new init is refused: no more wants,
 // until an operator requests the file again. It used to be asked for and sent whole for ever.
 TEST_F(CentralHostile, AFileWhoseWholeNeverMatchesItsIdIsGivenUpAfterThreeTries) {
-  central::CentralStore store(pg_.conninfo());  // the schema
-  central::PgConnection pg(pg_.conninfo());
-  const fs::path media = dir_ / "central-media";
-  const auto central_key = Ed25519PrivateKey::generate();
-  central::FileIntake intake({"central-test", media.string(), 1 << 20, 4, 30000, 300000}, central_key,
-                             "checkpoint");
+  const IntakeRig rig(*this);
+  central::PgConnection& pg = *rig.pg;
+  const fs::path& media = rig.media;
+  central::FileIntake& intake = *rig.intake;
   const std::string sha = sha256_hex("the file as the dock gave it");
   const std::string damaged(4096, 'd');
   std::vector<central::FilePublish> out;
