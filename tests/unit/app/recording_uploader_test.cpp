@@ -309,5 +309,24 @@ TEST_F(RecordingUploaderTest, AFileCentralRefusesStopsForGoodOrForAWhile) {
   EXPECT_EQ(std::count(all.begin(), all.end(), std::string("fin")), 1) << ::testing::PrintToString(all);
 }
 
+// files/refused is unsigned: anyone the broker lets publish there can send refusals naming any SHA-256, as
+// fast as it likes. What the gateway keeps of them is bounded (256 refused for good, 256 deferred); beyond,
+// a refusal is dropped and counted in inputs_dropped.
+TEST_F(RecordingUploaderTest, AFloodOfRefusalsKeepsABoundedSet) {
+  uploader_->start();
+  for (int i = 0; i < 600; ++i) {
+    const bool later = i % 2 == 1;
+    uploader_->on_message(forwarder::InboundMessage{
+        "checkpoint/gw-1/files/refused",
+        filex::refused_json(filex::Refusal{sha256_hex("file " + std::to_string(i)), "flood", later}), "", "",
+        false});
+    if (i % 50 == 49) {
+      run(20ms);  // the hand-off (64 waiting) is not what bounds them here
+    }
+  }
+  run(50ms);
+  EXPECT_EQ(uploader_->status()["inputs_dropped"], 2 * (300 - 256));
+}
+
 }  // namespace
 }  // namespace cpd::app
