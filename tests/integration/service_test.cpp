@@ -259,6 +259,13 @@ TEST_F(Service, TellsSystemdReadyStatusWatchdogReloadingAndStopping) {
   pause(3500ms);
 
   const auto ready_at = notify.with_line("READY=1").front().at;
+  // While the store opens (its integrity check reads it whole), the start timeout is extended: a store that
+  // takes longer than TimeoutStartSec to read must not be killed and restarted into the same check.
+  const auto extend = notify.with_line("EXTEND_TIMEOUT_USEC=90000000");
+  ASSERT_FALSE(extend.empty()) << "no EXTEND_TIMEOUT_USEC before READY=1";
+  EXPECT_LT(extend.front().at, ready_at);
+  EXPECT_NE(extend.front().text.find("STATUS=opening the evidence store"), std::string::npos)
+      << extend.front().text;
   std::vector<Clock::time_point> pings;
   for (const auto& m : notify.with_line("WATCHDOG=1")) {
     if (m.at >= ready_at) {
