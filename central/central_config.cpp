@@ -30,6 +30,7 @@ void parse_feed(Section feed, decltype(CentralConfig::feed)& out) {
   out.queue_mb = feed.optional<int>("queue_mb", out.queue_mb, {.min = 1, .max = 65536});
   out.max_file_mb = feed.optional<int>("max_file_mb", out.max_file_mb, {.min = 1, .max = 1 << 20});
   out.max_open_files = feed.optional<int>("max_open_files", out.max_open_files, {.min = 1, .max = 64});
+  out.unnamed_max_mb = feed.optional<int>("unnamed_max_mb", out.unnamed_max_mb, {.min = 1, .max = 1 << 20});
   out.batch_max = feed.optional<int>("batch_max", out.batch_max, {.min = 1, .max = 10000});
   out.media_dir = config::resolve_path(
       feed, feed.required<std::string>("media_dir",

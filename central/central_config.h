@@ -36,6 +36,10 @@ struct FeedSection {
   // at most max_open_files transfers per gateway are open at once (each holds a partial file on disk).
   int max_file_mb = 8192;
   int max_open_files = 4;
+  // Files no record names yet (a picture before its record, a recording whose record is not here), per
+  // gateway: beyond this a picture is refused (asked for again once a record names it) and an init is told
+  // to come back later. Bounds what an enrolled gateway can make central keep that no evidence names.
+  int unnamed_max_mb = 1024;
 };
 
 struct ReceiptsSection {

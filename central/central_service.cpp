@@ -90,7 +90,8 @@ CentralService::CentralService(CentralConfig config)
       files_(std::make_unique<FileIntake>(
           FileIntakeConfig{cfg_.central.id, cfg_.feed.media_dir,
                            static_cast<std::uint64_t>(cfg_.feed.max_file_mb) << 20, cfg_.feed.max_open_files,
-                           cfg_.gaps.file_stall_ms, cfg_.gaps.retry_max_ms},
+                           cfg_.gaps.file_stall_ms, cfg_.gaps.retry_max_ms,
+                           static_cast<std::uint64_t>(cfg_.feed.unnamed_max_mb) << 20},
           key_, prefix_)) {}
 
 CentralService::~CentralService() {
@@ -553,6 +554,86 @@ std::string CentralService::write_media(const std::string& sha256, const std::st
   return path.string();
 }
 
+bool CentralService::room_for_unnamed(const std::string& gateway, const std::string& sha256,
+                                      std::uint64_t bytes, const Batch& batch) {
+  const std::uint64_t bound = static_cast<std::uint64_t>(cfg_.feed.unnamed_max_mb) << 20;
+  PgConnection& pg = store_->connection();
+  Unnamed& u = unnamed_[gateway];
+  const std::int64_t now = now_ms();
+  // Read again after a second; after half a minute when it was over the bound (the sum then runs over up to
+  // bound / kUnnamedMinCharge rows).
+  if (u.read_ms < 0 || now - u.read_ms >= (u.over ? kUnnamedRefreshOverMs : kUnnamedRefreshMs)) {
+    u.bytes = unnamed_bytes(pg, gateway);
+    u.read_ms = now;
+  }
+  // This batch's pictures are not committed yet: the sum read does not hold them (a batch taken again after
+  // a failure is counted once: committed pictures are added by commit()).
+  std::uint64_t pending = 0;
+  for (const IncomingMedia& m : batch.media) {
+    pending += m.gateway == gateway ? unnamed_charge(m.bytes) : 0;
+  }
+  u.over = u.bytes + pending + unnamed_charge(bytes) > bound;
+  if (!u.over) {
+    return true;
+  }
+  // Over the bound: a picture a stored record names, or one central holds already, is taken all the same.
+  return pg
+      .exec(
+          "SELECT EXISTS (SELECT 1 FROM record_media WHERE sha256 = $1) OR EXISTS (SELECT 1 FROM media "
+          "WHERE sha256 = $1)",
+          {sha256}, "looking for a record naming a picture")
+      .boolean(0, 0);
+}
+
+void CentralService::refuse_unnamed(const std::string& gateway, const std::string& sha256) {
+  if (reexamining_) {
+    return;  // its quarantine row stays
+  }
+  ++counters_.media_unnamed_refused;
+  Unnamed& u = unnamed_[gateway];
+  const std::int64_t now = now_ms();
+  if (u.logged_ms < 0 || now - u.logged_ms >= 60000) {
+    u.logged_ms = now;
+    log::warn("central", gateway,
+              "picture " + sha256 +
+                  " refused: no stored record names it, and this gateway's files no record names take " +
+                  std::to_string(u.bytes) + " bytes (feed.unnamed_max_mb " +
+                  std::to_string(cfg_.feed.unnamed_max_mb) +
+                  "); it is asked for again once a record names it (further refusals this minute are counted "
+                  "only: central_media_unnamed_refused_total)");
+  }
+}
+
+// Pictures over their gateway's bound, held back while the rest of the batch was read: one that a record of
+// this batch names is taken (the gateway publishes a picture just before its record), the others refused.
+void CentralService::settle_over_bound(Batch& batch) {
+  for (const OverBound& o : over_bound_) {
+    const bool named = std::any_of(batch.records.begin(), batch.records.end(), [&o](const IncomingRecord& r) {
+      if (r.gateway != o.gateway || !r.body.is_object()) {
+        return false;
+      }
+      const auto pictures = r.body.find("pictures");
+      return pictures != r.body.end() && pictures->is_array() &&
+             std::any_of(pictures->begin(), pictures->end(), [&o](const nlohmann::json& p) {
+               const auto sha = p.is_object() ? p.find("sha256") : p.end();
+               return sha != p.end() && sha->is_string() && sha->get_ref<const std::string&>() == o.sha256;
+             });
+    });
+    if (!named) {
+      refuse_unnamed(o.gateway, o.sha256);
+      continue;
+    }
+    try {
+      batch.media.push_back(
+          IncomingMedia{o.gateway, o.sha256, o.payload->size(), write_media(o.sha256, *o.payload)});
+    } catch (const std::exception& e) {
+      ++counters_.refused;  // not stored, so not counted as held; the gap check asks again
+      log::error("central", o.gateway, "picture " + o.sha256 + " not taken: " + e.what());
+    }
+  }
+  over_bound_.clear();
+}
+
 void CentralService::quarantine(Batch& batch, const std::string& gateway, const std::string& kind,
                                 const std::string& payload, std::optional<std::uint64_t> seq, std::string kid,
                                 std::string reason, bool enrolled) {
@@ -626,6 +707,14 @@ void CentralService::classify(Message& m, Batch& batch) {
                     (!is_sha256_hex(sha)                 ? "its name is not a SHA-256"
                      : m.payload.size() > kMaxMediaBytes ? "larger than 64 MiB"
                                                          : "its SHA-256 is not its name"));
+      return;
+    }
+    if (!room_for_unnamed(gateway, sha, m.payload.size(), batch)) {
+      if (reexamining_ || over_bound_.size() >= kMaxOverBound) {
+        refuse_unnamed(gateway, sha);
+      } else {
+        over_bound_.push_back(OverBound{gateway, sha, &m.payload});  // settled once the batch is read
+      }
       return;
     }
     batch.media.push_back(IncomingMedia{gateway, sha, m.payload.size(), write_media(sha, m.payload)});
@@ -776,6 +865,7 @@ void CentralService::classify_reply(const Message& m, const std::string& gateway
 
 void CentralService::process(std::vector<Message>& messages) {
   Batch batch;
+  over_bound_.clear();
   for (Message& m : messages) {
     ++counters_.messages;
     try {
@@ -793,6 +883,7 @@ void CentralService::process(std::vector<Message>& messages) {
       log::error("central", "", "message on " + printable(m.topic) + " not taken: " + e.what());
     }
   }
+  settle_over_bound(batch);
   if (batch.empty()) {
     return;
   }
@@ -954,6 +1045,9 @@ void CentralService::commit(Batch& batch) {
   counters_.quarantined += out.quarantined + out.quarantine_duplicates;
   counters_.quarantine_dropped += out.quarantine_dropped;
   counters_.media_stored += out.media_stored;
+  for (const IncomingMedia& m : batch.media) {
+    unnamed_[m.gateway].bytes += unnamed_charge(m.bytes);  // until the sum is read again
+  }
   counters_.head_forks += out.head_forks;
   counters_.unsolicited_replies += out.unsolicited_replies;
   counters_.unrecoverable += out.unrecoverable.size();
@@ -1234,6 +1328,9 @@ void CentralService::add_counter_metrics(metrics::Exposition& e) {
   c("central_media_stored_total", "Media files stored.", counters_.media_stored);
   c("central_media_refused_total", "Media refused (hash mismatch, too large, bad name).",
     counters_.media_refused);
+  c("central_media_unnamed_refused_total",
+    "Pictures no stored record names refused beyond feed.unnamed_max_mb (asked for again once named).",
+    counters_.media_unnamed_refused);
   c("central_unknown_gateway_total",
     "Messages from gateways that are not enrolled (quarantined within bounds).", counters_.unknown_gateway);
   c("central_refused_total", "Messages refused: not a feed topic, not a gateway id, not storable.",
@@ -1279,6 +1376,8 @@ void CentralService::add_counter_metrics(metrics::Exposition& e) {
   c("central_file_wants_total", "Requests to a gateway for missing byte ranges or whole files.", f.wants);
   c("central_file_aborts_total", "Recordings a gateway said it cannot send.", f.aborts);
   c("central_file_receipts_total", "Signed file receipts published.", f.receipts);
+  c("central_file_unnamed_refused_total",
+    "Recording inits no stored record names refused (later) beyond feed.unnamed_max_mb.", f.unnamed_refused);
   c("central_resend_requests_total", "Resend requests published.", counters_.resend_requests);
   c("central_postgres_errors_total", "PostgreSQL errors (batch retried).", counters_.pg_errors);
   c("central_postgres_transient_total",
@@ -1323,6 +1422,9 @@ void CentralService::add_state_metrics(metrics::Exposition& e) {
                   labels, g["unrecoverable_media_count"].get<double>());
       e.add_gauge("central_gateway_unrecoverable_ranges", "Seq ranges the gateway said it no longer holds.",
                   labels, static_cast<double>(g["unrecoverable"].size()));
+      e.add_gauge("central_gateway_unnamed_bytes",
+                  "Bytes of files the gateway sent that no stored record names (bound: feed.unnamed_max_mb).",
+                  labels, g["unnamed_bytes"].get<double>());
     }
     const auto& q = status["quarantine"];
     e.add_gauge("central_quarantine_rows", "Rows in the quarantine table.", {}, q["rows"].get<double>());

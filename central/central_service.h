@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "central/central_config.h"
@@ -45,10 +46,11 @@ struct CentralCounters {
   std::atomic<std::uint64_t> quarantine_dropped{0};
   std::atomic<std::uint64_t> quarantine_expired{0};  // rows discarded by feed.quarantine_max_age_days
   std::atomic<std::uint64_t> media_stored{0};
-  std::atomic<std::uint64_t> media_refused{0};      // hash mismatch, too large, bad name
-  std::atomic<std::uint64_t> unknown_gateway{0};    // messages on a gateway's topics that is not enrolled
-  std::atomic<std::uint64_t> refused{0};            // messages refused: a topic that is not the feed's, a
-                                                    // malformed head or reply, a message central cannot store
+  std::atomic<std::uint64_t> media_refused{0};          // hash mismatch, too large, bad name
+  std::atomic<std::uint64_t> media_unnamed_refused{0};  // pictures no record names, beyond unnamed_max_mb
+  std::atomic<std::uint64_t> unknown_gateway{0};        // messages on a gateway's topics that is not enrolled
+  std::atomic<std::uint64_t> refused{0};                // messages refused: a topic that is not the feed's, a
+                                          // malformed head or reply, a message central cannot store
   std::atomic<std::uint64_t> heads_refused{0};      // head announcements failing a check
   std::atomic<std::uint64_t> subscribe_refused{0};  // subscribe attempts refused (a topic) or unanswered
   std::atomic<std::uint64_t> replies_refused{0};  // resend replies that are not a JSON object (or too large)
@@ -160,6 +162,12 @@ class CentralService {
   std::optional<Ed25519PublicKey> key_for(const std::string& gateway, const std::string& kid);
   void reload_keys(bool force);
   std::string write_media(const std::string& sha256, const std::string& bytes);
+  // Whether a picture of `gateway` fits its bound on files no record names (feed.unnamed_max_mb), with the
+  // batch's pictures; a picture a stored record names, or one held already, always does.
+  bool room_for_unnamed(const std::string& gateway, const std::string& sha256, std::uint64_t bytes,
+                        const Batch& batch);
+  void refuse_unnamed(const std::string& gateway, const std::string& sha256);  // counted, logged (1/min)
+  void settle_over_bound(Batch& batch);
   void ensure_store();
 
   CentralConfig cfg_;
@@ -204,6 +212,27 @@ class CentralService {
   bool reexamining_ = false;  // classify() re-examining quarantined messages: not counted again
   std::int64_t reexamine_enrolment_ms_ = -1;  // the latest enrolment the quarantine was scanned for
   bool reexamine_more_ = false;               // the last scan filled its page: look again
+
+  // Per enrolled gateway: its unnamed bytes as last read plus the pictures committed since, whether the last
+  // picture found it over the bound, and when a refusal was last logged. Worker thread only.
+  struct Unnamed {
+    std::uint64_t bytes = 0;
+    std::int64_t read_ms = -1;
+    std::int64_t logged_ms = -1;
+    bool over = false;
+  };
+  static constexpr std::int64_t kUnnamedRefreshMs = 1000;
+  static constexpr std::int64_t kUnnamedRefreshOverMs = 30000;
+  std::unordered_map<std::string, Unnamed> unnamed_;
+  // Pictures over their gateway's bound in the batch being read (their payload stays in the batch's
+  // messages): settle_over_bound() takes those a record of the batch names. Beyond kMaxOverBound: refused.
+  struct OverBound {
+    std::string gateway;
+    std::string sha256;
+    const std::string* payload;
+  };
+  static constexpr std::size_t kMaxOverBound = 1000;
+  std::vector<OverBound> over_bound_;
 
   CentralCounters counters_;
   std::mutex metrics_mutex_;  // the metrics text reads PostgreSQL on its own connection

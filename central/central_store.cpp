@@ -374,6 +374,15 @@ ALTER TABLE branch_choices ADD COLUMN undone_rotations text;
 ALTER TABLE file_uploads ADD COLUMN mismatches integer NOT NULL DEFAULT 0;
 ALTER TABLE forks ADD COLUMN set_aside boolean NOT NULL DEFAULT false;
 )sql",
+    // Step 15: files no record names, bounded per gateway (feed.unnamed_max_mb; file_intake.h,
+    // unnamed_bytes). `named`: a record of the gateway that first sent the file names it, found so (it never
+    // goes back). Files held before this step count as named; a new one starts unnamed, and the partial index
+    // keeps the sum over a gateway's unnamed files as short as they are few.
+    R"sql(
+ALTER TABLE media ADD COLUMN named boolean NOT NULL DEFAULT true;
+ALTER TABLE media ALTER COLUMN named SET DEFAULT false;
+CREATE INDEX media_unnamed ON media (first_gateway) WHERE NOT named;
+)sql",
 };
 
 // "1,2,3": ids for a PostgreSQL array literal ("{" + … + "}") or a column.
@@ -2003,7 +2012,10 @@ nlohmann::json CentralStore::status_gateways() {
       "ORDER BY f.id DESC LIMIT 100) f), "
       "(SELECT count(*) FROM accepted_losses a WHERE a.gateway = g.gateway) + (SELECT count(*) FROM "
       "accepted_media_losses m WHERE m.gateway = g.gateway), "
-      "(SELECT count(*) FROM branch_choices b WHERE b.gateway = g.gateway) "
+      "(SELECT count(*) FROM branch_choices b WHERE b.gateway = g.gateway), "
+      // Files not found named at the last look (file_intake.h, unnamed_bytes); open transfers apart.
+      "(SELECT coalesce(sum(greatest(m.bytes, 4096)), 0) FROM media m WHERE m.first_gateway = g.gateway AND "
+      "NOT m.named) "
       "FROM gateways g LEFT JOIN quarantine_usage q ON q.gateway = g.gateway ORDER BY g.gateway",
       "reading status");
   for (int i = 0; i < r.rows(); ++i) {
@@ -2037,6 +2049,7 @@ nlohmann::json CentralStore::status_gateways() {
         {"fork_records", nlohmann::json::parse(r.text(i, 25))},     // the newest 100, in seq order
         {"accepted_losses_count", r.integer(i, 26)},                // all of them
         {"branch_choices_count", r.integer(i, 27)},
+        {"unnamed_bytes", r.integer(i, 28)},
     };
     gateways.push_back(std::move(g));
   }

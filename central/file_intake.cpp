@@ -86,6 +86,16 @@ std::optional<std::string> no_room(PgConnection& pg, const std::string& gateway,
   return std::nullopt;
 }
 
+// Whether a stored record of `gateway` names the recording `sha256` (its `recording` record at `seq`).
+bool recording_named(PgConnection& pg, const std::string& gateway, std::uint64_t seq,
+                     const std::string& sha256) {
+  return pg.exec(
+               "SELECT 1 FROM records WHERE gateway = $1 AND seq = $2::bigint AND type = 'recording' AND "
+               "body->>'sha256' = $3",
+               {gateway, std::to_string(seq), sha256}, "looking for the record naming a file")
+             .rows() > 0;
+}
+
 // The transfer's row opened (again): a new size or segment size starts it over.
 void open_row(PgConnection& pg, const std::string& gateway, const std::string& sha256,
               const filex::FileInit& init, const std::optional<Row>& row, std::int64_t now) {
@@ -134,6 +144,32 @@ std::uint64_t segments_held(PgConnection& pg, const std::string& gateway, const 
 }
 
 }  // namespace
+
+std::uint64_t unnamed_bytes(PgConnection& pg, const std::string& gateway) {
+  // A recording is named by the stored `recording` record its transfer's init named.
+  const std::string recording_named =
+      "EXISTS (SELECT 1 FROM records r WHERE r.gateway = f.gateway AND r.seq = f.seq AND r.type = "
+      "'recording' "
+      "AND r.body->>'sha256' = f.sha256)";
+  // `named` marks the files named since the last look; the main SELECT sees the rows as they were before,
+  // so what it marks is taken off. Each file counts at least kUnnamedMinCharge (its disk block and row).
+  const std::string sql =
+      "WITH named AS (UPDATE media SET named = true WHERE sha256 IN (SELECT m.sha256 FROM media m WHERE "
+      "m.first_gateway = $1 AND NOT m.named AND (EXISTS (SELECT 1 FROM record_media rm WHERE rm.sha256 = "
+      "m.sha256) OR EXISTS (SELECT 1 FROM file_uploads f WHERE f.gateway = m.first_gateway AND f.sha256 = "
+      "m.sha256 AND " +
+      recording_named +
+      ")) FOR UPDATE OF m SKIP LOCKED) RETURNING bytes) SELECT ((SELECT coalesce(sum(greatest(m.bytes, $2)), "
+      "0) "
+      "FROM media m WHERE m.first_gateway = $1 AND NOT m.named) - (SELECT coalesce(sum(greatest(bytes, $2)), "
+      "0) "
+      "FROM named) + (SELECT coalesce(sum(greatest(f.size, $2)), 0) FROM file_uploads f WHERE f.gateway = $1 "
+      "AND f.state = 'open' AND NOT " +
+      recording_named + "))::bigint";
+  const PgResult r =
+      pg.exec(sql, {gateway, std::to_string(kUnnamedMinCharge)}, "summing the files no record names");
+  return static_cast<std::uint64_t>(std::max<long long>(0, r.integer(0, 0)));
+}
 
 FileIntake::FileIntake(FileIntakeConfig config, const Ed25519PrivateKey& central_key, std::string prefix)
     : cfg_(std::move(config)), key_(central_key), prefix_(std::move(prefix)) {}
@@ -247,9 +283,34 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
                 false, out);
     return;
   }
-  if (!locked || locked->state != "open") {
+  const bool reopening = locked && locked->state == "open";
+  if (!reopening) {
     if (const auto full = no_room(pg, gateway, cfg_.max_open_files, locked.has_value())) {
       refuse_init(gateway, t.sha256, *full, true, out);
+      return;
+    }
+  }
+  // A file no stored record names (its record not here yet, or none at all) takes room from the gateway's
+  // bound on such files: beyond it, the gateway is told to come back later (by then its record is here). An
+  // open transfer is counted at its size already: only a larger size takes more. A file central asked for
+  // (`requested`: a stored record's, or an operator's) is exempt.
+  const bool asked = locked && locked->state == "requested";
+  if (!asked && (!reopening || init.size > locked->size) &&
+      !recording_named(pg, gateway, init.seq, t.sha256)) {
+    const std::uint64_t unnamed = unnamed_bytes(pg, gateway);
+    const std::uint64_t counted = reopening ? std::min(unnamed, unnamed_charge(locked->size)) : 0;
+    const std::uint64_t after = unnamed - counted + unnamed_charge(init.size);
+    if (after > cfg_.unnamed_max_bytes) {
+      ++counters_.unnamed_refused;
+      // Logged at most once a minute: any publisher on the gateway's topics can send inits without end.
+      const bool quiet = unnamed_logged_ms_ >= 0 && now - unnamed_logged_ms_ < 60000;
+      unnamed_logged_ms_ = quiet ? unnamed_logged_ms_ : now;
+      refuse_init(gateway, t.sha256,
+                  "no stored record names it yet, and this gateway's files no record names would take " +
+                      std::to_string(after) +
+                      " bytes (feed.unnamed_max_mb; further refusals this minute are "
+                      "counted only: central_file_unnamed_refused_total)",
+                  true, out, quiet);
       return;
     }
   }
@@ -528,11 +589,14 @@ void FileIntake::want(PgConnection& pg, const std::string& gateway, const std::s
 }
 
 void FileIntake::refuse_init(const std::string& gateway, const std::string& sha256, const std::string& why,
-                             bool later, std::vector<FilePublish>& out) {
+                             bool later, std::vector<FilePublish>& out, bool quiet) {
   ++counters_.refused;
-  log::warn("central", gateway,
-            "file " + sha256 + ": init refused: " + why +
-                (later ? "; the gateway is told to send it later" : "; the gateway is told not to send it"));
+  if (!quiet) {
+    log::warn(
+        "central", gateway,
+        "file " + sha256 + ": init refused: " + why +
+            (later ? "; the gateway is told to send it later" : "; the gateway is told not to send it"));
+  }
   out.push_back(FilePublish{prefix_ + "/" + gateway + "/files/refused",
                             filex::refused_json(filex::Refusal{sha256, why, later})});
 }

@@ -31,7 +31,21 @@ struct FileIntakeConfig {
   int max_open_files = 4;            // open transfers per gateway
   std::int64_t stall_ms = 30000;     // no segment this long: ask for what is missing
   std::int64_t retry_max_ms = 300000;
+  // Files no record names yet, per gateway (unnamed_bytes): an init beyond this is refused `later`.
+  std::uint64_t unnamed_max_bytes = std::uint64_t{1024} << 20;
 };
+
+// Bytes central holds or is receiving from `gateway` that no record of it names yet (docs/custody.md, "Files
+// no record names"): pictures and whole recordings it was the first to send (`media` rows) and its open
+// transfers' declared sizes. A picture is named by a stored record's `pictures[]`, a recording by the stored
+// `recording` record its transfer's init names. On the way it marks the files named since the last look
+// (`media.named`, skipping rows another instance has locked: those count as unnamed once more).
+// Each file counts at least this much (its disk block and its row): a flood of tiny files is bounded too.
+inline constexpr std::uint64_t kUnnamedMinCharge = 4096;
+inline std::uint64_t unnamed_charge(std::uint64_t bytes) {
+  return bytes < kUnnamedMinCharge ? kUnnamedMinCharge : bytes;
+}
+std::uint64_t unnamed_bytes(PgConnection& pg, const std::string& gateway);
 
 struct FileCounters {
   std::atomic<std::uint64_t> inits{0};
@@ -46,6 +60,7 @@ struct FileCounters {
   std::atomic<std::uint64_t> wants{0};
   std::atomic<std::uint64_t> aborts{0};  // files a gateway said it cannot send
   std::atomic<std::uint64_t> receipts{0};
+  std::atomic<std::uint64_t> unnamed_refused{0};  // inits refused `later` by feed.unnamed_max_mb
 };
 
 struct FilePublish {
@@ -89,7 +104,7 @@ class FileIntake {
             std::int64_t now, std::vector<FilePublish>& out);
   // An init not taken: counted, logged, and the gateway told (files/refused), `later` or for good.
   void refuse_init(const std::string& gateway, const std::string& sha256, const std::string& why, bool later,
-                   std::vector<FilePublish>& out);
+                   std::vector<FilePublish>& out, bool quiet = false);
   void receipt(const std::string& gateway, const std::string& sha256, std::uint64_t size, std::int64_t now,
                std::vector<FilePublish>& out);
   std::string partial_path(const std::string& gateway, const std::string& sha256) const;
@@ -99,6 +114,7 @@ class FileIntake {
   const Ed25519PrivateKey& key_;
   std::string prefix_;
   FileCounters counters_;
+  std::int64_t unnamed_logged_ms_ = -1;  // the last refusal by feed.unnamed_max_mb logged
 };
 
 }  // namespace cpd::central

@@ -434,6 +434,9 @@ void print_gateway(const nlohmann::json& g) {
   if (!g["unrecoverable"].empty()) {
     std::cout << ", unrecoverable " << g["unrecoverable"].dump();
   }
+  if (g["unnamed_bytes"].get<long long>() > 0) {
+    std::cout << ", files no record names " << g["unnamed_bytes"] << " bytes";
+  }
   if (g["unrecoverable_media_count"].get<long long>() > 0) {
     std::cout << ", UNRECOVERABLE PICTURES " << g["unrecoverable_media_count"] << " (first at seq "
               << g["unrecoverable_media"][0]["seq"] << ")";

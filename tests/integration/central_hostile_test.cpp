@@ -1034,6 +1034,110 @@ TEST_F(CentralHostile, AFileTransferStartedAgainOrSentASegmentTwiceStillAssemble
   EXPECT_EQ(intake.counters().unexpected.load(), 1u);
 }
 
+// feed.unnamed_max_mb bounds, per gateway, the files central keeps that no stored record names. Pictures
+// nobody names are taken up to the bound, then refused (counted); a picture a stored record names is taken
+// all the same, and so is one central holds already. A recording's init whose record is not stored, beyond
+// the bound, is told to come back later; once its record is stored it opens. Before, an enrolled gateway (or
+// anyone its ACL lets publish on its topics) could fill central's media directory with files no evidence
+// names.
+TEST_F(CentralHostile, FilesNoRecordNamesAreBoundedPerGatewayAndANamedOneIsAlwaysTaken) {
+  CentralConfig config;
+  config.feed_extra = "  unnamed_max_mb: 1\n";
+  config.metrics = true;
+  write_central_config("central", config);
+  start_central();
+  std::mt19937 rng(7);
+  const auto picture = [&rng] {
+    std::string bytes(400 * 1024, '\0');
+    for (char& c : bytes) {
+      c = static_cast<char>(rng());
+    }
+    return bytes;
+  };
+  const std::vector<std::string> pictures = {picture(), picture(), picture()};
+  MqttPublisher gh(broker_->uri(), "gh");
+  for (const auto& p : pictures) {
+    gh.publish("checkpoint/gh/media/" + sha256_hex(p), p);
+  }
+  gh.drain();
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return prometheus_sample(metrics(), "central_media_unnamed_refused_total") == 1; }, 30s))
+      << central_->stderr_text();
+  ASSERT_TRUE(wait_for_condition([&] { return pg_int("SELECT count(*) FROM media") == 2; }, 30s))
+      << "two of 400 KiB fit in 1 MiB";
+  pause(500ms);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM media"), 2) << "the third does not";
+  EXPECT_EQ(pg_int("SELECT count(*) FROM media WHERE named"), 0);
+  gh.publish("checkpoint/gh/media/" + sha256_hex(pictures[0]), pictures[0]);  // held already: taken
+
+  // Record 1 names the refused picture: once it is stored, central asks for the picture (a resend request),
+  // takes it past the bound, and the record is in custody with it.
+  const std::string wanted = sha256_hex(pictures[2]);
+  std::atomic<bool> asked{false};
+  gh.client().set_message_callback([&](mqtt::const_message_ptr msg) {
+    const auto parsed = custody::parse_resend_request(msg->get_payload_str());
+    if (parsed.request && !asked &&
+        std::find(parsed.request->media.begin(), parsed.request->media.end(), wanted) !=
+            parsed.request->media.end()) {
+      asked = true;
+      gh.client().publish(mqtt::make_message("checkpoint/gh/media/" + wanted, pictures[2], 1, false));
+    }
+  });
+  gh.client().subscribe("checkpoint/gh/resend", 1)->wait();
+  const std::string rec = gh_record(1, std::string(64, '0'), {wanted});
+  publish_evidence(gh, {rec}, 0, 1);
+  ASSERT_TRUE(wait_for_condition([&] { return gh_int("watermark_seq") == 1; }, 30s))
+      << central_->stderr_text();
+  EXPECT_TRUE(asked);
+  EXPECT_EQ(prometheus_sample(metrics(), "central_media_unnamed_refused_total"), 1);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM media"), 3);
+
+  // Recordings: 800 KiB of unnamed pictures leave no room for a 300 KiB file no record names, nor for an open
+  // transfer grown to that size; a file of 4 KiB fits (and 1 byte counts as 4 KiB).
+  const IntakeRig rig(*this);
+  std::vector<central::FilePublish> out;
+  const std::string file(300 * 1024, 'r');
+  const std::string sha = sha256_hex(file);
+  central::FileIntakeConfig small{"central-test", rig.media.string(), 1 << 20, 4, 30000, 300000, 1 << 20};
+  central::FileIntake intake(small, rig.key, "checkpoint");
+  intake.handle(*rig.pg, "gh", filex::init_topic("", sha),
+                filex::init_json({sha, file.size(), 65536, "a.mp4", 2}), 1767225600000, out);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].topic, "checkpoint/gh/files/refused");
+  EXPECT_NE(out[0].payload.find("\"retry\":\"later\""), std::string::npos) << out[0].payload;
+  EXPECT_EQ(intake.counters().unnamed_refused.load(), 1u);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM file_uploads"), 0);
+  const std::string small_file = "one byte";
+  const std::string small_sha = sha256_hex(small_file);
+  out.clear();
+  intake.handle(*rig.pg, "gh", filex::init_topic("", small_sha),
+                filex::init_json({small_sha, small_file.size(), 65536, "b.mp4", 9}), 1767225600000, out);
+  EXPECT_TRUE(out.empty()) << out[0].payload;
+  EXPECT_EQ(central::unnamed_bytes(*rig.pg, "gh"), 2u * 400 * 1024 + 4096);
+  intake.handle(*rig.pg, "gh", filex::init_topic("", small_sha),
+                filex::init_json({small_sha, 300 * 1024, 65536, "b.mp4", 9}), 1767225600000, out);
+  ASSERT_EQ(out.size(), 1u) << "an open transfer started again at 300 KiB passes the bound";
+  EXPECT_EQ(out[0].topic, "checkpoint/gh/files/refused");
+  EXPECT_EQ(intake.counters().unnamed_refused.load(), 2u);
+  EXPECT_EQ(pg_int("SELECT size FROM file_uploads WHERE sha256 = '" + small_sha + "'"), 8);
+
+  // Its `recording` record (seq 2) stored: the same init opens the transfer.
+  const std::string rec2 = gh_signed(gh_key_, 2, sha256_hex(rec),
+                                     {{"type", "recording"}, {"sha256", sha}, {"bytes", file.size()}});
+  publish_evidence(gh, {rec2}, 0, 1);
+  ASSERT_TRUE(wait_for_condition([&] { return gh_int("watermark_seq") == 2; }, 30s))
+      << central_->stderr_text();
+  out.clear();
+  intake.handle(*rig.pg, "gh", filex::init_topic("", sha),
+                filex::init_json({sha, file.size(), 65536, "a.mp4", 2}), 1767225600001, out);
+  EXPECT_TRUE(out.empty()) << out[0].topic << " " << out[0].payload;
+  EXPECT_EQ(pg_.query("SELECT state FROM file_uploads WHERE sha256 = '" + sha + "'"), "open");
+  // What is left unnamed: the two pictures nobody names and the small transfer (the large one's record is
+  // stored); the picture record 1 names is marked on the way.
+  EXPECT_EQ(central::unnamed_bytes(*rig.pg, "gh"), 2u * 400 * 1024 + 4096);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM media WHERE named"), 1);
+}
+
 // A gateway whose copy of a recording is damaged (a bit flipped after collection, each segment's checksum
 // taken from what it reads) sends segments that all match their checksums and a whole that never matches the
 // file's id. Central asks for the whole file again after each failure, kMaxFileMismatches times; then the
@@ -1117,7 +1221,8 @@ TEST_F(CentralHostile, AnAuditRecordWithMembersOfAnotherTypeIsStored) {
 // PostgreSQL refuses a batch. For the content of one record (a check violation, 23514, raised by a trigger
 // on its seq): the batch goes one message at a time, that record is quarantined (kept, with PostgreSQL's
 // reason), the others are stored. For the server's state (disk full, 53100, on another seq): nothing is set
-// aside; the batch waits and is stored once the server takes it. The instance lives through both: the
+// aside; the batch waits and is stored once the server takes it. For a deadlock (40P01, as another
+// instance's transaction causes): the same batch goes again. The instance lives through all three: the
 // one-at-a-time pass used to rethrow a lost connection from inside a catch block (std::terminate), and took
 // every error but a lost link as the message's fault (a full disk quarantined valid records).
 TEST_F(CentralHostile, ARecordPostgresRefusesIsQuarantinedAndAFullDiskOnlyDelaysTheBatch) {
@@ -1130,13 +1235,18 @@ BEGIN
   IF NEW.gateway = 'gh' AND NEW.seq = 5 AND EXISTS (SELECT 1 FROM pg_tables WHERE tablename = 'disk_full') THEN
     RAISE EXCEPTION 'no space left (simulated)' USING ERRCODE = 'disk_full';
   END IF;
+  -- A sequence is not rolled back with the transaction: seq 7 meets two deadlocks, then goes in.
+  IF NEW.gateway = 'gh' AND NEW.seq = 7 AND nextval('deadlocks') <= 2 THEN
+    RAISE EXCEPTION 'deadlock detected (simulated)' USING ERRCODE = 'deadlock_detected';
+  END IF;
   RETURN NEW;
 END $$)sql");
   pg_.query(
       "CREATE TRIGGER refuse_some BEFORE INSERT ON records FOR EACH ROW EXECUTE FUNCTION refuse_some()");
+  pg_.query("CREATE SEQUENCE deadlocks");
   start_central();
   std::vector<std::string> chain{gh_record(1, std::string(64, '0'), {})};
-  for (std::uint64_t seq = 2; seq <= 6; ++seq) {
+  for (std::uint64_t seq = 2; seq <= 7; ++seq) {
     chain.push_back(gh_record(seq, sha256_hex(chain.back()), {}));
   }
   MqttPublisher gh(broker_->uri(), "gh");
@@ -1167,6 +1277,16 @@ END $$)sql");
   ASSERT_TRUE(wait_for_condition(
       [&] { return pg_int("SELECT count(*) FROM records WHERE gateway = 'gh' AND seq >= 4") == 3; }, 30s))
       << central_->stderr_text();
+  EXPECT_EQ(pg_int("SELECT count(*) FROM quarantine WHERE gateway = 'gh'"), 1) << "a valid record set aside";
+
+  // A deadlock (another instance's transaction) aborts a batch with nothing wrong in it: the batch goes
+  // again, and seq 7 is stored on the third try, not set aside.
+  gh.publish("checkpoint/gh/evidence", chain[6]);
+  gh.drain();
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return pg_int("SELECT count(*) FROM records WHERE gateway = 'gh' AND seq = 7") == 1; }, 30s))
+      << central_->stderr_text();
+  EXPECT_EQ(prometheus_sample(metrics(), "central_postgres_transient_total"), 2);
   EXPECT_EQ(pg_int("SELECT count(*) FROM quarantine WHERE gateway = 'gh'"), 1) << "a valid record set aside";
   EXPECT_TRUE(central_->running()) << central_->stderr_text();
 }
