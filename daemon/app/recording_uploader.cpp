@@ -326,17 +326,18 @@ void RecordingUploader::on_refused(const std::string& payload) {
     return;
   }
   const filex::Refusal& r = *p.refusal;
-  bump(snapshot_mutex_, counters_, "refused_by_central");
-  {
-    std::lock_guard lock(snapshot_mutex_);
-    last_refusal_ = "central refused recording " + r.sha256 + ": " + r.reason;
-  }
   const UnixMs now = clock_.now_ms();
-  // Unsigned, and anyone the broker lets publish on the topic can send them: what is kept is bounded.
+  // Unsigned, and anyone the broker lets publish on the topic can send them: what is kept is bounded. One
+  // beyond the bound is counted as dropped input only (not as a refusal taken).
   if ((r.later ? deferred_.size() : refused_.size()) >= kMaxRefusals && !deferred_.count(r.sha256) &&
       !refused_.count(r.sha256)) {
     bump(snapshot_mutex_, counters_, "inputs_dropped");
     return;
+  }
+  bump(snapshot_mutex_, counters_, "refused_by_central");
+  {
+    std::lock_guard lock(snapshot_mutex_);
+    last_refusal_ = "central refused recording " + r.sha256 + ": " + r.reason;
   }
   if (r.later) {
     // Central cannot open the transfer now (too many open): this file steps aside for a while, so wants

@@ -88,11 +88,13 @@ std::vector<std::string> Postgres::as_server_user(std::vector<std::string> argv)
 
 void Postgres::start() {
   // fsync off: the tests crash central and the broker, never this server, and CI time is a budget.
-  proc_ = std::make_unique<Process>(
-      as_server_user({(bin_ / "postgres").string(), "-D", (dir_ / "data").string(), "-k", dir_.string(), "-p",
-                      std::to_string(port_), "-c", "listen_addresses=", "-c", "fsync=off", "-c",
-                      "shared_buffers=32MB", "-c", "max_connections=40"}),
-      dir_ / "postgres");
+  std::vector<std::string> argv{(bin_ / "postgres").string(), "-D", (dir_ / "data").string(), "-k",
+                                dir_.string(), "-p", std::to_string(port_), "-c", "listen_addresses=",
+                                "-c", "max_connections=40"};
+  for (const std::string& setting : settings_) {
+    argv.insert(argv.end(), {"-c", setting});
+  }
+  proc_ = std::make_unique<Process>(as_server_user(argv), dir_ / "postgres");
   const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   while (std::chrono::steady_clock::now() < end) {
     if (!proc_->running()) {

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "tests/integration/harness.h"
 
@@ -18,6 +19,9 @@ class Postgres {
   Postgres(const Postgres&) = delete;
   Postgres& operator=(const Postgres&) = delete;
 
+  // Server settings for start() instead of the tests' (fsync off, 32 MB of shared buffers): e.g. the benches
+  // run a server configured as a deployment would be ({"fsync=on", "shared_buffers=1GB"}).
+  void settings(std::vector<std::string> settings) { settings_ = std::move(settings); }
   void start();  // returns once the server accepts connections
   void stop();   // fast shutdown
   void kill();   // SIGKILL (crash)
@@ -34,6 +38,7 @@ class Postgres {
   std::uint16_t port_ = 0;
   fs::path bin_;
   std::unique_ptr<Process> proc_;
+  std::vector<std::string> settings_{"fsync=off", "shared_buffers=32MB"};
 };
 
 }  // namespace cpd::testing
