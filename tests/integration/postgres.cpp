@@ -88,9 +88,9 @@ std::vector<std::string> Postgres::as_server_user(std::vector<std::string> argv)
 
 void Postgres::start() {
   // fsync off: the tests crash central and the broker, never this server, and CI time is a budget.
-  std::vector<std::string> argv{(bin_ / "postgres").string(), "-D", (dir_ / "data").string(), "-k",
-                                dir_.string(), "-p", std::to_string(port_), "-c", "listen_addresses=",
-                                "-c", "max_connections=40"};
+  std::vector<std::string> argv{
+      (bin_ / "postgres").string(), "-D", (dir_ / "data").string(), "-k", dir_.string(),       "-p",
+      std::to_string(port_),        "-c", "listen_addresses=",      "-c", "max_connections=40"};
   for (const std::string& setting : settings_) {
     argv.insert(argv.end(), {"-c", setting});
   }
