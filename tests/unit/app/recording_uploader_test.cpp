@@ -326,7 +326,8 @@ TEST_F(RecordingUploaderTest, AFloodOfRefusalsKeepsABoundedSet) {
   }
   run(50ms);
   EXPECT_EQ(uploader_->status()["inputs_dropped"], 2 * (300 - 256));
-  EXPECT_EQ(uploader_->status()["refused_by_central"], 2 * 256) << "a dropped refusal is not counted as taken";
+  EXPECT_EQ(uploader_->status()["refused_by_central"], 2 * 256)
+      << "a dropped refusal is not counted as taken";
 }
 
 }  // namespace
