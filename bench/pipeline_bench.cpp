@@ -20,6 +20,20 @@
 
 namespace {
 
+// CPD_BENCH_STORE: further `store:` settings for both daemons, ", "-separated ("commit_max_batch: 128"), to
+// measure a setting against the defaults in the same conditions.
+std::string store_extra() {
+  const char* extra = std::getenv("CPD_BENCH_STORE");
+  std::string out;
+  std::string rest = extra ? extra : "";
+  while (!rest.empty()) {
+    const auto comma = rest.find(", ");
+    out += "  " + rest.substr(0, comma) + "\n";
+    rest = comma == std::string::npos ? "" : rest.substr(comma + 2);
+  }
+  return out;
+}
+
 using namespace cpd::testing;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
@@ -120,6 +134,7 @@ struct Rig {
                        << "  site: {name: bench, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
                        << "  key: " << (dir / "gateway.key").string() << "\n"
                        << "store:\n  path: " << (dir / (name + ".db")).string() << "\n"
+                       << store_extra()
                        << "mqtt:\n  uri: " << broker.uri() << "\n  client_id: bench-gw-" << name << "\n"
                        << "devices:\n  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: "
                        << sim_port << "}\n    lanes: [" << lane_list(lanes) << "]\n"
