@@ -134,8 +134,8 @@ struct Rig {
                        << "  site: {name: bench, road: G60, direction: N, lat: 30.0, lon: 120.0}\n"
                        << "  key: " << (dir / "gateway.key").string() << "\n"
                        << "store:\n  path: " << (dir / (name + ".db")).string() << "\n"
-                       << store_extra()
-                       << "mqtt:\n  uri: " << broker.uri() << "\n  client_id: bench-gw-" << name << "\n"
+                       << store_extra() << "mqtt:\n  uri: " << broker.uri() << "\n  client_id: bench-gw-"
+                       << name << "\n"
                        << "devices:\n  - id: radar-1\n    kind: radar\n    tcp: {host: 127.0.0.1, port: "
                        << sim_port << "}\n    lanes: [" << lane_list(lanes) << "]\n"
                        << "    calibration: {certificate: BENCH, valid_until: 2099-12-31}\n"

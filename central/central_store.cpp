@@ -2013,9 +2013,13 @@ nlohmann::json CentralStore::status_gateways() {
       "(SELECT count(*) FROM accepted_losses a WHERE a.gateway = g.gateway) + (SELECT count(*) FROM "
       "accepted_media_losses m WHERE m.gateway = g.gateway), "
       "(SELECT count(*) FROM branch_choices b WHERE b.gateway = g.gateway), "
-      // Files not found named at the last look (file_intake.h, unnamed_bytes); open transfers apart.
+      // Files no stored record names now (file_intake.h, unnamed_bytes, without marking them); open transfers
+      // apart.
       "(SELECT coalesce(sum(greatest(m.bytes, 4096)), 0) FROM media m WHERE m.first_gateway = g.gateway AND "
-      "NOT m.named) "
+      "NOT m.named AND NOT EXISTS (SELECT 1 FROM record_media rm WHERE rm.sha256 = m.sha256) AND NOT EXISTS "
+      "(SELECT 1 FROM file_uploads f JOIN records r ON r.gateway = f.gateway AND r.seq = f.seq WHERE "
+      "f.gateway "
+      "= m.first_gateway AND f.sha256 = m.sha256 AND r.type = 'recording' AND r.body->>'sha256' = m.sha256)) "
       "FROM gateways g LEFT JOIN quarantine_usage q ON q.gateway = g.gateway ORDER BY g.gateway",
       "reading status");
   for (int i = 0; i < r.rows(); ++i) {

@@ -1136,6 +1136,11 @@ TEST_F(CentralHostile, FilesNoRecordNamesAreBoundedPerGatewayAndANamedOneIsAlway
   // stored); the picture record 1 names is marked on the way.
   EXPECT_EQ(central::unnamed_bytes(*rig.pg, "gh"), 2u * 400 * 1024 + 4096);
   EXPECT_EQ(pg_int("SELECT count(*) FROM media WHERE named"), 1);
+  const nlohmann::json st = status();
+  const auto gh_status = std::find_if(st["gateways"].begin(), st["gateways"].end(),
+                                      [](const nlohmann::json& g) { return g["gateway"] == "gh"; });
+  ASSERT_NE(gh_status, st["gateways"].end());
+  EXPECT_EQ((*gh_status)["unnamed_bytes"], 2 * 400 * 1024) << "status: the pictures (open transfers apart)";
 }
 
 // A gateway whose copy of a recording is damaged (a bit flipped after collection, each segment's checksum
