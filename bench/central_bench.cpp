@@ -107,8 +107,8 @@ int main() {
   std::printf("check_record: %.0f/s (%.2f x raw verify)\n", check_rate, check_rate / raw_rate);
 
   cpd::testing::Postgres pg;
-  // As a deployment would run it (docs/custody.md, "PostgreSQL settings"): commits fsync'd, buffers to hold
-  // the working set.
+  // As a deployment would run it (docs/custody.md, "Central's verify-and-store rate"): commits fsync'd,
+  // buffers to hold the working set.
   pg.settings({"fsync=on", "shared_buffers=1GB", "max_wal_size=4GB"});
   pg.start();
   for (const std::size_t batch : {100, 500, 2000}) {

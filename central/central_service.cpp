@@ -560,14 +560,14 @@ bool CentralService::room_for_unnamed(const std::string& gateway, const std::str
   PgConnection& pg = store_->connection();
   Unnamed& u = unnamed_[gateway];
   const std::int64_t now = now_ms();
-  // Read again after a second; after half a minute when it was over the bound (the sum then runs over up to
-  // bound / kUnnamedMinCharge rows).
+  // Read again after a second, or after a batch with its pictures committed (commit()); after half a minute
+  // when it was over the bound (the sum then runs over up to bound / kUnnamedMinCharge rows).
   if (u.read_ms < 0 || now - u.read_ms >= (u.over ? kUnnamedRefreshOverMs : kUnnamedRefreshMs)) {
     u.bytes = unnamed_bytes(pg, gateway);
     u.read_ms = now;
   }
   // This batch's pictures are not committed yet: the sum read does not hold them (a batch taken again after
-  // a failure is counted once: committed pictures are added by commit()).
+  // a failure counts them once: a failed batch committed none).
   std::uint64_t pending = 0;
   for (const IncomingMedia& m : batch.media) {
     pending += m.gateway == gateway ? unnamed_charge(m.bytes) : 0;
@@ -1046,7 +1046,11 @@ void CentralService::commit(Batch& batch) {
   counters_.quarantine_dropped += out.quarantine_dropped;
   counters_.media_stored += out.media_stored;
   for (const IncomingMedia& m : batch.media) {
-    unnamed_[m.gateway].bytes += unnamed_charge(m.bytes);  // until the sum is read again
+    // What was taken counts from now on: the sum is read again at the gateway's next picture. Not while it is
+    // over the bound (the sum then runs over up to bound / kUnnamedMinCharge rows; what was taken then was
+    // named, or held already).
+    Unnamed& u = unnamed_[m.gateway];
+    u.read_ms = u.over ? u.read_ms : -1;
   }
   counters_.head_forks += out.head_forks;
   counters_.unsolicited_replies += out.unsolicited_replies;

@@ -213,8 +213,8 @@ class CentralService {
   std::int64_t reexamine_enrolment_ms_ = -1;  // the latest enrolment the quarantine was scanned for
   bool reexamine_more_ = false;               // the last scan filled its page: look again
 
-  // Per enrolled gateway: its unnamed bytes as last read plus the pictures committed since, whether the last
-  // picture found it over the bound, and when a refusal was last logged. Worker thread only.
+  // Per enrolled gateway: its unnamed bytes as last read, whether the last picture found it over the bound,
+  // and when a refusal was last logged. Worker thread only.
   struct Unnamed {
     std::uint64_t bytes = 0;
     std::int64_t read_ms = -1;

@@ -375,9 +375,9 @@ ALTER TABLE file_uploads ADD COLUMN mismatches integer NOT NULL DEFAULT 0;
 ALTER TABLE forks ADD COLUMN set_aside boolean NOT NULL DEFAULT false;
 )sql",
     // Step 15: files no record names, bounded per gateway (feed.unnamed_max_mb; file_intake.h,
-    // unnamed_bytes). `named`: a record of the gateway that first sent the file names it, found so (it never
-    // goes back). Files held before this step count as named; a new one starts unnamed, and the partial index
-    // keeps the sum over a gateway's unnamed files as short as they are few.
+    // unnamed_bytes). `named`: a stored record (a picture: of any gateway; a recording: its `recording`
+    // record) named the file when either was stored; it never goes back. Files held before this step count as
+    // named; the partial index keeps the sum over a gateway's unnamed files as short as they are few.
     R"sql(
 ALTER TABLE media ADD COLUMN named boolean NOT NULL DEFAULT true;
 ALTER TABLE media ALTER COLUMN named SET DEFAULT false;
@@ -785,8 +785,8 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
 
   for (const IncomingMedia& m : batch.media) {
     PgResult r = conn_->exec_prepared(
-        "INSERT INTO media (sha256, bytes, path, first_gateway, received_ms) VALUES ($1, $2, $3, $4, $5) "
-        "ON CONFLICT (sha256) DO NOTHING",
+        "INSERT INTO media (sha256, bytes, path, first_gateway, received_ms, named) VALUES ($1, $2, $3, $4, "
+        "$5, EXISTS (SELECT 1 FROM record_media WHERE sha256 = $1)) ON CONFLICT (sha256) DO NOTHING",
         {m.sha256, std::to_string(m.bytes), m.path, m.gateway, now}, "storing a media file");
     out.media_stored += static_cast<std::uint64_t>(r.affected());
     touched.insert(m.gateway);
@@ -1002,6 +1002,27 @@ std::set<std::pair<std::string, std::uint64_t>> CentralStore::insert_records(
   }
   if (!media_params.empty()) {
     conn_->exec(media_sql + " ON CONFLICT DO NOTHING", media_params, "naming records' media");
+  }
+  // The files these records name are named now (media.named, schema 15): pictures, and the file of a
+  // `recording` record. In this transaction: no write of its own (file_intake.h, unnamed_bytes).
+  std::string named;
+  for (std::size_t i = from; i < to; ++i) {
+    const IncomingRecord& rec = records[i];
+    if (fresh.count({rec.gateway, rec.seq}) == 0) {
+      continue;
+    }
+    for (const std::string& sha : pictures[i - from]) {
+      named += (named.empty() ? "" : ",") + sha;
+    }
+    const auto file = rec.body.is_object() ? rec.body.find("sha256") : rec.body.end();
+    if (file != rec.body.end() && file->is_string() && is_sha256_hex(file->get_ref<const std::string&>()) &&
+        rec.body.value("type", nlohmann::json()) == "recording") {
+      named += (named.empty() ? "" : ",") + file->get<std::string>();
+    }
+  }
+  if (!named.empty()) {
+    conn_->exec_prepared("UPDATE media SET named = true WHERE sha256 = ANY($1::text[]) AND NOT named",
+                         {"{" + named + "}"}, "marking named files");
   }
   return fresh;
 }

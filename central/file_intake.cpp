@@ -49,6 +49,7 @@ struct Row {
   std::uint64_t segment_size = 0;
   std::string state;
   long long mismatches = 0;  // whole-file hash failures since last opened by a request
+  std::uint64_t seq = 0;     // the `recording` record its init named
 };
 
 // `lock`: "" (none), " FOR NO KEY UPDATE" (a segment being written: the file is not assembled, reset or
@@ -56,15 +57,15 @@ struct Row {
 std::optional<Row> find_row(PgConnection& pg, const std::string& gateway, const std::string& sha,
                             const char* lock = "") {
   const PgResult r =
-      pg.exec(std::string("SELECT size, segment_size, state, mismatches FROM file_uploads WHERE gateway = $1 "
-                          "AND sha256 = $2") +
+      pg.exec(std::string("SELECT size, segment_size, state, mismatches, coalesce(seq, 0) FROM file_uploads "
+                          "WHERE gateway = $1 AND sha256 = $2") +
                   lock,
               {gateway, sha}, "reading a file transfer");
   if (r.rows() == 0) {
     return std::nullopt;
   }
   return Row{static_cast<std::uint64_t>(r.integer(0, 0)), static_cast<std::uint64_t>(r.integer(0, 1)),
-             r.text(0, 2), r.integer(0, 3)};
+             r.text(0, 2), r.integer(0, 3), static_cast<std::uint64_t>(r.integer(0, 4))};
 }
 
 // Why a gateway may not open one more transfer, if it may not: bounded per gateway are open transfers (each
@@ -146,28 +147,21 @@ std::uint64_t segments_held(PgConnection& pg, const std::string& gateway, const 
 }  // namespace
 
 std::uint64_t unnamed_bytes(PgConnection& pg, const std::string& gateway) {
-  // A recording is named by the stored `recording` record its transfer's init named.
-  const std::string recording_named =
-      "EXISTS (SELECT 1 FROM records r WHERE r.gateway = f.gateway AND r.seq = f.seq AND r.type = "
-      "'recording' "
-      "AND r.body->>'sha256' = f.sha256)";
-  // `named` marks the files named since the last look; the main SELECT sees the rows as they were before,
-  // so what it marks is taken off. Each file counts at least kUnnamedMinCharge (its disk block and row).
-  const std::string sql =
-      "WITH named AS (UPDATE media SET named = true WHERE sha256 IN (SELECT m.sha256 FROM media m WHERE "
-      "m.first_gateway = $1 AND NOT m.named AND (EXISTS (SELECT 1 FROM record_media rm WHERE rm.sha256 = "
-      "m.sha256) OR EXISTS (SELECT 1 FROM file_uploads f WHERE f.gateway = m.first_gateway AND f.sha256 = "
-      "m.sha256 AND " +
-      recording_named +
-      ")) FOR UPDATE OF m SKIP LOCKED) RETURNING bytes) SELECT ((SELECT coalesce(sum(greatest(m.bytes, $2)), "
-      "0) "
-      "FROM media m WHERE m.first_gateway = $1 AND NOT m.named) - (SELECT coalesce(sum(greatest(bytes, $2)), "
-      "0) "
-      "FROM named) + (SELECT coalesce(sum(greatest(f.size, $2)), 0) FROM file_uploads f WHERE f.gateway = $1 "
-      "AND f.state = 'open' AND NOT " +
-      recording_named + "))::bigint";
-  const PgResult r =
-      pg.exec(sql, {gateway, std::to_string(kUnnamedMinCharge)}, "summing the files no record names");
+  // `named` is set when a record naming the file, or the file, is stored (central_store.cpp); a file two
+  // instances stored at once with its record may keep `named` false, so the rule is applied here again.
+  // Each file counts at least kUnnamedMinCharge (its disk block and its row). A read only: no write, no lock.
+  const PgResult r = pg.exec(
+      "SELECT ((SELECT coalesce(sum(greatest(m.bytes, $2)), 0) FROM media m WHERE m.first_gateway = $1 AND "
+      "NOT "
+      "m.named AND NOT EXISTS (SELECT 1 FROM record_media rm WHERE rm.sha256 = m.sha256) AND NOT EXISTS "
+      "(SELECT 1 "
+      "FROM file_uploads f JOIN records r ON r.gateway = f.gateway AND r.seq = f.seq WHERE f.gateway = "
+      "m.first_gateway AND f.sha256 = m.sha256 AND r.type = 'recording' AND r.body->>'sha256' = m.sha256)) + "
+      "(SELECT coalesce(sum(greatest(f.size, $2)), 0) FROM file_uploads f WHERE f.gateway = $1 AND f.state = "
+      "'open' AND NOT EXISTS (SELECT 1 FROM records r WHERE r.gateway = f.gateway AND r.seq = f.seq AND "
+      "r.type = "
+      "'recording' AND r.body->>'sha256' = f.sha256)))::bigint",
+      {gateway, std::to_string(kUnnamedMinCharge)}, "summing the files no record names");
   return static_cast<std::uint64_t>(std::max<long long>(0, r.integer(0, 0)));
 }
 
@@ -292,13 +286,14 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
   }
   // A file no stored record names (its record not here yet, or none at all) takes room from the gateway's
   // bound on such files: beyond it, the gateway is told to come back later (by then its record is here). An
-  // open transfer is counted at its size already: only a larger size takes more. A file central asked for
-  // (`requested`: a stored record's, or an operator's) is exempt.
+  // open transfer no record names is counted at its size already: the same size at the same seq takes no
+  // more. A file central asked for (`requested`: a stored record's, or an operator's) is exempt.
   const bool asked = locked && locked->state == "requested";
-  if (!asked && (!reopening || init.size > locked->size) &&
-      !recording_named(pg, gateway, init.seq, t.sha256)) {
+  const bool same = reopening && init.size <= locked->size && init.seq == locked->seq;
+  if (!asked && !same && !recording_named(pg, gateway, init.seq, t.sha256)) {
     const std::uint64_t unnamed = unnamed_bytes(pg, gateway);
-    const std::uint64_t counted = reopening ? std::min(unnamed, unnamed_charge(locked->size)) : 0;
+    const bool counted_already = reopening && !recording_named(pg, gateway, locked->seq, t.sha256);
+    const std::uint64_t counted = counted_already ? std::min(unnamed, unnamed_charge(locked->size)) : 0;
     const std::uint64_t after = unnamed - counted + unnamed_charge(init.size);
     if (after > cfg_.unnamed_max_bytes) {
       ++counters_.unnamed_refused;
@@ -505,8 +500,10 @@ void FileIntake::assemble(PgConnection& pg, const std::string& gateway, const st
       fsync_directory(held.parent_path());
     }
     pg.exec(
-        "INSERT INTO media (sha256, bytes, path, first_gateway, received_ms) VALUES ($1, $2, $3, $4, $5) "
-        "ON CONFLICT (sha256) DO NOTHING",
+        "INSERT INTO media (sha256, bytes, path, first_gateway, received_ms, named) VALUES ($1, $2, $3, $4, "
+        "$5, EXISTS (SELECT 1 FROM records r JOIN file_uploads f ON f.gateway = r.gateway AND f.seq = r.seq "
+        "WHERE f.gateway = $4 AND f.sha256 = $1 AND r.type = 'recording' AND r.body->>'sha256' = $1)) ON "
+        "CONFLICT (sha256) DO NOTHING",
         {sha256, std::to_string(row->size), held.string(), gateway, std::to_string(now)},
         "recording a held file");
     pg.exec(

@@ -37,9 +37,8 @@ struct FileIntakeConfig {
 
 // Bytes central holds or is receiving from `gateway` that no record of it names yet (docs/custody.md, "Files
 // no record names"): pictures and whole recordings it was the first to send (`media` rows) and its open
-// transfers' declared sizes. A picture is named by a stored record's `pictures[]`, a recording by the stored
-// `recording` record its transfer's init names. On the way it marks the files named since the last look
-// (`media.named`, skipping rows another instance has locked: those count as unnamed once more).
+// transfers' declared sizes. A picture is named by a stored record's `pictures[]` (of any gateway: files are
+// content-addressed), a recording by the stored `recording` record its transfer's init names. A read.
 // Each file counts at least this much (its disk block and its row): a flood of tiny files is bounded too.
 inline constexpr std::uint64_t kUnnamedMinCharge = 4096;
 inline std::uint64_t unnamed_charge(std::uint64_t bytes) {
