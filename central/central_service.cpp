@@ -19,6 +19,7 @@
 #include <stdexcept>
 
 #include "central/key_rotation.h"
+#include "central/record_columns.h"
 #include "daemon/core/custody.h"
 #include "daemon/core/digest.h"
 #include "daemon/core/durable_fs.h"
@@ -609,15 +610,12 @@ void CentralService::refuse_unnamed(const std::string& gateway, const std::strin
 void CentralService::settle_over_bound(Batch& batch) {
   for (const OverBound& o : over_bound_) {
     const bool named = std::any_of(batch.records.begin(), batch.records.end(), [&o](const IncomingRecord& r) {
-      if (r.gateway != o.gateway || !r.body.is_object()) {
+      if (r.gateway != o.gateway) {
         return false;
       }
-      const auto pictures = r.body.find("pictures");
-      return pictures != r.body.end() && pictures->is_array() &&
-             std::any_of(pictures->begin(), pictures->end(), [&o](const nlohmann::json& p) {
-               const auto sha = p.is_object() ? p.find("sha256") : p.end();
-               return sha != p.end() && sha->is_string() && sha->get_ref<const std::string&>() == o.sha256;
-             });
+      const std::vector<std::string> pictures =
+          record_columns(r.body).pictures;  // as record_media names them
+      return std::find(pictures.begin(), pictures.end(), o.sha256) != pictures.end();
     });
     if (!named) {
       refuse_unnamed(o.gateway, o.sha256);

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "central/central_config.h"
+#include "central/file_intake.h"
 #include "central/key_rotation.h"
 #include "daemon/core/encoding.h"
 
@@ -987,6 +988,9 @@ std::set<std::pair<std::string, std::uint64_t>> CentralStore::insert_records(
   // The pictures a record names are those of the copy stored: a second copy (a duplicate names the same; a
   // fork, e.g. a cloned gateway's, may name others) adds none, or the held record would wait for pictures it
   // never named.
+  // The files these records name are named now (media.named, schema 15): pictures, and the file of a
+  // `recording` record. In this transaction: no write of its own (file_intake.h, unnamed_bytes).
+  std::string named;
   for (std::size_t i = from; i < to; ++i) {
     const IncomingRecord& rec = records[i];
     if (fresh.count({rec.gateway, rec.seq}) == 0) {
@@ -998,20 +1002,6 @@ std::set<std::pair<std::string, std::uint64_t>> CentralStore::insert_records(
       media_sql += (media_params.empty() ? "($" : ", ($") + std::to_string(m + 1) + ", $" +
                    std::to_string(m + 2) + "::bigint, $" + std::to_string(m + 3) + ")";
       media_params.insert(media_params.end(), {rec.gateway, std::to_string(rec.seq), sha});
-    }
-  }
-  if (!media_params.empty()) {
-    conn_->exec(media_sql + " ON CONFLICT DO NOTHING", media_params, "naming records' media");
-  }
-  // The files these records name are named now (media.named, schema 15): pictures, and the file of a
-  // `recording` record. In this transaction: no write of its own (file_intake.h, unnamed_bytes).
-  std::string named;
-  for (std::size_t i = from; i < to; ++i) {
-    const IncomingRecord& rec = records[i];
-    if (fresh.count({rec.gateway, rec.seq}) == 0) {
-      continue;
-    }
-    for (const std::string& sha : pictures[i - from]) {
       named += (named.empty() ? "" : ",") + sha;
     }
     const auto file = rec.body.is_object() ? rec.body.find("sha256") : rec.body.end();
@@ -1019,6 +1009,9 @@ std::set<std::pair<std::string, std::uint64_t>> CentralStore::insert_records(
         rec.body.value("type", nlohmann::json()) == "recording") {
       named += (named.empty() ? "" : ",") + file->get<std::string>();
     }
+  }
+  if (!media_params.empty()) {
+    conn_->exec(media_sql + " ON CONFLICT DO NOTHING", media_params, "naming records' media");
   }
   if (!named.empty()) {
     conn_->exec_prepared("UPDATE media SET named = true WHERE sha256 = ANY($1::text[]) AND NOT named",
@@ -2034,14 +2027,9 @@ nlohmann::json CentralStore::status_gateways() {
       "(SELECT count(*) FROM accepted_losses a WHERE a.gateway = g.gateway) + (SELECT count(*) FROM "
       "accepted_media_losses m WHERE m.gateway = g.gateway), "
       "(SELECT count(*) FROM branch_choices b WHERE b.gateway = g.gateway), "
-      // Files no stored record names now (file_intake.h, unnamed_bytes, without marking them); open transfers
-      // apart.
-      "(SELECT coalesce(sum(greatest(m.bytes, 4096)), 0) FROM media m WHERE m.first_gateway = g.gateway AND "
-      "NOT m.named AND NOT EXISTS (SELECT 1 FROM record_media rm WHERE rm.sha256 = m.sha256) AND NOT EXISTS "
-      "(SELECT 1 FROM file_uploads f JOIN records r ON r.gateway = f.gateway AND r.seq = f.seq WHERE "
-      "f.gateway "
-      "= m.first_gateway AND f.sha256 = m.sha256 AND r.type = 'recording' AND r.body->>'sha256' = m.sha256)) "
-      "FROM gateways g LEFT JOIN quarantine_usage q ON q.gateway = g.gateway ORDER BY g.gateway",
+          // Files no stored record names now (file_intake.h); open transfers apart.
+          + unnamed_media_sql("g.gateway") +
+          " FROM gateways g LEFT JOIN quarantine_usage q ON q.gateway = g.gateway ORDER BY g.gateway",
       "reading status");
   for (int i = 0; i < r.rows(); ++i) {
     nlohmann::json g = {

@@ -146,22 +146,25 @@ std::uint64_t segments_held(PgConnection& pg, const std::string& gateway, const 
 
 }  // namespace
 
-std::uint64_t unnamed_bytes(PgConnection& pg, const std::string& gateway) {
+std::string unnamed_media_sql(const std::string& gateway_sql) {
   // `named` is set when a record naming the file, or the file, is stored (central_store.cpp); a file two
   // instances stored at once with its record may keep `named` false, so the rule is applied here again.
-  // Each file counts at least kUnnamedMinCharge (its disk block and its row). A read only: no write, no lock.
-  const PgResult r = pg.exec(
-      "SELECT ((SELECT coalesce(sum(greatest(m.bytes, $2)), 0) FROM media m WHERE m.first_gateway = $1 AND "
-      "NOT "
-      "m.named AND NOT EXISTS (SELECT 1 FROM record_media rm WHERE rm.sha256 = m.sha256) AND NOT EXISTS "
-      "(SELECT 1 "
-      "FROM file_uploads f JOIN records r ON r.gateway = f.gateway AND r.seq = f.seq WHERE f.gateway = "
-      "m.first_gateway AND f.sha256 = m.sha256 AND r.type = 'recording' AND r.body->>'sha256' = m.sha256)) + "
-      "(SELECT coalesce(sum(greatest(f.size, $2)), 0) FROM file_uploads f WHERE f.gateway = $1 AND f.state = "
-      "'open' AND NOT EXISTS (SELECT 1 FROM records r WHERE r.gateway = f.gateway AND r.seq = f.seq AND "
-      "r.type = "
-      "'recording' AND r.body->>'sha256' = f.sha256)))::bigint",
-      {gateway, std::to_string(kUnnamedMinCharge)}, "summing the files no record names");
+  return "(SELECT coalesce(sum(greatest(m.bytes, " + std::to_string(kUnnamedMinCharge) +
+         ")), 0) FROM media m WHERE m.first_gateway = " + gateway_sql +
+         " AND NOT m.named AND NOT EXISTS (SELECT 1 FROM record_media rm WHERE rm.sha256 = m.sha256) AND NOT "
+         "EXISTS (SELECT 1 FROM file_uploads f WHERE f.gateway = m.first_gateway AND f.sha256 = m.sha256 "
+         "AND " +
+         kTransferNamedSql + "))";
+}
+
+std::uint64_t unnamed_bytes(PgConnection& pg, const std::string& gateway) {
+  // A read only: no write, no lock.
+  const PgResult r =
+      pg.exec("SELECT (" + unnamed_media_sql("$1") + " + (SELECT coalesce(sum(greatest(f.size, " +
+                  std::to_string(kUnnamedMinCharge) +
+                  ")), 0) FROM file_uploads f WHERE f.gateway = $1 AND f.state = 'open' AND NOT " +
+                  kTransferNamedSql + "))::bigint",
+              {gateway}, "summing the files no record names");
   return static_cast<std::uint64_t>(std::max<long long>(0, r.integer(0, 0)));
 }
 
@@ -499,13 +502,13 @@ void FileIntake::assemble(PgConnection& pg, const std::string& gateway, const st
       fs::rename(part, held);
       fsync_directory(held.parent_path());
     }
-    pg.exec(
-        "INSERT INTO media (sha256, bytes, path, first_gateway, received_ms, named) VALUES ($1, $2, $3, $4, "
-        "$5, EXISTS (SELECT 1 FROM records r JOIN file_uploads f ON f.gateway = r.gateway AND f.seq = r.seq "
-        "WHERE f.gateway = $4 AND f.sha256 = $1 AND r.type = 'recording' AND r.body->>'sha256' = $1)) ON "
-        "CONFLICT (sha256) DO NOTHING",
-        {sha256, std::to_string(row->size), held.string(), gateway, std::to_string(now)},
-        "recording a held file");
+    pg.exec(std::string(
+                "INSERT INTO media (sha256, bytes, path, first_gateway, received_ms, named) VALUES ($1, $2, "
+                "$3, $4, $5, EXISTS (SELECT 1 FROM file_uploads f WHERE f.gateway = $4 AND f.sha256 = $1 "
+                "AND ") +
+                kTransferNamedSql + ")) ON CONFLICT (sha256) DO NOTHING",
+            {sha256, std::to_string(row->size), held.string(), gateway, std::to_string(now)},
+            "recording a held file");
     pg.exec(
         "UPDATE file_uploads SET state = 'held', held_ms = $3, last_ms = $3 WHERE gateway = $1 AND sha256 = "
         "$2",

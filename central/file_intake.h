@@ -45,6 +45,15 @@ inline std::uint64_t unnamed_charge(std::uint64_t bytes) {
   return bytes < kUnnamedMinCharge ? kUnnamedMinCharge : bytes;
 }
 std::uint64_t unnamed_bytes(PgConnection& pg, const std::string& gateway);
+// SQL: whether the stored `recording` record transfer row `f` names (by its seq) is the file's.
+inline constexpr const char* kTransferNamedSql =
+    "EXISTS (SELECT 1 FROM records r WHERE r.gateway = f.gateway AND r.seq = f.seq AND r.type = 'recording' "
+    "AND "
+    "r.body->>'sha256' = f.sha256)";
+// SQL: the bytes (each file at least kUnnamedMinCharge) of the held files `gateway_sql` (an expression: a
+// parameter, a column) first sent that no stored record names: the media part of unnamed_bytes, which the
+// status query shows too.
+std::string unnamed_media_sql(const std::string& gateway_sql);
 
 struct FileCounters {
   std::atomic<std::uint64_t> inits{0};

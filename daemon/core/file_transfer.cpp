@@ -59,6 +59,15 @@ std::optional<nlohmann::json> object_v1(std::string_view payload, const char* wh
   return body;
 }
 
+// The member "file" of a want or a refusal: the SHA-256 the message speaks of.
+bool file_of(const nlohmann::json& body, const char* what, std::string& sha256, std::string& reason) {
+  if (get_string(body, "file", sha256) && is_sha256_hex(sha256)) {
+    return true;
+  }
+  reason = std::string(what) + ": field \"file\" is not 64 lower-case hex digits";
+  return false;
+}
+
 }  // namespace
 
 std::string informative_name(std::string_view name) {
@@ -340,8 +349,7 @@ WantParse parse_want(std::string_view payload) {
     return out;
   }
   Want want;
-  if (!get_string(*body, "file", want.sha256) || !is_sha256_hex(want.sha256)) {
-    out.reason = "want: field \"file\" is not 64 lower-case hex digits";
+  if (!file_of(*body, "want", want.sha256, out.reason)) {
     return out;
   }
   if (const auto it = body->find("ranges"); it != body->end()) {
@@ -385,8 +393,7 @@ RefusalParse parse_refused(std::string_view payload) {
   }
   Refusal r;
   std::string retry;
-  if (!get_string(*body, "file", r.sha256) || !is_sha256_hex(r.sha256)) {
-    out.reason = "refused: field \"file\" is not 64 lower-case hex digits";
+  if (!file_of(*body, "refused", r.sha256, out.reason)) {
     return out;
   }
   if (!get_string(*body, "retry", retry) || (retry != "later" && retry != "never")) {
