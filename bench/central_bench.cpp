@@ -109,7 +109,13 @@ int main() {
   cpd::testing::Postgres pg;
   // As a deployment would run it (docs/custody.md, "Central's verify-and-store rate"): commits fsync'd,
   // buffers to hold the working set.
-  pg.settings({"fsync=on", "shared_buffers=1GB", "max_wal_size=4GB"});
+  // CPD_BENCH_PG_STATEMENTS=1: PostgreSQL's time per statement in the end-to-end phase (pg_stat_statements).
+  const bool statements = std::getenv("CPD_BENCH_PG_STATEMENTS") != nullptr;
+  std::vector<std::string> settings{"fsync=on", "shared_buffers=1GB", "max_wal_size=4GB"};
+  if (statements) {
+    settings.emplace_back("shared_preload_libraries=pg_stat_statements");
+  }
+  pg.settings(settings);
   pg.start();
   for (const std::size_t batch : {100, 500, 2000}) {
     measure_raw("again");
@@ -230,6 +236,9 @@ int main() {
       gateway.publish("checkpoint/bench-gw/evidence", jws);
     }
     gateway.drain();
+    if (statements) {
+      pg.query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()");
+    }
     central::PgConnection watch(pg.conninfo());
     const auto watermark = [&] {
       return static_cast<std::size_t>(
@@ -260,6 +269,20 @@ int main() {
         "us; cores busy %.2f of %u\n",
         central_us, postgres_us, broker_us, 1e6 / raw_rate,
         (central_us + postgres_us + broker_us) * rate / 1e6, std::thread::hardware_concurrency());
+    if (statements) {
+      std::string lines = pg.query(
+          "SELECT string_agg(format('  %8s %8s  %s', round(total_exec_time * 1000 / " +
+          std::to_string(kRecords) +
+          ")::text, calls::text, left(regexp_replace(query, '\\s+', ' ', 'g'), 110)), "
+          "' ## ' ORDER BY total_exec_time DESC) FROM (SELECT * FROM pg_stat_statements "
+          "ORDER BY total_exec_time DESC LIMIT 15) s");  // one line: Postgres::query returns the first
+      for (std::size_t at = 0; (at = lines.find(" ## ", at)) != std::string::npos;) {
+        lines.replace(at, 4, "\n");
+      }
+      std::printf(
+          "  PostgreSQL's time per statement (pg_stat_statements, us per record: total, calls):\n%s\n",
+          lines.c_str());
+    }
     if (wm != kRecords) {
       std::fprintf(stderr, "the watermark did not reach %zu: %s\n", kRecords, central.stderr_text().c_str());
       return 1;

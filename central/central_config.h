@@ -23,6 +23,7 @@ struct FeedSection {
   int queue_messages = 20000;           // messages taken from the broker and not yet stored (then the
                                         // broker waits: Paho stops reading)
   int batch_max = 500;                  // records per PostgreSQL transaction
+  int batch_linger_ms = 20;             // how long a batch waits to fill up to batch_max
   std::string media_dir;                // content-addressed pictures (<sha256[0:2]>/<sha256>)
   int queue_mb = 256;                   // bytes of those messages (MiB); one message is always taken
   // Quarantine bounds (rows and payload bytes, per gateway and for the whole table); beyond: counted only.

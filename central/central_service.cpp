@@ -323,12 +323,16 @@ std::optional<CentralService::Prechecked> CentralService::precheck(const std::st
 }
 
 void CentralService::on_message(std::string topic, std::string payload, std::string correlation) {
-  // An evidence record's signature and canonical form are checked here, on Paho's thread, against the
-  // keys the worker last loaded, while the worker writes the previous batch to PostgreSQL: on two cores
-  // the checks and the writes overlap instead of adding up.
-  std::optional<Prechecked> pre = precheck(topic, payload);
-  // A decoded body takes a few times its text in memory: counted against feed.queue_mb as four times.
-  const std::size_t charge = payload.size() + (pre ? 4 * pre->check.canonical_body.size() : 0);
+  // An evidence record's signature and canonical form are checked before it is stored, by whichever thread
+  // is free: the worker while it lingers for a batch to fill (take_batch), Paho's thread here when more than
+  // kPahoChecksBeyond records wait unchecked (the worker is busy storing), and the worker in process() for
+  // any left. On two cores the checks overlap each other and the worker's PostgreSQL writes instead of adding
+  // up (docs/custody.md, "Central's verify-and-store rate").
+  const auto feed = parse_feed_topic(prefix_, topic);
+  const bool evidence = feed && feed->rest == "evidence" && payload.size() <= kMaxRecordBytes;
+  // A decoded body takes a few times its text in memory: a record counts against feed.queue_mb as its
+  // payload and four times its body (at most 3/4 of the payload: base64url).
+  const std::size_t charge = evidence ? 4 * payload.size() : payload.size();
   std::unique_lock lock(queue_mutex_);
   // Bounded in messages and bytes (one message is always taken, whatever its size): Paho's thread waits
   // here, so the broker (not this process) holds what we cannot take yet.
@@ -355,9 +359,40 @@ void CentralService::on_message(std::string topic, std::string payload, std::str
     return;
   }
   queue_bytes_ += charge;
-  queue_.push_back(
-      Message{std::move(topic), std::move(payload), std::move(correlation), std::move(pre), charge});
-  queue_cv_.notify_one();
+  queue_.push_back(Message{std::move(topic), std::move(payload), std::move(correlation), std::nullopt, charge,
+                           evidence ? CheckState::kPending : CheckState::kNone});
+  // The worker waits for a first message, then lingers for a full batch (take_batch): woken for those two
+  // only, not once a message.
+  if (queue_.size() == 1 || queue_.size() == batch_fill()) {
+    queue_cv_.notify_one();
+  }
+  if (!evidence) {
+    return;
+  }
+  if (++pending_checks_ == 1 && worker_lingering_) {
+    queue_cv_.notify_one();  // it checks while it lingers; woken when there was nothing left to check
+  }
+  if (pending_checks_ > kPahoChecksBeyond) {
+    check_oldest_pending(lock);
+  }
+}
+
+bool CentralService::check_oldest_pending(std::unique_lock<std::mutex>& lock) {
+  const auto it = std::find_if(queue_.begin(), queue_.end(),
+                               [](const Message& m) { return m.state == CheckState::kPending; });
+  if (it == queue_.end()) {
+    return false;
+  }
+  Message& m = *it;  // stays where it is while claimed: take_batch never takes a claimed message
+  m.state = CheckState::kClaimed;
+  --pending_checks_;
+  lock.unlock();
+  std::optional<Prechecked> pre = precheck(m.topic, m.payload);
+  lock.lock();
+  m.pre = std::move(pre);
+  m.state = CheckState::kDone;
+  checked_cv_.notify_all();  // a worker waiting for it at the front of the queue
+  return true;
 }
 
 std::size_t CentralService::queue_depth() const {
@@ -370,6 +405,10 @@ std::size_t CentralService::queue_bytes() const {
   return queue_bytes_;
 }
 
+std::size_t CentralService::batch_fill() const {
+  return static_cast<std::size_t>(std::min(cfg_.feed.batch_max, cfg_.feed.queue_messages));
+}
+
 bool CentralService::take_batch(std::vector<Message>& batch) {
   std::unique_lock lock(queue_mutex_);
   queue_cv_.wait_for(lock, std::chrono::milliseconds(cfg_.gaps.check_interval_ms),
@@ -377,7 +416,33 @@ bool CentralService::take_batch(std::vector<Message>& batch) {
   if (stopping_ && queue_.empty()) {
     return false;
   }
+  // Under load, records arrive a few at a time while the last batch commits: a batch of 20 costs PostgreSQL
+  // nearly what a batch of 500 costs (a transaction, an fsync, ten statements). So a batch that is not full
+  // waits up to feed.batch_linger_ms for more (docs/custody.md, "Central's verify-and-store rate").
+  // It checks queued records meanwhile.
+  if (!queue_.empty() && cfg_.feed.batch_linger_ms > 0) {
+    const auto until =
+        std::chrono::steady_clock::now() + std::chrono::milliseconds(cfg_.feed.batch_linger_ms);
+    const auto full = [this] { return stopping_ || queue_.size() >= batch_fill(); };
+    while (!full() && std::chrono::steady_clock::now() < until) {
+      if (check_oldest_pending(lock)) {
+        continue;
+      }
+      worker_lingering_ = true;
+      queue_cv_.wait_until(lock, until, [&] { return full() || pending_checks_ > 0; });
+      worker_lingering_ = false;
+    }
+  }
   while (!queue_.empty() && batch.size() < static_cast<std::size_t>(cfg_.feed.batch_max)) {
+    if (queue_.front().state == CheckState::kClaimed) {
+      if (!batch.empty()) {
+        break;  // Paho's thread is checking it: the next batch takes it
+      }
+      checked_cv_.wait(lock, [this] { return queue_.front().state != CheckState::kClaimed; });
+    }
+    if (queue_.front().state == CheckState::kPending) {
+      --pending_checks_;  // checked in process(), on this thread
+    }
     queue_bytes_ -= queue_.front().charge;
     batch.push_back(std::move(queue_.front()));
     queue_.pop_front();

@@ -103,12 +103,16 @@ class CentralService {
     std::string key_raw;     // the public key that verified it
     std::string jws_sha256;  // of the payload
   };
+  // An evidence record is checked by whichever thread gets to it first (on_message, take_batch): kPending
+  // until then, kClaimed while Paho's thread checks it outside the lock, kDone after (its result in `pre`).
+  enum class CheckState { kNone, kPending, kClaimed, kDone };
   struct Message {
     std::string topic;
     std::string payload;
     std::string correlation;        // MQTT v5 Correlation Data (resend replies)
     std::optional<Prechecked> pre;  // evidence only
     std::size_t charge = 0;         // what it counts against feed.queue_mb (payload, and a decoded body)
+    CheckState state = CheckState::kNone;
   };
 
   void connect_broker();
@@ -128,9 +132,15 @@ class CentralService {
                   const std::string& payload, std::optional<std::uint64_t> seq, std::string kid,
                   std::string reason, bool enrolled);
   void run_worker();
-  // Waits for messages (at most a gap-check interval) and takes up to feed.batch_max; false when stopping
+  // Waits for messages (at most a gap-check interval), lingers up to feed.batch_linger_ms for a full batch
+  // and takes up to feed.batch_max; false when stopping
   // with nothing queued.
   bool take_batch(std::vector<Message>& batch);
+  // Claims the oldest kPending message, checks it (precheck) with the lock released, and stores the result;
+  // false when none is pending.
+  bool check_oldest_pending(std::unique_lock<std::mutex>& lock);
+  // The queue depth at which a lingering batch is taken at once: feed.batch_max, or the queue's whole bound.
+  std::size_t batch_fill() const;
   // Every gaps.check_interval_ms on the worker: the broker link, keys, quarantine, receipts, resends, file
   // transfers. A lost PostgreSQL connection is thrown to the worker's loop.
   void periodic_checks(std::int64_t now);
@@ -180,7 +190,13 @@ class CentralService {
   mutable std::mutex queue_mutex_;
   std::condition_variable queue_cv_;  // worker waits for messages
   std::condition_variable space_cv_;  // Paho's thread waits for room
-  std::deque<Message> queue_;
+  std::deque<Message> queue_;  // references stay valid until pop_front: a kClaimed message is never popped
+  std::size_t pending_checks_ = 0;      // messages in queue_ in CheckState::kPending
+  bool worker_lingering_ = false;       // take_batch waits for a batch to fill, with nothing to check
+  std::condition_variable checked_cv_;  // a claimed message checked
+  // Paho's thread checks a queued record itself only beyond this many waiting unchecked: below it, the worker
+  // keeps up while it lingers, and Paho's thread is free to read the socket.
+  static constexpr std::size_t kPahoChecksBeyond = 16;
   std::size_t queue_bytes_ = 0;  // payload bytes in queue_ (bounded by feed.queue_mb)
   bool stopping_ = false;        // the worker drains the queue and ends; messages are no longer queued
   bool stop_requested_ = false;  // a signal: start() stops connecting; stop() follows

@@ -32,6 +32,11 @@ TEST(CentralConfigTest, DefaultsAndRequiredKeys) {
   EXPECT_EQ(c.receipts.every_records, 1000);
   EXPECT_EQ(c.gaps.resend_after_ms, 10000);
   EXPECT_EQ(c.mqtt.topic_prefix, "checkpoint");
+  EXPECT_EQ(c.feed.batch_max, 500);
+  EXPECT_EQ(c.feed.batch_linger_ms, 20);
+  EXPECT_EQ(
+      parse_central_config(std::string(kConfig) + "  batch_linger_ms: 0\n", "c.yaml").feed.batch_linger_ms,
+      0);
 }
 
 TEST(CentralConfigTest, MistakesNameTheirPlace) {
@@ -42,6 +47,13 @@ TEST(CentralConfigTest, MistakesNameTheirPlace) {
   } catch (const config::ConfigError& e) {
     EXPECT_EQ(e.line(), 12);
     EXPECT_EQ(e.key(), "gaps.retry_max_ms");
+  }
+  try {
+    parse_central_config(std::string(kConfig) + "  batch_linger_ms: 1001\n", "c.yaml");
+    FAIL() << "accepted a linger over a second";
+  } catch (const config::ConfigError& e) {
+    EXPECT_EQ(e.key(), "feed.batch_linger_ms");
+    EXPECT_EQ(e.line(), 10);
   }
   try {
     parse_central_config(std::string(kConfig) + "feed2: {}\n", "c.yaml");
