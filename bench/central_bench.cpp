@@ -1,5 +1,5 @@
 // checkpoint-central's verify-and-store rate against the raw Ed25519 verify rate of this machine, measured
-// in the same run, into a private PostgreSQL run as a deployment would run it (fsync on, shared_buffers 1 GB):
+// in the same run, into a private PostgreSQL run as a deployment would run it (fsync on, 1 GB of buffers):
 //   - serial: check_record then CentralStore::store_batch on one thread, by PostgreSQL batch size;
 //   - pipelined: records checked on one thread while another writes the previous batch (batch 500), a
 //     bounded queue between them;

@@ -31,6 +31,8 @@ void parse_feed(Section feed, decltype(CentralConfig::feed)& out) {
   out.max_file_mb = feed.optional<int>("max_file_mb", out.max_file_mb, {.min = 1, .max = 1 << 20});
   out.max_open_files = feed.optional<int>("max_open_files", out.max_open_files, {.min = 1, .max = 64});
   out.unnamed_max_mb = feed.optional<int>("unnamed_max_mb", out.unnamed_max_mb, {.min = 1, .max = 1 << 20});
+  out.unnamed_max_age_days =
+      feed.optional<int>("unnamed_max_age_days", out.unnamed_max_age_days, {.min = 0, .max = 36500});
   out.batch_max = feed.optional<int>("batch_max", out.batch_max, {.min = 1, .max = 10000});
   out.batch_linger_ms = feed.optional<int>("batch_linger_ms", out.batch_linger_ms, {.min = 0, .max = 1000});
   out.media_dir = config::resolve_path(

@@ -41,6 +41,7 @@ struct FeedSection {
   // gateway: beyond this a picture is refused (asked for again once a record names it) and an init is told
   // to come back later. Bounds what an enrolled gateway can make central keep that no evidence names.
   int unnamed_max_mb = 1024;
+  int unnamed_max_age_days = 30;  // pictures no record names are deleted after this (0: never)
 };
 
 struct ReceiptsSection {

@@ -340,12 +340,18 @@ void CentralService::on_message(std::string topic, std::string payload, std::str
   // PINGRESP) while it waits, and a stalled worker must not cost the broker link. A message that found no
   // room by then is dropped and counted; a record or picture among them is a gap, asked for again.
   const std::size_t max_bytes = static_cast<std::size_t>(cfg_.feed.queue_mb) << 20;
-  const bool room =
-      space_cv_.wait_for(lock, std::chrono::seconds(std::max(1, cfg_.mqtt.keepalive_s / 3)), [&] {
-        return stopping_ || queue_.empty() ||
-               (queue_.size() < static_cast<std::size_t>(cfg_.feed.queue_messages) &&
-                queue_bytes_ + charge <= max_bytes);
-      });
+  const auto has_room = [&] {
+    return stopping_ || queue_.empty() ||
+           (queue_.size() < static_cast<std::size_t>(cfg_.feed.queue_messages) &&
+            queue_bytes_ + charge <= max_bytes);
+  };
+  bool room = has_room();
+  if (!room) {
+    ++space_waiters_;
+    queue_cv_.notify_one();  // a worker lingering for a fuller batch takes this one now
+    room = space_cv_.wait_for(lock, std::chrono::seconds(std::max(1, cfg_.mqtt.keepalive_s / 3)), has_room);
+    --space_waiters_;
+  }
   if (stopping_) {
     ++counters_.dropped_stopping;  // not stored: found later as a gap and asked for again (logged at stop)
     return;
@@ -378,16 +384,26 @@ void CentralService::on_message(std::string topic, std::string payload, std::str
 }
 
 bool CentralService::check_oldest_pending(std::unique_lock<std::mutex>& lock) {
-  const auto it = std::find_if(queue_.begin(), queue_.end(),
-                               [](const Message& m) { return m.state == CheckState::kPending; });
+  if (pending_checks_ == 0) {
+    return false;
+  }
+  const auto it =
+      std::find_if(queue_.begin() + static_cast<std::ptrdiff_t>(std::min(checked_prefix_, queue_.size())),
+                   queue_.end(), [](const Message& m) { return m.state == CheckState::kPending; });
   if (it == queue_.end()) {
     return false;
   }
+  checked_prefix_ = static_cast<std::size_t>(it - queue_.begin()) + 1;
   Message& m = *it;  // stays where it is while claimed: take_batch never takes a claimed message
   m.state = CheckState::kClaimed;
   --pending_checks_;
   lock.unlock();
-  std::optional<Prechecked> pre = precheck(m.topic, m.payload);
+  std::optional<Prechecked> pre;
+  try {
+    pre = precheck(m.topic, m.payload);
+  } catch (...) {
+    // Out of memory, say: the worker checks it again when it stores it, and reports what fails there.
+  }
   lock.lock();
   m.pre = std::move(pre);
   m.state = CheckState::kDone;
@@ -423,7 +439,8 @@ bool CentralService::take_batch(std::vector<Message>& batch) {
   if (!queue_.empty() && cfg_.feed.batch_linger_ms > 0) {
     const auto until =
         std::chrono::steady_clock::now() + std::chrono::milliseconds(cfg_.feed.batch_linger_ms);
-    const auto full = [this] { return stopping_ || queue_.size() >= batch_fill(); };
+    // Full also when the MQTT thread waits for room: the queue's byte bound is reached before batch_max.
+    const auto full = [this] { return stopping_ || queue_.size() >= batch_fill() || space_waiters_ > 0; };
     while (!full() && std::chrono::steady_clock::now() < until) {
       if (check_oldest_pending(lock)) {
         continue;
@@ -446,6 +463,7 @@ bool CentralService::take_batch(std::vector<Message>& batch) {
     queue_bytes_ -= queue_.front().charge;
     batch.push_back(std::move(queue_.front()));
     queue_.pop_front();
+    checked_prefix_ -= checked_prefix_ > 0 ? 1 : 0;
   }
   space_cv_.notify_all();
   return true;
@@ -472,6 +490,42 @@ void CentralService::periodic_checks(std::int64_t now) {
     log::error("central", "", std::string("file transfers: ") + e.what());
   }
   publish_files(std::move(wants));
+  age_out(now);
+}
+
+void CentralService::age_out(std::int64_t now) {
+  if (cfg_.feed.unnamed_max_age_days == 0 || ++checks_since_age_out_ < kAgeOutEveryChecks) {
+    return;
+  }
+  checks_since_age_out_ = 0;
+  const std::int64_t before = now - std::int64_t{cfg_.feed.unnamed_max_age_days} * 86400000;
+  AgedOut gone;
+  try {
+    gone = age_out_unnamed(store_->connection(), before, kAgeOutLimit);
+  } catch (const PgError& e) {
+    if (e.connection_lost()) {
+      throw;
+    }
+    ++counters_.pg_errors;  // tried again at the next round
+    log::error("central", "", std::string("ageing out files no record names: ") + e.what());
+    return;
+  } catch (const std::exception& e) {
+    log::error("central", "", std::string("ageing out files no record names: ") + e.what());
+    return;  // out of memory reading forks, say: tried again at the next round
+  }
+  if (gone.files == 0) {
+    return;
+  }
+  counters_.media_aged_out += gone.files;
+  counters_.media_aged_out_bytes += gone.bytes;
+  for (const std::string& gateway : gone.gateways) {
+    unnamed_[gateway].read_ms = -1;  // its sum is read again
+  }
+  log::notice("central", "",
+              "aged out " + std::to_string(gone.files) + " pictures (" + std::to_string(gone.bytes) +
+                  " bytes) no stored record names, received over " +
+                  std::to_string(cfg_.feed.unnamed_max_age_days) +
+                  " days ago (feed.unnamed_max_age_days); a record naming one later asks for it again");
 }
 
 void CentralService::run_worker() {
@@ -535,6 +589,7 @@ void CentralService::run_worker() {
       }
       std::unique_lock lock(queue_mutex_);
       if (queue_cv_.wait_for(lock, pg_backoff, [this] { return stopping_; }) && batch.empty()) {
+        counters_.dropped_stopping += queue_.size();  // the gateways still hold it
         return;
       }
       pg_backoff = std::min(pg_backoff * 2, std::chrono::milliseconds(10000));
@@ -1398,6 +1453,9 @@ void CentralService::add_counter_metrics(metrics::Exposition& e) {
   c("central_media_unnamed_refused_total",
     "Pictures no stored record names refused beyond feed.unnamed_max_mb (asked for again once named).",
     counters_.media_unnamed_refused);
+  c("central_media_aged_out_total",
+    "Pictures no stored record names deleted after feed.unnamed_max_age_days.", counters_.media_aged_out);
+  c("central_media_aged_out_bytes_total", "Their bytes.", counters_.media_aged_out_bytes);
   c("central_unknown_gateway_total",
     "Messages from gateways that are not enrolled (quarantined within bounds).", counters_.unknown_gateway);
   c("central_refused_total", "Messages refused: not a feed topic, not a gateway id, not storable.",

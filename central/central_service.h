@@ -48,9 +48,11 @@ struct CentralCounters {
   std::atomic<std::uint64_t> media_stored{0};
   std::atomic<std::uint64_t> media_refused{0};          // hash mismatch, too large, bad name
   std::atomic<std::uint64_t> media_unnamed_refused{0};  // pictures no record names, beyond unnamed_max_mb
-  std::atomic<std::uint64_t> unknown_gateway{0};        // messages on a gateway's topics that is not enrolled
-  std::atomic<std::uint64_t> refused{0};                // messages refused: a topic that is not the feed's, a
-                                          // malformed head or reply, a message central cannot store
+  std::atomic<std::uint64_t> media_aged_out{0};         // pictures no record names, deleted when old
+  std::atomic<std::uint64_t> media_aged_out_bytes{0};
+  std::atomic<std::uint64_t> unknown_gateway{0};    // messages on a gateway's topics that is not enrolled
+  std::atomic<std::uint64_t> refused{0};            // messages refused: a topic that is not the feed's, a
+                                                    // malformed head or reply, a message central cannot store
   std::atomic<std::uint64_t> heads_refused{0};      // head announcements failing a check
   std::atomic<std::uint64_t> subscribe_refused{0};  // subscribe attempts refused (a topic) or unanswered
   std::atomic<std::uint64_t> replies_refused{0};  // resend replies that are not a JSON object (or too large)
@@ -104,7 +106,7 @@ class CentralService {
     std::string jws_sha256;  // of the payload
   };
   // An evidence record is checked by whichever thread gets to it first (on_message, take_batch): kPending
-  // until then, kClaimed while Paho's thread checks it outside the lock, kDone after (its result in `pre`).
+  // until then, kClaimed while a thread checks it outside the lock, kDone after (its result in `pre`).
   enum class CheckState { kNone, kPending, kClaimed, kDone };
   struct Message {
     std::string topic;
@@ -191,13 +193,15 @@ class CentralService {
   std::condition_variable queue_cv_;  // worker waits for messages
   std::condition_variable space_cv_;  // Paho's thread waits for room
   std::deque<Message> queue_;  // references stay valid until pop_front: a kClaimed message is never popped
-  std::size_t pending_checks_ = 0;      // messages in queue_ in CheckState::kPending
-  bool worker_lingering_ = false;       // take_batch waits for a batch to fill, with nothing to check
+  std::size_t pending_checks_ = 0;  // messages in queue_ in CheckState::kPending
+  std::size_t checked_prefix_ = 0;  // queue_'s first this many are not kPending (where the next check looks)
+  int space_waiters_ = 0;           // the MQTT thread waits for room (a lingering batch is full)
+  bool worker_lingering_ = false;   // take_batch waits for a batch to fill, with nothing to check
   std::condition_variable checked_cv_;  // a claimed message checked
   // Paho's thread checks a queued record itself only beyond this many waiting unchecked: below it, the worker
   // keeps up while it lingers, and Paho's thread is free to read the socket.
   static constexpr std::size_t kPahoChecksBeyond = 16;
-  std::size_t queue_bytes_ = 0;  // payload bytes in queue_ (bounded by feed.queue_mb)
+  std::size_t queue_bytes_ = 0;  // what queue_ counts against feed.queue_mb (Message::charge)
   bool stopping_ = false;        // the worker drains the queue and ends; messages are no longer queued
   bool stop_requested_ = false;  // a signal: start() stops connecting; stop() follows
   bool stopped_ = false;
@@ -240,6 +244,12 @@ class CentralService {
   static constexpr std::int64_t kUnnamedRefreshMs = 1000;
   static constexpr std::int64_t kUnnamedRefreshOverMs = 30000;
   std::unordered_map<std::string, Unnamed> unnamed_;
+  // The age-out of pictures no record names (feed.unnamed_max_age_days): at the first gap check, then every
+  // kAgeOutEveryChecks, up to kAgeOutLimit files a time (more wait for the next).
+  static constexpr int kAgeOutEveryChecks = 60;
+  static constexpr int kAgeOutLimit = 1000;
+  int checks_since_age_out_ = kAgeOutEveryChecks;
+  void age_out(std::int64_t now);
   // Pictures over their gateway's bound in the batch being read (their payload stays in the batch's
   // messages): settle_over_bound() takes those a record of the batch names. Beyond kMaxOverBound: refused.
   struct OverBound {

@@ -2,6 +2,10 @@
 // lock, receipts and resend planning. SQL takes text parameters only.
 #include "central/central_store.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <climits>
 #include <random>
@@ -17,6 +21,19 @@
 namespace cpd::central {
 
 namespace {
+
+// Whether `path` is there with `bytes` bytes: opened, not only looked up (on a shared network directory an
+// open revalidates what another host removed).
+bool file_in_place(const std::string& path, std::uint64_t bytes) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return false;
+  }
+  struct stat st {};
+  const bool ok = ::fstat(fd, &st) == 0 && static_cast<std::uint64_t>(st.st_size) == bytes;
+  ::close(fd);
+  return ok;
+}
 
 // Schema steps: step i brings the version from i to i + 1, in one transaction.
 const std::vector<std::string> kSteps = {
@@ -784,11 +801,27 @@ BatchOutcome CentralStore::store_batch(const Batch& batch, std::int64_t now_ms, 
   store_quarantine(quarantine, now, out);
   resolve_quarantine(batch.resolved_quarantine, now, out);  // re-examined rows taken in (deleted)
 
+  // In hash order: two instances storing the same pictures take their locks in one order.
+  std::vector<const IncomingMedia*> media;
   for (const IncomingMedia& m : batch.media) {
+    media.push_back(&m);
+  }
+  std::sort(media.begin(), media.end(),
+            [](const IncomingMedia* a, const IncomingMedia* b) { return a->sha256 < b->sha256; });
+  for (const IncomingMedia* pm : media) {
+    const IncomingMedia& m = *pm;
+    // Against the age-out removing this file (age_out_unnamed): held to the commit.
+    conn_->exec_prepared(std::string("SELECT ") + kMediaLockSql, {m.sha256}, "locking a media file");
     PgResult r = conn_->exec_prepared(
         "INSERT INTO media (sha256, bytes, path, first_gateway, received_ms, named) VALUES ($1, $2, $3, $4, "
         "$5, EXISTS (SELECT 1 FROM record_media WHERE sha256 = $1)) ON CONFLICT (sha256) DO NOTHING",
         {m.sha256, std::to_string(m.bytes), m.path, m.gateway, now}, "storing a media file");
+    if (r.affected() == 1 && !file_in_place(m.path, m.bytes)) {
+      // Aged out (age_out_unnamed: a copy held before, its row gone before this insert) between writing or
+      // finding it and this insert: not held. A record naming it waits for it and asks for it again.
+      conn_->exec("DELETE FROM media WHERE sha256 = $1", {m.sha256}, "forgetting a picture that went");
+      continue;
+    }
     out.media_stored += static_cast<std::uint64_t>(r.affected());
     touched.insert(m.gateway);
   }

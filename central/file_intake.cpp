@@ -11,9 +11,12 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <map>
+#include <set>
 #include <stdexcept>
 
 #include "central/pg.h"
+#include "central/record_columns.h"
 #include "daemon/core/digest.h"
 #include "daemon/core/durable_fs.h"
 #include "daemon/core/encoding.h"
@@ -155,6 +158,97 @@ std::string unnamed_media_sql(const std::string& gateway_sql) {
          "EXISTS (SELECT 1 FROM file_uploads f WHERE f.gateway = m.first_gateway AND f.sha256 = m.sha256 "
          "AND " +
          kTransferNamedSql + "))";
+}
+
+namespace {
+
+// The files the forks of `gateway` name (kept for forensics: their pictures with them), from their JWS
+// bodies.
+std::set<std::string> fork_files(PgConnection& pg, const std::string& gateway) {
+  std::set<std::string> out;
+  const PgResult forks =
+      pg.exec("SELECT jws FROM forks WHERE gateway = $1", {gateway}, "reading forks' files");
+  for (int i = 0; i < forks.rows(); ++i) {
+    const std::string jws = forks.text(i, 0);
+    const auto dot1 = jws.find('.');
+    const auto dot2 = dot1 == std::string::npos ? dot1 : jws.find('.', dot1 + 1);
+    const auto text =
+        dot2 == std::string::npos ? std::nullopt : base64url_decode(jws.substr(dot1 + 1, dot2 - dot1 - 1));
+    const nlohmann::json body = text ? nlohmann::json::parse(*text, nullptr, false)
+                                     : nlohmann::json(nlohmann::json::value_t::discarded);
+    if (!body.is_object()) {
+      continue;  // a fork is a verified record: its body decodes
+    }
+    for (std::string& sha : record_columns(body).pictures) {
+      out.insert(std::move(sha));
+    }
+    if (const auto file = body.find("sha256"); file != body.end() && file->is_string()) {
+      out.insert(file->get<std::string>());  // a recording's file
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+AgedOut age_out_unnamed(PgConnection& pg, std::int64_t before_ms, int limit) {
+  AgedOut out;
+  std::vector<std::pair<std::string, std::string>> deleted;  // sha256, path
+  {
+    PgTransaction tx(pg);
+    const PgResult old = pg.exec(
+        "SELECT m.sha256, m.path, m.first_gateway, m.bytes FROM media m WHERE NOT m.named AND m.received_ms "
+        "< "
+        "$1::bigint AND NOT EXISTS (SELECT 1 FROM record_media rm WHERE rm.sha256 = m.sha256) AND NOT EXISTS "
+        "(SELECT 1 FROM file_uploads f WHERE f.sha256 = m.sha256) ORDER BY m.received_ms LIMIT $2::bigint "
+        "FOR "
+        "UPDATE OF m SKIP LOCKED",
+        {std::to_string(before_ms), std::to_string(limit)}, "finding old files no record names");
+    std::map<std::string, std::set<std::string>> forks;  // per gateway, read once
+    std::string gone;
+    std::string kept;  // named by a fork: marked named, so the next round does not find it again
+    std::set<std::string> gateways;
+    for (int i = 0; i < old.rows(); ++i) {
+      const std::string sha = old.text(i, 0);
+      const std::string gateway = old.text(i, 2);
+      auto f = forks.find(gateway);
+      if (f == forks.end()) {
+        f = forks.emplace(gateway, fork_files(pg, gateway)).first;
+      }
+      if (f->second.count(sha) != 0) {
+        kept += (kept.empty() ? "" : ",") + sha;
+        continue;
+      }
+      deleted.emplace_back(sha, old.text(i, 1));
+      gone += (gone.empty() ? "" : ",") + sha;
+      gateways.insert(gateway);
+      ++out.files;
+      out.bytes += static_cast<std::uint64_t>(std::max<long long>(0, old.integer(i, 3)));
+    }
+    if (!gone.empty()) {
+      pg.exec("DELETE FROM media WHERE sha256 = ANY($1::text[])", {"{" + gone + "}"}, "ageing out files");
+    }
+    if (!kept.empty()) {
+      pg.exec("UPDATE media SET named = true WHERE sha256 = ANY($1::text[])", {"{" + kept + "}"},
+              "keeping the files of forks");
+    }
+    tx.commit();
+    out.gateways.assign(gateways.begin(), gateways.end());
+  }
+  // The rows are gone: now the files, each unless the picture was stored again meanwhile. The same advisory
+  // lock is held by the transaction storing a picture from its row's insert to its commit (CentralStore::
+  // store_batch, which counts it held only if its file is in place then), so a file goes either before that
+  // insert looks for it or not at all. A crash here leaves a file without a row: bytes, never a loss.
+  for (const auto& [sha, path] : deleted) {
+    PgTransaction tx(pg);
+    pg.exec(std::string("SELECT ") + kMediaLockSql, {sha}, "locking a file to age it out");
+    if (pg.exec("SELECT 1 FROM media WHERE sha256 = $1", {sha}, "ageing out a file").rows() == 0) {
+      std::error_code ec;
+      fs::remove(path, ec);
+    }
+    tx.commit();
+  }
+  return out;
 }
 
 std::uint64_t unnamed_bytes(PgConnection& pg, const std::string& gateway) {
@@ -483,6 +577,8 @@ void FileIntake::assemble(PgConnection& pg, const std::string& gateway, const st
       segments_held(pg, gateway, sha256) != filex::segment_count(row->size, row->segment_size)) {
     return;
   }
+  // Against the age-out removing a picture of the same bytes from the same path (age_out_unnamed).
+  pg.exec(std::string("SELECT ") + kMediaLockSql, {sha256}, "locking a media file");
   const fs::path part = partial_path(gateway, sha256);
   const fs::path held = held_path(sha256);
   std::error_code ec;

@@ -55,6 +55,22 @@ inline constexpr const char* kTransferNamedSql =
 // status query shows too.
 std::string unnamed_media_sql(const std::string& gateway_sql);
 
+// The age-out of files no record names (docs/custody.md, "Files no record names"): up to `limit` pictures
+// (`media` rows of no file transfer: a recording's transfer may be completing the same file) received before
+// `before_ms` that no stored record names and no fork kept for forensics names either are deleted, row and
+// file. Locking: a record stored while this runs sets `named` on the files it names (central_store.cpp,
+// insert_records), so a row locked here was named by nobody; a row a record is naming is locked there and
+// skipped here. The rows go first (committed), then each file under kMediaLockSql, unless its row is back.
+// SQL: the transaction-scoped advisory lock on one file ($1: its SHA-256), held by the transaction that
+// stores a picture's row (to its commit) and by the age-out while it removes the file.
+inline constexpr const char* kMediaLockSql = "pg_advisory_xact_lock(hashtextextended($1, 7))";
+struct AgedOut {
+  std::uint64_t files = 0;
+  std::uint64_t bytes = 0;
+  std::vector<std::string> gateways;  // whose files went (their bound's sum is read again)
+};
+AgedOut age_out_unnamed(PgConnection& pg, std::int64_t before_ms, int limit);
+
 struct FileCounters {
   std::atomic<std::uint64_t> inits{0};
   std::atomic<std::uint64_t> segments{0};  // segments written and counted

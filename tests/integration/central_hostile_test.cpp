@@ -1143,6 +1143,70 @@ TEST_F(CentralHostile, FilesNoRecordNamesAreBoundedPerGatewayAndANamedOneIsAlway
   EXPECT_EQ((*gh_status)["unnamed_bytes"], 2 * 400 * 1024) << "status: the pictures (open transfers apart)";
 }
 
+// Pictures no stored record names go, row and file, once older than feed.unnamed_max_age_days; only those: a
+// picture a record names stays, and so does one only a fork names (kept for forensics). A record that names
+// an aged-out picture later asks for it again and comes into custody with it: the gateway still holds it.
+TEST_F(CentralHostile, OldPicturesNoRecordNamesAgeOutAndOneNamedLaterIsAskedForAgain) {
+  CentralConfig config;
+  config.metrics = true;
+  write_central_config("central", config);
+  start_central();
+  const std::vector<std::string> pictures = {"named by record 1", "named by nothing yet", "named by a fork"};
+  std::vector<std::string> shas;
+  MqttPublisher gh(broker_->uri(), "gh");
+  for (const auto& p : pictures) {
+    shas.push_back(sha256_hex(p));
+    gh.publish("checkpoint/gh/media/" + shas.back(), p);
+  }
+  const std::string rec1 = gh_record(1, std::string(64, '0'), {shas[0]});
+  publish_evidence(gh, {rec1}, 0, 1);
+  ASSERT_TRUE(wait_for_condition([&] { return gh_int("watermark_seq") == 1; }, 30s))
+      << central_->stderr_text();
+  publish_evidence(gh, {gh_record(1, std::string(64, '0'), {shas[2]})}, 0, 1);
+  ASSERT_TRUE(wait_for_condition([&] { return pg_int("SELECT count(*) FROM forks") == 1; }, 30s))
+      << central_->stderr_text();
+  ASSERT_EQ(pg_int("SELECT count(*) FROM media"), 3);
+  const auto file_of = [&](const std::string& sha) {
+    return dir_ / "central-media" / sha.substr(0, 2) / sha;
+  };
+  ASSERT_TRUE(fs::exists(file_of(shas[1])));
+
+  // All three received 31 days ago (the default bound is 30): the sweep (every 60 gap checks of 200 ms) takes
+  // the one nobody names.
+  pg_.query("UPDATE media SET received_ms = received_ms - 31 * 86400000::bigint");
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return prometheus_sample(metrics(), "central_media_aged_out_total") == 1; }, 40s))
+      << central_->stderr_text();
+  EXPECT_EQ(prometheus_sample(metrics(), "central_media_aged_out_bytes_total"),
+            static_cast<double>(pictures[1].size()));
+  EXPECT_EQ(pg_int("SELECT count(*) FROM media WHERE sha256 = '" + shas[1] + "'"), 0);
+  EXPECT_FALSE(fs::exists(file_of(shas[1])));
+  EXPECT_TRUE(fs::exists(file_of(shas[0]))) << "a record names it";
+  EXPECT_TRUE(fs::exists(file_of(shas[2]))) << "a fork names it";
+  EXPECT_EQ(pg_int("SELECT count(*) FROM media"), 2);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM media WHERE named AND sha256 = '" + shas[2] + "'"), 1)
+      << "marked named by its fork: not found again each round";
+
+  // Record 2 names it now: central asks for it again and holds it, with the record, in custody.
+  std::atomic<bool> asked{false};
+  gh.client().set_message_callback([&](mqtt::const_message_ptr msg) {
+    const auto parsed = custody::parse_resend_request(msg->get_payload_str());
+    if (parsed.request && !asked &&
+        std::find(parsed.request->media.begin(), parsed.request->media.end(), shas[1]) !=
+            parsed.request->media.end()) {
+      asked = true;
+      gh.client().publish(mqtt::make_message("checkpoint/gh/media/" + shas[1], pictures[1], 1, false));
+    }
+  });
+  gh.client().subscribe("checkpoint/gh/resend", 1)->wait();
+  publish_evidence(gh, {gh_record(2, sha256_hex(rec1), {shas[1]})}, 0, 1);
+  ASSERT_TRUE(wait_for_condition([&] { return gh_int("watermark_seq") == 2; }, 30s))
+      << central_->stderr_text();
+  EXPECT_TRUE(asked);
+  EXPECT_TRUE(fs::exists(file_of(shas[1])));
+  EXPECT_EQ(pg_int("SELECT count(*) FROM media WHERE named"), 3);
+}
+
 // A gateway whose copy of a recording is damaged (a bit flipped after collection, each segment's checksum
 // taken from what it reads) sends segments that all match their checksums and a whole that never matches the
 // file's id. Central asks for the whole file again after each failure, kMaxFileMismatches times; then the

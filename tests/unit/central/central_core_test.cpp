@@ -34,6 +34,7 @@ TEST(CentralConfigTest, DefaultsAndRequiredKeys) {
   EXPECT_EQ(c.mqtt.topic_prefix, "checkpoint");
   EXPECT_EQ(c.feed.batch_max, 500);
   EXPECT_EQ(c.feed.batch_linger_ms, 20);
+  EXPECT_EQ(c.feed.unnamed_max_age_days, 30);
   EXPECT_EQ(
       parse_central_config(std::string(kConfig) + "  batch_linger_ms: 0\n", "c.yaml").feed.batch_linger_ms,
       0);
