@@ -494,10 +494,32 @@ void CentralService::periodic_checks(std::int64_t now) {
 }
 
 void CentralService::age_out(std::int64_t now) {
-  if (cfg_.feed.unnamed_max_age_days == 0 || ++checks_since_age_out_ < kAgeOutEveryChecks) {
+  if (++checks_since_age_out_ < kAgeOutEveryChecks) {
     return;
   }
   checks_since_age_out_ = 0;
+  try {
+    const std::uint64_t orphans = sweep_orphans(store_->connection(), cfg_.feed.media_dir, kOrphanMinAgeS,
+                                                kOrphanEntriesPerRound, orphan_cursor_);
+    if (orphans > 0) {
+      counters_.media_orphans_removed += orphans;
+      log::notice("central", "",
+                  "removed " + std::to_string(orphans) +
+                      " files no media row holds, written over a day ago (a batch that failed after writing "
+                      "them, a crash, a writer's temporary file)");
+    }
+  } catch (const PgError& e) {
+    if (e.connection_lost()) {
+      throw;
+    }
+    ++counters_.pg_errors;
+    log::error("central", "", std::string("removing files no row holds: ") + e.what());
+  } catch (const std::exception& e) {
+    log::error("central", "", std::string("removing files no row holds: ") + e.what());
+  }
+  if (cfg_.feed.unnamed_max_age_days == 0) {
+    return;
+  }
   const std::int64_t before = now - std::int64_t{cfg_.feed.unnamed_max_age_days} * 86400000;
   AgedOut gone;
   try {
@@ -1456,6 +1478,9 @@ void CentralService::add_counter_metrics(metrics::Exposition& e) {
   c("central_media_aged_out_total",
     "Pictures no stored record names deleted after feed.unnamed_max_age_days.", counters_.media_aged_out);
   c("central_media_aged_out_bytes_total", "Their bytes.", counters_.media_aged_out_bytes);
+  c("central_media_orphans_removed_total",
+    "Files in the media directory no row holds, removed a day after they were written.",
+    counters_.media_orphans_removed);
   c("central_unknown_gateway_total",
     "Messages from gateways that are not enrolled (quarantined within bounds).", counters_.unknown_gateway);
   c("central_refused_total", "Messages refused: not a feed topic, not a gateway id, not storable.",

@@ -50,9 +50,10 @@ struct CentralCounters {
   std::atomic<std::uint64_t> media_unnamed_refused{0};  // pictures no record names, beyond unnamed_max_mb
   std::atomic<std::uint64_t> media_aged_out{0};         // pictures no record names, deleted when old
   std::atomic<std::uint64_t> media_aged_out_bytes{0};
-  std::atomic<std::uint64_t> unknown_gateway{0};    // messages on a gateway's topics that is not enrolled
-  std::atomic<std::uint64_t> refused{0};            // messages refused: a topic that is not the feed's, a
-                                                    // malformed head or reply, a message central cannot store
+  std::atomic<std::uint64_t> media_orphans_removed{0};  // files no media row holds (sweep_orphans)
+  std::atomic<std::uint64_t> unknown_gateway{0};        // messages on a gateway's topics that is not enrolled
+  std::atomic<std::uint64_t> refused{0};                // messages refused: a topic that is not the feed's, a
+                                          // malformed head or reply, a message central cannot store
   std::atomic<std::uint64_t> heads_refused{0};      // head announcements failing a check
   std::atomic<std::uint64_t> subscribe_refused{0};  // subscribe attempts refused (a topic) or unanswered
   std::atomic<std::uint64_t> replies_refused{0};  // resend replies that are not a JSON object (or too large)
@@ -249,6 +250,11 @@ class CentralService {
   static constexpr int kAgeOutEveryChecks = 60;
   static constexpr int kAgeOutLimit = 1000;
   int checks_since_age_out_ = kAgeOutEveryChecks;
+  // And, in the same rounds, files no media row holds (sweep_orphans): a day after they were written, up to
+  // this many directory entries a round.
+  static constexpr std::int64_t kOrphanMinAgeS = 86400;
+  static constexpr std::size_t kOrphanEntriesPerRound = 20000;
+  std::string orphan_cursor_;
   void age_out(std::int64_t now);
   // Pictures over their gateway's bound in the batch being read (their payload stays in the batch's
   // messages): settle_over_bound() takes those a record of the batch names. Beyond kMaxOverBound: refused.

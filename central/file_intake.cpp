@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -189,6 +190,20 @@ std::set<std::string> fork_files(PgConnection& pg, const std::string& gateway) {
   return out;
 }
 
+// Removes the file of `sha256` at `path` unless a `media` row holds it, under kMediaLockSql: a picture stored
+// again meanwhile (its row inserted under the same lock) keeps its file. True when a file went.
+bool remove_unless_held(PgConnection& pg, const std::string& sha256, const fs::path& path) {
+  PgTransaction tx(pg);
+  pg.exec(std::string("SELECT ") + kMediaLockSql, {sha256}, "locking a file to remove it");
+  bool removed = false;
+  if (pg.exec("SELECT 1 FROM media WHERE sha256 = $1", {sha256}, "looking for a file's row").rows() == 0) {
+    std::error_code ec;
+    removed = fs::remove(path, ec);
+  }
+  tx.commit();
+  return removed;
+}
+
 }  // namespace
 
 AgedOut age_out_unnamed(PgConnection& pg, std::int64_t before_ms, int limit) {
@@ -240,15 +255,78 @@ AgedOut age_out_unnamed(PgConnection& pg, std::int64_t before_ms, int limit) {
   // store_batch, which counts it held only if its file is in place then), so a file goes either before that
   // insert looks for it or not at all. A crash here leaves a file without a row: bytes, never a loss.
   for (const auto& [sha, path] : deleted) {
-    PgTransaction tx(pg);
-    pg.exec(std::string("SELECT ") + kMediaLockSql, {sha}, "locking a file to age it out");
-    if (pg.exec("SELECT 1 FROM media WHERE sha256 = $1", {sha}, "ageing out a file").rows() == 0) {
-      std::error_code ec;
-      fs::remove(path, ec);
-    }
-    tx.commit();
+    remove_unless_held(pg, sha, path);
   }
   return out;
+}
+
+std::uint64_t sweep_orphans(PgConnection& pg, const std::string& media_dir, std::int64_t min_age_s,
+                            std::size_t limit, std::string& cursor) {
+  const auto too_new = fs::file_time_type::clock::now() - std::chrono::seconds(min_age_s);
+  std::vector<std::string> names;  // "<xx>/<name>", in order, after the cursor
+  std::vector<std::string> subdirs;
+  std::error_code ec;
+  for (const auto& d : fs::directory_iterator(media_dir, ec)) {
+    const std::string n = d.path().filename().string();
+    if (n.size() == 2 && is_sha256_hex(n + std::string(62, '0')) && d.is_directory(ec)) {
+      subdirs.push_back(n);
+    }
+  }
+  std::sort(subdirs.begin(), subdirs.end());
+  for (const std::string& sub : subdirs) {
+    if (names.size() >= limit || sub < cursor.substr(0, 2)) {
+      continue;
+    }
+    std::vector<std::string> here;
+    for (const auto& f : fs::directory_iterator(fs::path(media_dir) / sub, ec)) {
+      here.push_back(sub + "/" + f.path().filename().string());
+    }
+    std::sort(here.begin(), here.end());
+    for (std::string& n : here) {
+      if (n > cursor && names.size() < limit) {
+        names.push_back(std::move(n));
+      }
+    }
+  }
+  cursor = names.size() < limit ? std::string() : names.back();  // the end reached: from the start next round
+  // The old ones: a held name (64 hex) is a candidate if no row holds it; a writer's temporary file always.
+  std::vector<std::string> held;
+  std::vector<std::string> temporary;
+  std::string listed;
+  for (const std::string& n : names) {
+    const fs::path path = fs::path(media_dir) / n;
+    const auto written = fs::last_write_time(path, ec);
+    if (ec || written > too_new || !fs::is_regular_file(path, ec)) {
+      continue;
+    }
+    const std::string file = n.substr(3);
+    if (is_sha256_hex(file) && file.compare(0, 2, n, 0, 2) == 0) {
+      held.push_back(file);
+      listed += (listed.empty() ? "" : ",") + file;
+    } else if (file.find(".tmp-") != std::string::npos) {
+      temporary.push_back(n);
+    }
+  }
+  std::uint64_t removed = 0;
+  for (const std::string& n : temporary) {
+    removed += fs::remove(fs::path(media_dir) / n, ec) ? 1 : 0;
+  }
+  if (held.empty()) {
+    return removed;
+  }
+  const PgResult rows = pg.exec("SELECT sha256 FROM media WHERE sha256 = ANY($1::text[])",
+                                {"{" + listed + "}"}, "looking for files no row holds");
+  std::set<std::string> with_row;
+  for (int i = 0; i < rows.rows(); ++i) {
+    with_row.insert(rows.text(i, 0));
+  }
+  for (const std::string& sha : held) {
+    if (with_row.count(sha) != 0) {
+      continue;
+    }
+    removed += remove_unless_held(pg, sha, fs::path(media_dir) / sha.substr(0, 2) / sha) ? 1 : 0;
+  }
+  return removed;
 }
 
 std::uint64_t unnamed_bytes(PgConnection& pg, const std::string& gateway) {

@@ -71,6 +71,14 @@ struct AgedOut {
 };
 AgedOut age_out_unnamed(PgConnection& pg, std::int64_t before_ms, int limit);
 
+// Files in the media directory that no `media` row holds and that no writer is using: a picture written for a
+// batch that then failed, a file whose age-out row went before a crash, a writer's temporary file. Those last
+// written over `min_age_s` ago are removed (a held name under kMediaLockSql, unless its row is back). Up to
+// `limit` directory entries are looked at a round, from `cursor` ("<xx>/<name>" of the last one looked at;
+// empty: from the start; updated). Returns the files removed.
+std::uint64_t sweep_orphans(PgConnection& pg, const std::string& media_dir, std::int64_t min_age_s,
+                            std::size_t limit, std::string& cursor);
+
 struct FileCounters {
   std::atomic<std::uint64_t> inits{0};
   std::atomic<std::uint64_t> segments{0};  // segments written and counted

@@ -1207,6 +1207,41 @@ TEST_F(CentralHostile, OldPicturesNoRecordNamesAgeOutAndOneNamedLaterIsAskedForA
   EXPECT_EQ(pg_int("SELECT count(*) FROM media WHERE named"), 3);
 }
 
+// Files in the media directory no row holds (a picture written for a batch that then failed, a crash between
+// an age-out's rows and its files, a writer's temporary file) go once written over a day ago; a held file, or
+// a fresh one (a batch may be about to commit its row), stays.
+TEST_F(CentralHostile, FilesNoRowHoldsAreRemovedADayAfterTheyWereWritten) {
+  { central::CentralStore migrate(pg_.conninfo()); }
+  const fs::path media = dir_ / "central-media";
+  const auto place = [&](const std::string& name, bool old) {
+    const fs::path path = media / name.substr(0, 2) / name;
+    fs::create_directories(path.parent_path());
+    std::ofstream(path) << name;
+    if (old) {
+      fs::last_write_time(path, fs::file_time_type::clock::now() - std::chrono::hours(49));
+    }
+    return path;
+  };
+  const fs::path orphan = place(sha256_hex("orphan"), true);
+  const fs::path temporary = place(sha256_hex("temporary") + ".tmp-12-34", true);
+  const std::string held_sha = sha256_hex("held");
+  const fs::path held = place(held_sha, true);
+  pg_.query("INSERT INTO media (sha256, bytes, path, first_gateway, received_ms, named) VALUES ('" +
+            held_sha + "', 64, '" + held.string() + "', 'gh', 0, true)");
+  const fs::path fresh = place(sha256_hex("fresh"), false);
+  CentralConfig config;
+  config.metrics = true;
+  write_central_config("central", config);
+  start_central();
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return prometheus_sample(metrics(), "central_media_orphans_removed_total") == 2; }, 30s))
+      << central_->stderr_text();
+  EXPECT_FALSE(fs::exists(orphan));
+  EXPECT_FALSE(fs::exists(temporary));
+  EXPECT_TRUE(fs::exists(held)) << "its row holds it";
+  EXPECT_TRUE(fs::exists(fresh)) << "written less than a day ago";
+}
+
 // A gateway whose copy of a recording is damaged (a bit flipped after collection, each segment's checksum
 // taken from what it reads) sends segments that all match their checksums and a whole that never matches the
 // file's id. Central asks for the whole file again after each failure, kMaxFileMismatches times; then the
