@@ -494,19 +494,27 @@ void CentralService::periodic_checks(std::int64_t now) {
 }
 
 void CentralService::age_out(std::int64_t now) {
-  if (++checks_since_age_out_ < kAgeOutEveryChecks) {
+  if (cfg_.feed.unnamed_max_age_days == 0 || ++checks_since_age_out_ < kAgeOutEveryChecks) {
     return;
   }
   checks_since_age_out_ = 0;
   try {
-    const std::uint64_t orphans = sweep_orphans(store_->connection(), cfg_.feed.media_dir, kOrphanMinAgeS,
-                                                kOrphanEntriesPerRound, orphan_cursor_);
-    if (orphans > 0) {
-      counters_.media_orphans_removed += orphans;
+    const OrphanSweep orphans = sweep_orphans(store_->connection(), cfg_.feed.media_dir, kOrphanMinAgeS,
+                                              kOrphanEntriesPerRound, orphan_cursor_);
+    if (orphans.removed > 0) {
+      counters_.media_orphans_removed += orphans.removed;
       log::notice("central", "",
-                  "removed " + std::to_string(orphans) +
+                  "removed " + std::to_string(orphans.removed) +
                       " files no media row holds, written over a day ago (a batch that failed after writing "
                       "them, a crash, a writer's temporary file)");
+    }
+    if (orphans.refused > 0) {
+      counters_.media_orphans_refused += orphans.refused;
+      log::error("central", "",
+                 "the media directory " + cfg_.feed.media_dir + " holds " + std::to_string(orphans.refused) +
+                     " files in one round that no media row of this database holds: none removed. Is "
+                     "feed.media_dir the directory of postgres.conninfo's database (or was the database "
+                     "restored to an earlier time)?");
     }
   } catch (const PgError& e) {
     if (e.connection_lost()) {
@@ -516,9 +524,6 @@ void CentralService::age_out(std::int64_t now) {
     log::error("central", "", std::string("removing files no row holds: ") + e.what());
   } catch (const std::exception& e) {
     log::error("central", "", std::string("removing files no row holds: ") + e.what());
-  }
-  if (cfg_.feed.unnamed_max_age_days == 0) {
-    return;
   }
   const std::int64_t before = now - std::int64_t{cfg_.feed.unnamed_max_age_days} * 86400000;
   AgedOut gone;
@@ -669,6 +674,8 @@ std::string CentralService::write_media(const std::string& sha256, const std::st
     // Content-addressed: the same name is the same bytes, once checked (a damaged copy is replaced).
     std::string unreadable;
     if (const auto held = sha256_file(path.string(), unreadable); held && held->sha256 == sha256) {
+      // Written now, as far as the sweep of files no row holds is concerned (sweep_orphans, a day).
+      fs::last_write_time(path, fs::file_time_type::clock::now(), ec);
       return path.string();
     }
   }
@@ -1481,6 +1488,10 @@ void CentralService::add_counter_metrics(metrics::Exposition& e) {
   c("central_media_orphans_removed_total",
     "Files in the media directory no row holds, removed a day after they were written.",
     counters_.media_orphans_removed);
+  c("central_media_orphans_refused_total",
+    "Files no row holds left in place: more than 100 in a round, or no media row at all (the directory and "
+    "the database do not go together).",
+    counters_.media_orphans_refused);
   c("central_unknown_gateway_total",
     "Messages from gateways that are not enrolled (quarantined within bounds).", counters_.unknown_gateway);
   c("central_refused_total", "Messages refused: not a feed topic, not a gateway id, not storable.",

@@ -51,6 +51,7 @@ struct CentralCounters {
   std::atomic<std::uint64_t> media_aged_out{0};         // pictures no record names, deleted when old
   std::atomic<std::uint64_t> media_aged_out_bytes{0};
   std::atomic<std::uint64_t> media_orphans_removed{0};  // files no media row holds (sweep_orphans)
+  std::atomic<std::uint64_t> media_orphans_refused{0};  // left: the directory and the database disagree
   std::atomic<std::uint64_t> unknown_gateway{0};        // messages on a gateway's topics that is not enrolled
   std::atomic<std::uint64_t> refused{0};                // messages refused: a topic that is not the feed's, a
                                           // malformed head or reply, a message central cannot store

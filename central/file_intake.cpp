@@ -260,8 +260,9 @@ AgedOut age_out_unnamed(PgConnection& pg, std::int64_t before_ms, int limit) {
   return out;
 }
 
-std::uint64_t sweep_orphans(PgConnection& pg, const std::string& media_dir, std::int64_t min_age_s,
-                            std::size_t limit, std::string& cursor) {
+OrphanSweep sweep_orphans(PgConnection& pg, const std::string& media_dir, std::int64_t min_age_s,
+                          std::size_t limit, std::string& cursor) {
+  OrphanSweep out;
   const auto too_new = fs::file_time_type::clock::now() - std::chrono::seconds(min_age_s);
   std::vector<std::string> names;  // "<xx>/<name>", in order, after the cursor
   std::vector<std::string> subdirs;
@@ -289,44 +290,51 @@ std::uint64_t sweep_orphans(PgConnection& pg, const std::string& media_dir, std:
     }
   }
   cursor = names.size() < limit ? std::string() : names.back();  // the end reached: from the start next round
-  // The old ones: a held name (64 hex) is a candidate if no row holds it; a writer's temporary file always.
+  // Held names (64 hex, in their own subdirectory) first asked of PostgreSQL in one query, so only the few no
+  // row holds are looked at on disk; a writer's temporary file always is.
+  const auto old_file = [&](const fs::path& path) {
+    const auto written = fs::last_write_time(path, ec);
+    return !ec && written <= too_new && fs::is_regular_file(path, ec);
+  };
   std::vector<std::string> held;
-  std::vector<std::string> temporary;
   std::string listed;
   for (const std::string& n : names) {
-    const fs::path path = fs::path(media_dir) / n;
-    const auto written = fs::last_write_time(path, ec);
-    if (ec || written > too_new || !fs::is_regular_file(path, ec)) {
-      continue;
-    }
     const std::string file = n.substr(3);
     if (is_sha256_hex(file) && file.compare(0, 2, n, 0, 2) == 0) {
       held.push_back(file);
       listed += (listed.empty() ? "" : ",") + file;
-    } else if (file.find(".tmp-") != std::string::npos) {
-      temporary.push_back(n);
+    } else if (file.find(".tmp-") != std::string::npos && old_file(fs::path(media_dir) / n)) {
+      out.removed += fs::remove(fs::path(media_dir) / n, ec) ? 1 : 0;
     }
   }
-  std::uint64_t removed = 0;
-  for (const std::string& n : temporary) {
-    removed += fs::remove(fs::path(media_dir) / n, ec) ? 1 : 0;
-  }
   if (held.empty()) {
-    return removed;
+    return out;
   }
-  const PgResult rows = pg.exec("SELECT sha256 FROM media WHERE sha256 = ANY($1::text[])",
-                                {"{" + listed + "}"}, "looking for files no row holds");
+  const PgResult rows = pg.exec(
+      "SELECT sha256 FROM media WHERE sha256 = ANY($1::text[]) UNION ALL SELECT '' WHERE NOT EXISTS (SELECT "
+      "1 "
+      "FROM media)",
+      {"{" + listed + "}"}, "looking for files no row holds");
   std::set<std::string> with_row;
   for (int i = 0; i < rows.rows(); ++i) {
     with_row.insert(rows.text(i, 0));
   }
+  std::vector<std::string> orphans;
   for (const std::string& sha : held) {
-    if (with_row.count(sha) != 0) {
-      continue;
+    if (with_row.count(sha) == 0 && old_file(fs::path(media_dir) / sha.substr(0, 2) / sha)) {
+      orphans.push_back(sha);
     }
-    removed += remove_unless_held(pg, sha, fs::path(media_dir) / sha.substr(0, 2) / sha) ? 1 : 0;
   }
-  return removed;
+  // A database that does not go with this directory (another one, a new one, one restored to an earlier
+  // time) would make every file an orphan, and some may be the only copy left: nothing is removed then.
+  if (with_row.count("") != 0 || orphans.size() > kMaxOrphansPerRound) {
+    out.refused = orphans.size();
+    return out;
+  }
+  for (const std::string& sha : orphans) {
+    out.removed += remove_unless_held(pg, sha, fs::path(media_dir) / sha.substr(0, 2) / sha) ? 1 : 0;
+  }
+  return out;
 }
 
 std::uint64_t unnamed_bytes(PgConnection& pg, const std::string& gateway) {
@@ -675,6 +683,9 @@ void FileIntake::assemble(PgConnection& pg, const std::string& gateway, const st
       fs::create_directories(held.parent_path());
       fs::rename(part, held);
       fsync_directory(held.parent_path());
+      // A stalled transfer's partial file may be days old: fresh for the sweep of files no row holds, should
+      // this instance stop before the commit (sweep_orphans).
+      fs::last_write_time(held, fs::file_time_type::clock::now(), ec);
     }
     pg.exec(std::string(
                 "INSERT INTO media (sha256, bytes, path, first_gateway, received_ms, named) VALUES ($1, $2, "

@@ -75,9 +75,16 @@ AgedOut age_out_unnamed(PgConnection& pg, std::int64_t before_ms, int limit);
 // batch that then failed, a file whose age-out row went before a crash, a writer's temporary file. Those last
 // written over `min_age_s` ago are removed (a held name under kMediaLockSql, unless its row is back). Up to
 // `limit` directory entries are looked at a round, from `cursor` ("<xx>/<name>" of the last one looked at;
-// empty: from the start; updated). Returns the files removed.
-std::uint64_t sweep_orphans(PgConnection& pg, const std::string& media_dir, std::int64_t min_age_s,
-                            std::size_t limit, std::string& cursor);
+// empty: from the start; updated). When the `media` table is empty, or more than kMaxOrphansPerRound held
+// names in one round have no row, the directory and the database do not go together (feed.media_dir or
+// postgres.conninfo wrong, a database restored to an earlier time): nothing is removed, they are `refused`.
+inline constexpr std::size_t kMaxOrphansPerRound = 100;
+struct OrphanSweep {
+  std::uint64_t removed = 0;
+  std::uint64_t refused = 0;
+};
+OrphanSweep sweep_orphans(PgConnection& pg, const std::string& media_dir, std::int64_t min_age_s,
+                          std::size_t limit, std::string& cursor);
 
 struct FileCounters {
   std::atomic<std::uint64_t> inits{0};

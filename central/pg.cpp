@@ -60,6 +60,15 @@ PgConnection::PgConnection(const std::string& conninfo) {
   // Notices (e.g. "relation already exists, skipping") are not errors; keep them off stderr.
   PQsetNoticeProcessor(
       conn_, [](void*, const char*) {}, nullptr);
+  // Central's locking rules (the watermark walk, the age-out, a file's advisory lock) read what a lock's
+  // holder committed: READ COMMITTED, whatever the server's or role's default.
+  try {
+    exec("SET default_transaction_isolation TO 'read committed'", "setting the isolation level");
+  } catch (...) {
+    PQfinish(conn_);
+    conn_ = nullptr;
+    throw;
+  }
 }
 
 PgConnection::~PgConnection() {

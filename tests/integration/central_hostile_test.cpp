@@ -1209,7 +1209,8 @@ TEST_F(CentralHostile, OldPicturesNoRecordNamesAgeOutAndOneNamedLaterIsAskedForA
 
 // Files in the media directory no row holds (a picture written for a batch that then failed, a crash between
 // an age-out's rows and its files, a writer's temporary file) go once written over a day ago; a held file, or
-// a fresh one (a batch may be about to commit its row), stays.
+// a fresh one (a batch may be about to commit its row), stays. Against a database with no media row at all
+// (not the directory's), no held-looking name goes.
 TEST_F(CentralHostile, FilesNoRowHoldsAreRemovedADayAfterTheyWereWritten) {
   { central::CentralStore migrate(pg_.conninfo()); }
   const fs::path media = dir_ / "central-media";
@@ -1226,13 +1227,22 @@ TEST_F(CentralHostile, FilesNoRowHoldsAreRemovedADayAfterTheyWereWritten) {
   const fs::path temporary = place(sha256_hex("temporary") + ".tmp-12-34", true);
   const std::string held_sha = sha256_hex("held");
   const fs::path held = place(held_sha, true);
-  pg_.query("INSERT INTO media (sha256, bytes, path, first_gateway, received_ms, named) VALUES ('" +
-            held_sha + "', 64, '" + held.string() + "', 'gh', 0, true)");
   const fs::path fresh = place(sha256_hex("fresh"), false);
   CentralConfig config;
   config.metrics = true;
   write_central_config("central", config);
   start_central();
+  ASSERT_TRUE(wait_for_condition(
+      [&] { return prometheus_sample(metrics(), "central_media_orphans_refused_total") == 2; }, 30s))
+      << "no media row at all: the held-looking names stay " << central_->stderr_text();
+  EXPECT_TRUE(fs::exists(orphan));
+  EXPECT_TRUE(fs::exists(held));
+  EXPECT_NE(central_->stderr_text().find("none removed"), std::string::npos) << central_->stderr_text();
+  EXPECT_EQ(prometheus_sample(metrics(), "central_media_orphans_removed_total"), 1) << "the temporary file";
+
+  // Its row stored: the next round (60 gap checks of 200 ms later) takes the orphan.
+  pg_.query("INSERT INTO media (sha256, bytes, path, first_gateway, received_ms, named) VALUES ('" +
+            held_sha + "', 64, '" + held.string() + "', 'gh', 0, true)");
   ASSERT_TRUE(wait_for_condition(
       [&] { return prometheus_sample(metrics(), "central_media_orphans_removed_total") == 2; }, 30s))
       << central_->stderr_text();
