@@ -22,6 +22,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/bench_records.h"
 #include "central/central_store.h"
 #include "central/pg.h"
 #include "daemon/core/encoding.h"
@@ -44,20 +45,7 @@ std::vector<std::string> seal_records(const Ed25519PrivateKey& key, std::size_t 
   std::vector<std::string> out;
   out.reserve(n);
   for (std::size_t i = 0; i < n; ++i) {
-    Fact f;
-    f.type = "speed_measurement";
-    f.time_ms = 1767225600000 + static_cast<UnixMs>(i) * 50;
-    // A realistic body: the radar part of a speed_measurement with 20 raw frames.
-    nlohmann::json frames = nlohmann::json::array();
-    for (int j = 0; j < 20; ++j) {
-      frames.push_back("AA55" + std::string(60, static_cast<char>('0' + j % 10)));
-    }
-    f.fields = {{"lane", 1 + static_cast<int>(i % 2)},
-                {"speed_dkmh", 900 + static_cast<int>(i % 400)},
-                {"raw_frames", frames},
-                {"site", {{"name", "K1234+500"}, {"road", "G60"}}},
-                {"valid", true},
-                {"invalid_reasons", nlohmann::json::array()}};
+    const Fact f = bench::speed_measurement_fact(i);
     out.push_back(sealer.seal(f, f.time_ms + 10).jws);
   }
   return out;
