@@ -1304,7 +1304,10 @@ void CentralService::set_aside_alone(const Message& m, const std::string& why) {
   // Kept for forensics (and an operator), never trusted: a signed record that central cannot handle is not
   // dropped without a trace. Its seq is asked for again as a gap if it matters.
   Batch q;
-  quarantine(q, topic->gateway, topic->rest.rfind("media/", 0) == 0 ? "media" : topic->rest.substr(0, 20),
+  quarantine(q, topic->gateway,
+             topic->rest.rfind("media/", 0) == 0  ? "media"
+             : topic->rest.rfind("file/", 0) == 0 ? "file"
+                                                  : topic->rest.substr(0, 20),
              m.payload, std::nullopt, "", why, keys_.count(topic->gateway) != 0);
   try {
     counters_.quarantined +=
@@ -1315,13 +1318,57 @@ void CentralService::set_aside_alone(const Message& m, const std::string& why) {
   }
 }
 
+// The broker's answer to one of central's publishes (a receipt, a resend request, a file message). A refusal
+// (PUBACK >= 0x80: an ACL without central's topic, a quota) means the gateway never gets it: counted
+// (central_publish_refused_total) and logged as an error, at most once a minute (the message is published
+// again at its next refresh). Deletes itself when it has its answer.
+class CentralService::PublishOutcome final : public mqtt::iaction_listener {
+ public:
+  PublishOutcome(CentralService& service, std::string topic) : service_(service), topic_(std::move(topic)) {}
+  void on_success(const mqtt::token& tok) override { finish(static_cast<int>(tok.get_reason_code())); }
+  void on_failure(const mqtt::token& tok) override {
+    const int reason = static_cast<int>(tok.get_reason_code());
+    finish(reason >= 0x80 ? reason : -1);
+  }
+
+ private:
+  void finish(int reason) {
+    if (reason >= 0x80) {
+      ++service_.counters_.publish_refused;
+      const std::int64_t now = now_ms();
+      std::int64_t last = service_.publish_refused_logged_ms_.load();
+      if ((last < 0 || now - last >= 60000) &&
+          service_.publish_refused_logged_ms_.compare_exchange_strong(last, now)) {
+        log::error("central", "",
+                   "mqtt: the broker refused the publish on " + topic_ + " (reason " +
+                       std::to_string(reason) +
+                       "; 135 is Not authorized: does the broker ACL let central publish there?); further "
+                       "refusals this minute are counted only: central_publish_refused_total");
+      }
+    }
+    delete this;
+  }
+  CentralService& service_;
+  std::string topic_;
+};
+
+void CentralService::publish(const std::shared_ptr<mqtt::message>& msg) {
+  auto* outcome = new PublishOutcome(*this, msg->get_topic());
+  try {
+    client_->publish(msg, nullptr, *outcome);
+  } catch (...) {
+    delete outcome;  // Paho did not take it: no answer comes
+    throw;
+  }
+}
+
 void CentralService::publish_receipts(const std::vector<custody::Receipt>& receipts) {
   for (const custody::Receipt& r : receipts) {
     auto msg =
         mqtt::make_message(prefix_ + "/" + r.gateway + "/custody", custody::seal_receipt(key_, r), 1, true);
     post_link_job([this, msg, gateway = r.gateway, through = r.through_seq] {
       try {
-        client_->publish(msg);
+        publish(msg);
         ++counters_.receipts;
         log::info("central", gateway, "custody receipt through seq " + std::to_string(through));
       } catch (const mqtt::exception& e) {
@@ -1337,7 +1384,7 @@ void CentralService::publish_files(std::vector<FilePublish> messages) {
     auto msg = mqtt::make_message(p.topic, std::move(p.payload), 1, false);
     post_link_job([this, msg] {
       try {
-        client_->publish(msg);
+        publish(msg);
       } catch (const mqtt::exception& e) {
         // A lost receipt or want is sent again: the gateway repeats its fin, the stall check its want.
         log::warn("central", "", "mqtt: " + msg->get_topic() + " not published: " + e.what());
@@ -1358,7 +1405,7 @@ void CentralService::request_resends() {
     msg->set_properties(props);
     post_link_job([this, msg, gateway = plan.gateway, why = plan.why] {
       try {
-        client_->publish(msg);
+        publish(msg);
         ++counters_.resend_requests;
         log::notice("central", gateway, "asked for a resend: " + why);
       } catch (const mqtt::exception& e) {
@@ -1540,6 +1587,9 @@ void CentralService::add_counter_metrics(metrics::Exposition& e) {
   c("central_file_unnamed_refused_total",
     "Recording inits no stored record names refused (later) beyond feed.unnamed_max_mb.", f.unnamed_refused);
   c("central_resend_requests_total", "Resend requests published.", counters_.resend_requests);
+  c("central_publish_refused_total",
+    "Publishes of central's (receipts, resend requests, file messages) the broker refused (PUBACK >= 0x80).",
+    counters_.publish_refused);
   c("central_postgres_errors_total", "PostgreSQL errors (batch retried).", counters_.pg_errors);
   c("central_postgres_transient_total",
     "Batches PostgreSQL aborted for a deadlock or serialization failure between instances (stored again).",

@@ -28,6 +28,7 @@
 
 namespace mqtt {
 class async_client;
+class message;
 }  // namespace mqtt
 
 namespace cpd::metrics {
@@ -63,6 +64,7 @@ struct CentralCounters {
   std::atomic<std::uint64_t> unrecoverable{0};  // ranges and pictures a gateway said it no longer holds
   std::atomic<std::uint64_t> receipts{0};
   std::atomic<std::uint64_t> resend_requests{0};
+  std::atomic<std::uint64_t> publish_refused{0};  // central's publishes the broker refused (PUBACK >= 0x80)
   std::atomic<std::uint64_t> pg_errors{0};
   std::atomic<std::uint64_t> pg_transient{
       0};  // batches aborted by a deadlock or serialization failure, retried
@@ -170,6 +172,9 @@ class CentralService {
   bool process_singly(std::vector<Message>& messages);
   // A message stored alone that failed: counted, logged and quarantined (kept, never trusted).
   void set_aside_alone(const Message& m, const std::string& why);
+  class PublishOutcome;
+  // Hands one message to Paho with a listener for the broker's answer; throws what Paho throws.
+  void publish(const std::shared_ptr<mqtt::message>& msg);
   void publish_receipts(const std::vector<custody::Receipt>& receipts);
   void publish_files(std::vector<FilePublish> messages);
   void request_resends();
@@ -210,6 +215,7 @@ class CentralService {
   std::atomic<bool> leaving_{false};  // unsubscribed (or unsubscribing) at a stop: never subscribe again
   std::thread worker_;
   std::atomic<bool> subscribed_{false};
+  std::atomic<std::int64_t> publish_refused_logged_ms_{-1};  // PublishOutcome's last error line
   static constexpr std::size_t kMaxLinkJobs = 4096;
   std::mutex link_mutex_;
   std::condition_variable link_cv_;

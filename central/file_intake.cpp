@@ -101,6 +101,18 @@ bool recording_named(PgConnection& pg, const std::string& gateway, std::uint64_t
              .rows() > 0;
 }
 
+// The seq of the stored `recording` record of `gateway` naming `sha256`, for an init without `seq` (optional
+// in the protocol: informative); 0 when none is stored yet (the record's storing fills it in:
+// insert_records).
+std::uint64_t recording_seq(PgConnection& pg, const std::string& gateway, const std::string& sha256) {
+  const PgResult r = pg.exec(
+      "SELECT seq FROM records WHERE gateway = $1 AND type = 'recording' AND body->>'sha256' = $2 ORDER BY "
+      "seq "
+      "LIMIT 1",
+      {gateway, sha256}, "looking for the record naming a file");
+  return r.rows() > 0 ? static_cast<std::uint64_t>(r.integer(0, 0)) : 0;
+}
+
 // The transfer's row opened (again): a new size or segment size starts it over.
 void open_row(PgConnection& pg, const std::string& gateway, const std::string& sha256,
               const filex::FileInit& init, const std::optional<Row>& row, std::int64_t now) {
@@ -400,7 +412,10 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
     log::warn("central", gateway, "file " + t.sha256 + ": init refused: " + p.reason);
     return;
   }
-  const filex::FileInit& init = *p.init;
+  filex::FileInit init = std::move(*p.init);
+  if (init.seq == 0) {
+    init.seq = recording_seq(pg, gateway, t.sha256);
+  }
   if (init.size > cfg_.max_file_bytes) {
     refuse_init(gateway, t.sha256,
                 std::to_string(init.size) + " bytes is more than this central takes (feed.max_file_mb)",

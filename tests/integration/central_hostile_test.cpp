@@ -1143,6 +1143,53 @@ TEST_F(CentralHostile, FilesNoRecordNamesAreBoundedPerGatewayAndANamedOneIsAlway
   EXPECT_EQ((*gh_status)["unnamed_bytes"], 2 * 400 * 1024) << "status: the pictures (open transfers apart)";
 }
 
+// An init's `seq` is optional (docs/custody.md): without it, the transfer takes the seq of the gateway's
+// stored `recording` record naming the file, or gets it when that record is stored. Before, such a file was
+// never named: it took the gateway's room for unnamed files for good, and later inits were refused `later`.
+TEST_F(CentralHostile, AnInitWithoutSeqIsNamedByTheRecordingRecordNamingItsFile) {
+  start_central();
+  const IntakeRig rig(*this);
+  central::FileIntakeConfig bounded{"central-test", rig.media.string(), 1 << 20, 4, 30000, 300000, 1 << 20};
+  central::FileIntake intake(bounded, rig.key, "checkpoint");
+  const auto file = [](char c) { return std::string(600 * 1024, c); };
+  const auto init_without_seq = [](const std::string& sha, std::size_t size) {
+    return nlohmann::json{{"v", 1}, {"checksum", sha}, {"size", size}, {"segment_size", 65536}}.dump();
+  };
+  const std::string a = sha256_hex(file('a'));
+  const std::string b = sha256_hex(file('b'));
+  const std::string c = sha256_hex(file('c'));
+  MqttPublisher gh(broker_->uri(), "gh");
+  const std::string rec1 = gh_signed(gh_key_, 1, std::string(64, '0'),
+                                     {{"type", "recording"}, {"sha256", a}, {"bytes", 600 * 1024}});
+  publish_evidence(gh, {rec1}, 0, 1);
+  ASSERT_TRUE(wait_for_condition([&] { return gh_int("watermark_seq") == 1; }, 30s))
+      << central_->stderr_text();
+
+  // Record first (the usual order), then the init without seq: named by record 1.
+  std::vector<central::FilePublish> out;
+  intake.handle(*rig.pg, "gh", filex::init_topic("", a), init_without_seq(a, 600 * 1024), 1767225600000, out);
+  EXPECT_TRUE(out.empty()) << out[0].payload;
+  EXPECT_EQ(pg_int("SELECT seq FROM file_uploads WHERE sha256 = '" + a + "'"), 1);
+  EXPECT_EQ(central::unnamed_bytes(*rig.pg, "gh"), 0u);
+
+  // The init first: unnamed until record 2 names the file, then named by it.
+  intake.handle(*rig.pg, "gh", filex::init_topic("", b), init_without_seq(b, 600 * 1024), 1767225600000, out);
+  EXPECT_TRUE(out.empty()) << out[0].payload;
+  EXPECT_EQ(central::unnamed_bytes(*rig.pg, "gh"), 600u * 1024);
+  const std::string rec2 =
+      gh_signed(gh_key_, 2, sha256_hex(rec1), {{"type", "recording"}, {"sha256", b}, {"bytes", 600 * 1024}});
+  publish_evidence(gh, {rec2}, 0, 1);
+  ASSERT_TRUE(wait_for_condition([&] { return gh_int("watermark_seq") == 2; }, 30s))
+      << central_->stderr_text();
+  EXPECT_EQ(pg_int("SELECT seq FROM file_uploads WHERE sha256 = '" + b + "'"), 2);
+  EXPECT_EQ(central::unnamed_bytes(*rig.pg, "gh"), 0u);
+
+  // So the room for files no record names (1 MiB) is whole again: a file of 600 KiB nobody names fits.
+  intake.handle(*rig.pg, "gh", filex::init_topic("", c), init_without_seq(c, 600 * 1024), 1767225600000, out);
+  EXPECT_TRUE(out.empty()) << out[0].payload;
+  EXPECT_EQ(central::unnamed_bytes(*rig.pg, "gh"), 600u * 1024);
+}
+
 // Pictures no stored record names go, row and file, once older than feed.unnamed_max_age_days; only those: a
 // picture a record names stays, and so does one only a fork names (kept for forensics). A record that names
 // an aged-out picture later asks for it again and comes into custody with it: the gateway still holds it.
