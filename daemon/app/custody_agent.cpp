@@ -337,8 +337,10 @@ void CustodyAgent::record_custody(store::EvidenceStore& store, const custody::Re
   const UnixMs now = clock_.now_ms();
   const bool only_custody =
       current && !store.has_other_than("custody", current->through_seq, receipt.through_seq);
+  // A wall clock stepped back since the last custody record does not make every receipt "too soon".
   const bool too_soon =
-      current && now - last_custody_record_ms_ < static_cast<UnixMs>(cfg_.record_min_interval_s) * 1000;
+      current && now >= last_custody_record_ms_ &&
+      now - last_custody_record_ms_ < static_cast<UnixMs>(cfg_.record_min_interval_s) * 1000;
   if (only_custody || too_soon) {
     // Noted, not sealed: a receipt that only adds our own custody records would otherwise bring the next
     // receipt for ever, and one custody record per record_min_interval_s is enough to show in the chain
@@ -544,7 +546,16 @@ void CustodyAgent::send_chunk(std::shared_ptr<Resend> job, std::uint64_t from,
   // from <= to_seq here: the chunk's end never passes to_seq, whatever the values (no overflow).
   std::uint64_t to = from + std::min<std::uint64_t>(job->request.to_seq - from, kResendChunk - 1);
   host_.run_on_store([this, job, from, to, r](store::EvidenceStore& store) mutable {
-    auto entries = store.records_range(from, to, kResendChunk);
+    auto range = store.records_range(from, to, kResendChunk);
+    // A store read error tells nothing about what is held: the chunk is neither sent nor reported not held
+    // (central asks again).
+    const bool unreadable = !range;
+    if (unreadable) {
+      log::warn("custody", "",
+                "resend: seqs " + std::to_string(from) + ".." + std::to_string(to) +
+                    " could not be read from the store: neither sent nor reported not held");
+    }
+    auto entries = range ? std::move(*range) : std::vector<store::OutboxEntry>{};
     // At most kResendChunkMediaBytes of pictures read at once (a record's pictures whole): the chunk ends
     // after the record that reaches it, and the next chunk starts after that record.
     std::size_t media_bytes = 0;
@@ -561,7 +572,7 @@ void CustodyAgent::send_chunk(std::shared_ptr<Resend> job, std::uint64_t from,
         break;
       }
     }
-    boost::asio::post(strand_, [this, job, from, to, r, entries = std::move(entries)]() mutable {
+    boost::asio::post(strand_, [this, job, from, to, r, unreadable, entries = std::move(entries)]() mutable {
       std::uint64_t expect = from;
       const std::string base = prefix_ + "/" + gateway_ + "/";
       std::vector<forwarder::OutboundMessage> out;
@@ -578,7 +589,7 @@ void CustodyAgent::send_chunk(std::shared_ptr<Resend> job, std::uint64_t from,
         out.push_back({base + "evidence", std::move(e.jws), false, ""});
         ++r->sent;
       }
-      if (expect <= to) {
+      if (expect <= to && !unreadable) {
         add_not_held(r->not_held, expect, to);
       }
       {

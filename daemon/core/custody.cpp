@@ -14,12 +14,15 @@ namespace {
 using json_members::get_string;
 using json_members::get_u64;
 
+// Integers in the protocol are 0 .. 2^53 (docs/custody.md, "Standards used").
+constexpr std::uint64_t kMaxInt = 1ULL << 53;
+
 bool get_time(const nlohmann::json& body, const char* name, UnixMs& out) {
   const auto it = body.find(name);
-  if (it == body.end() || !it->is_number_integer()) {
+  if (it == body.end() || !it->is_number_unsigned() || it->get<std::uint64_t>() > kMaxInt) {
     return false;
   }
-  out = it->get<std::int64_t>();
+  out = static_cast<UnixMs>(it->get<std::uint64_t>());
   return true;
 }
 
@@ -93,8 +96,8 @@ ReceiptCheck check_receipt(std::string_view jws, const KeyForKid& central_keys, 
         "receipt names gateway \"" + printable(out.gateway, 64) + "\", not this gateway \"" + gateway + "\"";
     return r;
   }
-  if (!get_u64(*body, "through_seq", out.through_seq) || out.through_seq == 0) {
-    r.reason = "field \"through_seq\" is not a positive integer";
+  if (!get_u64(*body, "through_seq", out.through_seq) || out.through_seq == 0 || out.through_seq > kMaxInt) {
+    r.reason = "field \"through_seq\" is not a positive integer up to 2^53";
     return r;
   }
   if (!get_string(*body, "head", out.head) || !is_sha256_hex(out.head)) {

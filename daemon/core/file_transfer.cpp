@@ -321,11 +321,11 @@ FileReceiptCheck check_file_receipt(std::string_view jws, const KeyForKid& centr
     return r;
   }
   const auto it = body->find("issued_ms");
-  if (it == body->end() || !it->is_number_integer()) {
-    r.reason = "field \"issued_ms\" is not an integer";
+  if (it == body->end() || !it->is_number_unsigned() || it->get<std::uint64_t>() > (1ULL << 53)) {
+    r.reason = "field \"issued_ms\" is not an integer from 0 to 2^53";
     return r;
   }
-  out.issued_ms = it->get<std::int64_t>();
+  out.issued_ms = static_cast<UnixMs>(it->get<std::uint64_t>());
   r.ok = true;
   return r;
 }
@@ -400,11 +400,12 @@ RefusalParse parse_refused(std::string_view payload) {
     out.reason = "refused: field \"retry\" is not \"later\" or \"never\"";
     return out;
   }
-  if (!get_string(*body, "reason", r.reason) || r.reason.empty()) {
-    out.reason = "refused: field \"reason\" is not non-empty text";
+  if (!get_string(*body, "reason", r.reason)) {
+    out.reason = "refused: field \"reason\" is not text";
     return out;
   }
-  r.reason = printable(r.reason, 200);
+  // The protocol requires the member, not words in it: an empty reason still refuses.
+  r.reason = r.reason.empty() ? "(no reason given)" : printable(r.reason, 200);
   r.later = retry == "later";
   out.refusal = std::move(r);
   return out;
@@ -417,10 +418,10 @@ std::string abort_json(const std::string& reason) {
 std::string parse_abort(std::string_view payload) {
   std::string reason;
   const auto body = object_v1(payload, "abort", reason);
-  if (!body || !get_string(*body, "reason", reason) || reason.empty()) {
+  if (!body || !get_string(*body, "reason", reason)) {
     return {};
   }
-  return printable(reason, 200);
+  return reason.empty() ? "(no reason given)" : printable(reason, 200);
 }
 
 }  // namespace cpd::filex

@@ -102,9 +102,13 @@ std::optional<std::string> MediaStore::read(const std::string& sha256, std::size
     return std::nullopt;
   }
   in.seekg(0, std::ios::beg);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return std::move(out).str();
+  // A read that ends early (EIO) is no copy: the caller sees "cannot read", not bytes that are not its name
+  // (which would read as "not held").
+  std::string out(static_cast<std::size_t>(size), '\0');
+  if (!in.read(out.data(), static_cast<std::streamsize>(size)) || in.gcount() != size) {
+    return std::nullopt;
+  }
+  return out;
 }
 
 SpaceReading read_space(const std::string& path) {

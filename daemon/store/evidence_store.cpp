@@ -170,14 +170,17 @@ std::string column_text(sqlite3_stmt* stmt, int column) {
 // SQLITE_STATIC: the text must outlive the statement's step. A temporary (a literal, a ternary of literals,
 // a concatenation) would be gone by then, so binding one does not compile (found by ASan).
 // Rows of (seq, jws, created_ms), as the outbox and a resend read them.
-void read_entries(sqlite3_stmt* stmt, std::vector<OutboxEntry>& entries) {
-  while (sqlite3_step(stmt) == SQLITE_ROW) {
+// false when the read ended in an error rather than after the last row.
+bool read_entries(sqlite3_stmt* stmt, std::vector<OutboxEntry>& entries) {
+  int rc = SQLITE_ROW;
+  while ((rc = sqlite3_step(stmt)) == SQLITE_ROW) {
     OutboxEntry entry;
     entry.seq = static_cast<std::uint64_t>(sqlite3_column_int64(stmt, 0));
     entry.jws = column_text(stmt, 1);
     entry.created_ms = sqlite3_column_int64(stmt, 2);
     entries.push_back(std::move(entry));
   }
+  return rc == SQLITE_DONE;
 }
 
 int bind_text(sqlite3_stmt* stmt, int index, const std::string& text) {
@@ -1272,19 +1275,21 @@ Status EvidenceStore::continue_chain(const CustodyState& receipt) {
   return status;
 }
 
-std::vector<OutboxEntry> EvidenceStore::records_range(std::uint64_t from, std::uint64_t to,
-                                                      std::size_t limit) const {
+std::optional<std::vector<OutboxEntry>> EvidenceStore::records_range(std::uint64_t from, std::uint64_t to,
+                                                                     std::size_t limit) const {
   std::vector<OutboxEntry> entries;
   {
     AdHoc q(db_,
             "SELECT seq, jws, created_ms FROM records WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3");
     if (!q.ok()) {
-      return entries;
+      return std::nullopt;
     }
     sqlite3_bind_int64(q.get(), 1, to_db_seq(from));
     sqlite3_bind_int64(q.get(), 2, to_db_seq(to));
     sqlite3_bind_int64(q.get(), 3, static_cast<sqlite3_int64>(limit));
-    read_entries(q.get(), entries);
+    if (!read_entries(q.get(), entries)) {
+      return std::nullopt;  // a read error is not a record this store lacks
+    }
   }
   attach_media(stmts_->record_media, entries);
   return entries;
@@ -1293,11 +1298,15 @@ std::vector<OutboxEntry> EvidenceStore::records_range(std::uint64_t from, std::u
 std::optional<std::uint64_t> EvidenceStore::first_held(std::uint64_t from, std::uint64_t to) const {
   AdHoc q(db_, "SELECT min(seq) FROM records WHERE seq >= ?1 AND seq <= ?2");
   if (!q.ok()) {
-    return std::nullopt;
+    return from;  // cannot tell: held, the answer that deletes nothing
   }
   sqlite3_bind_int64(q.get(), 1, to_db_seq(from));
   sqlite3_bind_int64(q.get(), 2, to_db_seq(to));
-  if (sqlite3_step(q.get()) != SQLITE_ROW || sqlite3_column_type(q.get(), 0) == SQLITE_NULL) {
+  const int rc = sqlite3_step(q.get());
+  if (rc != SQLITE_ROW) {
+    return from;  // cannot tell (a read error): held
+  }
+  if (sqlite3_column_type(q.get(), 0) == SQLITE_NULL) {
     return std::nullopt;
   }
   return static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 0));

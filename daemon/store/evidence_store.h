@@ -180,9 +180,12 @@ class EvidenceStore {
   std::optional<CustodyState> custody() const;
   Status set_custody(const CustodyState& state);
   // Records with from <= seq <= to still held (retention may have pruned older ones), ascending, at most
-  // `limit`, each with its published media (for a resend).
-  std::vector<OutboxEntry> records_range(std::uint64_t from, std::uint64_t to, std::size_t limit) const;
-  // The lowest seq from..to (inclusive) this store holds, if any.
+  // `limit`, each with its published media (for a resend); nullopt when the store could not be read (which
+  // tells nothing about what it holds).
+  std::optional<std::vector<OutboxEntry>> records_range(std::uint64_t from, std::uint64_t to,
+                                                        std::size_t limit) const;
+  // The lowest seq from..to (inclusive) this store holds, if any; `from` when the store could not be read
+  // (held: the answer that lets nothing be deleted).
   std::optional<std::uint64_t> first_held(std::uint64_t from, std::uint64_t to) const;
   // Whether a record with after < seq <= through has a type other than `type`.
   bool has_other_than(const std::string& type, std::uint64_t after, std::uint64_t through) const;

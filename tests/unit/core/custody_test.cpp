@@ -86,6 +86,15 @@ TEST_F(CustodyTest, AReceiptWithBadMembersIsRefusedWithTheMember) {
   body["v"] = 1;
   EXPECT_THAT(check_receipt(sign_compact(central_, "evidence+jws", body), keys_of(central_), "gw-1").reason,
               HasSubstr("typ"));
+  // Protocol integers are 0 .. 2^53 (docs/custody.md): a negative time, or a seq no record can have.
+  EXPECT_TRUE(check_receipt(signed_body(body), keys_of(central_), "gw-1").ok);
+  body["issued_ms"] = -1;
+  EXPECT_THAT(check_receipt(signed_body(body), keys_of(central_), "gw-1").reason, HasSubstr("issued_ms"));
+  body["issued_ms"] = (1ULL << 53) + 2;  // JCS prints only integers a double holds exactly
+  EXPECT_THAT(check_receipt(signed_body(body), keys_of(central_), "gw-1").reason, HasSubstr("issued_ms"));
+  body["issued_ms"] = 1;
+  body["through_seq"] = (1ULL << 53) + 2;
+  EXPECT_THAT(check_receipt(signed_body(body), keys_of(central_), "gw-1").reason, HasSubstr("through_seq"));
 }
 
 TEST_F(CustodyTest, AReceiptNamesAcceptedLossesAndRefusesMisshapenOnes) {

@@ -172,6 +172,18 @@ TEST(FileTransferTest, AbortReasonsAreCleaned) {
             "bad\\x01byte");
 }
 
+// The protocol requires `reason`, not words in it (docs/custody.md): another central or gateway may send "".
+TEST(FileTransferTest, AnEmptyReasonStillAbortsOrRefuses) {
+  EXPECT_EQ(parse_abort(abort_json("")), "(no reason given)");
+  EXPECT_EQ(parse_abort(R"({"v":1})"), "");
+  const std::string sha(64, 'a');
+  const RefusalParse p = parse_refused(R"({"file":")" + sha + R"(","reason":"","retry":"never","v":1})");
+  ASSERT_TRUE(p.refusal) << p.reason;
+  EXPECT_EQ(p.refusal->reason, "(no reason given)");
+  EXPECT_FALSE(p.refusal->later);
+  EXPECT_FALSE(parse_refused(R"({"file":")" + sha + R"(","retry":"never","v":1})").refusal);
+}
+
 TEST(FileTransferTest, AFileReceiptVerifiesOnlyUnderTheCentralKeyForThisGateway) {
   const auto central = Ed25519PrivateKey::generate();
   const auto other = Ed25519PrivateKey::generate();
