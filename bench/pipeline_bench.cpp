@@ -163,22 +163,47 @@ struct Rig {
 // store (WAL lets a reader in beside the daemon). No subscriber competes for the CPU. The store's seqs run
 // 1..n without a gap, so max(seq) counts the records with one index lookup: count(*) scanned the whole table
 // at every 20 ms poll, and cost more CPU than the daemon itself at nominal load.
-std::size_t count_acked(const fs::path& db) {
+struct Progress {
+  std::size_t sealed = 0;  // records committed (the store's seqs run 1..n without a gap)
+  std::size_t acked = 0;   // of those, PUBACKed (out of the outbox)
+};
+
+Progress progress(const fs::path& db) {
   sqlite3* h = nullptr;
-  std::size_t n = 0;
+  Progress p;
   if (sqlite3_open_v2(db.c_str(), &h, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
     sqlite3_busy_timeout(h, 1000);
     sqlite3_stmt* st = nullptr;
     if (sqlite3_prepare_v2(
-            h, "SELECT (SELECT coalesce(max(seq), 0) FROM records) - (SELECT count(*) FROM outbox)", -1, &st,
+            h, "SELECT (SELECT coalesce(max(seq), 0) FROM records), (SELECT count(*) FROM outbox)", -1, &st,
             nullptr) == SQLITE_OK &&
         sqlite3_step(st) == SQLITE_ROW) {
-      n = static_cast<std::size_t>(sqlite3_column_int64(st, 0));
+      p.sealed = static_cast<std::size_t>(sqlite3_column_int64(st, 0));
+      p.acked = p.sealed - std::min(p.sealed, static_cast<std::size_t>(sqlite3_column_int64(st, 1)));
     }
     sqlite3_finalize(st);
   }
   sqlite3_close(h);
-  return n;
+  return p;
+}
+
+std::size_t count_acked(const fs::path& db) {
+  return progress(db).acked;
+}
+
+// "p50 X ms, p99 Y ms" of the daemon's ready-to-PUBACK line (logged when it stops); -1 when absent.
+std::pair<double, double> latency_of(const std::string& stderr_text, std::string& line_out) {
+  std::istringstream err(stderr_text);
+  for (std::string line; std::getline(err, line);) {
+    if (line.find("ready-to-PUBACK latency") != std::string::npos) {
+      line_out = line;
+    }
+  }
+  std::smatch m;
+  if (std::regex_search(line_out, m, std::regex("p50 ([0-9.]+) ms, p99 ([0-9.]+) ms"))) {
+    return {std::stod(m[1]), std::stod(m[2])};
+  }
+  return {-1, -1};
 }
 
 bool wait_acked(const fs::path& db, std::size_t n, std::chrono::seconds timeout) {
@@ -212,10 +237,16 @@ int main(int argc, char** argv) {
   std::printf("stage  paho_qos1_publishes_per_s     %10.0f   (window 64, 3 KB)\n", pubs);
   const double slowest = std::min({sigs, inserts, pubs});
 
-  // Throughput: short tracks (3 frames) as fast as the daemon takes them; count PUBACKed records at a
-  // subscriber (the broker forwards after it has PUBACKed).
+  // Throughput: short tracks (3 frames) as fast as the daemon takes them. Delivered = PUBACKed (out of the
+  // outbox); sealed = committed. Issue 16: while the radar still sends, delivered keeps up with sealed; the
+  // daemon's CPU per record against the raw stages' costs; the burst's latency from the event to its PUBACK.
   double throughput = 0;
+  double sealed_rate = 0;
+  double delivered_rate = 0;
+  double cpu_us_per_record = 0;
   long rss_throughput = 0;
+  std::string burst_latency_line;
+  std::pair<double, double> burst_latency{-1, -1};
   {
     Rig rig{dir, broker, nullptr, nullptr};
     rig.start("throughput",
@@ -223,16 +254,40 @@ int main(int argc, char** argv) {
                "3", "--frame-interval-ms", "10"},
               50);
     const auto db = dir / "throughput.db";
-    // Warm-up: the first 1000 records; then time the rest.
-    wait_acked(db, 1000, 120s);
+    // Warm-up: the first 1000 records sealed; then time the records sealed after them, to their PUBACK (timed
+    // from 1000 PUBACKed instead, a forwarder that delivers only once sealing is over would have most of its
+    // records sealed, and their CPU spent, before the clock starts).
+    const auto warm_up_end = Clock::now() + 120s;
+    while (progress(db).sealed < 1000 && Clock::now() < warm_up_end) {
+      std::this_thread::sleep_for(5ms);
+    }
     const auto t0 = Clock::now();
-    const std::size_t n0 = count_acked(db);
-    wait_acked(db, static_cast<std::size_t>(vehicles), 300s);
-    const std::size_t n1 = count_acked(db);
-    throughput = static_cast<double>(n1 - n0) / seconds_since(t0);
+    const double cpu0 = cpu_seconds(rig.daemon->pid());
+    const Progress p0 = progress(db);
+    Progress p = p0;
+    Progress input_end = p0;  // the last sample while records were still being sealed
+    double input_s = 0;
+    while (p.acked < static_cast<std::size_t>(vehicles) && seconds_since(t0) < 300) {
+      std::this_thread::sleep_for(20ms);
+      p = progress(db);
+      if (p.sealed < static_cast<std::size_t>(vehicles)) {
+        input_end = p;
+        input_s = seconds_since(t0);
+      }
+    }
+    const double elapsed = seconds_since(t0);
+    const double cpu = cpu_seconds(rig.daemon->pid()) - cpu0;
+    const auto timed = static_cast<double>(p.acked - std::min(p.acked, p0.sealed));
+    throughput = timed / elapsed;
+    cpu_us_per_record = timed > 0 ? cpu * 1e6 / timed : 0;
+    if (input_s > 0) {
+      sealed_rate = static_cast<double>(input_end.sealed - p0.sealed) / input_s;
+      delivered_rate = static_cast<double>(input_end.acked - p0.acked) / input_s;
+    }
     rss_throughput = rig.stop();
+    burst_latency = latency_of(rig.daemon->stderr_text(), burst_latency_line);
     std::printf("pipeline  records_per_s                %10.0f   (%zu records timed, frames in -> PUBACK)\n",
-                throughput, n1 - n0);
+                throughput, p.acked - std::min(p.acked, p0.sealed));
   }
 
   // Latency at nominal load: 20 vehicles/s for 20 s; the daemon reports ready-to-PUBACK percentiles.
@@ -245,6 +300,7 @@ int main(int argc, char** argv) {
   double idle_cpu_ms_per_s = 0;
   double idle_wakeups_per_s = 0;
   std::string latency_line;
+  std::pair<double, double> nominal_latency{-1, -1};
   {
     Rig rig{dir, broker, nullptr, nullptr};
     rig.start("nominal", {"--seed", "2", "--vehicles", "400", "--rate", "20", "--frames-per-track", "4"}, 400,
@@ -270,21 +326,27 @@ int main(int argc, char** argv) {
     idle_cpu_ms_per_s = (cpu_seconds(rig.daemon->pid()) - idle_cpu0) * 1000.0 / 10.0;
     idle_wakeups_per_s = static_cast<double>(wakeups(rig.daemon->pid()) - idle_wakeups0) / 10.0;
     rss_nominal = rig.stop();
-    std::istringstream err(rig.daemon->stderr_text());
-    for (std::string line; std::getline(err, line);) {
-      if (line.find("ready-to-PUBACK latency") != std::string::npos) {
-        latency_line = line;
-      }
-    }
+    nominal_latency = latency_of(rig.daemon->stderr_text(), latency_line);
   }
-  std::smatch m;
-  double p50 = -1, p99 = -1;
-  if (std::regex_search(latency_line, m, std::regex("p50 ([0-9.]+) ms, p99 ([0-9.]+) ms"))) {
-    p50 = std::stod(m[1]);
-    p99 = std::stod(m[2]);
-  }
+  const auto [p50, p99] = nominal_latency;
   const double ratio = throughput / slowest;
   const long peak = std::max(rss_throughput, rss_nominal);
+  // The essential work per record: one signature, one grouped fsync'd insert, one QoS 1 publish.
+  const double raw_us = 1e6 / sigs + 1e6 / inserts + 1e6 / pubs;
+  const double cpu_ratio = cpu_us_per_record / raw_us;
+  const double keep_up = sealed_rate > 0 ? delivered_rate / sealed_rate : 0;
+  std::printf(
+      "pipeline  sealed / delivered per s     %6.0f / %.0f  while the radar still sent (%.2f delivered per "
+      "sealed)\n",
+      sealed_rate, delivered_rate, keep_up);
+  std::printf(
+      "pipeline  cpu_us_per_record            %10.0f   (the daemon's user + system CPU; raw stages %.0f us: "
+      "%.2f x)\n",
+      cpu_us_per_record, raw_us, cpu_ratio);
+  std::printf(
+      "pipeline  latency_ready_to_puback_ms   p50 %.1f  p99 %.1f  (the burst; from the event entering the "
+      "pipeline, sealing included)\n",
+      burst_latency.first, burst_latency.second);
   std::printf("nominal   vehicles_per_s               %10.1f   (asked 20; 8 lanes of 4 frames)\n",
               nominal_rate);
   std::printf("nominal   cpu_s_per_1000_records       %10.2f   (the daemon's user + system CPU)\n",
@@ -299,8 +361,15 @@ int main(int argc, char** argv) {
   std::printf("memory    daemon_peak_rss_kb           %ld (throughput run %ld, nominal run %ld)\n", peak,
               rss_throughput, rss_nominal);
   std::printf("ratio     throughput / slowest stage   %.2f  (target >= 0.70)\n", ratio);
-  std::printf("targets   ratio>=0.7 %s, p99<=50ms %s, rss<=32MB %s\n", ratio >= 0.7 ? "met" : "MISSED",
-              (p99 >= 0 && p99 <= 50) ? "met" : "MISSED", peak <= 32 * 1024 ? "met" : "MISSED");
+  const auto met = [](bool ok) { return ok ? "met" : "MISSED"; };
+  std::printf("targets   ratio>=0.7 %s, p99<=50ms %s, rss<=32MB %s\n", met(ratio >= 0.7),
+              met(p99 >= 0 && p99 <= 50), met(peak <= 32 * 1024));
+  std::printf(
+      "issue 16  burst>=8000/s %s, delivered>=0.9x sealed %s, cpu<=1.2x raw %s, nominal<=0.3 s/1000 %s, "
+      "rss nominal<=12MB %s, rss burst<=24MB %s\n",
+      met(throughput >= 8000), met(keep_up >= 0.9), met(cpu_ratio > 0 && cpu_ratio <= 1.2),
+      met(nominal_cpu_per_1000 > 0 && nominal_cpu_per_1000 <= 0.3), met(rss_nominal <= 12 * 1024),
+      met(rss_throughput <= 24 * 1024));
   broker.stop();
   if (keep == nullptr) {
     std::error_code ec;

@@ -168,19 +168,23 @@ void MqttForwarder::start() {
 }
 
 void MqttForwarder::notify_committed(std::uint64_t last_seq, std::vector<CommittedRecord> records) {
-  asio::post(strand_, [this, last_seq, records = std::move(records)] {
+  asio::post(strand_, [this, last_seq, records = std::move(records)]() mutable {
+    // Everything committed so far was handed to Paho or waits in ready_: no read-back is due.
     const bool caught_up =
-        connected_ && !fetching_ && !stopped_ && !refusal_wait_ && cursor_ == committed_seq_;
+        connected_ && !fetching_ && !stopped_ && !refusal_wait_ && read_to_ == committed_seq_;
     committed_seq_ = std::max(committed_seq_, last_seq);
     bool in_order = caught_up;
-    for (const auto& r : records) {
+    for (auto& r : records) {
       if (r.ready_at.time_since_epoch().count() != 0) {
         ready_at_.emplace(r.seq, r.ready_at);
       }
-      // Fast path: the next record in order, room in the window: no read-back from the store.
-      in_order = in_order && !r.has_media && r.seq == cursor_ + 1 && !window_full();
-      if (in_order && !publish_record(r.seq, r.jws)) {
-        in_order = false;
+      // Fast path: the next record in order goes to ready_, not through a read-back from the store.
+      in_order = in_order && !r.has_media && r.seq == read_to_ + 1 && ready_.size() < kReadPage &&
+                 ready_bytes_ + r.jws.size() <= kMaxReadyBytes;
+      if (in_order) {
+        ready_bytes_ += r.jws.size();
+        read_to_ = r.seq;
+        ready_.push_back(store::OutboxEntry{r.seq, std::move(r.jws), 0, {}, {}});
       }
     }
     // Bounded: during a long outage the oldest entries go (only the latency figure loses them).
@@ -405,10 +409,45 @@ void MqttForwarder::on_status_tick() {
   });
 }
 
+namespace {
+
+std::size_t entry_bytes(const store::OutboxEntry& e) {
+  std::size_t bytes = e.jws.size();
+  for (const auto& m : e.media_bytes) {
+    bytes += m.size();
+  }
+  return bytes;
+}
+
+}  // namespace
+
+bool MqttForwarder::publish_ready() {
+  while (!ready_.empty() && !window_full()) {
+    store::OutboxEntry& e = ready_.front();
+    if (e.seq > cursor_ && !publish_record(e.seq, e.jws, e.media, e.media_bytes)) {
+      clear_ready();  // read back from the outbox after cursor_
+      return false;
+    }
+    ready_bytes_ -= entry_bytes(e);
+    ready_.pop_front();
+  }
+  if (ready_.empty()) {
+    cursor_ = std::max(cursor_, read_to_);  // what was read is handed to Paho, or was PUBACKed already
+  }
+  return true;
+}
+
+void MqttForwarder::clear_ready() {
+  ready_.clear();
+  ready_bytes_ = 0;
+  read_to_ = cursor_;
+}
+
 void MqttForwarder::rewind_to_inflight() {
   if (!inflight_.empty()) {
     cursor_ = std::min(cursor_, inflight_.begin()->first - 1);
   }
+  clear_ready();
   inflight_.clear();
   inflight_bytes_ = 0;
   ++generation_;
@@ -446,39 +485,48 @@ void MqttForwarder::pump() {
   if (!connected_ || fetching_ || stopped_ || refusal_wait_) {
     return;
   }
-  const std::size_t window = this->window();
-  if (window_full() || cursor_ >= committed_seq_) {
+  publish_ready();  // a failed publish empties ready_: read back below
+  if (read_to_ >= committed_seq_) {
     check_stop_done();
     return;
   }
+  if (ready_.size() >= kRefillBelow || ready_bytes_ >= kMaxReadyBytes / 2) {
+    return;  // enough read ahead: a PUBACK pumps again
+  }
+  // While the broker refuses publishes, one record at a time (window() is 1): no page read ahead.
+  const std::size_t limit = refusal_backoff_.count() > 0 ? 1 : kReadPage - ready_.size();
   fetching_ = true;
   const std::uint64_t generation = generation_;
+  const std::uint64_t base = read_to_;
   const std::uint64_t target = committed_seq_;
-  outbox_.fetch_after(cursor_, window - inflight_.size(),
-                      [this, generation, target](std::vector<store::OutboxEntry> entries) {
-                        asio::post(strand_, [this, generation, target, e = std::move(entries)]() mutable {
-                          if (e.empty() && generation == generation_) {
-                            // Everything up to target was already PUBACKed.
-                            cursor_ = std::max(cursor_, target);
-                          }
-                          on_fetched(generation, std::move(e));
-                        });
-                      });
+  outbox_.fetch_after(base, limit, [this, generation, base, target](std::vector<store::OutboxEntry> entries) {
+    asio::post(strand_, [this, generation, base, target, e = std::move(entries)]() mutable {
+      on_fetched(generation, base, target, std::move(e));
+    });
+  });
 }
 
-void MqttForwarder::on_fetched(std::uint64_t generation, std::vector<store::OutboxEntry> entries) {
+void MqttForwarder::on_fetched(std::uint64_t generation, std::uint64_t base, std::uint64_t target,
+                               std::vector<store::OutboxEntry> entries) {
   fetching_ = false;
-  if (generation != generation_ || !connected_) {
-    pump();
+  if (generation != generation_ || !connected_ || base != read_to_) {
+    pump();  // rewound (or a publish failed) meanwhile: read again from where the forwarder is now
     return;
   }
+  if (entries.empty()) {
+    read_to_ = std::max(read_to_, target);  // everything up to target was already PUBACKed
+  }
   for (auto& entry : entries) {
-    if (entry.seq <= cursor_) {
+    if (entry.seq <= read_to_) {
       continue;
     }
-    if (window_full() || !publish_record(entry.seq, entry.jws, entry.media, entry.media_bytes)) {
-      break;
+    const std::size_t bytes = entry_bytes(entry);
+    if (!ready_.empty() && ready_bytes_ + bytes > kMaxReadyBytes) {
+      break;  // the rest of the page is read again later
     }
+    ready_bytes_ += bytes;
+    read_to_ = entry.seq;
+    ready_.push_back(std::move(entry));
   }
   pump();
 }

@@ -95,7 +95,8 @@ class MqttForwarder final : public SideChannel {
   void on_connected();
   void on_connection_lost(const std::string& cause);
   void pump();
-  void on_fetched(std::uint64_t generation, std::vector<store::OutboxEntry> entries);
+  void on_fetched(std::uint64_t generation, std::uint64_t base, std::uint64_t target,
+                  std::vector<store::OutboxEntry> entries);
   // Hands one record to Paho; false if Paho refused it (then the outbox path retries it).
   // Media first (each on <prefix>/<gateway>/media/<sha256>), then the record.
   bool publish_record(std::uint64_t seq, const std::string& jws, const std::vector<std::string>& media = {},
@@ -114,6 +115,10 @@ class MqttForwarder final : public SideChannel {
   void on_status_tick();
   void finish_stop();
   void rewind_to_inflight();
+  // Publishes from ready_ while the window has room; false when a publish failed (ready_ is then emptied,
+  // and what it held is read back from the outbox).
+  bool publish_ready();
+  void clear_ready();
   class SideListener;
   class SubscribeListener;
   void install_side_callbacks();
@@ -152,6 +157,19 @@ class MqttForwarder final : public SideChannel {
   std::map<std::uint64_t, std::size_t> inflight_;  // seq -> bytes handed to Paho for it (record + media)
   std::size_t inflight_bytes_ = 0;
   static constexpr std::size_t kMaxInflightBytes = 8u << 20;  // Paho holds payloads until PUBACK
+  // Records read ahead of the window, in seq order after cursor_: committed records without media as they
+  // are committed, and pages read back from the outbox. Published from here as PUBACKs free the window, and
+  // refilled before they run out, so a read-back (which waits behind the store worker's commits) does not
+  // starve delivery while sealing goes on (issue 16: 0.2 delivered per sealed record before). Bounded in
+  // records and bytes; emptied on any rewind (the outbox still has them).
+  std::deque<store::OutboxEntry> ready_;
+  std::size_t ready_bytes_ = 0;
+  // The highest seq handed to Paho, in ready_, or found already PUBACKed (>= cursor_): the next read-back
+  // starts after it.
+  std::uint64_t read_to_ = 0;
+  static constexpr std::size_t kReadPage = 2048;           // records per read-back at most
+  static constexpr std::size_t kRefillBelow = 128;         // a read-back starts when fewer wait
+  static constexpr std::size_t kMaxReadyBytes = 8u << 20;  // beyond it a page stops (read again later)
   std::vector<std::uint64_t> acks_;
   std::chrono::milliseconds backoff_;
   // A connection that lasted this long resets the reconnect backoff when it ends; a shorter one doubles it.
