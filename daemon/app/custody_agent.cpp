@@ -464,9 +464,14 @@ std::string CustodyAgent::held_but_named_lost(const store::EvidenceStore& store,
     }
   }
   for (const std::string& sha : receipt.lost_pictures) {
-    if (known_lost.count(sha) > 0 || store.recording_named(sha).value_or(false)) {
-      // Checked with an earlier receipt (pictures never come back), or a kept recording, which no custody
-      // receipt covers: it goes by its own file receipt, and is not read here.
+    if (known_lost.count(sha) > 0 && host_.media_absent && host_.media_absent(sha)) {
+      // Checked with an earlier receipt and still absent: not read again. (Its bytes can come back: a camera
+      // sending the same picture again is stored under the same name, and then it is checked again below.)
+      continue;
+    }
+    if (store.recording_named(sha).value_or(false)) {
+      // A kept recording, which no custody receipt covers: it goes by its own file receipt, and is not read
+      // here.
       continue;
     }
     const auto bytes = host_.read_media(sha);

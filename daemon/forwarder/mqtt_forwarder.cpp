@@ -433,6 +433,7 @@ bool MqttForwarder::publish_ready() {
   }
   if (ready_.empty()) {
     cursor_ = std::max(cursor_, read_to_);  // what was read is handed to Paho, or was PUBACKed already
+    ready_full_ = false;
   }
   return true;
 }
@@ -440,6 +441,7 @@ bool MqttForwarder::publish_ready() {
 void MqttForwarder::clear_ready() {
   ready_.clear();
   ready_bytes_ = 0;
+  ready_full_ = false;
   read_to_ = cursor_;
 }
 
@@ -482,18 +484,27 @@ void MqttForwarder::on_connection_lost(const std::string& cause) {
 }
 
 void MqttForwarder::pump() {
-  if (!connected_ || fetching_ || stopped_ || refusal_wait_) {
+  if (!connected_ || stopped_ || refusal_wait_) {
     return;
   }
-  publish_ready();  // a failed publish empties ready_: read back below
+  // Also while a read-back is under way (it waits behind the store worker's commits): a failed publish
+  // empties ready_, and then that read-back's page is dropped (on_fetched: base != read_to_).
+  publish_ready();
+  if (fetching_) {
+    return;
+  }
   if (read_to_ >= committed_seq_) {
     check_stop_done();
     return;
   }
-  if (ready_.size() >= kRefillBelow || ready_bytes_ >= kMaxReadyBytes / 2) {
-    return;  // enough read ahead: a PUBACK pumps again
+  if (ready_.size() >= kRefillBelow || ready_bytes_ >= kMaxReadyBytes / 2 ||
+      (ready_full_ && !ready_.empty())) {
+    return;  // enough read ahead (or the next record did not fit beside it): a PUBACK pumps again
   }
-  // While the broker refuses publishes, one record at a time (window() is 1): no page read ahead.
+  // While the broker refuses publishes, one record at a time (window() is 1): nothing read ahead of it.
+  if (refusal_backoff_.count() > 0 && (!inflight_.empty() || !ready_.empty())) {
+    return;
+  }
   const std::size_t limit = refusal_backoff_.count() > 0 ? 1 : kReadPage - ready_.size();
   fetching_ = true;
   const std::uint64_t generation = generation_;
@@ -522,7 +533,9 @@ void MqttForwarder::on_fetched(std::uint64_t generation, std::uint64_t base, std
     }
     const std::size_t bytes = entry_bytes(entry);
     if (!ready_.empty() && ready_bytes_ + bytes > kMaxReadyBytes) {
-      break;  // the rest of the page is read again later
+      // The rest of the page is read again once ready_ is empty (not before: it would not fit again).
+      ready_full_ = true;
+      break;
     }
     ready_bytes_ += bytes;
     read_to_ = entry.seq;

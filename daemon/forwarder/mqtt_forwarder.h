@@ -164,6 +164,7 @@ class MqttForwarder final : public SideChannel {
   // records and bytes; emptied on any rewind (the outbox still has them).
   std::deque<store::OutboxEntry> ready_;
   std::size_t ready_bytes_ = 0;
+  bool ready_full_ = false;  // a read-back's next record did not fit: no refill until ready_ is empty
   // The highest seq handed to Paho, in ready_, or found already PUBACKed (>= cursor_): the next read-back
   // starts after it.
   std::uint64_t read_to_ = 0;

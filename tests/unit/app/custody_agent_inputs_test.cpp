@@ -7,6 +7,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <filesystem>
+#include <map>
 
 #include "daemon/app/custody_agent.h"
 #include "daemon/core/custody.h"
@@ -37,7 +38,8 @@ class CustodyAgentInputs : public ::testing::Test {
     };
     host.read_media = [this](const std::string& sha) {
       reads_.push_back(sha);
-      return std::optional<std::string>();
+      const auto it = held_.find(sha);
+      return it == held_.end() ? std::optional<std::string>() : std::optional<std::string>(it->second);
     };
     host.media_absent = [this](const std::string&) { return media_absent_; };
     host.remove_media = [](const std::string&) {};
@@ -93,8 +95,9 @@ class CustodyAgentInputs : public ::testing::Test {
   std::unique_ptr<store::EvidenceStore> store_;
   std::vector<std::function<void(store::EvidenceStore&)>> store_tasks_;
   std::unique_ptr<CustodyAgent> agent_;
-  bool media_absent_ = true;        // what the media directory says of a file read_media cannot read
-  std::vector<std::string> reads_;  // every file read_media was asked for
+  bool media_absent_ = true;                 // what the media directory says of a file read_media cannot read
+  std::vector<std::string> reads_;           // every file read_media was asked for
+  std::map<std::string, std::string> held_;  // the media files read_media finds (sha256 -> bytes)
   std::vector<std::function<void(const SealedRecord&)>> committing_;  // custody records being committed
 };
 
@@ -194,6 +197,42 @@ TEST_F(CustodyAgentInputs, AReceiptDuringACustodyRecordsCommitIsNotedOnlyAfterIt
   ASSERT_TRUE(store_->custody());
   EXPECT_EQ(store_->custody()->through_seq, 3U) << "the later receipt, noted after the record";
   EXPECT_EQ(counter("receipts_accepted"), 2U);
+}
+
+// A picture an accepted receipt named lost is not read again while its file is absent; but a camera sending
+// the same bytes again brings the file back under the same name, and a later receipt still naming it lost
+// must then be refused (else retention deletes the only copy the new record names). Found by a review.
+TEST_F(CustodyAgentInputs, APictureNamedLostEarlierIsCheckedAgainOnceItsFileIsBack) {
+  const std::vector<store::StoredRecord> records = append_audit_records(4);
+  const std::string bytes = "the same picture, sent again";
+  const std::string picture = sha256_hex(bytes);
+  const auto naming_it_lost = [&](std::uint64_t n) {
+    return custody::seal_receipt(
+        central_,
+        custody::Receipt{"central-1", "gw-1", n, sha256_hex(records[n - 1].record.jws), 1, {}, {picture}});
+  };
+  channel_.deliver("checkpoint/gw-1/custody", naming_it_lost(2));
+  run_store();
+  ASSERT_EQ(committing_.size(), 1U) << "taken: " << agent_->status().dump();
+  SealedRecord committed;
+  committed.seq = 5;
+  committing_[0](committed);
+  run_store();
+  ASSERT_EQ(counter("receipts_accepted"), 1U);
+  reads_.clear();
+  channel_.deliver("checkpoint/gw-1/custody", naming_it_lost(3));
+  run_store();
+  EXPECT_TRUE(reads_.empty()) << "still absent: not read again";
+  EXPECT_EQ(counter("receipts_refused"), 0U);
+  EXPECT_EQ(counter("receipts_accepted"), 2U);
+
+  media_absent_ = false;
+  held_ = {{picture, bytes}};
+  channel_.deliver("checkpoint/gw-1/custody", naming_it_lost(4));
+  run_store();
+  EXPECT_EQ(counter("receipts_refused"), 1U) << agent_->status().dump();
+  EXPECT_NE(agent_->status()["last_refusal"].get<std::string>().find("holds it"), std::string::npos)
+      << agent_->status().dump();
 }
 
 // Messages arriving faster than the agent takes them wait in a bounded hand-off: 64 messages, or 2 MiB.
