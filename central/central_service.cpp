@@ -1327,8 +1327,10 @@ class CentralService::PublishOutcome final : public mqtt::iaction_listener {
   PublishOutcome(CentralService& service, std::string topic) : service_(service), topic_(std::move(topic)) {}
   void on_success(const mqtt::token& tok) override { finish(static_cast<int>(tok.get_reason_code())); }
   void on_failure(const mqtt::token& tok) override {
+    // Only a broker's answer carries a reason code (return code 0): other failures (a write that failed, a
+    // session closed) leave it unset.
     const int reason = static_cast<int>(tok.get_reason_code());
-    finish(reason >= 0x80 ? reason : -1);
+    finish(tok.get_return_code() == 0 && reason >= 0x80 ? reason : -1);
   }
 
  private:

@@ -402,8 +402,9 @@ ALTER TABLE media ALTER COLUMN named SET DEFAULT false;
 CREATE INDEX media_unnamed ON media (first_gateway) WHERE NOT named;
 )sql",
     // Step 16: a gateway's `recording` record by the file it names. An init's `seq` is optional (informative,
-    // docs/custody.md): without it, the transfer takes the seq of the stored record naming its file, looked
-    // up here, or gets it when that record is stored.
+    // docs/custody.md): without it, the transfer takes the seq of the stored record naming its file, or stays
+    // at 0, named by any `recording` record of its gateway naming the file (file_intake.h,
+    // kTransferNamedSql).
     R"sql(
 CREATE INDEX records_recording_file ON records (gateway, (body->>'sha256')) WHERE type = 'recording';
 )sql",
@@ -1047,10 +1048,6 @@ std::set<std::pair<std::string, std::uint64_t>> CentralStore::insert_records(
     if (file != rec.body.end() && file->is_string() && is_sha256_hex(file->get_ref<const std::string&>()) &&
         rec.body.value("type", nlohmann::json()) == "recording") {
       named += (named.empty() ? "" : ",") + file->get<std::string>();
-      // A transfer whose init named no seq is this record's file (file_intake.cpp, resolve_seq).
-      conn_->exec_prepared(
-          "UPDATE file_uploads SET seq = $2::bigint WHERE gateway = $1 AND sha256 = $3 AND seq = 0",
-          {rec.gateway, std::to_string(rec.seq), file->get<std::string>()}, "naming a file transfer");
     }
   }
   if (!media_params.empty()) {

@@ -95,15 +95,15 @@ std::optional<std::string> no_room(PgConnection& pg, const std::string& gateway,
 bool recording_named(PgConnection& pg, const std::string& gateway, std::uint64_t seq,
                      const std::string& sha256) {
   return pg.exec(
-               "SELECT 1 FROM records WHERE gateway = $1 AND seq = $2::bigint AND type = 'recording' AND "
-               "body->>'sha256' = $3",
+               "SELECT 1 FROM records WHERE gateway = $1 AND type = 'recording' AND body->>'sha256' = $3 AND "
+               "($2::bigint = 0 OR seq = $2::bigint) LIMIT 1",
                {gateway, std::to_string(seq), sha256}, "looking for the record naming a file")
              .rows() > 0;
 }
 
 // The seq of the stored `recording` record of `gateway` naming `sha256`, for an init without `seq` (optional
-// in the protocol: informative); 0 when none is stored yet (the record's storing fills it in:
-// insert_records).
+// in the protocol: informative); 0 when none is stored yet (a transfer row at seq 0 is named by any such
+// record of its gateway: kTransferNamedSql).
 std::uint64_t recording_seq(PgConnection& pg, const std::string& gateway, const std::string& sha256) {
   const PgResult r = pg.exec(
       "SELECT seq FROM records WHERE gateway = $1 AND type = 'recording' AND body->>'sha256' = $2 ORDER BY "
