@@ -97,6 +97,9 @@ CentralService::CentralService(CentralConfig config)
 
 CentralService::~CentralService() {
   stop();
+  // Paho answers the publishes still pending (PublishOutcome) when the client goes: before the counters
+  // they count in (declared after client_, so destroyed before it).
+  client_.reset();
 }
 
 void CentralService::ensure_store() {
@@ -674,6 +677,11 @@ std::string CentralService::write_media(const std::string& sha256, const std::st
     // Content-addressed: the same name is the same bytes, once checked (a damaged copy is replaced).
     std::string unreadable;
     if (const auto held = sha256_file(path.string(), unreadable); held && held->sha256 == sha256) {
+      // Another writer (instance) may have renamed it here and not synced it yet, or crashed before it did:
+      // durable before a row counts it.
+      if (const auto failed = fsync_file_and_directory(path)) {
+        throw std::runtime_error("media: " + describe(*failed, path));
+      }
       // Written now, as far as the sweep of files no row holds is concerned (sweep_orphans, a day).
       fs::last_write_time(path, fs::file_time_type::clock::now(), ec);
       return path.string();
@@ -700,7 +708,9 @@ std::string CentralService::write_media(const std::string& sha256, const std::st
   }
   ::close(fd);
   fs::rename(tmp, path);
-  fsync_directory(dir);
+  if (const auto failed = fsync_directory(dir)) {
+    throw std::runtime_error("media: " + describe(*failed, dir));  // the name may not survive a power cut
+  }
   return path.string();
 }
 

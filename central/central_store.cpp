@@ -993,9 +993,21 @@ std::set<std::pair<std::string, std::uint64_t>> CentralStore::insert_records(
       "INSERT INTO records (gateway, seq, jws, jws_sha256, prev, kid, type, time_ms, created_ms, site, "
       "plate, "
       "plate_color, lane, speed_dkmh, limit_kmh, enforceable, reasons, body, received_ms) VALUES ";
-  std::string media_sql = "INSERT INTO record_media (gateway, seq, sha256) VALUES ";
+  constexpr const char* kMediaInsert = "INSERT INTO record_media (gateway, seq, sha256) VALUES ";
+  std::string media_sql = kMediaInsert;
   PgParams params;
   PgParams media_params;
+  // A record may name any number of pictures: the rows go in statements of at most kMaxMediaParams
+  // parameters (the wire protocol's bound is 65 535 a statement; libpq refuses more without asking the
+  // server).
+  constexpr std::size_t kMaxMediaParams = 30000;
+  const auto flush_media = [&] {
+    if (!media_params.empty()) {
+      conn_->exec(media_sql + " ON CONFLICT DO NOTHING", media_params, "naming records' media");
+    }
+    media_sql = kMediaInsert;
+    media_params.clear();
+  };
   std::vector<std::vector<std::string>> pictures;  // of records[from + k]
   pictures.reserve(to - from);
   for (std::size_t i = from; i < to; ++i) {
@@ -1038,6 +1050,9 @@ std::set<std::pair<std::string, std::uint64_t>> CentralStore::insert_records(
     }
     note_chain_restart(rec, false, now, out);
     for (const std::string& sha : pictures[i - from]) {
+      if (media_params.size() + 3 > kMaxMediaParams) {
+        flush_media();
+      }
       const std::size_t m = media_params.size();
       media_sql += (media_params.empty() ? "($" : ", ($") + std::to_string(m + 1) + ", $" +
                    std::to_string(m + 2) + "::bigint, $" + std::to_string(m + 3) + ")";
@@ -1050,9 +1065,7 @@ std::set<std::pair<std::string, std::uint64_t>> CentralStore::insert_records(
       named += (named.empty() ? "" : ",") + file->get<std::string>();
     }
   }
-  if (!media_params.empty()) {
-    conn_->exec(media_sql + " ON CONFLICT DO NOTHING", media_params, "naming records' media");
-  }
+  flush_media();
   if (!named.empty()) {
     conn_->exec_prepared("UPDATE media SET named = true WHERE sha256 = ANY($1::text[]) AND NOT named",
                          {"{" + named + "}"}, "marking named files");
@@ -1167,6 +1180,27 @@ bool CentralStore::follow_replaced_store(const IncomingRecord& rec, std::int64_t
   }
   const char* what = "following a replaced store";
   forget_other_branch_after(rec.gateway, n, what);
+  // A head announcement of the continued chain handled before this record was compared with the old chain's
+  // record at its seq, now set aside: no fork of the chain followed. It goes back among the announcements
+  // (and is compared with the continued chain's record when that is stored), and leaves the gateway's fork
+  // count.
+  const PgResult unforked = conn_->exec(
+      "WITH f AS (DELETE FROM head_forks f WHERE f.gateway = $1 AND f.seq > $2::bigint AND NOT EXISTS "
+      "(SELECT 1 "
+      "FROM records r WHERE r.gateway = f.gateway AND r.seq = f.seq AND r.jws_sha256 = f.stored_hash) "
+      "RETURNING f.seq, f.announced_hash, f.jws, f.first_ms), "
+      "back AS (INSERT INTO head_announcements (gateway, seq, hash, jws, time_ms, received_ms) SELECT $1, "
+      "seq, "
+      "announced_hash, jws, first_ms, first_ms FROM f ON CONFLICT (gateway, seq, hash) DO NOTHING) "
+      "SELECT count(*) FROM f",
+      {rec.gateway, std::to_string(n)}, what);
+  std::string withdrawn;
+  if (const long long back = unforked.integer(0, 0); back > 0) {
+    conn_->exec("UPDATE gateways SET head_forks = GREATEST(head_forks - $2::bigint, 0) WHERE gateway = $1",
+                {rec.gateway, std::to_string(back)}, what);
+    withdrawn = "; " + std::to_string(back) +
+                " head fork(s) noted against those records withdrawn (the announcements are compared again)";
+  }
   // Custody, the highest seq, the announced head and a chain break fall back to N (the walk goes on from
   // there); the old chain's announcement is no evidence about the new one.
   conn_->exec(
@@ -1181,7 +1215,7 @@ bool CentralStore::follow_replaced_store(const IncomingRecord& rec, std::int64_t
                      " -- followed: the old chain's " + moved.text(0, 0) +
                          " record(s) central held after seq " + std::to_string(n) + " (seq " +
                          moved.text(0, 1) + ".." + moved.text(0, 2) +
-                         ", never confirmed) set aside into forks");
+                         ", never confirmed) set aside into forks" + withdrawn);
   return true;
 }
 

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <set>
 #include <stdexcept>
 
@@ -413,8 +414,11 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
     return;
   }
   filex::FileInit init = std::move(*p.init);
+  // Whether a stored record names the file, when already looked up (an init without seq: one query).
+  std::optional<bool> named;
   if (init.seq == 0) {
     init.seq = recording_seq(pg, gateway, t.sha256);
+    named = init.seq != 0;
   }
   if (init.size > cfg_.max_file_bytes) {
     refuse_init(gateway, t.sha256,
@@ -425,9 +429,17 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
   // Content-addressed: a file central already holds (from this gateway or another) is held for this one too.
   const PgResult media =
       pg.exec("SELECT bytes FROM media WHERE sha256 = $1", {t.sha256}, "looking up a file");
-  if (media.rows() > 0 && static_cast<std::uint64_t>(media.integer(0, 0)) == init.size) {
+  // Taken as held in one transaction, under a share lock on the media row: the age-out of files no record
+  // names (age_out_unnamed: FOR UPDATE SKIP LOCKED) cannot take it before this commit, after which this
+  // transfer's row names it. Gone meanwhile (aged out since the look-up above): sent as any other file.
+  const auto held_already = [&] {
     PgTransaction tx(pg);
     const std::optional<Row> prior = find_row(pg, gateway, t.sha256, " FOR UPDATE");
+    const PgResult locked =
+        pg.exec("SELECT bytes FROM media WHERE sha256 = $1 FOR SHARE", {t.sha256}, "locking a held file");
+    if (locked.rows() == 0 || static_cast<std::uint64_t>(locked.integer(0, 0)) != init.size) {
+      return false;
+    }
     if (prior && prior->state == "open") {
       // This gateway's own transfer of it was under way: its segments and partial file go (nothing else
       // would ever remove them once the row says held).
@@ -446,6 +458,9 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
          std::to_string(init.seq), std::to_string(now)},
         "recording a held file");
     tx.commit();
+    return true;
+  };
+  if (media.rows() > 0 && static_cast<std::uint64_t>(media.integer(0, 0)) == init.size && held_already()) {
     receipt(gateway, t.sha256, init.size, now, out);
     return;
   }
@@ -488,7 +503,7 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
   // more. A file central asked for (`requested`: a stored record's, or an operator's) is exempt.
   const bool asked = locked && locked->state == "requested";
   const bool same = reopening && init.size <= locked->size && init.seq == locked->seq;
-  if (!asked && !same && !recording_named(pg, gateway, init.seq, t.sha256)) {
+  if (!asked && !same && !(named ? *named : recording_named(pg, gateway, init.seq, t.sha256))) {
     const std::uint64_t unnamed = unnamed_bytes(pg, gateway);
     const bool counted_already = reopening && !recording_named(pg, gateway, locked->seq, t.sha256);
     const std::uint64_t counted = counted_already ? std::min(unnamed, unnamed_charge(locked->size)) : 0;
@@ -655,19 +670,23 @@ void FileIntake::on_abort(PgConnection& pg, const std::string& gateway, const fi
               "file " + t.sha256 + ": abort refused: not {\"reason\": <text>, \"v\": 1} of at most 64 KiB");
     return;
   }
+  // One transaction under the row's lock: an init reopening the transfer and its segments wait for the
+  // segments and the partial file to be gone, and do not lose theirs to this abort.
+  PgTransaction tx(pg);
   const PgResult r = pg.exec(
-      "UPDATE file_uploads SET state = 'not_held', reason = $3, last_ms = $4 WHERE gateway = $1 AND sha256 = "
-      "$2 "
-      "AND state IN ('open', 'requested')",
+      "UPDATE file_uploads SET state = 'not_held', reason = $3, last_ms = $4, received_bytes = 0 WHERE "
+      "gateway = $1 AND sha256 = $2 AND state IN ('open', 'requested')",
       {gateway, t.sha256, reason, std::to_string(now)}, "recording a file the gateway cannot send");
-  if (r.affected() > 0) {
-    ++counters_.aborts;
-    log::error("central", gateway, "file " + t.sha256 + ": the gateway cannot send it: " + reason);
-    pg.exec("DELETE FROM file_segments WHERE gateway = $1 AND sha256 = $2", {gateway, t.sha256},
-            "dropping an aborted transfer");
-    std::error_code ec;
-    fs::remove(partial_path(gateway, t.sha256), ec);
+  if (r.affected() == 0) {
+    return;
   }
+  pg.exec("DELETE FROM file_segments WHERE gateway = $1 AND sha256 = $2", {gateway, t.sha256},
+          "dropping an aborted transfer");
+  std::error_code ec;
+  fs::remove(partial_path(gateway, t.sha256), ec);
+  tx.commit();
+  ++counters_.aborts;
+  log::error("central", gateway, "file " + t.sha256 + ": the gateway cannot send it: " + reason);
 }
 
 void FileIntake::assemble(PgConnection& pg, const std::string& gateway, const std::string& sha256,
@@ -683,10 +702,17 @@ void FileIntake::assemble(PgConnection& pg, const std::string& gateway, const st
   const fs::path part = partial_path(gateway, sha256);
   const fs::path held = held_path(sha256);
   std::error_code ec;
-  // After a crash between the rename and the commit the bytes are already in place.
-  const fs::path source = fs::exists(part, ec) ? part : held;
+  // The file already in place with the right bytes is the file, whatever the partial file holds: after a
+  // crash or a failed commit between the rename and the commit, a later init may have made an empty partial
+  // file again (and the bytes in place were checked before their rename).
   std::string unreadable;
-  const auto hashed = sha256_file(source.string(), unreadable);
+  auto hashed = fs::exists(held, ec) ? sha256_file(held.string(), unreadable) : std::nullopt;
+  const bool in_place = hashed && hashed->sha256 == sha256 && hashed->bytes == row->size;
+  const fs::path source = in_place || !fs::exists(part, ec) ? held : part;
+  if (!in_place) {
+    unreadable.clear();
+    hashed = sha256_file(source.string(), unreadable);
+  }
   if (hashed && hashed->sha256 == sha256 && hashed->bytes == row->size) {
     if (source == part) {
       {
@@ -697,10 +723,19 @@ void FileIntake::assemble(PgConnection& pg, const std::string& gateway, const st
       }
       fs::create_directories(held.parent_path());
       fs::rename(part, held);
-      fsync_directory(held.parent_path());
+      if (const auto failed = fsync_directory(held.parent_path())) {
+        throw std::runtime_error("files: " + describe(*failed, held.parent_path()));
+      }
       // A stalled transfer's partial file may be days old: fresh for the sweep of files no row holds, should
       // this instance stop before the commit (sweep_orphans).
       fs::last_write_time(held, fs::file_time_type::clock::now(), ec);
+    } else {
+      // In place already, renamed by a try whose commit failed (or by another writer): durable before the
+      // commit that counts it, and the partial file made since is dropped.
+      if (const auto failed = fsync_file_and_directory(held)) {
+        throw std::runtime_error("files: " + describe(*failed, held));
+      }
+      fs::remove(part, ec);
     }
     pg.exec(std::string(
                 "INSERT INTO media (sha256, bytes, path, first_gateway, received_ms, named) VALUES ($1, $2, "

@@ -5,6 +5,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -26,8 +27,13 @@ class PgError : public std::runtime_error {
   // statement timeout, an operator's cancel) is the server's state, not the message's: retry it later.
   bool content_refused() const {
     const std::string cls = sqlstate_.substr(0, 2);
-    return !connection_lost_ &&
-           (cls == "22" || cls == "23" || cls == "54" || (cls == "42" && sqlstate_ != "42501"));
+    // And libpq's own refusal, without a SQLSTATE, of a statement with more parameters than the wire protocol
+    // carries, which the same batch would meet again (its other errors without one, e.g. out of memory, are
+    // the moment's: retried).
+    const bool too_many_parameters =
+        sqlstate_.empty() && std::string_view(what()).find("number of parameters") != std::string_view::npos;
+    return !connection_lost_ && (too_many_parameters || cls == "22" || cls == "23" || cls == "54" ||
+                                 (cls == "42" && sqlstate_ != "42501"));
   }
 
  private:

@@ -109,7 +109,7 @@ void CustodyAgent::start() {
     // and ahead of live work on the io thread; beyond, a message is dropped and counted (central sends its
     // receipt again and asks again for what a dropped request wanted).
     const std::size_t bytes =
-        m.topic.size() + m.payload.size() + m.response_topic.size() + m.correlation_data.size();
+        m.topic.size() + m.payload.size() + m.response_topic.size() + m.correlation_data.value_or("").size();
     if (inputs_waiting_ >= kMaxInputsWaiting || inputs_waiting_bytes_ + bytes > kMaxInputBytesWaiting) {
       drop_input(m.topic);
       return;
@@ -171,15 +171,17 @@ void CustodyAgent::decide_origin(std::optional<store::CustodyState> receipt, std
 void CustodyAgent::origin_failed() {
   // The chain did not continue after the receipt (a new chain starts at seq 1): the receipt was not taken, so
   // later receipts are checked as if it had never come (a refused or unused receipt leaves no trace).
-  boost::asio::post(strand_, [this] {
-    std::uint64_t stored = 0;
-    {
-      std::lock_guard lock(snapshot_mutex_);
-      stored = custody_ ? custody_->through_seq : 0;
-    }
-    accepted_through_ = stored;
-    accepting_through_ = stored;
-  });
+  boost::asio::post(strand_, [this] { forget_untaken_receipts(); });
+}
+
+void CustodyAgent::forget_untaken_receipts() {
+  std::uint64_t stored = 0;
+  {
+    std::lock_guard lock(snapshot_mutex_);
+    stored = custody_ ? custody_->through_seq : 0;
+  }
+  accepted_through_ = stored;
+  accepting_through_ = std::max(stored, checking_.empty() ? 0 : *checking_.rbegin());
 }
 
 void CustodyAgent::origin_committed(const store::CustodyState& receipt) {
@@ -349,11 +351,28 @@ void CustodyAgent::record_custody(store::EvidenceStore& store, const custody::Re
     return;
   }
   Fact fact = custody_fact(receipt, kid, jws, clock_.now_ms());
+  const UnixMs previous_record_ms = last_custody_record_ms_;
   last_custody_record_ms_ = now;
   record_in_flight_ = true;
-  host_.submit(std::move(fact), [this, state](const SealedRecord& sealed) {
-    // The custody record is committed: now the store may count these records as held by central.
-    host_.run_on_store([this, state, custody_seq = sealed.seq](store::EvidenceStore& s) {
+  host_.submit(std::move(fact), [this, state, previous_record_ms](const SealedRecord& sealed) {
+    // Committed: the custody record (salvaged or not: a custody record is in the chain), or (signing failed)
+    // a fault record in its place, which shows nothing of the receipt: then the receipt is not taken.
+    const bool sealed_custody = sealed.type == "custody";
+    host_.run_on_store([this, state, previous_record_ms, sealed_custody, custody_seq = sealed.seq,
+                        sealed_type = sealed.type](store::EvidenceStore& s) {
+      if (!sealed_custody) {
+        record_in_flight_ = false;
+        after_record_.reset();
+        last_custody_record_ms_ = previous_record_ms;
+        boost::asio::post(strand_, [this] { forget_untaken_receipts(); });  // the same receipt is taken again
+        log::error("custody", "",
+                   "receipt through seq " + std::to_string(state.through_seq) +
+                       " not taken: its custody record could not be sealed (seq " +
+                       std::to_string(custody_seq) + " is a " + sealed_type +
+                       " record); the custody state stays, and the receipt is taken when it comes again");
+        return;
+      }
+      // The custody record is committed: now the store may count these records as held by central.
       save_custody(s, state, custody_seq);
     });
   });
@@ -459,8 +478,14 @@ std::string CustodyAgent::held_but_named_lost(const store::EvidenceStore& store,
   // Central may name as lost only what this gateway said it no longer holds: a receipt that names a record
   // or picture still here is wrong (central would never ask for it again, and retention would delete it).
   for (const auto& [from, to] : receipt.lost_seqs) {
-    if (const auto seq = store.first_held(from, to)) {
-      return "names seq " + std::to_string(*seq) + " as lost, but this gateway holds it";
+    const auto held = store.first_held(from, to);
+    if (held.unreadable) {
+      // Whether they are held cannot be told now: the receipt is not taken (the next one is checked again).
+      return "names seqs " + std::to_string(from) + ".." + std::to_string(to) +
+             " as lost, and this gateway cannot read its store to tell";
+    }
+    if (held.seq) {
+      return "names seq " + std::to_string(*held.seq) + " as lost, but this gateway holds it";
     }
   }
   for (const std::string& sha : receipt.lost_pictures) {
@@ -487,7 +512,7 @@ std::string CustodyAgent::held_but_named_lost(const store::EvidenceStore& store,
   return "";
 }
 
-void CustodyAgent::reply(const std::string& topic, const std::string& correlation,
+void CustodyAgent::reply(const std::string& topic, const std::optional<std::string>& correlation,
                          const custody::ResendReply& r) {
   if (topic.empty()) {
     return;
@@ -588,10 +613,10 @@ void CustodyAgent::send_chunk(std::shared_ptr<Resend> job, std::uint64_t from,
         expect = e.seq + 1;
         for (std::size_t i = 0; i < e.media.size(); ++i) {
           if (!e.media_bytes[i].empty()) {
-            out.push_back({base + "media/" + e.media[i], std::move(e.media_bytes[i]), false, ""});
+            out.push_back({base + "media/" + e.media[i], std::move(e.media_bytes[i]), false, std::nullopt});
           }
         }
-        out.push_back({base + "evidence", std::move(e.jws), false, ""});
+        out.push_back({base + "evidence", std::move(e.jws), false, std::nullopt});
         ++r->sent;
       }
       if (expect <= to && !unreadable) {
@@ -695,7 +720,7 @@ void CustodyAgent::send_media(std::shared_ptr<Resend> job, std::size_t index,
       std::vector<forwarder::OutboundMessage> out;
       for (auto& [sha, bytes] : found) {
         r->media_sent.push_back(sha);
-        out.push_back({base + sha, std::move(bytes), false, ""});
+        out.push_back({base + sha, std::move(bytes), false, std::nullopt});
       }
       r->media_not_held.insert(r->media_not_held.end(), missing.begin(), missing.end());
       {

@@ -85,10 +85,13 @@ class CustodyAgent {
   struct Resend {
     custody::ResendRequest request;
     std::string response_topic;
-    std::string correlation;
+    std::optional<std::string> correlation;
   };
 
   void on_message(forwarder::InboundMessage message);
+  // Strand: receipts that passed the checks but were not taken (a chain that did not continue after one, a
+  // custody record that could not be sealed) are checked again when they come again.
+  void forget_untaken_receipts();
   void drop_input(const std::string& topic);
   // `retained`: the broker's retained message (what decides an empty store's origin when refused).
   void on_receipt(const std::string& jws, bool retained);
@@ -116,7 +119,8 @@ class CustodyAgent {
   // Why a receipt is refused for naming as lost a record or picture this store holds; "" when it does not.
   std::string held_but_named_lost(const store::EvidenceStore& store, const custody::Receipt& receipt,
                                   const std::set<std::string>& known_lost) const;
-  void reply(const std::string& topic, const std::string& correlation, const custody::ResendReply& reply);
+  void reply(const std::string& topic, const std::optional<std::string>& correlation,
+             const custody::ResendReply& reply);
   void next_resend();
   void send_chunk(std::shared_ptr<Resend> job, std::uint64_t from,
                   std::shared_ptr<custody::ResendReply> reply);

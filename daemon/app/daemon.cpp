@@ -7,6 +7,7 @@
 
 #include <boost/asio/post.hpp>
 #include <cerrno>
+#include <cstring>
 #include <filesystem>
 
 #include "adapters/registry.h"
@@ -86,14 +87,28 @@ void Daemon::Impl::open_stores() {
     // store's. Since-when this store names media is raised past the newest of them, so the media sweep
     // keeps them all whatever the clock said when the store was made (a board without a battery-backed
     // clock can start a replaced disk's store years behind the files it finds).
+    // A file whose time cannot be read, or a directory that cannot be listed, fails the start (the daemon
+    // is started again): a bound set below a previous store's file would let the sweep delete it.
     std::optional<UnixMs> newest;
     std::error_code ec;
-    for (const auto& entry : std::filesystem::directory_iterator(media->dir(), ec)) {
-      struct stat st {};
-      if (entry.path().filename().string().size() == 64 && ::stat(entry.path().c_str(), &st) == 0) {
-        const UnixMs ms = static_cast<UnixMs>(st.st_mtim.tv_sec) * 1000 + st.st_mtim.tv_nsec / 1000000 + 1;
-        newest = std::max(newest.value_or(ms), ms);
+    std::filesystem::directory_iterator it(media->dir(), ec);
+    for (; !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+      if (it->path().filename().string().size() != 64) {
+        continue;
       }
+      struct stat st {};
+      if (::stat(it->path().c_str(), &st) != 0) {
+        if (errno == ENOENT) {
+          continue;  // gone since it was listed
+        }
+        throw store::StoreError("media: cannot read the time of " + it->path().string() + ": " +
+                                std::strerror(errno) + "; not started");
+      }
+      const UnixMs ms = static_cast<UnixMs>(st.st_mtim.tv_sec) * 1000 + st.st_mtim.tv_nsec / 1000000 + 1;
+      newest = std::max(newest.value_or(ms), ms);
+    }
+    if (ec && ec != std::errc::no_such_file_or_directory) {
+      throw store::StoreError("media: cannot list " + media->dir() + ": " + ec.message() + "; not started");
     }
     if (newest) {
       store->raise_media_since(*newest);

@@ -1,5 +1,6 @@
 // Daemon key rotation: checkpointctl rotate-key, and at start the rotation a crash interrupted.
 #include <boost/asio/post.hpp>
+#include <filesystem>
 
 #include "daemon/app/daemon_impl.h"
 #include "daemon/app/signing_key_files.h"
@@ -19,6 +20,14 @@ void Daemon::Impl::finish_interrupted_rotation() {
   if (h.seq > 0) {
     if (auto rec = store->record(h.seq)) {
       head_jws = rec->jws;
+    } else if (const auto origin = store->chain_origin();
+               (!origin || origin->through_seq != h.seq) &&
+               std::filesystem::exists(next_key_path(cfg.gateway.key_path))) {
+      // The head is never pruned (and is no continued chain's origin, which has no record): a store read
+      // error. Taken for "no record", it would set the next key aside
+      // while the chain may already name it, and every later record would be signed by a retired key.
+      throw store::StoreError("store: cannot read the chain head (seq " + std::to_string(h.seq) +
+                              ") to resolve an interrupted key rotation; not started");
     }
   }
   std::string note;

@@ -197,7 +197,17 @@ void RecordingUploader::on_receipt(const std::string& jws) {
                      {"issued_ms", r.issued_ms},
                      {"receipt_sha256", sha256_hex(jws)},
                      {"receipt", jws}};
-      host_.submit(std::move(fact), [this, r, jws](const SealedRecord&) {
+      host_.submit(std::move(fact), [this, r, jws](const SealedRecord& sealed) {
+        if (sealed.type != "recording_custody") {
+          // Signing failed and a fault record took its place: the chain shows no receipt, so none is taken
+          // (the gateway sends the fin again, and central answers with its receipt again).
+          log::error("files", "",
+                     "file receipt for recording " + r.sha256 + " not taken: its recording_custody record " +
+                         "could not be sealed (seq " + std::to_string(sealed.seq) + " is a " + sealed.type +
+                         " record)");
+          asio::post(strand_, [this, sha = r.sha256] { sealing_.erase(sha); });
+          return;
+        }
         host_.run_on_store([this, r, jws](store::EvidenceStore& s) {
           const bool held = s.upload_held(r.sha256, r.size, r.central, jws, clock_.now_ms());
           const store::UploadStats stats = s.upload_stats();
@@ -257,16 +267,20 @@ void RecordingUploader::on_want(const std::string& payload) {
     ++lookups_;
     // The whole file: sent again from byte 0 as an ordinary upload (and so also under the on_request policy).
     host_.run_on_store([this, sha](store::EvidenceStore& store) {
-      auto row = store.upload(sha);
-      if (!row && store.uploads_discover(1, sha) > 0) {
-        row = store.upload(sha);  // a recording whose row the idle poll had not made yet: it is held here
+      auto found = store.find_upload(sha);
+      if (!found.row && !found.unreadable && store.uploads_discover(1, sha) > 0) {
+        found = store.find_upload(sha);  // a recording whose row the idle poll had not made yet: held here
       }
+      const auto& row = found.row;
       if (row && !row->held_ms && row->sent_to < row->length) {
         (void)store.upload_request(sha);  // sent whole: only once its copy is checked (verify_then_resend)
       }
-      asio::post(strand_, [this, sha, row] {
+      asio::post(strand_, [this, sha, row, unreadable = found.unreadable] {
         --lookups_;
-        if (!row) {
+        if (unreadable) {
+          // Whether it is held cannot be told now: no answer (an abort would end central's asking for it).
+          want_unanswered(sha);
+        } else if (!row) {
           if (aborts_.size() < kMaxAborts) {
             aborts_.insert(sha);
           } else {
@@ -514,19 +528,32 @@ void RecordingUploader::serve_next_want() {
   filex::Ranges ranges = std::move(it->second);
   wants_.erase(it);
   host_.run_on_store([this, sha, ranges = std::move(ranges)](store::EvidenceStore& store) mutable {
-    const auto row = store.upload(sha);
-    asio::post(strand_, [this, sha, row, ranges = std::move(ranges)]() mutable {
-      take_want(sha, row, std::move(ranges));
+    auto found = store.find_upload(sha);
+    asio::post(strand_, [this, sha, found = std::move(found), ranges = std::move(ranges)]() mutable {
+      take_want(sha, found, std::move(ranges));
     });
   });
 }
 
-void RecordingUploader::take_want(const std::string& sha, const std::optional<store::UploadRow>& row,
+void RecordingUploader::want_unanswered(const std::string& sha) {
+  bump(snapshot_mutex_, counters_, "wants_dropped");  // central asks again after its stall time
+  log::warn("files", "",
+            "want for recording " + sha +
+                " not answered: the store could not be read (central asks again; no abort is sent)");
+}
+
+void RecordingUploader::take_want(const std::string& sha, const store::EvidenceStore::UploadLookup& found,
                                   filex::Ranges ranges) {
   polling_ = false;
   if (stopped_) {
     return;
   }
+  if (found.unreadable) {
+    want_unanswered(sha);
+    poll();
+    return;
+  }
+  const std::optional<store::UploadRow>& row = found.row;
   if (!row || unreadable_.count(sha)) {
     publish_abort(sha, "not held: this gateway keeps no recording with this SHA-256");
     poll();
@@ -772,7 +799,7 @@ void RecordingUploader::pump() {
       job.init_inflight = true;
       const filex::FileInit init{job.row.sha256, job.row.length, job.segment, job.row.name, job.row.seq};
       channel_.publish_side(forwarder::OutboundMessage{filex::init_topic(base_, job.row.sha256),
-                                                       filex::init_json(init), false, ""},
+                                                       filex::init_json(init), false, std::nullopt},
                             [this, gen](bool ok) {
                               asio::post(strand_, [this, gen, ok] {
                                 if (gen != generation_ || !job_) {
@@ -806,21 +833,21 @@ void RecordingUploader::pump() {
   }
   if (job.range >= job.ranges.size() && job.inflight.empty() && !job.fin_inflight) {
     job.fin_inflight = true;
-    channel_.publish_side(
-        forwarder::OutboundMessage{filex::fin_topic(base_, job.row.sha256, job.row.length), "", false, ""},
-        [this, gen](bool ok) {
-          asio::post(strand_, [this, gen, ok] {
-            if (gen != generation_ || !job_) {
-              return;
-            }
-            job_->fin_inflight = false;
-            if (!ok) {
-              fail("its fin was not PUBACKed");
-              return;
-            }
-            finish_job();
-          });
-        });
+    channel_.publish_side(forwarder::OutboundMessage{filex::fin_topic(base_, job.row.sha256, job.row.length),
+                                                     "", false, std::nullopt},
+                          [this, gen](bool ok) {
+                            asio::post(strand_, [this, gen, ok] {
+                              if (gen != generation_ || !job_) {
+                                return;
+                              }
+                              job_->fin_inflight = false;
+                              if (!ok) {
+                                fail("its fin was not PUBACKed");
+                                return;
+                              }
+                              finish_job();
+                            });
+                          });
   }
 }
 
@@ -852,7 +879,7 @@ void RecordingUploader::send_segment(std::uint64_t offset, std::uint64_t length)
             return;
           }
           channel_.publish_side(forwarder::OutboundMessage{filex::segment_topic(base_, sha, offset, checksum),
-                                                           std::move(*bytes), false, ""},
+                                                           std::move(*bytes), false, std::nullopt},
                                 [this, gen, offset, length](bool ok) {
                                   asio::post(strand_, [this, gen, offset, length, ok] {
                                     segment_done(gen, offset, length, ok);
@@ -969,9 +996,9 @@ void RecordingUploader::finish_job() {
 void RecordingUploader::publish_abort(const std::string& sha256, const std::string& reason) {
   bump(snapshot_mutex_, counters_, "aborts_sent");
   log::warn("files", "", "recording " + sha256 + ": told central it cannot be sent (" + reason + ")");
-  channel_.publish_side(
-      forwarder::OutboundMessage{filex::abort_topic(base_, sha256), filex::abort_json(reason), false, ""},
-      [](bool) {});
+  channel_.publish_side(forwarder::OutboundMessage{filex::abort_topic(base_, sha256),
+                                                   filex::abort_json(reason), false, std::nullopt},
+                        [](bool) {});
 }
 
 }  // namespace cpd::app

@@ -95,7 +95,10 @@ class RecordingUploader {
   void poll();
   // Looks up the first file central wants bytes of; take_want then sends them (or refuses the want).
   void serve_next_want();
-  void take_want(const std::string& sha, const std::optional<store::UploadRow>& row, filex::Ranges ranges);
+  void take_want(const std::string& sha, const store::EvidenceStore::UploadLookup& found,
+                 filex::Ranges ranges);
+  // A want the store could not be read for: counted and logged, not answered (central asks again).
+  void want_unanswered(const std::string& sha);
   // A whole-file want for a file not held: sent again from byte 0 as an ordinary upload, at rank 0.
   void resend_whole(const std::string& sha);
   // The job sending `sha`, if any, is dropped (its completions ignored).

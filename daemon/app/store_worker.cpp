@@ -113,7 +113,7 @@ void StoreWorker::drain_and_stop() {
 }
 
 void StoreWorker::fetch_after(std::uint64_t after_seq, std::size_t limit,
-                              std::function<void(std::vector<store::OutboxEntry>)> done) {
+                              std::function<void(std::optional<std::vector<store::OutboxEntry>>)> done) {
   {
     std::lock_guard lock(mutex_);
     fetches_.push_back(Fetch{after_seq, limit, std::move(done)});
@@ -440,23 +440,34 @@ void StoreWorker::sweep_media() {
   const auto stale_tmp = fs::file_time_type::clock::now() - std::chrono::hours(24);
   for (const auto& entry : fs::directory_iterator(media_->dir(), ec)) {
     const std::string name = entry.path().filename().string();
+    std::error_code tmp_ec;
     if (name.size() == 11 && name.rfind(".tmp-", 0) == 0 && entry.is_regular_file(ec) &&
-        entry.last_write_time(ec) < stale_tmp) {
+        entry.last_write_time(tmp_ec) < stale_tmp && !tmp_ec) {
       if (fs::remove(entry.path(), ec)) {
         ++removed;
       }
       continue;
     }
-    if (name.size() != 64 || !entry.is_regular_file(ec) || entry.last_write_time(ec) > cutoff) {
+    if (name.size() != 64 || !entry.is_regular_file(ec)) {
       continue;
     }
+    // The file's time, or nothing removed: a failed query is no age (libstdc++ answers the oldest time then).
+    std::error_code time_ec;
+    const auto written = entry.last_write_time(time_ec);
+    struct stat st {};
+    if (time_ec || written > cutoff || ::stat(entry.path().c_str(), &st) != 0) {
+      continue;
+    }
+    const UnixMs mtime_ms = static_cast<UnixMs>(st.st_mtim.tv_sec) * 1000 + st.st_mtim.tv_nsec / 1000000;
     if (store_.media_pending(name) || store_.media_held(name, clock_.now_ms())) {
       continue;
     }
-    struct stat st {};
-    if (::stat(entry.path().c_str(), &st) != 0 ||
-        static_cast<UnixMs>(st.st_mtim.tv_sec) * 1000 + st.st_mtim.tv_nsec / 1000000 < since_ms) {
-      if (!store_.media_named(name)) {
+    if (mtime_ms < since_ms) {
+      const std::optional<bool> named = store_.media_named(name);
+      if (!named) {
+        continue;  // a read error: unknown now, kept
+      }
+      if (!*named) {
         ++foreign;
         continue;
       }
@@ -541,7 +552,9 @@ void StoreWorker::serve_requests(Work& work) {
   }
   for (auto& f : work.fetches) {
     auto entries = store_.outbox_after(f.after_seq, f.limit);
-    load_media(entries);
+    if (entries) {
+      load_media(*entries);
+    }
     f.done(std::move(entries));
   }
 }

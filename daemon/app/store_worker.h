@@ -63,7 +63,7 @@ class StoreWorker final : public forwarder::OutboxSource {
 
   // OutboxSource: run on the worker thread; `done` is called there too (post it where it belongs).
   void fetch_after(std::uint64_t after_seq, std::size_t limit,
-                   std::function<void(std::vector<store::OutboxEntry>)> done) override;
+                   std::function<void(std::optional<std::vector<store::OutboxEntry>>)> done) override;
   void forwarded(std::vector<std::uint64_t> seqs) override;
 
   // Called on the worker thread after each successful commit with how long the transaction took (its
@@ -93,7 +93,7 @@ class StoreWorker final : public forwarder::OutboxSource {
   struct Fetch {
     std::uint64_t after_seq;
     std::size_t limit;
-    std::function<void(std::vector<store::OutboxEntry>)> done;
+    std::function<void(std::optional<std::vector<store::OutboxEntry>>)> done;
   };
 
   store::EvidenceStore& store_;

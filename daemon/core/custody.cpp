@@ -11,18 +11,15 @@ namespace cpd::custody {
 
 namespace {
 
+using json_members::get_int;
 using json_members::get_string;
-using json_members::get_u64;
-
-// Integers in the protocol are 0 .. 2^53 (docs/custody.md, "Standards used").
-constexpr std::uint64_t kMaxInt = 1ULL << 53;
 
 bool get_time(const nlohmann::json& body, const char* name, UnixMs& out) {
-  const auto it = body.find(name);
-  if (it == body.end() || !it->is_number_unsigned() || it->get<std::uint64_t>() > kMaxInt) {
+  std::uint64_t v = 0;
+  if (!get_int(body, name, v)) {
     return false;
   }
-  out = static_cast<UnixMs>(it->get<std::uint64_t>());
+  out = static_cast<UnixMs>(v);
   return true;
 }
 
@@ -34,7 +31,7 @@ std::optional<nlohmann::json> typed_body(const std::string& payload, const char*
     return std::nullopt;
   }
   std::uint64_t v = 0;
-  if (!get_u64(body, "v", v) || v != 1) {
+  if (!get_int(body, "v", v) || v != 1) {
     reason = "field \"v\" is not 1";
     return std::nullopt;
   }
@@ -96,7 +93,7 @@ ReceiptCheck check_receipt(std::string_view jws, const KeyForKid& central_keys, 
         "receipt names gateway \"" + printable(out.gateway, 64) + "\", not this gateway \"" + gateway + "\"";
     return r;
   }
-  if (!get_u64(*body, "through_seq", out.through_seq) || out.through_seq == 0 || out.through_seq > kMaxInt) {
+  if (!get_int(*body, "through_seq", out.through_seq) || out.through_seq == 0) {
     r.reason = "field \"through_seq\" is not a positive integer up to 2^53";
     return r;
   }
@@ -164,8 +161,8 @@ HeadCheck check_head(std::string_view jws, const KeyForKid& gateway_keys, const 
     r.reason = "head announcement names another gateway than its topic's \"" + gateway + "\"";
     return r;
   }
-  if (!get_u64(*body, "seq", r.head.seq)) {
-    r.reason = "field \"seq\" is not an integer";
+  if (!get_int(*body, "seq", r.head.seq)) {
+    r.reason = "field \"seq\" is not an integer from 0 to 2^53";
     return r;
   }
   if (!get_string(*body, "head", r.head.head) || !is_sha256_hex(r.head.head)) {
@@ -173,7 +170,7 @@ HeadCheck check_head(std::string_view jws, const KeyForKid& gateway_keys, const 
     return r;
   }
   if (!get_time(*body, "time_ms", r.head.time_ms)) {
-    r.reason = "field \"time_ms\" is not an integer";
+    r.reason = "field \"time_ms\" is not an integer from 0 to 2^53";
     return r;
   }
   r.ok = true;
@@ -193,7 +190,7 @@ ResendParse parse_resend_request(std::string_view payload) {
     return out;
   }
   std::uint64_t v = 0;
-  if (!get_u64(body, "v", v) || v != 1) {
+  if (!get_int(body, "v", v) || v != 1) {
     out.reason = "field \"v\" is not 1";
     return out;
   }
@@ -205,7 +202,7 @@ ResendParse parse_resend_request(std::string_view payload) {
     return out;
   }
   if (has_from) {
-    if (!get_u64(body, "from_seq", req.from_seq) || !get_u64(body, "to_seq", req.to_seq) ||
+    if (!get_int(body, "from_seq", req.from_seq) || !get_int(body, "to_seq", req.to_seq) ||
         req.from_seq == 0 || req.to_seq < req.from_seq || req.to_seq > kMaxSeq) {
       out.reason = "from_seq and to_seq must be integers with 1 <= from_seq <= to_seq <= 2^53";
       return out;
@@ -283,13 +280,13 @@ std::optional<ResendReply> parse_resend_reply(std::string_view payload) {
     r.error = it->is_string() ? it->get<std::string>() : "error";
     return r;
   }
-  get_u64(body, "from_seq", r.from_seq);
-  get_u64(body, "to_seq", r.to_seq);
-  get_u64(body, "sent", r.sent);
+  get_int(body, "from_seq", r.from_seq);
+  get_int(body, "to_seq", r.to_seq);
+  get_int(body, "sent", r.sent);
   if (const auto it = body.find("not_held"); it != body.end() && it->is_array()) {
     for (const auto& range : *it) {
-      if (range.is_array() && range.size() == 2 && range[0].is_number_unsigned() &&
-          range[1].is_number_unsigned()) {
+      if (range.is_array() && range.size() == 2 && json_members::is_int(range[0]) &&
+          json_members::is_int(range[1])) {
         r.not_held.emplace_back(range[0].get<std::uint64_t>(), range[1].get<std::uint64_t>());
       }
     }

@@ -4,11 +4,14 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 
 namespace cpd {
 
-std::optional<DirSyncFailure> fsync_directory(const std::filesystem::path& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+namespace {
+
+std::optional<DirSyncFailure> fsync_opened(const std::filesystem::path& path, int flags) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | flags);
   if (fd < 0) {
     return DirSyncFailure{"open", errno};
   }
@@ -19,6 +22,23 @@ std::optional<DirSyncFailure> fsync_directory(const std::filesystem::path& dir) 
     return DirSyncFailure{"fsync", err};
   }
   return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<DirSyncFailure> fsync_directory(const std::filesystem::path& dir) {
+  return fsync_opened(dir, O_DIRECTORY);
+}
+
+std::optional<DirSyncFailure> fsync_file_and_directory(const std::filesystem::path& file) {
+  if (auto failed = fsync_opened(file, 0)) {
+    return failed;
+  }
+  return fsync_directory(file.parent_path());
+}
+
+std::string describe(const DirSyncFailure& failure, const std::filesystem::path& path) {
+  return std::string(failure.step) + " " + path.string() + ": " + std::strerror(failure.err);
 }
 
 }  // namespace cpd

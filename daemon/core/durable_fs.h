@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <optional>
+#include <string>
 
 namespace cpd {
 
@@ -15,5 +16,10 @@ struct DirSyncFailure {
 
 // fsync(2) on the directory; nullopt when it is durable.
 std::optional<DirSyncFailure> fsync_directory(const std::filesystem::path& dir);
+// fsync(2) on a file, then on the directory holding it: its bytes and its name are durable (a file found in
+// place, which another writer may have renamed there and not yet synced); nullopt when they are.
+std::optional<DirSyncFailure> fsync_file_and_directory(const std::filesystem::path& file);
+// "<step> <path>: <strerror>", for an error message.
+std::string describe(const DirSyncFailure& failure, const std::filesystem::path& path);
 
 }  // namespace cpd

@@ -13,8 +13,8 @@ namespace cpd::filex {
 
 namespace {
 
+using json_members::get_int;
 using json_members::get_string;
-using json_members::get_u64;
 
 // A decimal without sign or leading zeros (except "0"), within 64 bits.
 bool parse_decimal(std::string_view text, std::uint64_t& out) {
@@ -52,7 +52,7 @@ std::optional<nlohmann::json> object_v1(std::string_view payload, const char* wh
     return std::nullopt;
   }
   std::uint64_t v = 0;
-  if (!get_u64(body, "v", v) || v != 1) {
+  if (!get_int(body, "v", v) || v != 1) {
     reason = std::string(what) + ": field \"v\" is not 1";
     return std::nullopt;
   }
@@ -111,11 +111,11 @@ InitParse parse_init(std::string_view payload, std::string_view id) {
     out.reason = "init: field \"checksum\" is not the file id of its topic";
     return out;
   }
-  if (!get_u64(*body, "size", init.size) || init.size > (1ULL << 62)) {
+  if (!get_int(*body, "size", init.size)) {
     out.reason = "init: field \"size\" is not a byte count";
     return out;
   }
-  if (!get_u64(*body, "segment_size", init.segment_size) || init.segment_size < kMinSegmentBytes ||
+  if (!get_int(*body, "segment_size", init.segment_size) || init.segment_size < kMinSegmentBytes ||
       init.segment_size > kMaxSegmentBytes) {
     out.reason = "init: field \"segment_size\" is not between " + std::to_string(kMinSegmentBytes) + " and " +
                  std::to_string(kMaxSegmentBytes);
@@ -127,7 +127,7 @@ InitParse parse_init(std::string_view payload, std::string_view id) {
         "init: field \"name\" is not UTF-8 text of at most " + std::to_string(kMaxNameBytes) + " bytes";
     return out;
   }
-  if (body->contains("seq") && !get_u64(*body, "seq", init.seq)) {
+  if (body->contains("seq") && !get_int(*body, "seq", init.seq)) {
     out.reason = "init: field \"seq\" is not a record seq";
     return out;
   }
@@ -316,16 +316,16 @@ FileReceiptCheck check_file_receipt(std::string_view jws, const KeyForKid& centr
     r.reason = "field \"sha256\" is not 64 lower-case hex digits";
     return r;
   }
-  if (!get_u64(*body, "size", out.size)) {
+  if (!get_int(*body, "size", out.size)) {
     r.reason = "field \"size\" is not an integer";
     return r;
   }
-  const auto it = body->find("issued_ms");
-  if (it == body->end() || !it->is_number_unsigned() || it->get<std::uint64_t>() > (1ULL << 53)) {
+  std::uint64_t issued_ms = 0;
+  if (!get_int(*body, "issued_ms", issued_ms)) {
     r.reason = "field \"issued_ms\" is not an integer from 0 to 2^53";
     return r;
   }
-  out.issued_ms = static_cast<UnixMs>(it->get<std::uint64_t>());
+  out.issued_ms = static_cast<UnixMs>(issued_ms);
   r.ok = true;
   return r;
 }
@@ -359,7 +359,7 @@ WantParse parse_want(std::string_view payload) {
     }
     std::uint64_t last = 0;
     for (const auto& r : *it) {
-      if (!r.is_array() || r.size() != 2 || !r[0].is_number_unsigned() || !r[1].is_number_unsigned()) {
+      if (!r.is_array() || r.size() != 2 || !json_members::is_int(r[0]) || !json_members::is_int(r[1])) {
         out.reason = "want: a range is not a pair of byte offsets";
         return out;
       }

@@ -126,6 +126,7 @@ MqttForwarder::MqttForwarder(asio::io_context& io, const config::MqttSection& mq
       ack_timer_(strand_),
       stop_timer_(strand_),
       refusal_timer_(strand_),
+      fetch_retry_timer_(strand_),
       backoff_(cfg_.reconnect_min_ms) {
   // No Paho persistence: the outbox in SQLite is the only durable queue, and it is the one we trust.
   client_ =
@@ -510,24 +511,51 @@ void MqttForwarder::pump() {
   const std::uint64_t generation = generation_;
   const std::uint64_t base = read_to_;
   const std::uint64_t target = committed_seq_;
-  outbox_.fetch_after(base, limit, [this, generation, base, target](std::vector<store::OutboxEntry> entries) {
-    asio::post(strand_, [this, generation, base, target, e = std::move(entries)]() mutable {
-      on_fetched(generation, base, target, std::move(e));
-    });
-  });
+  outbox_.fetch_after(
+      base, limit, [this, generation, base, target](std::optional<std::vector<store::OutboxEntry>> entries) {
+        asio::post(strand_, [this, generation, base, target, e = std::move(entries)]() mutable {
+          on_fetched(generation, base, target, std::move(e));
+        });
+      });
 }
 
 void MqttForwarder::on_fetched(std::uint64_t generation, std::uint64_t base, std::uint64_t target,
-                               std::vector<store::OutboxEntry> entries) {
+                               std::optional<std::vector<store::OutboxEntry>> entries) {
   fetching_ = false;
   if (generation != generation_ || !connected_ || base != read_to_) {
     pump();  // rewound (or a publish failed) meanwhile: read again from where the forwarder is now
     return;
   }
-  if (entries.empty()) {
+  if (!entries) {
+    // The store could not be read (an I/O error): nothing is known of the records after read_to_, which stay
+    // in the outbox. Read again in a second (no busy loop), logged at most once a minute.
+    const std::int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                 std::chrono::steady_clock::now().time_since_epoch())
+                                 .count();
+    const std::string what = "could not read the outbox after seq " + std::to_string(base) +
+                             " (a store read error); trying again in 1 s";
+    if (fetch_error_logged_ms_ < 0 || now - fetch_error_logged_ms_ >= 60000) {
+      fetch_error_logged_ms_ = now;
+      log::error("mqtt", "", what + " (logged at most once a minute)");
+    }
+    {
+      std::lock_guard lock(snapshot_mutex_);
+      snapshot_last_error_ = what;
+    }
+    fetching_ = true;  // no other read-back meanwhile
+    fetch_retry_timer_.expires_after(std::chrono::seconds(1));
+    fetch_retry_timer_.async_wait([this](boost::system::error_code ec) {
+      fetching_ = false;
+      if (!ec) {
+        pump();
+      }
+    });
+    return;
+  }
+  if (entries->empty()) {
     read_to_ = std::max(read_to_, target);  // everything up to target was already PUBACKed
   }
-  for (auto& entry : entries) {
+  for (auto& entry : *entries) {
     if (entry.seq <= read_to_) {
       continue;
     }
@@ -787,6 +815,7 @@ void MqttForwarder::finish_stop() {
   refusal_timer_.cancel();
   status_timer_.cancel();
   ack_timer_.cancel();
+  fetch_retry_timer_.cancel();
   flush_acks();
   if (connected_) {
     connected_ = false;

@@ -96,7 +96,7 @@ class MqttForwarder final : public SideChannel {
   void on_connection_lost(const std::string& cause);
   void pump();
   void on_fetched(std::uint64_t generation, std::uint64_t base, std::uint64_t target,
-                  std::vector<store::OutboxEntry> entries);
+                  std::optional<std::vector<store::OutboxEntry>> entries);
   // Hands one record to Paho; false if Paho refused it (then the outbox path retries it).
   // Media first (each on <prefix>/<gateway>/media/<sha256>), then the record.
   bool publish_record(std::uint64_t seq, const std::string& jws, const std::vector<std::string>& media = {},
@@ -141,7 +141,9 @@ class MqttForwarder final : public SideChannel {
   boost::asio::steady_timer status_timer_;
   boost::asio::steady_timer ack_timer_;
   boost::asio::steady_timer stop_timer_;
-  boost::asio::steady_timer refusal_timer_;  // the wait before a refused record is offered again
+  boost::asio::steady_timer refusal_timer_;      // the wait before a refused record is offered again
+  boost::asio::steady_timer fetch_retry_timer_;  // the wait before an outbox read that failed is tried again
+  std::int64_t fetch_error_logged_ms_ = -1;      // steady ms of the last outbox read error logged
   std::mt19937 rng_{std::random_device{}()};
 
   // Strand state.

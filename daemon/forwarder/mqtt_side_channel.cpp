@@ -98,8 +98,8 @@ void MqttForwarder::install_side_callbacks() {
     // Bounded before the strand too: a flood from the broker while the strand is busy waits here at most
     // kMaxInboundWaiting messages / kMaxInboundBytesWaiting bytes; beyond, dropped and counted (receipts are
     // retained and resend requests asked again, so what a flood pushes out comes back).
-    const std::size_t bytes =
-        in.topic.size() + in.payload.size() + in.response_topic.size() + in.correlation_data.size();
+    const std::size_t bytes = in.topic.size() + in.payload.size() + in.response_topic.size() +
+                              in.correlation_data.value_or("").size();
     if (inbound_waiting_.load() >= kMaxInboundWaiting ||
         inbound_waiting_bytes_.load() + bytes > kMaxInboundBytesWaiting) {
       if (inbound_dropped_.fetch_add(1) % 1000 == 0) {
@@ -180,8 +180,8 @@ void MqttForwarder::pump_side() {
     auto [message, done] = std::move(side_queue_.front());
     side_queue_.pop_front();
     auto msg = mqtt::make_message(message.topic, message.payload, 1, message.retained);
-    if (!message.correlation_data.empty()) {
-      msg->set_properties(mqtt::properties{{mqtt::property::CORRELATION_DATA, message.correlation_data}});
+    if (message.correlation_data) {
+      msg->set_properties(mqtt::properties{{mqtt::property::CORRELATION_DATA, *message.correlation_data}});
     }
     auto* listener = new SideListener(*this, side_generation_, std::move(done));
     ++side_inflight_;

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,9 +27,10 @@ class OutboxSource {
  public:
   virtual ~OutboxSource() = default;
   // Asynchronously reads up to `limit` outbox entries with seq > after_seq, ascending, and calls `done`
-  // (on another thread: the callee posts it to its own executor).
+  // (on another thread: the callee posts it to its own executor) with them, or with nullopt when the store
+  // could not be read (an I/O error: not the same as "no entry after after_seq").
   virtual void fetch_after(std::uint64_t after_seq, std::size_t limit,
-                           std::function<void(std::vector<store::OutboxEntry>)> done) = 0;
+                           std::function<void(std::optional<std::vector<store::OutboxEntry>>)> done) = 0;
   // These records were PUBACKed: remove them from the outbox (batched; losing this only causes a resend).
   virtual void forwarded(std::vector<std::uint64_t> seqs) = 0;
 };

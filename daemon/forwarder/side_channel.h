@@ -5,6 +5,7 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -13,8 +14,10 @@ namespace cpd::forwarder {
 struct InboundMessage {
   std::string topic;
   std::string payload;
-  std::string response_topic;    // MQTT v5 Response Topic property ("" when absent)
-  std::string correlation_data;  // MQTT v5 Correlation Data property ("" when absent)
+  std::string response_topic;  // MQTT v5 Response Topic property ("" when absent)
+  // MQTT v5 Correlation Data property: absent, or present and possibly empty (zero-length binary data is
+  // allowed, and a reply must carry it back as it came).
+  std::optional<std::string> correlation_data;
   bool retained = false;
 };
 
@@ -22,7 +25,7 @@ struct OutboundMessage {
   std::string topic;
   std::string payload;
   bool retained = false;
-  std::string correlation_data;  // set as the Correlation Data property when not empty
+  std::optional<std::string> correlation_data;  // set as the Correlation Data property when present
 };
 
 class SideChannel {

@@ -196,15 +196,21 @@ sqlite3_int64 to_db_seq(std::uint64_t seq) {
   return static_cast<sqlite3_int64>(seq);
 }
 
-// Each entry's published media (`record_media` statement: seq -> sha256), so the caller can load the bytes.
-void attach_media(sqlite3_stmt* record_media, std::vector<OutboxEntry>& entries) {
+// Each entry's published media (`record_media` statement: seq -> sha256), so the caller can load the bytes;
+// false on a read error (an entry's list may then be short: not to be published as it is).
+bool attach_media(sqlite3_stmt* record_media, std::vector<OutboxEntry>& entries) {
   for (auto& entry : entries) {
     StatementUse media(record_media);
     sqlite3_bind_int64(media.get(), 1, to_db_seq(entry.seq));
-    while (sqlite3_step(media.get()) == SQLITE_ROW) {
+    int rc = SQLITE_ROW;
+    while ((rc = sqlite3_step(media.get())) == SQLITE_ROW) {
       entry.media.push_back(column_text(media.get(), 0));
     }
+    if (rc != SQLITE_DONE) {
+      return false;
+    }
   }
+  return true;
 }
 
 std::string error_text(sqlite3* db, int rc) {
@@ -812,7 +818,8 @@ Status EvidenceStore::append_dock_update(const SealedRecord& r, const DockFileUp
   return Status::ok();
 }
 
-std::vector<OutboxEntry> EvidenceStore::outbox_after(std::uint64_t after_seq, std::size_t limit) const {
+std::optional<std::vector<OutboxEntry>> EvidenceStore::outbox_after(std::uint64_t after_seq,
+                                                                    std::size_t limit) const {
   std::vector<OutboxEntry> entries;
   if (limit == 0) {
     return entries;
@@ -823,8 +830,9 @@ std::vector<OutboxEntry> EvidenceStore::outbox_after(std::uint64_t after_seq, st
   sqlite3_bind_int64(use.get(), 2,
                      static_cast<sqlite3_int64>(std::min<std::size_t>(
                          limit, static_cast<std::size_t>(std::numeric_limits<sqlite3_int64>::max()))));
-  read_entries(use.get(), entries);
-  attach_media(stmts_->record_media, entries);
+  if (!read_entries(use.get(), entries) || !attach_media(stmts_->record_media, entries)) {
+    return std::nullopt;
+  }
   return entries;
 }
 
@@ -1149,13 +1157,17 @@ std::optional<CustodyState> EvidenceStore::custody() const {
   return c;
 }
 
-bool EvidenceStore::media_named(const std::string& sha256) const {
+std::optional<bool> EvidenceStore::media_named(const std::string& sha256) const {
   AdHoc q(db_, "SELECT 1 FROM record_media WHERE sha256 = ?1 LIMIT 1");
   if (!q.ok()) {
-    return true;  // a read error: named (the file is kept)
+    return std::nullopt;
   }
   bind_text(q.get(), 1, sha256);
-  return sqlite3_step(q.get()) != SQLITE_DONE;
+  const int rc = sqlite3_step(q.get());
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+    return std::nullopt;
+  }
+  return rc == SQLITE_ROW;
 }
 
 std::optional<bool> EvidenceStore::recording_named(const std::string& sha256) const {
@@ -1182,10 +1194,12 @@ UnixMs EvidenceStore::media_since_ms() const {
 void EvidenceStore::raise_media_since(UnixMs ms) {
   AdHoc q(db_, "UPDATE store_info SET value = max(value, ?1) WHERE key = 'media_since_ms'");
   if (!q.ok()) {
-    return;
+    throw StoreError("store " + path_ + ": cannot raise media_since_ms: " + sqlite3_errmsg(db_));
   }
   sqlite3_bind_int64(q.get(), 1, ms);
-  (void)sqlite3_step(q.get());
+  if (const int rc = sqlite3_step(q.get()); rc != SQLITE_DONE) {
+    throw StoreError("store " + path_ + ": cannot raise media_since_ms: " + error_text(db_, rc));
+  }
 }
 
 Status EvidenceStore::set_custody(const CustodyState& state) {
@@ -1291,25 +1305,26 @@ std::optional<std::vector<OutboxEntry>> EvidenceStore::records_range(std::uint64
       return std::nullopt;  // a read error is not a record this store lacks
     }
   }
-  attach_media(stmts_->record_media, entries);
+  if (!attach_media(stmts_->record_media, entries)) {
+    return std::nullopt;  // a record's picture list cut short is not what it names
+  }
   return entries;
 }
 
-std::optional<std::uint64_t> EvidenceStore::first_held(std::uint64_t from, std::uint64_t to) const {
+EvidenceStore::FirstHeld EvidenceStore::first_held(std::uint64_t from, std::uint64_t to) const {
   AdHoc q(db_, "SELECT min(seq) FROM records WHERE seq >= ?1 AND seq <= ?2");
   if (!q.ok()) {
-    return from;  // cannot tell: held, the answer that deletes nothing
+    return FirstHeld{std::nullopt, true};
   }
   sqlite3_bind_int64(q.get(), 1, to_db_seq(from));
   sqlite3_bind_int64(q.get(), 2, to_db_seq(to));
-  const int rc = sqlite3_step(q.get());
-  if (rc != SQLITE_ROW) {
-    return from;  // cannot tell (a read error): held
+  if (sqlite3_step(q.get()) != SQLITE_ROW) {
+    return FirstHeld{std::nullopt, true};  // a read error
   }
   if (sqlite3_column_type(q.get(), 0) == SQLITE_NULL) {
-    return std::nullopt;
+    return FirstHeld{};
   }
-  return static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 0));
+  return FirstHeld{static_cast<std::uint64_t>(sqlite3_column_int64(q.get(), 0)), false};
 }
 
 bool EvidenceStore::has_other_than(const std::string& type, std::uint64_t after,
@@ -1544,17 +1559,21 @@ std::vector<UploadRow> EvidenceStore::uploads_sent_whole(bool all, bool importan
                        after_seq, static_cast<std::int64_t>(limit), {});
 }
 
-std::optional<UploadRow> EvidenceStore::upload(const std::string& sha256) const {
+EvidenceStore::UploadLookup EvidenceStore::find_upload(const std::string& sha256) const {
   const std::string sql = std::string(kUploadColumns) + "WHERE sha256 = ?1";
   AdHoc q(db_, sql.c_str());
   if (!q.ok()) {
-    return std::nullopt;
+    return UploadLookup{std::nullopt, true};
   }
   bind_text(q.get(), 1, sha256);
-  if (sqlite3_step(q.get()) != SQLITE_ROW) {
-    return std::nullopt;
+  const int rc = sqlite3_step(q.get());
+  if (rc == SQLITE_DONE) {
+    return UploadLookup{};
   }
-  return upload_row(q.get());
+  if (rc != SQLITE_ROW) {
+    return UploadLookup{std::nullopt, true};
+  }
+  return UploadLookup{upload_row(q.get()), false};
 }
 
 Status EvidenceStore::upload_progress(const std::string& sha256, std::uint64_t sent_to) {

@@ -130,7 +130,8 @@ class EvidenceStore {
 
   // Up to `limit` outbox entries with seq > after_seq, ascending. A read error gives what was read so far
   // (possibly nothing); the caller asks again on its next round.
-  std::vector<OutboxEntry> outbox_after(std::uint64_t after_seq, std::size_t limit) const;
+  // nullopt on a read error (not the same as an empty outbox after after_seq).
+  std::optional<std::vector<OutboxEntry>> outbox_after(std::uint64_t after_seq, std::size_t limit) const;
   // Removes PUBACKed records from the outbox (they stay in `records`). Unknown seqs are ignored.
   Status mark_forwarded(const std::vector<std::uint64_t>& seqs);
   // count of the outbox; oldest_created_ms is created_ms of its lowest seq (seq order is creation order).
@@ -142,10 +143,12 @@ class EvidenceStore {
   // Since when this store has named media files (its creation; an older store's oldest record). A file
   // older than that which no record names is not this store's to delete.
   UnixMs media_since_ms() const;
-  // Raises media_since_ms to at least `ms` (never lowers it). For a store with no record yet.
+  // Raises media_since_ms to at least `ms` (never lowers it). For a store with no record yet. Throws
+  // StoreError when it cannot be written: the media sweep would then take a previous store's files for this
+  // store's.
   void raise_media_since(UnixMs ms);
-  // Whether any record of this store names the media file (a read error counts as named).
-  bool media_named(const std::string& sha256) const;
+  // Whether any record of this store names the media file; nullopt on a read error (unknown now).
+  std::optional<bool> media_named(const std::string& sha256) const;
   // Whether a record of this store names the file as a kept file (a body-worn recording), not a picture;
   // nullopt on a read error (unknown now).
   std::optional<bool> recording_named(const std::string& sha256) const;
@@ -184,9 +187,13 @@ class EvidenceStore {
   // tells nothing about what it holds).
   std::optional<std::vector<OutboxEntry>> records_range(std::uint64_t from, std::uint64_t to,
                                                         std::size_t limit) const;
-  // The lowest seq from..to (inclusive) this store holds, if any; `from` when the store could not be read
-  // (held: the answer that lets nothing be deleted).
-  std::optional<std::uint64_t> first_held(std::uint64_t from, std::uint64_t to) const;
+  // The lowest seq from..to (inclusive) this store holds, if any, or that it could not be read (which tells
+  // nothing: a caller deciding whether something may be deleted takes it as held).
+  struct FirstHeld {
+    std::optional<std::uint64_t> seq;
+    bool unreadable = false;
+  };
+  FirstHeld first_held(std::uint64_t from, std::uint64_t to) const;
   // Whether a record with after < seq <= through has a type other than `type`.
   bool has_other_than(const std::string& type, std::uint64_t after, std::uint64_t through) const;
   // The lowest seq still held (0 when there is none).
@@ -216,7 +223,14 @@ class EvidenceStore {
   // order, under the same policy: a page of the files whose fin is sent again, walked through page by page.
   std::vector<UploadRow> uploads_sent_whole(bool all, bool important, std::int64_t after_seq,
                                             std::size_t limit) const;
-  std::optional<UploadRow> upload(const std::string& sha256) const;
+  std::optional<UploadRow> upload(const std::string& sha256) const { return find_upload(sha256).row; }
+  // The upload row of a file, or that there is none, or (`unreadable`) that the store could not be read,
+  // which says nothing about whether the file is held.
+  struct UploadLookup {
+    std::optional<UploadRow> row;
+    bool unreadable = false;
+  };
+  UploadLookup find_upload(const std::string& sha256) const;
   Status upload_progress(const std::string& sha256, std::uint64_t sent_to);
   // Central asked for the whole file: requested, sent again from byte 0.
   Status upload_request(const std::string& sha256);

@@ -586,9 +586,20 @@ TEST_F(CentralHostile, AReplacedStoreIsFollowedPastTheOldChainsUnconfirmedRecord
   const std::string n5 = store_replaced(4, sha256_hex(old_chain[3]), "store.db missing at start");
   const std::string n6 = record(6, sha256_hex(n5), {{"message", "new 6"}, {"created_ms", kLater + 1}});
   const std::string n7 = record(7, sha256_hex(n6), {{"message", "new 7"}, {"created_ms", kLater + 2}});
+  // The continued chain's head announcement (seq 6) comes before its records: compared with the old chain's
+  // 6, it reads as a fork, until the store_replaced record sets the old chain aside. It then goes back among
+  // the announcements, compared with the new 6 when that comes (it used to stay a head fork, alarmed).
+  const auto head_forks = [&] { return pg_int("SELECT head_forks FROM gateways WHERE gateway = 'gh'"); };
+  gh.publish("checkpoint/gh/head",
+             custody::seal_head(gh_key_, custody::Head{"gh", 6, sha256_hex(n6), kLater + 3}));
+  gh.drain();
+  ASSERT_TRUE(wait_for_condition([&] { return head_forks() == 1; }, 30s)) << central_->stderr_text();
   gh.publish("checkpoint/gh/evidence", n5);
   gh.drain();
   ASSERT_TRUE(wait_for_condition([&] { return watermark() == 5; }, 30s)) << central_->stderr_text();
+  EXPECT_EQ(head_forks(), 0);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM head_forks WHERE gateway = 'gh'"), 0);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM head_announcements WHERE gateway = 'gh' AND seq = 6"), 1);
   // The old chain's 6, set aside, arrives again (a redelivery, a late resend) before the new chain's 6: it
   // stays set aside. It used to take the free seq 6, and the new 6 became a fork and a chain break.
   gh.publish("checkpoint/gh/evidence", old_chain[5]);
@@ -613,7 +624,10 @@ TEST_F(CentralHostile, AReplacedStoreIsFollowedPastTheOldChainsUnconfirmedRecord
   EXPECT_EQ(pg_int("SELECT count(*) FROM gateways WHERE gateway = 'gh' AND chain_break_seq IS NULL"), 1);
   EXPECT_EQ(pg_.query("SELECT reason FROM chain_restarts WHERE gateway = 'gh' AND seq = 5"),
             "store.db missing at start (records after seq 4 lost) -- followed: the old chain's 2 record(s) "
-            "central held after seq 4 (seq 5..6, never confirmed) set aside into forks");
+            "central held after seq 4 (seq 5..6, never confirmed) set aside into forks; 1 head fork(s) noted "
+            "against those records withdrawn (the announcements are compared again)");
+  EXPECT_EQ(head_forks(), 0) << "the announcement matched the continued chain's 6";
+  EXPECT_EQ(pg_int("SELECT count(*) FROM head_announcements WHERE gateway = 'gh'"), 0);
   EXPECT_NE(central_->stderr_text().find("set aside into forks"), std::string::npos)
       << central_->stderr_text();
 
@@ -1017,6 +1031,14 @@ TEST_F(CentralHostile, AFileTransferStartedAgainOrSentASegmentTwiceStillAssemble
   segment(0, content.substr(0, 4096));
   segment(0, std::string(4096, 'z'));
   EXPECT_EQ(intake.counters().segments_duplicate.load(), 1u);
+  // The gateway aborts, then opens it again: what was received is dropped, and `files` shows no byte
+  // received (it used to keep counting the bytes of before the abort).
+  send(filex::abort_topic("", sha), filex::abort_json("read error"));
+  EXPECT_EQ(pg_.query("SELECT state || ' ' || received_bytes FROM file_uploads WHERE sha256 = '" + sha + "'"),
+            "not_held 0");
+  send(filex::init_topic("", sha), filex::init_json({sha, 8192, 4096, "a.mp4", 7}));
+  segment(0, content.substr(0, 4096));
+  EXPECT_EQ(pg_.query("SELECT received_bytes FROM file_uploads WHERE sha256 = '" + sha + "'"), "4096");
   segment(4096, content.substr(4096));
 
   EXPECT_EQ(intake.counters().mismatches.load(), 0u);

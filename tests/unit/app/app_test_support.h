@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -45,7 +46,7 @@ class FakeChannel final : public forwarder::SideChannel {
     done(ack);
   }
   void deliver(const std::string& topic, const std::string& payload, const std::string& response_topic = "",
-               const std::string& correlation = "") {
+               const std::optional<std::string>& correlation = std::nullopt) {
     handler_(forwarder::InboundMessage{topic, payload, response_topic, correlation, retained_});
   }
   std::vector<std::string> topics_;

@@ -5,9 +5,12 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/asio/io_context.hpp>
 #include <filesystem>
 #include <map>
+#include <optional>
+#include <vector>
 
 #include "daemon/app/custody_agent.h"
 #include "daemon/core/custody.h"
@@ -174,6 +177,31 @@ TEST_F(CustodyAgentInputs, AResendRequestNamingARecordingNeverReadsItAndAnswersN
   EXPECT_TRUE(reply->media_sent.empty());
 }
 
+// MQTT v5 allows zero-length Correlation Data (binary data of length 0). A request carrying it gets its reply
+// with the same, present and empty; a request without it gets a reply without it. Before, an empty one was
+// taken as absent, and an independent central matching replies by it found none.
+TEST_F(CustodyAgentInputs, AnEmptyCorrelationDataComesBackPresentAndEmpty) {
+  channel_.ack = true;
+  const std::string picture(64, 'c');
+  const std::string request = custody::resend_request_json(custody::ResendRequest{0, 0, {picture}});
+  channel_.deliver("checkpoint/gw-1/resend", request, "checkpoint/gw-1/resend/response", std::string());
+  channel_.deliver("checkpoint/gw-1/resend", request, "checkpoint/gw-1/resend/response", std::nullopt);
+  channel_.deliver("checkpoint/gw-1/resend", "{}", "checkpoint/gw-1/resend/response", std::string());
+  for (int i = 0; i < 5; ++i) {
+    run_store();
+  }
+  std::vector<std::optional<std::string>> correlations;
+  for (const auto& m : channel_.published) {
+    if (m.topic == "checkpoint/gw-1/resend/response") {
+      correlations.push_back(m.correlation_data);
+    }
+  }
+  ASSERT_EQ(correlations.size(), 3U);
+  // The refusal of "{}" is answered at once; the two requests after their work, in order.
+  EXPECT_EQ(std::count(correlations.begin(), correlations.end(), std::optional<std::string>("")), 2);
+  EXPECT_EQ(std::count(correlations.begin(), correlations.end(), std::nullopt), 1);
+}
+
 // A second receipt arrives while the first one's custody record is still being committed. Its state is noted
 // only once that record is in the chain: it used to be saved at once (the "too soon" path), so a power cut
 // before the commit left a custody state, and the retention it allows, that no custody record shows.
@@ -192,10 +220,52 @@ TEST_F(CustodyAgentInputs, AReceiptDuringACustodyRecordsCommitIsNotedOnlyAfterIt
   EXPECT_FALSE(store_->custody()) << "a custody state saved before any custody record committed";
   SealedRecord committed;
   committed.seq = 4;
+  committed.type = "custody";
   committing_[0](committed);
   run_store();
   ASSERT_TRUE(store_->custody());
   EXPECT_EQ(store_->custody()->through_seq, 3U) << "the later receipt, noted after the record";
+  EXPECT_EQ(counter("receipts_accepted"), 2U);
+}
+
+// Signing the custody record failed, and the store worker sealed a fault record in its place: the chain
+// shows nothing of the receipt, so it is not taken (the custody state stays where it was, and so does
+// retention). The receipt coming again gets a custody record of its own at once: the failed one does not
+// count for record_min_interval_s. Found by a review: the fault record used to be taken for the custody
+// record.
+TEST_F(CustodyAgentInputs, AReceiptWhoseCustodyRecordCouldNotBeSealedIsNotTaken) {
+  const std::vector<store::StoredRecord> records = append_audit_records(3);
+  const auto receipt_through = [&](std::uint64_t n) {
+    return custody::seal_receipt(
+        central_, custody::Receipt{"central-1", "gw-1", n, sha256_hex(records[n - 1].record.jws), 1, {}, {}});
+  };
+  const auto commit = [&](std::size_t k, std::uint64_t seq, const std::string& type) {
+    SealedRecord sealed;
+    sealed.seq = seq;
+    sealed.type = type;
+    committing_[k](sealed);
+    run_store();
+  };
+  channel_.deliver("checkpoint/gw-1/custody", receipt_through(1));
+  run_store();
+  ASSERT_EQ(committing_.size(), 1U);
+  commit(0, 4, "custody");
+  ASSERT_TRUE(store_->custody());
+  clock_.advance(61'000);  // past custody.record_min_interval_s (60 s) since that custody record
+
+  channel_.deliver("checkpoint/gw-1/custody", receipt_through(3));
+  run_store();
+  ASSERT_EQ(committing_.size(), 2U) << "a custody record submitted";
+  commit(1, 5, "fault");
+  EXPECT_EQ(store_->custody()->through_seq, 1U) << "taken on the word of a fault record";
+  EXPECT_EQ(counter("receipts_accepted"), 1U);
+
+  channel_.deliver("checkpoint/gw-1/custody", receipt_through(3));
+  run_store();
+  ASSERT_EQ(committing_.size(), 3U)
+      << "the receipt again: another custody record (not ignored, not noted as too soon)";
+  commit(2, 6, "custody");
+  EXPECT_EQ(store_->custody()->through_seq, 3U);
   EXPECT_EQ(counter("receipts_accepted"), 2U);
 }
 
@@ -216,6 +286,7 @@ TEST_F(CustodyAgentInputs, APictureNamedLostEarlierIsCheckedAgainOnceItsFileIsBa
   ASSERT_EQ(committing_.size(), 1U) << "taken: " << agent_->status().dump();
   SealedRecord committed;
   committed.seq = 5;
+  committed.type = "custody";
   committing_[0](committed);
   run_store();
   ASSERT_EQ(counter("receipts_accepted"), 1U);

@@ -65,9 +65,9 @@ class StoreWorkerTest : public ::testing::Test {
     std::mutex m;
     std::condition_variable cv;
     std::optional<std::vector<store::OutboxEntry>> out;
-    worker_->fetch_after(after, limit, [&](std::vector<store::OutboxEntry> e) {
+    worker_->fetch_after(after, limit, [&](std::optional<std::vector<store::OutboxEntry>> e) {
       std::lock_guard lock(m);
-      out = std::move(e);
+      out = std::move(e).value_or(std::vector<store::OutboxEntry>{});
       cv.notify_all();
     });
     std::unique_lock lock(m);

@@ -122,7 +122,7 @@ TEST_F(EvidenceStoreTest, NewStoreIsEmptyAtSchemaVersionInWalMode) {
   EXPECT_EQ(store.record_count(), 0U);
   EXPECT_EQ(store.outbox_stats().count, 0U);
   EXPECT_FALSE(store.outbox_stats().oldest_created_ms.has_value());
-  EXPECT_TRUE(store.outbox_after(0, 10).empty());
+  EXPECT_TRUE(store.outbox_after(0, 10).value().empty());
   EXPECT_FALSE(store.record(1).has_value());
   EXPECT_EQ(store.path(), db_.string());
   EXPECT_EQ(raw_query(db_, "PRAGMA journal_mode"), "wal");
@@ -150,9 +150,10 @@ TEST_F(EvidenceStoreTest, AppendAdvancesHeadAndKeepsRecords) {
   EXPECT_TRUE(store.append(std::vector<SealedRecord>{}).is_ok());
   EXPECT_EQ(store.record_count(), 4U);
   // The lowest seq held in a range (a receipt's lost_seqs are checked with it).
-  EXPECT_EQ(store.first_held(2, 9), std::optional<std::uint64_t>(2));
-  EXPECT_EQ(store.first_held(4, 4), std::optional<std::uint64_t>(4));
-  EXPECT_EQ(store.first_held(5, 100), std::nullopt);
+  EXPECT_EQ(store.first_held(2, 9).seq, std::optional<std::uint64_t>(2));
+  EXPECT_EQ(store.first_held(4, 4).seq, std::optional<std::uint64_t>(4));
+  EXPECT_EQ(store.first_held(5, 100).seq, std::nullopt);
+  EXPECT_FALSE(store.first_held(5, 100).unreadable);
 }
 
 TEST_F(EvidenceStoreTest, ReopenRecoversHeadAfterPlainClose) {
@@ -263,13 +264,13 @@ TEST_F(EvidenceStoreTest, OutboxIsInSeqOrderAndLosesOnlyForwardedRecords) {
   ASSERT_TRUE(store.append(make_batch(1, 6)).is_ok());
   ASSERT_TRUE(store.append(make_batch(7, 4)).is_ok());
 
-  auto first = store.outbox_after(0, 4);
+  auto first = store.outbox_after(0, 4).value();
   EXPECT_EQ(seqs_of(first), (std::vector<std::uint64_t>{1, 2, 3, 4}));
   EXPECT_EQ(first[1].jws, make_record(2).jws);
   EXPECT_EQ(first[1].created_ms, make_record(2).created_ms);
-  EXPECT_EQ(seqs_of(store.outbox_after(4, 100)), (std::vector<std::uint64_t>{5, 6, 7, 8, 9, 10}));
-  EXPECT_TRUE(store.outbox_after(10, 100).empty());
-  EXPECT_TRUE(store.outbox_after(0, 0).empty());
+  EXPECT_EQ(seqs_of(store.outbox_after(4, 100).value()), (std::vector<std::uint64_t>{5, 6, 7, 8, 9, 10}));
+  EXPECT_TRUE(store.outbox_after(10, 100).value().empty());
+  EXPECT_TRUE(store.outbox_after(0, 0).value().empty());
 
   OutboxStats stats = store.outbox_stats();
   EXPECT_EQ(stats.count, 10U);
@@ -277,7 +278,8 @@ TEST_F(EvidenceStoreTest, OutboxIsInSeqOrderAndLosesOnlyForwardedRecords) {
 
   // PUBACKs arrive out of order; an unknown seq is ignored.
   ASSERT_TRUE(store.mark_forwarded({3, 2, 99}).is_ok());
-  EXPECT_EQ(seqs_of(store.outbox_after(0, 100)), (std::vector<std::uint64_t>{1, 4, 5, 6, 7, 8, 9, 10}));
+  EXPECT_EQ(seqs_of(store.outbox_after(0, 100).value()),
+            (std::vector<std::uint64_t>{1, 4, 5, 6, 7, 8, 9, 10}));
   EXPECT_EQ(store.outbox_stats().count, 8U);
   EXPECT_EQ(store.outbox_stats().oldest_created_ms, make_record(1).created_ms);
 
@@ -303,7 +305,7 @@ TEST_F(EvidenceStoreTest, ReopenKeepsTheOutbox) {
     ASSERT_TRUE(store.mark_forwarded({1, 3}).is_ok());
   }
   EvidenceStore store(db_.string());
-  EXPECT_EQ(seqs_of(store.outbox_after(0, 100)), (std::vector<std::uint64_t>{2, 4, 5}));
+  EXPECT_EQ(seqs_of(store.outbox_after(0, 100).value()), (std::vector<std::uint64_t>{2, 4, 5}));
   EXPECT_EQ(store.outbox_stats().count, 3U);
   EXPECT_EQ(store.outbox_stats().oldest_created_ms, make_record(2).created_ms);
   EXPECT_EQ(store.record_count(), 5U);
@@ -642,7 +644,7 @@ TEST_F(DockLedgerStoreTest, KeptMediaIsHeldAndNotPublishedAndSpansAreFound) {
   EXPECT_TRUE(store.media_held(sha, kBaseMs + 4999));
   EXPECT_FALSE(store.media_held(sha, kBaseMs + 5000));
   EXPECT_TRUE(store.media_pending(sha));  // its record is not acknowledged yet
-  auto entries = store.outbox_after(0, 10);
+  auto entries = store.outbox_after(0, 10).value();
   ASSERT_EQ(entries.size(), 2u);
   EXPECT_TRUE(entries[0].media.empty()) << "recordings are never published";
   ASSERT_TRUE(store.mark_forwarded({1, 2}).is_ok());
@@ -805,7 +807,7 @@ TEST_F(DockLedgerStoreTest, AVersion2StoreIsMigratedKeepingItsRecordsAndPublishe
   }
   EvidenceStore store(db());
   EXPECT_EQ(store.chain_head().seq, 1u);
-  auto entries = store.outbox_after(0, 10);
+  auto entries = store.outbox_after(0, 10).value();
   ASSERT_EQ(entries.size(), 1u);
   ASSERT_EQ(entries[0].media.size(), 1u);
   std::vector<DockFileRow> states;
