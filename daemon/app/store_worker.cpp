@@ -535,19 +535,14 @@ StoreWorker::Work StoreWorker::wait_for_work() {
     work.batch.push_back(std::move(facts_.front()));
     facts_.pop_front();
   }
-  // The PUBACKed seqs go when due, not with every commit (at a few records a second that is one transaction a
-  // second instead of one a record); and before what would see them still in the outbox: a task (retention
-  // looks at the outbox), a read of the outbox past one of them (a read-back after a reconnect; the
-  // forwarder's read-ahead reads past them all), this round's media sweep or outbox count (status, metrics).
+  // The PUBACKed seqs go when due, and before a read of the outbox or a task (retention looks at the outbox),
+  // not with every commit: at a few records a second that is one transaction a second instead of one a
+  // record.
   const auto now = std::chrono::steady_clock::now();
-  if (!forwarded_.empty()) {
-    const std::uint64_t highest = *std::max_element(forwarded_.begin(), forwarded_.end());
-    const bool read_past =
-        std::any_of(fetches_.begin(), fetches_.end(), [&](const Fetch& f) { return f.after_seq < highest; });
-    if (stopping_ || read_past || !tasks_.empty() || forwarded_.size() >= kForwardedBatch ||
-        now >= forwarded_since_ + kForwardedLinger || sweep_due(now) || now - last_stats_ > kStatsEvery) {
-      work.forwarded.swap(forwarded_);
-    }
+  if (!forwarded_.empty() &&
+      (stopping_ || !fetches_.empty() || !tasks_.empty() || forwarded_.size() >= kForwardedBatch ||
+       now >= forwarded_since_ + kForwardedLinger)) {
+    work.forwarded.swap(forwarded_);
   }
   work.fetches.swap(fetches_);
   work.tasks.swap(tasks_);
@@ -585,20 +580,15 @@ void StoreWorker::serve_requests(Work& work) {
   }
 }
 
-bool StoreWorker::sweep_due(std::chrono::steady_clock::time_point now) const {
-  return media_ != nullptr && (last_sweep_ == std::chrono::steady_clock::time_point{} ||
-                               now - last_sweep_ > std::chrono::hours(1));
-}
-
-void StoreWorker::periodic_upkeep(bool removed_forwarded) {
-  if (const auto now = std::chrono::steady_clock::now(); sweep_due(now)) {
+void StoreWorker::periodic_upkeep() {
+  if (const auto now = std::chrono::steady_clock::now();
+      media_ != nullptr &&
+      (last_sweep_ == std::chrono::steady_clock::time_point{} || now - last_sweep_ > std::chrono::hours(1))) {
     last_sweep_ = now;
     sweep_media();
   }
-  // Counting the outbox costs a scan of it: refresh the cached figure at most once a second, and after
-  // PUBACKed records left it (the last ones when the road goes quiet, so the figure does not stay high).
-  if (const auto now = std::chrono::steady_clock::now();
-      removed_forwarded || now - last_stats_ > kStatsEvery) {
+  // Counting the outbox costs a scan of it: refresh the cached figure at most once a second.
+  if (const auto now = std::chrono::steady_clock::now(); now - last_stats_ > std::chrono::seconds(1)) {
     last_stats_ = now;
     auto stats = store_.outbox_stats();
     std::lock_guard lock(mutex_);
@@ -644,7 +634,7 @@ void StoreWorker::run() {
       }
     }
     serve_requests(work);
-    periodic_upkeep(!work.forwarded.empty());
+    periodic_upkeep();
     if (failed) {
       if (!wait_before_retry(backoff, consecutive_failures, work.stopping)) {
         return;

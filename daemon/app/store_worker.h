@@ -136,10 +136,7 @@ class StoreWorker final : public forwarder::OutboxSource {
   // Outbox removals, store tasks and outbox fetches taken this round.
   void serve_requests(Work& work);
   // The hourly media sweep and the cached outbox figures.
-  // The hourly media sweep, and the cached outbox figures (`removed_forwarded`: PUBACKed records just left
-  // it).
-  void periodic_upkeep(bool removed_forwarded);
-  bool sweep_due(std::chrono::steady_clock::time_point now) const;
+  void periodic_upkeep();
   // Sleeps the next backoff after a failed commit; false when stopping and the retries at shutdown are spent.
   bool wait_before_retry(std::chrono::milliseconds& backoff, std::uint64_t consecutive_failures,
                          bool stopping);
@@ -175,7 +172,6 @@ class StoreWorker final : public forwarder::OutboxSource {
   std::chrono::steady_clock::time_point forwarded_since_{};
   static constexpr std::size_t kForwardedBatch = 256;
   static constexpr std::chrono::milliseconds kForwardedLinger{1000};
-  static constexpr std::chrono::seconds kStatsEvery{1};  // the cached outbox figures' refresh
   std::deque<std::function<void(store::EvidenceStore&)>> tasks_;
   bool stopping_ = false;
   std::uint64_t committed_ = 0;
