@@ -132,16 +132,7 @@ void StoreWorker::run_on_worker(std::function<void(store::EvidenceStore&)> task)
 void StoreWorker::forwarded(std::vector<std::uint64_t> seqs) {
   {
     std::lock_guard lock(mutex_);
-    const bool first = forwarded_.empty();
-    if (first) {
-      forwarded_since_ = std::chrono::steady_clock::now();
-    }
     forwarded_.insert(forwarded_.end(), seqs.begin(), seqs.end());
-    if (!first && forwarded_.size() < kForwardedBatch) {
-      // Removed with the next work, or when the first has waited kForwardedLinger: the worker already
-      // waits until then (woken by the first, it set its deadline).
-      return;
-    }
   }
   wake_.notify_one();
 }
@@ -513,12 +504,8 @@ StoreWorker::Work StoreWorker::wait_for_work() {
     if (!facts_.empty()) {
       due = facts_.size() >= max_batch_ ? now : facts_.front().queued_at + commit_linger_;
     }
-    if (!forwarded_.empty()) {
-      const auto forwarded_due =
-          forwarded_.size() >= kForwardedBatch ? now : forwarded_since_ + kForwardedLinger;
-      due = due ? std::min(*due, forwarded_due) : forwarded_due;
-    }
-    if (stopping_ || !retrying_.empty() || !fetches_.empty() || !tasks_.empty() || (due && *due <= now)) {
+    if (stopping_ || !retrying_.empty() || !fetches_.empty() || !tasks_.empty() || !forwarded_.empty() ||
+        (due && *due <= now)) {
       break;
     }
     if (due) {
@@ -535,16 +522,8 @@ StoreWorker::Work StoreWorker::wait_for_work() {
     work.batch.push_back(std::move(facts_.front()));
     facts_.pop_front();
   }
-  // The PUBACKed seqs go when due, and before a read of the outbox or a task (retention looks at the outbox),
-  // not with every commit: at a few records a second that is one transaction a second instead of one a
-  // record.
-  const auto now = std::chrono::steady_clock::now();
-  if (!forwarded_.empty() &&
-      (stopping_ || !fetches_.empty() || !tasks_.empty() || forwarded_.size() >= kForwardedBatch ||
-       now >= forwarded_since_ + kForwardedLinger)) {
-    work.forwarded.swap(forwarded_);
-  }
   work.fetches.swap(fetches_);
+  work.forwarded.swap(forwarded_);
   work.tasks.swap(tasks_);
   return work;
 }

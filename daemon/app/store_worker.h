@@ -165,13 +165,7 @@ class StoreWorker final : public forwarder::OutboxSource {
   std::deque<Item> facts_;
   std::vector<Item> retrying_;  // a batch whose commit failed: sealed again, in order, before anything new
   std::deque<Fetch> fetches_;
-  // PUBACKed seqs waiting to leave the outbox: removed in one transaction once kForwardedBatch wait, or the
-  // first has waited kForwardedLinger, or before an outbox read or a task (so they see them gone), or at
-  // stop. A crash before then only sends those records again (consumers drop the copies).
   std::vector<std::uint64_t> forwarded_;
-  std::chrono::steady_clock::time_point forwarded_since_{};
-  static constexpr std::size_t kForwardedBatch = 256;
-  static constexpr std::chrono::milliseconds kForwardedLinger{1000};
   std::deque<std::function<void(store::EvidenceStore&)>> tasks_;
   bool stopping_ = false;
   std::uint64_t committed_ = 0;

@@ -146,43 +146,6 @@ TEST_F(StoreWorkerTest, FactsWithinTheCommitLingerShareOneCommit) {
   EXPECT_EQ(store_->chain_head().seq, 3u + 64u + 1u);
 }
 
-// PUBACKed records leave the outbox in one transaction a second (not one each batch of PUBACKs: issue 16's
-// nominal CPU), without other work to bring them; and before any read of the outbox, so a read-back never
-// returns a record already PUBACKed.
-TEST_F(StoreWorkerTest, PubackedRecordsLeaveTheOutboxWithinASecondAndBeforeAnyRead) {
-  start_worker();
-  for (int i = 0; i < 3; ++i) {
-    worker_->submit(fact_with_media({}));
-  }
-  ASSERT_TRUE(wait_seq(3));
-  worker_->forwarded({1});
-  std::vector<std::uint64_t> seqs;
-  for (const auto& e : fetch(0, 10)) {
-    seqs.push_back(e.seq);
-  }
-  EXPECT_EQ(seqs, (std::vector<std::uint64_t>{2, 3}));
-  worker_->forwarded({2});
-  const auto outbox = [&] {
-    sqlite3* db = nullptr;
-    long long n = -1;
-    if (sqlite3_open_v2((dir_ / "store.db").c_str(), &db, SQLITE_OPEN_READONLY, nullptr) == SQLITE_OK) {
-      sqlite3_stmt* st = nullptr;
-      if (sqlite3_prepare_v2(db, "SELECT count(*) FROM outbox", -1, &st, nullptr) == SQLITE_OK &&
-          sqlite3_step(st) == SQLITE_ROW) {
-        n = sqlite3_column_int64(st, 0);
-      }
-      sqlite3_finalize(st);
-    }
-    sqlite3_close(db);
-    return n;
-  };
-  const auto until = std::chrono::steady_clock::now() + 5s;
-  while (outbox() != 1 && std::chrono::steady_clock::now() < until) {
-    std::this_thread::sleep_for(20ms);
-  }
-  EXPECT_EQ(outbox(), 1) << "seq 2, PUBACKed, is still in the outbox with nothing else to do";
-}
-
 TEST_F(StoreWorkerTest, CommitsFactsInOrderAndPagesCarryTheirMedia) {
   const std::string a = put("picture-a");
   const std::string b = put("picture-b");
