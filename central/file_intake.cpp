@@ -670,23 +670,32 @@ void FileIntake::on_abort(PgConnection& pg, const std::string& gateway, const fi
               "file " + t.sha256 + ": abort refused: not {\"reason\": <text>, \"v\": 1} of at most 64 KiB");
     return;
   }
-  // One transaction under the row's lock: an init reopening the transfer and its segments wait for the
-  // segments and the partial file to be gone, and do not lose theirs to this abort.
-  PgTransaction tx(pg);
-  const PgResult r = pg.exec(
-      "UPDATE file_uploads SET state = 'not_held', reason = $3, last_ms = $4, received_bytes = 0 WHERE "
-      "gateway = $1 AND sha256 = $2 AND state IN ('open', 'requested')",
-      {gateway, t.sha256, reason, std::to_string(now)}, "recording a file the gateway cannot send");
-  if (r.affected() == 0) {
-    return;
+  // The state and the segment rows in one transaction (an init reopening the transfer, and its segments,
+  // wait for the row's lock and do not lose theirs to this abort).
+  {
+    PgTransaction tx(pg);
+    const PgResult r = pg.exec(
+        "UPDATE file_uploads SET state = 'not_held', reason = $3, last_ms = $4, received_bytes = 0 WHERE "
+        "gateway = $1 AND sha256 = $2 AND state IN ('open', 'requested')",
+        {gateway, t.sha256, reason, std::to_string(now)}, "recording a file the gateway cannot send");
+    if (r.affected() == 0) {
+      return;
+    }
+    pg.exec("DELETE FROM file_segments WHERE gateway = $1 AND sha256 = $2", {gateway, t.sha256},
+            "dropping an aborted transfer");
+    tx.commit();
   }
-  pg.exec("DELETE FROM file_segments WHERE gateway = $1 AND sha256 = $2", {gateway, t.sha256},
-          "dropping an aborted transfer");
-  std::error_code ec;
-  fs::remove(partial_path(gateway, t.sha256), ec);
-  tx.commit();
   ++counters_.aborts;
   log::error("central", gateway, "file " + t.sha256 + ": the gateway cannot send it: " + reason);
+  // Then the partial file, once that is committed (a failed commit leaves the segment rows and their bytes
+  // together), under the row's lock, unless an init has opened the transfer again meanwhile.
+  PgTransaction tx(pg);
+  if (const std::optional<Row> row = find_row(pg, gateway, t.sha256, " FOR UPDATE");
+      row && row->state == "not_held") {
+    std::error_code ec;
+    fs::remove(partial_path(gateway, t.sha256), ec);
+  }
+  tx.commit();
 }
 
 void FileIntake::assemble(PgConnection& pg, const std::string& gateway, const std::string& sha256,

@@ -759,7 +759,7 @@ void CustodyAgent::announce_head() {
     const std::string jws =
         custody::seal_head(gateway_key_, custody::Head{gateway_, head.seq, head.jws_sha256, clock_.now_ms()});
     // Retained: central (or a person with mosquitto_sub) sees the head at any time; a lost tail shows.
-    channel_.publish_side({prefix_ + "/" + gateway_ + "/head", jws, true, ""},
+    channel_.publish_side({prefix_ + "/" + gateway_ + "/head", jws, true, std::nullopt},
                           [this](bool) { head_inflight_ = false; });
   });
 }
