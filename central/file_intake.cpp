@@ -724,11 +724,8 @@ void FileIntake::assemble(PgConnection& pg, const std::string& gateway, const st
   }
   if (hashed && hashed->sha256 == sha256 && hashed->bytes == row->size) {
     if (source == part) {
-      {
-        Fd fd(::open(part.c_str(), O_RDONLY | O_CLOEXEC));
-        if (fd.get() < 0 || ::fsync(fd.get()) != 0) {
-          throw std::runtime_error("files: fsync " + part.string() + ": " + std::strerror(errno));
-        }
+      if (const auto failed = fsync_file(part)) {
+        throw std::runtime_error("files: " + describe(*failed, part));
       }
       fs::create_directories(held.parent_path());
       fs::rename(part, held);

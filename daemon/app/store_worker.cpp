@@ -428,7 +428,12 @@ void StoreWorker::load_media(std::vector<store::OutboxEntry>& entries) {
 // names it (an unacknowledged record's pictures are never deleted).
 void StoreWorker::sweep_media() {
   namespace fs = std::filesystem;
-  const auto cutoff = fs::file_time_type::clock::now() - std::chrono::hours(24) * media_retention_days_;
+  // Files written before this (the real clock, as the file system's times are) are old enough.
+  const UnixMs cutoff_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(
+          (std::chrono::system_clock::now() - std::chrono::hours(24) * media_retention_days_)
+              .time_since_epoch())
+          .count();
   // A file older than this store that none of its records names is not this store's (a previous store's,
   // moved aside or lost, whose records central may never have confirmed): kept, for an operator.
   const UnixMs since_ms = store_.media_since_ms();
@@ -451,14 +456,15 @@ void StoreWorker::sweep_media() {
     if (name.size() != 64 || !entry.is_regular_file(ec)) {
       continue;
     }
-    // The file's time, or nothing removed: a failed query is no age (libstdc++ answers the oldest time then).
-    std::error_code time_ec;
-    const auto written = entry.last_write_time(time_ec);
+    // The file's time, or nothing removed: a failed stat is no age.
     struct stat st {};
-    if (time_ec || written > cutoff || ::stat(entry.path().c_str(), &st) != 0) {
+    if (::stat(entry.path().c_str(), &st) != 0) {
       continue;
     }
     const UnixMs mtime_ms = static_cast<UnixMs>(st.st_mtim.tv_sec) * 1000 + st.st_mtim.tv_nsec / 1000000;
+    if (mtime_ms > cutoff_ms) {
+      continue;
+    }
     if (store_.media_pending(name) || store_.media_held(name, clock_.now_ms())) {
       continue;
     }

@@ -30,8 +30,12 @@ std::optional<DirSyncFailure> fsync_directory(const std::filesystem::path& dir) 
   return fsync_opened(dir, O_DIRECTORY);
 }
 
+std::optional<DirSyncFailure> fsync_file(const std::filesystem::path& file) {
+  return fsync_opened(file, 0);
+}
+
 std::optional<DirSyncFailure> fsync_file_and_directory(const std::filesystem::path& file) {
-  if (auto failed = fsync_opened(file, 0)) {
+  if (auto failed = fsync_file(file)) {
     return failed;
   }
   return fsync_directory(file.parent_path());

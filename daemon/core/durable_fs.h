@@ -16,6 +16,8 @@ struct DirSyncFailure {
 
 // fsync(2) on the directory; nullopt when it is durable.
 std::optional<DirSyncFailure> fsync_directory(const std::filesystem::path& dir);
+// fsync(2) on a file's bytes; nullopt when they are durable.
+std::optional<DirSyncFailure> fsync_file(const std::filesystem::path& file);
 // fsync(2) on a file, then on the directory holding it: its bytes and its name are durable (a file found in
 // place, which another writer may have renamed there and not yet synced); nullopt when they are.
 std::optional<DirSyncFailure> fsync_file_and_directory(const std::filesystem::path& file);
