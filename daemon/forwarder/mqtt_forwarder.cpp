@@ -638,6 +638,7 @@ void MqttForwarder::on_publish_result(std::uint64_t generation, std::uint64_t se
                 " (Paho rc " + std::to_string(rc) + "); resending from the outbox");
   inflight_.emplace(seq, 0);
   rewind_to_inflight();
+  flush_acks();  // PUBACKed records leave the outbox before it is read again: not sent a second time
   pump();
 }
 
@@ -695,6 +696,7 @@ void MqttForwarder::on_publish_refused(std::uint64_t generation, std::uint64_t s
   }
   inflight_.emplace(seq, 0);
   rewind_to_inflight();
+  flush_acks();  // as after a failed publish: what was PUBACKed is not read again
   refusal_wait_ = true;
   refusal_timer_.expires_after(delay);
   refusal_timer_.async_wait([this](boost::system::error_code ec) {
