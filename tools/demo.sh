@@ -9,10 +9,14 @@ BUILD=${1:-build}
 SECONDS_TO_RUN=${DEMO_SECONDS:-40}
 top=$(cd "$(dirname "$0")/.." && pwd)
 run="$top/demo-run"
-ctl="$top/$BUILD/tools/checkpointctl/checkpointctl"
-sim="$top/$BUILD/tools/sim/checkpoint-sim"
-daemon="$top/$BUILD/daemon/app/checkpointd"
-central="$top/$BUILD/central/checkpoint-central"
+case "$BUILD" in
+  /*) ;;                 # an absolute build directory (make demo BUILD_DIR=/somewhere) as it is
+  *) BUILD="$top/$BUILD" ;;
+esac
+ctl="$BUILD/tools/checkpointctl/checkpointctl"
+sim="$BUILD/tools/sim/checkpoint-sim"
+daemon="$BUILD/daemon/app/checkpointd"
+central="$BUILD/central/checkpoint-central"
 
 pids=()
 cleanup() {
