@@ -408,6 +408,15 @@ CREATE INDEX media_unnamed ON media (first_gateway) WHERE NOT named;
     R"sql(
 CREATE INDEX records_recording_file ON records (gateway, (body->>'sha256')) WHERE type = 'recording';
 )sql",
+    // Step 17: the same index, of a 64-byte `sha256` only. A signed `recording` record naming a longer one
+    // (an independent gateway's, 8 kB) could not go into a B-tree entry: PostgreSQL refused the record on
+    // every resend, and custody stopped there. No transfer names such a file (an init's sha256 is 64 hex
+    // digits).
+    R"sql(
+DROP INDEX records_recording_file;
+CREATE INDEX records_recording_file ON records (gateway, (body->>'sha256'))
+  WHERE type = 'recording' AND octet_length(body->>'sha256') = 64;
+)sql",
 };
 
 // "1,2,3": ids for a PostgreSQL array literal ("{" + … + "}") or a column.
@@ -1748,7 +1757,8 @@ custody::Receipt CentralStore::receipt(const std::string& central_id, const std:
                                        std::uint64_t through_seq, const std::string& head,
                                        std::int64_t now_ms) {
   custody::Receipt r{central_id, gateway, through_seq, head, now_ms, {}, {}};
-  // What the receipt does not cover, said in it: the newest kMaxLosses of each (an operator's decisions).
+  // What the receipt does not cover, said in it: every accepted loss below through_seq (an operator's
+  // decisions; accept_loss keeps them within kMaxLosses of each kind, so the LIMIT never cuts one off).
   const PgResult seqs = conn_->exec(
       "SELECT from_seq, to_seq FROM (SELECT from_seq, to_seq FROM accepted_losses WHERE gateway = $1 AND "
       "from_seq < $2::bigint ORDER BY from_seq DESC LIMIT $3) x ORDER BY from_seq",
@@ -1769,6 +1779,26 @@ custody::Receipt CentralStore::receipt(const std::string& central_id, const std:
     r.lost_pictures.push_back(pictures.text(i, 0));
   }
   return r;
+}
+
+// Every receipt names all of a gateway's accepted losses below its through_seq, and a receipt names at most
+// kMaxLosses of each kind (the gateway refuses more): a loss beyond that could not be named, and a receipt
+// leaving it out would claim a record or picture central does not hold. So at most kMaxLosses are accepted
+// per gateway and kind; the next is refused (custody stays before it). `same` (SQL on $2 = `key`) matches
+// the row the new loss would update rather than add. Empty: room left.
+std::string CentralStore::losses_full(const std::string& gateway, const char* table, const char* same,
+                                      const std::string& key, const char* what) {
+  const PgResult n = conn_->exec(std::string("SELECT count(*), count(*) FILTER (WHERE ") + same + ") FROM " +
+                                     table + " WHERE gateway = $1",
+                                 {gateway, key}, "counting accepted losses");
+  const auto rows = static_cast<std::uint64_t>(n.integer(0, 0));
+  if (rows < custody::kMaxLosses || n.integer(0, 1) > 0) {
+    return {};
+  }
+  return "gateway \"" + gateway + "\" already has " + std::to_string(rows) + " accepted " + what +
+         ", the most one custody receipt can name (" + std::to_string(custody::kMaxLosses) +
+         "): a receipt past another could not say what it does not cover, so custody stays before it "
+         "(docs/custody.md, Accepting a loss)";
 }
 
 CentralStore::LossAcceptance CentralStore::accept_loss(
@@ -1806,6 +1836,12 @@ CentralStore::LossAcceptance CentralStore::accept_loss(
           "asks for it";
       return out;
     }
+    if (const std::string full = losses_full(gateway, "accepted_losses", "from_seq = $2::bigint",
+                                             std::to_string(from), "record losses");
+        !full.empty()) {
+      out.refusal = full;
+      return out;
+    }
     conn_->exec(
         "INSERT INTO accepted_losses (gateway, from_seq, to_seq, reason, operator, accepted_ms) VALUES ($1, "
         "$2, "
@@ -1828,6 +1864,12 @@ CentralStore::LossAcceptance CentralStore::accept_loss(
         0) {
       out.refusal =
           "picture " + picture + " is held: only what central does not hold can be accepted as lost";
+      return out;
+    }
+    if (const std::string full =
+            losses_full(gateway, "accepted_media_losses", "sha256 = $2", picture, "picture losses");
+        !full.empty()) {
+      out.refusal = full;
       return out;
     }
     conn_->exec(

@@ -373,6 +373,10 @@ class CentralStore {
   // found on its way goes into `found` ("CHAIN BREAK at …", "RETIRED KEY: …"). Returns the watermark.
   std::uint64_t walk_for_operator(const std::string& gateway, std::int64_t now_ms,
                                   std::vector<std::string>& found);
+  // Why one more loss of this kind cannot be accepted for `gateway` (a receipt names at most kMaxLosses);
+  // empty when it can.
+  std::string losses_full(const std::string& gateway, const char* table, const char* same,
+                          const std::string& key, const char* what);
   void store_quarantine(const std::vector<QuarantineEntry>& entries, const std::string& now,
                         BatchOutcome& out);
   void store_replies(const std::vector<IncomingReply>& replies, std::int64_t now_ms,

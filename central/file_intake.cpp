@@ -96,7 +96,8 @@ std::optional<std::string> no_room(PgConnection& pg, const std::string& gateway,
 bool recording_named(PgConnection& pg, const std::string& gateway, std::uint64_t seq,
                      const std::string& sha256) {
   return pg.exec(
-               "SELECT 1 FROM records WHERE gateway = $1 AND type = 'recording' AND body->>'sha256' = $3 AND "
+               "SELECT 1 FROM records WHERE gateway = $1 AND type = 'recording' AND "
+               "octet_length(body->>'sha256') = 64 AND body->>'sha256' = $3 AND "
                "($2::bigint = 0 OR seq = $2::bigint) LIMIT 1",
                {gateway, std::to_string(seq), sha256}, "looking for the record naming a file")
              .rows() > 0;
@@ -107,9 +108,8 @@ bool recording_named(PgConnection& pg, const std::string& gateway, std::uint64_t
 // record of its gateway: kTransferNamedSql).
 std::uint64_t recording_seq(PgConnection& pg, const std::string& gateway, const std::string& sha256) {
   const PgResult r = pg.exec(
-      "SELECT seq FROM records WHERE gateway = $1 AND type = 'recording' AND body->>'sha256' = $2 ORDER BY "
-      "seq "
-      "LIMIT 1",
+      "SELECT seq FROM records WHERE gateway = $1 AND type = 'recording' AND "
+      "octet_length(body->>'sha256') = 64 AND body->>'sha256' = $2 ORDER BY seq LIMIT 1",
       {gateway, sha256}, "looking for the record naming a file");
   return r.rows() > 0 ? static_cast<std::uint64_t>(r.integer(0, 0)) : 0;
 }

@@ -47,10 +47,11 @@ inline std::uint64_t unnamed_charge(std::uint64_t bytes) {
 std::uint64_t unnamed_bytes(PgConnection& pg, const std::string& gateway);
 // SQL: whether a stored `recording` record of transfer row `f`'s gateway names the file: the one at the
 // init's seq, or any when the init named none (seq 0: optional in the protocol). Served by the partial index
-// records_recording_file (schema 16).
+// records_recording_file (schema 17), whose predicate every such query repeats: only a 64-byte `sha256` is in
+// it (a signed record naming a longer one would not fit a B-tree entry; no transfer names such a file).
 inline constexpr const char* kTransferNamedSql =
     "EXISTS (SELECT 1 FROM records r WHERE r.gateway = f.gateway AND r.type = 'recording' AND "
-    "r.body->>'sha256' = f.sha256 AND (f.seq = 0 OR r.seq = f.seq))";
+    "octet_length(r.body->>'sha256') = 64 AND r.body->>'sha256' = f.sha256 AND (f.seq = 0 OR r.seq = f.seq))";
 // SQL: the bytes (each file at least kUnnamedMinCharge) of the held files `gateway_sql` (an expression: a
 // parameter, a column) first sent that no stored record names: the media part of unnamed_bytes, which the
 // status query shows too.

@@ -36,12 +36,18 @@ std::optional<long long> int_of(const nlohmann::json& body, const char* key) {
 RecordColumns record_columns(const nlohmann::json& body) {
   RecordColumns c;
   c.type = text_of(body, "type").value_or("");
+  if (c.type.size() > kMaxIndexedText) {
+    c.type.clear();  // kMaxIndexedText: not a type this feed has; the body holds it
+  }
   c.time_ms = int_of(body, "time_ms").value_or(0);
   c.created_ms = int_of(body, "created_ms").value_or(0);
   if (const auto it = body.find("site"); it != body.end() && it->is_object()) {
     c.site = it->dump();
   }
   c.plate = text_of(body, "plate");
+  if (c.plate && c.plate->size() > kMaxIndexedText) {
+    c.plate.reset();  // kMaxIndexedText: no plate is this long; the body holds what the device sent
+  }
   c.plate_color = text_of(body, "plate_color");
   c.lane = int_of(body, "lane");
   c.speed_dkmh = int_of(body, "speed_dkmh");

@@ -9,6 +9,12 @@
 
 namespace cpd::central {
 
+// The longest `type` or `plate` copied to its indexed column. A B-tree index entry holds at most ~2.7 kB
+// (PostgreSQL's "index row size exceeds btree maximum"): a signed record with a longer value (a camera
+// sending 8 kB as a plate) would be refused by PostgreSQL on every resend, and custody would stop there.
+// Such a value is left out of its column (`type` ''; `plate` NULL); the body and the JWS hold it.
+inline constexpr std::size_t kMaxIndexedText = 256;
+
 struct RecordColumns {
   std::string type;
   long long time_ms = 0;

@@ -128,6 +128,13 @@ AlertParseResult parse_alert(std::string_view xml) {
   a.plate_type = text_of(anpr, "plateType");
   a.plate_color = text_of(anpr, "plateColor");
   a.vehicle_type = text_of(anpr, "vehicleType");
+  for (const std::string* text :
+       {&a.plate, &a.country, &a.direction, &a.plate_type, &a.plate_color, &a.vehicle_type}) {
+    if (text->size() > kMaxAnprTextBytes) {
+      r.error = "field_too_long";
+      return r;
+    }
+  }
   const pugi::xml_node list = child(anpr, "pictureInfoList");
   for (pugi::xml_node p = list.first_child(); p; p = p.next_sibling()) {
     if (p.type() != pugi::node_element || local_name(p) != "pictureInfo") {

@@ -43,10 +43,17 @@ struct IsapiAlert {
   bool text_not_utf8 = false;
 };
 
+// The longest plate, country, direction, plate type, plate colour or vehicle type an alert may carry. A plate
+// is about ten characters; 8 kB of "plate" is a camera fault, not a read, and would travel into every record
+// and index downstream (central's B-tree entries hold ~2.7 kB).
+inline constexpr std::size_t kMaxAnprTextBytes = 64;
+
 // Why an alert part was discarded; empty `error` means `alert` is set.
 struct AlertParseResult {
   std::optional<IsapiAlert> alert;
-  std::string error;  // "malformed_xml", "not_an_alert", "bad_date_time", "missing_uuid", "bad_field"
+  // "malformed_xml", "not_an_alert", "bad_date_time", "missing_uuid", "bad_field", "field_too_long"
+  // (a text member over kMaxAnprTextBytes)
+  std::string error;
 };
 AlertParseResult parse_alert(std::string_view xml);
 

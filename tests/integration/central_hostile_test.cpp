@@ -425,6 +425,20 @@ TEST_F(CentralHostile, AnOperatorAcceptsAReportedLossAndCustodyMovesPastIt) {
       0);
   EXPECT_EQ(pg_int("SELECT watermark_seq FROM gateways WHERE gateway = 'gh'"), 1);
 
+  // A receipt names at most 1 000 losses of each kind, and every one below its through_seq: with 1 000
+  // accepted already (elsewhere in the chain), the next is refused, or a receipt would have to leave one out.
+  pg_.query(
+      "INSERT INTO accepted_losses (gateway, from_seq, to_seq, reason, operator, accepted_ms) SELECT 'gh', "
+      "1000000 + 2 * i, 1000000 + 2 * i, 'r', 'op', 0 FROM generate_series(1, 1000) i");
+  pg_.query(
+      "INSERT INTO accepted_media_losses (gateway, sha256, reason, operator, accepted_ms) SELECT 'gh', "
+      "md5(i::text) || md5(i::text), 'r', 'op', 0 FROM generate_series(1, 1000) i");
+  EXPECT_EQ(accept({"--picture", lost, "--reason", "r", "--operator", "op"}, &out, &err), 1);
+  EXPECT_NE(err.find("already has 1000 accepted picture losses, the most one custody receipt can name"),
+            std::string::npos)
+      << err;
+  pg_.query("DELETE FROM accepted_media_losses");
+
   // The picture: custody passes seq 2; then central asks for the hole at 3, which the gateway lost too.
   ASSERT_EQ(accept({"--picture", lost, "--reason", "camera SD card failed", "--operator", "duty officer 7"},
                    &out, &err),
@@ -435,6 +449,10 @@ TEST_F(CentralHostile, AnOperatorAcceptsAReportedLossAndCustodyMovesPastIt) {
       [&] { return pg_int("SELECT count(*) FROM unrecoverable WHERE gateway = 'gh' AND from_seq = 3") == 1; },
       30s))
       << central_->stderr_text();
+  EXPECT_EQ(accept({"--seq", "3", "--reason", "r", "--operator", "op"}, &out, &err), 1);
+  EXPECT_NE(err.find("already has 1000 accepted record losses"), std::string::npos) << err;
+  EXPECT_EQ(pg_int("SELECT watermark_seq FROM gateways WHERE gateway = 'gh'"), 2);
+  pg_.query("DELETE FROM accepted_losses");
   ASSERT_EQ(
       accept({"--seq", "3", "--reason", "store sector lost", "--operator", "duty officer 7"}, &out, &err), 0)
       << err;
@@ -1398,6 +1416,33 @@ TEST_F(CentralHostile, AnAuditRecordWithMembersOfAnotherTypeIsStored) {
   batch.records = {gh_incoming(first), gh_incoming(odd_event), gh_incoming(odd_reason)};
   EXPECT_EQ(store.store_batch(batch, 1767225600000, policy).stored, 3u);
   EXPECT_EQ(gh_int("watermark_seq"), 3);
+}
+
+// A signed record whose plate, type or recording file hash is 8 kB (a camera sending garbage as a plate, an
+// independent gateway): PostgreSQL cannot put such a value into a B-tree entry ("index row size exceeds
+// btree maximum"), and refused the record on every resend: custody stopped there for good. It is stored,
+// the overlong value left out of its indexed column (the body and the JWS keep it), and custody passes it.
+TEST_F(CentralHostile, ARecordWithAnOverlongPlateTypeOrFileHashIsStoredAndCustodyPassesIt) {
+  central::CentralStore store(pg_.conninfo());
+  const central::ReceiptPolicy policy{"central-test", 1000, 5000};
+  const std::string garbage(8000, 'a');
+  const auto first = gh_record(1, std::string(64, '0'), {});
+  const auto plate = gh_signed(gh_key_, 2, sha256_hex(first), {{"type", "passage"}, {"plate", garbage}});
+  const auto type = gh_signed(gh_key_, 3, sha256_hex(plate), {{"type", garbage}});
+  const auto file = gh_signed(gh_key_, 4, sha256_hex(type), {{"type", "recording"}, {"sha256", garbage}});
+  central::Batch batch;
+  batch.records = {gh_incoming(first), gh_incoming(plate), gh_incoming(type), gh_incoming(file)};
+  EXPECT_EQ(store.store_batch(batch, 1767225600000, policy).stored, 4u);
+  EXPECT_EQ(gh_int("watermark_seq"), 4);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM records WHERE gateway = 'gh' AND seq = 2 AND plate IS NULL AND "
+                   "octet_length(body->>'plate') = 8000"),
+            1);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM records WHERE gateway = 'gh' AND seq = 3 AND type = '' AND "
+                   "octet_length(body->>'type') = 8000"),
+            1);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM records WHERE gateway = 'gh' AND seq = 4 AND type = 'recording'"),
+            1);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM quarantine WHERE gateway = 'gh'"), 0);
 }
 
 // PostgreSQL refuses a batch. For the content of one record (a check violation, 23514, raised by a trigger

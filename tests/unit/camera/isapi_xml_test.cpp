@@ -147,6 +147,23 @@ TEST(IsapiAlertTest, AnprNeedsATimeAndAUuid) {
   EXPECT_EQ(parse_alert(bad_conf).error, "bad_field");
 }
 
+// 8 kB of "plate" is a camera fault: refused and counted, never carried into a record.
+TEST(IsapiAlertTest, AnOverlongPlateOrOtherTextIsRefused) {
+  const std::string xml = anpr_alert("http://www.isapi.org/ver20/XMLSchema");
+  const std::size_t at = xml.find("<licensePlate>") + 14;
+  const std::size_t len = xml.find("</licensePlate>") - at;
+  std::string longest = xml;
+  longest.replace(at, len, std::string(kMaxAnprTextBytes, 'A'));
+  ASSERT_TRUE(parse_alert(longest).alert) << parse_alert(longest).error;
+  std::string longer = xml;
+  longer.replace(at, len, std::string(8000, 'A'));
+  EXPECT_EQ(parse_alert(longer).error, "field_too_long");
+  std::string colour = xml;
+  const std::size_t c = colour.find("<plateColor>") + 12;
+  colour.replace(c, colour.find("</plateColor>") - c, std::string(kMaxAnprTextBytes + 1, 'b'));
+  EXPECT_EQ(parse_alert(colour).error, "field_too_long");
+}
+
 TEST(IsoTimeTest, Forms) {
   EXPECT_EQ(parse_iso8601("2026-11-27T11:38:54+08:00")->unix_ms, kCaptureMs - 123);
   EXPECT_FALSE(parse_iso8601("2026-11-27T11:38:54+08:00")->has_fraction);

@@ -112,6 +112,18 @@ TEST(RecordColumnsTest, OddlyTypedMembersStayNull) {
   EXPECT_TRUE(c.pictures.empty());
 }
 
+// A type or plate longer than an index entry may hold is left out of its column (the body keeps it).
+TEST(RecordColumnsTest, OverlongTypeAndPlateStayOutOfTheirColumns) {
+  const std::string longest(kMaxIndexedText, 'x');
+  const std::string longer(kMaxIndexedText + 1, 'x');
+  RecordColumns c = record_columns(nlohmann::json{{"type", longest}, {"plate", longest}});
+  EXPECT_EQ(c.type, longest);
+  EXPECT_EQ(c.plate, longest);
+  c = record_columns(nlohmann::json{{"type", longer}, {"plate", longer}});
+  EXPECT_EQ(c.type, "");
+  EXPECT_FALSE(c.plate);
+}
+
 TEST(FeedTopicTest, SplitsGatewayAndRest) {
   const auto t = parse_feed_topic("checkpoint", "checkpoint/gw-1/media/abc");
   ASSERT_TRUE(t);
