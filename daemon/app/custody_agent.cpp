@@ -182,6 +182,7 @@ void CustodyAgent::forget_untaken_receipts() {
   }
   accepted_through_ = stored;
   accepting_through_ = std::max(stored, checking_.empty() ? 0 : *checking_.rbegin());
+  take_up_deferred();
 }
 
 void CustodyAgent::origin_committed(const store::CustodyState& receipt) {
@@ -259,6 +260,15 @@ void CustodyAgent::on_receipt(const std::string& jws, bool retained) {
     return;
   }
   const custody::Receipt receipt = check.receipt;
+  if (origin_decided_ && receipt.through_seq >= custody::kMaxOriginSeq) {
+    const std::string why = "through_seq " + std::to_string(receipt.through_seq) +
+                            " leaves no room for this empty store's chain after it (at most 2^52 - 1)";
+    refuse_receipt(why);
+    if (retained) {
+      decide_origin(std::nullopt, "the retained custody receipt was refused: " + why);
+    }
+    return;
+  }
   if (origin_decided_) {
     // An empty store: nothing here to compare the head with; the daemon continues the chain after it.
     decide_origin(store::CustodyState{receipt.through_seq, receipt.head, receipt.central, check.kid, jws,
@@ -268,7 +278,13 @@ void CustodyAgent::on_receipt(const std::string& jws, bool retained) {
     return;
   }
   if (receipt.through_seq <= accepting_through_) {
-    return;  // the same receipt again (retained, redelivered) or an older one: nothing new
+    // The same receipt again (retained, redelivered) or an older one: nothing new. Unless the higher one is
+    // only being checked: if it is refused, this one must not have been ignored (take_up_deferred).
+    if (receipt.through_seq > accepted_through_ && checking_.count(receipt.through_seq) == 0 &&
+        (!deferred_ || deferred_->through < receipt.through_seq)) {
+      deferred_ = Deferred{receipt.through_seq, jws};
+    }
+    return;
   }
   accepting_through_ = receipt.through_seq;  // one custody record per receipt, even if it arrives twice now
   checking_.insert(receipt.through_seq);
@@ -276,6 +292,22 @@ void CustodyAgent::on_receipt(const std::string& jws, bool retained) {
       [this, receipt, jws, kid = check.kid, known_lost = known_lost_pictures_](store::EvidenceStore& store) {
         match_receipt(store, receipt, jws, kid, known_lost);
       });
+}
+
+// After a checked receipt's outcome: the receipt held back behind it is checked now if nothing accepted or
+// still being checked covers it any more, dropped if an accepted one does, kept while a higher one is
+// checked.
+void CustodyAgent::take_up_deferred() {
+  if (!deferred_) {
+    return;
+  }
+  if (deferred_->through <= accepted_through_) {
+    deferred_.reset();
+  } else if (deferred_->through > accepting_through_) {
+    const std::string jws = std::move(deferred_->jws);
+    deferred_.reset();
+    on_receipt(jws, /*retained=*/false);
+  }
 }
 
 void CustodyAgent::match_receipt(store::EvidenceStore& store, const custody::Receipt& receipt,
@@ -289,6 +321,7 @@ void CustodyAgent::match_receipt(store::EvidenceStore& store, const custody::Rec
       checking_.erase(checking_.find(through));
       accepting_through_ = std::max(accepted_through_, checking_.empty() ? 0 : *checking_.rbegin());
       refuse_receipt(reason);
+      take_up_deferred();
     });
     return;
   }
@@ -298,6 +331,7 @@ void CustodyAgent::match_receipt(store::EvidenceStore& store, const custody::Rec
       accepted_through_ = through;
       known_lost_pictures_ = std::set<std::string>(lost.begin(), lost.end());
     }
+    take_up_deferred();
   });
   record_custody(store, receipt, jws, kid);
 }

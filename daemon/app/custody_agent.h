@@ -178,8 +178,17 @@ class CustodyAgent {
   std::uint64_t accepting_through_ = 0;  // highest through_seq being or already accepted (no double records)
   std::uint64_t accepted_through_ = 0;   // highest receipt that passed every check (or the store's)
   std::multiset<std::uint64_t> checking_;  // through_seq of receipts being checked against the store
-  UnixMs last_custody_record_ms_ = 0;      // store thread: when the last custody record was sealed
-  bool record_in_flight_ = false;          // store thread: a custody record submitted, not yet committed
+  // The highest receipt that came while a higher one was still being checked (so it was not checked itself):
+  // taken up again if that higher one is refused, else dropped. One only: a genuine receipt below an invalid
+  // one in flight used to be ignored for good (until central's next refresh).
+  struct Deferred {
+    std::uint64_t through = 0;
+    std::string jws;
+  };
+  std::optional<Deferred> deferred_;
+  void take_up_deferred();
+  UnixMs last_custody_record_ms_ = 0;  // store thread: when the last custody record was sealed
+  bool record_in_flight_ = false;      // store thread: a custody record submitted, not yet committed
   std::optional<store::CustodyState> after_record_;  // store thread: the highest receipt meanwhile
   std::chrono::steady_clock::time_point pace_start_{};
   std::uint64_t paced_messages_ = 0;

@@ -83,6 +83,10 @@ struct ResendRequest {
 inline constexpr std::uint64_t kMaxResendRange = 100000;  // records one request may ask for
 // No seq reaches 2^53 (the feed's integers are exact doubles): a request beyond it is refused, not walked.
 inline constexpr std::uint64_t kMaxSeq = std::uint64_t{1} << 53;
+// An empty store continues its chain after a receipt through N (docs/custody.md, "A replaced store"): N + 1
+// and every seq after it must stay below kMaxSeq, so such a receipt is taken only for N below 2^52. One
+// through 2^53 (signed by a faulty central) made the first seal after it fail, and the start abort, for good.
+inline constexpr std::uint64_t kMaxOriginSeq = std::uint64_t{1} << 52;
 inline constexpr std::size_t kMaxResendMedia = 1000;  // media files one request may ask for
 // A picture on the media topic is at most this (central refuses a larger payload); a resend reads no file
 // larger than this, and only files the store names as published pictures (never a body-worn recording).

@@ -122,6 +122,47 @@ TEST_F(CustodyAgentInputs, ARefusedReceiptCheckedBesideAnotherLeavesNoTrace) {
   EXPECT_EQ(counter("receipts_accepted"), 0U);
 }
 
+// A receipt with a wrong head for seq 3, then at once a genuine one through 2, arriving while the first is
+// still being checked: the genuine one used to be taken for an older receipt and ignored (an independent
+// central's test lost 5 of 14 such pairs until its next refresh). It is held back and checked once the first
+// is refused. One for the same seq as a receipt being checked is not held back: that check answers for it.
+TEST_F(CustodyAgentInputs, AGenuineReceiptBelowOneBeingCheckedIsTakenWhenThatOneIsRefused) {
+  const std::vector<store::StoredRecord> records = append_audit_records(3);
+  const auto genuine = [&](std::uint64_t n) {
+    return custody::seal_receipt(
+        central_, custody::Receipt{"central-1", "gw-1", n, sha256_hex(records[n - 1].record.jws), 1, {}, {}});
+  };
+  channel_.deliver("checkpoint/gw-1/custody", receipt(3));  // head 'b'...: refused by the store check
+  io_.run_for(20ms);
+  channel_.deliver("checkpoint/gw-1/custody", genuine(2));
+  io_.run_for(20ms);
+  ASSERT_EQ(store_tasks_.size(), 1U) << "only the first is checked now";
+  run_store();
+  EXPECT_EQ(counter("receipts_refused"), 1U);
+  run_store();  // the held-back receipt's own check
+  ASSERT_EQ(committing_.size(), 1U) << "the genuine receipt was ignored";
+  SealedRecord sealed;
+  sealed.seq = 4;
+  sealed.type = "custody";
+  committing_[0](sealed);
+  run_store();
+  ASSERT_TRUE(store_->custody());
+  EXPECT_EQ(store_->custody()->through_seq, 2U);
+  EXPECT_EQ(counter("receipts_accepted"), 1U);
+
+  // The same seq as the receipt being checked: not held back, not checked.
+  clock_.advance(61'000);
+  channel_.deliver("checkpoint/gw-1/custody", genuine(3));
+  io_.run_for(20ms);
+  channel_.deliver("checkpoint/gw-1/custody",
+                   custody::seal_receipt(
+                       central_, custody::Receipt{"central-1", "gw-1", 3, std::string(64, 'c'), 2, {}, {}}));
+  io_.run_for(20ms);
+  run_store();
+  run_store();
+  EXPECT_EQ(counter("receipts_refused"), 1U) << "the same seq while it is checked is not held back";
+}
+
 // A receipt naming as lost a picture whose file is there but cannot be read now (EACCES, EIO, too many open
 // files) is refused: whether the gateway holds it cannot be told. Before, an unreadable file counted as not
 // held, and the receipt let retention delete the only copy. Once the file is really gone, it is taken.

@@ -114,6 +114,28 @@ TEST_F(CustodyAgentOrigin, AReceiptForAnotherGatewayIsRefusedAndEndsTheWait) {
   EXPECT_EQ(agent_->status()["receipts_refused"].get<std::uint64_t>(), 1U);
 }
 
+// The chain continues after the receipt's seq: a receipt through 2^53 (within the receipt's own bound, from a
+// faulty central) left no seq to seal after it, and the start aborted on every try. Refused: a new chain.
+TEST_F(CustodyAgentOrigin, AReceiptLeavingNoRoomForTheChainAfterItIsRefused) {
+  await(5s);
+  channel_.deliver("checkpoint/gw-1/custody", receipt("gw-1", custody::kMaxOriginSeq));
+  io_.run_for(50ms);
+  ASSERT_EQ(decision_.calls, 1);
+  EXPECT_FALSE(decision_.receipt);
+  EXPECT_NE(decision_.why.find("leaves no room for this empty store's chain"), std::string::npos)
+      << decision_.why;
+  EXPECT_EQ(agent_->status()["receipts_refused"].get<std::uint64_t>(), 1U);
+}
+
+TEST_F(CustodyAgentOrigin, TheLastReceiptLeavingRoomIsTaken) {
+  await(5s);
+  channel_.deliver("checkpoint/gw-1/custody", receipt("gw-1", custody::kMaxOriginSeq - 1));
+  io_.run_for(50ms);
+  ASSERT_EQ(decision_.calls, 1);
+  ASSERT_TRUE(decision_.receipt) << decision_.why;
+  EXPECT_EQ(decision_.receipt->through_seq, custody::kMaxOriginSeq - 1);
+}
+
 // Anyone who may publish on the custody topic can send junk while an empty store waits for its retained
 // receipt. A live (not retained) message refused is counted and the wait goes on: the retained receipt that
 // follows continues the chain. It used to end the wait, and the gateway started a new chain at seq 1.
