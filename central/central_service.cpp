@@ -24,6 +24,7 @@
 #include "daemon/core/digest.h"
 #include "daemon/core/durable_fs.h"
 #include "daemon/core/encoding.h"
+#include "daemon/core/key_rotation.h"
 #include "daemon/core/record_check.h"
 #include "daemon/core/time.h"
 #include "daemon/forwarder/mqtt_options.h"
@@ -944,6 +945,17 @@ void CentralService::classify_record(Message& m, const std::string& gateway, Bat
     c.ok = false;  // PostgreSQL's bigint; no chain gets there
     reason = "seq " + std::to_string(c.seq) + " is beyond 2^63-1";
   }
+  if (c.ok && c.body.is_object() && c.body.value("type", std::string()) == "key_rotation") {
+    // Signed by a trusted key, but naming no usable key (a JWK that is not Ed25519, new_kid not its kid, a
+    // PEM of another key, old_kid not the signer's): every reader of the chain stops trusting it here
+    // (records.md; checkpointctl verify says "chain BROKEN"), so central does not store it either, and
+    // custody stops before it. It was stored, the old key kept trusted, and a receipt covered a chain the
+    // stock verifier refuses.
+    if (std::string why; !parse_key_rotation(c.body, c.kid, &why)) {
+      c.ok = false;
+      reason = why + " (a malformed key rotation: the chain cannot be trusted past it)";
+    }
+  }
   if (c.ok) {
     // The signature verified; the key must also be valid for this seq (a retired key signs nothing after
     // its key_rotation record). refuse_retired() checks the batch against PostgreSQL again.
@@ -1007,7 +1019,7 @@ void CentralService::classify_reply(const Message& m, const std::string& gateway
   if (!reply) {
     ++counters_.replies_refused;
     log::warn("central", gateway,
-              "resend reply refused: not a JSON object (or over " +
+              "resend reply refused: not a JSON object with \"v\":1 (or over " +
                   std::to_string(custody::kMaxRequestBytes * 4) + " bytes)");
     return;
   }

@@ -1416,7 +1416,8 @@ bool insert_quarantined(PgConnection& conn, const QuarantineEntry& q, const std:
       "received_ms, last_seen_ms, count) VALUES ($1, $2, $3, $4, $5, $6::bytea, $7, $8, $9, $10, $10, "
       "$11) "
       "ON CONFLICT (gateway, topic, payload_sha256) DO UPDATE SET count = quarantine.count + "
-      "EXCLUDED.count, last_seen_ms = EXCLUDED.last_seen_ms RETURNING (xmax = 0)",
+      "EXCLUDED.count, last_seen_ms = EXCLUDED.last_seen_ms, reason = EXCLUDED.reason "
+      "RETURNING (xmax = 0)",
       {q.gateway, q.topic, q.seq ? std::optional<std::string>(std::to_string(*q.seq)) : std::nullopt, q.kid,
        text ? std::optional<std::string>(q.payload) : std::nullopt, "\\x" + hex_lower(q.payload),
        q.payload_sha256, std::to_string(q.bytes), q.reason, now, std::to_string(q.count)},

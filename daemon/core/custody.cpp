@@ -275,6 +275,9 @@ std::optional<ResendReply> parse_resend_reply(std::string_view payload) {
   if (body.is_discarded() || !body.is_object()) {
     return std::nullopt;
   }
+  if (const auto v = body.find("v"); v == body.end() || !v->is_number_integer() || *v != 1) {
+    return std::nullopt;  // version 1 is the only one this reader knows: another says nothing we can read
+  }
   ResendReply r;
   if (const auto it = body.find("error"); it != body.end()) {
     r.error = it->is_string() ? it->get<std::string>() : "error";

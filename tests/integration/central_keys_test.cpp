@@ -110,6 +110,26 @@ TEST_F(CentralKeys, RecordForgedUnderTheRetiredKeyIsQuarantinedAndAlarmedNotStor
       << central_->stderr_text();
   EXPECT_EQ(prometheus_sample(metrics(), "central_retired_key_total"), 0);
   EXPECT_EQ(pg_int("SELECT count(*) FROM quarantine WHERE gateway = 'gw'"), 1);
+  // A key_rotation signed by the gateway's key whose new_kid is not the kid of the key it names: every
+  // reader of the chain (checkpointctl verify) stops trusting the chain there, so central does not store it
+  // (it was stored, and a receipt covered a chain the stock verifier calls broken). Far ahead of the chain.
+  nlohmann::json malformed = fork_body;
+  malformed["seq"] = 1000000;
+  malformed["id"] = "gw:1000000";
+  malformed["new_kid"] = "0000000000000000";
+  ASSERT_EQ(mosquitto_pub("checkpoint/gw/evidence", sign_compact(current, "evidence+jws", malformed),
+                          /*retain=*/false, 60s),
+            0);
+  ASSERT_TRUE(wait_for_condition(
+      [&] {
+        return pg_int(
+                   "SELECT count(*) FROM quarantine WHERE gateway = 'gw' AND reason LIKE "
+                   "'key_rotation record: new_kid %a malformed key rotation%'") == 1;
+      },
+      15s))
+      << central_->stderr_text();
+  EXPECT_EQ(pg_int("SELECT count(*) FROM records WHERE gateway = 'gw' AND seq = 1000000"), 0);
+  EXPECT_EQ(pg_int("SELECT count(*) FROM gateway_keys WHERE gateway = 'gw'"), 1);
   pg_.query("DELETE FROM quarantine WHERE gateway = 'gw'");  // the later checks count only the forgery
 
   std::string out;

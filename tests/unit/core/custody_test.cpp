@@ -187,5 +187,16 @@ TEST(ResendReplyTest, RoundTrips) {
   EXPECT_EQ(back->media_not_held, r.media_not_held);
 }
 
+// A reply of another version, or none, is not read as version 1 (an independent gateway's `"v":2` reply, or
+// one with `not_held` alone, used to mark seqs unrecoverable).
+TEST(ResendReplyTest, OnlyVersionOneIsRead) {
+  EXPECT_TRUE(parse_resend_reply(R"({"v":1,"not_held":[[2,2]]})"));
+  EXPECT_TRUE(parse_resend_reply(R"({"v":1,"error":"busy"})"));
+  for (const char* other : {R"({"not_held":[[2,2]]})", R"({"v":2,"not_held":[[2,2]]})",
+                            R"({"v":"1","not_held":[[2,2]]})", R"({"v":1.5,"not_held":[[2,2]]})"}) {
+    EXPECT_FALSE(parse_resend_reply(other)) << other;
+  }
+}
+
 }  // namespace
 }  // namespace cpd::custody
