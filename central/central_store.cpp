@@ -2000,8 +2000,10 @@ bool CentralStore::plan_holes(const std::string& gateway, std::uint64_t wm, std:
     plan.request.from_seq = from;
     plan.request.to_seq = std::min(to, cap);
     plan.why = "seq " + std::to_string(from) + ".." + std::to_string(plan.request.to_seq) + " (" +
-               (next_seq == 0 ? "lost tail, announced " + std::to_string(announced)
-                              : "holes below " + std::to_string(max_seq)) +
+               (announced <= max_seq ? "holes below " + std::to_string(max_seq)
+                : next_seq == 0      ? "lost tail, announced " + std::to_string(announced)
+                                     : "holes below " + std::to_string(max_seq) +
+                                      " and the lost tail, announced " + std::to_string(announced)) +
                ")";
   }
   return true;

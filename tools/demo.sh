@@ -45,6 +45,7 @@ user $(id -un)
 listener $port 127.0.0.1
 allow_anonymous true
 persistence false
+max_queued_messages 0
 log_dest file $run/mosquitto.log
 CONF
 /usr/sbin/mosquitto -c "$run/mosquitto.conf" & pids+=($!)
