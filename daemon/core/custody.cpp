@@ -102,7 +102,7 @@ ReceiptCheck check_receipt(std::string_view jws, const KeyForKid& central_keys, 
     return r;
   }
   if (!get_time(*body, "issued_ms", out.issued_ms)) {
-    r.reason = "field \"issued_ms\" is not an integer";
+    r.reason = "field \"issued_ms\" is not an integer from 0 to 2^53";
     return r;
   }
   if (const auto it = body->find("lost_seqs"); it != body->end()) {
@@ -186,7 +186,7 @@ ResendParse parse_resend_request(std::string_view payload) {
   }
   const nlohmann::json body = nlohmann::json::parse(payload, nullptr, false);
   if (body.is_discarded() || !body.is_object()) {
-    out.reason = "request is not a JSON object";
+    out.reason = "request is not a JSON object (UTF-8 JSON text, RFC 8259)";
     return out;
   }
   std::uint64_t v = 0;
