@@ -421,9 +421,15 @@ void FileIntake::on_init(PgConnection& pg, const std::string& gateway, const fil
     named = init.seq != 0;
   }
   if (init.size > cfg_.max_file_bytes) {
-    refuse_init(gateway, t.sha256,
-                std::to_string(init.size) + " bytes is more than this central takes (feed.max_file_mb)",
-                false, out);
+    const std::string why =
+        std::to_string(init.size) + " bytes is more than this central takes (feed.max_file_mb)";
+    // A file an operator asked for (files --request): the request ends here, not_held with this reason;
+    // its wants went on for ever, each answered by the same init. Asked for again once the bound is raised.
+    pg.exec(
+        "UPDATE file_uploads SET state = 'not_held', reason = $3, last_ms = $4 WHERE gateway = $1 AND "
+        "sha256 = $2 AND state = 'requested'",
+        {gateway, t.sha256, why, std::to_string(now)}, "ending a request for a file over the bound");
+    refuse_init(gateway, t.sha256, why, false, out);
     return;
   }
   // Content-addressed: a file central already holds (from this gateway or another) is held for this one too.

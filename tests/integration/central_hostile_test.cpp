@@ -1186,6 +1186,28 @@ TEST_F(CentralHostile, FilesNoRecordNamesAreBoundedPerGatewayAndANamedOneIsAlway
 // An init's `seq` is optional (docs/custody.md): without it, the transfer takes the seq of the gateway's
 // stored `recording` record naming the file, or gets it when that record is stored. Before, such a file was
 // never named: it took the gateway's room for unnamed files for good, and later inits were refused `later`.
+// An operator asks for a file the gateway then announces over feed.max_file_mb: the request ends not_held
+// with that reason. Its wants went on for ever (every retry_max_ms), each answered by the same init, refused.
+TEST_F(CentralHostile, ARequestedFileOverTheSizeBoundEndsNotHeld) {
+  const IntakeRig rig(*this);
+  std::vector<central::FilePublish> out;
+  const std::string sha(64, '7');
+  central::FileIntake::request(*rig.pg, "gh", sha, 1767225600000);
+  rig.intake->tick(*rig.pg, 1767225600001, out);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_EQ(out[0].topic, "checkpoint/gh/files/want");
+  out.clear();
+  rig.intake->handle(*rig.pg, "gh", filex::init_topic("", sha),
+                     filex::init_json({sha, 2 << 20, 65536, "c.mp4", 3}), 1767225600002, out);
+  ASSERT_EQ(out.size(), 1u);
+  EXPECT_NE(out[0].payload.find("\"retry\":\"never\""), std::string::npos) << out[0].payload;
+  EXPECT_EQ(pg_.query("SELECT state || ': ' || reason FROM file_uploads WHERE sha256 = '" + sha + "'"),
+            "not_held: 2097152 bytes is more than this central takes (feed.max_file_mb)");
+  out.clear();
+  rig.intake->tick(*rig.pg, 1767225600000 + 86400000, out);
+  EXPECT_TRUE(out.empty()) << "asked again: " << out[0].payload;
+}
+
 TEST_F(CentralHostile, AnInitWithoutSeqIsNamedByTheRecordingRecordNamingItsFile) {
   start_central();
   const IntakeRig rig(*this);

@@ -143,6 +143,15 @@ TEST(FileTransferTest, InitRoundTripsAndIsBounded) {
   EXPECT_THAT(parse_init("[1]", kSha).reason, HasSubstr("JSON object"));
 }
 
+// Size 0 under another id than the empty file's: no byte would ever come, and central's assembly would count
+// three whole-file mismatches and refuse an intact copy for good (an independent gateway's test).
+TEST(FileTransferTest, AnEmptyFileHasOnlyTheEmptyId) {
+  const std::string empty = sha256_hex("");
+  ASSERT_TRUE(parse_init(init_json(FileInit{empty, 0, 1 << 20, "", 1}), empty).init);
+  EXPECT_THAT(parse_init(init_json(FileInit{kSha, 0, 1 << 20, "", 1}), kSha).reason,
+              HasSubstr("size 0, but the file id is not the SHA-256 of no bytes"));
+}
+
 TEST(FileTransferTest, WantsRoundTripAndRefuseOverlapsAndFloods) {
   const Want w{kSha, {{0, 4096}, {8192, 10000}}};
   const WantParse p = parse_want(want_json(w));
