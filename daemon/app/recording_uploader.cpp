@@ -555,7 +555,8 @@ void RecordingUploader::take_want(const std::string& sha, const store::EvidenceS
   }
   const std::optional<store::UploadRow>& row = found.row;
   if (!row || unreadable_.count(sha)) {
-    publish_abort(sha, "not held: this gateway keeps no recording with this SHA-256");
+    publish_abort(sha, row ? "not held: this gateway's copy is damaged or cannot be read (logged when found)"
+                           : "not held: this gateway keeps no recording with this SHA-256");
     poll();
     return;
   }
