@@ -961,16 +961,7 @@ void CentralService::classify_record(Message& m, const std::string& gateway, Bat
     // its key_rotation record). refuse_retired() checks the batch against PostgreSQL again.
     const TrustedKey& k = keys_.at(gateway).at(c.kid);
     if (std::string why = key_range_refusal(c.kid, k.from_seq, k.to_seq, c.seq); !why.empty()) {
-      // Alarmed once: the quarantine's re-examination (after an enrolment) finds it again, and says so
-      // quietly.
-      const std::string line =
-          "RETIRED KEY: " + gateway + ":" + std::to_string(c.seq) + ": " + why + "; quarantined, not stored";
-      if (!reexamining_) {
-        ++counters_.retired_key;
-        log::error("central", gateway, line);
-      } else {
-        log::debug("central", gateway, line + " (re-examined)");
-      }
+      alarm_retired(gateway, c.seq, why);
       quarantine(batch, gateway, kind, m.payload, c.seq, c.kid, why, true);
       return;
     }
@@ -1063,6 +1054,17 @@ void CentralService::process(std::vector<Message>& messages) {
   commit(batch);
 }
 
+void CentralService::alarm_retired(const std::string& gateway, std::uint64_t seq, const std::string& why) {
+  const std::string line =
+      "RETIRED KEY: " + gateway + ":" + std::to_string(seq) + ": " + why + "; quarantined, not stored";
+  if (reexamining_) {
+    log::debug("central", gateway, line + " (re-examined)");
+    return;
+  }
+  ++counters_.retired_key;
+  log::error("central", gateway, line);
+}
+
 void CentralService::refuse_retired(Batch& batch) {
   // The instance's key cache may be up to kKeyReloadMs old: a rotation stored by another instance meanwhile
   // ended the old key's range. Checked against the committed ranges (one query per batch); a key this
@@ -1086,14 +1088,7 @@ void CentralService::refuse_retired(Batch& batch) {
       kept.push_back(std::move(r));
       continue;
     }
-    const std::string line =
-        "RETIRED KEY: " + r.gateway + ":" + std::to_string(r.seq) + ": " + why + "; quarantined, not stored";
-    if (!reexamining_) {
-      ++counters_.retired_key;
-      log::error("central", r.gateway, line);
-    } else {
-      log::debug("central", r.gateway, line + " (re-examined)");
-    }
+    alarm_retired(r.gateway, r.seq, why);
     quarantine(batch, r.gateway, "evidence", r.jws, r.seq, r.kid, why, true);
   }
   batch.records = std::move(kept);

@@ -153,6 +153,9 @@ class CentralService {
   void process(std::vector<Message>& messages);
   void commit(Batch& batch);
   void refuse_retired(Batch& batch);
+  // A record signed by a retired key: counted and alarmed once (the quarantine's re-examination after an
+  // enrolment finds it again, and says so quietly).
+  void alarm_retired(const std::string& gateway, std::uint64_t seq, const std::string& why);
   void reexamine_quarantine();
   // Discards quarantine rows older than feed.quarantine_max_age_days (at most once a minute; 0: never).
   void expire_quarantine(std::int64_t now);

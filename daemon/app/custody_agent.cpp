@@ -260,16 +260,16 @@ void CustodyAgent::on_receipt(const std::string& jws, bool retained) {
     return;
   }
   const custody::Receipt receipt = check.receipt;
-  if (origin_decided_ && receipt.through_seq >= custody::kMaxOriginSeq) {
-    const std::string why = "through_seq " + std::to_string(receipt.through_seq) +
-                            " leaves no room for this empty store's chain after it (at most 2^52 - 1)";
-    refuse_receipt(why);
-    if (retained) {
-      decide_origin(std::nullopt, "the retained custody receipt was refused: " + why);
-    }
-    return;
-  }
   if (origin_decided_) {
+    if (receipt.through_seq >= custody::kMaxOriginSeq) {
+      const std::string why = "through_seq " + std::to_string(receipt.through_seq) +
+                              " leaves no room for this empty store's chain after it (at most 2^52 - 1)";
+      refuse_receipt(why);
+      if (retained) {
+        decide_origin(std::nullopt, "the retained custody receipt was refused: " + why);
+      }
+      return;
+    }
     // An empty store: nothing here to compare the head with; the daemon continues the chain after it.
     decide_origin(store::CustodyState{receipt.through_seq, receipt.head, receipt.central, check.kid, jws,
                                       clock_.now_ms()},
